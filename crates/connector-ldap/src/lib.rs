@@ -1,1 +1,26 @@
+//! The LDAP source connector: reads users, groups and contacts out of Active
+//! Directory, Samba AD, OpenLDAP, 389-ds or any LDAP server, in full or as
+//! deltas, and hands them to the sync engine through [`sync::Source`].
+//!
+//! - [`connect`]: URL checks, TLS (LDAPS, StartTLS, CA file), failover, bind, rootDSE.
+//! - [`paged`]: paged search streaming.
+//! - [`source`]: the `Source` implementation, anchors, ranged retrieval, scope.
+//! - `dirsync`, `usn`, `syncrepl`: the three delta mechanisms.
+//! - [`ber`]: non-panicking BER for entries and controls.
 
+pub mod ber;
+pub mod connect;
+mod dirsync;
+pub mod error;
+pub mod paged;
+pub mod rootdse;
+pub mod settings;
+pub mod source;
+mod syncrepl;
+mod usn;
+pub mod watermark;
+
+pub use error::LdapError;
+pub use rootdse::RootDse;
+pub use settings::{LdapSettings, Secret, ServerKind, TlsSettings};
+pub use source::{LdapSource, Profile};

@@ -531,7 +531,7 @@ mod tests {
         assert!(m("(description=a\\2ab\\28c\\29)"));
         assert!(m("(objectGUID=\\01\\2a\\ff)"));
         assert!(!m("(objectGUID=\\01\\2A\\fe)"));
-        assert!(m("(telephoneNumber=*)") == false);
+        assert!(!m("(telephoneNumber=*)"));
         assert!(m("(cn=*rgen*ll*)"));
         assert!(m("(&)"));
         assert!(!m("(|)"));

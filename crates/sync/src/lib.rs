@@ -1,1 +1,12 @@
+//! The sync engine. This first part holds the contracts between the engine and
+//! its connectors: what a [`Source`] hands over during an import, and the
+//! watermark that lets the next import be a delta.
+//!
+//! Pure: the engine's IO happens only through the traits defined here.
 
+pub mod source;
+
+pub use source::{
+    ImportMode, ImportSink, ImportSummary, SinkError, Source, SourceChange, SourceId, SourceObject,
+    Watermark, deleted_by_reconciliation,
+};

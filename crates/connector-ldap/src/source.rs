@@ -1,0 +1,690 @@
+//! `LdapSource`: the `Source` over LDAP — full import with paging and ranged
+//! retrieval, and delta import through DirSync, uSNChanged or syncrepl.
+
+use std::collections::BTreeMap;
+
+use directory::{Anchor, Dn, Entry, Filter, ObjectKind, Value};
+use ldap3::Scope;
+use sync::{
+    ImportMode, ImportSink, ImportSummary, Source, SourceChange, SourceId, SourceObject, Watermark,
+};
+
+use crate::ber::{self, RawEntry};
+use crate::connect::{self, Session};
+use crate::error::LdapError;
+use crate::paged::{PagedSearch, search_error};
+use crate::rootdse::{DIRSYNC_CONTROL, SYNCREPL_CONTROL};
+use crate::settings::{LdapSettings, ServerKind};
+use crate::watermark::{DeltaPosition, Mark, fingerprint};
+
+/// Matches no object; used to take a change-tracking position without data.
+pub(crate) const MATCH_NOTHING: &str = "(&(objectClass=top)(!(objectClass=top)))";
+
+/// What the connector resolved for the server it is talking to.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub kind: ServerKind,
+    /// Attribute holding the server's own object id.
+    pub id_attribute: String,
+    /// Attributes tried in order for the sourceAnchor of users.
+    pub user_anchor_attributes: Vec<String>,
+    /// Attribute used as sourceAnchor for other objects.
+    pub anchor_attribute: String,
+    pub bases: Vec<Dn>,
+    /// AD: the naming context root that DirSync and tombstone searches use.
+    pub naming_context: Option<Dn>,
+    pub filter: String,
+    pub attributes: Vec<String>,
+    pub scope_fingerprint: String,
+}
+
+/// An LDAP directory as a sync source.
+#[derive(Debug)]
+pub struct LdapSource {
+    settings: LdapSettings,
+    session: Option<Session>,
+    profile: Option<Profile>,
+}
+
+pub(crate) struct Counts {
+    upserts: u64,
+    deletes: u64,
+    presents: u64,
+}
+
+impl Counts {
+    fn new() -> Self {
+        Counts {
+            upserts: 0,
+            deletes: 0,
+            presents: 0,
+        }
+    }
+
+    fn emit(
+        &mut self,
+        sink: &mut (dyn ImportSink + Send),
+        change: SourceChange,
+    ) -> Result<(), LdapError> {
+        match &change {
+            SourceChange::Upsert(_) => self.upserts += 1,
+            SourceChange::Delete { .. } => self.deletes += 1,
+            SourceChange::Present { .. } => self.presents += 1,
+        }
+        sink.accept(change)?;
+        Ok(())
+    }
+
+    fn summary(
+        self,
+        mode: ImportMode,
+        watermark: Watermark,
+        reconcile_within: Vec<Dn>,
+    ) -> ImportSummary {
+        ImportSummary {
+            mode,
+            watermark,
+            reconcile_within,
+            upserts: self.upserts,
+            deletes: self.deletes,
+            presents: self.presents,
+        }
+    }
+}
+
+impl LdapSource {
+    pub fn new(settings: LdapSettings) -> Result<Self, LdapError> {
+        if let Some(f) = &settings.filter {
+            Filter::parse(f).map_err(|e| LdapError::Settings(format!("filter: {e}")))?;
+        }
+        if settings.page_size == 0 {
+            return Err(LdapError::Settings("page_size must be at least 1".into()));
+        }
+        Ok(LdapSource {
+            settings,
+            session: None,
+            profile: None,
+        })
+    }
+
+    /// Connects (with failover) if not connected, and resolves the profile.
+    pub async fn connect(&mut self) -> Result<(&Session, &Profile), LdapError> {
+        let stale = self.session.as_mut().is_none_or(|s| s.ldap.is_closed());
+        if stale {
+            let session = connect::connect(&self.settings).await?;
+            let profile = resolve_profile(&self.settings, &session)?;
+            tracing::info!(server = %session.url, kind = %session.root_dse.describe(), bases = ?profile.bases.iter().map(|b| b.to_string()).collect::<Vec<_>>(), "connected");
+            self.session = Some(session);
+            self.profile = Some(profile);
+        }
+        match (&self.session, &self.profile) {
+            (Some(s), Some(p)) => Ok((s, p)),
+            _ => Err(LdapError::Settings("not connected".into())),
+        }
+    }
+
+    fn parts(&self) -> Result<(&Session, &Profile), LdapError> {
+        match (&self.session, &self.profile) {
+            (Some(s), Some(p)) => Ok((s, p)),
+            _ => Err(LdapError::Settings("not connected".into())),
+        }
+    }
+
+    fn in_scope(&self, profile: &Profile, dn: &Dn) -> bool {
+        profile.bases.iter().any(|b| dn.is_within(b))
+            && (self.settings.include_ous.is_empty()
+                || self.settings.include_ous.iter().any(|o| dn.is_within(o)))
+            && !self.settings.exclude_ous.iter().any(|o| dn.is_within(o))
+    }
+
+    /// Re-reads the rootDSE (for a fresh highestCommittedUSN).
+    async fn refresh_root_dse(&mut self) -> Result<(), LdapError> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(LdapError::Settings("not connected".into()));
+        };
+        session.root_dse =
+            connect::read_root_dse(&mut session.ldap, &session.url, session.operation_timeout)
+                .await?;
+        Ok(())
+    }
+
+    async fn full(
+        &mut self,
+        sink: &mut (dyn ImportSink + Send),
+        mode: ImportMode,
+    ) -> Result<ImportSummary, LdapError> {
+        self.connect().await?;
+        // Take the change-tracking position first: changes made during the
+        // import are then seen again by the next delta (idempotent), never lost.
+        let position = self.start_position().await?;
+        let (session, profile) = self.parts()?;
+        let mut counts = Counts::new();
+        for base in &profile.bases {
+            let mut search = PagedSearch::new(
+                &session.ldap,
+                &session.url,
+                &base.to_string(),
+                Scope::Subtree,
+                &profile.filter,
+                profile.attributes.clone(),
+                Vec::new(),
+                self.settings.page_size,
+                session.operation_timeout,
+            );
+            while let Some(raw) = search.next().await? {
+                if let Some(obj) = self.build_object(session, profile, raw).await?
+                    && self.in_scope(profile, &obj.entry.dn)
+                {
+                    counts.emit(sink, SourceChange::Upsert(obj))?;
+                }
+            }
+        }
+        let mark = Mark {
+            version: 1,
+            scope: profile.scope_fingerprint.clone(),
+            position,
+        };
+        Ok(counts.summary(mode, mark.encode(), profile.bases.clone()))
+    }
+
+    /// Where the next delta will start, taken before a full import.
+    async fn start_position(&mut self) -> Result<DeltaPosition, LdapError> {
+        let (session, profile) = self.parts()?;
+        match profile.kind {
+            ServerKind::ActiveDirectory => {
+                if session.root_dse.supports_control(DIRSYNC_CONTROL) {
+                    match self.dirsync_pass(MATCH_NOTHING, Vec::new(), None).await {
+                        Ok(cookie) => {
+                            return Ok(DeltaPosition::DirSync {
+                                cookie: crate::watermark::b64(&cookie),
+                            });
+                        }
+                        Err(LdapError::Search {
+                            code: 50, message, ..
+                        }) => {
+                            tracing::warn!(
+                                %message,
+                                "the bind account lacks 'Replicating Directory Changes' on the naming context, so DirSync is refused; \
+                                 delta imports will use uSNChanged instead (slower, and deletions are seen only where the account may read tombstones). \
+                                 Grant the right to use DirSync."
+                            );
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.refresh_root_dse().await?;
+                let (session, _) = self.parts()?;
+                let usn = session
+                    .root_dse
+                    .highest_committed_usn
+                    .ok_or(LdapError::Protocol {
+                        url: session.url.clone(),
+                        what: "rootDSE without highestCommittedUSN".into(),
+                    })?;
+                Ok(DeltaPosition::Usn {
+                    usn,
+                    server: session
+                        .root_dse
+                        .ds_service_name
+                        .clone()
+                        .unwrap_or_else(|| session.url.clone()),
+                })
+            }
+            _ if session.root_dse.supports_control(SYNCREPL_CONTROL) => {
+                let mut cookies = Vec::new();
+                let bases = profile.bases.clone();
+                for base in bases {
+                    let cookie = crate::syncrepl::cookie_only(self, &base).await?;
+                    cookies.push(crate::watermark::BaseCookie {
+                        base: base.to_string(),
+                        cookie: crate::watermark::b64(&cookie),
+                    });
+                }
+                Ok(DeltaPosition::Syncrepl { cookies })
+            }
+            _ => Ok(DeltaPosition::None),
+        }
+    }
+
+    /// Builds a `SourceObject` from a raw entry: merges ranged values, derives
+    /// the id, anchor and kind. `Ok(None)` (with a warning) for an object
+    /// without a usable id — it cannot be tracked, and must not stop the rest.
+    pub(crate) async fn build_object(
+        &self,
+        session: &Session,
+        profile: &Profile,
+        raw: RawEntry,
+    ) -> Result<Option<SourceObject>, LdapError> {
+        let (dn_text, attrs) = raw;
+        let dn = match Dn::parse(&dn_text) {
+            Ok(dn) => dn,
+            Err(e) => {
+                tracing::warn!(dn = %dn_text, error = %e, "skipping an object whose DN cannot be parsed");
+                return Ok(None);
+            }
+        };
+        let mut merged: BTreeMap<String, (String, Vec<Vec<u8>>)> = BTreeMap::new();
+        for (name, values) in attrs {
+            let (base_name, values) = match ranged(&name) {
+                Some((base_name, Some(next_low))) => {
+                    let mut all = values;
+                    all.extend(
+                        fetch_remaining_range(session, &dn_text, base_name, next_low).await?,
+                    );
+                    (base_name.to_string(), all)
+                }
+                Some((base_name, None)) => (base_name.to_string(), values),
+                None => (name, values),
+            };
+            merged
+                .entry(base_name.to_ascii_lowercase())
+                .or_insert_with(|| (base_name, Vec::new()))
+                .1
+                .extend(values);
+        }
+        let mut entry = Entry::new(dn);
+        for (name, values) in merged.into_values() {
+            entry.set(
+                &name,
+                values
+                    .into_iter()
+                    .map(|v| Value::from_bytes(&name, v))
+                    .collect(),
+            );
+        }
+        let kind = ObjectKind::of(&entry);
+        let id = match object_id(profile, &entry) {
+            Ok(id) => id,
+            Err(reason) => {
+                tracing::warn!(dn = %entry.dn, attribute = %profile.id_attribute, %reason, "skipping an object without a usable id");
+                return Ok(None);
+            }
+        };
+        let anchor = source_anchor(profile, kind, &entry, &id);
+        Ok(Some(SourceObject {
+            id,
+            anchor,
+            kind,
+            entry,
+        }))
+    }
+
+    pub(crate) fn settings(&self) -> &LdapSettings {
+        &self.settings
+    }
+
+    pub(crate) fn session_profile(&self) -> Result<(&Session, &Profile), LdapError> {
+        self.parts()
+    }
+
+    pub(crate) fn object_in_scope(&self, dn: &Dn) -> bool {
+        self.profile.as_ref().is_some_and(|p| self.in_scope(p, dn))
+    }
+
+    /// The server this source is connected to, if any.
+    pub fn server(&self) -> Option<(&Session, &Profile)> {
+        self.parts().ok()
+    }
+
+    async fn delta(
+        &mut self,
+        since: &Watermark,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> Result<ImportSummary, LdapError> {
+        self.connect().await?;
+        let (_, profile) = self.parts()?;
+        let mark = match Mark::decode(since) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .fallback(sink, format!("the stored watermark is unusable ({e})"))
+                    .await;
+            }
+        };
+        if mark.scope != profile.scope_fingerprint {
+            return self.fallback(sink, "the import scope (bases, OUs, filter or attributes) changed since the last import".into()).await;
+        }
+        let result = match &mark.position {
+            DeltaPosition::None => {
+                return self
+                    .fallback(sink, "the server offers no change tracking".into())
+                    .await;
+            }
+            DeltaPosition::DirSync { cookie } => crate::dirsync::delta(self, cookie, sink).await,
+            DeltaPosition::Usn { usn, server } => crate::usn::delta(self, *usn, server, sink).await,
+            DeltaPosition::Syncrepl { cookies } => {
+                crate::syncrepl::delta(self, cookies, sink).await
+            }
+        };
+        match result {
+            Err(LdapError::Watermark(reason)) => self.fallback(sink, reason).await,
+            other => other,
+        }
+    }
+
+    async fn fallback(
+        &mut self,
+        sink: &mut (dyn ImportSink + Send),
+        reason: String,
+    ) -> Result<ImportSummary, LdapError> {
+        tracing::warn!(%reason, "delta import not possible; running a full import instead");
+        self.full(sink, ImportMode::FullFallback { reason }).await
+    }
+
+    /// Reads one object again in full (after DirSync named it as changed).
+    /// `None` when it is gone or no longer matches the filter.
+    pub(crate) async fn read_one(&self, dn: &str) -> Result<Option<SourceObject>, LdapError> {
+        let (session, profile) = self.parts()?;
+        let mut ldap = session.ldap.clone();
+        let conn_err = |e: ldap3::LdapError| LdapError::Connection {
+            url: session.url.clone(),
+            operation: format!("reading {dn}"),
+            reason: e.to_string(),
+        };
+        let mut stream = ldap
+            .with_timeout(session.operation_timeout)
+            .streaming_search(dn, Scope::Base, &profile.filter, profile.attributes.clone())
+            .await
+            .map_err(conn_err)?;
+        let mut found = None;
+        while let Some(re) = stream.next().await.map_err(conn_err)? {
+            if re.is_ref() || re.is_intermediate() {
+                continue;
+            }
+            found = ber::parse_entry(re.0);
+        }
+        let res = stream.finish().await;
+        match res.rc {
+            0 => {}
+            32 => return Ok(None),
+            rc => return Err(search_error(&session.url, dn, rc, &res.text)),
+        }
+        match found {
+            Some(raw) => self.build_object(session, profile, raw).await,
+            None => Ok(None),
+        }
+    }
+}
+
+pub(crate) fn new_counts() -> Counts {
+    Counts::new()
+}
+
+pub(crate) fn emit(
+    counts: &mut Counts,
+    sink: &mut (dyn ImportSink + Send),
+    change: SourceChange,
+) -> Result<(), LdapError> {
+    counts.emit(sink, change)
+}
+
+pub(crate) fn finish(counts: Counts, mark: Mark, reconcile_within: Vec<Dn>) -> ImportSummary {
+    counts.summary(ImportMode::Delta, mark.encode(), reconcile_within)
+}
+
+impl Source for LdapSource {
+    type Error = LdapError;
+
+    async fn full_import(
+        &mut self,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> Result<ImportSummary, LdapError> {
+        self.full(sink, ImportMode::Full).await
+    }
+
+    async fn delta_import(
+        &mut self,
+        since: &Watermark,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> Result<ImportSummary, LdapError> {
+        self.delta(since, sink).await
+    }
+}
+
+/// `member;range=0-1499` → ("member", Some(1500)); `member;range=1500-*` → ("member", None).
+fn ranged(name: &str) -> Option<(&str, Option<u64>)> {
+    let (base, options) = name.split_once(';')?;
+    let range = options.split(';').find_map(|o| {
+        o.strip_prefix("range=")
+            .or_else(|| o.strip_prefix("Range="))
+    })?;
+    let (_, high) = range.split_once('-')?;
+    if high == "*" {
+        Some((base, None))
+    } else {
+        high.parse::<u64>().ok().map(|h| (base, Some(h + 1)))
+    }
+}
+
+/// AD ranged retrieval: reads the rest of a large multi-valued attribute.
+async fn fetch_remaining_range(
+    session: &Session,
+    dn: &str,
+    attr: &str,
+    mut low: u64,
+) -> Result<Vec<Vec<u8>>, LdapError> {
+    let mut out = Vec::new();
+    let mut ldap = session.ldap.clone();
+    // Bounded: a server that never says '*' cannot loop us forever.
+    for _ in 0..100_000 {
+        let wanted = format!("{attr};range={low}-*");
+        let mut stream = ldap
+            .with_timeout(session.operation_timeout)
+            .streaming_search(dn, Scope::Base, "(objectClass=*)", vec![wanted])
+            .await
+            .map_err(|e| LdapError::Connection {
+                url: session.url.clone(),
+                operation: format!("reading {attr} of {dn}"),
+                reason: e.to_string(),
+            })?;
+        let mut next = None;
+        let mut got_any = false;
+        while let Some(re) = stream.next().await.map_err(|e| LdapError::Connection {
+            url: session.url.clone(),
+            operation: format!("reading {attr} of {dn}"),
+            reason: e.to_string(),
+        })? {
+            if re.is_ref() || re.is_intermediate() {
+                continue;
+            }
+            let (_, attrs) = ber::parse_entry(re.0).ok_or(LdapError::Protocol {
+                url: session.url.clone(),
+                what: "ranged entry".into(),
+            })?;
+            for (name, values) in attrs {
+                if let Some((base, more)) = ranged(&name)
+                    && base.eq_ignore_ascii_case(attr)
+                {
+                    got_any = true;
+                    out.extend(values);
+                    next = more;
+                }
+            }
+        }
+        let res = stream.finish().await;
+        if res.rc != 0 {
+            return Err(search_error(&session.url, dn, res.rc, &res.text));
+        }
+        match next {
+            Some(n) if got_any && n > low => low = n,
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
+}
+
+fn object_id(profile: &Profile, entry: &Entry) -> Result<SourceId, String> {
+    let attr = profile.id_attribute.as_str();
+    let value = entry
+        .values(attr)
+        .first()
+        .ok_or_else(|| format!("{attr} is missing (is it readable by the bind account?)"))?;
+    let bytes = match (attr.to_ascii_lowercase().as_str(), value) {
+        ("objectguid", Value::Binary(b)) => Anchor::from_ad_guid(b).map_err(|e| e.to_string())?.0,
+        ("entryuuid", Value::Text(t)) => Anchor::from_entry_uuid(t).map_err(|e| e.to_string())?.0,
+        ("nsuniqueid", Value::Text(t)) => {
+            Anchor::from_ns_unique_id(t).map_err(|e| e.to_string())?.0
+        }
+        (_, v) => v.as_bytes().to_vec(),
+    };
+    Ok(SourceId(bytes))
+}
+
+fn source_anchor(profile: &Profile, kind: ObjectKind, entry: &Entry, id: &SourceId) -> Anchor {
+    if kind == ObjectKind::User {
+        for attr in &profile.user_anchor_attributes {
+            if let Some(bytes) = entry.first_bytes(attr)
+                && !bytes.is_empty()
+            {
+                // An AD consistency GUID must be a GUID; anything else is ignored.
+                if attr.eq_ignore_ascii_case("ms-DS-ConsistencyGuid") && bytes.len() != 16 {
+                    continue;
+                }
+                return Anchor::from_bytes(bytes);
+            }
+        }
+    }
+    match entry.first_bytes(&profile.anchor_attribute) {
+        Some(b)
+            if !profile
+                .anchor_attribute
+                .eq_ignore_ascii_case(&profile.id_attribute)
+                && !b.is_empty() =>
+        {
+            Anchor::from_bytes(b)
+        }
+        _ => Anchor(id.0.clone()),
+    }
+}
+
+fn resolve_profile(settings: &LdapSettings, session: &Session) -> Result<Profile, LdapError> {
+    let dse = &session.root_dse;
+    let kind = settings.server_kind.unwrap_or_else(|| dse.kind());
+    let (id_attribute, kind_filter) = match kind {
+        ServerKind::ActiveDirectory => (
+            "objectGUID",
+            "(|(&(objectClass=user)(!(objectClass=computer)))(objectClass=group)(objectClass=contact))",
+        ),
+        ServerKind::Ds389 => (
+            "nsUniqueId",
+            "(|(objectClass=person)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
+        ),
+        ServerKind::OpenLdap | ServerKind::Other => (
+            "entryUUID",
+            "(|(objectClass=person)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
+        ),
+    };
+    let mut user_anchor_attributes = Vec::new();
+    let anchor_attribute = match &settings.anchor_attribute {
+        Some(a) => {
+            user_anchor_attributes.push(a.clone());
+            a.clone()
+        }
+        None => {
+            if kind == ServerKind::ActiveDirectory {
+                user_anchor_attributes.push("ms-DS-ConsistencyGuid".to_string());
+            }
+            id_attribute.to_string()
+        }
+    };
+    let bases = if settings.base_dns.is_empty() {
+        let default = dse.default_naming_context.clone().or_else(|| {
+            let user_contexts: Vec<&String> = dse
+                .naming_contexts
+                .iter()
+                .filter(|c| {
+                    !c.eq_ignore_ascii_case("cn=config") && !c.eq_ignore_ascii_case("cn=accesslog")
+                })
+                .collect();
+            if user_contexts.len() == 1 {
+                user_contexts.first().map(|c| (*c).clone())
+            } else {
+                None
+            }
+        });
+        let Some(text) = default else {
+            return Err(LdapError::Settings(format!(
+                "base_dns is not set and the server does not name a single default naming context (it has: {}); set base_dns",
+                dse.naming_contexts.join("; ")
+            )));
+        };
+        vec![
+            Dn::parse(&text)
+                .map_err(|e| LdapError::Settings(format!("server's naming context: {e}")))?,
+        ]
+    } else {
+        settings.base_dns.clone()
+    };
+    let naming_context = if kind == ServerKind::ActiveDirectory {
+        let contexts: Vec<Dn> = dse
+            .naming_contexts
+            .iter()
+            .filter_map(|c| Dn::parse(c).ok())
+            .collect();
+        bases.first().and_then(|b| {
+            contexts
+                .iter()
+                .filter(|nc| b.is_within(nc))
+                .max_by_key(|nc| nc.len())
+                .cloned()
+        })
+    } else {
+        None
+    };
+    let filter = match &settings.filter {
+        Some(extra) => {
+            let parsed =
+                Filter::parse(extra).map_err(|e| LdapError::Settings(format!("filter: {e}")))?;
+            format!("(&{kind_filter}{parsed})")
+        }
+        None => kind_filter.to_string(),
+    };
+    let mut attributes = settings
+        .attributes
+        .clone()
+        .unwrap_or_else(|| vec!["*".to_string()]);
+    let mut required = vec![
+        "objectClass".to_string(),
+        id_attribute.to_string(),
+        anchor_attribute.clone(),
+    ];
+    required.extend(user_anchor_attributes.iter().cloned());
+    for r in required {
+        if !attributes.iter().any(|a| a.eq_ignore_ascii_case(&r)) {
+            attributes.push(r);
+        }
+    }
+    let mut parts: Vec<String> = bases.iter().map(Dn::normalized).collect();
+    parts.push(String::from("|include"));
+    parts.extend(settings.include_ous.iter().map(Dn::normalized));
+    parts.push(String::from("|exclude"));
+    parts.extend(settings.exclude_ous.iter().map(Dn::normalized));
+    parts.push(filter.clone());
+    parts.extend(attributes.iter().map(|a| a.to_ascii_lowercase()));
+    parts.push(anchor_attribute.clone());
+    Ok(Profile {
+        kind,
+        id_attribute: id_attribute.to_string(),
+        user_anchor_attributes,
+        anchor_attribute,
+        bases,
+        naming_context,
+        filter,
+        attributes,
+        scope_fingerprint: fingerprint(&parts),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranged;
+
+    #[test]
+    fn parses_range_options() {
+        assert_eq!(ranged("member;range=0-1499"), Some(("member", Some(1500))));
+        assert_eq!(ranged("member;range=1500-*"), Some(("member", None)));
+        assert_eq!(ranged("member"), None);
+        assert_eq!(ranged("member;range=0-x"), None);
+        assert_eq!(ranged("cn;lang-de"), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! OpenLDAP / 389 delta import through RFC 4533 content synchronisation in
+//! refreshOnly mode, one cookie per base DN. Handles both refresh phases:
+//! the delete phase (the server names what was deleted) and the present
+//! phase (the server names what is still there; the rest is gone).
+
+use directory::Dn;
+use ldap3::Scope;
+use sync::{ImportSink, ImportSummary, SourceChange, SourceId};
+
+use crate::ber::{self, SyncInfo, SyncStateKind};
+use crate::error::LdapError;
+use crate::paged::search_error;
+use crate::source::{Counts, LdapSource, MATCH_NOTHING, emit, finish, new_counts};
+use crate::watermark::{BaseCookie, DeltaPosition, Mark, b64, unb64};
+
+/// `e-syncRefreshRequired`: the server cannot serve a delta from this cookie.
+const SYNC_REFRESH_REQUIRED: u32 = 4096;
+
+/// Takes the current cookie of `base` without reading any entry.
+pub(crate) async fn cookie_only(source: &LdapSource, base: &Dn) -> Result<Vec<u8>, LdapError> {
+    let outcome = run(source, base, MATCH_NOTHING, None, None).await?;
+    outcome.cookie.ok_or(LdapError::Protocol {
+        url: source_url(source),
+        what: format!("sync response for {base} without a cookie"),
+    })
+}
+
+fn source_url(source: &LdapSource) -> String {
+    source
+        .session_profile()
+        .map(|(s, _)| s.url.clone())
+        .unwrap_or_default()
+}
+
+pub(crate) async fn delta(
+    source: &mut LdapSource,
+    cookies: &[BaseCookie],
+    sink: &mut (dyn ImportSink + Send),
+) -> Result<ImportSummary, LdapError> {
+    let (_, profile) = source.session_profile()?;
+    let bases = profile.bases.clone();
+    let filter = profile.filter.clone();
+    let scope_fingerprint = profile.scope_fingerprint.clone();
+    let mut counts = new_counts();
+    let mut new_cookies = Vec::new();
+    let mut reconcile_within = Vec::new();
+    for base in bases {
+        let stored = cookies
+            .iter()
+            .find(|c| Dn::parse(&c.base).is_ok_and(|b| b == base))
+            .ok_or_else(|| {
+                LdapError::Watermark(format!("no sync cookie stored for base {base}"))
+            })?;
+        let cookie = unb64(&stored.cookie)?;
+        let outcome = run(
+            source,
+            &base,
+            &filter,
+            Some(cookie),
+            Some((&mut counts, &mut *sink)),
+        )
+        .await?;
+        if outcome.present_phase {
+            tracing::info!(%base, "the server answered with a present phase: objects it did not list are treated as deleted");
+            reconcile_within.push(base.clone());
+        }
+        let cookie = outcome
+            .cookie
+            .unwrap_or_else(|| unb64(&stored.cookie).unwrap_or_default());
+        new_cookies.push(BaseCookie {
+            base: base.to_string(),
+            cookie: b64(&cookie),
+        });
+    }
+    let mark = Mark {
+        version: 1,
+        scope: scope_fingerprint,
+        position: DeltaPosition::Syncrepl {
+            cookies: new_cookies,
+        },
+    };
+    Ok(finish(counts, mark, reconcile_within))
+}
+
+struct Outcome {
+    cookie: Option<Vec<u8>>,
+    present_phase: bool,
+}
+
+async fn run(
+    source: &LdapSource,
+    base: &Dn,
+    filter: &str,
+    cookie: Option<Vec<u8>>,
+    mut out: Option<(&mut Counts, &mut (dyn ImportSink + Send))>,
+) -> Result<Outcome, LdapError> {
+    let (session, profile) = source.session_profile()?;
+    let base_text = base.to_string();
+    let had_cookie = cookie.is_some();
+    let mut ldap = session.ldap.clone();
+    let conn_err = |e: ldap3::LdapError| LdapError::Connection {
+        url: session.url.clone(),
+        operation: format!("syncrepl on {base_text}"),
+        reason: e.to_string(),
+    };
+    let mut stream = ldap
+        .with_controls(vec![ber::sync_request_control(cookie)])
+        .with_timeout(session.operation_timeout)
+        .streaming_search(
+            &base_text,
+            Scope::Subtree,
+            filter,
+            profile.attributes.clone(),
+        )
+        .await
+        .map_err(conn_err)?;
+    let mut latest_cookie = None;
+    let protocol = |what: &str| LdapError::Protocol {
+        url: session.url.clone(),
+        what: what.to_string(),
+    };
+    while let Some(re) = stream.next().await.map_err(conn_err)? {
+        if re.is_ref() {
+            continue;
+        }
+        if re.is_intermediate() {
+            let info = ber::parse_sync_info(re.0).ok_or_else(|| protocol("Sync Info message"))?;
+            match info {
+                SyncInfo::NewCookie(c) => latest_cookie = Some(c),
+                SyncInfo::RefreshDelete { cookie } | SyncInfo::RefreshPresent { cookie } => {
+                    if cookie.is_some() {
+                        latest_cookie = cookie;
+                    }
+                }
+                SyncInfo::IdSet {
+                    cookie,
+                    refresh_deletes,
+                    uuids,
+                } => {
+                    if cookie.is_some() {
+                        latest_cookie = cookie;
+                    }
+                    if let Some((counts, sink)) = out.as_mut() {
+                        for uuid in uuids {
+                            let id = SourceId(uuid);
+                            let change = if refresh_deletes {
+                                SourceChange::Delete { id, dn: None }
+                            } else {
+                                SourceChange::Present { id }
+                            };
+                            emit(counts, *sink, change)?;
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        let state =
+            re.1.iter()
+                .find(|c| c.1.ctype == ber::SYNC_STATE_OID)
+                .and_then(|c| c.1.val.as_deref())
+                .and_then(ber::parse_sync_state)
+                .ok_or_else(|| protocol("entry without a Sync State control"))?;
+        let (kind, uuid, entry_cookie) = state;
+        if entry_cookie.is_some() {
+            latest_cookie = entry_cookie;
+        }
+        let Some((counts, sink)) = out.as_mut() else {
+            continue;
+        };
+        let id = SourceId(uuid);
+        match kind {
+            SyncStateKind::Present => emit(counts, *sink, SourceChange::Present { id })?,
+            SyncStateKind::Delete => {
+                let dn = ber::parse_entry(re.0).and_then(|(dn, _)| Dn::parse(&dn).ok());
+                emit(counts, *sink, SourceChange::Delete { id, dn })?;
+            }
+            SyncStateKind::Add | SyncStateKind::Modify => {
+                let raw = ber::parse_entry(re.0).ok_or_else(|| protocol("sync entry"))?;
+                match source.build_object(session, profile, raw).await? {
+                    Some(obj) if source.object_in_scope(&obj.entry.dn) => {
+                        emit(counts, *sink, SourceChange::Upsert(obj))?
+                    }
+                    Some(obj) => emit(
+                        counts,
+                        *sink,
+                        SourceChange::Delete {
+                            id,
+                            dn: Some(obj.entry.dn),
+                        },
+                    )?,
+                    None => {}
+                }
+            }
+        }
+    }
+    let res = stream.finish().await;
+    if res.rc == SYNC_REFRESH_REQUIRED {
+        return Err(LdapError::Watermark(format!(
+            "the server can no longer send the changes since the stored cookie for {base_text} (e-syncRefreshRequired)"
+        )));
+    }
+    if res.rc != 0 {
+        if had_cookie {
+            return Err(LdapError::Watermark(format!(
+                "the server rejected the sync cookie for {base_text} (LDAP result {}: {})",
+                res.rc, res.text
+            )));
+        }
+        return Err(search_error(&session.url, &base_text, res.rc, &res.text));
+    }
+    let (done_cookie, refresh_deletes) = res
+        .ctrls
+        .iter()
+        .find(|c| c.1.ctype == ber::SYNC_DONE_OID)
+        .and_then(|c| c.1.val.as_deref())
+        .and_then(ber::parse_sync_done)
+        .unwrap_or((None, false));
+    Ok(Outcome {
+        cookie: done_cookie.or(latest_cookie),
+        present_phase: !refresh_deletes,
+    })
+}

@@ -1,0 +1,152 @@
+//! The `Source` contract: how an on-premises directory streams its objects in.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+
+use directory::{Anchor, Dn, Entry, ObjectKind};
+use serde::{Deserialize, Serialize};
+
+/// The server's own never-changing identity of an object (AD objectGUID,
+/// OpenLDAP entryUUID, 389 nsUniqueId). The connector space is keyed by it;
+/// deletes and presence are reported by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourceId(pub Vec<u8>);
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An object as imported: its identity, its sourceAnchor, its kind, and all
+/// its (selected) attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceObject {
+    pub id: SourceId,
+    /// The sourceAnchor (DESIGN §4); may differ from `id` (ms-DS-ConsistencyGuid).
+    pub anchor: Anchor,
+    pub kind: ObjectKind,
+    pub entry: Entry,
+}
+
+/// One item of an import stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceChange {
+    /// The object exists with exactly these attributes (added, changed, renamed or moved).
+    Upsert(SourceObject),
+    /// The object is gone from the source's scope (deleted, or moved out of scope).
+    Delete { id: SourceId, dn: Option<Dn> },
+    /// The object still exists and did not change (syncrepl present phase).
+    Present { id: SourceId },
+}
+
+/// Why a sink refused a change (e.g. the store failed); the import stops.
+#[derive(Debug, thiserror::Error)]
+#[error("the import target refused a change: {0}")]
+pub struct SinkError(pub String);
+
+/// Receives the changes of an import, one at a time, so no step holds the
+/// whole directory in memory.
+pub trait ImportSink {
+    fn accept(&mut self, change: SourceChange) -> Result<(), SinkError>;
+}
+
+impl<F: FnMut(SourceChange) -> Result<(), SinkError>> ImportSink for F {
+    fn accept(&mut self, change: SourceChange) -> Result<(), SinkError> {
+        self(change)
+    }
+}
+
+/// Opaque position in a source's change stream, persisted by the engine
+/// between runs and committed together with the batch it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark(pub String);
+
+/// What kind of import actually ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportMode {
+    Full,
+    Delta,
+    /// A delta was asked for but could not be done; a full import ran instead.
+    FullFallback {
+        reason: String,
+    },
+}
+
+/// The end of an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub mode: ImportMode,
+    /// Where the next delta import starts.
+    pub watermark: Watermark,
+    /// Subtrees in which every known object that this import did not report
+    /// (by Upsert or Present) is gone: all bases after a full import, the
+    /// bases that ran a syncrepl present phase after a delta. Empty otherwise.
+    pub reconcile_within: Vec<Dn>,
+    pub upserts: u64,
+    pub deletes: u64,
+    pub presents: u64,
+}
+
+/// An on-premises directory (or file) that objects are imported from.
+pub trait Source {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Reads every in-scope object.
+    fn full_import(
+        &mut self,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> impl Future<Output = Result<ImportSummary, Self::Error>> + Send;
+
+    /// Reads what changed since `since`; falls back to a full import (and says
+    /// so in [`ImportSummary::mode`]) when the watermark is no longer usable.
+    fn delta_import(
+        &mut self,
+        since: &Watermark,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> impl Future<Output = Result<ImportSummary, Self::Error>> + Send;
+}
+
+/// After an import, the known objects (id and last DN) that lie within one of
+/// the summary's `reconcile_within` subtrees and were not seen: they are gone.
+pub fn deleted_by_reconciliation<'a>(
+    known: impl IntoIterator<Item = (&'a SourceId, &'a Dn)>,
+    seen: &HashSet<SourceId>,
+    reconcile_within: &[Dn],
+) -> Vec<SourceId> {
+    known
+        .into_iter()
+        .filter(|(id, dn)| {
+            !seen.contains(*id) && reconcile_within.iter().any(|base| dn.is_within(base))
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciliation_finds_unseen() {
+        let dn = |s: &str| Dn::parse(s).unwrap();
+        let (a, b) = (dn("cn=x,ou=a,dc=org"), dn("cn=y,ou=b,dc=org"));
+        let known = [
+            (SourceId(vec![1]), a.clone()),
+            (SourceId(vec![2]), a.clone()),
+            (SourceId(vec![3]), b),
+        ];
+        let seen: HashSet<_> = [SourceId(vec![1])].into_iter().collect();
+        let gone = deleted_by_reconciliation(
+            known.iter().map(|(i, d)| (i, d)),
+            &seen,
+            &[dn("ou=a,dc=org")],
+        );
+        assert_eq!(gone, vec![SourceId(vec![2])]);
+        assert_eq!(SourceId(vec![0xab, 1]).to_string(), "ab01");
+    }
+}
