@@ -1,1 +1,18 @@
+//! Test support: throwaway directory servers on loopback, each in its own
+//! temporary directory, stopped and removed when dropped (also when a test
+//! fails and unwinds).
+//!
+//! - [`slapd`]: OpenLDAP with back-mdb and syncprov on a free port.
+//! - [`samba`]: a Samba AD domain controller (LDAP on 127.0.0.1:389).
+//! - [`tls`]: a throwaway CA and server certificate (openssl CLI).
+//! - [`process`]: temp dirs, free ports, running tools.
 
+pub mod process;
+pub mod samba;
+pub mod slapd;
+pub mod tls;
+
+pub use process::{TempDir, TestkitError, free_port};
+pub use samba::SambaDc;
+pub use slapd::{Slapd, SlapdOptions};
+pub use tls::TestCa;

@@ -1,0 +1,164 @@
+//! Temporary directories, free ports and running external tools.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    #[error("{tool} is not installed ({hint})")]
+    Missing { tool: String, hint: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}):\n{output}")]
+    Command {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("{what} did not come up within {seconds} s; log:\n{log}")]
+    Startup {
+        what: String,
+        seconds: u64,
+        log: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestkitError {
+    let what = what.into();
+    move |source| TestkitError::Io { what, source }
+}
+
+/// A directory removed (recursively) on drop, unless IDBRIDGE_KEEP_TEST_DIRS is set.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<TempDir, TestkitError> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "idbridge-{prefix}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).map_err(io_err(format!("creating {}", path.display())))?;
+        Ok(TempDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("IDBRIDGE_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16, TestkitError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding an ephemeral port"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(io_err("reading the ephemeral port"))
+}
+
+/// Fails with an install hint when `tool` is not on PATH (or at an absolute path).
+pub fn require_tool(tool: &str, package: &str) -> Result<(), TestkitError> {
+    let found = if tool.starts_with('/') {
+        Path::new(tool).exists()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(TestkitError::Missing {
+            tool: tool.into(),
+            hint: format!("run scripts/test, or apt-get install {package}"),
+        })
+    }
+}
+
+/// Runs a command to completion, feeding `stdin`; fails with its output.
+pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<String, TestkitError> {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(format!("starting {shown}")))?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(data)
+            .map_err(io_err(format!("writing to {shown}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(io_err(format!("waiting for {shown}")))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(TestkitError::Command {
+            command: shown,
+            status: out.status.to_string(),
+            output: text,
+        })
+    }
+}
+
+/// Polls `ready` every 50 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Stops a child: SIGTERM, then SIGKILL after `grace`.
+pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    if !wait_until(grace, || matches!(child.try_wait(), Ok(Some(_)))) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}

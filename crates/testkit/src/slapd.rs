@@ -1,0 +1,302 @@
+//! A throwaway OpenLDAP slapd: cn=config and an mdb database with syncprov,
+//! on a free loopback port, optionally with TLS (StartTLS/LDAPS) from a test CA.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::process::{
+    TempDir, TestkitError, free_port, io_err, require_tool, run, stop_child, wait_until,
+};
+use crate::tls::TestCa;
+
+pub const BASE_DN: &str = "dc=example,dc=org";
+pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=org";
+pub const ADMIN_PASSWORD: &str = "secret";
+
+#[derive(Debug, Clone)]
+pub struct SlapdOptions {
+    /// syncprov session log size; `None` forces the present phase for deltas.
+    pub session_log: Option<u32>,
+    /// Serve TLS with certificates from a test CA (StartTLS on ldap://, and ldaps:// on a second port).
+    pub tls: bool,
+    /// LDIF loaded with `slapadd -q` before start (fast bulk loads).
+    pub bulk_ldif: Option<PathBuf>,
+}
+
+impl Default for SlapdOptions {
+    fn default() -> Self {
+        SlapdOptions {
+            session_log: Some(10_000),
+            tls: false,
+            bulk_ldif: None,
+        }
+    }
+}
+
+/// A running slapd; stopped and removed on drop.
+#[derive(Debug)]
+pub struct Slapd {
+    dir: TempDir,
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    /// `ldaps://` URL when started with TLS.
+    pub ldaps_url: Option<String>,
+    pub ca: Option<TestCa>,
+    options: SlapdOptions,
+}
+
+impl Slapd {
+    pub fn start(options: SlapdOptions) -> Result<Slapd, TestkitError> {
+        require_tool("/usr/sbin/slapd", "slapd")?;
+        require_tool("slapadd", "slapd")?;
+        require_tool("ldapmodify", "ldap-utils")?;
+        let dir = TempDir::new("slapd")?;
+        let ca = if options.tls {
+            Some(TestCa::generate()?)
+        } else {
+            None
+        };
+        for sub in ["slapd.d", "data"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(io_err("creating slapd dirs"))?;
+        }
+        let config = config_ldif(dir.path(), &options, ca.as_ref());
+        let config_path = dir.join("config.ldif");
+        std::fs::write(&config_path, config).map_err(io_err("writing config.ldif"))?;
+        let slapd_d = dir.join("slapd.d").display().to_string();
+        run(
+            Command::new("slapadd")
+                .args(["-n", "0", "-F", &slapd_d, "-l"])
+                .arg(&config_path),
+            None,
+        )?;
+        let data_path = dir.join("base.ldif");
+        std::fs::write(&data_path, BASE_LDIF).map_err(io_err("writing base.ldif"))?;
+        run(
+            Command::new("slapadd")
+                .args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"])
+                .arg(&data_path),
+            None,
+        )?;
+        if let Some(bulk) = &options.bulk_ldif {
+            run(
+                Command::new("slapadd")
+                    .args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"])
+                    .arg(bulk),
+                None,
+            )?;
+        }
+        let port = free_port()?;
+        let ldaps_port = if options.tls {
+            Some(free_port()?)
+        } else {
+            None
+        };
+        let mut slapd = Slapd {
+            dir,
+            child: None,
+            port,
+            url: format!("ldap://127.0.0.1:{port}"),
+            ldaps_url: ldaps_port.map(|p| format!("ldaps://127.0.0.1:{p}")),
+            ca,
+            options,
+        };
+        slapd.launch()?;
+        Ok(slapd)
+    }
+
+    fn launch(&mut self) -> Result<(), TestkitError> {
+        let mut listen = format!("ldap://127.0.0.1:{}/", self.port);
+        if let Some(u) = &self.ldaps_url {
+            listen.push_str(&format!(" {u}/"));
+        }
+        let log = std::fs::File::create(self.dir.join("slapd.log"))
+            .map_err(io_err("creating slapd.log"))?;
+        let child = Command::new("/usr/sbin/slapd")
+            .args(["-h", &listen, "-F"])
+            .arg(self.dir.join("slapd.d"))
+            .args(["-d", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io_err("starting slapd"))?;
+        self.child = Some(child);
+        let url = self.url.clone();
+        let up = wait_until(Duration::from_secs(20), || {
+            Command::new("ldapsearch")
+                .args(["-x", "-H", &url, "-b", "", "-s", "base", "namingContexts"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !up {
+            let log = std::fs::read_to_string(self.dir.join("slapd.log")).unwrap_or_default();
+            return Err(TestkitError::Startup {
+                what: "slapd".into(),
+                seconds: 20,
+                log,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn base_dn(&self) -> &'static str {
+        BASE_DN
+    }
+
+    pub fn admin_dn(&self) -> &'static str {
+        ADMIN_DN
+    }
+
+    pub fn admin_password(&self) -> &'static str {
+        ADMIN_PASSWORD
+    }
+
+    /// Writes the admin password to a file (for `--password-file`).
+    pub fn password_file(&self) -> Result<PathBuf, TestkitError> {
+        let p = self.dir.join("admin.pw");
+        std::fs::write(&p, ADMIN_PASSWORD).map_err(io_err("writing admin.pw"))?;
+        Ok(p)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Applies LDIF change records (or plain entries, added) as the admin.
+    pub fn modify(&self, ldif: &str) -> Result<(), TestkitError> {
+        run(
+            Command::new("ldapmodify").args([
+                "-x",
+                "-a",
+                "-H",
+                &self.url,
+                "-D",
+                ADMIN_DN,
+                "-w",
+                ADMIN_PASSWORD,
+            ]),
+            Some(ldif.as_bytes()),
+        )
+        .map(|_| ())
+    }
+
+    /// Stops the server (keeping its data) and starts it again.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(5));
+        }
+        self.launch()
+    }
+
+    /// Stops the server for good (its port then refuses connections).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(5));
+        }
+    }
+
+    pub fn options(&self) -> &SlapdOptions {
+        &self.options
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const BASE_LDIF: &str = "dn: dc=example,dc=org
+objectClass: top
+objectClass: dcObject
+objectClass: organization
+o: Example
+dc: example
+
+dn: ou=people,dc=example,dc=org
+objectClass: organizationalUnit
+ou: people
+
+dn: ou=groups,dc=example,dc=org
+objectClass: organizationalUnit
+ou: groups
+
+";
+
+fn config_ldif(dir: &Path, options: &SlapdOptions, ca: Option<&TestCa>) -> String {
+    let d = dir.display();
+    let tls = match ca {
+        Some(ca) => format!(
+            "olcTLSCACertificateFile: {}\nolcTLSCertificateFile: {}\nolcTLSCertificateKeyFile: {}\n",
+            ca.ca_cert.display(),
+            ca.server_cert.display(),
+            ca.server_key.display()
+        ),
+        None => String::new(),
+    };
+    let session_log = match options.session_log {
+        Some(n) => format!("olcSpSessionLog: {n}\n"),
+        None => String::new(),
+    };
+    format!(
+        "dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {d}/slapd.pid
+olcArgsFile: {d}/slapd.args
+{tls}
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: /usr/lib/ldap
+olcModuleLoad: back_mdb
+olcModuleLoad: syncprov
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+include: file:///etc/ldap/schema/core.ldif
+include: file:///etc/ldap/schema/cosine.ldif
+include: file:///etc/ldap/schema/nis.ldif
+include: file:///etc/ldap/schema/inetorgperson.ldif
+
+dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+olcSizeLimit: unlimited
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcRootDN: cn=admin,cn=config
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: {BASE_DN}
+olcDbDirectory: {d}/data
+olcRootDN: {ADMIN_DN}
+olcRootPW: {ADMIN_PASSWORD}
+olcDbMaxSize: 8589934592
+olcDbIndex: objectClass eq
+olcDbIndex: uid,cn,mail,member eq
+olcDbIndex: entryCSN,entryUUID eq
+olcAccess: {{0}}to attrs=userPassword by self write by anonymous auth by * none
+olcAccess: {{1}}to * by * read
+
+dn: olcOverlay={{0}}syncprov,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcSyncProvConfig
+olcOverlay: {{0}}syncprov
+olcSpCheckpoint: 100 10
+{session_log}
+"
+    )
+}
