@@ -268,9 +268,7 @@ impl LdapSource {
             let (base_name, values) = match ranged(&name) {
                 Some((base_name, Some(next_low))) => {
                     let mut all = values;
-                    all.extend(
-                        fetch_remaining_range(session, &dn_text, base_name, next_low).await?,
-                    );
+                    all.extend(fetch_range(session, &dn_text, base_name, next_low, None).await?);
                     (base_name.to_string(), all)
                 }
                 Some((base_name, None)) => (base_name.to_string(), values),
@@ -456,18 +454,24 @@ fn ranged(name: &str) -> Option<(&str, Option<u64>)> {
     }
 }
 
-/// AD ranged retrieval: reads the rest of a large multi-valued attribute.
-async fn fetch_remaining_range(
+/// AD ranged retrieval: reads the values of a large multi-valued attribute
+/// from index `low` on. With `window`, asks for that many values per request;
+/// without, takes what the server hands out (AD: MaxValRange, 1500 by default).
+pub async fn fetch_range(
     session: &Session,
     dn: &str,
     attr: &str,
     mut low: u64,
+    window: Option<u32>,
 ) -> Result<Vec<Vec<u8>>, LdapError> {
     let mut out = Vec::new();
     let mut ldap = session.ldap.clone();
     // Bounded: a server that never says '*' cannot loop us forever.
     for _ in 0..100_000 {
-        let wanted = format!("{attr};range={low}-*");
+        let wanted = match window {
+            Some(w) => format!("{attr};range={low}-{}", low + u64::from(w.max(1)) - 1),
+            None => format!("{attr};range={low}-*"),
+        };
         let mut stream = ldap
             .with_timeout(session.operation_timeout)
             .streaming_search(dn, Scope::Base, "(objectClass=*)", vec![wanted])

@@ -1,5 +1,9 @@
 //! AD / Samba delta import by uSNChanged with the Show Deleted control, for
 //! bind accounts without replication rights (DirSync refused).
+//!
+//! Such accounts usually cannot read tombstones either, so deletions would go
+//! unseen. Each delta therefore also lists the ids (only) of every in-scope
+//! object and asks the engine to reconcile: what is not listed is gone.
 
 use ldap3::Scope;
 use sync::{ImportSink, ImportSummary, SourceChange, SourceId};
@@ -86,6 +90,26 @@ pub(crate) async fn delta(
             )?;
         }
     }
+    for base in &profile.bases {
+        let mut listing = PagedSearch::new(
+            &session.ldap,
+            &session.url,
+            &base.to_string(),
+            Scope::Subtree,
+            &profile.filter,
+            vec![profile.id_attribute.clone(), "objectClass".into()],
+            Vec::new(),
+            source.settings().page_size,
+            session.operation_timeout,
+        );
+        while let Some(raw) = listing.next().await? {
+            if let Some(obj) = source.build_object(session, profile, raw).await?
+                && source.object_in_scope(&obj.entry.dn)
+            {
+                emit(&mut counts, sink, SourceChange::Present { id: obj.id })?;
+            }
+        }
+    }
     let mark = Mark {
         version: 1,
         scope: profile.scope_fingerprint.clone(),
@@ -94,5 +118,5 @@ pub(crate) async fn delta(
             server: current_server,
         },
     };
-    Ok(finish(counts, mark, Vec::new()))
+    Ok(finish(counts, mark, profile.bases.clone()))
 }
