@@ -216,7 +216,9 @@ async fn connect_one(
 
 fn describe_connect_error(e: &ldap3::LdapError) -> String {
     let text = e.to_string();
-    if text.contains("Connection refused") {
+    if text.contains("lookup address") || text.contains("Name or service not known") {
+        "the host name does not resolve (check the URL, or DNS)".into()
+    } else if text.contains("Connection refused") {
         "connection refused (is the server running and the port right?)".into()
     } else if text.contains("certificate")
         || text.contains("Certificate")

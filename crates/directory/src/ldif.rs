@@ -596,6 +596,11 @@ impl<W: std::io::Write> LdifWriter<W> {
         self.flush_record()
     }
 
+    /// The underlying writer, for interleaving other output.
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     pub fn into_inner(self) -> W {
         self.out
     }

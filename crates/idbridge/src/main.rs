@@ -1,1 +1,305 @@
-fn main() {}
+//! `idbridge`: the command line. Parses arguments and `idbridge.toml`, wires
+//! the libraries together, and reports progress and errors to people.
+
+mod config;
+mod dump;
+mod progress;
+mod sample;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use connector_ldap::{LdapSettings, Secret, TlsSettings};
+use directory::Dn;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "idbridge",
+    version,
+    about = "Hybrid identity bridge: keeps a cloud directory in step with on-premises directories"
+)]
+struct Cli {
+    /// Log as JSON lines (for log collectors).
+    #[arg(long, global = true)]
+    log_json: bool,
+    /// More detail in logs (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The whole system on one machine (arrives with the tenant and sign-in).
+    Demo,
+    /// Realistic directory data.
+    Sample {
+        #[command(subcommand)]
+        command: SampleCommand,
+    },
+    /// Look at an on-premises directory through the connector.
+    Source {
+        #[command(subcommand)]
+        command: SourceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SampleCommand {
+    /// Write users, groups and contacts as LDIF.
+    Generate {
+        #[arg(long, default_value_t = 100)]
+        users: u64,
+        #[arg(long, default_value_t = 10)]
+        groups: u64,
+        #[arg(long, default_value_t = 0)]
+        contacts: u64,
+        #[arg(long, value_enum, default_value = "openldap")]
+        flavor: sample::Flavor,
+        /// Percentage of users with a problem IdFix looks for (duplicates, bad characters, over-long values, .local domains).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        defects: u8,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Base DN of the data (default dc=example,dc=org; AD flavor DC=example,DC=test).
+        #[arg(long)]
+        base_dn: Option<String>,
+        /// Mail and UPN domain (default: from the base DN's dc= parts).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Leave out the OU entries (when they exist already).
+        #[arg(long)]
+        no_ous: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SourceCommand {
+    /// Print every object the connector imports (or, with --delta, what changed).
+    Dump {
+        /// Configuration file; or give --url and friends instead.
+        #[arg(long, conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// Which [[source]] of the config file (needed when there are several).
+        #[arg(long, requires = "config")]
+        source: Option<String>,
+        /// Server URL (repeat for failover), for a quick look without a config file.
+        #[arg(long)]
+        url: Vec<String>,
+        #[arg(long)]
+        bind_dn: Option<String>,
+        /// File holding the bind password (never give a password on the command line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Environment variable holding the bind password.
+        #[arg(long)]
+        password_env: Option<String>,
+        #[arg(long)]
+        base_dn: Vec<String>,
+        #[arg(long)]
+        starttls: bool,
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        page_size: u32,
+        /// Only what changed since the dump that wrote --state.
+        #[arg(long)]
+        delta: bool,
+        /// Keeps the watermark (and the ids seen) between dumps.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "ldif")]
+        format: dump::DumpFormat,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn init_logging(json: bool, verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Demo => {
+            eprintln!(
+                "`idbridge demo` (tenant + sample directory + sync + sign-in) arrives with the tenant and sign-in work.\n\
+                 What works today:\n  idbridge sample generate --users 1000 --flavor openldap --out sample.ldif\n  \
+                 idbridge source dump --url ldap://HOST --bind-dn DN --password-file FILE --base-dn DN\n  \
+                 idbridge source dump --config idbridge.toml [--delta --state dump.state]"
+            );
+            Ok(())
+        }
+        Command::Sample {
+            command:
+                SampleCommand::Generate {
+                    users,
+                    groups,
+                    contacts,
+                    flavor,
+                    defects,
+                    seed,
+                    base_dn,
+                    domain,
+                    no_ous,
+                    out,
+                },
+        } => {
+            let base_text = base_dn.unwrap_or_else(|| match flavor {
+                sample::Flavor::Ad => "DC=example,DC=test".into(),
+                sample::Flavor::Openldap => "dc=example,dc=org".into(),
+            });
+            let base_dn =
+                Dn::parse(&base_text).with_context(|| format!("--base-dn {base_text:?}"))?;
+            let domain = match domain.or_else(|| sample::domain_of(&base_dn)) {
+                Some(d) => d,
+                None => bail!(
+                    "--base-dn {base_text:?} has no dc= parts to derive a mail domain from; give --domain"
+                ),
+            };
+            let spec = sample::SampleSpec {
+                users,
+                groups,
+                contacts,
+                flavor,
+                defects_percent: defects,
+                seed,
+                base_dn,
+                domain,
+            };
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let n = spec
+                .write(std::io::BufWriter::with_capacity(1 << 16, file), !no_ous)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {n} entries to {}", out.display());
+            Ok(())
+        }
+        Command::Source {
+            command:
+                SourceCommand::Dump {
+                    config,
+                    source,
+                    url,
+                    bind_dn,
+                    password_file,
+                    password_env,
+                    base_dn,
+                    starttls,
+                    ca_file,
+                    page_size,
+                    delta,
+                    state,
+                    format,
+                    out,
+                },
+        } => {
+            let settings = match config {
+                Some(path) => {
+                    let cfg = config::Config::load(&path)?;
+                    let src = cfg
+                        .source(source.as_deref())
+                        .with_context(|| format!("in {}", path.display()))?;
+                    src.to_settings()?
+                }
+                None => {
+                    if url.is_empty() {
+                        bail!(
+                            "give --config idbridge.toml, or --url ldap://HOST (with --bind-dn and --password-file)"
+                        );
+                    }
+                    let password = config::resolve_password(
+                        "command line",
+                        password_file.as_deref(),
+                        password_env.as_deref(),
+                    )?;
+                    if bind_dn.is_some() && password.is_none() {
+                        bail!("--bind-dn needs --password-file FILE or --password-env VAR");
+                    }
+                    quick_settings(
+                        url, bind_dn, password, &base_dn, starttls, ca_file, page_size,
+                    )?
+                }
+            };
+            dump::run(dump::DumpRequest {
+                settings,
+                delta,
+                state,
+                format,
+                out,
+            })
+            .await
+        }
+    }
+}
+
+fn quick_settings(
+    urls: Vec<String>,
+    bind_dn: Option<String>,
+    password: Option<Secret>,
+    base_dns: &[String],
+    starttls: bool,
+    ca_file: Option<PathBuf>,
+    page_size: u32,
+) -> Result<LdapSettings> {
+    let base_dns = base_dns
+        .iter()
+        .map(|b| Dn::parse(b).with_context(|| format!("--base-dn {b:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LdapSettings {
+        urls,
+        bind_dn,
+        password,
+        tls: TlsSettings {
+            starttls,
+            ca_file,
+            insecure_skip_verify: false,
+        },
+        base_dns,
+        page_size,
+        ..LdapSettings::default()
+    })
+}

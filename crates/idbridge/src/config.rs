@@ -1,0 +1,229 @@
+//! `idbridge.toml`: the configuration file. Only this crate reads it; the
+//! libraries get typed settings built from it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use connector_ldap::{LdapSettings, Secret, ServerKind, TlsSettings};
+use directory::Dn;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A short name used in logs and state (e.g. "corp").
+    pub name: String,
+    /// Server URLs, tried in order (failover).
+    pub urls: Vec<String>,
+    pub bind_dn: Option<String>,
+    /// File holding the bind password (preferred).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the bind password.
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub base_dns: Vec<String>,
+    #[serde(default)]
+    pub include_ous: Vec<String>,
+    #[serde(default)]
+    pub exclude_ous: Vec<String>,
+    /// Attributes to read; empty means all user attributes.
+    #[serde(default)]
+    pub attributes: Vec<String>,
+    pub filter: Option<String>,
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "default_operation_timeout")]
+    pub operation_timeout_secs: u64,
+    pub server_kind: Option<ServerKind>,
+    pub anchor_attribute: Option<String>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub starttls: bool,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_operation_timeout() -> u64 {
+    120
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        if config.sources.is_empty() {
+            bail!("no [[source]] is configured");
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &config.sources {
+            if !names.insert(s.name.as_str()) {
+                bail!("two sources are named {:?}; names must be unique", s.name);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The source named `name`, or the only one.
+    pub fn source(&self, name: Option<&str>) -> Result<&SourceConfig> {
+        match name {
+            Some(n) => self.sources.iter().find(|s| s.name == n).with_context(|| {
+                format!(
+                    "no source named {n:?}; configured: {}",
+                    self.sources
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
+            None if self.sources.len() == 1 => self.sources.first().context("no source configured"),
+            None => bail!(
+                "several sources are configured ({}); choose one with --source NAME",
+                self.sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+fn parse_dns(what: &str, source: &str, values: &[String]) -> Result<Vec<Dn>> {
+    values
+        .iter()
+        .map(|v| Dn::parse(v).with_context(|| format!("source {source:?}: {what} entry {v:?}")))
+        .collect()
+}
+
+/// Reads the bind password from a file or an environment variable.
+pub fn resolve_password(
+    source: &str,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<Secret>> {
+    match (file, env) {
+        (Some(_), Some(_)) => {
+            bail!("source {source:?}: set password_file or password_env, not both")
+        }
+        (Some(path), None) => Secret::from_file(path).map(Some).with_context(|| {
+            format!(
+                "source {source:?}: cannot read password_file {}",
+                path.display()
+            )
+        }),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
+            _ => {
+                bail!("source {source:?}: the environment variable {var} (password_env) is not set")
+            }
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+impl SourceConfig {
+    pub fn to_settings(&self) -> Result<LdapSettings> {
+        if self.urls.is_empty() {
+            bail!(
+                "source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL",
+                self.name
+            );
+        }
+        let password = resolve_password(
+            &self.name,
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )?;
+        if self.bind_dn.is_some() && password.is_none() {
+            bail!(
+                "source {:?}: bind_dn is set but neither password_file nor password_env is",
+                self.name
+            );
+        }
+        Ok(LdapSettings {
+            urls: self.urls.clone(),
+            bind_dn: self.bind_dn.clone(),
+            password,
+            tls: TlsSettings {
+                starttls: self.tls.starttls,
+                ca_file: self.tls.ca_file.clone(),
+                insecure_skip_verify: self.tls.insecure_skip_verify,
+            },
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            operation_timeout: Duration::from_secs(self.operation_timeout_secs),
+            base_dns: parse_dns("base_dns", &self.name, &self.base_dns)?,
+            include_ous: parse_dns("include_ous", &self.name, &self.include_ous)?,
+            exclude_ous: parse_dns("exclude_ous", &self.name, &self.exclude_ous)?,
+            attributes: if self.attributes.is_empty() {
+                None
+            } else {
+                Some(self.attributes.clone())
+            },
+            filter: self.filter.clone(),
+            page_size: self.page_size,
+            server_kind: self.server_kind,
+            anchor_attribute: self.anchor_attribute.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../../idbridge.example.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.sources.len(), 1);
+        assert_eq!(
+            config.sources[0].tls.ca_file.as_deref(),
+            Some(Path::new("/etc/idbridge/corp-ca.pem"))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let err = Config::parse("[[source]]\nname = \"a\"\nurls = []\nbogus = 1\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("bogus") && text.contains("line 4"), "{text}");
+        let err = Config::parse("[[source]]\nname = \"a\"\nurls = [\"ldap://x\"]\n[[source]]\nname = \"a\"\nurls = [\"ldap://y\"]\n").unwrap_err();
+        assert!(err.to_string().contains("unique"));
+    }
+
+    #[test]
+    fn password_sources() {
+        assert!(resolve_password("s", Some(Path::new("/nonexistent/pw")), None).is_err());
+        assert!(resolve_password("s", None, Some("IDBRIDGE_SURELY_UNSET_VAR")).is_err());
+        assert!(resolve_password("s", Some(Path::new("/x")), Some("Y")).is_err());
+    }
+}
