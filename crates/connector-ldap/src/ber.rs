@@ -4,8 +4,8 @@
 //! instead of panicking (ldap3's own parsers panic).
 
 use ldap3::asn1::{
-    ASNTag, Boolean, Enumerated, Integer, OctetString, PL, Sequence, StructureTag, Tag, TagClass,
-    Types, parse_tag, write,
+    ASNTag, Boolean, Enumerated, Integer, OctetString, PL, Sequence, StructureTag, Tag, TagClass, Types, parse_tag,
+    write,
 };
 use ldap3::controls::RawControl;
 
@@ -19,11 +19,7 @@ pub const SYNC_INFO_OID: &str = "1.3.6.1.4.1.4203.1.9.1.4";
 
 fn encode(tags: Vec<Tag>) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
-    let seq = Tag::Sequence(Sequence {
-        inner: tags,
-        ..Default::default()
-    })
-    .into_structure();
+    let seq = Tag::Sequence(Sequence { inner: tags, ..Default::default() }).into_structure();
     // Encoding into memory cannot fail.
     if write::encode_into(&mut buf, seq).is_err() {
         return Vec::new();
@@ -32,17 +28,11 @@ fn encode(tags: Vec<Tag>) -> Vec<u8> {
 }
 
 fn int(v: i64) -> Tag {
-    Tag::Integer(Integer {
-        inner: v,
-        ..Default::default()
-    })
+    Tag::Integer(Integer { inner: v, ..Default::default() })
 }
 
 fn octets(v: Vec<u8>) -> Tag {
-    Tag::OctetString(OctetString {
-        inner: v,
-        ..Default::default()
-    })
+    Tag::OctetString(OctetString { inner: v, ..Default::default() })
 }
 
 /// Simple paged results request (RFC 2696).
@@ -64,31 +54,17 @@ pub fn dirsync_control(flags: i64, max_bytes: i64, cookie: Vec<u8>) -> RawContro
 }
 
 pub fn show_deleted_control() -> RawControl {
-    RawControl {
-        ctype: SHOW_DELETED_OID.into(),
-        crit: true,
-        val: None,
-    }
+    RawControl { ctype: SHOW_DELETED_OID.into(), crit: true, val: None }
 }
 
 /// RFC 4533 sync request in refreshOnly mode.
 pub fn sync_request_control(cookie: Option<Vec<u8>>) -> RawControl {
-    let mut tags = vec![Tag::Enumerated(Enumerated {
-        inner: 1,
-        ..Default::default()
-    })];
+    let mut tags = vec![Tag::Enumerated(Enumerated { inner: 1, ..Default::default() })];
     if let Some(c) = cookie {
         tags.push(octets(c));
     }
-    tags.push(Tag::Boolean(Boolean {
-        inner: false,
-        ..Default::default()
-    }));
-    RawControl {
-        ctype: SYNC_REQUEST_OID.into(),
-        crit: true,
-        val: Some(encode(tags)),
-    }
+    tags.push(Tag::Boolean(Boolean { inner: false, ..Default::default() }));
+    RawControl { ctype: SYNC_REQUEST_OID.into(), crit: true, val: Some(encode(tags)) }
 }
 
 fn parse_value(bytes: &[u8]) -> Option<StructureTag> {
@@ -181,17 +157,9 @@ pub fn parse_sync_done(val: &[u8]) -> Option<(Option<Vec<u8>>, bool)> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncInfo {
     NewCookie(Vec<u8>),
-    RefreshDelete {
-        cookie: Option<Vec<u8>>,
-    },
-    RefreshPresent {
-        cookie: Option<Vec<u8>>,
-    },
-    IdSet {
-        cookie: Option<Vec<u8>>,
-        refresh_deletes: bool,
-        uuids: Vec<Vec<u8>>,
-    },
+    RefreshDelete { cookie: Option<Vec<u8>> },
+    RefreshPresent { cookie: Option<Vec<u8>> },
+    IdSet { cookie: Option<Vec<u8>>, refresh_deletes: bool, uuids: Vec<Vec<u8>> },
 }
 
 /// Decodes an IntermediateResponse message carrying a Sync Info value.
@@ -233,11 +201,7 @@ pub fn parse_sync_info(msg: StructureTag) -> Option<SyncInfo> {
             Some(match id {
                 1 => SyncInfo::RefreshDelete { cookie },
                 2 => SyncInfo::RefreshPresent { cookie },
-                _ => SyncInfo::IdSet {
-                    cookie,
-                    refresh_deletes: flag.unwrap_or(false),
-                    uuids,
-                },
+                _ => SyncInfo::IdSet { cookie, refresh_deletes: flag.unwrap_or(false), uuids },
             })
         }
         _ => None,
@@ -256,11 +220,9 @@ pub fn parse_entry(msg: StructureTag) -> Option<RawEntry> {
         let mut pa = a.expect_constructed()?.into_iter();
         let name = String::from_utf8(pa.next()?.expect_primitive()?).ok()?;
         let values = match pa.next() {
-            Some(v) => v
-                .expect_constructed()?
-                .into_iter()
-                .map(StructureTag::expect_primitive)
-                .collect::<Option<Vec<_>>>()?,
+            Some(v) => {
+                v.expect_constructed()?.into_iter().map(StructureTag::expect_primitive).collect::<Option<Vec<_>>>()?
+            }
             None => Vec::new(),
         };
         attrs.push((name, values));
@@ -280,42 +242,17 @@ mod tests {
         let resp = encode(vec![int(1), int(0), octets(b"xyz".to_vec())]);
         assert_eq!(parse_dirsync_response(&resp), Some((true, b"xyz".to_vec())));
         assert_eq!(parse_dirsync_response(&[0x30, 0x03, 0x02]), None);
-        assert_eq!(
-            parse_paged_response(&encode(vec![int(0), octets(vec![])])),
-            Some(vec![])
-        );
+        assert_eq!(parse_paged_response(&encode(vec![int(0), octets(vec![])])), Some(vec![]));
     }
 
     #[test]
     fn malformed_input_is_none() {
         assert_eq!(parse_sync_state(&[]), None);
         assert_eq!(parse_sync_done(&[0xff, 0xff]), None);
-        let state = encode(vec![
-            Tag::Enumerated(Enumerated {
-                inner: 9,
-                ..Default::default()
-            }),
-            octets(vec![1; 16]),
-        ]);
+        let state = encode(vec![Tag::Enumerated(Enumerated { inner: 9, ..Default::default() }), octets(vec![1; 16])]);
         assert_eq!(parse_sync_state(&state), None);
-        let ok = encode(vec![
-            Tag::Enumerated(Enumerated {
-                inner: 3,
-                ..Default::default()
-            }),
-            octets(vec![1; 16]),
-        ]);
-        assert_eq!(
-            parse_sync_state(&ok),
-            Some((SyncStateKind::Delete, vec![1; 16], None))
-        );
-        assert_eq!(
-            as_int(&StructureTag {
-                class: TagClass::Universal,
-                id: 2,
-                payload: PL::P(vec![0xff])
-            }),
-            Some(-1)
-        );
+        let ok = encode(vec![Tag::Enumerated(Enumerated { inner: 3, ..Default::default() }), octets(vec![1; 16])]);
+        assert_eq!(parse_sync_state(&ok), Some((SyncStateKind::Delete, vec![1; 16], None)));
+        assert_eq!(as_int(&StructureTag { class: TagClass::Universal, id: 2, payload: PL::P(vec![0xff]) }), Some(-1));
     }
 }

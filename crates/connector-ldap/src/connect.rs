@@ -21,24 +21,40 @@ pub struct Session {
     pub operation_timeout: Duration,
 }
 
-/// Checks a URL the way ldap3 would use it, so its own panics cannot trigger.
-fn check_url(url: &str) -> Result<(), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or("expected ldap://host[:port] or ldaps://host[:port]")?;
-    if !matches!(scheme.to_ascii_lowercase().as_str(), "ldap" | "ldaps") {
-        return Err(format!("unsupported scheme {scheme:?} (use ldap or ldaps)"));
-    }
-    let host = rest.split('/').next().unwrap_or_default();
-    let host_only = if host.starts_with('[') {
-        host.split(']').next().unwrap_or_default()
-    } else {
-        host.split(':').next().unwrap_or_default()
+/// The parts of an LDAP URL that we connect to.
+#[derive(Debug, PartialEq, Eq)]
+struct Endpoint {
+    host: String,
+    port: u16,
+}
+
+/// Checks a URL the way ldap3 would use it (so its own panics cannot
+/// trigger) and finds the host and port to connect to.
+fn check_url(url: &str) -> Result<Endpoint, String> {
+    let (scheme, rest) = url.split_once("://").ok_or("expected ldap://host[:port] or ldaps://host[:port]")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "ldap" => 389,
+        "ldaps" => 636,
+        _ => return Err(format!("unsupported scheme {scheme:?} (use ldap or ldaps)")),
     };
-    if host_only.trim_start_matches('[').is_empty() {
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unclosed '[' in the host")?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
         return Err("the URL has no host".into());
     }
-    Ok(())
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?,
+        None => default_port,
+    };
+    Ok(Endpoint { host: host.to_string(), port })
 }
 
 fn tls_config(settings: &LdapSettings) -> Result<Option<Arc<rustls::ClientConfig>>, LdapError> {
@@ -47,27 +63,15 @@ fn tls_config(settings: &LdapSettings) -> Result<Option<Arc<rustls::ClientConfig
     };
     let shown = path.display().to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| LdapError::CaFile {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| LdapError::CaFile { path: shown.clone(), reason: e.to_string() })?
         .collect::<Result<_, _>>()
-        .map_err(|e| LdapError::CaFile {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| LdapError::CaFile { path: shown.clone(), reason: e.to_string() })?;
     if certs.is_empty() {
-        return Err(LdapError::CaFile {
-            path: shown,
-            reason: "no PEM certificate in the file".into(),
-        });
+        return Err(LdapError::CaFile { path: shown, reason: "no PEM certificate in the file".into() });
     }
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
-        roots.add(cert).map_err(|e| LdapError::CaFile {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        roots.add(cert).map_err(|e| LdapError::CaFile { path: shown.clone(), reason: e.to_string() })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -97,14 +101,14 @@ pub async fn connect(settings: &LdapSettings) -> Result<Session, LdapError> {
     }
     let mut attempts = Vec::new();
     for url in &settings.urls {
-        if let Err(reason) = check_url(url) {
-            attempts.push(Attempt {
-                url: url.clone(),
-                reason,
-            });
-            continue;
-        }
-        match connect_one(settings, url, tls.clone()).await {
+        let endpoint = match check_url(url) {
+            Ok(e) => e,
+            Err(reason) => {
+                attempts.push(Attempt { url: url.clone(), reason });
+                continue;
+            }
+        };
+        match connect_one(settings, url, &endpoint, tls.clone()).await {
             Ok(session) => {
                 if !attempts.is_empty() {
                     tracing::warn!(server = %url, skipped = attempts.len(), "failed over to a later server");
@@ -114,10 +118,7 @@ pub async fn connect(settings: &LdapSettings) -> Result<Session, LdapError> {
             Err(ConnectFailure::Fatal(e)) => return Err(e),
             Err(ConnectFailure::TryNext(reason)) => {
                 tracing::warn!(server = %url, %reason, "server unreachable, trying the next one");
-                attempts.push(Attempt {
-                    url: url.clone(),
-                    reason,
-                });
+                attempts.push(Attempt { url: url.clone(), reason });
             }
         }
     }
@@ -132,9 +133,20 @@ enum ConnectFailure {
 async fn connect_one(
     settings: &LdapSettings,
     url: &str,
+    endpoint: &Endpoint,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Session, ConnectFailure> {
+    // We open the socket ourselves: ldap3 leaves Nagle's algorithm on, and a
+    // receive buffer that starts small lets the server fill it during a page
+    // of a paged search, which stalls the transfer for ~200 ms (TCP persist timer).
+    let tcp = match tokio::time::timeout(settings.connect_timeout, open_socket(endpoint)).await {
+        Err(_) => return Err(ConnectFailure::TryNext(format!("no answer within {:?}", settings.connect_timeout))),
+        Ok(Err(e)) => return Err(ConnectFailure::TryNext(describe_io_error(&e))),
+        Ok(Ok(s)) => s,
+    };
+    let std_tcp = tcp.into_std().map_err(|e| ConnectFailure::TryNext(format!("socket setup failed: {e}")))?;
     let mut conn_settings = LdapConnSettings::new()
+        .set_std_stream(ldap3::StdStream::Tcp(std_tcp))
         .set_conn_timeout(settings.connect_timeout)
         .set_starttls(settings.tls.starttls && url.to_ascii_lowercase().starts_with("ldap://"))
         .set_no_tls_verify(settings.tls.insecure_skip_verify);
@@ -143,17 +155,11 @@ async fn connect_one(
     {
         conn_settings = conn_settings.set_config(config);
     }
-    let attempt = tokio::time::timeout(
-        settings.connect_timeout * 2,
-        LdapConnAsync::with_settings(conn_settings, url),
-    )
-    .await;
+    let attempt =
+        tokio::time::timeout(settings.connect_timeout * 2, LdapConnAsync::with_settings(conn_settings, url)).await;
     let (conn, mut ldap) = match attempt {
         Err(_) => {
-            return Err(ConnectFailure::TryNext(format!(
-                "no answer within {:?}",
-                settings.connect_timeout
-            )));
+            return Err(ConnectFailure::TryNext(format!("no answer within {:?}", settings.connect_timeout)));
         }
         Ok(Err(e)) => return Err(ConnectFailure::TryNext(describe_connect_error(&e))),
         Ok(Ok(pair)) => pair,
@@ -167,55 +173,63 @@ async fn connect_one(
     });
     let op_timeout = settings.operation_timeout;
     if let Some(bind_dn) = &settings.bind_dn {
-        let password = settings
-            .password
-            .as_ref()
-            .map(|p| p.expose())
-            .unwrap_or_default();
+        let password = settings.password.as_ref().map(|p| p.expose()).unwrap_or_default();
         if password.is_empty() {
             return Err(ConnectFailure::Fatal(LdapError::Settings(format!(
                 "bind_dn {bind_dn:?} is set but no password was given (password_file or password_env)"
             ))));
         }
-        let result = ldap
-            .with_timeout(op_timeout)
-            .simple_bind(bind_dn, password)
-            .await;
+        let result = ldap.with_timeout(op_timeout).simple_bind(bind_dn, password).await;
         match result {
             Err(e) => {
-                return Err(ConnectFailure::TryNext(format!(
-                    "bind did not complete: {e}"
-                )));
+                return Err(ConnectFailure::TryNext(format!("bind did not complete: {e}")));
             }
             Ok(res) if res.rc != 0 => {
                 return Err(ConnectFailure::Fatal(LdapError::Bind {
                     url: url.to_string(),
                     bind_dn: bind_dn.clone(),
                     code: res.rc,
-                    message: if res.text.is_empty() {
-                        format!("LDAP result {}", res.rc)
-                    } else {
-                        res.text.clone()
-                    },
+                    message: if res.text.is_empty() { format!("LDAP result {}", res.rc) } else { res.text.clone() },
                     hint: bind_hint(res.rc, &res.text),
                 }));
             }
             Ok(_) => {}
         }
     }
-    let root_dse = read_root_dse(&mut ldap, url, op_timeout)
-        .await
-        .map_err(ConnectFailure::Fatal)?;
-    Ok(Session {
-        ldap,
-        url: url.to_string(),
-        root_dse,
-        operation_timeout: op_timeout,
-    })
+    let root_dse = read_root_dse(&mut ldap, url, op_timeout).await.map_err(ConnectFailure::Fatal)?;
+    Ok(Session { ldap, url: url.to_string(), root_dse, operation_timeout: op_timeout })
+}
+
+/// Receive buffer for directory connections: one page of entries fits.
+const RECEIVE_BUFFER: u32 = 4 << 20;
+
+async fn open_socket(endpoint: &Endpoint) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        // Best effort: the kernel may cap it (net.core.rmem_max); that is fine.
+        let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+        match socket.connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the host name resolved to no address")))
+}
+
+fn describe_io_error(e: &std::io::Error) -> String {
+    describe_text(e.to_string())
 }
 
 fn describe_connect_error(e: &ldap3::LdapError) -> String {
-    let text = e.to_string();
+    describe_text(e.to_string())
+}
+
+fn describe_text(text: String) -> String {
     if text.contains("lookup address") || text.contains("Name or service not known") {
         "the host name does not resolve (check the URL, or DNS)".into()
     } else if text.contains("Connection refused") {
@@ -225,29 +239,18 @@ fn describe_connect_error(e: &ldap3::LdapError) -> String {
         || text.contains("tls")
         || text.contains("TLS")
     {
-        format!(
-            "TLS failed: {text} (check tls.ca_file and that the URL host matches the certificate)"
-        )
+        format!("TLS failed: {text} (check tls.ca_file and that the URL host matches the certificate)")
     } else {
         text
     }
 }
 
 /// Reads the rootDSE (anonymously readable on every server we know).
-pub async fn read_root_dse(
-    ldap: &mut Ldap,
-    url: &str,
-    timeout: Duration,
-) -> Result<RootDse, LdapError> {
+pub async fn read_root_dse(ldap: &mut Ldap, url: &str, timeout: Duration) -> Result<RootDse, LdapError> {
     let attrs = RootDse::ATTRIBUTES.to_vec();
-    let mut stream = ldap
-        .with_timeout(timeout)
-        .streaming_search("", Scope::Base, "(objectClass=*)", attrs)
-        .await
-        .map_err(|e| LdapError::Connection {
-            url: url.into(),
-            operation: "reading the rootDSE".into(),
-            reason: e.to_string(),
+    let mut stream =
+        ldap.with_timeout(timeout).streaming_search("", Scope::Base, "(objectClass=*)", attrs).await.map_err(|e| {
+            LdapError::Connection { url: url.into(), operation: "reading the rootDSE".into(), reason: e.to_string() }
         })?;
     let mut dse = None;
     while let Some(item) = stream.next().await.map_err(|e| LdapError::Connection {
@@ -258,36 +261,27 @@ pub async fn read_root_dse(
         if item.is_ref() || item.is_intermediate() {
             continue;
         }
-        let (_, attrs) = ber::parse_entry(item.0).ok_or(LdapError::Protocol {
-            url: url.into(),
-            what: "rootDSE entry".into(),
-        })?;
+        let (_, attrs) =
+            ber::parse_entry(item.0).ok_or(LdapError::Protocol { url: url.into(), what: "rootDSE entry".into() })?;
         dse = Some(RootDse::from_attrs(attrs));
     }
     let res = stream.finish().await;
     if res.rc != 0 {
-        return Err(LdapError::Search {
-            url: url.into(),
-            base: String::new(),
-            code: res.rc,
-            message: res.text,
-        });
+        return Err(LdapError::Search { url: url.into(), base: String::new(), code: res.rc, message: res.text });
     }
-    dse.ok_or(LdapError::Protocol {
-        url: url.into(),
-        what: "empty rootDSE".into(),
-    })
+    dse.ok_or(LdapError::Protocol { url: url.into(), what: "empty rootDSE".into() })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check_url;
+    use super::{Endpoint, check_url};
 
     #[test]
     fn urls() {
-        assert!(check_url("ldap://127.0.0.1:389").is_ok());
-        assert!(check_url("ldaps://dc1.example.com").is_ok());
-        assert!(check_url("ldap://[::1]:389").is_ok());
+        assert_eq!(check_url("ldap://127.0.0.1:3890"), Ok(Endpoint { host: "127.0.0.1".into(), port: 3890 }));
+        assert_eq!(check_url("ldaps://dc1.example.com/"), Ok(Endpoint { host: "dc1.example.com".into(), port: 636 }));
+        assert_eq!(check_url("ldap://[::1]"), Ok(Endpoint { host: "::1".into(), port: 389 }));
+        assert!(check_url("ldap://host:99999").is_err());
         assert!(check_url("ldap://").is_err());
         assert!(check_url("ldap://:389").is_err());
         assert!(check_url("http://x").is_err());

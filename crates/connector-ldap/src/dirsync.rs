@@ -34,8 +34,7 @@ impl LdapSource {
         extra_attrs: Vec<String>,
         cookie: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, LdapError> {
-        self.dirsync_collect(filter, extra_attrs, cookie, &mut |_| {})
-            .await
+        self.dirsync_collect(filter, extra_attrs, cookie, &mut |_| {}).await
     }
 
     pub(crate) async fn dirsync_collect(
@@ -47,9 +46,7 @@ impl LdapSource {
     ) -> Result<Vec<u8>, LdapError> {
         let (session, profile) = self.session_profile()?;
         let nc = profile.naming_context.as_ref().ok_or_else(|| {
-            LdapError::Settings(
-                "no naming context contains the configured base DNs; check base_dns".into(),
-            )
+            LdapError::Settings("no naming context contains the configured base DNs; check base_dns".into())
         })?;
         let nc_text = nc.to_string();
         let mut attrs = profile.attributes.clone();
@@ -74,19 +71,15 @@ impl LdapSource {
                 if re.is_ref() || re.is_intermediate() {
                     continue;
                 }
-                let (dn, raw) = ber::parse_entry(re.0).ok_or(LdapError::Protocol {
-                    url: session.url.clone(),
-                    what: "DirSync entry".into(),
-                })?;
+                let (dn, raw) = ber::parse_entry(re.0)
+                    .ok_or(LdapError::Protocol { url: session.url.clone(), what: "DirSync entry".into() })?;
                 let mut guid = None;
                 let mut deleted = false;
                 for (name, values) in raw {
                     if name.eq_ignore_ascii_case("objectGUID") {
                         guid = values.into_iter().next();
                     } else if name.eq_ignore_ascii_case("isDeleted") {
-                        deleted = values
-                            .first()
-                            .is_some_and(|v| v.eq_ignore_ascii_case(b"TRUE"));
+                        deleted = values.first().is_some_and(|v| v.eq_ignore_ascii_case(b"TRUE"));
                     }
                 }
                 match guid {
@@ -173,20 +166,12 @@ pub(crate) async fn delta(
             }
         }
     }
-    let mark = Mark {
-        version: 1,
-        scope: scope_fingerprint,
-        position: DeltaPosition::DirSync {
-            cookie: b64(&new_cookie),
-        },
-    };
+    let mark =
+        Mark { version: 1, scope: scope_fingerprint, position: DeltaPosition::DirSync { cookie: b64(&new_cookie) } };
     Ok(finish(counts, mark, Vec::new()))
 }
 
 /// True if a raw `isDeleted` value says TRUE.
 pub(crate) fn is_deleted(values: &[Value]) -> bool {
-    values
-        .first()
-        .and_then(Value::as_text)
-        .is_some_and(|t| t.eq_ignore_ascii_case("TRUE"))
+    values.first().and_then(Value::as_text).is_some_and(|t| t.eq_ignore_ascii_case("TRUE"))
 }

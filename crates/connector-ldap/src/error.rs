@@ -16,41 +16,22 @@ pub enum LdapError {
     Unreachable { attempts: Vec<Attempt> },
 
     #[error("bind as {bind_dn:?} to {url} failed: {message}{}", hint.as_ref().map(|h| format!(" — {h}")).unwrap_or_default())]
-    Bind {
-        url: String,
-        bind_dn: String,
-        code: u32,
-        message: String,
-        hint: Option<String>,
-    },
+    Bind { url: String, bind_dn: String, code: u32, message: String, hint: Option<String> },
 
     #[error("cannot read the CA file {path}: {reason}")]
     CaFile { path: String, reason: String },
 
     #[error("search of {base:?} on {url} failed (LDAP result {code}): {message}")]
-    Search {
-        url: String,
-        base: String,
-        code: u32,
-        message: String,
-    },
+    Search { url: String, base: String, code: u32, message: String },
 
     #[error("the connection to {url} failed during {operation}: {reason}")]
-    Connection {
-        url: String,
-        operation: String,
-        reason: String,
-    },
+    Connection { url: String, operation: String, reason: String },
 
     #[error("{url} sent a malformed {what}")]
     Protocol { url: String, what: String },
 
     #[error("object {dn:?} has no usable {attribute} (the id/anchor attribute): {reason}")]
-    Identity {
-        dn: String,
-        attribute: String,
-        reason: String,
-    },
+    Identity { dn: String, attribute: String, reason: String },
 
     #[error("the watermark is not one this connector wrote: {0}")]
     Watermark(String),
@@ -61,11 +42,7 @@ pub enum LdapError {
 
 /// A hint for a failed bind, from the LDAP result code and AD's "data NNN" sub-code.
 pub fn bind_hint(code: u32, text: &str) -> Option<String> {
-    let sub = text.split("data ").nth(1).map(|s| {
-        s.chars()
-            .take_while(char::is_ascii_hexdigit)
-            .collect::<String>()
-    });
+    let sub = text.split("data ").nth(1).map(|s| s.chars().take_while(char::is_ascii_hexdigit).collect::<String>());
     let from_sub = match sub.as_deref() {
         Some("525") => Some("the user does not exist: check bind_dn"),
         Some("52e") => Some("wrong password: check the password file or environment variable"),
@@ -83,9 +60,14 @@ pub fn bind_hint(code: u32, text: &str) -> Option<String> {
     }
     match code {
         49 => Some("invalid credentials: check bind_dn and the password".into()),
-        8 | 13 => Some("the server requires an encrypted connection for simple binds: use ldaps:// or set tls.starttls = true".into()),
+        8 | 13 => Some(
+            "the server requires an encrypted connection for simple binds: use ldaps:// or set tls.starttls = true"
+                .into(),
+        ),
         48 => Some("the server does not allow this kind of bind (anonymous or simple binds disabled)".into()),
-        53 => Some("the server is unwilling to perform the bind (often: simple binds over plain LDAP are disabled)".into()),
+        53 => Some(
+            "the server is unwilling to perform the bind (often: simple binds over plain LDAP are disabled)".into(),
+        ),
         _ => None,
     }
 }

@@ -22,6 +22,8 @@ pub struct PagedSearch {
     stream: Option<SearchStream<'static, String, Vec<String>>>,
     done: bool,
     pub pages: u32,
+    page_started: std::time::Instant,
+    page_entries: u32,
     pub referrals_skipped: u32,
 }
 
@@ -52,6 +54,8 @@ impl PagedSearch {
             stream: None,
             done: false,
             pages: 0,
+            page_started: std::time::Instant::now(),
+            page_entries: 0,
             referrals_skipped: 0,
         }
     }
@@ -71,10 +75,7 @@ impl PagedSearch {
                 if self.done {
                     return Ok(None);
                 }
-                let mut controls = vec![ber::paged_control(
-                    self.page_size,
-                    std::mem::take(&mut self.cookie),
-                )];
+                let mut controls = vec![ber::paged_control(self.page_size, std::mem::take(&mut self.cookie))];
                 controls.extend(self.extra_controls.iter().cloned());
                 let stream = self
                     .ldap
@@ -85,6 +86,8 @@ impl PagedSearch {
                     .map_err(|e| self.conn_err(e))?;
                 self.stream = Some(stream);
                 self.pages += 1;
+                self.page_started = std::time::Instant::now();
+                self.page_entries = 0;
             }
             let Some(stream) = self.stream.as_mut() else {
                 continue;
@@ -99,14 +102,15 @@ impl PagedSearch {
                 }
                 Ok(Some(re)) if re.is_intermediate() => {}
                 Ok(Some(re)) => {
-                    return ber::parse_entry(re.0).map(Some).ok_or(LdapError::Protocol {
-                        url: self.url.clone(),
-                        what: "search result entry".into(),
-                    });
+                    self.page_entries += 1;
+                    return ber::parse_entry(re.0)
+                        .map(Some)
+                        .ok_or(LdapError::Protocol { url: self.url.clone(), what: "search result entry".into() });
                 }
                 Ok(None) => {
                     let res = stream.finish().await;
                     self.stream = None;
+                    tracing::debug!(base = %self.base, page = self.pages, entries = self.page_entries, ms = self.page_started.elapsed().as_millis() as u64, "page read");
                     if res.rc != 0 {
                         return Err(search_error(&self.url, &self.base, res.rc, &res.text));
                     }
@@ -131,19 +135,12 @@ impl PagedSearch {
 /// A search failure with advice for the common result codes.
 pub fn search_error(url: &str, base: &str, code: u32, text: &str) -> LdapError {
     let advice = match code {
-        4 => {
-            " — the server's size limit was hit: raise it for the sync account, or make sure paging is allowed"
-        }
+        4 => " — the server's size limit was hit: raise it for the sync account, or make sure paging is allowed",
         3 => " — the server's time limit was hit: raise it for the sync account",
         10 => " — the base DN is not held by this server (a referral): check base_dns",
         32 => " — the base DN does not exist: check base_dns",
         50 => " — the bind account may not read this: grant it read access",
         _ => "",
     };
-    LdapError::Search {
-        url: url.to_string(),
-        base: base.to_string(),
-        code,
-        message: format!("{text}{advice}"),
-    }
+    LdapError::Search { url: url.to_string(), base: base.to_string(), code, message: format!("{text}{advice}") }
 }

@@ -40,10 +40,7 @@ impl RootDse {
     pub fn from_attrs(attrs: Vec<(String, Vec<Vec<u8>>)>) -> RootDse {
         let mut dse = RootDse::default();
         for (name, values) in attrs {
-            let texts: Vec<String> = values
-                .into_iter()
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .collect();
+            let texts: Vec<String> = values.into_iter().map(|v| String::from_utf8_lossy(&v).into_owned()).collect();
             let first = texts.first().cloned();
             match name.to_ascii_lowercase().as_str() {
                 "namingcontexts" => dse.naming_contexts = texts,
@@ -55,9 +52,7 @@ impl RootDse {
                 "objectclass" => dse.object_classes = texts,
                 "configcontext" => dse.config_context = first,
                 "dsservicename" => dse.ds_service_name = first,
-                "highestcommittedusn" => {
-                    dse.highest_committed_usn = first.and_then(|s| s.trim().parse().ok())
-                }
+                "highestcommittedusn" => dse.highest_committed_usn = first.and_then(|s| s.trim().parse().ok()),
                 "dnshostname" => dse.dns_host_name = first,
                 _ => {}
             }
@@ -66,32 +61,15 @@ impl RootDse {
     }
 
     pub fn kind(&self) -> ServerKind {
-        let vendor = self
-            .vendor_name
-            .as_deref()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if self
-            .supported_capabilities
-            .iter()
-            .any(|c| c == AD_CAPABILITY)
-        {
+        let vendor = self.vendor_name.as_deref().unwrap_or_default().to_ascii_lowercase();
+        if self.supported_capabilities.iter().any(|c| c == AD_CAPABILITY) {
             ServerKind::ActiveDirectory
-        } else if self
-            .object_classes
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case("OpenLDAProotDSE"))
-            || self
-                .config_context
-                .as_deref()
-                .is_some_and(|c| c.eq_ignore_ascii_case("cn=config"))
+        } else if self.object_classes.iter().any(|c| c.eq_ignore_ascii_case("OpenLDAProotDSE"))
+            || self.config_context.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("cn=config"))
                 && !vendor.contains("389")
         {
             ServerKind::OpenLdap
-        } else if vendor.contains("389 project")
-            || vendor.contains("fedora project")
-            || vendor.contains("red hat")
-        {
+        } else if vendor.contains("389 project") || vendor.contains("fedora project") || vendor.contains("red hat") {
             ServerKind::Ds389
         } else {
             ServerKind::Other
@@ -122,36 +100,16 @@ mod tests {
 
     fn dse(pairs: &[(&str, &[&str])]) -> RootDse {
         RootDse::from_attrs(
-            pairs
-                .iter()
-                .map(|(n, vs)| {
-                    (
-                        n.to_string(),
-                        vs.iter().map(|v| v.as_bytes().to_vec()).collect(),
-                    )
-                })
-                .collect(),
+            pairs.iter().map(|(n, vs)| (n.to_string(), vs.iter().map(|v| v.as_bytes().to_vec()).collect())).collect(),
         )
     }
 
     #[test]
     fn detects_kinds() {
-        assert_eq!(
-            dse(&[("supportedCapabilities", &[AD_CAPABILITY])]).kind(),
-            ServerKind::ActiveDirectory
-        );
-        assert_eq!(
-            dse(&[("objectClass", &["top", "OpenLDAProotDSE"])]).kind(),
-            ServerKind::OpenLdap
-        );
-        assert_eq!(
-            dse(&[("vendorName", &["389 Project"])]).kind(),
-            ServerKind::Ds389
-        );
+        assert_eq!(dse(&[("supportedCapabilities", &[AD_CAPABILITY])]).kind(), ServerKind::ActiveDirectory);
+        assert_eq!(dse(&[("objectClass", &["top", "OpenLDAProotDSE"])]).kind(), ServerKind::OpenLdap);
+        assert_eq!(dse(&[("vendorName", &["389 Project"])]).kind(), ServerKind::Ds389);
         assert_eq!(dse(&[("vendorName", &["Acme"])]).kind(), ServerKind::Other);
-        assert_eq!(
-            dse(&[("highestCommittedUSN", &["4242"])]).highest_committed_usn,
-            Some(4242)
-        );
+        assert_eq!(dse(&[("highestCommittedUSN", &["4242"])]).highest_committed_usn, Some(4242));
     }
 }

@@ -1,13 +1,9 @@
 //! `LdapSource`: the `Source` over LDAP — full import with paging and ranged
 //! retrieval, and delta import through DirSync, uSNChanged or syncrepl.
 
-use std::collections::BTreeMap;
-
-use directory::{Anchor, Dn, Entry, Filter, ObjectKind, Value};
+use directory::{Anchor, Attribute, Dn, Entry, Filter, ObjectKind, Value};
 use ldap3::Scope;
-use sync::{
-    ImportMode, ImportSink, ImportSummary, Source, SourceChange, SourceId, SourceObject, Watermark,
-};
+use sync::{ImportMode, ImportSink, ImportSummary, Source, SourceChange, SourceId, SourceObject, Watermark};
 
 use crate::ber::{self, RawEntry};
 use crate::connect::{self, Session};
@@ -54,18 +50,10 @@ pub(crate) struct Counts {
 
 impl Counts {
     fn new() -> Self {
-        Counts {
-            upserts: 0,
-            deletes: 0,
-            presents: 0,
-        }
+        Counts { upserts: 0, deletes: 0, presents: 0 }
     }
 
-    fn emit(
-        &mut self,
-        sink: &mut (dyn ImportSink + Send),
-        change: SourceChange,
-    ) -> Result<(), LdapError> {
+    fn emit(&mut self, sink: &mut (dyn ImportSink + Send), change: SourceChange) -> Result<(), LdapError> {
         match &change {
             SourceChange::Upsert(_) => self.upserts += 1,
             SourceChange::Delete { .. } => self.deletes += 1,
@@ -75,12 +63,7 @@ impl Counts {
         Ok(())
     }
 
-    fn summary(
-        self,
-        mode: ImportMode,
-        watermark: Watermark,
-        reconcile_within: Vec<Dn>,
-    ) -> ImportSummary {
+    fn summary(self, mode: ImportMode, watermark: Watermark, reconcile_within: Vec<Dn>) -> ImportSummary {
         ImportSummary {
             mode,
             watermark,
@@ -100,11 +83,7 @@ impl LdapSource {
         if settings.page_size == 0 {
             return Err(LdapError::Settings("page_size must be at least 1".into()));
         }
-        Ok(LdapSource {
-            settings,
-            session: None,
-            profile: None,
-        })
+        Ok(LdapSource { settings, session: None, profile: None })
     }
 
     /// Connects (with failover) if not connected, and resolves the profile.
@@ -132,8 +111,7 @@ impl LdapSource {
 
     fn in_scope(&self, profile: &Profile, dn: &Dn) -> bool {
         profile.bases.iter().any(|b| dn.is_within(b))
-            && (self.settings.include_ous.is_empty()
-                || self.settings.include_ous.iter().any(|o| dn.is_within(o)))
+            && (self.settings.include_ous.is_empty() || self.settings.include_ous.iter().any(|o| dn.is_within(o)))
             && !self.settings.exclude_ous.iter().any(|o| dn.is_within(o))
     }
 
@@ -142,17 +120,11 @@ impl LdapSource {
         let Some(session) = self.session.as_mut() else {
             return Err(LdapError::Settings("not connected".into()));
         };
-        session.root_dse =
-            connect::read_root_dse(&mut session.ldap, &session.url, session.operation_timeout)
-                .await?;
+        session.root_dse = connect::read_root_dse(&mut session.ldap, &session.url, session.operation_timeout).await?;
         Ok(())
     }
 
-    async fn full(
-        &mut self,
-        sink: &mut (dyn ImportSink + Send),
-        mode: ImportMode,
-    ) -> Result<ImportSummary, LdapError> {
+    async fn full(&mut self, sink: &mut (dyn ImportSink + Send), mode: ImportMode) -> Result<ImportSummary, LdapError> {
         self.connect().await?;
         // Take the change-tracking position first: changes made during the
         // import are then seen again by the next delta (idempotent), never lost.
@@ -179,11 +151,7 @@ impl LdapSource {
                 }
             }
         }
-        let mark = Mark {
-            version: 1,
-            scope: profile.scope_fingerprint.clone(),
-            position,
-        };
+        let mark = Mark { version: 1, scope: profile.scope_fingerprint.clone(), position };
         Ok(counts.summary(mode, mark.encode(), profile.bases.clone()))
     }
 
@@ -195,13 +163,9 @@ impl LdapSource {
                 if session.root_dse.supports_control(DIRSYNC_CONTROL) {
                     match self.dirsync_pass(MATCH_NOTHING, Vec::new(), None).await {
                         Ok(cookie) => {
-                            return Ok(DeltaPosition::DirSync {
-                                cookie: crate::watermark::b64(&cookie),
-                            });
+                            return Ok(DeltaPosition::DirSync { cookie: crate::watermark::b64(&cookie) });
                         }
-                        Err(LdapError::Search {
-                            code: 50, message, ..
-                        }) => {
+                        Err(LdapError::Search { code: 50, message, .. }) => {
                             tracing::warn!(
                                 %message,
                                 "the bind account lacks 'Replicating Directory Changes' on the naming context, so DirSync is refused; \
@@ -214,20 +178,13 @@ impl LdapSource {
                 }
                 self.refresh_root_dse().await?;
                 let (session, _) = self.parts()?;
-                let usn = session
-                    .root_dse
-                    .highest_committed_usn
-                    .ok_or(LdapError::Protocol {
-                        url: session.url.clone(),
-                        what: "rootDSE without highestCommittedUSN".into(),
-                    })?;
+                let usn = session.root_dse.highest_committed_usn.ok_or(LdapError::Protocol {
+                    url: session.url.clone(),
+                    what: "rootDSE without highestCommittedUSN".into(),
+                })?;
                 Ok(DeltaPosition::Usn {
                     usn,
-                    server: session
-                        .root_dse
-                        .ds_service_name
-                        .clone()
-                        .unwrap_or_else(|| session.url.clone()),
+                    server: session.root_dse.ds_service_name.clone().unwrap_or_else(|| session.url.clone()),
                 })
             }
             _ if session.root_dse.supports_control(SYNCREPL_CONTROL) => {
@@ -263,9 +220,11 @@ impl LdapSource {
                 return Ok(None);
             }
         };
-        let mut merged: BTreeMap<String, (String, Vec<Vec<u8>>)> = BTreeMap::new();
+        // Values of one attribute may arrive in ranges (`member;range=0-1499`):
+        // the rest is fetched and all of it filed under the plain name.
+        let mut entry = Entry::new(dn);
         for (name, values) in attrs {
-            let (base_name, values) = match ranged(&name) {
+            let (name, values) = match ranged(&name) {
                 Some((base_name, Some(next_low))) => {
                     let mut all = values;
                     all.extend(fetch_range(session, &dn_text, base_name, next_low, None).await?);
@@ -274,21 +233,8 @@ impl LdapSource {
                 Some((base_name, None)) => (base_name.to_string(), values),
                 None => (name, values),
             };
-            merged
-                .entry(base_name.to_ascii_lowercase())
-                .or_insert_with(|| (base_name, Vec::new()))
-                .1
-                .extend(values);
-        }
-        let mut entry = Entry::new(dn);
-        for (name, values) in merged.into_values() {
-            entry.set(
-                &name,
-                values
-                    .into_iter()
-                    .map(|v| Value::from_bytes(&name, v))
-                    .collect(),
-            );
+            let values = values.into_iter().map(|v| Value::from_bytes(&name, v)).collect();
+            entry.push_attribute(Attribute { name, values });
         }
         let kind = ObjectKind::of(&entry);
         let id = match object_id(profile, &entry) {
@@ -299,12 +245,7 @@ impl LdapSource {
             }
         };
         let anchor = source_anchor(profile, kind, &entry, &id);
-        Ok(Some(SourceObject {
-            id,
-            anchor,
-            kind,
-            entry,
-        }))
+        Ok(Some(SourceObject { id, anchor, kind, entry }))
     }
 
     pub(crate) fn settings(&self) -> &LdapSettings {
@@ -334,25 +275,24 @@ impl LdapSource {
         let mark = match Mark::decode(since) {
             Ok(m) => m,
             Err(e) => {
-                return self
-                    .fallback(sink, format!("the stored watermark is unusable ({e})"))
-                    .await;
+                return self.fallback(sink, format!("the stored watermark is unusable ({e})")).await;
             }
         };
         if mark.scope != profile.scope_fingerprint {
-            return self.fallback(sink, "the import scope (bases, OUs, filter or attributes) changed since the last import".into()).await;
+            return self
+                .fallback(
+                    sink,
+                    "the import scope (bases, OUs, filter or attributes) changed since the last import".into(),
+                )
+                .await;
         }
         let result = match &mark.position {
             DeltaPosition::None => {
-                return self
-                    .fallback(sink, "the server offers no change tracking".into())
-                    .await;
+                return self.fallback(sink, "the server offers no change tracking".into()).await;
             }
             DeltaPosition::DirSync { cookie } => crate::dirsync::delta(self, cookie, sink).await,
             DeltaPosition::Usn { usn, server } => crate::usn::delta(self, *usn, server, sink).await,
-            DeltaPosition::Syncrepl { cookies } => {
-                crate::syncrepl::delta(self, cookies, sink).await
-            }
+            DeltaPosition::Syncrepl { cookies } => crate::syncrepl::delta(self, cookies, sink).await,
         };
         match result {
             Err(LdapError::Watermark(reason)) => self.fallback(sink, reason).await,
@@ -423,10 +363,7 @@ pub(crate) fn finish(counts: Counts, mark: Mark, reconcile_within: Vec<Dn>) -> I
 impl Source for LdapSource {
     type Error = LdapError;
 
-    async fn full_import(
-        &mut self,
-        sink: &mut (dyn ImportSink + Send),
-    ) -> Result<ImportSummary, LdapError> {
+    async fn full_import(&mut self, sink: &mut (dyn ImportSink + Send)) -> Result<ImportSummary, LdapError> {
         self.full(sink, ImportMode::Full).await
     }
 
@@ -442,16 +379,9 @@ impl Source for LdapSource {
 /// `member;range=0-1499` → ("member", Some(1500)); `member;range=1500-*` → ("member", None).
 fn ranged(name: &str) -> Option<(&str, Option<u64>)> {
     let (base, options) = name.split_once(';')?;
-    let range = options.split(';').find_map(|o| {
-        o.strip_prefix("range=")
-            .or_else(|| o.strip_prefix("Range="))
-    })?;
+    let range = options.split(';').find_map(|o| o.strip_prefix("range=").or_else(|| o.strip_prefix("Range=")))?;
     let (_, high) = range.split_once('-')?;
-    if high == "*" {
-        Some((base, None))
-    } else {
-        high.parse::<u64>().ok().map(|h| (base, Some(h + 1)))
-    }
+    if high == "*" { Some((base, None)) } else { high.parse::<u64>().ok().map(|h| (base, Some(h + 1))) }
 }
 
 /// AD ranged retrieval: reads the values of a large multi-valued attribute
@@ -491,10 +421,8 @@ pub async fn fetch_range(
             if re.is_ref() || re.is_intermediate() {
                 continue;
             }
-            let (_, attrs) = ber::parse_entry(re.0).ok_or(LdapError::Protocol {
-                url: session.url.clone(),
-                what: "ranged entry".into(),
-            })?;
+            let (_, attrs) = ber::parse_entry(re.0)
+                .ok_or(LdapError::Protocol { url: session.url.clone(), what: "ranged entry".into() })?;
             for (name, values) in attrs {
                 if let Some((base, more)) = ranged(&name)
                     && base.eq_ignore_ascii_case(attr)
@@ -519,16 +447,12 @@ pub async fn fetch_range(
 
 fn object_id(profile: &Profile, entry: &Entry) -> Result<SourceId, String> {
     let attr = profile.id_attribute.as_str();
-    let value = entry
-        .values(attr)
-        .first()
-        .ok_or_else(|| format!("{attr} is missing (is it readable by the bind account?)"))?;
+    let value =
+        entry.values(attr).first().ok_or_else(|| format!("{attr} is missing (is it readable by the bind account?)"))?;
     let bytes = match (attr.to_ascii_lowercase().as_str(), value) {
         ("objectguid", Value::Binary(b)) => Anchor::from_ad_guid(b).map_err(|e| e.to_string())?.0,
         ("entryuuid", Value::Text(t)) => Anchor::from_entry_uuid(t).map_err(|e| e.to_string())?.0,
-        ("nsuniqueid", Value::Text(t)) => {
-            Anchor::from_ns_unique_id(t).map_err(|e| e.to_string())?.0
-        }
+        ("nsuniqueid", Value::Text(t)) => Anchor::from_ns_unique_id(t).map_err(|e| e.to_string())?.0,
         (_, v) => v.as_bytes().to_vec(),
     };
     Ok(SourceId(bytes))
@@ -549,12 +473,7 @@ fn source_anchor(profile: &Profile, kind: ObjectKind, entry: &Entry, id: &Source
         }
     }
     match entry.first_bytes(&profile.anchor_attribute) {
-        Some(b)
-            if !profile
-                .anchor_attribute
-                .eq_ignore_ascii_case(&profile.id_attribute)
-                && !b.is_empty() =>
-        {
+        Some(b) if !profile.anchor_attribute.eq_ignore_ascii_case(&profile.id_attribute) && !b.is_empty() => {
             Anchor::from_bytes(b)
         }
         _ => Anchor(id.0.clone()),
@@ -565,10 +484,9 @@ fn resolve_profile(settings: &LdapSettings, session: &Session) -> Result<Profile
     let dse = &session.root_dse;
     let kind = settings.server_kind.unwrap_or_else(|| dse.kind());
     let (id_attribute, kind_filter) = match kind {
-        ServerKind::ActiveDirectory => (
-            "objectGUID",
-            "(|(&(objectClass=user)(!(objectClass=computer)))(objectClass=group)(objectClass=contact))",
-        ),
+        ServerKind::ActiveDirectory => {
+            ("objectGUID", "(|(&(objectClass=user)(!(objectClass=computer)))(objectClass=group)(objectClass=contact))")
+        }
         ServerKind::Ds389 => (
             "nsUniqueId",
             "(|(objectClass=person)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
@@ -596,15 +514,9 @@ fn resolve_profile(settings: &LdapSettings, session: &Session) -> Result<Profile
             let user_contexts: Vec<&String> = dse
                 .naming_contexts
                 .iter()
-                .filter(|c| {
-                    !c.eq_ignore_ascii_case("cn=config") && !c.eq_ignore_ascii_case("cn=accesslog")
-                })
+                .filter(|c| !c.eq_ignore_ascii_case("cn=config") && !c.eq_ignore_ascii_case("cn=accesslog"))
                 .collect();
-            if user_contexts.len() == 1 {
-                user_contexts.first().map(|c| (*c).clone())
-            } else {
-                None
-            }
+            if user_contexts.len() == 1 { user_contexts.first().map(|c| (*c).clone()) } else { None }
         });
         let Some(text) = default else {
             return Err(LdapError::Settings(format!(
@@ -612,46 +524,25 @@ fn resolve_profile(settings: &LdapSettings, session: &Session) -> Result<Profile
                 dse.naming_contexts.join("; ")
             )));
         };
-        vec![
-            Dn::parse(&text)
-                .map_err(|e| LdapError::Settings(format!("server's naming context: {e}")))?,
-        ]
+        vec![Dn::parse(&text).map_err(|e| LdapError::Settings(format!("server's naming context: {e}")))?]
     } else {
         settings.base_dns.clone()
     };
     let naming_context = if kind == ServerKind::ActiveDirectory {
-        let contexts: Vec<Dn> = dse
-            .naming_contexts
-            .iter()
-            .filter_map(|c| Dn::parse(c).ok())
-            .collect();
-        bases.first().and_then(|b| {
-            contexts
-                .iter()
-                .filter(|nc| b.is_within(nc))
-                .max_by_key(|nc| nc.len())
-                .cloned()
-        })
+        let contexts: Vec<Dn> = dse.naming_contexts.iter().filter_map(|c| Dn::parse(c).ok()).collect();
+        bases.first().and_then(|b| contexts.iter().filter(|nc| b.is_within(nc)).max_by_key(|nc| nc.len()).cloned())
     } else {
         None
     };
     let filter = match &settings.filter {
         Some(extra) => {
-            let parsed =
-                Filter::parse(extra).map_err(|e| LdapError::Settings(format!("filter: {e}")))?;
+            let parsed = Filter::parse(extra).map_err(|e| LdapError::Settings(format!("filter: {e}")))?;
             format!("(&{kind_filter}{parsed})")
         }
         None => kind_filter.to_string(),
     };
-    let mut attributes = settings
-        .attributes
-        .clone()
-        .unwrap_or_else(|| vec!["*".to_string()]);
-    let mut required = vec![
-        "objectClass".to_string(),
-        id_attribute.to_string(),
-        anchor_attribute.clone(),
-    ];
+    let mut attributes = settings.attributes.clone().unwrap_or_else(|| vec!["*".to_string()]);
+    let mut required = vec!["objectClass".to_string(), id_attribute.to_string(), anchor_attribute.clone()];
     required.extend(user_anchor_attributes.iter().cloned());
     for r in required {
         if !attributes.iter().any(|a| a.eq_ignore_ascii_case(&r)) {

@@ -26,10 +26,7 @@ pub(crate) async fn cookie_only(source: &LdapSource, base: &Dn) -> Result<Vec<u8
 }
 
 fn source_url(source: &LdapSource) -> String {
-    source
-        .session_profile()
-        .map(|(s, _)| s.url.clone())
-        .unwrap_or_default()
+    source.session_profile().map(|(s, _)| s.url.clone()).unwrap_or_default()
 }
 
 pub(crate) async fn delta(
@@ -48,37 +45,18 @@ pub(crate) async fn delta(
         let stored = cookies
             .iter()
             .find(|c| Dn::parse(&c.base).is_ok_and(|b| b == base))
-            .ok_or_else(|| {
-                LdapError::Watermark(format!("no sync cookie stored for base {base}"))
-            })?;
+            .ok_or_else(|| LdapError::Watermark(format!("no sync cookie stored for base {base}")))?;
         let cookie = unb64(&stored.cookie)?;
-        let outcome = run(
-            source,
-            &base,
-            &filter,
-            Some(cookie),
-            Some((&mut counts, &mut *sink)),
-        )
-        .await?;
+        let outcome = run(source, &base, &filter, Some(cookie), Some((&mut counts, &mut *sink))).await?;
         if outcome.present_phase {
             tracing::info!(%base, "the server answered with a present phase: objects it did not list are treated as deleted");
             reconcile_within.push(base.clone());
         }
-        let cookie = outcome
-            .cookie
-            .unwrap_or_else(|| unb64(&stored.cookie).unwrap_or_default());
-        new_cookies.push(BaseCookie {
-            base: base.to_string(),
-            cookie: b64(&cookie),
-        });
+        let cookie = outcome.cookie.unwrap_or_else(|| unb64(&stored.cookie).unwrap_or_default());
+        new_cookies.push(BaseCookie { base: base.to_string(), cookie: b64(&cookie) });
     }
-    let mark = Mark {
-        version: 1,
-        scope: scope_fingerprint,
-        position: DeltaPosition::Syncrepl {
-            cookies: new_cookies,
-        },
-    };
+    let mark =
+        Mark { version: 1, scope: scope_fingerprint, position: DeltaPosition::Syncrepl { cookies: new_cookies } };
     Ok(finish(counts, mark, reconcile_within))
 }
 
@@ -106,19 +84,11 @@ async fn run(
     let mut stream = ldap
         .with_controls(vec![ber::sync_request_control(cookie)])
         .with_timeout(session.operation_timeout)
-        .streaming_search(
-            &base_text,
-            Scope::Subtree,
-            filter,
-            profile.attributes.clone(),
-        )
+        .streaming_search(&base_text, Scope::Subtree, filter, profile.attributes.clone())
         .await
         .map_err(conn_err)?;
     let mut latest_cookie = None;
-    let protocol = |what: &str| LdapError::Protocol {
-        url: session.url.clone(),
-        what: what.to_string(),
-    };
+    let protocol = |what: &str| LdapError::Protocol { url: session.url.clone(), what: what.to_string() };
     while let Some(re) = stream.next().await.map_err(conn_err)? {
         if re.is_ref() {
             continue;
@@ -132,11 +102,7 @@ async fn run(
                         latest_cookie = cookie;
                     }
                 }
-                SyncInfo::IdSet {
-                    cookie,
-                    refresh_deletes,
-                    uuids,
-                } => {
+                SyncInfo::IdSet { cookie, refresh_deletes, uuids } => {
                     if cookie.is_some() {
                         latest_cookie = cookie;
                     }
@@ -181,14 +147,7 @@ async fn run(
                     Some(obj) if source.object_in_scope(&obj.entry.dn) => {
                         emit(counts, *sink, SourceChange::Upsert(obj))?
                     }
-                    Some(obj) => emit(
-                        counts,
-                        *sink,
-                        SourceChange::Delete {
-                            id,
-                            dn: Some(obj.entry.dn),
-                        },
-                    )?,
+                    Some(obj) => emit(counts, *sink, SourceChange::Delete { id, dn: Some(obj.entry.dn) })?,
                     None => {}
                 }
             }
@@ -216,8 +175,5 @@ async fn run(
         .and_then(|c| c.1.val.as_deref())
         .and_then(ber::parse_sync_done)
         .unwrap_or((None, false));
-    Ok(Outcome {
-        cookie: done_cookie.or(latest_cookie),
-        present_phase: !refresh_deletes,
-    })
+    Ok(Outcome { cookie: done_cookie.or(latest_cookie), present_phase: !refresh_deletes })
 }

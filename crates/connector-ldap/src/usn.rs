@@ -26,30 +26,18 @@ pub(crate) async fn delta(
     source.connect().await?;
     let (session, profile) = source.session_profile()?;
     let mut ldap = session.ldap.clone();
-    let dse =
-        crate::connect::read_root_dse(&mut ldap, &session.url, session.operation_timeout).await?;
-    let current_server = dse
-        .ds_service_name
-        .clone()
-        .unwrap_or_else(|| session.url.clone());
+    let dse = crate::connect::read_root_dse(&mut ldap, &session.url, session.operation_timeout).await?;
+    let current_server = dse.ds_service_name.clone().unwrap_or_else(|| session.url.clone());
     if !current_server.eq_ignore_ascii_case(server) {
         return Err(LdapError::Watermark(format!(
             "connected to another domain controller ({current_server}) than the one the uSNChanged watermark belongs to ({server}); USNs differ per DC"
         )));
     }
-    let new_usn = dse.highest_committed_usn.ok_or(LdapError::Protocol {
-        url: session.url.clone(),
-        what: "rootDSE without highestCommittedUSN".into(),
-    })?;
-    let nc = profile
-        .naming_context
-        .clone()
-        .unwrap_or_else(|| profile.bases.first().cloned().unwrap_or_default());
-    let filter = format!(
-        "(&(uSNChanged>={}){})",
-        usn.saturating_add(1),
-        profile.filter
-    );
+    let new_usn = dse
+        .highest_committed_usn
+        .ok_or(LdapError::Protocol { url: session.url.clone(), what: "rootDSE without highestCommittedUSN".into() })?;
+    let nc = profile.naming_context.clone().unwrap_or_else(|| profile.bases.first().cloned().unwrap_or_default());
+    let filter = format!("(&(uSNChanged>={}){})", usn.saturating_add(1), profile.filter);
     let mut attrs = profile.attributes.clone();
     attrs.extend(["isDeleted".to_string(), "uSNChanged".to_string()]);
     let mut search = PagedSearch::new(
@@ -69,25 +57,11 @@ pub(crate) async fn delta(
             continue;
         };
         if is_deleted(obj.entry.values("isDeleted")) {
-            emit(
-                &mut counts,
-                sink,
-                SourceChange::Delete {
-                    id: obj.id,
-                    dn: None,
-                },
-            )?;
+            emit(&mut counts, sink, SourceChange::Delete { id: obj.id, dn: None })?;
         } else if source.object_in_scope(&obj.entry.dn) {
             emit(&mut counts, sink, SourceChange::Upsert(obj))?;
         } else {
-            emit(
-                &mut counts,
-                sink,
-                SourceChange::Delete {
-                    id: SourceId(obj.id.0),
-                    dn: Some(obj.entry.dn),
-                },
-            )?;
+            emit(&mut counts, sink, SourceChange::Delete { id: SourceId(obj.id.0), dn: Some(obj.entry.dn) })?;
         }
     }
     for base in &profile.bases {
@@ -113,10 +87,7 @@ pub(crate) async fn delta(
     let mark = Mark {
         version: 1,
         scope: profile.scope_fingerprint.clone(),
-        position: DeltaPosition::Usn {
-            usn: new_usn,
-            server: current_server,
-        },
+        position: DeltaPosition::Usn { usn: new_usn, server: current_server },
     };
     Ok(finish(counts, mark, profile.bases.clone()))
 }

@@ -42,13 +42,9 @@ impl Mark {
     }
 
     pub fn decode(w: &Watermark) -> Result<Mark, LdapError> {
-        let mark: Mark =
-            serde_json::from_str(&w.0).map_err(|e| LdapError::Watermark(e.to_string()))?;
+        let mark: Mark = serde_json::from_str(&w.0).map_err(|e| LdapError::Watermark(e.to_string()))?;
         if mark.version != 1 {
-            return Err(LdapError::Watermark(format!(
-                "version {} is not supported",
-                mark.version
-            )));
+            return Err(LdapError::Watermark(format!("version {} is not supported", mark.version)));
         }
         Ok(mark)
     }
@@ -59,9 +55,7 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 pub fn unb64(text: &str) -> Result<Vec<u8>, LdapError> {
-    STANDARD
-        .decode(text)
-        .map_err(|e| LdapError::Watermark(format!("cookie is not base64: {e}")))
+    STANDARD.decode(text).map_err(|e| LdapError::Watermark(format!("cookie is not base64: {e}")))
 }
 
 /// FNV-1a over the parts: stable across builds and Rust versions.

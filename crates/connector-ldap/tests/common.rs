@@ -17,10 +17,7 @@ pub fn settings(urls: &[&str], bind_dn: &str, password: &str, base: &str) -> Lda
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 pub async fn import(
@@ -50,14 +47,9 @@ pub fn upserts(changes: &[SourceChange]) -> Vec<&SourceObject> {
 }
 
 pub fn find<'a>(changes: &'a [SourceChange], rdn_value: &str) -> Option<&'a SourceObject> {
-    upserts(changes).into_iter().find(|o| {
-        o.entry
-            .dn
-            .rdn()
-            .and_then(|r| r.avas().first())
-            .and_then(|a| a.text())
-            == Some(rdn_value)
-    })
+    upserts(changes)
+        .into_iter()
+        .find(|o| o.entry.dn.rdn().and_then(|r| r.avas().first()).and_then(|a| a.text()) == Some(rdn_value))
 }
 
 pub fn deletes(changes: &[SourceChange]) -> Vec<&sync::SourceId> {

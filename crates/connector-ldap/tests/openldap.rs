@@ -9,9 +9,7 @@ use testkit::{Slapd, SlapdOptions, free_port};
 
 use crate::common::*;
 
-const JPEG: &[u8] = &[
-    0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10, 0x4a, 0x46, 0x49, 0x46, 0x00, 0x01, 0x80, 0xfe,
-];
+const JPEG: &[u8] = &[0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10, 0x4a, 0x46, 0x49, 0x46, 0x00, 0x01, 0x80, 0xfe];
 
 fn seed(slapd: &Slapd, users: usize) {
     let mut ldif = String::new();
@@ -30,12 +28,7 @@ fn seed(slapd: &Slapd, users: usize) {
 }
 
 fn admin_settings(slapd: &Slapd) -> connector_ldap::LdapSettings {
-    settings(
-        &[&slapd.url],
-        slapd.admin_dn(),
-        slapd.admin_password(),
-        slapd.base_dn(),
-    )
+    settings(&[&slapd.url], slapd.admin_dn(), slapd.admin_password(), slapd.base_dn())
 }
 
 #[test]
@@ -55,14 +48,8 @@ fn full_import_counts_fidelity_and_paging() {
     let _ = session;
 
     let smith = find(&changes, "Smith, John").expect("escaped-comma DN imported");
-    assert_eq!(
-        smith.entry.dn.to_string(),
-        "cn=Smith\\, John,ou=people,dc=example,dc=org"
-    );
-    assert_eq!(
-        smith.entry.values("jpegPhoto"),
-        &[Value::Binary(JPEG.to_vec())]
-    );
+    assert_eq!(smith.entry.dn.to_string(), "cn=Smith\\, John,ou=people,dc=example,dc=org");
+    assert_eq!(smith.entry.values("jpegPhoto"), &[Value::Binary(JPEG.to_vec())]);
     assert_eq!(smith.entry.first_text("description"), Some("東京 office"));
     let uuid = smith.entry.first_text("entryUUID").unwrap();
     assert_eq!(smith.anchor, Anchor::from_entry_uuid(uuid).unwrap());
@@ -71,12 +58,7 @@ fn full_import_counts_fidelity_and_paging() {
 
     let u7 = find(&changes, "u007").unwrap();
     assert_eq!(u7.entry.first_text("cn"), Some("Jürgen Müller 7"));
-    let mails: Vec<_> = u7
-        .entry
-        .values("mail")
-        .iter()
-        .filter_map(Value::as_text)
-        .collect();
+    let mails: Vec<_> = u7.entry.values("mail").iter().filter_map(Value::as_text).collect();
     assert_eq!(mails, ["u007@example.org", "alias007@example.org"]);
 
     let staff = find(&changes, "staff").unwrap();
@@ -104,64 +86,35 @@ fn delta_reports_add_modify_rename_move_delete_in_delete_phase() {
              dn: uid=u004,ou=people,dc=example,dc=org\nchangetype: delete\n\n",
         )
         .unwrap();
-    let (delta, summary2) = rt
-        .block_on(import(&mut source, Some(&summary.watermark)))
-        .unwrap();
+    let (delta, summary2) = rt.block_on(import(&mut source, Some(&summary.watermark))).unwrap();
     assert_eq!(summary2.mode, ImportMode::Delta);
-    assert!(
-        summary2.reconcile_within.is_empty(),
-        "session log present: delete phase expected"
-    );
+    assert!(summary2.reconcile_within.is_empty(), "session log present: delete phase expected");
     let ups = upserts(&delta);
     assert!(find(&delta, "new1").is_some(), "add seen: {delta:#?}");
     assert_eq!(find(&delta, "u001").map(|o| o.id.clone()), Some(u1_id));
-    assert_eq!(
-        find(&delta, "u001").and_then(|o| o.entry.first_text("title")),
-        Some("Chief")
-    );
-    assert_eq!(
-        find(&delta, "u002renamed").map(|o| o.id.clone()),
-        Some(u2_id),
-        "rename keeps the id"
-    );
+    assert_eq!(find(&delta, "u001").and_then(|o| o.entry.first_text("title")), Some("Chief"));
+    assert_eq!(find(&delta, "u002renamed").map(|o| o.id.clone()), Some(u2_id), "rename keeps the id");
     let moved = ups.iter().find(|o| o.id == u3_id).expect("move seen");
-    assert_eq!(
-        moved.entry.dn.to_string(),
-        "uid=u003,ou=groups,dc=example,dc=org"
-    );
+    assert_eq!(moved.entry.dn.to_string(), "uid=u003,ou=groups,dc=example,dc=org");
     assert_eq!(deletes(&delta).len(), 1);
     assert!(ups.len() <= 4, "only changed objects: {ups:#?}");
 
     // Nothing changed: an empty delta, and the watermark moves on.
-    let (quiet, _) = rt
-        .block_on(import(&mut source, Some(&summary2.watermark)))
-        .unwrap();
-    assert!(
-        upserts(&quiet).is_empty() && deletes(&quiet).is_empty(),
-        "{quiet:#?}"
-    );
+    let (quiet, _) = rt.block_on(import(&mut source, Some(&summary2.watermark))).unwrap();
+    assert!(upserts(&quiet).is_empty() && deletes(&quiet).is_empty(), "{quiet:#?}");
 }
 
 #[test]
 fn delta_present_phase_reconciles_deletes() {
-    let slapd = Slapd::start(SlapdOptions {
-        session_log: None,
-        ..SlapdOptions::default()
-    })
-    .unwrap();
+    let slapd = Slapd::start(SlapdOptions { session_log: None, ..SlapdOptions::default() }).unwrap();
     seed(&slapd, 5);
     let rt = runtime();
     let mut source = LdapSource::new(admin_settings(&slapd)).unwrap();
     let (full, summary) = rt.block_on(import(&mut source, None)).unwrap();
-    let known: Vec<_> = upserts(&full)
-        .iter()
-        .map(|o| (o.id.clone(), o.entry.dn.clone()))
-        .collect();
+    let known: Vec<_> = upserts(&full).iter().map(|o| (o.id.clone(), o.entry.dn.clone())).collect();
     let gone = find(&full, "u004").unwrap().id.clone();
     slapd.modify("dn: uid=u004,ou=people,dc=example,dc=org\nchangetype: delete\n\ndn: uid=u001,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: title\ntitle: Boss\n-\n\n").unwrap();
-    let (delta, summary2) = rt
-        .block_on(import(&mut source, Some(&summary.watermark)))
-        .unwrap();
+    let (delta, summary2) = rt.block_on(import(&mut source, Some(&summary.watermark))).unwrap();
     let mut seen: HashSet<_> = upserts(&delta).iter().map(|o| o.id.clone()).collect();
     for c in &delta {
         match c {
@@ -173,26 +126,15 @@ fn delta_present_phase_reconciles_deletes() {
         }
     }
     let explicit = deletes(&delta).len();
-    let reconciled = deleted_by_reconciliation(
-        known.iter().map(|(i, d)| (i, d)),
-        &seen,
-        &summary2.reconcile_within,
-    );
+    let reconciled = deleted_by_reconciliation(known.iter().map(|(i, d)| (i, d)), &seen, &summary2.reconcile_within);
     assert!(
         explicit == 1 || reconciled == vec![gone.clone()],
         "delete not seen: explicit {explicit}, reconciled {reconciled:?}, {delta:#?}"
     );
     if explicit == 0 {
-        assert_eq!(
-            summary2.reconcile_within.len(),
-            1,
-            "present phase must ask for reconciliation"
-        );
+        assert_eq!(summary2.reconcile_within.len(), 1, "present phase must ask for reconciliation");
     }
-    assert_eq!(
-        find(&delta, "u001").and_then(|o| o.entry.first_text("title")),
-        Some("Boss")
-    );
+    assert_eq!(find(&delta, "u001").and_then(|o| o.entry.first_text("title")), Some("Boss"));
 }
 
 #[test]
@@ -205,47 +147,25 @@ fn rejected_cookie_and_changed_scope_fall_back_to_full() {
     // A well-formed watermark whose cookie the server refuses (a CSN from the future).
     let mut mark: serde_json::Value = serde_json::from_str(&summary.watermark.0).unwrap();
     use base64::Engine;
-    let garbage = base64::engine::general_purpose::STANDARD
-        .encode("rid=000,csn=29991231235959.000000Z#000000#000#000000");
+    let garbage =
+        base64::engine::general_purpose::STANDARD.encode("rid=000,csn=29991231235959.000000Z#000000#000#000000");
     mark["cookies"][0]["cookie"] = serde_json::Value::String(garbage);
-    let (changes, s) = rt
-        .block_on(import(
-            &mut source,
-            Some(&sync::Watermark(mark.to_string())),
-        ))
-        .unwrap();
+    let (changes, s) = rt.block_on(import(&mut source, Some(&sync::Watermark(mark.to_string())))).unwrap();
     match &s.mode {
         ImportMode::FullFallback { reason } => {
             assert!(reason.contains("rejected the sync cookie"), "{reason}")
         }
         other => panic!("expected a full fallback, got {other:?}"),
     }
-    assert_eq!(
-        upserts(&changes).len(),
-        5,
-        "the fallback imports everything"
-    );
-    let (_, s) = rt
-        .block_on(import(
-            &mut source,
-            Some(&sync::Watermark("not json".into())),
-        ))
-        .unwrap();
-    assert!(
-        matches!(s.mode, ImportMode::FullFallback { ref reason } if reason.contains("watermark"))
-    );
+    assert_eq!(upserts(&changes).len(), 5, "the fallback imports everything");
+    let (_, s) = rt.block_on(import(&mut source, Some(&sync::Watermark("not json".into())))).unwrap();
+    assert!(matches!(s.mode, ImportMode::FullFallback { ref reason } if reason.contains("watermark")));
 
     let mut narrower = admin_settings(&slapd);
     narrower.base_dns = vec![directory::Dn::parse("ou=people,dc=example,dc=org").unwrap()];
     let mut source2 = LdapSource::new(narrower).unwrap();
-    let (changes, s) = rt
-        .block_on(import(&mut source2, Some(&summary.watermark)))
-        .unwrap();
-    assert!(
-        matches!(s.mode, ImportMode::FullFallback { ref reason } if reason.contains("scope")),
-        "{:?}",
-        s.mode
-    );
+    let (changes, s) = rt.block_on(import(&mut source2, Some(&summary.watermark))).unwrap();
+    assert!(matches!(s.mode, ImportMode::FullFallback { ref reason } if reason.contains("scope")), "{:?}", s.mode);
     assert_eq!(upserts(&changes).len(), 4);
 }
 
@@ -256,15 +176,11 @@ fn include_and_exclude_ous() {
     let rt = runtime();
     let mut s = admin_settings(&slapd);
     s.exclude_ous = vec![directory::Dn::parse("ou=groups,dc=example,dc=org").unwrap()];
-    let (changes, _) = rt
-        .block_on(import(&mut LdapSource::new(s.clone()).unwrap(), None))
-        .unwrap();
+    let (changes, _) = rt.block_on(import(&mut LdapSource::new(s.clone()).unwrap(), None)).unwrap();
     assert_eq!(upserts(&changes).len(), 4);
     s.exclude_ous.clear();
     s.include_ous = vec![directory::Dn::parse("ou=groups,dc=example,dc=org").unwrap()];
-    let (changes, _) = rt
-        .block_on(import(&mut LdapSource::new(s).unwrap(), None))
-        .unwrap();
+    let (changes, _) = rt.block_on(import(&mut LdapSource::new(s).unwrap(), None)).unwrap();
     assert_eq!(upserts(&changes).len(), 1);
 }
 
@@ -274,19 +190,11 @@ fn bad_credentials_name_the_bind_dn_and_server() {
     let rt = runtime();
     let mut s = admin_settings(&slapd);
     s.password = Some(connector_ldap::Secret::new("wrong"));
-    let err = rt
-        .block_on(import(&mut LdapSource::new(s).unwrap(), None))
-        .unwrap_err();
+    let err = rt.block_on(import(&mut LdapSource::new(s).unwrap(), None)).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, LdapError::Bind { code: 49, .. }), "{err:?}");
-    assert!(
-        text.contains("cn=admin,dc=example,dc=org") && text.contains(&slapd.url),
-        "{text}"
-    );
-    assert!(
-        !text.contains("wrong"),
-        "the password must never appear in an error: {text}"
-    );
+    assert!(text.contains("cn=admin,dc=example,dc=org") && text.contains(&slapd.url), "{text}");
+    assert!(!text.contains("wrong"), "the password must never appear in an error: {text}");
 }
 
 #[test]
@@ -295,13 +203,9 @@ fn unreachable_first_server_fails_over_to_the_second() {
     seed(&slapd, 2);
     let dead = format!("ldap://127.0.0.1:{}", free_port().unwrap());
     let rt = runtime();
-    let mut source = LdapSource::new(settings(
-        &[&dead, &slapd.url],
-        slapd.admin_dn(),
-        slapd.admin_password(),
-        slapd.base_dn(),
-    ))
-    .unwrap();
+    let mut source =
+        LdapSource::new(settings(&[&dead, &slapd.url], slapd.admin_dn(), slapd.admin_password(), slapd.base_dn()))
+            .unwrap();
     let (changes, _) = rt.block_on(import(&mut source, None)).unwrap();
     assert_eq!(upserts(&changes).len(), 4);
     assert_eq!(source.server().unwrap().0.url, slapd.url);
@@ -309,25 +213,17 @@ fn unreachable_first_server_fails_over_to_the_second() {
     let dead2 = format!("ldap://127.0.0.1:{}", free_port().unwrap());
     let err = rt
         .block_on(import(
-            &mut LdapSource::new(settings(&[&dead, &dead2], "cn=x", "y", "dc=example,dc=org"))
-                .unwrap(),
+            &mut LdapSource::new(settings(&[&dead, &dead2], "cn=x", "y", "dc=example,dc=org")).unwrap(),
             None,
         ))
         .unwrap_err();
     let text = err.to_string();
-    assert!(
-        text.contains(&dead) && text.contains(&dead2) && text.contains("refused"),
-        "{text}"
-    );
+    assert!(text.contains(&dead) && text.contains(&dead2) && text.contains("refused"), "{text}");
 }
 
 #[test]
 fn starttls_and_ldaps_with_a_test_ca() {
-    let slapd = Slapd::start(SlapdOptions {
-        tls: true,
-        ..SlapdOptions::default()
-    })
-    .unwrap();
+    let slapd = Slapd::start(SlapdOptions { tls: true, ..SlapdOptions::default() }).unwrap();
     seed(&slapd, 1);
     let ca = slapd.ca.as_ref().unwrap().ca_cert.clone();
     let rt = runtime();
@@ -335,36 +231,25 @@ fn starttls_and_ldaps_with_a_test_ca() {
     let mut s = admin_settings(&slapd);
     s.tls.starttls = true;
     s.tls.ca_file = Some(ca.clone());
-    let (changes, _) = rt
-        .block_on(import(&mut LdapSource::new(s.clone()).unwrap(), None))
-        .unwrap();
+    let (changes, _) = rt.block_on(import(&mut LdapSource::new(s.clone()).unwrap(), None)).unwrap();
     assert_eq!(upserts(&changes).len(), 3);
 
     let mut ldaps = s.clone();
     ldaps.tls.starttls = false;
     ldaps.urls = vec![slapd.ldaps_url.clone().unwrap()];
-    let (changes, _) = rt
-        .block_on(import(&mut LdapSource::new(ldaps).unwrap(), None))
-        .unwrap();
+    let (changes, _) = rt.block_on(import(&mut LdapSource::new(ldaps).unwrap(), None)).unwrap();
     assert_eq!(upserts(&changes).len(), 3);
 
     // Without the CA the certificate is not trusted: a clear TLS error, no data.
     let mut untrusted = s.clone();
     untrusted.tls.ca_file = None;
-    let err = rt
-        .block_on(import(&mut LdapSource::new(untrusted).unwrap(), None))
-        .unwrap_err();
-    assert!(
-        err.to_string().to_lowercase().contains("tls") || err.to_string().contains("certificate"),
-        "{err}"
-    );
+    let err = rt.block_on(import(&mut LdapSource::new(untrusted).unwrap(), None)).unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("tls") || err.to_string().contains("certificate"), "{err}");
 
     // The explicit escape hatch works (and is logged loudly).
     let mut insecure = s;
     insecure.tls.ca_file = None;
     insecure.tls.insecure_skip_verify = true;
-    let (changes, _) = rt
-        .block_on(import(&mut LdapSource::new(insecure).unwrap(), None))
-        .unwrap();
+    let (changes, _) = rt.block_on(import(&mut LdapSource::new(insecure).unwrap(), None)).unwrap();
     assert_eq!(upserts(&changes).len(), 3);
 }

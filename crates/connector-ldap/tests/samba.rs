@@ -30,15 +30,9 @@ fn seed(dc: &SambaDc, users: usize) {
          thumbnailPhoto:: {}\ndescription: 東京 office\n\n",
         STANDARD.encode(PHOTO)
     ));
-    ldif.push_str(&format!(
-        "dn: CN=Ext Contact,{SYNC_OU}\nobjectClass: contact\nmail: ext@partner.example\n\n"
-    ));
-    ldif.push_str(&format!(
-        "dn: CN=PC1,{SYNC_OU}\nobjectClass: computer\nsAMAccountName: PC1$\n\n"
-    ));
-    ldif.push_str(&format!(
-        "dn: CN=Staff,{SYNC_OU}\nobjectClass: group\nsAMAccountName: staff\n"
-    ));
+    ldif.push_str(&format!("dn: CN=Ext Contact,{SYNC_OU}\nobjectClass: contact\nmail: ext@partner.example\n\n"));
+    ldif.push_str(&format!("dn: CN=PC1,{SYNC_OU}\nobjectClass: computer\nsAMAccountName: PC1$\n\n"));
+    ldif.push_str(&format!("dn: CN=Staff,{SYNC_OU}\nobjectClass: group\nsAMAccountName: staff\n"));
     for i in 0..users {
         ldif.push_str(&format!("member: CN=Jürgen Müller {i},{SYNC_OU}\n"));
     }
@@ -66,22 +60,12 @@ fn full_import_and_dirsync_deltas() {
     );
     // 13 users + 1 contact + 1 group; the computer is not imported.
     let ups = upserts(&full);
-    assert_eq!(
-        ups.len(),
-        15,
-        "{:#?}",
-        ups.iter()
-            .map(|o| o.entry.dn.to_string())
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(ups.len(), 15, "{:#?}", ups.iter().map(|o| o.entry.dn.to_string()).collect::<Vec<_>>());
     assert!(ups.iter().all(|o| !o.entry.has_object_class("computer")));
 
     let smith = find(&full, "Smith, John").unwrap();
     assert_eq!(smith.kind, ObjectKind::User);
-    assert_eq!(
-        smith.entry.values("thumbnailPhoto"),
-        &[Value::Binary(PHOTO.to_vec())]
-    );
+    assert_eq!(smith.entry.values("thumbnailPhoto"), &[Value::Binary(PHOTO.to_vec())]);
     assert_eq!(smith.entry.first_text("description"), Some("東京 office"));
     let guid = smith.entry.first_bytes("objectGUID").unwrap();
     assert_eq!(smith.id.0, guid);
@@ -96,10 +80,7 @@ fn full_import_and_dirsync_deltas() {
     let staff = find(&full, "Staff").unwrap();
     assert_eq!(staff.kind, ObjectKind::Group);
     assert_eq!(staff.entry.values("member").len(), 13);
-    assert_eq!(
-        find(&full, "Ext Contact").unwrap().kind,
-        ObjectKind::Contact
-    );
+    assert_eq!(find(&full, "Ext Contact").unwrap().kind, ObjectKind::Contact);
 
     // ms-DS-ConsistencyGuid, when set, is the user's sourceAnchor.
     let consistency = Guid::parse("6b29fc40-ca47-1067-b31d-00dd010662da").unwrap();
@@ -107,28 +88,21 @@ fn full_import_and_dirsync_deltas() {
         "dn: CN=Jürgen Müller 1,{SYNC_OU}\nchangetype: modify\nreplace: mS-DS-ConsistencyGuid\nmS-DS-ConsistencyGuid:: {}\n-\n\n",
         STANDARD.encode(consistency.ad_bytes())
     );
-    ldif.push_str(&format!(
-        "dn: CN=New User,{SYNC_OU}\nobjectClass: user\nsAMAccountName: newuser\n\n"
-    ));
+    ldif.push_str(&format!("dn: CN=New User,{SYNC_OU}\nobjectClass: user\nsAMAccountName: newuser\n\n"));
     ldif.push_str(&format!(
         "dn: CN=Jürgen Müller 2,{SYNC_OU}\nchangetype: modify\nreplace: title\ntitle: Chief\n-\n\n"
     ));
-    ldif.push_str(&format!("dn: CN=Jürgen Müller 4,{SYNC_OU}\nchangetype: modrdn\nnewrdn: CN=Juergen Renamed\ndeleteoldrdn: 1\n\n"));
-    ldif.push_str(&format!("dn: CN=Jürgen Müller 5,{SYNC_OU}\nchangetype: modrdn\nnewrdn: CN=Jürgen Müller 5\ndeleteoldrdn: 1\nnewsuperior: OU=Elsewhere,DC=example,DC=test\n\n"));
     ldif.push_str(&format!(
-        "dn: CN=Jürgen Müller 6,{SYNC_OU}\nchangetype: delete\n\n"
+        "dn: CN=Jürgen Müller 4,{SYNC_OU}\nchangetype: modrdn\nnewrdn: CN=Juergen Renamed\ndeleteoldrdn: 1\n\n"
     ));
+    ldif.push_str(&format!("dn: CN=Jürgen Müller 5,{SYNC_OU}\nchangetype: modrdn\nnewrdn: CN=Jürgen Müller 5\ndeleteoldrdn: 1\nnewsuperior: OU=Elsewhere,DC=example,DC=test\n\n"));
+    ldif.push_str(&format!("dn: CN=Jürgen Müller 6,{SYNC_OU}\nchangetype: delete\n\n"));
     dc.modify(&ldif).unwrap();
     let id = |name: &str| find(&full, name).unwrap().id.clone();
-    let (delta, summary2) = rt
-        .block_on(import(&mut source, Some(&summary.watermark)))
-        .unwrap();
+    let (delta, summary2) = rt.block_on(import(&mut source, Some(&summary.watermark))).unwrap();
     assert_eq!(summary2.mode, ImportMode::Delta);
     assert!(find(&delta, "New User").is_some(), "add: {delta:#?}");
-    assert_eq!(
-        find(&delta, "Jürgen Müller 2").and_then(|o| o.entry.first_text("title")),
-        Some("Chief")
-    );
+    assert_eq!(find(&delta, "Jürgen Müller 2").and_then(|o| o.entry.first_text("title")), Some("Chief"));
     assert_eq!(
         find(&delta, "Juergen Renamed").map(|o| o.id.clone()),
         Some(id("Jürgen Müller 4")),
@@ -139,51 +113,30 @@ fn full_import_and_dirsync_deltas() {
     assert_eq!(u1.id, id("Jürgen Müller 1"), "the id stays objectGUID");
     let gone = deletes(&delta);
     assert!(gone.contains(&&id("Jürgen Müller 6")), "delete: {delta:#?}");
-    assert!(
-        gone.contains(&&id("Jürgen Müller 5")),
-        "move out of scope is a delete: {delta:#?}"
-    );
+    assert!(gone.contains(&&id("Jürgen Müller 5")), "move out of scope is a delete: {delta:#?}");
     // The group changed too (two members left it).
     assert!(
         upserts(&delta).len() <= 6,
         "{:#?}",
-        upserts(&delta)
-            .iter()
-            .map(|o| o.entry.dn.to_string())
-            .collect::<Vec<_>>()
+        upserts(&delta).iter().map(|o| o.entry.dn.to_string()).collect::<Vec<_>>()
     );
 
-    let (quiet, _) = rt
-        .block_on(import(&mut source, Some(&summary2.watermark)))
-        .unwrap();
-    assert!(
-        upserts(&quiet).is_empty() && deletes(&quiet).is_empty(),
-        "{quiet:#?}"
-    );
+    let (quiet, _) = rt.block_on(import(&mut source, Some(&summary2.watermark))).unwrap();
+    assert!(upserts(&quiet).is_empty() && deletes(&quiet).is_empty(), "{quiet:#?}");
 }
 
 #[test]
 fn usn_fallback_without_replication_rights_and_errors() {
     let dc = SambaDc::start().unwrap();
     seed(&dc, 3);
-    dc.samba_tool(&["user", "create", "syncsvc", "Sync.Passw0rd1"])
-        .unwrap();
+    dc.samba_tool(&["user", "create", "syncsvc", "Sync.Passw0rd1"]).unwrap();
     let rt = runtime();
-    let mut s = settings(
-        &[&dc.url],
-        "syncsvc@example.test",
-        "Sync.Passw0rd1",
-        SYNC_OU,
-    );
+    let mut s = settings(&[&dc.url], "syncsvc@example.test", "Sync.Passw0rd1", SYNC_OU);
     s.page_size = 2;
     let mut source = LdapSource::new(s).unwrap();
     let (full, summary) = rt.block_on(import(&mut source, None)).unwrap();
     assert_eq!(upserts(&full).len(), 6);
-    assert!(
-        summary.watermark.0.contains("\"mode\":\"usn\""),
-        "{}",
-        summary.watermark.0
-    );
+    assert!(summary.watermark.0.contains("\"mode\":\"usn\""), "{}", summary.watermark.0);
 
     dc.modify(&format!(
         "dn: CN=Jürgen Müller 0,{SYNC_OU}\nchangetype: modify\nreplace: title\ntitle: Boss\n-\n\n\
@@ -192,48 +145,28 @@ fn usn_fallback_without_replication_rights_and_errors() {
     ))
     .unwrap();
     let u1 = find(&full, "Jürgen Müller 1").unwrap().id.clone();
-    let (delta, s2) = rt
-        .block_on(import(&mut source, Some(&summary.watermark)))
-        .unwrap();
+    let (delta, s2) = rt.block_on(import(&mut source, Some(&summary.watermark))).unwrap();
     assert_eq!(s2.mode, ImportMode::Delta);
-    assert_eq!(
-        find(&delta, "Jürgen Müller 0").and_then(|o| o.entry.first_text("title")),
-        Some("Boss")
-    );
+    assert_eq!(find(&delta, "Jürgen Müller 0").and_then(|o| o.entry.first_text("title")), Some("Boss"));
     assert!(find(&delta, "Late User").is_some());
     // The account cannot read tombstones: the delete is found by reconciliation.
     assert_eq!(s2.reconcile_within, vec![Dn::parse(SYNC_OU).unwrap()]);
-    let known: Vec<_> = upserts(&full)
-        .iter()
-        .map(|o| (o.id.clone(), o.entry.dn.clone()))
-        .collect();
-    let mut seen: std::collections::HashSet<_> =
-        upserts(&delta).iter().map(|o| o.id.clone()).collect();
+    let known: Vec<_> = upserts(&full).iter().map(|o| (o.id.clone(), o.entry.dn.clone())).collect();
+    let mut seen: std::collections::HashSet<_> = upserts(&delta).iter().map(|o| o.id.clone()).collect();
     seen.extend(delta.iter().filter_map(|c| match c {
         sync::SourceChange::Present { id } => Some(id.clone()),
         _ => None,
     }));
-    let gone = sync::deleted_by_reconciliation(
-        known.iter().map(|(i, d)| (i, d)),
-        &seen,
-        &s2.reconcile_within,
-    );
-    assert!(
-        gone == vec![u1.clone()] || deletes(&delta).contains(&&u1),
-        "delete not detected: {gone:?} {delta:#?}"
-    );
+    let gone = sync::deleted_by_reconciliation(known.iter().map(|(i, d)| (i, d)), &seen, &s2.reconcile_within);
+    assert!(gone == vec![u1.clone()] || deletes(&delta).contains(&&u1), "delete not detected: {gone:?} {delta:#?}");
 
     // Bad password: the AD sub-code becomes advice.
     let bad = settings(&[&dc.url], "syncsvc@example.test", "nope", SYNC_OU);
-    let err = rt
-        .block_on(import(&mut LdapSource::new(bad).unwrap(), None))
-        .unwrap_err();
+    let err = rt.block_on(import(&mut LdapSource::new(bad).unwrap(), None)).unwrap_err();
     assert!(matches!(err, LdapError::Bind { code: 49, .. }), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.contains("syncsvc@example.test")
-            && text.contains("ldap://127.0.0.1")
-            && text.contains("wrong password"),
+        text.contains("syncsvc@example.test") && text.contains("ldap://127.0.0.1") && text.contains("wrong password"),
         "{text}"
     );
 }
@@ -258,9 +191,7 @@ fn starttls_failover_and_ranged_members() {
     let group = format!("CN=Staff,{SYNC_OU}");
     let mut ldif = String::new();
     for i in 0..10 {
-        ldif.push_str(&format!(
-            "dn: CN=Member {i},{SYNC_OU}\nobjectClass: user\nsAMAccountName: m{i}\n\n"
-        ));
+        ldif.push_str(&format!("dn: CN=Member {i},{SYNC_OU}\nobjectClass: user\nsAMAccountName: m{i}\n\n"));
     }
     ldif.push_str(&format!("dn: {group}\nchangetype: modify\nadd: member\n"));
     for i in 0..10 {
@@ -268,19 +199,9 @@ fn starttls_failover_and_ranged_members() {
     }
     ldif.push_str("-\n\n");
     dc.modify(&ldif).unwrap();
-    let values = rt
-        .block_on(connector_ldap::source::fetch_range(
-            session,
-            &group,
-            "member",
-            0,
-            Some(3),
-        ))
-        .unwrap();
+    let values = rt.block_on(connector_ldap::source::fetch_range(session, &group, "member", 0, Some(3))).unwrap();
     assert_eq!(values.len(), 13, "all members read window by window");
-    let dns: std::collections::HashSet<_> = values
-        .iter()
-        .map(|v| Dn::parse(&String::from_utf8_lossy(v)).unwrap())
-        .collect();
+    let dns: std::collections::HashSet<_> =
+        values.iter().map(|v| Dn::parse(&String::from_utf8_lossy(v)).unwrap()).collect();
     assert_eq!(dns.len(), 13);
 }

@@ -66,21 +66,10 @@ mod tests {
 
     #[test]
     fn immutable_id_of_ad_guid_is_base64_of_ad_bytes() {
-        let guid = Guid::parse("6b29fc40-ca47-1067-b31d-00dd010662da")
-            .map(|g| g.0.to_vec())
-            .unwrap_or_default();
+        let guid = Guid::parse("6b29fc40-ca47-1067-b31d-00dd010662da").map(|g| g.0.to_vec()).unwrap_or_default();
         let anchor = Anchor::from_ad_guid(&guid).ok();
-        assert_eq!(
-            anchor.as_ref().map(Anchor::immutable_id),
-            Some("QPwpa0fKZxCzHQDdAQZi2g==".to_string())
-        );
-        assert_eq!(
-            anchor
-                .as_ref()
-                .map(Anchor::immutable_id)
-                .and_then(|i| Anchor::from_immutable_id(&i)),
-            anchor
-        );
+        assert_eq!(anchor.as_ref().map(Anchor::immutable_id), Some("QPwpa0fKZxCzHQDdAQZi2g==".to_string()));
+        assert_eq!(anchor.as_ref().map(Anchor::immutable_id).and_then(|i| Anchor::from_immutable_id(&i)), anchor);
     }
 
     #[test]

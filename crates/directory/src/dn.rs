@@ -47,10 +47,7 @@ pub struct Dn {
 
 impl Ava {
     pub fn new(attr: impl Into<String>, value: impl Into<String>) -> Self {
-        Ava {
-            attr: attr.into(),
-            value: RdnValue::Text(value.into()),
-        }
+        Ava { attr: attr.into(), value: RdnValue::Text(value.into()) }
     }
 
     /// The text value, if this AVA holds text.
@@ -73,18 +70,12 @@ impl Ava {
 impl Rdn {
     /// An RDN of one AVA.
     pub fn single(attr: impl Into<String>, value: impl Into<String>) -> Self {
-        Rdn {
-            avas: vec![Ava::new(attr, value)],
-        }
+        Rdn { avas: vec![Ava::new(attr, value)] }
     }
 
     /// An RDN from several AVAs; `None` if `avas` is empty.
     pub fn from_avas(avas: Vec<Ava>) -> Option<Self> {
-        if avas.is_empty() {
-            None
-        } else {
-            Some(Rdn { avas })
-        }
+        if avas.is_empty() { None } else { Some(Rdn { avas }) }
     }
 
     pub fn avas(&self) -> &[Ava] {
@@ -93,10 +84,7 @@ impl Rdn {
 
     /// The value of the AVA whose type is `attr` (case-insensitive).
     pub fn value_of(&self, attr: &str) -> Option<&str> {
-        self.avas
-            .iter()
-            .find(|a| a.attr.eq_ignore_ascii_case(attr))
-            .and_then(Ava::text)
+        self.avas.iter().find(|a| a.attr.eq_ignore_ascii_case(attr)).and_then(Ava::text)
     }
 
     /// The normalised form: AVAs sorted so that `a=1+b=2` equals `b=2+a=1`.
@@ -142,12 +130,7 @@ impl Dn {
     /// Parses an RFC 4514 string. Also accepts the common lenient forms: spaces
     /// around `,` `+` `=` and `;` as a separator (RFC 2253 §4 / LDAPv2).
     pub fn parse(input: &str) -> Result<Self, DnError> {
-        Parser {
-            input,
-            bytes: input.as_bytes(),
-            pos: 0,
-        }
-        .dn()
+        Parser { input, bytes: input.as_bytes(), pos: 0 }.dn()
     }
 
     pub fn rdns(&self) -> &[Rdn] {
@@ -173,13 +156,7 @@ impl Dn {
 
     /// The parent DN; `None` for the root DN.
     pub fn parent(&self) -> Option<Dn> {
-        if self.rdns.is_empty() {
-            None
-        } else {
-            Some(Dn {
-                rdns: self.rdns[1..].to_vec(),
-            })
-        }
+        if self.rdns.is_empty() { None } else { Some(Dn { rdns: self.rdns[1..].to_vec() }) }
     }
 
     /// True if `self` lies strictly below `ancestor`.
@@ -203,10 +180,7 @@ impl Dn {
 
     fn ends_with(&self, suffix: &Dn) -> bool {
         let skip = self.rdns.len() - suffix.rdns.len().min(self.rdns.len());
-        self.rdns[skip..]
-            .iter()
-            .zip(&suffix.rdns)
-            .all(|(a, b)| a == b)
+        self.rdns[skip..].iter().zip(&suffix.rdns).all(|(a, b)| a == b)
     }
 
     /// This DN with a new leftmost RDN and optionally a new parent (a modrdn/move).
@@ -242,18 +216,13 @@ impl Dn {
 
     /// The canonical comparison key (see the type's documentation).
     pub fn normalized(&self) -> String {
-        self.rdns
-            .iter()
-            .map(Rdn::normalized)
-            .collect::<Vec<_>>()
-            .join(",")
+        self.rdns.iter().map(Rdn::normalized).collect::<Vec<_>>().join(",")
     }
 }
 
 impl PartialEq for Dn {
     fn eq(&self, other: &Self) -> bool {
-        self.rdns.len() == other.rdns.len()
-            && self.rdns.iter().zip(&other.rdns).all(|(a, b)| a == b)
+        self.rdns.len() == other.rdns.len() && self.rdns.iter().zip(&other.rdns).all(|(a, b)| a == b)
     }
 }
 impl Eq for Dn {}
@@ -344,11 +313,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, reason: &'static str) -> DnError {
-        DnError {
-            input: self.input.to_string(),
-            position: self.pos,
-            reason,
-        }
+        DnError { input: self.input.to_string(), position: self.pos, reason }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -463,17 +428,12 @@ impl Parser<'_> {
                             buf.push(hex_digit(h).unwrap_or(0) << 4 | l);
                             self.pos += 2;
                         }
-                        Some(
-                            c @ (b' ' | b'"' | b'#' | b'+' | b',' | b';' | b'<' | b'=' | b'>'
-                            | b'\\'),
-                        ) => {
+                        Some(c @ (b' ' | b'"' | b'#' | b'+' | b',' | b';' | b'<' | b'=' | b'>' | b'\\')) => {
                             buf.push(c);
                             self.pos += 1;
                         }
                         _ => {
-                            return Err(self.err(
-                                "'\\' must be followed by two hex digits or a special character",
-                            ));
+                            return Err(self.err("'\\' must be followed by two hex digits or a special character"));
                         }
                     }
                     significant = buf.len();
@@ -496,18 +456,13 @@ impl Parser<'_> {
 }
 
 fn valid_attr_type(attr: &str) -> bool {
-    let body = attr
-        .strip_prefix("oid.")
-        .or_else(|| attr.strip_prefix("OID."))
-        .unwrap_or(attr);
+    let body = attr.strip_prefix("oid.").or_else(|| attr.strip_prefix("OID.")).unwrap_or(attr);
     let mut chars = body.chars();
     match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() => {
-            body.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        Some(c) if c.is_ascii_alphabetic() => body.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        Some(c) if c.is_ascii_digit() => {
+            body.split('.').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()))
         }
-        Some(c) if c.is_ascii_digit() => body
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit())),
         _ => false,
     }
 }
@@ -532,19 +487,13 @@ mod tests {
         assert_eq!(d.rdn().and_then(|r| r.value_of("CN")), Some("Smith, John"));
         assert_eq!(dn("cn=Smith\\2C John,dc=x"), dn("CN=smith\\, john, DC=X"));
         assert_eq!(dn("cn=a+uid=b,dc=x"), dn("uid=b+cn=a,dc=x"));
-        assert_eq!(
-            d.to_string(),
-            "cn=Smith\\, John+uid=js,ou=People,dc=example,dc=org"
-        );
+        assert_eq!(d.to_string(), "cn=Smith\\, John+uid=js,ou=People,dc=example,dc=org");
     }
 
     #[test]
     fn utf8_and_hex_escaped_utf8() {
         let d = dn("cn=J\\C3\\BCrgen M\\C3\\BCller,dc=x");
-        assert_eq!(
-            d.rdn().and_then(|r| r.value_of("cn")),
-            Some("Jürgen Müller")
-        );
+        assert_eq!(d.rdn().and_then(|r| r.value_of("cn")), Some("Jürgen Müller"));
         assert_eq!(d, dn("cn=jürgen müller,dc=x"));
         assert!(Dn::parse("cn=\\C3,dc=x").is_err());
     }
@@ -552,19 +501,11 @@ mod tests {
     #[test]
     fn ber_values_and_leading_hash() {
         let d = dn("1.3.6.1.4.1.1466.0=#04024869,dc=x");
-        assert_eq!(
-            d.rdn().map(|r| r.avas()[0].value.clone()),
-            Some(RdnValue::Ber(vec![4, 2, 0x48, 0x69]))
-        );
+        assert_eq!(d.rdn().map(|r| r.avas()[0].value.clone()), Some(RdnValue::Ber(vec![4, 2, 0x48, 0x69])));
         let escaped = Dn::from_rdns(vec![Rdn::single("cn", "#1 ")]);
         assert_eq!(escaped.to_string(), "cn=\\#1\\ ");
         assert_eq!(dn(&escaped.to_string()), escaped);
-        assert_eq!(
-            dn(&escaped.to_string())
-                .rdn()
-                .and_then(|r| r.value_of("cn")),
-            Some("#1 ")
-        );
+        assert_eq!(dn(&escaped.to_string()).rdn().and_then(|r| r.value_of("cn")), Some("#1 "));
     }
 
     #[test]
@@ -580,19 +521,13 @@ mod tests {
         assert_eq!(user.parent(), Some(ou.clone()));
         let moved = user.renamed(Rdn::single("cn", "b"), Some(&base));
         assert_eq!(moved, dn("cn=b,dc=example,dc=org"));
-        assert_eq!(
-            user.rebased(&ou, &dn("ou=Staff,dc=example,dc=org")),
-            Some(dn("cn=a,ou=Staff,dc=example,dc=org"))
-        );
+        assert_eq!(user.rebased(&ou, &dn("ou=Staff,dc=example,dc=org")), Some(dn("cn=a,ou=Staff,dc=example,dc=org")));
         assert!(Dn::parse("").map(|d| d.is_root()).unwrap_or(false));
     }
 
     #[test]
     fn rejects_garbage_with_position() {
-        for bad in [
-            "cn", "=x", "cn=a,", "cn=a\\", "cn=a\\zz", "cn=a\"b", "c n=a", "#=x", "cn=#0",
-            "cn=#abc",
-        ] {
+        for bad in ["cn", "=x", "cn=a,", "cn=a\\", "cn=a\\zz", "cn=a\"b", "c n=a", "#=x", "cn=#0", "cn=#abc"] {
             assert!(Dn::parse(bad).is_err(), "{bad} should fail");
         }
         let err = Dn::parse("cn=a,,dc=x").err().map(|e| e.position);

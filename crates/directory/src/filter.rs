@@ -10,11 +10,7 @@ use crate::value::Value;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     #[error("invalid filter {input:?} at character {position}: {reason}")]
-    Syntax {
-        input: String,
-        position: usize,
-        reason: &'static str,
-    },
+    Syntax { input: String, position: usize, reason: &'static str },
     #[error(
         "extensible match {0:?} cannot be evaluated by idbridge; let the server evaluate it, or use an equality/substring filter"
     )]
@@ -28,22 +24,12 @@ pub enum Filter {
     Or(Vec<Filter>),
     Not(Box<Filter>),
     Equality(String, Vec<u8>),
-    Substrings {
-        attr: String,
-        initial: Option<Vec<u8>>,
-        any: Vec<Vec<u8>>,
-        last: Option<Vec<u8>>,
-    },
+    Substrings { attr: String, initial: Option<Vec<u8>>, any: Vec<Vec<u8>>, last: Option<Vec<u8>> },
     GreaterOrEqual(String, Vec<u8>),
     LessOrEqual(String, Vec<u8>),
     Present(String),
     Approx(String, Vec<u8>),
-    Extensible {
-        attr: Option<String>,
-        rule: Option<String>,
-        dn_attrs: bool,
-        value: Vec<u8>,
-    },
+    Extensible { attr: Option<String>, rule: Option<String>, dn_attrs: bool, value: Vec<u8> },
 }
 
 impl Filter {
@@ -57,12 +43,7 @@ impl Filter {
             owned = format!("({trimmed})");
             &owned
         };
-        let mut p = Parser {
-            input,
-            bytes: text.as_bytes(),
-            pos: 0,
-            depth: 0,
-        };
+        let mut p = Parser { input, bytes: text.as_bytes(), pos: 0, depth: 0 };
         let f = p.filter()?;
         if p.pos != p.bytes.len() {
             return Err(p.err("unexpected text after the filter"));
@@ -95,31 +76,15 @@ impl Filter {
             Filter::Present(attr) => attr.eq_ignore_ascii_case("objectClass") || entry.has(attr),
             Filter::Equality(attr, v) => entry.values(attr).iter().any(|x| equal(x, v)),
             Filter::Approx(attr, v) => {
-                let squash =
-                    |b: &[u8]| normalize_value(&String::from_utf8_lossy(b)).replace(' ', "");
+                let squash = |b: &[u8]| normalize_value(&String::from_utf8_lossy(b)).replace(' ', "");
                 let want = squash(v);
-                entry
-                    .values(attr)
-                    .iter()
-                    .any(|x| squash(x.as_bytes()) == want)
+                entry.values(attr).iter().any(|x| squash(x.as_bytes()) == want)
             }
-            Filter::GreaterOrEqual(attr, v) => entry
-                .values(attr)
-                .iter()
-                .any(|x| order(x, v) != Ordering::Less),
-            Filter::LessOrEqual(attr, v) => entry
-                .values(attr)
-                .iter()
-                .any(|x| order(x, v) != Ordering::Greater),
-            Filter::Substrings {
-                attr,
-                initial,
-                any,
-                last,
-            } => entry
-                .values(attr)
-                .iter()
-                .any(|x| substrings_match(x, initial.as_deref(), any, last.as_deref())),
+            Filter::GreaterOrEqual(attr, v) => entry.values(attr).iter().any(|x| order(x, v) != Ordering::Less),
+            Filter::LessOrEqual(attr, v) => entry.values(attr).iter().any(|x| order(x, v) != Ordering::Greater),
+            Filter::Substrings { attr, initial, any, last } => {
+                entry.values(attr).iter().any(|x| substrings_match(x, initial.as_deref(), any, last.as_deref()))
+            }
             Filter::Extensible { .. } => {
                 return Err(FilterError::UnsupportedExtensible(self.to_string()));
             }
@@ -140,11 +105,7 @@ fn equal(value: &Value, assertion: &[u8]) -> bool {
 
 fn order(value: &Value, assertion: &[u8]) -> Ordering {
     let (a, b) = (value.as_bytes(), assertion);
-    let as_int = |x: &[u8]| {
-        std::str::from_utf8(x)
-            .ok()
-            .and_then(|s| s.trim().parse::<i128>().ok())
-    };
+    let as_int = |x: &[u8]| std::str::from_utf8(x).ok().and_then(|s| s.trim().parse::<i128>().ok());
     if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
         return x.cmp(&y);
     }
@@ -154,47 +115,36 @@ fn order(value: &Value, assertion: &[u8]) -> Ordering {
     }
 }
 
-fn substrings_match(
-    value: &Value,
-    initial: Option<&[u8]>,
-    any: &[Vec<u8>],
-    last: Option<&[u8]>,
-) -> bool {
+fn substrings_match(value: &Value, initial: Option<&[u8]>, any: &[Vec<u8>], last: Option<&[u8]>) -> bool {
     let norm = |b: &[u8]| -> Option<String> {
         match value {
             Value::Binary(_) => None,
             Value::Text(_) => text_key(b),
         }
     };
-    let (hay, initial, any, last): (String, Option<String>, Vec<String>, Option<String>) =
-        match value {
-            Value::Text(s) => {
-                let Some(any) = any.iter().map(|a| norm(a)).collect::<Option<Vec<_>>>() else {
-                    return false;
-                };
-                let initial = match initial.map(norm) {
-                    Some(None) => return false,
-                    Some(Some(i)) => Some(i),
-                    None => None,
-                };
-                let last = match last.map(norm) {
-                    Some(None) => return false,
-                    Some(Some(l)) => Some(l),
-                    None => None,
-                };
-                (normalize_value(s), initial, any, last)
-            }
-            // Binary substring matching is rare; compare via lossless latin-1 mapping.
-            Value::Binary(b) => {
-                let l1 = |x: &[u8]| x.iter().map(|c| char::from(*c)).collect::<String>();
-                (
-                    l1(b),
-                    initial.map(l1),
-                    any.iter().map(|a| l1(a)).collect(),
-                    last.map(l1),
-                )
-            }
-        };
+    let (hay, initial, any, last): (String, Option<String>, Vec<String>, Option<String>) = match value {
+        Value::Text(s) => {
+            let Some(any) = any.iter().map(|a| norm(a)).collect::<Option<Vec<_>>>() else {
+                return false;
+            };
+            let initial = match initial.map(norm) {
+                Some(None) => return false,
+                Some(Some(i)) => Some(i),
+                None => None,
+            };
+            let last = match last.map(norm) {
+                Some(None) => return false,
+                Some(Some(l)) => Some(l),
+                None => None,
+            };
+            (normalize_value(s), initial, any, last)
+        }
+        // Binary substring matching is rare; compare via lossless latin-1 mapping.
+        Value::Binary(b) => {
+            let l1 = |x: &[u8]| x.iter().map(|c| char::from(*c)).collect::<String>();
+            (l1(b), initial.map(l1), any.iter().map(|a| l1(a)).collect(), last.map(l1))
+        }
+    };
     let mut rest: &str = &hay;
     if let Some(i) = &initial {
         match rest.strip_prefix(i.as_str()) {
@@ -243,11 +193,7 @@ impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Filter::And(fs) | Filter::Or(fs) => {
-                f.write_str(if matches!(self, Filter::And(_)) {
-                    "(&"
-                } else {
-                    "(|"
-                })?;
+                f.write_str(if matches!(self, Filter::And(_)) { "(&" } else { "(|" })?;
                 for x in fs {
                     write!(f, "{x}")?;
                 }
@@ -259,12 +205,7 @@ impl fmt::Display for Filter {
             Filter::LessOrEqual(a, v) => write!(f, "({a}<={})", escape_value(v)),
             Filter::Approx(a, v) => write!(f, "({a}~={})", escape_value(v)),
             Filter::Present(a) => write!(f, "({a}=*)"),
-            Filter::Substrings {
-                attr,
-                initial,
-                any,
-                last,
-            } => {
+            Filter::Substrings { attr, initial, any, last } => {
                 write!(f, "({attr}=")?;
                 if let Some(i) = initial {
                     f.write_str(&escape_value(i))?;
@@ -278,12 +219,7 @@ impl fmt::Display for Filter {
                 }
                 f.write_str(")")
             }
-            Filter::Extensible {
-                attr,
-                rule,
-                dn_attrs,
-                value,
-            } => {
+            Filter::Extensible { attr, rule, dn_attrs, value } => {
                 f.write_str("(")?;
                 if let Some(a) = attr {
                     f.write_str(a)?;
@@ -311,11 +247,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, reason: &'static str) -> FilterError {
-        FilterError::Syntax {
-            input: self.input.to_string(),
-            position: self.pos,
-            reason,
-        }
+        FilterError::Syntax { input: self.input.to_string(), position: self.pos, reason }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -422,12 +354,7 @@ impl Parser<'_> {
                 if any.iter().any(Vec::is_empty) {
                     return Err(self.err("'**' is not allowed in a substring filter"));
                 }
-                Filter::Substrings {
-                    attr,
-                    initial,
-                    any,
-                    last,
-                }
+                Filter::Substrings { attr, initial, any, last }
             }
         })
     }
@@ -441,17 +368,10 @@ impl Parser<'_> {
                 self.pos += 1;
                 let value = self.value(false)?;
                 if attr.is_empty() && rule.is_none() {
-                    return Err(
-                        self.err("an extensible match needs an attribute or a matching rule")
-                    );
+                    return Err(self.err("an extensible match needs an attribute or a matching rule"));
                 }
                 let attr = if attr.is_empty() { None } else { Some(attr) };
-                return Ok(Filter::Extensible {
-                    attr,
-                    rule,
-                    dn_attrs,
-                    value,
-                });
+                return Ok(Filter::Extensible { attr, rule, dn_attrs, value });
             }
             let word = self.attr_desc();
             if word.eq_ignore_ascii_case("dn") && !dn_attrs && rule.is_none() {
@@ -474,14 +394,8 @@ impl Parser<'_> {
                 b'*' if stop_at_star => break,
                 b'*' | b'(' => return Err(self.err("'(' and '*' must be escaped as \\28 and \\2a")),
                 b'\\' => {
-                    let hi = self
-                        .bytes
-                        .get(self.pos + 1)
-                        .and_then(|c| (*c as char).to_digit(16));
-                    let lo = self
-                        .bytes
-                        .get(self.pos + 2)
-                        .and_then(|c| (*c as char).to_digit(16));
+                    let hi = self.bytes.get(self.pos + 1).and_then(|c| (*c as char).to_digit(16));
+                    let lo = self.bytes.get(self.pos + 2).and_then(|c| (*c as char).to_digit(16));
                     match (hi, lo) {
                         (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
                         _ => return Err(self.err("'\\' must be followed by two hex digits")),
@@ -553,10 +467,7 @@ mod tests {
     #[test]
     fn extensible_is_a_clear_error_when_evaluated() {
         let f = Filter::parse("(cn:caseExactMatch:=Fred)").unwrap();
-        assert!(matches!(
-            f.matches(&entry()),
-            Err(FilterError::UnsupportedExtensible(_))
-        ));
+        assert!(matches!(f.matches(&entry()), Err(FilterError::UnsupportedExtensible(_))));
     }
 
     #[test]

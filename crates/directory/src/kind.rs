@@ -24,11 +24,7 @@ impl ObjectKind {
             ObjectKind::Contact
         } else if has("user") || has("inetOrgPerson") || has("posixAccount") && has("person") {
             ObjectKind::User
-        } else if has("group")
-            || has("groupOfNames")
-            || has("groupOfUniqueNames")
-            || has("posixGroup")
-        {
+        } else if has("group") || has("groupOfNames") || has("groupOfUniqueNames") || has("posixGroup") {
             ObjectKind::Group
         } else if has("organizationalUnit") {
             ObjectKind::OrganizationalUnit
@@ -72,43 +68,15 @@ mod tests {
 
     #[test]
     fn classifies() {
+        assert_eq!(ObjectKind::of(&with_classes(&["top", "person", "organizationalPerson", "user"])), ObjectKind::User);
+        assert_eq!(ObjectKind::of(&with_classes(&["top", "user", "computer"])), ObjectKind::Other);
+        assert_eq!(ObjectKind::of(&with_classes(&["inetOrgPerson"])), ObjectKind::User);
+        assert_eq!(ObjectKind::of(&with_classes(&["top", "group"])), ObjectKind::Group);
+        assert_eq!(ObjectKind::of(&with_classes(&["groupOfNames"])), ObjectKind::Group);
         assert_eq!(
-            ObjectKind::of(&with_classes(&[
-                "top",
-                "person",
-                "organizationalPerson",
-                "user"
-            ])),
-            ObjectKind::User
-        );
-        assert_eq!(
-            ObjectKind::of(&with_classes(&["top", "user", "computer"])),
-            ObjectKind::Other
-        );
-        assert_eq!(
-            ObjectKind::of(&with_classes(&["inetOrgPerson"])),
-            ObjectKind::User
-        );
-        assert_eq!(
-            ObjectKind::of(&with_classes(&["top", "group"])),
-            ObjectKind::Group
-        );
-        assert_eq!(
-            ObjectKind::of(&with_classes(&["groupOfNames"])),
-            ObjectKind::Group
-        );
-        assert_eq!(
-            ObjectKind::of(&with_classes(&[
-                "top",
-                "person",
-                "organizationalPerson",
-                "contact"
-            ])),
+            ObjectKind::of(&with_classes(&["top", "person", "organizationalPerson", "contact"])),
             ObjectKind::Contact
         );
-        assert_eq!(
-            ObjectKind::of(&with_classes(&["organizationalUnit"])),
-            ObjectKind::OrganizationalUnit
-        );
+        assert_eq!(ObjectKind::of(&with_classes(&["organizationalUnit"])), ObjectKind::OrganizationalUnit);
     }
 }

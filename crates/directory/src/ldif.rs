@@ -39,16 +39,10 @@ pub enum LdifErrorKind {
     Version(String),
     #[error("unknown changetype {0:?} (expected add, delete, modify, modrdn or moddn)")]
     ChangeType(String),
-    #[error(
-        "in a modify record, expected 'add:', 'delete:', 'replace:' or 'increment:', found {0:?}"
-    )]
+    #[error("in a modify record, expected 'add:', 'delete:', 'replace:' or 'increment:', found {0:?}")]
     ModifyOp(String),
     #[error("attribute {found:?} inside a '{op}: {expected}' block")]
-    ModifyAttr {
-        op: &'static str,
-        expected: String,
-        found: String,
-    },
+    ModifyAttr { op: &'static str, expected: String, found: String },
     #[error("a modify block for {0:?} is not closed with '-'")]
     UnterminatedModify(String),
     #[error("{0} is required in a modrdn record")]
@@ -71,28 +65,16 @@ pub enum LdifRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeRecord {
     Add(Entry),
-    Delete {
-        dn: Dn,
-    },
-    Modify {
-        dn: Dn,
-        mods: Vec<Modification>,
-    },
-    ModRdn {
-        dn: Dn,
-        new_rdn: Rdn,
-        delete_old_rdn: bool,
-        new_superior: Option<Dn>,
-    },
+    Delete { dn: Dn },
+    Modify { dn: Dn, mods: Vec<Modification> },
+    ModRdn { dn: Dn, new_rdn: Rdn, delete_old_rdn: bool, new_superior: Option<Dn> },
 }
 
 impl ChangeRecord {
     pub fn dn(&self) -> &Dn {
         match self {
             ChangeRecord::Add(e) => &e.dn,
-            ChangeRecord::Delete { dn }
-            | ChangeRecord::Modify { dn, .. }
-            | ChangeRecord::ModRdn { dn, .. } => dn,
+            ChangeRecord::Delete { dn } | ChangeRecord::Modify { dn, .. } | ChangeRecord::ModRdn { dn, .. } => dn,
         }
     }
 }
@@ -141,13 +123,7 @@ pub struct LdifReader<R> {
 
 impl<R: BufRead> LdifReader<R> {
     pub fn new(input: R) -> Self {
-        LdifReader {
-            input,
-            physical: 0,
-            lookahead: None,
-            started: false,
-            done: false,
-        }
+        LdifReader { input, physical: 0, lookahead: None, started: false, done: false }
     }
 
     fn read_physical(&mut self) -> Result<Option<(usize, String)>, LdifError> {
@@ -158,10 +134,7 @@ impl<R: BufRead> LdifReader<R> {
         let n = self
             .input
             .read_until(b'\n', &mut buf)
-            .map_err(|e| LdifError {
-                line: self.physical + 1,
-                kind: LdifErrorKind::Io(e.to_string()),
-            })?;
+            .map_err(|e| LdifError { line: self.physical + 1, kind: LdifErrorKind::Io(e.to_string()) })?;
         if n == 0 {
             return Ok(None);
         }
@@ -169,10 +142,8 @@ impl<R: BufRead> LdifReader<R> {
         while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             buf.pop();
         }
-        let text = String::from_utf8(buf).map_err(|_| LdifError {
-            line: self.physical,
-            kind: LdifErrorKind::NotUtf8,
-        })?;
+        let text =
+            String::from_utf8(buf).map_err(|_| LdifError { line: self.physical, kind: LdifErrorKind::NotUtf8 })?;
         Ok(Some((self.physical, text)))
     }
 
@@ -220,10 +191,7 @@ impl<R: BufRead> LdifReader<R> {
                             let (_, v) = parse_line(&line)?;
                             let v = String::from_utf8_lossy(&v).trim().to_string();
                             if v != "1" {
-                                return Err(LdifError {
-                                    line: line.no,
-                                    kind: LdifErrorKind::Version(v),
-                                });
+                                return Err(LdifError { line: line.no, kind: LdifErrorKind::Version(v) });
                             }
                             continue;
                         }
@@ -264,78 +232,49 @@ pub fn parse_str(text: &str) -> Result<Vec<LdifRecord>, LdifError> {
 }
 
 fn parse_line(line: &Line) -> Result<(String, Vec<u8>), LdifError> {
-    let err = |kind| LdifError {
-        line: line.no,
-        kind,
-    };
+    let err = |kind| LdifError { line: line.no, kind };
     let Some((attr, rest)) = line.text.split_once(':') else {
         return Err(err(LdifErrorKind::Syntax(line.text.clone())));
     };
     let attr = attr.trim_end();
-    if attr.is_empty()
-        || !attr
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';' || c == '.')
-    {
+    if attr.is_empty() || !attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';' || c == '.') {
         return Err(err(LdifErrorKind::Syntax(line.text.clone())));
     }
     if let Some(b64) = rest.strip_prefix(':') {
         let cleaned: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
-        let bytes = STANDARD
-            .decode(cleaned)
-            .map_err(|_| err(LdifErrorKind::Base64(attr.to_string())))?;
+        let bytes = STANDARD.decode(cleaned).map_err(|_| err(LdifErrorKind::Base64(attr.to_string())))?;
         Ok((attr.to_string(), bytes))
     } else if rest.starts_with('<') {
         Err(err(LdifErrorKind::UrlValue(attr.to_string())))
     } else {
-        Ok((
-            attr.to_string(),
-            rest.trim_start_matches(' ').as_bytes().to_vec(),
-        ))
+        Ok((attr.to_string(), rest.trim_start_matches(' ').as_bytes().to_vec()))
     }
 }
 
 fn text_value(line: &Line, bytes: Vec<u8>) -> Result<String, LdifError> {
-    String::from_utf8(bytes).map_err(|_| LdifError {
-        line: line.no,
-        kind: LdifErrorKind::NotUtf8,
-    })
+    String::from_utf8(bytes).map_err(|_| LdifError { line: line.no, kind: LdifErrorKind::NotUtf8 })
 }
 
 fn parse_dn(line: &Line, bytes: Vec<u8>) -> Result<Dn, LdifError> {
     let text = text_value(line, bytes)?;
-    Dn::parse(&text).map_err(|e| LdifError {
-        line: line.no,
-        kind: LdifErrorKind::Dn(e),
-    })
+    Dn::parse(&text).map_err(|e| LdifError { line: line.no, kind: LdifErrorKind::Dn(e) })
 }
 
 fn parse_record(lines: Vec<Line>) -> Result<LdifRecord, LdifError> {
     let mut it = lines.into_iter().peekable();
     let Some(first) = it.next() else {
-        return Err(LdifError {
-            line: 0,
-            kind: LdifErrorKind::MissingDn(String::new()),
-        });
+        return Err(LdifError { line: 0, kind: LdifErrorKind::MissingDn(String::new()) });
     };
     let (attr, value) = parse_line(&first)?;
     if !attr.eq_ignore_ascii_case("dn") {
-        return Err(LdifError {
-            line: first.no,
-            kind: LdifErrorKind::MissingDn(first.text.clone()),
-        });
+        return Err(LdifError { line: first.no, kind: LdifErrorKind::MissingDn(first.text.clone()) });
     }
     let dn = parse_dn(&first, value)?;
     // Controls are accepted and ignored: idbridge applies changes itself.
-    while it
-        .peek()
-        .is_some_and(|l| l.text.to_ascii_lowercase().starts_with("control:"))
-    {
+    while it.peek().is_some_and(|l| l.text.to_ascii_lowercase().starts_with("control:")) {
         it.next();
     }
-    let is_change = it
-        .peek()
-        .is_some_and(|l| l.text.to_ascii_lowercase().starts_with("changetype:"));
+    let is_change = it.peek().is_some_and(|l| l.text.to_ascii_lowercase().starts_with("changetype:"));
     if !is_change {
         let mut entry = Entry::new(dn);
         for line in it {
@@ -345,10 +284,7 @@ fn parse_record(lines: Vec<Line>) -> Result<LdifRecord, LdifError> {
         return Ok(LdifRecord::Content(entry));
     }
     let Some(ct_line) = it.next() else {
-        return Err(LdifError {
-            line: first.no,
-            kind: LdifErrorKind::ChangeType(String::new()),
-        });
+        return Err(LdifError { line: first.no, kind: LdifErrorKind::ChangeType(String::new()) });
     };
     let (_, ct) = parse_line(&ct_line)?;
     let ct = text_value(&ct_line, ct)?.trim().to_ascii_lowercase();
@@ -363,20 +299,14 @@ fn parse_record(lines: Vec<Line>) -> Result<LdifRecord, LdifError> {
         }
         "delete" => {
             if let Some(line) = it.next() {
-                return Err(LdifError {
-                    line: line.no,
-                    kind: LdifErrorKind::DeleteWithAttributes(line.text),
-                });
+                return Err(LdifError { line: line.no, kind: LdifErrorKind::DeleteWithAttributes(line.text) });
             }
             ChangeRecord::Delete { dn }
         }
         "modify" => parse_modify(dn, it.collect())?,
         "modrdn" | "moddn" => parse_modrdn(dn, first.no, it.collect())?,
         _ => {
-            return Err(LdifError {
-                line: ct_line.no,
-                kind: LdifErrorKind::ChangeType(ct),
-            });
+            return Err(LdifError { line: ct_line.no, kind: LdifErrorKind::ChangeType(ct) });
         }
     };
     Ok(LdifRecord::Change(record))
@@ -390,10 +320,7 @@ fn parse_modify(dn: Dn, lines: Vec<Line>) -> Result<ChangeRecord, LdifError> {
             match current.take() {
                 Some((_, m)) => mods.push(m),
                 None => {
-                    return Err(LdifError {
-                        line: line.no,
-                        kind: LdifErrorKind::ModifyOp(line.text),
-                    });
+                    return Err(LdifError { line: line.no, kind: LdifErrorKind::ModifyOp(line.text) });
                 }
             }
             continue;
@@ -407,31 +334,17 @@ fn parse_modify(dn: Dn, lines: Vec<Line>) -> Result<ChangeRecord, LdifError> {
                     "replace" => ModOp::Replace,
                     "increment" => ModOp::Increment,
                     _ => {
-                        return Err(LdifError {
-                            line: line.no,
-                            kind: LdifErrorKind::ModifyOp(line.text),
-                        });
+                        return Err(LdifError { line: line.no, kind: LdifErrorKind::ModifyOp(line.text) });
                     }
                 };
                 let target = text_value(&line, value)?.trim().to_string();
-                current = Some((
-                    line.no,
-                    Modification {
-                        op,
-                        attr: target,
-                        values: Vec::new(),
-                    },
-                ));
+                current = Some((line.no, Modification { op, attr: target, values: Vec::new() }));
             }
             Some((_, m)) => {
                 if !attr.eq_ignore_ascii_case(&m.attr) {
                     return Err(LdifError {
                         line: line.no,
-                        kind: LdifErrorKind::ModifyAttr {
-                            op: m.op.as_str(),
-                            expected: m.attr.clone(),
-                            found: attr,
-                        },
+                        kind: LdifErrorKind::ModifyAttr { op: m.op.as_str(), expected: m.attr.clone(), found: attr },
                     });
                 }
                 m.values.push(Value::from_bytes(&attr, value));
@@ -439,10 +352,7 @@ fn parse_modify(dn: Dn, lines: Vec<Line>) -> Result<ChangeRecord, LdifError> {
         }
     }
     if let Some((no, m)) = current {
-        return Err(LdifError {
-            line: no,
-            kind: LdifErrorKind::UnterminatedModify(m.attr),
-        });
+        return Err(LdifError { line: no, kind: LdifErrorKind::UnterminatedModify(m.attr) });
     }
     Ok(ChangeRecord::Modify { dn, mods })
 }
@@ -456,17 +366,11 @@ fn parse_modrdn(dn: Dn, dn_line: usize, lines: Vec<Line>) -> Result<ChangeRecord
         match attr.to_ascii_lowercase().as_str() {
             "newrdn" => {
                 let text = text_value(&line, value)?;
-                let parsed = Dn::parse(&text).map_err(|e| LdifError {
-                    line: line.no,
-                    kind: e.into(),
-                })?;
+                let parsed = Dn::parse(&text).map_err(|e| LdifError { line: line.no, kind: e.into() })?;
                 match parsed.rdns() {
                     [rdn] => new_rdn = Some(rdn.clone()),
                     _ => {
-                        return Err(LdifError {
-                            line: line.no,
-                            kind: LdifErrorKind::Syntax(line.text.clone()),
-                        });
+                        return Err(LdifError { line: line.no, kind: LdifErrorKind::Syntax(line.text.clone()) });
                     }
                 }
             }
@@ -475,36 +379,20 @@ fn parse_modrdn(dn: Dn, dn_line: usize, lines: Vec<Line>) -> Result<ChangeRecord
                     "0" => Some(false),
                     "1" => Some(true),
                     other => {
-                        return Err(LdifError {
-                            line: line.no,
-                            kind: LdifErrorKind::DeleteOldRdn(other.to_string()),
-                        });
+                        return Err(LdifError { line: line.no, kind: LdifErrorKind::DeleteOldRdn(other.to_string()) });
                     }
                 }
             }
             "newsuperior" => new_superior = Some(parse_dn(&line, value)?),
             _ => {
-                return Err(LdifError {
-                    line: line.no,
-                    kind: LdifErrorKind::Syntax(line.text.clone()),
-                });
+                return Err(LdifError { line: line.no, kind: LdifErrorKind::Syntax(line.text.clone()) });
             }
         }
     }
-    let new_rdn = new_rdn.ok_or(LdifError {
-        line: dn_line,
-        kind: LdifErrorKind::ModRdnField("newrdn"),
-    })?;
-    let delete_old_rdn = delete_old.ok_or(LdifError {
-        line: dn_line,
-        kind: LdifErrorKind::ModRdnField("deleteoldrdn"),
-    })?;
-    Ok(ChangeRecord::ModRdn {
-        dn,
-        new_rdn,
-        delete_old_rdn,
-        new_superior,
-    })
+    let new_rdn = new_rdn.ok_or(LdifError { line: dn_line, kind: LdifErrorKind::ModRdnField("newrdn") })?;
+    let delete_old_rdn =
+        delete_old.ok_or(LdifError { line: dn_line, kind: LdifErrorKind::ModRdnField("deleteoldrdn") })?;
+    Ok(ChangeRecord::ModRdn { dn, new_rdn, delete_old_rdn, new_superior })
 }
 
 /// Writes LDIF records: values that are not SAFE-STRINGs are base64-encoded,
@@ -518,11 +406,7 @@ pub struct LdifWriter<W> {
 
 impl<W: std::io::Write> LdifWriter<W> {
     pub fn new(out: W) -> Self {
-        LdifWriter {
-            out,
-            fold_at: 76,
-            buf: String::new(),
-        }
+        LdifWriter { out, fold_at: 76, buf: String::new() }
     }
 
     /// Disables folding (one line per value), as some tools prefer.
@@ -576,18 +460,10 @@ impl<W: std::io::Write> LdifWriter<W> {
                     self.buf.push_str("-\n");
                 }
             }
-            ChangeRecord::ModRdn {
-                new_rdn,
-                delete_old_rdn,
-                new_superior,
-                ..
-            } => {
+            ChangeRecord::ModRdn { new_rdn, delete_old_rdn, new_superior, .. } => {
                 self.push_value("changetype", &Value::from("modrdn"));
                 self.push_value("newrdn", &Value::Text(new_rdn.to_string()));
-                self.push_value(
-                    "deleteoldrdn",
-                    &Value::from(if *delete_old_rdn { "1" } else { "0" }),
-                );
+                self.push_value("deleteoldrdn", &Value::from(if *delete_old_rdn { "1" } else { "0" }));
                 if let Some(sup) = new_superior {
                     self.push_dn("newsuperior", sup);
                 }
@@ -615,11 +491,24 @@ impl<W: std::io::Write> LdifWriter<W> {
     }
 
     fn push_value(&mut self, name: &str, value: &Value) {
-        let line = match value {
-            Value::Text(s) if is_safe_string(s) => format!("{name}: {s}"),
-            other => format!("{name}:: {}", STANDARD.encode(other.as_bytes())),
-        };
-        fold_into(&mut self.buf, &line, self.fold_at);
+        let start = self.buf.len();
+        self.buf.push_str(name);
+        match value {
+            Value::Text(s) if is_safe_string(s) => {
+                self.buf.push_str(": ");
+                self.buf.push_str(s);
+            }
+            other => {
+                self.buf.push_str(":: ");
+                STANDARD.encode_string(other.as_bytes(), &mut self.buf);
+            }
+        }
+        if self.buf.len() - start > self.fold_at {
+            let line = self.buf.split_off(start);
+            fold_into(&mut self.buf, &line, self.fold_at);
+        } else {
+            self.buf.push('\n');
+        }
     }
 }
 
@@ -630,12 +519,7 @@ pub fn is_safe_string(s: &str) -> bool {
     match bytes.first() {
         None => true,
         Some(b' ' | b':' | b'<') => false,
-        Some(_) => {
-            bytes
-                .iter()
-                .all(|b| (0x01..=0x7f).contains(b) && *b != b'\n' && *b != b'\r')
-                && !s.ends_with(' ')
-        }
+        Some(_) => bytes.iter().all(|b| (0x01..=0x7f).contains(b) && *b != b'\n' && *b != b'\r') && !s.ends_with(' '),
     }
 }
 
@@ -668,15 +552,11 @@ mod tests {
         let text = "version: 1\n# a comment\n#  folded comment\n continued\ndn: cn=Bj\n orn,dc=example,dc=org\nobjectClass: person\ncn:: QmrDtnJu\nsn: J\n ensen\n\n\ndn: cn=x,dc=org\nobjectGUID:: QPwpa0fKZxCzHQDdAQZi2g==\n";
         let recs = parse_str(text).unwrap_or_default();
         assert_eq!(recs.len(), 2);
-        let LdifRecord::Content(e) = &recs[0] else {
-            unreachable!()
-        };
+        let LdifRecord::Content(e) = &recs[0] else { unreachable!() };
         assert_eq!(e.dn.to_string(), "cn=Bjorn,dc=example,dc=org");
         assert_eq!(e.first_text("CN"), Some("Björn"));
         assert_eq!(e.first_text("sn"), Some("Jensen"));
-        let LdifRecord::Content(g) = &recs[1] else {
-            unreachable!()
-        };
+        let LdifRecord::Content(g) = &recs[1] else { unreachable!() };
         assert!(g.values("objectguid")[0].is_binary());
     }
 
@@ -684,10 +564,7 @@ mod tests {
     fn url_values_are_refused_with_line_number() {
         let err = parse_str("dn: cn=a,dc=x\ncn: a\njpegPhoto:< file:///etc/passwd\n").err();
         let err = err.map(|e| (e.line, e.to_string()));
-        assert!(
-            matches!(&err, Some((3, msg)) if msg.contains("URL values are not supported")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Some((3, msg)) if msg.contains("URL values are not supported")), "{err:?}");
     }
 
     #[test]
@@ -695,29 +572,18 @@ mod tests {
         let text = "dn: cn=a,dc=x\nchangetype: modify\nadd: mail\nmail: a@x\n-\ndelete: description\n-\nreplace: sn\nsn: A\nsn: B\n-\n\ndn: cn=a,dc=x\nchangetype: modrdn\nnewrdn: cn=b\ndeleteoldrdn: 1\nnewsuperior: ou=y,dc=x\n\ndn: cn=b,ou=y,dc=x\nchangetype: delete\n\ndn: cn=c,dc=x\nchangetype: add\ncn: c\n";
         let recs = parse_str(text).unwrap_or_default();
         assert_eq!(recs.len(), 4);
-        let LdifRecord::Change(ChangeRecord::Modify { mods, .. }) = &recs[0] else {
-            unreachable!()
-        };
+        let LdifRecord::Change(ChangeRecord::Modify { mods, .. }) = &recs[0] else { unreachable!() };
         assert_eq!(mods.len(), 3);
         assert_eq!(mods[2].values.len(), 2);
         assert!(matches!(
             &recs[1],
-            LdifRecord::Change(ChangeRecord::ModRdn {
-                delete_old_rdn: true,
-                new_superior: Some(_),
-                ..
-            })
+            LdifRecord::Change(ChangeRecord::ModRdn { delete_old_rdn: true, new_superior: Some(_), .. })
         ));
-        assert!(matches!(
-            &recs[2],
-            LdifRecord::Change(ChangeRecord::Delete { .. })
-        ));
+        assert!(matches!(&recs[2], LdifRecord::Change(ChangeRecord::Delete { .. })));
         // and the writer writes them back identically
         let mut w = LdifWriter::new(Vec::new());
         for r in &recs {
-            let LdifRecord::Change(c) = r else {
-                unreachable!()
-            };
+            let LdifRecord::Change(c) = r else { unreachable!() };
             assert!(w.write_change(c).is_ok());
         }
         let again = parse_str(&String::from_utf8_lossy(&w.into_inner())).unwrap_or_default();

@@ -86,9 +86,8 @@ const BINARY_ATTRIBUTES: &[&str] = &[
     "lmpwdhistory",
     "supplementalcredentials",
     "msds-generationid",
-    "objectguid;binary",
     "replpropertymetadata",
-    "replupToDateVector",
+    "repluptodatevector",
     "repsfrom",
     "repsto",
     "invocationid",
@@ -98,10 +97,9 @@ const BINARY_ATTRIBUTES: &[&str] = &[
 /// True if values of `attr` are binary. Any attribute with the `;binary`
 /// option is binary (RFC 4522).
 pub fn is_binary_attribute(attr: &str) -> bool {
-    let lower = attr.to_ascii_lowercase();
-    let mut parts = lower.split(';');
+    let mut parts = attr.split(';');
     let base = parts.next().unwrap_or_default();
-    parts.any(|o| o == "binary") || BINARY_ATTRIBUTES.contains(&base)
+    parts.any(|o| o.eq_ignore_ascii_case("binary")) || BINARY_ATTRIBUTES.iter().any(|b| b.eq_ignore_ascii_case(base))
 }
 
 /// Why a GUID or SID could not be decoded.
@@ -125,9 +123,7 @@ pub struct Guid(pub [u8; 16]);
 impl Guid {
     /// From the 16 bytes of an `objectGUID` value.
     pub fn from_ad_bytes(bytes: &[u8]) -> Result<Guid, ValueError> {
-        let arr: [u8; 16] = bytes
-            .try_into()
-            .map_err(|_| ValueError::GuidLength(bytes.len()))?;
+        let arr: [u8; 16] = bytes.try_into().map_err(|_| ValueError::GuidLength(bytes.len()))?;
         Ok(Guid(arr))
     }
 
@@ -198,30 +194,17 @@ impl Sid {
     /// then `count` little-endian 32-bit sub-authorities.
     pub fn from_bytes(bytes: &[u8]) -> Result<Sid, ValueError> {
         let (&revision, rest) = bytes.split_first().ok_or(ValueError::SidBinary("empty"))?;
-        let (&count, rest) = rest
-            .split_first()
-            .ok_or(ValueError::SidBinary("no sub-authority count"))?;
+        let (&count, rest) = rest.split_first().ok_or(ValueError::SidBinary("no sub-authority count"))?;
         if count > 15 {
             return Err(ValueError::SidBinary("more than 15 sub-authorities"));
         }
-        let (auth, subs) = rest
-            .split_at_checked(6)
-            .ok_or(ValueError::SidBinary("authority truncated"))?;
+        let (auth, subs) = rest.split_at_checked(6).ok_or(ValueError::SidBinary("authority truncated"))?;
         if subs.len() != usize::from(count) * 4 {
-            return Err(ValueError::SidBinary(
-                "length does not match the sub-authority count",
-            ));
+            return Err(ValueError::SidBinary("length does not match the sub-authority count"));
         }
         let authority = auth.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
-        let sub_authorities = subs
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok(Sid {
-            revision,
-            authority,
-            sub_authorities,
-        })
+        let sub_authorities = subs.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Ok(Sid { revision, authority, sub_authorities })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -244,27 +227,18 @@ impl Sid {
         }
         let revision: u8 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
         let authority_text = parts.next().ok_or_else(bad)?;
-        let authority = match authority_text
-            .strip_prefix("0x")
-            .or_else(|| authority_text.strip_prefix("0X"))
-        {
+        let authority = match authority_text.strip_prefix("0x").or_else(|| authority_text.strip_prefix("0X")) {
             Some(hex) => u64::from_str_radix(hex, 16).map_err(|_| bad())?,
             None => authority_text.parse().map_err(|_| bad())?,
         };
         if authority >= 1 << 48 {
             return Err(bad());
         }
-        let sub_authorities = parts
-            .map(|p| p.parse::<u32>().map_err(|_| bad()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sub_authorities = parts.map(|p| p.parse::<u32>().map_err(|_| bad())).collect::<Result<Vec<_>, _>>()?;
         if sub_authorities.len() > 15 {
             return Err(bad());
         }
-        Ok(Sid {
-            revision,
-            authority,
-            sub_authorities,
-        })
+        Ok(Sid { revision, authority, sub_authorities })
     }
 
     /// The relative identifier (last sub-authority).
@@ -295,19 +269,10 @@ mod tests {
     #[test]
     fn guid_ad_byte_order() {
         // Example from MS-DTYP: the GUID {6B29FC40-CA47-1067-B31D-00DD010662DA}.
-        let ad = [
-            0x40, 0xFC, 0x29, 0x6B, 0x47, 0xCA, 0x67, 0x10, 0xB3, 0x1D, 0x00, 0xDD, 0x01, 0x06,
-            0x62, 0xDA,
-        ];
+        let ad = [0x40, 0xFC, 0x29, 0x6B, 0x47, 0xCA, 0x67, 0x10, 0xB3, 0x1D, 0x00, 0xDD, 0x01, 0x06, 0x62, 0xDA];
         let g = Guid::from_ad_bytes(&ad).ok();
-        assert_eq!(
-            g.map(|g| g.to_string()),
-            Some("6b29fc40-ca47-1067-b31d-00dd010662da".into())
-        );
-        assert_eq!(
-            Guid::parse("{6B29FC40-CA47-1067-B31D-00DD010662DA}").ok(),
-            g
-        );
+        assert_eq!(g.map(|g| g.to_string()), Some("6b29fc40-ca47-1067-b31d-00dd010662da".into()));
+        assert_eq!(Guid::parse("{6B29FC40-CA47-1067-B31D-00DD010662DA}").ok(), g);
         assert!(Guid::from_ad_bytes(&ad[..15]).is_err());
         assert!(Guid::parse("6b29fc40-ca47-1067-b31d-00dd010662dz").is_err());
         assert!(Guid::parse("ü6b29fc4-ca47-1067-b31d-00dd010662da").is_err());
@@ -321,10 +286,7 @@ mod tests {
         assert_eq!(bytes.len(), 28);
         assert_eq!(Sid::from_bytes(&bytes).ok(), sid);
         assert_eq!(sid.map(|s| s.to_string()), Some(text.to_string()));
-        assert_eq!(
-            Sid::parse("S-1-5-32-544").ok().and_then(|s| s.rid()),
-            Some(544)
-        );
+        assert_eq!(Sid::parse("S-1-5-32-544").ok().and_then(|s| s.rid()), Some(544));
         assert!(Sid::from_bytes(&[1, 2, 0, 0, 0, 0, 0, 5, 1]).is_err());
         assert!(Sid::from_bytes(&[]).is_err());
         assert!(Sid::parse("X-1-5").is_err());
@@ -336,13 +298,7 @@ mod tests {
         assert!(is_binary_attribute("userCertificate;binary"));
         assert!(is_binary_attribute("mS-DS-ConsistencyGuid"));
         assert!(!is_binary_attribute("cn"));
-        assert_eq!(
-            Value::from_bytes("description", vec![0xff, 0x00]),
-            Value::Binary(vec![0xff, 0])
-        );
-        assert_eq!(
-            Value::from_bytes("cn", b"x".to_vec()),
-            Value::Text("x".into())
-        );
+        assert_eq!(Value::from_bytes("description", vec![0xff, 0x00]), Value::Binary(vec![0xff, 0]));
+        assert_eq!(Value::from_bytes("cn", b"x".to_vec()), Value::Text("x".into()));
     }
 }

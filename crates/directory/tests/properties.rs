@@ -7,10 +7,7 @@ use directory::{Entry, Value};
 use proptest::prelude::*;
 
 fn attr_type() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-zA-Z][a-zA-Z0-9-]{0,10}",
-        "[1-9][0-9]{0,3}(\\.[0-9]{1,4}){1,4}"
-    ]
+    prop_oneof!["[a-zA-Z][a-zA-Z0-9-]{0,10}", "[1-9][0-9]{0,3}(\\.[0-9]{1,4}){1,4}"]
 }
 
 fn ava() -> impl Strategy<Value = Ava> {
@@ -46,15 +43,8 @@ fn leaf() -> impl Strategy<Value = Filter> {
             proptest::collection::vec(nonempty.clone(), 0..3),
             proptest::option::of(nonempty)
         )
-            .prop_filter("not a presence filter", |(_, i, a, l)| i.is_some()
-                || !a.is_empty()
-                || l.is_some())
-            .prop_map(|(attr, initial, any, last)| Filter::Substrings {
-                attr,
-                initial,
-                any,
-                last
-            }),
+            .prop_filter("not a presence filter", |(_, i, a, l)| i.is_some() || !a.is_empty() || l.is_some())
+            .prop_map(|(attr, initial, any, last)| Filter::Substrings { attr, initial, any, last }),
     ]
 }
 

@@ -72,8 +72,8 @@ fn default_operation_timeout() -> u64 {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -97,49 +97,31 @@ impl Config {
             Some(n) => self.sources.iter().find(|s| s.name == n).with_context(|| {
                 format!(
                     "no source named {n:?}; configured: {}",
-                    self.sources
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
                 )
             }),
             None if self.sources.len() == 1 => self.sources.first().context("no source configured"),
             None => bail!(
                 "several sources are configured ({}); choose one with --source NAME",
-                self.sources
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
             ),
         }
     }
 }
 
 fn parse_dns(what: &str, source: &str, values: &[String]) -> Result<Vec<Dn>> {
-    values
-        .iter()
-        .map(|v| Dn::parse(v).with_context(|| format!("source {source:?}: {what} entry {v:?}")))
-        .collect()
+    values.iter().map(|v| Dn::parse(v).with_context(|| format!("source {source:?}: {what} entry {v:?}"))).collect()
 }
 
 /// Reads the bind password from a file or an environment variable.
-pub fn resolve_password(
-    source: &str,
-    file: Option<&Path>,
-    env: Option<&str>,
-) -> Result<Option<Secret>> {
+pub fn resolve_password(source: &str, file: Option<&Path>, env: Option<&str>) -> Result<Option<Secret>> {
     match (file, env) {
         (Some(_), Some(_)) => {
             bail!("source {source:?}: set password_file or password_env, not both")
         }
-        (Some(path), None) => Secret::from_file(path).map(Some).with_context(|| {
-            format!(
-                "source {source:?}: cannot read password_file {}",
-                path.display()
-            )
-        }),
+        (Some(path), None) => Secret::from_file(path)
+            .map(Some)
+            .with_context(|| format!("source {source:?}: cannot read password_file {}", path.display())),
         (None, Some(var)) => match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
             _ => {
@@ -153,21 +135,11 @@ pub fn resolve_password(
 impl SourceConfig {
     pub fn to_settings(&self) -> Result<LdapSettings> {
         if self.urls.is_empty() {
-            bail!(
-                "source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL",
-                self.name
-            );
+            bail!("source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL", self.name);
         }
-        let password = resolve_password(
-            &self.name,
-            self.password_file.as_deref(),
-            self.password_env.as_deref(),
-        )?;
+        let password = resolve_password(&self.name, self.password_file.as_deref(), self.password_env.as_deref())?;
         if self.bind_dn.is_some() && password.is_none() {
-            bail!(
-                "source {:?}: bind_dn is set but neither password_file nor password_env is",
-                self.name
-            );
+            bail!("source {:?}: bind_dn is set but neither password_file nor password_env is", self.name);
         }
         Ok(LdapSettings {
             urls: self.urls.clone(),
@@ -183,11 +155,7 @@ impl SourceConfig {
             base_dns: parse_dns("base_dns", &self.name, &self.base_dns)?,
             include_ous: parse_dns("include_ous", &self.name, &self.include_ous)?,
             exclude_ous: parse_dns("exclude_ous", &self.name, &self.exclude_ous)?,
-            attributes: if self.attributes.is_empty() {
-                None
-            } else {
-                Some(self.attributes.clone())
-            },
+            attributes: if self.attributes.is_empty() { None } else { Some(self.attributes.clone()) },
             filter: self.filter.clone(),
             page_size: self.page_size,
             server_kind: self.server_kind,
@@ -205,10 +173,7 @@ mod tests {
         let text = include_str!("../../../idbridge.example.toml");
         let config = Config::parse(text).unwrap();
         assert_eq!(config.sources.len(), 1);
-        assert_eq!(
-            config.sources[0].tls.ca_file.as_deref(),
-            Some(Path::new("/etc/idbridge/corp-ca.pem"))
-        );
+        assert_eq!(config.sources[0].tls.ca_file.as_deref(), Some(Path::new("/etc/idbridge/corp-ca.pem")));
     }
 
     #[test]
@@ -216,7 +181,10 @@ mod tests {
         let err = Config::parse("[[source]]\nname = \"a\"\nurls = []\nbogus = 1\n").unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("bogus") && text.contains("line 4"), "{text}");
-        let err = Config::parse("[[source]]\nname = \"a\"\nurls = [\"ldap://x\"]\n[[source]]\nname = \"a\"\nurls = [\"ldap://y\"]\n").unwrap_err();
+        let err = Config::parse(
+            "[[source]]\nname = \"a\"\nurls = [\"ldap://x\"]\n[[source]]\nname = \"a\"\nurls = [\"ldap://y\"]\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unique"));
     }
 

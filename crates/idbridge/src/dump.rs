@@ -33,20 +33,15 @@ fn hex(id: &SourceId) -> String {
 }
 
 fn load_state(path: &Path) -> Result<DumpState> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the state file {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "the state file {} is not one `source dump` wrote",
-            path.display()
-        )
-    })
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the state file {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("the state file {} is not one `source dump` wrote", path.display()))
 }
 
 fn save_state(path: &Path, state: &DumpState) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(state)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec(state)?).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
@@ -91,10 +86,9 @@ impl<W: Write> Output<W> {
 
     fn delete(&mut self, id: &SourceId, dn: Option<&str>) -> std::io::Result<()> {
         match self.format {
-            DumpFormat::Ldif => self.ldif.write_comment(&format!(
-                "deleted id={id}{}",
-                dn.map(|d| format!(" dn={d}")).unwrap_or_default()
-            )),
+            DumpFormat::Ldif => self
+                .ldif
+                .write_comment(&format!("deleted id={id}{}", dn.map(|d| format!(" dn={d}")).unwrap_or_default())),
             DumpFormat::Json => {
                 let line = serde_json::json!({ "op": "delete", "id": hex(id), "dn": dn });
                 writeln!(self.ldif_inner(), "{line}")
@@ -124,22 +118,14 @@ pub async fn run(req: DumpRequest) -> Result<()> {
         _ => DumpState::default(),
     };
     let writer: Box<dyn Write + Send> = match &req.out {
-        Some(p) => Box::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        ),
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?),
         None => Box::new(std::io::stdout()),
     };
-    let mut out = Output {
-        format: req.format,
-        ldif: LdifWriter::new(std::io::BufWriter::with_capacity(1 << 16, writer)),
-    };
+    let mut out =
+        Output { format: req.format, ldif: LdifWriter::new(std::io::BufWriter::with_capacity(1 << 16, writer)) };
     let keep_state = req.state.is_some();
     let mut source = LdapSource::new(req.settings).context("invalid source settings")?;
-    let mut progress = Progress::new(if req.delta {
-        "delta import"
-    } else {
-        "full import"
-    });
+    let mut progress = Progress::new(if req.delta { "delta import" } else { "full import" });
     let mut seen: HashSet<SourceId> = HashSet::new();
     let mut seen_dns: BTreeMap<String, String> = BTreeMap::new();
     let mut deleted: Vec<(SourceId, Option<String>)> = Vec::new();
@@ -212,10 +198,7 @@ pub async fn run(req: DumpRequest) -> Result<()> {
         state.watermark = Some(summary.watermark.clone());
         save_state(path, &state)?;
     }
-    let server = source
-        .server()
-        .map(|(s, _)| format!("{} ({})", s.url, s.root_dse.describe()))
-        .unwrap_or_default();
+    let server = source.server().map(|(s, _)| format!("{} ({})", s.url, s.root_dse.describe())).unwrap_or_default();
     let mode = match &summary.mode {
         ImportMode::Full => "full".to_string(),
         ImportMode::Delta => "delta".to_string(),
@@ -225,11 +208,7 @@ pub async fn run(req: DumpRequest) -> Result<()> {
         "{mode} import from {server}: {} objects, {} deletions{} in {:.1} s ({:.0} objects/s)",
         summary.upserts,
         summary.deletes + reconciled.len() as u64,
-        if summary.presents > 0 {
-            format!(", {} unchanged", summary.presents)
-        } else {
-            String::new()
-        },
+        if summary.presents > 0 { format!(", {} unchanged", summary.presents) } else { String::new() },
         progress.elapsed().as_secs_f64(),
         progress.rate()
     );

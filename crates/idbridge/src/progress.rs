@@ -19,9 +19,7 @@ impl Progress {
     pub fn new(what: &str) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
-            if let Ok(style) =
-                ProgressStyle::with_template("{spinner} {msg} {pos} objects ({per_sec}, {elapsed})")
-            {
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {pos} objects ({per_sec}, {elapsed})") {
                 bar.set_style(style);
             }
             bar.set_message(what.to_string());
@@ -29,13 +27,7 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Progress {
-            bar,
-            what: what.to_string(),
-            count: 0,
-            started: now,
-            last_line: now,
-        }
+        Progress { bar, what: what.to_string(), count: 0, started: now, last_line: now }
     }
 
     pub fn inc(&mut self) {
@@ -44,12 +36,7 @@ impl Progress {
             Some(bar) => bar.inc(1),
             None if self.last_line.elapsed() >= Duration::from_secs(5) => {
                 self.last_line = Instant::now();
-                eprintln!(
-                    "{}: {} objects, {:.0}/s",
-                    self.what,
-                    self.count,
-                    self.rate()
-                );
+                eprintln!("{}: {} objects, {:.0}/s", self.what, self.count, self.rate());
             }
             None => {}
         }

@@ -36,9 +36,7 @@ struct Rng(u64);
 
 impl Rng {
     fn for_item(seed: u64, kind: u64, index: u64) -> Rng {
-        let mut r = Rng(seed
-            ^ kind.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            ^ index.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+        let mut r = Rng(seed ^ kind.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index.wrapping_mul(0xbf58_476d_1ce4_e5b9));
         r.next();
         r
     }
@@ -56,10 +54,7 @@ impl Rng {
     }
 
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items
-            .get(self.below(items.len() as u64) as usize)
-            .copied()
-            .unwrap_or_default()
+        items.get(self.below(items.len() as u64) as usize).copied().unwrap_or_default()
     }
 
     fn percent(&mut self, p: u8) -> bool {
@@ -155,18 +150,8 @@ const TITLES: &[&str] = &[
     "Specialist",
     "Coordinator",
 ];
-const CITIES: &[&str] = &[
-    "Berlin",
-    "Zürich",
-    "São Paulo",
-    "Kraków",
-    "Tokyo",
-    "Lagos",
-    "Montréal",
-    "København",
-    "Dublin",
-    "Austin",
-];
+const CITIES: &[&str] =
+    &["Berlin", "Zürich", "São Paulo", "Kraków", "Tokyo", "Lagos", "Montréal", "København", "Dublin", "Austin"];
 const PARTNERS: &[&str] = &["partner.example", "supplier.example", "agency.example"];
 
 /// ASCII login part: letters and digits of the name, accents dropped.
@@ -241,28 +226,13 @@ impl SampleSpec {
             Flavor::Ad => self.people_ou().child(Rdn::single("CN", display.clone())),
             Flavor::Openldap => self.people_ou().child(Rdn::single("uid", login.clone())),
         };
-        Person {
-            given,
-            surname,
-            login,
-            display,
-            dn,
-        }
+        Person { given, surname, login, display, dn }
     }
 
     fn group_dn(&self, g: u64) -> Dn {
-        let name = format!(
-            "{} {g}",
-            DEPARTMENTS
-                .get((g % DEPARTMENTS.len() as u64) as usize)
-                .copied()
-                .unwrap_or("Team")
-        );
-        let attr = if self.flavor == Flavor::Ad {
-            "CN"
-        } else {
-            "cn"
-        };
+        let name =
+            format!("{} {g}", DEPARTMENTS.get((g % DEPARTMENTS.len() as u64) as usize).copied().unwrap_or("Team"));
+        let attr = if self.flavor == Flavor::Ad { "CN" } else { "cn" };
         self.groups_ou().child(Rdn::single(attr, name))
     }
 
@@ -294,10 +264,7 @@ impl SampleSpec {
                 e.add("sAMAccountName", truncate_chars(&p.login, 20));
                 e.add("userPrincipalName", upn);
                 e.add("proxyAddresses", format!("SMTP:{mail}"));
-                e.add(
-                    "proxyAddresses",
-                    format!("smtp:{}@mail.{}", p.login, self.domain),
-                );
+                e.add("proxyAddresses", format!("smtp:{}@mail.{}", p.login, self.domain));
                 if let Some(x) = extra_proxy {
                     e.add("proxyAddresses", x);
                 }
@@ -315,23 +282,14 @@ impl SampleSpec {
                 }
             }
         }
-        e.add(
-            "cn",
-            p.dn.rdn()
-                .and_then(|r| r.avas().first())
-                .and_then(|a| a.text())
-                .unwrap_or_default(),
-        );
+        e.add("cn", p.dn.rdn().and_then(|r| r.avas().first()).and_then(|a| a.text()).unwrap_or_default());
         e.add("sn", p.surname.clone());
         e.add("givenName", p.given.clone());
         e.add("displayName", display);
         e.add("mail", mail);
         e.add("title", r.pick(TITLES));
         e.add("l", r.pick(CITIES));
-        e.add(
-            "telephoneNumber",
-            format!("+49 30 {:07}", r.below(10_000_000)),
-        );
+        e.add("telephoneNumber", format!("+49 30 {:07}", r.below(10_000_000)));
         e.add("employeeNumber", format!("{}", 100_000 + i));
         if i > 0 {
             e.add("manager", Value::Text(self.person(i / 8).dn.to_string()));
@@ -343,12 +301,7 @@ impl SampleSpec {
         let dn = self.group_dn(g);
         let mut r = Rng::for_item(self.seed, 3, g);
         let mut e = Entry::new(dn.clone());
-        let cn = dn
-            .rdn()
-            .and_then(|r| r.avas().first())
-            .and_then(|a| a.text())
-            .unwrap_or_default()
-            .to_string();
+        let cn = dn.rdn().and_then(|r| r.avas().first()).and_then(|a| a.text()).unwrap_or_default().to_string();
         match self.flavor {
             Flavor::Ad => {
                 e.add("objectClass", "top");
@@ -361,11 +314,7 @@ impl SampleSpec {
         }
         e.add("cn", cn);
         e.add("description", format!("Sample group {g}"));
-        let size = if self.users == 0 {
-            0
-        } else {
-            1 + r.below(self.users.min(50))
-        };
+        let size = if self.users == 0 { 0 } else { 1 + r.below(self.users.min(50)) };
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..size {
             seen.insert(r.below(self.users));
@@ -390,12 +339,7 @@ impl SampleSpec {
         let mut r = Rng::for_item(self.seed, 4, c);
         let given = r.pick(GIVEN);
         let surname = r.pick(SURNAMES);
-        let mail = format!(
-            "{}.{}@{}",
-            ascii_fold(given),
-            ascii_fold(surname),
-            r.pick(PARTNERS)
-        );
+        let mail = format!("{}.{}@{}", ascii_fold(given), ascii_fold(surname), r.pick(PARTNERS));
         let name = format!("{given} {surname} (external {c})");
         let (attr, classes): (&str, &[&str]) = match self.flavor {
             Flavor::Ad => ("CN", &["top", "person", "organizationalPerson", "contact"]),
@@ -403,14 +347,7 @@ impl SampleSpec {
         };
         let mut e = Entry::new(
             self.base_dn
-                .child(Rdn::single(
-                    if self.flavor == Flavor::Ad {
-                        "OU"
-                    } else {
-                        "ou"
-                    },
-                    "Contacts",
-                ))
+                .child(Rdn::single(if self.flavor == Flavor::Ad { "OU" } else { "ou" }, "Contacts"))
                 .child(Rdn::single(attr, name.clone())),
         );
         for cl in classes {
@@ -433,13 +370,7 @@ impl SampleSpec {
         let mut e = Entry::new(dn.clone());
         e.add("objectClass", "top");
         e.add("objectClass", "organizationalUnit");
-        e.add(
-            "ou",
-            dn.rdn()
-                .and_then(|r| r.avas().first())
-                .and_then(|a| a.text())
-                .unwrap_or_default(),
-        );
+        e.add("ou", dn.rdn().and_then(|r| r.avas().first()).and_then(|a| a.text()).unwrap_or_default());
         e
     }
 
@@ -453,33 +384,23 @@ impl SampleSpec {
         .context("writing the sample")?;
         let mut n = 0;
         if with_ous {
-            let contacts_ou = self.base_dn.child(Rdn::single(
-                if self.flavor == Flavor::Ad {
-                    "OU"
-                } else {
-                    "ou"
-                },
-                "Contacts",
-            ));
+            let contacts_ou =
+                self.base_dn.child(Rdn::single(if self.flavor == Flavor::Ad { "OU" } else { "ou" }, "Contacts"));
             for dn in [self.people_ou(), self.groups_ou(), contacts_ou] {
-                w.write_entry(&self.ou_entry(dn))
-                    .context("writing the sample")?;
+                w.write_entry(&self.ou_entry(dn)).context("writing the sample")?;
                 n += 1;
             }
         }
         for i in 0..self.users {
-            w.write_entry(&self.user_entry(i))
-                .context("writing the sample")?;
+            w.write_entry(&self.user_entry(i)).context("writing the sample")?;
             n += 1;
         }
         for g in 0..self.groups {
-            w.write_entry(&self.group_entry(g))
-                .context("writing the sample")?;
+            w.write_entry(&self.group_entry(g)).context("writing the sample")?;
             n += 1;
         }
         for c in 0..self.contacts {
-            w.write_entry(&self.contact_entry(c))
-                .context("writing the sample")?;
+            w.write_entry(&self.contact_entry(c)).context("writing the sample")?;
             n += 1;
         }
         w.into_inner().flush().context("writing the sample")?;
@@ -496,18 +417,9 @@ pub fn domain_of(base: &Dn) -> Option<String> {
     let parts: Vec<&str> = base
         .rdns()
         .iter()
-        .filter_map(|r| {
-            r.avas()
-                .first()
-                .filter(|a| a.attr.eq_ignore_ascii_case("dc"))
-                .and_then(|a| a.text())
-        })
+        .filter_map(|r| r.avas().first().filter(|a| a.attr.eq_ignore_ascii_case("dc")).and_then(|a| a.text()))
         .collect();
-    if parts.is_empty() {
-        None
-    } else {
-        Some(parts.join(".").to_ascii_lowercase())
-    }
+    if parts.is_empty() { None } else { Some(parts.join(".").to_ascii_lowercase()) }
 }
 
 #[cfg(test)]
@@ -547,29 +459,13 @@ mod tests {
         assert_eq!(a.len(), 3 + 300 + 20 + 5);
         let dns: std::collections::HashSet<_> = a.iter().map(|e| e.dn.clone()).collect();
         assert_eq!(dns.len(), a.len(), "DNs are unique");
-        let upns: std::collections::HashSet<_> = a
-            .iter()
-            .filter_map(|e| e.first_text("userPrincipalName"))
-            .collect();
+        let upns: std::collections::HashSet<_> = a.iter().filter_map(|e| e.first_text("userPrincipalName")).collect();
         assert_eq!(upns.len(), 300, "no duplicate UPN without defects");
+        assert!(a.iter().any(|e| e.dn.to_string().contains("\\,")), "some DNs need escaping");
+        assert!(a.iter().any(|e| e.first_text("givenName").is_some_and(|g| !g.is_ascii())));
+        assert!(a.iter().any(|e| e.first_text("userAccountControl") == Some("514")), "some disabled");
         assert!(
-            a.iter().any(|e| e.dn.to_string().contains("\\,")),
-            "some DNs need escaping"
-        );
-        assert!(
-            a.iter()
-                .any(|e| e.first_text("givenName").is_some_and(|g| !g.is_ascii()))
-        );
-        assert!(
-            a.iter()
-                .any(|e| e.first_text("userAccountControl") == Some("514")),
-            "some disabled"
-        );
-        assert!(
-            a.iter().any(|e| e
-                .values("member")
-                .iter()
-                .any(|m| m.as_text().is_some_and(|t| t.contains("OU=Groups")))),
+            a.iter().any(|e| e.values("member").iter().any(|m| m.as_text().is_some_and(|t| t.contains("OU=Groups")))),
             "nested groups"
         );
         assert!(a.iter().filter(|e| e.has("manager")).count() >= 299);
@@ -578,36 +474,19 @@ mod tests {
     #[test]
     fn defects_appear_when_asked() {
         let d = entries(&spec(Flavor::Ad, 60));
-        let upns: Vec<_> = d
-            .iter()
-            .filter_map(|e| e.first_text("userPrincipalName"))
-            .collect();
+        let upns: Vec<_> = d.iter().filter_map(|e| e.first_text("userPrincipalName")).collect();
         let unique: std::collections::HashSet<_> = upns.iter().collect();
         assert!(unique.len() < upns.len(), "duplicate UPNs");
         assert!(upns.iter().any(|u| u.ends_with(".local")));
-        assert!(d.iter().any(|e| {
-            e.first_text("displayName")
-                .is_some_and(|n| n.chars().count() > 256)
-        }));
-        assert!(
-            d.iter()
-                .any(|e| e.first_text("mail").is_some_and(|m| m.contains(' ')))
-        );
+        assert!(d.iter().any(|e| { e.first_text("displayName").is_some_and(|n| n.chars().count() > 256) }));
+        assert!(d.iter().any(|e| e.first_text("mail").is_some_and(|m| m.contains(' '))));
     }
 
     #[test]
     fn openldap_flavor() {
         let o = entries(&spec(Flavor::Openldap, 0));
-        assert!(
-            o.iter()
-                .filter(|e| e.has_object_class("inetOrgPerson"))
-                .count()
-                == 305
-        );
-        assert!(
-            o.iter()
-                .all(|e| !e.has_object_class("groupOfNames") || e.has("member"))
-        );
+        assert!(o.iter().filter(|e| e.has_object_class("inetOrgPerson")).count() == 305);
+        assert!(o.iter().all(|e| !e.has_object_class("groupOfNames") || e.has("member")));
         assert_eq!(ascii_fold("Jürgen Øyvind-Łukasz"), "jurgenoyvindlukasz");
     }
 }

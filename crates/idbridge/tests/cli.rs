@@ -7,11 +7,7 @@ use std::process::{Command, Output};
 use testkit::{Slapd, SlapdOptions, TempDir};
 
 fn idbridge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idbridge"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_idbridge")).args(args).env("RUST_LOG", "warn").output().unwrap()
 }
 
 fn ok(out: &Output) -> String {
@@ -25,9 +21,7 @@ fn ok(out: &Output) -> String {
 }
 
 fn json_lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn p(path: &Path) -> &str {
@@ -53,73 +47,32 @@ fn sample_into_slapd_then_dump_full_and_delta() {
         "--out",
         p(&ldif),
     ]));
-    let slapd = Slapd::start(SlapdOptions {
-        bulk_ldif: Some(ldif.clone()),
-        ..SlapdOptions::default()
-    })
-    .unwrap();
+    let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif.clone()), ..SlapdOptions::default() }).unwrap();
     let pw = slapd.password_file().unwrap();
     let state = tmp.join("dump.state");
-    let common = [
-        "--url",
-        &slapd.url,
-        "--bind-dn",
-        slapd.admin_dn(),
-        "--password-file",
-        p(&pw),
-        "--base-dn",
-        slapd.base_dn(),
-    ];
+    let common =
+        ["--url", &slapd.url, "--bind-dn", slapd.admin_dn(), "--password-file", p(&pw), "--base-dn", slapd.base_dn()];
 
-    let mut args = vec![
-        "source",
-        "dump",
-        "--format",
-        "json",
-        "--state",
-        p(&state),
-        "--page-size",
-        "50",
-    ];
+    let mut args = vec!["source", "dump", "--format", "json", "--state", p(&state), "--page-size", "50"];
     args.extend(common);
     let full = json_lines(&ok(&idbridge(&args)));
     assert_eq!(full.len(), 212);
     assert!(full.iter().all(|l| l["op"] == "upsert"));
     let user = full.iter().find(|l| l["kind"] == "user").unwrap();
-    assert_eq!(
-        user["immutableId"].as_str().unwrap().len(),
-        24,
-        "16 bytes in base64"
-    );
+    assert_eq!(user["immutableId"].as_str().unwrap().len(), 24, "16 bytes in base64");
     assert!(user["attributes"]["entryUUID"].is_array());
 
-    let victim = full.iter().find(|l| l["kind"] == "user").unwrap()["dn"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let victim = full.iter().find(|l| l["kind"] == "user").unwrap()["dn"].as_str().unwrap().to_string();
     slapd.modify(&format!("dn: {victim}\nchangetype: delete\n\ndn: uid=late,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: late\ncn: Late\nsn: Late\n\n")).unwrap();
-    let mut args = vec![
-        "source",
-        "dump",
-        "--format",
-        "json",
-        "--delta",
-        "--state",
-        p(&state),
-    ];
+    let mut args = vec!["source", "dump", "--format", "json", "--delta", "--state", p(&state)];
     args.extend(common);
     let delta = json_lines(&ok(&idbridge(&args)));
     assert!(
-        delta
-            .iter()
-            .any(|l| l["op"] == "upsert" && l["dn"] == "uid=late,ou=people,dc=example,dc=org"),
+        delta.iter().any(|l| l["op"] == "upsert" && l["dn"] == "uid=late,ou=people,dc=example,dc=org"),
         "{delta:?}"
     );
     assert!(delta.iter().any(|l| l["op"] == "delete"), "{delta:?}");
-    assert!(
-        delta.len() <= 4,
-        "only changes (group memberships may follow): {delta:?}"
-    );
+    assert!(delta.len() <= 4, "only changes (group memberships may follow): {delta:?}");
 
     // The same through a config file, as LDIF.
     let cfg = tmp.join("idbridge.toml");
@@ -165,27 +118,11 @@ fn errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--delta needs --state"));
 
     let cfg = tmp.join("broken.toml");
-    std::fs::write(
-        &cfg,
-        "[[source]]\nname = \"x\"\nurls = [\"ldap://127.0.0.1:1\"]\npasword_file = \"/x\"\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "[[source]]\nname = \"x\"\nurls = [\"ldap://127.0.0.1:1\"]\npasword_file = \"/x\"\n").unwrap();
     let out = idbridge(&["source", "dump", "--config", p(&cfg)]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("broken.toml") && err.contains("pasword_file") && err.contains("line 4"),
-        "{err}"
-    );
+    assert!(err.contains("broken.toml") && err.contains("pasword_file") && err.contains("line 4"), "{err}");
 
-    let out = idbridge(&[
-        "sample",
-        "generate",
-        "--users",
-        "5",
-        "--defects",
-        "101",
-        "--out",
-        p(&tmp.join("x.ldif")),
-    ]);
+    let out = idbridge(&["sample", "generate", "--users", "5", "--defects", "101", "--out", p(&tmp.join("x.ldif"))]);
     assert!(!out.status.success());
 }

@@ -7,6 +7,6 @@
 pub mod source;
 
 pub use source::{
-    ImportMode, ImportSink, ImportSummary, SinkError, Source, SourceChange, SourceId, SourceObject,
-    Watermark, deleted_by_reconciliation,
+    ImportMode, ImportSink, ImportSummary, SinkError, Source, SourceChange, SourceId, SourceObject, Watermark,
+    deleted_by_reconciliation,
 };

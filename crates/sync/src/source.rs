@@ -15,10 +15,13 @@ pub struct SourceId(pub Vec<u8>);
 
 impl fmt::Display for SourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(self.0.len() * 2);
         for b in &self.0 {
-            write!(f, "{b:02x}")?;
+            text.push(char::from(HEX[usize::from(b >> 4)]));
+            text.push(char::from(HEX[usize::from(b & 0xf)]));
         }
-        Ok(())
+        f.write_str(&text)
     }
 }
 
@@ -120,9 +123,7 @@ pub fn deleted_by_reconciliation<'a>(
 ) -> Vec<SourceId> {
     known
         .into_iter()
-        .filter(|(id, dn)| {
-            !seen.contains(*id) && reconcile_within.iter().any(|base| dn.is_within(base))
-        })
+        .filter(|(id, dn)| !seen.contains(*id) && reconcile_within.iter().any(|base| dn.is_within(base)))
         .map(|(id, _)| id.clone())
         .collect()
 }
@@ -135,17 +136,9 @@ mod tests {
     fn reconciliation_finds_unseen() {
         let dn = |s: &str| Dn::parse(s).unwrap();
         let (a, b) = (dn("cn=x,ou=a,dc=org"), dn("cn=y,ou=b,dc=org"));
-        let known = [
-            (SourceId(vec![1]), a.clone()),
-            (SourceId(vec![2]), a.clone()),
-            (SourceId(vec![3]), b),
-        ];
+        let known = [(SourceId(vec![1]), a.clone()), (SourceId(vec![2]), a.clone()), (SourceId(vec![3]), b)];
         let seen: HashSet<_> = [SourceId(vec![1])].into_iter().collect();
-        let gone = deleted_by_reconciliation(
-            known.iter().map(|(i, d)| (i, d)),
-            &seen,
-            &[dn("ou=a,dc=org")],
-        );
+        let gone = deleted_by_reconciliation(known.iter().map(|(i, d)| (i, d)), &seen, &[dn("ou=a,dc=org")]);
         assert_eq!(gone, vec![SourceId(vec![2])]);
         assert_eq!(SourceId(vec![0xab, 1]).to_string(), "ab01");
     }

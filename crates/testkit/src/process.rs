@@ -12,22 +12,11 @@ pub enum TestkitError {
     #[error("{tool} is not installed ({hint})")]
     Missing { tool: String, hint: String },
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
     #[error("{command} failed ({status}):\n{output}")]
-    Command {
-        command: String,
-        status: String,
-        output: String,
-    },
+    Command { command: String, status: String, output: String },
     #[error("{what} did not come up within {seconds} s; log:\n{log}")]
-    Startup {
-        what: String,
-        seconds: u64,
-        log: String,
-    },
+    Startup { what: String, seconds: u64, log: String },
     #[error("{0}")]
     Other(String),
 }
@@ -46,15 +35,10 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(prefix: &str) -> Result<TempDir, TestkitError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "idbridge-{prefix}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let name =
+            format!("idbridge-{prefix}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&path).map_err(io_err(format!("creating {}", path.display())))?;
         Ok(TempDir { path })
@@ -80,9 +64,7 @@ impl Drop for TempDir {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16, TestkitError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding an ephemeral port"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(io_err("reading the ephemeral port"))
+    l.local_addr().map(|a| a.port()).map_err(io_err("reading the ephemeral port"))
 }
 
 /// Fails with an install hint when `tool` is not on PATH (or at an absolute path).
@@ -90,8 +72,7 @@ pub fn require_tool(tool: &str, package: &str) -> Result<(), TestkitError> {
     let found = if tool.starts_with('/') {
         Path::new(tool).exists()
     } else {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
     };
     if found {
         Ok(())
@@ -107,35 +88,20 @@ pub fn require_tool(tool: &str, package: &str) -> Result<(), TestkitError> {
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<String, TestkitError> {
     let shown = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(io_err(format!("starting {shown}")))?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(data)
-            .map_err(io_err(format!("writing to {shown}")))?;
+        pipe.write_all(data).map_err(io_err(format!("writing to {shown}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(io_err(format!("waiting for {shown}")))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = child.wait_with_output().map_err(io_err(format!("waiting for {shown}")))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(TestkitError::Command {
-            command: shown,
-            status: out.status.to_string(),
-            output: text,
-        })
+        Err(TestkitError::Command { command: shown, status: out.status.to_string(), output: text })
     }
 }
 
@@ -153,10 +119,7 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
 
 /// Stops a child: SIGTERM, then SIGKILL after `grace`.
 pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).stderr(Stdio::null()).status();
     if !wait_until(grace, || matches!(child.try_wait(), Ok(Some(_)))) {
         let _ = child.kill();
     }

@@ -72,10 +72,7 @@ fn ensure_template() -> Result<PathBuf, TestkitError> {
                 "--host-name=dc1",
             ])
             .arg(format!("--adminpass={ADMIN_PASSWORD}"))
-            .args([
-                "--option=interfaces = 127.0.0.1",
-                "--option=bind interfaces only = yes",
-            ]),
+            .args(["--option=interfaces = 127.0.0.1", "--option=bind interfaces only = yes"]),
         None,
     )?;
     let conf_path = partial.join("etc/smb.conf");
@@ -83,13 +80,9 @@ fn ensure_template() -> Result<PathBuf, TestkitError> {
     let extra = format!(
         "[global]\n\tserver services = rpc, ldap, cldap, kdc, drepl\n\tldap server require strong auth = no\n\tpid directory = {p}/run\n\tncalrpc dir = {p}/run/ncalrpc\n\twinbindd socket directory = {p}/run/winbindd\n\tntp signd socket directory = {p}/run/ntp_signd\n\tlog file = {p}/log.%m\n\ttls enabled = yes\n\ttls keyfile = {p}/tls/key.pem\n\ttls certfile = {p}/tls/cert.pem\n\ttls cafile = {p}/tls/ca.pem\n"
     );
-    let conf: String = conf
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("server services"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&conf_path, conf.replacen("[global]\n", &extra, 1))
-        .map_err(io_err("writing smb.conf"))?;
+    let conf: String =
+        conf.lines().filter(|l| !l.trim_start().starts_with("server services")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&conf_path, conf.replacen("[global]\n", &extra, 1)).map_err(io_err("writing smb.conf"))?;
     run(
         Command::new("samba-tool")
             .args(["domain", "passwordsettings", "set", "-H"])
@@ -133,11 +126,7 @@ impl SambaDc {
         let ca = TestCa::generate()?;
         let tls_dir = dc.join("tls");
         std::fs::create_dir_all(&tls_dir).map_err(io_err("creating tls dir"))?;
-        for (from, to) in [
-            (&ca.server_key, "key.pem"),
-            (&ca.server_cert, "cert.pem"),
-            (&ca.ca_cert, "ca.pem"),
-        ] {
+        for (from, to) in [(&ca.server_key, "key.pem"), (&ca.server_cert, "cert.pem"), (&ca.ca_cert, "ca.pem")] {
             std::fs::copy(from, tls_dir.join(to)).map_err(io_err("copying TLS files"))?;
         }
         std::fs::remove_dir_all(dc.join("run")).ok();
@@ -171,20 +160,7 @@ impl SambaDc {
         let url = self.url.clone();
         let up = wait_until(Duration::from_secs(90), || {
             Command::new("ldapsearch")
-                .args([
-                    "-x",
-                    "-H",
-                    &url,
-                    "-D",
-                    ADMIN_UPN,
-                    "-w",
-                    ADMIN_PASSWORD,
-                    "-b",
-                    BASE_DN,
-                    "-s",
-                    "base",
-                    "dn",
-                ])
+                .args(["-x", "-H", &url, "-D", ADMIN_UPN, "-w", ADMIN_PASSWORD, "-b", BASE_DN, "-s", "base", "dn"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -192,11 +168,7 @@ impl SambaDc {
         });
         if !up {
             let log = std::fs::read_to_string(dc.join("samba.out")).unwrap_or_default();
-            return Err(TestkitError::Startup {
-                what: "samba".into(),
-                seconds: 90,
-                log,
-            });
+            return Err(TestkitError::Startup { what: "samba".into(), seconds: 90, log });
         }
         Ok(())
     }
@@ -234,8 +206,7 @@ impl SambaDc {
 
     pub fn modify_as(&self, bind: &str, password: &str, ldif: &str) -> Result<(), TestkitError> {
         run(
-            Command::new("ldapmodify")
-                .args(["-x", "-a", "-H", &self.url, "-D", bind, "-w", password]),
+            Command::new("ldapmodify").args(["-x", "-a", "-H", &self.url, "-D", bind, "-w", password]),
             Some(ldif.as_bytes()),
         )
         .map(|_| ())
@@ -244,18 +215,16 @@ impl SambaDc {
     /// Applies LDIF over LDAPS (needed for unicodePwd).
     pub fn modify_tls(&self, ldif: &str) -> Result<(), TestkitError> {
         run(
-            Command::new("ldapmodify")
-                .env("LDAPTLS_CACERT", &self.ca.ca_cert)
-                .args([
-                    "-x",
-                    "-a",
-                    "-H",
-                    &self.ldaps_url,
-                    "-D",
-                    ADMIN_UPN,
-                    "-w",
-                    ADMIN_PASSWORD,
-                ]),
+            Command::new("ldapmodify").env("LDAPTLS_CACERT", &self.ca.ca_cert).args([
+                "-x",
+                "-a",
+                "-H",
+                &self.ldaps_url,
+                "-D",
+                ADMIN_UPN,
+                "-w",
+                ADMIN_PASSWORD,
+            ]),
             Some(ldif.as_bytes()),
         )
         .map(|_| ())

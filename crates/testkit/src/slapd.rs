@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{
-    TempDir, TestkitError, free_port, io_err, require_tool, run, stop_child, wait_until,
-};
+use crate::process::{TempDir, TestkitError, free_port, io_err, require_tool, run, stop_child, wait_until};
 use crate::tls::TestCa;
 
 pub const BASE_DN: &str = "dc=example,dc=org";
@@ -26,11 +24,7 @@ pub struct SlapdOptions {
 
 impl Default for SlapdOptions {
     fn default() -> Self {
-        SlapdOptions {
-            session_log: Some(10_000),
-            tls: false,
-            bulk_ldif: None,
-        }
+        SlapdOptions { session_log: Some(10_000), tls: false, bulk_ldif: None }
     }
 }
 
@@ -53,11 +47,7 @@ impl Slapd {
         require_tool("slapadd", "slapd")?;
         require_tool("ldapmodify", "ldap-utils")?;
         let dir = TempDir::new("slapd")?;
-        let ca = if options.tls {
-            Some(TestCa::generate()?)
-        } else {
-            None
-        };
+        let ca = if options.tls { Some(TestCa::generate()?) } else { None };
         for sub in ["slapd.d", "data"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(io_err("creating slapd dirs"))?;
         }
@@ -65,34 +55,15 @@ impl Slapd {
         let config_path = dir.join("config.ldif");
         std::fs::write(&config_path, config).map_err(io_err("writing config.ldif"))?;
         let slapd_d = dir.join("slapd.d").display().to_string();
-        run(
-            Command::new("slapadd")
-                .args(["-n", "0", "-F", &slapd_d, "-l"])
-                .arg(&config_path),
-            None,
-        )?;
+        run(Command::new("slapadd").args(["-n", "0", "-F", &slapd_d, "-l"]).arg(&config_path), None)?;
         let data_path = dir.join("base.ldif");
         std::fs::write(&data_path, BASE_LDIF).map_err(io_err("writing base.ldif"))?;
-        run(
-            Command::new("slapadd")
-                .args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"])
-                .arg(&data_path),
-            None,
-        )?;
+        run(Command::new("slapadd").args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"]).arg(&data_path), None)?;
         if let Some(bulk) = &options.bulk_ldif {
-            run(
-                Command::new("slapadd")
-                    .args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"])
-                    .arg(bulk),
-                None,
-            )?;
+            run(Command::new("slapadd").args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"]).arg(bulk), None)?;
         }
         let port = free_port()?;
-        let ldaps_port = if options.tls {
-            Some(free_port()?)
-        } else {
-            None
-        };
+        let ldaps_port = if options.tls { Some(free_port()?) } else { None };
         let mut slapd = Slapd {
             dir,
             child: None,
@@ -111,8 +82,7 @@ impl Slapd {
         if let Some(u) = &self.ldaps_url {
             listen.push_str(&format!(" {u}/"));
         }
-        let log = std::fs::File::create(self.dir.join("slapd.log"))
-            .map_err(io_err("creating slapd.log"))?;
+        let log = std::fs::File::create(self.dir.join("slapd.log")).map_err(io_err("creating slapd.log"))?;
         let child = Command::new("/usr/sbin/slapd")
             .args(["-h", &listen, "-F"])
             .arg(self.dir.join("slapd.d"))
@@ -134,11 +104,7 @@ impl Slapd {
         });
         if !up {
             let log = std::fs::read_to_string(self.dir.join("slapd.log")).unwrap_or_default();
-            return Err(TestkitError::Startup {
-                what: "slapd".into(),
-                seconds: 20,
-                log,
-            });
+            return Err(TestkitError::Startup { what: "slapd".into(), seconds: 20, log });
         }
         Ok(())
     }
@@ -169,16 +135,7 @@ impl Slapd {
     /// Applies LDIF change records (or plain entries, added) as the admin.
     pub fn modify(&self, ldif: &str) -> Result<(), TestkitError> {
         run(
-            Command::new("ldapmodify").args([
-                "-x",
-                "-a",
-                "-H",
-                &self.url,
-                "-D",
-                ADMIN_DN,
-                "-w",
-                ADMIN_PASSWORD,
-            ]),
+            Command::new("ldapmodify").args(["-x", "-a", "-H", &self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]),
             Some(ldif.as_bytes()),
         )
         .map(|_| ())

@@ -20,27 +20,11 @@ impl TestCa {
         let dir = TempDir::new("ca")?;
         let p = |n: &str| dir.join(n);
         let s = |x: &PathBuf| x.display().to_string();
-        let (ca_key, ca_cert, key, csr, cert, ext) = (
-            p("ca.key"),
-            p("ca.pem"),
-            p("server.key"),
-            p("server.csr"),
-            p("server.pem"),
-            p("ext.cnf"),
-        );
+        let (ca_key, ca_cert, key, csr, cert, ext) =
+            (p("ca.key"), p("ca.pem"), p("server.key"), p("server.csr"), p("server.pem"), p("ext.cnf"));
         run(
             Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=idbridge test CA",
-                ])
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=idbridge test CA"])
                 .args(["-keyout", &s(&ca_key), "-out", &s(&ca_cert)]),
             None,
         )?;
@@ -63,26 +47,10 @@ impl TestCa {
             .map_err(crate::process::io_err("writing ext.cnf"))?;
         run(
             Command::new("openssl")
-                .args([
-                    "x509",
-                    "-req",
-                    "-days",
-                    "2",
-                    "-in",
-                    &s(&csr),
-                    "-CA",
-                    &s(&ca_cert),
-                    "-CAkey",
-                    &s(&ca_key),
-                ])
+                .args(["x509", "-req", "-days", "2", "-in", &s(&csr), "-CA", &s(&ca_cert), "-CAkey", &s(&ca_key)])
                 .args(["-CAcreateserial", "-extfile", &s(&ext), "-out", &s(&cert)]),
             None,
         )?;
-        Ok(TestCa {
-            ca_cert,
-            server_cert: cert,
-            server_key: key,
-            _dir: dir,
-        })
+        Ok(TestCa { ca_cert, server_cert: cert, server_key: key, _dir: dir })
     }
 }
