@@ -233,7 +233,8 @@ impl LdapSource {
                 Some((base_name, None)) => (base_name.to_string(), values),
                 None => (name, values),
             };
-            let values = values.into_iter().map(|v| Value::from_bytes(&name, v)).collect();
+            let binary = directory::is_binary_attribute(&name);
+            let values = values.into_iter().map(|v| Value::from_bytes_as(binary, v)).collect();
             entry.push_attribute(Attribute { name, values });
         }
         let kind = ObjectKind::of(&entry);

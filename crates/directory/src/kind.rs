@@ -17,7 +17,29 @@ pub enum ObjectKind {
 impl ObjectKind {
     /// Classifies an entry. AD `computer` objects are also `user`s, and are not people.
     pub fn of(entry: &Entry) -> ObjectKind {
-        let has = |c: &str| entry.has_object_class(c);
+        // One pass over objectClass, then a decision table.
+        let mut seen = 0u32;
+        const NAMES: [&str; 11] = [
+            "computer",
+            "contact",
+            "user",
+            "inetOrgPerson",
+            "posixAccount",
+            "person",
+            "group",
+            "groupOfNames",
+            "groupOfUniqueNames",
+            "posixGroup",
+            "organizationalUnit",
+        ];
+        for value in entry.values("objectClass") {
+            if let Some(text) = value.as_text()
+                && let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(text))
+            {
+                seen |= 1 << i;
+            }
+        }
+        let has = |name: &str| NAMES.iter().position(|n| *n == name).is_some_and(|i| seen & (1 << i) != 0);
         if has("computer") {
             ObjectKind::Other
         } else if has("contact") {
@@ -28,8 +50,8 @@ impl ObjectKind {
             ObjectKind::Group
         } else if has("organizationalUnit") {
             ObjectKind::OrganizationalUnit
-        } else if has("organizationalPerson") || has("person") {
-            // Plain (organizational)person without a login: treat like a contact.
+        } else if has("person") || entry.has_object_class("organizationalPerson") {
+            // A (organizational)person without a login: treat like a contact.
             ObjectKind::Contact
         } else {
             ObjectKind::Other

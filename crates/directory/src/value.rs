@@ -15,7 +15,13 @@ pub enum Value {
 impl Value {
     /// Builds a value from raw bytes read off the wire for attribute `attr`.
     pub fn from_bytes(attr: &str, bytes: Vec<u8>) -> Value {
-        if is_binary_attribute(attr) {
+        Value::from_bytes_as(is_binary_attribute(attr), bytes)
+    }
+
+    /// Like [`Value::from_bytes`] when the caller already knows whether the
+    /// attribute is binary (decided once per attribute, not per value).
+    pub fn from_bytes_as(binary: bool, bytes: Vec<u8>) -> Value {
+        if binary {
             return Value::Binary(bytes);
         }
         match String::from_utf8(bytes) {
@@ -130,17 +136,17 @@ impl Guid {
     /// Parses the canonical text form, with or without braces.
     pub fn parse(text: &str) -> Result<Guid, ValueError> {
         let bad = || ValueError::GuidText(text.to_string());
-        let t = text.trim().trim_start_matches('{').trim_end_matches('}');
-        let groups: Vec<&str> = t.split('-').collect();
-        let lens = [8, 4, 4, 4, 12];
-        if groups.len() != 5 || groups.iter().zip(lens).any(|(g, l)| g.len() != l) {
+        let t = text.trim();
+        let t = t.strip_prefix('{').and_then(|x| x.strip_suffix('}')).unwrap_or(t).as_bytes();
+        if t.len() != 36 || [8, 13, 18, 23].iter().any(|&i| t[i] != b'-') {
             return Err(bad());
         }
         let mut big_endian = [0u8; 16];
-        let digits: String = groups.concat();
-        for (i, slot) in big_endian.iter_mut().enumerate() {
-            let pair = digits.get(i * 2..i * 2 + 2).ok_or_else(bad)?;
-            *slot = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        let mut digits = t.iter().filter(|&&c| c != b'-');
+        for slot in &mut big_endian {
+            let (Some(&h), Some(&l)) = (digits.next(), digits.next()) else { return Err(bad()) };
+            let (Some(h), Some(l)) = ((h as char).to_digit(16), (l as char).to_digit(16)) else { return Err(bad()) };
+            *slot = (h * 16 + l) as u8;
         }
         Ok(Guid::from_rfc4122_bytes(big_endian))
     }
