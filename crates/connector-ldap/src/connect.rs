@@ -179,8 +179,16 @@ async fn connect_one(
                 "bind_dn {bind_dn:?} is set but no password was given (password_file or password_env)"
             ))));
         }
-        let result = ldap.with_timeout(op_timeout).simple_bind(bind_dn, password).await;
+        // The bind is part of connecting: a server that accepts the socket but
+        // never answers must not hold up failover for a whole operation timeout.
+        let result = ldap.with_timeout(settings.connect_timeout).simple_bind(bind_dn, password).await;
         match result {
+            Err(ldap3::LdapError::Timeout { .. }) => {
+                return Err(ConnectFailure::TryNext(format!(
+                    "the server accepted the connection but did not answer the bind within {:?} (hung or overloaded?)",
+                    settings.connect_timeout
+                )));
+            }
             Err(e) => {
                 return Err(ConnectFailure::TryNext(format!("bind did not complete: {e}")));
             }
@@ -196,7 +204,12 @@ async fn connect_one(
             Ok(_) => {}
         }
     }
-    let root_dse = read_root_dse(&mut ldap, url, op_timeout).await.map_err(ConnectFailure::Fatal)?;
+    let root_dse = match read_root_dse(&mut ldap, url, settings.connect_timeout).await {
+        Ok(dse) => dse,
+        // A server that cannot even show its rootDSE is not usable: try the next one.
+        Err(LdapError::Connection { reason, .. }) => return Err(ConnectFailure::TryNext(reason)),
+        Err(e) => return Err(ConnectFailure::Fatal(e)),
+    };
     Ok(Session { ldap, url: url.to_string(), root_dse, operation_timeout: op_timeout })
 }
 

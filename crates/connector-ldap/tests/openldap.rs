@@ -222,6 +222,38 @@ fn unreachable_first_server_fails_over_to_the_second() {
 }
 
 #[test]
+fn a_hung_server_times_out_and_the_next_one_answers() {
+    let hung = Slapd::start(SlapdOptions::default()).unwrap();
+    let good = Slapd::start(SlapdOptions::default()).unwrap();
+    seed(&good, 1);
+    hung.freeze(true).unwrap();
+    let rt = runtime();
+    let mut s = settings(&[&hung.url, &good.url], good.admin_dn(), good.admin_password(), good.base_dn());
+    s.connect_timeout = std::time::Duration::from_millis(500);
+    s.operation_timeout = std::time::Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let mut source = LdapSource::new(s.clone()).unwrap();
+    let (changes, _) = rt.block_on(import(&mut source, None)).unwrap();
+    assert_eq!(upserts(&changes).len(), 3);
+    assert_eq!(source.server().unwrap().0.url, good.url);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "bounded by the timeouts");
+
+    // Anonymous (rootDSE only): also fails over.
+    let mut anonymous = s.clone();
+    anonymous.bind_dn = None;
+    anonymous.password = None;
+    let (changes, _) = rt.block_on(import(&mut LdapSource::new(anonymous).unwrap(), None)).unwrap();
+    assert_eq!(upserts(&changes).len(), 3);
+
+    // Only the hung server: a clear error naming it, within the time limits.
+    s.urls = vec![hung.url.clone()];
+    let err = rt.block_on(import(&mut LdapSource::new(s).unwrap(), None)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&hung.url) && text.contains("did not answer the bind"), "{text}");
+    hung.freeze(false).unwrap();
+}
+
+#[test]
 fn starttls_and_ldaps_with_a_test_ca() {
     let slapd = Slapd::start(SlapdOptions { tls: true, ..SlapdOptions::default() }).unwrap();
     seed(&slapd, 1);

@@ -125,3 +125,20 @@ pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
     }
     let _ = child.wait();
 }
+
+/// Writes a password into `dir/admin.pw` (for `--password-file`).
+pub fn write_password_file(dir: &Path, password: &str) -> Result<PathBuf, TestkitError> {
+    let p = dir.join("admin.pw");
+    std::fs::write(&p, password).map_err(io_err("writing admin.pw"))?;
+    Ok(p)
+}
+
+/// Applies LDIF with `ldapmodify -a` (plain entries are added), optionally
+/// trusting `ca` for an `ldaps://` URL.
+pub fn ldapmodify(url: &str, bind: &str, password: &str, ca: Option<&Path>, ldif: &str) -> Result<(), TestkitError> {
+    let mut cmd = Command::new("ldapmodify");
+    if let Some(ca) = ca {
+        cmd.env("LDAPTLS_CACERT", ca);
+    }
+    run(cmd.args(["-x", "-a", "-H", url, "-D", bind, "-w", password]), Some(ldif.as_bytes())).map(|_| ())
+}

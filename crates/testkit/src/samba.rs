@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{TempDir, TestkitError, io_err, require_tool, run, stop_child, wait_until};
+use crate::process::{
+    TempDir, TestkitError, io_err, ldapmodify, require_tool, run, stop_child, wait_until, write_password_file,
+};
 use crate::tls::TestCa;
 
 pub const REALM: &str = "EXAMPLE.TEST";
@@ -194,9 +196,7 @@ impl SambaDc {
     }
 
     pub fn password_file(&self) -> Result<PathBuf, TestkitError> {
-        let p = self.dir.join("admin.pw");
-        std::fs::write(&p, ADMIN_PASSWORD).map_err(io_err("writing admin.pw"))?;
-        Ok(p)
+        write_password_file(self.dir.path(), ADMIN_PASSWORD)
     }
 
     /// Applies LDIF (entries are added) as Administrator over plain LDAP.
@@ -205,29 +205,12 @@ impl SambaDc {
     }
 
     pub fn modify_as(&self, bind: &str, password: &str, ldif: &str) -> Result<(), TestkitError> {
-        run(
-            Command::new("ldapmodify").args(["-x", "-a", "-H", &self.url, "-D", bind, "-w", password]),
-            Some(ldif.as_bytes()),
-        )
-        .map(|_| ())
+        ldapmodify(&self.url, bind, password, None, ldif)
     }
 
     /// Applies LDIF over LDAPS (needed for unicodePwd).
     pub fn modify_tls(&self, ldif: &str) -> Result<(), TestkitError> {
-        run(
-            Command::new("ldapmodify").env("LDAPTLS_CACERT", &self.ca.ca_cert).args([
-                "-x",
-                "-a",
-                "-H",
-                &self.ldaps_url,
-                "-D",
-                ADMIN_UPN,
-                "-w",
-                ADMIN_PASSWORD,
-            ]),
-            Some(ldif.as_bytes()),
-        )
-        .map(|_| ())
+        ldapmodify(&self.ldaps_url, ADMIN_UPN, ADMIN_PASSWORD, Some(&self.ca.ca_cert), ldif)
     }
 
     /// Runs `samba-tool` against this DC's database.

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{TempDir, TestkitError, free_port, io_err, require_tool, run, stop_child, wait_until};
+use crate::process::{
+    TempDir, TestkitError, free_port, io_err, ldapmodify, require_tool, run, stop_child, wait_until,
+    write_password_file,
+};
 use crate::tls::TestCa;
 
 pub const BASE_DN: &str = "dc=example,dc=org";
@@ -123,9 +126,7 @@ impl Slapd {
 
     /// Writes the admin password to a file (for `--password-file`).
     pub fn password_file(&self) -> Result<PathBuf, TestkitError> {
-        let p = self.dir.join("admin.pw");
-        std::fs::write(&p, ADMIN_PASSWORD).map_err(io_err("writing admin.pw"))?;
-        Ok(p)
+        write_password_file(self.dir.path(), ADMIN_PASSWORD)
     }
 
     pub fn dir(&self) -> &Path {
@@ -134,11 +135,7 @@ impl Slapd {
 
     /// Applies LDIF change records (or plain entries, added) as the admin.
     pub fn modify(&self, ldif: &str) -> Result<(), TestkitError> {
-        run(
-            Command::new("ldapmodify").args(["-x", "-a", "-H", &self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]),
-            Some(ldif.as_bytes()),
-        )
-        .map(|_| ())
+        ldapmodify(&self.url, ADMIN_DN, ADMIN_PASSWORD, None, ldif)
     }
 
     /// Stops the server (keeping its data) and starts it again.
@@ -151,9 +148,18 @@ impl Slapd {
 
     /// Stops the server for good (its port then refuses connections).
     pub fn stop(&mut self) {
+        let _ = self.freeze(false);
         if let Some(mut c) = self.child.take() {
             stop_child(&mut c, Duration::from_secs(5));
         }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: the kernel still
+    /// accepts connections, but nothing answers — a hung server.
+    pub fn freeze(&self, frozen: bool) -> Result<(), TestkitError> {
+        let Some(child) = &self.child else { return Err(TestkitError::Other("slapd is not running".into())) };
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        run(Command::new("kill").args([signal, &child.id().to_string()]), None).map(|_| ())
     }
 
     pub fn options(&self) -> &SlapdOptions {
