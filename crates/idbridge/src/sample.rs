@@ -358,8 +358,8 @@ impl SampleSpec {
         e.add("givenName", given);
         e.add("mail", mail.clone());
         if self.flavor == Flavor::Ad {
+            // proxyAddresses is in the base AD schema; targetAddress needs Exchange's.
             e.add("proxyAddresses", format!("SMTP:{mail}"));
-            e.add("targetAddress", format!("SMTP:{mail}"));
         } else {
             e.add("employeeType", "contact");
         }
@@ -395,7 +395,8 @@ impl SampleSpec {
             w.write_entry(&self.user_entry(i)).context("writing the sample")?;
             n += 1;
         }
-        for g in 0..self.groups {
+        // Children before parents: AD requires a member to exist when it is added.
+        for g in (0..self.groups).rev() {
             w.write_entry(&self.group_entry(g)).context("writing the sample")?;
             n += 1;
         }

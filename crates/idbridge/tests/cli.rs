@@ -126,3 +126,56 @@ fn errors_say_what_to_do() {
     let out = idbridge(&["sample", "generate", "--users", "5", "--defects", "101", "--out", p(&tmp.join("x.ldif"))]);
     assert!(!out.status.success());
 }
+
+/// Named `samba::…` so nextest runs it in the one-DC-at-a-time group.
+mod samba {
+    use super::*;
+    use testkit::SambaDc;
+
+    #[test]
+    fn ad_sample_loads_into_samba_and_dumps_back() {
+        let dc = SambaDc::start().unwrap();
+        let tmp = TempDir::new("cli-samba").unwrap();
+        let ldif = tmp.join("ad.ldif");
+        ok(&idbridge(&[
+            "sample",
+            "generate",
+            "--flavor",
+            "ad",
+            "--users",
+            "120",
+            "--groups",
+            "15",
+            "--contacts",
+            "5",
+            "--seed",
+            "9",
+            "--out",
+            p(&ldif),
+        ]));
+        dc.modify(&std::fs::read_to_string(&ldif).unwrap()).unwrap();
+        let pw = dc.password_file().unwrap();
+        let mut total = 0;
+        for (ou, expected) in [("OU=People", 120), ("OU=Groups", 15), ("OU=Contacts", 5)] {
+            let base = format!("{ou},DC=example,DC=test");
+            let out = ok(&idbridge(&[
+                "source",
+                "dump",
+                "--url",
+                &dc.url,
+                "--bind-dn",
+                dc.admin_upn(),
+                "--password-file",
+                p(&pw),
+                "--base-dn",
+                &base,
+                "--format",
+                "json",
+            ]));
+            let lines = json_lines(&out);
+            assert_eq!(lines.len(), expected, "{ou}");
+            total += lines.len();
+        }
+        assert_eq!(total, 140);
+    }
+}

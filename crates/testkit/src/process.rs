@@ -97,7 +97,13 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<String, TestkitErr
         pipe.write_all(data).map_err(io_err(format!("writing to {shown}")))?;
     }
     let out = child.wait_with_output().map_err(io_err(format!("waiting for {shown}")))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let mut text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Keep the end, where the error is; a bulk load echoes every entry before it.
+    if text.len() > 3000 {
+        let cut = text.len() - 3000;
+        let cut = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(cut);
+        text = format!("…{}", &text[cut..]);
+    }
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
