@@ -8,12 +8,12 @@ use std::collections::HashMap;
 
 use directory::{Dn, Value};
 use ldap3::Scope;
-use sync::{ImportSink, ImportSummary, SourceChange, SourceId};
+use sync::{ImportMode, ImportSink, ImportSummary, SourceChange, SourceId};
 
 use crate::ber;
 use crate::error::LdapError;
 use crate::paged::search_error;
-use crate::source::{LdapSource, emit, finish, new_counts};
+use crate::source::{Counts, LdapSource};
 use crate::watermark::{DeltaPosition, Mark, b64, unb64};
 
 const MAX_BYTES: i64 = 1_048_576;
@@ -143,23 +143,23 @@ pub(crate) async fn delta(
         }
         Err(e) => return Err(e),
     };
-    let mut counts = new_counts();
+    let mut counts = Counts::new();
     for guid in order {
         let Some(r) = latest.remove(&guid) else {
             continue;
         };
         let id = SourceId(guid);
         if r.deleted {
-            emit(&mut counts, sink, SourceChange::Delete { id, dn: None })?;
+            counts.emit(sink, SourceChange::Delete { id, dn: None })?;
             continue;
         }
         let dn = Dn::parse(&r.dn).ok();
         if !dn.as_ref().is_some_and(|d| source.object_in_scope(d)) {
-            emit(&mut counts, sink, SourceChange::Delete { id, dn })?;
+            counts.emit(sink, SourceChange::Delete { id, dn })?;
             continue;
         }
         match source.read_one(&r.dn).await? {
-            Some(obj) => emit(&mut counts, sink, SourceChange::Upsert(obj))?,
+            Some(obj) => counts.emit(sink, SourceChange::Upsert(obj))?,
             // Gone or filtered out between DirSync and the read: the next delta reports it.
             None => {
                 tracing::debug!(dn = %r.dn, "changed object no longer readable; left to the next delta")
@@ -168,7 +168,7 @@ pub(crate) async fn delta(
     }
     let mark =
         Mark { version: 1, scope: scope_fingerprint, position: DeltaPosition::DirSync { cookie: b64(&new_cookie) } };
-    Ok(finish(counts, mark, Vec::new()))
+    Ok(counts.summary(ImportMode::Delta, mark.encode(), Vec::new()))
 }
 
 /// True if a raw `isDeleted` value says TRUE.

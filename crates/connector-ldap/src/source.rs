@@ -49,11 +49,12 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Counts { upserts: 0, deletes: 0, presents: 0 }
     }
 
-    fn emit(&mut self, sink: &mut (dyn ImportSink + Send), change: SourceChange) -> Result<(), LdapError> {
+    /// Counts a change and hands it to the sink.
+    pub(crate) fn emit(&mut self, sink: &mut (dyn ImportSink + Send), change: SourceChange) -> Result<(), LdapError> {
         match &change {
             SourceChange::Upsert(_) => self.upserts += 1,
             SourceChange::Delete { .. } => self.deletes += 1,
@@ -63,7 +64,7 @@ impl Counts {
         Ok(())
     }
 
-    fn summary(self, mode: ImportMode, watermark: Watermark, reconcile_within: Vec<Dn>) -> ImportSummary {
+    pub(crate) fn summary(self, mode: ImportMode, watermark: Watermark, reconcile_within: Vec<Dn>) -> ImportSummary {
         ImportSummary {
             mode,
             watermark,
@@ -343,22 +344,6 @@ impl LdapSource {
             None => Ok(None),
         }
     }
-}
-
-pub(crate) fn new_counts() -> Counts {
-    Counts::new()
-}
-
-pub(crate) fn emit(
-    counts: &mut Counts,
-    sink: &mut (dyn ImportSink + Send),
-    change: SourceChange,
-) -> Result<(), LdapError> {
-    counts.emit(sink, change)
-}
-
-pub(crate) fn finish(counts: Counts, mark: Mark, reconcile_within: Vec<Dn>) -> ImportSummary {
-    counts.summary(ImportMode::Delta, mark.encode(), reconcile_within)
 }
 
 impl Source for LdapSource {

@@ -5,12 +5,12 @@
 
 use directory::Dn;
 use ldap3::Scope;
-use sync::{ImportSink, ImportSummary, SourceChange, SourceId};
+use sync::{ImportMode, ImportSink, ImportSummary, SourceChange, SourceId};
 
 use crate::ber::{self, SyncInfo, SyncStateKind};
 use crate::error::LdapError;
 use crate::paged::search_error;
-use crate::source::{Counts, LdapSource, MATCH_NOTHING, emit, finish, new_counts};
+use crate::source::{Counts, LdapSource, MATCH_NOTHING};
 use crate::watermark::{BaseCookie, DeltaPosition, Mark, b64, unb64};
 
 /// `e-syncRefreshRequired`: the server cannot serve a delta from this cookie.
@@ -38,7 +38,7 @@ pub(crate) async fn delta(
     let bases = profile.bases.clone();
     let filter = profile.filter.clone();
     let scope_fingerprint = profile.scope_fingerprint.clone();
-    let mut counts = new_counts();
+    let mut counts = Counts::new();
     let mut new_cookies = Vec::new();
     let mut reconcile_within = Vec::new();
     for base in bases {
@@ -57,7 +57,7 @@ pub(crate) async fn delta(
     }
     let mark =
         Mark { version: 1, scope: scope_fingerprint, position: DeltaPosition::Syncrepl { cookies: new_cookies } };
-    Ok(finish(counts, mark, reconcile_within))
+    Ok(counts.summary(ImportMode::Delta, mark.encode(), reconcile_within))
 }
 
 struct Outcome {
@@ -114,7 +114,7 @@ async fn run(
                             } else {
                                 SourceChange::Present { id }
                             };
-                            emit(counts, *sink, change)?;
+                            counts.emit(*sink, change)?;
                         }
                     }
                 }
@@ -136,18 +136,18 @@ async fn run(
         };
         let id = SourceId(uuid);
         match kind {
-            SyncStateKind::Present => emit(counts, *sink, SourceChange::Present { id })?,
+            SyncStateKind::Present => counts.emit(*sink, SourceChange::Present { id })?,
             SyncStateKind::Delete => {
                 let dn = ber::parse_entry(re.0).and_then(|(dn, _)| Dn::parse(&dn).ok());
-                emit(counts, *sink, SourceChange::Delete { id, dn })?;
+                counts.emit(*sink, SourceChange::Delete { id, dn })?;
             }
             SyncStateKind::Add | SyncStateKind::Modify => {
                 let raw = ber::parse_entry(re.0).ok_or_else(|| protocol("sync entry"))?;
                 match source.build_object(session, profile, raw).await? {
                     Some(obj) if source.object_in_scope(&obj.entry.dn) => {
-                        emit(counts, *sink, SourceChange::Upsert(obj))?
+                        counts.emit(*sink, SourceChange::Upsert(obj))?
                     }
-                    Some(obj) => emit(counts, *sink, SourceChange::Delete { id, dn: Some(obj.entry.dn) })?,
+                    Some(obj) => counts.emit(*sink, SourceChange::Delete { id, dn: Some(obj.entry.dn) })?,
                     None => {}
                 }
             }

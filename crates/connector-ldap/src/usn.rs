@@ -6,13 +6,13 @@
 //! object and asks the engine to reconcile: what is not listed is gone.
 
 use ldap3::Scope;
-use sync::{ImportSink, ImportSummary, SourceChange, SourceId};
+use sync::{ImportMode, ImportSink, ImportSummary, SourceChange, SourceId};
 
 use crate::ber;
 use crate::dirsync::is_deleted;
 use crate::error::LdapError;
 use crate::paged::PagedSearch;
-use crate::source::{LdapSource, emit, finish, new_counts};
+use crate::source::{Counts, LdapSource};
 use crate::watermark::{DeltaPosition, Mark};
 
 pub(crate) async fn delta(
@@ -51,17 +51,17 @@ pub(crate) async fn delta(
         source.settings().page_size,
         session.operation_timeout,
     );
-    let mut counts = new_counts();
+    let mut counts = Counts::new();
     while let Some(raw) = search.next().await? {
         let Some(obj) = source.build_object(session, profile, raw).await? else {
             continue;
         };
         if is_deleted(obj.entry.values("isDeleted")) {
-            emit(&mut counts, sink, SourceChange::Delete { id: obj.id, dn: None })?;
+            counts.emit(sink, SourceChange::Delete { id: obj.id, dn: None })?;
         } else if source.object_in_scope(&obj.entry.dn) {
-            emit(&mut counts, sink, SourceChange::Upsert(obj))?;
+            counts.emit(sink, SourceChange::Upsert(obj))?;
         } else {
-            emit(&mut counts, sink, SourceChange::Delete { id: SourceId(obj.id.0), dn: Some(obj.entry.dn) })?;
+            counts.emit(sink, SourceChange::Delete { id: SourceId(obj.id.0), dn: Some(obj.entry.dn) })?;
         }
     }
     for base in &profile.bases {
@@ -80,7 +80,7 @@ pub(crate) async fn delta(
             if let Some(obj) = source.build_object(session, profile, raw).await?
                 && source.object_in_scope(&obj.entry.dn)
             {
-                emit(&mut counts, sink, SourceChange::Present { id: obj.id })?;
+                counts.emit(sink, SourceChange::Present { id: obj.id })?;
             }
         }
     }
@@ -89,5 +89,5 @@ pub(crate) async fn delta(
         scope: profile.scope_fingerprint.clone(),
         position: DeltaPosition::Usn { usn: new_usn, server: current_server },
     };
-    Ok(finish(counts, mark, profile.bases.clone()))
+    Ok(counts.summary(ImportMode::Delta, mark.encode(), profile.bases.clone()))
 }

@@ -166,10 +166,10 @@ pub async fn run(req: DumpRequest) -> Result<()> {
     // Reconciliation: known objects in the reconciled subtrees that were not reported are gone.
     let mut reconciled = Vec::new();
     if keep_state && !summary.reconcile_within.is_empty() {
+        let seen_hex: HashSet<String> = seen.iter().map(hex).collect();
         for (id_hex, dn_text) in &state.objects {
             let Ok(dn) = Dn::parse(dn_text) else { continue };
-            let was_seen = seen.iter().any(|s| &hex(s) == id_hex);
-            if !was_seen && summary.reconcile_within.iter().any(|b| dn.is_within(b)) {
+            if !seen_hex.contains(id_hex) && summary.reconcile_within.iter().any(|b| dn.is_within(b)) {
                 reconciled.push((id_hex.clone(), dn_text.clone()));
             }
         }
