@@ -10,6 +10,7 @@ mod config;
 mod dump;
 mod progress;
 mod sample;
+mod tenant_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,11 @@ enum Command {
     Source {
         #[command(subcommand)]
         command: SourceCommand,
+    },
+    /// The cloud side: run and administer the tenant.
+    Tenant {
+        #[command(subcommand)]
+        command: tenant_cmd::TenantCommand,
     },
 }
 
@@ -172,6 +178,7 @@ async fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Tenant { command } => tenant_cmd::run(command).await,
         Command::Sample {
             command:
                 SampleCommand::Generate { users, groups, contacts, flavor, defects, seed, base_dn, domain, no_ous, out },

@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod filter;
 pub mod patch;
+pub mod resource;
 pub mod schema;
 
 pub use error::{ScimError, ScimType};

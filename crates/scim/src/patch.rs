@@ -97,7 +97,7 @@ pub fn apply_patch(rt: &ResourceType, resource: &Value, ops: &[PatchOperation]) 
                         let Value::Object(inner) = value else {
                             return Err(ScimError::invalid_value(format!("{key} must be an object")));
                         };
-                        for (k, v) in inner {
+                        for (k, v) in inner.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("schemas")) {
                             let attr = AttrPath::parse(k).ok_or_else(|| ScimError::invalid_path(format!("{k:?}")))?;
                             let attr = AttrPath { uri: Some(ext.id.to_string()), ..attr };
                             apply_path(
@@ -129,6 +129,44 @@ pub fn apply_patch(rt: &ResourceType, resource: &Value, ops: &[PatchOperation]) 
     Ok(doc)
 }
 
+fn apply_extension(
+    rt: &ResourceType,
+    doc: &mut Value,
+    op: PatchOp,
+    ext: &str,
+    value: Option<&Value>,
+) -> Result<(), ScimError> {
+    match op {
+        PatchOp::Remove => {
+            if let Some(root) = doc.as_object_mut() {
+                take(root, ext);
+                if let Some(Value::Array(schemas)) = get_mut_ci(root, "schemas") {
+                    schemas.retain(|s| !s.as_str().is_some_and(|s| s.eq_ignore_ascii_case(ext)));
+                }
+            }
+            Ok(())
+        }
+        PatchOp::Add | PatchOp::Replace => {
+            let Some(Value::Object(attrs)) = value else {
+                return Err(ScimError::invalid_value(format!(
+                    "the value for {ext} must be an object of its attributes"
+                )));
+            };
+            if op == PatchOp::Replace
+                && let Some(root) = doc.as_object_mut()
+            {
+                take(root, ext);
+            }
+            for (k, v) in attrs.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("schemas")) {
+                let attr = AttrPath::parse(k).ok_or_else(|| ScimError::invalid_path(format!("{k:?}")))?;
+                let attr = AttrPath { uri: Some(ext.to_string()), ..attr };
+                apply_path(rt, doc, op, &PatchPath { attr, filter: None, sub_after_filter: None }, Some(v))?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Sets `key` in `map` under its canonical spelling, dropping other spellings.
 fn put(map: &mut Map<String, Value>, canonical: &str, value: Value) {
     let stale: Vec<String> =
@@ -154,7 +192,7 @@ fn get_mut_ci<'m>(map: &'m mut Map<String, Value>, name: &str) -> Option<&'m mut
 }
 
 /// Type-checks one value (not the array of a multi-valued attribute).
-fn check_value(def: &AttrDef, value: &Value) -> Result<(), ScimError> {
+pub fn check_value(def: &AttrDef, value: &Value) -> Result<(), ScimError> {
     let bad = |want: &str| ScimError::invalid_value(format!("{} must be {want}, got {value}", def.name));
     match def.kind {
         AttrType::String | AttrType::Reference | AttrType::Binary => {
@@ -182,7 +220,7 @@ fn check_value(def: &AttrDef, value: &Value) -> Result<(), ScimError> {
 }
 
 /// Rewrites a complex value's keys to their canonical spelling.
-fn canonical_complex(def: &AttrDef, value: Value) -> Value {
+pub fn canonical_complex(def: &AttrDef, value: Value) -> Value {
     match value {
         Value::Object(obj) => {
             let mut out = Map::new();
@@ -266,6 +304,15 @@ fn apply_path(
     value: Option<&Value>,
 ) -> Result<(), ScimError> {
     let attr = &path.attr;
+    // A path naming a whole extension (`urn:…:2.0:User`): its attributes at once.
+    if path.filter.is_none()
+        && attr.sub.is_none()
+        && let Some(uri) = &attr.uri
+        && let Some((ext, _)) =
+            rt.extensions.iter().find(|(s, _)| s.id.eq_ignore_ascii_case(&format!("{uri}:{}", attr.name)))
+    {
+        return apply_extension(rt, doc, op, ext.id, value);
+    }
     let resolved = rt
         .resolve(attr.uri.as_deref(), &attr.name)
         .ok_or_else(|| ScimError::invalid_path(format!("{attr} is not an attribute of {}", rt.name)))?;

@@ -365,7 +365,10 @@ pub static HYBRID: SchemaDef = SchemaDef {
     name: "HybridObject",
     description: "An object synchronised from an on-premises directory by idbridge",
     attributes: &[
-        AttrDef::string("immutableId", "Base64 sourceAnchor of the on-premises object.").exact().server_unique(),
+        AttrDef::string("immutableId", "Base64 sourceAnchor of the on-premises object; never changes once set.")
+            .exact()
+            .immutable()
+            .server_unique(),
         AttrDef::string("onPremisesDistinguishedName", "The on-premises DN."),
         AttrDef::string("onPremisesSamAccountName", "The on-premises sAMAccountName."),
         AttrDef::string("onPremisesDomainName", "The on-premises DNS domain."),

@@ -1,0 +1,349 @@
+//! `idbridge tenant …`: run and administer the cloud side.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use tenant::domains::{self, AuthType};
+use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
+use tenant::tokens::{self, Scope};
+use tenant::{Settings, audit};
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Run the tenant (SCIM API under /scim/v2).
+    Serve {
+        /// The tenant's data directory (created on first start).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// PEM certificate chain for HTTPS (plain HTTP is only allowed on loopback).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The URL clients use, if not the listen address (behind a proxy).
+        #[arg(long)]
+        public_url: Option<String>,
+        /// The tenant's initial domain, set on first start.
+        #[arg(long, default_value = "tenant.idbridge.test")]
+        initial_domain: String,
+    },
+    /// Bearer tokens for the APIs.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Verified domains.
+    Domain {
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
+    /// Tenant-wide switches.
+    Settings {
+        #[arg(long)]
+        data: PathBuf,
+        /// Never join a synchronised object to a cloud object by userName or SMTP address.
+        #[arg(long, value_parser = parse_on_off)]
+        block_soft_match: Option<bool>,
+        /// Never let an immutableId match take over a cloud-managed object.
+        #[arg(long, value_parser = parse_on_off)]
+        block_hard_match_takeover: Option<bool>,
+        /// userName must be an address in a verified domain (on by default).
+        #[arg(long, value_parser = parse_on_off)]
+        require_verified_domain: Option<bool>,
+    },
+    /// The audit log, newest last.
+    Audit {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (only this once) on standard output.
+    Create {
+        #[arg(long)]
+        data: PathBuf,
+        /// scim-read, sync or admin.
+        #[arg(long)]
+        scope: String,
+        /// Lifetime, like 90d or 12h (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    Revoke {
+        #[arg(long)]
+        data: PathBuf,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Add a verified domain.
+    Add {
+        #[arg(long)]
+        data: PathBuf,
+        name: String,
+        /// managed-phs, managed-pta or federated.
+        #[arg(long, default_value = "managed-phs")]
+        auth: String,
+    },
+    List {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Change how a domain's users sign in.
+    Set {
+        #[arg(long)]
+        data: PathBuf,
+        name: String,
+        #[arg(long)]
+        auth: String,
+    },
+    Remove {
+        #[arg(long)]
+        data: PathBuf,
+        name: String,
+    },
+}
+
+fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: use on or off")),
+    }
+}
+
+fn open(data: &Path) -> Result<tenant::Store> {
+    Ok(tenant::open_existing(data)?)
+}
+
+pub async fn run(command: TenantCommand) -> Result<()> {
+    match command {
+        TenantCommand::Serve { data, listen, tls_cert, tls_key, public_url, initial_domain } => {
+            let (store, fresh) = tenant::open_or_create(&data, &initial_domain)
+                .with_context(|| format!("opening the tenant in {}", data.display()))?;
+            if fresh {
+                eprintln!(
+                    "created a new tenant in {} with the initial domain {initial_domain}.\nGet an admin token with:\n  idbridge tenant token create --data {} --scope admin",
+                    data.display(),
+                    data.display()
+                );
+            }
+            let options = ServeOptions { listen, tls: tls_cert.zip(tls_key), public_url, max_body: DEFAULT_MAX_BODY };
+            serve(
+                store,
+                options,
+                |addr, base| eprintln!("tenant listening on {addr}; SCIM API at {base}"),
+                shutdown_signal(),
+            )
+            .await?;
+            eprintln!("tenant stopped");
+            Ok(())
+        }
+        TenantCommand::Token { command } => match command {
+            TokenCommand::Create { data, scope, expires, note } => {
+                let scope: Scope = scope.parse()?;
+                let secs = expires.as_deref().map(tokens::parse_duration).transpose()?;
+                let store = open(&data)?;
+                let conn = store.lock();
+                let (id, token) = tokens::create(&conn, scope, secs, note.as_deref())?;
+                audit::record(
+                    &conn,
+                    "cli",
+                    "token-create",
+                    None,
+                    Some(&id),
+                    Some(&serde_json::json!({"scope": scope.as_str()})),
+                )?;
+                println!("{token}");
+                eprintln!("token {id} ({scope}) created; it is shown only this once");
+                Ok(())
+            }
+            TokenCommand::List { data } => {
+                let store = open(&data)?;
+                let conn = store.lock();
+                println!("{:<36}  {:<9}  {:<24}  {:<8}  note", "id", "scope", "created", "state");
+                for t in tokens::list(&conn)? {
+                    let state = if t.revoked.is_some() {
+                        "revoked"
+                    } else if t.expires.is_some_and(|e| e <= tenant::util::now_secs()) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<36}  {:<9}  {:<24}  {:<8}  {}",
+                        t.id,
+                        t.scope.as_str(),
+                        t.created,
+                        state,
+                        t.note.unwrap_or_default()
+                    );
+                }
+                Ok(())
+            }
+            TokenCommand::Revoke { data, id } => {
+                let store = open(&data)?;
+                let conn = store.lock();
+                tokens::revoke(&conn, &id)?;
+                audit::record(&conn, "cli", "token-revoke", None, Some(&id), None)?;
+                eprintln!("token {id} revoked");
+                Ok(())
+            }
+        },
+        TenantCommand::Domain { command } => match command {
+            DomainCommand::Add { data, name, auth } => {
+                let auth: AuthType = auth.parse()?;
+                let store = open(&data)?;
+                let conn = store.lock();
+                let d = domains::add(&conn, &name, auth, false)?;
+                audit::record(
+                    &conn,
+                    "cli",
+                    "domain-add",
+                    None,
+                    Some(&d.name),
+                    Some(&serde_json::json!({"auth": auth.as_str()})),
+                )?;
+                eprintln!("domain {} added ({})", d.name, d.auth);
+                Ok(())
+            }
+            DomainCommand::List { data } => {
+                let store = open(&data)?;
+                let conn = store.lock();
+                println!("{:<40}  {:<12}  initial", "domain", "sign-in");
+                for d in domains::list(&conn)? {
+                    println!("{:<40}  {:<12}  {}", d.name, d.auth.as_str(), if d.initial { "yes" } else { "" });
+                }
+                Ok(())
+            }
+            DomainCommand::Set { data, name, auth } => {
+                let auth: AuthType = auth.parse()?;
+                let store = open(&data)?;
+                let conn = store.lock();
+                domains::set_auth(&conn, &name, auth)?;
+                audit::record(
+                    &conn,
+                    "cli",
+                    "domain-set",
+                    None,
+                    Some(&name),
+                    Some(&serde_json::json!({"auth": auth.as_str()})),
+                )?;
+                eprintln!("domain {name} now signs in with {auth}");
+                Ok(())
+            }
+            DomainCommand::Remove { data, name } => {
+                let store = open(&data)?;
+                let conn = store.lock();
+                domains::remove(&conn, &name)?;
+                audit::record(&conn, "cli", "domain-remove", None, Some(&name), None)?;
+                eprintln!("domain {name} removed");
+                Ok(())
+            }
+        },
+        TenantCommand::Settings { data, block_soft_match, block_hard_match_takeover, require_verified_domain } => {
+            let store = open(&data)?;
+            let conn = store.lock();
+            let mut s = Settings::load(&conn)?;
+            if block_soft_match.is_none() && block_hard_match_takeover.is_none() && require_verified_domain.is_none() {
+                println!(
+                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}",
+                    on_off(s.block_soft_match),
+                    on_off(s.block_hard_match_takeover),
+                    on_off(s.require_verified_domain)
+                );
+                return Ok(());
+            }
+            if let Some(v) = require_verified_domain {
+                s.require_verified_domain = v;
+            }
+            if let Some(v) = block_soft_match {
+                s.block_soft_match = v;
+            }
+            if let Some(v) = block_hard_match_takeover {
+                s.block_hard_match_takeover = v;
+            }
+            s.save(&conn)?;
+            audit::record(
+                &conn,
+                "cli",
+                "settings",
+                None,
+                None,
+                Some(
+                    &serde_json::json!({"blockSoftMatch": s.block_soft_match, "blockHardMatchTakeover": s.block_hard_match_takeover, "requireVerifiedDomain": s.require_verified_domain}),
+                ),
+            )?;
+            eprintln!("settings saved");
+            Ok(())
+        }
+        TenantCommand::Audit { data, limit, json } => {
+            let store = open(&data)?;
+            let conn = store.lock();
+            for e in audit::recent(&conn, limit)? {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action, "type": e.resource_type, "id": e.resource_id, "detail": e.detail})
+                    );
+                } else {
+                    println!(
+                        "{:>6}  {}  {:<36}  {:<14} {} {}{}",
+                        e.seq,
+                        e.at,
+                        e.actor,
+                        e.action,
+                        e.resource_type.unwrap_or_default(),
+                        e.resource_id.unwrap_or_default(),
+                        e.detail.map(|d| format!("  {d}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,39 @@
+//! Errors of the tenant. SCIM-level problems carry their SCIM error.
+
+use scim::ScimError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("the tenant database failed: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Scim(#[from] ScimError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+impl TenantError {
+    /// The SCIM error to answer with (internal errors become 500 without details).
+    pub fn to_scim(&self) -> ScimError {
+        match self {
+            TenantError::Scim(e) => e.clone(),
+            TenantError::Invalid(m) => ScimError::invalid_value(m.clone()),
+            TenantError::NotFound(m) => ScimError::status(404, format!("{m} not found")),
+            TenantError::Database(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                ScimError::status(503, "the directory is busy; retry")
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                ScimError::status(500, "internal error (see the tenant's log)")
+            }
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TenantError>;

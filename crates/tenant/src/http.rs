@@ -1,0 +1,686 @@
+//! The SCIM 2.0 API over HTTP (RFC 7644), under `/scim/v2`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query as QueryParams, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rusqlite::Connection;
+use scim::filter::{AttrPath, Filter};
+use scim::patch::parse_patch;
+use scim::resource::Projection;
+use scim::schema::{RESOURCE_TYPES, SCHEMAS, resource_type_by_name, schema_by_id};
+use scim::{ScimError, ScimType};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::objects::{self, Ctx, Kind, Outcome, Query};
+use crate::store::{Settings, Store};
+use crate::tokens;
+
+pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
+const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
+const SEARCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
+const BULK_REQUEST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:BulkRequest";
+const BULK_RESPONSE_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:BulkResponse";
+pub const MAX_RESULTS: usize = 1000;
+pub const DEFAULT_COUNT: usize = 100;
+pub const MAX_BULK_OPERATIONS: usize = 1000;
+
+/// Shared by all requests.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    /// `https://host:port/scim/v2`, for `meta.location`.
+    pub base_url: String,
+    /// Largest accepted request body (bytes).
+    pub max_body: usize,
+}
+
+/// A response-ready SCIM error.
+#[derive(Debug)]
+pub struct ApiError(pub ScimError, pub Option<&'static str>);
+
+impl From<ScimError> for ApiError {
+    fn from(e: ScimError) -> Self {
+        ApiError(e, None)
+    }
+}
+
+impl From<crate::TenantError> for ApiError {
+    fn from(e: crate::TenantError) -> Self {
+        ApiError(e.to_scim(), None)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = scim_json(status, &self.0.to_json());
+        if let Some(challenge) = self.1 {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        resp
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn scim_json(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
+    resp
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/scim/v2/ServiceProviderConfig", get(service_provider_config))
+        .route("/scim/v2/Schemas", get(schemas))
+        .route("/scim/v2/Schemas/{id}", get(schema))
+        .route("/scim/v2/ResourceTypes", get(resource_types))
+        .route("/scim/v2/ResourceTypes/{id}", get(resource_type))
+        .route("/scim/v2/Bulk", post(bulk))
+        .route("/scim/v2/.search", post(search_all))
+        .route("/scim/v2/{resource}", get(list).post(create))
+        .route("/scim/v2/{resource}/{id}", get(read).put(replace).patch(patch).delete(delete).post(search_one_type))
+        .fallback(|| async { ApiError(ScimError::status(404, "no such endpoint"), None) })
+        .with_state(state)
+}
+
+/// The caller: the token's id, for the audit log.
+struct Caller {
+    id: String,
+}
+
+async fn db<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = state.store.lock();
+        work(&mut conn)
+    })
+    .await
+    .unwrap_or_else(|_| Err(ApiError(ScimError::status(500, "internal error (see the tenant's log)"), None)))
+}
+
+async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, write: bool) -> Result<Caller, ApiError> {
+    const CHALLENGE: &str = "Bearer realm=\"idbridge\"";
+    let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError(
+            ScimError::status(401, "a bearer token is required (idbridge tenant token create)"),
+            Some(CHALLENGE),
+        ));
+    };
+    let Some(token) = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).map(str::trim) else {
+        return Err(ApiError(ScimError::status(401, "use the Bearer authentication scheme"), Some(CHALLENGE)));
+    };
+    let token = token.to_string();
+    let found = db(state, move |conn| Ok(tokens::authenticate(conn, &token)?)).await?;
+    let Some((id, scope)) = found else {
+        return Err(ApiError(
+            ScimError::status(401, "the bearer token is unknown, expired or revoked"),
+            Some(CHALLENGE),
+        ));
+    };
+    if write && !scope.can_write_scim() {
+        return Err(ApiError(
+            ScimError::status(403, format!("a {scope} token may only read; this needs a sync or admin token")),
+            None,
+        ));
+    }
+    Ok(Caller { id })
+}
+
+/// Reads a JSON body: content type checked, size limited.
+async fn json_body(state: &Arc<AppState>, request: Request) -> Result<Value, ApiError> {
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let media = content_type.split(';').next().unwrap_or("").trim().to_string();
+    if media != SCIM_CONTENT_TYPE && media != "application/json" {
+        return Err(ScimError::status(415, format!("send the body as {SCIM_CONTENT_TYPE} (got {:?})", media)).into());
+    }
+    let bytes: Bytes = axum::body::to_bytes(request.into_body(), state.max_body)
+        .await
+        .map_err(|_| ScimError::status(413, format!("the body is larger than {} bytes", state.max_body)))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ScimError::new(ScimType::InvalidSyntax, format!("the body is not valid JSON: {e}")).into())
+}
+
+fn kind_of(segment: &str) -> Result<Kind, ApiError> {
+    Kind::from_endpoint(segment).ok_or_else(|| ScimError::status(404, format!("no resource type at /{segment}")).into())
+}
+
+fn resource_response(status: StatusCode, body: &Value, etag: &str, location: Option<String>) -> Response {
+    let mut resp = scim_json(status, body);
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+async fn service_provider_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&state, &headers, false).await?;
+    Ok(scim_json(
+        StatusCode::OK,
+        &json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+            "documentationUri": "https://example.invalid/idbridge/docs/scim",
+            "patch": {"supported": true},
+            "bulk": {"supported": true, "maxOperations": MAX_BULK_OPERATIONS, "maxPayloadSize": state.max_body},
+            "filter": {"supported": true, "maxResults": MAX_RESULTS},
+            "changePassword": {"supported": false},
+            "sort": {"supported": true},
+            "etag": {"supported": true},
+            "authenticationSchemes": [{
+                "type": "oauthbearertoken", "name": "OAuth Bearer Token", "primary": true,
+                "description": "Bearer tokens made with `idbridge tenant token create`"
+            }],
+            "meta": {"resourceType": "ServiceProviderConfig", "location": format!("{}/ServiceProviderConfig", state.base_url)}
+        }),
+    ))
+}
+
+fn list_response(total: usize, start: usize, resources: Vec<Value>) -> Value {
+    json!({"schemas": [LIST_SCHEMA], "totalResults": total, "startIndex": start, "itemsPerPage": resources.len(), "Resources": resources})
+}
+
+async fn schemas(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&state, &headers, false).await?;
+    let all: Vec<Value> = SCHEMAS.iter().map(|s| s.to_json(&state.base_url)).collect();
+    Ok(scim_json(StatusCode::OK, &list_response(all.len(), 1, all)))
+}
+
+async fn schema(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    authenticate(&state, &headers, false).await?;
+    let s = schema_by_id(&id).ok_or_else(|| ScimError::status(404, format!("no schema {id}")))?;
+    Ok(scim_json(StatusCode::OK, &s.to_json(&state.base_url)))
+}
+
+async fn resource_types(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&state, &headers, false).await?;
+    let all: Vec<Value> = RESOURCE_TYPES.iter().map(|r| r.to_json(&state.base_url)).collect();
+    Ok(scim_json(StatusCode::OK, &list_response(all.len(), 1, all)))
+}
+
+async fn resource_type(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    authenticate(&state, &headers, false).await?;
+    let r = resource_type_by_name(&id).ok_or_else(|| ScimError::status(404, format!("no resource type {id}")))?;
+    Ok(scim_json(StatusCode::OK, &r.to_json(&state.base_url)))
+}
+
+/// List parameters, from the query string or a .search body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    filter: Option<String>,
+    sort_by: Option<String>,
+    sort_order: Option<String>,
+    start_index: Option<i64>,
+    count: Option<i64>,
+    attributes: Option<String>,
+    excluded_attributes: Option<String>,
+}
+
+fn to_query(p: &ListParams) -> Result<(Query, Projection), ApiError> {
+    let filter = p.filter.as_deref().filter(|f| !f.trim().is_empty()).map(Filter::parse).transpose()?;
+    let sort_by = p
+        .sort_by
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            AttrPath::parse(s.trim())
+                .ok_or_else(|| ScimError::invalid_value(format!("sortBy {s:?} is not an attribute")))
+        })
+        .transpose()?;
+    let descending = match p.sort_order.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("ascending") => false,
+        Some("descending") => true,
+        Some(other) => {
+            return Err(
+                ScimError::invalid_value(format!("sortOrder must be ascending or descending, not {other:?}")).into()
+            );
+        }
+    };
+    let start_index = usize::try_from(p.start_index.unwrap_or(1).max(1)).unwrap_or(1);
+    let count = usize::try_from(p.count.unwrap_or(DEFAULT_COUNT as i64).max(0)).unwrap_or(0).min(MAX_RESULTS);
+    let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
+    Ok((Query { filter, sort_by, descending, start_index, count }, projection))
+}
+
+async fn run_list(state: &Arc<AppState>, kinds: Vec<Kind>, params: ListParams) -> ApiResult {
+    let (query, projection) = to_query(&params)?;
+    let state2 = state.clone();
+    let body = db(state, move |conn| {
+        let ctx = Ctx { actor: "", base_url: &state2.base_url };
+        let several = kinds.len() > 1;
+        let mut all = Vec::new();
+        for kind in kinds {
+            let q = Query { start_index: 1, count: usize::MAX, ..query.clone() };
+            match objects::list(conn, &ctx, kind, &q) {
+                Ok((_, found)) => all.extend(found),
+                // Across types, a filter naming another type's attribute just matches nothing there.
+                Err(crate::TenantError::Scim(e)) if several && e.scim_type == Some(ScimType::InvalidFilter) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let total = all.len();
+        let mut resources = Vec::new();
+        for s in all.iter().skip(query.start_index - 1).take(query.count) {
+            resources.push(objects::render(conn, s, &ctx, &projection)?);
+        }
+        Ok(list_response(total, query.start_index, resources))
+    })
+    .await?;
+    Ok(scim_json(StatusCode::OK, &body))
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(resource): Path<String>,
+    QueryParams(params): QueryParams<ListParams>,
+) -> ApiResult {
+    authenticate(&state, &headers, false).await?;
+    let kind = kind_of(&resource)?;
+    run_list(&state, vec![kind], params).await
+}
+
+fn search_params(body: &Value) -> Result<ListParams, ApiError> {
+    if !body.get("schemas").and_then(Value::as_array).is_some_and(|s| s.iter().any(|x| x == SEARCH_SCHEMA)) {
+        return Err(ScimError::new(
+            ScimType::InvalidSyntax,
+            format!("a search body must list {SEARCH_SCHEMA} in schemas"),
+        )
+        .into());
+    }
+    let list_text = |key: &str| -> Option<String> {
+        match body.get(key) {
+            Some(Value::Array(a)) => Some(a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    };
+    Ok(ListParams {
+        filter: body.get("filter").and_then(Value::as_str).map(str::to_string),
+        sort_by: body.get("sortBy").and_then(Value::as_str).map(str::to_string),
+        sort_order: body.get("sortOrder").and_then(Value::as_str).map(str::to_string),
+        start_index: body.get("startIndex").and_then(Value::as_i64),
+        count: body.get("count").and_then(Value::as_i64),
+        attributes: list_text("attributes"),
+        excluded_attributes: list_text("excludedAttributes"),
+    })
+}
+
+async fn search_all(State(state): State<Arc<AppState>>, request: Request) -> ApiResult {
+    authenticate(&state, request.headers(), false).await?;
+    let body = json_body(&state, request).await?;
+    run_list(&state, vec![Kind::User, Kind::Group, Kind::Contact], search_params(&body)?).await
+}
+
+/// POST /{type}/.search (the `{id}` route with POST).
+async fn search_one_type(
+    State(state): State<Arc<AppState>>,
+    Path((resource, id)): Path<(String, String)>,
+    request: Request,
+) -> ApiResult {
+    if id != ".search" {
+        return Err(ScimError::status(405, "POST is for creating at the collection, or .search").into());
+    }
+    authenticate(&state, request.headers(), false).await?;
+    let kind = kind_of(&resource)?;
+    let body = json_body(&state, request).await?;
+    run_list(&state, vec![kind], search_params(&body)?).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProjectionParams {
+    attributes: Option<String>,
+    excluded_attributes: Option<String>,
+}
+
+async fn read(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((resource, id)): Path<(String, String)>,
+    QueryParams(p): QueryParams<ProjectionParams>,
+) -> ApiResult {
+    authenticate(&state, &headers, false).await?;
+    let kind = kind_of(&resource)?;
+    let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
+    let if_none_match = header_str(&headers, header::IF_NONE_MATCH);
+    let state2 = state.clone();
+    let found = db(&state, move |conn| {
+        let Some(s) = objects::load(conn, Some(kind), &id)? else {
+            return Err(ScimError::status(404, format!("{} {id} not found", kind.as_str())).into());
+        };
+        let etag = s.etag();
+        if if_none_match.as_deref().is_some_and(|t| t.split(',').any(|x| x.trim() == etag || x.trim() == "*")) {
+            return Ok((None, etag));
+        }
+        let ctx = Ctx { actor: "", base_url: &state2.base_url };
+        Ok((Some(objects::render(conn, &s, &ctx, &projection)?), etag))
+    })
+    .await?;
+    match found {
+        (None, etag) => {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                resp.headers_mut().insert(header::ETAG, v);
+            }
+            Ok(resp)
+        }
+        (Some(body), etag) => Ok(resource_response(StatusCode::OK, &body, &etag, None)),
+    }
+}
+
+/// Runs one write in a transaction and renders the result.
+async fn write<F>(
+    state: &Arc<AppState>,
+    caller: Caller,
+    projection: Projection,
+    status_for: fn(Outcome) -> StatusCode,
+    work: F,
+) -> ApiResult
+where
+    F: FnOnce(&Connection, &Ctx<'_>, Settings) -> Result<(objects::Stored, Outcome), crate::TenantError>
+        + Send
+        + 'static,
+{
+    let state2 = state.clone();
+    let (body, etag, location, outcome) = db(state, move |conn| {
+        let tx = conn.transaction().map_err(crate::TenantError::from)?;
+        let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
+        let settings = Settings::load(&tx)?;
+        let (stored, outcome) = work(&tx, &ctx, settings)?;
+        let body = objects::render(&tx, &stored, &ctx, &projection)?;
+        tx.commit().map_err(crate::TenantError::from)?;
+        let location = format!("{}{}/{}", state2.base_url, stored.kind.rt().endpoint, stored.id);
+        Ok((body, stored.etag(), location, outcome))
+    })
+    .await?;
+    let status = status_for(outcome);
+    Ok(resource_response(status, &body, &etag, (status == StatusCode::CREATED).then_some(location)))
+}
+
+fn created_or_ok(o: Outcome) -> StatusCode {
+    if o == Outcome::Created { StatusCode::CREATED } else { StatusCode::OK }
+}
+
+fn ok(_: Outcome) -> StatusCode {
+    StatusCode::OK
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    Path(resource): Path<String>,
+    QueryParams(p): QueryParams<ProjectionParams>,
+    request: Request,
+) -> ApiResult {
+    let caller = authenticate(&state, request.headers(), true).await?;
+    let kind = kind_of(&resource)?;
+    let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
+    let body = json_body(&state, request).await?;
+    write(&state, caller, projection, created_or_ok, move |conn, ctx, settings| {
+        objects::create(conn, ctx, settings, kind, &body)
+    })
+    .await
+}
+
+async fn replace(
+    State(state): State<Arc<AppState>>,
+    Path((resource, id)): Path<(String, String)>,
+    QueryParams(p): QueryParams<ProjectionParams>,
+    request: Request,
+) -> ApiResult {
+    let caller = authenticate(&state, request.headers(), true).await?;
+    let kind = kind_of(&resource)?;
+    let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
+    let if_match = header_str(request.headers(), header::IF_MATCH);
+    let body = json_body(&state, request).await?;
+    write(&state, caller, projection, ok, move |conn, ctx, _| {
+        Ok((objects::replace(conn, ctx, kind, &id, &body, if_match.as_deref())?, Outcome::Created))
+    })
+    .await
+}
+
+async fn patch(
+    State(state): State<Arc<AppState>>,
+    Path((resource, id)): Path<(String, String)>,
+    QueryParams(p): QueryParams<ProjectionParams>,
+    request: Request,
+) -> ApiResult {
+    let caller = authenticate(&state, request.headers(), true).await?;
+    let kind = kind_of(&resource)?;
+    // RFC 7644 §3.5.2: the entire resource comes back; clients of very large
+    // groups ask for `excludedAttributes=members`.
+    let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
+    let if_match = header_str(request.headers(), header::IF_MATCH);
+    let body = json_body(&state, request).await?;
+    let ops = parse_patch(&body)?;
+    write(&state, caller, projection, ok, move |conn, ctx, _| {
+        Ok((objects::patch(conn, ctx, kind, &id, &ops, if_match.as_deref())?, Outcome::Created))
+    })
+    .await
+}
+
+async fn delete(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((resource, id)): Path<(String, String)>,
+) -> ApiResult {
+    let caller = authenticate(&state, &headers, true).await?;
+    let kind = kind_of(&resource)?;
+    let if_match = header_str(&headers, header::IF_MATCH);
+    let state2 = state.clone();
+    db(&state, move |conn| {
+        let tx = conn.transaction().map_err(crate::TenantError::from)?;
+        let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
+        objects::delete(&tx, &ctx, kind, &id, if_match.as_deref())?;
+        tx.commit().map_err(crate::TenantError::from)?;
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Replaces `bulkId:x` references in strings with the ids created so far.
+fn resolve_bulk_ids(value: &mut Value, ids: &std::collections::HashMap<String, String>) -> Result<(), String> {
+    match value {
+        Value::String(s) => {
+            if let Some(key) = s.strip_prefix("bulkId:") {
+                match ids.get(key) {
+                    Some(id) => *s = id.clone(),
+                    None => return Err(key.to_string()),
+                }
+            }
+            Ok(())
+        }
+        Value::Array(a) => a.iter_mut().try_for_each(|v| resolve_bulk_ids(v, ids)),
+        Value::Object(o) => o.values_mut().try_for_each(|v| resolve_bulk_ids(v, ids)),
+        _ => Ok(()),
+    }
+}
+
+async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult {
+    let caller = authenticate(&state, request.headers(), true).await?;
+    let body = json_body(&state, request).await?;
+    if !body.get("schemas").and_then(Value::as_array).is_some_and(|s| s.iter().any(|x| x == BULK_REQUEST_SCHEMA)) {
+        return Err(ScimError::new(
+            ScimType::InvalidSyntax,
+            format!("a bulk body must list {BULK_REQUEST_SCHEMA} in schemas"),
+        )
+        .into());
+    }
+    let ops = body
+        .get("Operations")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or_else(|| ScimError::new(ScimType::InvalidSyntax, "Operations is missing"))?;
+    if ops.len() > MAX_BULK_OPERATIONS {
+        return Err(ScimError {
+            status: 413,
+            scim_type: Some(ScimType::TooMany),
+            detail: format!("at most {MAX_BULK_OPERATIONS} operations per request"),
+        }
+        .into());
+    }
+    let fail_on_errors = body.get("failOnErrors").and_then(Value::as_u64).map(|n| n.max(1) as usize);
+    let state2 = state.clone();
+    let results = db(&state, move |conn| {
+        let tx = conn.transaction().map_err(crate::TenantError::from)?;
+        let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
+        let settings = Settings::load(&tx)?;
+        let mut ids = std::collections::HashMap::new();
+        let mut results: Vec<Option<Value>> = vec![None; ops.len()];
+        let mut errors = 0usize;
+        let mut pending: Vec<usize> = (0..ops.len()).collect();
+        // Operations naming a bulkId not created yet wait for a later pass.
+        'passes: while !pending.is_empty() {
+            let mut waiting = Vec::new();
+            let mut progressed = false;
+            for &i in &pending {
+                let op = &ops[i];
+                match bulk_one(&tx, &ctx, settings, op, &mut ids) {
+                    BulkStep::Wait => waiting.push(i),
+                    BulkStep::Done(result) => {
+                        progressed = true;
+                        if result.get("response").is_some() {
+                            errors += 1;
+                        }
+                        results[i] = Some(result);
+                        if fail_on_errors.is_some_and(|n| errors >= n) {
+                            break 'passes;
+                        }
+                    }
+                }
+            }
+            if !progressed {
+                for i in waiting {
+                    let op = &ops[i];
+                    let err = ScimError::new(
+                        ScimType::InvalidValue,
+                        "the operation refers to a bulkId that no operation creates",
+                    );
+                    results[i] = Some(bulk_result(op, None, None, err.status, Some(err.to_json())));
+                }
+                break;
+            }
+            pending = waiting;
+        }
+        tx.commit().map_err(crate::TenantError::from)?;
+        Ok(results.into_iter().flatten().collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(scim_json(StatusCode::OK, &json!({"schemas": [BULK_RESPONSE_SCHEMA], "Operations": results})))
+}
+
+enum BulkStep {
+    Wait,
+    Done(Value),
+}
+
+fn bulk_result(
+    op: &Value,
+    location: Option<String>,
+    version: Option<String>,
+    status: u16,
+    response: Option<Value>,
+) -> Value {
+    let mut r = json!({"method": op.get("method").cloned().unwrap_or(Value::Null), "status": status.to_string()});
+    if let Some(obj) = r.as_object_mut() {
+        if let Some(b) = op.get("bulkId") {
+            obj.insert("bulkId".into(), b.clone());
+        }
+        if let Some(l) = location {
+            obj.insert("location".into(), json!(l));
+        }
+        if let Some(v) = version {
+            obj.insert("version".into(), json!(v));
+        }
+        if let Some(resp) = response {
+            obj.insert("response".into(), resp);
+        }
+    }
+    r
+}
+
+fn bulk_one(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    settings: Settings,
+    op: &Value,
+    ids: &mut std::collections::HashMap<String, String>,
+) -> BulkStep {
+    let mut op_resolved = op.clone();
+    if resolve_bulk_ids(&mut op_resolved, ids).is_err() {
+        return BulkStep::Wait;
+    }
+    let fail = |e: ScimError| BulkStep::Done(bulk_result(op, None, None, e.status, Some(e.to_json())));
+    let method = op.get("method").and_then(Value::as_str).unwrap_or("").to_ascii_uppercase();
+    let path = op_resolved.get("path").and_then(Value::as_str).unwrap_or("").to_string();
+    let mut segments = path.trim_start_matches('/').split('/');
+    let Some(kind) = segments.next().and_then(Kind::from_endpoint) else {
+        return fail(ScimError::invalid_value(format!("bulk path {path:?} names no resource type")));
+    };
+    let id = segments.next().map(str::to_string);
+    let data = op_resolved.get("data").cloned().unwrap_or(Value::Null);
+    let version = op.get("version").and_then(Value::as_str).map(str::to_string);
+    if conn.execute_batch("SAVEPOINT bulk_op").is_err() {
+        return fail(ScimError::status(500, "internal error"));
+    }
+    let result: Result<(Option<objects::Stored>, u16), crate::TenantError> = (|| match (method.as_str(), &id) {
+        ("POST", None) => {
+            if op.get("bulkId").and_then(Value::as_str).is_none() {
+                return Err(ScimError::invalid_value("POST operations need a bulkId").into());
+            }
+            let (s, outcome) = objects::create(conn, ctx, settings, kind, &data)?;
+            Ok((Some(s), if outcome == Outcome::Created { 201 } else { 200 }))
+        }
+        ("PUT", Some(id)) => Ok((Some(objects::replace(conn, ctx, kind, id, &data, version.as_deref())?), 200)),
+        ("PATCH", Some(id)) => {
+            let ops = parse_patch(&data)?;
+            Ok((Some(objects::patch(conn, ctx, kind, id, &ops, version.as_deref())?), 200))
+        }
+        ("DELETE", Some(id)) => {
+            objects::delete(conn, ctx, kind, id, version.as_deref())?;
+            Ok((None, 204))
+        }
+        _ => Err(ScimError::invalid_value(format!(
+            "{method} {path} is not a bulk operation (POST /Type, PUT|PATCH|DELETE /Type/id)"
+        ))
+        .into()),
+    })();
+    match result {
+        Ok((stored, status)) => {
+            let _ = conn.execute_batch("RELEASE bulk_op");
+            let (location, version) = match &stored {
+                Some(s) => {
+                    if let Some(b) = op.get("bulkId").and_then(Value::as_str) {
+                        ids.insert(b.to_string(), s.id.clone());
+                    }
+                    (Some(format!("{}{}/{}", ctx.base_url, kind.rt().endpoint, s.id)), Some(s.etag()))
+                }
+                None => (id.map(|i| format!("{}{}/{i}", ctx.base_url, kind.rt().endpoint)), None),
+            };
+            BulkStep::Done(bulk_result(op, location, version, status, None))
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO bulk_op; RELEASE bulk_op");
+            fail(e.to_scim())
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The tenant: the cloud directory idbridge exports into. Users, groups and
+//! contacts with verified domains in SQLite, reached over SCIM 2.0.
+//!
+//! - [`store`]: the database, migrations, settings.
+//! - [`objects`]: the directory rules (uniqueness, quarantine, matching, members).
+//! - [`domains`], [`tokens`], [`audit`]: administration.
+//! - [`http`]: the SCIM API (axum); [`serve`]: listening, TLS, shutdown.
+
+pub mod audit;
+pub mod domains;
+pub mod error;
+pub mod http;
+pub mod objects;
+pub mod serve;
+pub mod store;
+pub mod tokens;
+pub mod util;
+
+pub use error::{Result, TenantError};
+pub use store::{Settings, Store};
+
+use std::path::Path;
+
+/// The database file inside a tenant's data directory.
+pub const DB_FILE: &str = "tenant.db";
+
+/// Opens the tenant in `data_dir`, creating it (directory, database, initial
+/// domain) on first use. Returns the store and whether it was just created.
+pub fn open_or_create(data_dir: &Path, initial_domain: &str) -> Result<(Store, bool)> {
+    let fresh = !data_dir.join(DB_FILE).exists();
+    if fresh {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| TenantError::Io { what: format!("cannot create {}", data_dir.display()), source: e })?;
+        restrict_permissions(data_dir)?;
+    }
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    {
+        let conn = store.lock();
+        if domains::list(&conn)?.iter().all(|d| !d.initial) {
+            domains::add(&conn, initial_domain, domains::AuthType::ManagedPhs, true)?;
+            audit::record(
+                &conn,
+                "idbridge",
+                "tenant-created",
+                None,
+                None,
+                Some(&serde_json::json!({"initialDomain": initial_domain})),
+            )?;
+        }
+    }
+    Ok((store, fresh))
+}
+
+/// Opens an existing tenant (for administration commands).
+pub fn open_existing(data_dir: &Path) -> Result<Store> {
+    let db = data_dir.join(DB_FILE);
+    if !db.exists() {
+        return Err(TenantError::Invalid(format!(
+            "there is no tenant in {} (start one with `idbridge tenant serve --data {}`)",
+            data_dir.display(),
+            data_dir.display()
+        )));
+    }
+    Store::open(&db)
+}
+
+#[cfg(unix)]
+fn restrict_permissions(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| TenantError::Io { what: format!("cannot restrict {}", dir.display()), source: e })
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_dir: &Path) -> Result<()> {
+    Ok(())
+}

@@ -1,0 +1,962 @@
+//! The directory's objects and its rules (DESIGN §4): create, read, replace,
+//! patch, delete and list users, groups and contacts.
+//!
+//! - userName must use a verified domain.
+//! - userName and SMTP proxyAddresses are unique across all objects (the
+//!   `claims` table). A synchronised object (one with an immutableId) that
+//!   wants a taken value gets it quarantined instead of failing; it is given
+//!   back automatically once released.
+//! - An incoming synchronised object joins an existing one by immutableId
+//!   (hard match), else by userName or primary SMTP address of a cloud-only
+//!   object (soft match), else it is created.
+//! - Group members live in their own table: adding or removing one member
+//!   never rewrites the group.
+
+use std::collections::HashSet;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use scim::eval::{SortKey, get_ci, sort_key};
+use scim::filter::{AttrPath, CompareOp, Filter};
+use scim::patch::{PatchOp, PatchOperation, apply_patch};
+use scim::resource::{Projection, validate};
+use scim::schema::{CONTACT_TYPE, GROUP_TYPE, HYBRID_SCHEMA, ResourceType, USER_TYPE};
+use scim::{ScimError, ScimType};
+use serde_json::{Map, Value, json};
+
+use crate::audit;
+use crate::domains;
+use crate::error::{Result, TenantError};
+use crate::store::Settings;
+use crate::util::{new_id, now, random_bytes};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    Group,
+    Contact,
+}
+
+impl Kind {
+    pub fn rt(self) -> &'static ResourceType {
+        match self {
+            Kind::User => &USER_TYPE,
+            Kind::Group => &GROUP_TYPE,
+            Kind::Contact => &CONTACT_TYPE,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.rt().name
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "User" => Some(Kind::User),
+            "Group" => Some(Kind::Group),
+            "Contact" => Some(Kind::Contact),
+            _ => None,
+        }
+    }
+
+    pub fn from_endpoint(segment: &str) -> Option<Kind> {
+        match segment {
+            "Users" => Some(Kind::User),
+            "Groups" => Some(Kind::Group),
+            "Contacts" => Some(Kind::Contact),
+            _ => None,
+        }
+    }
+}
+
+/// A stored object: canonical data without id, meta and members.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: String,
+    pub kind: Kind,
+    pub data: Value,
+    pub version: i64,
+    pub created: String,
+    pub modified: String,
+}
+
+impl Stored {
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+}
+
+/// How a create ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    HardMatched,
+    SoftMatched,
+}
+
+/// Who is acting, for the audit log, and where resources live, for `meta.location`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub actor: &'a str,
+    pub base_url: &'a str,
+}
+
+fn str_at<'v>(data: &'v Value, ext: Option<&str>, name: &str) -> Option<&'v str> {
+    let container = match ext {
+        Some(e) => get_ci(data, e)?,
+        None => data,
+    };
+    get_ci(container, name).and_then(Value::as_str)
+}
+
+fn user_name(data: &Value) -> Option<&str> {
+    str_at(data, None, "userName")
+}
+
+fn immutable_id(data: &Value) -> Option<&str> {
+    str_at(data, Some(HYBRID_SCHEMA), "immutableId").filter(|s| !s.is_empty())
+}
+
+fn proxy_addresses(data: &Value) -> Vec<String> {
+    get_ci(data, HYBRID_SCHEMA)
+        .and_then(|h| get_ci(h, "proxyAddresses"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// `smtp:a@b` / `SMTP:a@b` → `a@b`.
+fn smtp_address(proxy: &str) -> Option<&str> {
+    let (prefix, addr) = proxy.split_once(':')?;
+    prefix.eq_ignore_ascii_case("smtp").then_some(addr).filter(|a| !a.is_empty())
+}
+
+fn primary_smtp(data: &Value) -> Option<String> {
+    proxy_addresses(data).into_iter().find_map(|p| p.strip_prefix("SMTP:").map(str::to_lowercase))
+}
+
+fn is_admin(data: &Value) -> bool {
+    get_ci(data, "roles").and_then(Value::as_array).is_some_and(|roles| {
+        roles.iter().any(|r| {
+            get_ci(r, "value")
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.eq_ignore_ascii_case("admin") || v.eq_ignore_ascii_case("Global Administrator"))
+        })
+    })
+}
+
+fn dir_sync_enabled(data: &Value) -> bool {
+    get_ci(data, HYBRID_SCHEMA).and_then(|h| get_ci(h, "dirSyncEnabled")).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// The values an object claims: (attribute, lower-case value, value as given).
+fn claims_of(kind: Kind, data: &Value) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    if kind == Kind::User
+        && let Some(u) = user_name(data)
+    {
+        out.push(("userName", u.to_lowercase(), u.to_string()));
+    }
+    for p in proxy_addresses(data) {
+        if let Some(addr) = smtp_address(&p) {
+            let lc = addr.to_lowercase();
+            if !out.iter().any(|(_, v, _)| *v == lc) {
+                out.push(("proxyAddresses", lc, p.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn row_to_stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i64, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn to_stored(
+    (id, kind, data, version, created, modified): (String, String, String, i64, String, String),
+) -> Result<Stored> {
+    let kind = Kind::parse(&kind)
+        .ok_or_else(|| TenantError::Invalid(format!("stored object {id} has unknown type {kind}")))?;
+    let data = serde_json::from_str(&data)
+        .map_err(|e| TenantError::Invalid(format!("stored object {id} is not JSON: {e}")))?;
+    Ok(Stored { id, kind, data, version, created, modified })
+}
+
+const SELECT: &str = "SELECT id, type, data, version, created, modified FROM resources";
+
+pub fn load(conn: &Connection, kind: Option<Kind>, id: &str) -> Result<Option<Stored>> {
+    let row = conn.query_row(&format!("{SELECT} WHERE id = ?1"), params![id], row_to_stored).optional()?;
+    let stored = row.map(to_stored).transpose()?;
+    Ok(stored.filter(|s| kind.is_none_or(|k| k == s.kind)))
+}
+
+fn must_load(conn: &Connection, kind: Kind, id: &str) -> Result<Stored> {
+    load(conn, Some(kind), id)?
+        .ok_or_else(|| TenantError::Scim(ScimError::status(404, format!("{} {id} not found", kind.as_str()))))
+}
+
+fn check_version(stored: &Stored, if_match: Option<&str>) -> Result<()> {
+    match if_match {
+        None => Ok(()),
+        Some(tags)
+            if tags.split(',').map(str::trim).any(|t| {
+                t == "*" || t == stored.etag() || t.trim_start_matches("W/") == stored.etag().trim_start_matches("W/")
+            }) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(TenantError::Scim(ScimError::status(
+            412,
+            format!("{} {} has changed (now version {})", stored.kind.as_str(), stored.id, stored.etag()),
+        ))),
+    }
+}
+
+/// The member ids of a group.
+pub fn member_ids(conn: &Connection, group_id: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT member_id FROM members WHERE group_id = ?1")?;
+    let ids = stmt.query_map(params![group_id], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
+/// The full SCIM representation of a stored object, then projected.
+pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Projection) -> Result<Value> {
+    let rt = stored.kind.rt();
+    let mut out = match &stored.data {
+        Value::Object(o) => o.clone(),
+        _ => Map::new(),
+    };
+    out.insert("id".into(), json!(stored.id));
+    out.insert(
+        "meta".into(),
+        json!({
+            "resourceType": rt.name,
+            "created": stored.created,
+            "lastModified": stored.modified,
+            "location": format!("{}{}/{}", ctx.base_url, rt.endpoint, stored.id),
+            "version": stored.etag(),
+        }),
+    );
+    if stored.kind == Kind::Group && projection.wants(rt, None, "members") {
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.member_id, r.type FROM members m LEFT JOIN resources r ON r.id = m.member_id WHERE m.group_id = ?1",
+        )?;
+        let members: Vec<Value> = stmt
+            .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|(id, t)| {
+                let t = t.unwrap_or_else(|| "User".into());
+                let endpoint = if t == "Group" { "/Groups" } else { "/Users" };
+                json!({"value": id, "$ref": format!("{}{endpoint}/{id}", ctx.base_url), "type": t})
+            })
+            .collect();
+        if !members.is_empty() {
+            out.insert("members".into(), Value::Array(members));
+        }
+    }
+    if stored.kind == Kind::User && projection.wants(rt, None, "groups") {
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.group_id, r.display_name_lc, r.data FROM members m JOIN resources r ON r.id = m.group_id WHERE m.member_id = ?1",
+        )?;
+        let groups: Vec<Value> = stmt
+            .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|(id, data)| {
+                let display = serde_json::from_str::<Value>(&data).ok().and_then(|d| d.get("displayName").cloned()).unwrap_or(Value::Null);
+                json!({"value": id, "$ref": format!("{}/Groups/{id}", ctx.base_url), "display": display, "type": "direct"})
+            })
+            .collect();
+        if !groups.is_empty() {
+            out.insert("groups".into(), Value::Array(groups));
+        }
+    }
+    let errors = provisioning_errors(conn, &stored.id)?;
+    if !errors.is_empty() {
+        let hybrid = out.entry(HYBRID_SCHEMA.to_string()).or_insert_with(|| json!({}));
+        if let Some(h) = hybrid.as_object_mut() {
+            h.insert("provisioningErrors".into(), Value::Array(errors));
+        }
+        if let Some(Value::Array(schemas)) = out.get_mut("schemas")
+            && !schemas.iter().any(|s| s == HYBRID_SCHEMA)
+        {
+            schemas.push(json!(HYBRID_SCHEMA));
+        }
+    }
+    Ok(projection.apply(rt, Value::Object(out)))
+}
+
+fn provisioning_errors(conn: &Connection, id: &str) -> Result<Vec<Value>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT attr, wanted, holder, since FROM quarantine WHERE resource_id = ?1 ORDER BY since")?;
+    let rows = stmt
+        .query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(attr, wanted, holder, since)| {
+            json!({"attribute": attr, "value": wanted, "reason": format!("the value is already used by object {holder}; it is applied automatically once released"), "since": since})
+        })
+        .collect())
+}
+
+fn set_user_name(data: &mut Value, value: &str) {
+    if let Some(o) = data.as_object_mut() {
+        o.insert("userName".into(), json!(value));
+    }
+}
+
+fn set_proxies(data: &mut Value, proxies: Vec<String>) {
+    let Some(o) = data.as_object_mut() else { return };
+    let key =
+        o.keys().find(|k| k.eq_ignore_ascii_case(HYBRID_SCHEMA)).cloned().unwrap_or_else(|| HYBRID_SCHEMA.to_string());
+    let hybrid = o.entry(key).or_insert_with(|| json!({}));
+    if let Some(h) = hybrid.as_object_mut() {
+        if proxies.is_empty() {
+            h.remove("proxyAddresses");
+        } else {
+            h.insert("proxyAddresses".into(), json!(proxies));
+        }
+    }
+}
+
+fn placeholder(conn: &Connection, wanted: &str) -> Result<String> {
+    let initial = domains::initial(conn)?.name;
+    let local: String = wanted
+        .split('@')
+        .next()
+        .unwrap_or("user")
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(40)
+        .collect();
+    let local = if local.is_empty() { "user".to_string() } else { local };
+    for _ in 0..100 {
+        let n = u16::from_le_bytes(random_bytes::<2>()) % 10_000;
+        let candidate = format!("{local}+{n:04}@{initial}");
+        let taken: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM claims WHERE value = ?1)",
+            params![candidate.to_lowercase()],
+            |r| r.get(0),
+        )?;
+        if !taken {
+            return Ok(candidate);
+        }
+    }
+    Err(TenantError::Invalid(format!("no free placeholder userName for {wanted}")))
+}
+
+fn check_user_name_domain(conn: &Connection, data: &Value) -> Result<()> {
+    let Some(u) = user_name(data) else { return Ok(()) };
+    let Some((local, domain)) = u.rsplit_once('@') else {
+        return Err(ScimError::invalid_value(format!(
+            "userName {u:?} must be an address in a verified domain (user@domain)"
+        ))
+        .into());
+    };
+    if local.is_empty() || domains::get(conn, domain)?.is_none() {
+        return Err(ScimError::invalid_value(format!(
+            "userName {u:?}: {domain:?} is not a verified domain of this tenant (see `idbridge tenant domain list`)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Writes an object: enforces the rules, claims its values (or quarantines
+/// them), stores it, and gives released values to objects waiting for them.
+fn save(
+    conn: &Connection,
+    kind: Kind,
+    id: &str,
+    mut data: Value,
+    existing: Option<&Stored>,
+    depth: u32,
+) -> Result<Stored> {
+    if kind == Kind::User && Settings::load(conn)?.require_verified_domain {
+        check_user_name_domain(conn, &data)?;
+    }
+    let synced = immutable_id(&data).is_some();
+    if synced && existing.is_none() {
+        // A synchronised object is marked as such when it arrives.
+        let key = HYBRID_SCHEMA.to_string();
+        if let Some(o) = data.as_object_mut()
+            && let Some(h) = o.entry(key).or_insert_with(|| json!({})).as_object_mut()
+        {
+            h.entry("dirSyncEnabled").or_insert(json!(true));
+        }
+    }
+    // Values quarantined earlier stay wanted while the client leaves the attribute as it was.
+    if let Some(old) = existing {
+        let mut stmt = conn.prepare_cached("SELECT attr, wanted FROM quarantine WHERE resource_id = ?1")?;
+        let waiting = stmt
+            .query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (attr, wanted) in waiting {
+            match attr.as_str() {
+                "userName" if user_name(&data) == user_name(&old.data) => set_user_name(&mut data, &wanted),
+                "proxyAddresses" if proxy_addresses(&data) == proxy_addresses(&old.data) => {
+                    let mut p = proxy_addresses(&data);
+                    p.push(wanted);
+                    set_proxies(&mut data, p);
+                }
+                _ => {}
+            }
+        }
+    }
+    conn.execute("DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
+    for (attr, lc, given) in claims_of(kind, &data) {
+        let holder: Option<String> =
+            conn.query_row("SELECT resource_id FROM claims WHERE value = ?1", params![lc], |r| r.get(0)).optional()?;
+        let Some(holder) = holder.filter(|h| h != id) else { continue };
+        if !synced {
+            return Err(ScimError::new(
+                ScimType::Uniqueness,
+                format!("{attr} {given:?} is already used by object {holder}"),
+            )
+            .into());
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO quarantine(resource_id, attr, value, wanted, holder, since) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, attr, lc, given, holder, now()],
+        )?;
+        tracing::info!(object = id, attribute = attr, value = %given, holder = %holder, "duplicate value quarantined");
+        if attr == "userName" {
+            let p = placeholder(conn, &given)?;
+            set_user_name(&mut data, &p);
+        } else {
+            let kept: Vec<String> = proxy_addresses(&data)
+                .into_iter()
+                .filter(|p| smtp_address(p).is_none_or(|a| a.to_lowercase() != lc))
+                .collect();
+            set_proxies(&mut data, kept);
+        }
+    }
+    let final_claims = claims_of(kind, &data);
+    let mut stmt = conn.prepare_cached("SELECT value FROM claims WHERE resource_id = ?1")?;
+    let old_claims: HashSet<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let new_values: HashSet<&String> = final_claims.iter().map(|(_, v, _)| v).collect();
+    let released: Vec<String> = old_claims.iter().filter(|v| !new_values.contains(v)).cloned().collect();
+    for v in &released {
+        conn.execute("DELETE FROM claims WHERE value = ?1", params![v])?;
+    }
+    for (attr, lc, _) in &final_claims {
+        if !old_claims.contains(lc) {
+            conn.execute("INSERT INTO claims(value, resource_id, attr) VALUES(?1, ?2, ?3)", params![lc, id, attr])
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                        TenantError::Scim(ScimError::new(
+                            ScimType::Uniqueness,
+                            format!("{attr} {lc:?} is already used"),
+                        ))
+                    }
+                    other => other.into(),
+                })?;
+        }
+    }
+    let stamp = now();
+    let (version, created) = match existing {
+        Some(old) => (old.version + 1, old.created.clone()),
+        None => (1, stamp.clone()),
+    };
+    let text = data.to_string();
+    let imm = immutable_id(&data).map(str::to_string);
+    if let Some(imm) = &imm {
+        let other: Option<String> = conn
+            .query_row("SELECT id FROM resources WHERE immutable_id = ?1 AND id != ?2", params![imm, id], |r| r.get(0))
+            .optional()?;
+        if let Some(other) = other {
+            return Err(ScimError::new(
+                ScimType::Uniqueness,
+                format!("immutableId {imm:?} is already used by object {other}"),
+            )
+            .into());
+        }
+    }
+    conn.execute(
+        "INSERT INTO resources(id, type, data, version, created, modified, user_name_lc, external_id, immutable_id, display_name_lc)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT(id) DO UPDATE SET data = excluded.data, version = excluded.version, modified = excluded.modified,
+           user_name_lc = excluded.user_name_lc, external_id = excluded.external_id, immutable_id = excluded.immutable_id,
+           display_name_lc = excluded.display_name_lc",
+        params![
+            id,
+            kind.as_str(),
+            text,
+            version,
+            created,
+            stamp,
+            user_name(&data).map(str::to_lowercase),
+            str_at(&data, None, "externalId"),
+            imm,
+            str_at(&data, None, "displayName").map(str::to_lowercase),
+        ],
+    )?;
+    let saved = Stored { id: id.to_string(), kind, data, version, created, modified: stamp };
+    if depth < 8 {
+        release(conn, &released, depth)?;
+    }
+    Ok(saved)
+}
+
+/// Gives released values to the objects that wanted them.
+fn release(conn: &Connection, values: &[String], depth: u32) -> Result<()> {
+    for v in values {
+        let mut stmt =
+            conn.prepare_cached("SELECT resource_id, attr, wanted FROM quarantine WHERE value = ?1 ORDER BY since")?;
+        let waiters = stmt
+            .query_map(params![v], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // The longest-waiting object gets it.
+        if let Some((waiter, attr, wanted)) = waiters.into_iter().next()
+            && let Some(stored) = load(conn, None, &waiter)?
+        {
+            let mut data = stored.data.clone();
+            if attr == "userName" {
+                set_user_name(&mut data, &wanted);
+            } else {
+                let mut p = proxy_addresses(&data);
+                p.push(wanted.clone());
+                set_proxies(&mut data, p);
+            }
+            conn.execute("DELETE FROM quarantine WHERE resource_id = ?1 AND value = ?2", params![waiter, v])?;
+            tracing::info!(object = %waiter, attribute = %attr, value = %wanted, "quarantined value released");
+            // Pass the old state with the placeholder so other quarantined values stay wanted.
+            let mut old = stored.clone();
+            old.data = data.clone();
+            save(conn, stored.kind, &waiter, data, Some(&old), depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Member ids in a body's `members`; each must exist (and not be the group itself).
+fn take_members(conn: &Connection, data: &mut Value, group_id: &str) -> Result<Option<Vec<String>>> {
+    let Some(obj) = data.as_object_mut() else { return Ok(None) };
+    let Some(members) = obj.remove("members") else { return Ok(None) };
+    let list = members.as_array().cloned().unwrap_or_default();
+    let mut ids = Vec::with_capacity(list.len());
+    let mut seen = HashSet::with_capacity(list.len());
+    for m in list {
+        let Some(id) = get_ci(&m, "value").and_then(Value::as_str) else {
+            return Err(ScimError::invalid_value("every member needs a value (the member's id)").into());
+        };
+        if seen.insert(id.to_string()) {
+            ids.push(id.to_string());
+        }
+    }
+    check_members_exist(conn, &ids, group_id)?;
+    Ok(Some(ids))
+}
+
+fn check_members_exist(conn: &Connection, ids: &[String], group_id: &str) -> Result<()> {
+    let mut stmt = conn.prepare_cached("SELECT type FROM resources WHERE id = ?1")?;
+    for id in ids {
+        if id == group_id {
+            return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
+        }
+        let t: Option<String> = stmt.query_row(params![id], |r| r.get(0)).optional()?;
+        match t.as_deref() {
+            Some("User" | "Group" | "Contact") => {}
+            _ => return Err(ScimError::invalid_value(format!("member {id:?} does not exist")).into()),
+        }
+    }
+    Ok(())
+}
+
+fn add_members(conn: &Connection, group_id: &str, ids: &[String]) -> Result<()> {
+    let mut stmt = conn.prepare_cached("INSERT OR IGNORE INTO members(group_id, member_id) VALUES(?1, ?2)")?;
+    for id in ids {
+        stmt.execute(params![group_id, id])?;
+    }
+    Ok(())
+}
+
+fn remove_members(conn: &Connection, group_id: &str, ids: &[String]) -> Result<()> {
+    let mut stmt = conn.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND member_id = ?2")?;
+    for id in ids {
+        stmt.execute(params![group_id, id])?;
+    }
+    Ok(())
+}
+
+fn find_by_immutable_id(conn: &Connection, imm: &str) -> Result<Option<Stored>> {
+    let row = conn.query_row(&format!("{SELECT} WHERE immutable_id = ?1"), params![imm], row_to_stored).optional()?;
+    row.map(to_stored).transpose()
+}
+
+/// A cloud-only object of `kind` with this userName or primary SMTP address.
+fn soft_match(conn: &Connection, kind: Kind, data: &Value) -> Result<Option<Stored>> {
+    let mut candidates = Vec::new();
+    if let Some(u) = user_name(data) {
+        candidates.push(u.to_lowercase());
+    }
+    if let Some(p) = primary_smtp(data) {
+        candidates.push(p);
+    }
+    for value in candidates {
+        let holder: Option<String> = conn
+            .query_row("SELECT resource_id FROM claims WHERE value = ?1", params![value], |r| r.get(0))
+            .optional()?;
+        if let Some(holder) = holder
+            && let Some(s) = load(conn, Some(kind), &holder)?
+            && immutable_id(&s.data).is_none()
+            && !is_admin(&s.data)
+        {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// POST: create, or join an existing object (hard then soft match).
+pub fn create(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    settings: Settings,
+    kind: Kind,
+    body: &Value,
+) -> Result<(Stored, Outcome)> {
+    let mut data = validate(kind.rt(), body)?;
+    if let Some(imm) = immutable_id(&data).map(str::to_string) {
+        if let Some(existing) = find_by_immutable_id(conn, &imm)? {
+            if existing.kind != kind {
+                return Err(ScimError::new(
+                    ScimType::Uniqueness,
+                    format!("immutableId {imm:?} belongs to a {}", existing.kind.as_str()),
+                )
+                .into());
+            }
+            if is_admin(&existing.data) {
+                return Err(ScimError::new(
+                    ScimType::Uniqueness,
+                    "an administrator is never matched to a synchronised object",
+                )
+                .into());
+            }
+            if settings.block_hard_match_takeover && !dir_sync_enabled(&existing.data) {
+                return Err(ScimError::new(ScimType::Uniqueness, format!("immutableId {imm:?} matches cloud-managed object {}, and hard-match takeover is blocked for this tenant", existing.id)).into());
+            }
+            let stored = replace_data(conn, &existing, data)?;
+            audit::record(
+                conn,
+                ctx.actor,
+                "hard-match",
+                Some(kind.as_str()),
+                Some(&stored.id),
+                Some(&json!({"immutableId": imm})),
+            )?;
+            return Ok((stored, Outcome::HardMatched));
+        }
+        if !settings.block_soft_match
+            && let Some(existing) = soft_match(conn, kind, &data)?
+        {
+            let stored = replace_data(conn, &existing, data)?;
+            audit::record(
+                conn,
+                ctx.actor,
+                "soft-match",
+                Some(kind.as_str()),
+                Some(&stored.id),
+                Some(&json!({"immutableId": imm})),
+            )?;
+            return Ok((stored, Outcome::SoftMatched));
+        }
+    }
+    let id = new_id();
+    let members = if kind == Kind::Group { take_members(conn, &mut data, &id)? } else { None };
+    let stored = save(conn, kind, &id, data, None, 0)?;
+    if let Some(ids) = members {
+        add_members(conn, &id, &ids)?;
+    }
+    audit::record(conn, ctx.actor, "create", Some(kind.as_str()), Some(&id), None)?;
+    Ok((stored, Outcome::Created))
+}
+
+fn replace_data(conn: &Connection, existing: &Stored, mut data: Value) -> Result<Stored> {
+    let members = if existing.kind == Kind::Group { take_members(conn, &mut data, &existing.id)? } else { None };
+    let stored = save(conn, existing.kind, &existing.id, data, Some(existing), 0)?;
+    if let Some(ids) = members {
+        conn.execute("DELETE FROM members WHERE group_id = ?1", params![existing.id])?;
+        add_members(conn, &existing.id, &ids)?;
+    }
+    Ok(stored)
+}
+
+/// PUT: replace the object's attributes.
+pub fn replace(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    kind: Kind,
+    id: &str,
+    body: &Value,
+    if_match: Option<&str>,
+) -> Result<Stored> {
+    let existing = must_load(conn, kind, id)?;
+    check_version(&existing, if_match)?;
+    let data = validate(kind.rt(), body)?;
+    // immutableId never changes once set (DESIGN §4).
+    if let (Some(old), new) = (immutable_id(&existing.data), immutable_id(&data))
+        && new != Some(old)
+    {
+        return Err(ScimError::mutability(format!("immutableId of {id} is {old:?} and cannot change")).into());
+    }
+    let stored = replace_data(conn, &existing, data)?;
+    audit::record(conn, ctx.actor, "replace", Some(kind.as_str()), Some(id), None)?;
+    Ok(stored)
+}
+
+fn is_members_path(p: &AttrPath) -> bool {
+    p.name.eq_ignore_ascii_case("members")
+        && p.uri.as_deref().is_none_or(|u| u.eq_ignore_ascii_case(scim::schema::GROUP_SCHEMA))
+}
+
+/// PATCH. For groups, member operations go straight to the members table.
+pub fn patch(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    kind: Kind,
+    id: &str,
+    ops: &[PatchOperation],
+    if_match: Option<&str>,
+) -> Result<Stored> {
+    let existing = must_load(conn, kind, id)?;
+    check_version(&existing, if_match)?;
+    let mut other_ops = Vec::new();
+    let mut member_changes = 0usize;
+    for op in ops {
+        let members_op = kind == Kind::Group
+            && match &op.path {
+                Some(p) => is_members_path(&p.attr) && p.sub_after_filter.is_none() && p.attr.sub.is_none(),
+                None => false,
+            };
+        if members_op {
+            member_changes += apply_member_op(conn, id, op)?;
+            continue;
+        }
+        // A path-less op may carry members next to other attributes.
+        if kind == Kind::Group
+            && op.path.is_none()
+            && let Some(Value::Object(v)) = &op.value
+            && let Some((key, members)) = v.iter().find(|(k, _)| k.eq_ignore_ascii_case("members"))
+        {
+            let members_op = PatchOperation {
+                op: op.op,
+                path: Some(scim::PatchPath { attr: AttrPath::new("members"), filter: None, sub_after_filter: None }),
+                value: Some(members.clone()),
+            };
+            member_changes += apply_member_op(conn, id, &members_op)?;
+            let mut rest = v.clone();
+            rest.remove(key);
+            if !rest.is_empty() {
+                other_ops.push(PatchOperation { op: op.op, path: None, value: Some(Value::Object(rest)) });
+            }
+            continue;
+        }
+        other_ops.push(op.clone());
+    }
+    let stored = if other_ops.is_empty() {
+        // Only members changed: bump the version without rewriting the group.
+        let stamp = now();
+        conn.execute("UPDATE resources SET version = version + 1, modified = ?2 WHERE id = ?1", params![id, stamp])?;
+        Stored { version: existing.version + 1, modified: stamp, ..existing }
+    } else {
+        let data = apply_patch(kind.rt(), &existing.data, &other_ops)?;
+        if let (Some(old), new) = (immutable_id(&existing.data), immutable_id(&data))
+            && new != Some(old)
+        {
+            return Err(ScimError::mutability(format!("immutableId of {id} is {old:?} and cannot change")).into());
+        }
+        let data = validate(kind.rt(), &data)?;
+        save(conn, kind, id, data, Some(&existing), 0)?
+    };
+    audit::record(
+        conn,
+        ctx.actor,
+        "patch",
+        Some(kind.as_str()),
+        Some(id),
+        Some(&json!({"operations": ops.len(), "memberChanges": member_changes})),
+    )?;
+    Ok(stored)
+}
+
+fn values_of(value: Option<&Value>) -> Result<Vec<String>> {
+    let items = match value {
+        Some(Value::Array(a)) => a.clone(),
+        Some(v @ Value::Object(_)) => vec![v.clone()],
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => {
+            return Err(ScimError::invalid_value(format!("members must be objects with a value, got {other}")).into());
+        }
+    };
+    items
+        .iter()
+        .map(|m| {
+            get_ci(m, "value").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+                TenantError::Scim(ScimError::invalid_value("every member needs a value (the member's id)"))
+            })
+        })
+        .collect()
+}
+
+fn apply_member_op(conn: &Connection, group_id: &str, op: &PatchOperation) -> Result<usize> {
+    let filter = op.path.as_ref().and_then(|p| p.filter.as_ref());
+    match (op.op, filter) {
+        (PatchOp::Add, None) => {
+            let ids = values_of(op.value.as_ref())?;
+            check_members_exist(conn, &ids, group_id)?;
+            add_members(conn, group_id, &ids)?;
+            Ok(ids.len())
+        }
+        (PatchOp::Replace, None) => {
+            let ids = values_of(op.value.as_ref())?;
+            check_members_exist(conn, &ids, group_id)?;
+            conn.execute("DELETE FROM members WHERE group_id = ?1", params![group_id])?;
+            add_members(conn, group_id, &ids)?;
+            Ok(ids.len())
+        }
+        (PatchOp::Remove, None) => match &op.value {
+            Some(v) if !v.is_null() => {
+                let ids = values_of(Some(v))?;
+                remove_members(conn, group_id, &ids)?;
+                Ok(ids.len())
+            }
+            _ => Ok(conn.execute("DELETE FROM members WHERE group_id = ?1", params![group_id])?),
+        },
+        (PatchOp::Remove, Some(filter)) => {
+            // The common form, members[value eq "id"], needs no scan.
+            if let Filter::Compare(p, CompareOp::Eq, Value::String(v)) = filter
+                && p.name.eq_ignore_ascii_case("value")
+            {
+                remove_members(conn, group_id, std::slice::from_ref(v))?;
+                return Ok(1);
+            }
+            let def = GROUP_TYPE
+                .schema
+                .attribute("members")
+                .ok_or_else(|| TenantError::Invalid("schema without members".into()))?;
+            let mut doomed = Vec::new();
+            for m in member_ids(conn, group_id)? {
+                let t: Option<String> =
+                    conn.query_row("SELECT type FROM resources WHERE id = ?1", params![m], |r| r.get(0)).optional()?;
+                if filter.matches_value(def, &json!({"value": m, "type": t}))? {
+                    doomed.push(m);
+                }
+            }
+            remove_members(conn, group_id, &doomed)?;
+            Ok(doomed.len())
+        }
+        (_, Some(_)) => {
+            Err(ScimError::invalid_path("members[…] can only be removed; add or replace whole members").into())
+        }
+    }
+}
+
+pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: Option<&str>) -> Result<()> {
+    let existing = must_load(conn, kind, id)?;
+    check_version(&existing, if_match)?;
+    let mut stmt = conn.prepare_cached("SELECT value FROM claims WHERE resource_id = ?1")?;
+    let released: Vec<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    conn.execute("DELETE FROM claims WHERE resource_id = ?1", params![id])?;
+    conn.execute("DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
+    conn.execute("DELETE FROM members WHERE group_id = ?1 OR member_id = ?1", params![id])?;
+    conn.execute("DELETE FROM resources WHERE id = ?1", params![id])?;
+    release(conn, &released, 0)?;
+    audit::record(conn, ctx.actor, "delete", Some(kind.as_str()), Some(id), None)?;
+    Ok(())
+}
+
+/// A list request (RFC 7644 §3.4.2).
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub filter: Option<Filter>,
+    pub sort_by: Option<AttrPath>,
+    pub descending: bool,
+    /// 1-based.
+    pub start_index: usize,
+    pub count: usize,
+}
+
+/// An indexed equality the store can answer without a scan.
+fn index_hint(filter: &Filter) -> Option<(&'static str, String)> {
+    match filter {
+        Filter::And(a, b) => index_hint(a).or_else(|| index_hint(b)),
+        Filter::Compare(p, CompareOp::Eq, Value::String(v)) if p.sub.is_none() => {
+            let core = p.uri.as_deref().is_none_or(|u| !u.eq_ignore_ascii_case(HYBRID_SCHEMA));
+            match p.name.to_ascii_lowercase().as_str() {
+                "username" if core => Some(("user_name_lc", v.to_lowercase())),
+                "externalid" if core => Some(("external_id", v.clone())),
+                "id" if core => Some(("id", v.clone())),
+                "displayname" if core => Some(("display_name_lc", v.to_lowercase())),
+                "immutableid" => Some(("immutable_id", v.clone())),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Matching objects (total count, and the requested page in order).
+pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Result<(usize, Vec<Stored>)> {
+    let rt = kind.rt();
+    let rows: Vec<Stored> = {
+        let (sql, arg) = match query.filter.as_ref().and_then(index_hint) {
+            Some((column, value)) => {
+                (format!("{SELECT} WHERE type = ?1 AND {column} = ?2 ORDER BY created, id"), Some(value))
+            }
+            None => (format!("{SELECT} WHERE type = ?1 ORDER BY created, id"), None),
+        };
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let raw = match &arg {
+            Some(v) => {
+                stmt.query_map(params![kind.as_str(), v], row_to_stored)?.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+            None => stmt.query_map(params![kind.as_str()], row_to_stored)?.collect::<rusqlite::Result<Vec<_>>>()?,
+        };
+        raw.into_iter().map(to_stored).collect::<Result<_>>()?
+    };
+    let full = Projection::default();
+    let mut matched: Vec<(Stored, Option<Value>)> = Vec::new();
+    for s in rows {
+        match &query.filter {
+            None => matched.push((s, None)),
+            Some(f) => {
+                let view = render(conn, &s, ctx, &full)?;
+                if f.matches(rt, &view)? {
+                    matched.push((s, Some(view)));
+                }
+            }
+        }
+    }
+    if let Some(path) = &query.sort_by {
+        let mut keyed = Vec::with_capacity(matched.len());
+        for (s, view) in matched {
+            let view = match view {
+                Some(v) => v,
+                None => render(conn, &s, ctx, &full)?,
+            };
+            keyed.push((sort_key(rt, path, &view)?, s));
+        }
+        keyed.sort_by(|a, b| {
+            let ord = match (&a.0, &b.0) {
+                (SortKey::Missing, SortKey::Missing) => std::cmp::Ordering::Equal,
+                (SortKey::Missing, _) => std::cmp::Ordering::Greater,
+                (_, SortKey::Missing) => std::cmp::Ordering::Less,
+                (x, y) => x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal),
+            };
+            if query.descending && !matches!((&a.0, &b.0), (SortKey::Missing, _) | (_, SortKey::Missing)) {
+                ord.reverse()
+            } else {
+                ord
+            }
+        });
+        matched = keyed.into_iter().map(|(_, s)| (s, None)).collect();
+    }
+    let total = matched.len();
+    let start = query.start_index.max(1) - 1;
+    let page = matched.into_iter().skip(start).take(query.count).map(|(s, _)| s).collect();
+    Ok((total, page))
+}

@@ -1,0 +1,169 @@
+//! The tenant's SQLite database: opening (WAL), schema migrations, settings.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Result, TenantError};
+
+const SCHEMA_V1: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE domains (
+    name TEXT PRIMARY KEY,           -- lower-case
+    auth TEXT NOT NULL,              -- managed-phs | managed-pta | federated
+    initial INTEGER NOT NULL DEFAULT 0,
+    federation TEXT,                 -- JSON, for federated domains
+    added TEXT NOT NULL
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,       -- SHA-256 of the token; the token itself is never stored
+    scope TEXT NOT NULL,
+    created TEXT NOT NULL,
+    expires INTEGER,                 -- epoch seconds
+    revoked TEXT,
+    note TEXT
+);
+CREATE TABLE resources (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,              -- User | Group | Contact
+    data TEXT NOT NULL,              -- canonical JSON without id, meta, members
+    version INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    modified TEXT NOT NULL,
+    user_name_lc TEXT,
+    external_id TEXT,
+    immutable_id TEXT,
+    display_name_lc TEXT
+);
+CREATE INDEX resources_type ON resources(type, id);
+CREATE INDEX resources_user_name ON resources(user_name_lc);
+CREATE INDEX resources_external_id ON resources(external_id);
+CREATE UNIQUE INDEX resources_immutable_id ON resources(immutable_id);
+CREATE INDEX resources_display_name ON resources(display_name_lc);
+CREATE TABLE members (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+) WITHOUT ROWID;
+CREATE INDEX members_by_member ON members(member_id, group_id);
+-- userName and SMTP addresses are unique across users, groups and contacts.
+CREATE TABLE claims (
+    value TEXT PRIMARY KEY,          -- lower-case address
+    resource_id TEXT NOT NULL,
+    attr TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX claims_by_resource ON claims(resource_id);
+-- Values a synchronised object wants but another object holds (duplicate attribute resiliency).
+CREATE TABLE quarantine (
+    resource_id TEXT NOT NULL,
+    attr TEXT NOT NULL,              -- userName | proxyAddresses
+    value TEXT NOT NULL,             -- lower-case address in conflict
+    wanted TEXT NOT NULL,            -- the value as the object wants it
+    holder TEXT NOT NULL,            -- the object holding it
+    since TEXT NOT NULL,
+    PRIMARY KEY (resource_id, attr, value)
+) WITHOUT ROWID;
+CREATE INDEX quarantine_by_value ON quarantine(value);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    resource_type TEXT,
+    resource_id TEXT,
+    detail TEXT
+);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+/// The database, behind one connection (SQLite has one writer anyway).
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        // WAL + NORMAL: committed transactions survive a killed process.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&conn)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        migrate(&conn)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    /// The connection; a poisoned lock (a panic elsewhere) is still usable
+    /// because every change runs in a transaction that rolled back.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version).map_err(|_| TenantError::Invalid("bad schema version".into()))?;
+    if version > MIGRATIONS.len() {
+        return Err(TenantError::Invalid(format!(
+            "the database has schema version {version}, newer than this idbridge ({}); upgrade idbridge",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
+}
+
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Tenant-wide switches (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Never join an incoming synchronised object to a cloud object by userName or SMTP address.
+    pub block_soft_match: bool,
+    /// Never let an incoming object take over a cloud-managed object by immutableId.
+    pub block_hard_match_takeover: bool,
+    /// A user's userName must be an address in a verified domain (DESIGN §4). On by default.
+    pub require_verified_domain: bool,
+}
+
+impl Settings {
+    pub fn load(conn: &Connection) -> Result<Settings> {
+        let flag = |k: &str| -> Result<bool> { Ok(get_meta(conn, k)?.as_deref() == Some("true")) };
+        Ok(Settings {
+            block_soft_match: flag("block_soft_match")?,
+            block_hard_match_takeover: flag("block_hard_match_takeover")?,
+            require_verified_domain: get_meta(conn, "require_verified_domain")?.as_deref() != Some("false"),
+        })
+    }
+
+    pub fn save(&self, conn: &Connection) -> Result<()> {
+        set_meta(conn, "block_soft_match", if self.block_soft_match { "true" } else { "false" })?;
+        set_meta(conn, "block_hard_match_takeover", if self.block_hard_match_takeover { "true" } else { "false" })?;
+        set_meta(conn, "require_verified_domain", if self.require_verified_domain { "true" } else { "false" })
+    }
+}

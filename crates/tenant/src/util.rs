@@ -1,0 +1,78 @@
+//! Small helpers: UTC timestamps (RFC 3339), random ids and tokens.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SS(.mmm)Z`.
+pub fn rfc3339(secs: i64, millis: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub fn now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_millis())
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // The system RNG failing is not recoverable in any useful way; zero bytes
+    // would be unsafe for tokens, so callers of tokens check `fill` below.
+    if SystemRandom::new().fill(&mut b).is_err() {
+        tracing::error!("the system random number generator failed");
+    }
+    b
+}
+
+/// A random version-4 UUID.
+pub fn new_id() -> String {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// A bearer token: `idb_` and 32 random bytes (base64url).
+pub fn new_token() -> Option<String> {
+    let mut b = [0u8; 32];
+    SystemRandom::new().fill(&mut b).ok()?;
+    Some(format!("idb_{}", URL_SAFE_NO_PAD.encode(b)))
+}
+
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_ids() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_868_800, 5), "2000-03-01T00:00:00.005Z");
+        assert_eq!(rfc3339(1_700_000_000, 0), "2023-11-14T22:13:20.000Z");
+        let id = new_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(new_id(), id);
+        assert!(new_token().is_some_and(|t| t.starts_with("idb_") && t.len() > 40));
+    }
+}
