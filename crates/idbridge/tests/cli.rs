@@ -179,3 +179,122 @@ mod samba {
         assert_eq!(total, 140);
     }
 }
+
+mod tenant_cli {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Stdio};
+
+    fn serve(data: &Path) -> (Child, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args([
+                "tenant",
+                "serve",
+                "--data",
+                p(data),
+                "--listen",
+                "127.0.0.1:0",
+                "--initial-domain",
+                "lab.example.test",
+            ])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next().expect("the tenant printed its address").unwrap();
+            if let Some(rest) = line.split("SCIM API at ").nth(1) {
+                break rest.trim().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (child, base)
+    }
+
+    fn post_user(base: &str, token: &str, user_name: &str) -> u16 {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{base}/Users"))
+                .bearer_auth(token)
+                .header("content-type", "application/scim+json")
+                .body(serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": user_name}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    }
+
+    fn count_users(base: &str, token: &str) -> u64 {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(format!("{base}/Users"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["totalResults"].as_u64().unwrap()
+        })
+    }
+
+    #[test]
+    fn serve_tokens_domains_audit_and_crash_safety() {
+        let tmp = TempDir::new("tenant-cli").unwrap();
+        let data = tmp.join("tenant");
+        let (mut server, base) = serve(&data);
+        let out = idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"]);
+        let token = ok(&out).trim().to_string();
+        assert!(token.starts_with("idb_") && !token.contains('\n'), "only the token on stdout: {token:?}");
+        assert_eq!(post_user(&base, &token, "a@lab.example.test"), 201);
+        assert_eq!(post_user(&base, &token, "a@corp.example.org"), 400, "domain not verified yet");
+        ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "corp.example.org", "--auth", "managed-pta"]));
+        assert_eq!(post_user(&base, &token, "a@corp.example.org"), 201);
+        let domains = ok(&idbridge(&["tenant", "domain", "list", "--data", p(&data)]));
+        assert!(
+            domains.contains("lab.example.test")
+                && domains.contains("corp.example.org")
+                && domains.contains("managed-pta"),
+            "{domains}"
+        );
+        let removal = idbridge(&["tenant", "domain", "remove", "--data", p(&data), "lab.example.test"]);
+        assert!(String::from_utf8_lossy(&removal.stderr).contains("initial domain cannot be removed"));
+        let removal = idbridge(&["tenant", "domain", "remove", "--data", p(&data), "corp.example.org"]);
+        assert!(String::from_utf8_lossy(&removal.stderr).contains("still use"), "in use");
+
+        // kill -9: everything committed so far survives.
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let (mut server, base) = serve(&data);
+        assert_eq!(count_users(&base, &token), 2);
+        // SIGTERM: a graceful stop, and again nothing is lost.
+        assert_eq!(post_user(&base, &token, "b@lab.example.test"), 201);
+        Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+        assert!(server.wait().unwrap().success(), "graceful shutdown exits 0");
+        let (mut server, base) = serve(&data);
+        assert_eq!(count_users(&base, &token), 3);
+
+        let list = ok(&idbridge(&["tenant", "token", "list", "--data", p(&data)]));
+        let token_id =
+            list.lines().find(|l| l.contains("sync")).unwrap().split_whitespace().next().unwrap().to_string();
+        ok(&idbridge(&["tenant", "token", "revoke", "--data", p(&data), &token_id]));
+        assert_eq!(post_user(&base, &token, "c@lab.example.test"), 401, "revoked");
+        let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data), "--json"]));
+        let actions: Vec<String> =
+            json_lines(&audit).iter().map(|e| e["action"].as_str().unwrap().to_string()).collect();
+        for a in ["tenant-created", "token-create", "create", "domain-add", "token-revoke"] {
+            assert!(actions.iter().any(|x| x == a), "{a} missing from {actions:?}");
+        }
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let bad = idbridge(&["tenant", "token", "create", "--data", p(&tmp.join("nowhere")), "--scope", "admin"]);
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("there is no tenant"));
+    }
+}

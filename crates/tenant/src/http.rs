@@ -506,6 +506,16 @@ fn resolve_bulk_ids(value: &mut Value, ids: &std::collections::HashMap<String, S
                     Some(id) => *s = id.clone(),
                     None => return Err(key.to_string()),
                 }
+            } else if s.contains("/bulkId:") {
+                // A path such as /Users/bulkId:u1.
+                let mut parts = Vec::new();
+                for part in s.split('/') {
+                    match part.strip_prefix("bulkId:") {
+                        Some(key) => parts.push(ids.get(key).cloned().ok_or_else(|| key.to_string())?),
+                        None => parts.push(part.to_string()),
+                    }
+                }
+                *s = parts.join("/");
             }
             Ok(())
         }

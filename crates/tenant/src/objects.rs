@@ -379,15 +379,6 @@ fn save(
         check_user_name_domain(conn, &data)?;
     }
     let synced = immutable_id(&data).is_some();
-    if synced && existing.is_none() {
-        // A synchronised object is marked as such when it arrives.
-        let key = HYBRID_SCHEMA.to_string();
-        if let Some(o) = data.as_object_mut()
-            && let Some(h) = o.entry(key).or_insert_with(|| json!({})).as_object_mut()
-        {
-            h.entry("dirSyncEnabled").or_insert(json!(true));
-        }
-    }
     // Values quarantined earlier stay wanted while the client leaves the attribute as it was.
     if let Some(old) = existing {
         let mut stmt = conn.prepare_cached("SELECT attr, wanted FROM quarantine WHERE resource_id = ?1")?;
@@ -611,6 +602,18 @@ fn soft_match(conn: &Connection, kind: Kind, data: &Value) -> Result<Option<Stor
     Ok(None)
 }
 
+/// A synchronised object is marked as such when it arrives (or is matched).
+fn mark_synced(data: &mut Value) {
+    if immutable_id(data).is_none() {
+        return;
+    }
+    if let Some(o) = data.as_object_mut()
+        && let Some(h) = o.entry(HYBRID_SCHEMA.to_string()).or_insert_with(|| json!({})).as_object_mut()
+    {
+        h.entry("dirSyncEnabled").or_insert(json!(true));
+    }
+}
+
 /// POST: create, or join an existing object (hard then soft match).
 pub fn create(
     conn: &Connection,
@@ -620,6 +623,7 @@ pub fn create(
     body: &Value,
 ) -> Result<(Stored, Outcome)> {
     let mut data = validate(kind.rt(), body)?;
+    mark_synced(&mut data);
     if let Some(imm) = immutable_id(&data).map(str::to_string) {
         if let Some(existing) = find_by_immutable_id(conn, &imm)? {
             if existing.kind != kind {

@@ -1,0 +1,638 @@
+//! The tenant's SCIM API, started for real on a loopback port and driven over HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
+use tenant::tokens::{self, Scope};
+use testkit::TempDir;
+
+const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+const HYBRID: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";
+const PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+
+struct Tenant {
+    base: String,
+    admin: String,
+    sync: String,
+    read: String,
+    client: reqwest::Client,
+    dir: TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: header::HeaderMap,
+    body: Value,
+}
+
+impl Tenant {
+    async fn start() -> Tenant {
+        let dir = TempDir::new("tenant").unwrap();
+        Tenant::start_in(dir).await
+    }
+
+    async fn start_in(dir: TempDir) -> Tenant {
+        let (store, _) = tenant::open_or_create(dir.path(), "example.test").unwrap();
+        let (admin, sync, read) = {
+            let conn = store.lock();
+            let _ = tenant::domains::add(&conn, "corp.example.com", tenant::domains::AuthType::ManagedPhs, false);
+            (
+                tokens::create(&conn, Scope::Admin, None, None).unwrap().1,
+                tokens::create(&conn, Scope::Sync, None, None).unwrap().1,
+                tokens::create(&conn, Scope::ScimRead, None, None).unwrap().1,
+            )
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let options = ServeOptions {
+            listen: "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+            tls: None,
+            public_url: None,
+            max_body: DEFAULT_MAX_BODY,
+        };
+        tokio::spawn(async move {
+            serve(store, options, move |_, base| ready_tx.send(base.to_string()).unwrap(), async move {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let base = tokio::task::spawn_blocking(move || ready_rx.recv().unwrap()).await.unwrap();
+        Tenant { base, admin, sync, read, client: reqwest::Client::new(), dir, stop: Some(stop_tx) }
+    }
+
+    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.base) };
+        let mut req = self.client.request(method, url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header(header::CONTENT_TYPE, "application/scim+json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, headers, body }
+    }
+
+    async fn create_user(&self, body: Value) -> Value {
+        let r = self.call(Method::POST, "/Users", Some(&self.sync), Some(body)).await;
+        assert!(r.status == StatusCode::CREATED || r.status == StatusCode::OK, "{}: {}", r.status, r.body);
+        r.body
+    }
+
+    async fn user(&self, user_name: &str, extra: Value) -> Value {
+        let mut body = json!({"schemas": [USER], "userName": user_name});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        self.create_user(body).await
+    }
+
+    async fn stop(mut self) -> TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        self.dir
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn synced(immutable_id: &str) -> Value {
+    json!({HYBRID: {"immutableId": immutable_id}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_endpoints() {
+    let t = Tenant::start().await;
+    let spc = t.call(Method::GET, "/ServiceProviderConfig", Some(&t.read), None).await;
+    assert_eq!(spc.status, StatusCode::OK);
+    assert_eq!(spc.headers[header::CONTENT_TYPE], "application/scim+json");
+    assert_eq!(spc.body["patch"]["supported"], true);
+    assert_eq!(spc.body["bulk"]["maxOperations"], 1000);
+    let schemas = t.call(Method::GET, "/Schemas", Some(&t.read), None).await;
+    assert_eq!(schemas.body["totalResults"], 5);
+    let user = t.call(Method::GET, &format!("/Schemas/{USER}"), Some(&t.read), None).await;
+    assert_eq!(user.body["name"], "User");
+    let types = t.call(Method::GET, "/ResourceTypes", Some(&t.read), None).await;
+    assert_eq!(types.body["totalResults"], 3);
+    let contact = t.call(Method::GET, "/ResourceTypes/Contact", Some(&t.read), None).await;
+    assert_eq!(contact.body["endpoint"], "/Contacts");
+    assert_eq!(t.call(Method::GET, "/Schemas/urn:nope", Some(&t.read), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(t.call(Method::GET, "/Nope", Some(&t.read), None).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_lifecycle_with_etags() {
+    let t = Tenant::start().await;
+    let r = t
+        .call(Method::POST, "/Users", Some(&t.sync), Some(json!({"schemas": [USER], "userName": "bjensen@corp.example.com", "name": {"givenName": "Barbara"}, "externalId": "bj"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let uid = id(&r.body);
+    let location = r.headers[header::LOCATION].to_str().unwrap().to_string();
+    assert_eq!(location, format!("{}/Users/{uid}", t.base));
+    assert_eq!(r.body["meta"]["location"], location.as_str());
+    let etag = r.headers[header::ETAG].to_str().unwrap().to_string();
+    assert_eq!(etag, "W/\"1\"");
+    assert!(r.body["meta"]["created"].as_str().unwrap().ends_with('Z'));
+
+    let g = t.call(Method::GET, &format!("/Users/{uid}"), Some(&t.read), None).await;
+    assert_eq!(g.body["userName"], "bjensen@corp.example.com");
+    let not_modified =
+        t.call_with(Method::GET, &format!("/Users/{uid}"), Some(&t.read), None, &[("If-None-Match", &etag)]).await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+
+    let put_body = json!({"schemas": [USER], "userName": "bjensen@corp.example.com", "title": "Guide"});
+    let stale = t
+        .call_with(
+            Method::PUT,
+            &format!("/Users/{uid}"),
+            Some(&t.sync),
+            Some(put_body.clone()),
+            &[("If-Match", "W/\"7\"")],
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    let put =
+        t.call_with(Method::PUT, &format!("/Users/{uid}"), Some(&t.sync), Some(put_body), &[("If-Match", &etag)]).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.body);
+    assert_eq!(put.body["title"], "Guide");
+    assert!(put.body.get("name").is_none(), "PUT replaces");
+    assert_eq!(put.body["meta"]["version"], "W/\"2\"");
+
+    let patch = json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": "emails", "value": [{"value": "b@corp.example.com", "type": "work"}]}, {"op": "replace", "path": "active", "value": false}]});
+    let p = t.call(Method::PATCH, &format!("/Users/{uid}"), Some(&t.sync), Some(patch)).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert_eq!(p.body["emails"][0]["type"], "work");
+    assert_eq!(p.body["active"], false);
+
+    let d =
+        t.call_with(Method::DELETE, &format!("/Users/{uid}"), Some(&t.sync), None, &[("If-Match", "W/\"1\"")]).await;
+    assert_eq!(d.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        t.call(Method::DELETE, &format!("/Users/{uid}"), Some(&t.sync), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let gone = t.call(Method::GET, &format!("/Users/{uid}"), Some(&t.read), None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(gone.body["status"], "404");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_sorting_paging_projection() {
+    let t = Tenant::start().await;
+    for (i, (name, title, ext)) in
+        [("anna", "Engineer", "A1"), ("bob", "Manager", "B2"), ("carla", "Engineer", "C3"), ("dave", "Director", "d4")]
+            .iter()
+            .enumerate()
+    {
+        t.user(
+            &format!("{name}@corp.example.com"),
+            json!({"title": title, "externalId": ext, "active": i % 2 == 0, "emails": [{"value": format!("{name}@mail.example.com"), "type": if i == 0 { "home" } else { "work" }}]}),
+        )
+        .await;
+    }
+    let q = |f: &str| format!("/Users?filter={}", urlencode(f));
+    let count = |r: &Reply| r.body["totalResults"].as_u64().unwrap();
+    for (filter, expected) in [
+        (r#"userName eq "ANNA@corp.example.com""#, 1),
+        (r#"userName ne "anna@corp.example.com""#, 3),
+        (r#"userName co "ar""#, 1),
+        (r#"userName sw "b""#, 1),
+        (r#"userName ew "example.com""#, 4),
+        (r#"title gt "Engineer""#, 1),
+        (r#"title ge "Engineer""#, 3),
+        (r#"title lt "Engineer""#, 1),
+        (r#"title le "Engineer""#, 3),
+        (r#"title pr"#, 4),
+        (r#"nickName pr"#, 0),
+        (r#"externalId eq "a1""#, 0),
+        (r#"externalId eq "A1""#, 1),
+        (r#"active eq true"#, 2),
+        (r#"title eq "Engineer" and active eq true"#, 2),
+        (r#"title eq "Manager" or title eq "Director""#, 2),
+        (r#"not (title eq "Engineer")"#, 2),
+        (r#"(title eq "Engineer" or title eq "Manager") and not (userName sw "c")"#, 2),
+        (r#"emails[type eq "work" and value co "@mail"]"#, 3),
+        (r#"emails.type eq "home""#, 1),
+        (r#"meta.created gt "2000-01-01T00:00:00Z""#, 4),
+    ] {
+        let r = t.call(Method::GET, &q(filter), Some(&t.read), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{filter}: {}", r.body);
+        assert_eq!(count(&r), expected, "{filter}");
+    }
+    let bad = t.call(Method::GET, &q("userName eq"), Some(&t.read), None).await;
+    assert_eq!((bad.status, bad.body["scimType"].as_str()), (StatusCode::BAD_REQUEST, Some("invalidFilter")));
+    let bad = t.call(Method::GET, &q("shoeSize eq 1"), Some(&t.read), None).await;
+    assert_eq!(bad.body["scimType"], "invalidFilter");
+
+    let sorted = t
+        .call(Method::GET, "/Users?sortBy=userName&sortOrder=descending&startIndex=2&count=2", Some(&t.read), None)
+        .await;
+    let names: Vec<&str> =
+        sorted.body["Resources"].as_array().unwrap().iter().map(|u| u["userName"].as_str().unwrap()).collect();
+    assert_eq!(names, ["carla@corp.example.com", "bob@corp.example.com"]);
+    assert_eq!(
+        (
+            sorted.body["totalResults"].as_u64(),
+            sorted.body["startIndex"].as_u64(),
+            sorted.body["itemsPerPage"].as_u64()
+        ),
+        (Some(4), Some(2), Some(2))
+    );
+
+    let projected =
+        t.call(Method::GET, &format!("{}&attributes=userName", q(r#"userName sw "a""#)), Some(&t.read), None).await;
+    let u = &projected.body["Resources"][0];
+    assert!(u.get("title").is_none() && u.get("meta").is_none() && u["id"].is_string() && u["userName"].is_string());
+    let excluded = t
+        .call(Method::GET, &format!("{}&excludedAttributes=emails,title", q(r#"userName sw "a""#)), Some(&t.read), None)
+        .await;
+    let u = &excluded.body["Resources"][0];
+    assert!(u.get("emails").is_none() && u.get("title").is_none() && u["meta"].is_object());
+
+    let search = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "title eq \"Engineer\"", "attributes": ["userName"], "sortBy": "userName", "count": 1});
+    let s = t.call(Method::POST, "/Users/.search", Some(&t.read), Some(search.clone())).await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.body);
+    assert_eq!(
+        (s.body["totalResults"].as_u64(), s.body["Resources"][0]["userName"].as_str()),
+        (Some(2), Some("anna@corp.example.com"))
+    );
+    let root = t.call(Method::POST, "/.search", Some(&t.read), Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "displayName pr or userName pr"}))).await;
+    assert_eq!(root.body["totalResults"], 4, "{}", root.body);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_members() {
+    let t = Tenant::start().await;
+    let a = id(&t.user("a@corp.example.com", json!({})).await);
+    let b = id(&t.user("b@corp.example.com", json!({})).await);
+    let c = id(&t.user("c@corp.example.com", json!({})).await);
+    let g = t
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(&t.sync),
+            Some(json!({"schemas": [GROUP], "displayName": "Staff", "members": [{"value": a}, {"value": b}]})),
+        )
+        .await;
+    assert_eq!(g.status, StatusCode::CREATED, "{}", g.body);
+    let gid = id(&g.body);
+    assert_eq!(g.body["members"].as_array().unwrap().len(), 2);
+    assert_eq!(g.body["members"][0]["type"], "User");
+    let add = json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": "members", "value": [{"value": c}]}]});
+    let p = t.call(Method::PATCH, &format!("/Groups/{gid}?excludedAttributes=members"), Some(&t.sync), Some(add)).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.get("members").is_none());
+    let remove =
+        json!({"schemas": [PATCH], "Operations": [{"op": "remove", "path": format!("members[value eq \"{a}\"]")}]});
+    t.call(Method::PATCH, &format!("/Groups/{gid}"), Some(&t.sync), Some(remove)).await;
+    let now = t.call(Method::GET, &format!("/Groups/{gid}"), Some(&t.read), None).await;
+    let members: std::collections::HashSet<String> =
+        now.body["members"].as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap().to_string()).collect();
+    assert_eq!(members, [b.clone(), c.clone()].into_iter().collect());
+    assert_eq!(now.body["meta"]["version"], "W/\"3\"");
+    let user_b = t.call(Method::GET, &format!("/Users/{b}"), Some(&t.read), None).await;
+    assert_eq!(user_b.body["groups"][0]["value"], gid.as_str());
+    assert_eq!(user_b.body["groups"][0]["display"], "Staff");
+    let filtered = t
+        .call(
+            Method::GET,
+            &format!("/Groups?filter={}", urlencode(&format!("members[value eq \"{c}\"]"))),
+            Some(&t.read),
+            None,
+        )
+        .await;
+    assert_eq!(filtered.body["totalResults"], 1);
+    let missing = json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": "members", "value": [{"value": "no-such-id"}]}]});
+    let bad = t.call(Method::PATCH, &format!("/Groups/{gid}"), Some(&t.sync), Some(missing)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // Deleting a user removes its memberships.
+    t.call(Method::DELETE, &format!("/Users/{c}"), Some(&t.sync), None).await;
+    let after = t.call(Method::GET, &format!("/Groups/{gid}"), Some(&t.read), None).await;
+    assert_eq!(after.body["members"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_with_references_and_failures() {
+    let t = Tenant::start().await;
+    let body = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+        "Operations": [
+            // The group refers to a user created later in the same request.
+            {"method": "POST", "path": "/Groups", "bulkId": "g1", "data": {"schemas": [GROUP], "displayName": "Team", "members": [{"value": "bulkId:u1"}]}},
+            {"method": "POST", "path": "/Users", "bulkId": "u1", "data": {"schemas": [USER], "userName": "u1@corp.example.com"}},
+            {"method": "POST", "path": "/Users", "bulkId": "bad", "data": {"schemas": [USER], "userName": "u1@corp.example.com"}},
+            {"method": "PATCH", "path": "/Users/bulkId:u1", "data": {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "title", "value": "Lead"}]}}
+        ]
+    });
+    let r = t.call(Method::POST, "/Bulk", Some(&t.sync), Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let ops = r.body["Operations"].as_array().unwrap();
+    let status: Vec<&str> = ops.iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert_eq!(status, ["201", "201", "409", "200"], "{}", r.body);
+    assert_eq!(ops[2]["response"]["scimType"], "uniqueness");
+    let group = t.call(Method::GET, ops[0]["location"].as_str().unwrap(), Some(&t.read), None).await;
+    let user_location = ops[1]["location"].as_str().unwrap();
+    assert!(user_location.ends_with(group.body["members"][0]["value"].as_str().unwrap()));
+    assert_eq!(t.call(Method::GET, user_location, Some(&t.read), None).await.body["title"], "Lead");
+
+    let fail_fast = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "failOnErrors": 1, "Operations": [
+        {"method": "POST", "path": "/Users", "bulkId": "x", "data": {"schemas": [USER], "userName": "u1@corp.example.com"}},
+        {"method": "POST", "path": "/Users", "bulkId": "y", "data": {"schemas": [USER], "userName": "y@corp.example.com"}}
+    ]});
+    let r = t.call(Method::POST, "/Bulk", Some(&t.sync), Some(fail_fast)).await;
+    assert_eq!(r.body["Operations"].as_array().unwrap().len(), 1, "stops after the first error: {}", r.body);
+    let y = t
+        .call(
+            Method::GET,
+            &format!("/Users?filter={}", urlencode(r#"userName eq "y@corp.example.com""#)),
+            Some(&t.read),
+            None,
+        )
+        .await;
+    assert_eq!(y.body["totalResults"], 0);
+
+    let too_many: Vec<Value> = (0..1001).map(|i| json!({"method": "DELETE", "path": format!("/Users/{i}")})).collect();
+    let r = t
+        .call(
+            Method::POST,
+            "/Bulk",
+            Some(&t.sync),
+            Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": too_many})),
+        )
+        .await;
+    assert_eq!((r.status, r.body["scimType"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("tooMany")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uniqueness_quarantine_and_release() {
+    let t = Tenant::start().await;
+    let cloud = id(&t.user("x@corp.example.com", json!({})).await);
+    // A cloud-only object with a taken value fails.
+    let dup = t
+        .call(Method::POST, "/Users", Some(&t.sync), Some(json!({"schemas": [USER], "userName": "X@corp.example.com"})))
+        .await;
+    assert_eq!((dup.status, dup.body["scimType"].as_str()), (StatusCode::CONFLICT, Some("uniqueness")));
+    // A synchronised object is created with the value quarantined.
+    t.call(Method::POST, "/Users", Some(&t.admin), None).await;
+    let mut s = json!({"schemas": [USER], "userName": "x@corp.example.com"});
+    s.as_object_mut().unwrap().extend(synced("QUJDRA==").as_object().unwrap().clone());
+    let r = t.call(Method::POST, "/Users", Some(&t.sync), Some(s)).await;
+    // The cloud object x@ is no admin: soft match would join them; block it to see quarantine.
+    assert_eq!(r.status, StatusCode::OK, "soft match: {}", r.body);
+    assert_eq!(id(&r.body), cloud);
+    // Now a second synchronised object wants the same userName.
+    let mut s2 = json!({"schemas": [USER], "userName": "x@corp.example.com", "displayName": "Second"});
+    s2.as_object_mut().unwrap().extend(synced("RUZHSA==").as_object().unwrap().clone());
+    let r = t.call(Method::POST, "/Users", Some(&t.sync), Some(s2)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let second = id(&r.body);
+    let placeholder = r.body["userName"].as_str().unwrap();
+    assert!(placeholder.starts_with("x+") && placeholder.ends_with("@example.test"), "{placeholder}");
+    let errors = &r.body[HYBRID]["provisioningErrors"];
+    assert_eq!(errors[0]["attribute"], "userName");
+    assert_eq!(errors[0]["value"], "x@corp.example.com");
+    // An SMTP proxy address also counts across objects: a group may not take the user's.
+    t.call(Method::PATCH, &format!("/Users/{cloud}"), Some(&t.sync), Some(json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": format!("{HYBRID}:proxyAddresses"), "value": ["SMTP:team@corp.example.com"]}]}))).await;
+    let g = t.call(Method::POST, "/Groups", Some(&t.sync), Some(json!({"schemas": [GROUP, HYBRID], "displayName": "Team", HYBRID: {"proxyAddresses": ["smtp:TEAM@corp.example.com"]}}))).await;
+    assert_eq!(g.status, StatusCode::CONFLICT, "{}", g.body);
+    // The holder goes away: the quarantined value is applied by itself.
+    assert_eq!(
+        t.call(Method::DELETE, &format!("/Users/{cloud}"), Some(&t.sync), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let released = t.call(Method::GET, &format!("/Users/{second}"), Some(&t.read), None).await;
+    assert_eq!(released.body["userName"], "x@corp.example.com", "{}", released.body);
+    assert!(released.body[HYBRID].get("provisioningErrors").is_none(), "{}", released.body);
+    // userName must be in a verified domain.
+    let r = t
+        .call(Method::POST, "/Users", Some(&t.sync), Some(json!({"schemas": [USER], "userName": "z@unverified.org"})))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body["detail"].as_str().unwrap().contains("verified domain"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_and_soft_match() {
+    let t = Tenant::start().await;
+    let cloud = id(&t.user("d@corp.example.com", json!({"title": "cloud"})).await);
+    let admin = id(&t.user("boss@corp.example.com", json!({"roles": [{"value": "admin"}]})).await);
+    let mut incoming = json!({"schemas": [USER], "userName": "d@corp.example.com", "title": "synced"});
+    incoming.as_object_mut().unwrap().extend(synced("SU1NVVQ=").as_object().unwrap().clone());
+    let soft = t.call(Method::POST, "/Users", Some(&t.sync), Some(incoming.clone())).await;
+    assert_eq!((soft.status, id(&soft.body)), (StatusCode::OK, cloud.clone()), "soft match on userName");
+    assert_eq!(soft.body[HYBRID]["immutableId"], "SU1NVVQ=");
+    assert_eq!(soft.body[HYBRID]["dirSyncEnabled"], true);
+    incoming["title"] = json!("again");
+    let hard = t.call(Method::POST, "/Users", Some(&t.sync), Some(incoming)).await;
+    assert_eq!(
+        (hard.status, id(&hard.body), hard.body["title"].as_str()),
+        (StatusCode::OK, cloud.clone(), Some("again")),
+        "hard match"
+    );
+    // An administrator is never matched: the incoming object is created, its userName quarantined.
+    let mut to_admin = json!({"schemas": [USER], "userName": "boss@corp.example.com"});
+    to_admin.as_object_mut().unwrap().extend(synced("QURNSU4=").as_object().unwrap().clone());
+    let r = t.call(Method::POST, "/Users", Some(&t.sync), Some(to_admin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_ne!(id(&r.body), admin);
+    // The immutableId never changes.
+    let change = json!({"schemas": [PATCH], "Operations": [{"op": "replace", "path": format!("{HYBRID}:immutableId"), "value": "T1RIRVI="}]});
+    let r = t.call(Method::PATCH, &format!("/Users/{cloud}"), Some(&t.sync), Some(change)).await;
+    assert_eq!((r.status, r.body["scimType"].as_str()), (StatusCode::BAD_REQUEST, Some("mutability")));
+    // With soft match blocked, a cloud object with the same userName is not taken over.
+    {
+        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let conn = store.lock();
+        let mut s = tenant::Settings::load(&conn).unwrap();
+        s.block_soft_match = true;
+        s.save(&conn).unwrap();
+    }
+    let other = id(&t.user("e@corp.example.com", json!({})).await);
+    let mut e = json!({"schemas": [USER], "userName": "e@corp.example.com"});
+    e.as_object_mut().unwrap().extend(synced("RUVFRQ==").as_object().unwrap().clone());
+    let r = t.call(Method::POST, "/Users", Some(&t.sync), Some(e)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_ne!(id(&r.body), other);
+    assert!(r.body[HYBRID]["provisioningErrors"].is_array());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_and_authorisation() {
+    let t = Tenant::start().await;
+    let no_token = t.call(Method::GET, "/Users", None, None).await;
+    assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
+    assert!(no_token.headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+    assert_eq!(t.call(Method::GET, "/Users", Some("idb_wrong"), None).await.status, StatusCode::UNAUTHORIZED);
+    let read_write = t
+        .call(Method::POST, "/Users", Some(&t.read), Some(json!({"schemas": [USER], "userName": "r@corp.example.com"})))
+        .await;
+    assert_eq!(read_write.status, StatusCode::FORBIDDEN);
+    assert_eq!(t.call(Method::GET, "/Users", Some(&t.read), None).await.status, StatusCode::OK);
+
+    let raw = |body: &'static str, ct: &'static str| {
+        t.client
+            .post(format!("{}/Users", t.base))
+            .bearer_auth(&t.sync)
+            .header(header::CONTENT_TYPE, ct)
+            .body(body)
+            .send()
+    };
+    let r = raw("{not json", "application/scim+json").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["scimType"], "invalidSyntax");
+    let r = raw("{}", "text/plain").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = "x".repeat(DEFAULT_MAX_BODY + 1);
+    let r = t
+        .client
+        .post(format!("{}/Users", t.base))
+        .bearer_auth(&t.sync)
+        .header(header::CONTENT_TYPE, "application/scim+json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let unknown = t
+        .call(
+            Method::POST,
+            "/Users",
+            Some(&t.sync),
+            Some(json!({"schemas": [USER], "userName": "u@corp.example.com", "shoeSize": 44})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(unknown.body["detail"].as_str().unwrap().contains("shoeSize"));
+    let bad_patch = t.call(Method::PATCH, "/Users/whatever", Some(&t.sync), Some(json!({"Operations": []}))).await;
+    assert_eq!(bad_patch.status, StatusCode::BAD_REQUEST);
+
+    // Every write is audited with the token that made it.
+    t.user("audited@corp.example.com", json!({})).await;
+    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let entries = tenant::audit::recent(&store.lock(), 100).unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "create" && e.resource_type.as_deref() == Some("User") && !e.actor.is_empty())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_everything() {
+    let t = Tenant::start().await;
+    let u = id(&t.user("keep@corp.example.com", json!({"title": "kept"})).await);
+    let dir = t.stop().await;
+    let t2 = Tenant::start_in(dir).await;
+    let r = t2.call(Method::GET, &format!("/Users/{u}"), Some(&t2.read), None).await;
+    assert_eq!(r.body["title"], "kept");
+}
+
+/// The third-party conformance checker scim2-tester (PyPI), run against this
+/// server. Every check must pass except the ones listed here, each with the
+/// RFC text that makes our answer the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scim2_tester_conformance() {
+    const ACCEPTED: &[(&str, &str, &str)] = &[
+        (
+            "check_add_attribute",
+            "hybrid:2.0:Object:immutableId",
+            "RFC 7643 §2.2: an immutable attribute SHALL NOT be updated; the checker adds a second immutableId after setting one",
+        ),
+        (
+            "check_add_attribute",
+            "hybrid:2.0:Object:proxyAddresses",
+            "RFC 7644 §3.5.2.1: add to a multi-valued attribute adds to the values present; the checker expects only the new value",
+        ),
+        (
+            "check_remove_attribute",
+            "hybrid:2.0:Object'",
+            "RFC 7643 §2.2: removing the whole extension would clear the immutable immutableId",
+        ),
+    ];
+    let scim = std::env::var("IDBRIDGE_SCIM_CLI")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/scim-venv/bin/scim"));
+    assert!(
+        scim.exists(),
+        "scim2-cli is not installed at {}: run scripts/test (it installs scim2-cli and scim2-tester)",
+        scim.display()
+    );
+    let t = Tenant::start().await;
+    {
+        // scim2-tester makes random UUIDs its userNames; the verified-domain
+        // policy (DESIGN §4; tested in uniqueness_quarantine_and_release) is off for this run.
+        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let conn = store.lock();
+        let mut s = tenant::Settings::load(&conn).unwrap();
+        s.require_verified_domain = false;
+        s.save(&conn).unwrap();
+    }
+    let args = vec![
+        "--url".to_string(),
+        t.base.clone(),
+        "-h".to_string(),
+        format!("Authorization: Bearer {}", t.admin),
+        "test".to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(&scim).args(args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    let successes = lines.iter().filter(|l| l.starts_with("SUCCESS")).count();
+    let mut unexpected = Vec::new();
+    let mut accepted = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("ERROR") || line.starts_with("CRITICAL") {
+            let reason = lines.get(i + 1).copied().unwrap_or("");
+            if ACCEPTED.iter().any(|(check, needle, _)| line.contains(check) && reason.contains(needle)) {
+                accepted += 1;
+            } else {
+                unexpected.push(format!("{line} — {}", reason.trim()));
+            }
+        }
+    }
+    assert!(unexpected.is_empty(), "scim2-tester failures:\n{}", unexpected.join("\n"));
+    assert!(successes >= 200, "only {successes} checks passed:\n{text}");
+    eprintln!("scim2-tester: {successes} checks passed, {accepted} accepted exceptions");
+}
