@@ -636,3 +636,63 @@ async fn scim2_tester_conformance() {
     assert!(successes >= 200, "only {successes} checks passed:\n{text}");
     eprintln!("scim2-tester: {successes} checks passed, {accepted} accepted exceptions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = TempDir::new("tenant-tls").unwrap();
+    let ca = testkit::TestCa::generate().unwrap();
+    let (store, _) = tenant::open_or_create(dir.path(), "example.test").unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: Some((ca.server_cert.clone(), ca.server_key.clone())),
+        public_url: None,
+        max_body: DEFAULT_MAX_BODY,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(
+            store,
+            options,
+            move |addr, base| {
+                assert!(base.starts_with("https://"));
+                ready_tx.send(addr).unwrap();
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .unwrap();
+    });
+    let addr = tokio::task::spawn_blocking(move || ready_rx.recv().unwrap()).await.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_file_iter(&ca.ca_cert).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    tls.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let _ = stop_tx.send(());
+
+    // Plain HTTP anywhere but loopback is refused.
+    let (store, _) = tenant::open_or_create(TempDir::new("tenant-open").unwrap().path(), "example.test").unwrap();
+    let open =
+        ServeOptions { listen: "0.0.0.0:0".parse().unwrap(), tls: None, public_url: None, max_body: DEFAULT_MAX_BODY };
+    let err = serve(store, open, |_, _| {}, async {}).await.unwrap_err();
+    assert!(err.to_string().contains("refusing plain HTTP"), "{err}");
+}
