@@ -185,6 +185,40 @@ fn include_and_exclude_ous() {
 }
 
 #[test]
+fn referrals_are_skipped_not_followed() {
+    let slapd = Slapd::start(SlapdOptions::default()).unwrap();
+    seed(&slapd, 2);
+    // A referral object makes slapd answer subtree searches with a continuation reference.
+    slapd
+        .modify_manage_dsa_it(
+            "dn: ou=remote,dc=example,dc=org\nobjectClass: referral\nobjectClass: extensibleObject\nou: remote\nref: ldap://127.0.0.1:1/ou=remote,dc=example,dc=org\n\n",
+        )
+        .unwrap();
+    // Precondition: the server really sends a continuation reference for this search.
+    let raw = std::process::Command::new("ldapsearch")
+        .args([
+            "-x",
+            "-H",
+            &slapd.url,
+            "-D",
+            slapd.admin_dn(),
+            "-w",
+            slapd.admin_password(),
+            "-b",
+            slapd.base_dn(),
+            "(objectClass=person)",
+            "dn",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&raw.stdout).contains("ldap://127.0.0.1:1/ou=remote"), "no reference sent");
+    let rt = runtime();
+    let mut source = LdapSource::new(admin_settings(&slapd)).unwrap();
+    let (changes, _) = rt.block_on(import(&mut source, None)).unwrap();
+    assert_eq!(upserts(&changes).len(), 4, "the referral is neither followed nor fatal");
+}
+
+#[test]
 fn bad_credentials_name_the_bind_dn_and_server() {
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();
     let rt = runtime();

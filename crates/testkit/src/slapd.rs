@@ -138,6 +138,16 @@ impl Slapd {
         ldapmodify(&self.url, ADMIN_DN, ADMIN_PASSWORD, None, ldif)
     }
 
+    /// Like [`Slapd::modify`] with the ManageDsaIT control, so referral
+    /// objects are written as entries instead of being followed.
+    pub fn modify_manage_dsa_it(&self, ldif: &str) -> Result<(), TestkitError> {
+        run(
+            Command::new("ldapmodify").args(["-x", "-a", "-M", "-H", &self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]),
+            Some(ldif.as_bytes()),
+        )
+        .map(|_| ())
+    }
+
     /// Stops the server (keeping its data) and starts it again.
     pub fn restart(&mut self) -> Result<(), TestkitError> {
         if let Some(mut c) = self.child.take() {
