@@ -14,6 +14,81 @@ use serde::Deserialize;
 pub struct Config {
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    /// Where synchronised objects go.
+    pub tenant: Option<TenantConfig>,
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+/// The export target: the tenant's SCIM API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The SCIM root, e.g. `https://tenant.example.com/scim/v2`.
+    pub url: String,
+    /// File holding a bearer token with the `sync` scope (preferred).
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the token.
+    pub token_env: Option<String>,
+    /// PEM CA to trust for HTTPS (system roots otherwise).
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_tenant_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_tenant_timeout() -> u64 {
+    60
+}
+
+/// How the engine runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// The sync store (SQLite file).
+    #[serde(default = "default_state")]
+    pub state: PathBuf,
+    /// Seconds between delta cycles in daemon mode.
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// More deletions than this in one export stop it before anything is sent.
+    #[serde(default = "default_threshold")]
+    pub deletion_threshold: usize,
+    /// Import and sync, but export nothing (a standby server).
+    #[serde(default)]
+    pub staging: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            state: default_state(),
+            interval_secs: default_interval(),
+            deletion_threshold: default_threshold(),
+            staging: false,
+        }
+    }
+}
+
+fn default_state() -> PathBuf {
+    PathBuf::from("idbridge-sync.db")
+}
+fn default_interval() -> u64 {
+    5
+}
+fn default_threshold() -> usize {
+    500
+}
+
+impl TenantConfig {
+    pub fn token(&self) -> Result<String> {
+        let secret = resolve_password("tenant", self.token_file.as_deref(), self.token_env.as_deref())?;
+        match secret {
+            Some(s) => Ok(s.expose().trim().to_string()),
+            None => bail!(
+                "[tenant]: give token_file or token_env (a token made with `idbridge tenant token create --scope sync`)"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@ mod config;
 mod dump;
 mod progress;
 mod sample;
+mod sync_cmd;
 mod tenant_cmd;
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ enum Command {
     Source {
         #[command(subcommand)]
         command: SourceCommand,
+    },
+    /// The sync engine: on-premises directory → tenant.
+    Sync {
+        #[command(subcommand)]
+        command: sync_cmd::SyncCommand,
     },
     /// The cloud side: run and administer the tenant.
     Tenant {
@@ -179,6 +185,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Tenant { command } => tenant_cmd::run(command).await,
+        Command::Sync { command } => sync_cmd::run(command).await,
         Command::Sample {
             command:
                 SampleCommand::Generate { users, groups, contacts, flavor, defects, seed, base_dn, domain, no_ous, out },

@@ -185,7 +185,7 @@ mod tenant_cli {
     use std::io::{BufRead, BufReader};
     use std::process::{Child, Stdio};
 
-    fn serve(data: &Path) -> (Child, String) {
+    pub(super) fn serve(data: &Path) -> (Child, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
             .args([
                 "tenant",
@@ -296,5 +296,193 @@ mod tenant_cli {
         server.wait().unwrap();
         let bad = idbridge(&["tenant", "token", "create", "--data", p(&tmp.join("nowhere")), "--scope", "admin"]);
         assert!(String::from_utf8_lossy(&bad.stderr).contains("there is no tenant"));
+    }
+}
+
+mod sync_e2e {
+    use super::*;
+    use std::process::Child;
+
+    struct Lab {
+        tmp: TempDir,
+        slapd: Slapd,
+        tenant: Child,
+        base: String,
+        token: String,
+        config: std::path::PathBuf,
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            let _ = self.tenant.kill();
+            let _ = self.tenant.wait();
+        }
+    }
+
+    fn lab(users: u64, groups: u64, sync_section: &str) -> Lab {
+        let tmp = TempDir::new("sync-e2e").unwrap();
+        let ldif = tmp.join("sample.ldif");
+        ok(&idbridge(&[
+            "sample",
+            "generate",
+            "--users",
+            &users.to_string(),
+            "--groups",
+            &groups.to_string(),
+            "--flavor",
+            "openldap",
+            "--no-ous",
+            "--seed",
+            "5",
+            "--out",
+            p(&ldif),
+        ]));
+        let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap();
+        let data = tmp.join("tenant");
+        let (tenant, base) = super::tenant_cli::serve(&data);
+        ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "example.org"]));
+        let token =
+            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
+        std::fs::write(tmp.join("token"), &token).unwrap();
+        let pw = slapd.password_file().unwrap();
+        let config = tmp.join("idbridge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[source]]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"state.db\"\n{sync_section}\n",
+                slapd.url,
+                slapd.admin_dn(),
+                p(&pw),
+                p(&tmp.join("token"))
+            ),
+        )
+        .unwrap();
+        Lab { tmp, slapd, tenant, base, token, config }
+    }
+
+    fn get(lab: &Lab, path: &str) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{}{path}", lab.base))
+                .bearer_auth(&lab.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+    }
+
+    fn find_user(lab: &Lab, user_name: &str) -> serde_json::Value {
+        let v = get(lab, &format!("/Users?filter=userName%20eq%20%22{user_name}%22"));
+        v["Resources"][0].clone()
+    }
+
+    fn sync_once(lab: &Lab, extra: &[&str]) -> Output {
+        let mut args = vec!["sync", "run", "--once", "--config", p(&lab.config)];
+        args.extend(extra);
+        idbridge(&args)
+    }
+
+    #[test]
+    fn slapd_to_tenant_full_then_delta() {
+        let lab = lab(60, 6, "");
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{report}");
+        let users = get(&lab, "/Users?count=1");
+        assert_eq!(users["totalResults"], 60, "{report}");
+        let groups = get(&lab, "/Groups?count=1");
+        assert_eq!(groups["totalResults"], 6);
+
+        // A user with a manager: the reference points at the manager's tenant object.
+        let all = get(
+            &lab,
+            "/Users?count=100&filter=urn%3Aietf%3Aparams%3Ascim%3Aschemas%3Aextension%3Aenterprise%3A2.0%3AUser%3Amanager%20pr",
+        );
+        assert!(all["totalResults"].as_u64().unwrap() >= 58, "managers resolved in one cycle: {}", all["totalResults"]);
+        let someone = &all["Resources"][0];
+        let manager_id =
+            someone["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"].as_str().unwrap();
+        assert_eq!(get(&lab, &format!("/Users/{manager_id}"))["id"], manager_id);
+        assert_eq!(someone["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["dirSyncEnabled"], true);
+        assert_eq!(
+            someone["externalId"],
+            someone["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["immutableId"]
+        );
+
+        // Delta: modify, add, delete, and a membership change on-premises.
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let entries = json_lines(&dump);
+        let people: Vec<&serde_json::Value> = entries.iter().filter(|e| e["kind"] == "user").collect();
+        let (a, b) = (people[10]["dn"].as_str().unwrap(), people[11]["dn"].as_str().unwrap());
+        let a_mail = people[10]["attributes"]["mail"][0].as_str().unwrap();
+        let group = entries.iter().find(|e| e["kind"] == "group").unwrap()["dn"].as_str().unwrap();
+        lab.slapd
+            .modify(&format!(
+                "dn: {a}\nchangetype: modify\nreplace: title\ntitle: Chief Cartographer\n-\n\n\
+                 dn: {b}\nchangetype: delete\n\n\
+                 dn: uid=newbie,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: newbie\ncn: New Bie\nsn: Bie\nmail: newbie@example.org\n\n\
+                 dn: {group}\nchangetype: modify\nadd: member\nmember: uid=newbie,ou=people,dc=example,dc=org\n-\n\n"
+            ))
+            .unwrap();
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("Delta import"), "{report}");
+        assert_eq!(find_user(&lab, a_mail)["title"], "Chief Cartographer", "{report}");
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 60, "one deleted, one added: {report}");
+        let newbie = find_user(&lab, "newbie@example.org");
+        assert_eq!(newbie["groups"].as_array().map(Vec::len), Some(1), "membership reached the tenant: {newbie}");
+
+        // A quiet cycle exports nothing.
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(report.contains("exported 0 created, 0 updated, 0 deleted"), "{report}");
+
+        let status = ok(&idbridge(&["sync", "status", "--config", p(&lab.config)]));
+        assert!(status.contains("in the tenant: 66 objects") && status.contains("pending export: 0"), "{status}");
+        let history = ok(&idbridge(&["sync", "history", "--config", p(&lab.config)]));
+        assert_eq!(history.lines().count(), 3);
+        let _ = &lab.tmp;
+    }
+
+    #[test]
+    fn deletion_threshold_and_staging() {
+        let lab = lab(20, 2, "deletion_threshold = 2");
+        assert!(sync_once(&lab, &[]).status.success());
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let victims: Vec<String> = json_lines(&dump)
+            .iter()
+            .filter(|e| e["kind"] == "user")
+            .take(3)
+            .map(|e| e["dn"].as_str().unwrap().to_string())
+            .collect();
+        let ldif: String = victims.iter().map(|dn| format!("dn: {dn}\nchangetype: delete\n\n")).collect();
+        lab.slapd.modify(&ldif).unwrap();
+        let out = sync_once(&lab, &[]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success()
+                && err.contains("stopped-deletion-threshold-exceeded")
+                && err.contains("--allow-deletes 3"),
+            "{err}"
+        );
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 20, "nothing deleted");
+        let out = sync_once(&lab, &["--allow-deletes", "3"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 17);
+
+        // Staging: import and sync, export nothing.
+        let staged = std::fs::read_to_string(&lab.config)
+            .unwrap()
+            .replace("deletion_threshold = 2", "deletion_threshold = 2\nstaging = true");
+        std::fs::write(&lab.config, staged).unwrap();
+        lab.slapd.modify("dn: uid=staged,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: staged\ncn: Staged\nsn: S\nmail: staged@example.org\n\n").unwrap();
+        let out = sync_once(&lab, &[]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && err.starts_with("staging"), "{err}");
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 17);
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! Pure: the engine's IO happens only through the traits defined here.
 
+pub mod engine;
+pub mod mapping;
 pub mod source;
 
 pub use source::{

@@ -1,0 +1,174 @@
+//! `idbridge sync …`: run the engine and see what it did.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use connector_ldap::{LdapSource, ServerKind};
+use connector_scim::ScimTarget;
+use store::SqliteStore;
+use sync::engine::{CycleOptions, CycleStatus, run_cycle};
+use sync::mapping::Flavor;
+
+use crate::config::Config;
+
+/// Version of the built-in mapping; part of the configuration hash, so a new
+/// mapping triggers a full sync by itself.
+const MAPPING_VERSION: &str = "default-mapping-1";
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Run sync cycles: a daemon by default, one cycle with --once.
+    Run {
+        #[arg(long, default_value = "idbridge.toml")]
+        config: PathBuf,
+        /// One cycle, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Full import and full sync.
+        #[arg(long)]
+        full: bool,
+        /// Let this many deletions through once, above the deletion threshold.
+        #[arg(long)]
+        allow_deletes: Option<usize>,
+    },
+    /// The last cycles and what is pending.
+    Status {
+        #[arg(long, default_value = "idbridge.toml")]
+        config: PathBuf,
+    },
+    /// Objects that failed to export (retried every cycle).
+    Errors {
+        #[arg(long, default_value = "idbridge.toml")]
+        config: PathBuf,
+    },
+    /// Past cycles.
+    History {
+        #[arg(long, default_value = "idbridge.toml")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn open_store(config: &Config, config_path: &Path) -> Result<SqliteStore> {
+    let path = if config.sync.state.is_absolute() {
+        config.sync.state.clone()
+    } else {
+        config_path.parent().unwrap_or(Path::new(".")).join(&config.sync.state)
+    };
+    SqliteStore::open(&path).with_context(|| format!("opening the sync store {}", path.display()))
+}
+
+pub async fn run(command: SyncCommand) -> Result<()> {
+    match command {
+        SyncCommand::Run { config: path, once, full, allow_deletes } => {
+            let config = Config::load(&path)?;
+            if config.sources.len() != 1 {
+                bail!(
+                    "{}: sync runs with exactly one [[source]] for now (joining several sources is not built yet)",
+                    path.display()
+                );
+            }
+            let src = config.source(None)?;
+            let settings = src.to_settings()?;
+            let tenant = config.tenant.as_ref().with_context(|| {
+                format!("{}: a [tenant] section (url, token_file) is needed to sync", path.display())
+            })?;
+            let mut target = ScimTarget::new(
+                &tenant.url,
+                tenant.token()?,
+                tenant.ca_file.as_deref(),
+                Duration::from_secs(tenant.timeout_secs),
+            )?;
+            let mut store = open_store(&config, &path)?;
+            let config_hash = format!("{MAPPING_VERSION}|{:?}", settings);
+            let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
+            let mut first = true;
+            loop {
+                let (_, profile) =
+                    source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
+                let flavor =
+                    if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
+                let options = CycleOptions {
+                    full: full && first,
+                    staging: config.sync.staging,
+                    deletion_threshold: config.sync.deletion_threshold,
+                    allow_deletes: if first { allow_deletes } else { None },
+                    config_hash: config_hash.clone(),
+                };
+                let started = std::time::Instant::now();
+                let report = run_cycle(&src.name, flavor, &mut source, &mut store, &mut target, &options)
+                    .await
+                    .context("sync cycle failed")?;
+                store.record_run(&src.name, &report)?;
+                eprintln!(
+                    "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted; {} errors ({:.1} s)",
+                    report.status.as_str(),
+                    report.import_mode,
+                    report.imported,
+                    report.deleted_on_premises,
+                    report.synced,
+                    report.out_of_scope,
+                    report.created,
+                    report.updated,
+                    report.deleted,
+                    report.errors.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                for (object, message) in &report.errors {
+                    eprintln!("  error: {object}: {message}");
+                }
+                if let CycleStatus::StoppedDeletionThresholdExceeded { pending, threshold } = report.status {
+                    eprintln!(
+                        "stopped: {pending} deletions pending, more than the threshold of {threshold}; nothing was exported. If they are right, run `idbridge sync run --once --allow-deletes {pending}`"
+                    );
+                    if once {
+                        bail!("deletion threshold exceeded");
+                    }
+                }
+                first = false;
+                if once {
+                    return Ok(());
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(config.sync.interval_secs)) => {}
+                    _ = tokio::signal::ctrl_c() => { eprintln!("stopping"); return Ok(()); }
+                }
+            }
+        }
+        SyncCommand::Status { config: path } => {
+            let config = Config::load(&path)?;
+            let store = open_store(&config, &path)?;
+            let (cs, mv, exported, pending) = store.counts()?;
+            println!(
+                "connector space: {cs} objects\nmetaverse: {mv} objects\nin the tenant: {exported} objects\npending export: {pending}"
+            );
+            println!("staging: {}", if config.sync.staging { "on (nothing is exported)" } else { "off" });
+            match store.runs(1)?.first() {
+                Some(r) => println!("last cycle: #{} {} ({}), {}", r.id, r.status, r.source, r.report),
+                None => println!("last cycle: none yet"),
+            }
+            let errors = store.errors()?;
+            println!("objects with errors: {}", errors.len());
+            Ok(())
+        }
+        SyncCommand::Errors { config: path } => {
+            let config = Config::load(&path)?;
+            let store = open_store(&config, &path)?;
+            for e in store.errors()? {
+                println!("{}\t{}\t{} attempt(s)\t{}", e.object, e.stage, e.attempts, e.message);
+            }
+            Ok(())
+        }
+        SyncCommand::History { config: path, limit } => {
+            let config = Config::load(&path)?;
+            let store = open_store(&config, &path)?;
+            for r in store.runs(limit)? {
+                println!("#{}\t{}\t{}\t{}\t{}", r.id, r.finished, r.source, r.status, r.report);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The sync engine's state in SQLite (WAL): connector spaces, the metaverse,
+//! what was exported to the tenant, watermarks, run history and errors.
+//! Implements [`sync::engine::SyncStore`].
+
+mod codec;
+
+use std::path::Path;
+
+use directory::{Anchor, Dn, ObjectKind};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value as Json, json};
+use sync::engine::{CycleReport, MvRecord, StoreError, SyncStore};
+use sync::mapping::Projection;
+use sync::{SourceId, SourceObject, Watermark};
+
+const SCHEMA_V1: &str = "
+CREATE TABLE sources (name TEXT PRIMARY KEY, watermark TEXT, config_hash TEXT);
+CREATE TABLE cs (
+    source TEXT NOT NULL,
+    id BLOB NOT NULL,
+    dn TEXT NOT NULL,
+    dn_norm TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    anchor BLOB NOT NULL,
+    entry TEXT NOT NULL,
+    pending INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, id)
+);
+CREATE INDEX cs_dn ON cs(source, dn_norm);
+CREATE INDEX cs_pending ON cs(source) WHERE pending = 1;
+-- DN-valued references (manager, member) of each object, to find who points where.
+CREATE TABLE cs_refs (source TEXT NOT NULL, id BLOB NOT NULL, ref_dn_norm TEXT NOT NULL);
+CREATE INDEX cs_refs_target ON cs_refs(source, ref_dn_norm);
+CREATE INDEX cs_refs_owner ON cs_refs(source, id);
+CREATE TABLE mv (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    anchor TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    manager TEXT,
+    members TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    dirty INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    cs_id BLOB NOT NULL,
+    dn_norm TEXT NOT NULL
+);
+CREATE UNIQUE INDEX mv_link ON mv(source, cs_id);
+CREATE INDEX mv_dn ON mv(source, dn_norm);
+CREATE INDEX mv_dirty ON mv(dirty) WHERE dirty = 1;
+CREATE TABLE exported (mv_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, resource TEXT NOT NULL);
+CREATE TABLE errors (mv_id TEXT PRIMARY KEY, stage TEXT NOT NULL, message TEXT NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, attempts INTEGER NOT NULL);
+CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, finished TEXT NOT NULL, status TEXT NOT NULL, report TEXT NOT NULL);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn kind_str(k: ObjectKind) -> &'static str {
+    k.as_str()
+}
+
+fn kind_from(s: &str) -> ObjectKind {
+    match s {
+        "user" => ObjectKind::User,
+        "group" => ObjectKind::Group,
+        "contact" => ObjectKind::Contact,
+        "organizationalUnit" => ObjectKind::OrganizationalUnit,
+        _ => ObjectKind::Other,
+    }
+}
+
+fn now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("{secs}")
+}
+
+/// The sync store in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    in_transaction: bool,
+}
+
+/// One stored error (per-object error queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorRow {
+    pub object: String,
+    pub stage: String,
+    pub message: String,
+    pub attempts: i64,
+}
+
+/// One finished cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: i64,
+    pub source: String,
+    pub finished: String,
+    pub status: String,
+    pub report: Json,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        Self::with(conn)
+    }
+
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        Self::with(Connection::open_in_memory().map_err(err)?)
+    }
+
+    fn with(conn: Connection) -> Result<SqliteStore, StoreError> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        let version = usize::try_from(version).map_err(err)?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError(format!(
+                "the sync store has schema version {version}, newer than this idbridge; upgrade idbridge"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).map_err(err)?;
+        }
+        Ok(SqliteStore { conn, in_transaction: false })
+    }
+
+    pub fn record_run(&mut self, source: &str, report: &CycleReport) -> Result<(), StoreError> {
+        let body = json!({
+            "importMode": format!("{:?}", report.import_mode),
+            "imported": report.imported, "deletedOnPremises": report.deleted_on_premises, "synced": report.synced,
+            "outOfScope": report.out_of_scope, "created": report.created, "updated": report.updated,
+            "deleted": report.deleted, "unchanged": report.unchanged, "errors": report.errors.len(),
+        });
+        self.conn
+            .execute(
+                "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, ?3, ?4)",
+                params![source, now(), report.status.as_str(), body.to_string()],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, source, finished, status, report FROM runs ORDER BY id DESC LIMIT ?1")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                let report: String = r.get(4)?;
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    finished: r.get(2)?,
+                    status: r.get(3)?,
+                    report: serde_json::from_str(&report).unwrap_or(Json::Null),
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    pub fn errors(&self) -> Result<Vec<ErrorRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT coalesce(json_extract(m.attrs, '$.onPremisesDistinguishedName'), e.mv_id), e.stage, e.message, e.attempts FROM errors e LEFT JOIN mv m ON m.id = e.mv_id ORDER BY e.last_seen")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ErrorRow { object: r.get(0)?, stage: r.get(1)?, message: r.get(2)?, attempts: r.get(3)? })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    /// Counts for `sync status`: (connector space, metaverse, exported, pending export).
+    pub fn counts(&self) -> Result<(i64, i64, i64, i64), StoreError> {
+        let q = |sql: &str| self.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(err);
+        Ok((
+            q("SELECT count(*) FROM cs")?,
+            q("SELECT count(*) FROM mv WHERE deleted = 0")?,
+            q("SELECT count(*) FROM exported")?,
+            q("SELECT count(*) FROM mv WHERE dirty = 1")?,
+        ))
+    }
+}
+
+impl SyncStore for SqliteStore {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            self.conn.execute_batch("BEGIN").map_err(err)?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if self.in_transaction {
+            self.conn.execute_batch("COMMIT").map_err(err)?;
+            self.in_transaction = false;
+        }
+        Ok(())
+    }
+
+    fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
+        let w: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT watermark FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        Ok(w.flatten().map(Watermark))
+    }
+
+    fn set_watermark(&mut self, source: &str, watermark: &Watermark) -> Result<(), StoreError> {
+        self.conn
+            .execute("INSERT INTO sources(name, watermark) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET watermark = excluded.watermark", params![source, watermark.0])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn config_hash(&self, source: &str) -> Result<Option<String>, StoreError> {
+        let h: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT config_hash FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        Ok(h.flatten())
+    }
+
+    fn set_config_hash(&mut self, source: &str, hash: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("INSERT INTO sources(name, config_hash) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET config_hash = excluded.config_hash", params![source, hash])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
+        let entry = codec::entry_to_json(&object.entry).to_string();
+        let dn_norm = object.entry.dn.normalized();
+        let changed = self
+            .conn
+            .execute(
+                "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0)
+                 ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
+                   anchor = excluded.anchor, entry = excluded.entry, pending = 1, deleted = 0
+                 WHERE cs.entry != excluded.entry OR cs.deleted = 1 OR cs.anchor != excluded.anchor",
+                params![source, object.id.0, object.entry.dn.to_string(), dn_norm, kind_str(object.kind), object.anchor.0, entry],
+            )
+            .map_err(err)?;
+        if changed > 0 {
+            self.conn
+                .execute("DELETE FROM cs_refs WHERE source = ?1 AND id = ?2", params![source, object.id.0])
+                .map_err(err)?;
+            let mut stmt = self
+                .conn
+                .prepare_cached("INSERT INTO cs_refs(source, id, ref_dn_norm) VALUES(?1, ?2, ?3)")
+                .map_err(err)?;
+            for attr in ["manager", "member", "uniqueMember"] {
+                for v in object.entry.values(attr) {
+                    if let Some(dn) = v.as_text().and_then(|t| Dn::parse(t).ok()) {
+                        stmt.execute(params![source, object.id.0, dn.normalized()]).map_err(err)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE cs SET deleted = 1, pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, dn FROM cs WHERE source = ?1 AND deleted = 0").map_err(err)?;
+        let rows =
+            stmt.query_map(params![source], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, dn) = row.map_err(err)?;
+            if let Ok(dn) = Dn::parse(&dn) {
+                out.push((SourceId(id), dn));
+            }
+        }
+        Ok(out)
+    }
+
+    fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE cs SET pending = 1 WHERE source = ?1", params![source]).map_err(err)?;
+        Ok(())
+    }
+
+    fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id FROM cs WHERE source = ?1 AND pending = 1").map_err(err)?;
+        let rows = stmt.query_map(params![source], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+        rows.map(|r| r.map(SourceId).map_err(err)).collect()
+    }
+
+    fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError> {
+        let row: Option<(String, Vec<u8>, String, bool)> = self
+            .conn
+            .query_row(
+                "SELECT kind, anchor, entry, deleted FROM cs WHERE source = ?1 AND id = ?2",
+                params![source, id.0],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((kind, anchor, entry, deleted)) = row else { return Ok(None) };
+        let entry = codec::entry_from_json(&entry)
+            .ok_or_else(|| StoreError(format!("connector-space object {id} is corrupt")))?;
+        Ok(Some((SourceObject { id: id.clone(), anchor: Anchor(anchor), kind: kind_from(&kind), entry }, deleted)))
+    }
+
+    fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT DISTINCT id FROM cs_refs WHERE source = ?1 AND ref_dn_norm = ?2")
+            .map_err(err)?;
+        let rows = stmt.query_map(params![source, dn.normalized()], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+        rows.map(|r| r.map(SourceId).map_err(err)).collect()
+    }
+
+    fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE cs SET pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM cs_refs WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
+        self.conn
+            .execute("DELETE FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1", params![source, id.0])
+            .map_err(err)?;
+        self.conn
+            .execute("UPDATE cs SET pending = 0 WHERE source = ?1 AND id = ?2", params![source, id.0])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id FROM mv WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
+                params![source, dn.normalized()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)
+    }
+
+    fn mv_project(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        p: &Projection,
+        manager: Option<String>,
+        mut members: Vec<String>,
+    ) -> Result<String, StoreError> {
+        members.sort();
+        members.dedup();
+        let attrs = Json::Object(p.attrs.clone()).to_string();
+        let members = json!(members).to_string();
+        let dn_norm = p
+            .attrs
+            .get("onPremisesDistinguishedName")
+            .and_then(Json::as_str)
+            .and_then(|d| Dn::parse(d).ok())
+            .map(|d| d.normalized())
+            .unwrap_or_default();
+        let existing: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        match existing {
+            Some(mv) => {
+                self.conn
+                    .execute(
+                        "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, deleted = 0, dirty = 1
+                         WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR deleted = 1)",
+                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm],
+                    )
+                    .map_err(err)?;
+                Ok(mv)
+            }
+            None => {
+                let mv: String =
+                    self.conn.query_row("SELECT lower(hex(randomblob(16)))", [], |r| r.get(0)).map_err(err)?;
+                self.conn
+                    .execute(
+                        "INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 1, ?7, ?8, ?9)",
+                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, source, id.0, dn_norm],
+                    )
+                    .map_err(err)?;
+                Ok(mv)
+            }
+        }
+    }
+
+    fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        let mv: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        let Some(mv) = mv else { return Ok(()) };
+        let exported: bool = self
+            .conn
+            .query_row("SELECT EXISTS(SELECT 1 FROM exported WHERE mv_id = ?1)", params![mv], |r| r.get(0))
+            .map_err(err)?;
+        if exported {
+            self.conn.execute("UPDATE mv SET deleted = 1, dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        } else {
+            self.conn.execute("DELETE FROM mv WHERE id = ?1", params![mv]).map_err(err)?;
+            self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn dirty(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM mv WHERE dirty = 1 ORDER BY deleted, CASE kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, id")
+            .map_err(err)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError> {
+        let row: Option<(String, String, String, Option<String>, String, bool)> = self
+            .conn
+            .query_row(
+                "SELECT kind, anchor, attrs, manager, members, deleted FROM mv WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((kind, anchor, attrs, manager, members, deleted)) = row else { return Ok(None) };
+        let attrs = match serde_json::from_str::<Json>(&attrs).map_err(err)? {
+            Json::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let members: Vec<String> = serde_json::from_str(&members).map_err(err)?;
+        Ok(Some(MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted }))
+    }
+
+    fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row("SELECT tenant_id, resource FROM exported WHERE mv_id = ?1", params![mv], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(err)?;
+        match row {
+            Some((id, resource)) => Ok(Some((id, serde_json::from_str(&resource).map_err(err)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO exported(mv_id, tenant_id, resource) VALUES(?1, ?2, ?3)",
+                params![mv, tenant_id, resource.to_string()],
+            )
+            .map_err(err)?;
+        self.conn.execute("UPDATE mv SET dirty = 0 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        Ok(())
+    }
+
+    fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM exported WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.conn.execute("DELETE FROM mv WHERE id = ?1 AND deleted = 1", params![mv]).map_err(err)?;
+        self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        Ok(())
+    }
+
+    fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError> {
+        let t = now();
+        self.conn
+            .execute(
+                "INSERT INTO errors(mv_id, stage, message, first_seen, last_seen, attempts) VALUES(?1, ?2, ?3, ?4, ?4, 1)
+                 ON CONFLICT(mv_id) DO UPDATE SET stage = excluded.stage, message = excluded.message, last_seen = excluded.last_seen, attempts = attempts + 1",
+                params![mv, stage, message, t],
+            )
+            .map_err(err)?;
+        self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        Ok(())
+    }
+}

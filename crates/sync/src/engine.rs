@@ -1,0 +1,496 @@
+//! One sync cycle (DESIGN §3): import → inbound sync → outbound sync and
+//! export. IO happens only through the traits defined here.
+//!
+//! Crash safety: an import commits together with its watermark; sync commits
+//! once it is done; each export is committed right after the target confirmed
+//! it. Anything interrupted runs again next cycle, and running it again is
+//! harmless: creating an object the tenant already has is a hard match on its
+//! immutableId, and replaying a PATCH sets the same values again.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use directory::{Dn, ObjectKind};
+use serde_json::Value as Json;
+
+use crate::mapping::{self, Flavor, MvView, Projection};
+use crate::source::{ImportMode, ImportSink, SinkError, Source, SourceChange, SourceId, SourceObject, Watermark};
+
+/// A storage failure (the store's own error, as text).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("sync store: {0}")]
+pub struct StoreError(pub String);
+
+/// A target failure for one object.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TargetError {
+    pub message: String,
+    /// The object is not (any more) in the target.
+    pub not_found: bool,
+}
+
+/// A metaverse object as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MvRecord {
+    pub id: String,
+    pub kind: ObjectKind,
+    pub anchor: String,
+    pub attrs: serde_json::Map<String, Json>,
+    pub manager: Option<String>,
+    pub members: Vec<String>,
+    /// Its source object is gone: the tenant object is to be deleted.
+    pub deleted: bool,
+}
+
+/// The engine's durable state.
+pub trait SyncStore {
+    fn begin(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<(), StoreError>;
+
+    fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError>;
+    fn set_watermark(&mut self, source: &str, watermark: &Watermark) -> Result<(), StoreError>;
+    /// A hash of the effective configuration the last full sync ran with.
+    fn config_hash(&self, source: &str) -> Result<Option<String>, StoreError>;
+    fn set_config_hash(&mut self, source: &str, hash: &str) -> Result<(), StoreError>;
+
+    /// Stores an imported object; marks it for sync if it changed.
+    fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError>;
+    /// Marks an object as gone (it is removed once synced).
+    fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+    /// Every known object's id and DN (for reconciliation).
+    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError>;
+    fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError>;
+    fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError>;
+    /// The object and whether it is marked deleted.
+    fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError>;
+    /// Objects whose manager or member references point at `dn`.
+    fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError>;
+    fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+    /// Sync is done with the object: clears the mark, removes deleted ones.
+    fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+
+    /// The metaverse object projected from the source object at `dn`.
+    fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError>;
+    /// Creates or updates the metaverse object of a source object; marks it
+    /// for export if it changed. Returns its id.
+    fn mv_project(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        projection: &Projection,
+        manager: Option<String>,
+        members: Vec<String>,
+    ) -> Result<String, StoreError>;
+    /// The source object left scope or was deleted: its metaverse object goes.
+    fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+
+    /// Metaverse objects with something to export: users and contacts, then groups, then deletions.
+    fn dirty(&self) -> Result<Vec<String>, StoreError>;
+    fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError>;
+    /// The tenant id and the resource last confirmed by the tenant.
+    fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError>;
+    /// The tenant confirmed `resource` for `mv`: remember it, clear dirty and errors.
+    fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError>;
+    /// The tenant object is gone: forget it (a deleted object's rows go too).
+    fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError>;
+    fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError>;
+}
+
+/// The cloud side.
+pub trait Target {
+    fn create(&mut self, kind: ObjectKind, resource: &Json)
+    -> impl Future<Output = Result<String, TargetError>> + Send;
+    fn patch(
+        &mut self,
+        kind: ObjectKind,
+        id: &str,
+        operations: &[Json],
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+    fn delete(&mut self, kind: ObjectKind, id: &str) -> impl Future<Output = Result<(), TargetError>> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct CycleOptions {
+    /// Full import and full sync.
+    pub full: bool,
+    /// Import and sync only; export nothing.
+    pub staging: bool,
+    /// More deletions than this stop the export before anything is sent.
+    pub deletion_threshold: usize,
+    /// Let up to this many deletions through this once.
+    pub allow_deletes: Option<usize>,
+    /// Hash of the effective configuration; a change forces a full sync.
+    pub config_hash: String,
+}
+
+impl Default for CycleOptions {
+    fn default() -> Self {
+        CycleOptions {
+            full: false,
+            staging: false,
+            deletion_threshold: 500,
+            allow_deletes: None,
+            config_hash: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CycleStatus {
+    Success,
+    CompletedWithErrors,
+    Staging,
+    StoppedDeletionThresholdExceeded { pending: usize, threshold: usize },
+}
+
+impl CycleStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CycleStatus::Success => "success",
+            CycleStatus::CompletedWithErrors => "completed-with-errors",
+            CycleStatus::Staging => "staging",
+            CycleStatus::StoppedDeletionThresholdExceeded { .. } => "stopped-deletion-threshold-exceeded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleReport {
+    pub import_mode: ImportMode,
+    pub imported: u64,
+    pub deleted_on_premises: u64,
+    pub synced: u64,
+    pub out_of_scope: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    pub errors: Vec<(String, String)>,
+    pub status: CycleStatus,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("import from {source_name} failed: {message}")]
+    Import { source_name: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes imported changes into the connector space as they stream in.
+struct ImportWriter<'a, St: SyncStore> {
+    store: &'a mut St,
+    source: &'a str,
+    seen: HashSet<SourceId>,
+    error: Option<StoreError>,
+    imported: u64,
+    deleted: u64,
+}
+
+impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
+    fn accept(&mut self, change: SourceChange) -> Result<(), SinkError> {
+        let result = match change {
+            SourceChange::Upsert(obj) => {
+                self.imported += 1;
+                self.seen.insert(obj.id.clone());
+                self.store.cs_put(self.source, &obj)
+            }
+            SourceChange::Present { id } => {
+                self.seen.insert(id);
+                Ok(())
+            }
+            SourceChange::Delete { id, .. } => {
+                self.deleted += 1;
+                self.store.cs_delete(self.source, &id)
+            }
+        };
+        result.map_err(|e| {
+            let text = e.to_string();
+            self.error = Some(e);
+            SinkError(text)
+        })
+    }
+}
+
+/// Runs one cycle for one source.
+pub async fn run_cycle<S, St, T>(
+    source_name: &str,
+    flavor: Flavor,
+    source: &mut S,
+    store: &mut St,
+    target: &mut T,
+    options: &CycleOptions,
+) -> Result<CycleReport, CycleError>
+where
+    S: Source,
+    St: SyncStore + Send,
+    T: Target,
+{
+    let config_changed = store.config_hash(source_name)?.as_deref() != Some(options.config_hash.as_str());
+    let full = options.full || config_changed;
+    if config_changed && !options.full {
+        tracing::info!(
+            source = source_name,
+            "the configuration changed since the last full sync: running a full import and sync"
+        );
+    }
+
+    // 1. Import, committed together with the watermark.
+    store.begin()?;
+    let watermark = if full { None } else { store.watermark(source_name)? };
+    let mut writer =
+        ImportWriter { store, source: source_name, seen: HashSet::new(), error: None, imported: 0, deleted: 0 };
+    let result = match &watermark {
+        Some(w) => source.delta_import(w, &mut writer).await,
+        None => source.full_import(&mut writer).await,
+    };
+    let (seen, imported, deleted_on_premises) = (std::mem::take(&mut writer.seen), writer.imported, writer.deleted);
+    if let Some(e) = writer.error.take() {
+        return Err(e.into());
+    }
+    let summary =
+        result.map_err(|e| CycleError::Import { source_name: source_name.to_string(), message: e.to_string() })?;
+    let mut reconciled = 0;
+    if !summary.reconcile_within.is_empty() {
+        for (id, dn) in store.cs_index(source_name)? {
+            if !seen.contains(&id) && summary.reconcile_within.iter().any(|b| dn.is_within(b)) {
+                store.cs_delete(source_name, &id)?;
+                reconciled += 1;
+            }
+        }
+    }
+    store.set_watermark(source_name, &summary.watermark)?;
+    store.commit()?;
+
+    // 2. Inbound sync: every pending connector-space object into the metaverse.
+    store.begin()?;
+    if full {
+        store.cs_mark_all_pending(source_name)?;
+    }
+    let mut synced = 0;
+    let mut out_of_scope = 0;
+    // Bounded: each pass handles what the previous one newly pointed at.
+    for _pass in 0..4 {
+        let pending = store.cs_pending(source_name)?;
+        if pending.is_empty() {
+            break;
+        }
+        for id in pending {
+            let Some((obj, deleted)) = store.cs_get(source_name, &id)? else { continue };
+            let reason = if deleted { Some("deleted on-premises") } else { mapping::out_of_scope(flavor, &obj) };
+            if let Some(reason) = reason {
+                tracing::debug!(dn = %obj.entry.dn, reason, "not synchronised");
+                store.mv_disconnect(source_name, &id)?;
+                out_of_scope += 1;
+            } else {
+                let projection = mapping::project(flavor, &obj);
+                let manager = match &projection.manager {
+                    Some(dn) => store.mv_for_dn(source_name, dn)?,
+                    None => None,
+                };
+                let mut members = Vec::new();
+                for dn in &projection.members {
+                    if let Some(m) = store.mv_for_dn(source_name, dn)? {
+                        members.push(m);
+                    }
+                }
+                let is_new = store.mv_for_dn(source_name, &obj.entry.dn)?.is_none();
+                store.mv_project(source_name, &id, &projection, manager, members)?;
+                synced += 1;
+                if is_new {
+                    // Objects that pointed at this one before it existed now can resolve it.
+                    for other in store.cs_referencing(source_name, &obj.entry.dn)? {
+                        if other != id {
+                            store.cs_mark_pending(source_name, &other)?;
+                        }
+                    }
+                }
+            }
+            store.cs_done(source_name, &id)?;
+        }
+    }
+    store.set_config_hash(source_name, &options.config_hash)?;
+    store.commit()?;
+
+    let mut report = CycleReport {
+        import_mode: summary.mode.clone(),
+        imported,
+        deleted_on_premises: deleted_on_premises + reconciled,
+        synced,
+        out_of_scope,
+        created: 0,
+        updated: 0,
+        deleted: 0,
+        unchanged: 0,
+        errors: Vec::new(),
+        status: CycleStatus::Success,
+    };
+    if options.staging {
+        report.status = CycleStatus::Staging;
+        return Ok(report);
+    }
+
+    // 3. Outbound sync and export, one confirmed object at a time.
+    let dirty = store.dirty()?;
+    let mut records = Vec::with_capacity(dirty.len());
+    for id in &dirty {
+        if let Some(r) = store.mv_get(id)? {
+            records.push(r);
+        }
+    }
+    let deletions = records.iter().filter(|r| r.deleted && store.exported(&r.id).ok().flatten().is_some()).count();
+    let allowed = options.allow_deletes.unwrap_or(0).max(options.deletion_threshold);
+    if deletions > allowed {
+        tracing::warn!(
+            pending = deletions,
+            threshold = options.deletion_threshold,
+            "more deletions pending than the deletion threshold: nothing was exported. Check the changes (idbridge sync preview) and run with --allow-deletes {deletions} if they are right"
+        );
+        report.status =
+            CycleStatus::StoppedDeletionThresholdExceeded { pending: deletions, threshold: options.deletion_threshold };
+        return Ok(report);
+    }
+    // Objects whose manager or members were not in the tenant yet get a
+    // second pass once everything else has been created.
+    let mut batch = records;
+    for pass in 0..2 {
+        let mut waiting = Vec::new();
+        for record in batch {
+            let outcome = export_one(store, target, &record).await;
+            let (done, waits) = match &outcome {
+                Ok((done, waits)) => (Some(*done), *waits),
+                Err(_) => (None, false),
+            };
+            if waits && pass == 0 {
+                waiting.push(record.clone());
+            }
+            match (done, outcome) {
+                (Some(Exported::Created), _) => report.created += 1,
+                (Some(Exported::Updated), _) => report.updated += 1,
+                (Some(Exported::Deleted), _) => report.deleted += 1,
+                (Some(Exported::Unchanged), _) => report.unchanged += 1,
+                (_, Ok(_)) => {}
+                (_, Err(ExportFailure::Store(e))) => return Err(e.into()),
+                (_, Err(ExportFailure::Target(e))) => {
+                    let what = format!(
+                        "{} {}",
+                        record.kind,
+                        record
+                            .attrs
+                            .get("onPremisesDistinguishedName")
+                            .and_then(Json::as_str)
+                            .unwrap_or(&record.anchor)
+                    );
+                    tracing::warn!(object = %what, error = %e, "export failed; retried next cycle");
+                    store.begin()?;
+                    store.record_error(&record.id, "export", &e.message)?;
+                    store.commit()?;
+                    report.errors.push((what, e.message));
+                }
+            }
+        }
+        batch = waiting;
+    }
+    if !report.errors.is_empty() {
+        report.status = CycleStatus::CompletedWithErrors;
+    }
+    Ok(report)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exported {
+    Created,
+    Updated,
+    Deleted,
+    Unchanged,
+}
+
+enum ExportFailure {
+    Store(StoreError),
+    Target(TargetError),
+}
+
+impl From<StoreError> for ExportFailure {
+    fn from(e: StoreError) -> Self {
+        ExportFailure::Store(e)
+    }
+}
+
+/// Exports one object; the flag says a reference could not be resolved yet.
+async fn export_one<St: SyncStore, T: Target>(
+    store: &mut St,
+    target: &mut T,
+    record: &MvRecord,
+) -> Result<(Exported, bool), ExportFailure> {
+    let existing = store.exported(&record.id)?;
+    if record.deleted {
+        if let Some((tenant_id, _)) = existing {
+            match target.delete(record.kind, &tenant_id).await {
+                Ok(()) => {}
+                Err(e) if e.not_found => {}
+                Err(e) => return Err(ExportFailure::Target(e)),
+            }
+        }
+        store.begin()?;
+        store.forget_exported(&record.id)?;
+        store.commit()?;
+        return Ok((Exported::Deleted, false));
+    }
+    let manager = match &record.manager {
+        Some(m) => store.exported(m)?.map(|(id, _)| id),
+        None => None,
+    };
+    let mut members = Vec::with_capacity(record.members.len());
+    let mut waiting = record.manager.is_some() && manager.is_none();
+    for m in &record.members {
+        match store.exported(m)? {
+            Some((id, _)) => members.push(id),
+            None => waiting = true,
+        }
+    }
+    let desired = mapping::desired_resource(
+        &MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs },
+        manager.as_deref(),
+        &members,
+    );
+    let outcome = match existing {
+        None => {
+            let id = target.create(record.kind, &desired).await.map_err(ExportFailure::Target)?;
+            store.begin()?;
+            store.set_exported(&record.id, &id, &desired)?;
+            store.commit()?;
+            Exported::Created
+        }
+        Some((tenant_id, exported)) => {
+            let ops = mapping::patch_operations(&exported, &desired);
+            if !ops.is_empty() {
+                match target.patch(record.kind, &tenant_id, &ops).await {
+                    Ok(()) => {}
+                    Err(e) if e.not_found => {
+                        // Deleted in the tenant behind our back: create it again next cycle.
+                        store.begin()?;
+                        store.forget_exported(&record.id)?;
+                        store.commit()?;
+                        return Err(ExportFailure::Target(TargetError {
+                            message: format!("{e}; it will be created again"),
+                            not_found: true,
+                        }));
+                    }
+                    Err(e) => return Err(ExportFailure::Target(e)),
+                }
+            }
+            store.begin()?;
+            store.set_exported(&record.id, &tenant_id, &desired)?;
+            store.commit()?;
+            if ops.is_empty() { Exported::Unchanged } else { Exported::Updated }
+        }
+    };
+    if waiting {
+        // Keep it dirty so the missing references are filled in (this cycle's second pass, or the next).
+        store.begin()?;
+        store.record_error(&record.id, "export", "a referenced object (manager or member) is not in the tenant yet")?;
+        store.commit()?;
+    }
+    Ok((outcome, waiting))
+}

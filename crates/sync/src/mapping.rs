@@ -1,0 +1,448 @@
+//! The default mapping, as data: which on-premises attributes flow into which
+//! metaverse attributes (inbound), and how a metaverse object becomes a tenant
+//! SCIM resource (outbound). Declarative, file-loaded rules (DESIGN §5)
+//! replace these tables in a later step; the shapes here are what they produce.
+
+use directory::{Dn, Entry, ObjectKind, Sid, Value};
+use serde_json::{Map, Value as Json, json};
+
+use crate::source::SourceObject;
+
+/// What kind of directory an object came from; picks the inbound table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    ActiveDirectory,
+    Ldap,
+}
+
+/// One direct flow: the first present source attribute wins.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    pub from: &'static [&'static str],
+    pub to: &'static str,
+    pub multi: bool,
+}
+
+const fn one(from: &'static [&'static str], to: &'static str) -> Flow {
+    Flow { from, to, multi: false }
+}
+const fn many(from: &'static [&'static str], to: &'static str) -> Flow {
+    Flow { from, to, multi: true }
+}
+
+/// Inbound flows shared by users and contacts.
+static PERSON_FLOWS: &[Flow] = &[
+    one(&["displayName", "cn"], "displayName"),
+    one(&["givenName"], "givenName"),
+    one(&["sn"], "surname"),
+    one(&["title"], "jobTitle"),
+    one(&["department", "departmentNumber", "ou"], "department"),
+    one(&["company", "o"], "companyName"),
+    one(&["mail"], "mail"),
+    one(&["telephoneNumber"], "telephoneNumber"),
+    one(&["mobile"], "mobile"),
+    one(&["streetAddress", "street"], "streetAddress"),
+    one(&["l"], "city"),
+    one(&["st"], "state"),
+    one(&["postalCode"], "postalCode"),
+    one(&["c", "co"], "country"),
+    one(&["employeeID", "employeeNumber"], "employeeId"),
+    many(&["proxyAddresses"], "proxyAddresses"),
+];
+
+static AD_USER_FLOWS: &[Flow] = &[
+    one(&["userPrincipalName"], "userPrincipalName"),
+    one(&["sAMAccountName"], "onPremisesSamAccountName"),
+    one(&["mailNickname", "sAMAccountName"], "mailNickname"),
+];
+
+static LDAP_USER_FLOWS: &[Flow] = &[one(&["uid"], "mailNickname"), one(&["uid"], "onPremisesSamAccountName")];
+
+static GROUP_FLOWS: &[Flow] = &[
+    one(&["displayName", "cn"], "displayName"),
+    one(&["description"], "description"),
+    one(&["mail"], "mail"),
+    one(&["sAMAccountName"], "onPremisesSamAccountName"),
+    one(&["mailNickname", "sAMAccountName", "cn"], "mailNickname"),
+    many(&["proxyAddresses"], "proxyAddresses"),
+];
+
+/// What inbound sync makes of one connector-space object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Projection {
+    pub kind: ObjectKind,
+    /// The immutableId.
+    pub anchor: String,
+    pub attrs: Map<String, Json>,
+    /// DN-valued references, resolved to metaverse objects by the engine.
+    pub manager: Option<Dn>,
+    pub members: Vec<Dn>,
+}
+
+/// Why an object is not synchronised (scoping); `None` when it is in scope.
+pub fn out_of_scope(flavor: Flavor, obj: &SourceObject) -> Option<&'static str> {
+    let e = &obj.entry;
+    if !matches!(obj.kind, ObjectKind::User | ObjectKind::Group | ObjectKind::Contact) {
+        return Some("not a user, group or contact");
+    }
+    if e.first_text("isCriticalSystemObject").is_some_and(|v| v.eq_ignore_ascii_case("TRUE")) {
+        return Some("critical system object");
+    }
+    if flavor == Flavor::ActiveDirectory
+        && e.dn.rdns().iter().any(|r| r.value_of("CN").is_some_and(|v| v.eq_ignore_ascii_case("Builtin")))
+    {
+        return Some("built-in container");
+    }
+    if obj.kind == ObjectKind::User && flavor == Flavor::ActiveDirectory && user_name(flavor, e, "").is_none() {
+        return Some("user without userPrincipalName");
+    }
+    None
+}
+
+fn text_values(e: &Entry, attr: &str) -> Vec<String> {
+    e.values(attr).iter().filter_map(Value::as_text).map(str::to_string).filter(|s| !s.is_empty()).collect()
+}
+
+fn apply_flows(e: &Entry, flows: &[Flow], out: &mut Map<String, Json>) {
+    for f in flows {
+        if out.contains_key(f.to) {
+            continue;
+        }
+        for from in f.from {
+            let values = text_values(e, from);
+            if values.is_empty() {
+                continue;
+            }
+            let v = if f.multi { json!(values) } else { json!(values[0]) };
+            out.insert(f.to.to_string(), v);
+            break;
+        }
+    }
+}
+
+/// The DNS domain of a DN's `dc=` parts.
+pub fn dns_domain(dn: &Dn) -> Option<String> {
+    let parts: Vec<&str> = dn.rdns().iter().filter_map(|r| r.value_of("dc")).collect();
+    if parts.is_empty() { None } else { Some(parts.join(".").to_ascii_lowercase()) }
+}
+
+/// The sign-in name: AD's userPrincipalName; elsewhere mail, else uid@domain.
+fn user_name(flavor: Flavor, e: &Entry, domain: &str) -> Option<String> {
+    match flavor {
+        Flavor::ActiveDirectory => e.first_text("userPrincipalName").map(str::to_string),
+        Flavor::Ldap => e
+            .first_text("mail")
+            .map(str::to_string)
+            .or_else(|| e.first_text("uid").filter(|_| !domain.is_empty()).map(|u| format!("{u}@{domain}"))),
+    }
+}
+
+/// Inbound sync of one in-scope object.
+pub fn project(flavor: Flavor, obj: &SourceObject) -> Projection {
+    let e = &obj.entry;
+    let mut attrs = Map::new();
+    let domain = dns_domain(&e.dn).unwrap_or_default();
+    match obj.kind {
+        ObjectKind::User => {
+            if let Some(u) = user_name(flavor, e, &domain) {
+                attrs.insert("userPrincipalName".into(), json!(u));
+            }
+            apply_flows(e, if flavor == Flavor::ActiveDirectory { AD_USER_FLOWS } else { LDAP_USER_FLOWS }, &mut attrs);
+            apply_flows(e, PERSON_FLOWS, &mut attrs);
+            let enabled = match flavor {
+                // userAccountControl bit 2: ACCOUNTDISABLE.
+                Flavor::ActiveDirectory => {
+                    e.first_text("userAccountControl").and_then(|v| v.parse::<i64>().ok()).is_none_or(|u| u & 2 == 0)
+                }
+                // ppolicy's permanent lock, or the sample data's marker.
+                Flavor::Ldap => {
+                    !e.has("pwdAccountLockedTime")
+                        && !e.first_text("employeeType").is_some_and(|t| t.eq_ignore_ascii_case("disabled"))
+                }
+            };
+            attrs.insert("accountEnabled".into(), json!(enabled));
+        }
+        ObjectKind::Group => apply_flows(e, GROUP_FLOWS, &mut attrs),
+        _ => apply_flows(e, PERSON_FLOWS, &mut attrs),
+    }
+    attrs.insert("onPremisesDistinguishedName".into(), json!(e.dn.to_string()));
+    if !domain.is_empty() {
+        attrs.insert("onPremisesDomainName".into(), json!(domain));
+    }
+    if let Some(sid) = e.first_bytes("objectSid").and_then(|b| Sid::from_bytes(b).ok()) {
+        attrs.insert("onPremisesSecurityIdentifier".into(), json!(sid.to_string()));
+    }
+    let manager = e.first_text("manager").and_then(|m| Dn::parse(m).ok());
+    let members = if obj.kind == ObjectKind::Group {
+        e.values("member")
+            .iter()
+            .chain(e.values("uniqueMember"))
+            .filter_map(Value::as_text)
+            .filter_map(|m| Dn::parse(m).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, manager, members }
+}
+
+pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+pub const CONTACT_SCHEMA: &str = "urn:idbridge:params:scim:schemas:core:2.0:Contact";
+pub const ENTERPRISE_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+pub const HYBRID_SCHEMA: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";
+
+/// A metaverse object as the outbound mapping sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MvView<'a> {
+    pub kind: ObjectKind,
+    pub anchor: &'a str,
+    pub attrs: &'a Map<String, Json>,
+}
+
+fn s<'a>(attrs: &'a Map<String, Json>, key: &str) -> Option<&'a str> {
+    attrs.get(key).and_then(Json::as_str)
+}
+
+fn put(m: &mut Map<String, Json>, key: &str, v: Option<&str>) {
+    if let Some(v) = v {
+        m.insert(key.to_string(), json!(v));
+    }
+}
+
+/// Outbound sync: the tenant resource a metaverse object should be.
+/// `manager` and `members` are tenant ids, already resolved.
+pub fn desired_resource(mv: &MvView<'_>, manager: Option<&str>, members: &[String]) -> Json {
+    let a = mv.attrs;
+    let mut out = Map::new();
+    let mut hybrid = Map::new();
+    hybrid.insert("immutableId".into(), json!(mv.anchor));
+    for k in [
+        "onPremisesDistinguishedName",
+        "onPremisesSamAccountName",
+        "onPremisesDomainName",
+        "onPremisesSecurityIdentifier",
+        "mailNickname",
+    ] {
+        put(&mut hybrid, k, s(a, k));
+    }
+    if let Some(p) = a.get("proxyAddresses").filter(|p| p.as_array().is_some_and(|x| !x.is_empty())) {
+        hybrid.insert("proxyAddresses".into(), p.clone());
+    }
+    hybrid.insert("dirSyncEnabled".into(), json!(true));
+    out.insert("externalId".into(), json!(mv.anchor));
+    match mv.kind {
+        ObjectKind::User => {
+            out.insert("schemas".into(), json!([USER_SCHEMA, ENTERPRISE_SCHEMA, HYBRID_SCHEMA]));
+            put(&mut out, "userName", s(a, "userPrincipalName"));
+            put(&mut out, "displayName", s(a, "displayName"));
+            put(&mut out, "title", s(a, "jobTitle"));
+            let mut name = Map::new();
+            put(&mut name, "givenName", s(a, "givenName"));
+            put(&mut name, "familyName", s(a, "surname"));
+            if !name.is_empty() {
+                out.insert("name".into(), Json::Object(name));
+            }
+            out.insert("active".into(), a.get("accountEnabled").cloned().unwrap_or(json!(true)));
+            if let Some(m) = s(a, "mail") {
+                out.insert("emails".into(), json!([{"value": m, "type": "work", "primary": true}]));
+            }
+            let mut phones = Vec::new();
+            if let Some(p) = s(a, "telephoneNumber") {
+                phones.push(json!({"value": p, "type": "work"}));
+            }
+            if let Some(p) = s(a, "mobile") {
+                phones.push(json!({"value": p, "type": "mobile"}));
+            }
+            if !phones.is_empty() {
+                out.insert("phoneNumbers".into(), Json::Array(phones));
+            }
+            let mut addr = Map::new();
+            for (from, to) in [
+                ("streetAddress", "streetAddress"),
+                ("city", "locality"),
+                ("state", "region"),
+                ("postalCode", "postalCode"),
+                ("country", "country"),
+            ] {
+                put(&mut addr, to, s(a, from));
+            }
+            if !addr.is_empty() {
+                addr.insert("type".into(), json!("work"));
+                out.insert("addresses".into(), json!([addr]));
+            }
+            let mut ent = Map::new();
+            put(&mut ent, "employeeNumber", s(a, "employeeId"));
+            put(&mut ent, "department", s(a, "department"));
+            put(&mut ent, "organization", s(a, "companyName"));
+            if let Some(m) = manager {
+                ent.insert("manager".into(), json!({"value": m}));
+            }
+            if !ent.is_empty() {
+                out.insert(ENTERPRISE_SCHEMA.into(), Json::Object(ent));
+            }
+        }
+        ObjectKind::Group => {
+            out.insert("schemas".into(), json!([GROUP_SCHEMA, HYBRID_SCHEMA]));
+            out.insert("displayName".into(), json!(s(a, "displayName").unwrap_or(mv.anchor)));
+            let mut sorted: Vec<&String> = members.iter().collect();
+            sorted.sort();
+            sorted.dedup();
+            if !sorted.is_empty() {
+                out.insert("members".into(), Json::Array(sorted.into_iter().map(|m| json!({"value": m})).collect()));
+            }
+        }
+        _ => {
+            out.insert("schemas".into(), json!([CONTACT_SCHEMA, HYBRID_SCHEMA]));
+            out.insert("displayName".into(), json!(s(a, "displayName").or(s(a, "mail")).unwrap_or(mv.anchor)));
+            put(&mut out, "title", s(a, "jobTitle"));
+            put(&mut out, "companyName", s(a, "companyName"));
+            if let Some(m) = s(a, "mail") {
+                out.insert("emails".into(), json!([{"value": m, "type": "work", "primary": true}]));
+            }
+            let mut name = Map::new();
+            put(&mut name, "givenName", s(a, "givenName"));
+            put(&mut name, "familyName", s(a, "surname"));
+            if !name.is_empty() {
+                out.insert("name".into(), Json::Object(name));
+            }
+        }
+    }
+    out.insert(HYBRID_SCHEMA.into(), Json::Object(hybrid));
+    Json::Object(out)
+}
+
+/// The SCIM PATCH operations that turn `exported` into `desired`: replace or
+/// remove per attribute (extension attributes by their URN path), and group
+/// members as deltas — never the whole member list.
+pub fn patch_operations(exported: &Json, desired: &Json) -> Vec<Json> {
+    let empty = Map::new();
+    let old = exported.as_object().unwrap_or(&empty);
+    let new = desired.as_object().unwrap_or(&empty);
+    let mut ops = Vec::new();
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        if key == "schemas" {
+            continue;
+        }
+        let (o, n) = (old.get(key), new.get(key));
+        if o == n {
+            continue;
+        }
+        if key == "members" {
+            let ids = |v: Option<&Json>| -> Vec<String> {
+                v.and_then(Json::as_array)
+                    .map(|a| a.iter().filter_map(|m| m["value"].as_str().map(str::to_string)).collect())
+                    .unwrap_or_default()
+            };
+            let (was, now) = (ids(o), ids(n));
+            let added: Vec<Json> = now.iter().filter(|m| !was.contains(m)).map(|m| json!({"value": m})).collect();
+            if !added.is_empty() {
+                ops.push(json!({"op": "add", "path": "members", "value": added}));
+            }
+            for m in was.iter().filter(|m| !now.contains(m)) {
+                ops.push(json!({"op": "remove", "path": format!("members[value eq \"{m}\"]")}));
+            }
+            continue;
+        }
+        let is_extension = key.starts_with("urn:");
+        if is_extension {
+            let (om, nm) =
+                (o.and_then(Json::as_object).unwrap_or(&empty), n.and_then(Json::as_object).unwrap_or(&empty));
+            let mut sub: Vec<&String> = om.keys().chain(nm.keys()).collect();
+            sub.sort();
+            sub.dedup();
+            for k in sub {
+                match (om.get(k), nm.get(k)) {
+                    (a, b) if a == b => {}
+                    (_, Some(v)) => ops.push(json!({"op": "replace", "path": format!("{key}:{k}"), "value": v})),
+                    (Some(_), None) => ops.push(json!({"op": "remove", "path": format!("{key}:{k}")})),
+                    (None, None) => {}
+                }
+            }
+            continue;
+        }
+        match n {
+            Some(v) => ops.push(json!({"op": "replace", "path": key, "value": v})),
+            None => ops.push(json!({"op": "remove", "path": key})),
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use directory::Anchor;
+
+    use crate::source::SourceId;
+
+    fn obj(kind: ObjectKind, dn: &str, attrs: &[(&str, &str)]) -> SourceObject {
+        let mut e = Entry::new(Dn::parse(dn).unwrap());
+        for (k, v) in attrs {
+            e.add(k, *v);
+        }
+        SourceObject { id: SourceId(vec![1]), anchor: Anchor(vec![1, 2, 3]), kind, entry: e }
+    }
+
+    #[test]
+    fn ad_user_projects_and_maps() {
+        let u = obj(
+            ObjectKind::User,
+            "CN=Jürgen,OU=Staff,DC=corp,DC=example,DC=com",
+            &[
+                ("userPrincipalName", "j@corp.example.com"),
+                ("givenName", "Jürgen"),
+                ("sn", "M"),
+                ("userAccountControl", "514"),
+                ("sAMAccountName", "jm"),
+                ("manager", "CN=Boss,DC=corp,DC=example,DC=com"),
+                ("proxyAddresses", "SMTP:j@corp.example.com"),
+            ],
+        );
+        assert_eq!(out_of_scope(Flavor::ActiveDirectory, &u), None);
+        let p = project(Flavor::ActiveDirectory, &u);
+        assert_eq!(p.attrs["accountEnabled"], false);
+        assert_eq!(p.attrs["onPremisesDomainName"], "corp.example.com");
+        assert_eq!(p.manager.map(|m| m.to_string()), Some("CN=Boss,DC=corp,DC=example,DC=com".into()));
+        let r = desired_resource(&MvView { kind: p.kind, anchor: &p.anchor, attrs: &p.attrs }, Some("t-boss"), &[]);
+        assert_eq!(r["userName"], "j@corp.example.com");
+        assert_eq!(r["active"], false);
+        assert_eq!(r["externalId"], "AQID");
+        assert_eq!(r[ENTERPRISE_SCHEMA]["manager"]["value"], "t-boss");
+        assert_eq!(r[HYBRID_SCHEMA]["proxyAddresses"][0], "SMTP:j@corp.example.com");
+        let critical = obj(
+            ObjectKind::User,
+            "CN=krbtgt,CN=Users,DC=x",
+            &[("isCriticalSystemObject", "TRUE"), ("userPrincipalName", "k@x")],
+        );
+        assert_eq!(out_of_scope(Flavor::ActiveDirectory, &critical), Some("critical system object"));
+    }
+
+    #[test]
+    fn ldap_user_name_falls_back_to_uid_at_domain() {
+        let u = obj(ObjectKind::User, "uid=ann,ou=people,dc=example,dc=org", &[("uid", "ann"), ("cn", "Ann")]);
+        let p = project(Flavor::Ldap, &u);
+        assert_eq!(p.attrs["userPrincipalName"], "ann@example.org");
+        assert_eq!(p.attrs["accountEnabled"], true);
+    }
+
+    #[test]
+    fn diff_makes_minimal_patches_and_member_deltas() {
+        let old = json!({"schemas": [], "displayName": "A", "title": "x", "members": [{"value": "1"}, {"value": "2"}], HYBRID_SCHEMA: {"immutableId": "i", "mailNickname": "a"}});
+        let new = json!({"schemas": [], "displayName": "B", "members": [{"value": "2"}, {"value": "3"}], HYBRID_SCHEMA: {"immutableId": "i", "proxyAddresses": ["SMTP:b@x"]}});
+        let ops = patch_operations(&old, &new);
+        assert!(ops.contains(&json!({"op": "replace", "path": "displayName", "value": "B"})));
+        assert!(ops.contains(&json!({"op": "remove", "path": "title"})));
+        assert!(ops.contains(&json!({"op": "add", "path": "members", "value": [{"value": "3"}]})));
+        assert!(ops.contains(&json!({"op": "remove", "path": "members[value eq \"1\"]"})));
+        assert!(ops.contains(&json!({"op": "remove", "path": format!("{HYBRID_SCHEMA}:mailNickname")})));
+        assert!(ops.contains(
+            &json!({"op": "replace", "path": format!("{HYBRID_SCHEMA}:proxyAddresses"), "value": ["SMTP:b@x"]})
+        ));
+        assert_eq!(ops.len(), 6);
+        assert!(patch_operations(&new, &new).is_empty());
+    }
+}
