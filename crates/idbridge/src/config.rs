@@ -252,6 +252,15 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_parse() {
+        for text in [include_str!("../../../examples/openldap.toml"), include_str!("../../../examples/samba-ad.toml")] {
+            let config = Config::parse(text).unwrap();
+            assert!(config.tenant.is_some());
+            assert_eq!(config.sync.deletion_threshold, 500);
+        }
+    }
+
+    #[test]
     fn errors_name_the_line_and_field() {
         let err = Config::parse("[[source]]\nname = \"a\"\nurls = []\nbogus = 1\n").unwrap_err();
         let text = format!("{err:#}");

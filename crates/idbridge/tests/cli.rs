@@ -178,6 +178,69 @@ mod samba {
         }
         assert_eq!(total, 140);
     }
+
+    #[test]
+    fn samba_ad_to_tenant() {
+        let dc = SambaDc::start().unwrap();
+        let ou = "OU=Staff,DC=example,DC=test";
+        dc.modify(&format!(
+            "dn: {ou}\nobjectClass: organizationalUnit\n\n\
+             dn: CN=Boss Lady,{ou}\nobjectClass: user\nsAMAccountName: boss\nuserPrincipalName: boss@example.test\ndisplayName: Boss Lady\nuserAccountControl: 544\n\n\
+             dn: CN=Smith\\, John,{ou}\nobjectClass: user\nsAMAccountName: jsmith\nuserPrincipalName: jsmith@example.test\ngivenName: John\nsn: Smith\n\
+             title: Analyst\nmail: john.smith@example.test\nproxyAddresses: SMTP:john.smith@example.test\nmanager: CN=Boss Lady,{ou}\nuserAccountControl: 544\n\n\
+             dn: CN=Gone Away,{ou}\nobjectClass: user\nsAMAccountName: gone\nuserPrincipalName: gone@example.test\nuserAccountControl: 546\n\n\
+             dn: CN=Team,{ou}\nobjectClass: group\nsAMAccountName: team\nmember: CN=Boss Lady,{ou}\nmember: CN=Smith\\, John,{ou}\n\n"
+        ))
+        .unwrap();
+        let tmp = TempDir::new("samba-sync").unwrap();
+        let data = tmp.join("tenant");
+        let (mut tenant, base) = super::tenant_cli::serve(&data);
+        ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "example.test"]));
+        let token = ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
+        std::fs::write(tmp.join("token"), &token).unwrap();
+        let pw = dc.password_file().unwrap();
+        let config = tmp.join("idbridge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[source]]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"DC=example,DC=test\"]\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"state.db\"\n",
+                dc.url,
+                dc.admin_upn(),
+                p(&pw),
+                p(&tmp.join("token"))
+            ),
+        )
+        .unwrap();
+        let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{report}");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let get = |path: String| -> serde_json::Value {
+            rt.block_on(async { reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap() })
+        };
+        let users = get("/Users?count=100".into());
+        let names: Vec<&str> = users["Resources"].as_array().unwrap().iter().map(|u| u["userName"].as_str().unwrap()).collect();
+        // Administrator has no UPN, krbtgt and Guest are critical system objects: none of them syncs.
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["boss@example.test", "gone@example.test", "jsmith@example.test"], "{report}");
+        let john = users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "jsmith@example.test").unwrap();
+        let boss = users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "boss@example.test").unwrap();
+        let gone = users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "gone@example.test").unwrap();
+        assert_eq!(john["title"], "Analyst");
+        assert_eq!(john["active"], true);
+        assert_eq!(gone["active"], false, "disabled on-premises");
+        assert_eq!(john["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"], boss["id"]);
+        let hybrid = &john["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"];
+        assert_eq!(hybrid["onPremisesSamAccountName"], "jsmith");
+        assert_eq!(hybrid["onPremisesDistinguishedName"], format!("CN=Smith\\, John,{ou}"));
+        assert!(hybrid["onPremisesSecurityIdentifier"].as_str().unwrap().starts_with("S-1-5-21-"));
+        assert_eq!(hybrid["immutableId"].as_str().unwrap().len(), 24, "objectGUID as base64");
+        let team = get(format!("/Groups?filter=displayName%20eq%20%22Team%22"));
+        assert_eq!(team["Resources"][0]["members"].as_array().map(Vec::len), Some(2));
+        tenant.kill().unwrap();
+        tenant.wait().unwrap();
+    }
 }
 
 mod tenant_cli {
