@@ -8,7 +8,7 @@ use std::time::Duration;
 use directory::ObjectKind;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sync::engine::{Target, TargetError};
+use sync::engine::{ExportOp, Target, TargetError};
 
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
@@ -28,6 +28,8 @@ pub struct ScimTarget {
     token: String,
     /// Attempts per request for retryable failures (429, 5xx, connection).
     pub attempts: u32,
+    /// Send batches as SCIM Bulk requests (else one request per object).
+    pub bulk: bool,
 }
 
 fn endpoint(kind: ObjectKind) -> &'static str {
@@ -55,7 +57,7 @@ impl ScimTarget {
             builder = builder.add_root_certificate(cert);
         }
         let client = builder.build().map_err(|e| ScimTargetError::Client(e.to_string()))?;
-        Ok(ScimTarget { client, base: base_url.trim_end_matches('/').to_string(), token, attempts: 5 })
+        Ok(ScimTarget { client, base: base_url.trim_end_matches('/').to_string(), token, attempts: 5, bulk: true })
     }
 
     /// Sends a request, retrying what is worth retrying; returns status and body.
@@ -113,30 +115,103 @@ fn failure(status: StatusCode, json: &Value) -> TargetError {
     TargetError { message: describe(status, json, ""), not_found: status == StatusCode::NOT_FOUND }
 }
 
-impl Target for ScimTarget {
-    async fn create(&mut self, kind: ObjectKind, resource: &Value) -> Result<String, TargetError> {
-        let url = format!("{}/{}?attributes=id", self.base, endpoint(kind));
-        let (status, body) = self.send(Method::POST, &url, Some(resource)).await?;
-        if !status.is_success() {
-            return Err(failure(status, &body));
+const BULK_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:BulkRequest";
+/// Operations per Bulk request (the tenant's maximum is 1,000).
+const BULK_MAX: usize = 1000;
+
+fn bulk_operation(i: usize, op: &ExportOp) -> Value {
+    match op {
+        ExportOp::Create { kind, resource } => {
+            json!({"method": "POST", "path": format!("/{}", endpoint(*kind)), "bulkId": format!("op{i}"), "data": resource})
         }
-        body.get("id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| TargetError { message: "the tenant's answer has no id".into(), not_found: false })
+        ExportOp::Patch { kind, id, operations } => {
+            json!({"method": "PATCH", "path": format!("/{}/{id}", endpoint(*kind)), "data": {"schemas": [PATCH_SCHEMA], "Operations": operations}})
+        }
+        ExportOp::Delete { kind, id } => json!({"method": "DELETE", "path": format!("/{}/{id}", endpoint(*kind))}),
     }
+}
 
-    async fn patch(&mut self, kind: ObjectKind, id: &str, operations: &[Value]) -> Result<(), TargetError> {
-        // The answer is the whole resource; a large group's members need not come back.
-        let url = format!("{}/{}/{id}?attributes=id", self.base, endpoint(kind));
-        let body = json!({"schemas": [PATCH_SCHEMA], "Operations": operations});
-        let (status, answer) = self.send(Method::PATCH, &url, Some(&body)).await?;
-        if status.is_success() { Ok(()) } else { Err(failure(status, &answer)) }
+/// One Bulk answer → the engine's result for that operation.
+fn bulk_result(answer: Option<&Value>) -> Result<Option<String>, TargetError> {
+    let Some(a) = answer else {
+        return Err(TargetError { message: "the tenant's Bulk answer misses this operation".into(), not_found: false });
+    };
+    let status: u16 = a
+        .get("status")
+        .and_then(|s| s.as_str().and_then(|t| t.parse().ok()).or_else(|| s.as_u64().map(|n| n as u16)))
+        .unwrap_or(0);
+    if (200..300).contains(&status) {
+        let id = a.get("location").and_then(Value::as_str).and_then(|l| l.rsplit('/').next()).map(str::to_string);
+        return Ok(id);
     }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Err(failure(status, a.get("response").unwrap_or(&Value::Null)))
+}
 
-    async fn delete(&mut self, kind: ObjectKind, id: &str) -> Result<(), TargetError> {
-        let url = format!("{}/{}/{id}", self.base, endpoint(kind));
-        let (status, answer) = self.send(Method::DELETE, &url, None).await?;
-        if status.is_success() { Ok(()) } else { Err(failure(status, &answer)) }
+impl ScimTarget {
+    async fn one(&self, op: &ExportOp) -> Result<Option<String>, TargetError> {
+        match op {
+            ExportOp::Create { kind, resource } => {
+                let url = format!("{}/{}?attributes=id", self.base, endpoint(*kind));
+                let (status, body) = self.send(Method::POST, &url, Some(resource)).await?;
+                if !status.is_success() {
+                    return Err(failure(status, &body));
+                }
+                body.get("id")
+                    .and_then(Value::as_str)
+                    .map(|s| Some(s.to_string()))
+                    .ok_or_else(|| TargetError { message: "the tenant's answer has no id".into(), not_found: false })
+            }
+            ExportOp::Patch { kind, id, operations } => {
+                // The answer is the whole resource; a large group's members need not come back.
+                let url = format!("{}/{}/{id}?attributes=id", self.base, endpoint(*kind));
+                let body = json!({"schemas": [PATCH_SCHEMA], "Operations": operations});
+                let (status, answer) = self.send(Method::PATCH, &url, Some(&body)).await?;
+                if status.is_success() { Ok(None) } else { Err(failure(status, &answer)) }
+            }
+            ExportOp::Delete { kind, id } => {
+                let url = format!("{}/{}/{id}", self.base, endpoint(*kind));
+                let (status, answer) = self.send(Method::DELETE, &url, None).await?;
+                if status.is_success() { Ok(None) } else { Err(failure(status, &answer)) }
+            }
+        }
+    }
+}
+
+impl Target for ScimTarget {
+    async fn apply(&mut self, ops: &[ExportOp]) -> Vec<Result<Option<String>, TargetError>> {
+        if ops.len() <= 1 || !self.bulk {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                out.push(self.one(op).await);
+            }
+            return out;
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for chunk in ops.chunks(BULK_MAX) {
+            let body = json!({"schemas": [BULK_SCHEMA], "Operations": chunk.iter().enumerate().map(|(i, op)| bulk_operation(i, op)).collect::<Vec<_>>()});
+            let url = format!("{}/Bulk", self.base);
+            match self.send(Method::POST, &url, Some(&body)).await {
+                Ok((status, answer)) if status.is_success() => {
+                    let answers = answer.get("Operations").and_then(Value::as_array).cloned().unwrap_or_default();
+                    // Answers carry the method and (for creates) the bulkId; match them up in order.
+                    for (i, _) in chunk.iter().enumerate() {
+                        let mine = answers
+                            .get(i)
+                            .filter(|a| a.get("bulkId").and_then(Value::as_str).is_none_or(|b| b == format!("op{i}")));
+                        let mine = mine.or_else(|| {
+                            answers.iter().find(|a| a.get("bulkId").and_then(Value::as_str) == Some(&format!("op{i}")))
+                        });
+                        out.push(bulk_result(mine));
+                    }
+                }
+                Ok((status, answer)) => {
+                    let e = failure(status, &answer);
+                    out.extend(chunk.iter().map(|_| Err(e.clone())));
+                }
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        out
     }
 }

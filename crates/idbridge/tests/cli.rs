@@ -196,7 +196,8 @@ mod samba {
         let data = tmp.join("tenant");
         let (mut tenant, base) = super::tenant_cli::serve(&data);
         ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "example.test"]));
-        let token = ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
+        let token =
+            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
         std::fs::write(tmp.join("token"), &token).unwrap();
         let pw = dc.password_file().unwrap();
         let config = tmp.join("idbridge.toml");
@@ -216,17 +217,31 @@ mod samba {
         assert!(out.status.success(), "{report}");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let get = |path: String| -> serde_json::Value {
-            rt.block_on(async { reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap() })
+            rt.block_on(async {
+                reqwest::Client::new()
+                    .get(format!("{base}{path}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap()
+            })
         };
         let users = get("/Users?count=100".into());
-        let names: Vec<&str> = users["Resources"].as_array().unwrap().iter().map(|u| u["userName"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            users["Resources"].as_array().unwrap().iter().map(|u| u["userName"].as_str().unwrap()).collect();
         // Administrator has no UPN, krbtgt and Guest are critical system objects: none of them syncs.
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(sorted, ["boss@example.test", "gone@example.test", "jsmith@example.test"], "{report}");
-        let john = users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "jsmith@example.test").unwrap();
-        let boss = users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "boss@example.test").unwrap();
-        let gone = users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "gone@example.test").unwrap();
+        let john =
+            users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "jsmith@example.test").unwrap();
+        let boss =
+            users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "boss@example.test").unwrap();
+        let gone =
+            users["Resources"].as_array().unwrap().iter().find(|u| u["userName"] == "gone@example.test").unwrap();
         assert_eq!(john["title"], "Analyst");
         assert_eq!(john["active"], true);
         assert_eq!(gone["active"], false, "disabled on-premises");
@@ -236,7 +251,7 @@ mod samba {
         assert_eq!(hybrid["onPremisesDistinguishedName"], format!("CN=Smith\\, John,{ou}"));
         assert!(hybrid["onPremisesSecurityIdentifier"].as_str().unwrap().starts_with("S-1-5-21-"));
         assert_eq!(hybrid["immutableId"].as_str().unwrap().len(), 24, "objectGUID as base64");
-        let team = get(format!("/Groups?filter=displayName%20eq%20%22Team%22"));
+        let team = get("/Groups?filter=displayName%20eq%20%22Team%22".to_string());
         assert_eq!(team["Resources"][0]["members"].as_array().map(Vec::len), Some(2));
         tenant.kill().unwrap();
         tenant.wait().unwrap();

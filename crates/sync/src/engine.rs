@@ -97,17 +97,18 @@ pub trait SyncStore {
     fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError>;
 }
 
-/// The cloud side.
+/// One change to send to the target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportOp {
+    Create { kind: ObjectKind, resource: Json },
+    Patch { kind: ObjectKind, id: String, operations: Vec<Json> },
+    Delete { kind: ObjectKind, id: String },
+}
+
+/// The cloud side. `apply` sends a batch and answers per operation, in
+/// order: the new object's id for a create, nothing otherwise.
 pub trait Target {
-    fn create(&mut self, kind: ObjectKind, resource: &Json)
-    -> impl Future<Output = Result<String, TargetError>> + Send;
-    fn patch(
-        &mut self,
-        kind: ObjectKind,
-        id: &str,
-        operations: &[Json],
-    ) -> impl Future<Output = Result<(), TargetError>> + Send;
-    fn delete(&mut self, kind: ObjectKind, id: &str) -> impl Future<Output = Result<(), TargetError>> + Send;
+    fn apply(&mut self, ops: &[ExportOp]) -> impl Future<Output = Vec<Result<Option<String>, TargetError>>> + Send;
 }
 
 #[derive(Debug, Clone)]
@@ -356,39 +357,48 @@ where
     let mut batch = records;
     for pass in 0..2 {
         let mut waiting = Vec::new();
-        for record in batch {
-            let outcome = export_one(store, target, &record).await;
-            let (done, waits) = match &outcome {
-                Ok((done, waits)) => (Some(*done), *waits),
-                Err(_) => (None, false),
-            };
-            if waits && pass == 0 {
-                waiting.push(record.clone());
+        for chunk in batch.chunks(EXPORT_BATCH) {
+            let mut plans = Vec::with_capacity(chunk.len());
+            for record in chunk {
+                plans.push(plan(store, record)?);
             }
-            match (done, outcome) {
-                (Some(Exported::Created), _) => report.created += 1,
-                (Some(Exported::Updated), _) => report.updated += 1,
-                (Some(Exported::Deleted), _) => report.deleted += 1,
-                (Some(Exported::Unchanged), _) => report.unchanged += 1,
-                (_, Ok(_)) => {}
-                (_, Err(ExportFailure::Store(e))) => return Err(e.into()),
-                (_, Err(ExportFailure::Target(e))) => {
-                    let what = format!(
-                        "{} {}",
-                        record.kind,
-                        record
-                            .attrs
-                            .get("onPremisesDistinguishedName")
-                            .and_then(Json::as_str)
-                            .unwrap_or(&record.anchor)
-                    );
-                    tracing::warn!(object = %what, error = %e, "export failed; retried next cycle");
-                    store.begin()?;
-                    store.record_error(&record.id, "export", &e.message)?;
-                    store.commit()?;
-                    report.errors.push((what, e.message));
+            let ops: Vec<ExportOp> = plans.iter().filter_map(|p| p.op.clone()).collect();
+            let mut results = target.apply(&ops).await.into_iter();
+            store.begin()?;
+            for (record, plan) in chunk.iter().zip(plans) {
+                let result = if plan.op.is_some() {
+                    results.next().unwrap_or_else(|| {
+                        Err(TargetError { message: "the target gave no answer".into(), not_found: false })
+                    })
+                } else {
+                    Ok(None)
+                };
+                if plan.waiting && pass == 0 {
+                    waiting.push(record.clone());
+                }
+                match confirm(store, record, plan, result)? {
+                    Ok(done) => match done {
+                        Exported::Created => report.created += 1,
+                        Exported::Updated => report.updated += 1,
+                        Exported::Deleted => report.deleted += 1,
+                        Exported::Unchanged => report.unchanged += 1,
+                    },
+                    Err(e) => {
+                        let what = format!(
+                            "{} {}",
+                            record.kind,
+                            record
+                                .attrs
+                                .get("onPremisesDistinguishedName")
+                                .and_then(Json::as_str)
+                                .unwrap_or(&record.anchor)
+                        );
+                        tracing::warn!(object = %what, error = %e, "export failed; retried next cycle");
+                        report.errors.push((what, e.message));
+                    }
                 }
             }
+            store.commit()?;
         }
         batch = waiting;
     }
@@ -398,6 +408,9 @@ where
     Ok(report)
 }
 
+/// Objects per batch sent to the target (SCIM Bulk allows 1,000 operations).
+const EXPORT_BATCH: usize = 500;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exported {
     Created,
@@ -406,36 +419,21 @@ enum Exported {
     Unchanged,
 }
 
-enum ExportFailure {
-    Store(StoreError),
-    Target(TargetError),
+/// What exporting one object takes, decided before anything is sent.
+#[derive(Debug)]
+struct Plan {
+    op: Option<ExportOp>,
+    desired: Option<Json>,
+    tenant_id: Option<String>,
+    /// A manager or member is not in the tenant yet.
+    waiting: bool,
 }
 
-impl From<StoreError> for ExportFailure {
-    fn from(e: StoreError) -> Self {
-        ExportFailure::Store(e)
-    }
-}
-
-/// Exports one object; the flag says a reference could not be resolved yet.
-async fn export_one<St: SyncStore, T: Target>(
-    store: &mut St,
-    target: &mut T,
-    record: &MvRecord,
-) -> Result<(Exported, bool), ExportFailure> {
+fn plan<St: SyncStore>(store: &St, record: &MvRecord) -> Result<Plan, StoreError> {
     let existing = store.exported(&record.id)?;
     if record.deleted {
-        if let Some((tenant_id, _)) = existing {
-            match target.delete(record.kind, &tenant_id).await {
-                Ok(()) => {}
-                Err(e) if e.not_found => {}
-                Err(e) => return Err(ExportFailure::Target(e)),
-            }
-        }
-        store.begin()?;
-        store.forget_exported(&record.id)?;
-        store.commit()?;
-        return Ok((Exported::Deleted, false));
+        let op = existing.as_ref().map(|(id, _)| ExportOp::Delete { kind: record.kind, id: id.clone() });
+        return Ok(Plan { op, desired: None, tenant_id: existing.map(|(id, _)| id), waiting: false });
     }
     let manager = match &record.manager {
         Some(m) => store.exported(m)?.map(|(id, _)| id),
@@ -454,43 +452,66 @@ async fn export_one<St: SyncStore, T: Target>(
         manager.as_deref(),
         &members,
     );
-    let outcome = match existing {
-        None => {
-            let id = target.create(record.kind, &desired).await.map_err(ExportFailure::Target)?;
-            store.begin()?;
+    Ok(match existing {
+        None => Plan {
+            op: Some(ExportOp::Create { kind: record.kind, resource: desired.clone() }),
+            desired: Some(desired),
+            tenant_id: None,
+            waiting,
+        },
+        Some((id, exported)) => {
+            let operations = mapping::patch_operations(&exported, &desired);
+            let op =
+                (!operations.is_empty()).then(|| ExportOp::Patch { kind: record.kind, id: id.clone(), operations });
+            Plan { op, desired: Some(desired), tenant_id: Some(id), waiting }
+        }
+    })
+}
+
+/// Records the target's answer for one planned export (inside the caller's transaction).
+fn confirm<St: SyncStore>(
+    store: &mut St,
+    record: &MvRecord,
+    plan: Plan,
+    result: Result<Option<String>, TargetError>,
+) -> Result<Result<Exported, TargetError>, StoreError> {
+    let created_id: Option<String> = match (result, &plan.op) {
+        (Err(e), Some(ExportOp::Delete { .. })) if e.not_found => None,
+        (Err(e), Some(ExportOp::Patch { .. })) if e.not_found => {
+            // Deleted in the tenant behind our back: it is created again next cycle.
+            store.forget_exported(&record.id)?;
+            store.record_error(&record.id, "export", &format!("{e}; it will be created again"))?;
+            return Ok(Err(TargetError { message: format!("{e}; it will be created again"), not_found: true }));
+        }
+        (Err(e), _) => {
+            store.record_error(&record.id, "export", &e.message)?;
+            return Ok(Err(e));
+        }
+        (Ok(id), _) => id,
+    };
+    let done = match (&plan.op, plan.desired) {
+        (Some(ExportOp::Delete { .. }) | None, None) => {
+            store.forget_exported(&record.id)?;
+            Exported::Deleted
+        }
+        (Some(ExportOp::Create { .. }), Some(desired)) => {
+            let Some(id) = created_id else {
+                store.record_error(&record.id, "export", "the target created the object but gave no id")?;
+                return Ok(Err(TargetError { message: "no id in the answer".into(), not_found: false }));
+            };
             store.set_exported(&record.id, &id, &desired)?;
-            store.commit()?;
             Exported::Created
         }
-        Some((tenant_id, exported)) => {
-            let ops = mapping::patch_operations(&exported, &desired);
-            if !ops.is_empty() {
-                match target.patch(record.kind, &tenant_id, &ops).await {
-                    Ok(()) => {}
-                    Err(e) if e.not_found => {
-                        // Deleted in the tenant behind our back: create it again next cycle.
-                        store.begin()?;
-                        store.forget_exported(&record.id)?;
-                        store.commit()?;
-                        return Err(ExportFailure::Target(TargetError {
-                            message: format!("{e}; it will be created again"),
-                            not_found: true,
-                        }));
-                    }
-                    Err(e) => return Err(ExportFailure::Target(e)),
-                }
-            }
-            store.begin()?;
-            store.set_exported(&record.id, &tenant_id, &desired)?;
-            store.commit()?;
-            if ops.is_empty() { Exported::Unchanged } else { Exported::Updated }
+        (op, Some(desired)) => {
+            let id = plan.tenant_id.unwrap_or_default();
+            store.set_exported(&record.id, &id, &desired)?;
+            if op.is_some() { Exported::Updated } else { Exported::Unchanged }
         }
+        (Some(_), None) => Exported::Unchanged,
     };
-    if waiting {
-        // Keep it dirty so the missing references are filled in (this cycle's second pass, or the next).
-        store.begin()?;
+    if plan.waiting {
+        // Stays dirty so the missing references are filled in (this cycle's second pass, or the next).
         store.record_error(&record.id, "export", "a referenced object (manager or member) is not in the tenant yet")?;
-        store.commit()?;
     }
-    Ok((outcome, waiting))
+    Ok(Ok(done))
 }
