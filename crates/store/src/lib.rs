@@ -31,7 +31,7 @@ CREATE INDEX cs_dn ON cs(source, dn_norm);
 CREATE INDEX cs_pending ON cs(source) WHERE pending = 1;
 -- DN-valued references (manager, member) of each object, to find who points where.
 CREATE TABLE cs_refs (source TEXT NOT NULL, id BLOB NOT NULL, ref_dn_norm TEXT NOT NULL);
-CREATE INDEX cs_refs_target ON cs_refs(source, ref_dn_norm);
+CREATE INDEX cs_refs_target ON cs_refs(ref_dn_norm, source);
 CREATE INDEX cs_refs_owner ON cs_refs(source, id);
 CREATE TABLE mv (
     id TEXT PRIMARY KEY,
@@ -322,12 +322,14 @@ impl SyncStore for SqliteStore {
     }
 
     fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT DISTINCT id FROM cs_refs WHERE source = ?1 AND ref_dn_norm = ?2")
-            .map_err(err)?;
+        // Led by the DN; without DISTINCT the planner keeps to that index.
+        let mut stmt =
+            self.conn.prepare_cached("SELECT id FROM cs_refs WHERE ref_dn_norm = ?2 AND source = ?1").map_err(err)?;
         let rows = stmt.query_map(params![source, dn.normalized()], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
-        rows.map(|r| r.map(SourceId).map_err(err)).collect()
+        let mut ids: Vec<SourceId> = rows.map(|r| r.map(SourceId).map_err(err)).collect::<Result<_, _>>()?;
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {

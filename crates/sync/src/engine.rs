@@ -238,6 +238,7 @@ where
     }
 
     // 1. Import, committed together with the watermark.
+    let stage = std::time::Instant::now();
     store.begin()?;
     let watermark = if full { None } else { store.watermark(source_name)? };
     let mut writer =
@@ -263,6 +264,14 @@ where
     }
     store.set_watermark(source_name, &summary.watermark)?;
     store.commit()?;
+    tracing::info!(
+        source = source_name,
+        imported,
+        deleted = deleted_on_premises + reconciled,
+        ms = stage.elapsed().as_millis() as u64,
+        "import done"
+    );
+    let stage = std::time::Instant::now();
 
     // 2. Inbound sync: every pending connector-space object into the metaverse.
     store.begin()?;
@@ -313,6 +322,8 @@ where
     }
     store.set_config_hash(source_name, &options.config_hash)?;
     store.commit()?;
+    tracing::info!(source = source_name, synced, out_of_scope, ms = stage.elapsed().as_millis() as u64, "sync done");
+    let stage = std::time::Instant::now();
 
     let mut report = CycleReport {
         import_mode: summary.mode.clone(),
@@ -352,12 +363,19 @@ where
             CycleStatus::StoppedDeletionThresholdExceeded { pending: deletions, threshold: options.deletion_threshold };
         return Ok(report);
     }
-    // Objects whose manager or members were not in the tenant yet get a
-    // second pass once everything else has been created.
-    let mut batch = records;
+    // Levels: an object goes after the objects it refers to that are created
+    // in this same run, so references resolve on the first pass. What still
+    // waits (reference cycles) gets a second pass at the end.
+    let mut exported_ids = HashSet::new();
+    for r in &records {
+        if store.exported(&r.id)?.is_some() {
+            exported_ids.insert(r.id.clone());
+        }
+    }
+    let mut levels = dependency_levels(records, &exported_ids);
     for pass in 0..2 {
         let mut waiting = Vec::new();
-        for chunk in batch.chunks(EXPORT_BATCH) {
+        for chunk in levels.iter().flat_map(|level| level.chunks(EXPORT_BATCH)) {
             let mut plans = Vec::with_capacity(chunk.len());
             for record in chunk {
                 plans.push(plan(store, record)?);
@@ -400,12 +418,70 @@ where
             }
             store.commit()?;
         }
-        batch = waiting;
+        levels = vec![waiting];
     }
+    tracing::info!(
+        created = report.created,
+        updated = report.updated,
+        deleted = report.deleted,
+        errors = report.errors.len(),
+        ms = stage.elapsed().as_millis() as u64,
+        "export done"
+    );
     if !report.errors.is_empty() {
         report.status = CycleStatus::CompletedWithErrors;
     }
     Ok(report)
+}
+
+/// Orders records so that each comes after the not-yet-exported records it
+/// refers to (manager, members); a reference cycle is cut where it closes.
+fn dependency_levels(records: Vec<MvRecord>, exported: &HashSet<String>) -> Vec<Vec<MvRecord>> {
+    use std::collections::HashMap;
+    let index: HashMap<String, usize> = records.iter().enumerate().map(|(i, r)| (r.id.clone(), i)).collect();
+    let deps: Vec<Vec<usize>> = records
+        .iter()
+        .map(|r| {
+            r.manager
+                .iter()
+                .chain(r.members.iter())
+                .filter(|d| !exported.contains(*d))
+                .filter_map(|d| index.get(d).copied())
+                .collect()
+        })
+        .collect();
+    // Iterative depth-first levels; 0 = no pending dependency.
+    let mut level: Vec<Option<usize>> = vec![None; records.len()];
+    let mut on_stack = vec![false; records.len()];
+    for start in 0..records.len() {
+        if level[start].is_some() {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        on_stack[start] = true;
+        while let Some((node, next)) = stack.pop() {
+            if let Some(&dep) = deps[node].get(next) {
+                stack.push((node, next + 1));
+                if level[dep].is_none() && !on_stack[dep] {
+                    on_stack[dep] = true;
+                    stack.push((dep, 0));
+                }
+                continue;
+            }
+            // All dependencies visited (a cycle's back edge counts as level 0).
+            let l = deps[node].iter().map(|d| level[*d].map_or(0, |x| x + 1)).max().unwrap_or(0);
+            level[node] = Some(l);
+            on_stack[node] = false;
+        }
+    }
+    let depth = level.iter().filter_map(|l| *l).max().unwrap_or(0);
+    let mut out: Vec<Vec<MvRecord>> = (0..=depth).map(|_| Vec::new()).collect();
+    for (r, l) in records.into_iter().zip(level) {
+        if let Some(bucket) = out.get_mut(l.unwrap_or(0)) {
+            bucket.push(r);
+        }
+    }
+    out
 }
 
 /// Objects per batch sent to the target (SCIM Bulk allows 1,000 operations).

@@ -1,0 +1,213 @@
+//! Sync benchmark: a full cycle slapd → empty tenant, then delta latency.
+//!
+//!   cargo bench -p idbridge --bench sync
+//!   IDBRIDGE_BENCH_USERS=20000 cargo bench -p idbridge --bench sync
+//!
+//! N users and N/10 groups (`idbridge sample generate`, openldap flavour) are
+//! loaded into a throwaway slapd. In the same run: `ldapsearch -E pr=1000` of
+//! the same objects (the baseline), then `idbridge sync run --once` into an
+//! empty `idbridge tenant serve` (wall time, objects/s, peak RSS of the sync
+//! process), then the daemon with no idle wait: 20 single-attribute changes
+//! on-premises, each timed until the tenant shows it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{Slapd, SlapdOptions, TempDir};
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs a command to the end; wall time and peak RSS.
+fn measure(cmd: &mut Command) -> (f64, u64, String) {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        use std::io::Read;
+        let mut r = BufReader::new(stderr);
+        r.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut peak = 0;
+    let status = loop {
+        if let Some(k) = vm_hwm_kib(pid) {
+            peak = peak.max(k);
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let text = reader.join().unwrap();
+    assert!(status.success(), "{cmd:?}: {text}");
+    (start.elapsed().as_secs_f64(), peak, text)
+}
+
+fn main() {
+    let users: u64 = std::env::var("IDBRIDGE_BENCH_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let groups = users / 10;
+    let exe = env!("CARGO_BIN_EXE_idbridge");
+    let tmp = TempDir::new("bench-sync").unwrap();
+    let ldif = tmp.join("sample.ldif");
+    let g = Command::new(exe)
+        .args([
+            "sample",
+            "generate",
+            "--flavor",
+            "openldap",
+            "--no-ous",
+            "--seed",
+            "7",
+            "--users",
+            &users.to_string(),
+            "--groups",
+            &groups.to_string(),
+            "--out",
+        ])
+        .arg(&ldif)
+        .output()
+        .unwrap();
+    assert!(g.status.success());
+    let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap();
+    let pw = slapd.password_file().unwrap();
+    let filter =
+        "(|(objectClass=person)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))";
+    let (dump_secs, _, _) = measure(
+        Command::new("ldapsearch")
+            .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-y"])
+            .arg(&pw)
+            .args(["-b", slapd.base_dn(), "-E", "pr=1000/noprompt", filter, "*", "entryUUID"]),
+    );
+
+    let data = tmp.join("tenant");
+    let mut tenant = Command::new(exe)
+        .args(["tenant", "serve", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tenant.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.split("SCIM API at ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let run = |args: &[&str]| {
+        let o = Command::new(exe).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    run(&["tenant", "domain", "add", "--data", data.to_str().unwrap(), "example.org"]);
+    let token =
+        run(&["tenant", "token", "create", "--data", data.to_str().unwrap(), "--scope", "sync"]).trim().to_string();
+    std::fs::write(tmp.join("token"), &token).unwrap();
+    let config = tmp.join("idbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[source]]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"state.db\"\ninterval_secs = 0\n",
+            slapd.url,
+            slapd.admin_dn(),
+            pw.display(),
+            tmp.join("token").display()
+        ),
+    )
+    .unwrap();
+
+    let (cycle_secs, peak_kib, report) = measure(Command::new(exe).env("RUST_LOG", "warn").args([
+        "sync",
+        "run",
+        "--once",
+        "--config",
+        config.to_str().unwrap(),
+    ]));
+    let objects = users + groups;
+    println!("sync benchmark: {users} users + {groups} groups (slapd → empty tenant)");
+    println!("  ldapsearch dump (baseline)   {dump_secs:.2} s");
+    println!(
+        "  full cycle                   {cycle_secs:.1} s, {:.0} objects/s, peak RSS {} MiB ({:.0}x the dump)",
+        objects as f64 / cycle_secs,
+        peak_kib / 1024,
+        cycle_secs / dump_secs
+    );
+    println!("  report: {}", report.lines().last().unwrap_or(""));
+
+    // Delta latency with the daemon running back to back.
+    let mut daemon = Command::new(exe)
+        .env("RUST_LOG", "warn")
+        .args(["sync", "run", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = reqwest::Client::new();
+    let mut times = Vec::new();
+    for i in 0..20u64 {
+        let n = (i * 7919) % users;
+        let dump = Command::new("ldapsearch")
+            .args([
+                "-x",
+                "-LLL",
+                "-H",
+                &slapd.url,
+                "-D",
+                slapd.admin_dn(),
+                "-w",
+                slapd.admin_password(),
+                "-b",
+                slapd.base_dn(),
+            ])
+            .arg(format!("(employeeNumber={})", 100_000 + n))
+            .args(["dn", "mail"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&dump.stdout).to_string();
+        let dn = text.lines().find_map(|l| l.strip_prefix("dn: ")).unwrap().to_string();
+        let mail = text.lines().find_map(|l| l.strip_prefix("mail: ")).unwrap().to_string();
+        let title = format!("Delta {i}");
+        let started = Instant::now();
+        slapd.modify(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {title}\n-\n\n")).unwrap();
+        loop {
+            let v: serde_json::Value = rt.block_on(async {
+                client
+                    .get(format!("{base}/Users?filter=userName%20eq%20%22{mail}%22&attributes=title"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap()
+            });
+            if v["Resources"][0]["title"] == title.as_str() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "change {i} never arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64();
+    println!(
+        "  delta visible in the tenant  p50 {:.2} s  p99 {:.2} s (20 changes, daemon with no idle wait)",
+        pct(0.5),
+        pct(0.99)
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = tenant.kill();
+    let _ = tenant.wait();
+}
