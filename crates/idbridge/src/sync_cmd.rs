@@ -104,7 +104,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                     .context("sync cycle failed")?;
                 store.record_run(&src.name, &report)?;
                 eprintln!(
-                    "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted; {} errors ({:.1} s)",
+                    "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
                     report.status.as_str(),
                     report.import_mode,
                     report.imported,
@@ -115,7 +115,10 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                     report.updated,
                     report.deleted,
                     report.errors.len(),
-                    started.elapsed().as_secs_f64()
+                    started.elapsed().as_secs_f64(),
+                    report.stage_ms[0] as f64 / 1000.0,
+                    report.stage_ms[1] as f64 / 1000.0,
+                    report.stage_ms[2] as f64 / 1000.0
                 );
                 for (object, message) in &report.errors {
                     eprintln!("  error: {object}: {message}");

@@ -526,6 +526,122 @@ mod sync_e2e {
         let _ = &lab.tmp;
     }
 
+    /// The tenant equals what the directory holds: same users (by userName)
+    /// with the same titles, each exactly once; same groups with the same member counts.
+    fn assert_converged(lab: &Lab, trial: u32) {
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let entries = json_lines(&dump);
+        let mut want_users = std::collections::BTreeMap::new();
+        let mut want_groups = std::collections::BTreeMap::new();
+        for e in &entries {
+            if e["kind"] == "user" {
+                want_users.insert(
+                    e["attributes"]["mail"][0].as_str().unwrap().to_string(),
+                    e["attributes"]["title"][0].as_str().map(str::to_string),
+                );
+            } else if e["kind"] == "group" {
+                let members = e["attributes"]["member"]
+                    .as_array()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|x| x.as_str().is_some_and(|d| d.starts_with("uid=") || d.starts_with("cn=")))
+                            .count()
+                    })
+                    .unwrap_or(0);
+                want_groups.insert(e["attributes"]["cn"][0].as_str().unwrap().to_string(), members);
+            }
+        }
+        let users = get(lab, "/Users?count=1000&attributes=userName,title,externalId");
+        let mut got_users = std::collections::BTreeMap::new();
+        let mut external_ids = std::collections::HashSet::new();
+        for u in users["Resources"].as_array().unwrap() {
+            assert!(external_ids.insert(u["externalId"].as_str().unwrap().to_string()), "trial {trial}: duplicate {u}");
+            got_users.insert(u["userName"].as_str().unwrap().to_string(), u["title"].as_str().map(str::to_string));
+        }
+        assert_eq!(got_users, want_users, "trial {trial}: users differ");
+        let groups = get(lab, "/Groups?count=1000");
+        let got_groups: std::collections::BTreeMap<String, usize> = groups["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (g["displayName"].as_str().unwrap().to_string(), g["members"].as_array().map(Vec::len).unwrap_or(0))
+            })
+            .collect();
+        assert_eq!(
+            got_groups.keys().collect::<Vec<_>>(),
+            want_groups.keys().collect::<Vec<_>>(),
+            "trial {trial}: groups differ"
+        );
+        for (name, n) in &want_groups {
+            // Nested groups that are members count too; every on-premises member is in scope here.
+            assert_eq!(got_groups[name], *n, "trial {trial}: members of {name}");
+        }
+    }
+
+    #[test]
+    fn killed_at_random_points_then_converges() {
+        let lab = lab(150, 12, "");
+        assert!(sync_once(&lab, &[]).status.success());
+        assert_converged(&lab, 0);
+        // A full cycle, timed, to spread the kill points over import, sync and export.
+        let started = std::time::Instant::now();
+        assert!(sync_once(&lab, &["--full"]).status.success());
+        let cycle = started.elapsed();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut killed_mid_run = 0;
+        for trial in 1..=20u32 {
+            // Change something on-premises: titles, one user more, one fewer.
+            let n = next() % 150;
+            let mut ldif = format!(
+                "dn: uid=extra{trial},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: extra{trial}\ncn: Extra {trial}\nsn: X\nmail: extra{trial}@example.org\ntitle: T{trial}\n\n"
+            );
+            let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+            let people: Vec<String> = json_lines(&dump)
+                .iter()
+                .filter(|e| e["kind"] == "user")
+                .map(|e| e["dn"].as_str().unwrap().to_string())
+                .collect();
+            for k in 0..20 {
+                let target = &people[(n as usize + k * 7) % people.len()];
+                ldif.push_str(&format!(
+                    "dn: {target}\nchangetype: modify\nreplace: title\ntitle: Trial {trial}.{k}\n-\n\n"
+                ));
+            }
+            if trial % 4 == 0 {
+                let victim = people.iter().find(|d| d.starts_with("uid=extra")).unwrap_or(&people[0]);
+                ldif.push_str(&format!("dn: {victim}\nchangetype: delete\n\n"));
+            }
+            lab.slapd.modify(&ldif).unwrap();
+            // A full cycle, so the kill can land in import, sync or export.
+            let args = vec!["sync", "run", "--once", "--full", "--config", p(&lab.config)];
+            let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(&args)
+                .env("RUST_LOG", "warn")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let delay = std::time::Duration::from_micros(next() % (cycle.as_micros() as u64 + 1));
+            std::thread::sleep(delay);
+            if child.try_wait().unwrap().is_none() {
+                killed_mid_run += 1;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = sync_once(&lab, &[]);
+            assert!(out.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_converged(&lab, trial);
+        }
+        assert!(killed_mid_run >= 12, "only {killed_mid_run} of 20 kills landed while the cycle ran");
+        eprintln!("{killed_mid_run} of 20 kills landed mid-cycle");
+    }
+
     #[test]
     fn deletion_threshold_and_staging() {
         let lab = lab(20, 2, "deletion_threshold = 2");

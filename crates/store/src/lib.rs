@@ -472,6 +472,11 @@ impl SyncStore for SqliteStore {
         }
     }
 
+    fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT tenant_id FROM exported WHERE mv_id = ?1").map_err(err)?;
+        stmt.query_row(params![mv], |r| r.get(0)).optional().map_err(err)
+    }
+
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
         self.conn
             .execute(

@@ -90,6 +90,8 @@ pub trait SyncStore {
     fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError>;
     /// The tenant id and the resource last confirmed by the tenant.
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError>;
+    /// Just the tenant id (cheaper than [`SyncStore::exported`]).
+    fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError>;
     /// The tenant confirmed `resource` for `mv`: remember it, clear dirty and errors.
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError>;
     /// The tenant object is gone: forget it (a deleted object's rows go too).
@@ -169,6 +171,8 @@ pub struct CycleReport {
     pub unchanged: u64,
     pub errors: Vec<(String, String)>,
     pub status: CycleStatus,
+    /// Milliseconds spent in import, sync and export.
+    pub stage_ms: [u64; 3],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,11 +268,12 @@ where
     }
     store.set_watermark(source_name, &summary.watermark)?;
     store.commit()?;
+    let import_ms = stage.elapsed().as_millis() as u64;
     tracing::info!(
         source = source_name,
         imported,
         deleted = deleted_on_premises + reconciled,
-        ms = stage.elapsed().as_millis() as u64,
+        ms = import_ms,
         "import done"
     );
     let stage = std::time::Instant::now();
@@ -322,7 +327,8 @@ where
     }
     store.set_config_hash(source_name, &options.config_hash)?;
     store.commit()?;
-    tracing::info!(source = source_name, synced, out_of_scope, ms = stage.elapsed().as_millis() as u64, "sync done");
+    let sync_ms = stage.elapsed().as_millis() as u64;
+    tracing::info!(source = source_name, synced, out_of_scope, ms = sync_ms, "sync done");
     let stage = std::time::Instant::now();
 
     let mut report = CycleReport {
@@ -337,6 +343,7 @@ where
         unchanged: 0,
         errors: Vec::new(),
         status: CycleStatus::Success,
+        stage_ms: [import_ms, sync_ms, 0],
     };
     if options.staging {
         report.status = CycleStatus::Staging;
@@ -351,7 +358,7 @@ where
             records.push(r);
         }
     }
-    let deletions = records.iter().filter(|r| r.deleted && store.exported(&r.id).ok().flatten().is_some()).count();
+    let deletions = records.iter().filter(|r| r.deleted && store.exported_id(&r.id).ok().flatten().is_some()).count();
     let allowed = options.allow_deletes.unwrap_or(0).max(options.deletion_threshold);
     if deletions > allowed {
         tracing::warn!(
@@ -368,7 +375,7 @@ where
     // waits (reference cycles) gets a second pass at the end.
     let mut exported_ids = HashSet::new();
     for r in &records {
-        if store.exported(&r.id)?.is_some() {
+        if store.exported_id(&r.id)?.is_some() {
             exported_ids.insert(r.id.clone());
         }
     }
@@ -420,12 +427,13 @@ where
         }
         levels = vec![waiting];
     }
+    report.stage_ms[2] = stage.elapsed().as_millis() as u64;
     tracing::info!(
         created = report.created,
         updated = report.updated,
         deleted = report.deleted,
         errors = report.errors.len(),
-        ms = stage.elapsed().as_millis() as u64,
+        ms = report.stage_ms[2],
         "export done"
     );
     if !report.errors.is_empty() {
@@ -512,14 +520,14 @@ fn plan<St: SyncStore>(store: &St, record: &MvRecord) -> Result<Plan, StoreError
         return Ok(Plan { op, desired: None, tenant_id: existing.map(|(id, _)| id), waiting: false });
     }
     let manager = match &record.manager {
-        Some(m) => store.exported(m)?.map(|(id, _)| id),
+        Some(m) => store.exported_id(m)?,
         None => None,
     };
     let mut members = Vec::with_capacity(record.members.len());
     let mut waiting = record.manager.is_some() && manager.is_none();
     for m in &record.members {
-        match store.exported(m)? {
-            Some((id, _)) => members.push(id),
+        match store.exported_id(m)? {
+            Some(id) => members.push(id),
             None => waiting = true,
         }
     }

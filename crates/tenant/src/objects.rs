@@ -29,6 +29,21 @@ use crate::error::{Result, TenantError};
 use crate::store::Settings;
 use crate::util::{new_id, now, random_bytes};
 
+/// `execute` through the connection's statement cache (writes are hot in Bulk).
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the statement cache.
+fn query_one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     User,
@@ -184,7 +199,7 @@ fn to_stored(
 const SELECT: &str = "SELECT id, type, data, version, created, modified FROM resources";
 
 pub fn load(conn: &Connection, kind: Option<Kind>, id: &str) -> Result<Option<Stored>> {
-    let row = conn.query_row(&format!("{SELECT} WHERE id = ?1"), params![id], row_to_stored).optional()?;
+    let row = query_one(conn, &format!("{SELECT} WHERE id = ?1"), params![id], row_to_stored).optional()?;
     let stored = row.map(to_stored).transpose()?;
     Ok(stored.filter(|s| kind.is_none_or(|k| k == s.kind)))
 }
@@ -336,7 +351,8 @@ fn placeholder(conn: &Connection, wanted: &str) -> Result<String> {
     for _ in 0..100 {
         let n = u16::from_le_bytes(random_bytes::<2>()) % 10_000;
         let candidate = format!("{local}+{n:04}@{initial}");
-        let taken: bool = conn.query_row(
+        let taken: bool = query_one(
+            conn,
             "SELECT EXISTS(SELECT 1 FROM claims WHERE value = ?1)",
             params![candidate.to_lowercase()],
             |r| r.get(0),
@@ -397,10 +413,10 @@ fn save(
             }
         }
     }
-    conn.execute("DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
     for (attr, lc, given) in claims_of(kind, &data) {
         let holder: Option<String> =
-            conn.query_row("SELECT resource_id FROM claims WHERE value = ?1", params![lc], |r| r.get(0)).optional()?;
+            query_one(conn, "SELECT resource_id FROM claims WHERE value = ?1", params![lc], |r| r.get(0)).optional()?;
         let Some(holder) = holder.filter(|h| h != id) else { continue };
         if !synced {
             return Err(ScimError::new(
@@ -409,7 +425,8 @@ fn save(
             )
             .into());
         }
-        conn.execute(
+        exec(
+            conn,
             "INSERT OR REPLACE INTO quarantine(resource_id, attr, value, wanted, holder, since) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
             params![id, attr, lc, given, holder, now()],
         )?;
@@ -431,11 +448,11 @@ fn save(
     let new_values: HashSet<&String> = final_claims.iter().map(|(_, v, _)| v).collect();
     let released: Vec<String> = old_claims.iter().filter(|v| !new_values.contains(v)).cloned().collect();
     for v in &released {
-        conn.execute("DELETE FROM claims WHERE value = ?1", params![v])?;
+        exec(conn, "DELETE FROM claims WHERE value = ?1", params![v])?;
     }
     for (attr, lc, _) in &final_claims {
         if !old_claims.contains(lc) {
-            conn.execute("INSERT INTO claims(value, resource_id, attr) VALUES(?1, ?2, ?3)", params![lc, id, attr])
+            exec(conn, "INSERT INTO claims(value, resource_id, attr) VALUES(?1, ?2, ?3)", params![lc, id, attr])
                 .map_err(|e| match e {
                     rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
                         TenantError::Scim(ScimError::new(
@@ -466,7 +483,7 @@ fn save(
             .into());
         }
     }
-    conn.execute(
+    exec(conn,
         "INSERT INTO resources(id, type, data, version, created, modified, user_name_lc, external_id, immutable_id, display_name_lc)
          VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT(id) DO UPDATE SET data = excluded.data, version = excluded.version, modified = excluded.modified,
@@ -512,7 +529,7 @@ fn release(conn: &Connection, values: &[String], depth: u32) -> Result<()> {
                 p.push(wanted.clone());
                 set_proxies(&mut data, p);
             }
-            conn.execute("DELETE FROM quarantine WHERE resource_id = ?1 AND value = ?2", params![waiter, v])?;
+            exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1 AND value = ?2", params![waiter, v])?;
             tracing::info!(object = %waiter, attribute = %attr, value = %wanted, "quarantined value released");
             // Pass the old state with the placeholder so other quarantined values stay wanted.
             let mut old = stored.clone();
@@ -574,7 +591,7 @@ fn remove_members(conn: &Connection, group_id: &str, ids: &[String]) -> Result<(
 }
 
 fn find_by_immutable_id(conn: &Connection, imm: &str) -> Result<Option<Stored>> {
-    let row = conn.query_row(&format!("{SELECT} WHERE immutable_id = ?1"), params![imm], row_to_stored).optional()?;
+    let row = query_one(conn, &format!("{SELECT} WHERE immutable_id = ?1"), params![imm], row_to_stored).optional()?;
     row.map(to_stored).transpose()
 }
 
@@ -683,7 +700,7 @@ fn replace_data(conn: &Connection, existing: &Stored, mut data: Value) -> Result
     let members = if existing.kind == Kind::Group { take_members(conn, &mut data, &existing.id)? } else { None };
     let stored = save(conn, existing.kind, &existing.id, data, Some(existing), 0)?;
     if let Some(ids) = members {
-        conn.execute("DELETE FROM members WHERE group_id = ?1", params![existing.id])?;
+        exec(conn, "DELETE FROM members WHERE group_id = ?1", params![existing.id])?;
         add_members(conn, &existing.id, &ids)?;
     }
     Ok(stored)
@@ -764,7 +781,7 @@ pub fn patch(
     let stored = if other_ops.is_empty() {
         // Only members changed: bump the version without rewriting the group.
         let stamp = now();
-        conn.execute("UPDATE resources SET version = version + 1, modified = ?2 WHERE id = ?1", params![id, stamp])?;
+        exec(conn, "UPDATE resources SET version = version + 1, modified = ?2 WHERE id = ?1", params![id, stamp])?;
         Stored { version: existing.version + 1, modified: stamp, ..existing }
     } else {
         let data = apply_patch(kind.rt(), &existing.data, &other_ops)?;
@@ -818,7 +835,7 @@ fn apply_member_op(conn: &Connection, group_id: &str, op: &PatchOperation) -> Re
         (PatchOp::Replace, None) => {
             let ids = values_of(op.value.as_ref())?;
             check_members_exist(conn, &ids, group_id)?;
-            conn.execute("DELETE FROM members WHERE group_id = ?1", params![group_id])?;
+            exec(conn, "DELETE FROM members WHERE group_id = ?1", params![group_id])?;
             add_members(conn, group_id, &ids)?;
             Ok(ids.len())
         }
@@ -828,7 +845,7 @@ fn apply_member_op(conn: &Connection, group_id: &str, op: &PatchOperation) -> Re
                 remove_members(conn, group_id, &ids)?;
                 Ok(ids.len())
             }
-            _ => Ok(conn.execute("DELETE FROM members WHERE group_id = ?1", params![group_id])?),
+            _ => Ok(exec(conn, "DELETE FROM members WHERE group_id = ?1", params![group_id])?),
         },
         (PatchOp::Remove, Some(filter)) => {
             // The common form, members[value eq "id"], needs no scan.
@@ -845,7 +862,7 @@ fn apply_member_op(conn: &Connection, group_id: &str, op: &PatchOperation) -> Re
             let mut doomed = Vec::new();
             for m in member_ids(conn, group_id)? {
                 let t: Option<String> =
-                    conn.query_row("SELECT type FROM resources WHERE id = ?1", params![m], |r| r.get(0)).optional()?;
+                    query_one(conn, "SELECT type FROM resources WHERE id = ?1", params![m], |r| r.get(0)).optional()?;
                 if filter.matches_value(def, &json!({"value": m, "type": t}))? {
                     doomed.push(m);
                 }
@@ -864,10 +881,10 @@ pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: 
     check_version(&existing, if_match)?;
     let mut stmt = conn.prepare_cached("SELECT value FROM claims WHERE resource_id = ?1")?;
     let released: Vec<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-    conn.execute("DELETE FROM claims WHERE resource_id = ?1", params![id])?;
-    conn.execute("DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
-    conn.execute("DELETE FROM members WHERE group_id = ?1 OR member_id = ?1", params![id])?;
-    conn.execute("DELETE FROM resources WHERE id = ?1", params![id])?;
+    exec(conn, "DELETE FROM claims WHERE resource_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM members WHERE group_id = ?1 OR member_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM resources WHERE id = ?1", params![id])?;
     release(conn, &released, 0)?;
     audit::record(conn, ctx.actor, "delete", Some(kind.as_str()), Some(id), None)?;
     Ok(())

@@ -129,7 +129,8 @@ fn migrate(conn: &Connection) -> Result<()> {
 }
 
 pub fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
+    let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+    Ok(stmt.query_row(params![key], |r| r.get(0)).optional()?)
 }
 
 pub fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
