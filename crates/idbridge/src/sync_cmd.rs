@@ -33,6 +33,16 @@ pub enum SyncCommand {
         #[arg(long)]
         allow_deletes: Option<usize>,
     },
+    /// Import and sync without exporting, then show every pending export
+    /// per object and attribute (old → new).
+    Preview {
+        #[arg(long, default_value = "idbridge.toml")]
+        config: PathBuf,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
     /// The last cycles and what is pending.
     Status {
         #[arg(long, default_value = "idbridge.toml")]
@@ -141,6 +151,34 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                 }
             }
         }
+        SyncCommand::Preview { config: path, json, csv } => {
+            let config = Config::load(&path)?;
+            if config.sources.len() != 1 {
+                bail!("{}: sync runs with exactly one [[source]] for now", path.display());
+            }
+            let src = config.source(None)?;
+            let settings = src.to_settings()?;
+            let mut store = open_store(&config, &path)?;
+            let config_hash = format!("{MAPPING_VERSION}|{:?}", settings);
+            let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
+            let (_, profile) =
+                source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
+            let flavor =
+                if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
+            let options = CycleOptions {
+                staging: true,
+                deletion_threshold: config.sync.deletion_threshold,
+                config_hash,
+                ..CycleOptions::default()
+            };
+            let mut nowhere = NoTarget;
+            run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options)
+                .await
+                .context("import and sync for the preview")?;
+            let pending = sync::engine::pending_exports(&store)?;
+            print_preview(&pending, json, csv);
+            Ok(())
+        }
         SyncCommand::Status { config: path } => {
             let config = Config::load(&path)?;
             let store = open_store(&config, &path)?;
@@ -172,6 +210,86 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                 println!("#{}\t{}\t{}\t{}\t{}", r.id, r.finished, r.source, r.status, r.report);
             }
             Ok(())
+        }
+    }
+}
+
+/// A target that is never called (preview runs in staging mode).
+struct NoTarget;
+
+impl sync::engine::Target for NoTarget {
+    async fn apply(
+        &mut self,
+        ops: &[sync::engine::ExportOp],
+    ) -> Vec<Result<Option<String>, sync::engine::TargetError>> {
+        ops.iter()
+            .map(|_| Err(sync::engine::TargetError { message: "preview exports nothing".into(), not_found: false }))
+            .collect()
+    }
+}
+
+fn show(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "∅".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool) {
+    if json {
+        for p in pending {
+            let changes: Vec<serde_json::Value> =
+                p.changes.iter().map(|(a, o, n)| serde_json::json!({"attribute": a, "old": o, "new": n})).collect();
+            println!(
+                "{}",
+                serde_json::json!({"action": p.action, "kind": p.kind.as_str(), "object": p.object, "waiting": p.waiting, "changes": changes})
+            );
+        }
+        return;
+    }
+    if csv {
+        println!("action,kind,object,attribute,old,new");
+        for p in pending {
+            if p.changes.is_empty() {
+                println!("{},{},{},,,", p.action, p.kind, csv_field(&p.object));
+            }
+            for (a, o, n) in &p.changes {
+                println!(
+                    "{},{},{},{},{},{}",
+                    p.action,
+                    p.kind,
+                    csv_field(&p.object),
+                    csv_field(a),
+                    csv_field(&show(o)),
+                    csv_field(&show(n))
+                );
+            }
+        }
+        return;
+    }
+    let (creates, updates, deletes) = pending.iter().fold((0, 0, 0), |(c, u, d), p| match p.action {
+        "create" => (c + 1, u, d),
+        "update" => (c, u + 1, d),
+        _ => (c, u, d + 1),
+    });
+    println!("{creates} to create, {updates} to update, {deletes} to delete");
+    for p in pending {
+        println!(
+            "{} {} {}{}",
+            p.action,
+            p.kind,
+            p.object,
+            if p.waiting { " (waiting for a referenced object)" } else { "" }
+        );
+        if p.action == "update" {
+            for (a, o, n) in &p.changes {
+                println!("    {a}: {} → {}", show(o), show(n));
+            }
         }
     }
 }

@@ -506,6 +506,17 @@ mod sync_e2e {
                  dn: {group}\nchangetype: modify\nadd: member\nmember: uid=newbie,ou=people,dc=example,dc=org\n-\n\n"
             ))
             .unwrap();
+        // The staging view shows exactly what the next export will do, per attribute.
+        let preview = json_lines(&ok(&idbridge(&["sync", "preview", "--config", p(&lab.config), "--json"])));
+        let title_change = preview.iter().find(|p| p["action"] == "update" && p["object"] == a).expect("update of a");
+        let change = title_change["changes"].as_array().unwrap().iter().find(|c| c["attribute"] == "title").unwrap();
+        assert_eq!(change["new"], "Chief Cartographer");
+        assert!(change["old"].is_string());
+        assert!(preview.iter().any(|p| p["action"] == "delete" && p["object"] == b));
+        assert!(preview.iter().any(|p| p["action"] == "create" && p["object"] == "uid=newbie,ou=people,dc=example,dc=org"));
+        let csv = ok(&idbridge(&["sync", "preview", "--config", p(&lab.config), "--csv"]));
+        assert!(csv.starts_with("action,kind,object,attribute,old,new") && csv.contains("Chief Cartographer"), "{csv}");
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 60, "preview exports nothing");
         let out = sync_once(&lab, &[]);
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success() && report.contains("Delta import"), "{report}");

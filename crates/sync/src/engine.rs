@@ -351,14 +351,20 @@ where
     }
 
     // 3. Outbound sync and export, one confirmed object at a time.
+    // Only ids and references stay in memory; records are read per batch.
     let dirty = store.dirty()?;
-    let mut records = Vec::with_capacity(dirty.len());
+    let mut nodes = Vec::with_capacity(dirty.len());
     for id in &dirty {
         if let Some(r) = store.mv_get(id)? {
-            records.push(r);
+            nodes.push(Node { id: r.id, deleted: r.deleted, refs: r.manager.into_iter().chain(r.members).collect() });
         }
     }
-    let deletions = records.iter().filter(|r| r.deleted && store.exported_id(&r.id).ok().flatten().is_some()).count();
+    let mut deletions = 0;
+    for n in nodes.iter().filter(|n| n.deleted) {
+        if store.exported_id(&n.id)?.is_some() {
+            deletions += 1;
+        }
+    }
     let allowed = options.allow_deletes.unwrap_or(0).max(options.deletion_threshold);
     if deletions > allowed {
         tracing::warn!(
@@ -374,17 +380,23 @@ where
     // in this same run, so references resolve on the first pass. What still
     // waits (reference cycles) gets a second pass at the end.
     let mut exported_ids = HashSet::new();
-    for r in &records {
-        if store.exported_id(&r.id)?.is_some() {
-            exported_ids.insert(r.id.clone());
+    for n in &nodes {
+        if store.exported_id(&n.id)?.is_some() {
+            exported_ids.insert(n.id.clone());
         }
     }
-    let mut levels = dependency_levels(records, &exported_ids);
+    let mut levels = dependency_levels(nodes, &exported_ids);
     for pass in 0..2 {
         let mut waiting = Vec::new();
-        for chunk in levels.iter().flat_map(|level| level.chunks(EXPORT_BATCH)) {
+        for ids in levels.iter().flat_map(|level| level.chunks(EXPORT_BATCH)) {
+            let mut chunk = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(r) = store.mv_get(id)? {
+                    chunk.push(r);
+                }
+            }
             let mut plans = Vec::with_capacity(chunk.len());
-            for record in chunk {
+            for record in &chunk {
                 plans.push(plan(store, record)?);
             }
             let ops: Vec<ExportOp> = plans.iter().filter_map(|p| p.op.clone()).collect();
@@ -399,7 +411,7 @@ where
                     Ok(None)
                 };
                 if plan.waiting && pass == 0 {
-                    waiting.push(record.clone());
+                    waiting.push(record.id.clone());
                 }
                 match confirm(store, record, plan, result)? {
                     Ok(done) => match done {
@@ -444,18 +456,13 @@ where
 
 /// Orders records so that each comes after the not-yet-exported records it
 /// refers to (manager, members); a reference cycle is cut where it closes.
-fn dependency_levels(records: Vec<MvRecord>, exported: &HashSet<String>) -> Vec<Vec<MvRecord>> {
+fn dependency_levels(records: Vec<Node>, exported: &HashSet<String>) -> Vec<Vec<String>> {
     use std::collections::HashMap;
-    let index: HashMap<String, usize> = records.iter().enumerate().map(|(i, r)| (r.id.clone(), i)).collect();
+    let index: HashMap<&str, usize> = records.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
     let deps: Vec<Vec<usize>> = records
         .iter()
         .map(|r| {
-            r.manager
-                .iter()
-                .chain(r.members.iter())
-                .filter(|d| !exported.contains(*d))
-                .filter_map(|d| index.get(d).copied())
-                .collect()
+            r.refs.iter().filter(|d| !exported.contains(*d)).filter_map(|d| index.get(d.as_str()).copied()).collect()
         })
         .collect();
     // Iterative depth-first levels; 0 = no pending dependency.
@@ -483,17 +490,25 @@ fn dependency_levels(records: Vec<MvRecord>, exported: &HashSet<String>) -> Vec<
         }
     }
     let depth = level.iter().filter_map(|l| *l).max().unwrap_or(0);
-    let mut out: Vec<Vec<MvRecord>> = (0..=depth).map(|_| Vec::new()).collect();
+    let mut out: Vec<Vec<String>> = (0..=depth).map(|_| Vec::new()).collect();
     for (r, l) in records.into_iter().zip(level) {
         if let Some(bucket) = out.get_mut(l.unwrap_or(0)) {
-            bucket.push(r);
+            bucket.push(r.id);
         }
     }
     out
 }
 
+/// What export ordering needs of a metaverse object: its id and references.
+#[derive(Debug)]
+struct Node {
+    id: String,
+    deleted: bool,
+    refs: Vec<String>,
+}
+
 /// Objects per batch sent to the target (SCIM Bulk allows 1,000 operations).
-const EXPORT_BATCH: usize = 500;
+const EXPORT_BATCH: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exported {
@@ -598,4 +613,82 @@ fn confirm<St: SyncStore>(
         store.record_error(&record.id, "export", "a referenced object (manager or member) is not in the tenant yet")?;
     }
     Ok(Ok(done))
+}
+
+/// One export the next cycle will send (for `sync preview`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingExport {
+    pub kind: ObjectKind,
+    /// The on-premises DN, or the immutableId.
+    pub object: String,
+    pub action: &'static str,
+    /// Per attribute: (path, old value, new value); members as added/removed ids.
+    pub changes: Vec<(String, Json, Json)>,
+    /// A referenced object is not in the tenant yet.
+    pub waiting: bool,
+}
+
+fn old_value(exported: &Json, path: &str) -> Json {
+    match path.rsplit_once(':') {
+        Some((urn, attr)) if path.starts_with("urn:") => {
+            exported.get(urn).and_then(|e| e.get(attr)).cloned().unwrap_or(Json::Null)
+        }
+        _ => exported.get(path).cloned().unwrap_or(Json::Null),
+    }
+}
+
+/// What the next export would send, computed from the store without sending.
+pub fn pending_exports<St: SyncStore>(store: &St) -> Result<Vec<PendingExport>, StoreError> {
+    let mut out = Vec::new();
+    for id in store.dirty()? {
+        let Some(record) = store.mv_get(&id)? else { continue };
+        let plan = plan(store, &record)?;
+        let object = record
+            .attrs
+            .get("onPremisesDistinguishedName")
+            .and_then(Json::as_str)
+            .unwrap_or(&record.anchor)
+            .to_string();
+        let exported = store.exported(&record.id)?.map(|(_, r)| r).unwrap_or(Json::Null);
+        let (action, changes) = match &plan.op {
+            Some(ExportOp::Create { resource, .. }) => {
+                let mut changes = Vec::new();
+                if let Some(obj) = resource.as_object() {
+                    for (k, v) in obj.iter().filter(|(k, _)| *k != "schemas") {
+                        changes.push((k.clone(), Json::Null, v.clone()));
+                    }
+                }
+                ("create", changes)
+            }
+            Some(ExportOp::Patch { operations, .. }) => {
+                let changes = operations
+                    .iter()
+                    .map(|op| {
+                        let path = op["path"].as_str().unwrap_or_default().to_string();
+                        match op["op"].as_str() {
+                            Some("add") => (path, Json::Null, op["value"].clone()),
+                            Some("remove") if path.starts_with("members[") => (path, json_str("member"), Json::Null),
+                            Some("remove") => {
+                                let old = old_value(&exported, &path);
+                                (path, old, Json::Null)
+                            }
+                            _ => {
+                                let old = old_value(&exported, &path);
+                                (path, old, op["value"].clone())
+                            }
+                        }
+                    })
+                    .collect();
+                ("update", changes)
+            }
+            Some(ExportOp::Delete { .. }) => ("delete", Vec::new()),
+            None => continue,
+        };
+        out.push(PendingExport { kind: record.kind, object, action, changes, waiting: plan.waiting });
+    }
+    Ok(out)
+}
+
+fn json_str(s: &str) -> Json {
+    Json::String(s.to_string())
 }
