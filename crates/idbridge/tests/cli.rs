@@ -654,6 +654,34 @@ mod sync_e2e {
     }
 
     #[test]
+    fn duplicates_quarantine_scope_changes_and_config_changes() {
+        let lab = lab(10, 1, "");
+        assert!(sync_once(&lab, &[]).status.success());
+        // Two people on-premises with one address: the cycle succeeds, the second waits in quarantine.
+        let users = get(&lab, "/Users?count=1");
+        let first = users["Resources"][0]["userName"].as_str().unwrap().to_string();
+        lab.slapd.modify(&format!("dn: uid=twin,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: twin\ncn: Twin\nsn: T\nmail: {first}\n\n")).unwrap();
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("0 errors"), "{report}");
+        let twins = get(&lab, "/Users?count=100&filter=urn%3Aidbridge%3Aparams%3Ascim%3Aschemas%3Aextension%3Ahybrid%3A2.0%3AObject%3AprovisioningErrors%20pr");
+        assert_eq!(twins["totalResults"], 1, "{twins}");
+        let twin = &twins["Resources"][0];
+        assert!(twin["userName"].as_str().unwrap().contains('+'), "placeholder userName: {twin}");
+        assert_eq!(twin["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["provisioningErrors"][0]["value"], first.as_str());
+
+        // Scoping: excluding an OU removes its objects from the tenant; a changed
+        // configuration is noticed and runs a full import by itself.
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+        std::fs::write(&lab.config, config.replace("base_dns = [\"dc=example,dc=org\"]", "base_dns = [\"dc=example,dc=org\"]\nexclude_ous = [\"ou=groups,dc=example,dc=org\"]")).unwrap();
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("Full"), "config change → full import: {report}");
+        assert_eq!(get(&lab, "/Groups?count=1")["totalResults"], 0, "{report}");
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 11);
+    }
+
+    #[test]
     fn deletion_threshold_and_staging() {
         let lab = lab(20, 2, "deletion_threshold = 2");
         assert!(sync_once(&lab, &[]).status.success());
