@@ -43,6 +43,14 @@ pub enum SyncCommand {
         #[arg(long)]
         csv: bool,
     },
+    /// Where every tenant attribute of one object comes from: value, flow,
+    /// source object and attribute.
+    Explain {
+        #[arg(long, default_value = "idbridge.toml")]
+        config: PathBuf,
+        /// A userName (UPN), an on-premises DN, or an immutableId.
+        object: String,
+    },
     /// The last cycles and what is pending.
     Status {
         #[arg(long, default_value = "idbridge.toml")]
@@ -179,6 +187,11 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             print_preview(&pending, json, csv);
             Ok(())
         }
+        SyncCommand::Explain { config: path, object } => {
+            let config = Config::load(&path)?;
+            let store = open_store(&config, &path)?;
+            explain(&store, &object)
+        }
         SyncCommand::Status { config: path } => {
             let config = Config::load(&path)?;
             let store = open_store(&config, &path)?;
@@ -292,4 +305,77 @@ fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool)
             }
         }
     }
+}
+
+/// The value at one of the outbound mapping's tenant paths.
+fn value_at(resource: &serde_json::Value, path: &str) -> Option<serde_json::Value> {
+    use sync::mapping::{ENTERPRISE_SCHEMA, HYBRID_SCHEMA};
+    if let Some(attr) = path.strip_prefix("enterprise:") {
+        return resource.get(ENTERPRISE_SCHEMA)?.get(attr).cloned();
+    }
+    if let Some(attr) = path.strip_prefix("hybrid:") {
+        return resource.get(HYBRID_SCHEMA)?.get(attr).cloned();
+    }
+    if let Some((attr, rest)) = path.split_once('[') {
+        let (filter, sub) = rest.split_once("].")?;
+        let wanted = filter.split('"').nth(1)?;
+        let item =
+            resource.get(attr)?.as_array()?.iter().find(|v| v.get("type").and_then(|t| t.as_str()) == Some(wanted))?;
+        return item.get(sub).cloned();
+    }
+    match path.split_once('.') {
+        Some((a, b)) => resource.get(a)?.get(b).cloned(),
+        None => resource.get(path).cloned(),
+    }
+}
+
+fn explain(store: &SqliteStore, key: &str) -> Result<()> {
+    use sync::engine::SyncStore;
+    let Some((mv, source, cs_id)) = store.find(key)? else {
+        bail!(
+            "no synchronised object has the userName, DN or immutableId {key:?} (objects appear here after a sync cycle)"
+        );
+    };
+    let Some((obj, deleted)) = store.cs_get(&source, &cs_id)? else {
+        bail!("the source object of {key:?} is no longer in the connector space")
+    };
+    let flavor = if obj.entry.has("objectGUID") { Flavor::ActiveDirectory } else { Flavor::Ldap };
+    let (projection, origin) = sync::mapping::project_explained(flavor, &obj);
+    let exported = store.exported(&mv)?;
+    println!(
+        "object:      {} ({}) in source {source:?}{}",
+        obj.entry.dn,
+        obj.kind,
+        if deleted { ", deleted on-premises" } else { "" }
+    );
+    println!("immutableId: {}  (sourceAnchor, from the source's anchor attribute)", projection.anchor);
+    match &exported {
+        Some((tenant_id, _)) => println!("tenant id:   {tenant_id}"),
+        None => println!("tenant id:   not exported yet (see `idbridge sync preview`)"),
+    }
+    let Some((_, resource)) = exported else { return Ok(()) };
+    println!();
+    println!("{:<42} {:<36} from", "tenant attribute", "value");
+    for (path, mv_attr) in sync::mapping::OUTBOUND {
+        let Some(value) = value_at(&resource, path) else { continue };
+        let source_attr =
+            origin.iter().find(|(m, _)| m == mv_attr).map(|(_, s)| s.as_str()).unwrap_or(match *mv_attr {
+                "sourceAnchor" => "the anchor attribute (objectGUID / ms-DS-ConsistencyGuid / entryUUID / nsUniqueId)",
+                "manager (reference)" => "manager (DN → that object's tenant id)",
+                "member (references)" => "member (DNs → tenant ids)",
+                _ => "built-in constant",
+            });
+        let shown = match &value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(a) if a.len() > 3 => format!("[{} values]", a.len()),
+            other => other.to_string(),
+        };
+        println!("{path:<42} {:<36} metaverse {mv_attr} ← {source_attr}", shown.chars().take(36).collect::<String>());
+    }
+    println!(
+        "\nflows: the built-in {} mapping (sync::mapping); the source attributes are those of {}",
+        if flavor == Flavor::ActiveDirectory { "Active Directory" } else { "LDAP" },
+        obj.entry.dn
+    );
+    Ok(())
 }

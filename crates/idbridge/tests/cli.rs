@@ -513,7 +513,9 @@ mod sync_e2e {
         assert_eq!(change["new"], "Chief Cartographer");
         assert!(change["old"].is_string());
         assert!(preview.iter().any(|p| p["action"] == "delete" && p["object"] == b));
-        assert!(preview.iter().any(|p| p["action"] == "create" && p["object"] == "uid=newbie,ou=people,dc=example,dc=org"));
+        assert!(
+            preview.iter().any(|p| p["action"] == "create" && p["object"] == "uid=newbie,ou=people,dc=example,dc=org")
+        );
         let csv = ok(&idbridge(&["sync", "preview", "--config", p(&lab.config), "--csv"]));
         assert!(csv.starts_with("action,kind,object,attribute,old,new") && csv.contains("Chief Cartographer"), "{csv}");
         assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 60, "preview exports nothing");
@@ -529,6 +531,17 @@ mod sync_e2e {
         let out = sync_once(&lab, &[]);
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(report.contains("exported 0 created, 0 updated, 0 deleted"), "{report}");
+
+        let explained = ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), a_mail]));
+        assert!(
+            explained.contains(a)
+                && explained.contains("Chief Cartographer")
+                && explained.contains("metaverse jobTitle ← title"),
+            "{explained}"
+        );
+        assert!(explained.contains("userName") && explained.contains("← mail"), "{explained}");
+        let unknown = idbridge(&["sync", "explain", "--config", p(&lab.config), "nobody@example.org"]);
+        assert!(String::from_utf8_lossy(&unknown.stderr).contains("no synchronised object"));
 
         let status = ok(&idbridge(&["sync", "status", "--config", p(&lab.config)]));
         assert!(status.contains("in the tenant: 66 objects") && status.contains("pending export: 0"), "{status}");
@@ -664,16 +677,29 @@ mod sync_e2e {
         let out = sync_once(&lab, &[]);
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success() && report.contains("0 errors"), "{report}");
-        let twins = get(&lab, "/Users?count=100&filter=urn%3Aidbridge%3Aparams%3Ascim%3Aschemas%3Aextension%3Ahybrid%3A2.0%3AObject%3AprovisioningErrors%20pr");
+        let twins = get(
+            &lab,
+            "/Users?count=100&filter=urn%3Aidbridge%3Aparams%3Ascim%3Aschemas%3Aextension%3Ahybrid%3A2.0%3AObject%3AprovisioningErrors%20pr",
+        );
         assert_eq!(twins["totalResults"], 1, "{twins}");
         let twin = &twins["Resources"][0];
         assert!(twin["userName"].as_str().unwrap().contains('+'), "placeholder userName: {twin}");
-        assert_eq!(twin["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["provisioningErrors"][0]["value"], first.as_str());
+        assert_eq!(
+            twin["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["provisioningErrors"][0]["value"],
+            first.as_str()
+        );
 
         // Scoping: excluding an OU removes its objects from the tenant; a changed
         // configuration is noticed and runs a full import by itself.
         let config = std::fs::read_to_string(&lab.config).unwrap();
-        std::fs::write(&lab.config, config.replace("base_dns = [\"dc=example,dc=org\"]", "base_dns = [\"dc=example,dc=org\"]\nexclude_ous = [\"ou=groups,dc=example,dc=org\"]")).unwrap();
+        std::fs::write(
+            &lab.config,
+            config.replace(
+                "base_dns = [\"dc=example,dc=org\"]",
+                "base_dns = [\"dc=example,dc=org\"]\nexclude_ous = [\"ou=groups,dc=example,dc=org\"]",
+            ),
+        )
+        .unwrap();
         let out = sync_once(&lab, &[]);
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success() && report.contains("Full"), "config change → full import: {report}");

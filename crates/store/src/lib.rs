@@ -180,6 +180,21 @@ impl SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
+    /// The metaverse object with this userName (UPN), DN or immutableId:
+    /// (metaverse id, source name, source id).
+    pub fn find(&self, key: &str) -> Result<Option<(String, String, SourceId)>, StoreError> {
+        let dn_norm = Dn::parse(key).map(|d| d.normalized()).unwrap_or_default();
+        self.conn
+            .query_row(
+                "SELECT id, source, cs_id FROM mv WHERE anchor = ?1 OR (?2 != '' AND dn_norm = ?2)
+                   OR lower(json_extract(attrs, '$.userPrincipalName')) = lower(?1) LIMIT 1",
+                params![key, dn_norm],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, SourceId(r.get::<_, Vec<u8>>(2)?))),
+            )
+            .optional()
+            .map_err(err)
+    }
+
     /// Counts for `sync status`: (connector space, metaverse, exported, pending export).
     pub fn counts(&self) -> Result<(i64, i64, i64, i64), StoreError> {
         let q = |sql: &str| self.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(err);

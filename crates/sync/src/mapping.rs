@@ -103,7 +103,9 @@ fn text_values(e: &Entry, attr: &str) -> Vec<String> {
     e.values(attr).iter().filter_map(Value::as_text).map(str::to_string).filter(|s| !s.is_empty()).collect()
 }
 
-fn apply_flows(e: &Entry, flows: &[Flow], out: &mut Map<String, Json>) {
+/// Applies direct flows; records in `origin` which source attribute fed each
+/// metaverse attribute (for `sync explain`).
+fn apply_flows(e: &Entry, flows: &[Flow], out: &mut Map<String, Json>, origin: &mut Vec<(String, String)>) {
     for f in flows {
         if out.contains_key(f.to) {
             continue;
@@ -115,6 +117,7 @@ fn apply_flows(e: &Entry, flows: &[Flow], out: &mut Map<String, Json>) {
             }
             let v = if f.multi { json!(values) } else { json!(values[0]) };
             out.insert(f.to.to_string(), v);
+            origin.push((f.to.to_string(), (*from).to_string()));
             break;
         }
     }
@@ -139,6 +142,13 @@ fn user_name(flavor: Flavor, e: &Entry, domain: &str) -> Option<String> {
 
 /// Inbound sync of one in-scope object.
 pub fn project(flavor: Flavor, obj: &SourceObject) -> Projection {
+    project_explained(flavor, obj).0
+}
+
+/// Inbound sync, with the origin of each metaverse attribute:
+/// (metaverse attribute, source attribute or rule).
+pub fn project_explained(flavor: Flavor, obj: &SourceObject) -> (Projection, Vec<(String, String)>) {
+    let mut origin: Vec<(String, String)> = Vec::new();
     let e = &obj.entry;
     let mut attrs = Map::new();
     let domain = dns_domain(&e.dn).unwrap_or_default();
@@ -146,9 +156,20 @@ pub fn project(flavor: Flavor, obj: &SourceObject) -> Projection {
         ObjectKind::User => {
             if let Some(u) = user_name(flavor, e, &domain) {
                 attrs.insert("userPrincipalName".into(), json!(u));
+                let rule = match flavor {
+                    Flavor::ActiveDirectory => "userPrincipalName",
+                    Flavor::Ldap if e.has("mail") => "mail",
+                    Flavor::Ldap => "uid + \"@\" + the DN's domain",
+                };
+                origin.push(("userPrincipalName".into(), rule.into()));
             }
-            apply_flows(e, if flavor == Flavor::ActiveDirectory { AD_USER_FLOWS } else { LDAP_USER_FLOWS }, &mut attrs);
-            apply_flows(e, PERSON_FLOWS, &mut attrs);
+            apply_flows(
+                e,
+                if flavor == Flavor::ActiveDirectory { AD_USER_FLOWS } else { LDAP_USER_FLOWS },
+                &mut attrs,
+                &mut origin,
+            );
+            apply_flows(e, PERSON_FLOWS, &mut attrs, &mut origin);
             let enabled = match flavor {
                 // userAccountControl bit 2: ACCOUNTDISABLE.
                 Flavor::ActiveDirectory => {
@@ -161,16 +182,26 @@ pub fn project(flavor: Flavor, obj: &SourceObject) -> Projection {
                 }
             };
             attrs.insert("accountEnabled".into(), json!(enabled));
+            origin.push((
+                "accountEnabled".into(),
+                match flavor {
+                    Flavor::ActiveDirectory => "userAccountControl (bit 2, ACCOUNTDISABLE, clear)".into(),
+                    Flavor::Ldap => "not pwdAccountLockedTime, not employeeType=disabled".into(),
+                },
+            ));
         }
-        ObjectKind::Group => apply_flows(e, GROUP_FLOWS, &mut attrs),
-        _ => apply_flows(e, PERSON_FLOWS, &mut attrs),
+        ObjectKind::Group => apply_flows(e, GROUP_FLOWS, &mut attrs, &mut origin),
+        _ => apply_flows(e, PERSON_FLOWS, &mut attrs, &mut origin),
     }
     attrs.insert("onPremisesDistinguishedName".into(), json!(e.dn.to_string()));
+    origin.push(("onPremisesDistinguishedName".into(), "the object's DN".into()));
     if !domain.is_empty() {
         attrs.insert("onPremisesDomainName".into(), json!(domain));
+        origin.push(("onPremisesDomainName".into(), "the DN's dc= parts".into()));
     }
     if let Some(sid) = e.first_bytes("objectSid").and_then(|b| Sid::from_bytes(b).ok()) {
         attrs.insert("onPremisesSecurityIdentifier".into(), json!(sid.to_string()));
+        origin.push(("onPremisesSecurityIdentifier".into(), "objectSid".into()));
     }
     let manager = e.first_text("manager").and_then(|m| Dn::parse(m).ok());
     let members = if obj.kind == ObjectKind::Group {
@@ -183,8 +214,42 @@ pub fn project(flavor: Flavor, obj: &SourceObject) -> Projection {
     } else {
         Vec::new()
     };
-    Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, manager, members }
+    (Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, manager, members }, origin)
 }
+
+/// Where each tenant attribute of the built-in outbound mapping comes from:
+/// (tenant path, metaverse attribute).
+pub const OUTBOUND: &[(&str, &str)] = &[
+    ("userName", "userPrincipalName"),
+    ("externalId", "sourceAnchor"),
+    ("displayName", "displayName"),
+    ("title", "jobTitle"),
+    ("name.givenName", "givenName"),
+    ("name.familyName", "surname"),
+    ("active", "accountEnabled"),
+    ("emails[type eq \"work\"].value", "mail"),
+    ("phoneNumbers[type eq \"work\"].value", "telephoneNumber"),
+    ("phoneNumbers[type eq \"mobile\"].value", "mobile"),
+    ("addresses[type eq \"work\"].streetAddress", "streetAddress"),
+    ("addresses[type eq \"work\"].locality", "city"),
+    ("addresses[type eq \"work\"].region", "state"),
+    ("addresses[type eq \"work\"].postalCode", "postalCode"),
+    ("addresses[type eq \"work\"].country", "country"),
+    ("companyName", "companyName"),
+    ("members", "member (references)"),
+    ("enterprise:employeeNumber", "employeeId"),
+    ("enterprise:department", "department"),
+    ("enterprise:organization", "companyName"),
+    ("enterprise:manager", "manager (reference)"),
+    ("hybrid:immutableId", "sourceAnchor"),
+    ("hybrid:onPremisesDistinguishedName", "onPremisesDistinguishedName"),
+    ("hybrid:onPremisesSamAccountName", "onPremisesSamAccountName"),
+    ("hybrid:onPremisesDomainName", "onPremisesDomainName"),
+    ("hybrid:onPremisesSecurityIdentifier", "onPremisesSecurityIdentifier"),
+    ("hybrid:proxyAddresses", "proxyAddresses"),
+    ("hybrid:mailNickname", "mailNickname"),
+    ("hybrid:dirSyncEnabled", "constant true"),
+];
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
