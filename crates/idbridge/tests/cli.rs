@@ -253,6 +253,20 @@ mod samba {
         assert_eq!(hybrid["immutableId"].as_str().unwrap().len(), 24, "objectGUID as base64");
         let team = get("/Groups?filter=displayName%20eq%20%22Team%22".to_string());
         assert_eq!(team["Resources"][0]["members"].as_array().map(Vec::len), Some(2));
+
+        // A DirSync delta reaches the tenant: title changed, account disabled, member removed.
+        dc.modify(&format!(
+            "dn: CN=Smith\\, John,{ou}\nchangetype: modify\nreplace: title\ntitle: Lead Analyst\n-\nreplace: userAccountControl\nuserAccountControl: 546\n-\n\n\
+             dn: CN=Team,{ou}\nchangetype: modify\ndelete: member\nmember: CN=Boss Lady,{ou}\n-\n\n"
+        ))
+        .unwrap();
+        let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("Delta import"), "{report}");
+        let john = get(format!("/Users/{}", john["id"].as_str().unwrap()));
+        assert_eq!((john["title"].as_str(), john["active"].as_bool()), (Some("Lead Analyst"), Some(false)), "{report}");
+        let team = get("/Groups?filter=displayName%20eq%20%22Team%22".to_string());
+        assert_eq!(team["Resources"][0]["members"].as_array().map(Vec::len), Some(1), "{report}");
         tenant.kill().unwrap();
         tenant.wait().unwrap();
     }
