@@ -17,10 +17,23 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(what: &str) -> Progress {
+        Progress::with_total(what, None)
+    }
+
+    /// With a known total, a bar with an ETA; otherwise a spinner.
+    pub fn with_total(what: &str, total: Option<u64>) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new_spinner();
-            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {pos} objects ({per_sec}, {elapsed})") {
-                bar.set_style(style);
+            let (bar, template) = match total {
+                Some(t) => (ProgressBar::new(t), "{msg} [{bar:30}] {pos}/{len} ({rate}, ETA {eta})"),
+                None => (ProgressBar::new_spinner(), "{spinner} {msg} {pos} objects ({rate}, {elapsed})"),
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", state.per_sec());
+                    },
+                ));
             }
             bar.set_message(what.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));
@@ -31,9 +44,13 @@ impl Progress {
     }
 
     pub fn inc(&mut self) {
-        self.count += 1;
+        self.inc_by(1);
+    }
+
+    pub fn inc_by(&mut self, n: u64) {
+        self.count += n;
         match &self.bar {
-            Some(bar) => bar.inc(1),
+            Some(bar) => bar.inc(n),
             None if self.last_line.elapsed() >= Duration::from_secs(5) => {
                 self.last_line = Instant::now();
                 eprintln!("{}: {} objects, {:.0}/s", self.what, self.count, self.rate());

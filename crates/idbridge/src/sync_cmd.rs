@@ -117,9 +117,12 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                     config_hash: config_hash.clone(),
                 };
                 let started = std::time::Instant::now();
-                let report = run_cycle(&src.name, flavor, &mut source, &mut store, &mut target, &options)
-                    .await
-                    .context("sync cycle failed")?;
+                let mut progress = StageProgress::default();
+                let report =
+                    run_cycle(&src.name, flavor, &mut source, &mut store, &mut target, &options, &mut progress)
+                        .await
+                        .context("sync cycle failed")?;
+                drop(progress);
                 store.record_run(&src.name, &report)?;
                 eprintln!(
                     "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
@@ -180,9 +183,17 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                 ..CycleOptions::default()
             };
             let mut nowhere = NoTarget;
-            run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options)
-                .await
-                .context("import and sync for the preview")?;
+            run_cycle(
+                &src.name,
+                flavor,
+                &mut source,
+                &mut store,
+                &mut nowhere,
+                &options,
+                &mut StageProgress::default(),
+            )
+            .await
+            .context("import and sync for the preview")?;
             let pending = sync::engine::pending_exports(&store)?;
             print_preview(&pending, json, csv);
             Ok(())
@@ -378,4 +389,33 @@ fn explain(store: &SqliteStore, key: &str) -> Result<()> {
         obj.entry.dn
     );
     Ok(())
+}
+
+/// Shows each stage of a cycle as a progress line.
+#[derive(Default)]
+struct StageProgress {
+    current: Option<crate::progress::Progress>,
+}
+
+impl sync::engine::CycleObserver for StageProgress {
+    fn stage(&mut self, name: &'static str, total: Option<u64>) {
+        if let Some(p) = self.current.take() {
+            p.finish();
+        }
+        self.current = Some(crate::progress::Progress::with_total(name, total));
+    }
+
+    fn advance(&mut self, n: u64) {
+        if let Some(p) = self.current.as_mut() {
+            p.inc_by(n);
+        }
+    }
+}
+
+impl Drop for StageProgress {
+    fn drop(&mut self) {
+        if let Some(p) = self.current.take() {
+            p.finish();
+        }
+    }
 }

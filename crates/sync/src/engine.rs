@@ -183,8 +183,26 @@ pub enum CycleError {
     Store(#[from] StoreError),
 }
 
+/// Told how a cycle advances (progress display); the engine does no IO itself.
+pub trait CycleObserver {
+    /// A stage begins: "import", "sync" or "export", with its size when known.
+    fn stage(&mut self, name: &'static str, total: Option<u64>);
+    /// `n` more objects of the current stage are done.
+    fn advance(&mut self, n: u64);
+}
+
+/// Observes nothing.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl CycleObserver for Quiet {
+    fn stage(&mut self, _: &'static str, _: Option<u64>) {}
+    fn advance(&mut self, _: u64) {}
+}
+
 /// Writes imported changes into the connector space as they stream in.
 struct ImportWriter<'a, St: SyncStore> {
+    observer: &'a mut (dyn CycleObserver + Send),
     store: &'a mut St,
     source: &'a str,
     seen: HashSet<SourceId>,
@@ -195,6 +213,7 @@ struct ImportWriter<'a, St: SyncStore> {
 
 impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
     fn accept(&mut self, change: SourceChange) -> Result<(), SinkError> {
+        self.observer.advance(1);
         let result = match change {
             SourceChange::Upsert(obj) => {
                 self.imported += 1;
@@ -226,6 +245,7 @@ pub async fn run_cycle<S, St, T>(
     store: &mut St,
     target: &mut T,
     options: &CycleOptions,
+    observer: &mut (dyn CycleObserver + Send),
 ) -> Result<CycleReport, CycleError>
 where
     S: Source,
@@ -245,8 +265,16 @@ where
     let stage = std::time::Instant::now();
     store.begin()?;
     let watermark = if full { None } else { store.watermark(source_name)? };
-    let mut writer =
-        ImportWriter { store, source: source_name, seen: HashSet::new(), error: None, imported: 0, deleted: 0 };
+    observer.stage("import", None);
+    let mut writer = ImportWriter {
+        observer: &mut *observer,
+        store,
+        source: source_name,
+        seen: HashSet::new(),
+        error: None,
+        imported: 0,
+        deleted: 0,
+    };
     let result = match &watermark {
         Some(w) => source.delta_import(w, &mut writer).await,
         None => source.full_import(&mut writer).await,
@@ -286,10 +314,13 @@ where
     let mut synced = 0;
     let mut out_of_scope = 0;
     // Bounded: each pass handles what the previous one newly pointed at.
-    for _pass in 0..4 {
+    for pass in 0..4 {
         let pending = store.cs_pending(source_name)?;
         if pending.is_empty() {
             break;
+        }
+        if pass == 0 {
+            observer.stage("sync", Some(pending.len() as u64));
         }
         for id in pending {
             let Some((obj, deleted)) = store.cs_get(source_name, &id)? else { continue };
@@ -323,6 +354,7 @@ where
                 }
             }
             store.cs_done(source_name, &id)?;
+            observer.advance(1);
         }
     }
     store.set_config_hash(source_name, &options.config_hash)?;
@@ -385,6 +417,7 @@ where
             exported_ids.insert(n.id.clone());
         }
     }
+    observer.stage("export", Some(nodes.len() as u64));
     let mut levels = dependency_levels(nodes, &exported_ids);
     for pass in 0..2 {
         let mut waiting = Vec::new();
@@ -436,6 +469,7 @@ where
                 }
             }
             store.commit()?;
+            observer.advance(ids.len() as u64);
         }
         levels = vec![waiting];
     }
