@@ -104,60 +104,43 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             let config_hash = format!("{MAPPING_VERSION}|{:?}", settings);
             let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
             let mut first = true;
+            let mut failures: u32 = 0;
             loop {
-                let (_, profile) =
-                    source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
-                let flavor =
-                    if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
-                let options = CycleOptions {
-                    full: full && first,
-                    staging: config.sync.staging,
-                    deletion_threshold: config.sync.deletion_threshold,
-                    allow_deletes: if first { allow_deletes } else { None },
-                    config_hash: config_hash.clone(),
-                };
-                let started = std::time::Instant::now();
-                let mut progress = StageProgress::default();
-                let report =
-                    run_cycle(&src.name, flavor, &mut source, &mut store, &mut target, &options, &mut progress)
-                        .await
-                        .context("sync cycle failed")?;
-                drop(progress);
-                store.record_run(&src.name, &report)?;
-                eprintln!(
-                    "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
-                    report.status.as_str(),
-                    report.import_mode,
-                    report.imported,
-                    report.deleted_on_premises,
-                    report.synced,
-                    report.out_of_scope,
-                    report.created,
-                    report.updated,
-                    report.deleted,
-                    report.errors.len(),
-                    started.elapsed().as_secs_f64(),
-                    report.stage_ms[0] as f64 / 1000.0,
-                    report.stage_ms[1] as f64 / 1000.0,
-                    report.stage_ms[2] as f64 / 1000.0
-                );
-                for (object, message) in &report.errors {
-                    eprintln!("  error: {object}: {message}");
-                }
-                if let CycleStatus::StoppedDeletionThresholdExceeded { pending, threshold } = report.status {
-                    eprintln!(
-                        "stopped: {pending} deletions pending, more than the threshold of {threshold}; nothing was exported. If they are right, run `idbridge sync run --once --allow-deletes {pending}`"
-                    );
-                    if once {
-                        bail!("deletion threshold exceeded");
+                let outcome = one_cycle(
+                    &src.name,
+                    &mut source,
+                    &mut store,
+                    &mut target,
+                    &config,
+                    &config_hash,
+                    full && first,
+                    if first { allow_deletes } else { None },
+                )
+                .await;
+                let pause = match outcome {
+                    Ok(stopped_by_threshold) => {
+                        failures = 0;
+                        first = false;
+                        if once {
+                            if stopped_by_threshold {
+                                bail!("deletion threshold exceeded");
+                            }
+                            return Ok(());
+                        }
+                        Duration::from_secs(config.sync.interval_secs)
                     }
-                }
-                first = false;
-                if once {
-                    return Ok(());
-                }
+                    Err(e) if once => return Err(e),
+                    Err(e) => {
+                        // A daemon outlives a failed cycle: the next one reconnects and resumes.
+                        failures += 1;
+                        let wait = Duration::from_secs((1u64 << failures.min(6)).min(60))
+                            .max(Duration::from_secs(config.sync.interval_secs));
+                        eprintln!("error: {e:#}\nretrying in {} s", wait.as_secs());
+                        wait
+                    }
+                };
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(config.sync.interval_secs)) => {}
+                    () = tokio::time::sleep(pause) => {}
                     _ = tokio::signal::ctrl_c() => { eprintln!("stopping"); return Ok(()); }
                 }
             }
@@ -418,4 +401,61 @@ impl Drop for StageProgress {
             p.finish();
         }
     }
+}
+
+/// One cycle and its report; `Ok(true)` when the deletion threshold stopped the export.
+#[allow(clippy::too_many_arguments)]
+async fn one_cycle(
+    source_name: &str,
+    source: &mut LdapSource,
+    store: &mut SqliteStore,
+    target: &mut ScimTarget,
+    config: &Config,
+    config_hash: &str,
+    full: bool,
+    allow_deletes: Option<usize>,
+) -> Result<bool> {
+    let (_, profile) = source.connect().await.with_context(|| format!("connecting to source {source_name:?}"))?;
+    let flavor = if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
+    let options = CycleOptions {
+        full,
+        staging: config.sync.staging,
+        deletion_threshold: config.sync.deletion_threshold,
+        allow_deletes,
+        config_hash: config_hash.to_string(),
+    };
+    let started = std::time::Instant::now();
+    let mut progress = StageProgress::default();
+    let report = run_cycle(source_name, flavor, source, store, target, &options, &mut progress)
+        .await
+        .context("sync cycle failed")?;
+    drop(progress);
+    store.record_run(source_name, &report)?;
+    eprintln!(
+        "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
+        report.status.as_str(),
+        report.import_mode,
+        report.imported,
+        report.deleted_on_premises,
+        report.synced,
+        report.out_of_scope,
+        report.created,
+        report.updated,
+        report.deleted,
+        report.errors.len(),
+        started.elapsed().as_secs_f64(),
+        report.stage_ms[0] as f64 / 1000.0,
+        report.stage_ms[1] as f64 / 1000.0,
+        report.stage_ms[2] as f64 / 1000.0
+    );
+    for (object, message) in &report.errors {
+        eprintln!("  error: {object}: {message}");
+    }
+    if let CycleStatus::StoppedDeletionThresholdExceeded { pending, threshold } = report.status {
+        eprintln!(
+            "stopped: {pending} deletions pending, more than the threshold of {threshold}; nothing was exported. If they are right, run `idbridge sync run --once --allow-deletes {pending}`"
+        );
+        return Ok(true);
+    }
+    Ok(false)
 }

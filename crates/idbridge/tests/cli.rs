@@ -721,6 +721,91 @@ mod sync_e2e {
         assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 11);
     }
 
+    fn wait_for_title(lab: &Lab, user_name: &str, title: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let found = rt.block_on(async {
+                let r = reqwest::Client::new()
+                    .get(format!("{}/Users?filter=userName%20eq%20%22{user_name}%22", lab.base))
+                    .bearer_auth(&lab.token)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => {
+                        r.json::<serde_json::Value>().await.ok().is_some_and(|v| v["Resources"][0]["title"] == title)
+                    }
+                    Err(_) => false,
+                }
+            });
+            if found {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
+    #[test]
+    fn daemon_survives_directory_restart_and_tenant_outage() {
+        let mut lab = lab(5, 1, "interval_secs = 0");
+        let log = lab.tmp.join("daemon.log");
+        let show_log =
+            || std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n");
+        let mut daemon = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["sync", "run", "--config", p(&lab.config)])
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(lab.tmp.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
+        let (dn, mail) =
+            (user["dn"].as_str().unwrap().to_string(), user["attributes"]["mail"][0].as_str().unwrap().to_string());
+        let set_title = |lab: &Lab, t: &str| {
+            lab.slapd.modify(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {t}\n-\n\n")).unwrap()
+        };
+
+        set_title(&lab, "one");
+        assert!(
+            wait_for_title(&lab, &mail, "one"),
+            "a change reaches the tenant while the daemon runs:\n{}",
+            show_log()
+        );
+
+        // The directory restarts: the daemon reconnects by itself.
+        lab.slapd.restart().unwrap();
+        set_title(&lab, "two");
+        assert!(
+            wait_for_title(&lab, &mail, "two"),
+            "after a directory restart; daemon log (newest first):\n{}",
+            show_log()
+        );
+
+        // The tenant is down for a while: exports fail and are retried.
+        let data = lab.tmp.join("tenant");
+        lab.tenant.kill().unwrap();
+        lab.tenant.wait().unwrap();
+        set_title(&lab, "three");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let port = lab.base.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
+        let mut tenant = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["tenant", "serve", "--data", p(&data), "--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::mem::swap(&mut lab.tenant, &mut tenant);
+        assert!(
+            wait_for_title(&lab, &mail, "three"),
+            "after a tenant outage; daemon log (newest first):\n{}",
+            show_log()
+        );
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon kept running");
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+    }
+
     #[test]
     fn deletion_threshold_and_staging() {
         let lab = lab(20, 2, "deletion_threshold = 2");
