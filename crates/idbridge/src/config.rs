@@ -56,6 +56,9 @@ pub struct SyncConfig {
     /// Import and sync, but export nothing (a standby server).
     #[serde(default)]
     pub staging: bool,
+    /// Rule files that add to or override the built-in inbound rules (by rule name).
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
 }
 
 impl Default for SyncConfig {
@@ -65,6 +68,7 @@ impl Default for SyncConfig {
             interval_secs: default_interval(),
             deletion_threshold: default_threshold(),
             staging: false,
+            rules: Vec::new(),
         }
     }
 }

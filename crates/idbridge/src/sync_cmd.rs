@@ -101,7 +101,8 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                 Duration::from_secs(tenant.timeout_secs),
             )?;
             let mut store = open_store(&config, &path)?;
-            let config_hash = format!("{MAPPING_VERSION}|{:?}", settings);
+            let (rules, rules_text) = load_rules(&config, &path)?;
+            let config_hash = format!("{MAPPING_VERSION}|{:?}|{rules_text}", settings);
             let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
             let mut first = true;
             let mut failures: u32 = 0;
@@ -113,6 +114,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                     &mut target,
                     &config,
                     &config_hash,
+                    &rules,
                     full && first,
                     if first { allow_deletes } else { None },
                 )
@@ -153,7 +155,8 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             let src = config.source(None)?;
             let settings = src.to_settings()?;
             let mut store = open_store(&config, &path)?;
-            let config_hash = format!("{MAPPING_VERSION}|{:?}", settings);
+            let (rules, rules_text) = load_rules(&config, &path)?;
+            let config_hash = format!("{MAPPING_VERSION}|{:?}|{rules_text}", settings);
             let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
             let (_, profile) =
                 source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
@@ -163,6 +166,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                 staging: true,
                 deletion_threshold: config.sync.deletion_threshold,
                 config_hash,
+                rules,
                 ..CycleOptions::default()
             };
             let mut nowhere = NoTarget;
@@ -184,7 +188,8 @@ pub async fn run(command: SyncCommand) -> Result<()> {
         SyncCommand::Explain { config: path, object } => {
             let config = Config::load(&path)?;
             let store = open_store(&config, &path)?;
-            explain(&store, &object)
+            let (rules, _) = load_rules(&config, &path)?;
+            explain(&store, &rules, &object)
         }
         SyncCommand::Status { config: path } => {
             let config = Config::load(&path)?;
@@ -323,7 +328,7 @@ fn value_at(resource: &serde_json::Value, path: &str) -> Option<serde_json::Valu
     }
 }
 
-fn explain(store: &SqliteStore, key: &str) -> Result<()> {
+fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Result<()> {
     use sync::engine::SyncStore;
     let Some((mv, source, cs_id)) = store.find(key)? else {
         bail!(
@@ -334,7 +339,7 @@ fn explain(store: &SqliteStore, key: &str) -> Result<()> {
         bail!("the source object of {key:?} is no longer in the connector space")
     };
     let flavor = if obj.entry.has("objectGUID") { Flavor::ActiveDirectory } else { Flavor::Ldap };
-    let (projection, origin) = sync::mapping::project_explained(flavor, &obj);
+    let (projection, origin) = sync::mapping::project_explained(flavor, &obj, rules);
     let exported = store.exported(&mv)?;
     println!(
         "object:      {} ({}) in source {source:?}{}",
@@ -412,6 +417,7 @@ async fn one_cycle(
     target: &mut ScimTarget,
     config: &Config,
     config_hash: &str,
+    rules: &sync::rules::RuleSet,
     full: bool,
     allow_deletes: Option<usize>,
 ) -> Result<bool> {
@@ -423,6 +429,7 @@ async fn one_cycle(
         deletion_threshold: config.sync.deletion_threshold,
         allow_deletes,
         config_hash: config_hash.to_string(),
+        rules: rules.clone(),
     };
     let started = std::time::Instant::now();
     let mut progress = StageProgress::default();
@@ -458,4 +465,19 @@ async fn one_cycle(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// The effective rules and a text that changes whenever they do (for the configuration hash).
+fn load_rules(config: &Config, config_path: &Path) -> Result<(sync::rules::RuleSet, String)> {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut files = Vec::new();
+    for path in &config.sync.rules {
+        let full = if path.is_absolute() { path.clone() } else { base.join(path) };
+        let text =
+            std::fs::read_to_string(&full).with_context(|| format!("cannot read the rule file {}", full.display()))?;
+        files.push((full.display().to_string(), text));
+    }
+    let set = sync::rules::RuleSet::load(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fingerprint = files.iter().map(|(n, t)| format!("{n}\n{t}")).collect::<Vec<_>>().join("\n--\n");
+    Ok((set, fingerprint))
 }

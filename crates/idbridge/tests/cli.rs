@@ -807,6 +807,55 @@ mod sync_e2e {
     }
 
     #[test]
+    fn custom_rules_flow_to_the_tenant_and_changes_trigger_full_sync() {
+        let lab = lab(12, 1, "rules = [\"rules.toml\"]");
+        let rules = lab.tmp.join("rules.toml");
+        std::fs::write(
+            &rules,
+            "[[rule]]\nname = \"engineering-title\"\nobjects = [\"user\"]\nscope = \"(departmentNumber=Engineering)\"\nprecedence = 10\n\
+             flows = [{ target = \"jobTitle\", constant = \"Engineer (synced)\" }]\n",
+        )
+        .unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let people = json_lines(&dump).into_iter().filter(|e| e["kind"] == "user").collect::<Vec<_>>();
+        let engineers: Vec<String> = people
+            .iter()
+            .filter(|e| e["attributes"]["departmentNumber"][0] == "Engineering")
+            .map(|e| e["attributes"]["mail"][0].as_str().unwrap().to_string())
+            .collect();
+        let others: Vec<String> = people
+            .iter()
+            .filter(|e| e["attributes"]["departmentNumber"][0] != "Engineering")
+            .map(|e| e["attributes"]["mail"][0].as_str().unwrap().to_string())
+            .collect();
+        assert!(!engineers.is_empty() && !others.is_empty());
+        assert_eq!(find_user(&lab, &engineers[0])["title"], "Engineer (synced)");
+        assert_ne!(find_user(&lab, &others[0])["title"], "Engineer (synced)");
+        let explained = ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), &engineers[0]]));
+        assert!(explained.contains("rule engineering-title"), "{explained}");
+
+        // Overriding the built-in person rule: titles now come from employeeType.
+        std::fs::write(&rules, "[[rule]]\nname = \"person\"\nobjects = [\"user\", \"contact\"]\nprecedence = 200\nflows = [{ target = \"jobTitle\", source = [\"employeeType\"] }, { target = \"mail\", source = [\"mail\"] }]\n").unwrap();
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("Full"), "a rule change runs a full sync by itself: {report}");
+        let title = find_user(&lab, &others[0])["title"].clone();
+        assert!(title == "staff" || title == "disabled", "{title}");
+
+        // A broken rule file: the error names the file, the rule and the flow.
+        std::fs::write(&rules, "[[rule]]\nname = \"bad\"\nobjects = [\"user\"]\nflows = [{ target = \"jobTitle\" }]\n")
+            .unwrap();
+        let out = sync_once(&lab, &[]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && err.contains("rules.toml") && err.contains("rule \"bad\", flow 1 (jobTitle)"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn deletion_threshold_and_staging() {
         let lab = lab(20, 2, "deletion_threshold = 2");
         assert!(sync_once(&lab, &[]).status.success());

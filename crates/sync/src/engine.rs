@@ -125,6 +125,8 @@ pub struct CycleOptions {
     pub allow_deletes: Option<usize>,
     /// Hash of the effective configuration; a change forces a full sync.
     pub config_hash: String,
+    /// The inbound rules.
+    pub rules: crate::rules::RuleSet,
 }
 
 impl Default for CycleOptions {
@@ -135,6 +137,7 @@ impl Default for CycleOptions {
             deletion_threshold: 500,
             allow_deletes: None,
             config_hash: String::new(),
+            rules: crate::rules::RuleSet::default(),
         }
     }
 }
@@ -330,7 +333,7 @@ where
                 store.mv_disconnect(source_name, &id)?;
                 out_of_scope += 1;
             } else {
-                let projection = mapping::project(flavor, &obj);
+                let projection = mapping::project(flavor, &obj, &options.rules);
                 let manager = match &projection.manager {
                     Some(dn) => store.mv_for_dn(source_name, dn)?,
                     None => None,

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod mapping;
+pub mod rules;
 pub mod source;
 
 pub use source::{

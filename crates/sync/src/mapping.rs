@@ -6,6 +6,7 @@
 use directory::{Dn, Entry, ObjectKind, Sid, Value};
 use serde_json::{Map, Value as Json, json};
 
+use crate::rules::RuleSet;
 use crate::source::SourceObject;
 
 /// What kind of directory an object came from; picks the inbound table.
@@ -14,58 +15,6 @@ pub enum Flavor {
     ActiveDirectory,
     Ldap,
 }
-
-/// One direct flow: the first present source attribute wins.
-#[derive(Debug, Clone, Copy)]
-pub struct Flow {
-    pub from: &'static [&'static str],
-    pub to: &'static str,
-    pub multi: bool,
-}
-
-const fn one(from: &'static [&'static str], to: &'static str) -> Flow {
-    Flow { from, to, multi: false }
-}
-const fn many(from: &'static [&'static str], to: &'static str) -> Flow {
-    Flow { from, to, multi: true }
-}
-
-/// Inbound flows shared by users and contacts.
-static PERSON_FLOWS: &[Flow] = &[
-    one(&["displayName", "cn"], "displayName"),
-    one(&["givenName"], "givenName"),
-    one(&["sn"], "surname"),
-    one(&["title"], "jobTitle"),
-    one(&["department", "departmentNumber", "ou"], "department"),
-    one(&["company", "o"], "companyName"),
-    one(&["mail"], "mail"),
-    one(&["telephoneNumber"], "telephoneNumber"),
-    one(&["mobile"], "mobile"),
-    one(&["streetAddress", "street"], "streetAddress"),
-    one(&["l"], "city"),
-    one(&["st"], "state"),
-    one(&["postalCode"], "postalCode"),
-    one(&["c", "co"], "country"),
-    one(&["employeeID", "employeeNumber"], "employeeId"),
-    many(&["proxyAddresses"], "proxyAddresses"),
-];
-
-static AD_USER_FLOWS: &[Flow] = &[
-    one(&["userPrincipalName"], "userPrincipalName"),
-    one(&["sAMAccountName"], "onPremisesSamAccountName"),
-    one(&["mailNickname", "sAMAccountName"], "mailNickname"),
-];
-
-static LDAP_USER_FLOWS: &[Flow] = &[one(&["uid"], "mailNickname"), one(&["uid"], "onPremisesSamAccountName")];
-
-static GROUP_FLOWS: &[Flow] = &[
-    one(&["displayName", "cn"], "displayName"),
-    one(&["description"], "description"),
-    one(&["mail"], "mail"),
-    one(&["sAMAccountName"], "onPremisesSamAccountName"),
-    one(&["mailNickname", "sAMAccountName", "cn"], "mailNickname"),
-    many(&["proxyAddresses"], "proxyAddresses"),
-];
 
 /// What inbound sync makes of one connector-space object.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,30 +48,6 @@ pub fn out_of_scope(flavor: Flavor, obj: &SourceObject) -> Option<&'static str> 
     None
 }
 
-fn text_values(e: &Entry, attr: &str) -> Vec<String> {
-    e.values(attr).iter().filter_map(Value::as_text).map(str::to_string).filter(|s| !s.is_empty()).collect()
-}
-
-/// Applies direct flows; records in `origin` which source attribute fed each
-/// metaverse attribute (for `sync explain`).
-fn apply_flows(e: &Entry, flows: &[Flow], out: &mut Map<String, Json>, origin: &mut Vec<(String, String)>) {
-    for f in flows {
-        if out.contains_key(f.to) {
-            continue;
-        }
-        for from in f.from {
-            let values = text_values(e, from);
-            if values.is_empty() {
-                continue;
-            }
-            let v = if f.multi { json!(values) } else { json!(values[0]) };
-            out.insert(f.to.to_string(), v);
-            origin.push((f.to.to_string(), (*from).to_string()));
-            break;
-        }
-    }
-}
-
 /// The DNS domain of a DN's `dc=` parts.
 pub fn dns_domain(dn: &Dn) -> Option<String> {
     let parts: Vec<&str> = dn.rdns().iter().filter_map(|r| r.value_of("dc")).collect();
@@ -141,35 +66,28 @@ fn user_name(flavor: Flavor, e: &Entry, domain: &str) -> Option<String> {
 }
 
 /// Inbound sync of one in-scope object.
-pub fn project(flavor: Flavor, obj: &SourceObject) -> Projection {
-    project_explained(flavor, obj).0
+pub fn project(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> Projection {
+    project_explained(flavor, obj, rules).0
 }
 
 /// Inbound sync, with the origin of each metaverse attribute:
 /// (metaverse attribute, source attribute or rule).
-pub fn project_explained(flavor: Flavor, obj: &SourceObject) -> (Projection, Vec<(String, String)>) {
+pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> (Projection, Vec<(String, String)>) {
     let mut origin: Vec<(String, String)> = Vec::new();
     let e = &obj.entry;
     let mut attrs = Map::new();
     let domain = dns_domain(&e.dn).unwrap_or_default();
     match obj.kind {
         ObjectKind::User => {
-            if let Some(u) = user_name(flavor, e, &domain) {
+            rules.apply(obj.kind, flavor, e, &mut attrs, &mut origin);
+            if flavor == Flavor::Ldap
+                && !attrs.contains_key("userPrincipalName")
+                && let Some(u) = user_name(flavor, e, &domain)
+            {
                 attrs.insert("userPrincipalName".into(), json!(u));
-                let rule = match flavor {
-                    Flavor::ActiveDirectory => "userPrincipalName",
-                    Flavor::Ldap if e.has("mail") => "mail",
-                    Flavor::Ldap => "uid + \"@\" + the DN's domain",
-                };
+                let rule = if e.has("mail") { "mail (built in)" } else { "uid + \"@\" + the DN's domain (built in)" };
                 origin.push(("userPrincipalName".into(), rule.into()));
             }
-            apply_flows(
-                e,
-                if flavor == Flavor::ActiveDirectory { AD_USER_FLOWS } else { LDAP_USER_FLOWS },
-                &mut attrs,
-                &mut origin,
-            );
-            apply_flows(e, PERSON_FLOWS, &mut attrs, &mut origin);
             let enabled = match flavor {
                 // userAccountControl bit 2: ACCOUNTDISABLE.
                 Flavor::ActiveDirectory => {
@@ -190,8 +108,7 @@ pub fn project_explained(flavor: Flavor, obj: &SourceObject) -> (Projection, Vec
                 },
             ));
         }
-        ObjectKind::Group => apply_flows(e, GROUP_FLOWS, &mut attrs, &mut origin),
-        _ => apply_flows(e, PERSON_FLOWS, &mut attrs, &mut origin),
+        _ => rules.apply(obj.kind, flavor, e, &mut attrs, &mut origin),
     }
     attrs.insert("onPremisesDistinguishedName".into(), json!(e.dn.to_string()));
     origin.push(("onPremisesDistinguishedName".into(), "the object's DN".into()));
@@ -468,7 +385,7 @@ mod tests {
             ],
         );
         assert_eq!(out_of_scope(Flavor::ActiveDirectory, &u), None);
-        let p = project(Flavor::ActiveDirectory, &u);
+        let p = project(Flavor::ActiveDirectory, &u, &RuleSet::default());
         assert_eq!(p.attrs["accountEnabled"], false);
         assert_eq!(p.attrs["onPremisesDomainName"], "corp.example.com");
         assert_eq!(p.manager.map(|m| m.to_string()), Some("CN=Boss,DC=corp,DC=example,DC=com".into()));
@@ -489,7 +406,7 @@ mod tests {
     #[test]
     fn ldap_user_name_falls_back_to_uid_at_domain() {
         let u = obj(ObjectKind::User, "uid=ann,ou=people,dc=example,dc=org", &[("uid", "ann"), ("cn", "Ann")]);
-        let p = project(Flavor::Ldap, &u);
+        let p = project(Flavor::Ldap, &u, &RuleSet::default());
         assert_eq!(p.attrs["userPrincipalName"], "ann@example.org");
         assert_eq!(p.attrs["accountEnabled"], true);
     }

@@ -1,0 +1,337 @@
+//! Inbound rules as data (DESIGN §5): which source attributes flow into which
+//! metaverse attributes, for which objects, in which scope, with which
+//! precedence. The built-in set is `default-rules.toml`; files listed in
+//! `[sync] rules` add rules or override them by name.
+
+use directory::{Entry, Filter, ObjectKind, Value};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+
+use crate::mapping::Flavor;
+
+pub const DEFAULT_RULES: &str = include_str!("default-rules.toml");
+
+/// A rule problem, naming the file, the rule and the flow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {place}: {message}")]
+pub struct RuleError {
+    pub file: String,
+    /// `line 12, column 3`, `rule "person"` or `rule "person", flow 3 (jobTitle)`.
+    pub place: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default, rename = "rule")]
+    rules: Vec<RuleDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDef {
+    name: String,
+    #[serde(default = "inbound")]
+    direction: String,
+    objects: Vec<String>,
+    flavor: Option<String>,
+    scope: Option<String>,
+    #[serde(default = "default_precedence")]
+    precedence: i32,
+    #[serde(default)]
+    flows: Vec<FlowDef>,
+}
+
+fn inbound() -> String {
+    "inbound".into()
+}
+fn default_precedence() -> i32 {
+    500
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowDef {
+    target: String,
+    source: Option<Vec<String>>,
+    constant: Option<toml::Value>,
+    #[serde(default)]
+    multi: bool,
+}
+
+/// Where a flow's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowSource {
+    /// The first of these source attributes that has a value.
+    Attributes(Vec<String>),
+    Constant(Json),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleFlow {
+    pub target: String,
+    pub source: FlowSource,
+    pub multi: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    /// The file the rule came from (for errors and `explain`).
+    pub file: String,
+    pub objects: Vec<ObjectKind>,
+    pub flavor: Option<Flavor>,
+    pub scope: Option<Filter>,
+    pub precedence: i32,
+    pub flows: Vec<RuleFlow>,
+}
+
+/// The effective rules, in precedence order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        // The built-in file is tested; should it ever fail, no rules is safer than a panic.
+        RuleSet::load(&[]).unwrap_or(RuleSet { rules: Vec::new() })
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    let parsed: RuleFile = toml::from_str(text).map_err(|e| {
+        let place = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                let column = s.start - text[..s.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}")
+            })
+            .unwrap_or_else(|| "the file".into());
+        RuleError { file: file.into(), place, message: e.message().to_string() }
+    })?;
+    let mut out = Vec::new();
+    for def in parsed.rules {
+        let err = |message: String| RuleError { file: file.into(), place: format!("rule {:?}", def.name), message };
+        if !valid_name(&def.name) {
+            return Err(err("a rule name uses letters, digits, '-' and '_'".into()));
+        }
+        if def.direction != "inbound" {
+            return Err(err(format!(
+                "direction {:?}: only inbound rules can be given yet (outbound mapping is built in)",
+                def.direction
+            )));
+        }
+        let objects = def
+            .objects
+            .iter()
+            .map(|o| match o.as_str() {
+                "user" => Ok(ObjectKind::User),
+                "group" => Ok(ObjectKind::Group),
+                "contact" => Ok(ObjectKind::Contact),
+                other => Err(err(format!("objects: {other:?} is not user, group or contact"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if objects.is_empty() {
+            return Err(err("objects is empty".into()));
+        }
+        let flavor = match def.flavor.as_deref() {
+            None => None,
+            Some("active-directory") => Some(Flavor::ActiveDirectory),
+            Some("ldap") => Some(Flavor::Ldap),
+            Some(other) => return Err(err(format!("flavor {other:?} is not active-directory or ldap"))),
+        };
+        let scope = match &def.scope {
+            Some(text) => {
+                let f = Filter::parse(text).map_err(|e| err(format!("scope: {e}")))?;
+                // Evaluate once against an empty entry to reject what cannot be evaluated (extensible matches).
+                f.matches(&Entry::default()).map_err(|e| err(format!("scope: {e}")))?;
+                Some(f)
+            }
+            None => None,
+        };
+        let mut flows = Vec::new();
+        for (i, f) in def.flows.into_iter().enumerate() {
+            let ferr = |message: String| RuleError {
+                file: file.into(),
+                place: format!("rule {:?}, flow {} ({})", def.name, i + 1, f.target),
+                message,
+            };
+            if !valid_name(&f.target) {
+                return Err(ferr("target must be a metaverse attribute name".into()));
+            }
+            let source = match (&f.source, &f.constant) {
+                (Some(s), None) if !s.is_empty() => FlowSource::Attributes(s.clone()),
+                (None, Some(c)) => FlowSource::Constant(match c {
+                    toml::Value::String(s) => json!(s),
+                    toml::Value::Boolean(b) => json!(b),
+                    toml::Value::Integer(n) => json!(n),
+                    other => return Err(ferr(format!("constant {other} must be a string, boolean or integer"))),
+                }),
+                _ => return Err(ferr("give exactly one of source = [..] or constant = ..".into())),
+            };
+            flows.push(RuleFlow { target: f.target.clone(), source, multi: f.multi });
+        }
+        out.push(Rule { name: def.name, file: file.into(), objects, flavor, scope, precedence: def.precedence, flows });
+    }
+    Ok(out)
+}
+
+impl RuleSet {
+    /// The built-in rules, then each (file name, text) in order: a rule with
+    /// a known name replaces that rule, a new name adds one.
+    pub fn load(files: &[(String, String)]) -> Result<RuleSet, RuleError> {
+        let mut rules = parse_file("built-in rules", DEFAULT_RULES)?;
+        for (name, text) in files {
+            for rule in parse_file(name, text)? {
+                match rules.iter_mut().find(|r| r.name == rule.name) {
+                    Some(slot) => *slot = rule,
+                    None => rules.push(rule),
+                }
+            }
+        }
+        // Stable: equal precedence keeps file order.
+        rules.sort_by_key(|r| r.precedence);
+        Ok(RuleSet { rules })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Applies every rule that matches the object; the first (lowest
+    /// precedence) rule to set an attribute wins. Records (attribute, origin).
+    pub fn apply(
+        &self,
+        kind: ObjectKind,
+        flavor: Flavor,
+        entry: &Entry,
+        out: &mut Map<String, Json>,
+        origin: &mut Vec<(String, String)>,
+    ) {
+        for rule in &self.rules {
+            if !rule.objects.contains(&kind) || rule.flavor.is_some_and(|f| f != flavor) {
+                continue;
+            }
+            if let Some(scope) = &rule.scope
+                && !scope.matches(entry).unwrap_or(false)
+            {
+                continue;
+            }
+            for flow in &rule.flows {
+                if out.contains_key(&flow.target) {
+                    continue;
+                }
+                match &flow.source {
+                    FlowSource::Constant(v) => {
+                        out.insert(flow.target.clone(), v.clone());
+                        origin.push((flow.target.clone(), format!("constant {v} (rule {})", rule.name)));
+                    }
+                    FlowSource::Attributes(sources) => {
+                        for from in sources {
+                            let values: Vec<String> = entry
+                                .values(from)
+                                .iter()
+                                .filter_map(Value::as_text)
+                                .map(str::to_string)
+                                .filter(|s| !s.is_empty())
+                                .collect();
+                            if values.is_empty() {
+                                continue;
+                            }
+                            let v = if flow.multi { json!(values) } else { json!(values[0]) };
+                            out.insert(flow.target.clone(), v);
+                            origin.push((flow.target.clone(), format!("{from} (rule {})", rule.name)));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use directory::Dn;
+
+    fn entry(pairs: &[(&str, &str)]) -> Entry {
+        let mut e = Entry::new(Dn::parse("uid=a,ou=people,dc=example,dc=org").unwrap());
+        for (k, v) in pairs {
+            e.add(k, *v);
+        }
+        e
+    }
+
+    #[test]
+    fn built_in_rules_load_and_apply() {
+        let set = RuleSet::load(&[]).unwrap();
+        assert!(set.rules().len() >= 4);
+        let mut out = Map::new();
+        let mut origin = Vec::new();
+        set.apply(
+            ObjectKind::User,
+            Flavor::Ldap,
+            &entry(&[("uid", "a"), ("title", "Boss"), ("cn", "A")]),
+            &mut out,
+            &mut origin,
+        );
+        assert_eq!(out["jobTitle"], "Boss");
+        assert_eq!(out["mailNickname"], "a");
+        assert!(origin.contains(&("jobTitle".into(), "title (rule person)".into())));
+    }
+
+    #[test]
+    fn overrides_scopes_constants_and_precedence() {
+        let custom = r#"
+[[rule]]
+name = "person"
+objects = ["user", "contact"]
+precedence = 200
+flows = [{ target = "jobTitle", source = ["employeeType", "title"] }]
+
+[[rule]]
+name = "sales-title"
+objects = ["user"]
+scope = "(departmentNumber=Sales)"
+precedence = 10
+flows = [{ target = "jobTitle", constant = "Sales" }, { target = "companyName", constant = "Example Sales Ltd" }]
+"#;
+        let set = RuleSet::load(&[("custom.toml".into(), custom.into())]).unwrap();
+        let apply = |pairs: &[(&str, &str)]| {
+            let mut out = Map::new();
+            set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, &mut Vec::new());
+            out
+        };
+        let sales = apply(&[("departmentNumber", "Sales"), ("title", "Rep")]);
+        assert_eq!(
+            (sales["jobTitle"].as_str(), sales["companyName"].as_str()),
+            (Some("Sales"), Some("Example Sales Ltd"))
+        );
+        let other = apply(&[("departmentNumber", "Legal"), ("title", "Counsel"), ("employeeType", "staff")]);
+        assert_eq!(other["jobTitle"], "staff", "the override replaced the built-in person rule");
+        assert!(other.get("mail").is_none(), "the replaced rule's other flows are gone");
+    }
+
+    #[test]
+    fn errors_name_file_rule_flow_and_line() {
+        let cases = [
+            ("[[rule]]\nname = \"x\"\nobjects = [\"user\"]\nflows = [{ target = \"a\" }]\n", "rule \"x\", flow 1 (a)"),
+            ("[[rule]]\nname = \"x\"\nobjects = [\"robot\"]\n", "rule \"x\""),
+            ("[[rule]]\nname = \"x\"\nobjects = [\"user\"]\nscope = \"(cn=\"\n", "scope"),
+            ("[[rule]]\nname = \"x\"\nobjects = [\"user\"]\nbogus = 1\n", "line 4"),
+            ("[[rule]]\nname = \"x\"\nobjects = [\"user\"]\nscope = \"(cn:caseExactMatch:=a)\"\n", "extensible"),
+        ];
+        for (text, needle) in cases {
+            let e = RuleSet::load(&[("mine.toml".into(), text.into())]).unwrap_err().to_string();
+            assert!(e.starts_with("mine.toml: ") && e.contains(needle), "{e}");
+        }
+    }
+}
