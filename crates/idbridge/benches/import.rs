@@ -8,8 +8,7 @@
 //! ratio idbridge/ldapsearch. Both write LDIF of all attributes to /dev/null.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use testkit::{Slapd, SlapdOptions, TempDir};
 
@@ -19,36 +18,9 @@ struct Measure {
     stderr: String,
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 fn measure(cmd: &mut Command) -> Measure {
-    let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kib) = vm_hwm_kib(pid) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let seconds = start.elapsed().as_secs_f64();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        e.read_to_string(&mut stderr).unwrap();
-    }
-    assert!(status.success(), "{cmd:?} failed: {stderr}");
-    Measure { seconds, peak_kib: peak, stderr }
+    let (seconds, peak_kib, stderr) = testkit::measure(cmd).unwrap();
+    Measure { seconds, peak_kib, stderr }
 }
 
 fn best_of(n: usize, mut make: impl FnMut() -> Command) -> Measure {

@@ -11,46 +11,13 @@
 //! on-premises, each timed until the tenant shows it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::{Slapd, SlapdOptions, TempDir};
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Runs a command to the end; wall time and peak RSS.
 fn measure(cmd: &mut Command) -> (f64, u64, String) {
-    let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        use std::io::Read;
-        let mut r = BufReader::new(stderr);
-        r.read_to_string(&mut s).unwrap();
-        s
-    });
-    let mut peak = 0;
-    let status = loop {
-        if let Some(k) = vm_hwm_kib(pid) {
-            peak = peak.max(k);
-        }
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let text = reader.join().unwrap();
-    assert!(status.success(), "{cmd:?}: {text}");
-    (start.elapsed().as_secs_f64(), peak, text)
+    testkit::measure(cmd).unwrap()
 }
 
 fn main() {
@@ -90,20 +57,7 @@ fn main() {
     );
 
     let data = tmp.join("tenant");
-    let mut tenant = Command::new(exe)
-        .args(["tenant", "serve", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(tenant.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("SCIM API at ").nth(1) {
-            break rest.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut tenant, base) = testkit::spawn_tenant(std::path::Path::new(exe), &data, &[]).unwrap();
     let run = |args: &[&str]| {
         let o = Command::new(exe).args(args).output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));

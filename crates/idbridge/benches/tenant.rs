@@ -11,8 +11,7 @@
 //! store's size on disk. Baseline in the same run: GET /healthz round trips.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -46,29 +45,8 @@ async fn main() {
     let exe = env!("CARGO_BIN_EXE_idbridge");
     let tmp = TempDir::new("bench-tenant").unwrap();
     let data = tmp.join("tenant");
-    let mut server = Command::new(exe)
-        .args([
-            "tenant",
-            "serve",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--initial-domain",
-            "bench.example.test",
-        ])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("SCIM API at ").nth(1) {
-            break rest.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut server, base) =
+        testkit::spawn_tenant(std::path::Path::new(exe), &data, &["--initial-domain", "bench.example.test"]).unwrap();
     let out = Command::new(exe)
         .args(["tenant", "token", "create", "--data", data.to_str().unwrap(), "--scope", "admin"])
         .output()

@@ -274,35 +274,15 @@ mod samba {
 
 mod tenant_cli {
     use super::*;
-    use std::io::{BufRead, BufReader};
-    use std::process::{Child, Stdio};
+    use std::process::Child;
 
     pub(super) fn serve(data: &Path) -> (Child, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
-            .args([
-                "tenant",
-                "serve",
-                "--data",
-                p(data),
-                "--listen",
-                "127.0.0.1:0",
-                "--initial-domain",
-                "lab.example.test",
-            ])
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let base = loop {
-            let line = lines.next().expect("the tenant printed its address").unwrap();
-            if let Some(rest) = line.split("SCIM API at ").nth(1) {
-                break rest.trim().to_string();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        (child, base)
+        testkit::spawn_tenant(
+            Path::new(env!("CARGO_BIN_EXE_idbridge")),
+            data,
+            &["--initial-domain", "lab.example.test"],
+        )
+        .unwrap()
     }
 
     fn post_user(base: &str, token: &str, user_name: &str) -> u16 {

@@ -388,40 +388,25 @@ async fn read(
 }
 
 /// Runs one write in a transaction and renders the result.
-async fn write<F>(
-    state: &Arc<AppState>,
-    caller: Caller,
-    projection: Projection,
-    status_for: fn(Outcome) -> StatusCode,
-    work: F,
-) -> ApiResult
+async fn write<F>(state: &Arc<AppState>, caller: Caller, projection: Projection, work: F) -> ApiResult
 where
-    F: FnOnce(&Connection, &Ctx<'_>, Settings) -> Result<(objects::Stored, Outcome), crate::TenantError>
+    F: FnOnce(&Connection, &Ctx<'_>, Settings) -> Result<(objects::Stored, StatusCode), crate::TenantError>
         + Send
         + 'static,
 {
     let state2 = state.clone();
-    let (body, etag, location, outcome) = db(state, move |conn| {
+    let (body, etag, location, status) = db(state, move |conn| {
         let tx = conn.transaction().map_err(crate::TenantError::from)?;
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
         let settings = Settings::load(&tx)?;
-        let (stored, outcome) = work(&tx, &ctx, settings)?;
+        let (stored, status) = work(&tx, &ctx, settings)?;
         let body = objects::render(&tx, &stored, &ctx, &projection)?;
         tx.commit().map_err(crate::TenantError::from)?;
         let location = format!("{}{}/{}", state2.base_url, stored.kind.rt().endpoint, stored.id);
-        Ok((body, stored.etag(), location, outcome))
+        Ok((body, stored.etag(), location, status))
     })
     .await?;
-    let status = status_for(outcome);
     Ok(resource_response(status, &body, &etag, (status == StatusCode::CREATED).then_some(location)))
-}
-
-fn created_or_ok(o: Outcome) -> StatusCode {
-    if o == Outcome::Created { StatusCode::CREATED } else { StatusCode::OK }
-}
-
-fn ok(_: Outcome) -> StatusCode {
-    StatusCode::OK
 }
 
 async fn create(
@@ -434,8 +419,9 @@ async fn create(
     let kind = kind_of(&resource)?;
     let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
     let body = json_body(&state, request).await?;
-    write(&state, caller, projection, created_or_ok, move |conn, ctx, settings| {
-        objects::create(conn, ctx, settings, kind, &body)
+    write(&state, caller, projection, move |conn, ctx, settings| {
+        let (stored, outcome) = objects::create(conn, ctx, settings, kind, &body)?;
+        Ok((stored, if outcome == Outcome::Created { StatusCode::CREATED } else { StatusCode::OK }))
     })
     .await
 }
@@ -451,8 +437,8 @@ async fn replace(
     let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
     let if_match = header_str(request.headers(), header::IF_MATCH);
     let body = json_body(&state, request).await?;
-    write(&state, caller, projection, ok, move |conn, ctx, _| {
-        Ok((objects::replace(conn, ctx, kind, &id, &body, if_match.as_deref())?, Outcome::Created))
+    write(&state, caller, projection, move |conn, ctx, _| {
+        Ok((objects::replace(conn, ctx, kind, &id, &body, if_match.as_deref())?, StatusCode::OK))
     })
     .await
 }
@@ -471,8 +457,8 @@ async fn patch(
     let if_match = header_str(request.headers(), header::IF_MATCH);
     let body = json_body(&state, request).await?;
     let ops = parse_patch(&body)?;
-    write(&state, caller, projection, ok, move |conn, ctx, _| {
-        Ok((objects::patch(conn, ctx, kind, &id, &ops, if_match.as_deref())?, Outcome::Created))
+    write(&state, caller, projection, move |conn, ctx, _| {
+        Ok((objects::patch(conn, ctx, kind, &id, &ops, if_match.as_deref())?, StatusCode::OK))
     })
     .await
 }

@@ -12,7 +12,7 @@ pub mod samba;
 pub mod slapd;
 pub mod tls;
 
-pub use process::{TempDir, TestkitError, free_port};
+pub use process::{TempDir, TestkitError, free_port, measure, spawn_tenant};
 pub use samba::SambaDc;
 pub use slapd::{Slapd, SlapdOptions};
 pub use tls::TestCa;

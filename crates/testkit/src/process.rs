@@ -148,3 +148,81 @@ pub fn ldapmodify(url: &str, bind: &str, password: &str, ca: Option<&Path>, ldif
     }
     run(cmd.args(["-x", "-a", "-H", url, "-D", bind, "-w", password]), Some(ldif.as_bytes())).map(|_| ())
 }
+
+/// Starts `idbridge tenant serve` (the binary at `exe`) on a free loopback
+/// port with its data in `data`; returns the process and the SCIM base URL it
+/// printed. Its standard error keeps being drained so it never blocks.
+pub fn spawn_tenant(exe: &Path, data: &Path, extra: &[&str]) -> Result<(std::process::Child, String), TestkitError> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(exe)
+        .args(["tenant", "serve", "--data"])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err("starting the tenant"))?;
+    let stderr = child.stderr.take().ok_or_else(|| TestkitError::Other("the tenant has no stderr".into()))?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let base = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.split("SCIM API at ").nth(1) {
+                    break rest.trim().to_string();
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            _ => {
+                let _ = child.kill();
+                return Err(TestkitError::Startup { what: "idbridge tenant serve".into(), seconds: 0, log: seen });
+            }
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, base))
+}
+
+/// Runs a command to its end: wall time in seconds, peak RSS in KiB (VmHWM,
+/// polled), and its standard error. Fails if the command fails.
+pub fn measure(cmd: &mut Command) -> Result<(f64, u64, String), TestkitError> {
+    use std::io::Read;
+    let shown = format!("{cmd:?}");
+    let start = Instant::now();
+    let mut child =
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(io_err(format!("starting {shown}")))?;
+    let pid = child.id();
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = vm_hwm_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(s) = child.try_wait().map_err(io_err(format!("waiting for {shown}")))? {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let text = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(TestkitError::Command { command: shown, status: status.to_string(), output: text });
+    }
+    Ok((start.elapsed().as_secs_f64(), peak, text))
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
