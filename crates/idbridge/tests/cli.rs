@@ -793,7 +793,9 @@ mod sync_e2e {
         std::fs::write(
             &rules,
             "[[rule]]\nname = \"engineering-title\"\nobjects = [\"user\"]\nscope = \"(departmentNumber=Engineering)\"\nprecedence = 10\n\
-             flows = [{ target = \"jobTitle\", constant = \"Engineer (synced)\" }]\n",
+             flows = [{ target = \"jobTitle\", constant = \"Engineer (synced)\" }]\n\n\
+             [[rule]]\nname = \"nickname\"\nobjects = [\"user\"]\nprecedence = 50\n\
+             flows = [{ target = \"mailNickname\", expression = \"UCase([uid]) & \\\"-\\\" & Left([sn], 1)\" }]\n",
         )
         .unwrap();
         let out = sync_once(&lab, &[]);
@@ -811,7 +813,16 @@ mod sync_e2e {
             .map(|e| e["attributes"]["mail"][0].as_str().unwrap().to_string())
             .collect();
         assert!(!engineers.is_empty() && !others.is_empty());
-        assert_eq!(find_user(&lab, &engineers[0])["title"], "Engineer (synced)");
+        let engineer = find_user(&lab, &engineers[0]);
+        assert_eq!(engineer["title"], "Engineer (synced)");
+        let nickname = engineer["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["mailNickname"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            nickname.contains('-') && nickname.split('-').next().unwrap().chars().all(|c| !c.is_lowercase()),
+            "expression flow: {nickname}"
+        );
         assert_ne!(find_user(&lab, &others[0])["title"], "Engineer (synced)");
         let explained = ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), &engineers[0]]));
         assert!(explained.contains("rule engineering-title"), "{explained}");

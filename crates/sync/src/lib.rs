@@ -5,6 +5,7 @@
 //! Pure: the engine's IO happens only through the traits defined here.
 
 pub mod engine;
+pub mod expr;
 pub mod mapping;
 pub mod rules;
 pub mod source;

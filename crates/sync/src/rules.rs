@@ -56,6 +56,7 @@ struct FlowDef {
     target: String,
     source: Option<Vec<String>>,
     constant: Option<toml::Value>,
+    expression: Option<String>,
     #[serde(default)]
     multi: bool,
 }
@@ -66,6 +67,8 @@ pub enum FlowSource {
     /// The first of these source attributes that has a value.
     Attributes(Vec<String>),
     Constant(Json),
+    /// An expression over the source object's attributes.
+    Expression(crate::expr::Expr),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,15 +169,20 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             if !valid_name(&f.target) {
                 return Err(ferr("target must be a metaverse attribute name".into()));
             }
-            let source = match (&f.source, &f.constant) {
-                (Some(s), None) if !s.is_empty() => FlowSource::Attributes(s.clone()),
-                (None, Some(c)) => FlowSource::Constant(match c {
+            let source = match (&f.source, &f.constant, &f.expression) {
+                (None, None, Some(text)) => FlowSource::Expression(
+                    crate::expr::Expr::parse(text).map_err(|e| ferr(format!("expression, {e}")))?,
+                ),
+                (Some(s), None, None) if !s.is_empty() => FlowSource::Attributes(s.clone()),
+                (None, Some(c), None) => FlowSource::Constant(match c {
                     toml::Value::String(s) => json!(s),
                     toml::Value::Boolean(b) => json!(b),
                     toml::Value::Integer(n) => json!(n),
                     other => return Err(ferr(format!("constant {other} must be a string, boolean or integer"))),
                 }),
-                _ => return Err(ferr("give exactly one of source = [..] or constant = ..".into())),
+                _ => {
+                    return Err(ferr("give exactly one of source = [..], constant = .. or expression = \"..\"".into()));
+                }
             };
             flows.push(RuleFlow { target: f.target.clone(), source, multi: f.multi });
         }
@@ -229,6 +237,16 @@ impl RuleSet {
                     continue;
                 }
                 match &flow.source {
+                    FlowSource::Expression(e) => match e.eval(entry) {
+                        Ok(crate::expr::Val::Null) => {}
+                        Ok(v) => {
+                            out.insert(flow.target.clone(), v.to_json());
+                            origin.push((flow.target.clone(), format!("expression {e} (rule {})", rule.name)));
+                        }
+                        Err(err) => {
+                            tracing::warn!(object = %entry.dn, rule = %rule.name, flow = %flow.target, error = %err, "expression failed; the attribute is left out");
+                        }
+                    },
                     FlowSource::Constant(v) => {
                         out.insert(flow.target.clone(), v.clone());
                         origin.push((flow.target.clone(), format!("constant {v} (rule {})", rule.name)));
@@ -318,6 +336,32 @@ flows = [{ target = "jobTitle", constant = "Sales" }, { target = "companyName", 
         let other = apply(&[("departmentNumber", "Legal"), ("title", "Counsel"), ("employeeType", "staff")]);
         assert_eq!(other["jobTitle"], "staff", "the override replaced the built-in person rule");
         assert!(other.get("mail").is_none(), "the replaced rule's other flows are gone");
+    }
+
+    #[test]
+    fn expression_flows() {
+        let custom = r#"
+[[rule]]
+name = "mail-from-name"
+objects = ["user"]
+precedence = 10
+flows = [{ target = "mail", expression = "LCase(Trim([givenName])) & \".\" & LCase([sn]) & \"@example.org\"" }]
+"#;
+        let set = RuleSet::load(&[("x.toml".into(), custom.into())]).unwrap();
+        let mut out = Map::new();
+        let mut origin = Vec::new();
+        set.apply(
+            ObjectKind::User,
+            Flavor::Ldap,
+            &entry(&[("givenName", " Ann "), ("sn", "Lee"), ("mail", "old@x")]),
+            &mut out,
+            &mut origin,
+        );
+        assert_eq!(out["mail"], "ann.lee@example.org");
+        assert!(origin.iter().any(|(t, o)| t == "mail" && o.starts_with("expression")));
+        let bad = "[[rule]]\nname = \"b\"\nobjects = [\"user\"]\nflows = [{ target = \"mail\", expression = \"LCase([a]\" }]\n";
+        let e = RuleSet::load(&[("y.toml".into(), bad.into())]).unwrap_err().to_string();
+        assert!(e.contains("y.toml") && e.contains("rule \"b\", flow 1 (mail)") && e.contains("column 10"), "{e}");
     }
 
     #[test]
