@@ -59,7 +59,16 @@ pub fn show_deleted_control() -> RawControl {
 
 /// RFC 4533 sync request in refreshOnly mode.
 pub fn sync_request_control(cookie: Option<Vec<u8>>) -> RawControl {
-    let mut tags = vec![Tag::Enumerated(Enumerated { inner: 1, ..Default::default() })];
+    sync_request(1, cookie)
+}
+
+/// RFC 4533 sync request in refreshAndPersist mode (changes are pushed).
+pub fn sync_persist_control(cookie: Option<Vec<u8>>) -> RawControl {
+    sync_request(3, cookie)
+}
+
+fn sync_request(mode: i64, cookie: Option<Vec<u8>>) -> RawControl {
+    let mut tags = vec![Tag::Enumerated(Enumerated { inner: mode, ..Default::default() })];
     if let Some(c) = cookie {
         tags.push(octets(c));
     }

@@ -40,6 +40,8 @@ pub struct LdapSource {
     settings: LdapSettings,
     session: Option<Session>,
     profile: Option<Profile>,
+    /// The position the last import ended at (for push notification).
+    last_mark: Option<Mark>,
 }
 
 pub(crate) struct Counts {
@@ -84,7 +86,7 @@ impl LdapSource {
         if settings.page_size == 0 {
             return Err(LdapError::Settings("page_size must be at least 1".into()));
         }
-        Ok(LdapSource { settings, session: None, profile: None })
+        Ok(LdapSource { settings, session: None, profile: None, last_mark: None })
     }
 
     /// Connects (with failover) if not connected, and resolves the profile.
@@ -346,11 +348,35 @@ impl LdapSource {
     }
 }
 
+impl LdapSource {
+    /// Waits until the directory reports a change, at most `timeout`.
+    /// `Ok(None)` when the server cannot push changes (AD, servers without
+    /// syncrepl): the caller then just waits. `Ok(Some(true))` on a change.
+    pub async fn wait_for_change(&mut self, timeout: std::time::Duration) -> Result<Option<bool>, LdapError> {
+        let Some(Mark { position: DeltaPosition::Syncrepl { cookies }, .. }) = self.last_mark.clone() else {
+            return Ok(None);
+        };
+        self.connect().await?;
+        let Some(first) = cookies.first() else { return Ok(None) };
+        let base = Dn::parse(&first.base).map_err(|e| LdapError::Watermark(e.to_string()))?;
+        let cookie = crate::watermark::unb64(&first.cookie)?;
+        // Several bases: the first one is watched; the others are picked up by
+        // the cycle that a change (or the timeout) starts.
+        crate::syncrepl::wait_for_push(self, &base, cookie, timeout).await.map(Some)
+    }
+
+    fn remember(&mut self, summary: &ImportSummary) {
+        self.last_mark = Mark::decode(&summary.watermark).ok();
+    }
+}
+
 impl Source for LdapSource {
     type Error = LdapError;
 
     async fn full_import(&mut self, sink: &mut (dyn ImportSink + Send)) -> Result<ImportSummary, LdapError> {
-        self.full(sink, ImportMode::Full).await
+        let summary = self.full(sink, ImportMode::Full).await?;
+        self.remember(&summary);
+        Ok(summary)
     }
 
     async fn delta_import(
@@ -358,7 +384,9 @@ impl Source for LdapSource {
         since: &Watermark,
         sink: &mut (dyn ImportSink + Send),
     ) -> Result<ImportSummary, LdapError> {
-        self.delta(since, sink).await
+        let summary = self.delta(since, sink).await?;
+        self.remember(&summary);
+        Ok(summary)
     }
 }
 

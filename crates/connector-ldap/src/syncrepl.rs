@@ -177,3 +177,63 @@ async fn run(
         .unwrap_or((None, false));
     Ok(Outcome { cookie: done_cookie.or(latest_cookie), present_phase: !refresh_deletes })
 }
+
+/// Waits for the server to push a change under `base` (refreshAndPersist
+/// from `cookie`), at most `timeout`. True when something changed (or the
+/// server ended the search, which is worth a cycle too).
+pub(crate) async fn wait_for_push(
+    source: &LdapSource,
+    base: &Dn,
+    cookie: Vec<u8>,
+    timeout: std::time::Duration,
+) -> Result<bool, LdapError> {
+    let (session, profile) = source.session_profile()?;
+    let base_text = base.to_string();
+    let mut ldap = session.ldap.clone();
+    let conn_err = |e: ldap3::LdapError| LdapError::Connection {
+        url: session.url.clone(),
+        operation: format!("waiting for changes under {base_text}"),
+        reason: e.to_string(),
+    };
+    let mut stream = ldap
+        .with_controls(vec![ber::sync_persist_control(Some(cookie))])
+        .streaming_search(&base_text, Scope::Subtree, &profile.filter, vec!["entryUUID".to_string()])
+        .await
+        .map_err(conn_err)?;
+    let msgid = stream.ldap_handle().last_id();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let changed = loop {
+        let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => break false,
+            Ok(Err(e)) => return Err(conn_err(e)),
+            Ok(Ok(None)) => break true,
+            Ok(Ok(Some(item))) => item,
+        };
+        if next.is_ref() {
+            continue;
+        }
+        if next.is_intermediate() {
+            // End-of-refresh markers carry no change; a set of deleted ids does.
+            if let Some(SyncInfo::IdSet { refresh_deletes: true, uuids, .. }) = ber::parse_sync_info(next.0)
+                && !uuids.is_empty()
+            {
+                break true;
+            }
+            continue;
+        }
+        let state = next
+            .1
+            .iter()
+            .find(|c| c.1.ctype == ber::SYNC_STATE_OID)
+            .and_then(|c| c.1.val.as_deref())
+            .and_then(ber::parse_sync_state);
+        match state {
+            Some((SyncStateKind::Present, _, _)) => continue,
+            _ => break true,
+        }
+    };
+    // Stop the server's side of the persistent search.
+    let _ = ldap.abandon(msgid).await;
+    let _ = stream.finish().await;
+    Ok(changed)
+}

@@ -141,8 +141,24 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                         wait
                     }
                 };
+                // OpenLDAP pushes changes (refreshAndPersist): wake up at once
+                // instead of waiting the whole interval. Elsewhere, just wait.
+                let healthy = failures == 0;
+                let wait = async {
+                    if pause.is_zero() {
+                        return;
+                    }
+                    if healthy {
+                        match source.wait_for_change(pause).await {
+                            Ok(Some(_)) => return,
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!(error = %e, "no change notification; waiting the interval"),
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                };
                 tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
+                    () = wait => {}
                     _ = tokio::signal::ctrl_c() => { eprintln!("stopping"); return Ok(()); }
                 }
             }

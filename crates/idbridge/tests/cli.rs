@@ -847,6 +847,38 @@ mod sync_e2e {
     }
 
     #[test]
+    fn daemon_wakes_on_changes_pushed_by_openldap() {
+        // A long interval: a change can only arrive quickly if slapd pushes it.
+        let lab = lab(5, 1, "interval_secs = 30");
+        let mut daemon = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["sync", "run", "--config", p(&lab.config)])
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
+        let (dn, mail) = (user["dn"].as_str().unwrap().to_string(), user["attributes"]["mail"][0].as_str().unwrap().to_string());
+        assert!(wait_for_title(&lab, &mail, user["attributes"]["title"][0].as_str().unwrap()), "first cycle");
+        for round in 0..3 {
+            let title = format!("pushed {round}");
+            let started = std::time::Instant::now();
+            lab.slapd.modify(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {title}\n-\n\n")).unwrap();
+            assert!(wait_for_title(&lab, &mail, &title));
+            let took = started.elapsed();
+            assert!(took < std::time::Duration::from_secs(10), "round {round}: {took:?} — the change waited for the interval instead of being pushed");
+        }
+        // Quiet directory, quiet daemon: it waits for a push, it does not spin.
+        let cycles = || ok(&idbridge(&["sync", "history", "--config", p(&lab.config), "--limit", "1000"])).lines().count();
+        let before = cycles();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let after = cycles();
+        assert!(after - before <= 1, "{} cycles in 2 quiet seconds", after - before);
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+    }
+
+    #[test]
     fn deletion_threshold_and_staging() {
         let lab = lab(20, 2, "deletion_threshold = 2");
         assert!(sync_once(&lab, &[]).status.success());
