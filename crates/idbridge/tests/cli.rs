@@ -858,7 +858,8 @@ mod sync_e2e {
             .unwrap();
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
         let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
-        let (dn, mail) = (user["dn"].as_str().unwrap().to_string(), user["attributes"]["mail"][0].as_str().unwrap().to_string());
+        let (dn, mail) =
+            (user["dn"].as_str().unwrap().to_string(), user["attributes"]["mail"][0].as_str().unwrap().to_string());
         assert!(wait_for_title(&lab, &mail, user["attributes"]["title"][0].as_str().unwrap()), "first cycle");
         for round in 0..3 {
             let title = format!("pushed {round}");
@@ -866,10 +867,14 @@ mod sync_e2e {
             lab.slapd.modify(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {title}\n-\n\n")).unwrap();
             assert!(wait_for_title(&lab, &mail, &title));
             let took = started.elapsed();
-            assert!(took < std::time::Duration::from_secs(10), "round {round}: {took:?} — the change waited for the interval instead of being pushed");
+            assert!(
+                took < std::time::Duration::from_secs(10),
+                "round {round}: {took:?} — the change waited for the interval instead of being pushed"
+            );
         }
         // Quiet directory, quiet daemon: it waits for a push, it does not spin.
-        let cycles = || ok(&idbridge(&["sync", "history", "--config", p(&lab.config), "--limit", "1000"])).lines().count();
+        let cycles =
+            || ok(&idbridge(&["sync", "history", "--config", p(&lab.config), "--limit", "1000"])).lines().count();
         let before = cycles();
         std::thread::sleep(std::time::Duration::from_secs(2));
         let after = cycles();
