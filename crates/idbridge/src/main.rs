@@ -7,7 +7,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
+mod demo;
 mod dump;
+mod ldif_source;
 mod progress;
 mod sample;
 mod sync_cmd;
@@ -40,8 +42,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The whole system on one machine (arrives with the tenant and sign-in).
-    Demo,
+    /// The whole system on one machine: a sample directory synchronised into a tenant.
+    Demo {
+        /// Where the demo keeps its files (the sample directory, tenant, sync state).
+        #[arg(long, default_value = "idbridge-demo")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// Size of the generated directory (first run only).
+        #[arg(long, default_value_t = 200)]
+        users: u64,
+        #[arg(long, default_value_t = 20)]
+        groups: u64,
+    },
     /// Realistic directory data.
     Sample {
         #[command(subcommand)]
@@ -175,14 +188,8 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Demo => {
-            eprintln!(
-                "`idbridge demo` (tenant + sample directory + sync + sign-in) arrives with the tenant and sign-in work.\n\
-                 What works today:\n  idbridge sample generate --users 1000 --flavor openldap --out sample.ldif\n  \
-                 idbridge source dump --url ldap://HOST --bind-dn DN --password-file FILE --base-dn DN\n  \
-                 idbridge source dump --config idbridge.toml [--delta --state dump.state]"
-            );
-            Ok(())
+        Command::Demo { data, listen, users, groups } => {
+            demo::run(demo::DemoOptions { data, listen, users, groups }).await
         }
         Command::Tenant { command } => tenant_cmd::run(command).await,
         Command::Sync { command } => sync_cmd::run(command).await,

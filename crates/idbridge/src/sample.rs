@@ -343,7 +343,8 @@ impl SampleSpec {
         let name = format!("{given} {surname} (external {c})");
         let (attr, classes): (&str, &[&str]) = match self.flavor {
             Flavor::Ad => ("CN", &["top", "person", "organizationalPerson", "contact"]),
-            Flavor::Openldap => ("cn", &["inetOrgPerson"]),
+            // Not inetOrgPerson: a contact has no login. extensibleObject carries mail.
+            Flavor::Openldap => ("cn", &["person", "organizationalPerson", "extensibleObject"]),
         };
         let mut e = Entry::new(
             self.base_dn
@@ -360,8 +361,6 @@ impl SampleSpec {
         if self.flavor == Flavor::Ad {
             // proxyAddresses is in the base AD schema; targetAddress needs Exchange's.
             e.add("proxyAddresses", format!("SMTP:{mail}"));
-        } else {
-            e.add("employeeType", "contact");
         }
         e
     }
@@ -486,7 +485,10 @@ mod tests {
     #[test]
     fn openldap_flavor() {
         let o = entries(&spec(Flavor::Openldap, 0));
-        assert!(o.iter().filter(|e| e.has_object_class("inetOrgPerson")).count() == 305);
+        assert_eq!(o.iter().filter(|e| e.has_object_class("inetOrgPerson")).count(), 300);
+        let contacts: Vec<&Entry> =
+            o.iter().filter(|e| directory::ObjectKind::of(e) == directory::ObjectKind::Contact).collect();
+        assert_eq!(contacts.len(), 5, "contacts are not people with logins");
         assert!(o.iter().all(|e| !e.has_object_class("groupOfNames") || e.has("member")));
         assert_eq!(ascii_fold("Jürgen Øyvind-Łukasz"), "jurgenoyvindlukasz");
     }

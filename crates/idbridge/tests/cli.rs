@@ -921,3 +921,53 @@ mod sync_e2e {
         assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 17);
     }
 }
+
+mod demo {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+
+    #[test]
+    fn demo_synchronises_a_sample_directory_into_a_tenant() {
+        let tmp = TempDir::new("demo").unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["demo", "--data", p(&tmp.join("d")), "--listen", "127.0.0.1:0", "--users", "40", "--groups", "4"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut base = String::new();
+        let mut token = String::new();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(b) = line.strip_prefix("idbridge demo is running. SCIM API: ") {
+                base = b.trim().to_string();
+            }
+            if let Some(t) = line.strip_prefix("admin token (valid 24 h): ") {
+                token = t.trim().to_string();
+                break;
+            }
+        }
+        assert!(base.starts_with("http://127.0.0.1:") && token.starts_with("idb_"), "{base} {token}");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let count = |path: &str| -> u64 {
+            rt.block_on(async {
+                let v: serde_json::Value = reqwest::Client::new()
+                    .get(format!("{base}{path}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["totalResults"].as_u64().unwrap()
+            })
+        };
+        assert_eq!(count("/Users?count=1"), 40);
+        assert_eq!(count("/Groups?count=1"), 4);
+        assert_eq!(count("/Contacts?count=1"), 2);
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(child.wait().unwrap().success(), "stops cleanly");
+    }
+}
