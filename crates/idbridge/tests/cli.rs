@@ -787,6 +787,67 @@ mod sync_e2e {
     }
 
     #[test]
+    fn apply_once_merge_and_authoritative_null_reach_the_tenant() {
+        let lab = lab(4, 1, "rules = [\"rules.toml\"]");
+        std::fs::write(
+            lab.tmp.join("rules.toml"),
+            r#"
+[[rule]]
+name = "first-title"
+objects = ["user"]
+precedence = 10
+flows = [
+  { target = "companyName", expression = "\"Joined as \" & [title]", apply_once = true },
+  { target = "proxyAddresses", expression = "\"SMTP:\" & [mail]", merge = "merge-case-insensitive" },
+  { target = "department", expression = "IIF([employeeType] = \"staff\", AuthoritativeNull, IgnoreThisFlow)" },
+]
+
+[[rule]]
+name = "alias"
+objects = ["user"]
+precedence = 20
+flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-case-insensitive" }]
+"#,
+        )
+        .unwrap();
+        let add = "dn: uid=once,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: once\ncn: Once\nsn: O\n\
+                   mail: once@example.org\ntitle: Trainee\nemployeeType: staff\ndepartmentNumber: Ops\n\
+                   description: smtp:once@alias.example.org\n\n";
+        lab.slapd.modify(add).unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let user = find_user(&lab, "once@example.org");
+        let hybrid = &user["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"];
+        let enterprise = &user["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"];
+        assert_eq!(enterprise["organization"], "Joined as Trainee", "{user}");
+        assert_eq!(
+            hybrid["proxyAddresses"],
+            serde_json::json!(["SMTP:once@example.org", "smtp:once@alias.example.org"])
+        );
+        assert!(enterprise.get("department").is_none(), "AuthoritativeNull keeps departmentNumber out: {user}");
+
+        // A later change: the apply-once value stays, the others follow.
+        lab.slapd
+            .modify("dn: uid=once,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: title\ntitle: Manager\n-\nreplace: employeeType\nemployeeType: contractor\n-\nadd: description\ndescription: SMTP:ONCE@EXAMPLE.ORG\n\n")
+            .unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let user = find_user(&lab, "once@example.org");
+        let hybrid = &user["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"];
+        let enterprise = &user["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"];
+        assert_eq!(user["title"], "Manager");
+        assert_eq!(enterprise["organization"], "Joined as Trainee", "apply-once: {user}");
+        assert_eq!(
+            hybrid["proxyAddresses"],
+            serde_json::json!(["SMTP:once@example.org", "smtp:once@alias.example.org"]),
+            "a case-insensitive duplicate is merged away"
+        );
+        assert_eq!(enterprise["department"], "Ops", "IgnoreThisFlow lets the built-in rule give department: {user}");
+        let explained = ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), "once@example.org"]));
+        assert!(explained.contains("merged with"), "{explained}");
+    }
+
+    #[test]
     fn custom_rules_flow_to_the_tenant_and_changes_trigger_full_sync() {
         let lab = lab(12, 1, "rules = [\"rules.toml\"]");
         let rules = lab.tmp.join("rules.toml");

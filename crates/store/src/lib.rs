@@ -425,6 +425,25 @@ impl SyncStore for SqliteStore {
         }
     }
 
+    fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT attrs FROM mv WHERE source = ?1 AND cs_id = ?2 AND deleted = 0",
+                params![source, id.0],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        match text {
+            None => Ok(None),
+            Some(t) => match serde_json::from_str(&t).map_err(err)? {
+                Json::Object(m) => Ok(Some(m)),
+                _ => Err(StoreError("a metaverse object: attributes are not a JSON object".into())),
+            },
+        }
+    }
+
     fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
         let mv: Option<String> = self
             .conn

@@ -82,6 +82,8 @@ pub trait SyncStore {
         manager: Option<String>,
         members: Vec<String>,
     ) -> Result<String, StoreError>;
+    /// The attributes of the live metaverse object linked to this source object.
+    fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError>;
     /// The source object left scope or was deleted: its metaverse object goes.
     fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
 
@@ -240,6 +242,26 @@ impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
     }
 }
 
+/// Apply-once flows: an attribute the metaverse object already has keeps its value.
+fn keep_applied_once<St: SyncStore>(
+    store: &St,
+    source: &str,
+    id: &SourceId,
+    targets: &[&str],
+    projection: &mut Projection,
+) -> Result<(), StoreError> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let Some(existing) = store.mv_attrs(source, id)? else { return Ok(()) };
+    for target in targets {
+        if let Some(v) = existing.get(*target).filter(|v| !v.is_null()) {
+            projection.attrs.insert((*target).to_string(), v.clone());
+        }
+    }
+    Ok(())
+}
+
 /// Runs one cycle for one source.
 pub async fn run_cycle<S, St, T>(
     source_name: &str,
@@ -316,6 +338,7 @@ where
     }
     let mut synced = 0;
     let mut out_of_scope = 0;
+    let apply_once = options.rules.apply_once_targets();
     // Bounded: each pass handles what the previous one newly pointed at.
     for pass in 0..4 {
         let pending = store.cs_pending(source_name)?;
@@ -333,7 +356,8 @@ where
                 store.mv_disconnect(source_name, &id)?;
                 out_of_scope += 1;
             } else {
-                let projection = mapping::project(flavor, &obj, &options.rules);
+                let mut projection = mapping::project(flavor, &obj, &options.rules);
+                keep_applied_once(store, source_name, &id, &apply_once, &mut projection)?;
                 let manager = match &projection.manager {
                     Some(dn) => store.mv_for_dn(source_name, dn)?,
                     None => None,

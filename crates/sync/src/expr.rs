@@ -3,7 +3,8 @@
 //! [uid] & "@example.org")`.
 //!
 //! Grammar: literals (`"text"` with `\"` and `\\` escapes, integers, `True`,
-//! `False`, `Null`), attributes in brackets (`[givenName]`), function calls,
+//! `False`, `Null`, and the flow markers `AuthoritativeNull` and
+//! `IgnoreThisFlow`), attributes in brackets (`[givenName]`), function calls,
 //! `&` (concatenate), comparisons `= <> < <= > >=`, parentheses. Names of
 //! functions are case-insensitive. Unknown functions and wrong argument counts
 //! are found when the rule loads, with the column.
@@ -23,12 +24,17 @@ pub enum Val {
     Bool(bool),
     Bin(Vec<u8>),
     Multi(Vec<String>),
+    /// The flow sets the attribute to nothing, and rules of lower
+    /// precedence may not give it a value either.
+    AuthoritativeNull,
+    /// The flow contributes nothing; rules of lower precedence may.
+    IgnoreThisFlow,
 }
 
 impl Val {
     fn text(&self) -> Option<String> {
         match self {
-            Val::Null => None,
+            Val::Null | Val::AuthoritativeNull | Val::IgnoreThisFlow => None,
             Val::Str(s) => Some(s.clone()),
             Val::Int(i) => Some(i.to_string()),
             Val::Bool(b) => Some(if *b { "True".into() } else { "False".into() }),
@@ -56,7 +62,7 @@ impl Val {
 
     fn is_empty(&self) -> bool {
         match self {
-            Val::Null => true,
+            Val::Null | Val::AuthoritativeNull | Val::IgnoreThisFlow => true,
             Val::Str(s) => s.is_empty(),
             Val::Multi(m) => m.is_empty(),
             Val::Bin(b) => b.is_empty(),
@@ -67,7 +73,7 @@ impl Val {
     fn list(&self) -> Vec<String> {
         match self {
             Val::Multi(m) => m.clone(),
-            Val::Null => Vec::new(),
+            Val::Null | Val::AuthoritativeNull | Val::IgnoreThisFlow => Vec::new(),
             other => other.text().into_iter().collect(),
         }
     }
@@ -75,7 +81,7 @@ impl Val {
     /// As JSON for the metaverse.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
-            Val::Null => serde_json::Value::Null,
+            Val::Null | Val::AuthoritativeNull | Val::IgnoreThisFlow => serde_json::Value::Null,
             Val::Str(s) => serde_json::json!(s),
             Val::Int(i) => serde_json::json!(i),
             Val::Bool(b) => serde_json::json!(b),
@@ -343,6 +349,8 @@ impl Parser<'_> {
                     "true" => return Ok(Expr::Lit(Val::Bool(true))),
                     "false" => return Ok(Expr::Lit(Val::Bool(false))),
                     "null" | "nothing" => return Ok(Expr::Lit(Val::Null)),
+                    "authoritativenull" => return Ok(Expr::Lit(Val::AuthoritativeNull)),
+                    "ignorethisflow" => return Ok(Expr::Lit(Val::IgnoreThisFlow)),
                     _ => {}
                 }
                 let Some(&(name, min, max, _, _)) = FUNCTIONS.iter().find(|f| f.0.eq_ignore_ascii_case(&word)) else {
@@ -411,6 +419,8 @@ impl fmt::Display for Expr {
             Expr::Lit(Val::Str(s)) => write!(f, "\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")),
             Expr::Lit(Val::Int(i)) => write!(f, "{i}"),
             Expr::Lit(Val::Bool(b)) => f.write_str(if *b { "True" } else { "False" }),
+            Expr::Lit(Val::AuthoritativeNull) => f.write_str("AuthoritativeNull"),
+            Expr::Lit(Val::IgnoreThisFlow) => f.write_str("IgnoreThisFlow"),
             Expr::Lit(_) => f.write_str("Null"),
             Expr::Attr(a) => write!(f, "[{a}]"),
             Expr::Binary(op, a, b) => {

@@ -59,6 +59,21 @@ struct FlowDef {
     expression: Option<String>,
     #[serde(default)]
     multi: bool,
+    merge: Option<String>,
+    #[serde(default)]
+    apply_once: bool,
+}
+
+/// How a flow combines with flows of other rules into the same attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MergeType {
+    /// The first rule (by precedence) with a value sets the attribute; the rest are ignored.
+    #[default]
+    Update,
+    /// Values of every merging rule are joined, duplicates removed.
+    Merge,
+    /// As `Merge`, duplicates compared without regard to case (the first spelling stays).
+    MergeCaseInsensitive,
 }
 
 /// Where a flow's value comes from.
@@ -76,6 +91,9 @@ pub struct RuleFlow {
     pub target: String,
     pub source: FlowSource,
     pub multi: bool,
+    pub merge: MergeType,
+    /// Set when the metaverse object is created (or while it has no value), never changed after.
+    pub apply_once: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,7 +202,21 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
                     return Err(ferr("give exactly one of source = [..], constant = .. or expression = \"..\"".into()));
                 }
             };
-            flows.push(RuleFlow { target: f.target.clone(), source, multi: f.multi });
+            let merge = match f.merge.as_deref() {
+                None | Some("update") => MergeType::Update,
+                Some("merge") => MergeType::Merge,
+                Some("merge-case-insensitive") => MergeType::MergeCaseInsensitive,
+                Some(other) => {
+                    return Err(ferr(format!("merge {other:?} is not update, merge or merge-case-insensitive")));
+                }
+            };
+            flows.push(RuleFlow {
+                target: f.target.clone(),
+                source,
+                multi: f.multi || merge != MergeType::Update,
+                merge,
+                apply_once: f.apply_once,
+            });
         }
         out.push(Rule { name: def.name, file: file.into(), objects, flavor, scope, precedence: def.precedence, flows });
     }
@@ -213,8 +245,21 @@ impl RuleSet {
         &self.rules
     }
 
-    /// Applies every rule that matches the object; the first (lowest
-    /// precedence) rule to set an attribute wins. Records (attribute, origin).
+    /// Metaverse attributes that some rule sets only once.
+    pub fn apply_once_targets(&self) -> Vec<&str> {
+        let mut targets: Vec<&str> =
+            self.rules.iter().flat_map(|r| &r.flows).filter(|f| f.apply_once).map(|f| f.target.as_str()).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        targets
+    }
+
+    /// Applies every rule that matches the object, in precedence order.
+    /// An `Update` flow with a value settles its attribute: later rules are
+    /// ignored for it. `Merge` flows add their values to what earlier
+    /// merging flows gave. A flow giving `Null` or `IgnoreThisFlow`
+    /// contributes nothing, so a later rule may; `AuthoritativeNull` settles
+    /// the attribute as empty. Records (attribute, origin).
     pub fn apply(
         &self,
         kind: ObjectKind,
@@ -223,6 +268,7 @@ impl RuleSet {
         out: &mut Map<String, Json>,
         origin: &mut Vec<(String, String)>,
     ) {
+        let mut settled: Vec<&str> = Vec::new();
         for rule in &self.rules {
             if !rule.objects.contains(&kind) || rule.flavor.is_some_and(|f| f != flavor) {
                 continue;
@@ -233,45 +279,101 @@ impl RuleSet {
                 continue;
             }
             for flow in &rule.flows {
-                if out.contains_key(&flow.target) {
+                let target = flow.target.as_str();
+                let merged_before = out.contains_key(target);
+                if settled.contains(&target) || (flow.merge == MergeType::Update && merged_before) {
                     continue;
                 }
-                match &flow.source {
-                    FlowSource::Expression(e) => match e.eval(entry) {
-                        Ok(crate::expr::Val::Null) => {}
-                        Ok(v) => {
-                            out.insert(flow.target.clone(), v.to_json());
-                            origin.push((flow.target.clone(), format!("expression {e} (rule {})", rule.name)));
-                        }
-                        Err(err) => {
-                            tracing::warn!(object = %entry.dn, rule = %rule.name, flow = %flow.target, error = %err, "expression failed; the attribute is left out");
-                        }
-                    },
-                    FlowSource::Constant(v) => {
-                        out.insert(flow.target.clone(), v.clone());
-                        origin.push((flow.target.clone(), format!("constant {v} (rule {})", rule.name)));
+                let (value, from) = match flow_value(flow, entry) {
+                    Contribution::Nothing => continue,
+                    Contribution::Failed(err) => {
+                        tracing::warn!(object = %entry.dn, rule = %rule.name, flow = %target, error = %err, "expression failed; the attribute is left out");
+                        continue;
                     }
-                    FlowSource::Attributes(sources) => {
-                        for from in sources {
-                            let values: Vec<String> = entry
-                                .values(from)
+                    Contribution::AuthoritativeNull => {
+                        if !merged_before {
+                            settled.push(target);
+                            origin.push((target.to_string(), format!("AuthoritativeNull (rule {})", rule.name)));
+                        }
+                        continue;
+                    }
+                    Contribution::Value(v, from) => (v, from),
+                };
+                let from = format!("{from} (rule {})", rule.name);
+                match flow.merge {
+                    MergeType::Update => {
+                        settled.push(target);
+                        out.insert(target.to_string(), value);
+                        origin.push((target.to_string(), from));
+                    }
+                    MergeType::Merge | MergeType::MergeCaseInsensitive => {
+                        let mut values = texts(out.get(target));
+                        let fold = flow.merge == MergeType::MergeCaseInsensitive;
+                        for v in texts(Some(&value)) {
+                            let seen = values
                                 .iter()
-                                .filter_map(Value::as_text)
-                                .map(str::to_string)
-                                .filter(|s| !s.is_empty())
-                                .collect();
-                            if values.is_empty() {
-                                continue;
+                                .any(|have| if fold { have.to_lowercase() == v.to_lowercase() } else { *have == v });
+                            if !seen {
+                                values.push(v);
                             }
-                            let v = if flow.multi { json!(values) } else { json!(values[0]) };
-                            out.insert(flow.target.clone(), v);
-                            origin.push((flow.target.clone(), format!("{from} (rule {})", rule.name)));
-                            break;
+                        }
+                        out.insert(target.to_string(), json!(values));
+                        match origin.iter_mut().find(|(t, _)| t == target) {
+                            Some((_, o)) => *o = format!("{o}, merged with {from}"),
+                            None => origin.push((target.to_string(), from)),
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// What one flow gives for one object.
+enum Contribution {
+    Nothing,
+    AuthoritativeNull,
+    Failed(crate::expr::EvalError),
+    /// The value and where it came from.
+    Value(Json, String),
+}
+
+fn flow_value(flow: &RuleFlow, entry: &Entry) -> Contribution {
+    use crate::expr::Val;
+    match &flow.source {
+        FlowSource::Expression(e) => match e.eval(entry) {
+            Ok(Val::Null | Val::IgnoreThisFlow) => Contribution::Nothing,
+            Ok(Val::AuthoritativeNull) => Contribution::AuthoritativeNull,
+            Ok(v) => Contribution::Value(v.to_json(), format!("expression {e}")),
+            Err(err) => Contribution::Failed(err),
+        },
+        FlowSource::Constant(v) => Contribution::Value(v.clone(), format!("constant {v}")),
+        FlowSource::Attributes(sources) => {
+            for from in sources {
+                let values: Vec<String> = entry
+                    .values(from)
+                    .iter()
+                    .filter_map(Value::as_text)
+                    .map(str::to_string)
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if let Some(first) = values.first() {
+                    let v = if flow.multi { json!(values) } else { json!(first) };
+                    return Contribution::Value(v, from.clone());
+                }
+            }
+            Contribution::Nothing
+        }
+    }
+}
+
+/// A JSON value as a list of texts (for merging).
+fn texts(v: Option<&Json>) -> Vec<String> {
+    match v {
+        Some(Json::Array(items)) => items.iter().filter_map(|i| texts(Some(i)).into_iter().next()).collect(),
+        Some(Json::String(s)) => vec![s.clone()],
+        Some(Json::Null) | None => Vec::new(),
+        Some(other) => vec![other.to_string()],
     }
 }
 
@@ -362,6 +464,75 @@ flows = [{ target = "mail", expression = "LCase(Trim([givenName])) & \".\" & LCa
         let bad = "[[rule]]\nname = \"b\"\nobjects = [\"user\"]\nflows = [{ target = \"mail\", expression = \"LCase([a]\" }]\n";
         let e = RuleSet::load(&[("y.toml".into(), bad.into())]).unwrap_err().to_string();
         assert!(e.contains("y.toml") && e.contains("rule \"b\", flow 1 (mail)") && e.contains("column 10"), "{e}");
+    }
+
+    #[test]
+    fn merge_types_and_null_markers() {
+        let custom = r#"
+[[rule]]
+name = "addresses-primary"
+objects = ["user"]
+precedence = 10
+flows = [
+  { target = "proxyAddresses", source = ["proxyAddresses"], merge = "merge-case-insensitive" },
+  { target = "jobTitle", expression = "IIF([employeeType] = \"contractor\", AuthoritativeNull, IgnoreThisFlow)" },
+  { target = "department", expression = "IIF(IsPresent([ou]), [ou], IgnoreThisFlow)" },
+]
+
+[[rule]]
+name = "addresses-alias"
+objects = ["user"]
+precedence = 20
+flows = [
+  { target = "proxyAddresses", expression = "\"smtp:\" & [uid] & \"@alias.example.org\"", merge = "merge-case-insensitive" },
+  { target = "proxyAddresses", constant = "smtp:ALL@example.org", merge = "merge-case-insensitive" },
+]
+"#;
+        let set = RuleSet::load(&[("m.toml".into(), custom.into())]).unwrap();
+        let apply = |pairs: &[(&str, &str)]| {
+            let mut out = Map::new();
+            let mut origin = Vec::new();
+            set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, &mut origin);
+            (out, origin)
+        };
+        let (out, origin) = apply(&[
+            ("uid", "ann"),
+            ("proxyAddresses", "SMTP:ann@example.org"),
+            ("proxyAddresses", "smtp:all@example.org"),
+            ("title", "Boss"),
+            ("employeeType", "contractor"),
+            ("departmentNumber", "Sales"),
+        ]);
+        assert_eq!(
+            out["proxyAddresses"],
+            json!(["SMTP:ann@example.org", "smtp:all@example.org", "smtp:ann@alias.example.org"]),
+            "merged in precedence order, the case-insensitive duplicate dropped"
+        );
+        let from = &origin.iter().find(|(t, _)| t == "proxyAddresses").unwrap().1;
+        assert!(from.contains("addresses-primary") && from.contains("merged with") && from.contains("addresses-alias"));
+        assert!(out.get("jobTitle").is_none(), "AuthoritativeNull keeps the built-in title out: {out:?}");
+        assert_eq!(out["department"], "Sales", "IgnoreThisFlow lets the built-in rule give department");
+
+        let (staff, _) = apply(&[("uid", "bo"), ("title", "Clerk"), ("ou", "Ops"), ("departmentNumber", "Sales")]);
+        assert_eq!(staff["jobTitle"], "Clerk", "IgnoreThisFlow: the built-in rule gives the title");
+        assert_eq!(staff["department"], "Ops");
+        assert_eq!(staff["proxyAddresses"], json!(["smtp:bo@alias.example.org", "smtp:ALL@example.org"]));
+
+        let exact = custom.replace("merge-case-insensitive", "merge");
+        let set = RuleSet::load(&[("m.toml".into(), exact)]).unwrap();
+        let mut out = Map::new();
+        set.apply(
+            ObjectKind::User,
+            Flavor::Ldap,
+            &entry(&[("uid", "cy"), ("proxyAddresses", "smtp:all@example.org")]),
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert_eq!(out["proxyAddresses"].as_array().map(Vec::len), Some(3), "exact merge keeps both spellings");
+
+        let bad = "[[rule]]\nname = \"x\"\nobjects = [\"user\"]\nflows = [{ target = \"a\", constant = \"b\", merge = \"sum\" }]\n";
+        let e = RuleSet::load(&[("b.toml".into(), bad.into())]).unwrap_err().to_string();
+        assert!(e.contains("rule \"x\", flow 1 (a)") && e.contains("merge \"sum\""), "{e}");
     }
 
     #[test]
