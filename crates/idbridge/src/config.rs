@@ -117,6 +117,9 @@ pub struct SourceConfig {
     #[serde(default)]
     pub attributes: Vec<String>,
     pub filter: Option<String>,
+    /// Group-based scoping: only direct members of these groups (DNs) sync.
+    #[serde(default)]
+    pub scope_groups: Vec<String>,
     #[serde(default = "default_page_size")]
     pub page_size: u32,
     #[serde(default = "default_connect_timeout")]
@@ -212,6 +215,11 @@ pub fn resolve_password(source: &str, file: Option<&Path>, env: Option<&str>) ->
 }
 
 impl SourceConfig {
+    /// The group-scope DNs, checked.
+    pub fn scope_groups(&self) -> Result<Vec<Dn>> {
+        parse_dns("scope_groups", &self.name, &self.scope_groups)
+    }
+
     pub fn to_settings(&self) -> Result<LdapSettings> {
         if self.urls.is_empty() {
             bail!("source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL", self.name);

@@ -102,7 +102,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             )?;
             let mut store = open_store(&config, &path)?;
             let (rules, rules_text) = load_rules(&config, &path)?;
-            let config_hash = format!("{MAPPING_VERSION}|{:?}|{rules_text}", settings);
+            let config_hash = format!("{MAPPING_VERSION}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?);
             let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
             let mut first = true;
             let mut failures: u32 = 0;
@@ -172,7 +172,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             let settings = src.to_settings()?;
             let mut store = open_store(&config, &path)?;
             let (rules, rules_text) = load_rules(&config, &path)?;
-            let config_hash = format!("{MAPPING_VERSION}|{:?}|{rules_text}", settings);
+            let config_hash = format!("{MAPPING_VERSION}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?);
             let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
             let (_, profile) =
                 source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
@@ -183,6 +183,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                 deletion_threshold: config.sync.deletion_threshold,
                 config_hash,
                 rules,
+                scope_groups: src.scope_groups()?,
                 ..CycleOptions::default()
             };
             let mut nowhere = NoTarget;
@@ -446,6 +447,7 @@ async fn one_cycle(
         allow_deletes,
         config_hash: config_hash.to_string(),
         rules: rules.clone(),
+        scope_groups: config.source(Some(source_name))?.scope_groups()?,
     };
     let started = std::time::Instant::now();
     let mut progress = StageProgress::default();

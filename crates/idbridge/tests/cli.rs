@@ -787,6 +787,50 @@ mod sync_e2e {
     }
 
     #[test]
+    fn group_scope_syncs_direct_members_and_follows_membership_changes() {
+        let lab = lab(20, 3, "");
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let entries = json_lines(&dump);
+        let group = entries
+            .iter()
+            .find(|e| e["kind"] == "group" && e["attributes"]["member"].as_array().is_some_and(|m| m.len() >= 2))
+            .expect("a sample group with members");
+        let group_dn = group["dn"].as_str().unwrap().to_string();
+        let members: Vec<String> = group["attributes"]["member"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_lowercase())
+            .collect();
+        let users: Vec<&serde_json::Value> = entries.iter().filter(|e| e["kind"] == "user").collect();
+        let (inside, outside): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) =
+            users.iter().partition(|u| members.contains(&u["dn"].as_str().unwrap().to_lowercase()));
+        assert!(!inside.is_empty() && !outside.is_empty());
+        let text = std::fs::read_to_string(&lab.config).unwrap();
+        let text = text.replacen("base_dns = ", &format!("scope_groups = [\"{group_dn}\"]\nbase_dns = "), 1);
+        std::fs::write(&lab.config, text).unwrap();
+
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], inside.len(), "only direct members of the group");
+        let mail = |u: &serde_json::Value| u["attributes"]["mail"][0].as_str().unwrap().to_string();
+        assert!(find_user(&lab, &mail(outside[0])).is_null());
+
+        // Joining the group brings the user in; leaving it takes one out — in one delta cycle.
+        let (joiner, leaver) = (outside[0]["dn"].as_str().unwrap(), inside[0]["dn"].as_str().unwrap());
+        lab.slapd
+            .modify(&format!(
+                "dn: {group_dn}\nchangetype: modify\nadd: member\nmember: {joiner}\n-\ndelete: member\nmember: {leaver}\n\n"
+            ))
+            .unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], inside.len());
+        assert!(!find_user(&lab, &mail(outside[0])).is_null(), "the user who joined the group is there");
+        assert!(find_user(&lab, &mail(inside[0])).is_null(), "the user who left the group is gone");
+    }
+
+    #[test]
     fn apply_once_merge_and_authoritative_null_reach_the_tenant() {
         let lab = lab(4, 1, "rules = [\"rules.toml\"]");
         std::fs::write(

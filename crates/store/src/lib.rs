@@ -336,6 +336,18 @@ impl SyncStore for SqliteStore {
         Ok(Some((SourceObject { id: id.clone(), anchor: Anchor(anchor), kind: kind_from(&kind), entry }, deleted)))
     }
 
+    fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id FROM cs WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
+                params![source, dn.normalized()],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map(|id| id.map(SourceId))
+            .map_err(err)
+    }
+
     fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
         // Led by the DN; without DISTINCT the planner keeps to that index.
         let mut stmt =

@@ -64,6 +64,8 @@ pub trait SyncStore {
     fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError>;
     /// The object and whether it is marked deleted.
     fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError>;
+    /// The object at `dn`, if the connector space has one.
+    fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError>;
     /// Objects whose manager or member references point at `dn`.
     fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError>;
     fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
@@ -129,6 +131,9 @@ pub struct CycleOptions {
     pub config_hash: String,
     /// The inbound rules.
     pub rules: crate::rules::RuleSet,
+    /// Group-based scoping: when not empty, only direct members of these
+    /// groups are synchronised.
+    pub scope_groups: Vec<Dn>,
 }
 
 impl Default for CycleOptions {
@@ -140,6 +145,7 @@ impl Default for CycleOptions {
             allow_deletes: None,
             config_hash: String::new(),
             rules: crate::rules::RuleSet::default(),
+            scope_groups: Vec::new(),
         }
     }
 }
@@ -242,6 +248,44 @@ impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
     }
 }
 
+/// Group-based scoping: the normalised DNs of the scope groups' direct
+/// members, or `None` when there is no group scope. A change to a scope
+/// group marks every object for sync, since any of them may have entered or
+/// left scope.
+fn scope_members<St: SyncStore>(
+    store: &mut St,
+    source: &str,
+    groups: &[Dn],
+    full: bool,
+) -> Result<Option<HashSet<String>>, StoreError> {
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let pending: HashSet<SourceId> =
+        if full { HashSet::new() } else { store.cs_pending(source)?.into_iter().collect() };
+    let mut members = HashSet::new();
+    let mut changed = false;
+    for group in groups {
+        let Some(id) = store.cs_find(source, group)? else {
+            tracing::warn!(source, group = %group, "scope group not found in the source: none of its members sync");
+            continue;
+        };
+        changed |= pending.contains(&id);
+        if let Some((obj, false)) = store.cs_get(source, &id)? {
+            for value in obj.entry.values("member").iter().chain(obj.entry.values("uniqueMember")) {
+                if let Some(dn) = value.as_text().and_then(|t| Dn::parse(t).ok()) {
+                    members.insert(dn.normalized());
+                }
+            }
+        }
+    }
+    if changed {
+        tracing::info!(source, "a scope group changed: every object is checked against the group scope");
+        store.cs_mark_all_pending(source)?;
+    }
+    Ok(Some(members))
+}
+
 /// Apply-once flows: an attribute the metaverse object already has keeps its value.
 fn keep_applied_once<St: SyncStore>(
     store: &St,
@@ -339,6 +383,7 @@ where
     let mut synced = 0;
     let mut out_of_scope = 0;
     let apply_once = options.rules.apply_once_targets();
+    let scope = scope_members(store, source_name, &options.scope_groups, full)?;
     // Bounded: each pass handles what the previous one newly pointed at.
     for pass in 0..4 {
         let pending = store.cs_pending(source_name)?;
@@ -350,7 +395,13 @@ where
         }
         for id in pending {
             let Some((obj, deleted)) = store.cs_get(source_name, &id)? else { continue };
-            let reason = if deleted { Some("deleted on-premises") } else { mapping::out_of_scope(flavor, &obj) };
+            let reason = if deleted {
+                Some("deleted on-premises")
+            } else if scope.as_ref().is_some_and(|members| !members.contains(&obj.entry.dn.normalized())) {
+                Some("not a direct member of a scope group")
+            } else {
+                mapping::out_of_scope(flavor, &obj)
+            };
             if let Some(reason) = reason {
                 tracing::debug!(dn = %obj.entry.dn, reason, "not synchronised");
                 store.mv_disconnect(source_name, &id)?;

@@ -281,7 +281,12 @@ impl RuleSet {
             for flow in &rule.flows {
                 let target = flow.target.as_str();
                 let merged_before = out.contains_key(target);
-                if settled.contains(&target) || (flow.merge == MergeType::Update && merged_before) {
+                // `out` answers the common case; `settled` adds AuthoritativeNull and update-over-merge.
+                let blocked = match flow.merge {
+                    MergeType::Update => merged_before || settled.contains(&target),
+                    MergeType::Merge | MergeType::MergeCaseInsensitive => settled.contains(&target),
+                };
+                if blocked {
                     continue;
                 }
                 let (value, from) = match flow_value(flow, entry) {
