@@ -7,8 +7,10 @@
 //! loaded into a throwaway slapd. In the same run: `ldapsearch -E pr=1000` of
 //! the same objects (the baseline), then `idbridge sync run --once` into an
 //! empty `idbridge tenant serve` (wall time, objects/s, peak RSS of the sync
-//! process), then the daemon with no idle wait: 20 single-attribute changes
-//! on-premises, each timed until the tenant shows it.
+//! process), then the daemon with no idle wait: 50 single-attribute changes
+//! on-premises, each timed until the tenant shows it; then a group with
+//! 50,000 members (N/2 for smaller N) is added, and 10 single-member additions
+//! to it are timed until the tenant shows the new member.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Command, Stdio};
@@ -108,7 +110,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let client = reqwest::Client::new();
     let mut times = Vec::new();
-    for i in 0..20u64 {
+    for i in 0..50u64 {
         let n = (i * 7919) % users;
         let dump = Command::new("ldapsearch")
             .args([
@@ -156,10 +158,69 @@ fn main() {
     times.sort();
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64();
     println!(
-        "  delta visible in the tenant  p50 {:.2} s  p99 {:.2} s (20 changes, daemon with no idle wait)",
+        "  delta visible in the tenant  p50 {:.2} s  p99 {:.2} s (50 changes, daemon with no idle wait)",
         pct(0.5),
         pct(0.99)
     );
+
+    // One member added to a very large group.
+    let get = |path: &str| -> serde_json::Value {
+        rt.block_on(async {
+            client.get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap()
+        })
+    };
+    let people = Command::new("ldapsearch")
+        .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-w", slapd.admin_password()])
+        .args(["-b", slapd.base_dn(), "-E", "pr=1000/noprompt", "(objectClass=inetOrgPerson)", "mail"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&people.stdout).to_string();
+    let mut people: Vec<(String, String)> = Vec::new();
+    let mut dn = String::new();
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("dn: ") {
+            dn = d.to_string();
+        } else if let Some(m) = line.strip_prefix("mail: ") {
+            people.push((dn.clone(), m.to_string()));
+        }
+    }
+    let size = 50_000.min(people.len() / 2);
+    let group_dn = format!("cn=bench-big-group,{}", slapd.base_dn());
+    let mut ldif = format!("dn: {group_dn}\nchangetype: add\nobjectClass: groupOfNames\ncn: bench-big-group\n");
+    for (dn, _) in &people[..size] {
+        ldif.push_str(&format!("member: {dn}\n"));
+    }
+    ldif.push('\n');
+    let started = Instant::now();
+    slapd.modify(&ldif).unwrap();
+    let group_id = loop {
+        let v = get("/Groups?filter=displayName%20eq%20%22bench-big-group%22&attributes=id");
+        if let Some(id) = v["Resources"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "the large group never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let created = started.elapsed().as_secs_f64();
+    let mut member_times = Vec::new();
+    for (dn, mail) in &people[size..size + 10] {
+        let user = get(&format!("/Users?filter=userName%20eq%20%22{mail}%22&attributes=id"));
+        let user_id = user["Resources"][0]["id"].as_str().unwrap().to_string();
+        let started = Instant::now();
+        slapd.modify(&format!("dn: {group_dn}\nchangetype: modify\nadd: member\nmember: {dn}\n-\n\n")).unwrap();
+        let probe = format!(
+            "/Groups?filter=id%20eq%20%22{group_id}%22%20and%20members%5Bvalue%20eq%20%22{user_id}%22%5D&attributes=id"
+        );
+        while get(&probe)["totalResults"] != 1 {
+            assert!(started.elapsed() < Duration::from_secs(120), "a member addition never arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        member_times.push(started.elapsed());
+    }
+    member_times.sort();
+    let mpct = |p: f64| member_times[((member_times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64();
+    println!("  {:<28} created in the tenant after {created:.1} s", format!("{size}-member group"));
+    println!("  one member added to it       visible p50 {:.2} s  p99 {:.2} s (10 additions)", mpct(0.5), mpct(0.99));
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = tenant.kill();

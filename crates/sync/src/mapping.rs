@@ -3,6 +3,8 @@
 //! SCIM resource (outbound). Declarative, file-loaded rules (DESIGN §5)
 //! replace these tables in a later step; the shapes here are what they produce.
 
+use std::collections::HashSet;
+
 use directory::{Dn, Entry, ObjectKind, Sid, Value};
 use serde_json::{Map, Value as Json, json};
 
@@ -320,11 +322,13 @@ pub fn patch_operations(exported: &Json, desired: &Json) -> Vec<Json> {
                     .unwrap_or_default()
             };
             let (was, now) = (ids(o), ids(n));
-            let added: Vec<Json> = now.iter().filter(|m| !was.contains(m)).map(|m| json!({"value": m})).collect();
+            // Sets: a group may have hundreds of thousands of members.
+            let (was_set, now_set): (HashSet<&String>, HashSet<&String>) = (was.iter().collect(), now.iter().collect());
+            let added: Vec<Json> = now.iter().filter(|m| !was_set.contains(m)).map(|m| json!({"value": m})).collect();
             if !added.is_empty() {
                 ops.push(json!({"op": "add", "path": "members", "value": added}));
             }
-            for m in was.iter().filter(|m| !now.contains(m)) {
+            for m in was.iter().filter(|m| !now_set.contains(m)) {
                 ops.push(json!({"op": "remove", "path": format!("members[value eq \"{m}\"]")}));
             }
             continue;
