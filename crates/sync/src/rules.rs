@@ -395,6 +395,14 @@ mod tests {
         e
     }
 
+    /// The rules applied to a user with these attributes: (attributes, origins).
+    fn apply_to(set: &RuleSet, pairs: &[(&str, &str)]) -> (Map<String, Json>, Vec<(String, String)>) {
+        let mut out = Map::new();
+        let mut origin = Vec::new();
+        set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, &mut origin);
+        (out, origin)
+    }
+
     #[test]
     fn built_in_rules_load_and_apply() {
         let set = RuleSet::load(&[]).unwrap();
@@ -455,15 +463,7 @@ precedence = 10
 flows = [{ target = "mail", expression = "LCase(Trim([givenName])) & \".\" & LCase([sn]) & \"@example.org\"" }]
 "#;
         let set = RuleSet::load(&[("x.toml".into(), custom.into())]).unwrap();
-        let mut out = Map::new();
-        let mut origin = Vec::new();
-        set.apply(
-            ObjectKind::User,
-            Flavor::Ldap,
-            &entry(&[("givenName", " Ann "), ("sn", "Lee"), ("mail", "old@x")]),
-            &mut out,
-            &mut origin,
-        );
+        let (out, origin) = apply_to(&set, &[("givenName", " Ann "), ("sn", "Lee"), ("mail", "old@x")]);
         assert_eq!(out["mail"], "ann.lee@example.org");
         assert!(origin.iter().any(|(t, o)| t == "mail" && o.starts_with("expression")));
         let bad = "[[rule]]\nname = \"b\"\nobjects = [\"user\"]\nflows = [{ target = \"mail\", expression = \"LCase([a]\" }]\n";
@@ -494,20 +494,17 @@ flows = [
 ]
 "#;
         let set = RuleSet::load(&[("m.toml".into(), custom.into())]).unwrap();
-        let apply = |pairs: &[(&str, &str)]| {
-            let mut out = Map::new();
-            let mut origin = Vec::new();
-            set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, &mut origin);
-            (out, origin)
-        };
-        let (out, origin) = apply(&[
-            ("uid", "ann"),
-            ("proxyAddresses", "SMTP:ann@example.org"),
-            ("proxyAddresses", "smtp:all@example.org"),
-            ("title", "Boss"),
-            ("employeeType", "contractor"),
-            ("departmentNumber", "Sales"),
-        ]);
+        let (out, origin) = apply_to(
+            &set,
+            &[
+                ("uid", "ann"),
+                ("proxyAddresses", "SMTP:ann@example.org"),
+                ("proxyAddresses", "smtp:all@example.org"),
+                ("title", "Boss"),
+                ("employeeType", "contractor"),
+                ("departmentNumber", "Sales"),
+            ],
+        );
         assert_eq!(
             out["proxyAddresses"],
             json!(["SMTP:ann@example.org", "smtp:all@example.org", "smtp:ann@alias.example.org"]),
@@ -518,21 +515,15 @@ flows = [
         assert!(out.get("jobTitle").is_none(), "AuthoritativeNull keeps the built-in title out: {out:?}");
         assert_eq!(out["department"], "Sales", "IgnoreThisFlow lets the built-in rule give department");
 
-        let (staff, _) = apply(&[("uid", "bo"), ("title", "Clerk"), ("ou", "Ops"), ("departmentNumber", "Sales")]);
+        let (staff, _) =
+            apply_to(&set, &[("uid", "bo"), ("title", "Clerk"), ("ou", "Ops"), ("departmentNumber", "Sales")]);
         assert_eq!(staff["jobTitle"], "Clerk", "IgnoreThisFlow: the built-in rule gives the title");
         assert_eq!(staff["department"], "Ops");
         assert_eq!(staff["proxyAddresses"], json!(["smtp:bo@alias.example.org", "smtp:ALL@example.org"]));
 
         let exact = custom.replace("merge-case-insensitive", "merge");
         let set = RuleSet::load(&[("m.toml".into(), exact)]).unwrap();
-        let mut out = Map::new();
-        set.apply(
-            ObjectKind::User,
-            Flavor::Ldap,
-            &entry(&[("uid", "cy"), ("proxyAddresses", "smtp:all@example.org")]),
-            &mut out,
-            &mut Vec::new(),
-        );
+        let (out, _) = apply_to(&set, &[("uid", "cy"), ("proxyAddresses", "smtp:all@example.org")]);
         assert_eq!(out["proxyAddresses"].as_array().map(Vec::len), Some(3), "exact merge keeps both spellings");
 
         let bad = "[[rule]]\nname = \"x\"\nobjects = [\"user\"]\nflows = [{ target = \"a\", constant = \"b\", merge = \"sum\" }]\n";
