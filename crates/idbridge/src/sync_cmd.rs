@@ -83,14 +83,9 @@ pub async fn run(command: SyncCommand) -> Result<()> {
     match command {
         SyncCommand::Run { config: path, once, full, allow_deletes } => {
             let config = Config::load(&path)?;
-            if config.sources.len() != 1 {
-                bail!(
-                    "{}: sync runs with exactly one [[source]] for now (joining several sources is not built yet)",
-                    path.display()
-                );
+            if config.sources.is_empty() {
+                bail!("{}: no [[source]] is configured", path.display());
             }
-            let src = config.source(None)?;
-            let settings = src.to_settings()?;
             let tenant = config.tenant.as_ref().with_context(|| {
                 format!("{}: a [tenant] section (url, token_file) is needed to sync", path.display())
             })?;
@@ -102,23 +97,38 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             )?;
             let mut store = open_store(&config, &path)?;
             let (rules, rules_text) = load_rules(&config, &path)?;
-            let config_hash = format!("{MAPPING_VERSION}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?);
-            let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
+            // Several sources are synchronised one after the other, each into
+            // its own objects (no join across sources yet).
+            let mut sources = Vec::new();
+            for src in &config.sources {
+                let settings = src.to_settings()?;
+                let config_hash = format!("{MAPPING_VERSION}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?);
+                let source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
+                sources.push((src.name.clone(), source, config_hash));
+            }
             let mut first = true;
             let mut failures: u32 = 0;
             loop {
-                let outcome = one_cycle(
-                    &src.name,
-                    &mut source,
-                    &mut store,
-                    &mut target,
-                    &config,
-                    &config_hash,
-                    &rules,
-                    full && first,
-                    if first { allow_deletes } else { None },
-                )
-                .await;
+                let mut outcome = Ok(false);
+                for (name, source, config_hash) in &mut sources {
+                    let result = one_cycle(
+                        name,
+                        source,
+                        &mut store,
+                        &mut target,
+                        &config,
+                        config_hash,
+                        &rules,
+                        full && first,
+                        if first { allow_deletes } else { None },
+                    )
+                    .await
+                    .with_context(|| format!("source {name:?}"));
+                    outcome = match (outcome, result) {
+                        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                        (Ok(stopped), Ok(now)) => Ok(stopped || now),
+                    };
+                }
                 let pause = match outcome {
                     Ok(stopped_by_threshold) => {
                         failures = 0;
@@ -148,7 +158,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                     if pause.is_zero() {
                         return;
                     }
-                    if healthy {
+                    if let ([(_, source, _)], true) = (sources.as_mut_slice(), healthy) {
                         match source.wait_for_change(pause).await {
                             Ok(Some(_)) => return,
                             Ok(None) => {}
@@ -165,39 +175,37 @@ pub async fn run(command: SyncCommand) -> Result<()> {
         }
         SyncCommand::Preview { config: path, json, csv } => {
             let config = Config::load(&path)?;
-            if config.sources.len() != 1 {
-                bail!("{}: sync runs with exactly one [[source]] for now", path.display());
-            }
-            let src = config.source(None)?;
-            let settings = src.to_settings()?;
             let mut store = open_store(&config, &path)?;
             let (rules, rules_text) = load_rules(&config, &path)?;
-            let config_hash = format!("{MAPPING_VERSION}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?);
-            let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
-            let (_, profile) =
-                source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
-            let flavor =
-                if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
-            let options = CycleOptions {
-                staging: true,
-                deletion_threshold: config.sync.deletion_threshold,
-                config_hash,
-                rules,
-                scope_groups: src.scope_groups()?,
-                ..CycleOptions::default()
-            };
-            let mut nowhere = NoTarget;
-            run_cycle(
-                &src.name,
-                flavor,
-                &mut source,
-                &mut store,
-                &mut nowhere,
-                &options,
-                &mut StageProgress::default(),
-            )
-            .await
-            .context("import and sync for the preview")?;
+            for src in &config.sources {
+                let settings = src.to_settings()?;
+                let config_hash = format!("{MAPPING_VERSION}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?);
+                let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
+                let (_, profile) =
+                    source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
+                let flavor =
+                    if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
+                let options = CycleOptions {
+                    staging: true,
+                    deletion_threshold: config.sync.deletion_threshold,
+                    config_hash,
+                    rules: rules.clone(),
+                    scope_groups: src.scope_groups()?,
+                    ..CycleOptions::default()
+                };
+                let mut nowhere = NoTarget;
+                run_cycle(
+                    &src.name,
+                    flavor,
+                    &mut source,
+                    &mut store,
+                    &mut nowhere,
+                    &options,
+                    &mut StageProgress::default(),
+                )
+                .await
+                .with_context(|| format!("import and sync of source {:?} for the preview", src.name))?;
+            }
             let pending = sync::engine::pending_exports(&store)?;
             print_preview(&pending, json, csv);
             Ok(())

@@ -787,6 +787,53 @@ mod sync_e2e {
     }
 
     #[test]
+    fn two_sources_sync_side_by_side_and_one_failing_does_not_stop_the_other() {
+        let lab = lab(10, 2, "");
+        let mut second = Slapd::start(SlapdOptions::default()).unwrap();
+        second
+            .modify(
+                "dn: uid=fr-anna,ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: fr-anna\ncn: Anna\nsn: A\nmail: fr-anna@example.org\n\n\
+                 dn: uid=fr-ben,ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: fr-ben\ncn: Ben\nsn: B\nmail: fr-ben@example.org\n\n\
+                 dn: cn=partners,ou=groups,dc=example,dc=org\nchangetype: add\nobjectClass: groupOfNames\ncn: partners\nmember: uid=fr-anna,ou=people,dc=example,dc=org\n\n",
+            )
+            .unwrap();
+        let pw = second.password_file().unwrap();
+        let mut text = std::fs::read_to_string(&lab.config).unwrap();
+        text.push_str(&format!(
+            "\n[[source]]\nname = \"second\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
+            second.url,
+            second.admin_dn(),
+            p(&pw)
+        ));
+        std::fs::write(&lab.config, text).unwrap();
+
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 12, "both directories' users");
+        assert_eq!(get(&lab, "/Groups?count=1")["totalResults"], 3);
+        let anna = find_user(&lab, "fr-anna@example.org");
+        let partners = get(&lab, "/Groups?filter=displayName%20eq%20%22partners%22")["Resources"][0].clone();
+        assert_eq!(partners["members"][0]["value"], anna["id"], "references resolve within their source");
+
+        // A deletion in the second directory; then the second directory is down
+        // while the first changes: the first still reaches the tenant.
+        second.modify("dn: uid=fr-ben,ou=people,dc=example,dc=org\nchangetype: delete\n\n").unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(find_user(&lab, "fr-ben@example.org").is_null());
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 11);
+        second.stop();
+        lab.slapd
+            .modify("dn: uid=solo,ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: solo\ncn: Solo\nsn: S\nmail: solo@example.org\n\n")
+            .unwrap();
+        let out = sync_once(&lab, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && stderr.contains("source \"second\""), "the failing source is named: {stderr}");
+        assert!(!find_user(&lab, "solo@example.org").is_null(), "the first source still synchronised");
+        assert!(!find_user(&lab, "fr-anna@example.org").is_null(), "an unreachable source deletes nothing");
+    }
+
+    #[test]
     fn group_scope_syncs_direct_members_and_follows_membership_changes() {
         let lab = lab(20, 3, "");
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
