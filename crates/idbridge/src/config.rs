@@ -120,6 +120,8 @@ pub struct SourceConfig {
     /// Group-based scoping: only direct members of these groups (DNs) sync.
     #[serde(default)]
     pub scope_groups: Vec<String>,
+    /// Join this source's objects to those of sources listed before it.
+    pub join: Option<JoinConfig>,
     #[serde(default = "default_page_size")]
     pub page_size: u32,
     #[serde(default = "default_connect_timeout")]
@@ -193,6 +195,49 @@ impl Config {
 
 fn parse_dns(what: &str, source: &str, values: &[String]) -> Result<Vec<Dn>> {
     values.iter().map(|v| Dn::parse(v).with_context(|| format!("source {source:?}: {what} entry {v:?}"))).collect()
+}
+
+/// `[source.join]`: how a source's objects join metaverse objects of other sources.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// Join groups, tried in order: `[[{ source = "mail", metaverse = "mail" }], ...]`.
+    pub groups: Vec<Vec<JoinPair>>,
+    /// An object that joins nothing becomes its own tenant object (default false).
+    #[serde(default)]
+    pub project: bool,
+    /// Metaverse attributes this source's values win for.
+    #[serde(default)]
+    pub authoritative: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JoinPair {
+    pub source: String,
+    pub metaverse: String,
+}
+
+impl JoinConfig {
+    pub fn to_rules(&self, source: &str) -> Result<sync::engine::JoinRules> {
+        if self.groups.is_empty() || self.groups.iter().any(Vec::is_empty) {
+            bail!("source {source:?}: join.groups needs at least one group, each with at least one pair");
+        }
+        for pair in self.groups.iter().flatten() {
+            if pair.metaverse.is_empty() || !pair.metaverse.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bail!("source {source:?}: join metaverse attribute {:?}: letters, digits and '_' only", pair.metaverse);
+            }
+        }
+        Ok(sync::engine::JoinRules {
+            groups: self
+                .groups
+                .iter()
+                .map(|g| g.iter().map(|p| (p.source.clone(), p.metaverse.clone())).collect())
+                .collect(),
+            project: self.project,
+            authoritative: self.authoritative.clone(),
+        })
+    }
 }
 
 /// Reads the bind password from a file or an environment variable.

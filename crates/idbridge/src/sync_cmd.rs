@@ -102,7 +102,11 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             let mut sources = Vec::new();
             for src in &config.sources {
                 let settings = src.to_settings()?;
-                let config_hash = format!("{MAPPING_VERSION}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?);
+                if let Some(join) = &src.join {
+                    join.to_rules(&src.name)?;
+                }
+                let config_hash =
+                    format!("{MAPPING_VERSION}|{:?}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?, src.join);
                 let source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
                 sources.push((src.name.clone(), source, config_hash));
             }
@@ -179,7 +183,8 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             let (rules, rules_text) = load_rules(&config, &path)?;
             for src in &config.sources {
                 let settings = src.to_settings()?;
-                let config_hash = format!("{MAPPING_VERSION}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?);
+                let config_hash =
+                    format!("{MAPPING_VERSION}|{:?}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?, src.join);
                 let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
                 let (_, profile) =
                     source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
@@ -191,6 +196,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                     config_hash,
                     rules: rules.clone(),
                     scope_groups: src.scope_groups()?,
+                    join: src.join.as_ref().map(|j| j.to_rules(&src.name)).transpose()?,
                     ..CycleOptions::default()
                 };
                 let mut nowhere = NoTarget;
@@ -364,7 +370,20 @@ fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Resu
         bail!("the source object of {key:?} is no longer in the connector space")
     };
     let flavor = if obj.entry.has("objectGUID") { Flavor::ActiveDirectory } else { Flavor::Ldap };
-    let (projection, origin) = sync::mapping::project_explained(flavor, &obj, rules);
+    let (projection, mut origin) = sync::mapping::project_explained(flavor, &obj, rules);
+    let mut joined_lines = Vec::new();
+    for join in store.joined(&mv)? {
+        let dn = store.cs_get(&join.source, &join.id)?.map(|(o, _)| o.entry.dn.to_string()).unwrap_or_default();
+        joined_lines.push(format!("joined:      {dn} in source {:?}", join.source));
+        for key in join.attrs.keys() {
+            let wins = join.authoritative.contains(key);
+            if wins || !projection.attrs.contains_key(key) {
+                let why = if wins { "authoritative" } else { "fills a gap" };
+                origin.retain(|(m, _)| m != key);
+                origin.push((key.clone(), format!("source {:?} object {dn} (joined, {why})", join.source)));
+            }
+        }
+    }
     let exported = store.exported(&mv)?;
     println!(
         "object:      {} ({}) in source {source:?}{}",
@@ -372,6 +391,9 @@ fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Resu
         obj.kind,
         if deleted { ", deleted on-premises" } else { "" }
     );
+    for line in &joined_lines {
+        println!("{line}");
+    }
     println!("immutableId: {}  (sourceAnchor, from the source's anchor attribute)", projection.anchor);
     match &exported {
         Some((tenant_id, _)) => println!("tenant id:   {tenant_id}"),
@@ -456,6 +478,7 @@ async fn one_cycle(
         config_hash: config_hash.to_string(),
         rules: rules.clone(),
         scope_groups: config.source(Some(source_name))?.scope_groups()?,
+        join: config.source(Some(source_name))?.join.as_ref().map(|j| j.to_rules(source_name)).transpose()?,
     };
     let started = std::time::Instant::now();
     let mut progress = StageProgress::default();

@@ -834,6 +834,74 @@ mod sync_e2e {
     }
 
     #[test]
+    fn a_second_source_joins_by_mail_and_contributes_attributes() {
+        let lab = lab(6, 1, "");
+        let person = |uid: &str, extra: &str| {
+            format!(
+                "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n{extra}\n"
+            )
+        };
+        lab.slapd.modify(&person("ja", "mail: ja@example.org\ntitle: Engineer\n")).unwrap();
+        lab.slapd
+            .modify(&format!("{}{}", person("d1", "mail: dup@example.org\n"), person("d2", "mail: dup@example.org\n")))
+            .unwrap();
+        let hr = Slapd::start(SlapdOptions::default()).unwrap();
+        hr.modify(&format!(
+            "{}{}{}",
+            person("h1", "mail: JA@example.org\ntitle: Principal Engineer\ndepartmentNumber: R&D\n"),
+            person("h2", "mail: jc@example.org\ntitle: Analyst\n"),
+            person("h3", "mail: dup@example.org\ntitle: Ambiguous\n")
+        ))
+        .unwrap();
+        let pw = hr.password_file().unwrap();
+        let mut text = std::fs::read_to_string(&lab.config).unwrap();
+        text.push_str(&format!(
+            "\n[[source]]\nname = \"hr\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n\n\
+             [source.join]\ngroups = [[{{ source = \"mail\", metaverse = \"mail\" }}]]\nauthoritative = [\"jobTitle\"]\n",
+            hr.url,
+            hr.admin_dn(),
+            p(&pw)
+        ));
+        std::fs::write(&lab.config, text).unwrap();
+
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+        let users = get(&lab, "/Users?count=1")["totalResults"].as_u64().unwrap();
+        let ja = find_user(&lab, "ja@example.org");
+        assert_eq!(ja["title"], "Principal Engineer", "the joined source is authoritative for jobTitle: {ja}");
+        assert_eq!(ja[enterprise]["department"], "R&D", "a gap filled by the joined source");
+        assert!(find_user(&lab, "jc@example.org").is_null(), "an HR record with no match is not projected");
+        let explained = ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), "ja@example.org"]));
+        assert!(
+            explained.contains("joined:      uid=h1")
+                && explained
+                    .contains("source \"hr\" object uid=h1,ou=people,dc=example,dc=org (joined, authoritative)"),
+            "{explained}"
+        );
+        let errors = ok(&idbridge(&["sync", "errors", "--config", p(&lab.config)]));
+        assert!(
+            errors.contains("uid=h3") && errors.contains("2 metaverse objects match"),
+            "an ambiguous join is an error on the object, not a guess: {errors}"
+        );
+
+        // The person arrives in the primary directory later: the waiting HR record joins it.
+        lab.slapd.modify(&person("jc", "mail: jc@example.org\ntitle: Trainee\n")).unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(find_user(&lab, "jc@example.org")["title"], "Analyst");
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"].as_u64().unwrap(), users + 1, "joined, not duplicated");
+
+        // The HR record goes: its contribution goes with it, the person stays.
+        hr.modify("dn: uid=h1,ou=people,dc=example,dc=org\nchangetype: delete\n\n").unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let ja = find_user(&lab, "ja@example.org");
+        assert_eq!(ja["title"], "Engineer", "{ja}");
+        assert!(ja[enterprise].get("department").is_none(), "{ja}");
+    }
+
+    #[test]
     fn group_scope_syncs_direct_members_and_follows_membership_changes() {
         let lab = lab(20, 3, "");
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));

@@ -54,7 +54,15 @@ CREATE TABLE errors (mv_id TEXT PRIMARY KEY, stage TEXT NOT NULL, message TEXT N
 CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, finished TEXT NOT NULL, status TEXT NOT NULL, report TEXT NOT NULL);
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+/// Joins (DESIGN §5): a source object linked to a metaverse object projected
+/// by another source, with the attributes it contributes and which of them
+/// win over the projecting source's.
+const SCHEMA_V2: &str = "
+CREATE TABLE joins (source TEXT NOT NULL, cs_id BLOB NOT NULL, mv_id TEXT NOT NULL, attrs TEXT NOT NULL, authoritative TEXT NOT NULL, PRIMARY KEY (source, cs_id));
+CREATE INDEX joins_mv ON joins(mv_id);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
@@ -84,6 +92,17 @@ fn now() -> String {
 pub struct SqliteStore {
     conn: Connection,
     in_transaction: bool,
+    /// No joins exist: exports skip looking for joined contributions.
+    no_joins: bool,
+}
+
+/// A source object joined to a metaverse object (for `sync explain`).
+#[derive(Debug, Clone)]
+pub struct JoinedRow {
+    pub source: String,
+    pub id: SourceId,
+    pub attrs: serde_json::Map<String, Json>,
+    pub authoritative: Vec<String>,
 }
 
 /// One stored error (per-object error queue).
@@ -128,7 +147,61 @@ impl SqliteStore {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).map_err(err)?;
         }
-        Ok(SqliteStore { conn, in_transaction: false })
+        let any_join: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM joins)", [], |r| r.get(0)).map_err(err)?;
+        Ok(SqliteStore { conn, in_transaction: false, no_joins: !any_join })
+    }
+
+    /// Adds what joined source objects contribute: attributes the projecting
+    /// source lacks, and those a joined source is authoritative for.
+    fn merge_joined(&self, mv: &str, attrs: &mut serde_json::Map<String, Json>) -> Result<(), StoreError> {
+        if self.no_joins {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT attrs, authoritative FROM joins WHERE mv_id = ?1 ORDER BY source, cs_id")
+            .map_err(err)?;
+        let rows =
+            stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+        for row in rows {
+            let (joined, authoritative) = row.map_err(err)?;
+            let Json::Object(joined) = serde_json::from_str(&joined).map_err(err)? else { continue };
+            let authoritative: Vec<String> = serde_json::from_str(&authoritative).map_err(err)?;
+            for (k, v) in joined {
+                if authoritative.contains(&k) || !attrs.contains_key(&k) {
+                    attrs.insert(k, v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The source objects joined to `mv`: (source, id, attributes contributed, authoritative ones).
+    pub fn joined(&self, mv: &str) -> Result<Vec<JoinedRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT source, cs_id, attrs, authoritative FROM joins WHERE mv_id = ?1 ORDER BY source, cs_id")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![mv], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (source, id, attrs, authoritative) = row.map_err(err)?;
+            let attrs = match serde_json::from_str(&attrs).map_err(err)? {
+                Json::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            out.push(JoinedRow {
+                source,
+                id: SourceId(id),
+                attrs,
+                authoritative: serde_json::from_str(&authoritative).map_err(err)?,
+            });
+        }
+        Ok(out)
     }
 
     pub fn record_run(&mut self, source: &str, report: &CycleReport) -> Result<(), StoreError> {
@@ -463,6 +536,14 @@ impl SyncStore for SqliteStore {
             .optional()
             .map_err(err)?;
         let Some(mv) = mv else { return Ok(()) };
+        // Objects joined to it lose their metaverse object: they look for a new one next sync.
+        self.conn
+            .execute(
+                "UPDATE cs SET pending = 1 WHERE EXISTS(SELECT 1 FROM joins j WHERE j.mv_id = ?1 AND j.source = cs.source AND j.cs_id = cs.id)",
+                params![mv],
+            )
+            .map_err(err)?;
+        self.conn.execute("DELETE FROM joins WHERE mv_id = ?1", params![mv]).map_err(err)?;
         let exported: bool = self
             .conn
             .query_row("SELECT EXISTS(SELECT 1 FROM exported WHERE mv_id = ?1)", params![mv], |r| r.get(0))
@@ -473,6 +554,87 @@ impl SyncStore for SqliteStore {
             self.conn.execute("DELETE FROM mv WHERE id = ?1", params![mv]).map_err(err)?;
             self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         }
+        Ok(())
+    }
+
+    fn join_candidates(
+        &mut self,
+        source: &str,
+        kind: ObjectKind,
+        mv_attr: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        if !mv_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || mv_attr.is_empty() {
+            return Err(StoreError(format!("join attribute {mv_attr:?}: letters, digits and '_' only")));
+        }
+        // An expression index per join attribute keeps a join a lookup, not a scan.
+        self.conn
+            .execute_batch(&format!(
+                "CREATE INDEX IF NOT EXISTS mv_join_{mv_attr} ON mv(lower(json_extract(attrs, '$.{mv_attr}')))"
+            ))
+            .map_err(err)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT id FROM mv WHERE lower(json_extract(attrs, '$.{mv_attr}')) = lower(?1) AND kind = ?2 AND deleted = 0 AND source != ?3"
+            ))
+            .map_err(err)?;
+        let rows = stmt.query_map(params![value, kind_str(kind), source], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.map(|r| r.map_err(err)).collect()
+    }
+
+    fn join_link(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+            .optional()
+            .map_err(err)
+    }
+
+    fn join_put(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        mv: &str,
+        attrs: &serde_json::Map<String, Json>,
+        authoritative: &[String],
+    ) -> Result<(), StoreError> {
+        self.no_joins = false;
+        let attrs = Json::Object(attrs.clone()).to_string();
+        let authoritative = json!(authoritative).to_string();
+        let changed = self
+            .conn
+            .execute(
+                "INSERT INTO joins(source, cs_id, mv_id, attrs, authoritative) VALUES(?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs, authoritative = excluded.authoritative
+                 WHERE joins.mv_id != excluded.mv_id OR joins.attrs != excluded.attrs OR joins.authoritative != excluded.authoritative",
+                params![source, id.0, mv, attrs, authoritative],
+            )
+            .map_err(err)?;
+        if changed > 0 {
+            self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE mv SET dirty = 1 WHERE id = (SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2)",
+                params![source, id.0],
+            )
+            .map_err(err)?;
+        self.conn.execute("DELETE FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0]).map_err(err)?;
+        Ok(())
+    }
+
+    fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE cs SET pending = 1 WHERE source = ?1 AND deleted = 0 AND pending = 0
+                 AND NOT EXISTS(SELECT 1 FROM joins j WHERE j.source = cs.source AND j.cs_id = cs.id)",
+                params![source],
+            )
+            .map_err(err)?;
         Ok(())
     }
 
@@ -500,6 +662,8 @@ impl SyncStore for SqliteStore {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         };
+        let mut attrs = attrs;
+        self.merge_joined(id, &mut attrs)?;
         let members: Vec<String> = serde_json::from_str(&members).map_err(err)?;
         Ok(Some(MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted }))
     }
@@ -540,6 +704,11 @@ impl SyncStore for SqliteStore {
         self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         self.conn.execute("DELETE FROM mv WHERE id = ?1 AND deleted = 1", params![mv]).map_err(err)?;
         self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        Ok(())
+    }
+
+    fn clear_error(&mut self, key: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![key]).map_err(err)?;
         Ok(())
     }
 

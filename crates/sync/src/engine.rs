@@ -89,6 +89,32 @@ pub trait SyncStore {
     /// The source object left scope or was deleted: its metaverse object goes.
     fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
 
+    /// Live metaverse objects of `kind` projected by another source whose
+    /// `mv_attr` equals `value` (case-insensitively).
+    fn join_candidates(
+        &mut self,
+        source: &str,
+        kind: ObjectKind,
+        mv_attr: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError>;
+    /// The metaverse object this source object is joined to.
+    fn join_link(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError>;
+    /// Joins (or updates the join of) a source object to `mv` with the
+    /// attributes it contributes; marks `mv` for export if anything changed.
+    fn join_put(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        mv: &str,
+        attrs: &serde_json::Map<String, Json>,
+        authoritative: &[String],
+    ) -> Result<(), StoreError>;
+    /// Removes a join; its metaverse object is exported without the contribution.
+    fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+    /// Marks the source's objects without a join for another attempt.
+    fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError>;
+
     /// Metaverse objects with something to export: users and contacts, then groups, then deletions.
     fn dirty(&self) -> Result<Vec<String>, StoreError>;
     fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError>;
@@ -101,6 +127,8 @@ pub trait SyncStore {
     /// The tenant object is gone: forget it (a deleted object's rows go too).
     fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError>;
     fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError>;
+    /// The error recorded under `key` is resolved.
+    fn clear_error(&mut self, key: &str) -> Result<(), StoreError>;
 }
 
 /// One change to send to the target.
@@ -134,6 +162,20 @@ pub struct CycleOptions {
     /// Group-based scoping: when not empty, only direct members of these
     /// groups are synchronised.
     pub scope_groups: Vec<Dn>,
+    /// Join this source's objects to metaverse objects of other sources.
+    pub join: Option<JoinRules>,
+}
+
+/// How a source's objects join metaverse objects projected by other sources.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JoinRules {
+    /// Tried in order; in a group every (source attribute, metaverse
+    /// attribute) pair must match, and exactly one metaverse object must.
+    pub groups: Vec<Vec<(String, String)>>,
+    /// An object that joins nothing becomes its own metaverse object.
+    pub project: bool,
+    /// Metaverse attributes this source's values win for.
+    pub authoritative: Vec<String>,
 }
 
 impl Default for CycleOptions {
@@ -146,6 +188,7 @@ impl Default for CycleOptions {
             config_hash: String::new(),
             rules: crate::rules::RuleSet::default(),
             scope_groups: Vec::new(),
+            join: None,
         }
     }
 }
@@ -286,6 +329,60 @@ fn scope_members<St: SyncStore>(
     Ok(Some(members))
 }
 
+/// The metaverse object a source object joins: the first join group with
+/// exactly one match. Several matches is an error on the object, recorded
+/// and retried each cycle, never a guess.
+fn find_join<St: SyncStore>(
+    store: &mut St,
+    source: &str,
+    obj: &SourceObject,
+    join: &JoinRules,
+) -> Result<Option<String>, StoreError> {
+    let error_key = format!("join:{source}:{}", obj.entry.dn);
+    store.clear_error(&error_key)?;
+    for group in &join.groups {
+        let mut matches: Option<HashSet<String>> = None;
+        for (source_attr, mv_attr) in group {
+            let mut found = HashSet::new();
+            for value in obj.entry.values(source_attr) {
+                let text = match value {
+                    directory::Value::Binary(b) => match directory::Sid::from_bytes(b) {
+                        Ok(sid) => sid.to_string(),
+                        Err(_) => continue,
+                    },
+                    other => match other.as_text() {
+                        Some(t) if !t.is_empty() => t.to_string(),
+                        _ => continue,
+                    },
+                };
+                found.extend(store.join_candidates(source, obj.kind, mv_attr, &text)?);
+            }
+            matches = Some(match matches {
+                None => found,
+                Some(before) => before.intersection(&found).cloned().collect(),
+            });
+        }
+        match matches.map(|m| m.into_iter().collect::<Vec<_>>()).as_deref() {
+            Some([one]) => {
+                tracing::debug!(dn = %obj.entry.dn, mv = %one, "joined");
+                return Ok(Some(one.clone()));
+            }
+            Some(many) if many.len() > 1 => {
+                let message = format!(
+                    "{} metaverse objects match the join rule {:?}; make the join attributes unique, or add a more specific join group first",
+                    many.len(),
+                    group.iter().map(|(s, m)| format!("{s} = {m}")).collect::<Vec<_>>().join(" and ")
+                );
+                tracing::warn!(dn = %obj.entry.dn, "{message}");
+                store.record_error(&error_key, "join", &message)?;
+                return Ok(None);
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 /// Apply-once flows: an attribute the metaverse object already has keeps its value.
 fn keep_applied_once<St: SyncStore>(
     store: &St,
@@ -384,6 +481,10 @@ where
     let mut out_of_scope = 0;
     let apply_once = options.rules.apply_once_targets();
     let scope = scope_members(store, source_name, &options.scope_groups, full)?;
+    if options.join.as_ref().is_some_and(|j| !j.project) {
+        // What joined nothing may join an object another source projected since.
+        store.join_retry_unlinked(source_name)?;
+    }
     // Bounded: each pass handles what the previous one newly pointed at.
     for pass in 0..4 {
         let pending = store.cs_pending(source_name)?;
@@ -404,11 +505,32 @@ where
             };
             if let Some(reason) = reason {
                 tracing::debug!(dn = %obj.entry.dn, reason, "not synchronised");
+                store.join_remove(source_name, &id)?;
                 store.mv_disconnect(source_name, &id)?;
                 out_of_scope += 1;
             } else {
                 let mut projection = mapping::project(flavor, &obj, &options.rules);
                 keep_applied_once(store, source_name, &id, &apply_once, &mut projection)?;
+                if let Some(join) = &options.join {
+                    let linked = match store.join_link(source_name, &id)? {
+                        Some(mv) => Some(mv),
+                        None => find_join(store, source_name, &obj, join)?,
+                    };
+                    if let Some(mv) = linked {
+                        store.join_put(source_name, &id, &mv, &projection.attrs, &join.authoritative)?;
+                        synced += 1;
+                        store.cs_done(source_name, &id)?;
+                        observer.advance(1);
+                        continue;
+                    }
+                    if !join.project {
+                        tracing::debug!(dn = %obj.entry.dn, "joins no metaverse object; this source does not project");
+                        out_of_scope += 1;
+                        store.cs_done(source_name, &id)?;
+                        observer.advance(1);
+                        continue;
+                    }
+                }
                 let manager = match &projection.manager {
                     Some(dn) => store.mv_for_dn(source_name, dn)?,
                     None => None,
