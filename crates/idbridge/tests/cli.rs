@@ -661,6 +661,71 @@ mod sync_e2e {
     }
 
     #[test]
+    fn joined_sources_killed_at_random_points_then_converge() {
+        let lab = lab(40, 2, "");
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let mails: Vec<String> = json_lines(&dump)
+            .iter()
+            .filter(|e| e["kind"] == "user")
+            .filter_map(|e| e["attributes"]["mail"][0].as_str().map(str::to_string))
+            .collect();
+        let hr = Slapd::start(SlapdOptions::default()).unwrap();
+        let mut ldif = String::new();
+        for (i, mail) in mails.iter().enumerate() {
+            ldif.push_str(&format!(
+                "dn: uid=h{i},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: h{i}\ncn: h{i}\nsn: h{i}\nmail: {mail}\ntitle: HR {i}-0\n\n"
+            ));
+        }
+        hr.modify(&ldif).unwrap();
+        let pw = hr.password_file().unwrap();
+        let mut text = std::fs::read_to_string(&lab.config).unwrap();
+        text.push_str(&format!(
+            "\n[[source]]\nname = \"hr\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n\n\
+             [source.join]\ngroups = [[{{ source = \"mail\", metaverse = \"mail\" }}]]\nauthoritative = [\"jobTitle\"]\n",
+            hr.url,
+            hr.admin_dn(),
+            p(&pw)
+        ));
+        std::fs::write(&lab.config, text).unwrap();
+        let started = std::time::Instant::now();
+        assert!(sync_once(&lab, &["--full"]).status.success());
+        let cycle = started.elapsed();
+        let total = get(&lab, "/Users?count=1")["totalResults"].clone();
+        let mut titles: Vec<String> = (0..mails.len()).map(|i| format!("HR {i}-0")).collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for trial in 1..=10usize {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut ldif = String::new();
+            for k in 0..8 {
+                let i = (seed as usize + k * 5) % mails.len();
+                titles[i] = format!("HR {i}-{trial}");
+                ldif.push_str(&format!(
+                    "dn: uid=h{i},ou=people,dc=example,dc=org\nchangetype: modify\nreplace: title\ntitle: {}\n-\n\n",
+                    titles[i]
+                ));
+            }
+            hr.modify(&ldif).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["sync", "run", "--once", "--full", "--config", p(&lab.config)])
+                .env("RUST_LOG", "warn")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(seed % (cycle.as_micros() as u64 + 1)));
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = sync_once(&lab, &[]);
+            assert!(out.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(get(&lab, "/Users?count=1")["totalResults"], total, "trial {trial}: joined, never duplicated");
+            for (i, mail) in mails.iter().enumerate() {
+                assert_eq!(find_user(&lab, mail)["title"], titles[i].as_str(), "trial {trial}: {mail}");
+            }
+        }
+    }
+
+    #[test]
     fn duplicates_quarantine_scope_changes_and_config_changes() {
         let lab = lab(10, 1, "");
         assert!(sync_once(&lab, &[]).status.success());
