@@ -432,6 +432,23 @@ mod sync_e2e {
         Lab { tmp, slapd, tenant, base, token, config }
     }
 
+    /// Appends a `[[source]]` for `slapd` (and `extra` TOML) to the lab's configuration.
+    fn add_source(lab: &Lab, name: &str, slapd: &Slapd, extra: &str) {
+        let pw = slapd.password_file().unwrap();
+        let mut text = std::fs::read_to_string(&lab.config).unwrap();
+        text.push_str(&format!(
+            "\n[[source]]\nname = \"{name}\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n{extra}",
+            slapd.url,
+            slapd.admin_dn(),
+            p(&pw)
+        ));
+        std::fs::write(&lab.config, text).unwrap();
+    }
+
+    /// Joins an HR source to the lab's people by mail; HR owns job titles.
+    const HR_JOIN: &str =
+        "\n[source.join]\ngroups = [[{ source = \"mail\", metaverse = \"mail\" }]]\nauthoritative = [\"jobTitle\"]\n";
+
     fn get(lab: &Lab, path: &str) -> serde_json::Value {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
@@ -677,16 +694,7 @@ mod sync_e2e {
             ));
         }
         hr.modify(&ldif).unwrap();
-        let pw = hr.password_file().unwrap();
-        let mut text = std::fs::read_to_string(&lab.config).unwrap();
-        text.push_str(&format!(
-            "\n[[source]]\nname = \"hr\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n\n\
-             [source.join]\ngroups = [[{{ source = \"mail\", metaverse = \"mail\" }}]]\nauthoritative = [\"jobTitle\"]\n",
-            hr.url,
-            hr.admin_dn(),
-            p(&pw)
-        ));
-        std::fs::write(&lab.config, text).unwrap();
+        add_source(&lab, "hr", &hr, HR_JOIN);
         let started = std::time::Instant::now();
         assert!(sync_once(&lab, &["--full"]).status.success());
         let cycle = started.elapsed();
@@ -862,15 +870,7 @@ mod sync_e2e {
                  dn: cn=partners,ou=groups,dc=example,dc=org\nchangetype: add\nobjectClass: groupOfNames\ncn: partners\nmember: uid=fr-anna,ou=people,dc=example,dc=org\n\n",
             )
             .unwrap();
-        let pw = second.password_file().unwrap();
-        let mut text = std::fs::read_to_string(&lab.config).unwrap();
-        text.push_str(&format!(
-            "\n[[source]]\nname = \"second\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
-            second.url,
-            second.admin_dn(),
-            p(&pw)
-        ));
-        std::fs::write(&lab.config, text).unwrap();
+        add_source(&lab, "second", &second, "");
 
         let out = sync_once(&lab, &[]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -918,16 +918,7 @@ mod sync_e2e {
             person("h3", "mail: dup@example.org\ntitle: Ambiguous\n")
         ))
         .unwrap();
-        let pw = hr.password_file().unwrap();
-        let mut text = std::fs::read_to_string(&lab.config).unwrap();
-        text.push_str(&format!(
-            "\n[[source]]\nname = \"hr\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n\n\
-             [source.join]\ngroups = [[{{ source = \"mail\", metaverse = \"mail\" }}]]\nauthoritative = [\"jobTitle\"]\n",
-            hr.url,
-            hr.admin_dn(),
-            p(&pw)
-        ));
-        std::fs::write(&lab.config, text).unwrap();
+        add_source(&lab, "hr", &hr, HR_JOIN);
 
         let out = sync_once(&lab, &[]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
