@@ -267,6 +267,43 @@ mod samba {
         assert_eq!((john["title"].as_str(), john["active"].as_bool()), (Some("Lead Analyst"), Some(false)), "{report}");
         let team = get("/Groups?filter=displayName%20eq%20%22Team%22".to_string());
         assert_eq!(team["Resources"][0]["members"].as_array().map(Vec::len), Some(1), "{report}");
+
+        // A resource forest (here a slapd) holds John's mailbox account, linked
+        // by his binary objectSid (msExchMasterAccountSID in Exchange; `audio`,
+        // a binary attribute of inetOrgPerson, stands in for it here). It joins
+        // on the SID and fills John's department and phone.
+        let sid = directory::Sid::parse(hybrid["onPremisesSecurityIdentifier"].as_str().unwrap()).unwrap();
+        let resource = Slapd::start(SlapdOptions::default()).unwrap();
+        let mut mailbox =
+            directory::Entry::new(directory::Dn::parse("uid=jsmith-mbx,ou=people,dc=example,dc=org").unwrap());
+        for (k, v) in [("objectClass", "inetOrgPerson"), ("uid", "jsmith-mbx"), ("cn", "jsmith-mbx"), ("sn", "mbx")] {
+            mailbox.add(k, v);
+        }
+        mailbox.add("departmentNumber", "Mail Ops");
+        mailbox.add("telephoneNumber", "+1 555 0100");
+        mailbox.add("audio", directory::Value::Binary(sid.to_bytes()));
+        let mut ldif = Vec::new();
+        directory::LdifWriter::new(&mut ldif).write_entry(&mailbox).unwrap();
+        resource.modify(&String::from_utf8(ldif).unwrap()).unwrap();
+        let pw = resource.password_file().unwrap();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "\n[[source]]\nname = \"resource\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n\n\
+             [source.join]\ngroups = [[{{ source = \"audio\", metaverse = \"onPremisesSecurityIdentifier\" }}]]\n",
+            resource.url,
+            resource.admin_dn(),
+            p(&pw)
+        ));
+        std::fs::write(&config, text).unwrap();
+        let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{report}");
+        let john = get(format!("/Users/{}", john["id"].as_str().unwrap()));
+        assert_eq!(
+            john["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["department"], "Mail Ops",
+            "{john}"
+        );
+        assert_eq!(get("/Users?count=1".into())["totalResults"], 3, "joined, not a fourth user");
         tenant.kill().unwrap();
         tenant.wait().unwrap();
     }
