@@ -461,6 +461,26 @@ impl SyncStore for SqliteStore {
             .map_err(err)
     }
 
+    fn mv_for_dns(&self, source: &str, dns: &[Dn]) -> Result<Vec<String>, StoreError> {
+        if dns.len() < 16 {
+            let mut out = Vec::with_capacity(dns.len());
+            for dn in dns {
+                out.extend(self.mv_for_dn(source, dn)?);
+            }
+            return Ok(out);
+        }
+        // One statement for a large group: the lookups run inside SQLite.
+        let list = Json::Array(dns.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT m.id FROM json_each(?2) j JOIN mv m ON m.source = ?1 AND m.dn_norm = j.value AND m.deleted = 0",
+            )
+            .map_err(err)?;
+        let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.map(|r| r.map_err(err)).collect()
+    }
+
     fn mv_project(
         &mut self,
         source: &str,
@@ -680,6 +700,23 @@ impl SyncStore for SqliteStore {
             Some((id, resource)) => Ok(Some((id, serde_json::from_str(&resource).map_err(err)?))),
             None => Ok(None),
         }
+    }
+
+    fn exported_ids(&self, mvs: &[String]) -> Result<Vec<String>, StoreError> {
+        if mvs.len() < 16 {
+            let mut out = Vec::with_capacity(mvs.len());
+            for m in mvs {
+                out.extend(self.exported_id(m)?);
+            }
+            return Ok(out);
+        }
+        let list = json!(mvs).to_string();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT e.tenant_id FROM json_each(?1) j JOIN exported e ON e.mv_id = j.value")
+            .map_err(err)?;
+        let rows = stmt.query_map(params![list], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.map(|r| r.map_err(err)).collect()
     }
 
     fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError> {

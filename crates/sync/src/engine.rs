@@ -74,6 +74,15 @@ pub trait SyncStore {
 
     /// The metaverse object projected from the source object at `dn`.
     fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError>;
+    /// The metaverse objects of those of `dns` that have one (any order); a
+    /// store may resolve a large group's members in one query.
+    fn mv_for_dns(&self, source: &str, dns: &[Dn]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::with_capacity(dns.len());
+        for dn in dns {
+            out.extend(self.mv_for_dn(source, dn)?);
+        }
+        Ok(out)
+    }
     /// Creates or updates the metaverse object of a source object; marks it
     /// for export if it changed. Returns its id.
     fn mv_project(
@@ -122,6 +131,15 @@ pub trait SyncStore {
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError>;
     /// Just the tenant id (cheaper than [`SyncStore::exported`]).
     fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError>;
+    /// The tenant ids of those of `mvs` that are exported (any order); a
+    /// store may answer a large group's members in one query.
+    fn exported_ids(&self, mvs: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::with_capacity(mvs.len());
+        for m in mvs {
+            out.extend(self.exported_id(m)?);
+        }
+        Ok(out)
+    }
     /// The tenant confirmed `resource` for `mv`: remember it, clear dirty and errors.
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError>;
     /// The tenant object is gone: forget it (a deleted object's rows go too).
@@ -535,12 +553,7 @@ where
                     Some(dn) => store.mv_for_dn(source_name, dn)?,
                     None => None,
                 };
-                let mut members = Vec::new();
-                for dn in &projection.members {
-                    if let Some(m) = store.mv_for_dn(source_name, dn)? {
-                        members.push(m);
-                    }
-                }
+                let members = store.mv_for_dns(source_name, &projection.members)?;
                 let is_new = store.mv_for_dn(source_name, &obj.entry.dn)?.is_none();
                 store.mv_project(source_name, &id, &projection, manager, members)?;
                 synced += 1;
@@ -772,14 +785,8 @@ fn plan<St: SyncStore>(store: &St, record: &MvRecord) -> Result<Plan, StoreError
         Some(m) => store.exported_id(m)?,
         None => None,
     };
-    let mut members = Vec::with_capacity(record.members.len());
-    let mut waiting = record.manager.is_some() && manager.is_none();
-    for m in &record.members {
-        match store.exported_id(m)? {
-            Some(id) => members.push(id),
-            None => waiting = true,
-        }
-    }
+    let members = store.exported_ids(&record.members)?;
+    let waiting = (record.manager.is_some() && manager.is_none()) || members.len() < record.members.len();
     let desired = mapping::desired_resource(
         &MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs },
         manager.as_deref(),
