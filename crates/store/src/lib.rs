@@ -470,11 +470,12 @@ impl SyncStore for SqliteStore {
             return Ok(out);
         }
         // One statement for a large group: the lookups run inside SQLite.
+        // CROSS JOIN fixes the order: without it the planner scans `mv` per list item.
         let list = Json::Array(dns.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT m.id FROM json_each(?2) j JOIN mv m ON m.source = ?1 AND m.dn_norm = j.value AND m.deleted = 0",
+                "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m ON m.source = ?1 AND m.dn_norm = j.value AND m.deleted = 0",
             )
             .map_err(err)?;
         let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
@@ -713,7 +714,7 @@ impl SyncStore for SqliteStore {
         let list = json!(mvs).to_string();
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT e.tenant_id FROM json_each(?1) j JOIN exported e ON e.mv_id = j.value")
+            .prepare_cached("SELECT e.tenant_id FROM json_each(?1) j CROSS JOIN exported e ON e.mv_id = j.value")
             .map_err(err)?;
         let rows = stmt.query_map(params![list], |r| r.get::<_, String>(0)).map_err(err)?;
         rows.map(|r| r.map_err(err)).collect()
