@@ -28,6 +28,33 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// A GET on the tenant's SCIM API, as JSON.
+fn scim_get(base: &str, token: &str, path: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
+}
+
+/// A tenant under `tmp/tenant` with `domain` verified and a sync token in
+/// `tmp/token`: (server, SCIM base URL, token).
+fn tenant_for_sync(tmp: &Path, domain: &str) -> (std::process::Child, String, String) {
+    let data = tmp.join("tenant");
+    let (tenant, base) = tenant_cli::serve(&data);
+    ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), domain]));
+    let token = ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
+    std::fs::write(tmp.join("token"), &token).unwrap();
+    (tenant, base, token)
+}
+
 #[test]
 fn sample_into_slapd_then_dump_full_and_delta() {
     let tmp = TempDir::new("cli").unwrap();
@@ -193,12 +220,7 @@ mod samba {
         ))
         .unwrap();
         let tmp = TempDir::new("samba-sync").unwrap();
-        let data = tmp.join("tenant");
-        let (mut tenant, base) = super::tenant_cli::serve(&data);
-        ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "example.test"]));
-        let token =
-            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
-        std::fs::write(tmp.join("token"), &token).unwrap();
+        let (mut tenant, base, token) = tenant_for_sync(tmp.path(), "example.test");
         let pw = dc.password_file().unwrap();
         let config = tmp.join("idbridge.toml");
         std::fs::write(
@@ -215,20 +237,7 @@ mod samba {
         let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{report}");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let get = |path: String| -> serde_json::Value {
-            rt.block_on(async {
-                reqwest::Client::new()
-                    .get(format!("{base}{path}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap()
-            })
-        };
+        let get = |path: String| scim_get(&base, &token, &path);
         let users = get("/Users?count=100".into());
         let names: Vec<&str> =
             users["Resources"].as_array().unwrap().iter().map(|u| u["userName"].as_str().unwrap()).collect();
@@ -447,12 +456,7 @@ mod sync_e2e {
             p(&ldif),
         ]));
         let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap();
-        let data = tmp.join("tenant");
-        let (tenant, base) = super::tenant_cli::serve(&data);
-        ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "example.org"]));
-        let token =
-            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
-        std::fs::write(tmp.join("token"), &token).unwrap();
+        let (tenant, base, token) = tenant_for_sync(tmp.path(), "example.org");
         let pw = slapd.password_file().unwrap();
         let config = tmp.join("idbridge.toml");
         std::fs::write(
@@ -487,18 +491,7 @@ mod sync_e2e {
         "\n[source.join]\ngroups = [[{ source = \"mail\", metaverse = \"mail\" }]]\nauthoritative = [\"jobTitle\"]\n";
 
     fn get(lab: &Lab, path: &str) -> serde_json::Value {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            reqwest::Client::new()
-                .get(format!("{}{path}", lab.base))
-                .bearer_auth(&lab.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        })
+        scim_get(&lab.base, &lab.token, path)
     }
 
     fn find_user(lab: &Lab, user_name: &str) -> serde_json::Value {
