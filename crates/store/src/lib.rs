@@ -462,14 +462,10 @@ impl SyncStore for SqliteStore {
     }
 
     fn mv_for_dns(&self, source: &str, dns: &[Dn]) -> Result<Vec<String>, StoreError> {
-        if dns.len() < 16 {
-            let mut out = Vec::with_capacity(dns.len());
-            for dn in dns {
-                out.extend(self.mv_for_dn(source, dn)?);
-            }
-            return Ok(out);
+        if dns.is_empty() {
+            return Ok(Vec::new());
         }
-        // One statement for a large group: the lookups run inside SQLite.
+        // One statement per group: the lookups run inside SQLite.
         // CROSS JOIN fixes the order: without it the planner scans `mv` per list item.
         let list = Json::Array(dns.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
         let mut stmt = self
@@ -704,12 +700,8 @@ impl SyncStore for SqliteStore {
     }
 
     fn exported_ids(&self, mvs: &[String]) -> Result<Vec<String>, StoreError> {
-        if mvs.len() < 16 {
-            let mut out = Vec::with_capacity(mvs.len());
-            for m in mvs {
-                out.extend(self.exported_id(m)?);
-            }
-            return Ok(out);
+        if mvs.is_empty() {
+            return Ok(Vec::new());
         }
         let list = json!(mvs).to_string();
         let mut stmt = self
