@@ -166,8 +166,12 @@ pub(crate) async fn delta(
             }
         }
     }
-    let mark =
-        Mark { version: 1, scope: scope_fingerprint, position: DeltaPosition::DirSync { cookie: b64(&new_cookie) } };
+    let mark = Mark {
+        version: 1,
+        scope: scope_fingerprint,
+        ous: Vec::new(),
+        position: DeltaPosition::DirSync { cookie: b64(&new_cookie) },
+    };
     Ok(counts.summary(ImportMode::Delta, mark.encode(), Vec::new()))
 }
 

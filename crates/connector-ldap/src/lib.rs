@@ -12,6 +12,7 @@ pub mod ber;
 pub mod connect;
 mod dirsync;
 pub mod error;
+mod ous;
 pub mod paged;
 pub mod rootdse;
 pub mod settings;

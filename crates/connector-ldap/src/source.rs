@@ -8,6 +8,7 @@ use sync::{ImportMode, ImportSink, ImportSummary, Source, SourceChange, SourceId
 use crate::ber::{self, RawEntry};
 use crate::connect::{self, Session};
 use crate::error::LdapError;
+use crate::ous::{OuScope, PinnedOu};
 use crate::paged::{PagedSearch, search_error};
 use crate::rootdse::{DIRSYNC_CONTROL, SYNCREPL_CONTROL};
 use crate::settings::{LdapSettings, ServerKind};
@@ -42,6 +43,8 @@ pub struct LdapSource {
     profile: Option<Profile>,
     /// The position the last import ended at (for push notification).
     last_mark: Option<Mark>,
+    /// The OU selection resolved for the current import.
+    ous: OuScope,
 }
 
 pub(crate) struct Counts {
@@ -86,7 +89,7 @@ impl LdapSource {
         if settings.page_size == 0 {
             return Err(LdapError::Settings("page_size must be at least 1".into()));
         }
-        Ok(LdapSource { settings, session: None, profile: None, last_mark: None })
+        Ok(LdapSource { settings, session: None, profile: None, last_mark: None, ous: OuScope::default() })
     }
 
     /// Connects (with failover) if not connected, and resolves the profile.
@@ -113,9 +116,20 @@ impl LdapSource {
     }
 
     fn in_scope(&self, profile: &Profile, dn: &Dn) -> bool {
-        profile.bases.iter().any(|b| dn.is_within(b))
-            && (self.settings.include_ous.is_empty() || self.settings.include_ous.iter().any(|o| dn.is_within(o)))
-            && !self.settings.exclude_ous.iter().any(|o| dn.is_within(o))
+        self.ous.contains(&profile.bases, dn)
+    }
+
+    /// Resolves the configured OUs (following renames by the ids pinned in
+    /// `previous`) and returns the scope fingerprint for this import.
+    async fn resolve_ous(&mut self, previous: &[PinnedOu]) -> Result<String, LdapError> {
+        let (session, profile) = self.parts()?;
+        let ous =
+            crate::ous::resolve(session, profile, &self.settings.include_ous, &self.settings.exclude_ous, previous)
+                .await?;
+        let mut parts = vec![profile.scope_fingerprint.clone()];
+        parts.extend(ous.fingerprint_parts());
+        self.ous = ous;
+        Ok(fingerprint(&parts))
     }
 
     /// Re-reads the rootDSE (for a fresh highestCommittedUSN).
@@ -127,8 +141,14 @@ impl LdapSource {
         Ok(())
     }
 
-    async fn full(&mut self, sink: &mut (dyn ImportSink + Send), mode: ImportMode) -> Result<ImportSummary, LdapError> {
+    async fn full(
+        &mut self,
+        sink: &mut (dyn ImportSink + Send),
+        mode: ImportMode,
+        previous_ous: &[PinnedOu],
+    ) -> Result<ImportSummary, LdapError> {
         self.connect().await?;
+        let scope = self.resolve_ous(previous_ous).await?;
         // Take the change-tracking position first: changes made during the
         // import are then seen again by the next delta (idempotent), never lost.
         let position = self.start_position().await?;
@@ -154,7 +174,7 @@ impl LdapSource {
                 }
             }
         }
-        let mark = Mark { version: 1, scope: profile.scope_fingerprint.clone(), position };
+        let mark = Mark { version: 1, scope, position, ous: self.ous.pins.clone() };
         Ok(counts.summary(mode, mark.encode(), profile.bases.clone()))
     }
 
@@ -275,31 +295,41 @@ impl LdapSource {
         sink: &mut (dyn ImportSink + Send),
     ) -> Result<ImportSummary, LdapError> {
         self.connect().await?;
-        let (_, profile) = self.parts()?;
         let mark = match Mark::decode(since) {
             Ok(m) => m,
             Err(e) => {
-                return self.fallback(sink, format!("the stored watermark is unusable ({e})")).await;
+                return self.fallback(sink, format!("the stored watermark is unusable ({e})"), &[]).await;
             }
         };
-        if mark.scope != profile.scope_fingerprint {
+        let scope = self.resolve_ous(&mark.ous).await?;
+        if mark.scope != scope {
             return self
                 .fallback(
                     sink,
                     "the import scope (bases, OUs, filter or attributes) changed since the last import".into(),
+                    &mark.ous,
                 )
                 .await;
         }
         let result = match &mark.position {
             DeltaPosition::None => {
-                return self.fallback(sink, "the server offers no change tracking".into()).await;
+                return self.fallback(sink, "the server offers no change tracking".into(), &mark.ous).await;
             }
             DeltaPosition::DirSync { cookie } => crate::dirsync::delta(self, cookie, sink).await,
             DeltaPosition::Usn { usn, server } => crate::usn::delta(self, *usn, server, sink).await,
             DeltaPosition::Syncrepl { cookies } => crate::syncrepl::delta(self, cookies, sink).await,
         };
         match result {
-            Err(LdapError::Watermark(reason)) => self.fallback(sink, reason).await,
+            Err(LdapError::Watermark(reason)) => self.fallback(sink, reason, &mark.ous).await,
+            Ok(mut summary) => {
+                // The delta mechanisms carry the position; the scope is this import's.
+                if let Ok(mut new) = Mark::decode(&summary.watermark) {
+                    new.scope = scope;
+                    new.ous = self.ous.pins.clone();
+                    summary.watermark = new.encode();
+                }
+                Ok(summary)
+            }
             other => other,
         }
     }
@@ -308,9 +338,10 @@ impl LdapSource {
         &mut self,
         sink: &mut (dyn ImportSink + Send),
         reason: String,
+        previous_ous: &[PinnedOu],
     ) -> Result<ImportSummary, LdapError> {
         tracing::warn!(%reason, "delta import not possible; running a full import instead");
-        self.full(sink, ImportMode::FullFallback { reason }).await
+        self.full(sink, ImportMode::FullFallback { reason }, previous_ous).await
     }
 
     /// Reads one object again in full (after DirSync named it as changed).
@@ -373,8 +404,15 @@ impl LdapSource {
 impl Source for LdapSource {
     type Error = LdapError;
 
-    async fn full_import(&mut self, sink: &mut (dyn ImportSink + Send)) -> Result<ImportSummary, LdapError> {
-        let summary = self.full(sink, ImportMode::Full).await?;
+    async fn full_import(
+        &mut self,
+        previous: Option<&Watermark>,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> Result<ImportSummary, LdapError> {
+        // Only the OU pins of the previous watermark are used: a full import
+        // starts its change tracking afresh.
+        let pins = previous.and_then(|w| Mark::decode(w).ok()).map(|m| m.ous).unwrap_or_default();
+        let summary = self.full(sink, ImportMode::Full, &pins).await?;
         self.remember(&summary);
         Ok(summary)
     }
@@ -564,10 +602,6 @@ fn resolve_profile(settings: &LdapSettings, session: &Session) -> Result<Profile
         }
     }
     let mut parts: Vec<String> = bases.iter().map(Dn::normalized).collect();
-    parts.push(String::from("|include"));
-    parts.extend(settings.include_ous.iter().map(Dn::normalized));
-    parts.push(String::from("|exclude"));
-    parts.extend(settings.exclude_ous.iter().map(Dn::normalized));
     parts.push(filter.clone());
     parts.extend(attributes.iter().map(|a| a.to_ascii_lowercase()));
     parts.push(anchor_attribute.clone());

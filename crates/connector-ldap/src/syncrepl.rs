@@ -55,8 +55,12 @@ pub(crate) async fn delta(
         let cookie = outcome.cookie.unwrap_or_else(|| unb64(&stored.cookie).unwrap_or_default());
         new_cookies.push(BaseCookie { base: base.to_string(), cookie: b64(&cookie) });
     }
-    let mark =
-        Mark { version: 1, scope: scope_fingerprint, position: DeltaPosition::Syncrepl { cookies: new_cookies } };
+    let mark = Mark {
+        version: 1,
+        scope: scope_fingerprint,
+        ous: Vec::new(),
+        position: DeltaPosition::Syncrepl { cookies: new_cookies },
+    };
     Ok(counts.summary(ImportMode::Delta, mark.encode(), reconcile_within))
 }
 

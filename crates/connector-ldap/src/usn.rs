@@ -87,6 +87,7 @@ pub(crate) async fn delta(
     let mark = Mark {
         version: 1,
         scope: profile.scope_fingerprint.clone(),
+        ous: Vec::new(),
         position: DeltaPosition::Usn { usn: new_usn, server: current_server },
     };
     Ok(counts.summary(ImportMode::Delta, mark.encode(), profile.bases.clone()))

@@ -32,6 +32,10 @@ pub struct Mark {
     pub version: u32,
     /// Fingerprint of bases, OUs, filter and attributes.
     pub scope: String,
+    /// The configured OUs pinned by id (see `ous`); set by `LdapSource` after
+    /// the delta mechanism has produced the position.
+    #[serde(default)]
+    pub ous: Vec<crate::ous::PinnedOu>,
     #[serde(flatten)]
     pub position: DeltaPosition,
 }

@@ -30,7 +30,7 @@ pub async fn import(
         Ok(())
     };
     let summary = match since {
-        None => source.full_import(&mut sink).await?,
+        None => source.full_import(None, &mut sink).await?,
         Some(w) => source.delta_import(w, &mut sink).await?,
     };
     Ok((changes, summary))

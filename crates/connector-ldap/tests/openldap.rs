@@ -185,6 +185,53 @@ fn include_and_exclude_ous() {
 }
 
 #[test]
+fn an_included_ou_is_followed_through_a_rename() {
+    let slapd = Slapd::start(SlapdOptions::default()).unwrap();
+    seed(&slapd, 3);
+    let rt = runtime();
+    let mut s = admin_settings(&slapd);
+    s.include_ous = vec![directory::Dn::parse("ou=people,dc=example,dc=org").unwrap()];
+    let mut source = LdapSource::new(s.clone()).unwrap();
+    let (first_changes, first) = rt.block_on(import(&mut source, None)).unwrap();
+    assert_eq!(upserts(&first_changes).len(), 4);
+
+    // The OU is renamed on the server; the configuration still names the old DN.
+    slapd.modify("dn: ou=people,dc=example,dc=org\nchangetype: modrdn\nnewrdn: ou=staff\ndeleteoldrdn: 1\n\n").unwrap();
+    slapd
+        .modify("dn: uid=new,ou=staff,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: new\ncn: New\nsn: New\n\n")
+        .unwrap();
+    let mut source = LdapSource::new(s.clone()).unwrap();
+    let (changes, delta) = rt.block_on(import(&mut source, Some(&first.watermark))).unwrap();
+    assert_eq!(delta.mode, ImportMode::Delta, "the pinned OU keeps the scope (and the delta position) valid");
+    // syncprov's session log may name the renamed OU itself as deleted (it is
+    // not an identity object); none of the people may be.
+    let people: HashSet<_> = upserts(&first_changes).iter().map(|o| o.id.clone()).collect();
+    assert!(
+        !changes.iter().any(|c| matches!(c, SourceChange::Delete { id, .. } if people.contains(id))),
+        "{changes:#?}"
+    );
+    assert!(find(&changes, "new").is_some(), "an object added in the renamed OU is in scope");
+
+    // A full import that starts from the stored pins sees everything under the new DN.
+    let mut sink_changes = Vec::new();
+    let full = rt
+        .block_on(sync::Source::full_import(&mut source, Some(&delta.watermark), &mut |c: SourceChange| {
+            sink_changes.push(c);
+            Ok(())
+        }))
+        .unwrap();
+    let people = upserts(&sink_changes);
+    assert_eq!(people.len(), 5, "{sink_changes:#?}");
+    assert!(people.iter().all(|o| o.entry.dn.to_string().ends_with("ou=staff,dc=example,dc=org")));
+    assert_eq!(full.reconcile_within.len(), 1);
+
+    // Without pins (a fresh start), the stale DN is a clear error, not an empty scope.
+    let err = rt.block_on(import(&mut LdapSource::new(s).unwrap(), None)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("include_ous") && text.contains("ou=people,dc=example,dc=org"), "{text}");
+}
+
+#[test]
 fn referrals_are_skipped_not_followed() {
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();
     seed(&slapd, 2);

@@ -158,7 +158,7 @@ pub async fn run(req: DumpRequest) -> Result<()> {
         (None, true) => {
             bail!("the state file has no watermark; run a full dump with --state first")
         }
-        _ => source.full_import(&mut sink).await,
+        _ => source.full_import(state.watermark.as_ref(), &mut sink).await,
     }
     .context("import failed")?;
     progress.finish();

@@ -94,7 +94,11 @@ impl LdifSource {
 impl Source for LdifSource {
     type Error = LdifSourceError;
 
-    async fn full_import(&mut self, sink: &mut (dyn ImportSink + Send)) -> Result<ImportSummary, LdifSourceError> {
+    async fn full_import(
+        &mut self,
+        _previous: Option<&Watermark>,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> Result<ImportSummary, LdifSourceError> {
         self.read(sink)
     }
 

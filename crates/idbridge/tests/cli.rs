@@ -802,6 +802,31 @@ mod sync_e2e {
         assert!(out.status.success() && report.contains("Full"), "config change → full import: {report}");
         assert_eq!(get(&lab, "/Groups?count=1")["totalResults"], 0, "{report}");
         assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 11);
+
+        // An included OU renamed on-premises is followed by its entryUUID: no
+        // user leaves the tenant, in the delta cycle or in a full one.
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+        std::fs::write(
+            &lab.config,
+            config.replace(
+                "exclude_ous = [\"ou=groups,dc=example,dc=org\"]",
+                "include_ous = [\"ou=people,dc=example,dc=org\"]",
+            ),
+        )
+        .unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 11);
+        lab.slapd
+            .modify("dn: ou=people,dc=example,dc=org\nchangetype: modrdn\nnewrdn: ou=staff\ndeleteoldrdn: 1\n\n")
+            .unwrap();
+        for args in [&[][..], &["--full"][..]] {
+            let out = sync_once(&lab, args);
+            let report = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success() && report.contains("renamed or moved"), "{args:?}: {report}");
+            assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 11, "{args:?}: {report}");
+        }
+        // The full import stored the new DNs.
+        ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), "uid=twin,ou=staff,dc=example,dc=org"]));
     }
 
     fn wait_for_title(lab: &Lab, user_name: &str, title: &str) -> bool {

@@ -448,7 +448,8 @@ where
     // 1. Import, committed together with the watermark.
     let stage = std::time::Instant::now();
     store.begin()?;
-    let watermark = if full { None } else { store.watermark(source_name)? };
+    let previous = store.watermark(source_name)?;
+    let watermark = if full { None } else { previous.clone() };
     observer.stage("import", None);
     let mut writer = ImportWriter {
         observer: &mut *observer,
@@ -461,7 +462,7 @@ where
     };
     let result = match &watermark {
         Some(w) => source.delta_import(w, &mut writer).await,
-        None => source.full_import(&mut writer).await,
+        None => source.full_import(previous.as_ref(), &mut writer).await,
     };
     let (seen, imported, deleted_on_premises) = (std::mem::take(&mut writer.seen), writer.imported, writer.deleted);
     if let Some(e) = writer.error.take() {

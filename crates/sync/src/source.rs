@@ -99,9 +99,12 @@ pub struct ImportSummary {
 pub trait Source {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Reads every in-scope object.
+    /// Reads every in-scope object. `previous` is the last watermark, if
+    /// any: a source may keep scope decisions in it (the LDAP connector pins
+    /// its OU selection by id there), never the delta position.
     fn full_import(
         &mut self,
+        previous: Option<&Watermark>,
         sink: &mut (dyn ImportSink + Send),
     ) -> impl Future<Output = Result<ImportSummary, Self::Error>> + Send;
 
