@@ -54,6 +54,39 @@ pub enum TenantCommand {
         /// userName must be an address in a verified domain (on by default).
         #[arg(long, value_parser = parse_on_off)]
         require_verified_domain: Option<bool>,
+        /// Users who must change their on-premises password may choose a new one at sign-in.
+        #[arg(long, value_parser = parse_on_off)]
+        allow_cloud_password_change: Option<bool>,
+    },
+    /// OpenID Connect clients (relying parties).
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// The sign-in page's look.
+    Branding {
+        #[arg(long)]
+        data: PathBuf,
+        /// The organisation's name, shown when there is no logo.
+        #[arg(long)]
+        name: Option<String>,
+        /// Accent colour, #rgb or #rrggbb.
+        #[arg(long)]
+        color: Option<String>,
+        /// Logo image URL (https:// or a path on the tenant).
+        #[arg(long)]
+        logo_url: Option<String>,
+        /// Background image URL (https:// or a path on the tenant).
+        #[arg(long)]
+        background_url: Option<String>,
+        /// A line of text under the sign-in form.
+        #[arg(long)]
+        text: Option<String>,
+    },
+    /// Token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// The audit log, newest last.
     Audit {
@@ -89,6 +122,47 @@ pub enum TokenCommand {
         #[arg(long)]
         data: PathBuf,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register a client; prints its id (and secret, once) on standard output.
+    Add {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Where the browser returns with the code (repeat for several).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// A public client (no secret; PKCE required), e.g. a single-page or native app.
+        #[arg(long)]
+        public: bool,
+        /// ID token signature: RS256 (default) or ES256.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+    },
+    List {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    Remove {
+        #[arg(long)]
+        data: PathBuf,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new signing key; the old one keeps verifying until its tokens expire.
+    Rotate {
+        #[arg(long)]
+        data: PathBuf,
+        /// RS256 or ES256.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
     },
 }
 
@@ -259,18 +333,32 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 Ok(())
             }
         },
-        TenantCommand::Settings { data, block_soft_match, block_hard_match_takeover, require_verified_domain } => {
+        TenantCommand::Settings {
+            data,
+            block_soft_match,
+            block_hard_match_takeover,
+            require_verified_domain,
+            allow_cloud_password_change,
+        } => {
             let store = open(&data)?;
             let conn = store.lock();
             let mut s = Settings::load(&conn)?;
-            if block_soft_match.is_none() && block_hard_match_takeover.is_none() && require_verified_domain.is_none() {
+            if block_soft_match.is_none()
+                && block_hard_match_takeover.is_none()
+                && require_verified_domain.is_none()
+                && allow_cloud_password_change.is_none()
+            {
                 println!(
-                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}",
+                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}",
                     on_off(s.block_soft_match),
                     on_off(s.block_hard_match_takeover),
-                    on_off(s.require_verified_domain)
+                    on_off(s.require_verified_domain),
+                    on_off(s.allow_cloud_password_change)
                 );
                 return Ok(());
+            }
+            if let Some(v) = allow_cloud_password_change {
+                s.allow_cloud_password_change = v;
             }
             if let Some(v) = require_verified_domain {
                 s.require_verified_domain = v;
@@ -289,10 +377,54 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 None,
                 None,
                 Some(
-                    &serde_json::json!({"blockSoftMatch": s.block_soft_match, "blockHardMatchTakeover": s.block_hard_match_takeover, "requireVerifiedDomain": s.require_verified_domain}),
+                    &serde_json::json!({"blockSoftMatch": s.block_soft_match, "blockHardMatchTakeover": s.block_hard_match_takeover, "requireVerifiedDomain": s.require_verified_domain, "allowCloudPasswordChange": s.allow_cloud_password_change}),
                 ),
             )?;
             eprintln!("settings saved");
+            Ok(())
+        }
+        TenantCommand::Client { command } => client(command),
+        TenantCommand::Branding { data, name, color, logo_url, background_url, text } => {
+            if let Some(c) = color.as_deref().filter(|c| !tenant::oidc::pages::is_css_colour(c)) {
+                anyhow::bail!("--color {c:?}: use #rgb or #rrggbb");
+            }
+            let store = open(&data)?;
+            let conn = store.lock();
+            let fields = [
+                ("name", name),
+                ("color", color),
+                ("logo_url", logo_url),
+                ("background_url", background_url),
+                ("text", text),
+            ];
+            for (key, value) in &fields {
+                if let Some(v) = value {
+                    tenant::store::set_meta(&conn, &format!("branding.{key}"), v)?;
+                }
+            }
+            let b = tenant::oidc::pages::Branding::load(&conn);
+            audit::record(&conn, "cli", "branding", None, None, None)?;
+            println!(
+                "name: {}\ncolor: {}\nlogo-url: {}\nbackground-url: {}\ntext: {}",
+                b.name,
+                b.color,
+                b.logo_url.unwrap_or_default(),
+                b.background_url.unwrap_or_default(),
+                b.text.unwrap_or_default()
+            );
+            Ok(())
+        }
+        TenantCommand::Keys { command: KeysCommand::Rotate { data, alg } } => {
+            let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
+            let store = open(&data)?;
+            let conn = store.lock();
+            let key = tenant::oidc::keys::rotate(&conn, alg)?;
+            audit::record(&conn, "cli", "key-rotate", None, Some(&key.kid), None)?;
+            eprintln!(
+                "new {} signing key {}; the previous one stays published for verification",
+                alg.as_str(),
+                key.kid
+            );
             Ok(())
         }
         TenantCommand::Audit { data, limit, json } => {
@@ -317,6 +449,56 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+    }
+}
+
+fn client(command: ClientCommand) -> Result<()> {
+    use tenant::oidc::clients;
+    match command {
+        ClientCommand::Add { data, name, redirect_uris, public, alg } => {
+            let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
+            let store = open(&data)?;
+            let conn = store.lock();
+            let (client, secret) = clients::add(&conn, &name, &redirect_uris, public, alg)?;
+            audit::record(
+                &conn,
+                "cli",
+                "client-add",
+                None,
+                Some(&client.id),
+                Some(&serde_json::json!({"name": name})),
+            )?;
+            println!("client_id: {}", client.id);
+            if let Some(secret) = secret {
+                println!("client_secret: {secret}");
+                eprintln!("the secret is shown only this once");
+            }
+            Ok(())
+        }
+        ClientCommand::List { data } => {
+            let store = open(&data)?;
+            let conn = store.lock();
+            println!("{:<36}  {:<12}  {:<5}  redirect URIs", "id", "type", "alg");
+            for c in clients::list(&conn)? {
+                println!(
+                    "{:<36}  {:<12}  {:<5}  {}  ({})",
+                    c.id,
+                    if c.public { "public" } else { "confidential" },
+                    c.id_token_alg.as_str(),
+                    c.redirect_uris.join(" "),
+                    c.name
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Remove { data, id } => {
+            let store = open(&data)?;
+            let conn = store.lock();
+            clients::remove(&conn, &id)?;
+            audit::record(&conn, "cli", "client-remove", None, Some(&id), None)?;
+            eprintln!("client {id} removed; its refresh tokens are revoked");
             Ok(())
         }
     }

@@ -33,11 +33,14 @@ pub const MAX_BULK_OPERATIONS: usize = 1000;
 /// Shared by all requests.
 #[derive(Debug)]
 pub struct AppState {
-    pub store: Store,
+    pub store: Arc<Store>,
     /// `https://host:port/scim/v2`, for `meta.location`.
     pub base_url: String,
+    /// `https://host:port`: the OpenID Connect issuer.
+    pub issuer: String,
     /// Largest accepted request body (bytes).
     pub max_body: usize,
+    pub lockout: crate::signin::LockoutPolicy,
 }
 
 /// A response-ready SCIM error.
@@ -69,7 +72,7 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-fn scim_json(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn scim_json(status: StatusCode, body: &Value) -> Response {
     let mut resp = (status, body.to_string()).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
     resp
@@ -87,16 +90,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/scim/v2/.search", post(search_all))
         .route("/scim/v2/{resource}", get(list).post(create))
         .route("/scim/v2/{resource}/{id}", get(read).put(replace).patch(patch).delete(delete).post(search_one_type))
+        .route("/hybrid/v1/passwords", post(crate::hybrid::passwords))
+        .merge(crate::oidc::routes())
         .fallback(|| async { ApiError(ScimError::status(404, "no such endpoint"), None) })
         .with_state(state)
 }
 
 /// The caller: the token's id, for the audit log.
-struct Caller {
-    id: String,
+pub(crate) struct Caller {
+    pub(crate) id: String,
 }
 
-async fn db<T: Send + 'static>(
+pub(crate) async fn db<T: Send + 'static>(
     state: &Arc<AppState>,
     work: impl FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -109,7 +114,7 @@ async fn db<T: Send + 'static>(
     .unwrap_or_else(|_| Err(ApiError(ScimError::status(500, "internal error (see the tenant's log)"), None)))
 }
 
-async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, write: bool) -> Result<Caller, ApiError> {
+pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, write: bool) -> Result<Caller, ApiError> {
     const CHALLENGE: &str = "Bearer realm=\"idbridge\"";
     let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err(ApiError(
@@ -138,7 +143,7 @@ async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, write: bool) -
 }
 
 /// Reads a JSON body: content type checked, size limited.
-async fn json_body(state: &Arc<AppState>, request: Request) -> Result<Value, ApiError> {
+pub(crate) async fn json_body(state: &Arc<AppState>, request: Request) -> Result<Value, ApiError> {
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let media = content_type.split(';').next().unwrap_or("").trim().to_string();

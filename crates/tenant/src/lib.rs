@@ -5,13 +5,20 @@
 //! - [`objects`]: the directory rules (uniqueness, quarantine, matching, members).
 //! - [`domains`], [`tokens`], [`audit`]: administration.
 //! - [`http`]: the SCIM API (axum); [`serve`]: listening, TLS, shutdown.
+//! - [`credentials`], [`signin`], [`hybrid`]: password hash sync records, checking
+//!   passwords with smart lockout, and the `/hybrid/v1` endpoint the sync side feeds.
+//! - [`oidc`]: the OpenID Connect provider, its sign-in pages and the demo's "My Apps".
 
 pub mod audit;
+pub mod credentials;
 pub mod domains;
 pub mod error;
 pub mod http;
+pub mod hybrid;
 pub mod objects;
+pub mod oidc;
 pub mod serve;
+pub mod signin;
 pub mod store;
 pub mod tokens;
 pub mod util;

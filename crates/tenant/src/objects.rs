@@ -590,7 +590,7 @@ fn remove_members(conn: &Connection, group_id: &str, ids: &[String]) -> Result<(
     Ok(())
 }
 
-fn find_by_immutable_id(conn: &Connection, imm: &str) -> Result<Option<Stored>> {
+pub fn find_by_immutable_id(conn: &Connection, imm: &str) -> Result<Option<Stored>> {
     let row = query_one(conn, &format!("{SELECT} WHERE immutable_id = ?1"), params![imm], row_to_stored).optional()?;
     row.map(to_stored).transpose()
 }
@@ -884,6 +884,9 @@ pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: 
     exec(conn, "DELETE FROM claims WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM members WHERE group_id = ?1 OR member_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM credentials WHERE resource_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM sessions WHERE user_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM refresh_tokens WHERE user_id = ?1", params![id])?;
     exec(conn, "DELETE FROM resources WHERE id = ?1", params![id])?;
     release(conn, &released, 0)?;
     audit::record(conn, ctx.actor, "delete", Some(kind.as_str()), Some(id), None)?;

@@ -56,7 +56,8 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor> {
 }
 
 /// Accepts TLS connections; failed handshakes are logged and skipped.
-struct TlsListener {
+#[allow(missing_debug_implementations)] // the rustls acceptor has no Debug
+pub struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
 }
@@ -87,6 +88,22 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// The client's address, for handlers that need it (sign-in lockout, audit).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// Binds, then serves until `shutdown` completes (in-flight requests finish).
 /// `on_ready` gets the bound address and base URL.
 pub async fn serve(
@@ -110,8 +127,15 @@ pub async fn serve(
         .map_err(|e| TenantError::Io { what: format!("cannot listen on {}", options.listen), source: e })?;
     let bound = tcp.local_addr().map_err(|e| TenantError::Io { what: "local address".into(), source: e })?;
     let base_url = options.base_url(bound);
-    let state = Arc::new(AppState { store, base_url: base_url.clone(), max_body: options.max_body });
-    let app = router(state);
+    let issuer = base_url.trim_end_matches("/scim/v2").to_string();
+    let state = Arc::new(AppState {
+        store: Arc::new(store),
+        base_url: base_url.clone(),
+        issuer,
+        max_body: options.max_body,
+        lockout: crate::signin::LockoutPolicy::default(),
+    });
+    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
     on_ready(bound, &base_url);
     let result = match acceptor {
         Some(acceptor) => axum::serve(TlsListener { tcp, acceptor }, app).with_graceful_shutdown(shutdown).await,

@@ -77,7 +77,68 @@ CREATE TABLE audit (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+/// Sign-in: password records, smart lockout, OpenID Connect clients, keys,
+/// codes, refresh tokens and browser sessions.
+const SCHEMA_V2: &str = "
+CREATE TABLE credentials (
+    resource_id TEXT PRIMARY KEY,    -- the user
+    record TEXT NOT NULL,            -- a PPH1 record or a userPassword value; never a raw NT hash
+    must_change INTEGER NOT NULL DEFAULT 0,
+    updated TEXT NOT NULL
+);
+CREATE TABLE lockouts (
+    key TEXT PRIMARY KEY,            -- user:<lower-case name> | addr:<ip>
+    failures INTEGER NOT NULL,
+    locked_until INTEGER NOT NULL DEFAULT 0,   -- epoch seconds
+    lockouts INTEGER NOT NULL DEFAULT 0,       -- how often this key was locked (the lock grows)
+    last INTEGER NOT NULL
+);
+CREATE TABLE clients (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    secret_hash BLOB,                -- SHA-256; NULL for public clients
+    redirect_uris TEXT NOT NULL,     -- JSON array, compared exactly
+    id_token_alg TEXT NOT NULL DEFAULT 'RS256',
+    created TEXT NOT NULL
+);
+CREATE TABLE signing_keys (
+    kid TEXT PRIMARY KEY,
+    alg TEXT NOT NULL,               -- ES256 | RS256
+    pkcs8 BLOB NOT NULL,
+    public_jwk TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    retired INTEGER                  -- no longer signs; still published until tokens expire
+);
+CREATE TABLE auth_codes (
+    hash BLOB PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    nonce TEXT,
+    challenge TEXT,
+    expires INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE refresh_tokens (
+    hash BLOB PRIMARY KEY,
+    family TEXT NOT NULL,            -- a reused token revokes its whole family
+    client_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX refresh_tokens_family ON refresh_tokens(family);
+CREATE TABLE sessions (
+    hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// The database, behind one connection (SQLite has one writer anyway).
 #[derive(Debug)]
@@ -150,6 +211,9 @@ pub struct Settings {
     pub block_hard_match_takeover: bool,
     /// A user's userName must be an address in a verified domain (DESIGN §4). On by default.
     pub require_verified_domain: bool,
+    /// A user whose on-premises password must be changed may choose a new
+    /// one at cloud sign-in (otherwise the sign-in is refused). Off by default.
+    pub allow_cloud_password_change: bool,
 }
 
 impl Settings {
@@ -159,12 +223,14 @@ impl Settings {
             block_soft_match: flag("block_soft_match")?,
             block_hard_match_takeover: flag("block_hard_match_takeover")?,
             require_verified_domain: get_meta(conn, "require_verified_domain")?.as_deref() != Some("false"),
+            allow_cloud_password_change: flag("allow_cloud_password_change")?,
         })
     }
 
     pub fn save(&self, conn: &Connection) -> Result<()> {
         set_meta(conn, "block_soft_match", if self.block_soft_match { "true" } else { "false" })?;
         set_meta(conn, "block_hard_match_takeover", if self.block_hard_match_takeover { "true" } else { "false" })?;
+        set_meta(conn, "allow_cloud_password_change", if self.allow_cloud_password_change { "true" } else { "false" })?;
         set_meta(conn, "require_verified_domain", if self.require_verified_domain { "true" } else { "false" })
     }
 }

@@ -56,6 +56,10 @@ pub fn new_token() -> Option<String> {
     Some(format!("idb_{}", URL_SAFE_NO_PAD.encode(b)))
 }
 
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn sha256(data: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
 }

@@ -9,6 +9,9 @@ use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use tenant::tokens::{self, Scope};
 use testkit::TempDir;
 
+#[path = "api/signin.rs"]
+mod signin;
+
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const HYBRID: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";

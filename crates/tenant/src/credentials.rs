@@ -1,0 +1,132 @@
+//! Password records of synchronised users (password hash sync, DESIGN §6).
+//! A record is what the sync side sent: a PPH1 record derived from the NT
+//! hash, or a `userPassword` value carried as it is. Raw NT hashes are refused.
+
+use passwords::{Pph1, StoredPassword};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::audit;
+use crate::error::Result;
+use crate::objects::{self, Kind};
+use crate::util::now;
+
+/// A parsed record, ready to verify.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Pph1(Pph1),
+    Stored(StoredPassword),
+}
+
+impl Credential {
+    pub fn parse(record: &str) -> std::result::Result<Credential, passwords::PasswordError> {
+        if record.starts_with("v1;PPH1_MD4,") {
+            Pph1::parse(record).map(Credential::Pph1)
+        } else {
+            StoredPassword::parse(record.as_bytes()).map(Credential::Stored)
+        }
+    }
+
+    /// Constant-time where it matters; costs what the record's work factor says.
+    pub fn verify(&self, password: &str) -> bool {
+        match self {
+            Credential::Pph1(r) => r.verify(password),
+            Credential::Stored(s) => s.verify(password),
+        }
+    }
+}
+
+/// One item of a `/hybrid/v1/passwords` batch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialUpdate {
+    pub immutable_id: String,
+    /// The record; absent with `remove`.
+    #[serde(default)]
+    pub record: Option<String>,
+    #[serde(default)]
+    pub must_change_password: bool,
+    /// The user has no password on-premises any more.
+    #[serde(default)]
+    pub remove: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialResult {
+    pub immutable_id: String,
+    /// `stored`, `removed`, `unknown-user` or `invalid`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Applies a batch in one transaction; each item gets its own result (one
+/// bad record never rejects the others). The audit log names the users, never the records.
+pub fn apply_batch(conn: &mut Connection, actor: &str, batch: &[CredentialUpdate]) -> Result<Vec<CredentialResult>> {
+    let tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(batch.len());
+    for item in batch {
+        let result = |status, detail: Option<String>| CredentialResult {
+            immutable_id: item.immutable_id.clone(),
+            status,
+            detail,
+        };
+        let user = objects::find_by_immutable_id(&tx, &item.immutable_id)?.filter(|s| s.kind == Kind::User);
+        let Some(user) = user else {
+            results.push(result("unknown-user", Some("no synchronised user has this immutableId".into())));
+            continue;
+        };
+        if item.remove {
+            tx.execute("DELETE FROM credentials WHERE resource_id = ?1", params![user.id])?;
+            audit::record(&tx, actor, "password-removed", Some("User"), Some(&user.id), None)?;
+            results.push(result("removed", None));
+            continue;
+        }
+        let Some(record) = item.record.as_deref() else {
+            results.push(result("invalid", Some("a record (or remove: true) is required".into())));
+            continue;
+        };
+        if let Err(e) = Credential::parse(record) {
+            results.push(result("invalid", Some(e.to_string())));
+            continue;
+        }
+        tx.execute(
+            "INSERT INTO credentials(resource_id, record, must_change, updated) VALUES(?1, ?2, ?3, ?4)
+             ON CONFLICT(resource_id) DO UPDATE SET record = excluded.record, must_change = excluded.must_change,
+             updated = excluded.updated",
+            params![user.id, record, item.must_change_password, now()],
+        )?;
+        audit::record(
+            &tx,
+            actor,
+            "password-synchronised",
+            Some("User"),
+            Some(&user.id),
+            Some(&json!({"mustChangePassword": item.must_change_password})),
+        )?;
+        results.push(result("stored", None));
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+/// The stored record of a user and whether a new password is due.
+pub fn load(conn: &Connection, user_id: &str) -> Result<Option<(String, bool)>> {
+    Ok(conn
+        .query_row("SELECT record, must_change FROM credentials WHERE resource_id = ?1", params![user_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?)
+}
+
+/// Replaces a user's record after a password change in the cloud.
+pub fn set(conn: &Connection, user_id: &str, record: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO credentials(resource_id, record, must_change, updated) VALUES(?1, ?2, 0, ?3)
+         ON CONFLICT(resource_id) DO UPDATE SET record = excluded.record, must_change = 0, updated = excluded.updated",
+        params![user_id, record, now()],
+    )?;
+    Ok(())
+}

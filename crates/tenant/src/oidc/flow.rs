@@ -1,0 +1,875 @@
+//! The OpenID Connect endpoints: discovery, JWKS, authorization (with the
+//! sign-in pages), token (code + PKCE, refresh with rotation), userinfo and
+//! RP-initiated logout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+
+use super::clients::{self, Client};
+use super::keys::{self, Alg};
+use super::pages::{self, Branding};
+use super::{jwt, random_token};
+use crate::credentials;
+use crate::domains::{self, AuthType};
+use crate::error::{Result, TenantError};
+use crate::http::AppState;
+use crate::objects::{self, Kind, Stored};
+use crate::signin::{self, SignInError};
+use crate::util::{now_secs, sha256};
+
+pub const CODE_LIFETIME_SECS: i64 = 60;
+pub const TOKEN_LIFETIME_SECS: i64 = 3600;
+pub const REFRESH_LIFETIME_SECS: i64 = 30 * 24 * 3600;
+pub const SESSION_LIFETIME_SECS: i64 = 8 * 3600;
+const SESSION_COOKIE: &str = "idb_session";
+const CSRF_COOKIE: &str = "idb_csrf";
+
+/// The authorization request parameters (OIDC Core §3.1.2.1), carried
+/// through the sign-in forms as hidden fields and checked again on each step.
+const AUTH_PARAMS: &[&str] = &[
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "prompt",
+    "login_hint",
+];
+
+type Params = HashMap<String, String>;
+
+async fn db<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = state.store.lock();
+        work(&mut conn)
+    })
+    .await
+    .unwrap_or_else(|e| Err(TenantError::Invalid(format!("worker failed: {e}"))))
+}
+
+fn internal(e: TenantError) -> Response {
+    tracing::error!(error = %e, "sign-in endpoint failed");
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the tenant's log)").into_response()
+}
+
+pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
+    let i = &state.issuer;
+    let body = json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/oauth2/authorize"),
+        "token_endpoint": format!("{i}/oauth2/token"),
+        "userinfo_endpoint": format!("{i}/oauth2/userinfo"),
+        "jwks_uri": format!("{i}/oauth2/jwks"),
+        "end_session_endpoint": format!("{i}/oauth2/logout"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+        "scopes_supported": ["openid", "profile", "email", "groups", "offline_access"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "preferred_username", "email", "groups", "immutable_id"],
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+    let result = db(&state, |conn| {
+        // Make sure both keys exist before anyone needs them.
+        keys::active(conn, Alg::Rs256)?;
+        keys::active(conn, Alg::Es256)?;
+        keys::jwks(conn)
+    })
+    .await;
+    match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => internal(e),
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn html_response(status: StatusCode, page: String) -> Response {
+    let mut resp = (status, Html(page)).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self' http: https:; frame-ancestors 'none'"),
+    );
+    resp
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn set_cookie(resp: &mut Response, state: &AppState, name: &str, value: &str, max_age: i64) {
+    let secure = if state.issuer.starts_with("https://") { "; Secure" } else { "" };
+    let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// What is wrong with an authorization request, and where the answer goes.
+enum Invalid {
+    /// Unknown client or redirect URI: never redirect (RFC 6749 §4.1.2.1).
+    Page(String),
+    /// Redirect back to the client with `error`.
+    Redirect { uri: String, error: &'static str, description: String, state: Option<String> },
+}
+
+/// A checked authorization request.
+struct AuthRequest {
+    client: Client,
+    redirect_uri: String,
+    scope: String,
+    state: Option<String>,
+    nonce: Option<String>,
+    challenge: Option<String>,
+    prompt: Option<String>,
+}
+
+fn check_request(conn: &Connection, p: &Params) -> Result<std::result::Result<AuthRequest, Invalid>> {
+    let get = |k: &str| p.get(k).filter(|v| !v.is_empty()).cloned();
+    let Some(client_id) = get("client_id") else {
+        return Ok(Err(Invalid::Page("The application did not say who it is (client_id is missing).".into())));
+    };
+    let Some(client) = clients::get(conn, &client_id)? else {
+        return Ok(Err(Invalid::Page("The application is not registered with this tenant.".into())));
+    };
+    let Some(redirect_uri) = get("redirect_uri").filter(|u| client.redirect_uris.contains(u)) else {
+        return Ok(Err(Invalid::Page(
+            "The application asked to return to an address it has not registered (redirect_uri mismatch).".into(),
+        )));
+    };
+    let state = get("state");
+    let fail = |error, description: &str| {
+        Ok(Err(Invalid::Redirect {
+            uri: redirect_uri.clone(),
+            error,
+            description: description.to_string(),
+            state: state.clone(),
+        }))
+    };
+    if get("response_type").as_deref() != Some("code") {
+        return fail("unsupported_response_type", "only response_type=code is supported");
+    }
+    let scope = get("scope").unwrap_or_default();
+    if !scope.split(' ').any(|s| s == "openid") {
+        return fail("invalid_scope", "the scope must include openid");
+    }
+    let challenge = get("code_challenge");
+    match (challenge.as_deref(), get("code_challenge_method").as_deref()) {
+        (None, _) if client.public => return fail("invalid_request", "public clients must use PKCE (code_challenge)"),
+        (Some(_), Some("S256")) => {}
+        (Some(_), _) => return fail("invalid_request", "code_challenge_method must be S256"),
+        (None, _) => {}
+    }
+    if challenge.as_ref().is_some_and(|c| c.len() != 43 || URL_SAFE_NO_PAD.decode(c).is_err()) {
+        return fail("invalid_request", "code_challenge must be the base64url SHA-256 of the verifier");
+    }
+    Ok(Ok(AuthRequest { client, redirect_uri, scope, state, nonce: get("nonce"), challenge, prompt: get("prompt") }))
+}
+
+fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
+    let mut url = uri.to_string();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let sep = if i == 0 && !uri.contains('?') { '?' } else { '&' };
+        url.push(sep);
+        url.push_str(k);
+        url.push('=');
+        url.push_str(&urlencode(v));
+    }
+    let mut resp = Redirect::to(&url).into_response();
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    resp
+}
+
+pub fn urlencode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn invalid_response(branding: &Branding, invalid: Invalid) -> Response {
+    match invalid {
+        Invalid::Page(message) => {
+            html_response(StatusCode::BAD_REQUEST, pages::message_page(branding, "Sign-in request not valid", &message))
+        }
+        Invalid::Redirect { uri, error, description, state } => {
+            let mut pairs = vec![("error", error), ("error_description", description.as_str())];
+            if let Some(s) = &state {
+                pairs.push(("state", s));
+            }
+            redirect_with(&uri, &pairs)
+        }
+    }
+}
+
+fn hidden_fields(p: &Params, csrf: &str) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> =
+        AUTH_PARAMS.iter().filter_map(|k| p.get(*k).filter(|v| !v.is_empty()).map(|v| (*k, v.clone()))).collect();
+    out.push(("csrf", csrf.to_string()));
+    out
+}
+
+/// The signed-in user of a browser session, if the cookie is valid.
+fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Option<Stored>> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
+    let user: Option<String> = conn
+        .query_row(
+            "SELECT user_id FROM sessions WHERE hash = ?1 AND expires > ?2",
+            params![sha256(token.as_bytes()), now_secs()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match user {
+        Some(id) => {
+            Ok(objects::load(conn, Some(Kind::User), &id)?
+                .filter(|u| u.data.get("active") != Some(&Value::Bool(false))))
+        }
+        None => Ok(None),
+    }
+}
+
+/// GET /oauth2/authorize: a signed-in session goes straight back with a
+/// code; otherwise the sign-in page.
+pub async fn authorize_get(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let result = db(&state, move |conn| {
+        let branding = Branding::load(conn);
+        let request = match check_request(conn, &p)? {
+            Ok(r) => r,
+            Err(invalid) => return Ok((branding, Err(invalid), None, p)),
+        };
+        let user = if request.prompt.as_deref() == Some("login") { None } else { session_user(conn, &headers)? };
+        Ok((branding, Ok(request), user, p))
+    })
+    .await;
+    let (branding, request, user, p) = match result {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(invalid) => return invalid_response(&branding, invalid),
+    };
+    if let Some(user) = user {
+        return finish(&state, request, user, None).await;
+    }
+    if request.prompt.as_deref() == Some("none") {
+        let mut pairs = vec![("error", "login_required")];
+        if let Some(s) = &request.state {
+            pairs.push(("state", s.as_str()));
+        }
+        return redirect_with(&request.redirect_uri, &pairs);
+    }
+    let csrf = random_token();
+    let hint = p.get("login_hint").cloned().unwrap_or_default();
+    let mut resp =
+        html_response(StatusCode::OK, pages::username_page(&branding, &hidden_fields(&p, &csrf), &hint, None));
+    set_cookie(&mut resp, &state, CSRF_COOKIE, &csrf, 3600);
+    resp
+}
+
+/// POST /oauth2/authorize: the sign-in form steps.
+pub async fn authorize_post(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<crate::serve::PeerAddr>,
+    headers: HeaderMap,
+    Form(p): Form<Params>,
+) -> Response {
+    let checked = {
+        let p = p.clone();
+        db(&state, move |conn| Ok((Branding::load(conn), check_request(conn, &p)?))).await
+    };
+    let (branding, request) = match checked {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(invalid) => return invalid_response(&branding, invalid),
+    };
+    // Double-submit CSRF check: the form's token must equal the cookie's.
+    let csrf_cookie = cookie(&headers, CSRF_COOKIE);
+    let csrf_ok = match (csrf_cookie.as_deref(), p.get("csrf")) {
+        (Some(c), Some(f)) => !c.is_empty() && c.len() == f.len() && sha256(c.as_bytes()) == sha256(f.as_bytes()),
+        _ => false,
+    };
+    if !csrf_ok {
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            pages::message_page(
+                &branding,
+                "Sign-in form expired",
+                "This sign-in form expired or did not come from this page (the security token is missing). Go back to the application and start again.",
+            ),
+        );
+    }
+    let csrf = csrf_cookie.unwrap_or_default();
+    let fields = hidden_fields(&p, &csrf);
+    let username = p.get("username").map(|u| u.trim().to_string()).unwrap_or_default();
+    let step = p.get("step").map(String::as_str).unwrap_or("username");
+    match step {
+        "restart" => html_response(StatusCode::OK, pages::username_page(&branding, &fields, "", None)),
+        "username" => {
+            let Some((_, domain)) = username.rsplit_once('@').filter(|(n, d)| !n.is_empty() && d.contains('.')) else {
+                return html_response(
+                    StatusCode::OK,
+                    pages::username_page(
+                        &branding,
+                        &fields,
+                        &username,
+                        Some("Enter your user name in the form name@domain, for example alex@example.com."),
+                    ),
+                );
+            };
+            let domain = domain.to_lowercase();
+            let found = db(&state, move |conn| domains::get(conn, &domain)).await;
+            match found {
+                Ok(Some(d)) if d.auth == AuthType::Federated => html_response(
+                    StatusCode::OK,
+                    pages::username_page(
+                        &branding,
+                        &fields,
+                        &username,
+                        Some(&format!(
+                            "Sign-in for {} is handed to your organisation's identity provider, which is not configured in this tenant yet. Contact your administrator.",
+                            d.name
+                        )),
+                    ),
+                ),
+                Ok(Some(d)) if d.auth == AuthType::ManagedPta => html_response(
+                    StatusCode::OK,
+                    pages::username_page(
+                        &branding,
+                        &fields,
+                        &username,
+                        Some(&format!(
+                            "Sign-in for {} uses pass-through authentication, which is not available in this tenant yet. Contact your administrator.",
+                            d.name
+                        )),
+                    ),
+                ),
+                // Managed domains, and unknown ones (no hint whether the user exists).
+                Ok(_) => html_response(StatusCode::OK, pages::password_page(&branding, &fields, &username, None)),
+                Err(e) => internal(e),
+            }
+        }
+        "password" | "change" => {
+            let password = p.get("password").cloned().unwrap_or_default();
+            let address = peer.0.ip().to_string();
+            let outcome = signin::sign_in(&state.store, &username, &password, &address, state.lockout).await;
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => return internal(e),
+            };
+            match outcome {
+                Ok(signed_in) => {
+                    let mut resp = finish(&state, request, signed_in.user.clone(), Some(())).await;
+                    if resp.status() == StatusCode::SEE_OTHER {
+                        match new_session(&state, &signed_in.user.id).await {
+                            Ok(token) => set_cookie(&mut resp, &state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
+                            Err(e) => return internal(e),
+                        }
+                    }
+                    resp
+                }
+                Err(SignInError::MustChangePassword { user_id }) if step == "change" => {
+                    change_password(&state, &branding, &fields, request, &username, &user_id, &p).await
+                }
+                Err(SignInError::MustChangePassword { .. }) => {
+                    html_response(StatusCode::OK, pages::change_password_page(&branding, &fields, &username, None))
+                }
+                Err(e) => {
+                    let page = if step == "change" {
+                        pages::change_password_page(&branding, &fields, &username, Some(&e.to_string()))
+                    } else {
+                        pages::password_page(&branding, &fields, &username, Some(&e.to_string()))
+                    };
+                    html_response(StatusCode::OK, page)
+                }
+            }
+        }
+        _ => html_response(
+            StatusCode::BAD_REQUEST,
+            pages::message_page(&branding, "Sign-in request not valid", "Unknown sign-in step."),
+        ),
+    }
+}
+
+async fn change_password(
+    state: &Arc<AppState>,
+    branding: &Branding,
+    fields: &[(&'static str, String)],
+    request: AuthRequest,
+    username: &str,
+    user_id: &str,
+    p: &Params,
+) -> Response {
+    let new = p.get("new_password").cloned().unwrap_or_default();
+    let problem = if new != p.get("confirm").cloned().unwrap_or_default() {
+        Some("The new passwords do not match.")
+    } else if new.chars().count() < 8 {
+        Some("The new password must have at least 8 characters.")
+    } else if Some(&new) == p.get("password") {
+        Some("The new password must differ from the current one.")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return html_response(StatusCode::OK, pages::change_password_page(branding, fields, username, Some(problem)));
+    }
+    let id = user_id.to_string();
+    let result = db(state, move |conn| {
+        let salt = crate::util::random_bytes::<{ passwords::pph1::SALT_LEN }>();
+        let record =
+            passwords::Pph1::derive(&passwords::NtHash::of_password(&new), &salt, signin::default_iterations());
+        credentials::set(conn, &id, &record.to_string())?;
+        crate::audit::record(conn, "sign-in", "password-changed-in-cloud", Some("User"), Some(&id), None)?;
+        objects::load(conn, Some(Kind::User), &id)
+    })
+    .await;
+    match result {
+        Ok(Some(user)) => {
+            let mut resp = finish(state, request, user.clone(), Some(())).await;
+            if let Ok(token) = new_session(state, &user.id).await {
+                set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS);
+            }
+            resp
+        }
+        Ok(None) => html_response(StatusCode::OK, pages::username_page(branding, fields, "", Some("Sign in again."))),
+        Err(e) => internal(e),
+    }
+}
+
+async fn new_session(state: &Arc<AppState>, user_id: &str) -> Result<String> {
+    let token = random_token();
+    let (hash, id) = (sha256(token.as_bytes()), user_id.to_string());
+    db(state, move |conn| {
+        let now = now_secs();
+        conn.execute("DELETE FROM sessions WHERE expires <= ?1", params![now])?;
+        conn.execute(
+            "INSERT INTO sessions(hash, user_id, created, expires) VALUES(?1, ?2, ?3, ?4)",
+            params![hash, id, now, now + SESSION_LIFETIME_SECS],
+        )?;
+        Ok(())
+    })
+    .await?;
+    Ok(token)
+}
+
+/// Issues the code and sends the browser back to the application.
+async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, _fresh: Option<()>) -> Response {
+    let code = random_token();
+    let hash = sha256(code.as_bytes());
+    let AuthRequest { client, redirect_uri, scope, state: rp_state, nonce, challenge, .. } = request;
+    let redirect = redirect_uri.clone();
+    let stored = db(state, move |conn| {
+        conn.execute("DELETE FROM auth_codes WHERE expires <= ?1", params![now_secs() - 3600])?;
+        conn.execute(
+            "INSERT INTO auth_codes(hash, client_id, user_id, redirect_uri, scope, nonce, challenge, expires)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![hash, client.id, user.id, redirect_uri, scope, nonce, challenge, now_secs() + CODE_LIFETIME_SECS],
+        )?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = stored {
+        return internal(e);
+    }
+    let mut pairs = vec![("code", code.as_str())];
+    if let Some(s) = &rp_state {
+        pairs.push(("state", s.as_str()));
+    }
+    redirect_with(&redirect, &pairs)
+}
+
+/// A token endpoint error (RFC 6749 §5.2).
+fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut resp = json_response(status, &json!({"error": error, "error_description": description}));
+    if status == StatusCode::UNAUTHORIZED
+        && let Ok(v) = HeaderValue::from_str("Basic realm=\"idbridge\"")
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+fn form_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The client's id and secret from HTTP Basic (form-encoded parts, RFC 6749 §2.3.1) or the body.
+fn client_credentials(headers: &HeaderMap, p: &Params) -> (Option<String>, Option<String>) {
+    if let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+        && let Some(text) = STANDARD.decode(basic.trim()).ok().and_then(|b| String::from_utf8(b).ok())
+        && let Some((id, secret)) = text.split_once(':')
+    {
+        return (Some(form_decode(id)), Some(form_decode(secret)));
+    }
+    (p.get("client_id").cloned(), p.get("client_secret").cloned())
+}
+
+/// POST /oauth2/token.
+pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+    let (client_id, secret) = client_credentials(&headers, &p);
+    let Some(client_id) = client_id else {
+        return token_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication is required");
+    };
+    let issuer = state.issuer.clone();
+    let result = db(&state, move |conn| {
+        let Some(client) = clients::get(conn, &client_id)? else {
+            return Ok(Err((StatusCode::UNAUTHORIZED, "invalid_client", "unknown client".to_string())));
+        };
+        if !client.public {
+            let ok = match &secret {
+                Some(s) => clients::check_secret(conn, &client.id, s)?,
+                None => false,
+            };
+            if !ok {
+                return Ok(Err((StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed".into())));
+            }
+        }
+        match p.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => exchange_code(conn, &issuer, &client, &p),
+            Some("refresh_token") => refresh(conn, &issuer, &client, &p),
+            Some(other) => {
+                Ok(Err((StatusCode::BAD_REQUEST, "unsupported_grant_type", format!("{other} is not supported"))))
+            }
+            None => Ok(Err((StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing".into()))),
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => json_response(StatusCode::OK, &body),
+        Ok(Err((status, error, description))) => token_error(status, error, &description),
+        Err(e) => internal(e),
+    }
+}
+
+type TokenResult = Result<std::result::Result<Value, (StatusCode, &'static str, String)>>;
+
+fn bad_grant(description: &str) -> TokenResult {
+    Ok(Err((StatusCode::BAD_REQUEST, "invalid_grant", description.to_string())))
+}
+
+/// Exchanges an authorization code (with the PKCE verifier) for tokens.
+pub fn exchange_code(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> TokenResult {
+    let Some(code) = p.get("code") else { return bad_grant("code is missing") };
+    let hash = sha256(code.as_bytes());
+    type Row = (String, String, String, String, Option<String>, Option<String>, i64, bool);
+    let row: Option<Row> = conn
+        .query_row(
+            "SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, expires, used FROM auth_codes WHERE hash = ?1",
+            params![hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
+        )
+        .optional()?;
+    let Some((code_client, user_id, redirect_uri, scope, nonce, challenge, expires, used)) = row else {
+        return bad_grant("the code is unknown");
+    };
+    let family = crate::util::to_hex(&hash);
+    if used {
+        // A replayed code: revoke what the first exchange issued (RFC 6749 §4.1.2).
+        conn.execute("DELETE FROM refresh_tokens WHERE family = ?1", params![family])?;
+        crate::audit::record(
+            conn,
+            "oidc",
+            "code-reused",
+            Some("User"),
+            Some(&user_id),
+            Some(&json!({"client": client.id})),
+        )?;
+        return bad_grant("the code was already used; the tokens issued for it are revoked");
+    }
+    conn.execute("UPDATE auth_codes SET used = 1 WHERE hash = ?1", params![hash])?;
+    if code_client != client.id {
+        return bad_grant("the code was issued to another client");
+    }
+    if expires <= now_secs() {
+        return bad_grant("the code has expired");
+    }
+    if p.get("redirect_uri") != Some(&redirect_uri) {
+        return bad_grant("redirect_uri does not match the authorization request");
+    }
+    match (&challenge, p.get("code_verifier")) {
+        (Some(challenge), Some(verifier)) => {
+            let valid_form = (43..=128).contains(&verifier.len())
+                && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+            let computed = URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes()));
+            if !valid_form || sha256(computed.as_bytes()) != sha256(challenge.as_bytes()) {
+                return bad_grant("the PKCE code_verifier does not match the code_challenge");
+            }
+        }
+        (Some(_), None) => return bad_grant("code_verifier is missing (PKCE)"),
+        (None, Some(_)) => return bad_grant("code_verifier given but the authorization request had no code_challenge"),
+        (None, None) => {}
+    }
+    issue_tokens(conn, issuer, client, &user_id, &scope, nonce.as_deref(), &family)
+}
+
+/// Rotates a refresh token: the old one is spent; a reused one revokes its family.
+fn refresh(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> TokenResult {
+    let Some(token) = p.get("refresh_token") else { return bad_grant("refresh_token is missing") };
+    let hash = sha256(token.as_bytes());
+    let row: Option<(String, String, String, String, i64, bool)> = conn
+        .query_row(
+            "SELECT family, client_id, user_id, scope, expires, used FROM refresh_tokens WHERE hash = ?1",
+            params![hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .optional()?;
+    let Some((family, token_client, user_id, scope, expires, used)) = row else {
+        return bad_grant("the refresh token is unknown or revoked");
+    };
+    if used {
+        conn.execute("DELETE FROM refresh_tokens WHERE family = ?1", params![family])?;
+        crate::audit::record(conn, "oidc", "refresh-token-reused", Some("User"), Some(&user_id), None)?;
+        return bad_grant("the refresh token was already used; its whole family is revoked");
+    }
+    if token_client != client.id {
+        return bad_grant("the refresh token was issued to another client");
+    }
+    if expires <= now_secs() {
+        return bad_grant("the refresh token has expired");
+    }
+    conn.execute("UPDATE refresh_tokens SET used = 1 WHERE hash = ?1", params![hash])?;
+    issue_tokens(conn, issuer, client, &user_id, &scope, None, &family)
+}
+
+fn issue_tokens(
+    conn: &mut Connection,
+    issuer: &str,
+    client: &Client,
+    user_id: &str,
+    scope: &str,
+    nonce: Option<&str>,
+    family: &str,
+) -> TokenResult {
+    let Some(user) = objects::load(conn, Some(Kind::User), user_id)? else {
+        return bad_grant("the user no longer exists");
+    };
+    if user.data.get("active") == Some(&Value::Bool(false)) {
+        return bad_grant("the user is disabled");
+    }
+    let now = now_secs();
+    let mut id_claims = user_claims(conn, &user, scope)?;
+    if let Some(o) = id_claims.as_object_mut() {
+        o.insert("iss".into(), json!(issuer));
+        o.insert("aud".into(), json!(client.id));
+        o.insert("iat".into(), json!(now));
+        o.insert("exp".into(), json!(now + TOKEN_LIFETIME_SECS));
+        o.insert("auth_time".into(), json!(now));
+        if let Some(n) = nonce {
+            o.insert("nonce".into(), json!(n));
+        }
+    }
+    let id_key = keys::active(conn, client.id_token_alg)?;
+    let id_token = jwt::sign(&id_key, &id_claims)?;
+    let access_claims = json!({
+        "iss": issuer, "sub": user.id, "aud": format!("{issuer}/oauth2/userinfo"), "client_id": client.id,
+        "scope": scope, "iat": now, "exp": now + TOKEN_LIFETIME_SECS, "token_use": "access",
+        "jti": random_token(),
+    });
+    let access_token = jwt::sign(&keys::active(conn, Alg::Rs256)?, &access_claims)?;
+    let refresh_token = random_token();
+    conn.execute(
+        "INSERT INTO refresh_tokens(hash, family, client_id, user_id, scope, expires) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+        params![sha256(refresh_token.as_bytes()), family, client.id, user.id, scope, now + REFRESH_LIFETIME_SECS],
+    )?;
+    Ok(Ok(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": TOKEN_LIFETIME_SECS,
+        "refresh_token": refresh_token,
+        "id_token": id_token,
+        "scope": scope,
+    })))
+}
+
+/// The claims a user has for `scope` (ID token and userinfo).
+fn user_claims(conn: &Connection, user: &Stored, scope: &str) -> Result<Value> {
+    let has = |s: &str| scope.split(' ').any(|x| x == s);
+    let d = &user.data;
+    let mut c = serde_json::Map::new();
+    c.insert("sub".into(), json!(user.id));
+    if has("profile") {
+        if let Some(v) = d.get("userName") {
+            c.insert("preferred_username".into(), v.clone());
+        }
+        if let Some(v) = d.get("displayName") {
+            c.insert("name".into(), v.clone());
+        }
+        let hybrid = d.get("urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object");
+        if let Some(v) = hybrid.and_then(|h| h.get("immutableId")) {
+            c.insert("immutable_id".into(), v.clone());
+        }
+    }
+    if has("email") {
+        let emails = d.get("emails").and_then(Value::as_array);
+        let primary = emails.and_then(|e| e.iter().find(|m| m["primary"] == json!(true)).or_else(|| e.first()));
+        if let Some(v) = primary.and_then(|m| m.get("value")) {
+            c.insert("email".into(), v.clone());
+        }
+    }
+    if has("groups") {
+        let mut stmt = conn.prepare_cached(
+            "SELECT r.display_name_lc, r.data FROM members m JOIN resources r ON r.id = m.group_id WHERE m.member_id = ?1",
+        )?;
+        let names: Vec<Value> = stmt
+            .query_map(params![user.id], |r| r.get::<_, String>(1))?
+            .filter_map(|d| d.ok().and_then(|d| serde_json::from_str::<Value>(&d).ok()))
+            .filter_map(|g| g.get("displayName").cloned())
+            .collect();
+        c.insert("groups".into(), Value::Array(names));
+    }
+    Ok(Value::Object(c))
+}
+
+/// GET or POST /oauth2/userinfo with the access token.
+pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string());
+    let unauthorized = |why: &str| {
+        let mut resp =
+            json_response(StatusCode::UNAUTHORIZED, &json!({"error": "invalid_token", "error_description": why}));
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer error=\"invalid_token\", error_description=\"{why}\"")) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    };
+    let Some(token) = bearer else { return unauthorized("an access token is required") };
+    let result = db(&state, move |conn| {
+        let Some(claims) = jwt::verify_own(conn, &token)? else { return Ok(None) };
+        if claims["token_use"] != "access" {
+            return Ok(None);
+        }
+        let (Some(sub), scope) = (claims["sub"].as_str(), claims["scope"].as_str().unwrap_or("")) else {
+            return Ok(None);
+        };
+        match objects::load(conn, Some(Kind::User), sub)? {
+            Some(user) if user.data.get("active") != Some(&Value::Bool(false)) => {
+                Ok(Some(user_claims(conn, &user, scope)?))
+            }
+            _ => Ok(None),
+        }
+    })
+    .await;
+    match result {
+        Ok(Some(claims)) => json_response(StatusCode::OK, &claims),
+        Ok(None) => unauthorized("the access token is invalid, expired, or its user is gone"),
+        Err(e) => internal(e),
+    }
+}
+
+/// GET /oauth2/logout (RP-initiated logout 1.0).
+pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(p): Query<Params>) -> Response {
+    let session = cookie(&headers, SESSION_COOKIE);
+    let result = db(&state, move |conn| {
+        if let Some(token) = session {
+            conn.execute("DELETE FROM sessions WHERE hash = ?1", params![sha256(token.as_bytes())])?;
+        }
+        // Where to go afterwards: only to an address the client registered.
+        let client_id = p.get("client_id").cloned().or_else(|| {
+            p.get("id_token_hint").and_then(|t| {
+                let payload = t.split('.').nth(1)?;
+                let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+                claims["aud"].as_str().map(str::to_string)
+            })
+        });
+        let target = match (p.get("post_logout_redirect_uri"), client_id) {
+            (Some(uri), Some(id)) => clients::get(conn, &id)?
+                .filter(|c| c.redirect_uris.contains(uri) || c.redirect_uris.iter().any(|r| same_origin(r, uri)))
+                .map(|_| uri.clone()),
+            _ => None,
+        };
+        Ok((Branding::load(conn), target, p.get("state").cloned()))
+    })
+    .await;
+    let mut resp = match result {
+        Ok((_, Some(uri), state_param)) => match state_param {
+            Some(s) => redirect_with(&uri, &[("state", &s)]),
+            None => redirect_with(&uri, &[]),
+        },
+        Ok((branding, None, _)) => html_response(StatusCode::OK, pages::signed_out_page(&branding)),
+        Err(e) => return internal(e),
+    };
+    set_cookie(&mut resp, &state, SESSION_COOKIE, "", 0);
+    resp
+}
+
+fn same_origin(a: &str, b: &str) -> bool {
+    let origin = |u: &str| {
+        let (scheme, rest) = u.split_once("://")?;
+        Some(format!("{scheme}://{}", rest.split('/').next()?))
+    };
+    origin(a).is_some() && origin(a) == origin(b)
+}

@@ -1,0 +1,181 @@
+//! Signing keys for ID and access tokens: one active key per algorithm
+//! (RS256, ES256), kept in the database; rotation retires the old key but
+//! keeps publishing it until every token it signed has expired.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use rusqlite::{Connection, params};
+use serde_json::{Value, json};
+
+use crate::error::{Result, TenantError};
+use crate::util::{new_id, now_secs};
+
+/// How long a retired key stays in the JWKS: longer than any token lives.
+pub const RETIRED_KEY_GRACE_SECS: i64 = 2 * 24 * 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    Rs256,
+    Es256,
+}
+
+impl Alg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::Rs256 => "RS256",
+            Alg::Es256 => "ES256",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Alg> {
+        match text {
+            "RS256" => Some(Alg::Rs256),
+            "ES256" => Some(Alg::Es256),
+            _ => None,
+        }
+    }
+}
+
+/// A private key ready to sign.
+#[derive(Debug)]
+pub struct SigningKey {
+    pub kid: String,
+    pub alg: Alg,
+    pkcs8: Vec<u8>,
+}
+
+fn key_error(what: &str, e: impl std::fmt::Display) -> TenantError {
+    TenantError::Invalid(format!("signing key: {what}: {e}"))
+}
+
+impl SigningKey {
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let rng = SystemRandom::new();
+        match self.alg {
+            Alg::Rs256 => {
+                let pair = RsaKeyPair::from_pkcs8(&self.pkcs8).map_err(|e| key_error("RSA key", e))?;
+                let mut sig = vec![0u8; pair.public().modulus_len()];
+                pair.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig).map_err(|e| key_error("sign", e))?;
+                Ok(sig)
+            }
+            Alg::Es256 => {
+                let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &self.pkcs8, &rng)
+                    .map_err(|e| key_error("EC key", e))?;
+                Ok(pair.sign(&rng, message).map_err(|e| key_error("sign", e))?.as_ref().to_vec())
+            }
+        }
+    }
+}
+
+/// The active key for `alg`, created on first use.
+pub fn active(conn: &Connection, alg: Alg) -> Result<SigningKey> {
+    let found: Option<(String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT kid, pkcs8 FROM signing_keys WHERE alg = ?1 AND retired IS NULL ORDER BY created DESC LIMIT 1",
+            params![alg.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    match found {
+        Some((kid, pkcs8)) => Ok(SigningKey { kid, alg, pkcs8 }),
+        None => create(conn, alg),
+    }
+}
+
+/// Makes a new active key for `alg`; the previous one is retired.
+pub fn rotate(conn: &Connection, alg: Alg) -> Result<SigningKey> {
+    conn.execute(
+        "UPDATE signing_keys SET retired = ?1 WHERE alg = ?2 AND retired IS NULL",
+        params![now_secs(), alg.as_str()],
+    )?;
+    create(conn, alg)
+}
+
+fn create(conn: &Connection, alg: Alg) -> Result<SigningKey> {
+    let kid = new_id();
+    let (pkcs8, jwk) = match alg {
+        Alg::Rs256 => generate_rsa()?,
+        Alg::Es256 => generate_ec()?,
+    };
+    let mut jwk = jwk;
+    if let Some(o) = jwk.as_object_mut() {
+        o.insert("kid".into(), json!(kid));
+        o.insert("alg".into(), json!(alg.as_str()));
+        o.insert("use".into(), json!("sig"));
+    }
+    conn.execute(
+        "INSERT INTO signing_keys(kid, alg, pkcs8, public_jwk, created) VALUES(?1, ?2, ?3, ?4, ?5)",
+        params![kid, alg.as_str(), pkcs8, jwk.to_string(), now_secs()],
+    )?;
+    Ok(SigningKey { kid, alg, pkcs8 })
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn generate_rsa() -> Result<(Vec<u8>, Value)> {
+    use rsa::pkcs8::EncodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(|e| key_error("RSA generation", e))?;
+    let der = key.to_pkcs8_der().map_err(|e| key_error("RSA encoding", e))?;
+    let jwk = json!({"kty": "RSA", "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be())});
+    Ok((der.as_bytes().to_vec(), jwk))
+}
+
+fn generate_ec() -> Result<(Vec<u8>, Value)> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|e| key_error("EC generation", e))?;
+    let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|e| key_error("EC key", e))?;
+    // Uncompressed point: 0x04 ‖ x ‖ y.
+    let point = pair.public_key().as_ref();
+    let (x, y) = point.get(1..33).zip(point.get(33..65)).ok_or_else(|| key_error("EC key", "bad public point"))?;
+    Ok((pkcs8.as_ref().to_vec(), json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)})))
+}
+
+/// The published keys: active ones and those retired within the grace period.
+pub fn jwks(conn: &Connection) -> Result<Value> {
+    let cutoff = now_secs() - RETIRED_KEY_GRACE_SECS;
+    let mut stmt =
+        conn.prepare("SELECT public_jwk FROM signing_keys WHERE retired IS NULL OR retired > ?1 ORDER BY created")?;
+    let keys: Vec<Value> = stmt
+        .query_map(params![cutoff], |r| r.get::<_, String>(0))?
+        .filter_map(|k| k.ok().and_then(|k| serde_json::from_str(&k).ok()))
+        .collect();
+    Ok(json!({ "keys": keys }))
+}
+
+/// Checks a signature made by one of our published keys.
+pub fn verify(conn: &Connection, kid: &str, message: &[u8], sig: &[u8]) -> Result<bool> {
+    let cutoff = now_secs() - RETIRED_KEY_GRACE_SECS;
+    let found: Option<(String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT alg, pkcs8 FROM signing_keys WHERE kid = ?1 AND (retired IS NULL OR retired > ?2)",
+            params![kid, cutoff],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    let Some((alg, pkcs8)) = found else { return Ok(false) };
+    let rng = SystemRandom::new();
+    let ok = match Alg::parse(&alg) {
+        Some(Alg::Rs256) => {
+            let pair = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| key_error("RSA key", e))?;
+            signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, pair.public().as_ref())
+                .verify(message, sig)
+                .is_ok()
+        }
+        Some(Alg::Es256) => {
+            let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
+                .map_err(|e| key_error("EC key", e))?;
+            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, pair.public_key().as_ref())
+                .verify(message, sig)
+                .is_ok()
+        }
+        None => false,
+    };
+    Ok(ok)
+}

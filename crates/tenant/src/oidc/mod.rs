@@ -1,0 +1,42 @@
+//! The tenant's OpenID Connect provider and sign-in (DESIGN §6).
+//!
+//! - [`keys`]: RS256 and ES256 signing keys, rotation, JWKS.
+//! - [`jwt`]: compact JWS for the tokens we issue.
+//! - [`clients`]: registered relying parties.
+//! - [`flow`]: the endpoints (discovery, authorize + sign-in, token, userinfo, logout).
+//! - [`pages`]: the sign-in pages (HTML without JavaScript).
+//! - [`myapps`]: a small relying party of our own, for the demo.
+
+pub mod clients;
+pub mod flow;
+pub mod jwt;
+pub mod keys;
+pub mod myapps;
+pub mod pages;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::http::AppState;
+
+/// 32 random bytes, base64url: codes, refresh tokens, sessions, CSRF tokens.
+pub fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(crate::util::random_bytes::<32>())
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(flow::discovery))
+        .route("/oauth2/jwks", get(flow::jwks))
+        .route("/oauth2/authorize", get(flow::authorize_get).post(flow::authorize_post))
+        .route("/oauth2/token", axum::routing::post(flow::token))
+        .route("/oauth2/userinfo", get(flow::userinfo).post(flow::userinfo))
+        .route("/oauth2/logout", get(flow::logout))
+        .route("/myapps", get(myapps::home))
+        .route("/myapps/callback", get(myapps::callback))
+        .route("/myapps/logout", get(myapps::logout))
+}

@@ -1,0 +1,195 @@
+//! The sign-in pages: plain HTML forms that work without JavaScript, with
+//! labels, focus on the field that needs attention, and errors announced to
+//! screen readers (`role="alert"`). Branding comes from the tenant settings.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use rusqlite::Connection;
+
+use crate::store::get_meta;
+
+/// Per-tenant look (`idbridge tenant branding set`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branding {
+    pub name: String,
+    pub color: String,
+    pub logo_url: Option<String>,
+    pub background_url: Option<String>,
+    pub text: Option<String>,
+}
+
+impl Branding {
+    pub fn load(conn: &Connection) -> Branding {
+        let get = |k: &str| get_meta(conn, k).ok().flatten().filter(|v| !v.is_empty());
+        Branding {
+            name: get("branding.name").unwrap_or_else(|| "idbridge".into()),
+            color: get("branding.color").filter(|c| is_css_colour(c)).unwrap_or_else(|| "#2f5d8a".into()),
+            logo_url: get("branding.logo_url"),
+            background_url: get("branding.background_url"),
+            text: get("branding.text"),
+        }
+    }
+}
+
+/// `#rgb` / `#rrggbb` only: the value lands in a style sheet.
+pub fn is_css_colour(c: &str) -> bool {
+    c.strip_prefix('#').is_some_and(|h| (h.len() == 3 || h.len() == 6) && h.chars().all(|x| x.is_ascii_hexdigit()))
+}
+
+fn layout(branding: &Branding, title: &str, body: Markup) -> String {
+    let background = branding
+        .background_url
+        .as_deref()
+        .filter(|u| u.starts_with("https://") || u.starts_with('/'))
+        .map(|u| format!("background-image:url(\"{}\");background-size:cover;", u.replace(['"', '\\', '(', ')'], "")))
+        .unwrap_or_default();
+    let style = format!(
+        "body{{font-family:system-ui,sans-serif;background:#f3f4f6;{background}margin:0}}\
+         main{{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem;border-radius:8px;box-shadow:0 2px 8px #0002}}\
+         h1{{font-size:1.4rem}} label{{display:block;margin-top:1rem;font-weight:600}}\
+         input[type=text],input[type=email],input[type=password]{{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;margin-top:.3rem}}\
+         button{{margin-top:1.2rem;padding:.6rem 1.4rem;font-size:1rem;background:{c};color:#fff;border:0;border-radius:4px}}\
+         .error{{color:#a4000f;background:#fde7e9;padding:.6rem;border-radius:4px}} .who{{color:#444}}\
+         button:focus,input:focus,a:focus{{outline:3px solid {c};outline-offset:2px}}",
+        c = branding.color
+    );
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " – " (branding.name) }
+                style { (PreEscaped(style)) }
+            }
+            body {
+                main {
+                    @if let Some(logo) = &branding.logo_url {
+                        img src=(logo) alt=(format!("{} logo", branding.name)) height="40";
+                    } @else {
+                        p { strong { (branding.name) } }
+                    }
+                    (body)
+                    @if let Some(text) = &branding.text {
+                        p { small { (text) } }
+                    }
+                }
+            }
+        }
+    }
+    .into_string()
+}
+
+fn error_box(error: Option<&str>) -> Markup {
+    html! {
+        @if let Some(e) = error {
+            p.error id="error" role="alert" { (e) }
+        }
+    }
+}
+
+/// Hidden fields: the authorization request travels with the form.
+pub type Hidden<'a> = &'a [(&'a str, String)];
+
+fn hidden(fields: Hidden<'_>) -> Markup {
+    html! {
+        @for (name, value) in fields {
+            input type="hidden" name=(name) value=(value);
+        }
+    }
+}
+
+pub fn username_page(branding: &Branding, fields: Hidden<'_>, username: &str, error: Option<&str>) -> String {
+    let body = html! {
+        h1 { "Sign in" }
+        (error_box(error))
+        form method="post" action="/oauth2/authorize" {
+            (hidden(fields))
+            input type="hidden" name="step" value="username";
+            label for="username" { "User name (name@domain)" }
+            input type="email" id="username" name="username" value=(username) autocomplete="username" required autofocus
+                aria-describedby=[error.map(|_| "error")];
+            button type="submit" { "Next" }
+        }
+    };
+    layout(branding, "Sign in", body)
+}
+
+pub fn password_page(branding: &Branding, fields: Hidden<'_>, username: &str, error: Option<&str>) -> String {
+    let body = html! {
+        h1 { "Enter your password" }
+        p.who { (username) }
+        (error_box(error))
+        form method="post" action="/oauth2/authorize" {
+            (hidden(fields))
+            input type="hidden" name="step" value="password";
+            input type="hidden" name="username" value=(username);
+            label for="password" { "Password" }
+            input type="password" id="password" name="password" autocomplete="current-password" required autofocus
+                aria-describedby=[error.map(|_| "error")];
+            button type="submit" { "Sign in" }
+        }
+        form method="post" action="/oauth2/authorize" {
+            (hidden(fields))
+            input type="hidden" name="step" value="restart";
+            button type="submit" style="background:#666" { "Use another account" }
+        }
+    };
+    layout(branding, "Enter your password", body)
+}
+
+pub fn change_password_page(branding: &Branding, fields: Hidden<'_>, username: &str, error: Option<&str>) -> String {
+    let body = html! {
+        h1 { "Choose a new password" }
+        p.who { (username) }
+        p { "Your password has to be changed before you can sign in." }
+        (error_box(error))
+        form method="post" action="/oauth2/authorize" {
+            (hidden(fields))
+            input type="hidden" name="step" value="change";
+            input type="hidden" name="username" value=(username);
+            label for="password" { "Current password" }
+            input type="password" id="password" name="password" autocomplete="current-password" required autofocus;
+            label for="new_password" { "New password" }
+            input type="password" id="new_password" name="new_password" autocomplete="new-password" required minlength="8";
+            label for="confirm" { "Confirm the new password" }
+            input type="password" id="confirm" name="confirm" autocomplete="new-password" required minlength="8";
+            button type="submit" { "Change and sign in" }
+        }
+    };
+    layout(branding, "Choose a new password", body)
+}
+
+/// A page with a message and no form (errors that cannot go back to the app).
+pub fn message_page(branding: &Branding, title: &str, message: &str) -> String {
+    let body = html! {
+        h1 { (title) }
+        p role="alert" { (message) }
+    };
+    layout(branding, title, body)
+}
+
+pub fn signed_out_page(branding: &Branding) -> String {
+    message_page(branding, "Signed out", "You have signed out. You can close this window.")
+}
+
+/// The demo relying party's pages ("My Apps").
+pub fn myapps_page(branding: &Branding, signed_in: Option<&serde_json::Value>, sign_in_url: &str) -> String {
+    let body = html! {
+        h1 { "My Apps" }
+        @if let Some(claims) = signed_in {
+            p role="status" { "Signed in as " strong id="signed-in-as" { (claims["preferred_username"].as_str().unwrap_or("?")) } }
+            table {
+                @for key in ["name", "email", "sub", "immutable_id"] {
+                    @if let Some(v) = claims[key].as_str() {
+                        tr { th scope="row" style="text-align:left;padding-right:1rem" { (key) } td { (v) } }
+                    }
+                }
+            }
+            p { a href="/myapps/logout" { "Sign out" } }
+        } @else {
+            p { "A sample application that signs you in with the tenant's OpenID Connect provider." }
+            p { a href=(sign_in_url) id="sign-in" { "Sign in" } }
+        }
+    };
+    layout(branding, "My Apps", body)
+}

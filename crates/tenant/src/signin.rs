@@ -1,0 +1,254 @@
+//! Checking a user name and password (managed domains with password hash
+//! sync), with smart lockout (DESIGN §6). No HTTP here: the sign-in page and
+//! any other front end call [`sign_in`].
+//!
+//! Lockout counts failures per user name and per client address; a locked
+//! key refuses every attempt, right or wrong, so the lock reveals nothing
+//! about the password. Unknown users cost the same time and get the same
+//! answer as a wrong password.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use passwords::{NtHash, Pph1};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+
+use crate::audit;
+use crate::credentials::{self, Credential};
+use crate::domains::{self, AuthType};
+use crate::error::Result;
+use crate::objects::{self, Stored};
+use crate::store::{Settings, Store};
+use crate::util::now_secs;
+
+/// Smart lockout thresholds. Keep `user_threshold` below the on-premises
+/// lockout threshold, so the tenant never locks anyone out on-premises.
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutPolicy {
+    pub user_threshold: u32,
+    pub address_threshold: u32,
+    pub lock_secs: i64,
+    pub max_lock_secs: i64,
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> Self {
+        LockoutPolicy { user_threshold: 10, address_threshold: 100, lock_secs: 60, max_lock_secs: 3600 }
+    }
+}
+
+/// Why a sign-in did not succeed. The `Display` texts are what the person sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignInError {
+    /// Unknown user, wrong password, or no synchronised password: one answer for all.
+    #[error("Your user name or password is incorrect.")]
+    InvalidCredentials,
+    #[error("Your account is temporarily locked to prevent unauthorised use. Try again later.")]
+    LockedOut { retry_after_secs: i64 },
+    #[error("Your account is disabled. Contact your administrator.")]
+    Disabled,
+    #[error(
+        "You must change your password before you can sign in, and your organisation does not allow password changes here. Change it on your organisation's network, then try again."
+    )]
+    MustChangeOnPremises,
+    /// The password was right and a new one is due; the caller asks for it.
+    #[error("You must choose a new password.")]
+    MustChangePassword { user_id: String },
+    #[error("Sign-in for {domain} is handled by {method}, which is not available yet.")]
+    MethodNotAvailable { domain: String, method: &'static str },
+}
+
+/// What a successful sign-in returns.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user: Stored,
+}
+
+/// What the first, locked step found out about the attempt.
+enum Lookup {
+    Locked(i64),
+    Candidate { user: Option<Stored>, record: Option<(String, bool)> },
+    NotManaged { domain: String, auth: AuthType },
+}
+
+/// Checks `password` for `username`, coming from `address`. The expensive
+/// verification runs without holding the database.
+pub async fn sign_in(
+    store: &Arc<Store>,
+    username: &str,
+    password: &str,
+    address: &str,
+    policy: LockoutPolicy,
+) -> Result<std::result::Result<SignedIn, SignInError>> {
+    let name = username.trim().to_lowercase();
+    let user_key = format!("user:{name}");
+    let addr_key = format!("addr:{address}");
+    let lookup = {
+        let (store, name, user_key, addr_key) = (store.clone(), name.clone(), user_key.clone(), addr_key.clone());
+        blocking(move || {
+            let conn = store.lock();
+            let now = now_secs();
+            let locked =
+                [&user_key, &addr_key].into_iter().map(|k| locked_until(&conn, k)).collect::<Result<Vec<_>>>()?;
+            if let Some(until) = locked.into_iter().flatten().filter(|u| *u > now).max() {
+                return Ok(Lookup::Locked(until - now));
+            }
+            let user = find_user(&conn, &name)?;
+            if let Some(domain) = name.rsplit_once('@').map(|(_, d)| d.to_string())
+                && let Some(found) = domains::get(&conn, &domain)?
+                && found.auth != AuthType::ManagedPhs
+                && user.is_some()
+            {
+                return Ok(Lookup::NotManaged { domain, auth: found.auth });
+            }
+            let record = match &user {
+                Some(u) => credentials::load(&conn, &u.id)?,
+                None => None,
+            };
+            Ok(Lookup::Candidate { user, record })
+        })
+        .await?
+    };
+    let (user, record) = match lookup {
+        Lookup::Locked(secs) => {
+            let store = store.clone();
+            let name = name.clone();
+            let addr = address.to_string();
+            blocking(move || {
+                let conn = store.lock();
+                audit_attempt(&conn, &name, &addr, false, "locked-out", None)
+            })
+            .await?;
+            return Ok(Err(SignInError::LockedOut { retry_after_secs: secs }));
+        }
+        Lookup::NotManaged { domain, auth } => {
+            let method = match auth {
+                AuthType::ManagedPta => "pass-through authentication",
+                _ => "federation",
+            };
+            return Ok(Err(SignInError::MethodNotAvailable { domain, method }));
+        }
+        Lookup::Candidate { user, record } => (user, record),
+    };
+
+    // The expensive part, off the async threads and outside the database lock.
+    let pw = password.to_string();
+    let check_record = record.as_ref().map(|(r, _)| r.clone());
+    let (verified, reason) = blocking(move || {
+        Ok(match check_record.as_deref().map(Credential::parse) {
+            Some(Ok(cred)) => {
+                let ok = cred.verify(&pw);
+                (ok, if ok { "ok" } else { "wrong-password" })
+            }
+            Some(Err(_)) => (decoy(&pw), "unusable-record"),
+            None => (decoy(&pw), "no-such-user-or-password"),
+        })
+    })
+    .await?;
+    let verified = verified && user.is_some() && reason == "ok";
+
+    let store2 = store.clone();
+    let addr = address.to_string();
+    blocking(move || {
+        let conn = store2.lock();
+        let now = now_secs();
+        if !verified {
+            let user_locked = count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
+            let addr_locked = count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
+            let detail = json!({"userLocked": user_locked, "addressLocked": addr_locked});
+            audit_attempt(&conn, &name, &addr, false, reason, Some(detail))?;
+            return Ok(Err(SignInError::InvalidCredentials));
+        }
+        let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
+        conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
+        if user.data.get("active") == Some(&Value::Bool(false)) {
+            audit_attempt(&conn, &name, &addr, false, "disabled", None)?;
+            return Ok(Err(SignInError::Disabled));
+        }
+        if record.as_ref().is_some_and(|(_, must_change)| *must_change) {
+            if Settings::load(&conn)?.allow_cloud_password_change {
+                audit_attempt(&conn, &name, &addr, false, "must-change-password", None)?;
+                return Ok(Err(SignInError::MustChangePassword { user_id: user.id }));
+            }
+            audit_attempt(&conn, &name, &addr, false, "must-change-password-on-premises", None)?;
+            return Ok(Err(SignInError::MustChangeOnPremises));
+        }
+        audit_attempt(&conn, &name, &addr, true, "ok", None)?;
+        Ok(Ok(SignedIn { user }))
+    })
+    .await
+}
+
+/// The default work factor of records derived here (cloud password change)
+/// and of the decoy for unknown users.
+pub fn default_iterations() -> NonZeroU32 {
+    NonZeroU32::new(passwords::pph1::DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Spends what a real verification costs, so an unknown user is not faster.
+fn decoy(password: &str) -> bool {
+    let _ = Pph1::derive(&NtHash::of_password(password), &[0u8; passwords::pph1::SALT_LEN], default_iterations());
+    false
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(crate::TenantError::Invalid(format!("sign-in worker failed: {e}"))))
+}
+
+fn find_user(conn: &Connection, name: &str) -> Result<Option<Stored>> {
+    let id: Option<String> = conn
+        .query_row("SELECT id FROM resources WHERE type = 'User' AND user_name_lc = ?1", params![name], |r| r.get(0))
+        .optional()?;
+    match id {
+        Some(id) => objects::load(conn, Some(objects::Kind::User), &id),
+        None => Ok(None),
+    }
+}
+
+fn locked_until(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    Ok(conn.query_row("SELECT locked_until FROM lockouts WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
+}
+
+/// Counts a failure; at the threshold the key is locked, for longer each time.
+fn count_failure(conn: &Connection, key: &str, threshold: u32, policy: LockoutPolicy, now: i64) -> Result<bool> {
+    let (failures, lockouts): (u32, u32) = conn
+        .query_row("SELECT failures, lockouts FROM lockouts WHERE key = ?1", params![key], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?
+        .unwrap_or((0, 0));
+    let failures = failures + 1;
+    if failures >= threshold {
+        let secs = policy.lock_secs.saturating_mul(1i64 << lockouts.min(20)).min(policy.max_lock_secs);
+        conn.execute(
+            "INSERT INTO lockouts(key, failures, locked_until, lockouts, last) VALUES(?1, 0, ?2, ?3, ?4)
+             ON CONFLICT(key) DO UPDATE SET failures = 0, locked_until = ?2, lockouts = ?3, last = ?4",
+            params![key, now + secs, lockouts + 1, now],
+        )?;
+        return Ok(true);
+    }
+    conn.execute(
+        "INSERT INTO lockouts(key, failures, locked_until, lockouts, last) VALUES(?1, ?2, 0, ?3, ?4)
+         ON CONFLICT(key) DO UPDATE SET failures = ?2, last = ?4",
+        params![key, failures, lockouts, now],
+    )?;
+    Ok(false)
+}
+
+fn audit_attempt(
+    conn: &Connection,
+    name: &str,
+    address: &str,
+    success: bool,
+    reason: &str,
+    extra: Option<Value>,
+) -> Result<()> {
+    let mut detail = json!({"userName": name, "address": address, "result": reason});
+    if let (Some(Value::Object(extra)), Some(d)) = (extra, detail.as_object_mut()) {
+        d.extend(extra);
+    }
+    audit::record(conn, "sign-in", if success { "sign-in" } else { "sign-in-failed" }, None, None, Some(&detail))
+}

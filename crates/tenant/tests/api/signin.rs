@@ -1,0 +1,402 @@
+//! Password hash sync records and the OpenID Connect sign-in, over HTTP.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::{Method, StatusCode, header, redirect};
+use serde_json::{Value, json};
+
+use super::{Tenant, synced};
+
+const PASSWORD: &str = "Correct horse 1";
+
+/// A browser stand-in: keeps cookies, does not follow redirects.
+struct Browser {
+    http: reqwest::Client,
+    cookies: HashMap<String, String>,
+}
+
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    body: String,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        let http = reqwest::Client::builder().redirect(redirect::Policy::none()).build().unwrap();
+        Browser { http, cookies: HashMap::new() }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    async fn keep(&mut self, resp: reqwest::Response) -> Page {
+        for v in resp.headers().get_all(header::SET_COOKIE) {
+            let text = v.to_str().unwrap();
+            let (pair, _) = text.split_once(';').unwrap_or((text, ""));
+            let (k, val) = pair.split_once('=').unwrap();
+            if val.is_empty() || text.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), val.to_string());
+            }
+        }
+        let status = resp.status();
+        let location = resp.headers().get(header::LOCATION).map(|l| l.to_str().unwrap().to_string());
+        Page { status, location, body: resp.text().await.unwrap() }
+    }
+
+    async fn get(&mut self, url: &str) -> Page {
+        let resp = self.http.get(url).header(header::COOKIE, self.cookie_header()).send().await.unwrap();
+        self.keep(resp).await
+    }
+
+    async fn post(&mut self, url: &str, form: &[(String, String)]) -> Page {
+        let resp = self.http.post(url).header(header::COOKIE, self.cookie_header()).form(form).send().await.unwrap();
+        self.keep(resp).await
+    }
+}
+
+/// The hidden fields of the first form on a page, plus `extra`.
+fn form_fields(page: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let form = page.split("<form").nth(1).unwrap().split("</form>").next().unwrap();
+    let mut out = Vec::new();
+    for input in form.split("<input").skip(1) {
+        let attr = |name: &str| {
+            input.split(&format!("{name}=\"")).nth(1).map(|r| r.split('"').next().unwrap().replace("&amp;", "&"))
+        };
+        if attr("type").as_deref() == Some("hidden")
+            && let (Some(n), Some(v)) = (attr("name"), attr("value"))
+        {
+            out.push((n, v));
+        }
+    }
+    for (k, v) in extra {
+        out.retain(|(n, _)| n != k);
+        out.push((k.to_string(), v.to_string()));
+    }
+    out
+}
+
+fn query(url: &str) -> HashMap<String, String> {
+    let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+}
+
+struct Rp {
+    client_id: String,
+    secret: Option<String>,
+    redirect: String,
+}
+
+fn register(t: &Tenant, public: bool) -> Rp {
+    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let conn = store.lock();
+    let redirect = "http://127.0.0.1:9/callback".to_string();
+    let (client, secret) = tenant::oidc::clients::add(
+        &conn,
+        "test app",
+        std::slice::from_ref(&redirect),
+        public,
+        tenant::oidc::keys::Alg::Rs256,
+    )
+    .unwrap();
+    Rp { client_id: client.id, secret, redirect }
+}
+
+/// A synchronised user with a PPH1 record (few iterations: tests are debug builds).
+async fn synced_user(t: &Tenant, name: &str, immutable_id: &str, extra: Value) -> Value {
+    let mut body = synced(immutable_id);
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    let user = t.user(name, body).await;
+    let record = passwords::Pph1::derive(
+        &passwords::NtHash::of_password(PASSWORD),
+        b"0123456789",
+        NonZeroU32::new(1000).unwrap(),
+    );
+    push(t, json!([{"immutableId": immutable_id, "record": record.to_string()}])).await;
+    user
+}
+
+async fn push(t: &Tenant, credentials: Value) -> Value {
+    let r = t
+        .call(
+            Method::POST,
+            &format!("{}/hybrid/v1/passwords", issuer(t)),
+            Some(&t.sync),
+            Some(json!({"credentials": credentials})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body
+}
+
+fn issuer(t: &Tenant) -> String {
+    t.base.trim_end_matches("/scim/v2").to_string()
+}
+
+fn pkce() -> (String, String) {
+    let verifier = "v".repeat(20) + &URL_SAFE_NO_PAD.encode(b"some random bytes for the verifier!");
+    let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+/// Runs the browser part up to the redirect back; returns the last page.
+async fn sign_in(b: &mut Browser, t: &Tenant, rp: &Rp, challenge: &str, user: &str, password: &str) -> Page {
+    let url = format!(
+        "{}/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid%20profile%20email%20groups&state=st8&nonce=n0nce&code_challenge={challenge}&code_challenge_method=S256",
+        issuer(t),
+        rp.client_id,
+        super::urlencode(&rp.redirect)
+    );
+    let first = b.get(&url).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(first.body.contains("<label for=\"username\""), "{}", first.body);
+    let step2 =
+        b.post(&format!("{}/oauth2/authorize", issuer(t)), &form_fields(&first.body, &[("username", user)])).await;
+    assert!(step2.body.contains("type=\"password\""), "{}", step2.body);
+    b.post(&format!("{}/oauth2/authorize", issuer(t)), &form_fields(&step2.body, &[("password", password)])).await
+}
+
+async fn redeem(t: &Tenant, rp: &Rp, code: &str, verifier: &str) -> reqwest::Response {
+    let mut form = vec![
+        ("grant_type", "authorization_code".to_string()),
+        ("code", code.to_string()),
+        ("redirect_uri", rp.redirect.clone()),
+        ("code_verifier", verifier.to_string()),
+    ];
+    let http = reqwest::Client::new();
+    let req = http.post(format!("{}/oauth2/token", issuer(t)));
+    let req = match &rp.secret {
+        Some(s) => req.basic_auth(&rp.client_id, Some(s)),
+        None => {
+            form.push(("client_id", rp.client_id.clone()));
+            req
+        }
+    };
+    req.form(&form).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_records_code_flow_refresh_and_userinfo() {
+    let t = Tenant::start().await;
+    let alex = synced_user(
+        &t,
+        "alex@corp.example.com",
+        "QUxFWA==",
+        json!({"displayName": "Alex Example", "emails": [{"value": "alex@corp.example.com", "primary": true}]}),
+    )
+    .await;
+
+    // The /hybrid/v1 endpoint: per-item results, raw NT hashes and bad records refused.
+    let results = push(
+        &t,
+        json!([
+            {"immutableId": "nobody", "record": "{SSHA}Ouc4sZrcX2+ujbTggIsu9xBJo9saLNyZ"},
+            {"immutableId": "QUxFWA==", "record": "92937945b518814341de3f726500d4ff"},
+            {"immutableId": "QUxFWA==", "record": "v1;PPH1_MD4,zz,1,00;"},
+        ]),
+    )
+    .await;
+    let statuses: Vec<&str> =
+        results["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["unknown-user", "invalid", "invalid"], "{results}");
+    let read_only = t
+        .call(
+            Method::POST,
+            &format!("{}/hybrid/v1/passwords", issuer(&t)),
+            Some(&t.read),
+            Some(json!({"credentials": []})),
+        )
+        .await;
+    assert_eq!(read_only.status, StatusCode::FORBIDDEN);
+
+    let disco = reqwest::get(format!("{}/.well-known/openid-configuration", issuer(&t))).await.unwrap();
+    let disco: Value = disco.json().await.unwrap();
+    assert_eq!(disco["issuer"], issuer(&t));
+    assert_eq!(disco["code_challenge_methods_supported"], json!(["S256"]));
+    let jwks: Value = reqwest::get(disco["jwks_uri"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+
+    let rp = register(&t, false);
+    let (verifier, challenge) = pkce();
+    let mut b = Browser::new();
+    let back = sign_in(&mut b, &t, &rp, &challenge, "Alex@corp.example.com", PASSWORD).await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
+    let location = back.location.unwrap();
+    assert!(location.starts_with(&rp.redirect), "{location}");
+    let q = query(&location);
+    assert_eq!(q["state"], "st8");
+    let code = q["code"].clone();
+
+    // PKCE mismatch is refused (and spends the code).
+    let wrong = redeem(&t, &rp, &code, &("x".repeat(43))).await;
+    assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(wrong.json::<Value>().await.unwrap()["error"], "invalid_grant");
+
+    // A fresh sign-in rides on the session cookie: no form this time.
+    let url = format!(
+        "{}/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid%20profile%20email%20groups%20offline_access&state=s2&nonce=n2&code_challenge={challenge}&code_challenge_method=S256",
+        issuer(&t),
+        rp.client_id,
+        super::urlencode(&rp.redirect)
+    );
+    let again = b.get(&url).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "session reused: {}", again.body);
+    let code = query(&again.location.unwrap())["code"].clone();
+    let tokens: Value = redeem(&t, &rp, &code, &verifier).await.json().await.unwrap();
+    assert_eq!(tokens["token_type"], "Bearer", "{tokens}");
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(id_token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(claims["sub"], alex["id"]);
+    assert_eq!(claims["aud"], rp.client_id.as_str());
+    assert_eq!(claims["nonce"], "n2");
+    assert_eq!(claims["preferred_username"], "alex@corp.example.com");
+    assert_eq!(claims["immutable_id"], "QUxFWA==");
+    assert_eq!(claims["email"], "alex@corp.example.com");
+
+    // Code reuse is refused and revokes what the code gave.
+    let reuse = redeem(&t, &rp, &code, &verifier).await;
+    assert_eq!(reuse.status(), StatusCode::BAD_REQUEST);
+    let http = reqwest::Client::new();
+    let refresh = |token: String| {
+        let (http, url, rp_id, secret) =
+            (http.clone(), format!("{}/oauth2/token", issuer(&t)), rp.client_id.clone(), rp.secret.clone());
+        async move {
+            http.post(url)
+                .basic_auth(rp_id, secret)
+                .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let revoked = refresh(tokens["refresh_token"].as_str().unwrap().to_string()).await;
+    assert_eq!(revoked.status(), StatusCode::BAD_REQUEST, "the reused code's refresh token is revoked");
+
+    // A clean exchange, then refresh with rotation and reuse detection.
+    let code = query(&b.get(&url).await.location.unwrap())["code"].clone();
+    let tokens: Value = redeem(&t, &rp, &code, &verifier).await.json().await.unwrap();
+    let first_refresh = tokens["refresh_token"].as_str().unwrap().to_string();
+    let rotated = refresh(first_refresh.clone()).await;
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let rotated: Value = rotated.json().await.unwrap();
+    assert_ne!(rotated["refresh_token"], tokens["refresh_token"]);
+    assert_eq!(refresh(first_refresh).await.status(), StatusCode::BAD_REQUEST, "reuse detected");
+    assert_eq!(
+        refresh(rotated["refresh_token"].as_str().unwrap().to_string()).await.status(),
+        StatusCode::BAD_REQUEST,
+        "reuse revokes the whole family"
+    );
+
+    let info = http
+        .get(format!("{}/oauth2/userinfo", issuer(&t)))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), StatusCode::OK);
+    let info: Value = info.json().await.unwrap();
+    assert_eq!(info["sub"], alex["id"]);
+    assert_eq!(info["name"], "Alex Example");
+    let forged =
+        http.get(format!("{}/oauth2/userinfo", issuer(&t))).bearer_auth(format!("{id_token}x")).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+
+    // Logout ends the session: the next authorize shows the form again.
+    let out = b
+        .get(&format!(
+            "{}/oauth2/logout?client_id={}&post_logout_redirect_uri={}&state=bye",
+            issuer(&t),
+            rp.client_id,
+            super::urlencode(&rp.redirect)
+        ))
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(out.location.unwrap().ends_with("state=bye"));
+    assert_eq!(b.get(&url).await.status, StatusCode::OK);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_say_the_right_thing() {
+    let t = Tenant::start().await;
+    synced_user(&t, "sam@corp.example.com", "U0FN", json!({})).await;
+    synced_user(&t, "dee@corp.example.com", "REVF", json!({"active": false})).await;
+    synced_user(&t, "mo@corp.example.com", "TU8=", json!({})).await;
+    let record = passwords::Pph1::derive(
+        &passwords::NtHash::of_password(PASSWORD),
+        b"0123456789",
+        NonZeroU32::new(1000).unwrap(),
+    );
+    push(&t, json!([{"immutableId": "TU8=", "record": record.to_string(), "mustChangePassword": true}])).await;
+    let rp = register(&t, true);
+    let (_, challenge) = pkce();
+    let mut b = Browser::new();
+
+    // Wrong password and unknown user: the same words.
+    let wrong = sign_in(&mut b, &t, &rp, &challenge, "sam@corp.example.com", "nope").await;
+    let unknown = sign_in(&mut b, &t, &rp, &challenge, "nobody@corp.example.com", PASSWORD).await;
+    assert!(wrong.body.contains("user name or password is incorrect"), "{}", wrong.body);
+    assert!(unknown.body.contains("user name or password is incorrect"));
+    assert!(wrong.body.contains("role=\"alert\""));
+    let disabled = sign_in(&mut b, &t, &rp, &challenge, "dee@corp.example.com", PASSWORD).await;
+    assert!(disabled.body.contains("disabled"), "{}", disabled.body);
+    let must_change = sign_in(&mut b, &t, &rp, &challenge, "mo@corp.example.com", PASSWORD).await;
+    assert!(must_change.body.contains("does not allow password changes here"), "{}", must_change.body);
+
+    // Ten failures lock the user; then even the right password is refused the same way.
+    for _ in 0..9 {
+        sign_in(&mut b, &t, &rp, &challenge, "sam@corp.example.com", "nope").await;
+    }
+    let locked = sign_in(&mut b, &t, &rp, &challenge, "sam@corp.example.com", PASSWORD).await;
+    assert!(locked.body.contains("temporarily locked"), "{}", locked.body);
+
+    // Requests that must not go back to the application.
+    let bad_redirect = b
+        .get(&format!("{}/oauth2/authorize?client_id={}&redirect_uri=https%3A%2F%2Fevil.example%2F&response_type=code&scope=openid&code_challenge={challenge}&code_challenge_method=S256", issuer(&t), rp.client_id))
+        .await;
+    assert_eq!(bad_redirect.status, StatusCode::BAD_REQUEST);
+    assert!(bad_redirect.body.contains("redirect_uri mismatch"));
+    // A public client without PKCE goes back with an error.
+    let no_pkce = b
+        .get(&format!(
+            "{}/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid&state=x",
+            issuer(&t),
+            rp.client_id,
+            super::urlencode(&rp.redirect)
+        ))
+        .await;
+    assert!(no_pkce.location.unwrap().contains("error=invalid_request"));
+    // The form without its CSRF token.
+    let page = b
+        .get(&format!("{}/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid&code_challenge={challenge}&code_challenge_method=S256", issuer(&t), rp.client_id, super::urlencode(&rp.redirect)))
+        .await;
+    let mut fields = form_fields(&page.body, &[("username", "sam@corp.example.com")]);
+    fields.retain(|(k, _)| k != "csrf");
+    let refused = b.post(&format!("{}/oauth2/authorize", issuer(&t)), &fields).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.body.contains("security token is missing"));
+
+    // Every attempt is in the audit log with its reason.
+    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let audit = tenant::audit::recent(&store.lock(), 100).unwrap();
+    let reasons: Vec<String> = audit
+        .iter()
+        .filter(|e| e.action.starts_with("sign-in"))
+        .filter_map(|e| e.detail.as_ref().and_then(|d| d["result"].as_str()).map(str::to_string))
+        .collect();
+    for expected in
+        ["wrong-password", "no-such-user-or-password", "disabled", "must-change-password-on-premises", "locked-out"]
+    {
+        assert!(reasons.iter().any(|r| r == expected), "{expected} missing from {reasons:?}");
+    }
+    t.stop().await;
+}
