@@ -10,6 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sync::engine::{ExportOp, Target, TargetError};
 
+mod passwords;
+
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,10 @@ pub struct ScimTarget {
     pub attempts: u32,
     /// Send batches as SCIM Bulk requests (else one request per object).
     pub bulk: bool,
+    /// PBKDF2 iterations of the PPH1 records made from NT hashes.
+    pub pph1_iterations: std::num::NonZeroU32,
+    /// What the tenant already has (password hash sync), in memory only.
+    pushed: passwords::Pushed,
 }
 
 fn endpoint(kind: ObjectKind) -> &'static str {
@@ -57,7 +63,16 @@ impl ScimTarget {
             builder = builder.add_root_certificate(cert);
         }
         let client = builder.build().map_err(|e| ScimTargetError::Client(e.to_string()))?;
-        Ok(ScimTarget { client, base: base_url.trim_end_matches('/').to_string(), token, attempts: 5, bulk: true })
+        Ok(ScimTarget {
+            client,
+            base: base_url.trim_end_matches('/').to_string(),
+            token,
+            attempts: 5,
+            bulk: true,
+            pph1_iterations: std::num::NonZeroU32::new(::passwords::pph1::DEFAULT_ITERATIONS)
+                .unwrap_or(std::num::NonZeroU32::MIN),
+            pushed: passwords::Pushed::default(),
+        })
     }
 
     /// Sends a request, retrying what is worth retrying; returns status and body.
@@ -179,6 +194,13 @@ impl ScimTarget {
 }
 
 impl Target for ScimTarget {
+    async fn push_credentials(
+        &mut self,
+        items: &[sync::phs::CredentialPush],
+    ) -> Result<sync::phs::PushReport, TargetError> {
+        self.push(items).await
+    }
+
     async fn apply(&mut self, ops: &[ExportOp]) -> Vec<Result<Option<String>, TargetError>> {
         if ops.len() <= 1 || !self.bulk {
             let mut out = Vec::with_capacity(ops.len());

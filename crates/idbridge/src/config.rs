@@ -122,6 +122,11 @@ pub struct SourceConfig {
     pub scope_groups: Vec<String>,
     /// Join this source's objects to those of sources listed before it.
     pub join: Option<JoinConfig>,
+    /// Password hash sync: send users' password hashes (sambaNTPassword,
+    /// ipaNTHash, userPassword) to the tenant. The bind account must be
+    /// allowed to read them.
+    #[serde(default)]
+    pub password_hash_sync: bool,
     #[serde(default = "default_page_size")]
     pub page_size: u32,
     #[serde(default = "default_connect_timeout")]
@@ -265,6 +270,21 @@ impl SourceConfig {
         parse_dns("scope_groups", &self.name, &self.scope_groups)
     }
 
+    /// The configured attributes, plus what password hash sync needs
+    /// (`pwdReset` is operational, so it must be asked for by name).
+    fn attributes_to_read(&self) -> Option<Vec<String>> {
+        if !self.password_hash_sync {
+            return if self.attributes.is_empty() { None } else { Some(self.attributes.clone()) };
+        }
+        let mut list = if self.attributes.is_empty() { vec!["*".to_string()] } else { self.attributes.clone() };
+        for extra in ["userPassword", "sambaNTPassword", "ipaNTHash", "pwdReset"] {
+            if !list.iter().any(|a| a.eq_ignore_ascii_case(extra)) {
+                list.push(extra.to_string());
+            }
+        }
+        Some(list)
+    }
+
     pub fn to_settings(&self) -> Result<LdapSettings> {
         if self.urls.is_empty() {
             bail!("source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL", self.name);
@@ -287,7 +307,7 @@ impl SourceConfig {
             base_dns: parse_dns("base_dns", &self.name, &self.base_dns)?,
             include_ous: parse_dns("include_ous", &self.name, &self.include_ous)?,
             exclude_ous: parse_dns("exclude_ous", &self.name, &self.exclude_ous)?,
-            attributes: if self.attributes.is_empty() { None } else { Some(self.attributes.clone()) },
+            attributes: self.attributes_to_read(),
             filter: self.filter.clone(),
             page_size: self.page_size,
             server_kind: self.server_kind,

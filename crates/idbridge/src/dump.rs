@@ -133,7 +133,9 @@ pub async fn run(req: DumpRequest) -> Result<()> {
         progress.inc();
         let io = |e: std::io::Error| SinkError(format!("writing the dump: {e}"));
         match change {
-            SourceChange::Upsert(obj) => {
+            SourceChange::Upsert(mut obj) => {
+                // Password hashes never leave through a dump either.
+                let _ = sync::phs::take_secrets(&mut obj.entry);
                 out.upsert(&obj).map_err(io)?;
                 if keep_state {
                     seen_dns.insert(hex(&obj.id), obj.entry.dn.to_string());

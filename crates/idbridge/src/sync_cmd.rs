@@ -479,6 +479,7 @@ async fn one_cycle(
         rules: rules.clone(),
         scope_groups: config.source(Some(source_name))?.scope_groups()?,
         join: config.source(Some(source_name))?.join.as_ref().map(|j| j.to_rules(source_name)).transpose()?,
+        password_sync: config.source(Some(source_name))?.password_hash_sync,
     };
     let started = std::time::Instant::now();
     let mut progress = StageProgress::default();
@@ -488,7 +489,7 @@ async fn one_cycle(
     drop(progress);
     store.record_run(source_name, &report)?;
     eprintln!(
-        "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
+        "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted, {} passwords; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
         report.status.as_str(),
         report.import_mode,
         report.imported,
@@ -498,6 +499,7 @@ async fn one_cycle(
         report.created,
         report.updated,
         report.deleted,
+        report.passwords_synced,
         report.errors.len(),
         started.elapsed().as_secs_f64(),
         report.stage_ms[0] as f64 / 1000.0,

@@ -829,6 +829,87 @@ mod sync_e2e {
         ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), "uid=twin,ou=staff,dc=example,dc=org"]));
     }
 
+    /// A public client for sign-in tests: (issuer, authorize URL without the user part).
+    fn sign_in_client(lab: &Lab) -> String {
+        let data = lab.tmp.join("tenant");
+        let redirect = "http://127.0.0.1:9/callback";
+        let out = ok(&idbridge(&[
+            "tenant",
+            "client",
+            "add",
+            "--data",
+            p(&data),
+            "--name",
+            "test",
+            "--redirect-uri",
+            redirect,
+            "--public",
+        ]));
+        let client_id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
+        let issuer = lab.base.trim_end_matches("/scim/v2");
+        // A fixed PKCE pair: the verifier is never redeemed here, only the redirect is checked.
+        format!(
+            "{issuer}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+        )
+    }
+
+    /// Whether `user` signs in with `password` (a code comes back) — or the page's error.
+    fn signs_in(authorize: &str, user: &str, password: &str) -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut browser = testkit::Browser::new().unwrap();
+            let page = browser.password_sign_in(authorize, user, password).await.unwrap();
+            match page.location {
+                Some(l) if l.contains("code=") => Ok(()),
+                _ => Err(page.body),
+            }
+        })
+    }
+
+    #[test]
+    fn password_hash_sync_signs_users_in_with_their_on_premises_password() {
+        let lab = lab(5, 1, "");
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+        std::fs::write(
+            &lab.config,
+            config.replace(
+                "base_dns = [\"dc=example,dc=org\"]",
+                "base_dns = [\"dc=example,dc=org\"]\npassword_hash_sync = true",
+            ),
+        )
+        .unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        let users = get(&lab, "/Users?count=2");
+        let user = &users["Resources"][0];
+        let name = user["userName"].as_str().unwrap().to_string();
+        let dn = user["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["onPremisesDistinguishedName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let authorize = sign_in_client(&lab);
+        assert!(signs_in(&authorize, &name, "Summer-2026").is_err(), "no password synchronised yet");
+
+        lab.slapd.set_password(&dn, "Summer-2026").unwrap();
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("1 passwords"), "{report}");
+        signs_in(&authorize, &name, "Summer-2026").unwrap();
+        let wrong = signs_in(&authorize, &name, "Winter-2026").unwrap_err();
+        assert!(wrong.contains("user name or password is incorrect"), "{wrong}");
+
+        // A change on-premises: after the next delta the new password works, the old one not.
+        lab.slapd.set_password(&dn, "Autumn-2026").unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        signs_in(&authorize, &name, "Autumn-2026").unwrap();
+        assert!(signs_in(&authorize, &name, "Summer-2026").is_err());
+
+        // The hash never reached the sync store.
+        for file in ["state.db", "state.db-wal"] {
+            let state = std::fs::read(lab.tmp.join(file)).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&state).contains("{SSHA}"), "a password hash is in {file}");
+        }
+    }
+
     fn wait_for_title(lab: &Lab, user_name: &str, title: &str) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::time::Instant::now() < deadline {

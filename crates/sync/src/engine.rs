@@ -161,6 +161,17 @@ pub enum ExportOp {
 /// order: the new object's id for a create, nothing otherwise.
 pub trait Target {
     fn apply(&mut self, ops: &[ExportOp]) -> impl Future<Output = Vec<Result<Option<String>, TargetError>>> + Send;
+
+    /// Password hash sync: stores these users' passwords in the target. A
+    /// target without passwords refuses them all.
+    fn push_credentials(
+        &mut self,
+        items: &[crate::phs::CredentialPush],
+    ) -> impl Future<Output = Result<crate::phs::PushReport, TargetError>> + Send {
+        let failed =
+            items.iter().map(|i| (i.immutable_id.clone(), "this target does not take passwords".to_string())).collect();
+        async move { Ok(crate::phs::PushReport { failed, ..Default::default() }) }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +193,8 @@ pub struct CycleOptions {
     pub scope_groups: Vec<Dn>,
     /// Join this source's objects to metaverse objects of other sources.
     pub join: Option<JoinRules>,
+    /// Password hash sync for this source's users.
+    pub password_sync: bool,
 }
 
 /// How a source's objects join metaverse objects projected by other sources.
@@ -207,6 +220,7 @@ impl Default for CycleOptions {
             rules: crate::rules::RuleSet::default(),
             scope_groups: Vec::new(),
             join: None,
+            password_sync: false,
         }
     }
 }
@@ -242,6 +256,8 @@ pub struct CycleReport {
     pub deleted: u64,
     pub unchanged: u64,
     pub errors: Vec<(String, String)>,
+    /// Passwords stored in the target this cycle (password hash sync).
+    pub passwords_synced: u64,
     pub status: CycleStatus,
     /// Milliseconds spent in import, sync and export.
     pub stage_ms: [u64; 3],
@@ -281,15 +297,28 @@ struct ImportWriter<'a, St: SyncStore> {
     error: Option<StoreError>,
     imported: u64,
     deleted: u64,
+    /// Users' passwords, when the source has password hash sync on. In
+    /// memory for this cycle only.
+    passwords: Option<Vec<crate::phs::Captured>>,
 }
 
 impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
     fn accept(&mut self, change: SourceChange) -> Result<(), SinkError> {
         self.observer.advance(1);
         let result = match change {
-            SourceChange::Upsert(obj) => {
+            SourceChange::Upsert(mut obj) => {
                 self.imported += 1;
                 self.seen.insert(obj.id.clone());
+                // Secrets never reach the store, with or without password hash sync.
+                let found = crate::phs::take_secrets(&mut obj.entry);
+                if let (Some(found), Some(list), directory::ObjectKind::User) = (found, &mut self.passwords, obj.kind) {
+                    list.push(crate::phs::Captured {
+                        id: obj.id.clone(),
+                        dn: obj.entry.dn.clone(),
+                        must_change: crate::phs::must_change(&obj.entry),
+                        found,
+                    });
+                }
                 self.store.cs_put(self.source, &obj)
             }
             SourceChange::Present { id } => {
@@ -459,12 +488,14 @@ where
         error: None,
         imported: 0,
         deleted: 0,
+        passwords: (options.password_sync && !options.staging).then(Vec::new),
     };
     let result = match &watermark {
         Some(w) => source.delta_import(w, &mut writer).await,
         None => source.full_import(previous.as_ref(), &mut writer).await,
     };
     let (seen, imported, deleted_on_premises) = (std::mem::take(&mut writer.seen), writer.imported, writer.deleted);
+    let captured_passwords = writer.passwords.take().unwrap_or_default();
     if let Some(e) = writer.error.take() {
         return Err(e.into());
     }
@@ -588,6 +619,7 @@ where
         deleted: 0,
         unchanged: 0,
         errors: Vec::new(),
+        passwords_synced: 0,
         status: CycleStatus::Success,
         stage_ms: [import_ms, sync_ms, 0],
     };
@@ -620,6 +652,7 @@ where
         );
         report.status =
             CycleStatus::StoppedDeletionThresholdExceeded { pending: deletions, threshold: options.deletion_threshold };
+        push_passwords(store, target, source_name, captured_passwords, &mut report).await?;
         return Ok(report);
     }
     // Levels: an object goes after the objects it refers to that are created
@@ -696,10 +729,82 @@ where
         ms = report.stage_ms[2],
         "export done"
     );
+    push_passwords(store, target, source_name, captured_passwords, &mut report).await?;
     if !report.errors.is_empty() {
         report.status = CycleStatus::CompletedWithErrors;
     }
     Ok(report)
+}
+
+/// Password hash sync after export: each captured password goes to the
+/// tenant user its object was exported as. Failures are object errors
+/// (retried when the password is next seen), never the cycle's end.
+async fn push_passwords<St: SyncStore, T: Target>(
+    store: &mut St,
+    target: &mut T,
+    source_name: &str,
+    captured: Vec<crate::phs::Captured>,
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
+    use crate::phs::{CredentialPush, Found};
+    if captured.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Vec::with_capacity(captured.len());
+    let mut whose = std::collections::HashMap::new();
+    for c in captured {
+        let mv = match store.join_link(source_name, &c.id)? {
+            Some(mv) => Some(mv),
+            None => store.mv_for_dn(source_name, &c.dn)?,
+        };
+        let Some(mv) = mv else { continue };
+        if store.exported_id(&mv)?.is_none() {
+            continue; // not in the tenant (out of scope, or its export failed): nothing to sign in to
+        }
+        let Some(record) = store.mv_get(&mv)? else { continue };
+        match c.found {
+            Found::Secret(secret) => {
+                whose.insert(record.anchor.clone(), (mv, c.dn));
+                batch.push(CredentialPush { immutable_id: record.anchor, secret, must_change: c.must_change });
+            }
+            Found::Unusable(why) => {
+                let message = format!("password hash sync: {why}");
+                tracing::warn!(object = %c.dn, reason = %why, "password not synchronised");
+                store.begin()?;
+                store.record_error(&mv, "password", &message)?;
+                store.commit()?;
+                report.errors.push((format!("User {}", c.dn), message));
+            }
+        }
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match target.push_credentials(&batch).await {
+        Ok(pushed) => {
+            report.passwords_synced += pushed.stored;
+            store.begin()?;
+            for (immutable_id, why) in pushed.failed {
+                if let Some((mv, dn)) = whose.get(&immutable_id) {
+                    let message = format!("password hash sync: {why}");
+                    store.record_error(mv, "password", &message)?;
+                    report.errors.push((format!("User {dn}"), message));
+                }
+            }
+            store.commit()?;
+            tracing::info!(
+                source = source_name,
+                stored = pushed.stored,
+                unchanged = pushed.unchanged,
+                "password hash sync done"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(source = source_name, error = %e.message, "password hash sync failed; the passwords are sent again when next imported");
+            report.errors.push(("password hash sync".into(), e.message));
+        }
+    }
+    Ok(())
 }
 
 /// Orders records so that each comes after the not-yet-exported records it

@@ -6,12 +6,15 @@
 //! - [`samba`]: a Samba AD domain controller (LDAP on 127.0.0.1:389).
 //! - [`tls`]: a throwaway CA and server certificate (openssl CLI).
 //! - [`process`]: temp dirs, free ports, running tools.
+//! - [`browser`]: an HTTP client that signs in through the sign-in forms.
 
+pub mod browser;
 pub mod process;
 pub mod samba;
 pub mod slapd;
 pub mod tls;
 
+pub use browser::Browser;
 pub use process::{TempDir, TestkitError, free_port, measure, spawn_tenant};
 pub use samba::SambaDc;
 pub use slapd::{Slapd, SlapdOptions};

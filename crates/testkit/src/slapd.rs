@@ -138,6 +138,27 @@ impl Slapd {
         ldapmodify(&self.url, ADMIN_DN, ADMIN_PASSWORD, None, ldif)
     }
 
+    /// Sets a user's password the way an administrator would (`ldappasswd`,
+    /// the Password Modify extended operation): the server stores it hashed.
+    pub fn set_password(&self, dn: &str, password: &str) -> Result<(), TestkitError> {
+        run(
+            Command::new("ldappasswd").args([
+                "-x",
+                "-H",
+                &self.url,
+                "-D",
+                ADMIN_DN,
+                "-w",
+                ADMIN_PASSWORD,
+                "-s",
+                password,
+                dn,
+            ]),
+            None,
+        )
+        .map(|_| ())
+    }
+
     /// Like [`Slapd::modify`] with the ManageDsaIT control, so referral
     /// objects are written as entries instead of being followed.
     pub fn modify_manage_dsa_it(&self, ldif: &str) -> Result<(), TestkitError> {

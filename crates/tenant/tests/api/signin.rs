@@ -1,91 +1,17 @@
 //! Password hash sync records and the OpenID Connect sign-in, over HTTP.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use reqwest::{Method, StatusCode, header, redirect};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testkit::Browser;
+use testkit::browser::{Page, form_fields, query};
 
 use super::{Tenant, synced};
 
 const PASSWORD: &str = "Correct horse 1";
-
-/// A browser stand-in: keeps cookies, does not follow redirects.
-struct Browser {
-    http: reqwest::Client,
-    cookies: HashMap<String, String>,
-}
-
-struct Page {
-    status: StatusCode,
-    location: Option<String>,
-    body: String,
-}
-
-impl Browser {
-    fn new() -> Browser {
-        let http = reqwest::Client::builder().redirect(redirect::Policy::none()).build().unwrap();
-        Browser { http, cookies: HashMap::new() }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
-    }
-
-    async fn keep(&mut self, resp: reqwest::Response) -> Page {
-        for v in resp.headers().get_all(header::SET_COOKIE) {
-            let text = v.to_str().unwrap();
-            let (pair, _) = text.split_once(';').unwrap_or((text, ""));
-            let (k, val) = pair.split_once('=').unwrap();
-            if val.is_empty() || text.contains("Max-Age=0") {
-                self.cookies.remove(k);
-            } else {
-                self.cookies.insert(k.to_string(), val.to_string());
-            }
-        }
-        let status = resp.status();
-        let location = resp.headers().get(header::LOCATION).map(|l| l.to_str().unwrap().to_string());
-        Page { status, location, body: resp.text().await.unwrap() }
-    }
-
-    async fn get(&mut self, url: &str) -> Page {
-        let resp = self.http.get(url).header(header::COOKIE, self.cookie_header()).send().await.unwrap();
-        self.keep(resp).await
-    }
-
-    async fn post(&mut self, url: &str, form: &[(String, String)]) -> Page {
-        let resp = self.http.post(url).header(header::COOKIE, self.cookie_header()).form(form).send().await.unwrap();
-        self.keep(resp).await
-    }
-}
-
-/// The hidden fields of the first form on a page, plus `extra`.
-fn form_fields(page: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let form = page.split("<form").nth(1).unwrap().split("</form>").next().unwrap();
-    let mut out = Vec::new();
-    for input in form.split("<input").skip(1) {
-        let attr = |name: &str| {
-            input.split(&format!("{name}=\"")).nth(1).map(|r| r.split('"').next().unwrap().replace("&amp;", "&"))
-        };
-        if attr("type").as_deref() == Some("hidden")
-            && let (Some(n), Some(v)) = (attr("name"), attr("value"))
-        {
-            out.push((n, v));
-        }
-    }
-    for (k, v) in extra {
-        out.retain(|(n, _)| n != k);
-        out.push((k.to_string(), v.to_string()));
-    }
-    out
-}
-
-fn query(url: &str) -> HashMap<String, String> {
-    let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
-    url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()
-}
 
 struct Rp {
     client_id: String,
@@ -149,19 +75,20 @@ fn pkce() -> (String, String) {
 
 /// Runs the browser part up to the redirect back; returns the last page.
 async fn sign_in(b: &mut Browser, t: &Tenant, rp: &Rp, challenge: &str, user: &str, password: &str) -> Page {
-    let url = format!(
+    let url = authorize_url(t, rp, challenge);
+    let first = b.get(&url).await.unwrap();
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(first.body.contains("<label for=\"username\""), "{}", first.body);
+    b.password_sign_in(&url, user, password).await.unwrap()
+}
+
+fn authorize_url(t: &Tenant, rp: &Rp, challenge: &str) -> String {
+    format!(
         "{}/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid%20profile%20email%20groups&state=st8&nonce=n0nce&code_challenge={challenge}&code_challenge_method=S256",
         issuer(t),
         rp.client_id,
         super::urlencode(&rp.redirect)
-    );
-    let first = b.get(&url).await;
-    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
-    assert!(first.body.contains("<label for=\"username\""), "{}", first.body);
-    let step2 =
-        b.post(&format!("{}/oauth2/authorize", issuer(t)), &form_fields(&first.body, &[("username", user)])).await;
-    assert!(step2.body.contains("type=\"password\""), "{}", step2.body);
-    b.post(&format!("{}/oauth2/authorize", issuer(t)), &form_fields(&step2.body, &[("password", password)])).await
+    )
 }
 
 async fn redeem(t: &Tenant, rp: &Rp, code: &str, verifier: &str) -> reqwest::Response {
@@ -226,7 +153,7 @@ async fn password_records_code_flow_refresh_and_userinfo() {
 
     let rp = register(&t, false);
     let (verifier, challenge) = pkce();
-    let mut b = Browser::new();
+    let mut b = Browser::new().unwrap();
     let back = sign_in(&mut b, &t, &rp, &challenge, "Alex@corp.example.com", PASSWORD).await;
     assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
     let location = back.location.unwrap();
@@ -247,7 +174,7 @@ async fn password_records_code_flow_refresh_and_userinfo() {
         rp.client_id,
         super::urlencode(&rp.redirect)
     );
-    let again = b.get(&url).await;
+    let again = b.get(&url).await.unwrap();
     assert_eq!(again.status, StatusCode::SEE_OTHER, "session reused: {}", again.body);
     let code = query(&again.location.unwrap())["code"].clone();
     let tokens: Value = redeem(&t, &rp, &code, &verifier).await.json().await.unwrap();
@@ -282,7 +209,7 @@ async fn password_records_code_flow_refresh_and_userinfo() {
     assert_eq!(revoked.status(), StatusCode::BAD_REQUEST, "the reused code's refresh token is revoked");
 
     // A clean exchange, then refresh with rotation and reuse detection.
-    let code = query(&b.get(&url).await.location.unwrap())["code"].clone();
+    let code = query(&b.get(&url).await.unwrap().location.unwrap())["code"].clone();
     let tokens: Value = redeem(&t, &rp, &code, &verifier).await.json().await.unwrap();
     let first_refresh = tokens["refresh_token"].as_str().unwrap().to_string();
     let rotated = refresh(first_refresh.clone()).await;
@@ -318,10 +245,11 @@ async fn password_records_code_flow_refresh_and_userinfo() {
             rp.client_id,
             super::urlencode(&rp.redirect)
         ))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert!(out.location.unwrap().ends_with("state=bye"));
-    assert_eq!(b.get(&url).await.status, StatusCode::OK);
+    assert_eq!(b.get(&url).await.unwrap().status, StatusCode::OK);
     t.stop().await;
 }
 
@@ -339,7 +267,7 @@ async fn refusals_say_the_right_thing() {
     push(&t, json!([{"immutableId": "TU8=", "record": record.to_string(), "mustChangePassword": true}])).await;
     let rp = register(&t, true);
     let (_, challenge) = pkce();
-    let mut b = Browser::new();
+    let mut b = Browser::new().unwrap();
 
     // Wrong password and unknown user: the same words.
     let wrong = sign_in(&mut b, &t, &rp, &challenge, "sam@corp.example.com", "nope").await;
@@ -362,7 +290,7 @@ async fn refusals_say_the_right_thing() {
     // Requests that must not go back to the application.
     let bad_redirect = b
         .get(&format!("{}/oauth2/authorize?client_id={}&redirect_uri=https%3A%2F%2Fevil.example%2F&response_type=code&scope=openid&code_challenge={challenge}&code_challenge_method=S256", issuer(&t), rp.client_id))
-        .await;
+        .await.unwrap();
     assert_eq!(bad_redirect.status, StatusCode::BAD_REQUEST);
     assert!(bad_redirect.body.contains("redirect_uri mismatch"));
     // A public client without PKCE goes back with an error.
@@ -373,15 +301,16 @@ async fn refusals_say_the_right_thing() {
             rp.client_id,
             super::urlencode(&rp.redirect)
         ))
-        .await;
+        .await
+        .unwrap();
     assert!(no_pkce.location.unwrap().contains("error=invalid_request"));
     // The form without its CSRF token.
     let page = b
         .get(&format!("{}/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid&code_challenge={challenge}&code_challenge_method=S256", issuer(&t), rp.client_id, super::urlencode(&rp.redirect)))
-        .await;
+        .await.unwrap();
     let mut fields = form_fields(&page.body, &[("username", "sam@corp.example.com")]);
     fields.retain(|(k, _)| k != "csrf");
-    let refused = b.post(&format!("{}/oauth2/authorize", issuer(&t)), &fields).await;
+    let refused = b.post(&format!("{}/oauth2/authorize", issuer(&t)), &fields).await.unwrap();
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     assert!(refused.body.contains("security token is missing"));
 
