@@ -1,11 +1,11 @@
-//! `idbridge demo`: the system on one machine with embedded defaults — a
-//! generated sample directory (an LDIF file), the tenant, and the sync engine
-//! that puts one into the other. Sign-in with on-premises passwords (password
-//! hash sync and OpenID Connect) is not built yet.
+//! `idbridge demo`: the whole system on one machine with embedded defaults —
+//! a generated sample organisation (an LDIF file with passwords), the tenant,
+//! the sync engine with password hash sync, and "My Apps", a relying party
+//! that signs people in through the tenant's OpenID Connect provider.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use connector_scim::ScimTarget;
@@ -14,6 +14,7 @@ use store::SqliteStore;
 use sync::engine::{CycleOptions, run_cycle};
 use sync::mapping::Flavor;
 use tenant::domains::{self, AuthType};
+use tenant::oidc::{clients, keys::Alg, myapps};
 use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use tenant::tokens::{self, Scope};
 
@@ -22,34 +23,57 @@ use crate::sample::{Flavor as SampleFlavor, SampleSpec};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    pub data: PathBuf,
+    /// Where to keep everything; a temporary directory (removed at the end) when not given.
+    pub data: Option<PathBuf>,
     pub listen: SocketAddr,
     pub users: u64,
     pub groups: u64,
+    /// Once ready, print one JSON object on standard output (for scripts).
+    pub json: bool,
+}
+
+/// Removes the temporary demo directory when the demo ends.
+struct Cleanup(Option<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 pub async fn run(o: DemoOptions) -> Result<()> {
-    std::fs::create_dir_all(&o.data).with_context(|| format!("cannot create {}", o.data.display()))?;
-    let ldif = o.data.join("directory.ldif");
+    let started = Instant::now();
+    let (data, _cleanup) = match &o.data {
+        Some(d) => (d.clone(), Cleanup(None)),
+        None => {
+            let dir = std::env::temp_dir().join(format!("idbridge-demo-{}", std::process::id()));
+            (dir.clone(), Cleanup(Some(dir)))
+        }
+    };
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    let base_dn = Dn::parse("dc=example,dc=org").context("sample base DN")?;
+    let spec = SampleSpec {
+        users: o.users,
+        groups: o.groups,
+        contacts: o.users / 20,
+        flavor: SampleFlavor::Openldap,
+        defects_percent: 0,
+        seed: 2026,
+        base_dn,
+        domain: "example.org".into(),
+        passwords: true,
+    };
+    let ldif = data.join("directory.ldif");
     if !ldif.exists() {
-        let base = Dn::parse("dc=example,dc=org").context("sample base DN")?;
-        let spec = SampleSpec {
-            users: o.users,
-            groups: o.groups,
-            contacts: o.users / 20,
-            flavor: SampleFlavor::Openldap,
-            defects_percent: 0,
-            seed: 2026,
-            base_dn: base,
-            domain: "example.org".into(),
-        };
+        eprintln!("generating a sample organisation: {} users, {} groups …", o.users, o.groups);
         let file = std::fs::File::create(&ldif).with_context(|| format!("cannot create {}", ldif.display()))?;
         spec.write(std::io::BufWriter::new(file), true).with_context(|| format!("writing {}", ldif.display()))?;
-        eprintln!("sample directory: {} users, {} groups in {}", o.users, o.groups, ldif.display());
     }
 
-    let (store, _) =
-        tenant::open_or_create(&o.data.join("tenant"), "demo.idbridge.test").context("opening the demo tenant")?;
+    let tenant_dir = data.join("tenant");
+    let (store, _) = tenant::open_or_create(&tenant_dir, "demo.idbridge.test").context("opening the demo tenant")?;
     let (admin, sync_token) = {
         let conn = store.lock();
         if domains::get(&conn, "example.org")?.is_none() {
@@ -73,41 +97,84 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         )
         .await
     });
-    let base = ready_rx.await.context("the tenant did not start")?;
+    let base = match ready_rx.await {
+        Ok(b) => b,
+        Err(_) => {
+            // The server task ended before it was ready: its error says why (e.g. the port is taken).
+            server.await.context("the tenant task failed")??;
+            anyhow::bail!("the tenant did not start");
+        }
+    };
+    let issuer = base.trim_end_matches("/scim/v2").to_string();
+
+    // My Apps: registered afresh for this address (the port may differ between runs).
+    let redirect_uri = myapps::redirect_uri(&issuer);
+    let client_id = {
+        let admin_store = tenant::open_existing(&tenant_dir)?;
+        let conn = admin_store.lock();
+        if let Some(old) = tenant::store::get_meta(&conn, "myapps_client_id")? {
+            let _ = clients::remove(&conn, &old);
+        }
+        let (client, _) = clients::add(&conn, "My Apps", std::slice::from_ref(&redirect_uri), true, Alg::Rs256)?;
+        tenant::store::set_meta(&conn, "myapps_client_id", &client.id)?;
+        client.id
+    };
 
     let mut source = LdifSource::new(&ldif);
-    let mut sync_store = SqliteStore::open(&o.data.join("sync.db"))?;
+    let mut sync_store = SqliteStore::open(&data.join("sync.db"))?;
     let mut target = ScimTarget::new(&base, sync_token, None, Duration::from_secs(60))?;
-    let report = run_cycle(
-        "demo",
-        Flavor::Ldap,
-        &mut source,
-        &mut sync_store,
-        &mut target,
-        &CycleOptions::default(),
-        &mut sync::engine::Quiet,
-    )
-    .await
-    .context("synchronising the sample directory")?;
+    let options = CycleOptions { password_sync: true, ..CycleOptions::default() };
+    let mut progress = crate::sync_cmd::StageProgress::default();
+    let report = run_cycle("demo", Flavor::Ldap, &mut source, &mut sync_store, &mut target, &options, &mut progress)
+        .await
+        .context("synchronising the sample directory")?;
+    drop(progress);
     sync_store.record_run("demo", &report)?;
-    eprintln!(
-        "synchronised: {} created, {} updated, {} deleted, {} errors",
-        report.created,
-        report.updated,
-        report.deleted,
-        report.errors.len()
-    );
+    let examples = spec.sign_in_examples(2);
+    let url = format!("{issuer}/myapps");
 
-    println!("idbridge demo is running. SCIM API: {base}");
-    println!("admin token (valid 24 h): {admin}");
-    println!();
-    println!("try:");
-    println!("  curl -H 'Authorization: Bearer {admin}' '{base}/Users?count=3&attributes=userName,displayName,title'");
-    println!("  curl -H 'Authorization: Bearer {admin}' '{base}/Groups?count=1&excludedAttributes=members'");
-    println!("  edit {} and run `idbridge demo` again: the changes are synchronised", ldif.display());
-    println!();
-    println!("Signing in with the on-premises password (password hash sync, OpenID Connect) is not built yet.");
-    println!("Press Ctrl-C to stop.");
+    if o.json {
+        let users: Vec<_> = examples.iter().map(|(u, p)| serde_json::json!({"username": u, "password": p})).collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "url": url, "issuer": issuer, "client_id": client_id, "redirect_uri": redirect_uri,
+                "scim": base, "admin_token": admin, "users": users,
+            })
+        );
+    } else {
+        println!();
+        println!("idbridge demo is ready ({:.1} s).", started.elapsed().as_secs_f64());
+        println!();
+        println!("  Open {url} and sign in as a synchronised user with their on-premises password:");
+        for (user, password) in &examples {
+            println!("    {user}   {password}");
+        }
+        println!();
+        println!("What just happened:");
+        println!("  - a sample directory with passwords ({{SSHA}}) is in {}", ldif.display());
+        println!(
+            "  - the sync engine imported {} objects and created {} in the tenant ({} updated, {} errors)",
+            report.imported,
+            report.created,
+            report.updated,
+            report.errors.len()
+        );
+        println!(
+            "  - password hash sync stored {} passwords; the hashes never touched the sync store",
+            report.passwords_synced
+        );
+        println!(
+            "  - the tenant serves SCIM at {base} and OpenID Connect at {issuer}/.well-known/openid-configuration"
+        );
+        println!();
+        println!("Try the SCIM API:");
+        println!(
+            "  curl -H 'Authorization: Bearer {admin}' '{base}/Users?count=3&attributes=userName,displayName,title'"
+        );
+        println!();
+        println!("Press Ctrl-C to stop.");
+    }
     server.await.context("the tenant task failed")??;
     eprintln!("demo stopped");
     Ok(())

@@ -44,16 +44,20 @@ struct Cli {
 enum Command {
     /// The whole system on one machine: a sample directory synchronised into a tenant.
     Demo {
-        /// Where the demo keeps its files (the sample directory, tenant, sync state).
-        #[arg(long, default_value = "idbridge-demo")]
-        data: PathBuf,
+        /// Where the demo keeps its files (sample directory, tenant, sync state);
+        /// by default a temporary directory, removed when the demo stops.
+        #[arg(long)]
+        data: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: std::net::SocketAddr,
-        /// Size of the generated directory (first run only).
-        #[arg(long, default_value_t = 200)]
+        /// Size of the generated organisation (first run with a --data directory only).
+        #[arg(long, default_value_t = 2000)]
         users: u64,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 200)]
         groups: u64,
+        /// Once ready, print one JSON object (url, issuer, client_id, redirect_uri, users) on standard output.
+        #[arg(long)]
+        json: bool,
     },
     /// Realistic directory data.
     Sample {
@@ -103,6 +107,9 @@ enum SampleCommand {
         /// Leave out the OU entries (when they exist already).
         #[arg(long)]
         no_ous: bool,
+        /// Give users passwords (userPassword, {SSHA}), deterministic from the seed.
+        #[arg(long)]
+        passwords: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -188,14 +195,26 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Demo { data, listen, users, groups } => {
-            demo::run(demo::DemoOptions { data, listen, users, groups }).await
+        Command::Demo { data, listen, users, groups, json } => {
+            demo::run(demo::DemoOptions { data, listen, users, groups, json }).await
         }
         Command::Tenant { command } => tenant_cmd::run(command).await,
         Command::Sync { command } => sync_cmd::run(command).await,
         Command::Sample {
             command:
-                SampleCommand::Generate { users, groups, contacts, flavor, defects, seed, base_dn, domain, no_ous, out },
+                SampleCommand::Generate {
+                    users,
+                    groups,
+                    contacts,
+                    flavor,
+                    defects,
+                    seed,
+                    base_dn,
+                    domain,
+                    no_ous,
+                    passwords,
+                    out,
+                },
         } => {
             let base_text = base_dn.unwrap_or_else(|| match flavor {
                 sample::Flavor::Ad => "DC=example,DC=test".into(),
@@ -206,8 +225,17 @@ async fn run(command: Command) -> Result<()> {
                 Some(d) => d,
                 None => bail!("--base-dn {base_text:?} has no dc= parts to derive a mail domain from; give --domain"),
             };
-            let spec =
-                sample::SampleSpec { users, groups, contacts, flavor, defects_percent: defects, seed, base_dn, domain };
+            let spec = sample::SampleSpec {
+                users,
+                groups,
+                contacts,
+                flavor,
+                defects_percent: defects,
+                seed,
+                base_dn,
+                domain,
+                passwords,
+            };
             let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
             let n = spec
                 .write(std::io::BufWriter::with_capacity(1 << 16, file), !no_ous)

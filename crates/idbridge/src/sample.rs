@@ -28,6 +28,8 @@ pub struct SampleSpec {
     pub base_dn: Dn,
     /// Mail / UPN domain.
     pub domain: String,
+    /// Give every user a password (`userPassword`, `{SSHA}`); see [`SampleSpec::password`].
+    pub passwords: bool,
 }
 
 /// SplitMix64: small, fast, and the same on every platform.
@@ -294,7 +296,35 @@ impl SampleSpec {
         if i > 0 {
             e.add("manager", Value::Text(self.person(i / 8).dn.to_string()));
         }
+        if self.passwords {
+            let salt = Rng::for_item(self.seed, 8, i).next().to_be_bytes();
+            e.add("userPassword", passwords::scheme::ssha(&self.password(i), &salt));
+        }
         e
+    }
+
+    /// User `i`'s password when `passwords` is on: deterministic, so the demo can print it.
+    pub fn password(&self, i: u64) -> String {
+        let mut r = Rng::for_item(self.seed, 7, i);
+        let city = ascii_fold(r.pick(CITIES));
+        let mut chars = city.chars();
+        let city = chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default();
+        format!("{city}-{}-{:04}", r.pick(TITLES).split(' ').next().unwrap_or("Team"), r.below(10_000))
+    }
+
+    /// The first `n` enabled users: (user name, password).
+    pub fn sign_in_examples(&self, n: usize) -> Vec<(String, String)> {
+        (0..self.users)
+            .map(|i| (i, self.user_entry(i)))
+            .filter(|(_, e)| {
+                e.first_text("employeeType") != Some("disabled") && e.first_text("userAccountControl") != Some("514")
+            })
+            .filter_map(|(i, e)| {
+                let name = e.first_text("userPrincipalName").or_else(|| e.first_text("mail"))?.to_string();
+                Some((name, self.password(i)))
+            })
+            .take(n)
+            .collect()
     }
 
     fn group_entry(&self, g: u64) -> Entry {
@@ -438,6 +468,7 @@ mod tests {
             seed: 7,
             domain: domain_of(&base).unwrap(),
             base_dn: base,
+            passwords: true,
         }
     }
 

@@ -428,7 +428,7 @@ fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Resu
 
 /// Shows each stage of a cycle as a progress line.
 #[derive(Default)]
-struct StageProgress {
+pub(crate) struct StageProgress {
     current: Option<crate::progress::Progress>,
 }
 

@@ -1341,45 +1341,75 @@ mod demo {
     #[test]
     fn demo_synchronises_a_sample_directory_into_a_tenant() {
         let tmp = TempDir::new("demo").unwrap();
+        let (mut child, ready) = start_demo(&["--data", p(&tmp.join("d"))]);
+        let base = ready["scim"].as_str().unwrap().to_string();
+        let token = ready["admin_token"].as_str().unwrap().to_string();
+        assert!(base.starts_with("http://127.0.0.1:") && token.starts_with("idb_"), "{ready}");
+        let count = |path: &str| scim_get(&base, &token, path)["totalResults"].as_u64().unwrap();
+        assert_eq!(count("/Users?count=1"), 40);
+        assert_eq!(count("/Groups?count=1"), 4);
+        assert_eq!(count("/Contacts?count=1"), 2);
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(child.wait().unwrap().success(), "stops cleanly");
+    }
+
+    /// Starts `idbridge demo --json` (small) and reads its ready line.
+    fn start_demo(extra: &[&str]) -> (std::process::Child, serde_json::Value) {
+        let mut args = vec!["demo", "--json", "--listen", "127.0.0.1:0", "--users", "40", "--groups", "4"];
+        args.extend(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
-            .args(["demo", "--data", p(&tmp.join("d")), "--listen", "127.0.0.1:0", "--users", "40", "--groups", "4"])
+            .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut base = String::new();
-        let mut token = String::new();
-        while let Some(Ok(line)) = lines.next() {
-            if let Some(b) = line.strip_prefix("idbridge demo is running. SCIM API: ") {
-                base = b.trim().to_string();
-            }
-            if let Some(t) = line.strip_prefix("admin token (valid 24 h): ") {
-                token = t.trim().to_string();
-                break;
-            }
-        }
-        assert!(base.starts_with("http://127.0.0.1:") && token.starts_with("idb_"), "{base} {token}");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let count = |path: &str| -> u64 {
-            rt.block_on(async {
-                let v: serde_json::Value = reqwest::Client::new()
-                    .get(format!("{base}{path}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                v["totalResults"].as_u64().unwrap()
-            })
-        };
-        assert_eq!(count("/Users?count=1"), 40);
-        assert_eq!(count("/Groups?count=1"), 4);
-        assert_eq!(count("/Contacts?count=1"), 2);
+        let line = lines.next().unwrap().unwrap();
+        (child, serde_json::from_str(&line).unwrap())
+    }
+
+    /// Signs in through My Apps and the real sign-in page with headless Chromium
+    /// (tests/browser/sign_in.mjs, puppeteer-core installed by scripts/test).
+    fn chromium_sign_in(url: &str, user: &str, password: &str) -> serde_json::Value {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let tools = root.join(".tools/browser");
+        assert!(
+            tools.join("node_modules/puppeteer-core").exists() && Path::new("/usr/bin/chromium").exists(),
+            "headless Chromium and puppeteer-core are missing: run scripts/test, which installs them"
+        );
+        let profile = TempDir::new("chromium").unwrap();
+        let out = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/sign_in.mjs"))
+            .args([url, user, password])
+            .env("BROWSER_TOOLS", &tools)
+            .env("PROFILE_DIR", profile.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn demo_signs_a_synchronised_user_in_through_chromium() {
+        let (mut child, ready) = start_demo(&[]);
+        let url = ready["url"].as_str().unwrap();
+        let user = ready["users"][0]["username"].as_str().unwrap();
+        let password = ready["users"][0]["password"].as_str().unwrap();
+        assert!(
+            ready["client_id"].as_str().is_some()
+                && ready["redirect_uri"].as_str().unwrap().ends_with("/myapps/callback")
+        );
+        let page = chromium_sign_in(url, user, password);
+        let text = page["text"].as_str().unwrap();
+        assert!(text.contains(&format!("Signed in as {user}")), "{page}");
+        let page = chromium_sign_in(url, user, "not-the-password");
+        assert!(page["text"].as_str().unwrap().contains("user name or password is incorrect"), "{page}");
+        // Without --data the demo works in a temporary directory and removes it when it stops.
+        let dir = std::env::temp_dir().join(format!("idbridge-demo-{}", child.id()));
+        assert!(dir.exists());
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(child.wait().unwrap().success(), "stops cleanly");
+        assert!(!dir.exists(), "the temporary demo directory is removed");
     }
 }

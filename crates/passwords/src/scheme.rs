@@ -64,6 +64,17 @@ pub enum StoredPassword {
     Crypt(String),
 }
 
+/// A `{SSHA}` value (SHA-1 of password ‖ salt, then the salt): what
+/// OpenLDAP stores by default. For sample data and tests; weak by design.
+pub fn ssha(password: &str, salt: &[u8]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(password.as_bytes());
+    ctx.update(salt);
+    let mut raw = ctx.finish().as_ref().to_vec();
+    raw.extend_from_slice(salt);
+    format!("{{SSHA}}{}", STANDARD.encode(raw))
+}
+
 impl StoredPassword {
     /// Parses a `userPassword` value. The whole value is the text as stored.
     pub fn parse(value: &[u8]) -> Result<StoredPassword, PasswordError> {
@@ -229,6 +240,7 @@ mod tests {
             "secret",
         );
         ok("{ssha}Ouc4sZrcX2+ujbTggIsu9xBJo9saLNyZ", "secret");
+        ok(&ssha("Welcome-1", b"salt"), "Welcome-1");
     }
 
     #[test]

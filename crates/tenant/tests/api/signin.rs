@@ -329,3 +329,87 @@ async fn refusals_say_the_right_thing() {
     }
     t.stop().await;
 }
+
+/// The relying party side done by a standard OpenID Connect client library
+/// (the `openidconnect` crate): discovery, code + PKCE, ID token signature
+/// and claims, refresh, userinfo — for an RS256 and an ES256 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_oidc_client_library_signs_in() {
+    use openidconnect::core::{CoreClient, CoreProviderMetadata, CoreResponseType, CoreUserInfoClaims};
+    use openidconnect::{
+        AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
+        OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse,
+    };
+
+    let t = Tenant::start().await;
+    let alex = synced_user(&t, "alex@corp.example.com", "QUxFWA==", json!({"displayName": "Alex Example"})).await;
+    let http = openidconnect::reqwest::ClientBuilder::new()
+        .redirect(openidconnect::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let metadata = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer(&t)).unwrap(), &http).await.unwrap();
+
+    for alg in [tenant::oidc::keys::Alg::Rs256, tenant::oidc::keys::Alg::Es256] {
+        let (client_id, secret) = {
+            let store = tenant::open_existing(t.dir.path()).unwrap();
+            let conn = store.lock();
+            let (c, s) =
+                tenant::oidc::clients::add(&conn, "library", &["http://127.0.0.1:9/cb".to_string()], false, alg)
+                    .unwrap();
+            (c.id, s.unwrap())
+        };
+        let client = CoreClient::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(client_id),
+            Some(ClientSecret::new(secret)),
+        )
+        .set_redirect_uri(RedirectUrl::new("http://127.0.0.1:9/cb".into()).unwrap());
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, csrf, nonce) = client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .add_scope(Scope::new("profile".into()))
+            .add_scope(Scope::new("email".into()))
+            .set_pkce_challenge(challenge)
+            .url();
+        let mut b = Browser::new().unwrap();
+        let back = b.password_sign_in(url.as_str(), "alex@corp.example.com", PASSWORD).await.unwrap();
+        let q = query(&back.location.unwrap());
+        assert_eq!(&q["state"], csrf.secret());
+        let tokens = client
+            .exchange_code(AuthorizationCode::new(q["code"].clone()))
+            .unwrap()
+            .set_pkce_verifier(verifier)
+            .request_async(&http)
+            .await
+            .unwrap();
+        let mut verifier = client.id_token_verifier();
+        if alg == tenant::oidc::keys::Alg::Es256 {
+            verifier = verifier.set_allowed_algs(vec![openidconnect::core::CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+        }
+        let claims = tokens.id_token().unwrap().claims(&verifier, &nonce).unwrap();
+        assert_eq!(claims.subject().as_str(), alex["id"].as_str().unwrap());
+        assert_eq!(claims.preferred_username().unwrap().as_str(), "alex@corp.example.com");
+        // A token with a changed payload does not verify.
+        let text = tokens.id_token().unwrap().to_string();
+        let mut parts: Vec<String> = text.split('.').map(str::to_string).collect();
+        parts[1] = URL_SAFE_NO_PAD.encode(
+            String::from_utf8(URL_SAFE_NO_PAD.decode(&parts[1]).unwrap())
+                .unwrap()
+                .replace("Alex Example", "Eve Example"),
+        );
+        let forged: openidconnect::core::CoreIdToken = parts.join(".").parse().unwrap();
+        assert!(forged.claims(&verifier, &nonce).is_err(), "a forged ID token must not verify");
+
+        let info: CoreUserInfoClaims =
+            client.user_info(tokens.access_token().to_owned(), None).unwrap().request_async(&http).await.unwrap();
+        assert_eq!(info.subject().as_str(), alex["id"].as_str().unwrap());
+        let refreshed =
+            client.exchange_refresh_token(tokens.refresh_token().unwrap()).unwrap().request_async(&http).await.unwrap();
+        assert_ne!(refreshed.access_token().secret(), tokens.access_token().secret());
+    }
+    t.stop().await;
+}
