@@ -33,6 +33,12 @@ pub enum SyncCommand {
         #[arg(long)]
         allow_deletes: Option<usize>,
     },
+    /// Full password resync: a full import of every source with
+    /// password_hash_sync on, sending every user's password to the tenant again.
+    ResyncPasswords {
+        #[arg(long, default_value = "idbridge.toml")]
+        config: PathBuf,
+    },
     /// Import and sync without exporting, then show every pending export
     /// per object and attribute (old → new).
     Preview {
@@ -81,6 +87,17 @@ fn open_store(config: &Config, config_path: &Path) -> Result<SqliteStore> {
 
 pub async fn run(command: SyncCommand) -> Result<()> {
     match command {
+        SyncCommand::ResyncPasswords { config: path } => {
+            let config = Config::load(&path)?;
+            if !config.sources.iter().any(|s| s.password_hash_sync) {
+                bail!("{}: no [[source]] has password_hash_sync = true", path.display());
+            }
+            if config.sync.staging {
+                bail!("{}: staging mode is on, and a staging server sends no passwords", path.display());
+            }
+            eprintln!("full password resync: a full import of every source; every password is sent again");
+            Box::pin(run(SyncCommand::Run { config: path, once: true, full: true, allow_deletes: None })).await
+        }
         SyncCommand::Run { config: path, once, full, allow_deletes } => {
             let config = Config::load(&path)?;
             if config.sources.is_empty() {
@@ -233,6 +250,23 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             match store.runs(1)?.first() {
                 Some(r) => println!("last cycle: #{} {} ({}), {}", r.id, r.status, r.source, r.report),
                 None => println!("last cycle: none yet"),
+            }
+            let phs: Vec<&str> =
+                config.sources.iter().filter(|s| s.password_hash_sync).map(|s| s.name.as_str()).collect();
+            if phs.is_empty() {
+                println!("password hash sync: off");
+            } else {
+                let last = store.runs(200)?.into_iter().find(|r| r.report["passwords"].as_u64().is_some_and(|n| n > 0));
+                match last {
+                    Some(r) => println!(
+                        "password hash sync: on ({}); last passwords sent: {} at {} ({})",
+                        phs.join(", "),
+                        r.report["passwords"],
+                        r.finished,
+                        r.source
+                    ),
+                    None => println!("password hash sync: on ({}); no passwords sent yet", phs.join(", ")),
+                }
             }
             let errors = store.errors()?;
             println!("objects with errors: {}", errors.len());

@@ -65,23 +65,8 @@ pub enum TenantCommand {
     },
     /// The sign-in page's look.
     Branding {
-        #[arg(long)]
-        data: PathBuf,
-        /// The organisation's name, shown when there is no logo.
-        #[arg(long)]
-        name: Option<String>,
-        /// Accent colour, #rgb or #rrggbb.
-        #[arg(long)]
-        color: Option<String>,
-        /// Logo image URL (https:// or a path on the tenant).
-        #[arg(long)]
-        logo_url: Option<String>,
-        /// Background image URL (https:// or a path on the tenant).
-        #[arg(long)]
-        background_url: Option<String>,
-        /// A line of text under the sign-in form.
-        #[arg(long)]
-        text: Option<String>,
+        #[command(subcommand)]
+        command: BrandingCommand,
     },
     /// Token signing keys.
     Keys {
@@ -151,6 +136,30 @@ pub enum ClientCommand {
         #[arg(long)]
         data: PathBuf,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrandingCommand {
+    /// Set some of the fields (the others keep their values) and show them all.
+    Set {
+        #[arg(long)]
+        data: PathBuf,
+        /// The organisation's name, shown when there is no logo.
+        #[arg(long)]
+        name: Option<String>,
+        /// Accent colour, #rgb or #rrggbb.
+        #[arg(long)]
+        color: Option<String>,
+        /// Logo image URL (https:// or a path on the tenant).
+        #[arg(long)]
+        logo_url: Option<String>,
+        /// Background image URL (https:// or a path on the tenant).
+        #[arg(long)]
+        background_url: Option<String>,
+        /// A line of text under the sign-in form.
+        #[arg(long)]
+        text: Option<String>,
     },
 }
 
@@ -384,7 +393,9 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             Ok(())
         }
         TenantCommand::Client { command } => client(command),
-        TenantCommand::Branding { data, name, color, logo_url, background_url, text } => {
+        TenantCommand::Branding {
+            command: BrandingCommand::Set { data, name, color, logo_url, background_url, text },
+        } => {
             if let Some(c) = color.as_deref().filter(|c| !tenant::oidc::pages::is_css_colour(c)) {
                 anyhow::bail!("--color {c:?}: use #rgb or #rrggbb");
             }

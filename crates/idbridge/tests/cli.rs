@@ -888,6 +888,14 @@ mod sync_e2e {
             .to_string();
         let authorize = sign_in_client(&lab);
         assert!(signs_in(&authorize, &name, "Summer-2026").is_err(), "no password synchronised yet");
+        // Branding shows on the sign-in page; a bad colour is refused with the reason.
+        let data = lab.tmp.join("tenant");
+        ok(&idbridge(&["tenant", "branding", "set", "--data", p(&data), "--name", "Example Corp", "--color", "#0a5"]));
+        let bad = idbridge(&["tenant", "branding", "set", "--data", p(&data), "--color", "red;}"]);
+        assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("#rrggbb"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let page = rt.block_on(async { reqwest::get(&authorize).await.unwrap().text().await.unwrap() });
+        assert!(page.contains("Example Corp") && page.contains("#0a5"), "{page}");
 
         lab.slapd.set_password(&dn, "Summer-2026").unwrap();
         let out = sync_once(&lab, &[]);
@@ -902,6 +910,26 @@ mod sync_e2e {
         assert!(sync_once(&lab, &[]).status.success());
         signs_in(&authorize, &name, "Autumn-2026").unwrap();
         assert!(signs_in(&authorize, &name, "Summer-2026").is_err());
+        // An NT hash (Samba's sambaNTPassword) wins over userPassword and
+        // reaches the tenant only as a PPH1 record made on the premises.
+        let nt = passwords::NtHash::of_password("Nt-Winter-2026");
+        let hex: String = nt.0.iter().map(|b| format!("{b:02X}")).collect();
+        lab.slapd
+            .modify(&format!("dn: {dn}\nchangetype: modify\nadd: objectClass\nobjectClass: sambaSamAccount\n-\nadd: sambaSID\nsambaSID: S-1-5-21-1-2-3-1001\n-\nadd: sambaNTPassword\nsambaNTPassword: {hex}\n-\n\n"))
+            .unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        signs_in(&authorize, &name, "Nt-Winter-2026").unwrap();
+        assert!(signs_in(&authorize, &name, "Autumn-2026").is_err(), "the NT hash wins over userPassword");
+        let status = ok(&idbridge(&["sync", "status", "--config", p(&lab.config)]));
+        assert!(status.contains("password hash sync: on (lab); last passwords sent: 1"), "{status}");
+        // A full password resync sends every password again.
+        let out = idbridge(&["sync", "resync-passwords", "--config", p(&lab.config)]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("Full") && report.contains("1 passwords"), "{report}");
+        for file in ["state.db", "state.db-wal"] {
+            let state = std::fs::read(lab.tmp.join(file)).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&state).contains(&hex), "an NT hash is in {file}");
+        }
 
         // The hash never reached the sync store.
         for file in ["state.db", "state.db-wal"] {

@@ -16,7 +16,7 @@ use crate::{PasswordError, from_hex, malformed, to_hex};
 pub const SALT_LEN: usize = 10;
 /// Our default work factor (Connect: 1,000), chosen so that one verification
 /// costs about 20–50 ms on the reference machine (BENCHMARKS.md, "PPH1").
-pub const DEFAULT_ITERATIONS: u32 = 50_000;
+pub const DEFAULT_ITERATIONS: u32 = 120_000;
 pub const KEY_LEN: usize = 32;
 /// Refuses records that would make one verification take minutes.
 pub const MAX_ITERATIONS: u32 = 10_000_000;

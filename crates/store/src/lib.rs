@@ -210,6 +210,7 @@ impl SqliteStore {
             "imported": report.imported, "deletedOnPremises": report.deleted_on_premises, "synced": report.synced,
             "outOfScope": report.out_of_scope, "created": report.created, "updated": report.updated,
             "deleted": report.deleted, "unchanged": report.unchanged, "errors": report.errors.len(),
+            "passwords": report.passwords_synced,
         });
         self.conn
             .execute(

@@ -259,6 +259,13 @@ include: file:///etc/ldap/schema/cosine.ldif
 include: file:///etc/ldap/schema/nis.ldif
 include: file:///etc/ldap/schema/inetorgperson.ldif
 
+dn: cn=samba-nt-hash,cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: samba-nt-hash
+olcAttributeTypes: ( 1.3.6.1.4.1.7165.2.1.25 NAME 'sambaNTPassword' DESC 'MD4 hash of the unicode password' EQUALITY caseIgnoreIA5Match SYNTAX 1.3.6.1.4.1.1466.115.121.1.26{{32}} SINGLE-VALUE )
+olcAttributeTypes: ( 1.3.6.1.4.1.7165.2.1.20 NAME 'sambaSID' DESC 'Security ID' EQUALITY caseIgnoreIA5Match SYNTAX 1.3.6.1.4.1.1466.115.121.1.26{{64}} SINGLE-VALUE )
+olcObjectClasses: ( 1.3.6.1.4.1.7165.2.2.6 NAME 'sambaSamAccount' SUP top AUXILIARY DESC 'The part of the Samba schema that holds NT hashes' MUST ( uid $ sambaSID ) MAY ( sambaNTPassword ) )
+
 dn: olcDatabase={{-1}}frontend,cn=config
 objectClass: olcDatabaseConfig
 objectClass: olcFrontendConfig

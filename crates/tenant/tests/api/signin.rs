@@ -279,6 +279,42 @@ async fn refusals_say_the_right_thing() {
     assert!(disabled.body.contains("disabled"), "{}", disabled.body);
     let must_change = sign_in(&mut b, &t, &rp, &challenge, "mo@corp.example.com", PASSWORD).await;
     assert!(must_change.body.contains("does not allow password changes here"), "{}", must_change.body);
+    // Where the tenant allows it, the user chooses a new password and is signed in.
+    {
+        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let conn = store.lock();
+        let mut settings = tenant::Settings::load(&conn).unwrap();
+        settings.allow_cloud_password_change = true;
+        settings.save(&conn).unwrap();
+    }
+    let mut fresh = Browser::new().unwrap();
+    let change = sign_in(&mut fresh, &t, &rp, &challenge, "mo@corp.example.com", PASSWORD).await;
+    assert!(change.body.contains("Choose a new password"), "{}", change.body);
+    let action = format!("{}/oauth2/authorize", issuer(&t));
+    let mismatch = fresh
+        .post(
+            &action,
+            &form_fields(
+                &change.body,
+                &[("password", PASSWORD), ("new_password", "Brand-new-1"), ("confirm", "Brand-new-2")],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(mismatch.body.contains("do not match"), "{}", mismatch.body);
+    let changed = fresh
+        .post(
+            &action,
+            &form_fields(
+                &change.body,
+                &[("password", PASSWORD), ("new_password", "Brand-new-1"), ("confirm", "Brand-new-1")],
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.status, StatusCode::SEE_OTHER, "{}", changed.body);
+    let again = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "mo@corp.example.com", "Brand-new-1").await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "the new password works: {}", again.body);
 
     // Ten failures lock the user; then even the right password is refused the same way.
     for _ in 0..9 {
@@ -410,6 +446,20 @@ async fn a_standard_oidc_client_library_signs_in() {
         let refreshed =
             client.exchange_refresh_token(tokens.refresh_token().unwrap()).unwrap().request_async(&http).await.unwrap();
         assert_ne!(refreshed.access_token().secret(), tokens.access_token().secret());
+
+        // Key rotation: a token signed with the retired key still verifies
+        // against the keys published after the rotation.
+        {
+            let store = tenant::open_existing(t.dir.path()).unwrap();
+            tenant::oidc::keys::rotate(&store.lock(), alg).unwrap();
+        }
+        let after = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer(&t)).unwrap(), &http).await.unwrap();
+        let client = CoreClient::from_provider_metadata(after, client.client_id().clone(), None);
+        let mut verifier = client.id_token_verifier();
+        if alg == tenant::oidc::keys::Alg::Es256 {
+            verifier = verifier.set_allowed_algs(vec![openidconnect::core::CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+        }
+        assert!(tokens.id_token().unwrap().claims(&verifier, &nonce).is_ok(), "old token after rotation");
     }
     t.stop().await;
 }
