@@ -59,7 +59,9 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         groups: o.groups,
         contacts: o.users / 20,
         flavor: SampleFlavor::Openldap,
-        defects_percent: 0,
+        // A few of the problems real directories have (duplicate addresses,
+        // over-long names): the sync quarantines them instead of failing.
+        defects_percent: 2,
         seed: 2026,
         base_dn,
         domain: "example.org".into(),
@@ -154,7 +156,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         println!("What just happened:");
         println!("  - a sample directory with passwords ({{SSHA}}) is in {}", ldif.display());
         println!(
-            "  - the sync engine imported {} objects and created {} in the tenant ({} updated, {} errors)",
+            "  - the sync engine imported {} objects and created {} in the tenant ({} updated, {} errors; planted duplicates wait in quarantine)",
             report.imported,
             report.created,
             report.updated,

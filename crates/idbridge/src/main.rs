@@ -158,8 +158,10 @@ enum SourceCommand {
     },
 }
 
-fn init_logging(json: bool, verbose: u8) {
+fn init_logging(json: bool, verbose: u8, quiet: bool) {
     let default = match verbose {
+        // The demo prints its own story; its log shows only what went wrong.
+        0 if quiet => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -176,7 +178,7 @@ fn init_logging(json: bool, verbose: u8) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json, cli.verbose);
+    init_logging(cli.log_json, cli.verbose, matches!(cli.command, Command::Demo { .. }));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -320,8 +320,10 @@ impl SampleSpec {
                 e.first_text("employeeType") != Some("disabled") && e.first_text("userAccountControl") != Some("514")
             })
             .filter_map(|(i, e)| {
-                let name = e.first_text("userPrincipalName").or_else(|| e.first_text("mail"))?.to_string();
-                Some((name, self.password(i)))
+                // Only people without a planted defect: their name is theirs alone.
+                let expected = format!("{}@{}", self.person(i).login, self.domain);
+                let name = e.first_text("userPrincipalName").or_else(|| e.first_text("mail"))?;
+                (name == expected && e.values("mail").len() == 1).then(|| (expected, self.password(i)))
             })
             .take(n)
             .collect()
