@@ -426,6 +426,26 @@ impl Source for LdapSource {
         self.remember(&summary);
         Ok(summary)
     }
+
+    async fn reread(
+        &mut self,
+        objects: &[(SourceId, Dn)],
+        sink: &mut (dyn ImportSink + Send),
+    ) -> Result<u64, LdapError> {
+        self.connect().await?;
+        let mut read = 0;
+        for (id, dn) in objects {
+            // Same object (by id) and still in scope; anything else the next delta tells.
+            if let Some(obj) = self.read_one(&dn.to_string()).await?
+                && obj.id == *id
+                && self.object_in_scope(&obj.entry.dn)
+            {
+                sink.accept(SourceChange::Upsert(obj))?;
+                read += 1;
+            }
+        }
+        Ok(read)
+    }
 }
 
 /// `member;range=0-1499` → ("member", Some(1500)); `member;range=1500-*` → ("member", None).

@@ -866,6 +866,69 @@ mod sync_e2e {
         })
     }
 
+    /// A password change whose cycle is killed (before or after the tenant
+    /// confirmed it) is still delivered by the next cycle: the users whose
+    /// passwords are unconfirmed are kept (ids only) and read again.
+    #[test]
+    fn password_changes_survive_killed_cycles() {
+        let lab = lab(20, 1, "");
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+        std::fs::write(
+            &lab.config,
+            config.replace(
+                "base_dns = [\"dc=example,dc=org\"]",
+                "base_dns = [\"dc=example,dc=org\"]\npassword_hash_sync = true",
+            ),
+        )
+        .unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        let users = get(&lab, "/Users?count=5");
+        let people: Vec<(String, String)> = (0..5)
+            .map(|i| {
+                let u = &users["Resources"][i];
+                let dn =
+                    u["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["onPremisesDistinguishedName"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                (u["userName"].as_str().unwrap().to_string(), dn)
+            })
+            .collect();
+        let authorize = sign_in_client(&lab);
+        // How long a delta cycle with one password change takes: the kill window.
+        lab.slapd.set_password(&people[0].1, "Warmup-0").unwrap();
+        let started = std::time::Instant::now();
+        assert!(sync_once(&lab, &[]).status.success());
+        let cycle = started.elapsed();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut killed_mid_run = 0;
+        for trial in 1..=12u32 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let (user, dn) = &people[trial as usize % people.len()];
+            let password = format!("Trial-{trial}-pass");
+            lab.slapd.set_password(dn, &password).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["sync", "run", "--once", "--config", p(&lab.config)])
+                .env("RUST_LOG", "warn")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(seed % (cycle.as_micros() as u64 + 1)));
+            if child.try_wait().unwrap().is_none() {
+                killed_mid_run += 1;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = sync_once(&lab, &[]);
+            assert!(out.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
+            signs_in(&authorize, user, &password).unwrap_or_else(|page| panic!("trial {trial}: {page}"));
+        }
+        assert!(killed_mid_run >= 6, "only {killed_mid_run} of 12 kills landed while the cycle ran");
+        eprintln!("{killed_mid_run} of 12 kills landed mid-cycle");
+    }
+
     #[test]
     fn password_hash_sync_signs_users_in_with_their_on_premises_password() {
         let lab = lab(5, 1, "");

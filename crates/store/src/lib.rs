@@ -62,7 +62,13 @@ CREATE TABLE joins (source TEXT NOT NULL, cs_id BLOB NOT NULL, mv_id TEXT NOT NU
 CREATE INDEX joins_mv ON joins(mv_id);
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+/// Users whose password the tenant has not confirmed yet (password hash
+/// sync). Ids only: the secret itself is never stored.
+const SCHEMA_V3: &str = "
+CREATE TABLE phs_pending (source TEXT NOT NULL, cs_id BLOB NOT NULL, PRIMARY KEY (source, cs_id)) WITHOUT ROWID;
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
@@ -642,6 +648,26 @@ impl SyncStore for SqliteStore {
             )
             .map_err(err)?;
         self.conn.execute("DELETE FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0]).map_err(err)?;
+        Ok(())
+    }
+
+    fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT cs_id FROM phs_pending WHERE source = ?1").map_err(err)?;
+        let rows = stmt.query_map(params![source], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+        let mut ids = Vec::new();
+        for row in rows {
+            ids.push(SourceId(row.map_err(err)?));
+        }
+        Ok(ids)
+    }
+
+    fn set_password_pending(&mut self, source: &str, id: &SourceId, pending: bool) -> Result<(), StoreError> {
+        let sql = if pending {
+            "INSERT OR IGNORE INTO phs_pending(source, cs_id) VALUES(?1, ?2)"
+        } else {
+            "DELETE FROM phs_pending WHERE source = ?1 AND cs_id = ?2"
+        };
+        self.conn.prepare_cached(sql).map_err(err)?.execute(params![source, id.0]).map_err(err)?;
         Ok(())
     }
 

@@ -124,6 +124,12 @@ pub trait SyncStore {
     /// Marks the source's objects without a join for another attempt.
     fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError>;
 
+    /// Password hash sync: users whose password was read but not yet
+    /// confirmed by the target (ids only — never the secret). They are read
+    /// again next cycle, so a crash or an unreachable tenant loses nothing.
+    fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError>;
+    fn set_password_pending(&mut self, source: &str, id: &SourceId, pending: bool) -> Result<(), StoreError>;
+
     /// Metaverse objects with something to export: users and contacts, then groups, then deletions.
     fn dirty(&self) -> Result<Vec<String>, StoreError>;
     fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError>;
@@ -312,6 +318,14 @@ impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
                 // Secrets never reach the store, with or without password hash sync.
                 let found = crate::phs::take_secrets(&mut obj.entry);
                 if let (Some(found), Some(list), directory::ObjectKind::User) = (found, &mut self.passwords, obj.kind) {
+                    // Committed with the import: if the cycle ends before the
+                    // tenant confirms, the next one reads this user again.
+                    if let Err(e) = self.store.set_password_pending(self.source, &obj.id, true) {
+                        let text = e.to_string();
+                        self.error = Some(e);
+                        return Err(SinkError(text));
+                    }
+                    list.retain(|c| c.id != obj.id);
                     list.push(crate::phs::Captured {
                         id: obj.id.clone(),
                         dn: obj.entry.dn.clone(),
@@ -490,10 +504,35 @@ where
         deleted: 0,
         passwords: (options.password_sync && !options.staging).then(Vec::new),
     };
-    let result = match &watermark {
+    let mut result = match &watermark {
         Some(w) => source.delta_import(w, &mut writer).await,
         None => source.full_import(previous.as_ref(), &mut writer).await,
     };
+    // Passwords read earlier but never confirmed by the tenant (a crash, an
+    // unreachable tenant): read those users again.
+    if result.is_ok() && writer.error.is_none() && writer.passwords.is_some() {
+        let captured: HashSet<SourceId> = writer.passwords.iter().flatten().map(|c| c.id.clone()).collect();
+        let mut again = Vec::new();
+        for id in writer.store.passwords_pending(source_name)? {
+            if captured.contains(&id) {
+                continue;
+            }
+            match writer.store.cs_get(source_name, &id)? {
+                Some((obj, false)) => again.push((id, obj.entry.dn)),
+                _ => writer.store.set_password_pending(source_name, &id, false)?,
+            }
+        }
+        if !again.is_empty() {
+            tracing::info!(
+                source = source_name,
+                users = again.len(),
+                "reading users again whose passwords the tenant has not confirmed"
+            );
+            if let Err(e) = source.reread(&again, &mut writer).await {
+                result = Err(e);
+            }
+        }
+    }
     let (seen, imported, deleted_on_premises) = (std::mem::take(&mut writer.seen), writer.imported, writer.deleted);
     let captured_passwords = writer.passwords.take().unwrap_or_default();
     if let Some(e) = writer.error.take() {
@@ -752,31 +791,36 @@ async fn push_passwords<St: SyncStore, T: Target>(
     }
     let mut batch = Vec::with_capacity(captured.len());
     let mut whose = std::collections::HashMap::new();
+    store.begin()?;
     for c in captured {
         let mv = match store.join_link(source_name, &c.id)? {
             Some(mv) => Some(mv),
             None => store.mv_for_dn(source_name, &c.dn)?,
         };
-        let Some(mv) = mv else { continue };
+        let Some(mv) = mv else {
+            // Out of scope: nobody to sign in as.
+            store.set_password_pending(source_name, &c.id, false)?;
+            continue;
+        };
         if store.exported_id(&mv)?.is_none() {
-            continue; // not in the tenant (out of scope, or its export failed): nothing to sign in to
+            continue; // its export failed this cycle: stays pending, read again next cycle
         }
         let Some(record) = store.mv_get(&mv)? else { continue };
         match c.found {
             Found::Secret(secret) => {
-                whose.insert(record.anchor.clone(), (mv, c.dn));
+                whose.insert(record.anchor.clone(), (mv, c.dn, c.id));
                 batch.push(CredentialPush { immutable_id: record.anchor, secret, must_change: c.must_change });
             }
             Found::Unusable(why) => {
                 let message = format!("password hash sync: {why}");
                 tracing::warn!(object = %c.dn, reason = %why, "password not synchronised");
-                store.begin()?;
                 store.record_error(&mv, "password", &message)?;
-                store.commit()?;
+                store.set_password_pending(source_name, &c.id, false)?;
                 report.errors.push((format!("User {}", c.dn), message));
             }
         }
     }
+    store.commit()?;
     if batch.is_empty() {
         return Ok(());
     }
@@ -784,8 +828,14 @@ async fn push_passwords<St: SyncStore, T: Target>(
         Ok(pushed) => {
             report.passwords_synced += pushed.stored;
             store.begin()?;
-            for (immutable_id, why) in pushed.failed {
-                if let Some((mv, dn)) = whose.get(&immutable_id) {
+            let failed: HashSet<&String> = pushed.failed.iter().map(|(id, _)| id).collect();
+            for (immutable_id, (_, _, id)) in &whose {
+                if !failed.contains(immutable_id) {
+                    store.set_password_pending(source_name, id, false)?;
+                }
+            }
+            for (immutable_id, why) in &pushed.failed {
+                if let Some((mv, dn, _)) = whose.get(immutable_id) {
                     let message = format!("password hash sync: {why}");
                     store.record_error(mv, "password", &message)?;
                     report.errors.push((format!("User {dn}"), message));

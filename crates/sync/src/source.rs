@@ -115,6 +115,19 @@ pub trait Source {
         since: &Watermark,
         sink: &mut (dyn ImportSink + Send),
     ) -> impl Future<Output = Result<ImportSummary, Self::Error>> + Send;
+
+    /// Reads these objects again and hands each to `sink` as an upsert (gone
+    /// ones are skipped). Password hash sync uses it for users whose password
+    /// the tenant has not confirmed. A source that cannot does nothing; the
+    /// engine then keeps them pending.
+    fn reread(
+        &mut self,
+        objects: &[(SourceId, Dn)],
+        sink: &mut (dyn ImportSink + Send),
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send {
+        let _ = (objects, sink);
+        async { Ok(0) }
+    }
 }
 
 /// After an import, the known objects (id and last DN) that lie within one of
