@@ -151,6 +151,9 @@ pub enum BrandingCommand {
         /// Accent colour, #rgb or #rrggbb.
         #[arg(long)]
         color: Option<String>,
+        /// Page background colour, #rgb or #rrggbb.
+        #[arg(long)]
+        background_color: Option<String>,
         /// Logo image URL (https:// or a path on the tenant).
         #[arg(long)]
         logo_url: Option<String>,
@@ -394,10 +397,12 @@ pub async fn run(command: TenantCommand) -> Result<()> {
         }
         TenantCommand::Client { command } => client(command),
         TenantCommand::Branding {
-            command: BrandingCommand::Set { data, name, color, logo_url, background_url, text },
+            command: BrandingCommand::Set { data, name, color, background_color, logo_url, background_url, text },
         } => {
-            if let Some(c) = color.as_deref().filter(|c| !tenant::oidc::pages::is_css_colour(c)) {
-                anyhow::bail!("--color {c:?}: use #rgb or #rrggbb");
+            for (flag, value) in [("--color", &color), ("--background-color", &background_color)] {
+                if let Some(c) = value.as_deref().filter(|c| !tenant::oidc::pages::is_css_colour(c)) {
+                    anyhow::bail!("{flag} {c:?}: use #rgb or #rrggbb");
+                }
             }
             let store = open(&data)?;
             let conn = store.lock();
@@ -416,9 +421,10 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             let b = tenant::oidc::pages::Branding::load(&conn);
             audit::record(&conn, "cli", "branding", None, None, None)?;
             println!(
-                "name: {}\ncolor: {}\nlogo-url: {}\nbackground-url: {}\ntext: {}",
+                "name: {}\ncolor: {}\nbackground-color: {}\nlogo-url: {}\nbackground-url: {}\ntext: {}",
                 b.name,
                 b.color,
+                b.background_color,
                 b.logo_url.unwrap_or_default(),
                 b.background_url.unwrap_or_default(),
                 b.text.unwrap_or_default()

@@ -953,12 +953,24 @@ mod sync_e2e {
         assert!(signs_in(&authorize, &name, "Summer-2026").is_err(), "no password synchronised yet");
         // Branding shows on the sign-in page; a bad colour is refused with the reason.
         let data = lab.tmp.join("tenant");
-        ok(&idbridge(&["tenant", "branding", "set", "--data", p(&data), "--name", "Example Corp", "--color", "#0a5"]));
+        ok(&idbridge(&[
+            "tenant",
+            "branding",
+            "set",
+            "--data",
+            p(&data),
+            "--name",
+            "Example Corp",
+            "--color",
+            "#0a5",
+            "--background-color",
+            "#eef",
+        ]));
         let bad = idbridge(&["tenant", "branding", "set", "--data", p(&data), "--color", "red;}"]);
         assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("#rrggbb"));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let page = rt.block_on(async { reqwest::get(&authorize).await.unwrap().text().await.unwrap() });
-        assert!(page.contains("Example Corp") && page.contains("#0a5"), "{page}");
+        assert!(page.contains("Example Corp") && page.contains("#0a5") && page.contains("#eef"), "{page}");
 
         lab.slapd.set_password(&dn, "Summer-2026").unwrap();
         let out = sync_once(&lab, &[]);

@@ -12,6 +12,7 @@ use crate::store::get_meta;
 pub struct Branding {
     pub name: String,
     pub color: String,
+    pub background_color: String,
     pub logo_url: Option<String>,
     pub background_url: Option<String>,
     pub text: Option<String>,
@@ -23,6 +24,9 @@ impl Branding {
         Branding {
             name: get("branding.name").unwrap_or_else(|| "idbridge".into()),
             color: get("branding.color").filter(|c| is_css_colour(c)).unwrap_or_else(|| "#2f5d8a".into()),
+            background_color: get("branding.background_color")
+                .filter(|c| is_css_colour(c))
+                .unwrap_or_else(|| "#f3f4f6".into()),
             logo_url: get("branding.logo_url"),
             background_url: get("branding.background_url"),
             text: get("branding.text"),
@@ -43,14 +47,15 @@ fn layout(branding: &Branding, title: &str, body: Markup) -> String {
         .map(|u| format!("background-image:url(\"{}\");background-size:cover;", u.replace(['"', '\\', '(', ')'], "")))
         .unwrap_or_default();
     let style = format!(
-        "body{{font-family:system-ui,sans-serif;background:#f3f4f6;{background}margin:0}}\
+        "body{{font-family:system-ui,sans-serif;background-color:{bg};{background}margin:0}}\
          main{{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem;border-radius:8px;box-shadow:0 2px 8px #0002}}\
          h1{{font-size:1.4rem}} label{{display:block;margin-top:1rem;font-weight:600}}\
          input[type=text],input[type=email],input[type=password]{{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;margin-top:.3rem}}\
          button{{margin-top:1.2rem;padding:.6rem 1.4rem;font-size:1rem;background:{c};color:#fff;border:0;border-radius:4px}}\
          .error{{color:#a4000f;background:#fde7e9;padding:.6rem;border-radius:4px}} .who{{color:#444}}\
          button:focus,input:focus,a:focus{{outline:3px solid {c};outline-offset:2px}}",
-        c = branding.color
+        c = branding.color,
+        bg = branding.background_color
     );
     html! {
         (DOCTYPE)
