@@ -409,6 +409,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             let fields = [
                 ("name", name),
                 ("color", color),
+                ("background_color", background_color),
                 ("logo_url", logo_url),
                 ("background_url", background_url),
                 ("text", text),
