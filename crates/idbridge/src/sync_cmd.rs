@@ -15,7 +15,7 @@ use crate::config::Config;
 
 /// Version of the built-in mapping; part of the configuration hash, so a new
 /// mapping triggers a full sync by itself.
-const MAPPING_VERSION: &str = "default-mapping-1";
+const MAPPING_VERSION: &str = "default-mapping-2";
 
 #[derive(Debug, Subcommand)]
 pub enum SyncCommand {
@@ -229,7 +229,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                 .await
                 .with_context(|| format!("import and sync of source {:?} for the preview", src.name))?;
             }
-            let pending = sync::engine::pending_exports(&store)?;
+            let pending = sync::engine::pending_exports(&store, &rules)?;
             print_preview(&pending, json, csv);
             Ok(())
         }
@@ -372,27 +372,6 @@ fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool)
 }
 
 /// The value at one of the outbound mapping's tenant paths.
-fn value_at(resource: &serde_json::Value, path: &str) -> Option<serde_json::Value> {
-    use sync::mapping::{ENTERPRISE_SCHEMA, HYBRID_SCHEMA};
-    if let Some(attr) = path.strip_prefix("enterprise:") {
-        return resource.get(ENTERPRISE_SCHEMA)?.get(attr).cloned();
-    }
-    if let Some(attr) = path.strip_prefix("hybrid:") {
-        return resource.get(HYBRID_SCHEMA)?.get(attr).cloned();
-    }
-    if let Some((attr, rest)) = path.split_once('[') {
-        let (filter, sub) = rest.split_once("].")?;
-        let wanted = filter.split('"').nth(1)?;
-        let item =
-            resource.get(attr)?.as_array()?.iter().find(|v| v.get("type").and_then(|t| t.as_str()) == Some(wanted))?;
-        return item.get(sub).cloned();
-    }
-    match path.split_once('.') {
-        Some((a, b)) => resource.get(a)?.get(b).cloned(),
-        None => resource.get(path).cloned(),
-    }
-}
-
 fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Result<()> {
     use sync::engine::SyncStore;
     let Some((mv, source, cs_id)) = store.find(key)? else {
@@ -434,26 +413,38 @@ fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Resu
         None => println!("tenant id:   not exported yet (see `idbridge sync preview`)"),
     }
     let Some((_, resource)) = exported else { return Ok(()) };
+    // The outbound rules, run on the metaverse object as it is now: which
+    // rule and metaverse attribute each tenant attribute comes from.
+    let Some(record) = store.mv_get(&mv)? else { return Ok(()) };
+    let manager = match &record.manager {
+        Some(m) => store.exported_id(m)?,
+        None => None,
+    };
+    let members = store.exported_ids(&record.members)?;
+    let view = sync::mapping::MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
+    let (_, outbound) = sync::mapping::desired_resource_explained(&view, manager.as_deref(), &members, rules);
     println!();
     println!("{:<42} {:<36} from", "tenant attribute", "value");
-    for (path, mv_attr) in sync::mapping::OUTBOUND {
-        let Some(value) = value_at(&resource, path) else { continue };
-        let source_attr =
-            origin.iter().find(|(m, _)| m == mv_attr).map(|(_, s)| s.as_str()).unwrap_or(match *mv_attr {
-                "sourceAnchor" => "the anchor attribute (objectGUID / ms-DS-ConsistencyGuid / entryUUID / nsUniqueId)",
-                "manager (reference)" => "manager (DN → that object's tenant id)",
-                "member (references)" => "member (DNs → tenant ids)",
-                _ => "built-in constant",
-            });
+    for (path, how) in &outbound {
+        let Some(value) = sync::outbound::ScimPath::parse_any(path).ok().and_then(|p| p.get(&resource)) else {
+            continue;
+        };
+        // "metaverse jobTitle (rule out-user)" → and where jobTitle came from.
+        let upstream = how
+            .strip_prefix("metaverse ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|attr| origin.iter().find(|(m, _)| m == attr))
+            .map(|(_, from)| format!(" ← {from}"))
+            .unwrap_or_default();
         let shown = match &value {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Array(a) if a.len() > 3 => format!("[{} values]", a.len()),
             other => other.to_string(),
         };
-        println!("{path:<42} {:<36} metaverse {mv_attr} ← {source_attr}", shown.chars().take(36).collect::<String>());
+        println!("{path:<42} {:<36} {how}{upstream}", shown.chars().take(36).collect::<String>());
     }
     println!(
-        "\nflows: the built-in {} mapping (sync::mapping); the source attributes are those of {}",
+        "\nflows: outbound rules (built in: crates/sync/src/default-outbound-rules.toml, plus [sync] rules) over the metaverse; inbound from the {} rules and the source attributes of {}",
         if flavor == Flavor::ActiveDirectory { "Active Directory" } else { "LDAP" },
         obj.entry.dn
     );

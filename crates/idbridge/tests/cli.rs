@@ -577,7 +577,7 @@ mod sync_e2e {
         assert!(
             explained.contains(a)
                 && explained.contains("Chief Cartographer")
-                && explained.contains("metaverse jobTitle ← title"),
+                && explained.contains("metaverse jobTitle (rule out-user) ← title (rule person)"),
             "{explained}"
         );
         assert!(explained.contains("userName") && explained.contains("← mail"), "{explained}");
@@ -1349,6 +1349,25 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         assert!(out.status.success() && report.contains("Full"), "a rule change runs a full sync by itself: {report}");
         let title = find_user(&lab, &others[0])["title"].clone();
         assert!(title == "staff" || title == "disabled", "{title}");
+
+        // An outbound rule only (the metaverse does not change): the tenant
+        // is still brought in line, and explain names the rule.
+        let person = std::fs::read_to_string(&rules).unwrap();
+        std::fs::write(
+            &rules,
+            person + "\n[[rule]]\nname = \"tenant-title\"\ndirection = \"outbound\"\nobjects = [\"user\"]\nprecedence = 10\n\
+             flows = [{ target = \"title\", expression = \"\\\"Staff \\\" & [mailNickname]\" }]\n",
+        )
+        .unwrap();
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("updated"), "{report}");
+        let user = find_user(&lab, &others[0]);
+        let nickname =
+            user["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["mailNickname"].as_str().unwrap();
+        assert_eq!(user["title"], format!("Staff {nickname}"), "{user}");
+        let explained = ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), &others[0]]));
+        assert!(explained.contains("rule tenant-title"), "{explained}");
 
         // A broken rule file: the error names the file, the rule and the flow.
         std::fs::write(&rules, "[[rule]]\nname = \"bad\"\nobjects = [\"user\"]\nflows = [{ target = \"jobTitle\" }]\n")

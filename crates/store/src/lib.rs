@@ -671,6 +671,11 @@ impl SyncStore for SqliteStore {
         Ok(())
     }
 
+    fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE mv SET dirty = 1 WHERE source = ?1", params![source]).map_err(err)?;
+        Ok(())
+    }
+
     fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError> {
         self.conn
             .execute(

@@ -123,6 +123,9 @@ pub trait SyncStore {
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
     /// Marks the source's objects without a join for another attempt.
     fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError>;
+    /// Marks every metaverse object of `source` for export planning (the
+    /// outbound rules changed: what the tenant should hold may differ).
+    fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError>;
 
     /// Password hash sync: users whose password was read but not yet
     /// confirmed by the target (ids only — never the secret). They are read
@@ -566,6 +569,9 @@ where
     if full {
         store.cs_mark_all_pending(source_name)?;
     }
+    if config_changed {
+        store.mv_mark_dirty(source_name)?;
+    }
     let mut synced = 0;
     let mut out_of_scope = 0;
     let apply_once = options.rules.apply_once_targets();
@@ -716,7 +722,7 @@ where
             }
             let mut plans = Vec::with_capacity(chunk.len());
             for record in &chunk {
-                plans.push(plan(store, record)?);
+                plans.push(plan(store, record, &options.rules)?);
             }
             let ops: Vec<ExportOp> = plans.iter().filter_map(|p| p.op.clone()).collect();
             let mut results = target.apply(&ops).await.into_iter();
@@ -931,7 +937,7 @@ struct Plan {
     waiting: bool,
 }
 
-fn plan<St: SyncStore>(store: &St, record: &MvRecord) -> Result<Plan, StoreError> {
+fn plan<St: SyncStore>(store: &St, record: &MvRecord, rules: &crate::rules::RuleSet) -> Result<Plan, StoreError> {
     let existing = store.exported(&record.id)?;
     if record.deleted {
         let op = existing.as_ref().map(|(id, _)| ExportOp::Delete { kind: record.kind, id: id.clone() });
@@ -947,6 +953,7 @@ fn plan<St: SyncStore>(store: &St, record: &MvRecord) -> Result<Plan, StoreError
         &MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs },
         manager.as_deref(),
         &members,
+        rules,
     );
     Ok(match existing {
         None => Plan {
@@ -1035,11 +1042,14 @@ fn old_value(exported: &Json, path: &str) -> Json {
 }
 
 /// What the next export would send, computed from the store without sending.
-pub fn pending_exports<St: SyncStore>(store: &St) -> Result<Vec<PendingExport>, StoreError> {
+pub fn pending_exports<St: SyncStore>(
+    store: &St,
+    rules: &crate::rules::RuleSet,
+) -> Result<Vec<PendingExport>, StoreError> {
     let mut out = Vec::new();
     for id in store.dirty()? {
         let Some(record) = store.mv_get(&id)? else { continue };
-        let plan = plan(store, &record)?;
+        let plan = plan(store, &record, rules)?;
         let object = record
             .attrs
             .get("onPremisesDistinguishedName")

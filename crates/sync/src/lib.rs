@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod expr;
 pub mod mapping;
+pub mod outbound;
 pub mod phs;
 pub mod rules;
 pub mod source;

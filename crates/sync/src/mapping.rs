@@ -1,7 +1,8 @@
-//! The default mapping, as data: which on-premises attributes flow into which
-//! metaverse attributes (inbound), and how a metaverse object becomes a tenant
-//! SCIM resource (outbound). Declarative, file-loaded rules (DESIGN §5)
-//! replace these tables in a later step; the shapes here are what they produce.
+//! What the rules do not say: scoping of system objects, the computed
+//! inbound attributes (userPrincipalName for LDAP, accountEnabled, the
+//! DN-derived ones, references), projection, and the outbound resource built
+//! from the outbound rules plus the structural parts (schemas, sourceAnchor,
+//! references); and the minimal PATCH between two resources.
 
 use std::collections::HashSet;
 
@@ -136,40 +137,6 @@ pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) ->
     (Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, manager, members }, origin)
 }
 
-/// Where each tenant attribute of the built-in outbound mapping comes from:
-/// (tenant path, metaverse attribute).
-pub const OUTBOUND: &[(&str, &str)] = &[
-    ("userName", "userPrincipalName"),
-    ("externalId", "sourceAnchor"),
-    ("displayName", "displayName"),
-    ("title", "jobTitle"),
-    ("name.givenName", "givenName"),
-    ("name.familyName", "surname"),
-    ("active", "accountEnabled"),
-    ("emails[type eq \"work\"].value", "mail"),
-    ("phoneNumbers[type eq \"work\"].value", "telephoneNumber"),
-    ("phoneNumbers[type eq \"mobile\"].value", "mobile"),
-    ("addresses[type eq \"work\"].streetAddress", "streetAddress"),
-    ("addresses[type eq \"work\"].locality", "city"),
-    ("addresses[type eq \"work\"].region", "state"),
-    ("addresses[type eq \"work\"].postalCode", "postalCode"),
-    ("addresses[type eq \"work\"].country", "country"),
-    ("companyName", "companyName"),
-    ("members", "member (references)"),
-    ("enterprise:employeeNumber", "employeeId"),
-    ("enterprise:department", "department"),
-    ("enterprise:organization", "companyName"),
-    ("enterprise:manager", "manager (reference)"),
-    ("hybrid:immutableId", "sourceAnchor"),
-    ("hybrid:onPremisesDistinguishedName", "onPremisesDistinguishedName"),
-    ("hybrid:onPremisesSamAccountName", "onPremisesSamAccountName"),
-    ("hybrid:onPremisesDomainName", "onPremisesDomainName"),
-    ("hybrid:onPremisesSecurityIdentifier", "onPremisesSecurityIdentifier"),
-    ("hybrid:proxyAddresses", "proxyAddresses"),
-    ("hybrid:mailNickname", "mailNickname"),
-    ("hybrid:dirSyncEnabled", "constant true"),
-];
-
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const CONTACT_SCHEMA: &str = "urn:idbridge:params:scim:schemas:core:2.0:Contact";
@@ -184,116 +151,76 @@ pub struct MvView<'a> {
     pub attrs: &'a Map<String, Json>,
 }
 
-fn s<'a>(attrs: &'a Map<String, Json>, key: &str) -> Option<&'a str> {
-    attrs.get(key).and_then(Json::as_str)
-}
-
-fn put(m: &mut Map<String, Json>, key: &str, v: Option<&str>) {
-    if let Some(v) = v {
-        m.insert(key.to_string(), json!(v));
-    }
-}
-
 /// Outbound sync: the tenant resource a metaverse object should be.
 /// `manager` and `members` are tenant ids, already resolved.
-pub fn desired_resource(mv: &MvView<'_>, manager: Option<&str>, members: &[String]) -> Json {
-    let a = mv.attrs;
+pub fn desired_resource(mv: &MvView<'_>, manager: Option<&str>, members: &[String], rules: &RuleSet) -> Json {
+    desired_resource_explained(mv, manager, members, rules).0
+}
+
+/// Outbound sync, with the origin of each tenant attribute: (SCIM path,
+/// metaverse attribute or rule). The outbound rules give the attributes;
+/// the schemas, the sourceAnchor, references and `dirSyncEnabled` are built in.
+pub fn desired_resource_explained(
+    mv: &MvView<'_>,
+    manager: Option<&str>,
+    members: &[String],
+    rules: &RuleSet,
+) -> (Json, Vec<(String, String)>) {
+    let mut flows = Map::new();
+    let mut origin = Vec::new();
+    rules.apply_outbound(mv.kind, mv.attrs, &mut flows, &mut origin);
     let mut out = Map::new();
-    let mut hybrid = Map::new();
-    hybrid.insert("immutableId".into(), json!(mv.anchor));
-    for k in [
-        "onPremisesDistinguishedName",
-        "onPremisesSamAccountName",
-        "onPremisesDomainName",
-        "onPremisesSecurityIdentifier",
-        "mailNickname",
-    ] {
-        put(&mut hybrid, k, s(a, k));
-    }
-    if let Some(p) = a.get("proxyAddresses").filter(|p| p.as_array().is_some_and(|x| !x.is_empty())) {
-        hybrid.insert("proxyAddresses".into(), p.clone());
-    }
-    hybrid.insert("dirSyncEnabled".into(), json!(true));
+    let schemas = match mv.kind {
+        ObjectKind::User => json!([USER_SCHEMA, ENTERPRISE_SCHEMA, HYBRID_SCHEMA]),
+        ObjectKind::Group => json!([GROUP_SCHEMA, HYBRID_SCHEMA]),
+        _ => json!([CONTACT_SCHEMA, HYBRID_SCHEMA]),
+    };
+    out.insert("schemas".into(), schemas);
     out.insert("externalId".into(), json!(mv.anchor));
+    origin.push(("externalId".into(), "the sourceAnchor (built in)".into()));
+    for (target, value) in flows {
+        if let Ok(path) = crate::outbound::ScimPath::parse(&target) {
+            path.set(&mut out, value);
+        }
+    }
+    // Elements that got only a type (a constant `primary` without a value) are dropped.
+    for list in out.values_mut().filter_map(Json::as_array_mut) {
+        list.retain(|item| item.as_object().is_none_or(|o| o.keys().any(|k| k != "type" && k != "primary")));
+    }
+    out.retain(|_, v| !matches!(v, Json::Array(a) if a.is_empty()));
+    if mv.kind != ObjectKind::User && !out.contains_key("displayName") {
+        // SCIM groups need a display name.
+        out.insert("displayName".into(), json!(mv.anchor));
+        origin.push(("displayName".into(), "the sourceAnchor, for want of a name (built in)".into()));
+    }
+    let hybrid = out.entry(HYBRID_SCHEMA.to_string()).or_insert_with(|| json!({}));
+    if let Some(h) = hybrid.as_object_mut() {
+        h.insert("immutableId".into(), json!(mv.anchor));
+        h.insert("dirSyncEnabled".into(), json!(true));
+    }
+    origin.push(("hybrid:immutableId".into(), "the sourceAnchor (built in)".into()));
     match mv.kind {
         ObjectKind::User => {
-            out.insert("schemas".into(), json!([USER_SCHEMA, ENTERPRISE_SCHEMA, HYBRID_SCHEMA]));
-            put(&mut out, "userName", s(a, "userPrincipalName"));
-            put(&mut out, "displayName", s(a, "displayName"));
-            put(&mut out, "title", s(a, "jobTitle"));
-            let mut name = Map::new();
-            put(&mut name, "givenName", s(a, "givenName"));
-            put(&mut name, "familyName", s(a, "surname"));
-            if !name.is_empty() {
-                out.insert("name".into(), Json::Object(name));
-            }
-            out.insert("active".into(), a.get("accountEnabled").cloned().unwrap_or(json!(true)));
-            if let Some(m) = s(a, "mail") {
-                out.insert("emails".into(), json!([{"value": m, "type": "work", "primary": true}]));
-            }
-            let mut phones = Vec::new();
-            if let Some(p) = s(a, "telephoneNumber") {
-                phones.push(json!({"value": p, "type": "work"}));
-            }
-            if let Some(p) = s(a, "mobile") {
-                phones.push(json!({"value": p, "type": "mobile"}));
-            }
-            if !phones.is_empty() {
-                out.insert("phoneNumbers".into(), Json::Array(phones));
-            }
-            let mut addr = Map::new();
-            for (from, to) in [
-                ("streetAddress", "streetAddress"),
-                ("city", "locality"),
-                ("state", "region"),
-                ("postalCode", "postalCode"),
-                ("country", "country"),
-            ] {
-                put(&mut addr, to, s(a, from));
-            }
-            if !addr.is_empty() {
-                addr.insert("type".into(), json!("work"));
-                out.insert("addresses".into(), json!([addr]));
-            }
-            let mut ent = Map::new();
-            put(&mut ent, "employeeNumber", s(a, "employeeId"));
-            put(&mut ent, "department", s(a, "department"));
-            put(&mut ent, "organization", s(a, "companyName"));
             if let Some(m) = manager {
-                ent.insert("manager".into(), json!({"value": m}));
-            }
-            if !ent.is_empty() {
-                out.insert(ENTERPRISE_SCHEMA.into(), Json::Object(ent));
+                let ent = out.entry(ENTERPRISE_SCHEMA.to_string()).or_insert_with(|| json!({}));
+                if let Some(e) = ent.as_object_mut() {
+                    e.insert("manager".into(), json!({"value": m}));
+                }
+                origin.push(("enterprise:manager".into(), "manager (DN → that object's tenant id, built in)".into()));
             }
         }
         ObjectKind::Group => {
-            out.insert("schemas".into(), json!([GROUP_SCHEMA, HYBRID_SCHEMA]));
-            out.insert("displayName".into(), json!(s(a, "displayName").unwrap_or(mv.anchor)));
             let mut sorted: Vec<&String> = members.iter().collect();
             sorted.sort();
             sorted.dedup();
             if !sorted.is_empty() {
                 out.insert("members".into(), Json::Array(sorted.into_iter().map(|m| json!({"value": m})).collect()));
+                origin.push(("members".into(), "member (DNs → tenant ids, built in)".into()));
             }
         }
-        _ => {
-            out.insert("schemas".into(), json!([CONTACT_SCHEMA, HYBRID_SCHEMA]));
-            out.insert("displayName".into(), json!(s(a, "displayName").or(s(a, "mail")).unwrap_or(mv.anchor)));
-            put(&mut out, "title", s(a, "jobTitle"));
-            put(&mut out, "companyName", s(a, "companyName"));
-            if let Some(m) = s(a, "mail") {
-                out.insert("emails".into(), json!([{"value": m, "type": "work", "primary": true}]));
-            }
-            let mut name = Map::new();
-            put(&mut name, "givenName", s(a, "givenName"));
-            put(&mut name, "familyName", s(a, "surname"));
-            if !name.is_empty() {
-                out.insert("name".into(), Json::Object(name));
-            }
-        }
+        _ => {}
     }
-    out.insert(HYBRID_SCHEMA.into(), Json::Object(hybrid));
-    Json::Object(out)
+    (Json::Object(out), origin)
 }
 
 /// The SCIM PATCH operations that turn `exported` into `desired`: replace or
@@ -393,7 +320,12 @@ mod tests {
         assert_eq!(p.attrs["accountEnabled"], false);
         assert_eq!(p.attrs["onPremisesDomainName"], "corp.example.com");
         assert_eq!(p.manager.map(|m| m.to_string()), Some("CN=Boss,DC=corp,DC=example,DC=com".into()));
-        let r = desired_resource(&MvView { kind: p.kind, anchor: &p.anchor, attrs: &p.attrs }, Some("t-boss"), &[]);
+        let r = desired_resource(
+            &MvView { kind: p.kind, anchor: &p.anchor, attrs: &p.attrs },
+            Some("t-boss"),
+            &[],
+            &RuleSet::default(),
+        );
         assert_eq!(r["userName"], "j@corp.example.com");
         assert_eq!(r["active"], false);
         assert_eq!(r["externalId"], "AQID");
@@ -405,6 +337,72 @@ mod tests {
             &[("isCriticalSystemObject", "TRUE"), ("userPrincipalName", "k@x")],
         );
         assert_eq!(out_of_scope(Flavor::ActiveDirectory, &critical), Some("critical system object"));
+    }
+
+    #[test]
+    fn outbound_rules_build_the_resource_and_can_be_overridden() {
+        let u = obj(
+            ObjectKind::User,
+            "uid=ann,ou=people,dc=example,dc=org",
+            &[
+                ("uid", "ann"),
+                ("cn", "Ann"),
+                ("mail", "ann@example.org"),
+                ("telephoneNumber", "+49 1"),
+                ("mobile", "+49 2"),
+                ("l", "Berlin"),
+                ("title", "Engineer"),
+                ("departmentNumber", "R&D"),
+            ],
+        );
+        let p = project(Flavor::Ldap, &u, &RuleSet::default());
+        let view = MvView { kind: p.kind, anchor: &p.anchor, attrs: &p.attrs };
+        let r = desired_resource(&view, None, &[], &RuleSet::default());
+        assert_eq!(r["emails"], json!([{"type": "work", "value": "ann@example.org", "primary": true}]));
+        // Elements come in the order of their target paths (deterministic, so no spurious PATCH).
+        assert_eq!(
+            r["phoneNumbers"],
+            json!([{"type": "mobile", "value": "+49 2"}, {"type": "work", "value": "+49 1"}])
+        );
+        assert_eq!(r["addresses"], json!([{"type": "work", "locality": "Berlin"}]));
+        assert_eq!(r["active"], true);
+        assert_eq!(r["title"], "Engineer");
+        assert_eq!(r[ENTERPRISE_SCHEMA]["department"], "R&D");
+        assert_eq!(r[HYBRID_SCHEMA]["immutableId"], "AQID");
+        assert_eq!(r[HYBRID_SCHEMA]["dirSyncEnabled"], true);
+        // No mail: the constant `primary` alone does not make an email.
+        let mut no_mail = p.attrs.clone();
+        no_mail.remove("mail");
+        let bare = desired_resource(&MvView { attrs: &no_mail, ..view.clone() }, None, &[], &RuleSet::default());
+        assert!(bare.get("emails").is_none(), "{bare}");
+
+        // A rule file: the title is built from the department; a lower precedence number wins.
+        let custom = RuleSet::load(&[(
+            "site.toml".into(),
+            r#"
+[[rule]]
+name = "site-title"
+direction = "outbound"
+objects = ["user"]
+precedence = 50
+flows = [{ target = "title", expression = "[jobTitle] & \" (\" & [department] & \")\"" }]
+"#
+            .into(),
+        )])
+        .unwrap();
+        let (r, origin) = desired_resource_explained(&view, None, &[], &custom);
+        assert_eq!(r["title"], "Engineer (R&D)");
+        assert!(origin.iter().any(|(t, o)| t == "title" && o.contains("site-title")), "{origin:?}");
+
+        for (bad, says) in [
+            ("flows = [{ target = \"externalId\", source = [\"mail\"] }]", "set by the engine"),
+            ("flows = [{ target = \"emails[value eq \\\"x\\\"].value\", source = [\"mail\"] }]", "type eq"),
+            ("flavor = \"ldap\"\nflows = []", "flavor applies to inbound"),
+        ] {
+            let text = format!("[[rule]]\nname = \"bad\"\ndirection = \"outbound\"\nobjects = [\"user\"]\n{bad}\n");
+            let err = RuleSet::load(&[("bad.toml".into(), text)]).unwrap_err().to_string();
+            assert!(err.contains("bad.toml") && err.contains("rule \"bad\"") && err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Inbound rules as data (DESIGN §5): which source attributes flow into which
-//! metaverse attributes, for which objects, in which scope, with which
-//! precedence. The built-in set is `default-rules.toml`; files listed in
-//! `[sync] rules` add rules or override them by name.
+//! Rules as data (DESIGN §5): inbound — which source attributes flow into
+//! which metaverse attributes — and outbound — which metaverse attributes
+//! become which tenant (SCIM) attributes; for which objects, in which scope,
+//! with which precedence. The built-in sets are `default-rules.toml` and
+//! `default-outbound-rules.toml`; files listed in `[sync] rules` add rules
+//! or override them by name.
 
 use directory::{Entry, Filter, ObjectKind, Value};
 use serde::Deserialize;
@@ -10,6 +12,16 @@ use serde_json::{Map, Value as Json, json};
 use crate::mapping::Flavor;
 
 pub const DEFAULT_RULES: &str = include_str!("default-rules.toml");
+pub const DEFAULT_OUTBOUND_RULES: &str = include_str!("default-outbound-rules.toml");
+
+/// Which way a rule's flows go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Source object → metaverse.
+    Inbound,
+    /// Metaverse → tenant resource.
+    Outbound,
+}
 
 /// A rule problem, naming the file, the rule and the flow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +101,8 @@ pub enum FlowSource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleFlow {
     pub target: String,
+    /// Outbound flows: the parsed SCIM path of `target`.
+    pub path: Option<crate::outbound::ScimPath>,
     pub source: FlowSource,
     pub multi: bool,
     pub merge: MergeType,
@@ -99,6 +113,7 @@ pub struct RuleFlow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub name: String,
+    pub direction: Direction,
     /// The file the rule came from (for errors and `explain`).
     pub file: String,
     pub objects: Vec<ObjectKind>,
@@ -143,11 +158,13 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
         if !valid_name(&def.name) {
             return Err(err("a rule name uses letters, digits, '-' and '_'".into()));
         }
-        if def.direction != "inbound" {
-            return Err(err(format!(
-                "direction {:?}: only inbound rules can be given yet (outbound mapping is built in)",
-                def.direction
-            )));
+        let direction = match def.direction.as_str() {
+            "inbound" => Direction::Inbound,
+            "outbound" => Direction::Outbound,
+            other => return Err(err(format!("direction {other:?} is not inbound or outbound"))),
+        };
+        if direction == Direction::Outbound && def.flavor.is_some() {
+            return Err(err("flavor applies to inbound rules (an outbound rule sees the metaverse)".into()));
         }
         let objects = def
             .objects
@@ -184,8 +201,15 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
                 place: format!("rule {:?}, flow {} ({})", def.name, i + 1, f.target),
                 message,
             };
-            if !valid_name(&f.target) {
-                return Err(ferr("target must be a metaverse attribute name".into()));
+            let path = match direction {
+                Direction::Inbound if !valid_name(&f.target) => {
+                    return Err(ferr("target must be a metaverse attribute name".into()));
+                }
+                Direction::Inbound => None,
+                Direction::Outbound => Some(crate::outbound::ScimPath::parse(&f.target).map_err(ferr)?),
+            };
+            if direction == Direction::Outbound && f.apply_once {
+                return Err(ferr("apply_once is for inbound flows".into()));
             }
             let source = match (&f.source, &f.constant, &f.expression) {
                 (None, None, Some(text)) => FlowSource::Expression(
@@ -212,13 +236,23 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             };
             flows.push(RuleFlow {
                 target: f.target.clone(),
+                path,
                 source,
                 multi: f.multi || merge != MergeType::Update,
                 merge,
                 apply_once: f.apply_once,
             });
         }
-        out.push(Rule { name: def.name, file: file.into(), objects, flavor, scope, precedence: def.precedence, flows });
+        out.push(Rule {
+            name: def.name,
+            direction,
+            file: file.into(),
+            objects,
+            flavor,
+            scope,
+            precedence: def.precedence,
+            flows,
+        });
     }
     Ok(out)
 }
@@ -228,6 +262,7 @@ impl RuleSet {
     /// a known name replaces that rule, a new name adds one.
     pub fn load(files: &[(String, String)]) -> Result<RuleSet, RuleError> {
         let mut rules = parse_file("built-in rules", DEFAULT_RULES)?;
+        rules.extend(parse_file("built-in outbound rules", DEFAULT_OUTBOUND_RULES)?);
         for (name, text) in files {
             for rule in parse_file(name, text)? {
                 match rules.iter_mut().find(|r| r.name == rule.name) {
@@ -247,8 +282,14 @@ impl RuleSet {
 
     /// Metaverse attributes that some rule sets only once.
     pub fn apply_once_targets(&self) -> Vec<&str> {
-        let mut targets: Vec<&str> =
-            self.rules.iter().flat_map(|r| &r.flows).filter(|f| f.apply_once).map(|f| f.target.as_str()).collect();
+        let mut targets: Vec<&str> = self
+            .rules
+            .iter()
+            .filter(|r| r.direction == Direction::Inbound)
+            .flat_map(|r| &r.flows)
+            .filter(|f| f.apply_once)
+            .map(|f| f.target.as_str())
+            .collect();
         targets.sort_unstable();
         targets.dedup();
         targets
@@ -268,13 +309,55 @@ impl RuleSet {
         out: &mut Map<String, Json>,
         origin: &mut Vec<(String, String)>,
     ) {
+        self.apply_direction(Direction::Inbound, kind, Some(flavor), &|| entry, &|f| flow_value(f, entry), out, origin);
+    }
+
+    /// The outbound rules for a metaverse object: (SCIM target path → value),
+    /// with the same precedence and merge semantics as inbound. Attribute
+    /// sources read the metaverse values with their JSON types; expressions
+    /// and scope filters see them as directory attributes.
+    pub fn apply_outbound(
+        &self,
+        kind: ObjectKind,
+        attrs: &Map<String, Json>,
+        out: &mut Map<String, Json>,
+        origin: &mut Vec<(String, String)>,
+    ) {
+        // Built only when a scope filter or an expression needs it.
+        let entry = std::cell::OnceCell::new();
+        let entry = || entry.get_or_init(|| metaverse_entry(attrs));
+        self.apply_direction(
+            Direction::Outbound,
+            kind,
+            None,
+            &entry,
+            &|f| outbound_flow_value(f, attrs, entry),
+            out,
+            origin,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_direction<'e>(
+        &self,
+        direction: Direction,
+        kind: ObjectKind,
+        flavor: Option<Flavor>,
+        entry: &dyn Fn() -> &'e Entry,
+        value_of: &dyn Fn(&RuleFlow) -> Contribution,
+        out: &mut Map<String, Json>,
+        origin: &mut Vec<(String, String)>,
+    ) {
         let mut settled: Vec<&str> = Vec::new();
         for rule in &self.rules {
-            if !rule.objects.contains(&kind) || rule.flavor.is_some_and(|f| f != flavor) {
+            if rule.direction != direction
+                || !rule.objects.contains(&kind)
+                || rule.flavor.is_some_and(|f| Some(f) != flavor)
+            {
                 continue;
             }
             if let Some(scope) = &rule.scope
-                && !scope.matches(entry).unwrap_or(false)
+                && !scope.matches(entry()).unwrap_or(false)
             {
                 continue;
             }
@@ -289,10 +372,10 @@ impl RuleSet {
                 if blocked {
                     continue;
                 }
-                let (value, from) = match flow_value(flow, entry) {
+                let (value, from) = match value_of(flow) {
                     Contribution::Nothing => continue,
                     Contribution::Failed(err) => {
-                        tracing::warn!(object = %entry.dn, rule = %rule.name, flow = %target, error = %err, "expression failed; the attribute is left out");
+                        tracing::warn!(object = %entry().dn, rule = %rule.name, flow = %target, error = %err, "expression failed; the attribute is left out");
                         continue;
                     }
                     Contribution::AuthoritativeNull => {
@@ -370,6 +453,49 @@ fn flow_value(flow: &RuleFlow, entry: &Entry) -> Contribution {
             Contribution::Nothing
         }
     }
+}
+
+/// A metaverse object as directory attributes, for expressions and scope
+/// filters in outbound rules (booleans as TRUE/FALSE, lists as values).
+fn metaverse_entry(attrs: &Map<String, Json>) -> Entry {
+    let dn = attrs
+        .get("onPremisesDistinguishedName")
+        .and_then(Json::as_str)
+        .and_then(|d| directory::Dn::parse(d).ok())
+        .unwrap_or_default();
+    let mut entry = Entry::new(dn);
+    for (name, value) in attrs {
+        let items = match value {
+            Json::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        for item in items {
+            let text = match item {
+                Json::String(s) => s,
+                Json::Bool(b) => if b { "TRUE" } else { "FALSE" }.to_string(),
+                Json::Null => continue,
+                other => other.to_string(),
+            };
+            entry.add(name, text);
+        }
+    }
+    entry
+}
+
+fn outbound_flow_value<'e>(flow: &RuleFlow, attrs: &Map<String, Json>, entry: impl Fn() -> &'e Entry) -> Contribution {
+    let FlowSource::Attributes(sources) = &flow.source else { return flow_value(flow, entry()) };
+    for from in sources {
+        let value = match attrs.get(from) {
+            None | Some(Json::Null) => continue,
+            Some(Json::String(s)) if s.is_empty() => continue,
+            Some(Json::Array(a)) if a.is_empty() => continue,
+            Some(Json::Array(a)) if !flow.multi => a[0].clone(),
+            Some(v) if flow.multi && !v.is_array() => json!([v]),
+            Some(v) => v.clone(),
+        };
+        return Contribution::Value(value, format!("metaverse {from}"));
+    }
+    Contribution::Nothing
 }
 
 /// A JSON value as a list of texts (for merging).
