@@ -33,6 +33,9 @@ pub enum LdapError {
     #[error("object {dn:?} has no usable {attribute} (the id/anchor attribute): {reason}")]
     Identity { dn: String, attribute: String, reason: String },
 
+    #[error("modifying {dn:?} on {url} failed (LDAP result {code}){}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Modify { url: String, dn: String, code: u32, message: String },
+
     #[error("the watermark is not one this connector wrote: {0}")]
     Watermark(String),
 

@@ -20,6 +20,7 @@ pub mod source;
 mod syncrepl;
 mod usn;
 pub mod watermark;
+pub mod write;
 
 pub use error::LdapError;
 pub use rootdse::RootDse;

@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod config;
 mod demo;
 mod dump;
+mod idfix_cmd;
 mod ldif_source;
 mod progress;
 mod sample;
@@ -58,6 +59,11 @@ enum Command {
         /// Once ready, print one JSON object (url, issuer, client_id, redirect_uri, users) on standard output.
         #[arg(long)]
         json: bool,
+    },
+    /// Find and safely fix what would break directory sync (the IdFix successor).
+    Idfix {
+        #[command(subcommand)]
+        command: idfix_cmd::IdfixCommand,
     },
     /// Realistic directory data.
     Sample {
@@ -201,6 +207,7 @@ async fn run(command: Command) -> Result<()> {
             demo::run(demo::DemoOptions { data, listen, users, groups, json }).await
         }
         Command::Tenant { command } => tenant_cmd::run(command).await,
+        Command::Idfix { command } => idfix_cmd::run(command).await,
         Command::Sync { command } => sync_cmd::run(command).await,
         Command::Sample {
             command:

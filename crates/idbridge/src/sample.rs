@@ -252,7 +252,8 @@ impl SampleSpec {
                 0 => upn = format!("{}@{}", other.login, self.domain),
                 1 => mail = format!("{}@{}", other.login, self.domain),
                 2 => extra_proxy = Some(format!("smtp:{}@{}", other.login, self.domain)),
-                3 => mail = format!("{} {}@{}", p.given, p.surname, self.domain),
+                // A space (valid IA5, so a server stores it) where an address may have none.
+                3 => mail = format!("{} {}@{}", ascii_fold(&p.given), ascii_fold(&p.surname), self.domain),
                 4 => display = format!("{display} {}", "x".repeat(260)),
                 _ => upn = format!("{}@corp.local", p.login),
             }
