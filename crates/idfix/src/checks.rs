@@ -9,7 +9,8 @@
 //! allowed and any non-ASCII character is flagged; proxy and target
 //! character sets apply after the `type:` prefix; sAMAccountName flags the
 //! apostrophe; `mail` is checked as an address in both modes; givenName's
-//! limit is 64 and displayName's 256 (Microsoft's documented limits); the
+//! limit is 64 and displayName's 256 (Microsoft's documented limits), and a
+//! missing displayName is not an error (the sync uses the cn); the
 //! dedicated mailNickname period rule works; an AD user without a
 //! userPrincipalName is reported (it cannot sync).
 
@@ -105,11 +106,6 @@ impl Chain {
     }
 }
 
-/// Object classes whose schema includes displayName.
-fn has_display_name(entry: &Entry) -> bool {
-    ["user", "group", "contact", "inetOrgPerson"].iter().any(|c| entry.has_object_class(c))
-}
-
 fn blank(entry: &Entry, attribute: &str, proposed: String) -> Finding {
     Finding {
         dn: entry.dn.to_string(),
@@ -136,15 +132,12 @@ fn multi_tenant(entry: &Entry, options: &Options, tlds: &TldRule) -> Vec<Finding
     let cn = common_name(entry);
     let kind = ObjectKind::of(entry);
     let mut out = Vec::new();
-    match entry.first_text("displayName") {
-        Some(v) => out.extend({
-            let mut c = Chain::new(v);
-            c.max_len(256);
-            c.finding(entry, "displayName")
-        }),
-        // Only where the schema has a displayName (OpenLDAP's groupOfNames has none).
-        None if has_display_name(entry) => out.push(blank(entry, "displayName", truncate(&cn, 256))),
-        None => {}
+    // A missing displayName is not flagged (the reference did, issue #18):
+    // Microsoft documents it as optional, and the sync takes the cn instead.
+    if let Some(v) = entry.first_text("displayName") {
+        let mut c = Chain::new(v);
+        c.max_len(256);
+        out.extend(c.finding(entry, "displayName"));
     }
     if let Some(v) = entry.first_text("givenName") {
         let mut c = Chain::new(v);
