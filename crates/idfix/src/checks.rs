@@ -291,3 +291,56 @@ fn dedicated(entry: &Entry, tlds: &TldRule) -> Vec<Finding> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use directory::Dn;
+
+    use super::*;
+
+    fn entry(classes: &[&str], attrs: &[(&str, &str)]) -> Entry {
+        let mut e = Entry::new(Dn::parse("CN=x,OU=y,DC=contoso,DC=com").unwrap());
+        for c in classes {
+            e.add("objectClass", *c);
+        }
+        for (k, v) in attrs {
+            e.add(k, *v);
+        }
+        e
+    }
+
+    fn kinds(findings: &[Finding], attribute: &str) -> (Vec<ErrorKind>, Option<String>) {
+        let f =
+            findings.iter().find(|f| f.attribute == attribute).unwrap_or_else(|| panic!("{attribute}: {findings:?}"));
+        (f.errors.clone(), f.proposed.clone())
+    }
+
+    #[test]
+    fn dedicated_mode_chains() {
+        let options = Options { mode: Mode::Dedicated, ..Options::default() };
+        let tlds = TldRule::default();
+        let contact = entry(
+            &["contact"],
+            &[
+                ("cn", "x"),
+                ("givenName", "Ann"),
+                ("sn", "Lee"),
+                ("mail", "ann lee@contoso.com"),
+                ("displayName", " Ann "),
+            ],
+        );
+        let f = run(&contact, &options, &tlds);
+        assert_eq!(kinds(&f, "displayName"), (vec![ErrorKind::Character], Some("Ann".into())));
+        assert_eq!(kinds(&f, "mail"), (vec![ErrorKind::Character], Some("annlee@contoso.com".into())));
+        // A contact without mailNickname gets givenName.sn; without targetAddress, SMTP: + mail.
+        assert_eq!(kinds(&f, "mailNickname"), (vec![ErrorKind::Blank], Some("Ann.Lee".into())));
+        assert_eq!(kinds(&f, "targetAddress"), (vec![ErrorKind::Blank], Some("SMTP:ann lee@contoso.com".into())));
+        let user = entry(&["user"], &[("cn", "x"), ("mailNickname", ".a#b."), ("mail", "a@contoso.com")]);
+        let f = run(&user, &options, &tlds);
+        // The period rule works here (the reference's never fired).
+        assert_eq!(kinds(&f, "mailNickname"), (vec![ErrorKind::Format, ErrorKind::Character], Some("ab".into())));
+        assert!(f.iter().all(|x| x.attribute != "userPrincipalName"), "dedicated does not check UPNs");
+        let group = entry(&["group"], &[("cn", "Staff")]);
+        assert_eq!(kinds(&run(&group, &options, &tlds), "displayName"), (vec![ErrorKind::Blank], Some("Staff".into())));
+    }
+}
