@@ -19,6 +19,7 @@ pub mod settings;
 pub mod source;
 mod syncrepl;
 mod usn;
+pub mod validate;
 pub mod watermark;
 pub mod write;
 

@@ -366,3 +366,32 @@ fn starttls_and_ldaps_with_a_test_ca() {
     let (changes, _) = rt.block_on(import(&mut LdapSource::new(insecure).unwrap(), None)).unwrap();
     assert_eq!(upserts(&changes).len(), 3);
 }
+
+#[test]
+fn password_validation_binds_as_the_user_and_cannot_be_widened() {
+    use connector_ldap::validate::Validator;
+    use pta::Outcome;
+    let slapd = Slapd::start(SlapdOptions::default()).unwrap();
+    seed(&slapd, 3);
+    slapd.set_password("uid=u001,ou=people,dc=example,dc=org", "right-one").unwrap();
+    let rt = runtime();
+    let validator = Validator::new(admin_settings(&slapd), None).unwrap();
+    let check = |user: &str, pw: &str| rt.block_on(validator.validate(user, pw));
+    assert_eq!(check("u001@example.org", "right-one"), Outcome::Success);
+    assert_eq!(check("u001@example.org", "wrong"), Outcome::WrongPassword);
+    assert_eq!(check("nobody@example.org", "right-one"), Outcome::WrongPassword);
+    // Filter metacharacters are escaped: they cannot match other users.
+    for sneaky in ["*", "*)(uid=*", "u001@example.org)(|(mail=*", "*@example.org"] {
+        assert_eq!(check(sneaky, "right-one"), Outcome::WrongPassword, "{sneaky}");
+    }
+    // An empty password would be an unauthenticated bind, which "succeeds".
+    assert_eq!(check("u001@example.org", ""), Outcome::WrongPassword);
+    // Again, on pooled connections.
+    assert_eq!(check("u001@example.org", "right-one"), Outcome::Success);
+    assert!(Validator::new(admin_settings(&slapd), Some("(uid=x)".into())).is_err(), "a filter without {{upn}}");
+
+    let mut gone = admin_settings(&slapd);
+    gone.urls = vec![format!("ldap://127.0.0.1:{}", free_port().unwrap())];
+    let unreachable = Validator::new(gone, None).unwrap();
+    assert_eq!(rt.block_on(unreachable.validate("u001@example.org", "right-one")), Outcome::DirectoryUnreachable);
+}

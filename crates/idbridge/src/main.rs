@@ -12,6 +12,7 @@ mod dump;
 mod idfix_cmd;
 mod ldif_source;
 mod progress;
+mod pta_agent;
 mod sample;
 mod sync_cmd;
 mod tenant_cmd;
@@ -59,6 +60,11 @@ enum Command {
         /// Once ready, print one JSON object (url, issuer, client_id, redirect_uri, users) on standard output.
         #[arg(long)]
         json: bool,
+    },
+    /// The pass-through authentication agent (runs on-premises).
+    PtaAgent {
+        #[command(subcommand)]
+        command: pta_agent::AgentCommand,
     },
     /// Find and safely fix what would break directory sync (the IdFix successor).
     Idfix {
@@ -208,6 +214,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Tenant { command } => tenant_cmd::run(command).await,
         Command::Idfix { command } => idfix_cmd::run(command).await,
+        Command::PtaAgent { command } => pta_agent::run(command).await,
         Command::Sync { command } => sync_cmd::run(command).await,
         Command::Sample {
             command:

@@ -57,6 +57,9 @@ pub enum TenantCommand {
         /// Users who must change their on-premises password may choose a new one at sign-in.
         #[arg(long, value_parser = parse_on_off)]
         allow_cloud_password_change: Option<bool>,
+        /// How long a pass-through sign-in waits for an agent (seconds; read at tenant start).
+        #[arg(long)]
+        pta_timeout_secs: Option<u64>,
     },
     /// OpenID Connect clients (relying parties).
     Client {
@@ -67,6 +70,21 @@ pub enum TenantCommand {
     Branding {
         #[command(subcommand)]
         command: BrandingCommand,
+    },
+    /// Pass-through authentication: a one-time registration token for an agent.
+    PtaToken {
+        #[command(subcommand)]
+        command: PtaTokenCommand,
+    },
+    /// Pass-through authentication agents and their status.
+    PtaAgents {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Stop a pass-through agent at once (its credential stops working).
+    PtaAgent {
+        #[command(subcommand)]
+        command: PtaAgentCommand,
     },
     /// Token signing keys.
     Keys {
@@ -163,6 +181,27 @@ pub enum BrandingCommand {
         /// A line of text under the sign-in form.
         #[arg(long)]
         text: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PtaTokenCommand {
+    /// Print a one-time token for `idbridge pta-agent register`.
+    Create {
+        #[arg(long)]
+        data: PathBuf,
+        /// How long it can be used, like 1h or 2d.
+        #[arg(long, default_value = "1h")]
+        expires: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PtaAgentCommand {
+    Revoke {
+        #[arg(long)]
+        data: PathBuf,
+        id: String,
     },
 }
 
@@ -351,6 +390,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             block_hard_match_takeover,
             require_verified_domain,
             allow_cloud_password_change,
+            pta_timeout_secs,
         } => {
             let store = open(&data)?;
             let conn = store.lock();
@@ -359,18 +399,26 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 && block_hard_match_takeover.is_none()
                 && require_verified_domain.is_none()
                 && allow_cloud_password_change.is_none()
+                && pta_timeout_secs.is_none()
             {
                 println!(
-                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}",
+                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}\npta-timeout-secs: {}",
                     on_off(s.block_soft_match),
                     on_off(s.block_hard_match_takeover),
                     on_off(s.require_verified_domain),
-                    on_off(s.allow_cloud_password_change)
+                    on_off(s.allow_cloud_password_change),
+                    s.pta_timeout_secs
                 );
                 return Ok(());
             }
             if let Some(v) = allow_cloud_password_change {
                 s.allow_cloud_password_change = v;
+            }
+            if let Some(v) = pta_timeout_secs {
+                if v == 0 || v > 120 {
+                    anyhow::bail!("--pta-timeout-secs {v}: give 1 to 120 seconds");
+                }
+                s.pta_timeout_secs = v;
             }
             if let Some(v) = require_verified_domain {
                 s.require_verified_domain = v;
@@ -396,6 +444,52 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             Ok(())
         }
         TenantCommand::Client { command } => client(command),
+        TenantCommand::PtaToken { command: PtaTokenCommand::Create { data, expires } } => {
+            let secs = tokens::parse_duration(&expires)?;
+            let store = open(&data)?;
+            let conn = store.lock();
+            let token = tenant::pta::create_token(&conn, secs)?;
+            audit::record(&conn, "cli", "pta-token-create", None, None, None)?;
+            println!("{token}");
+            eprintln!(
+                "one-time agent registration token, valid {expires}: idbridge pta-agent register --tenant URL --token TOKEN"
+            );
+            Ok(())
+        }
+        TenantCommand::PtaAgents { data } => {
+            let store = open(&data)?;
+            let conn = store.lock();
+            println!("{:<36}  {:<20}  {:<8}  {:<24}  version", "id", "name", "status", "last seen");
+            let now = tenant::util::now_secs();
+            for a in tenant::pta::list_agents(&conn)? {
+                let status = if a.revoked.is_some() {
+                    "revoked"
+                } else if a.credential_expires <= now {
+                    "expired"
+                } else if a.last_seen.is_some_and(|t| now - t < 60) {
+                    "online"
+                } else {
+                    "offline"
+                };
+                let seen = a.last_seen.map(|t| tenant::util::rfc3339(t, 0)).unwrap_or_else(|| "never".into());
+                println!(
+                    "{:<36}  {:<20}  {:<8}  {:<24}  {}",
+                    a.id,
+                    a.name,
+                    status,
+                    seen,
+                    a.version.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        TenantCommand::PtaAgent { command: PtaAgentCommand::Revoke { data, id } } => {
+            let store = open(&data)?;
+            let conn = store.lock();
+            tenant::pta::revoke_agent(&conn, &id)?;
+            eprintln!("agent {id} revoked: it stops at its next request to the tenant");
+            Ok(())
+        }
         TenantCommand::Branding {
             command: BrandingCommand::Set { data, name, color, background_color, logo_url, background_url, text },
         } => {

@@ -1057,6 +1057,150 @@ mod sync_e2e {
         })
     }
 
+    /// Registers a pass-through agent for `slapd` in `dir` and starts it.
+    fn start_agent(lab: &Lab, slapd: &Slapd, dir: &Path, name: &str) -> std::process::Child {
+        std::fs::create_dir_all(dir).unwrap();
+        let data = lab.tmp.join("tenant");
+        let token = ok(&idbridge(&["tenant", "pta-token", "create", "--data", p(&data)])).trim().to_string();
+        let config = dir.join("agent.toml");
+        let pw = slapd.password_file().unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[directory]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
+                slapd.url,
+                slapd.admin_dn(),
+                p(&pw)
+            ),
+        )
+        .unwrap();
+        let issuer = lab.base.trim_end_matches("/scim/v2");
+        ok(&idbridge(&[
+            "pta-agent",
+            "register",
+            "--tenant",
+            issuer,
+            "--token",
+            &token,
+            "--config",
+            p(&config),
+            "--name",
+            name,
+        ]));
+        let key_mode = std::fs::metadata(dir.join("agent.key")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(key_mode.permissions().mode() & 0o777, 0o600, "the private key is the owner's only");
+        Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["pta-agent", "run", "--config", p(&config)])
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn online_agents(lab: &Lab) -> usize {
+        let out = ok(&idbridge(&["tenant", "pta-agents", "--data", p(&lab.tmp.join("tenant"))]));
+        out.lines().filter(|l| l.contains(" online ")).count()
+    }
+
+    fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn pass_through_sign_in_with_two_agents_survives_losing_one() {
+        let lab = lab(12, 1, "");
+        assert!(sync_once(&lab, &[]).status.success());
+        let data = lab.tmp.join("tenant");
+        ok(&idbridge(&["tenant", "domain", "set", "--data", p(&data), "example.org", "--auth", "managed-pta"]));
+        let users = get(&lab, "/Users?count=3");
+        let user = users["Resources"][0]["userName"].as_str().unwrap().to_string();
+        let dn = users["Resources"][0]["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["onPremisesDistinguishedName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        lab.slapd.set_password(&dn, "Pass-Through-1").unwrap();
+        let authorize = sign_in_client(&lab);
+
+        // No agent yet: a clear answer, at once.
+        let started = std::time::Instant::now();
+        let page = signs_in(&authorize, &user, "Pass-Through-1").unwrap_err();
+        assert!(page.contains("on-premises authentication service is not available"), "{page}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+        let mut a = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-a"), "agent-a");
+        let mut b = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-b"), "agent-b");
+        wait_until("two agents online", || online_agents(&lab) == 2);
+        signs_in(&authorize, &user, "Pass-Through-1").unwrap();
+        let wrong = signs_in(&authorize, &user, "not-it").unwrap_err();
+        assert!(wrong.contains("user name or password is incorrect"), "{wrong}");
+        // The password lives on-premises only: a change there works at once.
+        lab.slapd.set_password(&dn, "Pass-Through-2").unwrap();
+        signs_in(&authorize, &user, "Pass-Through-2").unwrap();
+
+        // 200 sign-ins, 8 at a time; one agent is killed on the way: none is lost.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let runner = {
+            let (authorize, user, done) = (authorize.clone(), user.clone(), done.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+                rt.block_on(async {
+                    let mut tasks = Vec::new();
+                    for _ in 0..8 {
+                        let (authorize, user, done) = (authorize.clone(), user.clone(), done.clone());
+                        tasks.push(tokio::spawn(async move {
+                            let mut failures = Vec::new();
+                            for _ in 0..25 {
+                                let mut browser = testkit::Browser::new().unwrap();
+                                let page = browser.password_sign_in(&authorize, &user, "Pass-Through-2").await.unwrap();
+                                if !page.location.as_deref().is_some_and(|l| l.contains("code=")) {
+                                    failures.push(page.body);
+                                }
+                                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            failures
+                        }));
+                    }
+                    let mut failures = Vec::new();
+                    for t in tasks {
+                        failures.extend(t.await.unwrap());
+                    }
+                    failures
+                })
+            })
+        };
+        wait_until("50 sign-ins", || done.load(std::sync::atomic::Ordering::SeqCst) >= 50);
+        a.kill().unwrap();
+        a.wait().unwrap();
+        let failures = runner.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of 200 sign-ins failed after an agent was killed: {:?}",
+            failures.len(),
+            failures.first()
+        );
+        let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data), "--limit", "1000", "--json"]));
+        assert!(audit.matches("pta-success").count() >= 200, "every sign-in went through an agent");
+
+        // Revoking the other agent stops it at once; then nobody answers.
+        let agents = ok(&idbridge(&["tenant", "pta-agents", "--data", p(&data)]));
+        let b_id =
+            agents.lines().find(|l| l.contains("agent-b")).unwrap().split_whitespace().next().unwrap().to_string();
+        ok(&idbridge(&["tenant", "pta-agent", "revoke", "--data", p(&data), &b_id]));
+        let stopped = std::time::Instant::now();
+        let status = b.wait().unwrap();
+        assert!(!status.success() && stopped.elapsed() < std::time::Duration::from_secs(5), "the revoked agent stops");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut b.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("revoked"), "{stderr}");
+        let page = signs_in(&authorize, &user, "Pass-Through-2").unwrap_err();
+        assert!(page.contains("not available"), "{page}");
+    }
+
     /// `ldapsearch` of everything under the base, as the server sends it.
     fn dump_all(slapd: &Slapd) -> String {
         let out = Command::new("ldapsearch")

@@ -41,6 +41,8 @@ pub struct AppState {
     /// Largest accepted request body (bytes).
     pub max_body: usize,
     pub lockout: crate::signin::LockoutPolicy,
+    /// Pass-through authentication: the queue the agents take sign-ins from.
+    pub pta: crate::pta::Broker,
 }
 
 /// A response-ready SCIM error.
@@ -92,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/scim/v2/{resource}/{id}", get(read).put(replace).patch(patch).delete(delete).post(search_one_type))
         .route("/hybrid/v1/passwords", post(crate::hybrid::passwords))
         .merge(crate::oidc::routes())
+        .merge(crate::pta::routes())
         .fallback(|| async { ApiError(ScimError::status(404, "no such endpoint"), None) })
         .with_state(state)
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod hybrid;
 pub mod objects;
 pub mod oidc;
+pub mod pta;
 pub mod serve;
 pub mod signin;
 pub mod store;

@@ -128,12 +128,14 @@ pub async fn serve(
     let bound = tcp.local_addr().map_err(|e| TenantError::Io { what: "local address".into(), source: e })?;
     let base_url = options.base_url(bound);
     let issuer = base_url.trim_end_matches("/scim/v2").to_string();
+    let pta_timeout = std::time::Duration::from_secs(crate::Settings::load(&store.lock())?.pta_timeout_secs);
     let state = Arc::new(AppState {
         store: Arc::new(store),
         base_url: base_url.clone(),
         issuer,
         max_body: options.max_body,
         lockout: crate::signin::LockoutPolicy::default(),
+        pta: crate::pta::Broker::new(pta_timeout),
     });
     let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
     on_ready(bound, &base_url);

@@ -55,6 +55,22 @@ pub enum SignInError {
     /// The password was right and a new one is due; the caller asks for it.
     #[error("You must choose a new password.")]
     MustChangePassword { user_id: String },
+    #[error(
+        "The on-premises authentication service is not available. Try again in a few minutes; if it persists, contact your administrator."
+    )]
+    ServiceUnavailable,
+    #[error("The on-premises validator did not answer in time. Try again.")]
+    ValidatorTimeout,
+    #[error("Your account has expired. Contact your administrator.")]
+    AccountExpired,
+    #[error("Your password has expired. Change it on your organisation's network, then try again.")]
+    PasswordExpired,
+    #[error("Your account is locked on your organisation's network. Wait, or ask your administrator to unlock it.")]
+    LockedOnPremises,
+    #[error("You may not sign in at this time (your account's logon hours).")]
+    LogonHours,
+    #[error("Your organisation's directory cannot be reached right now. Try again later.")]
+    DirectoryUnreachable,
     #[error("Sign-in for {domain} is handled by {method}, which is not available yet.")]
     MethodNotAvailable { domain: String, method: &'static str },
 }
@@ -68,14 +84,25 @@ pub struct SignedIn {
 /// What the first, locked step found out about the attempt.
 enum Lookup {
     Locked(i64),
-    Candidate { user: Option<Stored>, record: Option<(String, bool)> },
-    NotManaged { domain: String, auth: AuthType },
+    Candidate {
+        user: Option<Stored>,
+        record: Option<(String, bool)>,
+    },
+    NotManaged {
+        domain: String,
+        auth: AuthType,
+    },
+    /// The user's domain signs in by pass-through authentication.
+    PassThrough {
+        user: Option<Stored>,
+    },
 }
 
 /// Checks `password` for `username`, coming from `address`. The expensive
 /// verification runs without holding the database.
 pub async fn sign_in(
     store: &Arc<Store>,
+    pta: &crate::pta::Broker,
     username: &str,
     password: &str,
     address: &str,
@@ -97,10 +124,14 @@ pub async fn sign_in(
             let user = find_user(&conn, &name)?;
             if let Some(domain) = name.rsplit_once('@').map(|(_, d)| d.to_string())
                 && let Some(found) = domains::get(&conn, &domain)?
-                && found.auth != AuthType::ManagedPhs
-                && user.is_some()
             {
-                return Ok(Lookup::NotManaged { domain, auth: found.auth });
+                match found.auth {
+                    AuthType::ManagedPta => return Ok(Lookup::PassThrough { user }),
+                    AuthType::Federated if user.is_some() => {
+                        return Ok(Lookup::NotManaged { domain, auth: found.auth });
+                    }
+                    _ => {}
+                }
             }
             let record = match &user {
                 Some(u) => credentials::load(&conn, &u.id)?,
@@ -128,6 +159,10 @@ pub async fn sign_in(
                 _ => "federation",
             };
             return Ok(Err(SignInError::MethodNotAvailable { domain, method }));
+        }
+        Lookup::PassThrough { user } => {
+            return pass_through(store, pta, user, &name, username, password, address, policy, &user_key, &addr_key)
+                .await;
         }
         Lookup::Candidate { user, record } => (user, record),
     };
@@ -176,6 +211,76 @@ pub async fn sign_in(
         }
         audit_attempt(&conn, &name, &addr, true, "ok", None)?;
         Ok(Ok(SignedIn { user }))
+    })
+    .await
+}
+
+/// Pass-through authentication: an on-premises agent checks the password
+/// against the directory. Smart lockout was checked before; failures count
+/// toward it here, so the tenant locks before the directory would.
+#[allow(clippy::too_many_arguments)]
+async fn pass_through(
+    store: &Arc<Store>,
+    pta: &crate::pta::Broker,
+    user: Option<Stored>,
+    name: &str,
+    username: &str,
+    password: &str,
+    address: &str,
+    policy: LockoutPolicy,
+    user_key: &str,
+    addr_key: &str,
+) -> Result<std::result::Result<SignedIn, SignInError>> {
+    use pta::Outcome;
+    let outcome = match &user {
+        // An unknown user is not sent on-premises; the answer is the same as a wrong password.
+        None => Ok(Outcome::WrongPassword),
+        Some(_) => {
+            pta.validate(&pta::Credentials { username: username.trim().to_string(), password: password.to_string() })
+                .await
+        }
+    };
+    let (store, name, address, user_key, addr_key) =
+        (store.clone(), name.to_string(), address.to_string(), user_key.to_string(), addr_key.to_string());
+    blocking(move || {
+        let conn = store.lock();
+        let now = now_secs();
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let (reason, error) = match e {
+                    crate::pta::DispatchError::NoAgent => ("pta-no-agent", SignInError::ServiceUnavailable),
+                    crate::pta::DispatchError::Timeout => ("pta-timeout", SignInError::ValidatorTimeout),
+                };
+                audit_attempt(&conn, &name, &address, false, reason, None)?;
+                return Ok(Err(error));
+            }
+        };
+        let reason = format!("pta-{}", outcome.as_str());
+        if outcome == Outcome::WrongPassword {
+            let user_locked = count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
+            let addr_locked = count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
+            let detail = json!({"userLocked": user_locked, "addressLocked": addr_locked});
+            audit_attempt(&conn, &name, &address, false, &reason, Some(detail))?;
+            return Ok(Err(SignInError::InvalidCredentials));
+        }
+        audit_attempt(&conn, &name, &address, outcome == Outcome::Success, &reason, None)?;
+        let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
+        Ok(match outcome {
+            Outcome::Success if user.data.get("active") == Some(&Value::Bool(false)) => Err(SignInError::Disabled),
+            Outcome::Success => {
+                conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
+                Ok(SignedIn { user })
+            }
+            Outcome::AccountDisabled => Err(SignInError::Disabled),
+            Outcome::AccountExpired => Err(SignInError::AccountExpired),
+            Outcome::PasswordExpired => Err(SignInError::PasswordExpired),
+            Outcome::MustChangePassword => Err(SignInError::MustChangeOnPremises),
+            Outcome::LockedOut => Err(SignInError::LockedOnPremises),
+            Outcome::LogonHours => Err(SignInError::LogonHours),
+            Outcome::DirectoryUnreachable => Err(SignInError::DirectoryUnreachable),
+            Outcome::WrongPassword => Err(SignInError::InvalidCredentials),
+        })
     })
     .await
 }

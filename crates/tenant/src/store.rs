@@ -138,7 +138,30 @@ CREATE TABLE sessions (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+/// Pass-through authentication: one-time registration tokens and agents.
+const SCHEMA_V3: &str = "
+CREATE TABLE pta_tokens (
+    hash BLOB PRIMARY KEY,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE pta_agents (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    public_key TEXT NOT NULL,        -- X25519, base64url; the private key never leaves the agent
+    credential_hash BLOB NOT NULL,
+    credential_expires INTEGER NOT NULL,
+    previous_hash BLOB,              -- the credential before the last rotation, for a short grace
+    previous_expires INTEGER,
+    created TEXT NOT NULL,
+    last_seen INTEGER,
+    version TEXT,
+    revoked TEXT
+);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// The database, behind one connection (SQLite has one writer anyway).
 #[derive(Debug)]
@@ -214,6 +237,8 @@ pub struct Settings {
     /// A user whose on-premises password must be changed may choose a new
     /// one at cloud sign-in (otherwise the sign-in is refused). Off by default.
     pub allow_cloud_password_change: bool,
+    /// How long a pass-through sign-in waits for an agent (seconds, default 10).
+    pub pta_timeout_secs: u64,
 }
 
 impl Settings {
@@ -224,6 +249,10 @@ impl Settings {
             block_hard_match_takeover: flag("block_hard_match_takeover")?,
             require_verified_domain: get_meta(conn, "require_verified_domain")?.as_deref() != Some("false"),
             allow_cloud_password_change: flag("allow_cloud_password_change")?,
+            pta_timeout_secs: get_meta(conn, "pta_timeout_secs")?
+                .and_then(|v| v.parse().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(10),
         })
     }
 
@@ -231,6 +260,7 @@ impl Settings {
         set_meta(conn, "block_soft_match", if self.block_soft_match { "true" } else { "false" })?;
         set_meta(conn, "block_hard_match_takeover", if self.block_hard_match_takeover { "true" } else { "false" })?;
         set_meta(conn, "allow_cloud_password_change", if self.allow_cloud_password_change { "true" } else { "false" })?;
+        set_meta(conn, "pta_timeout_secs", &self.pta_timeout_secs.to_string())?;
         set_meta(conn, "require_verified_domain", if self.require_verified_domain { "true" } else { "false" })
     }
 }

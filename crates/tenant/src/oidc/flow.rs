@@ -381,19 +381,7 @@ pub async fn authorize_post(
                         )),
                     ),
                 ),
-                Ok(Some(d)) if d.auth == AuthType::ManagedPta => html_response(
-                    StatusCode::OK,
-                    pages::username_page(
-                        &branding,
-                        &fields,
-                        &username,
-                        Some(&format!(
-                            "Sign-in for {} uses pass-through authentication, which is not available in this tenant yet. Contact your administrator.",
-                            d.name
-                        )),
-                    ),
-                ),
-                // Managed domains, and unknown ones (no hint whether the user exists).
+                // Managed domains (hashes or pass-through), and unknown ones (no hint whether the user exists).
                 Ok(_) => html_response(StatusCode::OK, pages::password_page(&branding, &fields, &username, None)),
                 Err(e) => internal(e),
             }
@@ -401,7 +389,8 @@ pub async fn authorize_post(
         "password" | "change" => {
             let password = p.get("password").cloned().unwrap_or_default();
             let address = peer.0.ip().to_string();
-            let outcome = signin::sign_in(&state.store, &username, &password, &address, state.lockout).await;
+            let outcome =
+                signin::sign_in(&state.store, &state.pta, &username, &password, &address, state.lockout).await;
             let outcome = match outcome {
                 Ok(o) => o,
                 Err(e) => return internal(e),

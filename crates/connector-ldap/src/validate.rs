@@ -1,0 +1,163 @@
+//! Checking a user's password against the directory (the pass-through
+//! authentication agent): find the user's DN with the service account —
+//! the user name escaped, so it cannot widen the filter — then bind as that
+//! DN on a connection of its own, and read the outcome, including Active
+//! Directory's bind sub-codes (`data 52e`, `533`, `701`, …).
+
+use std::sync::Mutex;
+
+use ldap3::Scope;
+use pta::Outcome;
+
+use crate::connect::{self, Session};
+use crate::error::LdapError;
+use crate::settings::LdapSettings;
+
+/// `{upn}` in the filter template is replaced by the escaped user name.
+pub const DEFAULT_USER_FILTER: &str =
+    "(&(|(objectClass=user)(objectClass=person))(|(userPrincipalName={upn})(mail={upn})))";
+
+/// Validates passwords; keeps a service-account connection for lookups and
+/// a pool of connections for the users' binds (a bind changes a
+/// connection's identity, so each is used by one check at a time).
+#[derive(Debug)]
+pub struct Validator {
+    settings: LdapSettings,
+    user_filter: String,
+    lookup: tokio::sync::Mutex<Option<Session>>,
+    pool: Mutex<Vec<Session>>,
+}
+
+/// The outcome of a failed simple bind, from the result code and AD's sub-code.
+pub fn outcome_of_bind_failure(code: u32, text: &str) -> Outcome {
+    let sub = text.split("data ").nth(1).map(|s| s.chars().take_while(char::is_ascii_hexdigit).collect::<String>());
+    match sub.as_deref() {
+        Some("530") | Some("531") => Outcome::LogonHours,
+        Some("532") => Outcome::PasswordExpired,
+        Some("533") => Outcome::AccountDisabled,
+        Some("701") => Outcome::AccountExpired,
+        Some("773") => Outcome::MustChangePassword,
+        Some("775") => Outcome::LockedOut,
+        _ if code == 49 => Outcome::WrongPassword,
+        // OpenLDAP's ppolicy and others refuse locked accounts as "unwilling".
+        _ if code == 53 && text.to_ascii_lowercase().contains("lock") => Outcome::LockedOut,
+        _ => Outcome::WrongPassword,
+    }
+}
+
+impl Validator {
+    pub fn new(settings: LdapSettings, user_filter: Option<String>) -> Result<Validator, LdapError> {
+        let user_filter = user_filter.unwrap_or_else(|| DEFAULT_USER_FILTER.to_string());
+        if !user_filter.contains("{upn}") {
+            return Err(LdapError::Settings("user_filter must contain {upn}".into()));
+        }
+        directory::Filter::parse(&user_filter.replace("{upn}", "x"))
+            .map_err(|e| LdapError::Settings(format!("user_filter: {e}")))?;
+        Ok(Validator { settings, user_filter, lookup: tokio::sync::Mutex::new(None), pool: Mutex::new(Vec::new()) })
+    }
+
+    /// The user's DN: exactly one match, else `None`.
+    async fn find_dn(&self, username: &str) -> Result<Option<String>, LdapError> {
+        let filter = self.user_filter.replace("{upn}", &directory::filter::escape_value(username.as_bytes()));
+        let mut guard = self.lookup.lock().await;
+        if guard.as_mut().is_none_or(|s| s.ldap.is_closed()) {
+            *guard = Some(connect::connect(&self.settings).await?);
+        }
+        let Some(session) = guard.as_ref() else { return Ok(None) };
+        let bases: Vec<String> = if self.settings.base_dns.is_empty() {
+            session.root_dse.default_naming_context.clone().into_iter().collect()
+        } else {
+            self.settings.base_dns.iter().map(ToString::to_string).collect()
+        };
+        let mut found = Vec::new();
+        for base in bases {
+            let mut ldap = session.ldap.clone();
+            let result = ldap
+                .with_timeout(session.operation_timeout)
+                .search(&base, Scope::Subtree, &filter, vec!["1.1"])
+                .await
+                .map_err(|e| LdapError::Connection {
+                    url: session.url.clone(),
+                    operation: "finding the user".into(),
+                    reason: e.to_string(),
+                })?;
+            let (entries, _) = result.success().map_err(|e| LdapError::Connection {
+                url: session.url.clone(),
+                operation: "finding the user".into(),
+                reason: e.to_string(),
+            })?;
+            found.extend(entries.into_iter().map(|e| ldap3::SearchEntry::construct(e).dn));
+        }
+        Ok(if found.len() == 1 { found.pop() } else { None })
+    }
+
+    async fn bind_session(&self) -> Result<Session, LdapError> {
+        let pooled = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        if let Some(mut s) = pooled
+            && !s.ldap.is_closed()
+        {
+            return Ok(s);
+        }
+        // A connection for users' binds: no service account on it.
+        let mut anonymous = self.settings.clone();
+        anonymous.bind_dn = None;
+        anonymous.password = None;
+        connect::connect(&anonymous).await
+    }
+
+    /// Checks `password` for `username`.
+    pub async fn validate(&self, username: &str, password: &str) -> Outcome {
+        // An empty password would be an unauthenticated bind, which succeeds.
+        if password.is_empty() || username.trim().is_empty() {
+            return Outcome::WrongPassword;
+        }
+        let dn = match self.find_dn(username.trim()).await {
+            Ok(Some(dn)) => dn,
+            // Unknown (or ambiguous) users get the same answer as a wrong password.
+            Ok(None) => return Outcome::WrongPassword,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look the user up in the directory");
+                *self.lookup.lock().await = None;
+                return Outcome::DirectoryUnreachable;
+            }
+        };
+        let mut session = match self.bind_session().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the directory for the bind");
+                return Outcome::DirectoryUnreachable;
+            }
+        };
+        let result = session.ldap.with_timeout(session.operation_timeout).simple_bind(&dn, password).await;
+        let outcome = match result {
+            Ok(r) if r.rc == 0 => Outcome::Success,
+            Ok(r) => outcome_of_bind_failure(r.rc, &r.text),
+            Err(e) => {
+                tracing::warn!(error = %e, "the bind did not complete");
+                return Outcome::DirectoryUnreachable;
+            }
+        };
+        self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(session);
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ad_sub_codes_map_to_outcomes() {
+        let ad = |data: &str| {
+            format!("80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data {data}, v3839")
+        };
+        assert_eq!(outcome_of_bind_failure(49, &ad("52e")), Outcome::WrongPassword);
+        assert_eq!(outcome_of_bind_failure(49, &ad("533")), Outcome::AccountDisabled);
+        assert_eq!(outcome_of_bind_failure(49, &ad("701")), Outcome::AccountExpired);
+        assert_eq!(outcome_of_bind_failure(49, &ad("532")), Outcome::PasswordExpired);
+        assert_eq!(outcome_of_bind_failure(49, &ad("773")), Outcome::MustChangePassword);
+        assert_eq!(outcome_of_bind_failure(49, &ad("775")), Outcome::LockedOut);
+        assert_eq!(outcome_of_bind_failure(49, &ad("530")), Outcome::LogonHours);
+        assert_eq!(outcome_of_bind_failure(49, ""), Outcome::WrongPassword);
+    }
+}

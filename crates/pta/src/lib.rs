@@ -1,0 +1,271 @@
+//! Pass-through authentication (DESIGN §6), the part both sides share.
+//!
+//! The tenant seals each sign-in request to an agent's public key: an
+//! ephemeral X25519 key agreement, HKDF-SHA256, ChaCha20-Poly1305. The
+//! request id, the deadline and the agent id are the AEAD's associated data,
+//! so a ciphertext cannot be moved to another request, agent or time; the
+//! agent refuses what is past its deadline and what it has seen before.
+//! Passwords exist in clear only in the tenant's sign-in handler and in the
+//! agent's bind, never on a disk or in a log.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
+use serde::{Deserialize, Serialize};
+use x25519_dalek::{EphemeralSecret, PublicKey, StaticSecret};
+
+const INFO: &[u8] = b"idbridge-pta-v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PtaError {
+    #[error("the request does not decrypt (tampered, or sealed for another agent)")]
+    Tampered,
+    #[error("the request's deadline has passed")]
+    Expired,
+    #[error("the request was seen before (replayed)")]
+    Replayed,
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+/// What the agent learns from a request.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: (hidden) }}", self.username)
+    }
+}
+
+/// A request as it travels (JSON, base64url fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub request_id: String,
+    /// Unix seconds after which the agent must not answer.
+    pub deadline: i64,
+    pub agent_id: String,
+    /// The tenant's ephemeral public key.
+    pub ephemeral: String,
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+/// How a validation ended; the agent's whole answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Success,
+    WrongPassword,
+    AccountDisabled,
+    AccountExpired,
+    PasswordExpired,
+    MustChangePassword,
+    LockedOut,
+    LogonHours,
+    DirectoryUnreachable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::WrongPassword => "wrong-password",
+            Outcome::AccountDisabled => "account-disabled",
+            Outcome::AccountExpired => "account-expired",
+            Outcome::PasswordExpired => "password-expired",
+            Outcome::MustChangePassword => "must-change-password",
+            Outcome::LockedOut => "locked-out",
+            Outcome::LogonHours => "logon-hours",
+            Outcome::DirectoryUnreachable => "directory-unreachable",
+        }
+    }
+}
+
+/// An agent's key pair. The secret never leaves the agent's machine.
+pub struct AgentKey(StaticSecret);
+
+impl fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AgentKey(…)")
+    }
+}
+
+impl AgentKey {
+    pub fn generate() -> AgentKey {
+        AgentKey(StaticSecret::random_from_rng(rand_core::OsRng))
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> AgentKey {
+        AgentKey(StaticSecret::from(bytes))
+    }
+
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The public key, base64url.
+    pub fn public(&self) -> String {
+        URL_SAFE_NO_PAD.encode(PublicKey::from(&self.0).as_bytes())
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64<const N: usize>(text: &str, what: &str) -> Result<[u8; N], PtaError> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| PtaError::Malformed(format!("{what} is not {N} bytes of base64url")))
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+fn aead_key(shared: &[u8; 32], ephemeral: &[u8; 32], agent_public: &[u8; 32]) -> Result<LessSafeKey, PtaError> {
+    let mut salt_bytes = Vec::with_capacity(64);
+    salt_bytes.extend_from_slice(ephemeral);
+    salt_bytes.extend_from_slice(agent_public);
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt_bytes).extract(shared);
+    let okm = prk.expand(&[INFO], Len(32)).map_err(|_| PtaError::Malformed("key derivation".into()))?;
+    let mut key = [0u8; 32];
+    okm.fill(&mut key).map_err(|_| PtaError::Malformed("key derivation".into()))?;
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key).map_err(|_| PtaError::Malformed("key".into()))?;
+    Ok(LessSafeKey::new(unbound))
+}
+
+fn associated(request_id: &str, deadline: i64, agent_id: &str) -> Vec<u8> {
+    format!("{INFO:?}|{request_id}|{deadline}|{agent_id}").into_bytes()
+}
+
+/// Seals credentials for one agent (the tenant's side).
+pub fn seal(
+    agent_public: &str,
+    agent_id: &str,
+    request_id: &str,
+    deadline: i64,
+    credentials: &Credentials,
+) -> Result<Sealed, PtaError> {
+    let agent_public: [u8; 32] = unb64(agent_public, "the agent's public key")?;
+    let ephemeral = EphemeralSecret::random_from_rng(rand_core::OsRng);
+    let ephemeral_public = PublicKey::from(&ephemeral);
+    let shared = ephemeral.diffie_hellman(&PublicKey::from(agent_public));
+    let key = aead_key(shared.as_bytes(), ephemeral_public.as_bytes(), &agent_public)?;
+    let mut nonce = [0u8; 12];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let mut data = serde_json::to_vec(credentials).map_err(|e| PtaError::Malformed(e.to_string()))?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(associated(request_id, deadline, agent_id)),
+        &mut data,
+    )
+    .map_err(|_| PtaError::Malformed("sealing".into()))?;
+    Ok(Sealed {
+        request_id: request_id.to_string(),
+        deadline,
+        agent_id: agent_id.to_string(),
+        ephemeral: b64(ephemeral_public.as_bytes()),
+        nonce: b64(&nonce),
+        ciphertext: b64(&data),
+    })
+}
+
+/// Opens a request (the agent's side): authentic, for this agent, not
+/// expired at `now`, not seen before.
+pub fn open(
+    key: &AgentKey,
+    agent_id: &str,
+    sealed: &Sealed,
+    now: i64,
+    seen: &mut Seen,
+) -> Result<Credentials, PtaError> {
+    if sealed.agent_id != agent_id {
+        return Err(PtaError::Tampered);
+    }
+    if sealed.deadline < now {
+        return Err(PtaError::Expired);
+    }
+    let ephemeral: [u8; 32] = unb64(&sealed.ephemeral, "the ephemeral key")?;
+    let nonce: [u8; 12] = unb64(&sealed.nonce, "the nonce")?;
+    let mut data = URL_SAFE_NO_PAD
+        .decode(&sealed.ciphertext)
+        .map_err(|_| PtaError::Malformed("ciphertext is not base64url".into()))?;
+    let public = PublicKey::from(&key.0);
+    let shared = key.0.diffie_hellman(&PublicKey::from(ephemeral));
+    let aead = aead_key(shared.as_bytes(), &ephemeral, public.as_bytes())?;
+    let plain = aead
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(associated(&sealed.request_id, sealed.deadline, agent_id)),
+            &mut data,
+        )
+        .map_err(|_| PtaError::Tampered)?;
+    let credentials: Credentials = serde_json::from_slice(plain).map_err(|_| PtaError::Tampered)?;
+    // Only authentic requests are remembered, so garbage cannot fill the memory.
+    seen.check(&sealed.request_id, sealed.deadline, now)?;
+    Ok(credentials)
+}
+
+/// Request ids an agent has answered, kept until their deadline.
+#[derive(Debug, Default)]
+pub struct Seen(HashMap<String, i64>);
+
+impl Seen {
+    fn check(&mut self, request_id: &str, deadline: i64, now: i64) -> Result<(), PtaError> {
+        self.0.retain(|_, d| *d >= now);
+        if self.0.contains_key(request_id) {
+            return Err(PtaError::Replayed);
+        }
+        self.0.insert(request_id.to_string(), deadline);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials { username: "ann@x.org".into(), password: "s3cret!".into() }
+    }
+
+    #[test]
+    fn sealed_requests_open_once_for_their_agent_only() {
+        let key = AgentKey::generate();
+        let sealed = seal(&key.public(), "agent-1", "req-1", 1000, &creds()).unwrap();
+        assert!(!sealed.ciphertext.contains("s3cret"));
+        let mut seen = Seen::default();
+        assert_eq!(open(&key, "agent-1", &sealed, 990, &mut seen).unwrap(), creds());
+        assert_eq!(open(&key, "agent-1", &sealed, 991, &mut seen), Err(PtaError::Replayed));
+        assert_eq!(open(&key, "agent-1", &sealed, 1001, &mut Seen::default()), Err(PtaError::Expired));
+        assert_eq!(open(&key, "agent-2", &sealed, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        // Another agent's key, a moved request id, a later deadline, a flipped bit: all refused.
+        assert_eq!(open(&AgentKey::generate(), "agent-1", &sealed, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        let moved = Sealed { request_id: "req-2".into(), ..sealed.clone() };
+        assert_eq!(open(&key, "agent-1", &moved, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        let extended = Sealed { deadline: 5000, ..sealed.clone() };
+        assert_eq!(open(&key, "agent-1", &extended, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        let mut bytes = URL_SAFE_NO_PAD.decode(&sealed.ciphertext).unwrap();
+        bytes[0] ^= 1;
+        let flipped = Sealed { ciphertext: b64(&bytes), ..sealed.clone() };
+        assert_eq!(open(&key, "agent-1", &flipped, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        assert!(format!("{:?}", creds()).contains("hidden"));
+        let again = AgentKey::from_bytes(key.to_bytes());
+        assert_eq!(again.public(), key.public());
+    }
+}

@@ -1,0 +1,478 @@
+//! Pass-through authentication, the tenant's side (DESIGN §6): agents
+//! register with a one-time token, keep an outbound long poll open, take
+//! sealed sign-in requests from a shared queue and answer with the outcome.
+//!
+//! - Any one agent takes a request; each request is sealed for every agent
+//!   online when it was made.
+//! - A request an agent took but did not answer within [`LEASE`] goes back
+//!   to the queue (the agent may have died), so no sign-in is lost to a
+//!   killed agent while its deadline lasts.
+//! - "Online" = a poll open now, or one that ended moments ago: a killed
+//!   agent drops out at once, so no request waits for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pta::{Credentials, Outcome, Sealed};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::audit;
+use crate::error::{Result, TenantError};
+use crate::http::AppState;
+use crate::util::{new_id, new_token, now, now_secs, sha256};
+
+/// A request an agent took and did not answer goes back to the queue after this.
+pub const LEASE: Duration = Duration::from_secs(4);
+/// How long a poll waits for work before it returns empty.
+pub const POLL_WAIT: Duration = Duration::from_secs(25);
+/// An agent whose last poll ended longer ago than this is offline.
+const GRACE: Duration = Duration::from_secs(3);
+/// Requests handed out per poll.
+const BATCH: usize = 32;
+/// Agent credentials live this long; agents rotate them at half-life.
+pub const CREDENTIAL_LIFETIME_SECS: i64 = 30 * 24 * 3600;
+/// After a rotation the previous credential still works this long.
+const ROTATION_GRACE_SECS: i64 = 300;
+
+/// Why pass-through validation gave no outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchError {
+    NoAgent,
+    Timeout,
+}
+
+struct Pending {
+    request_id: String,
+    deadline: Instant,
+    sealed: HashMap<String, Sealed>,
+}
+
+struct Lease {
+    pending: Pending,
+    agent: String,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Agent {
+    public_key: String,
+    open_polls: usize,
+    last_poll_end: Option<Instant>,
+}
+
+#[derive(Default)]
+struct BrokerState {
+    queue: VecDeque<Pending>,
+    leased: HashMap<String, Lease>,
+    waiters: HashMap<String, tokio::sync::oneshot::Sender<Outcome>>,
+    agents: HashMap<String, Agent>,
+}
+
+/// The in-memory dispatcher shared by the sign-in handler and the agent endpoints.
+#[derive(Default)]
+pub struct Broker {
+    state: Mutex<BrokerState>,
+    work: tokio::sync::Notify,
+    /// How long a sign-in waits for an agent's answer.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Broker")
+    }
+}
+
+impl Broker {
+    pub fn new(timeout: Duration) -> Broker {
+        Broker { timeout, ..Broker::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BrokerState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Online agents and their public keys.
+    fn online(&self) -> Vec<(String, String)> {
+        let state = self.lock();
+        state
+            .agents
+            .iter()
+            .filter(|(_, a)| a.open_polls > 0 || a.last_poll_end.is_some_and(|t| t.elapsed() < GRACE))
+            .map(|(id, a)| (id.clone(), a.public_key.clone()))
+            .collect()
+    }
+
+    /// Has an online agent check `credentials`, waiting at most `self.timeout`.
+    pub async fn validate(&self, credentials: &Credentials) -> std::result::Result<Outcome, DispatchError> {
+        let agents = self.online();
+        if agents.is_empty() {
+            return Err(DispatchError::NoAgent);
+        }
+        let request_id = new_id();
+        let deadline_secs = now_secs() + i64::try_from(self.timeout.as_secs()).unwrap_or(10);
+        let mut sealed = HashMap::new();
+        for (agent, public_key) in agents {
+            if let Ok(s) = pta::seal(&public_key, &agent, &request_id, deadline_secs, credentials) {
+                sealed.insert(agent, s);
+            }
+        }
+        if sealed.is_empty() {
+            return Err(DispatchError::NoAgent);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut state = self.lock();
+            state.waiters.insert(request_id.clone(), tx);
+            state.queue.push_back(Pending {
+                request_id: request_id.clone(),
+                deadline: Instant::now() + self.timeout,
+                sealed,
+            });
+        }
+        self.work.notify_waiters();
+        let answer = tokio::time::timeout(self.timeout, rx).await;
+        let mut state = self.lock();
+        state.waiters.remove(&request_id);
+        state.queue.retain(|p| p.request_id != request_id);
+        state.leased.remove(&request_id);
+        match answer {
+            Ok(Ok(outcome)) => Ok(outcome),
+            _ => Err(DispatchError::Timeout),
+        }
+    }
+
+    /// Takes up to a batch of requests sealed for `agent`, waiting up to `wait`.
+    async fn take(&self, agent: &str, public_key: &str, wait: Duration) -> Vec<Sealed> {
+        let started = Instant::now();
+        {
+            let mut state = self.lock();
+            let a = state.agents.entry(agent.to_string()).or_default();
+            a.public_key = public_key.to_string();
+            a.open_polls += 1;
+        }
+        // Counted down however the poll ends (a closed connection drops this future).
+        struct Open<'a>(&'a Broker, String);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.lock();
+                if let Some(a) = state.agents.get_mut(&self.1) {
+                    a.open_polls = a.open_polls.saturating_sub(1);
+                    a.last_poll_end = Some(Instant::now());
+                }
+            }
+        }
+        let _open = Open(self, agent.to_string());
+        loop {
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let taken = self.take_now(agent);
+            if !taken.is_empty() {
+                return taken;
+            }
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Vec::new();
+            }
+            // Wake for new work, and now and then to return stale leases.
+            let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), notified).await;
+        }
+    }
+
+    fn take_now(&self, agent: &str) -> Vec<Sealed> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        // Requests whose agent went quiet go back to the queue.
+        let stale: Vec<String> =
+            state.leased.iter().filter(|(_, l)| now.duration_since(l.at) > LEASE).map(|(id, _)| id.clone()).collect();
+        for id in stale {
+            if let Some(lease) = state.leased.remove(&id)
+                && lease.pending.deadline > now
+            {
+                tracing::warn!(request = %id, agent = %lease.agent, "an agent took a sign-in and did not answer; handing it to another");
+                state.queue.push_front(lease.pending);
+            }
+        }
+        state.queue.retain(|p| p.deadline > now);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < state.queue.len() && out.len() < BATCH {
+            if state.queue[i].sealed.contains_key(agent) {
+                if let Some(p) = state.queue.remove(i) {
+                    if let Some(s) = p.sealed.get(agent) {
+                        out.push(s.clone());
+                    }
+                    state.leased.insert(p.request_id.clone(), Lease { pending: p, agent: agent.to_string(), at: now });
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Takes an agent out of the online set at once (it was revoked).
+    fn forget(&self, agent: &str) {
+        self.lock().agents.remove(agent);
+    }
+
+    /// An agent's answer; the first answer to a request counts.
+    fn answer(&self, request_id: &str, outcome: Outcome) -> bool {
+        let mut state = self.lock();
+        state.leased.remove(request_id);
+        state.queue.retain(|p| p.request_id != request_id);
+        match state.waiters.remove(request_id) {
+            Some(tx) => tx.send(outcome).is_ok(),
+            None => false,
+        }
+    }
+}
+
+// ---- The agents' records in the database ----
+
+/// Makes a one-time registration token (shown once).
+pub fn create_token(conn: &Connection, lifetime_secs: i64) -> Result<String> {
+    let token = new_token().ok_or_else(|| TenantError::Invalid("the system random number generator failed".into()))?;
+    conn.execute(
+        "INSERT INTO pta_tokens(hash, created, expires) VALUES(?1, ?2, ?3)",
+        params![sha256(token.as_bytes()), now_secs(), now_secs() + lifetime_secs],
+    )?;
+    Ok(token)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub last_seen: Option<i64>,
+    pub version: Option<String>,
+    pub revoked: Option<String>,
+    pub credential_expires: i64,
+}
+
+pub fn list_agents(conn: &Connection) -> Result<Vec<AgentInfo>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, created, last_seen, version, revoked, credential_expires FROM pta_agents ORDER BY created",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AgentInfo {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            created: r.get(2)?,
+            last_seen: r.get(3)?,
+            version: r.get(4)?,
+            revoked: r.get(5)?,
+            credential_expires: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn revoke_agent(conn: &Connection, id: &str) -> Result<()> {
+    if conn.execute("UPDATE pta_agents SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL", params![id, now()])? == 0 {
+        return Err(TenantError::NotFound(format!("active agent {id}")));
+    }
+    audit::record(conn, "cli", "pta-agent-revoke", None, Some(id), None)?;
+    Ok(())
+}
+
+/// The agent a credential belongs to, with its public key; `None` if unknown, expired or revoked.
+fn agent_for(conn: &Connection, credential: &str) -> Result<Option<(String, String)>> {
+    let hash = sha256(credential.as_bytes());
+    let now = now_secs();
+    Ok(conn
+        .query_row(
+            "SELECT id, public_key FROM pta_agents WHERE revoked IS NULL AND
+             ((credential_hash = ?1 AND credential_expires > ?2) OR (previous_hash = ?1 AND previous_expires > ?2))",
+            params![hash, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+// ---- HTTP ----
+
+fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    if let Ok(v) = header::HeaderValue::from_str("application/json") {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn failed(status: StatusCode, message: &str) -> Response {
+    json_reply(status, json!({ "error": message }))
+}
+
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || work(&store.lock()))
+        .await
+        .unwrap_or_else(|e| Err(TenantError::Invalid(format!("worker failed: {e}"))))
+}
+
+/// The calling agent, or the response that refuses it.
+async fn caller(state: &Arc<AppState>, headers: &HeaderMap) -> std::result::Result<(String, String), Response> {
+    let Some(credential) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+    else {
+        return Err(failed(StatusCode::UNAUTHORIZED, "an agent credential is required"));
+    };
+    match blocking(state, move |conn| agent_for(conn, &credential)).await {
+        Ok(Some(agent)) => Ok(agent),
+        Ok(None) => Err(failed(
+            StatusCode::UNAUTHORIZED,
+            "this agent's credential is unknown, expired or revoked: register the agent again",
+        )),
+        Err(e) => Err(failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Registration {
+    token: String,
+    public_key: String,
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// POST /pta/v1/register — the one-time token, the agent's public key → its id and credential.
+pub async fn register(State(state): State<Arc<AppState>>, body: axum::Json<Registration>) -> Response {
+    let r = body.0;
+    let valid_key = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &r.public_key)
+        .is_ok_and(|k| k.len() == 32);
+    if !valid_key {
+        return failed(StatusCode::BAD_REQUEST, "public_key must be a 32-byte X25519 key, base64url");
+    }
+    let result = blocking(&state, move |conn| {
+        let hash = sha256(r.token.as_bytes());
+        let used = conn.execute(
+            "UPDATE pta_tokens SET used = 1 WHERE hash = ?1 AND used = 0 AND expires > ?2",
+            params![hash, now_secs()],
+        )?;
+        if used == 0 {
+            return Ok(None);
+        }
+        let id = new_id();
+        let credential =
+            new_token().ok_or_else(|| TenantError::Invalid("the system random number generator failed".into()))?;
+        let expires = now_secs() + CREDENTIAL_LIFETIME_SECS;
+        conn.execute(
+            "INSERT INTO pta_agents(id, name, public_key, credential_hash, credential_expires, created, version)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, r.name, r.public_key, sha256(credential.as_bytes()), expires, now(), r.version],
+        )?;
+        audit::record(conn, "pta", "pta-agent-register", None, Some(&id), Some(&json!({"name": r.name})))?;
+        Ok(Some((id, credential, expires)))
+    })
+    .await;
+    match result {
+        Ok(Some((id, credential, expires))) => {
+            json_reply(StatusCode::OK, json!({"agent_id": id, "credential": credential, "credential_expires": expires}))
+        }
+        Ok(None) => failed(
+            StatusCode::UNAUTHORIZED,
+            "the registration token is unknown, used or expired: make a new one with `idbridge tenant pta-token create`",
+        ),
+        Err(e) => failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    wait_secs: Option<u64>,
+}
+
+/// GET /pta/v1/poll — waits for sign-in requests; doubles as the heartbeat.
+pub async fn poll(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<PollQuery>) -> Response {
+    let (agent, public_key) = match caller(&state, &headers).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let seen = agent.clone();
+    let _ = blocking(&state, move |conn| {
+        conn.execute("UPDATE pta_agents SET last_seen = ?2 WHERE id = ?1", params![seen, now_secs()])?;
+        Ok(())
+    })
+    .await;
+    let wait = q.wait_secs.map(Duration::from_secs).unwrap_or(POLL_WAIT).min(POLL_WAIT);
+    let started = Instant::now();
+    loop {
+        // In slices of a second: a revoked agent is turned away at once, not at its next poll.
+        let slice = wait.saturating_sub(started.elapsed()).min(Duration::from_secs(1));
+        let requests = state.pta.take(&agent, &public_key, slice).await;
+        if !requests.is_empty() || started.elapsed() >= wait {
+            return json_reply(StatusCode::OK, json!({ "requests": requests }));
+        }
+        if let Err(resp) = caller(&state, &headers).await {
+            // Revoked (or expired): no request is sealed for it any more.
+            state.pta.forget(&agent);
+            return resp;
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Answer {
+    request_id: String,
+    outcome: Outcome,
+}
+
+/// POST /pta/v1/respond — an outcome for a request this agent took.
+pub async fn respond(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::Json<Answer>) -> Response {
+    if let Err(resp) = caller(&state, &headers).await {
+        return resp;
+    }
+    let accepted = state.pta.answer(&body.request_id, body.outcome);
+    json_reply(StatusCode::OK, json!({ "accepted": accepted }))
+}
+
+/// POST /pta/v1/rotate — a new credential; the old one works a few minutes more.
+pub async fn rotate(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let (agent, _) = match caller(&state, &headers).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let result = blocking(&state, move |conn| {
+        let credential =
+            new_token().ok_or_else(|| TenantError::Invalid("the system random number generator failed".into()))?;
+        let expires = now_secs() + CREDENTIAL_LIFETIME_SECS;
+        conn.execute(
+            "UPDATE pta_agents SET previous_hash = credential_hash, previous_expires = ?3,
+             credential_hash = ?2, credential_expires = ?4 WHERE id = ?1",
+            params![agent, sha256(credential.as_bytes()), now_secs() + ROTATION_GRACE_SECS, expires],
+        )?;
+        audit::record(conn, "pta", "pta-agent-rotate", None, Some(&agent), None)?;
+        Ok((credential, expires))
+    })
+    .await;
+    match result {
+        Ok((credential, expires)) => {
+            json_reply(StatusCode::OK, json!({"credential": credential, "credential_expires": expires}))
+        }
+        Err(e) => failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+pub fn routes() -> axum::Router<Arc<AppState>> {
+    axum::Router::new()
+        .route("/pta/v1/register", axum::routing::post(register))
+        .route("/pta/v1/poll", axum::routing::get(poll))
+        .route("/pta/v1/respond", axum::routing::post(respond))
+        .route("/pta/v1/rotate", axum::routing::post(rotate))
+}
