@@ -56,8 +56,8 @@ impl Validator {
         Ok(Validator { settings, user_filter, lookup: tokio::sync::Mutex::new(None), pool: Mutex::new(Vec::new()) })
     }
 
-    /// The user's DN: exactly one match, else `None`.
-    async fn find_dn(&self, username: &str) -> Result<Option<String>, LdapError> {
+    /// The user's DN and whether a new password is due: exactly one match, else `None`.
+    async fn find_dn(&self, username: &str) -> Result<Option<(String, bool)>, LdapError> {
         let filter = self.user_filter.replace("{upn}", &directory::filter::escape_value(username.as_bytes()));
         let mut guard = self.lookup.lock().await;
         if guard.as_mut().is_none_or(|s| s.ldap.is_closed()) {
@@ -74,7 +74,7 @@ impl Validator {
             let mut ldap = session.ldap.clone();
             let result = ldap
                 .with_timeout(session.operation_timeout)
-                .search(&base, Scope::Subtree, &filter, vec!["1.1"])
+                .search(&base, Scope::Subtree, &filter, vec!["pwdLastSet", "pwdReset"])
                 .await
                 .map_err(|e| LdapError::Connection {
                     url: session.url.clone(),
@@ -86,7 +86,14 @@ impl Validator {
                 operation: "finding the user".into(),
                 reason: e.to_string(),
             })?;
-            found.extend(entries.into_iter().map(|e| ldap3::SearchEntry::construct(e).dn));
+            found.extend(entries.into_iter().map(|e| {
+                let entry = ldap3::SearchEntry::construct(e);
+                let first = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).map(String::as_str);
+                // AD: pwdLastSet = 0; OpenLDAP ppolicy: pwdReset = TRUE. (Samba still accepts the bind.)
+                let must_change = first("pwdLastSet") == Some("0")
+                    || first("pwdReset").is_some_and(|v| v.eq_ignore_ascii_case("TRUE"));
+                (entry.dn, must_change)
+            }));
         }
         Ok(if found.len() == 1 { found.pop() } else { None })
     }
@@ -111,8 +118,8 @@ impl Validator {
         if password.is_empty() || username.trim().is_empty() {
             return Outcome::WrongPassword;
         }
-        let dn = match self.find_dn(username.trim()).await {
-            Ok(Some(dn)) => dn,
+        let (dn, must_change) = match self.find_dn(username.trim()).await {
+            Ok(Some(found)) => found,
             // Unknown (or ambiguous) users get the same answer as a wrong password.
             Ok(None) => return Outcome::WrongPassword,
             Err(e) => {
@@ -130,6 +137,7 @@ impl Validator {
         };
         let result = session.ldap.with_timeout(session.operation_timeout).simple_bind(&dn, password).await;
         let outcome = match result {
+            Ok(r) if r.rc == 0 && must_change => Outcome::MustChangePassword,
             Ok(r) if r.rc == 0 => Outcome::Success,
             Ok(r) => outcome_of_bind_failure(r.rc, &r.text),
             Err(e) => {

@@ -205,3 +205,45 @@ fn starttls_failover_and_ranged_members() {
         values.iter().map(|v| Dn::parse(&String::from_utf8_lossy(v)).unwrap()).collect();
     assert_eq!(dns.len(), 13);
 }
+
+/// Every reason a pass-through sign-in can fail, produced for real in Samba
+/// and read from its bind error (AD's `data NNN` sub-codes).
+#[test]
+fn password_validation_reads_every_ad_refusal() {
+    use connector_ldap::validate::Validator;
+    use pta::Outcome;
+    let dc = SambaDc::start().unwrap();
+    let pw = "Passw0rd.Agent1";
+    dc.samba_tool(&["user", "create", "ptauser", pw, "--userou=CN=Users"])
+        .unwrap_or_else(|_| dc.samba_tool(&["user", "create", "ptauser", pw]).unwrap());
+    let rt = runtime();
+    let settings = settings(&[&dc.url], dc.admin_upn(), dc.admin_password(), "CN=Users,DC=example,DC=test");
+    let validator = Validator::new(settings, Some("(&(objectClass=user)(sAMAccountName={upn}))".into())).unwrap();
+    let check = |password: &str| rt.block_on(validator.validate("ptauser", password));
+    assert_eq!(check(pw), Outcome::Success);
+    assert_eq!(check("wrong-Passw0rd"), Outcome::WrongPassword);
+
+    dc.samba_tool(&["user", "disable", "ptauser"]).unwrap();
+    assert_eq!(check(pw), Outcome::AccountDisabled);
+    dc.samba_tool(&["user", "enable", "ptauser"]).unwrap();
+    assert_eq!(check(pw), Outcome::Success);
+
+    dc.samba_tool(&["user", "setexpiry", "ptauser", "--days=0"]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(check(pw), Outcome::AccountExpired);
+    dc.samba_tool(&["user", "setexpiry", "ptauser", "--noexpiry"]).unwrap();
+    assert_eq!(check(pw), Outcome::Success);
+
+    dc.samba_tool(&["user", "setpassword", "ptauser", &format!("--newpassword={pw}"), "--must-change-at-next-login"])
+        .unwrap();
+    assert_eq!(check(pw), Outcome::MustChangePassword);
+    dc.samba_tool(&["user", "setpassword", "ptauser", &format!("--newpassword={pw}")]).unwrap();
+    assert_eq!(check(pw), Outcome::Success);
+
+    // Lockout: three bad passwords, then even the right one is refused as locked.
+    dc.samba_tool(&["domain", "passwordsettings", "set", "--account-lockout-threshold=3"]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(check("wrong-Passw0rd"), Outcome::WrongPassword);
+    }
+    assert_eq!(check(pw), Outcome::LockedOut);
+}

@@ -9,6 +9,8 @@ use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use tenant::tokens::{self, Scope};
 use testkit::TempDir;
 
+#[path = "api/pta.rs"]
+mod pta_agents;
 #[path = "api/signin.rs"]
 mod signin;
 

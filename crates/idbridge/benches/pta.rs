@@ -1,0 +1,203 @@
+//! Pass-through authentication benchmark.
+//!
+//!   cargo bench -p idbridge --bench pta
+//!
+//! slapd with 1,000 users (`sample generate --passwords`, {SSHA}) synchronised
+//! into `idbridge tenant serve`; the domain signs in by pass-through. With one
+//! agent, then two (`idbridge pta-agent run`, own processes), 32 concurrent
+//! clients run the whole browser flow (authorize page, user name, password →
+//! code) 2,000 times. Baseline in the same run: the same flow against a
+//! password-hash-sync domain (no agent, {SSHA} verified in the tenant).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use testkit::{Browser, Slapd, SlapdOptions, TempDir};
+
+fn run(exe: &str, args: &[&str]) -> String {
+    let o = Command::new(exe).args(args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+async fn sign_ins(
+    authorize: Arc<String>,
+    users: Arc<Vec<(String, String)>>,
+    clients: usize,
+    total: usize,
+) -> Vec<Duration> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (authorize, users) = (authorize.clone(), users.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for n in 0..total / clients {
+                let (user, password) = &users[(c * 37 + n * 11) % users.len()];
+                let mut b = Browser::new().unwrap();
+                let t = Instant::now();
+                let page = b.password_sign_in(&authorize, user, password).await.unwrap();
+                assert!(page.location.is_some_and(|l| l.contains("code=")), "{}", page.body);
+                out.push(t.elapsed());
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn start_agent(exe: &str, tmp: &std::path::Path, name: &str, data: &str, issuer: &str, directory: &str) -> Child {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, directory).unwrap();
+    let token = run(exe, &["tenant", "pta-token", "create", "--data", data]).trim().to_string();
+    run(
+        exe,
+        &[
+            "pta-agent",
+            "register",
+            "--tenant",
+            issuer,
+            "--token",
+            &token,
+            "--config",
+            config.to_str().unwrap(),
+            "--name",
+            name,
+        ],
+    );
+    Command::new(exe)
+        .args(["pta-agent", "run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn measure(rt: &tokio::runtime::Runtime, what: &str, authorize: &Arc<String>, users: &Arc<Vec<(String, String)>>) {
+    let (clients, total) = (32usize, 2000usize);
+    let started = Instant::now();
+    let mut latencies = rt.block_on(sign_ins(authorize.clone(), users.clone(), clients, total));
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort();
+    println!(
+        "  {what:<36} {:>7.1} sign-ins/s   p50 {:>5.1} ms   p99 {:>5.1} ms   ({total} sign-ins, {clients} clients)",
+        total as f64 / secs,
+        pct(&latencies, 0.5),
+        pct(&latencies, 0.99)
+    );
+}
+
+fn main() {
+    let exe = env!("CARGO_BIN_EXE_idbridge");
+    let tmp = TempDir::new("bench-pta").unwrap();
+    let ldif = tmp.join("sample.ldif");
+    run(
+        exe,
+        &[
+            "sample",
+            "generate",
+            "--flavor",
+            "openldap",
+            "--no-ous",
+            "--seed",
+            "4",
+            "--users",
+            "1000",
+            "--groups",
+            "5",
+            "--contacts",
+            "0",
+            "--out",
+            ldif.to_str().unwrap(),
+        ],
+    );
+    let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap();
+    let data = tmp.join("tenant");
+    let data_s = data.to_str().unwrap().to_string();
+    let (mut tenant, base) = testkit::spawn_tenant(std::path::Path::new(exe), &data, &[]).unwrap();
+    let issuer = base.trim_end_matches("/scim/v2").to_string();
+    run(exe, &["tenant", "domain", "add", "--data", &data_s, "example.org"]);
+    let token = run(exe, &["tenant", "token", "create", "--data", &data_s, "--scope", "sync"]).trim().to_string();
+    std::fs::write(tmp.join("token"), &token).unwrap();
+    let pw = slapd.password_file().unwrap();
+    let directory = format!(
+        "name = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
+        slapd.url,
+        slapd.admin_dn(),
+        pw.display()
+    );
+    // 200 enabled people get a password on-premises (ldappasswd: slapd stores {SSHA}).
+    let listing = Command::new("ldapsearch")
+        .args([
+            "-x",
+            "-LLL",
+            "-o",
+            "ldif-wrap=no",
+            "-H",
+            &slapd.url,
+            "-D",
+            slapd.admin_dn(),
+            "-w",
+            slapd.admin_password(),
+        ])
+        .args(["-b", slapd.base_dn(), "(&(objectClass=inetOrgPerson)(employeeType=staff))", "mail"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listing.stdout).to_string();
+    let mut users = Vec::new();
+    for block in text.split("\n\n").filter(|b| b.starts_with("dn: ")).take(200) {
+        let dn = block.lines().next().unwrap().trim_start_matches("dn: ").to_string();
+        let mail = block.lines().find_map(|l| l.strip_prefix("mail: ")).unwrap().to_string();
+        let password = format!("Bench-{}", users.len());
+        slapd.set_password(&dn, &password).unwrap();
+        users.push((mail, password));
+    }
+    let users = Arc::new(users);
+    let config = tmp.join("idbridge.toml");
+    std::fs::write(&config, format!("[[source]]\n{directory}password_hash_sync = true\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"state.db\"\n", tmp.join("token").display())).unwrap();
+    run(exe, &["sync", "run", "--once", "--config", config.to_str().unwrap()]);
+    let out = run(
+        exe,
+        &[
+            "tenant",
+            "client",
+            "add",
+            "--data",
+            &data_s,
+            "--name",
+            "bench",
+            "--redirect-uri",
+            "http://127.0.0.1:9/cb",
+            "--public",
+        ],
+    );
+    let id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
+    let authorize = Arc::new(format!(
+        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!("pass-through authentication benchmark (slapd, 200 users, whole browser flow per sign-in):");
+    measure(&rt, "baseline: password hash sync ({SSHA})", &authorize, &users);
+    run(exe, &["tenant", "domain", "set", "--data", &data_s, "example.org", "--auth", "managed-pta"]);
+    let mut a = start_agent(exe, tmp.path(), "agent-a", &data_s, &issuer, &format!("[directory]\n{directory}"));
+    std::thread::sleep(Duration::from_secs(2));
+    measure(&rt, "pass-through, one agent", &authorize, &users);
+    let mut b = start_agent(exe, tmp.path(), "agent-b", &data_s, &issuer, &format!("[directory]\n{directory}"));
+    std::thread::sleep(Duration::from_secs(2));
+    measure(&rt, "pass-through, two agents", &authorize, &users);
+    for c in [&mut a, &mut b, &mut tenant] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -1,0 +1,143 @@
+//! Pass-through authentication through the tenant's real endpoints, with a
+//! scripted agent speaking the protocol (register, long poll, open, answer):
+//! every outcome reaches the sign-in page with the right words.
+
+use std::sync::{Arc, Mutex};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testkit::Browser;
+
+use super::Tenant;
+
+fn issuer(t: &Tenant) -> String {
+    t.base.trim_end_matches("/scim/v2").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
+    let t = Tenant::start().await;
+    let (token, client_id) = {
+        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let conn = store.lock();
+        tenant::domains::set_auth(&conn, "corp.example.com", tenant::domains::AuthType::ManagedPta).unwrap();
+        let (c, _) = tenant::oidc::clients::add(
+            &conn,
+            "t",
+            &["http://127.0.0.1:9/cb".to_string()],
+            true,
+            tenant::oidc::keys::Alg::Rs256,
+        )
+        .unwrap();
+        (tenant::pta::create_token(&conn, 3600).unwrap(), c.id)
+    };
+    t.user("pat@corp.example.com", super::synced("UEFU")).await;
+    let http = reqwest::Client::new();
+    let key = pta::AgentKey::generate();
+    let reg: Value = http
+        .post(format!("{}/pta/v1/register", issuer(&t)))
+        .json(&json!({"token": token, "public_key": key.public(), "name": "scripted"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (agent_id, credential) =
+        (reg["agent_id"].as_str().unwrap().to_string(), reg["credential"].as_str().unwrap().to_string());
+    // The token was for one registration only.
+    let again = http
+        .post(format!("{}/pta/v1/register", issuer(&t)))
+        .json(&json!({"token": token, "public_key": key.public(), "name": "again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+
+    // The scripted agent: answers each request with the next scripted outcome; keeps what it saw.
+    let script: Arc<Mutex<Vec<pta::Outcome>>> = Arc::new(Mutex::new(Vec::new()));
+    let seen_requests: Arc<Mutex<Vec<pta::Sealed>>> = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (script, seen_requests, http, issuer, credential, agent_id) =
+            (script.clone(), seen_requests.clone(), http.clone(), issuer(&t), credential.clone(), agent_id.clone());
+        tokio::spawn(async move {
+            let mut seen = pta::Seen::default();
+            loop {
+                let Ok(r) = http.get(format!("{issuer}/pta/v1/poll?wait_secs=2")).bearer_auth(&credential).send().await
+                else {
+                    continue;
+                };
+                let body: Value = r.json().await.unwrap_or_default();
+                for sealed in serde_json::from_value::<Vec<pta::Sealed>>(body["requests"].clone()).unwrap_or_default() {
+                    let creds = pta::open(&key, &agent_id, &sealed, tenant::util::now_secs(), &mut seen).unwrap();
+                    assert_eq!(creds.username, "pat@corp.example.com");
+                    seen_requests.lock().unwrap().push(sealed.clone());
+                    let outcome = script.lock().unwrap().pop().unwrap_or(pta::Outcome::WrongPassword);
+                    let _ = http
+                        .post(format!("{issuer}/pta/v1/respond"))
+                        .bearer_auth(&credential)
+                        .json(&json!({"request_id": sealed.request_id, "outcome": outcome}))
+                        .send()
+                        .await;
+                }
+            }
+        });
+    }
+    let authorize = format!(
+        "{}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        issuer(&t)
+    );
+    // Wait until the agent is polling.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    use pta::Outcome::*;
+    for (outcome, words) in [
+        (Success, None),
+        (WrongPassword, Some("user name or password is incorrect")),
+        (AccountDisabled, Some("account is disabled")),
+        (AccountExpired, Some("account has expired")),
+        (PasswordExpired, Some("password has expired")),
+        (MustChangePassword, Some("must change your password")),
+        (LockedOut, Some("locked on your organisation")),
+        (LogonHours, Some("logon hours")),
+        (DirectoryUnreachable, Some("directory cannot be reached")),
+    ] {
+        script.lock().unwrap().push(outcome);
+        let page =
+            Browser::new().unwrap().password_sign_in(&authorize, "pat@corp.example.com", "whatever").await.unwrap();
+        match words {
+            None => assert!(page.location.is_some_and(|l| l.contains("code=")), "{outcome:?}: {}", page.body),
+            Some(w) => assert!(page.body.contains(w), "{outcome:?}: {}", page.body),
+        }
+    }
+    // An answer counts once; an answer to a request nobody waits for is refused; a wrong credential is turned away.
+    let old = seen_requests.lock().unwrap()[0].clone();
+    let replay: Value = http
+        .post(format!("{}/pta/v1/respond", issuer(&t)))
+        .bearer_auth(&credential)
+        .json(&json!({"request_id": old.request_id, "outcome": "success"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay["accepted"], false);
+    let stranger = http
+        .get(format!("{}/pta/v1/poll?wait_secs=1", issuer(&t)))
+        .bearer_auth("idb_not-an-agent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), StatusCode::UNAUTHORIZED);
+    // The audit log names the outcome of each.
+    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let results: Vec<String> = tenant::audit::recent(&store.lock(), 200)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.detail.as_ref().and_then(|d| d["result"].as_str()).map(str::to_string))
+        .collect();
+    for r in ["pta-success", "pta-account-disabled", "pta-locked-out"] {
+        assert!(results.iter().any(|x| x == r), "{r}: {results:?}");
+    }
+    t.stop().await;
+}
