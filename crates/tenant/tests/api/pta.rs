@@ -122,6 +122,22 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
         .await
         .unwrap();
     assert_eq!(replay["accepted"], false);
+    // Rotation: a new credential works; the old one keeps working for a short grace.
+    let rotated: Value = http
+        .post(format!("{}/pta/v1/rotate", issuer(&t)))
+        .bearer_auth(&credential)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_credential = rotated["credential"].as_str().unwrap().to_string();
+    assert_ne!(new_credential, credential);
+    for c in [&new_credential, &credential] {
+        let r = http.get(format!("{}/pta/v1/poll?wait_secs=0", issuer(&t))).bearer_auth(c).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
     let stranger = http
         .get(format!("{}/pta/v1/poll?wait_secs=1", issuer(&t)))
         .bearer_auth("idb_not-an-agent")
