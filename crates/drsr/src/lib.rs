@@ -6,12 +6,15 @@
 //! - [`pdu`]: the connection-oriented PDUs (bind, request, response, fault).
 //! - [`rpc`]: a connection: bind an interface, call an operation, reassemble fragments.
 //! - [`epm`]: the endpoint mapper (`ept_map`): which TCP port serves an interface.
+//! - [`ntlm`]: NTLMv2 authentication and packet privacy (sealing, signing).
+//! - [`drsuapi`]: `IDL_DRSBind`, `IDL_DRSUnbind`.
 //!
-//! Not built yet (issue 8): NTLM authentication at packet privacy, DRSBind,
-//! DRSGetNCChanges and the decryption of `unicodePwd`.
+//! Not built yet (issue 8): DRSGetNCChanges and the decryption of `unicodePwd`.
 
+pub mod drsuapi;
 pub mod epm;
 pub mod ndr;
+pub mod ntlm;
 pub mod pdu;
 pub mod rpc;
 
