@@ -17,6 +17,7 @@ pub mod ndr;
 pub mod ntlm;
 pub mod pdu;
 pub mod rpc;
+pub mod secrets;
 
 /// What went wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
