@@ -36,6 +36,14 @@ pub enum RpcError {
     NotRegistered(u32),
     #[error("the server did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    #[error(
+        "the account may not replicate secrets: it needs the extended rights \"Replicating Directory Changes\" \
+         (1131f6aa-9c07-11d1-f79f-00c04fc2dcd2) and \"Replicating Directory Changes All\" (1131f6ad-9c07-11d1-f79f-00c04fc2dcd2) \
+         on the domain's naming context. Windows: dsacls \"DC=corp,DC=example,DC=com\" /G \"CORP\\svc-idbridge:CA;Replicating Directory Changes\" \
+         and again with \"Replicating Directory Changes All\"; Samba: samba-tool dsacl set --objectdn=\"DC=…\" \
+         --sddl=\"(OA;;CR;1131f6aa-9c07-11d1-f79f-00c04fc2dcd2;;<account SID>)(OA;;CR;1131f6ad-9c07-11d1-f79f-00c04fc2dcd2;;<account SID>)\""
+    )]
+    ReplicationDenied,
 }
 
 /// An RPC interface or transfer syntax: UUID and version.

@@ -94,3 +94,54 @@ fn samba_replicates_a_users_nt_hash() {
     let expected: [u8; 16] = h.finalize().into();
     assert_eq!(nt, expected, "the replicated NT hash is MD4(UTF-16LE(password))");
 }
+
+/// A whole naming context, in rounds; an account without replication rights
+/// is told exactly which rights it lacks.
+#[test]
+fn samba_replicates_the_domain_and_refuses_an_account_without_rights() {
+    let dc = testkit::SambaDc::start().unwrap();
+    dc.samba_tool(&["user", "create", "plainuser", "Plain.Passw0rd1"]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let t = Duration::from_secs(10);
+    let port = rt.block_on(drsr::epm::map("127.0.0.1", &drsr::DRSUAPI, t)).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let admin = drsr::rpc::Credentials {
+        user: dc.admin_upn().split('@').next().unwrap().to_string(),
+        domain: None,
+        password: dc.admin_password().to_string(),
+    };
+    use drsr::drsuapi::*;
+    let attrs = [ATT_UNICODE_PWD, ATT_OBJECT_SID, ATT_SAM_ACCOUNT_NAME];
+    let (names, with_password) = rt
+        .block_on(async {
+            let mut conn = drsr::rpc::Connection::bind_sealed(&addr, &drsr::DRSUAPI, &admin, t).await?;
+            let (handle, _) = bind(&mut conn).await?;
+            let mut names = Vec::new();
+            let mut with_password = 0;
+            let to = replicate(&mut conn, handle, "DC=example,DC=test", (0, 0), &attrs, |o| {
+                if let Some((_, v)) = o.attrs.iter().find(|(a, _)| *a == ATT_SAM_ACCOUNT_NAME) {
+                    names.push(String::from_utf16_lossy(
+                        &v[0].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(),
+                    ));
+                }
+                if o.attrs.iter().any(|(a, v)| *a == ATT_UNICODE_PWD && !v.is_empty()) {
+                    with_password += 1;
+                }
+            })
+            .await?;
+            assert!(to.0 > 0, "a high-water mark to continue from");
+            Ok::<_, drsr::RpcError>((names, with_password))
+        })
+        .unwrap();
+    assert!(names.iter().any(|n| n == "plainuser") && names.iter().any(|n| n == "Administrator"), "{names:?}");
+    assert!(with_password >= 2, "{with_password}");
+
+    let plain = drsr::rpc::Credentials { user: "plainuser".into(), domain: None, password: "Plain.Passw0rd1".into() };
+    let denied = rt.block_on(async {
+        let mut conn = drsr::rpc::Connection::bind_sealed(&addr, &drsr::DRSUAPI, &plain, t).await?;
+        let (handle, _) = bind(&mut conn).await?;
+        replicate(&mut conn, handle, "DC=example,DC=test", (0, 0), &attrs, |_| {}).await
+    });
+    let text = denied.unwrap_err().to_string();
+    assert!(text.contains("Replicating Directory Changes All") && text.contains("samba-tool dsacl"), "{text}");
+}
