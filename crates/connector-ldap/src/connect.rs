@@ -57,6 +57,11 @@ fn check_url(url: &str) -> Result<Endpoint, String> {
     Ok(Endpoint { host: host.to_string(), port })
 }
 
+/// The host of an LDAP URL (for reaching other services of the same server).
+pub fn host_of(url: &str) -> Option<String> {
+    check_url(url).ok().map(|e| e.host)
+}
+
 fn tls_config(settings: &LdapSettings) -> Result<Option<Arc<rustls::ClientConfig>>, LdapError> {
     let Some(path) = &settings.tls.ca_file else {
         return Ok(None);

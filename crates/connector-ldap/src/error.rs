@@ -36,6 +36,12 @@ pub enum LdapError {
     #[error("modifying {dn:?} on {url} failed (LDAP result {code}){}", if message.is_empty() { String::new() } else { format!(": {message}") })]
     Modify { url: String, dn: String, code: u32, message: String },
 
+    #[error("{0}")]
+    ReplicationRights(String),
+
+    #[error("replicating password hashes from {host}: {message}")]
+    Replication { host: String, message: String },
+
     #[error("the watermark is not one this connector wrote: {0}")]
     Watermark(String),
 

@@ -7,6 +7,7 @@
 //! - [`source`]: the `Source` implementation, anchors, ranged retrieval, scope.
 //! - `dirsync`, `usn`, `syncrepl`: the three delta mechanisms.
 //! - [`ber`]: non-panicking BER for entries and controls.
+//! - `replication`: AD users' NT hashes by replication (MS-DRSR via `drsr`) for password hash sync.
 
 pub mod ber;
 pub mod connect;
@@ -14,6 +15,7 @@ mod dirsync;
 pub mod error;
 mod ous;
 pub mod paged;
+mod replication;
 pub mod rootdse;
 pub mod settings;
 pub mod source;

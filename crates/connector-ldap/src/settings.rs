@@ -99,6 +99,9 @@ pub struct LdapSettings {
     pub server_kind: Option<ServerKind>,
     /// Attribute used as sourceAnchor instead of the server kind's default.
     pub anchor_attribute: Option<String>,
+    /// Active Directory: read users' password hashes by replication
+    /// (password hash sync); the bind account needs replication rights.
+    pub replicate_secrets: bool,
 }
 
 impl Default for LdapSettings {
@@ -118,6 +121,7 @@ impl Default for LdapSettings {
             page_size: 1000,
             server_kind: None,
             anchor_attribute: None,
+            replicate_secrets: false,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct LdapSource {
     last_mark: Option<Mark>,
     /// The OU selection resolved for the current import.
     ous: OuScope,
+    /// A DRS session kept between cycles (password hash sync from AD).
+    reader: Option<drsr::reader::SecretReader>,
 }
 
 pub(crate) struct Counts {
@@ -89,7 +91,14 @@ impl LdapSource {
         if settings.page_size == 0 {
             return Err(LdapError::Settings("page_size must be at least 1".into()));
         }
-        Ok(LdapSource { settings, session: None, profile: None, last_mark: None, ous: OuScope::default() })
+        Ok(LdapSource {
+            settings,
+            session: None,
+            profile: None,
+            last_mark: None,
+            ous: OuScope::default(),
+            reader: None,
+        })
     }
 
     /// Connects (with failover) if not connected, and resolves the profile.
@@ -276,6 +285,14 @@ impl LdapSource {
         &self.settings
     }
 
+    pub(crate) fn take_reader(&mut self) -> Option<drsr::reader::SecretReader> {
+        self.reader.take()
+    }
+
+    pub(crate) fn keep_reader(&mut self, reader: drsr::reader::SecretReader) {
+        self.reader = Some(reader);
+    }
+
     pub(crate) fn session_profile(&self) -> Result<(&Session, &Profile), LdapError> {
         self.parts()
     }
@@ -445,6 +462,17 @@ impl Source for LdapSource {
             }
         }
         Ok(read)
+    }
+
+    fn replicates_secrets(&self) -> bool {
+        self.replicates()
+    }
+
+    async fn read_secrets(
+        &mut self,
+        objects: &[(SourceId, Dn)],
+    ) -> Result<Vec<(SourceId, sync::phs::Found)>, LdapError> {
+        self.replicate_secrets(objects).await
     }
 }
 

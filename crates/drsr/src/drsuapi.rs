@@ -1,4 +1,4 @@
-//! The DRSUAPI calls (MS-DRSR 4.1): `IDL_DRSBind` so far.
+//! The DRSUAPI calls (MS-DRSR 4.1): `IDL_DRSBind`, `IDL_DRSGetNCChanges`, `IDL_DRSUnbind`.
 
 use crate::RpcError;
 use crate::ndr::{Decoder, Encoder};
@@ -74,6 +74,7 @@ pub async fn unbind(conn: &mut Connection, handle: DrsHandle) -> Result<(), RpcE
 const DRS_GET_NC_CHANGES: u16 = 3;
 const ERROR_ACCESS_DENIED: u32 = 5;
 const ERROR_DS_DRA_ACCESS_DENIED: u32 = 0x2105;
+const ERROR_DS_DRA_SOURCE_DISABLED: u32 = 0x2108;
 
 pub const DRS_INIT_SYNC: u32 = 0x0000_0020;
 pub const DRS_WRIT_REP: u32 = 0x0000_0010;
@@ -321,6 +322,9 @@ fn parse_reply(stub: &[u8]) -> Result<ChangesReply, RpcError> {
     for code in [status, drs_error] {
         if code == ERROR_DS_DRA_ACCESS_DENIED || code == ERROR_ACCESS_DENIED {
             return Err(RpcError::ReplicationDenied);
+        }
+        if code == ERROR_DS_DRA_SOURCE_DISABLED {
+            return Err(RpcError::OutboundReplicationDisabled);
         }
         if code != 0 {
             return Err(RpcError::Fault(code));

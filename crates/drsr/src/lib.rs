@@ -7,15 +7,18 @@
 //! - [`rpc`]: a connection: bind an interface, call an operation, reassemble fragments.
 //! - [`epm`]: the endpoint mapper (`ept_map`): which TCP port serves an interface.
 //! - [`ntlm`]: NTLMv2 authentication and packet privacy (sealing, signing).
-//! - [`drsuapi`]: `IDL_DRSBind`, `IDL_DRSUnbind`.
-//!
-//! Not built yet (issue 8): DRSGetNCChanges and the decryption of `unicodePwd`.
+//! - [`drsuapi`]: `IDL_DRSBind`, `IDL_DRSGetNCChanges` (whole naming context
+//!   in rounds, or one object with `EXOP_REPL_OBJ`), `IDL_DRSUnbind`.
+//! - [`secrets`]: the two layers of `unicodePwd` encryption (session key +
+//!   salt MD5/RC4 with CRC32; RID-keyed DES).
+//! - [`reader`]: what password hash sync uses: users' NT hashes.
 
 pub mod drsuapi;
 pub mod epm;
 pub mod ndr;
 pub mod ntlm;
 pub mod pdu;
+pub mod reader;
 pub mod rpc;
 pub mod secrets;
 
@@ -37,14 +40,28 @@ pub enum RpcError {
     #[error("the server did not answer within {0:?}")]
     Timeout(std::time::Duration),
     #[error(
+        "the domain controller did not accept the credentials of {user:?} (NTLM): check the password file, \
+         and that the account is enabled, not locked out and its password not expired"
+    )]
+    AuthenticationFailed { user: String },
+    #[error(
+        "the domain controller has outbound replication disabled (DISABLE_OUTBOUND_REPL), so it hands out no \
+         changes: enable it again (Windows: repadmin /options <DC> -DISABLE_OUTBOUND_REPL; Samba: samba-tool drs \
+         options --dsa-option=-DISABLE_OUTBOUND_REPL) or point the source at another DC"
+    )]
+    OutboundReplicationDisabled,
+    #[error(
         "the account may not replicate secrets: it needs the extended rights \"Replicating Directory Changes\" \
-         (1131f6aa-9c07-11d1-f79f-00c04fc2dcd2) and \"Replicating Directory Changes All\" (1131f6ad-9c07-11d1-f79f-00c04fc2dcd2) \
-         on the domain's naming context. Windows: dsacls \"DC=corp,DC=example,DC=com\" /G \"CORP\\svc-idbridge:CA;Replicating Directory Changes\" \
-         and again with \"Replicating Directory Changes All\"; Samba: samba-tool dsacl set --objectdn=\"DC=…\" \
-         --sddl=\"(OA;;CR;1131f6aa-9c07-11d1-f79f-00c04fc2dcd2;;<account SID>)(OA;;CR;1131f6ad-9c07-11d1-f79f-00c04fc2dcd2;;<account SID>)\""
+         ({REPLICATING_CHANGES}) and \"Replicating Directory Changes All\" ({REPLICATING_CHANGES_ALL}) on the \
+         domain's naming context (grant them with dsacls on Windows, samba-tool dsacl on Samba)"
     )]
     ReplicationDenied,
 }
+
+/// The extended right "Replicating Directory Changes" (DS-Replication-Get-Changes).
+pub const REPLICATING_CHANGES: &str = "1131f6aa-9c07-11d1-f79f-00c04fc2dcd2";
+/// The extended right "Replicating Directory Changes All" (DS-Replication-Get-Changes-All): secrets.
+pub const REPLICATING_CHANGES_ALL: &str = "1131f6ad-9c07-11d1-f79f-00c04fc2dcd2";
 
 /// An RPC interface or transfer syntax: UUID and version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,6 +44,13 @@ fn samba_drs_bind_over_ntlm_packet_privacy() {
         drsr::drsuapi::bind(&mut conn).await
     });
     assert!(refused.is_err(), "{refused:?}");
+    // The reader names the failure for what it is.
+    let refused = rt.block_on(drsr::reader::SecretReader::connect("127.0.0.1", &wrong, t)).unwrap_err();
+    assert!(matches!(refused, drsr::RpcError::AuthenticationFailed { .. }), "{refused:?}");
+    assert!(refused.to_string().contains("did not accept the credentials"), "{refused}");
+    // A DC nobody listens on: said so, no hang.
+    let gone = rt.block_on(drsr::reader::SecretReader::connect("127.0.0.2", &wrong, t)).unwrap_err();
+    assert!(gone.to_string().contains("cannot reach 127.0.0.2"), "{gone}");
 }
 
 /// The whole point: a user's NT hash out of Samba by replication, equal to
@@ -93,6 +100,21 @@ fn samba_replicates_a_users_nt_hash() {
     h.update(password.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>());
     let expected: [u8; 16] = h.finalize().into();
     assert_eq!(nt, expected, "the replicated NT hash is MD4(UTF-16LE(password))");
+
+    // The same through the reader; an unknown object is no error, just absent.
+    let (secret, nobody) = rt
+        .block_on(async {
+            let mut reader = drsr::reader::SecretReader::connect("127.0.0.1", &creds, t).await?;
+            let secret = reader.user("CN=drsuser,CN=Users,DC=example,DC=test").await?;
+            let nobody = reader.user("CN=nobody,CN=Users,DC=example,DC=test").await?;
+            reader.close().await?;
+            Ok::<_, drsr::RpcError>((secret, nobody))
+        })
+        .unwrap();
+    let secret = secret.unwrap();
+    assert_eq!(secret.nt_hash.as_ref().map(|h| h.0), Some(expected));
+    assert_eq!(format!("{:?}", secret.nt_hash), "Some(NtSecret(…))", "never shown");
+    assert!(nobody.is_none());
 }
 
 /// A whole naming context, in rounds; an account without replication rights

@@ -271,13 +271,14 @@ impl SourceConfig {
     }
 
     /// The configured attributes, plus what password hash sync needs
-    /// (`pwdReset` is operational, so it must be asked for by name).
+    /// (`pwdReset` is operational, so it must be asked for by name; AD's
+    /// `pwdLastSet` tells which users' passwords to replicate).
     fn attributes_to_read(&self) -> Option<Vec<String>> {
         if !self.password_hash_sync {
             return if self.attributes.is_empty() { None } else { Some(self.attributes.clone()) };
         }
         let mut list = if self.attributes.is_empty() { vec!["*".to_string()] } else { self.attributes.clone() };
-        for extra in ["userPassword", "sambaNTPassword", "ipaNTHash", "pwdReset"] {
+        for extra in ["userPassword", "sambaNTPassword", "ipaNTHash", "pwdReset", "pwdLastSet"] {
             if !list.iter().any(|a| a.eq_ignore_ascii_case(extra)) {
                 list.push(extra.to_string());
             }
@@ -312,6 +313,7 @@ impl SourceConfig {
             page_size: self.page_size,
             server_kind: self.server_kind,
             anchor_attribute: self.anchor_attribute.clone(),
+            replicate_secrets: self.password_hash_sync,
         })
     }
 }

@@ -44,6 +44,42 @@ fn scim_get(base: &str, token: &str, path: &str) -> serde_json::Value {
     })
 }
 
+/// A public client of the tenant under `data`: the authorize URL its sign-ins start at.
+fn public_sign_in_client(data: &Path, base: &str) -> String {
+    let redirect = "http://127.0.0.1:9/callback";
+    let out = ok(&idbridge(&[
+        "tenant",
+        "client",
+        "add",
+        "--data",
+        p(data),
+        "--name",
+        "test",
+        "--redirect-uri",
+        redirect,
+        "--public",
+    ]));
+    let client_id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
+    let issuer = base.trim_end_matches("/scim/v2");
+    // A fixed PKCE pair: the verifier is never redeemed here, only the redirect is checked.
+    format!(
+        "{issuer}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+    )
+}
+
+/// Whether `user` signs in with `password` (a code comes back) — or the page's error.
+fn signs_in(authorize: &str, user: &str, password: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut browser = testkit::Browser::new().unwrap();
+        let page = browser.password_sign_in(authorize, user, password).await.unwrap();
+        match page.location {
+            Some(l) if l.contains("code=") => Ok(()),
+            _ => Err(page.body),
+        }
+    })
+}
+
 /// A tenant under `tmp/tenant` with `domain` verified and a sync token in
 /// `tmp/token`: (server, SCIM base URL, token).
 fn tenant_for_sync(tmp: &Path, domain: &str) -> (std::process::Child, String, String) {
@@ -504,6 +540,140 @@ mod samba {
             "{john}"
         );
         assert_eq!(get("/Users?count=1".into())["totalResults"], 3, "joined, not a fourth user");
+        tenant.kill().unwrap();
+        tenant.wait().unwrap();
+    }
+
+    /// The DN of the DC's nTDSDSA object (its `options` switch outbound replication).
+    fn ntds_settings(dc: &SambaDc) -> String {
+        let out = Command::new("ldapsearch")
+            .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-H", &dc.url, "-D", dc.admin_upn(), "-w", dc.admin_password()])
+            .args(["-b", "CN=Configuration,DC=example,DC=test", "(objectClass=nTDSDSA)", "dn"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("dn: ")).unwrap().to_string()
+    }
+
+    fn set_dsa_options(dc: &SambaDc, options: u32) {
+        dc.modify(&format!(
+            "dn: {}\nchangetype: modify\nreplace: options\noptions: {options}\n-\n\n",
+            ntds_settings(dc)
+        ))
+        .unwrap();
+    }
+
+    /// `unicodePwd` as AD takes it over LDAPS: the quoted password in UTF-16LE.
+    fn unicode_pwd(password: &str) -> String {
+        use base64::Engine as _;
+        let bytes: Vec<u8> = format!("\"{password}\"").encode_utf16().flat_map(u16::to_le_bytes).collect();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// Password hash sync from AD by replication (MS-DRSR), end to end:
+    /// passwords set with samba-tool and over LDAPS reach the tenant and sign
+    /// the users in; a change replaces the old password after the next
+    /// cycle; the failures (no replication rights, outbound replication
+    /// disabled) are named and retried without stopping directory sync.
+    #[test]
+    fn samba_password_hash_sync_by_replication() {
+        let dc = SambaDc::start().unwrap();
+        // 60 users at once: the first cycle replicates the naming context in one pass.
+        let mut ldif = String::from("dn: OU=Bulk,DC=example,DC=test\nobjectClass: organizationalUnit\n\n");
+        for i in 0..60 {
+            ldif.push_str(&format!(
+                "dn: CN=bulk{i},OU=Bulk,DC=example,DC=test\nobjectClass: user\nsAMAccountName: bulk{i}\n\
+                 userPrincipalName: bulk{i}@example.test\nunicodePwd:: {}\nuserAccountControl: 512\n\n",
+                unicode_pwd(&format!("Bulk.Passw0rd-{i}"))
+            ));
+        }
+        dc.modify_tls(&ldif).unwrap();
+        dc.samba_tool(&["user", "create", "alice", "First.Passw0rd", "--userou=OU=Bulk"]).unwrap();
+        dc.samba_tool(&["user", "create", "norights", "No.Rights-Passw0rd1"]).unwrap();
+
+        let tmp = TempDir::new("samba-phs").unwrap();
+        let (mut tenant, base, _token) = tenant_for_sync(tmp.path(), "example.test");
+        let pw = dc.password_file().unwrap();
+        let write_config = |path: &Path, bind: &str, password_file: &Path, state: &str| {
+            std::fs::write(
+                path,
+                format!(
+                    "[[source]]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{bind}\"\npassword_file = \"{}\"\nbase_dns = [\"OU=Bulk,DC=example,DC=test\"]\npassword_hash_sync = true\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"{state}\"\n",
+                    dc.url,
+                    p(password_file),
+                    p(&tmp.join("token"))
+                ),
+            )
+            .unwrap();
+        };
+        let config = tmp.join("idbridge.toml");
+        write_config(&config, dc.admin_upn(), &pw, "state.db");
+        let sync = |config: &Path| {
+            let out = idbridge(&["sync", "run", "--once", "--config", p(config)]);
+            let report = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "{report}");
+            report
+        };
+        let report = sync(&config);
+        assert!(report.contains(" 61 passwords; 0 errors"), "{report}");
+        let authorize = public_sign_in_client(&tmp.join("tenant"), &base);
+        signs_in(&authorize, "alice@example.test", "First.Passw0rd").unwrap();
+        signs_in(&authorize, "bulk7@example.test", "Bulk.Passw0rd-7").unwrap();
+        let wrong = signs_in(&authorize, "bulk7@example.test", "Bulk.Passw0rd-8").unwrap_err();
+        assert!(wrong.contains("user name or password is incorrect"), "{wrong}");
+
+        // Nothing changed: nothing is replicated or sent again.
+        let report = sync(&config);
+        assert!(report.contains(" 0 passwords; 0 errors"), "{report}");
+
+        // A change on-premises: one user is replicated (EXOP_REPL_OBJ) and the old password stops working.
+        dc.samba_tool(&["user", "setpassword", "alice", "--newpassword=Second.Passw0rd"]).unwrap();
+        let report = sync(&config);
+        assert!(report.contains(" 1 passwords; 0 errors"), "{report}");
+        signs_in(&authorize, "alice@example.test", "Second.Passw0rd").unwrap();
+        assert!(signs_in(&authorize, "alice@example.test", "First.Passw0rd").is_err(), "the old password is refused");
+        let status = ok(&idbridge(&["sync", "status", "--config", p(&config)]));
+        assert!(status.contains("password hash sync: on (corp); last passwords sent: 1"), "{status}");
+
+        // Outbound replication disabled on the DC: directory sync goes on, the
+        // error says what to do, and the password follows once it is enabled.
+        set_dsa_options(&dc, 1 | 4);
+        dc.samba_tool(&["user", "setpassword", "alice", "--newpassword=Third.Passw0rd"]).unwrap();
+        dc.modify("dn: CN=bulk1,OU=Bulk,DC=example,DC=test\nchangetype: modify\nreplace: title\ntitle: Lead\n-\n\n")
+            .unwrap();
+        let report = sync(&config);
+        assert!(
+            report.contains("outbound replication disabled") && report.contains("DISABLE_OUTBOUND_REPL"),
+            "{report}"
+        );
+        let bulk1 = scim_get(&base, &_token, "/Users?filter=userName%20eq%20%22bulk1@example.test%22");
+        assert_eq!(bulk1["Resources"][0]["title"], "Lead", "directory sync went on");
+        assert!(signs_in(&authorize, "alice@example.test", "Third.Passw0rd").is_err());
+        set_dsa_options(&dc, 1);
+        let report = sync(&config);
+        assert!(report.contains(" 1 passwords; 0 errors"), "{report}");
+        signs_in(&authorize, "alice@example.test", "Third.Passw0rd").unwrap();
+
+        // An account without replication rights: told which rights, and how to grant them.
+        let plain_pw = tmp.join("norights.pw");
+        std::fs::write(&plain_pw, "No.Rights-Passw0rd1\n").unwrap();
+        let plain = tmp.join("norights.toml");
+        write_config(&plain, "norights@example.test", &plain_pw, "norights.db");
+        let report = sync(&plain);
+        assert!(report.contains(" 0 passwords; 1 errors"), "directory sync went on: {report}");
+        assert!(
+            report.contains("norights@example.test may not replicate")
+                && report.contains("\"Replicating Directory Changes All\"")
+                && !report.contains("on OU=Bulk,DC=example,DC=test")
+                && report.contains("on DC=example,DC=test"),
+            "{report}"
+        );
+        // The printed Samba command grants exactly what is missing: the next cycle sends the passwords.
+        let sddl = report.split("--sddl=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        assert!(sddl.contains(";;S-1-5-21-"), "the account's own SID: {sddl}");
+        dc.samba_tool(&["dsacl", "set", "--objectdn=DC=example,DC=test", &format!("--sddl={sddl}")]).unwrap();
+        let report = sync(&plain);
+        assert!(report.contains(" 61 passwords; 0 errors"), "{report}");
         tenant.kill().unwrap();
         tenant.wait().unwrap();
     }
@@ -1020,41 +1190,8 @@ mod sync_e2e {
         ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), "uid=twin,ou=staff,dc=example,dc=org"]));
     }
 
-    /// A public client for sign-in tests: (issuer, authorize URL without the user part).
     fn sign_in_client(lab: &Lab) -> String {
-        let data = lab.tmp.join("tenant");
-        let redirect = "http://127.0.0.1:9/callback";
-        let out = ok(&idbridge(&[
-            "tenant",
-            "client",
-            "add",
-            "--data",
-            p(&data),
-            "--name",
-            "test",
-            "--redirect-uri",
-            redirect,
-            "--public",
-        ]));
-        let client_id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
-        let issuer = lab.base.trim_end_matches("/scim/v2");
-        // A fixed PKCE pair: the verifier is never redeemed here, only the redirect is checked.
-        format!(
-            "{issuer}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
-        )
-    }
-
-    /// Whether `user` signs in with `password` (a code comes back) — or the page's error.
-    fn signs_in(authorize: &str, user: &str, password: &str) -> Result<(), String> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let mut browser = testkit::Browser::new().unwrap();
-            let page = browser.password_sign_in(authorize, user, password).await.unwrap();
-            match page.location {
-                Some(l) if l.contains("code=") => Ok(()),
-                _ => Err(page.body),
-            }
-        })
+        public_sign_in_client(&lab.tmp.join("tenant"), &lab.base)
     }
 
     /// Registers a pass-through agent for `slapd` in `dir` and starts it.

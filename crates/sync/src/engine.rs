@@ -7,7 +7,7 @@
 //! harmless: creating an object the tenant already has is a hard match on its
 //! immutableId, and replaying a PATCH sets the same values again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use directory::{Dn, ObjectKind};
@@ -309,6 +309,24 @@ struct ImportWriter<'a, St: SyncStore> {
     /// Users' passwords, when the source has password hash sync on. In
     /// memory for this cycle only.
     passwords: Option<Vec<crate::phs::Captured>>,
+    /// The source hands passwords out only by replication: users whose
+    /// `pwdLastSet` changed (all of them with `all_passwords`) are marked
+    /// pending and read after the import.
+    replicated_passwords: bool,
+    all_passwords: bool,
+}
+
+impl<St: SyncStore> ImportWriter<'_, St> {
+    /// A replicated-password user whose password changed since the
+    /// connector space last saw it (or every one, on a full resync).
+    fn password_changed(&self, obj: &SourceObject) -> Result<bool, StoreError> {
+        let Some(now) = obj.entry.first_text("pwdLastSet") else { return Ok(false) };
+        if self.all_passwords {
+            return Ok(true);
+        }
+        let before = self.store.cs_get(self.source, &obj.id)?;
+        Ok(before.as_ref().and_then(|(o, _)| o.entry.first_text("pwdLastSet")) != Some(now))
+    }
 }
 
 impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
@@ -320,6 +338,20 @@ impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
                 self.seen.insert(obj.id.clone());
                 // Secrets never reach the store, with or without password hash sync.
                 let found = crate::phs::take_secrets(&mut obj.entry);
+                if found.is_none()
+                    && self.replicated_passwords
+                    && self.passwords.is_some()
+                    && obj.kind == directory::ObjectKind::User
+                {
+                    let changed = self.password_changed(&obj).and_then(|changed| {
+                        if changed { self.store.set_password_pending(self.source, &obj.id, true) } else { Ok(()) }
+                    });
+                    if let Err(e) = changed {
+                        let text = e.to_string();
+                        self.error = Some(e);
+                        return Err(SinkError(text));
+                    }
+                }
                 if let (Some(found), Some(list), directory::ObjectKind::User) = (found, &mut self.passwords, obj.kind) {
                     // Committed with the import: if the cycle ends before the
                     // tenant confirms, the next one reads this user again.
@@ -506,7 +538,10 @@ where
         imported: 0,
         deleted: 0,
         passwords: (options.password_sync && !options.staging).then(Vec::new),
+        replicated_passwords: source.replicates_secrets(),
+        all_passwords: options.full,
     };
+    let mut password_failure = None;
     let mut result = match &watermark {
         Some(w) => source.delta_import(w, &mut writer).await,
         None => source.full_import(previous.as_ref(), &mut writer).await,
@@ -516,16 +551,43 @@ where
     if result.is_ok() && writer.error.is_none() && writer.passwords.is_some() {
         let captured: HashSet<SourceId> = writer.passwords.iter().flatten().map(|c| c.id.clone()).collect();
         let mut again = Vec::new();
+        let mut must_change = HashMap::new();
         for id in writer.store.passwords_pending(source_name)? {
             if captured.contains(&id) {
                 continue;
             }
             match writer.store.cs_get(source_name, &id)? {
-                Some((obj, false)) => again.push((id, obj.entry.dn)),
+                Some((obj, false)) => {
+                    must_change.insert(id.clone(), crate::phs::must_change(&obj.entry));
+                    again.push((id, obj.entry.dn));
+                }
                 _ => writer.store.set_password_pending(source_name, &id, false)?,
             }
         }
-        if !again.is_empty() {
+        if !again.is_empty() && writer.replicated_passwords {
+            tracing::info!(source = source_name, users = again.len(), "reading passwords by replication");
+            match source.read_secrets(&again).await {
+                Ok(found) => {
+                    let dns: HashMap<&SourceId, &Dn> = again.iter().map(|(id, dn)| (id, dn)).collect();
+                    let list = writer.passwords.get_or_insert_with(Vec::new);
+                    for (id, found) in found {
+                        let Some(dn) = dns.get(&id) else { continue };
+                        list.push(crate::phs::Captured {
+                            dn: (*dn).clone(),
+                            must_change: must_change.get(&id).copied().unwrap_or(false),
+                            id,
+                            found,
+                        });
+                    }
+                }
+                // Directory sync goes on; the users stay pending and are
+                // tried again next cycle.
+                Err(e) => {
+                    tracing::warn!(source = source_name, error = %e, "password hash sync: cannot read passwords");
+                    password_failure = Some(format!("password hash sync: {e}"));
+                }
+            }
+        } else if !again.is_empty() {
             tracing::info!(
                 source = source_name,
                 users = again.len(),
@@ -668,6 +730,9 @@ where
         status: CycleStatus::Success,
         stage_ms: [import_ms, sync_ms, 0],
     };
+    if let Some(message) = password_failure {
+        report.errors.push((format!("source {source_name}"), message));
+    }
     if options.staging {
         report.status = CycleStatus::Staging;
         return Ok(report);

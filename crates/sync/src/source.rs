@@ -128,6 +128,24 @@ pub trait Source {
         let _ = (objects, sink);
         async { Ok(0) }
     }
+
+    /// True if this source keeps password hashes out of reach of its
+    /// imports (Active Directory: only replication hands them out). The
+    /// engine then marks users whose `pwdLastSet` changed and asks
+    /// [`Source::read_secrets`] for their passwords.
+    fn replicates_secrets(&self) -> bool {
+        false
+    }
+
+    /// The passwords of these users, read the way the directory allows (AD:
+    /// `DRSGetNCChanges`). A user missing from the answer stays pending.
+    fn read_secrets(
+        &mut self,
+        objects: &[(SourceId, Dn)],
+    ) -> impl Future<Output = Result<Vec<(SourceId, crate::phs::Found)>, Self::Error>> + Send {
+        let _ = objects;
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// After an import, the known objects (id and last DN) that lie within one of
