@@ -473,6 +473,8 @@ mod tests {
             let _ = crate::ntlm::parse_challenge(&m);
             let _ = crate::epm::tower_port(&body);
             let _ = crate::pdu::Header::decode(&body);
+            let _ = crate::secrets::decrypt_secret(&[7u8; 16], &body);
+            let _ = crate::secrets::nt_hash_from_rid_encrypted(&body, 1104);
         }
     }
 }

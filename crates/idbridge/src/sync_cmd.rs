@@ -267,6 +267,17 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                     ),
                     None => println!("password hash sync: on ({}); no passwords sent yet", phs.join(", ")),
                 }
+                let mut pending = 0;
+                for name in &phs {
+                    pending += sync::engine::SyncStore::passwords_pending(&store, name)?.len();
+                }
+                let failed = store.errors()?.iter().filter(|e| e.stage == "password").count();
+                println!("passwords waiting to be sent: {pending}; users whose password failed: {failed}");
+                if let Some(r) = store.runs(1)?.first()
+                    && let Some(message) = r.report["passwordFailure"].as_str()
+                {
+                    println!("last cycle's password hash sync failed: {message}");
+                }
             }
             let errors = store.errors()?;
             println!("objects with errors: {}", errors.len());

@@ -649,6 +649,12 @@ mod samba {
         let bulk1 = scim_get(&base, &_token, "/Users?filter=userName%20eq%20%22bulk1@example.test%22");
         assert_eq!(bulk1["Resources"][0]["title"], "Lead", "directory sync went on");
         assert!(signs_in(&authorize, "alice@example.test", "Third.Passw0rd").is_err());
+        let status = ok(&idbridge(&["sync", "status", "--config", p(&config)]));
+        assert!(
+            status.contains("passwords waiting to be sent: 1;")
+                && status.contains("last cycle's password hash sync failed: password hash sync: replicating password hashes from 127.0.0.1: the domain controller has outbound replication disabled"),
+            "{status}"
+        );
         set_dsa_options(&dc, 1);
         let report = sync(&config);
         assert!(report.contains(" 1 passwords; 0 errors"), "{report}");

@@ -217,6 +217,10 @@ impl SqliteStore {
             "outOfScope": report.out_of_scope, "created": report.created, "updated": report.updated,
             "deleted": report.deleted, "unchanged": report.unchanged, "errors": report.errors.len(),
             "passwords": report.passwords_synced,
+            // A failure of password hash sync as a whole (rights, DC), not of one user.
+            "passwordFailure": report.errors.iter()
+                .find(|(object, message)| object.starts_with("source ") && message.starts_with("password hash sync"))
+                .map(|(_, message)| message),
         });
         self.conn
             .execute(
