@@ -471,8 +471,9 @@ impl Source for LdapSource {
     async fn read_secrets(
         &mut self,
         objects: &[(SourceId, Dn)],
+        population: usize,
     ) -> Result<Vec<(SourceId, sync::phs::Found)>, LdapError> {
-        self.replicate_secrets(objects).await
+        self.replicate_secrets(objects, population).await
     }
 }
 

@@ -379,6 +379,15 @@ impl SyncStore for SqliteStore {
         Ok(())
     }
 
+    fn cs_count(&self, source: &str) -> Result<usize, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM cs WHERE source = ?1 AND deleted = 0", params![source], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .map_err(err)
+    }
+
     fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError> {
         let mut stmt = self.conn.prepare("SELECT id, dn FROM cs WHERE source = ?1 AND deleted = 0").map_err(err)?;
         let rows =

@@ -60,6 +60,10 @@ pub trait SyncStore {
     fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
     /// Every known object's id and DN (for reconciliation).
     fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError>;
+    /// How many live objects the connector space of `source` holds.
+    fn cs_count(&self, source: &str) -> Result<usize, StoreError> {
+        Ok(self.cs_index(source)?.len())
+    }
     fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError>;
     fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError>;
     /// The object and whether it is marked deleted.
@@ -566,7 +570,8 @@ where
         }
         if !again.is_empty() && writer.replicated_passwords {
             tracing::info!(source = source_name, users = again.len(), "reading passwords by replication");
-            match source.read_secrets(&again).await {
+            let population = writer.store.cs_count(source_name)?;
+            match source.read_secrets(&again, population).await {
                 Ok(found) => {
                     let dns: HashMap<&SourceId, &Dn> = again.iter().map(|(id, dn)| (id, dn)).collect();
                     let list = writer.passwords.get_or_insert_with(Vec::new);

@@ -139,11 +139,14 @@ pub trait Source {
 
     /// The passwords of these users, read the way the directory allows (AD:
     /// `DRSGetNCChanges`). A user missing from the answer stays pending.
+    /// `population`: how many objects the source holds in scope, so it can
+    /// choose between asking per user and one pass over everything.
     fn read_secrets(
         &mut self,
         objects: &[(SourceId, Dn)],
+        population: usize,
     ) -> impl Future<Output = Result<Vec<(SourceId, crate::phs::Found)>, Self::Error>> + Send {
-        let _ = objects;
+        let _ = (objects, population);
         async { Ok(Vec::new()) }
     }
 }
