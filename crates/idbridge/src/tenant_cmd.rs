@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use tenant::domains::{self, AuthType};
+use tenant::federation::{self, Federation, OidcIdp};
 use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use tenant::tokens::{self, Scope};
 use tenant::{Settings, audit};
@@ -245,6 +246,36 @@ pub enum DomainCommand {
         data: PathBuf,
         name: String,
     },
+    /// Hand a domain's sign-ins to the organisation's identity provider.
+    Federate {
+        #[arg(long)]
+        data: PathBuf,
+        name: String,
+        /// oidc (the tenant is an OpenID Connect relying party of the IdP).
+        #[arg(long)]
+        protocol: String,
+        /// The IdP's issuer URL, exactly as its tokens name it.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The client id the IdP gave this tenant.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// A file holding the client secret (one line).
+        #[arg(long)]
+        client_secret_file: Option<PathBuf>,
+        /// The claim carrying the user's immutableId.
+        #[arg(long, default_value = "immutable_id")]
+        immutable_id_claim: String,
+        /// A claim with the user's UPN, tried when no user has the immutableId.
+        #[arg(long)]
+        upn_claim: Option<String>,
+    },
+    /// Back to managed sign-in (password hash sync).
+    Unfederate {
+        #[arg(long)]
+        data: PathBuf,
+        name: String,
+    },
 }
 
 fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
@@ -373,6 +404,61 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     Some(&serde_json::json!({"auth": auth.as_str()})),
                 )?;
                 eprintln!("domain {name} now signs in with {auth}");
+                Ok(())
+            }
+            DomainCommand::Federate {
+                data,
+                name,
+                protocol,
+                issuer,
+                client_id,
+                client_secret_file,
+                immutable_id_claim,
+                upn_claim,
+            } => {
+                let federation = match protocol.as_str() {
+                    "oidc" => {
+                        let need =
+                            |v: Option<String>, flag: &str| v.with_context(|| format!("--protocol oidc needs {flag}"));
+                        let secret_file = client_secret_file.context("--protocol oidc needs --client-secret-file")?;
+                        let secret = std::fs::read_to_string(&secret_file)
+                            .with_context(|| format!("cannot read the client secret file {}", secret_file.display()))?
+                            .trim()
+                            .to_string();
+                        Federation::Oidc(OidcIdp {
+                            issuer: need(issuer, "--issuer URL")?,
+                            client_id: need(client_id, "--client-id ID")?,
+                            client_secret: secret,
+                            immutable_id_claim,
+                            upn_claim,
+                        })
+                    }
+                    other => anyhow::bail!("unknown federation protocol {other:?}: use oidc"),
+                };
+                let store = open(&data)?;
+                let conn = store.lock();
+                let d = federation::federate(&conn, &name, &federation)?;
+                audit::record(
+                    &conn,
+                    "cli",
+                    "domain-federate",
+                    None,
+                    Some(&d.name),
+                    Some(&serde_json::json!({"protocol": federation.protocol()})),
+                )?;
+                eprintln!(
+                    "domain {} now signs in at its identity provider ({}); register this redirect URI there: <tenant URL>/federation/oidc/callback",
+                    d.name,
+                    federation.protocol()
+                );
+                Ok(())
+            }
+            DomainCommand::Unfederate { data, name } => {
+                let store = open(&data)?;
+                let conn = store.lock();
+                let d = federation::unfederate(&conn, &name)?;
+                audit::record(&conn, "cli", "domain-unfederate", None, Some(&d.name), None)?;
+                eprintln!("domain {} now signs in with {} (managed)", d.name, d.auth);
                 Ok(())
             }
             DomainCommand::Remove { data, name } => {

@@ -2237,3 +2237,207 @@ mod demo {
         assert!(!dir.exists(), "the temporary demo directory is removed");
     }
 }
+
+/// Federated domains against a real OpenID Provider (the npm package
+/// `oidc-provider`, installed by scripts/test into .tools/browser).
+mod federation {
+    use super::*;
+    use std::process::Child;
+
+    struct Idp {
+        child: Child,
+        issuer: String,
+    }
+
+    impl Drop for Idp {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn start_idp(dir: &Path, config: &serde_json::Value) -> Idp {
+        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/browser");
+        assert!(
+            tools.join("node_modules/oidc-provider").exists(),
+            "oidc-provider is missing: run scripts/test, which installs it"
+        );
+        let port = testkit::free_port().unwrap();
+        let file = dir.join("idp.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let child = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/oidc_idp.mjs"))
+            .arg(port.to_string())
+            .arg(&file)
+            .env("BROWSER_TOOLS", &tools)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = testkit::wait_until(std::time::Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "oidc-provider did not start");
+        Idp { child, issuer: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn resolve(current: &str, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            return location.to_string();
+        }
+        let origin: String = current.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        format!("{origin}{location}")
+    }
+
+    /// A browser through a federated sign-in: the user name at the tenant,
+    /// the login form at the IdP, and back. The last page: a redirect to the
+    /// relying party (with `code=`) or the tenant's refusal.
+    fn federated_sign_in(authorize: &str, username: &str, idp_login: &str) -> (testkit::Page, String) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut browser = testkit::Browser::new().unwrap();
+            let action = authorize.split('?').next().unwrap().to_string();
+            let first = browser.get(authorize).await.unwrap();
+            let mut page =
+                browser.post(&action, &testkit::form_fields(&first.body, &[("username", username)])).await.unwrap();
+            let mut url = action;
+            for _ in 0..16 {
+                if let Some(location) = page.location.clone() {
+                    url = resolve(&url, &location);
+                    if url.starts_with("http://127.0.0.1:9/") {
+                        return (page, url);
+                    }
+                    page = browser.get(&url).await.unwrap();
+                } else if page.body.contains("name=\"login\"") {
+                    let form_action =
+                        page.body.split("action=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+                    url = resolve(&url, &form_action);
+                    let form = testkit::form_fields(&page.body, &[("login", idp_login), ("password", "any")]);
+                    page = browser.post(&url, &form).await.unwrap();
+                } else {
+                    return (page, url);
+                }
+            }
+            panic!("too many redirects, last at {url}");
+        })
+    }
+
+    fn scim_post_user(base: &str, token: &str, user_name: &str, immutable_id: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let body = serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"],
+            "userName": user_name,
+            "externalId": immutable_id,
+            "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object": {"immutableId": immutable_id},
+        });
+        let status = rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{base}/Users"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "creating {user_name}: {status}");
+    }
+
+    fn audit(data: &Path) -> String {
+        ok(&idbridge(&["tenant", "audit", "--data", p(data), "--limit", "200", "--json"]))
+    }
+
+    #[test]
+    fn oidc_federated_sign_in_with_oidc_provider() {
+        let tmp = TempDir::new("federation").unwrap();
+        let (mut tenant, base, token) = tenant_for_sync(tmp.path(), "fed.example");
+        let data = tmp.join("tenant");
+        ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "managed.example"]));
+        scim_post_user(&base, &token, "alice@fed.example", "QUxJQ0UtYW5jaG9y");
+        scim_post_user(&base, &token, "carol@fed.example", "Q0FST0wtYW5jaG9y");
+        scim_post_user(&base, &token, "mallory@managed.example", "TUFMTE9SWS1hbmNob3I=");
+        let issuer_url = base.trim_end_matches("/scim/v2").to_string();
+        let callback = format!("{issuer_url}/federation/oidc/callback");
+        let idp = start_idp(
+            tmp.path(),
+            &serde_json::json!({
+                "client": {"client_id": "idbridge-tenant", "client_secret": "s3cret-for-tests", "redirect_uri": callback},
+                "accounts": {
+                    "alice": {"immutable_id": "QUxJQ0UtYW5jaG9y"},
+                    "carol": {"upn": "carol@fed.example"},
+                    "ghost": {"immutable_id": "R0hPU1Q="},
+                    "mallory": {"immutable_id": "TUFMTE9SWS1hbmNob3I="},
+                },
+            }),
+        );
+        std::fs::write(tmp.join("idp.secret"), "s3cret-for-tests\n").unwrap();
+        let federate = |domain: &str, issuer: &str| {
+            idbridge(&[
+                "tenant",
+                "domain",
+                "federate",
+                domain,
+                "--data",
+                p(&data),
+                "--protocol",
+                "oidc",
+                "--issuer",
+                issuer,
+                "--client-id",
+                "idbridge-tenant",
+                "--client-secret-file",
+                p(&tmp.join("idp.secret")),
+                "--upn-claim",
+                "upn",
+            ])
+        };
+        // The initial domain never.
+        let refused = federate("lab.example.test", &idp.issuer);
+        assert!(
+            !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("initial domain"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        ok(&federate("fed.example", &idp.issuer));
+        let authorize = public_sign_in_client(&data, &base);
+
+        // Success by immutableId; the same callback twice is refused (one-time state).
+        let (page, url) = federated_sign_in(&authorize, "alice@fed.example", "alice");
+        assert!(url.contains("code=") && url.contains("state=s"), "{url}\n{}", page.body);
+        // Success by the UPN fallback claim.
+        let (_, url) = federated_sign_in(&authorize, "carol@fed.example", "carol");
+        assert!(url.contains("code="), "{url}");
+        // The IdP vouches for someone the tenant does not know.
+        let (page, _) = federated_sign_in(&authorize, "ghost@fed.example", "ghost");
+        assert_eq!(page.status, 403);
+        assert!(page.body.contains("no matching account"), "{}", page.body);
+        // ... or for a user of another domain.
+        let (page, _) = federated_sign_in(&authorize, "alice@fed.example", "mallory");
+        assert!(page.body.contains("does not belong to fed.example"), "{}", page.body);
+        let log = audit(&data);
+        for reason in ["\"unknown-user\"", "\"user-not-in-domain\""] {
+            assert!(log.contains(reason), "{reason} in the audit log:\n{log}");
+        }
+        assert_eq!(log.matches("\"federated-sign-in\"").count(), 2, "{log}");
+
+        // A callback nobody started (or one replayed) is refused.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let replay = rt.block_on(async {
+            testkit::Browser::new().unwrap().get(&format!("{callback}?code=abc&state=never-issued")).await.unwrap()
+        });
+        assert_eq!(replay.status, 403);
+        assert!(replay.body.contains("already used"), "{}", replay.body);
+
+        // A wrong issuer (the discovery document names another one) is refused with the reason.
+        ok(&federate("fed.example", &format!("{}/", idp.issuer)));
+        let (page, _) = federated_sign_in(&authorize, "alice@fed.example", "alice");
+        assert_eq!(page.status, 403, "{}", page.body);
+        assert!(audit(&data).contains("\"wrong-issuer\""));
+
+        // Back to managed: the password page again.
+        ok(&idbridge(&["tenant", "domain", "unfederate", "fed.example", "--data", p(&data)]));
+        let (page, _) = federated_sign_in(&authorize, "alice@fed.example", "alice");
+        assert!(page.body.contains("type=\"password\""), "{}", page.body);
+        tenant.kill().unwrap();
+        tenant.wait().unwrap();
+    }
+}

@@ -77,6 +77,11 @@ pub fn add(conn: &Connection, name: &str, auth: AuthType, initial: bool) -> Resu
     if initial && auth == AuthType::Federated {
         return Err(TenantError::Invalid("the initial domain cannot be federated".into()));
     }
+    if auth == AuthType::Federated && !initial {
+        return Err(TenantError::Invalid(format!(
+            "add {name} as managed, then `idbridge tenant domain federate {name} --protocol oidc …` with its identity provider"
+        )));
+    }
     if get(conn, &name)?.is_some() {
         return Err(TenantError::Invalid(format!("domain {name} is already verified")));
     }
@@ -122,6 +127,12 @@ pub fn set_auth(conn: &Connection, name: &str, auth: AuthType) -> Result<()> {
     let d = get(conn, name)?.ok_or_else(|| TenantError::NotFound(format!("domain {name}")))?;
     if d.initial && auth == AuthType::Federated {
         return Err(TenantError::Invalid("the initial domain cannot be federated".into()));
+    }
+    if auth == AuthType::Federated {
+        return Err(TenantError::Invalid(format!(
+            "a federated domain needs its identity provider: use `idbridge tenant domain federate {} --protocol oidc …`",
+            d.name
+        )));
     }
     conn.execute("UPDATE domains SET auth = ?2 WHERE name = ?1", params![d.name, auth.as_str()])?;
     Ok(())

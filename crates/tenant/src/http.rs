@@ -43,6 +43,8 @@ pub struct AppState {
     pub lockout: crate::signin::LockoutPolicy,
     /// Pass-through authentication: the queue the agents take sign-ins from.
     pub pta: crate::pta::Broker,
+    /// Federated domains: the tenant as a relying party of their IdPs.
+    pub federation: crate::federation::oidc::RelyingParty,
 }
 
 /// A response-ready SCIM error.

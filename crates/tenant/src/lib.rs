@@ -13,6 +13,7 @@ pub mod audit;
 pub mod credentials;
 pub mod domains;
 pub mod error;
+pub mod federation;
 pub mod http;
 pub mod hybrid;
 pub mod objects;

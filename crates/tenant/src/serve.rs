@@ -136,6 +136,7 @@ pub async fn serve(
         max_body: options.max_body,
         lockout: crate::signin::LockoutPolicy::default(),
         pta: crate::pta::Broker::new(pta_timeout),
+        federation: crate::federation::oidc::RelyingParty::new(),
     });
     let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
     on_ready(bound, &base_url);

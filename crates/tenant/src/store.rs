@@ -161,7 +161,20 @@ CREATE TABLE pta_agents (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+/// Federated sign-in: requests waiting for the identity provider's answer.
+const SCHEMA_V4: &str = "
+CREATE TABLE federation_requests (
+    state_hash BLOB PRIMARY KEY,     -- SHA-256 of the state sent to the IdP
+    domain TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    verifier TEXT NOT NULL,          -- PKCE
+    params TEXT NOT NULL,            -- the relying party's authorization request (JSON)
+    username TEXT NOT NULL,
+    expires INTEGER NOT NULL
+);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// The database, behind one connection (SQLite has one writer anyway).
 #[derive(Debug)]

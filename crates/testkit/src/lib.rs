@@ -14,8 +14,8 @@ pub mod samba;
 pub mod slapd;
 pub mod tls;
 
-pub use browser::Browser;
-pub use process::{TempDir, TestkitError, free_port, measure, spawn_tenant};
+pub use browser::{Browser, Page, form_fields};
+pub use process::{TempDir, TestkitError, free_port, measure, spawn_tenant, wait_until};
 pub use samba::SambaDc;
 pub use slapd::{Slapd, SlapdOptions};
 pub use tls::TestCa;

@@ -34,7 +34,7 @@ const CSRF_COOKIE: &str = "idb_csrf";
 
 /// The authorization request parameters (OIDC Core §3.1.2.1), carried
 /// through the sign-in forms as hidden fields and checked again on each step.
-const AUTH_PARAMS: &[&str] = &[
+pub(crate) const AUTH_PARAMS: &[&str] = &[
     "client_id",
     "redirect_uri",
     "response_type",
@@ -47,9 +47,9 @@ const AUTH_PARAMS: &[&str] = &[
     "login_hint",
 ];
 
-type Params = HashMap<String, String>;
+pub(crate) type Params = HashMap<String, String>;
 
-async fn db<T: Send + 'static>(
+pub(crate) async fn db<T: Send + 'static>(
     state: &Arc<AppState>,
     work: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -62,7 +62,7 @@ async fn db<T: Send + 'static>(
     .unwrap_or_else(|e| Err(TenantError::Invalid(format!("worker failed: {e}"))))
 }
 
-fn internal(e: TenantError) -> Response {
+pub(crate) fn internal(e: TenantError) -> Response {
     tracing::error!(error = %e, "sign-in endpoint failed");
     (StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the tenant's log)").into_response()
 }
@@ -111,7 +111,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
-fn html_response(status: StatusCode, page: String) -> Response {
+pub(crate) fn html_response(status: StatusCode, page: String) -> Response {
     let mut resp = (status, Html(page)).into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -369,18 +369,9 @@ pub async fn authorize_post(
             let domain = domain.to_lowercase();
             let found = db(&state, move |conn| domains::get(conn, &domain)).await;
             match found {
-                Ok(Some(d)) if d.auth == AuthType::Federated => html_response(
-                    StatusCode::OK,
-                    pages::username_page(
-                        &branding,
-                        &fields,
-                        &username,
-                        Some(&format!(
-                            "Sign-in for {} is handed to your organisation's identity provider, which is not configured in this tenant yet. Contact your administrator.",
-                            d.name
-                        )),
-                    ),
-                ),
+                Ok(Some(d)) if d.auth == AuthType::Federated => {
+                    crate::federation::web::start(&state, &branding, &p, &username, &d.name).await
+                }
                 // Managed domains (hashes or pass-through), and unknown ones (no hint whether the user exists).
                 Ok(_) => html_response(StatusCode::OK, pages::password_page(&branding, &fields, &username, None)),
                 Err(e) => internal(e),
@@ -488,6 +479,29 @@ async fn new_session(state: &Arc<AppState>, user_id: &str) -> Result<String> {
     })
     .await?;
     Ok(token)
+}
+
+/// Ends a sign-in done elsewhere (a federated identity provider): the
+/// relying party's request is checked again, then code, session, redirect.
+pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored) -> Response {
+    let checked = db(state, move |conn| Ok((Branding::load(conn), check_request(conn, &p)?))).await;
+    let (branding, request) = match checked {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(invalid) => return invalid_response(&branding, invalid),
+    };
+    let user_id = user.id.clone();
+    let mut resp = finish(state, request, user, Some(())).await;
+    if resp.status() == StatusCode::SEE_OTHER {
+        match new_session(state, &user_id).await {
+            Ok(token) => set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
+            Err(e) => return internal(e),
+        }
+    }
+    resp
 }
 
 /// Issues the code and sends the browser back to the application.

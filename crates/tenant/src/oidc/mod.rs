@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/oauth2/token", axum::routing::post(flow::token))
         .route("/oauth2/userinfo", get(flow::userinfo).post(flow::userinfo))
         .route("/oauth2/logout", get(flow::logout))
+        .route("/federation/oidc/callback", get(crate::federation::web::oidc_callback))
         .route("/myapps", get(myapps::home))
         .route("/myapps/callback", get(myapps::callback))
         .route("/myapps/logout", get(myapps::logout))

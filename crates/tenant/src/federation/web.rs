@@ -1,0 +1,158 @@
+//! The browser's way through a federated sign-in: from the user-name step to
+//! the identity provider, and back to the relying party.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::oidc::{self, Expected};
+use super::{Federation, Pending, Refusal};
+use crate::http::AppState;
+use crate::oidc::flow::{AUTH_PARAMS, Params, db, html_response, internal, urlencode};
+use crate::oidc::pages::{self, Branding};
+use crate::oidc::random_token;
+use crate::util::now_secs;
+
+/// Where identity providers send OpenID Connect answers.
+pub fn oidc_redirect_uri(state: &AppState) -> String {
+    format!("{}/federation/oidc/callback", state.issuer)
+}
+
+fn refused(branding: &Branding, refusal: &Refusal) -> Response {
+    html_response(StatusCode::FORBIDDEN, pages::message_page(branding, "You are not signed in", &refusal.message()))
+}
+
+/// Refuses with a page and an audit entry.
+async fn refuse(state: &Arc<AppState>, domain: &str, protocol: &'static str, refusal: Refusal) -> Response {
+    tracing::warn!(domain, protocol, reason = refusal.code(), detail = %refusal.detail(), "federated sign-in refused");
+    let (domain, shown) = (domain.to_string(), refusal.clone());
+    let branding = db(state, move |conn| {
+        super::audit(conn, &domain, protocol, Err(&shown))?;
+        Ok(Branding::load(conn))
+    })
+    .await;
+    match branding {
+        Ok(b) => refused(&b, &refusal),
+        Err(e) => internal(e),
+    }
+}
+
+/// The user-name step found a federated domain: off to its identity provider.
+pub async fn start(state: &Arc<AppState>, branding: &Branding, p: &Params, username: &str, domain: &str) -> Response {
+    let name = domain.to_string();
+    let federation = match db(state, move |conn| super::load(conn, &name)).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return html_response(
+                StatusCode::OK,
+                pages::message_page(
+                    branding,
+                    "Sign-in not available",
+                    &format!(
+                        "Sign-in for {domain} is handed to an identity provider that is not configured. Contact your administrator."
+                    ),
+                ),
+            );
+        }
+        Err(e) => return internal(e),
+    };
+    match federation {
+        Federation::Oidc(idp) => {
+            let meta = match state.federation.provider(&idp.issuer, false).await {
+                Ok((meta, _)) => meta,
+                Err(refusal) => return refuse(state, domain, "oidc", refusal).await,
+            };
+            let (rp_state, nonce, verifier) = (random_token(), random_token(), random_token());
+            let challenge = URL_SAFE_NO_PAD.encode(crate::util::sha256(verifier.as_bytes()));
+            let params: Params =
+                AUTH_PARAMS.iter().filter_map(|k| p.get(*k).map(|v| (k.to_string(), v.clone()))).collect();
+            let pending = Pending {
+                domain: domain.to_string(),
+                nonce: nonce.clone(),
+                verifier,
+                params,
+                username: username.to_string(),
+            };
+            let key = rp_state.clone();
+            if let Err(e) = db(state, move |conn| super::remember(conn, &key, &pending)).await {
+                return internal(e);
+            }
+            let sep = if meta.authorization_endpoint.contains('?') { '&' } else { '?' };
+            let url = format!(
+                "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope=openid&state={}&nonce={}&code_challenge={}&code_challenge_method=S256&login_hint={}",
+                meta.authorization_endpoint,
+                urlencode(&idp.client_id),
+                urlencode(&oidc_redirect_uri(state)),
+                urlencode(&rp_state),
+                urlencode(&nonce),
+                urlencode(&challenge),
+                urlencode(username)
+            );
+            let mut resp = Redirect::to(&url).into_response();
+            *resp.status_mut() = StatusCode::SEE_OTHER;
+            resp
+        }
+    }
+}
+
+/// GET /federation/oidc/callback: the identity provider's answer.
+pub async fn oidc_callback(State(state): State<Arc<AppState>>, Query(q): Query<Params>) -> Response {
+    let key = q.get("state").cloned().unwrap_or_default();
+    let pending = match db(&state, move |conn| super::take(conn, &key)).await {
+        Ok(p) => p,
+        Err(e) => return internal(e),
+    };
+    let Some(pending) = pending else {
+        return refuse(&state, "-", "oidc", Refusal::UnknownState).await;
+    };
+    let domain = pending.domain.clone();
+    match verify_oidc(&state, &pending, &q).await {
+        Ok(user) => {
+            let (domain2, user2) = (domain.clone(), user.clone());
+            if let Err(e) = db(&state, move |conn| super::audit(conn, &domain2, "oidc", Ok(&user2))).await {
+                return internal(e);
+            }
+            crate::oidc::flow::complete(&state, pending.params, user).await
+        }
+        Err(refusal) => refuse(&state, &domain, "oidc", refusal).await,
+    }
+}
+
+async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Result<crate::objects::Stored, Refusal> {
+    if let Some(error) = q.get("error") {
+        return Err(Refusal::IdpError(format!(
+            "{error}: {}",
+            q.get("error_description").map(String::as_str).unwrap_or_default()
+        )));
+    }
+    let code = q.get("code").filter(|c| !c.is_empty()).ok_or_else(|| Refusal::Malformed("no code".into()))?;
+    let name = pending.domain.clone();
+    let federation = db(state, move |conn| super::load(conn, &name))
+        .await
+        .map_err(|e| Refusal::Malformed(e.to_string()))?
+        .ok_or_else(|| Refusal::IdpError("the domain is no longer federated".into()))?;
+    let Federation::Oidc(idp) = federation;
+    let (meta, mut keys) = state.federation.provider(&idp.issuer, false).await?;
+    let token = state.federation.redeem(&idp, &meta, code, &pending.verifier, &oidc_redirect_uri(state)).await?;
+    // A key we do not know yet: the provider rotated; fetch its keys once more.
+    if let Some(kid) = oidc::key_id(&token)
+        && !keys["keys"].as_array().is_some_and(|ks| ks.iter().any(|k| k["kid"].as_str() == Some(&kid)))
+    {
+        keys = state.federation.provider(&idp.issuer, true).await?.1;
+    }
+    let expected = Expected { issuer: &idp.issuer, client_id: &idp.client_id, nonce: &pending.nonce, now: now_secs() };
+    let claims = oidc::validate_id_token(&token, &keys, &expected)?;
+    let immutable_id = claims[&idp.immutable_id_claim].as_str().map(str::to_string);
+    let upn = idp.upn_claim.as_ref().and_then(|c| claims[c].as_str()).map(str::to_string);
+    if immutable_id.is_none() && upn.is_none() {
+        return Err(Refusal::NoImmutableId(idp.immutable_id_claim.clone()));
+    }
+    let domain = pending.domain.clone();
+    db(state, move |conn| super::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref()))
+        .await
+        .map_err(|e| Refusal::Malformed(e.to_string()))?
+}
