@@ -11,6 +11,7 @@
 
 pub mod oidc;
 pub mod web;
+pub mod xml;
 
 use std::fmt;
 
