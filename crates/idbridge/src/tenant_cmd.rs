@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use tenant::domains::{self, AuthType};
-use tenant::federation::{self, Federation, OidcIdp};
+use tenant::federation::{self, Federation, OidcIdp, SamlIdp};
 use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use tenant::tokens::{self, Scope};
 use tenant::{Settings, audit};
@@ -218,6 +218,8 @@ pub enum KeysCommand {
     },
 }
 
+// Parsed once per run: the size of the federate variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum DomainCommand {
     /// Add a verified domain.
@@ -251,9 +253,25 @@ pub enum DomainCommand {
         #[arg(long)]
         data: PathBuf,
         name: String,
-        /// oidc (the tenant is an OpenID Connect relying party of the IdP).
+        /// oidc (the tenant is an OpenID Connect relying party of the IdP) or
+        /// saml (a SAML 2.0 service provider).
         #[arg(long)]
         protocol: String,
+        /// SAML: the IdP's metadata document (entity id, SSO URL, certificate).
+        #[arg(long)]
+        metadata: Option<PathBuf>,
+        /// SAML: the IdP's single sign-on URL (HTTP-Redirect binding).
+        #[arg(long)]
+        sso_url: Option<String>,
+        /// SAML: a PEM file with the IdP's signing certificate(s).
+        #[arg(long)]
+        signing_cert: Option<PathBuf>,
+        /// SAML: the IdP's entity id.
+        #[arg(long)]
+        entity_id: Option<String>,
+        /// SAML: an attribute with the user's UPN, tried when no user has the NameID as immutableId.
+        #[arg(long)]
+        upn_attribute: Option<String>,
         /// The IdP's issuer URL, exactly as its tokens name it.
         #[arg(long)]
         issuer: Option<String>,
@@ -410,6 +428,11 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 data,
                 name,
                 protocol,
+                metadata,
+                sso_url,
+                signing_cert,
+                entity_id,
+                upn_attribute,
                 issuer,
                 client_id,
                 client_secret_file,
@@ -433,7 +456,28 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                             upn_claim,
                         })
                     }
-                    other => anyhow::bail!("unknown federation protocol {other:?}: use oidc"),
+                    "saml" => {
+                        let (entity_id, sso_url, signing_certificates) = match metadata {
+                            Some(file) => {
+                                let text = std::fs::read_to_string(&file)
+                                    .with_context(|| format!("cannot read the metadata file {}", file.display()))?;
+                                tenant::federation::saml::from_metadata(&text)
+                                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                            }
+                            None => {
+                                let cert = signing_cert.context("--protocol saml needs --metadata FILE or --signing-cert FILE")?;
+                                let pem = std::fs::read_to_string(&cert)
+                                    .with_context(|| format!("cannot read the certificate file {}", cert.display()))?;
+                                (
+                                    entity_id.context("--protocol saml needs --metadata FILE or --entity-id ID")?,
+                                    sso_url.context("--protocol saml needs --metadata FILE or --sso-url URL")?,
+                                    pem,
+                                )
+                            }
+                        };
+                        Federation::Saml(SamlIdp { entity_id, sso_url, signing_certificates, upn_attribute })
+                    }
+                    other => anyhow::bail!("unknown federation protocol {other:?}: use oidc or saml"),
                 };
                 let store = open(&data)?;
                 let conn = store.lock();
@@ -446,11 +490,13 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     Some(&d.name),
                     Some(&serde_json::json!({"protocol": federation.protocol()})),
                 )?;
-                eprintln!(
-                    "domain {} now signs in at its identity provider ({}); register this redirect URI there: <tenant URL>/federation/oidc/callback",
-                    d.name,
-                    federation.protocol()
-                );
+                let hint = match federation {
+                    Federation::Oidc(_) => "register this redirect URI there: <tenant URL>/federation/oidc/callback",
+                    Federation::Saml(_) => {
+                        "register the service provider there: entity id <tenant URL>/federation/saml, ACS (HTTP-POST) <tenant URL>/federation/saml/acs"
+                    }
+                };
+                eprintln!("domain {} now signs in at its identity provider ({}); {hint}", d.name, federation.protocol());
                 Ok(())
             }
             DomainCommand::Unfederate { data, name } => {

@@ -174,7 +174,15 @@ CREATE TABLE federation_requests (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+/// SAML: assertion ids seen, until they expire (replay cache).
+const SCHEMA_V5: &str = "
+CREATE TABLE federation_seen (
+    id TEXT PRIMARY KEY,
+    expires INTEGER NOT NULL
+);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// The database, behind one connection (SQLite has one writer anyway).
 #[derive(Debug)]

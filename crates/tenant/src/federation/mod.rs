@@ -10,6 +10,7 @@
 //!   through the callback into the relying party's flow.
 
 pub mod oidc;
+pub mod saml;
 pub mod web;
 pub mod xml;
 
@@ -34,6 +35,21 @@ pub const CLOCK_SKEW_SECS: i64 = 120;
 #[serde(tag = "protocol", rename_all = "lowercase")]
 pub enum Federation {
     Oidc(OidcIdp),
+    Saml(SamlIdp),
+}
+
+/// A SAML 2.0 identity provider the tenant is a service provider of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamlIdp {
+    /// The IdP's entity id: the Issuer of its assertions.
+    pub entity_id: String,
+    /// Where AuthnRequests go (HTTP-Redirect binding).
+    pub sso_url: String,
+    /// PEM certificate(s) whose keys may sign responses.
+    pub signing_certificates: String,
+    /// An attribute holding the user's UPN, tried when no user has the NameID as immutableId.
+    #[serde(default)]
+    pub upn_attribute: Option<String>,
 }
 
 /// An OpenID Provider the tenant is a relying party of.
@@ -71,6 +87,7 @@ impl Federation {
     pub fn protocol(&self) -> &'static str {
         match self {
             Federation::Oidc(_) => "oidc",
+            Federation::Saml(_) => "saml",
         }
     }
 
@@ -88,6 +105,19 @@ impl Federation {
                 }
                 if idp.immutable_id_claim.is_empty() {
                     return Err(TenantError::Invalid("the immutableId claim name must not be empty".into()));
+                }
+                Ok(())
+            }
+            Federation::Saml(idp) => {
+                if idp.entity_id.is_empty() || !idp.sso_url.starts_with("http") {
+                    return Err(TenantError::Invalid("a SAML IdP needs an entity id and an http(s) SSO URL".into()));
+                }
+                let certs = saml::certificates_from(idp.signing_certificates.as_bytes());
+                let usable = certs.iter().any(|c| {
+                    webpki::EndEntityCert::try_from(&rustls_pki_types::CertificateDer::from(c.as_slice())).is_ok()
+                });
+                if !usable {
+                    return Err(TenantError::Invalid("the signing certificate is not a readable X.509 certificate (PEM)".into()));
                 }
                 Ok(())
             }
@@ -201,6 +231,17 @@ pub fn take(conn: &Connection, state: &str) -> Result<Option<Pending>> {
         params: serde_json::from_str(&params).unwrap_or_default(),
         username,
     }))
+}
+
+/// Remembers an assertion id until `until`; false if it was seen before (a replay).
+pub fn first_use(conn: &Connection, id: &str, until: i64) -> Result<bool> {
+    let now = now_secs();
+    conn.execute("DELETE FROM federation_seen WHERE expires <= ?1", params![now])?;
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO federation_seen(id, expires) VALUES(?1, ?2)",
+        params![id, until.min(now + 24 * 3600).max(now + 1)],
+    )?;
+    Ok(inserted == 1)
 }
 
 /// Why a federated sign-in was refused. The user sees `message`, the audit

@@ -92,11 +92,125 @@ pub async fn start(state: &Arc<AppState>, branding: &Branding, p: &Params, usern
                 urlencode(&challenge),
                 urlencode(username)
             );
-            let mut resp = Redirect::to(&url).into_response();
-            *resp.status_mut() = StatusCode::SEE_OTHER;
-            resp
+            see_other(&url)
+        }
+        Federation::Saml(idp) => {
+            let (relay_state, request_id) = (random_token(), format!("_{}", random_token()));
+            let params: Params =
+                AUTH_PARAMS.iter().filter_map(|k| p.get(*k).map(|v| (k.to_string(), v.clone()))).collect();
+            let pending = Pending {
+                domain: domain.to_string(),
+                // The AuthnRequest's ID plays the nonce's part: the answer must name it.
+                nonce: request_id.clone(),
+                verifier: String::new(),
+                params,
+                username: username.to_string(),
+            };
+            let key = relay_state.clone();
+            if let Err(e) = db(state, move |conn| super::remember(conn, &key, &pending)).await {
+                return internal(e);
+            }
+            let request = super::saml::authn_request(
+                &request_id,
+                &saml_entity_id(state),
+                &saml_acs_url(state),
+                &idp.sso_url,
+                now_secs(),
+            );
+            let sep = if idp.sso_url.contains('?') { '&' } else { '?' };
+            see_other(&format!(
+                "{}{sep}SAMLRequest={}&RelayState={}",
+                idp.sso_url,
+                urlencode(&request),
+                urlencode(&relay_state)
+            ))
         }
     }
+}
+
+fn see_other(url: &str) -> Response {
+    let mut resp = Redirect::to(url).into_response();
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    resp
+}
+
+/// The tenant's SAML entity id (the Audience IdPs must name).
+pub fn saml_entity_id(state: &AppState) -> String {
+    format!("{}/federation/saml", state.issuer)
+}
+
+/// Where SAML identity providers post their responses.
+pub fn saml_acs_url(state: &AppState) -> String {
+    format!("{}/federation/saml/acs", state.issuer)
+}
+
+/// POST /federation/saml/acs: the identity provider's response (HTTP-POST binding).
+pub async fn saml_acs(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Form(form): axum::extract::Form<Params>,
+) -> Response {
+    let key = form.get("RelayState").cloned().unwrap_or_default();
+    let pending = match db(&state, move |conn| super::take(conn, &key)).await {
+        Ok(p) => p,
+        Err(e) => return internal(e),
+    };
+    let Some(pending) = pending else {
+        return refuse(&state, "-", "saml", Refusal::UnknownState).await;
+    };
+    let domain = pending.domain.clone();
+    match verify_saml(&state, &pending, form.get("SAMLResponse").map(String::as_str).unwrap_or_default()).await {
+        Ok(user) => {
+            let (domain2, user2) = (domain.clone(), user.clone());
+            if let Err(e) = db(&state, move |conn| super::audit(conn, &domain2, "saml", Ok(&user2))).await {
+                return internal(e);
+            }
+            crate::oidc::flow::complete(&state, pending.params, user).await
+        }
+        Err(refusal) => refuse(&state, &domain, "saml", refusal).await,
+    }
+}
+
+async fn verify_saml(
+    state: &Arc<AppState>,
+    pending: &Pending,
+    response: &str,
+) -> Result<crate::objects::Stored, Refusal> {
+    let name = pending.domain.clone();
+    let federation = db(state, move |conn| super::load(conn, &name))
+        .await
+        .map_err(|e| Refusal::Malformed(e.to_string()))?
+        .ok_or_else(|| Refusal::IdpError("the domain is no longer federated".into()))?;
+    let Federation::Saml(idp) = federation else {
+        return Err(Refusal::IdpError("the domain is federated over OpenID Connect, not SAML".into()));
+    };
+    let certificates = super::saml::certificates_from(idp.signing_certificates.as_bytes());
+    let (sp, acs) = (saml_entity_id(state), saml_acs_url(state));
+    let expected = super::saml::Expected {
+        idp_entity_id: &idp.entity_id,
+        certificates: &certificates,
+        sp_entity_id: &sp,
+        acs_url: &acs,
+        request_id: &pending.nonce,
+        now: now_secs(),
+    };
+    let asserted = super::saml::check_response(response, &expected)?;
+    let upn = idp
+        .upn_attribute
+        .as_ref()
+        .and_then(|a| asserted.attributes.iter().find(|(n, _)| n == a).map(|(_, v)| v.clone()));
+    let (domain, assertion_id, until) = (pending.domain.clone(), asserted.assertion_id.clone(), asserted.valid_until);
+    let immutable_id = asserted.persistent_id.clone();
+    if immutable_id.is_none() && upn.is_none() {
+        return Err(Refusal::NoImmutableId("a persistent NameID".into()));
+    }
+    db(state, move |conn| {
+        if !super::first_use(conn, &assertion_id, until)? {
+            return Ok(Err(Refusal::Replayed));
+        }
+        super::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref())
+    })
+    .await
+    .map_err(|e| Refusal::Malformed(e.to_string()))?
 }
 
 /// GET /federation/oidc/callback: the identity provider's answer.
@@ -135,7 +249,9 @@ async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Re
         .await
         .map_err(|e| Refusal::Malformed(e.to_string()))?
         .ok_or_else(|| Refusal::IdpError("the domain is no longer federated".into()))?;
-    let Federation::Oidc(idp) = federation;
+    let Federation::Oidc(idp) = federation else {
+        return Err(Refusal::IdpError("the domain is federated over SAML, not OpenID Connect".into()));
+    };
     let (meta, mut keys) = state.federation.provider(&idp.issuer, false).await?;
     let token = state.federation.redeem(&idp, &meta, code, &pending.verifier, &oidc_redirect_uri(state)).await?;
     // A key we do not know yet: the provider rotated; fetch its keys once more.

@@ -37,6 +37,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/oauth2/userinfo", get(flow::userinfo).post(flow::userinfo))
         .route("/oauth2/logout", get(flow::logout))
         .route("/federation/oidc/callback", get(crate::federation::web::oidc_callback))
+        .route("/federation/saml/acs", axum::routing::post(crate::federation::web::saml_acs))
         .route("/myapps", get(myapps::home))
         .route("/myapps/callback", get(myapps::callback))
         .route("/myapps/logout", get(myapps::logout))
