@@ -465,7 +465,8 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                                     .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
                             }
                             None => {
-                                let cert = signing_cert.context("--protocol saml needs --metadata FILE or --signing-cert FILE")?;
+                                let cert = signing_cert
+                                    .context("--protocol saml needs --metadata FILE or --signing-cert FILE")?;
                                 let pem = std::fs::read_to_string(&cert)
                                     .with_context(|| format!("cannot read the certificate file {}", cert.display()))?;
                                 (
@@ -496,7 +497,11 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                         "register the service provider there: entity id <tenant URL>/federation/saml, ACS (HTTP-POST) <tenant URL>/federation/saml/acs"
                     }
                 };
-                eprintln!("domain {} now signs in at its identity provider ({}); {hint}", d.name, federation.protocol());
+                eprintln!(
+                    "domain {} now signs in at its identity provider ({}); {hint}",
+                    d.name,
+                    federation.protocol()
+                );
                 Ok(())
             }
             DomainCommand::Unfederate { data, name } => {

@@ -2440,4 +2440,155 @@ mod federation {
         tenant.kill().unwrap();
         tenant.wait().unwrap();
     }
+
+    /// A SAML sign-in: the user name at the tenant, the IdP (told which
+    /// account and which fault to produce), the auto-posted form to the ACS.
+    /// Returns the tenant's answer to the post, and the form that was posted.
+    fn saml_sign_in(
+        authorize: &str,
+        username: &str,
+        login: &str,
+        variant: &str,
+    ) -> (testkit::Page, String, Vec<(String, String)>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut browser = testkit::Browser::new().unwrap();
+            let action = authorize.split('?').next().unwrap().to_string();
+            let first = browser.get(authorize).await.unwrap();
+            let to_idp =
+                browser.post(&action, &testkit::form_fields(&first.body, &[("username", username)])).await.unwrap();
+            let location = to_idp.location.unwrap_or_else(|| panic!("no redirect to the IdP: {}", to_idp.body));
+            let idp_page =
+                browser.get(&format!("{location}&login={login}&variant={variant}&evil=mallory")).await.unwrap();
+            assert_eq!(idp_page.status, 200, "{}", idp_page.body);
+            let acs = idp_page.body.split("action=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+            let form = testkit::form_fields(&idp_page.body, &[]);
+            let answer = browser.post(&acs, &form).await.unwrap();
+            (answer, acs, form)
+        })
+    }
+
+    #[test]
+    fn saml_federated_sign_in_and_attacks() {
+        let tmp = TempDir::new("federation-saml").unwrap();
+        let (mut tenant, base, token) = tenant_for_sync(tmp.path(), "fed.example");
+        let data = tmp.join("tenant");
+        ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "managed.example"]));
+        scim_post_user(&base, &token, "alice@fed.example", "QUxJQ0UtYW5jaG9y");
+        scim_post_user(&base, &token, "carol@fed.example", "Q0FST0wtYW5jaG9y");
+        scim_post_user(&base, &token, "mallory@managed.example", "TUFMTE9SWS1hbmNob3I=");
+        let issuer_url = base.trim_end_matches("/scim/v2").to_string();
+        let keygen = |name: &str| {
+            let (key, cert) = (tmp.join(&format!("{name}.key")), tmp.join(&format!("{name}.pem")));
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-idp"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            (key, cert)
+        };
+        let (key, cert) = keygen("idp");
+        let (_, other_cert) = keygen("other");
+        let port = testkit::free_port().unwrap();
+        let config = tmp.join("saml-idp.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({
+                "entity_id": "https://idp.fed.example/saml",
+                "key_file": key,
+                "cert_file": cert,
+                "audience": format!("{issuer_url}/federation/saml"),
+                "accounts": {
+                    "alice": {"name_id": "QUxJQ0UtYW5jaG9y"},
+                    "carol": {"name_id": "unknown-to-the-tenant", "attributes": {"upn": "carol@fed.example"}},
+                    "ghost": {"name_id": "R0hPU1Q="},
+                    "mallory": {"name_id": "TUFMTE9SWS1hbmNob3I="},
+                },
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/browser");
+        assert!(tools.join("node_modules/xml-crypto").exists(), "xml-crypto is missing: run scripts/test");
+        let child = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/saml_idp.mjs"))
+            .arg(port.to_string())
+            .arg(&config)
+            .env("BROWSER_TOOLS", &tools)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let _idp = Idp { child, issuer: String::new() };
+        assert!(testkit::wait_until(std::time::Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }));
+        let federate = |cert: &Path| {
+            ok(&idbridge(&[
+                "tenant",
+                "domain",
+                "federate",
+                "fed.example",
+                "--data",
+                p(&data),
+                "--protocol",
+                "saml",
+                "--entity-id",
+                "https://idp.fed.example/saml",
+                "--sso-url",
+                &format!("http://127.0.0.1:{port}/sso"),
+                "--signing-cert",
+                p(cert),
+                "--upn-attribute",
+                "upn",
+            ]))
+        };
+        federate(&cert);
+        let authorize = public_sign_in_client(&data, &base);
+
+        for (login, variant) in [("alice", ""), ("alice", "sign-response"), ("carol", "")] {
+            let (page, _, _) = saml_sign_in(&authorize, &format!("{login}@fed.example"), login, variant);
+            assert!(
+                page.location.as_deref().is_some_and(|l| l.contains("code=")),
+                "{login} {variant}: {} {}",
+                page.status,
+                page.body
+            );
+        }
+        // Every fault is refused, and the audit log names it.
+        let faults = [
+            ("ghost", "", "unknown-user"),
+            ("mallory", "", "user-not-in-domain"),
+            ("alice", "expired", "expired"),
+            ("alice", "audience", "wrong-audience"),
+            ("alice", "issuer", "wrong-issuer"),
+            ("alice", "unsigned", "bad-signature"),
+            ("alice", "tamper", "bad-signature"),
+            ("alice", "wrap-before", "malformed-answer"),
+            ("alice", "wrap-inside", "malformed-answer"),
+        ];
+        for (login, variant, reason) in faults {
+            let (page, _, _) = saml_sign_in(&authorize, "alice@fed.example", login, variant);
+            assert_eq!(page.status, 403, "{login} {variant}: {}", page.body);
+            let log = audit(&data);
+            let last = log.lines().rev().find(|l| l.contains("federated-sign-in-refused")).unwrap();
+            assert!(last.contains(&format!("\"reason\":\"{reason}\"")), "{login} {variant}: {last}");
+        }
+        // A replayed response (the same form posted again) is refused.
+        let (page, acs, form) = saml_sign_in(&authorize, "alice@fed.example", "alice", "");
+        assert!(page.location.is_some_and(|l| l.contains("code=")));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let again = rt.block_on(async { testkit::Browser::new().unwrap().post(&acs, &form).await.unwrap() });
+        assert_eq!(again.status, 403, "{}", again.body);
+        // Signed with a key the tenant was not given: refused.
+        federate(&other_cert);
+        let (page, _, _) = saml_sign_in(&authorize, "alice@fed.example", "alice", "");
+        assert_eq!(page.status, 403);
+        assert!(audit(&data).lines().rev().find(|l| l.contains("refused")).unwrap().contains("bad-signature"));
+        tenant.kill().unwrap();
+        tenant.wait().unwrap();
+    }
 }

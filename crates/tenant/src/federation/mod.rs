@@ -117,7 +117,9 @@ impl Federation {
                     webpki::EndEntityCert::try_from(&rustls_pki_types::CertificateDer::from(c.as_slice())).is_ok()
                 });
                 if !usable {
-                    return Err(TenantError::Invalid("the signing certificate is not a readable X.509 certificate (PEM)".into()));
+                    return Err(TenantError::Invalid(
+                        "the signing certificate is not a readable X.509 certificate (PEM)".into(),
+                    ));
                 }
                 Ok(())
             }

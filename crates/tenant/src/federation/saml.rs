@@ -74,7 +74,8 @@ fn instant(secs: i64) -> String {
 }
 
 fn parse_instant(text: &str) -> Result<i64, Refusal> {
-    crate::util::parse_rfc3339(text.trim()).ok_or_else(|| Refusal::Malformed(format!("{text:?} is not a date and time")))
+    crate::util::parse_rfc3339(text.trim())
+        .ok_or_else(|| Refusal::Malformed(format!("{text:?} is not a date and time")))
 }
 
 /// Checks a base64 `SAMLResponse` completely; what its one assertion says.
@@ -98,7 +99,10 @@ pub fn check_response(encoded: &str, expected: &Expected<'_>) -> Result<Asserted
     }
     let assertions: Vec<&&Element> = all.iter().filter(|e| e.is(SAML, "Assertion")).collect();
     let [assertion] = assertions.as_slice() else {
-        return Err(Refusal::Malformed(format!("the response holds {} assertions; exactly one is accepted", assertions.len())));
+        return Err(Refusal::Malformed(format!(
+            "the response holds {} assertions; exactly one is accepted",
+            assertions.len()
+        )));
     };
     let assertion: &Element = assertion;
     // The status first: a refusal by the IdP is not a forgery.
@@ -119,7 +123,10 @@ pub fn check_response(encoded: &str, expected: &Expected<'_>) -> Result<Asserted
     if let Some(destination) = root.attr("Destination")
         && destination != expected.acs_url
     {
-        return Err(Refusal::WrongAudience { expected: expected.acs_url.into(), got: format!("Destination {destination:?}") });
+        return Err(Refusal::WrongAudience {
+            expected: expected.acs_url.into(),
+            got: format!("Destination {destination:?}"),
+        });
     }
     if let Some(in_response_to) = root.attr("InResponseTo")
         && in_response_to != expected.request_id
@@ -155,7 +162,9 @@ pub fn check_response(encoded: &str, expected: &Expected<'_>) -> Result<Asserted
     let subject = assertion.child(SAML, "Subject").ok_or_else(|| Refusal::Malformed("no Subject".into()))?;
     let bearer = subject
         .elements()
-        .filter(|c| c.is(SAML, "SubjectConfirmation") && c.attr("Method") == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer"))
+        .filter(|c| {
+            c.is(SAML, "SubjectConfirmation") && c.attr("Method") == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer")
+        })
         .filter_map(|c| c.child(SAML, "SubjectConfirmationData"))
         .next()
         .ok_or_else(|| Refusal::Malformed("no bearer SubjectConfirmation".into()))?;
@@ -273,11 +282,8 @@ fn prefix_list(transform: &Element) -> Vec<String> {
 pub fn from_metadata(text: &str) -> Result<(String, String, String), String> {
     const MD: &str = "urn:oasis:names:tc:SAML:2.0:metadata";
     let root = xml::parse(text).map_err(|e| e.to_string())?;
-    let entity = root
-        .descendants()
-        .into_iter()
-        .find(|e| e.is(MD, "EntityDescriptor"))
-        .ok_or("no md:EntityDescriptor")?;
+    let entity =
+        root.descendants().into_iter().find(|e| e.is(MD, "EntityDescriptor")).ok_or("no md:EntityDescriptor")?;
     let entity_id = entity.attr("entityID").ok_or("the EntityDescriptor has no entityID")?.to_string();
     let idp = entity.child(MD, "IDPSSODescriptor").ok_or("no md:IDPSSODescriptor")?;
     let sso = idp
