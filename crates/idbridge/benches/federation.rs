@@ -150,6 +150,7 @@ fn main() {
         p50 / b50
     );
     let _ = idp.kill();
+    let _ = idp.wait();
     let _ = tenant.kill();
     let _ = tenant.wait();
 }
