@@ -318,3 +318,45 @@ pub fn certificates_from(bytes: &[u8]) -> Vec<Vec<u8>> {
         CertificateDer::pem_slice_iter(bytes).filter_map(std::result::Result::ok).map(|c| c.to_vec()).collect();
     if pem.is_empty() { vec![bytes.to_vec()] } else { pem }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_names_entity_sso_and_signing_certificate() {
+        let md = r#"<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" xmlns:ds="http://www.w3.org/2000/09/xmldsig#" entityID="https://idp.example/saml">
+          <md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
+            <md:KeyDescriptor use="encryption"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>RU5D</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>
+            <md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>
+              U0lHTg==
+            </ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>
+            <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST" Location="https://idp.example/post"/>
+            <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="https://idp.example/sso"/>
+          </md:IDPSSODescriptor></md:EntityDescriptor>"#;
+        let (entity, sso, pem) = from_metadata(md).unwrap();
+        assert_eq!((entity.as_str(), sso.as_str()), ("https://idp.example/saml", "https://idp.example/sso"));
+        assert_eq!(pem, "-----BEGIN CERTIFICATE-----\nU0lHTg==\n-----END CERTIFICATE-----\n", "the signing key only");
+        assert!(from_metadata("<x/>").is_err());
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        let expected = Expected {
+            idp_entity_id: "i",
+            certificates: &[],
+            sp_entity_id: "s",
+            acs_url: "a",
+            request_id: "r",
+            now: 0,
+        };
+        for input in [
+            "",
+            "!!!",
+            "PHg+",
+            "PHNhbWxwOlJlc3BvbnNlIHhtbG5zOnNhbWxwPSJ1cm46b2FzaXM6bmFtZXM6dGM6U0FNTDoyLjA6cHJvdG9jb2wiLz4=",
+        ] {
+            assert!(check_response(input, &expected).is_err(), "{input}");
+        }
+    }
+}
