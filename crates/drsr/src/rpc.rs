@@ -40,14 +40,19 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects and binds `interface` (context 0), without authentication.
-    pub async fn bind(addr: &str, interface: &Syntax, timeout: Duration) -> Result<Connection, RpcError> {
+    /// A TCP connection, not yet bound to any interface.
+    async fn open(addr: &str, timeout: Duration) -> Result<Connection, RpcError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| RpcError::Connect { addr: addr.to_string(), reason: format!("no answer within {timeout:?}") })?
             .map_err(|e| RpcError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
         stream.set_nodelay(true)?;
-        let mut conn = Connection { stream, call_id: 1, max_frag: usize::from(pdu::MAX_FRAG), timeout, ntlm: None };
+        Ok(Connection { stream, call_id: 1, max_frag: usize::from(pdu::MAX_FRAG), timeout, ntlm: None })
+    }
+
+    /// Connects and binds `interface` (context 0), without authentication.
+    pub async fn bind(addr: &str, interface: &Syntax, timeout: Duration) -> Result<Connection, RpcError> {
+        let mut conn = Connection::open(addr, timeout).await?;
         let call_id = conn.next_call();
         conn.send(&pdu::bind(call_id, 0, interface, &[])).await?;
         let (header, pdu) = conn.receive().await?;
@@ -64,12 +69,7 @@ impl Connection {
         credentials: &Credentials,
         timeout: Duration,
     ) -> Result<Connection, RpcError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| RpcError::Connect { addr: addr.to_string(), reason: format!("no answer within {timeout:?}") })?
-            .map_err(|e| RpcError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
-        stream.set_nodelay(true)?;
-        let mut conn = Connection { stream, call_id: 1, max_frag: usize::from(pdu::MAX_FRAG), timeout, ntlm: None };
+        let mut conn = Connection::open(addr, timeout).await?;
         let call_id = conn.next_call();
         let mut auth = sec_trailer(0).to_vec();
         auth.extend_from_slice(&crate::ntlm::negotiate());

@@ -150,23 +150,36 @@ pub async fn saml_acs(
     axum::extract::Form(form): axum::extract::Form<Params>,
 ) -> Response {
     let key = form.get("RelayState").cloned().unwrap_or_default();
-    let pending = match db(&state, move |conn| super::take(conn, &key)).await {
+    let response = form.get("SAMLResponse").cloned().unwrap_or_default();
+    answer(&state, "saml", key, async |state, pending| verify_saml(state, pending, &response).await).await
+}
+
+/// The common end of both protocols: take the pending sign-in named by
+/// `key` (once), check the answer with `verify`, then continue the relying
+/// party's flow or refuse — audited either way.
+async fn answer(
+    state: &Arc<AppState>,
+    protocol: &'static str,
+    key: String,
+    verify: impl AsyncFnOnce(&Arc<AppState>, &Pending) -> Result<crate::objects::Stored, Refusal>,
+) -> Response {
+    let pending = match db(state, move |conn| super::take(conn, &key)).await {
         Ok(p) => p,
         Err(e) => return internal(e),
     };
     let Some(pending) = pending else {
-        return refuse(&state, "-", "saml", Refusal::UnknownState).await;
+        return refuse(state, "-", protocol, Refusal::UnknownState).await;
     };
     let domain = pending.domain.clone();
-    match verify_saml(&state, &pending, form.get("SAMLResponse").map(String::as_str).unwrap_or_default()).await {
+    match verify(state, &pending).await {
         Ok(user) => {
             let (domain2, user2) = (domain.clone(), user.clone());
-            if let Err(e) = db(&state, move |conn| super::audit(conn, &domain2, "saml", Ok(&user2))).await {
+            if let Err(e) = db(state, move |conn| super::audit(conn, &domain2, protocol, Ok(&user2))).await {
                 return internal(e);
             }
-            crate::oidc::flow::complete(&state, pending.params, user).await
+            crate::oidc::flow::complete(state, pending.params, user).await
         }
-        Err(refusal) => refuse(&state, &domain, "saml", refusal).await,
+        Err(refusal) => refuse(state, &domain, protocol, refusal).await,
     }
 }
 
@@ -216,24 +229,7 @@ async fn verify_saml(
 /// GET /federation/oidc/callback: the identity provider's answer.
 pub async fn oidc_callback(State(state): State<Arc<AppState>>, Query(q): Query<Params>) -> Response {
     let key = q.get("state").cloned().unwrap_or_default();
-    let pending = match db(&state, move |conn| super::take(conn, &key)).await {
-        Ok(p) => p,
-        Err(e) => return internal(e),
-    };
-    let Some(pending) = pending else {
-        return refuse(&state, "-", "oidc", Refusal::UnknownState).await;
-    };
-    let domain = pending.domain.clone();
-    match verify_oidc(&state, &pending, &q).await {
-        Ok(user) => {
-            let (domain2, user2) = (domain.clone(), user.clone());
-            if let Err(e) = db(&state, move |conn| super::audit(conn, &domain2, "oidc", Ok(&user2))).await {
-                return internal(e);
-            }
-            crate::oidc::flow::complete(&state, pending.params, user).await
-        }
-        Err(refusal) => refuse(&state, &domain, "oidc", refusal).await,
-    }
+    answer(&state, "oidc", key, async |state, pending| verify_oidc(state, pending, &q).await).await
 }
 
 async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Result<crate::objects::Stored, Refusal> {

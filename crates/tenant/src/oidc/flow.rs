@@ -123,7 +123,7 @@ pub(crate) fn html_response(status: StatusCode, page: String) -> Response {
     resp
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

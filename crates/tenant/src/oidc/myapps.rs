@@ -27,16 +27,7 @@ pub fn redirect_uri(issuer: &str) -> String {
     format!("{issuer}/myapps/callback")
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
+use super::flow::cookie;
 
 fn with_cookie(mut resp: Response, name: &str, value: &str, max_age: i64) -> Response {
     if let Ok(v) =
