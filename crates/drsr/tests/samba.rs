@@ -167,3 +167,19 @@ fn samba_replicates_the_domain_and_refuses_an_account_without_rights() {
     let text = denied.unwrap_err().to_string();
     assert!(text.contains("Replicating Directory Changes All") && text.contains("samba-tool dsacl"), "{text}");
 }
+
+/// A single object (EXOP_REPL_OBJ) needs the same rights as the whole domain.
+#[test]
+fn samba_single_object_needs_replication_rights_too() {
+    let dc = testkit::SambaDc::start().unwrap();
+    dc.samba_tool(&["user", "create", "plainuser", "Plain.Passw0rd1"]).unwrap();
+    dc.samba_tool(&["user", "create", "victim", "Victim.Passw0rd1"]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let t = Duration::from_secs(10);
+    let plain = drsr::rpc::Credentials { user: "plainuser".into(), domain: None, password: "Plain.Passw0rd1".into() };
+    let r = rt.block_on(async {
+        let mut reader = drsr::reader::SecretReader::connect("127.0.0.1", &plain, t).await?;
+        reader.user("CN=victim,CN=Users,DC=example,DC=test").await
+    });
+    assert!(matches!(r, Err(drsr::RpcError::ReplicationDenied)), "{r:?}");
+}
