@@ -7,8 +7,10 @@
 //! - [`source`]: the `Source` implementation, anchors, ranged retrieval, scope.
 //! - `dirsync`, `usn`, `syncrepl`: the three delta mechanisms.
 //! - [`ber`]: non-panicking BER for entries and controls.
+//! - [`survey`]: the OU tree with object counts and the rights check (for `idbridge init`).
 //! - `replication`: AD users' NT hashes by replication (MS-DRSR via `drsr`) for password hash sync.
 
+pub mod anchor_write_back;
 pub mod ber;
 pub mod connect;
 mod dirsync;
@@ -19,6 +21,7 @@ mod replication;
 pub mod rootdse;
 pub mod settings;
 pub mod source;
+pub mod survey;
 mod syncrepl;
 mod usn;
 pub mod validate;

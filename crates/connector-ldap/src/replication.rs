@@ -124,6 +124,56 @@ impl LdapSource {
         Ok(drsr::rpc::Credentials { user, domain, password })
     }
 
+    /// Whether the bind account may replicate secrets: one single-object
+    /// request for the account's own object.
+    pub(crate) async fn replication_probe(&mut self) -> Result<(), LdapError> {
+        self.connect().await?;
+        let (session, profile) = self.session_profile()?;
+        let host = crate::connect::host_of(&session.url).unwrap_or_default();
+        let nc = profile
+            .naming_context
+            .clone()
+            .ok_or_else(|| LdapError::Settings("the DC names no default naming context".into()))?;
+        let settings = self.settings().clone();
+        let credentials = self.replication_credentials(&settings).await?;
+        let own = self.account_dn(&nc, &credentials.user).await.unwrap_or_else(|| nc.to_string());
+        let mut reader = drsr::reader::SecretReader::connect(&host, &credentials, settings.operation_timeout)
+            .await
+            .map_err(|e| replication_error(&host, e))?;
+        match reader.user(&own).await {
+            Ok(_) => Ok(()),
+            Err(drsr::RpcError::ReplicationDenied) => Err(self.rights_error(&nc, &credentials.user).await),
+            Err(e) => Err(replication_error(&host, e)),
+        }
+    }
+
+    /// The bind account's objectSid, for the SDDL lines that grant it rights
+    /// (a placeholder when it cannot be read).
+    pub(crate) async fn bind_account_sid(&self) -> String {
+        let nc = self.session_profile().ok().and_then(|(_, p)| p.naming_context.clone());
+        let settings = self.settings().clone();
+        let sid = match (nc, self.replication_credentials(&settings).await) {
+            (Some(nc), Ok(credentials)) => self.object_sid(&nc, &credentials.user).await,
+            _ => None,
+        };
+        sid.unwrap_or_else(|| "<the account's SID>".into())
+    }
+
+    /// The DN of the account `user` (sAMAccountName) under `nc`.
+    async fn account_dn(&self, nc: &Dn, user: &str) -> Option<String> {
+        let (session, _) = self.session_profile().ok()?;
+        let mut ldap = session.ldap.clone();
+        let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(user));
+        let (entries, _) = ldap
+            .with_timeout(session.operation_timeout)
+            .search(&nc.to_string(), Scope::Subtree, &filter, vec!["1.1"])
+            .await
+            .ok()?
+            .success()
+            .ok()?;
+        Some(ldap3::SearchEntry::construct(entries.into_iter().next()?).dn)
+    }
+
     /// Missing replication rights, with the commands that grant them to
     /// this account on this naming context.
     async fn rights_error(&self, nc: &Dn, user: &str) -> LdapError {

@@ -99,6 +99,10 @@ pub struct LdapSettings {
     pub server_kind: Option<ServerKind>,
     /// Attribute used as sourceAnchor instead of the server kind's default.
     pub anchor_attribute: Option<String>,
+    /// Active Directory: write each user's objectGUID into an empty
+    /// ms-DS-ConsistencyGuid after import (the sourceAnchor then survives a
+    /// move to another forest). Needs write access to that attribute.
+    pub anchor_write_back: bool,
     /// Active Directory: read users' password hashes by replication
     /// (password hash sync); the bind account needs replication rights.
     pub replicate_secrets: bool,
@@ -121,6 +125,7 @@ impl Default for LdapSettings {
             page_size: 1000,
             server_kind: None,
             anchor_attribute: None,
+            anchor_write_back: false,
             replicate_secrets: false,
         }
     }

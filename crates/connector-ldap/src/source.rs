@@ -47,6 +47,9 @@ pub struct LdapSource {
     ous: OuScope,
     /// A DRS session kept between cycles (password hash sync from AD).
     reader: Option<drsr::reader::SecretReader>,
+    /// Users seen in this import whose ms-DS-ConsistencyGuid is empty:
+    /// (DN, objectGUID), written back after the import (anchor write-back).
+    pub(crate) anchor_backfill: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
 }
 
 pub(crate) struct Counts {
@@ -98,6 +101,7 @@ impl LdapSource {
             last_mark: None,
             ous: OuScope::default(),
             reader: None,
+            anchor_backfill: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -278,6 +282,9 @@ impl LdapSource {
             }
         };
         let anchor = source_anchor(profile, kind, &entry, &id);
+        if self.settings.anchor_write_back && kind == ObjectKind::User && profile.kind == ServerKind::ActiveDirectory {
+            self.note_empty_consistency_guid(&entry);
+        }
         Ok(Some(SourceObject { id, anchor, kind, entry }))
     }
 
@@ -431,6 +438,7 @@ impl Source for LdapSource {
         let pins = previous.and_then(|w| Mark::decode(w).ok()).map(|m| m.ous).unwrap_or_default();
         let summary = self.full(sink, ImportMode::Full, &pins).await?;
         self.remember(&summary);
+        self.write_back_anchors().await;
         Ok(summary)
     }
 
@@ -441,6 +449,7 @@ impl Source for LdapSource {
     ) -> Result<ImportSummary, LdapError> {
         let summary = self.delta(since, sink).await?;
         self.remember(&summary);
+        self.write_back_anchors().await;
         Ok(summary)
     }
 

@@ -135,6 +135,10 @@ pub struct SourceConfig {
     pub operation_timeout_secs: u64,
     pub server_kind: Option<ServerKind>,
     pub anchor_attribute: Option<String>,
+    /// AD: write objectGUID into empty ms-DS-ConsistencyGuid attributes, so
+    /// the anchor survives moving the user to another forest.
+    #[serde(default)]
+    pub anchor_write_back: bool,
     #[serde(default)]
     pub tls: TlsConfig,
 }
@@ -313,6 +317,7 @@ impl SourceConfig {
             page_size: self.page_size,
             server_kind: self.server_kind,
             anchor_attribute: self.anchor_attribute.clone(),
+            anchor_write_back: self.anchor_write_back,
             replicate_secrets: self.password_hash_sync,
         })
     }

@@ -10,6 +10,7 @@ mod config;
 mod demo;
 mod dump;
 mod idfix_cmd;
+mod init;
 mod ldif_source;
 mod progress;
 mod pta_agent;
@@ -61,6 +62,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set-up wizard: from nothing (or an existing idbridge.toml) to a checked configuration.
+    /// Exit codes: 0 written, 2 declined, 3 a check failed (the message says how to fix it).
+    Init(Box<init::InitArgs>),
     /// The pass-through authentication agent (runs on-premises).
     PtaAgent {
         #[command(subcommand)]
@@ -202,7 +206,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<init::InitStop>() {
+                Some(stop) => ExitCode::from(stop.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -212,6 +219,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo { data, listen, users, groups, json } => {
             demo::run(demo::DemoOptions { data, listen, users, groups, json }).await
         }
+        Command::Init(args) => init::run(*args).await,
         Command::Tenant { command } => tenant_cmd::run(command).await,
         Command::Idfix { command } => idfix_cmd::run(command).await,
         Command::PtaAgent { command } => pta_agent::run(command).await,

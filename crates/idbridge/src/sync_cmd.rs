@@ -195,41 +195,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             }
         }
         SyncCommand::Preview { config: path, json, csv } => {
-            let config = Config::load(&path)?;
-            let mut store = open_store(&config, &path)?;
-            let (rules, rules_text) = load_rules(&config, &path)?;
-            for src in &config.sources {
-                let settings = src.to_settings()?;
-                let config_hash =
-                    format!("{MAPPING_VERSION}|{:?}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?, src.join);
-                let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
-                let (_, profile) =
-                    source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
-                let flavor =
-                    if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
-                let options = CycleOptions {
-                    staging: true,
-                    deletion_threshold: config.sync.deletion_threshold,
-                    config_hash,
-                    rules: rules.clone(),
-                    scope_groups: src.scope_groups()?,
-                    join: src.join.as_ref().map(|j| j.to_rules(&src.name)).transpose()?,
-                    ..CycleOptions::default()
-                };
-                let mut nowhere = NoTarget;
-                run_cycle(
-                    &src.name,
-                    flavor,
-                    &mut source,
-                    &mut store,
-                    &mut nowhere,
-                    &options,
-                    &mut StageProgress::default(),
-                )
-                .await
-                .with_context(|| format!("import and sync of source {:?} for the preview", src.name))?;
-            }
-            let pending = sync::engine::pending_exports(&store, &rules)?;
+            let pending = preview(&path).await?;
             print_preview(&pending, json, csv);
             Ok(())
         }
@@ -300,6 +266,36 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// What the first (or next) export would do, from an import and sync of
+/// every source into the configured store in staging mode.
+pub async fn preview(path: &Path) -> Result<Vec<sync::engine::PendingExport>> {
+    let config = Config::load(path)?;
+    let mut store = open_store(&config, path)?;
+    let (rules, rules_text) = load_rules(&config, path)?;
+    for src in &config.sources {
+        let settings = src.to_settings()?;
+        let config_hash =
+            format!("{MAPPING_VERSION}|{:?}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?, src.join);
+        let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
+        let (_, profile) = source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
+        let flavor = if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
+        let options = CycleOptions {
+            staging: true,
+            deletion_threshold: config.sync.deletion_threshold,
+            config_hash,
+            rules: rules.clone(),
+            scope_groups: src.scope_groups()?,
+            join: src.join.as_ref().map(|j| j.to_rules(&src.name)).transpose()?,
+            ..CycleOptions::default()
+        };
+        let mut nowhere = NoTarget;
+        run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options, &mut StageProgress::default())
+            .await
+            .with_context(|| format!("import and sync of source {:?} for the preview", src.name))?;
+    }
+    Ok(sync::engine::pending_exports(&store, &rules)?)
 }
 
 /// A target that is never called (preview runs in staging mode).

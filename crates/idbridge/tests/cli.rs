@@ -2592,3 +2592,486 @@ mod federation {
         tenant.wait().unwrap();
     }
 }
+
+/// `idbridge init`: scripted against slapd (then a first sync, then a second
+/// directory added by running it again), against Samba AD (an account without
+/// rights gets the exact fix), and interactively in a real terminal (tmux).
+mod init_wizard {
+    use super::*;
+    use std::process::Child;
+
+    fn init(dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .arg("init")
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    fn stderr(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn sample_slapd(tmp: &Path, name: &str, users: u64, seed: u64, domain: &str) -> Slapd {
+        let ldif = tmp.join(format!("{name}.ldif"));
+        ok(&idbridge(&[
+            "sample",
+            "generate",
+            "--users",
+            &users.to_string(),
+            "--groups",
+            "3",
+            "--flavor",
+            "openldap",
+            "--no-ous",
+            "--passwords",
+            "--seed",
+            &seed.to_string(),
+            "--domain",
+            domain,
+            "--out",
+            p(&ldif),
+        ]));
+        Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap()
+    }
+
+    /// The local tenant `init` set up, started on the address it chose.
+    fn start_tenant(data: &Path, listen: &str) -> (Child, String) {
+        testkit::spawn_tenant(Path::new(env!("CARGO_BIN_EXE_idbridge")), data, &["--listen", listen]).unwrap()
+    }
+
+    fn total_users(base: &str, token: &str) -> u64 {
+        scim_get(base, token, "/Users?count=1")["totalResults"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn scripted_on_openldap_then_first_sync_then_a_second_directory() {
+        let tmp = TempDir::new("init-ldap").unwrap();
+        let corp = sample_slapd(tmp.path(), "corp", 40, 11, "example.org");
+        let pw = corp.password_file().unwrap();
+        let listen = format!("127.0.0.1:{}", testkit::free_port().unwrap());
+        let tenant_data = tmp.join("tenant");
+        // A script must name what has no default.
+        let out = init(tmp.path(), &["--local-tenant", p(&tenant_data), "--accept-defaults", "--yes"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("--directory"), "{}", stderr(&out));
+
+        let out = init(
+            tmp.path(),
+            &[
+                "--local-tenant",
+                p(&tenant_data),
+                "--tenant-listen",
+                &listen,
+                "--initial-domain",
+                "lab.idbridge.test",
+                "--name",
+                "corp",
+                "--directory",
+                &corp.url,
+                "--bind-dn",
+                corp.admin_dn(),
+                "--password-file",
+                p(&pw),
+                "--include-ou",
+                "ou=people,dc=example,dc=org",
+                "--include-ou",
+                "ou=groups,dc=example,dc=org",
+                "--sign-in",
+                "example.org=phs",
+                "--accept-defaults",
+                "--yes",
+            ],
+        );
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{log}");
+        assert!(log.contains("OpenLDAP"), "server kind detected: {log}");
+        assert!(log.contains("40 users"), "OU counts / survey: {log}");
+        assert!(log.contains("users to create"), "preview: {log}");
+        assert!(log.contains("Deletion threshold: 500"), "{log}");
+        assert!(log.contains("sync run --config"), "next command: {log}");
+        let config_path = tmp.join("idbridge.toml");
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        assert!(text.starts_with("# idbridge configuration"), "{text}");
+        assert!(text.contains("password_hash_sync = true") && !text.contains(corp.admin_password()), "{text}");
+        let token_file = tmp.join("tenant.token");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let domains = ok(&idbridge(&["tenant", "domain", "list", "--data", p(&tenant_data)]));
+        assert!(domains.lines().any(|l| l.starts_with("example.org") && l.contains("managed-phs")), "{domains}");
+
+        let (mut tenant, base) = start_tenant(&tenant_data, &listen);
+        let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+        let run = idbridge(&["sync", "run", "--config", p(&config_path), "--once"]);
+        ok(&run);
+        assert_eq!(total_users(&base, &token), 40);
+        // A synchronised user signs in with the on-premises password.
+        let authorize = public_sign_in_client(&tenant_data, &base);
+        let user = scim_get(&base, &token, "/Users?count=1&sortBy=userName")["Resources"][0]["userName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(signs_in(&authorize, &user, "wrong password").is_err());
+
+        // Hand edits survive a re-run that adds a second directory.
+        let edited =
+            text.replace("[sync]\n", "[sync]\n# tuned by hand\n").replace("interval_secs = 5", "interval_secs = 7");
+        std::fs::write(&config_path, &edited).unwrap();
+        let resource = sample_slapd(tmp.path(), "resource", 10, 23, "example.net");
+        let pw2 = resource.password_file().unwrap();
+        let out = init(
+            tmp.path(),
+            &[
+                "--local-tenant",
+                p(&tenant_data),
+                "--tenant-listen",
+                &listen,
+                "--name",
+                "resource",
+                "--directory",
+                &resource.url,
+                "--bind-dn",
+                resource.admin_dn(),
+                "--password-file",
+                p(&pw2),
+                "--join",
+                "mail",
+                "--sign-in",
+                "example.net=pta",
+                "--accept-defaults",
+                "--yes",
+            ],
+        );
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{log}");
+        assert!(log.contains("\"resource\" is new"), "says a full import of the new directory follows: {log}");
+        assert!(log.contains("pta-agent register"), "pass-through instructions: {log}");
+        let after = std::fs::read_to_string(&config_path).unwrap();
+        assert!(after.contains("# tuned by hand") && after.contains("interval_secs = 7"), "{after}");
+        assert!(std::fs::read_to_string(tmp.join("idbridge.toml.bak")).unwrap() == edited);
+        let parsed: toml::Value = toml::from_str(&after).unwrap();
+        let sources = parsed["source"].as_array().unwrap();
+        assert_eq!(sources.len(), 2);
+        assert_eq!(sources[0]["include_ous"].as_array().unwrap().len(), 2, "the first directory is untouched");
+        assert_eq!(sources[1]["join"]["groups"][0][0]["source"].as_str(), Some("mail"));
+        let domains = ok(&idbridge(&["tenant", "domain", "list", "--data", p(&tenant_data)]));
+        assert!(domains.lines().any(|l| l.starts_with("example.net") && l.contains("managed-pta")), "{domains}");
+        ok(&idbridge(&["sync", "run", "--config", p(&config_path), "--once"]));
+        assert_eq!(total_users(&base, &token), 50);
+
+        // An answer changed by a re-run: staging on.
+        let before = std::fs::read_to_string(&config_path).unwrap();
+        let out = init(
+            tmp.path(),
+            &[
+                "--local-tenant",
+                p(&tenant_data),
+                "--tenant-listen",
+                &listen,
+                "--name",
+                "resource",
+                "--directory",
+                &resource.url,
+                "--bind-dn",
+                resource.admin_dn(),
+                "--password-file",
+                p(&pw2),
+                "--staging",
+                "yes",
+                "--accept-defaults",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).contains("+ staging = true"), "{}", stderr(&out));
+        // A failed check writes nothing and exits 3.
+        std::fs::write(&config_path, &before).unwrap();
+        let out = init(
+            tmp.path(),
+            &[
+                "--local-tenant",
+                p(&tenant_data),
+                "--tenant-listen",
+                &listen,
+                "--name",
+                "resource",
+                "--directory",
+                &resource.url,
+                "--bind-dn",
+                resource.admin_dn(),
+                "--password-file",
+                "/nonexistent/pw",
+                "--accept-defaults",
+                "--yes",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains("/nonexistent/pw"), "{}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&config_path).unwrap(), before, "nothing written");
+        tenant.kill().unwrap();
+        tenant.wait().unwrap();
+    }
+
+    /// Each `samba-tool dsacl set --objectdn="…" --sddl="…"` line in `text`.
+    fn grants(text: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for part in text.split("samba-tool dsacl set --objectdn=\"").skip(1) {
+            let Some((dn, rest)) = part.split_once('"') else { continue };
+            let Some(sddl) = rest.split("--sddl=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
+            out.push((dn.to_string(), sddl.to_string()));
+        }
+        out
+    }
+
+    #[test]
+    fn samba_account_without_rights_gets_the_exact_fix_then_syncs() {
+        let dc = testkit::SambaDc::start().unwrap();
+        let tmp = TempDir::new("init-samba").unwrap();
+        let ldif = tmp.join("ad.ldif");
+        ok(&idbridge(&[
+            "sample",
+            "generate",
+            "--flavor",
+            "ad",
+            "--users",
+            "30",
+            "--groups",
+            "3",
+            "--seed",
+            "4",
+            "--out",
+            p(&ldif),
+        ]));
+        dc.modify(&std::fs::read_to_string(&ldif).unwrap()).unwrap();
+        dc.samba_tool(&["user", "create", "svc-sync", "Passw0rd.Svc.1"]).unwrap();
+        let pw = tmp.join("svc.pw");
+        std::fs::write(&pw, "Passw0rd.Svc.1\n").unwrap();
+        let listen = format!("127.0.0.1:{}", testkit::free_port().unwrap());
+        let tenant_data = tmp.join("tenant");
+        let args = [
+            "--local-tenant",
+            p(&tenant_data),
+            "--tenant-listen",
+            &listen,
+            "--name",
+            "corp",
+            "--directory",
+            &dc.url,
+            "--bind-dn",
+            "svc-sync@example.test",
+            "--password-file",
+            p(&pw),
+            "--include-ou",
+            "OU=People,DC=example,DC=test",
+            "--include-ou",
+            "OU=Groups,DC=example,DC=test",
+            "--sign-in",
+            "example.test=phs",
+            "--accept-defaults",
+            "--yes",
+        ];
+        let out = init(tmp.path(), &args);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{log}");
+        assert!(log.contains("Active Directory"), "{log}");
+        assert!(log.contains("Replicating Directory Changes All") && log.contains("ms-DS-ConsistencyGuid"), "{log}");
+        assert!(!tmp.join("idbridge.toml").exists(), "nothing written");
+        let fixes = grants(&log);
+        assert!(fixes.len() >= 2, "a replication grant and a write-back grant: {log}");
+        // The fixes, run exactly as printed, are enough.
+        for (dn, sddl) in &fixes {
+            assert!(sddl.contains("S-1-5-21-"), "the account's SID is filled in: {sddl}");
+            dc.samba_tool(&["dsacl", "set", &format!("--objectdn={dn}"), &format!("--sddl={sddl}")]).unwrap();
+        }
+        let out = init(tmp.path(), &args);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{log}");
+        assert!(log.contains("30 users have no ms-DS-ConsistencyGuid yet"), "{log}");
+        let config = tmp.join("idbridge.toml");
+        let dump_people = || {
+            json_lines(&ok(&idbridge(&[
+                "source",
+                "dump",
+                "--url",
+                &dc.url,
+                "--bind-dn",
+                dc.admin_upn(),
+                "--password-file",
+                p(&dc.password_file().unwrap()),
+                "--base-dn",
+                "OU=People,DC=example,DC=test",
+                "--format",
+                "json",
+            ])))
+        };
+        // Two people get passwords (the sample's AD users have none).
+        let people = dump_people();
+        let first = |u: &serde_json::Value, a: &str| u["attributes"][a][0].as_str().unwrap().to_string();
+        let (sam, upn) = (first(&people[0], "sAMAccountName"), first(&people[0], "userPrincipalName"));
+        dc.samba_tool(&["user", "setpassword", &sam, "--newpassword=Init.Passw0rd.1"]).unwrap();
+        dc.samba_tool(&["user", "setpassword", &first(&people[1], "sAMAccountName"), "--newpassword=Init.Passw0rd.2"])
+            .unwrap();
+        let (mut tenant, base) = start_tenant(&tenant_data, &listen);
+        let token = std::fs::read_to_string(tmp.join("tenant.token")).unwrap().trim().to_string();
+        ok(&idbridge(&["sync", "run", "--config", p(&config), "--once"]));
+        assert_eq!(total_users(&base, &token), 30);
+        let status = ok(&idbridge(&["sync", "status", "--config", p(&config)]));
+        assert!(status.contains("\"passwords\":2"), "replicated with the granted rights: {status}");
+        let authorize = public_sign_in_client(&tenant_data, &base);
+        assert_eq!(signs_in(&authorize, &upn, "Init.Passw0rd.1"), Ok(()));
+        // objectGUID was written back into ms-DS-ConsistencyGuid, and the anchor did not change.
+        let dump = dump_people();
+        assert_eq!(dump.len(), 30);
+        for user in &dump {
+            let attributes = user["attributes"].as_object().unwrap();
+            assert!(attributes.keys().any(|k| k.eq_ignore_ascii_case("ms-DS-ConsistencyGuid")), "{user}");
+        }
+        let again = idbridge(&["sync", "run", "--config", p(&config), "--once"]);
+        ok(&again);
+        assert_eq!(total_users(&base, &token), 30, "no object was recreated");
+        tenant.kill().unwrap();
+        tenant.wait().unwrap();
+    }
+
+    /// The wizard in a real 80×24 terminal: tmux on a private socket.
+    struct Terminal {
+        socket: String,
+        seen: std::collections::HashMap<String, usize>,
+    }
+
+    impl Terminal {
+        fn start(dir: &Path, command: &str) -> Terminal {
+            let socket = format!("idbridge-test-{}-{}", std::process::id(), dir.file_name().unwrap().to_string_lossy());
+            let script = format!("cd {} && {command}; echo $? > exit-code; sleep 600", dir.display());
+            let status = Command::new("tmux")
+                .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-s", "init", "-x", "80", "-y", "24"])
+                .arg(script)
+                .env_remove("NO_COLOR")
+                .env("TERM", "xterm-256color")
+                .status()
+                .unwrap();
+            assert!(status.success());
+            Terminal { socket, seen: Default::default() }
+        }
+
+        fn screen(&self, escapes: bool) -> String {
+            let mut args = vec!["-L", &self.socket, "capture-pane", "-p", "-J", "-S", "-", "-t", "init"];
+            if escapes {
+                args.push("-e");
+            }
+            String::from_utf8_lossy(&Command::new("tmux").args(args).output().unwrap().stdout).into_owned()
+        }
+
+        /// Waits for one more appearance of `text`, then types `answer` and Enter.
+        fn answer(&mut self, text: &str, answer: &str) {
+            let before = *self.seen.get(text).unwrap_or(&0);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while self.screen(false).matches(text).count() <= before {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "waited for {text:?}; the screen:\n{}",
+                    self.screen(false)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            self.seen.insert(text.to_string(), before + 1);
+            if !answer.is_empty() {
+                Command::new("tmux")
+                    .args(["-L", &self.socket, "send-keys", "-t", "init", "-l", answer])
+                    .status()
+                    .unwrap();
+            }
+            Command::new("tmux").args(["-L", &self.socket, "send-keys", "-t", "init", "Enter"]).status().unwrap();
+        }
+
+        fn exit_code(&self, dir: &Path) -> i32 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                if let Ok(text) = std::fs::read_to_string(dir.join("exit-code"))
+                    && !text.trim().is_empty()
+                {
+                    return text.trim().parse().unwrap();
+                }
+                assert!(std::time::Instant::now() < deadline, "init did not end; the screen:\n{}", self.screen(false));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+
+    impl Drop for Terminal {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+        }
+    }
+
+    /// Answers every question of a first run against `slapd`; the last one is `write`.
+    fn first_run(t: &mut Terminal, slapd: &Slapd, pw: &Path, listen: &str, unit: &Path, write: &str) {
+        t.answer("Tenant SCIM URL", "local");
+        t.answer("Tenant data directory", "");
+        t.answer("Address the tenant listens on", listen);
+        t.answer("initial domain", "");
+        t.answer("Directory name", "");
+        t.answer("Server URL(s)", &slapd.url);
+        t.answer("Use StartTLS", "");
+        t.answer("Bind account", slapd.admin_dn());
+        t.answer("File holding that account", p(pw));
+        t.answer("Base DN(s)", "");
+        // Back one step, and on again.
+        t.answer("Include OUs", "<");
+        t.answer("Base DN(s)", "");
+        t.answer("Include OUs", "?");
+        t.answer("Include OUs", "3");
+        t.answer("Exclude OUs", "");
+        t.answer("Only members of this group", "");
+        t.answer("Only objects matching", "");
+        t.answer("sourceAnchor", "");
+        t.answer("Sign-in for example.org", "");
+        t.answer("Synchronise password hashes", "");
+        t.answer("Staging mode", "");
+        t.answer("systemd unit", p(unit));
+        t.answer("Write ", write);
+    }
+
+    #[test]
+    fn interactive_in_a_terminal_to_a_first_sync() {
+        let tmp = TempDir::new("init-tty").unwrap();
+        let slapd = sample_slapd(tmp.path(), "corp", 25, 31, "example.org");
+        let pw = slapd.password_file().unwrap();
+        let listen = format!("127.0.0.1:{}", testkit::free_port().unwrap());
+        let unit = tmp.join("idbridge-sync.service");
+        let exe = env!("CARGO_BIN_EXE_idbridge");
+
+        // Saying no at the end writes nothing: exit code 2.
+        let mut t = Terminal::start(tmp.path(), &format!("{exe} init"));
+        first_run(&mut t, &slapd, &pw, &listen, &unit, "n");
+        assert_eq!(t.exit_code(tmp.path()), 2, "{}", t.screen(false));
+        assert!(!tmp.join("idbridge.toml").exists() && !tmp.join("tenant").exists());
+        drop(t);
+        std::fs::remove_file(tmp.join("exit-code")).unwrap();
+
+        let mut t = Terminal::start(tmp.path(), &format!("{exe} init"));
+        first_run(&mut t, &slapd, &pw, &listen, &unit, "y");
+        assert_eq!(t.exit_code(tmp.path()), 0, "{}", t.screen(false));
+        let screen = t.screen(false);
+        assert!(screen.contains("[4/9] Which OUs") && screen.contains("ou=people"), "{screen}");
+        assert!(screen.contains("(flag: --include-ou)"), "'?' explains: {screen}");
+        assert!(screen.contains("25 users to create"), "{screen}");
+        assert!(t.screen(true).contains("\x1b["), "colour on a terminal");
+        let config = tmp.join("idbridge.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains("include_ous = [\"ou=people,dc=example,dc=org\"]"), "{text}");
+        assert!(std::fs::read_to_string(&unit).unwrap().contains("sync run --config"));
+
+        let (mut tenant, base) = start_tenant(&tmp.join("tenant"), &listen);
+        ok(&idbridge(&["sync", "run", "--config", p(&config), "--once"]));
+        let token = std::fs::read_to_string(tmp.join("tenant.token")).unwrap().trim().to_string();
+        assert_eq!(total_users(&base, &token), 25);
+        tenant.kill().unwrap();
+        tenant.wait().unwrap();
+    }
+}

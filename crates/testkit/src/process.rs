@@ -157,7 +157,7 @@ pub fn spawn_tenant(exe: &Path, data: &Path, extra: &[&str]) -> Result<(std::pro
     let mut child = Command::new(exe)
         .args(["tenant", "serve", "--data"])
         .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
         .args(extra)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::piped())

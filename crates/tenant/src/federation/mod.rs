@@ -91,7 +91,7 @@ impl Federation {
         }
     }
 
-    fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<()> {
         match self {
             Federation::Oidc(idp) => {
                 let url = idp.issuer.trim();

@@ -1,0 +1,312 @@
+//! `idbridge init`: the set-up wizard. Asks (or takes from flags) where the
+//! tenant is, which directory and which part of it to synchronise, how
+//! objects are identified and how people sign in; checks connection, rights
+//! and data before anything is written; shows the first sync's preview and
+//! the change to `idbridge.toml`; then writes it.
+//!
+//! Steps run in order and `<` goes back one; a step whose check fails asks
+//! again on a terminal and stops a script with exit code 3.
+
+mod directory;
+mod finish;
+mod prompt;
+mod signin;
+mod survey;
+mod write;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::config::Config;
+use prompt::{Answer, Prompter};
+use write::{Draft, SourceDraft};
+
+/// Why `init` stopped without writing, for the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum InitStop {
+    /// The administrator said no at the end (exit code 2).
+    #[error("nothing was written (declined)")]
+    Declined,
+    /// A check that sync cannot do without failed (exit code 3).
+    #[error("{0}")]
+    Blocked(String),
+}
+
+impl InitStop {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            InitStop::Declined => 2,
+            InitStop::Blocked(_) => 3,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The configuration file to write (edited in place when it exists).
+    #[arg(long, default_value = "idbridge.toml")]
+    pub config: PathBuf,
+    /// Take the default for every question that has one; fail naming the flag otherwise.
+    #[arg(long)]
+    pub accept_defaults: bool,
+    /// Write without asking for confirmation at the end.
+    #[arg(long)]
+    pub yes: bool,
+
+    /// The tenant's SCIM URL, e.g. https://tenant.example.com/scim/v2.
+    #[arg(long, conflicts_with = "local_tenant")]
+    pub tenant_url: Option<String>,
+    /// A file holding a tenant token with the sync scope.
+    #[arg(long)]
+    pub tenant_token_file: Option<PathBuf>,
+    /// Set up a tenant on this machine in this data directory instead.
+    #[arg(long)]
+    pub local_tenant: Option<PathBuf>,
+    /// The local tenant's listen address.
+    #[arg(long)]
+    pub tenant_listen: Option<String>,
+    /// The local tenant's initial domain (first set-up only).
+    #[arg(long)]
+    pub initial_domain: Option<String>,
+
+    /// A short name for the directory (a new name adds one; an existing name edits it).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Directory server URL(s), comma-separated for failover: ldaps://dc1.corp.example,ldaps://dc2.corp.example.
+    #[arg(long)]
+    pub directory: Option<String>,
+    /// Use StartTLS on ldap:// URLs (yes/no).
+    #[arg(long)]
+    pub starttls: Option<String>,
+    /// A PEM file with the CA that signed the directory's certificate ("-" for the system's).
+    #[arg(long)]
+    pub ca_file: Option<String>,
+    /// The account idbridge binds as ("-" for anonymous).
+    #[arg(long)]
+    pub bind_dn: Option<String>,
+    /// A file holding that account's password.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Where to read from (repeat for several); default: the server's default naming context.
+    #[arg(long)]
+    pub base_dn: Vec<String>,
+    /// Only these OUs (DNs or numbers from the OU list; repeatable; default all).
+    #[arg(long)]
+    pub include_ou: Vec<String>,
+    /// Leave these OUs out (DNs or numbers; repeatable).
+    #[arg(long)]
+    pub exclude_ou: Vec<String>,
+    /// Only direct members of this group sync ("-" for no group filter).
+    #[arg(long)]
+    pub scope_group: Option<String>,
+    /// An LDAP filter objects must also match ("-" for none).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// How this directory's people match those of directories configured before it:
+    /// none, mail, objectsid (objectSid ↔ msExchMasterAccountSID), sam (sAMAccountName + mailNickname), attribute:NAME.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// The sourceAnchor: consistencyguid (AD: ms-DS-ConsistencyGuid, filled from objectGUID),
+    /// objectguid, entryuuid, nsuniqueid, or attribute:NAME.
+    #[arg(long)]
+    pub anchor: Option<String>,
+
+    /// Sign-in method of a domain: DOMAIN=phs, DOMAIN=pta or DOMAIN=federated (repeatable).
+    #[arg(long)]
+    pub sign_in: Vec<String>,
+    /// Send password hashes even where no domain uses PHS (a fallback; yes/no).
+    #[arg(long)]
+    pub password_hash_sync: Option<String>,
+    /// Federated domains (local tenant): oidc or saml.
+    #[arg(long)]
+    pub federation_protocol: Option<String>,
+    /// SAML: the identity provider's metadata file.
+    #[arg(long)]
+    pub federation_metadata: Option<PathBuf>,
+    /// OIDC: the identity provider's issuer URL.
+    #[arg(long)]
+    pub federation_issuer: Option<String>,
+    /// OIDC: the client id the identity provider gave the tenant.
+    #[arg(long)]
+    pub federation_client_id: Option<String>,
+    /// OIDC: a file holding the client secret.
+    #[arg(long)]
+    pub federation_client_secret_file: Option<PathBuf>,
+
+    /// Staging mode: import and sync, export nothing (yes/no).
+    #[arg(long)]
+    pub staging: Option<String>,
+    /// Also write a systemd unit for the sync daemon here ("-" for none).
+    #[arg(long)]
+    pub systemd_unit: Option<String>,
+}
+
+/// Where the tenant is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TenantChoice {
+    /// A running tenant: SCIM URL and token file.
+    Remote { url: String, token_file: PathBuf },
+    /// One set up on this machine when the file is written.
+    Local { data: PathBuf, listen: String, initial_domain: String },
+}
+
+/// Everything decided so far.
+pub struct Wizard {
+    args: InitArgs,
+    ask: Prompter,
+    /// Absolute path of the configuration file and its directory.
+    config_path: PathBuf,
+    config_dir: PathBuf,
+    existing: Option<String>,
+    existing_config: Option<Config>,
+    tenant: Option<TenantChoice>,
+    source: SourceDraft,
+    /// Filled by the directory step: what the server is.
+    server: Option<directory::ServerFacts>,
+    survey: Option<survey::Survey>,
+    /// Sign-in method per domain, in the order shown.
+    sign_in: Vec<(String, tenant::domains::AuthType)>,
+    federation: Option<tenant::federation::Federation>,
+    staging: bool,
+    systemd_unit: Option<PathBuf>,
+}
+
+const STEPS: usize = 9;
+
+pub async fn run(args: InitArgs) -> Result<()> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let config_path = cwd.join(&args.config);
+    let config_dir = config_path.parent().map(Path::to_path_buf).unwrap_or(cwd);
+    let existing = match std::fs::read_to_string(&config_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", config_path.display())),
+    };
+    let existing_config = match &existing {
+        Some(text) => Some(Config::parse(text).with_context(|| {
+            format!("{} exists but is not a valid configuration; fix or move it first", config_path.display())
+        })?),
+        None => None,
+    };
+    let ask = Prompter::new(args.accept_defaults);
+    let mut w = Wizard {
+        args,
+        ask,
+        config_path,
+        config_dir,
+        existing,
+        existing_config,
+        tenant: None,
+        source: SourceDraft::default(),
+        server: None,
+        survey: None,
+        sign_in: Vec::new(),
+        federation: None,
+        staging: false,
+        systemd_unit: None,
+    };
+    w.intro();
+    let mut step = 0;
+    while step < STEPS {
+        let result = match step {
+            0 => w.tenant_step().await,
+            1 => w.connection_step().await,
+            2 => w.base_step(),
+            3 => w.ou_step().await,
+            4 => w.filter_step(),
+            5 => w.identity_step().await,
+            6 => w.survey_step().await,
+            7 => w.sign_in_step(),
+            _ => w.finish_step().await,
+        };
+        match result {
+            Ok(Answer::Value(())) => step += 1,
+            Ok(Answer::Back) => step = step.saturating_sub(1),
+            // The step's check failed on a terminal: it was said; ask again.
+            Err(e) if e.is::<Retry>() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Wizard {
+    fn intro(&self) {
+        let what = if self.existing.is_some() { "Editing" } else { "Creating" };
+        self.ask.say(&format!("idbridge init: {what} {}", self.config_path.display()));
+        if self.ask.interactive() {
+            self.ask.say("Enter takes the value in [brackets]; '-' leaves a value empty; '<' goes back; '?' explains.");
+            self.ask.say("Nothing is written until the last step, after the checks and a preview.");
+        }
+    }
+
+    /// A step's check failed: on a terminal, say so (the step is asked
+    /// again); in a script, stop with exit code 3.
+    fn failed(&self, problem: String) -> anyhow::Error {
+        if self.ask.interactive() {
+            self.ask.bad(&problem);
+            Retry.into()
+        } else {
+            InitStop::Blocked(problem).into()
+        }
+    }
+
+    /// The configuration as it would be written now.
+    fn draft(&self) -> Draft {
+        let tenant = self.tenant.as_ref().map(|t| match t {
+            TenantChoice::Remote { url, token_file } => (url.clone(), token_file.display().to_string()),
+            TenantChoice::Local { listen, .. } => {
+                (format!("http://{listen}/scim/v2"), self.local_token_file().display().to_string())
+            }
+        });
+        Draft { tenant, source: self.source.clone(), staging: self.staging }
+    }
+
+    fn local_token_file(&self) -> PathBuf {
+        self.config_dir.join("tenant.token")
+    }
+
+    fn merged(&self) -> Result<String> {
+        write::merge(self.existing.as_deref(), &self.draft())
+    }
+
+    /// A path the administrator typed, made absolute (the daemon may run elsewhere).
+    fn absolute(&self, typed: &str) -> PathBuf {
+        let p = PathBuf::from(typed);
+        if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) }
+    }
+
+    fn existing_source(&self, name: &str) -> Option<&crate::config::SourceConfig> {
+        self.existing_config.as_ref().and_then(|c| c.sources.iter().find(|s| s.name == name))
+    }
+
+    /// Sources configured before, other than the one being edited.
+    fn other_sources(&self) -> Vec<String> {
+        self.existing_config
+            .as_ref()
+            .map(|c| c.sources.iter().filter(|s| s.name != self.source.name).map(|s| s.name.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A step asks its questions again (its check failed on a terminal).
+#[derive(Debug, thiserror::Error)]
+#[error("ask again")]
+struct Retry;
+
+/// "yes"/"no" and friends, for flags that take them.
+fn parse_yes_no(flag: &str, text: &str) -> Result<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "y" | "yes" | "on" | "true" => Ok(true),
+        "n" | "no" | "off" | "false" => Ok(false),
+        other => anyhow::bail!("{flag} {other:?}: use yes or no"),
+    }
+}
+
+/// Optional text: "-" or empty means none.
+fn optional(text: String) -> Option<String> {
+    let t = text.trim();
+    if t.is_empty() || t == "-" { None } else { Some(t.to_string()) }
+}

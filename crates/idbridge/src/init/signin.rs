@@ -1,0 +1,451 @@
+//! The tenant steps: where the tenant is (a running one, or one set up on
+//! this machine), how each domain's users sign in, staging mode; and, when
+//! the file is written, configuring the local tenant to match.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tenant::domains::{self, AuthType};
+use tenant::federation::{self, Federation, OidcIdp, SamlIdp};
+use tenant::tokens::{self, Scope};
+
+use super::prompt::Answer;
+use super::{STEPS, TenantChoice, Wizard, parse_yes_no};
+
+/// Domains that can never be verified in a cloud tenant.
+fn routable(domain: &str) -> bool {
+    let tld = domain.rsplit('.').next().unwrap_or_default();
+    domain.contains('.') && !matches!(tld, "local" | "lan" | "internal" | "localdomain" | "corp" | "intranet" | "home")
+}
+
+fn method_word(auth: AuthType) -> &'static str {
+    match auth {
+        AuthType::ManagedPhs => "phs",
+        AuthType::ManagedPta => "pta",
+        AuthType::Federated => "federated",
+    }
+}
+
+/// A file written with mode 0600 (it holds a secret).
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Whether a running tenant takes this token: (ok, what to say).
+async fn check_remote_tenant(url: &str, token: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())?;
+    let response =
+        client.get(format!("{url}/Users?count=1&attributes=id")).bearer_auth(token).send().await.map_err(|e| {
+            format!(
+                "the tenant at {url} did not answer ({e}); is it running, and is the URL its SCIM root (…/scim/v2)?"
+            )
+        })?;
+    match response.status().as_u16() {
+        200 => Ok(()),
+        401 | 403 => Err(format!(
+            "the tenant at {url} refused the token (HTTP {}): make one with `idbridge tenant token create --data DIR --scope sync`",
+            response.status().as_u16()
+        )),
+        404 => Err(format!(
+            "{url} has no SCIM Users endpoint: give the SCIM root, like https://tenant.example.com/scim/v2"
+        )),
+        other => Err(format!("the tenant at {url} answered HTTP {other}")),
+    }
+}
+
+impl Wizard {
+    pub(super) async fn tenant_step(&mut self) -> Result<Answer<()>> {
+        self.ask.heading(1, STEPS, "The cloud tenant");
+        let existing = self.existing_config.as_ref().and_then(|c| c.tenant.as_ref());
+        let given = self.args.tenant_url.clone().or(self.args.local_tenant.as_ref().map(|_| "local".to_string()));
+        let default = existing.map(|t| t.url.clone()).unwrap_or_else(|| "local".into());
+        let Answer::Value(answer) = self.ask.ask(
+            "Tenant SCIM URL, or 'local' to set one up on this machine",
+            "--tenant-url URL (or --local-tenant DIR)",
+            given,
+            Some(default),
+            "the SCIM root of your tenant, like https://tenant.example.com/scim/v2; 'local' runs one here",
+        )?
+        else {
+            return Ok(Answer::Back);
+        };
+        if answer.eq_ignore_ascii_case("local") {
+            return self.local_tenant().map(|()| Answer::Value(()));
+        }
+        let url = answer.trim_end_matches('/').to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(self.failed(format!("{url:?} is not an http(s):// URL")));
+        }
+        let Answer::Value(file) = self.ask.ask(
+            "File holding a tenant token with the sync scope",
+            "--tenant-token-file",
+            self.args.tenant_token_file.as_ref().map(|p| p.display().to_string()),
+            existing.and_then(|t| t.token_file.as_ref()).map(|p| p.display().to_string()),
+            "made on the tenant with `idbridge tenant token create --scope sync`; keep it chmod 600",
+        )?
+        else {
+            return Ok(Answer::Back);
+        };
+        let token_file = self.absolute(&file);
+        let token = match std::fs::read_to_string(&token_file) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) => return Err(self.failed(format!("cannot read the token file {}: {e}", token_file.display()))),
+        };
+        if let Err(problem) = check_remote_tenant(&url, &token).await {
+            return Err(self.failed(problem));
+        }
+        self.ask.good(&format!("the tenant at {url} accepts the token"));
+        self.tenant = Some(TenantChoice::Remote { url, token_file });
+        Ok(Answer::Value(()))
+    }
+
+    fn local_tenant(&mut self) -> Result<()> {
+        let default_dir = self.config_dir.join("tenant");
+        let Answer::Value(dir) = self.ask.ask(
+            "Tenant data directory",
+            "--local-tenant",
+            self.args.local_tenant.as_ref().map(|p| p.display().to_string()),
+            Some(default_dir.display().to_string()),
+            "where the tenant keeps its database and keys (created when the file is written)",
+        )?
+        else {
+            return Err(super::Retry.into());
+        };
+        let data = self.absolute(&dir);
+        let Answer::Value(listen) = self.ask.ask(
+            "Address the tenant listens on",
+            "--tenant-listen",
+            self.args.tenant_listen.clone(),
+            Some("127.0.0.1:8443".into()),
+            "host:port; plain HTTP only on loopback (give it a certificate with `tenant serve --tls-cert` otherwise)",
+        )?
+        else {
+            return Err(super::Retry.into());
+        };
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(self.failed(format!("--tenant-listen {listen:?}: give an address like 127.0.0.1:8443")));
+        }
+        let initial_domain = match tenant::open_existing(&data) {
+            Ok(store) => {
+                let conn = store.lock();
+                let d = domains::initial(&conn).context("reading the local tenant's initial domain")?;
+                self.ask.good(&format!("a tenant exists in {} (initial domain {})", data.display(), d.name));
+                d.name
+            }
+            Err(_) => {
+                let Answer::Value(d) = self.ask.ask(
+                    "The tenant's initial domain (administrators sign in there; never federated)",
+                    "--initial-domain",
+                    self.args.initial_domain.clone(),
+                    Some("tenant.idbridge.test".into()),
+                    "a DNS name for the tenant itself, like contoso.idbridge.test",
+                )?
+                else {
+                    return Err(super::Retry.into());
+                };
+                match domains::check_domain_name(&d) {
+                    Ok(name) => name,
+                    Err(e) => return Err(self.failed(format!("--initial-domain {d:?}: {e}"))),
+                }
+            }
+        };
+        self.tenant = Some(TenantChoice::Local { data, listen, initial_domain });
+        Ok(())
+    }
+
+    /// The sign-in method the local tenant has for a domain now.
+    fn current_method(&self, domain: &str) -> Option<AuthType> {
+        let Some(TenantChoice::Local { data, .. }) = &self.tenant else { return None };
+        let store = tenant::open_existing(data).ok()?;
+        let conn = store.lock();
+        domains::get(&conn, domain).ok().flatten().map(|d| d.auth)
+    }
+
+    pub(super) fn sign_in_step(&mut self) -> Result<Answer<()>> {
+        self.ask.heading(8, STEPS, "How people sign in");
+        let survey = self.survey.as_ref().context("the survey step did not run")?;
+        let mut found: Vec<(String, u64)> = survey.domains.iter().map(|(d, n)| (d.clone(), *n)).collect();
+        found.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let (usable, unusable): (Vec<_>, Vec<_>) = found.into_iter().partition(|(d, _)| routable(d));
+        if !unusable.is_empty() {
+            let list: Vec<String> = unusable.iter().map(|(d, n)| format!("{d} ({n})")).collect();
+            self.ask.warn(&format!(
+                "{} cannot be verified in a cloud tenant: give those users a UPN in a real domain (idbridge idfix scan lists them)",
+                list.join(", ")
+            ));
+        }
+        let mut flagged: Vec<(String, String)> = Vec::new();
+        for item in &self.args.sign_in {
+            let Some((d, m)) = item.split_once('=') else {
+                bail!("--sign-in {item:?}: write DOMAIN=phs, DOMAIN=pta or DOMAIN=federated");
+            };
+            flagged.push((d.trim().to_ascii_lowercase(), m.trim().to_string()));
+        }
+        let mut domains: Vec<String> = usable.iter().map(|(d, _)| d.clone()).collect();
+        for (d, _) in &flagged {
+            if !domains.contains(d) {
+                domains.push(d.clone());
+            }
+        }
+        if domains.is_empty() {
+            self.ask.warn("no user in scope has a userPrincipalName (or mail) in a routable domain");
+        } else {
+            self.ask.say("Per domain: phs = password hash sync (recommended), pta = pass-through (agents check");
+            self.ask.say("passwords on-premises), federated = your own identity provider (AD FS, Keycloak …).");
+        }
+        let counts: std::collections::HashMap<String, u64> = usable.into_iter().collect();
+        let mut chosen = Vec::new();
+        for d in domains {
+            let given = flagged.iter().find(|(f, _)| *f == d).map(|(_, m)| m.clone());
+            let default = self.current_method(&d).map(method_word).unwrap_or("phs");
+            let users = counts.get(&d).map(|n| format!(" ({n} users)")).unwrap_or_default();
+            let Answer::Value(word) = self.ask.ask(
+                &format!("Sign-in for {d}{users}"),
+                &format!("--sign-in {d}=phs|pta|federated"),
+                given,
+                Some(default.to_string()),
+                "phs, pta or federated",
+            )?
+            else {
+                return Ok(Answer::Back);
+            };
+            match word.parse::<AuthType>() {
+                Ok(auth) => chosen.push((d, auth)),
+                Err(e) => return Err(self.failed(format!("{d}: {e}"))),
+            }
+        }
+        let any_federated = chosen.iter().any(|(_, a)| *a == AuthType::Federated);
+        self.federation = None;
+        if any_federated && matches!(self.tenant, Some(TenantChoice::Local { .. })) {
+            match self.federation_answers()? {
+                Some(f) => self.federation = Some(f),
+                None => return Ok(Answer::Back),
+            }
+        }
+        let any_phs = chosen.iter().any(|(_, a)| *a == AuthType::ManagedPhs);
+        let given =
+            self.args.password_hash_sync.as_deref().map(|t| parse_yes_no("--password-hash-sync", t)).transpose()?;
+        let Answer::Value(phs) = self.ask.confirm(
+            "Synchronise password hashes",
+            "--password-hash-sync",
+            given.or(any_phs.then_some(true)),
+            any_phs || self.source.password_hash_sync,
+        )?
+        else {
+            return Ok(Answer::Back);
+        };
+        if any_phs && !phs {
+            return Err(self.failed(
+                "a domain signs in with password hash sync, so password hashes must be synchronised (say yes, or choose pta/federated for it)"
+                    .into(),
+            ));
+        }
+        let existing_staging = self.existing_config.as_ref().is_some_and(|c| c.sync.staging);
+        let given = self.args.staging.as_deref().map(|t| parse_yes_no("--staging", t)).transpose()?;
+        let Answer::Value(staging) = self.ask.confirm(
+            "Staging mode (import and sync, export nothing: a standby server)",
+            "--staging",
+            given,
+            existing_staging,
+        )?
+        else {
+            return Ok(Answer::Back);
+        };
+        self.source.password_hash_sync = phs;
+        self.staging = staging;
+        self.sign_in = chosen;
+        Ok(Answer::Value(()))
+    }
+
+    /// The identity provider of federated domains (local tenant). None = back.
+    fn federation_answers(&mut self) -> Result<Option<Federation>> {
+        let Answer::Value(protocol) = self.ask.ask(
+            "Federation protocol (oidc or saml)",
+            "--federation-protocol",
+            self.args.federation_protocol.clone(),
+            Some("oidc".into()),
+            "how the tenant talks to your identity provider",
+        )?
+        else {
+            return Ok(None);
+        };
+        let federation = match protocol.as_str() {
+            "saml" => {
+                let Answer::Value(file) = self.ask.ask(
+                    "The identity provider's SAML metadata file",
+                    "--federation-metadata",
+                    self.args.federation_metadata.as_ref().map(|p| p.display().to_string()),
+                    None,
+                    "the XML document your IdP publishes (entity id, SSO URL, signing certificate)",
+                )?
+                else {
+                    return Ok(None);
+                };
+                let path = self.absolute(&file);
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => return Err(self.failed(format!("cannot read {}: {e}", path.display()))),
+                };
+                match federation::saml::from_metadata(&text) {
+                    Ok((entity_id, sso_url, signing_certificates)) => {
+                        Federation::Saml(SamlIdp { entity_id, sso_url, signing_certificates, upn_attribute: None })
+                    }
+                    Err(e) => return Err(self.failed(format!("{}: {e}", path.display()))),
+                }
+            }
+            "oidc" => {
+                let mut answers = Vec::new();
+                for (question, flag, given) in [
+                    ("The identity provider's issuer URL", "--federation-issuer", self.args.federation_issuer.clone()),
+                    (
+                        "The client id it gave this tenant",
+                        "--federation-client-id",
+                        self.args.federation_client_id.clone(),
+                    ),
+                    (
+                        "File holding the client secret",
+                        "--federation-client-secret-file",
+                        self.args.federation_client_secret_file.as_ref().map(|p| p.display().to_string()),
+                    ),
+                ] {
+                    let Answer::Value(v) = self.ask.ask(
+                        question,
+                        flag,
+                        given,
+                        None,
+                        "from your identity provider's client registration",
+                    )?
+                    else {
+                        return Ok(None);
+                    };
+                    answers.push(v);
+                }
+                let [issuer, client_id, secret_file] =
+                    <[String; 3]>::try_from(answers).map_err(|_| anyhow::anyhow!("three answers"))?;
+                let path = self.absolute(&secret_file);
+                let client_secret = match std::fs::read_to_string(&path) {
+                    Ok(t) => t.trim().to_string(),
+                    Err(e) => return Err(self.failed(format!("cannot read {}: {e}", path.display()))),
+                };
+                Federation::Oidc(OidcIdp {
+                    issuer,
+                    client_id,
+                    client_secret,
+                    immutable_id_claim: "immutable_id".into(),
+                    upn_claim: None,
+                })
+            }
+            other => return Err(self.failed(format!("--federation-protocol {other:?}: use oidc or saml"))),
+        };
+        if let Err(e) = federation.check() {
+            return Err(self.failed(format!("the identity provider settings: {e}")));
+        }
+        Ok(Some(federation))
+    }
+
+    /// Sets up (or updates) the local tenant: domains and their sign-in, and a
+    /// sync token in the token file. Returns what to tell the administrator.
+    pub(super) fn apply_local_tenant(&self) -> Result<Vec<String>> {
+        let Some(TenantChoice::Local { data, listen, initial_domain }) = &self.tenant else {
+            return Ok(Vec::new());
+        };
+        let (store, created) = tenant::open_or_create(data, initial_domain)
+            .with_context(|| format!("setting up the tenant in {}", data.display()))?;
+        let conn = store.lock();
+        let mut notes = Vec::new();
+        if created {
+            notes.push(format!("created a tenant in {} (initial domain {initial_domain})", data.display()));
+        }
+        for (name, auth) in &self.sign_in {
+            let plain = if *auth == AuthType::Federated { AuthType::ManagedPhs } else { *auth };
+            match domains::get(&conn, name)? {
+                None => {
+                    domains::add(&conn, name, plain, false).with_context(|| format!("adding the domain {name}"))?;
+                }
+                Some(d) if d.auth != *auth && *auth != AuthType::Federated => domains::set_auth(&conn, name, *auth)?,
+                Some(_) => {}
+            }
+            if *auth == AuthType::Federated
+                && let Some(f) = &self.federation
+            {
+                federation::federate(&conn, name, f).with_context(|| format!("federating {name}"))?;
+            }
+            tenant::audit::record(
+                &conn,
+                "init",
+                "domain-set",
+                None,
+                Some(name),
+                Some(&serde_json::json!({"auth": auth.as_str()})),
+            )?;
+            notes.push(format!("domain {name}: {}", auth.as_str()));
+        }
+        let token_file = self.local_token_file();
+        let current = std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string());
+        let valid = match &current {
+            Some(t) => matches!(tokens::authenticate(&conn, t)?, Some((_, Scope::Sync))),
+            None => false,
+        };
+        if !valid {
+            let (_, token) = tokens::create(&conn, Scope::Sync, None, Some("idbridge init"))?;
+            write_secret(&token_file, &format!("{token}\n"))?;
+            notes.push(format!("wrote a sync token to {} (mode 0600)", token_file.display()));
+        }
+        drop(conn);
+        notes.push(format!("start the tenant: idbridge tenant serve --data {} --listen {listen}", data.display()));
+        Ok(notes)
+    }
+
+    /// What the administrator does next for sign-in (pass-through agents,
+    /// remote-tenant domains, federation to finish).
+    pub(super) fn sign_in_instructions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let data = match &self.tenant {
+            Some(TenantChoice::Local { data, .. }) => data.display().to_string(),
+            _ => "<tenant data directory>".into(),
+        };
+        let remote = matches!(self.tenant, Some(TenantChoice::Remote { .. }));
+        for (name, auth) in &self.sign_in {
+            if remote {
+                out.push(format!(
+                    "on the tenant: idbridge tenant domain add --data {data} {name} --auth {}   (or `domain set` if it exists)",
+                    if *auth == AuthType::Federated { "managed-phs" } else { auth.as_str() }
+                ));
+            }
+            if *auth == AuthType::Federated && (remote || self.federation.is_none()) {
+                out.push(format!(
+                    "federate it: idbridge tenant domain federate --data {data} {name} --protocol oidc|saml … (see --help)"
+                ));
+            }
+        }
+        if self.sign_in.iter().any(|(_, a)| *a == AuthType::ManagedPta) {
+            let url = match &self.tenant {
+                Some(TenantChoice::Local { listen, .. }) => format!("http://{listen}"),
+                Some(TenantChoice::Remote { url, .. }) => url.trim_end_matches("/scim/v2").to_string(),
+                None => "<tenant URL>".into(),
+            };
+            out.push(format!(
+                "pass-through agents (two or more, on servers that reach the domain controllers):\n    idbridge tenant pta-token create --data {data}\n    idbridge pta-agent register --tenant {url} --token <that token> --config agent.toml\n    idbridge pta-agent run --config agent.toml"
+            ));
+        }
+        out
+    }
+
+    pub(super) fn tenant_data(&self) -> Option<&PathBuf> {
+        match &self.tenant {
+            Some(TenantChoice::Local { data, .. }) => Some(data),
+            _ => None,
+        }
+    }
+}
