@@ -190,9 +190,51 @@ impl LdapSource {
                         fix: "load the syncprov overlay on the database: dn: olcOverlay=syncprov,olcDatabase={1}mdb,cn=config / objectClass: olcSyncProvConfig".into(),
                     });
                 }
+                if password_hash_sync && let Some(p) = self.password_read_problem(kind, &bind).await? {
+                    problems.push(p);
+                }
             }
         }
         Ok(problems)
+    }
+
+    /// LDAP servers: password hash sync reads userPassword, sambaNTPassword
+    /// or ipaNTHash. A filter on them finds nothing when the account may not
+    /// read them (or no user has one): one entry is enough to know.
+    async fn password_read_problem(&self, kind: ServerKind, bind: &str) -> Result<Option<RightProblem>, LdapError> {
+        let (session, profile) = self.session_profile()?;
+        let filter = format!("(&{}(|(userPassword=*)(sambaNTPassword=*)(ipaNTHash=*)))", profile.filter);
+        for base in &profile.bases {
+            let mut ldap = session.ldap.clone();
+            let found = ldap
+                .with_timeout(session.operation_timeout)
+                .with_search_options(ldap3::SearchOptions::new().sizelimit(1))
+                .search(
+                    &base.to_string(),
+                    Scope::Subtree,
+                    &filter,
+                    vec!["userPassword", "sambaNTPassword", "ipaNTHash"],
+                )
+                .await;
+            if matches!(found, Ok(ldap3::SearchResult(entries, _)) if !entries.is_empty()) {
+                return Ok(None);
+            }
+        }
+        let base = profile.bases.first().map(Dn::to_string).unwrap_or_default();
+        let fix = match kind {
+            ServerKind::Ds389 => format!(
+                "aci: (targetattr=\"userPassword || ipaNTHash\")(version 3.0; acl \"idbridge password hash sync\"; allow (read,search,compare) userdn=\"ldap:///{bind}\";) on {base}"
+            ),
+            _ => format!(
+                "olcAccess: to dn.subtree=\"{base}\" attrs=userPassword,sambaNTPassword by dn.exact=\"{bind}\" read by self write by anonymous auth by * none"
+            ),
+        };
+        Ok(Some(RightProblem {
+            blocking: true,
+            right: "read users' userPassword / sambaNTPassword / ipaNTHash (password hash sync; no user in scope showed one: the account may not read them, or none is set)".into(),
+            object: base,
+            fix,
+        }))
     }
 
     /// Whether the bind account may write ms-DS-ConsistencyGuid on the users

@@ -176,7 +176,7 @@ enum SourceCommand {
 
 fn init_logging(json: bool, verbose: u8, quiet: bool) {
     let default = match verbose {
-        // The demo prints its own story; its log shows only what went wrong.
+        // The demo and the wizard print their own story; the log shows only what went wrong.
         0 if quiet => "warn",
         0 => "info",
         1 => "debug",
@@ -194,7 +194,7 @@ fn init_logging(json: bool, verbose: u8, quiet: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json, cli.verbose, matches!(cli.command, Command::Demo { .. }));
+    init_logging(cli.log_json, cli.verbose, matches!(cli.command, Command::Demo { .. } | Command::Init(_)));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

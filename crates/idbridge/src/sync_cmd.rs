@@ -195,7 +195,7 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             }
         }
         SyncCommand::Preview { config: path, json, csv } => {
-            let pending = preview(&path).await?;
+            let pending = preview(&path, &mut StageProgress::default()).await?;
             print_preview(&pending, json, csv);
             Ok(())
         }
@@ -270,7 +270,10 @@ pub async fn run(command: SyncCommand) -> Result<()> {
 
 /// What the first (or next) export would do, from an import and sync of
 /// every source into the configured store in staging mode.
-pub async fn preview(path: &Path) -> Result<Vec<sync::engine::PendingExport>> {
+pub async fn preview(
+    path: &Path,
+    observer: &mut (dyn sync::engine::CycleObserver + Send),
+) -> Result<Vec<sync::engine::PendingExport>> {
     let config = Config::load(path)?;
     let mut store = open_store(&config, path)?;
     let (rules, rules_text) = load_rules(&config, path)?;
@@ -291,7 +294,7 @@ pub async fn preview(path: &Path) -> Result<Vec<sync::engine::PendingExport>> {
             ..CycleOptions::default()
         };
         let mut nowhere = NoTarget;
-        run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options, &mut StageProgress::default())
+        run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options, observer)
             .await
             .with_context(|| format!("import and sync of source {:?} for the preview", src.name))?;
     }

@@ -2616,25 +2616,18 @@ mod init_wizard {
     }
 
     fn sample_slapd(tmp: &Path, name: &str, users: u64, seed: u64, domain: &str) -> Slapd {
+        sample_slapd_with(tmp, name, users, seed, domain, true)
+    }
+
+    fn sample_slapd_with(tmp: &Path, name: &str, users: u64, seed: u64, domain: &str, passwords: bool) -> Slapd {
         let ldif = tmp.join(format!("{name}.ldif"));
-        ok(&idbridge(&[
-            "sample",
-            "generate",
-            "--users",
-            &users.to_string(),
-            "--groups",
-            "3",
-            "--flavor",
-            "openldap",
-            "--no-ous",
-            "--passwords",
-            "--seed",
-            &seed.to_string(),
-            "--domain",
-            domain,
-            "--out",
-            p(&ldif),
-        ]));
+        let (users, seed) = (users.to_string(), seed.to_string());
+        let mut args = vec!["sample", "generate", "--users", &users, "--groups", "3", "--flavor", "openldap"];
+        args.extend(["--no-ous", "--seed", &seed, "--domain", domain, "--out", p(&ldif)]);
+        if passwords {
+            args.push("--passwords");
+        }
+        ok(&idbridge(&args));
         Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap()
     }
 
@@ -2813,6 +2806,17 @@ mod init_wizard {
         assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
         assert!(stderr(&out).contains("/nonexistent/pw"), "{}", stderr(&out));
         assert_eq!(std::fs::read_to_string(&config_path).unwrap(), before, "nothing written");
+        // Password hash sync from a directory whose passwords cannot be read: the ACL line that fixes it.
+        let hr = sample_slapd_with(tmp.path(), "hr", 5, 41, "example.com", false);
+        let pw3 = hr.password_file().unwrap();
+        let mut args = vec!["--local-tenant", p(&tenant_data), "--tenant-listen", &listen, "--name", "hr"];
+        args.extend(["--directory", &hr.url, "--bind-dn", hr.admin_dn(), "--password-file", p(&pw3)]);
+        args.extend(["--sign-in", "example.com=phs", "--accept-defaults", "--yes"]);
+        let out = init(tmp.path(), &args);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let acl = "olcAccess: to dn.subtree=\"dc=example,dc=org\" attrs=userPassword,sambaNTPassword";
+        assert!(stderr(&out).contains(acl), "{}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&config_path).unwrap(), before, "nothing written");
         tenant.kill().unwrap();
         tenant.wait().unwrap();
     }
@@ -2946,10 +2950,13 @@ mod init_wizard {
 
     impl Terminal {
         fn start(dir: &Path, command: &str) -> Terminal {
-            let socket = format!("idbridge-test-{}-{}", std::process::id(), dir.file_name().unwrap().to_string_lossy());
+            // A socket of its own in the test's directory (removed with it).
+            static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let socket = dir.join(format!("tmux-{run}")).display().to_string();
             let script = format!("cd {} && {command}; echo $? > exit-code; sleep 600", dir.display());
             let status = Command::new("tmux")
-                .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-s", "init", "-x", "80", "-y", "24"])
+                .args(["-S", &socket, "-f", "/dev/null", "new-session", "-d", "-s", "init", "-x", "80", "-y", "24"])
                 .arg(script)
                 .env_remove("NO_COLOR")
                 .env("TERM", "xterm-256color")
@@ -2960,7 +2967,7 @@ mod init_wizard {
         }
 
         fn screen(&self, escapes: bool) -> String {
-            let mut args = vec!["-L", &self.socket, "capture-pane", "-p", "-J", "-S", "-", "-t", "init"];
+            let mut args = vec!["-S", &self.socket, "capture-pane", "-p", "-J", "-S", "-", "-t", "init"];
             if escapes {
                 args.push("-e");
             }
@@ -2982,11 +2989,11 @@ mod init_wizard {
             self.seen.insert(text.to_string(), before + 1);
             if !answer.is_empty() {
                 Command::new("tmux")
-                    .args(["-L", &self.socket, "send-keys", "-t", "init", "-l", answer])
+                    .args(["-S", &self.socket, "send-keys", "-t", "init", "-l", answer])
                     .status()
                     .unwrap();
             }
-            Command::new("tmux").args(["-L", &self.socket, "send-keys", "-t", "init", "Enter"]).status().unwrap();
+            Command::new("tmux").args(["-S", &self.socket, "send-keys", "-t", "init", "Enter"]).status().unwrap();
         }
 
         fn exit_code(&self, dir: &Path) -> i32 {
@@ -3005,7 +3012,7 @@ mod init_wizard {
 
     impl Drop for Terminal {
         fn drop(&mut self) {
-            let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+            let _ = Command::new("tmux").args(["-S", &self.socket, "kill-server"]).status();
         }
     }
 
@@ -3037,6 +3044,26 @@ mod init_wizard {
         t.answer("Write ", write);
     }
 
+    /// "Another directory?" yes: the same directory again, with the groups OU added.
+    fn edit_round(t: &mut Terminal) {
+        t.answer("Add or change another directory", "y");
+        for question in ["Directory name", "Server URL(s)", "Use StartTLS", "Bind account", "File holding that account"]
+        {
+            t.answer(question, "");
+        }
+        t.answer("Base DN(s)", "");
+        t.answer("Include OUs", "2,3");
+        for question in ["Exclude OUs", "Only members of this group", "Only objects matching", "sourceAnchor"] {
+            t.answer(question, "");
+        }
+        for question in ["Sign-in for example.org", "Synchronise password hashes", "Staging mode"] {
+            t.answer(question, "");
+        }
+        t.answer("systemd unit", "-");
+        t.answer("Write ", "y");
+        t.answer("Add or change another directory", "");
+    }
+
     #[test]
     fn interactive_in_a_terminal_to_a_first_sync() {
         let tmp = TempDir::new("init-tty").unwrap();
@@ -3056,21 +3083,28 @@ mod init_wizard {
 
         let mut t = Terminal::start(tmp.path(), &format!("{exe} init"));
         first_run(&mut t, &slapd, &pw, &listen, &unit, "y");
+        edit_round(&mut t);
         assert_eq!(t.exit_code(tmp.path()), 0, "{}", t.screen(false));
         let screen = t.screen(false);
+        assert!(screen.contains("+ include_ous = [\"ou=groups,dc=example,dc=org\", \"ou=people"), "{screen}");
+        assert!(screen.contains("runs a full import and sync of it"), "{screen}");
         assert!(screen.contains("[4/9] Which OUs") && screen.contains("ou=people"), "{screen}");
         assert!(screen.contains("(flag: --include-ou)"), "'?' explains: {screen}");
         assert!(screen.contains("25 users to create"), "{screen}");
         assert!(t.screen(true).contains("\x1b["), "colour on a terminal");
         let config = tmp.join("idbridge.toml");
         let text = std::fs::read_to_string(&config).unwrap();
-        assert!(text.contains("include_ous = [\"ou=people,dc=example,dc=org\"]"), "{text}");
+        assert!(
+            text.contains("include_ous = [\"ou=groups,dc=example,dc=org\", \"ou=people,dc=example,dc=org\"]"),
+            "{text}"
+        );
         assert!(std::fs::read_to_string(&unit).unwrap().contains("sync run --config"));
 
         let (mut tenant, base) = start_tenant(&tmp.join("tenant"), &listen);
         ok(&idbridge(&["sync", "run", "--config", p(&config), "--once"]));
         let token = std::fs::read_to_string(tmp.join("tenant.token")).unwrap().trim().to_string();
         assert_eq!(total_users(&base, &token), 25);
+        assert_eq!(scim_get(&base, &token, "/Groups?count=1")["totalResults"].as_u64(), Some(3));
         tenant.kill().unwrap();
         tenant.wait().unwrap();
     }

@@ -122,16 +122,19 @@ impl Wizard {
         let path = scratch.0.join("preview.toml");
         std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
         self.ask.say("Preview: importing and synchronising into a scratch store (nothing is sent) …");
-        let pending = crate::sync_cmd::preview(&path).await.context("the preview of the first sync")?;
+        let pending =
+            crate::sync_cmd::preview(&path, &mut sync::engine::Quiet).await.context("the preview of the first sync")?;
         let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for p in &pending {
             *counts.entry((p.action, p.kind.as_str())).or_default() += 1;
         }
         let parts: Vec<String> = counts.iter().map(|((a, k), n)| format!("{n} {k}s to {a}")).collect();
-        self.ask.good(&format!(
-            "the first sync would send: {}",
-            if parts.is_empty() { "nothing".to_string() } else { parts.join(", ") }
-        ));
+        let what = if self.existing.is_some() {
+            "synchronised from scratch, the whole configuration would send (the running sync store sends only what changed)"
+        } else {
+            "the first sync would send"
+        };
+        self.ask.good(&format!("{what}: {}", if parts.is_empty() { "nothing".to_string() } else { parts.join(", ") }));
         for p in pending.iter().take(PREVIEW_ROWS) {
             let row = format!("  {} {} {}", p.action, p.kind.as_str(), p.object);
             self.ask.say(&row.chars().take(78).collect::<String>());

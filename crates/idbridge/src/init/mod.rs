@@ -222,6 +222,7 @@ pub async fn run(args: InitArgs) -> Result<()> {
             _ => w.finish_step().await,
         };
         match result {
+            Ok(Answer::Value(())) if step + 1 == STEPS && w.another()? => step = 1,
             Ok(Answer::Value(())) => step += 1,
             Ok(Answer::Back) => step = step.saturating_sub(1),
             // The step's check failed on a terminal: it was said; ask again.
@@ -240,6 +241,31 @@ impl Wizard {
             self.ask.say("Enter takes the value in [brackets]; '-' leaves a value empty; '<' goes back; '?' explains.");
             self.ask.say("Nothing is written until the last step, after the checks and a preview.");
         }
+    }
+
+    /// After writing, on a terminal: go on with another directory? (Scripts
+    /// run `init` once per directory.) Starts over from the file just written.
+    fn another(&mut self) -> Result<bool> {
+        if !self.ask.interactive() {
+            return Ok(false);
+        }
+        let Answer::Value(yes) = self.ask.confirm("Add or change another directory now", "", None, false)? else {
+            return Ok(false);
+        };
+        if yes {
+            let text = std::fs::read_to_string(&self.config_path)
+                .with_context(|| format!("cannot read {}", self.config_path.display()))?;
+            self.existing_config = Some(Config::parse(&text)?);
+            self.existing = Some(text);
+            self.source = SourceDraft::default();
+            self.server = None;
+            self.survey = None;
+            self.sign_in.clear();
+            self.federation = None;
+            self.args.name = None;
+            self.args.directory = None;
+        }
+        Ok(yes)
     }
 
     /// A step's check failed: on a terminal, say so (the step is asked
