@@ -45,8 +45,13 @@ fn replication_error(host: &str, e: drsr::RpcError) -> LdapError {
 }
 
 impl LdapSource {
+    /// Password hashes come by replication only from Active Directory;
+    /// other servers hand them out in the entries (userPassword,
+    /// sambaNTPassword). Until connected the kind is unknown: the setting
+    /// decides (the sync command connects before each cycle).
     pub(crate) fn replicates(&self) -> bool {
-        self.settings().replicate_secrets
+        let kind = self.server().map(|(_, profile)| profile.kind);
+        self.settings().replicate_secrets && kind.is_none_or(|k| k == ServerKind::ActiveDirectory)
     }
 
     /// Reads the NT hashes of `objects` by replication. Users the DC does
@@ -57,18 +62,12 @@ impl LdapSource {
         population: usize,
     ) -> Result<Vec<(SourceId, Found)>, LdapError> {
         self.connect().await?;
-        let (session, profile) = self.session_profile()?;
+        let profile = self.session_profile()?.1;
         if profile.kind != ServerKind::ActiveDirectory {
             let why = format!("{} keeps no replicable password hashes; only Active Directory does", profile.kind);
             return Ok(objects.iter().map(|(id, _)| (id.clone(), Found::Unusable(why.clone()))).collect());
         }
-        let host = crate::connect::host_of(&session.url).unwrap_or_default();
-        let nc = profile
-            .naming_context
-            .clone()
-            .ok_or_else(|| LdapError::Settings("the DC names no default naming context".into()))?;
-        let settings = self.settings().clone();
-        let credentials = self.replication_credentials(&settings).await?;
+        let (host, nc, settings, credentials) = self.replication_target().await?;
         let mut reader = match self.take_reader() {
             Some(reader) => reader,
             None => drsr::reader::SecretReader::connect(&host, &credentials, settings.operation_timeout)
@@ -124,10 +123,9 @@ impl LdapSource {
         Ok(drsr::rpc::Credentials { user, domain, password })
     }
 
-    /// Whether the bind account may replicate secrets: one single-object
-    /// request for the account's own object.
-    pub(crate) async fn replication_probe(&mut self) -> Result<(), LdapError> {
-        self.connect().await?;
+    /// The DC to replicate from, its naming context, the settings and the
+    /// account to authenticate as.
+    async fn replication_target(&self) -> Result<(String, Dn, LdapSettings, drsr::rpc::Credentials), LdapError> {
         let (session, profile) = self.session_profile()?;
         let host = crate::connect::host_of(&session.url).unwrap_or_default();
         let nc = profile
@@ -136,6 +134,14 @@ impl LdapSource {
             .ok_or_else(|| LdapError::Settings("the DC names no default naming context".into()))?;
         let settings = self.settings().clone();
         let credentials = self.replication_credentials(&settings).await?;
+        Ok((host, nc, settings, credentials))
+    }
+
+    /// Whether the bind account may replicate secrets: one single-object
+    /// request for the account's own object.
+    pub(crate) async fn replication_probe(&mut self) -> Result<(), LdapError> {
+        self.connect().await?;
+        let (host, nc, settings, credentials) = self.replication_target().await?;
         let own = self.account_dn(&nc, &credentials.user).await.unwrap_or_else(|| nc.to_string());
         let mut reader = drsr::reader::SecretReader::connect(&host, &credentials, settings.operation_timeout)
             .await
@@ -159,19 +165,24 @@ impl LdapSource {
         sid.unwrap_or_else(|| "<the account's SID>".into())
     }
 
-    /// The DN of the account `user` (sAMAccountName) under `nc`.
-    async fn account_dn(&self, nc: &Dn, user: &str) -> Option<String> {
+    /// The entry of the account `user` (sAMAccountName) under `nc`, with `attributes`.
+    async fn account_entry(&self, nc: &Dn, user: &str, attributes: Vec<&str>) -> Option<ldap3::SearchEntry> {
         let (session, _) = self.session_profile().ok()?;
         let mut ldap = session.ldap.clone();
         let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(user));
         let (entries, _) = ldap
             .with_timeout(session.operation_timeout)
-            .search(&nc.to_string(), Scope::Subtree, &filter, vec!["1.1"])
+            .search(&nc.to_string(), Scope::Subtree, &filter, attributes)
             .await
             .ok()?
             .success()
             .ok()?;
-        Some(ldap3::SearchEntry::construct(entries.into_iter().next()?).dn)
+        Some(ldap3::SearchEntry::construct(entries.into_iter().next()?))
+    }
+
+    /// The DN of the account `user` (sAMAccountName) under `nc`.
+    async fn account_dn(&self, nc: &Dn, user: &str) -> Option<String> {
+        self.account_entry(nc, user, vec!["1.1"]).await.map(|e| e.dn)
     }
 
     /// Missing replication rights, with the commands that grant them to
@@ -192,17 +203,7 @@ impl LdapSource {
 
     /// The objectSid (S-1-5-…) of the account `user` (sAMAccountName) under `nc`.
     async fn object_sid(&self, nc: &Dn, user: &str) -> Option<String> {
-        let (session, _) = self.session_profile().ok()?;
-        let mut ldap = session.ldap.clone();
-        let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(user));
-        let (entries, _) = ldap
-            .with_timeout(session.operation_timeout)
-            .search(&nc.to_string(), Scope::Subtree, &filter, vec!["objectSid"])
-            .await
-            .ok()?
-            .success()
-            .ok()?;
-        let entry = ldap3::SearchEntry::construct(entries.into_iter().next()?);
+        let entry = self.account_entry(nc, user, vec!["objectSid"]).await?;
         let bytes = entry.bin_attrs.get("objectSid")?.first()?;
         directory::Sid::from_bytes(bytes).ok().map(|s| s.to_string())
     }

@@ -1624,8 +1624,9 @@ mod sync_e2e {
             let _ = child.kill();
             let _ = child.wait();
             let out = sync_once(&lab, &[]);
-            assert!(out.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
-            signs_in(&authorize, user, &password).unwrap_or_else(|page| panic!("trial {trial}: {page}"));
+            let log = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "trial {trial}: {log}");
+            signs_in(&authorize, user, &password).unwrap_or_else(|page| panic!("trial {trial}: {log}\n{page}"));
         }
         assert!(killed_mid_run >= 6, "only {killed_mid_run} of 12 kills landed while the cycle ran");
         eprintln!("{killed_mid_run} of 12 kills landed mid-cycle");
@@ -1713,6 +1714,39 @@ mod sync_e2e {
             let state = std::fs::read(lab.tmp.join(file)).unwrap_or_default();
             assert!(!String::from_utf8_lossy(&state).contains("{SSHA}"), "a password hash is in {file}");
         }
+    }
+
+    /// A password read while the tenant is down stays pending and is read
+    /// again from the entry (an LDAP server is not asked for replication).
+    #[test]
+    fn a_password_read_while_the_tenant_is_down_arrives_later() {
+        let mut lab = lab(5, 1, "");
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+        let with_phs = config.replace(
+            "base_dns = [\"dc=example,dc=org\"]",
+            "base_dns = [\"dc=example,dc=org\"]\npassword_hash_sync = true",
+        );
+        std::fs::write(&lab.config, with_phs).unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        let user = &get(&lab, "/Users?count=1")["Resources"][0];
+        let name = user["userName"].as_str().unwrap().to_string();
+        let dn = user["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["onPremisesDistinguishedName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        lab.tenant.kill().unwrap();
+        lab.tenant.wait().unwrap();
+        lab.slapd.set_password(&dn, "While-Down-1").unwrap();
+        let down = String::from_utf8_lossy(&sync_once(&lab, &[]).stderr).to_string();
+        assert!(down.contains("password hash sync"), "the push failed: {down}");
+        let listen = lab.base.trim_start_matches("http://").trim_end_matches("/scim/v2").to_string();
+        let data = lab.tmp.join("tenant");
+        lab.tenant =
+            testkit::spawn_tenant(Path::new(env!("CARGO_BIN_EXE_idbridge")), &data, &["--listen", &listen]).unwrap().0;
+        let out = sync_once(&lab, &[]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("1 passwords"), "{report}");
+        signs_in(&sign_in_client(&lab), &name, "While-Down-1").unwrap();
     }
 
     fn wait_for_title(lab: &Lab, user_name: &str, title: &str) -> bool {
@@ -2600,7 +2634,7 @@ mod init_wizard {
     use super::*;
     use std::process::Child;
 
-    fn init(dir: &Path, args: &[&str]) -> Output {
+    fn init<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_idbridge"))
             .arg("init")
             .args(args)
@@ -2718,28 +2752,16 @@ mod init_wizard {
         std::fs::write(&config_path, &edited).unwrap();
         let resource = sample_slapd(tmp.path(), "resource", 10, 23, "example.net");
         let pw2 = resource.password_file().unwrap();
+        let resource_args = |password_file: &str, more: &[&str]| -> Vec<String> {
+            let mut args = vec!["--local-tenant", p(&tenant_data), "--tenant-listen", &listen, "--name", "resource"];
+            args.extend(["--directory", &resource.url, "--bind-dn", resource.admin_dn(), "--password-file"]);
+            args.push(password_file);
+            args.extend(more);
+            args.into_iter().map(str::to_string).collect()
+        };
         let out = init(
             tmp.path(),
-            &[
-                "--local-tenant",
-                p(&tenant_data),
-                "--tenant-listen",
-                &listen,
-                "--name",
-                "resource",
-                "--directory",
-                &resource.url,
-                "--bind-dn",
-                resource.admin_dn(),
-                "--password-file",
-                p(&pw2),
-                "--join",
-                "mail",
-                "--sign-in",
-                "example.net=pta",
-                "--accept-defaults",
-                "--yes",
-            ],
+            &resource_args(p(&pw2), &["--join", "mail", "--sign-in", "example.net=pta", "--accept-defaults", "--yes"]),
         );
         let log = stderr(&out);
         assert_eq!(out.status.code(), Some(0), "{log}");
@@ -2760,49 +2782,12 @@ mod init_wizard {
 
         // An answer changed by a re-run: staging on.
         let before = std::fs::read_to_string(&config_path).unwrap();
-        let out = init(
-            tmp.path(),
-            &[
-                "--local-tenant",
-                p(&tenant_data),
-                "--tenant-listen",
-                &listen,
-                "--name",
-                "resource",
-                "--directory",
-                &resource.url,
-                "--bind-dn",
-                resource.admin_dn(),
-                "--password-file",
-                p(&pw2),
-                "--staging",
-                "yes",
-                "--accept-defaults",
-            ],
-        );
+        let out = init(tmp.path(), &resource_args(p(&pw2), &["--staging", "yes", "--accept-defaults"]));
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(stderr(&out).contains("+ staging = true"), "{}", stderr(&out));
         // A failed check writes nothing and exits 3.
         std::fs::write(&config_path, &before).unwrap();
-        let out = init(
-            tmp.path(),
-            &[
-                "--local-tenant",
-                p(&tenant_data),
-                "--tenant-listen",
-                &listen,
-                "--name",
-                "resource",
-                "--directory",
-                &resource.url,
-                "--bind-dn",
-                resource.admin_dn(),
-                "--password-file",
-                "/nonexistent/pw",
-                "--accept-defaults",
-                "--yes",
-            ],
-        );
+        let out = init(tmp.path(), &resource_args("/nonexistent/pw", &["--accept-defaults", "--yes"]));
         assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
         assert!(stderr(&out).contains("/nonexistent/pw"), "{}", stderr(&out));
         assert_eq!(std::fs::read_to_string(&config_path).unwrap(), before, "nothing written");
