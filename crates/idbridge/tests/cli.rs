@@ -2849,8 +2849,11 @@ mod init_wizard {
             &listen,
             "--name",
             "corp",
+            // LDAPS with the test CA: the TLS questions of the wizard.
             "--directory",
-            &dc.url,
+            &dc.ldaps_url,
+            "--ca-file",
+            p(&dc.ca.ca_cert),
             "--bind-dn",
             "svc-sync@example.test",
             "--password-file",
@@ -2882,6 +2885,8 @@ mod init_wizard {
         assert_eq!(out.status.code(), Some(0), "{log}");
         assert!(log.contains("30 users have no ms-DS-ConsistencyGuid yet"), "{log}");
         let config = tmp.join("idbridge.toml");
+        let written = std::fs::read_to_string(&config).unwrap();
+        assert!(written.contains("ldaps://127.0.0.1") && written.contains("ca_file"), "{written}");
         let dump_people = || {
             json_lines(&ok(&idbridge(&[
                 "source",
