@@ -291,13 +291,19 @@ impl SourceConfig {
     }
 
     pub fn to_settings(&self) -> Result<LdapSettings> {
-        if self.urls.is_empty() {
-            bail!("source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL", self.name);
-        }
         let password = resolve_password(&self.name, self.password_file.as_deref(), self.password_env.as_deref())?;
         if self.bind_dn.is_some() && password.is_none() {
             bail!("source {:?}: bind_dn is set but neither password_file nor password_env is", self.name);
         }
+        Ok(LdapSettings { password, ..self.to_settings_without_password()? })
+    }
+
+    /// The settings with no password (the caller supplies it).
+    pub fn to_settings_without_password(&self) -> Result<LdapSettings> {
+        if self.urls.is_empty() {
+            bail!("source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL", self.name);
+        }
+        let password = None;
         Ok(LdapSettings {
             urls: self.urls.clone(),
             bind_dn: self.bind_dn.clone(),

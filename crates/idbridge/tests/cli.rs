@@ -3007,7 +3007,7 @@ mod init_wizard {
     }
 
     /// Answers every question of a first run against `slapd`; the last one is `write`.
-    fn first_run(t: &mut Terminal, slapd: &Slapd, pw: &Path, listen: &str, unit: &Path, write: &str) {
+    fn first_run(t: &mut Terminal, slapd: &Slapd, listen: &str, unit: &Path, write: &str) {
         t.answer("Tenant SCIM URL", "local");
         t.answer("Tenant data directory", "");
         t.answer("Address the tenant listens on", listen);
@@ -3016,7 +3016,9 @@ mod init_wizard {
         t.answer("Server URL(s)", &slapd.url);
         t.answer("Use StartTLS", "");
         t.answer("Bind account", slapd.admin_dn());
-        t.answer("File holding that account", p(pw));
+        // No file: the password is typed (not echoed) and saved when the file is written.
+        t.answer("File holding that account", "");
+        t.answer("Password for", slapd.admin_password());
         t.answer("Base DN(s)", "");
         // Back one step, and on again.
         t.answer("Include OUs", "<");
@@ -3058,21 +3060,21 @@ mod init_wizard {
     fn interactive_in_a_terminal_to_a_first_sync() {
         let tmp = TempDir::new("init-tty").unwrap();
         let slapd = sample_slapd(tmp.path(), "corp", 25, 31, "example.org");
-        let pw = slapd.password_file().unwrap();
         let listen = format!("127.0.0.1:{}", testkit::free_port().unwrap());
         let unit = tmp.join("idbridge-sync.service");
         let exe = env!("CARGO_BIN_EXE_idbridge");
 
         // Saying no at the end writes nothing: exit code 2.
         let mut t = Terminal::start(tmp.path(), &format!("{exe} init"));
-        first_run(&mut t, &slapd, &pw, &listen, &unit, "n");
+        first_run(&mut t, &slapd, &listen, &unit, "n");
         assert_eq!(t.exit_code(tmp.path()), 2, "{}", t.screen(false));
         assert!(!tmp.join("idbridge.toml").exists() && !tmp.join("tenant").exists());
+        assert!(!tmp.join("corp.password").exists(), "the typed password is written only with the file");
         drop(t);
         std::fs::remove_file(tmp.join("exit-code")).unwrap();
 
         let mut t = Terminal::start(tmp.path(), &format!("{exe} init"));
-        first_run(&mut t, &slapd, &pw, &listen, &unit, "y");
+        first_run(&mut t, &slapd, &listen, &unit, "y");
         edit_round(&mut t);
         assert_eq!(t.exit_code(tmp.path()), 0, "{}", t.screen(false));
         let screen = t.screen(false);
@@ -3089,6 +3091,14 @@ mod init_wizard {
             "{text}"
         );
         assert!(std::fs::read_to_string(&unit).unwrap().contains("sync run --config"));
+        let typed = tmp.join("corp.password");
+        assert_eq!(std::fs::read_to_string(&typed).unwrap().trim(), slapd.admin_password());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&typed).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(!screen.contains(slapd.admin_password()), "the password is not echoed");
 
         let (mut tenant, base) = start_tenant(&tmp.join("tenant"), &listen);
         ok(&idbridge(&["sync", "run", "--config", p(&config), "--once"]));

@@ -145,8 +145,19 @@ impl Wizard {
     /// written file will (the same parser reads both).
     pub(super) fn settings(&self) -> Result<LdapSettings> {
         let text = self.merged()?;
-        let config = crate::config::Config::parse(&text).context("the configuration being written")?;
-        config.source(Some(&self.source.name))?.to_settings()
+        let mut config = crate::config::Config::parse(&text).context("the configuration being written")?;
+        let name = self.source.name.clone();
+        let source = config.sources.iter_mut().find(|s| s.name == name).context("the directory being configured")?;
+        match &self.typed_password {
+            // Its file is written only at the end: take the password from memory.
+            Some((file, secret)) if source.password_file.as_deref() == Some(file.as_path()) => {
+                source.password_file = None;
+                let mut settings = source.to_settings_without_password()?;
+                settings.password = Some(secret.clone());
+                Ok(settings)
+            }
+            _ => source.to_settings(),
+        }
     }
 
     pub(super) fn kind(&self) -> ServerKind {
@@ -248,21 +259,47 @@ impl Wizard {
         let bind_dn = optional(bind);
         let mut password_file = None;
         if bind_dn.is_some() {
+            let typed_here = self.typed_password.as_ref().map(|(f, _)| f.display().to_string());
+            let offered = self.args.password_file.as_ref().map(|p| p.display().to_string());
+            let default = previous
+                .password_file
+                .clone()
+                .or(typed_here.clone())
+                .or_else(|| self.ask.interactive().then(String::new));
             let Answer::Value(file) = self.ask.ask(
-                "File holding that account's password",
+                if self.ask.interactive() {
+                    "File holding that account's password (Enter with none: type it)"
+                } else {
+                    "File holding that account's password"
+                },
                 "--password-file",
-                self.args.password_file.as_ref().map(|p| p.display().to_string()),
-                previous.password_file.clone(),
+                offered,
+                default,
                 "one line with the password; keep it readable by the idbridge user only (chmod 600)",
             )?
             else {
                 return Ok(Answer::Back);
             };
-            let Some(file) = optional(file) else {
-                return Err(self.failed("a bind account needs --password-file".into()));
+            let path = match optional(file) {
+                Some(file) => self.absolute(&file),
+                None if self.ask.interactive() => {
+                    let path = self.config_dir.join(format!("{name}.password"));
+                    let prompt = format!(
+                        "Password for {} (not shown; saved to {}, mode 0600): ",
+                        bind_dn.as_deref().unwrap_or_default(),
+                        path.display()
+                    );
+                    let typed = rpassword::prompt_password(prompt).context("reading the password from the terminal")?;
+                    if typed.is_empty() {
+                        return Err(self.failed("no password was typed".into()));
+                    }
+                    self.typed_password = Some((path.clone(), connector_ldap::Secret::new(typed)));
+                    path
+                }
+                None => return Err(self.failed("a bind account needs --password-file".into())),
             };
-            let path = self.absolute(&file);
-            if let Err(e) = std::fs::metadata(&path) {
+            let typed = self.typed_password.as_ref().is_some_and(|(f, _)| *f == path);
+            if !typed && let Err(e) = std::fs::metadata(&path) {
                 return Err(self.failed(format!("cannot read the password file {}: {e}", path.display())));
             }
             password_file = Some(path.display().to_string());

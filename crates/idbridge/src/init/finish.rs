@@ -119,6 +119,12 @@ impl Wizard {
         let scratch = Scratch(dir);
         let mut text = self.merged()?;
         text = write::with_state(&text, &scratch.0.join("preview.db"))?;
+        if let Some((file, secret)) = &self.typed_password {
+            // The typed password's own file is written only at the end.
+            let stand_in = scratch.0.join("bind.password");
+            super::signin::write_secret(&stand_in, secret.expose())?;
+            text = write::with_password_file(&text, file, &stand_in)?;
+        }
         let path = scratch.0.join("preview.toml");
         std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
         self.ask.say("Preview: importing and synchronising into a scratch store (nothing is sent) …");
@@ -189,6 +195,12 @@ impl Wizard {
     }
 
     fn write(&self, text: &str) -> Result<()> {
+        if let Some((file, secret)) = &self.typed_password
+            && text.contains(&file.display().to_string())
+        {
+            super::signin::write_secret(file, &format!("{}\n", secret.expose()))?;
+            self.ask.good(&format!("wrote the bind password to {} (mode 0600)", file.display()));
+        }
         for note in self.apply_local_tenant()? {
             self.ask.good(&note);
         }

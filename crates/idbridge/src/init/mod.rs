@@ -171,6 +171,9 @@ pub struct Wizard {
     federation: Option<tenant::federation::Federation>,
     staging: bool,
     systemd_unit: Option<PathBuf>,
+    /// A bind password typed at the prompt, and the file it goes to (0600)
+    /// when the configuration is written.
+    typed_password: Option<(PathBuf, connector_ldap::Secret)>,
 }
 
 const STEPS: usize = 9;
@@ -206,6 +209,7 @@ pub async fn run(args: InitArgs) -> Result<()> {
         federation: None,
         staging: false,
         systemd_unit: None,
+        typed_password: None,
     };
     w.intro();
     let mut step = 0;

@@ -28,7 +28,7 @@ fn method_word(auth: AuthType) -> &'static str {
 }
 
 /// A file written with mode 0600 (it holds a secret).
-fn write_secret(path: &Path, text: &str) -> Result<()> {
+pub(super) fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

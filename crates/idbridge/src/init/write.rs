@@ -160,6 +160,20 @@ pub fn with_state(text: &str, state: &std::path::Path) -> Result<String> {
     Ok(doc.to_string())
 }
 
+/// The same configuration with every source that reads its password from
+/// `from` reading it from `to` instead.
+pub fn with_password_file(text: &str, from: &std::path::Path, to: &std::path::Path) -> Result<String> {
+    let mut doc: DocumentMut = text.parse().context("the configuration being written is not valid TOML")?;
+    if let Some(sources) = doc.get_mut("source").and_then(Item::as_array_of_tables_mut) {
+        for t in sources.iter_mut() {
+            if t.get("password_file").and_then(Item::as_str) == Some(&from.display().to_string()) {
+                t["password_file"] = value(to.display().to_string());
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
 /// The lines that differ, `-` before and `+` after (an LCS line diff).
 pub fn diff(before: &str, after: &str) -> Vec<String> {
     let (a, b): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
