@@ -2871,6 +2871,10 @@ mod init_wizard {
         let log = stderr(&out);
         assert_eq!(out.status.code(), Some(3), "{log}");
         assert!(log.contains("Active Directory"), "{log}");
+        assert!(
+            log.contains("The server holds: DC=example,DC=test\n"),
+            "only the domain, not config/schema/DNS: {log}"
+        );
         assert!(log.contains("Replicating Directory Changes All") && log.contains("ms-DS-ConsistencyGuid"), "{log}");
         assert!(!tmp.join("idbridge.toml").exists(), "nothing written");
         let fixes = grants(&log);

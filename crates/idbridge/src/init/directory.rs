@@ -24,7 +24,16 @@ impl ServerFacts {
         let naming_contexts: Vec<String> = dse
             .naming_contexts
             .iter()
-            .filter(|c| !c.eq_ignore_ascii_case("cn=config") && !c.eq_ignore_ascii_case("cn=accesslog"))
+            .filter(|c| {
+                // Configuration, schema and DNS partitions hold no people.
+                let lower = c.to_ascii_lowercase();
+                lower != "cn=config"
+                    && lower != "cn=accesslog"
+                    && !lower.starts_with("cn=configuration,")
+                    && !lower.starts_with("cn=schema,")
+                    && !lower.starts_with("dc=domaindnszones,")
+                    && !lower.starts_with("dc=forestdnszones,")
+            })
             .cloned()
             .collect();
         let default_naming_context = dse
