@@ -127,7 +127,11 @@ impl Wizard {
         }
         let path = scratch.0.join("preview.toml");
         std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-        self.ask.say("Preview: importing and synchronising into a scratch store (nothing is sent) …");
+        let objects = self.survey.as_ref().map(|s| s.users + s.groups + s.contacts).unwrap_or_default();
+        self.ask.say(&format!(
+            "Preview: importing and synchronising {objects} objects{} into a scratch store (nothing is sent) …",
+            if self.other_sources().is_empty() { "" } else { " and the other configured directories" }
+        ));
         let pending =
             crate::sync_cmd::preview(&path, &mut sync::engine::Quiet).await.context("the preview of the first sync")?;
         let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
