@@ -4,9 +4,8 @@
 //!   cargo bench -p drsr --bench replicate
 //!   IDBRIDGE_BENCH_USERS=300 cargo bench -p drsr --bench replicate
 //!
-//! N users (default 1,000) with passwords are added over LDAPS. (The test
-//! DC stops at about 1,150 new accounts: its RID pool is not refilled in
-//! Samba's single-process mode, so larger N hang in the load.) In the same run: a paged
+//! N users (default 1,000; 10,000 take about 5 minutes to load) with
+//! passwords are added over LDAPS. In the same run: a paged
 //! `ldapsearch` of the domain (the baseline: reading the same objects over
 //! LDAP, without secrets), one `DRSGetNCChanges` pass over the naming context
 //! (all principals with their NT hashes), and `EXOP_REPL_OBJ` for 200 users

@@ -93,10 +93,26 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<String, TestkitErr
         .stderr(Stdio::piped())
         .spawn()
         .map_err(io_err(format!("starting {shown}")))?;
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(data).map_err(io_err(format!("writing to {shown}")))?;
-    }
+    // Feed standard input from another thread while the output is read:
+    // a tool that answers as it reads (ldapmodify: one line per entry) would
+    // otherwise fill its output pipe and stop reading — a deadlock after
+    // ~64 KiB of answers (about 1,150 entries).
+    let feeder = match (stdin, child.stdin.take()) {
+        (Some(data), Some(mut pipe)) => {
+            let data = data.to_vec();
+            Some(std::thread::spawn(move || pipe.write_all(&data)))
+        }
+        _ => None,
+    };
     let out = child.wait_with_output().map_err(io_err(format!("waiting for {shown}")))?;
+    if let Some(feeder) = feeder {
+        match feeder.join() {
+            // A tool that stops early closes its input: its own error says why.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Ok(result) => result.map_err(io_err(format!("writing to {shown}")))?,
+            Err(_) => return Err(TestkitError::Other(format!("the thread writing to {shown} panicked"))),
+        }
+    }
     let mut text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     // Keep the end, where the error is; a bulk load echoes every entry before it.
     if text.len() > 3000 {
