@@ -2666,8 +2666,20 @@ mod init_wizard {
     }
 
     /// The local tenant `init` set up, started on the address it chose.
-    fn start_tenant(data: &Path, listen: &str) -> (Child, String) {
-        testkit::spawn_tenant(Path::new(env!("CARGO_BIN_EXE_idbridge")), data, &["--listen", listen]).unwrap()
+    /// A tenant process, stopped when the test ends (also when it fails).
+    struct Running(Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start_tenant(data: &Path, listen: &str) -> (Running, String) {
+        let (child, base) =
+            testkit::spawn_tenant(Path::new(env!("CARGO_BIN_EXE_idbridge")), data, &["--listen", listen]).unwrap();
+        (Running(child), base)
     }
 
     fn total_users(base: &str, token: &str) -> u64 {
@@ -2733,7 +2745,7 @@ mod init_wizard {
         let domains = ok(&idbridge(&["tenant", "domain", "list", "--data", p(&tenant_data)]));
         assert!(domains.lines().any(|l| l.starts_with("example.org") && l.contains("managed-phs")), "{domains}");
 
-        let (mut tenant, base) = start_tenant(&tenant_data, &listen);
+        let (_tenant, base) = start_tenant(&tenant_data, &listen);
         let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
         let run = idbridge(&["sync", "run", "--config", p(&config_path), "--once"]);
         ok(&run);
@@ -2802,8 +2814,6 @@ mod init_wizard {
         let acl = "olcAccess: to dn.subtree=\"dc=example,dc=org\" attrs=userPassword,sambaNTPassword";
         assert!(stderr(&out).contains(acl), "{}", stderr(&out));
         assert_eq!(std::fs::read_to_string(&config_path).unwrap(), before, "nothing written");
-        tenant.kill().unwrap();
-        tenant.wait().unwrap();
     }
 
     /// Each `samba-tool dsacl set --objectdn="…" --sddl="…"` line in `text`.
@@ -2914,7 +2924,7 @@ mod init_wizard {
         dc.samba_tool(&["user", "setpassword", &sam, "--newpassword=Init.Passw0rd.1"]).unwrap();
         dc.samba_tool(&["user", "setpassword", &first(&people[1], "sAMAccountName"), "--newpassword=Init.Passw0rd.2"])
             .unwrap();
-        let (mut tenant, base) = start_tenant(&tenant_data, &listen);
+        let (_tenant, base) = start_tenant(&tenant_data, &listen);
         let token = std::fs::read_to_string(tmp.join("tenant.token")).unwrap().trim().to_string();
         ok(&idbridge(&["sync", "run", "--config", p(&config), "--once"]));
         assert_eq!(total_users(&base, &token), 30);
@@ -2932,8 +2942,6 @@ mod init_wizard {
         let again = idbridge(&["sync", "run", "--config", p(&config), "--once"]);
         ok(&again);
         assert_eq!(total_users(&base, &token), 30, "no object was recreated");
-        tenant.kill().unwrap();
-        tenant.wait().unwrap();
     }
 
     /// The wizard in a real 80×24 terminal: tmux on a private socket.
@@ -3104,12 +3112,10 @@ mod init_wizard {
         }
         assert!(!screen.contains(slapd.admin_password()), "the password is not echoed");
 
-        let (mut tenant, base) = start_tenant(&tmp.join("tenant"), &listen);
+        let (_tenant, base) = start_tenant(&tmp.join("tenant"), &listen);
         ok(&idbridge(&["sync", "run", "--config", p(&config), "--once"]));
         let token = std::fs::read_to_string(tmp.join("tenant.token")).unwrap().trim().to_string();
         assert_eq!(total_users(&base, &token), 25);
         assert_eq!(scim_get(&base, &token, "/Groups?count=1")["totalResults"].as_u64(), Some(3));
-        tenant.kill().unwrap();
-        tenant.wait().unwrap();
     }
 }
