@@ -2816,6 +2816,43 @@ mod init_wizard {
         assert_eq!(std::fs::read_to_string(&config_path).unwrap(), before, "nothing written");
     }
 
+    /// A tenant on another host: init checks both tokens and sets the domain
+    /// through the admin API; a sync token may not administer.
+    #[test]
+    fn remote_tenant_domains_set_with_an_admin_token() {
+        let tmp = TempDir::new("init-remote").unwrap();
+        let slapd = sample_slapd(tmp.path(), "corp", 10, 5, "example.org");
+        let pw = slapd.password_file().unwrap();
+        let data = tmp.join("tenant");
+        let (_tenant, base) = {
+            let (child, base) = tenant_cli::serve(&data);
+            (Running(child), base)
+        };
+        let token = |scope: &str| ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", scope]));
+        std::fs::write(tmp.join("sync.token"), token("sync")).unwrap();
+        std::fs::write(tmp.join("admin.token"), token("admin")).unwrap();
+        let run = |admin_file: &str| {
+            let mut args = vec!["--tenant-url", &base, "--tenant-token-file", "sync.token"];
+            args.extend(["--tenant-admin-token-file", admin_file, "--directory", &slapd.url]);
+            args.extend(["--bind-dn", slapd.admin_dn(), "--password-file", p(&pw), "--sign-in", "example.org=pta"]);
+            args.extend(["--accept-defaults", "--yes"]);
+            init(tmp.path(), &args)
+        };
+        // The sync token is no admin token: refused before anything is written.
+        let out = run("sync.token");
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains("--scope admin"), "{}", stderr(&out));
+        assert!(!tmp.join("idbridge.toml").exists());
+        let out = run("admin.token");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).contains("domain example.org: managed-pta (set on the tenant)"), "{}", stderr(&out));
+        let domains = ok(&idbridge(&["tenant", "domain", "list", "--data", p(&data)]));
+        assert!(domains.lines().any(|l| l.starts_with("example.org") && l.contains("managed-pta")), "{domains}");
+        let config = std::fs::read_to_string(tmp.join("idbridge.toml")).unwrap();
+        assert!(config.contains(&base) && !config.contains("admin.token"), "the admin token is not kept: {config}");
+        ok(&idbridge(&["sync", "run", "--config", p(&tmp.join("idbridge.toml")), "--once"]));
+    }
+
     /// Each `samba-tool dsacl set --objectdn="…" --sddl="…"` line in `text`.
     fn grants(text: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();

@@ -95,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/scim/v2/{resource}", get(list).post(create))
         .route("/scim/v2/{resource}/{id}", get(read).put(replace).patch(patch).delete(delete).post(search_one_type))
         .route("/hybrid/v1/passwords", post(crate::hybrid::passwords))
+        .merge(crate::admin::routes())
         .merge(crate::oidc::routes())
         .merge(crate::pta::routes())
         .fallback(|| async { ApiError(ScimError::status(404, "no such endpoint"), None) })
@@ -104,6 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// The caller: the token's id, for the audit log.
 pub(crate) struct Caller {
     pub(crate) id: String,
+    pub(crate) scope: tokens::Scope,
 }
 
 pub(crate) async fn db<T: Send + 'static>(
@@ -144,7 +146,7 @@ pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, wri
             None,
         ));
     }
-    Ok(Caller { id })
+    Ok(Caller { id, scope })
 }
 
 /// Reads a JSON body: content type checked, size limited.

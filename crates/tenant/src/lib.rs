@@ -9,6 +9,7 @@
 //!   passwords with smart lockout, and the `/hybrid/v1` endpoint the sync side feeds.
 //! - [`oidc`]: the OpenID Connect provider, its sign-in pages and the demo's "My Apps".
 
+pub mod admin;
 pub mod audit;
 pub mod credentials;
 pub mod domains;

@@ -62,7 +62,7 @@ impl Wizard {
         if !yes {
             return Err(InitStop::Declined.into());
         }
-        self.write(&after)?;
+        self.write(&after).await?;
         Ok(Answer::Value(()))
     }
 
@@ -198,7 +198,7 @@ impl Wizard {
         }
     }
 
-    fn write(&self, text: &str) -> Result<()> {
+    async fn write(&self, text: &str) -> Result<()> {
         if let Some((file, secret)) = &self.typed_password
             && text.contains(&file.display().to_string())
         {
@@ -206,6 +206,9 @@ impl Wizard {
             self.ask.good(&format!("wrote the bind password to {} (mode 0600)", file.display()));
         }
         for note in self.apply_local_tenant()? {
+            self.ask.good(&note);
+        }
+        for note in self.apply_remote_tenant().await? {
             self.ask.good(&note);
         }
         if let Some(before) = &self.existing {

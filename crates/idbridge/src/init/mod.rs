@@ -61,6 +61,10 @@ pub struct InitArgs {
     /// A file holding a tenant token with the sync scope.
     #[arg(long)]
     pub tenant_token_file: Option<PathBuf>,
+    /// A file holding an admin-scoped tenant token, so init sets the domains'
+    /// sign-in on a remote tenant ("-": print the commands instead).
+    #[arg(long)]
+    pub tenant_admin_token_file: Option<String>,
     /// Set up a tenant on this machine in this data directory instead.
     #[arg(long)]
     pub local_tenant: Option<PathBuf>,
@@ -146,8 +150,9 @@ pub struct InitArgs {
 /// Where the tenant is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TenantChoice {
-    /// A running tenant: SCIM URL and token file.
-    Remote { url: String, token_file: PathBuf },
+    /// A running tenant: SCIM URL, token file, and an admin token (read
+    /// from its file) when init may set the domains.
+    Remote { url: String, token_file: PathBuf, admin_token: Option<String> },
     /// One set up on this machine when the file is written.
     Local { data: PathBuf, listen: String, initial_domain: String },
 }
@@ -174,6 +179,8 @@ pub struct Wizard {
     /// A bind password typed at the prompt, and the file it goes to (0600)
     /// when the configuration is written.
     typed_password: Option<(PathBuf, connector_ldap::Secret)>,
+    /// A remote tenant's domains, read with the admin token.
+    remote_domains: Vec<(String, tenant::domains::AuthType)>,
 }
 
 const STEPS: usize = 9;
@@ -210,6 +217,7 @@ pub async fn run(args: InitArgs) -> Result<()> {
         staging: false,
         systemd_unit: None,
         typed_password: None,
+        remote_domains: Vec::new(),
     };
     w.intro();
     let mut step = 0;
@@ -286,7 +294,7 @@ impl Wizard {
     /// The configuration as it would be written now.
     fn draft(&self) -> Draft {
         let tenant = self.tenant.as_ref().map(|t| match t {
-            TenantChoice::Remote { url, token_file } => (url.clone(), token_file.display().to_string()),
+            TenantChoice::Remote { url, token_file, .. } => (url.clone(), token_file.display().to_string()),
             TenantChoice::Local { listen, .. } => {
                 (format!("http://{listen}/scim/v2"), self.local_token_file().display().to_string())
             }

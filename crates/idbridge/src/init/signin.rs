@@ -42,6 +42,53 @@ pub(super) fn write_secret(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The tenant's admin API: its root from the SCIM URL.
+fn admin_root(scim_url: &str) -> String {
+    format!("{}/admin/v1", scim_url.trim_end_matches('/').trim_end_matches("/scim/v2"))
+}
+
+/// The domains of a remote tenant and how they sign in (needs an admin token).
+async fn admin_domains(scim_url: &str, token: &str) -> Result<Vec<(String, AuthType)>, String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())?;
+    let url = format!("{}/domains", admin_root(scim_url));
+    let response = client.get(&url).bearer_auth(token).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status != 200 {
+        let detail = body.get("detail").and_then(|d| d.as_str()).unwrap_or_default().to_string();
+        return Err(format!("the tenant refused the admin token (HTTP {status}): {detail}"));
+    }
+    let list = body.get("domains").and_then(|d| d.as_array()).cloned().unwrap_or_default();
+    Ok(list
+        .iter()
+        .filter_map(|d| {
+            let name = d.get("name")?.as_str()?.to_string();
+            let auth = d.get("auth")?.as_str()?.parse().ok()?;
+            Some((name, auth))
+        })
+        .collect())
+}
+
+/// Sets one domain's sign-in on a remote tenant.
+async fn admin_set_domain(scim_url: &str, token: &str, name: &str, auth: AuthType) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())?;
+    let url = format!("{}/domains/{name}", admin_root(scim_url));
+    let response = client
+        .put(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"auth": auth.as_str()}))
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    if status == 200 || status == 201 {
+        return Ok(());
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let detail = body.get("detail").and_then(|d| d.as_str()).unwrap_or_default().to_string();
+    Err(format!("setting {name} to {auth} on the tenant failed (HTTP {status}): {detail}"))
+}
+
 /// Whether a running tenant takes this token: (ok, what to say).
 async fn check_remote_tenant(url: &str, token: &str) -> Result<(), String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())?;
@@ -106,7 +153,34 @@ impl Wizard {
             return Err(self.failed(problem));
         }
         self.ask.good(&format!("the tenant at {url} accepts the token"));
-        self.tenant = Some(TenantChoice::Remote { url, token_file });
+        let Answer::Value(admin_file) = self.ask.ask(
+            "Admin token file, so init sets the domains' sign-in there ('-' = print the commands instead)",
+            "--tenant-admin-token-file",
+            self.args.tenant_admin_token_file.clone(),
+            Some(String::new()),
+            "a token made on the tenant with `idbridge tenant token create --scope admin`; it is used once and not stored",
+        )?
+        else {
+            return Ok(Answer::Back);
+        };
+        let mut admin_token = None;
+        self.remote_domains.clear();
+        if let Some(file) = super::optional(admin_file) {
+            let path = self.absolute(&file);
+            let token = match std::fs::read_to_string(&path) {
+                Ok(t) => t.trim().to_string(),
+                Err(e) => return Err(self.failed(format!("cannot read the admin token file {}: {e}", path.display()))),
+            };
+            match admin_domains(&url, &token).await {
+                Ok(list) => {
+                    self.ask.good(&format!("the admin token works ({} domains in the tenant)", list.len()));
+                    self.remote_domains = list;
+                }
+                Err(problem) => return Err(self.failed(problem)),
+            }
+            admin_token = Some(token);
+        }
+        self.tenant = Some(TenantChoice::Remote { url, token_file, admin_token });
         Ok(Answer::Value(()))
     }
 
@@ -166,6 +240,9 @@ impl Wizard {
 
     /// The sign-in method the local tenant has for a domain now.
     fn current_method(&self, domain: &str) -> Option<AuthType> {
+        if let Some((_, auth)) = self.remote_domains.iter().find(|(d, _)| d == domain) {
+            return Some(*auth);
+        }
         let Some(TenantChoice::Local { data, .. }) = &self.tenant else { return None };
         let store = tenant::open_existing(data).ok()?;
         let conn = store.lock();
@@ -407,6 +484,22 @@ impl Wizard {
         Ok(notes)
     }
 
+    /// Sets the domains' sign-in on a remote tenant when an admin token was given.
+    pub(super) async fn apply_remote_tenant(&self) -> Result<Vec<String>> {
+        let Some(TenantChoice::Remote { url, admin_token: Some(token), .. }) = &self.tenant else {
+            return Ok(Vec::new());
+        };
+        let mut notes = Vec::new();
+        for (name, auth) in &self.sign_in {
+            if *auth == AuthType::Federated {
+                continue;
+            }
+            admin_set_domain(url, token, name, *auth).await.map_err(anyhow::Error::msg)?;
+            notes.push(format!("domain {name}: {} (set on the tenant)", auth.as_str()));
+        }
+        Ok(notes)
+    }
+
     /// What the administrator does next for sign-in (pass-through agents,
     /// remote-tenant domains, federation to finish).
     pub(super) fn sign_in_instructions(&self) -> Vec<String> {
@@ -416,8 +509,9 @@ impl Wizard {
             _ => "<tenant data directory>".into(),
         };
         let remote = matches!(self.tenant, Some(TenantChoice::Remote { .. }));
+        let applied = matches!(self.tenant, Some(TenantChoice::Remote { admin_token: Some(_), .. }));
         for (name, auth) in &self.sign_in {
-            if remote {
+            if remote && (!applied || *auth == AuthType::Federated) {
                 out.push(format!(
                     "on the tenant: idbridge tenant domain add --data {data} {name} --auth {}   (or `domain set` if it exists)",
                     if *auth == AuthType::Federated { "managed-phs" } else { auth.as_str() }
