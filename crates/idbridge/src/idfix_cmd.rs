@@ -200,7 +200,9 @@ async fn scan(
         )?,
         Format::Json => {}
     }
-    let mut scanner = Scanner::new(options);
+    // The uniqueness index on disk: memory stays flat in the directory's size.
+    let index = crate::idfix_index::DiskIndex::create().context("creating the scan's index file")?;
+    let mut scanner = Scanner::with_index(options, Box::new(index));
     let mut progress = Progress::new("idfix scan");
     let started = std::time::Instant::now();
     match (&config, &ldif) {
@@ -213,7 +215,7 @@ async fn scan(
                     LdifRecord::Change(_) => continue,
                 };
                 progress.inc();
-                for f in scanner.check(&entry) {
+                for f in scanner.check(&entry).with_context(|| format!("checking {}", entry.dn))? {
                     output.write(&f)?;
                 }
             }
@@ -230,14 +232,22 @@ async fn scan(
             // One pass over every source: duplicates are found across all of them.
             for src in sources {
                 let mut ldap = LdapSource::new(src.to_settings()?).with_context(|| format!("source {:?}", src.name))?;
-                let mut error: Option<std::io::Error> = None;
+                let mut error: Option<anyhow::Error> = None;
                 let mut sink = |change: SourceChange| -> Result<(), SinkError> {
                     if let SourceChange::Upsert(obj) = change {
                         progress.inc();
-                        for f in scanner.check(&obj.entry) {
+                        let findings = match scanner.check(&obj.entry) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                let text = e.to_string();
+                                error = Some(anyhow::Error::new(e).context(format!("checking {}", obj.entry.dn)));
+                                return Err(SinkError(text));
+                            }
+                        };
+                        for f in findings {
                             if let Err(e) = output.write(&f) {
                                 let text = e.to_string();
-                                error = Some(e);
+                                error = Some(anyhow::Error::new(e).context("writing the findings"));
                                 return Err(SinkError(text));
                             }
                         }
@@ -247,7 +257,7 @@ async fn scan(
                 let sink: &mut (dyn ImportSink + Send) = &mut sink;
                 let result = ldap.full_import(None, sink).await;
                 if let Some(e) = error {
-                    return Err(e).context("writing the findings");
+                    return Err(e);
                 }
                 result.with_context(|| format!("reading source {:?}", src.name))?;
             }

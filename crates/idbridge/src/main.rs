@@ -10,6 +10,7 @@ mod config;
 mod demo;
 mod dump;
 mod idfix_cmd;
+mod idfix_index;
 mod init;
 mod ldif_source;
 mod progress;

@@ -35,30 +35,114 @@ enum Space {
     TargetAddress,
 }
 
-#[derive(Debug)]
-struct Holder {
-    dn: String,
-    cn: String,
-    class: String,
+impl Space {
+    fn code(self) -> u8 {
+        self as u8
+    }
 }
 
-#[derive(Debug)]
-struct Slot {
-    object: u32,
-    attribute: &'static str,
-    value: String,
+/// The attributes a slot can name, stored as their position here.
+const ATTRIBUTES: [&str; 6] =
+    ["userPrincipalName", "mail", "proxyAddresses", "mailNickname", "sAMAccountName", "targetAddress"];
+
+fn attribute_code(attribute: &str) -> u8 {
+    ATTRIBUTES.iter().position(|a| *a == attribute).and_then(|i| u8::try_from(i).ok()).unwrap_or(0)
+}
+
+fn attribute_name(code: u8) -> &'static str {
+    ATTRIBUTES.get(usize::from(code)).copied().unwrap_or("userPrincipalName")
+}
+
+/// An object that holds a value, for the findings about it later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub dn: String,
+    pub cn: String,
+    pub class: String,
+}
+
+/// Who holds a value first, as the index keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The holder's number (from [`IndexStore::add_holder`]).
+    pub object: u32,
+    /// Which attribute (a position in the crate's attribute list).
+    pub attribute: u8,
+    /// The value as stored in the directory.
+    pub value: String,
     /// How much the holder looks like the value's owner (see `ownership`).
-    score: u32,
-    reported: bool,
+    pub score: u32,
+    pub reported: bool,
+}
+
+/// The index failed (a disk store's error, named by the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexError(pub String);
+
+impl std::fmt::Display for IndexError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the uniqueness index failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for IndexError {}
+
+/// Where the uniqueness index lives. In memory by default ([`MemoryIndex`]);
+/// a caller with a disk (the `idbridge` binary) keeps it there, so a scan's
+/// memory stays flat whatever the directory's size. Keys are (space, lower-case value).
+pub trait IndexStore: std::fmt::Debug + Send {
+    fn slot(&mut self, space: u8, key: &str) -> Result<Option<Slot>, IndexError>;
+    fn set_slot(&mut self, space: u8, key: &str, slot: &Slot) -> Result<(), IndexError>;
+    /// Whether `key` was proposed as a fix already.
+    fn proposed(&mut self, space: u8, key: &str) -> Result<bool, IndexError>;
+    fn propose(&mut self, space: u8, key: &str) -> Result<(), IndexError>;
+    /// Numbers holders from 0 in the order added.
+    fn add_holder(&mut self, holder: Holder) -> Result<u32, IndexError>;
+    fn holder(&mut self, id: u32) -> Result<Option<Holder>, IndexError>;
+}
+
+/// The index in memory (about 0.4 KiB per object).
+#[derive(Debug, Default)]
+pub struct MemoryIndex {
+    holders: Vec<Holder>,
+    values: HashMap<(u8, String), Slot>,
+    proposed: HashSet<(u8, String)>,
+}
+
+impl IndexStore for MemoryIndex {
+    fn slot(&mut self, space: u8, key: &str) -> Result<Option<Slot>, IndexError> {
+        Ok(self.values.get(&(space, key.to_string())).cloned())
+    }
+    fn set_slot(&mut self, space: u8, key: &str, slot: &Slot) -> Result<(), IndexError> {
+        self.values.insert((space, key.to_string()), slot.clone());
+        Ok(())
+    }
+    fn proposed(&mut self, space: u8, key: &str) -> Result<bool, IndexError> {
+        Ok(self.proposed.contains(&(space, key.to_string())))
+    }
+    fn propose(&mut self, space: u8, key: &str) -> Result<(), IndexError> {
+        self.proposed.insert((space, key.to_string()));
+        Ok(())
+    }
+    fn add_holder(&mut self, holder: Holder) -> Result<u32, IndexError> {
+        self.holders.push(holder);
+        Ok(u32::try_from(self.holders.len() - 1).unwrap_or(u32::MAX))
+    }
+    fn holder(&mut self, id: u32) -> Result<Option<Holder>, IndexError> {
+        Ok(self.holders.get(id as usize).cloned())
+    }
 }
 
 /// What one scan has seen so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Index {
-    holders: Vec<Holder>,
-    values: HashMap<(Space, String), Slot>,
-    /// Values proposed as fixes, so two proposals never collide.
-    proposed: HashSet<(Space, String)>,
+    store: Box<dyn IndexStore>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index { store: Box::new(MemoryIndex::default()) }
+    }
 }
 
 /// (space, attribute, value as stored, comparison key)
@@ -104,8 +188,12 @@ fn held_values(entry: &Entry, mode: Mode) -> Vec<Held> {
 }
 
 impl Index {
+    pub fn with_store(store: Box<dyn IndexStore>) -> Index {
+        Index { store }
+    }
+
     /// A variant of `value` (keeping its prefix) that nobody holds or was proposed.
-    fn variant(&mut self, space: Space, value: &str) -> Option<String> {
+    fn variant(&mut self, space: Space, value: &str) -> Result<Option<String>, IndexError> {
         let (prefix, body) = match split_prefix(value) {
             Some((p, b)) if space == Space::Address || space == Space::TargetAddress => (p.to_string(), b.to_string()),
             _ => (String::new(), value.to_string()),
@@ -118,20 +206,23 @@ impl Index {
         };
         for n in 2..10_000u32 {
             let candidate = format!("{stem}{n}{domain}");
-            let key = (space, candidate.to_lowercase());
-            if !self.values.contains_key(&key) && !self.proposed.contains(&key) {
-                self.proposed.insert(key);
-                return Some(format!("{prefix}{candidate}"));
+            let key = candidate.to_lowercase();
+            if self.store.slot(space.code(), &key)?.is_none() && !self.store.proposed(space.code(), &key)? {
+                self.store.propose(space.code(), &key)?;
+                return Ok(Some(format!("{prefix}{candidate}")));
             }
         }
-        None
+        Ok(None)
     }
 
     /// Adds duplicate findings for `entry` to `findings` (merging with a
     /// finding the checks made for the same value).
-    pub fn check(&mut self, entry: &Entry, mode: Mode, findings: &mut Vec<Finding>) {
-        let me = u32::try_from(self.holders.len()).unwrap_or(u32::MAX);
-        self.holders.push(Holder { dn: entry.dn.to_string(), cn: common_name(entry), class: object_class(entry) });
+    pub fn check(&mut self, entry: &Entry, mode: Mode, findings: &mut Vec<Finding>) -> Result<(), IndexError> {
+        let me = self.store.add_holder(Holder {
+            dn: entry.dn.to_string(),
+            cn: common_name(entry),
+            class: object_class(entry),
+        })?;
         // This object's values, grouped by what they are compared as.
         let mut keys: Vec<Group> = Vec::new();
         for (space, attribute, value, key) in held_values(entry, mode) {
@@ -158,33 +249,46 @@ impl Index {
         let mut extra = Vec::new();
         for (slot_key, held) in keys {
             let score = ownership(entry, &slot_key.1, held.len());
-            let Some(slot) = self.values.get_mut(&slot_key) else {
+            let (space, key) = (slot_key.0.code(), slot_key.1.as_str());
+            let Some(mut slot) = self.store.slot(space, key)? else {
                 let (attribute, value) = held[0].clone();
-                self.values.insert(slot_key, Slot { object: me, attribute, value, score, reported: false });
+                let slot = Slot { object: me, attribute: attribute_code(attribute), value, score, reported: false };
+                self.store.set_slot(space, key, &slot)?;
                 continue;
             };
-            let first = &self.holders[slot.object as usize];
-            let (first_dn, first_cn, first_class) = (first.dn.clone(), first.cn.clone(), first.class.clone());
+            let first = self.store.holder(slot.object)?.unwrap_or(Holder {
+                dn: String::new(),
+                cn: String::new(),
+                class: String::new(),
+            });
+            let (first_dn, first_cn, first_class) = (first.dn, first.cn, first.class);
             if score > slot.score {
                 // This object is the owner; the first holder should change.
                 let finding = Finding {
                     dn: first_dn.clone(),
                     cn: first_cn,
                     object_class: first_class,
-                    attribute: slot.attribute.to_string(),
+                    attribute: attribute_name(slot.attribute).to_string(),
                     value: slot.value.clone(),
                     errors: vec![ErrorKind::Duplicate],
                     action: Action::Edit,
                     proposed: None,
                     note: Some(format!("also held by {}, whose own name or addresses match it", entry.dn)),
                 };
-                let (first_attr, first_value) = (slot.attribute, slot.value.clone());
-                *slot = Slot { object: me, attribute: held[0].0, value: held[0].1.clone(), score, reported: true };
+                let (first_attr, first_value) = (attribute_name(slot.attribute), slot.value.clone());
+                let owner = Slot {
+                    object: me,
+                    attribute: attribute_code(held[0].0),
+                    value: held[0].1.clone(),
+                    score,
+                    reported: true,
+                };
+                self.store.set_slot(space, key, &owner)?;
                 let mut finding = finding;
                 if first_attr == "proxyAddresses" && !is_primary(&first_value) {
                     finding.action = Action::Remove;
                 } else {
-                    finding.proposed = self.variant(slot_key.0, &first_value);
+                    finding.proposed = self.variant(slot_key.0, &first_value)?;
                 }
                 extra.push(finding);
                 for (attribute, value) in &held {
@@ -203,14 +307,15 @@ impl Index {
                 continue;
             }
             // The first holder keeps it; this object changes.
-            let note = format!("also held by {first_dn} ({})", slot.attribute);
+            let note = format!("also held by {first_dn} ({})", attribute_name(slot.attribute));
             if !slot.reported {
                 slot.reported = true;
+                self.store.set_slot(space, key, &slot)?;
                 extra.push(Finding {
                     dn: first_dn.clone(),
                     cn: first_cn,
                     object_class: first_class,
-                    attribute: slot.attribute.to_string(),
+                    attribute: attribute_name(slot.attribute).to_string(),
                     value: slot.value.clone(),
                     errors: vec![ErrorKind::Duplicate],
                     action: Action::Keep,
@@ -227,12 +332,13 @@ impl Index {
                         .find(|f| f.attribute == *attribute && f.value == *value)
                         .and_then(|f| f.proposed.clone())
                         .unwrap_or_else(|| value.clone());
-                    let proposal = self.variant(slot_key.0, &base);
+                    let proposal = self.variant(slot_key.0, &base)?;
                     self.flag(entry, findings, attribute, value, Action::Edit, proposal, note.clone());
                 }
             }
         }
         findings.extend(extra);
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -305,24 +411,32 @@ mod tests {
     fn duplicates_across_attributes_and_objects_with_real_proposals() {
         let mut index = Index::default();
         let mut f = Vec::new();
-        index.check(
-            &person(
-                "CN=a,DC=x",
-                &[("userPrincipalName", "ann@x.org"), ("mail", "ann@x.org"), ("proxyAddresses", "SMTP:ann@x.org")],
-            ),
-            Mode::MultiTenant,
-            &mut f,
-        );
+        index
+            .check(
+                &person(
+                    "CN=a,DC=x",
+                    &[("userPrincipalName", "ann@x.org"), ("mail", "ann@x.org"), ("proxyAddresses", "SMTP:ann@x.org")],
+                ),
+                Mode::MultiTenant,
+                &mut f,
+            )
+            .unwrap();
         assert!(f.is_empty(), "one object may hold its address in several attributes: {f:?}");
         // Another object: mail = the first one's UPN, a secondary alias of the first one's address.
-        index.check(
-            &person(
-                "CN=b,DC=x",
-                &[("mail", "ANN@x.org"), ("proxyAddresses", "smtp:Ann@X.org"), ("proxyAddresses", "SMTP:bob@x.org")],
-            ),
-            Mode::MultiTenant,
-            &mut f,
-        );
+        index
+            .check(
+                &person(
+                    "CN=b,DC=x",
+                    &[
+                        ("mail", "ANN@x.org"),
+                        ("proxyAddresses", "smtp:Ann@X.org"),
+                        ("proxyAddresses", "SMTP:bob@x.org"),
+                    ],
+                ),
+                Mode::MultiTenant,
+                &mut f,
+            )
+            .unwrap();
         let mail = f.iter().find(|x| x.dn == "CN=b,DC=x" && x.attribute == "mail").unwrap();
         assert_eq!((mail.action, mail.proposed.as_deref()), (Action::Edit, Some("ANN2@x.org")));
         assert!(mail.note.as_deref().unwrap().contains("CN=a,DC=x"));
@@ -333,15 +447,17 @@ mod tests {
         assert_eq!(f.iter().filter(|x| x.dn == "CN=a,DC=x").count(), 1, "the first holder is reported once");
         // A third holder: the proposal skips what was proposed already.
         let mut g = Vec::new();
-        index.check(&person("CN=c,DC=x", &[("mail", "ann@x.org")]), Mode::MultiTenant, &mut g);
+        index.check(&person("CN=c,DC=x", &[("mail", "ann@x.org")]), Mode::MultiTenant, &mut g).unwrap();
         assert_eq!(g[0].proposed.as_deref(), Some("ann3@x.org"));
         // The same address twice in one object's proxyAddresses.
         let mut h = Vec::new();
-        index.check(
-            &person("CN=d,DC=x", &[("proxyAddresses", "SMTP:dee@x.org"), ("proxyAddresses", "smtp:DEE@x.org")]),
-            Mode::MultiTenant,
-            &mut h,
-        );
+        index
+            .check(
+                &person("CN=d,DC=x", &[("proxyAddresses", "SMTP:dee@x.org"), ("proxyAddresses", "smtp:DEE@x.org")]),
+                Mode::MultiTenant,
+                &mut h,
+            )
+            .unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!((h[0].value.as_str(), h[0].action), ("smtp:DEE@x.org", Action::Remove));
     }

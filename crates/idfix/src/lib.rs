@@ -57,22 +57,28 @@ pub struct Scanner {
 }
 
 impl Scanner {
+    /// A scanner whose uniqueness index is in memory.
     pub fn new(options: Options) -> Scanner {
+        Scanner::with_index(options, Box::new(duplicates::MemoryIndex::default()))
+    }
+
+    /// A scanner whose uniqueness index is kept by `store` (e.g. on disk).
+    pub fn with_index(options: Options, store: Box<dyn duplicates::IndexStore>) -> Scanner {
         let tlds = tld::TldRule::new(&options.extra_tlds, &options.non_routable_domains);
-        Scanner { options, tlds, duplicates: duplicates::Index::default(), checked: 0, skipped: 0 }
+        Scanner { options, tlds, duplicates: duplicates::Index::with_store(store), checked: 0, skipped: 0 }
     }
 
     /// The findings for one object (and, for duplicates, for the object
     /// that held the value first, the first time it is found shared).
-    pub fn check(&mut self, entry: &Entry) -> Vec<Finding> {
+    pub fn check(&mut self, entry: &Entry) -> Result<Vec<Finding>, duplicates::IndexError> {
         if skip::reason(entry, self.options.mode).is_some() {
             self.skipped += 1;
-            return Vec::new();
+            return Ok(Vec::new());
         }
         self.checked += 1;
         let mut findings = checks::run(entry, &self.options, &self.tlds);
-        self.duplicates.check(entry, self.options.mode, &mut findings);
-        findings
+        self.duplicates.check(entry, self.options.mode, &mut findings)?;
+        Ok(findings)
     }
 }
 
@@ -90,7 +96,7 @@ mod fixture {
         let mut rows = vec![Finding::CSV_HEADER.to_string()];
         for record in parse_str(include_str!("../tests/fixture.ldif")).unwrap() {
             if let LdifRecord::Content(entry) = record {
-                rows.extend(scanner.check(&entry).iter().map(Finding::csv_row));
+                rows.extend(scanner.check(&entry).unwrap().iter().map(Finding::csv_row));
             }
         }
         let expected: Vec<&str> = include_str!("../tests/expected.csv").lines().collect();

@@ -101,7 +101,8 @@ impl ImportSink for Collector<'_> {
         } else {
             self.anchors.insert(obj.anchor.0.clone(), dn.clone());
         }
-        for f in self.scanner.check(&obj.entry) {
+        let findings = self.scanner.check(&obj.entry).map_err(|e| SinkError(e.to_string()))?;
+        for f in findings {
             s.findings += 1;
             for e in &f.errors {
                 *s.findings_by_error.entry(e.as_str().to_string()).or_default() += 1;
@@ -125,7 +126,10 @@ impl Wizard {
         let anchor_attribute = self.source.anchor_attribute.clone().filter(|a| !a.eq_ignore_ascii_case("objectGUID"));
         let mut collector = Collector {
             survey: &mut survey,
-            scanner: idfix::Scanner::new(idfix::Options::default()),
+            scanner: idfix::Scanner::with_index(
+                idfix::Options::default(),
+                Box::new(crate::idfix_index::DiskIndex::create()?),
+            ),
             anchor_attribute: anchor_attribute.clone(),
             anchors: HashMap::new(),
         };
