@@ -94,25 +94,7 @@ fn main() {
     )
     .unwrap();
     run(exe, &["sync", "run", "--once", "--config", config.to_str().unwrap()]);
-    let out = run(
-        exe,
-        &[
-            "tenant",
-            "client",
-            "add",
-            "--data",
-            &data_s,
-            "--name",
-            "bench",
-            "--redirect-uri",
-            "http://127.0.0.1:9/cb",
-            "--public",
-        ],
-    );
-    let id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
-    let authorize = format!(
-        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
-    );
+    let authorize = testkit::public_client_authorize_url(Path::new(exe), &data, &issuer).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     // Baseline: a sign-in whose password is already in the tenant.

@@ -167,25 +167,7 @@ fn main() {
     let config = tmp.join("idbridge.toml");
     std::fs::write(&config, format!("[[source]]\n{directory}password_hash_sync = true\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"state.db\"\n", tmp.join("token").display())).unwrap();
     run(exe, &["sync", "run", "--once", "--config", config.to_str().unwrap()]);
-    let out = run(
-        exe,
-        &[
-            "tenant",
-            "client",
-            "add",
-            "--data",
-            &data_s,
-            "--name",
-            "bench",
-            "--redirect-uri",
-            "http://127.0.0.1:9/cb",
-            "--public",
-        ],
-    );
-    let id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
-    let authorize = Arc::new(format!(
-        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
-    ));
+    let authorize = Arc::new(testkit::public_client_authorize_url(std::path::Path::new(exe), &data, &issuer).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("pass-through authentication benchmark (slapd, 200 users, whole browser flow per sign-in):");
     measure(&rt, "baseline: password hash sync ({SSHA})", &authorize, &users);

@@ -43,25 +43,7 @@ fn run(exe: &str, args: &[&str]) -> String {
 }
 
 fn client_url(exe: &str, data: &str, issuer: &str) -> String {
-    let out = run(
-        exe,
-        &[
-            "tenant",
-            "client",
-            "add",
-            "--data",
-            data,
-            "--name",
-            "bench",
-            "--redirect-uri",
-            "http://127.0.0.1:9/cb",
-            "--public",
-        ],
-    );
-    let id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
-    format!(
-        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
-    )
+    testkit::public_client_authorize_url(std::path::Path::new(exe), std::path::Path::new(data), issuer).unwrap()
 }
 
 /// `total` sign-ins by `clients` concurrent browsers; the latency of each whole flow.

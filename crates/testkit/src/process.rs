@@ -242,3 +242,27 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// Registers a public OpenID Connect client in the tenant under `data` (with
+/// the `idbridge` binary at `exe`) and returns the authorize URL its sign-ins
+/// start at (a fixed PKCE pair; the redirect goes nowhere, only the code in
+/// it is looked at).
+pub fn public_client_authorize_url(exe: &Path, data: &Path, issuer: &str) -> Result<String, TestkitError> {
+    let out = run(
+        Command::new(exe).args(["tenant", "client", "add", "--data"]).arg(data).args([
+            "--name",
+            "bench",
+            "--redirect-uri",
+            "http://127.0.0.1:9/cb",
+            "--public",
+        ]),
+        None,
+    )?;
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("client_id: "))
+        .ok_or_else(|| TestkitError::Other(format!("`tenant client add` printed no client_id: {out}")))?;
+    Ok(format!(
+        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+    ))
+}
