@@ -2853,6 +2853,38 @@ mod init_wizard {
         ok(&idbridge(&["sync", "run", "--config", p(&tmp.join("idbridge.toml")), "--once"]));
     }
 
+    /// A federated domain on a local tenant: init federates it with the
+    /// identity provider's details; password hashes stay off.
+    #[test]
+    fn federated_domain_on_a_local_tenant() {
+        let tmp = TempDir::new("init-federated").unwrap();
+        let slapd = sample_slapd(tmp.path(), "corp", 5, 9, "example.org");
+        let pw = slapd.password_file().unwrap();
+        std::fs::write(tmp.join("idp.secret"), "s3cret\n").unwrap();
+        let data = tmp.join("tenant");
+        let listen = format!("127.0.0.1:{}", testkit::free_port().unwrap());
+        let mut args = vec!["--local-tenant", p(&data), "--tenant-listen", &listen, "--directory", &slapd.url];
+        args.extend(["--bind-dn", slapd.admin_dn(), "--password-file", p(&pw), "--sign-in", "example.org=federated"]);
+        args.extend(["--federation-protocol", "oidc", "--federation-issuer", "https://idp.example.org"]);
+        args.extend(["--federation-client-id", "idbridge", "--federation-client-secret-file", "idp.secret"]);
+        args.extend(["--accept-defaults", "--yes"]);
+        let out = init(tmp.path(), &args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let domains = ok(&idbridge(&["tenant", "domain", "list", "--data", p(&data)]));
+        assert!(domains.lines().any(|l| l.starts_with("example.org") && l.contains("federated")), "{domains}");
+        let config = std::fs::read_to_string(tmp.join("idbridge.toml")).unwrap();
+        assert!(config.contains("password_hash_sync = false") && !config.contains("s3cret"), "{config}");
+        // An issuer that is not https is refused before anything is written.
+        let tmp2 = TempDir::new("init-federated-bad").unwrap();
+        std::fs::write(tmp2.join("idp.secret"), "s3cret\n").unwrap();
+        let bad: Vec<&str> =
+            args.iter().map(|a| if *a == "https://idp.example.org" { "http://idp.example.org" } else { *a }).collect();
+        let out = init(tmp2.path(), &bad);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains("https://"), "{}", stderr(&out));
+        assert!(!tmp2.join("idbridge.toml").exists());
+    }
+
     /// Each `samba-tool dsacl set --objectdn="…" --sddl="…"` line in `text`.
     fn grants(text: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
