@@ -354,19 +354,36 @@ impl SyncStore for SqliteStore {
             )
             .map_err(err)?;
         if changed > 0 {
-            self.conn
-                .execute("DELETE FROM cs_refs WHERE source = ?1 AND id = ?2", params![source, object.id.0])
-                .map_err(err)?;
-            let mut stmt = self
-                .conn
-                .prepare_cached("INSERT INTO cs_refs(source, id, ref_dn_norm) VALUES(?1, ?2, ?3)")
-                .map_err(err)?;
+            // Only what changed: one member added to a 50,000-member group is
+            // one row written, not 50,000 deleted and written again.
+            let mut wanted = std::collections::HashSet::new();
             for attr in ["manager", "member", "uniqueMember"] {
                 for v in object.entry.values(attr) {
                     if let Some(dn) = v.as_text().and_then(|t| Dn::parse(t).ok()) {
-                        stmt.execute(params![source, object.id.0, dn.normalized()]).map_err(err)?;
+                        wanted.insert(dn.normalized());
                     }
                 }
+            }
+            let stored: Vec<(i64, String)> = self
+                .conn
+                .prepare_cached("SELECT rowid, ref_dn_norm FROM cs_refs WHERE source = ?1 AND id = ?2")
+                .map_err(err)?
+                .query_map(params![source, object.id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(err)?
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            let mut remove = self.conn.prepare_cached("DELETE FROM cs_refs WHERE rowid = ?1").map_err(err)?;
+            for (rowid, dn) in &stored {
+                if !wanted.remove(dn) {
+                    remove.execute(params![rowid]).map_err(err)?;
+                }
+            }
+            let mut add = self
+                .conn
+                .prepare_cached("INSERT INTO cs_refs(source, id, ref_dn_norm) VALUES(?1, ?2, ?3)")
+                .map_err(err)?;
+            for dn in wanted {
+                add.execute(params![source, object.id.0, dn]).map_err(err)?;
             }
         }
         Ok(())
