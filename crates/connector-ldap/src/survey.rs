@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use directory::Dn;
+use directory::{Dn, Entry, ObjectKind, Value};
 use ldap3::Scope;
 
 use crate::error::LdapError;
@@ -40,19 +40,6 @@ const USERS: &str = "(&(objectClass=user)(!(objectClass=computer)))";
 const USER_CLASS: &str = "bf967aba-0de6-11d0-a285-00aa003049e2";
 
 const CONTAINERS: &str = "(|(objectClass=organizationalUnit)(objectClass=container)(objectClass=builtinDomain))";
-
-fn kind_of(classes: &[Vec<u8>]) -> Option<usize> {
-    let has = |c: &str| classes.iter().any(|v| v.eq_ignore_ascii_case(c.as_bytes()));
-    if has("group") || has("groupOfNames") || has("groupOfUniqueNames") || has("posixGroup") {
-        Some(1)
-    } else if has("contact") {
-        Some(2)
-    } else if has("user") || has("person") || has("inetOrgPerson") {
-        Some(0)
-    } else {
-        None
-    }
-}
 
 impl LdapSource {
     /// The OUs and containers under the base DNs, each with the users,
@@ -95,15 +82,22 @@ impl LdapSource {
                 timeout,
             );
             while let Some((dn, attrs)) = objects.next().await? {
-                let classes = attrs.iter().find(|(a, _)| a.eq_ignore_ascii_case("objectClass")).map(|(_, v)| v);
-                let Some(kind) = classes.and_then(|c| kind_of(c)) else { continue };
                 let Ok(mut at) = Dn::parse(&dn) else { continue };
+                // The same classification the import uses.
+                let mut entry = Entry::new(at.clone());
+                for (name, values) in attrs {
+                    for v in values {
+                        entry.add(&name, Value::from_bytes_as(false, v));
+                    }
+                }
+                let kind = ObjectKind::of(&entry);
                 while let Some(parent) = at.parent() {
                     if let Some(ou) = tree.get_mut(&parent.to_string().to_lowercase()) {
                         match kind {
-                            0 => ou.users += 1,
-                            1 => ou.groups += 1,
-                            _ => ou.contacts += 1,
+                            ObjectKind::User => ou.users += 1,
+                            ObjectKind::Group => ou.groups += 1,
+                            ObjectKind::Contact => ou.contacts += 1,
+                            ObjectKind::OrganizationalUnit | ObjectKind::Other => {}
                         }
                     }
                     if profile.bases.contains(&parent) {

@@ -40,9 +40,7 @@ fn load_state(path: &Path) -> Result<DumpState> {
 }
 
 fn save_state(path: &Path, state: &DumpState) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(state)?).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+    crate::files::write_atomically(path, &serde_json::to_vec(state)?)
 }
 
 struct Output<W: Write> {

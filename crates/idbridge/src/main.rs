@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod config;
 mod demo;
 mod dump;
+mod files;
 mod idfix_cmd;
 mod idfix_index;
 mod init;

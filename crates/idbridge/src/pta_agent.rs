@@ -91,24 +91,6 @@ fn relative(config: &Path, file: &Path) -> PathBuf {
     if file.is_absolute() { file.to_path_buf() } else { config.parent().unwrap_or(Path::new(".")).join(file) }
 }
 
-/// Writes a secret file readable by its owner only, replacing it atomically.
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
     if let Some(path) = ca_file {
@@ -160,8 +142,8 @@ async fn register(
         expires: body["credential_expires"].as_i64().unwrap_or(0),
     };
     let (key_file, credential_file) = (PathBuf::from("agent.key"), PathBuf::from("agent.credential"));
-    write_secret(&relative(config, &key_file), &key.to_bytes())?;
-    write_secret(&relative(config, &credential_file), serde_json::to_string(&credential)?.as_bytes())?;
+    crate::files::write_secret(&relative(config, &key_file), &key.to_bytes())?;
+    crate::files::write_secret(&relative(config, &credential_file), serde_json::to_string(&credential)?.as_bytes())?;
     // Keep everything else in the file (the [directory] section) as it is.
     let existing = std::fs::read_to_string(config).unwrap_or_default();
     let mut doc: toml::Table = if existing.trim().is_empty() {
@@ -355,7 +337,7 @@ async fn rotate_loop(agent: Arc<Agent>, mut expires: i64) {
         let record = Credential { credential: new.to_string(), expires: new_expires };
         match serde_json::to_string(&record)
             .map_err(anyhow::Error::from)
-            .and_then(|t| write_secret(&agent.credential_path, t.as_bytes()))
+            .and_then(|t| crate::files::write_secret(&agent.credential_path, t.as_bytes()))
         {
             Ok(()) => {
                 *agent.credential.write().await = new.to_string();

@@ -2,7 +2,7 @@
 //! sync, the change to the file, and — only after a yes — writing it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use connector_ldap::LdapSource;
@@ -20,14 +20,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Writes `text` to `path` through a temporary file and a rename, so a
-/// crash never leaves half a file.
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("toml.partial");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
 }
 
 impl Wizard {
@@ -122,7 +114,7 @@ impl Wizard {
         if let Some((file, secret)) = &self.typed_password {
             // The typed password's own file is written only at the end.
             let stand_in = scratch.0.join("bind.password");
-            super::signin::write_secret(&stand_in, secret.expose())?;
+            crate::files::write_secret(&stand_in, secret.expose().as_bytes())?;
             text = write::with_password_file(&text, file, &stand_in)?;
         }
         let path = scratch.0.join("preview.toml");
@@ -202,7 +194,7 @@ impl Wizard {
         if let Some((file, secret)) = &self.typed_password
             && text.contains(&file.display().to_string())
         {
-            super::signin::write_secret(file, &format!("{}\n", secret.expose()))?;
+            crate::files::write_secret(file, format!("{}\n", secret.expose()).as_bytes())?;
             self.ask.good(&format!("wrote the bind password to {} (mode 0600)", file.display()));
         }
         for note in self.apply_local_tenant()? {
@@ -216,7 +208,7 @@ impl Wizard {
             std::fs::write(&backup, before).with_context(|| format!("cannot write the backup {}", backup.display()))?;
             self.ask.good(&format!("the previous version is in {}", backup.display()));
         }
-        write_atomically(&self.config_path, text)?;
+        crate::files::write_atomically(&self.config_path, text.as_bytes())?;
         self.ask.good(&format!("wrote {}", self.config_path.display()));
         if let Some(unit) = &self.systemd_unit {
             let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "idbridge".into());

@@ -2,7 +2,7 @@
 //! this machine), how each domain's users sign in, staging mode; and, when
 //! the file is written, configuring the local tenant to match.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -27,19 +27,9 @@ fn method_word(auth: AuthType) -> &'static str {
     }
 }
 
-/// A file written with mode 0600 (it holds a secret).
-pub(super) fn write_secret(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+/// The HTTP client for the tenant checks (bounded: a wizard never hangs).
+fn http() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())
 }
 
 /// The tenant's admin API: its root from the SCIM URL.
@@ -49,7 +39,7 @@ fn admin_root(scim_url: &str) -> String {
 
 /// The domains of a remote tenant and how they sign in (needs an admin token).
 async fn admin_domains(scim_url: &str, token: &str) -> Result<Vec<(String, AuthType)>, String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())?;
+    let client = http()?;
     let url = format!("{}/domains", admin_root(scim_url));
     let response = client.get(&url).bearer_auth(token).send().await.map_err(|e| format!("{url}: {e}"))?;
     let status = response.status().as_u16();
@@ -71,7 +61,7 @@ async fn admin_domains(scim_url: &str, token: &str) -> Result<Vec<(String, AuthT
 
 /// Sets one domain's sign-in on a remote tenant.
 async fn admin_set_domain(scim_url: &str, token: &str, name: &str, auth: AuthType) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())?;
+    let client = http()?;
     let url = format!("{}/domains/{name}", admin_root(scim_url));
     let response = client
         .put(&url)
@@ -91,7 +81,7 @@ async fn admin_set_domain(scim_url: &str, token: &str, name: &str, auth: AuthTyp
 
 /// Whether a running tenant takes this token: (ok, what to say).
 async fn check_remote_tenant(url: &str, token: &str) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())?;
+    let client = http()?;
     let response =
         client.get(format!("{url}/Users?count=1&attributes=id")).bearer_auth(token).send().await.map_err(|e| {
             format!(
@@ -476,7 +466,7 @@ impl Wizard {
         };
         if !valid {
             let (_, token) = tokens::create(&conn, Scope::Sync, None, Some("idbridge init"))?;
-            write_secret(&token_file, &format!("{token}\n"))?;
+            crate::files::write_secret(&token_file, format!("{token}\n").as_bytes())?;
             notes.push(format!("wrote a sync token to {} (mode 0600)", token_file.display()));
         }
         drop(conn);
