@@ -112,41 +112,63 @@ impl Validator {
         connect::connect(&anonymous).await
     }
 
-    /// Checks `password` for `username`.
+    /// Checks `password` for `username`. A connection that fails is
+    /// replaced and the check tried once more, so a connection the server
+    /// closed while idle (or a restarted DC) costs no sign-in.
     pub async fn validate(&self, username: &str, password: &str) -> Outcome {
         // An empty password would be an unauthenticated bind, which succeeds.
         if password.is_empty() || username.trim().is_empty() {
             return Outcome::WrongPassword;
         }
-        let (dn, must_change) = match self.find_dn(username.trim()).await {
+        match self.try_validate(username.trim(), password).await {
+            Ok(outcome) => outcome,
+            Err(first) => {
+                tracing::info!(error = %first, "directory connection failed; trying a new one");
+                match self.try_validate(username.trim(), password).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach the directory");
+                        Outcome::DirectoryUnreachable
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt; `Err` means the directory could not be asked (the
+    /// failed connection is dropped, so the next attempt opens a new one).
+    async fn try_validate(&self, username: &str, password: &str) -> Result<Outcome, LdapError> {
+        let (dn, must_change) = match self.find_dn(username).await {
             Ok(Some(found)) => found,
             // Unknown (or ambiguous) users get the same answer as a wrong password.
-            Ok(None) => return Outcome::WrongPassword,
+            Ok(None) => return Ok(Outcome::WrongPassword),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot look the user up in the directory");
                 *self.lookup.lock().await = None;
-                return Outcome::DirectoryUnreachable;
+                return Err(e);
             }
         };
-        let mut session = match self.bind_session().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the directory for the bind");
-                return Outcome::DirectoryUnreachable;
-            }
-        };
+        let mut session = self.bind_session().await?;
         let result = session.ldap.with_timeout(session.operation_timeout).simple_bind(&dn, password).await;
         let outcome = match result {
             Ok(r) if r.rc == 0 && must_change => Outcome::MustChangePassword,
             Ok(r) if r.rc == 0 => Outcome::Success,
             Ok(r) => outcome_of_bind_failure(r.rc, &r.text),
+            // The bind may have reached the server: asking again could count
+            // a wrong password twice against the account's lockout.
+            Err(e @ ldap3::LdapError::Timeout { .. }) => {
+                tracing::warn!(error = %e, "the directory did not answer the bind in time");
+                return Ok(Outcome::DirectoryUnreachable);
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "the bind did not complete");
-                return Outcome::DirectoryUnreachable;
+                return Err(LdapError::Connection {
+                    url: session.url.clone(),
+                    operation: "binding as the user".into(),
+                    reason: e.to_string(),
+                });
             }
         };
         self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(session);
-        outcome
+        Ok(outcome)
     }
 }
 

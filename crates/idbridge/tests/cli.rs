@@ -1053,12 +1053,12 @@ mod sync_e2e {
             lab.slapd.modify(&ldif).unwrap();
             // A full cycle, so the kill can land in import, sync or export.
             let args = vec!["sync", "run", "--once", "--full", "--config", p(&lab.config)];
-            let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            let mut child = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
                 .args(&args)
                 .env("RUST_LOG", "warn")
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .unwrap();
+                .unwrap());
             let delay = std::time::Duration::from_micros(next() % (cycle.as_micros() as u64 + 1));
             std::thread::sleep(delay);
             if child.try_wait().unwrap().is_none() {
@@ -1112,12 +1112,12 @@ mod sync_e2e {
                 ));
             }
             hr.modify(&ldif).unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            let mut child = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
                 .args(["sync", "run", "--once", "--full", "--config", p(&lab.config)])
                 .env("RUST_LOG", "warn")
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .unwrap();
+                .unwrap());
             std::thread::sleep(std::time::Duration::from_micros(seed % (cycle.as_micros() as u64 + 1)));
             let _ = child.kill();
             let _ = child.wait();
@@ -1201,7 +1201,7 @@ mod sync_e2e {
     }
 
     /// Registers a pass-through agent for `slapd` in `dir` and starts it.
-    fn start_agent(lab: &Lab, slapd: &Slapd, dir: &Path, name: &str) -> std::process::Child {
+    fn start_agent(lab: &Lab, slapd: &Slapd, dir: &Path, name: &str) -> testkit::KillOnDrop {
         std::fs::create_dir_all(dir).unwrap();
         let data = lab.tmp.join("tenant");
         let token = ok(&idbridge(&["tenant", "pta-token", "create", "--data", p(&data)])).trim().to_string();
@@ -1233,12 +1233,12 @@ mod sync_e2e {
         let key_mode = std::fs::metadata(dir.join("agent.key")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(key_mode.permissions().mode() & 0o777, 0o600, "the private key is the owner's only");
-        Command::new(env!("CARGO_BIN_EXE_idbridge"))
+        testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
             .args(["pta-agent", "run", "--config", p(&config)])
             .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
             .spawn()
-            .unwrap()
+            .unwrap())
     }
 
     fn online_agents(lab: &Lab) -> usize {
@@ -1278,7 +1278,14 @@ mod sync_e2e {
         let mut a = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-a"), "agent-a");
         let mut b = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-b"), "agent-b");
         wait_until("two agents online", || online_agents(&lab) == 2);
-        signs_in(&authorize, &user, "Pass-Through-1").unwrap();
+        let agent_logs = || {
+            ["agent-a", "agent-b"]
+                .map(|a| std::fs::read_to_string(lab.tmp.join(a).join("agent.log")).unwrap_or_default())
+                .join("\n")
+        };
+        if let Err(page) = signs_in(&authorize, &user, "Pass-Through-1") {
+            panic!("first pass-through sign-in failed: {page}\nagents:\n{}", agent_logs());
+        }
         let wrong = signs_in(&authorize, &user, "not-it").unwrap_err();
         assert!(wrong.contains("user name or password is incorrect"), "{wrong}");
         // The password lives on-premises only: a change there works at once.
@@ -1337,8 +1344,7 @@ mod sync_e2e {
         let stopped = std::time::Instant::now();
         let status = b.wait().unwrap();
         assert!(!status.success() && stopped.elapsed() < std::time::Duration::from_secs(5), "the revoked agent stops");
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut b.stderr.take().unwrap(), &mut stderr).unwrap();
+        let stderr = std::fs::read_to_string(lab.tmp.join("agent-b").join("agent.log")).unwrap();
         assert!(stderr.contains("revoked"), "{stderr}");
         let page = signs_in(&authorize, &user, "Pass-Through-2").unwrap_err();
         assert!(page.contains("not available"), "{page}");
@@ -1611,12 +1617,12 @@ mod sync_e2e {
             let (user, dn) = &people[trial as usize % people.len()];
             let password = format!("Trial-{trial}-pass");
             lab.slapd.set_password(dn, &password).unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            let mut child = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
                 .args(["sync", "run", "--once", "--config", p(&lab.config)])
                 .env("RUST_LOG", "warn")
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .unwrap();
+                .unwrap());
             std::thread::sleep(std::time::Duration::from_micros(seed % (cycle.as_micros() as u64 + 1)));
             if child.try_wait().unwrap().is_none() {
                 killed_mid_run += 1;
@@ -1780,12 +1786,12 @@ mod sync_e2e {
         let log = lab.tmp.join("daemon.log");
         let show_log =
             || std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n");
-        let mut daemon = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+        let mut daemon = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
             .args(["sync", "run", "--config", p(&lab.config)])
             .env("RUST_LOG", "warn")
             .stderr(std::fs::File::create(lab.tmp.join("daemon.log")).unwrap())
             .spawn()
-            .unwrap();
+            .unwrap());
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
         let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
         let (dn, mail) =
@@ -2120,12 +2126,12 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
     fn daemon_wakes_on_changes_pushed_by_openldap() {
         // A long interval: a change can only arrive quickly if slapd pushes it.
         let lab = lab(5, 1, "interval_secs = 30");
-        let mut daemon = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+        let mut daemon = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
             .args(["sync", "run", "--config", p(&lab.config)])
             .env("RUST_LOG", "warn")
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap());
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
         let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
         let (dn, mail) =
@@ -2212,16 +2218,16 @@ mod demo {
     }
 
     /// Starts `idbridge demo --json` (small) and reads its ready line.
-    fn start_demo(extra: &[&str]) -> (std::process::Child, serde_json::Value) {
+    fn start_demo(extra: &[&str]) -> (testkit::KillOnDrop, serde_json::Value) {
         let mut args = vec!["demo", "--json", "--listen", "127.0.0.1:0", "--users", "40", "--groups", "4"];
         args.extend(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+        let mut child = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap());
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let line = lines.next().unwrap().unwrap();
         (child, serde_json::from_str(&line).unwrap())

@@ -97,7 +97,6 @@ fn now() -> String {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
-    in_transaction: bool,
     /// No joins exist: exports skip looking for joined contributions.
     no_joins: bool,
 }
@@ -154,7 +153,7 @@ impl SqliteStore {
             conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).map_err(err)?;
         }
         let any_join: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM joins)", [], |r| r.get(0)).map_err(err)?;
-        Ok(SqliteStore { conn, in_transaction: false, no_joins: !any_join })
+        Ok(SqliteStore { conn, no_joins: !any_join })
     }
 
     /// Adds what joined source objects contribute: attributes the projecting
@@ -292,20 +291,27 @@ impl SqliteStore {
 }
 
 impl SyncStore for SqliteStore {
+    // SQLite's own state, not a flag of ours: after an IO or disk-full error
+    // SQLite may roll back by itself, and the next cycle must start clean.
     fn begin(&mut self) -> Result<(), StoreError> {
-        if !self.in_transaction {
-            self.conn.execute_batch("BEGIN").map_err(err)?;
-            self.in_transaction = true;
+        if !self.conn.is_autocommit() {
+            return Err(StoreError("a transaction is already open".into()));
         }
-        Ok(())
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        if self.in_transaction {
-            self.conn.execute_batch("COMMIT").map_err(err)?;
-            self.in_transaction = false;
+        if self.conn.is_autocommit() {
+            return Err(StoreError("the transaction was rolled back by the database; nothing was committed".into()));
         }
-        Ok(())
+        self.conn.execute_batch("COMMIT").map_err(err)
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn.execute_batch("ROLLBACK").map_err(err)
     }
 
     fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {

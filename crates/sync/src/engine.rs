@@ -30,6 +30,60 @@ pub struct TargetError {
     pub not_found: bool,
 }
 
+/// A write transaction on a [`SyncStore`]: commits only when told, rolls
+/// back when dropped otherwise — an error returned with `?`, a panic or a
+/// cancelled future leaves nothing half-written and no transaction open.
+pub struct Transaction<'a, St: SyncStore + ?Sized> {
+    store: &'a mut St,
+    open: bool,
+}
+
+impl<'a, St: SyncStore + ?Sized> Transaction<'a, St> {
+    pub fn begin(store: &'a mut St) -> Result<Self, StoreError> {
+        store.begin()?;
+        Ok(Transaction { store, open: true })
+    }
+
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.open = false;
+        let committed = self.store.commit();
+        if committed.is_err() {
+            // A failed COMMIT may leave the transaction open: never keep it.
+            let _ = self.store.rollback();
+        }
+        committed
+    }
+}
+
+impl<St: SyncStore + ?Sized> std::fmt::Debug for Transaction<'_, St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction").field("open", &self.open).finish_non_exhaustive()
+    }
+}
+
+impl<St: SyncStore + ?Sized> std::ops::Deref for Transaction<'_, St> {
+    type Target = St;
+    fn deref(&self) -> &St {
+        self.store
+    }
+}
+
+impl<St: SyncStore + ?Sized> std::ops::DerefMut for Transaction<'_, St> {
+    fn deref_mut(&mut self) -> &mut St {
+        self.store
+    }
+}
+
+impl<St: SyncStore + ?Sized> Drop for Transaction<'_, St> {
+    fn drop(&mut self) {
+        if self.open
+            && let Err(e) = self.store.rollback()
+        {
+            tracing::warn!(error = %e, "sync store: rollback failed");
+        }
+    }
+}
+
 /// A metaverse object as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MvRecord {
@@ -45,8 +99,13 @@ pub struct MvRecord {
 
 /// The engine's durable state.
 pub trait SyncStore {
+    /// Opens a write transaction. The engine never calls this directly: it
+    /// goes through [`Transaction`], which rolls back when dropped.
     fn begin(&mut self) -> Result<(), StoreError>;
     fn commit(&mut self) -> Result<(), StoreError>;
+    /// Undoes everything since `begin`; a no-op when no transaction is open
+    /// (the database may have rolled back by itself after an IO error).
+    fn rollback(&mut self) -> Result<(), StoreError>;
 
     fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError>;
     fn set_watermark(&mut self, source: &str, watermark: &Watermark) -> Result<(), StoreError>;
@@ -529,13 +588,13 @@ where
 
     // 1. Import, committed together with the watermark.
     let stage = std::time::Instant::now();
-    store.begin()?;
-    let previous = store.watermark(source_name)?;
+    let mut tx = Transaction::begin(&mut *store)?;
+    let previous = tx.watermark(source_name)?;
     let watermark = if full { None } else { previous.clone() };
     observer.stage("import", None);
     let mut writer = ImportWriter {
         observer: &mut *observer,
-        store,
+        store: &mut *tx,
         source: source_name,
         seen: HashSet::new(),
         error: None,
@@ -612,15 +671,15 @@ where
         result.map_err(|e| CycleError::Import { source_name: source_name.to_string(), message: e.to_string() })?;
     let mut reconciled = 0;
     if !summary.reconcile_within.is_empty() {
-        for (id, dn) in store.cs_index(source_name)? {
+        for (id, dn) in tx.cs_index(source_name)? {
             if !seen.contains(&id) && summary.reconcile_within.iter().any(|b| dn.is_within(b)) {
-                store.cs_delete(source_name, &id)?;
+                tx.cs_delete(source_name, &id)?;
                 reconciled += 1;
             }
         }
     }
-    store.set_watermark(source_name, &summary.watermark)?;
-    store.commit()?;
+    tx.set_watermark(source_name, &summary.watermark)?;
+    tx.commit()?;
     let import_ms = stage.elapsed().as_millis() as u64;
     tracing::info!(
         source = source_name,
@@ -632,24 +691,24 @@ where
     let stage = std::time::Instant::now();
 
     // 2. Inbound sync: every pending connector-space object into the metaverse.
-    store.begin()?;
+    let mut tx = Transaction::begin(&mut *store)?;
     if full {
-        store.cs_mark_all_pending(source_name)?;
+        tx.cs_mark_all_pending(source_name)?;
     }
     if config_changed {
-        store.mv_mark_dirty(source_name)?;
+        tx.mv_mark_dirty(source_name)?;
     }
     let mut synced = 0;
     let mut out_of_scope = 0;
     let apply_once = options.rules.apply_once_targets();
-    let scope = scope_members(store, source_name, &options.scope_groups, full)?;
+    let scope = scope_members(&mut *tx, source_name, &options.scope_groups, full)?;
     if options.join.as_ref().is_some_and(|j| !j.project) {
         // What joined nothing may join an object another source projected since.
-        store.join_retry_unlinked(source_name)?;
+        tx.join_retry_unlinked(source_name)?;
     }
     // Bounded: each pass handles what the previous one newly pointed at.
     for pass in 0..4 {
-        let pending = store.cs_pending(source_name)?;
+        let pending = tx.cs_pending(source_name)?;
         if pending.is_empty() {
             break;
         }
@@ -657,7 +716,7 @@ where
             observer.stage("sync", Some(pending.len() as u64));
         }
         for id in pending {
-            let Some((obj, deleted)) = store.cs_get(source_name, &id)? else { continue };
+            let Some((obj, deleted)) = tx.cs_get(source_name, &id)? else { continue };
             let reason = if deleted {
                 Some("deleted on-premises")
             } else if scope.as_ref().is_some_and(|members| !members.contains(&obj.entry.dn.normalized())) {
@@ -667,55 +726,55 @@ where
             };
             if let Some(reason) = reason {
                 tracing::debug!(dn = %obj.entry.dn, reason, "not synchronised");
-                store.join_remove(source_name, &id)?;
-                store.mv_disconnect(source_name, &id)?;
+                tx.join_remove(source_name, &id)?;
+                tx.mv_disconnect(source_name, &id)?;
                 out_of_scope += 1;
             } else {
                 let mut projection = mapping::project(flavor, &obj, &options.rules);
-                keep_applied_once(store, source_name, &id, &apply_once, &mut projection)?;
+                keep_applied_once(&mut *tx, source_name, &id, &apply_once, &mut projection)?;
                 if let Some(join) = &options.join {
-                    let linked = match store.join_link(source_name, &id)? {
+                    let linked = match tx.join_link(source_name, &id)? {
                         Some(mv) => Some(mv),
-                        None => find_join(store, source_name, &obj, join)?,
+                        None => find_join(&mut *tx, source_name, &obj, join)?,
                     };
                     if let Some(mv) = linked {
-                        store.join_put(source_name, &id, &mv, &projection.attrs, &join.authoritative)?;
+                        tx.join_put(source_name, &id, &mv, &projection.attrs, &join.authoritative)?;
                         synced += 1;
-                        store.cs_done(source_name, &id)?;
+                        tx.cs_done(source_name, &id)?;
                         observer.advance(1);
                         continue;
                     }
                     if !join.project {
                         tracing::debug!(dn = %obj.entry.dn, "joins no metaverse object; this source does not project");
                         out_of_scope += 1;
-                        store.cs_done(source_name, &id)?;
+                        tx.cs_done(source_name, &id)?;
                         observer.advance(1);
                         continue;
                     }
                 }
                 let manager = match &projection.manager {
-                    Some(dn) => store.mv_for_dn(source_name, dn)?,
+                    Some(dn) => tx.mv_for_dn(source_name, dn)?,
                     None => None,
                 };
-                let members = store.mv_for_dns(source_name, &projection.members)?;
-                let is_new = store.mv_for_dn(source_name, &obj.entry.dn)?.is_none();
-                store.mv_project(source_name, &id, &projection, manager, members)?;
+                let members = tx.mv_for_dns(source_name, &projection.members)?;
+                let is_new = tx.mv_for_dn(source_name, &obj.entry.dn)?.is_none();
+                tx.mv_project(source_name, &id, &projection, manager, members)?;
                 synced += 1;
                 if is_new {
                     // Objects that pointed at this one before it existed now can resolve it.
-                    for other in store.cs_referencing(source_name, &obj.entry.dn)? {
+                    for other in tx.cs_referencing(source_name, &obj.entry.dn)? {
                         if other != id {
-                            store.cs_mark_pending(source_name, &other)?;
+                            tx.cs_mark_pending(source_name, &other)?;
                         }
                     }
                 }
             }
-            store.cs_done(source_name, &id)?;
+            tx.cs_done(source_name, &id)?;
             observer.advance(1);
         }
     }
-    store.set_config_hash(source_name, &options.config_hash)?;
-    store.commit()?;
+    tx.set_config_hash(source_name, &options.config_hash)?;
+    tx.commit()?;
     let sync_ms = stage.elapsed().as_millis() as u64;
     tracing::info!(source = source_name, synced, out_of_scope, ms = sync_ms, "sync done");
     let stage = std::time::Instant::now();
@@ -796,7 +855,7 @@ where
             }
             let ops: Vec<ExportOp> = plans.iter().filter_map(|p| p.op.clone()).collect();
             let mut results = target.apply(&ops).await.into_iter();
-            store.begin()?;
+            let mut tx = Transaction::begin(&mut *store)?;
             for (record, plan) in chunk.iter().zip(plans) {
                 let result = if plan.op.is_some() {
                     results.next().unwrap_or_else(|| {
@@ -808,7 +867,7 @@ where
                 if plan.waiting && pass == 0 {
                     waiting.push(record.id.clone());
                 }
-                match confirm(store, record, plan, result)? {
+                match confirm(&mut *tx, record, plan, result)? {
                     Ok(done) => match done {
                         Exported::Created => report.created += 1,
                         Exported::Updated => report.updated += 1,
@@ -830,7 +889,7 @@ where
                     }
                 }
             }
-            store.commit()?;
+            tx.commit()?;
             observer.advance(ids.len() as u64);
         }
         levels = vec![waiting];
@@ -867,21 +926,21 @@ async fn push_passwords<St: SyncStore, T: Target>(
     }
     let mut batch = Vec::with_capacity(captured.len());
     let mut whose = std::collections::HashMap::new();
-    store.begin()?;
+    let mut tx = Transaction::begin(&mut *store)?;
     for c in captured {
-        let mv = match store.join_link(source_name, &c.id)? {
+        let mv = match tx.join_link(source_name, &c.id)? {
             Some(mv) => Some(mv),
-            None => store.mv_for_dn(source_name, &c.dn)?,
+            None => tx.mv_for_dn(source_name, &c.dn)?,
         };
         let Some(mv) = mv else {
             // Out of scope: nobody to sign in as.
-            store.set_password_pending(source_name, &c.id, false)?;
+            tx.set_password_pending(source_name, &c.id, false)?;
             continue;
         };
-        if store.exported_id(&mv)?.is_none() {
+        if tx.exported_id(&mv)?.is_none() {
             continue; // its export failed this cycle: stays pending, read again next cycle
         }
-        let Some(record) = store.mv_get(&mv)? else { continue };
+        let Some(record) = tx.mv_get(&mv)? else { continue };
         match c.found {
             Found::Secret(secret) => {
                 whose.insert(record.anchor.clone(), (mv, c.dn, c.id));
@@ -890,34 +949,34 @@ async fn push_passwords<St: SyncStore, T: Target>(
             Found::Unusable(why) => {
                 let message = format!("password hash sync: {why}");
                 tracing::warn!(object = %c.dn, reason = %why, "password not synchronised");
-                store.record_error(&mv, "password", &message)?;
-                store.set_password_pending(source_name, &c.id, false)?;
+                tx.record_error(&mv, "password", &message)?;
+                tx.set_password_pending(source_name, &c.id, false)?;
                 report.errors.push((format!("User {}", c.dn), message));
             }
         }
     }
-    store.commit()?;
+    tx.commit()?;
     if batch.is_empty() {
         return Ok(());
     }
     match target.push_credentials(&batch).await {
         Ok(pushed) => {
             report.passwords_synced += pushed.stored;
-            store.begin()?;
+            let mut tx = Transaction::begin(&mut *store)?;
             let failed: HashSet<&String> = pushed.failed.iter().map(|(id, _)| id).collect();
             for (immutable_id, (_, _, id)) in &whose {
                 if !failed.contains(immutable_id) {
-                    store.set_password_pending(source_name, id, false)?;
+                    tx.set_password_pending(source_name, id, false)?;
                 }
             }
             for (immutable_id, why) in &pushed.failed {
                 if let Some((mv, dn, _)) = whose.get(immutable_id) {
                     let message = format!("password hash sync: {why}");
-                    store.record_error(mv, "password", &message)?;
+                    tx.record_error(mv, "password", &message)?;
                     report.errors.push((format!("User {dn}"), message));
                 }
             }
-            store.commit()?;
+            tx.commit()?;
             tracing::info!(
                 source = source_name,
                 stored = pushed.stored,
