@@ -368,7 +368,7 @@ impl Parser<'_> {
         if self.pos == start {
             return Err(self.err("expected an attribute type"));
         }
-        let attr = self.input[start..self.pos].to_string();
+        let attr = self.input.get(start..self.pos).unwrap_or_default().to_string();
         if !valid_attr_type(&attr) {
             self.pos = start;
             return Err(self.err("attribute type must be a descriptor or a numeric OID"));
@@ -474,7 +474,7 @@ mod tests {
     fn dn(s: &str) -> Dn {
         match Dn::parse(s) {
             Ok(d) => d,
-            Err(e) => unreachable!("{e}"),
+            Err(e) => panic!("{e}"),
         }
     }
 

@@ -154,7 +154,7 @@ fn substrings_match(value: &Value, initial: Option<&[u8]>, any: &[Vec<u8>], last
     }
     for a in &any {
         match rest.find(a.as_str()) {
-            Some(at) => rest = &rest[at + a.len()..],
+            Some(at) => rest = rest.get(at + a.len()..).unwrap_or_default(),
             None => return false,
         }
     }

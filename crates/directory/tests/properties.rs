@@ -80,7 +80,7 @@ proptest! {
     }
 
     #[test]
-    fn filter_parse_never_panics(s in "[()&|!=*~<>\\\\a-z0-9:]{0,40}") {
+    fn filter_parse_never_panics(s in prop_oneof!["[()&|!=*~<>\\\\a-z0-9:é東😀]{0,40}", "\\PC{0,40}"]) {
         let _ = Filter::parse(&s);
     }
 
@@ -99,7 +99,7 @@ proptest! {
     }
 
     #[test]
-    fn ldif_parse_never_panics(s in "(dn: cn=a\n|[a-z]{1,4}:{1,2}[ <]?[A-Za-z0-9+/=,]{0,8}\n| [a-z]{0,3}\n|-\n|\n|#x\n){0,12}") {
+    fn ldif_parse_never_panics(s in "(dn: cn=a\n|[a-z]{1,4}:{1,2}[ <]?[A-Za-z0-9+/=,é東]{0,8}\n| [a-zé😀]{0,3}\n|-\n|\n|#x\n){0,12}") {
         for r in LdifReader::new(s.as_bytes()) {
             let _ = r;
         }

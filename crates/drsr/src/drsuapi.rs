@@ -285,7 +285,7 @@ fn parse_reply(stub: &[u8]) -> Result<ChangesReply, RpcError> {
     }
     let mut objects = Vec::new();
     if p_objects != 0 {
-        read_entry_list(&mut d, &prefixes, &mut objects, 0)?;
+        read_entry_list(&mut d, &prefixes, &mut objects)?;
     }
     if p_values != 0 {
         // Linked values (group members and the like): read past, not kept.
@@ -333,34 +333,57 @@ fn parse_reply(stub: &[u8]) -> Result<ChangesReply, RpcError> {
     Ok(ChangesReply { objects, usn_to: (to.0, to.2), more, extended_ret })
 }
 
-/// REPLENTINFLIST: scalars, then (depth first) the next entry, then this entry's buffers.
-fn read_entry_list(
-    d: &mut Decoder<'_>,
-    prefixes: &Prefixes,
-    out: &mut Vec<ReplObject>,
-    depth: usize,
-) -> Result<(), RpcError> {
-    if depth > 1_000_000 {
-        return Err(RpcError::Malformed("object list (too long)".into()));
+/// Most objects one reply may carry: far above what a DC sends per round
+/// (the request asks for at most a few thousand), low enough to bound memory.
+const MAX_OBJECTS_PER_REPLY: usize = 1_000_000;
+
+/// One REPLENTINFLIST's scalars: what its deferred buffers hold.
+struct EntryHead {
+    p_name: u32,
+    attr_count: u32,
+    p_attr: u32,
+    p_parent: u32,
+    p_meta: u32,
+}
+
+/// The REPLENTINFLIST chain. NDR writes it as every entry's scalars first
+/// (each one's `pNextEntInf` referent is the next entry), then the buffers
+/// from the last entry back to the first. Read in two loops — never by
+/// recursion, which a long list from a hostile server could use to
+/// overflow the stack.
+fn read_entry_list(d: &mut Decoder<'_>, prefixes: &Prefixes, out: &mut Vec<ReplObject>) -> Result<(), RpcError> {
+    let mut heads = Vec::new();
+    loop {
+        if heads.len() >= MAX_OBJECTS_PER_REPLY {
+            return Err(RpcError::Malformed("object list (too long)".into()));
+        }
+        let p_next = d.u32()?;
+        let p_name = d.u32()?;
+        let _flags = d.u32()?;
+        let attr_count = d.u32()?;
+        let p_attr = d.u32()?;
+        let _is_nc_prefix = d.u32()?;
+        let p_parent = d.u32()?;
+        let p_meta = d.u32()?;
+        heads.push(EntryHead { p_name, attr_count, p_attr, p_parent, p_meta });
+        if p_next == 0 {
+            break;
+        }
     }
-    let p_next = d.u32()?;
-    let p_name = d.u32()?;
-    let _flags = d.u32()?;
-    let attr_count = d.u32()?;
-    let p_attr = d.u32()?;
-    let _is_nc_prefix = d.u32()?;
-    let p_parent = d.u32()?;
-    let p_meta = d.u32()?;
-    // The next entry's scalars and buffers come first, then ours: collect ours after.
-    let mut next = Vec::new();
-    if p_next != 0 {
-        read_entry_list(d, prefixes, &mut next, depth + 1)?;
+    let first = out.len();
+    for head in heads.iter().rev() {
+        out.push(read_entry_buffers(d, prefixes, head)?);
     }
-    let (dn, guid, sid) = if p_name != 0 { read_dsname(d)? } else { (String::new(), [0u8; 16], Vec::new()) };
+    out.get_mut(first..).unwrap_or_default().reverse();
+    Ok(())
+}
+
+fn read_entry_buffers(d: &mut Decoder<'_>, prefixes: &Prefixes, head: &EntryHead) -> Result<ReplObject, RpcError> {
+    let (dn, guid, sid) = if head.p_name != 0 { read_dsname(d)? } else { (String::new(), [0u8; 16], Vec::new()) };
     let mut attrs = Vec::new();
-    if p_attr != 0 {
+    if head.p_attr != 0 {
         let count = d.count(12, "an attribute block")?;
-        if count != usize::try_from(attr_count).unwrap_or(0) {
+        if count != usize::try_from(head.attr_count).unwrap_or(0) {
             return Err(RpcError::Malformed("attribute block (counts disagree)".into()));
         }
         let mut heads = Vec::with_capacity(count);
@@ -390,10 +413,10 @@ fn read_entry_list(
             attrs.push((to_default(typ, prefixes), values));
         }
     }
-    if p_parent != 0 {
+    if head.p_parent != 0 {
         d.take(16, "the parent GUID")?;
     }
-    if p_meta != 0 {
+    if head.p_meta != 0 {
         let count = d.count(40, "the metadata vector")?;
         d.align(8)?;
         let _n = d.u32()?;
@@ -402,9 +425,7 @@ fn read_entry_list(
             d.take(40, "a metadata entry")?;
         }
     }
-    out.push(ReplObject { dn, guid, sid, attrs });
-    out.extend(next);
-    Ok(())
+    Ok(ReplObject { dn, guid, sid, attrs })
 }
 
 /// Every object of a naming context with the given attributes, round by
@@ -446,6 +467,29 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A long object list (as a broken or hostile DC might send) is read
+    /// without recursion: 300,000 entries would overflow a recursive reader's stack.
+    #[test]
+    fn a_long_object_list_is_read_iteratively() {
+        let entries = 300_000usize;
+        let mut stub = Vec::with_capacity(entries * 32);
+        for i in 0..entries {
+            let p_next: u32 = if i + 1 < entries { 0x2_0000 } else { 0 };
+            stub.extend_from_slice(&p_next.to_le_bytes());
+            stub.extend_from_slice(&[0u8; 28]);
+        }
+        let mut objects = Vec::new();
+        read_entry_list(&mut Decoder::new(&stub), &Vec::new(), &mut objects).unwrap();
+        assert_eq!(objects.len(), entries);
+        // Cut short: an error, not a panic.
+        let cut = stub.get(..stub.len() - 40).unwrap();
+        assert!(read_entry_list(&mut Decoder::new(cut), &Vec::new(), &mut Vec::new()).is_err());
+        // A chain that never ends within the data.
+        let endless: Vec<u8> =
+            std::iter::repeat_n([0x00u8, 0x00, 0x02, 0x00].into_iter().chain([0u8; 28]), 50_000).flatten().collect();
+        assert!(read_entry_list(&mut Decoder::new(&endless), &Vec::new(), &mut Vec::new()).is_err());
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]

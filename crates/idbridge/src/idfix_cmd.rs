@@ -565,7 +565,7 @@ mod tests {
                     list.remove(at);
                     assert!(!list.is_empty() || ops.len() == 1, "the attribute would vanish mid-way");
                 }
-                _ => unreachable!(),
+                _ => panic!("unexpected modify operation"),
             }
         }
         list

@@ -1053,12 +1053,14 @@ mod sync_e2e {
             lab.slapd.modify(&ldif).unwrap();
             // A full cycle, so the kill can land in import, sync or export.
             let args = vec!["sync", "run", "--once", "--full", "--config", p(&lab.config)];
-            let mut child = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                .args(&args)
-                .env("RUST_LOG", "warn")
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap());
+            let mut child = testkit::KillOnDrop(
+                Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                    .args(&args)
+                    .env("RUST_LOG", "warn")
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
             let delay = std::time::Duration::from_micros(next() % (cycle.as_micros() as u64 + 1));
             std::thread::sleep(delay);
             if child.try_wait().unwrap().is_none() {
@@ -1112,12 +1114,14 @@ mod sync_e2e {
                 ));
             }
             hr.modify(&ldif).unwrap();
-            let mut child = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                .args(["sync", "run", "--once", "--full", "--config", p(&lab.config)])
-                .env("RUST_LOG", "warn")
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap());
+            let mut child = testkit::KillOnDrop(
+                Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                    .args(["sync", "run", "--once", "--full", "--config", p(&lab.config)])
+                    .env("RUST_LOG", "warn")
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
             std::thread::sleep(std::time::Duration::from_micros(seed % (cycle.as_micros() as u64 + 1)));
             let _ = child.kill();
             let _ = child.wait();
@@ -1233,12 +1237,14 @@ mod sync_e2e {
         let key_mode = std::fs::metadata(dir.join("agent.key")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(key_mode.permissions().mode() & 0o777, 0o600, "the private key is the owner's only");
-        testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
-            .args(["pta-agent", "run", "--config", p(&config)])
-            .env("RUST_LOG", "warn")
-            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-            .spawn()
-            .unwrap())
+        testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["pta-agent", "run", "--config", p(&config)])
+                .env("RUST_LOG", "warn")
+                .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        )
     }
 
     fn online_agents(lab: &Lab) -> usize {
@@ -1617,12 +1623,14 @@ mod sync_e2e {
             let (user, dn) = &people[trial as usize % people.len()];
             let password = format!("Trial-{trial}-pass");
             lab.slapd.set_password(dn, &password).unwrap();
-            let mut child = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                .args(["sync", "run", "--once", "--config", p(&lab.config)])
-                .env("RUST_LOG", "warn")
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap());
+            let mut child = testkit::KillOnDrop(
+                Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                    .args(["sync", "run", "--once", "--config", p(&lab.config)])
+                    .env("RUST_LOG", "warn")
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
             std::thread::sleep(std::time::Duration::from_micros(seed % (cycle.as_micros() as u64 + 1)));
             if child.try_wait().unwrap().is_none() {
                 killed_mid_run += 1;
@@ -1786,12 +1794,14 @@ mod sync_e2e {
         let log = lab.tmp.join("daemon.log");
         let show_log =
             || std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n");
-        let mut daemon = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
-            .args(["sync", "run", "--config", p(&lab.config)])
-            .env("RUST_LOG", "warn")
-            .stderr(std::fs::File::create(lab.tmp.join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap());
+        let mut daemon = testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["sync", "run", "--config", p(&lab.config)])
+                .env("RUST_LOG", "warn")
+                .stderr(std::fs::File::create(lab.tmp.join("daemon.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
         let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
         let (dn, mail) =
@@ -2126,12 +2136,14 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
     fn daemon_wakes_on_changes_pushed_by_openldap() {
         // A long interval: a change can only arrive quickly if slapd pushes it.
         let lab = lab(5, 1, "interval_secs = 30");
-        let mut daemon = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
-            .args(["sync", "run", "--config", p(&lab.config)])
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap());
+        let mut daemon = testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["sync", "run", "--config", p(&lab.config)])
+                .env("RUST_LOG", "warn")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
         let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
         let (dn, mail) =
@@ -2221,13 +2233,15 @@ mod demo {
     fn start_demo(extra: &[&str]) -> (testkit::KillOnDrop, serde_json::Value) {
         let mut args = vec!["demo", "--json", "--listen", "127.0.0.1:0", "--users", "40", "--groups", "4"];
         args.extend(extra);
-        let mut child = testkit::KillOnDrop(Command::new(env!("CARGO_BIN_EXE_idbridge"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap());
+        let mut child = testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(&args)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let line = lines.next().unwrap().unwrap();
         (child, serde_json::from_str(&line).unwrap())

@@ -33,7 +33,7 @@ const SYSTEM_PREFIXES: &[&str] = &[
 const SYSTEM_RECIPIENT_TYPES: &[&str] = &["4096", "8192", "16384", "4194304", "8388608", "16777216", "536870912"];
 
 fn starts_with_ci(s: &str, prefix: &str) -> bool {
-    s.len() >= prefix.len() && s.is_char_boundary(prefix.len()) && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+    s.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// The object's `cn`, or the value of its RDN.

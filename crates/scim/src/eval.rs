@@ -122,22 +122,23 @@ pub fn parse_datetime(s: &str) -> Option<(i64, u32)> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
-    let mut rest = &s[19..];
+    let mut rest = s.get(19..)?;
     let mut nanos = 0u32;
     if let Some(frac) = rest.strip_prefix('.') {
         let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
         if digits.is_empty() {
             return None;
         }
-        let padded = format!("{:0<9}", &digits[..digits.len().min(9)]);
+        let padded = format!("{:0<9}", digits.get(..digits.len().min(9))?);
         nanos = padded.parse().ok()?;
-        rest = &frac[digits.len()..];
+        rest = frac.get(digits.len()..)?;
     }
     let offset = match rest {
         "Z" | "z" => 0,
         _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
             let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (rest[1..3].parse::<i64>().ok()? * 3600 + rest[4..6].parse::<i64>().ok()? * 60)
+            let part = |r: std::ops::Range<usize>| rest.get(r).and_then(|x| x.parse::<i64>().ok());
+            sign * (part(1..3)? * 3600 + part(4..6)? * 60)
         }
         _ => return None,
     };

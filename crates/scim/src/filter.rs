@@ -136,7 +136,8 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, String> {
                 if i >= bytes.len() {
                     return Err(format!("unterminated string starting at character {start}"));
                 }
-                let literal = &input[start..=i];
+                let literal =
+                    input.get(start..=i).ok_or_else(|| format!("invalid string literal at character {start}"))?;
                 let text: String = serde_json::from_str(literal)
                     .map_err(|_| format!("invalid string literal at character {start}"))?;
                 out.push((start, Tok::Str(text)));
@@ -149,7 +150,8 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, String> {
                 {
                     i += 1;
                 }
-                out.push((start, Tok::Word(input[start..i].to_string())));
+                let word = input.get(start..i).ok_or_else(|| format!("invalid text at character {start}"))?;
+                out.push((start, Tok::Word(word.to_string())));
             }
         }
     }
@@ -169,9 +171,9 @@ impl AttrPath {
 
     /// Parses `urn:…:User:name.givenName`, `emails.value`, `userName`.
     pub fn parse(text: &str) -> Option<AttrPath> {
-        let (uri, rest) = if text.len() > 4 && text[..4].eq_ignore_ascii_case("urn:") {
+        let (uri, rest) = if text.len() > 4 && text.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")) {
             let cut = text.rfind(':')?;
-            (Some(text[..cut].to_string()), &text[cut + 1..])
+            (Some(text.get(..cut)?.to_string()), text.get(cut + 1..)?)
         } else {
             (None, text)
         };

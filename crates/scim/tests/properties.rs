@@ -62,14 +62,32 @@ proptest! {
     }
 
     #[test]
-    fn filter_parser_never_panics(s in "[a-zA-Z .()\\[\\]\"\\\\:0-9-]{0,60}") {
+    fn filter_parser_never_panics(s in prop_oneof!["[a-zA-Zéü東😀 .()\\[\\]\"\\\\:0-9-]{0,60}", "\\PC{0,60}"]) {
         if let Ok(f) = Filter::parse(&s) {
             let _ = f.matches(&USER_TYPE, &json!({"userName": "x", "emails": [{"value": "y"}]}));
         }
     }
 
     #[test]
-    fn patch_paths_never_panic(s in "[a-zA-Z .()\\[\\]\"\\\\:0-9-]{0,40}") {
+    fn patch_paths_never_panic(s in prop_oneof!["[a-zA-Zéü東😀 .()\\[\\]\"\\\\:0-9-]{0,40}", "\\PC{0,40}"]) {
         let _ = PatchPath::parse(&s);
     }
+
+    /// `sortBy` and `attributes` are attribute paths.
+    #[test]
+    fn attribute_paths_never_panic(s in prop_oneof!["(urn|URN|[a-zé東])[a-zA-Zéü東😀:.0-9-]{0,30}", "\\PC{0,30}"]) {
+        let _ = AttrPath::parse(&s);
+    }
+}
+
+/// Found by a review: a multi-byte character inside the first four bytes
+/// was sliced at a byte offset.
+#[test]
+fn non_ascii_near_the_start_is_an_error_not_a_panic() {
+    for text in ["abcé pr", "é", "urné:x", "ur\u{e9}:a", "東京 eq \"x\"", "userName eq \"é\" and é pr", "😀"] {
+        let _ = Filter::parse(text);
+        let _ = AttrPath::parse(text);
+        let _ = PatchPath::parse(text);
+    }
+    assert!(Filter::parse("abcé pr").is_err(), "not a valid attribute name");
 }

@@ -2,6 +2,7 @@
 //! rolled back, its write lock released and its watermark the old one, and
 //! the same store runs the next cycle (as the daemon does) without a restart.
 //! The failure is real: slapd is stopped between two pages of the import.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::{Arc, Mutex};
 
@@ -88,7 +89,8 @@ fn a_failed_import_is_rolled_back_and_the_next_cycle_runs_on_the_same_store() {
     let options = CycleOptions { staging: true, config_hash: "test".into(), ..CycleOptions::default() };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
-    let mut failing = StopsSlapdMidImport { inner: LdapSource::new(settings.clone()).unwrap(), slapd: Some(slapd.clone()) };
+    let mut failing =
+        StopsSlapdMidImport { inner: LdapSource::new(settings.clone()).unwrap(), slapd: Some(slapd.clone()) };
     let err = rt
         .block_on(run_cycle("lab", Flavor::Ldap, &mut failing, &mut store, &mut NoTarget, &options, &mut Quiet))
         .unwrap_err();

@@ -731,7 +731,7 @@ where
                 out_of_scope += 1;
             } else {
                 let mut projection = mapping::project(flavor, &obj, &options.rules);
-                keep_applied_once(&mut *tx, source_name, &id, &apply_once, &mut projection)?;
+                keep_applied_once(&*tx, source_name, &id, &apply_once, &mut projection)?;
                 if let Some(join) = &options.join {
                     let linked = match tx.join_link(source_name, &id)? {
                         Some(mv) => Some(mv),

@@ -145,8 +145,9 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
         let place = e
             .span()
             .map(|s| {
-                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                let column = s.start - text[..s.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1) + 1;
+                let before = text.get(..s.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
                 format!("line {line}, column {column}")
             })
             .unwrap_or_else(|| "the file".into());

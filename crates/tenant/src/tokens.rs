@@ -118,13 +118,12 @@ pub fn revoke(conn: &Connection, id: &str) -> Result<()> {
 /// Parses `90d`, `12h`, `30m`, `3600s` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<i64> {
     let t = text.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('d') => (&t[..t.len() - 1], 86_400),
-        Some('h') => (&t[..t.len() - 1], 3600),
-        Some('m') => (&t[..t.len() - 1], 60),
-        Some('s') => (&t[..t.len() - 1], 1),
-        _ => (t, 1),
-    };
+    let unit = |suffix: char, seconds: i64| t.strip_suffix(suffix).map(|n| (n, seconds));
+    let (num, mult) = unit('d', 86_400)
+        .or_else(|| unit('h', 3600))
+        .or_else(|| unit('m', 60))
+        .or_else(|| unit('s', 1))
+        .unwrap_or((t, 1));
     num.parse::<i64>()
         .ok()
         .filter(|n| *n > 0)

@@ -32,10 +32,9 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
         return None;
     }
-    let mut rest = &text[19..];
+    let mut rest = text.get(19..)?;
     if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[digits..];
+        rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
     }
     let offset = match rest {
         "Z" | "z" => 0,
@@ -45,7 +44,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
                 b'-' => -1,
                 _ => return None,
             };
-            let (h, m) = rest[1..].split_once(':')?;
+            let (h, m) = rest.get(1..)?.split_once(':')?;
             sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60)
         }
     };
@@ -70,10 +69,13 @@ pub fn now_secs() -> i64 {
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    // The system RNG failing is not recoverable in any useful way; zero bytes
-    // would be unsafe for tokens, so callers of tokens check `fill` below.
+    // Fail closed: codes, sessions, CSRF tokens and salts come from here, and
+    // predictable bytes would be worse than no service. The kernel's RNG does
+    // not fail on a working system, so the process stops rather than go on.
     if SystemRandom::new().fill(&mut b).is_err() {
-        tracing::error!("the system random number generator failed");
+        tracing::error!("the system random number generator failed; stopping");
+        eprintln!("fatal: the system random number generator failed");
+        std::process::abort();
     }
     b
 }
@@ -83,8 +85,12 @@ pub fn new_id() -> String {
     let mut b = random_bytes::<16>();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    let hex = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let (time_low, rest) = b.split_at(4);
+    let (time_mid, rest) = rest.split_at(2);
+    let (time_high, rest) = rest.split_at(2);
+    let (clock, node) = rest.split_at(2);
+    format!("{}-{}-{}-{}-{}", hex(time_low), hex(time_mid), hex(time_high), hex(clock), hex(node))
 }
 
 /// A bearer token: `idb_` and 32 random bytes (base64url).
@@ -123,7 +129,7 @@ mod tests {
         assert_eq!(rfc3339(1_700_000_000, 0), "2023-11-14T22:13:20.000Z");
         let id = new_id();
         assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
+        assert_eq!(id.chars().nth(14), Some('4'));
         assert_ne!(new_id(), id);
         assert!(new_token().is_some_and(|t| t.starts_with("idb_") && t.len() > 40));
     }

@@ -15,7 +15,9 @@ pub mod slapd;
 pub mod tls;
 
 pub use browser::{Browser, Page, form_fields};
-pub use process::{KillOnDrop, TempDir, TestkitError, free_port, measure, public_client_authorize_url, spawn_tenant, wait_until};
+pub use process::{
+    KillOnDrop, TempDir, TestkitError, free_port, measure, public_client_authorize_url, spawn_tenant, wait_until,
+};
 pub use samba::SambaDc;
 pub use slapd::{Slapd, SlapdOptions};
 pub use tls::TestCa;

@@ -145,7 +145,7 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<String, TestkitErr
     if text.len() > 3000 {
         let cut = text.len() - 3000;
         let cut = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(cut);
-        text = format!("…{}", &text[cut..]);
+        text = format!("…{}", text.get(cut..).unwrap_or_default());
     }
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

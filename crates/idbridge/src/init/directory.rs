@@ -55,7 +55,7 @@ pub fn join_groups(choice: &str) -> Result<Vec<Vec<(String, String)>>> {
         "sam" => vec![vec![pair("sAMAccountName", "onPremisesSamAccountName"), pair("mailNickname", "mailNickname")]],
         other => match other.strip_prefix("attribute:") {
             Some(name) if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
-                let original = &choice.trim()["attribute:".len()..];
+                let original = choice.trim().get("attribute:".len()..).unwrap_or(name);
                 vec![vec![pair(original, &original.replace('-', "_"))]]
             }
             _ => bail!("--join {choice:?}: use none, mail, objectsid, sam or attribute:NAME"),
@@ -95,7 +95,9 @@ pub fn anchor_setting(kind: ServerKind, choice: &str) -> Result<(Option<String>,
         "entryuuid" if kind != ServerKind::ActiveDirectory => Ok((None, false)),
         "nsuniqueid" if kind == ServerKind::Ds389 => Ok((None, false)),
         lower => match lower.strip_prefix("attribute:") {
-            Some(name) if !name.is_empty() => Ok((Some(c["attribute:".len()..].to_string()), false)),
+            Some(name) if !name.is_empty() => {
+                Ok((Some(c.get("attribute:".len()..).unwrap_or(name).to_string()), false))
+            }
             _ => bail!(
                 "--anchor {choice:?} does not fit a {kind} server: use {} or attribute:NAME",
                 anchor_choices(kind).join(", ")
