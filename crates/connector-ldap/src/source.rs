@@ -491,7 +491,11 @@ fn ranged(name: &str) -> Option<(&str, Option<u64>)> {
     let (base, options) = name.split_once(';')?;
     let range = options.split(';').find_map(|o| o.strip_prefix("range=").or_else(|| o.strip_prefix("Range=")))?;
     let (_, high) = range.split_once('-')?;
-    if high == "*" { Some((base, None)) } else { high.parse::<u64>().ok().map(|h| (base, Some(h + 1))) }
+    if high == "*" {
+        Some((base, None))
+    } else {
+        high.parse::<u64>().ok()?.checked_add(1).map(|next| (base, Some(next)))
+    }
 }
 
 /// AD ranged retrieval: reads the values of a large multi-valued attribute
@@ -506,10 +510,11 @@ pub async fn fetch_range(
 ) -> Result<Vec<Vec<u8>>, LdapError> {
     let mut out = Vec::new();
     let mut ldap = session.ldap.clone();
-    // Bounded: a server that never says '*' cannot loop us forever.
-    for _ in 0..100_000 {
+    // Bounded: a server that never says '*' cannot loop us forever, and
+    // running out of rounds is an error, never a silently shortened list.
+    for _ in 0..MAX_RANGE_ROUNDS {
         let wanted = match window {
-            Some(w) => format!("{attr};range={low}-{}", low + u64::from(w.max(1)) - 1),
+            Some(w) => format!("{attr};range={low}-{}", low.saturating_add(u64::from(w.max(1)) - 1)),
             None => format!("{attr};range={low}-*"),
         };
         let mut stream = ldap
@@ -549,11 +554,24 @@ pub async fn fetch_range(
         }
         match next {
             Some(n) if got_any && n > low => low = n,
+            Some(n) if got_any => {
+                return Err(LdapError::Protocol {
+                    url: session.url.clone(),
+                    what: format!("ranged values of {attr} on {dn} (the next range starts at {n}, not after {low})"),
+                });
+            }
             _ => return Ok(out),
         }
     }
-    Ok(out)
+    Err(LdapError::Protocol {
+        url: session.url.clone(),
+        what: format!("ranged values of {attr} on {dn} (no end after {MAX_RANGE_ROUNDS} requests)"),
+    })
 }
+
+/// Requests for one attribute's ranges: 100,000 × AD's 1,500 values is far
+/// beyond any real group (AD's own limit is a few million links per object).
+const MAX_RANGE_ROUNDS: usize = 100_000;
 
 fn object_id(profile: &Profile, entry: &Entry) -> Result<SourceId, String> {
     let attr = profile.id_attribute.as_str();
@@ -686,6 +704,7 @@ mod tests {
         assert_eq!(ranged("member;range=1500-*"), Some(("member", None)));
         assert_eq!(ranged("member"), None);
         assert_eq!(ranged("member;range=0-x"), None);
+        assert_eq!(ranged(&format!("member;range=0-{}", u64::MAX)), None, "no overflow on a hostile bound");
         assert_eq!(ranged("cn;lang-de"), None);
     }
 }

@@ -153,7 +153,9 @@ fn bulk_result(answer: Option<&Value>) -> Result<Option<String>, TargetError> {
     };
     let status: u16 = a
         .get("status")
-        .and_then(|s| s.as_str().and_then(|t| t.parse().ok()).or_else(|| s.as_u64().map(|n| n as u16)))
+        .and_then(|s| {
+            s.as_str().and_then(|t| t.parse().ok()).or_else(|| s.as_u64().and_then(|n| u16::try_from(n).ok()))
+        })
         .unwrap_or(0);
     if (200..300).contains(&status) {
         let id = a.get("location").and_then(Value::as_str).and_then(|l| l.rsplit('/').next()).map(str::to_string);
@@ -235,5 +237,18 @@ impl Target for ScimTarget {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bulk_status_out_of_range_is_an_error_not_a_success() {
+        // 65736 truncated to 16 bits is 200.
+        assert!(bulk_result(Some(&serde_json::json!({"status": 65736}))).is_err());
+        assert!(bulk_result(Some(&serde_json::json!({"status": "65736"}))).is_err());
+        assert!(bulk_result(Some(&serde_json::json!({"status": 201, "location": "/Users/x"}))).is_ok());
     }
 }

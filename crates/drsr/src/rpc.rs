@@ -13,12 +13,23 @@ use crate::{RpcError, Syntax};
 const MAX_RESPONSE: usize = 64 << 20;
 
 /// The account a connection authenticates as (NTLM).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     pub user: String,
     /// NetBIOS domain; `None` takes the one the server names in its challenge.
     pub domain: Option<String>,
     pub password: String,
+}
+
+/// The password never prints (logs, error chains, `{:?}` of a settings value).
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("domain", &self.domain)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 const AUTH_NTLM: u8 = 10;
@@ -238,5 +249,15 @@ impl Connection {
                 other => return Err(RpcError::Malformed(format!("answer to a request (PDU type {other})"))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_never_print_the_password() {
+        let c = super::Credentials { user: "svc".into(), domain: None, password: "Sëcret-Pässword".into() };
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("Sëcret") && shown.contains("svc") && shown.contains("redacted"), "{shown}");
     }
 }

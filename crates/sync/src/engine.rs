@@ -371,7 +371,8 @@ struct ImportWriter<'a, St: SyncStore> {
     deleted: u64,
     /// Users' passwords, when the source has password hash sync on. In
     /// memory for this cycle only.
-    passwords: Option<Vec<crate::phs::Captured>>,
+    /// Keyed by the object: a user seen twice in one import keeps the last.
+    passwords: Option<HashMap<SourceId, crate::phs::Captured>>,
     /// The source hands passwords out only by replication: users whose
     /// `pwdLastSet` changed (all of them with `all_passwords`) are marked
     /// pending and read after the import.
@@ -423,13 +424,15 @@ impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
                         self.error = Some(e);
                         return Err(SinkError(text));
                     }
-                    list.retain(|c| c.id != obj.id);
-                    list.push(crate::phs::Captured {
-                        id: obj.id.clone(),
-                        dn: obj.entry.dn.clone(),
-                        must_change: crate::phs::must_change(&obj.entry),
-                        found,
-                    });
+                    list.insert(
+                        obj.id.clone(),
+                        crate::phs::Captured {
+                            id: obj.id.clone(),
+                            dn: obj.entry.dn.clone(),
+                            must_change: crate::phs::must_change(&obj.entry),
+                            found,
+                        },
+                    );
                 }
                 self.store.cs_put(self.source, &obj)
             }
@@ -600,7 +603,7 @@ where
         error: None,
         imported: 0,
         deleted: 0,
-        passwords: (options.password_sync && !options.staging).then(Vec::new),
+        passwords: (options.password_sync && !options.staging).then(HashMap::new),
         replicated_passwords: source.replicates_secrets(),
         all_passwords: options.full,
     };
@@ -612,7 +615,7 @@ where
     // Passwords read earlier but never confirmed by the tenant (a crash, an
     // unreachable tenant): read those users again.
     if result.is_ok() && writer.error.is_none() && writer.passwords.is_some() {
-        let captured: HashSet<SourceId> = writer.passwords.iter().flatten().map(|c| c.id.clone()).collect();
+        let captured: HashSet<SourceId> = writer.passwords.iter().flat_map(|m| m.keys().cloned()).collect();
         let mut again = Vec::new();
         let mut must_change = HashMap::new();
         for id in writer.store.passwords_pending(source_name)? {
@@ -633,15 +636,16 @@ where
             match source.read_secrets(&again, population).await {
                 Ok(found) => {
                     let dns: HashMap<&SourceId, &Dn> = again.iter().map(|(id, dn)| (id, dn)).collect();
-                    let list = writer.passwords.get_or_insert_with(Vec::new);
+                    let list = writer.passwords.get_or_insert_with(HashMap::new);
                     for (id, found) in found {
                         let Some(dn) = dns.get(&id) else { continue };
-                        list.push(crate::phs::Captured {
+                        let captured = crate::phs::Captured {
                             dn: (*dn).clone(),
                             must_change: must_change.get(&id).copied().unwrap_or(false),
-                            id,
+                            id: id.clone(),
                             found,
-                        });
+                        };
+                        list.insert(id, captured);
                     }
                 }
                 // Directory sync goes on; the users stay pending and are
@@ -663,7 +667,7 @@ where
         }
     }
     let (seen, imported, deleted_on_premises) = (std::mem::take(&mut writer.seen), writer.imported, writer.deleted);
-    let captured_passwords = writer.passwords.take().unwrap_or_default();
+    let captured_passwords: Vec<_> = writer.passwords.take().map(|m| m.into_values().collect()).unwrap_or_default();
     if let Some(e) = writer.error.take() {
         return Err(e.into());
     }

@@ -74,6 +74,20 @@ struct BrokerState {
     agents: HashMap<String, Agent>,
 }
 
+struct ForgetRequest<'a> {
+    broker: &'a Broker,
+    request_id: String,
+}
+
+impl Drop for ForgetRequest<'_> {
+    fn drop(&mut self) {
+        let mut state = self.broker.lock();
+        state.waiters.remove(&self.request_id);
+        state.queue.retain(|p| p.request_id != self.request_id);
+        state.leased.remove(&self.request_id);
+    }
+}
+
 /// The in-memory dispatcher shared by the sign-in handler and the agent endpoints.
 #[derive(Default)]
 pub struct Broker {
@@ -136,12 +150,11 @@ impl Broker {
                 sealed,
             });
         }
+        // Removes the request however this ends: answered, timed out, or the
+        // future dropped because the browser went away.
+        let _forget = ForgetRequest { broker: self, request_id };
         self.work.notify_waiters();
         let answer = tokio::time::timeout(self.timeout, rx).await;
-        let mut state = self.lock();
-        state.waiters.remove(&request_id);
-        state.queue.retain(|p| p.request_id != request_id);
-        state.leased.remove(&request_id);
         match answer {
             Ok(Ok(outcome)) => Ok(outcome),
             _ => Err(DispatchError::Timeout),
@@ -475,4 +488,25 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/pta/v1/poll", axum::routing::get(poll))
         .route("/pta/v1/respond", axum::routing::post(respond))
         .route("/pta/v1/rotate", axum::routing::post(rotate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sign-in whose browser goes away while an agent is being asked
+    /// leaves nothing behind in the broker.
+    #[tokio::test]
+    async fn a_cancelled_sign_in_leaves_no_waiter() {
+        let broker = Broker::new(Duration::from_secs(30));
+        broker.lock().agents.insert(
+            "agent".into(),
+            Agent { public_key: pta::AgentKey::generate().public(), open_polls: 1, last_poll_end: None },
+        );
+        let credentials = Credentials { username: "zoë@example.org".into(), password: "pässword".into() };
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), broker.validate(&credentials)).await;
+        assert!(cancelled.is_err(), "nobody answered, so the wait was cut short");
+        let state = broker.lock();
+        assert!(state.waiters.is_empty() && state.queue.is_empty() && state.leased.is_empty());
+    }
 }
