@@ -16,19 +16,37 @@ fn partial(path: &Path) -> PathBuf {
 
 fn write(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     let tmp = partial(path);
+    // A leftover from an interrupted run (or something planted there, such as
+    // a symbolic link to another file) is removed, never written through: the
+    // new file is created fresh, so it gets this run's mode.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove the leftover {}", tmp.display())),
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(if private { 0o600 } else { 0o644 }).custom_flags(libc::O_NOFOLLOW);
     }
     #[cfg(not(unix))]
     let _ = private;
     let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     file.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
+    drop(file);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    // The rename is durable only once the directory is.
+    #[cfg(unix)]
+    {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `bytes`, atomically.
@@ -39,4 +57,35 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Replaces `path` with `bytes`, atomically, readable by its owner only.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     write(path, bytes, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_leftover_partial_file_does_not_keep_its_mode_or_its_link() {
+        let dir = std::env::temp_dir().join(format!("idbridge-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("tökén");
+        // A world-readable leftover from an earlier run.
+        std::fs::write(partial(&secret), b"old").unwrap();
+        std::fs::set_permissions(partial(&secret), std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_secret(&secret, b"new").unwrap();
+        assert_eq!(mode(&secret), 0o600);
+        assert_eq!(std::fs::read(&secret).unwrap(), b"new");
+        // A planted link is replaced, not followed.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, partial(&secret)).unwrap();
+        write_secret(&secret, b"newer").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&secret).unwrap(), b"newer");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

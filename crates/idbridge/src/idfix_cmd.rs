@@ -453,19 +453,21 @@ async fn apply(
             );
             continue;
         };
+        // Write-ahead: the undo record is on disk before the directory
+        // changes, so a crash in between loses nothing (`undo` skips a record
+        // whose fix never reached the directory).
+        log.write_comment(&format!(
+            "undoes {} {} ({}) applied {}",
+            f.action.as_str(),
+            f.attribute,
+            f.error_text(),
+            tenant::util::now()
+        ))?;
+        log.write_change(&ChangeRecord::Modify { dn: Dn::parse(dn)?, mods: back })?;
+        log.inner_mut().flush()?;
+        log.inner_mut().get_ref().sync_data().with_context(|| format!("cannot sync {}", log_path.display()))?;
         match write::modify(session, dn, &forward).await {
-            Ok(()) => {
-                applied += 1;
-                log.write_comment(&format!(
-                    "undoes {} {} ({}) applied {}",
-                    f.action.as_str(),
-                    f.attribute,
-                    f.error_text(),
-                    tenant::util::now()
-                ))?;
-                log.write_change(&ChangeRecord::Modify { dn: Dn::parse(dn)?, mods: back })?;
-                log.inner_mut().flush()?;
-            }
+            Ok(()) => applied += 1,
             Err(LdapError::Modify { code: write::NO_SUCH_ATTRIBUTE | write::ATTRIBUTE_OR_VALUE_EXISTS, .. }) => {
                 changed_since += 1;
                 eprintln!(
@@ -504,6 +506,29 @@ async fn apply(
     Ok(())
 }
 
+/// The attribute already holds what this undo record would restore: the
+/// fix it was written for never reached the directory (it failed, or the
+/// run stopped between the log and the modify).
+async fn already_as_before(
+    session: &connector_ldap::connect::Session,
+    dn: &Dn,
+    attr: &str,
+    mods: &[Modification],
+) -> Result<bool> {
+    let current: Vec<String> = write::read_values(session, &dn.to_string(), attr)
+        .await?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .collect();
+    let values = |op: ModOp| -> Vec<&str> {
+        mods.iter().filter(|m| m.op == op).flat_map(|m| m.values.iter().filter_map(Value::as_text)).collect()
+    };
+    let (added, deleted) = (values(ModOp::Add), values(ModOp::Delete));
+    Ok(added.iter().all(|v| current.iter().any(|c| c == v))
+        && deleted.iter().filter(|v| !added.contains(v)).all(|v| !current.iter().any(|c| c == v)))
+}
+
 async fn undo(log: &Path, config: &Path, source: Option<&str>) -> Result<()> {
     let file = std::fs::File::open(log).with_context(|| format!("cannot open {}", log.display()))?;
     let mut changes = Vec::new();
@@ -515,13 +540,18 @@ async fn undo(log: &Path, config: &Path, source: Option<&str>) -> Result<()> {
     }
     let (ldap, _) = connect(config, source).await?;
     let (session, _) = ldap.server().context("not connected")?;
-    let (mut restored, mut refused) = (0, 0);
+    let (mut restored, mut refused, mut not_applied) = (0, 0, 0);
     // Latest first: several fixes of one attribute unwind in order.
     for change in changes.iter().rev() {
         let ChangeRecord::Modify { dn, mods } = change else { continue };
         let attr = mods.first().map(|m| m.attr.as_str()).unwrap_or("");
         match write::modify(session, &dn.to_string(), mods).await {
             Ok(()) => restored += 1,
+            Err(LdapError::Modify { code: write::NO_SUCH_ATTRIBUTE | write::ATTRIBUTE_OR_VALUE_EXISTS, .. })
+                if already_as_before(session, dn, attr, mods).await? =>
+            {
+                not_applied += 1;
+            }
             Err(LdapError::Modify { code: write::NO_SUCH_ATTRIBUTE | write::ATTRIBUTE_OR_VALUE_EXISTS, .. }) => {
                 refused += 1;
                 let now = mods
@@ -540,7 +570,9 @@ async fn undo(log: &Path, config: &Path, source: Option<&str>) -> Result<()> {
             }
         }
     }
-    eprintln!("{restored} changes restored, {refused} refused (changed since)");
+    eprintln!(
+        "{restored} changes restored, {refused} refused (changed since), {not_applied} never applied (nothing to undo)"
+    );
     if refused > 0 {
         bail!("{refused} changes could not be undone because their values changed since the fix");
     }
