@@ -1,5 +1,5 @@
 //! Source anchors: the never-changing identity of an on-premises object, and
-//! the Base64 immutableId derived from it (DESIGN §4).
+//! the Base64 immutableId derived from it.
 
 use std::fmt;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use connector_ldap::{LdapSettings, Secret, ServerKind, TlsSettings};
 use directory::Dn;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,7 +207,7 @@ fn parse_dns(what: &str, source: &str, values: &[String]) -> Result<Vec<Dn>> {
 }
 
 /// `[source.join]`: how a source's objects join metaverse objects of other sources.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JoinConfig {
     /// Join groups, tried in order: `[[{ source = "mail", metaverse = "mail" }], ...]`.
@@ -220,7 +220,7 @@ pub struct JoinConfig {
     pub authoritative: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JoinPair {
     pub source: String,
@@ -270,6 +270,33 @@ pub fn resolve_password(source: &str, file: Option<&Path>, env: Option<&str>) ->
 
 impl SourceConfig {
     /// The group-scope DNs, checked.
+    /// SHA-256 (hex) over a canonical JSON form of what decides the sync's
+    /// result — scope, attributes, join, anchor, password hash sync — and
+    /// the rules' text. Connection settings (URLs, timeouts, TLS, page size)
+    /// are left out: changing them needs no full sync.
+    pub fn sync_fingerprint(&self, mapping_version: &str, rules_text: &str) -> Result<String> {
+        let dns = |what: &str, values: &[String]| -> Result<Vec<String>> {
+            Ok(parse_dns(what, &self.name, values)?.iter().map(Dn::normalized).collect())
+        };
+        // serde_json's maps are sorted by key: the text is canonical.
+        let canonical = serde_json::json!({
+            "mapping": mapping_version,
+            "base_dns": dns("base_dns", &self.base_dns)?,
+            "include_ous": dns("include_ous", &self.include_ous)?,
+            "exclude_ous": dns("exclude_ous", &self.exclude_ous)?,
+            "attributes": self.attributes_to_read(),
+            "filter": self.filter,
+            "scope_groups": dns("scope_groups", &self.scope_groups)?,
+            "join": self.join,
+            "password_hash_sync": self.password_hash_sync,
+            "server_kind": self.server_kind.map(|k| k.to_string()),
+            "anchor_attribute": self.anchor_attribute,
+            "rules": rules_text,
+        });
+        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.to_string().as_bytes());
+        Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     pub fn scope_groups(&self) -> Result<Vec<Dn>> {
         parse_dns("scope_groups", &self.name, &self.scope_groups)
     }
@@ -332,6 +359,32 @@ impl SourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sync_fingerprint_follows_what_changes_the_result_only() {
+        let source = |extra: &str| {
+            let text = format!(
+                "[[source]]\nname = \"corp\"\nurls = [\"ldap://a\"]\nbase_dns = [\"dc=example,dc=org\"]\n{extra}"
+            );
+            Config::parse(&text).unwrap().sources.remove(0)
+        };
+        let base = source("").sync_fingerprint("m1", "rules").unwrap();
+        assert_eq!(base.len(), 64);
+        assert!(base.chars().all(|c| c.is_ascii_hexdigit()));
+        // Connection settings and the DN's spelling: no full sync.
+        assert_eq!(source("operation_timeout_secs = 5\npage_size = 10").sync_fingerprint("m1", "rules").unwrap(), base);
+        let spelled =
+            Config::parse("[[source]]\nname = \"corp\"\nurls = [\"ldaps://b\"]\nbase_dns = [\"DC=Example, DC=org\"]\n")
+                .unwrap()
+                .sources
+                .remove(0);
+        assert_eq!(spelled.sync_fingerprint("m1", "rules").unwrap(), base);
+        // Scope, rules, mapping: a full sync.
+        assert_ne!(source("filter = \"(ou=Zoë)\"").sync_fingerprint("m1", "rules").unwrap(), base);
+        assert_ne!(source("").sync_fingerprint("m1", "rules changed").unwrap(), base);
+        assert_ne!(source("").sync_fingerprint("m2", "rules").unwrap(), base);
+        assert_ne!(source("password_hash_sync = true").sync_fingerprint("m1", "rules").unwrap(), base);
+    }
 
     #[test]
     fn the_example_file_parses() {

@@ -1,4 +1,4 @@
-//! An LDIF file as a source (DESIGN §1: "LDIF file"). Every import is a full
+//! An LDIF file as a source. Every import is a full
 //! import that reconciles, so objects removed from the file are deleted.
 //!
 //! Anchors: `entryUUID`, `objectGUID` or `nsUniqueId` when the file has them;

@@ -114,16 +114,15 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             )?;
             let mut store = open_store(&config, &path)?;
             let (rules, rules_text) = load_rules(&config, &path)?;
-            // Several sources are synchronised one after the other, each into
-            // its own objects (no join across sources yet).
+            // Several sources are synchronised one after the other; a source
+            // with `[source.join]` joins objects of the sources before it.
             let mut sources = Vec::new();
             for src in &config.sources {
                 let settings = src.to_settings()?;
                 if let Some(join) = &src.join {
                     join.to_rules(&src.name)?;
                 }
-                let config_hash =
-                    format!("{MAPPING_VERSION}|{:?}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?, src.join);
+                let config_hash = src.sync_fingerprint(MAPPING_VERSION, &rules_text)?;
                 let source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
                 sources.push((src.name.clone(), source, config_hash));
             }
@@ -279,8 +278,7 @@ pub async fn preview(
     let (rules, rules_text) = load_rules(&config, path)?;
     for src in &config.sources {
         let settings = src.to_settings()?;
-        let config_hash =
-            format!("{MAPPING_VERSION}|{:?}|{:?}|{:?}|{rules_text}", settings, src.scope_groups()?, src.join);
+        let config_hash = src.sync_fingerprint(MAPPING_VERSION, &rules_text)?;
         let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
         let (_, profile) = source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
         let flavor = if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };

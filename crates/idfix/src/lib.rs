@@ -1,5 +1,5 @@
-//! Directory hygiene (the successor of Microsoft IdFix, whose behaviour
-//! `../shared/reference/idfix.md` specifies): which attribute values would
+//! Directory hygiene (the successor of Microsoft IdFix, with its rules):
+//! which attribute values would
 //! break directory sync, and what to change them to. Pure: objects come in as
 //! [`directory::Entry`] values, findings go out; reading the directory,
 //! writing files and applying fixes are the caller's.

@@ -1,4 +1,4 @@
-//! Pass-through authentication (DESIGN §6), the part both sides share.
+//! Pass-through authentication, the part both sides share.
 //!
 //! The tenant seals each sign-in request to an agent's public key: an
 //! ephemeral X25519 key agreement, HKDF-SHA256, ChaCha20-Poly1305. The

@@ -54,7 +54,7 @@ CREATE TABLE errors (mv_id TEXT PRIMARY KEY, stage TEXT NOT NULL, message TEXT N
 CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, finished TEXT NOT NULL, status TEXT NOT NULL, report TEXT NOT NULL);
 ";
 
-/// Joins (DESIGN §5): a source object linked to a metaverse object projected
+/// Joins: a source object linked to a metaverse object projected
 /// by another source, with the attributes it contributes and which of them
 /// win over the projecting source's.
 const SCHEMA_V2: &str = "

@@ -1,4 +1,4 @@
-//! One sync cycle (DESIGN §3): import → inbound sync → outbound sync and
+//! One sync cycle: import → inbound sync → outbound sync and
 //! export. IO happens only through the traits defined here.
 //!
 //! Crash safety: an import commits together with its watermark; sync commits

@@ -1,4 +1,4 @@
-//! The expression language of flows (DESIGN §5), with the function names
+//! The expression language of flows, with the function names
 //! administrators know from Connect: `IIF(IsPresent([mail]), LCase([mail]),
 //! [uid] & "@example.org")`.
 //!

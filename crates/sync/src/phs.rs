@@ -1,4 +1,4 @@
-//! Password hash sync on the engine's side (DESIGN §6): secrets are taken
+//! Password hash sync on the engine's side: secrets are taken
 //! out of every imported entry before it reaches the store, and — where the
 //! source has password hash sync on — kept in memory for this cycle only,
 //! then handed to the target for the users it holds.

@@ -1,4 +1,4 @@
-//! Rules as data (DESIGN §5): inbound — which source attributes flow into
+//! Rules as data: inbound — which source attributes flow into
 //! which metaverse attributes — and outbound — which metaverse attributes
 //! become which tenant (SCIM) attributes; for which objects, in which scope,
 //! with which precedence. The built-in sets are `default-rules.toml` and

@@ -30,7 +30,7 @@ impl fmt::Display for SourceId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceObject {
     pub id: SourceId,
-    /// The sourceAnchor (DESIGN §4); may differ from `id` (ms-DS-ConsistencyGuid).
+    /// The sourceAnchor; may differ from `id` (ms-DS-ConsistencyGuid).
     pub anchor: Anchor,
     pub kind: ObjectKind,
     pub entry: Entry,

@@ -1,4 +1,4 @@
-//! Password records of synchronised users (password hash sync, DESIGN §6).
+//! Password records of synchronised users (password hash sync).
 //! A record is what the sync side sent: a PPH1 record derived from the NT
 //! hash, or a `userPassword` value carried as it is. Raw NT hashes are refused.
 

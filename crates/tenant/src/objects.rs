@@ -1,4 +1,4 @@
-//! The directory's objects and its rules (DESIGN §4): create, read, replace,
+//! The directory's objects and its rules: create, read, replace,
 //! patch, delete and list users, groups and contacts.
 //!
 //! - userName must use a verified domain.
@@ -718,7 +718,7 @@ pub fn replace(
     let existing = must_load(conn, kind, id)?;
     check_version(&existing, if_match)?;
     let data = validate(kind.rt(), body)?;
-    // immutableId never changes once set (DESIGN §4).
+    // immutableId never changes once set.
     if let (Some(old), new) = (immutable_id(&existing.data), immutable_id(&data))
         && new != Some(old)
     {

@@ -1,4 +1,4 @@
-//! Pass-through authentication, the tenant's side (DESIGN §6): agents
+//! Pass-through authentication, the tenant's side: agents
 //! register with a one-time token, keep an outbound long poll open, take
 //! sealed sign-in requests from a shared queue and answer with the outcome.
 //!

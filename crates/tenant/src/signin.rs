@@ -1,5 +1,5 @@
 //! Checking a user name and password (managed domains with password hash
-//! sync), with smart lockout (DESIGN §6). No HTTP here: the sign-in page and
+//! sync), with smart lockout. No HTTP here: the sign-in page and
 //! any other front end call [`sign_in`].
 //!
 //! Lockout counts failures per user name and per client address; a locked

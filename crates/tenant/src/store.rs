@@ -246,14 +246,14 @@ pub fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Tenant-wide switches (DESIGN §4).
+/// Tenant-wide switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     /// Never join an incoming synchronised object to a cloud object by userName or SMTP address.
     pub block_soft_match: bool,
     /// Never let an incoming object take over a cloud-managed object by immutableId.
     pub block_hard_match_takeover: bool,
-    /// A user's userName must be an address in a verified domain (DESIGN §4). On by default.
+    /// A user's userName must be an address in a verified domain. On by default.
     pub require_verified_domain: bool,
     /// A user whose on-premises password must be changed may choose a new
     /// one at cloud sign-in (otherwise the sign-in is refused). Off by default.

@@ -604,7 +604,7 @@ async fn scim2_tester_conformance() {
     let t = Tenant::start().await;
     {
         // scim2-tester makes random UUIDs its userNames; the verified-domain
-        // policy (DESIGN §4; tested in uniqueness_quarantine_and_release) is off for this run.
+        // policy (tested in uniqueness_quarantine_and_release) is off for this run.
         let store = tenant::open_existing(t.dir.path()).unwrap();
         let conn = store.lock();
         let mut s = tenant::Settings::load(&conn).unwrap();

@@ -1,4 +1,4 @@
-//! Federated domains (DESIGN §6): a domain's users sign in at the
+//! Federated domains: a domain's users sign in at the
 //! organisation's own identity provider; the tenant checks the answer,
 //! finds the user, and continues the relying party's OpenID Connect flow.
 //!

@@ -1,4 +1,4 @@
-//! The tenant's OpenID Connect provider and sign-in (DESIGN §6).
+//! The tenant's OpenID Connect provider and sign-in.
 //!
 //! - [`keys`]: RS256 and ES256 signing keys, rotation, JWKS.
 //! - [`jwt`]: compact JWS for the tokens we issue.
