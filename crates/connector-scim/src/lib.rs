@@ -1,6 +1,8 @@
 //! The export side over SCIM 2.0: creates, PATCHes and deletes resources in
-//! the tenant (or any SCIM service), retrying with back-off and honouring
-//! `429 Too Many Requests` with `Retry-After`.
+//! the tenant (or any SCIM service that can filter on `externalId`),
+//! retrying with back-off and honouring `429 Too Many Requests` with
+//! `Retry-After`. Retries never duplicate: a create that may have happened
+//! is looked up by its externalId before it is sent again.
 
 use std::path::Path;
 use std::time::Duration;
@@ -75,8 +77,20 @@ impl ScimTarget {
         })
     }
 
-    /// Sends a request, retrying what is worth retrying; returns status and body.
-    async fn send(&self, method: Method, url: &str, body: Option<&Value>) -> Result<(StatusCode, Value), TargetError> {
+    /// Sends a request, retrying what is worth retrying; returns status and
+    /// body. PATCH, DELETE, GET and password records are idempotent and are
+    /// retried on 429, 5xx and connection errors. A create (POST, Bulk) is
+    /// retried only when the service certainly did not act on it — a 429, or
+    /// a connection that never opened; after a 5xx or a lost answer it may
+    /// have, and the failure says so (`uncertain`) so the caller can look
+    /// before it creates again.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        repeat: Repeat,
+    ) -> Result<(StatusCode, Value), Failed> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();
         for attempt in 1..=self.attempts.max(1) {
@@ -94,7 +108,11 @@ impl ScimTarget {
                         .and_then(|v| v.trim().parse::<u64>().ok());
                     let text = resp.text().await.unwrap_or_default();
                     let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                    let refused_unprocessed = status == StatusCode::TOO_MANY_REQUESTS;
+                    if status.is_server_error() && repeat == Repeat::OnlyIfUnprocessed {
+                        return Err(Failed { message: describe(status, &json, &text), uncertain: true });
+                    }
+                    if refused_unprocessed || status.is_server_error() {
                         let wait = retry_after.map(|s| Duration::from_secs(s.min(60))).unwrap_or(delay);
                         last = describe(status, &json, &text);
                         tracing::warn!(%url, %status, attempt, wait_ms = wait.as_millis() as u64, "tenant asked to retry");
@@ -106,13 +124,101 @@ impl ScimTarget {
                 }
                 Err(e) => {
                     last = format!("{} {url}: {e}", method);
+                    if !e.is_connect() && repeat == Repeat::OnlyIfUnprocessed {
+                        return Err(Failed { message: last, uncertain: true });
+                    }
                     tracing::warn!(%url, attempt, error = %e, "tenant unreachable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }
-        Err(TargetError { message: format!("gave up after {} attempts: {last}", self.attempts), not_found: false })
+        Err(Failed { message: format!("gave up after {} attempts: {last}", self.attempts), uncertain: false })
+    }
+
+    /// The id of the resource of this kind whose externalId is `external_id`:
+    /// after an uncertain create, whether it happened.
+    async fn find_created(&self, kind: ObjectKind, external_id: &str) -> Result<Option<String>, TargetError> {
+        let filter = format!("externalId eq {}", Value::String(external_id.to_string()));
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/{}", self.base, endpoint(kind)),
+            [("filter", filter.as_str()), ("attributes", "id")],
+        )
+        .map_err(|e| TargetError { message: format!("bad SCIM URL: {e}"), not_found: false })?;
+        let (status, answer) =
+            self.send(Method::GET, url.as_str(), None, Repeat::Always).await.map_err(TargetError::from)?;
+        if !status.is_success() {
+            return Err(failure(status, &answer));
+        }
+        let found: Vec<&str> = answer
+            .get("Resources")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(|r| r.get("id").and_then(Value::as_str)).collect())
+            .unwrap_or_default();
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some((*one).to_string())),
+            _ => Err(TargetError {
+                message: format!("{} resources have externalId {external_id:?}; remove the duplicates", found.len()),
+                not_found: false,
+            }),
+        }
+    }
+
+    /// Creates a resource so that asking again never makes a second one:
+    /// after an uncertain failure, the service is asked whether it exists.
+    async fn create(
+        &self,
+        kind: ObjectKind,
+        resource: &Value,
+        maybe_done: bool,
+    ) -> Result<Option<String>, TargetError> {
+        let external_id = resource.get("externalId").and_then(Value::as_str);
+        let mut uncertain = maybe_done;
+        for _ in 0..self.attempts.max(1) {
+            if uncertain
+                && let Some(external_id) = external_id
+                && let Some(id) = self.find_created(kind, external_id).await?
+            {
+                return Ok(Some(id));
+            }
+            let url = format!("{}/{}?attributes=id", self.base, endpoint(kind));
+            match self.send(Method::POST, &url, Some(resource), Repeat::OnlyIfUnprocessed).await {
+                Ok((status, body)) if status.is_success() => {
+                    return body.get("id").and_then(Value::as_str).map(|s| Some(s.to_string())).ok_or_else(|| {
+                        TargetError { message: "the tenant's answer has no id".into(), not_found: false }
+                    });
+                }
+                Ok((status, body)) => return Err(failure(status, &body)),
+                Err(f) if f.uncertain && external_id.is_some() => {
+                    tracing::warn!(error = %f.message, "a create may or may not have happened; looking before trying again");
+                    uncertain = true;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(f) => return Err(f.into()),
+            }
+        }
+        Err(TargetError { message: format!("gave up creating after {} attempts", self.attempts), not_found: false })
+    }
+}
+
+/// Which failures a request may be sent again after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    Always,
+    OnlyIfUnprocessed,
+}
+
+/// A request that failed; `uncertain`: the service may have acted on it.
+#[derive(Debug)]
+struct Failed {
+    message: String,
+    uncertain: bool,
+}
+
+impl From<Failed> for TargetError {
+    fn from(f: Failed) -> TargetError {
+        TargetError { message: f.message, not_found: false }
     }
 }
 
@@ -168,27 +274,17 @@ fn bulk_result(answer: Option<&Value>) -> Result<Option<String>, TargetError> {
 impl ScimTarget {
     async fn one(&self, op: &ExportOp) -> Result<Option<String>, TargetError> {
         match op {
-            ExportOp::Create { kind, resource } => {
-                let url = format!("{}/{}?attributes=id", self.base, endpoint(*kind));
-                let (status, body) = self.send(Method::POST, &url, Some(resource)).await?;
-                if !status.is_success() {
-                    return Err(failure(status, &body));
-                }
-                body.get("id")
-                    .and_then(Value::as_str)
-                    .map(|s| Some(s.to_string()))
-                    .ok_or_else(|| TargetError { message: "the tenant's answer has no id".into(), not_found: false })
-            }
+            ExportOp::Create { kind, resource } => self.create(*kind, resource, false).await,
             ExportOp::Patch { kind, id, operations } => {
                 // The answer is the whole resource; a large group's members need not come back.
                 let url = format!("{}/{}/{id}?attributes=id", self.base, endpoint(*kind));
                 let body = json!({"schemas": [PATCH_SCHEMA], "Operations": operations});
-                let (status, answer) = self.send(Method::PATCH, &url, Some(&body)).await?;
+                let (status, answer) = self.send(Method::PATCH, &url, Some(&body), Repeat::Always).await?;
                 if status.is_success() { Ok(None) } else { Err(failure(status, &answer)) }
             }
             ExportOp::Delete { kind, id } => {
                 let url = format!("{}/{}/{id}", self.base, endpoint(*kind));
-                let (status, answer) = self.send(Method::DELETE, &url, None).await?;
+                let (status, answer) = self.send(Method::DELETE, &url, None, Repeat::Always).await?;
                 if status.is_success() { Ok(None) } else { Err(failure(status, &answer)) }
             }
         }
@@ -215,7 +311,12 @@ impl Target for ScimTarget {
         for chunk in ops.chunks(BULK_MAX) {
             let body = json!({"schemas": [BULK_SCHEMA], "Operations": chunk.iter().enumerate().map(|(i, op)| bulk_operation(i, op)).collect::<Vec<_>>()});
             let url = format!("{}/Bulk", self.base);
-            match self.send(Method::POST, &url, Some(&body)).await {
+            let repeat = if chunk.iter().any(|op| matches!(op, ExportOp::Create { .. })) {
+                Repeat::OnlyIfUnprocessed
+            } else {
+                Repeat::Always
+            };
+            match self.send(Method::POST, &url, Some(&body), repeat).await {
                 Ok((status, answer)) if status.is_success() => {
                     let answers = answer.get("Operations").and_then(Value::as_array).cloned().unwrap_or_default();
                     // Answers carry the method and (for creates) the bulkId; match them up in order.
@@ -233,7 +334,21 @@ impl Target for ScimTarget {
                     let e = failure(status, &answer);
                     out.extend(chunk.iter().map(|_| Err(e.clone())));
                 }
-                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+                // The service may have done some of it: each operation on its
+                // own, creates only after looking whether they happened.
+                Err(f) if f.uncertain => {
+                    tracing::warn!(error = %f.message, "a Bulk request may have been applied; sending its operations one by one");
+                    for op in chunk {
+                        out.push(match op {
+                            ExportOp::Create { kind, resource } => self.create(*kind, resource, true).await,
+                            other => self.one(other).await,
+                        });
+                    }
+                }
+                Err(f) => {
+                    let e = TargetError::from(f);
+                    out.extend(chunk.iter().map(|_| Err(e.clone())));
+                }
             }
         }
         out

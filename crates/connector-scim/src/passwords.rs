@@ -112,7 +112,8 @@ impl ScimTarget {
             let body = json!({"credentials": with_records.iter().map(|(i, r)| json!({
                 "immutableId": i.immutable_id, "record": r, "mustChangePassword": i.must_change,
             })).collect::<Vec<_>>()});
-            let (status, answer) = self.send(Method::POST, &self.hybrid_url(), Some(&body)).await?;
+            let (status, answer) =
+                self.send(Method::POST, &self.hybrid_url(), Some(&body), crate::Repeat::Always).await?;
             if !status.is_success() {
                 return Err(crate::failure(status, &answer));
             }

@@ -61,6 +61,10 @@ pub enum TenantCommand {
         /// How long a pass-through sign-in waits for an agent (seconds; read at tenant start).
         #[arg(long)]
         pta_timeout_secs: Option<u64>,
+        /// Requests per second one bearer token may make, bursts of twice that;
+        /// more are answered 429 with Retry-After (0 = no limit; read at tenant start).
+        #[arg(long)]
+        rate_limit_per_sec: Option<u32>,
     },
     /// OpenID Connect clients (relying parties).
     Client {
@@ -528,6 +532,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             require_verified_domain,
             allow_cloud_password_change,
             pta_timeout_secs,
+            rate_limit_per_sec,
         } => {
             let store = open(&data)?;
             let conn = store.lock();
@@ -537,14 +542,16 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 && require_verified_domain.is_none()
                 && allow_cloud_password_change.is_none()
                 && pta_timeout_secs.is_none()
+                && rate_limit_per_sec.is_none()
             {
                 println!(
-                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}\npta-timeout-secs: {}",
+                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}\npta-timeout-secs: {}\nrate-limit-per-sec: {}",
                     on_off(s.block_soft_match),
                     on_off(s.block_hard_match_takeover),
                     on_off(s.require_verified_domain),
                     on_off(s.allow_cloud_password_change),
-                    s.pta_timeout_secs
+                    s.pta_timeout_secs,
+                    if s.rate_limit_per_sec == 0 { "off".to_string() } else { s.rate_limit_per_sec.to_string() }
                 );
                 return Ok(());
             }
@@ -556,6 +563,9 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     anyhow::bail!("--pta-timeout-secs {v}: give 1 to 120 seconds");
                 }
                 s.pta_timeout_secs = v;
+            }
+            if let Some(v) = rate_limit_per_sec {
+                s.rate_limit_per_sec = v;
             }
             if let Some(v) = require_verified_domain {
                 s.require_verified_domain = v;
@@ -574,7 +584,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 None,
                 None,
                 Some(
-                    &serde_json::json!({"blockSoftMatch": s.block_soft_match, "blockHardMatchTakeover": s.block_hard_match_takeover, "requireVerifiedDomain": s.require_verified_domain, "allowCloudPasswordChange": s.allow_cloud_password_change}),
+                    &serde_json::json!({"blockSoftMatch": s.block_soft_match, "blockHardMatchTakeover": s.block_hard_match_takeover, "requireVerifiedDomain": s.require_verified_domain, "allowCloudPasswordChange": s.allow_cloud_password_change, "ptaTimeoutSecs": s.pta_timeout_secs, "rateLimitPerSec": s.rate_limit_per_sec}),
                 ),
             )?;
             eprintln!("settings saved");

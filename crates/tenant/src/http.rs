@@ -45,11 +45,21 @@ pub struct AppState {
     pub pta: crate::pta::Broker,
     /// Federated domains: the tenant as a relying party of their IdPs.
     pub federation: crate::federation::oidc::RelyingParty,
+    /// Requests per bearer token.
+    pub rate_limit: crate::ratelimit::RateLimiter,
 }
 
-/// A response-ready SCIM error.
+/// A response-ready SCIM error, with the header some statuses need.
 #[derive(Debug)]
-pub struct ApiError(pub ScimError, pub Option<&'static str>);
+pub struct ApiError(pub ScimError, pub Option<ErrorHeader>);
+
+#[derive(Debug, Clone, Copy)]
+pub enum ErrorHeader {
+    /// `WWW-Authenticate` of a 401.
+    Challenge(&'static str),
+    /// `Retry-After` (seconds) of a 429.
+    RetryAfter(u64),
+}
 
 impl From<ScimError> for ApiError {
     fn from(e: ScimError) -> Self {
@@ -67,8 +77,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = scim_json(status, &self.0.to_json());
-        if let Some(challenge) = self.1 {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        match self.1 {
+            Some(ErrorHeader::Challenge(challenge)) => {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            Some(ErrorHeader::RetryAfter(seconds)) => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            None => {}
         }
         resp
     }
@@ -126,20 +142,29 @@ pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, wri
     let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err(ApiError(
             ScimError::status(401, "a bearer token is required (idbridge tenant token create)"),
-            Some(CHALLENGE),
+            Some(ErrorHeader::Challenge(CHALLENGE)),
         ));
     };
     let Some(token) = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).map(str::trim) else {
-        return Err(ApiError(ScimError::status(401, "use the Bearer authentication scheme"), Some(CHALLENGE)));
+        return Err(ApiError(
+            ScimError::status(401, "use the Bearer authentication scheme"),
+            Some(ErrorHeader::Challenge(CHALLENGE)),
+        ));
     };
     let token = token.to_string();
     let found = db(state, move |conn| Ok(tokens::authenticate(conn, &token)?)).await?;
     let Some((id, scope)) = found else {
         return Err(ApiError(
             ScimError::status(401, "the bearer token is unknown, expired or revoked"),
-            Some(CHALLENGE),
+            Some(ErrorHeader::Challenge(CHALLENGE)),
         ));
     };
+    if let Err(seconds) = state.rate_limit.check(&id) {
+        return Err(ApiError(
+            ScimError::status(429, format!("too many requests with this token; retry in {seconds} s")),
+            Some(ErrorHeader::RetryAfter(seconds)),
+        ));
+    }
     if write && !scope.can_write_scim() {
         return Err(ApiError(
             ScimError::status(403, format!("a {scope} token may only read; this needs a sync or admin token")),

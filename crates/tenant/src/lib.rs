@@ -20,6 +20,7 @@ pub mod hybrid;
 pub mod objects;
 pub mod oidc;
 pub mod pta;
+pub mod ratelimit;
 pub mod serve;
 pub mod signin;
 pub mod store;

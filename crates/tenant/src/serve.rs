@@ -128,7 +128,12 @@ pub async fn serve(
     let bound = tcp.local_addr().map_err(|e| TenantError::Io { what: "local address".into(), source: e })?;
     let base_url = options.base_url(bound);
     let issuer = base_url.trim_end_matches("/scim/v2").to_string();
-    let pta_timeout = std::time::Duration::from_secs(crate::Settings::load(&store.lock())?.pta_timeout_secs);
+    let settings = crate::Settings::load(&store.lock())?;
+    let pta_timeout = std::time::Duration::from_secs(settings.pta_timeout_secs);
+    let rate_limit = crate::ratelimit::Limit {
+        per_sec: settings.rate_limit_per_sec,
+        burst: settings.rate_limit_per_sec.saturating_mul(2),
+    };
     let state = Arc::new(AppState {
         store: Arc::new(store),
         base_url: base_url.clone(),
@@ -137,6 +142,7 @@ pub async fn serve(
         lockout: crate::signin::LockoutPolicy::default(),
         pta: crate::pta::Broker::new(pta_timeout),
         federation: crate::federation::oidc::RelyingParty::new(),
+        rate_limit: crate::ratelimit::RateLimiter::new(rate_limit),
     });
     let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
     on_ready(bound, &base_url);

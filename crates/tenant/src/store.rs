@@ -260,6 +260,9 @@ pub struct Settings {
     pub allow_cloud_password_change: bool,
     /// How long a pass-through sign-in waits for an agent (seconds, default 10).
     pub pta_timeout_secs: u64,
+    /// Requests per second one bearer token may make (burst: twice that);
+    /// 0 is no limit. Read when the tenant starts.
+    pub rate_limit_per_sec: u32,
 }
 
 impl Settings {
@@ -274,6 +277,9 @@ impl Settings {
                 .and_then(|v| v.parse().ok())
                 .filter(|v| *v > 0)
                 .unwrap_or(10),
+            rate_limit_per_sec: get_meta(conn, "rate_limit_per_sec")?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(crate::ratelimit::Limit::default().per_sec),
         })
     }
 
@@ -282,6 +288,7 @@ impl Settings {
         set_meta(conn, "block_hard_match_takeover", if self.block_hard_match_takeover { "true" } else { "false" })?;
         set_meta(conn, "allow_cloud_password_change", if self.allow_cloud_password_change { "true" } else { "false" })?;
         set_meta(conn, "pta_timeout_secs", &self.pta_timeout_secs.to_string())?;
+        set_meta(conn, "rate_limit_per_sec", &self.rate_limit_per_sec.to_string())?;
         set_meta(conn, "require_verified_domain", if self.require_verified_domain { "true" } else { "false" })
     }
 }

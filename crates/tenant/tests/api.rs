@@ -42,7 +42,13 @@ impl Tenant {
     }
 
     async fn start_in(dir: TempDir) -> Tenant {
+        Tenant::start_with(dir, |_| {}).await
+    }
+
+    /// Starts with `configure` applied to the database first (settings).
+    async fn start_with(dir: TempDir, configure: impl FnOnce(&rusqlite::Connection)) -> Tenant {
         let (store, _) = tenant::open_or_create(dir.path(), "example.test").unwrap();
+        configure(&store.lock());
         let (admin, sync, read) = {
             let conn = store.lock();
             let _ = tenant::domains::add(&conn, "corp.example.com", tenant::domains::AuthType::ManagedPhs, false);
@@ -700,4 +706,112 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
         ServeOptions { listen: "0.0.0.0:0".parse().unwrap(), tls: None, public_url: None, max_body: DEFAULT_MAX_BODY };
     let err = serve(store, open, |_, _| {}, async {}).await.unwrap_err();
     assert!(err.to_string().contains("refusing plain HTTP"), "{err}");
+}
+
+/// Over its per-token rate a client gets 429 with Retry-After; idbridge's
+/// connector waits as told and every object arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_over_its_rate_gets_429_and_the_connector_waits() {
+    let dir = TempDir::new("tenant").unwrap();
+    let t = Tenant::start_with(dir, |conn| {
+        let mut settings = tenant::Settings::load(conn).unwrap();
+        settings.rate_limit_per_sec = 2;
+        settings.save(conn).unwrap();
+    })
+    .await;
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = t.call(Method::GET, "/Users?count=1", Some(&t.read), None).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("20 requests at once exceed 2 per second (burst 4)");
+    let wait: u64 = r.headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(r.body["status"], "429", "{}", r.body);
+    // Another token is not held up by this one.
+    assert_eq!(t.call(Method::GET, "/Users?count=1", Some(&t.admin), None).await.status, StatusCode::OK);
+
+    let mut target =
+        connector_scim::ScimTarget::new(&t.base, t.sync.clone(), None, std::time::Duration::from_secs(30)).unwrap();
+    target.bulk = false;
+    target.attempts = 20;
+    let ops: Vec<sync::engine::ExportOp> = (0..8)
+        .map(|i| sync::engine::ExportOp::Create {
+            kind: directory::ObjectKind::User,
+            resource: json!({
+                "schemas": [USER, HYBRID], "userName": format!("zoë{i}@corp.example.com"),
+                "externalId": format!("YW5jaG9y{i}"), HYBRID: {"immutableId": format!("YW5jaG9y{i}")}
+            }),
+        })
+        .collect();
+    let results = sync::engine::Target::apply(&mut target, &ops).await;
+    assert!(results.iter().all(|r| matches!(r, Ok(Some(_)))), "{results:?}");
+    let list = t.call(Method::GET, "/Users?count=0", Some(&t.admin), None).await;
+    assert_eq!(list.body["totalResults"], 8);
+}
+
+/// A create whose answer is lost (here: a proxy that forwards it and then
+/// answers 502 — a fault the tenant itself cannot produce) is not sent
+/// again blindly: the connector looks the object up by its externalId.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncertain_create_is_looked_up_not_repeated() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let t = Tenant::start().await;
+    let posts = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
+    {
+        let (posts, upstream) = (posts.clone(), t.base.trim_end_matches("/scim/v2").to_string());
+        let client = reqwest::Client::new();
+        let forward = move |request: axum::extract::Request| {
+            let (posts, upstream, client) = (posts.clone(), upstream.clone(), client.clone());
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                let url = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+                let mut req = client.request(parts.method.clone(), url).body(body);
+                for (name, value) in &parts.headers {
+                    if name != header::HOST {
+                        req = req.header(name, value);
+                    }
+                }
+                let answer = req.send().await.unwrap();
+                let status = answer.status();
+                let bytes = answer.bytes().await.unwrap();
+                if parts.method == Method::POST && posts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return axum::response::Response::builder()
+                        .status(502)
+                        .body(axum::body::Body::from("bad gateway"))
+                        .unwrap();
+                }
+                axum::response::Response::builder()
+                    .status(status)
+                    .header(header::CONTENT_TYPE, "application/scim+json")
+                    .body(axum::body::Body::from(bytes))
+                    .unwrap()
+            }
+        };
+        let app = axum::Router::new().fallback(forward);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+    let mut target =
+        connector_scim::ScimTarget::new(&proxy_base, t.sync.clone(), None, std::time::Duration::from_secs(30)).unwrap();
+    target.bulk = false;
+    let op = sync::engine::ExportOp::Create {
+        kind: directory::ObjectKind::User,
+        resource: json!({
+            "schemas": [USER, HYBRID], "userName": "jürgen@corp.example.com",
+            "externalId": "anVlcmdlbg", HYBRID: {"immutableId": "anVlcmdlbg"}
+        }),
+    };
+    let results = sync::engine::Target::apply(&mut target, std::slice::from_ref(&op)).await;
+    let Ok(Some(created)) = &results[0] else { panic!("{results:?}") };
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "the create went out once; then a lookup, not a second POST");
+    let list = t.call(Method::GET, "/Users", Some(&t.admin), None).await;
+    assert_eq!(list.body["totalResults"], 1);
+    assert_eq!(list.body["Resources"][0]["id"].as_str(), Some(created.as_str()));
 }
