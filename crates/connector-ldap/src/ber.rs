@@ -2,6 +2,7 @@
 //! search result entries and the paged-results, DirSync and content-sync
 //! (RFC 4533) controls. Every decoder returns `None` on malformed input
 //! instead of panicking (ldap3's own parsers panic).
+#![deny(clippy::indexing_slicing)]
 
 use ldap3::asn1::{
     ASNTag, Boolean, Enumerated, Integer, OctetString, PL, Sequence, StructureTag, Tag, TagClass, Types, parse_tag,
@@ -83,7 +84,7 @@ fn parse_value(bytes: &[u8]) -> Option<StructureTag> {
 fn as_int(tag: &StructureTag) -> Option<i64> {
     match &tag.payload {
         PL::P(bytes) if !bytes.is_empty() && bytes.len() <= 8 => {
-            let neg = bytes[0] & 0x80 != 0;
+            let neg = bytes.first().is_some_and(|b| b & 0x80 != 0);
             let mut v: i64 = if neg { -1 } else { 0 };
             for b in bytes {
                 v = (v << 8) | i64::from(*b);
@@ -240,6 +241,7 @@ pub fn parse_entry(msg: StructureTag) -> Option<RawEntry> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! Distinguished names per RFC 4514: parsing, escaping, normalisation and tree relations.
+#![deny(clippy::indexing_slicing)]
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -156,7 +157,7 @@ impl Dn {
 
     /// The parent DN; `None` for the root DN.
     pub fn parent(&self) -> Option<Dn> {
-        if self.rdns.is_empty() { None } else { Some(Dn { rdns: self.rdns[1..].to_vec() }) }
+        self.rdns.get(1..).map(|rest| Dn { rdns: rest.to_vec() })
     }
 
     /// True if `self` lies strictly below `ancestor`.
@@ -180,7 +181,7 @@ impl Dn {
 
     fn ends_with(&self, suffix: &Dn) -> bool {
         let skip = self.rdns.len() - suffix.rdns.len().min(self.rdns.len());
-        self.rdns[skip..].iter().zip(&suffix.rdns).all(|(a, b)| a == b)
+        self.rdns.iter().skip(skip).zip(&suffix.rdns).all(|(a, b)| a == b)
     }
 
     /// This DN with a new leftmost RDN and optionally a new parent (a modrdn/move).
@@ -201,7 +202,7 @@ impl Dn {
             return None;
         }
         let keep = self.rdns.len() - old_base.rdns.len();
-        let mut rdns = self.rdns[..keep].to_vec();
+        let mut rdns = self.rdns.get(..keep).unwrap_or_default().to_vec();
         rdns.extend(new_base.rdns.iter().cloned());
         Some(Dn { rdns })
     }
@@ -468,6 +469,7 @@ fn valid_attr_type(attr: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

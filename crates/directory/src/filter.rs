@@ -1,4 +1,5 @@
 //! LDAP search filters (RFC 4515): parse, print, and evaluate against an entry.
+#![deny(clippy::indexing_slicing)]
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -307,7 +308,7 @@ impl Parser<'_> {
                 break;
             }
         }
-        String::from_utf8_lossy(&self.bytes[start..self.pos]).into_owned()
+        String::from_utf8_lossy(self.bytes.get(start..self.pos).unwrap_or_default()).into_owned()
     }
 
     fn item(&mut self) -> Result<Filter, FilterError> {
@@ -413,6 +414,7 @@ impl Parser<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::dn::Dn;

@@ -1,4 +1,5 @@
 //! LDIF (RFC 2849): a streaming reader of content and change records, and a writer.
+#![deny(clippy::indexing_slicing)]
 
 use std::io::BufRead;
 
@@ -544,6 +545,7 @@ fn fold_into(buf: &mut String, line: &str, width: usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

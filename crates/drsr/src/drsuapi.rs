@@ -1,4 +1,5 @@
 //! The DRSUAPI calls (MS-DRSR 4.1): `IDL_DRSBind`, `IDL_DRSGetNCChanges`, `IDL_DRSUnbind`.
+#![deny(clippy::indexing_slicing)]
 
 use crate::RpcError;
 use crate::ndr::{Decoder, Encoder};
@@ -47,7 +48,7 @@ pub async fn bind(conn: &mut Connection) -> Result<(DrsHandle, ServerExtensions)
         let _max = d.u32()?;
         let cb = d.count(1, "the server's extensions")?;
         let bytes = d.take(cb, "the server's extensions")?;
-        flags = bytes.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+        flags = bytes.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0);
         d.align(4)?;
     }
     let handle: [u8; 20] =
@@ -145,7 +146,7 @@ fn read_dsname(d: &mut Decoder<'_>) -> Result<(String, [u8; 16], Vec<u8>), RpcEr
     let _struct_len = d.u32()?;
     let sid_len = usize::try_from(d.u32()?).unwrap_or(0).min(28);
     let guid: [u8; 16] = d.take(16, "a GUID")?.try_into().map_err(|_| RpcError::Malformed("GUID".into()))?;
-    let sid = d.take(28, "a SID")?[..sid_len].to_vec();
+    let sid = d.take(28, "a SID")?.get(..sid_len).unwrap_or_default().to_vec();
     let _name_len = d.u32()?;
     let mut units = Vec::with_capacity(count);
     for _ in 0..count {
@@ -463,6 +464,7 @@ pub async fn replicate(
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use proptest::prelude::*;
 

@@ -2,6 +2,7 @@
 //! size, conformant arrays with their count first, unique pointers as a
 //! referent id. The decoder is bounded: a length or count larger than what
 //! is left is an error, never an allocation or a panic.
+#![deny(clippy::indexing_slicing)]
 
 use crate::RpcError;
 
@@ -93,25 +94,28 @@ impl<'a> Decoder<'a> {
         if n > self.remaining() {
             return Err(self.short(what));
         }
-        let out = &self.data[self.pos..self.pos + n];
+        let out = self.data.get(self.pos..self.pos.saturating_add(n)).ok_or_else(|| self.short(what))?;
         self.pos += n;
         Ok(out)
     }
 
+    /// The next `N` bytes as an array.
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], RpcError> {
+        self.take(N, what)?.try_into().map_err(|_| self.short(what))
+    }
+
     pub fn u8(&mut self) -> Result<u8, RpcError> {
-        Ok(self.take(1, "a byte")?[0])
+        Ok(u8::from_le_bytes(self.array("a byte")?))
     }
 
     pub fn u16(&mut self) -> Result<u16, RpcError> {
         self.align(2)?;
-        let b = self.take(2, "a short")?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.array("a short")?))
     }
 
     pub fn u32(&mut self) -> Result<u32, RpcError> {
         self.align(4)?;
-        let b = self.take(4, "a long")?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array("a long")?))
     }
 
     pub fn u64(&mut self) -> Result<u64, RpcError> {
@@ -133,6 +137,7 @@ impl<'a> Decoder<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
 //! Connection-oriented DCE/RPC PDUs (C706 chapter 12, MS-RPCE 2.2.2): a
 //! 16-byte common header, then the body of each type.
+#![deny(clippy::indexing_slicing)]
 
 use crate::{RpcError, Syntax};
 
@@ -42,7 +43,9 @@ impl Header {
     }
 
     pub fn decode(h: &[u8]) -> Result<Header, RpcError> {
-        if h.len() < 16 || h[0] != 5 {
+        let not_v5 = || RpcError::Malformed("PDU header (not DCE/RPC version 5)".into());
+        let h: &[u8; 16] = h.get(..16).and_then(|h| h.try_into().ok()).ok_or_else(not_v5)?;
+        if h[0] != 5 {
             return Err(RpcError::Malformed("PDU header (not DCE/RPC version 5)".into()));
         }
         if h[4] & 0xf0 != 0x10 {
@@ -87,7 +90,7 @@ pub struct BindAck {
 
 pub fn parse_bind_ack(header: &Header, pdu: &[u8]) -> Result<BindAck, RpcError> {
     if header.ptype == BIND_NAK {
-        let reason = pdu.get(16..18).map(|r| u16::from_le_bytes([r[0], r[1]])).unwrap_or(0);
+        let reason = pdu.get(16..18).and_then(|r| r.try_into().ok()).map(u16::from_le_bytes).unwrap_or(0);
         return Err(RpcError::BindRefused { result: 2, reason });
     }
     if header.ptype != BIND_ACK {
@@ -144,6 +147,7 @@ fn finish(ptype: u8, flags: u8, call_id: u32, body: Vec<u8>, auth: &[u8]) -> Vec
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
 //! `userPassword` values as LDAP servers store them (RFC 2307 `{SCHEME}`
 //! prefix), verified natively: the tenant can carry them as they are.
+#![deny(clippy::indexing_slicing)]
 
 use std::num::NonZeroU32;
 
@@ -217,6 +218,7 @@ fn crypt_record(body: &str) -> Result<StoredPassword, PasswordError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

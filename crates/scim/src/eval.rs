@@ -1,5 +1,6 @@
 //! Evaluating filters against resources (RFC 7644 §3.4.2.2) and sort keys
 //! (§3.4.2.3). Types and case-exactness come from the schema.
+#![deny(clippy::indexing_slicing)]
 
 use std::cmp::Ordering;
 
@@ -109,11 +110,11 @@ fn is_empty(v: &Value) -> bool {
 pub fn parse_datetime(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     if b.len() < 19
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
+        || b.get(4) != Some(&b'-')
+        || b.get(7) != Some(&b'-')
+        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
     {
         return None;
     }
@@ -135,7 +136,10 @@ pub fn parse_datetime(s: &str) -> Option<(i64, u32)> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
+        _ if rest.len() == 6
+            && matches!(rest.as_bytes().first(), Some(b'+' | b'-'))
+            && rest.as_bytes().get(3) == Some(&b':') =>
+        {
             let sign = if rest.starts_with('-') { -1 } else { 1 };
             let part = |r: std::ops::Range<usize>| rest.get(r).and_then(|x| x.parse::<i64>().ok());
             sign * (part(1..3)? * 3600 + part(4..6)? * 60)
@@ -330,6 +334,7 @@ pub fn sort_key(rt: &ResourceType, path: &AttrPath, resource: &Value) -> Result<
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::schema::{ENTERPRISE_USER_SCHEMA, GROUP_TYPE, HYBRID_SCHEMA, USER_TYPE};

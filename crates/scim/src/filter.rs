@@ -2,6 +2,7 @@
 //!
 //! Precedence, highest first: `not`, `and`, `or`; parentheses group.
 //! Operators and attribute names are case-insensitive.
+#![deny(clippy::indexing_slicing)]
 
 use std::fmt;
 
@@ -100,8 +101,7 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, String> {
     let bytes = input.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
+    while let Some(&c) = bytes.get(i) {
         match c {
             b' ' | b'\t' | b'\n' | b'\r' => i += 1,
             b'(' => {
@@ -126,7 +126,7 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, String> {
                 i += 1;
                 let mut escaped = false;
                 while i < bytes.len() {
-                    match bytes[i] {
+                    match bytes.get(i).copied().unwrap_or(b'"') {
                         b'\\' if !escaped => escaped = true,
                         b'"' if !escaped => break,
                         _ => escaped = false,
@@ -146,7 +146,7 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, String> {
             _ => {
                 let start = i;
                 while i < bytes.len()
-                    && !matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r' | b'(' | b')' | b'[' | b']' | b'"')
+                    && !matches!(bytes.get(i), Some(b' ' | b'\t' | b'\n' | b'\r' | b'(' | b')' | b'[' | b']' | b'"'))
                 {
                     i += 1;
                 }
@@ -428,6 +428,7 @@ impl PatchPath {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use serde_json::json;

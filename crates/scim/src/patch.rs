@@ -1,5 +1,6 @@
 //! PATCH (RFC 7644 §3.5.2): parse a PatchOp body and apply it to a resource,
 //! atomically — on any error the resource is left as it was.
+#![deny(clippy::indexing_slicing)]
 
 use serde_json::{Map, Value};
 
@@ -403,7 +404,7 @@ fn apply_path(
                 Some(sub) => {
                     check_mutable(sub, false)?;
                     for &i in &matched {
-                        if let Some(obj) = items[i].as_object_mut() {
+                        if let Some(obj) = items.get_mut(i).and_then(Value::as_object_mut) {
                             take(obj, sub.name);
                         }
                     }
@@ -446,21 +447,22 @@ fn apply_path(
                             Some(sub) => {
                                 check_mutable(sub, false)?;
                                 check_value(sub, v)?;
-                                if let Some(obj) = items[i].as_object_mut() {
+                                if let Some(obj) = items.get_mut(i).and_then(Value::as_object_mut) {
                                     put(obj, sub.name, v.clone());
                                 }
                             }
                             None => {
                                 check_value(def, v)?;
                                 let new = canonical_complex(def, v.clone());
+                                let Some(item) = items.get_mut(i) else { continue };
                                 if op == PatchOp::Replace {
-                                    items[i] = new;
-                                } else if let (Some(obj), Value::Object(extra)) = (items[i].as_object_mut(), new) {
+                                    *item = new;
+                                } else if let (Some(obj), Value::Object(extra)) = (item.as_object_mut(), new) {
                                     obj.extend(extra);
                                 }
                             }
                         }
-                        changed.push(items[i].clone());
+                        changed.extend(items.get(i).cloned());
                     }
                     single_primary(&mut items, &changed);
                 }
@@ -536,7 +538,7 @@ fn apply_path(
             let mut new = normalize(def, v)?;
             if def.multi {
                 let snapshot = new.clone();
-                single_primary(&mut new, &snapshot[snapshot.len().saturating_sub(1)..]);
+                single_primary(&mut new, snapshot.get(snapshot.len().saturating_sub(1)..).unwrap_or_default());
                 put(container, def.name, Value::Array(new));
             } else if let Some(n) = new.into_iter().next() {
                 put(container, def.name, n);
@@ -547,6 +549,7 @@ fn apply_path(
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::schema::{ENTERPRISE_USER_SCHEMA, GROUP_TYPE, USER_TYPE};

@@ -2,6 +2,7 @@
 //! entity declarations refused), namespaces resolved, and Exclusive XML
 //! Canonicalization 1.0 (without comments) of a subtree, with an element
 //! left out (the enveloped signature) and an InclusiveNamespaces prefix list.
+#![deny(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 
@@ -198,8 +199,7 @@ impl Element {
     pub fn descendants(&self) -> Vec<&Element> {
         let mut out = vec![self];
         let mut i = 0;
-        while i < out.len() {
-            let e = out[i];
+        while let Some(&e) = out.get(i) {
             out.extend(e.elements());
             i += 1;
         }
@@ -326,6 +326,7 @@ fn escape_text(t: &str, out: &mut String) {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
