@@ -691,13 +691,33 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut reply = String::new();
-    tls.read_to_string(&mut reply).await.unwrap();
+    // Silent clients (no handshake at all) hold up nobody else.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let healthz = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut reply = String::new();
+        tls.read_to_string(&mut reply).await.unwrap();
+        reply
+    };
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(30), healthz)
+        .await
+        .expect("an HTTPS request is answered while silent connections are open");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // The silent ones are closed once the handshake timeout has passed.
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        tenant::serve::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(20),
+        silent[0].read(&mut byte),
+    )
+    .await
+    .expect("a connection without a handshake is closed by the server");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     let _ = stop_tx.send(());
 
     // Plain HTTP anywhere but loopback is refused.
@@ -814,4 +834,25 @@ async fn an_uncertain_create_is_looked_up_not_repeated() {
     let list = t.call(Method::GET, "/Users", Some(&t.admin), None).await;
     assert_eq!(list.body["totalResults"], 1);
     assert_eq!(list.body["Resources"][0]["id"].as_str(), Some(created.as_str()));
+}
+
+/// A client that starts a request and never finishes its headers is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Tenant::start().await;
+    let addr = t.base.trim_start_matches("http://").trim_end_matches("/scim/v2").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        tenant::serve::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(20),
+        slow.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was still open after the header timeout");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    // Meanwhile and after, others are served.
+    assert_eq!(t.call(Method::GET, "/ServiceProviderConfig", Some(&t.read), None).await.status, StatusCode::OK);
 }
