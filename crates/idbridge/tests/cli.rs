@@ -2637,6 +2637,45 @@ mod federation {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let again = rt.block_on(async { testkit::Browser::new().unwrap().post(&acs, &form).await.unwrap() });
         assert_eq!(again.status, 403, "{}", again.body);
+        // Hostile shapes from anyone who started a sign-in: a document nested
+        // 180,000 deep (once killed the process by stack overflow), one within
+        // the size bound but too deep, one with too many elements. Each is
+        // refused and the tenant goes on answering.
+        let relay_state = |browser: &mut testkit::Browser, rt: &tokio::runtime::Runtime| {
+            let action = authorize.split('?').next().unwrap().to_string();
+            let first = rt.block_on(browser.get(&authorize)).unwrap();
+            let to_idp = rt
+                .block_on(
+                    browser.post(&action, &testkit::form_fields(&first.body, &[("username", "alice@fed.example")])),
+                )
+                .unwrap();
+            let location = reqwest::Url::parse(&to_idp.location.unwrap()).unwrap();
+            location.query_pairs().find(|(k, _)| k == "RelayState").unwrap().1.into_owned()
+        };
+        use base64::Engine;
+        let nested = |depth: usize| {
+            base64::engine::general_purpose::STANDARD.encode(format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth)))
+        };
+        let wide = base64::engine::general_purpose::STANDARD.encode(format!(
+            "<samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\">{}</samlp:Response>",
+            "<é/>".repeat(20_000)
+        ));
+        for response in [nested(180_000), nested(30_000), wide] {
+            let mut browser = testkit::Browser::new().unwrap();
+            let state = relay_state(&mut browser, &rt);
+            let form = vec![("SAMLResponse".to_string(), response), ("RelayState".to_string(), state)];
+            let answer = rt.block_on(browser.post(&acs, &form)).unwrap();
+            // Over the form size limit: refused before any parsing (413).
+            if answer.status == 413 {
+                continue;
+            }
+            assert_eq!(answer.status, 403, "{}", answer.body);
+            let last =
+                audit(&data).lines().rev().find(|l| l.contains("federated-sign-in-refused")).unwrap().to_string();
+            assert!(last.contains("malformed-answer"), "{last}");
+        }
+        let health = rt.block_on(testkit::Browser::new().unwrap().get(&format!("{issuer_url}/healthz"))).unwrap();
+        assert_eq!(health.status, 200);
         // Signed with a key the tenant was not given: refused.
         federate(&other_cert);
         let (page, _, _) = saml_sign_in(&authorize, "alice@fed.example", "alice", "");

@@ -80,6 +80,10 @@ fn parse_instant(text: &str) -> Result<i64, Refusal> {
 
 /// Checks a base64 `SAMLResponse` completely; what its one assertion says.
 pub fn check_response(encoded: &str, expected: &Expected<'_>) -> Result<Asserted, Refusal> {
+    // Base64 of the largest document the XML reader takes, with line breaks.
+    if encoded.len() > xml::LIMITS.max_bytes / 3 * 4 * 2 {
+        return Err(Refusal::Malformed("SAMLResponse is too large".into()));
+    }
     let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let bytes = STANDARD.decode(compact).map_err(|_| Refusal::Malformed("SAMLResponse is not base64".into()))?;
     let text = String::from_utf8(bytes).map_err(|_| Refusal::Malformed("SAMLResponse is not UTF-8".into()))?;
@@ -97,13 +101,20 @@ pub fn check_response(encoded: &str, expected: &Expected<'_>) -> Result<Asserted
     if all.iter().any(|e| e.is(SAML, "EncryptedAssertion")) {
         return Err(Refusal::Malformed("encrypted assertions are not supported".into()));
     }
-    let assertions: Vec<&&Element> = all.iter().filter(|e| e.is(SAML, "Assertion")).collect();
-    let [assertion] = assertions.as_slice() else {
+    let assertions = all.iter().filter(|e| e.is(SAML, "Assertion")).count();
+    // The one assertion is a direct child of the Response: one placed
+    // elsewhere (inside the Signature's ds:Object, say) is outside what the
+    // Response's signature covers the way a reader expects.
+    let direct: Vec<&Element> = root.elements().filter(|e| e.is(SAML, "Assertion")).collect();
+    let [assertion] = direct.as_slice() else {
         return Err(Refusal::Malformed(format!(
-            "the response holds {} assertions; exactly one is accepted",
-            assertions.len()
+            "the response holds {assertions} assertions ({} directly in the Response); exactly one, directly in it, is accepted",
+            direct.len()
         )));
     };
+    if assertions != 1 {
+        return Err(Refusal::Malformed(format!("the response holds {assertions} assertions; exactly one is accepted")));
+    }
     let assertion: &Element = assertion;
     // The status first: a refusal by the IdP is not a forgery.
     let status = root
@@ -151,13 +162,17 @@ pub fn check_response(encoded: &str, expected: &Expected<'_>) -> Result<Asserted
         }
         valid_until = valid_until.min(noa + CLOCK_SKEW_SECS);
     }
-    let audiences: Vec<String> = conditions
+    // Each AudienceRestriction must name us (SAML core §2.5.1.4: they all apply).
+    let restrictions: Vec<Vec<String>> = conditions
         .elements()
         .filter(|e| e.is(SAML, "AudienceRestriction"))
-        .flat_map(|r| r.elements().filter(|a| a.is(SAML, "Audience")).map(|a| a.text().trim().to_string()))
+        .map(|r| r.elements().filter(|a| a.is(SAML, "Audience")).map(|a| a.text().trim().to_string()).collect())
         .collect();
-    if !audiences.iter().any(|a| a == expected.sp_entity_id) {
-        return Err(Refusal::WrongAudience { expected: expected.sp_entity_id.into(), got: format!("{audiences:?}") });
+    if restrictions.is_empty() || !restrictions.iter().all(|r| r.iter().any(|a| a == expected.sp_entity_id)) {
+        return Err(Refusal::WrongAudience {
+            expected: expected.sp_entity_id.into(),
+            got: format!("{restrictions:?}"),
+        });
     }
     let subject = assertion.child(SAML, "Subject").ok_or_else(|| Refusal::Malformed("no Subject".into()))?;
     let bearer = subject

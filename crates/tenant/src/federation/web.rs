@@ -196,17 +196,25 @@ async fn verify_saml(
     let Federation::Saml(idp) = federation else {
         return Err(Refusal::IdpError("the domain is federated over OpenID Connect, not SAML".into()));
     };
-    let certificates = super::saml::certificates_from(idp.signing_certificates.as_bytes());
     let (sp, acs) = (saml_entity_id(state), saml_acs_url(state));
-    let expected = super::saml::Expected {
-        idp_entity_id: &idp.entity_id,
-        certificates: &certificates,
-        sp_entity_id: &sp,
-        acs_url: &acs,
-        request_id: &pending.nonce,
-        now: now_secs(),
-    };
-    let asserted = super::saml::check_response(response, &expected)?;
+    let (response, nonce) = (response.to_string(), pending.nonce.clone());
+    let idp_entity_id = idp.entity_id.clone();
+    // Parsing and signature checks are CPU work on hostile input: a blocking
+    // thread, never the async workers that serve everyone else.
+    let asserted = tokio::task::spawn_blocking(move || {
+        let certificates = super::saml::certificates_from(idp.signing_certificates.as_bytes());
+        let expected = super::saml::Expected {
+            idp_entity_id: &idp_entity_id,
+            certificates: &certificates,
+            sp_entity_id: &sp,
+            acs_url: &acs,
+            request_id: &nonce,
+            now: now_secs(),
+        };
+        super::saml::check_response(&response, &expected)
+    })
+    .await
+    .map_err(|_| Refusal::Malformed("the response could not be checked".into()))??;
     let upn = idp
         .upn_attribute
         .as_ref()

@@ -2,9 +2,35 @@
 //! entity declarations refused), namespaces resolved, and Exclusive XML
 //! Canonicalization 1.0 (without comments) of a subtree, with an element
 //! left out (the enveloped signature) and an InclusiveNamespaces prefix list.
+//!
+//! The input is hostile (anyone can post a SAMLResponse): the document's
+//! size, depth, element count, attributes per element and namespace
+//! declarations are bounded, namespace scopes are shared between elements
+//! (not copied into each), and nothing recurses on the tree — building,
+//! canonicalising and dropping it are loops.
 #![deny(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Bounds for one document. A real SAML response is a few kilobytes, about
+/// 10 levels deep, with well under a hundred elements.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+    pub max_elements: usize,
+    pub max_attributes: usize,
+    pub max_namespace_declarations: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    max_bytes: 256 << 10,
+    max_depth: 64,
+    max_elements: 4096,
+    max_attributes: 64,
+    max_namespace_declarations: 256,
+};
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -20,8 +46,9 @@ pub struct Element {
     pub attrs: Vec<(String, String, String, String)>,
     /// Namespace declarations on this element: prefix ("" = default) → URI.
     pub decls: Vec<(String, String)>,
-    /// Every namespace binding in scope here (declarations of ancestors included).
-    pub scope: BTreeMap<String, String>,
+    /// Every namespace binding in scope here (declarations of ancestors
+    /// included); shared with the parent when this element declares none.
+    pub scope: Arc<BTreeMap<String, String>>,
     pub children: Vec<Node>,
 }
 
@@ -47,24 +74,62 @@ fn attribute_value(raw: &[u8]) -> Result<String, XmlError> {
     quick_xml::escape::unescape(&spaced).map(|c| c.into_owned()).map_err(|e| bad(format!("attribute value: {e}")))
 }
 
-/// Parses a document. DOCTYPE (and so any entity declaration) is refused.
+/// Every element node is dropped in a loop: a deep tree cannot overflow the
+/// stack on the way out.
+impl Drop for Element {
+    fn drop(&mut self) {
+        let mut pending = std::mem::take(&mut self.children);
+        while let Some(node) = pending.pop() {
+            if let Node::Element(mut e) = node {
+                pending.append(&mut e.children);
+            }
+        }
+    }
+}
+
+/// Parses a document within [`LIMITS`]. DOCTYPE (and so any entity
+/// declaration) is refused.
 pub fn parse(text: &str) -> Result<Element, XmlError> {
+    parse_within(text, &LIMITS)
+}
+
+pub fn parse_within(text: &str, limits: &Limits) -> Result<Element, XmlError> {
+    if text.len() > limits.max_bytes {
+        return Err(bad(format!("the document is larger than {} bytes", limits.max_bytes)));
+    }
     // XML 1.0 §2.11: line ends become LF before anything else.
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut reader = Reader::from_str(&text);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<Element> = Vec::new();
     let mut root = None;
+    let (mut elements, mut declarations) = (0usize, 0usize);
+    let mut count = |e: &Element| -> Result<(), XmlError> {
+        elements += 1;
+        declarations += e.decls.len();
+        if elements > limits.max_elements {
+            return Err(bad(format!("more than {} elements", limits.max_elements)));
+        }
+        if declarations > limits.max_namespace_declarations {
+            return Err(bad(format!("more than {} namespace declarations", limits.max_namespace_declarations)));
+        }
+        Ok(())
+    };
     loop {
         let event = reader.read_event().map_err(|e| bad(e.to_string()))?;
         match event {
             Event::DocType(_) => return Err(bad("a DOCTYPE is not accepted")),
             Event::Start(e) => {
-                let element = open(&e, stack.last())?;
+                if stack.len() >= limits.max_depth {
+                    return Err(bad(format!("elements nested deeper than {}", limits.max_depth)));
+                }
+                let element = open(&e, stack.last(), limits)?;
+                count(&element)?;
                 stack.push(element);
             }
             Event::Empty(e) => {
-                let element = open(&e, stack.last())?;
+                let element = open(&e, stack.last(), limits)?;
+                count(&element)?;
                 close(&mut stack, &mut root, element)?;
             }
             Event::End(_) => {
@@ -107,25 +172,30 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
 }
 
 /// An element from its start tag, in the scope of its parent.
-fn open(e: &quick_xml::events::BytesStart<'_>, parent: Option<&Element>) -> Result<Element, XmlError> {
+fn open(e: &quick_xml::events::BytesStart<'_>, parent: Option<&Element>, limits: &Limits) -> Result<Element, XmlError> {
     let qname = std::str::from_utf8(e.name().as_ref()).map_err(|_| bad("a name is not UTF-8"))?.to_string();
-    let mut scope = parent.map(|p| p.scope.clone()).unwrap_or_default();
+    let inherited = parent.map(|p| p.scope.clone()).unwrap_or_default();
+    let mut scope: Option<BTreeMap<String, String>> = None;
     let mut decls = Vec::new();
     let mut raw_attrs = Vec::new();
-    for a in e.attributes() {
+    for (n, a) in e.attributes().enumerate() {
+        if n >= limits.max_attributes {
+            return Err(bad(format!("more than {} attributes on one element", limits.max_attributes)));
+        }
         let a = a.map_err(|e| bad(e.to_string()))?;
         let key = std::str::from_utf8(a.key.as_ref()).map_err(|_| bad("a name is not UTF-8"))?.to_string();
         let value = attribute_value(&a.value)?;
         if key == "xmlns" {
             decls.push((String::new(), value.clone()));
-            scope.insert(String::new(), value);
+            scope.get_or_insert_with(|| (*inherited).clone()).insert(String::new(), value);
         } else if let Some(p) = key.strip_prefix("xmlns:") {
             decls.push((p.to_string(), value.clone()));
-            scope.insert(p.to_string(), value);
+            scope.get_or_insert_with(|| (*inherited).clone()).insert(p.to_string(), value);
         } else {
             raw_attrs.push((key, value));
         }
     }
+    let scope = scope.map(Arc::new).unwrap_or(inherited);
     let (prefix, local) = split_qname(&qname);
     if !prefix.is_empty() && !scope.contains_key(&prefix) {
         return Err(bad(format!("the prefix {prefix:?} is not declared")));
@@ -211,18 +281,46 @@ impl Element {
 /// out the subtree `skip` (compared by address), with `inclusive` prefixes
 /// treated as in inclusive canonicalization.
 pub fn exc_c14n(element: &Element, skip: Option<&Element>, inclusive: &[String]) -> String {
+    // An explicit stack instead of recursion: open an element (its start tag,
+    // then its children in order), close it after the last child.
+    enum Step<'a> {
+        Open(&'a Element, Arc<BTreeMap<String, String>>),
+        Text(&'a str),
+        Close(&'a Element),
+    }
     let mut out = String::new();
-    write_element(element, skip, inclusive, &BTreeMap::new(), &mut out);
+    let mut steps = vec![Step::Open(element, Arc::new(BTreeMap::new()))];
+    while let Some(step) = steps.pop() {
+        match step {
+            Step::Text(t) => escape_text(t, &mut out),
+            Step::Close(e) => {
+                out.push_str("</");
+                push_qname(&mut out, &e.prefix, &e.local);
+                out.push('>');
+            }
+            Step::Open(e, rendered) => {
+                let now_rendered = write_start_tag(e, inclusive, &rendered, &mut out);
+                steps.push(Step::Close(e));
+                for child in e.children.iter().rev() {
+                    match child {
+                        Node::Text(t) => steps.push(Step::Text(t)),
+                        Node::Element(c) if skip.is_some_and(|s| std::ptr::eq(s, c)) => {}
+                        Node::Element(c) => steps.push(Step::Open(c, now_rendered.clone())),
+                    }
+                }
+            }
+        }
+    }
     out
 }
 
-fn write_element(
+/// Writes `e`'s start tag; returns the namespace bindings rendered for its children.
+fn write_start_tag(
     e: &Element,
-    skip: Option<&Element>,
     inclusive: &[String],
-    rendered: &BTreeMap<String, String>,
+    rendered: &Arc<BTreeMap<String, String>>,
     out: &mut String,
-) {
+) -> Arc<BTreeMap<String, String>> {
     // Visibly utilised prefixes (the element's own and its attributes'), plus
     // the inclusive ones in scope.
     let mut wanted: Vec<String> = vec![e.prefix.clone()];
@@ -239,7 +337,6 @@ fn write_element(
     }
     wanted.sort();
     wanted.dedup();
-    let mut now_rendered = rendered.clone();
     let mut ns_out: Vec<(String, String)> = Vec::new();
     for p in wanted {
         let uri = e.scope.get(&p).cloned().unwrap_or_default();
@@ -248,8 +345,7 @@ fn write_element(
             continue; // xmlns="" only to undo a rendered default namespace
         }
         if already != Some(&uri) {
-            ns_out.push((p.clone(), uri.clone()));
-            now_rendered.insert(p, uri);
+            ns_out.push((p, uri));
         }
     }
     out.push('<');
@@ -275,20 +371,12 @@ fn write_element(
         out.push('"');
     }
     out.push('>');
-    for child in &e.children {
-        match child {
-            Node::Text(t) => escape_text(t, out),
-            Node::Element(c) => {
-                if skip.is_some_and(|s| std::ptr::eq(s, c)) {
-                    continue;
-                }
-                write_element(c, skip, inclusive, &now_rendered, out);
-            }
-        }
+    if ns_out.is_empty() {
+        return rendered.clone();
     }
-    out.push_str("</");
-    push_qname(out, &e.prefix, &e.local);
-    out.push('>');
+    let mut now = (**rendered).clone();
+    now.extend(ns_out);
+    Arc::new(now)
 }
 
 fn push_qname(out: &mut String, prefix: &str, local: &str) {
@@ -329,6 +417,24 @@ fn escape_text(t: &str, out: &mut String) {
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_shapes_are_refused_without_recursion() {
+        let deep = format!("{}{}", "<a>".repeat(200_000), "</a>".repeat(200_000));
+        assert!(parse_within(&deep, &Limits { max_bytes: usize::MAX, ..LIMITS }).unwrap_err().0.contains("deeper"));
+        assert!(parse(&deep).unwrap_err().0.contains("larger"));
+        let wide = format!("<r>{}</r>", "<é/>".repeat(5000));
+        assert!(parse(&wide).unwrap_err().0.contains("elements"));
+        let attrs: String = (0..100).map(|i| format!(" a{i}=\"ü\"")).collect();
+        assert!(parse(&format!("<r{attrs}/>")).unwrap_err().0.contains("attributes"));
+        let decls: String = (0..60).map(|i| format!(" xmlns:p{i}=\"urn:{i}\"")).collect();
+        let many = format!("<r>{}</r>", format!("<x{decls}/>").repeat(5));
+        assert!(parse(&many).unwrap_err().0.contains("namespace"));
+        // Within the limits a deep tree is parsed, canonicalised and dropped.
+        let ok = format!("{}東{}", "<a xmlns=\"urn:x\">".repeat(60), "</a>".repeat(60));
+        let tree = parse(&ok).unwrap();
+        assert!(exc_c14n(&tree, None, &[]).contains('東'));
+    }
 
     #[test]
     fn doctype_and_entities_are_refused() {
