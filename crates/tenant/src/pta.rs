@@ -74,6 +74,31 @@ struct BrokerState {
     agents: HashMap<String, Agent>,
 }
 
+/// One user's turn at pass-through validation (see [`Broker::user_turn`]).
+pub struct UserTurn<'a> {
+    broker: &'a Broker,
+    user: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::fmt::Debug for UserTurn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserTurn").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+impl Drop for UserTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // The map keeps only users with someone waiting or validating.
+        let mut users = self.broker.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Arc::strong_count(&self.lock) == 2 {
+            users.remove(&self.user);
+        }
+    }
+}
+
 struct ForgetRequest<'a> {
     broker: &'a Broker,
     request_id: String,
@@ -92,6 +117,9 @@ impl Drop for ForgetRequest<'_> {
 #[derive(Default)]
 pub struct Broker {
     state: Mutex<BrokerState>,
+    /// Users with a validation under way: one at a time per user reaches
+    /// the directory (concurrent attempts wait their turn).
+    users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     work: tokio::sync::Notify,
     /// How long a sign-in waits for an agent's answer.
     pub timeout: Duration,
@@ -121,6 +149,17 @@ impl Broker {
             .filter(|(_, a)| a.open_polls > 0 || a.last_poll_end.is_some_and(|t| t.elapsed() < GRACE))
             .map(|(id, a)| (id.clone(), a.public_key.clone()))
             .collect()
+    }
+
+    /// Waits until no other validation for `user` is under way; the turn
+    /// lasts as long as the returned guard.
+    pub async fn user_turn(&self, user: &str) -> UserTurn<'_> {
+        let lock = {
+            let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            users.entry(user.to_string()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        UserTurn { broker: self, user: user.to_string(), lock, guard: Some(guard) }
     }
 
     /// Has an online agent check `credentials`, waiting at most `self.timeout`.

@@ -108,6 +108,10 @@ pub async fn sign_in(
     address: &str,
     policy: LockoutPolicy,
 ) -> Result<std::result::Result<SignedIn, SignInError>> {
+    // Before any work: a name no directory has (UPNs are at most 256 characters).
+    if username.chars().count() > MAX_USER_NAME_CHARS || password.len() > MAX_PASSWORD_BYTES {
+        return Ok(Err(SignInError::InvalidCredentials));
+    }
     let name = username.trim().to_lowercase();
     let user_key = format!("user:{name}");
     let addr_key = format!("addr:{address}");
@@ -116,22 +120,33 @@ pub async fn sign_in(
         blocking(move || {
             let conn = store.lock();
             let now = now_secs();
+            prune_lockouts(&conn, now)?;
             let locked =
                 [&user_key, &addr_key].into_iter().map(|k| locked_until(&conn, k)).collect::<Result<Vec<_>>>()?;
             if let Some(until) = locked.into_iter().flatten().filter(|u| *u > now).max() {
                 return Ok(Lookup::Locked(until - now));
             }
             let user = find_user(&conn, &name)?;
+            let mut pass_through = false;
             if let Some(domain) = name.rsplit_once('@').map(|(_, d)| d.to_string())
                 && let Some(found) = domains::get(&conn, &domain)?
             {
                 match found.auth {
-                    AuthType::ManagedPta => return Ok(Lookup::PassThrough { user }),
+                    AuthType::ManagedPta => pass_through = true,
                     AuthType::Federated if user.is_some() => {
                         return Ok(Lookup::NotManaged { domain, auth: found.auth });
                     }
                     _ => {}
                 }
+            }
+            // Reserve the attempt in the same locked step as the check: it
+            // counts as a failure until it is known to be otherwise, so
+            // concurrent attempts cannot all pass the check before any is
+            // counted (at most `threshold` are ever evaluated).
+            count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
+            count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
+            if pass_through {
+                return Ok(Lookup::PassThrough { user });
             }
             let record = match &user {
                 Some(u) => credentials::load(&conn, &u.id)?,
@@ -161,8 +176,7 @@ pub async fn sign_in(
             return Ok(Err(SignInError::MethodNotAvailable { domain, method }));
         }
         Lookup::PassThrough { user } => {
-            return pass_through(store, pta, user, &name, username, password, address, policy, &user_key, &addr_key)
-                .await;
+            return pass_through(store, pta, user, &name, username, password, address, &user_key, &addr_key).await;
         }
         Lookup::Candidate { user, record } => (user, record),
     };
@@ -189,14 +203,14 @@ pub async fn sign_in(
         let conn = store2.lock();
         let now = now_secs();
         if !verified {
-            let user_locked = count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
-            let addr_locked = count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
-            let detail = json!({"userLocked": user_locked, "addressLocked": addr_locked});
+            // Counted when it was reserved.
+            let detail = json!({"userLocked": is_locked(&conn, &user_key, now)?, "addressLocked": is_locked(&conn, &addr_key, now)?});
             audit_attempt(&conn, &name, &addr, false, reason, Some(detail))?;
             return Ok(Err(SignInError::InvalidCredentials));
         }
         let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
         conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
+        refund(&conn, &addr_key, now)?;
         if user.data.get("active") == Some(&Value::Bool(false)) {
             audit_attempt(&conn, &name, &addr, false, "disabled", None)?;
             return Ok(Err(SignInError::Disabled));
@@ -227,7 +241,6 @@ async fn pass_through(
     username: &str,
     password: &str,
     address: &str,
-    policy: LockoutPolicy,
     user_key: &str,
     addr_key: &str,
 ) -> Result<std::result::Result<SignedIn, SignInError>> {
@@ -236,6 +249,8 @@ async fn pass_through(
         // An unknown user is not sent on-premises; the answer is the same as a wrong password.
         None => Ok(Outcome::WrongPassword),
         Some(_) => {
+            // One validation per user at a time reaches the directory.
+            let _turn = pta.user_turn(name).await;
             pta.validate(&pta::Credentials { username: username.trim().to_string(), password: password.to_string() })
                 .await
         }
@@ -248,6 +263,9 @@ async fn pass_through(
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
+                // Nothing was checked: the reserved attempt is given back.
+                refund(&conn, &user_key, now)?;
+                refund(&conn, &addr_key, now)?;
                 let (reason, error) = match e {
                     crate::pta::DispatchError::NoAgent => ("pta-no-agent", SignInError::ServiceUnavailable),
                     crate::pta::DispatchError::Timeout => ("pta-timeout", SignInError::ValidatorTimeout),
@@ -258,12 +276,14 @@ async fn pass_through(
         };
         let reason = format!("pta-{}", outcome.as_str());
         if outcome == Outcome::WrongPassword {
-            let user_locked = count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
-            let addr_locked = count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
-            let detail = json!({"userLocked": user_locked, "addressLocked": addr_locked});
+            // Counted when it was reserved.
+            let detail = json!({"userLocked": is_locked(&conn, &user_key, now)?, "addressLocked": is_locked(&conn, &addr_key, now)?});
             audit_attempt(&conn, &name, &address, false, &reason, Some(detail))?;
             return Ok(Err(SignInError::InvalidCredentials));
         }
+        // Any other answer is not a wrong password: not counted.
+        refund(&conn, &user_key, now)?;
+        refund(&conn, &addr_key, now)?;
         audit_attempt(&conn, &name, &address, outcome == Outcome::Success, &reason, None)?;
         let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
         Ok(match outcome {
@@ -311,6 +331,37 @@ fn find_user(conn: &Connection, name: &str) -> Result<Option<Stored>> {
         Some(id) => objects::load(conn, Some(objects::Kind::User), &id),
         None => Ok(None),
     }
+}
+
+/// Longest user name looked at (a UPN is at most 256 characters); longer
+/// ones are refused before any work.
+pub const MAX_USER_NAME_CHARS: usize = 256;
+/// Longest password looked at (AD's limit is 256 characters).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Lockout rows untouched this long, and not locked, are forgotten.
+const LOCKOUT_MEMORY_SECS: i64 = 86_400;
+
+/// Forgets a bounded number of stale lockout rows per attempt, so the table
+/// does not grow with every name anyone ever tried.
+fn prune_lockouts(conn: &Connection, now: i64) -> Result<()> {
+    conn.execute(
+        "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts WHERE last < ?1 AND locked_until < ?2 LIMIT 64)",
+        params![now - LOCKOUT_MEMORY_SECS, now],
+    )?;
+    Ok(())
+}
+
+fn is_locked(conn: &Connection, key: &str, now: i64) -> Result<bool> {
+    Ok(locked_until(conn, key)?.is_some_and(|until| until > now))
+}
+
+/// Gives back a reserved attempt that turned out not to be a failure.
+fn refund(conn: &Connection, key: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE lockouts SET failures = max(failures - 1, 0), last = ?2 WHERE key = ?1 AND locked_until <= ?2",
+        params![key, now],
+    )?;
+    Ok(())
 }
 
 fn locked_until(conn: &Connection, key: &str) -> Result<Option<i64>> {

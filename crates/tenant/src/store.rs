@@ -182,7 +182,10 @@ CREATE TABLE federation_seen (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+/// Lockout rows are pruned by age.
+const SCHEMA_V6: &str = "CREATE INDEX lockouts_last ON lockouts(last);";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6];
 
 /// The database, behind one connection (SQLite has one writer anyway).
 #[derive(Debug)]

@@ -57,9 +57,11 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
     // The scripted agent: answers each request with the next scripted outcome; keeps what it saw.
     let script: Arc<Mutex<Vec<pta::Outcome>>> = Arc::new(Mutex::new(Vec::new()));
     let seen_requests: Arc<Mutex<Vec<pta::Sealed>>> = Arc::new(Mutex::new(Vec::new()));
+    let largest_batch = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
         let (script, seen_requests, http, issuer, credential, agent_id) =
             (script.clone(), seen_requests.clone(), http.clone(), issuer(&t), credential.clone(), agent_id.clone());
+        let largest_batch = largest_batch.clone();
         tokio::spawn(async move {
             let mut seen = pta::Seen::default();
             loop {
@@ -68,7 +70,9 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
                     continue;
                 };
                 let body: Value = r.json().await.unwrap_or_default();
-                for sealed in serde_json::from_value::<Vec<pta::Sealed>>(body["requests"].clone()).unwrap_or_default() {
+                let batch = serde_json::from_value::<Vec<pta::Sealed>>(body["requests"].clone()).unwrap_or_default();
+                largest_batch.fetch_max(batch.len(), std::sync::atomic::Ordering::SeqCst);
+                for sealed in batch {
                     let creds = pta::open(&key, &agent_id, &sealed, tenant::util::now_secs(), &mut seen).unwrap();
                     assert_eq!(creds.username, "pat@corp.example.com");
                     seen_requests.lock().unwrap().push(sealed.clone());
@@ -155,5 +159,34 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
     for r in ["pta-success", "pta-account-disabled", "pta-locked-out"] {
         assert!(results.iter().any(|x| x == r), "{r}: {results:?}");
     }
+
+    // 100 wrong passwords at once: the lockout threshold (10) bounds how many
+    // reach the directory, and they reach it one at a time.
+    script.lock().unwrap().clear();
+    let before = seen_requests.lock().unwrap().len();
+    largest_batch.store(0, std::sync::atomic::Ordering::SeqCst);
+    let mut browsers = Vec::new();
+    for _ in 0..100 {
+        let mut b = Browser::new().unwrap();
+        let action = authorize.split('?').next().unwrap().to_string();
+        let first = b.get(&authorize).await.unwrap();
+        let second =
+            b.post(&action, &testkit::form_fields(&first.body, &[("username", "pat@corp.example.com")])).await.unwrap();
+        browsers.push((b, action, testkit::form_fields(&second.body, &[("password", "wrong-Pässword")])));
+    }
+    let attempts: Vec<_> = browsers
+        .into_iter()
+        .map(|(mut b, action, form)| tokio::spawn(async move { b.post(&action, &form).await.unwrap() }))
+        .collect();
+    let mut locked = 0;
+    for a in attempts {
+        if a.await.unwrap().body.contains("temporarily locked") {
+            locked += 1;
+        }
+    }
+    let reached = seen_requests.lock().unwrap().len() - before;
+    assert!(reached <= 10, "{reached} of 100 concurrent wrong passwords reached the agent");
+    assert!(locked >= 90, "{locked} were refused as locked");
+    assert!(largest_batch.load(std::sync::atomic::Ordering::SeqCst) <= 1, "one validation per user at a time");
     t.stop().await;
 }

@@ -463,3 +463,48 @@ async fn a_standard_oidc_client_library_signs_in() {
     }
     t.stop().await;
 }
+
+/// 100 wrong passwords at once for one user: the lock is reserved before the
+/// password is checked, so at most the threshold (10) are ever evaluated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_passwords_stop_at_the_threshold() {
+    let t = Tenant::start().await;
+    synced_user(&t, "zoë@corp.example.com", "em9lw6s", json!({})).await;
+    let rp = register(&t, true);
+    let (_, challenge) = pkce();
+    let url = authorize_url(&t, &rp, &challenge);
+    let action = url.split('?').next().unwrap().to_string();
+    let mut ready = Vec::new();
+    for _ in 0..100 {
+        let mut b = Browser::new().unwrap();
+        let first = b.get(&url).await.unwrap();
+        let second = b.post(&action, &form_fields(&first.body, &[("username", "zoë@corp.example.com")])).await.unwrap();
+        ready.push((b, form_fields(&second.body, &[("password", "not the password")])));
+    }
+    let attempts: Vec<_> = ready
+        .into_iter()
+        .map(|(mut b, form)| {
+            let action = action.clone();
+            tokio::spawn(async move { b.post(&action, &form).await.unwrap() })
+        })
+        .collect();
+    for a in attempts {
+        a.await.unwrap();
+    }
+    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let results: Vec<String> = tenant::audit::recent(&store.lock(), 500)
+        .unwrap()
+        .iter()
+        .filter(|e| e.action.starts_with("sign-in"))
+        .filter_map(|e| e.detail.as_ref().and_then(|d| d["result"].as_str()).map(str::to_string))
+        .collect();
+    let evaluated = results.iter().filter(|r| *r == "wrong-password").count();
+    let locked = results.iter().filter(|r| *r == "locked-out").count();
+    assert!(evaluated <= 10, "{evaluated} of 100 concurrent attempts were evaluated");
+    assert_eq!(evaluated + locked, 100, "{results:?}");
+    // Over-long names are refused before any work.
+    let long = format!("{}@corp.example.com", "a".repeat(300));
+    let page = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, &long, "x").await;
+    assert!(page.body.contains("user name or password is incorrect"), "{}", page.body);
+    t.stop().await;
+}
