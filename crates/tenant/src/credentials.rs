@@ -28,6 +28,21 @@ impl Credential {
         }
     }
 
+    /// Whether checking this record costs at least what the decoy for
+    /// unknown users costs (PPH1 at the default work factor). Cheaper ones
+    /// are padded with the decoy, so timing does not tell users apart.
+    pub fn costs_at_least_the_decoy(&self) -> bool {
+        use passwords::StoredPassword;
+        let default = passwords::pph1::DEFAULT_ITERATIONS;
+        match self {
+            Credential::Pph1(r) => r.iterations.get() >= default,
+            Credential::Stored(StoredPassword::Pbkdf2 { iterations, .. }) => iterations.get() >= default,
+            Credential::Stored(StoredPassword::Argon2(_)) => true,
+            Credential::Stored(StoredPassword::Crypt(c)) => c.starts_with("$2"),
+            Credential::Stored(StoredPassword::Digest { .. }) => false,
+        }
+    }
+
     /// Constant-time where it matters; costs what the record's work factor says.
     pub fn verify(&self, password: &str) -> bool {
         match self {

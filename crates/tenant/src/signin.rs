@@ -133,9 +133,8 @@ pub async fn sign_in(
             {
                 match found.auth {
                     AuthType::ManagedPta => pass_through = true,
-                    AuthType::Federated if user.is_some() => {
-                        return Ok(Lookup::NotManaged { domain, auth: found.auth });
-                    }
+                    // Known or not: the same answer for every name in the domain.
+                    AuthType::Federated => return Ok(Lookup::NotManaged { domain, auth: found.auth }),
                     _ => {}
                 }
             }
@@ -188,6 +187,9 @@ pub async fn sign_in(
         Ok(match check_record.as_deref().map(Credential::parse) {
             Some(Ok(cred)) => {
                 let ok = cred.verify(&pw);
+                if !cred.costs_at_least_the_decoy() {
+                    decoy(&pw);
+                }
                 (ok, if ok { "ok" } else { "wrong-password" })
             }
             Some(Err(_)) => (decoy(&pw), "unusable-record"),
@@ -245,15 +247,13 @@ async fn pass_through(
     addr_key: &str,
 ) -> Result<std::result::Result<SignedIn, SignInError>> {
     use pta::Outcome;
-    let outcome = match &user {
-        // An unknown user is not sent on-premises; the answer is the same as a wrong password.
-        None => Ok(Outcome::WrongPassword),
-        Some(_) => {
-            // One validation per user at a time reaches the directory.
-            let _turn = pta.user_turn(name).await;
-            pta.validate(&pta::Credentials { username: username.trim().to_string(), password: password.to_string() })
-                .await
-        }
+    // Unknown users go the same way as known ones (the agent finds no such
+    // account and answers "wrong password"), so neither the answer nor its
+    // timing tells them apart — with or without an agent online.
+    let outcome = {
+        // One validation per user name at a time reaches the directory.
+        let _turn = pta.user_turn(name).await;
+        pta.validate(&pta::Credentials { username: username.trim().to_string(), password: password.to_string() }).await
     };
     let (store, name, address, user_key, addr_key) =
         (store.clone(), name.to_string(), address.to_string(), user_key.to_string(), addr_key.to_string());

@@ -74,7 +74,7 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
                 largest_batch.fetch_max(batch.len(), std::sync::atomic::Ordering::SeqCst);
                 for sealed in batch {
                     let creds = pta::open(&key, &agent_id, &sealed, tenant::util::now_secs(), &mut seen).unwrap();
-                    assert_eq!(creds.username, "pat@corp.example.com");
+                    assert!(creds.username.ends_with("@corp.example.com"), "{}", creds.username);
                     seen_requests.lock().unwrap().push(sealed.clone());
                     let outcome = script.lock().unwrap().pop().unwrap_or(pta::Outcome::WrongPassword);
                     let _ = http
@@ -188,5 +188,25 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
     assert!(reached <= 10, "{reached} of 100 concurrent wrong passwords reached the agent");
     assert!(locked >= 90, "{locked} were refused as locked");
     assert!(largest_batch.load(std::sync::atomic::Ordering::SeqCst) <= 1, "one validation per user at a time");
+    t.stop().await;
+}
+
+/// Without an agent online, a known and an unknown user of a pass-through
+/// domain get the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_agent_answers_alike_for_known_and_unknown_users() {
+    let t = Tenant::start().await;
+    let store = std::sync::Arc::new(tenant::open_existing(t.dir.path()).unwrap());
+    tenant::domains::set_auth(&store.lock(), "corp.example.com", tenant::domains::AuthType::ManagedPta).unwrap();
+    t.user("pat@corp.example.com", super::synced("UEFU")).await;
+    let broker = tenant::pta::Broker::new(std::time::Duration::from_secs(1));
+    let policy = tenant::signin::LockoutPolicy::default();
+    let mut answers = Vec::new();
+    for user in ["pat@corp.example.com", "nobody@corp.example.com"] {
+        let answer = tenant::signin::sign_in(&store, &broker, user, "pässword", "192.0.2.1", policy).await.unwrap();
+        answers.push(answer.map(|_| ()).unwrap_err().to_string());
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert!(answers[0].contains("not available"), "{answers:?}");
     t.stop().await;
 }

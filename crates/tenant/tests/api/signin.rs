@@ -508,3 +508,64 @@ async fn concurrent_wrong_passwords_stop_at_the_threshold() {
     assert!(page.body.contains("user name or password is incorrect"), "{}", page.body);
     t.stop().await;
 }
+
+/// An unknown user costs what a known one does: a cheap `{SSHA}` record is
+/// padded with the decoy. Samples interleaved (known, unknown, …) so load
+/// on the machine hits both alike; the margin is wide (before the fix the
+/// medians differed about tenfold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_known_users_take_the_same_time() {
+    let t = Tenant::start().await;
+    let samples = 30;
+    let mut records = Vec::new();
+    for i in 0..samples {
+        let anchor = format!("c3NoYS11c2Vy{i}");
+        t.user(&format!("ssha{i}@corp.example.com"), synced(&anchor)).await;
+        records.push(json!({"immutableId": anchor, "record": passwords::scheme::ssha(PASSWORD, b"salt")}));
+    }
+    push(&t, Value::Array(records)).await;
+    let rp = register(&t, true);
+    let (_, challenge) = pkce();
+    let url = authorize_url(&t, &rp, &challenge);
+    let action = url.split('?').next().unwrap().to_string();
+    let time_wrong_password = async |user: String| {
+        let mut b = Browser::new().unwrap();
+        let first = b.get(&url).await.unwrap();
+        let second = b.post(&action, &form_fields(&first.body, &[("username", user.as_str())])).await.unwrap();
+        let form = form_fields(&second.body, &[("password", "wrong")]);
+        let started = std::time::Instant::now();
+        let page = b.post(&action, &form).await.unwrap();
+        assert!(page.body.contains("user name or password is incorrect"), "{}", page.body);
+        started.elapsed()
+    };
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        known.push(time_wrong_password(format!("ssha{i}@corp.example.com")).await);
+        unknown.push(time_wrong_password(format!("nobody{i}@corp.example.com")).await);
+    }
+    known.sort();
+    unknown.sort();
+    let (k, u) = (known[samples / 2].as_secs_f64(), unknown[samples / 2].as_secs_f64());
+    assert!(u / k < 3.0 && k / u < 3.0, "median known {k:.4} s, unknown {u:.4} s");
+    t.stop().await;
+}
+
+/// On a federated domain, posting a password gets the same answer for a
+/// user the tenant has and one it has not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_domain_answers_alike_for_known_and_unknown_users() {
+    let t = Tenant::start().await;
+    synced_user(&t, "fed@corp.example.com", "ZmVk", json!({})).await;
+    let store = std::sync::Arc::new(tenant::open_existing(t.dir.path()).unwrap());
+    store.lock().execute("UPDATE domains SET auth = 'federated' WHERE name = 'corp.example.com'", []).unwrap();
+    let broker = tenant::pta::Broker::new(std::time::Duration::from_secs(1));
+    let policy = tenant::signin::LockoutPolicy::default();
+    let mut answers = Vec::new();
+    for user in ["fed@corp.example.com", "nobody@corp.example.com"] {
+        let answer = tenant::signin::sign_in(&store, &broker, user, PASSWORD, "192.0.2.1", policy).await.unwrap();
+        answers.push(answer.map(|_| ()).unwrap_err().to_string());
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert!(answers[0].contains("corp.example.com"), "{answers:?}");
+    t.stop().await;
+}
