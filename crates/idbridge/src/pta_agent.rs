@@ -286,7 +286,7 @@ async fn answer(agent: Arc<Agent>, sealed: Sealed) {
         let mut seen = agent.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         pta::open(&agent.key, &agent.id, &sealed, tenant::util::now_secs(), &mut seen)
     };
-    let credentials = match opened {
+    let (credentials, answer_key) = match opened {
         Ok(c) => c,
         Err(e) => {
             // Not answered: a tampered, replayed or late request gets nothing.
@@ -302,7 +302,11 @@ async fn answer(agent: Arc<Agent>, sealed: Sealed) {
         .http
         .post(format!("{}/pta/v1/respond", agent.tenant))
         .bearer_auth(&credential)
-        .json(&serde_json::json!({"request_id": sealed.request_id, "outcome": outcome}))
+        .json(&serde_json::json!({
+            "request_id": sealed.request_id,
+            "outcome": outcome,
+            "mac": answer_key.sign(&sealed.request_id, outcome),
+        }))
         .timeout(Duration::from_secs(10))
         .send()
         .await;

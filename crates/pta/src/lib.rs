@@ -5,6 +5,9 @@
 //! request id, the deadline and the agent id are the AEAD's associated data,
 //! so a ciphertext cannot be moved to another request, agent or time; the
 //! agent refuses what is past its deadline and what it has seen before.
+//! The same key agreement gives an answer key: the agent's answer carries an
+//! HMAC over the request id and the outcome with it, so only the agent the
+//! request was sealed to can answer it.
 //! Passwords exist in clear only in the tenant's sign-in handler and in the
 //! agent's bind, never on a disk or in a log.
 
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::{EphemeralSecret, PublicKey, StaticSecret};
 
 const INFO: &[u8] = b"idbridge-pta-v1";
+const ANSWER_INFO: &[u8] = b"idbridge-pta-v1-answer";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PtaError {
@@ -30,6 +34,47 @@ pub enum PtaError {
     Replayed,
     #[error("malformed: {0}")]
     Malformed(String),
+    #[error("the key agreement is not contributory (a low-order public key)")]
+    WeakKey,
+}
+
+/// Authenticates an agent's answer to one request (HMAC-SHA256 key from the
+/// request's key agreement). Never printed.
+#[derive(Clone)]
+pub struct AnswerKey([u8; 32]);
+
+impl fmt::Debug for AnswerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AnswerKey(…)")
+    }
+}
+
+impl AnswerKey {
+    fn message(request_id: &str, outcome: Outcome) -> Vec<u8> {
+        format!("{request_id}|{}", outcome.as_str()).into_bytes()
+    }
+
+    /// The agent's side: the MAC to send with `outcome` (base64url).
+    pub fn sign(&self, request_id: &str, outcome: Outcome) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        b64(ring::hmac::sign(&key, &Self::message(request_id, outcome)).as_ref())
+    }
+
+    /// The tenant's side: whether `mac` is this request's agent's, for this outcome (constant time).
+    pub fn verify(&self, request_id: &str, outcome: Outcome, mac: &str) -> bool {
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(mac) else { return false };
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        ring::hmac::verify(&key, &Self::message(request_id, outcome), &tag).is_ok()
+    }
+}
+
+/// Refuses a public key that makes every key agreement predictable (the
+/// low-order points of Curve25519): the tenant checks agents' keys with it
+/// when they register.
+pub fn check_public_key(public: &str) -> Result<(), PtaError> {
+    let public: [u8; 32] = unb64(public, "the public key")?;
+    let probe = EphemeralSecret::random_from_rng(rand_core::OsRng);
+    if probe.diffie_hellman(&PublicKey::from(public)).was_contributory() { Ok(()) } else { Err(PtaError::WeakKey) }
 }
 
 /// What the agent learns from a request.
@@ -137,35 +182,48 @@ impl hkdf::KeyType for Len {
     }
 }
 
-fn aead_key(shared: &[u8; 32], ephemeral: &[u8; 32], agent_public: &[u8; 32]) -> Result<LessSafeKey, PtaError> {
+/// The request's AEAD key and answer key, both from the key agreement.
+fn derive_keys(
+    shared: &[u8; 32],
+    ephemeral: &[u8; 32],
+    agent_public: &[u8; 32],
+) -> Result<(LessSafeKey, AnswerKey), PtaError> {
     let mut salt_bytes = Vec::with_capacity(64);
     salt_bytes.extend_from_slice(ephemeral);
     salt_bytes.extend_from_slice(agent_public);
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt_bytes).extract(shared);
-    let okm = prk.expand(&[INFO], Len(32)).map_err(|_| PtaError::Malformed("key derivation".into()))?;
-    let mut key = [0u8; 32];
-    okm.fill(&mut key).map_err(|_| PtaError::Malformed("key derivation".into()))?;
-    let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key).map_err(|_| PtaError::Malformed("key".into()))?;
-    Ok(LessSafeKey::new(unbound))
+    let expand = |info: &[u8]| -> Result<[u8; 32], PtaError> {
+        let info = [info];
+        let okm = prk.expand(&info, Len(32)).map_err(|_| PtaError::Malformed("key derivation".into()))?;
+        let mut key = [0u8; 32];
+        okm.fill(&mut key).map_err(|_| PtaError::Malformed("key derivation".into()))?;
+        Ok(key)
+    };
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, &expand(INFO)?).map_err(|_| PtaError::Malformed("key".into()))?;
+    Ok((LessSafeKey::new(unbound), AnswerKey(expand(ANSWER_INFO)?)))
 }
 
 fn associated(request_id: &str, deadline: i64, agent_id: &str) -> Vec<u8> {
     format!("{INFO:?}|{request_id}|{deadline}|{agent_id}").into_bytes()
 }
 
-/// Seals credentials for one agent (the tenant's side).
+/// Seals credentials for one agent (the tenant's side); the answer key
+/// checks that agent's answer.
 pub fn seal(
     agent_public: &str,
     agent_id: &str,
     request_id: &str,
     deadline: i64,
     credentials: &Credentials,
-) -> Result<Sealed, PtaError> {
+) -> Result<(Sealed, AnswerKey), PtaError> {
     let agent_public: [u8; 32] = unb64(agent_public, "the agent's public key")?;
     let ephemeral = EphemeralSecret::random_from_rng(rand_core::OsRng);
     let ephemeral_public = PublicKey::from(&ephemeral);
     let shared = ephemeral.diffie_hellman(&PublicKey::from(agent_public));
-    let key = aead_key(shared.as_bytes(), ephemeral_public.as_bytes(), &agent_public)?;
+    if !shared.was_contributory() {
+        return Err(PtaError::WeakKey);
+    }
+    let (key, answer_key) = derive_keys(shared.as_bytes(), ephemeral_public.as_bytes(), &agent_public)?;
     let mut nonce = [0u8; 12];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let mut data = serde_json::to_vec(credentials).map_err(|e| PtaError::Malformed(e.to_string()))?;
@@ -175,25 +233,26 @@ pub fn seal(
         &mut data,
     )
     .map_err(|_| PtaError::Malformed("sealing".into()))?;
-    Ok(Sealed {
+    let sealed = Sealed {
         request_id: request_id.to_string(),
         deadline,
         agent_id: agent_id.to_string(),
         ephemeral: b64(ephemeral_public.as_bytes()),
         nonce: b64(&nonce),
         ciphertext: b64(&data),
-    })
+    };
+    Ok((sealed, answer_key))
 }
 
 /// Opens a request (the agent's side): authentic, for this agent, not
-/// expired at `now`, not seen before.
+/// expired at `now`, not seen before. The answer key signs the answer.
 pub fn open(
     key: &AgentKey,
     agent_id: &str,
     sealed: &Sealed,
     now: i64,
     seen: &mut Seen,
-) -> Result<Credentials, PtaError> {
+) -> Result<(Credentials, AnswerKey), PtaError> {
     if sealed.agent_id != agent_id {
         return Err(PtaError::Tampered);
     }
@@ -207,7 +266,10 @@ pub fn open(
         .map_err(|_| PtaError::Malformed("ciphertext is not base64url".into()))?;
     let public = PublicKey::from(&key.0);
     let shared = key.0.diffie_hellman(&PublicKey::from(ephemeral));
-    let aead = aead_key(shared.as_bytes(), &ephemeral, public.as_bytes())?;
+    if !shared.was_contributory() {
+        return Err(PtaError::WeakKey);
+    }
+    let (aead, answer_key) = derive_keys(shared.as_bytes(), &ephemeral, public.as_bytes())?;
     let plain = aead
         .open_in_place(
             Nonce::assume_unique_for_key(nonce),
@@ -218,7 +280,7 @@ pub fn open(
     let credentials: Credentials = serde_json::from_slice(plain).map_err(|_| PtaError::Tampered)?;
     // Only authentic requests are remembered, so garbage cannot fill the memory.
     seen.check(&sealed.request_id, sealed.deadline, now)?;
-    Ok(credentials)
+    Ok((credentials, answer_key))
 }
 
 /// Request ids an agent has answered, kept until their deadline.
@@ -247,23 +309,38 @@ mod tests {
     #[test]
     fn sealed_requests_open_once_for_their_agent_only() {
         let key = AgentKey::generate();
-        let sealed = seal(&key.public(), "agent-1", "req-1", 1000, &creds()).unwrap();
+        let (sealed, answer_key) = seal(&key.public(), "agent-1", "req-1", 1000, &creds()).unwrap();
         assert!(!sealed.ciphertext.contains("s3cret"));
         let mut seen = Seen::default();
-        assert_eq!(open(&key, "agent-1", &sealed, 990, &mut seen).unwrap(), creds());
-        assert_eq!(open(&key, "agent-1", &sealed, 991, &mut seen), Err(PtaError::Replayed));
-        assert_eq!(open(&key, "agent-1", &sealed, 1001, &mut Seen::default()), Err(PtaError::Expired));
-        assert_eq!(open(&key, "agent-2", &sealed, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        let (opened, agents_key) = open(&key, "agent-1", &sealed, 990, &mut seen).unwrap();
+        assert_eq!(opened, creds());
+        // The answer: only this request's agent can sign it, for this outcome and request.
+        let mac = agents_key.sign("req-1", Outcome::Success);
+        assert!(answer_key.verify("req-1", Outcome::Success, &mac));
+        assert!(!answer_key.verify("req-1", Outcome::WrongPassword, &mac));
+        assert!(!answer_key.verify("req-2", Outcome::Success, &mac));
+        let (_, other_key) = seal(&key.public(), "agent-1", "req-1", 1000, &creds()).unwrap();
+        assert!(!other_key.verify("req-1", Outcome::Success, &mac));
+        assert!(!answer_key.verify("req-1", Outcome::Success, "not base64 ü"));
+        let err = |r: Result<(Credentials, AnswerKey), PtaError>| r.map(|(c, _)| c).unwrap_err();
+        assert_eq!(err(open(&key, "agent-1", &sealed, 991, &mut seen)), PtaError::Replayed);
+        assert_eq!(err(open(&key, "agent-1", &sealed, 1001, &mut Seen::default())), PtaError::Expired);
+        assert_eq!(err(open(&key, "agent-2", &sealed, 990, &mut Seen::default())), PtaError::Tampered);
         // Another agent's key, a moved request id, a later deadline, a flipped bit: all refused.
-        assert_eq!(open(&AgentKey::generate(), "agent-1", &sealed, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        assert_eq!(err(open(&AgentKey::generate(), "agent-1", &sealed, 990, &mut Seen::default())), PtaError::Tampered);
         let moved = Sealed { request_id: "req-2".into(), ..sealed.clone() };
-        assert_eq!(open(&key, "agent-1", &moved, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        assert_eq!(err(open(&key, "agent-1", &moved, 990, &mut Seen::default())), PtaError::Tampered);
         let extended = Sealed { deadline: 5000, ..sealed.clone() };
-        assert_eq!(open(&key, "agent-1", &extended, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        assert_eq!(err(open(&key, "agent-1", &extended, 990, &mut Seen::default())), PtaError::Tampered);
         let mut bytes = URL_SAFE_NO_PAD.decode(&sealed.ciphertext).unwrap();
         bytes[0] ^= 1;
         let flipped = Sealed { ciphertext: b64(&bytes), ..sealed.clone() };
-        assert_eq!(open(&key, "agent-1", &flipped, 990, &mut Seen::default()), Err(PtaError::Tampered));
+        assert_eq!(err(open(&key, "agent-1", &flipped, 990, &mut Seen::default())), PtaError::Tampered);
+        // A low-order public key (all zeros, a point of order 1) is refused.
+        let zero = b64(&[0u8; 32]);
+        assert_eq!(check_public_key(&zero), Err(PtaError::WeakKey));
+        assert_eq!(seal(&zero, "agent-1", "req-1", 1000, &creds()).map(|_| ()), Err(PtaError::WeakKey));
+        assert_eq!(check_public_key(&key.public()), Ok(()));
         assert!(format!("{:?}", creds()).contains("hidden"));
         let again = AgentKey::from_bytes(key.to_bytes());
         assert_eq!(again.public(), key.public());

@@ -51,6 +51,8 @@ struct Pending {
     request_id: String,
     deadline: Instant,
     sealed: HashMap<String, Sealed>,
+    /// Per agent: the key its answer must be signed with.
+    answer_keys: HashMap<String, pta::AnswerKey>,
 }
 
 struct Lease {
@@ -170,10 +172,11 @@ impl Broker {
         }
         let request_id = new_id();
         let deadline_secs = now_secs() + i64::try_from(self.timeout.as_secs()).unwrap_or(10);
-        let mut sealed = HashMap::new();
+        let (mut sealed, mut answer_keys) = (HashMap::new(), HashMap::new());
         for (agent, public_key) in agents {
-            if let Ok(s) = pta::seal(&public_key, &agent, &request_id, deadline_secs, credentials) {
-                sealed.insert(agent, s);
+            if let Ok((s, key)) = pta::seal(&public_key, &agent, &request_id, deadline_secs, credentials) {
+                sealed.insert(agent.clone(), s);
+                answer_keys.insert(agent, key);
             }
         }
         if sealed.is_empty() {
@@ -187,6 +190,7 @@ impl Broker {
                 request_id: request_id.clone(),
                 deadline: Instant::now() + self.timeout,
                 sealed,
+                answer_keys,
             });
         }
         // Removes the request however this ends: answered, timed out, or the
@@ -276,8 +280,17 @@ impl Broker {
     }
 
     /// An agent's answer; the first answer to a request counts.
-    fn answer(&self, request_id: &str, outcome: Outcome) -> bool {
+    /// Takes `agent`'s answer: only the agent holding the request's lease,
+    /// and only with a MAC made with that request's answer key.
+    fn answer(&self, agent: &str, request_id: &str, outcome: Outcome, mac: &str) -> bool {
         let mut state = self.lock();
+        let authentic = state.leased.get(request_id).is_some_and(|lease| {
+            lease.agent == agent
+                && lease.pending.answer_keys.get(agent).is_some_and(|key| key.verify(request_id, outcome, mac))
+        });
+        if !authentic {
+            return false;
+        }
         state.leased.remove(request_id);
         state.queue.retain(|p| p.request_id != request_id);
         match state.waiters.remove(request_id) {
@@ -375,6 +388,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The calling agent, or the response that refuses it.
+/// A server-side failure: logged here, never described to the agent.
+fn internal(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "pass-through endpoint failed");
+    failed(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the tenant's log)")
+}
+
 async fn caller(state: &Arc<AppState>, headers: &HeaderMap) -> std::result::Result<(String, String), Response> {
     let Some(credential) = headers
         .get(header::AUTHORIZATION)
@@ -390,7 +409,7 @@ async fn caller(state: &Arc<AppState>, headers: &HeaderMap) -> std::result::Resu
             StatusCode::UNAUTHORIZED,
             "this agent's credential is unknown, expired or revoked: register the agent again",
         )),
-        Err(e) => Err(failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+        Err(e) => Err(internal(&e)),
     }
 }
 
@@ -406,10 +425,8 @@ pub struct Registration {
 /// POST /pta/v1/register — the one-time token, the agent's public key → its id and credential.
 pub async fn register(State(state): State<Arc<AppState>>, body: axum::Json<Registration>) -> Response {
     let r = body.0;
-    let valid_key = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &r.public_key)
-        .is_ok_and(|k| k.len() == 32);
-    if !valid_key {
-        return failed(StatusCode::BAD_REQUEST, "public_key must be a 32-byte X25519 key, base64url");
+    if pta::check_public_key(&r.public_key).is_err() {
+        return failed(StatusCode::BAD_REQUEST, "public_key must be a 32-byte X25519 key, base64url, not of low order");
     }
     let result = blocking(&state, move |conn| {
         let hash = sha256(r.token.as_bytes());
@@ -441,7 +458,7 @@ pub async fn register(State(state): State<Arc<AppState>>, body: axum::Json<Regis
             StatusCode::UNAUTHORIZED,
             "the registration token is unknown, used or expired: make a new one with `idbridge tenant pta-token create`",
         ),
-        Err(e) => failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => internal(&e),
     }
 }
 
@@ -483,14 +500,21 @@ pub async fn poll(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(
 pub struct Answer {
     request_id: String,
     outcome: Outcome,
+    /// HMAC over the request id and outcome with the request's answer key.
+    #[serde(default)]
+    mac: String,
 }
 
 /// POST /pta/v1/respond — an outcome for a request this agent took.
 pub async fn respond(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::Json<Answer>) -> Response {
-    if let Err(resp) = caller(&state, &headers).await {
-        return resp;
+    let (agent, _) = match caller(&state, &headers).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let accepted = state.pta.answer(&agent, &body.request_id, body.outcome, &body.mac);
+    if !accepted {
+        tracing::warn!(agent = %agent, request = %body.request_id, "an answer was refused (not this agent's request, or not authentic)");
     }
-    let accepted = state.pta.answer(&body.request_id, body.outcome);
     json_reply(StatusCode::OK, json!({ "accepted": accepted }))
 }
 
@@ -517,7 +541,7 @@ pub async fn rotate(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         Ok((credential, expires)) => {
             json_reply(StatusCode::OK, json!({"credential": credential, "credential_expires": expires}))
         }
-        Err(e) => failed(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => internal(&e),
     }
 }
 

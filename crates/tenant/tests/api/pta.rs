@@ -73,14 +73,19 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
                 let batch = serde_json::from_value::<Vec<pta::Sealed>>(body["requests"].clone()).unwrap_or_default();
                 largest_batch.fetch_max(batch.len(), std::sync::atomic::Ordering::SeqCst);
                 for sealed in batch {
-                    let creds = pta::open(&key, &agent_id, &sealed, tenant::util::now_secs(), &mut seen).unwrap();
+                    let (creds, answer_key) =
+                        pta::open(&key, &agent_id, &sealed, tenant::util::now_secs(), &mut seen).unwrap();
                     assert!(creds.username.ends_with("@corp.example.com"), "{}", creds.username);
                     seen_requests.lock().unwrap().push(sealed.clone());
                     let outcome = script.lock().unwrap().pop().unwrap_or(pta::Outcome::WrongPassword);
                     let _ = http
                         .post(format!("{issuer}/pta/v1/respond"))
                         .bearer_auth(&credential)
-                        .json(&json!({"request_id": sealed.request_id, "outcome": outcome}))
+                        .json(&json!({
+                            "request_id": sealed.request_id,
+                            "outcome": outcome,
+                            "mac": answer_key.sign(&sealed.request_id, outcome),
+                        }))
                         .send()
                         .await;
                 }
@@ -208,5 +213,106 @@ async fn no_agent_answers_alike_for_known_and_unknown_users() {
     }
     assert_eq!(answers[0], answers[1]);
     assert!(answers[0].contains("not available"), "{answers:?}");
+    t.stop().await;
+}
+
+/// Only the agent a request was leased to, signing with that request's
+/// answer key, can answer it: another registered agent cannot sign anyone in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_counts_only_from_the_lease_holder_with_its_mac() {
+    let t = Tenant::start().await;
+    let (tokens, client_id) = {
+        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let conn = store.lock();
+        tenant::domains::set_auth(&conn, "corp.example.com", tenant::domains::AuthType::ManagedPta).unwrap();
+        let (c, _) = tenant::oidc::clients::add(
+            &conn,
+            "t",
+            &["http://127.0.0.1:9/cb".to_string()],
+            true,
+            tenant::oidc::keys::Alg::Rs256,
+        )
+        .unwrap();
+        ([tenant::pta::create_token(&conn, 3600).unwrap(), tenant::pta::create_token(&conn, 3600).unwrap()], c.id)
+    };
+    t.user("pat@corp.example.com", super::synced("UEFU")).await;
+    let http = reqwest::Client::new();
+    let register = async |token: &str, key: &pta::AgentKey| -> (String, String) {
+        let reg: Value = http
+            .post(format!("{}/pta/v1/register", issuer(&t)))
+            .json(&json!({"token": token, "public_key": key.public(), "name": "agent"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (reg["agent_id"].as_str().unwrap().to_string(), reg["credential"].as_str().unwrap().to_string())
+    };
+    let (key_a, key_b) = (pta::AgentKey::generate(), pta::AgentKey::generate());
+    let (id_a, cred_a) = register(&tokens[0], &key_a).await;
+    let (_, cred_b) = register(&tokens[1], &key_b).await;
+    // A low-order public key is refused at registration.
+    let weak = http
+        .post(format!("{}/pta/v1/register", issuer(&t)))
+        .json(&json!({"token": "idb_x", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "name": "weak"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(weak.status(), StatusCode::BAD_REQUEST);
+    // Only agent A polls; B is registered but idle.
+    let poll_a = {
+        let (http, issuer, cred_a) = (http.clone(), issuer(&t), cred_a.clone());
+        tokio::spawn(async move {
+            loop {
+                let body: Value = http
+                    .get(format!("{issuer}/pta/v1/poll?wait_secs=2"))
+                    .bearer_auth(&cred_a)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let batch: Vec<pta::Sealed> = serde_json::from_value(body["requests"].clone()).unwrap_or_default();
+                if let Some(sealed) = batch.into_iter().next() {
+                    return sealed;
+                }
+            }
+        })
+    };
+    let authorize = format!(
+        "{}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        issuer(&t)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let signing_in = tokio::spawn(async move {
+        Browser::new().unwrap().password_sign_in(&authorize, "pat@corp.example.com", "wrong").await.unwrap()
+    });
+    let sealed = poll_a.await.unwrap();
+    let (_, answer_key) =
+        pta::open(&key_a, &id_a, &sealed, tenant::util::now_secs(), &mut pta::Seen::default()).unwrap();
+    let respond = async |credential: &str, outcome: &str, mac: &str| -> bool {
+        let r: Value = http
+            .post(format!("{}/pta/v1/respond", issuer(&t)))
+            .bearer_auth(credential)
+            .json(&json!({"request_id": sealed.request_id, "outcome": outcome, "mac": mac}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["accepted"] == true
+    };
+    let success_mac = answer_key.sign(&sealed.request_id, pta::Outcome::Success);
+    assert!(!respond(&cred_b, "success", "").await, "another agent, no MAC");
+    assert!(!respond(&cred_b, "success", &success_mac).await, "another agent, even with A's MAC");
+    assert!(!respond(&cred_a, "success", "").await, "the lease holder without a MAC");
+    let wrong_mac = answer_key.sign(&sealed.request_id, pta::Outcome::WrongPassword);
+    assert!(!respond(&cred_a, "success", &wrong_mac).await, "a MAC for another outcome");
+    assert!(respond(&cred_a, "wrong-password", &wrong_mac).await);
+    let page = signing_in.await.unwrap();
+    assert!(page.body.contains("user name or password is incorrect"), "{}", page.body);
     t.stop().await;
 }
