@@ -185,7 +185,14 @@ CREATE TABLE federation_seen (
 /// Lockout rows are pruned by age.
 const SCHEMA_V6: &str = "CREATE INDEX lockouts_last ON lockouts(last);";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6];
+/// When the user authenticated, carried from the sign-in to the code and
+/// the refresh tokens (OpenID Connect `auth_time`, `max_age`).
+const SCHEMA_V7: &str = "
+ALTER TABLE auth_codes ADD COLUMN auth_time INTEGER;
+ALTER TABLE refresh_tokens ADD COLUMN auth_time INTEGER;
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7];
 
 /// The database, behind one connection (SQLite has one writer anyway).
 #[derive(Debug)]

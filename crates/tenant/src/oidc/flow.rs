@@ -44,6 +44,7 @@ pub(crate) const AUTH_PARAMS: &[&str] = &[
     "code_challenge",
     "code_challenge_method",
     "prompt",
+    "max_age",
     "login_hint",
 ];
 
@@ -159,6 +160,8 @@ struct AuthRequest {
     nonce: Option<String>,
     challenge: Option<String>,
     prompt: Option<String>,
+    /// Seconds since the user last authenticated beyond which they must again.
+    max_age: Option<i64>,
 }
 
 fn check_request(conn: &Connection, p: &Params) -> Result<std::result::Result<AuthRequest, Invalid>> {
@@ -200,7 +203,21 @@ fn check_request(conn: &Connection, p: &Params) -> Result<std::result::Result<Au
     if challenge.as_ref().is_some_and(|c| c.len() != 43 || URL_SAFE_NO_PAD.decode(c).is_err()) {
         return fail("invalid_request", "code_challenge must be the base64url SHA-256 of the verifier");
     }
-    Ok(Ok(AuthRequest { client, redirect_uri, scope, state, nonce: get("nonce"), challenge, prompt: get("prompt") }))
+    let max_age = match get("max_age").map(|v| v.parse::<i64>()) {
+        None => None,
+        Some(Ok(secs)) if secs >= 0 => Some(secs),
+        Some(_) => return fail("invalid_request", "max_age must be a number of seconds"),
+    };
+    Ok(Ok(AuthRequest {
+        client,
+        redirect_uri,
+        scope,
+        state,
+        nonce: get("nonce"),
+        challenge,
+        prompt: get("prompt"),
+        max_age,
+    }))
 }
 
 fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
@@ -251,21 +268,21 @@ fn hidden_fields(p: &Params, csrf: &str) -> Vec<(&'static str, String)> {
     out
 }
 
-/// The signed-in user of a browser session, if the cookie is valid.
-fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Option<Stored>> {
+/// The signed-in user of a browser session, if the cookie is valid, and
+/// when they authenticated.
+fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Option<(Stored, i64)>> {
     let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
-    let user: Option<String> = conn
+    let user: Option<(String, i64)> = conn
         .query_row(
-            "SELECT user_id FROM sessions WHERE hash = ?1 AND expires > ?2",
+            "SELECT user_id, created FROM sessions WHERE hash = ?1 AND expires > ?2",
             params![sha256(token.as_bytes()), now_secs()],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
     match user {
-        Some(id) => {
-            Ok(objects::load(conn, Some(Kind::User), &id)?
-                .filter(|u| u.data.get("active") != Some(&Value::Bool(false))))
-        }
+        Some((id, created)) => Ok(objects::load(conn, Some(Kind::User), &id)?
+            .filter(|u| u.data.get("active") != Some(&Value::Bool(false)))
+            .map(|u| (u, created))),
         None => Ok(None),
     }
 }
@@ -283,7 +300,13 @@ pub async fn authorize_get(
             Ok(r) => r,
             Err(invalid) => return Ok((branding, Err(invalid), None, p)),
         };
-        let user = if request.prompt.as_deref() == Some("login") { None } else { session_user(conn, &headers)? };
+        // prompt=login, or a session older than max_age: authenticate again.
+        let user = if request.prompt.as_deref() == Some("login") {
+            None
+        } else {
+            session_user(conn, &headers)?
+                .filter(|(_, auth_time)| request.max_age.is_none_or(|max| now_secs() - auth_time <= max))
+        };
         Ok((branding, Ok(request), user, p))
     })
     .await;
@@ -295,8 +318,8 @@ pub async fn authorize_get(
         Ok(r) => r,
         Err(invalid) => return invalid_response(&branding, invalid),
     };
-    if let Some(user) = user {
-        return finish(&state, request, user, None).await;
+    if let Some((user, auth_time)) = user {
+        return finish(&state, request, user, auth_time).await;
     }
     if request.prompt.as_deref() == Some("none") {
         let mut pairs = vec![("error", "login_required")];
@@ -388,7 +411,7 @@ pub async fn authorize_post(
             };
             match outcome {
                 Ok(signed_in) => {
-                    let mut resp = finish(&state, request, signed_in.user.clone(), Some(())).await;
+                    let mut resp = finish(&state, request, signed_in.user.clone(), now_secs()).await;
                     if resp.status() == StatusCode::SEE_OTHER {
                         match new_session(&state, &signed_in.user.id).await {
                             Ok(token) => set_cookie(&mut resp, &state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
@@ -454,7 +477,7 @@ async fn change_password(
     .await;
     match result {
         Ok(Some(user)) => {
-            let mut resp = finish(state, request, user.clone(), Some(())).await;
+            let mut resp = finish(state, request, user.clone(), now_secs()).await;
             if let Ok(token) = new_session(state, &user.id).await {
                 set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS);
             }
@@ -494,7 +517,7 @@ pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored) -> 
         Err(invalid) => return invalid_response(&branding, invalid),
     };
     let user_id = user.id.clone();
-    let mut resp = finish(state, request, user, Some(())).await;
+    let mut resp = finish(state, request, user, now_secs()).await;
     if resp.status() == StatusCode::SEE_OTHER {
         match new_session(state, &user_id).await {
             Ok(token) => set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
@@ -505,7 +528,8 @@ pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored) -> 
 }
 
 /// Issues the code and sends the browser back to the application.
-async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, _fresh: Option<()>) -> Response {
+/// A code for `user`, who authenticated at `auth_time` (epoch seconds).
+async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, auth_time: i64) -> Response {
     let code = random_token();
     let hash = sha256(code.as_bytes());
     let AuthRequest { client, redirect_uri, scope, state: rp_state, nonce, challenge, .. } = request;
@@ -513,9 +537,19 @@ async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, _fres
     let stored = db(state, move |conn| {
         conn.execute("DELETE FROM auth_codes WHERE expires <= ?1", params![now_secs() - 3600])?;
         conn.execute(
-            "INSERT INTO auth_codes(hash, client_id, user_id, redirect_uri, scope, nonce, challenge, expires)
-             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![hash, client.id, user.id, redirect_uri, scope, nonce, challenge, now_secs() + CODE_LIFETIME_SECS],
+            "INSERT INTO auth_codes(hash, client_id, user_id, redirect_uri, scope, nonce, challenge, expires, auth_time)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                hash,
+                client.id,
+                user.id,
+                redirect_uri,
+                scope,
+                nonce,
+                challenge,
+                now_secs() + CODE_LIFETIME_SECS,
+                auth_time
+            ],
         )?;
         Ok(())
     })
@@ -625,15 +659,17 @@ fn bad_grant(description: &str) -> TokenResult {
 pub fn exchange_code(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> TokenResult {
     let Some(code) = p.get("code") else { return bad_grant("code is missing") };
     let hash = sha256(code.as_bytes());
-    type Row = (String, String, String, String, Option<String>, Option<String>, i64, bool);
+    type Row = (String, String, String, String, Option<String>, Option<String>, i64, bool, Option<i64>);
     let row: Option<Row> = conn
         .query_row(
-            "SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, expires, used FROM auth_codes WHERE hash = ?1",
+            "SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, expires, used, auth_time FROM auth_codes WHERE hash = ?1",
             params![hash],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
+            |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+            },
         )
         .optional()?;
-    let Some((code_client, user_id, redirect_uri, scope, nonce, challenge, expires, used)) = row else {
+    let Some((code_client, user_id, redirect_uri, scope, nonce, challenge, expires, used, auth_time)) = row else {
         return bad_grant("the code is unknown");
     };
     let family = crate::util::to_hex(&hash);
@@ -673,21 +709,23 @@ pub fn exchange_code(conn: &mut Connection, issuer: &str, client: &Client, p: &P
         (None, Some(_)) => return bad_grant("code_verifier given but the authorization request had no code_challenge"),
         (None, None) => {}
     }
-    issue_tokens(conn, issuer, client, &user_id, &scope, nonce.as_deref(), &family)
+    let auth_time = auth_time.unwrap_or_else(now_secs);
+    issue_tokens(conn, issuer, client, &user_id, &scope, nonce.as_deref(), &family, auth_time)
 }
 
 /// Rotates a refresh token: the old one is spent; a reused one revokes its family.
 fn refresh(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> TokenResult {
     let Some(token) = p.get("refresh_token") else { return bad_grant("refresh_token is missing") };
     let hash = sha256(token.as_bytes());
-    let row: Option<(String, String, String, String, i64, bool)> = conn
+    type Row = (String, String, String, String, i64, bool, Option<i64>);
+    let row: Option<Row> = conn
         .query_row(
-            "SELECT family, client_id, user_id, scope, expires, used FROM refresh_tokens WHERE hash = ?1",
+            "SELECT family, client_id, user_id, scope, expires, used, auth_time FROM refresh_tokens WHERE hash = ?1",
             params![hash],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
         )
         .optional()?;
-    let Some((family, token_client, user_id, scope, expires, used)) = row else {
+    let Some((family, token_client, user_id, scope, expires, used, auth_time)) = row else {
         return bad_grant("the refresh token is unknown or revoked");
     };
     if used {
@@ -702,9 +740,12 @@ fn refresh(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> 
         return bad_grant("the refresh token has expired");
     }
     conn.execute("UPDATE refresh_tokens SET used = 1 WHERE hash = ?1", params![hash])?;
-    issue_tokens(conn, issuer, client, &user_id, &scope, None, &family)
+    // A refresh is no new authentication: the original auth_time stays.
+    let auth_time = auth_time.unwrap_or_else(now_secs);
+    issue_tokens(conn, issuer, client, &user_id, &scope, None, &family, auth_time)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn issue_tokens(
     conn: &mut Connection,
     issuer: &str,
@@ -713,6 +754,7 @@ fn issue_tokens(
     scope: &str,
     nonce: Option<&str>,
     family: &str,
+    auth_time: i64,
 ) -> TokenResult {
     let Some(user) = objects::load(conn, Some(Kind::User), user_id)? else {
         return bad_grant("the user no longer exists");
@@ -727,7 +769,7 @@ fn issue_tokens(
         o.insert("aud".into(), json!(client.id));
         o.insert("iat".into(), json!(now));
         o.insert("exp".into(), json!(now + TOKEN_LIFETIME_SECS));
-        o.insert("auth_time".into(), json!(now));
+        o.insert("auth_time".into(), json!(auth_time));
         if let Some(n) = nonce {
             o.insert("nonce".into(), json!(n));
         }
@@ -742,8 +784,17 @@ fn issue_tokens(
     let access_token = jwt::sign(&keys::active(conn, Alg::Rs256)?, &access_claims)?;
     let refresh_token = random_token();
     conn.execute(
-        "INSERT INTO refresh_tokens(hash, family, client_id, user_id, scope, expires) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-        params![sha256(refresh_token.as_bytes()), family, client.id, user.id, scope, now + REFRESH_LIFETIME_SECS],
+        "INSERT INTO refresh_tokens(hash, family, client_id, user_id, scope, expires, auth_time)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            sha256(refresh_token.as_bytes()),
+            family,
+            client.id,
+            user.id,
+            scope,
+            now + REFRESH_LIFETIME_SECS,
+            auth_time
+        ],
     )?;
     Ok(Ok(json!({
         "access_token": access_token,

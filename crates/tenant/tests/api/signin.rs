@@ -237,6 +237,24 @@ async fn password_records_code_flow_refresh_and_userinfo() {
         http.get(format!("{}/oauth2/userinfo", issuer(&t))).bearer_auth(format!("{id_token}x")).send().await.unwrap();
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
 
+    // auth_time is when the user authenticated: kept through a refresh.
+    let decode = |token: &Value| -> Value {
+        let jwt = token["id_token"].as_str().unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap()
+    };
+    let (first_claims, rotated_claims) = (decode(&tokens), decode(&rotated));
+    assert!(first_claims["auth_time"].as_i64().unwrap() <= first_claims["iat"].as_i64().unwrap());
+    assert_eq!(rotated_claims["auth_time"], first_claims["auth_time"], "a refresh is not a new sign-in");
+    // max_age: an older session must sign in again; a recent one need not.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let strict = b.get(&format!("{url}&max_age=0")).await.unwrap();
+    assert_eq!(strict.status, StatusCode::OK, "max_age=0 asks again: {:?}", strict.location);
+    assert!(strict.body.contains("<label for=\"username\""), "{}", strict.body);
+    let lenient = b.get(&format!("{url}&max_age=3600")).await.unwrap();
+    assert_eq!(lenient.status, StatusCode::SEE_OTHER, "{}", lenient.body);
+    let bad = b.get(&format!("{url}&max_age=soon")).await.unwrap();
+    assert!(bad.location.unwrap_or_default().contains("error=invalid_request"));
+
     // Logout ends the session: the next authorize shows the form again.
     let out = b
         .get(&format!(
