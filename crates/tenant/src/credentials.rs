@@ -95,6 +95,7 @@ pub fn apply_batch(conn: &mut Connection, actor: &str, batch: &[CredentialUpdate
         };
         if item.remove {
             tx.execute("DELETE FROM credentials WHERE resource_id = ?1", params![user.id])?;
+            end_sign_ins(&tx, &user.id)?;
             audit::record(&tx, actor, "password-removed", Some("User"), Some(&user.id), None)?;
             results.push(result("removed", None));
             continue;
@@ -113,6 +114,7 @@ pub fn apply_batch(conn: &mut Connection, actor: &str, batch: &[CredentialUpdate
              updated = excluded.updated",
             params![user.id, record, item.must_change_password, now()],
         )?;
+        end_sign_ins(&tx, &user.id)?;
         audit::record(
             &tx,
             actor,
@@ -143,5 +145,14 @@ pub fn set(conn: &Connection, user_id: &str, record: &str) -> Result<()> {
          ON CONFLICT(resource_id) DO UPDATE SET record = excluded.record, must_change = 0, updated = excluded.updated",
         params![user_id, record, now()],
     )?;
+    end_sign_ins(conn, user_id)
+}
+
+/// A changed credential ends what the old one started: the user's browser
+/// sessions and refresh tokens (issued access tokens run out within their
+/// hour).
+pub fn end_sign_ins(conn: &Connection, user_id: &str) -> Result<()> {
+    conn.execute("DELETE FROM sessions WHERE user_id = ?1", params![user_id])?;
+    conn.execute("DELETE FROM refresh_tokens WHERE user_id = ?1", params![user_id])?;
     Ok(())
 }

@@ -782,28 +782,34 @@ fn issue_tokens(
         "jti": random_token(),
     });
     let access_token = jwt::sign(&keys::active(conn, Alg::Rs256)?, &access_claims)?;
-    let refresh_token = random_token();
-    conn.execute(
-        "INSERT INTO refresh_tokens(hash, family, client_id, user_id, scope, expires, auth_time)
-         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            sha256(refresh_token.as_bytes()),
-            family,
-            client.id,
-            user.id,
-            scope,
-            now + REFRESH_LIFETIME_SECS,
-            auth_time
-        ],
-    )?;
-    Ok(Ok(json!({
+    let mut body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": TOKEN_LIFETIME_SECS,
-        "refresh_token": refresh_token,
         "id_token": id_token,
         "scope": scope,
-    })))
+    });
+    // Refresh tokens only for clients that asked for offline access.
+    if scope.split(' ').any(|s| s == "offline_access") {
+        let refresh_token = random_token();
+        conn.execute(
+            "INSERT INTO refresh_tokens(hash, family, client_id, user_id, scope, expires, auth_time)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                sha256(refresh_token.as_bytes()),
+                family,
+                client.id,
+                user.id,
+                scope,
+                now + REFRESH_LIFETIME_SECS,
+                auth_time
+            ],
+        )?;
+        if let Some(o) = body.as_object_mut() {
+            o.insert("refresh_token".into(), json!(refresh_token));
+        }
+    }
+    Ok(Ok(body))
 }
 
 /// The claims a user has for `scope` (ID token and userinfo).

@@ -427,6 +427,7 @@ async fn a_standard_oidc_client_library_signs_in() {
             )
             .add_scope(Scope::new("profile".into()))
             .add_scope(Scope::new("email".into()))
+            .add_scope(Scope::new("offline_access".into()))
             .set_pkce_challenge(challenge)
             .url();
         let mut b = Browser::new().unwrap();
@@ -585,5 +586,45 @@ async fn a_federated_domain_answers_alike_for_known_and_unknown_users() {
     }
     assert_eq!(answers[0], answers[1]);
     assert!(answers[0].contains("corp.example.com"), "{answers:?}");
+    t.stop().await;
+}
+
+/// Refresh tokens only with offline_access; a new password record ends the
+/// user's sessions and refresh tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_tokens_need_offline_access_and_end_with_a_new_password() {
+    let t = Tenant::start().await;
+    synced_user(&t, "rui@corp.example.com", "cnVp", json!({})).await;
+    let rp = register(&t, false);
+    let (verifier, challenge) = pkce();
+    let mut b = Browser::new().unwrap();
+    let back = sign_in(&mut b, &t, &rp, &challenge, "rui@corp.example.com", PASSWORD).await;
+    let code = query(&back.location.unwrap())["code"].clone();
+    let tokens: Value = redeem(&t, &rp, &code, &verifier).await.json().await.unwrap();
+    assert!(tokens.get("refresh_token").is_none(), "no offline_access, no refresh token: {tokens}");
+    let offline =
+        format!("{}&scope=openid%20offline_access", authorize_url(&t, &rp, &challenge).replace("&scope=", "&x="));
+    let again = b.get(&offline).await.unwrap();
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "the session signs in: {}", again.body);
+    let code = query(&again.location.unwrap())["code"].clone();
+    let tokens: Value = redeem(&t, &rp, &code, &verifier).await.json().await.unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().expect("offline_access gives a refresh token").to_string();
+    // The password changes on-premises: a new record arrives.
+    let record = passwords::Pph1::derive(
+        &passwords::NtHash::of_password("New-pässword-2"),
+        b"0123456789",
+        NonZeroU32::new(1000).unwrap(),
+    );
+    push(&t, json!([{"immutableId": "cnVp", "record": record.to_string()}])).await;
+    let refreshed = reqwest::Client::new()
+        .post(format!("{}/oauth2/token", issuer(&t)))
+        .basic_auth(&rp.client_id, rp.secret.as_ref())
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), StatusCode::BAD_REQUEST, "the refresh token ended with the old password");
+    let form = b.get(&offline).await.unwrap();
+    assert_eq!(form.status, StatusCode::OK, "the session ended too");
     t.stop().await;
 }
