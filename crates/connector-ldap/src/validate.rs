@@ -17,6 +17,15 @@ use crate::settings::LdapSettings;
 pub const DEFAULT_USER_FILTER: &str =
     "(&(|(objectClass=user)(objectClass=person))(|(userPrincipalName={upn})(mail={upn})))";
 
+/// Whether users' passwords may be sent over a connection without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainBinds {
+    /// Only LDAPS or StartTLS (the default).
+    Refuse,
+    /// A lab without certificates: allowed, and logged loudly.
+    AllowInsecure,
+}
+
 /// Validates passwords; keeps a service-account connection for lookups and
 /// a pool of connections for the users' binds (a bind changes a
 /// connection's identity, so each is used by one check at a time).
@@ -46,7 +55,23 @@ pub fn outcome_of_bind_failure(code: u32, text: &str) -> Outcome {
 }
 
 impl Validator {
-    pub fn new(settings: LdapSettings, user_filter: Option<String>) -> Result<Validator, LdapError> {
+    pub fn new(settings: LdapSettings, user_filter: Option<String>, plain: PlainBinds) -> Result<Validator, LdapError> {
+        let plain_urls: Vec<&String> =
+            settings.urls.iter().filter(|u| u.to_ascii_lowercase().starts_with("ldap://")).collect();
+        if !plain_urls.is_empty() && !settings.tls.starttls {
+            match plain {
+                PlainBinds::Refuse => {
+                    return Err(LdapError::Settings(format!(
+                        "{} would carry users' passwords in clear: use ldaps:// or StartTLS (or, in a lab only, allow_plain_binds = true)",
+                        plain_urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                PlainBinds::AllowInsecure => tracing::warn!(
+                    urls = ?plain_urls,
+                    "INSECURE: users' passwords are sent to the directory without TLS (allow_plain_binds)"
+                ),
+            }
+        }
         let user_filter = user_filter.unwrap_or_else(|| DEFAULT_USER_FILTER.to_string());
         if !user_filter.contains("{upn}") {
             return Err(LdapError::Settings("user_filter must contain {upn}".into()));

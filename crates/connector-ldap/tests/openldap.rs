@@ -372,13 +372,13 @@ fn starttls_and_ldaps_with_a_test_ca() {
 
 #[test]
 fn password_validation_binds_as_the_user_and_cannot_be_widened() {
-    use connector_ldap::validate::Validator;
+    use connector_ldap::validate::{PlainBinds, Validator};
     use pta::Outcome;
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();
     seed(&slapd, 3);
     slapd.set_password("uid=u001,ou=people,dc=example,dc=org", "right-one").unwrap();
     let rt = runtime();
-    let validator = Validator::new(admin_settings(&slapd), None).unwrap();
+    let validator = Validator::new(admin_settings(&slapd), None, PlainBinds::AllowInsecure).unwrap();
     let check = |user: &str, pw: &str| rt.block_on(validator.validate(user, pw));
     assert_eq!(check("u001@example.org", "right-one"), Outcome::Success);
     assert_eq!(check("u001@example.org", "wrong"), Outcome::WrongPassword);
@@ -391,10 +391,15 @@ fn password_validation_binds_as_the_user_and_cannot_be_widened() {
     assert_eq!(check("u001@example.org", ""), Outcome::WrongPassword);
     // Again, on pooled connections.
     assert_eq!(check("u001@example.org", "right-one"), Outcome::Success);
-    assert!(Validator::new(admin_settings(&slapd), Some("(uid=x)".into())).is_err(), "a filter without {{upn}}");
+    assert!(
+        Validator::new(admin_settings(&slapd), Some("(uid=x)".into()), PlainBinds::AllowInsecure).is_err(),
+        "a filter without {{upn}}"
+    );
+    let refused = Validator::new(admin_settings(&slapd), None, PlainBinds::Refuse).unwrap_err();
+    assert!(refused.to_string().contains("in clear"), "{refused}");
 
     let mut gone = admin_settings(&slapd);
     gone.urls = vec![format!("ldap://127.0.0.1:{}", free_port().unwrap())];
-    let unreachable = Validator::new(gone, None).unwrap();
+    let unreachable = Validator::new(gone, None, PlainBinds::AllowInsecure).unwrap();
     assert_eq!(rt.block_on(unreachable.validate("u001@example.org", "right-one")), Outcome::DirectoryUnreachable);
 }

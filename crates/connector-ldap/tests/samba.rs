@@ -210,7 +210,7 @@ fn starttls_failover_and_ranged_members() {
 /// and read from its bind error (AD's `data NNN` sub-codes).
 #[test]
 fn password_validation_reads_every_ad_refusal() {
-    use connector_ldap::validate::Validator;
+    use connector_ldap::validate::{PlainBinds, Validator};
     use pta::Outcome;
     let dc = SambaDc::start().unwrap();
     let pw = "Passw0rd.Agent1";
@@ -218,7 +218,9 @@ fn password_validation_reads_every_ad_refusal() {
         .unwrap_or_else(|_| dc.samba_tool(&["user", "create", "ptauser", pw]).unwrap());
     let rt = runtime();
     let settings = settings(&[&dc.url], dc.admin_upn(), dc.admin_password(), "CN=Users,DC=example,DC=test");
-    let validator = Validator::new(settings, Some("(&(objectClass=user)(sAMAccountName={upn}))".into())).unwrap();
+    let validator =
+        Validator::new(settings, Some("(&(objectClass=user)(sAMAccountName={upn}))".into()), PlainBinds::AllowInsecure)
+            .unwrap();
     let check = |password: &str| rt.block_on(validator.validate("ptauser", password));
     assert_eq!(check(pw), Outcome::Success);
     assert_eq!(check("wrong-Passw0rd"), Outcome::WrongPassword);

@@ -172,10 +172,24 @@ fn main() {
     println!("pass-through authentication benchmark (slapd, 200 users, whole browser flow per sign-in):");
     measure(&rt, "baseline: password hash sync ({SSHA})", &authorize, &users);
     run(exe, &["tenant", "domain", "set", "--data", &data_s, "example.org", "--auth", "managed-pta"]);
-    let mut a = start_agent(exe, tmp.path(), "agent-a", &data_s, &issuer, &format!("[directory]\n{directory}"));
+    let mut a = start_agent(
+        exe,
+        tmp.path(),
+        "agent-a",
+        &data_s,
+        &issuer,
+        &format!("allow_plain_binds = true\n[directory]\n{directory}"),
+    );
     std::thread::sleep(Duration::from_secs(2));
     measure(&rt, "pass-through, one agent", &authorize, &users);
-    let mut b = start_agent(exe, tmp.path(), "agent-b", &data_s, &issuer, &format!("[directory]\n{directory}"));
+    let mut b = start_agent(
+        exe,
+        tmp.path(),
+        "agent-b",
+        &data_s,
+        &issuer,
+        &format!("allow_plain_binds = true\n[directory]\n{directory}"),
+    );
     std::thread::sleep(Duration::from_secs(2));
     measure(&rt, "pass-through, two agents", &authorize, &users);
     for c in [&mut a, &mut b, &mut tenant] {

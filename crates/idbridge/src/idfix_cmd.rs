@@ -483,6 +483,12 @@ async fn apply(
                     Some(h) => format!("{e}\n{h}"),
                     None => e.to_string(),
                 };
+                if applied == 0 {
+                    // Nothing reached the directory: no undo log is needed.
+                    drop(log);
+                    let _ = std::fs::remove_file(&log_path);
+                    bail!("{message}\nno fix was applied");
+                }
                 bail!(
                     "{message}\n{applied} fixes were applied before this one; undo them with `idbridge idfix undo --log {}`",
                     log_path.display()

@@ -6,6 +6,8 @@
 //!
 //! `agent.toml`:
 //! ```toml
+//! # user_filter = "(&(objectClass=user)(userPrincipalName={upn}))"
+//! # allow_plain_binds = true   # lab only: users' passwords over plain ldap://
 //! [agent]                      # written by `register`
 //! tenant = "https://tenant.example.com"
 //! id = "…"
@@ -18,7 +20,6 @@
 //! bind_dn = "svc-pta@corp.example.com"   # reads users; never binds as them
 //! password_file = "svc-pta.password"
 //! base_dns = ["DC=corp,DC=example,DC=com"]
-//! # user_filter = "(&(objectClass=user)(userPrincipalName={upn}))"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -78,6 +79,10 @@ struct AgentConfig {
     directory: SourceConfig,
     #[serde(default)]
     user_filter: Option<String>,
+    /// A lab without certificates: let users' passwords go to the directory
+    /// over plain ldap:// (logged loudly at start). Never in production.
+    #[serde(default)]
+    allow_plain_binds: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,7 +206,13 @@ async fn serve(config_path: &Path, pollers: usize) -> Result<()> {
             .with_context(|| format!("cannot read {}", credential_path.display()))?,
     )
     .with_context(|| format!("{} is not an agent credential", credential_path.display()))?;
-    let validator = Validator::new(config.directory.to_settings()?, config.user_filter.clone())?;
+    let plain = if config.allow_plain_binds {
+        connector_ldap::validate::PlainBinds::AllowInsecure
+    } else {
+        connector_ldap::validate::PlainBinds::Refuse
+    };
+    let validator = Validator::new(config.directory.to_settings()?, config.user_filter.clone(), plain)
+        .with_context(|| format!("in {}", config_path.display()))?;
     let agent = Arc::new(Agent {
         tenant: config.agent.tenant.trim_end_matches('/').to_string(),
         id: config.agent.id.clone(),

@@ -1214,7 +1214,7 @@ mod sync_e2e {
         std::fs::write(
             &config,
             format!(
-                "[directory]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
+                "allow_plain_binds = true\n[directory]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
                 slapd.url,
                 slapd.admin_dn(),
                 p(&pw)
@@ -1533,11 +1533,13 @@ mod sync_e2e {
             remaining.len(),
             findings.len()
         );
-        let log = std::fs::read_dir(&undo_dir)
+        let logs: Vec<_> = std::fs::read_dir(&undo_dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().contains("idfix-undo-") && std::fs::metadata(p).unwrap().len() > 200)
-            .unwrap();
+            .filter(|p| p.to_string_lossy().contains("idfix-undo-"))
+            .collect();
+        assert_eq!(logs.len(), 1, "the refused run left no undo log (nothing was applied): {logs:?}");
+        let log = logs[0].clone();
         let out = idbridge(&["idfix", "undo", "--log", p(&log), "--config", p(&config)]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(dump_all(&slapd), before, "undo restores the directory exactly");
@@ -2637,6 +2639,26 @@ mod federation {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let again = rt.block_on(async { testkit::Browser::new().unwrap().post(&acs, &form).await.unwrap() });
         assert_eq!(again.status, 403, "{}", again.body);
+        // Login CSRF: a response someone obtained in their own browser, posted
+        // from another browser (which never started a sign-in), is refused;
+        // the browser that started it can still use it.
+        let (form, mut starter) = rt.block_on(async {
+            let mut browser = testkit::Browser::new().unwrap();
+            let action = authorize.split('?').next().unwrap().to_string();
+            let first = browser.get(&authorize).await.unwrap();
+            let to_idp = browser
+                .post(&action, &testkit::form_fields(&first.body, &[("username", "alice@fed.example")]))
+                .await
+                .unwrap();
+            let idp_page = browser.get(&format!("{}&login=alice&variant=", to_idp.location.unwrap())).await.unwrap();
+            (testkit::form_fields(&idp_page.body, &[]), browser)
+        });
+        let victim = rt.block_on(async { testkit::Browser::new().unwrap().post(&acs, &form).await.unwrap() });
+        assert_eq!(victim.status, 403, "{}", victim.body);
+        let last = audit(&data).lines().rev().find(|l| l.contains("federated-sign-in-refused")).unwrap().to_string();
+        assert!(last.contains("unknown-or-expired-request"), "{last}");
+        let own = rt.block_on(starter.post(&acs, &form)).unwrap();
+        assert!(own.location.is_some_and(|l| l.contains("code=")), "{}", own.body);
         // Hostile shapes from anyone who started a sign-in: a document nested
         // 180,000 deep (once killed the process by stack overflow), one within
         // the size bound but too deep, one with too many elements. Each is

@@ -17,6 +17,33 @@ use crate::oidc::pages::{self, Branding};
 use crate::oidc::random_token;
 use crate::util::now_secs;
 
+/// The cookie that binds a federated sign-in to the browser that started
+/// it: its value is the state (RelayState) sent to the identity provider,
+/// and the answer is taken only from a browser that carries it — a response
+/// obtained by someone else cannot be posted into this browser (login CSRF).
+/// SameSite=None: the SAML answer arrives by a cross-site POST.
+fn binding_cookie_name(state: &AppState) -> &'static str {
+    if state.issuer.starts_with("https://") { "__Host-idb_federation" } else { "idb_federation" }
+}
+
+fn with_binding_cookie(mut resp: Response, state: &AppState, value: &str) -> Response {
+    let text = format!(
+        "{}={value}; Path=/; HttpOnly; Secure; SameSite=None; Max-Age={}",
+        binding_cookie_name(state),
+        super::REQUEST_LIFETIME_SECS
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+        resp.headers_mut().append(axum::http::header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// Control characters out of text an identity provider chose (it reaches
+/// the log and the audit), and at most 300 characters of it.
+fn printable(text: &str) -> String {
+    text.chars().take(300).flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
+}
+
 /// Where identity providers send OpenID Connect answers.
 pub fn oidc_redirect_uri(state: &AppState) -> String {
     format!("{}/federation/oidc/callback", state.issuer)
@@ -92,7 +119,7 @@ pub async fn start(state: &Arc<AppState>, branding: &Branding, p: &Params, usern
                 urlencode(&challenge),
                 urlencode(username)
             );
-            see_other(&url)
+            with_binding_cookie(see_other(&url), state, &rp_state)
         }
         Federation::Saml(idp) => {
             let (relay_state, request_id) = (random_token(), format!("_{}", random_token()));
@@ -118,12 +145,13 @@ pub async fn start(state: &Arc<AppState>, branding: &Branding, p: &Params, usern
                 now_secs(),
             );
             let sep = if idp.sso_url.contains('?') { '&' } else { '?' };
-            see_other(&format!(
+            let url = format!(
                 "{}{sep}SAMLRequest={}&RelayState={}",
                 idp.sso_url,
                 urlencode(&request),
                 urlencode(&relay_state)
-            ))
+            );
+            with_binding_cookie(see_other(&url), state, &relay_state)
         }
     }
 }
@@ -147,11 +175,13 @@ pub fn saml_acs_url(state: &AppState) -> String {
 /// POST /federation/saml/acs: the identity provider's response (HTTP-POST binding).
 pub async fn saml_acs(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     axum::extract::Form(form): axum::extract::Form<Params>,
 ) -> Response {
     let key = form.get("RelayState").cloned().unwrap_or_default();
     let response = form.get("SAMLResponse").cloned().unwrap_or_default();
-    answer(&state, "saml", key, async |state, pending| verify_saml(state, pending, &response).await).await
+    let browser = crate::oidc::flow::cookie(&headers, binding_cookie_name(&state));
+    answer(&state, "saml", key, browser, async |state, pending| verify_saml(state, pending, &response).await).await
 }
 
 /// The common end of both protocols: take the pending sign-in named by
@@ -161,8 +191,16 @@ async fn answer(
     state: &Arc<AppState>,
     protocol: &'static str,
     key: String,
+    browser: Option<String>,
     verify: impl AsyncFnOnce(&Arc<AppState>, &Pending) -> Result<crate::objects::Stored, Refusal>,
 ) -> Response {
+    // The answer must come back to the browser that asked for it.
+    // Compared as SHA-256 digests: equal digests leak nothing of the values.
+    let same_browser =
+        browser.is_some_and(|b| crate::util::sha256(b.as_bytes()) == crate::util::sha256(key.as_bytes()));
+    if !same_browser {
+        return refuse(state, "-", protocol, Refusal::UnknownState).await;
+    }
     let pending = match db(state, move |conn| super::take(conn, &key)).await {
         Ok(p) => p,
         Err(e) => return internal(e),
@@ -235,17 +273,22 @@ async fn verify_saml(
 }
 
 /// GET /federation/oidc/callback: the identity provider's answer.
-pub async fn oidc_callback(State(state): State<Arc<AppState>>, Query(q): Query<Params>) -> Response {
+pub async fn oidc_callback(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<Params>,
+) -> Response {
     let key = q.get("state").cloned().unwrap_or_default();
-    answer(&state, "oidc", key, async |state, pending| verify_oidc(state, pending, &q).await).await
+    let browser = crate::oidc::flow::cookie(&headers, binding_cookie_name(&state));
+    answer(&state, "oidc", key, browser, async |state, pending| verify_oidc(state, pending, &q).await).await
 }
 
 async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Result<crate::objects::Stored, Refusal> {
     if let Some(error) = q.get("error") {
-        return Err(Refusal::IdpError(format!(
+        return Err(Refusal::IdpError(printable(&format!(
             "{error}: {}",
             q.get("error_description").map(String::as_str).unwrap_or_default()
-        )));
+        ))));
     }
     let code = q.get("code").filter(|c| !c.is_empty()).ok_or_else(|| Refusal::Malformed("no code".into()))?;
     let name = pending.domain.clone();
