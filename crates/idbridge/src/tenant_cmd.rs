@@ -65,6 +65,10 @@ pub enum TenantCommand {
         /// more are answered 429 with Retry-After (0 = no limit; read at tenant start).
         #[arg(long)]
         rate_limit_per_sec: Option<u32>,
+        /// Reverse proxies whose X-Forwarded-For names the client (comma-separated
+        /// addresses or ranges, e.g. 10.0.0.0/8; empty for none; read at tenant start).
+        #[arg(long)]
+        trusted_proxies: Option<String>,
     },
     /// OpenID Connect clients (relying parties).
     Client {
@@ -533,6 +537,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             allow_cloud_password_change,
             pta_timeout_secs,
             rate_limit_per_sec,
+            trusted_proxies,
         } => {
             let store = open(&data)?;
             let conn = store.lock();
@@ -543,15 +548,24 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 && allow_cloud_password_change.is_none()
                 && pta_timeout_secs.is_none()
                 && rate_limit_per_sec.is_none()
+                && trusted_proxies.is_none()
             {
                 println!(
-                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}\npta-timeout-secs: {}\nrate-limit-per-sec: {}",
+                    "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}\npta-timeout-secs: {}\nrate-limit-per-sec: {}\ntrusted-proxies: {}",
                     on_off(s.block_soft_match),
                     on_off(s.block_hard_match_takeover),
                     on_off(s.require_verified_domain),
                     on_off(s.allow_cloud_password_change),
                     s.pta_timeout_secs,
-                    if s.rate_limit_per_sec == 0 { "off".to_string() } else { s.rate_limit_per_sec.to_string() }
+                    if s.rate_limit_per_sec == 0 { "off".to_string() } else { s.rate_limit_per_sec.to_string() },
+                    {
+                        let proxies = tenant::store::trusted_proxies(&conn)?;
+                        if proxies.is_empty() {
+                            "none (X-Forwarded-For is ignored)".to_string()
+                        } else {
+                            proxies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        }
+                    }
                 );
                 return Ok(());
             }
@@ -566,6 +580,10 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             }
             if let Some(v) = rate_limit_per_sec {
                 s.rate_limit_per_sec = v;
+            }
+            if let Some(text) = &trusted_proxies {
+                let proxies = tenant::net::parse_list(text).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?;
+                tenant::store::set_trusted_proxies(&conn, &proxies)?;
             }
             if let Some(v) = require_verified_domain {
                 s.require_verified_domain = v;

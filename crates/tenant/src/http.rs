@@ -47,6 +47,8 @@ pub struct AppState {
     pub federation: crate::federation::oidc::RelyingParty,
     /// Requests per bearer token.
     pub rate_limit: crate::ratelimit::RateLimiter,
+    /// Reverse proxies whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<crate::net::Cidr>,
 }
 
 /// A response-ready SCIM error, with the header some statuses need.

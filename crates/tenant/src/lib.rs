@@ -17,6 +17,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod hybrid;
+pub mod net;
 pub mod objects;
 pub mod oidc;
 pub mod pta;

@@ -200,7 +200,10 @@ pub async fn serve(
     let bound = tcp.local_addr().map_err(|e| TenantError::Io { what: "local address".into(), source: e })?;
     let base_url = options.base_url(bound);
     let issuer = base_url.trim_end_matches("/scim/v2").to_string();
-    let settings = crate::Settings::load(&store.lock())?;
+    let (settings, trusted_proxies) = {
+        let conn = store.lock();
+        (crate::Settings::load(&conn)?, crate::store::trusted_proxies(&conn)?)
+    };
     let pta_timeout = std::time::Duration::from_secs(settings.pta_timeout_secs);
     let rate_limit = crate::ratelimit::Limit {
         per_sec: settings.rate_limit_per_sec,
@@ -215,6 +218,7 @@ pub async fn serve(
         pta: crate::pta::Broker::new(pta_timeout),
         federation: crate::federation::oidc::RelyingParty::new(),
         rate_limit: crate::ratelimit::RateLimiter::new(rate_limit),
+        trusted_proxies,
     });
     let app = router(state);
     on_ready(bound, &base_url);

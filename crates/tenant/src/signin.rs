@@ -113,18 +113,32 @@ pub async fn sign_in(
         return Ok(Err(SignInError::InvalidCredentials));
     }
     let name = username.trim().to_lowercase();
-    let user_key = format!("user:{name}");
-    let addr_key = format!("addr:{address}");
-    let lookup = {
-        let (store, name, user_key, addr_key) = (store.clone(), name.clone(), user_key.clone(), addr_key.clone());
+    let location = location_of(address);
+    // Smart lockout keys (like Entra's): a user's failures count per
+    // familiar location (one they signed in from before) and together for
+    // all unfamiliar ones, so failures elsewhere never lock the user out
+    // where they usually are. An address counts all its failures, and once
+    // it is locked refuses only the names that failed from it.
+    let addr_key = format!("addr:{location}");
+    let name_at_addr_key = format!("addrname:{location}|{name}");
+    let (lookup, user_key) = {
+        let (store, name, addr_key, name_at_addr_key, location) =
+            (store.clone(), name.clone(), addr_key.clone(), name_at_addr_key.clone(), location.clone());
         blocking(move || {
             let conn = store.lock();
             let now = now_secs();
             prune_lockouts(&conn, now)?;
-            let locked =
-                [&user_key, &addr_key].into_iter().map(|k| locked_until(&conn, k)).collect::<Result<Vec<_>>>()?;
+            let user_key = if is_familiar(&conn, &name, &location)? {
+                format!("user:{name}|{location}")
+            } else {
+                format!("user:{name}|unfamiliar")
+            };
+            let mut locked = vec![locked_until(&conn, &user_key)?];
+            if failures(&conn, &name_at_addr_key)? > 0 {
+                locked.push(locked_until(&conn, &addr_key)?);
+            }
             if let Some(until) = locked.into_iter().flatten().filter(|u| *u > now).max() {
-                return Ok(Lookup::Locked(until - now));
+                return Ok((Lookup::Locked(until - now), user_key));
             }
             let user = find_user(&conn, &name)?;
             let mut pass_through = false;
@@ -134,7 +148,7 @@ pub async fn sign_in(
                 match found.auth {
                     AuthType::ManagedPta => pass_through = true,
                     // Known or not: the same answer for every name in the domain.
-                    AuthType::Federated => return Ok(Lookup::NotManaged { domain, auth: found.auth }),
+                    AuthType::Federated => return Ok((Lookup::NotManaged { domain, auth: found.auth }, user_key)),
                     _ => {}
                 }
             }
@@ -144,17 +158,19 @@ pub async fn sign_in(
             // counted (at most `threshold` are ever evaluated).
             count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
             count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
+            count_failure(&conn, &name_at_addr_key, u32::MAX, policy, now)?;
             if pass_through {
-                return Ok(Lookup::PassThrough { user });
+                return Ok((Lookup::PassThrough { user }, user_key));
             }
             let record = match &user {
                 Some(u) => credentials::load(&conn, &u.id)?,
                 None => None,
             };
-            Ok(Lookup::Candidate { user, record })
+            Ok((Lookup::Candidate { user, record }, user_key))
         })
         .await?
     };
+    let keys = Keys { user: user_key, addr: addr_key, name_at_addr: name_at_addr_key, location };
     let (user, record) = match lookup {
         Lookup::Locked(secs) => {
             let store = store.clone();
@@ -175,7 +191,7 @@ pub async fn sign_in(
             return Ok(Err(SignInError::MethodNotAvailable { domain, method }));
         }
         Lookup::PassThrough { user } => {
-            return pass_through(store, pta, user, &name, username, password, address, &user_key, &addr_key).await;
+            return pass_through(store, pta, user, &name, username, password, address, keys).await;
         }
         Lookup::Candidate { user, record } => (user, record),
     };
@@ -206,13 +222,12 @@ pub async fn sign_in(
         let now = now_secs();
         if !verified {
             // Counted when it was reserved.
-            let detail = json!({"userLocked": is_locked(&conn, &user_key, now)?, "addressLocked": is_locked(&conn, &addr_key, now)?});
+            let detail = json!({"userLocked": is_locked(&conn, &keys.user, now)?, "addressLocked": is_locked(&conn, &keys.addr, now)?});
             audit_attempt(&conn, &name, &addr, false, reason, Some(detail))?;
             return Ok(Err(SignInError::InvalidCredentials));
         }
         let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
-        conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
-        refund(&conn, &addr_key, now)?;
+        keys.succeeded(&conn, &name, now)?;
         if user.data.get("active") == Some(&Value::Bool(false)) {
             audit_attempt(&conn, &name, &addr, false, "disabled", None)?;
             return Ok(Err(SignInError::Disabled));
@@ -243,8 +258,7 @@ async fn pass_through(
     username: &str,
     password: &str,
     address: &str,
-    user_key: &str,
-    addr_key: &str,
+    keys: Keys,
 ) -> Result<std::result::Result<SignedIn, SignInError>> {
     use pta::Outcome;
     // Unknown users go the same way as known ones (the agent finds no such
@@ -255,8 +269,7 @@ async fn pass_through(
         let _turn = pta.user_turn(name).await;
         pta.validate(&pta::Credentials { username: username.trim().to_string(), password: password.to_string() }).await
     };
-    let (store, name, address, user_key, addr_key) =
-        (store.clone(), name.to_string(), address.to_string(), user_key.to_string(), addr_key.to_string());
+    let (store, name, address) = (store.clone(), name.to_string(), address.to_string());
     blocking(move || {
         let conn = store.lock();
         let now = now_secs();
@@ -264,8 +277,7 @@ async fn pass_through(
             Ok(o) => o,
             Err(e) => {
                 // Nothing was checked: the reserved attempt is given back.
-                refund(&conn, &user_key, now)?;
-                refund(&conn, &addr_key, now)?;
+                keys.refund(&conn, now)?;
                 let (reason, error) = match e {
                     crate::pta::DispatchError::NoAgent => ("pta-no-agent", SignInError::ServiceUnavailable),
                     crate::pta::DispatchError::Timeout => ("pta-timeout", SignInError::ValidatorTimeout),
@@ -277,19 +289,18 @@ async fn pass_through(
         let reason = format!("pta-{}", outcome.as_str());
         if outcome == Outcome::WrongPassword {
             // Counted when it was reserved.
-            let detail = json!({"userLocked": is_locked(&conn, &user_key, now)?, "addressLocked": is_locked(&conn, &addr_key, now)?});
+            let detail = json!({"userLocked": is_locked(&conn, &keys.user, now)?, "addressLocked": is_locked(&conn, &keys.addr, now)?});
             audit_attempt(&conn, &name, &address, false, &reason, Some(detail))?;
             return Ok(Err(SignInError::InvalidCredentials));
         }
         // Any other answer is not a wrong password: not counted.
-        refund(&conn, &user_key, now)?;
-        refund(&conn, &addr_key, now)?;
+        keys.refund(&conn, now)?;
         audit_attempt(&conn, &name, &address, outcome == Outcome::Success, &reason, None)?;
         let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
         Ok(match outcome {
             Outcome::Success if user.data.get("active") == Some(&Value::Bool(false)) => Err(SignInError::Disabled),
             Outcome::Success => {
-                conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
+                keys.succeeded(&conn, &name, now)?;
                 Ok(SignedIn { user })
             }
             Outcome::AccountDisabled => Err(SignInError::Disabled),
@@ -333,6 +344,73 @@ fn find_user(conn: &Connection, name: &str) -> Result<Option<Stored>> {
     }
 }
 
+/// The lockout counters one attempt counts toward.
+struct Keys {
+    user: String,
+    addr: String,
+    name_at_addr: String,
+    location: String,
+}
+
+impl Keys {
+    /// The attempt was not a wrong password: what it reserved is given back.
+    fn refund(&self, conn: &Connection, now: i64) -> Result<()> {
+        for key in [&self.user, &self.addr, &self.name_at_addr] {
+            refund(conn, key, now)?;
+        }
+        Ok(())
+    }
+
+    /// The right password: this location's counter starts again, and the
+    /// location becomes familiar for the user.
+    fn succeeded(&self, conn: &Connection, name: &str, now: i64) -> Result<()> {
+        conn.execute("DELETE FROM lockouts WHERE key = ?1", params![self.user])?;
+        refund(conn, &self.addr, now)?;
+        conn.execute("DELETE FROM lockouts WHERE key = ?1", params![self.name_at_addr])?;
+        conn.execute(
+            "INSERT INTO familiar_locations(name, location, last) VALUES(?1, ?2, ?3)
+             ON CONFLICT(name, location) DO UPDATE SET last = excluded.last",
+            params![name, self.location, now],
+        )?;
+        Ok(())
+    }
+}
+
+/// Where an attempt comes from, for lockout: the IPv4 address, or the /64
+/// of an IPv6 address (one network's hosts share their prefix).
+pub fn location_of(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(|v4| v4.to_string()).unwrap_or_default(),
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => address.to_string(),
+    }
+}
+
+/// Familiar locations are remembered this long after the last success there.
+const FAMILIAR_FOR_SECS: i64 = 90 * 86_400;
+
+fn is_familiar(conn: &Connection, name: &str, location: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM familiar_locations WHERE name = ?1 AND location = ?2 AND last > ?3",
+            params![name, location, now_secs() - FAMILIAR_FOR_SECS],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+fn failures(conn: &Connection, key: &str) -> Result<u32> {
+    Ok(conn
+        .query_row("SELECT failures FROM lockouts WHERE key = ?1", params![key], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
 /// Longest user name looked at (a UPN is at most 256 characters); longer
 /// ones are refused before any work.
 pub const MAX_USER_NAME_CHARS: usize = 256;
@@ -347,6 +425,10 @@ fn prune_lockouts(conn: &Connection, now: i64) -> Result<()> {
     conn.execute(
         "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts WHERE last < ?1 AND locked_until < ?2 LIMIT 64)",
         params![now - LOCKOUT_MEMORY_SECS, now],
+    )?;
+    conn.execute(
+        "DELETE FROM familiar_locations WHERE rowid IN (SELECT rowid FROM familiar_locations WHERE last < ?1 LIMIT 64)",
+        params![now - FAMILIAR_FOR_SECS],
     )?;
     Ok(())
 }

@@ -192,7 +192,17 @@ ALTER TABLE auth_codes ADD COLUMN auth_time INTEGER;
 ALTER TABLE refresh_tokens ADD COLUMN auth_time INTEGER;
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7];
+/// Smart lockout's familiar locations: where a user signed in before.
+const SCHEMA_V8: &str = "
+CREATE TABLE familiar_locations (
+    name TEXT NOT NULL,              -- lower-case user name
+    location TEXT NOT NULL,          -- IPv4 address or IPv6 /64
+    last INTEGER NOT NULL,
+    PRIMARY KEY (name, location)
+);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8];
 
 /// The database, behind one connection (SQLite has one writer anyway).
 #[derive(Debug)]
@@ -273,6 +283,17 @@ pub struct Settings {
     /// Requests per second one bearer token may make (burst: twice that);
     /// 0 is no limit. Read when the tenant starts.
     pub rate_limit_per_sec: u32,
+}
+
+/// Reverse proxies whose `X-Forwarded-For` is believed (sign-in lockout and
+/// audit use the client's address). Read when the tenant starts.
+pub fn trusted_proxies(conn: &Connection) -> Result<Vec<crate::net::Cidr>> {
+    crate::net::parse_list(&get_meta(conn, "trusted_proxies")?.unwrap_or_default()).map_err(crate::TenantError::Invalid)
+}
+
+pub fn set_trusted_proxies(conn: &Connection, proxies: &[crate::net::Cidr]) -> Result<()> {
+    let text: Vec<String> = proxies.iter().map(ToString::to_string).collect();
+    set_meta(conn, "trusted_proxies", &text.join(","))
 }
 
 impl Settings {

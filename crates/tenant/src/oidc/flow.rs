@@ -402,7 +402,7 @@ pub async fn authorize_post(
         }
         "password" | "change" => {
             let password = p.get("password").cloned().unwrap_or_default();
-            let address = peer.0.ip().to_string();
+            let address = crate::net::client_address(&state.trusted_proxies, peer.0.ip(), &headers).to_string();
             let outcome =
                 signin::sign_in(&state.store, &state.pta, &username, &password, &address, state.lockout).await;
             let outcome = match outcome {

@@ -628,3 +628,42 @@ async fn refresh_tokens_need_offline_access_and_end_with_a_new_password() {
     assert_eq!(form.status, StatusCode::OK, "the session ended too");
     t.stop().await;
 }
+
+/// Smart lockout by location: failures from elsewhere lock the user there,
+/// not where they usually sign in; an address past its limit refuses only
+/// the names that failed from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_keeps_a_familiar_location_open_and_locks_only_failing_names_per_address() {
+    let t = Tenant::start().await;
+    synced_user(&t, "ana@corp.example.com", "YW5h", json!({})).await;
+    synced_user(&t, "ben@corp.example.com", "YmVu", json!({})).await;
+    let store = std::sync::Arc::new(tenant::open_existing(t.dir.path()).unwrap());
+    let broker = tenant::pta::Broker::new(std::time::Duration::from_secs(1));
+    let policy = tenant::signin::LockoutPolicy { address_threshold: 15, ..Default::default() };
+    let attempt = |user: &'static str, password: &'static str, address: &'static str| {
+        let (store, broker) = (store.clone(), &broker);
+        async move { tenant::signin::sign_in(&store, broker, user, password, address, policy).await.unwrap().map(|_| ()) }
+    };
+    // Ana signs in at the office: a familiar location from now on.
+    attempt("ana@corp.example.com", PASSWORD, "198.51.100.10").await.unwrap();
+    // Someone elsewhere tries ten wrong passwords: Ana is locked there ...
+    for _ in 0..10 {
+        let _ = attempt("ana@corp.example.com", "guess", "203.0.113.66").await;
+    }
+    let there = attempt("ana@corp.example.com", PASSWORD, "203.0.113.66").await.unwrap_err();
+    assert!(matches!(there, tenant::signin::SignInError::LockedOut { .. }), "{there:?}");
+    // ... and from any other unfamiliar place, but not at the office.
+    let other = attempt("ana@corp.example.com", PASSWORD, "2001:db8:5::1").await.unwrap_err();
+    assert!(matches!(other, tenant::signin::SignInError::LockedOut { .. }), "{other:?}");
+    attempt("ana@corp.example.com", PASSWORD, "198.51.100.10").await.unwrap();
+    // The attacker's address passes its limit (15 with ana's 10): it refuses
+    // the names that failed from it, not Ben, who shares the address.
+    for _ in 0..5 {
+        let _ = attempt("nobody@corp.example.com", "guess", "203.0.113.66").await;
+    }
+    let nobody = attempt("nobody@corp.example.com", "guess", "203.0.113.66").await.unwrap_err();
+    assert!(matches!(nobody, tenant::signin::SignInError::LockedOut { .. }), "{nobody:?}");
+    attempt("ben@corp.example.com", PASSWORD, "203.0.113.66").await.unwrap();
+    assert_eq!(tenant::signin::location_of("2001:db8:5:6:7::1"), "2001:db8:5:6::/64");
+    t.stop().await;
+}
