@@ -139,6 +139,21 @@ pub(crate) async fn db<T: Send + 'static>(
     .unwrap_or_else(|_| Err(ApiError(ScimError::status(500, "internal error (see the tenant's log)"), None)))
 }
 
+/// Like [`db`], on a read-only connection: for long reads (lists, searches)
+/// that must not hold up writes and sign-ins.
+pub(crate) async fn db_read<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&Connection) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = state.store.read();
+        work(&conn)
+    })
+    .await
+    .unwrap_or_else(|_| Err(ApiError(ScimError::status(500, "internal error (see the tenant's log)"), None)))
+}
+
 pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, write: bool) -> Result<Caller, ApiError> {
     const CHALLENGE: &str = "Bearer realm=\"idbridge\"";
     let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
@@ -302,7 +317,7 @@ fn to_query(p: &ListParams) -> Result<(Query, Projection), ApiError> {
 async fn run_list(state: &Arc<AppState>, kinds: Vec<Kind>, params: ListParams) -> ApiResult {
     let (query, projection) = to_query(&params)?;
     let state2 = state.clone();
-    let body = db(state, move |conn| {
+    let body = db_read(state, move |conn| {
         let ctx = Ctx { actor: "", base_url: &state2.base_url };
         let several = kinds.len() > 1;
         let mut all = Vec::new();

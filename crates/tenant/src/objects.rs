@@ -923,6 +923,9 @@ fn index_hint(filter: &Filter) -> Option<(&'static str, String)> {
     }
 }
 
+/// Most objects one list request examines one by one (unindexed filter or sort).
+pub const MAX_RENDERED_PER_LIST: usize = 20_000;
+
 /// Matching objects (total count, and the requested page in order).
 pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Result<(usize, Vec<Stored>)> {
     let rt = kind.rt();
@@ -942,6 +945,20 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
         };
         raw.into_iter().map(to_stored).collect::<Result<_>>()?
     };
+    // Work per request is bounded: a filter no index answers, or a sort,
+    // renders every candidate.
+    let renders = query.filter.is_some() || query.sort_by.is_some();
+    if renders && rows.len() > MAX_RENDERED_PER_LIST {
+        return Err(ScimError::new(
+            ScimType::TooMany,
+            format!(
+                "this filter or sort would examine {} {} objects one by one (at most {MAX_RENDERED_PER_LIST}); filter with eq on userName, externalId, id, displayName or immutableId",
+                rows.len(),
+                kind.as_str()
+            ),
+        )
+        .into());
+    }
     let full = Projection::default();
     let mut matched: Vec<(Stored, Option<Value>)> = Vec::new();
     for s in rows {
@@ -983,4 +1000,42 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
     let start = query.start_index.max(1) - 1;
     let page = matched.into_iter().skip(start).take(query.count).map(|(s, _)| s).collect();
     Ok((total, page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unindexed filter or a sort over more objects than one request may
+    /// examine is refused (tooMany) instead of rendering them all.
+    #[test]
+    fn unindexed_lists_are_bounded() {
+        let store = crate::store::Store::open_in_memory().unwrap();
+        let mut conn = store.lock();
+        let tx = conn.transaction().unwrap();
+        for i in 0..=MAX_RENDERED_PER_LIST {
+            tx.execute(
+                "INSERT INTO resources(id, type, data, version, created, modified, user_name_lc)
+                 VALUES(?1, 'User', ?2, 1, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', ?3)",
+                params![format!("id{i}"), format!("{{\"userName\":\"zoë{i}@x.test\"}}"), format!("zoë{i}@x.test")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let ctx = Ctx { actor: "", base_url: "http://x" };
+        let query = |filter: &str, sort: Option<&str>| Query {
+            filter: (!filter.is_empty()).then(|| Filter::parse(filter).unwrap()),
+            sort_by: sort.map(|s| AttrPath::parse(s).unwrap()),
+            descending: false,
+            start_index: 1,
+            count: 10,
+        };
+        let too_many = list(&conn, &ctx, Kind::User, &query("userName co \"zoë1\"", None)).unwrap_err();
+        assert!(too_many.to_string().contains("at most"), "{too_many}");
+        assert!(list(&conn, &ctx, Kind::User, &query("", Some("userName"))).is_err());
+        // Indexed and unfiltered lists are answered.
+        let (total, page) = list(&conn, &ctx, Kind::User, &query("userName eq \"zoë7@x.test\"", None)).unwrap();
+        assert_eq!((total, page.len()), (1, 1));
+        assert_eq!(list(&conn, &ctx, Kind::User, &query("", None)).unwrap().0, MAX_RENDERED_PER_LIST + 1);
+    }
 }

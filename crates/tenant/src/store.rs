@@ -204,11 +204,18 @@ CREATE TABLE familiar_locations (
 
 const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8];
 
-/// The database, behind one connection (SQLite has one writer anyway).
+/// The database: one connection that writes (SQLite has one writer
+/// anyway) and a few read-only ones for long reads (SCIM lists and
+/// searches), so a slow read never holds up a write or a sign-in. WAL
+/// lets readers and the writer work at once.
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
 }
+
+/// Read-only connections beside the writer.
+const READERS: usize = 2;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
@@ -219,13 +226,36 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&conn)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            reader.busy_timeout(std::time::Duration::from_secs(5))?;
+            readers.push(Mutex::new(reader));
+        }
+        Ok(Store { conn: Mutex::new(conn), readers })
     }
 
     pub fn open_in_memory() -> Result<Store> {
         let conn = Connection::open_in_memory()?;
         migrate(&conn)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store { conn: Mutex::new(conn), readers: Vec::new() })
+    }
+
+    /// A read-only connection for a long read: a free one if there is one,
+    /// else the first to come free. (In memory there are none: the writer.)
+    pub fn read(&self) -> MutexGuard<'_, Connection> {
+        for reader in &self.readers {
+            if let Ok(guard) = reader.try_lock() {
+                return guard;
+            }
+        }
+        match self.readers.first() {
+            Some(reader) => reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            None => self.lock(),
+        }
     }
 
     /// The connection; a poisoned lock (a panic elsewhere) is still usable
