@@ -663,6 +663,11 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     anyhow::bail!("{flag} {c:?}: use #rgb or #rrggbb");
                 }
             }
+            for (flag, value) in [("--logo-url", &logo_url), ("--background-url", &background_url)] {
+                if let Some(u) = value.as_deref().filter(|u| !u.is_empty() && !tenant::oidc::pages::is_image_url(u)) {
+                    anyhow::bail!("{flag} {u:?}: give an https:// URL or a path on the tenant");
+                }
+            }
             let store = open(&data)?;
             let conn = store.lock();
             let fields = [

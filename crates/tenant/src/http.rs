@@ -117,7 +117,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::oidc::routes())
         .merge(crate::pta::routes())
         .fallback(|| async { ApiError(ScimError::status(404, "no such endpoint"), None) })
+        .layer(axum::middleware::map_response_with_state(state.clone(), security_headers))
         .with_state(state)
+}
+
+/// Headers every answer carries: no MIME sniffing; HSTS when the tenant is
+/// served over HTTPS; and for HTML pages (sign-in, My Apps, federation),
+/// unless the page set its own, no framing, no caching and a strict CSP.
+async fn security_headers(State(state): State<Arc<AppState>>, mut resp: Response) -> Response {
+    let https = state.issuer.starts_with("https://");
+    let h = resp.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if https {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
+    let html = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"));
+    if html {
+        h.entry(header::X_FRAME_OPTIONS).or_insert(HeaderValue::from_static("DENY"));
+        h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+        h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'; frame-ancestors 'none'",
+        ));
+    }
+    resp
 }
 
 /// The caller: the token's id, for the audit log.

@@ -709,6 +709,9 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
         .await
         .expect("an HTTPS request is answered while silent connections are open");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let lower = reply.to_ascii_lowercase();
+    assert!(lower.contains("x-content-type-options: nosniff"), "{reply}");
+    assert!(lower.contains("strict-transport-security: max-age="), "HSTS on HTTPS: {reply}");
     // The silent ones are closed once the handshake timeout has passed.
     let mut byte = [0u8; 1];
     let closed = tokio::time::timeout(

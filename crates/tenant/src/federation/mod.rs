@@ -95,10 +95,8 @@ impl Federation {
         match self {
             Federation::Oidc(idp) => {
                 let url = idp.issuer.trim();
-                if !(url.starts_with("https://") || url.starts_with("http://127.") || url.starts_with("http://[::1]")) {
-                    return Err(TenantError::Invalid(format!(
-                        "the issuer {url:?} must be an https:// URL (http:// only on loopback, for tests)"
-                    )));
+                if let Err(why) = crate::util::check_web_url(url) {
+                    return Err(TenantError::Invalid(format!("the issuer {url:?}: {why}")));
                 }
                 if idp.client_id.is_empty() || idp.client_secret.is_empty() {
                     return Err(TenantError::Invalid("the client id and the client secret must not be empty".into()));

@@ -57,22 +57,9 @@ pub fn add(
 
 /// Absolute http(s) URL without a fragment; plain http only for loopback.
 pub fn check_redirect_uri(uri: &str) -> Result<()> {
-    let bad = |why: &str| Err(TenantError::Invalid(format!("redirect URI {uri:?}: {why}")));
-    if uri.contains('#') {
-        return bad("must not contain a fragment");
-    }
-    if let Some(rest) = uri.strip_prefix("http://") {
-        let host = rest.split(['/', '?']).next().unwrap_or("");
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        if !(host == "localhost" || host == "[::1]" || host.starts_with("127.")) {
-            return bad("plain http is only allowed for loopback addresses; use https");
-        }
-        return Ok(());
-    }
-    if uri.starts_with("https://") && uri.len() > "https://".len() {
-        return Ok(());
-    }
-    bad("must be an absolute https:// URL (or http:// on loopback)")
+    crate::util::check_web_url(uri)
+        .map(|_| ())
+        .map_err(|why| TenantError::Invalid(format!("redirect URI {uri:?}: {why}")))
 }
 
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Client>> {

@@ -29,10 +29,11 @@ pub fn redirect_uri(issuer: &str) -> String {
 
 use super::flow::cookie;
 
-fn with_cookie(mut resp: Response, name: &str, value: &str, max_age: i64) -> Response {
-    if let Ok(v) =
-        HeaderValue::from_str(&format!("{name}={value}; Path=/myapps; HttpOnly; SameSite=Lax; Max-Age={max_age}"))
-    {
+fn with_cookie(mut resp: Response, state: &AppState, name: &str, value: &str, max_age: i64) -> Response {
+    let secure = if state.issuer.starts_with("https://") { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/myapps; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    )) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
@@ -45,7 +46,11 @@ pub async fn home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
     let found = tokio::task::spawn_blocking(move || {
         let conn = store.lock();
         let client_id = get_meta(&conn, "myapps_client_id").ok().flatten();
-        let claims = id_token.and_then(|t| jwt::verify_own(&conn, &t).ok().flatten());
+        // Only an ID token issued to My Apps itself: any other token the
+        // tenant signed (another client's, an access token) is no session here.
+        let claims = id_token
+            .and_then(|t| jwt::verify_own(&conn, &t).ok().flatten())
+            .filter(|c| client_id.as_deref().is_some_and(|id| c["aud"] == id) && c.get("token_use").is_none());
         (Branding::load(&conn), client_id, claims)
     })
     .await;
@@ -76,7 +81,7 @@ pub async fn home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
         urlencode("openid profile email")
     );
     let page = Html(pages::myapps_page(&branding, None, &url)).into_response();
-    with_cookie(page, TX_COOKIE, &format!("{tx_state}.{verifier}.{nonce}"), 600)
+    with_cookie(page, &state, TX_COOKIE, &format!("{tx_state}.{verifier}.{nonce}"), 600)
 }
 
 /// GET /myapps/callback: checks state, redeems the code with the verifier,
@@ -127,7 +132,7 @@ pub async fn callback(
     match result {
         Ok(Ok(Some(id_token))) => {
             let resp = Redirect::to("/myapps").into_response();
-            with_cookie(with_cookie(resp, TX_COOKIE, "", 0), RP_COOKIE, &id_token, 3600)
+            with_cookie(with_cookie(resp, &state, TX_COOKIE, "", 0), &state, RP_COOKIE, &id_token, 3600)
         }
         _ => (StatusCode::BAD_REQUEST, "the sign-in could not be completed; open /myapps again").into_response(),
     }
@@ -141,5 +146,5 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         urlencode(&hint),
         urlencode(&format!("{}/myapps", state.issuer))
     );
-    with_cookie(Redirect::to(&url).into_response(), RP_COOKIE, "", 0)
+    with_cookie(Redirect::to(&url).into_response(), &state, RP_COOKIE, "", 0)
 }

