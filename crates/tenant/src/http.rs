@@ -49,6 +49,8 @@ pub struct AppState {
     pub rate_limit: crate::ratelimit::RateLimiter,
     /// Reverse proxies whose X-Forwarded-For names the client.
     pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// Signs the sign-in forms' CSRF tokens.
+    pub csrf_key: [u8; 32],
 }
 
 /// A response-ready SCIM error, with the header some statuses need.

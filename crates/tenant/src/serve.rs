@@ -200,9 +200,9 @@ pub async fn serve(
     let bound = tcp.local_addr().map_err(|e| TenantError::Io { what: "local address".into(), source: e })?;
     let base_url = options.base_url(bound);
     let issuer = base_url.trim_end_matches("/scim/v2").to_string();
-    let (settings, trusted_proxies) = {
+    let (settings, trusted_proxies, csrf_key) = {
         let conn = store.lock();
-        (crate::Settings::load(&conn)?, crate::store::trusted_proxies(&conn)?)
+        (crate::Settings::load(&conn)?, crate::store::trusted_proxies(&conn)?, crate::store::csrf_key(&conn)?)
     };
     let pta_timeout = std::time::Duration::from_secs(settings.pta_timeout_secs);
     let rate_limit = crate::ratelimit::Limit {
@@ -219,6 +219,7 @@ pub async fn serve(
         federation: crate::federation::oidc::RelyingParty::new(),
         rate_limit: crate::ratelimit::RateLimiter::new(rate_limit),
         trusted_proxies,
+        csrf_key,
     });
     let app = router(state);
     on_ready(bound, &base_url);

@@ -315,6 +315,20 @@ pub struct Settings {
     pub rate_limit_per_sec: u32,
 }
 
+/// The key that signs CSRF tokens: made once, kept in the database.
+pub fn csrf_key(conn: &Connection) -> Result<[u8; 32]> {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    if let Some(text) = get_meta(conn, "csrf_key")?
+        && let Some(key) = engine.decode(text).ok().and_then(|k| <[u8; 32]>::try_from(k).ok())
+    {
+        return Ok(key);
+    }
+    let key = crate::util::random_bytes::<32>();
+    set_meta(conn, "csrf_key", &engine.encode(key))?;
+    Ok(key)
+}
+
 /// Reverse proxies whose `X-Forwarded-For` is believed (sign-in lockout and
 /// audit use the client's address). Read when the tenant starts.
 pub fn trusted_proxies(conn: &Connection) -> Result<Vec<crate::net::Cidr>> {

@@ -30,7 +30,24 @@ pub const TOKEN_LIFETIME_SECS: i64 = 3600;
 pub const REFRESH_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 pub const SESSION_LIFETIME_SECS: i64 = 8 * 3600;
 const SESSION_COOKIE: &str = "idb_session";
-const CSRF_COOKIE: &str = "idb_csrf";
+/// The CSRF cookie; `__Host-` on HTTPS, so no sibling host can plant one.
+fn csrf_cookie_name(state: &AppState) -> &'static str {
+    if state.issuer.starts_with("https://") { "__Host-idb_csrf" } else { "idb_csrf" }
+}
+
+/// A CSRF token only this tenant can make: random, then its HMAC under the
+/// tenant's CSRF key (a planted cookie with a matching form field is refused).
+fn mint_csrf(key: &[u8; 32]) -> String {
+    let nonce = random_token();
+    let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), nonce.as_bytes());
+    format!("{nonce}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()))
+}
+
+fn csrf_is_ours(key: &[u8; 32], token: &str) -> bool {
+    let Some((nonce, mac)) = token.split_once('.') else { return false };
+    let Ok(mac) = URL_SAFE_NO_PAD.decode(mac) else { return false };
+    ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), nonce.as_bytes(), &mac).is_ok()
+}
 
 /// The authorization request parameters (OIDC Core §3.1.2.1), carried
 /// through the sign-in forms as hidden fields and checked again on each step.
@@ -328,11 +345,11 @@ pub async fn authorize_get(
         }
         return redirect_with(&request.redirect_uri, &pairs);
     }
-    let csrf = random_token();
+    let csrf = mint_csrf(&state.csrf_key);
     let hint = p.get("login_hint").cloned().unwrap_or_default();
     let mut resp =
         html_response(StatusCode::OK, pages::username_page(&branding, &hidden_fields(&p, &csrf), &hint, None));
-    set_cookie(&mut resp, &state, CSRF_COOKIE, &csrf, 3600);
+    set_cookie(&mut resp, &state, csrf_cookie_name(&state), &csrf, 3600);
     resp
 }
 
@@ -355,10 +372,16 @@ pub async fn authorize_post(
         Ok(r) => r,
         Err(invalid) => return invalid_response(&branding, invalid),
     };
-    // Double-submit CSRF check: the form's token must equal the cookie's.
-    let csrf_cookie = cookie(&headers, CSRF_COOKIE);
+    // Double-submit CSRF check: the form's token must equal the cookie's,
+    // and be one this tenant made.
+    let csrf_cookie = cookie(&headers, csrf_cookie_name(&state));
     let csrf_ok = match (csrf_cookie.as_deref(), p.get("csrf")) {
-        (Some(c), Some(f)) => !c.is_empty() && c.len() == f.len() && sha256(c.as_bytes()) == sha256(f.as_bytes()),
+        (Some(c), Some(f)) => {
+            !c.is_empty()
+                && c.len() == f.len()
+                && sha256(c.as_bytes()) == sha256(f.as_bytes())
+                && csrf_is_ours(&state.csrf_key, c)
+        }
         _ => false,
     };
     if !csrf_ok {

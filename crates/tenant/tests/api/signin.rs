@@ -367,6 +367,16 @@ async fn refusals_say_the_right_thing() {
     let refused = b.post(&format!("{}/oauth2/authorize", issuer(&t)), &fields).await.unwrap();
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     assert!(refused.body.contains("security token is missing"));
+    // A cookie and field the attacker chose (equal, but not minted here) are refused too.
+    fields.push(("csrf".into(), "attacker-chosen".into()));
+    let planted = reqwest::Client::new()
+        .post(format!("{}/oauth2/authorize", issuer(&t)))
+        .header("cookie", "idb_csrf=attacker-chosen")
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(planted.status(), StatusCode::BAD_REQUEST);
 
     // Every attempt is in the audit log with its reason.
     let store = tenant::open_existing(t.dir.path()).unwrap();
