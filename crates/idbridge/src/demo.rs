@@ -118,6 +118,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
             let _ = clients::remove(&conn, &old);
         }
         let (client, _) = clients::add(&conn, "My Apps", std::slice::from_ref(&redirect_uri), true, Alg::Rs256)?;
+        clients::set_post_logout_uris(&conn, &client.id, &[format!("{issuer}/myapps")])?;
         tenant::store::set_meta(&conn, "myapps_client_id", &client.id)?;
         client.id
     };

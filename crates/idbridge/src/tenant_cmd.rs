@@ -154,6 +154,9 @@ pub enum ClientCommand {
         /// ID token signature: RS256 (default) or ES256.
         #[arg(long, default_value = "RS256")]
         alg: String,
+        /// Where the browser may go after logout (exact match; repeat for several).
+        #[arg(long = "post-logout-uri")]
+        post_logout_uris: Vec<String>,
     },
     List {
         #[arg(long)]
@@ -739,11 +742,14 @@ pub async fn run(command: TenantCommand) -> Result<()> {
 fn client(command: ClientCommand) -> Result<()> {
     use tenant::oidc::clients;
     match command {
-        ClientCommand::Add { data, name, redirect_uris, public, alg } => {
+        ClientCommand::Add { data, name, redirect_uris, public, alg, post_logout_uris } => {
             let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
             let store = open(&data)?;
             let conn = store.lock();
             let (client, secret) = clients::add(&conn, &name, &redirect_uris, public, alg)?;
+            if !post_logout_uris.is_empty() {
+                clients::set_post_logout_uris(&conn, &client.id, &post_logout_uris)?;
+            }
             audit::record(
                 &conn,
                 "cli",

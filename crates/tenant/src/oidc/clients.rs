@@ -14,6 +14,8 @@ pub struct Client {
     pub public: bool,
     pub redirect_uris: Vec<String>,
     pub id_token_alg: Alg,
+    /// Where the browser may go after logout (compared exactly).
+    pub post_logout_uris: Vec<String>,
 }
 
 /// Registers a client; returns it and, for a confidential client, its secret (shown once).
@@ -50,9 +52,31 @@ pub fn add(
             now()
         ],
     )?;
-    let client =
-        Client { id, name: name.to_string(), public, redirect_uris: redirect_uris.to_vec(), id_token_alg: alg };
+    let client = Client {
+        id,
+        name: name.to_string(),
+        public,
+        redirect_uris: redirect_uris.to_vec(),
+        id_token_alg: alg,
+        post_logout_uris: Vec::new(),
+    };
     Ok((client, secret))
+}
+
+/// Sets where a client may send the browser after logout.
+pub fn set_post_logout_uris(conn: &Connection, id: &str, uris: &[String]) -> Result<()> {
+    for uri in uris {
+        crate::util::check_web_url(uri)
+            .map_err(|why| TenantError::Invalid(format!("post-logout URI {uri:?}: {why}")))?;
+    }
+    let changed = conn.execute(
+        "UPDATE clients SET post_logout_uris = ?2 WHERE id = ?1",
+        params![id, serde_json::to_string(uris).unwrap_or_default()],
+    )?;
+    if changed == 0 {
+        return Err(TenantError::NotFound(format!("client {id}")));
+    }
+    Ok(())
 }
 
 /// Absolute http(s) URL without a fragment; plain http only for loopback.
@@ -65,17 +89,19 @@ pub fn check_redirect_uri(uri: &str) -> Result<()> {
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Client>> {
     Ok(conn
         .query_row(
-            "SELECT id, name, secret_hash IS NULL, redirect_uris, id_token_alg FROM clients WHERE id = ?1",
+            "SELECT id, name, secret_hash IS NULL, redirect_uris, id_token_alg, post_logout_uris FROM clients WHERE id = ?1",
             params![id],
             |r| {
                 let uris: String = r.get(3)?;
                 let alg: String = r.get(4)?;
+                let after_logout: String = r.get(5)?;
                 Ok(Client {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     public: r.get(2)?,
                     redirect_uris: serde_json::from_str(&uris).unwrap_or_default(),
                     id_token_alg: Alg::parse(&alg).unwrap_or(Alg::Rs256),
+                    post_logout_uris: serde_json::from_str(&after_logout).unwrap_or_default(),
                 })
             },
         )

@@ -917,42 +917,99 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
 pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(p): Query<Params>) -> Response {
     let session = cookie(&headers, SESSION_COOKIE);
     let result = db(&state, move |conn| {
-        if let Some(token) = session {
+        let branding = Branding::load(conn);
+        let session_user: Option<String> = match &session {
+            Some(token) => conn
+                .query_row("SELECT user_id FROM sessions WHERE hash = ?1", params![sha256(token.as_bytes())], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            None => None,
+        };
+        // A logout by link ends the session only with an ID token this tenant
+        // issued to this browser's user (RP-initiated logout); otherwise the
+        // person is asked (a page elsewhere cannot sign them out).
+        let hint = p.get("id_token_hint").map(|t| jwt::verify_own_signature(conn, t)).transpose()?.flatten();
+        let hint_ok = match (&hint, &session_user) {
+            (Some(claims), Some(user)) => claims["sub"] == user.as_str(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !hint_ok && session_user.is_some() {
+            return Ok(Logout::Ask(branding));
+        }
+        if let Some(token) = &session {
             conn.execute("DELETE FROM sessions WHERE hash = ?1", params![sha256(token.as_bytes())])?;
         }
-        // Where to go afterwards: only to an address the client registered.
-        let client_id = p.get("client_id").cloned().or_else(|| {
-            p.get("id_token_hint").and_then(|t| {
-                let payload = t.split('.').nth(1)?;
-                let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-                claims["aud"].as_str().map(str::to_string)
-            })
-        });
+        // Where to go afterwards: only an address the hint's client registered, compared exactly.
+        let client_id = hint.as_ref().and_then(|c| c["aud"].as_str().map(str::to_string));
         let target = match (p.get("post_logout_redirect_uri"), client_id) {
             (Some(uri), Some(id)) => clients::get(conn, &id)?
-                .filter(|c| c.redirect_uris.contains(uri) || c.redirect_uris.iter().any(|r| same_origin(r, uri)))
+                .filter(|c| c.post_logout_uris.contains(uri) || c.redirect_uris.contains(uri))
                 .map(|_| uri.clone()),
             _ => None,
         };
-        Ok((Branding::load(conn), target, p.get("state").cloned()))
+        Ok(match target {
+            Some(uri) => Logout::Redirect(uri, p.get("state").cloned()),
+            None => Logout::SignedOut(branding),
+        })
     })
     .await;
     let mut resp = match result {
-        Ok((_, Some(uri), state_param)) => match state_param {
-            Some(s) => redirect_with(&uri, &[("state", &s)]),
-            None => redirect_with(&uri, &[]),
-        },
-        Ok((branding, None, _)) => html_response(StatusCode::OK, pages::signed_out_page(&branding)),
+        Ok(Logout::Redirect(uri, Some(s))) => redirect_with(&uri, &[("state", &s)]),
+        Ok(Logout::Redirect(uri, None)) => redirect_with(&uri, &[]),
+        Ok(Logout::SignedOut(branding)) => html_response(StatusCode::OK, pages::signed_out_page(&branding)),
+        Ok(Logout::Ask(branding)) => {
+            let csrf = mint_csrf(&state.csrf_key);
+            let mut resp = html_response(StatusCode::OK, pages::confirm_logout_page(&branding, &csrf));
+            set_cookie(&mut resp, &state, csrf_cookie_name(&state), &csrf, 3600);
+            return resp;
+        }
         Err(e) => return internal(e),
     };
     set_cookie(&mut resp, &state, SESSION_COOKIE, "", 0);
     resp
 }
 
-fn same_origin(a: &str, b: &str) -> bool {
-    let origin = |u: &str| {
-        let (scheme, rest) = u.split_once("://")?;
-        Some(format!("{scheme}://{}", rest.split('/').next()?))
+enum Logout {
+    Redirect(String, Option<String>),
+    SignedOut(Branding),
+    Ask(Branding),
+}
+
+/// POST /oauth2/logout: the person confirmed on the tenant's own page (CSRF-checked).
+pub async fn logout_confirmed(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(p): Form<Params>,
+) -> Response {
+    let csrf_cookie = cookie(&headers, csrf_cookie_name(&state));
+    let csrf_ok = match (csrf_cookie.as_deref(), p.get("csrf")) {
+        (Some(c), Some(f)) => sha256(c.as_bytes()) == sha256(f.as_bytes()) && csrf_is_ours(&state.csrf_key, c),
+        _ => false,
     };
-    origin(a).is_some() && origin(a) == origin(b)
+    let session = cookie(&headers, SESSION_COOKIE);
+    let result = db(&state, move |conn| {
+        if csrf_ok && let Some(token) = session {
+            conn.execute("DELETE FROM sessions WHERE hash = ?1", params![sha256(token.as_bytes())])?;
+        }
+        Ok(Branding::load(conn))
+    })
+    .await;
+    match result {
+        Ok(branding) if csrf_ok => {
+            let mut resp = html_response(StatusCode::OK, pages::signed_out_page(&branding));
+            set_cookie(&mut resp, &state, SESSION_COOKIE, "", 0);
+            resp
+        }
+        Ok(branding) => html_response(
+            StatusCode::BAD_REQUEST,
+            pages::message_page(
+                &branding,
+                "Not signed out",
+                "This sign-out form expired. Open the application and sign out again.",
+            ),
+        ),
+        Err(e) => internal(e),
+    }
 }

@@ -35,7 +35,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/oauth2/authorize", get(flow::authorize_get).post(flow::authorize_post))
         .route("/oauth2/token", axum::routing::post(flow::token))
         .route("/oauth2/userinfo", get(flow::userinfo).post(flow::userinfo))
-        .route("/oauth2/logout", get(flow::logout))
+        .route("/oauth2/logout", get(flow::logout).post(flow::logout_confirmed))
         .route("/federation/oidc/callback", get(crate::federation::web::oidc_callback))
         .route("/federation/saml/acs", axum::routing::post(crate::federation::web::saml_acs))
         .route("/myapps", get(myapps::home))

@@ -197,6 +197,19 @@ pub fn message_page(branding: &Branding, title: &str, message: &str) -> String {
     layout(branding, title, body)
 }
 
+/// "Sign out?" — a logout link without proof it came from the user's application.
+pub fn confirm_logout_page(branding: &Branding, csrf: &str) -> String {
+    let body = html! {
+        h1 { "Sign out?" }
+        p { "Do you want to sign out of " (branding.name) "?" }
+        form method="post" action="/oauth2/logout" {
+            input type="hidden" name="csrf" value=(csrf);
+            button type="submit" { "Sign out" }
+        }
+    };
+    layout(branding, "Sign out", body)
+}
+
 pub fn signed_out_page(branding: &Branding) -> String {
     message_page(branding, "Signed out", "You have signed out. You can close this window.")
 }

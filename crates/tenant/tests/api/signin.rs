@@ -255,18 +255,38 @@ async fn password_records_code_flow_refresh_and_userinfo() {
     let bad = b.get(&format!("{url}&max_age=soon")).await.unwrap();
     assert!(bad.location.unwrap_or_default().contains("error=invalid_request"));
 
-    // Logout ends the session: the next authorize shows the form again.
-    let out = b
-        .get(&format!(
-            "{}/oauth2/logout?client_id={}&post_logout_redirect_uri={}&state=bye",
+    // A logout link without an ID token hint (any page could embed it)
+    // only asks; a look-alike post-logout address is never followed.
+    let logout = |hint: &str, after: &str| {
+        format!(
+            "{}/oauth2/logout?id_token_hint={hint}&post_logout_redirect_uri={}&state=bye",
             issuer(&t),
-            rp.client_id,
-            super::urlencode(&rp.redirect)
-        ))
-        .await
-        .unwrap();
+            super::urlencode(after)
+        )
+    };
+    let asked = b.get(&logout("", &rp.redirect)).await.unwrap();
+    assert_eq!(asked.status, StatusCode::OK);
+    assert!(asked.body.contains("Sign out?"), "{}", asked.body);
+    assert_eq!(b.get(&url).await.unwrap().status, StatusCode::SEE_OTHER, "still signed in");
+    let forged_hint = format!("{id_token}x");
+    assert!(b.get(&logout(&forged_hint, &rp.redirect)).await.unwrap().body.contains("Sign out?"));
+    // With the ID token the tenant issued: the session ends, and the browser
+    // goes back only to an address the client registered, exactly.
+    let evil = b.get(&logout(id_token, "http://127.0.0.1:9//evil.example/..")).await.unwrap();
+    assert_eq!(evil.status, StatusCode::OK, "not followed: {:?}", evil.location);
+    assert_eq!(b.get(&url).await.unwrap().status, StatusCode::OK, "the session ended");
+    let back = sign_in(&mut b, &t, &rp, &challenge, "alex@corp.example.com", PASSWORD).await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER);
+    let out = b.get(&logout(id_token, &rp.redirect)).await.unwrap();
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert!(out.location.unwrap().ends_with("state=bye"));
+    assert_eq!(b.get(&url).await.unwrap().status, StatusCode::OK);
+    // Confirming on the tenant's own page signs out (its form carries a CSRF token).
+    let back = sign_in(&mut b, &t, &rp, &challenge, "alex@corp.example.com", PASSWORD).await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER);
+    let asked = b.get(&logout("", &rp.redirect)).await.unwrap();
+    let confirmed = b.post(&format!("{}/oauth2/logout", issuer(&t)), &form_fields(&asked.body, &[])).await.unwrap();
+    assert!(confirmed.body.contains("You have signed out"), "{}", confirmed.body);
     assert_eq!(b.get(&url).await.unwrap().status, StatusCode::OK);
     t.stop().await;
 }
