@@ -22,6 +22,29 @@ pub enum ScimTargetError {
     CaFile { path: String, reason: String },
     #[error("the SCIM client could not be built: {0}")]
     Client(String),
+    #[error("the tenant URL {url:?}: {why}")]
+    Url { url: String, why: String },
+}
+
+/// The bearer token crosses to this address: https, or http to loopback only.
+fn check_tenant_url(url: &str) -> Result<(), ScimTargetError> {
+    let bad = |why: &str| Err(ScimTargetError::Url { url: url.to_string(), why: why.to_string() });
+    let Ok(parsed) = reqwest::Url::parse(url) else { return bad("not an absolute URL") };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return bad("must not contain a user name or password");
+    }
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => return bad("must name a host"),
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => bad("plain http would send the token in clear; use https (http only to a loopback address)"),
+        _ => bad("use https://"),
+    }
 }
 
 /// A SCIM service as export target.
@@ -56,6 +79,7 @@ impl ScimTarget {
         ca_file: Option<&Path>,
         timeout: Duration,
     ) -> Result<ScimTarget, ScimTargetError> {
+        check_tenant_url(base_url)?;
         let mut builder = reqwest::Client::builder().timeout(timeout).connect_timeout(Duration::from_secs(10));
         if let Some(path) = ca_file {
             let pem = std::fs::read(path)
@@ -358,6 +382,17 @@ impl Target for ScimTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_goes_only_to_https_or_loopback() {
+        for bad in ["http://tenant.example/scim/v2", "http://127.0.0.1@evil.example/scim/v2", "ftp://x/", "tenant/scim"]
+        {
+            assert!(check_tenant_url(bad).is_err(), "{bad}");
+        }
+        for good in ["https://tenant.example/scim/v2", "http://127.0.0.1:8080/scim/v2", "http://[::1]/scim/v2"] {
+            assert!(check_tenant_url(good).is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn a_bulk_status_out_of_range_is_an_error_not_a_success() {

@@ -122,6 +122,8 @@ async fn register(
     ca_file: Option<PathBuf>,
 ) -> Result<()> {
     let tenant = tenant.trim_end_matches('/').to_string();
+    // The agent's credential and users' sealed passwords travel to this address.
+    tenant::util::check_web_url(&tenant).map_err(|why| anyhow::anyhow!("--tenant {tenant:?}: {why}"))?;
     let key = AgentKey::generate();
     let name = name.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "agent".into())
@@ -213,6 +215,8 @@ async fn serve(config_path: &Path, pollers: usize) -> Result<()> {
     };
     let validator = Validator::new(config.directory.to_settings()?, config.user_filter.clone(), plain)
         .with_context(|| format!("in {}", config_path.display()))?;
+    tenant::util::check_web_url(&config.agent.tenant)
+        .map_err(|why| anyhow::anyhow!("in {}: tenant {:?}: {why}", config_path.display(), config.agent.tenant))?;
     let agent = Arc::new(Agent {
         tenant: config.agent.tenant.trim_end_matches('/').to_string(),
         id: config.agent.id.clone(),

@@ -43,6 +43,55 @@ impl Credential {
         }
     }
 
+    /// Records the tenant stores: strong enough to be worth keeping (PBKDF2
+    /// at least Connect's 1,000 iterations, a salt of 8 bytes or more) and
+    /// cheap enough that one sign-in cannot tie up a core (each record is
+    /// verified at every sign-in of its user).
+    pub fn within_cost_window(&self) -> std::result::Result<(), String> {
+        use passwords::StoredPassword;
+        const MIN_ITERATIONS: u32 = 1_000;
+        const MAX_ITERATIONS: u32 = 1_000_000;
+        let iterations = |n: u32| {
+            if (MIN_ITERATIONS..=MAX_ITERATIONS).contains(&n) {
+                Ok(())
+            } else {
+                Err(format!("{n} iterations is outside {MIN_ITERATIONS}–{MAX_ITERATIONS}"))
+            }
+        };
+        match self {
+            Credential::Pph1(r) if r.salt.len() < 8 => Err("the salt is shorter than 8 bytes".into()),
+            Credential::Pph1(r) => iterations(r.iterations.get()),
+            Credential::Stored(StoredPassword::Pbkdf2 { salt, .. }) if salt.len() < 8 => {
+                Err("the salt is shorter than 8 bytes".into())
+            }
+            Credential::Stored(StoredPassword::Pbkdf2 { iterations: n, .. }) => iterations(n.get()),
+            Credential::Stored(StoredPassword::Argon2(phc)) => {
+                let param = |name: &str| -> Option<u32> {
+                    phc.split('$')
+                        .flat_map(|part| part.split(','))
+                        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                };
+                match (param("m"), param("t")) {
+                    (Some(m), Some(t)) if m <= 65_536 && t <= 10 => Ok(()),
+                    _ => Err("Argon2 costs above 64 MiB or 10 passes are not accepted".into()),
+                }
+            }
+            Credential::Stored(StoredPassword::Crypt(c)) => {
+                let rounds = c.split('$').find_map(|p| p.strip_prefix("rounds=")).and_then(|r| r.parse::<u32>().ok());
+                let bcrypt_cost =
+                    c.strip_prefix("$2").and_then(|r| r.split('$').nth(1)).and_then(|n| n.parse::<u32>().ok());
+                match (rounds, bcrypt_cost) {
+                    (Some(r), _) if r > MAX_ITERATIONS => Err(format!("{r} rounds is more than {MAX_ITERATIONS}")),
+                    (_, Some(cost)) if cost > 14 => Err(format!("bcrypt cost {cost} is more than 14")),
+                    _ => Ok(()),
+                }
+            }
+            // Unsalted and salted SHA digests are what OpenLDAP stores by
+            // default; they are kept, and padded at sign-in (see signin).
+            Credential::Stored(StoredPassword::Digest { .. }) => Ok(()),
+        }
+    }
+
     /// Constant-time where it matters; costs what the record's work factor says.
     pub fn verify(&self, password: &str) -> bool {
         match self {
@@ -104,9 +153,12 @@ pub fn apply_batch(conn: &mut Connection, actor: &str, batch: &[CredentialUpdate
             results.push(result("invalid", Some("a record (or remove: true) is required".into())));
             continue;
         };
-        if let Err(e) = Credential::parse(record) {
-            results.push(result("invalid", Some(e.to_string())));
-            continue;
+        match Credential::parse(record).map_err(|e| e.to_string()).and_then(|c| c.within_cost_window()) {
+            Ok(()) => {}
+            Err(why) => {
+                results.push(result("invalid", Some(why)));
+                continue;
+            }
         }
         tx.execute(
             "INSERT INTO credentials(resource_id, record, must_change, updated) VALUES(?1, ?2, ?3, ?4)

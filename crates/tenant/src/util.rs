@@ -79,7 +79,7 @@ pub fn check_web_url(text: &str) -> std::result::Result<reqwest::Url, String> {
     match url.scheme() {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
-        "http" => Err("plain http is only allowed for loopback addresses; use https".into()),
+        "http" => Err("plain http is only allowed for loopback addresses; use https://".into()),
         other => Err(format!("the scheme {other}: is not http(s)")),
     }
 }

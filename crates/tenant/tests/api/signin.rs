@@ -134,6 +134,22 @@ async fn password_records_code_flow_refresh_and_userinfo() {
     let statuses: Vec<&str> =
         results["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["unknown-user", "invalid", "invalid"], "{results}");
+    // Records outside the cost window: too weak to keep, or one sign-in would tie up a core.
+    let nt = passwords::NtHash::of_password(PASSWORD);
+    let weak = passwords::Pph1::derive(&nt, b"0123456789", NonZeroU32::new(1).unwrap());
+    let costly = format!("v1;PPH1_MD4,3031323334353637,10000000,{};", "00".repeat(32));
+    let results = push(
+        &t,
+        json!([
+            {"immutableId": "QUxFWA==", "record": weak.to_string()},
+            {"immutableId": "QUxFWA==", "record": costly},
+            {"immutableId": "QUxFWA==", "record": "{ARGON2}$argon2id$v=19$m=1048576,t=3,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"},
+        ]),
+    )
+    .await;
+    let statuses: Vec<&str> =
+        results["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["invalid", "invalid", "invalid"], "{results}");
     let read_only = t
         .call(
             Method::POST,
