@@ -48,7 +48,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let (data, _cleanup) = match &o.data {
         Some(d) => (d.clone(), Cleanup(None)),
         None => {
-            let dir = std::env::temp_dir().join(format!("idbridge-demo-{}", std::process::id()));
+            let dir = crate::files::private_temp_dir("idbridge-demo")?;
             (dir.clone(), Cleanup(Some(dir)))
         }
     };
@@ -70,7 +70,8 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let ldif = data.join("directory.ldif");
     if !ldif.exists() {
         eprintln!("generating a sample organisation: {} users, {} groups …", o.users, o.groups);
-        let file = std::fs::File::create(&ldif).with_context(|| format!("cannot create {}", ldif.display()))?;
+        // Password hashes: the owner's only.
+        let file = crate::files::create_private(&ldif)?;
         spec.write(std::io::BufWriter::new(file), true).with_context(|| format!("writing {}", ldif.display()))?;
     }
 

@@ -49,6 +49,35 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     Ok(())
 }
 
+/// A new directory only this user can enter, under the system's temporary
+/// directory, with an unpredictable name; never one that already existed
+/// (a planted directory or link is not reused).
+pub fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
+    let suffix: String = tenant::util::random_bytes::<12>().iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("{prefix}-{suffix}"));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Creates `path` (which must not exist) readable by its owner only, for a
+/// file that will hold secrets (password hashes, a database with keys).
+pub fn create_private(path: &Path) -> Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path).with_context(|| format!("cannot create {}", path.display()))
+}
+
 /// Replaces `path` with `bytes`, atomically.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     write(path, bytes, false)

@@ -22,11 +22,10 @@ fn err(e: rusqlite::Error) -> IndexError {
 impl DiskIndex {
     /// A new index in a temporary file.
     pub fn create() -> Result<DiskIndex, IndexError> {
-        let path = std::env::temp_dir().join(format!(
-            "idbridge-idfix-{}-{}.db",
-            std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-        ));
+        // The index holds directory values: a new file, the owner's only.
+        let suffix: String = tenant::util::random_bytes::<12>().iter().map(|b| format!("{b:02x}")).collect();
+        let path = std::env::temp_dir().join(format!("idbridge-idfix-{suffix}.db"));
+        crate::files::create_private(&path).map_err(|e| IndexError(format!("{e:#}")))?;
         let conn = Connection::open(&path).map_err(err)?;
         // A scratch file: no journal, no fsync, a bounded page cache (8 MiB).
         conn.execute_batch(

@@ -41,9 +41,13 @@ pub const DB_FILE: &str = "tenant.db";
 pub fn open_or_create(data_dir: &Path, initial_domain: &str) -> Result<(Store, bool)> {
     let fresh = !data_dir.join(DB_FILE).exists();
     if fresh {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| TenantError::Io { what: format!("cannot create {}", data_dir.display()), source: e })?;
-        restrict_permissions(data_dir)?;
+        // Only a directory made here is restricted: `--data` may name a shared one.
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| TenantError::Io { what: format!("cannot create {}", data_dir.display()), source: e })?;
+            restrict_permissions(data_dir)?;
+        }
+        create_private_file(&data_dir.join(DB_FILE))?;
     }
     let store = Store::open(&data_dir.join(DB_FILE))?;
     {
@@ -74,6 +78,22 @@ pub fn open_existing(data_dir: &Path) -> Result<Store> {
         )));
     }
     Store::open(&db)
+}
+
+/// The database holds signing keys and secrets: created for its owner only
+/// (SQLite gives its -wal and -shm files the same mode).
+fn create_private_file(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map(|_| ())
+        .map_err(|e| TenantError::Io { what: format!("cannot create {}", path.display()), source: e })
 }
 
 #[cfg(unix)]

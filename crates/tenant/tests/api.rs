@@ -859,3 +859,21 @@ async fn unfinished_headers_are_cut_off() {
     // Meanwhile and after, others are served.
     assert_eq!(t.call(Method::GET, "/ServiceProviderConfig", Some(&t.read), None).await.status, StatusCode::OK);
 }
+
+/// The database (signing keys, secrets) is created for its owner only, and
+/// a data directory that already existed (a shared one) keeps its mode.
+#[test]
+fn the_database_is_private_and_an_existing_directory_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = TempDir::new("tenant-shared").unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (store, fresh) = tenant::open_or_create(shared.path(), "example.test").unwrap();
+    assert!(fresh);
+    drop(store);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(shared.path()), 0o755, "not chmod-ed: the directory was not made here");
+    assert_eq!(mode(&shared.join(tenant::DB_FILE)), 0o600);
+    let made = shared.join("fresh-data");
+    tenant::open_or_create(&made, "example.test").unwrap();
+    assert_eq!(mode(&made), 0o700, "a directory made here is the owner's only");
+}

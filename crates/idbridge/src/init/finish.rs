@@ -106,8 +106,8 @@ impl Wizard {
     /// Imports and syncs the draft into a scratch store (staging: nothing is
     /// sent) and shows what the first export would do.
     async fn preview(&mut self) -> Result<()> {
-        let dir = std::env::temp_dir().join(format!("idbridge-init-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // It holds a stand-in for the bind password: private, never reused.
+        let dir = crate::files::private_temp_dir("idbridge-init")?;
         let scratch = Scratch(dir);
         let mut text = self.merged()?;
         text = write::with_state(&text, &scratch.0.join("preview.db"))?;
