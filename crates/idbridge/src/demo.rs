@@ -143,7 +143,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
             "{}",
             serde_json::json!({
                 "url": url, "issuer": issuer, "client_id": client_id, "redirect_uri": redirect_uri,
-                "scim": base, "admin_token": admin, "users": users,
+                "scim": base, "admin_token": admin, "users": users, "data": data.display().to_string(),
             })
         );
     } else {

@@ -125,6 +125,11 @@ pub enum TokenCommand {
         expires: Option<String>,
         #[arg(long)]
         note: Option<String>,
+        /// Only users of this domain get password records from this token
+        /// (repeat for several; default: every domain). A sync token can set
+        /// any allowed user's password: treat it like an admin credential.
+        #[arg(long = "domain")]
+        domains: Vec<String>,
     },
     List {
         #[arg(long)]
@@ -343,12 +348,15 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             Ok(())
         }
         TenantCommand::Token { command } => match command {
-            TokenCommand::Create { data, scope, expires, note } => {
+            TokenCommand::Create { data, scope, expires, note, domains } => {
                 let scope: Scope = scope.parse()?;
                 let secs = expires.as_deref().map(tokens::parse_duration).transpose()?;
                 let store = open(&data)?;
                 let conn = store.lock();
                 let (id, token) = tokens::create(&conn, scope, secs, note.as_deref())?;
+                if !domains.is_empty() {
+                    tokens::restrict_domains(&conn, &id, &domains)?;
+                }
                 audit::record(
                     &conn,
                     "cli",

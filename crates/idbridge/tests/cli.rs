@@ -2286,8 +2286,15 @@ mod demo {
         let page = chromium_sign_in(url, user, "not-the-password");
         assert!(page["text"].as_str().unwrap().contains("user name or password is incorrect"), "{page}");
         // Without --data the demo works in a temporary directory and removes it when it stops.
-        let dir = std::env::temp_dir().join(format!("idbridge-demo-{}", child.id()));
+        let dir = std::path::PathBuf::from(ready["data"].as_str().unwrap());
         assert!(dir.exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "private");
+        assert_eq!(
+            std::fs::metadata(dir.join("directory.ldif")).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "the sample's password hashes are the owner's only"
+        );
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(child.wait().unwrap().success(), "stops cleanly");
         assert!(!dir.exists(), "the temporary demo directory is removed");

@@ -128,7 +128,12 @@ pub struct CredentialResult {
 
 /// Applies a batch in one transaction; each item gets its own result (one
 /// bad record never rejects the others). The audit log names the users, never the records.
-pub fn apply_batch(conn: &mut Connection, actor: &str, batch: &[CredentialUpdate]) -> Result<Vec<CredentialResult>> {
+pub fn apply_batch(
+    conn: &mut Connection,
+    actor: &str,
+    allowed_domains: Option<&[String]>,
+    batch: &[CredentialUpdate],
+) -> Result<Vec<CredentialResult>> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(batch.len());
     for item in batch {
@@ -142,6 +147,18 @@ pub fn apply_batch(conn: &mut Connection, actor: &str, batch: &[CredentialUpdate
             results.push(result("unknown-user", Some("no synchronised user has this immutableId".into())));
             continue;
         };
+        if let Some(allowed) = allowed_domains {
+            let domain = user
+                .data
+                .get("userName")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|n| n.rsplit_once('@'))
+                .map(|(_, d)| d.to_lowercase());
+            if !domain.is_some_and(|d| allowed.contains(&d)) {
+                results.push(result("forbidden", Some("this token may not set passwords in the user's domain".into())));
+                continue;
+            }
+        }
         if item.remove {
             tx.execute("DELETE FROM credentials WHERE resource_id = ?1", params![user.id])?;
             end_sign_ins(&tx, &user.id)?;

@@ -30,6 +30,11 @@ pub async fn passwords(
         return Err(ScimError::status(413, format!("at most {MAX_BATCH} credentials per request")).into());
     }
     let actor = format!("token:{}", caller.id);
-    let results = db(&state, move |conn| Ok(credentials::apply_batch(conn, &actor, &batch)?)).await?;
+    let caller_id = caller.id.clone();
+    let results = db(&state, move |conn| {
+        let allowed = crate::tokens::domains(conn, &caller_id)?;
+        Ok(credentials::apply_batch(conn, &actor, allowed.as_deref(), &batch)?)
+    })
+    .await?;
     Ok(scim_json(StatusCode::OK, &json!({ "results": results })))
 }

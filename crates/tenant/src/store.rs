@@ -205,8 +205,11 @@ CREATE TABLE familiar_locations (
 /// Where a client may send the browser after logout, compared exactly.
 const SCHEMA_V9: &str = "ALTER TABLE clients ADD COLUMN post_logout_uris TEXT NOT NULL DEFAULT '[]';";
 
+/// A sync token may be limited to the domains it synchronises.
+const SCHEMA_V10: &str = "ALTER TABLE tokens ADD COLUMN domains TEXT;";
+
 const MIGRATIONS: &[&str] =
-    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9];
+    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10];
 
 /// The database: one connection that writes (SQLite has one writer
 /// anyway) and a few read-only ones for long reads (SCIM lists and

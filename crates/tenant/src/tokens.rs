@@ -77,6 +77,24 @@ pub fn create(
     Ok((id, token))
 }
 
+/// Limits a token to users of these domains (password records over
+/// `/hybrid/v1`): a sync token for one forest cannot set another's passwords.
+pub fn restrict_domains(conn: &Connection, id: &str, domains: &[String]) -> Result<()> {
+    let lower: Vec<String> = domains.iter().map(|d| d.trim().to_lowercase()).collect();
+    conn.execute(
+        "UPDATE tokens SET domains = ?2 WHERE id = ?1",
+        params![id, serde_json::to_string(&lower).unwrap_or_default()],
+    )?;
+    Ok(())
+}
+
+/// The domains a token is limited to; `None` for all.
+pub fn domains(conn: &Connection, id: &str) -> Result<Option<Vec<String>>> {
+    let text: Option<Option<String>> =
+        conn.query_row("SELECT domains FROM tokens WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+    Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
+}
+
 /// The token's id and scope, if it is valid now.
 pub fn authenticate(conn: &Connection, token: &str) -> Result<Option<(String, Scope)>> {
     let row: Option<(String, String, Option<i64>, Option<String>)> = conn

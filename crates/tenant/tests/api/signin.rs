@@ -713,3 +713,39 @@ async fn lockout_keeps_a_familiar_location_open_and_locks_only_failing_names_per
     assert_eq!(tenant::signin::location_of("2001:db8:5:6:7::1"), "2001:db8:5:6::/64");
     t.stop().await;
 }
+
+/// A sync token limited to one domain cannot set passwords in another
+/// (a sync token can sign in as any user it may set a password for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_token_sets_passwords_only_in_its_domains() {
+    let t = Tenant::start().await;
+    t.user("in@corp.example.com", synced("aW4")).await;
+    t.user("out@example.test", synced("b3V0")).await;
+    let limited = {
+        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let conn = store.lock();
+        let (id, token) = tenant::tokens::create(&conn, tenant::tokens::Scope::Sync, None, Some("corp only")).unwrap();
+        tenant::tokens::restrict_domains(&conn, &id, &["Corp.Example.com".to_string()]).unwrap();
+        token
+    };
+    let record = passwords::Pph1::derive(
+        &passwords::NtHash::of_password(PASSWORD),
+        b"0123456789",
+        NonZeroU32::new(1000).unwrap(),
+    );
+    let r = t
+        .call(
+            Method::POST,
+            &format!("{}/hybrid/v1/passwords", issuer(&t)),
+            Some(&limited),
+            Some(json!({"credentials": [
+                {"immutableId": "aW4", "record": record.to_string()},
+                {"immutableId": "b3V0", "record": record.to_string()},
+            ]})),
+        )
+        .await;
+    let statuses: Vec<&str> =
+        r.body["results"].as_array().unwrap().iter().map(|x| x["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["stored", "forbidden"], "{}", r.body);
+    t.stop().await;
+}
