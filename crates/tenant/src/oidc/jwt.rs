@@ -36,20 +36,5 @@ pub fn verify_own_signature(conn: &Connection, token: &str) -> Result<Option<Val
 }
 
 pub fn verify_own(conn: &Connection, token: &str) -> Result<Option<Value>> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Ok(None);
-    };
-    let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).ok();
-    let (Some(header), Some(claims), Some(sig)) = (decode(h), decode(c), decode(s)) else { return Ok(None) };
-    let Ok(header) = serde_json::from_slice::<Value>(&header) else { return Ok(None) };
-    let Some(kid) = header["kid"].as_str() else { return Ok(None) };
-    if !keys::verify(conn, kid, format!("{h}.{c}").as_bytes(), &sig)? {
-        return Ok(None);
-    }
-    let Ok(claims) = serde_json::from_slice::<Value>(&claims) else { return Ok(None) };
-    if claims["exp"].as_i64().is_none_or(|exp| exp <= now_secs()) {
-        return Ok(None);
-    }
-    Ok(Some(claims))
+    Ok(verify_own_signature(conn, token)?.filter(|claims| claims["exp"].as_i64().is_some_and(|exp| exp > now_secs())))
 }

@@ -14,10 +14,11 @@ fn issuer(t: &Tenant) -> String {
     t.base.trim_end_matches("/scim/v2").to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
+/// A tenant whose corp.example.com signs in by pass-through, with the user
+/// pat, a public client, and `registrations` one-time agent tokens.
+async fn pass_through_tenant(registrations: usize) -> (Tenant, Vec<String>, String) {
     let t = Tenant::start().await;
-    let (token, client_id) = {
+    let (tokens, client_id) = {
         let store = tenant::open_existing(t.dir.path()).unwrap();
         let conn = store.lock();
         tenant::domains::set_auth(&conn, "corp.example.com", tenant::domains::AuthType::ManagedPta).unwrap();
@@ -29,9 +30,17 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
             tenant::oidc::keys::Alg::Rs256,
         )
         .unwrap();
-        (tenant::pta::create_token(&conn, 3600).unwrap(), c.id)
+        let tokens = (0..registrations).map(|_| tenant::pta::create_token(&conn, 3600).unwrap()).collect();
+        (tokens, c.id)
     };
     t.user("pat@corp.example.com", super::synced("UEFU")).await;
+    (t, tokens, client_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
+    let (t, tokens, client_id) = pass_through_tenant(1).await;
+    let token = tokens[0].clone();
     let http = reqwest::Client::new();
     let key = pta::AgentKey::generate();
     let reg: Value = http
@@ -220,22 +229,7 @@ async fn no_agent_answers_alike_for_known_and_unknown_users() {
 /// answer key, can answer it: another registered agent cannot sign anyone in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_counts_only_from_the_lease_holder_with_its_mac() {
-    let t = Tenant::start().await;
-    let (tokens, client_id) = {
-        let store = tenant::open_existing(t.dir.path()).unwrap();
-        let conn = store.lock();
-        tenant::domains::set_auth(&conn, "corp.example.com", tenant::domains::AuthType::ManagedPta).unwrap();
-        let (c, _) = tenant::oidc::clients::add(
-            &conn,
-            "t",
-            &["http://127.0.0.1:9/cb".to_string()],
-            true,
-            tenant::oidc::keys::Alg::Rs256,
-        )
-        .unwrap();
-        ([tenant::pta::create_token(&conn, 3600).unwrap(), tenant::pta::create_token(&conn, 3600).unwrap()], c.id)
-    };
-    t.user("pat@corp.example.com", super::synced("UEFU")).await;
+    let (t, tokens, client_id) = pass_through_tenant(2).await;
     let http = reqwest::Client::new();
     let register = async |token: &str, key: &pta::AgentKey| -> (String, String) {
         let reg: Value = http
