@@ -22,6 +22,7 @@ pub mod objects;
 pub mod oidc;
 pub mod pta;
 pub mod ratelimit;
+pub mod secrets;
 pub mod serve;
 pub mod signin;
 pub mod store;

@@ -877,3 +877,49 @@ fn the_database_is_private_and_an_existing_directory_keeps_its_mode() {
     tenant::open_or_create(&made, "example.test").unwrap();
     assert_eq!(mode(&made), 0o700, "a directory made here is the owner's only");
 }
+
+/// Signing keys and federation client secrets are sealed in the database
+/// under a key file beside it: the database alone does not give them away.
+#[test]
+fn signing_keys_and_client_secrets_are_sealed_at_rest() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("tenant-sealed").unwrap();
+    let (store, _) = tenant::open_or_create(dir.path(), "example.test").unwrap();
+    {
+        let conn = store.lock();
+        tenant::oidc::keys::active(&conn, tenant::oidc::keys::Alg::Rs256).unwrap();
+        tenant::domains::add(&conn, "fed.example", tenant::domains::AuthType::ManagedPhs, false).unwrap();
+        let idp = tenant::federation::OidcIdp {
+            issuer: "https://idp.fed.example".into(),
+            client_id: "idbridge".into(),
+            client_secret: "sëcret-of-the-idp".into(),
+            immutable_id_claim: "immutable_id".into(),
+            upn_claim: None,
+        };
+        tenant::federation::federate(&conn, "fed.example", &tenant::federation::Federation::Oidc(idp)).unwrap();
+    }
+    drop(store);
+    let key = dir.join(tenant::secrets::KEY_FILE);
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    // What the database file itself holds.
+    let raw =
+        rusqlite::Connection::open_with_flags(dir.join(tenant::DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let pkcs8: Vec<u8> = raw.query_row("SELECT pkcs8 FROM signing_keys", [], |r| r.get(0)).unwrap();
+    assert!(pkcs8.starts_with(b"enc1") && ring::signature::RsaKeyPair::from_pkcs8(&pkcs8).is_err());
+    let federation: String =
+        raw.query_row("SELECT federation FROM domains WHERE name = 'fed.example'", [], |r| r.get(0)).unwrap();
+    assert!(!federation.contains("sëcret") && federation.contains("enc1:"), "{federation}");
+    drop(raw);
+    // Opened again (the key file beside it): everything works as before.
+    let store = tenant::open_existing(dir.path()).unwrap();
+    let conn = store.lock();
+    let Some(tenant::federation::Federation::Oidc(idp)) = tenant::federation::load(&conn, "fed.example").unwrap()
+    else {
+        panic!("the federation settings are gone")
+    };
+    assert_eq!(idp.client_secret, "sëcret-of-the-idp");
+    let key = tenant::oidc::keys::active(&conn, tenant::oidc::keys::Alg::Rs256).unwrap();
+    let token = tenant::oidc::jwt::sign(&key, &serde_json::json!({"sub": "x", "exp": 4_000_000_000i64})).unwrap();
+    assert!(tenant::oidc::jwt::verify_own(&conn, &token).unwrap().is_some());
+}

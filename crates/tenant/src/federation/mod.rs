@@ -135,7 +135,12 @@ pub fn federate(conn: &Connection, domain: &str, federation: &Federation) -> Res
             d.name
         )));
     }
-    let text = serde_json::to_string(federation).map_err(|e| TenantError::Invalid(e.to_string()))?;
+    // The client secret is stored sealed (see `secrets`).
+    let mut stored = federation.clone();
+    if let Federation::Oidc(idp) = &mut stored {
+        idp.client_secret = crate::secrets::seal_text(conn, &idp.client_secret)?;
+    }
+    let text = serde_json::to_string(&stored).map_err(|e| TenantError::Invalid(e.to_string()))?;
     conn.execute(
         "UPDATE domains SET auth = ?2, federation = ?3 WHERE name = ?1",
         params![d.name, AuthType::Federated.as_str(), text],
@@ -166,9 +171,15 @@ pub fn load(conn: &Connection, domain: &str) -> Result<Option<Federation>> {
         )
         .optional()?;
     match text.flatten() {
-        Some(t) => serde_json::from_str(&t)
-            .map(Some)
-            .map_err(|e| TenantError::Invalid(format!("the federation settings of {domain} are unreadable: {e}"))),
+        Some(t) => {
+            let mut federation: Federation = serde_json::from_str(&t).map_err(|e| {
+                TenantError::Invalid(format!("the federation settings of {domain} are unreadable: {e}"))
+            })?;
+            if let Federation::Oidc(idp) = &mut federation {
+                idp.client_secret = crate::secrets::open_text(conn, &idp.client_secret)?;
+            }
+            Ok(Some(federation))
+        }
         None => Ok(None),
     }
 }

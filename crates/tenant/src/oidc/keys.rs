@@ -79,7 +79,7 @@ pub fn active(conn: &Connection, alg: Alg) -> Result<SigningKey> {
         )
         .ok();
     match found {
-        Some((kid, pkcs8)) => Ok(SigningKey { kid, alg, pkcs8 }),
+        Some((kid, sealed)) => Ok(SigningKey { kid, alg, pkcs8: crate::secrets::open(conn, &sealed)? }),
         None => create(conn, alg),
     }
 }
@@ -107,7 +107,7 @@ fn create(conn: &Connection, alg: Alg) -> Result<SigningKey> {
     }
     conn.execute(
         "INSERT INTO signing_keys(kid, alg, pkcs8, public_jwk, created) VALUES(?1, ?2, ?3, ?4, ?5)",
-        params![kid, alg.as_str(), pkcs8, jwk.to_string(), now_secs()],
+        params![kid, alg.as_str(), crate::secrets::seal(conn, &pkcs8)?, jwk.to_string(), now_secs()],
     )?;
     Ok(SigningKey { kid, alg, pkcs8 })
 }
@@ -159,7 +159,8 @@ pub fn verify(conn: &Connection, kid: &str, message: &[u8], sig: &[u8]) -> Resul
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .ok();
-    let Some((alg, pkcs8)) = found else { return Ok(false) };
+    let Some((alg, sealed)) = found else { return Ok(false) };
+    let pkcs8 = crate::secrets::open(conn, &sealed)?;
     let rng = SystemRandom::new();
     let ok = match Alg::parse(&alg) {
         Some(Alg::Rs256) => {
