@@ -136,7 +136,7 @@ pub(crate) fn html_response(status: StatusCode, page: String) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self' http: https:; frame-ancestors 'none'"),
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'; frame-ancestors 'none'"),
     );
     resp
 }
@@ -311,6 +311,59 @@ pub async fn authorize_get(
     headers: HeaderMap,
     Query(p): Query<Params>,
 ) -> Response {
+    let targets = form_targets(&state, &p).await;
+    with_form_targets(authorize_get_page(state, headers, p).await, &targets)
+}
+
+/// Where the sign-in forms may lead (CSP form-action, which browsers apply
+/// to the redirect after the post too): the tenant itself, the application's
+/// registered redirect URI, and the federated identity providers' sign-in
+/// addresses — nowhere else, so an injected form cannot post elsewhere.
+async fn form_targets(state: &Arc<AppState>, p: &Params) -> Vec<String> {
+    let redirect = p.get("redirect_uri").cloned();
+    db(state, move |conn| {
+        let mut targets = Vec::new();
+        if let Some(uri) = redirect
+            && let Ok(url) = crate::util::check_web_url(&uri)
+        {
+            targets.push(url.origin().ascii_serialization());
+        }
+        let mut stmt = conn.prepare("SELECT name FROM domains WHERE auth = 'federated'")?;
+        let names: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        for name in names {
+            let entry = match crate::federation::load(conn, &name)? {
+                Some(crate::federation::Federation::Oidc(idp)) => idp.issuer,
+                Some(crate::federation::Federation::Saml(idp)) => idp.sso_url,
+                None => continue,
+            };
+            if let Ok(url) = crate::util::check_web_url(&entry) {
+                targets.push(url.origin().ascii_serialization());
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        Ok(targets)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Replaces a sign-in page's CSP so its forms may lead only to `targets`.
+fn with_form_targets(mut resp: Response, targets: &[String]) -> Response {
+    if resp.headers().contains_key(header::CONTENT_SECURITY_POLICY) {
+        let csp = format!(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'{}{}; frame-ancestors 'none'",
+            if targets.is_empty() { "" } else { " " },
+            targets.join(" ")
+        );
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
+    resp
+}
+
+async fn authorize_get_page(state: Arc<AppState>, headers: HeaderMap, p: Params) -> Response {
     let result = db(&state, move |conn| {
         let branding = Branding::load(conn);
         let request = match check_request(conn, &p)? {
@@ -359,6 +412,16 @@ pub async fn authorize_post(
     ConnectInfo(peer): ConnectInfo<crate::serve::PeerAddr>,
     headers: HeaderMap,
     Form(p): Form<Params>,
+) -> Response {
+    let targets = form_targets(&state, &p).await;
+    with_form_targets(authorize_post_page(state, peer, headers, p).await, &targets)
+}
+
+async fn authorize_post_page(
+    state: Arc<AppState>,
+    peer: crate::serve::PeerAddr,
+    headers: HeaderMap,
+    p: Params,
 ) -> Response {
     let checked = {
         let p = p.clone();

@@ -169,6 +169,10 @@ async fn password_records_code_flow_refresh_and_userinfo() {
 
     let rp = register(&t, false);
     let (verifier, challenge) = pkce();
+    // The sign-in form may lead only to the tenant and this application (CSP form-action).
+    let csp = reqwest::get(authorize_url(&t, &rp, &challenge)).await.unwrap();
+    let csp = csp.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("form-action 'self' http://127.0.0.1:9;"), "{csp}");
     let mut b = Browser::new().unwrap();
     let back = sign_in(&mut b, &t, &rp, &challenge, "Alex@corp.example.com", PASSWORD).await;
     assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
