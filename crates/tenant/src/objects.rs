@@ -904,21 +904,67 @@ pub struct Query {
     pub count: usize,
 }
 
-/// An indexed equality the store can answer without a scan.
-fn index_hint(filter: &Filter) -> Option<(&'static str, String)> {
+/// What SQL can narrow a filter's candidates to (the filter is still
+/// evaluated on each candidate: SQL only has to return a superset).
+enum Hint {
+    /// `column = value` (indexed).
+    Eq(&'static str, String),
+    /// `sw`: a range on the indexed column.
+    Prefix(&'static str, String),
+    /// `co`: a substring test in SQL, without decoding every object.
+    Contains(&'static str, String),
+    /// `pr`: the column is set.
+    Present(&'static str),
+}
+
+impl Hint {
+    /// The condition and its parameters (after `?1`, the type).
+    fn sql(&self) -> (String, Vec<String>) {
+        match self {
+            Hint::Eq(c, v) => (format!("{c} = ?2"), vec![v.clone()]),
+            // Every string that starts with v sorts between v and v + U+10FFFF
+            // (the largest code point; a noncharacter no name carries).
+            Hint::Prefix(c, v) => (format!("{c} >= ?2 AND {c} < ?3"), vec![v.clone(), format!("{v}\u{10FFFF}")]),
+            Hint::Contains(c, v) => (format!("instr({c}, ?2) > 0"), vec![v.clone()]),
+            Hint::Present(c) => (format!("{c} IS NOT NULL"), Vec::new()),
+        }
+    }
+}
+
+/// The column a core attribute is kept in, and whether its values are compared case-insensitively.
+fn column_of(p: &AttrPath) -> Option<(&'static str, bool)> {
+    if p.sub.is_some() {
+        return None;
+    }
+    let core = p.uri.as_deref().is_none_or(|u| !u.eq_ignore_ascii_case(HYBRID_SCHEMA));
+    match p.name.to_ascii_lowercase().as_str() {
+        "username" if core => Some(("user_name_lc", true)),
+        "externalid" if core => Some(("external_id", false)),
+        "id" if core => Some(("id", false)),
+        "displayname" if core => Some(("display_name_lc", true)),
+        "immutableid" => Some(("immutable_id", false)),
+        _ => None,
+    }
+}
+
+fn index_hint(filter: &Filter) -> Option<Hint> {
+    let value = |v: &str, folded: bool| if folded { v.to_lowercase() } else { v.to_string() };
     match filter {
-        Filter::And(a, b) => index_hint(a).or_else(|| index_hint(b)),
-        Filter::Compare(p, CompareOp::Eq, Value::String(v)) if p.sub.is_none() => {
-            let core = p.uri.as_deref().is_none_or(|u| !u.eq_ignore_ascii_case(HYBRID_SCHEMA));
-            match p.name.to_ascii_lowercase().as_str() {
-                "username" if core => Some(("user_name_lc", v.to_lowercase())),
-                "externalid" if core => Some(("external_id", v.clone())),
-                "id" if core => Some(("id", v.clone())),
-                "displayname" if core => Some(("display_name_lc", v.to_lowercase())),
-                "immutableid" => Some(("immutable_id", v.clone())),
+        // An equality is the best narrowing; then any other.
+        Filter::And(a, b) => match (index_hint(a), index_hint(b)) {
+            (Some(h @ Hint::Eq(..)), _) | (_, Some(h @ Hint::Eq(..))) => Some(h),
+            (a, b) => a.or(b),
+        },
+        Filter::Compare(p, op, Value::String(v)) => {
+            let (column, folded) = column_of(p)?;
+            match op {
+                CompareOp::Eq => Some(Hint::Eq(column, value(v, folded))),
+                CompareOp::Sw if !v.is_empty() => Some(Hint::Prefix(column, value(v, folded))),
+                CompareOp::Co if !v.is_empty() => Some(Hint::Contains(column, value(v, folded))),
                 _ => None,
             }
         }
+        Filter::Present(p) => column_of(p).map(|(column, _)| Hint::Present(column)),
         _ => None,
     }
 }
@@ -929,20 +975,20 @@ pub const MAX_RENDERED_PER_LIST: usize = 20_000;
 /// Matching objects (total count, and the requested page in order).
 pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Result<(usize, Vec<Stored>)> {
     let rt = kind.rt();
+    let kind_name = kind.as_str();
     let rows: Vec<Stored> = {
-        let (sql, arg) = match query.filter.as_ref().and_then(index_hint) {
-            Some((column, value)) => {
-                (format!("{SELECT} WHERE type = ?1 AND {column} = ?2 ORDER BY created, id"), Some(value))
+        let (condition, args) = match query.filter.as_ref().and_then(index_hint) {
+            Some(hint) => {
+                let (c, args) = hint.sql();
+                (format!(" AND {c}"), args)
             }
-            None => (format!("{SELECT} WHERE type = ?1 ORDER BY created, id"), None),
+            None => (String::new(), Vec::new()),
         };
+        let sql = format!("{SELECT} WHERE type = ?1{condition} ORDER BY created, id");
         let mut stmt = conn.prepare_cached(&sql)?;
-        let raw = match &arg {
-            Some(v) => {
-                stmt.query_map(params![kind.as_str(), v], row_to_stored)?.collect::<rusqlite::Result<Vec<_>>>()?
-            }
-            None => stmt.query_map(params![kind.as_str()], row_to_stored)?.collect::<rusqlite::Result<Vec<_>>>()?,
-        };
+        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&kind_name];
+        all.extend(args.iter().map(|a| a as &dyn rusqlite::ToSql));
+        let raw = stmt.query_map(all.as_slice(), row_to_stored)?.collect::<rusqlite::Result<Vec<_>>>()?;
         raw.into_iter().map(to_stored).collect::<Result<_>>()?
     };
     // Work per request is bounded: a filter no index answers, or a sort,
@@ -1030,8 +1076,14 @@ mod tests {
             start_index: 1,
             count: 10,
         };
-        let too_many = list(&conn, &ctx, Kind::User, &query("userName co \"zoë1\"", None)).unwrap_err();
+        let too_many = list(&conn, &ctx, Kind::User, &query("title co \"x\"", None)).unwrap_err();
         assert!(too_many.to_string().contains("at most"), "{too_many}");
+        // sw, co and pr on a kept column are narrowed in SQL first.
+        let count = |f: &str| list(&conn, &ctx, Kind::User, &query(f, None)).map(|(total, _)| total).unwrap();
+        assert_eq!(count("userName sw \"ZOË1999\""), 11);
+        assert_eq!(count("userName co \"ë2000@\""), 1);
+        assert_eq!(count("userName co \"ë2000\" and userName sw \"zoë2000\""), 2);
+        assert_eq!(count("displayName pr"), 0);
         assert!(list(&conn, &ctx, Kind::User, &query("", Some("userName"))).is_err());
         // Indexed and unfiltered lists are answered.
         let (total, page) = list(&conn, &ctx, Kind::User, &query("userName eq \"zoë7@x.test\"", None)).unwrap();
