@@ -125,48 +125,50 @@ pub async fn sign_in(
         let (store, name, addr_key, name_at_addr_key, location) =
             (store.clone(), name.clone(), addr_key.clone(), name_at_addr_key.clone(), location.clone());
         blocking(move || {
-            let conn = store.lock();
-            let now = now_secs();
-            prune_lockouts(&conn, now)?;
-            let user_key = if is_familiar(&conn, &name, &location)? {
-                format!("user:{name}|{location}")
-            } else {
-                format!("user:{name}|unfamiliar")
-            };
-            let mut locked = vec![locked_until(&conn, &user_key)?];
-            if failures(&conn, &name_at_addr_key)? > 0 {
-                locked.push(locked_until(&conn, &addr_key)?);
-            }
-            if let Some(until) = locked.into_iter().flatten().filter(|u| *u > now).max() {
-                return Ok((Lookup::Locked(until - now), user_key));
-            }
-            let user = find_user(&conn, &name)?;
-            let mut pass_through = false;
-            if let Some(domain) = name.rsplit_once('@').map(|(_, d)| d.to_string())
-                && let Some(found) = domains::get(&conn, &domain)?
-            {
-                match found.auth {
-                    AuthType::ManagedPta => pass_through = true,
-                    // Known or not: the same answer for every name in the domain.
-                    AuthType::Federated => return Ok((Lookup::NotManaged { domain, auth: found.auth }, user_key)),
-                    _ => {}
+            let guard = store.lock();
+            in_transaction(&guard, |conn| {
+                let now = now_secs();
+                prune_lockouts(conn, now)?;
+                let user_key = if is_familiar(&conn, &name, &location)? {
+                    format!("user:{name}|{location}")
+                } else {
+                    format!("user:{name}|unfamiliar")
+                };
+                let mut locked = vec![locked_until(&conn, &user_key)?];
+                if failures(&conn, &name_at_addr_key)? > 0 {
+                    locked.push(locked_until(&conn, &addr_key)?);
                 }
-            }
-            // Reserve the attempt in the same locked step as the check: it
-            // counts as a failure until it is known to be otherwise, so
-            // concurrent attempts cannot all pass the check before any is
-            // counted (at most `threshold` are ever evaluated).
-            count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
-            count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
-            count_failure(&conn, &name_at_addr_key, u32::MAX, policy, now)?;
-            if pass_through {
-                return Ok((Lookup::PassThrough { user }, user_key));
-            }
-            let record = match &user {
-                Some(u) => credentials::load(&conn, &u.id)?,
-                None => None,
-            };
-            Ok((Lookup::Candidate { user, record }, user_key))
+                if let Some(until) = locked.into_iter().flatten().filter(|u| *u > now).max() {
+                    return Ok((Lookup::Locked(until - now), user_key));
+                }
+                let user = find_user(&conn, &name)?;
+                let mut pass_through = false;
+                if let Some(domain) = name.rsplit_once('@').map(|(_, d)| d.to_string())
+                    && let Some(found) = domains::get(&conn, &domain)?
+                {
+                    match found.auth {
+                        AuthType::ManagedPta => pass_through = true,
+                        // Known or not: the same answer for every name in the domain.
+                        AuthType::Federated => return Ok((Lookup::NotManaged { domain, auth: found.auth }, user_key)),
+                        _ => {}
+                    }
+                }
+                // Reserve the attempt in the same locked step as the check: it
+                // counts as a failure until it is known to be otherwise, so
+                // concurrent attempts cannot all pass the check before any is
+                // counted (at most `threshold` are ever evaluated).
+                count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
+                count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
+                count_failure(&conn, &name_at_addr_key, u32::MAX, policy, now)?;
+                if pass_through {
+                    return Ok((Lookup::PassThrough { user }, user_key));
+                }
+                let record = match &user {
+                    Some(u) => credentials::load(&conn, &u.id)?,
+                    None => None,
+                };
+                Ok((Lookup::Candidate { user, record }, user_key))
+            })
         })
         .await?
     };
@@ -218,7 +220,8 @@ pub async fn sign_in(
     let store2 = store.clone();
     let addr = address.to_string();
     blocking(move || {
-        let conn = store2.lock();
+        let guard = store2.lock();
+        in_transaction(&guard, |conn| {
         let now = now_secs();
         if !verified {
             // Counted when it was reserved.
@@ -242,6 +245,7 @@ pub async fn sign_in(
         }
         audit_attempt(&conn, &name, &addr, true, "ok", None)?;
         Ok(Ok(SignedIn { user }))
+        })
     })
     .await
 }
@@ -409,6 +413,15 @@ fn failures(conn: &Connection, key: &str) -> Result<u32> {
         .query_row("SELECT failures FROM lockouts WHERE key = ?1", params![key], |r| r.get(0))
         .optional()?
         .unwrap_or(0))
+}
+
+/// Runs `work` in one transaction (one commit for a step's lockout and
+/// audit writes instead of one each); rolled back if it fails.
+fn in_transaction<T>(conn: &Connection, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    let tx = conn.unchecked_transaction()?;
+    let out = work(&tx)?;
+    tx.commit()?;
+    Ok(out)
 }
 
 /// Longest user name looked at (a UPN is at most 256 characters); longer
