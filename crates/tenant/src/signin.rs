@@ -129,22 +129,22 @@ pub async fn sign_in(
             in_transaction(&guard, |conn| {
                 let now = now_secs();
                 prune_lockouts(conn, now)?;
-                let user_key = if is_familiar(&conn, &name, &location)? {
+                let user_key = if is_familiar(conn, &name, &location)? {
                     format!("user:{name}|{location}")
                 } else {
                     format!("user:{name}|unfamiliar")
                 };
-                let mut locked = vec![locked_until(&conn, &user_key)?];
-                if failures(&conn, &name_at_addr_key)? > 0 {
-                    locked.push(locked_until(&conn, &addr_key)?);
+                let mut locked = vec![locked_until(conn, &user_key)?];
+                if failures(conn, &name_at_addr_key)? > 0 {
+                    locked.push(locked_until(conn, &addr_key)?);
                 }
                 if let Some(until) = locked.into_iter().flatten().filter(|u| *u > now).max() {
                     return Ok((Lookup::Locked(until - now), user_key));
                 }
-                let user = find_user(&conn, &name)?;
+                let user = find_user(conn, &name)?;
                 let mut pass_through = false;
                 if let Some(domain) = name.rsplit_once('@').map(|(_, d)| d.to_string())
-                    && let Some(found) = domains::get(&conn, &domain)?
+                    && let Some(found) = domains::get(conn, &domain)?
                 {
                     match found.auth {
                         AuthType::ManagedPta => pass_through = true,
@@ -157,14 +157,14 @@ pub async fn sign_in(
                 // counts as a failure until it is known to be otherwise, so
                 // concurrent attempts cannot all pass the check before any is
                 // counted (at most `threshold` are ever evaluated).
-                count_failure(&conn, &user_key, policy.user_threshold, policy, now)?;
-                count_failure(&conn, &addr_key, policy.address_threshold, policy, now)?;
-                count_failure(&conn, &name_at_addr_key, u32::MAX, policy, now)?;
+                count_failure(conn, &user_key, policy.user_threshold, policy, now)?;
+                count_failure(conn, &addr_key, policy.address_threshold, policy, now)?;
+                count_failure(conn, &name_at_addr_key, u32::MAX, policy, now)?;
                 if pass_through {
                     return Ok((Lookup::PassThrough { user }, user_key));
                 }
                 let record = match &user {
-                    Some(u) => credentials::load(&conn, &u.id)?,
+                    Some(u) => credentials::load(conn, &u.id)?,
                     None => None,
                 };
                 Ok((Lookup::Candidate { user, record }, user_key))
@@ -225,25 +225,25 @@ pub async fn sign_in(
         let now = now_secs();
         if !verified {
             // Counted when it was reserved.
-            let detail = json!({"userLocked": is_locked(&conn, &keys.user, now)?, "addressLocked": is_locked(&conn, &keys.addr, now)?});
-            audit_attempt(&conn, &name, &addr, false, reason, Some(detail))?;
+            let detail = json!({"userLocked": is_locked(conn, &keys.user, now)?, "addressLocked": is_locked(conn, &keys.addr, now)?});
+            audit_attempt(conn, &name, &addr, false, reason, Some(detail))?;
             return Ok(Err(SignInError::InvalidCredentials));
         }
         let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
-        keys.succeeded(&conn, &name, now)?;
+        keys.succeeded(conn, &name, now)?;
         if user.data.get("active") == Some(&Value::Bool(false)) {
-            audit_attempt(&conn, &name, &addr, false, "disabled", None)?;
+            audit_attempt(conn, &name, &addr, false, "disabled", None)?;
             return Ok(Err(SignInError::Disabled));
         }
         if record.as_ref().is_some_and(|(_, must_change)| *must_change) {
-            if Settings::load(&conn)?.allow_cloud_password_change {
-                audit_attempt(&conn, &name, &addr, false, "must-change-password", None)?;
+            if Settings::load(conn)?.allow_cloud_password_change {
+                audit_attempt(conn, &name, &addr, false, "must-change-password", None)?;
                 return Ok(Err(SignInError::MustChangePassword { user_id: user.id }));
             }
-            audit_attempt(&conn, &name, &addr, false, "must-change-password-on-premises", None)?;
+            audit_attempt(conn, &name, &addr, false, "must-change-password-on-premises", None)?;
             return Ok(Err(SignInError::MustChangeOnPremises));
         }
-        audit_attempt(&conn, &name, &addr, true, "ok", None)?;
+        audit_attempt(conn, &name, &addr, true, "ok", None)?;
         Ok(Ok(SignedIn { user }))
         })
     })
