@@ -976,6 +976,7 @@ pub const MAX_RENDERED_PER_LIST: usize = 20_000;
 pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Result<(usize, Vec<Stored>)> {
     let rt = kind.rt();
     let kind_name = kind.as_str();
+    let sorted_by_column = query.sort_by.as_ref().and_then(column_of).map(|(column, _)| column);
     let rows: Vec<Stored> = {
         let (condition, args) = match query.filter.as_ref().and_then(index_hint) {
             Some(hint) => {
@@ -984,7 +985,16 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
             }
             None => (String::new(), Vec::new()),
         };
-        let sql = format!("{SELECT} WHERE type = ?1{condition} ORDER BY created, id");
+        // A sort on a kept column is done by SQL (missing values last in
+        // both directions, as SCIM sorts them; ties in creation order).
+        let order = match &sorted_by_column {
+            Some(column) => {
+                let direction = if query.descending { "DESC" } else { "ASC" };
+                format!("{column} IS NULL, {column} {direction}, created, id")
+            }
+            None => "created, id".to_string(),
+        };
+        let sql = format!("{SELECT} WHERE type = ?1{condition} ORDER BY {order}");
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut all: Vec<&dyn rusqlite::ToSql> = vec![&kind_name];
         all.extend(args.iter().map(|a| a as &dyn rusqlite::ToSql));
@@ -993,7 +1003,7 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
     };
     // Work per request is bounded: a filter no index answers, or a sort,
     // renders every candidate.
-    let renders = query.filter.is_some() || query.sort_by.is_some();
+    let renders = query.filter.is_some() || (query.sort_by.is_some() && sorted_by_column.is_none());
     if renders && rows.len() > MAX_RENDERED_PER_LIST {
         return Err(ScimError::new(
             ScimType::TooMany,
@@ -1018,7 +1028,7 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
             }
         }
     }
-    if let Some(path) = &query.sort_by {
+    if let Some(path) = query.sort_by.as_ref().filter(|_| sorted_by_column.is_none()) {
         let mut keyed = Vec::with_capacity(matched.len());
         for (s, view) in matched {
             let view = match view {
@@ -1084,7 +1094,16 @@ mod tests {
         assert_eq!(count("userName co \"ë2000@\""), 1);
         assert_eq!(count("userName co \"ë2000\" and userName sw \"zoë2000\""), 2);
         assert_eq!(count("displayName pr"), 0);
-        assert!(list(&conn, &ctx, Kind::User, &query("", Some("userName"))).is_err());
+        assert!(list(&conn, &ctx, Kind::User, &query("", Some("title"))).is_err());
+        // A sort on a kept column is done by SQL, whatever the size.
+        let (total, page) = list(&conn, &ctx, Kind::User, &query("", Some("userName"))).unwrap();
+        assert_eq!(total, MAX_RENDERED_PER_LIST + 1);
+        let names: Vec<String> = page.iter().map(|s| s.data["userName"].as_str().unwrap().to_string()).collect();
+        assert_eq!(
+            names[..3],
+            ["zoë0@x.test", "zoë10000@x.test", "zoë10001@x.test"],
+            "byte order, as the in-memory sort"
+        );
         // Indexed and unfiltered lists are answered.
         let (total, page) = list(&conn, &ctx, Kind::User, &query("userName eq \"zoë7@x.test\"", None)).unwrap();
         assert_eq!((total, page.len()), (1, 1));
