@@ -321,7 +321,10 @@ pub async fn authorize_get(
 /// addresses — nowhere else, so an injected form cannot post elsewhere.
 async fn form_targets(state: &Arc<AppState>, p: &Params) -> Vec<String> {
     let redirect = p.get("redirect_uri").cloned();
-    db(state, move |conn| {
+    let state = state.clone();
+    // A read connection: sign-in pages never wait for the writer for this.
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let conn = state.store.read();
         let mut targets = Vec::new();
         if let Some(uri) = redirect
             && let Ok(url) = crate::util::check_web_url(&uri)
@@ -331,7 +334,7 @@ async fn form_targets(state: &Arc<AppState>, p: &Params) -> Vec<String> {
         let mut stmt = conn.prepare("SELECT name FROM domains WHERE auth = 'federated'")?;
         let names: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         for name in names {
-            let entry = match crate::federation::load(conn, &name)? {
+            let entry = match crate::federation::load(&conn, &name)? {
                 Some(crate::federation::Federation::Oidc(idp)) => idp.issuer,
                 Some(crate::federation::Federation::Saml(idp)) => idp.sso_url,
                 None => continue,
@@ -344,8 +347,11 @@ async fn form_targets(state: &Arc<AppState>, p: &Params) -> Vec<String> {
         targets.dedup();
         Ok(targets)
     })
-    .await
-    .unwrap_or_default()
+    .await;
+    match found {
+        Ok(Ok(targets)) => targets,
+        _ => Vec::new(),
+    }
 }
 
 /// Replaces a sign-in page's CSP so its forms may lead only to `targets`.
