@@ -251,16 +251,12 @@ fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
     resp
 }
 
+/// RFC 3986 unreserved characters stay; everything else is percent-encoded.
+const ENCODED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 pub fn urlencode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, ENCODED).to_string()
 }
 
 fn invalid_response(branding: &Branding, invalid: Invalid) -> Response {
@@ -667,27 +663,9 @@ fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
     resp
 }
 
+/// One form-encoded value (`+` is a space), as in HTTP Basic client credentials.
 fn form_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 /// The client's id and secret from HTTP Basic (form-encoded parts, RFC 6749 §2.3.1) or the body.
@@ -1080,5 +1058,20 @@ pub async fn logout_confirmed(
             ),
         ),
         Err(e) => internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_round_trip_and_bad_escapes_stay() {
+        for text in ["a b+c", "zoë&東京=1", "100%", "%", "é%zz%4"] {
+            assert_eq!(form_decode(&urlencode(text)), text);
+        }
+        assert_eq!(form_decode("a+b%2Bc%C3%A9"), "a b+cé");
+        assert_eq!(form_decode("%zz%4"), "%zz%4");
+        assert_eq!(urlencode("a-b.c_d~e f"), "a-b.c_d~e%20f");
     }
 }
