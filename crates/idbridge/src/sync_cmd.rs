@@ -144,6 +144,11 @@ pub async fn run(command: SyncCommand) -> Result<()> {
                     )
                     .await
                     .with_context(|| format!("source {name:?}"));
+                    if let Err(e) = &result
+                        && let Err(record) = store.record_failed_run(name, &format!("{e:#}"))
+                    {
+                        tracing::warn!(error = %record, "the failed cycle could not be recorded");
+                    }
                     outcome = match (outcome, result) {
                         (Err(e), _) | (Ok(_), Err(e)) => Err(e),
                         (Ok(stopped), Ok(now)) => Ok(stopped || now),
@@ -251,7 +256,11 @@ pub async fn run(command: SyncCommand) -> Result<()> {
         SyncCommand::Errors { config: path } => {
             let config = Config::load(&path)?;
             let store = open_store(&config, &path)?;
-            for e in store.errors()? {
+            let errors = store.errors()?;
+            if errors.is_empty() {
+                println!("no errors");
+            }
+            for e in errors {
                 println!("{}\t{}\t{} attempt(s)\t{}", e.object, e.stage, e.attempts, e.message);
             }
             Ok(())
@@ -259,7 +268,11 @@ pub async fn run(command: SyncCommand) -> Result<()> {
         SyncCommand::History { config: path, limit } => {
             let config = Config::load(&path)?;
             let store = open_store(&config, &path)?;
-            for r in store.runs(limit)? {
+            let runs = store.runs(limit)?;
+            if runs.is_empty() {
+                println!("no cycles yet");
+            }
+            for r in runs {
                 println!("#{}\t{}\t{}\t{}\t{}", r.id, r.finished, r.source, r.status, r.report);
             }
             Ok(())

@@ -872,6 +872,23 @@ mod sync_e2e {
         idbridge(&args)
     }
 
+    /// A failed cycle is recorded: `status` and `history` show it with its
+    /// error; with nothing to show, they say so instead of printing nothing.
+    #[test]
+    fn failed_cycles_are_recorded_and_empty_lists_say_so() {
+        let mut lab = lab(3, 1, "");
+        let history = |lab: &Lab| ok(&idbridge(&["sync", "history", "--config", p(&lab.config)]));
+        assert_eq!(history(&lab).trim(), "no cycles yet");
+        assert_eq!(ok(&idbridge(&["sync", "errors", "--config", p(&lab.config)])).trim(), "no errors");
+        lab.slapd.stop();
+        let out = sync_once(&lab, &[]);
+        assert!(!out.status.success());
+        let shown = history(&lab);
+        assert!(shown.contains("failed") && shown.contains("connect"), "{shown}");
+        let status = ok(&idbridge(&["sync", "status", "--config", p(&lab.config)]));
+        assert!(status.contains("last cycle: #1 failed"), "{status}");
+    }
+
     #[test]
     fn slapd_to_tenant_full_then_delta() {
         let lab = lab(60, 6, "");

@@ -241,6 +241,18 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A cycle that ended with an error (the directory or the tenant could
+    /// not be reached, …): recorded too, so `status` and `history` show it.
+    pub fn record_failed_run(&mut self, source: &str, error: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, 'failed', ?3)",
+                params![source, now(), json!({ "error": error }).to_string()],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, StoreError> {
         let mut stmt = self
             .conn
