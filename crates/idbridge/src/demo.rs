@@ -139,7 +139,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
 
     if o.json {
         let users: Vec<_> = examples.iter().map(|(u, p)| serde_json::json!({"username": u, "password": p})).collect();
-        println!(
+        crate::out!(
             "{}",
             serde_json::json!({
                 "url": url, "issuer": issuer, "client_id": client_id, "redirect_uri": redirect_uri,
@@ -147,37 +147,37 @@ pub async fn run(o: DemoOptions) -> Result<()> {
             })
         );
     } else {
-        println!();
-        println!("idbridge demo is ready ({:.1} s).", started.elapsed().as_secs_f64());
-        println!();
-        println!("  Open {url} and sign in as a synchronised user with their on-premises password:");
+        crate::out!();
+        crate::out!("idbridge demo is ready ({:.1} s).", started.elapsed().as_secs_f64());
+        crate::out!();
+        crate::out!("  Open {url} and sign in as a synchronised user with their on-premises password:");
         for (user, password) in &examples {
-            println!("    {user}   {password}");
+            crate::out!("    {user}   {password}");
         }
-        println!();
-        println!("What just happened:");
-        println!("  - a sample directory with passwords ({{SSHA}}) is in {}", ldif.display());
-        println!(
+        crate::out!();
+        crate::out!("What just happened:");
+        crate::out!("  - a sample directory with passwords ({{SSHA}}) is in {}", ldif.display());
+        crate::out!(
             "  - the sync engine imported {} objects and created {} in the tenant ({} updated, {} errors; planted duplicates wait in quarantine)",
             report.imported,
             report.created,
             report.updated,
             report.errors.len()
         );
-        println!(
+        crate::out!(
             "  - password hash sync stored {} passwords; the hashes never touched the sync store",
             report.passwords_synced
         );
-        println!(
+        crate::out!(
             "  - the tenant serves SCIM at {base} and OpenID Connect at {issuer}/.well-known/openid-configuration"
         );
-        println!();
-        println!("Try the SCIM API:");
-        println!(
+        crate::out!();
+        crate::out!("Try the SCIM API:");
+        crate::out!(
             "  curl -H 'Authorization: Bearer {admin}' '{base}/Users?count=3&attributes=userName,displayName,title'"
         );
-        println!();
-        println!("Press Ctrl-C to stop.");
+        crate::out!();
+        crate::out!("Press Ctrl-C to stop.");
     }
     server.await.context("the tenant task failed")??;
     eprintln!("demo stopped");

@@ -213,44 +213,44 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             let config = Config::load(&path)?;
             let store = open_store(&config, &path)?;
             let (cs, mv, exported, pending) = store.counts()?;
-            println!(
+            crate::out!(
                 "connector space: {cs} objects\nmetaverse: {mv} objects\nin the tenant: {exported} objects\npending export: {pending}"
             );
-            println!("staging: {}", if config.sync.staging { "on (nothing is exported)" } else { "off" });
+            crate::out!("staging: {}", if config.sync.staging { "on (nothing is exported)" } else { "off" });
             match store.runs(1)?.first() {
-                Some(r) => println!("last cycle: #{} {} ({}), {}", r.id, r.status, r.source, r.report),
-                None => println!("last cycle: none yet"),
+                Some(r) => crate::out!("last cycle: #{} {} ({}), {}", r.id, r.status, r.source, r.report),
+                None => crate::out!("last cycle: none yet"),
             }
             let phs: Vec<&str> =
                 config.sources.iter().filter(|s| s.password_hash_sync).map(|s| s.name.as_str()).collect();
             if phs.is_empty() {
-                println!("password hash sync: off");
+                crate::out!("password hash sync: off");
             } else {
                 let last = store.runs(200)?.into_iter().find(|r| r.report["passwords"].as_u64().is_some_and(|n| n > 0));
                 match last {
-                    Some(r) => println!(
+                    Some(r) => crate::out!(
                         "password hash sync: on ({}); last passwords sent: {} at {} ({})",
                         phs.join(", "),
                         r.report["passwords"],
                         r.finished,
                         r.source
                     ),
-                    None => println!("password hash sync: on ({}); no passwords sent yet", phs.join(", ")),
+                    None => crate::out!("password hash sync: on ({}); no passwords sent yet", phs.join(", ")),
                 }
                 let mut pending = 0;
                 for name in &phs {
                     pending += sync::engine::SyncStore::passwords_pending(&store, name)?.len();
                 }
                 let failed = store.errors()?.iter().filter(|e| e.stage == "password").count();
-                println!("passwords waiting to be sent: {pending}; users whose password failed: {failed}");
+                crate::out!("passwords waiting to be sent: {pending}; users whose password failed: {failed}");
                 if let Some(r) = store.runs(1)?.first()
                     && let Some(message) = r.report["passwordFailure"].as_str()
                 {
-                    println!("last cycle's password hash sync failed: {message}");
+                    crate::out!("last cycle's password hash sync failed: {message}");
                 }
             }
             let errors = store.errors()?;
-            println!("objects with errors: {}", errors.len());
+            crate::out!("objects with errors: {}", errors.len());
             Ok(())
         }
         SyncCommand::Errors { config: path } => {
@@ -258,10 +258,10 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             let store = open_store(&config, &path)?;
             let errors = store.errors()?;
             if errors.is_empty() {
-                println!("no errors");
+                crate::out!("no errors");
             }
             for e in errors {
-                println!("{}\t{}\t{} attempt(s)\t{}", e.object, e.stage, e.attempts, e.message);
+                crate::out!("{}\t{}\t{} attempt(s)\t{}", e.object, e.stage, e.attempts, e.message);
             }
             Ok(())
         }
@@ -270,10 +270,10 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             let store = open_store(&config, &path)?;
             let runs = store.runs(limit)?;
             if runs.is_empty() {
-                println!("no cycles yet");
+                crate::out!("no cycles yet");
             }
             for r in runs {
-                println!("#{}\t{}\t{}\t{}\t{}", r.id, r.finished, r.source, r.status, r.report);
+                crate::out!("#{}\t{}\t{}\t{}\t{}", r.id, r.finished, r.source, r.status, r.report);
             }
             Ok(())
         }
@@ -343,7 +343,7 @@ fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool)
         for p in pending {
             let changes: Vec<serde_json::Value> =
                 p.changes.iter().map(|(a, o, n)| serde_json::json!({"attribute": a, "old": o, "new": n})).collect();
-            println!(
+            crate::out!(
                 "{}",
                 serde_json::json!({"action": p.action, "kind": p.kind.as_str(), "object": p.object, "waiting": p.waiting, "changes": changes})
             );
@@ -351,13 +351,13 @@ fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool)
         return;
     }
     if csv {
-        println!("action,kind,object,attribute,old,new");
+        crate::out!("action,kind,object,attribute,old,new");
         for p in pending {
             if p.changes.is_empty() {
-                println!("{},{},{},,,", p.action, p.kind, csv_field(&p.object));
+                crate::out!("{},{},{},,,", p.action, p.kind, csv_field(&p.object));
             }
             for (a, o, n) in &p.changes {
-                println!(
+                crate::out!(
                     "{},{},{},{},{},{}",
                     p.action,
                     p.kind,
@@ -375,9 +375,9 @@ fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool)
         "update" => (c, u + 1, d),
         _ => (c, u, d + 1),
     });
-    println!("{creates} to create, {updates} to update, {deletes} to delete");
+    crate::out!("{creates} to create, {updates} to update, {deletes} to delete");
     for p in pending {
-        println!(
+        crate::out!(
             "{} {} {}{}",
             p.action,
             p.kind,
@@ -386,7 +386,7 @@ fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool)
         );
         if p.action == "update" {
             for (a, o, n) in &p.changes {
-                println!("    {a}: {} → {}", show(o), show(n));
+                crate::out!("    {a}: {} → {}", show(o), show(n));
             }
         }
     }
@@ -419,19 +419,19 @@ fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Resu
         }
     }
     let exported = store.exported(&mv)?;
-    println!(
+    crate::out!(
         "object:      {} ({}) in source {source:?}{}",
         obj.entry.dn,
         obj.kind,
         if deleted { ", deleted on-premises" } else { "" }
     );
     for line in &joined_lines {
-        println!("{line}");
+        crate::out!("{line}");
     }
-    println!("immutableId: {}  (sourceAnchor, from the source's anchor attribute)", projection.anchor);
+    crate::out!("immutableId: {}  (sourceAnchor, from the source's anchor attribute)", projection.anchor);
     match &exported {
-        Some((tenant_id, _)) => println!("tenant id:   {tenant_id}"),
-        None => println!("tenant id:   not exported yet (see `idbridge sync preview`)"),
+        Some((tenant_id, _)) => crate::out!("tenant id:   {tenant_id}"),
+        None => crate::out!("tenant id:   not exported yet (see `idbridge sync preview`)"),
     }
     let Some((_, resource)) = exported else { return Ok(()) };
     // The outbound rules, run on the metaverse object as it is now: which
@@ -444,8 +444,8 @@ fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Resu
     let members = store.exported_ids(&record.members)?;
     let view = sync::mapping::MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
     let (_, outbound) = sync::mapping::desired_resource_explained(&view, manager.as_deref(), &members, rules);
-    println!();
-    println!("{:<42} {:<36} from", "tenant attribute", "value");
+    crate::out!();
+    crate::out!("{:<42} {:<36} from", "tenant attribute", "value");
     for (path, how) in &outbound {
         let Some(value) = sync::outbound::ScimPath::parse_any(path).ok().and_then(|p| p.get(&resource)) else {
             continue;
@@ -462,9 +462,9 @@ fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Resu
             serde_json::Value::Array(a) if a.len() > 3 => format!("[{} values]", a.len()),
             other => other.to_string(),
         };
-        println!("{path:<42} {:<36} {how}{upstream}", shown.chars().take(36).collect::<String>());
+        crate::out!("{path:<42} {:<36} {how}{upstream}", shown.chars().take(36).collect::<String>());
     }
-    println!(
+    crate::out!(
         "\nflows: outbound rules (built in: crates/sync/src/default-outbound-rules.toml, plus [sync] rules) over the metaverse; inbound from the {} rules and the source attributes of {}",
         if flavor == Flavor::ActiveDirectory { "Active Directory" } else { "LDAP" },
         obj.entry.dn

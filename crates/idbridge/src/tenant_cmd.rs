@@ -365,14 +365,14 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     Some(&id),
                     Some(&serde_json::json!({"scope": scope.as_str()})),
                 )?;
-                println!("{token}");
+                crate::out!("{token}");
                 eprintln!("token {id} ({scope}) created; it is shown only this once");
                 Ok(())
             }
             TokenCommand::List { data } => {
                 let store = open(&data)?;
                 let conn = store.lock();
-                println!("{:<36}  {:<9}  {:<24}  {:<8}  note", "id", "scope", "created", "state");
+                crate::out!("{:<36}  {:<9}  {:<24}  {:<8}  note", "id", "scope", "created", "state");
                 for t in tokens::list(&conn)? {
                     let state = if t.revoked.is_some() {
                         "revoked"
@@ -381,7 +381,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     } else {
                         "active"
                     };
-                    println!(
+                    crate::out!(
                         "{:<36}  {:<9}  {:<24}  {:<8}  {}",
                         t.id,
                         t.scope.as_str(),
@@ -421,9 +421,9 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             DomainCommand::List { data } => {
                 let store = open(&data)?;
                 let conn = store.lock();
-                println!("{:<40}  {:<12}  initial", "domain", "sign-in");
+                crate::out!("{:<40}  {:<12}  initial", "domain", "sign-in");
                 for d in domains::list(&conn)? {
-                    println!("{:<40}  {:<12}  {}", d.name, d.auth.as_str(), if d.initial { "yes" } else { "" });
+                    crate::out!("{:<40}  {:<12}  {}", d.name, d.auth.as_str(), if d.initial { "yes" } else { "" });
                 }
                 Ok(())
             }
@@ -561,7 +561,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 && rate_limit_per_sec.is_none()
                 && trusted_proxies.is_none()
             {
-                println!(
+                crate::out!(
                     "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}\npta-timeout-secs: {}\nrate-limit-per-sec: {}\ntrusted-proxies: {}",
                     on_off(s.block_soft_match),
                     on_off(s.block_hard_match_takeover),
@@ -626,7 +626,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             let conn = store.lock();
             let token = tenant::pta::create_token(&conn, secs)?;
             audit::record(&conn, "cli", "pta-token-create", None, None, None)?;
-            println!("{token}");
+            crate::out!("{token}");
             eprintln!(
                 "one-time agent registration token, valid {expires}: idbridge pta-agent register --tenant URL --token TOKEN"
             );
@@ -635,7 +635,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
         TenantCommand::PtaAgents { data } => {
             let store = open(&data)?;
             let conn = store.lock();
-            println!("{:<36}  {:<20}  {:<8}  {:<24}  version", "id", "name", "status", "last seen");
+            crate::out!("{:<36}  {:<20}  {:<8}  {:<24}  version", "id", "name", "status", "last seen");
             let now = tenant::util::now_secs();
             for a in tenant::pta::list_agents(&conn)? {
                 let status = if a.revoked.is_some() {
@@ -648,7 +648,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     "offline"
                 };
                 let seen = a.last_seen.map(|t| tenant::util::rfc3339(t, 0)).unwrap_or_else(|| "never".into());
-                println!(
+                crate::out!(
                     "{:<36}  {:<20}  {:<8}  {:<24}  {}",
                     a.id,
                     a.name,
@@ -696,7 +696,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             }
             let b = tenant::oidc::pages::Branding::load(&conn);
             audit::record(&conn, "cli", "branding", None, None, None)?;
-            println!(
+            crate::out!(
                 "name: {}\ncolor: {}\nbackground-color: {}\nlogo-url: {}\nbackground-url: {}\ntext: {}",
                 b.name,
                 b.color,
@@ -725,12 +725,12 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             let conn = store.lock();
             for e in audit::recent(&conn, limit)? {
                 if json {
-                    println!(
+                    crate::out!(
                         "{}",
                         serde_json::json!({"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action, "type": e.resource_type, "id": e.resource_id, "detail": e.detail})
                     );
                 } else {
-                    println!(
+                    crate::out!(
                         "{:>6}  {}  {:<36}  {:<14} {} {}{}",
                         e.seq,
                         e.at,
@@ -766,9 +766,9 @@ fn client(command: ClientCommand) -> Result<()> {
                 Some(&client.id),
                 Some(&serde_json::json!({"name": name})),
             )?;
-            println!("client_id: {}", client.id);
+            crate::out!("client_id: {}", client.id);
             if let Some(secret) = secret {
-                println!("client_secret: {secret}");
+                crate::out!("client_secret: {secret}");
                 eprintln!("the secret is shown only this once");
             }
             Ok(())
@@ -776,9 +776,9 @@ fn client(command: ClientCommand) -> Result<()> {
         ClientCommand::List { data } => {
             let store = open(&data)?;
             let conn = store.lock();
-            println!("{:<36}  {:<12}  {:<5}  redirect URIs", "id", "type", "alg");
+            crate::out!("{:<36}  {:<12}  {:<5}  redirect URIs", "id", "type", "alg");
             for c in clients::list(&conn)? {
-                println!(
+                crate::out!(
                     "{:<36}  {:<12}  {:<5}  {}  ({})",
                     c.id,
                     if c.public { "public" } else { "confidential" },

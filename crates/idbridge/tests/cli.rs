@@ -149,6 +149,33 @@ fn sample_into_slapd_then_dump_full_and_delta() {
     assert_eq!(records.len(), 200, "199 sampled users left + late");
 }
 
+/// `idbridge … | head`: when the reader goes away the command ends quietly
+/// and successfully (it printed "error: Broken pipe" and failed before).
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::BufRead;
+    let tmp = TempDir::new("pipe").unwrap();
+    let ldif = tmp.join("defects.ldif");
+    ok(&idbridge(&["sample", "generate", "--users", "3000", "--groups", "10", "--defects", "20", "--out", p(&ldif)]));
+    let mut child = testkit::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["idfix", "scan", "--ldif", p(&ldif)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("DISTINGUISHED NAME"), "{first}");
+    // The reader is gone now (dropped above).
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!stderr.contains("error") && !stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn errors_say_what_to_do() {
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();
