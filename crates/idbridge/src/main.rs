@@ -53,7 +53,7 @@ enum Command {
         /// by default a temporary directory, removed when the demo stops.
         #[arg(long)]
         data: Option<PathBuf>,
-        #[arg(long, default_value = "127.0.0.1:8443")]
+        #[arg(long, default_value = "127.0.0.1:8443", value_parser = parse_listen)]
         listen: std::net::SocketAddr,
         /// Size of the generated organisation (first run with a --data directory only).
         #[arg(long, default_value_t = 2000)]
@@ -193,6 +193,23 @@ pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
         eprintln!("error: cannot write to standard output: {e}");
         std::process::exit(1);
     }
+}
+
+/// `--listen`: an address and port, or a host name and port
+/// (`localhost:8443`); a name is resolved, its IPv4 address preferred.
+pub(crate) fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("{text:?} is not HOST:PORT ({e}); e.g. 127.0.0.1:8443 or localhost:8443"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
 fn is_closed_pipe(e: &anyhow::Error) -> bool {

@@ -18,7 +18,7 @@ pub enum TenantCommand {
         /// The tenant's data directory (created on first start).
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:8443")]
+        #[arg(long, default_value = "127.0.0.1:8443", value_parser = crate::parse_listen)]
         listen: SocketAddr,
         /// PEM certificate chain for HTTPS (plain HTTP is only allowed on loopback).
         #[arg(long, requires = "tls_key")]

@@ -176,6 +176,20 @@ fn a_closed_pipe_ends_output_quietly() {
     assert!(!stderr.contains("error") && !stderr.contains("panicked"), "{stderr}");
 }
 
+/// `--listen localhost:PORT` is accepted; a port in use is said once, with the way out.
+#[test]
+fn a_busy_port_is_explained_once_and_host_names_are_accepted() {
+    let tmp = TempDir::new("busy-port").unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = idbridge(&["tenant", "serve", "--data", p(&tmp.join("t")), "--listen", &format!("localhost:{port}")]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(err.contains("choose another port with --listen"), "{err}");
+    drop(busy);
+}
+
 #[test]
 fn errors_say_what_to_do() {
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();

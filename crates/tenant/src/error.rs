@@ -6,8 +6,10 @@ use scim::ScimError;
 pub enum TenantError {
     #[error("the tenant database failed: {0}")]
     Database(#[from] rusqlite::Error),
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    /// The I/O error is part of the message, not a separate cause, so a
+    /// report of the whole chain does not say it twice.
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
     #[error("{0}")]
     Scim(#[from] ScimError),
     #[error("{0}")]

@@ -45,7 +45,7 @@ pub fn open_or_create(data_dir: &Path, initial_domain: &str) -> Result<(Store, b
         // Only a directory made here is restricted: `--data` may name a shared one.
         if !data_dir.exists() {
             std::fs::create_dir_all(data_dir)
-                .map_err(|e| TenantError::Io { what: format!("cannot create {}", data_dir.display()), source: e })?;
+                .map_err(|e| TenantError::Io { what: format!("cannot create {}", data_dir.display()), error: e })?;
             restrict_permissions(data_dir)?;
         }
         create_private_file(&data_dir.join(DB_FILE))?;
@@ -94,14 +94,14 @@ fn create_private_file(path: &Path) -> Result<()> {
     options
         .open(path)
         .map(|_| ())
-        .map_err(|e| TenantError::Io { what: format!("cannot create {}", path.display()), source: e })
+        .map_err(|e| TenantError::Io { what: format!("cannot create {}", path.display()), error: e })
 }
 
 #[cfg(unix)]
 fn restrict_permissions(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| TenantError::Io { what: format!("cannot restrict {}", dir.display()), source: e })
+        .map_err(|e| TenantError::Io { what: format!("cannot restrict {}", dir.display()), error: e })
 }
 
 #[cfg(not(unix))]

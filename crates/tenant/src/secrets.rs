@@ -48,13 +48,13 @@ pub fn load_key(conn: &Connection, db: &Path) -> Result<()> {
             }
             let mut f = options
                 .open(&file)
-                .map_err(|e| TenantError::Io { what: format!("cannot create {}", file.display()), source: e })?;
+                .map_err(|e| TenantError::Io { what: format!("cannot create {}", file.display()), error: e })?;
             std::io::Write::write_all(&mut f, &key)
                 .and_then(|()| f.sync_all())
-                .map_err(|e| TenantError::Io { what: format!("cannot write {}", file.display()), source: e })?;
+                .map_err(|e| TenantError::Io { what: format!("cannot write {}", file.display()), error: e })?;
             key
         }
-        Err(e) => return Err(TenantError::Io { what: format!("cannot read {}", file.display()), source: e }),
+        Err(e) => return Err(TenantError::Io { what: format!("cannot read {}", file.display()), error: e }),
     };
     keys().lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name, key);
     Ok(())

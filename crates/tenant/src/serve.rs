@@ -196,8 +196,17 @@ pub async fn serve(
     };
     let tcp = TcpListener::bind(options.listen)
         .await
-        .map_err(|e| TenantError::Io { what: format!("cannot listen on {}", options.listen), source: e })?;
-    let bound = tcp.local_addr().map_err(|e| TenantError::Io { what: "local address".into(), source: e })?;
+        .map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    " (another program listens there, perhaps an earlier `idbridge demo` or `tenant serve`: stop it, or choose another port with --listen)"
+                }
+                std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges: choose a port above 1024)",
+                _ => "",
+            };
+            TenantError::Io { what: format!("cannot listen on {}{hint}", options.listen), error: e }
+        })?;
+    let bound = tcp.local_addr().map_err(|e| TenantError::Io { what: "local address".into(), error: e })?;
     let base_url = options.base_url(bound);
     let issuer = base_url.trim_end_matches("/scim/v2").to_string();
     let (settings, trusted_proxies, csrf_key) = {
