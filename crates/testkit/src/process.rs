@@ -176,9 +176,16 @@ pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
 }
 
 /// Writes a password into `dir/admin.pw` (for `--password-file`).
+/// Writes `admin.pw` atomically (a temporary file, then a rename): a
+/// process reading it while a test asks for it again never sees it empty.
+/// (A pass-through agent once started with an empty bind password because
+/// a second `password_file()` call truncated the file under it.)
 pub fn write_password_file(dir: &Path, password: &str) -> Result<PathBuf, TestkitError> {
     let p = dir.join("admin.pw");
-    std::fs::write(&p, password).map_err(io_err("writing admin.pw"))?;
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let tmp = dir.join(format!("admin.pw.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&tmp, password).map_err(io_err("writing admin.pw"))?;
+    std::fs::rename(&tmp, &p).map_err(io_err("moving admin.pw into place"))?;
     Ok(p)
 }
 
