@@ -82,9 +82,11 @@ fn signs_in(authorize: &str, user: &str, password: &str) -> Result<(), String> {
 
 /// A tenant under `tmp/tenant` with `domain` verified and a sync token in
 /// `tmp/token`: (server, SCIM base URL, token).
-fn tenant_for_sync(tmp: &Path, domain: &str) -> (std::process::Child, String, String) {
+/// A tenant process (stopped when the test ends, pass or fail), its SCIM base and a sync token.
+fn tenant_for_sync(tmp: &Path, domain: &str) -> (testkit::KillOnDrop, String, String) {
     let data = tmp.join("tenant");
     let (tenant, base) = tenant_cli::serve(&data);
+    let tenant = testkit::KillOnDrop(tenant);
     ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), domain]));
     let token = ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
     std::fs::write(tmp.join("token"), &token).unwrap();
@@ -827,22 +829,14 @@ mod tenant_cli {
 
 mod sync_e2e {
     use super::*;
-    use std::process::Child;
 
     struct Lab {
         tmp: TempDir,
         slapd: Slapd,
-        tenant: Child,
+        tenant: testkit::KillOnDrop,
         base: String,
         token: String,
         config: std::path::PathBuf,
-    }
-
-    impl Drop for Lab {
-        fn drop(&mut self) {
-            let _ = self.tenant.kill();
-            let _ = self.tenant.wait();
-        }
     }
 
     fn lab(users: u64, groups: u64, sync_section: &str) -> Lab {
@@ -1815,8 +1809,9 @@ mod sync_e2e {
         assert!(down.contains("password hash sync"), "the push failed: {down}");
         let listen = lab.base.trim_start_matches("http://").trim_end_matches("/scim/v2").to_string();
         let data = lab.tmp.join("tenant");
-        lab.tenant =
-            testkit::spawn_tenant(Path::new(env!("CARGO_BIN_EXE_idbridge")), &data, &["--listen", &listen]).unwrap().0;
+        lab.tenant = testkit::KillOnDrop(
+            testkit::spawn_tenant(Path::new(env!("CARGO_BIN_EXE_idbridge")), &data, &["--listen", &listen]).unwrap().0,
+        );
         let out = sync_once(&lab, &[]);
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success() && report.contains("1 passwords"), "{report}");
@@ -1893,12 +1888,14 @@ mod sync_e2e {
         set_title(&lab, "three");
         std::thread::sleep(std::time::Duration::from_secs(2));
         let port = lab.base.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
-        let mut tenant = Command::new(env!("CARGO_BIN_EXE_idbridge"))
-            .args(["tenant", "serve", "--data", p(&data), "--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut tenant = testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["tenant", "serve", "--data", p(&data), "--listen", &format!("127.0.0.1:{port}")])
+                .env("RUST_LOG", "warn")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         std::mem::swap(&mut lab.tenant, &mut tenant);
         assert!(
             wait_for_title(&lab, &mail, "three"),

@@ -132,6 +132,31 @@ impl Tenant {
     }
 }
 
+/// `n` browsers walk `authorize` up to the password step for `user`, then
+/// all post `password` at once; the pages they get back.
+async fn concurrent_password_posts(authorize: &str, user: &str, password: &str, n: usize) -> Vec<testkit::Page> {
+    let action = authorize.split('?').next().unwrap().to_string();
+    let mut ready = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut b = testkit::Browser::new().unwrap();
+        let first = b.get(authorize).await.unwrap();
+        let second = b.post(&action, &testkit::form_fields(&first.body, &[("username", user)])).await.unwrap();
+        ready.push((b, testkit::form_fields(&second.body, &[("password", password)])));
+    }
+    let attempts: Vec<_> = ready
+        .into_iter()
+        .map(|(mut b, form)| {
+            let action = action.clone();
+            tokio::spawn(async move { b.post(&action, &form).await.unwrap() })
+        })
+        .collect();
+    let mut pages = Vec::with_capacity(n);
+    for a in attempts {
+        pages.push(a.await.unwrap());
+    }
+    pages
+}
+
 fn id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_string()
 }

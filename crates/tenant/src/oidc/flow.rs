@@ -43,6 +43,15 @@ fn mint_csrf(key: &[u8; 32]) -> String {
     format!("{nonce}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()))
 }
 
+/// The double-submit check of a posted form: the field equals the cookie
+/// and the token is one this tenant made. The token, if it passes.
+fn checked_csrf(state: &AppState, headers: &HeaderMap, p: &Params) -> Option<String> {
+    let cookie = cookie(headers, csrf_cookie_name(state))?;
+    let field = p.get("csrf")?;
+    let same = !cookie.is_empty() && sha256(cookie.as_bytes()) == sha256(field.as_bytes());
+    (same && csrf_is_ours(&state.csrf_key, &cookie)).then_some(cookie)
+}
+
 fn csrf_is_ours(key: &[u8; 32], token: &str) -> bool {
     let Some((nonce, mac)) = token.split_once('.') else { return false };
     let Ok(mac) = URL_SAFE_NO_PAD.decode(mac) else { return false };
@@ -439,17 +448,7 @@ async fn authorize_post_page(
     };
     // Double-submit CSRF check: the form's token must equal the cookie's,
     // and be one this tenant made.
-    let csrf_cookie = cookie(&headers, csrf_cookie_name(&state));
-    let csrf_ok = match (csrf_cookie.as_deref(), p.get("csrf")) {
-        (Some(c), Some(f)) => {
-            !c.is_empty()
-                && c.len() == f.len()
-                && sha256(c.as_bytes()) == sha256(f.as_bytes())
-                && csrf_is_ours(&state.csrf_key, c)
-        }
-        _ => false,
-    };
-    if !csrf_ok {
+    let Some(csrf) = checked_csrf(&state, &headers, &p) else {
         return html_response(
             StatusCode::BAD_REQUEST,
             pages::message_page(
@@ -458,8 +457,7 @@ async fn authorize_post_page(
                 "This sign-in form expired or did not come from this page (the security token is missing). Go back to the application and start again.",
             ),
         );
-    }
-    let csrf = csrf_cookie.unwrap_or_default();
+    };
     let fields = hidden_fields(&p, &csrf);
     let username = p.get("username").map(|u| u.trim().to_string()).unwrap_or_default();
     let step = p.get("step").map(String::as_str).unwrap_or("username");
@@ -1030,11 +1028,7 @@ pub async fn logout_confirmed(
     headers: HeaderMap,
     Form(p): Form<Params>,
 ) -> Response {
-    let csrf_cookie = cookie(&headers, csrf_cookie_name(&state));
-    let csrf_ok = match (csrf_cookie.as_deref(), p.get("csrf")) {
-        (Some(c), Some(f)) => sha256(c.as_bytes()) == sha256(f.as_bytes()) && csrf_is_ours(&state.csrf_key, c),
-        _ => false,
-    };
+    let csrf_ok = checked_csrf(&state, &headers, &p).is_some();
     let session = cookie(&headers, SESSION_COOKIE);
     let result = db(&state, move |conn| {
         if csrf_ok && let Some(token) = session {

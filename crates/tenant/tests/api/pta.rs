@@ -179,25 +179,8 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
     script.lock().unwrap().clear();
     let before = seen_requests.lock().unwrap().len();
     largest_batch.store(0, std::sync::atomic::Ordering::SeqCst);
-    let mut browsers = Vec::new();
-    for _ in 0..100 {
-        let mut b = Browser::new().unwrap();
-        let action = authorize.split('?').next().unwrap().to_string();
-        let first = b.get(&authorize).await.unwrap();
-        let second =
-            b.post(&action, &testkit::form_fields(&first.body, &[("username", "pat@corp.example.com")])).await.unwrap();
-        browsers.push((b, action, testkit::form_fields(&second.body, &[("password", "wrong-Pässword")])));
-    }
-    let attempts: Vec<_> = browsers
-        .into_iter()
-        .map(|(mut b, action, form)| tokio::spawn(async move { b.post(&action, &form).await.unwrap() }))
-        .collect();
-    let mut locked = 0;
-    for a in attempts {
-        if a.await.unwrap().body.contains("temporarily locked") {
-            locked += 1;
-        }
-    }
+    let pages = super::concurrent_password_posts(&authorize, "pat@corp.example.com", "wrong-Pässword", 100).await;
+    let locked = pages.iter().filter(|page| page.body.contains("temporarily locked")).count();
     let reached = seen_requests.lock().unwrap().len() - before;
     assert!(reached <= 10, "{reached} of 100 concurrent wrong passwords reached the agent");
     assert!(locked >= 90, "{locked} were refused as locked");

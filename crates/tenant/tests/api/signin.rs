@@ -542,24 +542,7 @@ async fn concurrent_wrong_passwords_stop_at_the_threshold() {
     let rp = register(&t, true);
     let (_, challenge) = pkce();
     let url = authorize_url(&t, &rp, &challenge);
-    let action = url.split('?').next().unwrap().to_string();
-    let mut ready = Vec::new();
-    for _ in 0..100 {
-        let mut b = Browser::new().unwrap();
-        let first = b.get(&url).await.unwrap();
-        let second = b.post(&action, &form_fields(&first.body, &[("username", "zoë@corp.example.com")])).await.unwrap();
-        ready.push((b, form_fields(&second.body, &[("password", "not the password")])));
-    }
-    let attempts: Vec<_> = ready
-        .into_iter()
-        .map(|(mut b, form)| {
-            let action = action.clone();
-            tokio::spawn(async move { b.post(&action, &form).await.unwrap() })
-        })
-        .collect();
-    for a in attempts {
-        a.await.unwrap();
-    }
+    super::concurrent_password_posts(&url, "zoë@corp.example.com", "not the password", 100).await;
     let store = tenant::open_existing(t.dir.path()).unwrap();
     let results: Vec<String> = tenant::audit::recent(&store.lock(), 500)
         .unwrap()
