@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 
 use ldap3::Scope;
-use pta::Outcome;
+use proto::pta::Outcome;
 
 use crate::connect::{self, Session};
 use crate::error::LdapError;

@@ -373,7 +373,7 @@ fn starttls_and_ldaps_with_a_test_ca() {
 #[test]
 fn password_validation_binds_as_the_user_and_cannot_be_widened() {
     use connector_ldap::validate::{PlainBinds, Validator};
-    use pta::Outcome;
+    use proto::pta::Outcome;
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();
     seed(&slapd, 3);
     slapd.set_password("uid=u001,ou=people,dc=example,dc=org", "right-one").unwrap();

@@ -211,7 +211,7 @@ fn starttls_failover_and_ranged_members() {
 #[test]
 fn password_validation_reads_every_ad_refusal() {
     use connector_ldap::validate::{PlainBinds, Validator};
-    use pta::Outcome;
+    use proto::pta::Outcome;
     let dc = SambaDc::start().unwrap();
     let pw = "Passw0rd.Agent1";
     dc.samba_tool(&["user", "create", "ptauser", pw, "--userou=CN=Users"])

@@ -23,28 +23,12 @@ pub enum ScimTargetError {
     #[error("the SCIM client could not be built: {0}")]
     Client(String),
     #[error("the tenant URL {url:?}: {why}")]
-    Url { url: String, why: String },
+    Url { url: String, why: proto::url::UrlError },
 }
 
 /// The bearer token crosses to this address: https, or http to loopback only.
 fn check_tenant_url(url: &str) -> Result<(), ScimTargetError> {
-    let bad = |why: &str| Err(ScimTargetError::Url { url: url.to_string(), why: why.to_string() });
-    let Ok(parsed) = reqwest::Url::parse(url) else { return bad("not an absolute URL") };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return bad("must not contain a user name or password");
-    }
-    let loopback = match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => return bad("must name a host"),
-    };
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        "http" => bad("plain http would send the token in clear; use https (http only to a loopback address)"),
-        _ => bad("use https://"),
-    }
+    proto::url::check_web_url(url).map(drop).map_err(|why| ScimTargetError::Url { url: url.to_string(), why })
 }
 
 /// A SCIM service as export target.

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
 
+use proto::hybrid::{CredentialStatus, CredentialUpdate, PasswordBatch, PasswordResults};
 use reqwest::Method;
 use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::{Value, json};
 use sync::engine::TargetError;
 use sync::phs::{CredentialPush, PasswordSecret, PushReport};
 
@@ -98,7 +98,7 @@ async fn records(
 impl ScimTarget {
     fn hybrid_url(&self) -> String {
         let root = self.base.strip_suffix("/scim/v2").unwrap_or(&self.base);
-        format!("{root}/hybrid/v1/passwords")
+        format!("{root}{}", proto::hybrid::PASSWORDS_PATH)
     }
 
     pub(crate) async fn push(&mut self, items: &[CredentialPush]) -> Result<PushReport, TargetError> {
@@ -109,27 +109,37 @@ impl ScimTarget {
         let iterations = self.pph1_iterations;
         for chunk in fresh.chunks(BATCH) {
             let with_records = records(chunk.to_vec(), iterations).await?;
-            let body = json!({"credentials": with_records.iter().map(|(i, r)| json!({
-                "immutableId": i.immutable_id, "record": r, "mustChangePassword": i.must_change,
-            })).collect::<Vec<_>>()});
+            let batch = PasswordBatch {
+                credentials: with_records
+                    .iter()
+                    .map(|(i, r)| CredentialUpdate {
+                        immutable_id: i.immutable_id.clone(),
+                        record: Some(r.clone()),
+                        must_change_password: i.must_change,
+                        remove: false,
+                    })
+                    .collect(),
+            };
+            let body = serde_json::to_value(&batch)
+                .map_err(|e| TargetError { message: format!("encoding passwords: {e}"), not_found: false })?;
             let (status, answer) =
                 self.send(Method::POST, &self.hybrid_url(), Some(&body), crate::Repeat::Always).await?;
             if !status.is_success() {
                 return Err(crate::failure(status, &answer));
             }
-            let results = answer.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
+            let results = serde_json::from_value::<PasswordResults>(answer).map(|r| r.results).unwrap_or_default();
             for (i, (item, _)) in with_records.iter().enumerate() {
-                let result = results.get(i);
-                match result.and_then(|r| r.get("status")).and_then(Value::as_str) {
-                    Some("stored") | Some("removed") => {
+                match results.get(i) {
+                    Some(r) if matches!(r.status, CredentialStatus::Stored | CredentialStatus::Removed) => {
                         report.stored += 1;
                         self.pushed.0.insert(item.immutable_id.clone(), fingerprint(item));
                     }
-                    Some(other) => {
-                        let detail = result.and_then(|r| r.get("detail")).and_then(Value::as_str).unwrap_or("");
+                    Some(r) => {
+                        let status = r.status.as_str();
+                        let detail = r.detail.as_deref().unwrap_or("");
                         report
                             .failed
-                            .push((item.immutable_id.clone(), format!("the tenant answered {other}: {detail}")));
+                            .push((item.immutable_id.clone(), format!("the tenant answered {status}: {detail}")));
                     }
                     None => report.failed.push((item.immutable_id.clone(), "the tenant gave no answer for it".into())),
                 }

@@ -48,7 +48,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let (data, _cleanup) = match &o.data {
         Some(d) => (d.clone(), Cleanup(None)),
         None => {
-            let dir = crate::files::private_temp_dir("idbridge-demo")?;
+            let dir = config::files::private_temp_dir("idbridge-demo")?;
             (dir.clone(), Cleanup(Some(dir)))
         }
     };
@@ -71,7 +71,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     if !ldif.exists() {
         eprintln!("generating a sample organisation: {} users, {} groups …", o.users, o.groups);
         // Password hashes: the owner's only.
-        let file = crate::files::create_private(&ldif)?;
+        let file = config::files::create_private(&ldif)?;
         spec.write(std::io::BufWriter::new(file), true).with_context(|| format!("writing {}", ldif.display()))?;
     }
 

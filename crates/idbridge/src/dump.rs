@@ -40,7 +40,7 @@ fn load_state(path: &Path) -> Result<DumpState> {
 }
 
 fn save_state(path: &Path, state: &DumpState) -> Result<()> {
-    crate::files::write_atomically(path, &serde_json::to_vec(state)?)
+    Ok(config::files::write_atomically(path, &serde_json::to_vec(state)?)?)
 }
 
 struct Output<W: Write> {

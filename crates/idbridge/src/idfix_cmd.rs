@@ -15,8 +15,8 @@ use directory::{Dn, Value};
 use idfix::{Action, ErrorKind, Finding, Mode, Options, Scanner};
 use sync::{ImportSink, SinkError, Source, SourceChange};
 
-use crate::config::Config;
 use crate::progress::Progress;
+use config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -6,10 +6,9 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod config;
 mod demo;
 mod dump;
-mod files;
+
 mod idfix_cmd;
 mod idfix_index;
 mod init;

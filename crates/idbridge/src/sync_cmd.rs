@@ -11,7 +11,7 @@ use store::SqliteStore;
 use sync::engine::{CycleOptions, CycleStatus, run_cycle};
 use sync::mapping::Flavor;
 
-use crate::config::Config;
+use config::Config;
 
 /// Version of the built-in mapping; part of the configuration hash, so a new
 /// mapping triggers a full sync by itself.

@@ -90,49 +90,7 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// A request as it travels (JSON, base64url fields).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sealed {
-    pub request_id: String,
-    /// Unix seconds after which the agent must not answer.
-    pub deadline: i64,
-    pub agent_id: String,
-    /// The tenant's ephemeral public key.
-    pub ephemeral: String,
-    pub nonce: String,
-    pub ciphertext: String,
-}
-
-/// How a validation ended; the agent's whole answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    Success,
-    WrongPassword,
-    AccountDisabled,
-    AccountExpired,
-    PasswordExpired,
-    MustChangePassword,
-    LockedOut,
-    LogonHours,
-    DirectoryUnreachable,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::WrongPassword => "wrong-password",
-            Outcome::AccountDisabled => "account-disabled",
-            Outcome::AccountExpired => "account-expired",
-            Outcome::PasswordExpired => "password-expired",
-            Outcome::MustChangePassword => "must-change-password",
-            Outcome::LockedOut => "locked-out",
-            Outcome::LogonHours => "logon-hours",
-            Outcome::DirectoryUnreachable => "directory-unreachable",
-        }
-    }
-}
+pub use proto::pta::{Outcome, Sealed};
 
 /// An agent's key pair. The secret never leaves the agent's machine.
 pub struct AgentKey(StaticSecret);

@@ -1,11 +1,10 @@
 //! `/admin/v1`: tenant administration over HTTP for tools on other hosts
 //! (`idbridge init` against a remote tenant). Admin-scoped tokens only.
 //!
-//! - `GET /admin/v1/domains` → `{"domains": [{name, auth, initial}]}`
-//! - `PUT /admin/v1/domains/{name}` `{"auth": "managed-phs" | "managed-pta"}`:
-//!   adds the domain or changes how its users sign in. Federation is set up
-//!   on the tenant's host (`idbridge tenant domain federate`), where the
-//!   identity provider's secrets are given.
+//! Wire types: `proto::admin`. `PUT /admin/v1/domains/{name}` adds the
+//! domain or changes how its users sign in; federation is set up on the
+//! tenant's host (`idbridge tenant domain federate`), where the identity
+//! provider's secrets are given.
 
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
+use proto::admin::{DomainInfo, DomainList, SetDomainAuth};
 use scim::{ScimError, ScimType};
 use serde_json::json;
 
@@ -39,9 +39,8 @@ async fn admin(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Caller, Api
 async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     admin(&state, &headers).await?;
     let list = db(&state, |conn| Ok(domains::list(conn)?)).await?;
-    let domains: Vec<_> =
-        list.iter().map(|d| json!({"name": d.name, "auth": d.auth.as_str(), "initial": d.initial})).collect();
-    Ok(scim_json(StatusCode::OK, &json!({ "domains": domains })))
+    let domains = list.into_iter().map(|d| DomainInfo { name: d.name, auth: d.auth, initial: d.initial }).collect();
+    Ok(scim_json(StatusCode::OK, &DomainList { domains }))
 }
 
 async fn set(
@@ -52,10 +51,9 @@ async fn set(
 ) -> Result<Response, ApiError> {
     let caller = admin(&state, &headers).await?;
     let body = json_body(&state, request).await?;
-    let Some(word) = body.get("auth").and_then(|v| v.as_str()) else {
+    let Ok(SetDomainAuth { auth }) = serde_json::from_value(body) else {
         return Err(ScimError::new(ScimType::InvalidValue, "give {\"auth\": \"managed-phs\" | \"managed-pta\"}").into());
     };
-    let auth: AuthType = word.parse().map_err(|e: crate::TenantError| ApiError::from(e))?;
     if auth == AuthType::Federated {
         return Err(ScimError::new(
             ScimType::InvalidValue,
@@ -85,5 +83,5 @@ async fn set(
     })
     .await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(scim_json(status, &json!({"name": domain.name, "auth": domain.auth.as_str(), "initial": domain.initial})))
+    Ok(scim_json(status, &DomainInfo { name: domain.name, auth: domain.auth, initial: domain.initial }))
 }

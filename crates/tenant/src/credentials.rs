@@ -4,7 +4,6 @@
 
 use passwords::{Pph1, StoredPassword};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit;
@@ -101,30 +100,7 @@ impl Credential {
     }
 }
 
-/// One item of a `/hybrid/v1/passwords` batch.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CredentialUpdate {
-    pub immutable_id: String,
-    /// The record; absent with `remove`.
-    #[serde(default)]
-    pub record: Option<String>,
-    #[serde(default)]
-    pub must_change_password: bool,
-    /// The user has no password on-premises any more.
-    #[serde(default)]
-    pub remove: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CredentialResult {
-    pub immutable_id: String,
-    /// `stored`, `removed`, `unknown-user` or `invalid`.
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
+pub use proto::hybrid::{CredentialResult, CredentialStatus, CredentialUpdate};
 
 /// Applies a batch in one transaction; each item gets its own result (one
 /// bad record never rejects the others). The audit log names the users, never the records.
@@ -144,7 +120,8 @@ pub fn apply_batch(
         };
         let user = objects::find_by_immutable_id(&tx, &item.immutable_id)?.filter(|s| s.kind == Kind::User);
         let Some(user) = user else {
-            results.push(result("unknown-user", Some("no synchronised user has this immutableId".into())));
+            results
+                .push(result(CredentialStatus::UnknownUser, Some("no synchronised user has this immutableId".into())));
             continue;
         };
         if let Some(allowed) = allowed_domains {
@@ -155,7 +132,10 @@ pub fn apply_batch(
                 .and_then(|n| n.rsplit_once('@'))
                 .map(|(_, d)| d.to_lowercase());
             if !domain.is_some_and(|d| allowed.contains(&d)) {
-                results.push(result("forbidden", Some("this token may not set passwords in the user's domain".into())));
+                results.push(result(
+                    CredentialStatus::Forbidden,
+                    Some("this token may not set passwords in the user's domain".into()),
+                ));
                 continue;
             }
         }
@@ -163,17 +143,17 @@ pub fn apply_batch(
             tx.execute("DELETE FROM credentials WHERE resource_id = ?1", params![user.id])?;
             end_sign_ins(&tx, &user.id)?;
             audit::record(&tx, actor, "password-removed", Some("User"), Some(&user.id), None)?;
-            results.push(result("removed", None));
+            results.push(result(CredentialStatus::Removed, None));
             continue;
         }
         let Some(record) = item.record.as_deref() else {
-            results.push(result("invalid", Some("a record (or remove: true) is required".into())));
+            results.push(result(CredentialStatus::Invalid, Some("a record (or remove: true) is required".into())));
             continue;
         };
         match Credential::parse(record).map_err(|e| e.to_string()).and_then(|c| c.within_cost_window()) {
             Ok(()) => {}
             Err(why) => {
-                results.push(result("invalid", Some(why)));
+                results.push(result(CredentialStatus::Invalid, Some(why)));
                 continue;
             }
         }
@@ -192,7 +172,7 @@ pub fn apply_batch(
             Some(&user.id),
             Some(&json!({"mustChangePassword": item.must_change_password})),
         )?;
-        results.push(result("stored", None));
+        results.push(result(CredentialStatus::Stored, None));
     }
     tx.commit()?;
     Ok(results)

@@ -1,52 +1,11 @@
 //! Verified domains and how their users sign in.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Result, TenantError};
 use crate::util::now;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthType {
-    /// Managed: passwords checked against synchronised hashes.
-    ManagedPhs,
-    /// Managed: passwords checked on-premises by pass-through agents.
-    ManagedPta,
-    /// Sign-in handed to the organisation's identity provider.
-    Federated,
-}
-
-impl AuthType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthType::ManagedPhs => "managed-phs",
-            AuthType::ManagedPta => "managed-pta",
-            AuthType::Federated => "federated",
-        }
-    }
-}
-
-impl fmt::Display for AuthType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AuthType {
-    type Err = TenantError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "managed-phs" | "phs" | "managed" => Ok(AuthType::ManagedPhs),
-            "managed-pta" | "pta" => Ok(AuthType::ManagedPta),
-            "federated" => Ok(AuthType::Federated),
-            other => Err(TenantError::Invalid(format!(
-                "unknown authentication type {other:?} (managed-phs, managed-pta, federated)"
-            ))),
-        }
-    }
-}
+pub use proto::admin::AuthType;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Domain {

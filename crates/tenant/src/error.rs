@@ -14,6 +14,8 @@ pub enum TenantError {
     Scim(#[from] ScimError),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    UnknownAuthType(#[from] proto::admin::UnknownAuthType),
     #[error("{0} not found")]
     NotFound(String),
 }
@@ -24,6 +26,7 @@ impl TenantError {
         match self {
             TenantError::Scim(e) => e.clone(),
             TenantError::Invalid(m) => ScimError::invalid_value(m.clone()),
+            TenantError::UnknownAuthType(e) => ScimError::invalid_value(e.to_string()),
             TenantError::NotFound(m) => ScimError::status(404, format!("{m} not found")),
             TenantError::Database(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy =>

@@ -96,8 +96,10 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-pub(crate) fn scim_json(status: StatusCode, body: &Value) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
+pub(crate) fn scim_json<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    // Serialising our own types and JSON values cannot fail (string keys only).
+    let text = serde_json::to_string(body).unwrap_or_default();
+    let mut resp = (status, text).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
     resp
 }

@@ -1,22 +1,18 @@
 //! `/hybrid/v1`: what the sync side sends besides SCIM — password records
-//! (password hash sync). Needs a sync or admin token.
+//! (password hash sync). Needs a sync or admin token. Wire types: `proto::hybrid`.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use proto::hybrid::{MAX_BATCH, PasswordBatch, PasswordResults};
 use scim::{ScimError, ScimType};
-use serde_json::json;
 
-use crate::credentials::{self, CredentialUpdate};
+use crate::credentials;
 use crate::http::{ApiError, AppState, authenticate, db, json_body, scim_json};
 
-/// Most records in one request.
-pub const MAX_BATCH: usize = 1000;
-
-/// POST /hybrid/v1/passwords `{"credentials": [{immutableId, record, mustChangePassword} | {immutableId, remove: true}]}`
-/// → `{"results": [{immutableId, status, detail?}]}`, one result per item, in order.
+/// POST /hybrid/v1/passwords: one result per item, in order.
 pub async fn passwords(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -24,17 +20,17 @@ pub async fn passwords(
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, true).await?;
     let body = json_body(&state, request).await?;
-    let batch: Vec<CredentialUpdate> = serde_json::from_value(body.get("credentials").cloned().unwrap_or(json!(null)))
+    let batch: PasswordBatch = serde_json::from_value(body)
         .map_err(|e| ScimError::new(ScimType::InvalidSyntax, format!("credentials: {e}")))?;
-    if batch.len() > MAX_BATCH {
+    if batch.credentials.len() > MAX_BATCH {
         return Err(ScimError::status(413, format!("at most {MAX_BATCH} credentials per request")).into());
     }
     let actor = format!("token:{}", caller.id);
     let caller_id = caller.id.clone();
     let results = db(&state, move |conn| {
         let allowed = crate::tokens::domains(conn, &caller_id)?;
-        Ok(credentials::apply_batch(conn, &actor, allowed.as_deref(), &batch)?)
+        Ok(credentials::apply_batch(conn, &actor, allowed.as_deref(), &batch.credentials)?)
     })
     .await?;
-    Ok(scim_json(StatusCode::OK, &json!({ "results": results })))
+    Ok(scim_json(StatusCode::OK, &PasswordResults { results }))
 }

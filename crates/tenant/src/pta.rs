@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use proto::ErrorReply;
+use proto::pta::{Answer, AnswerReply, Credential, MAX_POLL_WAIT_SECS, PollQuery, PollReply, Registration};
 use pta::{Credentials, Outcome, Sealed};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::audit;
@@ -30,13 +31,12 @@ use crate::util::{new_id, new_token, now, now_secs, sha256};
 /// A request an agent took and did not answer goes back to the queue after this.
 pub const LEASE: Duration = Duration::from_secs(4);
 /// How long a poll waits for work before it returns empty.
-pub const POLL_WAIT: Duration = Duration::from_secs(25);
+pub const POLL_WAIT: Duration = Duration::from_secs(MAX_POLL_WAIT_SECS);
 /// An agent whose last poll ended longer ago than this is offline.
 const GRACE: Duration = Duration::from_secs(3);
 /// Requests handed out per poll.
 const BATCH: usize = 32;
-/// Agent credentials live this long; agents rotate them at half-life.
-pub const CREDENTIAL_LIFETIME_SECS: i64 = 30 * 24 * 3600;
+pub use proto::pta::CREDENTIAL_LIFETIME_SECS;
 /// After a rotation the previous credential still works this long.
 const ROTATION_GRACE_SECS: i64 = 300;
 
@@ -365,16 +365,16 @@ fn agent_for(conn: &Connection, credential: &str) -> Result<Option<(String, Stri
 
 // ---- HTTP ----
 
-fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
-    if let Ok(v) = header::HeaderValue::from_str("application/json") {
-        resp.headers_mut().insert(header::CONTENT_TYPE, v);
-    }
+fn json_reply<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    // Our own wire types always serialise (string keys only).
+    let text = serde_json::to_string(body).unwrap_or_default();
+    let mut resp = (status, text).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     resp
 }
 
 fn failed(status: StatusCode, message: &str) -> Response {
-    json_reply(status, json!({ "error": message }))
+    json_reply(status, &ErrorReply { error: message.to_string() })
 }
 
 async fn blocking<T: Send + 'static>(
@@ -413,15 +413,6 @@ async fn caller(state: &Arc<AppState>, headers: &HeaderMap) -> std::result::Resu
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Registration {
-    token: String,
-    public_key: String,
-    name: String,
-    #[serde(default)]
-    version: Option<String>,
-}
-
 /// POST /pta/v1/register — the one-time token, the agent's public key → its id and credential.
 pub async fn register(State(state): State<Arc<AppState>>, body: axum::Json<Registration>) -> Response {
     let r = body.0;
@@ -452,7 +443,7 @@ pub async fn register(State(state): State<Arc<AppState>>, body: axum::Json<Regis
     .await;
     match result {
         Ok(Some((id, credential, expires))) => {
-            json_reply(StatusCode::OK, json!({"agent_id": id, "credential": credential, "credential_expires": expires}))
+            json_reply(StatusCode::OK, &Credential { agent_id: Some(id), credential, credential_expires: expires })
         }
         Ok(None) => failed(
             StatusCode::UNAUTHORIZED,
@@ -460,11 +451,6 @@ pub async fn register(State(state): State<Arc<AppState>>, body: axum::Json<Regis
         ),
         Err(e) => internal(&e),
     }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct PollQuery {
-    wait_secs: Option<u64>,
 }
 
 /// GET /pta/v1/poll — waits for sign-in requests; doubles as the heartbeat.
@@ -486,7 +472,7 @@ pub async fn poll(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(
         let slice = wait.saturating_sub(started.elapsed()).min(Duration::from_secs(1));
         let requests = state.pta.take(&agent, &public_key, slice).await;
         if !requests.is_empty() || started.elapsed() >= wait {
-            return json_reply(StatusCode::OK, json!({ "requests": requests }));
+            return json_reply(StatusCode::OK, &PollReply { requests });
         }
         if let Err(resp) = caller(&state, &headers).await {
             // Revoked (or expired): no request is sealed for it any more.
@@ -494,15 +480,6 @@ pub async fn poll(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(
             return resp;
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Answer {
-    request_id: String,
-    outcome: Outcome,
-    /// HMAC over the request id and outcome with the request's answer key.
-    #[serde(default)]
-    mac: String,
 }
 
 /// POST /pta/v1/respond — an outcome for a request this agent took.
@@ -515,7 +492,7 @@ pub async fn respond(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
     if !accepted {
         tracing::warn!(agent = %agent, request = %body.request_id, "an answer was refused (not this agent's request, or not authentic)");
     }
-    json_reply(StatusCode::OK, json!({ "accepted": accepted }))
+    json_reply(StatusCode::OK, &AnswerReply { accepted })
 }
 
 /// POST /pta/v1/rotate — a new credential; the old one works a few minutes more.
@@ -539,7 +516,7 @@ pub async fn rotate(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     .await;
     match result {
         Ok((credential, expires)) => {
-            json_reply(StatusCode::OK, json!({"credential": credential, "credential_expires": expires}))
+            json_reply(StatusCode::OK, &Credential { agent_id: None, credential, credential_expires: expires })
         }
         Err(e) => internal(&e),
     }
@@ -547,10 +524,10 @@ pub async fn rotate(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 
 pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
-        .route("/pta/v1/register", axum::routing::post(register))
-        .route("/pta/v1/poll", axum::routing::get(poll))
-        .route("/pta/v1/respond", axum::routing::post(respond))
-        .route("/pta/v1/rotate", axum::routing::post(rotate))
+        .route(proto::pta::REGISTER_PATH, axum::routing::post(register))
+        .route(proto::pta::POLL_PATH, axum::routing::get(poll))
+        .route(proto::pta::RESPOND_PATH, axum::routing::post(respond))
+        .route(proto::pta::ROTATE_PATH, axum::routing::post(rotate))
 }
 
 #[cfg(test)]

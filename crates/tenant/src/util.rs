@@ -58,31 +58,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss - offset)
 }
 
-/// A URL the tenant will send browsers or requests to: absolute, https (or
-/// http to a loopback host, for tests and local tools), a host, no user
-/// information (`http://127.0.0.1@evil.example/` is not loopback), no
-/// fragment. Parsed, never matched by prefix.
-pub fn check_web_url(text: &str) -> std::result::Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("not an absolute URL ({e})"))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not contain a user name or password".into());
-    }
-    if url.fragment().is_some() {
-        return Err("must not contain a fragment".into());
-    }
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => return Err("must name a host".into()),
-    };
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if loopback => Ok(url),
-        "http" => Err("plain http is only allowed for loopback addresses; use https://".into()),
-        other => Err(format!("the scheme {other}: is not http(s)")),
-    }
-}
+pub use proto::url::check_web_url;
 
 pub fn now() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -158,33 +134,5 @@ mod tests {
         assert_eq!(id.chars().nth(14), Some('4'));
         assert_ne!(new_id(), id);
         assert!(new_token().is_some_and(|t| t.starts_with("idb_") && t.len() > 40));
-    }
-
-    /// Found by a review: prefix checks took these for loopback.
-    #[test]
-    fn web_urls_are_parsed_not_prefix_matched() {
-        for bad in [
-            "http://127.0.0.1@evil.example/cb",
-            "http://127.evil.example/cb",
-            "http://localhost:80@evil.example/cb",
-            "https://a b",
-            "https://user:pw@idp.example/",
-            "http://evil.example/cb",
-            "https://idp.example/cb#frag",
-            "javascript:alert(1)",
-            "/relative",
-            "https://",
-        ] {
-            assert!(check_web_url(bad).is_err(), "{bad}");
-        }
-        for good in [
-            "http://127.0.0.1:7777/cb",
-            "http://[::1]/cb",
-            "http://localhost/cb",
-            "https://app.example/cb?x=1",
-            "https://ünï.example/",
-        ] {
-            assert!(check_web_url(good).is_ok(), "{good}");
-        }
     }
 }

@@ -116,7 +116,7 @@ fn anchor_choice(kind: ServerKind, source: &SourceDraft) -> String {
     }
 }
 
-fn draft_of(existing: &crate::config::SourceConfig) -> SourceDraft {
+fn draft_of(existing: &config::SourceConfig) -> SourceDraft {
     let groups = existing
         .join
         .as_ref()
@@ -156,7 +156,7 @@ impl Wizard {
     /// written file will (the same parser reads both).
     pub(super) fn settings(&self) -> Result<LdapSettings> {
         let text = self.merged()?;
-        let mut config = crate::config::Config::parse(&text).context("the configuration being written")?;
+        let mut config = config::Config::parse(&text).context("the configuration being written")?;
         let name = self.source.name.clone();
         let source = config.sources.iter_mut().find(|s| s.name == name).context("the directory being configured")?;
         match &self.typed_password {
@@ -167,7 +167,7 @@ impl Wizard {
                 settings.password = Some(secret.clone());
                 Ok(settings)
             }
-            _ => source.to_settings(),
+            _ => Ok(source.to_settings()?),
         }
     }
 

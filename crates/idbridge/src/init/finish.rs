@@ -107,14 +107,14 @@ impl Wizard {
     /// sent) and shows what the first export would do.
     async fn preview(&mut self) -> Result<()> {
         // It holds a stand-in for the bind password: private, never reused.
-        let dir = crate::files::private_temp_dir("idbridge-init")?;
+        let dir = config::files::private_temp_dir("idbridge-init")?;
         let scratch = Scratch(dir);
         let mut text = self.merged()?;
         text = write::with_state(&text, &scratch.0.join("preview.db"))?;
         if let Some((file, secret)) = &self.typed_password {
             // The typed password's own file is written only at the end.
             let stand_in = scratch.0.join("bind.password");
-            crate::files::write_secret(&stand_in, secret.expose().as_bytes())?;
+            config::files::write_secret(&stand_in, secret.expose().as_bytes())?;
             text = write::with_password_file(&text, file, &stand_in)?;
         }
         let path = scratch.0.join("preview.toml");
@@ -194,7 +194,7 @@ impl Wizard {
         if let Some((file, secret)) = &self.typed_password
             && text.contains(&file.display().to_string())
         {
-            crate::files::write_secret(file, format!("{}\n", secret.expose()).as_bytes())?;
+            config::files::write_secret(file, format!("{}\n", secret.expose()).as_bytes())?;
             self.ask.good(&format!("wrote the bind password to {} (mode 0600)", file.display()));
         }
         for note in self.apply_local_tenant()? {
@@ -208,7 +208,7 @@ impl Wizard {
             std::fs::write(&backup, before).with_context(|| format!("cannot write the backup {}", backup.display()))?;
             self.ask.good(&format!("the previous version is in {}", backup.display()));
         }
-        crate::files::write_atomically(&self.config_path, text.as_bytes())?;
+        config::files::write_atomically(&self.config_path, text.as_bytes())?;
         self.ask.good(&format!("wrote {}", self.config_path.display()));
         if let Some(unit) = &self.systemd_unit {
             let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "idbridge".into());

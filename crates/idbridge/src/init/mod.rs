@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::config::Config;
+use config::Config;
 use prompt::{Answer, Prompter};
 use write::{Draft, SourceDraft};
 
@@ -316,7 +316,7 @@ impl Wizard {
         if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) }
     }
 
-    fn existing_source(&self, name: &str) -> Option<&crate::config::SourceConfig> {
+    fn existing_source(&self, name: &str) -> Option<&config::SourceConfig> {
         self.existing_config.as_ref().and_then(|c| c.sources.iter().find(|s| s.name == name))
     }
 

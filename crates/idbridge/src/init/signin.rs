@@ -466,7 +466,7 @@ impl Wizard {
         };
         if !valid {
             let (_, token) = tokens::create(&conn, Scope::Sync, None, Some("idbridge init"))?;
-            crate::files::write_secret(&token_file, format!("{token}\n").as_bytes())?;
+            config::files::write_secret(&token_file, format!("{token}\n").as_bytes())?;
             notes.push(format!("wrote a sync token to {} (mode 0600)", token_file.display()));
         }
         drop(conn);

@@ -233,7 +233,7 @@ mod tests {
     fn a_new_file_parses_and_has_comments() {
         let text = merge(None, &draft()).unwrap();
         assert!(text.starts_with("# idbridge configuration"));
-        let config = crate::config::Config::parse(&text).unwrap();
+        let config = config::Config::parse(&text).unwrap();
         assert_eq!(config.sources[0].include_ous, ["OU=Staff,DC=corp"]);
         assert!(config.sources[0].password_hash_sync);
         assert_eq!(config.sync.deletion_threshold, 500);
@@ -250,7 +250,7 @@ mod tests {
         second.source.name = "resource".into();
         second.source.join = vec![vec![("mail".into(), "mail".into())]];
         let both = merge(Some(&after), &second).unwrap();
-        let config = crate::config::Config::parse(&both).unwrap();
+        let config = config::Config::parse(&both).unwrap();
         assert_eq!(config.sources.len(), 2);
         assert!(config.sources[1].join.is_some());
         let changes = diff(&after, &both);

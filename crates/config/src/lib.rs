@@ -1,13 +1,52 @@
 //! `idbridge.toml`: the configuration file. Only this crate reads it; the
-//! libraries get typed settings built from it.
+//! other libraries get typed settings built from it.
+//!
+//! Relative paths in a loaded file (secret files, CA files, the state file,
+//! rule files) are relative to the file's own directory, never to the
+//! current directory: [`Config::load`] makes them absolute.
+
+pub mod files;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use connector_ldap::{LdapSettings, Secret, ServerKind, TlsSettings};
 use directory::Dn;
 use serde::{Deserialize, Serialize};
+
+/// What is wrong with a configuration; the message names the file, the
+/// source and the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {what} {}: {error}", path.display())]
+    Read { what: String, path: PathBuf, error: std::io::Error },
+    #[error("in {}: {error}", path.display())]
+    InFile { path: PathBuf, error: Box<ConfigError> },
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("source {source_name:?}: {what} entry {value:?}: {error}")]
+    Dn { source_name: String, what: String, value: String, error: directory::DnError },
+    /// A setting that is missing, conflicting or out of range; the text says which and how to fix it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+fn invalid<T>(text: impl Into<String>) -> Result<T> {
+    Err(ConfigError::Invalid(text.into()))
+}
+
+/// `file` as given if absolute, else relative to `base` (the config file's directory).
+pub fn relative_to(base: &Path, file: &Path) -> PathBuf {
+    if file.is_absolute() { file.to_path_buf() } else { base.join(file) }
+}
+
+fn resolve(base: &Path, file: &mut Option<PathBuf>) {
+    if let Some(f) = file.as_mut() {
+        *f = relative_to(base, f);
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,11 +124,11 @@ fn default_threshold() -> usize {
 
 impl TenantConfig {
     pub fn token(&self) -> Result<String> {
-        let secret = resolve_password("tenant", self.token_file.as_deref(), self.token_env.as_deref())?;
+        let secret = read_secret("[tenant]", "token", self.token_file.as_deref(), self.token_env.as_deref())?;
         match secret {
             Some(s) => Ok(s.expose().trim().to_string()),
-            None => bail!(
-                "[tenant]: give token_file or token_env (a token made with `idbridge tenant token create --scope sync`)"
+            None => invalid(
+                "[tenant]: give token_file or token_env (a token made with `idbridge tenant token create --scope sync`)",
             ),
         }
     }
@@ -164,46 +203,78 @@ fn default_operation_timeout() -> u64 {
 }
 
 impl Config {
+    /// Reads, checks and resolves relative paths against the file's directory.
     pub fn load(path: &Path) -> Result<Config> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
-        Config::parse(&text).with_context(|| format!("in {}", path.display()))
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            what: "the config file".into(),
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let mut config = Config::parse(&text)
+            .map_err(|error| ConfigError::InFile { path: path.to_path_buf(), error: Box::new(error) })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
     }
 
+    /// Checks the text; relative paths stay as written.
     pub fn parse(text: &str) -> Result<Config> {
         let config: Config = toml::from_str(text)?;
         if config.sources.is_empty() {
-            bail!("no [[source]] is configured");
+            return invalid("no [[source]] is configured");
         }
         let mut names = std::collections::HashSet::new();
         for s in &config.sources {
             if !names.insert(s.name.as_str()) {
-                bail!("two sources are named {:?}; names must be unique", s.name);
+                return invalid(format!("two sources are named {:?}; names must be unique", s.name));
             }
         }
         Ok(config)
     }
 
+    /// Makes every relative path absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for source in &mut self.sources {
+            source.resolve_paths(base);
+        }
+        if let Some(tenant) = self.tenant.as_mut() {
+            resolve(base, &mut tenant.token_file);
+            resolve(base, &mut tenant.ca_file);
+        }
+        self.sync.state = relative_to(base, &self.sync.state);
+        for rules in &mut self.sync.rules {
+            *rules = relative_to(base, rules);
+        }
+    }
+
     /// The source named `name`, or the only one.
     pub fn source(&self, name: Option<&str>) -> Result<&SourceConfig> {
+        let names = || self.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
         match name {
-            Some(n) => self.sources.iter().find(|s| s.name == n).with_context(|| {
-                format!(
-                    "no source named {n:?}; configured: {}",
-                    self.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-                )
-            }),
-            None if self.sources.len() == 1 => self.sources.first().context("no source configured"),
-            None => bail!(
-                "several sources are configured ({}); choose one with --source NAME",
-                self.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-            ),
+            Some(n) => match self.sources.iter().find(|s| s.name == n) {
+                Some(s) => Ok(s),
+                None => invalid(format!("no source named {n:?}; configured: {}", names())),
+            },
+            None => match self.sources.as_slice() {
+                [only] => Ok(only),
+                [] => invalid("no source configured"),
+                _ => invalid(format!("several sources are configured ({}); choose one with --source NAME", names())),
+            },
         }
     }
 }
 
 fn parse_dns(what: &str, source: &str, values: &[String]) -> Result<Vec<Dn>> {
-    values.iter().map(|v| Dn::parse(v).with_context(|| format!("source {source:?}: {what} entry {v:?}"))).collect()
+    values
+        .iter()
+        .map(|v| {
+            Dn::parse(v).map_err(|error| ConfigError::Dn {
+                source_name: source.to_string(),
+                what: what.to_string(),
+                value: v.clone(),
+                error,
+            })
+        })
+        .collect()
 }
 
 /// `[source.join]`: how a source's objects join metaverse objects of other sources.
@@ -230,11 +301,16 @@ pub struct JoinPair {
 impl JoinConfig {
     pub fn to_rules(&self, source: &str) -> Result<sync::engine::JoinRules> {
         if self.groups.is_empty() || self.groups.iter().any(Vec::is_empty) {
-            bail!("source {source:?}: join.groups needs at least one group, each with at least one pair");
+            return invalid(format!(
+                "source {source:?}: join.groups needs at least one group, each with at least one pair"
+            ));
         }
         for pair in self.groups.iter().flatten() {
             if pair.metaverse.is_empty() || !pair.metaverse.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                bail!("source {source:?}: join metaverse attribute {:?}: letters, digits and '_' only", pair.metaverse);
+                return invalid(format!(
+                    "source {source:?}: join metaverse attribute {:?}: letters, digits and '_' only",
+                    pair.metaverse
+                ));
             }
         }
         Ok(sync::engine::JoinRules {
@@ -249,27 +325,36 @@ impl JoinConfig {
     }
 }
 
-/// Reads the bind password from a file or an environment variable.
+/// Reads a bind password from a file or an environment variable.
 pub fn resolve_password(source: &str, file: Option<&Path>, env: Option<&str>) -> Result<Option<Secret>> {
+    read_secret(&format!("source {source:?}"), "password", file, env)
+}
+
+/// Reads a secret from `{setting}_file` or `{setting}_env`; `owner` names
+/// where the settings are (`source "corp"`, `[tenant]`) in messages.
+pub fn read_secret(owner: &str, setting: &str, file: Option<&Path>, env: Option<&str>) -> Result<Option<Secret>> {
     match (file, env) {
-        (Some(_), Some(_)) => {
-            bail!("source {source:?}: set password_file or password_env, not both")
-        }
-        (Some(path), None) => Secret::from_file(path)
-            .map(Some)
-            .with_context(|| format!("source {source:?}: cannot read password_file {}", path.display())),
+        (Some(_), Some(_)) => invalid(format!("{owner}: set {setting}_file or {setting}_env, not both")),
+        (Some(path), None) => Secret::from_file(path).map(Some).map_err(|error| ConfigError::Read {
+            what: format!("{owner}: {setting}_file"),
+            path: path.to_path_buf(),
+            error,
+        }),
         (None, Some(var)) => match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
-            _ => {
-                bail!("source {source:?}: the environment variable {var} (password_env) is not set")
-            }
+            _ => invalid(format!("{owner}: the environment variable {var} ({setting}_env) is not set")),
         },
         (None, None) => Ok(None),
     }
 }
 
 impl SourceConfig {
-    /// The group-scope DNs, checked.
+    /// Makes the source's relative file paths absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.password_file);
+        resolve(base, &mut self.tls.ca_file);
+    }
+
     /// SHA-256 (hex) over a canonical JSON form of what decides the sync's
     /// result — scope, attributes, join, anchor, password hash sync — and
     /// the rules' text. Connection settings (URLs, timeouts, TLS, page size)
@@ -297,6 +382,7 @@ impl SourceConfig {
         Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// The group-scope DNs, checked.
     pub fn scope_groups(&self) -> Result<Vec<Dn>> {
         parse_dns("scope_groups", &self.name, &self.scope_groups)
     }
@@ -320,7 +406,10 @@ impl SourceConfig {
     pub fn to_settings(&self) -> Result<LdapSettings> {
         let password = resolve_password(&self.name, self.password_file.as_deref(), self.password_env.as_deref())?;
         if self.bind_dn.is_some() && password.is_none() {
-            bail!("source {:?}: bind_dn is set but neither password_file nor password_env is", self.name);
+            return invalid(format!(
+                "source {:?}: bind_dn is set but neither password_file nor password_env is",
+                self.name
+            ));
         }
         Ok(LdapSettings { password, ..self.to_settings_without_password()? })
     }
@@ -328,7 +417,10 @@ impl SourceConfig {
     /// The settings with no password (the caller supplies it).
     pub fn to_settings_without_password(&self) -> Result<LdapSettings> {
         if self.urls.is_empty() {
-            bail!("source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL", self.name);
+            return invalid(format!(
+                "source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL",
+                self.name
+            ));
         }
         let password = None;
         Ok(LdapSettings {
@@ -406,7 +498,7 @@ mod tests {
     #[test]
     fn errors_name_the_line_and_field() {
         let err = Config::parse("[[source]]\nname = \"a\"\nurls = []\nbogus = 1\n").unwrap_err();
-        let text = format!("{err:#}");
+        let text = err.to_string();
         assert!(text.contains("bogus") && text.contains("line 4"), "{text}");
         let err = Config::parse(
             "[[source]]\nname = \"a\"\nurls = [\"ldap://x\"]\n[[source]]\nname = \"a\"\nurls = [\"ldap://y\"]\n",

@@ -5,7 +5,27 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+/// A file operation that failed, with the path it failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}: {error}", path.display())]
+pub struct FileError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub error: std::io::Error,
+}
+
+type Result<T> = std::result::Result<T, FileError>;
+
+/// Adds the action and path to an I/O result.
+trait Context<T> {
+    fn on(self, action: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> Context<T> for std::io::Result<T> {
+    fn on(self, action: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|error| FileError { action, path: path.to_path_buf(), error })
+    }
+}
 
 /// `path` with `.partial` after its file name: where a new version is written first.
 fn partial(path: &Path) -> PathBuf {
@@ -22,7 +42,7 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove the leftover {}", tmp.display())),
+        Err(e) => return Err(e).on("remove the leftover", &tmp),
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -33,18 +53,16 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     }
     #[cfg(not(unix))]
     let _ = private;
-    let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut file = options.open(&tmp).on("write", &tmp)?;
+    file.write_all(bytes).on("write", &tmp)?;
+    file.sync_all().on("write", &tmp)?;
     drop(file);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    std::fs::rename(&tmp, path).on("move into place", &tmp)?;
     // The rename is durable only once the directory is.
     #[cfg(unix)]
     {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).on("sync the directory", dir)?;
     }
     Ok(())
 }
@@ -53,7 +71,13 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
 /// directory, with an unpredictable name; never one that already existed
 /// (a planted directory or link is not reused).
 pub fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
-    let suffix: String = tenant::util::random_bytes::<12>().iter().map(|b| format!("{b:02x}")).collect();
+    let mut random = [0u8; 12];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).map_err(|_| FileError {
+        action: "make a random name for",
+        path: std::env::temp_dir(),
+        error: std::io::Error::other("the system random number generator failed"),
+    })?;
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let dir = std::env::temp_dir().join(format!("{prefix}-{suffix}"));
     let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]
@@ -61,7 +85,7 @@ pub fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    builder.create(&dir).on("create", &dir)?;
     Ok(dir)
 }
 
@@ -75,7 +99,7 @@ pub fn create_private(path: &Path) -> Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    options.open(path).with_context(|| format!("cannot create {}", path.display()))
+    options.open(path).on("create", path)
 }
 
 /// Replaces `path` with `bytes`, atomically.

@@ -1,0 +1,92 @@
+//! `/hybrid/v1`: password records from the sync side (password hash sync).
+//! Needs a sync or admin token.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST` here: [`PasswordBatch`] → [`PasswordResults`].
+pub const PASSWORDS_PATH: &str = "/hybrid/v1/passwords";
+
+/// Most records in one request (more is refused with 413).
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PasswordBatch {
+    pub credentials: Vec<CredentialUpdate>,
+}
+
+/// One item of a batch: a record to store, or `remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialUpdate {
+    pub immutable_id: String,
+    /// The record (`PPH1$…` or an LDAP `{SCHEME}` hash); absent with `remove`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub must_change_password: bool,
+    /// The user has no password on-premises any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
+}
+
+/// How one item ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialStatus {
+    Stored,
+    Removed,
+    UnknownUser,
+    /// The token may not set passwords in the user's domain.
+    Forbidden,
+    Invalid,
+}
+
+impl CredentialStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialStatus::Stored => "stored",
+            CredentialStatus::Removed => "removed",
+            CredentialStatus::UnknownUser => "unknown-user",
+            CredentialStatus::Forbidden => "forbidden",
+            CredentialStatus::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialResult {
+    pub immutable_id: String,
+    pub status: CredentialStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One result per item, in the batch's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordResults {
+    pub results: Vec<CredentialResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_form_is_camel_case_and_kebab_status() -> Result<(), serde_json::Error> {
+        let batch: PasswordBatch = serde_json::from_str(
+            r#"{"credentials":[{"immutableId":"a","record":"PPH1$x","mustChangePassword":true},{"immutableId":"b","remove":true}]}"#,
+        )?;
+        assert_eq!(batch.credentials.len(), 2);
+        assert!(batch.credentials.iter().any(|c| c.remove && c.immutable_id == "b"));
+        let out = serde_json::to_string(&PasswordResults {
+            results: vec![CredentialResult {
+                immutable_id: "ü".into(),
+                status: CredentialStatus::UnknownUser,
+                detail: None,
+            }],
+        })?;
+        assert_eq!(out, r#"{"results":[{"immutableId":"ü","status":"unknown-user"}]}"#);
+        Ok(())
+    }
+}

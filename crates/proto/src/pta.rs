@@ -1,0 +1,112 @@
+//! `/pta/v1`: pass-through agents. An agent registers once with a one-time
+//! token and its public key, then long-polls for sealed sign-in requests,
+//! answers each with an outcome and a MAC, and rotates its credential at
+//! half-life. Every call but `register` carries the agent's credential as a
+//! bearer token. Errors are [`crate::ErrorReply`].
+
+use serde::{Deserialize, Serialize};
+
+pub const REGISTER_PATH: &str = "/pta/v1/register";
+/// `GET ?wait_secs=N` → [`PollReply`]; doubles as the heartbeat.
+pub const POLL_PATH: &str = "/pta/v1/poll";
+pub const RESPOND_PATH: &str = "/pta/v1/respond";
+pub const ROTATE_PATH: &str = "/pta/v1/rotate";
+
+/// Agent credentials live this long; agents rotate them at half-life.
+pub const CREDENTIAL_LIFETIME_SECS: i64 = 30 * 24 * 3600;
+/// The longest a poll waits for work before it returns empty.
+pub const MAX_POLL_WAIT_SECS: u64 = 25;
+
+/// `POST` [`REGISTER_PATH`] → [`Credential`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The one-time registration token.
+    pub token: String,
+    /// The agent's X25519 public key, base64url.
+    pub public_key: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// An agent's credential: from registration (with its id) and rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    pub credential: String,
+    /// Unix seconds.
+    pub credential_expires: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollReply {
+    pub requests: Vec<Sealed>,
+}
+
+/// `POST` [`RESPOND_PATH`] → [`AnswerReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub request_id: String,
+    pub outcome: Outcome,
+    /// HMAC over the request id and outcome with the request's answer key (base64url).
+    #[serde(default)]
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerReply {
+    /// False when the request was not this agent's, was answered already, or the MAC was wrong.
+    pub accepted: bool,
+}
+
+/// A sign-in request as it travels (base64url fields); opened by the agent
+/// it was sealed to (`pta::open`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub request_id: String,
+    /// Unix seconds after which the agent must not answer.
+    pub deadline: i64,
+    pub agent_id: String,
+    /// The tenant's ephemeral public key.
+    pub ephemeral: String,
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+/// How a validation ended; the agent's whole answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Success,
+    WrongPassword,
+    AccountDisabled,
+    AccountExpired,
+    PasswordExpired,
+    MustChangePassword,
+    LockedOut,
+    LogonHours,
+    DirectoryUnreachable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::WrongPassword => "wrong-password",
+            Outcome::AccountDisabled => "account-disabled",
+            Outcome::AccountExpired => "account-expired",
+            Outcome::PasswordExpired => "password-expired",
+            Outcome::MustChangePassword => "must-change-password",
+            Outcome::LockedOut => "locked-out",
+            Outcome::LogonHours => "logon-hours",
+            Outcome::DirectoryUnreachable => "directory-unreachable",
+        }
+    }
+}
