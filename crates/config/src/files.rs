@@ -67,18 +67,22 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     Ok(())
 }
 
+/// 24 random hex digits, for names nobody can guess.
+pub fn random_suffix() -> Result<String> {
+    let mut random = [0u8; 12];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).map_err(|_| FileError {
+        action: "make a random name in",
+        path: std::env::temp_dir(),
+        error: std::io::Error::other("the system random number generator failed"),
+    })?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// A new directory only this user can enter, under the system's temporary
 /// directory, with an unpredictable name; never one that already existed
 /// (a planted directory or link is not reused).
 pub fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
-    let mut random = [0u8; 12];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).map_err(|_| FileError {
-        action: "make a random name for",
-        path: std::env::temp_dir(),
-        error: std::io::Error::other("the system random number generator failed"),
-    })?;
-    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = std::env::temp_dir().join(format!("{prefix}-{suffix}"));
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", random_suffix()?));
     let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]
     {

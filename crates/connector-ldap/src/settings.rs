@@ -61,6 +61,18 @@ pub enum ServerKind {
     Other,
 }
 
+impl ServerKind {
+    /// The one place that decides which built-in mapping a server's objects
+    /// get: Active Directory's (objectGUID anchors, userAccountControl,
+    /// sAMAccountName) or plain LDAP's.
+    pub fn mapping_flavor(self) -> sync::mapping::Flavor {
+        match self {
+            ServerKind::ActiveDirectory => sync::mapping::Flavor::ActiveDirectory,
+            ServerKind::OpenLdap | ServerKind::Ds389 | ServerKind::Other => sync::mapping::Flavor::Ldap,
+        }
+    }
+}
+
 impl fmt::Display for ServerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

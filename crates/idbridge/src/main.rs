@@ -6,18 +6,14 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod demo;
-mod dump;
-
+mod demo_cmd;
 mod idfix_cmd;
-mod idfix_index;
 mod init;
-mod ldif_source;
 mod progress;
 mod pta_agent;
-mod sample;
 mod sync_cmd;
 mod tenant_cmd;
+mod when;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +38,40 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How `source dump` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DumpFormat {
+    Ldif,
+    Json,
+}
+
+impl From<DumpFormat> for orchestration::dump::DumpFormat {
+    fn from(f: DumpFormat) -> Self {
+        match f {
+            DumpFormat::Ldif => orchestration::dump::DumpFormat::Ldif,
+            DumpFormat::Json => orchestration::dump::DumpFormat::Json,
+        }
+    }
+}
+
+/// The sample's flavour on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SampleFlavor {
+    /// Active Directory: user/group/contact objects, UPNs, proxyAddresses.
+    Ad,
+    /// OpenLDAP: inetOrgPerson and groupOfNames.
+    Openldap,
+}
+
+impl From<SampleFlavor> for sample::Flavor {
+    fn from(f: SampleFlavor) -> Self {
+        match f {
+            SampleFlavor::Ad => sample::Flavor::Ad,
+            SampleFlavor::Openldap => sample::Flavor::Openldap,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,7 +139,7 @@ enum SampleCommand {
         #[arg(long, default_value_t = 0)]
         contacts: u64,
         #[arg(long, value_enum, default_value = "openldap")]
-        flavor: sample::Flavor,
+        flavor: SampleFlavor,
         /// Percentage of users with a problem IdFix looks for (duplicates, bad characters, over-long values, .local domains).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
         defects: u8,
@@ -168,7 +198,7 @@ enum SourceCommand {
         #[arg(long)]
         state: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "ldif")]
-        format: dump::DumpFormat,
+        format: DumpFormat,
         /// Write here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -238,6 +268,8 @@ fn init_logging(json: bool, verbose: u8, quiet: bool) {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (see `when`).
+    when::init_local_offset();
     let cli = Cli::parse();
     init_logging(cli.log_json, cli.verbose, matches!(cli.command, Command::Demo { .. } | Command::Init(_)));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -264,7 +296,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Demo { data, listen, users, groups, json } => {
-            demo::run(demo::DemoOptions { data, listen, users, groups, json }).await
+            demo_cmd::run(orchestration::demo::DemoOptions { data, listen, users, groups }, json).await
         }
         Command::Init(args) => init::run(*args).await,
         Command::Tenant { command } => tenant_cmd::run(command).await,
@@ -287,6 +319,7 @@ async fn run(command: Command) -> Result<()> {
                     out,
                 },
         } => {
+            let flavor = sample::Flavor::from(flavor);
             let base_text = base_dn.unwrap_or_else(|| match flavor {
                 sample::Flavor::Ad => "DC=example,DC=test".into(),
                 sample::Flavor::Openldap => "dc=example,dc=org".into(),
@@ -333,11 +366,11 @@ async fn run(command: Command) -> Result<()> {
                     out,
                 },
         } => {
-            let settings = match config {
+            let (name, settings) = match config {
                 Some(path) => {
                     let cfg = config::Config::load(&path)?;
                     let src = cfg.source(source.as_deref()).with_context(|| format!("in {}", path.display()))?;
-                    src.to_settings()?
+                    (src.name.clone(), src.to_settings()?)
                 }
                 None => {
                     if url.is_empty() {
@@ -348,10 +381,30 @@ async fn run(command: Command) -> Result<()> {
                     if bind_dn.is_some() && password.is_none() {
                         bail!("--bind-dn needs --password-file FILE or --password-env VAR");
                     }
-                    quick_settings(url, bind_dn, password, &base_dn, starttls, ca_file, page_size)?
+                    (url.join(" "), quick_settings(url, bind_dn, password, &base_dn, starttls, ca_file, page_size)?)
                 }
             };
-            dump::run(dump::DumpRequest { settings, delta, state, format, out }).await
+            let started = std::time::Instant::now();
+            let mut progress = progress::StageProgress::default();
+            let request = orchestration::dump::DumpRequest { name, settings, delta, state, format: format.into(), out };
+            let report = orchestration::dump::run(request, &mut progress).await?;
+            let rate = progress.rate();
+            progress.done();
+            let mode = match &report.mode {
+                sync::ImportMode::Full => "full".to_string(),
+                sync::ImportMode::Delta => "delta".to_string(),
+                sync::ImportMode::FullFallback { reason } => format!("full (delta impossible: {reason})"),
+            };
+            eprintln!(
+                "{mode} import from {}: {} objects, {} deletions{} in {:.1} s ({:.0} objects/s)",
+                report.server,
+                report.upserts,
+                report.deletions,
+                if report.unchanged > 0 { format!(", {} unchanged", report.unchanged) } else { String::new() },
+                started.elapsed().as_secs_f64(),
+                rate
+            );
+            Ok(())
         }
     }
 }

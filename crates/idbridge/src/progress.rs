@@ -16,10 +16,6 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(what: &str) -> Progress {
-        Progress::with_total(what, None)
-    }
-
     /// With a known total, a bar with an ETA; otherwise a spinner.
     pub fn with_total(what: &str, total: Option<u64>) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -43,10 +39,6 @@ impl Progress {
         Progress { bar, what: what.to_string(), count: 0, started: now, last_line: now }
     }
 
-    pub fn inc(&mut self) {
-        self.inc_by(1);
-    }
-
     pub fn inc_by(&mut self, n: u64) {
         self.count += n;
         match &self.bar {
@@ -63,13 +55,48 @@ impl Progress {
         self.count as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
     }
 
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Shows each stage of a sync cycle as a progress line.
+#[derive(Debug, Default)]
+pub struct StageProgress {
+    current: Option<Progress>,
+}
+
+impl StageProgress {
+    /// Clears the last stage's line (before a summary is printed).
+    pub fn done(&mut self) {
+        if let Some(p) = self.current.take() {
+            p.finish();
+        }
+    }
+
+    /// Objects counted in the current stage, and their rate.
+    pub fn rate(&self) -> f64 {
+        self.current.as_ref().map(Progress::rate).unwrap_or(0.0)
+    }
+}
+
+impl sync::engine::CycleObserver for StageProgress {
+    fn stage(&mut self, name: &'static str, total: Option<u64>) {
+        self.done();
+        self.current = Some(Progress::with_total(name, total));
+    }
+
+    fn advance(&mut self, n: u64) {
+        if let Some(p) = self.current.as_mut() {
+            p.inc_by(n);
+        }
+    }
+}
+
+impl Drop for StageProgress {
+    fn drop(&mut self) {
+        self.done();
     }
 }

@@ -1,21 +1,17 @@
-//! `idbridge sync …`: run the engine and see what it did.
+//! `idbridge sync …`: run the engine and see what it did. The work is
+//! `orchestration::sync`; this module parses and prints.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Subcommand;
-use connector_ldap::{LdapSource, ServerKind};
-use connector_scim::ScimTarget;
-use store::SqliteStore;
-use sync::engine::{CycleOptions, CycleStatus, run_cycle};
-use sync::mapping::Flavor;
+use orchestration::sync::{CycleEvents, Explanation, RunOptions, SyncStatus};
+use store::{RunRow, RunSummary};
+use sync::engine::{CycleObserver, CycleReport, CycleStatus, PendingExport};
 
-use config::Config;
-
-/// Version of the built-in mapping; part of the configuration hash, so a new
-/// mapping triggers a full sync by itself.
-const MAPPING_VERSION: &str = "default-mapping-2";
+use crate::progress::StageProgress;
+use crate::when::{local_time, seconds};
 
 #[derive(Debug, Subcommand)]
 pub enum SyncCommand {
@@ -57,205 +53,123 @@ pub enum SyncCommand {
         /// A userName (UPN), an on-premises DN, or an immutableId.
         object: String,
     },
-    /// The last cycles and what is pending.
+    /// The last cycle and what is pending.
     Status {
         #[arg(long, default_value = "idbridge.toml")]
         config: PathBuf,
+        /// One JSON object (for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Objects that failed to export (retried every cycle).
     Errors {
         #[arg(long, default_value = "idbridge.toml")]
         config: PathBuf,
     },
-    /// Past cycles.
+    /// Past cycles, newest first.
     History {
         #[arg(long, default_value = "idbridge.toml")]
         config: PathBuf,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// One JSON object per line (for scripts).
+        #[arg(long)]
+        json: bool,
     },
 }
 
-fn open_store(config: &Config, config_path: &Path) -> Result<SqliteStore> {
-    let path = if config.sync.state.is_absolute() {
-        config.sync.state.clone()
-    } else {
-        config_path.parent().unwrap_or(Path::new(".")).join(&config.sync.state)
-    };
-    SqliteStore::open(&path).with_context(|| format!("opening the sync store {}", path.display()))
+/// Prints each cycle's report as it finishes, with a progress line per stage.
+#[derive(Default)]
+struct PrintedCycles {
+    progress: StageProgress,
+}
+
+impl CycleEvents for PrintedCycles {
+    fn observer(&mut self) -> &mut (dyn CycleObserver + Send) {
+        &mut self.progress
+    }
+
+    fn finished(&mut self, _source: &str, report: &CycleReport, elapsed: Duration) {
+        self.progress.done();
+        print_report(report, elapsed);
+    }
+
+    fn failed(&mut self, error: &orchestration::Error, retry_in: Duration) {
+        self.progress.done();
+        eprintln!("error: {error}\nretrying in {} s", retry_in.as_secs());
+    }
+}
+
+fn print_report(report: &CycleReport, elapsed: Duration) {
+    eprintln!(
+        "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted, {} passwords; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
+        report.status.as_str(),
+        report.import_mode,
+        report.imported,
+        report.deleted_on_premises,
+        report.synced,
+        report.out_of_scope,
+        report.created,
+        report.updated,
+        report.deleted,
+        report.passwords_synced,
+        report.error_count(),
+        elapsed.as_secs_f64(),
+        seconds(report.stage_ms[0]),
+        seconds(report.stage_ms[1]),
+        seconds(report.stage_ms[2]),
+    );
+    for (object, message) in &report.errors {
+        eprintln!("  error: {object}: {message}");
+    }
+    if let Some(failure) = &report.password_failure {
+        eprintln!("  error: {failure}");
+    }
+    if let CycleStatus::StoppedDeletionThresholdExceeded { pending, threshold } = report.status {
+        eprintln!(
+            "stopped: {pending} deletions pending, more than the threshold of {threshold}; nothing was exported. If they are right, run `idbridge sync run --once --allow-deletes {pending}`"
+        );
+    }
+}
+
+/// Ends on Ctrl-C, saying so.
+async fn interrupted() {
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("stopping");
 }
 
 pub async fn run(command: SyncCommand) -> Result<()> {
     match command {
-        SyncCommand::ResyncPasswords { config: path } => {
-            let config = Config::load(&path)?;
-            if !config.sources.iter().any(|s| s.password_hash_sync) {
-                bail!("{}: no [[source]] has password_hash_sync = true", path.display());
-            }
-            if config.sync.staging {
-                bail!("{}: staging mode is on, and a staging server sends no passwords", path.display());
-            }
+        SyncCommand::ResyncPasswords { config } => {
             eprintln!("full password resync: a full import of every source; every password is sent again");
-            Box::pin(run(SyncCommand::Run { config: path, once: true, full: true, allow_deletes: None })).await
+            Ok(orchestration::sync::resync_passwords(&config, &mut PrintedCycles::default()).await?)
         }
-        SyncCommand::Run { config: path, once, full, allow_deletes } => {
-            let config = Config::load(&path)?;
-            if config.sources.is_empty() {
-                bail!("{}: no [[source]] is configured", path.display());
-            }
-            let tenant = config.tenant.as_ref().with_context(|| {
-                format!("{}: a [tenant] section (url, token_file) is needed to sync", path.display())
-            })?;
-            let mut target = ScimTarget::new(
-                &tenant.url,
-                tenant.token()?,
-                tenant.ca_file.as_deref(),
-                Duration::from_secs(tenant.timeout_secs),
-            )?;
-            let mut store = open_store(&config, &path)?;
-            let (rules, rules_text) = load_rules(&config, &path)?;
-            // Several sources are synchronised one after the other; a source
-            // with `[source.join]` joins objects of the sources before it.
-            let mut sources = Vec::new();
-            for src in &config.sources {
-                let settings = src.to_settings()?;
-                if let Some(join) = &src.join {
-                    join.to_rules(&src.name)?;
-                }
-                let config_hash = src.sync_fingerprint(MAPPING_VERSION, &rules_text)?;
-                let source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
-                sources.push((src.name.clone(), source, config_hash));
-            }
-            let mut first = true;
-            let mut failures: u32 = 0;
-            loop {
-                let mut outcome = Ok(false);
-                for (name, source, config_hash) in &mut sources {
-                    let result = one_cycle(
-                        name,
-                        source,
-                        &mut store,
-                        &mut target,
-                        &config,
-                        config_hash,
-                        &rules,
-                        full && first,
-                        if first { allow_deletes } else { None },
-                    )
-                    .await
-                    .with_context(|| format!("source {name:?}"));
-                    if let Err(e) = &result
-                        && let Err(record) = store.record_failed_run(name, &format!("{e:#}"))
-                    {
-                        tracing::warn!(error = %record, "the failed cycle could not be recorded");
-                    }
-                    outcome = match (outcome, result) {
-                        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-                        (Ok(stopped), Ok(now)) => Ok(stopped || now),
-                    };
-                }
-                let pause = match outcome {
-                    Ok(stopped_by_threshold) => {
-                        failures = 0;
-                        first = false;
-                        if once {
-                            if stopped_by_threshold {
-                                bail!("deletion threshold exceeded");
-                            }
-                            return Ok(());
-                        }
-                        Duration::from_secs(config.sync.interval_secs)
-                    }
-                    Err(e) if once => return Err(e),
-                    Err(e) => {
-                        // A daemon outlives a failed cycle: the next one reconnects and resumes.
-                        failures += 1;
-                        let wait = Duration::from_secs((1u64 << failures.min(6)).min(60))
-                            .max(Duration::from_secs(config.sync.interval_secs));
-                        eprintln!("error: {e:#}\nretrying in {} s", wait.as_secs());
-                        wait
-                    }
-                };
-                // OpenLDAP pushes changes (refreshAndPersist): wake up at once
-                // instead of waiting the whole interval. Elsewhere, just wait.
-                let healthy = failures == 0;
-                let wait = async {
-                    if pause.is_zero() {
-                        return;
-                    }
-                    if let ([(_, source, _)], true) = (sources.as_mut_slice(), healthy) {
-                        match source.wait_for_change(pause).await {
-                            Ok(Some(_)) => return,
-                            Ok(None) => {}
-                            Err(e) => tracing::debug!(error = %e, "no change notification; waiting the interval"),
-                        }
-                    }
-                    tokio::time::sleep(pause).await;
-                };
-                tokio::select! {
-                    () = wait => {}
-                    _ = tokio::signal::ctrl_c() => { eprintln!("stopping"); return Ok(()); }
-                }
-            }
+        SyncCommand::Run { config, once, full, allow_deletes } => {
+            let options = RunOptions { once, full, allow_deletes };
+            Ok(orchestration::sync::run(&config, options, &mut PrintedCycles::default(), interrupted()).await?)
         }
-        SyncCommand::Preview { config: path, json, csv } => {
-            let pending = preview(&path, &mut StageProgress::default()).await?;
+        SyncCommand::Preview { config, json, csv } => {
+            let mut progress = StageProgress::default();
+            let pending = orchestration::sync::preview(&config, &mut progress).await?;
+            progress.done();
             print_preview(&pending, json, csv);
             Ok(())
         }
-        SyncCommand::Explain { config: path, object } => {
-            let config = Config::load(&path)?;
-            let store = open_store(&config, &path)?;
-            let (rules, _) = load_rules(&config, &path)?;
-            explain(&store, &rules, &object)
-        }
-        SyncCommand::Status { config: path } => {
-            let config = Config::load(&path)?;
-            let store = open_store(&config, &path)?;
-            let (cs, mv, exported, pending) = store.counts()?;
-            crate::out!(
-                "connector space: {cs} objects\nmetaverse: {mv} objects\nin the tenant: {exported} objects\npending export: {pending}"
-            );
-            crate::out!("staging: {}", if config.sync.staging { "on (nothing is exported)" } else { "off" });
-            match store.runs(1)?.first() {
-                Some(r) => crate::out!("last cycle: #{} {} ({}), {}", r.id, r.status, r.source, r.report),
-                None => crate::out!("last cycle: none yet"),
-            }
-            let phs: Vec<&str> =
-                config.sources.iter().filter(|s| s.password_hash_sync).map(|s| s.name.as_str()).collect();
-            if phs.is_empty() {
-                crate::out!("password hash sync: off");
-            } else {
-                let last = store.runs(200)?.into_iter().find(|r| r.report["passwords"].as_u64().is_some_and(|n| n > 0));
-                match last {
-                    Some(r) => crate::out!(
-                        "password hash sync: on ({}); last passwords sent: {} at {} ({})",
-                        phs.join(", "),
-                        r.report["passwords"],
-                        r.finished,
-                        r.source
-                    ),
-                    None => crate::out!("password hash sync: on ({}); no passwords sent yet", phs.join(", ")),
-                }
-                let mut pending = 0;
-                for name in &phs {
-                    pending += sync::engine::SyncStore::passwords_pending(&store, name)?.len();
-                }
-                let failed = store.errors()?.iter().filter(|e| e.stage == "password").count();
-                crate::out!("passwords waiting to be sent: {pending}; users whose password failed: {failed}");
-                if let Some(r) = store.runs(1)?.first()
-                    && let Some(message) = r.report["passwordFailure"].as_str()
-                {
-                    crate::out!("last cycle's password hash sync failed: {message}");
-                }
-            }
-            let errors = store.errors()?;
-            crate::out!("objects with errors: {}", errors.len());
+        SyncCommand::Explain { config, object } => {
+            print_explanation(&orchestration::sync::explain(&config, &object)?);
             Ok(())
         }
-        SyncCommand::Errors { config: path } => {
-            let config = Config::load(&path)?;
-            let store = open_store(&config, &path)?;
+        SyncCommand::Status { config, json } => {
+            let status = orchestration::sync::status(&config)?;
+            if json {
+                crate::out!("{}", status_json(&status));
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        SyncCommand::Errors { config } => {
+            let (_, store) = orchestration::sync::open(&config)?;
             let errors = store.errors()?;
             if errors.is_empty() {
                 crate::out!("no errors");
@@ -265,65 +179,121 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             }
             Ok(())
         }
-        SyncCommand::History { config: path, limit } => {
-            let config = Config::load(&path)?;
-            let store = open_store(&config, &path)?;
+        SyncCommand::History { config, limit, json } => {
+            let (_, store) = orchestration::sync::open(&config)?;
             let runs = store.runs(limit)?;
-            if runs.is_empty() {
+            if runs.is_empty() && !json {
                 crate::out!("no cycles yet");
             }
             for r in runs {
-                crate::out!("#{}\t{}\t{}\t{}\t{}", r.id, r.finished, r.source, r.status, r.report);
+                if json {
+                    crate::out!("{}", run_json(&r));
+                } else {
+                    crate::out!(
+                        "#{}  {}  {:<8}  {}  {}",
+                        r.id,
+                        local_time(&r.finished),
+                        r.source,
+                        r.status,
+                        summary(&r.report)
+                    );
+                }
             }
             Ok(())
         }
     }
 }
 
-/// What the first (or next) export would do, from an import and sync of
-/// every source into the configured store in staging mode.
-pub async fn preview(
-    path: &Path,
-    observer: &mut (dyn sync::engine::CycleObserver + Send),
-) -> Result<Vec<sync::engine::PendingExport>> {
-    let config = Config::load(path)?;
-    let mut store = open_store(&config, path)?;
-    let (rules, rules_text) = load_rules(&config, path)?;
-    for src in &config.sources {
-        let settings = src.to_settings()?;
-        let config_hash = src.sync_fingerprint(MAPPING_VERSION, &rules_text)?;
-        let mut source = LdapSource::new(settings).with_context(|| format!("source {:?}", src.name))?;
-        let (_, profile) = source.connect().await.with_context(|| format!("connecting to source {:?}", src.name))?;
-        let flavor = if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
-        let options = CycleOptions {
-            staging: true,
-            deletion_threshold: config.sync.deletion_threshold,
-            config_hash,
-            rules: rules.clone(),
-            scope_groups: src.scope_groups()?,
-            join: src.join.as_ref().map(|j| j.to_rules(&src.name)).transpose()?,
-            ..CycleOptions::default()
-        };
-        let mut nowhere = NoTarget;
-        run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options, observer)
-            .await
-            .with_context(|| format!("import and sync of source {:?} for the preview", src.name))?;
+/// One line of what a recorded cycle did.
+fn summary(s: &RunSummary) -> String {
+    if let Some(error) = &s.error {
+        return error.clone();
     }
-    Ok(sync::engine::pending_exports(&store, &rules)?)
+    let mut parts = vec![
+        format!("{} imported", s.imported),
+        format!("{} synced", s.synced),
+        format!("{} created, {} updated, {} deleted", s.created, s.updated, s.deleted),
+        format!("{} passwords", s.passwords),
+        format!("{} errors", s.errors),
+    ];
+    if s.deleted_on_premises > 0 {
+        parts.insert(1, format!("{} deleted on-premises", s.deleted_on_premises));
+    }
+    if let Some(mode) = &s.import_mode
+        && mode != "Delta"
+    {
+        parts.insert(0, mode.to_lowercase());
+    }
+    if let Some(ms) = s.stage_ms {
+        parts.push(format!("{:.1} s", seconds(ms.iter().sum())));
+    }
+    let mut text = parts.join(", ");
+    if let Some(failure) = &s.password_failure {
+        text.push_str(&format!("; {failure}"));
+    }
+    text
 }
 
-/// A target that is never called (preview runs in staging mode).
-struct NoTarget;
+fn run_json(r: &RunRow) -> serde_json::Value {
+    serde_json::json!({"id": r.id, "source": r.source, "finished": r.finished, "status": r.status, "report": r.report})
+}
 
-impl sync::engine::Target for NoTarget {
-    async fn apply(
-        &mut self,
-        ops: &[sync::engine::ExportOp],
-    ) -> Vec<Result<Option<String>, sync::engine::TargetError>> {
-        ops.iter()
-            .map(|_| Err(sync::engine::TargetError { message: "preview exports nothing".into(), not_found: false }))
-            .collect()
+fn status_json(s: &SyncStatus) -> serde_json::Value {
+    serde_json::json!({
+        "connectorSpace": s.connector_space, "metaverse": s.metaverse, "exported": s.exported,
+        "pendingExport": s.pending_export, "staging": s.staging,
+        "lastCycle": s.last_cycle.as_ref().map(run_json),
+        "passwordHashSync": {
+            "sources": s.password_sources, "lastSent": s.last_passwords.as_ref().map(run_json),
+            "pending": s.passwords_pending, "failed": s.passwords_failed,
+        },
+        "objectsWithErrors": s.objects_with_errors,
+    })
+}
+
+fn print_status(s: &SyncStatus) {
+    crate::out!(
+        "connector space: {} objects\nmetaverse: {} objects\nin the tenant: {} objects\npending export: {}",
+        s.connector_space,
+        s.metaverse,
+        s.exported,
+        s.pending_export
+    );
+    crate::out!("staging: {}", if s.staging { "on (nothing is exported)" } else { "off" });
+    match &s.last_cycle {
+        Some(r) => crate::out!(
+            "last cycle: #{} {} ({}), {}: {}",
+            r.id,
+            r.status,
+            r.source,
+            local_time(&r.finished),
+            summary(&r.report)
+        ),
+        None => crate::out!("last cycle: none yet"),
     }
+    if s.password_sources.is_empty() {
+        crate::out!("password hash sync: off");
+    } else {
+        let sources = s.password_sources.join(", ");
+        match &s.last_passwords {
+            Some(r) => crate::out!(
+                "password hash sync: on ({sources}); last passwords sent: {} at {} ({})",
+                r.report.passwords,
+                local_time(&r.finished),
+                r.source
+            ),
+            None => crate::out!("password hash sync: on ({sources}); no passwords sent yet"),
+        }
+        crate::out!(
+            "passwords waiting to be sent: {}; users whose password failed: {}",
+            s.passwords_pending,
+            s.passwords_failed
+        );
+        if let Some(message) = s.last_cycle.as_ref().and_then(|r| r.report.password_failure.as_ref()) {
+            crate::out!("last cycle's password hash sync failed: {message}");
+        }
+    }
+    crate::out!("objects with errors: {}", s.objects_with_errors);
 }
 
 fn show(v: &serde_json::Value) -> String {
@@ -338,7 +308,7 @@ fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
-fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool) {
+fn print_preview(pending: &[PendingExport], json: bool, csv: bool) {
     if json {
         for p in pending {
             let changes: Vec<serde_json::Value> =
@@ -392,189 +362,39 @@ fn print_preview(pending: &[sync::engine::PendingExport], json: bool, csv: bool)
     }
 }
 
-/// The value at one of the outbound mapping's tenant paths.
-fn explain(store: &SqliteStore, rules: &sync::rules::RuleSet, key: &str) -> Result<()> {
-    use sync::engine::SyncStore;
-    let Some((mv, source, cs_id)) = store.find(key)? else {
-        bail!(
-            "no synchronised object has the userName, DN or immutableId {key:?} (objects appear here after a sync cycle)"
-        );
-    };
-    let Some((obj, deleted)) = store.cs_get(&source, &cs_id)? else {
-        bail!("the source object of {key:?} is no longer in the connector space")
-    };
-    let flavor = if obj.entry.has("objectGUID") { Flavor::ActiveDirectory } else { Flavor::Ldap };
-    let (projection, mut origin) = sync::mapping::project_explained(flavor, &obj, rules);
-    let mut joined_lines = Vec::new();
-    for join in store.joined(&mv)? {
-        let dn = store.cs_get(&join.source, &join.id)?.map(|(o, _)| o.entry.dn.to_string()).unwrap_or_default();
-        joined_lines.push(format!("joined:      {dn} in source {:?}", join.source));
-        for key in join.attrs.keys() {
-            let wins = join.authoritative.contains(key);
-            if wins || !projection.attrs.contains_key(key) {
-                let why = if wins { "authoritative" } else { "fills a gap" };
-                origin.retain(|(m, _)| m != key);
-                origin.push((key.clone(), format!("source {:?} object {dn} (joined, {why})", join.source)));
-            }
+fn print_explanation(e: &Explanation) {
+    crate::out!(
+        "object:      {} ({}) in source {:?}{}",
+        e.dn,
+        e.kind,
+        e.source,
+        if e.deleted_on_premises { ", deleted on-premises" } else { "" }
+    );
+    for (dn, source) in &e.joined {
+        crate::out!("joined:      {dn} in source {source:?}");
+    }
+    crate::out!("immutableId: {}  (sourceAnchor, from the source's anchor attribute)", e.immutable_id);
+    match &e.tenant_id {
+        Some(id) => crate::out!("tenant id:   {id}"),
+        None => {
+            crate::out!("tenant id:   not exported yet (see `idbridge sync preview`)");
+            return;
         }
     }
-    let exported = store.exported(&mv)?;
-    crate::out!(
-        "object:      {} ({}) in source {source:?}{}",
-        obj.entry.dn,
-        obj.kind,
-        if deleted { ", deleted on-premises" } else { "" }
-    );
-    for line in &joined_lines {
-        crate::out!("{line}");
-    }
-    crate::out!("immutableId: {}  (sourceAnchor, from the source's anchor attribute)", projection.anchor);
-    match &exported {
-        Some((tenant_id, _)) => crate::out!("tenant id:   {tenant_id}"),
-        None => crate::out!("tenant id:   not exported yet (see `idbridge sync preview`)"),
-    }
-    let Some((_, resource)) = exported else { return Ok(()) };
-    // The outbound rules, run on the metaverse object as it is now: which
-    // rule and metaverse attribute each tenant attribute comes from.
-    let Some(record) = store.mv_get(&mv)? else { return Ok(()) };
-    let manager = match &record.manager {
-        Some(m) => store.exported_id(m)?,
-        None => None,
-    };
-    let members = store.exported_ids(&record.members)?;
-    let view = sync::mapping::MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
-    let (_, outbound) = sync::mapping::desired_resource_explained(&view, manager.as_deref(), &members, rules);
     crate::out!();
     crate::out!("{:<42} {:<36} from", "tenant attribute", "value");
-    for (path, how) in &outbound {
-        let Some(value) = sync::outbound::ScimPath::parse_any(path).ok().and_then(|p| p.get(&resource)) else {
-            continue;
-        };
-        // "metaverse jobTitle (rule out-user)" → and where jobTitle came from.
-        let upstream = how
-            .strip_prefix("metaverse ")
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|attr| origin.iter().find(|(m, _)| m == attr))
-            .map(|(_, from)| format!(" ← {from}"))
-            .unwrap_or_default();
-        let shown = match &value {
+    for a in &e.attributes {
+        let upstream = a.inbound.as_ref().map(|o| format!(" ← {o}")).unwrap_or_default();
+        let shown = match &a.value {
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(a) if a.len() > 3 => format!("[{} values]", a.len()),
+            serde_json::Value::Array(list) if list.len() > 3 => format!("[{} values]", list.len()),
             other => other.to_string(),
         };
-        crate::out!("{path:<42} {:<36} {how}{upstream}", shown.chars().take(36).collect::<String>());
+        crate::out!("{:<42} {:<36} {}{upstream}", a.path, shown.chars().take(36).collect::<String>(), a.outbound);
     }
     crate::out!(
         "\nflows: outbound rules (built in: crates/sync/src/default-outbound-rules.toml, plus [sync] rules) over the metaverse; inbound from the {} rules and the source attributes of {}",
-        if flavor == Flavor::ActiveDirectory { "Active Directory" } else { "LDAP" },
-        obj.entry.dn
+        if e.flavor == sync::mapping::Flavor::ActiveDirectory { "Active Directory" } else { "LDAP" },
+        e.dn
     );
-    Ok(())
-}
-
-/// Shows each stage of a cycle as a progress line.
-#[derive(Default)]
-pub(crate) struct StageProgress {
-    current: Option<crate::progress::Progress>,
-}
-
-impl sync::engine::CycleObserver for StageProgress {
-    fn stage(&mut self, name: &'static str, total: Option<u64>) {
-        if let Some(p) = self.current.take() {
-            p.finish();
-        }
-        self.current = Some(crate::progress::Progress::with_total(name, total));
-    }
-
-    fn advance(&mut self, n: u64) {
-        if let Some(p) = self.current.as_mut() {
-            p.inc_by(n);
-        }
-    }
-}
-
-impl Drop for StageProgress {
-    fn drop(&mut self) {
-        if let Some(p) = self.current.take() {
-            p.finish();
-        }
-    }
-}
-
-/// One cycle and its report; `Ok(true)` when the deletion threshold stopped the export.
-#[allow(clippy::too_many_arguments)]
-async fn one_cycle(
-    source_name: &str,
-    source: &mut LdapSource,
-    store: &mut SqliteStore,
-    target: &mut ScimTarget,
-    config: &Config,
-    config_hash: &str,
-    rules: &sync::rules::RuleSet,
-    full: bool,
-    allow_deletes: Option<usize>,
-) -> Result<bool> {
-    let (_, profile) = source.connect().await.with_context(|| format!("connecting to source {source_name:?}"))?;
-    let flavor = if profile.kind == ServerKind::ActiveDirectory { Flavor::ActiveDirectory } else { Flavor::Ldap };
-    let options = CycleOptions {
-        full,
-        staging: config.sync.staging,
-        deletion_threshold: config.sync.deletion_threshold,
-        allow_deletes,
-        config_hash: config_hash.to_string(),
-        rules: rules.clone(),
-        scope_groups: config.source(Some(source_name))?.scope_groups()?,
-        join: config.source(Some(source_name))?.join.as_ref().map(|j| j.to_rules(source_name)).transpose()?,
-        password_sync: config.source(Some(source_name))?.password_hash_sync,
-    };
-    let started = std::time::Instant::now();
-    let mut progress = StageProgress::default();
-    let report = run_cycle(source_name, flavor, source, store, target, &options, &mut progress)
-        .await
-        .context("sync cycle failed")?;
-    drop(progress);
-    store.record_run(source_name, &report)?;
-    eprintln!(
-        "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted, {} passwords; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
-        report.status.as_str(),
-        report.import_mode,
-        report.imported,
-        report.deleted_on_premises,
-        report.synced,
-        report.out_of_scope,
-        report.created,
-        report.updated,
-        report.deleted,
-        report.passwords_synced,
-        report.errors.len(),
-        started.elapsed().as_secs_f64(),
-        report.stage_ms[0] as f64 / 1000.0,
-        report.stage_ms[1] as f64 / 1000.0,
-        report.stage_ms[2] as f64 / 1000.0
-    );
-    for (object, message) in &report.errors {
-        eprintln!("  error: {object}: {message}");
-    }
-    if let CycleStatus::StoppedDeletionThresholdExceeded { pending, threshold } = report.status {
-        eprintln!(
-            "stopped: {pending} deletions pending, more than the threshold of {threshold}; nothing was exported. If they are right, run `idbridge sync run --once --allow-deletes {pending}`"
-        );
-        return Ok(true);
-    }
-    Ok(false)
-}
-
-/// The effective rules and a text that changes whenever they do (for the configuration hash).
-fn load_rules(config: &Config, config_path: &Path) -> Result<(sync::rules::RuleSet, String)> {
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let mut files = Vec::new();
-    for path in &config.sync.rules {
-        let full = if path.is_absolute() { path.clone() } else { base.join(path) };
-        let text =
-            std::fs::read_to_string(&full).with_context(|| format!("cannot read the rule file {}", full.display()))?;
-        files.push((full.display().to_string(), text));
-    }
-    let set = sync::rules::RuleSet::load(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let fingerprint = files.iter().map(|(n, t)| format!("{n}\n{t}")).collect::<Vec<_>>().join("\n--\n");
-    Ok((set, fingerprint))
 }

@@ -10,6 +10,7 @@
 //! - [`checks`]: the per-attribute rule chains (multi-tenant and dedicated).
 //! - [`duplicates`]: uniqueness the way the cloud enforces it.
 //! - [`finding`]: a finding and its CSV / JSON forms.
+//! - [`plan`]: the LDAP modifications that apply (and undo) a finding.
 //!
 //! Where the reference tool is wrong (see its spec, §8), this crate does what
 //! the cloud needs instead; each difference is named where it is made.
@@ -17,6 +18,7 @@
 pub mod checks;
 pub mod duplicates;
 pub mod finding;
+pub mod plan;
 pub mod skip;
 pub mod text;
 pub mod tld;

@@ -8,9 +8,10 @@ use std::path::Path;
 
 use directory::{Anchor, Dn, ObjectKind};
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
-use sync::engine::{CycleReport, MvRecord, StoreError, SyncStore};
-use sync::mapping::Projection;
+use sync::engine::{ConnectorSpace, CycleReport, ExportLog, Metaverse, MvRecord, StoreError, Transactional};
+use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
 
 const SCHEMA_V1: &str = "
@@ -68,7 +69,12 @@ const SCHEMA_V3: &str = "
 CREATE TABLE phs_pending (source TEXT NOT NULL, cs_id BLOB NOT NULL, PRIMARY KEY (source, cs_id)) WITHOUT ROWID;
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+/// The mapping flavour each source's last cycle ran with.
+const SCHEMA_V4: &str = "
+ALTER TABLE sources ADD COLUMN flavor TEXT;
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
@@ -124,9 +130,62 @@ pub struct ErrorRow {
 pub struct RunRow {
     pub id: i64,
     pub source: String,
+    /// RFC 3339, UTC.
     pub finished: String,
     pub status: String,
-    pub report: Json,
+    pub report: RunSummary,
+}
+
+/// What a recorded cycle did (stored as JSON; fields a version did not
+/// write read as zero or absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RunSummary {
+    /// `Full`, `Delta` or `FullFallback { reason }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_mode: Option<String>,
+    pub imported: u64,
+    pub deleted_on_premises: u64,
+    pub synced: u64,
+    pub out_of_scope: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    /// Objects that failed.
+    pub errors: u64,
+    /// Passwords stored in the tenant.
+    pub passwords: u64,
+    /// Password hash sync failed as a whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_failure: Option<String>,
+    /// Milliseconds in import, sync and export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage_ms: Option<[u64; 3]>,
+    /// The cycle failed: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RunSummary {
+    pub fn of(report: &CycleReport) -> RunSummary {
+        RunSummary {
+            import_mode: Some(format!("{:?}", report.import_mode)),
+            imported: report.imported,
+            deleted_on_premises: report.deleted_on_premises,
+            synced: report.synced,
+            out_of_scope: report.out_of_scope,
+            created: report.created,
+            updated: report.updated,
+            deleted: report.deleted,
+            unchanged: report.unchanged,
+            errors: report.error_count(),
+            passwords: report.passwords_synced,
+            password_failure: report.password_failure.as_ref().map(ToString::to_string),
+            stage_ms: Some(report.stage_ms),
+            error: None,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -221,21 +280,11 @@ impl SqliteStore {
     }
 
     pub fn record_run(&mut self, source: &str, report: &CycleReport) -> Result<(), StoreError> {
-        let body = json!({
-            "importMode": format!("{:?}", report.import_mode),
-            "imported": report.imported, "deletedOnPremises": report.deleted_on_premises, "synced": report.synced,
-            "outOfScope": report.out_of_scope, "created": report.created, "updated": report.updated,
-            "deleted": report.deleted, "unchanged": report.unchanged, "errors": report.errors.len(),
-            "passwords": report.passwords_synced,
-            // A failure of password hash sync as a whole (rights, DC), not of one user.
-            "passwordFailure": report.errors.iter()
-                .find(|(object, message)| object.starts_with("source ") && message.starts_with("password hash sync"))
-                .map(|(_, message)| message),
-        });
+        let body = serde_json::to_string(&RunSummary::of(report)).map_err(err)?;
         self.conn
             .execute(
                 "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, ?3, ?4)",
-                params![source, now(), report.status.as_str(), body.to_string()],
+                params![source, now(), report.status.as_str(), body],
             )
             .map_err(err)?;
         Ok(())
@@ -247,7 +296,12 @@ impl SqliteStore {
         self.conn
             .execute(
                 "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, 'failed', ?3)",
-                params![source, now(), json!({ "error": error }).to_string()],
+                params![
+                    source,
+                    now(),
+                    serde_json::to_string(&RunSummary { error: Some(error.to_string()), ..RunSummary::default() })
+                        .map_err(err)?
+                ],
             )
             .map_err(err)?;
         Ok(())
@@ -266,7 +320,8 @@ impl SqliteStore {
                     source: r.get(1)?,
                     finished: r.get(2)?,
                     status: r.get(3)?,
-                    report: serde_json::from_str(&report).unwrap_or(Json::Null),
+                    // A row this version cannot read shows as empty, never fails the listing.
+                    report: serde_json::from_str(&report).unwrap_or_default(),
                 })
             })
             .map_err(err)?;
@@ -313,7 +368,7 @@ impl SqliteStore {
     }
 }
 
-impl SyncStore for SqliteStore {
+impl Transactional for SqliteStore {
     // SQLite's own state, not a flag of ours: after an IO or disk-full error
     // SQLite may roll back by itself, and the next cycle must start clean.
     fn begin(&mut self) -> Result<(), StoreError> {
@@ -335,6 +390,32 @@ impl SyncStore for SqliteStore {
             return Ok(());
         }
         self.conn.execute_batch("ROLLBACK").map_err(err)
+    }
+}
+
+impl ConnectorSpace for SqliteStore {
+    fn flavor(&self, source: &str) -> Result<Option<Flavor>, StoreError> {
+        let f: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT flavor FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        Ok(match f.flatten().as_deref() {
+            Some("active-directory") => Some(Flavor::ActiveDirectory),
+            Some("ldap") => Some(Flavor::Ldap),
+            _ => None,
+        })
+    }
+
+    fn set_flavor(&mut self, source: &str, flavor: Flavor) -> Result<(), StoreError> {
+        let text = match flavor {
+            Flavor::ActiveDirectory => "active-directory",
+            Flavor::Ldap => "ldap",
+        };
+        self.conn
+            .execute("INSERT INTO sources(name, flavor) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET flavor = excluded.flavor", params![source, text])
+            .map_err(err)?;
+        Ok(())
     }
 
     fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
@@ -516,6 +597,28 @@ impl SyncStore for SqliteStore {
         Ok(())
     }
 
+    fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT cs_id FROM phs_pending WHERE source = ?1").map_err(err)?;
+        let rows = stmt.query_map(params![source], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+        let mut ids = Vec::new();
+        for row in rows {
+            ids.push(SourceId(row.map_err(err)?));
+        }
+        Ok(ids)
+    }
+
+    fn set_password_pending(&mut self, source: &str, id: &SourceId, pending: bool) -> Result<(), StoreError> {
+        let sql = if pending {
+            "INSERT OR IGNORE INTO phs_pending(source, cs_id) VALUES(?1, ?2)"
+        } else {
+            "DELETE FROM phs_pending WHERE source = ?1 AND cs_id = ?2"
+        };
+        self.conn.prepare_cached(sql).map_err(err)?.execute(params![source, id.0]).map_err(err)?;
+        Ok(())
+    }
+}
+
+impl Metaverse for SqliteStore {
     fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
         self.conn
             .query_row(
@@ -710,26 +813,6 @@ impl SyncStore for SqliteStore {
         Ok(())
     }
 
-    fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT cs_id FROM phs_pending WHERE source = ?1").map_err(err)?;
-        let rows = stmt.query_map(params![source], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
-        let mut ids = Vec::new();
-        for row in rows {
-            ids.push(SourceId(row.map_err(err)?));
-        }
-        Ok(ids)
-    }
-
-    fn set_password_pending(&mut self, source: &str, id: &SourceId, pending: bool) -> Result<(), StoreError> {
-        let sql = if pending {
-            "INSERT OR IGNORE INTO phs_pending(source, cs_id) VALUES(?1, ?2)"
-        } else {
-            "DELETE FROM phs_pending WHERE source = ?1 AND cs_id = ?2"
-        };
-        self.conn.prepare_cached(sql).map_err(err)?.execute(params![source, id.0]).map_err(err)?;
-        Ok(())
-    }
-
     fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError> {
         self.conn.execute("UPDATE mv SET dirty = 1 WHERE source = ?1", params![source]).map_err(err)?;
         Ok(())
@@ -744,15 +827,6 @@ impl SyncStore for SqliteStore {
             )
             .map_err(err)?;
         Ok(())
-    }
-
-    fn dirty(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM mv WHERE dirty = 1 ORDER BY deleted, CASE kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, id")
-            .map_err(err)?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
     fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError> {
@@ -774,6 +848,17 @@ impl SyncStore for SqliteStore {
         self.merge_joined(id, &mut attrs)?;
         let members: Vec<String> = serde_json::from_str(&members).map_err(err)?;
         Ok(Some(MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted }))
+    }
+}
+
+impl ExportLog for SqliteStore {
+    fn dirty(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM mv WHERE dirty = 1 ORDER BY deleted, CASE kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, id")
+            .map_err(err)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {

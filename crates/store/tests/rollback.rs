@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use connector_ldap::{LdapSettings, LdapSource, Secret};
 use directory::Dn;
 use store::SqliteStore;
-use sync::engine::{CycleOptions, ExportOp, Quiet, SyncStore, Target, TargetError, run_cycle};
+use sync::engine::{ConnectorSpace, CycleOptions, ExportOp, Quiet, Target, TargetError, run_cycle};
 use sync::mapping::Flavor;
 use sync::{ImportSink, ImportSummary, SinkError, Source, SourceChange, Watermark};
 use testkit::{Slapd, SlapdOptions, TempDir};

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use directory::{Dn, Entry, ObjectKind, Sid, Value};
 use serde_json::{Map, Value as Json, json};
 
-use crate::rules::RuleSet;
+use crate::rules::{Origin, RuleSet};
 use crate::source::SourceObject;
 
 /// What kind of directory an object came from; picks the inbound table.
@@ -75,8 +75,8 @@ pub fn project(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> Projectio
 
 /// Inbound sync, with the origin of each metaverse attribute:
 /// (metaverse attribute, source attribute or rule).
-pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> (Projection, Vec<(String, String)>) {
-    let mut origin: Vec<(String, String)> = Vec::new();
+pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> (Projection, Vec<Origin>) {
+    let mut origin: Vec<Origin> = Vec::new();
     let e = &obj.entry;
     let mut attrs = Map::new();
     let domain = dns_domain(&e.dn).unwrap_or_default();
@@ -89,7 +89,7 @@ pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) ->
             {
                 attrs.insert("userPrincipalName".into(), json!(u));
                 let rule = if e.has("mail") { "mail (built in)" } else { "uid + \"@\" + the DN's domain (built in)" };
-                origin.push(("userPrincipalName".into(), rule.into()));
+                origin.push(Origin::built_in("userPrincipalName", rule));
             }
             let enabled = match flavor {
                 // userAccountControl bit 2: ACCOUNTDISABLE.
@@ -103,25 +103,25 @@ pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) ->
                 }
             };
             attrs.insert("accountEnabled".into(), json!(enabled));
-            origin.push((
-                "accountEnabled".into(),
+            origin.push(Origin::built_in(
+                "accountEnabled",
                 match flavor {
-                    Flavor::ActiveDirectory => "userAccountControl (bit 2, ACCOUNTDISABLE, clear)".into(),
-                    Flavor::Ldap => "not pwdAccountLockedTime, not employeeType=disabled".into(),
+                    Flavor::ActiveDirectory => "userAccountControl (bit 2, ACCOUNTDISABLE, clear)",
+                    Flavor::Ldap => "not pwdAccountLockedTime, not employeeType=disabled",
                 },
             ));
         }
         _ => rules.apply(obj.kind, flavor, e, &mut attrs, &mut origin),
     }
     attrs.insert("onPremisesDistinguishedName".into(), json!(e.dn.to_string()));
-    origin.push(("onPremisesDistinguishedName".into(), "the object's DN".into()));
+    origin.push(Origin::built_in("onPremisesDistinguishedName", "the object's DN"));
     if !domain.is_empty() {
         attrs.insert("onPremisesDomainName".into(), json!(domain));
-        origin.push(("onPremisesDomainName".into(), "the DN's dc= parts".into()));
+        origin.push(Origin::built_in("onPremisesDomainName", "the DN's dc= parts"));
     }
     if let Some(sid) = e.first_bytes("objectSid").and_then(|b| Sid::from_bytes(b).ok()) {
         attrs.insert("onPremisesSecurityIdentifier".into(), json!(sid.to_string()));
-        origin.push(("onPremisesSecurityIdentifier".into(), "objectSid".into()));
+        origin.push(Origin::built_in("onPremisesSecurityIdentifier", "objectSid"));
     }
     let manager = e.first_text("manager").and_then(|m| Dn::parse(m).ok());
     let members = if obj.kind == ObjectKind::Group {
@@ -165,7 +165,7 @@ pub fn desired_resource_explained(
     manager: Option<&str>,
     members: &[String],
     rules: &RuleSet,
-) -> (Json, Vec<(String, String)>) {
+) -> (Json, Vec<Origin>) {
     let mut flows = Map::new();
     let mut origin = Vec::new();
     rules.apply_outbound(mv.kind, mv.attrs, &mut flows, &mut origin);
@@ -177,7 +177,7 @@ pub fn desired_resource_explained(
     };
     out.insert("schemas".into(), schemas);
     out.insert("externalId".into(), json!(mv.anchor));
-    origin.push(("externalId".into(), "the sourceAnchor (built in)".into()));
+    origin.push(Origin::built_in("externalId", "the sourceAnchor (built in)"));
     for (target, value) in flows {
         if let Ok(path) = crate::outbound::ScimPath::parse(&target) {
             path.set(&mut out, value);
@@ -191,14 +191,14 @@ pub fn desired_resource_explained(
     if mv.kind != ObjectKind::User && !out.contains_key("displayName") {
         // SCIM groups need a display name.
         out.insert("displayName".into(), json!(mv.anchor));
-        origin.push(("displayName".into(), "the sourceAnchor, for want of a name (built in)".into()));
+        origin.push(Origin::built_in("displayName", "the sourceAnchor, for want of a name (built in)"));
     }
     let hybrid = out.entry(HYBRID_SCHEMA.to_string()).or_insert_with(|| json!({}));
     if let Some(h) = hybrid.as_object_mut() {
         h.insert("immutableId".into(), json!(mv.anchor));
         h.insert("dirSyncEnabled".into(), json!(true));
     }
-    origin.push(("hybrid:immutableId".into(), "the sourceAnchor (built in)".into()));
+    origin.push(Origin::built_in("hybrid:immutableId", "the sourceAnchor (built in)"));
     match mv.kind {
         ObjectKind::User => {
             if let Some(m) = manager {
@@ -206,7 +206,7 @@ pub fn desired_resource_explained(
                 if let Some(e) = ent.as_object_mut() {
                     e.insert("manager".into(), json!({"value": m}));
                 }
-                origin.push(("enterprise:manager".into(), "manager (DN → that object's tenant id, built in)".into()));
+                origin.push(Origin::built_in("enterprise:manager", "manager (DN → that object's tenant id, built in)"));
             }
         }
         ObjectKind::Group => {
@@ -215,7 +215,7 @@ pub fn desired_resource_explained(
             sorted.dedup();
             if !sorted.is_empty() {
                 out.insert("members".into(), Json::Array(sorted.into_iter().map(|m| json!({"value": m})).collect()));
-                origin.push(("members".into(), "member (DNs → tenant ids, built in)".into()));
+                origin.push(Origin::built_in("members", "member (DNs → tenant ids, built in)"));
             }
         }
         _ => {}
@@ -392,7 +392,7 @@ flows = [{ target = "title", expression = "[jobTitle] & \" (\" & [department] & 
         .unwrap();
         let (r, origin) = desired_resource_explained(&view, None, &[], &custom);
         assert_eq!(r["title"], "Engineer (R&D)");
-        assert!(origin.iter().any(|(t, o)| t == "title" && o.contains("site-title")), "{origin:?}");
+        assert!(origin.iter().any(|o| o.attribute == "title" && o.to_string().contains("site-title")), "{origin:?}");
 
         for (bad, says) in [
             ("flows = [{ target = \"externalId\", source = [\"mail\"] }]", "set by the engine"),

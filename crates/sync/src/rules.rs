@@ -308,7 +308,7 @@ impl RuleSet {
         flavor: Flavor,
         entry: &Entry,
         out: &mut Map<String, Json>,
-        origin: &mut Vec<(String, String)>,
+        origin: &mut Vec<Origin>,
     ) {
         self.apply_direction(Direction::Inbound, kind, Some(flavor), &|| entry, &|f| flow_value(f, entry), out, origin);
     }
@@ -322,7 +322,7 @@ impl RuleSet {
         kind: ObjectKind,
         attrs: &Map<String, Json>,
         out: &mut Map<String, Json>,
-        origin: &mut Vec<(String, String)>,
+        origin: &mut Vec<Origin>,
     ) {
         // Built only when a scope filter or an expression needs it.
         let entry = std::cell::OnceCell::new();
@@ -347,7 +347,7 @@ impl RuleSet {
         entry: &dyn Fn() -> &'e Entry,
         value_of: &dyn Fn(&RuleFlow) -> Contribution,
         out: &mut Map<String, Json>,
-        origin: &mut Vec<(String, String)>,
+        origin: &mut Vec<Origin>,
     ) {
         let mut settled: Vec<&str> = Vec::new();
         for rule in &self.rules {
@@ -382,18 +382,18 @@ impl RuleSet {
                     Contribution::AuthoritativeNull => {
                         if !merged_before {
                             settled.push(target);
-                            origin.push((target.to_string(), format!("AuthoritativeNull (rule {})", rule.name)));
+                            origin.push(Origin::new(target, Provenance::AuthoritativeNull, Some(&rule.name)));
                         }
                         continue;
                     }
                     Contribution::Value(v, from) => (v, from),
                 };
-                let from = format!("{from} (rule {})", rule.name);
+                let from = Contributor { provenance: from, rule: Some(rule.name.clone()) };
                 match flow.merge {
                     MergeType::Update => {
                         settled.push(target);
                         out.insert(target.to_string(), value);
-                        origin.push((target.to_string(), from));
+                        origin.push(Origin { attribute: target.to_string(), from: vec![from] });
                     }
                     MergeType::Merge | MergeType::MergeCaseInsensitive => {
                         let mut values = texts(out.get(target));
@@ -407,14 +407,111 @@ impl RuleSet {
                             }
                         }
                         out.insert(target.to_string(), json!(values));
-                        match origin.iter_mut().find(|(t, _)| t == target) {
-                            Some((_, o)) => *o = format!("{o}, merged with {from}"),
-                            None => origin.push((target.to_string(), from)),
+                        match origin.iter_mut().find(|o| o.attribute == target) {
+                            Some(o) => o.from.push(from),
+                            None => origin.push(Origin { attribute: target.to_string(), from: vec![from] }),
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// What gave an attribute a value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Provenance {
+    /// Inbound: the directory attribute the flow read.
+    SourceAttribute(String),
+    /// Outbound: the metaverse attribute the flow read.
+    MetaverseAttribute(String),
+    Expression(String),
+    Constant(Json),
+    /// An `AuthoritativeNull` settled the attribute as empty.
+    AuthoritativeNull,
+    /// The engine itself, not a rule; the text says how.
+    BuiltIn(&'static str),
+    /// A joined object of another source.
+    Joined {
+        source: String,
+        dn: String,
+        authoritative: bool,
+    },
+}
+
+/// One contribution: what gave it and under which rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contributor {
+    pub provenance: Provenance,
+    pub rule: Option<String>,
+}
+
+/// Where one attribute's value came from: one contributor, or several
+/// merged in precedence order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    pub attribute: String,
+    pub from: Vec<Contributor>,
+}
+
+impl Origin {
+    fn new(attribute: &str, provenance: Provenance, rule: Option<&str>) -> Origin {
+        Origin {
+            attribute: attribute.to_string(),
+            from: vec![Contributor { provenance, rule: rule.map(str::to_string) }],
+        }
+    }
+
+    /// Set by the engine itself.
+    pub fn built_in(attribute: &str, how: &'static str) -> Origin {
+        Origin::new(attribute, Provenance::BuiltIn(how), None)
+    }
+
+    /// Given by a joined object of another source.
+    pub fn joined(attribute: &str, source: &str, dn: &str, authoritative: bool) -> Origin {
+        let provenance = Provenance::Joined { source: source.to_string(), dn: dn.to_string(), authoritative };
+        Origin::new(attribute, provenance, None)
+    }
+
+    /// The metaverse attributes the contributing flows read (outbound).
+    pub fn metaverse_attributes(&self) -> impl Iterator<Item = &str> {
+        self.from.iter().filter_map(|c| match &c.provenance {
+            Provenance::MetaverseAttribute(a) => Some(a.as_str()),
+            _ => None,
+        })
+    }
+}
+
+impl std::fmt::Display for Contributor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.provenance {
+            Provenance::SourceAttribute(a) => write!(f, "{a}")?,
+            Provenance::MetaverseAttribute(a) => write!(f, "metaverse {a}")?,
+            Provenance::Expression(e) => write!(f, "expression {e}")?,
+            Provenance::Constant(v) => write!(f, "constant {v}")?,
+            Provenance::AuthoritativeNull => write!(f, "AuthoritativeNull")?,
+            Provenance::BuiltIn(how) => write!(f, "{how}")?,
+            Provenance::Joined { source, dn, authoritative } => {
+                let why = if *authoritative { "authoritative" } else { "fills a gap" };
+                write!(f, "source {source:?} object {dn} (joined, {why})")?;
+            }
+        }
+        match &self.rule {
+            Some(rule) => write!(f, " (rule {rule})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, c) in self.from.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", merged with ")?;
+            }
+            write!(f, "{c}")?;
+        }
+        Ok(())
     }
 }
 
@@ -424,7 +521,7 @@ enum Contribution {
     AuthoritativeNull,
     Failed(crate::expr::EvalError),
     /// The value and where it came from.
-    Value(Json, String),
+    Value(Json, Provenance),
 }
 
 fn flow_value(flow: &RuleFlow, entry: &Entry) -> Contribution {
@@ -433,10 +530,10 @@ fn flow_value(flow: &RuleFlow, entry: &Entry) -> Contribution {
         FlowSource::Expression(e) => match e.eval(entry) {
             Ok(Val::Null | Val::IgnoreThisFlow) => Contribution::Nothing,
             Ok(Val::AuthoritativeNull) => Contribution::AuthoritativeNull,
-            Ok(v) => Contribution::Value(v.to_json(), format!("expression {e}")),
+            Ok(v) => Contribution::Value(v.to_json(), Provenance::Expression(e.to_string())),
             Err(err) => Contribution::Failed(err),
         },
-        FlowSource::Constant(v) => Contribution::Value(v.clone(), format!("constant {v}")),
+        FlowSource::Constant(v) => Contribution::Value(v.clone(), Provenance::Constant(v.clone())),
         FlowSource::Attributes(sources) => {
             for from in sources {
                 let values: Vec<String> = entry
@@ -448,7 +545,7 @@ fn flow_value(flow: &RuleFlow, entry: &Entry) -> Contribution {
                     .collect();
                 if let Some(first) = values.first() {
                     let v = if flow.multi { json!(values) } else { json!(first) };
-                    return Contribution::Value(v, from.clone());
+                    return Contribution::Value(v, Provenance::SourceAttribute(from.clone()));
                 }
             }
             Contribution::Nothing
@@ -494,7 +591,7 @@ fn outbound_flow_value<'e>(flow: &RuleFlow, attrs: &Map<String, Json>, entry: im
             Some(v) if flow.multi && !v.is_array() => json!([v]),
             Some(v) => v.clone(),
         };
-        return Contribution::Value(value, format!("metaverse {from}"));
+        return Contribution::Value(value, Provenance::MetaverseAttribute(from.clone()));
     }
     Contribution::Nothing
 }
@@ -523,7 +620,7 @@ mod tests {
     }
 
     /// The rules applied to a user with these attributes: (attributes, origins).
-    fn apply_to(set: &RuleSet, pairs: &[(&str, &str)]) -> (Map<String, Json>, Vec<(String, String)>) {
+    fn apply_to(set: &RuleSet, pairs: &[(&str, &str)]) -> (Map<String, Json>, Vec<Origin>) {
         let mut out = Map::new();
         let mut origin = Vec::new();
         set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, &mut origin);
@@ -545,7 +642,7 @@ mod tests {
         );
         assert_eq!(out["jobTitle"], "Boss");
         assert_eq!(out["mailNickname"], "a");
-        assert!(origin.contains(&("jobTitle".into(), "title (rule person)".into())));
+        assert!(origin.iter().any(|o| o.attribute == "jobTitle" && o.to_string() == "title (rule person)"));
     }
 
     #[test]
@@ -592,7 +689,7 @@ flows = [{ target = "mail", expression = "LCase(Trim([givenName])) & \".\" & LCa
         let set = RuleSet::load(&[("x.toml".into(), custom.into())]).unwrap();
         let (out, origin) = apply_to(&set, &[("givenName", " Ann "), ("sn", "Lee"), ("mail", "old@x")]);
         assert_eq!(out["mail"], "ann.lee@example.org");
-        assert!(origin.iter().any(|(t, o)| t == "mail" && o.starts_with("expression")));
+        assert!(origin.iter().any(|o| o.attribute == "mail" && o.to_string().starts_with("expression")));
         let bad = "[[rule]]\nname = \"b\"\nobjects = [\"user\"]\nflows = [{ target = \"mail\", expression = \"LCase([a]\" }]\n";
         let e = RuleSet::load(&[("y.toml".into(), bad.into())]).unwrap_err().to_string();
         assert!(e.contains("y.toml") && e.contains("rule \"b\", flow 1 (mail)") && e.contains("column 10"), "{e}");
@@ -637,7 +734,7 @@ flows = [
             json!(["SMTP:ann@example.org", "smtp:all@example.org", "smtp:ann@alias.example.org"]),
             "merged in precedence order, the case-insensitive duplicate dropped"
         );
-        let from = &origin.iter().find(|(t, _)| t == "proxyAddresses").unwrap().1;
+        let from = &origin.iter().find(|o| o.attribute == "proxyAddresses").unwrap().to_string();
         assert!(from.contains("addresses-primary") && from.contains("merged with") && from.contains("addresses-alias"));
         assert!(out.get("jobTitle").is_none(), "AuthoritativeNull keeps the built-in title out: {out:?}");
         assert_eq!(out["department"], "Sales", "IgnoreThisFlow lets the built-in rule give department");

@@ -124,8 +124,9 @@ impl Wizard {
             "Preview: importing and synchronising {objects} objects{} into a scratch store (nothing is sent) …",
             if self.other_sources().is_empty() { "" } else { " and the other configured directories" }
         ));
-        let pending =
-            crate::sync_cmd::preview(&path, &mut sync::engine::Quiet).await.context("the preview of the first sync")?;
+        let pending = orchestration::sync::preview(&path, &mut sync::engine::Quiet)
+            .await
+            .context("the preview of the first sync")?;
         let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for p in &pending {
             *counts.entry((p.action, p.kind.as_str())).or_default() += 1;

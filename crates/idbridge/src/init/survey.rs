@@ -128,7 +128,7 @@ impl Wizard {
             survey: &mut survey,
             scanner: idfix::Scanner::with_index(
                 idfix::Options::default(),
-                Box::new(crate::idfix_index::DiskIndex::create()?),
+                Box::new(orchestration::idfix_index::DiskIndex::create()?),
             ),
             anchor_attribute: anchor_attribute.clone(),
             anchors: HashMap::new(),

@@ -1,14 +1,13 @@
-//! `idbridge sample generate`: realistic directory data of any size, written
+//! Realistic directory data of any size, written
 //! as LDIF in one streaming pass. Every object is a pure function of the seed
 //! and its index, so managers and group members are named without keeping
 //! the directory in memory.
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
 use directory::{Dn, Entry, LdifWriter, Rdn, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
     /// Active Directory: user/group/contact objects, UPNs, proxyAddresses.
     Ad,
@@ -407,36 +406,35 @@ impl SampleSpec {
     }
 
     /// Writes the OUs (`with_ous`), users, groups and contacts as LDIF.
-    pub fn write(&self, out: impl Write, with_ous: bool) -> Result<u64> {
+    pub fn write(&self, out: impl Write, with_ous: bool) -> std::io::Result<u64> {
         let mut w = LdifWriter::new(out);
         w.write_comment(&format!(
             "idbridge sample data: {} users, {} groups, {} contacts, flavor {:?}, seed {}, defects {}%",
             self.users, self.groups, self.contacts, self.flavor, self.seed, self.defects_percent
-        ))
-        .context("writing the sample")?;
+        ))?;
         let mut n = 0;
         if with_ous {
             let contacts_ou =
                 self.base_dn.child(Rdn::single(if self.flavor == Flavor::Ad { "OU" } else { "ou" }, "Contacts"));
             for dn in [self.people_ou(), self.groups_ou(), contacts_ou] {
-                w.write_entry(&self.ou_entry(dn)).context("writing the sample")?;
+                w.write_entry(&self.ou_entry(dn))?;
                 n += 1;
             }
         }
         for i in 0..self.users {
-            w.write_entry(&self.user_entry(i)).context("writing the sample")?;
+            w.write_entry(&self.user_entry(i))?;
             n += 1;
         }
         // Children before parents: AD requires a member to exist when it is added.
         for g in (0..self.groups).rev() {
-            w.write_entry(&self.group_entry(g)).context("writing the sample")?;
+            w.write_entry(&self.group_entry(g))?;
             n += 1;
         }
         for c in 0..self.contacts {
-            w.write_entry(&self.contact_entry(c)).context("writing the sample")?;
+            w.write_entry(&self.contact_entry(c))?;
             n += 1;
         }
-        w.into_inner().flush().context("writing the sample")?;
+        w.into_inner().flush()?;
         Ok(n)
     }
 }

@@ -23,9 +23,9 @@ impl DiskIndex {
     /// A new index in a temporary file.
     pub fn create() -> Result<DiskIndex, IndexError> {
         // The index holds directory values: a new file, the owner's only.
-        let suffix: String = tenant::util::random_bytes::<12>().iter().map(|b| format!("{b:02x}")).collect();
+        let suffix = config::files::random_suffix().map_err(|e| IndexError(e.to_string()))?;
         let path = std::env::temp_dir().join(format!("idbridge-idfix-{suffix}.db"));
-        config::files::create_private(&path).map_err(|e| IndexError(format!("{e:#}")))?;
+        config::files::create_private(&path).map_err(|e| IndexError(e.to_string()))?;
         let conn = Connection::open(&path).map_err(err)?;
         // A scratch file: no journal, no fsync, a bounded page cache (8 MiB).
         conn.execute_batch(

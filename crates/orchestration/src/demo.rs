@@ -3,11 +3,11 @@
 //! the sync engine with password hash sync, and "My Apps", a relying party
 //! that signs people in through the tenant's OpenID Connect provider.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
 use connector_scim::ScimTarget;
 use directory::Dn;
 use store::SqliteStore;
@@ -18,8 +18,11 @@ use tenant::oidc::{clients, keys::Alg, myapps};
 use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use tenant::tokens::{self, Scope};
 
-use crate::ldif_source::LdifSource;
-use crate::sample::{Flavor as SampleFlavor, SampleSpec};
+use connector_ldif::LdifSource;
+use sample::{Flavor as SampleFlavor, SampleSpec};
+use sync::engine::{CycleObserver, CycleReport};
+
+use crate::{Error, IoContext, Result};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -28,11 +31,10 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     pub users: u64,
     pub groups: u64,
-    /// Once ready, print one JSON object on standard output (for scripts).
-    pub json: bool,
 }
 
 /// Removes the temporary demo directory when the demo ends.
+#[derive(Debug)]
 struct Cleanup(Option<PathBuf>);
 
 impl Drop for Cleanup {
@@ -43,17 +45,64 @@ impl Drop for Cleanup {
     }
 }
 
-pub async fn run(o: DemoOptions) -> Result<()> {
-    let started = Instant::now();
-    let (data, _cleanup) = match &o.data {
+/// What the demo set up, for the person to try.
+#[derive(Debug, Clone)]
+pub struct DemoReady {
+    /// My Apps, where people sign in.
+    pub url: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// The SCIM base.
+    pub scim: String,
+    pub admin_token: String,
+    /// Synchronised users and their on-premises passwords.
+    pub users: Vec<(String, String)>,
+    pub data: PathBuf,
+    /// The sample directory.
+    pub ldif: PathBuf,
+    /// The first sync cycle.
+    pub report: CycleReport,
+}
+
+/// A running demo: the tenant serves until the shutdown future given to
+/// [`start`] completes.
+#[derive(Debug)]
+pub struct Demo {
+    pub ready: DemoReady,
+    server: tokio::task::JoinHandle<std::result::Result<(), tenant::TenantError>>,
+    _cleanup: Cleanup,
+}
+
+impl Demo {
+    /// Waits until the tenant stops; the temporary directory goes with it.
+    pub async fn wait(self) -> Result<()> {
+        match self.server.await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(Error::Refused(format!("the tenant task failed: {e}"))),
+        }
+    }
+}
+
+/// Generates the sample organisation (first run of a data directory),
+/// starts the tenant, registers My Apps for this address and runs one sync
+/// cycle with password hash sync. `notice` is told what takes time.
+pub async fn start(
+    o: DemoOptions,
+    progress: &mut (dyn CycleObserver + Send),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    notice: &mut dyn FnMut(&str),
+) -> Result<Demo> {
+    let (data, cleanup) = match &o.data {
         Some(d) => (d.clone(), Cleanup(None)),
         None => {
             let dir = config::files::private_temp_dir("idbridge-demo")?;
             (dir.clone(), Cleanup(Some(dir)))
         }
     };
-    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
-    let base_dn = Dn::parse("dc=example,dc=org").context("sample base DN")?;
+    std::fs::create_dir_all(&data).on("create", &data)?;
+    let base_dn =
+        Dn::parse("dc=example,dc=org").map_err(|error| Error::Dn { what: "the sample's base DN".into(), error })?;
     let spec = SampleSpec {
         users: o.users,
         groups: o.groups,
@@ -69,14 +118,14 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     };
     let ldif = data.join("directory.ldif");
     if !ldif.exists() {
-        eprintln!("generating a sample organisation: {} users, {} groups …", o.users, o.groups);
+        notice(&format!("generating a sample organisation: {} users, {} groups …", o.users, o.groups));
         // Password hashes: the owner's only.
         let file = config::files::create_private(&ldif)?;
-        spec.write(std::io::BufWriter::new(file), true).with_context(|| format!("writing {}", ldif.display()))?;
+        spec.write(std::io::BufWriter::new(file), true).on("write", &ldif)?;
     }
 
     let tenant_dir = data.join("tenant");
-    let (store, _) = tenant::open_or_create(&tenant_dir, "demo.idbridge.test").context("opening the demo tenant")?;
+    let (store, _) = tenant::open_or_create(&tenant_dir, "demo.idbridge.test")?;
     let (admin, sync_token) = {
         let conn = store.lock();
         if domains::get(&conn, "example.org")?.is_none() {
@@ -96,7 +145,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
             move |_, base| {
                 let _ = ready_tx.send(base.to_string());
             },
-            crate::tenant_cmd::shutdown_signal(),
+            shutdown,
         )
         .await
     });
@@ -104,8 +153,11 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         Ok(b) => b,
         Err(_) => {
             // The server task ended before it was ready: its error says why (e.g. the port is taken).
-            server.await.context("the tenant task failed")??;
-            anyhow::bail!("the tenant did not start");
+            return match server.await {
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(())) => Err(Error::Refused("the tenant stopped before it was ready".into())),
+                Err(e) => Err(Error::Refused(format!("the tenant task failed: {e}"))),
+            };
         }
     };
     let issuer = base.trim_end_matches("/scim/v2").to_string();
@@ -125,61 +177,25 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     };
 
     let mut source = LdifSource::new(&ldif);
-    let mut sync_store = SqliteStore::open(&data.join("sync.db"))?;
+    let state = data.join("sync.db");
+    let mut sync_store = SqliteStore::open(&state).map_err(|error| Error::OpenStore { path: state.clone(), error })?;
     let mut target = ScimTarget::new(&base, sync_token, None, Duration::from_secs(60))?;
     let options = CycleOptions { password_sync: true, ..CycleOptions::default() };
-    let mut progress = crate::sync_cmd::StageProgress::default();
-    let report = run_cycle("demo", Flavor::Ldap, &mut source, &mut sync_store, &mut target, &options, &mut progress)
+    let report = run_cycle("demo", Flavor::Ldap, &mut source, &mut sync_store, &mut target, &options, progress)
         .await
-        .context("synchronising the sample directory")?;
-    drop(progress);
+        .map_err(|error| Error::Cycle { source_name: "demo".into(), error })?;
     sync_store.record_run("demo", &report)?;
-    let examples = spec.sign_in_examples(2);
-    let url = format!("{issuer}/myapps");
-
-    if o.json {
-        let users: Vec<_> = examples.iter().map(|(u, p)| serde_json::json!({"username": u, "password": p})).collect();
-        crate::out!(
-            "{}",
-            serde_json::json!({
-                "url": url, "issuer": issuer, "client_id": client_id, "redirect_uri": redirect_uri,
-                "scim": base, "admin_token": admin, "users": users, "data": data.display().to_string(),
-            })
-        );
-    } else {
-        crate::out!();
-        crate::out!("idbridge demo is ready ({:.1} s).", started.elapsed().as_secs_f64());
-        crate::out!();
-        crate::out!("  Open {url} and sign in as a synchronised user with their on-premises password:");
-        for (user, password) in &examples {
-            crate::out!("    {user}   {password}");
-        }
-        crate::out!();
-        crate::out!("What just happened:");
-        crate::out!("  - a sample directory with passwords ({{SSHA}}) is in {}", ldif.display());
-        crate::out!(
-            "  - the sync engine imported {} objects and created {} in the tenant ({} updated, {} errors; planted duplicates wait in quarantine)",
-            report.imported,
-            report.created,
-            report.updated,
-            report.errors.len()
-        );
-        crate::out!(
-            "  - password hash sync stored {} passwords; the hashes never touched the sync store",
-            report.passwords_synced
-        );
-        crate::out!(
-            "  - the tenant serves SCIM at {base} and OpenID Connect at {issuer}/.well-known/openid-configuration"
-        );
-        crate::out!();
-        crate::out!("Try the SCIM API:");
-        crate::out!(
-            "  curl -H 'Authorization: Bearer {admin}' '{base}/Users?count=3&attributes=userName,displayName,title'"
-        );
-        crate::out!();
-        crate::out!("Press Ctrl-C to stop.");
-    }
-    server.await.context("the tenant task failed")??;
-    eprintln!("demo stopped");
-    Ok(())
+    let ready = DemoReady {
+        url: format!("{issuer}/myapps"),
+        issuer,
+        client_id,
+        redirect_uri,
+        scim: base,
+        admin_token: admin,
+        users: spec.sign_in_examples(2),
+        data,
+        ldif,
+        report,
+    };
+    Ok(Demo { ready, server, _cleanup: cleanup })
 }

@@ -4,17 +4,17 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use connector_ldap::{LdapSettings, LdapSource};
 use directory::{Dn, LdifWriter, Value};
 use serde::{Deserialize, Serialize};
+use sync::engine::CycleObserver;
 use sync::{ImportMode, ImportSummary, SinkError, Source, SourceChange, SourceId, Watermark};
 
-use crate::progress::Progress;
+use crate::{Error, IoContext, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DumpFormat {
     Ldif,
     Json,
@@ -33,14 +33,14 @@ fn hex(id: &SourceId) -> String {
 }
 
 fn load_state(path: &Path) -> Result<DumpState> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read the state file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).on("read the state file", path)?;
     serde_json::from_str(&text)
-        .with_context(|| format!("the state file {} is not one `source dump` wrote", path.display()))
+        .map_err(|e| Error::Refused(format!("the state file {} is not one `source dump` wrote ({e})", path.display())))
 }
 
 fn save_state(path: &Path, state: &DumpState) -> Result<()> {
-    Ok(config::files::write_atomically(path, &serde_json::to_vec(state)?)?)
+    let text = serde_json::to_vec(state).map_err(|e| Error::Output(std::io::Error::other(e)))?;
+    Ok(config::files::write_atomically(path, &text)?)
 }
 
 struct Output<W: Write> {
@@ -99,7 +99,11 @@ impl<W: Write> Output<W> {
     }
 }
 
+/// What `source dump` is asked for.
+#[derive(Debug)]
 pub struct DumpRequest {
+    /// The source's name in messages.
+    pub name: String,
     pub settings: LdapSettings,
     pub delta: bool,
     pub state: Option<PathBuf>,
@@ -107,28 +111,46 @@ pub struct DumpRequest {
     pub out: Option<PathBuf>,
 }
 
-pub async fn run(req: DumpRequest) -> Result<()> {
+/// What a dump did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpReport {
+    pub mode: ImportMode,
+    /// The server read, and what it is.
+    pub server: String,
+    pub upserts: u64,
+    /// Reported by the server or found by reconciliation.
+    pub deletions: u64,
+    pub unchanged: u64,
+}
+
+/// Writes what the connector sees (LDIF or JSON lines) to `req.out` or
+/// standard output; with a state file, a later `delta` dump writes only
+/// what changed, deletions included.
+pub async fn run(req: DumpRequest, progress: &mut (dyn CycleObserver + Send)) -> Result<DumpReport> {
     if req.delta && req.state.is_none() {
-        bail!("--delta needs --state FILE, written by an earlier `source dump --state FILE`");
+        return Err(Error::Refused(
+            "--delta needs --state FILE, written by an earlier `source dump --state FILE`".into(),
+        ));
     }
     let mut state = match (&req.state, req.delta) {
         (Some(p), true) => load_state(p)?,
         _ => DumpState::default(),
     };
     let writer: Box<dyn Write + Send> = match &req.out {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?),
+        Some(p) => Box::new(std::fs::File::create(p).on("create", p)?),
         None => Box::new(std::io::stdout()),
     };
     let mut out =
         Output { format: req.format, ldif: LdifWriter::new(std::io::BufWriter::with_capacity(1 << 16, writer)) };
     let keep_state = req.state.is_some();
-    let mut source = LdapSource::new(req.settings).context("invalid source settings")?;
-    let mut progress = Progress::new(if req.delta { "delta import" } else { "full import" });
+    let name = req.name.clone();
+    let mut source = LdapSource::new(req.settings).map_err(|e| crate::directory_error(&name, e))?;
+    progress.stage(if req.delta { "delta import" } else { "full import" }, None);
     let mut seen: HashSet<SourceId> = HashSet::new();
     let mut seen_dns: BTreeMap<String, String> = BTreeMap::new();
     let mut deleted: Vec<(SourceId, Option<String>)> = Vec::new();
     let mut sink = |change: SourceChange| -> Result<(), SinkError> {
-        progress.inc();
+        progress.advance(1);
         let io = |e: std::io::Error| SinkError(format!("writing the dump: {e}"));
         match change {
             SourceChange::Upsert(mut obj) => {
@@ -156,12 +178,11 @@ pub async fn run(req: DumpRequest) -> Result<()> {
     let summary: ImportSummary = match (&state.watermark, req.delta) {
         (Some(w), true) => source.delta_import(w, &mut sink).await,
         (None, true) => {
-            bail!("the state file has no watermark; run a full dump with --state first")
+            return Err(Error::Refused("the state file has no watermark; run a full dump with --state first".into()));
         }
         _ => source.full_import(state.watermark.as_ref(), &mut sink).await,
     }
-    .context("import failed")?;
-    progress.finish();
+    .map_err(|e| crate::directory_error(&name, e))?;
 
     // Reconciliation: known objects in the reconciled subtrees that were not reported are gone.
     let mut reconciled = Vec::new();
@@ -182,10 +203,10 @@ pub async fn run(req: DumpRequest) -> Result<()> {
                 .filter_map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap_or(""), 16).ok())
                 .collect(),
         );
-        out.delete(&id, Some(dn)).context("writing the dump")?;
+        out.delete(&id, Some(dn)).map_err(Error::Output)?;
         state.objects.remove(id_hex);
     }
-    out.ldif.inner_mut().flush().context("writing the dump")?;
+    out.ldif.inner_mut().flush().map_err(Error::Output)?;
 
     if let Some(path) = &req.state {
         if !req.delta || summary.mode != ImportMode::Delta {
@@ -199,18 +220,11 @@ pub async fn run(req: DumpRequest) -> Result<()> {
         save_state(path, &state)?;
     }
     let server = source.server().map(|(s, _)| format!("{} ({})", s.url, s.root_dse.describe())).unwrap_or_default();
-    let mode = match &summary.mode {
-        ImportMode::Full => "full".to_string(),
-        ImportMode::Delta => "delta".to_string(),
-        ImportMode::FullFallback { reason } => format!("full (delta impossible: {reason})"),
-    };
-    eprintln!(
-        "{mode} import from {server}: {} objects, {} deletions{} in {:.1} s ({:.0} objects/s)",
-        summary.upserts,
-        summary.deletes + reconciled.len() as u64,
-        if summary.presents > 0 { format!(", {} unchanged", summary.presents) } else { String::new() },
-        progress.elapsed().as_secs_f64(),
-        progress.rate()
-    );
-    Ok(())
+    Ok(DumpReport {
+        mode: summary.mode,
+        server,
+        upserts: summary.upserts,
+        deletions: summary.deletes + reconciled.len() as u64,
+        unchanged: summary.presents,
+    })
 }

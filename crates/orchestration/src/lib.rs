@@ -1,0 +1,71 @@
+//! What the `idbridge` commands do, as library functions, so tests and
+//! benchmarks call them instead of starting the binary: the sync daemon and
+//! its run profiles ([`sync`]), source dumps ([`dump`]), IdFix runs against
+//! a directory ([`idfix`]) and the demo ([`demo`]). The binary parses
+//! arguments and prints; everything it prints comes from values these
+//! functions return or events they report.
+
+pub mod demo;
+pub mod dump;
+pub mod idfix;
+pub mod idfix_index;
+pub mod sync;
+
+use std::path::PathBuf;
+
+/// Why a command could not do its work. Each variant names what failed
+/// (the file, the source, the tenant) and carries the underlying error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    File(#[from] config::files::FileError),
+    #[error("cannot {action} {}: {error}", path.display())]
+    Io { action: &'static str, path: PathBuf, error: std::io::Error },
+    #[error("writing the output: {0}")]
+    Output(#[source] std::io::Error),
+    #[error("source {source_name:?}: {error}")]
+    Directory { source_name: String, error: Box<connector_ldap::LdapError> },
+    #[error("opening the sync store {}: {error}", path.display())]
+    OpenStore { path: PathBuf, error: ::sync::engine::StoreError },
+    #[error(transparent)]
+    Store(#[from] ::sync::engine::StoreError),
+    #[error(transparent)]
+    Rules(#[from] ::sync::rules::RuleError),
+    #[error(transparent)]
+    Tenant(#[from] connector_scim::ScimTargetError),
+    #[error("the tenant: {0}")]
+    TenantStore(#[from] tenant::TenantError),
+    #[error("source {source_name:?}: the sync cycle failed: {error}")]
+    Cycle { source_name: String, error: ::sync::engine::CycleError },
+    #[error("{what}: {error}")]
+    Ldif { what: String, error: directory::LdifError },
+    #[error("{what}: {error}")]
+    Dn { what: String, error: directory::DnError },
+    #[error("{0}")]
+    Idfix(String),
+    /// The command cannot run as asked; the text says why and what to do.
+    #[error("{0}")]
+    Refused(String),
+    /// The deletion threshold stopped a `--once` run's export.
+    #[error("deletion threshold exceeded")]
+    DeletionThreshold,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds the action and path to an I/O result.
+pub(crate) trait IoContext<T> {
+    fn on(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn on(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|error| Error::Io { action, path: path.into(), error })
+    }
+}
+
+pub(crate) fn directory_error(source_name: &str, error: connector_ldap::LdapError) -> Error {
+    Error::Directory { source_name: source_name.to_string(), error: Box::new(error) }
+}

@@ -1,0 +1,398 @@
+//! The sync engine as configured by `idbridge.toml`: the daemon loop with
+//! back-off, one-shot and full runs, the full password resync, preview,
+//! explain and status.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use config::{Config, SourceConfig};
+use connector_ldap::LdapSource;
+use connector_scim::ScimTarget;
+use serde_json::Value as Json;
+use store::SqliteStore;
+use sync::engine::{
+    ConnectorSpace, CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportLog, Metaverse, PendingExport,
+    run_cycle,
+};
+use sync::mapping::Flavor;
+use sync::rules::RuleSet;
+
+use crate::{Error, IoContext, Result, directory_error};
+
+/// Version of the built-in mapping; part of the configuration fingerprint,
+/// so a new mapping triggers a full sync by itself.
+pub const MAPPING_VERSION: &str = "default-mapping-2";
+
+/// Opens the configuration's sync store.
+pub fn open_store(config: &Config) -> Result<SqliteStore> {
+    let path = &config.sync.state;
+    SqliteStore::open(path).map_err(|error| Error::OpenStore { path: path.clone(), error })
+}
+
+/// The configuration at `path` and its sync store.
+pub fn open(path: &Path) -> Result<(Config, SqliteStore)> {
+    let config = Config::load(path)?;
+    let store = open_store(&config)?;
+    Ok((config, store))
+}
+
+/// The effective rules and a text that changes whenever they do (for the
+/// configuration fingerprint).
+pub fn load_rules(config: &Config) -> Result<(RuleSet, String)> {
+    let mut files = Vec::new();
+    for path in &config.sync.rules {
+        let text = std::fs::read_to_string(path).on("read the rule file", path)?;
+        files.push((path.display().to_string(), text));
+    }
+    let set = RuleSet::load(&files)?;
+    let fingerprint = files.iter().map(|(n, t)| format!("{n}\n{t}")).collect::<Vec<_>>().join("\n--\n");
+    Ok((set, fingerprint))
+}
+
+/// How `run` runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// One cycle per source, then return.
+    pub once: bool,
+    /// The first cycle is a full import and full sync.
+    pub full: bool,
+    /// Let this many deletions through the first cycle, above the deletion threshold.
+    pub allow_deletes: Option<usize>,
+}
+
+/// What `run` tells its caller as it goes.
+pub trait CycleEvents: Send {
+    /// Told each stage's progress.
+    fn observer(&mut self) -> &mut (dyn CycleObserver + Send);
+    /// A source's cycle finished (recorded in the store already).
+    fn finished(&mut self, source: &str, report: &CycleReport, elapsed: Duration);
+    /// A daemon's round failed; the next one starts after `retry_in`.
+    fn failed(&mut self, error: &Error, retry_in: Duration);
+}
+
+/// The engine's settings for one configured source.
+fn cycle_options(config: &Config, src: &SourceConfig, rules: &RuleSet, rules_text: &str) -> Result<CycleOptions> {
+    Ok(CycleOptions {
+        staging: config.sync.staging,
+        deletion_threshold: config.sync.deletion_threshold,
+        config_hash: src.sync_fingerprint(MAPPING_VERSION, rules_text)?,
+        rules: rules.clone(),
+        scope_groups: src.scope_groups()?,
+        join: src.join.as_ref().map(|j| j.to_rules(&src.name)).transpose()?,
+        password_sync: src.password_hash_sync,
+        ..CycleOptions::default()
+    })
+}
+
+/// Connects (or reconnects) and returns the mapping flavour of the server.
+async fn connect(name: &str, source: &mut LdapSource) -> Result<Flavor> {
+    let (_, profile) = source.connect().await.map_err(|e| directory_error(name, e))?;
+    Ok(profile.kind.mapping_flavor())
+}
+
+/// Runs sync cycles for every configured source, one after the other (a
+/// source with `[source.join]` joins objects of the sources before it):
+/// once, or as a daemon until `shutdown` completes. A daemon outlives a
+/// failed round: it backs off (doubling up to a minute, never below the
+/// interval) and the next round reconnects and resumes.
+pub async fn run(
+    config_path: &Path,
+    options: RunOptions,
+    events: &mut dyn CycleEvents,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let Some(tenant) = config.tenant.as_ref() else {
+        return Err(Error::Refused(format!(
+            "{}: a [tenant] section (url, token_file) is needed to sync",
+            config_path.display()
+        )));
+    };
+    let mut target = ScimTarget::new(
+        &tenant.url,
+        tenant.token()?,
+        tenant.ca_file.as_deref(),
+        Duration::from_secs(tenant.timeout_secs),
+    )?;
+    let mut store = open_store(&config)?;
+    let (rules, rules_text) = load_rules(&config)?;
+    let mut sources = Vec::new();
+    for src in &config.sources {
+        let cycle = cycle_options(&config, src, &rules, &rules_text)?;
+        let source = LdapSource::new(src.to_settings()?).map_err(|e| directory_error(&src.name, e))?;
+        sources.push((src.name.clone(), source, cycle));
+    }
+    tokio::pin!(shutdown);
+    let mut first = true;
+    let mut failures: u32 = 0;
+    loop {
+        let mut outcome = Ok(false);
+        for (name, source, cycle) in &mut sources {
+            let mut cycle = cycle.clone();
+            cycle.full = options.full && first;
+            cycle.allow_deletes = if first { options.allow_deletes } else { None };
+            let result = one_cycle(name, source, &mut store, &mut target, &cycle, events).await;
+            if let Err(e) = &result
+                && let Err(record) = store.record_failed_run(name, &e.to_string())
+            {
+                tracing::warn!(error = %record, "the failed cycle could not be recorded");
+            }
+            outcome = match (outcome, result) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                (Ok(stopped), Ok(now)) => Ok(stopped || now),
+            };
+        }
+        let pause = match outcome {
+            Ok(stopped_by_threshold) => {
+                failures = 0;
+                first = false;
+                if options.once {
+                    return if stopped_by_threshold { Err(Error::DeletionThreshold) } else { Ok(()) };
+                }
+                Duration::from_secs(config.sync.interval_secs)
+            }
+            Err(e) if options.once => return Err(e),
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_secs((1u64 << failures.min(6)).min(60))
+                    .max(Duration::from_secs(config.sync.interval_secs));
+                events.failed(&e, wait);
+                wait
+            }
+        };
+        // OpenLDAP pushes changes (refreshAndPersist): wake up at once
+        // instead of waiting the whole interval. Elsewhere, just wait.
+        let healthy = failures == 0;
+        let wait = async {
+            if pause.is_zero() {
+                return;
+            }
+            if let ([(_, source, _)], true) = (sources.as_mut_slice(), healthy) {
+                match source.wait_for_change(pause).await {
+                    Ok(Some(_)) => return,
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "no change notification; waiting the interval"),
+                }
+            }
+            tokio::time::sleep(pause).await;
+        };
+        tokio::select! {
+            () = wait => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// A full password resync: one full cycle of every source, sending every
+/// user's password to the tenant again.
+pub async fn resync_passwords(config_path: &Path, events: &mut dyn CycleEvents) -> Result<()> {
+    let config = Config::load(config_path)?;
+    if !config.sources.iter().any(|s| s.password_hash_sync) {
+        return Err(Error::Refused(format!("{}: no [[source]] has password_hash_sync = true", config_path.display())));
+    }
+    if config.sync.staging {
+        return Err(Error::Refused(format!(
+            "{}: staging mode is on, and a staging server sends no passwords",
+            config_path.display()
+        )));
+    }
+    let options = RunOptions { once: true, full: true, allow_deletes: None };
+    run(config_path, options, events, std::future::pending()).await
+}
+
+/// One cycle, recorded; `Ok(true)` when the deletion threshold stopped the export.
+async fn one_cycle(
+    source_name: &str,
+    source: &mut LdapSource,
+    store: &mut SqliteStore,
+    target: &mut ScimTarget,
+    options: &CycleOptions,
+    events: &mut dyn CycleEvents,
+) -> Result<bool> {
+    let flavor = connect(source_name, source).await?;
+    let started = Instant::now();
+    let report = run_cycle(source_name, flavor, source, store, target, options, events.observer())
+        .await
+        .map_err(|error| Error::Cycle { source_name: source_name.to_string(), error })?;
+    store.record_run(source_name, &report)?;
+    events.finished(source_name, &report, started.elapsed());
+    Ok(matches!(report.status, CycleStatus::StoppedDeletionThresholdExceeded { .. }))
+}
+
+/// What the first (or next) export would do, from an import and sync of
+/// every source into the configured store in staging mode.
+pub async fn preview(path: &Path, observer: &mut (dyn CycleObserver + Send)) -> Result<Vec<PendingExport>> {
+    let config = Config::load(path)?;
+    let mut store = open_store(&config)?;
+    let (rules, rules_text) = load_rules(&config)?;
+    for src in &config.sources {
+        let mut source = LdapSource::new(src.to_settings()?).map_err(|e| directory_error(&src.name, e))?;
+        let flavor = connect(&src.name, &mut source).await?;
+        let options = CycleOptions { staging: true, ..cycle_options(&config, src, &rules, &rules_text)? };
+        let mut nowhere = NoTarget;
+        run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options, observer)
+            .await
+            .map_err(|error| Error::Cycle { source_name: src.name.clone(), error })?;
+    }
+    Ok(sync::engine::pending_exports(&store, &rules)?)
+}
+
+/// A target that is never called (preview runs in staging mode).
+struct NoTarget;
+
+impl sync::engine::Target for NoTarget {
+    async fn apply(
+        &mut self,
+        ops: &[sync::engine::ExportOp],
+    ) -> Vec<Result<Option<String>, sync::engine::TargetError>> {
+        ops.iter()
+            .map(|_| Err(sync::engine::TargetError { message: "preview exports nothing".into(), not_found: false }))
+            .collect()
+    }
+}
+
+/// Where one tenant attribute's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExplainedAttribute {
+    /// The tenant (SCIM) path.
+    pub path: String,
+    pub value: Json,
+    /// The outbound flow that set it.
+    pub outbound: sync::rules::Origin,
+    /// Where the metaverse attribute the flow read came from (inbound), when it read one.
+    pub inbound: Option<sync::rules::Origin>,
+}
+
+/// `explain`'s answer for one object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub dn: String,
+    pub kind: directory::ObjectKind,
+    pub source: String,
+    pub deleted_on_premises: bool,
+    /// Objects of other sources joined to it: (DN, source).
+    pub joined: Vec<(String, String)>,
+    pub immutable_id: String,
+    /// Not yet exported when `None`.
+    pub tenant_id: Option<String>,
+    pub attributes: Vec<ExplainedAttribute>,
+    pub flavor: Flavor,
+}
+
+/// Where every tenant attribute of one object comes from: value, flow,
+/// source object and attribute. `key`: a userName (UPN), an on-premises DN
+/// or an immutableId.
+pub fn explain(config_path: &Path, key: &str) -> Result<Explanation> {
+    let (config, store) = open(config_path)?;
+    let (rules, _) = load_rules(&config)?;
+    let Some((mv, source, cs_id)) = store.find(key)? else {
+        return Err(Error::Refused(format!(
+            "no synchronised object has the userName, DN or immutableId {key:?} (objects appear here after a sync cycle)"
+        )));
+    };
+    let Some((obj, deleted)) = store.cs_get(&source, &cs_id)? else {
+        return Err(Error::Refused(format!("the source object of {key:?} is no longer in the connector space")));
+    };
+    let flavor = store.flavor(&source)?.unwrap_or(Flavor::Ldap);
+    let (projection, mut origins) = sync::mapping::project_explained(flavor, &obj, &rules);
+    let mut joined = Vec::new();
+    for join in store.joined(&mv)? {
+        let dn = store.cs_get(&join.source, &join.id)?.map(|(o, _)| o.entry.dn.to_string()).unwrap_or_default();
+        for key in join.attrs.keys() {
+            let authoritative = join.authoritative.contains(key);
+            if authoritative || !projection.attrs.contains_key(key) {
+                origins.retain(|o| &o.attribute != key);
+                origins.push(sync::rules::Origin::joined(key, &join.source, &dn, authoritative));
+            }
+        }
+        joined.push((dn, join.source));
+    }
+    let exported = store.exported(&mv)?;
+    let mut explanation = Explanation {
+        dn: obj.entry.dn.to_string(),
+        kind: obj.kind,
+        source,
+        deleted_on_premises: deleted,
+        joined,
+        immutable_id: projection.anchor.clone(),
+        tenant_id: exported.as_ref().map(|(id, _)| id.clone()),
+        attributes: Vec::new(),
+        flavor,
+    };
+    let Some((_, resource)) = exported else { return Ok(explanation) };
+    // The outbound rules, run on the metaverse object as it is now: which
+    // rule and metaverse attribute each tenant attribute comes from.
+    let Some(record) = store.mv_get(&mv)? else { return Ok(explanation) };
+    let manager = match &record.manager {
+        Some(m) => store.exported_id(m)?,
+        None => None,
+    };
+    let members = store.exported_ids(&record.members)?;
+    let view = sync::mapping::MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
+    let (_, outbound) = sync::mapping::desired_resource_explained(&view, manager.as_deref(), &members, &rules);
+    for origin in outbound {
+        let Some(value) = sync::outbound::ScimPath::parse_any(&origin.attribute).ok().and_then(|p| p.get(&resource))
+        else {
+            continue;
+        };
+        let inbound =
+            origin.metaverse_attributes().find_map(|attr| origins.iter().find(|o| o.attribute == attr)).cloned();
+        explanation.attributes.push(ExplainedAttribute {
+            path: origin.attribute.clone(),
+            value,
+            outbound: origin,
+            inbound,
+        });
+    }
+    Ok(explanation)
+}
+
+/// `status`'s answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncStatus {
+    pub connector_space: i64,
+    pub metaverse: i64,
+    pub exported: i64,
+    pub pending_export: i64,
+    pub staging: bool,
+    pub last_cycle: Option<store::RunRow>,
+    /// Sources with password hash sync on.
+    pub password_sources: Vec<String>,
+    /// The last cycle that sent passwords.
+    pub last_passwords: Option<store::RunRow>,
+    /// Users whose passwords wait to be sent.
+    pub passwords_pending: usize,
+    /// Users whose password failed.
+    pub passwords_failed: usize,
+    pub objects_with_errors: usize,
+}
+
+/// The last cycle and what is pending.
+pub fn status(config_path: &Path) -> Result<SyncStatus> {
+    let (config, store) = open(config_path)?;
+    let (connector_space, metaverse, exported, pending_export) = store.counts()?;
+    let password_sources: Vec<String> =
+        config.sources.iter().filter(|s| s.password_hash_sync).map(|s| s.name.clone()).collect();
+    let errors = store.errors()?;
+    let mut status = SyncStatus {
+        connector_space,
+        metaverse,
+        exported,
+        pending_export,
+        staging: config.sync.staging,
+        last_cycle: store.runs(1)?.into_iter().next(),
+        last_passwords: None,
+        passwords_pending: 0,
+        passwords_failed: errors.iter().filter(|e| e.stage == "password").count(),
+        objects_with_errors: errors.len(),
+        password_sources,
+    };
+    if !status.password_sources.is_empty() {
+        status.last_passwords = store.runs(200)?.into_iter().find(|r| r.report.passwords > 0);
+        for name in &status.password_sources {
+            status.passwords_pending += store.passwords_pending(name)?.len();
+        }
+    }
+    Ok(status)
+}

@@ -1,0 +1,367 @@
+//! Stage 3, outbound sync and export: plan each dirty metaverse object's
+//! change from the outbound rules and what the target last confirmed, hold
+//! everything back when deletions exceed the threshold, send in dependency
+//! order (referenced objects first) and record each confirmed result.
+
+use std::collections::HashSet;
+
+use directory::ObjectKind;
+use serde_json::Value as Json;
+
+use super::store::{MvRecord, StoreError};
+use super::{
+    CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportOp, SyncStore, Target, TargetError, Transaction,
+};
+use crate::mapping::{self, MvView};
+
+/// The deletions an export may send: the threshold, or more when the
+/// operator allowed more this once.
+pub(super) fn deletion_allowance(options: &CycleOptions) -> usize {
+    options.allow_deletes.unwrap_or(0).max(options.deletion_threshold)
+}
+
+/// Exports every dirty metaverse object into `report`. Returns `false`
+/// when the deletion threshold stopped it before anything was sent.
+pub(super) async fn export<St, T>(
+    store: &mut St,
+    target: &mut T,
+    options: &CycleOptions,
+    observer: &mut (dyn CycleObserver + Send),
+    report: &mut CycleReport,
+) -> Result<bool, StoreError>
+where
+    St: SyncStore + Send,
+    T: Target,
+{
+    // Only ids and references stay in memory; records are read per batch.
+    let dirty = store.dirty()?;
+    let mut nodes = Vec::with_capacity(dirty.len());
+    for id in &dirty {
+        if let Some(r) = store.mv_get(id)? {
+            nodes.push(Node { id: r.id, deleted: r.deleted, refs: r.manager.into_iter().chain(r.members).collect() });
+        }
+    }
+    let mut deletions = 0;
+    for n in nodes.iter().filter(|n| n.deleted) {
+        if store.exported_id(&n.id)?.is_some() {
+            deletions += 1;
+        }
+    }
+    if deletions > deletion_allowance(options) {
+        tracing::warn!(
+            pending = deletions,
+            threshold = options.deletion_threshold,
+            "more deletions pending than the deletion threshold: nothing was exported. Check the changes (idbridge sync preview) and run with --allow-deletes {deletions} if they are right"
+        );
+        report.status =
+            CycleStatus::StoppedDeletionThresholdExceeded { pending: deletions, threshold: options.deletion_threshold };
+        return Ok(false);
+    }
+    // Levels: an object goes after the objects it refers to that are created
+    // in this same run, so references resolve on the first pass. What still
+    // waits (reference cycles) gets a second pass at the end.
+    let mut exported_ids = HashSet::new();
+    for n in &nodes {
+        if store.exported_id(&n.id)?.is_some() {
+            exported_ids.insert(n.id.clone());
+        }
+    }
+    observer.stage("export", Some(nodes.len() as u64));
+    let mut levels = dependency_levels(nodes, &exported_ids);
+    for pass in 0..2 {
+        let mut waiting = Vec::new();
+        for ids in levels.iter().flat_map(|level| level.chunks(EXPORT_BATCH)) {
+            let mut chunk = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(r) = store.mv_get(id)? {
+                    chunk.push(r);
+                }
+            }
+            let mut plans = Vec::with_capacity(chunk.len());
+            for record in &chunk {
+                plans.push(plan(store, record, &options.rules)?);
+            }
+            let ops: Vec<ExportOp> = plans.iter().filter_map(|p| p.op.clone()).collect();
+            let mut results = target.apply(&ops).await.into_iter();
+            let mut tx = Transaction::begin(&mut *store)?;
+            for (record, plan) in chunk.iter().zip(plans) {
+                let result = if plan.op.is_some() {
+                    results.next().unwrap_or_else(|| {
+                        Err(TargetError { message: "the target gave no answer".into(), not_found: false })
+                    })
+                } else {
+                    Ok(None)
+                };
+                if plan.waiting && pass == 0 {
+                    waiting.push(record.id.clone());
+                }
+                match confirm(&mut *tx, record, plan, result)? {
+                    Ok(done) => match done {
+                        Exported::Created => report.created += 1,
+                        Exported::Updated => report.updated += 1,
+                        Exported::Deleted => report.deleted += 1,
+                        Exported::Unchanged => report.unchanged += 1,
+                    },
+                    Err(e) => {
+                        let what = format!(
+                            "{} {}",
+                            record.kind,
+                            record
+                                .attrs
+                                .get("onPremisesDistinguishedName")
+                                .and_then(Json::as_str)
+                                .unwrap_or(&record.anchor)
+                        );
+                        tracing::warn!(object = %what, error = %e, "export failed; retried next cycle");
+                        report.errors.push((what, e.message));
+                    }
+                }
+            }
+            tx.commit()?;
+            observer.advance(ids.len() as u64);
+        }
+        levels = vec![waiting];
+    }
+    Ok(true)
+}
+
+/// Orders records so that each comes after the not-yet-exported records it
+/// refers to (manager, members); a reference cycle is cut where it closes.
+pub(super) fn dependency_levels(records: Vec<Node>, exported: &HashSet<String>) -> Vec<Vec<String>> {
+    use std::collections::HashMap;
+    let index: HashMap<&str, usize> = records.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> = records
+        .iter()
+        .map(|r| {
+            r.refs.iter().filter(|d| !exported.contains(*d)).filter_map(|d| index.get(d.as_str()).copied()).collect()
+        })
+        .collect();
+    // Iterative depth-first levels; 0 = no pending dependency.
+    let mut level: Vec<Option<usize>> = vec![None; records.len()];
+    let mut on_stack = vec![false; records.len()];
+    for start in 0..records.len() {
+        if level[start].is_some() {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        on_stack[start] = true;
+        while let Some((node, next)) = stack.pop() {
+            if let Some(&dep) = deps[node].get(next) {
+                stack.push((node, next + 1));
+                if level[dep].is_none() && !on_stack[dep] {
+                    on_stack[dep] = true;
+                    stack.push((dep, 0));
+                }
+                continue;
+            }
+            // All dependencies visited (a cycle's back edge counts as level 0).
+            let l = deps[node].iter().map(|d| level[*d].map_or(0, |x| x + 1)).max().unwrap_or(0);
+            level[node] = Some(l);
+            on_stack[node] = false;
+        }
+    }
+    let depth = level.iter().filter_map(|l| *l).max().unwrap_or(0);
+    let mut out: Vec<Vec<String>> = (0..=depth).map(|_| Vec::new()).collect();
+    for (r, l) in records.into_iter().zip(level) {
+        if let Some(bucket) = out.get_mut(l.unwrap_or(0)) {
+            bucket.push(r.id);
+        }
+    }
+    out
+}
+
+/// What export ordering needs of a metaverse object: its id and references.
+#[derive(Debug)]
+pub(super) struct Node {
+    pub id: String,
+    pub deleted: bool,
+    pub refs: Vec<String>,
+}
+
+/// Objects per batch sent to the target (SCIM Bulk allows 1,000 operations).
+const EXPORT_BATCH: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exported {
+    Created,
+    Updated,
+    Deleted,
+    Unchanged,
+}
+
+/// What exporting one object takes, decided before anything is sent.
+#[derive(Debug)]
+struct Plan {
+    op: Option<ExportOp>,
+    desired: Option<Json>,
+    tenant_id: Option<String>,
+    /// A manager or member is not in the tenant yet.
+    waiting: bool,
+}
+
+fn plan<St: SyncStore + ?Sized>(
+    store: &St,
+    record: &MvRecord,
+    rules: &crate::rules::RuleSet,
+) -> Result<Plan, StoreError> {
+    let existing = store.exported(&record.id)?;
+    if record.deleted {
+        let op = existing.as_ref().map(|(id, _)| ExportOp::Delete { kind: record.kind, id: id.clone() });
+        return Ok(Plan { op, desired: None, tenant_id: existing.map(|(id, _)| id), waiting: false });
+    }
+    let manager = match &record.manager {
+        Some(m) => store.exported_id(m)?,
+        None => None,
+    };
+    let members = store.exported_ids(&record.members)?;
+    let waiting = (record.manager.is_some() && manager.is_none()) || members.len() < record.members.len();
+    let desired = mapping::desired_resource(
+        &MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs },
+        manager.as_deref(),
+        &members,
+        rules,
+    );
+    Ok(match existing {
+        None => Plan {
+            op: Some(ExportOp::Create { kind: record.kind, resource: desired.clone() }),
+            desired: Some(desired),
+            tenant_id: None,
+            waiting,
+        },
+        Some((id, exported)) => {
+            let operations = mapping::patch_operations(&exported, &desired);
+            let op =
+                (!operations.is_empty()).then(|| ExportOp::Patch { kind: record.kind, id: id.clone(), operations });
+            Plan { op, desired: Some(desired), tenant_id: Some(id), waiting }
+        }
+    })
+}
+
+/// Records the target's answer for one planned export (inside the caller's transaction).
+fn confirm<St: SyncStore + ?Sized>(
+    store: &mut St,
+    record: &MvRecord,
+    plan: Plan,
+    result: Result<Option<String>, TargetError>,
+) -> Result<Result<Exported, TargetError>, StoreError> {
+    let created_id: Option<String> = match (result, &plan.op) {
+        (Err(e), Some(ExportOp::Delete { .. })) if e.not_found => None,
+        (Err(e), Some(ExportOp::Patch { .. })) if e.not_found => {
+            // Deleted in the tenant behind our back: it is created again next cycle.
+            store.forget_exported(&record.id)?;
+            store.record_error(&record.id, "export", &format!("{e}; it will be created again"))?;
+            return Ok(Err(TargetError { message: format!("{e}; it will be created again"), not_found: true }));
+        }
+        (Err(e), _) => {
+            store.record_error(&record.id, "export", &e.message)?;
+            return Ok(Err(e));
+        }
+        (Ok(id), _) => id,
+    };
+    let done = match (&plan.op, plan.desired) {
+        (Some(ExportOp::Delete { .. }) | None, None) => {
+            store.forget_exported(&record.id)?;
+            Exported::Deleted
+        }
+        (Some(ExportOp::Create { .. }), Some(desired)) => {
+            let Some(id) = created_id else {
+                store.record_error(&record.id, "export", "the target created the object but gave no id")?;
+                return Ok(Err(TargetError { message: "no id in the answer".into(), not_found: false }));
+            };
+            store.set_exported(&record.id, &id, &desired)?;
+            Exported::Created
+        }
+        (op, Some(desired)) => {
+            let id = plan.tenant_id.unwrap_or_default();
+            store.set_exported(&record.id, &id, &desired)?;
+            if op.is_some() { Exported::Updated } else { Exported::Unchanged }
+        }
+        (Some(_), None) => Exported::Unchanged,
+    };
+    if plan.waiting {
+        // Stays dirty so the missing references are filled in (this cycle's second pass, or the next).
+        store.record_error(&record.id, "export", "a referenced object (manager or member) is not in the tenant yet")?;
+    }
+    Ok(Ok(done))
+}
+
+/// One export the next cycle will send (for `sync preview`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingExport {
+    pub kind: ObjectKind,
+    /// The on-premises DN, or the immutableId.
+    pub object: String,
+    pub action: &'static str,
+    /// Per attribute: (path, old value, new value); members as added/removed ids.
+    pub changes: Vec<(String, Json, Json)>,
+    /// A referenced object is not in the tenant yet.
+    pub waiting: bool,
+}
+
+fn old_value(exported: &Json, path: &str) -> Json {
+    match path.rsplit_once(':') {
+        Some((urn, attr)) if path.starts_with("urn:") => {
+            exported.get(urn).and_then(|e| e.get(attr)).cloned().unwrap_or(Json::Null)
+        }
+        _ => exported.get(path).cloned().unwrap_or(Json::Null),
+    }
+}
+
+/// What the next export would send, computed from the store without sending.
+pub fn pending_exports<St: SyncStore + ?Sized>(
+    store: &St,
+    rules: &crate::rules::RuleSet,
+) -> Result<Vec<PendingExport>, StoreError> {
+    let mut out = Vec::new();
+    for id in store.dirty()? {
+        let Some(record) = store.mv_get(&id)? else { continue };
+        let plan = plan(store, &record, rules)?;
+        let object = record
+            .attrs
+            .get("onPremisesDistinguishedName")
+            .and_then(Json::as_str)
+            .unwrap_or(&record.anchor)
+            .to_string();
+        let exported = store.exported(&record.id)?.map(|(_, r)| r).unwrap_or(Json::Null);
+        let (action, changes) = match &plan.op {
+            Some(ExportOp::Create { resource, .. }) => {
+                let mut changes = Vec::new();
+                if let Some(obj) = resource.as_object() {
+                    for (k, v) in obj.iter().filter(|(k, _)| *k != "schemas") {
+                        changes.push((k.clone(), Json::Null, v.clone()));
+                    }
+                }
+                ("create", changes)
+            }
+            Some(ExportOp::Patch { operations, .. }) => {
+                let changes = operations
+                    .iter()
+                    .map(|op| {
+                        let path = op["path"].as_str().unwrap_or_default().to_string();
+                        match op["op"].as_str() {
+                            Some("add") => (path, Json::Null, op["value"].clone()),
+                            Some("remove") if path.starts_with("members[") => (path, json_str("member"), Json::Null),
+                            Some("remove") => {
+                                let old = old_value(&exported, &path);
+                                (path, old, Json::Null)
+                            }
+                            _ => {
+                                let old = old_value(&exported, &path);
+                                (path, old, op["value"].clone())
+                            }
+                        }
+                    })
+                    .collect();
+                ("update", changes)
+            }
+            Some(ExportOp::Delete { .. }) => ("delete", Vec::new()),
+            None => continue,
+        };
+        out.push(PendingExport { kind: record.kind, object, action, changes, waiting: plan.waiting });
+    }
+    Ok(out)
+}
+
+fn json_str(s: &str) -> Json {
+    Json::String(s.to_string())
+}

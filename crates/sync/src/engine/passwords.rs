@@ -1,0 +1,89 @@
+//! Stage 4, password hash sync: each password captured during import goes
+//! to the tenant user its object was exported as.
+
+use std::collections::HashSet;
+
+use super::store::StoreError;
+use super::{CycleReport, PasswordFailure, SyncStore, Target, Transaction};
+
+/// Password hash sync after export: each captured password goes to the
+/// tenant user its object was exported as. Failures are object errors
+/// (retried when the password is next seen), never the cycle's end.
+pub(super) async fn push_passwords<St: SyncStore, T: Target>(
+    store: &mut St,
+    target: &mut T,
+    source_name: &str,
+    captured: Vec<crate::phs::Captured>,
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
+    use crate::phs::{CredentialPush, Found};
+    if captured.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Vec::with_capacity(captured.len());
+    let mut whose = std::collections::HashMap::new();
+    let mut tx = Transaction::begin(&mut *store)?;
+    for c in captured {
+        let mv = match tx.join_link(source_name, &c.id)? {
+            Some(mv) => Some(mv),
+            None => tx.mv_for_dn(source_name, &c.dn)?,
+        };
+        let Some(mv) = mv else {
+            // Out of scope: nobody to sign in as.
+            tx.set_password_pending(source_name, &c.id, false)?;
+            continue;
+        };
+        if tx.exported_id(&mv)?.is_none() {
+            continue; // its export failed this cycle: stays pending, read again next cycle
+        }
+        let Some(record) = tx.mv_get(&mv)? else { continue };
+        match c.found {
+            Found::Secret(secret) => {
+                whose.insert(record.anchor.clone(), (mv, c.dn, c.id));
+                batch.push(CredentialPush { immutable_id: record.anchor, secret, must_change: c.must_change });
+            }
+            Found::Unusable(why) => {
+                let message = format!("password hash sync: {why}");
+                tracing::warn!(object = %c.dn, reason = %why, "password not synchronised");
+                tx.record_error(&mv, "password", &message)?;
+                tx.set_password_pending(source_name, &c.id, false)?;
+                report.errors.push((format!("User {}", c.dn), message));
+            }
+        }
+    }
+    tx.commit()?;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match target.push_credentials(&batch).await {
+        Ok(pushed) => {
+            report.passwords_synced += pushed.stored;
+            let mut tx = Transaction::begin(&mut *store)?;
+            let failed: HashSet<&String> = pushed.failed.iter().map(|(id, _)| id).collect();
+            for (immutable_id, (_, _, id)) in &whose {
+                if !failed.contains(immutable_id) {
+                    tx.set_password_pending(source_name, id, false)?;
+                }
+            }
+            for (immutable_id, why) in &pushed.failed {
+                if let Some((mv, dn, _)) = whose.get(immutable_id) {
+                    let message = format!("password hash sync: {why}");
+                    tx.record_error(mv, "password", &message)?;
+                    report.errors.push((format!("User {dn}"), message));
+                }
+            }
+            tx.commit()?;
+            tracing::info!(
+                source = source_name,
+                stored = pushed.stored,
+                unchanged = pushed.unchanged,
+                "password hash sync done"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(source = source_name, error = %e.message, "password hash sync failed; the passwords are sent again when next imported");
+            report.password_failure = Some(PasswordFailure::Target(e.message));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The engine's durable state, in four small traits: transactions, the
+//! connector spaces (what each source holds, its watermark and its
+//! passwords waiting to be confirmed), the metaverse (projected and joined
+//! objects) and the export log (what the tenant confirmed, what failed).
+//! [`SyncStore`] is all four; the SQLite store (`store` crate) and the
+//! in-memory store ([`super::memory`]) implement them.
+
+use directory::{Dn, ObjectKind};
+use serde_json::Value as Json;
+
+use crate::mapping::{Flavor, Projection};
+use crate::source::{SourceId, SourceObject, Watermark};
+
+/// A storage failure (the store's own error, as text).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("sync store: {0}")]
+pub struct StoreError(pub String);
+
+/// A write transaction on a store: commits only when told, rolls
+/// back when dropped otherwise — an error returned with `?`, a panic or a
+/// cancelled future leaves nothing half-written and no transaction open.
+pub struct Transaction<'a, St: Transactional + ?Sized> {
+    store: &'a mut St,
+    open: bool,
+}
+
+impl<'a, St: Transactional + ?Sized> Transaction<'a, St> {
+    pub fn begin(store: &'a mut St) -> Result<Self, StoreError> {
+        store.begin()?;
+        Ok(Transaction { store, open: true })
+    }
+
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.open = false;
+        let committed = self.store.commit();
+        if committed.is_err() {
+            // A failed COMMIT may leave the transaction open: never keep it.
+            let _ = self.store.rollback();
+        }
+        committed
+    }
+}
+
+impl<St: Transactional + ?Sized> std::fmt::Debug for Transaction<'_, St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction").field("open", &self.open).finish_non_exhaustive()
+    }
+}
+
+impl<St: Transactional + ?Sized> std::ops::Deref for Transaction<'_, St> {
+    type Target = St;
+    fn deref(&self) -> &St {
+        self.store
+    }
+}
+
+impl<St: Transactional + ?Sized> std::ops::DerefMut for Transaction<'_, St> {
+    fn deref_mut(&mut self) -> &mut St {
+        self.store
+    }
+}
+
+impl<St: Transactional + ?Sized> Drop for Transaction<'_, St> {
+    fn drop(&mut self) {
+        if self.open
+            && let Err(e) = self.store.rollback()
+        {
+            tracing::warn!(error = %e, "sync store: rollback failed");
+        }
+    }
+}
+
+/// A metaverse object as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MvRecord {
+    pub id: String,
+    pub kind: ObjectKind,
+    pub anchor: String,
+    pub attrs: serde_json::Map<String, Json>,
+    pub manager: Option<String>,
+    pub members: Vec<String>,
+    /// Its source object is gone: the tenant object is to be deleted.
+    pub deleted: bool,
+}
+
+/// Write transactions. The engine never calls these directly: it goes
+/// through [`Transaction`], which rolls back when dropped.
+pub trait Transactional {
+    /// Opens a write transaction.
+    fn begin(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Undoes everything since `begin`; a no-op when no transaction is open
+    /// (the database may have rolled back by itself after an IO error).
+    fn rollback(&mut self) -> Result<(), StoreError>;
+}
+
+/// Per source: its import position, what the last full sync ran with, its
+/// objects as imported, and users whose password waits for the target.
+pub trait ConnectorSpace {
+    fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError>;
+    fn set_watermark(&mut self, source: &str, watermark: &Watermark) -> Result<(), StoreError>;
+    /// A fingerprint of the effective configuration the last full sync ran with.
+    fn config_hash(&self, source: &str) -> Result<Option<String>, StoreError>;
+    fn set_config_hash(&mut self, source: &str, hash: &str) -> Result<(), StoreError>;
+    /// The mapping flavour the source's last cycle ran with (`explain` maps
+    /// its objects the same way).
+    fn flavor(&self, source: &str) -> Result<Option<Flavor>, StoreError>;
+    fn set_flavor(&mut self, source: &str, flavor: Flavor) -> Result<(), StoreError>;
+
+    /// Stores an imported object; marks it for sync if it changed.
+    fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError>;
+    /// Marks an object as gone (it is removed once synced).
+    fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+    /// Every known object's id and DN (for reconciliation).
+    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError>;
+    /// How many live objects the connector space of `source` holds.
+    fn cs_count(&self, source: &str) -> Result<usize, StoreError> {
+        Ok(self.cs_index(source)?.len())
+    }
+    fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError>;
+    fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError>;
+    /// The object and whether it is marked deleted.
+    fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError>;
+    /// The object at `dn`, if the connector space has one.
+    fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError>;
+    /// Objects whose manager or member references point at `dn`.
+    fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError>;
+    fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+    /// Sync is done with the object: clears the mark, removes deleted ones.
+    fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+
+    /// Password hash sync: users whose password was read but not yet
+    /// confirmed by the target (ids only — never the secret). They are read
+    /// again next cycle, so a crash or an unreachable tenant loses nothing.
+    fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError>;
+    fn set_password_pending(&mut self, source: &str, id: &SourceId, pending: bool) -> Result<(), StoreError>;
+}
+
+/// The metaverse: one object per projected source object, with the
+/// contributions of objects of other sources joined to it.
+pub trait Metaverse {
+    /// The metaverse object projected from the source object at `dn`.
+    fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError>;
+    /// The metaverse objects of those of `dns` that have one (any order); a
+    /// store may resolve a large group's members in one query.
+    fn mv_for_dns(&self, source: &str, dns: &[Dn]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::with_capacity(dns.len());
+        for dn in dns {
+            out.extend(self.mv_for_dn(source, dn)?);
+        }
+        Ok(out)
+    }
+    /// Creates or updates the metaverse object of a source object; marks it
+    /// for export if it changed. Returns its id.
+    fn mv_project(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        projection: &Projection,
+        manager: Option<String>,
+        members: Vec<String>,
+    ) -> Result<String, StoreError>;
+    /// The attributes of the live metaverse object linked to this source object.
+    fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError>;
+    /// The source object left scope or was deleted: its metaverse object goes.
+    fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+    /// The metaverse object with its joined contributions merged in.
+    fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError>;
+    /// Marks every metaverse object of `source` for export planning (the
+    /// outbound rules changed: what the tenant should hold may differ).
+    fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError>;
+
+    /// Live metaverse objects of `kind` projected by another source whose
+    /// `mv_attr` equals `value` (case-insensitively).
+    fn join_candidates(
+        &mut self,
+        source: &str,
+        kind: ObjectKind,
+        mv_attr: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError>;
+    /// The metaverse object this source object is joined to.
+    fn join_link(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError>;
+    /// Joins (or updates the join of) a source object to `mv` with the
+    /// attributes it contributes; marks `mv` for export if anything changed.
+    fn join_put(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        mv: &str,
+        attrs: &serde_json::Map<String, Json>,
+        authoritative: &[String],
+    ) -> Result<(), StoreError>;
+    /// Removes a join; its metaverse object is exported without the contribution.
+    fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+    /// Marks the source's objects without a join for another attempt.
+    fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError>;
+}
+
+/// What the target confirmed, what is left to export, and what failed.
+pub trait ExportLog {
+    /// Metaverse objects with something to export: users and contacts, then groups, then deletions.
+    fn dirty(&self) -> Result<Vec<String>, StoreError>;
+    /// The tenant id and the resource last confirmed by the tenant.
+    fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError>;
+    /// Just the tenant id (cheaper than [`ExportLog::exported`]).
+    fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError>;
+    /// The tenant ids of those of `mvs` that are exported (any order); a
+    /// store may answer a large group's members in one query.
+    fn exported_ids(&self, mvs: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::with_capacity(mvs.len());
+        for m in mvs {
+            out.extend(self.exported_id(m)?);
+        }
+        Ok(out)
+    }
+    /// The tenant confirmed `resource` for `mv`: remember it, clear dirty and errors.
+    fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError>;
+    /// The tenant object is gone: forget it (a deleted object's rows go too).
+    fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError>;
+    /// Records an error under `mv` (a metaverse id, or another key) and keeps `mv` dirty.
+    fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError>;
+    /// The error recorded under `key` is resolved.
+    fn clear_error(&mut self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Everything the engine needs of its store.
+pub trait SyncStore: Transactional + ConnectorSpace + Metaverse + ExportLog {}
+
+impl<T: Transactional + ConnectorSpace + Metaverse + ExportLog + ?Sized> SyncStore for T {}

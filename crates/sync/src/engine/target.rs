@@ -1,0 +1,40 @@
+//! The cloud side as the engine sees it.
+
+use std::future::Future;
+
+use directory::ObjectKind;
+use serde_json::Value as Json;
+
+/// A target failure for one object.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TargetError {
+    pub message: String,
+    /// The object is not (any more) in the target.
+    pub not_found: bool,
+}
+
+/// One change to send to the target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportOp {
+    Create { kind: ObjectKind, resource: Json },
+    Patch { kind: ObjectKind, id: String, operations: Vec<Json> },
+    Delete { kind: ObjectKind, id: String },
+}
+
+/// The cloud side. `apply` sends a batch and answers per operation, in
+/// order: the new object's id for a create, nothing otherwise.
+pub trait Target {
+    fn apply(&mut self, ops: &[ExportOp]) -> impl Future<Output = Vec<Result<Option<String>, TargetError>>> + Send;
+
+    /// Password hash sync: stores these users' passwords in the target. A
+    /// target without passwords refuses them all.
+    fn push_credentials(
+        &mut self,
+        items: &[crate::phs::CredentialPush],
+    ) -> impl Future<Output = Result<crate::phs::PushReport, TargetError>> + Send {
+        let failed =
+            items.iter().map(|i| (i.immutable_id.clone(), "this target does not take passwords".to_string())).collect();
+        async move { Ok(crate::phs::PushReport { failed, ..Default::default() }) }
+    }
+}

@@ -1,0 +1,245 @@
+//! The engine on its own: an in-memory source, store and target.
+
+use std::convert::Infallible;
+
+use directory::{Anchor, Dn, Entry, ObjectKind};
+use serde_json::Value as Json;
+
+use super::export::{Node, deletion_allowance, dependency_levels};
+use super::memory::{MemoryStore, MemoryTarget};
+use super::*;
+use crate::source::{ImportMode, ImportSink, ImportSummary, SourceChange, SourceId, SourceObject, Watermark};
+
+/// A source whose every import is a full, reconciling one.
+#[derive(Debug, Default)]
+struct MemorySource {
+    objects: Vec<SourceObject>,
+}
+
+fn base() -> Dn {
+    Dn::parse("dc=example,dc=org").unwrap()
+}
+
+impl MemorySource {
+    fn add(&mut self, id: u8, kind: ObjectKind, rdn: &str, attrs: &[(&str, &str)]) {
+        let mut entry = Entry::new(Dn::parse(&format!("{rdn},dc=example,dc=org")).unwrap());
+        for (k, v) in attrs {
+            entry.add(k, *v);
+        }
+        self.objects.retain(|o| o.id.0 != [id]);
+        self.objects.push(SourceObject { id: SourceId(vec![id]), anchor: Anchor::from_bytes(&[id; 16]), kind, entry });
+    }
+
+    fn user(&mut self, id: u8, uid: &str, extra: &[(&str, &str)]) {
+        let mail = format!("{uid}@example.org");
+        let mut attrs = vec![("uid", uid), ("cn", uid), ("mail", mail.as_str())];
+        attrs.extend_from_slice(extra);
+        self.add(id, ObjectKind::User, &format!("uid={uid}"), &attrs);
+    }
+
+    fn remove(&mut self, id: u8) {
+        self.objects.retain(|o| o.id.0 != [id]);
+    }
+}
+
+impl Source for MemorySource {
+    type Error = Infallible;
+
+    async fn full_import(
+        &mut self,
+        _previous: Option<&Watermark>,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> Result<ImportSummary, Infallible> {
+        for o in &self.objects {
+            // The engine refuses nothing here but a failing store.
+            let _ = sink.accept(SourceChange::Upsert(o.clone()));
+        }
+        Ok(ImportSummary {
+            mode: ImportMode::Full,
+            watermark: Watermark("w".into()),
+            reconcile_within: vec![base()],
+            upserts: self.objects.len() as u64,
+            deletes: 0,
+            presents: 0,
+        })
+    }
+
+    async fn delta_import(
+        &mut self,
+        since: &Watermark,
+        sink: &mut (dyn ImportSink + Send),
+    ) -> Result<ImportSummary, Infallible> {
+        self.full_import(Some(since), sink).await
+    }
+}
+
+async fn cycle(
+    name: &str,
+    source: &mut MemorySource,
+    store: &mut MemoryStore,
+    target: &mut MemoryTarget,
+    options: &CycleOptions,
+) -> CycleReport {
+    run_cycle(name, Flavor::Ldap, source, store, target, options, &mut Quiet).await.unwrap()
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+#[test]
+fn create_update_delete_round_trip() {
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        let options = CycleOptions::default();
+        source.user(1, "ann", &[("title", "Zoë's boss")]);
+        source.user(2, "bob", &[]);
+        let report = cycle("s", &mut source, &mut store, &mut target, &options).await;
+        assert_eq!((report.imported, report.synced, report.created), (2, 2, 2), "{report:?}");
+        assert_eq!(report.status, CycleStatus::Success);
+        let anchor = Anchor::from_bytes(&[1; 16]).immutable_id();
+        let (_, ann) = target.by_anchor(&anchor).unwrap();
+        assert_eq!(ann["title"], "Zoë's boss");
+
+        // Nothing changed: nothing sent.
+        let batches = target.batches.len();
+        let report = cycle("s", &mut source, &mut store, &mut target, &options).await;
+        assert_eq!((report.created, report.updated, report.deleted), (0, 0, 0));
+        assert!(target.batches.len() == batches || target.batches.last().is_some_and(Vec::is_empty));
+
+        source.user(1, "ann", &[("title", "Chef")]);
+        let report = cycle("s", &mut source, &mut store, &mut target, &options).await;
+        assert_eq!(report.updated, 1, "{report:?}");
+        source.remove(2);
+        let report = cycle("s", &mut source, &mut store, &mut target, &options).await;
+        assert_eq!((report.deleted_on_premises, report.deleted), (1, 1), "{report:?}");
+        assert_eq!(target.objects.len(), 1);
+        assert!(!store.in_transaction());
+    });
+}
+
+#[test]
+fn the_deletion_threshold_holds_back_every_change_until_allowed() {
+    assert_eq!(deletion_allowance(&CycleOptions { deletion_threshold: 2, ..CycleOptions::default() }), 2);
+    let allowing = |n| CycleOptions { deletion_threshold: 2, allow_deletes: Some(n), ..CycleOptions::default() };
+    assert_eq!(deletion_allowance(&allowing(5)), 5);
+    assert_eq!(deletion_allowance(&allowing(1)), 2, "allowing fewer never lowers the threshold");
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            source.user(i as u8 + 1, name, &[]);
+        }
+        let strict = CycleOptions { deletion_threshold: 2, ..CycleOptions::default() };
+        cycle("s", &mut source, &mut store, &mut target, &strict).await;
+        assert_eq!(target.objects.len(), 4);
+        for id in 1..=3 {
+            source.remove(id);
+        }
+        source.user(9, "new", &[]);
+        let report = cycle("s", &mut source, &mut store, &mut target, &strict).await;
+        assert_eq!(report.status, CycleStatus::StoppedDeletionThresholdExceeded { pending: 3, threshold: 2 });
+        assert_eq!((report.created, report.deleted), (0, 0), "nothing at all is sent: {report:?}");
+        assert_eq!(target.objects.len(), 4);
+        // Exactly at the threshold passes; here three must be allowed.
+        let report = cycle("s", &mut source, &mut store, &mut target, &allowing(3)).await;
+        assert_eq!((report.created, report.deleted), (1, 3), "{report:?}");
+        assert_eq!(report.status, CycleStatus::Success);
+    });
+}
+
+#[test]
+fn dependency_levels_put_references_first_and_cut_cycles() {
+    let node = |id: &str, refs: &[&str]| Node {
+        id: id.into(),
+        deleted: false,
+        refs: refs.iter().map(|r| r.to_string()).collect(),
+    };
+    let exported: std::collections::HashSet<String> = ["done".to_string()].into_iter().collect();
+    let levels = dependency_levels(
+        vec![
+            node("group", &["ann", "bob", "done"]),
+            node("ann", &["boss"]),
+            node("boss", &[]),
+            node("bob", &["gone-elsewhere"]),
+        ],
+        &exported,
+    );
+    let level_of = |id: &str| levels.iter().position(|l| l.iter().any(|x| x == id)).unwrap();
+    assert!(level_of("boss") < level_of("ann"));
+    assert!(level_of("ann") < level_of("group") && level_of("bob") < level_of("group"));
+    assert_eq!(level_of("bob"), 0, "references outside the batch do not wait");
+    // A cycle is cut where it closes: both still get a level.
+    let levels = dependency_levels(vec![node("x", &["y"]), node("y", &["x"])], &Default::default());
+    assert_eq!(levels.iter().map(Vec::len).sum::<usize>(), 2);
+}
+
+#[test]
+fn a_manager_created_in_the_same_cycle_is_referenced_on_the_first_pass() {
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        source.user(1, "ann", &[("manager", "uid=boss,dc=example,dc=org")]);
+        source.user(2, "boss", &[]);
+        let report = cycle("s", &mut source, &mut store, &mut target, &CycleOptions::default()).await;
+        assert_eq!(report.created, 2, "{report:?}");
+        let (boss_id, _) = target.by_anchor(&Anchor::from_bytes(&[2; 16]).immutable_id()).unwrap();
+        let boss_id = boss_id.clone();
+        let (_, ann) = target.by_anchor(&Anchor::from_bytes(&[1; 16]).immutable_id()).unwrap();
+        let manager = &ann["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"];
+        assert_eq!(manager, &Json::String(boss_id));
+        assert_eq!(target.batches.len(), 2, "the manager's level first, then the user's");
+    });
+}
+
+#[test]
+fn joins_take_the_one_match_and_record_an_ambiguous_one() {
+    run(async {
+        let (mut hr, mut it, mut store, mut target) =
+            (MemorySource::default(), MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        hr.user(1, "ann", &[]);
+        hr.user(2, "bob", &[]);
+        // A second "bob@example.org" (the join value) on another person.
+        hr.add(3, ObjectKind::User, "uid=bob2", &[("uid", "bob2"), ("cn", "bob2"), ("mail", "bob@example.org")]);
+        cycle("hr", &mut hr, &mut store, &mut target, &CycleOptions::default()).await;
+        let join = JoinRules {
+            groups: vec![vec![("mail".into(), "mail".into())]],
+            project: false,
+            authoritative: vec!["telephoneNumber".into()],
+        };
+        let options = CycleOptions { join: Some(join), ..CycleOptions::default() };
+        it.add(10, ObjectKind::User, "cn=ann", &[("mail", "ANN@example.org"), ("telephoneNumber", "+41 1")]);
+        it.add(11, ObjectKind::User, "cn=bob", &[("mail", "bob@example.org"), ("telephoneNumber", "+41 2")]);
+        it.add(12, ObjectKind::User, "cn=nobody", &[("mail", "nobody@example.org")]);
+        let report = cycle("it", &mut it, &mut store, &mut target, &options).await;
+        assert_eq!((report.synced, report.out_of_scope, report.created), (1, 2, 0), "{report:?}");
+        assert_eq!(report.updated, 1, "ann's tenant object gets the joined phone number");
+        let (_, confirmed) = store.exported(&ann_mv(&store)).unwrap().unwrap();
+        assert!(confirmed["phoneNumbers"].to_string().contains("+41 1"), "{confirmed}");
+        let errors = store.errors();
+        assert!(
+            errors.iter().any(|(key, stage, message, _)| key.contains("cn=bob")
+                && stage == "join"
+                && message.contains("2 metaverse objects")),
+            "{errors:?}"
+        );
+    });
+}
+
+fn ann_mv(store: &MemoryStore) -> String {
+    store.mv_for_dn("hr", &Dn::parse("uid=ann,dc=example,dc=org").unwrap()).unwrap().unwrap()
+}
+
+#[test]
+fn a_transaction_dropped_without_commit_leaves_nothing() {
+    let mut store = MemoryStore::new();
+    {
+        let mut tx = Transaction::begin(&mut store).unwrap();
+        tx.set_watermark("s", &Watermark("half".into())).unwrap();
+        // Dropped: an error returned with `?`, a panic or a cancelled future.
+    }
+    assert!(!store.in_transaction());
+    assert_eq!(store.watermark("s").unwrap(), None);
+    let mut tx = Transaction::begin(&mut store).unwrap();
+    tx.set_watermark("s", &Watermark("whole".into())).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(store.watermark("s").unwrap(), Some(Watermark("whole".into())));
+}
