@@ -16,16 +16,18 @@ pub fn init_local_offset() {
     let _ = LOCAL.set(UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC));
 }
 
-/// `2026-12-03T10:15:00.123Z` → `2026-12-03 11:15:00 +01:00`; unparsable text as it is.
-pub fn local_time(rfc3339: &str) -> String {
+/// `2026-12-03T10:15:00.123Z` (or epoch seconds, as older stores wrote)
+/// → `2026-12-03 11:15:00 +01:00`; unreadable text as it is.
+pub fn local_time(stamp: &str) -> String {
     let offset = LOCAL.get().copied().unwrap_or(UtcOffset::UTC);
     let format = format_description!(
         "[year]-[month]-[day] [hour]:[minute]:[second] [offset_hour sign:mandatory]:[offset_minute]"
     );
-    OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .ok()
-        .and_then(|t| t.to_offset(offset).format(&format).ok())
-        .unwrap_or_else(|| rfc3339.to_string())
+    let parsed = match stamp.parse::<i64>() {
+        Ok(secs) => OffsetDateTime::from_unix_timestamp(secs).ok(),
+        Err(_) => OffsetDateTime::parse(stamp, &Rfc3339).ok(),
+    };
+    parsed.and_then(|t| t.to_offset(offset).format(&format).ok()).unwrap_or_else(|| stamp.to_string())
 }
 
 /// Milliseconds as seconds.
@@ -41,6 +43,7 @@ mod tests {
     fn shows_local_time_and_keeps_what_it_cannot_read() {
         let _ = LOCAL.set(UtcOffset::UTC);
         assert_eq!(local_time("2026-12-03T10:15:00.123Z"), "2026-12-03 10:15:00 +00:00");
+        assert_eq!(local_time("1764756900"), "2025-12-03 10:15:00 +00:00");
         assert_eq!(local_time("gestern"), "gestern");
     }
 }

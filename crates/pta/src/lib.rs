@@ -57,7 +57,7 @@ impl AnswerKey {
     /// The agent's side: the MAC to send with `outcome` (base64url).
     pub fn sign(&self, request_id: &str, outcome: Outcome) -> String {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
-        b64(ring::hmac::sign(&key, &Self::message(request_id, outcome)).as_ref())
+        URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, &Self::message(request_id, outcome)).as_ref())
     }
 
     /// The tenant's side: whether `mac` is this request's agent's, for this outcome (constant time).
@@ -118,10 +118,6 @@ impl AgentKey {
     pub fn public(&self) -> String {
         URL_SAFE_NO_PAD.encode(PublicKey::from(&self.0).as_bytes())
     }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn unb64<const N: usize>(text: &str, what: &str) -> Result<[u8; N], PtaError> {
@@ -195,9 +191,9 @@ pub fn seal(
         request_id: request_id.to_string(),
         deadline,
         agent_id: agent_id.to_string(),
-        ephemeral: b64(ephemeral_public.as_bytes()),
-        nonce: b64(&nonce),
-        ciphertext: b64(&data),
+        ephemeral: URL_SAFE_NO_PAD.encode(ephemeral_public.as_bytes()),
+        nonce: URL_SAFE_NO_PAD.encode(&nonce),
+        ciphertext: URL_SAFE_NO_PAD.encode(&data),
     };
     Ok((sealed, answer_key))
 }
@@ -292,10 +288,10 @@ mod tests {
         assert_eq!(err(open(&key, "agent-1", &extended, 990, &mut Seen::default())), PtaError::Tampered);
         let mut bytes = URL_SAFE_NO_PAD.decode(&sealed.ciphertext).unwrap();
         bytes[0] ^= 1;
-        let flipped = Sealed { ciphertext: b64(&bytes), ..sealed.clone() };
+        let flipped = Sealed { ciphertext: URL_SAFE_NO_PAD.encode(&bytes), ..sealed.clone() };
         assert_eq!(err(open(&key, "agent-1", &flipped, 990, &mut Seen::default())), PtaError::Tampered);
         // A low-order public key (all zeros, a point of order 1) is refused.
-        let zero = b64(&[0u8; 32]);
+        let zero = URL_SAFE_NO_PAD.encode(&[0u8; 32]);
         assert_eq!(check_public_key(&zero), Err(PtaError::WeakKey));
         assert_eq!(seal(&zero, "agent-1", "req-1", 1000, &creds()).map(|_| ()), Err(PtaError::WeakKey));
         assert_eq!(check_public_key(&key.public()), Ok(()));

@@ -107,53 +107,15 @@ fn is_empty(v: &Value) -> bool {
 }
 
 /// Parses an RFC 3339 / xsd:dateTime to (seconds since epoch, nanoseconds).
+/// A space is accepted for the `T` (RFC 3339 allows it in §5.6's note).
 pub fn parse_datetime(s: &str) -> Option<(i64, u32)> {
-    let b = s.as_bytes();
-    if b.len() < 19
-        || b.get(4) != Some(&b'-')
-        || b.get(7) != Some(&b'-')
-        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
-        || b.get(13) != Some(&b':')
-        || b.get(16) != Some(&b':')
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = s.get(19..)?;
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
-        if digits.is_empty() {
-            return None;
-        }
-        let padded = format!("{:0<9}", digits.get(..digits.len().min(9))?);
-        nanos = padded.parse().ok()?;
-        rest = frac.get(digits.len()..)?;
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && matches!(rest.as_bytes().first(), Some(b'+' | b'-'))
-            && rest.as_bytes().get(3) == Some(&b':') =>
-        {
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            let part = |r: std::ops::Range<usize>| rest.get(r).and_then(|x| x.parse::<i64>().ok());
-            sign * (part(1..3)? * 3600 + part(4..6)? * 60)
-        }
-        _ => return None,
+    use time::format_description::well_known::Rfc3339;
+    let text = match s.as_bytes().get(10) {
+        Some(b' ') => format!("{}T{}", s.get(..10)?, s.get(11..)?),
+        _ => s.to_string(),
     };
-    // Days from civil (Howard Hinnant's algorithm).
-    let (yy, mm) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * mm + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + mi * 60 + se - offset, nanos))
+    let t = time::OffsetDateTime::parse(&text, &Rfc3339).ok()?;
+    Some((t.unix_timestamp(), t.nanosecond()))
 }
 
 fn compare_leaf(leaf: &AttrDef, actual: &Value, op: CompareOp, wanted: &Value) -> Result<bool, ScimError> {

@@ -94,9 +94,10 @@ fn kind_from(s: &str) -> ObjectKind {
     }
 }
 
+/// Now, RFC 3339 in UTC (rows written before this version hold epoch seconds).
 fn now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("{secs}")
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::now_utc().replace_nanosecond(0).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
 /// The sync store in one SQLite file.

@@ -4,58 +4,22 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SS(.mmm)Z`.
+/// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SS.mmmZ` (always three
+/// fractional digits, so stored timestamps sort as text).
 pub fn rfc3339(secs: i64, millis: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .map(|t| t + time::Duration::milliseconds(i64::from(millis.min(999))))
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fff](Z|±hh:mm)` → seconds since the epoch.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { std::str::from_utf8(b.get(r)?).ok()?.parse().ok() };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (y, m, d, hh, mm, ss) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let mut rest = text.get(19..)?;
-    if let Some(frac) = rest.strip_prefix('.') {
-        rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let (h, m) = rest.get(1..)?.split_once(':')?;
-            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60)
-        }
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss - offset)
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::parse(text, &Rfc3339).ok().map(|t| t.unix_timestamp())
 }
 
 pub use proto::url::check_web_url;
@@ -95,11 +59,15 @@ pub fn new_id() -> String {
     format!("{}-{}-{}-{}-{}", hex(time_low), hex(time_mid), hex(time_high), hex(clock), hex(node))
 }
 
-/// A bearer token: `idb_` and 32 random bytes (base64url).
+/// 32 random bytes, base64url: codes, refresh tokens, sessions, CSRF
+/// tokens. Fails closed (see [`random_bytes`]).
+pub fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+}
+
+/// A bearer token: `idb_` and a [`random_token`].
 pub fn new_token() -> Option<String> {
-    let mut b = [0u8; 32];
-    SystemRandom::new().fill(&mut b).ok()?;
-    Some(format!("idb_{}", URL_SAFE_NO_PAD.encode(b)))
+    Some(format!("idb_{}", random_token()))
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {

@@ -112,16 +112,12 @@ fn create(conn: &Connection, alg: Alg) -> Result<SigningKey> {
     Ok(SigningKey { kid, alg, pkcs8 })
 }
 
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
 fn generate_rsa() -> Result<(Vec<u8>, Value)> {
     use rsa::pkcs8::EncodePrivateKey;
     use rsa::traits::PublicKeyParts;
     let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(|e| key_error("RSA generation", e))?;
     let der = key.to_pkcs8_der().map_err(|e| key_error("RSA encoding", e))?;
-    let jwk = json!({"kty": "RSA", "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be())});
+    let jwk = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(&key.n().to_bytes_be()), "e": URL_SAFE_NO_PAD.encode(&key.e().to_bytes_be())});
     Ok((der.as_bytes().to_vec(), jwk))
 }
 
@@ -134,7 +130,10 @@ fn generate_ec() -> Result<(Vec<u8>, Value)> {
     // Uncompressed point: 0x04 ‖ x ‖ y.
     let point = pair.public_key().as_ref();
     let (x, y) = point.get(1..33).zip(point.get(33..65)).ok_or_else(|| key_error("EC key", "bad public point"))?;
-    Ok((pkcs8.as_ref().to_vec(), json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)})))
+    Ok((
+        pkcs8.as_ref().to_vec(),
+        json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)}),
+    ))
 }
 
 /// The published keys: active ones and those retired within the grace period.

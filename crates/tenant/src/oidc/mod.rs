@@ -18,15 +18,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::http::AppState;
 
-/// 32 random bytes, base64url: codes, refresh tokens, sessions, CSRF tokens.
-pub fn random_token() -> String {
-    URL_SAFE_NO_PAD.encode(crate::util::random_bytes::<32>())
-}
+pub use crate::util::random_token;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
