@@ -192,7 +192,7 @@ pub fn seal(
         deadline,
         agent_id: agent_id.to_string(),
         ephemeral: URL_SAFE_NO_PAD.encode(ephemeral_public.as_bytes()),
-        nonce: URL_SAFE_NO_PAD.encode(&nonce),
+        nonce: URL_SAFE_NO_PAD.encode(nonce),
         ciphertext: URL_SAFE_NO_PAD.encode(&data),
     };
     Ok((sealed, answer_key))
