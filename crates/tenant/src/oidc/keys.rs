@@ -117,7 +117,7 @@ fn generate_rsa() -> Result<(Vec<u8>, Value)> {
     use rsa::traits::PublicKeyParts;
     let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(|e| key_error("RSA generation", e))?;
     let der = key.to_pkcs8_der().map_err(|e| key_error("RSA encoding", e))?;
-    let jwk = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(&key.n().to_bytes_be()), "e": URL_SAFE_NO_PAD.encode(&key.e().to_bytes_be())});
+    let jwk = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()), "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be())});
     Ok((der.as_bytes().to_vec(), jwk))
 }
 
