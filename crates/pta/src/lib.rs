@@ -291,7 +291,7 @@ mod tests {
         let flipped = Sealed { ciphertext: URL_SAFE_NO_PAD.encode(&bytes), ..sealed.clone() };
         assert_eq!(err(open(&key, "agent-1", &flipped, 990, &mut Seen::default())), PtaError::Tampered);
         // A low-order public key (all zeros, a point of order 1) is refused.
-        let zero = URL_SAFE_NO_PAD.encode(&[0u8; 32]);
+        let zero = URL_SAFE_NO_PAD.encode([0u8; 32]);
         assert_eq!(check_public_key(&zero), Err(PtaError::WeakKey));
         assert_eq!(seal(&zero, "agent-1", "req-1", 1000, &creds()).map(|_| ()), Err(PtaError::WeakKey));
         assert_eq!(check_public_key(&key.public()), Ok(()));
