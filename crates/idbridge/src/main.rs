@@ -8,8 +8,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod demo_cmd;
 mod idfix_cmd;
-mod init;
+mod init_cmd;
 mod progress;
+mod prompt;
 mod pta_agent;
 mod sync_cmd;
 mod tenant_cmd;
@@ -95,7 +96,7 @@ enum Command {
     },
     /// Set-up wizard: from nothing (or an existing idbridge.toml) to a checked configuration.
     /// Exit codes: 0 written, 2 declined, 3 a check failed (the message says how to fix it).
-    Init(Box<init::InitArgs>),
+    Init(Box<init_cmd::InitArgs>),
     /// The pass-through authentication agent (runs on-premises).
     PtaAgent {
         #[command(subcommand)]
@@ -285,7 +286,7 @@ fn main() -> ExitCode {
         Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            match e.downcast_ref::<init::InitStop>() {
+            match e.downcast_ref::<orchestration::init::InitError>() {
                 Some(stop) => ExitCode::from(stop.exit_code()),
                 None => ExitCode::FAILURE,
             }
@@ -298,7 +299,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo { data, listen, users, groups, json } => {
             demo_cmd::run(orchestration::demo::DemoOptions { data, listen, users, groups }, json).await
         }
-        Command::Init(args) => init::run(*args).await,
+        Command::Init(args) => Ok(init_cmd::run(*args).await?),
         Command::Tenant { command } => tenant_cmd::run(command).await,
         Command::Idfix { command } => idfix_cmd::run(command).await,
         Command::PtaAgent { command } => pta_agent::run(command).await,

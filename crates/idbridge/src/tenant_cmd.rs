@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use tenant::domains::{self, AuthType};
-use tenant::federation::{self, Federation, OidcIdp, SamlIdp};
-use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
+use tenant::domains::AuthType;
+use tenant::federation::{Federation, OidcIdp, SamlIdp};
 use tenant::tokens::{self, Scope};
-use tenant::{Settings, audit};
+use tenant::{BrandingUpdate, Tenant};
+use tenant_http::{DEFAULT_MAX_BODY, ServeOptions, serve};
+
+/// Who the audit log names for changes made here.
+const ACTOR: &str = "cli";
 
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
@@ -320,14 +323,14 @@ fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
     }
 }
 
-fn open(data: &Path) -> Result<tenant::Store> {
-    Ok(tenant::open_existing(data)?)
+fn open(data: &Path) -> Result<Tenant> {
+    Ok(Tenant::open_existing(data)?)
 }
 
 pub async fn run(command: TenantCommand) -> Result<()> {
     match command {
         TenantCommand::Serve { data, listen, tls_cert, tls_key, public_url, initial_domain } => {
-            let (store, fresh) = tenant::open_or_create(&data, &initial_domain)
+            let (tenant, fresh) = Tenant::open_or_create(&data, &initial_domain)
                 .with_context(|| format!("opening the tenant in {}", data.display()))?;
             if fresh {
                 eprintln!(
@@ -338,7 +341,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             }
             let options = ServeOptions { listen, tls: tls_cert.zip(tls_key), public_url, max_body: DEFAULT_MAX_BODY };
             serve(
-                store,
+                tenant,
                 options,
                 |addr, base| eprintln!("tenant listening on {addr}; SCIM API at {base}"),
                 shutdown_signal(),
@@ -351,29 +354,15 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             TokenCommand::Create { data, scope, expires, note, domains } => {
                 let scope: Scope = scope.parse()?;
                 let secs = expires.as_deref().map(tokens::parse_duration).transpose()?;
-                let store = open(&data)?;
-                let conn = store.lock();
-                let (id, token) = tokens::create(&conn, scope, secs, note.as_deref())?;
-                if !domains.is_empty() {
-                    tokens::restrict_domains(&conn, &id, &domains)?;
-                }
-                audit::record(
-                    &conn,
-                    "cli",
-                    "token-create",
-                    None,
-                    Some(&id),
-                    Some(&serde_json::json!({"scope": scope.as_str()})),
-                )?;
+                let (id, token) = open(&data)?.create_token(ACTOR, scope, secs, note.as_deref(), &domains)?;
                 crate::out!("{token}");
                 eprintln!("token {id} ({scope}) created; it is shown only this once");
                 Ok(())
             }
             TokenCommand::List { data } => {
-                let store = open(&data)?;
-                let conn = store.lock();
+                let tokens = open(&data)?.tokens()?;
                 crate::out!("{:<36}  {:<9}  {:<24}  {:<8}  note", "id", "scope", "created", "state");
-                for t in tokens::list(&conn)? {
+                for t in tokens {
                     let state = if t.revoked.is_some() {
                         "revoked"
                     } else if t.expires.is_some_and(|e| e <= tenant::util::now_secs()) {
@@ -393,10 +382,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 Ok(())
             }
             TokenCommand::Revoke { data, id } => {
-                let store = open(&data)?;
-                let conn = store.lock();
-                tokens::revoke(&conn, &id)?;
-                audit::record(&conn, "cli", "token-revoke", None, Some(&id), None)?;
+                open(&data)?.revoke_token(ACTOR, &id)?;
                 eprintln!("token {id} revoked");
                 Ok(())
             }
@@ -404,42 +390,21 @@ pub async fn run(command: TenantCommand) -> Result<()> {
         TenantCommand::Domain { command } => match command {
             DomainCommand::Add { data, name, auth } => {
                 let auth: AuthType = auth.parse()?;
-                let store = open(&data)?;
-                let conn = store.lock();
-                let d = domains::add(&conn, &name, auth, false)?;
-                audit::record(
-                    &conn,
-                    "cli",
-                    "domain-add",
-                    None,
-                    Some(&d.name),
-                    Some(&serde_json::json!({"auth": auth.as_str()})),
-                )?;
+                let d = open(&data)?.add_domain(ACTOR, &name, auth)?;
                 eprintln!("domain {} added ({})", d.name, d.auth);
                 Ok(())
             }
             DomainCommand::List { data } => {
-                let store = open(&data)?;
-                let conn = store.lock();
+                let domains = open(&data)?.domains()?;
                 crate::out!("{:<40}  {:<12}  initial", "domain", "sign-in");
-                for d in domains::list(&conn)? {
+                for d in domains {
                     crate::out!("{:<40}  {:<12}  {}", d.name, d.auth.as_str(), if d.initial { "yes" } else { "" });
                 }
                 Ok(())
             }
             DomainCommand::Set { data, name, auth } => {
                 let auth: AuthType = auth.parse()?;
-                let store = open(&data)?;
-                let conn = store.lock();
-                domains::set_auth(&conn, &name, auth)?;
-                audit::record(
-                    &conn,
-                    "cli",
-                    "domain-set",
-                    None,
-                    Some(&name),
-                    Some(&serde_json::json!({"auth": auth.as_str()})),
-                )?;
+                open(&data)?.set_domain_auth(ACTOR, &name, auth)?;
                 eprintln!("domain {name} now signs in with {auth}");
                 Ok(())
             }
@@ -499,17 +464,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     }
                     other => anyhow::bail!("unknown federation protocol {other:?}: use oidc or saml"),
                 };
-                let store = open(&data)?;
-                let conn = store.lock();
-                let d = federation::federate(&conn, &name, &federation)?;
-                audit::record(
-                    &conn,
-                    "cli",
-                    "domain-federate",
-                    None,
-                    Some(&d.name),
-                    Some(&serde_json::json!({"protocol": federation.protocol()})),
-                )?;
+                let d = open(&data)?.federate(ACTOR, &name, &federation)?;
                 let hint = match federation {
                     Federation::Oidc(_) => "register this redirect URI there: <tenant URL>/federation/oidc/callback",
                     Federation::Saml(_) => {
@@ -524,18 +479,12 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 Ok(())
             }
             DomainCommand::Unfederate { data, name } => {
-                let store = open(&data)?;
-                let conn = store.lock();
-                let d = federation::unfederate(&conn, &name)?;
-                audit::record(&conn, "cli", "domain-unfederate", None, Some(&d.name), None)?;
+                let d = open(&data)?.unfederate(ACTOR, &name)?;
                 eprintln!("domain {} now signs in with {} (managed)", d.name, d.auth);
                 Ok(())
             }
             DomainCommand::Remove { data, name } => {
-                let store = open(&data)?;
-                let conn = store.lock();
-                domains::remove(&conn, &name)?;
-                audit::record(&conn, "cli", "domain-remove", None, Some(&name), None)?;
+                open(&data)?.remove_domain(ACTOR, &name)?;
                 eprintln!("domain {name} removed");
                 Ok(())
             }
@@ -550,9 +499,8 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             rate_limit_per_sec,
             trusted_proxies,
         } => {
-            let store = open(&data)?;
-            let conn = store.lock();
-            let mut s = Settings::load(&conn)?;
+            let tenant = open(&data)?;
+            let mut s = tenant.settings()?;
             if block_soft_match.is_none()
                 && block_hard_match_takeover.is_none()
                 && require_verified_domain.is_none()
@@ -561,6 +509,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 && rate_limit_per_sec.is_none()
                 && trusted_proxies.is_none()
             {
+                let proxies = tenant.trusted_proxies()?;
                 crate::out!(
                     "block-soft-match: {}\nblock-hard-match-takeover: {}\nrequire-verified-domain: {}\nallow-cloud-password-change: {}\npta-timeout-secs: {}\nrate-limit-per-sec: {}\ntrusted-proxies: {}",
                     on_off(s.block_soft_match),
@@ -569,63 +518,35 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     on_off(s.allow_cloud_password_change),
                     s.pta_timeout_secs,
                     if s.rate_limit_per_sec == 0 { "off".to_string() } else { s.rate_limit_per_sec.to_string() },
-                    {
-                        let proxies = tenant::store::trusted_proxies(&conn)?;
-                        if proxies.is_empty() {
-                            "none (X-Forwarded-For is ignored)".to_string()
-                        } else {
-                            proxies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                        }
+                    if proxies.is_empty() {
+                        "none (X-Forwarded-For is ignored)".to_string()
+                    } else {
+                        proxies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                     }
                 );
                 return Ok(());
             }
-            if let Some(v) = allow_cloud_password_change {
-                s.allow_cloud_password_change = v;
-            }
-            if let Some(v) = pta_timeout_secs {
-                if v == 0 || v > 120 {
-                    anyhow::bail!("--pta-timeout-secs {v}: give 1 to 120 seconds");
-                }
-                s.pta_timeout_secs = v;
-            }
-            if let Some(v) = rate_limit_per_sec {
-                s.rate_limit_per_sec = v;
+            if let Some(v) = pta_timeout_secs.filter(|v| *v == 0 || *v > 120) {
+                anyhow::bail!("--pta-timeout-secs {v}: give 1 to 120 seconds");
             }
             if let Some(text) = &trusted_proxies {
                 let proxies = tenant::net::parse_list(text).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?;
-                tenant::store::set_trusted_proxies(&conn, &proxies)?;
+                tenant.set_trusted_proxies(ACTOR, &proxies)?;
             }
-            if let Some(v) = require_verified_domain {
-                s.require_verified_domain = v;
-            }
-            if let Some(v) = block_soft_match {
-                s.block_soft_match = v;
-            }
-            if let Some(v) = block_hard_match_takeover {
-                s.block_hard_match_takeover = v;
-            }
-            s.save(&conn)?;
-            audit::record(
-                &conn,
-                "cli",
-                "settings",
-                None,
-                None,
-                Some(
-                    &serde_json::json!({"blockSoftMatch": s.block_soft_match, "blockHardMatchTakeover": s.block_hard_match_takeover, "requireVerifiedDomain": s.require_verified_domain, "allowCloudPasswordChange": s.allow_cloud_password_change, "ptaTimeoutSecs": s.pta_timeout_secs, "rateLimitPerSec": s.rate_limit_per_sec}),
-                ),
-            )?;
+            s.allow_cloud_password_change = allow_cloud_password_change.unwrap_or(s.allow_cloud_password_change);
+            s.pta_timeout_secs = pta_timeout_secs.unwrap_or(s.pta_timeout_secs);
+            s.rate_limit_per_sec = rate_limit_per_sec.unwrap_or(s.rate_limit_per_sec);
+            s.require_verified_domain = require_verified_domain.unwrap_or(s.require_verified_domain);
+            s.block_soft_match = block_soft_match.unwrap_or(s.block_soft_match);
+            s.block_hard_match_takeover = block_hard_match_takeover.unwrap_or(s.block_hard_match_takeover);
+            tenant.save_settings(ACTOR, &s)?;
             eprintln!("settings saved");
             Ok(())
         }
         TenantCommand::Client { command } => client(command),
         TenantCommand::PtaToken { command: PtaTokenCommand::Create { data, expires } } => {
             let secs = tokens::parse_duration(&expires)?;
-            let store = open(&data)?;
-            let conn = store.lock();
-            let token = tenant::pta::create_token(&conn, secs)?;
-            audit::record(&conn, "cli", "pta-token-create", None, None, None)?;
+            let token = open(&data)?.create_pta_token(ACTOR, secs)?;
             crate::out!("{token}");
             eprintln!(
                 "one-time agent registration token, valid {expires}: idbridge pta-agent register --tenant URL --token TOKEN"
@@ -633,11 +554,10 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             Ok(())
         }
         TenantCommand::PtaAgents { data } => {
-            let store = open(&data)?;
-            let conn = store.lock();
+            let agents = open(&data)?.pta_agents()?;
             crate::out!("{:<36}  {:<20}  {:<8}  {:<24}  version", "id", "name", "status", "last seen");
             let now = tenant::util::now_secs();
-            for a in tenant::pta::list_agents(&conn)? {
+            for a in agents {
                 let status = if a.revoked.is_some() {
                     "revoked"
                 } else if a.credential_expires <= now {
@@ -660,42 +580,19 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             Ok(())
         }
         TenantCommand::PtaAgent { command: PtaAgentCommand::Revoke { data, id } } => {
-            let store = open(&data)?;
-            let conn = store.lock();
-            tenant::pta::revoke_agent(&conn, &id)?;
+            open(&data)?.revoke_pta_agent(ACTOR, &id)?;
             eprintln!("agent {id} revoked: it stops at its next request to the tenant");
             Ok(())
         }
         TenantCommand::Branding {
             command: BrandingCommand::Set { data, name, color, background_color, logo_url, background_url, text },
         } => {
-            for (flag, value) in [("--color", &color), ("--background-color", &background_color)] {
-                if let Some(c) = value.as_deref().filter(|c| !tenant::oidc::pages::is_css_colour(c)) {
-                    anyhow::bail!("{flag} {c:?}: use #rgb or #rrggbb");
-                }
-            }
-            for (flag, value) in [("--logo-url", &logo_url), ("--background-url", &background_url)] {
-                if let Some(u) = value.as_deref().filter(|u| !u.is_empty() && !tenant::oidc::pages::is_image_url(u)) {
-                    anyhow::bail!("{flag} {u:?}: give an https:// URL or a path on the tenant");
-                }
-            }
-            let store = open(&data)?;
-            let conn = store.lock();
-            let fields = [
-                ("name", name),
-                ("color", color),
-                ("background_color", background_color),
-                ("logo_url", logo_url),
-                ("background_url", background_url),
-                ("text", text),
-            ];
-            for (key, value) in &fields {
-                if let Some(v) = value {
-                    tenant::store::set_meta(&conn, &format!("branding.{key}"), v)?;
-                }
-            }
-            let b = tenant::oidc::pages::Branding::load(&conn);
-            audit::record(&conn, "cli", "branding", None, None, None)?;
+            let update = BrandingUpdate { name, color, background_color, logo_url, background_url, text };
+            let b = open(&data)?.set_branding(ACTOR, &update).map_err(|e| match e {
+                // "color …", "logo-url …": the flag's name.
+                tenant::TenantError::Invalid(m) => anyhow::anyhow!("--{m}"),
+                other => other.into(),
+            })?;
             crate::out!(
                 "name: {}\ncolor: {}\nbackground-color: {}\nlogo-url: {}\nbackground-url: {}\ntext: {}",
                 b.name,
@@ -709,10 +606,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
         }
         TenantCommand::Keys { command: KeysCommand::Rotate { data, alg } } => {
             let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
-            let store = open(&data)?;
-            let conn = store.lock();
-            let key = tenant::oidc::keys::rotate(&conn, alg)?;
-            audit::record(&conn, "cli", "key-rotate", None, Some(&key.kid), None)?;
+            let key = open(&data)?.rotate_key(ACTOR, alg)?;
             eprintln!(
                 "new {} signing key {}; the previous one stays published for verification",
                 alg.as_str(),
@@ -721,9 +615,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             Ok(())
         }
         TenantCommand::Audit { data, limit, json } => {
-            let store = open(&data)?;
-            let conn = store.lock();
-            for e in audit::recent(&conn, limit)? {
+            for e in open(&data)?.audit(limit)? {
                 if json {
                     crate::out!(
                         "{}",
@@ -748,24 +640,11 @@ pub async fn run(command: TenantCommand) -> Result<()> {
 }
 
 fn client(command: ClientCommand) -> Result<()> {
-    use tenant::oidc::clients;
     match command {
         ClientCommand::Add { data, name, redirect_uris, public, alg, post_logout_uris } => {
             let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
-            let store = open(&data)?;
-            let conn = store.lock();
-            let (client, secret) = clients::add(&conn, &name, &redirect_uris, public, alg)?;
-            if !post_logout_uris.is_empty() {
-                clients::set_post_logout_uris(&conn, &client.id, &post_logout_uris)?;
-            }
-            audit::record(
-                &conn,
-                "cli",
-                "client-add",
-                None,
-                Some(&client.id),
-                Some(&serde_json::json!({"name": name})),
-            )?;
+            let (client, secret) =
+                open(&data)?.add_client(ACTOR, &name, &redirect_uris, public, alg, &post_logout_uris)?;
             crate::out!("client_id: {}", client.id);
             if let Some(secret) = secret {
                 crate::out!("client_secret: {secret}");
@@ -774,10 +653,9 @@ fn client(command: ClientCommand) -> Result<()> {
             Ok(())
         }
         ClientCommand::List { data } => {
-            let store = open(&data)?;
-            let conn = store.lock();
+            let clients = open(&data)?.clients()?;
             crate::out!("{:<36}  {:<12}  {:<5}  redirect URIs", "id", "type", "alg");
-            for c in clients::list(&conn)? {
+            for c in clients {
                 crate::out!(
                     "{:<36}  {:<12}  {:<5}  {}  ({})",
                     c.id,
@@ -790,10 +668,7 @@ fn client(command: ClientCommand) -> Result<()> {
             Ok(())
         }
         ClientCommand::Remove { data, id } => {
-            let store = open(&data)?;
-            let conn = store.lock();
-            clients::remove(&conn, &id)?;
-            audit::record(&conn, "cli", "client-remove", None, Some(&id), None)?;
+            open(&data)?.remove_client(ACTOR, &id)?;
             eprintln!("client {id} removed; its refresh tokens are revoked");
             Ok(())
         }

@@ -13,10 +13,10 @@ use directory::Dn;
 use store::SqliteStore;
 use sync::engine::{CycleOptions, run_cycle};
 use sync::mapping::Flavor;
-use tenant::domains::{self, AuthType};
-use tenant::oidc::{clients, keys::Alg, myapps};
-use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
-use tenant::tokens::{self, Scope};
+use tenant::Tenant;
+use tenant::domains::AuthType;
+use tenant::tokens::Scope;
+use tenant_http::{DEFAULT_MAX_BODY, ServeOptions, serve};
 
 use connector_ldif::LdifSource;
 use sample::{Flavor as SampleFlavor, SampleSpec};
@@ -125,22 +125,16 @@ pub async fn start(
     }
 
     let tenant_dir = data.join("tenant");
-    let (store, _) = tenant::open_or_create(&tenant_dir, "demo.idbridge.test")?;
-    let (admin, sync_token) = {
-        let conn = store.lock();
-        if domains::get(&conn, "example.org")?.is_none() {
-            domains::add(&conn, "example.org", AuthType::ManagedPhs, false)?;
-        }
-        (
-            tokens::create(&conn, Scope::Admin, Some(86_400), Some("demo"))?.1,
-            tokens::create(&conn, Scope::Sync, Some(86_400), Some("demo sync"))?.1,
-        )
-    };
+    let (tenant, _) = Tenant::open_or_create(&tenant_dir, "demo.idbridge.test")?;
+    tenant.ensure_domain("demo", "example.org", AuthType::ManagedPhs)?;
+    let (_, admin) = tenant.create_token("demo", Scope::Admin, Some(86_400), Some("demo"), &[])?;
+    let (_, sync_token) = tenant.create_token("demo", Scope::Sync, Some(86_400), Some("demo sync"), &[])?;
+    let admin_tenant = tenant.clone();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
     let options = ServeOptions { listen: o.listen, tls: None, public_url: None, max_body: DEFAULT_MAX_BODY };
     let server = tokio::spawn(async move {
         serve(
-            store,
+            tenant,
             options,
             move |_, base| {
                 let _ = ready_tx.send(base.to_string());
@@ -163,18 +157,8 @@ pub async fn start(
     let issuer = base.trim_end_matches("/scim/v2").to_string();
 
     // My Apps: registered afresh for this address (the port may differ between runs).
-    let redirect_uri = myapps::redirect_uri(&issuer);
-    let client_id = {
-        let admin_store = tenant::open_existing(&tenant_dir)?;
-        let conn = admin_store.lock();
-        if let Some(old) = tenant::store::get_meta(&conn, "myapps_client_id")? {
-            let _ = clients::remove(&conn, &old);
-        }
-        let (client, _) = clients::add(&conn, "My Apps", std::slice::from_ref(&redirect_uri), true, Alg::Rs256)?;
-        clients::set_post_logout_uris(&conn, &client.id, &[format!("{issuer}/myapps")])?;
-        tenant::store::set_meta(&conn, "myapps_client_id", &client.id)?;
-        client.id
-    };
+    let redirect_uri = tenant::service::my_apps_redirect_uri(&issuer);
+    let client_id = admin_tenant.register_my_apps("demo", &issuer)?;
 
     let mut source = LdifSource::new(&ldif);
     let state = data.join("sync.db");

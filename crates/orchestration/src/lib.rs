@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dump;
 pub mod idfix;
 pub mod idfix_index;
+pub mod init;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -25,6 +26,9 @@ pub enum Error {
     Io { action: &'static str, path: PathBuf, error: std::io::Error },
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
+    /// An I/O failure whose file the context names.
+    #[error("{0}")]
+    System(#[from] std::io::Error),
     #[error("source {source_name:?}: {error}")]
     Directory { source_name: String, error: Box<connector_ldap::LdapError> },
     #[error("opening the sync store {}: {error}", path.display())]
@@ -35,7 +39,7 @@ pub enum Error {
     Rules(#[from] ::sync::rules::RuleError),
     #[error(transparent)]
     Tenant(#[from] connector_scim::ScimTargetError),
-    #[error("the tenant: {0}")]
+    #[error(transparent)]
     TenantStore(#[from] tenant::TenantError),
     #[error("source {source_name:?}: the sync cycle failed: {error}")]
     Cycle { source_name: String, error: ::sync::engine::CycleError },
@@ -48,12 +52,21 @@ pub enum Error {
     /// The command cannot run as asked; the text says why and what to do.
     #[error("{0}")]
     Refused(String),
+    /// What was being done when `source` failed.
+    #[error("{what}: {source}")]
+    Context { what: String, source: Box<Error> },
     /// The deletion threshold stopped a `--once` run's export.
     #[error("deletion threshold exceeded")]
     DeletionThreshold,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An [`Error::Refused`] with this text.
+#[macro_export]
+macro_rules! refused {
+    ($($arg:tt)*) => { $crate::Error::Refused(format!($($arg)*)) };
+}
 
 /// Adds the action and path to an I/O result.
 pub(crate) trait IoContext<T> {

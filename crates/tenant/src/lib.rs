@@ -1,35 +1,38 @@
-//! The tenant: the cloud directory idbridge exports into. Users, groups and
-//! contacts with verified domains in SQLite, reached over SCIM 2.0.
+//! The tenant's core: the cloud directory idbridge exports into, without
+//! HTTP (that is `tenant-http`). Users, groups and contacts with verified
+//! domains in SQLite; sign-in; federation; pass-through authentication.
 //!
+//! - [`Tenant`]: the service the command line, the wizard and the demo
+//!   administer the tenant through.
 //! - [`store`]: the database, migrations, settings.
 //! - [`objects`]: the directory rules (uniqueness, quarantine, matching, members).
 //! - [`domains`], [`tokens`], [`audit`]: administration.
-//! - [`http`]: the SCIM API (axum); [`serve`]: listening, TLS, shutdown.
-//! - [`credentials`], [`signin`], [`hybrid`]: password hash sync records, checking
-//!   passwords with smart lockout, and the `/hybrid/v1` endpoint the sync side feeds.
-//! - [`oidc`]: the OpenID Connect provider, its sign-in pages and the demo's "My Apps".
+//! - [`credentials`], [`signin`]: password hash sync records and checking
+//!   passwords with smart lockout.
+//! - [`oidc`]: signing keys, tokens and registered relying parties.
+//! - [`federation`]: federated domains (OpenID Connect and SAML identity providers).
+//! - [`pta`]: the broker pass-through agents take sign-ins from.
 
-pub mod admin;
 pub mod audit;
+pub mod branding;
 pub mod credentials;
 pub mod domains;
 pub mod error;
 pub mod federation;
-pub mod http;
-pub mod hybrid;
 pub mod net;
 pub mod objects;
 pub mod oidc;
 pub mod pta;
 pub mod ratelimit;
 pub mod secrets;
-pub mod serve;
+pub mod service;
 pub mod signin;
 pub mod store;
 pub mod tokens;
 pub mod util;
 
 pub use error::{Result, TenantError};
+pub use service::{BrandingUpdate, Tenant};
 pub use store::{Settings, Store};
 
 use std::path::Path;

@@ -1,4 +1,5 @@
-//! Pass-through authentication, the tenant's side: agents
+//! Pass-through authentication, the tenant's side (the HTTP endpoints are
+//! in `tenant-http`): agents
 //! register with a one-time token, keep an outbound long poll open, take
 //! sealed sign-in requests from a shared queue and answer with the outcome.
 //!
@@ -14,18 +15,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use proto::ErrorReply;
-use proto::pta::{Answer, AnswerReply, Credential, MAX_POLL_WAIT_SECS, PollQuery, PollReply, Registration};
+use proto::pta::{Credential, MAX_POLL_WAIT_SECS, Registration};
 use pta::{Credentials, Outcome, Sealed};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use crate::audit;
 use crate::error::{Result, TenantError};
-use crate::http::AppState;
 use crate::util::{new_id, new_token, now, now_secs, sha256};
 
 /// A request an agent took and did not answer goes back to the queue after this.
@@ -38,7 +34,7 @@ const GRACE: Duration = Duration::from_secs(3);
 const BATCH: usize = 32;
 pub use proto::pta::CREDENTIAL_LIFETIME_SECS;
 /// After a rotation the previous credential still works this long.
-const ROTATION_GRACE_SECS: i64 = 300;
+pub const ROTATION_GRACE_SECS: i64 = 300;
 
 /// Why pass-through validation gave no outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +201,7 @@ impl Broker {
     }
 
     /// Takes up to a batch of requests sealed for `agent`, waiting up to `wait`.
-    async fn take(&self, agent: &str, public_key: &str, wait: Duration) -> Vec<Sealed> {
+    pub async fn take(&self, agent: &str, public_key: &str, wait: Duration) -> Vec<Sealed> {
         let started = Instant::now();
         {
             let mut state = self.lock();
@@ -242,7 +238,7 @@ impl Broker {
         }
     }
 
-    fn take_now(&self, agent: &str) -> Vec<Sealed> {
+    pub fn take_now(&self, agent: &str) -> Vec<Sealed> {
         let mut state = self.lock();
         let now = Instant::now();
         // Requests whose agent went quiet go back to the queue.
@@ -275,14 +271,14 @@ impl Broker {
     }
 
     /// Takes an agent out of the online set at once (it was revoked).
-    fn forget(&self, agent: &str) {
+    pub fn forget(&self, agent: &str) {
         self.lock().agents.remove(agent);
     }
 
     /// An agent's answer; the first answer to a request counts.
     /// Takes `agent`'s answer: only the agent holding the request's lease,
     /// and only with a MAC made with that request's answer key.
-    fn answer(&self, agent: &str, request_id: &str, outcome: Outcome, mac: &str) -> bool {
+    pub fn answer(&self, agent: &str, request_id: &str, outcome: Outcome, mac: &str) -> bool {
         let mut state = self.lock();
         let authentic = state.leased.get(request_id).is_some_and(|lease| {
             lease.agent == agent
@@ -341,16 +337,16 @@ pub fn list_agents(conn: &Connection) -> Result<Vec<AgentInfo>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub fn revoke_agent(conn: &Connection, id: &str) -> Result<()> {
+pub fn revoke_agent(conn: &Connection, actor: &str, id: &str) -> Result<()> {
     if conn.execute("UPDATE pta_agents SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL", params![id, now()])? == 0 {
         return Err(TenantError::NotFound(format!("active agent {id}")));
     }
-    audit::record(conn, "cli", "pta-agent-revoke", None, Some(id), None)?;
+    audit::record(conn, actor, "pta-agent-revoke", None, Some(id), None)?;
     Ok(())
 }
 
 /// The agent a credential belongs to, with its public key; `None` if unknown, expired or revoked.
-fn agent_for(conn: &Connection, credential: &str) -> Result<Option<(String, String)>> {
+pub fn agent_for(conn: &Connection, credential: &str) -> Result<Option<(String, String)>> {
     let hash = sha256(credential.as_bytes());
     let now = now_secs();
     Ok(conn
@@ -363,171 +359,48 @@ fn agent_for(conn: &Connection, credential: &str) -> Result<Option<(String, Stri
         .optional()?)
 }
 
-// ---- HTTP ----
-
-fn json_reply<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
-    // Our own wire types always serialise (string keys only).
-    let text = serde_json::to_string(body).unwrap_or_default();
-    let mut resp = (status, text).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    resp
-}
-
-fn failed(status: StatusCode, message: &str) -> Response {
-    json_reply(status, &ErrorReply { error: message.to_string() })
-}
-
-async fn blocking<T: Send + 'static>(
-    state: &Arc<AppState>,
-    work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || work(&store.lock()))
-        .await
-        .unwrap_or_else(|e| Err(TenantError::Invalid(format!("worker failed: {e}"))))
-}
-
-/// The calling agent, or the response that refuses it.
-/// A server-side failure: logged here, never described to the agent.
-fn internal(e: &dyn std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "pass-through endpoint failed");
-    failed(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the tenant's log)")
-}
-
-async fn caller(state: &Arc<AppState>, headers: &HeaderMap) -> std::result::Result<(String, String), Response> {
-    let Some(credential) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string)
-    else {
-        return Err(failed(StatusCode::UNAUTHORIZED, "an agent credential is required"));
-    };
-    match blocking(state, move |conn| agent_for(conn, &credential)).await {
-        Ok(Some(agent)) => Ok(agent),
-        Ok(None) => Err(failed(
-            StatusCode::UNAUTHORIZED,
-            "this agent's credential is unknown, expired or revoked: register the agent again",
-        )),
-        Err(e) => Err(internal(&e)),
+/// Registers an agent with a one-time token: its id and first credential,
+/// or `None` when the token is unknown, used or expired.
+pub fn register_agent(conn: &Connection, r: &Registration) -> Result<Option<Credential>> {
+    let hash = sha256(r.token.as_bytes());
+    let used = conn.execute(
+        "UPDATE pta_tokens SET used = 1 WHERE hash = ?1 AND used = 0 AND expires > ?2",
+        params![hash, now_secs()],
+    )?;
+    if used == 0 {
+        return Ok(None);
     }
+    let id = new_id();
+    let credential =
+        new_token().ok_or_else(|| TenantError::Invalid("the system random number generator failed".into()))?;
+    let expires = now_secs() + CREDENTIAL_LIFETIME_SECS;
+    conn.execute(
+        "INSERT INTO pta_agents(id, name, public_key, credential_hash, credential_expires, created, version)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, r.name, r.public_key, sha256(credential.as_bytes()), expires, now(), r.version],
+    )?;
+    audit::record(conn, "pta", "pta-agent-register", None, Some(&id), Some(&json!({"name": r.name})))?;
+    Ok(Some(Credential { agent_id: Some(id), credential, credential_expires: expires }))
 }
 
-/// POST /pta/v1/register — the one-time token, the agent's public key → its id and credential.
-pub async fn register(State(state): State<Arc<AppState>>, body: axum::Json<Registration>) -> Response {
-    let r = body.0;
-    if pta::check_public_key(&r.public_key).is_err() {
-        return failed(StatusCode::BAD_REQUEST, "public_key must be a 32-byte X25519 key, base64url, not of low order");
-    }
-    let result = blocking(&state, move |conn| {
-        let hash = sha256(r.token.as_bytes());
-        let used = conn.execute(
-            "UPDATE pta_tokens SET used = 1 WHERE hash = ?1 AND used = 0 AND expires > ?2",
-            params![hash, now_secs()],
-        )?;
-        if used == 0 {
-            return Ok(None);
-        }
-        let id = new_id();
-        let credential =
-            new_token().ok_or_else(|| TenantError::Invalid("the system random number generator failed".into()))?;
-        let expires = now_secs() + CREDENTIAL_LIFETIME_SECS;
-        conn.execute(
-            "INSERT INTO pta_agents(id, name, public_key, credential_hash, credential_expires, created, version)
-             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, r.name, r.public_key, sha256(credential.as_bytes()), expires, now(), r.version],
-        )?;
-        audit::record(conn, "pta", "pta-agent-register", None, Some(&id), Some(&json!({"name": r.name})))?;
-        Ok(Some((id, credential, expires)))
-    })
-    .await;
-    match result {
-        Ok(Some((id, credential, expires))) => {
-            json_reply(StatusCode::OK, &Credential { agent_id: Some(id), credential, credential_expires: expires })
-        }
-        Ok(None) => failed(
-            StatusCode::UNAUTHORIZED,
-            "the registration token is unknown, used or expired: make a new one with `idbridge tenant pta-token create`",
-        ),
-        Err(e) => internal(&e),
-    }
+/// A new credential for `agent`; the previous one works [`ROTATION_GRACE_SECS`] more.
+pub fn rotate_credential(conn: &Connection, agent: &str) -> Result<Credential> {
+    let credential =
+        new_token().ok_or_else(|| TenantError::Invalid("the system random number generator failed".into()))?;
+    let expires = now_secs() + CREDENTIAL_LIFETIME_SECS;
+    conn.execute(
+        "UPDATE pta_agents SET previous_hash = credential_hash, previous_expires = ?3,
+         credential_hash = ?2, credential_expires = ?4 WHERE id = ?1",
+        params![agent, sha256(credential.as_bytes()), now_secs() + ROTATION_GRACE_SECS, expires],
+    )?;
+    audit::record(conn, "pta", "pta-agent-rotate", None, Some(agent), None)?;
+    Ok(Credential { agent_id: None, credential, credential_expires: expires })
 }
 
-/// GET /pta/v1/poll — waits for sign-in requests; doubles as the heartbeat.
-pub async fn poll(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<PollQuery>) -> Response {
-    let (agent, public_key) = match caller(&state, &headers).await {
-        Ok(a) => a,
-        Err(resp) => return resp,
-    };
-    let seen = agent.clone();
-    let _ = blocking(&state, move |conn| {
-        conn.execute("UPDATE pta_agents SET last_seen = ?2 WHERE id = ?1", params![seen, now_secs()])?;
-        Ok(())
-    })
-    .await;
-    let wait = q.wait_secs.map(Duration::from_secs).unwrap_or(POLL_WAIT).min(POLL_WAIT);
-    let started = Instant::now();
-    loop {
-        // In slices of a second: a revoked agent is turned away at once, not at its next poll.
-        let slice = wait.saturating_sub(started.elapsed()).min(Duration::from_secs(1));
-        let requests = state.pta.take(&agent, &public_key, slice).await;
-        if !requests.is_empty() || started.elapsed() >= wait {
-            return json_reply(StatusCode::OK, &PollReply { requests });
-        }
-        if let Err(resp) = caller(&state, &headers).await {
-            // Revoked (or expired): no request is sealed for it any more.
-            state.pta.forget(&agent);
-            return resp;
-        }
-    }
-}
-
-/// POST /pta/v1/respond — an outcome for a request this agent took.
-pub async fn respond(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::Json<Answer>) -> Response {
-    let (agent, _) = match caller(&state, &headers).await {
-        Ok(a) => a,
-        Err(resp) => return resp,
-    };
-    let accepted = state.pta.answer(&agent, &body.request_id, body.outcome, &body.mac);
-    if !accepted {
-        tracing::warn!(agent = %agent, request = %body.request_id, "an answer was refused (not this agent's request, or not authentic)");
-    }
-    json_reply(StatusCode::OK, &AnswerReply { accepted })
-}
-
-/// POST /pta/v1/rotate — a new credential; the old one works a few minutes more.
-pub async fn rotate(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let (agent, _) = match caller(&state, &headers).await {
-        Ok(a) => a,
-        Err(resp) => return resp,
-    };
-    let result = blocking(&state, move |conn| {
-        let credential =
-            new_token().ok_or_else(|| TenantError::Invalid("the system random number generator failed".into()))?;
-        let expires = now_secs() + CREDENTIAL_LIFETIME_SECS;
-        conn.execute(
-            "UPDATE pta_agents SET previous_hash = credential_hash, previous_expires = ?3,
-             credential_hash = ?2, credential_expires = ?4 WHERE id = ?1",
-            params![agent, sha256(credential.as_bytes()), now_secs() + ROTATION_GRACE_SECS, expires],
-        )?;
-        audit::record(conn, "pta", "pta-agent-rotate", None, Some(&agent), None)?;
-        Ok((credential, expires))
-    })
-    .await;
-    match result {
-        Ok((credential, expires)) => {
-            json_reply(StatusCode::OK, &Credential { agent_id: None, credential, credential_expires: expires })
-        }
-        Err(e) => internal(&e),
-    }
-}
-
-pub fn routes() -> axum::Router<Arc<AppState>> {
-    axum::Router::new()
-        .route(proto::pta::REGISTER_PATH, axum::routing::post(register))
-        .route(proto::pta::POLL_PATH, axum::routing::get(poll))
-        .route(proto::pta::RESPOND_PATH, axum::routing::post(respond))
-        .route(proto::pta::ROTATE_PATH, axum::routing::post(rotate))
+/// The agent polled: it is alive.
+pub fn record_poll(conn: &Connection, agent: &str) -> Result<()> {
+    conn.execute("UPDATE pta_agents SET last_seen = ?2 WHERE id = ?1", params![agent, now_secs()])?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,6 +24,15 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 
 pub use proto::url::check_web_url;
 
+/// RFC 3986's unreserved characters stay; everything else is percent-encoded.
+const ENCODED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A query-string value (or path segment), percent-encoded.
+pub fn urlencode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, ENCODED).to_string()
+}
+
 pub fn now() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     rfc3339(d.as_secs() as i64, d.subsec_millis())

@@ -6,12 +6,11 @@
 //!   (`federation_requests`), user mapping, refusals with their audit entries.
 //! - [`oidc`]: the tenant as an OpenID Connect relying party (code + PKCE,
 //!   ID token checked against the IdP's JWKS).
-//! - [`web`]: the browser's way: to the IdP from the user-name step, back
-//!   through the callback into the relying party's flow.
+//! - the browser's way (to the IdP from the user-name step, back through
+//!   the callback into the relying party's flow) is in `tenant-http`.
 
 pub mod oidc;
 pub mod saml;
-pub mod web;
 pub mod xml;
 
 use std::fmt;

@@ -129,7 +129,7 @@ impl RelyingParty {
 
 /// RFC 6749 §2.3.1: client credentials are form-encoded before Basic.
 fn form_encode(text: &str) -> String {
-    crate::oidc::flow::urlencode(text)
+    crate::util::urlencode(text)
 }
 
 /// What the ID token must say.

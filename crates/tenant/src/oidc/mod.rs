@@ -1,39 +1,12 @@
-//! The tenant's OpenID Connect provider and sign-in.
+//! The tenant's OpenID Connect provider, the parts without HTTP (the
+//! endpoints and pages are in `tenant-http`).
 //!
 //! - [`keys`]: RS256 and ES256 signing keys, rotation, JWKS.
 //! - [`jwt`]: compact JWS for the tokens we issue.
 //! - [`clients`]: registered relying parties.
-//! - [`flow`]: the endpoints (discovery, authorize + sign-in, token, userinfo, logout).
-//! - [`pages`]: the sign-in pages (HTML without JavaScript).
-//! - [`myapps`]: a small relying party of our own, for the demo.
 
 pub mod clients;
-pub mod flow;
 pub mod jwt;
 pub mod keys;
-pub mod myapps;
-pub mod pages;
-
-use std::sync::Arc;
-
-use axum::Router;
-use axum::routing::get;
-
-use crate::http::AppState;
 
 pub use crate::util::random_token;
-
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/.well-known/openid-configuration", get(flow::discovery))
-        .route("/oauth2/jwks", get(flow::jwks))
-        .route("/oauth2/authorize", get(flow::authorize_get).post(flow::authorize_post))
-        .route("/oauth2/token", axum::routing::post(flow::token))
-        .route("/oauth2/userinfo", get(flow::userinfo).post(flow::userinfo))
-        .route("/oauth2/logout", get(flow::logout).post(flow::logout_confirmed))
-        .route("/federation/oidc/callback", get(crate::federation::web::oidc_callback))
-        .route("/federation/saml/acs", axum::routing::post(crate::federation::web::saml_acs))
-        .route("/myapps", get(myapps::home))
-        .route("/myapps/callback", get(myapps::callback))
-        .route("/myapps/logout", get(myapps::logout))
-}

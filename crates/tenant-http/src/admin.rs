@@ -14,11 +14,10 @@ use axum::response::Response;
 use axum::routing::get;
 use proto::admin::{DomainInfo, DomainList, SetDomainAuth};
 use scim::{ScimError, ScimType};
-use serde_json::json;
 
-use crate::domains::{self, AuthType};
-use crate::http::{ApiError, AppState, Caller, authenticate, db, json_body, scim_json};
-use crate::tokens::Scope;
+use crate::scim::{ApiError, AppState, Caller, authenticate, db, json_body, scim_json};
+use tenant::domains::{self, AuthType};
+use tenant::tokens::Scope;
 
 pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new().route("/admin/v1/domains", get(list)).route("/admin/v1/domains/{name}", axum::routing::put(set))
@@ -62,26 +61,10 @@ async fn set(
         .into());
     }
     let actor = format!("token:{}", caller.id);
-    let (domain, created) = db(&state, move |conn| {
-        let (domain, created) = match domains::get(conn, &name)? {
-            Some(d) if d.auth == auth => (d, false),
-            Some(_) => {
-                domains::set_auth(conn, &name, auth)?;
-                (domains::get(conn, &name)?.ok_or_else(|| ScimError::status(404, "the domain vanished"))?, false)
-            }
-            None => (domains::add(conn, &name, auth, false)?, true),
-        };
-        crate::audit::record(
-            conn,
-            &actor,
-            if created { "domain-add" } else { "domain-set" },
-            None,
-            Some(&domain.name),
-            Some(&json!({"auth": auth.as_str()})),
-        )?;
-        Ok((domain, created))
-    })
-    .await?;
+    let tenant = state.tenant.clone();
+    let (domain, created) = tokio::task::spawn_blocking(move || tenant.ensure_domain(&actor, &name, auth))
+        .await
+        .map_err(|e| ScimError::status(500, format!("worker failed: {e}")))??;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(scim_json(status, &DomainInfo { name: domain.name, auth: domain.auth, initial: domain.initial }))
 }

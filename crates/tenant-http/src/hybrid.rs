@@ -9,8 +9,8 @@ use axum::response::Response;
 use proto::hybrid::{MAX_BATCH, PasswordBatch, PasswordResults};
 use scim::{ScimError, ScimType};
 
-use crate::credentials;
-use crate::http::{ApiError, AppState, authenticate, db, json_body, scim_json};
+use crate::scim::{ApiError, AppState, authenticate, db, json_body, scim_json};
+use tenant::credentials;
 
 /// POST /hybrid/v1/passwords: one result per item, in order.
 pub async fn passwords(
@@ -28,7 +28,7 @@ pub async fn passwords(
     let actor = format!("token:{}", caller.id);
     let caller_id = caller.id.clone();
     let results = db(&state, move |conn| {
-        let allowed = crate::tokens::domains(conn, &caller_id)?;
+        let allowed = tenant::tokens::domains(conn, &caller_id)?;
         Ok(credentials::apply_batch(conn, &actor, allowed.as_deref(), &batch.credentials)?)
     })
     .await?;

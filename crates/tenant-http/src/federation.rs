@@ -9,13 +9,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::oidc::{self, Expected};
-use super::{Federation, Pending, Refusal};
-use crate::http::AppState;
 use crate::oidc::flow::{AUTH_PARAMS, Params, db, html_response, internal, urlencode};
 use crate::oidc::pages::{self, Branding};
-use crate::oidc::random_token;
-use crate::util::now_secs;
+use crate::scim::AppState;
+use tenant::federation::oidc::{self, Expected};
+use tenant::federation::{Federation, Pending, Refusal};
+use tenant::oidc::random_token;
+use tenant::util::now_secs;
 
 /// The cookie that binds a federated sign-in to the browser that started
 /// it: its value is the state (RelayState) sent to the identity provider,
@@ -30,7 +30,7 @@ fn with_binding_cookie(mut resp: Response, state: &AppState, value: &str) -> Res
     let text = format!(
         "{}={value}; Path=/; HttpOnly; Secure; SameSite=None; Max-Age={}",
         binding_cookie_name(state),
-        super::REQUEST_LIFETIME_SECS
+        tenant::federation::REQUEST_LIFETIME_SECS
     );
     if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
         resp.headers_mut().append(axum::http::header::SET_COOKIE, v);
@@ -58,7 +58,7 @@ async fn refuse(state: &Arc<AppState>, domain: &str, protocol: &'static str, ref
     tracing::warn!(domain, protocol, reason = refusal.code(), detail = %refusal.detail(), "federated sign-in refused");
     let (domain, shown) = (domain.to_string(), refusal.clone());
     let branding = db(state, move |conn| {
-        super::audit(conn, &domain, protocol, Err(&shown))?;
+        tenant::federation::audit(conn, &domain, protocol, Err(&shown))?;
         Ok(Branding::load(conn))
     })
     .await;
@@ -71,7 +71,7 @@ async fn refuse(state: &Arc<AppState>, domain: &str, protocol: &'static str, ref
 /// The user-name step found a federated domain: off to its identity provider.
 pub async fn start(state: &Arc<AppState>, branding: &Branding, p: &Params, username: &str, domain: &str) -> Response {
     let name = domain.to_string();
-    let federation = match db(state, move |conn| super::load(conn, &name)).await {
+    let federation = match db(state, move |conn| tenant::federation::load(conn, &name)).await {
         Ok(Some(f)) => f,
         Ok(None) => {
             return html_response(
@@ -94,7 +94,7 @@ pub async fn start(state: &Arc<AppState>, branding: &Branding, p: &Params, usern
                 Err(refusal) => return refuse(state, domain, "oidc", refusal).await,
             };
             let (rp_state, nonce, verifier) = (random_token(), random_token(), random_token());
-            let challenge = URL_SAFE_NO_PAD.encode(crate::util::sha256(verifier.as_bytes()));
+            let challenge = URL_SAFE_NO_PAD.encode(tenant::util::sha256(verifier.as_bytes()));
             let params: Params =
                 AUTH_PARAMS.iter().filter_map(|k| p.get(*k).map(|v| (k.to_string(), v.clone()))).collect();
             let pending = Pending {
@@ -105,7 +105,7 @@ pub async fn start(state: &Arc<AppState>, branding: &Branding, p: &Params, usern
                 username: username.to_string(),
             };
             let key = rp_state.clone();
-            if let Err(e) = db(state, move |conn| super::remember(conn, &key, &pending)).await {
+            if let Err(e) = db(state, move |conn| tenant::federation::remember(conn, &key, &pending)).await {
                 return internal(e);
             }
             let sep = if meta.authorization_endpoint.contains('?') { '&' } else { '?' };
@@ -134,10 +134,10 @@ pub async fn start(state: &Arc<AppState>, branding: &Branding, p: &Params, usern
                 username: username.to_string(),
             };
             let key = relay_state.clone();
-            if let Err(e) = db(state, move |conn| super::remember(conn, &key, &pending)).await {
+            if let Err(e) = db(state, move |conn| tenant::federation::remember(conn, &key, &pending)).await {
                 return internal(e);
             }
-            let request = super::saml::authn_request(
+            let request = tenant::federation::saml::authn_request(
                 &request_id,
                 &saml_entity_id(state),
                 &saml_acs_url(state),
@@ -192,16 +192,16 @@ async fn answer(
     protocol: &'static str,
     key: String,
     browser: Option<String>,
-    verify: impl AsyncFnOnce(&Arc<AppState>, &Pending) -> Result<crate::objects::Stored, Refusal>,
+    verify: impl AsyncFnOnce(&Arc<AppState>, &Pending) -> Result<tenant::objects::Stored, Refusal>,
 ) -> Response {
     // The answer must come back to the browser that asked for it.
     // Compared as SHA-256 digests: equal digests leak nothing of the values.
     let same_browser =
-        browser.is_some_and(|b| crate::util::sha256(b.as_bytes()) == crate::util::sha256(key.as_bytes()));
+        browser.is_some_and(|b| tenant::util::sha256(b.as_bytes()) == tenant::util::sha256(key.as_bytes()));
     if !same_browser {
         return refuse(state, "-", protocol, Refusal::UnknownState).await;
     }
-    let pending = match db(state, move |conn| super::take(conn, &key)).await {
+    let pending = match db(state, move |conn| tenant::federation::take(conn, &key)).await {
         Ok(p) => p,
         Err(e) => return internal(e),
     };
@@ -212,7 +212,8 @@ async fn answer(
     match verify(state, &pending).await {
         Ok(user) => {
             let (domain2, user2) = (domain.clone(), user.clone());
-            if let Err(e) = db(state, move |conn| super::audit(conn, &domain2, protocol, Ok(&user2))).await {
+            if let Err(e) = db(state, move |conn| tenant::federation::audit(conn, &domain2, protocol, Ok(&user2))).await
+            {
                 return internal(e);
             }
             crate::oidc::flow::complete(state, pending.params, user).await
@@ -225,9 +226,9 @@ async fn verify_saml(
     state: &Arc<AppState>,
     pending: &Pending,
     response: &str,
-) -> Result<crate::objects::Stored, Refusal> {
+) -> Result<tenant::objects::Stored, Refusal> {
     let name = pending.domain.clone();
-    let federation = db(state, move |conn| super::load(conn, &name))
+    let federation = db(state, move |conn| tenant::federation::load(conn, &name))
         .await
         .map_err(|e| Refusal::Malformed(e.to_string()))?
         .ok_or_else(|| Refusal::IdpError("the domain is no longer federated".into()))?;
@@ -240,8 +241,8 @@ async fn verify_saml(
     // Parsing and signature checks are CPU work on hostile input: a blocking
     // thread, never the async workers that serve everyone else.
     let asserted = tokio::task::spawn_blocking(move || {
-        let certificates = super::saml::certificates_from(idp.signing_certificates.as_bytes());
-        let expected = super::saml::Expected {
+        let certificates = tenant::federation::saml::certificates_from(idp.signing_certificates.as_bytes());
+        let expected = tenant::federation::saml::Expected {
             idp_entity_id: &idp_entity_id,
             certificates: &certificates,
             sp_entity_id: &sp,
@@ -249,7 +250,7 @@ async fn verify_saml(
             request_id: &nonce,
             now: now_secs(),
         };
-        super::saml::check_response(&response, &expected)
+        tenant::federation::saml::check_response(&response, &expected)
     })
     .await
     .map_err(|_| Refusal::Malformed("the response could not be checked".into()))??;
@@ -263,10 +264,10 @@ async fn verify_saml(
         return Err(Refusal::NoImmutableId("a persistent NameID".into()));
     }
     db(state, move |conn| {
-        if !super::first_use(conn, &assertion_id, until)? {
+        if !tenant::federation::first_use(conn, &assertion_id, until)? {
             return Ok(Err(Refusal::Replayed));
         }
-        super::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref())
+        tenant::federation::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref())
     })
     .await
     .map_err(|e| Refusal::Malformed(e.to_string()))?
@@ -283,7 +284,7 @@ pub async fn oidc_callback(
     answer(&state, "oidc", key, browser, async |state, pending| verify_oidc(state, pending, &q).await).await
 }
 
-async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Result<crate::objects::Stored, Refusal> {
+async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Result<tenant::objects::Stored, Refusal> {
     if let Some(error) = q.get("error") {
         return Err(Refusal::IdpError(printable(&format!(
             "{error}: {}",
@@ -292,7 +293,7 @@ async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Re
     }
     let code = q.get("code").filter(|c| !c.is_empty()).ok_or_else(|| Refusal::Malformed("no code".into()))?;
     let name = pending.domain.clone();
-    let federation = db(state, move |conn| super::load(conn, &name))
+    let federation = db(state, move |conn| tenant::federation::load(conn, &name))
         .await
         .map_err(|e| Refusal::Malformed(e.to_string()))?
         .ok_or_else(|| Refusal::IdpError("the domain is no longer federated".into()))?;
@@ -315,7 +316,7 @@ async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Re
         return Err(Refusal::NoImmutableId(idp.immutable_id_claim.clone()));
     }
     let domain = pending.domain.clone();
-    db(state, move |conn| super::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref()))
+    db(state, move |conn| tenant::federation::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref()))
         .await
         .map_err(|e| Refusal::Malformed(e.to_string()))?
 }

@@ -2,11 +2,12 @@
 //! detection), where to read, the OU picker, filters, and how objects are
 //! identified (join across directories, sourceAnchor).
 
-use anyhow::{Context, Result, bail};
+use super::{Context, InitError, Result, bail};
+use crate::Error;
 use connector_ldap::{LdapSettings, LdapSource, RootDse, ServerKind};
 use directory::Dn;
 
-use super::prompt::Answer;
+use super::Answer;
 use super::write::SourceDraft;
 use super::{STEPS, Wizard, optional, parse_yes_no};
 
@@ -300,7 +301,7 @@ impl Wizard {
                         bind_dn.as_deref().unwrap_or_default(),
                         path.display()
                     );
-                    let typed = rpassword::prompt_password(prompt).context("reading the password from the terminal")?;
+                    let typed = self.ask.password(&prompt)?;
                     if typed.is_empty() {
                         return Err(self.failed("no password was typed".into()));
                     }

@@ -7,143 +7,242 @@
 //! Steps run in order and `<` goes back one; a step whose check fails asks
 //! again on a terminal and stops a script with exit code 3.
 
-mod directory;
+pub mod directory;
 mod finish;
-mod prompt;
 mod signin;
-mod survey;
-mod write;
+pub mod survey;
+pub mod write;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use clap::Args;
-
 use config::Config;
-use prompt::{Answer, Prompter};
 use write::{Draft, SourceDraft};
 
-/// Why `init` stopped without writing, for the exit code.
+use crate::Error;
+
+/// Why `init` ended without writing, or failed.
 #[derive(Debug, thiserror::Error)]
-pub enum InitStop {
+pub enum InitError {
     /// The administrator said no at the end (exit code 2).
     #[error("nothing was written (declined)")]
     Declined,
     /// A check that sync cannot do without failed (exit code 3).
     #[error("{0}")]
     Blocked(String),
+    /// A step asks its questions again (its check failed on a terminal).
+    #[error("ask again")]
+    Retry,
+    #[error(transparent)]
+    Failed(#[from] Error),
 }
 
-impl InitStop {
+impl InitError {
+    /// The exit code `idbridge init` ends with: 2 declined, 3 a check failed, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            InitStop::Declined => 2,
-            InitStop::Blocked(_) => 3,
+            InitError::Declined => 2,
+            InitError::Blocked(_) => 3,
+            InitError::Retry | InitError::Failed(_) => 1,
         }
     }
 }
 
-#[derive(Debug, Args)]
-pub struct InitArgs {
+macro_rules! from_via_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for InitError {
+            fn from(e: $t) -> Self {
+                InitError::Failed(e.into())
+            }
+        }
+    )*};
+}
+from_via_error!(
+    config::ConfigError,
+    config::files::FileError,
+    tenant::TenantError,
+    sync::engine::StoreError,
+    connector_scim::ScimTargetError,
+    std::io::Error
+);
+
+impl From<toml_edit::TomlError> for InitError {
+    fn from(e: toml_edit::TomlError) -> Self {
+        InitError::Failed(Error::Refused(e.to_string()))
+    }
+}
+
+impl From<connector_ldap::LdapError> for InitError {
+    fn from(e: connector_ldap::LdapError) -> Self {
+        InitError::Failed(Error::Refused(e.to_string()))
+    }
+}
+
+pub type Result<T, E = InitError> = std::result::Result<T, E>;
+
+/// Adds what was being done to an error.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T>;
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
+}
+
+impl<T, E: Into<InitError>> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.with_context(|| what)
+    }
+
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| match e.into() {
+            InitError::Failed(error) => {
+                InitError::Failed(Error::Context { what: what().to_string(), source: Box::new(error) })
+            }
+            other => other,
+        })
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.ok_or_else(|| InitError::Failed(Error::Refused(what.to_string())))
+    }
+
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.ok_or_else(|| InitError::Failed(Error::Refused(what().to_string())))
+    }
+}
+
+/// Ends the function with [`Error::Refused`] and this text.
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(InitError::Failed(Error::Refused(format!($($arg)*)))) };
+}
+pub(crate) use bail;
+
+/// An answer, or "go back to the previous step" (`<` at any prompt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<T> {
+    Value(T),
+    Back,
+}
+
+/// How the wizard talks to the administrator: a terminal, or flags in a
+/// script (the binary's prompter), or scripted answers in a test.
+pub trait Ask: Send {
+    /// Questions are asked (a terminal); otherwise answers come from flags.
+    fn interactive(&self) -> bool;
+    /// A step's heading.
+    fn heading(&self, step: usize, total: usize, title: &str);
+    fn say(&self, text: &str);
+    fn good(&self, text: &str);
+    fn warn(&self, text: &str);
+    fn bad(&self, text: &str);
+    /// Asks `question`. Scripted: the flag's value, else the default when
+    /// defaults are accepted, else an error naming the flag. On a terminal
+    /// the flag's value (or the default) is offered and Enter takes it;
+    /// `-` answers empty; `<` goes back.
+    fn ask(
+        &mut self,
+        question: &str,
+        flag: &str,
+        given: Option<String>,
+        default: Option<String>,
+        help: &str,
+    ) -> Result<Answer<String>>;
+
+    /// A password, not echoed (a terminal only).
+    fn password(&mut self, prompt: &str) -> Result<String>;
+
+    /// A yes/no question.
+    fn confirm(&mut self, question: &str, flag: &str, given: Option<bool>, default: bool) -> Result<Answer<bool>> {
+        loop {
+            let shown = given.unwrap_or(default);
+            let answer = self.ask(
+                question,
+                flag,
+                given.map(|b| if b { "yes" } else { "no" }.to_string()),
+                Some(if shown { "yes" } else { "no" }.to_string()),
+                "answer yes or no",
+            )?;
+            let Answer::Value(v) = answer else { return Ok(Answer::Back) };
+            match v.to_ascii_lowercase().as_str() {
+                "y" | "yes" | "on" | "true" => return Ok(Answer::Value(true)),
+                "n" | "no" | "off" | "false" => return Ok(Answer::Value(false)),
+                other if self.interactive() => self.say(&format!("{other:?}: answer yes or no")),
+                other => bail!("{flag} {other:?}: use yes or no"),
+            }
+        }
+    }
+}
+
+/// The answers given as flags (`idbridge init --help` explains each).
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
     /// The configuration file to write (edited in place when it exists).
-    #[arg(long, default_value = "idbridge.toml")]
     pub config: PathBuf,
     /// Take the default for every question that has one; fail naming the flag otherwise.
-    #[arg(long)]
     pub accept_defaults: bool,
     /// Write without asking for confirmation at the end.
-    #[arg(long)]
     pub yes: bool,
 
     /// The tenant's SCIM URL, e.g. https://tenant.example.com/scim/v2.
-    #[arg(long, conflicts_with = "local_tenant")]
     pub tenant_url: Option<String>,
     /// A file holding a tenant token with the sync scope.
-    #[arg(long)]
     pub tenant_token_file: Option<PathBuf>,
     /// A file holding an admin-scoped tenant token, so init sets the domains'
     /// sign-in on a remote tenant ("-": print the commands instead).
-    #[arg(long)]
     pub tenant_admin_token_file: Option<String>,
     /// Set up a tenant on this machine in this data directory instead.
-    #[arg(long)]
     pub local_tenant: Option<PathBuf>,
     /// The local tenant's listen address.
-    #[arg(long)]
     pub tenant_listen: Option<String>,
     /// The local tenant's initial domain (first set-up only).
-    #[arg(long)]
     pub initial_domain: Option<String>,
 
     /// A short name for the directory (a new name adds one; an existing name edits it).
-    #[arg(long)]
     pub name: Option<String>,
     /// Directory server URL(s), comma-separated for failover: ldaps://dc1.corp.example,ldaps://dc2.corp.example.
-    #[arg(long)]
     pub directory: Option<String>,
     /// Use StartTLS on ldap:// URLs (yes/no).
-    #[arg(long)]
     pub starttls: Option<String>,
     /// A PEM file with the CA that signed the directory's certificate ("-" for the system's).
-    #[arg(long)]
     pub ca_file: Option<String>,
     /// The account idbridge binds as ("-" for anonymous).
-    #[arg(long)]
     pub bind_dn: Option<String>,
     /// A file holding that account's password.
-    #[arg(long)]
     pub password_file: Option<PathBuf>,
     /// Where to read from (repeat for several); default: the server's default naming context.
-    #[arg(long)]
     pub base_dn: Vec<String>,
     /// Only these OUs (DNs or numbers from the OU list; repeatable; default all).
-    #[arg(long)]
     pub include_ou: Vec<String>,
     /// Leave these OUs out (DNs or numbers; repeatable).
-    #[arg(long)]
     pub exclude_ou: Vec<String>,
     /// Only direct members of this group sync ("-" for no group filter).
-    #[arg(long)]
     pub scope_group: Option<String>,
     /// An LDAP filter objects must also match ("-" for none).
-    #[arg(long)]
     pub filter: Option<String>,
     /// How this directory's people match those of directories configured before it:
     /// none, mail, objectsid (objectSid ↔ msExchMasterAccountSID), sam (sAMAccountName + mailNickname), attribute:NAME.
-    #[arg(long)]
     pub join: Option<String>,
     /// The sourceAnchor: consistencyguid (AD: ms-DS-ConsistencyGuid, filled from objectGUID),
     /// objectguid, entryuuid, nsuniqueid, or attribute:NAME.
-    #[arg(long)]
     pub anchor: Option<String>,
 
     /// Sign-in method of a domain: DOMAIN=phs, DOMAIN=pta or DOMAIN=federated (repeatable).
-    #[arg(long)]
     pub sign_in: Vec<String>,
     /// Send password hashes even where no domain uses PHS (a fallback; yes/no).
-    #[arg(long)]
     pub password_hash_sync: Option<String>,
     /// Federated domains (local tenant): oidc or saml.
-    #[arg(long)]
     pub federation_protocol: Option<String>,
     /// SAML: the identity provider's metadata file.
-    #[arg(long)]
     pub federation_metadata: Option<PathBuf>,
     /// OIDC: the identity provider's issuer URL.
-    #[arg(long)]
     pub federation_issuer: Option<String>,
     /// OIDC: the client id the identity provider gave the tenant.
-    #[arg(long)]
     pub federation_client_id: Option<String>,
     /// OIDC: a file holding the client secret.
-    #[arg(long)]
     pub federation_client_secret_file: Option<PathBuf>,
 
     /// Staging mode: import and sync, export nothing (yes/no).
-    #[arg(long)]
     pub staging: Option<String>,
     /// Also write a systemd unit for the sync daemon here ("-" for none).
-    #[arg(long)]
     pub systemd_unit: Option<String>,
 }
 
@@ -158,9 +257,9 @@ pub enum TenantChoice {
 }
 
 /// Everything decided so far.
-pub struct Wizard {
-    args: InitArgs,
-    ask: Prompter,
+struct Wizard {
+    args: InitOptions,
+    ask: Box<dyn Ask>,
     /// Absolute path of the configuration file and its directory.
     config_path: PathBuf,
     config_dir: PathBuf,
@@ -185,14 +284,17 @@ pub struct Wizard {
 
 const STEPS: usize = 9;
 
-pub async fn run(args: InitArgs) -> Result<()> {
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+/// Runs the wizard: asks through `ask`, checks, shows, and writes the
+/// configuration at the end (or ends with [`InitError::Declined`] or
+/// [`InitError::Blocked`]).
+pub async fn run(args: InitOptions, ask: Box<dyn Ask>) -> Result<()> {
+    let cwd = std::env::current_dir().map_err(|e| Error::Io { action: "read", path: ".".into(), error: e })?;
     let config_path = cwd.join(&args.config);
     let config_dir = config_path.parent().map(Path::to_path_buf).unwrap_or(cwd);
     let existing = match std::fs::read_to_string(&config_path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", config_path.display())),
+        Err(error) => return Err(Error::Io { action: "read", path: config_path, error }.into()),
     };
     let existing_config = match &existing {
         Some(text) => Some(Config::parse(text).with_context(|| {
@@ -200,7 +302,6 @@ pub async fn run(args: InitArgs) -> Result<()> {
         })?),
         None => None,
     };
-    let ask = Prompter::new(args.accept_defaults);
     let mut w = Wizard {
         args,
         ask,
@@ -238,7 +339,7 @@ pub async fn run(args: InitArgs) -> Result<()> {
             Ok(Answer::Value(())) => step += 1,
             Ok(Answer::Back) => step = step.saturating_sub(1),
             // The step's check failed on a terminal: it was said; ask again.
-            Err(e) if e.is::<Retry>() => {}
+            Err(InitError::Retry) => {}
             Err(e) => return Err(e),
         }
     }
@@ -265,8 +366,11 @@ impl Wizard {
             return Ok(false);
         };
         if yes {
-            let text = std::fs::read_to_string(&self.config_path)
-                .with_context(|| format!("cannot read {}", self.config_path.display()))?;
+            let text = std::fs::read_to_string(&self.config_path).map_err(|error| Error::Io {
+                action: "read",
+                path: self.config_path.clone(),
+                error,
+            })?;
             self.existing_config = Some(Config::parse(&text)?);
             self.existing = Some(text);
             self.source = SourceDraft::default();
@@ -282,12 +386,12 @@ impl Wizard {
 
     /// A step's check failed: on a terminal, say so (the step is asked
     /// again); in a script, stop with exit code 3.
-    fn failed(&self, problem: String) -> anyhow::Error {
+    fn failed(&self, problem: String) -> InitError {
         if self.ask.interactive() {
             self.ask.bad(&problem);
-            Retry.into()
+            InitError::Retry
         } else {
-            InitStop::Blocked(problem).into()
+            InitError::Blocked(problem)
         }
     }
 
@@ -329,17 +433,12 @@ impl Wizard {
     }
 }
 
-/// A step asks its questions again (its check failed on a terminal).
-#[derive(Debug, thiserror::Error)]
-#[error("ask again")]
-struct Retry;
-
 /// "yes"/"no" and friends, for flags that take them.
 fn parse_yes_no(flag: &str, text: &str) -> Result<bool> {
     match text.to_ascii_lowercase().as_str() {
         "y" | "yes" | "on" | "true" => Ok(true),
         "n" | "no" | "off" | "false" => Ok(false),
-        other => anyhow::bail!("{flag} {other:?}: use yes or no"),
+        other => bail!("{flag} {other:?}: use yes or no"),
     }
 }
 

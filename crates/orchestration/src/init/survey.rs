@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::Result;
+use super::Result;
+use crate::Error;
 use connector_ldap::LdapSource;
 use directory::ObjectKind;
 use sync::{ImportSink, SinkError, Source, SourceChange};
 
-use super::prompt::Answer;
+use super::Answer;
 use super::{STEPS, Wizard};
 
 /// How many examples of each problem are kept to show.
@@ -128,7 +129,7 @@ impl Wizard {
             survey: &mut survey,
             scanner: idfix::Scanner::with_index(
                 idfix::Options::default(),
-                Box::new(orchestration::idfix_index::DiskIndex::create()?),
+                Box::new(crate::idfix_index::DiskIndex::create().map_err(|e| Error::Idfix(e.to_string()))?),
             ),
             anchor_attribute: anchor_attribute.clone(),
             anchors: HashMap::new(),

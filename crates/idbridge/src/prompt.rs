@@ -3,20 +3,18 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use anyhow::{Result, bail};
+use orchestration::init::{Answer, Ask, InitError, Result};
 
-/// An answer, or "go back to the previous step" (`<` at any prompt).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer<T> {
-    Value(T),
-    Back,
+fn refused(text: String) -> InitError {
+    InitError::Failed(orchestration::Error::Refused(text))
 }
 
+/// The terminal (or, non-interactive, the flags) as the wizard's [`Ask`].
 pub struct Prompter {
     interactive: bool,
     accept_defaults: bool,
     colour: bool,
-    input: Box<dyn BufRead>,
+    input: Box<dyn BufRead + Send>,
 }
 
 impl Prompter {
@@ -31,16 +29,18 @@ impl Prompter {
         Prompter { interactive, accept_defaults, colour, input: Box::new(std::io::BufReader::new(std::io::stdin())) }
     }
 
-    pub fn interactive(&self) -> bool {
-        self.interactive
-    }
-
     fn paint(&self, code: &str, text: &str) -> String {
         if self.colour { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
     }
+}
+
+impl Ask for Prompter {
+    fn interactive(&self) -> bool {
+        self.interactive
+    }
 
     /// A step's heading.
-    pub fn heading(&self, step: usize, total: usize, title: &str) {
+    fn heading(&self, step: usize, total: usize, title: &str) {
         eprintln!();
         eprintln!("{}", self.paint("1", &format!("[{step}/{total}] {title}")));
         if self.interactive && step > 1 {
@@ -48,26 +48,26 @@ impl Prompter {
         }
     }
 
-    pub fn say(&self, text: &str) {
+    fn say(&self, text: &str) {
         eprintln!("{text}");
     }
 
-    pub fn good(&self, text: &str) {
+    fn good(&self, text: &str) {
         eprintln!("{} {text}", self.paint("32", "ok"));
     }
 
-    pub fn warn(&self, text: &str) {
+    fn warn(&self, text: &str) {
         eprintln!("{} {text}", self.paint("33", "warning:"));
     }
 
-    pub fn bad(&self, text: &str) {
+    fn bad(&self, text: &str) {
         eprintln!("{} {text}", self.paint("31", "problem:"));
     }
 
     /// Asks `question`. Scripted: the flag's value, else the default with
     /// `--accept-defaults`, else an error naming the flag. On a terminal the
     /// flag's value (or the default) is offered and Enter takes it.
-    pub fn ask(
+    fn ask(
         &mut self,
         question: &str,
         flag: &str,
@@ -80,7 +80,9 @@ impl Prompter {
             return match (given, offered) {
                 (Some(v), _) => Ok(Answer::Value(v)),
                 (None, Some(d)) if self.accept_defaults => Ok(Answer::Value(d)),
-                _ => bail!("{question}: give {flag} (or --accept-defaults to take the default where there is one)"),
+                _ => Err(refused(format!(
+                    "{question}: give {flag} (or --accept-defaults to take the default where there is one)"
+                ))),
             };
         }
         loop {
@@ -88,10 +90,10 @@ impl Prompter {
                 Some(d) if !d.is_empty() => eprint!("{question} [{}]: ", self.paint("36", d)),
                 _ => eprint!("{question}: "),
             }
-            std::io::stderr().flush()?;
+            std::io::stderr().flush().map_err(|e| InitError::Failed(e.into()))?;
             let mut line = String::new();
-            if self.input.read_line(&mut line)? == 0 {
-                bail!("standard input ended during the question {question:?}");
+            if self.input.read_line(&mut line).map_err(|e| InitError::Failed(e.into()))? == 0 {
+                return Err(refused(format!("standard input ended during the question {question:?}")));
             }
             let line = line.trim();
             match line {
@@ -107,30 +109,7 @@ impl Prompter {
         }
     }
 
-    /// A yes/no question (`y`/`n`).
-    pub fn confirm(&mut self, question: &str, flag: &str, given: Option<bool>, default: bool) -> Result<Answer<bool>> {
-        let shown = given.unwrap_or(default);
-        let answer = self.ask(
-            question,
-            flag,
-            given.map(|b| if b { "yes" } else { "no" }.to_string()),
-            Some(if shown { "yes" } else { "no" }.to_string()),
-            "answer yes or no",
-        )?;
-        match answer {
-            Answer::Back => Ok(Answer::Back),
-            Answer::Value(v) => match v.to_ascii_lowercase().as_str() {
-                "y" | "yes" | "on" | "true" => Ok(Answer::Value(true)),
-                "n" | "no" | "off" | "false" => Ok(Answer::Value(false)),
-                other => {
-                    if self.interactive {
-                        eprintln!("{other:?}: answer yes or no");
-                        self.confirm(question, flag, given, default)
-                    } else {
-                        bail!("{flag} {other:?}: use yes or no")
-                    }
-                }
-            },
-        }
+    fn password(&mut self, prompt: &str) -> Result<String> {
+        rpassword::prompt_password(prompt).map_err(|e| refused(format!("reading the password from the terminal: {e}")))
     }
 }

@@ -2,7 +2,7 @@
 //! edited in place (toml_edit), so that settings and comments the wizard
 //! does not manage are kept exactly.
 
-use anyhow::{Context, Result};
+use super::{Context, Result};
 use toml_edit::{Array, DocumentMut, Item, Table, value};
 
 /// What the wizard decided for one directory.

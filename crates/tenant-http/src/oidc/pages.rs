@@ -3,41 +3,8 @@
 //! screen readers (`role="alert"`). Branding comes from the tenant settings.
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use rusqlite::Connection;
 
-use crate::store::get_meta;
-
-/// Per-tenant look (`idbridge tenant branding set`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Branding {
-    pub name: String,
-    pub color: String,
-    pub background_color: String,
-    pub logo_url: Option<String>,
-    pub background_url: Option<String>,
-    pub text: Option<String>,
-}
-
-impl Branding {
-    pub fn load(conn: &Connection) -> Branding {
-        let get = |k: &str| get_meta(conn, k).ok().flatten().filter(|v| !v.is_empty());
-        Branding {
-            name: get("branding.name").unwrap_or_else(|| "idbridge".into()),
-            color: get("branding.color").filter(|c| is_css_colour(c)).unwrap_or_else(|| "#2f5d8a".into()),
-            background_color: get("branding.background_color")
-                .filter(|c| is_css_colour(c))
-                .unwrap_or_else(|| "#f3f4f6".into()),
-            logo_url: get("branding.logo_url"),
-            background_url: get("branding.background_url"),
-            text: get("branding.text"),
-        }
-    }
-}
-
-/// `#rgb` / `#rrggbb` only: the value lands in a style sheet.
-pub fn is_css_colour(c: &str) -> bool {
-    c.strip_prefix('#').is_some_and(|h| (h.len() == 3 || h.len() == 6) && h.chars().all(|x| x.is_ascii_hexdigit()))
-}
+pub use tenant::branding::{Branding, is_css_colour, is_image_url};
 
 /// A URL as it may stand inside `url("…")` in a style element: anything
 /// outside the URL characters that cannot end the string, the function or
@@ -55,12 +22,6 @@ pub fn css_url(url: &str) -> String {
         }
     }
     out
-}
-
-/// Whether a branding image URL is acceptable: https (or a path on the tenant).
-pub fn is_image_url(url: &str) -> bool {
-    (url.starts_with('/') && !url.starts_with("//"))
-        || crate::util::check_web_url(url).is_ok_and(|u| u.scheme() == "https")
 }
 
 fn layout(branding: &Branding, title: &str, body: Markup) -> String {

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use tenant::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use tenant::tokens::{self, Scope};
+use tenant_http::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use testkit::TempDir;
 
 #[path = "api/pta.rs"]
@@ -47,7 +47,8 @@ impl Tenant {
 
     /// Starts with `configure` applied to the database first (settings).
     async fn start_with(dir: TempDir, configure: impl FnOnce(&rusqlite::Connection)) -> Tenant {
-        let (store, _) = tenant::open_or_create(dir.path(), "example.test").unwrap();
+        let (service, _) = tenant::Tenant::open_or_create(dir.path(), "example.test").unwrap();
+        let store = service.store().clone();
         configure(&store.lock());
         let (admin, sync, read) = {
             let conn = store.lock();
@@ -67,7 +68,7 @@ impl Tenant {
             max_body: DEFAULT_MAX_BODY,
         };
         tokio::spawn(async move {
-            serve(store, options, move |_, base| ready_tx.send(base.to_string()).unwrap(), async move {
+            serve(service, options, move |_, base| ready_tx.send(base.to_string()).unwrap(), async move {
                 let _ = stop_rx.await;
             })
             .await
@@ -680,7 +681,7 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
 
     let dir = TempDir::new("tenant-tls").unwrap();
     let ca = testkit::TestCa::generate().unwrap();
-    let (store, _) = tenant::open_or_create(dir.path(), "example.test").unwrap();
+    let (service, _) = tenant::Tenant::open_or_create(dir.path(), "example.test").unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<SocketAddr>();
     let options = ServeOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -691,7 +692,7 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         serve(
-            store,
+            service,
             options,
             move |addr, base| {
                 assert!(base.starts_with("https://"));
@@ -740,7 +741,7 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
     // The silent ones are closed once the handshake timeout has passed.
     let mut byte = [0u8; 1];
     let closed = tokio::time::timeout(
-        tenant::serve::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(20),
+        tenant_http::serve::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(20),
         silent[0].read(&mut byte),
     )
     .await
@@ -749,10 +750,11 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
     let _ = stop_tx.send(());
 
     // Plain HTTP anywhere but loopback is refused.
-    let (store, _) = tenant::open_or_create(TempDir::new("tenant-open").unwrap().path(), "example.test").unwrap();
+    let (service, _) =
+        tenant::Tenant::open_or_create(TempDir::new("tenant-open").unwrap().path(), "example.test").unwrap();
     let open =
         ServeOptions { listen: "0.0.0.0:0".parse().unwrap(), tls: None, public_url: None, max_body: DEFAULT_MAX_BODY };
-    let err = serve(store, open, |_, _| {}, async {}).await.unwrap_err();
+    let err = serve(service, open, |_, _| {}, async {}).await.unwrap_err();
     assert!(err.to_string().contains("refusing plain HTTP"), "{err}");
 }
 
@@ -874,7 +876,7 @@ async fn unfinished_headers_are_cut_off() {
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(
-        tenant::serve::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(20),
+        tenant_http::serve::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(20),
         slow.read_to_end(&mut answer),
     )
     .await;

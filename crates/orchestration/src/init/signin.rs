@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use super::{Context, InitError, Result, bail};
+use crate::Error;
 use tenant::domains::{self, AuthType};
 use tenant::federation::{self, Federation, OidcIdp, SamlIdp};
 use tenant::tokens::{self, Scope};
 
-use super::prompt::Answer;
+use super::Answer;
 use super::{STEPS, TenantChoice, Wizard, parse_yes_no};
 
 /// Domains that can never be verified in a cloud tenant.
@@ -184,7 +185,7 @@ impl Wizard {
             "where the tenant keeps its database and keys (created when the file is written)",
         )?
         else {
-            return Err(super::Retry.into());
+            return Err(InitError::Retry);
         };
         let data = self.absolute(&dir);
         let Answer::Value(listen) = self.ask.ask(
@@ -195,7 +196,7 @@ impl Wizard {
             "host:port; plain HTTP only on loopback (give it a certificate with `tenant serve --tls-cert` otherwise)",
         )?
         else {
-            return Err(super::Retry.into());
+            return Err(InitError::Retry);
         };
         if listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(self.failed(format!("--tenant-listen {listen:?}: give an address like 127.0.0.1:8443")));
@@ -216,7 +217,7 @@ impl Wizard {
                     "a DNS name for the tenant itself, like contoso.idbridge.test",
                 )?
                 else {
-                    return Err(super::Retry.into());
+                    return Err(InitError::Retry);
                 };
                 match domains::check_domain_name(&d) {
                     Ok(name) => name,
@@ -399,7 +400,7 @@ impl Wizard {
                     answers.push(v);
                 }
                 let [issuer, client_id, secret_file] =
-                    <[String; 3]>::try_from(answers).map_err(|_| anyhow::anyhow!("three answers"))?;
+                    <[String; 3]>::try_from(answers).map_err(|_| crate::refused!("three answers"))?;
                 let path = self.absolute(&secret_file);
                 let client_secret = match std::fs::read_to_string(&path) {
                     Ok(t) => t.trim().to_string(),
@@ -484,7 +485,9 @@ impl Wizard {
             if *auth == AuthType::Federated {
                 continue;
             }
-            admin_set_domain(url, token, name, *auth).await.map_err(anyhow::Error::msg)?;
+            admin_set_domain(url, token, name, *auth)
+                .await
+                .map_err(|m: String| InitError::Failed(Error::Refused(m)))?;
             notes.push(format!("domain {name}: {} (set on the tenant)", auth.as_str()));
         }
         Ok(notes)

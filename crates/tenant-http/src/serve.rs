@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::error::{Result, TenantError};
-use crate::http::{AppState, router};
-use crate::store::Store;
+use crate::scim::{AppState, router};
+use tenant::Tenant;
+use tenant::error::{Result, TenantError};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -179,7 +179,7 @@ async fn serve_connection(
 /// Binds, then serves until `shutdown` completes (in-flight requests finish).
 /// `on_ready` gets the bound address and base URL.
 pub async fn serve(
-    store: Store,
+    tenant: Tenant,
     options: ServeOptions,
     on_ready: impl FnOnce(SocketAddr, &str),
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -210,23 +210,24 @@ pub async fn serve(
     let base_url = options.base_url(bound);
     let issuer = base_url.trim_end_matches("/scim/v2").to_string();
     let (settings, trusted_proxies, csrf_key) = {
-        let conn = store.lock();
-        (crate::Settings::load(&conn)?, crate::store::trusted_proxies(&conn)?, crate::store::csrf_key(&conn)?)
+        let conn = tenant.store().lock();
+        (tenant::Settings::load(&conn)?, tenant::store::trusted_proxies(&conn)?, tenant::store::csrf_key(&conn)?)
     };
     let pta_timeout = std::time::Duration::from_secs(settings.pta_timeout_secs);
-    let rate_limit = crate::ratelimit::Limit {
+    let rate_limit = tenant::ratelimit::Limit {
         per_sec: settings.rate_limit_per_sec,
         burst: settings.rate_limit_per_sec.saturating_mul(2),
     };
     let state = Arc::new(AppState {
-        store: Arc::new(store),
+        store: tenant.store().clone(),
+        tenant,
         base_url: base_url.clone(),
         issuer,
         max_body: options.max_body,
-        lockout: crate::signin::LockoutPolicy::default(),
-        pta: crate::pta::Broker::new(pta_timeout),
-        federation: crate::federation::oidc::RelyingParty::new(),
-        rate_limit: crate::ratelimit::RateLimiter::new(rate_limit),
+        lockout: tenant::signin::LockoutPolicy::default(),
+        pta: tenant::pta::Broker::new(pta_timeout),
+        federation: tenant::federation::oidc::RelyingParty::new(),
+        rate_limit: tenant::ratelimit::RateLimiter::new(rate_limit),
         trusted_proxies,
         csrf_key,
     });

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use super::{Context, InitError, Result};
 use connector_ldap::LdapSource;
 
-use super::prompt::Answer;
-use super::{InitStop, Retry, STEPS, Wizard, optional, write};
+use super::Answer;
+use super::{STEPS, Wizard, optional, write};
 
 /// Rows of the preview shown before writing.
 const PREVIEW_ROWS: usize = 8;
@@ -52,7 +52,7 @@ impl Wizard {
             return Ok(Answer::Back);
         };
         if !yes {
-            return Err(InitStop::Declined.into());
+            return Err(InitError::Declined);
         }
         self.write(&after).await?;
         Ok(Answer::Value(()))
@@ -88,7 +88,7 @@ impl Wizard {
             .collect::<Vec<_>>()
             .join("\n");
         if !self.ask.interactive() {
-            return Err(InitStop::Blocked(summary).into());
+            return Err(InitError::Blocked(summary));
         }
         let answer = self.ask.ask(
             "Grant the rights, then press Enter to check again ('<' to change the settings)",
@@ -99,7 +99,7 @@ impl Wizard {
         )?;
         match answer {
             Answer::Back => Ok(Some(Answer::Back)),
-            Answer::Value(_) => Err(Retry.into()),
+            Answer::Value(_) => Err(InitError::Retry),
         }
     }
 
@@ -124,9 +124,8 @@ impl Wizard {
             "Preview: importing and synchronising {objects} objects{} into a scratch store (nothing is sent) …",
             if self.other_sources().is_empty() { "" } else { " and the other configured directories" }
         ));
-        let pending = orchestration::sync::preview(&path, &mut sync::engine::Quiet)
-            .await
-            .context("the preview of the first sync")?;
+        let pending =
+            crate::sync::preview(&path, &mut sync::engine::Quiet).await.context("the preview of the first sync")?;
         let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for p in &pending {
             *counts.entry((p.action, p.kind.as_str())).or_default() += 1;

@@ -17,9 +17,9 @@ use scim::{ScimError, ScimType};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::objects::{self, Ctx, Kind, Outcome, Query};
-use crate::store::{Settings, Store};
-use crate::tokens;
+use tenant::objects::{self, Ctx, Kind, Outcome, Query};
+use tenant::store::{Settings, Store};
+use tenant::tokens;
 
 pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
 const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
@@ -33,6 +33,9 @@ pub const MAX_BULK_OPERATIONS: usize = 1000;
 /// Shared by all requests.
 #[derive(Debug)]
 pub struct AppState {
+    /// Administration (the `/admin/v1` endpoints).
+    pub tenant: tenant::Tenant,
+    /// The tenant's storage, for the request handlers.
     pub store: Arc<Store>,
     /// `https://host:port/scim/v2`, for `meta.location`.
     pub base_url: String,
@@ -40,15 +43,15 @@ pub struct AppState {
     pub issuer: String,
     /// Largest accepted request body (bytes).
     pub max_body: usize,
-    pub lockout: crate::signin::LockoutPolicy,
+    pub lockout: tenant::signin::LockoutPolicy,
     /// Pass-through authentication: the queue the agents take sign-ins from.
-    pub pta: crate::pta::Broker,
+    pub pta: tenant::pta::Broker,
     /// Federated domains: the tenant as a relying party of their IdPs.
-    pub federation: crate::federation::oidc::RelyingParty,
+    pub federation: tenant::federation::oidc::RelyingParty,
     /// Requests per bearer token.
-    pub rate_limit: crate::ratelimit::RateLimiter,
+    pub rate_limit: tenant::ratelimit::RateLimiter,
     /// Reverse proxies whose X-Forwarded-For names the client.
-    pub trusted_proxies: Vec<crate::net::Cidr>,
+    pub trusted_proxies: Vec<tenant::net::Cidr>,
     /// Signs the sign-in forms' CSRF tokens.
     pub csrf_key: [u8; 32],
 }
@@ -71,8 +74,8 @@ impl From<ScimError> for ApiError {
     }
 }
 
-impl From<crate::TenantError> for ApiError {
-    fn from(e: crate::TenantError) -> Self {
+impl From<tenant::TenantError> for ApiError {
+    fn from(e: tenant::TenantError) -> Self {
         ApiError(e.to_scim(), None)
     }
 }
@@ -352,7 +355,7 @@ async fn run_list(state: &Arc<AppState>, kinds: Vec<Kind>, params: ListParams) -
             match objects::list(conn, &ctx, kind, &q) {
                 Ok((_, found)) => all.extend(found),
                 // Across types, a filter naming another type's attribute just matches nothing there.
-                Err(crate::TenantError::Scim(e)) if several && e.scim_type == Some(ScimType::InvalidFilter) => {}
+                Err(tenant::TenantError::Scim(e)) if several && e.scim_type == Some(ScimType::InvalidFilter) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -470,18 +473,18 @@ async fn read(
 /// Runs one write in a transaction and renders the result.
 async fn write<F>(state: &Arc<AppState>, caller: Caller, projection: Projection, work: F) -> ApiResult
 where
-    F: FnOnce(&Connection, &Ctx<'_>, Settings) -> Result<(objects::Stored, StatusCode), crate::TenantError>
+    F: FnOnce(&Connection, &Ctx<'_>, Settings) -> Result<(objects::Stored, StatusCode), tenant::TenantError>
         + Send
         + 'static,
 {
     let state2 = state.clone();
     let (body, etag, location, status) = db(state, move |conn| {
-        let tx = conn.transaction().map_err(crate::TenantError::from)?;
+        let tx = conn.transaction().map_err(tenant::TenantError::from)?;
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
         let settings = Settings::load(&tx)?;
         let (stored, status) = work(&tx, &ctx, settings)?;
         let body = objects::render(&tx, &stored, &ctx, &projection)?;
-        tx.commit().map_err(crate::TenantError::from)?;
+        tx.commit().map_err(tenant::TenantError::from)?;
         let location = format!("{}{}/{}", state2.base_url, stored.kind.rt().endpoint, stored.id);
         Ok((body, stored.etag(), location, status))
     })
@@ -553,10 +556,10 @@ async fn delete(
     let if_match = header_str(&headers, header::IF_MATCH);
     let state2 = state.clone();
     db(&state, move |conn| {
-        let tx = conn.transaction().map_err(crate::TenantError::from)?;
+        let tx = conn.transaction().map_err(tenant::TenantError::from)?;
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
         objects::delete(&tx, &ctx, kind, &id, if_match.as_deref())?;
-        tx.commit().map_err(crate::TenantError::from)?;
+        tx.commit().map_err(tenant::TenantError::from)?;
         Ok(())
     })
     .await?;
@@ -617,7 +620,7 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
     let fail_on_errors = body.get("failOnErrors").and_then(Value::as_u64).map(|n| n.max(1) as usize);
     let state2 = state.clone();
     let results = db(&state, move |conn| {
-        let tx = conn.transaction().map_err(crate::TenantError::from)?;
+        let tx = conn.transaction().map_err(tenant::TenantError::from)?;
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
         let settings = Settings::load(&tx)?;
         let mut ids = std::collections::HashMap::new();
@@ -657,7 +660,7 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
             }
             pending = waiting;
         }
-        tx.commit().map_err(crate::TenantError::from)?;
+        tx.commit().map_err(tenant::TenantError::from)?;
         Ok(results.into_iter().flatten().collect::<Vec<_>>())
     })
     .await?;
@@ -718,7 +721,7 @@ fn bulk_one(
     if conn.execute_batch("SAVEPOINT bulk_op").is_err() {
         return fail(ScimError::status(500, "internal error"));
     }
-    let result: Result<(Option<objects::Stored>, u16), crate::TenantError> = (|| match (method.as_str(), &id) {
+    let result: Result<(Option<objects::Stored>, u16), tenant::TenantError> = (|| match (method.as_str(), &id) {
         ("POST", None) => {
             if op.get("bulkId").and_then(Value::as_str).is_none() {
                 return Err(ScimError::invalid_value("POST operations need a bulkId").into());

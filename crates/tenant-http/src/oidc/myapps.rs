@@ -15,10 +15,10 @@ use serde_json::Value;
 
 use super::flow::{exchange_code, urlencode};
 use super::pages::{self, Branding};
-use super::{clients, jwt, random_token};
-use crate::http::AppState;
-use crate::store::get_meta;
-use crate::util::sha256;
+use crate::scim::AppState;
+use tenant::oidc::{clients, jwt, random_token};
+use tenant::store::get_meta;
+use tenant::util::sha256;
 
 const TX_COOKIE: &str = "idb_myapps_tx";
 const RP_COOKIE: &str = "idb_myapps";
@@ -126,7 +126,7 @@ pub async fn callback(
         let claims = jwt::verify_own(&conn, &id_token)?;
         let valid =
             claims.as_ref().is_some_and(|c| c["nonce"] == Value::String(nonce) && c["aud"] == client.id.as_str());
-        Ok::<_, crate::TenantError>(valid.then_some(id_token))
+        Ok::<_, tenant::TenantError>(valid.then_some(id_token))
     })
     .await;
     match result {

@@ -13,17 +13,17 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
-use super::clients::{self, Client};
-use super::keys::{self, Alg};
 use super::pages::{self, Branding};
-use super::{jwt, random_token};
-use crate::credentials;
-use crate::domains::{self, AuthType};
-use crate::error::{Result, TenantError};
-use crate::http::AppState;
-use crate::objects::{self, Kind, Stored};
-use crate::signin::{self, SignInError};
-use crate::util::{now_secs, sha256};
+use crate::scim::AppState;
+use tenant::credentials;
+use tenant::domains::{self, AuthType};
+use tenant::error::{Result, TenantError};
+use tenant::objects::{self, Kind, Stored};
+use tenant::oidc::clients::{self, Client};
+use tenant::oidc::keys::{self, Alg};
+use tenant::oidc::{jwt, random_token};
+use tenant::signin::{self, SignInError};
+use tenant::util::{now_secs, sha256};
 
 pub const CODE_LIFETIME_SECS: i64 = 60;
 pub const TOKEN_LIFETIME_SECS: i64 = 3600;
@@ -261,12 +261,7 @@ fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
 }
 
 /// RFC 3986 unreserved characters stay; everything else is percent-encoded.
-const ENCODED: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-pub fn urlencode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, ENCODED).to_string()
-}
+pub use tenant::util::urlencode;
 
 fn invalid_response(branding: &Branding, invalid: Invalid) -> Response {
     match invalid {
@@ -332,19 +327,19 @@ async fn form_targets(state: &Arc<AppState>, p: &Params) -> Vec<String> {
         let conn = state.store.read();
         let mut targets = Vec::new();
         if let Some(uri) = redirect
-            && let Ok(url) = crate::util::check_web_url(&uri)
+            && let Ok(url) = tenant::util::check_web_url(&uri)
         {
             targets.push(url.origin().ascii_serialization());
         }
         let mut stmt = conn.prepare("SELECT name FROM domains WHERE auth = 'federated'")?;
         let names: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         for name in names {
-            let entry = match crate::federation::load(&conn, &name)? {
-                Some(crate::federation::Federation::Oidc(idp)) => idp.issuer,
-                Some(crate::federation::Federation::Saml(idp)) => idp.sso_url,
+            let entry = match tenant::federation::load(&conn, &name)? {
+                Some(tenant::federation::Federation::Oidc(idp)) => idp.issuer,
+                Some(tenant::federation::Federation::Saml(idp)) => idp.sso_url,
                 None => continue,
             };
-            if let Ok(url) = crate::util::check_web_url(&entry) {
+            if let Ok(url) = tenant::util::check_web_url(&entry) {
                 targets.push(url.origin().ascii_serialization());
             }
         }
@@ -479,7 +474,7 @@ async fn authorize_post_page(
             let found = db(&state, move |conn| domains::get(conn, &domain)).await;
             match found {
                 Ok(Some(d)) if d.auth == AuthType::Federated => {
-                    crate::federation::web::start(&state, &branding, &p, &username, &d.name).await
+                    crate::federation::start(&state, &branding, &p, &username, &d.name).await
                 }
                 // Managed domains (hashes or pass-through), and unknown ones (no hint whether the user exists).
                 Ok(_) => html_response(StatusCode::OK, pages::password_page(&branding, &fields, &username, None)),
@@ -488,7 +483,12 @@ async fn authorize_post_page(
         }
         "password" | "change" => {
             let password = p.get("password").cloned().unwrap_or_default();
-            let address = crate::net::client_address(&state.trusted_proxies, peer.0.ip(), &headers).to_string();
+            let address = tenant::net::client_address(
+                &state.trusted_proxies,
+                peer.0.ip(),
+                headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
+            )
+            .to_string();
             let outcome =
                 signin::sign_in(&state.store, &state.pta, &username, &password, &address, state.lockout).await;
             let outcome = match outcome {
@@ -553,11 +553,11 @@ async fn change_password(
     }
     let id = user_id.to_string();
     let result = db(state, move |conn| {
-        let salt = crate::util::random_bytes::<{ passwords::pph1::SALT_LEN }>();
+        let salt = tenant::util::random_bytes::<{ passwords::pph1::SALT_LEN }>();
         let record =
             passwords::Pph1::derive(&passwords::NtHash::of_password(&new), &salt, signin::default_iterations());
         credentials::set(conn, &id, &record.to_string())?;
-        crate::audit::record(conn, "sign-in", "password-changed-in-cloud", Some("User"), Some(&id), None)?;
+        tenant::audit::record(conn, "sign-in", "password-changed-in-cloud", Some("User"), Some(&id), None)?;
         objects::load(conn, Some(Kind::User), &id)
     })
     .await;
@@ -740,11 +740,11 @@ pub fn exchange_code(conn: &mut Connection, issuer: &str, client: &Client, p: &P
     let Some((code_client, user_id, redirect_uri, scope, nonce, challenge, expires, used, auth_time)) = row else {
         return bad_grant("the code is unknown");
     };
-    let family = crate::util::to_hex(&hash);
+    let family = tenant::util::to_hex(&hash);
     if used {
         // A replayed code: revoke what the first exchange issued (RFC 6749 §4.1.2).
         conn.execute("DELETE FROM refresh_tokens WHERE family = ?1", params![family])?;
-        crate::audit::record(
+        tenant::audit::record(
             conn,
             "oidc",
             "code-reused",
@@ -798,7 +798,7 @@ fn refresh(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> 
     };
     if used {
         conn.execute("DELETE FROM refresh_tokens WHERE family = ?1", params![family])?;
-        crate::audit::record(conn, "oidc", "refresh-token-reused", Some("User"), Some(&user_id), None)?;
+        tenant::audit::record(conn, "oidc", "refresh-token-reused", Some("User"), Some(&user_id), None)?;
         return bad_grant("the refresh token was already used; its whole family is revoked");
     }
     if token_client != client.id {

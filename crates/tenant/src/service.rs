@@ -1,0 +1,340 @@
+//! [`Tenant`]: the tenant as a service. The command line, the set-up
+//! wizard and the demo administer the tenant through it — never through
+//! the database — and every change is written with its audit entry in one
+//! transaction (rolled back if anything fails). It owns the storage: the
+//! boundary a second storage engine implements.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::branding::Branding;
+use crate::domains::{self, AuthType, Domain};
+use crate::error::{Result, TenantError};
+use crate::federation::{self, Federation};
+use crate::net::Cidr;
+use crate::oidc::clients::{self, Client};
+use crate::oidc::keys::{self, Alg, SigningKey};
+use crate::pta::AgentInfo;
+use crate::store::{Settings, Store};
+use crate::tokens::{self, Scope, TokenInfo};
+use crate::{audit, store};
+
+/// One tenant and its storage.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    store: Arc<Store>,
+}
+
+/// What a branding change sets; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrandingUpdate {
+    pub name: Option<String>,
+    pub color: Option<String>,
+    pub background_color: Option<String>,
+    pub logo_url: Option<String>,
+    pub background_url: Option<String>,
+    pub text: Option<String>,
+}
+
+impl Tenant {
+    /// Opens the tenant in `data_dir`, creating it (directory, database,
+    /// initial domain) on first use; `true` when it was just created.
+    pub fn open_or_create(data_dir: &Path, initial_domain: &str) -> Result<(Tenant, bool)> {
+        let (store, fresh) = crate::open_or_create(data_dir, initial_domain)?;
+        Ok((Tenant { store: Arc::new(store) }, fresh))
+    }
+
+    /// Opens an existing tenant (administration commands).
+    pub fn open_existing(data_dir: &Path) -> Result<Tenant> {
+        Ok(Tenant { store: Arc::new(crate::open_existing(data_dir)?) })
+    }
+
+    /// The storage, for the HTTP layer's request handlers.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Runs `work` in one write transaction: committed when it returns
+    /// `Ok`, rolled back otherwise (or if it panics).
+    fn write<T>(&self, work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.store.lock();
+        let tx = conn.transaction()?;
+        let value = work(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    fn read<T>(&self, work: impl FnOnce(&rusqlite::Connection) -> Result<T>) -> Result<T> {
+        work(&self.store.read())
+    }
+
+    // ---- Domains ----
+
+    pub fn domains(&self) -> Result<Vec<Domain>> {
+        self.read(domains::list)
+    }
+
+    pub fn domain(&self, name: &str) -> Result<Option<Domain>> {
+        self.read(|c| domains::get(c, name))
+    }
+
+    pub fn add_domain(&self, actor: &str, name: &str, auth: AuthType) -> Result<Domain> {
+        self.write(|tx| {
+            let d = domains::add(tx, name, auth, false)?;
+            audit::record(tx, actor, "domain-add", None, Some(&d.name), Some(&json!({"auth": auth.as_str()})))?;
+            Ok(d)
+        })
+    }
+
+    /// Adds the domain or changes how its users sign in; `true` when added.
+    pub fn ensure_domain(&self, actor: &str, name: &str, auth: AuthType) -> Result<(Domain, bool)> {
+        self.write(|tx| {
+            let (domain, created) = match domains::get(tx, name)? {
+                Some(d) if d.auth == auth => return Ok((d, false)),
+                Some(_) => {
+                    domains::set_auth(tx, name, auth)?;
+                    (domains::get(tx, name)?.ok_or_else(|| TenantError::NotFound(format!("domain {name}")))?, false)
+                }
+                None => (domains::add(tx, name, auth, false)?, true),
+            };
+            let action = if created { "domain-add" } else { "domain-set" };
+            audit::record(tx, actor, action, None, Some(&domain.name), Some(&json!({"auth": auth.as_str()})))?;
+            Ok((domain, created))
+        })
+    }
+
+    pub fn set_domain_auth(&self, actor: &str, name: &str, auth: AuthType) -> Result<()> {
+        self.write(|tx| {
+            domains::set_auth(tx, name, auth)?;
+            audit::record(tx, actor, "domain-set", None, Some(name), Some(&json!({"auth": auth.as_str()})))
+        })
+    }
+
+    pub fn remove_domain(&self, actor: &str, name: &str) -> Result<()> {
+        self.write(|tx| {
+            domains::remove(tx, name)?;
+            audit::record(tx, actor, "domain-remove", None, Some(name), None)
+        })
+    }
+
+    /// Hands the domain's sign-in to its identity provider.
+    pub fn federate(&self, actor: &str, name: &str, federation: &Federation) -> Result<Domain> {
+        self.write(|tx| {
+            let d = federation::federate(tx, name, federation)?;
+            let detail = json!({"protocol": federation.protocol()});
+            audit::record(tx, actor, "domain-federate", None, Some(&d.name), Some(&detail))?;
+            Ok(d)
+        })
+    }
+
+    pub fn unfederate(&self, actor: &str, name: &str) -> Result<Domain> {
+        self.write(|tx| {
+            let d = federation::unfederate(tx, name)?;
+            audit::record(tx, actor, "domain-unfederate", None, Some(&d.name), None)?;
+            Ok(d)
+        })
+    }
+
+    /// The identity provider of a federated domain.
+    pub fn federation(&self, name: &str) -> Result<Option<Federation>> {
+        self.read(|c| federation::load(c, name))
+    }
+
+    // ---- Bearer tokens ----
+
+    /// A new token (shown only now) and its id; limited to `domains` when given.
+    pub fn create_token(
+        &self,
+        actor: &str,
+        scope: Scope,
+        lifetime_secs: Option<i64>,
+        note: Option<&str>,
+        domains: &[String],
+    ) -> Result<(String, String)> {
+        self.write(|tx| {
+            let (id, token) = tokens::create(tx, scope, lifetime_secs, note)?;
+            if !domains.is_empty() {
+                tokens::restrict_domains(tx, &id, domains)?;
+            }
+            audit::record(tx, actor, "token-create", None, Some(&id), Some(&json!({"scope": scope.as_str()})))?;
+            Ok((id, token))
+        })
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.read(tokens::list)
+    }
+
+    pub fn revoke_token(&self, actor: &str, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tokens::revoke(tx, id)?;
+            audit::record(tx, actor, "token-revoke", None, Some(id), None)
+        })
+    }
+
+    // ---- OpenID Connect clients and keys ----
+
+    /// Registers a relying party; a confidential one's secret is shown only now.
+    pub fn add_client(
+        &self,
+        actor: &str,
+        name: &str,
+        redirect_uris: &[String],
+        public: bool,
+        alg: Alg,
+        post_logout_uris: &[String],
+    ) -> Result<(Client, Option<String>)> {
+        self.write(|tx| {
+            let (client, secret) = clients::add(tx, name, redirect_uris, public, alg)?;
+            if !post_logout_uris.is_empty() {
+                clients::set_post_logout_uris(tx, &client.id, post_logout_uris)?;
+            }
+            audit::record(tx, actor, "client-add", None, Some(&client.id), Some(&json!({"name": name})))?;
+            Ok((client, secret))
+        })
+    }
+
+    pub fn clients(&self) -> Result<Vec<Client>> {
+        self.read(clients::list)
+    }
+
+    /// Removes a client; its refresh tokens go with it.
+    pub fn remove_client(&self, actor: &str, id: &str) -> Result<()> {
+        self.write(|tx| {
+            clients::remove(tx, id)?;
+            audit::record(tx, actor, "client-remove", None, Some(id), None)
+        })
+    }
+
+    /// Registers "My Apps" (the demo's relying party) for `issuer` afresh,
+    /// replacing the previous registration (the address may change between
+    /// runs); returns its client id.
+    pub fn register_my_apps(&self, actor: &str, issuer: &str) -> Result<String> {
+        self.write(|tx| {
+            if let Some(old) = store::get_meta(tx, "myapps_client_id")? {
+                // Gone already is fine: a new one is made either way.
+                let _ = clients::remove(tx, &old);
+            }
+            let redirect = vec![my_apps_redirect_uri(issuer)];
+            let (client, _) = clients::add(tx, "My Apps", &redirect, true, Alg::Rs256)?;
+            clients::set_post_logout_uris(tx, &client.id, &[format!("{issuer}/myapps")])?;
+            store::set_meta(tx, "myapps_client_id", &client.id)?;
+            audit::record(tx, actor, "client-add", None, Some(&client.id), Some(&json!({"name": "My Apps"})))?;
+            Ok(client.id)
+        })
+    }
+
+    /// A new signing key for `alg`; the previous one stays published.
+    pub fn rotate_key(&self, actor: &str, alg: Alg) -> Result<SigningKey> {
+        self.write(|tx| {
+            let key = keys::rotate(tx, alg)?;
+            audit::record(tx, actor, "key-rotate", None, Some(&key.kid), None)?;
+            Ok(key)
+        })
+    }
+
+    // ---- Settings and branding ----
+
+    pub fn settings(&self) -> Result<Settings> {
+        self.read(Settings::load)
+    }
+
+    pub fn save_settings(&self, actor: &str, s: &Settings) -> Result<()> {
+        if s.pta_timeout_secs == 0 || s.pta_timeout_secs > 120 {
+            return Err(TenantError::Invalid(format!(
+                "pta-timeout-secs {}: give 1 to 120 seconds",
+                s.pta_timeout_secs
+            )));
+        }
+        self.write(|tx| {
+            s.save(tx)?;
+            let detail = json!({"blockSoftMatch": s.block_soft_match, "blockHardMatchTakeover": s.block_hard_match_takeover,
+                "requireVerifiedDomain": s.require_verified_domain, "allowCloudPasswordChange": s.allow_cloud_password_change,
+                "ptaTimeoutSecs": s.pta_timeout_secs, "rateLimitPerSec": s.rate_limit_per_sec});
+            audit::record(tx, actor, "settings", None, None, Some(&detail))
+        })
+    }
+
+    pub fn trusted_proxies(&self) -> Result<Vec<Cidr>> {
+        self.read(store::trusted_proxies)
+    }
+
+    pub fn set_trusted_proxies(&self, actor: &str, proxies: &[Cidr]) -> Result<()> {
+        self.write(|tx| {
+            store::set_trusted_proxies(tx, proxies)?;
+            let list: Vec<String> = proxies.iter().map(ToString::to_string).collect();
+            audit::record(tx, actor, "trusted-proxies", None, None, Some(&json!({"proxies": list})))
+        })
+    }
+
+    pub fn branding(&self) -> Result<Branding> {
+        self.read(|c| Ok(Branding::load(c)))
+    }
+
+    /// Changes the sign-in pages' look; colours and image URLs are checked first.
+    pub fn set_branding(&self, actor: &str, update: &BrandingUpdate) -> Result<Branding> {
+        for (what, value) in [("color", &update.color), ("background-color", &update.background_color)] {
+            if let Some(c) = value.as_deref().filter(|c| !crate::branding::is_css_colour(c)) {
+                return Err(TenantError::Invalid(format!("{what} {c:?}: use #rgb or #rrggbb")));
+            }
+        }
+        for (what, value) in [("logo-url", &update.logo_url), ("background-url", &update.background_url)] {
+            if let Some(u) = value.as_deref().filter(|u| !u.is_empty() && !crate::branding::is_image_url(u)) {
+                return Err(TenantError::Invalid(format!(
+                    "{what} {u:?}: give an https:// URL or a path on the tenant"
+                )));
+            }
+        }
+        self.write(|tx| {
+            let fields = [
+                ("name", &update.name),
+                ("color", &update.color),
+                ("background_color", &update.background_color),
+                ("logo_url", &update.logo_url),
+                ("background_url", &update.background_url),
+                ("text", &update.text),
+            ];
+            for (key, value) in fields {
+                if let Some(v) = value {
+                    store::set_meta(tx, &format!("branding.{key}"), v)?;
+                }
+            }
+            audit::record(tx, actor, "branding", None, None, None)?;
+            Ok(Branding::load(tx))
+        })
+    }
+
+    // ---- Pass-through agents ----
+
+    /// A one-time agent registration token (shown only now).
+    pub fn create_pta_token(&self, actor: &str, lifetime_secs: i64) -> Result<String> {
+        self.write(|tx| {
+            let token = crate::pta::create_token(tx, lifetime_secs)?;
+            audit::record(tx, actor, "pta-token-create", None, None, None)?;
+            Ok(token)
+        })
+    }
+
+    pub fn pta_agents(&self) -> Result<Vec<AgentInfo>> {
+        self.read(crate::pta::list_agents)
+    }
+
+    /// Revokes an agent: it is turned away at its next request.
+    pub fn revoke_pta_agent(&self, actor: &str, id: &str) -> Result<()> {
+        self.write(|tx| crate::pta::revoke_agent(tx, actor, id))
+    }
+
+    // ---- Audit ----
+
+    /// The newest `limit` entries, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<audit::AuditEntry>> {
+        self.read(|c| audit::recent(c, limit))
+    }
+}
+
+/// Where "My Apps" receives its authorization codes.
+pub fn my_apps_redirect_uri(issuer: &str) -> String {
+    format!("{issuer}/myapps/callback")
+}
