@@ -76,6 +76,11 @@ impl Tenant {
         self.read(domains::list)
     }
 
+    /// The tenant's own domain, made with it.
+    pub fn initial_domain(&self) -> Result<Domain> {
+        self.read(domains::initial)
+    }
+
     pub fn domain(&self, name: &str) -> Result<Option<Domain>> {
         self.read(|c| domains::get(c, name))
     }
@@ -161,6 +166,11 @@ impl Tenant {
             audit::record(tx, actor, "token-create", None, Some(&id), Some(&json!({"scope": scope.as_str()})))?;
             Ok((id, token))
         })
+    }
+
+    /// The scope of a token that is valid now.
+    pub fn token_scope(&self, token: &str) -> Result<Option<Scope>> {
+        self.read(|c| Ok(tokens::authenticate(c, token)?.map(|(_, scope)| scope)))
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenInfo>> {

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use super::{Context, InitError, Result, bail};
 use crate::Error;
+use proto::admin::{DomainList, SetDomainAuth};
+use tenant::Tenant;
 use tenant::domains::{self, AuthType};
 use tenant::federation::{self, Federation, OidcIdp, SamlIdp};
-use tenant::tokens::{self, Scope};
+use tenant::tokens::Scope;
 
 use super::Answer;
 use super::{STEPS, TenantChoice, Wizard, parse_yes_no};
@@ -33,41 +35,42 @@ fn http() -> Result<reqwest::Client, String> {
     reqwest::Client::builder().timeout(Duration::from_secs(15)).build().map_err(|e| e.to_string())
 }
 
-/// The tenant's admin API: its root from the SCIM URL.
-fn admin_root(scim_url: &str) -> String {
-    format!("{}/admin/v1", scim_url.trim_end_matches('/').trim_end_matches("/scim/v2"))
+/// The tenant's root from its SCIM URL.
+fn tenant_root(scim_url: &str) -> String {
+    scim_url.trim_end_matches('/').trim_end_matches("/scim/v2").to_string()
+}
+
+/// The error detail of a SCIM error answer.
+fn scim_detail(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The domains of a remote tenant and how they sign in (needs an admin token).
-async fn admin_domains(scim_url: &str, token: &str) -> Result<Vec<(String, AuthType)>, String> {
+async fn admin_domains(scim_url: &str, token: &str) -> std::result::Result<Vec<(String, AuthType)>, String> {
     let client = http()?;
-    let url = format!("{}/domains", admin_root(scim_url));
+    let url = format!("{}{}", tenant_root(scim_url), proto::admin::DOMAINS_PATH);
     let response = client.get(&url).bearer_auth(token).send().await.map_err(|e| format!("{url}: {e}"))?;
     let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let body = response.bytes().await.unwrap_or_default();
     if status != 200 {
-        let detail = body.get("detail").and_then(|d| d.as_str()).unwrap_or_default().to_string();
-        return Err(format!("the tenant refused the admin token (HTTP {status}): {detail}"));
+        return Err(format!("the tenant refused the admin token (HTTP {status}): {}", scim_detail(&body)));
     }
-    let list = body.get("domains").and_then(|d| d.as_array()).cloned().unwrap_or_default();
-    Ok(list
-        .iter()
-        .filter_map(|d| {
-            let name = d.get("name")?.as_str()?.to_string();
-            let auth = d.get("auth")?.as_str()?.parse().ok()?;
-            Some((name, auth))
-        })
-        .collect())
+    let list: DomainList =
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: not a list of domains ({e})"))?;
+    Ok(list.domains.into_iter().map(|d| (d.name, d.auth)).collect())
 }
 
 /// Sets one domain's sign-in on a remote tenant.
-async fn admin_set_domain(scim_url: &str, token: &str, name: &str, auth: AuthType) -> Result<(), String> {
+async fn admin_set_domain(scim_url: &str, token: &str, name: &str, auth: AuthType) -> std::result::Result<(), String> {
     let client = http()?;
-    let url = format!("{}/domains/{name}", admin_root(scim_url));
+    let url = format!("{}{}", tenant_root(scim_url), proto::admin::domain_path(name));
     let response = client
         .put(&url)
         .bearer_auth(token)
-        .json(&serde_json::json!({"auth": auth.as_str()}))
+        .json(&SetDomainAuth { auth })
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
@@ -75,9 +78,8 @@ async fn admin_set_domain(scim_url: &str, token: &str, name: &str, auth: AuthTyp
     if status == 200 || status == 201 {
         return Ok(());
     }
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let detail = body.get("detail").and_then(|d| d.as_str()).unwrap_or_default().to_string();
-    Err(format!("setting {name} to {auth} on the tenant failed (HTTP {status}): {detail}"))
+    let body = response.bytes().await.unwrap_or_default();
+    Err(format!("setting {name} to {auth} on the tenant failed (HTTP {status}): {}", scim_detail(&body)))
 }
 
 /// Whether a running tenant takes this token: (ok, what to say).
@@ -201,10 +203,9 @@ impl Wizard {
         if listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(self.failed(format!("--tenant-listen {listen:?}: give an address like 127.0.0.1:8443")));
         }
-        let initial_domain = match tenant::open_existing(&data) {
-            Ok(store) => {
-                let conn = store.lock();
-                let d = domains::initial(&conn).context("reading the local tenant's initial domain")?;
+        let initial_domain = match Tenant::open_existing(&data) {
+            Ok(existing) => {
+                let d = existing.initial_domain().context("reading the local tenant's initial domain")?;
                 self.ask.good(&format!("a tenant exists in {} (initial domain {})", data.display(), d.name));
                 d.name
             }
@@ -235,9 +236,7 @@ impl Wizard {
             return Some(*auth);
         }
         let Some(TenantChoice::Local { data, .. }) = &self.tenant else { return None };
-        let store = tenant::open_existing(data).ok()?;
-        let conn = store.lock();
-        domains::get(&conn, domain).ok().flatten().map(|d| d.auth)
+        Tenant::open_existing(data).ok()?.domain(domain).ok().flatten().map(|d| d.auth)
     }
 
     pub(super) fn sign_in_step(&mut self) -> Result<Answer<()>> {
@@ -428,49 +427,39 @@ impl Wizard {
         let Some(TenantChoice::Local { data, listen, initial_domain }) = &self.tenant else {
             return Ok(Vec::new());
         };
-        let (store, created) = tenant::open_or_create(data, initial_domain)
+        let (local, created) = Tenant::open_or_create(data, initial_domain)
             .with_context(|| format!("setting up the tenant in {}", data.display()))?;
-        let conn = store.lock();
         let mut notes = Vec::new();
         if created {
             notes.push(format!("created a tenant in {} (initial domain {initial_domain})", data.display()));
         }
         for (name, auth) in &self.sign_in {
+            // A federated domain is added managed first, then handed to its identity provider.
             let plain = if *auth == AuthType::Federated { AuthType::ManagedPhs } else { *auth };
-            match domains::get(&conn, name)? {
-                None => {
-                    domains::add(&conn, name, plain, false).with_context(|| format!("adding the domain {name}"))?;
+            match local.domain(name)? {
+                Some(d) if d.auth == *auth || *auth == AuthType::Federated => {}
+                _ => {
+                    local.ensure_domain("init", name, plain).with_context(|| format!("adding the domain {name}"))?;
                 }
-                Some(d) if d.auth != *auth && *auth != AuthType::Federated => domains::set_auth(&conn, name, *auth)?,
-                Some(_) => {}
             }
             if *auth == AuthType::Federated
                 && let Some(f) = &self.federation
             {
-                federation::federate(&conn, name, f).with_context(|| format!("federating {name}"))?;
+                local.federate("init", name, f).with_context(|| format!("federating {name}"))?;
             }
-            tenant::audit::record(
-                &conn,
-                "init",
-                "domain-set",
-                None,
-                Some(name),
-                Some(&serde_json::json!({"auth": auth.as_str()})),
-            )?;
             notes.push(format!("domain {name}: {}", auth.as_str()));
         }
         let token_file = self.local_token_file();
         let current = std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string());
         let valid = match &current {
-            Some(t) => matches!(tokens::authenticate(&conn, t)?, Some((_, Scope::Sync))),
+            Some(t) => local.token_scope(t)? == Some(Scope::Sync),
             None => false,
         };
         if !valid {
-            let (_, token) = tokens::create(&conn, Scope::Sync, None, Some("idbridge init"))?;
+            let (_, token) = local.create_token("init", Scope::Sync, None, Some("idbridge init"), &[])?;
             config::files::write_secret(&token_file, format!("{token}\n").as_bytes())?;
             notes.push(format!("wrote a sync token to {} (mode 0600)", token_file.display()));
         }
-        drop(conn);
         notes.push(format!("start the tenant: idbridge tenant serve --data {} --listen {listen}", data.display()));
         Ok(notes)
     }
