@@ -3,8 +3,8 @@
 //!   cargo bench -p idbridge --bench idfix
 //!   IDBRIDGE_BENCH_OBJECTS=20000 cargo bench -p idbridge --bench idfix
 //!
-//! N users (+ N/100 groups) with 5 % planted defects
-//! (`idbridge sample generate --defects 5`, openldap flavour) are loaded into
+//! N users (+ N/100 groups) with 5 % planted defects (the `sample` crate,
+//! openldap flavour) are loaded into
 //! a throwaway slapd. In the same run: `ldapsearch -E pr=1000` of the same
 //! objects (the baseline), `idbridge idfix scan --config` over LDAP, and
 //! `idbridge idfix scan --ldif` over the file — objects/s and peak RSS.
@@ -12,41 +12,19 @@
 
 use std::process::Command;
 
-use testkit::{Slapd, SlapdOptions, TempDir};
+use testkit::TempDir;
 
 fn main() {
     let users: u64 = std::env::var("IDBRIDGE_BENCH_OBJECTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let exe = env!("CARGO_BIN_EXE_idbridge");
     let tmp = TempDir::new("bench-idfix").unwrap();
-    let ldif = tmp.join("sample.ldif");
-    let g = Command::new(exe)
-        .args(["sample", "generate", "--flavor", "openldap", "--no-ous", "--seed", "5", "--defects", "5"])
-        .args(["--users", &users.to_string(), "--groups", &(users / 100).to_string(), "--contacts", "0"])
-        .arg("--out")
-        .arg(&ldif)
-        .output()
-        .unwrap();
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let spec = sample::SampleSpec { defects_percent: 5, ..testkit::openldap_sample(users, users / 100, 5).unwrap() };
+    let (slapd, ldif) = testkit::slapd_with_sample(tmp.path(), &spec).unwrap();
     let objects = users + users / 100;
-    let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif.clone()), ..SlapdOptions::default() }).unwrap();
-    let pw = slapd.password_file().unwrap();
-    let (dump, dump_rss, _) = testkit::measure(
-        Command::new("ldapsearch").args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-y"]).arg(&pw).args(
-            ["-b", slapd.base_dn(), "-E", "pr=1000/noprompt", "(|(objectClass=person)(objectClass=groupOfNames))", "*"],
-        ),
-    )
-    .unwrap();
+    let (dump, dump_rss) =
+        testkit::ldapsearch_baseline(&slapd, "(|(objectClass=person)(objectClass=groupOfNames))", &[]).unwrap();
     let config = tmp.join("idbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[source]]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
-            slapd.url,
-            slapd.admin_dn(),
-            pw.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, testkit::sync_config(&slapd, "lab", "", None, "").unwrap()).unwrap();
     let out = tmp.join("findings.json");
     let (ldap_secs, ldap_rss, ldap_report) = testkit::measure(
         Command::new(exe)

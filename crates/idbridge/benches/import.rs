@@ -10,7 +10,7 @@
 
 use std::process::Command;
 
-use testkit::{Slapd, SlapdOptions, TempDir};
+use testkit::TempDir;
 
 struct Measure {
     seconds: f64,
@@ -44,16 +44,9 @@ fn main() {
     println!("{:>8} | {:>22} | {:>22} | {:>6}", "users", "ldapsearch pr=1000", "idbridge source dump", "ratio");
     for users in sizes {
         let tmp = TempDir::new("bench").unwrap();
-        let ldif = tmp.join("bulk.ldif");
         let groups = (users / 100).max(1);
-        let generated = Command::new(exe)
-            .args(["sample", "generate", "--flavor", "openldap", "--no-ous", "--seed", "42"])
-            .args(["--users", &users.to_string(), "--groups", &groups.to_string(), "--out"])
-            .arg(&ldif)
-            .status()
-            .unwrap();
-        assert!(generated.success());
-        let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap();
+        let (slapd, _) =
+            testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(users, groups, 42).unwrap()).unwrap();
         let pw = slapd.password_file().unwrap();
         let filter =
             "(|(objectClass=person)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))";

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::{Browser, Slapd, SlapdOptions, TempDir};
+use testkit::{Browser, TempDir};
 
 fn run(exe: &str, args: &[&str]) -> String {
     let o = Command::new(exe).args(args).output().unwrap();
@@ -101,35 +101,10 @@ fn measure(rt: &tokio::runtime::Runtime, what: &str, authorize: &Arc<String>, us
 fn main() {
     let exe = env!("CARGO_BIN_EXE_idbridge");
     let tmp = TempDir::new("bench-pta").unwrap();
-    let ldif = tmp.join("sample.ldif");
-    run(
-        exe,
-        &[
-            "sample",
-            "generate",
-            "--flavor",
-            "openldap",
-            "--no-ous",
-            "--seed",
-            "4",
-            "--users",
-            "1000",
-            "--groups",
-            "5",
-            "--contacts",
-            "0",
-            "--out",
-            ldif.to_str().unwrap(),
-        ],
-    );
-    let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap();
-    let data = tmp.join("tenant");
-    let data_s = data.to_str().unwrap().to_string();
-    let (mut tenant, base) = testkit::spawn_tenant(std::path::Path::new(exe), &data, &[]).unwrap();
+    let (slapd, _) = testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(1000, 5, 4).unwrap()).unwrap();
+    let tenant = testkit::SyncTenant::start(std::path::Path::new(exe), tmp.path(), "example.org").unwrap();
+    let (base, data, data_s) = (tenant.base.clone(), tenant.data.clone(), tenant.data.display().to_string());
     let issuer = base.trim_end_matches("/scim/v2").to_string();
-    run(exe, &["tenant", "domain", "add", "--data", &data_s, "example.org"]);
-    let token = run(exe, &["tenant", "token", "create", "--data", &data_s, "--scope", "sync"]).trim().to_string();
-    std::fs::write(tmp.join("token"), &token).unwrap();
     let pw = slapd.password_file().unwrap();
     let directory = format!(
         "name = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
@@ -192,8 +167,9 @@ fn main() {
     );
     std::thread::sleep(Duration::from_secs(2));
     measure(&rt, "pass-through, two agents", &authorize, &users);
-    for c in [&mut a, &mut b, &mut tenant] {
+    for c in [&mut a, &mut b] {
         let _ = c.kill();
         let _ = c.wait();
     }
+    drop(tenant);
 }

@@ -81,16 +81,12 @@ fn signs_in(authorize: &str, user: &str, password: &str) -> Result<(), String> {
 }
 
 /// A tenant under `tmp/tenant` with `domain` verified and a sync token in
-/// `tmp/token`: (server, SCIM base URL, token).
-/// A tenant process (stopped when the test ends, pass or fail), its SCIM base and a sync token.
+/// `tmp/token`: the process (stopped when the test ends, pass or fail), its
+/// SCIM base URL and the token.
 fn tenant_for_sync(tmp: &Path, domain: &str) -> (testkit::KillOnDrop, String, String) {
-    let data = tmp.join("tenant");
-    let (tenant, base) = tenant_cli::serve(&data);
-    let tenant = testkit::KillOnDrop(tenant);
-    ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), domain]));
-    let token = ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
-    std::fs::write(tmp.join("token"), &token).unwrap();
-    (tenant, base, token)
+    let exe = Path::new(env!("CARGO_BIN_EXE_idbridge"));
+    let t = testkit::SyncTenant::start_with(exe, tmp, domain, &["--initial-domain", "lab.example.test"]).unwrap();
+    (t.process, t.base, t.token)
 }
 
 #[test]
@@ -841,50 +837,21 @@ mod sync_e2e {
 
     fn lab(users: u64, groups: u64, sync_section: &str) -> Lab {
         let tmp = TempDir::new("sync-e2e").unwrap();
-        let ldif = tmp.join("sample.ldif");
-        ok(&idbridge(&[
-            "sample",
-            "generate",
-            "--users",
-            &users.to_string(),
-            "--groups",
-            &groups.to_string(),
-            "--flavor",
-            "openldap",
-            "--no-ous",
-            "--seed",
-            "5",
-            "--out",
-            p(&ldif),
-        ]));
-        let slapd = Slapd::start(SlapdOptions { bulk_ldif: Some(ldif), ..SlapdOptions::default() }).unwrap();
+        let (slapd, _) =
+            testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(users, groups, 5).unwrap()).unwrap();
         let (tenant, base, token) = tenant_for_sync(tmp.path(), "example.org");
-        let pw = slapd.password_file().unwrap();
         let config = tmp.join("idbridge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[[source]]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"state.db\"\n{sync_section}\n",
-                slapd.url,
-                slapd.admin_dn(),
-                p(&pw),
-                p(&tmp.join("token"))
-            ),
-        )
-        .unwrap();
+        let sync = format!("\n[sync]\nstate = \"state.db\"\n{sync_section}\n");
+        let text = testkit::sync_config(&slapd, "lab", "", Some((&base, &tmp.join("token"))), &sync).unwrap();
+        std::fs::write(&config, text).unwrap();
         Lab { tmp, slapd, tenant, base, token, config }
     }
 
     /// Appends a `[[source]]` for `slapd` (and `extra` TOML) to the lab's configuration.
     fn add_source(lab: &Lab, name: &str, slapd: &Slapd, extra: &str) {
-        let pw = slapd.password_file().unwrap();
         let mut text = std::fs::read_to_string(&lab.config).unwrap();
-        text.push_str(&format!(
-            "\n[[source]]\nname = \"{name}\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n{extra}",
-            slapd.url,
-            slapd.admin_dn(),
-            p(&pw)
-        ));
+        text.push('\n');
+        text.push_str(&testkit::sync_config(slapd, name, extra, None, "").unwrap());
         std::fs::write(&lab.config, text).unwrap();
     }
 

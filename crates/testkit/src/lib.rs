@@ -7,14 +7,20 @@
 //! - [`tls`]: a throwaway CA and server certificate (openssl CLI).
 //! - [`process`]: temp dirs, free ports, running tools.
 //! - [`browser`]: an HTTP client that signs in through the sign-in forms.
+//! - [`harness`]: the set-up tests and benchmarks share (a tenant with a sync
+//!   token, a configuration for a test directory, the `ldapsearch` baseline).
 
 pub mod browser;
+pub mod harness;
 pub mod process;
 pub mod samba;
 pub mod slapd;
 pub mod tls;
 
 pub use browser::{Browser, Page, form_fields};
+pub use harness::{
+    SyncTenant, idbridge, latency_summary, ldapsearch_baseline, openldap_sample, slapd_with_sample, sync_config,
+};
 pub use process::{
     KillOnDrop, TempDir, TestkitError, free_port, measure, public_client_authorize_url, spawn_tenant, wait_until,
 };

@@ -58,8 +58,7 @@ async fn admin_domains(scim_url: &str, token: &str) -> std::result::Result<Vec<(
     if status != 200 {
         return Err(format!("the tenant refused the admin token (HTTP {status}): {}", scim_detail(&body)));
     }
-    let list: DomainList =
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: not a list of domains ({e})"))?;
+    let list: DomainList = serde_json::from_slice(&body).map_err(|e| format!("{url}: not a list of domains ({e})"))?;
     Ok(list.domains.into_iter().map(|d| (d.name, d.auth)).collect())
 }
 

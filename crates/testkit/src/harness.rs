@@ -1,0 +1,134 @@
+//! Set-up that tests and benchmarks share: running the `idbridge` binary,
+//! a tenant with a sync token, a configuration pointing at a test
+//! directory, and the `ldapsearch` baseline benchmarks compare against.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::process::{KillOnDrop, TestkitError, measure, run, spawn_tenant};
+use crate::slapd::Slapd;
+
+/// Runs `idbridge ARGS` (the binary at `exe`) to success; its standard output.
+pub fn idbridge(exe: &Path, args: &[&str]) -> Result<String, TestkitError> {
+    run(Command::new(exe).args(args).env("RUST_LOG", "warn"), None)
+}
+
+/// A running tenant with a verified domain and a sync token in a file.
+#[derive(Debug)]
+pub struct SyncTenant {
+    pub process: KillOnDrop,
+    /// The tenant's data directory.
+    pub data: PathBuf,
+    /// The SCIM base URL.
+    pub base: String,
+    pub token: String,
+    pub token_file: PathBuf,
+}
+
+impl SyncTenant {
+    /// Starts `idbridge tenant serve` with its data in `dir/tenant`, adds
+    /// `domain` and writes a sync token to `dir/token`. The process is
+    /// stopped when the value is dropped.
+    pub fn start(exe: &Path, dir: &Path, domain: &str) -> Result<SyncTenant, TestkitError> {
+        SyncTenant::start_with(exe, dir, domain, &[])
+    }
+
+    /// [`SyncTenant::start`] with more arguments for `tenant serve`.
+    pub fn start_with(exe: &Path, dir: &Path, domain: &str, serve_args: &[&str]) -> Result<SyncTenant, TestkitError> {
+        let data = dir.join("tenant");
+        let (child, base) = spawn_tenant(exe, &data, serve_args)?;
+        let process = KillOnDrop(child);
+        let data_arg = data.display().to_string();
+        idbridge(exe, &["tenant", "domain", "add", "--data", &data_arg, domain])?;
+        let token =
+            idbridge(exe, &["tenant", "token", "create", "--data", &data_arg, "--scope", "sync"])?.trim().to_string();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, &token).map_err(crate::process::io_err("writing the token file"))?;
+        Ok(SyncTenant { process, data, base, token, token_file })
+    }
+}
+
+/// An `idbridge.toml` with one LDAP source named `name` reading all of
+/// `slapd` as its admin (with `source_extra`, more keys of the source), a
+/// `[tenant]` when given (SCIM base, token file), and `extra` appended
+/// (more sections, such as `[sync]`).
+pub fn sync_config(
+    slapd: &Slapd,
+    name: &str,
+    source_extra: &str,
+    tenant: Option<(&str, &Path)>,
+    extra: &str,
+) -> Result<String, TestkitError> {
+    let password = slapd.password_file()?;
+    let mut text = format!(
+        "[[source]]\nname = \"{name}\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"{}\"]\n{source_extra}",
+        slapd.url,
+        slapd.admin_dn(),
+        password.display(),
+        slapd.base_dn()
+    );
+    if let Some((base, token_file)) = tenant {
+        text.push_str(&format!("\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n", token_file.display()));
+    }
+    text.push_str(extra);
+    Ok(text)
+}
+
+/// The benchmarks' baseline: `ldapsearch -E pr=1000` of what matches
+/// `filter` under the directory's base (attributes `*` and `attrs`), timed
+/// with its peak RSS: (seconds, KiB).
+pub fn ldapsearch_baseline(slapd: &Slapd, filter: &str, attrs: &[&str]) -> Result<(f64, u64), TestkitError> {
+    let password = slapd.password_file()?;
+    let (seconds, kib, _) = measure(
+        Command::new("ldapsearch")
+            .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-y"])
+            .arg(&password)
+            .args(["-b", slapd.base_dn(), "-E", "pr=1000/noprompt", filter, "*"])
+            .args(attrs),
+    )?;
+    Ok((seconds, kib))
+}
+
+/// The sample organisation the benchmarks load: OpenLDAP flavour under
+/// `dc=example,dc=org`, no OUs (slapd's bulk load makes them), no defects.
+pub fn openldap_sample(users: u64, groups: u64, seed: u64) -> Result<sample::SampleSpec, TestkitError> {
+    let base_dn = directory::Dn::parse("dc=example,dc=org").map_err(|e| TestkitError::Other(e.to_string()))?;
+    Ok(sample::SampleSpec {
+        users,
+        groups,
+        contacts: 0,
+        flavor: sample::Flavor::Openldap,
+        defects_percent: 0,
+        seed,
+        base_dn,
+        domain: "example.org".into(),
+        passwords: false,
+    })
+}
+
+/// Writes `spec` as LDIF to `dir/sample.ldif` and starts a slapd loaded
+/// with it: (the server, the LDIF file).
+pub fn slapd_with_sample(dir: &Path, spec: &sample::SampleSpec) -> Result<(Slapd, PathBuf), TestkitError> {
+    let ldif = dir.join("sample.ldif");
+    let file = std::fs::File::create(&ldif).map_err(crate::process::io_err("creating the sample LDIF"))?;
+    spec.write(std::io::BufWriter::with_capacity(1 << 16, file), false)
+        .map_err(crate::process::io_err("writing the sample LDIF"))?;
+    let options = crate::slapd::SlapdOptions { bulk_ldif: Some(ldif.clone()), ..crate::slapd::SlapdOptions::default() };
+    Ok((Slapd::start(options)?, ldif))
+}
+
+/// `p50 … ms  p99 … ms  max … ms` of these durations; the p99 only from
+/// 100 samples on (fewer cannot carry one), said so otherwise.
+pub fn latency_summary(samples: &[std::time::Duration]) -> String {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| -> f64 {
+        let index = ((ms.len().saturating_sub(1)) as f64 * p).round() as usize;
+        ms.get(index).copied().unwrap_or(f64::NAN)
+    };
+    if ms.len() >= 100 {
+        format!("p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", at(0.5), at(0.99), at(1.0))
+    } else {
+        format!("p50 {:.1} ms  max {:.1} ms ({} samples: too few for a p99)", at(0.5), at(1.0), ms.len())
+    }
+}
