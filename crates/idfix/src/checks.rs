@@ -1,4 +1,4 @@
-//! The per-attribute rule chains (the reference's spec §2.5 and §2.6). In a
+//! The per-attribute rule chains (as Microsoft IdFix checks them). In a
 //! chain each failing rule's proposal becomes the working value for the
 //! next, so the final proposal carries every fix; the finding lists every
 //! rule that failed. Duplicates are checked separately (`duplicates`), on the

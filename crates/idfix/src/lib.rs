@@ -12,7 +12,7 @@
 //! - [`finding`]: a finding and its CSV / JSON forms.
 //! - [`plan`]: the LDAP modifications that apply (and undo) a finding.
 //!
-//! Where the reference tool is wrong (see its spec, §8), this crate does what
+//! Where Microsoft IdFix is wrong, this crate does what
 //! the cloud needs instead; each difference is named where it is made.
 
 pub mod checks;

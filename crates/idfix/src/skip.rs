@@ -1,5 +1,5 @@
 //! Objects that are not checked: they never sync, or the cloud creates them.
-//! The reference tool's list (its spec §1.3), done correctly: well-known
+//! IdFix's list of objects it leaves alone, done correctly: well-known
 //! accounts by name (not by any prefix — "Guesthouse" is checked), its
 //! msExchRecipientTypeDetails exclusions by their decimal values (the
 //! reference compared hex strings and never matched), and inetOrgPerson

@@ -129,7 +129,7 @@ fn domain_ok(d: &str) -> bool {
         && (tld.chars().all(|c| c.is_ascii_alphabetic()) && tld.len() >= 2 || tld.starts_with("xn--"))
 }
 
-/// The address check (the reference's "RFC 2822" rule, spec §2.3), on a
+/// The address check (IdFix's "RFC 2822" rule), on a
 /// value that may carry an `smtp:` prefix. Returns the flags and the
 /// repaired value (prefix kept), or `None` when the address is fine.
 ///
