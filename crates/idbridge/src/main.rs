@@ -6,6 +6,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(feature = "cloud")]
 mod demo_cmd;
 mod idfix_cmd;
 mod init_cmd;
@@ -78,6 +79,7 @@ impl From<SampleFlavor> for sample::Flavor {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The whole system on one machine: a sample directory synchronised into a tenant.
+    #[cfg(feature = "cloud")]
     Demo {
         /// Where the demo keeps its files (sample directory, tenant, sync state);
         /// by default a temporary directory, removed when the demo stops.
@@ -227,6 +229,7 @@ pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
 
 /// `--listen`: an address and port, or a host name and port
 /// (`localhost:8443`); a name is resolved, its IPv4 address preferred.
+#[cfg(feature = "cloud")]
 pub(crate) fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
@@ -272,7 +275,11 @@ fn main() -> ExitCode {
     // Before any thread exists (see `when`).
     when::init_local_offset();
     let cli = Cli::parse();
-    init_logging(cli.log_json, cli.verbose, matches!(cli.command, Command::Demo { .. } | Command::Init(_)));
+    #[cfg(feature = "cloud")]
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Init(_));
+    #[cfg(not(feature = "cloud"))]
+    let quiet = matches!(cli.command, Command::Init(_));
+    init_logging(cli.log_json, cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -296,6 +303,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
+        #[cfg(feature = "cloud")]
         Command::Demo { data, listen, users, groups, json } => {
             demo_cmd::run(orchestration::demo::DemoOptions { data, listen, users, groups }, json).await
         }

@@ -1,5 +1,6 @@
 //! `idbridge tenant …`: run and administer the cloud side.
 
+#[cfg(feature = "cloud")]
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,7 @@ use tenant::domains::AuthType;
 use tenant::federation::{Federation, OidcIdp, SamlIdp};
 use tenant::tokens::{self, Scope};
 use tenant::{BrandingUpdate, Tenant};
+#[cfg(feature = "cloud")]
 use tenant_http::{DEFAULT_MAX_BODY, ServeOptions, serve};
 
 /// Who the audit log names for changes made here.
@@ -17,6 +19,7 @@ const ACTOR: &str = "cli";
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
     /// Run the tenant (SCIM API under /scim/v2).
+    #[cfg(feature = "cloud")]
     Serve {
         /// The tenant's data directory (created on first start).
         #[arg(long)]
@@ -329,6 +332,7 @@ fn open(data: &Path) -> Result<Tenant> {
 
 pub async fn run(command: TenantCommand) -> Result<()> {
     match command {
+        #[cfg(feature = "cloud")]
         TenantCommand::Serve { data, listen, tls_cert, tls_key, public_url, initial_domain } => {
             let (tenant, fresh) = Tenant::open_or_create(&data, &initial_domain)
                 .with_context(|| format!("opening the tenant in {}", data.display()))?;

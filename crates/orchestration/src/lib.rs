@@ -5,6 +5,7 @@
 //! arguments and prints; everything it prints comes from values these
 //! functions return or events they report.
 
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dump;
 pub mod idfix;
