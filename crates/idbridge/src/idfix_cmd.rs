@@ -134,6 +134,12 @@ pub async fn run(command: IdfixCommand) -> Result<()> {
                 secs,
                 (report.checked + report.skipped) as f64 / secs.max(1e-9)
             );
+            let tld = report.by_kind.get("TopLevelDomain").copied().unwrap_or(0);
+            if tld * 2 > report.findings && tld > 10 {
+                eprintln!(
+                    "idfix: most findings are addresses in a top-level domain the cloud will not accept (such as .test or .local); if it is a lab's own, declare it with --allow-tld TLD"
+                );
+            }
             Ok(())
         }
         IdfixCommand::Apply { findings, config, source, only, dry_run, undo_dir } => {

@@ -95,6 +95,18 @@ enum Command {
         /// Once ready, print one JSON object (url, issuer, client_id, redirect_uri, users) on standard output.
         #[arg(long)]
         json: bool,
+        /// Serve HTTPS with this PEM certificate (chain) — needed to listen beyond loopback.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// A PEM CA the demo's own sync client trusts for that certificate (system roots otherwise).
+        #[arg(long, requires = "tls_cert")]
+        tls_ca: Option<PathBuf>,
+        /// The address people use (e.g. https://demo.example.com:8443), when it is not the listen address.
+        #[arg(long)]
+        public_url: Option<String>,
     },
     /// Set-up wizard: from nothing (or an existing idbridge.toml) to a checked configuration.
     /// Exit codes: 0 written, 2 declined, 3 a check failed (the message says how to fix it).
@@ -304,8 +316,10 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<()> {
     match command {
         #[cfg(feature = "cloud")]
-        Command::Demo { data, listen, users, groups, json } => {
-            demo_cmd::run(orchestration::demo::DemoOptions { data, listen, users, groups }, json).await
+        Command::Demo { data, listen, users, groups, json, tls_cert, tls_key, tls_ca, public_url } => {
+            let tls = tls_cert.zip(tls_key);
+            let options = orchestration::demo::DemoOptions { data, listen, users, groups, tls, tls_ca, public_url };
+            demo_cmd::run(options, json).await
         }
         Command::Init(args) => Ok(init_cmd::run(*args).await?),
         Command::Tenant { command } => tenant_cmd::run(command).await,

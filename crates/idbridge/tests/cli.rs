@@ -2253,6 +2253,42 @@ mod demo {
         assert!(child.wait().unwrap().success(), "stops cleanly");
     }
 
+    /// A machine without a browser: the demo serves HTTPS with a given
+    /// certificate (so it may listen beyond loopback), and its own sync
+    /// trusts the given CA.
+    #[test]
+    fn demo_serves_https_with_a_given_certificate() {
+        let ca = testkit::TestCa::generate().unwrap();
+        let (mut child, ready) = start_demo(&[
+            "--tls-cert",
+            p(&ca.server_cert),
+            "--tls-key",
+            p(&ca.server_key),
+            "--tls-ca",
+            p(&ca.ca_cert),
+        ]);
+        let base = ready["scim"].as_str().unwrap().to_string();
+        assert!(base.starts_with("https://127.0.0.1:"), "{ready}");
+        let token = ready["admin_token"].as_str().unwrap().to_string();
+        let pem = std::fs::read(&ca.ca_cert).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let users = rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+                .build()
+                .unwrap();
+            let r = client.get(format!("{base}/Users?count=1")).bearer_auth(&token).send().await.unwrap();
+            r.json::<serde_json::Value>().await.unwrap()
+        });
+        assert_eq!(users["totalResults"], 40, "the demo's sync reached its own HTTPS tenant");
+        // Without a certificate, another interface is refused with the way out.
+        let out = idbridge(&["demo", "--listen", "0.0.0.0:0", "--users", "5", "--groups", "1"]);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && text.contains("--tls-cert") && text.contains("ssh -L"), "{text}");
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(child.wait().unwrap().success(), "stops cleanly");
+    }
+
     /// Starts `idbridge demo --json` (small) and reads its ready line.
     fn start_demo(extra: &[&str]) -> (testkit::KillOnDrop, serde_json::Value) {
         let mut args = vec!["demo", "--json", "--listen", "127.0.0.1:0", "--users", "40", "--groups", "4"];

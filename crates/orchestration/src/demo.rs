@@ -31,6 +31,12 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     pub users: u64,
     pub groups: u64,
+    /// HTTPS: certificate (chain) and key, PEM.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The CA the demo's sync client trusts for that certificate (system roots otherwise).
+    pub tls_ca: Option<PathBuf>,
+    /// The address people use, when it is not the listen address.
+    pub public_url: Option<String>,
 }
 
 /// Removes the temporary demo directory when the demo ends.
@@ -131,7 +137,8 @@ pub async fn start(
     let (_, sync_token) = tenant.create_token("demo", Scope::Sync, Some(86_400), Some("demo sync"), &[])?;
     let admin_tenant = tenant.clone();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
-    let options = ServeOptions { listen: o.listen, tls: None, public_url: None, max_body: DEFAULT_MAX_BODY };
+    let options =
+        ServeOptions { listen: o.listen, tls: o.tls.clone(), public_url: o.public_url.clone(), max_body: DEFAULT_MAX_BODY };
     let server = tokio::spawn(async move {
         serve(
             tenant,
@@ -163,7 +170,7 @@ pub async fn start(
     let mut source = LdifSource::new(&ldif);
     let state = data.join("sync.db");
     let mut sync_store = SqliteStore::open(&state).map_err(|error| Error::OpenStore { path: state.clone(), error })?;
-    let mut target = ScimTarget::new(&base, sync_token, None, Duration::from_secs(60))?;
+    let mut target = ScimTarget::new(&base, sync_token, o.tls_ca.as_deref(), Duration::from_secs(60))?;
     let options = CycleOptions { password_sync: true, ..CycleOptions::default() };
     let report = run_cycle("demo", Flavor::Ldap, &mut source, &mut sync_store, &mut target, &options, progress)
         .await

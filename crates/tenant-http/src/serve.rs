@@ -186,7 +186,7 @@ pub async fn serve(
 ) -> Result<()> {
     if options.tls.is_none() && !options.listen.ip().is_loopback() {
         return Err(TenantError::Invalid(format!(
-            "refusing plain HTTP on {}: bearer tokens would cross the network in clear. Give --tls-cert and --tls-key, or listen on 127.0.0.1",
+            "refusing plain HTTP on {}: bearer tokens and passwords would cross the network in clear. Give --tls-cert and --tls-key, or listen on 127.0.0.1 (and reach it from another machine through an SSH tunnel: ssh -L 8443:127.0.0.1:8443 HOST)",
             options.listen
         )));
     }
