@@ -139,7 +139,13 @@ impl TenantConfig {
 pub struct SourceConfig {
     /// A short name used in logs and state (e.g. "corp").
     pub name: String,
+    /// What the source is: an LDAP directory (the default) or an LDIF file.
+    #[serde(default)]
+    pub kind: SourceKind,
+    /// `kind = "ldif"`: the file (every import reads it whole and reconciles).
+    pub path: Option<PathBuf>,
     /// Server URLs, tried in order (failover).
+    #[serde(default)]
     pub urls: Vec<String>,
     pub bind_dn: Option<String>,
     /// File holding the bind password (preferred).
@@ -180,6 +186,16 @@ pub struct SourceConfig {
     pub anchor_write_back: bool,
     #[serde(default)]
     pub tls: TlsConfig,
+}
+
+/// What a `[[source]]` reads from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    #[default]
+    Ldap,
+    /// An LDIF file (the demo's directory, an export).
+    Ldif,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,6 +242,18 @@ impl Config {
         for s in &config.sources {
             if !names.insert(s.name.as_str()) {
                 return invalid(format!("two sources are named {:?}; names must be unique", s.name));
+            }
+            match (s.kind, &s.path) {
+                (SourceKind::Ldif, None) => {
+                    return invalid(format!("source {:?}: kind = \"ldif\" needs path = \"FILE.ldif\"", s.name));
+                }
+                (SourceKind::Ldap, Some(_)) => {
+                    return invalid(format!(
+                        "source {:?}: path is for kind = \"ldif\"; an LDAP source has urls",
+                        s.name
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(config)
@@ -351,6 +379,7 @@ pub fn read_secret(owner: &str, setting: &str, file: Option<&Path>, env: Option<
 impl SourceConfig {
     /// Makes the source's relative file paths absolute against `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.path);
         resolve(base, &mut self.password_file);
         resolve(base, &mut self.tls.ca_file);
     }
@@ -364,7 +393,7 @@ impl SourceConfig {
             Ok(parse_dns(what, &self.name, values)?.iter().map(Dn::normalized).collect())
         };
         // serde_json's maps are sorted by key: the text is canonical.
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "mapping": mapping_version,
             "base_dns": dns("base_dns", &self.base_dns)?,
             "include_ous": dns("include_ous", &self.include_ous)?,
@@ -378,6 +407,12 @@ impl SourceConfig {
             "anchor_attribute": self.anchor_attribute,
             "rules": rules_text,
         });
+        // Only when set: LDAP sources keep the fingerprint they had (no full sync on upgrade).
+        if self.kind == SourceKind::Ldif
+            && let Some(map) = canonical.as_object_mut()
+        {
+            map.insert("kind".into(), serde_json::json!("ldif"));
+        }
         let digest = ring::digest::digest(&ring::digest::SHA256, canonical.to_string().as_bytes());
         Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
     }
@@ -416,6 +451,13 @@ impl SourceConfig {
 
     /// The settings with no password (the caller supplies it).
     pub fn to_settings_without_password(&self) -> Result<LdapSettings> {
+        if self.kind == SourceKind::Ldif {
+            return invalid(format!(
+                "source {:?} is an LDIF file ({}), not a directory server",
+                self.name,
+                self.path.as_deref().unwrap_or(Path::new("?")).display()
+            ));
+        }
         if self.urls.is_empty() {
             return invalid(format!(
                 "source {:?}: urls is empty; give at least one ldap:// or ldaps:// URL",
@@ -505,6 +547,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unique"));
+    }
+
+    #[test]
+    fn an_ldif_source_needs_a_path_and_it_is_relative_to_the_file() {
+        let text = "[[source]]\nname = \"demo\"\nkind = \"ldif\"\npath = \"directory.ldif\"\n";
+        let mut config = Config::parse(text).unwrap();
+        config.resolve_paths(Path::new("/srv/demo"));
+        assert_eq!(config.sources[0].path.as_deref(), Some(Path::new("/srv/demo/directory.ldif")));
+        assert!(config.sources[0].to_settings().is_err(), "an LDIF file is no server");
+        let err = Config::parse("[[source]]\nname = \"x\"\nkind = \"ldif\"\n").unwrap_err();
+        assert!(err.to_string().contains("needs path"), "{err}");
+        let err = Config::parse("[[source]]\nname = \"x\"\nkind = \"ldap\"\npath = \"a.ldif\"\n").unwrap_err();
+        assert!(err.to_string().contains("urls"), "{err}");
     }
 
     #[test]

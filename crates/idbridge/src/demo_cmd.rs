@@ -23,6 +23,7 @@ pub async fn run(options: DemoOptions, json: bool) -> Result<()> {
             serde_json::json!({
                 "url": r.url, "issuer": r.issuer, "client_id": r.client_id, "redirect_uri": r.redirect_uri,
                 "scim": r.scim, "admin_token": r.admin_token, "users": users, "data": r.data.display().to_string(),
+                "config": r.config.display().to_string(),
             })
         );
     } else {
@@ -52,6 +53,9 @@ pub async fn run(options: DemoOptions, json: bool) -> Result<()> {
             r.scim,
             r.issuer
         );
+        crate::out!();
+        crate::out!("See what the sync did (while the demo runs; --data keeps it afterwards):");
+        crate::out!("  idbridge sync status --config {}", r.config.display());
         crate::out!();
         crate::out!("Try the SCIM API:");
         crate::out!(

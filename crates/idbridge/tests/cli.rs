@@ -2249,6 +2249,18 @@ mod demo {
         assert_eq!(count("/Users?count=1"), 40);
         assert_eq!(count("/Groups?count=1"), 4);
         assert_eq!(count("/Contacts?count=1"), 2);
+        // The demo's data answers the sync commands through the configuration it wrote.
+        let config = ready["config"].as_str().unwrap().to_string();
+        let status = ok(&idbridge(&["sync", "status", "--config", &config]));
+        assert!(status.contains("last cycle: #") && status.contains("(demo)"), "{status}");
+        assert!(status.contains("password hash sync: on (demo)"), "{status}");
+        let user = ready["users"][0]["username"].as_str().unwrap();
+        let explained = ok(&idbridge(&["sync", "explain", "--config", &config, user]));
+        assert!(explained.contains("tenant id:") && explained.contains("userName"), "{explained}");
+        // A second cycle from the command line: nothing to change.
+        let again = idbridge(&["sync", "run", "--once", "--config", &config]);
+        let text = String::from_utf8_lossy(&again.stderr);
+        assert!(again.status.success() && text.contains("0 created, 0 updated, 0 deleted"), "{text}");
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(child.wait().unwrap().success(), "stops cleanly");
     }
@@ -2259,14 +2271,8 @@ mod demo {
     #[test]
     fn demo_serves_https_with_a_given_certificate() {
         let ca = testkit::TestCa::generate().unwrap();
-        let (mut child, ready) = start_demo(&[
-            "--tls-cert",
-            p(&ca.server_cert),
-            "--tls-key",
-            p(&ca.server_key),
-            "--tls-ca",
-            p(&ca.ca_cert),
-        ]);
+        let (mut child, ready) =
+            start_demo(&["--tls-cert", p(&ca.server_cert), "--tls-key", p(&ca.server_key), "--tls-ca", p(&ca.ca_cert)]);
         let base = ready["scim"].as_str().unwrap().to_string();
         assert!(base.starts_with("https://127.0.0.1:"), "{ready}");
         let token = ready["admin_token"].as_str().unwrap().to_string();

@@ -8,17 +8,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use connector_scim::ScimTarget;
 use directory::Dn;
-use store::SqliteStore;
-use sync::engine::{CycleOptions, run_cycle};
-use sync::mapping::Flavor;
 use tenant::Tenant;
 use tenant::domains::AuthType;
 use tenant::tokens::Scope;
 use tenant_http::{DEFAULT_MAX_BODY, ServeOptions, serve};
 
-use connector_ldif::LdifSource;
 use sample::{Flavor as SampleFlavor, SampleSpec};
 use sync::engine::{CycleObserver, CycleReport};
 
@@ -69,6 +64,26 @@ pub struct DemoReady {
     pub ldif: PathBuf,
     /// The first sync cycle.
     pub report: CycleReport,
+    /// The demo's `idbridge.toml` (for `idbridge sync …`).
+    pub config: PathBuf,
+}
+
+/// Keeps the cycle's report (the demo prints it its own way).
+struct Collect<'a> {
+    observer: &'a mut (dyn CycleObserver + Send),
+    report: Option<CycleReport>,
+}
+
+impl crate::sync::CycleEvents for Collect<'_> {
+    fn observer(&mut self) -> &mut (dyn CycleObserver + Send) {
+        self.observer
+    }
+
+    fn finished(&mut self, _source: &str, report: &CycleReport, _elapsed: Duration) {
+        self.report = Some(report.clone());
+    }
+
+    fn failed(&mut self, _error: &Error, _retry_in: Duration) {}
 }
 
 /// A running demo: the tenant serves until the shutdown future given to
@@ -137,8 +152,12 @@ pub async fn start(
     let (_, sync_token) = tenant.create_token("demo", Scope::Sync, Some(86_400), Some("demo sync"), &[])?;
     let admin_tenant = tenant.clone();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
-    let options =
-        ServeOptions { listen: o.listen, tls: o.tls.clone(), public_url: o.public_url.clone(), max_body: DEFAULT_MAX_BODY };
+    let options = ServeOptions {
+        listen: o.listen,
+        tls: o.tls.clone(),
+        public_url: o.public_url.clone(),
+        max_body: DEFAULT_MAX_BODY,
+    };
     let server = tokio::spawn(async move {
         serve(
             tenant,
@@ -167,15 +186,29 @@ pub async fn start(
     let redirect_uri = tenant::service::my_apps_redirect_uri(&issuer);
     let client_id = admin_tenant.register_my_apps("demo", &issuer)?;
 
-    let mut source = LdifSource::new(&ldif);
-    let state = data.join("sync.db");
-    let mut sync_store = SqliteStore::open(&state).map_err(|error| Error::OpenStore { path: state.clone(), error })?;
-    let mut target = ScimTarget::new(&base, sync_token, o.tls_ca.as_deref(), Duration::from_secs(60))?;
-    let options = CycleOptions { password_sync: true, ..CycleOptions::default() };
-    let report = run_cycle("demo", Flavor::Ldap, &mut source, &mut sync_store, &mut target, &options, progress)
-        .await
-        .map_err(|error| Error::Cycle { source_name: "demo".into(), error })?;
-    sync_store.record_run("demo", &report)?;
+    // The demo's own configuration, so `idbridge sync status|history|explain|…`
+    // work on its data; the cycle below runs through it like any other.
+    let config_path = data.join("idbridge.toml");
+    let token_file = data.join("sync.token");
+    config::files::write_secret(&token_file, format!("{sync_token}\n").as_bytes())?;
+    let quoted = |text: &str| toml_edit::Value::from(text).to_string();
+    let ca = match &o.tls_ca {
+        Some(path) => format!("ca_file = {}\n", quoted(&path.display().to_string())),
+        None => String::new(),
+    };
+    let text = format!(
+        "# Written by `idbridge demo` at each start: the demo's directory and tenant.\n\
+         # Try: idbridge sync status --config {}\n\
+         [[source]]\nname = \"demo\"\nkind = \"ldif\"\npath = \"directory.ldif\"\npassword_hash_sync = true\n\n\
+         [tenant]\nurl = {}\ntoken_file = \"sync.token\"\n{ca}\n[sync]\nstate = \"sync.db\"\n",
+        config_path.display(),
+        quoted(&base)
+    );
+    config::files::write_atomically(&config_path, text.as_bytes())?;
+    let mut events = Collect { observer: progress, report: None };
+    let once = crate::sync::RunOptions { once: true, ..crate::sync::RunOptions::default() };
+    crate::sync::run(&config_path, once, &mut events, std::future::pending()).await?;
+    let report = events.report.ok_or_else(|| Error::Refused("the demo's sync cycle reported nothing".into()))?;
     let ready = DemoReady {
         url: format!("{issuer}/myapps"),
         issuer,
@@ -187,6 +220,7 @@ pub async fn start(
         data,
         ldif,
         report,
+        config: config_path,
     };
     Ok(Demo { ready, server, _cleanup: cleanup })
 }

@@ -154,7 +154,7 @@ pub async fn scan(req: ScanRequest, progress: &mut (dyn CycleObserver + Send)) -
             };
             // One pass over every source: duplicates are found across all of them.
             for src in sources {
-                let mut ldap = LdapSource::new(src.to_settings()?).map_err(|e| directory_error(&src.name, e))?;
+                let mut ldap = crate::sources::Directory::open(src)?;
                 let mut error: Option<Error> = None;
                 let mut sink = |change: SourceChange| -> Result<(), SinkError> {
                     if let SourceChange::Upsert(obj) = change {
@@ -182,7 +182,7 @@ pub async fn scan(req: ScanRequest, progress: &mut (dyn CycleObserver + Send)) -
                 if let Some(e) = error {
                     return Err(e);
                 }
-                result.map_err(|e| directory_error(&src.name, e))?;
+                result.map_err(|e| crate::refused!("source {:?}: {e}", src.name))?;
             }
         }
     }

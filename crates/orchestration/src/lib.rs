@@ -11,6 +11,7 @@ pub mod dump;
 pub mod idfix;
 pub mod idfix_index;
 pub mod init;
+pub mod sources;
 pub mod sync;
 
 use std::path::PathBuf;

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use config::{Config, SourceConfig};
-use connector_ldap::LdapSource;
 use connector_scim::ScimTarget;
 use serde_json::Value as Json;
 use store::SqliteStore;
@@ -18,7 +17,8 @@ use sync::engine::{
 use sync::mapping::Flavor;
 use sync::rules::RuleSet;
 
-use crate::{Error, IoContext, Result, directory_error};
+use crate::sources::Directory;
+use crate::{Error, IoContext, Result};
 
 /// Version of the built-in mapping; part of the configuration fingerprint,
 /// so a new mapping triggers a full sync by itself.
@@ -85,12 +85,6 @@ fn cycle_options(config: &Config, src: &SourceConfig, rules: &RuleSet, rules_tex
     })
 }
 
-/// Connects (or reconnects) and returns the mapping flavour of the server.
-async fn connect(name: &str, source: &mut LdapSource) -> Result<Flavor> {
-    let (_, profile) = source.connect().await.map_err(|e| directory_error(name, e))?;
-    Ok(profile.kind.mapping_flavor())
-}
-
 /// Runs sync cycles for every configured source, one after the other (a
 /// source with `[source.join]` joins objects of the sources before it):
 /// once, or as a daemon until `shutdown` completes. A daemon outlives a
@@ -120,8 +114,7 @@ pub async fn run(
     let mut sources = Vec::new();
     for src in &config.sources {
         let cycle = cycle_options(&config, src, &rules, &rules_text)?;
-        let source = LdapSource::new(src.to_settings()?).map_err(|e| directory_error(&src.name, e))?;
-        sources.push((src.name.clone(), source, cycle));
+        sources.push((src.name.clone(), Directory::open(src)?, cycle));
     }
     tokio::pin!(shutdown);
     let mut first = true;
@@ -169,10 +162,8 @@ pub async fn run(
                 return;
             }
             if let ([(_, source, _)], true) = (sources.as_mut_slice(), healthy) {
-                match source.wait_for_change(pause).await {
-                    Ok(Some(_)) => return,
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(error = %e, "no change notification; waiting the interval"),
+                if source.wait_for_change(pause).await {
+                    return;
                 }
             }
             tokio::time::sleep(pause).await;
@@ -204,13 +195,13 @@ pub async fn resync_passwords(config_path: &Path, events: &mut dyn CycleEvents) 
 /// One cycle, recorded; `Ok(true)` when the deletion threshold stopped the export.
 async fn one_cycle(
     source_name: &str,
-    source: &mut LdapSource,
+    source: &mut Directory,
     store: &mut SqliteStore,
     target: &mut ScimTarget,
     options: &CycleOptions,
     events: &mut dyn CycleEvents,
 ) -> Result<bool> {
-    let flavor = connect(source_name, source).await?;
+    let flavor = source.connect(source_name).await?;
     let started = Instant::now();
     let report = run_cycle(source_name, flavor, source, store, target, options, events.observer())
         .await
@@ -227,8 +218,8 @@ pub async fn preview(path: &Path, observer: &mut (dyn CycleObserver + Send)) -> 
     let mut store = open_store(&config)?;
     let (rules, rules_text) = load_rules(&config)?;
     for src in &config.sources {
-        let mut source = LdapSource::new(src.to_settings()?).map_err(|e| directory_error(&src.name, e))?;
-        let flavor = connect(&src.name, &mut source).await?;
+        let mut source = Directory::open(src)?;
+        let flavor = source.connect(&src.name).await?;
         let options = CycleOptions { staging: true, ..cycle_options(&config, src, &rules, &rules_text)? };
         let mut nowhere = NoTarget;
         run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options, observer)
