@@ -161,10 +161,10 @@ pub async fn run(
             if pause.is_zero() {
                 return;
             }
-            if let ([(_, source, _)], true) = (sources.as_mut_slice(), healthy) {
-                if source.wait_for_change(pause).await {
-                    return;
-                }
+            if let ([(_, source, _)], true) = (sources.as_mut_slice(), healthy)
+                && source.wait_for_change(pause).await
+            {
+                return;
             }
             tokio::time::sleep(pause).await;
         };
