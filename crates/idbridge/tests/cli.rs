@@ -2347,6 +2347,7 @@ mod demo {
         let page = chromium_sign_in(url, user, password);
         let text = page["text"].as_str().unwrap();
         assert!(text.contains(&format!("Signed in as {user}")), "{page}");
+        assert!(page["narrowWidth"].as_u64().is_some_and(|w| w <= 375), "long values wrap at 375 px: {page}");
         let page = chromium_sign_in(url, user, "not-the-password");
         assert!(page["text"].as_str().unwrap().contains("user name or password is incorrect"), "{page}");
         // Without --data the demo works in a temporary directory and removes it when it stops.

@@ -141,7 +141,7 @@ async fn concurrent_password_posts(authorize: &str, user: &str, password: &str, 
     for _ in 0..n {
         let mut b = testkit::Browser::new().unwrap();
         let first = b.get(authorize).await.unwrap();
-        let second = b.post(&action, &testkit::form_fields(&first.body, &[("username", user)])).await.unwrap();
+        let second = b.enter_username(authorize, &first, user).await.unwrap();
         ready.push((b, testkit::form_fields(&second.body, &[("password", password)])));
     }
     let attempts: Vec<_> = ready
@@ -949,4 +949,25 @@ fn signing_keys_and_client_secrets_are_sealed_at_rest() {
     let key = tenant::oidc::keys::active(&conn, tenant::oidc::keys::Alg::Rs256).unwrap();
     let token = tenant::oidc::jwt::sign(&key, &serde_json::json!({"sub": "x", "exp": 4_000_000_000i64})).unwrap();
     assert!(tenant::oidc::jwt::verify_own(&conn, &token).unwrap().is_some());
+}
+
+/// A person opening the tenant's address sees a page with the ways in; a
+/// client asking for JSON gets the same links; an expired My Apps sign-in
+/// says so and offers to start again.
+#[tokio::test]
+async fn the_front_page_and_an_expired_sign_in_explain_themselves() {
+    let t = Tenant::start().await;
+    let root = t.base.trim_end_matches("/scim/v2").to_string();
+    let http = reqwest::Client::new();
+    let page = http.get(format!("{root}/")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("My Apps") && html.contains("/.well-known/openid-configuration"), "{html}");
+    let json: serde_json::Value =
+        http.get(format!("{root}/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+    assert_eq!(json["scim"], format!("{root}/scim/v2"));
+    let expired = http.get(format!("{root}/myapps/callback?code=old&state=old")).send().await.unwrap();
+    assert_eq!(expired.status(), 400);
+    let html = expired.text().await.unwrap();
+    assert!(html.contains("Sign-in expired") && html.contains("Start again"), "{html}");
 }

@@ -16,6 +16,20 @@ pub struct Branding {
     pub text: Option<String>,
 }
 
+impl Default for Branding {
+    /// The look without any settings.
+    fn default() -> Branding {
+        Branding {
+            name: "idbridge".into(),
+            color: "#2f5d8a".into(),
+            background_color: "#f3f4f6".into(),
+            logo_url: None,
+            background_url: None,
+            text: None,
+        }
+    }
+}
+
 impl Branding {
     pub fn load(conn: &Connection) -> Branding {
         let get = |k: &str| get_meta(conn, k).ok().flatten().filter(|v| !v.is_empty());

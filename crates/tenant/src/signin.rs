@@ -44,7 +44,7 @@ pub enum SignInError {
     /// Unknown user, wrong password, or no synchronised password: one answer for all.
     #[error("Your user name or password is incorrect.")]
     InvalidCredentials,
-    #[error("Your account is temporarily locked to prevent unauthorised use. Try again later.")]
+    #[error("Your account is temporarily locked to prevent unauthorised use. Try again in {}.", wait_text(*.retry_after_secs))]
     LockedOut { retry_after_secs: i64 },
     #[error("Your account is disabled. Contact your administrator.")]
     Disabled,
@@ -73,6 +73,17 @@ pub enum SignInError {
     DirectoryUnreachable,
     #[error("Sign-in for {domain} is handled by {method}, which is not available yet.")]
     MethodNotAvailable { domain: String, method: &'static str },
+}
+
+/// A wait for people: "30 seconds", "a minute", "5 minutes", "an hour".
+fn wait_text(secs: i64) -> String {
+    match secs.max(1) {
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "a minute".into(),
+        s if s < 3600 => format!("{} minutes", (s + 59) / 60),
+        s if s < 7200 => "an hour".into(),
+        s => format!("{} hours", (s + 3599) / 3600),
+    }
 }
 
 /// What a successful sign-in returns.

@@ -68,6 +68,27 @@ impl Browser {
         self.keep(resp).await
     }
 
+    /// Submits `username` on the user-name page `page` (of the sign-in that
+    /// started at `authorize_url`) and follows the tenant's redirect to the
+    /// password step (post, redirect, get). Another answer (an error page, a
+    /// redirect to a federated identity provider) is returned as it is.
+    pub async fn enter_username(
+        &mut self,
+        authorize_url: &str,
+        page: &Page,
+        username: &str,
+    ) -> Result<Page, TestkitError> {
+        let action = authorize_url.split('?').next().unwrap_or(authorize_url).to_string();
+        let answer = self.post(&action, &form_fields(&page.body, &[("username", username)])).await?;
+        match answer.location.as_deref() {
+            Some(next) if answer.status == StatusCode::SEE_OTHER && next.starts_with("/oauth2/authorize?") => {
+                let origin = action.trim_end_matches("/oauth2/authorize");
+                self.get(&format!("{origin}{next}")).await
+            }
+            _ => Ok(answer),
+        }
+    }
+
     /// Opens `authorize_url`, enters the user name, then the password.
     /// Returns the last page: a 303 back to the application on success.
     pub async fn password_sign_in(
@@ -81,7 +102,7 @@ impl Browser {
         if first.status != StatusCode::OK {
             return Ok(first);
         }
-        let second = self.post(&action, &form_fields(&first.body, &[("username", username)])).await?;
+        let second = self.enter_username(authorize_url, &first, username).await?;
         if !second.body.contains("type=\"password\"") {
             return Ok(second);
         }

@@ -1,6 +1,8 @@
 // Signs in through the tenant's real sign-in page with headless Chromium.
 // Usage: node sign_in.mjs <My Apps URL> <user name> <password>
-// Prints one JSON line: {"url": the final URL, "text": the page's text}.
+// Prints one JSON line: {"url": the final URL, "text": the page's text,
+// "narrowWidth": the signed-in page's width in a 375 px wide window}.
+// With $SCREENSHOT_DIR set, it saves the signed-in page at desktop width and 375 px.
 // The Chromium binary is $CHROMIUM (default /usr/bin/chromium); its profile
 // lives in $PROFILE_DIR, which the calling test creates and removes.
 // puppeteer-core is resolved from $BROWSER_TOOLS (scripts/test installs it
@@ -29,7 +31,13 @@ try {
   await page.type('#password', password);
   await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
   const text = await page.evaluate(() => document.body.innerText);
-  console.log(JSON.stringify({ url: page.url(), text }));
+  const shots = process.env.SCREENSHOT_DIR;
+  if (shots) await page.screenshot({ path: `${shots}/signed-in-desktop.png`, fullPage: true });
+  // A phone: long values must wrap, not widen the page.
+  await page.setViewport({ width: 375, height: 700 });
+  const narrowWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+  if (shots) await page.screenshot({ path: `${shots}/signed-in-375.png`, fullPage: true });
+  console.log(JSON.stringify({ url: page.url(), text, narrowWidth }));
 } finally {
   await browser.close();
 }

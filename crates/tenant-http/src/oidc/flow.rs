@@ -196,7 +196,9 @@ fn check_request(conn: &Connection, p: &Params) -> Result<std::result::Result<Au
         return Ok(Err(Invalid::Page("The application did not say who it is (client_id is missing).".into())));
     };
     let Some(client) = clients::get(conn, &client_id)? else {
-        return Ok(Err(Invalid::Page("The application is not registered with this tenant.".into())));
+        return Ok(Err(Invalid::Page(
+            "This sign-in link is not valid here: the application is not registered with this tenant (any more — it may have been registered again, for instance when the demo restarted). Go back to the application and start again.".into(),
+        )));
     };
     let Some(redirect_uri) = get("redirect_uri").filter(|u| client.redirect_uris.contains(u)) else {
         return Ok(Err(Invalid::Page(
@@ -406,8 +408,26 @@ async fn authorize_get_page(state: Arc<AppState>, headers: HeaderMap, p: Params)
     }
     let csrf = mint_csrf(&state.csrf_key);
     let hint = p.get("login_hint").cloned().unwrap_or_default();
-    let mut resp =
-        html_response(StatusCode::OK, pages::username_page(&branding, &hidden_fields(&p, &csrf), &hint, None));
+    // The password step after the user name (reached by a redirect from it):
+    // only for a name@domain whose domain is not federated.
+    let password_step = p.get("step").is_some_and(|s| s == "password") && {
+        let domain =
+            hint.rsplit_once('@').filter(|(n, d)| !n.is_empty() && d.contains('.')).map(|(_, d)| d.to_lowercase());
+        match domain {
+            Some(domain) => {
+                let found = db(&state, move |conn| domains::get(conn, &domain)).await;
+                found.is_ok_and(|d| d.is_none_or(|d| d.auth != AuthType::Federated))
+            }
+            None => false,
+        }
+    };
+    let fields = hidden_fields(&p, &csrf);
+    let page = if password_step {
+        pages::password_page(&branding, &fields, &hint, None)
+    } else {
+        pages::username_page(&branding, &fields, &hint, None)
+    };
+    let mut resp = html_response(StatusCode::OK, page);
     set_cookie(&mut resp, &state, csrf_cookie_name(&state), &csrf, 3600);
     resp
 }
@@ -459,6 +479,17 @@ async fn authorize_post_page(
     match step {
         "restart" => html_response(StatusCode::OK, pages::username_page(&branding, &fields, "", None)),
         "username" => {
+            if username.contains('\\') {
+                return html_response(
+                    StatusCode::OK,
+                    pages::username_page(
+                        &branding,
+                        &fields,
+                        &username,
+                        Some("Enter your user name as name@domain (for example alex@example.com), not DOMAIN\\name."),
+                    ),
+                );
+            }
             let Some((_, domain)) = username.rsplit_once('@').filter(|(n, d)| !n.is_empty() && d.contains('.')) else {
                 return html_response(
                     StatusCode::OK,
@@ -476,8 +507,19 @@ async fn authorize_post_page(
                 Ok(Some(d)) if d.auth == AuthType::Federated => {
                     crate::federation::start(&state, &branding, &p, &username, &d.name).await
                 }
-                // Managed domains (hashes or pass-through), and unknown ones (no hint whether the user exists).
-                Ok(_) => html_response(StatusCode::OK, pages::password_page(&branding, &fields, &username, None)),
+                // Managed domains (hashes or pass-through), and unknown ones (no hint
+                // whether the user exists): on to the password step by a redirect,
+                // so the browser's Back button never offers to re-send a form.
+                Ok(_) => {
+                    let mut pairs: Vec<(&str, &str)> = AUTH_PARAMS
+                        .iter()
+                        .filter(|k| **k != "login_hint")
+                        .filter_map(|k| p.get(*k).filter(|v| !v.is_empty()).map(|v| (*k, v.as_str())))
+                        .collect();
+                    pairs.push(("login_hint", &username));
+                    pairs.push(("step", "password"));
+                    redirect_with("/oauth2/authorize", &pairs)
+                }
                 Err(e) => internal(e),
             }
         }

@@ -11,12 +11,16 @@ pub mod pages;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
 use crate::scim::AppState;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/", get(landing))
         .route("/.well-known/openid-configuration", get(flow::discovery))
         .route("/oauth2/jwks", get(flow::jwks))
         .route("/oauth2/authorize", get(flow::authorize_get).post(flow::authorize_post))
@@ -28,4 +32,22 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/myapps", get(myapps::home))
         .route("/myapps/callback", get(myapps::callback))
         .route("/myapps/logout", get(myapps::logout))
+}
+
+/// GET /: a small page with the ways in for a person; the same links as
+/// JSON for a client that asks for JSON only.
+async fn landing(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if accept.contains("application/json") && !accept.contains("text/html") {
+        let links = serde_json::json!({
+            "issuer": state.issuer,
+            "openid_configuration": format!("{}/.well-known/openid-configuration", state.issuer),
+            "scim": state.base_url,
+            "myapps": format!("{}/myapps", state.issuer),
+        });
+        return axum::Json(links).into_response();
+    }
+    let store = state.store.clone();
+    let branding = tokio::task::spawn_blocking(move || pages::Branding::load(&store.read())).await.unwrap_or_default();
+    Html(pages::landing_page(&branding, &state.issuer)).into_response()
 }

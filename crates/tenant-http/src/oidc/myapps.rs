@@ -94,13 +94,17 @@ pub async fn callback(
     let tx = cookie(&headers, TX_COOKIE).unwrap_or_default();
     let mut parts = tx.split('.');
     let (Some(tx_state), Some(verifier), Some(nonce)) = (parts.next(), parts.next(), parts.next()) else {
-        return (StatusCode::BAD_REQUEST, "no sign-in in progress; open /myapps again").into_response();
+        return restart(&state,
+            "Sign-in expired",
+            "This sign-in is no longer in progress (it was started in another browser, finished already, or the tenant was restarted).",
+        ).await;
     };
     if p.get("state").map(String::as_str) != Some(tx_state) {
-        return (StatusCode::BAD_REQUEST, "the state does not match; open /myapps again").into_response();
+        return restart(&state, "Sign-in expired", "This answer belongs to another sign-in; start a new one.").await;
     }
     if let Some(error) = p.get("error") {
-        return (StatusCode::BAD_REQUEST, format!("sign-in failed: {error}")).into_response();
+        let message = format!("The sign-in did not complete ({error}).");
+        return restart(&state, "Sign-in did not complete", &message).await;
     }
     let (code, verifier, nonce, issuer) =
         (p.get("code").cloned().unwrap_or_default(), verifier.to_string(), nonce.to_string(), state.issuer.clone());
@@ -134,8 +138,23 @@ pub async fn callback(
             let resp = Redirect::to("/myapps").into_response();
             with_cookie(with_cookie(resp, &state, TX_COOKIE, "", 0), &state, RP_COOKIE, &id_token, 3600)
         }
-        _ => (StatusCode::BAD_REQUEST, "the sign-in could not be completed; open /myapps again").into_response(),
+        _ => {
+            restart(
+                &state,
+                "Sign-in expired",
+                "The sign-in could not be completed: it took too long, was used already, or the tenant was restarted.",
+            )
+            .await
+        }
     }
+}
+
+/// An explanation page with a link to start again (an expired or foreign sign-in).
+async fn restart(state: &Arc<AppState>, title: &str, message: &str) -> Response {
+    let store = state.store.clone();
+    let branding = tokio::task::spawn_blocking(move || Branding::load(&store.read())).await.unwrap_or_default();
+    let page = pages::restart_page(&branding, title, message, "/myapps", "Start again");
+    (StatusCode::BAD_REQUEST, Html(page)).into_response()
 }
 
 /// GET /myapps/logout: forgets the app's session and signs out at the provider.

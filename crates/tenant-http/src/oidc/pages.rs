@@ -33,7 +33,10 @@ fn layout(branding: &Branding, title: &str, body: Markup) -> String {
         .unwrap_or_default();
     let style = format!(
         "body{{font-family:system-ui,sans-serif;background-color:{bg};{background}margin:0}}\
-         main{{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem;border-radius:8px;box-shadow:0 2px 8px #0002}}\
+         main{{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem;border-radius:8px;box-shadow:0 2px 8px #0002;overflow-wrap:anywhere}}\
+         @media (max-width:30rem){{main{{margin:0;border-radius:0;padding:1.2rem}}}}\
+         table{{table-layout:fixed;width:100%;border-collapse:collapse}} th{{width:8rem;vertical-align:top}} td{{overflow-wrap:anywhere}}\
+         .hint{{color:#444;font-size:.9rem;margin:.3rem 0 0}}\
          h1{{font-size:1.4rem}} label{{display:block;margin-top:1rem;font-weight:600}}\
          input[type=text],input[type=email],input[type=password]{{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;margin-top:.3rem}}\
          button{{margin-top:1.2rem;padding:.6rem 1.4rem;font-size:1rem;background:{c};color:#fff;border:0;border-radius:4px}}\
@@ -95,9 +98,13 @@ pub fn username_page(branding: &Branding, fields: Hidden<'_>, username: &str, er
         form method="post" action="/oauth2/authorize" {
             (hidden(fields))
             input type="hidden" name="step" value="username";
-            label for="username" { "User name (name@domain)" }
-            input type="email" id="username" name="username" value=(username) autocomplete="username" required autofocus
-                aria-describedby=[error.map(|_| "error")];
+            label for="username" { "User name" }
+            // Text, not e-mail: people type what they know (DOMAIN\name too) and the
+            // server explains the expected form instead of the browser refusing it.
+            input type="text" id="username" name="username" value=(username) autocomplete="username"
+                autocapitalize="none" spellcheck="false" required autofocus
+                aria-describedby=(if error.is_some() { "username-hint error" } else { "username-hint" });
+            p.hint id="username-hint" { "Your sign-in name, like name@example.com" }
             button type="submit" { "Next" }
         }
     };
@@ -156,6 +163,30 @@ pub fn message_page(branding: &Branding, title: &str, message: &str) -> String {
         p role="alert" { (message) }
     };
     layout(branding, title, body)
+}
+
+/// A page that explains what happened and offers the way back (`href`).
+pub fn restart_page(branding: &Branding, title: &str, message: &str, href: &str, action: &str) -> String {
+    let body = html! {
+        h1 { (title) }
+        p role="alert" { (message) }
+        p { a href=(href) { (action) } }
+    };
+    layout(branding, title, body)
+}
+
+/// The tenant's front page for people who open its address in a browser.
+pub fn landing_page(branding: &Branding, issuer: &str) -> String {
+    let body = html! {
+        h1 { (branding.name) }
+        p { "This is an identity tenant: a directory of people and groups, and the sign-in service applications use." }
+        ul {
+            li { a href="/myapps" { "My Apps" } " — sign in to the sample application" }
+            li { a href="/.well-known/openid-configuration" { "OpenID Connect discovery document" } " — for application developers" }
+            li { "SCIM 2.0 API (needs a token): " code { (issuer) "/scim/v2" } }
+        }
+    };
+    layout(branding, "Welcome", body)
 }
 
 /// "Sign out?" — a logout link without proof it came from the user's application.

@@ -380,6 +380,19 @@ async fn refusals_say_the_right_thing() {
     }
     let locked = sign_in(&mut b, &t, &rp, &challenge, "sam@corp.example.com", PASSWORD).await;
     assert!(locked.body.contains("temporarily locked"), "{}", locked.body);
+    assert!(locked.body.contains("Try again in a minute"), "the wait is said: {}", locked.body);
+    // Post, redirect, get: the user-name step answers with a redirect to the
+    // password step, so Back after signing in never re-sends a form.
+    let url = authorize_url(&t, &rp, &challenge);
+    let mut fresh = Browser::new().unwrap();
+    let first = fresh.get(&url).await.unwrap();
+    let action = url.split('?').next().unwrap().to_string();
+    let posted = fresh.post(&action, &form_fields(&first.body, &[("username", "sam@corp.example.com")])).await.unwrap();
+    assert_eq!(posted.status, StatusCode::SEE_OTHER, "{}", posted.body);
+    assert!(posted.location.as_deref().is_some_and(|l| l.contains("step=password")), "{:?}", posted.location);
+    // DOMAIN\name is taken as typed and answered with the expected form.
+    let netbios = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "CORP\\sam", PASSWORD).await;
+    assert!(netbios.body.contains("not DOMAIN\\name") && netbios.body.contains("type=\"text\""), "{}", netbios.body);
 
     // Requests that must not go back to the application.
     let bad_redirect = b
@@ -583,7 +596,7 @@ async fn unknown_and_known_users_take_the_same_time() {
     let time_wrong_password = async |user: String| {
         let mut b = Browser::new().unwrap();
         let first = b.get(&url).await.unwrap();
-        let second = b.post(&action, &form_fields(&first.body, &[("username", user.as_str())])).await.unwrap();
+        let second = b.enter_username(&url, &first, user.as_str()).await.unwrap();
         let form = form_fields(&second.body, &[("password", "wrong")]);
         let started = std::time::Instant::now();
         let page = b.post(&action, &form).await.unwrap();
