@@ -2156,6 +2156,43 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         );
     }
 
+    /// Two writers on one state file would undo each other's cycles: the
+    /// second daemon (or a preview) is refused with the first one's pid,
+    /// readers work alongside, and `kill -9` leaves no stale lock.
+    #[test]
+    fn one_state_file_has_one_writer() {
+        let lab = lab(5, 1, "interval_secs = 1");
+        let mut daemon = testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["sync", "run", "--config", p(&lab.config)])
+                .env("RUST_LOG", "warn")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let history = || idbridge(&["sync", "history", "--config", p(&lab.config)]);
+        assert!(
+            testkit::wait_until(std::time::Duration::from_secs(60), || {
+                let out = history();
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("success")
+            }),
+            "the daemon ran a cycle"
+        );
+        let pid = daemon.id().to_string();
+        for args in [&["sync", "run", "--once"][..], &["sync", "preview"][..]] {
+            let out = idbridge(&[args, &["--config", p(&lab.config)][..]].concat());
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && text.contains("in use by another idbridge process") && text.contains(&pid),
+                "{args:?}: {text}"
+            );
+        }
+        assert!(ok(&idbridge(&["sync", "status", "--config", p(&lab.config)])).contains("last cycle: #"));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        ok(&sync_once(&lab, &[]));
+    }
+
     #[test]
     fn daemon_wakes_on_changes_pushed_by_openldap() {
         // A long interval: a change can only arrive quickly if slapd pushes it.

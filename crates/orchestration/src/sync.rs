@@ -30,10 +30,13 @@ pub fn open_store(config: &Config) -> Result<SqliteStore> {
     SqliteStore::open(path).map_err(|error| Error::OpenStore { path: path.clone(), error })
 }
 
-/// The configuration at `path` and its sync store.
+/// The configuration at `path` and its sync store, to read (alongside a
+/// running daemon).
 pub fn open(path: &Path) -> Result<(Config, SqliteStore)> {
     let config = Config::load(path)?;
-    let store = open_store(&config)?;
+    let state = &config.sync.state;
+    let store =
+        SqliteStore::open_for_reading(state).map_err(|error| Error::OpenStore { path: state.clone(), error })?;
     Ok((config, store))
 }
 

@@ -106,6 +106,50 @@ pub struct SqliteStore {
     conn: Connection,
     /// No joins exist: exports skip looking for joined contributions.
     no_joins: bool,
+    /// Held while this store may write (see [`SqliteStore::open`]).
+    _lock: Option<StateLock>,
+}
+
+/// An exclusive lock on `<state>.lock` beside the state file, holding the
+/// process id of its holder. The operating system releases it when the
+/// file is closed or the process dies (even by `kill -9`): a stale lock
+/// cannot block a restart.
+#[derive(Debug)]
+struct StateLock {
+    _file: std::fs::File,
+}
+
+fn lock_state(path: &Path) -> Result<StateLock, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file =
+        options.open(&lock_path).map_err(|e| StoreError(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Who holds it, for the message another process shows.
+            let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id()));
+            Ok(StateLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(StoreError(format!(
+                "the sync state {} is in use by another idbridge process (pid {}): a sync daemon or a preview. Two writers would corrupt each other's cycles; stop the other first (`sync status`, `history`, `errors` and `explain` work alongside it)",
+                path.display(),
+                holder.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError(format!("cannot lock {}: {e}", lock_path.display()))),
+    }
 }
 
 /// A source object joined to a metaverse object (for `sync explain`).
@@ -190,7 +234,34 @@ impl RunSummary {
 }
 
 impl SqliteStore {
+    /// Opens the store to run cycles: only one process at a time may (an
+    /// exclusive lock beside the file; a second gets an error naming the first).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let lock = lock_state(path)?;
+        let mut store = Self::open_unlocked(path)?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Opens the store to read it (status, history, errors, explain) while
+    /// a daemon may be running: no lock, a read-only connection. A store
+    /// that does not exist yet, or needs a newer schema, is opened as by
+    /// [`SqliteStore::open`] first.
+    pub fn open_for_reading(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            return Self::open(path);
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        if usize::try_from(version).map_err(err)? < MIGRATIONS.len() {
+            drop(conn);
+            return Self::open(path);
+        }
+        Self::with(conn)
+    }
+
+    fn open_unlocked(path: &Path) -> Result<SqliteStore, StoreError> {
         // Connector spaces hold the directory's data: a new store is the owner's only.
         #[cfg(unix)]
         if !path.exists() {
@@ -224,7 +295,7 @@ impl SqliteStore {
             conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).map_err(err)?;
         }
         let any_join: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM joins)", [], |r| r.get(0)).map_err(err)?;
-        Ok(SqliteStore { conn, no_joins: !any_join })
+        Ok(SqliteStore { conn, no_joins: !any_join, _lock: None })
     }
 
     /// Adds what joined source objects contribute: attributes the projecting

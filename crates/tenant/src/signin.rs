@@ -78,6 +78,7 @@ pub enum SignInError {
 /// A wait for people: "30 seconds", "a minute", "5 minutes", "an hour".
 fn wait_text(secs: i64) -> String {
     match secs.max(1) {
+        1 => "a second".into(),
         s if s < 60 => format!("{s} seconds"),
         s if s < 120 => "a minute".into(),
         s if s < 3600 => format!("{} minutes", (s + 59) / 60),
@@ -513,4 +514,19 @@ fn audit_attempt(
         d.extend(extra);
     }
     audit::record(conn, "sign-in", if success { "sign-in" } else { "sign-in-failed" }, None, None, Some(&detail))
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::wait_text;
+
+    #[test]
+    fn waits_are_said_in_words() {
+        assert_eq!(wait_text(0), "a second");
+        assert_eq!(wait_text(45), "45 seconds");
+        assert_eq!(wait_text(61), "a minute");
+        assert_eq!(wait_text(121), "3 minutes");
+        assert_eq!(wait_text(3600), "an hour");
+        assert_eq!(wait_text(7201), "3 hours");
+    }
 }

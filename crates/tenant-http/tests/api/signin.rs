@@ -380,7 +380,8 @@ async fn refusals_say_the_right_thing() {
     }
     let locked = sign_in(&mut b, &t, &rp, &challenge, "sam@corp.example.com", PASSWORD).await;
     assert!(locked.body.contains("temporarily locked"), "{}", locked.body);
-    assert!(locked.body.contains("Try again in a minute"), "the wait is said: {}", locked.body);
+    // How long depends on when the lock began (not asserted to the second: load varies).
+    assert!(locked.body.contains("Try again in "), "the wait is said: {}", locked.body);
     // Post, redirect, get: the user-name step answers with a redirect to the
     // password step, so Back after signing in never re-sends a form.
     let url = authorize_url(&t, &rp, &challenge);
