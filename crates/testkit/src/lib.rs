@@ -5,6 +5,7 @@
 //! - [`slapd`]: OpenLDAP with back-mdb and syncprov on a free port.
 //! - [`samba`]: a Samba AD domain controller (LDAP on 127.0.0.1:389).
 //! - [`tls`]: a throwaway CA and server certificate (openssl CLI).
+//! - [`postgres`]: a PostgreSQL 15 cluster on a free port (as the `postgres` user when root).
 //! - [`process`]: temp dirs, free ports, running tools.
 //! - [`browser`]: an HTTP client that signs in through the sign-in forms.
 //! - [`harness`]: the set-up tests and benchmarks share (a tenant with a sync
@@ -12,6 +13,7 @@
 
 pub mod browser;
 pub mod harness;
+pub mod postgres;
 pub mod process;
 pub mod samba;
 pub mod slapd;
@@ -21,6 +23,7 @@ pub use browser::{Browser, Page, form_fields};
 pub use harness::{
     SyncTenant, idbridge, latency_summary, ldapsearch_baseline, openldap_sample, slapd_with_sample, sync_config,
 };
+pub use postgres::Postgres;
 pub use process::{
     KillOnDrop, TempDir, TestkitError, free_port, measure, public_client_authorize_url, spawn_tenant, wait_until,
 };

@@ -1,0 +1,119 @@
+//! A throwaway PostgreSQL 15 cluster (`initdb` + `pg_ctl`) in a temporary
+//! directory on a free loopback port, with a password-protected superuser
+//! and an empty database. PostgreSQL refuses to run as root: when the tests
+//! run as root, the cluster runs as the `postgres` user the Debian package
+//! creates. Stopped (immediately) and removed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::process::{TempDir, TestkitError, free_port, io_err, require_tool, run};
+
+/// Where Debian's postgresql-15 package puts the server programs.
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const USER: &str = "idbridge";
+pub const PASSWORD: &str = "pg-secret-ü";
+pub const DATABASE: &str = "idbridge";
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Postgres {
+    dir: TempDir,
+    pub port: u16,
+    /// `postgres://idbridge@127.0.0.1:PORT/idbridge` (the password is in [`Postgres::password_file`]).
+    pub url: String,
+    running: bool,
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
+        .unwrap_or(false)
+}
+
+/// `program args…`, as the `postgres` user when we are root.
+fn server_command(program: &str) -> Command {
+    let path = Path::new(BIN).join(program);
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(path);
+        cmd
+    } else {
+        Command::new(path)
+    }
+}
+
+impl Postgres {
+    pub fn start() -> Result<Postgres, TestkitError> {
+        require_tool(&format!("{BIN}/pg_ctl"), "postgresql-15")?;
+        require_tool("psql", "postgresql-client-15")?;
+        let dir = TempDir::new("postgres")?;
+        let password_file = dir.join("superuser.password");
+        std::fs::write(&password_file, PASSWORD).map_err(io_err("writing the superuser password"))?;
+        if is_root() {
+            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()), None)?;
+        }
+        let data = dir.join("data");
+        run(
+            server_command("initdb")
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", USER, "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync"])
+                .arg(format!("--pwfile={}", password_file.display())),
+            None,
+        )?;
+        let port = free_port()?;
+        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.path().display());
+        run(
+            server_command("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &options, "-l"])
+                .arg(dir.join("server.log"))
+                .args(["-w", "-t", "60", "start"]),
+            None,
+        )?;
+        let pg = Postgres { dir, port, url: format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}"), running: true };
+        pg.psql_in("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
+        Ok(pg)
+    }
+
+    /// The superuser's password, in a file (never on a command line).
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join("superuser.password")
+    }
+
+    /// Runs SQL in the test database over TCP with the password; its output (unaligned, no headers).
+    pub fn psql(&self, sql: &str) -> Result<String, TestkitError> {
+        self.psql_in(DATABASE, sql)
+    }
+
+    fn psql_in(&self, database: &str, sql: &str) -> Result<String, TestkitError> {
+        run(
+            Command::new("psql")
+                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", USER, "-d", database, "-c", sql])
+                .env("PGPASSWORD", PASSWORD),
+            None,
+        )
+    }
+
+    /// Stops the server at once, as a crash would.
+    pub fn stop(&mut self) -> Result<(), TestkitError> {
+        if self.running {
+            run(
+                server_command("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "immediate", "-w", "stop"]),
+                None,
+            )?;
+            self.running = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
