@@ -79,13 +79,55 @@ fn default_tenant_timeout() -> u64 {
     60
 }
 
+/// Where the sync engine keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "PathBuf")]
+pub enum StateLocation {
+    /// A SQLite file (one daemon).
+    File(PathBuf),
+    /// A PostgreSQL database, `postgres://user@host[:port]/database[?options]`
+    /// (an active and a standby daemon share it).
+    Postgres(String),
+}
+
+impl From<PathBuf> for StateLocation {
+    fn from(path: PathBuf) -> Self {
+        match path.to_str() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StateLocation::Postgres(url.to_string())
+            }
+            _ => StateLocation::File(path),
+        }
+    }
+}
+
+impl std::fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateLocation::File(path) => write!(f, "{}", path.display()),
+            StateLocation::Postgres(url) => f.write_str(url),
+        }
+    }
+}
+
 /// How the engine runs.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
-    /// The sync store (SQLite file).
+    /// The sync store: a SQLite file, or a `postgres://` URL.
     #[serde(default = "default_state")]
-    pub state: PathBuf,
+    pub state: StateLocation,
+    /// PostgreSQL state: the password, from a file …
+    pub database_password_file: Option<PathBuf>,
+    /// … or an environment variable (never in the URL).
+    pub database_password_env: Option<String>,
+    /// PostgreSQL state: TLS, verified against this PEM CA (host name included).
+    pub database_ca_file: Option<PathBuf>,
+    /// PostgreSQL state: seconds the active daemon's lease lasts without
+    /// renewal; a standby takes over within about this long after the
+    /// active one dies.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
     /// Seconds between delta cycles in daemon mode.
     #[serde(default = "default_interval")]
     pub interval_secs: u64,
@@ -104,6 +146,10 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             state: default_state(),
+            database_password_file: None,
+            database_password_env: None,
+            database_ca_file: None,
+            lease_secs: default_lease(),
             interval_secs: default_interval(),
             deletion_threshold: default_threshold(),
             staging: false,
@@ -112,14 +158,29 @@ impl Default for SyncConfig {
     }
 }
 
-fn default_state() -> PathBuf {
-    PathBuf::from("idbridge-sync.db")
+fn default_state() -> StateLocation {
+    StateLocation::File(PathBuf::from("idbridge-sync.db"))
+}
+fn default_lease() -> u64 {
+    5
 }
 fn default_interval() -> u64 {
     5
 }
 fn default_threshold() -> usize {
     500
+}
+
+impl SyncConfig {
+    /// The PostgreSQL state's password, if one is configured.
+    pub fn database_password(&self) -> Result<Option<Secret>> {
+        read_secret(
+            "[sync]",
+            "database_password",
+            self.database_password_file.as_deref(),
+            self.database_password_env.as_deref(),
+        )
+    }
 }
 
 impl TenantConfig {
@@ -238,6 +299,19 @@ impl Config {
         if config.sources.is_empty() {
             return invalid("no [[source]] is configured");
         }
+        let sync = &config.sync;
+        if matches!(sync.state, StateLocation::File(_))
+            && (sync.database_password_file.is_some()
+                || sync.database_password_env.is_some()
+                || sync.database_ca_file.is_some())
+        {
+            return invalid(
+                "[sync]: database_password_file, database_password_env and database_ca_file are for a state = \"postgres://…\"",
+            );
+        }
+        if !(2..=3600).contains(&sync.lease_secs) {
+            return invalid(format!("[sync]: lease_secs = {} is out of range (2 to 3600)", sync.lease_secs));
+        }
         let mut names = std::collections::HashSet::new();
         for s in &config.sources {
             if !names.insert(s.name.as_str()) {
@@ -268,7 +342,11 @@ impl Config {
             resolve(base, &mut tenant.token_file);
             resolve(base, &mut tenant.ca_file);
         }
-        self.sync.state = relative_to(base, &self.sync.state);
+        if let StateLocation::File(path) = &mut self.sync.state {
+            *path = relative_to(base, path);
+        }
+        resolve(base, &mut self.sync.database_password_file);
+        resolve(base, &mut self.sync.database_ca_file);
         for rules in &mut self.sync.rules {
             *rules = relative_to(base, rules);
         }

@@ -197,6 +197,9 @@ impl ScimTarget {
                         TargetError { message: "the tenant's answer has no id".into(), not_found: false }
                     });
                 }
+                Ok((StatusCode::CONFLICT, body)) => {
+                    return self.adopt(kind, resource, failure(StatusCode::CONFLICT, &body)).await;
+                }
                 Ok((status, body)) => return Err(failure(status, &body)),
                 Err(f) if f.uncertain && external_id.is_some() => {
                     tracing::warn!(error = %f.message, "a create may or may not have happened; looking before trying again");
@@ -207,6 +210,27 @@ impl ScimTarget {
             }
         }
         Err(TargetError { message: format!("gave up creating after {} attempts", self.attempts), not_found: false })
+    }
+}
+
+impl ScimTarget {
+    /// A create refused as a duplicate: if the object there has the same
+    /// externalId, an earlier create of ours reached the tenant without the
+    /// sync state learning of it (a daemon killed between the two, the
+    /// standby taking over) — it is ours: replaced with what we would have
+    /// created, and its id returned. Otherwise the conflict stands.
+    async fn adopt(
+        &self,
+        kind: ObjectKind,
+        resource: &Value,
+        conflict: TargetError,
+    ) -> Result<Option<String>, TargetError> {
+        let Some(external_id) = resource.get("externalId").and_then(Value::as_str) else { return Err(conflict) };
+        let Some(id) = self.find_created(kind, external_id).await? else { return Err(conflict) };
+        tracing::info!(%external_id, %id, "the object was created earlier without the sync state knowing; taking it over");
+        let url = format!("{}/{}/{id}?attributes=id", self.base, endpoint(kind));
+        let (status, answer) = self.send(Method::PUT, &url, Some(resource), Repeat::Always).await?;
+        if status.is_success() { Ok(Some(id)) } else { Err(failure(status, &answer)) }
     }
 }
 
@@ -260,17 +284,22 @@ fn bulk_operation(i: usize, op: &ExportOp) -> Value {
     }
 }
 
+/// One Bulk answer's HTTP status (0 when it has none).
+fn bulk_status(answer: Option<&Value>) -> u16 {
+    answer
+        .and_then(|a| a.get("status"))
+        .and_then(|s| {
+            s.as_str().and_then(|t| t.parse().ok()).or_else(|| s.as_u64().and_then(|n| u16::try_from(n).ok()))
+        })
+        .unwrap_or(0)
+}
+
 /// One Bulk answer → the engine's result for that operation.
 fn bulk_result(answer: Option<&Value>) -> Result<Option<String>, TargetError> {
     let Some(a) = answer else {
         return Err(TargetError { message: "the tenant's Bulk answer misses this operation".into(), not_found: false });
     };
-    let status: u16 = a
-        .get("status")
-        .and_then(|s| {
-            s.as_str().and_then(|t| t.parse().ok()).or_else(|| s.as_u64().and_then(|n| u16::try_from(n).ok()))
-        })
-        .unwrap_or(0);
+    let status = bulk_status(answer);
     if (200..300).contains(&status) {
         let id = a.get("location").and_then(Value::as_str).and_then(|l| l.rsplit('/').next()).map(str::to_string);
         return Ok(id);
@@ -328,14 +357,20 @@ impl Target for ScimTarget {
                 Ok((status, answer)) if status.is_success() => {
                     let answers = answer.get("Operations").and_then(Value::as_array).cloned().unwrap_or_default();
                     // Answers carry the method and (for creates) the bulkId; match them up in order.
-                    for (i, _) in chunk.iter().enumerate() {
+                    for (i, op) in chunk.iter().enumerate() {
                         let mine = answers
                             .get(i)
                             .filter(|a| a.get("bulkId").and_then(Value::as_str).is_none_or(|b| b == format!("op{i}")));
                         let mine = mine.or_else(|| {
                             answers.iter().find(|a| a.get("bulkId").and_then(Value::as_str) == Some(&format!("op{i}")))
                         });
-                        out.push(bulk_result(mine));
+                        let result = match (op, bulk_result(mine)) {
+                            (ExportOp::Create { kind, resource }, Err(e)) if bulk_status(mine) == 409 => {
+                                self.adopt(*kind, resource, e).await
+                            }
+                            (_, result) => result,
+                        };
+                        out.push(result);
                     }
                 }
                 Ok((status, answer)) => {

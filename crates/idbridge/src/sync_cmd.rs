@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
+use orchestration::state::ActiveWriter;
 use orchestration::sync::{CycleEvents, Explanation, RunOptions, SyncStatus};
 use store::{RunRow, RunSummary};
 use sync::engine::{CycleObserver, CycleReport, CycleStatus, PendingExport};
@@ -97,6 +98,18 @@ impl CycleEvents for PrintedCycles {
     fn failed(&mut self, error: &orchestration::Error, retry_in: Duration) {
         self.progress.done();
         eprintln!("error: {error}\nretrying in {} s", retry_in.as_secs());
+    }
+
+    fn standby(&mut self, active: &store::lease::LeaseInfo) {
+        eprintln!(
+            "standby: {} is the active daemon (since {}); taking over if its lease expires",
+            active.holder,
+            local_time(&active.acquired_at)
+        );
+    }
+
+    fn active(&mut self, epoch: i64) {
+        eprintln!("active: this daemon holds the sync lease (epoch {epoch}) and runs the cycles");
     }
 }
 
@@ -248,7 +261,19 @@ fn status_json(s: &SyncStatus) -> serde_json::Value {
             "pending": s.passwords_pending, "failed": s.passwords_failed,
         },
         "objectsWithErrors": s.objects_with_errors,
+        "active": active_json(&s.active),
     })
+}
+
+fn active_json(active: &ActiveWriter) -> serde_json::Value {
+    match active {
+        ActiveWriter::None => serde_json::Value::Null,
+        ActiveWriter::Process { pid } => serde_json::json!({"pid": pid}),
+        ActiveWriter::Lease(l) => serde_json::json!({
+            "holder": l.holder, "epoch": l.epoch, "since": l.acquired_at, "renewed": l.renewed_at,
+            "expiresInMs": l.expires_in_ms,
+        }),
+    }
 }
 
 fn print_status(s: &SyncStatus) {
@@ -260,6 +285,18 @@ fn print_status(s: &SyncStatus) {
         s.pending_export
     );
     crate::out!("staging: {}", if s.staging { "on (nothing is exported)" } else { "off" });
+    match &s.active {
+        ActiveWriter::None => crate::out!("active daemon: none"),
+        ActiveWriter::Process { pid } => crate::out!("active daemon: pid {pid} on this machine"),
+        ActiveWriter::Lease(l) => crate::out!(
+            "active daemon: {} (lease epoch {}, since {}, renewed {}, expires in {:.1} s)",
+            l.holder,
+            l.epoch,
+            local_time(&l.acquired_at),
+            local_time(&l.renewed_at),
+            l.expires_in_ms as f64 / 1000.0
+        ),
+    }
     match &s.last_cycle {
         Some(r) => crate::out!(
             "last cycle: #{} {} ({}), {}: {}",

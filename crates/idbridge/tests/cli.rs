@@ -1786,7 +1786,11 @@ mod sync_e2e {
     }
 
     fn wait_for_title(lab: &Lab, user_name: &str, title: &str) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        wait_for_title_within(lab, user_name, title, 30)
+    }
+
+    fn wait_for_title_within(lab: &Lab, user_name: &str, title: &str, seconds: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
         while std::time::Instant::now() < deadline {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let found = rt.block_on(async {
@@ -2191,6 +2195,169 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         daemon.kill().unwrap();
         daemon.wait().unwrap();
         ok(&sync_once(&lab, &[]));
+    }
+
+    /// The lab with its sync state in PostgreSQL: the password in a file,
+    /// a short lease so that takeovers are quick.
+    fn lab_on_postgres(users: u64, groups: u64, sync_section: &str) -> (Lab, testkit::Postgres) {
+        let pg = testkit::Postgres::start().unwrap();
+        let lab = lab(users, groups, sync_section);
+        let text = std::fs::read_to_string(&lab.config).unwrap().replace(
+            "state = \"state.db\"",
+            &format!("state = \"{}\"\ndatabase_password_file = \"{}\"", pg.url, pg.password_file().display()),
+        );
+        std::fs::write(&lab.config, text).unwrap();
+        (lab, pg)
+    }
+
+    /// A sync daemon whose standard error goes to `name.log` in the lab.
+    fn daemon(lab: &Lab, name: &str) -> (testkit::KillOnDrop, std::path::PathBuf) {
+        let log = lab.tmp.join(&format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["sync", "run", "--config", p(&lab.config)])
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (testkit::KillOnDrop(child), log)
+    }
+
+    fn log_says(log: &Path, text: &str) -> bool {
+        std::fs::read_to_string(log).unwrap_or_default().contains(text)
+    }
+
+    /// Every user in the tenant: userName → (title, externalId).
+    fn tenant_users(lab: &Lab) -> Vec<(String, String, String)> {
+        let v = get(lab, "/Users?count=1000&attributes=userName,title,externalId");
+        let mut users: Vec<(String, String, String)> = v["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                let text = |k: &str| u[k].as_str().unwrap_or_default().to_string();
+                (text("userName"), text("title"), text("externalId"))
+            })
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Every user in the directory: mail → title.
+    fn directory_users(lab: &Lab) -> Vec<(String, String)> {
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let mut users: Vec<(String, String)> = json_lines(&dump)
+            .iter()
+            .filter(|e| e["kind"] == "user")
+            .map(|e| {
+                let first = |k: &str| e["attributes"][k][0].as_str().unwrap_or_default().to_string();
+                (first("mail"), first("title"))
+            })
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Two daemons share the state in PostgreSQL: one runs cycles, the
+    /// other waits. The active one is killed (`kill -9`) at spread-out
+    /// points of ten rounds of changes; each time the standby takes over,
+    /// and at the end the tenant equals the directory: nothing lost,
+    /// nothing twice.
+    #[test]
+    fn the_standby_daemon_takes_over_when_the_active_one_is_killed() {
+        let (lab, _pg) = lab_on_postgres(40, 3, "interval_secs = 1\nlease_secs = 3");
+        let (mut active, mut active_log) = daemon(&lab, "daemon-0");
+        let history = || idbridge(&["sync", "history", "--config", p(&lab.config)]);
+        assert!(
+            testkit::wait_until(std::time::Duration::from_secs(90), || {
+                String::from_utf8_lossy(&history().stdout).contains("success")
+            }),
+            "the first daemon ran a cycle: {}",
+            std::fs::read_to_string(&active_log).unwrap_or_default()
+        );
+        assert!(log_says(&active_log, "active: this daemon holds the sync lease"));
+        let (mut standby, mut standby_log) = daemon(&lab, "daemon-1");
+        assert!(
+            testkit::wait_until(std::time::Duration::from_secs(60), || log_says(&standby_log, "standby:")),
+            "{}",
+            std::fs::read_to_string(&standby_log).unwrap_or_default()
+        );
+        let active_pid = format!("pid {}", active.id());
+        let status = ok(&idbridge(&["sync", "status", "--config", p(&lab.config)]));
+        assert!(status.contains("active daemon: ") && status.contains(&active_pid), "{status}");
+        let once = sync_once(&lab, &[]);
+        let refused = String::from_utf8_lossy(&once.stderr);
+        assert!(
+            !once.status.success() && refused.contains("in use by the active daemon") && refused.contains(&active_pid),
+            "{refused}"
+        );
+
+        let people: Vec<String> = directory_users(&lab).into_iter().map(|(mail, _)| mail).collect();
+        let mut takeovers = Vec::new();
+        for trial in 0..10usize {
+            // A round of changes: titles, a new user, a deleted one.
+            let mut ldif = String::new();
+            for (i, mail) in people.iter().enumerate().skip(trial * 3).take(12) {
+                let uid = mail.split('@').next().unwrap();
+                ldif.push_str(&format!(
+                    "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: modify\nreplace: title\ntitle: round {trial} · {i}\n\n"
+                ));
+            }
+            ldif.push_str(&format!(
+                "dn: uid=new{trial},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: new{trial}\ncn: Nouveau {trial}\nsn: Été\nmail: new{trial}@example.org\ntitle: joined in round {trial}\n\n"
+            ));
+            if trial > 0 {
+                ldif.push_str(&format!("dn: uid=new{},ou=people,dc=example,dc=org\nchangetype: delete\n\n", trial - 1));
+            }
+            lab.slapd.modify(&ldif).unwrap();
+            // Killed somewhere between before the cycle and after it.
+            std::thread::sleep(std::time::Duration::from_millis(((trial * 379) % 1300) as u64));
+            active.kill().unwrap();
+            active.wait().unwrap();
+            let killed = std::time::Instant::now();
+            assert!(
+                testkit::wait_until(std::time::Duration::from_secs(90), || log_says(
+                    &standby_log,
+                    "active: this daemon holds the sync lease"
+                )),
+                "round {trial}: the standby did not take over\n{}",
+                std::fs::read_to_string(&standby_log).unwrap_or_default()
+            );
+            takeovers.push(killed.elapsed());
+            let new_user = format!("new{trial}@example.org");
+            assert!(
+                wait_for_title_within(&lab, &new_user, &format!("joined in round {trial}"), 120),
+                "round {trial}: the change did not reach the tenant\n{}",
+                std::fs::read_to_string(&standby_log).unwrap_or_default()
+            );
+            // The next standby.
+            (active, active_log) = (standby, standby_log);
+            (standby, standby_log) = daemon(&lab, &format!("daemon-{}", trial + 2));
+            assert!(
+                testkit::wait_until(std::time::Duration::from_secs(60), || log_says(&standby_log, "standby:")),
+                "round {trial}: {}",
+                std::fs::read_to_string(&standby_log).unwrap_or_default()
+            );
+        }
+        eprintln!("kill → the standby holds the lease: {takeovers:?}");
+        let _ = active_log;
+        // Converged: let the active daemon finish, then compare.
+        let expected = directory_users(&lab);
+        assert!(
+            testkit::wait_until(std::time::Duration::from_secs(120), || {
+                let got: Vec<(String, String)> = tenant_users(&lab).into_iter().map(|(u, t, _)| (u, t)).collect();
+                got == expected
+            }),
+            "the tenant differs from the directory:\n tenant {:?}\n directory {:?}",
+            tenant_users(&lab),
+            expected
+        );
+        let users = tenant_users(&lab);
+        let mut anchors: Vec<&String> = users.iter().map(|(_, _, a)| a).collect();
+        anchors.sort();
+        anchors.dedup();
+        assert_eq!(anchors.len(), users.len(), "no object twice");
+        drop(standby);
+        drop(active);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod idfix;
 pub mod idfix_index;
 pub mod init;
 pub mod sources;
+pub mod state;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -33,8 +34,11 @@ pub enum Error {
     System(#[from] std::io::Error),
     #[error("source {source_name:?}: {error}")]
     Directory { source_name: String, error: Box<connector_ldap::LdapError> },
-    #[error("opening the sync store {}: {error}", path.display())]
-    OpenStore { path: PathBuf, error: ::sync::engine::StoreError },
+    #[error("opening the sync store {state}: {error}")]
+    OpenStore { state: String, error: ::sync::engine::StoreError },
+    /// A PostgreSQL state's lease was lost mid-run (another daemon took over).
+    #[error("this daemon lost the sync lease: another daemon is active now")]
+    LeaseLost,
     #[error(transparent)]
     Store(#[from] ::sync::engine::StoreError),
     #[error(transparent)]

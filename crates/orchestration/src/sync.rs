@@ -9,34 +9,25 @@ use std::time::{Duration, Instant};
 use config::{Config, SourceConfig};
 use connector_scim::ScimTarget;
 use serde_json::Value as Json;
-use store::SqliteStore;
-use sync::engine::{
-    ConnectorSpace, CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportLog, Metaverse, PendingExport,
-    run_cycle,
-};
+use store::StateStore;
+use store::lease::LeaseInfo;
+use sync::engine::{CycleObserver, CycleOptions, CycleReport, CycleStatus, PendingExport, run_cycle};
 use sync::mapping::Flavor;
 use sync::rules::RuleSet;
 
 use crate::sources::Directory;
+use crate::state::{ActiveWriter, Writer};
 use crate::{Error, IoContext, Result};
 
 /// Version of the built-in mapping; part of the configuration fingerprint,
 /// so a new mapping triggers a full sync by itself.
 pub const MAPPING_VERSION: &str = "default-mapping-2";
 
-/// Opens the configuration's sync store.
-pub fn open_store(config: &Config) -> Result<SqliteStore> {
-    let path = &config.sync.state;
-    SqliteStore::open(path).map_err(|error| Error::OpenStore { path: path.clone(), error })
-}
-
 /// The configuration at `path` and its sync store, to read (alongside a
 /// running daemon).
-pub fn open(path: &Path) -> Result<(Config, SqliteStore)> {
+pub fn open(path: &Path) -> Result<(Config, Box<dyn StateStore>)> {
     let config = Config::load(path)?;
-    let state = &config.sync.state;
-    let store =
-        SqliteStore::open_for_reading(state).map_err(|error| Error::OpenStore { path: state.clone(), error })?;
+    let store = crate::state::open_reader(&config)?;
     Ok((config, store))
 }
 
@@ -72,6 +63,11 @@ pub trait CycleEvents: Send {
     fn finished(&mut self, source: &str, report: &CycleReport, elapsed: Duration);
     /// A daemon's round failed; the next one starts after `retry_in`.
     fn failed(&mut self, error: &Error, retry_in: Duration);
+    /// PostgreSQL state: another daemon is active; this one waits (told
+    /// again when the holder changes).
+    fn standby(&mut self, _active: &LeaseInfo) {}
+    /// PostgreSQL state: this daemon took the lease and runs cycles now.
+    fn active(&mut self, _epoch: i64) {}
 }
 
 /// The engine's settings for one configured source.
@@ -93,6 +89,10 @@ fn cycle_options(config: &Config, src: &SourceConfig, rules: &RuleSet, rules_tex
 /// once, or as a daemon until `shutdown` completes. A daemon outlives a
 /// failed round: it backs off (doubling up to a minute, never below the
 /// interval) and the next round reconnects and resumes.
+///
+/// With the state in PostgreSQL, a daemon first waits as a standby until
+/// it holds the lease (at once if no other daemon is active), and goes
+/// back to waiting if it loses it; `once` refuses while another is active.
 pub async fn run(
     config_path: &Path,
     options: RunOptions,
@@ -112,7 +112,6 @@ pub async fn run(
         tenant.ca_file.as_deref(),
         Duration::from_secs(tenant.timeout_secs),
     )?;
-    let mut store = open_store(&config)?;
     let (rules, rules_text) = load_rules(&config)?;
     let mut sources = Vec::new();
     for src in &config.sources {
@@ -120,17 +119,80 @@ pub async fn run(
         sources.push((src.name.clone(), Directory::open(src)?, cycle));
     }
     tokio::pin!(shutdown);
+    if options.once {
+        let mut writer = crate::state::open_writer_now(&config)?;
+        return cycles(&config, options, &mut writer, &mut sources, &mut target, events, &mut shutdown).await;
+    }
+    let standby_poll = Duration::from_secs(1);
+    let mut last_holder: Option<String> = None;
+    let mut failures: u32 = 0;
+    let mut first = options;
+    loop {
+        let pause = match crate::state::open_writer(&config) {
+            Ok(Ok(mut writer)) => {
+                failures = 0;
+                last_holder = None;
+                if let Some(lease) = &writer.lease {
+                    events.active(lease.fence().epoch());
+                }
+                match cycles(&config, first, &mut writer, &mut sources, &mut target, events, &mut shutdown).await {
+                    Err(Error::LeaseLost) => {
+                        // Only the first round of this process is the full one asked for.
+                        first = RunOptions { full: false, allow_deletes: None, ..first };
+                        standby_poll
+                    }
+                    other => return other,
+                }
+            }
+            Ok(Err(holder)) => {
+                if last_holder.as_ref() != Some(&holder.holder) {
+                    events.standby(&holder);
+                    last_holder = Some(holder.holder.clone());
+                }
+                standby_poll
+            }
+            // A state that cannot be opened (the database is down): wait as a daemon does.
+            Err(e) if config.sync.state.to_string().starts_with("postgres") => {
+                failures += 1;
+                let wait = Duration::from_secs((1u64 << failures.min(5)).min(30));
+                events.failed(&e, wait);
+                wait
+            }
+            Err(e) => return Err(e),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// The daemon's rounds on an opened state, until shutdown (or one round
+/// with `once`); [`Error::LeaseLost`] when a PostgreSQL lease is lost.
+async fn cycles(
+    config: &Config,
+    options: RunOptions,
+    writer: &mut Writer,
+    sources: &mut [(String, Directory, CycleOptions)],
+    target: &mut ScimTarget,
+    events: &mut dyn CycleEvents,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<()> {
     let mut first = true;
     let mut failures: u32 = 0;
     loop {
+        if !writer.may_write() {
+            return Err(Error::LeaseLost);
+        }
         let mut outcome = Ok(false);
-        for (name, source, cycle) in &mut sources {
+        for (name, source, cycle) in sources.iter_mut() {
             let mut cycle = cycle.clone();
             cycle.full = options.full && first;
             cycle.allow_deletes = if first { options.allow_deletes } else { None };
-            let result = one_cycle(name, source, &mut store, &mut target, &cycle, events).await;
+            let result = one_cycle(name, source, &mut *writer.store, target, &cycle, events).await;
             if let Err(e) = &result
-                && let Err(record) = store.record_failed_run(name, &e.to_string())
+                && writer.may_write()
+                && let Err(record) = writer.store.record_failed_run(name, &e.to_string())
             {
                 tracing::warn!(error = %record, "the failed cycle could not be recorded");
             }
@@ -138,6 +200,9 @@ pub async fn run(
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
                 (Ok(stopped), Ok(now)) => Ok(stopped || now),
             };
+        }
+        if !writer.may_write() {
+            return Err(Error::LeaseLost);
         }
         let pause = match outcome {
             Ok(stopped_by_threshold) => {
@@ -164,7 +229,7 @@ pub async fn run(
             if pause.is_zero() {
                 return;
             }
-            if let ([(_, source, _)], true) = (sources.as_mut_slice(), healthy)
+            if let ([(_, source, _)], true) = (&mut *sources, healthy)
                 && source.wait_for_change(pause).await
             {
                 return;
@@ -173,7 +238,7 @@ pub async fn run(
         };
         tokio::select! {
             () = wait => {}
-            () = &mut shutdown => return Ok(()),
+            () = shutdown.as_mut() => return Ok(()),
         }
     }
 }
@@ -199,7 +264,7 @@ pub async fn resync_passwords(config_path: &Path, events: &mut dyn CycleEvents) 
 async fn one_cycle(
     source_name: &str,
     source: &mut Directory,
-    store: &mut SqliteStore,
+    store: &mut dyn StateStore,
     target: &mut ScimTarget,
     options: &CycleOptions,
     events: &mut dyn CycleEvents,
@@ -218,18 +283,19 @@ async fn one_cycle(
 /// every source into the configured store in staging mode.
 pub async fn preview(path: &Path, observer: &mut (dyn CycleObserver + Send)) -> Result<Vec<PendingExport>> {
     let config = Config::load(path)?;
-    let mut store = open_store(&config)?;
+    let mut writer = crate::state::open_writer_now(&config)?;
+    let store = &mut *writer.store;
     let (rules, rules_text) = load_rules(&config)?;
     for src in &config.sources {
         let mut source = Directory::open(src)?;
         let flavor = source.connect(&src.name).await?;
         let options = CycleOptions { staging: true, ..cycle_options(&config, src, &rules, &rules_text)? };
         let mut nowhere = NoTarget;
-        run_cycle(&src.name, flavor, &mut source, &mut store, &mut nowhere, &options, observer)
+        run_cycle(&src.name, flavor, &mut source, &mut *store, &mut nowhere, &options, observer)
             .await
             .map_err(|error| Error::Cycle { source_name: src.name.clone(), error })?;
     }
-    Ok(sync::engine::pending_exports(&store, &rules)?)
+    Ok(sync::engine::pending_exports(&*store, &rules)?)
 }
 
 /// A target that is never called (preview runs in staging mode).
@@ -360,12 +426,14 @@ pub struct SyncStatus {
     /// Users whose password failed.
     pub passwords_failed: usize,
     pub objects_with_errors: usize,
+    /// Who runs cycles now.
+    pub active: ActiveWriter,
 }
 
 /// The last cycle and what is pending.
 pub fn status(config_path: &Path) -> Result<SyncStatus> {
     let (config, store) = open(config_path)?;
-    let (connector_space, metaverse, exported, pending_export) = store.counts()?;
+    let store::Counts { connector_space, metaverse, exported, pending_export } = store.counts()?;
     let password_sources: Vec<String> =
         config.sources.iter().filter(|s| s.password_hash_sync).map(|s| s.name.clone()).collect();
     let errors = store.errors()?;
@@ -381,6 +449,7 @@ pub fn status(config_path: &Path) -> Result<SyncStatus> {
         passwords_failed: errors.iter().filter(|e| e.stage == "password").count(),
         objects_with_errors: errors.len(),
         password_sources,
+        active: crate::state::active_writer(&config)?,
     };
     if !status.password_sources.is_empty() {
         status.last_passwords = store.runs(200)?.into_iter().find(|r| r.report.passwords > 0);

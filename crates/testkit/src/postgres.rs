@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::process::{TempDir, TestkitError, free_port, io_err, require_tool, run};
+use crate::tls::TestCa;
 
 /// Where Debian's postgresql-15 package puts the server programs.
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -22,6 +23,8 @@ pub struct Postgres {
     pub port: u16,
     /// `postgres://idbridge@127.0.0.1:PORT/idbridge` (the password is in [`Postgres::password_file`]).
     pub url: String,
+    /// With TLS on: the CA that signed the server's certificate (for 127.0.0.1 and localhost).
+    pub ca: Option<TestCa>,
     running: bool,
 }
 
@@ -46,11 +49,30 @@ fn server_command(program: &str) -> Command {
 
 impl Postgres {
     pub fn start() -> Result<Postgres, TestkitError> {
+        Self::start_with(false)
+    }
+
+    /// With `tls`, the server also speaks TLS with a certificate from a new [`TestCa`].
+    pub fn start_with(tls: bool) -> Result<Postgres, TestkitError> {
         require_tool(&format!("{BIN}/pg_ctl"), "postgresql-15")?;
         require_tool("psql", "postgresql-client-15")?;
         let dir = TempDir::new("postgres")?;
         let password_file = dir.join("superuser.password");
         std::fs::write(&password_file, PASSWORD).map_err(io_err("writing the superuser password"))?;
+        let ca = if tls {
+            let ca = TestCa::generate()?;
+            std::fs::copy(&ca.server_cert, dir.join("server.pem")).map_err(io_err("copying the server certificate"))?;
+            std::fs::copy(&ca.server_key, dir.join("server.key")).map_err(io_err("copying the server key"))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o600))
+                    .map_err(io_err("protecting the server key"))?;
+            }
+            Some(ca)
+        } else {
+            None
+        };
         if is_root() {
             run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()), None)?;
         }
@@ -64,19 +86,43 @@ impl Postgres {
             None,
         )?;
         let port = free_port()?;
-        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.path().display());
+        let mut pg =
+            Postgres { dir, port, url: format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}"), ca, running: false };
+        pg.restart()?;
+        pg.psql_in("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
+        Ok(pg)
+    }
+
+    /// Starts the server again (after [`Postgres::stop`]) on the same port with the same data.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        if self.running {
+            return Ok(());
+        }
+        let mut options =
+            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        if self.ca.is_some() {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                self.dir.join("server.pem").display(),
+                self.dir.join("server.key").display()
+            ));
+        }
         run(
             server_command("pg_ctl")
                 .arg("-D")
-                .arg(&data)
+                .arg(self.dir.join("data"))
                 .args(["-o", &options, "-l"])
-                .arg(dir.join("server.log"))
+                .arg(self.dir.join("server.log"))
                 .args(["-w", "-t", "60", "start"]),
             None,
         )?;
-        let pg = Postgres { dir, port, url: format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}"), running: true };
-        pg.psql_in("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
-        Ok(pg)
+        self.running = true;
+        Ok(())
+    }
+
+    /// The server's log so far (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
     /// The superuser's password, in a file (never on a command line).

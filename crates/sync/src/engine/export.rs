@@ -30,7 +30,7 @@ pub(super) async fn export<St, T>(
     report: &mut CycleReport,
 ) -> Result<bool, StoreError>
 where
-    St: SyncStore + Send,
+    St: SyncStore + Send + ?Sized,
     T: Target,
 {
     // Only ids and references stay in memory; records are read per batch.

@@ -25,7 +25,7 @@ pub(super) struct Imported {
 }
 
 /// Writes imported changes into the connector space as they stream in.
-pub(super) struct ImportWriter<'a, St: SyncStore> {
+pub(super) struct ImportWriter<'a, St: SyncStore + ?Sized> {
     observer: &'a mut (dyn CycleObserver + Send),
     store: &'a mut St,
     source: &'a str,
@@ -44,7 +44,7 @@ pub(super) struct ImportWriter<'a, St: SyncStore> {
     all_passwords: bool,
 }
 
-impl<St: SyncStore> ImportWriter<'_, St> {
+impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
     /// A replicated-password user whose password changed since the
     /// connector space last saw it (or every one, on a full resync).
     fn password_changed(&self, obj: &SourceObject) -> Result<bool, StoreError> {
@@ -57,7 +57,7 @@ impl<St: SyncStore> ImportWriter<'_, St> {
     }
 }
 
-impl<St: SyncStore> ImportSink for ImportWriter<'_, St> {
+impl<St: SyncStore + ?Sized> ImportSink for ImportWriter<'_, St> {
     fn accept(&mut self, change: SourceChange) -> Result<(), SinkError> {
         self.observer.advance(1);
         let result = match change {
@@ -130,7 +130,7 @@ pub(super) async fn import<S, St>(
 ) -> Result<Imported, CycleError>
 where
     S: Source,
-    St: SyncStore + Send,
+    St: SyncStore + Send + ?Sized,
 {
     let mut tx = Transaction::begin(&mut *store)?;
     let previous = tx.watermark(source_name)?;

@@ -20,7 +20,7 @@ pub(super) struct Synced {
 
 /// Syncs the source's pending objects (all of them with `full`) and
 /// records the configuration and flavour it ran with. Commits once.
-pub(super) fn sync_inbound<St: SyncStore>(
+pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
     source_name: &str,
     flavor: Flavor,
     store: &mut St,
@@ -120,7 +120,7 @@ pub(super) fn sync_inbound<St: SyncStore>(
 /// members, or `None` when there is no group scope. A change to a scope
 /// group marks every object for sync, since any of them may have entered or
 /// left scope.
-fn scope_members<St: SyncStore>(
+fn scope_members<St: SyncStore + ?Sized>(
     store: &mut St,
     source: &str,
     groups: &[Dn],
@@ -157,7 +157,7 @@ fn scope_members<St: SyncStore>(
 /// The metaverse object a source object joins: the first join group with
 /// exactly one match. Several matches is an error on the object, recorded
 /// and retried each cycle, never a guess.
-fn find_join<St: SyncStore>(
+fn find_join<St: SyncStore + ?Sized>(
     store: &mut St,
     source: &str,
     obj: &SourceObject,
@@ -209,7 +209,7 @@ fn find_join<St: SyncStore>(
 }
 
 /// Apply-once flows: an attribute the metaverse object already has keeps its value.
-fn keep_applied_once<St: SyncStore>(
+fn keep_applied_once<St: SyncStore + ?Sized>(
     store: &St,
     source: &str,
     id: &SourceId,

@@ -176,7 +176,7 @@ pub async fn run_cycle<S, St, T>(
 ) -> Result<CycleReport, CycleError>
 where
     S: Source,
-    St: SyncStore + Send,
+    St: SyncStore + Send + ?Sized,
     T: Target,
 {
     let config_changed = store.config_hash(source_name)?.as_deref() != Some(options.config_hash.as_str());

@@ -9,7 +9,7 @@ use super::{CycleReport, PasswordFailure, SyncStore, Target, Transaction};
 /// Password hash sync after export: each captured password goes to the
 /// tenant user its object was exported as. Failures are object errors
 /// (retried when the password is next seen), never the cycle's end.
-pub(super) async fn push_passwords<St: SyncStore, T: Target>(
+pub(super) async fn push_passwords<St: SyncStore + ?Sized, T: Target>(
     store: &mut St,
     target: &mut T,
     source_name: &str,

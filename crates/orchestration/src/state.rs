@@ -1,0 +1,138 @@
+//! The sync state as configured: a SQLite file (one writer, locked) or a
+//! PostgreSQL database shared by an active and a standby daemon (the
+//! writer holds the lease). Readers (`status`, `history`, `errors`,
+//! `explain`) open either without taking anything.
+
+use std::time::Duration;
+
+use config::{Config, StateLocation};
+use store::lease::{Lease, LeaseInfo};
+use store::{DatabaseSettings, PgStore, PgTls, SqliteStore, StateStore};
+
+use crate::{Error, Result};
+
+/// A store opened to run cycles, with what entitles it to write.
+pub struct Writer {
+    pub store: Box<dyn StateStore>,
+    /// PostgreSQL: the lease its commits are fenced by (renewed while held).
+    pub lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("lease", &self.lease).finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// False once a PostgreSQL lease is lost (a SQLite lock is never lost).
+    pub fn may_write(&self) -> bool {
+        self.lease.as_ref().is_none_or(Lease::is_held)
+    }
+}
+
+/// Who runs cycles on a state now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActiveWriter {
+    /// No daemon holds the state.
+    None,
+    /// A process on this machine holds the SQLite file's lock.
+    Process { pid: String },
+    /// The PostgreSQL lease: its holder (host and process), when taken, and
+    /// milliseconds until it expires (≤ 0: expired, a standby may take over).
+    Lease(LeaseInfo),
+}
+
+/// The connection settings of a PostgreSQL state, or `None` for a file.
+pub fn database_settings(config: &Config) -> Result<Option<DatabaseSettings>> {
+    let StateLocation::Postgres(url) = &config.sync.state else { return Ok(None) };
+    let password = config.sync.database_password()?.map(|s| s.expose().to_string());
+    let tls = match &config.sync.database_ca_file {
+        Some(ca_file) => PgTls::Verified { ca_file: ca_file.clone() },
+        None => PgTls::Plain,
+    };
+    let settings = DatabaseSettings {
+        url: url.clone(),
+        password,
+        tls,
+        timeout: Duration::from_secs(15),
+        application_name: "idbridge-sync".into(),
+    };
+    settings.check().map_err(|error| Error::OpenStore { state: url.clone(), error })?;
+    Ok(Some(settings))
+}
+
+fn open_error(config: &Config) -> impl FnOnce(::sync::engine::StoreError) -> Error + '_ {
+    move |error| Error::OpenStore { state: config.sync.state.to_string(), error }
+}
+
+/// Opens the state to read, alongside a running daemon.
+pub fn open_reader(config: &Config) -> Result<Box<dyn StateStore>> {
+    match (&config.sync.state, database_settings(config)?) {
+        (_, Some(db)) => Ok(Box::new(PgStore::connect(&db).map_err(open_error(config))?)),
+        (StateLocation::File(path), None) => {
+            Ok(Box::new(SqliteStore::open_for_reading(path).map_err(open_error(config))?))
+        }
+        (StateLocation::Postgres(_), None) => Err(crate::refused!("no database settings")),
+    }
+}
+
+/// This process, as a lease holder: host name and process id.
+pub fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{host} pid {}", std::process::id())
+}
+
+/// Opens the state to write: the SQLite file's lock, or the PostgreSQL
+/// lease if it is free. `Ok(Err(holder))`: another daemon holds the lease.
+pub fn open_writer(config: &Config) -> Result<std::result::Result<Writer, LeaseInfo>> {
+    match (&config.sync.state, database_settings(config)?) {
+        (_, Some(db)) => {
+            let mut store = PgStore::connect(&db).map_err(open_error(config))?;
+            let lease_for = Duration::from_secs(config.sync.lease_secs);
+            match store.try_acquire_lease(&holder_name(), lease_for).map_err(open_error(config))? {
+                Ok(lease) => Ok(Ok(Writer { store: Box::new(store), lease: Some(lease) })),
+                Err(holder) => Ok(Err(holder)),
+            }
+        }
+        (StateLocation::File(path), None) => {
+            Ok(Ok(Writer { store: Box::new(SqliteStore::open(path).map_err(open_error(config))?), lease: None }))
+        }
+        (StateLocation::Postgres(_), None) => Err(crate::refused!("no database settings")),
+    }
+}
+
+/// [`open_writer`], refusing when another daemon is active (one-shot
+/// commands: `sync run --once`, `preview`).
+pub fn open_writer_now(config: &Config) -> Result<Writer> {
+    open_writer(config)?.map_err(|holder| {
+        crate::refused!(
+            "the sync state {} is in use by the active daemon ({}, lease expires in {} s); a second writer would undo its cycles. Run this where no daemon is active, or stop the daemons first",
+            config.sync.state,
+            holder.holder,
+            holder.expires_in_ms.max(0) / 1000
+        )
+    })
+}
+
+/// Who runs cycles on the configured state.
+pub fn active_writer(config: &Config) -> Result<ActiveWriter> {
+    match (&config.sync.state, database_settings(config)?) {
+        (_, Some(db)) => {
+            let store = PgStore::connect(&db).map_err(open_error(config))?;
+            Ok(match store.lease_holder().map_err(open_error(config))? {
+                Some(info) if !info.expired() => ActiveWriter::Lease(info),
+                _ => ActiveWriter::None,
+            })
+        }
+        (StateLocation::File(path), None) => Ok(match SqliteStore::writer(path) {
+            Some(pid) => ActiveWriter::Process { pid },
+            None => ActiveWriter::None,
+        }),
+        (StateLocation::Postgres(_), None) => Err(crate::refused!("no database settings")),
+    }
+}

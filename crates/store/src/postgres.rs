@@ -1,0 +1,1063 @@
+//! The sync store in PostgreSQL: the same tables as the SQLite store
+//! (prefixed `sync_`, so the tenant's tables can share the database), shared
+//! by an active and a standby daemon. Only the holder of the [`crate::lease`]
+//! writes: every commit first checks, under a row lock, that the lease is
+//! still this store's — a daemon that was paused past its lease (and
+//! replaced) cannot commit anything afterwards.
+//!
+//! The driver is `tokio-postgres`; the engine's store traits are
+//! synchronous, so each call blocks on the client's future. The connection
+//! itself is driven by a thread of its own (a one-thread runtime), which
+//! lets a store be called from inside the daemon's runtime without nesting
+//! runtimes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use directory::{Anchor, Dn, ObjectKind};
+use serde_json::{Value as Json, json};
+use sync::engine::{ConnectorSpace, CycleReport, ExportLog, Metaverse, MvRecord, StoreError, Transactional};
+use sync::mapping::{Flavor, Projection};
+use sync::{SourceId, SourceObject, Watermark};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::lease::{Fence, LeaseInfo};
+use crate::{
+    Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, codec, dn_key, err, failed_summary, kind_from, kind_str,
+    now,
+};
+
+/// The schema, one entry per version. Applied in order at connect, under a
+/// transaction-scoped advisory lock (two daemons starting together migrate once).
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE sync_sources (name TEXT PRIMARY KEY, watermark TEXT, config_hash TEXT, flavor TEXT);
+CREATE TABLE sync_cs (
+    source TEXT NOT NULL,
+    id BYTEA NOT NULL,
+    dn TEXT NOT NULL,
+    dn_norm TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    anchor BYTEA NOT NULL,
+    entry TEXT NOT NULL,
+    pending BOOLEAN NOT NULL,
+    deleted BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (source, id)
+);
+CREATE INDEX sync_cs_dn ON sync_cs(source, dn_norm);
+CREATE INDEX sync_cs_pending ON sync_cs(source) WHERE pending;
+CREATE TABLE sync_cs_refs (source TEXT NOT NULL, id BYTEA NOT NULL, ref_dn_norm TEXT NOT NULL);
+CREATE INDEX sync_cs_refs_target ON sync_cs_refs(ref_dn_norm, source);
+CREATE INDEX sync_cs_refs_owner ON sync_cs_refs(source, id);
+CREATE TABLE sync_mv (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    anchor TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    manager TEXT,
+    members TEXT NOT NULL,
+    deleted BOOLEAN NOT NULL DEFAULT false,
+    dirty BOOLEAN NOT NULL,
+    source TEXT NOT NULL,
+    cs_id BYTEA NOT NULL,
+    dn_norm TEXT NOT NULL
+);
+CREATE UNIQUE INDEX sync_mv_link ON sync_mv(source, cs_id);
+CREATE INDEX sync_mv_dn ON sync_mv(source, dn_norm);
+CREATE INDEX sync_mv_dirty ON sync_mv(dirty) WHERE dirty;
+CREATE INDEX sync_mv_anchor ON sync_mv(anchor);
+CREATE TABLE sync_exported (mv_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, resource TEXT NOT NULL);
+CREATE TABLE sync_errors (mv_id TEXT PRIMARY KEY, stage TEXT NOT NULL, message TEXT NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, attempts BIGINT NOT NULL);
+CREATE TABLE sync_runs (id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL, finished TEXT NOT NULL, status TEXT NOT NULL, report TEXT NOT NULL);
+CREATE TABLE sync_joins (source TEXT NOT NULL, cs_id BYTEA NOT NULL, mv_id TEXT NOT NULL, attrs TEXT NOT NULL, authoritative TEXT NOT NULL, PRIMARY KEY (source, cs_id));
+CREATE INDEX sync_joins_mv ON sync_joins(mv_id);
+CREATE TABLE sync_phs_pending (source TEXT NOT NULL, cs_id BYTEA NOT NULL, PRIMARY KEY (source, cs_id));
+-- Who may write: one row, renewed by the active daemon, taken over by a
+-- standby once it has expired (by the database's clock, never a node's).
+CREATE TABLE sync_lease (
+    id INT PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    acquired_at TIMESTAMPTZ NOT NULL,
+    renewed_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+"];
+
+/// The component name under which the schema version is kept.
+const COMPONENT: &str = "sync";
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// `postgres://user@host:port/database[?options]`, without a password.
+    pub url: String,
+    /// From a file or the environment, never the command line.
+    pub password: Option<String>,
+    pub tls: PgTls,
+    /// For connecting, and for noticing a dead server on an open connection.
+    pub timeout: Duration,
+    /// Shown in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// TLS to the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgTls {
+    /// No TLS (a loopback or Unix-socket database, or `sslmode=disable` said outright).
+    Plain,
+    /// TLS required; the server's certificate must chain to this CA and name the host.
+    Verified { ca_file: PathBuf },
+}
+
+impl DatabaseSettings {
+    /// What can be known before connecting: the URL parses, holds no
+    /// password, and a database beyond this machine is reached with TLS
+    /// (or `sslmode=disable` says a plain connection is wanted).
+    pub fn check(&self) -> Result<(), StoreError> {
+        let config = self.driver_config()?;
+        if self.tls == PgTls::Plain && config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable {
+            for host in config.get_hosts() {
+                if let tokio_postgres::config::Host::Tcp(name) = host {
+                    let loopback = name == "localhost"
+                        || name.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                    if !loopback {
+                        return Err(StoreError(format!(
+                            "the database at {name} would be reached over the network without TLS: give a CA file to verify it with (database_ca_file), or add sslmode=disable to the URL to accept a plain connection"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The driver's configuration; errors name what is wrong with the URL.
+    fn driver_config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut config: tokio_postgres::Config =
+            self.url.parse().map_err(|e| StoreError(format!("the database URL is not valid: {}", describe(&e))))?;
+        if config.get_password().is_some() {
+            return Err(StoreError(
+                "the database URL holds a password: give it in a file or the environment instead".into(),
+            ));
+        }
+        if let Some(password) = &self.password {
+            config.password(password.as_bytes());
+        }
+        if self.tls != PgTls::Plain {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        config
+            .connect_timeout(self.timeout)
+            .keepalives(true)
+            .keepalives_idle(self.timeout)
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(self.timeout)
+            .application_name(&self.application_name);
+        Ok(config)
+    }
+}
+
+/// A driver error as one line naming the cause (the driver's own `Display`
+/// says only "db error" for what the server reported).
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}: {})", db.message(), db.severity(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError(describe(&e))
+}
+
+/// Waits for a client future. The connection's IO runs on its own thread,
+/// so this never needs (or nests) the caller's runtime.
+pub(crate) fn block<F: Future>(future: F) -> F::Output {
+    futures_executor::block_on(future)
+}
+
+/// Opens a connection and starts the thread that drives it (it ends when
+/// the client is dropped or the connection breaks).
+pub(crate) fn connect(settings: &DatabaseSettings) -> Result<Client, StoreError> {
+    let config = settings.driver_config()?;
+    let tls = settings.tls.clone();
+    let (answer, connected) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("postgres-connection".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = answer.send(Err(StoreError(format!("cannot start the database connection: {e}"))));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match tls {
+                    PgTls::Plain => drive(&config, tokio_postgres::NoTls, answer).await,
+                    PgTls::Verified { ca_file } => match tls_connector(&ca_file) {
+                        Ok(connector) => drive(&config, connector, answer).await,
+                        Err(e) => {
+                            let _ = answer.send(Err(e));
+                        }
+                    },
+                }
+            });
+        })
+        .map_err(|e| StoreError(format!("cannot start the database connection: {e}")))?;
+    connected.recv().map_err(|_| StoreError("the database connection thread ended".into()))?
+}
+
+/// Connects, hands the client over, then drives the connection until it ends.
+async fn drive<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    answer: std::sync::mpsc::SyncSender<Result<Client, StoreError>>,
+) where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    match config.connect(tls).await {
+        Ok((client, connection)) => {
+            let _ = answer.send(Ok(client));
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %describe(&e), "the database connection broke");
+            }
+        }
+        Err(e) => {
+            let _ = answer.send(Err(StoreError(format!("cannot connect to the database: {}", describe(&e)))));
+        }
+    }
+}
+
+fn tls_connector(ca_file: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| StoreError(format!("cannot read the database CA file {}: {e}", ca_file.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| StoreError(format!("the database CA file {}: {e}", ca_file.display())))?;
+        roots.add(cert).map_err(|e| StoreError(format!("the database CA file {}: {e}", ca_file.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(StoreError(format!("the database CA file {} holds no certificate", ca_file.display())));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(err)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Applies the schema versions this build has and the database lacks;
+/// refuses a database whose schema is newer.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    block(async {
+        let tx = client.transaction().await.map_err(pg)?;
+        // One migrator at a time, across every node.
+        tx.execute("SELECT pg_advisory_xact_lock(7305571161)", &[]).await.map_err(pg)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS idbridge_schema (component TEXT PRIMARY KEY, version INT NOT NULL)",
+        )
+        .await
+        .map_err(pg)?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM idbridge_schema WHERE component = $1", &[&COMPONENT])
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        let known = i32::try_from(MIGRATIONS.len()).map_err(err)?;
+        if version > known {
+            return Err(StoreError(format!(
+                "the database's sync schema is version {version}, newer than this idbridge knows ({known}); upgrade idbridge"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).map_err(err)?) {
+            tx.batch_execute(sql).await.map_err(pg)?;
+            let v = i32::try_from(i + 1).map_err(err)?;
+            tx.execute(
+                "INSERT INTO idbridge_schema(component, version) VALUES($1, $2)
+                 ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                &[&COMPONENT, &v],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    })
+}
+
+/// An open connection and its prepared statements.
+struct Connection {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// The sync store in PostgreSQL.
+pub struct PgStore {
+    settings: DatabaseSettings,
+    /// `None` after the connection broke outside a transaction: the next
+    /// call reconnects (a restarted database costs one failed cycle).
+    conn: RefCell<Option<Connection>>,
+    in_transaction: bool,
+    /// The lease this store writes under; without one it only reads.
+    fence: Option<Fence>,
+    no_joins: Cell<bool>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("settings", &self.settings).field("fence", &self.fence).finish()
+    }
+}
+
+impl PgStore {
+    /// Connects, applies missing schema versions, and returns a store that
+    /// reads; [`PgStore::write_under`] lets it write.
+    pub fn connect(settings: &DatabaseSettings) -> Result<PgStore, StoreError> {
+        settings.check()?;
+        let mut client = connect(settings)?;
+        migrate(&mut client)?;
+        let store = PgStore {
+            settings: settings.clone(),
+            conn: RefCell::new(Some(Connection { client, statements: HashMap::new() })),
+            in_transaction: false,
+            fence: None,
+            no_joins: Cell::new(true),
+        };
+        let any_join = store.query_one("SELECT EXISTS(SELECT 1 FROM sync_joins)", &[])?;
+        store.no_joins.set(!any_join.get::<_, bool>(0));
+        Ok(store)
+    }
+
+    /// The settings this store connects with (the lease's renewer uses them too).
+    pub fn settings(&self) -> &DatabaseSettings {
+        &self.settings
+    }
+
+    /// From now on every commit checks that `fence`'s lease is still held.
+    pub fn write_under(&mut self, fence: Fence) {
+        self.fence = Some(fence);
+    }
+
+    /// The lease's holder, if any (expired or not).
+    pub fn lease_holder(&self) -> Result<Option<LeaseInfo>, StoreError> {
+        let row = self.query_opt(
+            "SELECT holder, epoch,
+                    to_char(acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    to_char(renewed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
+             FROM sync_lease WHERE id = 1",
+            &[],
+        )?;
+        Ok(row.map(|r| LeaseInfo {
+            holder: r.get(0),
+            epoch: r.get(1),
+            acquired_at: r.get(2),
+            renewed_at: r.get(3),
+            expires_in_ms: r.get(4),
+        }))
+    }
+
+    /// Runs `f` with the connection, reconnecting first if it broke while
+    /// no transaction was open.
+    fn with_client<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let mut slot = self.conn.borrow_mut();
+        if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
+            *slot = None;
+        }
+        if slot.is_none() {
+            if self.in_transaction {
+                return Err(StoreError(
+                    "the database connection broke during the transaction; nothing of it was committed".into(),
+                ));
+            }
+            let client = connect(&self.settings)?;
+            *slot = Some(Connection { client, statements: HashMap::new() });
+        }
+        let Some(conn) = slot.as_mut() else { return Err(StoreError("no database connection".into())) };
+        f(conn)
+    }
+
+    fn statement(conn: &mut Connection, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = conn.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = block(conn.client.prepare(sql)).map_err(pg)?;
+        conn.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        self.with_client(|conn| {
+            let statement = Self::statement(conn, sql)?;
+            block(conn.client.query(&statement, params)).map_err(pg)
+        })
+    }
+
+    fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
+        self.query_opt(sql, params)?.ok_or_else(|| StoreError(format!("no row from {sql}")))
+    }
+
+    fn simple(&self, sql: &str) -> Result<(), StoreError> {
+        self.with_client(|conn| block(conn.client.batch_execute(sql)).map_err(pg))
+    }
+
+    /// A write. Inside a transaction it joins it; outside, it is a
+    /// transaction of its own, fenced like any other.
+    fn write(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        if self.in_transaction {
+            return self.with_client(|conn| {
+                let statement = Self::statement(conn, sql)?;
+                block(conn.client.execute(&statement, params)).map_err(pg)
+            });
+        }
+        self.begin()?;
+        let written = self.with_client(|conn| {
+            let statement = Self::statement(conn, sql)?;
+            block(conn.client.execute(&statement, params)).map_err(pg)
+        });
+        match written {
+            Ok(n) => {
+                self.commit()?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn merge_joined(&self, mv: &str, attrs: &mut serde_json::Map<String, Json>) -> Result<(), StoreError> {
+        if self.no_joins.get() {
+            return Ok(());
+        }
+        for row in
+            self.query("SELECT attrs, authoritative FROM sync_joins WHERE mv_id = $1 ORDER BY source, cs_id", &[&mv])?
+        {
+            crate::merge_contribution(attrs, row.get(0), row.get(1))?;
+        }
+        Ok(())
+    }
+}
+
+impl Transactional for PgStore {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        if self.in_transaction {
+            return Err(StoreError("a transaction is already open".into()));
+        }
+        if self.fence.is_none() {
+            return Err(StoreError("this sync store was opened to read; writing needs the lease".into()));
+        }
+        self.simple("BEGIN")?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            return Err(StoreError("no transaction is open".into()));
+        }
+        let Some(fence) = self.fence.clone() else {
+            return Err(StoreError("this sync store was opened to read; writing needs the lease".into()));
+        };
+        // The fence: under a row lock (a takeover's UPDATE waits for this
+        // transaction, or this check sees the takeover), the lease must
+        // still be ours and unexpired by the database's clock.
+        let held = self.query_opt(
+            "SELECT 1 FROM sync_lease WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > clock_timestamp() FOR SHARE",
+            &[&fence.holder, &fence.epoch],
+        );
+        match held {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let _ = self.rollback();
+                return Err(StoreError(
+                    "this daemon no longer holds the sync lease (it expired or another daemon took over); nothing of this transaction was committed".into(),
+                ));
+            }
+            Err(e) => {
+                let _ = self.rollback();
+                return Err(e);
+            }
+        }
+        self.in_transaction = false;
+        let committed = self.simple("COMMIT");
+        if committed.is_err() {
+            // The connection may be gone mid-commit: start afresh next time.
+            *self.conn.borrow_mut() = None;
+        }
+        committed
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        self.in_transaction = false;
+        let rolled_back = self.simple("ROLLBACK");
+        if rolled_back.is_err() {
+            // A broken connection rolled back by itself; never reuse it.
+            *self.conn.borrow_mut() = None;
+        }
+        rolled_back
+    }
+}
+
+fn flavor_str(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::ActiveDirectory => "active-directory",
+        Flavor::Ldap => "ldap",
+    }
+}
+
+fn id_of(row: &Row, i: usize) -> SourceId {
+    SourceId(row.get::<_, Vec<u8>>(i))
+}
+
+impl ConnectorSpace for PgStore {
+    fn flavor(&self, source: &str) -> Result<Option<Flavor>, StoreError> {
+        let row = self.query_opt("SELECT flavor FROM sync_sources WHERE name = $1", &[&source])?;
+        Ok(match row.and_then(|r| r.get::<_, Option<String>>(0)).as_deref() {
+            Some("active-directory") => Some(Flavor::ActiveDirectory),
+            Some("ldap") => Some(Flavor::Ldap),
+            _ => None,
+        })
+    }
+
+    fn set_flavor(&mut self, source: &str, flavor: Flavor) -> Result<(), StoreError> {
+        self.write(
+            "INSERT INTO sync_sources(name, flavor) VALUES($1, $2) ON CONFLICT (name) DO UPDATE SET flavor = excluded.flavor",
+            &[&source, &flavor_str(flavor)],
+        )?;
+        Ok(())
+    }
+
+    fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
+        let row = self.query_opt("SELECT watermark FROM sync_sources WHERE name = $1", &[&source])?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)).map(Watermark))
+    }
+
+    fn set_watermark(&mut self, source: &str, watermark: &Watermark) -> Result<(), StoreError> {
+        self.write(
+            "INSERT INTO sync_sources(name, watermark) VALUES($1, $2) ON CONFLICT (name) DO UPDATE SET watermark = excluded.watermark",
+            &[&source, &watermark.0],
+        )?;
+        Ok(())
+    }
+
+    fn config_hash(&self, source: &str) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt("SELECT config_hash FROM sync_sources WHERE name = $1", &[&source])?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
+    fn set_config_hash(&mut self, source: &str, hash: &str) -> Result<(), StoreError> {
+        self.write(
+            "INSERT INTO sync_sources(name, config_hash) VALUES($1, $2) ON CONFLICT (name) DO UPDATE SET config_hash = excluded.config_hash",
+            &[&source, &hash],
+        )?;
+        Ok(())
+    }
+
+    fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
+        let entry = codec::entry_to_json(&object.entry).to_string();
+        let dn_norm = object.entry.dn.normalized();
+        let dn = object.entry.dn.to_string();
+        let changed = self.write(
+            "INSERT INTO sync_cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES($1, $2, $3, $4, $5, $6, $7, true, false)
+             ON CONFLICT (source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
+               anchor = excluded.anchor, entry = excluded.entry, pending = true, deleted = false
+             WHERE sync_cs.entry != excluded.entry OR sync_cs.deleted OR sync_cs.anchor != excluded.anchor",
+            &[&source, &object.id.0, &dn, &dn_norm, &kind_str(object.kind), &object.anchor.0, &entry],
+        )?;
+        if changed > 0 {
+            // Only what changed, as in SQLite: a member added to a large
+            // group is one row, not the whole list again.
+            let mut wanted = std::collections::BTreeSet::new();
+            for attr in ["manager", "member", "uniqueMember"] {
+                for v in object.entry.values(attr) {
+                    if let Some(dn) = v.as_text().and_then(|t| Dn::parse(t).ok()) {
+                        wanted.insert(dn.normalized());
+                    }
+                }
+            }
+            let wanted: Vec<String> = wanted.into_iter().collect();
+            self.write(
+                "DELETE FROM sync_cs_refs WHERE source = $1 AND id = $2 AND NOT (ref_dn_norm = ANY($3))",
+                &[&source, &object.id.0, &wanted],
+            )?;
+            self.write(
+                "INSERT INTO sync_cs_refs(source, id, ref_dn_norm)
+                 SELECT $1, $2, w FROM unnest($3::text[]) AS w
+                 WHERE NOT EXISTS (SELECT 1 FROM sync_cs_refs r WHERE r.source = $1 AND r.id = $2 AND r.ref_dn_norm = w)",
+                &[&source, &object.id.0, &wanted],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.write(
+            "UPDATE sync_cs SET deleted = true, pending = true WHERE source = $1 AND id = $2",
+            &[&source, &id.0],
+        )?;
+        Ok(())
+    }
+
+    fn cs_count(&self, source: &str) -> Result<usize, StoreError> {
+        let row = self.query_one("SELECT count(*) FROM sync_cs WHERE source = $1 AND NOT deleted", &[&source])?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError> {
+        let rows = self.query("SELECT id, dn FROM sync_cs WHERE source = $1 AND NOT deleted", &[&source])?;
+        Ok(rows.iter().filter_map(|r| Dn::parse(r.get::<_, &str>(1)).ok().map(|dn| (id_of(r, 0), dn))).collect())
+    }
+
+    fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError> {
+        self.write("UPDATE sync_cs SET pending = true WHERE source = $1", &[&source])?;
+        Ok(())
+    }
+
+    fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
+        let rows = self.query("SELECT id FROM sync_cs WHERE source = $1 AND pending", &[&source])?;
+        Ok(rows.iter().map(|r| id_of(r, 0)).collect())
+    }
+
+    fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError> {
+        let Some(row) = self.query_opt(
+            "SELECT kind, anchor, entry, deleted FROM sync_cs WHERE source = $1 AND id = $2",
+            &[&source, &id.0],
+        )?
+        else {
+            return Ok(None);
+        };
+        let entry = codec::entry_from_json(row.get(2))
+            .ok_or_else(|| StoreError(format!("connector-space object {id} is corrupt")))?;
+        let object = SourceObject { id: id.clone(), anchor: Anchor(row.get(1)), kind: kind_from(row.get(0)), entry };
+        Ok(Some((object, row.get(3))))
+    }
+
+    fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError> {
+        let row = self.query_opt(
+            "SELECT id FROM sync_cs WHERE source = $1 AND dn_norm = $2 AND NOT deleted",
+            &[&source, &dn.normalized()],
+        )?;
+        Ok(row.map(|r| id_of(&r, 0)))
+    }
+
+    fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
+        let rows = self.query(
+            "SELECT DISTINCT id FROM sync_cs_refs WHERE ref_dn_norm = $2 AND source = $1 ORDER BY id",
+            &[&source, &dn.normalized()],
+        )?;
+        Ok(rows.iter().map(|r| id_of(r, 0)).collect())
+    }
+
+    fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.write("UPDATE sync_cs SET pending = true WHERE source = $1 AND id = $2", &[&source, &id.0])?;
+        Ok(())
+    }
+
+    fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        // One statement: the deleted row and its references go, a live one is unmarked.
+        self.write(
+            "WITH gone AS (DELETE FROM sync_cs WHERE source = $1 AND id = $2 AND deleted RETURNING source, id),
+                  refs AS (DELETE FROM sync_cs_refs r USING gone g WHERE r.source = g.source AND r.id = g.id)
+             UPDATE sync_cs SET pending = false WHERE source = $1 AND id = $2 AND pending AND NOT deleted",
+            &[&source, &id.0],
+        )?;
+        Ok(())
+    }
+
+    fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
+        let rows = self.query("SELECT cs_id FROM sync_phs_pending WHERE source = $1", &[&source])?;
+        Ok(rows.iter().map(|r| id_of(r, 0)).collect())
+    }
+
+    fn set_password_pending(&mut self, source: &str, id: &SourceId, pending: bool) -> Result<(), StoreError> {
+        let sql = if pending {
+            "INSERT INTO sync_phs_pending(source, cs_id) VALUES($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM sync_phs_pending WHERE source = $1 AND cs_id = $2"
+        };
+        self.write(sql, &[&source, &id.0])?;
+        Ok(())
+    }
+}
+
+impl Metaverse for PgStore {
+    fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT id FROM sync_mv WHERE source = $1 AND dn_norm = $2 AND NOT deleted",
+            &[&source, &dn.normalized()],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn mv_for_dns(&self, source: &str, dns: &[Dn]) -> Result<Vec<String>, StoreError> {
+        if dns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = dns.iter().map(Dn::normalized).collect();
+        let rows = self.query(
+            "SELECT m.id FROM unnest($2::text[]) AS d JOIN sync_mv m ON m.source = $1 AND m.dn_norm = d AND NOT m.deleted",
+            &[&source, &list],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn mv_project(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        p: &Projection,
+        manager: Option<String>,
+        mut members: Vec<String>,
+    ) -> Result<String, StoreError> {
+        let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
+        let existing = self.query_opt("SELECT id FROM sync_mv WHERE source = $1 AND cs_id = $2", &[&source, &id.0])?;
+        let kind = kind_str(p.kind);
+        match existing {
+            Some(row) => {
+                let mv: String = row.get(0);
+                self.write(
+                    "UPDATE sync_mv SET kind = $2, anchor = $3, attrs = $4, manager = $5, members = $6, dn_norm = $7, deleted = false, dirty = true
+                     WHERE id = $1 AND (kind != $2 OR anchor != $3 OR attrs != $4 OR manager IS DISTINCT FROM $5 OR members != $6 OR dn_norm != $7 OR deleted)",
+                    &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &dn_norm],
+                )?;
+                Ok(mv)
+            }
+            None => {
+                let mv: String = self.query_one("SELECT replace(gen_random_uuid()::text, '-', '')", &[])?.get(0);
+                self.write(
+                    "INSERT INTO sync_mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm)
+                     VALUES($1, $2, $3, $4, $5, $6, false, true, $7, $8, $9)",
+                    &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &source, &id.0, &dn_norm],
+                )?;
+                Ok(mv)
+            }
+        }
+    }
+
+    fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
+        let row = self.query_opt(
+            "SELECT attrs FROM sync_mv WHERE source = $1 AND cs_id = $2 AND NOT deleted",
+            &[&source, &id.0],
+        )?;
+        match row {
+            None => Ok(None),
+            Some(r) => match serde_json::from_str(r.get(0)).map_err(err)? {
+                Json::Object(m) => Ok(Some(m)),
+                _ => Err(StoreError("a metaverse object: attributes are not a JSON object".into())),
+            },
+        }
+    }
+
+    fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        let Some(row) = self.query_opt("SELECT id FROM sync_mv WHERE source = $1 AND cs_id = $2", &[&source, &id.0])?
+        else {
+            return Ok(());
+        };
+        let mv: String = row.get(0);
+        // Objects joined to it lose their metaverse object: they look for a new one next sync.
+        self.write(
+            "UPDATE sync_cs c SET pending = true FROM sync_joins j WHERE j.mv_id = $1 AND j.source = c.source AND j.cs_id = c.id",
+            &[&mv],
+        )?;
+        self.write("DELETE FROM sync_joins WHERE mv_id = $1", &[&mv])?;
+        let exported = self.query_one("SELECT EXISTS(SELECT 1 FROM sync_exported WHERE mv_id = $1)", &[&mv])?;
+        if exported.get::<_, bool>(0) {
+            self.write("UPDATE sync_mv SET deleted = true, dirty = true WHERE id = $1", &[&mv])?;
+        } else {
+            self.write("DELETE FROM sync_mv WHERE id = $1", &[&mv])?;
+            self.write("DELETE FROM sync_errors WHERE mv_id = $1", &[&mv])?;
+        }
+        Ok(())
+    }
+
+    fn join_candidates(
+        &mut self,
+        source: &str,
+        kind: ObjectKind,
+        mv_attr: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        if !mv_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || mv_attr.is_empty() {
+            return Err(StoreError(format!("join attribute {mv_attr:?}: letters, digits and '_' only")));
+        }
+        let rows = self.query(
+            "SELECT id FROM sync_mv WHERE lower(attrs::jsonb ->> $4) = lower($1) AND kind = $2 AND NOT deleted AND source != $3",
+            &[&value, &kind_str(kind), &source, &mv_attr],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn join_link(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt("SELECT mv_id FROM sync_joins WHERE source = $1 AND cs_id = $2", &[&source, &id.0])?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn join_put(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        mv: &str,
+        attrs: &serde_json::Map<String, Json>,
+        authoritative: &[String],
+    ) -> Result<(), StoreError> {
+        self.no_joins.set(false);
+        let attrs = Json::Object(attrs.clone()).to_string();
+        let authoritative = json!(authoritative).to_string();
+        let changed = self.write(
+            "INSERT INTO sync_joins(source, cs_id, mv_id, attrs, authoritative) VALUES($1, $2, $3, $4, $5)
+             ON CONFLICT (source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs, authoritative = excluded.authoritative
+             WHERE sync_joins.mv_id != excluded.mv_id OR sync_joins.attrs != excluded.attrs OR sync_joins.authoritative != excluded.authoritative",
+            &[&source, &id.0, &mv, &attrs, &authoritative],
+        )?;
+        if changed > 0 {
+            self.write("UPDATE sync_mv SET dirty = true WHERE id = $1", &[&mv])?;
+        }
+        Ok(())
+    }
+
+    fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.write(
+            "UPDATE sync_mv SET dirty = true WHERE id = (SELECT mv_id FROM sync_joins WHERE source = $1 AND cs_id = $2)",
+            &[&source, &id.0],
+        )?;
+        self.write("DELETE FROM sync_joins WHERE source = $1 AND cs_id = $2", &[&source, &id.0])?;
+        Ok(())
+    }
+
+    fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError> {
+        self.write("UPDATE sync_mv SET dirty = true WHERE source = $1", &[&source])?;
+        Ok(())
+    }
+
+    fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError> {
+        self.write(
+            "UPDATE sync_cs c SET pending = true WHERE source = $1 AND NOT deleted AND NOT pending
+             AND NOT EXISTS(SELECT 1 FROM sync_joins j WHERE j.source = c.source AND j.cs_id = c.id)",
+            &[&source],
+        )?;
+        Ok(())
+    }
+
+    fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError> {
+        let Some(row) =
+            self.query_opt("SELECT kind, anchor, attrs, manager, members, deleted FROM sync_mv WHERE id = $1", &[&id])?
+        else {
+            return Ok(None);
+        };
+        let mut attrs = match serde_json::from_str::<Json>(row.get(2)).map_err(err)? {
+            Json::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        self.merge_joined(id, &mut attrs)?;
+        let members: Vec<String> = serde_json::from_str(row.get(4)).map_err(err)?;
+        Ok(Some(MvRecord {
+            id: id.to_string(),
+            kind: kind_from(row.get(0)),
+            anchor: row.get(1),
+            attrs,
+            manager: row.get(3),
+            members,
+            deleted: row.get(5),
+        }))
+    }
+}
+
+impl ExportLog for PgStore {
+    fn dirty(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self.query(
+            "SELECT id FROM sync_mv WHERE dirty ORDER BY deleted, CASE kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, id",
+            &[],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
+        match self.query_opt("SELECT tenant_id, resource FROM sync_exported WHERE mv_id = $1", &[&mv])? {
+            Some(r) => Ok(Some((r.get(0), serde_json::from_str(r.get(1)).map_err(err)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn exported_ids(&self, mvs: &[String]) -> Result<Vec<String>, StoreError> {
+        if mvs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows =
+            self.query("SELECT e.tenant_id FROM unnest($1::text[]) AS m JOIN sync_exported e ON e.mv_id = m", &[&mvs])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.query_opt("SELECT tenant_id FROM sync_exported WHERE mv_id = $1", &[&mv])?.map(|r| r.get(0)))
+    }
+
+    fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
+        let resource = resource.to_string();
+        self.write(
+            "INSERT INTO sync_exported(mv_id, tenant_id, resource) VALUES($1, $2, $3)
+             ON CONFLICT (mv_id) DO UPDATE SET tenant_id = excluded.tenant_id, resource = excluded.resource",
+            &[&mv, &tenant_id, &resource],
+        )?;
+        self.write("UPDATE sync_mv SET dirty = false WHERE id = $1", &[&mv])?;
+        self.write("DELETE FROM sync_errors WHERE mv_id = $1", &[&mv])?;
+        Ok(())
+    }
+
+    fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError> {
+        self.write("DELETE FROM sync_exported WHERE mv_id = $1", &[&mv])?;
+        self.write("DELETE FROM sync_errors WHERE mv_id = $1", &[&mv])?;
+        self.write("DELETE FROM sync_mv WHERE id = $1 AND deleted", &[&mv])?;
+        self.write("UPDATE sync_mv SET dirty = true WHERE id = $1", &[&mv])?;
+        Ok(())
+    }
+
+    fn clear_error(&mut self, key: &str) -> Result<(), StoreError> {
+        self.write("DELETE FROM sync_errors WHERE mv_id = $1", &[&key])?;
+        Ok(())
+    }
+
+    fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError> {
+        let t = now();
+        self.write(
+            "INSERT INTO sync_errors(mv_id, stage, message, first_seen, last_seen, attempts) VALUES($1, $2, $3, $4, $4, 1)
+             ON CONFLICT (mv_id) DO UPDATE SET stage = excluded.stage, message = excluded.message, last_seen = excluded.last_seen,
+               attempts = sync_errors.attempts + 1",
+            &[&mv, &stage, &message, &t],
+        )?;
+        self.write("UPDATE sync_mv SET dirty = true WHERE id = $1", &[&mv])?;
+        Ok(())
+    }
+}
+
+impl History for PgStore {
+    fn record_run(&mut self, source: &str, report: &CycleReport) -> Result<(), StoreError> {
+        let body = serde_json::to_string(&RunSummary::of(report)).map_err(err)?;
+        self.write(
+            "INSERT INTO sync_runs(source, finished, status, report) VALUES($1, $2, $3, $4)",
+            &[&source, &now(), &report.status.as_str(), &body],
+        )?;
+        Ok(())
+    }
+
+    fn record_failed_run(&mut self, source: &str, error: &str) -> Result<(), StoreError> {
+        let body = failed_summary(error)?;
+        self.write(
+            "INSERT INTO sync_runs(source, finished, status, report) VALUES($1, $2, 'failed', $3)",
+            &[&source, &now(), &body],
+        )?;
+        Ok(())
+    }
+
+    fn runs(&self, limit: usize) -> Result<Vec<RunRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query("SELECT id, source, finished, status, report FROM sync_runs ORDER BY id DESC LIMIT $1", &[&limit])?;
+        Ok(rows
+            .iter()
+            .map(|r| RunRow {
+                id: r.get(0),
+                source: r.get(1),
+                finished: r.get(2),
+                status: r.get(3),
+                report: serde_json::from_str(r.get(4)).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    fn errors(&self) -> Result<Vec<ErrorRow>, StoreError> {
+        let rows = self.query(
+            "SELECT coalesce(m.attrs::jsonb ->> 'onPremisesDistinguishedName', e.mv_id), e.stage, e.message, e.attempts
+             FROM sync_errors e LEFT JOIN sync_mv m ON m.id = e.mv_id ORDER BY e.last_seen",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| ErrorRow { object: r.get(0), stage: r.get(1), message: r.get(2), attempts: r.get(3) })
+            .collect())
+    }
+
+    fn find(&self, key: &str) -> Result<Option<(String, String, SourceId)>, StoreError> {
+        let dn_norm = dn_key(key);
+        let row = self.query_opt(
+            "SELECT id, source, cs_id FROM sync_mv WHERE anchor = $1 OR ($2 != '' AND dn_norm = $2)
+               OR lower(attrs::jsonb ->> 'userPrincipalName') = lower($1) LIMIT 1",
+            &[&key, &dn_norm],
+        )?;
+        Ok(row.map(|r| (r.get(0), r.get(1), id_of(&r, 2))))
+    }
+
+    fn counts(&self) -> Result<Counts, StoreError> {
+        let row = self.query_one(
+            "SELECT (SELECT count(*) FROM sync_cs), (SELECT count(*) FROM sync_mv WHERE NOT deleted),
+                    (SELECT count(*) FROM sync_exported), (SELECT count(*) FROM sync_mv WHERE dirty)",
+            &[],
+        )?;
+        Ok(Counts {
+            connector_space: row.get(0),
+            metaverse: row.get(1),
+            exported: row.get(2),
+            pending_export: row.get(3),
+        })
+    }
+
+    fn joined(&self, mv: &str) -> Result<Vec<JoinedRow>, StoreError> {
+        let rows = self.query(
+            "SELECT source, cs_id, attrs, authoritative FROM sync_joins WHERE mv_id = $1 ORDER BY source, cs_id",
+            &[&mv],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            let attrs = match serde_json::from_str(r.get(2)).map_err(err)? {
+                Json::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            out.push(JoinedRow {
+                source: r.get(0),
+                id: id_of(&r, 1),
+                attrs,
+                authoritative: serde_json::from_str(r.get(3)).map_err(err)?,
+            });
+        }
+        Ok(out)
+    }
+}

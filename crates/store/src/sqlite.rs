@@ -1,0 +1,900 @@
+//! The sync store in one SQLite file (WAL), one writer at a time.
+
+use std::path::Path;
+
+use directory::{Anchor, Dn, ObjectKind};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value as Json, json};
+use sync::engine::{ConnectorSpace, CycleReport, ExportLog, Metaverse, MvRecord, StoreError, Transactional};
+use sync::mapping::{Flavor, Projection};
+use sync::{SourceId, SourceObject, Watermark};
+
+use crate::{Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, codec, err, kind_from, kind_str, now};
+
+const SCHEMA_V1: &str = "
+CREATE TABLE sources (name TEXT PRIMARY KEY, watermark TEXT, config_hash TEXT);
+CREATE TABLE cs (
+    source TEXT NOT NULL,
+    id BLOB NOT NULL,
+    dn TEXT NOT NULL,
+    dn_norm TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    anchor BLOB NOT NULL,
+    entry TEXT NOT NULL,
+    pending INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, id)
+);
+CREATE INDEX cs_dn ON cs(source, dn_norm);
+CREATE INDEX cs_pending ON cs(source) WHERE pending = 1;
+-- DN-valued references (manager, member) of each object, to find who points where.
+CREATE TABLE cs_refs (source TEXT NOT NULL, id BLOB NOT NULL, ref_dn_norm TEXT NOT NULL);
+CREATE INDEX cs_refs_target ON cs_refs(ref_dn_norm, source);
+CREATE INDEX cs_refs_owner ON cs_refs(source, id);
+CREATE TABLE mv (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    anchor TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    manager TEXT,
+    members TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    dirty INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    cs_id BLOB NOT NULL,
+    dn_norm TEXT NOT NULL
+);
+CREATE UNIQUE INDEX mv_link ON mv(source, cs_id);
+CREATE INDEX mv_dn ON mv(source, dn_norm);
+CREATE INDEX mv_dirty ON mv(dirty) WHERE dirty = 1;
+CREATE TABLE exported (mv_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, resource TEXT NOT NULL);
+CREATE TABLE errors (mv_id TEXT PRIMARY KEY, stage TEXT NOT NULL, message TEXT NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, attempts INTEGER NOT NULL);
+CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, finished TEXT NOT NULL, status TEXT NOT NULL, report TEXT NOT NULL);
+";
+
+/// Joins: a source object linked to a metaverse object projected
+/// by another source, with the attributes it contributes and which of them
+/// win over the projecting source's.
+const SCHEMA_V2: &str = "
+CREATE TABLE joins (source TEXT NOT NULL, cs_id BLOB NOT NULL, mv_id TEXT NOT NULL, attrs TEXT NOT NULL, authoritative TEXT NOT NULL, PRIMARY KEY (source, cs_id));
+CREATE INDEX joins_mv ON joins(mv_id);
+";
+
+/// Users whose password the tenant has not confirmed yet (password hash
+/// sync). Ids only: the secret itself is never stored.
+const SCHEMA_V3: &str = "
+CREATE TABLE phs_pending (source TEXT NOT NULL, cs_id BLOB NOT NULL, PRIMARY KEY (source, cs_id)) WITHOUT ROWID;
+";
+
+/// The mapping flavour each source's last cycle ran with.
+const SCHEMA_V4: &str = "
+ALTER TABLE sources ADD COLUMN flavor TEXT;
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+
+/// The sync store in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    /// No joins exist: exports skip looking for joined contributions.
+    no_joins: bool,
+    /// Held while this store may write (see [`SqliteStore::open`]).
+    _lock: Option<StateLock>,
+}
+
+/// An exclusive lock on `<state>.lock` beside the state file, holding the
+/// process id of its holder. The operating system releases it when the
+/// file is closed or the process dies (even by `kill -9`): a stale lock
+/// cannot block a restart.
+#[derive(Debug)]
+struct StateLock {
+    _file: std::fs::File,
+}
+
+fn lock_state(path: &Path) -> Result<StateLock, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file =
+        options.open(&lock_path).map_err(|e| StoreError(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Who holds it, for the message another process shows.
+            let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id()));
+            Ok(StateLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(StoreError(format!(
+                "the sync state {} is in use by another idbridge process (pid {}): a sync daemon or a preview. Two writers would corrupt each other's cycles; stop the other first (`sync status`, `history`, `errors` and `explain` work alongside it)",
+                path.display(),
+                holder.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError(format!("cannot lock {}: {e}", lock_path.display()))),
+    }
+}
+
+impl SqliteStore {
+    /// The process id holding the state's write lock, if one does.
+    pub fn writer(path: &Path) -> Option<String> {
+        use std::io::Read;
+        let mut name = path.file_name()?.to_os_string();
+        name.push(".lock");
+        let mut file = std::fs::File::open(path.with_file_name(name)).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Some(pid.trim().to_string())
+            }
+            Err(std::fs::TryLockError::Error(_)) => None,
+        }
+    }
+
+    /// Opens the store to run cycles: only one process at a time may (an
+    /// exclusive lock beside the file; a second gets an error naming the first).
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let lock = lock_state(path)?;
+        let mut store = Self::open_unlocked(path)?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Opens the store to read it (status, history, errors, explain) while
+    /// a daemon may be running: no lock, a read-only connection. A store
+    /// that does not exist yet, or needs a newer schema, is opened as by
+    /// [`SqliteStore::open`] first.
+    pub fn open_for_reading(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            return Self::open(path);
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        if usize::try_from(version).map_err(err)? < MIGRATIONS.len() {
+            drop(conn);
+            return Self::open(path);
+        }
+        Self::with(conn)
+    }
+
+    fn open_unlocked(path: &Path) -> Result<SqliteStore, StoreError> {
+        // Connector spaces hold the directory's data: a new store is the owner's only.
+        #[cfg(unix)]
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        Self::with(conn)
+    }
+
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        Self::with(Connection::open_in_memory().map_err(err)?)
+    }
+
+    fn with(conn: Connection) -> Result<SqliteStore, StoreError> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        let version = usize::try_from(version).map_err(err)?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError(format!(
+                "the sync store has schema version {version}, newer than this idbridge; upgrade idbridge"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).map_err(err)?;
+        }
+        let any_join: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM joins)", [], |r| r.get(0)).map_err(err)?;
+        Ok(SqliteStore { conn, no_joins: !any_join, _lock: None })
+    }
+
+    /// Adds what joined source objects contribute: attributes the projecting
+    /// source lacks, and those a joined source is authoritative for.
+    fn merge_joined(&self, mv: &str, attrs: &mut serde_json::Map<String, Json>) -> Result<(), StoreError> {
+        if self.no_joins {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT attrs, authoritative FROM joins WHERE mv_id = ?1 ORDER BY source, cs_id")
+            .map_err(err)?;
+        let rows =
+            stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+        for row in rows {
+            let (joined, authoritative) = row.map_err(err)?;
+            crate::merge_contribution(attrs, &joined, &authoritative)?;
+        }
+        Ok(())
+    }
+}
+
+impl History for SqliteStore {
+    /// The source objects joined to `mv`: (source, id, attributes contributed, authoritative ones).
+    fn joined(&self, mv: &str) -> Result<Vec<JoinedRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT source, cs_id, attrs, authoritative FROM joins WHERE mv_id = ?1 ORDER BY source, cs_id")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![mv], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (source, id, attrs, authoritative) = row.map_err(err)?;
+            let attrs = match serde_json::from_str(&attrs).map_err(err)? {
+                Json::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            out.push(JoinedRow {
+                source,
+                id: SourceId(id),
+                attrs,
+                authoritative: serde_json::from_str(&authoritative).map_err(err)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn record_run(&mut self, source: &str, report: &CycleReport) -> Result<(), StoreError> {
+        let body = serde_json::to_string(&RunSummary::of(report)).map_err(err)?;
+        self.conn
+            .execute(
+                "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, ?3, ?4)",
+                params![source, now(), report.status.as_str(), body],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// A cycle that ended with an error (the directory or the tenant could
+    /// not be reached, …): recorded too, so `status` and `history` show it.
+    fn record_failed_run(&mut self, source: &str, error: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, 'failed', ?3)",
+                params![
+                    source,
+                    now(),
+                    serde_json::to_string(&RunSummary { error: Some(error.to_string()), ..RunSummary::default() })
+                        .map_err(err)?
+                ],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn runs(&self, limit: usize) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, source, finished, status, report FROM runs ORDER BY id DESC LIMIT ?1")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                let report: String = r.get(4)?;
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    finished: r.get(2)?,
+                    status: r.get(3)?,
+                    // A row this version cannot read shows as empty, never fails the listing.
+                    report: serde_json::from_str(&report).unwrap_or_default(),
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn errors(&self) -> Result<Vec<ErrorRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT coalesce(json_extract(m.attrs, '$.onPremisesDistinguishedName'), e.mv_id), e.stage, e.message, e.attempts FROM errors e LEFT JOIN mv m ON m.id = e.mv_id ORDER BY e.last_seen")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ErrorRow { object: r.get(0)?, stage: r.get(1)?, message: r.get(2)?, attempts: r.get(3)? })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    /// The metaverse object with this userName (UPN), DN or immutableId:
+    /// (metaverse id, source name, source id).
+    fn find(&self, key: &str) -> Result<Option<(String, String, SourceId)>, StoreError> {
+        let dn_norm = Dn::parse(key).map(|d| d.normalized()).unwrap_or_default();
+        self.conn
+            .query_row(
+                "SELECT id, source, cs_id FROM mv WHERE anchor = ?1 OR (?2 != '' AND dn_norm = ?2)
+                   OR lower(json_extract(attrs, '$.userPrincipalName')) = lower(?1) LIMIT 1",
+                params![key, dn_norm],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, SourceId(r.get::<_, Vec<u8>>(2)?))),
+            )
+            .optional()
+            .map_err(err)
+    }
+
+    /// Counts for `sync status`: (connector space, metaverse, exported, pending export).
+    fn counts(&self) -> Result<Counts, StoreError> {
+        let q = |sql: &str| self.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(err);
+        Ok(Counts {
+            connector_space: q("SELECT count(*) FROM cs")?,
+            metaverse: q("SELECT count(*) FROM mv WHERE deleted = 0")?,
+            exported: q("SELECT count(*) FROM exported")?,
+            pending_export: q("SELECT count(*) FROM mv WHERE dirty = 1")?,
+        })
+    }
+}
+
+impl Transactional for SqliteStore {
+    // SQLite's own state, not a flag of ours: after an IO or disk-full error
+    // SQLite may roll back by itself, and the next cycle must start clean.
+    fn begin(&mut self) -> Result<(), StoreError> {
+        if !self.conn.is_autocommit() {
+            return Err(StoreError("a transaction is already open".into()));
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if self.conn.is_autocommit() {
+            return Err(StoreError("the transaction was rolled back by the database; nothing was committed".into()));
+        }
+        self.conn.execute_batch("COMMIT").map_err(err)
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn.execute_batch("ROLLBACK").map_err(err)
+    }
+}
+
+impl ConnectorSpace for SqliteStore {
+    fn flavor(&self, source: &str) -> Result<Option<Flavor>, StoreError> {
+        let f: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT flavor FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        Ok(match f.flatten().as_deref() {
+            Some("active-directory") => Some(Flavor::ActiveDirectory),
+            Some("ldap") => Some(Flavor::Ldap),
+            _ => None,
+        })
+    }
+
+    fn set_flavor(&mut self, source: &str, flavor: Flavor) -> Result<(), StoreError> {
+        let text = match flavor {
+            Flavor::ActiveDirectory => "active-directory",
+            Flavor::Ldap => "ldap",
+        };
+        self.conn
+            .execute("INSERT INTO sources(name, flavor) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET flavor = excluded.flavor", params![source, text])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
+        let w: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT watermark FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        Ok(w.flatten().map(Watermark))
+    }
+
+    fn set_watermark(&mut self, source: &str, watermark: &Watermark) -> Result<(), StoreError> {
+        self.conn
+            .execute("INSERT INTO sources(name, watermark) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET watermark = excluded.watermark", params![source, watermark.0])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn config_hash(&self, source: &str) -> Result<Option<String>, StoreError> {
+        let h: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT config_hash FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        Ok(h.flatten())
+    }
+
+    fn set_config_hash(&mut self, source: &str, hash: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("INSERT INTO sources(name, config_hash) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET config_hash = excluded.config_hash", params![source, hash])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
+        let entry = codec::entry_to_json(&object.entry).to_string();
+        let dn_norm = object.entry.dn.normalized();
+        let changed = self
+            .conn
+            .execute(
+                "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0)
+                 ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
+                   anchor = excluded.anchor, entry = excluded.entry, pending = 1, deleted = 0
+                 WHERE cs.entry != excluded.entry OR cs.deleted = 1 OR cs.anchor != excluded.anchor",
+                params![source, object.id.0, object.entry.dn.to_string(), dn_norm, kind_str(object.kind), object.anchor.0, entry],
+            )
+            .map_err(err)?;
+        if changed > 0 {
+            // Only what changed: one member added to a 50,000-member group is
+            // one row written, not 50,000 deleted and written again.
+            let mut wanted = std::collections::HashSet::new();
+            for attr in ["manager", "member", "uniqueMember"] {
+                for v in object.entry.values(attr) {
+                    if let Some(dn) = v.as_text().and_then(|t| Dn::parse(t).ok()) {
+                        wanted.insert(dn.normalized());
+                    }
+                }
+            }
+            let stored: Vec<(i64, String)> = self
+                .conn
+                .prepare_cached("SELECT rowid, ref_dn_norm FROM cs_refs WHERE source = ?1 AND id = ?2")
+                .map_err(err)?
+                .query_map(params![source, object.id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(err)?
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            let mut remove = self.conn.prepare_cached("DELETE FROM cs_refs WHERE rowid = ?1").map_err(err)?;
+            for (rowid, dn) in &stored {
+                if !wanted.remove(dn) {
+                    remove.execute(params![rowid]).map_err(err)?;
+                }
+            }
+            let mut add = self
+                .conn
+                .prepare_cached("INSERT INTO cs_refs(source, id, ref_dn_norm) VALUES(?1, ?2, ?3)")
+                .map_err(err)?;
+            for dn in wanted {
+                add.execute(params![source, object.id.0, dn]).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE cs SET deleted = 1, pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn cs_count(&self, source: &str) -> Result<usize, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM cs WHERE source = ?1 AND deleted = 0", params![source], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .map_err(err)
+    }
+
+    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, dn FROM cs WHERE source = ?1 AND deleted = 0").map_err(err)?;
+        let rows =
+            stmt.query_map(params![source], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, dn) = row.map_err(err)?;
+            if let Ok(dn) = Dn::parse(&dn) {
+                out.push((SourceId(id), dn));
+            }
+        }
+        Ok(out)
+    }
+
+    fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE cs SET pending = 1 WHERE source = ?1", params![source]).map_err(err)?;
+        Ok(())
+    }
+
+    fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id FROM cs WHERE source = ?1 AND pending = 1").map_err(err)?;
+        let rows = stmt.query_map(params![source], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+        rows.map(|r| r.map(SourceId).map_err(err)).collect()
+    }
+
+    fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError> {
+        let row: Option<(String, Vec<u8>, String, bool)> = self
+            .conn
+            .query_row(
+                "SELECT kind, anchor, entry, deleted FROM cs WHERE source = ?1 AND id = ?2",
+                params![source, id.0],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((kind, anchor, entry, deleted)) = row else { return Ok(None) };
+        let entry = codec::entry_from_json(&entry)
+            .ok_or_else(|| StoreError(format!("connector-space object {id} is corrupt")))?;
+        Ok(Some((SourceObject { id: id.clone(), anchor: Anchor(anchor), kind: kind_from(&kind), entry }, deleted)))
+    }
+
+    fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id FROM cs WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
+                params![source, dn.normalized()],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map(|id| id.map(SourceId))
+            .map_err(err)
+    }
+
+    fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
+        // Led by the DN; without DISTINCT the planner keeps to that index.
+        let mut stmt =
+            self.conn.prepare_cached("SELECT id FROM cs_refs WHERE ref_dn_norm = ?2 AND source = ?1").map_err(err)?;
+        let rows = stmt.query_map(params![source, dn.normalized()], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+        let mut ids: Vec<SourceId> = rows.map(|r| r.map(SourceId).map_err(err)).collect::<Result<_, _>>()?;
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE cs SET pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM cs_refs WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
+        self.conn
+            .execute("DELETE FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1", params![source, id.0])
+            .map_err(err)?;
+        self.conn
+            .execute("UPDATE cs SET pending = 0 WHERE source = ?1 AND id = ?2", params![source, id.0])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT cs_id FROM phs_pending WHERE source = ?1").map_err(err)?;
+        let rows = stmt.query_map(params![source], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+        let mut ids = Vec::new();
+        for row in rows {
+            ids.push(SourceId(row.map_err(err)?));
+        }
+        Ok(ids)
+    }
+
+    fn set_password_pending(&mut self, source: &str, id: &SourceId, pending: bool) -> Result<(), StoreError> {
+        let sql = if pending {
+            "INSERT OR IGNORE INTO phs_pending(source, cs_id) VALUES(?1, ?2)"
+        } else {
+            "DELETE FROM phs_pending WHERE source = ?1 AND cs_id = ?2"
+        };
+        self.conn.prepare_cached(sql).map_err(err)?.execute(params![source, id.0]).map_err(err)?;
+        Ok(())
+    }
+}
+
+impl Metaverse for SqliteStore {
+    fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id FROM mv WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
+                params![source, dn.normalized()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)
+    }
+
+    fn mv_for_dns(&self, source: &str, dns: &[Dn]) -> Result<Vec<String>, StoreError> {
+        if dns.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement per group: the lookups run inside SQLite.
+        // CROSS JOIN fixes the order: without it the planner scans `mv` per list item.
+        let list = Json::Array(dns.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m ON m.source = ?1 AND m.dn_norm = j.value AND m.deleted = 0",
+            )
+            .map_err(err)?;
+        let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.map(|r| r.map_err(err)).collect()
+    }
+
+    fn mv_project(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        p: &Projection,
+        manager: Option<String>,
+        mut members: Vec<String>,
+    ) -> Result<String, StoreError> {
+        let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
+        let existing: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        match existing {
+            Some(mv) => {
+                self.conn
+                    .execute(
+                        "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, deleted = 0, dirty = 1
+                         WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR deleted = 1)",
+                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm],
+                    )
+                    .map_err(err)?;
+                Ok(mv)
+            }
+            None => {
+                let mv: String =
+                    self.conn.query_row("SELECT lower(hex(randomblob(16)))", [], |r| r.get(0)).map_err(err)?;
+                self.conn
+                    .execute(
+                        "INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 1, ?7, ?8, ?9)",
+                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, source, id.0, dn_norm],
+                    )
+                    .map_err(err)?;
+                Ok(mv)
+            }
+        }
+    }
+
+    fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT attrs FROM mv WHERE source = ?1 AND cs_id = ?2 AND deleted = 0",
+                params![source, id.0],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        match text {
+            None => Ok(None),
+            Some(t) => match serde_json::from_str(&t).map_err(err)? {
+                Json::Object(m) => Ok(Some(m)),
+                _ => Err(StoreError("a metaverse object: attributes are not a JSON object".into())),
+            },
+        }
+    }
+
+    fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        let mv: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        let Some(mv) = mv else { return Ok(()) };
+        // Objects joined to it lose their metaverse object: they look for a new one next sync.
+        self.conn
+            .execute(
+                "UPDATE cs SET pending = 1 WHERE EXISTS(SELECT 1 FROM joins j WHERE j.mv_id = ?1 AND j.source = cs.source AND j.cs_id = cs.id)",
+                params![mv],
+            )
+            .map_err(err)?;
+        self.conn.execute("DELETE FROM joins WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        let exported: bool = self
+            .conn
+            .query_row("SELECT EXISTS(SELECT 1 FROM exported WHERE mv_id = ?1)", params![mv], |r| r.get(0))
+            .map_err(err)?;
+        if exported {
+            self.conn.execute("UPDATE mv SET deleted = 1, dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        } else {
+            self.conn.execute("DELETE FROM mv WHERE id = ?1", params![mv]).map_err(err)?;
+            self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn join_candidates(
+        &mut self,
+        source: &str,
+        kind: ObjectKind,
+        mv_attr: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        if !mv_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || mv_attr.is_empty() {
+            return Err(StoreError(format!("join attribute {mv_attr:?}: letters, digits and '_' only")));
+        }
+        // An expression index per join attribute keeps a join a lookup, not a scan.
+        self.conn
+            .execute_batch(&format!(
+                "CREATE INDEX IF NOT EXISTS mv_join_{mv_attr} ON mv(lower(json_extract(attrs, '$.{mv_attr}')))"
+            ))
+            .map_err(err)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT id FROM mv WHERE lower(json_extract(attrs, '$.{mv_attr}')) = lower(?1) AND kind = ?2 AND deleted = 0 AND source != ?3"
+            ))
+            .map_err(err)?;
+        let rows = stmt.query_map(params![value, kind_str(kind), source], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.map(|r| r.map_err(err)).collect()
+    }
+
+    fn join_link(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+            .optional()
+            .map_err(err)
+    }
+
+    fn join_put(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        mv: &str,
+        attrs: &serde_json::Map<String, Json>,
+        authoritative: &[String],
+    ) -> Result<(), StoreError> {
+        self.no_joins = false;
+        let attrs = Json::Object(attrs.clone()).to_string();
+        let authoritative = json!(authoritative).to_string();
+        let changed = self
+            .conn
+            .execute(
+                "INSERT INTO joins(source, cs_id, mv_id, attrs, authoritative) VALUES(?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs, authoritative = excluded.authoritative
+                 WHERE joins.mv_id != excluded.mv_id OR joins.attrs != excluded.attrs OR joins.authoritative != excluded.authoritative",
+                params![source, id.0, mv, attrs, authoritative],
+            )
+            .map_err(err)?;
+        if changed > 0 {
+            self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE mv SET dirty = 1 WHERE id = (SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2)",
+                params![source, id.0],
+            )
+            .map_err(err)?;
+        self.conn.execute("DELETE FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0]).map_err(err)?;
+        Ok(())
+    }
+
+    fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE mv SET dirty = 1 WHERE source = ?1", params![source]).map_err(err)?;
+        Ok(())
+    }
+
+    fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE cs SET pending = 1 WHERE source = ?1 AND deleted = 0 AND pending = 0
+                 AND NOT EXISTS(SELECT 1 FROM joins j WHERE j.source = cs.source AND j.cs_id = cs.id)",
+                params![source],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError> {
+        let row: Option<(String, String, String, Option<String>, String, bool)> = self
+            .conn
+            .query_row(
+                "SELECT kind, anchor, attrs, manager, members, deleted FROM mv WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((kind, anchor, attrs, manager, members, deleted)) = row else { return Ok(None) };
+        let attrs = match serde_json::from_str::<Json>(&attrs).map_err(err)? {
+            Json::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let mut attrs = attrs;
+        self.merge_joined(id, &mut attrs)?;
+        let members: Vec<String> = serde_json::from_str(&members).map_err(err)?;
+        Ok(Some(MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted }))
+    }
+}
+
+impl ExportLog for SqliteStore {
+    fn dirty(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM mv WHERE dirty = 1 ORDER BY deleted, CASE kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, id")
+            .map_err(err)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row("SELECT tenant_id, resource FROM exported WHERE mv_id = ?1", params![mv], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(err)?;
+        match row {
+            Some((id, resource)) => Ok(Some((id, serde_json::from_str(&resource).map_err(err)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn exported_ids(&self, mvs: &[String]) -> Result<Vec<String>, StoreError> {
+        if mvs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = json!(mvs).to_string();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT e.tenant_id FROM json_each(?1) j CROSS JOIN exported e ON e.mv_id = j.value")
+            .map_err(err)?;
+        let rows = stmt.query_map(params![list], |r| r.get::<_, String>(0)).map_err(err)?;
+        rows.map(|r| r.map_err(err)).collect()
+    }
+
+    fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT tenant_id FROM exported WHERE mv_id = ?1").map_err(err)?;
+        stmt.query_row(params![mv], |r| r.get(0)).optional().map_err(err)
+    }
+
+    fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO exported(mv_id, tenant_id, resource) VALUES(?1, ?2, ?3)",
+                params![mv, tenant_id, resource.to_string()],
+            )
+            .map_err(err)?;
+        self.conn.execute("UPDATE mv SET dirty = 0 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        Ok(())
+    }
+
+    fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM exported WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.conn.execute("DELETE FROM mv WHERE id = ?1 AND deleted = 1", params![mv]).map_err(err)?;
+        self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        Ok(())
+    }
+
+    fn clear_error(&mut self, key: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![key]).map_err(err)?;
+        Ok(())
+    }
+
+    fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError> {
+        let t = now();
+        self.conn
+            .execute(
+                "INSERT INTO errors(mv_id, stage, message, first_seen, last_seen, attempts) VALUES(?1, ?2, ?3, ?4, ?4, 1)
+                 ON CONFLICT(mv_id) DO UPDATE SET stage = excluded.stage, message = excluded.message, last_seen = excluded.last_seen, attempts = attempts + 1",
+                params![mv, stage, message, t],
+            )
+            .map_err(err)?;
+        self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        Ok(())
+    }
+}
