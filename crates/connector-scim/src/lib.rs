@@ -45,6 +45,8 @@ pub struct ScimTarget {
     pub pph1_iterations: std::num::NonZeroU32,
     /// What the tenant already has (password hash sync), in memory only.
     pushed: passwords::Pushed,
+    /// The fencing token sent with every request (a shared sync state's lease).
+    pub fence: Option<proto::hybrid::SyncFence>,
 }
 
 fn endpoint(kind: ObjectKind) -> &'static str {
@@ -82,6 +84,7 @@ impl ScimTarget {
             pph1_iterations: std::num::NonZeroU32::new(::passwords::pph1::DEFAULT_ITERATIONS)
                 .unwrap_or(std::num::NonZeroU32::MIN),
             pushed: passwords::Pushed::default(),
+            fence: None,
         })
     }
 
@@ -103,6 +106,9 @@ impl ScimTarget {
         let mut last = String::new();
         for attempt in 1..=self.attempts.max(1) {
             let mut req = self.client.request(method.clone(), url).bearer_auth(&self.token);
+            if let Some(fence) = &self.fence {
+                req = req.header(proto::hybrid::SYNC_FENCE_HEADER, fence.to_string());
+            }
             if let Some(b) = body {
                 req = req.header("content-type", "application/scim+json").body(b.to_string());
             }

@@ -2360,6 +2360,90 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         drop(active);
     }
 
+    /// A daemon paused (SIGSTOP) past its lease is replaced; resumed, it
+    /// steps down to standby instead of writing. Both daemons outlive a
+    /// PostgreSQL restart. Bad database settings are refused in one line.
+    #[test]
+    fn a_paused_daemon_steps_down_and_the_daemons_outlive_a_database_restart() {
+        let (lab, mut pg) = lab_on_postgres(20, 2, "interval_secs = 1\nlease_secs = 3");
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+
+        // Bad settings: one line naming the cause, a failure exit, nothing written.
+        let wrong = lab.tmp.join("wrong.password");
+        std::fs::write(&wrong, "not the password").unwrap();
+        let port = pg.port.to_string();
+        let free = testkit::free_port().unwrap().to_string();
+        let cases = [
+            (config.replace(p(&pg.password_file()), p(&wrong)), "password authentication failed"),
+            (config.replace(&format!(":{port}/"), &format!(":{free}/")), "onnection refused"),
+            (config.replace("postgres://idbridge@", "postgres://idbridge:secret@"), "holds a password"),
+            (config.replace(&format!("127.0.0.1:{port}"), "192.0.2.1:5432"), "without TLS"),
+        ];
+        for (i, (text, cause)) in cases.iter().enumerate() {
+            let bad = lab.tmp.join(&format!("bad-{i}.toml"));
+            std::fs::write(&bad, text).unwrap();
+            let out = idbridge(&["sync", "run", "--once", "--config", p(&bad)]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains(cause) && err.trim().lines().count() == 1, "{cause}: {err}");
+        }
+        assert_eq!(pg.psql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'sync_%'").unwrap().trim(), "0");
+
+        let (mut a, a_log) = daemon(&lab, "a");
+        assert!(testkit::wait_until(std::time::Duration::from_secs(90), || {
+            String::from_utf8_lossy(&idbridge(&["sync", "history", "--config", p(&lab.config)]).stdout)
+                .contains("success")
+        }));
+        let (b, b_log) = daemon(&lab, "b");
+        assert!(testkit::wait_until(std::time::Duration::from_secs(60), || log_says(&b_log, "standby:")));
+        let people = directory_users(&lab);
+        let uid = |n: usize| people[n].0.split('@').next().unwrap().to_string();
+
+        Command::new("kill").args(["-STOP", &a.id().to_string()]).status().unwrap();
+        assert!(
+            testkit::wait_until(std::time::Duration::from_secs(60), || log_says(&b_log, "active: ")),
+            "{}",
+            std::fs::read_to_string(&b_log).unwrap_or_default()
+        );
+        lab.slapd
+            .modify(&format!("dn: uid={},ou=people,dc=example,dc=org\nchangetype: modify\nreplace: title\ntitle: while a was paused\n\n", uid(0)))
+            .unwrap();
+        assert!(wait_for_title_within(&lab, &people[0].0, "while a was paused", 60));
+        Command::new("kill").args(["-CONT", &a.id().to_string()]).status().unwrap();
+        assert!(
+            testkit::wait_until(std::time::Duration::from_secs(60), || log_says(&a_log, "standby:")),
+            "the resumed daemon stepped down: {}",
+            std::fs::read_to_string(&a_log).unwrap_or_default()
+        );
+        let status = ok(&idbridge(&["sync", "status", "--config", p(&lab.config)]));
+        assert!(status.contains(&format!("pid {}", b.id())), "{status}");
+
+        // PostgreSQL restarts under both daemons: they reconnect by themselves.
+        pg.stop().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        pg.restart().unwrap();
+        lab.slapd
+            .modify(&format!("dn: uid={},ou=people,dc=example,dc=org\nchangetype: modify\nreplace: title\ntitle: after the restart\n\n", uid(1)))
+            .unwrap();
+        assert!(
+            wait_for_title_within(&lab, &people[1].0, "after the restart", 120),
+            "a: {}\nb: {}",
+            std::fs::read_to_string(&a_log).unwrap_or_default(),
+            std::fs::read_to_string(&b_log).unwrap_or_default()
+        );
+        let expected = directory_users(&lab);
+        assert!(testkit::wait_until(std::time::Duration::from_secs(60), || {
+            tenant_users(&lab).into_iter().map(|(u, t, _)| (u, t)).collect::<Vec<_>>() == expected
+        }));
+        a.kill().unwrap();
+        drop(b);
+
+        // A newer schema: refused, nothing changed.
+        pg.psql("UPDATE idbridge_schema SET version = 99 WHERE component = 'sync'").unwrap();
+        let out = sync_once(&lab, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("newer than this idbridge"), "{err}");
+    }
+
     #[test]
     fn daemon_wakes_on_changes_pushed_by_openldap() {
         // A long interval: a change can only arrive quickly if slapd pushes it.

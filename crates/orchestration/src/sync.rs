@@ -121,6 +121,11 @@ pub async fn run(
     tokio::pin!(shutdown);
     if options.once {
         let mut writer = crate::state::open_writer_now(&config)?;
+        if let Some(lease) = &writer.lease {
+            let fence = lease.fence();
+            target.fence =
+                Some(proto::hybrid::SyncFence { lineage: fence.lineage().to_string(), epoch: fence.epoch() });
+        }
         return cycles(&config, options, &mut writer, &mut sources, &mut target, events, &mut shutdown).await;
     }
     let standby_poll = Duration::from_secs(1);
@@ -133,7 +138,10 @@ pub async fn run(
                 failures = 0;
                 last_holder = None;
                 if let Some(lease) = &writer.lease {
-                    events.active(lease.fence().epoch());
+                    let fence = lease.fence();
+                    events.active(fence.epoch());
+                    target.fence =
+                        Some(proto::hybrid::SyncFence { lineage: fence.lineage().to_string(), epoch: fence.epoch() });
                 }
                 match cycles(&config, first, &mut writer, &mut sources, &mut target, events, &mut shutdown).await {
                     Err(Error::LeaseLost) => {
@@ -189,7 +197,8 @@ async fn cycles(
             let mut cycle = cycle.clone();
             cycle.full = options.full && first;
             cycle.allow_deletes = if first { options.allow_deletes } else { None };
-            let result = one_cycle(name, source, &mut *writer.store, target, &cycle, events).await;
+            let mut fenced = Fenced { inner: &mut *target, lease: writer.lease.as_ref() };
+            let result = one_cycle(name, source, &mut *writer.store, &mut fenced, &cycle, events).await;
             if let Err(e) = &result
                 && writer.may_write()
                 && let Err(record) = writer.store.record_failed_run(name, &e.to_string())
@@ -260,12 +269,52 @@ pub async fn resync_passwords(config_path: &Path, events: &mut dyn CycleEvents) 
     run(config_path, options, events, std::future::pending()).await
 }
 
+/// The tenant as a lease holder sends to it: nothing once the lease is
+/// known lost (the commit fence catches the rest: what a cycle sent
+/// after losing the lease is never recorded as done, so the new holder
+/// sends it again).
+struct Fenced<'a> {
+    inner: &'a mut ScimTarget,
+    lease: Option<&'a store::lease::Lease>,
+}
+
+impl Fenced<'_> {
+    fn lost(&self) -> bool {
+        self.lease.is_some_and(|l| !l.is_held())
+    }
+}
+
+const LEASE_LOST: &str = "this daemon lost the sync lease; nothing was sent";
+
+impl sync::engine::Target for Fenced<'_> {
+    async fn apply(
+        &mut self,
+        ops: &[sync::engine::ExportOp],
+    ) -> Vec<Result<Option<String>, sync::engine::TargetError>> {
+        if self.lost() {
+            let refused = sync::engine::TargetError { message: LEASE_LOST.into(), not_found: false };
+            return ops.iter().map(|_| Err(refused.clone())).collect();
+        }
+        self.inner.apply(ops).await
+    }
+
+    async fn push_credentials(
+        &mut self,
+        items: &[sync::phs::CredentialPush],
+    ) -> Result<sync::phs::PushReport, sync::engine::TargetError> {
+        if self.lost() {
+            return Err(sync::engine::TargetError { message: LEASE_LOST.into(), not_found: false });
+        }
+        self.inner.push_credentials(items).await
+    }
+}
+
 /// One cycle, recorded; `Ok(true)` when the deletion threshold stopped the export.
 async fn one_cycle(
     source_name: &str,
     source: &mut Directory,
     store: &mut dyn StateStore,
-    target: &mut ScimTarget,
+    target: &mut Fenced<'_>,
     options: &CycleOptions,
     events: &mut dyn CycleEvents,
 ) -> Result<bool> {

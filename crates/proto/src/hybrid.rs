@@ -9,6 +9,36 @@ pub const PASSWORDS_PATH: &str = "/hybrid/v1/passwords";
 /// Most records in one request (more is refused with 413).
 pub const MAX_BATCH: usize = 1000;
 
+/// A fencing token on every write of a sync daemon whose state is shared
+/// (PostgreSQL): `LINEAGE.EPOCH` — the state's lease lineage and the
+/// writer's epoch. The tenant remembers the highest epoch per lineage and
+/// token and refuses a write with a lower one (409): a daemon replaced
+/// while paused cannot overwrite its successor's exports.
+pub const SYNC_FENCE_HEADER: &str = "idbridge-sync-fence";
+
+/// A parsed [`SYNC_FENCE_HEADER`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFence {
+    /// Letters and digits, at most 64.
+    pub lineage: String,
+    pub epoch: i64,
+}
+
+impl SyncFence {
+    pub fn parse(text: &str) -> Option<SyncFence> {
+        let (lineage, epoch) = text.trim().rsplit_once('.')?;
+        let good = !lineage.is_empty() && lineage.len() <= 64 && lineage.bytes().all(|b| b.is_ascii_alphanumeric());
+        let epoch: i64 = epoch.parse().ok().filter(|e| *e > 0)?;
+        good.then(|| SyncFence { lineage: lineage.to_string(), epoch })
+    }
+}
+
+impl std::fmt::Display for SyncFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.lineage, self.epoch)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PasswordBatch {
     pub credentials: Vec<CredentialUpdate>,

@@ -21,11 +21,18 @@ use crate::postgres::{DatabaseSettings, block, connect, describe};
 pub struct Fence {
     pub(crate) holder: String,
     pub(crate) epoch: i64,
+    pub(crate) lineage: String,
 }
 
 impl Fence {
     pub fn epoch(&self) -> i64 {
         self.epoch
+    }
+
+    /// The state's lease lineage (stable across takeovers): with the
+    /// epoch, the fencing token the tenant checks.
+    pub fn lineage(&self) -> &str {
+        &self.lineage
     }
 }
 
@@ -100,24 +107,55 @@ pub(crate) fn try_acquire(
 ) -> Result<Result<Lease, LeaseInfo>, StoreError> {
     let seconds = duration.as_secs_f64();
     let settings = store.settings().clone();
-    let client = connect(&settings)?;
-    let row = block(client.query_opt(
-        "INSERT INTO sync_lease(id, holder, epoch, acquired_at, renewed_at, expires_at)
-         VALUES (1, $1, 1, clock_timestamp(), clock_timestamp(), clock_timestamp() + make_interval(secs => $2))
-         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, epoch = sync_lease.epoch + 1,
-           acquired_at = excluded.acquired_at, renewed_at = excluded.renewed_at, expires_at = excluded.expires_at
-         WHERE sync_lease.expires_at <= clock_timestamp()
-         RETURNING epoch",
-        &[&holder, &seconds],
-    ))
-    .map_err(|e| StoreError(describe(&e)))?;
-    let Some(row) = row else {
+    let mut client = connect(&settings)?;
+    let taken = block(async {
+        let tx = client.transaction().await?;
+        let current = tx
+            .query_opt("SELECT writer_pid, expires_at > clock_timestamp() FROM sync_lease WHERE id = 1 FOR UPDATE", &[])
+            .await?;
+        if current.as_ref().is_some_and(|r| r.get::<_, bool>(1)) {
+            return Ok(None);
+        }
+        let row = tx
+            .query_one(
+                "INSERT INTO sync_lease(id, holder, epoch, acquired_at, renewed_at, expires_at)
+                 VALUES (1, $1, 1, clock_timestamp(), clock_timestamp(), clock_timestamp() + make_interval(secs => $2))
+                 ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, epoch = sync_lease.epoch + 1,
+                   acquired_at = excluded.acquired_at, renewed_at = excluded.renewed_at,
+                   expires_at = excluded.expires_at, writer_pid = NULL
+                 RETURNING epoch, lineage",
+                &[&holder, &seconds],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Some((row.get::<_, i64>(0), row.get::<_, String>(1), current.and_then(|r| r.get::<_, Option<i32>>(0)))))
+    })
+    .map_err(|e: tokio_postgres::Error| StoreError(describe(&e)))?;
+    let Some((epoch, lineage, previous_writer)) = taken else {
         return match store.lease_holder()? {
             Some(info) => Ok(Err(info)),
             None => Err(StoreError("the sync lease could not be taken and has no holder".into())),
         };
     };
-    let fence = Fence { holder: holder.to_string(), epoch: row.get(0) };
+    if let Some(pid) = previous_writer {
+        // The previous holder may be paused inside a transaction, holding
+        // row locks this daemon would wait on: end that session (its
+        // commit would be refused by the fence anyway).
+        let ended = block(client.query_opt(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND pid <> pg_backend_pid()",
+            &[&pid],
+        ));
+        match ended {
+            Ok(Some(row)) if row.get::<_, bool>(0) => {
+                tracing::info!(pid, "ended the previous holder's database session");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), pid, "could not end the previous holder's database session")
+            }
+        }
+    }
+    let fence = Fence { holder: holder.to_string(), epoch, lineage };
     let shared = Arc::new(Shared { lost: AtomicBool::new(false), stop: Mutex::new(false), wake: Condvar::new() });
     let renewer = {
         let (fence, shared) = (fence.clone(), shared.clone());
@@ -202,7 +240,7 @@ impl crate::PgStore {
     ) -> Result<Result<Lease, LeaseInfo>, StoreError> {
         let acquired = try_acquire(self, holder, duration)?;
         if let Ok(lease) = &acquired {
-            self.write_under(lease.fence());
+            self.write_under(lease.fence())?;
         }
         Ok(acquired)
     }

@@ -82,9 +82,14 @@ CREATE TABLE sync_lease (
     id INT PRIMARY KEY CHECK (id = 1),
     holder TEXT NOT NULL,
     epoch BIGINT NOT NULL,
+    -- Names this state for fencing tokens (kept across takeovers).
+    lineage TEXT NOT NULL DEFAULT replace(gen_random_uuid()::text, '-', ''),
     acquired_at TIMESTAMPTZ NOT NULL,
     renewed_at TIMESTAMPTZ NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL
+    expires_at TIMESTAMPTZ NOT NULL,
+    -- The holder's writing session: a successor ends it, so a paused
+    -- holder's open transaction cannot keep its row locks.
+    writer_pid INT
 );
 "];
 
@@ -365,8 +370,24 @@ impl PgStore {
     }
 
     /// From now on every commit checks that `fence`'s lease is still held.
-    pub fn write_under(&mut self, fence: Fence) {
+    pub fn write_under(&mut self, fence: Fence) -> Result<(), StoreError> {
         self.fence = Some(fence);
+        self.with_client(|_| Ok(()))?;
+        self.record_session()
+    }
+
+    /// Notes this store's database session in the lease row (a successor
+    /// ends it on takeover).
+    fn record_session(&self) -> Result<(), StoreError> {
+        let Some(fence) = &self.fence else { return Ok(()) };
+        self.with_client(|conn| {
+            block(conn.client.execute(
+                "UPDATE sync_lease SET writer_pid = pg_backend_pid() WHERE id = 1 AND holder = $1 AND epoch = $2",
+                &[&fence.holder, &fence.epoch],
+            ))
+            .map_err(pg)
+        })?;
+        Ok(())
     }
 
     /// The lease's holder, if any (expired or not).
@@ -398,10 +419,18 @@ impl PgStore {
         if slot.is_none() {
             if self.in_transaction {
                 return Err(StoreError(
-                    "the database connection broke during the transaction; nothing of it was committed".into(),
+                    "the database session ended during the transaction (another daemon may have taken over the sync lease); nothing of this transaction was committed".into(),
                 ));
             }
             let client = connect(&self.settings)?;
+            if let Some(fence) = &self.fence {
+                // A new session: the lease row names it (see `record_session`).
+                block(client.execute(
+                    "UPDATE sync_lease SET writer_pid = pg_backend_pid() WHERE id = 1 AND holder = $1 AND epoch = $2",
+                    &[&fence.holder, &fence.epoch],
+                ))
+                .map_err(pg)?;
+            }
             *slot = Some(Connection { client, statements: HashMap::new() });
         }
         let Some(conn) = slot.as_mut() else { return Err(StoreError("no database connection".into())) };
@@ -512,7 +541,15 @@ impl Transactional for PgStore {
             }
             Err(e) => {
                 let _ = self.rollback();
-                return Err(e);
+                let closed = self.conn.borrow().as_ref().is_none_or(|c| c.client.is_closed());
+                return Err(if closed {
+                    StoreError(format!(
+                        "the database session ended before the commit ({}; another daemon may have taken over the sync lease); nothing of this transaction was committed",
+                        e.0
+                    ))
+                } else {
+                    e
+                });
             }
         }
         self.in_transaction = false;

@@ -217,6 +217,25 @@ pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, wri
             None,
         ));
     }
+    if write && let Some(fence) = headers.get(proto::hybrid::SYNC_FENCE_HEADER) {
+        let Some(fence) = fence.to_str().ok().and_then(proto::hybrid::SyncFence::parse) else {
+            return Err(ScimError::status(
+                400,
+                format!("{}: LINEAGE.EPOCH expected", proto::hybrid::SYNC_FENCE_HEADER),
+            )
+            .into());
+        };
+        let token_id = id.clone();
+        let admitted =
+            db(state, move |conn| Ok(tokens::admit_sync_fence(conn, &token_id, &fence.lineage, fence.epoch)?)).await?;
+        if let Err(highest) = admitted {
+            return Err(ScimError::status(
+                409,
+                format!("a newer sync daemon (lease epoch {highest}) has written since; this one has lost its lease and may not write"),
+            )
+            .into());
+        }
+    }
     Ok(Caller { id, scope })
 }
 

@@ -971,3 +971,34 @@ async fn the_front_page_and_an_expired_sign_in_explain_themselves() {
     let html = expired.text().await.unwrap();
     assert!(html.contains("Sign-in expired") && html.contains("Start again"), "{html}");
 }
+
+/// A sync daemon's fencing token: once a write with epoch 3 was admitted,
+/// a write with epoch 2 of the same lineage (a daemon replaced while
+/// paused) is refused, nothing of it applied; the newer one goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_sync_daemon_is_fenced_off() {
+    let t = Tenant::start().await;
+    let fence = proto::hybrid::SYNC_FENCE_HEADER;
+    async fn create(t: &Tenant, name: &str, token: Option<&str>) -> Reply {
+        let body = json!({"schemas": [USER], "userName": format!("{name}@corp.example.com")});
+        let headers: Vec<(&str, &str)> = token.map(|v| (proto::hybrid::SYNC_FENCE_HEADER, v)).into_iter().collect();
+        t.call_with(Method::POST, "/Users", Some(&t.sync), Some(body), &headers).await
+    }
+    assert_eq!(create(&t, "e3", Some("lineageA.3")).await.status, StatusCode::CREATED);
+    let stale = create(&t, "e2", Some("lineageA.2")).await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
+    assert!(stale.body["detail"].as_str().unwrap().contains("epoch 3"), "{}", stale.body);
+    assert_eq!(create(&t, "e3b", Some("lineageA.3")).await.status, StatusCode::CREATED);
+    assert_eq!(create(&t, "e4", Some("lineageA.4")).await.status, StatusCode::CREATED);
+    // Another state (lineage) has its own epochs; no token, no check.
+    assert_eq!(create(&t, "b1", Some("lineageB.1")).await.status, StatusCode::CREATED);
+    assert_eq!(create(&t, "none", None).await.status, StatusCode::CREATED);
+    let bad = create(&t, "bad", Some("lineage-ü.x")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let list =
+        t.call(Method::GET, "/Users?filter=userName%20eq%20%22e2@corp.example.com%22", Some(&t.read), None).await;
+    assert_eq!(list.body["totalResults"], 0, "the stale write left nothing");
+    // Reads are never fenced.
+    let read = t.call_with(Method::GET, "/Users", Some(&t.sync), None, &[(fence, "lineageA.1")]).await;
+    assert_eq!(read.status, StatusCode::OK);
+}

@@ -148,3 +148,26 @@ pub fn parse_duration(text: &str) -> Result<i64> {
         .map(|n| n * mult)
         .ok_or_else(|| TenantError::Invalid(format!("{text:?} is not a duration (like 90d, 12h, 30m)")))
 }
+
+/// A sync daemon's fencing token on a write (see
+/// `proto::hybrid::SYNC_FENCE_HEADER`): admitted, and remembered, if its
+/// epoch is the highest seen for this token and lineage; `Err(highest)`
+/// when a newer daemon has written since.
+pub fn admit_sync_fence(
+    conn: &Connection,
+    token_id: &str,
+    lineage: &str,
+    epoch: i64,
+) -> Result<std::result::Result<(), i64>> {
+    let key = format!("sync-fence:{token_id}:{lineage}");
+    let admitted = conn.execute(
+        "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value
+         WHERE CAST(meta.value AS INTEGER) <= CAST(excluded.value AS INTEGER)",
+        params![key, epoch.to_string()],
+    )?;
+    if admitted > 0 {
+        return Ok(Ok(()));
+    }
+    let highest = crate::store::get_meta(conn, &key)?.and_then(|v| v.parse().ok()).unwrap_or(i64::MAX);
+    Ok(Err(highest))
+}
