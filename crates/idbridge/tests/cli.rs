@@ -28,6 +28,37 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// The `[sync]` state lines for a test's configuration: the SQLite file
+/// `file`, or — with `IDBRIDGE_TEST_SYNC_STATE=postgres` (CI runs the sync
+/// tests both ways) — a throwaway PostgreSQL database, returned to be kept
+/// alive for the test.
+fn test_state(file: &str) -> (String, Option<testkit::Postgres>) {
+    if std::env::var("IDBRIDGE_TEST_SYNC_STATE").as_deref() == Ok("postgres") {
+        let pg = testkit::Postgres::start().unwrap();
+        // A short lease: a killed process's lease is waited out by the next run.
+        let lines = format!(
+            "state = \"{}\"\ndatabase_password_file = \"{}\"\nlease_secs = 2",
+            pg.url,
+            pg.password_file().display()
+        );
+        (lines, Some(pg))
+    } else {
+        (format!("state = \"{file}\""), None)
+    }
+}
+
+/// Everything the sync state holds, as text (to look for secrets in it):
+/// the SQLite file and its WAL in `dir`, or a dump of the database.
+fn state_text(dir: &Path, pg: Option<&testkit::Postgres>) -> String {
+    match pg {
+        Some(pg) => pg.dump().unwrap(),
+        None => ["state.db", "state.db-wal"]
+            .iter()
+            .map(|f| String::from_utf8_lossy(&std::fs::read(dir.join(f)).unwrap_or_default()).into_owned())
+            .collect(),
+    }
+}
+
 /// A GET on the tenant's SCIM API, as JSON.
 fn scim_get(base: &str, token: &str, path: &str) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -489,10 +520,11 @@ mod samba {
         let (mut tenant, base, token) = tenant_for_sync(tmp.path(), "example.test");
         let pw = dc.password_file().unwrap();
         let config = tmp.join("idbridge.toml");
+        let (state, _pg) = test_state("state.db");
         std::fs::write(
             &config,
             format!(
-                "[[source]]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"DC=example,DC=test\"]\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"state.db\"\n",
+                "[[source]]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"DC=example,DC=test\"]\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\n{state}\n",
                 dc.url,
                 dc.admin_upn(),
                 p(&pw),
@@ -637,7 +669,7 @@ mod samba {
             std::fs::write(
                 path,
                 format!(
-                    "[[source]]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{bind}\"\npassword_file = \"{}\"\nbase_dns = [\"OU=Bulk,DC=example,DC=test\"]\npassword_hash_sync = true\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\nstate = \"{state}\"\n",
+                    "[[source]]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{bind}\"\npassword_file = \"{}\"\nbase_dns = [\"OU=Bulk,DC=example,DC=test\"]\npassword_hash_sync = true\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\n{state}\n",
                     dc.url,
                     p(password_file),
                     p(&tmp.join("token"))
@@ -646,7 +678,8 @@ mod samba {
             .unwrap();
         };
         let config = tmp.join("idbridge.toml");
-        write_config(&config, dc.admin_upn(), &pw, "state.db");
+        let (state, _pg) = test_state("state.db");
+        write_config(&config, dc.admin_upn(), &pw, &state);
         let sync = |config: &Path| {
             let out = idbridge(&["sync", "run", "--once", "--config", p(config)]);
             let report = String::from_utf8_lossy(&out.stderr).to_string();
@@ -703,7 +736,7 @@ mod samba {
         let plain_pw = tmp.join("norights.pw");
         std::fs::write(&plain_pw, "No.Rights-Passw0rd1\n").unwrap();
         let plain = tmp.join("norights.toml");
-        write_config(&plain, "norights@example.test", &plain_pw, "norights.db");
+        write_config(&plain, "norights@example.test", &plain_pw, "state = \"norights.db\"");
         let report = sync(&plain);
         assert!(report.contains(" 0 passwords; 1 errors"), "directory sync went on: {report}");
         assert!(
@@ -833,18 +866,31 @@ mod sync_e2e {
         base: String,
         token: String,
         config: std::path::PathBuf,
+        /// The sync state's database, when it is in PostgreSQL.
+        pg: Option<testkit::Postgres>,
     }
 
     fn lab(users: u64, groups: u64, sync_section: &str) -> Lab {
+        let (state, pg) = test_state("state.db");
+        lab_with_state(users, groups, sync_section, state, pg)
+    }
+
+    fn lab_with_state(
+        users: u64,
+        groups: u64,
+        sync_section: &str,
+        state: String,
+        pg: Option<testkit::Postgres>,
+    ) -> Lab {
         let tmp = TempDir::new("sync-e2e").unwrap();
         let (slapd, _) =
             testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(users, groups, 5).unwrap()).unwrap();
         let (tenant, base, token) = tenant_for_sync(tmp.path(), "example.org");
         let config = tmp.join("idbridge.toml");
-        let sync = format!("\n[sync]\nstate = \"state.db\"\n{sync_section}\n");
+        let sync = format!("\n[sync]\n{state}\n{sync_section}\n");
         let text = testkit::sync_config(&slapd, "lab", "", Some((&base, &tmp.join("token"))), &sync).unwrap();
         std::fs::write(&config, text).unwrap();
-        Lab { tmp, slapd, tenant, base, token, config }
+        Lab { tmp, slapd, tenant, base, token, config, pg }
     }
 
     /// Appends a `[[source]]` for `slapd` (and `extra` TOML) to the lab's configuration.
@@ -1739,16 +1785,13 @@ mod sync_e2e {
         let out = idbridge(&["sync", "resync-passwords", "--config", p(&lab.config)]);
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success() && report.contains("Full") && report.contains("1 passwords"), "{report}");
-        for file in ["state.db", "state.db-wal"] {
-            let state = std::fs::read(lab.tmp.join(file)).unwrap_or_default();
-            assert!(!String::from_utf8_lossy(&state).contains(&hex), "an NT hash is in {file}");
-        }
+        assert!(!state_text(lab.tmp.path(), lab.pg.as_ref()).contains(&hex), "an NT hash is in the sync state");
 
         // The hash never reached the sync store.
-        for file in ["state.db", "state.db-wal"] {
-            let state = std::fs::read(lab.tmp.join(file)).unwrap_or_default();
-            assert!(!String::from_utf8_lossy(&state).contains("{SSHA}"), "a password hash is in {file}");
-        }
+        assert!(
+            !state_text(lab.tmp.path(), lab.pg.as_ref()).contains("{SSHA}"),
+            "a password hash is in the sync state"
+        );
     }
 
     /// A password read while the tenant is down stays pending and is read
@@ -2166,6 +2209,10 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
     #[test]
     fn one_state_file_has_one_writer() {
         let lab = lab(5, 1, "interval_secs = 1");
+        if lab.pg.is_some() {
+            // The PostgreSQL state's one writer is the lease: the_standby_daemon_takes_over_… tests it.
+            return;
+        }
         let mut daemon = testkit::KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_idbridge"))
                 .args(["sync", "run", "--config", p(&lab.config)])
@@ -2199,15 +2246,10 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
 
     /// The lab with its sync state in PostgreSQL: the password in a file,
     /// a short lease so that takeovers are quick.
-    fn lab_on_postgres(users: u64, groups: u64, sync_section: &str) -> (Lab, testkit::Postgres) {
+    fn lab_on_postgres(users: u64, groups: u64, sync_section: &str) -> Lab {
         let pg = testkit::Postgres::start().unwrap();
-        let lab = lab(users, groups, sync_section);
-        let text = std::fs::read_to_string(&lab.config).unwrap().replace(
-            "state = \"state.db\"",
-            &format!("state = \"{}\"\ndatabase_password_file = \"{}\"", pg.url, pg.password_file().display()),
-        );
-        std::fs::write(&lab.config, text).unwrap();
-        (lab, pg)
+        let state = format!("state = \"{}\"\ndatabase_password_file = \"{}\"", pg.url, pg.password_file().display());
+        lab_with_state(users, groups, sync_section, state, Some(pg))
     }
 
     /// A sync daemon whose standard error goes to `name.log` in the lab.
@@ -2264,7 +2306,7 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
     /// nothing twice.
     #[test]
     fn the_standby_daemon_takes_over_when_the_active_one_is_killed() {
-        let (lab, _pg) = lab_on_postgres(40, 3, "interval_secs = 1\nlease_secs = 3");
+        let lab = lab_on_postgres(40, 3, "interval_secs = 1\nlease_secs = 3");
         let (mut active, mut active_log) = daemon(&lab, "daemon-0");
         let history = || idbridge(&["sync", "history", "--config", p(&lab.config)]);
         assert!(
@@ -2365,7 +2407,8 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
     /// PostgreSQL restart. Bad database settings are refused in one line.
     #[test]
     fn a_paused_daemon_steps_down_and_the_daemons_outlive_a_database_restart() {
-        let (lab, mut pg) = lab_on_postgres(20, 2, "interval_secs = 1\nlease_secs = 3");
+        let mut lab = lab_on_postgres(20, 2, "interval_secs = 1\nlease_secs = 3");
+        let mut pg = lab.pg.take().unwrap();
         let config = std::fs::read_to_string(&lab.config).unwrap();
 
         // Bad settings: one line naming the cause, a failure exit, nothing written.

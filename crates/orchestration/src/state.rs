@@ -106,17 +106,26 @@ pub fn open_writer(config: &Config) -> Result<std::result::Result<Writer, LeaseI
     }
 }
 
-/// [`open_writer`], refusing when another daemon is active (one-shot
-/// commands: `sync run --once`, `preview`).
-pub fn open_writer_now(config: &Config) -> Result<Writer> {
-    open_writer(config)?.map_err(|holder| {
-        crate::refused!(
-            "the sync state {} is in use by the active daemon ({}, lease expires in {} s); a second writer would undo its cycles. Run this where no daemon is active, or stop the daemons first",
-            config.sync.state,
-            holder.holder,
-            holder.expires_in_ms.max(0) / 1000
-        )
-    })
+/// [`open_writer`] for one-shot commands (`sync run --once`, `preview`):
+/// a lease left by a process that died is waited out (at most its
+/// duration); one a live daemon keeps renewing is refused.
+pub async fn open_writer_now(config: &Config) -> Result<Writer> {
+    let patience = Duration::from_secs(config.sync.lease_secs) + Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    loop {
+        let holder = match open_writer(config)? {
+            Ok(writer) => return Ok(writer),
+            Err(holder) => holder,
+        };
+        if started.elapsed() >= patience {
+            return Err(crate::refused!(
+                "the sync state {} is in use by the active daemon ({}, renewing its lease); a second writer would undo its cycles. Run this where no daemon is active, or stop the daemons first",
+                config.sync.state,
+                holder.holder
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Who runs cycles on the configured state.

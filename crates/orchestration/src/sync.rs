@@ -120,7 +120,7 @@ pub async fn run(
     }
     tokio::pin!(shutdown);
     if options.once {
-        let mut writer = crate::state::open_writer_now(&config)?;
+        let mut writer = crate::state::open_writer_now(&config).await?;
         if let Some(lease) = &writer.lease {
             let fence = lease.fence();
             target.fence =
@@ -332,7 +332,7 @@ async fn one_cycle(
 /// every source into the configured store in staging mode.
 pub async fn preview(path: &Path, observer: &mut (dyn CycleObserver + Send)) -> Result<Vec<PendingExport>> {
     let config = Config::load(path)?;
-    let mut writer = crate::state::open_writer_now(&config)?;
+    let mut writer = crate::state::open_writer_now(&config).await?;
     let store = &mut *writer.store;
     let (rules, rules_text) = load_rules(&config)?;
     for src in &config.sources {

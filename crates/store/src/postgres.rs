@@ -37,6 +37,8 @@ use crate::{
 const MIGRATIONS: &[&str] = &["
 CREATE TABLE sync_sources (name TEXT PRIMARY KEY, watermark TEXT, config_hash TEXT, flavor TEXT);
 CREATE TABLE sync_cs (
+    -- Import order: sync visits pending objects in it (as SQLite's rowid does).
+    seq BIGSERIAL NOT NULL,
     source TEXT NOT NULL,
     id BYTEA NOT NULL,
     dn TEXT NOT NULL,
@@ -208,7 +210,12 @@ pub(crate) fn block<F: Future>(future: F) -> F::Output {
 /// Opens a connection and starts the thread that drives it (it ends when
 /// the client is dropped or the connection breaks).
 pub(crate) fn connect(settings: &DatabaseSettings) -> Result<Client, StoreError> {
-    let config = settings.driver_config()?;
+    let mut config = settings.driver_config()?;
+    // A prepared statement's generic plan is fixed when the tables are still
+    // small (a first import fills them inside one transaction, before any
+    // statistics): it would scan where an index lookup is right, making a
+    // large first cycle quadratic. Plan each execution with its values.
+    config.options("-c plan_cache_mode=force_custom_plan");
     let tls = settings.tls.clone();
     let (answer, connected) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -691,7 +698,7 @@ impl ConnectorSpace for PgStore {
     }
 
     fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
-        let rows = self.query("SELECT id FROM sync_cs WHERE source = $1 AND pending", &[&source])?;
+        let rows = self.query("SELECT id FROM sync_cs WHERE source = $1 AND pending ORDER BY seq", &[&source])?;
         Ok(rows.iter().map(|r| id_of(r, 0)).collect())
     }
 
@@ -727,6 +734,15 @@ impl ConnectorSpace for PgStore {
 
     fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
         self.write("UPDATE sync_cs SET pending = true WHERE source = $1 AND id = $2", &[&source, &id.0])?;
+        Ok(())
+    }
+
+    fn cs_mark_referencing_pending(&mut self, source: &str, dn: &Dn, except: &SourceId) -> Result<(), StoreError> {
+        self.write(
+            "UPDATE sync_cs SET pending = true WHERE source = $1 AND NOT pending AND id <> $3
+               AND id IN (SELECT r.id FROM sync_cs_refs r WHERE r.ref_dn_norm = $2 AND r.source = $1)",
+            &[&source, &dn.normalized(), &except.0],
+        )?;
         Ok(())
     }
 
@@ -800,13 +816,16 @@ impl Metaverse for PgStore {
                 Ok(mv)
             }
             None => {
-                let mv: String = self.query_one("SELECT replace(gen_random_uuid()::text, '-', '')", &[])?.get(0);
-                self.write(
+                if !self.in_transaction {
+                    return Err(StoreError("a projection is written inside a transaction".into()));
+                }
+                let row = self.query_one(
                     "INSERT INTO sync_mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm)
-                     VALUES($1, $2, $3, $4, $5, $6, false, true, $7, $8, $9)",
-                    &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &source, &id.0, &dn_norm],
+                     VALUES(replace(gen_random_uuid()::text, '-', ''), $1, $2, $3, $4, $5, false, true, $6, $7, $8)
+                     RETURNING id",
+                    &[&kind, &p.anchor, &attrs, &manager, &members, &source, &id.0, &dn_norm],
                 )?;
-                Ok(mv)
+                Ok(row.get(0))
             }
         }
     }
@@ -970,21 +989,26 @@ impl ExportLog for PgStore {
 
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
         let resource = resource.to_string();
+        // One statement, one round trip (a WITH's statements see one snapshot; each touches another table).
         self.write(
-            "INSERT INTO sync_exported(mv_id, tenant_id, resource) VALUES($1, $2, $3)
-             ON CONFLICT (mv_id) DO UPDATE SET tenant_id = excluded.tenant_id, resource = excluded.resource",
+            "WITH stored AS (INSERT INTO sync_exported(mv_id, tenant_id, resource) VALUES($1, $2, $3)
+                 ON CONFLICT (mv_id) DO UPDATE SET tenant_id = excluded.tenant_id, resource = excluded.resource),
+             cleared AS (DELETE FROM sync_errors WHERE mv_id = $1)
+             UPDATE sync_mv SET dirty = false WHERE id = $1",
             &[&mv, &tenant_id, &resource],
         )?;
-        self.write("UPDATE sync_mv SET dirty = false WHERE id = $1", &[&mv])?;
-        self.write("DELETE FROM sync_errors WHERE mv_id = $1", &[&mv])?;
         Ok(())
     }
 
     fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError> {
-        self.write("DELETE FROM sync_exported WHERE mv_id = $1", &[&mv])?;
-        self.write("DELETE FROM sync_errors WHERE mv_id = $1", &[&mv])?;
-        self.write("DELETE FROM sync_mv WHERE id = $1 AND deleted", &[&mv])?;
-        self.write("UPDATE sync_mv SET dirty = true WHERE id = $1", &[&mv])?;
+        // The deleted row goes; a live one is marked (never the same row twice in one statement).
+        self.write(
+            "WITH forgotten AS (DELETE FROM sync_exported WHERE mv_id = $1),
+                  cleared AS (DELETE FROM sync_errors WHERE mv_id = $1),
+                  gone AS (DELETE FROM sync_mv WHERE id = $1 AND deleted)
+             UPDATE sync_mv SET dirty = true WHERE id = $1 AND NOT deleted",
+            &[&mv],
+        )?;
         Ok(())
     }
 
@@ -996,12 +1020,12 @@ impl ExportLog for PgStore {
     fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError> {
         let t = now();
         self.write(
-            "INSERT INTO sync_errors(mv_id, stage, message, first_seen, last_seen, attempts) VALUES($1, $2, $3, $4, $4, 1)
-             ON CONFLICT (mv_id) DO UPDATE SET stage = excluded.stage, message = excluded.message, last_seen = excluded.last_seen,
-               attempts = sync_errors.attempts + 1",
+            "WITH recorded AS (INSERT INTO sync_errors(mv_id, stage, message, first_seen, last_seen, attempts) VALUES($1, $2, $3, $4, $4, 1)
+                 ON CONFLICT (mv_id) DO UPDATE SET stage = excluded.stage, message = excluded.message,
+                   last_seen = excluded.last_seen, attempts = sync_errors.attempts + 1)
+             UPDATE sync_mv SET dirty = true WHERE id = $1",
             &[&mv, &stage, &message, &t],
         )?;
-        self.write("UPDATE sync_mv SET dirty = true WHERE id = $1", &[&mv])?;
         Ok(())
     }
 }

@@ -120,6 +120,16 @@ impl Postgres {
         Ok(())
     }
 
+    /// The test database as SQL text (`pg_dump`).
+    pub fn dump(&self) -> Result<String, TestkitError> {
+        run(
+            Command::new(Path::new(BIN).join("pg_dump"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER, DATABASE])
+                .env("PGPASSWORD", PASSWORD),
+            None,
+        )
+    }
+
     /// The server's log so far (for a failing test's message).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()

@@ -99,11 +99,7 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                 done.synced += 1;
                 if is_new {
                     // Objects that pointed at this one before it existed now can resolve it.
-                    for other in tx.cs_referencing(source_name, &obj.entry.dn)? {
-                        if other != id {
-                            tx.cs_mark_pending(source_name, &other)?;
-                        }
-                    }
+                    tx.cs_mark_referencing_pending(source_name, &obj.entry.dn, &id)?;
                 }
             }
             tx.cs_done(source_name, &id)?;

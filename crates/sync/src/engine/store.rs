@@ -126,6 +126,16 @@ pub trait ConnectorSpace {
     /// Objects whose manager or member references point at `dn`.
     fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError>;
     fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
+    /// Marks for sync every object whose references point at `dn`, except
+    /// `except` (a store may do it in one statement).
+    fn cs_mark_referencing_pending(&mut self, source: &str, dn: &Dn, except: &SourceId) -> Result<(), StoreError> {
+        for other in self.cs_referencing(source, dn)? {
+            if &other != except {
+                self.cs_mark_pending(source, &other)?;
+            }
+        }
+        Ok(())
+    }
     /// Sync is done with the object: clears the mark, removes deleted ones.
     fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
 
