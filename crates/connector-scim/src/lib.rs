@@ -47,6 +47,18 @@ pub struct ScimTarget {
     pushed: passwords::Pushed,
     /// The fencing token sent with every request (a shared sync state's lease).
     pub fence: Option<proto::hybrid::SyncFence>,
+    /// Told every answer's status (`None`: no answer), for metrics.
+    pub observe: Option<Observer>,
+}
+
+/// A callback told each answer's HTTP status (`None`: no answer came).
+#[derive(Clone)]
+pub struct Observer(pub std::sync::Arc<dyn Fn(Option<u16>) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 fn endpoint(kind: ObjectKind) -> &'static str {
@@ -85,6 +97,7 @@ impl ScimTarget {
                 .unwrap_or(std::num::NonZeroU32::MIN),
             pushed: passwords::Pushed::default(),
             fence: None,
+            observe: None,
         })
     }
 
@@ -112,7 +125,11 @@ impl ScimTarget {
             if let Some(b) = body {
                 req = req.header("content-type", "application/scim+json").body(b.to_string());
             }
-            match req.send().await {
+            let sent = req.send().await;
+            if let Some(Observer(observe)) = &self.observe {
+                observe(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            }
+            match sent {
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = resp

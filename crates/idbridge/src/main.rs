@@ -10,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod demo_cmd;
 mod idfix_cmd;
 mod init_cmd;
+mod metrics_server;
 mod progress;
 mod prompt;
 mod pta_agent;

@@ -32,6 +32,10 @@ pub enum AgentCommand {
         /// Long polls kept open at once (each takes a batch of requests).
         #[arg(long, default_value_t = 4)]
         pollers: usize,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this
+        /// address, e.g. 127.0.0.1:9465 (no authentication).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -54,8 +58,22 @@ pub async fn run(command: AgentCommand) -> Result<()> {
             }
             Ok(())
         }
-        AgentCommand::Run { config, pollers } => {
-            pta_agent::run(&config, pollers, crate::tenant_cmd::shutdown_signal()).await?;
+        AgentCommand::Run { config, pollers, metrics_listen } => {
+            let mut server = None;
+            let mut telemetry = None;
+            if let Some(addr) = metrics_listen {
+                let mut registry = telemetry::Registry::default();
+                telemetry::register_build_info(&mut registry, "pta-agent");
+                let metrics = telemetry::AgentMetrics::register(&mut registry);
+                let health = std::sync::Arc::new(telemetry::Health::starting("not connected to the tenant yet"));
+                telemetry = Some(pta_agent::Telemetry { metrics, health: health.clone() });
+                server = Some(crate::metrics_server::start(addr, registry, health).await?);
+            }
+            let result = pta_agent::run(&config, pollers, telemetry, crate::tenant_cmd::shutdown_signal()).await;
+            if let Some(server) = server {
+                server.stop().await;
+            }
+            result?;
             eprintln!("agent stopped");
             Ok(())
         }

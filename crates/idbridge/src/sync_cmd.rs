@@ -29,6 +29,11 @@ pub enum SyncCommand {
         /// Let this many deletions through once, above the deletion threshold.
         #[arg(long)]
         allow_deletes: Option<usize>,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this
+        /// address, e.g. 127.0.0.1:9464 (no authentication: a monitoring
+        /// network or loopback).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Full password resync: a full import of every source with
     /// password_hash_sync on, sending every user's password to the tenant again.
@@ -83,6 +88,7 @@ pub enum SyncCommand {
 #[derive(Default)]
 struct PrintedCycles {
     progress: StageProgress,
+    telemetry: Option<orchestration::sync::Telemetry>,
 }
 
 impl CycleEvents for PrintedCycles {
@@ -106,6 +112,10 @@ impl CycleEvents for PrintedCycles {
             active.holder,
             local_time(&active.acquired_at)
         );
+    }
+
+    fn telemetry(&self) -> Option<&orchestration::sync::Telemetry> {
+        self.telemetry.as_ref()
     }
 
     fn active(&mut self, epoch: i64) {
@@ -157,9 +167,23 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             eprintln!("full password resync: a full import of every source; every password is sent again");
             Ok(orchestration::sync::resync_passwords(&config, &mut PrintedCycles::default()).await?)
         }
-        SyncCommand::Run { config, once, full, allow_deletes } => {
+        SyncCommand::Run { config, once, full, allow_deletes, metrics_listen } => {
             let options = RunOptions { once, full, allow_deletes };
-            Ok(orchestration::sync::run(&config, options, &mut PrintedCycles::default(), interrupted()).await?)
+            let mut events = PrintedCycles::default();
+            let mut server = None;
+            if let Some(addr) = metrics_listen {
+                let mut registry = telemetry::Registry::default();
+                telemetry::register_build_info(&mut registry, "sync");
+                let metrics = telemetry::SyncMetrics::register(&mut registry, 0);
+                let health = std::sync::Arc::new(telemetry::Health::starting("no cycle yet"));
+                events.telemetry = Some(orchestration::sync::Telemetry { metrics, health: health.clone() });
+                server = Some(crate::metrics_server::start(addr, registry, health).await?);
+            }
+            let result = orchestration::sync::run(&config, options, &mut events, interrupted()).await;
+            if let Some(server) = server {
+                server.stop().await;
+            }
+            Ok(result?)
         }
         SyncCommand::Preview { config, json, csv } => {
             let mut progress = StageProgress::default();

@@ -1270,7 +1270,7 @@ mod sync_e2e {
     }
 
     /// Registers a pass-through agent for `slapd` in `dir` and starts it.
-    fn start_agent(lab: &Lab, slapd: &Slapd, dir: &Path, name: &str) -> testkit::KillOnDrop {
+    fn start_agent(lab: &Lab, slapd: &Slapd, dir: &Path, name: &str, metrics_port: Option<u16>) -> testkit::KillOnDrop {
         std::fs::create_dir_all(dir).unwrap();
         let data = lab.tmp.join("tenant");
         let token = ok(&idbridge(&["tenant", "pta-token", "create", "--data", p(&data)])).trim().to_string();
@@ -1302,9 +1302,13 @@ mod sync_e2e {
         let key_mode = std::fs::metadata(dir.join("agent.key")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(key_mode.permissions().mode() & 0o777, 0o600, "the private key is the owner's only");
+        let mut args = vec!["pta-agent".to_string(), "run".into(), "--config".into(), p(&config).into()];
+        if let Some(port) = metrics_port {
+            args.extend(["--metrics-listen".into(), format!("127.0.0.1:{port}")]);
+        }
         testkit::KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                .args(["pta-agent", "run", "--config", p(&config)])
+                .args(&args)
                 .env("RUST_LOG", "warn")
                 .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
                 .spawn()
@@ -1346,8 +1350,10 @@ mod sync_e2e {
         assert!(page.contains("on-premises authentication service is not available"), "{page}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
 
-        let mut a = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-a"), "agent-a");
-        let mut b = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-b"), "agent-b");
+        let mut a = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-a"), "agent-a", None);
+        let b_metrics = format!("http://127.0.0.1:{}", testkit::free_port().unwrap());
+        let b_port: u16 = b_metrics.rsplit(':').next().unwrap().parse().unwrap();
+        let mut b = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-b"), "agent-b", Some(b_port));
         wait_until("two agents online", || online_agents(&lab) == 2);
         let agent_logs = || {
             ["agent-a", "agent-b"]
@@ -1406,6 +1412,29 @@ mod sync_e2e {
         );
         let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data), "--limit", "1000", "--json"]));
         assert!(audit.matches("pta-success").count() >= 200, "every sign-in went through an agent");
+        // Metrics: the surviving agent answered (at least the ones after the
+        // kill), it is ready; the tenant counted valid pass-through requests.
+        assert_eq!(http_get(&format!("{b_metrics}/readyz"), None).0, 200);
+        let agent_metrics = http_get(&format!("{b_metrics}/metrics"), None).1;
+        assert!(
+            value_of(&agent_metrics, "idbridge_pta_agent_requests_total{outcome=\"success\"}").unwrap_or(0.0) >= 1.0,
+            "{agent_metrics}"
+        );
+        let metrics_token =
+            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "metrics"])).trim().to_string();
+        let issuer = lab.base.trim_end_matches("/scim/v2").to_string();
+        let tenant = http_get(&format!("{issuer}/metrics"), Some(&metrics_token)).1;
+        assert!(
+            value_of(&tenant, "idbridge_pta_requests_total{outcome=\"success\"}").unwrap_or(0.0) >= 200.0,
+            "{tenant}"
+        );
+        assert!(
+            value_of(&tenant, "idbridge_signin_total{method=\"pass_through\",outcome=\"no_agent\"}").unwrap_or(0.0)
+                >= 1.0,
+            "{tenant}"
+        );
+        assert_eq!(value_of(&tenant, "idbridge_pta_agents_online"), Some(1.0), "{tenant}");
+        assert_eq!(value_of(&tenant, "idbridge_pta_domains"), Some(1.0), "{tenant}");
 
         // Revoking the other agent stops it at once; then nobody answers.
         let agents = ok(&idbridge(&["tenant", "pta-agents", "--data", p(&data)]));
@@ -2485,6 +2514,280 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         let out = sync_once(&lab, &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("newer than this idbridge"), "{err}");
+    }
+
+    /// A metrics page as (series, value) pairs: `name{labels}` as shown.
+    fn samples(text: &str) -> Vec<(String, f64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn value_of(text: &str, series: &str) -> Option<f64> {
+        samples(text).into_iter().find(|(s, _)| s == series).map(|(_, v)| v)
+    }
+
+    fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut request = reqwest::Client::new().get(url);
+            if let Some(t) = token {
+                request = request.bearer_auth(t);
+            }
+            match request.send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            }
+        })
+    }
+
+    /// `series` with `job` and `instance` labels, as Prometheus stores a scrape.
+    fn scraped(series: &str, job: &str, instance: &str) -> String {
+        let extra = format!("job=\"{job}\",instance=\"{instance}\"");
+        match series.split_once('{') {
+            Some((name, rest)) if rest.starts_with('}') => format!("{name}{{{extra}}}"),
+            Some((name, rest)) => format!("{name}{{{extra},{rest}"),
+            None => format!("{series}{{{extra}}}"),
+        }
+    }
+
+    /// Monitoring from a real run: the sync daemon's and the tenant's
+    /// metrics show what happened (objects created, a deletion-threshold
+    /// stop, three wrong passwords); /readyz and the metrics token work; and
+    /// the alert rules, fed with those scraped series, stay quiet on the
+    /// healthy ones and fire on the troubled ones (`promtool test rules`).
+    #[test]
+    fn monitoring_alerts_fire_and_stay_quiet() {
+        let lab = lab(6, 1, "interval_secs = 1\ndeletion_threshold = 0");
+        let port = testkit::free_port().unwrap();
+        let log = lab.tmp.join("daemon.log");
+        let _daemon = testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["sync", "run", "--config", p(&lab.config), "--metrics-listen", &format!("127.0.0.1:{port}")])
+                .env("RUST_LOG", "warn")
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let sync_url = format!("http://127.0.0.1:{port}");
+        assert!(
+            testkit::wait_until(std::time::Duration::from_secs(90), || http_get(&format!("{sync_url}/readyz"), None).0
+                == 200),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert_eq!(http_get(&format!("{sync_url}/healthz"), None).0, 200);
+        let (status, healthy) = http_get(&format!("{sync_url}/metrics"), None);
+        assert_eq!(status, 200);
+        let created = "idbridge_sync_objects_total{source=\"lab\",stage=\"export\",result=\"created\"}";
+        assert_eq!(value_of(&healthy, created), Some(7.0), "6 users and a group: {healthy}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let last = value_of(&healthy, "idbridge_sync_last_success_timestamp_seconds{source=\"lab\"}").unwrap();
+        assert!((now - last).abs() < 120.0, "{last} vs {now}");
+        assert_eq!(value_of(&healthy, "idbridge_sync_lease_held"), Some(1.0));
+        assert!(
+            samples(&healthy)
+                .iter()
+                .any(|(s, v)| s.starts_with("idbridge_export_requests_total{status=\"2") && *v > 0.0)
+        );
+        assert_eq!(value_of(&healthy, "idbridge_sync_deletions_held{source=\"lab\"}"), Some(0.0));
+
+        // Users deleted on-premises, above the threshold (0 here: any deletion): held.
+        let users = directory_users(&lab);
+        let mut ldif = String::new();
+        for (mail, _) in users.iter().take(3) {
+            ldif.push_str(&format!(
+                "dn: uid={},ou=people,dc=example,dc=org\nchangetype: delete\n\n",
+                mail.split('@').next().unwrap()
+            ));
+        }
+        lab.slapd.modify(&ldif).unwrap();
+        let mut held = String::new();
+        assert!(
+            testkit::wait_until(std::time::Duration::from_secs(60), || {
+                held = http_get(&format!("{sync_url}/metrics"), None).1;
+                value_of(&held, "idbridge_sync_deletions_held{source=\"lab\"}").unwrap_or(0.0) >= 1.0
+            }),
+            "{held}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(value_of(&held, "idbridge_sync_cycles_total{source=\"lab\",result=\"stopped\"}").unwrap_or(0.0) >= 1.0);
+
+        // The tenant: a metrics token reads /metrics and nothing else.
+        let data = lab.tmp.join("tenant");
+        let metrics_token =
+            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "metrics"])).trim().to_string();
+        let issuer = lab.base.trim_end_matches("/scim/v2").to_string();
+        assert_eq!(http_get(&format!("{issuer}/metrics"), None).0, 401);
+        assert_eq!(http_get(&format!("{issuer}/metrics"), Some(&lab.token)).0, 403, "a sync token");
+        assert_eq!(http_get(&format!("{issuer}/scim/v2/Users"), Some(&metrics_token)).0, 403);
+        assert_eq!(http_get(&format!("{issuer}/readyz"), None).0, 200);
+        let wrong = "idbridge_signin_total{method=\"password\",outcome=\"wrong_password\"}";
+        let before = http_get(&format!("{issuer}/metrics"), Some(&metrics_token)).1;
+        let authorize = sign_in_client(&lab);
+        let (user, _) = &users[4];
+        for _ in 0..3 {
+            assert!(signs_in(&authorize, user, "not-the-password").is_err());
+        }
+        let (status, tenant) = http_get(&format!("{issuer}/metrics"), Some(&metrics_token));
+        assert_eq!(status, 200);
+        assert_eq!(value_of(&tenant, wrong).unwrap_or(0.0) - value_of(&before, wrong).unwrap_or(0.0), 3.0, "{tenant}");
+        assert!(
+            tenant.contains("idbridge_http_requests_total{route=\"/oauth2/authorize\",status=\"200\"}"),
+            "{tenant}"
+        );
+        assert_eq!(value_of(&tenant, "idbridge_pta_agents_online"), Some(0.0));
+        assert!(!tenant.contains("userName") && !tenant.contains(user.as_str()), "no personal data in metrics");
+
+        // The alert rules against these series (annotations left out: promtool
+        // compares them to the letter, and they are text for people).
+        let rules_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus/idbridge-alerts.yml");
+        let rules = std::fs::read_to_string(&rules_path).unwrap();
+        let check = Command::new("promtool").arg("check").arg("rules").arg(&rules_path).output().unwrap();
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+        let mut skipping = false;
+        let stripped: String = rules
+            .lines()
+            .filter(|l| {
+                if l.trim() == "annotations:" {
+                    skipping = true;
+                    return false;
+                }
+                if skipping && (l.starts_with("          ") || l.trim().is_empty()) {
+                    return false;
+                }
+                skipping = false;
+                true
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(lab.tmp.join("rules.yml"), stripped).unwrap();
+
+        let (sync_job, sync_at, tenant_job, tenant_at) =
+            ("idbridge-sync", "sync:9464", "idbridge-tenant", "tenant:443");
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        // Every scraped series, constant over 40 minutes, except those `change` rewrites.
+        let series_of =
+            |text: &str, job: &str, at: &str, change: &dyn Fn(&str, f64) -> Option<String>| -> Vec<(String, String)> {
+                samples(text)
+                    .into_iter()
+                    .filter(|(s, _)| {
+                        s.starts_with("idbridge_") && !s.contains("_bucket{") && !s.starts_with("idbridge_build_info")
+                    })
+                    .map(|(s, v)| {
+                        let values = change(&s, v).unwrap_or_else(|| format!("{v}+0x40"));
+                        (scraped(&s, job, at), values)
+                    })
+                    .collect()
+            };
+        let last_success = "idbridge_sync_last_success_timestamp_seconds";
+        // Healthy: the last success keeps up with the clock (promtool's starts at 0).
+        let mut calm =
+            series_of(&healthy, sync_job, sync_at, &|s, _| s.starts_with(last_success).then(|| "0+60x40".into()));
+        calm.extend(series_of(&tenant, tenant_job, tenant_at, &|_, _| None));
+        calm.push((format!("up{{job=\"{sync_job}\",instance=\"{sync_at}\"}}"), "1+0x40".into()));
+        calm.push((
+            format!(
+                "idbridge_tls_certificate_expiry_timestamp_seconds{{job=\"{tenant_job}\",instance=\"{tenant_at}\"}}"
+            ),
+            format!("{}+0x40", 60 * 86400),
+        ));
+        // Troubled: sync stopped succeeding (the held scrape: deletions waiting),
+        // exports failing, a password spray, PTA domains without agents, a
+        // certificate ten days from expiry, a daemon not answering.
+        let mut trouble = series_of(&held, sync_job, sync_at, &|s, _| {
+            if s.starts_with(last_success) {
+                Some("0+0x40".into())
+            } else if s.starts_with("idbridge_export_requests_total") {
+                Some("0+10x40".into())
+            } else {
+                None
+            }
+        });
+        trouble.push((
+            format!("idbridge_export_requests_total{{job=\"{sync_job}\",instance=\"{sync_at}\",status=\"503\"}}"),
+            "0+30x40".into(),
+        ));
+        trouble.extend(series_of(&tenant, tenant_job, tenant_at, &|s, v| {
+            if s.starts_with(wrong) {
+                Some(format!("{v}+120x40"))
+            } else if s.starts_with("idbridge_pta_domains") {
+                Some("1+0x40".into())
+            } else {
+                None
+            }
+        }));
+        trouble.push((format!("up{{job=\"{sync_job}\",instance=\"{sync_at}\"}}"), "0+0x40".into()));
+        trouble.push((
+            format!(
+                "idbridge_tls_certificate_expiry_timestamp_seconds{{job=\"{tenant_job}\",instance=\"{tenant_at}\"}}"
+            ),
+            format!("{}+0x40", 10 * 86400),
+        ));
+
+        let at = |job: &str, instance: &str| format!("job: {job}\n                instance: {instance}\n");
+        let firing: Vec<(&str, String)> = vec![
+            (
+                "IdbridgeSyncStale",
+                format!("severity: critical\n                source: lab\n                {}", at(sync_job, sync_at)),
+            ),
+            (
+                "IdbridgeSyncDeletionsHeld",
+                format!("severity: warning\n                source: lab\n                {}", at(sync_job, sync_at)),
+            ),
+            ("IdbridgeExportErrors", format!("severity: warning\n                {}", at(sync_job, sync_at))),
+            (
+                "IdbridgePassThroughNoAgent",
+                format!("severity: critical\n                {}", at(tenant_job, tenant_at)),
+            ),
+            ("IdbridgeSignInFailureSpike", format!("severity: warning\n                {}", at(tenant_job, tenant_at))),
+            (
+                "IdbridgeCertificateExpiresSoon",
+                format!("severity: warning\n                {}", at(tenant_job, tenant_at)),
+            ),
+            ("IdbridgeDown", format!("severity: critical\n                {}", at(sync_job, sync_at))),
+        ];
+        for (alert, _) in &firing {
+            assert!(rules.contains(&format!("alert: {alert}")), "{alert} is in the rules file");
+        }
+        assert_eq!(rules.matches("- alert:").count(), firing.len(), "every alert is tested");
+        let group = |series: &[(String, String)], fire: bool| {
+            let mut y = String::from("  - interval: 1m\n    input_series:\n");
+            for (s, v) in series {
+                y.push_str(&format!("      - series: {}\n        values: {}\n", quote(s), quote(v)));
+            }
+            y.push_str("    alert_rule_test:\n");
+            for (alert, labels) in &firing {
+                y.push_str(&format!("      - eval_time: 30m\n        alertname: {alert}\n"));
+                if fire {
+                    y.push_str(&format!("        exp_alerts:\n          - exp_labels:\n                {labels}"));
+                } else {
+                    y.push_str("        exp_alerts: []\n");
+                }
+            }
+            y
+        };
+        let test = format!(
+            "rule_files:\n  - rules.yml\nevaluation_interval: 1m\ntests:\n{}{}",
+            group(&calm, false),
+            group(&trouble, true)
+        );
+        std::fs::write(lab.tmp.join("alerts.test.yml"), &test).unwrap();
+        let run = Command::new("promtool")
+            .current_dir(lab.tmp.path())
+            .args(["test", "rules", "alerts.test.yml"])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}\n{}\n{test}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
     }
 
     #[test]

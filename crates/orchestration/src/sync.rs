@@ -68,6 +68,47 @@ pub trait CycleEvents: Send {
     fn standby(&mut self, _active: &LeaseInfo) {}
     /// PostgreSQL state: this daemon took the lease and runs cycles now.
     fn active(&mut self, _epoch: i64) {}
+    /// The metrics and readiness to keep current (`--metrics-listen`).
+    fn telemetry(&self) -> Option<&Telemetry> {
+        None
+    }
+}
+
+/// What a daemon reports to monitoring: metrics, and readiness (ready once
+/// it runs cycles or waits as a standby; not ready, with the reason, while
+/// its cycles fail or its state cannot be opened).
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub metrics: telemetry::SyncMetrics,
+    pub health: std::sync::Arc<telemetry::Health>,
+}
+
+impl Telemetry {
+    fn cycle(&self, source: &str, report: &CycleReport, errors_waiting: usize, staging: bool) {
+        let held = match report.status {
+            CycleStatus::StoppedDeletionThresholdExceeded { pending, .. } => pending as u64,
+            _ => 0,
+        };
+        let figures = telemetry::CycleFigures {
+            stage_seconds: report.stage_ms.map(|ms| ms as f64 / 1000.0),
+            imported: report.imported,
+            deleted_on_premises: report.deleted_on_premises,
+            synced: report.synced,
+            out_of_scope: report.out_of_scope,
+            created: report.created,
+            updated: report.updated,
+            deleted: report.deleted,
+            unchanged: report.unchanged,
+            failed: report.error_count(),
+            passwords: report.passwords_synced,
+            errors_waiting: errors_waiting as u64,
+            deletions_held: held,
+            staging,
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.cycle(source, &figures, now);
+        self.health.set_ready();
+    }
 }
 
 /// The engine's settings for one configured source.
@@ -112,6 +153,13 @@ pub async fn run(
         tenant.ca_file.as_deref(),
         Duration::from_secs(tenant.timeout_secs),
     )?;
+    if let Some(t) = events.telemetry() {
+        let metrics = t.metrics.clone();
+        metrics.set_interval(config.sync.interval_secs);
+        target.observe = Some(connector_scim::Observer(std::sync::Arc::new(move |status| {
+            metrics.export_response(status);
+        })));
+    }
     let (rules, rules_text) = load_rules(&config)?;
     let mut sources = Vec::new();
     for src in &config.sources {
@@ -137,6 +185,9 @@ pub async fn run(
             Ok(Ok(mut writer)) => {
                 failures = 0;
                 last_holder = None;
+                if let Some(t) = events.telemetry() {
+                    t.metrics.set_lease_held(true);
+                }
                 if let Some(lease) = &writer.lease {
                     let fence = lease.fence();
                     events.active(fence.epoch());
@@ -145,6 +196,9 @@ pub async fn run(
                 }
                 match cycles(&config, first, &mut writer, &mut sources, &mut target, events, &mut shutdown).await {
                     Err(Error::LeaseLost) => {
+                        if let Some(t) = events.telemetry() {
+                            t.metrics.set_lease_held(false);
+                        }
                         // Only the first round of this process is the full one asked for.
                         first = RunOptions { full: false, allow_deletes: None, ..first };
                         standby_poll
@@ -153,6 +207,10 @@ pub async fn run(
                 }
             }
             Ok(Err(holder)) => {
+                if let Some(t) = events.telemetry() {
+                    t.metrics.set_lease_held(false);
+                    t.health.set_ready();
+                }
                 if last_holder.as_ref() != Some(&holder.holder) {
                     events.standby(&holder);
                     last_holder = Some(holder.holder.clone());
@@ -161,6 +219,9 @@ pub async fn run(
             }
             // A state that cannot be opened (the database is down): wait as a daemon does.
             Err(e) if config.sync.state.to_string().starts_with("postgres") => {
+                if let Some(t) = events.telemetry() {
+                    t.health.set_not_ready(format!("the sync state cannot be opened: {e}"));
+                }
                 failures += 1;
                 let wait = Duration::from_secs((1u64 << failures.min(5)).min(30));
                 events.failed(&e, wait);
@@ -199,6 +260,10 @@ async fn cycles(
             cycle.allow_deletes = if first { options.allow_deletes } else { None };
             let mut fenced = Fenced { inner: &mut *target, lease: writer.lease.as_ref() };
             let result = one_cycle(name, source, &mut *writer.store, &mut fenced, &cycle, events).await;
+            if let (Some(t), Err(e)) = (events.telemetry(), &result) {
+                t.metrics.failed(name);
+                t.health.set_not_ready(format!("source {name}: {e}"));
+            }
             if let Err(e) = &result
                 && writer.may_write()
                 && let Err(record) = writer.store.record_failed_run(name, &e.to_string())
@@ -324,6 +389,9 @@ async fn one_cycle(
         .await
         .map_err(|error| Error::Cycle { source_name: source_name.to_string(), error })?;
     store.record_run(source_name, &report)?;
+    if let Some(t) = events.telemetry() {
+        t.cycle(source_name, &report, store.errors()?.len(), options.staging);
+    }
     events.finished(source_name, &report, started.elapsed());
     Ok(matches!(report.status, CycleStatus::StoppedDeletionThresholdExceeded { .. }))
 }

@@ -212,11 +212,26 @@ struct Agent {
     http: reqwest::Client,
     validator: Validator,
     seen: std::sync::Mutex<Seen>,
+    telemetry: Option<Telemetry>,
+}
+
+/// What the agent reports to monitoring (`--metrics-listen`): answers by
+/// outcome, the last poll, and readiness (ready while the tenant answers
+/// its polls).
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub metrics: telemetry::AgentMetrics,
+    pub health: Arc<telemetry::Health>,
 }
 
 /// Serves sign-in requests with `pollers` long polls until `shutdown`
 /// completes (`Ok`) or the tenant turns the agent away (`Revoked`).
-pub async fn run(config_path: &Path, pollers: usize, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config_path: &Path,
+    pollers: usize,
+    telemetry: Option<Telemetry>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let text = std::fs::read_to_string(config_path).map_err(|error| AgentError::Read {
         what: "the agent configuration",
         path: config_path.into(),
@@ -258,6 +273,7 @@ pub async fn run(config_path: &Path, pollers: usize, shutdown: impl Future<Outpu
         http: http_client(ca_file.as_deref())?,
         validator,
         seen: std::sync::Mutex::new(Seen::default()),
+        telemetry,
     });
     tracing::info!(agent = %agent.id, tenant = %agent.tenant, directory = %config.directory.name, "serving sign-ins");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel::<Option<String>>(None);
@@ -289,6 +305,9 @@ async fn poll_loop(agent: Arc<Agent>, stop: tokio::sync::watch::Sender<Option<St
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
+                if let Some(t) = &agent.telemetry {
+                    t.health.set_not_ready(format!("the tenant cannot be reached: {e}"));
+                }
                 tracing::warn!(error = %e, "the tenant cannot be reached; retrying in {:?}", backoff);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -309,6 +328,12 @@ async fn poll_loop(agent: Arc<Agent>, stop: tokio::sync::watch::Sender<Option<St
             }
         };
         backoff = Duration::from_millis(500);
+        if let Some(t) = &agent.telemetry {
+            t.metrics.polled(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            );
+            t.health.set_ready();
+        }
         for sealed in reply.requests {
             tokio::spawn(answer(agent.clone(), sealed));
         }
@@ -325,12 +350,18 @@ async fn answer(agent: Arc<Agent>, sealed: Sealed) {
         Err(e) => {
             // Not answered: a tampered, replayed or late request gets nothing.
             tracing::warn!(request = %sealed.request_id, error = %e, "refused a sign-in request");
+            if let Some(t) = &agent.telemetry {
+                t.metrics.answered("refused_request");
+            }
             return;
         }
     };
     let outcome = agent.validator.validate(&credentials.username, &credentials.password).await;
     drop(credentials);
     tracing::debug!(request = %sealed.request_id, outcome = outcome.as_str(), "validated");
+    if let Some(t) = &agent.telemetry {
+        t.metrics.answered(&outcome.as_str().replace('-', "_"));
+    }
     let credential = agent.credential.read().await.clone();
     let mac = answer_key.sign(&sealed.request_id, outcome);
     let sent = agent

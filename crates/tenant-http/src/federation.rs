@@ -55,6 +55,7 @@ fn refused(branding: &Branding, refusal: &Refusal) -> Response {
 
 /// Refuses with a page and an audit entry.
 async fn refuse(state: &Arc<AppState>, domain: &str, protocol: &'static str, refusal: Refusal) -> Response {
+    state.metrics.signin(telemetry::SignInMethod::Federated, telemetry::SignInOutcome::Refused, None);
     tracing::warn!(domain, protocol, reason = refusal.code(), detail = %refusal.detail(), "federated sign-in refused");
     let (domain, shown) = (domain.to_string(), refusal.clone());
     let branding = db(state, move |conn| {
@@ -216,6 +217,7 @@ async fn answer(
             {
                 return internal(e);
             }
+            state.metrics.signin(telemetry::SignInMethod::Federated, telemetry::SignInOutcome::Success, None);
             crate::oidc::flow::complete(state, pending.params, user).await
         }
         Err(refusal) => refuse(state, &domain, protocol, refusal).await,

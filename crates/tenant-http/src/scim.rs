@@ -54,6 +54,9 @@ pub struct AppState {
     pub trusted_proxies: Vec<tenant::net::Cidr>,
     /// Signs the sign-in forms' CSRF tokens.
     pub csrf_key: [u8; 32],
+    /// What `GET /metrics` shows.
+    pub metrics: telemetry::TenantMetrics,
+    pub registry: Arc<telemetry::Registry>,
 }
 
 /// A response-ready SCIM error, with the header some statuses need.
@@ -110,6 +113,8 @@ pub(crate) fn scim_json<T: serde::Serialize + ?Sized>(status: StatusCode, body: 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/scim/v2/ServiceProviderConfig", get(service_provider_config))
         .route("/scim/v2/Schemas", get(schemas))
         .route("/scim/v2/Schemas/{id}", get(schema))
@@ -125,7 +130,78 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::pta::routes())
         .fallback(|| async { ApiError(ScimError::status(404, "no such endpoint"), None) })
         .layer(axum::middleware::map_response_with_state(state.clone(), security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
+}
+
+/// Counts every request by its route's pattern (never the path's values) and status.
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state.metrics.http(&route, response.status().as_u16());
+    response
+}
+
+/// Ready: the database answers and a signing key is there; otherwise 503 and why.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let checked = db(&state, |conn| {
+        tenant::oidc::keys::active(conn, tenant::oidc::keys::Alg::Rs256)
+            .map(|_| ())
+            .map_err(|e| ApiError(ScimError::status(503, format!("no signing key: {e}")), None))
+    })
+    .await;
+    match checked {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(ApiError(e, _)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", e.detail)).into_response(),
+    }
+}
+
+/// `GET /metrics` (OpenMetrics text) for a token with the metrics or admin scope.
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+    else {
+        return ApiError(
+            ScimError::status(
+                401,
+                "a bearer token with the metrics scope is required (idbridge tenant token create --scope metrics)",
+            ),
+            Some(ErrorHeader::Challenge("Bearer realm=\"idbridge\"")),
+        )
+        .into_response();
+    };
+    let found = db(&state, move |conn| Ok(tokens::authenticate(conn, &token)?)).await;
+    match found {
+        Ok(Some((_, tokens::Scope::Metrics | tokens::Scope::Admin))) => {}
+        Ok(Some(_)) => {
+            return ApiError(ScimError::status(403, "this needs a metrics or admin token"), None).into_response();
+        }
+        Ok(None) => {
+            return ApiError(
+                ScimError::status(401, "the bearer token is unknown, expired or revoked"),
+                Some(ErrorHeader::Challenge("Bearer realm=\"idbridge\"")),
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
+    }
+    state.metrics.set_pta_agents_online(state.pta.agents_online());
+    if let Ok(all) = db(&state, |conn| Ok(tenant::domains::list(conn)?)).await {
+        state.metrics.set_pta_domains(all.iter().filter(|d| d.auth == tenant::domains::AuthType::ManagedPta).count());
+    }
+    let mut response = telemetry::encode(&state.registry).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(telemetry::CONTENT_TYPE));
+    response
 }
 
 /// Headers every answer carries: no MIME sniffing; HSTS when the tenant is
@@ -210,6 +286,9 @@ pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, wri
             ScimError::status(429, format!("too many requests with this token; retry in {seconds} s")),
             Some(ErrorHeader::RetryAfter(seconds)),
         ));
+    }
+    if scope == tokens::Scope::Metrics {
+        return Err(ApiError(ScimError::status(403, "a metrics token may only read /metrics"), None));
     }
     if write && !scope.can_write_scim() {
         return Err(ApiError(

@@ -42,7 +42,14 @@ impl ServeOptions {
     }
 }
 
-fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor> {
+/// When the first (leaf) certificate of a PEM chain expires (Unix time).
+fn not_after(certs: &[CertificateDer<'static>]) -> Option<u64> {
+    use x509_cert::der::Decode;
+    let leaf = x509_cert::Certificate::from_der(certs.first()?.as_ref()).ok()?;
+    Some(leaf.tbs_certificate.validity.not_after.to_unix_duration().as_secs())
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<(TlsAcceptor, Option<u64>)> {
     let io = |what: &str, e: &dyn std::fmt::Display| TenantError::Invalid(format!("{what}: {e}"));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| io(&format!("cannot read the certificate {}", cert.display()), &e))?
@@ -54,9 +61,9 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor> {
         .with_safe_default_protocol_versions()
         .map_err(|e| io("TLS", &e))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
+        .with_single_cert(certs.clone(), key)
         .map_err(|e| io("the certificate and key do not fit together", &e))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), not_after(&certs)))
 }
 
 /// How long a client may take to finish the TLS handshake.
@@ -190,9 +197,12 @@ pub async fn serve(
             options.listen
         )));
     }
-    let acceptor = match &options.tls {
-        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
-        None => None,
+    let (acceptor, certificate_expiry) = match &options.tls {
+        Some((cert, key)) => {
+            let (acceptor, expiry) = tls_acceptor(cert, key)?;
+            (Some(acceptor), expiry)
+        }
+        None => (None, None),
     };
     let tcp = TcpListener::bind(options.listen)
         .await
@@ -218,6 +228,12 @@ pub async fn serve(
         per_sec: settings.rate_limit_per_sec,
         burst: settings.rate_limit_per_sec.saturating_mul(2),
     };
+    let mut registry = telemetry::Registry::default();
+    telemetry::register_build_info(&mut registry, "tenant");
+    let metrics = telemetry::TenantMetrics::register(&mut registry);
+    if let Some(expiry) = certificate_expiry {
+        metrics.set_tls_certificate_expiry(expiry);
+    }
     let state = Arc::new(AppState {
         store: tenant.store().clone(),
         tenant,
@@ -230,6 +246,8 @@ pub async fn serve(
         rate_limit: tenant::ratelimit::RateLimiter::new(rate_limit),
         trusted_proxies,
         csrf_key,
+        metrics,
+        registry: Arc::new(registry),
     });
     let app = router(state);
     on_ready(bound, &base_url);

@@ -138,6 +138,11 @@ impl Broker {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// How many agents are online now.
+    pub fn agents_online(&self) -> usize {
+        self.online().len()
+    }
+
     /// Online agents and their public keys.
     fn online(&self) -> Vec<(String, String)> {
         let state = self.lock();

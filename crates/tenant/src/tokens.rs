@@ -16,6 +16,8 @@ pub enum Scope {
     Sync,
     /// Everything.
     Admin,
+    /// Read the tenant's metrics (`GET /metrics`), nothing else.
+    Metrics,
 }
 
 impl Scope {
@@ -24,6 +26,7 @@ impl Scope {
             Scope::ScimRead => "scim-read",
             Scope::Sync => "sync",
             Scope::Admin => "admin",
+            Scope::Metrics => "metrics",
         }
     }
 
@@ -45,7 +48,8 @@ impl FromStr for Scope {
             "scim-read" => Ok(Scope::ScimRead),
             "sync" => Ok(Scope::Sync),
             "admin" => Ok(Scope::Admin),
-            other => Err(TenantError::Invalid(format!("unknown scope {other:?} (scim-read, sync, admin)"))),
+            "metrics" => Ok(Scope::Metrics),
+            other => Err(TenantError::Invalid(format!("unknown scope {other:?} (scim-read, sync, admin, metrics)"))),
         }
     }
 }

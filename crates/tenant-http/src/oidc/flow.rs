@@ -531,8 +531,10 @@ async fn authorize_post_page(
                 headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
             )
             .to_string();
+            let started = std::time::Instant::now();
             let outcome =
                 signin::sign_in(&state.store, &state.pta, &username, &password, &address, state.lockout).await;
+            count_sign_in(&state, &username, &outcome, started.elapsed().as_secs_f64()).await;
             let outcome = match outcome {
                 Ok(o) => o,
                 Err(e) => return internal(e),
@@ -568,6 +570,34 @@ async fn authorize_post_page(
             StatusCode::BAD_REQUEST,
             pages::message_page(&branding, "Sign-in request not valid", "Unknown sign-in step."),
         ),
+    }
+}
+
+/// Counts a sign-in in the metrics: its method (from the user's domain)
+/// and outcome; pass-through ones also as pass-through requests.
+async fn count_sign_in(
+    state: &Arc<AppState>,
+    username: &str,
+    outcome: &tenant::Result<std::result::Result<signin::SignedIn, SignInError>>,
+    seconds: f64,
+) {
+    use telemetry::{SignInMethod, SignInOutcome};
+    let domain = username.rsplit_once('@').map(|(_, d)| d.to_lowercase()).unwrap_or_default();
+    let auth = db(state, move |conn| domains::get(conn, &domain)).await.ok().flatten().map(|d| d.auth);
+    let method = if auth == Some(AuthType::ManagedPta) { SignInMethod::PassThrough } else { SignInMethod::Password };
+    let result = match outcome {
+        Ok(Ok(_)) => SignInOutcome::Success,
+        Ok(Err(SignInError::InvalidCredentials)) => SignInOutcome::WrongPassword,
+        Ok(Err(SignInError::LockedOut { .. })) => SignInOutcome::Locked,
+        Ok(Err(SignInError::ServiceUnavailable | SignInError::ValidatorTimeout)) => SignInOutcome::NoAgent,
+        Ok(Err(SignInError::DirectoryUnreachable | SignInError::MethodNotAvailable { .. })) | Err(_) => {
+            SignInOutcome::Error
+        }
+        Ok(Err(_)) => SignInOutcome::Refused,
+    };
+    state.metrics.signin(method, result, Some(seconds));
+    if method == SignInMethod::PassThrough && result != SignInOutcome::Locked {
+        state.metrics.pta_request(result.as_str());
     }
 }
 
