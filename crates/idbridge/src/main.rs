@@ -142,6 +142,17 @@ enum Command {
         #[command(subcommand)]
         command: tenant_cmd::TenantCommand,
     },
+    /// Print a shell completion script (e.g. `idbridge completions bash > /etc/bash_completion.d/idbridge`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (idbridge.1 and one per subcommand) into a directory (packaging).
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,6 +338,22 @@ async fn run(command: Command) -> Result<()> {
         Command::Idfix { command } => idfix_cmd::run(command).await,
         Command::PtaAgent { command } => pta_agent::run(command).await,
         Command::Sync { command } => sync_cmd::run(command).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            // Into memory first: the generator panics on a closed pipe, `out!` does not.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "idbridge", &mut script);
+            out!("{}", String::from_utf8_lossy(&script).trim_end());
+            Ok(())
+        }
+        Command::Manpages { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("writing the pages into {}", out.display()))?;
+            Ok(())
+        }
         Command::Sample {
             command:
                 SampleCommand::Generate {
