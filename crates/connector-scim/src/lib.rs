@@ -115,9 +115,20 @@ impl ScimTarget {
         body: Option<&Value>,
         repeat: Repeat,
     ) -> Result<(StatusCode, Value), Failed> {
+        self.send_tries(method, url, body, repeat, self.attempts).await
+    }
+
+    async fn send_tries(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        repeat: Repeat,
+        attempts: u32,
+    ) -> Result<(StatusCode, Value), Failed> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();
-        for attempt in 1..=self.attempts.max(1) {
+        for attempt in 1..=attempts.max(1) {
             let mut req = self.client.request(method.clone(), url).bearer_auth(&self.token);
             if let Some(fence) = &self.fence {
                 req = req.header(proto::hybrid::SYNC_FENCE_HEADER, fence.to_string());
@@ -146,6 +157,9 @@ impl ScimTarget {
                     if refused_unprocessed || status.is_server_error() {
                         let wait = retry_after.map(|s| Duration::from_secs(s.min(60))).unwrap_or(delay);
                         last = describe(status, &json, &text);
+                        if attempt == attempts.max(1) {
+                            break;
+                        }
                         tracing::warn!(%url, %status, attempt, wait_ms = wait.as_millis() as u64, "tenant asked to retry");
                         tokio::time::sleep(wait).await;
                         delay = (delay * 2).min(Duration::from_secs(30));
@@ -158,13 +172,16 @@ impl ScimTarget {
                     if !e.is_connect() && repeat == Repeat::OnlyIfUnprocessed {
                         return Err(Failed { message: last, uncertain: true });
                     }
+                    if attempt == attempts.max(1) {
+                        break;
+                    }
                     tracing::warn!(%url, attempt, error = %e, "tenant unreachable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }
-        Err(Failed { message: format!("gave up after {} attempts: {last}", self.attempts), uncertain: false })
+        Err(Failed { message: format!("gave up after {attempts} attempts: {last}"), uncertain: false })
     }
 
     /// The id of the resource of this kind whose externalId is `external_id`:
@@ -237,6 +254,17 @@ impl ScimTarget {
 }
 
 impl ScimTarget {
+    /// Sends a cycle's report to the tenant (`/hybrid/v1/sync-reports`).
+    pub async fn report(&self, report: &proto::hybrid::SyncReport) -> Result<(), TargetError> {
+        let root = self.base.strip_suffix("/scim/v2").unwrap_or(&self.base);
+        let url = format!("{root}{}", proto::hybrid::SYNC_REPORTS_PATH);
+        let body = serde_json::to_value(report)
+            .map_err(|e| TargetError { message: format!("the report: {e}"), not_found: false })?;
+        // One attempt: a report is worth less than the next cycle's time.
+        let (status, answer) = self.send_tries(Method::POST, &url, Some(&body), Repeat::Always, 1).await?;
+        if status.is_success() { Ok(()) } else { Err(failure(status, &answer)) }
+    }
+
     /// A create refused as a duplicate: if the object there has the same
     /// externalId, an earlier create of ours reached the tenant without the
     /// sync state learning of it (a daemon killed between the two, the

@@ -182,6 +182,16 @@ async fn main() {
     }
     patch_times.sort();
 
+    let metrics_url = base.replace("/scim/v2", "/metrics");
+    let mut scrapes = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let r = client.get(&metrics_url).bearer_auth(&token).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.text().await.unwrap();
+        scrapes.push(t.elapsed());
+    }
+    scrapes.sort();
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     server.wait().unwrap();
     let size = dir_size(&data);
@@ -213,16 +223,6 @@ async fn main() {
     );
     println!("  store on disk                {:.1} MiB", size as f64 / (1 << 20) as f64);
 
-    let metrics_url = base.replace("/scim/v2", "/metrics");
-    let mut scrapes = Vec::new();
-    for _ in 0..200 {
-        let t = Instant::now();
-        let r = client.get(&metrics_url).bearer_auth(&token).send().await.unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
-        r.text().await.unwrap();
-        scrapes.push(t.elapsed());
-    }
-    scrapes.sort();
     println!(
         "  GET /metrics                 p50 {}  p99 {}  (200 scrapes)",
         ms(percentile(&scrapes, 0.5)),

@@ -2643,6 +2643,29 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         assert_eq!(value_of(&tenant, "idbridge_pta_agents_online"), Some(0.0));
         assert!(!tenant.contains("userName") && !tenant.contains(user.as_str()), "no personal data in metrics");
 
+        // The daemon reports each cycle to the tenant: readable centrally.
+        let held_reported = "idbridge_sync_report_deletions_held{connector=\"lab\"}";
+        assert!(value_of(&tenant, held_reported).unwrap_or(0.0) >= 1.0, "{tenant}");
+        let reported_success =
+            value_of(&tenant, "idbridge_sync_report_last_success_timestamp_seconds{connector=\"lab\"}").unwrap();
+        assert!((now - reported_success).abs() < 300.0, "{reported_success}");
+        assert_eq!(value_of(&tenant, "idbridge_sync_report_interval_seconds{connector=\"lab\"}"), Some(1.0));
+        let admin =
+            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "admin"])).trim().to_string();
+        let (status, latest) = http_get(&format!("{issuer}/admin/v1/sync-reports"), Some(&admin));
+        assert_eq!(status, 200, "{latest}");
+        let latest: serde_json::Value = serde_json::from_str(&latest).unwrap();
+        let report = &latest["reports"][0]["report"];
+        assert_eq!(report["connector"], "lab");
+        assert_eq!(report["status"], "stopped", "{report}");
+        assert!(report["deletionsHeld"].as_u64().unwrap() >= 1);
+        assert!(report["host"].as_str().unwrap().contains("pid"));
+        let (_, history) = http_get(&format!("{issuer}/admin/v1/sync-reports?connector=lab&limit=1000"), Some(&admin));
+        let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+        let reports = history["reports"].as_array().unwrap();
+        assert!(reports.iter().any(|r| r["report"]["created"] == 7 && r["report"]["status"] == "success"), "{history}");
+        assert_eq!(http_get(&format!("{issuer}/admin/v1/sync-reports"), Some(&metrics_token)).0, 403);
+
         // The alert rules against these series (annotations left out: promtool
         // compares them to the letter, and they are text for people).
         let rules_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus/idbridge-alerts.yml");
@@ -2688,7 +2711,9 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         // Healthy: the last success keeps up with the clock (promtool's starts at 0).
         let mut calm =
             series_of(&healthy, sync_job, sync_at, &|s, _| s.starts_with(last_success).then(|| "0+60x40".into()));
-        calm.extend(series_of(&tenant, tenant_job, tenant_at, &|_, _| None));
+        calm.extend(series_of(&tenant, tenant_job, tenant_at, &|s, _| {
+            s.starts_with("idbridge_sync_report_last_success_timestamp_seconds").then(|| "0+60x40".into())
+        }));
         calm.push((format!("up{{job=\"{sync_job}\",instance=\"{sync_at}\"}}"), "1+0x40".into()));
         calm.push((
             format!(
@@ -2713,7 +2738,9 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             "0+30x40".into(),
         ));
         trouble.extend(series_of(&tenant, tenant_job, tenant_at, &|s, v| {
-            if s.starts_with(wrong) {
+            if s.starts_with("idbridge_sync_report_last_success_timestamp_seconds") {
+                Some("0+0x40".into())
+            } else if s.starts_with(wrong) {
                 Some(format!("{v}+120x40"))
             } else if s.starts_with("idbridge_pta_domains") {
                 Some("1+0x40".into())
@@ -2734,6 +2761,13 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             (
                 "IdbridgeSyncStale",
                 format!("severity: critical\n                source: lab\n                {}", at(sync_job, sync_at)),
+            ),
+            (
+                "IdbridgeSyncReportStale",
+                format!(
+                    "severity: critical\n                connector: lab\n                {}",
+                    at(tenant_job, tenant_at)
+                ),
             ),
             (
                 "IdbridgeSyncDeletionsHeld",

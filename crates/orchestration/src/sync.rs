@@ -259,7 +259,18 @@ async fn cycles(
             cycle.full = options.full && first;
             cycle.allow_deletes = if first { options.allow_deletes } else { None };
             let mut fenced = Fenced { inner: &mut *target, lease: writer.lease.as_ref() };
-            let result = one_cycle(name, source, &mut *writer.store, &mut fenced, &cycle, events).await;
+            let interval = config.sync.interval_secs;
+            let result = one_cycle(name, source, &mut *writer.store, &mut fenced, &cycle, interval, events).await;
+            if let Err(e) = &result
+                && !fenced.lost()
+            {
+                let report = proto::hybrid::SyncReport {
+                    status: "failed".into(),
+                    error: Some(e.to_string()),
+                    ..report_base(name, &cycle, interval)
+                };
+                send_report(fenced.inner, &report).await;
+            }
             if let (Some(t), Err(e)) = (events.telemetry(), &result) {
                 t.metrics.failed(name);
                 t.health.set_not_ready(format!("source {name}: {e}"));
@@ -374,13 +385,76 @@ impl sync::engine::Target for Fenced<'_> {
     }
 }
 
-/// One cycle, recorded; `Ok(true)` when the deletion threshold stopped the export.
+/// A report's fields every cycle has.
+fn report_base(source: &str, options: &CycleOptions, interval_secs: u64) -> proto::hybrid::SyncReport {
+    use time::format_description::well_known::Rfc3339;
+    proto::hybrid::SyncReport {
+        connector: source.to_string(),
+        host: crate::state::holder_name(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        finished: time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default(),
+        staging: options.staging,
+        interval_secs,
+        ..proto::hybrid::SyncReport::default()
+    }
+}
+
+/// What a finished cycle tells the tenant.
+fn cycle_report(
+    source: &str,
+    options: &CycleOptions,
+    interval_secs: u64,
+    report: &CycleReport,
+) -> proto::hybrid::SyncReport {
+    let held = match report.status {
+        CycleStatus::StoppedDeletionThresholdExceeded { pending, .. } => pending as u64,
+        _ => 0,
+    };
+    proto::hybrid::SyncReport {
+        status: if held > 0 { "stopped" } else { "success" }.into(),
+        stage_ms: report.stage_ms,
+        imported: report.imported,
+        deleted_on_premises: report.deleted_on_premises,
+        synced: report.synced,
+        created: report.created,
+        updated: report.updated,
+        deleted: report.deleted,
+        failed: report.error_count(),
+        passwords: report.passwords_synced,
+        deletions_held: held,
+        errors: report
+            .errors
+            .iter()
+            .take(proto::hybrid::MAX_REPORTED_ERRORS)
+            .map(|(object, message)| proto::hybrid::ReportedError {
+                object: object.chars().take(1024).collect(),
+                message: message.chars().take(2048).collect(),
+            })
+            .collect(),
+        error: report.password_failure.as_ref().map(|f| f.to_string().chars().take(4096).collect()),
+        ..report_base(source, options, interval_secs)
+    }
+}
+
+/// Sends a report; a tenant that cannot take it costs a warning, never the cycle.
+async fn send_report(target: &ScimTarget, report: &proto::hybrid::SyncReport) {
+    if let Err(e) = target.report(report).await {
+        tracing::warn!(error = %e, connector = %report.connector, "the cycle's report did not reach the tenant");
+    }
+}
+
+/// One cycle, recorded and reported; `Ok(true)` when the deletion threshold stopped the export.
 async fn one_cycle(
     source_name: &str,
     source: &mut Directory,
     store: &mut dyn StateStore,
     target: &mut Fenced<'_>,
     options: &CycleOptions,
+    interval_secs: u64,
     events: &mut dyn CycleEvents,
 ) -> Result<bool> {
     let flavor = source.connect(source_name).await?;
@@ -389,6 +463,9 @@ async fn one_cycle(
         .await
         .map_err(|error| Error::Cycle { source_name: source_name.to_string(), error })?;
     store.record_run(source_name, &report)?;
+    if !target.lost() {
+        send_report(target.inner, &cycle_report(source_name, options, interval_secs, &report)).await;
+    }
     if let Some(t) = events.telemetry() {
         t.cycle(source_name, &report, store.errors()?.len(), options.staging);
     }

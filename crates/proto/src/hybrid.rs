@@ -39,6 +39,97 @@ impl std::fmt::Display for SyncFence {
     }
 }
 
+/// `POST` here: one [`SyncReport`] per finished (or failed) cycle of a
+/// sync daemon, so a daemon on another machine is visible centrally. Needs
+/// a sync or admin token; answered with 204.
+pub const SYNC_REPORTS_PATH: &str = "/hybrid/v1/sync-reports";
+
+/// Most errors one report carries (the rest are counted in `failed`).
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+/// What one cycle of one connector (source) did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncReport {
+    /// The source's name in `idbridge.toml` (at most 64 characters).
+    pub connector: String,
+    /// The daemon's host and process.
+    pub host: String,
+    pub version: String,
+    /// RFC 3339, UTC.
+    pub finished: String,
+    /// `success`, `stopped` (the deletion threshold) or `failed`.
+    pub status: String,
+    #[serde(default)]
+    pub staging: bool,
+    /// The daemon's pause between cycles (seconds).
+    #[serde(default)]
+    pub interval_secs: u64,
+    /// Milliseconds in import, sync and export.
+    #[serde(default)]
+    pub stage_ms: [u64; 3],
+    #[serde(default)]
+    pub imported: u64,
+    #[serde(default)]
+    pub deleted_on_premises: u64,
+    #[serde(default)]
+    pub synced: u64,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub updated: u64,
+    #[serde(default)]
+    pub deleted: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub passwords: u64,
+    /// Deletions the threshold holds back (with `stopped`).
+    #[serde(default)]
+    pub deletions_held: u64,
+    /// Objects that failed: (object, reason), at most [`MAX_REPORTED_ERRORS`].
+    #[serde(default)]
+    pub errors: Vec<ReportedError>,
+    /// Why the cycle failed as a whole (with `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedError {
+    pub object: String,
+    pub message: String,
+}
+
+impl SyncReport {
+    /// What the tenant refuses: an empty or long connector name, an unknown
+    /// status, too many errors, over-long texts.
+    pub fn check(&self) -> Result<(), String> {
+        let bounded = |what: &str, text: &str, max: usize| {
+            if text.chars().count() > max { Err(format!("{what}: at most {max} characters")) } else { Ok(()) }
+        };
+        if self.connector.trim().is_empty() {
+            return Err("connector: a source name is needed".into());
+        }
+        bounded("connector", &self.connector, 64)?;
+        bounded("host", &self.host, 256)?;
+        bounded("version", &self.version, 64)?;
+        bounded("finished", &self.finished, 64)?;
+        if !matches!(self.status.as_str(), "success" | "stopped" | "failed") {
+            return Err(format!("status: success, stopped or failed, not {:?}", self.status));
+        }
+        if self.errors.len() > MAX_REPORTED_ERRORS {
+            return Err(format!("errors: at most {MAX_REPORTED_ERRORS}"));
+        }
+        for e in &self.errors {
+            bounded("errors.object", &e.object, 1024)?;
+            bounded("errors.message", &e.message, 2048)?;
+        }
+        bounded("error", self.error.as_deref().unwrap_or(""), 4096)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PasswordBatch {
     pub credentials: Vec<CredentialUpdate>,

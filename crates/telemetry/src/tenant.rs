@@ -70,6 +70,9 @@ pub struct TenantMetrics {
     pta_agents_online: Gauge,
     pta_domains: Gauge,
     tls_expiry: Family<Labels, Gauge>,
+    report_success: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    report_held: Family<Labels, Gauge>,
+    report_interval: Family<Labels, Gauge>,
 }
 
 fn signin_histogram() -> Histogram {
@@ -87,6 +90,9 @@ impl TenantMetrics {
             pta_agents_online: Gauge::default(),
             pta_domains: Gauge::default(),
             tls_expiry: Family::default(),
+            report_success: Family::default(),
+            report_held: Family::default(),
+            report_interval: Family::default(),
         };
         registry.register(
             "idbridge_http_requests",
@@ -122,7 +128,32 @@ impl TenantMetrics {
             Unit::Seconds,
             m.tls_expiry.clone(),
         );
+        registry.register_with_unit(
+            "idbridge_sync_report_last_success_timestamp",
+            "From the sync daemons' reports: when a connector's cycle last succeeded (Unix time; 0: never)",
+            Unit::Seconds,
+            m.report_success.clone(),
+        );
+        registry.register(
+            "idbridge_sync_report_deletions_held",
+            "From the sync daemons' reports: deletions the threshold holds back",
+            m.report_held.clone(),
+        );
+        registry.register_with_unit(
+            "idbridge_sync_report_interval",
+            "From the sync daemons' reports: the daemon's pause between cycles",
+            Unit::Seconds,
+            m.report_interval.clone(),
+        );
         m
+    }
+
+    /// A connector's state as its latest reports tell it.
+    pub fn set_sync_report(&self, connector: &str, last_success: Option<f64>, held: u64, interval_secs: u64) {
+        let l = labels([("connector", connector)]);
+        self.report_success.get_or_create(&l).set(last_success.unwrap_or(0.0));
+        self.report_held.get_or_create(&l).set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.report_interval.get_or_create(&l).set(i64::try_from(interval_secs).unwrap_or(i64::MAX));
     }
 
     pub fn set_pta_domains(&self, n: usize) {

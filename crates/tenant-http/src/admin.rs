@@ -20,7 +20,37 @@ use tenant::domains::{self, AuthType};
 use tenant::tokens::Scope;
 
 pub fn routes() -> axum::Router<Arc<AppState>> {
-    axum::Router::new().route("/admin/v1/domains", get(list)).route("/admin/v1/domains/{name}", axum::routing::put(set))
+    axum::Router::new()
+        .route("/admin/v1/domains", get(list))
+        .route("/admin/v1/domains/{name}", axum::routing::put(set))
+        .route("/admin/v1/sync-reports", get(sync_reports))
+}
+
+#[derive(serde::Deserialize)]
+struct ReportQuery {
+    connector: Option<String>,
+    limit: Option<i64>,
+}
+
+/// GET /admin/v1/sync-reports: each connector's latest report (with when it
+/// arrived), or `?connector=NAME&limit=N` one connector's history.
+async fn sync_reports(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    admin(&state, &headers).await?;
+    let limit = q.limit.unwrap_or(50).clamp(1, tenant::sync_reports::KEEP);
+    let found = db(&state, move |conn| {
+        Ok(match &q.connector {
+            Some(c) => tenant::sync_reports::history(conn, c, limit)?,
+            None => tenant::sync_reports::latest(conn)?,
+        })
+    })
+    .await?;
+    let reports: Vec<serde_json::Value> =
+        found.into_iter().map(|r| serde_json::json!({"received": r.received, "report": r.report})).collect();
+    Ok(scim_json(StatusCode::OK, &serde_json::json!({"reports": reports})))
 }
 
 async fn admin(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Caller, ApiError> {

@@ -1,5 +1,6 @@
 //! `/hybrid/v1`: what the sync side sends besides SCIM — password records
-//! (password hash sync). Needs a sync or admin token. Wire types: `proto::hybrid`.
+//! (password hash sync) and cycle reports. Needs a sync or admin token.
+//! Wire types: `proto::hybrid`.
 
 use std::sync::Arc;
 
@@ -33,4 +34,19 @@ pub async fn passwords(
     })
     .await?;
     Ok(scim_json(StatusCode::OK, &PasswordResults { results }))
+}
+
+/// POST /hybrid/v1/sync-reports: a cycle's report, stored (204).
+pub async fn sync_report(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers, true).await?;
+    let body = json_body(&state, request).await?;
+    let report: proto::hybrid::SyncReport = serde_json::from_value(body)
+        .map_err(|e| ScimError::new(ScimType::InvalidSyntax, format!("sync report: {e}")))?;
+    report.check().map_err(|e| ScimError::new(ScimType::InvalidValue, format!("sync report: {e}")))?;
+    db(&state, move |conn| Ok(tenant::sync_reports::record(conn, &report)?)).await?;
+    Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
 }

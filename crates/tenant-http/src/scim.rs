@@ -125,6 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/scim/v2/{resource}", get(list).post(create))
         .route("/scim/v2/{resource}/{id}", get(read).put(replace).patch(patch).delete(delete).post(search_one_type))
         .route("/hybrid/v1/passwords", post(crate::hybrid::passwords))
+        .route(proto::hybrid::SYNC_REPORTS_PATH, post(crate::hybrid::sync_report))
         .merge(crate::admin::routes())
         .merge(crate::oidc::routes())
         .merge(crate::pta::routes())
@@ -198,6 +199,19 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     state.metrics.set_pta_agents_online(state.pta.agents_online());
     if let Ok(all) = db(&state, |conn| Ok(tenant::domains::list(conn)?)).await {
         state.metrics.set_pta_domains(all.iter().filter(|d| d.auth == tenant::domains::AuthType::ManagedPta).count());
+    }
+    let reports =
+        db(&state, |conn| Ok((tenant::sync_reports::latest(conn)?, tenant::sync_reports::last_success(conn)?))).await;
+    if let Ok((latest, successes)) = reports {
+        for r in &latest {
+            let success = successes.iter().find(|(c, _)| c == &r.report.connector).map(|(_, t)| *t);
+            state.metrics.set_sync_report(
+                &r.report.connector,
+                success,
+                r.report.deletions_held,
+                r.report.interval_secs,
+            );
+        }
     }
     let mut response = telemetry::encode(&state.registry).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(telemetry::CONTENT_TYPE));

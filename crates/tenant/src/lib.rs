@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod service;
 pub mod signin;
 pub mod store;
+pub mod sync_reports;
 pub mod tokens;
 pub mod util;
 

@@ -208,8 +208,22 @@ const SCHEMA_V9: &str = "ALTER TABLE clients ADD COLUMN post_logout_uris TEXT NO
 /// A sync token may be limited to the domains it synchronises.
 const SCHEMA_V10: &str = "ALTER TABLE tokens ADD COLUMN domains TEXT;";
 
-const MIGRATIONS: &[&str] =
-    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10];
+/// What sync daemons report after each cycle (`/hybrid/v1/sync-reports`).
+const SCHEMA_V11: &str = "
+CREATE TABLE sync_reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    connector TEXT NOT NULL,
+    received TEXT NOT NULL,
+    status TEXT NOT NULL,
+    report TEXT NOT NULL
+);
+CREATE INDEX sync_reports_connector ON sync_reports(connector, id);
+";
+
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
+    SCHEMA_V11,
+];
 
 /// The database: one connection that writes (SQLite has one writer
 /// anyway) and a few read-only ones for long reads (SCIM lists and
