@@ -1002,3 +1002,44 @@ async fn a_replaced_sync_daemon_is_fenced_off() {
     let read = t.call_with(Method::GET, "/Users", Some(&t.sync), None, &[(fence, "lineageA.1")]).await;
     assert_eq!(read.status, StatusCode::OK);
 }
+
+/// Sync reports: a sync token posts them, bad ones are refused with the
+/// reason and stored nowhere, an admin token reads them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_reports_are_checked_stored_and_read_back() {
+    let t = Tenant::start().await;
+    let path = proto::hybrid::SYNC_REPORTS_PATH;
+    let url = format!("{}{path}", t.base.trim_end_matches("/scim/v2"));
+    let good = json!({"connector": "corp-ü", "host": "dc1 pid 7", "version": "0.1.0", "finished": "2026-12-03T10:00:00Z",
+        "status": "stopped", "intervalSecs": 5, "created": 3, "deletionsHeld": 12,
+        "errors": [{"object": "uid=zoë,dc=x", "message": "refused"}]});
+    assert_eq!(t.call(Method::POST, &url, Some(&t.sync), Some(good.clone())).await.status, StatusCode::NO_CONTENT);
+    let long = "x".repeat(65);
+    let many: Vec<Value> = (0..101).map(|i| json!({"object": format!("o{i}"), "message": "m"})).collect();
+    for (bad, why) in [
+        (json!({"connector": "corp", "host": "h", "version": "v", "finished": "f", "status": "maybe"}), "status"),
+        (json!({"connector": long, "host": "h", "version": "v", "finished": "f", "status": "success"}), "connector"),
+        (json!({"connector": " ", "host": "h", "version": "v", "finished": "f", "status": "success"}), "connector"),
+        (
+            json!({"connector": "c", "host": "h", "version": "v", "finished": "f", "status": "success", "errors": many}),
+            "errors",
+        ),
+        (
+            json!({"connector": "c", "host": "h", "version": "v", "finished": "f", "status": "success", "extra": 1}),
+            "extra",
+        ),
+    ] {
+        let r = t.call(Method::POST, &url, Some(&t.sync), Some(bad)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{why}: {}", r.body);
+        assert!(r.body["detail"].as_str().unwrap_or_default().contains(why), "{why}: {}", r.body);
+    }
+    assert_eq!(t.call(Method::POST, &url, Some(&t.read), Some(good)).await.status, StatusCode::FORBIDDEN);
+    let admin_url = format!("{}/admin/v1/sync-reports", t.base.trim_end_matches("/scim/v2"));
+    assert_eq!(t.call(Method::GET, &admin_url, Some(&t.sync), None).await.status, StatusCode::FORBIDDEN);
+    let r = t.call(Method::GET, &admin_url, Some(&t.admin), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let reports = r.body["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 1, "only the good report was stored: {}", r.body);
+    assert_eq!(reports[0]["report"]["connector"], "corp-ü");
+    assert_eq!(reports[0]["report"]["deletionsHeld"], 12);
+}
