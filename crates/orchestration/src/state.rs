@@ -43,9 +43,20 @@ pub enum ActiveWriter {
     Lease(LeaseInfo),
 }
 
-/// The connection settings of a PostgreSQL state, or `None` for a file.
-pub fn database_settings(config: &Config) -> Result<Option<DatabaseSettings>> {
-    let StateLocation::Postgres(url) = &config.sync.state else { return Ok(None) };
+/// Where the configured state is, resolved: a file, or a database with
+/// its connection settings (password read, TLS chosen, URL checked).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite(std::path::PathBuf),
+    Postgres(DatabaseSettings),
+}
+
+/// The configured state's backend.
+pub fn backend(config: &Config) -> Result<Backend> {
+    let url = match &config.sync.state {
+        StateLocation::File(path) => return Ok(Backend::Sqlite(path.clone())),
+        StateLocation::Postgres(url) => url,
+    };
     let password = config.sync.database_password()?.map(|s| s.expose().to_string());
     let tls = match &config.sync.database_ca_file {
         Some(ca_file) => PgTls::Verified { ca_file: ca_file.clone() },
@@ -59,7 +70,7 @@ pub fn database_settings(config: &Config) -> Result<Option<DatabaseSettings>> {
         application_name: "idbridge-sync".into(),
     };
     settings.check().map_err(|error| Error::OpenStore { state: url.clone(), error })?;
-    Ok(Some(settings))
+    Ok(Backend::Postgres(settings))
 }
 
 fn open_error(config: &Config) -> impl FnOnce(::sync::engine::StoreError) -> Error + '_ {
@@ -68,13 +79,10 @@ fn open_error(config: &Config) -> impl FnOnce(::sync::engine::StoreError) -> Err
 
 /// Opens the state to read, alongside a running daemon.
 pub fn open_reader(config: &Config) -> Result<Box<dyn StateStore>> {
-    match (&config.sync.state, database_settings(config)?) {
-        (_, Some(db)) => Ok(Box::new(PgStore::connect(&db).map_err(open_error(config))?)),
-        (StateLocation::File(path), None) => {
-            Ok(Box::new(SqliteStore::open_for_reading(path).map_err(open_error(config))?))
-        }
-        (StateLocation::Postgres(_), None) => Err(crate::refused!("no database settings")),
-    }
+    Ok(match backend(config)? {
+        Backend::Postgres(db) => Box::new(PgStore::connect(&db).map_err(open_error(config))?),
+        Backend::Sqlite(path) => Box::new(SqliteStore::open_for_reading(&path).map_err(open_error(config))?),
+    })
 }
 
 /// This process, as a lease holder: host name and process id.
@@ -90,8 +98,8 @@ pub fn holder_name() -> String {
 /// Opens the state to write: the SQLite file's lock, or the PostgreSQL
 /// lease if it is free. `Ok(Err(holder))`: another daemon holds the lease.
 pub fn open_writer(config: &Config) -> Result<std::result::Result<Writer, LeaseInfo>> {
-    match (&config.sync.state, database_settings(config)?) {
-        (_, Some(db)) => {
+    match backend(config)? {
+        Backend::Postgres(db) => {
             let mut store = PgStore::connect(&db).map_err(open_error(config))?;
             let lease_for = Duration::from_secs(config.sync.lease_secs);
             match store.try_acquire_lease(&holder_name(), lease_for).map_err(open_error(config))? {
@@ -99,10 +107,9 @@ pub fn open_writer(config: &Config) -> Result<std::result::Result<Writer, LeaseI
                 Err(holder) => Ok(Err(holder)),
             }
         }
-        (StateLocation::File(path), None) => {
-            Ok(Ok(Writer { store: Box::new(SqliteStore::open(path).map_err(open_error(config))?), lease: None }))
+        Backend::Sqlite(path) => {
+            Ok(Ok(Writer { store: Box::new(SqliteStore::open(&path).map_err(open_error(config))?), lease: None }))
         }
-        (StateLocation::Postgres(_), None) => Err(crate::refused!("no database settings")),
     }
 }
 
@@ -130,18 +137,17 @@ pub async fn open_writer_now(config: &Config) -> Result<Writer> {
 
 /// Who runs cycles on the configured state.
 pub fn active_writer(config: &Config) -> Result<ActiveWriter> {
-    match (&config.sync.state, database_settings(config)?) {
-        (_, Some(db)) => {
+    match backend(config)? {
+        Backend::Postgres(db) => {
             let store = PgStore::connect(&db).map_err(open_error(config))?;
             Ok(match store.lease_holder().map_err(open_error(config))? {
                 Some(info) if !info.expired() => ActiveWriter::Lease(info),
                 _ => ActiveWriter::None,
             })
         }
-        (StateLocation::File(path), None) => Ok(match SqliteStore::writer(path) {
+        Backend::Sqlite(path) => Ok(match SqliteStore::writer(&path) {
             Some(pid) => ActiveWriter::Process { pid },
             None => ActiveWriter::None,
         }),
-        (StateLocation::Postgres(_), None) => Err(crate::refused!("no database settings")),
     }
 }

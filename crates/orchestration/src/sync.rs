@@ -84,29 +84,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    fn cycle(&self, source: &str, report: &CycleReport, errors_waiting: usize, staging: bool) {
-        let held = match report.status {
-            CycleStatus::StoppedDeletionThresholdExceeded { pending, .. } => pending as u64,
-            _ => 0,
-        };
-        let figures = telemetry::CycleFigures {
-            stage_seconds: report.stage_ms.map(|ms| ms as f64 / 1000.0),
-            imported: report.imported,
-            deleted_on_premises: report.deleted_on_premises,
-            synced: report.synced,
-            out_of_scope: report.out_of_scope,
-            created: report.created,
-            updated: report.updated,
-            deleted: report.deleted,
-            unchanged: report.unchanged,
-            failed: report.error_count(),
-            passwords: report.passwords_synced,
-            errors_waiting: errors_waiting as u64,
-            deletions_held: held,
-            staging,
-        };
+    fn cycle(&self, report: &proto::hybrid::SyncReport, errors_waiting: usize) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        self.metrics.cycle(source, &figures, now);
+        self.metrics.cycle(report, errors_waiting as u64, now);
         self.health.set_ready();
     }
 }
@@ -218,7 +198,7 @@ pub async fn run(
                 standby_poll
             }
             // A state that cannot be opened (the database is down): wait as a daemon does.
-            Err(e) if config.sync.state.to_string().starts_with("postgres") => {
+            Err(e) if matches!(config.sync.state, config::StateLocation::Postgres(_)) => {
                 if let Some(t) = events.telemetry() {
                     t.health.set_not_ready(format!("the sync state cannot be opened: {e}"));
                 }
@@ -420,9 +400,11 @@ fn cycle_report(
         imported: report.imported,
         deleted_on_premises: report.deleted_on_premises,
         synced: report.synced,
+        out_of_scope: report.out_of_scope,
         created: report.created,
         updated: report.updated,
         deleted: report.deleted,
+        unchanged: report.unchanged,
         failed: report.error_count(),
         passwords: report.passwords_synced,
         deletions_held: held,
@@ -463,11 +445,12 @@ async fn one_cycle(
         .await
         .map_err(|error| Error::Cycle { source_name: source_name.to_string(), error })?;
     store.record_run(source_name, &report)?;
+    let summary = cycle_report(source_name, options, interval_secs, &report);
     if !target.lost() {
-        send_report(target.inner, &cycle_report(source_name, options, interval_secs, &report)).await;
+        send_report(target.inner, &summary).await;
     }
     if let Some(t) = events.telemetry() {
-        t.cycle(source_name, &report, store.errors()?.len(), options.staging);
+        t.cycle(&summary, store.errors()?.len());
     }
     events.finished(source_name, &report, started.elapsed());
     Ok(matches!(report.status, CycleStatus::StoppedDeletionThresholdExceeded { .. }))

@@ -75,11 +75,15 @@ pub struct SyncReport {
     #[serde(default)]
     pub synced: u64,
     #[serde(default)]
+    pub out_of_scope: u64,
+    #[serde(default)]
     pub created: u64,
     #[serde(default)]
     pub updated: u64,
     #[serde(default)]
     pub deleted: u64,
+    #[serde(default)]
+    pub unchanged: u64,
     #[serde(default)]
     pub failed: u64,
     #[serde(default)]

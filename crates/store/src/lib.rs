@@ -188,14 +188,15 @@ fn merge_contribution(
 fn projection_row(p: &sync::mapping::Projection, members: &mut Vec<String>) -> (String, String, String) {
     members.sort();
     members.dedup();
-    let dn_norm = p
-        .attrs
-        .get("onPremisesDistinguishedName")
-        .and_then(Json::as_str)
-        .and_then(|d| Dn::parse(d).ok())
-        .map(|d| d.normalized())
-        .unwrap_or_default();
-    (Json::Object(p.attrs.clone()).to_string(), serde_json::json!(members).to_string(), dn_norm)
+    (Json::Object(p.attrs.clone()).to_string(), serde_json::json!(members).to_string(), p.source_dn_normalized())
+}
+
+/// A join attribute goes into SQL text (an index name, a JSON path): letters, digits and '_' only.
+fn check_join_attribute(mv_attr: &str) -> Result<(), StoreError> {
+    if mv_attr.is_empty() || !mv_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError(format!("join attribute {mv_attr:?}: letters, digits and '_' only")));
+    }
+    Ok(())
 }
 
 /// A failed run's stored summary.

@@ -326,6 +326,16 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     })
 }
 
+/// Names `client`'s session in the lease row while `fence`'s lease is held.
+fn note_session(client: &Client, fence: &Fence) -> Result<(), StoreError> {
+    block(client.execute(
+        "UPDATE sync_lease SET writer_pid = pg_backend_pid() WHERE id = 1 AND holder = $1 AND epoch = $2",
+        &[&fence.holder, &fence.epoch],
+    ))
+    .map_err(pg)?;
+    Ok(())
+}
+
 /// An open connection and its prepared statements.
 struct Connection {
     client: Client,
@@ -387,14 +397,7 @@ impl PgStore {
     /// ends it on takeover).
     fn record_session(&self) -> Result<(), StoreError> {
         let Some(fence) = &self.fence else { return Ok(()) };
-        self.with_client(|conn| {
-            block(conn.client.execute(
-                "UPDATE sync_lease SET writer_pid = pg_backend_pid() WHERE id = 1 AND holder = $1 AND epoch = $2",
-                &[&fence.holder, &fence.epoch],
-            ))
-            .map_err(pg)
-        })?;
-        Ok(())
+        self.with_client(|conn| note_session(&conn.client, fence))
     }
 
     /// The lease's holder, if any (expired or not).
@@ -431,12 +434,7 @@ impl PgStore {
             }
             let client = connect(&self.settings)?;
             if let Some(fence) = &self.fence {
-                // A new session: the lease row names it (see `record_session`).
-                block(client.execute(
-                    "UPDATE sync_lease SET writer_pid = pg_backend_pid() WHERE id = 1 AND holder = $1 AND epoch = $2",
-                    &[&fence.holder, &fence.epoch],
-                ))
-                .map_err(pg)?;
+                note_session(&client, fence)?;
             }
             *slot = Some(Connection { client, statements: HashMap::new() });
         }
@@ -873,9 +871,7 @@ impl Metaverse for PgStore {
         mv_attr: &str,
         value: &str,
     ) -> Result<Vec<String>, StoreError> {
-        if !mv_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || mv_attr.is_empty() {
-            return Err(StoreError(format!("join attribute {mv_attr:?}: letters, digits and '_' only")));
-        }
+        crate::check_join_attribute(mv_attr)?;
         let rows = self.query(
             "SELECT id FROM sync_mv WHERE lower(attrs::jsonb ->> $4) = lower($1) AND kind = $2 AND NOT deleted AND source != $3",
             &[&value, &kind_str(kind), &source, &mv_attr],

@@ -717,9 +717,7 @@ impl Metaverse for SqliteStore {
         mv_attr: &str,
         value: &str,
     ) -> Result<Vec<String>, StoreError> {
-        if !mv_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || mv_attr.is_empty() {
-            return Err(StoreError(format!("join attribute {mv_attr:?}: letters, digits and '_' only")));
-        }
+        crate::check_join_attribute(mv_attr)?;
         // An expression index per join attribute keeps a join a lookup, not a scan.
         self.conn
             .execute_batch(&format!(

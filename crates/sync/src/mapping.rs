@@ -31,6 +31,19 @@ pub struct Projection {
     pub members: Vec<Dn>,
 }
 
+impl Projection {
+    /// The normalized on-premises DN the projection came from (empty when
+    /// it has none): what stores index metaverse objects by.
+    pub fn source_dn_normalized(&self) -> String {
+        self.attrs
+            .get("onPremisesDistinguishedName")
+            .and_then(Json::as_str)
+            .and_then(|d| Dn::parse(d).ok())
+            .map(|d| d.normalized())
+            .unwrap_or_default()
+    }
+}
+
 /// Why an object is not synchronised (scoping); `None` when it is in scope.
 pub fn out_of_scope(flavor: Flavor, obj: &SourceObject) -> Option<&'static str> {
     let e = &obj.entry;

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 pub use prometheus_client::registry::Registry;
 pub use server::{ServeError, serve};
-pub use sync::{AgentMetrics, CycleFigures, SyncMetrics};
+pub use sync::{AgentMetrics, SyncMetrics};
 pub use tenant::{SignInMethod, SignInOutcome, TenantMetrics};
 
 use prometheus_client::metrics::family::Family;

@@ -104,7 +104,13 @@ mod tests {
         let mut registry = Registry::default();
         crate::register_build_info(&mut registry, "test");
         let sync = crate::SyncMetrics::register(&mut registry, 5);
-        sync.cycle("corp", &crate::CycleFigures { created: 3, ..Default::default() }, 1_700_000_000.0);
+        let report = proto::hybrid::SyncReport {
+            connector: "corp".into(),
+            status: "success".into(),
+            created: 3,
+            ..Default::default()
+        };
+        sync.cycle(&report, 0, 1_700_000_000.0);
         let health = Arc::new(Health::starting("no cycle yet"));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

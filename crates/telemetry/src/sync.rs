@@ -10,30 +10,6 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::{Labels, labels};
 
-/// What one finished cycle did (converted from the engine's report by the caller).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CycleFigures {
-    /// Seconds in import, sync and export.
-    pub stage_seconds: [f64; 3],
-    pub imported: u64,
-    pub deleted_on_premises: u64,
-    pub synced: u64,
-    pub out_of_scope: u64,
-    pub created: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub unchanged: u64,
-    /// Objects that failed in this cycle.
-    pub failed: u64,
-    pub passwords: u64,
-    /// Objects with an error waiting in the error queue after the cycle.
-    pub errors_waiting: u64,
-    /// Deletions the threshold held back (0 when none).
-    pub deletions_held: u64,
-    /// Staging mode: nothing exported.
-    pub staging: bool,
-}
-
 fn histogram() -> Histogram {
     Histogram::new([0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0])
 }
@@ -109,32 +85,35 @@ impl SyncMetrics {
         m
     }
 
-    /// A finished cycle of `source`, at Unix time `now`.
-    pub fn cycle(&self, source: &str, figures: &CycleFigures, now: f64) {
-        for (stage, seconds) in ["import", "sync", "export"].iter().zip(figures.stage_seconds) {
-            self.cycle_duration.get_or_create(&labels([("source", source), ("stage", stage)])).observe(seconds);
+    /// A finished cycle as its report tells it (the one the tenant gets),
+    /// with the error queue's length after it, at Unix time `now`.
+    pub fn cycle(&self, report: &proto::hybrid::SyncReport, errors_waiting: u64, now: f64) {
+        let source = report.connector.as_str();
+        for (stage, ms) in ["import", "sync", "export"].iter().zip(report.stage_ms) {
+            self.cycle_duration
+                .get_or_create(&labels([("source", source), ("stage", stage)]))
+                .observe(ms as f64 / 1000.0);
         }
         let counts = [
-            ("import", "imported", figures.imported),
-            ("import", "deleted", figures.deleted_on_premises),
-            ("sync", "synced", figures.synced),
-            ("sync", "out_of_scope", figures.out_of_scope),
-            ("export", "created", figures.created),
-            ("export", "updated", figures.updated),
-            ("export", "deleted", figures.deleted),
-            ("export", "unchanged", figures.unchanged),
-            ("export", "failed", figures.failed),
-            ("passwords", "sent", figures.passwords),
+            ("import", "imported", report.imported),
+            ("import", "deleted", report.deleted_on_premises),
+            ("sync", "synced", report.synced),
+            ("sync", "out_of_scope", report.out_of_scope),
+            ("export", "created", report.created),
+            ("export", "updated", report.updated),
+            ("export", "deleted", report.deleted),
+            ("export", "unchanged", report.unchanged),
+            ("export", "failed", report.failed),
+            ("passwords", "sent", report.passwords),
         ];
         for (stage, result, n) in counts {
             self.objects.get_or_create(&labels([("source", source), ("stage", stage), ("result", result)])).inc_by(n);
         }
         let source_label = labels([("source", source)]);
-        self.errors.get_or_create(&source_label).set(i64::try_from(figures.errors_waiting).unwrap_or(i64::MAX));
-        self.deletions_held.get_or_create(&source_label).set(i64::try_from(figures.deletions_held).unwrap_or(i64::MAX));
-        let result = if figures.deletions_held > 0 { "stopped" } else { "success" };
-        self.cycles.get_or_create(&labels([("source", source), ("result", result)])).inc();
-        if figures.deletions_held == 0 {
+        self.errors.get_or_create(&source_label).set(i64::try_from(errors_waiting).unwrap_or(i64::MAX));
+        self.deletions_held.get_or_create(&source_label).set(i64::try_from(report.deletions_held).unwrap_or(i64::MAX));
+        self.cycles.get_or_create(&labels([("source", source), ("result", report.status.as_str())])).inc();
+        if report.status == "success" {
             self.last_success.get_or_create(&source_label).set(now);
         }
     }

@@ -278,13 +278,7 @@ impl Metaverse for MemoryStore {
     ) -> Result<String, StoreError> {
         members.sort();
         members.dedup();
-        let dn_norm = p
-            .attrs
-            .get("onPremisesDistinguishedName")
-            .and_then(Json::as_str)
-            .and_then(|d| Dn::parse(d).ok())
-            .map(|d| d.normalized())
-            .unwrap_or_default();
+        let dn_norm = p.source_dn_normalized();
         let record = |mv: &str| MvRecord {
             id: mv.to_string(),
             kind: p.kind,
