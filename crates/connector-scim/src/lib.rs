@@ -265,6 +265,28 @@ impl ScimTarget {
         if status.is_success() { Ok(()) } else { Err(failure(status, &answer)) }
     }
 
+    /// The deletions an administrator allowed `connector`'s next cycle in
+    /// the console (`/hybrid/v1/deletion-allowances`); none when there is no
+    /// allowance or the tenant cannot say (the threshold then holds as set).
+    pub async fn deletion_allowance(&self, connector: &str) -> Option<usize> {
+        let root = self.base.strip_suffix("/scim/v2").unwrap_or(&self.base);
+        let collection = proto::hybrid::DELETION_ALLOWANCE_PATH.trim_end_matches("/{connector}");
+        let mut url = reqwest::Url::parse(&format!("{root}{collection}")).ok()?;
+        url.path_segments_mut().ok()?.push(connector);
+        match self.send_tries(Method::GET, url.as_str(), None, Repeat::Always, 1).await {
+            Ok((status, answer)) if status.is_success() => {
+                let allowance: proto::hybrid::DeletionAllowance = serde_json::from_value(answer).ok()?;
+                tracing::info!(connector, count = allowance.count, "deletions allowed in the admin console");
+                usize::try_from(allowance.count).ok()
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e.message, connector, "could not ask the tenant for allowed deletions");
+                None
+            }
+        }
+    }
+
     /// A create refused as a duplicate: if the object there has the same
     /// externalId, an earlier create of ours reached the tenant without the
     /// sync state learning of it (a daemon killed between the two, the

@@ -101,6 +101,11 @@ pub enum TenantCommand {
         #[command(subcommand)]
         command: PtaAgentCommand,
     },
+    /// Administrator roles for the admin console (/admin).
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
     /// Token signing keys.
     Keys {
         #[command(subcommand)]
@@ -205,6 +210,34 @@ pub enum BrandingCommand {
         #[arg(long)]
         text: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Give a user, or every member of a group, a role.
+    Assign(RoleArgs),
+    /// Take a role away.
+    Remove(RoleArgs),
+    /// Who holds which role.
+    List {
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RoleArgs {
+    #[arg(long)]
+    data: PathBuf,
+    /// The user, by user name (UPN).
+    #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+    user: Option<String>,
+    /// The group, by display name or id.
+    #[arg(long)]
+    group: Option<String>,
+    /// global-admin (everything), helpdesk (read users, unlock, revoke sessions) or reader (read only).
+    #[arg(long)]
+    role: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -608,6 +641,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             );
             Ok(())
         }
+        TenantCommand::Role { command } => role(command),
         TenantCommand::Keys { command: KeysCommand::Rotate { data, alg } } => {
             let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
             let key = open(&data)?.rotate_key(ACTOR, alg)?;
@@ -677,6 +711,50 @@ fn client(command: ClientCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn role(command: RoleCommand) -> Result<()> {
+    use tenant::console::Role;
+    use tenant::objects::Kind;
+    let (args, assign) = match command {
+        RoleCommand::List { data } => {
+            let list = open(&data)?.roles()?;
+            crate::out!("{:<13}  {:<6}  {:<36}  {:<24}  name", "role", "type", "id", "since");
+            for a in list {
+                crate::out!(
+                    "{:<13}  {:<6}  {:<36}  {:<24}  {}",
+                    a.role.as_str(),
+                    a.principal.kind.as_str(),
+                    a.principal.id,
+                    a.assigned,
+                    a.principal.name
+                );
+            }
+            return Ok(());
+        }
+        RoleCommand::Assign(args) => (args, true),
+        RoleCommand::Remove(args) => (args, false),
+    };
+    let role = Role::parse(&args.role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+    let (kind, who) = match (args.user, args.group) {
+        (Some(user), _) => (Kind::User, user),
+        (None, Some(group)) => (Kind::Group, group),
+        (None, None) => anyhow::bail!("give --user UPN or --group NAME"),
+    };
+    let tenant = open(&args.data)?;
+    let (principal, changed) = if assign {
+        tenant.assign_role(ACTOR, kind, &who, role)?
+    } else {
+        tenant.remove_role(ACTOR, kind, &who, role)?
+    };
+    let what = format!("{} {}", principal.kind.as_str().to_lowercase(), principal.name);
+    match (assign, changed) {
+        (true, true) => eprintln!("{what} is now {role}"),
+        (true, false) => eprintln!("{what} was {role} already"),
+        (false, true) => eprintln!("{what} is no longer {role}"),
+        (false, false) => anyhow::bail!("{what} does not have the role {role}"),
+    }
+    Ok(())
 }
 
 fn on_off(b: bool) -> &'static str {

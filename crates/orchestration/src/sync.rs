@@ -238,6 +238,10 @@ async fn cycles(
             let mut cycle = cycle.clone();
             cycle.full = options.full && first;
             cycle.allow_deletes = if first { options.allow_deletes } else { None };
+            if cycle.allow_deletes.is_none() {
+                // Deletions an administrator allowed in the console, once.
+                cycle.allow_deletes = target.deletion_allowance(name).await;
+            }
             let mut fenced = Fenced { inner: &mut *target, lease: writer.lease.as_ref() };
             let interval = config.sync.interval_secs;
             let result = one_cycle(name, source, &mut *writer.store, &mut fenced, &cycle, interval, events).await;
@@ -418,6 +422,16 @@ fn cycle_report(
             })
             .collect(),
         error: report.password_failure.as_ref().map(|f| f.to_string().chars().take(4096).collect()),
+        held_deletions: report
+            .held_deletions
+            .iter()
+            .take(proto::hybrid::MAX_REPORTED_DELETIONS)
+            .map(|(kind, object, cloud_id)| proto::hybrid::HeldDeletion {
+                kind: format!("{kind:?}"),
+                object: object.chars().take(1024).collect(),
+                cloud_id: cloud_id.chars().take(256).collect(),
+            })
+            .collect(),
         ..report_base(source, options, interval_secs)
     }
 }

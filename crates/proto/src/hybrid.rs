@@ -97,6 +97,38 @@ pub struct SyncReport {
     /// Why the cycle failed as a whole (with `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `stopped`: what the held deletions would delete, at most
+    /// [`MAX_REPORTED_DELETIONS`] (`deletionsHeld` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_deletions: Vec<HeldDeletion>,
+}
+
+/// Most held deletions one report lists.
+pub const MAX_REPORTED_DELETIONS: usize = 1000;
+
+/// An object the deletion threshold kept from being deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeldDeletion {
+    /// `User`, `Group` or `Contact`.
+    pub kind: String,
+    /// Its name (user name or display name), else its source anchor.
+    pub object: String,
+    /// Its id in the tenant.
+    pub cloud_id: String,
+}
+
+/// `GET` here (`{connector}` replaced): the deletions an administrator
+/// allowed the connector's next cycle in the console, as
+/// [`DeletionAllowance`]; 404 when none. Needs a sync or admin token.
+pub const DELETION_ALLOWANCE_PATH: &str = "/hybrid/v1/deletion-allowances/{connector}";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionAllowance {
+    pub connector: String,
+    /// Up to this many deletions go through once (like `--allow-deletes`).
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +161,14 @@ impl SyncReport {
         for e in &self.errors {
             bounded("errors.object", &e.object, 1024)?;
             bounded("errors.message", &e.message, 2048)?;
+        }
+        if self.held_deletions.len() > MAX_REPORTED_DELETIONS {
+            return Err(format!("heldDeletions: at most {MAX_REPORTED_DELETIONS}"));
+        }
+        for d in &self.held_deletions {
+            bounded("heldDeletions.kind", &d.kind, 16)?;
+            bounded("heldDeletions.object", &d.object, 1024)?;
+            bounded("heldDeletions.cloudId", &d.cloud_id, 256)?;
         }
         bounded("error", self.error.as_deref().unwrap_or(""), 4096)
     }

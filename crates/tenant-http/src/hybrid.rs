@@ -50,3 +50,19 @@ pub async fn sync_report(
     db(&state, move |conn| Ok(tenant::sync_reports::record(conn, &report)?)).await?;
     Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
 }
+
+/// GET /hybrid/v1/deletion-allowances/{connector}: the deletions allowed in
+/// the console for the connector's next cycle, or 404.
+pub async fn deletion_allowance(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(connector): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers, false).await?;
+    let name = connector.clone();
+    let count = db(&state, move |conn| Ok(tenant::console::deletion_allowance(conn, &name)?)).await?;
+    match count {
+        Some(count) => Ok(scim_json(StatusCode::OK, &proto::hybrid::DeletionAllowance { connector, count })),
+        None => Err(ScimError::status(404, format!("no deletions are allowed for {connector}")).into()),
+    }
+}

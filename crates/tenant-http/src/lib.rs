@@ -5,10 +5,12 @@
 //! - [`scim`]: the SCIM 2.0 API under `/scim/v2`, and the shared [`AppState`].
 //! - [`oidc`]: the OpenID Connect provider's endpoints and sign-in pages.
 //! - [`federation`]: the browser's way to a federated domain's identity provider and back.
+//! - [`console`]: the admin console's pages under `/admin`.
 //! - [`hybrid`], [`admin`], [`pta`]: `/hybrid/v1`, `/admin/v1`, `/pta/v1` (wire types in `proto`).
 //! - [`serve`]: listening, TLS, connection limits and timeouts, shutdown.
 
 pub mod admin;
+pub mod console;
 pub mod federation;
 pub mod hybrid;
 pub mod oidc;

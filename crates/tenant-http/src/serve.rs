@@ -234,6 +234,8 @@ pub async fn serve(
     if let Some(expiry) = certificate_expiry {
         metrics.set_tls_certificate_expiry(expiry);
     }
+    // The admin console signs administrators in as a relying party of its own.
+    tenant.register_console("idbridge", &issuer)?;
     let state = Arc::new(AppState {
         store: tenant.store().clone(),
         tenant,

@@ -7,6 +7,8 @@
 //! - [`store`]: the database, migrations, settings.
 //! - [`objects`]: the directory rules (uniqueness, quarantine, matching, members).
 //! - [`domains`], [`tokens`], [`audit`]: administration.
+//! - [`console`], [`signin_log`]: what the admin console reads and does
+//!   beyond SCIM (roles, its sessions, helpdesk actions, the sign-in log).
 //! - [`credentials`], [`signin`]: password hash sync records and checking
 //!   passwords with smart lockout.
 //! - [`oidc`]: signing keys, tokens and registered relying parties.
@@ -15,6 +17,7 @@
 
 pub mod audit;
 pub mod branding;
+pub mod console;
 pub mod credentials;
 pub mod domains;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod ratelimit;
 pub mod secrets;
 pub mod service;
 pub mod signin;
+pub mod signin_log;
 pub mod store;
 pub mod sync_reports;
 pub mod tokens;

@@ -64,7 +64,7 @@ impl Kind {
         self.rt().name
     }
 
-    fn parse(s: &str) -> Option<Kind> {
+    pub(crate) fn parse(s: &str) -> Option<Kind> {
         match s {
             "User" => Some(Kind::User),
             "Group" => Some(Kind::Group),

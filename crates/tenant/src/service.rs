@@ -10,10 +10,12 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::branding::Branding;
+use crate::console::{self, Principal, Role};
 use crate::domains::{self, AuthType, Domain};
 use crate::error::{Result, TenantError};
 use crate::federation::{self, Federation};
 use crate::net::Cidr;
+use crate::objects::{self, Kind};
 use crate::oidc::clients::{self, Client};
 use crate::oidc::keys::{self, Alg, SigningKey};
 use crate::pta::AgentInfo;
@@ -213,6 +215,11 @@ impl Tenant {
     /// Removes a client; its refresh tokens go with it.
     pub fn remove_client(&self, actor: &str, id: &str) -> Result<()> {
         self.write(|tx| {
+            if store::get_meta(tx, "console_client_id")?.as_deref() == Some(id) {
+                return Err(TenantError::Invalid(
+                    "this is the admin console's own registration; it cannot be removed".into(),
+                ));
+            }
             clients::remove(tx, id)?;
             audit::record(tx, actor, "client-remove", None, Some(id), None)
         })
@@ -342,9 +349,131 @@ impl Tenant {
     pub fn audit(&self, limit: usize) -> Result<Vec<audit::AuditEntry>> {
         self.read(|c| audit::recent(c, limit))
     }
+
+    // ---- The admin console ----
+
+    /// Registers the admin console as a relying party for `issuer`, unless
+    /// it is registered for that address already; returns its client id.
+    pub fn register_console(&self, actor: &str, issuer: &str) -> Result<String> {
+        let redirect = vec![console_redirect_uri(issuer)];
+        self.write(|tx| {
+            if let Some(old) = store::get_meta(tx, "console_client_id")? {
+                match clients::get(tx, &old)? {
+                    Some(c) if c.redirect_uris == redirect => return Ok(c.id),
+                    Some(_) => clients::remove(tx, &old)?,
+                    None => {}
+                }
+            }
+            let (client, _) = clients::add(tx, "Admin console", &redirect, true, Alg::Rs256)?;
+            store::set_meta(tx, "console_client_id", &client.id)?;
+            audit::record(tx, actor, "client-add", None, Some(&client.id), Some(&json!({"name": "Admin console"})))?;
+            Ok(client.id)
+        })
+    }
+
+    pub fn roles(&self) -> Result<Vec<console::Assignment>> {
+        self.read(console::list)
+    }
+
+    /// Assigns `role` to the user (user name or id) or group (name or id) `who`.
+    pub fn assign_role(&self, actor: &str, kind: Kind, who: &str, role: Role) -> Result<(Principal, bool)> {
+        self.write(|tx| {
+            let principal = console::find_principal(tx, kind, who)?;
+            let added = console::assign(tx, &principal, role)?;
+            if added {
+                let detail = json!({"role": role.as_str(), "name": principal.name});
+                audit::record(tx, actor, "role-assign", Some(kind.as_str()), Some(&principal.id), Some(&detail))?;
+            }
+            Ok((principal, added))
+        })
+    }
+
+    pub fn remove_role(&self, actor: &str, kind: Kind, who: &str, role: Role) -> Result<(Principal, bool)> {
+        self.write(|tx| {
+            // A deleted user's or group's assignment can still be removed by its id.
+            let principal = match console::find_principal(tx, kind, who) {
+                Ok(p) => p,
+                Err(TenantError::NotFound(_)) => Principal { kind, id: who.to_string(), name: who.to_string() },
+                Err(e) => return Err(e),
+            };
+            let removed = console::remove(tx, &principal, role)?;
+            if removed {
+                let detail = json!({"role": role.as_str(), "name": principal.name});
+                audit::record(tx, actor, "role-remove", Some(kind.as_str()), Some(&principal.id), Some(&detail))?;
+            }
+            Ok((principal, removed))
+        })
+    }
+
+    /// Clears the user's smart-lockout counters; how many were cleared.
+    pub fn unlock_user(&self, actor: &str, user_id: &str) -> Result<usize> {
+        self.write(|tx| {
+            let user = objects::load(tx, Some(Kind::User), user_id)?
+                .ok_or_else(|| TenantError::NotFound(format!("user {user_id}")))?;
+            let cleared = console::unlock(tx, &console::display_of(&user))?;
+            audit::record(tx, actor, "user-unlock", Some("User"), Some(user_id), Some(&json!({"cleared": cleared})))?;
+            Ok(cleared)
+        })
+    }
+
+    /// Ends the user's sessions and refresh tokens; how many.
+    pub fn revoke_user_sessions(&self, actor: &str, user_id: &str) -> Result<usize> {
+        self.write(|tx| {
+            objects::load(tx, Some(Kind::User), user_id)?
+                .ok_or_else(|| TenantError::NotFound(format!("user {user_id}")))?;
+            let ended = console::revoke_sessions(tx, user_id)?;
+            audit::record(
+                tx,
+                actor,
+                "user-revoke-sessions",
+                Some("User"),
+                Some(user_id),
+                Some(&json!({"ended": ended})),
+            )?;
+            Ok(ended)
+        })
+    }
+
+    /// Blocks or unblocks the user's cloud sign-in.
+    pub fn set_user_blocked(&self, actor: &str, user_id: &str, blocked: bool) -> Result<bool> {
+        self.write(|tx| {
+            objects::load(tx, Some(Kind::User), user_id)?
+                .ok_or_else(|| TenantError::NotFound(format!("user {user_id}")))?;
+            let changed = console::set_blocked(tx, actor, user_id, blocked)?;
+            let action = if blocked { "user-block-sign-in" } else { "user-unblock-sign-in" };
+            audit::record(tx, actor, action, Some("User"), Some(user_id), None)?;
+            Ok(changed)
+        })
+    }
+
+    /// Lets the connector's next cycle make up to `count` deletions once.
+    pub fn allow_deletions(&self, actor: &str, connector: &str, count: u64) -> Result<()> {
+        self.write(|tx| {
+            console::allow_deletions(tx, actor, connector, count)?;
+            audit::record(tx, actor, "sync-allow-deletions", None, Some(connector), Some(&json!({"count": count})))
+        })
+    }
+
+    /// A new secret for a confidential client (shown once).
+    pub fn rotate_client_secret(&self, actor: &str, id: &str) -> Result<String> {
+        self.write(|tx| {
+            let secret = clients::rotate_secret(tx, id)?;
+            audit::record(tx, actor, "client-rotate-secret", None, Some(id), None)?;
+            Ok(secret)
+        })
+    }
+
+    /// Records a console request that was refused (no right, no valid CSRF token).
+    pub fn audit_refusal(&self, actor: &str, action: &str, detail: &serde_json::Value) -> Result<()> {
+        self.write(|tx| audit::record(tx, actor, action, None, None, Some(detail)))
+    }
 }
 
 /// Where "My Apps" receives its authorization codes.
+pub fn console_redirect_uri(issuer: &str) -> String {
+    format!("{issuer}/admin/callback")
+}
+
 pub fn my_apps_redirect_uri(issuer: &str) -> String {
     format!("{issuer}/myapps/callback")
 }

@@ -14,13 +14,14 @@ use passwords::{NtHash, Pph1};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
-use crate::audit;
 use crate::credentials::{self, Credential};
 use crate::domains::{self, AuthType};
 use crate::error::Result;
 use crate::objects::{self, Stored};
+use crate::signin_log::{self, Method};
 use crate::store::{Settings, Store};
 use crate::util::now_secs;
+use crate::{audit, console};
 
 /// Smart lockout thresholds. Keep `user_threshold` below the on-premises
 /// lockout threshold, so the tenant never locks anyone out on-premises.
@@ -110,16 +111,32 @@ enum Lookup {
     },
 }
 
-/// Checks `password` for `username`, coming from `address`. The expensive
+/// Where a sign-in comes from: the client's address (lockout, log) and
+/// the application it signs in to (log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub address: String,
+    pub application: Option<String>,
+}
+
+impl Origin {
+    /// From `address`, for no application in particular.
+    pub fn at(address: &str) -> Origin {
+        Origin { address: address.to_string(), application: None }
+    }
+}
+
+/// Checks `password` for `username`, coming from `origin`. The expensive
 /// verification runs without holding the database.
 pub async fn sign_in(
     store: &Arc<Store>,
     pta: &crate::pta::Broker,
     username: &str,
     password: &str,
-    address: &str,
+    origin: &Origin,
     policy: LockoutPolicy,
 ) -> Result<std::result::Result<SignedIn, SignInError>> {
+    let address = origin.address.as_str();
     // Before any work: a name no directory has (UPNs are at most 256 characters).
     if username.chars().count() > MAX_USER_NAME_CHARS || password.len() > MAX_PASSWORD_BYTES {
         return Ok(Err(SignInError::InvalidCredentials));
@@ -189,10 +206,10 @@ pub async fn sign_in(
         Lookup::Locked(secs) => {
             let store = store.clone();
             let name = name.clone();
-            let addr = address.to_string();
+            let origin = origin.clone();
             blocking(move || {
                 let conn = store.lock();
-                audit_attempt(&conn, &name, &addr, false, "locked-out", None)
+                audit_attempt(&conn, &name, &origin, Method::Password, false, "locked-out", None)
             })
             .await?;
             return Ok(Err(SignInError::LockedOut { retry_after_secs: secs }));
@@ -205,7 +222,7 @@ pub async fn sign_in(
             return Ok(Err(SignInError::MethodNotAvailable { domain, method }));
         }
         Lookup::PassThrough { user } => {
-            return pass_through(store, pta, user, &name, username, password, address, keys).await;
+            return pass_through(store, pta, user, &name, username, password, origin, keys).await;
         }
         Lookup::Candidate { user, record } => (user, record),
     };
@@ -230,7 +247,7 @@ pub async fn sign_in(
     let verified = verified && user.is_some() && reason == "ok";
 
     let store2 = store.clone();
-    let addr = address.to_string();
+    let origin = origin.clone();
     blocking(move || {
         let guard = store2.lock();
         in_transaction(&guard, |conn| {
@@ -238,24 +255,28 @@ pub async fn sign_in(
         if !verified {
             // Counted when it was reserved.
             let detail = json!({"userLocked": is_locked(conn, &keys.user, now)?, "addressLocked": is_locked(conn, &keys.addr, now)?});
-            audit_attempt(conn, &name, &addr, false, reason, Some(detail))?;
+            audit_attempt(conn, &name, &origin, Method::Password, false, reason, Some(detail))?;
             return Ok(Err(SignInError::InvalidCredentials));
         }
         let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
         keys.succeeded(conn, &name, now)?;
         if user.data.get("active") == Some(&Value::Bool(false)) {
-            audit_attempt(conn, &name, &addr, false, "disabled", None)?;
+            audit_attempt(conn, &name, &origin, Method::Password, false, "disabled", None)?;
+            return Ok(Err(SignInError::Disabled));
+        }
+        if console::is_blocked(conn, &user.id)? {
+            audit_attempt(conn, &name, &origin, Method::Password, false, "blocked", None)?;
             return Ok(Err(SignInError::Disabled));
         }
         if record.as_ref().is_some_and(|(_, must_change)| *must_change) {
             if Settings::load(conn)?.allow_cloud_password_change {
-                audit_attempt(conn, &name, &addr, false, "must-change-password", None)?;
+                audit_attempt(conn, &name, &origin, Method::Password, false, "must-change-password", None)?;
                 return Ok(Err(SignInError::MustChangePassword { user_id: user.id }));
             }
-            audit_attempt(conn, &name, &addr, false, "must-change-password-on-premises", None)?;
+            audit_attempt(conn, &name, &origin, Method::Password, false, "must-change-password-on-premises", None)?;
             return Ok(Err(SignInError::MustChangeOnPremises));
         }
-        audit_attempt(conn, &name, &addr, true, "ok", None)?;
+        audit_attempt(conn, &name, &origin, Method::Password, true, "ok", None)?;
         Ok(Ok(SignedIn { user }))
         })
     })
@@ -273,7 +294,7 @@ async fn pass_through(
     name: &str,
     username: &str,
     password: &str,
-    address: &str,
+    origin: &Origin,
     keys: Keys,
 ) -> Result<std::result::Result<SignedIn, SignInError>> {
     use pta::Outcome;
@@ -285,7 +306,7 @@ async fn pass_through(
         let _turn = pta.user_turn(name).await;
         pta.validate(&pta::Credentials { username: username.trim().to_string(), password: password.to_string() }).await
     };
-    let (store, name, address) = (store.clone(), name.to_string(), address.to_string());
+    let (store, name, origin) = (store.clone(), name.to_string(), origin.clone());
     blocking(move || {
         let conn = store.lock();
         let now = now_secs();
@@ -298,7 +319,7 @@ async fn pass_through(
                     crate::pta::DispatchError::NoAgent => ("pta-no-agent", SignInError::ServiceUnavailable),
                     crate::pta::DispatchError::Timeout => ("pta-timeout", SignInError::ValidatorTimeout),
                 };
-                audit_attempt(&conn, &name, &address, false, reason, None)?;
+                audit_attempt(&conn, &name, &origin, Method::PassThrough, false, reason, None)?;
                 return Ok(Err(error));
             }
         };
@@ -306,15 +327,19 @@ async fn pass_through(
         if outcome == Outcome::WrongPassword {
             // Counted when it was reserved.
             let detail = json!({"userLocked": is_locked(&conn, &keys.user, now)?, "addressLocked": is_locked(&conn, &keys.addr, now)?});
-            audit_attempt(&conn, &name, &address, false, &reason, Some(detail))?;
+            audit_attempt(&conn, &name, &origin, Method::PassThrough, false, &reason, Some(detail))?;
             return Ok(Err(SignInError::InvalidCredentials));
         }
         // Any other answer is not a wrong password: not counted.
         keys.refund(&conn, now)?;
-        audit_attempt(&conn, &name, &address, outcome == Outcome::Success, &reason, None)?;
+        audit_attempt(&conn, &name, &origin, Method::PassThrough, outcome == Outcome::Success, &reason, None)?;
         let Some(user) = user else { return Ok(Err(SignInError::InvalidCredentials)) };
         Ok(match outcome {
-            Outcome::Success if user.data.get("active") == Some(&Value::Bool(false)) => Err(SignInError::Disabled),
+            Outcome::Success
+                if user.data.get("active") == Some(&Value::Bool(false)) || console::is_blocked(&conn, &user.id)? =>
+            {
+                Err(SignInError::Disabled)
+            }
             Outcome::Success => {
                 keys.succeeded(&conn, &name, now)?;
                 Ok(SignedIn { user })
@@ -504,15 +529,27 @@ fn count_failure(conn: &Connection, key: &str, threshold: u32, policy: LockoutPo
 fn audit_attempt(
     conn: &Connection,
     name: &str,
-    address: &str,
+    origin: &Origin,
+    method: Method,
     success: bool,
     reason: &str,
     extra: Option<Value>,
 ) -> Result<()> {
-    let mut detail = json!({"userName": name, "address": address, "result": reason});
+    let mut detail = json!({"userName": name, "address": origin.address, "result": reason});
     if let (Some(Value::Object(extra)), Some(d)) = (extra, detail.as_object_mut()) {
         d.extend(extra);
     }
+    signin_log::record(
+        conn,
+        &signin_log::Attempt {
+            user_name: name,
+            method,
+            success,
+            reason,
+            application: origin.application.as_deref(),
+            address: Some(&origin.address),
+        },
+    )?;
     audit::record(conn, "sign-in", if success { "sign-in" } else { "sign-in-failed" }, None, None, Some(&detail))
 }
 

@@ -220,9 +220,53 @@ CREATE TABLE sync_reports (
 CREATE INDEX sync_reports_connector ON sync_reports(connector, id);
 ";
 
+/// The admin console: roles, its sessions, the sign-in log, deletions an
+/// administrator allowed, users blocked from cloud sign-in.
+const SCHEMA_V12: &str = "
+CREATE TABLE roles (
+    principal_type TEXT NOT NULL,    -- User | Group
+    principal_id TEXT NOT NULL,
+    role TEXT NOT NULL,              -- global-admin | helpdesk | reader
+    assigned TEXT NOT NULL,
+    PRIMARY KEY (principal_type, principal_id, role)
+) WITHOUT ROWID;
+CREATE TABLE console_sessions (
+    hash BLOB PRIMARY KEY,           -- SHA-256 of the cookie's value
+    user_id TEXT NOT NULL,
+    csrf TEXT NOT NULL,              -- every form of this session carries it
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+);
+CREATE INDEX console_sessions_user ON console_sessions(user_id);
+CREATE TABLE signins (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,             -- epoch seconds
+    user_name TEXT NOT NULL,         -- lower-case, as given
+    method TEXT NOT NULL,            -- password | pass-through | federated
+    success INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    application TEXT,                -- the client id
+    address TEXT
+);
+CREATE INDEX signins_at ON signins(at);
+CREATE INDEX signins_user ON signins(user_name, seq);
+CREATE TABLE deletion_allowances (
+    connector TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    allowed_by TEXT NOT NULL,
+    allowed_at TEXT NOT NULL
+);
+CREATE INDEX audit_resource ON audit(resource_id, seq);
+CREATE TABLE blocked_users (
+    user_id TEXT PRIMARY KEY,
+    blocked_by TEXT NOT NULL,
+    since TEXT NOT NULL
+);
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
-    SCHEMA_V11,
+    SCHEMA_V11, SCHEMA_V12,
 ];
 
 /// The database: one connection that writes (SQLite has one writer

@@ -20,6 +20,10 @@ pub fn record(conn: &Connection, report: &proto::hybrid::SyncReport) -> Result<(
         "DELETE FROM sync_reports WHERE connector = ?1 AND id <= (SELECT id FROM sync_reports WHERE connector = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
         params![report.connector, KEEP],
     )?;
+    // A cycle that ran through: what an administrator allowed it is spent.
+    if report.status == "success" {
+        crate::console::spend_allowance(conn, &report.connector)?;
+    }
     Ok(())
 }
 

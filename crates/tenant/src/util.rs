@@ -16,6 +16,12 @@ pub fn rfc3339(secs: i64, millis: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Seconds since the epoch → `YYYY-MM-DD HH:MM:SS UTC`, for people.
+pub fn display_time(secs: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::from_unix_timestamp(secs).ok().and_then(|t| t.format(&format).ok()).unwrap_or_default()
+}
+
 /// `YYYY-MM-DDTHH:MM:SS[.fff](Z|±hh:mm)` → seconds since the epoch.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
@@ -85,6 +91,32 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 pub fn sha256(data: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
+}
+
+/// A `WHERE` clause built from optional filters, with numbered parameters.
+#[derive(Debug, Default)]
+pub struct Where {
+    clauses: Vec<String>,
+    pub values: Vec<rusqlite::types::Value>,
+}
+
+impl Where {
+    /// Adds `clause`, whose one `?` stands for `value`.
+    pub fn and(&mut self, clause: &str, value: impl Into<rusqlite::types::Value>) {
+        self.values.push(value.into());
+        self.clauses.push(clause.replace('?', &format!("?{}", self.values.len())));
+    }
+
+    /// `WHERE a AND b …`, or nothing.
+    pub fn sql(&self) -> String {
+        if self.clauses.is_empty() { String::new() } else { format!("WHERE {}", self.clauses.join(" AND ")) }
+    }
+
+    /// Adds a last parameter (say, a LIMIT) and returns its placeholder.
+    pub fn param(&mut self, value: impl Into<rusqlite::types::Value>) -> String {
+        self.values.push(value.into());
+        format!("?{}", self.values.len())
+    }
 }
 
 #[cfg(test)]

@@ -42,12 +42,25 @@ where
         }
     }
     let mut deletions = 0;
+    let mut held = Vec::new();
     for n in nodes.iter().filter(|n| n.deleted) {
-        if store.exported_id(&n.id)?.is_some() {
+        if let Some(cloud_id) = store.exported_id(&n.id)? {
             deletions += 1;
+            if held.len() < super::MAX_HELD_LISTED {
+                held.push((n.id.clone(), cloud_id));
+            }
         }
     }
     if deletions > deletion_allowance(options) {
+        for (id, cloud_id) in held {
+            if let Some(r) = store.mv_get(&id)? {
+                let name = ["userPrincipalName", "displayName", "mail"]
+                    .iter()
+                    .find_map(|a| r.attrs.get(*a).and_then(Json::as_str))
+                    .map_or_else(|| r.anchor.clone(), str::to_string);
+                report.held_deletions.push((r.kind, name, cloud_id));
+            }
+        }
         tracing::warn!(
             pending = deletions,
             threshold = options.deletion_threshold,

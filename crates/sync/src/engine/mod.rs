@@ -19,7 +19,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 
-use directory::Dn;
+use directory::{Dn, ObjectKind};
 
 pub use export::{PendingExport, pending_exports};
 pub use store::{ConnectorSpace, ExportLog, Metaverse, MvRecord, StoreError, SyncStore, Transaction, Transactional};
@@ -118,7 +118,13 @@ pub struct CycleReport {
     pub status: CycleStatus,
     /// Milliseconds spent in import, sync and export.
     pub stage_ms: [u64; 3],
+    /// With a threshold stop: the objects the held deletions would delete
+    /// (kind, name or anchor, target id), at most [`MAX_HELD_LISTED`].
+    pub held_deletions: Vec<(ObjectKind, String, String)>,
 }
+
+/// Most held deletions a report lists (all are counted).
+pub const MAX_HELD_LISTED: usize = 1000;
 
 impl CycleReport {
     /// Objects that failed, plus password hash sync when it failed as a whole.
@@ -225,6 +231,7 @@ where
         password_failure: imported.password_failure,
         status: CycleStatus::Success,
         stage_ms: [import_ms, sync_ms, 0],
+        held_deletions: Vec::new(),
     };
     if options.staging {
         report.status = CycleStatus::Staging;

@@ -29,7 +29,7 @@ pub const CODE_LIFETIME_SECS: i64 = 60;
 pub const TOKEN_LIFETIME_SECS: i64 = 3600;
 pub const REFRESH_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 pub const SESSION_LIFETIME_SECS: i64 = 8 * 3600;
-const SESSION_COOKIE: &str = "idb_session";
+pub(crate) const SESSION_COOKIE: &str = "idb_session";
 /// The CSRF cookie; `__Host-` on HTTPS, so no sibling host can plant one.
 fn csrf_cookie_name(state: &AppState) -> &'static str {
     if state.issuer.starts_with("https://") { "__Host-idb_csrf" } else { "idb_csrf" }
@@ -159,6 +159,11 @@ pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
+}
+
+/// Forgets the browser's sign-in session cookie (the session row is gone already).
+pub(crate) fn clear_session_cookie(resp: &mut Response, state: &AppState) {
+    set_cookie(resp, state, SESSION_COOKIE, "", 0);
 }
 
 fn set_cookie(resp: &mut Response, state: &AppState, name: &str, value: &str, max_age: i64) {
@@ -525,15 +530,17 @@ async fn authorize_post_page(
         }
         "password" | "change" => {
             let password = p.get("password").cloned().unwrap_or_default();
-            let address = tenant::net::client_address(
-                &state.trusted_proxies,
-                peer.0.ip(),
-                headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
-            )
-            .to_string();
+            let origin = signin::Origin {
+                address: tenant::net::client_address(
+                    &state.trusted_proxies,
+                    peer.0.ip(),
+                    headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
+                )
+                .to_string(),
+                application: p.get("client_id").cloned(),
+            };
             let started = std::time::Instant::now();
-            let outcome =
-                signin::sign_in(&state.store, &state.pta, &username, &password, &address, state.lockout).await;
+            let outcome = signin::sign_in(&state.store, &state.pta, &username, &password, &origin, state.lockout).await;
             count_sign_in(&state, &username, &outcome, started.elapsed().as_secs_f64()).await;
             let outcome = match outcome {
                 Ok(o) => o,
@@ -899,7 +906,7 @@ fn issue_tokens(
     let Some(user) = objects::load(conn, Some(Kind::User), user_id)? else {
         return bad_grant("the user no longer exists");
     };
-    if user.data.get("active") == Some(&Value::Bool(false)) {
+    if user.data.get("active") == Some(&Value::Bool(false)) || tenant::console::is_blocked(conn, &user.id)? {
         return bad_grant("the user is disabled");
     }
     let now = now_secs();

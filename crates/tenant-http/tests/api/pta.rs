@@ -200,7 +200,16 @@ async fn no_agent_answers_alike_for_known_and_unknown_users() {
     let policy = tenant::signin::LockoutPolicy::default();
     let mut answers = Vec::new();
     for user in ["pat@corp.example.com", "nobody@corp.example.com"] {
-        let answer = tenant::signin::sign_in(&store, &broker, user, "pässword", "192.0.2.1", policy).await.unwrap();
+        let answer = tenant::signin::sign_in(
+            &store,
+            &broker,
+            user,
+            "pässword",
+            &tenant::signin::Origin::at("192.0.2.1"),
+            policy,
+        )
+        .await
+        .unwrap();
         answers.push(answer.map(|_| ()).unwrap_err().to_string());
     }
     assert_eq!(answers[0], answers[1]);

@@ -628,7 +628,10 @@ async fn a_federated_domain_answers_alike_for_known_and_unknown_users() {
     let policy = tenant::signin::LockoutPolicy::default();
     let mut answers = Vec::new();
     for user in ["fed@corp.example.com", "nobody@corp.example.com"] {
-        let answer = tenant::signin::sign_in(&store, &broker, user, PASSWORD, "192.0.2.1", policy).await.unwrap();
+        let answer =
+            tenant::signin::sign_in(&store, &broker, user, PASSWORD, &tenant::signin::Origin::at("192.0.2.1"), policy)
+                .await
+                .unwrap();
         answers.push(answer.map(|_| ()).unwrap_err().to_string());
     }
     assert_eq!(answers[0], answers[1]);
@@ -689,7 +692,12 @@ async fn lockout_keeps_a_familiar_location_open_and_locks_only_failing_names_per
     let policy = tenant::signin::LockoutPolicy { address_threshold: 15, ..Default::default() };
     let attempt = |user: &'static str, password: &'static str, address: &'static str| {
         let (store, broker) = (store.clone(), &broker);
-        async move { tenant::signin::sign_in(&store, broker, user, password, address, policy).await.unwrap().map(|_| ()) }
+        async move {
+            tenant::signin::sign_in(&store, broker, user, password, &tenant::signin::Origin::at(address), policy)
+                .await
+                .unwrap()
+                .map(|_| ())
+        }
     };
     // Ana signs in at the office: a familiar location from now on.
     attempt("ana@corp.example.com", PASSWORD, "198.51.100.10").await.unwrap();

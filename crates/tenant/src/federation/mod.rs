@@ -383,6 +383,22 @@ pub fn audit(
     protocol: &str,
     outcome: std::result::Result<&Stored, &Refusal>,
 ) -> Result<()> {
+    let user_name = match outcome {
+        Ok(user) => crate::console::display_of(user),
+        Err(Refusal::UnknownUser(u) | Refusal::Disabled(u) | Refusal::OtherDomain { user: u, .. }) => u.clone(),
+        Err(_) => format!("@{domain}"),
+    };
+    crate::signin_log::record(
+        conn,
+        &crate::signin_log::Attempt {
+            user_name: &user_name,
+            method: crate::signin_log::Method::Federated,
+            success: outcome.is_ok(),
+            reason: outcome.err().map_or("ok", Refusal::code),
+            application: None,
+            address: None,
+        },
+    )?;
     match outcome {
         Ok(user) => crate::audit::record(
             conn,

@@ -130,3 +130,14 @@ pub fn remove(conn: &Connection, id: &str) -> Result<()> {
     conn.execute("DELETE FROM refresh_tokens WHERE client_id = ?1", params![id])?;
     Ok(())
 }
+
+/// A new secret for a confidential client (shown once); the old one stops working.
+pub fn rotate_secret(conn: &Connection, id: &str) -> Result<String> {
+    let client = get(conn, id)?.ok_or_else(|| TenantError::NotFound(format!("client {id}")))?;
+    if client.public {
+        return Err(TenantError::Invalid(format!("{} is a public client: it has no secret", client.name)));
+    }
+    let secret = new_token().ok_or_else(|| TenantError::Invalid("the system random number generator failed".into()))?;
+    conn.execute("UPDATE clients SET secret_hash = ?2 WHERE id = ?1", params![id, sha256(secret.as_bytes())])?;
+    Ok(secret)
+}
