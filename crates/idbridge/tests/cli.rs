@@ -3002,6 +3002,90 @@ mod demo {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
     }
 
+    /// The admin console driven by Chromium as each role (tests/browser/console.mjs),
+    /// every page scanned by axe-core and photographed at desktop width and 375 px.
+    #[test]
+    fn admin_console_through_chromium_for_each_role() {
+        let (mut child, ready) = start_demo(&[]);
+        let url = ready["url"].as_str().unwrap().trim_end_matches('/').trim_end_matches("/myapps").to_string();
+        let data = Path::new(ready["data"].as_str().unwrap()).join("tenant").display().to_string();
+        let account = |i: usize| serde_json::json!({"username": ready["users"][i]["username"], "password": ready["users"][i]["password"]});
+        // The demo tells two users' passwords: the first is the administrator (later
+        // the helpdesk), the second the reader (later locked out).
+        let (admin, reader) = (account(0), account(1));
+        let role = |change: &str, user: &serde_json::Value, role: &str| {
+            let out = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["tenant", "role", change, "--data", &data, "--role", role, "--user"])
+                .arg(user["username"].as_str().unwrap())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        };
+        role("assign", &admin, "global-admin");
+        // Bad input: an unknown role, an unknown user.
+        let bad_role = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["tenant", "role", "assign", "--data", &data, "--role", "root", "--user"])
+            .arg(admin["username"].as_str().unwrap())
+            .output()
+            .unwrap();
+        assert!(!bad_role.status.success() && String::from_utf8_lossy(&bad_role.stderr).contains("unknown role"));
+        let bad_user = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["tenant", "role", "assign", "--data", &data, "--role", "reader", "--user", "nobody@nowhere.test"])
+            .output()
+            .unwrap();
+        assert!(!bad_user.status.success() && String::from_utf8_lossy(&bad_user.stderr).contains("not found"));
+
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let tools = root.join(".tools/browser");
+        assert!(
+            tools.join("node_modules/axe-core").exists() && Path::new("/usr/bin/chromium").exists(),
+            "headless Chromium, puppeteer-core and axe-core are missing: run scripts/test, which installs them"
+        );
+        let profile = TempDir::new("chromium").unwrap();
+        let shots = root.join("target/screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let accounts = serde_json::json!({"admin": admin, "reader": reader, "helpdesk": admin, "locked": reader});
+        let phase = |name: &str| -> serde_json::Value {
+            let out = Command::new("node")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs"))
+                .args([url.as_str(), name, &accounts.to_string()])
+                .env("BROWSER_TOOLS", &tools)
+                .env("PROFILE_DIR", profile.path())
+                .env("SCREENSHOT_DIR", &shots)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
+        };
+        let result = phase("admin");
+        assert_eq!(result["adminSignedIn"], true, "{result}");
+        assert!(result["pages"].as_array().unwrap().iter().all(|p| p["status"] == 200), "{result}");
+        assert_eq!(result["pages"].as_array().unwrap().len(), 13, "{result}");
+        assert_eq!(result["missingStatus"], 404, "{result}");
+        assert_eq!(result["violations"], serde_json::json!([]), "no serious or critical accessibility violations");
+        assert_eq!(result["tooWide"], serde_json::json!([]), "every page fits 375 px");
+        assert_eq!(result["assigned"], true, "{result}");
+        let result = phase("reader");
+        assert_eq!(result["readerSeesAssignForm"], false, "{result}");
+        assert_eq!(result["readerWriteStatus"], 403, "{result}");
+        role("remove", &admin, "global-admin");
+        role("assign", &admin, "helpdesk");
+        let result = phase("helpdesk");
+        assert_eq!(result["lockedOut"], true, "{result}");
+        assert_eq!(result["helpdeskSawLock"], true, "{result}");
+        assert_eq!(result["helpdeskOffersBlock"], false, "{result}");
+        assert_eq!(result["unlocked"], true, "{result}");
+        assert_eq!(result["signedInAfterUnlock"], true, "{result}");
+        // The refused write is in the audit log.
+        let audit = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+            .args(["tenant", "audit", "--data", &data, "--limit", "500"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&audit.stdout).contains("console-denied"));
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(child.wait().unwrap().success(), "stops cleanly");
+    }
+
     #[test]
     fn demo_signs_a_synchronised_user_in_through_chromium() {
         let (mut child, ready) = start_demo(&[]);

@@ -9,6 +9,8 @@ use tenant::tokens::{self, Scope};
 use tenant_http::serve::{DEFAULT_MAX_BODY, ServeOptions, serve};
 use testkit::TempDir;
 
+#[path = "api/console.rs"]
+mod console;
 #[path = "api/pta.rs"]
 mod pta_agents;
 #[path = "api/signin.rs"]

@@ -99,6 +99,19 @@ pub(crate) struct Admin {
     pub(crate) viewer: Viewer,
 }
 
+/// A handler that takes an `Admin` runs only for a signed-in administrator;
+/// anyone else gets the answer [`signed_in`] gives (sign-in, or 403).
+impl axum::extract::FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        signed_in(state, &parts.headers).await
+    }
+}
+
 impl Admin {
     /// The audit log's actor for what this administrator does.
     pub(crate) fn actor(&self) -> String {
@@ -124,11 +137,8 @@ pub(crate) fn not_found(viewer: Option<&Viewer>, what: &str) -> Response {
     message(StatusCode::NOT_FOUND, viewer, "Not found", &format!("There is no {what} here. It may have been deleted."))
 }
 
-async fn not_found_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    match signed_in(&state, &headers).await {
-        Ok(admin) => not_found(Some(&admin.viewer), "page"),
-        Err(resp) => resp,
-    }
+async fn not_found_page(admin: Admin) -> Response {
+    not_found(Some(&admin.viewer), "page")
 }
 
 pub(crate) fn failed(e: &ApiError) -> Response {

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::view::{self, Viewer, action, age, csrf_field, seconds, when, when_text};
-use super::{Admin, authorised, change, html, message, not_found, read, signed_in};
+use super::{Admin, authorised, change, html, message, not_found, read};
 use crate::scim::AppState;
 use tenant::console::{self, Permission, Role};
 use tenant::objects::{self, Kind, Stored};
@@ -58,11 +58,7 @@ struct Overview {
     per_hour: Vec<(i64, u64, u64)>,
 }
 
-pub(super) async fn overview(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn overview(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
     let since = now_secs() - 24 * 3600;
     let found = read(&state, move |conn| {
         let mut stmt = conn.prepare("SELECT type, count(*) FROM resources GROUP BY type ORDER BY type DESC")?;
@@ -239,23 +235,15 @@ fn mail_of(o: &Stored) -> String {
         .to_string()
 }
 
-pub(super) async fn users(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(p): Query<Params>) -> Response {
-    list(state, headers, p, Kind::User).await
+pub(super) async fn users(State(state): State<Arc<AppState>>, admin: Admin, Query(p): Query<Params>) -> Response {
+    list(state, admin, p, Kind::User).await
 }
 
-pub(super) async fn groups(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(p): Query<Params>,
-) -> Response {
-    list(state, headers, p, Kind::Group).await
+pub(super) async fn groups(State(state): State<Arc<AppState>>, admin: Admin, Query(p): Query<Params>) -> Response {
+    list(state, admin, p, Kind::Group).await
 }
 
-async fn list(state: Arc<AppState>, headers: HeaderMap, p: Params, kind: Kind) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn list(state: Arc<AppState>, admin: Admin, p: Params, kind: Kind) -> Response {
     let q = param(&p, "q").map(str::to_string);
     let after = param(&p, "after").unwrap_or_default().to_string();
     let query = q.clone();
@@ -322,14 +310,10 @@ struct UserDetail {
 
 pub(super) async fn user(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
     Query(p): Query<Params>,
 ) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let found = read(&state, move |conn| {
         let Some(user) = objects::load(conn, Some(Kind::User), &id)? else { return Ok(None) };
         let name = console::display_of(&user);
@@ -499,14 +483,10 @@ pub(super) async fn user_action(
 
 pub(super) async fn group(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(id): Path<String>,
     Query(p): Query<Params>,
 ) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let after = param(&p, "after").unwrap_or_default().to_string();
     let found = read(&state, move |conn| {
         let Some(group) = objects::load(conn, Some(Kind::Group), &id)? else { return Ok(None) };
@@ -567,11 +547,7 @@ pub(super) async fn group(
 
 // ---- Synchronisation ----
 
-pub(super) async fn sync(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn sync(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
     let found = read(&state, |conn| Ok((sync_reports::latest(conn)?, sync_reports::last_success(conn)?))).await;
     let (reports, successes) = match found {
         Ok(f) => f,
@@ -603,14 +579,10 @@ pub(super) async fn sync(State(state): State<Arc<AppState>>, headers: HeaderMap)
 
 pub(super) async fn connector(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Path(name): Path<String>,
     Query(p): Query<Params>,
 ) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let connector = name.clone();
     let found = read(&state, move |conn| {
         Ok((sync_reports::history(conn, &connector, 50)?, console::deletion_allowance(conn, &connector)?))
@@ -794,15 +766,7 @@ fn time_filters(p: &Params) -> Markup {
     }
 }
 
-pub(super) async fn sign_ins(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(p): Query<Params>,
-) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn sign_ins(State(state): State<Arc<AppState>>, admin: Admin, Query(p): Query<Params>) -> Response {
     let csv = param(&p, "format") == Some("csv");
     let filter = signin_log::Filter {
         user_name: param(&p, "user").map(str::to_string),
@@ -869,11 +833,7 @@ pub(super) async fn sign_ins(
     page(&admin, "/admin/sign-ins", "Sign-in log", body)
 }
 
-pub(super) async fn audit(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(p): Query<Params>) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn audit(State(state): State<Arc<AppState>>, admin: Admin, Query(p): Query<Params>) -> Response {
     let csv = param(&p, "format") == Some("csv");
     let stamp = |key: &str| param(&p, key).and_then(parse_time).map(|t| tenant::util::rfc3339(t, 0));
     let filter = audit::Filter {
@@ -934,11 +894,7 @@ pub(super) async fn audit(State(state): State<Arc<AppState>>, headers: HeaderMap
 
 // ---- Domains, applications, agents, branding, roles ----
 
-pub(super) async fn domains(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn domains(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
     let found = read(&state, |conn| {
         let mut out = Vec::new();
         for d in tenant::domains::list(conn)? {
@@ -972,11 +928,7 @@ pub(super) async fn domains(State(state): State<Arc<AppState>>, headers: HeaderM
     page(&admin, "/admin/domains", "Domains", body)
 }
 
-pub(super) async fn applications(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn applications(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
     applications_page(&state, &admin, None).await
 }
 
@@ -1089,11 +1041,7 @@ pub(super) async fn application_action(
     }
 }
 
-pub(super) async fn agents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn agents(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
     let list = match read(&state, tenant::pta::list_agents).await {
         Ok(l) => l,
         Err(r) => return r,
@@ -1163,11 +1111,7 @@ fn branding_form(v: &Viewer, b: &tenant::branding::Branding, administer: bool) -
     }
 }
 
-pub(super) async fn branding(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn branding(State(state): State<Arc<AppState>>, admin: Admin) -> Response {
     let b = match read(&state, |conn| Ok(tenant::branding::Branding::load(conn))).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -1195,13 +1139,9 @@ fn branding_update(form: &Params) -> tenant::BrandingUpdate {
 /// the form's values (checked like a save; nothing is stored).
 pub(super) async fn preview_branding(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    admin: Admin,
     Query(p): Query<Params>,
 ) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let current = match read(&state, |conn| Ok(tenant::branding::Branding::load(conn))).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -1256,11 +1196,7 @@ pub(super) async fn save_branding(
     }
 }
 
-pub(super) async fn roles(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(p): Query<Params>) -> Response {
-    let admin = match signed_in(&state, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(super) async fn roles(State(state): State<Arc<AppState>>, admin: Admin, Query(p): Query<Params>) -> Response {
     let list = match read(&state, console::list).await {
         Ok(l) => l,
         Err(r) => return r,

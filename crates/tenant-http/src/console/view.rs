@@ -166,7 +166,8 @@ pub fn bar_chart(summary: &str, series: &[(&str, &str, &str)], bars: &[(String, 
     const LEFT: f64 = 48.0;
     const BOTTOM: f64 = 24.0;
     let max = bars.iter().map(|(_, v)| v.iter().sum::<f64>()).fold(0.0_f64, f64::max).max(1.0);
-    let slot = (WIDTH - LEFT) / bars.len().max(1) as f64;
+    // A margin on the right, so the last bar's label is not cut.
+    let slot = (WIDTH - LEFT - 24.0) / bars.len().max(1) as f64;
     let bar_width = (slot * 0.7).max(1.0);
     let scale = (HEIGHT - BOTTOM - 8.0) / max;
     // Label about eight bars, whatever their number.
@@ -203,7 +204,7 @@ pub fn bar_chart(summary: &str, series: &[(&str, &str, &str)], bars: &[(String, 
                         }
                     }
                     @if i % label_every == 0 {
-                        text x=(format!("{x:.1}")) y=(HEIGHT - 6.0) font-size="11" fill="#1b1b1b" { (label) }
+                        text x=(format!("{:.1}", x + bar_width / 2.0)) y=(HEIGHT - 6.0) font-size="11" text-anchor="middle" fill="#1b1b1b" { (label) }
                     }
                 }
             }

@@ -11,7 +11,7 @@ use testkit::browser::{Page, form_fields, query};
 
 use super::{Tenant, synced};
 
-const PASSWORD: &str = "Correct horse 1";
+pub(super) const PASSWORD: &str = "Correct horse 1";
 
 struct Rp {
     client_id: String,
@@ -35,7 +35,7 @@ fn register(t: &Tenant, public: bool) -> Rp {
 }
 
 /// A synchronised user with a PPH1 record (few iterations: tests are debug builds).
-async fn synced_user(t: &Tenant, name: &str, immutable_id: &str, extra: Value) -> Value {
+pub(super) async fn synced_user(t: &Tenant, name: &str, immutable_id: &str, extra: Value) -> Value {
     let mut body = synced(immutable_id);
     if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
         b.extend(e);
@@ -63,7 +63,7 @@ async fn push(t: &Tenant, credentials: Value) -> Value {
     r.body
 }
 
-fn issuer(t: &Tenant) -> String {
+pub(super) fn issuer(t: &Tenant) -> String {
     t.base.trim_end_matches("/scim/v2").to_string()
 }
 

@@ -1,0 +1,158 @@
+// Drives the admin console with headless Chromium as each role.
+// Usage: node console.mjs <tenant URL> <phase> <JSON: {admin, reader, helpdesk, locked}, each {username, password}>
+// The calling test assigns roles between the phases (admin holds global-admin, helpdesk holds helpdesk).
+// 1. Phase `admin`: the global administrator opens every page (axe-core scan; screenshots at desktop width and
+//    375 px when $SCREENSHOT_DIR is set) and assigns `reader` the reader role with the form.
+// 2. Phase `reader`: the reader signs in and submits a forged role form (with their own CSRF token): refused.
+// 3. Phase `helpdesk`: `locked` is locked out by wrong passwords at My Apps; the helpdesk unlocks them in the
+//    console; `locked` then signs in.
+// Prints one JSON line with what happened. Chromium: $CHROMIUM (default /usr/bin/chromium),
+// profile in $PROFILE_DIR; puppeteer-core and axe-core from $BROWSER_TOOLS.
+import { createRequire } from 'node:module';
+
+const require = createRequire(`${process.env.BROWSER_TOOLS || '.'}/`);
+const puppeteer = require('puppeteer-core');
+const axePath = require.resolve('axe-core/axe.min.js');
+
+const [base, phase, accounts] = process.argv.slice(2);
+const { admin, reader, helpdesk, locked } = JSON.parse(accounts);
+const shots = process.env.SCREENSHOT_DIR;
+const browser = await puppeteer.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  userDataDir: process.env.PROFILE_DIR,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+         '--disable-sync', '--no-first-run'],
+});
+const out = { pages: [], violations: [], tooWide: [] };
+
+async function newPage() {
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(30000);
+  await page.setViewport({ width: 1280, height: 800 });
+  return page;
+}
+
+// The tenant's sign-in pages: user name, then password.
+async function enterCredentials(page, { username, password }) {
+  await page.type('#username', username);
+  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+  await page.type('#password', password);
+  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+}
+
+async function consoleSignIn(user) {
+  const page = await newPage();
+  await page.goto(`${base}/admin`, { waitUntil: 'load' });
+  await enterCredentials(page, user);
+  return page;
+}
+
+const text = (page) => page.evaluate(() => document.body.innerText);
+
+// axe-core in the page (the console's CSP forbids scripts, so it is bypassed for the scan only).
+async function scan(page, name) {
+  await page.addScriptTag({ path: axePath });
+  const result = await page.evaluate(async () => {
+    // eslint-disable-next-line no-undef
+    const r = await axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help }));
+  });
+  for (const v of result) {
+    if (v.impact === 'serious' || v.impact === 'critical') out.violations.push({ page: name, ...v });
+  }
+  if (shots) await page.screenshot({ path: `${shots}/console-${name}-desktop.png`, fullPage: true });
+  await page.setViewport({ width: 375, height: 700 });
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  if (width > 375) out.tooWide.push({ page: name, width });
+  if (shots) await page.screenshot({ path: `${shots}/console-${name}-375.png`, fullPage: true });
+  await page.setViewport({ width: 1280, height: 800 });
+}
+
+try {
+  // 1. The global administrator: every page, then a role assigned with the form.
+  if (phase === 'admin') {
+  const a = await consoleSignIn(admin);
+  await a.setBypassCSP(true);
+  out.adminSignedIn = (await text(a)).includes(`${admin.username} (global-admin)`);
+  for (const path of ['', '/users', '/groups', '/sync', '/sign-ins', '/audit', '/domains', '/applications',
+                      '/agents', '/branding', '/roles']) {
+    const response = await a.goto(`${base}/admin${path}`, { waitUntil: 'load' });
+    const name = path.slice(1) || 'overview';
+    out.pages.push({ name, status: response.status() });
+    await scan(a, name);
+  }
+  // A user's and a group's detail pages, reached by their links.
+  await a.goto(`${base}/admin/users`, { waitUntil: 'load' });
+  await Promise.all([a.waitForNavigation(), a.click('tbody a')]);
+  out.pages.push({ name: 'user', status: 200 });
+  await scan(a, 'user');
+  await a.goto(`${base}/admin/groups`, { waitUntil: 'load' });
+  await Promise.all([a.waitForNavigation(), a.click('tbody a')]);
+  out.pages.push({ name: 'group', status: 200 });
+  await scan(a, 'group');
+  const missing = await a.goto(`${base}/admin/users/no-such-user`, { waitUntil: 'load' });
+  out.missingStatus = missing.status();
+  await scan(a, 'not-found');
+
+  await a.goto(`${base}/admin/roles`, { waitUntil: 'load' });
+  await a.select('#kind', 'User');
+  await a.type('#who', reader.username);
+  await a.select('#role', 'reader');
+  await Promise.all([a.waitForNavigation(), a.click('form[action="/admin/roles"] button[type=submit]')]);
+  out.assigned = (await text(a)).includes(`${reader.username} is now reader`);
+  }
+
+  // 2. The reader: no form offered; a forged one (with the reader's own token) is refused.
+  if (phase === 'reader') {
+  const r = await consoleSignIn(reader);
+  await r.goto(`${base}/admin/roles`, { waitUntil: 'load' });
+  out.readerSeesAssignForm = (await r.$('form[action="/admin/roles"]')) !== null;
+  const [forged] = await Promise.all([
+    r.waitForNavigation(),
+    r.evaluate((who) => {
+      const form = document.createElement('form');
+      form.method = 'post';
+      form.action = '/admin/roles';
+      const fields = { csrf: document.querySelector('input[name=csrf]').value, kind: 'User', who, role: 'global-admin' };
+      for (const [name, value] of Object.entries(fields)) {
+        const input = document.createElement('input');
+        input.type = 'hidden';
+        input.name = name;
+        input.value = value;
+        form.appendChild(input);
+      }
+      document.body.appendChild(form);
+      form.submit();
+    }, reader.username),
+  ]);
+  out.readerWriteStatus = forged.status();
+  }
+
+  // 3. Locked out at My Apps, unlocked by the helpdesk, then signed in.
+  if (phase === 'helpdesk') {
+  const l = await newPage();
+  for (let i = 0; i < 12 && !out.lockedOut; i++) {
+    await l.goto(`${base}/myapps`, { waitUntil: 'load' });
+    await Promise.all([l.waitForNavigation(), l.click('#sign-in')]);
+    await enterCredentials(l, { username: locked.username, password: 'not-the-password' });
+    out.lockedOut = /locked/i.test(await text(l));
+  }
+  const h = await consoleSignIn(helpdesk);
+  await h.goto(`${base}/admin/users?q=${encodeURIComponent(locked.username)}`, { waitUntil: 'load' });
+  await Promise.all([h.waitForNavigation(), h.click('tbody a')]);
+  out.helpdeskSawLock = (await text(h)).includes('locked until');
+  out.helpdeskOffersBlock = (await h.$('form[action$="/block"]')) !== null;
+  await Promise.all([h.waitForNavigation(), h.click('form[action$="/unlock"] button')]);
+  out.unlocked = (await text(h)).includes('Unlocked');
+  const s = await newPage();
+  await s.goto(`${base}/myapps`, { waitUntil: 'load' });
+  await Promise.all([s.waitForNavigation(), s.click('#sign-in')]);
+  await enterCredentials(s, locked);
+  out.signedInAfterUnlock = (await text(s)).includes(`Signed in as ${locked.username}`);
+  }
+  console.log(JSON.stringify(out));
+} finally {
+  await browser.close();
+}
