@@ -2889,6 +2889,35 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 17);
 
+        // Again, released in the admin console this time: the stop's report lists the
+        // objects; the allowance the console's button records is obeyed by the next
+        // cycle, which deletes exactly those, and is spent.
+        let more: Vec<String> = json_lines(&dump)
+            .iter()
+            .filter(|e| e["kind"] == "user")
+            .skip(3)
+            .take(3)
+            .map(|e| e["dn"].as_str().unwrap().to_string())
+            .collect();
+        let ldif: String = more.iter().map(|dn| format!("dn: {dn}\nchangetype: delete\n\n")).collect();
+        lab.slapd.modify(&ldif).unwrap();
+        assert!(!sync_once(&lab, &[]).status.success(), "stopped again");
+        let tenant = tenant::Tenant::open_existing(&lab.tmp.join("tenant")).unwrap();
+        let latest = tenant::sync_reports::latest(&tenant.store().read()).unwrap();
+        let stop = &latest.iter().find(|r| r.report.connector == "lab").unwrap().report;
+        assert_eq!((stop.status.as_str(), stop.deletions_held), ("stopped", 3));
+        let uids: Vec<String> =
+            more.iter().map(|dn| dn.trim_start_matches("uid=").split(',').next().unwrap().to_string()).collect();
+        assert_eq!(stop.held_deletions.len(), 3);
+        for held in &stop.held_deletions {
+            assert!(uids.iter().any(|u| held.object.starts_with(&format!("{u}@"))), "{held:?} is not one of {uids:?}");
+        }
+        tenant.allow_deletions("console:test", "lab", 3).unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 14);
+        assert_eq!(tenant::console::deletion_allowance(&tenant.store().read(), "lab").unwrap(), None, "spent");
+
         // Staging: import and sync, export nothing.
         let staged = std::fs::read_to_string(&lab.config)
             .unwrap()
@@ -2898,7 +2927,7 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         let out = sync_once(&lab, &[]);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success() && err.starts_with("staging"), "{err}");
-        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 17);
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 14);
     }
 }
 
