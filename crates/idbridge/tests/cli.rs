@@ -2721,6 +2721,10 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             ),
             format!("{}+0x40", 60 * 86400),
         ));
+        let federation_expiry = format!(
+            "idbridge_federation_certificate_expiry_timestamp_seconds{{job=\"{tenant_job}\",instance=\"{tenant_at}\",domain=\"fed.example.com\"}}"
+        );
+        calm.push((federation_expiry.clone(), format!("{}+0x40", 90 * 86400)));
         // Troubled: sync stopped succeeding (the held scrape: deletions waiting),
         // exports failing, a password spray, PTA domains without agents, a
         // certificate ten days from expiry, a daemon not answering.
@@ -2755,6 +2759,7 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             ),
             format!("{}+0x40", 10 * 86400),
         ));
+        trouble.push((federation_expiry, format!("{}+0x40", 5 * 86400)));
 
         let at = |job: &str, instance: &str| format!("job: {job}\n                instance: {instance}\n");
         let firing: Vec<(&str, String)> = vec![
@@ -2782,6 +2787,13 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             (
                 "IdbridgeCertificateExpiresSoon",
                 format!("severity: warning\n                {}", at(tenant_job, tenant_at)),
+            ),
+            (
+                "IdbridgeFederationCertificateExpiresSoon",
+                format!(
+                    "severity: warning\n                domain: fed.example.com\n                {}",
+                    at(tenant_job, tenant_at)
+                ),
             ),
             ("IdbridgeDown", format!("severity: critical\n                {}", at(sync_job, sync_at))),
         ];
@@ -3456,6 +3468,23 @@ mod federation {
             ]))
         };
         federate(&cert);
+        // The identity provider's certificate expiry is on the tenant's metrics (it was made for 2 days).
+        let metrics_token =
+            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "metrics"])).trim().to_string();
+        let scrape = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let r = reqwest::Client::new().get(format!("{issuer_url}/metrics")).bearer_auth(&metrics_token).send();
+            r.await.unwrap().text().await.unwrap()
+        });
+        let series = "idbridge_federation_certificate_expiry_timestamp_seconds{domain=\"fed.example\"} ";
+        let expiry: f64 = scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .unwrap_or_else(|| panic!("no {series}in {scrape}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!((expiry - now - 2.0 * 86400.0).abs() < 3600.0, "expires in {} s", expiry - now);
         let authorize = public_sign_in_client(&data, &base);
 
         for (login, variant) in [("alice", ""), ("alice", "sign-response"), ("carol", "")] {

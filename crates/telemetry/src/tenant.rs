@@ -70,6 +70,7 @@ pub struct TenantMetrics {
     pta_agents_online: Gauge,
     pta_domains: Gauge,
     tls_expiry: Family<Labels, Gauge>,
+    federation_expiry: Family<Labels, Gauge>,
     report_success: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     report_held: Family<Labels, Gauge>,
     report_interval: Family<Labels, Gauge>,
@@ -90,6 +91,7 @@ impl TenantMetrics {
             pta_agents_online: Gauge::default(),
             pta_domains: Gauge::default(),
             tls_expiry: Family::default(),
+            federation_expiry: Family::default(),
             report_success: Family::default(),
             report_held: Family::default(),
             report_interval: Family::default(),
@@ -129,6 +131,12 @@ impl TenantMetrics {
             m.tls_expiry.clone(),
         );
         registry.register_with_unit(
+            "idbridge_federation_certificate_expiry_timestamp",
+            "When the first of a federated domain's SAML signing certificates expires (Unix time)",
+            Unit::Seconds,
+            m.federation_expiry.clone(),
+        );
+        registry.register_with_unit(
             "idbridge_sync_report_last_success_timestamp",
             "From the sync daemons' reports: when a connector's cycle last succeeded (Unix time; 0: never)",
             Unit::Seconds,
@@ -162,6 +170,13 @@ impl TenantMetrics {
 
     pub fn set_tls_certificate_expiry(&self, unix_secs: u64) {
         self.tls_expiry.get_or_create(&Vec::new()).set(i64::try_from(unix_secs).unwrap_or(i64::MAX));
+    }
+
+    /// A federated domain's identity provider signs with certificates that expire at `unix_secs` (the earliest).
+    pub fn set_federation_certificate_expiry(&self, domain: &str, unix_secs: u64) {
+        self.federation_expiry
+            .get_or_create(&labels([("domain", domain)]))
+            .set(i64::try_from(unix_secs).unwrap_or(i64::MAX));
     }
 
     pub fn http(&self, route: &str, status: u16) {

@@ -168,31 +168,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics` (OpenMetrics text) for a token with the metrics or admin scope.
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
-    else {
-        return ApiError(
-            ScimError::status(
-                401,
-                "a bearer token with the metrics scope is required (idbridge tenant token create --scope metrics)",
-            ),
-            Some(ErrorHeader::Challenge("Bearer realm=\"idbridge\"")),
-        )
-        .into_response();
-    };
-    let found = db(&state, move |conn| Ok(tokens::authenticate(conn, &token)?)).await;
-    match found {
-        Ok(Some((_, tokens::Scope::Metrics | tokens::Scope::Admin))) => {}
-        Ok(Some(_)) => {
-            return ApiError(ScimError::status(403, "this needs a metrics or admin token"), None).into_response();
-        }
-        Ok(None) => {
+    match bearer(&state, &headers).await {
+        Ok((_, tokens::Scope::Metrics | tokens::Scope::Admin)) => {}
+        Ok(_) => {
             return ApiError(
-                ScimError::status(401, "the bearer token is unknown, expired or revoked"),
-                Some(ErrorHeader::Challenge("Bearer realm=\"idbridge\"")),
+                ScimError::status(
+                    403,
+                    "this needs a metrics or admin token (idbridge tenant token create --scope metrics)",
+                ),
+                None,
             )
             .into_response();
         }
@@ -201,6 +185,22 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     state.metrics.set_pta_agents_online(state.pta.agents_online());
     if let Ok(all) = db(&state, |conn| Ok(tenant::domains::list(conn)?)).await {
         state.metrics.set_pta_domains(all.iter().filter(|d| d.auth == tenant::domains::AuthType::ManagedPta).count());
+    }
+    let federated = db(&state, |conn| {
+        let mut out = Vec::new();
+        for d in tenant::domains::list(conn)?.into_iter().filter(|d| d.auth == tenant::domains::AuthType::Federated) {
+            if let Some(tenant::federation::Federation::Saml(idp)) = tenant::federation::load(conn, &d.name)? {
+                out.push((d.name, idp.signing_certificates));
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    for (domain, pem) in federated.unwrap_or_default() {
+        let certificates = tenant::federation::saml::certificates_from(pem.as_bytes());
+        if let Some(expiry) = certificates.iter().filter_map(|c| crate::serve::certificate_not_after(c)).min() {
+            state.metrics.set_federation_certificate_expiry(&domain, expiry);
+        }
     }
     let reports =
         db(&state, |conn| Ok((tenant::sync_reports::latest(conn)?, tenant::sync_reports::last_success(conn)?))).await;
@@ -275,7 +275,9 @@ pub(crate) async fn db_read<T: Send + 'static>(
     .unwrap_or_else(|_| Err(ApiError(ScimError::status(500, "internal error (see the tenant's log)"), None)))
 }
 
-pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, write: bool) -> Result<Caller, ApiError> {
+/// The bearer token's id and scope; no, an unknown or a revoked token, or
+/// one over its rate limit, is the error to answer with.
+async fn bearer(state: &Arc<AppState>, headers: &HeaderMap) -> Result<(String, tokens::Scope), ApiError> {
     const CHALLENGE: &str = "Bearer realm=\"idbridge\"";
     let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err(ApiError(
@@ -303,6 +305,11 @@ pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, wri
             Some(ErrorHeader::RetryAfter(seconds)),
         ));
     }
+    Ok((id, scope))
+}
+
+pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, write: bool) -> Result<Caller, ApiError> {
+    let (id, scope) = bearer(state, headers).await?;
     if scope == tokens::Scope::Metrics {
         return Err(ApiError(ScimError::status(403, "a metrics token may only read /metrics"), None));
     }

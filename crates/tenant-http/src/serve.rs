@@ -44,9 +44,14 @@ impl ServeOptions {
 
 /// When the first (leaf) certificate of a PEM chain expires (Unix time).
 fn not_after(certs: &[CertificateDer<'static>]) -> Option<u64> {
+    certificate_not_after(certs.first()?.as_ref())
+}
+
+/// When a DER certificate expires (Unix time); `None` if it does not parse.
+pub(crate) fn certificate_not_after(der: &[u8]) -> Option<u64> {
     use x509_cert::der::Decode;
-    let leaf = x509_cert::Certificate::from_der(certs.first()?.as_ref()).ok()?;
-    Some(leaf.tbs_certificate.validity.not_after.to_unix_duration().as_secs())
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs())
 }
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<(TlsAcceptor, Option<u64>)> {
