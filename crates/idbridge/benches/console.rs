@@ -18,25 +18,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use testkit::bench::{env_usize, ms, percentile, scim_bulk};
 use testkit::{Browser, TempDir};
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
-const BULK: &str = "urn:ietf:params:scim:api:messages:2.0:BulkRequest";
 const HYBRID: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";
 const SAMPLES: usize = 200;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn idbridge(exe: &str, args: &[&str]) -> String {
     let out = Command::new(exe).args(args).output().unwrap();
@@ -59,20 +47,8 @@ async fn main() {
     let root = base.trim_end_matches("/scim/v2").to_string();
     let client = reqwest::Client::builder().pool_max_idle_per_host(4).build().unwrap();
     let bulk = |ops: Vec<Value>| {
-        let (client, url, token) = (client.clone(), format!("{base}/Bulk"), token.clone());
-        async move {
-            let r = client
-                .post(url)
-                .bearer_auth(token)
-                .header("content-type", "application/scim+json")
-                .body(json!({"schemas": [BULK], "Operations": ops}).to_string())
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{}", r.status());
-            let v: Value = r.json().await.unwrap();
-            v["Operations"].as_array().unwrap().clone()
-        }
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        async move { scim_bulk(&client, &base, &token, ops).await.unwrap() }
     };
 
     // The directory.

@@ -14,27 +14,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use testkit::TempDir;
+use testkit::bench::{env_usize, ms, percentile, scim_bulk};
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
-const BULK: &str = "urn:ietf:params:scim:api:messages:2.0:BulkRequest";
 const PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn dir_size(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path).map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
@@ -67,22 +55,8 @@ async fn main() {
     baseline.sort();
 
     let bulk = |ops: Vec<Value>| {
-        let client = client.clone();
-        let url = format!("{base}/Bulk");
-        let token = token.clone();
-        async move {
-            let r = client
-                .post(url)
-                .bearer_auth(token)
-                .header("content-type", "application/scim+json")
-                .body(json!({"schemas": [BULK], "Operations": ops}).to_string())
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{}", r.status());
-            let v: Value = r.json().await.unwrap();
-            v["Operations"].as_array().unwrap().clone()
-        }
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        async move { scim_bulk(&client, &base, &token, ops).await.unwrap() }
     };
 
     let started = Instant::now();

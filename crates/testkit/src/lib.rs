@@ -11,6 +11,7 @@
 //! - [`harness`]: the set-up tests and benchmarks share (a tenant with a sync
 //!   token, a configuration for a test directory, the `ldapsearch` baseline).
 
+pub mod bench;
 pub mod browser;
 pub mod harness;
 pub mod postgres;
