@@ -256,8 +256,7 @@ impl ScimTarget {
 impl ScimTarget {
     /// Sends a cycle's report to the tenant (`/hybrid/v1/sync-reports`).
     pub async fn report(&self, report: &proto::hybrid::SyncReport) -> Result<(), TargetError> {
-        let root = self.base.strip_suffix("/scim/v2").unwrap_or(&self.base);
-        let url = format!("{root}{}", proto::hybrid::SYNC_REPORTS_PATH);
+        let url = format!("{}{}", self.root(), proto::hybrid::SYNC_REPORTS_PATH);
         let body = serde_json::to_value(report)
             .map_err(|e| TargetError { message: format!("the report: {e}"), not_found: false })?;
         // One attempt: a report is worth less than the next cycle's time.
@@ -265,11 +264,37 @@ impl ScimTarget {
         if status.is_success() { Ok(()) } else { Err(failure(status, &answer)) }
     }
 
+    /// The sourceAnchors whose lineage the admin console asked about.
+    pub async fn lineage_requests(&self) -> Result<Vec<String>, TargetError> {
+        let url = format!("{}{}", self.root(), proto::hybrid::LINEAGE_PATH);
+        let (status, answer) = self.send_tries(Method::GET, &url, None, Repeat::Always, 1).await?;
+        if !status.is_success() {
+            return Err(failure(status, &answer));
+        }
+        let asked: proto::hybrid::LineageRequests = serde_json::from_value(answer)
+            .map_err(|e| TargetError { message: format!("lineage requests: {e}"), not_found: false })?;
+        Ok(asked.immutable_ids)
+    }
+
+    /// Answers them (`POST /hybrid/v1/lineage`).
+    pub async fn send_lineage(&self, batch: &proto::hybrid::LineageBatch) -> Result<(), TargetError> {
+        let url = format!("{}{}", self.root(), proto::hybrid::LINEAGE_PATH);
+        let body = serde_json::to_value(batch)
+            .map_err(|e| TargetError { message: format!("lineage: {e}"), not_found: false })?;
+        let (status, answer) = self.send_tries(Method::POST, &url, Some(&body), Repeat::Always, 1).await?;
+        if status.is_success() { Ok(()) } else { Err(failure(status, &answer)) }
+    }
+
+    /// The tenant's address without `/scim/v2`.
+    fn root(&self) -> &str {
+        self.base.strip_suffix("/scim/v2").unwrap_or(&self.base)
+    }
+
     /// The deletions an administrator allowed `connector`'s next cycle in
     /// the console (`/hybrid/v1/deletion-allowances`); none when there is no
     /// allowance or the tenant cannot say (the threshold then holds as set).
     pub async fn deletion_allowance(&self, connector: &str) -> Option<usize> {
-        let root = self.base.strip_suffix("/scim/v2").unwrap_or(&self.base);
+        let root = self.root();
         let collection = proto::hybrid::DELETION_ALLOWANCE_PATH.trim_end_matches("/{connector}");
         let mut url = reqwest::Url::parse(&format!("{root}{collection}")).ok()?;
         url.path_segments_mut().ok()?.push(connector);

@@ -2930,6 +2930,23 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 14);
         assert_eq!(tenant::console::deletion_allowance(&tenant.store().read(), "lab").unwrap(), None, "spent");
 
+        // The console asks where a user's values come from; the next cycle answers
+        // with the engine's explanation (on-premises object, flows and rules).
+        let user = json_lines(&dump).into_iter().filter(|e| e["kind"] == "user").nth(10).unwrap();
+        let dn = user["dn"].as_str().unwrap().to_string();
+        let uid = user["attributes"]["uid"][0].as_str().unwrap().to_string();
+        let cloud = find_user(&lab, &format!("{uid}@example.org"));
+        let id = cloud["id"].as_str().unwrap().to_string();
+        tenant.request_lineage("console:test", &id).unwrap();
+        assert!(tenant::lineage::get(&tenant.store().read(), &id).unwrap().unwrap().waiting());
+        assert!(sync_once(&lab, &[]).status.success());
+        let lineage = tenant::lineage::get(&tenant.store().read(), &id).unwrap().unwrap();
+        assert!(lineage.found && !lineage.waiting(), "{lineage:?}");
+        assert_eq!((lineage.source.as_str(), lineage.source_object.as_str()), ("lab", dn.as_str()));
+        let user_name = lineage.attributes.iter().find(|a| a.attribute == "userName").unwrap();
+        assert!(user_name.inbound.is_some(), "{user_name:?}");
+        assert!(lineage.attributes.len() >= 5, "{lineage:?}");
+
         // Staging: import and sync, export nothing.
         let staged = std::fs::read_to_string(&lab.config)
             .unwrap()
@@ -3086,6 +3103,7 @@ mod demo {
         let shots = root.join("target/screenshots");
         std::fs::create_dir_all(&shots).unwrap();
         let accounts = serde_json::json!({"admin": admin, "reader": reader, "helpdesk": admin, "locked": reader});
+        let lineage_user = std::cell::RefCell::new(String::new());
         let phase = |name: &str| -> serde_json::Value {
             let out = Command::new("node")
                 .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs"))
@@ -3093,6 +3111,7 @@ mod demo {
                 .env("BROWSER_TOOLS", &tools)
                 .env("PROFILE_DIR", profile.path())
                 .env("SCREENSHOT_DIR", &shots)
+                .env("LINEAGE_USER", lineage_user.borrow().as_str())
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -3106,7 +3125,15 @@ mod demo {
         assert_eq!(result["violations"], serde_json::json!([]), "no serious or critical accessibility violations");
         assert_eq!(result["tooWide"], serde_json::json!([]), "every page fits 375 px");
         assert_eq!(result["assigned"], true, "{result}");
+        assert_eq!(result["lineageAsked"], true, "{result}");
+        *lineage_user.borrow_mut() = result["lineageUser"].as_str().unwrap().to_string();
+        // A sync cycle answers the question.
+        let config = ready["config"].as_str().unwrap();
+        let cycle = idbridge(&["sync", "run", "--once", "--config", config]);
+        assert!(cycle.status.success(), "{}", String::from_utf8_lossy(&cycle.stderr));
         let result = phase("reader");
+        assert_eq!(result["lineageShown"], true, "{result}");
+        assert_eq!(result["violations"], serde_json::json!([]), "{result}");
         assert_eq!(result["readerSeesAssignForm"], false, "{result}");
         assert_eq!(result["readerWriteStatus"], 403, "{result}");
         role("remove", &admin, "global-admin");

@@ -273,6 +273,7 @@ async fn cycles(
         if !writer.may_write() {
             return Err(Error::LeaseLost);
         }
+        answer_lineage(config, &*writer.store, target).await;
         let pause = match outcome {
             Ok(stopped_by_threshold) => {
                 failures = 0;
@@ -384,6 +385,72 @@ fn report_base(source: &str, options: &CycleOptions, interval_secs: u64) -> prot
         staging: options.staging,
         interval_secs,
         ..proto::hybrid::SyncReport::default()
+    }
+}
+
+/// Answers the admin console's questions about where objects' values come
+/// from (the explanation `idbridge sync explain` prints). A failure costs a
+/// warning: the question stays and is answered next round.
+async fn answer_lineage(config: &Config, store: &dyn StateStore, target: &ScimTarget) {
+    let asked = match target.lineage_requests().await {
+        Ok(asked) if asked.is_empty() => return,
+        Ok(asked) => asked,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not ask the tenant for lineage requests");
+            return;
+        }
+    };
+    let rules = match load_rules(config) {
+        Ok((rules, _)) => rules,
+        Err(e) => {
+            tracing::warn!(error = %e, "lineage: the rules could not be loaded");
+            return;
+        }
+    };
+    let mut objects = Vec::with_capacity(asked.len());
+    for anchor in asked.into_iter().take(proto::hybrid::MAX_LINEAGE_OBJECTS) {
+        let explained = match explain_in(store, &rules, &anchor) {
+            Ok(e) => e,
+            Err(Error::Refused(_)) => {
+                objects.push(proto::hybrid::ObjectLineage { immutable_id: anchor, ..Default::default() });
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lineage: the object could not be explained");
+                continue;
+            }
+        };
+        objects.push(lineage_of(anchor, explained));
+    }
+    if let Err(e) = target.send_lineage(&proto::hybrid::LineageBatch { objects }).await {
+        tracing::warn!(error = %e, "lineage: the answers did not reach the tenant");
+    }
+}
+
+/// An explanation as the tenant stores it.
+fn lineage_of(anchor: String, e: Explanation) -> proto::hybrid::ObjectLineage {
+    let text = |t: String| t.chars().take(2048).collect::<String>();
+    proto::hybrid::ObjectLineage {
+        immutable_id: anchor,
+        found: true,
+        source: e.source,
+        source_object: text(e.dn),
+        joined: e
+            .joined
+            .into_iter()
+            .take(proto::hybrid::MAX_LINEAGE_ATTRIBUTES)
+            .map(|(dn, source)| text(format!("{source}: {dn}")))
+            .collect(),
+        attributes: e
+            .attributes
+            .into_iter()
+            .take(proto::hybrid::MAX_LINEAGE_ATTRIBUTES)
+            .map(|a| proto::hybrid::AttributeLineage {
+                attribute: text(a.path),
+                outbound: text(a.outbound.to_string()),
+                inbound: a.inbound.map(|i| text(i.to_string())),
+            })
+            .collect(),
     }
 }
 
@@ -537,6 +604,11 @@ pub struct Explanation {
 pub fn explain(config_path: &Path, key: &str) -> Result<Explanation> {
     let (config, store) = open(config_path)?;
     let (rules, _) = load_rules(&config)?;
+    explain_in(&*store, &rules, key)
+}
+
+/// [`explain`] on an open state with loaded rules.
+pub fn explain_in(store: &dyn StateStore, rules: &RuleSet, key: &str) -> Result<Explanation> {
     let Some((mv, source, cs_id)) = store.find(key)? else {
         return Err(Error::Refused(format!(
             "no synchronised object has the userName, DN or immutableId {key:?} (objects appear here after a sync cycle)"
@@ -546,7 +618,7 @@ pub fn explain(config_path: &Path, key: &str) -> Result<Explanation> {
         return Err(Error::Refused(format!("the source object of {key:?} is no longer in the connector space")));
     };
     let flavor = store.flavor(&source)?.unwrap_or(Flavor::Ldap);
-    let (projection, mut origins) = sync::mapping::project_explained(flavor, &obj, &rules);
+    let (projection, mut origins) = sync::mapping::project_explained(flavor, &obj, rules);
     let mut joined = Vec::new();
     for join in store.joined(&mv)? {
         let dn = store.cs_get(&join.source, &join.id)?.map(|(o, _)| o.entry.dn.to_string()).unwrap_or_default();
@@ -581,7 +653,7 @@ pub fn explain(config_path: &Path, key: &str) -> Result<Explanation> {
     };
     let members = store.exported_ids(&record.members)?;
     let view = sync::mapping::MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
-    let (_, outbound) = sync::mapping::desired_resource_explained(&view, manager.as_deref(), &members, &rules);
+    let (_, outbound) = sync::mapping::desired_resource_explained(&view, manager.as_deref(), &members, rules);
     for origin in outbound {
         let Some(value) = sync::outbound::ScimPath::parse_any(&origin.attribute).ok().and_then(|p| p.get(&resource))
         else {

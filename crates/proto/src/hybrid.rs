@@ -255,3 +255,89 @@ mod tests {
         Ok(())
     }
 }
+
+/// `GET` here: the objects whose lineage the admin console asked for, as
+/// [`LineageRequests`] (at most [`MAX_LINEAGE_OBJECTS`]); `POST` a
+/// [`LineageBatch`] with the answers (204). Needs a sync or admin token.
+pub const LINEAGE_PATH: &str = "/hybrid/v1/lineage";
+
+/// Most objects one request or batch names.
+pub const MAX_LINEAGE_OBJECTS: usize = 100;
+
+/// Most attributes one object's lineage lists.
+pub const MAX_LINEAGE_ATTRIBUTES: usize = 300;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LineageRequests {
+    /// The objects' sourceAnchors.
+    pub immutable_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LineageBatch {
+    pub objects: Vec<ObjectLineage>,
+}
+
+/// Where one synchronised object's tenant attributes come from, as the
+/// sync engine explains it (`idbridge sync explain`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectLineage {
+    pub immutable_id: String,
+    /// `false`: this sync daemon has no object with that sourceAnchor.
+    pub found: bool,
+    /// The source (connector) and the on-premises object (DN).
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub source_object: String,
+    /// Objects of other sources joined to it: "source: DN".
+    #[serde(default)]
+    pub joined: Vec<String>,
+    #[serde(default)]
+    pub attributes: Vec<AttributeLineage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttributeLineage {
+    /// The tenant (SCIM) path.
+    pub attribute: String,
+    /// The outbound flow: metaverse attribute or expression, and rule.
+    pub outbound: String,
+    /// Where that metaverse attribute came from: source attribute and rule,
+    /// a joined object, or the engine itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<String>,
+}
+
+impl LineageBatch {
+    /// What the tenant refuses: too many objects or attributes, over-long texts.
+    pub fn check(&self) -> Result<(), String> {
+        let bounded = |what: &str, text: &str| {
+            if text.chars().count() > 2048 { Err(format!("{what}: at most 2048 characters")) } else { Ok(()) }
+        };
+        if self.objects.len() > MAX_LINEAGE_OBJECTS {
+            return Err(format!("objects: at most {MAX_LINEAGE_OBJECTS}"));
+        }
+        for o in &self.objects {
+            bounded("immutableId", &o.immutable_id)?;
+            bounded("source", &o.source)?;
+            bounded("sourceObject", &o.source_object)?;
+            if o.attributes.len() > MAX_LINEAGE_ATTRIBUTES || o.joined.len() > MAX_LINEAGE_ATTRIBUTES {
+                return Err(format!("attributes: at most {MAX_LINEAGE_ATTRIBUTES} per object"));
+            }
+            for j in &o.joined {
+                bounded("joined", j)?;
+            }
+            for a in &o.attributes {
+                bounded("attribute", &a.attribute)?;
+                bounded("outbound", &a.outbound)?;
+                bounded("inbound", a.inbound.as_deref().unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+}

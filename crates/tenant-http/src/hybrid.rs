@@ -42,11 +42,7 @@ pub async fn sync_report(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, true).await?;
-    let body = json_body(&state, request).await?;
-    let report: proto::hybrid::SyncReport = serde_json::from_value(body)
-        .map_err(|e| ScimError::new(ScimType::InvalidSyntax, format!("sync report: {e}")))?;
-    report.check().map_err(|e| ScimError::new(ScimType::InvalidValue, format!("sync report: {e}")))?;
+    let report = checked_body(&state, &headers, request, "sync report", proto::hybrid::SyncReport::check).await?;
     db(&state, move |conn| Ok(tenant::sync_reports::record(conn, &report)?)).await?;
     Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
 }
@@ -65,4 +61,40 @@ pub async fn deletion_allowance(
         Some(count) => Ok(scim_json(StatusCode::OK, &proto::hybrid::DeletionAllowance { connector, count })),
         None => Err(ScimError::status(404, format!("no deletions are allowed for {connector}")).into()),
     }
+}
+
+/// GET /hybrid/v1/lineage: the objects the console asked about.
+pub async fn lineage_requests(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authenticate(&state, &headers, false).await?;
+    let immutable_ids =
+        db(&state, |conn| Ok(tenant::lineage::pending(conn, proto::hybrid::MAX_LINEAGE_OBJECTS)?)).await?;
+    Ok(scim_json(StatusCode::OK, &proto::hybrid::LineageRequests { immutable_ids }))
+}
+
+/// POST /hybrid/v1/lineage: a sync daemon's answers (204).
+pub async fn lineage_answers(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let batch = checked_body(&state, &headers, request, "lineage", proto::hybrid::LineageBatch::check).await?;
+    db(&state, move |conn| Ok(tenant::lineage::answer(conn, &batch.objects)?)).await?;
+    Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
+}
+
+/// A sync daemon's write: the caller may write, and the body is a `T` that
+/// passes `check` (a refusal names `what`).
+async fn checked_body<T: serde::de::DeserializeOwned>(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    request: Request,
+    what: &str,
+    check: impl Fn(&T) -> Result<(), String>,
+) -> Result<T, ApiError> {
+    authenticate(state, headers, true).await?;
+    let body = json_body(state, request).await?;
+    let value: T =
+        serde_json::from_value(body).map_err(|e| ScimError::new(ScimType::InvalidSyntax, format!("{what}: {e}")))?;
+    check(&value).map_err(|e| ScimError::new(ScimType::InvalidValue, format!("{what}: {e}")))?;
+    Ok(value)
 }

@@ -22,6 +22,7 @@ pub mod credentials;
 pub mod domains;
 pub mod error;
 pub mod federation;
+pub mod lineage;
 pub mod net;
 pub mod objects;
 pub mod oidc;

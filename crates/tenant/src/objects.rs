@@ -887,6 +887,11 @@ pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: 
     exec(conn, "DELETE FROM credentials WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM sessions WHERE user_id = ?1", params![id])?;
     exec(conn, "DELETE FROM refresh_tokens WHERE user_id = ?1", params![id])?;
+    // What the console kept about it: roles, its sessions, a sign-in block, lineage.
+    exec(conn, "DELETE FROM roles WHERE principal_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM console_sessions WHERE user_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM blocked_users WHERE user_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM lineage WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM resources WHERE id = ?1", params![id])?;
     release(conn, &released, 0)?;
     audit::record(conn, ctx.actor, "delete", Some(kind.as_str()), Some(id), None)?;

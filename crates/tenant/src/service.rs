@@ -463,6 +463,14 @@ impl Tenant {
         })
     }
 
+    /// Asks the sync daemons where the object's values come from (answered at their next cycle).
+    pub fn request_lineage(&self, actor: &str, resource_id: &str) -> Result<()> {
+        self.write(|tx| {
+            crate::lineage::request(tx, resource_id)?;
+            audit::record(tx, actor, "lineage-request", None, Some(resource_id), None)
+        })
+    }
+
     /// Records a console request that was refused (no right, no valid CSRF token).
     pub fn audit_refusal(&self, actor: &str, action: &str, detail: &serde_json::Value) -> Result<()> {
         self.write(|tx| audit::record(tx, actor, action, None, None, Some(detail)))

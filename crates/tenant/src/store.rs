@@ -264,9 +264,27 @@ CREATE TABLE blocked_users (
 );
 ";
 
+/// The console: groups listed in name order from an index; lineage of
+/// synchronised objects, asked of the sync daemon.
+const SCHEMA_V13: &str = "
+CREATE INDEX resources_type_display_name ON resources(type, display_name_lc, id);
+CREATE TABLE lineage (
+    resource_id TEXT PRIMARY KEY,
+    immutable_id TEXT NOT NULL,
+    requested TEXT,                  -- when the console last asked
+    answered TEXT,                   -- when a sync daemon last answered
+    found INTEGER NOT NULL DEFAULT 0,
+    source TEXT,
+    source_object TEXT,
+    joined TEXT,                     -- JSON array
+    attributes TEXT                  -- JSON array of {attribute, outbound, inbound}
+);
+CREATE INDEX lineage_pending ON lineage(requested);
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
-    SCHEMA_V11, SCHEMA_V12,
+    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13,
 ];
 
 /// The database: one connection that writes (SQLite has one writer

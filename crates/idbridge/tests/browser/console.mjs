@@ -3,7 +3,8 @@
 // The calling test assigns roles between the phases (admin holds global-admin, helpdesk holds helpdesk).
 // 1. Phase `admin`: the global administrator opens every page (axe-core scan; screenshots at desktop width and
 //    375 px when $SCREENSHOT_DIR is set) and assigns `reader` the reader role with the form.
-// 2. Phase `reader`: the reader signs in and submits a forged role form (with their own CSRF token): refused.
+// 2. Phase `reader`: the reader signs in and submits a forged role form (with their own CSRF token): refused;
+//    the user phase `admin` asked about shows where its values come from ($LINEAGE_USER, after a sync cycle).
 // 3. Phase `helpdesk`: `locked` is locked out by wrong passwords at My Apps; the helpdesk unlocks them in the
 //    console; `locked` then signs in.
 // Prints one JSON line with what happened. Chromium: $CHROMIUM (default /usr/bin/chromium),
@@ -88,6 +89,10 @@ try {
   await Promise.all([a.waitForNavigation(), a.click('tbody a')]);
   out.pages.push({ name: 'user', status: 200 });
   await scan(a, 'user');
+  // Ask the sync daemon where this user's values come from (answered by its next cycle).
+  out.lineageUser = new URL(a.url()).pathname;
+  await Promise.all([a.waitForNavigation(), a.click('form[action^="/admin/lineage/"] button')]);
+  out.lineageAsked = (await text(a)).includes('answers with its next cycle');
   await a.goto(`${base}/admin/groups`, { waitUntil: 'load' });
   await Promise.all([a.waitForNavigation(), a.click('tbody a')]);
   out.pages.push({ name: 'group', status: 200 });
@@ -128,6 +133,11 @@ try {
     }, reader.username),
   ]);
   out.readerWriteStatus = forged.status();
+  // The user asked about in phase `admin`, after a sync cycle: where each value comes from.
+  await r.setBypassCSP(true);
+  await r.goto(`${base}${process.env.LINEAGE_USER}`, { waitUntil: 'load' });
+  out.lineageShown = (await text(r)).includes('On-premises object');
+  await scan(r, 'user-lineage');
   }
 
   // 3. Locked out at My Apps, unlocked by the helpdesk, then signed in.

@@ -56,6 +56,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/users/{id}/{action}", post(pages::user_action))
         .route("/admin/groups", get(pages::groups))
         .route("/admin/groups/{id}", get(pages::group))
+        .route("/admin/lineage/{id}", post(pages::request_lineage))
         .route("/admin/sync", get(pages::sync))
         .route("/admin/sync/{connector}", get(pages::connector))
         .route("/admin/sync/{connector}/allow-deletions", post(pages::allow_deletions))

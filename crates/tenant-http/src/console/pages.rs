@@ -173,31 +173,34 @@ fn sign_in_chart(per_hour: &[(i64, u64, u64)], since: i64) -> Markup {
 /// Objects of `kind` whose name starts with `q` (user name, display name
 /// or an e-mail address), after the key `after`, in name order.
 fn search(conn: &Connection, kind: Kind, q: Option<&str>, after: &str) -> tenant::Result<Vec<Stored>> {
-    let (key, index_column) = match kind {
-        Kind::User => ("user_name_lc", "user_name_lc"),
-        _ => ("display_name_lc || char(0) || id", "display_name_lc"),
+    // Users page by user name (its index; only users have one), groups by
+    // (display name, id) (the index on type, display name and id), so a
+    // page deep in the list reads only its own rows.
+    let (order, after_sql) = match kind {
+        Kind::User => ("user_name_lc", "+type = ?1 AND user_name_lc > ?2"),
+        _ => ("display_name_lc, id", "type = ?1 AND (display_name_lc, id) > (?2, ?3)"),
     };
+    let (after_name, after_id) = after.split_once('\u{0}').unwrap_or((after, ""));
     let limit = i64::try_from(PAGE + 1).unwrap_or(51);
     let ids: Vec<String> = match q.map(str::to_lowercase) {
         None => {
-            let sql = format!(
-                "SELECT id FROM resources WHERE type = ?1 AND {index_column} IS NOT NULL AND {key} > ?2 ORDER BY {key} LIMIT ?3"
-            );
+            let sql = format!("SELECT id FROM resources WHERE {after_sql} ORDER BY {order} LIMIT ?4");
             let mut stmt = conn.prepare_cached(&sql)?;
-            stmt.query_map(params![kind.as_str(), after, limit], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+            stmt.query_map(params![kind.as_str(), after_name, after_id, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
         }
         Some(q) => {
             // Prefix ranges on the indexes: names and addresses from `q` up to `q` + the last character.
             let end = format!("{q}\u{10FFFF}");
             let sql = format!(
-                "SELECT id FROM resources WHERE type = ?1 AND {key} > ?4 AND id IN (
-                     SELECT id FROM resources WHERE user_name_lc >= ?2 AND user_name_lc < ?3
-                     UNION SELECT id FROM resources WHERE display_name_lc >= ?2 AND display_name_lc < ?3
-                     UNION SELECT resource_id FROM claims WHERE value >= ?2 AND value < ?3)
-                 ORDER BY {key} LIMIT ?5"
+                "SELECT id FROM resources WHERE {after_sql} AND id IN (
+                     SELECT id FROM resources WHERE user_name_lc >= ?5 AND user_name_lc < ?6
+                     UNION SELECT id FROM resources WHERE display_name_lc >= ?5 AND display_name_lc < ?6
+                     UNION SELECT resource_id FROM claims WHERE value >= ?5 AND value < ?6)
+                 ORDER BY {order} LIMIT ?4"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
-            stmt.query_map(params![kind.as_str(), q, end, after, limit], |r| r.get(0))?
+            stmt.query_map(params![kind.as_str(), after_name, after_id, limit, q, end], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         }
     };
@@ -306,6 +309,7 @@ struct UserDetail {
     locked_until: Option<i64>,
     blocked: bool,
     has_password: bool,
+    lineage: Option<tenant::lineage::Lineage>,
 }
 
 pub(super) async fn user(
@@ -339,6 +343,7 @@ pub(super) async fn user(
             locked_until: console::locked_until(conn, &name)?,
             blocked: console::is_blocked(conn, &user.id)?,
             has_password: has_password.is_some(),
+            lineage: tenant::lineage::get(conn, &user.id)?,
             user,
         }))
     })
@@ -397,6 +402,7 @@ pub(super) async fn user(
         }
         h2 { "Attributes" }
         (attributes(&u.data))
+        (lineage_section(v, &u.id, immutable_id(u).is_some(), d.lineage.as_ref()))
         h2 { "Groups" }
         @if d.groups.is_empty() { p { "Not a member of any group." } }
         @else { ul { @for (id, name) in &d.groups { li { a href=(format!("/admin/groups/{id}")) { (name) } } } } }
@@ -503,10 +509,11 @@ pub(super) async fn group(
             let o = objects::load(conn, None, &id)?;
             members.push((id, o));
         }
-        Ok(Some((group, total, members)))
+        let lineage = tenant::lineage::get(conn, &group.id)?;
+        Ok(Some((group, total, members, lineage)))
     })
     .await;
-    let (g, total, mut members) = match found {
+    let (g, total, mut members, lineage) = match found {
         Ok(Some(d)) => d,
         Ok(None) => return not_found(Some(&admin.viewer), "such group"),
         Err(r) => return r,
@@ -515,6 +522,7 @@ pub(super) async fn group(
     members.truncate(PAGE);
     let base = format!("/admin/groups/{}", g.id);
     let body = html! {
+        @if let Some(done) = param(&p, "done") { p.notice role="status" { (done) } }
         dl {
             dt { "Display name" } dd { (text_at(&g, "displayName")) }
             dt { "Object id" } dd { (g.id) }
@@ -541,8 +549,78 @@ pub(super) async fn group(
         }
         h2 { "Attributes" }
         (attributes(&g.data))
+        (lineage_section(&admin.viewer, &g.id, immutable_id(&g).is_some(), lineage.as_ref()))
     };
     page(&admin, "/admin/groups", &console::display_of(&g), body)
+}
+
+/// Where the object's values come from, as the sync daemon explained it,
+/// and the button that asks it (again).
+fn lineage_section(v: &Viewer, id: &str, synchronised: bool, lineage: Option<&tenant::lineage::Lineage>) -> Markup {
+    html! {
+        @if synchronised {
+            h2 { "Where the values come from" }
+            @match lineage {
+                Some(l) if l.found => {
+                    p {
+                        "On-premises object " strong { (l.source_object) } " (source " (l.source) ")"
+                        @for j in &l.joined { ", joined with " (j) }
+                        ", as the sync daemon explained it " (when_text(l.answered.as_deref().unwrap_or_default())) "."
+                    }
+                    div.scroll { table {
+                        thead { tr { th scope="col" { "Attribute" } th scope="col" { "Outbound flow" } th scope="col" { "From on-premises" } } }
+                        tbody { @for a in &l.attributes { tr { td { (a.attribute) } td { (a.outbound) } td { (a.inbound.as_deref().unwrap_or("—")) } } } }
+                    } }
+                }
+                Some(l) if l.answered.is_some() && !l.waiting() => {
+                    p { "No sync daemon knows this object any more (it may have left the synchronisation scope)." }
+                }
+                _ => {}
+            }
+            @if lineage.is_some_and(tenant::lineage::Lineage::waiting) {
+                p.notice role="status" { "Asked the sync daemon; it answers with its next cycle. Reload this page then." }
+            } @else {
+                form method="post" action=(format!("/admin/lineage/{id}")) {
+                    (csrf_field(v))
+                    button type="submit" { @if lineage.is_some() { "Ask the sync daemon again" } @else { "Ask the sync daemon which rules and on-premises values these come from" } }
+                }
+            }
+        }
+    }
+}
+
+/// POST /admin/lineage/{id}: asks the sync daemons about an object.
+pub(super) async fn request_lineage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Params>,
+) -> Response {
+    let admin = match authorised(&state, &headers, &form, Permission::Read, "lineage").await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let actor = admin.actor();
+    let object = id.clone();
+    let kind = read(&state, move |conn| Ok(objects::load(conn, None, &object)?.map(|o| o.kind))).await;
+    let page = match kind {
+        Ok(Some(Kind::Group)) => "groups",
+        Ok(Some(_)) => "users",
+        Ok(None) => return not_found(Some(&admin.viewer), "such object"),
+        Err(r) => return r,
+    };
+    let object = id.clone();
+    match change(&state, move |t| t.request_lineage(&actor, &object)).await {
+        Ok(()) => Redirect::to(&format!(
+            "/admin/{page}/{id}?done={}",
+            tenant::util::urlencode("Asked the sync daemon; it answers with its next cycle.")
+        ))
+        .into_response(),
+        Err(tenant::TenantError::Invalid(why)) => {
+            message(StatusCode::BAD_REQUEST, Some(&admin.viewer), "Not asked", &why)
+        }
+        Err(e) => super::failed(&e.into()),
+    }
 }
 
 // ---- Synchronisation ----

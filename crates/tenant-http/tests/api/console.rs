@@ -223,6 +223,46 @@ async fn console_roles_csrf_helpdesk_and_deletions() {
     let audit_csv = ada.get(&format!("{root}/admin/audit?action=console-denied&format=csv")).await.unwrap();
     assert!(audit_csv.body.lines().count() >= 3, "{}", audit_csv.body);
 
+    // Lineage: the console asks, a sync daemon picks the question up and answers.
+    let lineage = format!("{root}/hybrid/v1/lineage");
+    let asked =
+        rei.post(&format!("{root}/admin/lineage/{}", ids["sam"]), &[("csrf".into(), rei_csrf.clone())]).await.unwrap();
+    assert_eq!(asked.status, StatusCode::SEE_OTHER, "a reader may ask: {}", asked.body);
+    let waiting = rei.get(&format!("{root}/admin/users/{}", ids["sam"])).await.unwrap();
+    assert!(waiting.body.contains("answers with its next cycle"), "{}", waiting.body);
+    let pending = t.call(Method::GET, &lineage, Some(&t.sync), None).await;
+    assert_eq!(pending.body["immutableIds"], json!(["imm-3"]), "{}", pending.body);
+    let not_here = json!({"objects": [{"immutableId": "imm-3", "found": false}]});
+    assert_eq!(t.call(Method::POST, &lineage, Some(&t.sync), Some(not_here)).await.status, StatusCode::NO_CONTENT);
+    let asked_again =
+        rei.post(&format!("{root}/admin/lineage/{}", ids["sam"]), &[("csrf".into(), rei_csrf.clone())]).await.unwrap();
+    assert_eq!(asked_again.status, StatusCode::SEE_OTHER);
+    let answer = json!({"objects": [{
+        "immutableId": "imm-3", "found": true, "source": "corp", "sourceObject": "uid=sam,ou=people,dc=corp,dc=example,dc=com",
+        "attributes": [{"attribute": "userName", "outbound": "metaverse userPrincipalName (rule Out to tenant – User)", "inbound": "mail (rule In from LDAP – User)"}]
+    }]});
+    assert_eq!(t.call(Method::POST, &lineage, Some(&t.sync), Some(answer)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.call(Method::GET, &lineage, Some(&t.sync), None).await.body["immutableIds"], json!([]));
+    let explained = rei.get(&format!("{root}/admin/users/{}", ids["sam"])).await.unwrap();
+    assert!(
+        explained.body.contains("uid=sam,ou=people,dc=corp,dc=example,dc=com")
+            && explained.body.contains("mail (rule In from LDAP – User)"),
+        "{}",
+        explained.body
+    );
+    let too_many: Vec<_> = (0..101).map(|i| json!({"immutableId": format!("x{i}"), "found": false})).collect();
+    let refused = t.call(Method::POST, &lineage, Some(&t.sync), Some(json!({"objects": too_many}))).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        t.call(Method::GET, &lineage, Some(&t.read), None).await.status,
+        StatusCode::OK,
+        "reading needs no write scope"
+    );
+    assert_eq!(
+        t.call(Method::POST, &lineage, Some(&t.read), Some(json!({"objects": []}))).await.status,
+        StatusCode::FORBIDDEN
+    );
+
     // Every page answers for the reader.
     for page in [
         "",
