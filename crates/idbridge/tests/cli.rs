@@ -2875,6 +2875,74 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         daemon.wait().unwrap();
     }
 
+    /// A real threshold stop (objects deleted in slapd), released by a global
+    /// administrator clicking "Allow these N deletions" in Chromium; the next
+    /// cycle deletes exactly those objects.
+    #[test]
+    fn console_button_releases_a_threshold_stop() {
+        let lab = lab(20, 1, "deletion_threshold = 2");
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+        std::fs::write(
+            &lab.config,
+            config.replace(
+                "base_dns = [\"dc=example,dc=org\"]",
+                "base_dns = [\"dc=example,dc=org\"]\npassword_hash_sync = true",
+            ),
+        )
+        .unwrap();
+        let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
+        let people: Vec<(String, String)> = json_lines(&dump)
+            .iter()
+            .filter(|e| e["kind"] == "user")
+            .map(|e| (e["dn"].as_str().unwrap().to_string(), e["attributes"]["uid"][0].as_str().unwrap().to_string()))
+            .collect();
+        let (admin_dn, admin_uid) = &people[0];
+        lab.slapd.set_password(admin_dn, "Console-Admin-1").unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        let admin = format!("{admin_uid}@example.org");
+        let data = lab.tmp.join("tenant");
+        ok(&idbridge(&["tenant", "role", "assign", "--data", p(&data), "--user", &admin, "--role", "global-admin"]));
+        let victims = &people[1..4];
+        let ldif: String = victims.iter().map(|(dn, _)| format!("dn: {dn}\nchangetype: delete\n\n")).collect();
+        lab.slapd.modify(&ldif).unwrap();
+        assert!(!sync_once(&lab, &[]).status.success(), "stopped by the threshold");
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 20);
+
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let tools = root.join(".tools/browser");
+        assert!(tools.join("node_modules/axe-core").exists(), "run scripts/test, which installs the browser tools");
+        let profile = TempDir::new("chromium").unwrap();
+        let shots = root.join("target/screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let account = serde_json::json!({"username": admin, "password": "Console-Admin-1"});
+        let accounts = serde_json::json!({"admin": account, "reader": account, "helpdesk": account, "locked": account});
+        let out = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs"))
+            .args([lab.base.trim_end_matches("/scim/v2"), "allow", &accounts.to_string()])
+            .env("BROWSER_TOOLS", &tools)
+            .env("PROFILE_DIR", profile.path())
+            .env("SCREENSHOT_DIR", &shots)
+            .env("CONNECTOR", "lab")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let result: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        assert_eq!(result["heldListed"], true, "{result}");
+        assert_eq!(result["buttonText"], "Allow these 3 deletions", "{result}");
+        assert_eq!(result["allowed"], true, "{result}");
+        assert_eq!(result["violations"], serde_json::json!([]), "{result}");
+
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 17);
+        for (_, uid) in victims {
+            assert!(find_user(&lab, &format!("{uid}@example.org")).is_null(), "{uid} was deleted");
+        }
+        let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data), "--limit", "200"]));
+        assert!(audit.contains("sync-allow-deletions"), "{audit}");
+    }
+
     #[test]
     fn deletion_threshold_and_staging() {
         let lab = lab(20, 2, "deletion_threshold = 2");

@@ -7,6 +7,7 @@
 //    the user phase `admin` asked about shows where its values come from ($LINEAGE_USER, after a sync cycle).
 // 3. Phase `helpdesk`: `locked` is locked out by wrong passwords at My Apps; the helpdesk unlocks them in the
 //    console; `locked` then signs in.
+// 4. Phase `allow`: the administrator releases the threshold stop of $CONNECTOR with the button.
 // Prints one JSON line with what happened. Chromium: $CHROMIUM (default /usr/bin/chromium),
 // profile in $PROFILE_DIR; puppeteer-core and axe-core from $BROWSER_TOOLS.
 import { createRequire } from 'node:module';
@@ -161,6 +162,21 @@ try {
   await Promise.all([s.waitForNavigation(), s.click('#sign-in')]);
   await enterCredentials(s, locked);
   out.signedInAfterUnlock = (await text(s)).includes(`Signed in as ${locked.username}`);
+  }
+  // 4. Phase `allow`: a threshold stop of connector $CONNECTOR, released with the button.
+  if (phase === 'allow') {
+  const a = await consoleSignIn(admin);
+  await a.setBypassCSP(true);
+  await a.goto(`${base}/admin/sync/${process.env.CONNECTOR}`, { waitUntil: 'load' });
+  const page = await text(a);
+  out.heldListed = page.includes('Deletions waiting for approval');
+  await scan(a, 'sync-stopped');
+  const button = await a.$('form[action$="/allow-deletions"] button');
+  out.buttonText = button ? await a.evaluate((b) => b.innerText, button) : null;
+  if (button) {
+    await Promise.all([a.waitForNavigation(), button.click()]);
+    out.allowed = (await text(a)).includes('Allowed: the next cycle deletes up to');
+  }
   }
   console.log(JSON.stringify(out));
 } finally {
