@@ -236,6 +236,9 @@ pub fn role_of(conn: &Connection, user_id: &str) -> Result<Option<Role>> {
 /// How long a console session lasts (8 hours), however active.
 pub const SESSION_SECS: i64 = 8 * 3600;
 
+/// A console session unused this long (30 minutes) ends.
+pub const IDLE_SECS: i64 = 30 * 60;
+
 /// A console session: who, and the token its forms must carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -249,20 +252,26 @@ pub fn open_session(conn: &Connection, user_id: &str) -> Result<String> {
     let now = now_secs();
     conn.execute("DELETE FROM console_sessions WHERE expires <= ?1", params![now])?;
     conn.execute(
-        "INSERT INTO console_sessions(hash, user_id, csrf, created, expires) VALUES(?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO console_sessions(hash, user_id, csrf, created, expires, last_seen) VALUES(?1, ?2, ?3, ?4, ?5, ?4)",
         params![sha256(token.as_bytes()), user_id, random_token(), now, now + SESSION_SECS],
     )?;
     Ok(token)
 }
 
+/// The live session behind a cookie value; using it keeps it from idling out.
 pub fn session(conn: &Connection, token: &str) -> Result<Option<Session>> {
-    Ok(conn
+    let (hash, now) = (sha256(token.as_bytes()), now_secs());
+    let found = conn
         .query_row(
-            "SELECT user_id, csrf FROM console_sessions WHERE hash = ?1 AND expires > ?2",
-            params![sha256(token.as_bytes()), now_secs()],
+            "SELECT user_id, csrf FROM console_sessions WHERE hash = ?1 AND expires > ?2 AND last_seen > ?2 - ?3",
+            params![hash, now, IDLE_SECS],
             |r| Ok(Session { user_id: r.get(0)?, csrf: r.get(1)? }),
         )
-        .optional()?)
+        .optional()?;
+    if found.is_some() {
+        conn.execute("UPDATE console_sessions SET last_seen = ?2 WHERE hash = ?1", params![hash, now])?;
+    }
+    Ok(found)
 }
 
 pub fn close_session(conn: &Connection, token: &str) -> Result<()> {
@@ -357,6 +366,22 @@ pub fn spend_allowance(conn: &Connection, connector: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_end_when_idle_or_closed() {
+        let store = crate::Store::open_in_memory().unwrap();
+        let conn = store.lock();
+        let token = open_session(&conn, "user-1").unwrap();
+        let live = session(&conn, &token).unwrap().unwrap();
+        assert_eq!(live.user_id, "user-1");
+        assert!(session(&conn, "another value").unwrap().is_none());
+        // Unused for longer than IDLE_SECS: gone.
+        conn.execute("UPDATE console_sessions SET last_seen = last_seen - ?1", [IDLE_SECS + 1]).unwrap();
+        assert!(session(&conn, &token).unwrap().is_none());
+        let token = open_session(&conn, "user-1").unwrap();
+        close_session(&conn, &token).unwrap();
+        assert!(session(&conn, &token).unwrap().is_none());
+    }
 
     #[test]
     fn roles_grant_what_they_say() {

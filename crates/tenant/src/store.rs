@@ -235,7 +235,8 @@ CREATE TABLE console_sessions (
     user_id TEXT NOT NULL,
     csrf TEXT NOT NULL,              -- every form of this session carries it
     created INTEGER NOT NULL,
-    expires INTEGER NOT NULL
+    expires INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL       -- idle sessions end (console::IDLE_SECS)
 );
 CREATE INDEX console_sessions_user ON console_sessions(user_id);
 CREATE TABLE signins (
