@@ -304,8 +304,14 @@ fn a_replaced_writer_cannot_commit_and_the_new_one_can() {
     pg.psql("UPDATE sync_lease SET expires_at = clock_timestamp()").unwrap();
     let new_lease = standby.try_acquire_lease("node-b", Duration::from_secs(30)).unwrap().unwrap();
     assert!(new_lease.fence().epoch() > old_lease.fence().epoch());
-    let refused = tx.commit().unwrap_err();
-    assert!(refused.to_string().contains("nothing of this transaction was committed"), "{refused}");
+    // Refused by the fence, or — when the successor's ending of the old
+    // writer's session lands first (a loaded machine) — by the closed
+    // connection; either way nothing is committed (checked below).
+    let refused = tx.commit().unwrap_err().to_string();
+    assert!(
+        refused.contains("nothing of this transaction was committed") || refused.contains("connection closed"),
+        "{refused}"
+    );
     assert_eq!(standby.watermark("corp").unwrap(), None, "nothing of the old writer's transaction");
     // Writes outside a transaction are fenced too.
     assert!(old.record_failed_run("corp", "late").is_err());
