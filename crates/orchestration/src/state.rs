@@ -69,7 +69,9 @@ pub fn backend(config: &Config) -> Result<Backend> {
         timeout: Duration::from_secs(15),
         application_name: "idbridge-sync".into(),
     };
-    settings.check().map_err(|error| Error::OpenStore { state: url.clone(), error })?;
+    settings
+        .check()
+        .map_err(|error| Error::OpenStore { state: url.clone(), error: ::sync::engine::StoreError(error.0) })?;
     Ok(Backend::Postgres(settings))
 }
 

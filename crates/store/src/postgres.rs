@@ -13,10 +13,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use directory::{Anchor, Dn, ObjectKind};
 use serde_json::{Value as Json, json};
@@ -25,6 +21,8 @@ use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
+
+pub use pgconn::{DatabaseSettings, PgTls, block, describe};
 
 use crate::lease::{Fence, LeaseInfo};
 use crate::{
@@ -98,232 +96,19 @@ CREATE TABLE sync_lease (
 /// The component name under which the schema version is kept.
 const COMPONENT: &str = "sync";
 
-/// How to reach the database.
-#[derive(Clone)]
-pub struct DatabaseSettings {
-    /// `postgres://user@host:port/database[?options]`, without a password.
-    pub url: String,
-    /// From a file or the environment, never the command line.
-    pub password: Option<String>,
-    pub tls: PgTls,
-    /// For connecting, and for noticing a dead server on an open connection.
-    pub timeout: Duration,
-    /// Shown in `pg_stat_activity`.
-    pub application_name: String,
-}
-
-impl std::fmt::Debug for DatabaseSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseSettings")
-            .field("url", &self.url)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
-/// TLS to the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PgTls {
-    /// No TLS (a loopback or Unix-socket database, or `sslmode=disable` said outright).
-    Plain,
-    /// TLS required; the server's certificate must chain to this CA and name the host.
-    Verified { ca_file: PathBuf },
-}
-
-impl DatabaseSettings {
-    /// What can be known before connecting: the URL parses, holds no
-    /// password, and a database beyond this machine is reached with TLS
-    /// (or `sslmode=disable` says a plain connection is wanted).
-    pub fn check(&self) -> Result<(), StoreError> {
-        let config = self.driver_config()?;
-        if self.tls == PgTls::Plain && config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable {
-            for host in config.get_hosts() {
-                if let tokio_postgres::config::Host::Tcp(name) = host {
-                    let loopback = name == "localhost"
-                        || name.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-                    if !loopback {
-                        return Err(StoreError(format!(
-                            "the database at {name} would be reached over the network without TLS: give a CA file to verify it with (database_ca_file), or add sslmode=disable to the URL to accept a plain connection"
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The driver's configuration; errors name what is wrong with the URL.
-    fn driver_config(&self) -> Result<tokio_postgres::Config, StoreError> {
-        let mut config: tokio_postgres::Config =
-            self.url.parse().map_err(|e| StoreError(format!("the database URL is not valid: {}", describe(&e))))?;
-        if config.get_password().is_some() {
-            return Err(StoreError(
-                "the database URL holds a password: give it in a file or the environment instead".into(),
-            ));
-        }
-        if let Some(password) = &self.password {
-            config.password(password.as_bytes());
-        }
-        if self.tls != PgTls::Plain {
-            config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        }
-        config
-            .connect_timeout(self.timeout)
-            .keepalives(true)
-            .keepalives_idle(self.timeout)
-            .keepalives_interval(Duration::from_secs(2))
-            .keepalives_retries(3)
-            .tcp_user_timeout(self.timeout)
-            .application_name(&self.application_name);
-        Ok(config)
-    }
-}
-
-/// A driver error as one line naming the cause (the driver's own `Display`
-/// says only "db error" for what the server reported).
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} ({}: {})", db.message(), db.severity(), db.code().code());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 fn pg(e: tokio_postgres::Error) -> StoreError {
     StoreError(describe(&e))
 }
 
-/// Waits for a client future. The connection's IO runs on its own thread,
-/// so this never needs (or nests) the caller's runtime.
-pub(crate) fn block<F: Future>(future: F) -> F::Output {
-    futures_executor::block_on(future)
-}
-
-/// Opens a connection and starts the thread that drives it (it ends when
-/// the client is dropped or the connection breaks).
+/// Opens a connection (see [`pgconn::connect`]).
 pub(crate) fn connect(settings: &DatabaseSettings) -> Result<Client, StoreError> {
-    let mut config = settings.driver_config()?;
-    // A prepared statement's generic plan is fixed when the tables are still
-    // small (a first import fills them inside one transaction, before any
-    // statistics): it would scan where an index lookup is right, making a
-    // large first cycle quadratic. Plan each execution with its values.
-    config.options("-c plan_cache_mode=force_custom_plan");
-    let tls = settings.tls.clone();
-    let (answer, connected) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("postgres-connection".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = answer.send(Err(StoreError(format!("cannot start the database connection: {e}"))));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                match tls {
-                    PgTls::Plain => drive(&config, tokio_postgres::NoTls, answer).await,
-                    PgTls::Verified { ca_file } => match tls_connector(&ca_file) {
-                        Ok(connector) => drive(&config, connector, answer).await,
-                        Err(e) => {
-                            let _ = answer.send(Err(e));
-                        }
-                    },
-                }
-            });
-        })
-        .map_err(|e| StoreError(format!("cannot start the database connection: {e}")))?;
-    connected.recv().map_err(|_| StoreError("the database connection thread ended".into()))?
+    pgconn::connect(settings).map_err(|e| StoreError(e.0))
 }
 
-/// Connects, hands the client over, then drives the connection until it ends.
-async fn drive<T>(
-    config: &tokio_postgres::Config,
-    tls: T,
-    answer: std::sync::mpsc::SyncSender<Result<Client, StoreError>>,
-) where
-    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
-    T::Stream: Send + 'static,
-{
-    match config.connect(tls).await {
-        Ok((client, connection)) => {
-            let _ = answer.send(Ok(client));
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %describe(&e), "the database connection broke");
-            }
-        }
-        Err(e) => {
-            let _ = answer.send(Err(StoreError(format!("cannot connect to the database: {}", describe(&e)))));
-        }
-    }
-}
-
-fn tls_connector(ca_file: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| StoreError(format!("cannot read the database CA file {}: {e}", ca_file.display())))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| StoreError(format!("the database CA file {}: {e}", ca_file.display())))?;
-        roots.add(cert).map_err(|e| StoreError(format!("the database CA file {}: {e}", ca_file.display())))?;
-    }
-    if roots.is_empty() {
-        return Err(StoreError(format!("the database CA file {} holds no certificate", ca_file.display())));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(err)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
-/// Applies the schema versions this build has and the database lacks;
-/// refuses a database whose schema is newer.
+/// Applies the schema versions this build has and the database lacks.
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    block(async {
-        let tx = client.transaction().await.map_err(pg)?;
-        // One migrator at a time, across every node.
-        tx.execute("SELECT pg_advisory_xact_lock(7305571161)", &[]).await.map_err(pg)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS idbridge_schema (component TEXT PRIMARY KEY, version INT NOT NULL)",
-        )
-        .await
-        .map_err(pg)?;
-        let version: i32 = tx
-            .query_opt("SELECT version FROM idbridge_schema WHERE component = $1", &[&COMPONENT])
-            .await
-            .map_err(pg)?
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        let known = i32::try_from(MIGRATIONS.len()).map_err(err)?;
-        if version > known {
-            return Err(StoreError(format!(
-                "the database's sync schema is version {version}, newer than this idbridge knows ({known}); upgrade idbridge"
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).map_err(err)?) {
-            tx.batch_execute(sql).await.map_err(pg)?;
-            let v = i32::try_from(i + 1).map_err(err)?;
-            tx.execute(
-                "INSERT INTO idbridge_schema(component, version) VALUES($1, $2)
-                 ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                &[&COMPONENT, &v],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        tx.commit().await.map_err(pg)
-    })
+    let migrations: Vec<String> = MIGRATIONS.iter().map(|m| (*m).to_string()).collect();
+    pgconn::migrate(client, COMPONENT, &migrations).map_err(|e| StoreError(e.0))
 }
 
 /// Names `client`'s session in the lease row while `fence`'s lease is held.
@@ -366,7 +151,7 @@ impl PgStore {
     /// Connects, applies missing schema versions, and returns a store that
     /// reads; [`PgStore::write_under`] lets it write.
     pub fn connect(settings: &DatabaseSettings) -> Result<PgStore, StoreError> {
-        settings.check()?;
+        settings.check().map_err(|e| StoreError(e.0))?;
         let mut client = connect(settings)?;
         migrate(&mut client)?;
         let store = PgStore {

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use proto::ErrorReply;
 use proto::pta::{Answer, AnswerReply, PollQuery, PollReply, Registration};
-use rusqlite::Connection;
+use tenant::db::Connection;
 use tenant::pta::{POLL_WAIT, agent_for, record_poll, register_agent, rotate_credential};
 use tenant::{Result, TenantError};
 

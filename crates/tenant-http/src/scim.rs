@@ -8,7 +8,6 @@ use axum::extract::{Path, Query as QueryParams, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use rusqlite::Connection;
 use scim::filter::{AttrPath, Filter};
 use scim::patch::parse_patch;
 use scim::resource::Projection;
@@ -16,6 +15,7 @@ use scim::schema::{RESOURCE_TYPES, SCHEMAS, resource_type_by_name, schema_by_id}
 use scim::{ScimError, ScimType};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tenant::db::Connection;
 
 use tenant::objects::{self, Ctx, Kind, Outcome, Query};
 use tenant::store::{Settings, Store};

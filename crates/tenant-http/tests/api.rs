@@ -48,7 +48,7 @@ impl Tenant {
     }
 
     /// Starts with `configure` applied to the database first (settings).
-    async fn start_with(dir: TempDir, configure: impl FnOnce(&rusqlite::Connection)) -> Tenant {
+    async fn start_with(dir: TempDir, configure: impl FnOnce(&tenant::db::Connection)) -> Tenant {
         let (service, _) = tenant::Tenant::open_or_create(dir.path(), "example.test").unwrap();
         let store = service.store().clone();
         configure(&store.lock());

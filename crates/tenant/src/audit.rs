@@ -1,6 +1,6 @@
 //! The audit log: who changed what, when. Every write goes through `record`.
 
-use rusqlite::{Connection, params};
+use crate::db::{Connection, params};
 use serde_json::Value;
 
 use crate::error::Result;
@@ -39,7 +39,7 @@ pub fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>> {
          (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
     )?;
     let rows = stmt.query_map(params![limit as i64], entry)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
 }
 
 /// What to show of the audit log. Empty fields do not filter.
@@ -80,11 +80,11 @@ pub fn query(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<AuditEnt
         w.sql()
     );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(w.values), entry)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(crate::db::params_from_iter(w.values), entry)?;
+    Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
 }
 
-fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+fn entry(r: &crate::db::Row<'_>) -> crate::db::Result<AuditEntry> {
     let detail: Option<String> = r.get(6)?;
     Ok(AuditEntry {
         seq: r.get(0)?,

@@ -1,7 +1,7 @@
 //! The tenant's look on its sign-in pages (`idbridge tenant branding set`):
 //! stored in the settings, checked before it can reach a style sheet.
 
-use rusqlite::Connection;
+use crate::db::Connection;
 
 use crate::store::get_meta;
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use crate::error::{Result, TenantError};
@@ -121,7 +121,7 @@ pub fn find_principal(conn: &Connection, kind: Kind, name: &str) -> Result<Princ
             )?;
             let ids = stmt
                 .query_map(params![name.trim().to_lowercase()], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .collect::<crate::db::Result<Vec<_>>>()?;
             match ids.as_slice() {
                 [] => Err(TenantError::NotFound(format!("group {name}"))),
                 [id] => Ok(Principal { kind, id: id.clone(), name: name.trim().to_string() }),
@@ -167,8 +167,10 @@ pub fn remove(conn: &Connection, principal: &Principal, role: Role) -> Result<bo
 pub fn list(conn: &Connection) -> Result<Vec<Assignment>> {
     let mut stmt = conn.prepare("SELECT principal_type, principal_id, role, assigned FROM roles")?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<Vec<(String, String, String, String)>>>()?;
+        .query_map(params![], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?))
+        })?
+        .collect::<crate::db::Result<Vec<(String, String, String, String)>>>()?;
     let mut out = Vec::with_capacity(rows.len());
     for (kind, id, role, assigned) in rows {
         let (Ok(role), Some(kind)) = (Role::parse(&role), Kind::parse(&kind)) else { continue };
@@ -285,10 +287,13 @@ pub fn close_session(conn: &Connection, token: &str) -> Result<()> {
 /// name) that currently lock: epoch seconds until which, the latest.
 pub fn locked_until(conn: &Connection, user_name: &str) -> Result<Option<i64>> {
     let name = user_name.to_lowercase();
+    let (prefix, suffix) = (format!("user:{name}|"), format!("|{name}"));
+    let (prefix_len, suffix_len) = (prefix.chars().count(), suffix.chars().count());
     let until: Option<i64> = conn.query_row(
         "SELECT max(locked_until) FROM lockouts WHERE locked_until > ?3
-         AND (substr(key, 1, length(?1)) = ?1 OR (key LIKE 'addrname:%' AND substr(key, -length(?2)) = ?2))",
-        params![format!("user:{name}|"), format!("|{name}"), now_secs()],
+         AND (substr(key, 1, ?4) = ?1
+              OR (key LIKE 'addrname:%' AND length(key) >= ?5 AND substr(key, length(key) - ?5 + 1) = ?2))",
+        params![prefix, suffix, now_secs(), prefix_len, suffix_len],
         |r| r.get(0),
     )?;
     Ok(until)
@@ -297,10 +302,12 @@ pub fn locked_until(conn: &Connection, user_name: &str) -> Result<Option<i64>> {
 /// Clears every lockout counter of the user (all locations); the number cleared.
 pub fn unlock(conn: &Connection, user_name: &str) -> Result<usize> {
     let name = user_name.to_lowercase();
+    let (prefix, suffix) = (format!("user:{name}|"), format!("|{name}"));
+    let (prefix_len, suffix_len) = (prefix.chars().count(), suffix.chars().count());
     Ok(conn.execute(
-        "DELETE FROM lockouts WHERE substr(key, 1, length(?1)) = ?1
-         OR (key LIKE 'addrname:%' AND substr(key, -length(?2)) = ?2)",
-        params![format!("user:{name}|"), format!("|{name}")],
+        "DELETE FROM lockouts WHERE substr(key, 1, ?3) = ?1
+         OR (key LIKE 'addrname:%' AND length(key) >= ?4 AND substr(key, length(key) - ?4 + 1) = ?2)",
+        params![prefix, suffix, prefix_len, suffix_len],
     )?)
 }
 

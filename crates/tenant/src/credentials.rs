@@ -2,8 +2,8 @@
 //! A record is what the sync side sent: a PPH1 record derived from the NT
 //! hash, or a `userPassword` value carried as it is. Raw NT hashes are refused.
 
+use crate::db::{Connection, OptionalExtension, params};
 use passwords::{Pph1, StoredPassword};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use crate::audit;

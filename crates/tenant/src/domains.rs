@@ -1,6 +1,6 @@
 //! Verified domains and how their users sign in.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 
 use crate::error::{Result, TenantError};
 use crate::util::now;
@@ -52,7 +52,7 @@ pub fn add(conn: &Connection, name: &str, auth: AuthType, initial: bool) -> Resu
     Ok(Domain { name, auth, initial, added })
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, bool, String)> {
+fn row(r: &crate::db::Row<'_>) -> crate::db::Result<(String, String, bool, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
@@ -73,12 +73,14 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<Domain>> {
 
 pub fn list(conn: &Connection) -> Result<Vec<Domain>> {
     let mut stmt = conn.prepare("SELECT name, auth, initial, added FROM domains ORDER BY initial DESC, name")?;
-    let rows = stmt.query_map([], row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = stmt.query_map(params![], row)?.collect::<crate::db::Result<Vec<_>>>()?;
     rows.into_iter().map(to_domain).collect()
 }
 
 pub fn initial(conn: &Connection) -> Result<Domain> {
-    let r = conn.query_row("SELECT name, auth, initial, added FROM domains WHERE initial = 1", [], row).optional()?;
+    let r = conn
+        .query_row("SELECT name, auth, initial, added FROM domains WHERE initial = 1", params![], row)
+        .optional()?;
     r.map(to_domain).transpose()?.ok_or_else(|| TenantError::Invalid("the tenant has no initial domain".into()))
 }
 

@@ -5,7 +5,7 @@ use scim::ScimError;
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
     #[error("the tenant database failed: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(#[from] crate::db::DbError),
     /// The I/O error is part of the message, not a separate cause, so a
     /// report of the whole chain does not say it twice.
     #[error("{what}: {error}")]
@@ -28,16 +28,18 @@ impl TenantError {
             TenantError::Invalid(m) => ScimError::invalid_value(m.clone()),
             TenantError::UnknownAuthType(e) => ScimError::invalid_value(e.to_string()),
             TenantError::NotFound(m) => ScimError::status(404, format!("{m} not found")),
-            TenantError::Database(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                ScimError::status(503, "the directory is busy; retry")
-            }
+            TenantError::Database(e) if e.is_transient() => ScimError::status(503, "the directory is busy; retry"),
             other => {
                 tracing::error!(error = %other, "internal error");
                 ScimError::status(500, "internal error (see the tenant's log)")
             }
         }
+    }
+}
+
+impl From<rusqlite::Error> for TenantError {
+    fn from(e: rusqlite::Error) -> TenantError {
+        TenantError::Database(e.into())
     }
 }
 

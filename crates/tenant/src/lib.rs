@@ -19,6 +19,7 @@ pub mod audit;
 pub mod branding;
 pub mod console;
 pub mod credentials;
+pub mod db;
 pub mod domains;
 pub mod error;
 pub mod federation;

@@ -5,8 +5,8 @@
 //! shows. Asked per object, so nothing is computed or stored for objects
 //! nobody looks at.
 
+use crate::db::{Connection, OptionalExtension, params};
 use proto::hybrid::{AttributeLineage, ObjectLineage};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Result, TenantError};
 use crate::objects;
@@ -68,7 +68,7 @@ pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<String>> {
          ORDER BY requested LIMIT ?1",
     )?;
     let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    Ok(rows.collect::<crate::db::Result<Vec<String>>>()?)
 }
 
 /// Stores a sync daemon's answers. "Not found" never overwrites what

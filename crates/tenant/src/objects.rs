@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 use scim::eval::{SortKey, get_ci, sort_key};
 use scim::filter::{AttrPath, CompareOp, Filter};
 use scim::patch::{PatchOp, PatchOperation, apply_patch};
@@ -30,7 +30,7 @@ use crate::store::Settings;
 use crate::util::{new_id, now, random_bytes};
 
 /// `execute` through the connection's statement cache (writes are hot in Bulk).
-fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+fn exec(conn: &Connection, sql: &str, params: impl crate::db::Params) -> crate::db::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
 }
 
@@ -38,9 +38,9 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite
 fn query_one<T>(
     conn: &Connection,
     sql: &str,
-    params: impl rusqlite::Params,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
+    params: impl crate::db::Params,
+    f: impl FnOnce(&crate::db::Row<'_>) -> crate::db::Result<T>,
+) -> crate::db::Result<T> {
     conn.prepare_cached(sql)?.query_row(params, f)
 }
 
@@ -182,7 +182,7 @@ fn claims_of(kind: Kind, data: &Value) -> Vec<(&'static str, String, String)> {
     out
 }
 
-fn row_to_stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i64, String, String)> {
+fn row_to_stored(r: &crate::db::Row<'_>) -> crate::db::Result<(String, String, String, i64, String, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
@@ -229,7 +229,7 @@ fn check_version(stored: &Stored, if_match: Option<&str>) -> Result<()> {
 /// The member ids of a group.
 pub fn member_ids(conn: &Connection, group_id: &str) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT member_id FROM members WHERE group_id = ?1")?;
-    let ids = stmt.query_map(params![group_id], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    let ids = stmt.query_map(params![group_id], |r| r.get(0))?.collect::<crate::db::Result<Vec<String>>>()?;
     Ok(ids)
 }
 
@@ -257,7 +257,7 @@ pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Pr
         )?;
         let members: Vec<Value> = stmt
             .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?
+            .collect::<crate::db::Result<Vec<_>>>()?
             .into_iter()
             .map(|(id, t)| {
                 let t = t.unwrap_or_else(|| "User".into());
@@ -275,7 +275,7 @@ pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Pr
         )?;
         let groups: Vec<Value> = stmt
             .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(2)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?
+            .collect::<crate::db::Result<Vec<_>>>()?
             .into_iter()
             .map(|(id, data)| {
                 let display = serde_json::from_str::<Value>(&data).ok().and_then(|d| d.get("displayName").cloned()).unwrap_or(Value::Null);
@@ -308,7 +308,7 @@ fn provisioning_errors(conn: &Connection, id: &str) -> Result<Vec<Value>> {
         .query_map(params![id], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::db::Result<Vec<_>>>()?;
     Ok(rows
         .into_iter()
         .map(|(attr, wanted, holder, since)| {
@@ -400,7 +400,7 @@ fn save(
         let mut stmt = conn.prepare_cached("SELECT attr, wanted FROM quarantine WHERE resource_id = ?1")?;
         let waiting = stmt
             .query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<crate::db::Result<Vec<_>>>()?;
         for (attr, wanted) in waiting {
             match attr.as_str() {
                 "userName" if user_name(&data) == user_name(&old.data) => set_user_name(&mut data, &wanted),
@@ -427,7 +427,8 @@ fn save(
         }
         exec(
             conn,
-            "INSERT OR REPLACE INTO quarantine(resource_id, attr, value, wanted, holder, since) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO quarantine(resource_id, attr, value, wanted, holder, since) VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(resource_id, attr, value) DO UPDATE SET wanted = excluded.wanted, holder = excluded.holder, since = excluded.since",
             params![id, attr, lc, given, holder, now()],
         )?;
         tracing::info!(object = id, attribute = attr, value = %given, holder = %holder, "duplicate value quarantined");
@@ -444,7 +445,7 @@ fn save(
     }
     let final_claims = claims_of(kind, &data);
     let mut stmt = conn.prepare_cached("SELECT value FROM claims WHERE resource_id = ?1")?;
-    let old_claims: HashSet<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let old_claims: HashSet<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<crate::db::Result<_>>()?;
     let new_values: HashSet<&String> = final_claims.iter().map(|(_, v, _)| v).collect();
     let released: Vec<String> = old_claims.iter().filter(|v| !new_values.contains(v)).cloned().collect();
     for v in &released {
@@ -454,12 +455,10 @@ fn save(
         if !old_claims.contains(lc) {
             exec(conn, "INSERT INTO claims(value, resource_id, attr) VALUES(?1, ?2, ?3)", params![lc, id, attr])
                 .map_err(|e| match e {
-                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                        TenantError::Scim(ScimError::new(
-                            ScimType::Uniqueness,
-                            format!("{attr} {lc:?} is already used"),
-                        ))
-                    }
+                    e if e.is_constraint_violation() => TenantError::Scim(ScimError::new(
+                        ScimType::Uniqueness,
+                        format!("{attr} {lc:?} is already used"),
+                    )),
                     other => other.into(),
                 })?;
         }
@@ -516,7 +515,7 @@ fn release(conn: &Connection, values: &[String], depth: u32) -> Result<()> {
             conn.prepare_cached("SELECT resource_id, attr, wanted FROM quarantine WHERE value = ?1 ORDER BY since")?;
         let waiters = stmt
             .query_map(params![v], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<crate::db::Result<Vec<_>>>()?;
         // The longest-waiting object gets it.
         if let Some((waiter, attr, wanted)) = waiters.into_iter().next()
             && let Some(stored) = load(conn, None, &waiter)?
@@ -575,7 +574,9 @@ fn check_members_exist(conn: &Connection, ids: &[String], group_id: &str) -> Res
 }
 
 fn add_members(conn: &Connection, group_id: &str, ids: &[String]) -> Result<()> {
-    let mut stmt = conn.prepare_cached("INSERT OR IGNORE INTO members(group_id, member_id) VALUES(?1, ?2)")?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO members(group_id, member_id) VALUES(?1, ?2) ON CONFLICT(group_id, member_id) DO NOTHING",
+    )?;
     for id in ids {
         stmt.execute(params![group_id, id])?;
     }
@@ -880,7 +881,7 @@ pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: 
     let existing = must_load(conn, kind, id)?;
     check_version(&existing, if_match)?;
     let mut stmt = conn.prepare_cached("SELECT value FROM claims WHERE resource_id = ?1")?;
-    let released: Vec<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let released: Vec<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<crate::db::Result<_>>()?;
     exec(conn, "DELETE FROM claims WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM members WHERE group_id = ?1 OR member_id = ?1", params![id])?;
@@ -924,13 +925,13 @@ enum Hint {
 
 impl Hint {
     /// The condition and its parameters (after `?1`, the type).
-    fn sql(&self) -> (String, Vec<String>) {
+    fn sql(&self, conn: &Connection) -> (String, Vec<String>) {
         match self {
             Hint::Eq(c, v) => (format!("{c} = ?2"), vec![v.clone()]),
             // Every string that starts with v sorts between v and v + U+10FFFF
             // (the largest code point; a noncharacter no name carries).
             Hint::Prefix(c, v) => (format!("{c} >= ?2 AND {c} < ?3"), vec![v.clone(), format!("{v}\u{10FFFF}")]),
-            Hint::Contains(c, v) => (format!("instr({c}, ?2) > 0"), vec![v.clone()]),
+            Hint::Contains(c, v) => (conn.contains(c, "?2"), vec![v.clone()]),
             Hint::Present(c) => (format!("{c} IS NOT NULL"), Vec::new()),
         }
     }
@@ -985,7 +986,7 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
     let rows: Vec<Stored> = {
         let (condition, args) = match query.filter.as_ref().and_then(index_hint) {
             Some(hint) => {
-                let (c, args) = hint.sql();
+                let (c, args) = hint.sql(conn);
                 (format!(" AND {c}"), args)
             }
             None => (String::new(), Vec::new()),
@@ -1001,9 +1002,9 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
         };
         let sql = format!("{SELECT} WHERE type = ?1{condition} ORDER BY {order}");
         let mut stmt = conn.prepare_cached(&sql)?;
-        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&kind_name];
-        all.extend(args.iter().map(|a| a as &dyn rusqlite::ToSql));
-        let raw = stmt.query_map(all.as_slice(), row_to_stored)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut all: Vec<&dyn crate::db::ToSql> = vec![&kind_name];
+        all.extend(args.iter().map(|a| a as &dyn crate::db::ToSql));
+        let raw = stmt.query_map(all.as_slice(), row_to_stored)?.collect::<crate::db::Result<Vec<_>>>()?;
         raw.into_iter().map(to_stored).collect::<Result<_>>()?
     };
     // Work per request is bounded: a filter no index answers, or a sort,

@@ -15,9 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::db::{Connection, OptionalExtension, params};
 use proto::pta::{Credential, MAX_POLL_WAIT_SECS, Registration};
 use pta::{Credentials, Outcome, Sealed};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use crate::audit;
@@ -328,7 +328,7 @@ pub fn list_agents(conn: &Connection) -> Result<Vec<AgentInfo>> {
     let mut stmt = conn.prepare(
         "SELECT id, name, created, last_seen, version, revoked, credential_expires FROM pta_agents ORDER BY created",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(params![], |r| {
         Ok(AgentInfo {
             id: r.get(0)?,
             name: r.get(1)?,
@@ -339,7 +339,7 @@ pub fn list_agents(conn: &Connection) -> Result<Vec<AgentInfo>> {
             credential_expires: r.get(6)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
 }
 
 pub fn revoke_agent(conn: &Connection, actor: &str, id: &str) -> Result<()> {

@@ -2,19 +2,19 @@
 //! secrets are stored sealed (ChaCha20-Poly1305) under a key kept outside
 //! the database, in `secrets.key` (0600) beside it — a copy of `tenant.db`
 //! alone (a backup, a support bundle) does not hand out the keys that sign
-//! every token. An in-memory database (tests) keeps them as they are.
+//! every token. With PostgreSQL every node is given a copy of the key file
+//! (`--secrets-key`); the database remembers which key it was sealed with.
+//! An in-memory database (tests) keeps them as they are.
 //!
 //! Sealed values start with `enc1`; older plain values are sealed when the
 //! database is opened.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::Path;
 
+use crate::db::{Connection, params};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-use rusqlite::{Connection, params};
 
 use crate::error::{Result, TenantError};
 
@@ -22,21 +22,11 @@ const MARK: &[u8] = b"enc1";
 /// The key file's name, beside the database.
 pub const KEY_FILE: &str = "secrets.key";
 
-/// Master keys by database path (a process may open several tenants).
-fn keys() -> &'static Mutex<HashMap<PathBuf, [u8; 32]>> {
-    static KEYS: OnceLock<Mutex<HashMap<PathBuf, [u8; 32]>>> = OnceLock::new();
-    KEYS.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-/// Loads (or makes, 0600) the master key of the database `conn` has open
-/// at `db`; afterwards [`seal`] and [`open`] use it on any connection to
-/// that file (they find it by SQLite's own name for the file).
-pub fn load_key(conn: &Connection, db: &Path) -> Result<()> {
-    let Some(name) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else { return Ok(()) };
-    let file = db.with_file_name(KEY_FILE);
-    let key = match std::fs::read(&file) {
+/// Loads (or makes, 0600) the master key in `file`.
+pub fn load_key_file(file: &Path) -> Result<[u8; 32]> {
+    match std::fs::read(file) {
         Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice())
-            .map_err(|_| TenantError::Invalid(format!("{} is not a tenant secrets key (32 bytes)", file.display())))?,
+            .map_err(|_| TenantError::Invalid(format!("{} is not a tenant secrets key (32 bytes)", file.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = crate::util::random_bytes::<32>();
             let mut options = std::fs::OpenOptions::new();
@@ -47,22 +37,38 @@ pub fn load_key(conn: &Connection, db: &Path) -> Result<()> {
                 options.mode(0o600);
             }
             let mut f = options
-                .open(&file)
+                .open(file)
                 .map_err(|e| TenantError::Io { what: format!("cannot create {}", file.display()), error: e })?;
             std::io::Write::write_all(&mut f, &key)
                 .and_then(|()| f.sync_all())
                 .map_err(|e| TenantError::Io { what: format!("cannot write {}", file.display()), error: e })?;
-            key
+            Ok(key)
         }
-        Err(e) => return Err(TenantError::Io { what: format!("cannot read {}", file.display()), error: e }),
-    };
-    keys().lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name, key);
+        Err(e) => Err(TenantError::Io { what: format!("cannot read {}", file.display()), error: e }),
+    }
+}
+
+/// A shared database (PostgreSQL) remembers which key seals its secrets:
+/// a node started with another key file is refused before it seals
+/// anything with it. The first node to start records its key's check value.
+pub fn check_key(conn: &Connection, file: &Path) -> Result<()> {
+    let Some(key) = conn.secrets_key() else { return Ok(()) };
+    let check = STANDARD.encode(ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key), MARK));
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES('secrets_key_check', ?1) ON CONFLICT(key) DO NOTHING",
+        params![check],
+    )?;
+    if crate::store::get_meta(conn, "secrets_key_check")?.as_deref() != Some(check.as_str()) {
+        return Err(TenantError::Invalid(format!(
+            "{} is not the secrets key of this database: every tenant node needs a copy of the same key file",
+            file.display()
+        )));
+    }
     Ok(())
 }
 
 fn key_of(conn: &Connection) -> Option<[u8; 32]> {
-    let path = conn.path().filter(|p| !p.is_empty())?;
-    keys().lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(Path::new(path)).copied()
+    conn.secrets_key()
 }
 
 fn aead(key: &[u8; 32]) -> Result<LessSafeKey> {
@@ -125,19 +131,17 @@ pub fn seal_existing(conn: &Connection) -> Result<()> {
         return Ok(());
     }
     let plain_keys: Vec<(String, Vec<u8>)> = conn
-        .prepare("SELECT kid, pkcs8 FROM signing_keys")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?
+        .query_map("SELECT kid, pkcs8 FROM signing_keys", params![], |r| Ok((r.get(0)?, r.get(1)?)))?
         .into_iter()
         .filter(|(_, k): &(String, Vec<u8>)| !k.starts_with(MARK))
         .collect();
     for (kid, pkcs8) in plain_keys {
         conn.execute("UPDATE signing_keys SET pkcs8 = ?2 WHERE kid = ?1", params![kid, seal(conn, &pkcs8)?])?;
     }
-    let federations: Vec<(String, String)> = conn
-        .prepare("SELECT name, federation FROM domains WHERE federation IS NOT NULL")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let federations: Vec<(String, String)> =
+        conn.query_map("SELECT name, federation FROM domains WHERE federation IS NOT NULL", params![], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     for (name, text) in federations {
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         let secret = value.get("client_secret").and_then(|s| s.as_str()).map(str::to_string);

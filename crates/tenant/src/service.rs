@@ -60,7 +60,7 @@ impl Tenant {
 
     /// Runs `work` in one write transaction: committed when it returns
     /// `Ok`, rolled back otherwise (or if it panics).
-    fn write<T>(&self, work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn write<T>(&self, work: impl FnOnce(&crate::db::Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.store.lock();
         let tx = conn.transaction()?;
         let value = work(&tx)?;
@@ -68,7 +68,7 @@ impl Tenant {
         Ok(value)
     }
 
-    fn read<T>(&self, work: impl FnOnce(&rusqlite::Connection) -> Result<T>) -> Result<T> {
+    fn read<T>(&self, work: impl FnOnce(&crate::db::Connection) -> Result<T>) -> Result<T> {
         work(&self.store.read())
     }
 

@@ -10,8 +10,8 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use crate::db::{Connection, OptionalExtension, params};
 use passwords::{NtHash, Pph1};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use crate::credentials::{self, Credential};
@@ -490,7 +490,7 @@ fn is_locked(conn: &Connection, key: &str, now: i64) -> Result<bool> {
 /// Gives back a reserved attempt that turned out not to be a failure.
 fn refund(conn: &Connection, key: &str, now: i64) -> Result<()> {
     conn.execute(
-        "UPDATE lockouts SET failures = max(failures - 1, 0), last = ?2 WHERE key = ?1 AND locked_until <= ?2",
+        "UPDATE lockouts SET failures = CASE WHEN failures > 0 THEN failures - 1 ELSE 0 END, last = ?2 WHERE key = ?1 AND locked_until <= ?2",
         params![key, now],
     )?;
     Ok(())

@@ -4,7 +4,7 @@
 //! with filters, newest first, a page at a time (keyset on `seq`, so a page
 //! deep in a million rows costs what the first one does).
 
-use rusqlite::{Connection, params_from_iter};
+use crate::db::{Connection, params_from_iter};
 
 use crate::error::Result;
 use crate::util::{Where, now_secs};
@@ -44,7 +44,7 @@ pub fn record(conn: &Connection, a: &Attempt<'_>) -> Result<()> {
         "INSERT INTO signins(at, user_name, method, success, reason, application, address)
          VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    stmt.execute(rusqlite::params![
+    stmt.execute(crate::db::params![
         now_secs(),
         a.user_name.to_lowercase(),
         a.method.as_str(),
@@ -128,13 +128,13 @@ pub fn query(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<Entry>> 
             address: r.get(7)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
 }
 
 /// Sign-ins per hour since `since` (epoch seconds): (hour start, successes, failures), oldest first.
 pub fn per_hour(conn: &Connection, since: i64) -> Result<Vec<(i64, u64, u64)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT (at / 3600) * 3600 AS hour, sum(success), count(*) - sum(success) FROM signins
+        "SELECT (at / 3600) * 3600 AS hour, CAST(sum(success) AS BIGINT), CAST(count(*) - sum(success) AS BIGINT) FROM signins
          WHERE at >= ?1 GROUP BY hour ORDER BY hour",
     )?;
     let rows = stmt.query_map([since], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?;

@@ -1,9 +1,13 @@
-//! The tenant's SQLite database: opening (WAL), schema migrations, settings.
+//! The tenant's database (SQLite or PostgreSQL, see [`crate::db`]):
+//! opening, the connections, schema migrations, settings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use pgconn::DatabaseSettings;
+
+use crate::db::{Connection, OptionalExtension, params};
 
 use crate::error::{Result, TenantError};
 
@@ -288,51 +292,124 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V11, SCHEMA_V12, SCHEMA_V13,
 ];
 
-/// The database: one connection that writes (SQLite has one writer
-/// anyway) and a few read-only ones for long reads (SCIM lists and
-/// searches), so a slow read never holds up a write or a sign-in. WAL
-/// lets readers and the writer work at once.
+/// The database. SQLite: one connection that writes (SQLite has one
+/// writer anyway) and a few read-only ones for long reads (SCIM lists and
+/// searches), so a slow read never holds up a write or a sign-in; WAL lets
+/// readers and the writer work at once. PostgreSQL: a small pool of
+/// connections shared by reads and writes (writes serialise on the
+/// database's write lock, see [`crate::db`]); a connection that broke —
+/// the server restarted — is replaced when it is next handed out.
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    postgres: Option<PgPool>,
 }
 
-/// Read-only connections beside the writer.
+#[derive(Debug)]
+struct PgPool {
+    settings: DatabaseSettings,
+    next: AtomicUsize,
+    /// When reconnecting last failed: tried again at most once a second.
+    failed_at: Mutex<Option<std::time::Instant>>,
+}
+
+/// Read-only connections beside the writer (SQLite); the pool's size
+/// beside the first connection (PostgreSQL).
 const READERS: usize = 2;
+const PG_POOL: usize = 7;
+
+/// Where a tenant's data lives.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// A data directory holding `tenant.db` and `secrets.key` (the embedded default).
+    Directory(PathBuf),
+    /// A PostgreSQL database shared by every node, and the secrets key
+    /// file every node has a copy of.
+    Postgres { settings: DatabaseSettings, secrets_key: PathBuf },
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Directory(dir) => write!(f, "{}", dir.display()),
+            Location::Postgres { settings, .. } => f.write_str(&settings.url),
+        }
+    }
+}
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path)?;
+        let key = crate::secrets::load_key_file(&path.with_file_name(crate::secrets::KEY_FILE))?;
+        let raw = rusqlite::Connection::open(path)?;
         // WAL + NORMAL: committed transactions survive a killed process.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        crate::secrets::load_key(&conn, path)?;
+        raw.pragma_update(None, "journal_mode", "WAL")?;
+        raw.pragma_update(None, "synchronous", "NORMAL")?;
+        raw.pragma_update(None, "foreign_keys", "ON")?;
+        raw.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = Connection::sqlite(raw, Some(key));
         migrate(&conn)?;
         crate::secrets::seal_existing(&conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            let reader = Connection::open_with_flags(
+            let reader = rusqlite::Connection::open_with_flags(
                 path,
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             reader.busy_timeout(std::time::Duration::from_secs(5))?;
-            readers.push(Mutex::new(reader));
+            readers.push(Mutex::new(Connection::sqlite(reader, Some(key))));
         }
-        Ok(Store { conn: Mutex::new(conn), readers })
+        Ok(Store { conn: Mutex::new(conn), readers, postgres: None })
     }
 
     pub fn open_in_memory() -> Result<Store> {
-        let conn = Connection::open_in_memory()?;
+        let conn = Connection::sqlite(rusqlite::Connection::open_in_memory()?, None);
         migrate(&conn)?;
-        Ok(Store { conn: Mutex::new(conn), readers: Vec::new() })
+        Ok(Store { conn: Mutex::new(conn), readers: Vec::new(), postgres: None })
     }
 
-    /// A read-only connection for a long read: a free one if there is one,
-    /// else the first to come free. (In memory there are none: the writer.)
+    /// Connects to PostgreSQL, applies missing schema versions (refusing a
+    /// newer schema), and checks that `secrets_key` is the key this
+    /// database's secrets are sealed with (the first node to start sets it).
+    pub fn open_postgres(settings: &DatabaseSettings, secrets_key: &Path) -> Result<Store> {
+        settings.check().map_err(|e| TenantError::Invalid(e.0))?;
+        let key = crate::secrets::load_key_file(secrets_key)?;
+        let mut first = Connection::postgres(settings, Some(key))?;
+        let migrations: Vec<String> = MIGRATIONS.iter().map(|m| crate::db::postgres_schema(m)).collect();
+        if let Some(client) = first.postgres_client() {
+            pgconn::migrate(client, "tenant", &migrations).map_err(|e| TenantError::Invalid(e.0))?;
+        }
+        {
+            let tx = first.transaction()?;
+            crate::secrets::check_key(&tx, secrets_key)?;
+            crate::secrets::seal_existing(&tx)?;
+            tx.commit()?;
+        }
+        let mut readers = Vec::with_capacity(PG_POOL);
+        for _ in 0..PG_POOL {
+            readers.push(Mutex::new(Connection::postgres(settings, Some(key))?));
+        }
+        Ok(Store {
+            conn: Mutex::new(first),
+            readers,
+            postgres: Some(PgPool {
+                settings: settings.clone(),
+                next: AtomicUsize::new(0),
+                failed_at: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// A connection for a long read: a free reader if there is one, else
+    /// the first to come free. (In memory there are none: the writer.)
     pub fn read(&self) -> MutexGuard<'_, Connection> {
+        if let Some(pool) = &self.postgres {
+            return self.pooled(pool);
+        }
         for reader in &self.readers {
             if let Ok(guard) = reader.try_lock() {
                 return guard;
@@ -344,15 +421,59 @@ impl Store {
         }
     }
 
-    /// The connection; a poisoned lock (a panic elsewhere) is still usable
-    /// because every change runs in a transaction that rolled back.
+    /// The connection that writes (SQLite) or one of the pool (PostgreSQL);
+    /// a poisoned lock (a panic elsewhere) is still usable because every
+    /// change runs in a transaction that rolled back.
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        if let Some(pool) = &self.postgres {
+            return self.pooled(pool);
+        }
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A free pooled connection (else the next in turn), replaced first if it broke.
+    fn pooled(&self, pool: &PgPool) -> MutexGuard<'_, Connection> {
+        let all: Vec<&Mutex<Connection>> = std::iter::once(&self.conn).chain(&self.readers).collect();
+        let start = pool.next.fetch_add(1, Ordering::Relaxed);
+        let mut guard = None;
+        for i in 0..all.len() {
+            if let Some(slot) = all.get((start + i) % all.len())
+                && let Ok(g) = slot.try_lock()
+            {
+                guard = Some(g);
+                break;
+            }
+        }
+        let mut guard = match guard {
+            Some(g) => g,
+            None => match all.get(start % all.len()) {
+                Some(slot) => slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+                None => self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            },
+        };
+        if guard.is_broken() {
+            let mut failed_at = pool.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if failed_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                match Connection::postgres(&pool.settings, guard.secrets_key()) {
+                    Ok(fresh) => {
+                        tracing::info!("reconnected to the tenant database");
+                        *guard = fresh;
+                        *failed_at = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the tenant database is unreachable; retrying at most once a second");
+                        *failed_at = Some(std::time::Instant::now());
+                    }
+                }
+            }
+        }
+        guard
     }
 }
 
 fn migrate(conn: &Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let Some(sqlite) = conn.sqlite_connection() else { return Ok(()) };
+    let version: i64 = sqlite.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let version = usize::try_from(version).map_err(|_| TenantError::Invalid("bad schema version".into()))?;
     if version > MIGRATIONS.len() {
         return Err(TenantError::Invalid(format!(
@@ -363,7 +484,7 @@ fn migrate(conn: &Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
+        sqlite.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
     }
     Ok(())
@@ -410,9 +531,18 @@ pub fn csrf_key(conn: &Connection) -> Result<[u8; 32]> {
     {
         return Ok(key);
     }
-    let key = crate::util::random_bytes::<32>();
-    set_meta(conn, "csrf_key", &engine.encode(key))?;
-    Ok(key)
+    // Nodes starting together each propose a key; the first one stored wins
+    // and every node reads that one back.
+    let proposed = engine.encode(crate::util::random_bytes::<32>());
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES('csrf_key', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value
+         WHERE length(meta.value) <> 44",
+        params![proposed],
+    )?;
+    get_meta(conn, "csrf_key")?
+        .and_then(|text| engine.decode(text).ok())
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or_else(|| TenantError::Invalid("the CSRF key in the database is not 32 bytes".into()))
 }
 
 /// Reverse proxies whose `X-Forwarded-For` is believed (sign-in lockout and

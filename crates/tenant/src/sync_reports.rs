@@ -1,7 +1,7 @@
 //! What sync daemons report after each cycle: kept per connector (the last
 //! [`KEEP`] of each), read by the admin API and the metrics.
 
-use rusqlite::{Connection, params};
+use crate::db::{Connection, params};
 
 use crate::error::Result;
 use crate::util::now;
@@ -34,11 +34,10 @@ pub struct Received {
     pub report: proto::hybrid::SyncReport,
 }
 
-fn read(rows: rusqlite::Rows<'_>) -> Result<Vec<Received>> {
-    let mapped = rows.mapped(|r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)));
+fn read(conn: &Connection, sql: &str, params: impl crate::db::Params) -> Result<Vec<Received>> {
+    let rows = conn.query_map(sql, params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     let mut out = Vec::new();
-    for row in mapped {
-        let (received, text) = row?;
+    for (received, text) in rows {
         // A row this version cannot read is left out, never fails the listing.
         if let Ok(report) = serde_json::from_str(&text) {
             out.push(Received { received, report });
@@ -49,27 +48,32 @@ fn read(rows: rusqlite::Rows<'_>) -> Result<Vec<Received>> {
 
 /// Each connector's latest report.
 pub fn latest(conn: &Connection) -> Result<Vec<Received>> {
-    let mut stmt = conn.prepare(
+    read(
+        conn,
         "SELECT received, report FROM sync_reports WHERE id IN (SELECT max(id) FROM sync_reports GROUP BY connector) ORDER BY connector",
-    )?;
-    read(stmt.query([])?)
+        params![],
+    )
 }
 
 /// A connector's latest `limit` reports, newest first.
 pub fn history(conn: &Connection, connector: &str, limit: i64) -> Result<Vec<Received>> {
-    let mut stmt =
-        conn.prepare("SELECT received, report FROM sync_reports WHERE connector = ?1 ORDER BY id DESC LIMIT ?2")?;
-    read(stmt.query(params![connector, limit])?)
+    read(
+        conn,
+        "SELECT received, report FROM sync_reports WHERE connector = ?1 ORDER BY id DESC LIMIT ?2",
+        params![connector, limit],
+    )
 }
 
 /// Each connector's last successful cycle: (connector, Unix time it finished).
 pub fn last_success(conn: &Connection) -> Result<Vec<(String, f64)>> {
     use time::format_description::well_known::Rfc3339;
-    let mut stmt = conn.prepare(
-        "SELECT connector, json_extract(report, '$.finished') FROM sync_reports
+    let sql = format!(
+        "SELECT connector, {} FROM sync_reports
          WHERE id IN (SELECT max(id) FROM sync_reports WHERE status = 'success' GROUP BY connector) ORDER BY connector",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
+        conn.json_text("report", "finished")
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
     let mut out = Vec::new();
     for row in rows {
         let (connector, finished) = row?;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 
 use crate::error::{Result, TenantError};
 use crate::util::{new_id, new_token, now, now_secs, sha256};
@@ -118,10 +118,10 @@ pub fn authenticate(conn: &Connection, token: &str) -> Result<Option<(String, Sc
 pub fn list(conn: &Connection) -> Result<Vec<TokenInfo>> {
     let mut stmt = conn.prepare("SELECT id, scope, created, expires, revoked, note FROM tokens ORDER BY created")?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map(params![], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::db::Result<Vec<_>>>()?;
     rows.into_iter()
         .map(|(id, scope, created, expires, revoked, note)| {
             Ok(TokenInfo { id, scope: scope.parse()?, created, expires, revoked, note })
@@ -166,7 +166,7 @@ pub fn admit_sync_fence(
     let key = format!("sync-fence:{token_id}:{lineage}");
     let admitted = conn.execute(
         "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value
-         WHERE CAST(meta.value AS INTEGER) <= CAST(excluded.value AS INTEGER)",
+         WHERE CAST(meta.value AS BIGINT) <= CAST(excluded.value AS BIGINT)",
         params![key, epoch.to_string()],
     )?;
     if admitted > 0 {

@@ -97,13 +97,13 @@ pub fn sha256(data: &[u8]) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct Where {
     clauses: Vec<String>,
-    pub values: Vec<rusqlite::types::Value>,
+    pub values: Vec<crate::db::OwnedValue>,
 }
 
 impl Where {
     /// Adds `clause`, whose one `?` stands for `value`.
-    pub fn and(&mut self, clause: &str, value: impl Into<rusqlite::types::Value>) {
-        self.values.push(value.into());
+    pub fn and(&mut self, clause: &str, value: impl crate::db::ToSql) {
+        self.values.push(crate::db::OwnedValue::of(value.to_sql()));
         self.clauses.push(clause.replace('?', &format!("?{}", self.values.len())));
     }
 
@@ -113,8 +113,8 @@ impl Where {
     }
 
     /// Adds a last parameter (say, a LIMIT) and returns its placeholder.
-    pub fn param(&mut self, value: impl Into<rusqlite::types::Value>) -> String {
-        self.values.push(value.into());
+    pub fn param(&mut self, value: impl crate::db::ToSql) -> String {
+        self.values.push(crate::db::OwnedValue::of(value.to_sql()));
         format!("?{}", self.values.len())
     }
 }

@@ -26,8 +26,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rusqlite::Connection;
 use serde_json::{Value, json};
+use tenant::db::Connection;
 
 use crate::oidc::flow::{cookie, exchange_code, urlencode};
 use crate::scim::{ApiError, AppState, db};
@@ -375,7 +375,7 @@ async fn sign_out(
     let ended = db(&state, move |conn| {
         console::close_session(conn, &console_token)?;
         if let Some(token) = browser_token {
-            conn.execute("DELETE FROM sessions WHERE hash = ?1", rusqlite::params![sha256(token.as_bytes())])
+            conn.execute("DELETE FROM sessions WHERE hash = ?1", tenant::db::params![sha256(token.as_bytes())])
                 .map_err(tenant::TenantError::from)?;
         }
         Ok(())

@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
+use tenant::db::{Connection, OptionalExtension, params};
 
 use super::view::{self, Viewer, action, age, csrf_field, seconds, when, when_text};
 use super::{Admin, authorised, change, html, message, not_found, read};
@@ -62,8 +62,11 @@ pub(super) async fn overview(State(state): State<Arc<AppState>>, admin: Admin) -
     let since = now_secs() - 24 * 3600;
     let found = read(&state, move |conn| {
         let mut stmt = conn.prepare("SELECT type, count(*) FROM resources GROUP BY type ORDER BY type DESC")?;
-        let counts = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        let quarantined = conn.query_row("SELECT count(DISTINCT resource_id) FROM quarantine", [], |r| r.get(0))?;
+        let counts = stmt
+            .query_map(tenant::db::params![], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<tenant::db::Result<Vec<_>>>()?;
+        let quarantined =
+            conn.query_row("SELECT count(DISTINCT resource_id) FROM quarantine", tenant::db::params![], |r| r.get(0))?;
         Ok(Overview {
             counts,
             quarantined,
@@ -187,7 +190,7 @@ fn search(conn: &Connection, kind: Kind, q: Option<&str>, after: &str) -> tenant
             let sql = format!("SELECT id FROM resources WHERE {after_sql} ORDER BY {order} LIMIT ?4");
             let mut stmt = conn.prepare_cached(&sql)?;
             stmt.query_map(params![kind.as_str(), after_name, after_id, limit], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
+                .collect::<tenant::db::Result<_>>()?
         }
         Some(q) => {
             // Prefix ranges on the indexes: names and addresses from `q` up to `q` + the last character.
@@ -201,7 +204,7 @@ fn search(conn: &Connection, kind: Kind, q: Option<&str>, after: &str) -> tenant
             );
             let mut stmt = conn.prepare_cached(&sql)?;
             stmt.query_map(params![kind.as_str(), after_name, after_id, limit, q, end], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
+                .collect::<tenant::db::Result<_>>()?
         }
     };
     let mut out = Vec::with_capacity(ids.len());
@@ -321,17 +324,19 @@ pub(super) async fn user(
     let found = read(&state, move |conn| {
         let Some(user) = objects::load(conn, Some(Kind::User), &id)? else { return Ok(None) };
         let name = console::display_of(&user);
-        let mut stmt = conn.prepare_cached(
-            "SELECT m.group_id, coalesce(json_extract(r.data, '$.displayName'), m.group_id) FROM members m
+        let sql = format!(
+            "SELECT m.group_id, coalesce({}, m.group_id) FROM members m
              JOIN resources r ON r.id = m.group_id WHERE m.member_id = ?1 ORDER BY 2 LIMIT 500",
-        )?;
+            conn.json_text("r.data", "displayName")
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
         let groups =
-            stmt.query_map(params![user.id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            stmt.query_map(params![user.id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<tenant::db::Result<_>>()?;
         let mut stmt =
             conn.prepare_cached("SELECT attr, wanted, holder, since FROM quarantine WHERE resource_id = ?1")?;
         let quarantine = stmt
             .query_map(params![user.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<tenant::db::Result<_>>()?;
         let filter = signin_log::Filter { user_name: Some(name.clone()), ..Default::default() };
         let has_password: Option<i64> = conn
             .query_row("SELECT 1 FROM credentials WHERE resource_id = ?1", params![user.id], |r| r.get(0))
@@ -503,7 +508,7 @@ pub(super) async fn group(
         )?;
         let ids: Vec<String> = stmt
             .query_map(params![group.id, after, i64::try_from(PAGE + 1).unwrap_or(51)], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<tenant::db::Result<_>>()?;
         let mut members = Vec::with_capacity(ids.len());
         for id in ids {
             let o = objects::load(conn, None, &id)?;

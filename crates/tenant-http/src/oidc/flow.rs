@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
+use tenant::db::{Connection, OptionalExtension, params};
 
 use super::pages::{self, Branding};
 use crate::scim::AppState;
@@ -339,7 +339,8 @@ async fn form_targets(state: &Arc<AppState>, p: &Params) -> Vec<String> {
             targets.push(url.origin().ascii_serialization());
         }
         let mut stmt = conn.prepare("SELECT name FROM domains WHERE auth = 'federated'")?;
-        let names: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let names: Vec<String> =
+            stmt.query_map(tenant::db::params![], |r| r.get(0))?.collect::<tenant::db::Result<_>>()?;
         for name in names {
             let entry = match tenant::federation::load(&conn, &name)? {
                 Some(tenant::federation::Federation::Oidc(idp)) => idp.issuer,

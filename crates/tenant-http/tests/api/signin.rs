@@ -623,7 +623,10 @@ async fn a_federated_domain_answers_alike_for_known_and_unknown_users() {
     let t = Tenant::start().await;
     synced_user(&t, "fed@corp.example.com", "ZmVk", json!({})).await;
     let store = std::sync::Arc::new(tenant::open_existing(t.dir.path()).unwrap());
-    store.lock().execute("UPDATE domains SET auth = 'federated' WHERE name = 'corp.example.com'", []).unwrap();
+    store
+        .lock()
+        .execute("UPDATE domains SET auth = 'federated' WHERE name = 'corp.example.com'", tenant::db::params![])
+        .unwrap();
     let broker = tenant::pta::Broker::new(std::time::Duration::from_secs(1));
     let policy = tenant::signin::LockoutPolicy::default();
     let mut answers = Vec::new();

@@ -15,7 +15,7 @@ pub mod xml;
 
 use std::fmt;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -248,7 +248,7 @@ pub fn first_use(conn: &Connection, id: &str, until: i64) -> Result<bool> {
     let now = now_secs();
     conn.execute("DELETE FROM federation_seen WHERE expires <= ?1", params![now])?;
     let inserted = conn.execute(
-        "INSERT OR IGNORE INTO federation_seen(id, expires) VALUES(?1, ?2)",
+        "INSERT INTO federation_seen(id, expires) VALUES(?1, ?2) ON CONFLICT(id) DO NOTHING",
         params![id, until.min(now + 24 * 3600).max(now + 1)],
     )?;
     Ok(inserted == 1)

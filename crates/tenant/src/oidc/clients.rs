@@ -1,6 +1,6 @@
 //! Registered relying parties (`idbridge tenant client add`).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 
 use super::keys::Alg;
 use crate::error::{Result, TenantError};
@@ -110,7 +110,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Client>> {
 
 pub fn list(conn: &Connection) -> Result<Vec<Client>> {
     let mut stmt = conn.prepare("SELECT id FROM clients ORDER BY created")?;
-    let ids: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let ids: Vec<String> = stmt.query_map(params![], |r| r.get(0))?.collect::<crate::db::Result<_>>()?;
     ids.iter().filter_map(|id| get(conn, id).transpose()).collect()
 }
 

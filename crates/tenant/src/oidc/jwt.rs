@@ -1,8 +1,8 @@
 //! Compact JWS (RFC 7515) for the tokens we issue, and checking our own.
 
+use crate::db::Connection;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use super::keys::{self, SigningKey};

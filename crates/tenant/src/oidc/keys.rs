@@ -2,11 +2,11 @@
 //! (RS256, ES256), kept in the database; rotation retires the old key but
 //! keeps publishing it until every token it signed has expired.
 
+use crate::db::{Connection, params};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
-use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use crate::error::{Result, TenantError};
