@@ -134,13 +134,7 @@ fn a_failed_import_is_rolled_back_on_sqlite() {
 }
 
 fn pg_settings(pg: &Postgres) -> DatabaseSettings {
-    DatabaseSettings {
-        url: pg.url.clone(),
-        password: Some(testkit::postgres::PASSWORD.to_string()),
-        tls: PgTls::Plain,
-        timeout: Duration::from_secs(20),
-        application_name: "store-tests".into(),
-    }
+    pg.settings("store-tests")
 }
 
 /// A PostgreSQL store that holds the lease (as the active daemon's does).

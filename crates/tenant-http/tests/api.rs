@@ -28,7 +28,17 @@ struct Tenant {
     read: String,
     client: reqwest::Client,
     dir: TempDir,
+    service: tenant::Tenant,
+    /// With `IDBRIDGE_TEST_TENANT_DB=postgres` (CI runs this suite both
+    /// ways): the database the tenant lives in.
+    pg: Option<testkit::Postgres>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A stopped tenant's data, to start it again.
+struct Stopped {
+    dir: TempDir,
+    pg: Option<testkit::Postgres>,
 }
 
 struct Reply {
@@ -37,19 +47,38 @@ struct Reply {
     body: Value,
 }
 
+/// Where a test tenant keeps its data: `dir`, or a throwaway PostgreSQL.
+fn location(dir: &TempDir, pg: &Option<testkit::Postgres>) -> tenant::Location {
+    match pg {
+        Some(pg) => tenant::Location::Postgres {
+            settings: pg.settings("tenant-api-tests"),
+            secrets_key: dir.join(tenant::secrets::KEY_FILE),
+        },
+        None => tenant::Location::Directory(dir.path().to_path_buf()),
+    }
+}
+
+fn on_postgres() -> bool {
+    std::env::var("IDBRIDGE_TEST_TENANT_DB").as_deref() == Ok("postgres")
+}
+
 impl Tenant {
     async fn start() -> Tenant {
         let dir = TempDir::new("tenant").unwrap();
-        Tenant::start_in(dir).await
+        let pg = on_postgres().then(|| testkit::Postgres::start().unwrap());
+        Tenant::start_in(Stopped { dir, pg }).await
     }
 
-    async fn start_in(dir: TempDir) -> Tenant {
-        Tenant::start_with(dir, |_| {}).await
+    async fn start_in(stopped: Stopped) -> Tenant {
+        Tenant::start_with(stopped, |_| {}).await
     }
 
     /// Starts with `configure` applied to the database first (settings).
-    async fn start_with(dir: TempDir, configure: impl FnOnce(&tenant::db::Connection)) -> Tenant {
-        let (service, _) = tenant::Tenant::open_or_create(dir.path(), "example.test").unwrap();
+    async fn start_with(stopped: Stopped, configure: impl FnOnce(&tenant::db::Connection)) -> Tenant {
+        let Stopped { dir, pg } = stopped;
+        // The tenant's warnings and errors appear with a failing test's output.
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+        let (service, _) = tenant::Tenant::open_or_create_at(&location(&dir, &pg), "example.test").unwrap();
         let store = service.store().clone();
         configure(&store.lock());
         let (admin, sync, read) = {
@@ -69,15 +98,26 @@ impl Tenant {
             public_url: None,
             max_body: DEFAULT_MAX_BODY,
         };
+        let served = service.clone();
         tokio::spawn(async move {
-            serve(service, options, move |_, base| ready_tx.send(base.to_string()).unwrap(), async move {
+            serve(served, options, move |_, base| ready_tx.send(base.to_string()).unwrap(), async move {
                 let _ = stop_rx.await;
             })
             .await
             .unwrap();
         });
         let base = tokio::task::spawn_blocking(move || ready_rx.recv().unwrap()).await.unwrap();
-        Tenant { base, admin, sync, read, client: reqwest::Client::new(), dir, stop: Some(stop_tx) }
+        Tenant { base, admin, sync, read, client: reqwest::Client::new(), dir, service, pg, stop: Some(stop_tx) }
+    }
+
+    /// The running tenant's database.
+    fn store(&self) -> std::sync::Arc<tenant::Store> {
+        self.service.store().clone()
+    }
+
+    /// The running tenant, as the command line administers it.
+    fn service(&self) -> tenant::Tenant {
+        self.service.clone()
     }
 
     async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
@@ -126,12 +166,12 @@ impl Tenant {
         self.create_user(body).await
     }
 
-    async fn stop(mut self) -> TempDir {
+    async fn stop(mut self) -> Stopped {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        self.dir
+        Stopped { dir: self.dir, pg: self.pg }
     }
 }
 
@@ -519,7 +559,7 @@ async fn hard_and_soft_match() {
     assert_eq!((r.status, r.body["scimType"].as_str()), (StatusCode::BAD_REQUEST, Some("mutability")));
     // With soft match blocked, a cloud object with the same userName is not taken over.
     {
-        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let store = t.store();
         let conn = store.lock();
         let mut s = tenant::Settings::load(&conn).unwrap();
         s.block_soft_match = true;
@@ -586,7 +626,7 @@ async fn bad_requests_and_authorisation() {
 
     // Every write is audited with the token that made it.
     t.user("audited@corp.example.com", json!({})).await;
-    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let store = t.store();
     let entries = tenant::audit::recent(&store.lock(), 100).unwrap();
     assert!(
         entries
@@ -599,8 +639,8 @@ async fn bad_requests_and_authorisation() {
 async fn restart_keeps_everything() {
     let t = Tenant::start().await;
     let u = id(&t.user("keep@corp.example.com", json!({"title": "kept"})).await);
-    let dir = t.stop().await;
-    let t2 = Tenant::start_in(dir).await;
+    let stopped = t.stop().await;
+    let t2 = Tenant::start_in(stopped).await;
     let r = t2.call(Method::GET, &format!("/Users/{u}"), Some(&t2.read), None).await;
     assert_eq!(r.body["title"], "kept");
 }
@@ -639,7 +679,7 @@ async fn scim2_tester_conformance() {
     {
         // scim2-tester makes random UUIDs its userNames; the verified-domain
         // policy (tested in uniqueness_quarantine_and_release) is off for this run.
-        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let store = t.store();
         let conn = store.lock();
         let mut s = tenant::Settings::load(&conn).unwrap();
         s.require_verified_domain = false;
@@ -765,7 +805,8 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_over_its_rate_gets_429_and_the_connector_waits() {
     let dir = TempDir::new("tenant").unwrap();
-    let t = Tenant::start_with(dir, |conn| {
+    let pg = on_postgres().then(|| testkit::Postgres::start().unwrap());
+    let t = Tenant::start_with(Stopped { dir, pg }, |conn| {
         let mut settings = tenant::Settings::load(conn).unwrap();
         settings.rate_limit_per_sec = 2;
         settings.save(conn).unwrap();

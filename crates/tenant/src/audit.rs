@@ -36,7 +36,7 @@ pub fn record(
 pub fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>> {
     let mut stmt = conn.prepare(
         "SELECT seq, at, actor, action, resource_type, resource_id, detail FROM
-         (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
+         (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) AS recent ORDER BY seq",
     )?;
     let rows = stmt.query_map(params![limit as i64], entry)?;
     Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)

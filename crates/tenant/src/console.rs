@@ -291,8 +291,8 @@ pub fn locked_until(conn: &Connection, user_name: &str) -> Result<Option<i64>> {
     let (prefix_len, suffix_len) = (prefix.chars().count(), suffix.chars().count());
     let until: Option<i64> = conn.query_row(
         "SELECT max(locked_until) FROM lockouts WHERE locked_until > ?3
-         AND (substr(key, 1, ?4) = ?1
-              OR (key LIKE 'addrname:%' AND length(key) >= ?5 AND substr(key, length(key) - ?5 + 1) = ?2))",
+         AND (substr(key, 1, CAST(?4 AS INTEGER)) = ?1
+              OR (key LIKE 'addrname:%' AND length(key) >= CAST(?5 AS INTEGER) AND substr(key, length(key) - CAST(?5 AS INTEGER) + 1) = ?2))",
         params![prefix, suffix, now_secs(), prefix_len, suffix_len],
         |r| r.get(0),
     )?;
@@ -305,8 +305,8 @@ pub fn unlock(conn: &Connection, user_name: &str) -> Result<usize> {
     let (prefix, suffix) = (format!("user:{name}|"), format!("|{name}"));
     let (prefix_len, suffix_len) = (prefix.chars().count(), suffix.chars().count());
     Ok(conn.execute(
-        "DELETE FROM lockouts WHERE substr(key, 1, ?3) = ?1
-         OR (key LIKE 'addrname:%' AND length(key) >= ?4 AND substr(key, length(key) - ?4 + 1) = ?2)",
+        "DELETE FROM lockouts WHERE substr(key, 1, CAST(?3 AS INTEGER)) = ?1
+         OR (key LIKE 'addrname:%' AND length(key) >= CAST(?4 AS INTEGER) AND substr(key, length(key) - CAST(?4 AS INTEGER) + 1) = ?2)",
         params![prefix, suffix, prefix_len, suffix_len],
     )?)
 }

@@ -28,6 +28,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 
+use pgconn::tokio_postgres::types::{Kind, Type};
 use pgconn::tokio_postgres::{self, Client, Statement as PgStatement};
 use pgconn::{DatabaseSettings, block, describe};
 
@@ -581,6 +582,15 @@ impl Connection {
         }
     }
 
+    /// `column` in a condition SQLite should not answer from an index (a
+    /// unary `+`, SQLite's way to steer its planner); PostgreSQL plans alone.
+    pub fn unindexed(&self, column: &str) -> String {
+        match self.engine {
+            Engine::Sqlite(_) => format!("+{column}"),
+            Engine::Postgres(_) => column.to_string(),
+        }
+    }
+
     /// Whether text column `column` contains parameter `param` (`?2`), exactly.
     pub fn contains(&self, column: &str, param: &str) -> String {
         match self.engine {
@@ -589,11 +599,31 @@ impl Connection {
         }
     }
 
-    fn pg_statement(pg: &PgConnection, sql: &str) -> Result<PgStatement> {
+    fn pg_statement(pg: &PgConnection, sql: &str, params: usize) -> Result<PgStatement> {
         if let Some(s) = pg.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let statement = block(pg.client.prepare(&postgres_placeholders(sql))).map_err(|e| DbError::pg(&e))?;
+        let (translated, referenced) = postgres_placeholders(sql);
+        // The server infers each parameter's type from where it is used; one
+        // a statement does not use (a shared parameter list) is declared text.
+        let types: Vec<Type> = (1..=params)
+            .map(|i| {
+                if referenced.contains(&i) {
+                    Type::new(String::new(), 0, Kind::Simple, String::new())
+                } else {
+                    Type::TEXT
+                }
+            })
+            .collect();
+        let statement = block(pg.client.prepare_typed(&translated, &types)).map_err(|e| {
+            // A statement the server cannot prepare is a mistake here: say which.
+            let mut error = DbError::pg(&e);
+            if let DbError::Postgres { message, .. } = &mut error {
+                let head: String = sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect();
+                message.push_str(&format!(" in \"{head}\""));
+            }
+            error
+        })?;
         let mut cache = pg.statements.borrow_mut();
         // A bound on what dynamic SQL (search filters) can leave behind.
         if cache.len() >= 512 {
@@ -604,7 +634,7 @@ impl Connection {
     }
 
     fn pg_query(pg: &PgConnection, sql: &str, params: &[Value<'_>]) -> Result<Vec<tokio_postgres::Row>> {
-        let statement = Connection::pg_statement(pg, sql)?;
+        let statement = Connection::pg_statement(pg, sql, params.len())?;
         let binds: Vec<Bind<'_>> = params.iter().map(|v| Bind(*v)).collect();
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             binds.iter().map(|b| b as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
@@ -617,7 +647,7 @@ impl Connection {
         match &self.engine {
             Engine::Sqlite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(values.iter()))?),
             Engine::Postgres(pg) => {
-                let statement = Connection::pg_statement(pg, sql)?;
+                let statement = Connection::pg_statement(pg, sql, values.len())?;
                 let binds: Vec<Bind<'_>> = values.iter().map(|v| Bind(*v)).collect();
                 let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     binds.iter().map(|b| b as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
@@ -781,9 +811,10 @@ impl Drop for Transaction<'_> {
     }
 }
 
-/// SQLite placeholders (`?1`, `?`) as PostgreSQL's (`$1`); text in quotes
-/// is left alone.
-fn postgres_placeholders(sql: &str) -> String {
+/// SQLite placeholders (`?1`, `?`) as PostgreSQL's (`$1`), and the numbers
+/// used; text in quotes is left alone.
+fn postgres_placeholders(sql: &str) -> (String, std::collections::BTreeSet<usize>) {
+    let mut used = std::collections::BTreeSet::new();
     let mut out = String::with_capacity(sql.len() + 8);
     let mut next = 1usize;
     let mut chars = sql.chars().peekable();
@@ -807,18 +838,20 @@ fn postgres_placeholders(sql: &str) -> String {
                     digits.push(d);
                     chars.next();
                 }
-                out.push('$');
-                if digits.is_empty() {
-                    out.push_str(&next.to_string());
+                let number = if digits.is_empty() {
                     next += 1;
+                    next - 1
                 } else {
-                    out.push_str(&digits);
-                }
+                    digits.parse().unwrap_or(0)
+                };
+                used.insert(number);
+                out.push('$');
+                out.push_str(&number.to_string());
             }
             other => out.push(other),
         }
     }
-    out
+    (out, used)
 }
 
 /// The SQLite schema (one migration) in PostgreSQL's words: integers are
@@ -863,11 +896,11 @@ mod tests {
 
     #[test]
     fn placeholders_are_rewritten_outside_quotes() {
-        assert_eq!(
-            postgres_placeholders("SELECT a FROM t WHERE b = ?1 AND c = '?2' AND d = ?12 AND e = ?"),
-            "SELECT a FROM t WHERE b = $1 AND c = '?2' AND d = $12 AND e = $1"
-        );
-        assert_eq!(postgres_placeholders("x = ? AND y = ? AND z = 'é?'"), "x = $1 AND y = $2 AND z = 'é?'");
+        let (sql, used) = postgres_placeholders("SELECT a FROM t WHERE b = ?1 AND c = '?2' AND d = ?12 AND e = ?");
+        assert_eq!(sql, "SELECT a FROM t WHERE b = $1 AND c = '?2' AND d = $12 AND e = $1");
+        assert_eq!(used.into_iter().collect::<Vec<_>>(), vec![1, 12]);
+        let (sql, _) = postgres_placeholders("x = ? AND y = ? AND z = 'é?'");
+        assert_eq!(sql, "x = $1 AND y = $2 AND z = 'é?'");
     }
 
     #[test]

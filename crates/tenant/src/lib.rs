@@ -40,7 +40,7 @@ pub mod util;
 
 pub use error::{Result, TenantError};
 pub use service::{BrandingUpdate, Tenant};
-pub use store::{Settings, Store};
+pub use store::{Location, Settings, Store};
 
 use std::path::Path;
 
@@ -61,21 +61,42 @@ pub fn open_or_create(data_dir: &Path, initial_domain: &str) -> Result<(Store, b
         create_private_file(&data_dir.join(DB_FILE))?;
     }
     let store = Store::open(&data_dir.join(DB_FILE))?;
-    {
-        let conn = store.lock();
-        if domains::list(&conn)?.iter().all(|d| !d.initial) {
-            domains::add(&conn, initial_domain, domains::AuthType::ManagedPhs, true)?;
-            audit::record(
-                &conn,
-                "idbridge",
-                "tenant-created",
-                None,
-                None,
-                Some(&serde_json::json!({"initialDomain": initial_domain})),
-            )?;
+    let created = ensure_initial_domain(&store, initial_domain)?;
+    Ok((store, fresh || created))
+}
+
+/// Opens the tenant at `location`, creating it on first use (see
+/// [`open_or_create`]; in PostgreSQL the first node to start creates it).
+pub fn open_or_create_at(location: &Location, initial_domain: &str) -> Result<(Store, bool)> {
+    match location {
+        Location::Directory(dir) => open_or_create(dir, initial_domain),
+        Location::Postgres { settings, secrets_key } => {
+            let store = Store::open_postgres(settings, secrets_key)?;
+            let created = ensure_initial_domain(&store, initial_domain)?;
+            Ok((store, created))
         }
     }
-    Ok((store, fresh))
+}
+
+/// Makes the initial domain if there is none (in one write transaction, so
+/// nodes starting together make it once); `true` when made.
+fn ensure_initial_domain(store: &Store, initial_domain: &str) -> Result<bool> {
+    let mut conn = store.lock();
+    let tx = conn.transaction()?;
+    if domains::list(&tx)?.iter().any(|d| d.initial) {
+        return Ok(false);
+    }
+    domains::add(&tx, initial_domain, domains::AuthType::ManagedPhs, true)?;
+    audit::record(
+        &tx,
+        "idbridge",
+        "tenant-created",
+        None,
+        None,
+        Some(&serde_json::json!({"initialDomain": initial_domain})),
+    )?;
+    tx.commit()?;
+    Ok(true)
 }
 
 /// Opens an existing tenant (for administration commands).
@@ -89,6 +110,23 @@ pub fn open_existing(data_dir: &Path) -> Result<Store> {
         )));
     }
     Store::open(&db)
+}
+
+/// Opens an existing tenant at `location` (for administration commands).
+pub fn open_existing_at(location: &Location) -> Result<Store> {
+    match location {
+        Location::Directory(dir) => open_existing(dir),
+        Location::Postgres { settings, secrets_key } => {
+            let store = Store::open_postgres(settings, secrets_key)?;
+            if !domains::list(&store.read())?.iter().any(|d| d.initial) {
+                return Err(TenantError::Invalid(format!(
+                    "there is no tenant in {} (start one with `idbridge tenant serve --database {}`)",
+                    settings.url, settings.url
+                )));
+            }
+            Ok(store)
+        }
+    }
 }
 
 /// The database holds signing keys and secrets: created for its owner only

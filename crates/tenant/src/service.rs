@@ -19,7 +19,7 @@ use crate::objects::{self, Kind};
 use crate::oidc::clients::{self, Client};
 use crate::oidc::keys::{self, Alg, SigningKey};
 use crate::pta::AgentInfo;
-use crate::store::{Settings, Store};
+use crate::store::{Location, Settings, Store};
 use crate::tokens::{self, Scope, TokenInfo};
 use crate::{audit, store};
 
@@ -51,6 +51,17 @@ impl Tenant {
     /// Opens an existing tenant (administration commands).
     pub fn open_existing(data_dir: &Path) -> Result<Tenant> {
         Ok(Tenant { store: Arc::new(crate::open_existing(data_dir)?) })
+    }
+
+    /// Opens the tenant at `location`, creating it on first use; `true` when just created.
+    pub fn open_or_create_at(location: &Location, initial_domain: &str) -> Result<(Tenant, bool)> {
+        let (store, fresh) = crate::open_or_create_at(location, initial_domain)?;
+        Ok((Tenant { store: Arc::new(store) }, fresh))
+    }
+
+    /// Opens an existing tenant at `location` (administration commands).
+    pub fn open_existing_at(location: &Location) -> Result<Tenant> {
+        Ok(Tenant { store: Arc::new(crate::open_existing_at(location)?) })
     }
 
     /// The storage, for the HTTP layer's request handlers.

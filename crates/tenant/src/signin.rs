@@ -477,7 +477,8 @@ fn prune_lockouts(conn: &Connection, now: i64) -> Result<()> {
         params![now - LOCKOUT_MEMORY_SECS, now],
     )?;
     conn.execute(
-        "DELETE FROM familiar_locations WHERE rowid IN (SELECT rowid FROM familiar_locations WHERE last < ?1 LIMIT 64)",
+        "DELETE FROM familiar_locations WHERE (name, location) IN
+         (SELECT name, location FROM familiar_locations WHERE last < ?1 LIMIT 64)",
         params![now - FAMILIAR_FOR_SECS],
     )?;
     Ok(())

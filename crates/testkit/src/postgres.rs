@@ -135,6 +135,17 @@ impl Postgres {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// How a component under test reaches the test database (no TLS, the password given).
+    pub fn settings(&self, application_name: &str) -> pgconn::DatabaseSettings {
+        pgconn::DatabaseSettings {
+            url: self.url.clone(),
+            password: Some(PASSWORD.to_string()),
+            tls: pgconn::PgTls::Plain,
+            timeout: std::time::Duration::from_secs(20),
+            application_name: application_name.to_string(),
+        }
+    }
+
     /// The superuser's password, in a file (never on a command line).
     pub fn password_file(&self) -> PathBuf {
         self.dir.join("superuser.password")

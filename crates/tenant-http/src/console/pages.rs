@@ -180,8 +180,8 @@ fn search(conn: &Connection, kind: Kind, q: Option<&str>, after: &str) -> tenant
     // (display name, id) (the index on type, display name and id), so a
     // page deep in the list reads only its own rows.
     let (order, after_sql) = match kind {
-        Kind::User => ("user_name_lc", "+type = ?1 AND user_name_lc > ?2"),
-        _ => ("display_name_lc, id", "type = ?1 AND (display_name_lc, id) > (?2, ?3)"),
+        Kind::User => ("user_name_lc", format!("{} = ?1 AND user_name_lc > ?2", conn.unindexed("type"))),
+        _ => ("display_name_lc, id", "type = ?1 AND (display_name_lc, id) > (?2, ?3)".to_string()),
     };
     let (after_name, after_id) = after.split_once('\u{0}').unwrap_or((after, ""));
     let limit = i64::try_from(PAGE + 1).unwrap_or(51);

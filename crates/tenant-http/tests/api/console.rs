@@ -33,7 +33,7 @@ fn csrf(body: &str) -> String {
 }
 
 fn audit_actions(t: &Tenant) -> Vec<String> {
-    let service = tenant::Tenant::open_existing(t.dir.path()).unwrap();
+    let service = t.service();
     service.audit(1000).unwrap().into_iter().map(|e| e.action).collect()
 }
 
@@ -46,7 +46,7 @@ async fn console_roles_csrf_helpdesk_and_deletions() {
         let user = synced_user(&t, &format!("{name}@corp.example.com"), &format!("imm-{i}"), json!({})).await;
         ids.insert(*name, user["id"].as_str().unwrap().to_string());
     }
-    let service = tenant::Tenant::open_existing(t.dir.path()).unwrap();
+    let service = t.service();
     service.assign_role("test", Kind::User, "ada@corp.example.com", Role::GlobalAdmin).unwrap();
     service.assign_role("test", Kind::User, "hal@corp.example.com", Role::Helpdesk).unwrap();
     // The reader holds the role through a group.

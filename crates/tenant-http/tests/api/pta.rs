@@ -19,7 +19,7 @@ fn issuer(t: &Tenant) -> String {
 async fn pass_through_tenant(registrations: usize) -> (Tenant, Vec<String>, String) {
     let t = Tenant::start().await;
     let (tokens, client_id) = {
-        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let store = t.store();
         let conn = store.lock();
         tenant::domains::set_auth(&conn, "corp.example.com", tenant::domains::AuthType::ManagedPta).unwrap();
         let (c, _) = tenant::oidc::clients::add(
@@ -164,7 +164,7 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
         .unwrap();
     assert_eq!(stranger.status(), StatusCode::UNAUTHORIZED);
     // The audit log names the outcome of each.
-    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let store = t.store();
     let results: Vec<String> = tenant::audit::recent(&store.lock(), 200)
         .unwrap()
         .iter()
@@ -193,7 +193,7 @@ async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_agent_answers_alike_for_known_and_unknown_users() {
     let t = Tenant::start().await;
-    let store = std::sync::Arc::new(tenant::open_existing(t.dir.path()).unwrap());
+    let store = t.store();
     tenant::domains::set_auth(&store.lock(), "corp.example.com", tenant::domains::AuthType::ManagedPta).unwrap();
     t.user("pat@corp.example.com", super::synced("UEFU")).await;
     let broker = tenant::pta::Broker::new(std::time::Duration::from_secs(1));

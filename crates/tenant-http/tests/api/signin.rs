@@ -20,7 +20,7 @@ struct Rp {
 }
 
 fn register(t: &Tenant, public: bool) -> Rp {
-    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let store = t.store();
     let conn = store.lock();
     let redirect = "http://127.0.0.1:9/callback".to_string();
     let (client, secret) = tenant::oidc::clients::add(
@@ -339,7 +339,7 @@ async fn refusals_say_the_right_thing() {
     assert!(must_change.body.contains("does not allow password changes here"), "{}", must_change.body);
     // Where the tenant allows it, the user chooses a new password and is signed in.
     {
-        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let store = t.store();
         let conn = store.lock();
         let mut settings = tenant::Settings::load(&conn).unwrap();
         settings.allow_cloud_password_change = true;
@@ -433,7 +433,7 @@ async fn refusals_say_the_right_thing() {
     assert_eq!(planted.status(), StatusCode::BAD_REQUEST);
 
     // Every attempt is in the audit log with its reason.
-    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let store = t.store();
     let audit = tenant::audit::recent(&store.lock(), 100).unwrap();
     let reasons: Vec<String> = audit
         .iter()
@@ -469,7 +469,7 @@ async fn a_standard_oidc_client_library_signs_in() {
 
     for alg in [tenant::oidc::keys::Alg::Rs256, tenant::oidc::keys::Alg::Es256] {
         let (client_id, secret) = {
-            let store = tenant::open_existing(t.dir.path()).unwrap();
+            let store = t.store();
             let conn = store.lock();
             let (c, s) =
                 tenant::oidc::clients::add(&conn, "library", &["http://127.0.0.1:9/cb".to_string()], false, alg)
@@ -533,7 +533,7 @@ async fn a_standard_oidc_client_library_signs_in() {
         // Key rotation: a token signed with the retired key still verifies
         // against the keys published after the rotation.
         {
-            let store = tenant::open_existing(t.dir.path()).unwrap();
+            let store = t.store();
             tenant::oidc::keys::rotate(&store.lock(), alg).unwrap();
         }
         let after = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer(&t)).unwrap(), &http).await.unwrap();
@@ -557,7 +557,7 @@ async fn concurrent_wrong_passwords_stop_at_the_threshold() {
     let (_, challenge) = pkce();
     let url = authorize_url(&t, &rp, &challenge);
     super::concurrent_password_posts(&url, "zoë@corp.example.com", "not the password", 100).await;
-    let store = tenant::open_existing(t.dir.path()).unwrap();
+    let store = t.store();
     let results: Vec<String> = tenant::audit::recent(&store.lock(), 500)
         .unwrap()
         .iter()
@@ -622,7 +622,7 @@ async fn unknown_and_known_users_take_the_same_time() {
 async fn a_federated_domain_answers_alike_for_known_and_unknown_users() {
     let t = Tenant::start().await;
     synced_user(&t, "fed@corp.example.com", "ZmVk", json!({})).await;
-    let store = std::sync::Arc::new(tenant::open_existing(t.dir.path()).unwrap());
+    let store = t.store();
     store
         .lock()
         .execute("UPDATE domains SET auth = 'federated' WHERE name = 'corp.example.com'", tenant::db::params![])
@@ -690,7 +690,7 @@ async fn lockout_keeps_a_familiar_location_open_and_locks_only_failing_names_per
     let t = Tenant::start().await;
     synced_user(&t, "ana@corp.example.com", "YW5h", json!({})).await;
     synced_user(&t, "ben@corp.example.com", "YmVu", json!({})).await;
-    let store = std::sync::Arc::new(tenant::open_existing(t.dir.path()).unwrap());
+    let store = t.store();
     let broker = tenant::pta::Broker::new(std::time::Duration::from_secs(1));
     let policy = tenant::signin::LockoutPolicy { address_threshold: 15, ..Default::default() };
     let attempt = |user: &'static str, password: &'static str, address: &'static str| {
@@ -734,7 +734,7 @@ async fn a_sync_token_sets_passwords_only_in_its_domains() {
     t.user("in@corp.example.com", synced("aW4")).await;
     t.user("out@example.test", synced("b3V0")).await;
     let limited = {
-        let store = tenant::open_existing(t.dir.path()).unwrap();
+        let store = t.store();
         let conn = store.lock();
         let (id, token) = tenant::tokens::create(&conn, tenant::tokens::Scope::Sync, None, Some("corp only")).unwrap();
         tenant::tokens::restrict_domains(&conn, &id, &["Corp.Example.com".to_string()]).unwrap();
