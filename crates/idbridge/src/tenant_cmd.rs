@@ -2,7 +2,7 @@
 
 #[cfg(feature = "cloud")]
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -21,9 +21,8 @@ pub enum TenantCommand {
     /// Run the tenant (SCIM API under /scim/v2).
     #[cfg(feature = "cloud")]
     Serve {
-        /// The tenant's data directory (created on first start).
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         #[arg(long, default_value = "127.0.0.1:8443", value_parser = crate::parse_listen)]
         listen: SocketAddr,
         /// PEM certificate chain for HTTPS (plain HTTP is only allowed on loopback).
@@ -50,8 +49,8 @@ pub enum TenantCommand {
     },
     /// Tenant-wide switches.
     Settings {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         /// Never join a synchronised object to a cloud object by userName or SMTP address.
         #[arg(long, value_parser = parse_on_off)]
         block_soft_match: Option<bool>,
@@ -93,8 +92,8 @@ pub enum TenantCommand {
     },
     /// Pass-through authentication agents and their status.
     PtaAgents {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
     },
     /// Stop a pass-through agent at once (its credential stops working).
     PtaAgent {
@@ -113,8 +112,8 @@ pub enum TenantCommand {
     },
     /// The audit log, newest last.
     Audit {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -126,8 +125,8 @@ pub enum TenantCommand {
 pub enum TokenCommand {
     /// Create a token and print it (only this once) on standard output.
     Create {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         /// scim-read, sync or admin.
         #[arg(long)]
         scope: String,
@@ -143,12 +142,12 @@ pub enum TokenCommand {
         domains: Vec<String>,
     },
     List {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
     },
     Revoke {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         id: String,
     },
 }
@@ -157,8 +156,8 @@ pub enum TokenCommand {
 pub enum ClientCommand {
     /// Register a client; prints its id (and secret, once) on standard output.
     Add {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         #[arg(long)]
         name: String,
         /// Where the browser returns with the code (repeat for several).
@@ -175,12 +174,12 @@ pub enum ClientCommand {
         post_logout_uris: Vec<String>,
     },
     List {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
     },
     Remove {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         id: String,
     },
 }
@@ -189,8 +188,8 @@ pub enum ClientCommand {
 pub enum BrandingCommand {
     /// Set some of the fields (the others keep their values) and show them all.
     Set {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         /// The organisation's name, shown when there is no logo.
         #[arg(long)]
         name: Option<String>,
@@ -220,15 +219,15 @@ pub enum RoleCommand {
     Remove(RoleArgs),
     /// Who holds which role.
     List {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
     },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RoleArgs {
-    #[arg(long)]
-    data: PathBuf,
+    #[command(flatten)]
+    data: TenantData,
     /// The user, by user name (UPN).
     #[arg(long, conflicts_with = "group", required_unless_present = "group")]
     user: Option<String>,
@@ -244,8 +243,8 @@ pub struct RoleArgs {
 pub enum PtaTokenCommand {
     /// Print a one-time token for `idbridge pta-agent register`.
     Create {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         /// How long it can be used, like 1h or 2d.
         #[arg(long, default_value = "1h")]
         expires: String,
@@ -255,8 +254,8 @@ pub enum PtaTokenCommand {
 #[derive(Debug, Subcommand)]
 pub enum PtaAgentCommand {
     Revoke {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         id: String,
     },
 }
@@ -265,8 +264,8 @@ pub enum PtaAgentCommand {
 pub enum KeysCommand {
     /// Make a new signing key; the old one keeps verifying until its tokens expire.
     Rotate {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         /// RS256 or ES256.
         #[arg(long, default_value = "RS256")]
         alg: String,
@@ -279,34 +278,34 @@ pub enum KeysCommand {
 pub enum DomainCommand {
     /// Add a verified domain.
     Add {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         name: String,
         /// managed-phs, managed-pta or federated.
         #[arg(long, default_value = "managed-phs")]
         auth: String,
     },
     List {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
     },
     /// Change how a domain's users sign in.
     Set {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         name: String,
         #[arg(long)]
         auth: String,
     },
     Remove {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         name: String,
     },
     /// Hand a domain's sign-ins to the organisation's identity provider.
     Federate {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         name: String,
         /// oidc (the tenant is an OpenID Connect relying party of the IdP) or
         /// saml (a SAML 2.0 service provider).
@@ -345,8 +344,8 @@ pub enum DomainCommand {
     },
     /// Back to managed sign-in (password hash sync).
     Unfederate {
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        data: TenantData,
         name: String,
     },
 }
@@ -359,21 +358,117 @@ fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
     }
 }
 
-fn open(data: &Path) -> Result<Tenant> {
-    Ok(Tenant::open_existing(data)?)
+/// Where the tenant's data is: `--data DIR` (SQLite, the embedded
+/// default) or `--database postgres://…` (shared by several tenant nodes).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TenantData {
+    /// The tenant's data directory (SQLite; created on first start).
+    #[arg(long, required_unless_present = "database", conflicts_with = "database")]
+    data: Option<PathBuf>,
+    /// A PostgreSQL database shared by several tenant nodes:
+    /// postgres://USER@HOST:PORT/DATABASE (the password never goes here).
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// A file holding the database password.
+    #[arg(long, requires = "database", conflicts_with = "database_password_env", value_name = "FILE")]
+    database_password_file: Option<PathBuf>,
+    /// An environment variable holding the database password.
+    #[arg(long, requires = "database", value_name = "VAR")]
+    database_password_env: Option<String>,
+    /// CA certificates (PEM) the database server's certificate must chain
+    /// to; TLS is then required. A database off this machine needs one
+    /// (or sslmode=disable in the URL).
+    #[arg(long, requires = "database", value_name = "FILE")]
+    database_ca_file: Option<PathBuf>,
+    /// With --database: the key file that seals signing keys and secrets.
+    /// Every node needs a copy of the same file; made (0600) if missing.
+    #[arg(long, requires = "database", value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
+}
+
+impl TenantData {
+    /// The location, with the password read and the URL checked.
+    pub fn location(&self) -> Result<tenant::Location> {
+        let Some(url) = &self.database else {
+            let dir = self.data.clone().context("give --data DIR or --database URL")?;
+            return Ok(tenant::Location::Directory(dir));
+        };
+        let secrets_key = self
+            .secrets_key
+            .clone()
+            .context("--database needs --secrets-key FILE (the same key file on every tenant node)")?;
+        let password = match (&self.database_password_file, &self.database_password_env) {
+            (Some(file), _) => Some(
+                connector_ldap::Secret::from_file(file)
+                    .with_context(|| format!("cannot read the database password file {}", file.display()))?
+                    .expose()
+                    .to_string(),
+            ),
+            (None, Some(var)) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .with_context(|| format!("the environment variable {var} (--database-password-env) is not set"))?,
+            ),
+            (None, None) => None,
+        };
+        let tls = match &self.database_ca_file {
+            Some(ca_file) => pgconn::PgTls::Verified { ca_file: ca_file.clone() },
+            None => pgconn::PgTls::Plain,
+        };
+        let settings = pgconn::DatabaseSettings {
+            url: url.clone(),
+            password,
+            tls,
+            timeout: std::time::Duration::from_secs(15),
+            application_name: "idbridge-tenant".into(),
+        };
+        settings.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(tenant::Location::Postgres { settings, secrets_key })
+    }
+
+    /// How the commands that follow name this location (`--data DIR` or `--database URL …`).
+    #[cfg_attr(not(feature = "cloud"), allow(dead_code))]
+    pub fn arguments(&self) -> String {
+        match (&self.database, &self.data) {
+            (Some(url), _) => {
+                let mut text = format!("--database {url}");
+                if let Some(f) = &self.database_password_file {
+                    text.push_str(&format!(" --database-password-file {}", f.display()));
+                }
+                if let Some(v) = &self.database_password_env {
+                    text.push_str(&format!(" --database-password-env {v}"));
+                }
+                if let Some(f) = &self.database_ca_file {
+                    text.push_str(&format!(" --database-ca-file {}", f.display()));
+                }
+                if let Some(f) = &self.secrets_key {
+                    text.push_str(&format!(" --secrets-key {}", f.display()));
+                }
+                text
+            }
+            (None, Some(dir)) => format!("--data {}", dir.display()),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+fn open(data: &TenantData) -> Result<Tenant> {
+    let location = data.location()?;
+    Tenant::open_existing_at(&location).with_context(|| format!("opening the tenant in {location}"))
 }
 
 pub async fn run(command: TenantCommand) -> Result<()> {
     match command {
         #[cfg(feature = "cloud")]
         TenantCommand::Serve { data, listen, tls_cert, tls_key, public_url, initial_domain } => {
-            let (tenant, fresh) = Tenant::open_or_create(&data, &initial_domain)
-                .with_context(|| format!("opening the tenant in {}", data.display()))?;
+            let location = data.location()?;
+            let (tenant, fresh) = Tenant::open_or_create_at(&location, &initial_domain)
+                .with_context(|| format!("opening the tenant in {location}"))?;
             if fresh {
                 eprintln!(
-                    "created a new tenant in {} with the initial domain {initial_domain}.\nGet an admin token with:\n  idbridge tenant token create --data {} --scope admin",
-                    data.display(),
-                    data.display()
+                    "created a new tenant in {location} with the initial domain {initial_domain}.\nGet an admin token with:\n  idbridge tenant token create {} --scope admin",
+                    data.arguments()
                 );
             }
             let options = ServeOptions { listen, tls: tls_cert.zip(tls_key), public_url, max_body: DEFAULT_MAX_BODY };

@@ -854,6 +854,96 @@ mod tenant_cli {
         let bad = idbridge(&["tenant", "token", "create", "--data", p(&tmp.join("nowhere")), "--scope", "admin"]);
         assert!(String::from_utf8_lossy(&bad.stderr).contains("there is no tenant"));
     }
+
+    /// Two tenant nodes on one PostgreSQL database: what one writes the
+    /// other serves, the command line administers the database, a killed
+    /// node loses nothing; a bad database is a one-line error that names
+    /// the cause and writes nothing.
+    #[test]
+    fn two_nodes_share_postgres_and_bad_databases_are_explained() {
+        let tmp = TempDir::new("tenant-pg").unwrap();
+        let pg = testkit::Postgres::start().unwrap();
+        let key = tmp.join("secrets.key");
+        let password_file = pg.password_file();
+        let at: Vec<&str> =
+            vec!["--database", &pg.url, "--database-password-file", p(&password_file), "--secrets-key", p(&key)];
+        let node =
+            |extra: &[&str]| testkit::spawn_tenant_at(Path::new(env!("CARGO_BIN_EXE_idbridge")), &at, extra).unwrap();
+        let (mut a, base_a) = node(&["--initial-domain", "lab.example.test"]);
+        let (mut b, base_b) = node(&["--initial-domain", "lab.example.test"]);
+        let mut create = vec!["tenant", "token", "create"];
+        create.extend(&at);
+        create.extend(["--scope", "sync"]);
+        let token = ok(&idbridge(&create)).trim().to_string();
+        assert_eq!(post_user(&base_a, &token, "a@lab.example.test"), 201);
+        assert_eq!(post_user(&base_b, &token, "b@lab.example.test"), 201);
+        assert_eq!(post_user(&base_b, &token, "a@lab.example.test"), 409, "unique across nodes");
+        assert_eq!(count_users(&base_a, &token), 2);
+        assert_eq!(count_users(&base_b, &token), 2);
+        let mut list = vec!["tenant", "domain", "list"];
+        list.extend(&at);
+        let domains = ok(&idbridge(&list));
+        assert_eq!(domains.matches("lab.example.test").count(), 1, "one initial domain for two nodes: {domains}");
+
+        // kill -9 one node: the other goes on, and the killed one comes back with everything.
+        a.kill().unwrap();
+        a.wait().unwrap();
+        assert_eq!(post_user(&base_b, &token, "c@lab.example.test"), 201);
+        let (mut a, base_a) = node(&[]);
+        assert_eq!(count_users(&base_a, &token), 3);
+        for child in [&mut a, &mut b] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+
+        // Bad databases: exit non-zero, one line naming the cause.
+        let refused = |args: &[&str], cause: &str| {
+            let mut all = vec!["tenant", "domain", "list"];
+            all.extend(args);
+            let out = idbridge(&all);
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            assert!(!out.status.success(), "{args:?} succeeded");
+            assert!(err.contains(cause), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+        };
+        let wrong = tmp.join("wrong.pw");
+        std::fs::write(&wrong, "not-the-password\n").unwrap();
+        let unreachable = format!("postgres://idbridge@127.0.0.1:{}/idbridge", testkit::free_port().unwrap());
+        let with_password = pg.url.replace("idbridge@", "idbridge:secret@");
+        let pw = p(&password_file);
+        let k = p(&key);
+        refused(&["--database", "postgres://idbridge@[::1/x", "--secrets-key", k], "the database URL is not valid");
+        refused(&["--database", &with_password, "--secrets-key", k], "holds a password");
+        let unused = tmp.join("unused.key");
+        refused(
+            &["--database", &unreachable, "--database-password-file", pw, "--secrets-key", p(&unused)],
+            "cannot connect",
+        );
+        assert!(!unused.exists(), "nothing is written for a database that cannot be reached");
+        refused(
+            &["--database", &pg.url, "--database-password-file", p(&wrong), "--secrets-key", k],
+            "password authentication failed",
+        );
+        refused(&["--database", "postgres://idbridge@192.0.2.1:5432/idbridge", "--secrets-key", k], "without TLS");
+        refused(&["--database", &pg.url, "--database-password-file", pw], "--secrets-key");
+        let other_key = tmp.join("other.key");
+        refused(
+            &["--database", &pg.url, "--database-password-file", pw, "--secrets-key", p(&other_key)],
+            "copy the key file of the first tenant node",
+        );
+        assert!(!other_key.exists(), "no key file is made for a database that has one");
+        std::fs::write(&other_key, [7u8; 32]).unwrap();
+        refused(
+            &["--database", &pg.url, "--database-password-file", pw, "--secrets-key", p(&other_key)],
+            "is not the secrets key",
+        );
+        pg.psql("UPDATE idbridge_schema SET version = 999 WHERE component = 'tenant'").unwrap();
+        refused(
+            &["--database", &pg.url, "--database-password-file", pw, "--secrets-key", k],
+            "newer than this idbridge",
+        );
+        assert!(!pg.dump().unwrap().contains("not-the-password"));
+    }
 }
 
 mod sync_e2e {

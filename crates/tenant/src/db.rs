@@ -574,6 +574,10 @@ impl Connection {
         self.secrets_key
     }
 
+    pub(crate) fn set_secrets_key(&mut self, key: Option<[u8; 32]>) {
+        self.secrets_key = key;
+    }
+
     /// The text of `key` in the JSON text column `column`.
     pub fn json_text(&self, column: &str, key: &str) -> String {
         match self.engine {

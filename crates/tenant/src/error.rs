@@ -4,8 +4,10 @@ use scim::ScimError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
+    /// Not a `source`: the message already holds the cause (a report of
+    /// the whole chain would say it twice).
     #[error("the tenant database failed: {0}")]
-    Database(#[from] crate::db::DbError),
+    Database(crate::db::DbError),
     /// The I/O error is part of the message, not a separate cause, so a
     /// report of the whole chain does not say it twice.
     #[error("{what}: {error}")]
@@ -34,6 +36,12 @@ impl TenantError {
                 ScimError::status(500, "internal error (see the tenant's log)")
             }
         }
+    }
+}
+
+impl From<crate::db::DbError> for TenantError {
+    fn from(e: crate::db::DbError) -> TenantError {
+        TenantError::Database(e)
     }
 }
 

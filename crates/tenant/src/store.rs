@@ -373,12 +373,21 @@ impl Store {
     /// database's secrets are sealed with (the first node to start sets it).
     pub fn open_postgres(settings: &DatabaseSettings, secrets_key: &Path) -> Result<Store> {
         settings.check().map_err(|e| TenantError::Invalid(e.0))?;
-        let key = crate::secrets::load_key_file(secrets_key)?;
-        let mut first = Connection::postgres(settings, Some(key))?;
+        let mut first = Connection::postgres(settings, None)?;
         let migrations: Vec<String> = MIGRATIONS.iter().map(|m| crate::db::postgres_schema(m)).collect();
         if let Some(client) = first.postgres_client() {
             pgconn::migrate(client, "tenant", &migrations).map_err(|e| TenantError::Invalid(e.0))?;
         }
+        // A missing key file is made only for a database that has no key yet
+        // (the first node); the others need a copy of that node's file.
+        if !secrets_key.exists() && get_meta(&first, "secrets_key_check")?.is_some() {
+            return Err(TenantError::Invalid(format!(
+                "{} does not exist and this database's secrets are sealed with an existing key: copy the key file of the first tenant node there",
+                secrets_key.display()
+            )));
+        }
+        let key = crate::secrets::load_key_file(secrets_key)?;
+        first.set_secrets_key(Some(key));
         {
             let tx = first.transaction()?;
             crate::secrets::check_key(&tx, secrets_key)?;

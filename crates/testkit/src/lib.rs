@@ -26,7 +26,8 @@ pub use harness::{
 };
 pub use postgres::Postgres;
 pub use process::{
-    KillOnDrop, TempDir, TestkitError, free_port, measure, public_client_authorize_url, spawn_tenant, wait_until,
+    KillOnDrop, TempDir, TestkitError, free_port, measure, public_client_authorize_url, spawn_tenant, spawn_tenant_at,
+    wait_until,
 };
 pub use samba::SambaDc;
 pub use slapd::{Slapd, SlapdOptions};

@@ -203,10 +203,21 @@ pub fn ldapmodify(url: &str, bind: &str, password: &str, ca: Option<&Path>, ldif
 /// port with its data in `data`; returns the process and the SCIM base URL it
 /// printed. Its standard error keeps being drained so it never blocks.
 pub fn spawn_tenant(exe: &Path, data: &Path, extra: &[&str]) -> Result<(std::process::Child, String), TestkitError> {
+    let data = data.to_string_lossy();
+    spawn_tenant_at(exe, &["--data", &data], extra)
+}
+
+/// [`spawn_tenant`] with the tenant's data where `location` says
+/// (`--data DIR`, or `--database URL …` for PostgreSQL).
+pub fn spawn_tenant_at(
+    exe: &Path,
+    location: &[&str],
+    extra: &[&str],
+) -> Result<(std::process::Child, String), TestkitError> {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(exe)
-        .args(["tenant", "serve", "--data"])
-        .arg(data)
+        .args(["tenant", "serve"])
+        .args(location)
         .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
         .args(extra)
         .env("RUST_LOG", "warn")
