@@ -24,6 +24,8 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+const HYBRID: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -1365,17 +1367,7 @@ mod sync_e2e {
         let data = lab.tmp.join("tenant");
         let token = ok(&idbridge(&["tenant", "pta-token", "create", "--data", p(&data)])).trim().to_string();
         let config = dir.join("agent.toml");
-        let pw = slapd.password_file().unwrap();
-        std::fs::write(
-            &config,
-            format!(
-                "allow_plain_binds = true\n[directory]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"dc=example,dc=org\"]\n",
-                slapd.url,
-                slapd.admin_dn(),
-                p(&pw)
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, testkit::harness::pta_agent_config(slapd).unwrap()).unwrap();
         let issuer = lab.base.trim_end_matches("/scim/v2");
         ok(&idbridge(&[
             "pta-agent",
@@ -1417,6 +1409,227 @@ mod sync_e2e {
             assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+
+    /// Three tenant nodes on one PostgreSQL behind a round-robin proxy, a
+    /// new connection (so the next node) for every request: the sync
+    /// exports through the proxy; a password sign-in whose steps land on
+    /// different nodes; a code redeemed once, on any node; a reused refresh
+    /// token revokes its family on every node; a lockout on one node holds
+    /// on all; a pass-through agent polling node A answers sign-ins made on
+    /// node B; a killed node loses nothing and the others go on.
+    #[test]
+    fn three_tenant_nodes_share_one_postgres_behind_a_load_balancer() {
+        let tmp = TempDir::new("nodes").unwrap();
+        let exe = Path::new(env!("CARGO_BIN_EXE_idbridge"));
+        let mut pg = testkit::Postgres::start().unwrap();
+        let (slapd, _) = testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(12, 1, 5).unwrap()).unwrap();
+        let proxy = testkit::RoundRobinProxy::start().unwrap();
+        let (key, password_file, url) = (tmp.join("secrets.key"), pg.password_file(), pg.url.clone());
+        let at: Vec<&str> =
+            vec!["--database", &url, "--database-password-file", p(&password_file), "--secrets-key", p(&key)];
+        let admin = |args: &[&str]| {
+            let mut all: Vec<&str> = vec!["tenant"];
+            all.extend(args);
+            all.extend(&at);
+            ok(&idbridge(&all))
+        };
+        let public = proxy.url();
+        let ports: Vec<u16> = (0..3).map(|_| testkit::free_port().unwrap()).collect();
+        let start_node = |port: u16| {
+            let listen = format!("127.0.0.1:{port}");
+            let (child, _) = testkit::spawn_tenant_at(
+                exe,
+                &at,
+                &["--listen", &listen, "--public-url", &public, "--initial-domain", "lab.example.test"],
+            )
+            .unwrap();
+            testkit::KillOnDrop(child)
+        };
+        let mut nodes: Vec<testkit::KillOnDrop> = ports.iter().map(|port| start_node(*port)).collect();
+        let addrs: Vec<std::net::SocketAddr> =
+            ports.iter().map(|port| format!("127.0.0.1:{port}").parse().unwrap()).collect();
+        proxy.set_backends(&addrs);
+        admin(&["domain", "add", "example.org"]);
+        let token = admin(&["token", "create", "--scope", "sync"]).trim().to_string();
+        std::fs::write(tmp.join("token"), &token).unwrap();
+
+        // The sync exports through the load balancer, passwords included.
+        let config = tmp.join("idbridge.toml");
+        let base = format!("{public}/scim/v2");
+        let text = testkit::sync_config(
+            &slapd,
+            "lab",
+            "password_hash_sync = true\n",
+            Some((&base, &tmp.join("token"))),
+            &format!("\n[sync]\nstate = \"{}\"\n", p(&tmp.join("state.db"))),
+        )
+        .unwrap();
+        std::fs::write(&config, text).unwrap();
+        let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let listed = scim_get(&base, &token, "/Users?count=2");
+        assert_eq!(listed["totalResults"], 12, "{listed}");
+        let user = |i: usize| -> (String, String) {
+            let u = &listed["Resources"][i];
+            (
+                u["userName"].as_str().unwrap().to_string(),
+                u[HYBRID]["onPremisesDistinguishedName"].as_str().unwrap().to_string(),
+            )
+        };
+        let ((first, first_dn), (second, second_dn)) = (user(0), user(1));
+        slapd.set_password(&first_dn, "Summer-2026").unwrap();
+        slapd.set_password(&second_dn, "Winter-2026").unwrap();
+        let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
+        let report = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success() && report.contains("2 passwords"), "{report}");
+
+        let out =
+            admin(&["client", "add", "--name", "test", "--redirect-uri", "http://127.0.0.1:9/callback", "--public"]);
+        let client_id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
+        // RFC 7636's example pair.
+        let (verifier, challenge) =
+            ("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        let authorize = |issuer: &str| {
+            format!(
+                "{issuer}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&response_type=code&scope=openid%20offline_access&state=s&code_challenge={challenge}&code_challenge_method=S256"
+            )
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let sign_in = |issuer: &str, user: &str, password: &str| -> Result<String, String> {
+            rt.block_on(async {
+                let mut browser = testkit::Browser::without_keep_alive().unwrap();
+                let page = browser.password_sign_in(&authorize(issuer), user, password).await.unwrap();
+                match page.location.as_deref().map(testkit::browser::query) {
+                    Some(q) if q.contains_key("code") => Ok(q["code"].clone()),
+                    _ => Err(page.body),
+                }
+            })
+        };
+        let token_request = |form: &[(&str, &str)]| -> (u16, serde_json::Value) {
+            rt.block_on(async {
+                let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+                let r = http.post(format!("{public}/oauth2/token")).form(form).send().await.unwrap();
+                (r.status().as_u16(), r.json().await.unwrap_or_default())
+            })
+        };
+        let before = proxy.served();
+        let code = sign_in(&public, &first, "Summer-2026").unwrap();
+        let after = proxy.served();
+        assert!(
+            after.iter().zip(before.iter().chain(std::iter::repeat(&0))).all(|(a, b)| a > b),
+            "every node served part of one sign-in: {before:?} -> {after:?}"
+        );
+        let redeem = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", "http://127.0.0.1:9/callback"),
+            ("client_id", client_id.as_str()),
+            ("code_verifier", verifier),
+        ];
+        let (status, tokens) = token_request(&redeem);
+        assert_eq!(status, 200, "{tokens}");
+        let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
+        let refresh_with = |token: &str| {
+            token_request(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token),
+                ("client_id", client_id.as_str()),
+            ])
+        };
+        let (status, renewed) = refresh_with(&refresh);
+        assert_eq!(status, 200, "{renewed}");
+        let next = renewed["refresh_token"].as_str().unwrap().to_string();
+        assert_eq!(refresh_with(&refresh).0, 400, "a reused refresh token is refused");
+        assert_eq!(refresh_with(&next).0, 400, "and ends its family on every node");
+        for _ in 0..3 {
+            assert_eq!(token_request(&redeem).0, 400, "a code is redeemed once, whichever node is asked");
+        }
+
+        // Smart lockout: failures counted on all nodes lock the user on all nodes.
+        for _ in 0..10 {
+            let page = sign_in(&public, &second, "not-it").unwrap_err();
+            assert!(page.contains("incorrect") || page.contains("locked"), "{page}");
+        }
+        for issuer in ports.iter().map(|port| format!("http://127.0.0.1:{port}")) {
+            let page = sign_in(&issuer, &second, "Winter-2026").unwrap_err();
+            assert!(page.contains("temporarily locked"), "{issuer}: {page}");
+        }
+
+        // Pass-through: the agent polls node A, the browser talks to node B.
+        let node_a = format!("http://127.0.0.1:{}", ports[0]);
+        let node_b = format!("http://127.0.0.1:{}", ports[1]);
+        admin(&["domain", "set", "example.org", "--auth", "managed-pta"]);
+        let agent_dir = tmp.join("agent");
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        let pta_token = admin(&["pta-token", "create"]).trim().to_string();
+        let agent_config = agent_dir.join("agent.toml");
+        std::fs::write(&agent_config, testkit::harness::pta_agent_config(&slapd).unwrap()).unwrap();
+        ok(&idbridge(&[
+            "pta-agent",
+            "register",
+            "--tenant",
+            &node_a,
+            "--token",
+            &pta_token,
+            "--config",
+            p(&agent_config),
+            "--name",
+            "agent-a",
+        ]));
+        let _agent = testkit::KillOnDrop(
+            Command::new(exe)
+                .args(["pta-agent", "run", "--config", p(&agent_config)])
+                .env("RUST_LOG", "warn")
+                .stderr(std::fs::File::create(agent_dir.join("agent.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        slapd.set_password(&first_dn, "Pass-Through-1").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            match sign_in(&node_b, &first, "Pass-Through-1") {
+                Ok(_) => {
+                    last.clear();
+                    break;
+                }
+                Err(page) => last = page,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        assert!(
+            last.is_empty(),
+            "a pass-through sign-in on node B with the agent on node A: {last}\nagent: {}",
+            std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default()
+        );
+        let wrong = sign_in(&node_b, &first, "Summer-2026").unwrap_err();
+        assert!(wrong.contains("incorrect"), "{wrong}");
+        sign_in(&public, &first, "Pass-Through-1").unwrap();
+
+        // kill -9 node C: the others go on; nothing it wrote is lost.
+        let mut c = nodes.pop().unwrap();
+        c.0.kill().unwrap();
+        c.0.wait().unwrap();
+        for _ in 0..4 {
+            sign_in(&public, &first, "Pass-Through-1").unwrap();
+        }
+        assert_eq!(scim_get(&base, &token, "/Users?count=1")["totalResults"], 12);
+
+        // PostgreSQL restarts: the nodes reconnect by themselves (a request
+        // in the gap may fail; none after).
+        pg.stop().unwrap();
+        pg.restart().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while sign_in(&public, &first, "Pass-Through-1").is_err() {
+            assert!(std::time::Instant::now() < deadline, "the nodes did not come back after a database restart");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        for _ in 0..4 {
+            sign_in(&public, &first, "Pass-Through-1").unwrap();
+        }
+        let audit = admin(&["audit", "--json", "--limit", "1000"]);
+        assert_eq!(audit.matches("\"tenant-created\"").count(), 1, "three nodes made one tenant: {audit}");
     }
 
     #[test]

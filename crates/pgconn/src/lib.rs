@@ -251,3 +251,96 @@ pub fn migrate(client: &mut Client, component: &str, migrations: &[String]) -> R
         tx.commit().await.map_err(pg)
     })
 }
+
+/// Listens on `channels` (PostgreSQL `LISTEN`) on a connection and thread
+/// of its own, calling `on_notification(channel, payload)` for each
+/// notification, for as long as the process runs. A broken connection is
+/// re-opened with bounded back-off (one log line per failure); while it is
+/// down no notification arrives, so callers also re-check on a timer.
+pub fn listen<F>(settings: &DatabaseSettings, channels: &[&str], on_notification: F) -> Result<(), PgError>
+where
+    F: Fn(&str, &str) + Send + 'static,
+{
+    let config = settings.driver_config()?;
+    let tls = settings.tls.clone();
+    let listen_sql: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
+    std::thread::Builder::new()
+        .name("postgres-listener".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                tracing::error!("cannot start the database listener");
+                return;
+            };
+            runtime.block_on(async move {
+                let mut backoff = Duration::from_millis(250);
+                loop {
+                    let result = match &tls {
+                        PgTls::Plain => listen_once(&config, tokio_postgres::NoTls, &listen_sql, &on_notification).await,
+                        PgTls::Verified { ca_file } => match tls_connector(ca_file) {
+                            Ok(connector) => listen_once(&config, connector, &listen_sql, &on_notification).await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match result {
+                        Ok(()) => backoff = Duration::from_millis(250),
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis(), "the database listener is disconnected");
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+            });
+        })
+        .map_err(|e| PgError(format!("cannot start the database listener: {e}")))?;
+    Ok(())
+}
+
+/// One listening connection, until it ends: `Ok` if it ran and then
+/// closed, `Err` if it could not be set up.
+async fn listen_once<T, F>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    sql: &str,
+    on_notification: &F,
+) -> Result<(), PgError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+    F: Fn(&str, &str),
+{
+    let (client, mut connection) =
+        config.connect(tls).await.map_err(|e| PgError(format!("cannot connect to the database: {}", describe(&e))))?;
+    let (ready_tx, mut ready_rx) = tokio::sync::oneshot::channel();
+    let listen = async {
+        let result = client.batch_execute(sql).await;
+        let _ = ready_tx.send(result);
+        // Keep the client (and so the session) alive while the connection runs.
+        std::future::pending::<()>().await;
+    };
+    tokio::pin!(listen);
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            () = &mut listen => {}
+            answer = &mut ready_rx, if !ready => {
+                ready = true;
+                match answer {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(pg(e)),
+                    Err(_) => return Err(PgError("the database listener stopped".into())),
+                }
+            }
+            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => on_notification(n.channel(), n.payload()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) if ready => {
+                    tracing::warn!(error = %describe(&e), "the database listener's connection broke");
+                    return Ok(());
+                }
+                Some(Err(e)) => return Err(pg(e)),
+                None => return Ok(()),
+            },
+        }
+    }
+}

@@ -50,6 +50,16 @@ impl fmt::Debug for AnswerKey {
 }
 
 impl AnswerKey {
+    /// The key's bytes, to keep it where several tenant nodes can check an
+    /// answer (sealed under the tenant's secrets key).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> AnswerKey {
+        AnswerKey(bytes)
+    }
+
     fn message(request_id: &str, outcome: Outcome) -> Vec<u8> {
         format!("{request_id}|{}", outcome.as_str()).into_bytes()
     }

@@ -99,7 +99,7 @@ pub async fn poll(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(
         }
         if let Err(resp) = caller(&state, &headers).await {
             // Revoked (or expired): no request is sealed for it any more.
-            state.pta.forget(&agent);
+            state.pta.forget(&agent).await;
             return resp;
         }
     }
@@ -111,7 +111,7 @@ pub async fn respond(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
         Ok(a) => a,
         Err(resp) => return resp,
     };
-    let accepted = state.pta.answer(&agent, &body.request_id, body.outcome, &body.mac);
+    let accepted = state.pta.answer(&agent, &body.request_id, body.outcome, &body.mac).await;
     if !accepted {
         tracing::warn!(agent = %agent, request = %body.request_id, "an answer was refused (not this agent's request, or not authentic)");
     }

@@ -183,7 +183,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         }
         Err(e) => return e.into_response(),
     }
-    state.metrics.set_pta_agents_online(state.pta.agents_online());
+    state.metrics.set_pta_agents_online(state.pta.agents_online().await);
     if let Ok(all) = db(&state, |conn| Ok(tenant::domains::list(conn)?)).await {
         state.metrics.set_pta_domains(all.iter().filter(|d| d.auth == tenant::domains::AuthType::ManagedPta).count());
     }

@@ -241,6 +241,7 @@ pub async fn serve(
     }
     // The admin console signs administrators in as a relying party of its own.
     tenant.register_console("idbridge", &issuer)?;
+    let pta = tenant::pta::Broker::for_store(pta_timeout, tenant.store())?;
     let state = Arc::new(AppState {
         store: tenant.store().clone(),
         tenant,
@@ -248,7 +249,7 @@ pub async fn serve(
         issuer,
         max_body: options.max_body,
         lockout: tenant::signin::LockoutPolicy::default(),
-        pta: tenant::pta::Broker::new(pta_timeout),
+        pta,
         federation: tenant::federation::oidc::RelyingParty::new(),
         rate_limit: tenant::ratelimit::RateLimiter::new(rate_limit),
         trusted_proxies,

@@ -121,6 +121,9 @@ pub struct Broker {
     work: tokio::sync::Notify,
     /// How long a sign-in waits for an agent's answer.
     pub timeout: Duration,
+    /// Several tenant nodes on one PostgreSQL database: the queue, leases
+    /// and presence live there instead (see [`shared`]).
+    shared: Option<shared::Shared>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -134,13 +137,26 @@ impl Broker {
         Broker { timeout, ..Broker::default() }
     }
 
+    /// The broker for `store`: in memory for one node (SQLite), in the
+    /// database for several (PostgreSQL), woken by its notifications.
+    pub fn for_store(timeout: Duration, store: &Arc<crate::Store>) -> Result<Broker> {
+        let shared = match store.postgres_settings() {
+            Some(settings) => Some(shared::Shared::start(store.clone(), settings)?),
+            None => None,
+        };
+        Ok(Broker { timeout, shared, ..Broker::default() })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BrokerState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How many agents are online now.
-    pub fn agents_online(&self) -> usize {
-        self.online().len()
+    pub async fn agents_online(&self) -> usize {
+        match &self.shared {
+            Some(shared) => shared.online().await.map_or(0, |agents| agents.len()),
+            None => self.online().len(),
+        }
     }
 
     /// Online agents and their public keys.
@@ -167,6 +183,9 @@ impl Broker {
 
     /// Has an online agent check `credentials`, waiting at most `self.timeout`.
     pub async fn validate(&self, credentials: &Credentials) -> std::result::Result<Outcome, DispatchError> {
+        if let Some(shared) = &self.shared {
+            return shared.validate(credentials, self.timeout).await;
+        }
         let agents = self.online();
         if agents.is_empty() {
             return Err(DispatchError::NoAgent);
@@ -207,6 +226,9 @@ impl Broker {
 
     /// Takes up to a batch of requests sealed for `agent`, waiting up to `wait`.
     pub async fn take(&self, agent: &str, public_key: &str, wait: Duration) -> Vec<Sealed> {
+        if let Some(shared) = &self.shared {
+            return shared.take(agent, wait).await;
+        }
         let started = Instant::now();
         {
             let mut state = self.lock();
@@ -276,14 +298,22 @@ impl Broker {
     }
 
     /// Takes an agent out of the online set at once (it was revoked).
-    pub fn forget(&self, agent: &str) {
-        self.lock().agents.remove(agent);
+    pub async fn forget(&self, agent: &str) {
+        match &self.shared {
+            Some(shared) => shared.forget(agent).await,
+            None => {
+                self.lock().agents.remove(agent);
+            }
+        }
     }
 
     /// An agent's answer; the first answer to a request counts.
     /// Takes `agent`'s answer: only the agent holding the request's lease,
     /// and only with a MAC made with that request's answer key.
-    pub fn answer(&self, agent: &str, request_id: &str, outcome: Outcome, mac: &str) -> bool {
+    pub async fn answer(&self, agent: &str, request_id: &str, outcome: Outcome, mac: &str) -> bool {
+        if let Some(shared) = &self.shared {
+            return shared.answer(agent, request_id, outcome, mac).await;
+        }
         let mut state = self.lock();
         let authentic = state.leased.get(request_id).is_some_and(|lease| {
             lease.agent == agent
@@ -299,6 +329,317 @@ impl Broker {
             None => false,
         }
     }
+}
+
+/// The broker of several tenant nodes, in PostgreSQL. A sign-in on any
+/// node seals its request for every agent online anywhere and inserts it;
+/// an agent polling any node takes it (`FOR UPDATE SKIP LOCKED`, so two
+/// nodes never hand out one request) under a lease; the answer is written
+/// to the row and the node that made the request — the only one holding
+/// the answer keys — checks its MAC. `NOTIFY` wakes the pollers
+/// (`pta_work`) and the waiting sign-ins (`pta_answer`) at once; a timer
+/// re-checks in case a notification was lost (listener reconnecting).
+/// Times are the database's clock, never a node's.
+mod shared {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use proto::pta::Sealed;
+    use pta::{Credentials, Outcome};
+
+    use super::{DispatchError, GRACE, LEASE};
+    use crate::db::{OptionalExtension, params};
+    use crate::error::Result;
+    use crate::util::new_id;
+
+    const NOW_MS: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)";
+    /// How often waiters look without a notification.
+    const RECHECK: Duration = Duration::from_millis(500);
+
+    pub(super) struct Shared {
+        store: Arc<crate::Store>,
+        work: Arc<tokio::sync::Notify>,
+        answers: Arc<tokio::sync::Notify>,
+    }
+
+    impl std::fmt::Debug for Shared {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("SharedBroker")
+        }
+    }
+
+    fn ms(d: Duration) -> i64 {
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    impl Shared {
+        pub(super) fn start(store: Arc<crate::Store>, settings: &pgconn::DatabaseSettings) -> Result<Shared> {
+            let work = Arc::new(tokio::sync::Notify::new());
+            let answers = Arc::new(tokio::sync::Notify::new());
+            let (w, a) = (work.clone(), answers.clone());
+            pgconn::listen(settings, &["pta_work", "pta_answer"], move |channel, _| match channel {
+                "pta_work" => w.notify_waiters(),
+                _ => a.notify_waiters(),
+            })
+            .map_err(|e| crate::TenantError::Invalid(e.0))?;
+            Ok(Shared { store, work, answers })
+        }
+
+        async fn db<T: Send + 'static>(
+            &self,
+            work: impl FnOnce(&crate::db::Connection) -> Result<T> + Send + 'static,
+        ) -> Result<T> {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || work(&store.lock()))
+                .await
+                .map_err(|_| crate::TenantError::Invalid("a pass-through task failed".into()))?
+        }
+
+        /// Agents with a poll open on any node, or one that ended moments ago.
+        pub(super) async fn online(&self) -> Result<Vec<(String, String)>> {
+            self.db(|conn| {
+                Ok(conn.query_map(
+                    &format!(
+                        "SELECT id, public_key FROM pta_agents WHERE revoked IS NULL AND polling_until > {NOW_MS} - ?1"
+                    ),
+                    params![ms(GRACE)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .await
+        }
+
+        pub(super) async fn validate(
+            &self,
+            credentials: &Credentials,
+            timeout: Duration,
+        ) -> std::result::Result<Outcome, DispatchError> {
+            let agents = self.online().await.map_err(|_| DispatchError::NoAgent)?;
+            let request_id = new_id();
+            let deadline_secs = crate::util::now_secs() + i64::try_from(timeout.as_secs()).unwrap_or(10);
+            let (mut sealed, mut answer_keys) = (serde_json::Map::new(), HashMap::new());
+            for (agent, public_key) in agents {
+                if let Ok((s, key)) = pta::seal(&public_key, &agent, &request_id, deadline_secs, credentials)
+                    && let Ok(value) = serde_json::to_value(&s)
+                {
+                    sealed.insert(agent.clone(), value);
+                    answer_keys.insert(agent, key);
+                }
+            }
+            if sealed.is_empty() {
+                return Err(DispatchError::NoAgent);
+            }
+            let keys: Vec<(String, [u8; 32])> = answer_keys.iter().map(|(a, k)| (a.clone(), k.to_bytes())).collect();
+            let (id, text, wait) = (request_id.clone(), serde_json::Value::Object(sealed).to_string(), ms(timeout));
+            let inserted = self
+                .db(move |conn| {
+                    let mut sealed_keys = serde_json::Map::new();
+                    for (agent, key) in keys {
+                        sealed_keys.insert(
+                            agent,
+                            serde_json::Value::String(URL_SAFE_NO_PAD.encode(crate::secrets::seal(conn, &key)?)),
+                        );
+                    }
+                    conn.execute(
+                        &format!(
+                            "INSERT INTO pta_requests(id, created, deadline, sealed, answer_keys)
+                             VALUES(?1, {NOW_MS}, {NOW_MS} + ?2, ?3, ?4)"
+                        ),
+                        params![id, wait, text, serde_json::Value::Object(sealed_keys).to_string()],
+                    )?;
+                    conn.execute("SELECT pg_notify('pta_work', '')", params![])?;
+                    Ok(())
+                })
+                .await;
+            if inserted.is_err() {
+                return Err(DispatchError::NoAgent);
+            }
+            // Removes the row however this ends (answered, timed out, or the browser went away).
+            let _forget = OnDrop { store: self.store.clone(), statements: FORGET, param: request_id.clone() };
+            let until = Instant::now() + timeout;
+            loop {
+                let notified = self.answers.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let id = request_id.clone();
+                let answer = self
+                    .db(move |conn| {
+                        Ok(conn
+                            .query_row(
+                                "SELECT answered_by, outcome, mac FROM pta_requests WHERE id = ?1 AND outcome IS NOT NULL",
+                                params![id],
+                                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+                            )
+                            .optional()?)
+                    })
+                    .await;
+                if let Ok(Some((agent, outcome, mac))) = answer {
+                    let outcome: Option<Outcome> = serde_json::from_value(serde_json::Value::String(outcome)).ok();
+                    match (outcome, answer_keys.get(&agent)) {
+                        (Some(outcome), Some(key)) if key.verify(&request_id, outcome, &mac) => return Ok(outcome),
+                        _ => {
+                            tracing::warn!(agent = %agent, request = %request_id, "an answer did not carry the request's MAC; the request goes back to the queue");
+                            let id = request_id.clone();
+                            let _ = self
+                                .db(move |conn| {
+                                    conn.execute(
+                                        "UPDATE pta_requests SET outcome = NULL, mac = NULL, answered_by = NULL, leased_by = NULL, leased_until = NULL WHERE id = ?1",
+                                        params![id],
+                                    )?;
+                                    Ok(())
+                                })
+                                .await;
+                        }
+                    }
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(DispatchError::Timeout);
+                }
+                let _ = tokio::time::timeout(left.min(RECHECK), notified).await;
+            }
+        }
+
+        /// Takes up to a batch of requests sealed for `agent` (new ones, or
+        /// ones whose lease ran out), waiting up to `wait`; the agent counts
+        /// as online meanwhile.
+        pub(super) async fn take(&self, agent: &str, wait: Duration) -> Vec<Sealed> {
+            let started = Instant::now();
+            let _open = OnDrop { store: self.store.clone(), statements: POLL_ENDED, param: agent.to_string() };
+            loop {
+                let notified = self.work.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let left = wait.saturating_sub(started.elapsed());
+                let (who, open_for) = (agent.to_string(), ms(left.min(RECHECK) + RECHECK));
+                let taken = self
+                    .db(move |conn| {
+                        let tx = conn.unchecked_transaction()?;
+                        tx.execute(
+                            &format!("UPDATE pta_agents SET polling_until = {NOW_MS} + ?2 WHERE id = ?1"),
+                            params![who, open_for],
+                        )?;
+                        let rows: Vec<(String, String)> = tx.query_map(
+                            &format!(
+                                "UPDATE pta_requests SET leased_by = ?1, leased_until = {NOW_MS} + ?2
+                                 WHERE id IN (SELECT id FROM pta_requests
+                                              WHERE outcome IS NULL AND deadline > {NOW_MS}
+                                                AND (leased_by IS NULL OR leased_until < {NOW_MS})
+                                                AND ((sealed::jsonb) -> CAST(?1 AS TEXT)) IS NOT NULL
+                                              ORDER BY created LIMIT 32 FOR UPDATE SKIP LOCKED)
+                                 RETURNING id, ((sealed::jsonb) -> CAST(?1 AS TEXT))::text"
+                            ),
+                            params![who, ms(LEASE)],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )?;
+                        tx.commit()?;
+                        Ok(rows)
+                    })
+                    .await;
+                let taken: Vec<Sealed> = match taken {
+                    Ok(rows) => rows.into_iter().filter_map(|(_, text)| serde_json::from_str(&text).ok()).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pass-through requests could not be taken");
+                        Vec::new()
+                    }
+                };
+                if !taken.is_empty() || left.is_zero() {
+                    return taken;
+                }
+                let _ = tokio::time::timeout(left.min(RECHECK), notified).await;
+            }
+        }
+
+        pub(super) async fn answer(&self, agent: &str, request_id: &str, outcome: Outcome, mac: &str) -> bool {
+            let (who, id, outcome, mac) =
+                (agent.to_string(), request_id.to_string(), outcome.as_str(), mac.to_string());
+            let recorded = self
+                .db(move |conn| {
+                    // Only the lease holder, and only with the MAC of this request's answer key.
+                    let keys: Option<String> = conn
+                        .query_row(
+                            &format!(
+                                "SELECT answer_keys FROM pta_requests
+                                 WHERE id = ?1 AND leased_by = ?2 AND outcome IS NULL AND deadline > {NOW_MS}"
+                            ),
+                            params![id, who],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    let key = keys
+                        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                        .and_then(|keys| keys.get(&who).and_then(|k| k.as_str()).map(str::to_string))
+                        .and_then(|text| URL_SAFE_NO_PAD.decode(text).ok())
+                        .and_then(|sealed| crate::secrets::open(conn, &sealed).ok())
+                        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                        .map(pta::AnswerKey::from_bytes);
+                    let parsed: Option<Outcome> =
+                        serde_json::from_value(serde_json::Value::String(outcome.to_string())).ok();
+                    let authentic = match (key, parsed) {
+                        (Some(key), Some(parsed)) => key.verify(&id, parsed, &mac),
+                        _ => false,
+                    };
+                    if !authentic {
+                        return Ok(false);
+                    }
+                    let n = conn.execute(
+                        &format!(
+                            "UPDATE pta_requests SET outcome = ?3, mac = ?4, answered_by = ?2
+                             WHERE id = ?1 AND leased_by = ?2 AND outcome IS NULL AND deadline > {NOW_MS}"
+                        ),
+                        params![id, who, outcome, mac],
+                    )?;
+                    if n > 0 {
+                        conn.execute("SELECT pg_notify('pta_answer', ?1)", params![id])?;
+                    }
+                    Ok(n > 0)
+                })
+                .await;
+            recorded.unwrap_or(false)
+        }
+
+        pub(super) async fn forget(&self, agent: &str) {
+            let who = agent.to_string();
+            let _ = self
+                .db(move |conn| {
+                    conn.execute("UPDATE pta_agents SET polling_until = NULL WHERE id = ?1", params![who])?;
+                    Ok(())
+                })
+                .await;
+        }
+    }
+
+    /// Runs `statements` (each with the one parameter `?1` = `param`) when
+    /// dropped, on a blocking thread: the way a poll or a sign-in that ends
+    /// however it ends (answered, timed out, the connection gone) cleans up.
+    struct OnDrop {
+        store: Arc<crate::Store>,
+        statements: &'static [&'static str],
+        param: String,
+    }
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let (store, statements, param) = (self.store.clone(), self.statements, std::mem::take(&mut self.param));
+            tokio::task::spawn_blocking(move || {
+                for sql in statements {
+                    let _ = store.lock().execute(&sql.replace("{NOW_MS}", NOW_MS), params![param]);
+                }
+            });
+        }
+    }
+
+    /// A finished request is deleted; so are requests of a node that died
+    /// (a minute past their deadline), by whoever comes next.
+    const FORGET: &[&str] = &[
+        "DELETE FROM pta_requests WHERE id = ?1",
+        "DELETE FROM pta_requests WHERE deadline < {NOW_MS} - 60000 AND id <> ?1",
+    ];
+    /// A poll that ended: the agent stays online for the grace period from now.
+    const POLL_ENDED: &[&str] = &["UPDATE pta_agents SET polling_until = {NOW_MS} WHERE id = ?1"];
 }
 
 // ---- The agents' records in the database ----

@@ -287,9 +287,29 @@ CREATE TABLE lineage (
 CREATE INDEX lineage_pending ON lineage(requested);
 ";
 
+/// Pass-through sign-ins shared by several tenant nodes (PostgreSQL): the
+/// requests waiting for an agent, and which agents have a poll open. One
+/// node (SQLite) keeps both in memory and leaves these empty.
+const SCHEMA_V14: &str = "
+CREATE TABLE pta_requests (
+    id TEXT PRIMARY KEY,
+    created INTEGER NOT NULL,        -- epoch ms, the database's clock
+    deadline INTEGER NOT NULL,       -- epoch ms
+    sealed TEXT NOT NULL,            -- JSON object: agent id -> the request sealed for that agent
+    answer_keys TEXT NOT NULL,       -- JSON object: agent id -> its answer key, sealed (the secrets key)
+    leased_by TEXT,                  -- the agent that took it
+    leased_until INTEGER,            -- epoch ms; after it the request goes back to the queue
+    answered_by TEXT,
+    outcome TEXT,
+    mac TEXT                         -- checked by the node that made the request (it holds the answer keys)
+);
+CREATE INDEX pta_requests_created ON pta_requests(created);
+ALTER TABLE pta_agents ADD COLUMN polling_until INTEGER;   -- epoch ms: a poll is open until then, or ended then
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
-    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13,
+    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one
@@ -411,6 +431,11 @@ impl Store {
 
     pub fn is_postgres(&self) -> bool {
         self.postgres.is_some()
+    }
+
+    /// The PostgreSQL connection settings, for what needs a connection of its own (listening).
+    pub fn postgres_settings(&self) -> Option<&DatabaseSettings> {
+        self.postgres.as_ref().map(|p| &p.settings)
     }
 
     /// A connection for a long read: a free reader if there is one, else

@@ -31,6 +31,17 @@ impl Browser {
         Ok(Browser { http, cookies: HashMap::new() })
     }
 
+    /// A browser that opens a new connection for every request (behind a
+    /// round-robin proxy: every request on another node).
+    pub fn without_keep_alive() -> Result<Browser, TestkitError> {
+        let http = reqwest::Client::builder()
+            .redirect(redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(http_error)?;
+        Ok(Browser { http, cookies: HashMap::new() })
+    }
+
     fn cookie_header(&self) -> String {
         self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }

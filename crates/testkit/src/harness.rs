@@ -74,6 +74,18 @@ pub fn sync_config(
     Ok(text)
 }
 
+/// A pass-through agent's configuration for `slapd` (its admin binds;
+/// plain LDAP on loopback is allowed outright).
+pub fn pta_agent_config(slapd: &Slapd) -> Result<String, TestkitError> {
+    Ok(format!(
+        "allow_plain_binds = true\n[directory]\nname = \"lab\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"{}\"]\n",
+        slapd.url,
+        slapd.admin_dn(),
+        slapd.password_file()?.display(),
+        slapd.base_dn()
+    ))
+}
+
 /// The benchmarks' baseline: `ldapsearch -E pr=1000` of what matches
 /// `filter` under the directory's base (attributes `*` and `attrs`), timed
 /// with its peak RSS: (seconds, KiB).

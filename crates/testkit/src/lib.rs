@@ -16,6 +16,7 @@ pub mod browser;
 pub mod harness;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod samba;
 pub mod slapd;
 pub mod tls;
@@ -29,6 +30,7 @@ pub use process::{
     KillOnDrop, TempDir, TestkitError, free_port, measure, public_client_authorize_url, spawn_tenant, spawn_tenant_at,
     wait_until,
 };
+pub use proxy::RoundRobinProxy;
 pub use samba::SambaDc;
 pub use slapd::{Slapd, SlapdOptions};
 pub use tls::TestCa;

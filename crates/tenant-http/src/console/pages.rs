@@ -81,7 +81,7 @@ pub(super) async fn overview(State(state): State<Arc<AppState>>, admin: Admin) -
         Ok(o) => o,
         Err(r) => return r,
     };
-    let agents = state.pta.agents_online();
+    let agents = state.pta.agents_online().await;
     let now = now_secs();
     let stopped: Vec<&sync_reports::Received> = o.reports.iter().filter(|r| r.report.status == "stopped").collect();
     let body = html! {
@@ -1129,7 +1129,7 @@ pub(super) async fn agents(State(state): State<Arc<AppState>>, admin: Admin) -> 
         Ok(l) => l,
         Err(r) => return r,
     };
-    let online = state.pta.agents_online();
+    let online = state.pta.agents_online().await;
     let now = now_secs();
     let v = &admin.viewer;
     let administer = admin.may(Permission::Administer);
@@ -1165,7 +1165,7 @@ pub(super) async fn revoke_agent(
     let agent = id.clone();
     match change(&state, move |t| t.revoke_pta_agent(&actor, &agent)).await {
         Ok(()) => {
-            state.pta.forget(&id);
+            state.pta.forget(&id).await;
             Redirect::to("/admin/agents").into_response()
         }
         Err(tenant::TenantError::NotFound(_)) => not_found(Some(&admin.viewer), "such agent"),
