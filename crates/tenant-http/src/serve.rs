@@ -224,6 +224,14 @@ pub async fn serve(
     let bound = tcp.local_addr().map_err(|e| TenantError::Io { what: "local address".into(), error: e })?;
     let base_url = options.base_url(bound);
     let issuer = base_url.trim_end_matches("/scim/v2").to_string();
+    if tenant.store().is_postgres() && options.public_url.is_none() {
+        // Tokens name their issuer, and the console is registered for it:
+        // nodes behind one load balancer must all say the same.
+        tracing::warn!(
+            issuer = %issuer,
+            "the tenant's database is shared, but --public-url is not given: every node behind a load balancer needs the same --public-url (the address clients use)"
+        );
+    }
     let (settings, trusted_proxies, csrf_key) = {
         let conn = tenant.store().lock();
         (tenant::Settings::load(&conn)?, tenant::store::trusted_proxies(&conn)?, tenant::store::csrf_key(&conn)?)

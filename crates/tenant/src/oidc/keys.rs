@@ -2,7 +2,7 @@
 //! (RS256, ES256), kept in the database; rotation retires the old key but
 //! keeps publishing it until every token it signed has expired.
 
-use crate::db::{Connection, params};
+use crate::db::{Connection, OptionalExtension, params};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
@@ -77,7 +77,7 @@ pub fn active(conn: &Connection, alg: Alg) -> Result<SigningKey> {
             params![alg.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .ok();
+        .optional()?;
     match found {
         Some((kid, sealed)) => Ok(SigningKey { kid, alg, pkcs8: crate::secrets::open(conn, &sealed)? }),
         None => create(conn, alg),
