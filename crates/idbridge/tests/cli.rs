@@ -1411,77 +1411,8 @@ mod sync_e2e {
         }
     }
 
-    /// Tenant nodes (`idbridge tenant serve` processes) on one throwaway
-    /// PostgreSQL behind a round-robin proxy, all with the proxy's address
-    /// as their public URL.
-    struct Nodes {
-        pg: testkit::Postgres,
-        proxy: testkit::RoundRobinProxy,
-        location: Vec<String>,
-        ports: Vec<u16>,
-        processes: Vec<Option<testkit::KillOnDrop>>,
-    }
-
-    impl Nodes {
-        fn start(tmp: &Path, count: usize) -> Nodes {
-            let pg = testkit::Postgres::start().unwrap();
-            let location = vec![
-                "--database".to_string(),
-                pg.url.clone(),
-                "--database-password-file".into(),
-                p(&pg.password_file()).into(),
-                "--secrets-key".into(),
-                p(&tmp.join("secrets.key")).into(),
-            ];
-            let proxy = testkit::RoundRobinProxy::start().unwrap();
-            let ports: Vec<u16> = (0..count).map(|_| testkit::free_port().unwrap()).collect();
-            let mut nodes = Nodes { pg, proxy, location, ports, processes: Vec::new() };
-            for i in 0..count {
-                let process = nodes.start_node(i);
-                nodes.processes.push(Some(process));
-            }
-            let addrs: Vec<std::net::SocketAddr> =
-                nodes.ports.iter().map(|port| format!("127.0.0.1:{port}").parse().unwrap()).collect();
-            nodes.proxy.set_backends(&addrs);
-            nodes
-        }
-
-        fn start_node(&self, i: usize) -> testkit::KillOnDrop {
-            let listen = format!("127.0.0.1:{}", self.ports[i]);
-            let public = self.proxy.url();
-            let location: Vec<&str> = self.location.iter().map(String::as_str).collect();
-            let (child, _) = testkit::spawn_tenant_at(
-                Path::new(env!("CARGO_BIN_EXE_idbridge")),
-                &location,
-                &["--listen", &listen, "--public-url", &public, "--initial-domain", "lab.example.test"],
-            )
-            .unwrap();
-            testkit::KillOnDrop(child)
-        }
-
-        /// `kill -9` of node `i`.
-        fn kill(&mut self, i: usize) {
-            if let Some(mut node) = self.processes[i].take() {
-                node.0.kill().unwrap();
-                node.0.wait().unwrap();
-            }
-        }
-
-        /// `idbridge tenant ARGS --database …`: its standard output.
-        fn admin(&self, args: &[&str]) -> String {
-            let mut all: Vec<&str> = vec!["tenant"];
-            all.extend(args);
-            all.extend(self.location.iter().map(String::as_str));
-            ok(&idbridge(&all))
-        }
-
-        /// Verifies example.org and writes a sync token to `tmp/token`.
-        fn sync_token(&self, tmp: &Path) -> String {
-            self.admin(&["domain", "add", "example.org"]);
-            let token = self.admin(&["token", "create", "--scope", "sync"]).trim().to_string();
-            std::fs::write(tmp.join("token"), &token).unwrap();
-            token
-        }
+    fn tenant_nodes(tmp: &Path, count: usize) -> testkit::TenantNodes {
+        testkit::TenantNodes::start(Path::new(env!("CARGO_BIN_EXE_idbridge")), tmp, count).unwrap()
     }
 
     /// Three tenant nodes on one PostgreSQL behind a round-robin proxy, a
@@ -1496,9 +1427,9 @@ mod sync_e2e {
         let tmp = TempDir::new("nodes").unwrap();
         let exe = Path::new(env!("CARGO_BIN_EXE_idbridge"));
         let (slapd, _) = testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(12, 1, 5).unwrap()).unwrap();
-        let mut nodes = Nodes::start(tmp.path(), 3);
+        let mut nodes = tenant_nodes(tmp.path(), 3);
         let (public, ports) = (nodes.proxy.url(), nodes.ports.clone());
-        let token = nodes.sync_token(tmp.path());
+        let token = nodes.sync_token(tmp.path()).unwrap();
 
         // The sync exports through the load balancer, passwords included.
         let config = tmp.join("idbridge.toml");
@@ -1530,15 +1461,9 @@ mod sync_e2e {
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success() && report.contains("2 passwords"), "{report}");
 
-        let out = nodes.admin(&[
-            "client",
-            "add",
-            "--name",
-            "test",
-            "--redirect-uri",
-            "http://127.0.0.1:9/callback",
-            "--public",
-        ]);
+        let out = nodes
+            .admin(&["client", "add", "--name", "test", "--redirect-uri", "http://127.0.0.1:9/callback", "--public"])
+            .unwrap();
         let client_id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
         // RFC 7636's example pair.
         let (verifier, challenge) =
@@ -1612,10 +1537,10 @@ mod sync_e2e {
         // Pass-through: the agent polls node A, the browser talks to node B.
         let node_a = format!("http://127.0.0.1:{}", ports[0]);
         let node_b = format!("http://127.0.0.1:{}", ports[1]);
-        nodes.admin(&["domain", "set", "example.org", "--auth", "managed-pta"]);
+        nodes.admin(&["domain", "set", "example.org", "--auth", "managed-pta"]).unwrap();
         let agent_dir = tmp.join("agent");
         std::fs::create_dir_all(&agent_dir).unwrap();
-        let pta_token = nodes.admin(&["pta-token", "create"]).trim().to_string();
+        let pta_token = nodes.admin(&["pta-token", "create"]).unwrap().trim().to_string();
         let agent_config = agent_dir.join("agent.toml");
         std::fs::write(&agent_config, testkit::harness::pta_agent_config(&slapd).unwrap()).unwrap();
         ok(&idbridge(&[
@@ -1679,7 +1604,7 @@ mod sync_e2e {
         for _ in 0..4 {
             sign_in(&public, &first, "Pass-Through-1").unwrap();
         }
-        let audit = nodes.admin(&["audit", "--json", "--limit", "1000"]);
+        let audit = nodes.admin(&["audit", "--json", "--limit", "1000"]).unwrap();
         assert_eq!(audit.matches("\"tenant-created\"").count(), 1, "three nodes made one tenant: {audit}");
     }
 
@@ -1695,8 +1620,8 @@ mod sync_e2e {
         let tmp = TempDir::new("nodes-fault").unwrap();
         let (slapd, ldif) =
             testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(9_000, 1_000, 11).unwrap()).unwrap();
-        let mut nodes = Nodes::start(tmp.path(), 3);
-        let token = nodes.sync_token(tmp.path());
+        let mut nodes = tenant_nodes(tmp.path(), 3);
+        let token = nodes.sync_token(tmp.path()).unwrap();
         let public = nodes.proxy.url();
         let base = format!("{public}/scim/v2");
         // 20 cloud users with password records (a low PBKDF2 count keeps the
@@ -1730,15 +1655,9 @@ mod sync_e2e {
                 assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
             });
         }
-        let client = nodes.admin(&[
-            "client",
-            "add",
-            "--name",
-            "load",
-            "--redirect-uri",
-            "http://127.0.0.1:9/callback",
-            "--public",
-        ]);
+        let client = nodes
+            .admin(&["client", "add", "--name", "load", "--redirect-uri", "http://127.0.0.1:9/callback", "--public"])
+            .unwrap();
         let client_id = client.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
         let authorize = format!(
             "{public}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"

@@ -48,6 +48,88 @@ impl SyncTenant {
     }
 }
 
+/// Tenant nodes (`idbridge tenant serve` processes) on one throwaway
+/// PostgreSQL behind a round-robin proxy, all with the proxy's address as
+/// their public URL; the processes are stopped when the value is dropped.
+#[derive(Debug)]
+pub struct TenantNodes {
+    exe: PathBuf,
+    pub pg: crate::Postgres,
+    pub proxy: crate::RoundRobinProxy,
+    /// `--database URL --database-password-file F --secrets-key K`.
+    pub location: Vec<String>,
+    pub ports: Vec<u16>,
+    processes: Vec<Option<KillOnDrop>>,
+}
+
+impl TenantNodes {
+    /// `count` nodes, the secrets key in `dir/secrets.key`.
+    pub fn start(exe: &Path, dir: &Path, count: usize) -> Result<TenantNodes, TestkitError> {
+        let pg = crate::Postgres::start()?;
+        let location = vec![
+            "--database".to_string(),
+            pg.url.clone(),
+            "--database-password-file".into(),
+            pg.password_file().display().to_string(),
+            "--secrets-key".into(),
+            dir.join("secrets.key").display().to_string(),
+        ];
+        let proxy = crate::RoundRobinProxy::start()?;
+        let ports = (0..count).map(|_| crate::free_port()).collect::<Result<Vec<u16>, _>>()?;
+        let mut nodes = TenantNodes { exe: exe.to_path_buf(), pg, proxy, location, ports, processes: Vec::new() };
+        for i in 0..count {
+            let process = nodes.start_node(i)?;
+            nodes.processes.push(Some(process));
+        }
+        let addrs: Vec<std::net::SocketAddr> =
+            nodes.ports.iter().map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], *port))).collect();
+        nodes.proxy.set_backends(&addrs);
+        Ok(nodes)
+    }
+
+    fn start_node(&self, i: usize) -> Result<KillOnDrop, TestkitError> {
+        let port = self.ports.get(i).ok_or_else(|| TestkitError::Other(format!("no node {i}")))?;
+        let listen = format!("127.0.0.1:{port}");
+        let public = self.proxy.url();
+        let location: Vec<&str> = self.location.iter().map(String::as_str).collect();
+        let (child, _) = crate::process::spawn_tenant_at(
+            &self.exe,
+            &location,
+            &["--listen", &listen, "--public-url", &public, "--initial-domain", "lab.example.test"],
+        )?;
+        Ok(KillOnDrop(child))
+    }
+
+    /// `kill -9` of node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut node) = self.processes.get_mut(i).and_then(Option::take) {
+            let _ = node.0.kill();
+            let _ = node.0.wait();
+        }
+    }
+
+    /// The nodes' process ids (for CPU accounting).
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().flatten().map(|p| p.0.id()).collect()
+    }
+
+    /// `idbridge tenant ARGS --database …`: its standard output.
+    pub fn admin(&self, args: &[&str]) -> Result<String, TestkitError> {
+        let mut all: Vec<&str> = vec!["tenant"];
+        all.extend(args);
+        all.extend(self.location.iter().map(String::as_str));
+        idbridge(&self.exe, &all)
+    }
+
+    /// Verifies example.org and writes a sync token to `dir/token`.
+    pub fn sync_token(&self, dir: &Path) -> Result<String, TestkitError> {
+        self.admin(&["domain", "add", "example.org"])?;
+        let token = self.admin(&["token", "create", "--scope", "sync"])?.trim().to_string();
+        std::fs::write(dir.join("token"), &token).map_err(crate::process::io_err("writing the token file"))?;
+        Ok(token)
+    }
+}
+
 /// An `idbridge.toml` with one LDAP source named `name` reading all of
 /// `slapd` as its admin (with `source_extra`, more keys of the source), a
 /// `[tenant]` when given (SCIM base, token file), and `extra` appended

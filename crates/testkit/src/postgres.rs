@@ -146,6 +146,19 @@ impl Postgres {
         }
     }
 
+    /// The server's processes: the postmaster and its children (for CPU accounting).
+    pub fn server_pids(&self) -> Vec<u32> {
+        let Some(main) = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![main];
+        pids.extend(crate::bench::children_of(main));
+        pids
+    }
+
     /// The superuser's password, in a file (never on a command line).
     pub fn password_file(&self) -> PathBuf {
         self.dir.join("superuser.password")
