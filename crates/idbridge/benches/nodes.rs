@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use passwords::{NtHash, Pph1};
 use serde_json::json;
+use testkit::TempDir;
 use testkit::bench::{cpu_seconds, env_usize, ms, percentile, scim_bulk};
-use testkit::{Browser, TempDir};
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const HYBRID: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";
@@ -159,29 +159,10 @@ fn main() {
 
         let authorize = Arc::new(setup.authorize.clone());
         let (mut latencies, signin_wall, signin_tenant, signin_pg) = timed(&setup, || {
-            rt.block_on(async {
-                let mut tasks = Vec::new();
-                for c in 0..CLIENTS {
-                    let authorize = authorize.clone();
-                    tasks.push(tokio::spawn(async move {
-                        let mut out = Vec::new();
-                        for n in 0..signins / CLIENTS {
-                            let mut browser = Browser::without_keep_alive().unwrap();
-                            let user = format!("user{}@example.org", (c * 31 + n * 7) % SIGNERS);
-                            let t = Instant::now();
-                            let page = browser.password_sign_in(&authorize, &user, "Bench-pass-1").await.unwrap();
-                            assert!(page.location.is_some_and(|l| l.contains("code=")), "{}", page.body);
-                            out.push(t.elapsed());
-                        }
-                        out
-                    }));
-                }
-                let mut all = Vec::new();
-                for t in tasks {
-                    all.extend(t.await.unwrap());
-                }
-                all
-            })
+            let credentials: testkit::bench::Credentials = Arc::new(|c, n| {
+                (format!("user{}@example.org", (c * 31 + n * 7) % SIGNERS), "Bench-pass-1".to_string())
+            });
+            rt.block_on(testkit::bench::sign_ins(authorize.clone(), CLIENTS, signins, credentials, true)).unwrap()
         });
         latencies.sort();
         let creates = users as f64 / create_wall;

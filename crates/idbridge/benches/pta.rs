@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::{Browser, TempDir};
+use testkit::TempDir;
 
 fn run(exe: &str, args: &[&str]) -> String {
     let o = Command::new(exe).args(args).output().unwrap();
@@ -24,35 +24,6 @@ fn run(exe: &str, args: &[&str]) -> String {
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-}
-
-async fn sign_ins(
-    authorize: Arc<String>,
-    users: Arc<Vec<(String, String)>>,
-    clients: usize,
-    total: usize,
-) -> Vec<Duration> {
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (authorize, users) = (authorize.clone(), users.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for n in 0..total / clients {
-                let (user, password) = &users[(c * 37 + n * 11) % users.len()];
-                let mut b = Browser::new().unwrap();
-                let t = Instant::now();
-                let page = b.password_sign_in(&authorize, user, password).await.unwrap();
-                assert!(page.location.is_some_and(|l| l.contains("code=")), "{}", page.body);
-                out.push(t.elapsed());
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
 }
 
 fn start_agent(exe: &str, tmp: &std::path::Path, name: &str, data: &str, issuer: &str, directory: &str) -> Child {
@@ -87,7 +58,10 @@ fn start_agent(exe: &str, tmp: &std::path::Path, name: &str, data: &str, issuer:
 fn measure(rt: &tokio::runtime::Runtime, what: &str, authorize: &Arc<String>, users: &Arc<Vec<(String, String)>>) {
     let (clients, total) = (32usize, 2000usize);
     let started = Instant::now();
-    let mut latencies = rt.block_on(sign_ins(authorize.clone(), users.clone(), clients, total));
+    let who = users.clone();
+    let credentials: testkit::bench::Credentials = Arc::new(move |c, n| who[(c * 37 + n * 11) % who.len()].clone());
+    let mut latencies =
+        rt.block_on(testkit::bench::sign_ins(authorize.clone(), clients, total, credentials, false)).unwrap();
     let secs = started.elapsed().as_secs_f64();
     latencies.sort();
     println!(

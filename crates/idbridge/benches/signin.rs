@@ -42,31 +42,6 @@ fn client_url(exe: &str, data: &str, issuer: &str) -> String {
     testkit::public_client_authorize_url(std::path::Path::new(exe), std::path::Path::new(data), issuer).unwrap()
 }
 
-/// `total` sign-ins by `clients` concurrent browsers; the latency of each whole flow.
-async fn sign_ins(authorize: Arc<String>, clients: usize, total: usize, users: usize) -> Vec<Duration> {
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let authorize = authorize.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for n in 0..total / clients {
-                let mut b = Browser::new().unwrap();
-                let user = format!("user{}@example.org", (c * 31 + n * 7) % users);
-                let t = Instant::now();
-                let page = b.password_sign_in(&authorize, &user, "Bench-pass-1").await.unwrap();
-                assert!(page.location.is_some_and(|l| l.contains("code=")), "{}", page.body);
-                out.push(t.elapsed());
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
-}
-
 fn main() {
     let exe = env!("CARGO_BIN_EXE_idbridge");
     println!("PPH1 verification cost (one core):");
@@ -120,7 +95,10 @@ fn main() {
     let ideal = 1000.0 / baseline_ms;
     for (clients, total) in [(1usize, 50usize), (50, 1000)] {
         let started = Instant::now();
-        let mut latencies = rt.block_on(sign_ins(authorize.clone(), clients, total, users));
+        let credentials: testkit::bench::Credentials =
+            Arc::new(move |c, n| (format!("user{}@example.org", (c * 31 + n * 7) % users), "Bench-pass-1".to_string()));
+        let mut latencies =
+            rt.block_on(testkit::bench::sign_ins(authorize.clone(), clients, total, credentials, false)).unwrap();
         let wall = started.elapsed().as_secs_f64();
         latencies.sort();
         let rate = total as f64 / wall;

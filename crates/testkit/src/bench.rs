@@ -93,3 +93,43 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Who signs in as the `n`th sign-in of client `c`: user name and password.
+pub type Credentials = std::sync::Arc<dyn Fn(usize, usize) -> (String, String) + Send + Sync>;
+
+/// `total` sign-ins (the whole browser flow from `authorize` to a code) by
+/// `clients` concurrent browsers; the latency of each. With
+/// `fresh_connections` every request opens a new connection (behind a
+/// round-robin proxy: the next node). A sign-in that fails is an error.
+pub async fn sign_ins(
+    authorize: std::sync::Arc<String>,
+    clients: usize,
+    total: usize,
+    credentials: Credentials,
+    fresh_connections: bool,
+) -> Result<Vec<Duration>, TestkitError> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (authorize, credentials) = (authorize.clone(), credentials.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for n in 0..total / clients.max(1) {
+                let (user, password) = credentials(c, n);
+                let mut browser =
+                    if fresh_connections { crate::Browser::without_keep_alive() } else { crate::Browser::new() }?;
+                let started = std::time::Instant::now();
+                let page = browser.password_sign_in(&authorize, &user, &password).await?;
+                if !page.location.as_deref().is_some_and(|l| l.contains("code=")) {
+                    return Err(TestkitError::Other(format!("{user} did not sign in: {}", page.body)));
+                }
+                out.push(started.elapsed());
+            }
+            Ok(out)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.map_err(|e| TestkitError::Other(format!("a sign-in client failed: {e}")))??);
+    }
+    Ok(all)
+}
