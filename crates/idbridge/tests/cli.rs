@@ -864,11 +864,20 @@ mod tenant_cli {
     #[test]
     fn two_nodes_share_postgres_and_bad_databases_are_explained() {
         let tmp = TempDir::new("tenant-pg").unwrap();
-        let pg = testkit::Postgres::start().unwrap();
+        let pg = testkit::Postgres::start_with(true).unwrap();
+        let ca = pg.ca.as_ref().unwrap().ca_cert.clone();
         let key = tmp.join("secrets.key");
         let password_file = pg.password_file();
-        let at: Vec<&str> =
-            vec!["--database", &pg.url, "--database-password-file", p(&password_file), "--secrets-key", p(&key)];
+        let at: Vec<&str> = vec![
+            "--database",
+            &pg.url,
+            "--database-password-file",
+            p(&password_file),
+            "--database-ca-file",
+            p(&ca),
+            "--secrets-key",
+            p(&key),
+        ];
         let node =
             |extra: &[&str]| testkit::spawn_tenant_at(Path::new(env!("CARGO_BIN_EXE_idbridge")), &at, extra).unwrap();
         let (mut a, base_a) = node(&["--initial-domain", "lab.example.test"]);
@@ -882,7 +891,12 @@ mod tenant_cli {
         assert_eq!(post_user(&base_b, &token, "a@lab.example.test"), 409, "unique across nodes");
         assert_eq!(count_users(&base_a, &token), 2);
         assert_eq!(count_users(&base_b, &token), 2);
+        let tls = pg
+            .psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'idbridge-tenant' AND NOT s.ssl")
+            .unwrap();
+        assert_eq!(tls.trim(), "0", "every node's connection uses TLS");
         let mut list = vec!["tenant", "domain", "list"];
+
         list.extend(&at);
         let domains = ok(&idbridge(&list));
         assert_eq!(domains.matches("lab.example.test").count(), 1, "one initial domain for two nodes: {domains}");
@@ -928,6 +942,20 @@ mod tenant_cli {
         );
         refused(&["--database", "postgres://idbridge@192.0.2.1:5432/idbridge", "--secrets-key", k], "without TLS");
         refused(&["--database", &pg.url, "--database-password-file", pw], "--secrets-key");
+        let other_ca = testkit::TestCa::generate().unwrap();
+        refused(
+            &[
+                "--database",
+                &pg.url,
+                "--database-password-file",
+                pw,
+                "--database-ca-file",
+                p(&other_ca.ca_cert),
+                "--secrets-key",
+                k,
+            ],
+            "certificate",
+        );
         let other_key = tmp.join("other.key");
         refused(
             &["--database", &pg.url, "--database-password-file", pw, "--secrets-key", p(&other_key)],
