@@ -60,7 +60,7 @@ fn sqlite(exe: &Path, dir: &Path) -> Setup {
 fn postgres(exe: &Path, dir: &Path, count: usize, name: &'static str) -> Setup {
     let nodes = testkit::TenantNodes::start(exe, dir, count).unwrap();
     let token = nodes.sync_token(dir).unwrap();
-    let entry = nodes.proxy.url();
+    let entry = nodes.public.clone();
     let out = nodes
         .admin(&["client", "add", "--name", "bench", "--redirect-uri", "http://127.0.0.1:9/cb", "--public"])
         .unwrap();

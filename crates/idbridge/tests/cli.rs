@@ -77,6 +77,51 @@ fn scim_get(base: &str, token: &str, path: &str) -> serde_json::Value {
     })
 }
 
+/// GET `url` (with a bearer token): status and body; status 0 and the error when it fails.
+fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        match request.send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+/// Cloud users `{prefix}{i}@lab.example.test` (i < count) made over SCIM at
+/// `issuer`, each with a PPH1 record of `password` (PBKDF2 at 1,000
+/// iterations: cheap, and the count does not matter where this is used).
+fn cloud_users_with_password(issuer: &str, token: &str, prefix: &str, count: usize, password: &str) {
+    let record = passwords::Pph1::derive(
+        &passwords::NtHash::of_password(password),
+        b"0123456789",
+        std::num::NonZeroU32::new(1000).unwrap(),
+    )
+    .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let http = reqwest::Client::new();
+    rt.block_on(async {
+        for i in 0..count {
+            let immutable_id = format!("{prefix}-{i}");
+            let user = serde_json::json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", HYBRID],
+                "userName": format!("{prefix}{i}@lab.example.test"),
+                HYBRID: {"immutableId": immutable_id},
+            });
+            let r = http.post(format!("{issuer}/scim/v2/Users")).bearer_auth(token).json(&user).send().await.unwrap();
+            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+            let push = serde_json::json!({"credentials": [{"immutableId": immutable_id, "record": record}]});
+            let r =
+                http.post(format!("{issuer}/hybrid/v1/passwords")).bearer_auth(token).json(&push).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    });
+}
+
 /// A public client of the tenant under `data`: the authorize URL its sign-ins start at.
 fn public_sign_in_client(data: &Path, base: &str) -> String {
     let redirect = "http://127.0.0.1:9/callback";
@@ -1456,7 +1501,7 @@ mod sync_e2e {
         let exe = Path::new(env!("CARGO_BIN_EXE_idbridge"));
         let (slapd, _) = testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(12, 1, 5).unwrap()).unwrap();
         let mut nodes = tenant_nodes(tmp.path(), 3);
-        let (public, ports) = (nodes.proxy.url(), nodes.ports.clone());
+        let (public, ports) = (nodes.public.clone(), nodes.ports.clone());
         let token = nodes.sync_token(tmp.path()).unwrap();
 
         // The sync exports through the load balancer, passwords included.
@@ -1650,39 +1695,9 @@ mod sync_e2e {
             testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(9_000, 1_000, 11).unwrap()).unwrap();
         let mut nodes = tenant_nodes(tmp.path(), 3);
         let token = nodes.sync_token(tmp.path()).unwrap();
-        let public = nodes.proxy.url();
+        let public = nodes.public.clone();
         let base = format!("{public}/scim/v2");
-        // 20 cloud users with password records (a low PBKDF2 count keeps the
-        // clients cheap; the count does not matter to what is tested).
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let http = reqwest::Client::new();
-        let record = passwords::Pph1::derive(
-            &passwords::NtHash::of_password("Cloud-Pass-1"),
-            b"0123456789",
-            std::num::NonZeroU32::new(1000).unwrap(),
-        )
-        .to_string();
-        for i in 0..20 {
-            rt.block_on(async {
-                let user = serde_json::json!({
-                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", HYBRID],
-                    "userName": format!("signer{i}@lab.example.test"),
-                    HYBRID: {"immutableId": format!("c2lnbmVy{i}")},
-                });
-                let r = http.post(format!("{base}/Users")).bearer_auth(&token).json(&user).send().await.unwrap();
-                assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-                let push =
-                    serde_json::json!({"credentials": [{"immutableId": format!("c2lnbmVy{i}"), "record": record}]});
-                let r = http
-                    .post(format!("{public}/hybrid/v1/passwords"))
-                    .bearer_auth(&token)
-                    .json(&push)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-            });
-        }
+        cloud_users_with_password(&public, &token, "signer", 20, "Cloud-Pass-1");
         let client = nodes
             .admin(&["client", "add", "--name", "load", "--redirect-uri", "http://127.0.0.1:9/callback", "--public"])
             .unwrap();
@@ -2983,20 +2998,6 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         samples(text).into_iter().find(|(s, _)| s == series).map(|(_, v)| v)
     }
 
-    fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let mut request = reqwest::Client::new().get(url);
-            if let Some(t) = token {
-                request = request.bearer_auth(t);
-            }
-            match request.send().await {
-                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-                Err(e) => (0, e.to_string()),
-            }
-        })
-    }
-
     /// `series` with `job` and `instance` labels, as Prometheus stores a scrape.
     fn scraped(series: &str, job: &str, instance: &str) -> String {
         let extra = format!("job=\"{job}\",instance=\"{instance}\"");
@@ -3672,6 +3673,47 @@ mod demo {
         assert!(String::from_utf8_lossy(&audit.stdout).contains("console-denied"));
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(child.wait().unwrap().success(), "stops cleanly");
+    }
+
+    /// Headless Chromium signs in through HAProxy in front of three tenant
+    /// nodes on one PostgreSQL, HAProxy sending every request to the next
+    /// node: My Apps, the authorize page, the user name, the password and
+    /// the callback are served by different nodes, and the sign-in works.
+    #[test]
+    fn chromium_signs_in_through_haproxy_with_every_request_on_the_next_node() {
+        let tmp = TempDir::new("haproxy").unwrap();
+        let nodes =
+            testkit::TenantNodes::behind_haproxy(Path::new(env!("CARGO_BIN_EXE_idbridge")), tmp.path(), 3).unwrap();
+        let token = nodes.sync_token(tmp.path()).unwrap();
+        let metrics = nodes.admin(&["token", "create", "--scope", "metrics"]).unwrap().trim().to_string();
+        cloud_users_with_password(&nodes.public, &token, "browser", 1, "Chromium-1");
+        let location =
+            tenant::Location::Postgres { settings: nodes.pg.settings("test"), secrets_key: tmp.join("secrets.key") };
+        tenant::Tenant::open_existing_at(&location).unwrap().register_my_apps("test", &nodes.public).unwrap();
+        // Requests each node served so far (its own /metrics, asked directly).
+        let served = || -> Vec<f64> {
+            nodes
+                .ports
+                .iter()
+                .map(|port| {
+                    let (_, text) = http_get(&format!("http://127.0.0.1:{port}/metrics"), Some(&metrics));
+                    text.lines()
+                        .filter(|l| l.starts_with("idbridge_http_requests_total{") && !l.contains("route=\"/metrics\""))
+                        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+                        .sum()
+                })
+                .collect()
+        };
+        let before = served();
+        let page = chromium_sign_in(&format!("{}/myapps", nodes.public), "browser0@lab.example.test", "Chromium-1");
+        assert!(page["text"].as_str().unwrap().contains("Signed in as browser0@lab.example.test"), "{page}");
+        let after = served();
+        assert!(
+            after.iter().zip(&before).all(|(a, b)| a > b),
+            "every node served part of the sign-in: {before:?} -> {after:?}"
+        );
+        let page = chromium_sign_in(&format!("{}/myapps", nodes.public), "browser0@lab.example.test", "wrong");
+        assert!(page["text"].as_str().unwrap().contains("user name or password is incorrect"), "{page}");
     }
 
     #[test]

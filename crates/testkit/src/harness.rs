@@ -60,11 +60,56 @@ pub struct TenantNodes {
     pub location: Vec<String>,
     pub ports: Vec<u16>,
     processes: Vec<Option<KillOnDrop>>,
+    /// What clients use: the round-robin proxy, or HAProxy ([`TenantNodes::behind_haproxy`]).
+    pub public: String,
+    haproxy: Option<KillOnDrop>,
 }
 
 impl TenantNodes {
-    /// `count` nodes, the secrets key in `dir/secrets.key`.
+    /// `count` nodes behind HAProxy (Debian's `haproxy`) balancing every
+    /// request round robin (`option http-server-close`), so a browser that
+    /// keeps its connection open still reaches the next node each time.
+    pub fn behind_haproxy(exe: &Path, dir: &Path, count: usize) -> Result<TenantNodes, TestkitError> {
+        crate::process::require_tool("/usr/sbin/haproxy", "haproxy")?;
+        let port = crate::free_port()?;
+        let mut nodes = TenantNodes::start_at(exe, dir, count, Some(format!("http://127.0.0.1:{port}")))?;
+        let servers: String = nodes
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("  server node{i} 127.0.0.1:{p} check inter 500ms fall 1 rise 1\n"))
+            .collect();
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 512\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-server-close\n  option redispatch\n  retries 2\nfrontend web\n  bind 127.0.0.1:{port}\n  default_backend nodes\nbackend nodes\n  balance roundrobin\n{servers}"
+            ),
+        )
+        .map_err(crate::process::io_err("writing the HAProxy configuration"))?;
+        let child = Command::new("/usr/sbin/haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(crate::process::io_err("starting haproxy"))?;
+        nodes.haproxy = Some(KillOnDrop(child));
+        if !crate::wait_until(std::time::Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }) {
+            return Err(TestkitError::Other("HAProxy did not start listening within 30 s".into()));
+        }
+        Ok(nodes)
+    }
+
+    /// `count` nodes behind the round-robin proxy, the secrets key in `dir/secrets.key`.
     pub fn start(exe: &Path, dir: &Path, count: usize) -> Result<TenantNodes, TestkitError> {
+        TenantNodes::start_at(exe, dir, count, None)
+    }
+
+    fn start_at(exe: &Path, dir: &Path, count: usize, public: Option<String>) -> Result<TenantNodes, TestkitError> {
         let pg = crate::Postgres::start()?;
         let location = vec![
             "--database".to_string(),
@@ -76,7 +121,17 @@ impl TenantNodes {
         ];
         let proxy = crate::RoundRobinProxy::start()?;
         let ports = (0..count).map(|_| crate::free_port()).collect::<Result<Vec<u16>, _>>()?;
-        let mut nodes = TenantNodes { exe: exe.to_path_buf(), pg, proxy, location, ports, processes: Vec::new() };
+        let public = public.unwrap_or_else(|| proxy.url());
+        let mut nodes = TenantNodes {
+            exe: exe.to_path_buf(),
+            pg,
+            proxy,
+            location,
+            ports,
+            processes: Vec::new(),
+            public,
+            haproxy: None,
+        };
         for i in 0..count {
             let process = nodes.start_node(i)?;
             nodes.processes.push(Some(process));
@@ -90,12 +145,11 @@ impl TenantNodes {
     fn start_node(&self, i: usize) -> Result<KillOnDrop, TestkitError> {
         let port = self.ports.get(i).ok_or_else(|| TestkitError::Other(format!("no node {i}")))?;
         let listen = format!("127.0.0.1:{port}");
-        let public = self.proxy.url();
         let location: Vec<&str> = self.location.iter().map(String::as_str).collect();
         let (child, _) = crate::process::spawn_tenant_at(
             &self.exe,
             &location,
-            &["--listen", &listen, "--public-url", &public, "--initial-domain", "lab.example.test"],
+            &["--listen", &listen, "--public-url", &self.public, "--initial-domain", "lab.example.test"],
         )?;
         Ok(KillOnDrop(child))
     }
