@@ -601,7 +601,7 @@ where
 {
     let state2 = state.clone();
     let (body, etag, location, status) = db(state, move |conn| {
-        let tx = conn.transaction().map_err(tenant::TenantError::from)?;
+        let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
         let settings = Settings::load(&tx)?;
         let (stored, status) = work(&tx, &ctx, settings)?;
@@ -678,7 +678,7 @@ async fn delete(
     let if_match = header_str(&headers, header::IF_MATCH);
     let state2 = state.clone();
     db(&state, move |conn| {
-        let tx = conn.transaction().map_err(tenant::TenantError::from)?;
+        let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
         objects::delete(&tx, &ctx, kind, &id, if_match.as_deref())?;
         tx.commit().map_err(tenant::TenantError::from)?;
@@ -742,7 +742,7 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
     let fail_on_errors = body.get("failOnErrors").and_then(Value::as_u64).map(|n| n.max(1) as usize);
     let state2 = state.clone();
     let results = db(&state, move |conn| {
-        let tx = conn.transaction().map_err(tenant::TenantError::from)?;
+        let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
         let settings = Settings::load(&tx)?;
         let mut ids = std::collections::HashMap::new();

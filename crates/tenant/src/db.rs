@@ -12,10 +12,12 @@
 //! - values cross as [`Value`] (integer, real, text, bytes, null), bound to
 //!   whatever type the server infers for a parameter;
 //! - transactions: [`Connection::transaction`] rolls back when dropped. On
-//!   PostgreSQL a write transaction first takes one advisory lock, so writes
-//!   are serialised across every node exactly as SQLite's single writer
-//!   serialises them in one process (read-modify-write code such as smart
-//!   lockout stays correct without per-statement locking);
+//!   PostgreSQL a write transaction first takes advisory locks, so writes
+//!   are serialised across every node as SQLite's single writer serialises
+//!   them in one process (read-modify-write code such as smart lockout stays
+//!   correct without per-statement locking). Two locks — the directory and
+//!   sign-in state — let a sign-in go on while a large Bulk export writes
+//!   ([`WriteLock`]); a transaction that touches both takes both, in order;
 //! - the few functions the dialects spell differently ([`Connection::json_text`],
 //!   [`Connection::contains`]).
 //!
@@ -520,8 +522,37 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// The advisory lock every PostgreSQL write transaction takes first.
-const WRITE_LOCK: i64 = 7_305_571_162;
+/// What a write transaction serialises with on PostgreSQL (SQLite has one
+/// writer, so there every transaction excludes every other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteLock {
+    /// Everything: the default, the semantics of SQLite's single writer.
+    All,
+    /// The directory (SCIM writes and Bulk): sign-ins go on meanwhile.
+    Directory,
+    /// Sign-in state (lockout counters, familiar locations): a large Bulk
+    /// export does not hold up a sign-in.
+    SignIn,
+    /// None: the transaction's statements lock the rows they touch
+    /// (`FOR UPDATE SKIP LOCKED`), and nothing else depends on it.
+    Rows,
+}
+
+impl WriteLock {
+    /// The advisory locks to take, in one global order (directory before
+    /// sign-in), so two transactions never wait for each other in a cycle.
+    fn keys(self) -> &'static [i64] {
+        match self {
+            WriteLock::All => &[DIRECTORY_LOCK, SIGN_IN_LOCK],
+            WriteLock::Directory => &[DIRECTORY_LOCK],
+            WriteLock::SignIn => &[SIGN_IN_LOCK],
+            WriteLock::Rows => &[],
+        }
+    }
+}
+
+const DIRECTORY_LOCK: i64 = 7_305_571_162;
+const SIGN_IN_LOCK: i64 = 7_305_571_163;
 
 impl Connection {
     pub fn sqlite(conn: rusqlite::Connection, secrets_key: Option<[u8; 32]>) -> Connection {
@@ -736,11 +767,19 @@ impl Connection {
     /// [`Connection::transaction`] on a shared reference (the caller makes
     /// sure no other transaction is open on this connection).
     pub fn unchecked_transaction(&self) -> Result<Transaction<'_>> {
+        self.transaction_for(WriteLock::All)
+    }
+
+    /// A transaction that serialises on PostgreSQL only with what `lock` names.
+    pub fn transaction_for(&self, lock: WriteLock) -> Result<Transaction<'_>> {
         match &self.engine {
             Engine::Sqlite(c) => c.execute_batch("BEGIN")?,
             Engine::Postgres(pg) => {
-                block(pg.client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")))
-                    .map_err(|e| DbError::pg(&e))?;
+                let mut sql = "BEGIN;".to_string();
+                for key in lock.keys() {
+                    sql.push_str(&format!(" SELECT pg_advisory_xact_lock({key});"));
+                }
+                block(pg.client.batch_execute(&sql)).map_err(|e| DbError::pg(&e))?;
             }
         }
         Ok(Transaction { conn: self, finished: false })

@@ -517,7 +517,7 @@ mod shared {
                 let (who, open_for) = (agent.to_string(), ms(left.min(RECHECK) + RECHECK));
                 let taken = self
                     .db(move |conn| {
-                        let tx = conn.unchecked_transaction()?;
+                        let tx = conn.transaction_for(crate::db::WriteLock::Rows)?;
                         tx.execute(
                             &format!("UPDATE pta_agents SET polling_until = {NOW_MS} + ?2 WHERE id = ?1"),
                             params![who, open_for],

@@ -455,7 +455,7 @@ fn failures(conn: &Connection, key: &str) -> Result<u32> {
 /// Runs `work` in one transaction (one commit for a step's lockout and
 /// audit writes instead of one each); rolled back if it fails.
 fn in_transaction<T>(conn: &Connection, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    let tx = conn.unchecked_transaction()?;
+    let tx = conn.transaction_for(crate::db::WriteLock::SignIn)?;
     let out = work(&tx)?;
     tx.commit()?;
     Ok(out)
