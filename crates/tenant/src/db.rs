@@ -565,7 +565,11 @@ impl Connection {
             pgconn::connect(settings).map_err(|e| DbError::Postgres { message: e.0, code: None, closed: true })?;
         // A node that dies (or hangs) inside a transaction must not keep the
         // write lock: the server ends such a session.
-        block(client.batch_execute("SET idle_in_transaction_session_timeout = '60s'")).map_err(|e| DbError::pg(&e))?;
+        // The tenant's statements are keyed lookups on indexed columns: a
+        // cached generic plan serves them (pgconn plans each execution anew
+        // for the sync store's first bulk import, which this is not).
+        block(client.batch_execute("SET idle_in_transaction_session_timeout = '60s'; SET plan_cache_mode = auto"))
+            .map_err(|e| DbError::pg(&e))?;
         Ok(Connection {
             engine: Engine::Postgres(PgConnection { client, statements: RefCell::new(HashMap::new()) }),
             secrets_key,

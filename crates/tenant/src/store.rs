@@ -591,18 +591,26 @@ pub fn set_trusted_proxies(conn: &Connection, proxies: &[crate::net::Cidr]) -> R
 }
 
 impl Settings {
+    /// All switches in one query (writes load them per object: on
+    /// PostgreSQL every query is a round trip).
     pub fn load(conn: &Connection) -> Result<Settings> {
-        let flag = |k: &str| -> Result<bool> { Ok(get_meta(conn, k)?.as_deref() == Some("true")) };
+        let values: std::collections::HashMap<String, String> = conn
+            .query_map(
+                "SELECT key, value FROM meta WHERE key IN ('block_soft_match', 'block_hard_match_takeover',
+                 'require_verified_domain', 'allow_cloud_password_change', 'pta_timeout_secs', 'rate_limit_per_sec')",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .into_iter()
+            .collect();
+        let get = |k: &str| values.get(k).map(String::as_str);
         Ok(Settings {
-            block_soft_match: flag("block_soft_match")?,
-            block_hard_match_takeover: flag("block_hard_match_takeover")?,
-            require_verified_domain: get_meta(conn, "require_verified_domain")?.as_deref() != Some("false"),
-            allow_cloud_password_change: flag("allow_cloud_password_change")?,
-            pta_timeout_secs: get_meta(conn, "pta_timeout_secs")?
-                .and_then(|v| v.parse().ok())
-                .filter(|v| *v > 0)
-                .unwrap_or(10),
-            rate_limit_per_sec: get_meta(conn, "rate_limit_per_sec")?
+            block_soft_match: get("block_soft_match") == Some("true"),
+            block_hard_match_takeover: get("block_hard_match_takeover") == Some("true"),
+            require_verified_domain: get("require_verified_domain") != Some("false"),
+            allow_cloud_password_change: get("allow_cloud_password_change") == Some("true"),
+            pta_timeout_secs: get("pta_timeout_secs").and_then(|v| v.parse().ok()).filter(|v| *v > 0).unwrap_or(10),
+            rate_limit_per_sec: get("rate_limit_per_sec")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(crate::ratelimit::Limit::default().per_sec),
         })
