@@ -1739,6 +1739,9 @@ mod sync_e2e {
                             Ok(page) => failures.push(page.body.chars().take(200).collect::<String>()),
                             Err(e) => failures.push(e.to_string()),
                         }
+                        // People pause between sign-ins; nonstop clients would only
+                        // starve the export of the machine's two cores.
+                        std::thread::sleep(std::time::Duration::from_millis(500));
                     }
                     failed.fetch_add(failures.len(), Ordering::SeqCst);
                     failures
