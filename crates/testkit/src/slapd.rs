@@ -76,12 +76,50 @@ impl Slapd {
             ca,
             options,
         };
-        slapd.launch()?;
+        // A free port can be taken by another test's server before slapd binds
+        // it; slapd then exits, and a new port is tried.
+        for attempt in 0.. {
+            match slapd.launch() {
+                Err(TestkitError::Startup { .. }) if attempt < 3 && slapd.exited() => {
+                    slapd.port = free_port()?;
+                    slapd.url = format!("ldap://127.0.0.1:{}", slapd.port);
+                    if slapd.options.tls {
+                        slapd.ldaps_url = Some(format!("ldaps://127.0.0.1:{}", free_port()?));
+                    }
+                }
+                other => return other.map(|()| slapd),
+            }
+        }
         Ok(slapd)
     }
 
+    /// Whether the server process has ended (it could not bind its port).
+    fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().is_ok_and(|status| status.is_some()))
+    }
+
+    /// A Unix socket in this server's own directory: readiness is checked
+    /// there, so a server of another test on the same TCP port (a lost
+    /// race for a free port) is never mistaken for this one — slapd binds
+    /// every listener before it serves any, or exits.
+    fn ldapi_url(&self) -> String {
+        let path = self.dir.join("ldapi").display().to_string();
+        let encoded: String = path
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("ldapi://{encoded}")
+    }
+
     fn launch(&mut self) -> Result<(), TestkitError> {
-        let mut listen = format!("ldap://127.0.0.1:{}/", self.port);
+        let ldapi = self.ldapi_url();
+        let mut listen = format!("ldap://127.0.0.1:{}/ {ldapi}", self.port);
         if let Some(u) = &self.ldaps_url {
             listen.push_str(&format!(" {u}/"));
         }
@@ -96,16 +134,18 @@ impl Slapd {
             .spawn()
             .map_err(io_err("starting slapd"))?;
         self.child = Some(child);
-        let url = self.url.clone();
         let up = wait_until(Duration::from_secs(20), || {
+            if self.exited() {
+                return true;
+            }
             Command::new("ldapsearch")
-                .args(["-x", "-H", &url, "-b", "", "-s", "base", "namingContexts"])
+                .args(["-x", "-H", &ldapi, "-b", "", "-s", "base", "namingContexts"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         });
-        if !up {
+        if !up || self.exited() {
             let log = std::fs::read_to_string(self.dir.join("slapd.log")).unwrap_or_default();
             return Err(TestkitError::Startup { what: "slapd".into(), seconds: 20, log });
         }
