@@ -61,13 +61,7 @@ fn postgres(exe: &Path, dir: &Path, count: usize, name: &'static str) -> Setup {
     let nodes = testkit::TenantNodes::start(exe, dir, count).unwrap();
     let token = nodes.sync_token(dir).unwrap();
     let entry = nodes.public.clone();
-    let out = nodes
-        .admin(&["client", "add", "--name", "bench", "--redirect-uri", "http://127.0.0.1:9/cb", "--public"])
-        .unwrap();
-    let id = out.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
-    let authorize = format!(
-        "{entry}/oauth2/authorize?client_id={id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
-    );
+    let authorize = nodes.public_client_authorize_url().unwrap();
     let nodes = Arc::new(nodes);
     let pg = nodes.clone();
     Setup {

@@ -1698,13 +1698,7 @@ mod sync_e2e {
         let public = nodes.public.clone();
         let base = format!("{public}/scim/v2");
         cloud_users_with_password(&public, &token, "signer", 20, "Cloud-Pass-1");
-        let client = nodes
-            .admin(&["client", "add", "--name", "load", "--redirect-uri", "http://127.0.0.1:9/callback", "--public"])
-            .unwrap();
-        let client_id = client.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
-        let authorize = format!(
-            "{public}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
-        );
+        let authorize = nodes.public_client_authorize_url().unwrap();
 
         let config = tmp.join("idbridge.toml");
         let text = testkit::sync_config(

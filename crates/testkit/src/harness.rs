@@ -175,6 +175,13 @@ impl TenantNodes {
         idbridge(&self.exe, &all)
     }
 
+    /// A new public client's authorize URL at the public address (see
+    /// [`crate::public_client_authorize_url`]).
+    pub fn public_client_authorize_url(&self) -> Result<String, TestkitError> {
+        let location: Vec<&str> = self.location.iter().map(String::as_str).collect();
+        crate::process::public_client_authorize_url_at(&self.exe, &location, &self.public)
+    }
+
     /// Verifies example.org and writes a sync token to `dir/token`.
     pub fn sync_token(&self, dir: &Path) -> Result<String, TestkitError> {
         self.admin(&["domain", "add", "example.org"])?;

@@ -293,8 +293,15 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 /// start at (a fixed PKCE pair; the redirect goes nowhere, only the code in
 /// it is looked at).
 pub fn public_client_authorize_url(exe: &Path, data: &Path, issuer: &str) -> Result<String, TestkitError> {
+    let data = data.to_string_lossy();
+    public_client_authorize_url_at(exe, &["--data", &data], issuer)
+}
+
+/// [`public_client_authorize_url`] for the tenant at `location`
+/// (`--data DIR`, or `--database URL …`).
+pub fn public_client_authorize_url_at(exe: &Path, location: &[&str], issuer: &str) -> Result<String, TestkitError> {
     let out = run(
-        Command::new(exe).args(["tenant", "client", "add", "--data"]).arg(data).args([
+        Command::new(exe).args(["tenant", "client", "add"]).args(location).args([
             "--name",
             "bench",
             "--redirect-uri",
