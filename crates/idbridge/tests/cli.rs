@@ -1085,6 +1085,56 @@ mod sync_e2e {
         idbridge(&args)
     }
 
+    /// Kill points for the crash trials: random (xorshift) but the same in every run.
+    struct KillPoints {
+        seed: u64,
+        /// How long the cycle took when measured; kills land within it.
+        window: std::time::Duration,
+    }
+
+    impl KillPoints {
+        fn next(&mut self) -> u64 {
+            self.seed ^= self.seed << 13;
+            self.seed ^= self.seed >> 7;
+            self.seed ^= self.seed << 17;
+            self.seed
+        }
+
+        /// Runs one `sync run --once` with `extra` and kills it at a random point
+        /// of the window; `change(attempt)` makes the on-premises change first.
+        /// A loaded machine makes a cycle faster or slower than the measured one:
+        /// when the cycle finished before the kill, the window halves and the
+        /// trial starts again (a new change, a new cycle), the last attempt
+        /// killing right after the start — so every trial kills a running cycle
+        /// without the test depending on timing. Returns the attempts used.
+        fn kill_a_running_cycle(&mut self, lab: &Lab, extra: &[&str], mut change: impl FnMut(u32)) -> u32 {
+            const ATTEMPTS: u32 = 6;
+            for attempt in 0..ATTEMPTS {
+                change(attempt);
+                let window = if attempt + 1 == ATTEMPTS { 0 } else { self.window.as_micros() as u64 >> attempt };
+                let delay = std::time::Duration::from_micros(self.next() % (window + 1));
+                let mut args = vec!["sync", "run", "--once", "--config", p(&lab.config)];
+                args.extend(extra);
+                let mut child = testkit::KillOnDrop(
+                    Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                        .args(&args)
+                        .env("RUST_LOG", "warn")
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap(),
+                );
+                std::thread::sleep(delay);
+                let running = child.try_wait().unwrap().is_none();
+                let _ = child.kill();
+                let _ = child.wait();
+                if running {
+                    return attempt + 1;
+                }
+            }
+            panic!("no cycle was still running {ATTEMPTS} times, even when killed right after it started");
+        }
+    }
+
     /// A failed cycle is recorded: `status` and `history` show it with its
     /// error; with nothing to show, they say so instead of printing nothing.
     #[test]
@@ -1250,17 +1300,11 @@ mod sync_e2e {
         let started = std::time::Instant::now();
         assert!(sync_once(&lab, &["--full"]).status.success());
         let cycle = started.elapsed();
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        let mut killed_mid_run = 0;
+        let mut kills = KillPoints { seed: 0x2545_f491_4f6c_dd1d, window: cycle };
+        let mut attempts = 0;
         for trial in 1..=20u32 {
             // Change something on-premises: titles, one user more, one fewer.
-            let n = next() % 150;
+            let n = kills.next() % 150;
             let mut ldif = format!(
                 "dn: uid=extra{trial},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: extra{trial}\ncn: Extra {trial}\nsn: X\nmail: extra{trial}@example.org\ntitle: T{trial}\n\n"
             );
@@ -1282,28 +1326,12 @@ mod sync_e2e {
             }
             lab.slapd.modify(&ldif).unwrap();
             // A full cycle, so the kill can land in import, sync or export.
-            let args = vec!["sync", "run", "--once", "--full", "--config", p(&lab.config)];
-            let mut child = testkit::KillOnDrop(
-                Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                    .args(&args)
-                    .env("RUST_LOG", "warn")
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
-            let delay = std::time::Duration::from_micros(next() % (cycle.as_micros() as u64 + 1));
-            std::thread::sleep(delay);
-            if child.try_wait().unwrap().is_none() {
-                killed_mid_run += 1;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            attempts += kills.kill_a_running_cycle(&lab, &["--full"], |_| {});
             let out = sync_once(&lab, &[]);
             assert!(out.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
             assert_converged(&lab, trial);
         }
-        assert!(killed_mid_run >= 12, "only {killed_mid_run} of 20 kills landed while the cycle ran");
-        eprintln!("{killed_mid_run} of 20 kills landed mid-cycle");
+        eprintln!("20 cycles killed while running, in {attempts} attempts");
     }
 
     #[test]
@@ -1329,11 +1357,9 @@ mod sync_e2e {
         let cycle = started.elapsed();
         let total = get(&lab, "/Users?count=1")["totalResults"].clone();
         let mut titles: Vec<String> = (0..mails.len()).map(|i| format!("HR {i}-0")).collect();
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut kills = KillPoints { seed: 0x9e37_79b9_7f4a_7c15, window: cycle };
         for trial in 1..=10usize {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = kills.next();
             let mut ldif = String::new();
             for k in 0..8 {
                 let i = (seed as usize + k * 5) % mails.len();
@@ -1344,17 +1370,7 @@ mod sync_e2e {
                 ));
             }
             hr.modify(&ldif).unwrap();
-            let mut child = testkit::KillOnDrop(
-                Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                    .args(["sync", "run", "--once", "--full", "--config", p(&lab.config)])
-                    .env("RUST_LOG", "warn")
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
-            std::thread::sleep(std::time::Duration::from_micros(seed % (cycle.as_micros() as u64 + 1)));
-            let _ = child.kill();
-            let _ = child.wait();
+            kills.kill_a_running_cycle(&lab, &["--full"], |_| {});
             let out = sync_once(&lab, &[]);
             assert!(out.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
             assert_eq!(get(&lab, "/Users?count=1")["totalResults"], total, "trial {trial}: joined, never duplicated");
@@ -1812,7 +1828,8 @@ mod sync_e2e {
         let started = std::time::Instant::now();
         let page = signs_in(&authorize, &user, "Pass-Through-1").unwrap_err();
         assert!(page.contains("on-premises authentication service is not available"), "{page}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Well below the 25-second poll a waiting sign-in would sit through; headroom for a loaded machine.
+        assert!(started.elapsed() < std::time::Duration::from_secs(12));
 
         let mut a = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-a"), "agent-a", None);
         let b_metrics = format!("http://127.0.0.1:{}", testkit::free_port().unwrap());
@@ -1907,7 +1924,7 @@ mod sync_e2e {
         ok(&idbridge(&["tenant", "pta-agent", "revoke", "--data", p(&data), &b_id]));
         let stopped = std::time::Instant::now();
         let status = b.wait().unwrap();
-        assert!(!status.success() && stopped.elapsed() < std::time::Duration::from_secs(5), "the revoked agent stops");
+        assert!(!status.success() && stopped.elapsed() < std::time::Duration::from_secs(12), "the revoked agent stops");
         let stderr = std::fs::read_to_string(lab.tmp.join("agent-b").join("agent.log")).unwrap();
         assert!(stderr.contains("revoked"), "{stderr}");
         let page = signs_in(&authorize, &user, "Pass-Through-2").unwrap_err();
@@ -2174,36 +2191,20 @@ mod sync_e2e {
         let started = std::time::Instant::now();
         assert!(sync_once(&lab, &[]).status.success());
         let cycle = started.elapsed();
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut killed_mid_run = 0;
+        let mut kills = KillPoints { seed: 0x9e37_79b9_7f4a_7c15, window: cycle };
         for trial in 1..=12u32 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
             let (user, dn) = &people[trial as usize % people.len()];
-            let password = format!("Trial-{trial}-pass");
-            lab.slapd.set_password(dn, &password).unwrap();
-            let mut child = testkit::KillOnDrop(
-                Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                    .args(["sync", "run", "--once", "--config", p(&lab.config)])
-                    .env("RUST_LOG", "warn")
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
-            std::thread::sleep(std::time::Duration::from_micros(seed % (cycle.as_micros() as u64 + 1)));
-            if child.try_wait().unwrap().is_none() {
-                killed_mid_run += 1;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let mut password = String::new();
+            kills.kill_a_running_cycle(&lab, &[], |attempt| {
+                // Each attempt changes the password again, so each killed cycle carries one.
+                password = format!("Trial-{trial}.{attempt}-pass");
+                lab.slapd.set_password(dn, &password).unwrap();
+            });
             let out = sync_once(&lab, &[]);
             let log = String::from_utf8_lossy(&out.stderr).to_string();
             assert!(out.status.success(), "trial {trial}: {log}");
             signs_in(&authorize, user, &password).unwrap_or_else(|page| panic!("trial {trial}: {log}\n{page}"));
         }
-        assert!(killed_mid_run >= 6, "only {killed_mid_run} of 12 kills landed while the cycle ran");
-        eprintln!("{killed_mid_run} of 12 kills landed mid-cycle");
     }
 
     #[test]
