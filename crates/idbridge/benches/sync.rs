@@ -2,39 +2,65 @@
 //!
 //!   cargo bench -p idbridge --bench sync
 //!   IDBRIDGE_BENCH_USERS=20000 cargo bench -p idbridge --bench sync
+//!   IDBRIDGE_BENCH_PHS=0 …   (users without passwords, password hash sync off)
 //!
-//! N users and N/10 groups (`idbridge sample generate`, openldap flavour) are
-//! loaded into a throwaway slapd. In the same run: `ldapsearch -E pr=1000` of
-//! the same objects (the baseline), then `idbridge sync run --once` into an
-//! empty `idbridge tenant serve` (wall time, objects/s, peak RSS of the sync
-//! process), then the daemon with no idle wait: 50 single-attribute changes
-//! on-premises, each timed until the tenant shows it; then a group with
-//! 50,000 members (N/2 for smaller N) is added, and 10 single-member additions
-//! to it are timed until the tenant shows the new member.
+//! N users and N/10 groups (`idbridge sample generate`, openldap flavour;
+//! every user with an `{SSHA}` userPassword and password hash sync on unless
+//! `IDBRIDGE_BENCH_PHS=0`) are loaded into a throwaway slapd. In the same run:
+//! `ldapsearch -E pr=1000` of the same objects (the baseline every figure is
+//! a ratio to) and `idbridge source dump`; then `idbridge sync run --once`
+//! into an empty `idbridge tenant serve` on loopback — wall time per stage,
+//! CPU time and peak RSS of the sync process, the tenant's peak RSS, both
+//! stores' size per object; a second `sync run --once` with nothing changed;
+//! then the daemon with no idle wait: 50 single-attribute changes on-premises,
+//! each timed until the tenant shows it; then a group with 50,000 members
+//! (N/2 for smaller N) is added, and 10 single-member additions to it are
+//! timed until the tenant shows the new member.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::TempDir;
 
-fn measure(cmd: &mut Command) -> (f64, u64, String) {
-    testkit::measure(cmd).unwrap()
+/// Bytes of the files under `path` (a file or a directory, not recursing into links).
+fn size_of(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if meta.is_dir() {
+        std::fs::read_dir(path).map(|d| d.flatten().map(|e| size_of(&e.path())).sum()).unwrap_or(0)
+    } else {
+        meta.len()
+    }
+}
+
+/// The stage seconds `sync run` prints: "(… s: import a, sync b, export c)".
+fn stages(report: &str) -> [f64; 3] {
+    let mut out = [0.0; 3];
+    for (i, name) in ["import ", "sync ", "export "].iter().enumerate() {
+        if let Some(rest) = report.rsplit_once(name).map(|(_, r)| r) {
+            out[i] = rest.split([',', ')']).next().and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+        }
+    }
+    out
 }
 
 fn main() {
     let users: u64 = std::env::var("IDBRIDGE_BENCH_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let phs = std::env::var("IDBRIDGE_BENCH_PHS").map_or(true, |v| v != "0");
     let groups = users / 10;
     let exe = env!("CARGO_BIN_EXE_idbridge");
     let tmp = TempDir::new("bench-sync").unwrap();
-    let spec = testkit::openldap_sample(users, groups, 7).unwrap();
+    let mut spec = testkit::openldap_sample(users, groups, 7).unwrap();
+    spec.passwords = phs;
     let (slapd, _) = testkit::slapd_with_sample(tmp.path(), &spec).unwrap();
     let filter =
         "(|(objectClass=person)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))";
     let (dump_secs, _) = testkit::ldapsearch_baseline(&slapd, filter, &["entryUUID"]).unwrap();
-    let tenant = testkit::SyncTenant::start(std::path::Path::new(exe), tmp.path(), "example.org").unwrap();
+    let tenant = testkit::SyncTenant::start(Path::new(exe), tmp.path(), "example.org").unwrap();
     let (base, token) = (tenant.base.clone(), tenant.token.clone());
     let config = tmp.join("idbridge.toml");
+    let phs_line = if phs { "password_hash_sync = true\n" } else { "" };
     let text = testkit::sync_config(
         &slapd,
         "lab",
@@ -42,31 +68,81 @@ fn main() {
         Some((&base, &tenant.token_file)),
         "\n[sync]\nstate = \"state.db\"\ninterval_secs = 0\n",
     )
-    .unwrap();
+    .unwrap()
+    .replace("base_dns = [", &format!("{phs_line}base_dns = ["));
     std::fs::write(&config, text).unwrap();
-
-    let (cycle_secs, peak_kib, report) = measure(Command::new(exe).env("RUST_LOG", "warn").args([
-        "sync",
-        "run",
-        "--once",
+    let config_arg = config.to_str().unwrap();
+    let source_dump = testkit::measure_run(Command::new(exe).env("RUST_LOG", "warn").args([
+        "source",
+        "dump",
         "--config",
-        config.to_str().unwrap(),
-    ]));
+        config_arg,
+        "--page-size",
+        "1000",
+        "--out",
+        "/dev/null",
+    ]))
+    .unwrap();
+
+    let full = testkit::measure_run(
+        Command::new(exe).env("RUST_LOG", "warn").args(["sync", "run", "--once", "--config", config_arg]),
+    )
+    .unwrap();
+    let report = full.stderr.lines().last().unwrap_or("").to_string();
+    let [import, sync, export] = stages(&report);
     let objects = users + groups;
-    println!("sync benchmark: {users} users + {groups} groups (slapd → empty tenant)");
+    let ratio = |secs: f64| secs / dump_secs;
+    let tenant_peak = testkit::peak_rss_kib(tenant.process.0.id()).unwrap_or(0);
+    let state_bytes = size_of(&tmp.join("state.db")) + size_of(&tmp.join("state.db-wal"));
+    let tenant_bytes = size_of(&tenant.data);
+    let unchanged = testkit::measure_run(
+        Command::new(exe).env("RUST_LOG", "warn").args(["sync", "run", "--once", "--config", config_arg]),
+    )
+    .unwrap();
+    println!(
+        "sync benchmark: {users} users + {groups} groups (slapd → empty tenant), password hash sync {}",
+        if phs { "on ({SSHA} on every user)" } else { "off" }
+    );
     println!("  ldapsearch dump (baseline)   {dump_secs:.2} s");
     println!(
-        "  full cycle                   {cycle_secs:.1} s, {:.0} objects/s, peak RSS {} MiB ({:.0}x the dump)",
-        objects as f64 / cycle_secs,
-        peak_kib / 1024,
-        cycle_secs / dump_secs
+        "  idbridge source dump         {:.2} s ({:.2}x the dump)",
+        source_dump.seconds,
+        ratio(source_dump.seconds)
     );
-    println!("  report: {}", report.lines().last().unwrap_or(""));
+    println!(
+        "  full cycle                   {:.1} s ({:.1}x the dump), {:.0} objects/s",
+        full.seconds,
+        ratio(full.seconds),
+        objects as f64 / full.seconds
+    );
+    println!(
+        "    stages                     import {import:.1} s ({:.1}x), sync {sync:.1} s ({:.1}x), export {export:.1} s ({:.1}x), passwords and the rest {:.1} s",
+        ratio(import),
+        ratio(sync),
+        ratio(export),
+        full.seconds - import - sync - export
+    );
+    println!(
+        "    sync process               {:.1} CPU s ({:.0}% of a core), peak RSS {} MiB",
+        full.cpu_seconds,
+        100.0 * full.cpu_seconds / full.seconds,
+        full.peak_kib / 1024
+    );
+    println!("    tenant process             peak RSS {} MiB", tenant_peak / 1024);
+    println!(
+        "    stores                     sync {} MiB ({} bytes per object), tenant {} MiB ({} bytes per object)",
+        state_bytes >> 20,
+        state_bytes / objects,
+        tenant_bytes >> 20,
+        tenant_bytes / objects
+    );
+    println!("    report                     {report}");
+    println!("  cycle with nothing changed   {:.2} s ({:.1} CPU s)", unchanged.seconds, unchanged.cpu_seconds);
 
     // Delta latency with the daemon running back to back.
     let mut daemon = Command::new(exe)
         .env("RUST_LOG", "warn")
-        .args(["sync", "run", "--config", config.to_str().unwrap()])
+        .args(["sync", "run", "--config", config_arg])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

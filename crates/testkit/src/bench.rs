@@ -52,21 +52,22 @@ pub async fn scim_bulk(
 /// gone ones count 0.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
     let ticks = clock_ticks();
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command (which may hold spaces) start after the last ')'.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .sum()
+    pids.iter().filter_map(|pid| cpu_ticks(*pid)).sum::<f64>() / ticks
+}
+
+/// User + system clock ticks process `pid` has used so far.
+pub(crate) fn cpu_ticks(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Clock ticks per second of `/proc/…/stat` (`getconf CLK_TCK`; 100 on Linux).
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()

@@ -28,8 +28,8 @@ pub use harness::{
 };
 pub use postgres::Postgres;
 pub use process::{
-    KillOnDrop, TempDir, TestkitError, free_port, measure, public_client_authorize_url, spawn_tenant, spawn_tenant_at,
-    wait_until,
+    KillOnDrop, Measured, TempDir, TestkitError, free_port, measure, measure_run, peak_rss_kib,
+    public_client_authorize_url, spawn_tenant, spawn_tenant_at, wait_until,
 };
 pub use proxy::RoundRobinProxy;
 pub use samba::SambaDc;

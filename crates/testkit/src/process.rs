@@ -94,6 +94,32 @@ pub fn free_port() -> Result<u16, TestkitError> {
     l.local_addr().map(|a| a.port()).map_err(io_err("reading the ephemeral port"))
 }
 
+/// Whether process `pid` itself holds a listening TCP socket on `port`
+/// (IPv4 or IPv6), read from `/proc`. Another test's server may win the race
+/// for a port [`free_port`] handed out; a server that answers on the port is
+/// then not necessarily the one the test started.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let mut listening = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
+                continue;
+            };
+            let local_port = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == LISTEN && local_port == Some(port) {
+                listening.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| listening.contains(target.to_string_lossy().as_ref()))
+    })
+}
+
 /// Fails with an install hint when `tool` is not on PATH (or at an absolute path).
 pub fn require_tool(tool: &str, package: &str) -> Result<(), TestkitError> {
     let found = if tool.starts_with('/') {
@@ -249,8 +275,27 @@ pub fn spawn_tenant_at(
 /// Runs a command to its end: wall time in seconds, peak RSS in KiB (VmHWM,
 /// polled), and its standard error. Fails if the command fails.
 pub fn measure(cmd: &mut Command) -> Result<(f64, u64, String), TestkitError> {
+    let m = measure_run(cmd)?;
+    Ok((m.seconds, m.peak_kib, m.stderr))
+}
+
+/// What [`measure_run`] saw of one command.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Wall time.
+    pub seconds: f64,
+    /// Peak resident memory (VmHWM), polled every 2 ms.
+    pub peak_kib: u64,
+    /// User + system CPU seconds, as last polled before it ended (within 2 ms of CPU).
+    pub cpu_seconds: f64,
+    pub stderr: String,
+}
+
+/// [`measure`] with the CPU time too. Fails if the command fails.
+pub fn measure_run(cmd: &mut Command) -> Result<Measured, TestkitError> {
     use std::io::Read;
     let shown = format!("{cmd:?}");
+    let ticks = crate::bench::clock_ticks();
     let start = Instant::now();
     let mut child =
         cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(io_err(format!("starting {shown}")))?;
@@ -263,10 +308,13 @@ pub fn measure(cmd: &mut Command) -> Result<(f64, u64, String), TestkitError> {
         }
         s
     });
-    let mut peak = 0;
+    let (mut peak, mut cpu) = (0, 0.0);
     let status = loop {
         if let Some(kib) = vm_hwm_kib(pid) {
             peak = peak.max(kib);
+        }
+        if let Some(ticks_used) = crate::bench::cpu_ticks(pid) {
+            cpu = ticks_used / ticks;
         }
         if let Some(s) = child.try_wait().map_err(io_err(format!("waiting for {shown}")))? {
             break s;
@@ -277,7 +325,12 @@ pub fn measure(cmd: &mut Command) -> Result<(f64, u64, String), TestkitError> {
     if !status.success() {
         return Err(TestkitError::Command { command: shown, status: status.to_string(), output: text });
     }
-    Ok((start.elapsed().as_secs_f64(), peak, text))
+    Ok(Measured { seconds: start.elapsed().as_secs_f64(), peak_kib: peak, cpu_seconds: cpu, stderr: text })
+}
+
+/// Peak resident memory (VmHWM) of a running process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    vm_hwm_kib(pid)
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
@@ -317,4 +370,20 @@ pub fn public_client_authorize_url_at(exe: &Path, location: &[&str], issuer: &st
     Ok(format!(
         "{issuer}/oauth2/authorize?client_id={id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_is_found_in_its_own_process_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port));
+        // pid 1 is not this test; a closed port is nobody's.
+        assert!(!listens_on(1, port));
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
+    }
 }

@@ -77,10 +77,14 @@ impl Slapd {
             options,
         };
         // A free port can be taken by another test's server before slapd binds
-        // it; slapd then exits, and a new port is tried.
+        // it; slapd then exits or serves without that listener, and a new
+        // port is tried.
         for attempt in 0.. {
             match slapd.launch() {
-                Err(TestkitError::Startup { .. }) if attempt < 3 && slapd.exited() => {
+                Err(TestkitError::Startup { .. }) if attempt < 5 && slapd.lost_a_port() => {
+                    if let Some(mut c) = slapd.child.take() {
+                        stop_child(&mut c, Duration::from_secs(5));
+                    }
                     slapd.port = free_port()?;
                     slapd.url = format!("ldap://127.0.0.1:{}", slapd.port);
                     if slapd.options.tls {
@@ -96,6 +100,19 @@ impl Slapd {
     /// Whether the server process has ended (it could not bind its port).
     fn exited(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().is_ok_and(|status| status.is_some()))
+    }
+
+    /// Whether this server listens on each of its TCP ports itself.
+    fn owns_its_ports(&self) -> bool {
+        let Some(child) = &self.child else { return false };
+        let ldaps_port = self.ldaps_url.as_deref().and_then(|u| u.rsplit(':').next()).and_then(|p| p.parse().ok());
+        crate::process::listens_on(child.id(), self.port)
+            && ldaps_port.is_none_or(|p| crate::process::listens_on(child.id(), p))
+    }
+
+    /// Startup failed because another process holds one of the ports.
+    fn lost_a_port(&mut self) -> bool {
+        self.exited() || !self.owns_its_ports()
     }
 
     /// A Unix socket in this server's own directory: readiness is checked
@@ -145,7 +162,10 @@ impl Slapd {
                 .status()
                 .is_ok_and(|s| s.success())
         });
-        if !up || self.exited() {
+        // Serving on its own socket, slapd has bound and listens on every
+        // port — unless another server listens there (seen under load: the
+        // test then talked to a foreign server).
+        if !up || self.exited() || !self.owns_its_ports() {
             let log = std::fs::read_to_string(self.dir.join("slapd.log")).unwrap_or_default();
             return Err(TestkitError::Startup { what: "slapd".into(), seconds: 20, log });
         }
