@@ -71,6 +71,9 @@ const SCHEMA_V4: &str = "
 ALTER TABLE sources ADD COLUMN flavor TEXT;
 ";
 
+/// Statements kept prepared: more than the store has, so none is parsed twice.
+const STATEMENT_CACHE: usize = 128;
+
 const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// The sync store in one SQLite file.
@@ -204,7 +207,24 @@ impl SqliteStore {
             conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).map_err(err)?;
         }
         let any_join: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM joins)", [], |r| r.get(0)).map_err(err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(SqliteStore { conn, no_joins: !any_join, _lock: None })
+    }
+
+    /// Runs a statement from the connection's statement cache: the engine
+    /// runs the same few statements for every object.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute(params)
+    }
+
+    /// [`Connection::query_row`] from the statement cache.
+    fn query_one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.conn.prepare_cached(sql)?.query_row(params, f)
     }
 
     /// Adds what joined source objects contribute: attributes the projecting
@@ -258,29 +278,27 @@ impl History for SqliteStore {
 
     fn record_run(&mut self, source: &str, report: &CycleReport) -> Result<(), StoreError> {
         let body = serde_json::to_string(&RunSummary::of(report)).map_err(err)?;
-        self.conn
-            .execute(
-                "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, ?3, ?4)",
-                params![source, now(), report.status.as_str(), body],
-            )
-            .map_err(err)?;
+        self.exec(
+            "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, ?3, ?4)",
+            params![source, now(), report.status.as_str(), body],
+        )
+        .map_err(err)?;
         Ok(())
     }
 
     /// A cycle that ended with an error (the directory or the tenant could
     /// not be reached, …): recorded too, so `status` and `history` show it.
     fn record_failed_run(&mut self, source: &str, error: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, 'failed', ?3)",
-                params![
-                    source,
-                    now(),
-                    serde_json::to_string(&RunSummary { error: Some(error.to_string()), ..RunSummary::default() })
-                        .map_err(err)?
-                ],
-            )
-            .map_err(err)?;
+        self.exec(
+            "INSERT INTO runs(source, finished, status, report) VALUES(?1, ?2, 'failed', ?3)",
+            params![
+                source,
+                now(),
+                serde_json::to_string(&RunSummary { error: Some(error.to_string()), ..RunSummary::default() })
+                    .map_err(err)?
+            ],
+        )
+        .map_err(err)?;
         Ok(())
     }
 
@@ -322,20 +340,19 @@ impl History for SqliteStore {
     /// (metaverse id, source name, source id).
     fn find(&self, key: &str) -> Result<Option<(String, String, SourceId)>, StoreError> {
         let dn_norm = Dn::parse(key).map(|d| d.normalized()).unwrap_or_default();
-        self.conn
-            .query_row(
-                "SELECT id, source, cs_id FROM mv WHERE anchor = ?1 OR (?2 != '' AND dn_norm = ?2)
+        self.query_one(
+            "SELECT id, source, cs_id FROM mv WHERE anchor = ?1 OR (?2 != '' AND dn_norm = ?2)
                    OR lower(json_extract(attrs, '$.userPrincipalName')) = lower(?1) LIMIT 1",
-                params![key, dn_norm],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, SourceId(r.get::<_, Vec<u8>>(2)?))),
-            )
-            .optional()
-            .map_err(err)
+            params![key, dn_norm],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, SourceId(r.get::<_, Vec<u8>>(2)?))),
+        )
+        .optional()
+        .map_err(err)
     }
 
     /// Counts for `sync status`: (connector space, metaverse, exported, pending export).
     fn counts(&self) -> Result<Counts, StoreError> {
-        let q = |sql: &str| self.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(err);
+        let q = |sql: &str| self.query_one(sql, [], |r| r.get::<_, i64>(0)).map_err(err);
         Ok(Counts {
             connector_space: q("SELECT count(*) FROM cs")?,
             metaverse: q("SELECT count(*) FROM mv WHERE deleted = 0")?,
@@ -373,8 +390,7 @@ impl Transactional for SqliteStore {
 impl ConnectorSpace for SqliteStore {
     fn flavor(&self, source: &str) -> Result<Option<Flavor>, StoreError> {
         let f: Option<Option<String>> = self
-            .conn
-            .query_row("SELECT flavor FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .query_one("SELECT flavor FROM sources WHERE name = ?1", params![source], |r| r.get(0))
             .optional()
             .map_err(err)?;
         Ok(match f.flatten().as_deref() {
@@ -389,40 +405,38 @@ impl ConnectorSpace for SqliteStore {
             Flavor::ActiveDirectory => "active-directory",
             Flavor::Ldap => "ldap",
         };
-        self.conn
-            .execute("INSERT INTO sources(name, flavor) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET flavor = excluded.flavor", params![source, text])
-            .map_err(err)?;
+        self.exec(
+            "INSERT INTO sources(name, flavor) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET flavor = excluded.flavor",
+            params![source, text],
+        )
+        .map_err(err)?;
         Ok(())
     }
 
     fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
         let w: Option<Option<String>> = self
-            .conn
-            .query_row("SELECT watermark FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .query_one("SELECT watermark FROM sources WHERE name = ?1", params![source], |r| r.get(0))
             .optional()
             .map_err(err)?;
         Ok(w.flatten().map(Watermark))
     }
 
     fn set_watermark(&mut self, source: &str, watermark: &Watermark) -> Result<(), StoreError> {
-        self.conn
-            .execute("INSERT INTO sources(name, watermark) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET watermark = excluded.watermark", params![source, watermark.0])
+        self.exec("INSERT INTO sources(name, watermark) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET watermark = excluded.watermark", params![source, watermark.0])
             .map_err(err)?;
         Ok(())
     }
 
     fn config_hash(&self, source: &str) -> Result<Option<String>, StoreError> {
         let h: Option<Option<String>> = self
-            .conn
-            .query_row("SELECT config_hash FROM sources WHERE name = ?1", params![source], |r| r.get(0))
+            .query_one("SELECT config_hash FROM sources WHERE name = ?1", params![source], |r| r.get(0))
             .optional()
             .map_err(err)?;
         Ok(h.flatten())
     }
 
     fn set_config_hash(&mut self, source: &str, hash: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("INSERT INTO sources(name, config_hash) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET config_hash = excluded.config_hash", params![source, hash])
+        self.exec("INSERT INTO sources(name, config_hash) VALUES(?1, ?2) ON CONFLICT(name) DO UPDATE SET config_hash = excluded.config_hash", params![source, hash])
             .map_err(err)?;
         Ok(())
     }
@@ -430,9 +444,7 @@ impl ConnectorSpace for SqliteStore {
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
         let entry = codec::entry_to_json(&object.entry).to_string();
         let dn_norm = object.entry.dn.normalized();
-        let changed = self
-            .conn
-            .execute(
+        let changed = self.exec(
                 "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0)
                  ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
                    anchor = excluded.anchor, entry = excluded.entry, pending = 1, deleted = 0
@@ -477,19 +489,17 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
-        self.conn
-            .execute("UPDATE cs SET deleted = 1, pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0])
+        self.exec("UPDATE cs SET deleted = 1, pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0])
             .map_err(err)?;
         Ok(())
     }
 
     fn cs_count(&self, source: &str) -> Result<usize, StoreError> {
-        self.conn
-            .query_row("SELECT COUNT(*) FROM cs WHERE source = ?1 AND deleted = 0", params![source], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| usize::try_from(n).unwrap_or(0))
-            .map_err(err)
+        self.query_one("SELECT COUNT(*) FROM cs WHERE source = ?1 AND deleted = 0", params![source], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| usize::try_from(n).unwrap_or(0))
+        .map_err(err)
     }
 
     fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError> {
@@ -507,7 +517,7 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError> {
-        self.conn.execute("UPDATE cs SET pending = 1 WHERE source = ?1", params![source]).map_err(err)?;
+        self.exec("UPDATE cs SET pending = 1 WHERE source = ?1", params![source]).map_err(err)?;
         Ok(())
     }
 
@@ -519,8 +529,7 @@ impl ConnectorSpace for SqliteStore {
 
     fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError> {
         let row: Option<(String, Vec<u8>, String, bool)> = self
-            .conn
-            .query_row(
+            .query_one(
                 "SELECT kind, anchor, entry, deleted FROM cs WHERE source = ?1 AND id = ?2",
                 params![source, id.0],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -534,15 +543,14 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT id FROM cs WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
-                params![source, dn.normalized()],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .optional()
-            .map(|id| id.map(SourceId))
-            .map_err(err)
+        self.query_one(
+            "SELECT id FROM cs WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
+            params![source, dn.normalized()],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()
+        .map(|id| id.map(SourceId))
+        .map_err(err)
     }
 
     fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
@@ -557,20 +565,20 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
-        self.conn
-            .execute("UPDATE cs SET pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0])
-            .map_err(err)?;
+        self.exec("UPDATE cs SET pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0]).map_err(err)?;
         Ok(())
     }
 
     fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM cs_refs WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
-        self.conn
-            .execute("DELETE FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1", params![source, id.0])
+        // The common case in one statement; a deleted object's rows go.
+        let live = self
+            .exec("UPDATE cs SET pending = 0 WHERE source = ?1 AND id = ?2 AND deleted = 0", params![source, id.0])
             .map_err(err)?;
-        self.conn
-            .execute("UPDATE cs SET pending = 0 WHERE source = ?1 AND id = ?2", params![source, id.0])
-            .map_err(err)?;
+        if live == 0 {
+            self.exec("DELETE FROM cs_refs WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
+            self.exec("DELETE FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1", params![source, id.0])
+                .map_err(err)?;
+        }
         Ok(())
     }
 
@@ -597,14 +605,13 @@ impl ConnectorSpace for SqliteStore {
 
 impl Metaverse for SqliteStore {
     fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT id FROM mv WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
-                params![source, dn.normalized()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)
+        self.query_one(
+            "SELECT id FROM mv WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
+            params![source, dn.normalized()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)
     }
 
     fn mv_for_dns(&self, source: &str, dns: &[Dn]) -> Result<Vec<String>, StoreError> {
@@ -634,14 +641,12 @@ impl Metaverse for SqliteStore {
     ) -> Result<String, StoreError> {
         let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
         let existing: Option<String> = self
-            .conn
-            .query_row("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+            .query_one("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
             .optional()
             .map_err(err)?;
         match existing {
             Some(mv) => {
-                self.conn
-                    .execute(
+                self.exec(
                         "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, deleted = 0, dirty = 1
                          WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR deleted = 1)",
                         params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm],
@@ -650,10 +655,8 @@ impl Metaverse for SqliteStore {
                 Ok(mv)
             }
             None => {
-                let mv: String =
-                    self.conn.query_row("SELECT lower(hex(randomblob(16)))", [], |r| r.get(0)).map_err(err)?;
-                self.conn
-                    .execute(
+                let mv: String = self.query_one("SELECT lower(hex(randomblob(16)))", [], |r| r.get(0)).map_err(err)?;
+                self.exec(
                         "INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 1, ?7, ?8, ?9)",
                         params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, source, id.0, dn_norm],
                     )
@@ -665,8 +668,7 @@ impl Metaverse for SqliteStore {
 
     fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
         let text: Option<String> = self
-            .conn
-            .query_row(
+            .query_one(
                 "SELECT attrs FROM mv WHERE source = ?1 AND cs_id = ?2 AND deleted = 0",
                 params![source, id.0],
                 |r| r.get(0),
@@ -684,28 +686,25 @@ impl Metaverse for SqliteStore {
 
     fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
         let mv: Option<String> = self
-            .conn
-            .query_row("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+            .query_one("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
             .optional()
             .map_err(err)?;
         let Some(mv) = mv else { return Ok(()) };
         // Objects joined to it lose their metaverse object: they look for a new one next sync.
-        self.conn
-            .execute(
+        self.exec(
                 "UPDATE cs SET pending = 1 WHERE EXISTS(SELECT 1 FROM joins j WHERE j.mv_id = ?1 AND j.source = cs.source AND j.cs_id = cs.id)",
                 params![mv],
             )
             .map_err(err)?;
-        self.conn.execute("DELETE FROM joins WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM joins WHERE mv_id = ?1", params![mv]).map_err(err)?;
         let exported: bool = self
-            .conn
-            .query_row("SELECT EXISTS(SELECT 1 FROM exported WHERE mv_id = ?1)", params![mv], |r| r.get(0))
+            .query_one("SELECT EXISTS(SELECT 1 FROM exported WHERE mv_id = ?1)", params![mv], |r| r.get(0))
             .map_err(err)?;
         if exported {
-            self.conn.execute("UPDATE mv SET deleted = 1, dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+            self.exec("UPDATE mv SET deleted = 1, dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
         } else {
-            self.conn.execute("DELETE FROM mv WHERE id = ?1", params![mv]).map_err(err)?;
-            self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+            self.exec("DELETE FROM mv WHERE id = ?1", params![mv]).map_err(err)?;
+            self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         }
         Ok(())
     }
@@ -735,8 +734,7 @@ impl Metaverse for SqliteStore {
     }
 
     fn join_link(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row("SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+        self.query_one("SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
             .optional()
             .map_err(err)
     }
@@ -752,9 +750,7 @@ impl Metaverse for SqliteStore {
         self.no_joins = false;
         let attrs = Json::Object(attrs.clone()).to_string();
         let authoritative = json!(authoritative).to_string();
-        let changed = self
-            .conn
-            .execute(
+        let changed = self.exec(
                 "INSERT INTO joins(source, cs_id, mv_id, attrs, authoritative) VALUES(?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs, authoritative = excluded.authoritative
                  WHERE joins.mv_id != excluded.mv_id OR joins.attrs != excluded.attrs OR joins.authoritative != excluded.authoritative",
@@ -762,42 +758,39 @@ impl Metaverse for SqliteStore {
             )
             .map_err(err)?;
         if changed > 0 {
-            self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+            self.exec("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
         }
         Ok(())
     }
 
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "UPDATE mv SET dirty = 1 WHERE id = (SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2)",
-                params![source, id.0],
-            )
-            .map_err(err)?;
-        self.conn.execute("DELETE FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0]).map_err(err)?;
+        self.exec(
+            "UPDATE mv SET dirty = 1 WHERE id = (SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2)",
+            params![source, id.0],
+        )
+        .map_err(err)?;
+        self.exec("DELETE FROM joins WHERE source = ?1 AND cs_id = ?2", params![source, id.0]).map_err(err)?;
         Ok(())
     }
 
     fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError> {
-        self.conn.execute("UPDATE mv SET dirty = 1 WHERE source = ?1", params![source]).map_err(err)?;
+        self.exec("UPDATE mv SET dirty = 1 WHERE source = ?1", params![source]).map_err(err)?;
         Ok(())
     }
 
     fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "UPDATE cs SET pending = 1 WHERE source = ?1 AND deleted = 0 AND pending = 0
+        self.exec(
+            "UPDATE cs SET pending = 1 WHERE source = ?1 AND deleted = 0 AND pending = 0
                  AND NOT EXISTS(SELECT 1 FROM joins j WHERE j.source = cs.source AND j.cs_id = cs.id)",
-                params![source],
-            )
-            .map_err(err)?;
+            params![source],
+        )
+        .map_err(err)?;
         Ok(())
     }
 
     fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError> {
         let row: Option<(String, String, String, Option<String>, String, bool)> = self
-            .conn
-            .query_row(
+            .query_one(
                 "SELECT kind, anchor, attrs, manager, members, deleted FROM mv WHERE id = ?1",
                 params![id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
@@ -828,8 +821,7 @@ impl ExportLog for SqliteStore {
 
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
         let row: Option<(String, String)> = self
-            .conn
-            .query_row("SELECT tenant_id, resource FROM exported WHERE mv_id = ?1", params![mv], |r| {
+            .query_one("SELECT tenant_id, resource FROM exported WHERE mv_id = ?1", params![mv], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
@@ -859,40 +851,38 @@ impl ExportLog for SqliteStore {
     }
 
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO exported(mv_id, tenant_id, resource) VALUES(?1, ?2, ?3)",
-                params![mv, tenant_id, resource.to_string()],
-            )
-            .map_err(err)?;
-        self.conn.execute("UPDATE mv SET dirty = 0 WHERE id = ?1", params![mv]).map_err(err)?;
-        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.exec(
+            "INSERT OR REPLACE INTO exported(mv_id, tenant_id, resource) VALUES(?1, ?2, ?3)",
+            params![mv, tenant_id, resource.to_string()],
+        )
+        .map_err(err)?;
+        self.exec("UPDATE mv SET dirty = 0 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         Ok(())
     }
 
     fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM exported WHERE mv_id = ?1", params![mv]).map_err(err)?;
-        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
-        self.conn.execute("DELETE FROM mv WHERE id = ?1 AND deleted = 1", params![mv]).map_err(err)?;
-        self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM exported WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM mv WHERE id = ?1 AND deleted = 1", params![mv]).map_err(err)?;
+        self.exec("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
         Ok(())
     }
 
     fn clear_error(&mut self, key: &str) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM errors WHERE mv_id = ?1", params![key]).map_err(err)?;
+        self.exec("DELETE FROM errors WHERE mv_id = ?1", params![key]).map_err(err)?;
         Ok(())
     }
 
     fn record_error(&mut self, mv: &str, stage: &str, message: &str) -> Result<(), StoreError> {
         let t = now();
-        self.conn
-            .execute(
+        self.exec(
                 "INSERT INTO errors(mv_id, stage, message, first_seen, last_seen, attempts) VALUES(?1, ?2, ?3, ?4, ?4, 1)
                  ON CONFLICT(mv_id) DO UPDATE SET stage = excluded.stage, message = excluded.message, last_seen = excluded.last_seen, attempts = attempts + 1",
                 params![mv, stage, message, t],
             )
             .map_err(err)?;
-        self.conn.execute("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.exec("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
         Ok(())
     }
 }
