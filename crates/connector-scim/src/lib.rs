@@ -136,20 +136,12 @@ impl ScimTarget {
             if let Some(b) = body {
                 req = req.header("content-type", "application/scim+json").body(b.to_string());
             }
-            let sent = req.send().await;
+            let sent = exchange(req).await;
             if let Some(Observer(observe)) = &self.observe {
-                observe(sent.as_ref().ok().map(|r| r.status().as_u16()));
+                observe(sent.as_ref().ok().map(|a| a.status.as_u16()));
             }
             match sent {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    let text = resp.text().await.unwrap_or_default();
-                    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                Ok(Answer { status, retry_after, text, json }) => {
                     let refused_unprocessed = status == StatusCode::TOO_MANY_REQUESTS;
                     if status.is_server_error() && repeat == Repeat::OnlyIfUnprocessed {
                         return Err(Failed { message: describe(status, &json, &text), uncertain: true });
@@ -362,6 +354,47 @@ fn describe(status: StatusCode, json: &Value, text: &str) -> String {
     }
 }
 
+/// One HTTP answer, read whole.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<u64>,
+    text: String,
+    json: Value,
+}
+
+/// Sends `req` and reads its answer in a task of its own: on a runtime with
+/// worker threads the request travels and its answer is parsed while the
+/// caller's task goes on (the engine plans the next batch meanwhile).
+async fn exchange(req: reqwest::RequestBuilder) -> Result<Answer, ExchangeError> {
+    let task = tokio::spawn(async move {
+        let resp = req.send().await.map_err(ExchangeError::Http)?;
+        let status = resp.status();
+        let retry_after =
+            resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        let text = resp.text().await.unwrap_or_default();
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Answer { status, retry_after, text, json })
+    });
+    // The task ends only by panicking or with the runtime: the answer is lost.
+    task.await.unwrap_or_else(|e| Err(ExchangeError::Lost(e.to_string())))
+}
+
+/// Why an exchange brought no answer.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("{0}")]
+    Http(reqwest::Error),
+    #[error("the request's task ended: {0}")]
+    Lost(String),
+}
+
+impl ExchangeError {
+    /// The connection never opened: the tenant certainly did nothing.
+    fn is_connect(&self) -> bool {
+        matches!(self, ExchangeError::Http(e) if e.is_connect())
+    }
+}
+
 fn failure(status: StatusCode, json: &Value) -> TargetError {
     TargetError { message: describe(status, json, ""), not_found: status == StatusCode::NOT_FOUND }
 }
@@ -434,7 +467,41 @@ impl Target for ScimTarget {
         self.push(items).await
     }
 
-    async fn apply(&mut self, ops: &[ExportOp]) -> Vec<Result<Option<String>, TargetError>> {
+    fn apply(&mut self, ops: Vec<ExportOp>) -> impl Future<Output = sync::engine::Answers> + Send + use<> {
+        // The batch goes in a task of its own: it travels, the tenant works
+        // and the answer is read while the engine records the previous batch.
+        let sender = self.sender();
+        let count = ops.len();
+        let task = tokio::spawn(async move { sender.send_batch(&ops).await });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                let lost = TargetError { message: format!("the batch's task ended: {e}"), not_found: false };
+                vec![Err(lost); count]
+            })
+        }
+    }
+}
+
+impl ScimTarget {
+    /// What sending a batch needs, for a task of its own (the password
+    /// bookkeeping stays here: batches never touch it).
+    fn sender(&self) -> ScimTarget {
+        ScimTarget {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            token: self.token.clone(),
+            attempts: self.attempts,
+            bulk: self.bulk,
+            pph1_iterations: self.pph1_iterations,
+            pushed: passwords::Pushed::default(),
+            fence: self.fence.clone(),
+            observe: self.observe.clone(),
+        }
+    }
+
+    /// Sends a batch: Bulk requests of at most [`BULK_MAX`] operations, or
+    /// one request per object.
+    async fn send_batch(&self, ops: &[ExportOp]) -> sync::engine::Answers {
         if ops.len() <= 1 || !self.bulk {
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {

@@ -3,6 +3,8 @@
 //!   cargo bench -p idbridge --bench sync
 //!   IDBRIDGE_BENCH_USERS=20000 cargo bench -p idbridge --bench sync
 //!   IDBRIDGE_BENCH_PHS=0 …   (users without passwords, password hash sync off)
+//!   IDBRIDGE_BENCH_QUICK=1 … (the full and the unchanged cycle only)
+//!   IDBRIDGE_BENCH_PERF=/tmp/sync.perf … (profiles the full cycle and the tenant)
 //!
 //! N users and N/10 groups (`idbridge sample generate`, openldap flavour;
 //! every user with an `{SSHA}` userPassword and password hash sync on unless
@@ -84,10 +86,35 @@ fn main() {
     ]))
     .unwrap();
 
-    let full = testkit::measure_run(
-        Command::new(exe).env("RUST_LOG", "warn").args(["sync", "run", "--once", "--config", config_arg]),
-    )
-    .unwrap();
+    // IDBRIDGE_BENCH_PERF=FILE: the full cycle runs under `perf record`
+    // (FILE), the tenant is recorded too (FILE.tenant); RSS is then perf's.
+    let perf = std::env::var("IDBRIDGE_BENCH_PERF").ok();
+    let tenant_perf = perf.as_ref().map(|file| {
+        testkit::KillOnDrop(
+            Command::new("perf")
+                .args(["record", "-F", "499", "-g", "-o", &format!("{file}.tenant"), "-p"])
+                .arg(tenant.process.0.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    });
+    let mut cycle = match &perf {
+        Some(file) => {
+            let mut c = Command::new("perf");
+            c.args(["record", "-F", "499", "-g", "-o", file, "--", exe]);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let full =
+        testkit::measure_run(cycle.env("RUST_LOG", "warn").args(["sync", "run", "--once", "--config", config_arg]))
+            .unwrap();
+    if let Some(mut recorder) = tenant_perf {
+        let _ = Command::new("kill").args(["-INT", &recorder.0.id().to_string()]).status();
+        let _ = recorder.0.wait();
+    }
     let report = full.stderr.lines().last().unwrap_or("").to_string();
     let [import, sync, export] = stages(&report);
     let objects = users + groups;
@@ -138,6 +165,10 @@ fn main() {
     );
     println!("    report                     {report}");
     println!("  cycle with nothing changed   {:.2} s ({:.1} CPU s)", unchanged.seconds, unchanged.cpu_seconds);
+
+    if std::env::var("IDBRIDGE_BENCH_QUICK").is_ok_and(|v| v == "1") {
+        return;
+    }
 
     // Delta latency with the daemon running back to back.
     let mut daemon = Command::new(exe)

@@ -304,7 +304,9 @@ fn main() -> ExitCode {
     #[cfg(not(feature = "cloud"))]
     let quiet = matches!(cli.command, Command::Init(_));
     init_logging(cli.log_json, cli.verbose, quiet);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Worker threads: IO runs beside the command's own work (an export plans
+    // its next batch while the tenant takes the current one).
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -347,16 +347,21 @@ impl Fenced<'_> {
 
 const LEASE_LOST: &str = "this daemon lost the sync lease; nothing was sent";
 
-impl sync::engine::Target for Fenced<'_> {
-    async fn apply(
+impl<'a> sync::engine::Target for Fenced<'a> {
+    fn apply(
         &mut self,
-        ops: &[sync::engine::ExportOp],
-    ) -> Vec<Result<Option<String>, sync::engine::TargetError>> {
-        if self.lost() {
-            let refused = sync::engine::TargetError { message: LEASE_LOST.into(), not_found: false };
-            return ops.iter().map(|_| Err(refused.clone())).collect();
+        ops: Vec<sync::engine::ExportOp>,
+    ) -> impl Future<Output = sync::engine::Answers> + Send + use<'a> {
+        let sending = if self.lost() { Err(ops.len()) } else { Ok(self.inner.apply(ops)) };
+        async move {
+            match sending {
+                Ok(answers) => answers.await,
+                Err(n) => {
+                    let refused = sync::engine::TargetError { message: LEASE_LOST.into(), not_found: false };
+                    vec![Err(refused); n]
+                }
+            }
         }
-        self.inner.apply(ops).await
     }
 
     async fn push_credentials(
@@ -560,13 +565,15 @@ pub async fn preview(path: &Path, observer: &mut (dyn CycleObserver + Send)) -> 
 struct NoTarget;
 
 impl sync::engine::Target for NoTarget {
-    async fn apply(
+    fn apply(
         &mut self,
-        ops: &[sync::engine::ExportOp],
-    ) -> Vec<Result<Option<String>, sync::engine::TargetError>> {
-        ops.iter()
-            .map(|_| Err(sync::engine::TargetError { message: "preview exports nothing".into(), not_found: false }))
-            .collect()
+        ops: Vec<sync::engine::ExportOp>,
+    ) -> impl Future<Output = sync::engine::Answers> + Send + use<> {
+        std::future::ready(
+            ops.iter()
+                .map(|_| Err(sync::engine::TargetError { message: "preview exports nothing".into(), not_found: false }))
+                .collect(),
+        )
     }
 }
 

@@ -840,7 +840,7 @@ async fn a_token_over_its_rate_gets_429_and_the_connector_waits() {
             }),
         })
         .collect();
-    let results = sync::engine::Target::apply(&mut target, &ops).await;
+    let results = sync::engine::Target::apply(&mut target, ops.clone()).await;
     assert!(results.iter().all(|r| matches!(r, Ok(Some(_)))), "{results:?}");
     let list = t.call(Method::GET, "/Users?count=0", Some(&t.admin), None).await;
     assert_eq!(list.body["totalResults"], 8);
@@ -901,7 +901,7 @@ async fn an_uncertain_create_is_looked_up_not_repeated() {
             "externalId": "anVlcmdlbg", HYBRID: {"immutableId": "anVlcmdlbg"}
         }),
     };
-    let results = sync::engine::Target::apply(&mut target, std::slice::from_ref(&op)).await;
+    let results = sync::engine::Target::apply(&mut target, vec![op.clone()]).await;
     let Ok(Some(created)) = &results[0] else { panic!("{results:?}") };
     assert_eq!(posts.load(Ordering::SeqCst), 1, "the create went out once; then a lookup, not a second POST");
     let list = t.call(Method::GET, "/Users", Some(&t.admin), None).await;

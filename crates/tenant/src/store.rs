@@ -339,6 +339,9 @@ struct PgPool {
 const READERS: usize = 2;
 const PG_POOL: usize = 7;
 
+/// The SQLite writer's page cache, in SQLite's notation (negative: KiB).
+const WRITER_CACHE_KIB: i64 = -128 * 1024;
+
 /// Where a tenant's data lives.
 #[derive(Debug, Clone)]
 pub enum Location {
@@ -366,6 +369,9 @@ impl Store {
         raw.pragma_update(None, "journal_mode", "WAL")?;
         raw.pragma_update(None, "synchronous", "NORMAL")?;
         raw.pragma_update(None, "foreign_keys", "ON")?;
+        // The writer touches every index of a large directory: with SQLite's
+        // default 2 MiB cache most page reads became system calls.
+        raw.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         raw.busy_timeout(std::time::Duration::from_secs(5))?;
         let conn = Connection::sqlite(raw, Some(key));
         migrate(&conn)?;

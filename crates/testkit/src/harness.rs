@@ -231,17 +231,24 @@ pub fn pta_agent_config(slapd: &Slapd) -> Result<String, TestkitError> {
 
 /// The benchmarks' baseline: `ldapsearch -E pr=1000` of what matches
 /// `filter` under the directory's base (attributes `*` and `attrs`), timed
-/// with its peak RSS: (seconds, KiB).
+/// with its peak RSS: (seconds, KiB), the best of three runs — the first
+/// after a bulk load also warms the server's caches.
 pub fn ldapsearch_baseline(slapd: &Slapd, filter: &str, attrs: &[&str]) -> Result<(f64, u64), TestkitError> {
     let password = slapd.password_file()?;
-    let (seconds, kib, _) = measure(
-        Command::new("ldapsearch")
-            .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-y"])
-            .arg(&password)
-            .args(["-b", slapd.base_dn(), "-E", "pr=1000/noprompt", filter, "*"])
-            .args(attrs),
-    )?;
-    Ok((seconds, kib))
+    let mut best = (f64::MAX, 0);
+    for _ in 0..3 {
+        let (seconds, kib, _) = measure(
+            Command::new("ldapsearch")
+                .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-y"])
+                .arg(&password)
+                .args(["-b", slapd.base_dn(), "-E", "pr=1000/noprompt", filter, "*"])
+                .args(attrs),
+        )?;
+        if seconds < best.0 {
+            best = (seconds, kib);
+        }
+    }
+    Ok(best)
 }
 
 /// The sample organisation the benchmarks load: OpenLDAP flavour under

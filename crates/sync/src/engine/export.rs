@@ -83,59 +83,120 @@ where
     let mut levels = dependency_levels(nodes, &exported_ids);
     for pass in 0..2 {
         let mut waiting = Vec::new();
-        for ids in levels.iter().flat_map(|level| level.chunks(EXPORT_BATCH)) {
-            let mut chunk = Vec::with_capacity(ids.len());
-            for id in ids {
-                if let Some(r) = store.mv_get(id)? {
-                    chunk.push(r);
+        // Up to IN_FLIGHT batches at the target: while the engine records one
+        // batch's answers, the tenant works on the next. Objects of one level
+        // never refer to each other, so a batch's plan cannot depend on the
+        // answers still in flight; a new level starts only once everything
+        // before it is confirmed.
+        let mut in_flight: std::collections::VecDeque<(Batch, _)> = std::collections::VecDeque::new();
+        for (level, ids) in levels.iter().enumerate().flat_map(|(l, ids)| ids.chunks(EXPORT_BATCH).map(move |c| (l, c)))
+        {
+            if in_flight.front().is_some_and(|(b, _): &(Batch, _)| b.level != level) {
+                while let Some((batch, answers)) = in_flight.pop_front() {
+                    let answers = answers.await;
+                    record(&mut *store, batch, answers, pass, &mut waiting, report, observer)?;
                 }
             }
-            let mut plans = Vec::with_capacity(chunk.len());
-            for record in &chunk {
-                plans.push(plan(store, record, &options.rules)?);
+            let batch = prepare(&*store, ids, level, &options.rules)?;
+            let ops: Vec<ExportOp> = batch.plans.iter().filter_map(|p| p.op.clone()).collect();
+            let answers = target.apply(ops);
+            in_flight.push_back((batch, answers));
+            if in_flight.len() >= IN_FLIGHT
+                && let Some((batch, answers)) = in_flight.pop_front()
+            {
+                let answers = answers.await;
+                record(&mut *store, batch, answers, pass, &mut waiting, report, observer)?;
             }
-            let ops: Vec<ExportOp> = plans.iter().filter_map(|p| p.op.clone()).collect();
-            let mut results = target.apply(&ops).await.into_iter();
-            let mut tx = Transaction::begin(&mut *store)?;
-            for (record, plan) in chunk.iter().zip(plans) {
-                let result = if plan.op.is_some() {
-                    results.next().unwrap_or_else(|| {
-                        Err(TargetError { message: "the target gave no answer".into(), not_found: false })
-                    })
-                } else {
-                    Ok(None)
-                };
-                if plan.waiting && pass == 0 {
-                    waiting.push(record.id.clone());
-                }
-                match confirm(&mut *tx, record, plan, result)? {
-                    Ok(done) => match done {
-                        Exported::Created => report.created += 1,
-                        Exported::Updated => report.updated += 1,
-                        Exported::Deleted => report.deleted += 1,
-                        Exported::Unchanged => report.unchanged += 1,
-                    },
-                    Err(e) => {
-                        let what = format!(
-                            "{} {}",
-                            record.kind,
-                            record
-                                .attrs
-                                .get("onPremisesDistinguishedName")
-                                .and_then(Json::as_str)
-                                .unwrap_or(&record.anchor)
-                        );
-                        tracing::warn!(object = %what, error = %e, "export failed; retried next cycle");
-                        report.errors.push((what, e.message));
-                    }
-                }
-            }
-            tx.commit()?;
-            observer.advance(ids.len() as u64);
+        }
+        while let Some((batch, answers)) = in_flight.pop_front() {
+            let answers = answers.await;
+            record(&mut *store, batch, answers, pass, &mut waiting, report, observer)?;
         }
         levels = vec![waiting];
     }
     Ok(true)
+}
+
+/// Batches sent before the first one's answers are recorded.
+const IN_FLIGHT: usize = 2;
+
+/// Records the target's answers to one batch, in one transaction: what was
+/// confirmed, what failed (retried next cycle), what still waits for a
+/// reference (tried again in the second pass).
+fn record<St: SyncStore + ?Sized>(
+    store: &mut St,
+    batch: Batch,
+    answers: super::Answers,
+    pass: usize,
+    waiting: &mut Vec<String>,
+    report: &mut CycleReport,
+    observer: &mut (dyn CycleObserver + Send),
+) -> Result<(), StoreError> {
+    let mut answers = answers.into_iter();
+    let mut tx = Transaction::begin(&mut *store)?;
+    let count = batch.ids;
+    for (record, plan) in batch.records.iter().zip(batch.plans) {
+        let result = if plan.op.is_some() {
+            answers
+                .next()
+                .unwrap_or_else(|| Err(TargetError { message: "the target gave no answer".into(), not_found: false }))
+        } else {
+            Ok(None)
+        };
+        if plan.waiting && pass == 0 {
+            waiting.push(record.id.clone());
+        }
+        match confirm(&mut *tx, record, plan, result)? {
+            Ok(done) => match done {
+                Exported::Created => report.created += 1,
+                Exported::Updated => report.updated += 1,
+                Exported::Deleted => report.deleted += 1,
+                Exported::Unchanged => report.unchanged += 1,
+            },
+            Err(e) => {
+                let what = format!(
+                    "{} {}",
+                    record.kind,
+                    record.attrs.get("onPremisesDistinguishedName").and_then(Json::as_str).unwrap_or(&record.anchor)
+                );
+                tracing::warn!(object = %what, error = %e, "export failed; retried next cycle");
+                report.errors.push((what, e.message));
+            }
+        }
+    }
+    tx.commit()?;
+    observer.advance(count as u64);
+    Ok(())
+}
+
+/// One batch's records and what exporting each takes.
+struct Batch {
+    /// The dependency level its objects are on.
+    level: usize,
+    /// How many metaverse ids it was made of (gone ones included).
+    ids: usize,
+    records: Vec<MvRecord>,
+    plans: Vec<Plan>,
+}
+
+/// Reads a batch's records and plans each one's export.
+fn prepare<St: SyncStore + ?Sized>(
+    store: &St,
+    ids: &[String],
+    level: usize,
+    rules: &crate::rules::RuleSet,
+) -> Result<Batch, StoreError> {
+    let mut records = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(r) = store.mv_get(id)? {
+            records.push(r);
+        }
+    }
+    let mut plans = Vec::with_capacity(records.len());
+    for record in &records {
+        plans.push(plan(store, record, rules)?);
+    }
+    Ok(Batch { level, ids: ids.len(), records, plans })
 }
 
 /// Orders records so that each comes after the not-yet-exported records it

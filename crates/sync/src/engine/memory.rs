@@ -539,8 +539,9 @@ impl MemoryTarget {
 }
 
 impl Target for MemoryTarget {
-    async fn apply(&mut self, ops: &[ExportOp]) -> Vec<Result<Option<String>, TargetError>> {
-        self.batches.push(ops.to_vec());
-        ops.iter().map(|op| self.apply_one(op)).collect()
+    fn apply(&mut self, ops: Vec<ExportOp>) -> impl Future<Output = super::Answers> + Send + use<> {
+        let answers = ops.iter().map(|op| self.apply_one(op)).collect();
+        self.batches.push(ops);
+        std::future::ready(answers)
     }
 }

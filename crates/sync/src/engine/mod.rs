@@ -23,7 +23,7 @@ use directory::{Dn, ObjectKind};
 
 pub use export::{PendingExport, pending_exports};
 pub use store::{ConnectorSpace, ExportLog, Metaverse, MvRecord, StoreError, SyncStore, Transaction, Transactional};
-pub use target::{ExportOp, Target, TargetError};
+pub use target::{Answers, ExportOp, Target, TargetError};
 
 use crate::mapping::Flavor;
 use crate::source::{ImportMode, Source};

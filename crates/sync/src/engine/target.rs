@@ -22,10 +22,16 @@ pub enum ExportOp {
     Delete { kind: ObjectKind, id: String },
 }
 
-/// The cloud side. `apply` sends a batch and answers per operation, in
-/// order: the new object's id for a create, nothing otherwise.
+/// The target's answer to a batch: per operation, in order, the new
+/// object's id for a create, nothing otherwise.
+pub type Answers = Vec<Result<Option<String>, TargetError>>;
+
+/// The cloud side.
 pub trait Target {
-    fn apply(&mut self, ops: &[ExportOp]) -> impl Future<Output = Vec<Result<Option<String>, TargetError>>> + Send;
+    /// Starts sending a batch. The answers come from the returned future,
+    /// which borrows nothing of the target: the engine keeps the next batch
+    /// in flight while it records this one's answers.
+    fn apply(&mut self, ops: Vec<ExportOp>) -> impl Future<Output = Answers> + Send + use<Self>;
 
     /// Password hash sync: stores these users' passwords in the target. A
     /// target without passwords refuses them all.
