@@ -372,6 +372,9 @@ impl Store {
         // The writer touches every index of a large directory: with SQLite's
         // default 2 MiB cache most page reads became system calls.
         raw.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        // Each Bulk operation runs in a savepoint, whose journal of first-touched
+        // pages then stays in memory instead of a temporary file.
+        raw.pragma_update(None, "temp_store", "MEMORY")?;
         raw.busy_timeout(std::time::Duration::from_secs(5))?;
         let conn = Connection::sqlite(raw, Some(key));
         migrate(&conn)?;

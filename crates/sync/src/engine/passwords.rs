@@ -16,10 +16,30 @@ pub(super) async fn push_passwords<St: SyncStore + ?Sized, T: Target>(
     captured: Vec<crate::phs::Captured>,
     report: &mut CycleReport,
 ) -> Result<(), StoreError> {
-    use crate::phs::{CredentialPush, Found};
-    if captured.is_empty() {
-        return Ok(());
+    // In chunks: what is built to send (and the target's bookkeeping of
+    // it) stays small however many users the directory has.
+    let mut captured = captured.into_iter().peekable();
+    while captured.peek().is_some() {
+        let chunk: Vec<_> = captured.by_ref().take(PASSWORD_CHUNK).collect();
+        if !push_chunk(store, target, source_name, chunk, report).await? {
+            // The target failed as a whole: the rest stay pending too.
+            break;
+        }
     }
+    Ok(())
+}
+
+/// Users whose passwords are looked up and sent together.
+const PASSWORD_CHUNK: usize = 5000;
+
+async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
+    store: &mut St,
+    target: &mut T,
+    source_name: &str,
+    captured: Vec<crate::phs::Captured>,
+    report: &mut CycleReport,
+) -> Result<bool, StoreError> {
+    use crate::phs::{CredentialPush, Found};
     let mut batch = Vec::with_capacity(captured.len());
     let mut whose = std::collections::HashMap::new();
     let mut tx = Transaction::begin(&mut *store)?;
@@ -53,7 +73,7 @@ pub(super) async fn push_passwords<St: SyncStore + ?Sized, T: Target>(
     }
     tx.commit()?;
     if batch.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     match target.push_credentials(&batch).await {
         Ok(pushed) => {
@@ -73,17 +93,18 @@ pub(super) async fn push_passwords<St: SyncStore + ?Sized, T: Target>(
                 }
             }
             tx.commit()?;
-            tracing::info!(
+            tracing::debug!(
                 source = source_name,
                 stored = pushed.stored,
                 unchanged = pushed.unchanged,
-                "password hash sync done"
+                "password hash sync: a chunk done"
             );
         }
         Err(e) => {
             tracing::warn!(source = source_name, error = %e.message, "password hash sync failed; the passwords are sent again when next imported");
             report.password_failure = Some(PasswordFailure::Target(e.message));
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }
