@@ -613,6 +613,14 @@ impl Metaverse for PgStore {
         }
     }
 
+    fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT id FROM sync_mv WHERE source = $1 AND cs_id = $2 AND NOT deleted",
+            &[&source, &id.0],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
         let row = self.query_opt(
             "SELECT attrs FROM sync_mv WHERE source = $1 AND cs_id = $2 AND NOT deleted",

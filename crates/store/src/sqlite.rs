@@ -672,6 +672,16 @@ impl Metaverse for SqliteStore {
         }
     }
 
+    fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
+        self.query_one(
+            "SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2 AND deleted = 0",
+            params![source, id.0],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)
+    }
+
     fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
         let text: Option<String> = self
             .query_one(

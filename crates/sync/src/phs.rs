@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use directory::{Dn, Entry};
+use directory::Entry;
 use passwords::{NtHash, StoredPassword};
 
 use crate::source::SourceId;
@@ -53,11 +53,11 @@ pub enum Found {
     Unusable(String),
 }
 
-/// A user's password as captured during an import.
+/// A user's password as captured during an import. Kept small (no DN: the
+/// metaverse object is found by `id`): an import holds one per user.
 #[derive(Debug, Clone)]
 pub struct Captured {
     pub id: SourceId,
-    pub dn: Dn,
     pub found: Found,
     /// "Must change password at next logon" on-premises.
     pub must_change: bool,
@@ -130,7 +130,7 @@ mod tests {
     use directory::Value;
 
     fn entry(attrs: &[(&str, &[u8])]) -> Entry {
-        let mut e = Entry::new(Dn::parse("uid=a,dc=x").unwrap());
+        let mut e = Entry::new(directory::Dn::parse("uid=a,dc=x").unwrap());
         for (k, v) in attrs {
             e.add(k, Value::from_bytes_as(false, v.to_vec()));
         }

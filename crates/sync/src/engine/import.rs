@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use directory::Dn;
 
 use super::{CycleError, CycleObserver, CycleOptions, PasswordFailure, SyncStore, Transaction};
 use crate::source::{ImportMode, ImportSink, SinkError, Source, SourceChange, SourceId, SourceObject};
@@ -92,7 +91,6 @@ impl<St: SyncStore + ?Sized> ImportSink for ImportWriter<'_, St> {
                         obj.id.clone(),
                         crate::phs::Captured {
                             id: obj.id.clone(),
-                            dn: obj.entry.dn.clone(),
                             must_change: crate::phs::must_change(&obj.entry),
                             found,
                         },
@@ -176,12 +174,13 @@ where
             let population = writer.store.cs_count(source_name)?;
             match source.read_secrets(&again, population).await {
                 Ok(found) => {
-                    let dns: HashMap<&SourceId, &Dn> = again.iter().map(|(id, dn)| (id, dn)).collect();
+                    let asked: HashSet<&SourceId> = again.iter().map(|(id, _)| id).collect();
                     let list = writer.passwords.get_or_insert_with(HashMap::new);
                     for (id, found) in found {
-                        let Some(dn) = dns.get(&id) else { continue };
+                        if !asked.contains(&id) {
+                            continue;
+                        }
                         let captured = crate::phs::Captured {
-                            dn: (*dn).clone(),
                             must_change: must_change.get(&id).copied().unwrap_or(false),
                             id: id.clone(),
                             found,

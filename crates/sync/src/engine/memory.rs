@@ -310,6 +310,15 @@ impl Metaverse for MemoryStore {
         }
     }
 
+    fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .state
+            .mv
+            .values()
+            .find(|row| row.source == source && row.cs_id == *id && !row.record.deleted)
+            .map(|row| row.record.id.clone()))
+    }
+
     fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
         Ok(self
             .state

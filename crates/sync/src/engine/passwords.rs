@@ -46,7 +46,7 @@ async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
     for c in captured {
         let mv = match tx.join_link(source_name, &c.id)? {
             Some(mv) => Some(mv),
-            None => tx.mv_for_dn(source_name, &c.dn)?,
+            None => tx.mv_for_object(source_name, &c.id)?,
         };
         let Some(mv) = mv else {
             // Out of scope: nobody to sign in as.
@@ -57,17 +57,23 @@ async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
             continue; // its export failed this cycle: stays pending, read again next cycle
         }
         let Some(record) = tx.mv_get(&mv)? else { continue };
+        let dn = record
+            .attrs
+            .get("onPremisesDistinguishedName")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(&record.anchor)
+            .to_string();
         match c.found {
             Found::Secret(secret) => {
-                whose.insert(record.anchor.clone(), (mv, c.dn, c.id));
+                whose.insert(record.anchor.clone(), (mv, dn, c.id));
                 batch.push(CredentialPush { immutable_id: record.anchor, secret, must_change: c.must_change });
             }
             Found::Unusable(why) => {
                 let message = format!("password hash sync: {why}");
-                tracing::warn!(object = %c.dn, reason = %why, "password not synchronised");
+                tracing::warn!(object = %dn, reason = %why, "password not synchronised");
                 tx.record_error(&mv, "password", &message)?;
                 tx.set_password_pending(source_name, &c.id, false)?;
-                report.errors.push((format!("User {}", c.dn), message));
+                report.errors.push((format!("User {dn}"), message));
             }
         }
     }

@@ -170,6 +170,8 @@ pub trait Metaverse {
         manager: Option<String>,
         members: Vec<String>,
     ) -> Result<String, StoreError>;
+    /// The live metaverse object projected from this source object.
+    fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError>;
     /// The attributes of the live metaverse object linked to this source object.
     fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError>;
     /// The source object left scope or was deleted: its metaverse object goes.
