@@ -614,10 +614,8 @@ impl Metaverse for PgStore {
     }
 
     fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
-        let row = self.query_opt(
-            "SELECT id FROM sync_mv WHERE source = $1 AND cs_id = $2 AND NOT deleted",
-            &[&source, &id.0],
-        )?;
+        let row = self
+            .query_opt("SELECT id FROM sync_mv WHERE source = $1 AND cs_id = $2 AND NOT deleted", &[&source, &id.0])?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -754,6 +752,27 @@ impl ExportLog for PgStore {
             &[],
         )?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn dirty_objects(&self) -> Result<Vec<sync::engine::DirtyObject>, StoreError> {
+        let rows = self.query(
+            "SELECT m.id, m.deleted, m.manager, m.members, EXISTS(SELECT 1 FROM sync_exported e WHERE e.mv_id = m.id)
+             FROM sync_mv m WHERE m.dirty
+             ORDER BY m.deleted, CASE m.kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, m.id",
+            &[],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let manager: Option<String> = r.get(2);
+            let members: Vec<String> = serde_json::from_str(r.get(3)).map_err(err)?;
+            out.push(sync::engine::DirtyObject {
+                id: r.get(0),
+                deleted: r.get(1),
+                refs: manager.into_iter().chain(members).collect(),
+                exported: r.get(4),
+            });
+        }
+        Ok(out)
     }
 
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {

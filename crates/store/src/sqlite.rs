@@ -835,6 +835,40 @@ impl ExportLog for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
+    fn dirty_objects(&self) -> Result<Vec<sync::engine::DirtyObject>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT m.id, m.deleted, m.manager, m.members, EXISTS(SELECT 1 FROM exported e WHERE e.mv_id = m.id)
+                 FROM mv m WHERE m.dirty = 1
+                 ORDER BY m.deleted, CASE m.kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, m.id",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, bool>(4)?,
+                ))
+            })
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, deleted, manager, members, exported) = row.map_err(err)?;
+            let members: Vec<String> = serde_json::from_str(&members).map_err(err)?;
+            out.push(sync::engine::DirtyObject {
+                id,
+                deleted,
+                refs: manager.into_iter().chain(members).collect(),
+                exported,
+            });
+        }
+        Ok(out)
+    }
+
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
         let row: Option<(String, String)> = self
             .query_one("SELECT tenant_id, resource FROM exported WHERE mv_id = ?1", params![mv], |r| {

@@ -34,25 +34,26 @@ where
     T: Target,
 {
     // Only ids and references stay in memory; records are read per batch.
-    let dirty = store.dirty()?;
-    let mut nodes = Vec::with_capacity(dirty.len());
-    for id in &dirty {
-        if let Some(r) = store.mv_get(id)? {
-            nodes.push(Node { id: r.id, deleted: r.deleted, refs: r.manager.into_iter().chain(r.members).collect() });
-        }
-    }
+    let dirty = store.dirty_objects()?;
+    let mut exported_ids = HashSet::new();
     let mut deletions = 0;
     let mut held = Vec::new();
-    for n in nodes.iter().filter(|n| n.deleted) {
-        if let Some(cloud_id) = store.exported_id(&n.id)? {
-            deletions += 1;
-            if held.len() < super::MAX_HELD_LISTED {
-                held.push((n.id.clone(), cloud_id));
+    let mut nodes = Vec::with_capacity(dirty.len());
+    for d in dirty {
+        if d.exported {
+            exported_ids.insert(d.id.clone());
+            if d.deleted {
+                deletions += 1;
+                if held.len() < super::MAX_HELD_LISTED {
+                    held.push(d.id.clone());
+                }
             }
         }
+        nodes.push(Node { id: d.id, refs: d.refs });
     }
     if deletions > deletion_allowance(options) {
-        for (id, cloud_id) in held {
+        for id in held {
+            let Some(cloud_id) = store.exported_id(&id)? else { continue };
             if let Some(r) = store.mv_get(&id)? {
                 let name = ["userPrincipalName", "displayName", "mail"]
                     .iter()
@@ -73,12 +74,6 @@ where
     // Levels: an object goes after the objects it refers to that are created
     // in this same run, so references resolve on the first pass. What still
     // waits (reference cycles) gets a second pass at the end.
-    let mut exported_ids = HashSet::new();
-    for n in &nodes {
-        if store.exported_id(&n.id)?.is_some() {
-            exported_ids.insert(n.id.clone());
-        }
-    }
     observer.stage("export", Some(nodes.len() as u64));
     let mut levels = dependency_levels(nodes, &exported_ids);
     for pass in 0..2 {
@@ -248,7 +243,6 @@ pub(super) fn dependency_levels(records: Vec<Node>, exported: &HashSet<String>) 
 #[derive(Debug)]
 pub(super) struct Node {
     pub id: String,
-    pub deleted: bool,
     pub refs: Vec<String>,
 }
 

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-
 use super::{CycleError, CycleObserver, CycleOptions, PasswordFailure, SyncStore, Transaction};
 use crate::source::{ImportMode, ImportSink, SinkError, Source, SourceChange, SourceId, SourceObject};
 

@@ -458,6 +458,22 @@ impl ExportLog for MemoryStore {
         Ok(dirty.into_iter().map(|row| row.record.id.clone()).collect())
     }
 
+    fn dirty_objects(&self) -> Result<Vec<super::DirtyObject>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.dirty()? {
+            if let Some(row) = self.state.mv.get(&id) {
+                let r = &row.record;
+                out.push(super::DirtyObject {
+                    exported: self.state.exported.contains_key(&id),
+                    deleted: r.deleted,
+                    refs: r.manager.iter().chain(&r.members).cloned().collect(),
+                    id,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
         Ok(self.state.exported.get(mv).cloned())
     }

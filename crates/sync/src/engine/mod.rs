@@ -22,7 +22,9 @@ mod tests;
 use directory::{Dn, ObjectKind};
 
 pub use export::{PendingExport, pending_exports};
-pub use store::{ConnectorSpace, ExportLog, Metaverse, MvRecord, StoreError, SyncStore, Transaction, Transactional};
+pub use store::{
+    ConnectorSpace, DirtyObject, ExportLog, Metaverse, MvRecord, StoreError, SyncStore, Transaction, Transactional,
+};
 pub use target::{Answers, ExportOp, Target, TargetError};
 
 use crate::mapping::Flavor;

@@ -209,10 +209,24 @@ pub trait Metaverse {
     fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError>;
 }
 
+/// What export ordering needs of a dirty metaverse object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyObject {
+    pub id: String,
+    pub deleted: bool,
+    /// Metaverse ids it refers to: its manager, then its members.
+    pub refs: Vec<String>,
+    /// The tenant has it.
+    pub exported: bool,
+}
+
 /// What the target confirmed, what is left to export, and what failed.
 pub trait ExportLog {
     /// Metaverse objects with something to export: users and contacts, then groups, then deletions.
     fn dirty(&self) -> Result<Vec<String>, StoreError>;
+    /// [`ExportLog::dirty`] with what ordering the export needs of each
+    /// (read without the attributes).
+    fn dirty_objects(&self) -> Result<Vec<DirtyObject>, StoreError>;
     /// The tenant id and the resource last confirmed by the tenant.
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError>;
     /// Just the tenant id (cheaper than [`ExportLog::exported`]).
