@@ -78,7 +78,12 @@ impl ScimTarget {
         timeout: Duration,
     ) -> Result<ScimTarget, ScimTargetError> {
         check_tenant_url(base_url)?;
-        let mut builder = reqwest::Client::builder().timeout(timeout).connect_timeout(Duration::from_secs(10));
+        // Idle connections are dropped before the tenant's own idle timeout
+        // (60 s) can close one just as a request goes out on it.
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30));
         if let Some(path) = ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| ScimTargetError::CaFile { path: path.display().to_string(), reason: e.to_string() })?;

@@ -5,6 +5,7 @@
 //!   IDBRIDGE_BENCH_PHS=0 …   (users without passwords, password hash sync off)
 //!   IDBRIDGE_BENCH_QUICK=1 … (the full and the unchanged cycle only)
 //!   IDBRIDGE_BENCH_PERF=/tmp/sync.perf … (profiles the full cycle and the tenant)
+//!   IDBRIDGE_BENCH_KILL=5 … (full cycles killed with SIGKILL at random points, then checked)
 //!
 //! N users and N/10 groups (`idbridge sample generate`, openldap flavour;
 //! every user with an `{SSHA}` userPassword and password hash sync on unless
@@ -45,6 +46,88 @@ fn stages(report: &str) -> [f64; 3] {
         }
     }
     out
+}
+
+/// Crash safety at scale: `trials` times, 100 users get a new title, then a
+/// full cycle is `kill -9`ed at a random point of a full cycle's measured
+/// time (a trial whose cycle ended first counts as not killed), a normal
+/// cycle follows, and the tenant must show every title, each user once.
+fn kill_trials(exe: &str, config: &str, slapd: &testkit::Slapd, base: &str, token: &str, users: u64, trials: u32) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Connections idle for minutes between trials: never reuse one the tenant may close.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let get = |path: &str| -> serde_json::Value {
+        rt.block_on(async {
+            client.get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+        })
+    };
+    // The window: a full cycle over the synchronised directory (much
+    // shorter than the first one into an empty tenant).
+    let started = Instant::now();
+    let full = Command::new(exe)
+        .env("RUST_LOG", "warn")
+        .args(["sync", "run", "--once", "--full", "--config", config])
+        .output()
+        .unwrap();
+    assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
+    let cycle_secs = started.elapsed().as_secs_f64();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut killed = 0;
+    for trial in 1..=trials {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut ldif = String::new();
+        let mut expected = Vec::new();
+        for k in 0..100 {
+            let n = (seed + k * 7919) % users;
+            let mail = format!("{}", 100_000 + n);
+            expected.push((mail, format!("Kill {trial}.{k}")));
+        }
+        // The sample's users are found by employeeNumber; look up their DNs and mail.
+        for (number, title) in &mut expected {
+            let out = Command::new("ldapsearch")
+                .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-w", slapd.admin_password()])
+                .args(["-b", slapd.base_dn()])
+                .arg(format!("(employeeNumber={number})"))
+                .args(["dn", "mail"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let dn = text.lines().find_map(|l| l.strip_prefix("dn: ")).unwrap().to_string();
+            *number = text.lines().find_map(|l| l.strip_prefix("mail: ")).unwrap().to_string();
+            ldif.push_str(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {title}\n-\n\n"));
+        }
+        slapd.modify(&ldif).unwrap();
+        let mut child = testkit::KillOnDrop(
+            Command::new(exe)
+                .env("RUST_LOG", "warn")
+                .args(["sync", "run", "--once", "--full", "--config", config])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_secs_f64(cycle_secs * (seed % 1000) as f64 / 1000.0));
+        if child.0.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+        let after = Command::new(exe)
+            .env("RUST_LOG", "warn")
+            .args(["sync", "run", "--once", "--config", config])
+            .output()
+            .unwrap();
+        assert!(after.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&after.stderr));
+        for (mail, title) in &expected {
+            let v = get(&format!("/Users?filter=userName%20eq%20%22{mail}%22&attributes=title"));
+            assert_eq!(v["totalResults"], 1, "trial {trial}: {mail} once, never created twice");
+            assert_eq!(v["Resources"][0]["title"], title.as_str(), "trial {trial}: {mail}");
+        }
+    }
+    println!(
+        "  kill -9 trials               {trials} full cycles killed at random points ({killed} while running): the tenant exact after each"
+    );
 }
 
 fn main() {
@@ -166,6 +249,10 @@ fn main() {
     println!("    report                     {report}");
     println!("  cycle with nothing changed   {:.2} s ({:.1} CPU s)", unchanged.seconds, unchanged.cpu_seconds);
 
+    let trials: u32 = std::env::var("IDBRIDGE_BENCH_KILL").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if trials > 0 {
+        kill_trials(exe, config_arg, &slapd, &base, &token, users, trials);
+    }
     if std::env::var("IDBRIDGE_BENCH_QUICK").is_ok_and(|v| v == "1") {
         return;
     }

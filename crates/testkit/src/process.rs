@@ -268,7 +268,17 @@ pub fn spawn_tenant_at(
             }
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    // The rest of its log: to the file IDBRIDGE_TEST_TENANT_LOG names, if any.
+    let keep = std::env::var_os("IDBRIDGE_TEST_TENANT_LOG").and_then(|p| std::fs::File::create(p).ok());
+    std::thread::spawn(move || {
+        let mut keep = keep;
+        for line in lines.map_while(Result::ok) {
+            if let Some(f) = keep.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
     Ok((child, base))
 }
 
