@@ -141,26 +141,7 @@ fn main() {
         .unwrap();
     let mut times = Vec::new();
     for i in 0..20u64 {
-        let out = Command::new("ldapsearch")
-            .args([
-                "-x",
-                "-LLL",
-                "-H",
-                &slapd.url,
-                "-D",
-                slapd.admin_dn(),
-                "-w",
-                slapd.admin_password(),
-                "-b",
-                slapd.base_dn(),
-            ])
-            .arg(format!("(employeeNumber={})", 100_000 + (i * 7) % 50))
-            .args(["dn", "mail"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let dn = text.lines().find_map(|l| l.strip_prefix("dn: ")).unwrap().to_string();
-        let mail = text.lines().find_map(|l| l.strip_prefix("mail: ")).unwrap().to_string();
+        let (dn, mail) = testkit::sample_user(&slapd, 100_000 + (i * 7) % 50).unwrap();
         let password = format!("Propagated-{i}");
         let started = Instant::now();
         slapd.set_password(&dn, &password).unwrap();

@@ -80,23 +80,10 @@ fn kill_trials(exe: &str, config: &str, slapd: &testkit::Slapd, base: &str, toke
         let mut ldif = String::new();
         let mut expected = Vec::new();
         for k in 0..100 {
-            let n = (seed + k * 7919) % users;
-            let mail = format!("{}", 100_000 + n);
-            expected.push((mail, format!("Kill {trial}.{k}")));
-        }
-        // The sample's users are found by employeeNumber; look up their DNs and mail.
-        for (number, title) in &mut expected {
-            let out = Command::new("ldapsearch")
-                .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-w", slapd.admin_password()])
-                .args(["-b", slapd.base_dn()])
-                .arg(format!("(employeeNumber={number})"))
-                .args(["dn", "mail"])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let dn = text.lines().find_map(|l| l.strip_prefix("dn: ")).unwrap().to_string();
-            *number = text.lines().find_map(|l| l.strip_prefix("mail: ")).unwrap().to_string();
+            let (dn, mail) = testkit::sample_user(slapd, 100_000 + (seed + k * 7919) % users).unwrap();
+            let title = format!("Kill {trial}.{k}");
             ldif.push_str(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {title}\n-\n\n"));
+            expected.push((mail, title));
         }
         slapd.modify(&ldif).unwrap();
         let mut child = testkit::KillOnDrop(
@@ -269,26 +256,7 @@ fn main() {
     let mut times = Vec::new();
     for i in 0..50u64 {
         let n = (i * 7919) % users;
-        let dump = Command::new("ldapsearch")
-            .args([
-                "-x",
-                "-LLL",
-                "-H",
-                &slapd.url,
-                "-D",
-                slapd.admin_dn(),
-                "-w",
-                slapd.admin_password(),
-                "-b",
-                slapd.base_dn(),
-            ])
-            .arg(format!("(employeeNumber={})", 100_000 + n))
-            .args(["dn", "mail"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&dump.stdout).to_string();
-        let dn = text.lines().find_map(|l| l.strip_prefix("dn: ")).unwrap().to_string();
-        let mail = text.lines().find_map(|l| l.strip_prefix("mail: ")).unwrap().to_string();
+        let (dn, mail) = testkit::sample_user(&slapd, 100_000 + n).unwrap();
         let title = format!("Delta {i}");
         let started = Instant::now();
         slapd.modify(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {title}\n-\n\n")).unwrap();

@@ -251,6 +251,24 @@ pub fn ldapsearch_baseline(slapd: &Slapd, filter: &str, attrs: &[&str]) -> Resul
     Ok(best)
 }
 
+/// The sample user with this `employeeNumber` (the sample numbers users from
+/// 100,000): its DN and mail.
+pub fn sample_user(slapd: &Slapd, number: u64) -> Result<(String, String), TestkitError> {
+    let out = Command::new("ldapsearch")
+        .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-w", slapd.admin_password()])
+        .args(["-b", slapd.base_dn()])
+        .arg(format!("(employeeNumber={number})"))
+        .args(["dn", "mail"])
+        .output()
+        .map_err(crate::process::io_err("running ldapsearch"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let value = |prefix: &str| text.lines().find_map(|l| l.strip_prefix(prefix)).map(str::to_string);
+    match (value("dn: "), value("mail: ")) {
+        (Some(dn), Some(mail)) => Ok((dn, mail)),
+        _ => Err(TestkitError::Other(format!("no sample user with employeeNumber {number}"))),
+    }
+}
+
 /// The sample organisation the benchmarks load: OpenLDAP flavour under
 /// `dc=example,dc=org`, no OUs (slapd's bulk load makes them), no defects.
 pub fn openldap_sample(users: u64, groups: u64, seed: u64) -> Result<sample::SampleSpec, TestkitError> {

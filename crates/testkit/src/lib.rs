@@ -23,8 +23,8 @@ pub mod tls;
 
 pub use browser::{Browser, Page, form_fields};
 pub use harness::{
-    SyncTenant, TenantNodes, idbridge, latency_summary, ldapsearch_baseline, openldap_sample, slapd_with_sample,
-    sync_config,
+    SyncTenant, TenantNodes, idbridge, latency_summary, ldapsearch_baseline, openldap_sample, sample_user,
+    slapd_with_sample, sync_config,
 };
 pub use postgres::Postgres;
 pub use process::{

@@ -65,6 +65,11 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// The live metaverse row projected from this source object.
+    fn live_row(&self, source: &str, id: &SourceId) -> Option<&MvRow> {
+        self.state.mv.values().find(|row| row.source == source && row.cs_id == *id && !row.record.deleted)
+    }
+
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
@@ -311,21 +316,11 @@ impl Metaverse for MemoryStore {
     }
 
     fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .state
-            .mv
-            .values()
-            .find(|row| row.source == source && row.cs_id == *id && !row.record.deleted)
-            .map(|row| row.record.id.clone()))
+        Ok(self.live_row(source, id).map(|row| row.record.id.clone()))
     }
 
     fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
-        Ok(self
-            .state
-            .mv
-            .values()
-            .find(|row| row.source == source && row.cs_id == *id && !row.record.deleted)
-            .map(|row| row.record.attrs.clone()))
+        Ok(self.live_row(source, id).map(|row| row.record.attrs.clone()))
     }
 
     fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
