@@ -2707,21 +2707,26 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             // The PostgreSQL state's one writer is the lease: the_standby_daemon_takes_over_… tests it.
             return;
         }
+        let log_path = lab.tmp.path().join("daemon.log");
         let mut daemon = testkit::KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_idbridge"))
                 .args(["sync", "run", "--config", p(&lab.config)])
                 .env("RUST_LOG", "warn")
-                .stderr(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log_path).unwrap())
                 .spawn()
                 .unwrap(),
         );
+        // Readers run from the daemon's first moment on: one that came
+        // before the state file existed once took the write lock and
+        // refused the daemon's start.
         let history = || idbridge(&["sync", "history", "--config", p(&lab.config)]);
         assert!(
-            testkit::wait_until(std::time::Duration::from_secs(60), || {
+            testkit::wait_until(std::time::Duration::from_secs(120), || {
                 let out = history();
                 out.status.success() && String::from_utf8_lossy(&out.stdout).contains("success")
             }),
-            "the daemon ran a cycle"
+            "the daemon ran no cycle; its log: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
         );
         let pid = daemon.id().to_string();
         for args in [&["sync", "run", "--once"][..], &["sync", "preview"][..]] {

@@ -160,11 +160,13 @@ impl SqliteStore {
 
     /// Opens the store to read it (status, history, errors, explain) while
     /// a daemon may be running: no lock, a read-only connection. A store
-    /// that does not exist yet, or needs a newer schema, is opened as by
+    /// that does not exist yet reads as empty (an empty store in memory:
+    /// taking the write lock to create it could refuse a daemon starting at
+    /// the same moment); one that needs a newer schema is upgraded as by
     /// [`SqliteStore::open`] first.
     pub fn open_for_reading(path: &Path) -> Result<SqliteStore, StoreError> {
         if !path.exists() {
-            return Self::open(path);
+            return Self::open_in_memory();
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;

@@ -1,7 +1,8 @@
 //! Both sync stores against real servers: SQLite and PostgreSQL give the
 //! same tenant from the same directory, a failed import is rolled back on
 //! both, the PostgreSQL lease fences a replaced writer, and bad database
-//! settings fail with one line naming the cause.
+//! settings fail with one line naming the cause; readers never take a
+//! writer's lock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -391,4 +392,25 @@ fn bad_database_settings_fail_with_one_line_naming_the_cause() {
     pg.restart().unwrap();
     store.record_failed_run("corp", "after the restart").unwrap();
     assert_eq!(store.runs(10).unwrap().len(), 2);
+}
+
+/// Readers never take the write lock: one that runs before the state file
+/// exists reads an empty store and creates nothing, so a daemon starting at
+/// the same moment is not refused; a second writer is.
+#[test]
+fn readers_never_stand_in_a_writers_way() {
+    let tmp = TempDir::new("idbridge-state-lock").unwrap();
+    let path = tmp.path().join("state.db");
+    let reader = SqliteStore::open_for_reading(&path).unwrap();
+    assert!(reader.runs(10).unwrap().is_empty());
+    assert!(!path.exists(), "reading created the state file");
+    let writer = SqliteStore::open(&path).unwrap();
+    let refused = SqliteStore::open(&path).unwrap_err().to_string();
+    assert!(
+        refused.contains("in use by another idbridge process") && refused.contains(&std::process::id().to_string())
+    );
+    let alongside = SqliteStore::open_for_reading(&path).unwrap();
+    assert!(alongside.runs(10).unwrap().is_empty());
+    drop((reader, alongside, writer));
+    SqliteStore::open(&path).unwrap();
 }
