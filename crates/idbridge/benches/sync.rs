@@ -4,7 +4,8 @@
 //!   IDBRIDGE_BENCH_USERS=20000 cargo bench -p idbridge --bench sync
 //!   IDBRIDGE_BENCH_PHS=0 …   (users without passwords, password hash sync off)
 //!   IDBRIDGE_BENCH_QUICK=1 … (the full and the unchanged cycle only)
-//!   IDBRIDGE_BENCH_PERF=/tmp/sync.perf … (profiles the full cycle and the tenant)
+//!   IDBRIDGE_BENCH_PERF=/tmp/sync.perf … (profiles the full cycle and the tenant;
+//!   IDBRIDGE_BENCH_PERF_GRAPH=dwarf for call graphs through Rust code)
 //!   IDBRIDGE_BENCH_KILL=5 … (full cycles killed with SIGKILL at random points, then checked)
 //!
 //! N users and N/10 groups (`idbridge sample generate`, openldap flavour;
@@ -173,19 +174,25 @@ fn main() {
     let mut cycle = match &perf {
         Some(file) => {
             let mut c = Command::new("perf");
-            c.args(["record", "-F", "499", "-g", "-o", file, "--", exe]);
+            // IDBRIDGE_BENCH_PERF_GRAPH=dwarf: call graphs through Rust code
+            // (built without frame pointers); large files, so a smaller N.
+            let graph = std::env::var("IDBRIDGE_BENCH_PERF_GRAPH").unwrap_or_else(|_| "fp".into());
+            c.args(["record", "-F", "499", "--call-graph", &graph, "-o", file, "--", exe]);
             c
         }
         None => Command::new(exe),
     };
+    let tenant_cpu_before = testkit::bench::cpu_seconds(&[tenant.process.0.id()]);
     let full =
         testkit::measure_run(cycle.env("RUST_LOG", "warn").args(["sync", "run", "--once", "--config", config_arg]))
             .unwrap();
+    let tenant_cpu = testkit::bench::cpu_seconds(&[tenant.process.0.id()]) - tenant_cpu_before;
     if let Some(mut recorder) = tenant_perf {
         let _ = Command::new("kill").args(["-INT", &recorder.0.id().to_string()]).status();
         let _ = recorder.0.wait();
     }
-    let report = full.stderr.lines().last().unwrap_or("").to_string();
+    // The cycle's summary line (under perf, perf's own lines follow it).
+    let report = full.stderr.lines().rev().find(|l| l.contains("import ")).unwrap_or("").to_string();
     let [import, sync, export] = stages(&report);
     let objects = users + groups;
     let ratio = |secs: f64| secs / dump_secs;
@@ -225,7 +232,11 @@ fn main() {
         100.0 * full.cpu_seconds / full.seconds,
         full.peak_kib / 1024
     );
-    println!("    tenant process             peak RSS {} MiB", tenant_peak / 1024);
+    println!(
+        "    tenant process             {tenant_cpu:.1} CPU s ({:.0}% of a core), peak RSS {} MiB",
+        100.0 * tenant_cpu / full.seconds,
+        tenant_peak / 1024
+    );
     println!(
         "    stores                     sync {} MiB ({} bytes per object), tenant {} MiB ({} bytes per object)",
         state_bytes >> 20,

@@ -688,6 +688,16 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Whether any string in `value` may be a bulkId reference (see [`resolve_bulk_ids`]).
+fn names_bulk_ids(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains("bulkId:"),
+        Value::Array(a) => a.iter().any(names_bulk_ids),
+        Value::Object(o) => o.values().any(names_bulk_ids),
+        _ => false,
+    }
+}
+
 /// Replaces `bulkId:x` references in strings with the ids created so far.
 fn resolve_bulk_ids(value: &mut Value, ids: &std::collections::HashMap<String, String>) -> Result<(), String> {
     match value {
@@ -726,11 +736,12 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         )
         .into());
     }
-    let ops = body
-        .get("Operations")
-        .and_then(Value::as_array)
-        .cloned()
-        .ok_or_else(|| ScimError::new(ScimType::InvalidSyntax, "Operations is missing"))?;
+    let fail_on_errors = body.get("failOnErrors").and_then(Value::as_u64).map(|n| n.max(1) as usize);
+    let mut body = body;
+    let ops = match body.as_object_mut().and_then(|b| b.remove("Operations")) {
+        Some(Value::Array(ops)) => ops,
+        _ => return Err(ScimError::new(ScimType::InvalidSyntax, "Operations is missing").into()),
+    };
     if ops.len() > MAX_BULK_OPERATIONS {
         return Err(ScimError {
             status: 413,
@@ -739,54 +750,90 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         }
         .into());
     }
-    let fail_on_errors = body.get("failOnErrors").and_then(Value::as_u64).map(|n| n.max(1) as usize);
     let state2 = state.clone();
     let results = db(&state, move |conn| {
-        let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
-        let settings = Settings::load(&tx)?;
-        let mut ids = std::collections::HashMap::new();
-        let mut results: Vec<Option<Value>> = vec![None; ops.len()];
-        let mut errors = 0usize;
-        let mut pending: Vec<usize> = (0..ops.len()).collect();
-        // Operations naming a bulkId not created yet wait for a later pass.
-        'passes: while !pending.is_empty() {
-            let mut waiting = Vec::new();
-            let mut progressed = false;
-            for &i in &pending {
-                let op = &ops[i];
-                match bulk_one(&tx, &ctx, settings, op, &mut ids) {
-                    BulkStep::Wait => waiting.push(i),
-                    BulkStep::Done(result) => {
-                        progressed = true;
-                        if result.get("response").is_some() {
-                            errors += 1;
-                        }
-                        results[i] = Some(result);
-                        if fail_on_errors.is_some_and(|n| errors >= n) {
-                            break 'passes;
-                        }
-                    }
+        // Most batches (a sync cycle's) succeed whole: they run without a
+        // savepoint per operation, which costs a copy of every page an
+        // operation touches. The first failure rolls that try back and the
+        // batch runs again with one savepoint per operation, so a failed
+        // operation leaves nothing and the others still apply.
+        for isolated in [false, true] {
+            let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
+            let settings = Settings::load(&tx)?;
+            match run_bulk(&tx, &ctx, settings, &ops, fail_on_errors, isolated) {
+                Some(results) => {
+                    tx.commit().map_err(tenant::TenantError::from)?;
+                    return Ok(results);
                 }
+                None => drop(tx),
             }
-            if !progressed {
-                for i in waiting {
-                    let op = &ops[i];
-                    let err = ScimError::new(
-                        ScimType::InvalidValue,
-                        "the operation refers to a bulkId that no operation creates",
-                    );
-                    results[i] = Some(bulk_result(op, None, None, err.status, Some(err.to_json())));
-                }
-                break;
-            }
-            pending = waiting;
         }
-        tx.commit().map_err(tenant::TenantError::from)?;
-        Ok(results.into_iter().flatten().collect::<Vec<_>>())
+        Err(ScimError::status(500, "internal error").into())
     })
     .await?;
     Ok(scim_json(StatusCode::OK, &json!({"schemas": [BULK_RESPONSE_SCHEMA], "Operations": results})))
+}
+
+/// Runs a bulk request's operations in order, an operation that names a
+/// bulkId not created yet after the others. `isolated`: each operation in
+/// its own savepoint (a failure is undone and reported); otherwise the
+/// first failure gives `None`, leaving the transaction to be rolled back.
+fn run_bulk(
+    tx: &Connection,
+    ctx: &Ctx<'_>,
+    settings: Settings,
+    ops: &[Value],
+    fail_on_errors: Option<usize>,
+    isolated: bool,
+) -> Option<Vec<Value>> {
+    let mut ids = std::collections::HashMap::new();
+    let mut results: Vec<Option<Value>> = vec![None; ops.len()];
+    let mut errors = 0usize;
+    let mut pending: Vec<usize> = (0..ops.len()).collect();
+    'passes: while !pending.is_empty() {
+        let mut waiting = Vec::new();
+        let mut progressed = false;
+        for &i in &pending {
+            let op = ops.get(i)?;
+            match bulk_one(tx, ctx, settings, op, &mut ids, isolated) {
+                BulkStep::Wait => waiting.push(i),
+                BulkStep::Done(result) => {
+                    progressed = true;
+                    if result.get("response").is_some() {
+                        if !isolated {
+                            return None;
+                        }
+                        errors += 1;
+                    }
+                    if let Some(slot) = results.get_mut(i) {
+                        *slot = Some(result);
+                    }
+                    if fail_on_errors.is_some_and(|n| errors >= n) {
+                        break 'passes;
+                    }
+                }
+            }
+        }
+        if !progressed {
+            if !isolated {
+                return None;
+            }
+            for i in waiting {
+                let op = ops.get(i)?;
+                let err = ScimError::new(
+                    ScimType::InvalidValue,
+                    "the operation refers to a bulkId that no operation creates",
+                );
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(bulk_result(op, None, None, err.status, Some(err.to_json())));
+                }
+            }
+            break;
+        }
+        pending = waiting;
+    }
+    Some(results.into_iter().flatten().collect())
 }
 
 enum BulkStep {
@@ -825,11 +872,19 @@ fn bulk_one(
     settings: Settings,
     op: &Value,
     ids: &mut std::collections::HashMap<String, String>,
+    isolated: bool,
 ) -> BulkStep {
-    let mut op_resolved = op.clone();
-    if resolve_bulk_ids(&mut op_resolved, ids).is_err() {
-        return BulkStep::Wait;
-    }
+    // Copied only to put ids in for bulkId references (a sync export's
+    // objects have none: copying every operation was a tenth of the work).
+    let op_resolved = if names_bulk_ids(op) {
+        let mut resolved = op.clone();
+        if resolve_bulk_ids(&mut resolved, ids).is_err() {
+            return BulkStep::Wait;
+        }
+        std::borrow::Cow::Owned(resolved)
+    } else {
+        std::borrow::Cow::Borrowed(op)
+    };
     let fail = |e: ScimError| BulkStep::Done(bulk_result(op, None, None, e.status, Some(e.to_json())));
     let method = op.get("method").and_then(Value::as_str).unwrap_or("").to_ascii_uppercase();
     let path = op_resolved.get("path").and_then(Value::as_str).unwrap_or("").to_string();
@@ -838,9 +893,9 @@ fn bulk_one(
         return fail(ScimError::invalid_value(format!("bulk path {path:?} names no resource type")));
     };
     let id = segments.next().map(str::to_string);
-    let data = op_resolved.get("data").cloned().unwrap_or(Value::Null);
+    let data = op_resolved.get("data").unwrap_or(&Value::Null);
     let version = op.get("version").and_then(Value::as_str).map(str::to_string);
-    if conn.execute_batch("SAVEPOINT bulk_op").is_err() {
+    if isolated && conn.execute_batch("SAVEPOINT bulk_op").is_err() {
         return fail(ScimError::status(500, "internal error"));
     }
     let result: Result<(Option<objects::Stored>, u16), tenant::TenantError> = (|| match (method.as_str(), &id) {
@@ -848,12 +903,12 @@ fn bulk_one(
             if op.get("bulkId").and_then(Value::as_str).is_none() {
                 return Err(ScimError::invalid_value("POST operations need a bulkId").into());
             }
-            let (s, outcome) = objects::create(conn, ctx, settings, kind, &data)?;
+            let (s, outcome) = objects::create(conn, ctx, settings, kind, data)?;
             Ok((Some(s), if outcome == Outcome::Created { 201 } else { 200 }))
         }
-        ("PUT", Some(id)) => Ok((Some(objects::replace(conn, ctx, kind, id, &data, version.as_deref())?), 200)),
+        ("PUT", Some(id)) => Ok((Some(objects::replace(conn, ctx, kind, id, data, version.as_deref())?), 200)),
         ("PATCH", Some(id)) => {
-            let ops = parse_patch(&data)?;
+            let ops = parse_patch(data)?;
             Ok((Some(objects::patch(conn, ctx, kind, id, &ops, version.as_deref())?), 200))
         }
         ("DELETE", Some(id)) => {
@@ -867,7 +922,9 @@ fn bulk_one(
     })();
     match result {
         Ok((stored, status)) => {
-            let _ = conn.execute_batch("RELEASE bulk_op");
+            if isolated {
+                let _ = conn.execute_batch("RELEASE bulk_op");
+            }
             let (location, version) = match &stored {
                 Some(s) => {
                     if let Some(b) = op.get("bulkId").and_then(Value::as_str) {
@@ -880,7 +937,9 @@ fn bulk_one(
             BulkStep::Done(bulk_result(op, location, version, status, None))
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO bulk_op; RELEASE bulk_op");
+            if isolated {
+                let _ = conn.execute_batch("ROLLBACK TO bulk_op; RELEASE bulk_op");
+            }
             fail(e.to_scim())
         }
     }

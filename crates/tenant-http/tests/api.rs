@@ -452,6 +452,12 @@ async fn bulk_with_references_and_failures() {
     let user_location = ops[1]["location"].as_str().unwrap();
     assert!(user_location.ends_with(group.body["members"][0]["value"].as_str().unwrap()));
     assert_eq!(t.call(Method::GET, user_location, Some(&t.read), None).await.body["title"], "Lead");
+    // The failure sent the request round again with a savepoint per
+    // operation: what the first try wrote was rolled back, not kept twice.
+    let teams = t
+        .call(Method::GET, &format!("/Groups?filter={}", urlencode(r#"displayName eq "Team""#)), Some(&t.read), None)
+        .await;
+    assert_eq!(teams.body["totalResults"], 1, "{}", teams.body);
 
     let fail_fast = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "failOnErrors": 1, "Operations": [
         {"method": "POST", "path": "/Users", "bulkId": "x", "data": {"schemas": [USER], "userName": "u1@corp.example.com"}},

@@ -413,7 +413,10 @@ fn save(
             }
         }
     }
-    exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
+    // A new object (a fresh id) has no quarantined values and no claims yet.
+    if existing.is_some() {
+        exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
+    }
     for (attr, lc, given) in claims_of(kind, &data) {
         let holder: Option<String> =
             query_one(conn, "SELECT resource_id FROM claims WHERE value = ?1", params![lc], |r| r.get(0)).optional()?;
@@ -444,8 +447,13 @@ fn save(
         }
     }
     let final_claims = claims_of(kind, &data);
-    let mut stmt = conn.prepare_cached("SELECT value FROM claims WHERE resource_id = ?1")?;
-    let old_claims: HashSet<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<crate::db::Result<_>>()?;
+    let old_claims: HashSet<String> = match existing {
+        Some(_) => conn
+            .prepare_cached("SELECT value FROM claims WHERE resource_id = ?1")?
+            .query_map(params![id], |r| r.get(0))?
+            .collect::<crate::db::Result<_>>()?,
+        None => HashSet::new(),
+    };
     let new_values: HashSet<&String> = final_claims.iter().map(|(_, v, _)| v).collect();
     let released: Vec<String> = old_claims.iter().filter(|v| !new_values.contains(v)).cloned().collect();
     for v in &released {
@@ -470,7 +478,8 @@ fn save(
     };
     let text = data.to_string();
     let imm = immutable_id(&data).map(str::to_string);
-    if let Some(imm) = &imm {
+    // `create` looked the immutableId up before it chose a new id.
+    if let Some(imm) = imm.as_ref().filter(|_| existing.is_some()) {
         let other: Option<String> = conn
             .query_row("SELECT id FROM resources WHERE immutable_id = ?1 AND id != ?2", params![imm, id], |r| r.get(0))
             .optional()?;

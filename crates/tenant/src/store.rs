@@ -324,6 +324,8 @@ pub struct Store {
     conn: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     postgres: Option<PgPool>,
+    /// SQLite: copies the write-ahead log into the database off the writer.
+    _checkpointer: Option<sqlite_wal::Checkpointer>,
 }
 
 #[derive(Debug)]
@@ -372,10 +374,12 @@ impl Store {
         // The writer touches every index of a large directory: with SQLite's
         // default 2 MiB cache most page reads became system calls.
         raw.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
-        // Each Bulk operation runs in a savepoint, whose journal of first-touched
-        // pages then stays in memory instead of a temporary file.
+        // A Bulk request that failed runs again with a savepoint per
+        // operation, whose journal of first-touched pages then stays in
+        // memory instead of a temporary file.
         raw.pragma_update(None, "temp_store", "MEMORY")?;
         raw.busy_timeout(std::time::Duration::from_secs(5))?;
+        let checkpointer = sqlite_wal::Checkpointer::start(&raw, path)?;
         let conn = Connection::sqlite(raw, Some(key));
         migrate(&conn)?;
         crate::secrets::seal_existing(&conn)?;
@@ -388,13 +392,13 @@ impl Store {
             reader.busy_timeout(std::time::Duration::from_secs(5))?;
             readers.push(Mutex::new(Connection::sqlite(reader, Some(key))));
         }
-        Ok(Store { conn: Mutex::new(conn), readers, postgres: None })
+        Ok(Store { conn: Mutex::new(conn), readers, postgres: None, _checkpointer: Some(checkpointer) })
     }
 
     pub fn open_in_memory() -> Result<Store> {
         let conn = Connection::sqlite(rusqlite::Connection::open_in_memory()?, None);
         migrate(&conn)?;
-        Ok(Store { conn: Mutex::new(conn), readers: Vec::new(), postgres: None })
+        Ok(Store { conn: Mutex::new(conn), readers: Vec::new(), postgres: None, _checkpointer: None })
     }
 
     /// Connects to PostgreSQL, applies missing schema versions (refusing a
@@ -435,6 +439,7 @@ impl Store {
                 next: AtomicUsize::new(0),
                 failed_at: Mutex::new(None),
             }),
+            _checkpointer: None,
         })
     }
 

@@ -92,8 +92,9 @@ where
                     record(&mut *store, batch, answers, pass, &mut waiting, report, observer)?;
                 }
             }
-            let batch = prepare(&*store, ids, level, &options.rules)?;
-            let ops: Vec<ExportOp> = batch.plans.iter().filter_map(|p| p.op.clone()).collect();
+            let mut batch = prepare(&*store, ids, level, &options.rules)?;
+            // Moved, not copied: a plan keeps its action and desired state for the record.
+            let ops: Vec<ExportOp> = batch.plans.iter_mut().filter_map(|p| p.op.take()).collect();
             let answers = target.apply(ops);
             in_flight.push_back((batch, answers));
             if in_flight.len() >= IN_FLIGHT
@@ -131,7 +132,7 @@ fn record<St: SyncStore + ?Sized>(
     let mut tx = Transaction::begin(&mut *store)?;
     let count = batch.ids;
     for (record, plan) in batch.records.iter().zip(batch.plans) {
-        let result = if plan.op.is_some() {
+        let result = if plan.action.is_some() {
             answers
                 .next()
                 .unwrap_or_else(|| Err(TargetError { message: "the target gave no answer".into(), not_found: false }))
@@ -257,10 +258,21 @@ enum Exported {
     Unchanged,
 }
 
+/// The kind of operation a plan sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Create,
+    Patch,
+    Delete,
+}
+
 /// What exporting one object takes, decided before anything is sent.
 #[derive(Debug)]
 struct Plan {
+    /// What to send; taken when the batch is sent.
     op: Option<ExportOp>,
+    /// What `op` was (it stays when `op` is taken).
+    action: Option<Action>,
     desired: Option<Json>,
     tenant_id: Option<String>,
     /// A manager or member is not in the tenant yet.
@@ -275,7 +287,8 @@ fn plan<St: SyncStore + ?Sized>(
     let existing = store.exported(&record.id)?;
     if record.deleted {
         let op = existing.as_ref().map(|(id, _)| ExportOp::Delete { kind: record.kind, id: id.clone() });
-        return Ok(Plan { op, desired: None, tenant_id: existing.map(|(id, _)| id), waiting: false });
+        let action = op.as_ref().map(|_| Action::Delete);
+        return Ok(Plan { op, action, desired: None, tenant_id: existing.map(|(id, _)| id), waiting: false });
     }
     let manager = match &record.manager {
         Some(m) => store.exported_id(m)?,
@@ -292,6 +305,7 @@ fn plan<St: SyncStore + ?Sized>(
     Ok(match existing {
         None => Plan {
             op: Some(ExportOp::Create { kind: record.kind, resource: desired.clone() }),
+            action: Some(Action::Create),
             desired: Some(desired),
             tenant_id: None,
             waiting,
@@ -300,7 +314,8 @@ fn plan<St: SyncStore + ?Sized>(
             let operations = mapping::patch_operations(&exported, &desired);
             let op =
                 (!operations.is_empty()).then(|| ExportOp::Patch { kind: record.kind, id: id.clone(), operations });
-            Plan { op, desired: Some(desired), tenant_id: Some(id), waiting }
+            let action = op.as_ref().map(|_| Action::Patch);
+            Plan { op, action, desired: Some(desired), tenant_id: Some(id), waiting }
         }
     })
 }
@@ -312,9 +327,9 @@ fn confirm<St: SyncStore + ?Sized>(
     plan: Plan,
     result: Result<Option<String>, TargetError>,
 ) -> Result<Result<Exported, TargetError>, StoreError> {
-    let created_id: Option<String> = match (result, &plan.op) {
-        (Err(e), Some(ExportOp::Delete { .. })) if e.not_found => None,
-        (Err(e), Some(ExportOp::Patch { .. })) if e.not_found => {
+    let created_id: Option<String> = match (result, plan.action) {
+        (Err(e), Some(Action::Delete)) if e.not_found => None,
+        (Err(e), Some(Action::Patch)) if e.not_found => {
             // Deleted in the tenant behind our back: it is created again next cycle.
             store.forget_exported(&record.id)?;
             store.record_error(&record.id, "export", &format!("{e}; it will be created again"))?;
@@ -326,12 +341,12 @@ fn confirm<St: SyncStore + ?Sized>(
         }
         (Ok(id), _) => id,
     };
-    let done = match (&plan.op, plan.desired) {
-        (Some(ExportOp::Delete { .. }) | None, None) => {
+    let done = match (plan.action, plan.desired) {
+        (Some(Action::Delete) | None, None) => {
             store.forget_exported(&record.id)?;
             Exported::Deleted
         }
-        (Some(ExportOp::Create { .. }), Some(desired)) => {
+        (Some(Action::Create), Some(desired)) => {
             let Some(id) = created_id else {
                 store.record_error(&record.id, "export", "the target created the object but gave no id")?;
                 return Ok(Err(TargetError { message: "no id in the answer".into(), not_found: false }));
