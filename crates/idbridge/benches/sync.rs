@@ -16,7 +16,7 @@
 //! into an empty `idbridge tenant serve` on loopback — wall time per stage,
 //! CPU time and peak RSS of the sync process, the tenant's peak RSS, both
 //! stores' size per object; a second `sync run --once` with nothing changed;
-//! then the daemon with no idle wait: 50 single-attribute changes on-premises,
+//! then the daemon with no idle wait: 100 single-attribute changes on-premises,
 //! each timed until the tenant shows it; then a group with 50,000 members
 //! (N/2 for smaller N) is added, and 10 single-member additions to it are
 //! timed until the tenant shows the new member.
@@ -265,7 +265,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let client = reqwest::Client::new();
     let mut times = Vec::new();
-    for i in 0..50u64 {
+    for i in 0..100u64 {
         let n = (i * 7919) % users;
         let (dn, mail) = testkit::sample_user(&slapd, 100_000 + n).unwrap();
         let title = format!("Delta {i}");
@@ -293,7 +293,7 @@ fn main() {
     }
     times.sort();
     println!(
-        "  delta visible in the tenant  {} (50 changes, daemon with no idle wait)",
+        "  delta visible in the tenant  {} (100 changes, daemon with no idle wait)",
         testkit::latency_summary(&times)
     );
 

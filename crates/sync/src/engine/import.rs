@@ -34,7 +34,10 @@ pub(super) struct ImportWriter<'a, St: SyncStore + ?Sized> {
     /// Users' passwords, when the source has password hash sync on. In
     /// memory for this cycle only.
     /// Keyed by the object: a user seen twice in one import keeps the last.
-    passwords: Option<HashMap<SourceId, crate::phs::Captured>>,
+    /// With the order it was imported in: the password stage visits the
+    /// metaverse in that order, which is the order its rows were written in
+    /// (neighbours on disk rather than a random page per user).
+    passwords: Option<HashMap<SourceId, (u64, crate::phs::Captured)>>,
     /// The source hands passwords out only by replication: users whose
     /// `pwdLastSet` changed (all of them with `all_passwords`) are marked
     /// pending and read after the import.
@@ -88,11 +91,14 @@ impl<St: SyncStore + ?Sized> ImportSink for ImportWriter<'_, St> {
                     }
                     list.insert(
                         obj.id.clone(),
-                        crate::phs::Captured {
-                            id: obj.id.clone(),
-                            must_change: crate::phs::must_change(&obj.entry),
-                            found,
-                        },
+                        (
+                            self.imported,
+                            crate::phs::Captured {
+                                id: obj.id.clone(),
+                                must_change: crate::phs::must_change(&obj.entry),
+                                found,
+                            },
+                        ),
                     );
                 }
                 self.store.cs_put(self.source, &obj)
@@ -175,6 +181,7 @@ where
                 Ok(found) => {
                     let asked: HashSet<&SourceId> = again.iter().map(|(id, _)| id).collect();
                     let list = writer.passwords.get_or_insert_with(HashMap::new);
+                    let after = writer.imported;
                     for (id, found) in found {
                         if !asked.contains(&id) {
                             continue;
@@ -184,7 +191,7 @@ where
                             id: id.clone(),
                             found,
                         };
-                        list.insert(id, captured);
+                        list.insert(id, (after, captured));
                     }
                 }
                 // Directory sync goes on; the users stay pending and are
@@ -206,7 +213,9 @@ where
         }
     }
     let (seen, imported, deleted) = (std::mem::take(&mut writer.seen), writer.imported, writer.deleted);
-    let passwords: Vec<_> = writer.passwords.take().map(|m| m.into_values().collect()).unwrap_or_default();
+    let mut passwords: Vec<_> = writer.passwords.take().map(|m| m.into_values().collect()).unwrap_or_default();
+    passwords.sort_unstable_by_key(|(order, _)| *order);
+    let passwords = passwords.into_iter().map(|(_, captured)| captured).collect();
     if let Some(e) = writer.error.take() {
         return Err(e.into());
     }
