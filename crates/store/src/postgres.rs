@@ -746,14 +746,6 @@ impl Metaverse for PgStore {
 }
 
 impl ExportLog for PgStore {
-    fn dirty(&self) -> Result<Vec<String>, StoreError> {
-        let rows = self.query(
-            "SELECT id FROM sync_mv WHERE dirty ORDER BY deleted, CASE kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, id",
-            &[],
-        )?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
     fn dirty_objects(&self) -> Result<Vec<sync::engine::DirtyObject>, StoreError> {
         let rows = self.query(
             "SELECT m.id, m.deleted, m.manager, m.members, EXISTS(SELECT 1 FROM sync_exported e WHERE e.mv_id = m.id)

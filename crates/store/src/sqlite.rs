@@ -858,15 +858,6 @@ impl Metaverse for SqliteStore {
 }
 
 impl ExportLog for SqliteStore {
-    fn dirty(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM mv WHERE dirty = 1 ORDER BY deleted, CASE kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, id")
-            .map_err(err)?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(err)
-    }
-
     fn dirty_objects(&self) -> Result<Vec<sync::engine::DirtyObject>, StoreError> {
         let mut stmt = self
             .conn

@@ -728,7 +728,7 @@ fn resolve_bulk_ids(value: &mut Value, ids: &std::collections::HashMap<String, S
 
 async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult {
     let caller = authenticate(&state, request.headers(), true).await?;
-    let body = json_body(&state, request).await?;
+    let mut body = json_body(&state, request).await?;
     if !body.get("schemas").and_then(Value::as_array).is_some_and(|s| s.iter().any(|x| x == BULK_REQUEST_SCHEMA)) {
         return Err(ScimError::new(
             ScimType::InvalidSyntax,
@@ -737,7 +737,6 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         .into());
     }
     let fail_on_errors = body.get("failOnErrors").and_then(Value::as_u64).map(|n| n.max(1) as usize);
-    let mut body = body;
     let ops = match body.as_object_mut().and_then(|b| b.remove("Operations")) {
         Some(Value::Array(ops)) => ops,
         _ => return Err(ScimError::new(ScimType::InvalidSyntax, "Operations is missing").into()),

@@ -436,7 +436,7 @@ impl Metaverse for MemoryStore {
 }
 
 impl ExportLog for MemoryStore {
-    fn dirty(&self) -> Result<Vec<String>, StoreError> {
+    fn dirty_objects(&self) -> Result<Vec<super::DirtyObject>, StoreError> {
         let rank = |kind: ObjectKind| match kind {
             ObjectKind::User => 0,
             ObjectKind::Contact => 1,
@@ -450,23 +450,18 @@ impl ExportLog for MemoryStore {
                 &b.record.id,
             ))
         });
-        Ok(dirty.into_iter().map(|row| row.record.id.clone()).collect())
-    }
-
-    fn dirty_objects(&self) -> Result<Vec<super::DirtyObject>, StoreError> {
-        let mut out = Vec::new();
-        for id in self.dirty()? {
-            if let Some(row) = self.state.mv.get(&id) {
+        Ok(dirty
+            .into_iter()
+            .map(|row| {
                 let r = &row.record;
-                out.push(super::DirtyObject {
-                    exported: self.state.exported.contains_key(&id),
+                super::DirtyObject {
+                    exported: self.state.exported.contains_key(&r.id),
                     deleted: r.deleted,
                     refs: r.manager.iter().chain(&r.members).cloned().collect(),
-                    id,
-                });
-            }
-        }
-        Ok(out)
+                    id: r.id.clone(),
+                }
+            })
+            .collect())
     }
 
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {

@@ -222,11 +222,14 @@ pub struct DirtyObject {
 
 /// What the target confirmed, what is left to export, and what failed.
 pub trait ExportLog {
-    /// Metaverse objects with something to export: users and contacts, then groups, then deletions.
-    fn dirty(&self) -> Result<Vec<String>, StoreError>;
-    /// [`ExportLog::dirty`] with what ordering the export needs of each
-    /// (read without the attributes).
+    /// Metaverse objects with something to export — users and contacts,
+    /// then groups, then deletions — with what ordering the export needs of
+    /// each (read without the attributes).
     fn dirty_objects(&self) -> Result<Vec<DirtyObject>, StoreError>;
+    /// Just the ids of [`ExportLog::dirty_objects`], in its order.
+    fn dirty(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.dirty_objects()?.into_iter().map(|d| d.id).collect())
+    }
     /// The tenant id and the resource last confirmed by the tenant.
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError>;
     /// Just the tenant id (cheaper than [`ExportLog::exported`]).
