@@ -7,6 +7,8 @@
 //!   IDBRIDGE_BENCH_PERF=/tmp/sync.perf … (profiles the full cycle and the tenant;
 //!   IDBRIDGE_BENCH_PERF_GRAPH=dwarf for call graphs through Rust code)
 //!   IDBRIDGE_BENCH_KILL=5 … (full cycles killed with SIGKILL at random points, then checked)
+//!   IDBRIDGE_BENCH_KEEP_STATE=/tmp/state.db … (copies both stores there after the full cycle, to look
+//!   inside with `sqlite3 /tmp/state.db "SELECT name, sum(pgsize) FROM dbstat GROUP BY 1"`)
 //!
 //! N users and N/10 groups (`idbridge sample generate`, openldap flavour;
 //! every user with an `{SSHA}` userPassword and password hash sync on unless
@@ -203,6 +205,11 @@ fn main() {
         Command::new(exe).env("RUST_LOG", "warn").args(["sync", "run", "--once", "--config", config_arg]),
     )
     .unwrap();
+    if let Ok(keep) = std::env::var("IDBRIDGE_BENCH_KEEP_STATE") {
+        let _ = std::fs::copy(tmp.join("state.db"), &keep);
+        let _ = std::fs::copy(tmp.join("state.db-wal"), format!("{keep}-wal"));
+        let _ = Command::new("cp").arg("-r").arg(&tenant.data).arg(format!("{keep}.tenant")).status();
+    }
     println!(
         "sync benchmark: {users} users + {groups} groups (slapd → empty tenant), password hash sync {}",
         if phs { "on ({SSHA} on every user)" } else { "off" }

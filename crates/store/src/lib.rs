@@ -7,6 +7,7 @@
 
 mod codec;
 pub mod lease;
+mod pack;
 mod postgres;
 mod sqlite;
 

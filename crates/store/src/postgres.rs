@@ -27,7 +27,7 @@ pub use pgconn::{DatabaseSettings, PgTls, block, describe};
 use crate::lease::{Fence, LeaseInfo};
 use crate::{
     Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, codec, dn_key, err, failed_summary, kind_from, kind_str,
-    now,
+    now, pack,
 };
 
 /// The schema, one entry per version. Applied in order at connect, under a
@@ -91,6 +91,10 @@ CREATE TABLE sync_lease (
     -- holder's open transaction cannot keep its row locks.
     writer_pid INT
 );
+", "
+-- Records compressed (see pack.rs); plain JSON written before stays readable.
+ALTER TABLE sync_cs ALTER COLUMN entry TYPE BYTEA USING convert_to(entry, 'UTF8');
+ALTER TABLE sync_exported ALTER COLUMN resource TYPE BYTEA USING convert_to(resource, 'UTF8');
 "];
 
 /// The component name under which the schema version is kept.
@@ -421,7 +425,7 @@ impl ConnectorSpace for PgStore {
     }
 
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
-        let entry = codec::entry_to_json(&object.entry).to_string();
+        let entry = pack::pack(&codec::entry_to_json(&object.entry).to_string())?;
         let dn_norm = object.entry.dn.normalized();
         let dn = object.entry.dn.to_string();
         let changed = self.write(
@@ -493,7 +497,7 @@ impl ConnectorSpace for PgStore {
         else {
             return Ok(None);
         };
-        let entry = codec::entry_from_json(row.get(2))
+        let entry = codec::entry_from_json(&pack::unpack(row.try_get(2).map_err(pg)?)?)
             .ok_or_else(|| StoreError(format!("connector-space object {id} is corrupt")))?;
         let object = SourceObject { id: id.clone(), anchor: Anchor(row.get(1)), kind: kind_from(row.get(0)), entry };
         Ok(Some((object, row.get(3))))
@@ -769,7 +773,9 @@ impl ExportLog for PgStore {
 
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
         match self.query_opt("SELECT tenant_id, resource FROM sync_exported WHERE mv_id = $1", &[&mv])? {
-            Some(r) => Ok(Some((r.get(0), serde_json::from_str(r.get(1)).map_err(err)?))),
+            Some(r) => {
+                Ok(Some((r.get(0), serde_json::from_str(&pack::unpack(r.try_get(1).map_err(pg)?)?).map_err(err)?)))
+            }
             None => Ok(None),
         }
     }
@@ -788,7 +794,7 @@ impl ExportLog for PgStore {
     }
 
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
-        let resource = resource.to_string();
+        let resource = pack::pack(&resource.to_string())?;
         // One statement, one round trip (a WITH's statements see one snapshot; each touches another table).
         self.write(
             "WITH stored AS (INSERT INTO sync_exported(mv_id, tenant_id, resource) VALUES($1, $2, $3)

@@ -9,7 +9,17 @@ use sync::engine::{ConnectorSpace, CycleReport, ExportLog, Metaverse, MvRecord, 
 use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
 
-use crate::{Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, codec, err, kind_from, kind_str, now};
+use crate::{Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, codec, err, kind_from, kind_str, now, pack};
+
+/// A packed record column (see [`pack`]): a BLOB, or TEXT when written
+/// before records were compressed.
+fn packed(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Vec<u8>> {
+    let value = row.get_ref(column)?;
+    value
+        .as_bytes()
+        .map(<[u8]>::to_vec)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, value.data_type(), Box::new(e)))
+}
 
 const SCHEMA_V1: &str = "
 CREATE TABLE sources (name TEXT PRIMARY KEY, watermark TEXT, config_hash TEXT);
@@ -77,7 +87,51 @@ const CACHE_KIB: i64 = -128 * 1024;
 /// Statements kept prepared: more than the store has, so none is parsed twice.
 const STATEMENT_CACHE: usize = 128;
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+/// Metaverse attributes and members are packed (see [`pack`]) like entries
+/// and exported resources: the join indexes on `json_extract(attrs)` could
+/// not read them and are dropped (see [`legacy_join_indexes`]); each is
+/// built again on `unpack_json(attrs)` when a join rule first uses it.
+const SCHEMA_V5: &str = "SELECT 1;";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+
+/// A metaverse row as read: kind, anchor, packed attributes, manager,
+/// packed members, deleted.
+type MvRow = (String, String, Vec<u8>, Option<String>, Vec<u8>, bool);
+
+/// `DROP INDEX` for each join index of schema versions before 5.
+fn legacy_join_indexes(conn: &Connection) -> Result<String, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'mv' AND name LIKE 'mv\\_join\\_%' ESCAPE '\\'")
+        .map_err(err)?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+    let mut sql = String::new();
+    for name in names {
+        let name = name.map_err(err)?;
+        sql.push_str(&format!("DROP INDEX \"{}\";", name.replace('"', "\"\"")));
+    }
+    Ok(sql)
+}
+
+/// `unpack_json(x)`: the JSON text of a packed column (TEXT passes through),
+/// so SQL can read into metaverse attributes. Deterministic: join indexes use it.
+fn register_unpack_json(conn: &Connection) -> Result<(), StoreError> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    conn.create_scalar_function(
+        "unpack_json",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS,
+        |ctx| match ctx.get_raw(0) {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(text) | ValueRef::Blob(text) => {
+                pack::unpack(text).map(Some).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+            }
+            other => Err(rusqlite::Error::InvalidFunctionParameterType(0, other.data_type())),
+        },
+    )
+    .map_err(err)
+}
 
 /// The sync store in one SQLite file.
 #[derive(Debug)]
@@ -216,8 +270,11 @@ impl SqliteStore {
                 "the sync store has schema version {version}, newer than this idbridge; upgrade idbridge"
             )));
         }
+        register_unpack_json(&conn)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).map_err(err)?;
+            let extra = if i + 1 == 5 { legacy_join_indexes(&conn)? } else { String::new() };
+            conn.execute_batch(&format!("BEGIN; {sql} {extra} PRAGMA user_version = {}; COMMIT;", i + 1))
+                .map_err(err)?;
         }
         let any_join: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM joins)", [], |r| r.get(0)).map_err(err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -339,7 +396,7 @@ impl History for SqliteStore {
     fn errors(&self) -> Result<Vec<ErrorRow>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT coalesce(json_extract(m.attrs, '$.onPremisesDistinguishedName'), e.mv_id), e.stage, e.message, e.attempts FROM errors e LEFT JOIN mv m ON m.id = e.mv_id ORDER BY e.last_seen")
+            .prepare("SELECT coalesce(json_extract(unpack_json(m.attrs), '$.onPremisesDistinguishedName'), e.mv_id), e.stage, e.message, e.attempts FROM errors e LEFT JOIN mv m ON m.id = e.mv_id ORDER BY e.last_seen")
             .map_err(err)?;
         let rows = stmt
             .query_map([], |r| {
@@ -355,7 +412,7 @@ impl History for SqliteStore {
         let dn_norm = Dn::parse(key).map(|d| d.normalized()).unwrap_or_default();
         self.query_one(
             "SELECT id, source, cs_id FROM mv WHERE anchor = ?1 OR (?2 != '' AND dn_norm = ?2)
-                   OR lower(json_extract(attrs, '$.userPrincipalName')) = lower(?1) LIMIT 1",
+                   OR lower(json_extract(unpack_json(attrs), '$.userPrincipalName')) = lower(?1) LIMIT 1",
             params![key, dn_norm],
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, SourceId(r.get::<_, Vec<u8>>(2)?))),
         )
@@ -455,7 +512,7 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
-        let entry = codec::entry_to_json(&object.entry).to_string();
+        let entry = pack::pack(&codec::entry_to_json(&object.entry).to_string())?;
         let dn_norm = object.entry.dn.normalized();
         let changed = self.exec(
                 "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0)
@@ -541,16 +598,16 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError> {
-        let row: Option<(String, Vec<u8>, String, bool)> = self
+        let row: Option<(String, Vec<u8>, Vec<u8>, bool)> = self
             .query_one(
                 "SELECT kind, anchor, entry, deleted FROM cs WHERE source = ?1 AND id = ?2",
                 params![source, id.0],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, packed(r, 2)?, r.get(3)?)),
             )
             .optional()
             .map_err(err)?;
         let Some((kind, anchor, entry, deleted)) = row else { return Ok(None) };
-        let entry = codec::entry_from_json(&entry)
+        let entry = codec::entry_from_json(&pack::unpack(&entry)?)
             .ok_or_else(|| StoreError(format!("connector-space object {id} is corrupt")))?;
         Ok(Some((SourceObject { id: id.clone(), anchor: Anchor(anchor), kind: kind_from(&kind), entry }, deleted)))
     }
@@ -668,6 +725,7 @@ impl Metaverse for SqliteStore {
         mut members: Vec<String>,
     ) -> Result<String, StoreError> {
         let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
+        let (attrs, members) = (pack::pack(&attrs)?, pack::pack(&members)?);
         let existing: Option<String> = self
             .query_one("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
             .optional()
@@ -715,17 +773,17 @@ impl Metaverse for SqliteStore {
     }
 
     fn mv_attrs(&self, source: &str, id: &SourceId) -> Result<Option<serde_json::Map<String, Json>>, StoreError> {
-        let text: Option<String> = self
+        let stored: Option<Vec<u8>> = self
             .query_one(
                 "SELECT attrs FROM mv WHERE source = ?1 AND cs_id = ?2 AND deleted = 0",
                 params![source, id.0],
-                |r| r.get(0),
+                |r| packed(r, 0),
             )
             .optional()
             .map_err(err)?;
-        match text {
+        match stored {
             None => Ok(None),
-            Some(t) => match serde_json::from_str(&t).map_err(err)? {
+            Some(t) => match serde_json::from_str(&pack::unpack(&t)?).map_err(err)? {
                 Json::Object(m) => Ok(Some(m)),
                 _ => Err(StoreError("a metaverse object: attributes are not a JSON object".into())),
             },
@@ -768,13 +826,13 @@ impl Metaverse for SqliteStore {
         // An expression index per join attribute keeps a join a lookup, not a scan.
         self.conn
             .execute_batch(&format!(
-                "CREATE INDEX IF NOT EXISTS mv_join_{mv_attr} ON mv(lower(json_extract(attrs, '$.{mv_attr}')))"
+                "CREATE INDEX IF NOT EXISTS mv_key_{mv_attr} ON mv(lower(json_extract(unpack_json(attrs), '$.{mv_attr}')))"
             ))
             .map_err(err)?;
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT id FROM mv WHERE lower(json_extract(attrs, '$.{mv_attr}')) = lower(?1) AND kind = ?2 AND deleted = 0 AND source != ?3"
+                "SELECT id FROM mv WHERE lower(json_extract(unpack_json(attrs), '$.{mv_attr}')) = lower(?1) AND kind = ?2 AND deleted = 0 AND source != ?3"
             ))
             .map_err(err)?;
         let rows = stmt.query_map(params![value, kind_str(kind), source], |r| r.get::<_, String>(0)).map_err(err)?;
@@ -837,22 +895,22 @@ impl Metaverse for SqliteStore {
     }
 
     fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError> {
-        let row: Option<(String, String, String, Option<String>, String, bool)> = self
+        let row: Option<MvRow> = self
             .query_one(
                 "SELECT kind, anchor, attrs, manager, members, deleted FROM mv WHERE id = ?1",
                 params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, packed(r, 2)?, r.get(3)?, packed(r, 4)?, r.get(5)?)),
             )
             .optional()
             .map_err(err)?;
         let Some((kind, anchor, attrs, manager, members, deleted)) = row else { return Ok(None) };
-        let attrs = match serde_json::from_str::<Json>(&attrs).map_err(err)? {
+        let attrs = match serde_json::from_str::<Json>(&pack::unpack(&attrs)?).map_err(err)? {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         };
         let mut attrs = attrs;
         self.merge_joined(id, &mut attrs)?;
-        let members: Vec<String> = serde_json::from_str(&members).map_err(err)?;
+        let members: Vec<String> = serde_json::from_str(&pack::unpack(&members)?).map_err(err)?;
         Ok(Some(MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted }))
     }
 }
@@ -873,7 +931,7 @@ impl ExportLog for SqliteStore {
                     r.get::<_, String>(0)?,
                     r.get::<_, bool>(1)?,
                     r.get::<_, Option<String>>(2)?,
-                    r.get::<_, String>(3)?,
+                    packed(r, 3)?,
                     r.get::<_, bool>(4)?,
                 ))
             })
@@ -881,7 +939,7 @@ impl ExportLog for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (id, deleted, manager, members, exported) = row.map_err(err)?;
-            let members: Vec<String> = serde_json::from_str(&members).map_err(err)?;
+            let members: Vec<String> = serde_json::from_str(&pack::unpack(&members)?).map_err(err)?;
             out.push(sync::engine::DirtyObject {
                 id,
                 deleted,
@@ -893,14 +951,14 @@ impl ExportLog for SqliteStore {
     }
 
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
-        let row: Option<(String, String)> = self
+        let row: Option<(String, Vec<u8>)> = self
             .query_one("SELECT tenant_id, resource FROM exported WHERE mv_id = ?1", params![mv], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, packed(r, 1)?))
             })
             .optional()
             .map_err(err)?;
         match row {
-            Some((id, resource)) => Ok(Some((id, serde_json::from_str(&resource).map_err(err)?))),
+            Some((id, resource)) => Ok(Some((id, serde_json::from_str(&pack::unpack(&resource)?).map_err(err)?))),
             None => Ok(None),
         }
     }
@@ -926,7 +984,7 @@ impl ExportLog for SqliteStore {
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
         self.exec(
             "INSERT OR REPLACE INTO exported(mv_id, tenant_id, resource) VALUES(?1, ?2, ?3)",
-            params![mv, tenant_id, resource.to_string()],
+            params![mv, tenant_id, pack::pack(&resource.to_string())?],
         )
         .map_err(err)?;
         self.exec("UPDATE mv SET dirty = 0 WHERE id = ?1", params![mv]).map_err(err)?;

@@ -14,7 +14,7 @@ use directory::Dn;
 use serde_json::Value as Json;
 use store::{DatabaseSettings, History, PgStore, PgTls, SqliteStore, StateStore};
 use sync::engine::memory::MemoryTarget;
-use sync::engine::{ConnectorSpace, CycleOptions, ExportOp, Quiet, Target, Transaction, run_cycle};
+use sync::engine::{ConnectorSpace, CycleOptions, ExportOp, Metaverse, Quiet, Target, Transaction, run_cycle};
 use sync::mapping::Flavor;
 use sync::{ImportSink, ImportSummary, SinkError, Source, SourceChange, Watermark};
 use testkit::{Postgres, Slapd, SlapdOptions, TempDir};
@@ -378,11 +378,12 @@ fn bad_database_settings_fail_with_one_line_naming_the_cause() {
     assert!(one_line(&e).to_lowercase().contains("certificate"), "{e}");
 
     // A schema newer than this build: refused, nothing written.
+    let current = pg.psql("SELECT version FROM idbridge_schema WHERE component = 'sync'").unwrap().trim().to_string();
     pg.psql("UPDATE idbridge_schema SET version = 99 WHERE component = 'sync'").unwrap();
     let e = PgStore::connect(&good).unwrap_err();
     assert!(one_line(&e).contains("newer than this idbridge"), "{e}");
     assert_eq!(pg.psql("SELECT version FROM idbridge_schema WHERE component = 'sync'").unwrap().trim(), "99");
-    pg.psql("UPDATE idbridge_schema SET version = 1 WHERE component = 'sync'").unwrap();
+    pg.psql(&format!("UPDATE idbridge_schema SET version = {current} WHERE component = 'sync'")).unwrap();
 
     // The database restarts under an open store: the next call reconnects.
     let (mut store, _lease) = pg_writer(&pg, "test");
@@ -413,4 +414,89 @@ fn readers_never_stand_in_a_writers_way() {
     assert!(alongside.runs(10).unwrap().is_empty());
     drop((reader, alongside, writer));
     SqliteStore::open(&path).unwrap();
+}
+
+/// What a store written before records were compressed holds: plain JSON
+/// (TEXT in SQLite; TEXT columns at schema version 1 in PostgreSQL).
+const OLD_ENTRY: &str =
+    r#"{"attrs":[["uid",["zoë"]],["cn",["Zoë Ångström"]]],"dn":"uid=zoë,ou=people,dc=example,dc=org"}"#;
+const OLD_RESOURCE: &str = r#"{"userName":"zoë@example.org","displayName":"Zoë Ångström"}"#;
+
+fn old_records_are_read_and_new_ones_compressed(store: &mut dyn StateStore, stored_entry_bytes: impl Fn() -> usize) {
+    let id = sync::SourceId(vec![1]);
+    let (object, deleted) = store.cs_get("lab", &id).unwrap().expect("the old entry is there");
+    assert!(!deleted);
+    assert_eq!(object.entry.dn.to_string(), "uid=zoë,ou=people,dc=example,dc=org");
+    assert_eq!(object.entry.first_text("cn"), Some("Zoë Ångström"));
+    let (tenant_id, resource) = store.exported("m1").unwrap().expect("the old resource is there");
+    assert_eq!((tenant_id.as_str(), resource), ("t1", serde_json::from_str::<Json>(OLD_RESOURCE).unwrap()));
+
+    // Written again, the same content is stored compressed and reads back the same.
+    let mut bigger = object.clone();
+    for i in 0..20 {
+        bigger.entry.add("description", format!("Zeile {i} — Beschreibung der Abteilung für Forschung"));
+    }
+    // (Its JSON: the old entry and twenty descriptions of ~60 bytes.)
+    let plain = OLD_ENTRY.len() + 20 * 60;
+    store.begin().unwrap();
+    store.cs_put("lab", &bigger).unwrap();
+    store.set_exported("m1", "t1", &serde_json::from_str(OLD_RESOURCE).unwrap()).unwrap();
+    store.commit().unwrap();
+    assert_eq!(store.cs_get("lab", &id).unwrap().map(|(o, _)| o.entry), Some(bigger.entry));
+    assert_eq!(store.exported("m1").unwrap().map(|(_, r)| r), Some(serde_json::from_str(OLD_RESOURCE).unwrap()));
+    assert!(stored_entry_bytes() < plain / 2, "stored {} bytes for about {plain}", stored_entry_bytes());
+}
+
+#[test]
+fn records_written_before_compression_are_read_on_sqlite() {
+    let tmp = TempDir::new("old-records").unwrap();
+    let path = tmp.join("sync.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute(
+        "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES('lab', x'01', 'uid=zoë,ou=people,dc=example,dc=org', 'uid=zoë,ou=people,dc=example,dc=org', 'user', x'01', ?1, 0, 0)",
+        [OLD_ENTRY],
+    )
+    .unwrap();
+    raw.execute("INSERT INTO exported(mv_id, tenant_id, resource) VALUES('m1', 't1', ?1)", [OLD_RESOURCE]).unwrap();
+    // A metaverse object and a join index as schema version 4 kept them.
+    raw.execute_batch(
+        r#"INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm)
+             VALUES('m1', 'user', 'AQ==', '{"mail":"Zoë@Example.org","displayName":"Zoë Ångström"}', NULL, '[]', 0, 0, 'lab', x'01', 'uid=zoë,ou=people,dc=example,dc=org');
+           CREATE INDEX mv_join_mail ON mv(lower(json_extract(attrs, '$.mail')));
+           PRAGMA user_version = 4;"#,
+    )
+    .unwrap();
+    let mut store = SqliteStore::open(&path).unwrap();
+    let legacy: i64 =
+        raw.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'mv_join_mail'", [], |r| r.get(0)).unwrap();
+    assert_eq!(legacy, 0, "the old join index (it cannot read packed attributes) is gone");
+    let record = store.mv_get("m1").unwrap().expect("the old metaverse object is there");
+    assert_eq!(record.attrs.get("displayName"), Some(&Json::from("Zoë Ångström")));
+    assert_eq!(store.join_candidates("other", directory::ObjectKind::User, "mail", "zoë@example.org").unwrap(), ["m1"]);
+    old_records_are_read_and_new_ones_compressed(&mut store, || {
+        raw.query_row("SELECT length(entry) FROM cs WHERE id = x'01'", [], |r| r.get(0)).unwrap()
+    });
+}
+
+#[test]
+fn records_written_before_compression_are_read_on_postgres() {
+    let pg = Postgres::start().unwrap();
+    drop(pg_writer(&pg, "setup"));
+    // Back to schema version 1 (TEXT records), holding one of each.
+    pg.psql(
+        "ALTER TABLE sync_cs ALTER COLUMN entry TYPE TEXT USING convert_from(entry, 'UTF8');
+         ALTER TABLE sync_exported ALTER COLUMN resource TYPE TEXT USING convert_from(resource, 'UTF8');
+         UPDATE idbridge_schema SET version = 1 WHERE component = 'sync';",
+    )
+    .unwrap();
+    pg.psql(&format!(
+        "INSERT INTO sync_cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES('lab', '\\x01', 'uid=zoë,ou=people,dc=example,dc=org', 'uid=zoë,ou=people,dc=example,dc=org', 'user', '\\x01', '{OLD_ENTRY}', false, false);
+         INSERT INTO sync_exported(mv_id, tenant_id, resource) VALUES('m1', 't1', '{OLD_RESOURCE}');"
+    ))
+    .unwrap();
+    let (mut store, _lease) = pg_writer(&pg, "test");
+    old_records_are_read_and_new_ones_compressed(&mut store, || {
+        pg.psql("SELECT octet_length(entry) FROM sync_cs WHERE id = '\\x01'").unwrap().trim().parse().unwrap()
+    });
 }
