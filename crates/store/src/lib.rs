@@ -162,6 +162,33 @@ pub trait StateStore: SyncStore + History + Send {}
 
 impl<T: SyncStore + History + Send + ?Sized> StateStore for T {}
 
+/// What the reference tables keep of a referenced DN: the first 8 bytes of
+/// the MD5 of its normalized form, big-endian (PostgreSQL computes the same
+/// in SQL when migrating). Why not the DN: a reference row shrinks from
+/// ~180 to ~70 bytes with its index. A collision (odds ~2⁻⁶⁴ per pair)
+/// only makes an object be synced again, unchanged: the keys are used only
+/// to find who may need it.
+fn ref_key(dn_norm: &str) -> i64 {
+    use md5::Digest;
+    let digest = md5::Md5::digest(dn_norm.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    i64::from_be_bytes(first)
+}
+
+/// The reference keys of an entry's DN-valued references (manager, members).
+fn ref_keys(entry: &directory::Entry) -> std::collections::BTreeSet<i64> {
+    let mut keys = std::collections::BTreeSet::new();
+    for attr in ["manager", "member", "uniqueMember"] {
+        for v in entry.values(attr) {
+            if let Some(dn) = v.as_text().and_then(|t| Dn::parse(t).ok()) {
+                keys.insert(ref_key(&dn.normalized()));
+            }
+        }
+    }
+    keys
+}
+
 /// The normalized form of `key` if it is a DN, else empty (for `find`).
 fn dn_key(key: &str) -> String {
     Dn::parse(key).map(|d| d.normalized()).unwrap_or_default()

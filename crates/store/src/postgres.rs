@@ -95,6 +95,15 @@ CREATE TABLE sync_lease (
 -- Records compressed (see pack.rs); plain JSON written before stays readable.
 ALTER TABLE sync_cs ALTER COLUMN entry TYPE BYTEA USING convert_to(entry, 'UTF8');
 ALTER TABLE sync_exported ALTER COLUMN resource TYPE BYTEA USING convert_to(resource, 'UTF8');
+", "
+-- References keep a 64-bit key of the DN they point at (crate::ref_key: the
+-- first 8 bytes of the MD5 of the normalized DN, big-endian).
+CREATE TABLE sync_cs_ref_keys (source TEXT NOT NULL, id BYTEA NOT NULL, ref_key BIGINT NOT NULL, PRIMARY KEY (source, id, ref_key));
+INSERT INTO sync_cs_ref_keys(source, id, ref_key)
+    SELECT source, id, ('x' || left(md5(ref_dn_norm), 16))::bit(64)::bigint FROM sync_cs_refs
+    ON CONFLICT DO NOTHING;
+DROP TABLE sync_cs_refs;
+CREATE INDEX sync_cs_ref_keys_target ON sync_cs_ref_keys(ref_key, source);
 "];
 
 /// The component name under which the schema version is kept.
@@ -438,23 +447,15 @@ impl ConnectorSpace for PgStore {
         if changed > 0 {
             // Only what changed, as in SQLite: a member added to a large
             // group is one row, not the whole list again.
-            let mut wanted = std::collections::BTreeSet::new();
-            for attr in ["manager", "member", "uniqueMember"] {
-                for v in object.entry.values(attr) {
-                    if let Some(dn) = v.as_text().and_then(|t| Dn::parse(t).ok()) {
-                        wanted.insert(dn.normalized());
-                    }
-                }
-            }
-            let wanted: Vec<String> = wanted.into_iter().collect();
+            let wanted: Vec<i64> = crate::ref_keys(&object.entry).into_iter().collect();
             self.write(
-                "DELETE FROM sync_cs_refs WHERE source = $1 AND id = $2 AND NOT (ref_dn_norm = ANY($3))",
+                "DELETE FROM sync_cs_ref_keys WHERE source = $1 AND id = $2 AND NOT (ref_key = ANY($3))",
                 &[&source, &object.id.0, &wanted],
             )?;
             self.write(
-                "INSERT INTO sync_cs_refs(source, id, ref_dn_norm)
-                 SELECT $1, $2, w FROM unnest($3::text[]) AS w
-                 WHERE NOT EXISTS (SELECT 1 FROM sync_cs_refs r WHERE r.source = $1 AND r.id = $2 AND r.ref_dn_norm = w)",
+                "INSERT INTO sync_cs_ref_keys(source, id, ref_key)
+                 SELECT $1, $2, w FROM unnest($3::bigint[]) AS w
+                 ON CONFLICT DO NOTHING",
                 &[&source, &object.id.0, &wanted],
             )?;
         }
@@ -513,8 +514,8 @@ impl ConnectorSpace for PgStore {
 
     fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
         let rows = self.query(
-            "SELECT DISTINCT id FROM sync_cs_refs WHERE ref_dn_norm = $2 AND source = $1 ORDER BY id",
-            &[&source, &dn.normalized()],
+            "SELECT DISTINCT id FROM sync_cs_ref_keys WHERE ref_key = $2 AND source = $1 ORDER BY id",
+            &[&source, &crate::ref_key(&dn.normalized())],
         )?;
         Ok(rows.iter().map(|r| id_of(r, 0)).collect())
     }
@@ -527,8 +528,8 @@ impl ConnectorSpace for PgStore {
     fn cs_mark_referencing_pending(&mut self, source: &str, dn: &Dn, except: &SourceId) -> Result<(), StoreError> {
         self.write(
             "UPDATE sync_cs SET pending = true WHERE source = $1 AND NOT pending AND id <> $3
-               AND id IN (SELECT r.id FROM sync_cs_refs r WHERE r.ref_dn_norm = $2 AND r.source = $1)",
-            &[&source, &dn.normalized(), &except.0],
+               AND id IN (SELECT r.id FROM sync_cs_ref_keys r WHERE r.ref_key = $2 AND r.source = $1)",
+            &[&source, &crate::ref_key(&dn.normalized()), &except.0],
         )?;
         Ok(())
     }
@@ -537,7 +538,7 @@ impl ConnectorSpace for PgStore {
         // One statement: the deleted row and its references go, a live one is unmarked.
         self.write(
             "WITH gone AS (DELETE FROM sync_cs WHERE source = $1 AND id = $2 AND deleted RETURNING source, id),
-                  refs AS (DELETE FROM sync_cs_refs r USING gone g WHERE r.source = g.source AND r.id = g.id)
+                  refs AS (DELETE FROM sync_cs_ref_keys r USING gone g WHERE r.source = g.source AND r.id = g.id)
              UPDATE sync_cs SET pending = false WHERE source = $1 AND id = $2 AND pending AND NOT deleted",
             &[&source, &id.0],
         )?;

@@ -37,7 +37,8 @@ CREATE TABLE cs (
 );
 CREATE INDEX cs_dn ON cs(source, dn_norm);
 CREATE INDEX cs_pending ON cs(source) WHERE pending = 1;
--- DN-valued references (manager, member) of each object, to find who points where.
+-- DN-valued references (manager, member) of each object, to find who points where
+-- (schema version 6 keeps a key of each DN instead: cs_ref_keys).
 CREATE TABLE cs_refs (source TEXT NOT NULL, id BLOB NOT NULL, ref_dn_norm TEXT NOT NULL);
 CREATE INDEX cs_refs_target ON cs_refs(ref_dn_norm, source);
 CREATE INDEX cs_refs_owner ON cs_refs(source, id);
@@ -93,7 +94,16 @@ const STATEMENT_CACHE: usize = 128;
 /// built again on `unpack_json(attrs)` when a join rule first uses it.
 const SCHEMA_V5: &str = "SELECT 1;";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+/// References keep a 64-bit key of the DN they point at instead of the DN
+/// (see [`crate::ref_key`]); `ref_key()` is the same function in SQL.
+const SCHEMA_V6: &str = "
+CREATE TABLE cs_ref_keys (source TEXT NOT NULL, id BLOB NOT NULL, ref_key INTEGER NOT NULL, PRIMARY KEY (source, id, ref_key)) WITHOUT ROWID;
+INSERT OR IGNORE INTO cs_ref_keys(source, id, ref_key) SELECT source, id, ref_key(ref_dn_norm) FROM cs_refs;
+DROP TABLE cs_refs;
+CREATE INDEX cs_ref_keys_target ON cs_ref_keys(ref_key, source);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6];
 
 /// A metaverse row as read: kind, anchor, packed attributes, manager,
 /// packed members, deleted.
@@ -113,23 +123,21 @@ fn legacy_join_indexes(conn: &Connection) -> Result<String, StoreError> {
     Ok(sql)
 }
 
-/// `unpack_json(x)`: the JSON text of a packed column (TEXT passes through),
+/// SQL functions of the store: `ref_key(dn_norm)` (for migrating to schema
+/// version 6), and `unpack_json(x)`: the JSON text of a packed column (TEXT passes through),
 /// so SQL can read into metaverse attributes. Deterministic: join indexes use it.
-fn register_unpack_json(conn: &Connection) -> Result<(), StoreError> {
+fn register_functions(conn: &Connection) -> Result<(), StoreError> {
     use rusqlite::functions::FunctionFlags;
     use rusqlite::types::ValueRef;
-    conn.create_scalar_function(
-        "unpack_json",
-        1,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS,
-        |ctx| match ctx.get_raw(0) {
-            ValueRef::Null => Ok(None),
-            ValueRef::Text(text) | ValueRef::Blob(text) => {
-                pack::unpack(text).map(Some).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
-            }
-            other => Err(rusqlite::Error::InvalidFunctionParameterType(0, other.data_type())),
-        },
-    )
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function("ref_key", 1, flags, |ctx| Ok(crate::ref_key(&ctx.get::<String>(0)?))).map_err(err)?;
+    conn.create_scalar_function("unpack_json", 1, flags, |ctx| match ctx.get_raw(0) {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(text) | ValueRef::Blob(text) => {
+            pack::unpack(text).map(Some).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+        }
+        other => Err(rusqlite::Error::InvalidFunctionParameterType(0, other.data_type())),
+    })
     .map_err(err)
 }
 
@@ -270,7 +278,7 @@ impl SqliteStore {
                 "the sync store has schema version {version}, newer than this idbridge; upgrade idbridge"
             )));
         }
-        register_unpack_json(&conn)?;
+        register_functions(&conn)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let extra = if i + 1 == 5 { legacy_join_indexes(&conn)? } else { String::new() };
             conn.execute_batch(&format!("BEGIN; {sql} {extra} PRAGMA user_version = {}; COMMIT;", i + 1))
@@ -525,34 +533,30 @@ impl ConnectorSpace for SqliteStore {
         if changed > 0 {
             // Only what changed: one member added to a 50,000-member group is
             // one row written, not 50,000 deleted and written again.
-            let mut wanted = std::collections::HashSet::new();
-            for attr in ["manager", "member", "uniqueMember"] {
-                for v in object.entry.values(attr) {
-                    if let Some(dn) = v.as_text().and_then(|t| Dn::parse(t).ok()) {
-                        wanted.insert(dn.normalized());
-                    }
-                }
-            }
-            let stored: Vec<(i64, String)> = self
+            let mut wanted = crate::ref_keys(&object.entry);
+            let stored: Vec<i64> = self
                 .conn
-                .prepare_cached("SELECT rowid, ref_dn_norm FROM cs_refs WHERE source = ?1 AND id = ?2")
+                .prepare_cached("SELECT ref_key FROM cs_ref_keys WHERE source = ?1 AND id = ?2")
                 .map_err(err)?
-                .query_map(params![source, object.id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(params![source, object.id.0], |r| r.get(0))
                 .map_err(err)?
                 .collect::<Result<_, _>>()
                 .map_err(err)?;
-            let mut remove = self.conn.prepare_cached("DELETE FROM cs_refs WHERE rowid = ?1").map_err(err)?;
-            for (rowid, dn) in &stored {
-                if !wanted.remove(dn) {
-                    remove.execute(params![rowid]).map_err(err)?;
+            let mut remove = self
+                .conn
+                .prepare_cached("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND ref_key = ?3")
+                .map_err(err)?;
+            for key in stored {
+                if !wanted.remove(&key) {
+                    remove.execute(params![source, object.id.0, key]).map_err(err)?;
                 }
             }
             let mut add = self
                 .conn
-                .prepare_cached("INSERT INTO cs_refs(source, id, ref_dn_norm) VALUES(?1, ?2, ?3)")
+                .prepare_cached("INSERT INTO cs_ref_keys(source, id, ref_key) VALUES(?1, ?2, ?3)")
                 .map_err(err)?;
-            for dn in wanted {
-                add.execute(params![source, object.id.0, dn]).map_err(err)?;
+            for key in wanted {
+                add.execute(params![source, object.id.0, key]).map_err(err)?;
             }
         }
         Ok(())
@@ -626,8 +630,10 @@ impl ConnectorSpace for SqliteStore {
     fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
         // Led by the DN; without DISTINCT the planner keeps to that index.
         let mut stmt =
-            self.conn.prepare_cached("SELECT id FROM cs_refs WHERE ref_dn_norm = ?2 AND source = ?1").map_err(err)?;
-        let rows = stmt.query_map(params![source, dn.normalized()], |r| r.get::<_, Vec<u8>>(0)).map_err(err)?;
+            self.conn.prepare_cached("SELECT id FROM cs_ref_keys WHERE ref_key = ?2 AND source = ?1").map_err(err)?;
+        let rows = stmt
+            .query_map(params![source, crate::ref_key(&dn.normalized())], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(err)?;
         let mut ids: Vec<SourceId> = rows.map(|r| r.map(SourceId).map_err(err)).collect::<Result<_, _>>()?;
         ids.sort();
         ids.dedup();
@@ -647,8 +653,8 @@ impl ConnectorSpace for SqliteStore {
         // objects are still pending and nothing is written.
         self.exec(
             "UPDATE cs SET pending = 1 WHERE source = ?1 AND pending = 0 AND id <> ?3
-               AND id IN (SELECT r.id FROM cs_refs r WHERE r.ref_dn_norm = ?2 AND r.source = ?1)",
-            params![source, dn.normalized(), except.0],
+               AND id IN (SELECT r.id FROM cs_ref_keys r WHERE r.ref_key = ?2 AND r.source = ?1)",
+            params![source, crate::ref_key(&dn.normalized()), except.0],
         )
         .map_err(err)?;
         Ok(())
@@ -660,7 +666,7 @@ impl ConnectorSpace for SqliteStore {
             .exec("UPDATE cs SET pending = 0 WHERE source = ?1 AND id = ?2 AND deleted = 0", params![source, id.0])
             .map_err(err)?;
         if live == 0 {
-            self.exec("DELETE FROM cs_refs WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
+            self.exec("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
             self.exec("DELETE FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1", params![source, id.0])
                 .map_err(err)?;
         }

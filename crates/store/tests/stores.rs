@@ -422,8 +422,17 @@ const OLD_ENTRY: &str =
     r#"{"attrs":[["uid",["zoë"]],["cn",["Zoë Ångström"]]],"dn":"uid=zoë,ou=people,dc=example,dc=org"}"#;
 const OLD_RESOURCE: &str = r#"{"userName":"zoë@example.org","displayName":"Zoë Ångström"}"#;
 
+/// The normalized DN of the old entry: object 02 references it (as
+/// manager) in the old reference table.
+fn old_entry_dn() -> String {
+    Dn::parse("uid=zoë,ou=people,dc=example,dc=org").unwrap().normalized()
+}
+
 fn old_records_are_read_and_new_ones_compressed(store: &mut dyn StateStore, stored_entry_bytes: impl Fn() -> usize) {
     let id = sync::SourceId(vec![1]);
+    // The reference became a key in the migration: still found.
+    let dn = Dn::parse("uid=zoë,ou=people,dc=example,dc=org").unwrap();
+    assert_eq!(store.cs_referencing("lab", &dn).unwrap(), [sync::SourceId(vec![2])]);
     let (object, deleted) = store.cs_get("lab", &id).unwrap().expect("the old entry is there");
     assert!(!deleted);
     assert_eq!(object.entry.dn.to_string(), "uid=zoë,ou=people,dc=example,dc=org");
@@ -464,9 +473,12 @@ fn records_written_before_compression_are_read_on_sqlite() {
         r#"INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm)
              VALUES('m1', 'user', 'AQ==', '{"mail":"Zoë@Example.org","displayName":"Zoë Ångström"}', NULL, '[]', 0, 0, 'lab', x'01', 'uid=zoë,ou=people,dc=example,dc=org');
            CREATE INDEX mv_join_mail ON mv(lower(json_extract(attrs, '$.mail')));
+           DROP TABLE cs_ref_keys;
+           CREATE TABLE cs_refs (source TEXT NOT NULL, id BLOB NOT NULL, ref_dn_norm TEXT NOT NULL);
            PRAGMA user_version = 4;"#,
     )
     .unwrap();
+    raw.execute("INSERT INTO cs_refs(source, id, ref_dn_norm) VALUES('lab', x'02', ?1)", [old_entry_dn()]).unwrap();
     let mut store = SqliteStore::open(&path).unwrap();
     let legacy: i64 =
         raw.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'mv_join_mail'", [], |r| r.get(0)).unwrap();
@@ -487,9 +499,13 @@ fn records_written_before_compression_are_read_on_postgres() {
     pg.psql(
         "ALTER TABLE sync_cs ALTER COLUMN entry TYPE TEXT USING convert_from(entry, 'UTF8');
          ALTER TABLE sync_exported ALTER COLUMN resource TYPE TEXT USING convert_from(resource, 'UTF8');
+         DROP TABLE sync_cs_ref_keys;
+         CREATE TABLE sync_cs_refs (source TEXT NOT NULL, id BYTEA NOT NULL, ref_dn_norm TEXT NOT NULL);
          UPDATE idbridge_schema SET version = 1 WHERE component = 'sync';",
     )
     .unwrap();
+    pg.psql(&format!("INSERT INTO sync_cs_refs(source, id, ref_dn_norm) VALUES('lab', '\\x02', '{}')", old_entry_dn()))
+        .unwrap();
     pg.psql(&format!(
         "INSERT INTO sync_cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES('lab', '\\x01', 'uid=zoë,ou=people,dc=example,dc=org', 'uid=zoë,ou=people,dc=example,dc=org', 'user', '\\x01', '{OLD_ENTRY}', false, false);
          INSERT INTO sync_exported(mv_id, tenant_id, resource) VALUES('m1', 't1', '{OLD_RESOURCE}');"
