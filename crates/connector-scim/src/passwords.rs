@@ -120,10 +120,11 @@ impl ScimTarget {
                     })
                     .collect(),
             };
-            let body = serde_json::to_value(&batch)
+            let body = serde_json::to_vec(&batch)
                 .map_err(|e| TargetError { message: format!("encoding passwords: {e}"), not_found: false })?;
-            let (status, answer) =
-                self.send(Method::POST, &self.hybrid_url(), Some(&body), crate::Repeat::Always).await?;
+            let (status, answer) = self
+                .send_tries(Method::POST, &self.hybrid_url(), Some(body.into()), crate::Repeat::Always, self.attempts)
+                .await?;
             if !status.is_success() {
                 return Err(crate::failure(status, &answer));
             }
