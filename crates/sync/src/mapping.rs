@@ -83,26 +83,43 @@ fn user_name(flavor: Flavor, e: &Entry, domain: &str) -> Option<String> {
 
 /// Inbound sync of one in-scope object.
 pub fn project(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> Projection {
-    project_explained(flavor, obj, rules).0
+    project_noting(flavor, obj, rules, None)
 }
 
 /// Inbound sync, with the origin of each metaverse attribute:
 /// (metaverse attribute, source attribute or rule).
 pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> (Projection, Vec<Origin>) {
-    let mut origin: Vec<Origin> = Vec::new();
+    let mut origin = Vec::new();
+    let projection = project_noting(flavor, obj, rules, Some(&mut origin));
+    (projection, origin)
+}
+
+/// Notes an origin when they are being recorded (built only then).
+fn note(origin: &mut Option<&mut Vec<Origin>>, make: impl FnOnce() -> Origin) {
+    if let Some(origin) = origin.as_deref_mut() {
+        origin.push(make());
+    }
+}
+
+fn project_noting(
+    flavor: Flavor,
+    obj: &SourceObject,
+    rules: &RuleSet,
+    mut origin: Option<&mut Vec<Origin>>,
+) -> Projection {
     let e = &obj.entry;
     let mut attrs = Map::new();
     let domain = dns_domain(&e.dn).unwrap_or_default();
     match obj.kind {
         ObjectKind::User => {
-            rules.apply(obj.kind, flavor, e, &mut attrs, &mut origin);
+            rules.apply(obj.kind, flavor, e, &mut attrs, origin.as_deref_mut());
             if flavor == Flavor::Ldap
                 && !attrs.contains_key("userPrincipalName")
                 && let Some(u) = user_name(flavor, e, &domain)
             {
                 attrs.insert("userPrincipalName".into(), json!(u));
                 let rule = if e.has("mail") { "mail (built in)" } else { "uid + \"@\" + the DN's domain (built in)" };
-                origin.push(Origin::built_in("userPrincipalName", rule));
+                note(&mut origin, || Origin::built_in("userPrincipalName", rule));
             }
             let enabled = match flavor {
                 // userAccountControl bit 2: ACCOUNTDISABLE.
@@ -116,25 +133,27 @@ pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) ->
                 }
             };
             attrs.insert("accountEnabled".into(), json!(enabled));
-            origin.push(Origin::built_in(
-                "accountEnabled",
-                match flavor {
-                    Flavor::ActiveDirectory => "userAccountControl (bit 2, ACCOUNTDISABLE, clear)",
-                    Flavor::Ldap => "not pwdAccountLockedTime, not employeeType=disabled",
-                },
-            ));
+            note(&mut origin, || {
+                Origin::built_in(
+                    "accountEnabled",
+                    match flavor {
+                        Flavor::ActiveDirectory => "userAccountControl (bit 2, ACCOUNTDISABLE, clear)",
+                        Flavor::Ldap => "not pwdAccountLockedTime, not employeeType=disabled",
+                    },
+                )
+            });
         }
-        _ => rules.apply(obj.kind, flavor, e, &mut attrs, &mut origin),
+        _ => rules.apply(obj.kind, flavor, e, &mut attrs, origin.as_deref_mut()),
     }
     attrs.insert("onPremisesDistinguishedName".into(), json!(e.dn.to_string()));
-    origin.push(Origin::built_in("onPremisesDistinguishedName", "the object's DN"));
+    note(&mut origin, || Origin::built_in("onPremisesDistinguishedName", "the object's DN"));
     if !domain.is_empty() {
         attrs.insert("onPremisesDomainName".into(), json!(domain));
-        origin.push(Origin::built_in("onPremisesDomainName", "the DN's dc= parts"));
+        note(&mut origin, || Origin::built_in("onPremisesDomainName", "the DN's dc= parts"));
     }
     if let Some(sid) = e.first_bytes("objectSid").and_then(|b| Sid::from_bytes(b).ok()) {
         attrs.insert("onPremisesSecurityIdentifier".into(), json!(sid.to_string()));
-        origin.push(Origin::built_in("onPremisesSecurityIdentifier", "objectSid"));
+        note(&mut origin, || Origin::built_in("onPremisesSecurityIdentifier", "objectSid"));
     }
     let manager = e.first_text("manager").and_then(|m| Dn::parse(m).ok());
     let members = if obj.kind == ObjectKind::Group {
@@ -147,7 +166,7 @@ pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) ->
     } else {
         Vec::new()
     };
-    (Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, manager, members }, origin)
+    Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, manager, members }
 }
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -167,7 +186,7 @@ pub struct MvView<'a> {
 /// Outbound sync: the tenant resource a metaverse object should be.
 /// `manager` and `members` are tenant ids, already resolved.
 pub fn desired_resource(mv: &MvView<'_>, manager: Option<&str>, members: &[String], rules: &RuleSet) -> Json {
-    desired_resource_explained(mv, manager, members, rules).0
+    desired_resource_noting(mv, manager, members, rules, None)
 }
 
 /// Outbound sync, with the origin of each tenant attribute: (SCIM path,
@@ -179,9 +198,20 @@ pub fn desired_resource_explained(
     members: &[String],
     rules: &RuleSet,
 ) -> (Json, Vec<Origin>) {
-    let mut flows = Map::new();
     let mut origin = Vec::new();
-    rules.apply_outbound(mv.kind, mv.attrs, &mut flows, &mut origin);
+    let resource = desired_resource_noting(mv, manager, members, rules, Some(&mut origin));
+    (resource, origin)
+}
+
+fn desired_resource_noting(
+    mv: &MvView<'_>,
+    manager: Option<&str>,
+    members: &[String],
+    rules: &RuleSet,
+    mut origin: Option<&mut Vec<Origin>>,
+) -> Json {
+    let mut flows = Map::new();
+    rules.apply_outbound(mv.kind, mv.attrs, &mut flows, origin.as_deref_mut());
     let mut out = Map::new();
     let schemas = match mv.kind {
         ObjectKind::User => json!([USER_SCHEMA, ENTERPRISE_SCHEMA, HYBRID_SCHEMA]),
@@ -190,7 +220,7 @@ pub fn desired_resource_explained(
     };
     out.insert("schemas".into(), schemas);
     out.insert("externalId".into(), json!(mv.anchor));
-    origin.push(Origin::built_in("externalId", "the sourceAnchor (built in)"));
+    note(&mut origin, || Origin::built_in("externalId", "the sourceAnchor (built in)"));
     for (target, value) in flows {
         if let Ok(path) = crate::outbound::ScimPath::parse(&target) {
             path.set(&mut out, value);
@@ -204,14 +234,14 @@ pub fn desired_resource_explained(
     if mv.kind != ObjectKind::User && !out.contains_key("displayName") {
         // SCIM groups need a display name.
         out.insert("displayName".into(), json!(mv.anchor));
-        origin.push(Origin::built_in("displayName", "the sourceAnchor, for want of a name (built in)"));
+        note(&mut origin, || Origin::built_in("displayName", "the sourceAnchor, for want of a name (built in)"));
     }
     let hybrid = out.entry(HYBRID_SCHEMA.to_string()).or_insert_with(|| json!({}));
     if let Some(h) = hybrid.as_object_mut() {
         h.insert("immutableId".into(), json!(mv.anchor));
         h.insert("dirSyncEnabled".into(), json!(true));
     }
-    origin.push(Origin::built_in("hybrid:immutableId", "the sourceAnchor (built in)"));
+    note(&mut origin, || Origin::built_in("hybrid:immutableId", "the sourceAnchor (built in)"));
     match mv.kind {
         ObjectKind::User => {
             if let Some(m) = manager {
@@ -219,7 +249,9 @@ pub fn desired_resource_explained(
                 if let Some(e) = ent.as_object_mut() {
                     e.insert("manager".into(), json!({"value": m}));
                 }
-                origin.push(Origin::built_in("enterprise:manager", "manager (DN → that object's tenant id, built in)"));
+                note(&mut origin, || {
+                    Origin::built_in("enterprise:manager", "manager (DN → that object's tenant id, built in)")
+                });
             }
         }
         ObjectKind::Group => {
@@ -228,12 +260,12 @@ pub fn desired_resource_explained(
             sorted.dedup();
             if !sorted.is_empty() {
                 out.insert("members".into(), Json::Array(sorted.into_iter().map(|m| json!({"value": m})).collect()));
-                origin.push(Origin::built_in("members", "member (DNs → tenant ids, built in)"));
+                note(&mut origin, || Origin::built_in("members", "member (DNs → tenant ids, built in)"));
             }
         }
         _ => {}
     }
-    (Json::Object(out), origin)
+    Json::Object(out)
 }
 
 /// The SCIM PATCH operations that turn `exported` into `desired`: replace or

@@ -301,14 +301,16 @@ impl RuleSet {
     /// ignored for it. `Merge` flows add their values to what earlier
     /// merging flows gave. A flow giving `Null` or `IgnoreThisFlow`
     /// contributes nothing, so a later rule may; `AuthoritativeNull` settles
-    /// the attribute as empty. Records (attribute, origin).
+    /// the attribute as empty. Records (attribute, origin) when `origin`
+    /// is given (`explain`; a cycle records nothing, sparing an allocation
+    /// per flow).
     pub fn apply(
         &self,
         kind: ObjectKind,
         flavor: Flavor,
         entry: &Entry,
         out: &mut Map<String, Json>,
-        origin: &mut Vec<Origin>,
+        origin: Option<&mut Vec<Origin>>,
     ) {
         self.apply_direction(Direction::Inbound, kind, Some(flavor), &|| entry, &|f| flow_value(f, entry), out, origin);
     }
@@ -322,7 +324,7 @@ impl RuleSet {
         kind: ObjectKind,
         attrs: &Map<String, Json>,
         out: &mut Map<String, Json>,
-        origin: &mut Vec<Origin>,
+        origin: Option<&mut Vec<Origin>>,
     ) {
         // Built only when a scope filter or an expression needs it.
         let entry = std::cell::OnceCell::new();
@@ -347,7 +349,7 @@ impl RuleSet {
         entry: &dyn Fn() -> &'e Entry,
         value_of: &dyn Fn(&RuleFlow) -> Contribution,
         out: &mut Map<String, Json>,
-        origin: &mut Vec<Origin>,
+        mut origin: Option<&mut Vec<Origin>>,
     ) {
         let mut settled: Vec<&str> = Vec::new();
         for rule in &self.rules {
@@ -382,18 +384,22 @@ impl RuleSet {
                     Contribution::AuthoritativeNull => {
                         if !merged_before {
                             settled.push(target);
-                            origin.push(Origin::new(target, Provenance::AuthoritativeNull, Some(&rule.name)));
+                            if let Some(origin) = origin.as_deref_mut() {
+                                origin.push(Origin::new(target, Provenance::AuthoritativeNull, Some(&rule.name)));
+                            }
                         }
                         continue;
                     }
                     Contribution::Value(v, from) => (v, from),
                 };
-                let from = Contributor { provenance: from, rule: Some(rule.name.clone()) };
+                let from = || Contributor { provenance: from, rule: Some(rule.name.clone()) };
                 match flow.merge {
                     MergeType::Update => {
                         settled.push(target);
                         out.insert(target.to_string(), value);
-                        origin.push(Origin { attribute: target.to_string(), from: vec![from] });
+                        if let Some(origin) = origin.as_deref_mut() {
+                            origin.push(Origin { attribute: target.to_string(), from: vec![from()] });
+                        }
                     }
                     MergeType::Merge | MergeType::MergeCaseInsensitive => {
                         let mut values = texts(out.get(target));
@@ -407,9 +413,11 @@ impl RuleSet {
                             }
                         }
                         out.insert(target.to_string(), json!(values));
-                        match origin.iter_mut().find(|o| o.attribute == target) {
-                            Some(o) => o.from.push(from),
-                            None => origin.push(Origin { attribute: target.to_string(), from: vec![from] }),
+                        if let Some(origin) = origin.as_deref_mut() {
+                            match origin.iter_mut().find(|o| o.attribute == target) {
+                                Some(o) => o.from.push(from()),
+                                None => origin.push(Origin { attribute: target.to_string(), from: vec![from()] }),
+                            }
                         }
                     }
                 }
@@ -623,7 +631,7 @@ mod tests {
     fn apply_to(set: &RuleSet, pairs: &[(&str, &str)]) -> (Map<String, Json>, Vec<Origin>) {
         let mut out = Map::new();
         let mut origin = Vec::new();
-        set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, &mut origin);
+        set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, Some(&mut origin));
         (out, origin)
     }
 
@@ -638,7 +646,7 @@ mod tests {
             Flavor::Ldap,
             &entry(&[("uid", "a"), ("title", "Boss"), ("cn", "A")]),
             &mut out,
-            &mut origin,
+            Some(&mut origin),
         );
         assert_eq!(out["jobTitle"], "Boss");
         assert_eq!(out["mailNickname"], "a");
@@ -664,7 +672,7 @@ flows = [{ target = "jobTitle", constant = "Sales" }, { target = "companyName", 
         let set = RuleSet::load(&[("custom.toml".into(), custom.into())]).unwrap();
         let apply = |pairs: &[(&str, &str)]| {
             let mut out = Map::new();
-            set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, &mut Vec::new());
+            set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, None);
             out
         };
         let sales = apply(&[("departmentNumber", "Sales"), ("title", "Rep")]);
