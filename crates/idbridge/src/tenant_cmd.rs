@@ -105,6 +105,11 @@ pub enum TenantCommand {
         #[command(subcommand)]
         command: RoleCommand,
     },
+    /// One user's sign-in methods.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Token signing keys.
     Keys {
         #[command(subcommand)]
@@ -208,6 +213,38 @@ pub enum BrandingCommand {
         /// A line of text under the sign-in form.
         #[arg(long)]
         text: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Second factors (authenticator apps) and recovery codes.
+    Methods {
+        #[command(subcommand)]
+        command: MethodsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MethodsCommand {
+    /// A user's second factors and how many recovery codes are left.
+    List {
+        #[command(flatten)]
+        data: TenantData,
+        /// The user, by user name (UPN) or id.
+        #[arg(long)]
+        user: String,
+    },
+    /// Remove one (a lost device); with the last go the recovery codes.
+    Remove {
+        #[command(flatten)]
+        data: TenantData,
+        /// The user, by user name (UPN) or id.
+        #[arg(long)]
+        user: String,
+        /// The method's id, from `list`.
+        #[arg(long)]
+        method: String,
     },
 }
 
@@ -737,6 +774,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             Ok(())
         }
         TenantCommand::Role { command } => role(command),
+        TenantCommand::User { command: UserCommand::Methods { command } } => methods(command),
         TenantCommand::Keys { command: KeysCommand::Rotate { data, alg } } => {
             let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
             let key = open(&data)?.rotate_key(ACTOR, alg)?;
@@ -803,6 +841,35 @@ fn client(command: ClientCommand) -> Result<()> {
         ClientCommand::Remove { data, id } => {
             open(&data)?.remove_client(ACTOR, &id)?;
             eprintln!("client {id} removed; its refresh tokens are revoked");
+            Ok(())
+        }
+    }
+}
+
+fn methods(command: MethodsCommand) -> Result<()> {
+    match command {
+        MethodsCommand::List { data, user } => {
+            let (user, methods, left) = open(&data)?.user_methods(&user)?;
+            crate::out!("{:<36}  {:<5}  {:<24}  {:<24}  label", "id", "kind", "registered", "last used");
+            for m in &methods {
+                crate::out!(
+                    "{:<36}  {:<5}  {:<24}  {:<24}  {}",
+                    m.id,
+                    m.kind.as_str(),
+                    tenant::util::rfc3339(m.created, 0),
+                    m.last_used.map(|t| tenant::util::rfc3339(t, 0)).unwrap_or_else(|| "never".into()),
+                    m.label
+                );
+            }
+            eprintln!("{}: {} method(s), {left} unused recovery code(s)", user.name, methods.len());
+            Ok(())
+        }
+        MethodsCommand::Remove { data, user, method } => {
+            let (user, removed) = open(&data)?.remove_user_method(ACTOR, &user, &method)?;
+            if !removed {
+                anyhow::bail!("{} has no method {method} (see `idbridge tenant user methods list`)", user.name);
+            }
+            eprintln!("removed method {method} of {}", user.name);
             Ok(())
         }
     }

@@ -902,6 +902,76 @@ mod tenant_cli {
         assert!(String::from_utf8_lossy(&bad.stderr).contains("there is no tenant"));
     }
 
+    /// An administrator lists a user's second factors and removes a lost one
+    /// (`tenant user methods`); the method is registered through the
+    /// tenant's library with a code from `oathtool`, as the sign-in pages will.
+    #[test]
+    fn user_methods_are_listed_and_a_lost_one_removed() {
+        let tmp = TempDir::new("tenant-methods").unwrap();
+        let data = tmp.join("tenant");
+        let (mut server, base) = serve(&data);
+        let token =
+            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "sync"])).trim().to_string();
+        assert_eq!(post_user(&base, &token, "zoë@lab.example.test"), 201);
+        server.kill().unwrap();
+        server.wait().unwrap();
+
+        let method_id = {
+            let store = tenant::Store::open(&data.join("tenant.db")).unwrap();
+            let conn = store.lock();
+            let user = tenant::console::user_by_name(&conn, "zoë@lab.example.test").unwrap().unwrap();
+            let offer = tenant::mfa::offer_totp("idbridge", "zoë@lab.example.test");
+            let code = Command::new("oathtool").args(["--totp", "-b", &offer.secret]).output().unwrap();
+            assert!(code.status.success(), "oathtool (Debian package; scripts/test installs it)");
+            let code = String::from_utf8_lossy(&code.stdout).trim().to_string();
+            let enrolled =
+                tenant::mfa::confirm_totp(&conn, &user.id, &offer.secret, &code, "Zoë's phone").unwrap().unwrap();
+            assert_eq!(enrolled.recovery_codes.len(), 10);
+            enrolled.method.id
+        };
+
+        let list =
+            idbridge(&["tenant", "user", "methods", "list", "--data", p(&data), "--user", "zoë@lab.example.test"]);
+        let stdout = ok(&list);
+        assert!(stdout.contains(&method_id) && stdout.contains("totp") && stdout.contains("Zoë's phone"), "{stdout}");
+        assert!(String::from_utf8_lossy(&list.stderr).contains("1 method(s), 10 unused recovery code(s)"));
+
+        // Bad input: an unknown user, an unknown method — one line each, exit 1, nothing changed.
+        let nobody =
+            idbridge(&["tenant", "user", "methods", "list", "--data", p(&data), "--user", "nobody@lab.example.test"]);
+        assert!(!nobody.status.success() && String::from_utf8_lossy(&nobody.stderr).contains("not found"));
+        let remove = |method: &str| {
+            idbridge(&[
+                "tenant",
+                "user",
+                "methods",
+                "remove",
+                "--data",
+                p(&data),
+                "--user",
+                "zoë@lab.example.test",
+                "--method",
+                method,
+            ])
+        };
+        let wrong = remove("no-such");
+        assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("has no method no-such"));
+        ok(&remove(&method_id));
+        let list =
+            idbridge(&["tenant", "user", "methods", "list", "--data", p(&data), "--user", "zoë@lab.example.test"]);
+        assert!(!ok(&list).contains(&method_id));
+        assert!(
+            String::from_utf8_lossy(&list.stderr).contains("0 method(s), 0 unused recovery code(s)"),
+            "the last method takes the recovery codes"
+        );
+        let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data), "--json"]));
+        let actions: Vec<String> =
+            json_lines(&audit).iter().map(|e| e["action"].as_str().unwrap().to_string()).collect();
+        for a in ["mfa-registered", "mfa-recovery-codes-issued", "mfa-removed"] {
+            assert!(actions.iter().any(|x| x == a), "{a} missing from {actions:?}");
+        }
+    }
+
     /// Two tenant nodes on one PostgreSQL database: what one writes the
     /// other serves, the command line administers the database, a killed
     /// node loses nothing; a bad database is a one-line error that names

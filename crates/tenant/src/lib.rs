@@ -24,6 +24,7 @@ pub mod domains;
 pub mod error;
 pub mod federation;
 pub mod lineage;
+pub mod mfa;
 pub mod net;
 pub mod objects;
 pub mod oidc;

@@ -895,6 +895,7 @@ pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: 
     exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM members WHERE group_id = ?1 OR member_id = ?1", params![id])?;
     exec(conn, "DELETE FROM credentials WHERE resource_id = ?1", params![id])?;
+    crate::mfa::forget_user(conn, id)?;
     exec(conn, "DELETE FROM sessions WHERE user_id = ?1", params![id])?;
     exec(conn, "DELETE FROM refresh_tokens WHERE user_id = ?1", params![id])?;
     // What the console kept about it: roles, its sessions, a sign-in block, lineage.

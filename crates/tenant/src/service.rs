@@ -386,6 +386,26 @@ impl Tenant {
         self.read(console::list)
     }
 
+    /// A user's (user name or id) second factors and unused recovery codes.
+    pub fn user_methods(&self, who: &str) -> Result<(Principal, Vec<crate::mfa::MethodInfo>, usize)> {
+        self.read(|conn| {
+            let user = console::find_principal(conn, Kind::User, who)?;
+            let methods = crate::mfa::methods(conn, &user.id)?;
+            let left = crate::mfa::recovery_codes_left(conn, &user.id)?;
+            Ok((user, methods, left))
+        })
+    }
+
+    /// Removes one of a user's second factors (a lost device); false when
+    /// the user has no such method.
+    pub fn remove_user_method(&self, actor: &str, who: &str, method_id: &str) -> Result<(Principal, bool)> {
+        self.write(|tx| {
+            let user = console::find_principal(tx, Kind::User, who)?;
+            let removed = crate::mfa::remove(tx, actor, &user.id, method_id)?;
+            Ok((user, removed))
+        })
+    }
+
     /// Assigns `role` to the user (user name or id) or group (name or id) `who`.
     pub fn assign_role(&self, actor: &str, kind: Kind, who: &str, role: Role) -> Result<(Principal, bool)> {
         self.write(|tx| {

@@ -307,9 +307,30 @@ CREATE INDEX pta_requests_created ON pta_requests(created);
 ALTER TABLE pta_agents ADD COLUMN polling_until INTEGER;   -- epoch ms: a poll is open until then, or ended then
 ";
 
+/// Second factors (`mfa`): authenticator apps and recovery codes.
+const SCHEMA_V15: &str = "
+CREATE TABLE mfa_methods (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    kind TEXT NOT NULL,              -- totp
+    label TEXT NOT NULL,             -- the person's name for it
+    secret TEXT NOT NULL,            -- the TOTP key, sealed (secrets key)
+    last_step INTEGER NOT NULL,      -- the last time step accepted: a code is accepted once
+    created INTEGER NOT NULL,        -- epoch seconds
+    last_used INTEGER
+);
+CREATE INDEX mfa_methods_user ON mfa_methods(user_id);
+CREATE TABLE recovery_codes (
+    user_id TEXT NOT NULL,
+    code_hash TEXT NOT NULL,         -- hex SHA-256 of the code (random, 50 bits)
+    used INTEGER,                    -- epoch seconds, once used
+    PRIMARY KEY (user_id, code_hash)
+);
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
-    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14,
+    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one
