@@ -283,6 +283,107 @@ pub async fn sign_in(
     .await
 }
 
+/// How long a sign-in waits for its second factor after the password.
+pub const SECOND_FACTOR_SECS: i64 = 600;
+
+/// Why a second factor was refused. The texts are what the person sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecondFactorError {
+    #[error("This sign-in took too long. Sign in again.")]
+    Expired,
+    #[error("Your account is temporarily locked to prevent unauthorised use. Try again in {}.", wait_text(*.retry_after_secs))]
+    LockedOut { retry_after_secs: i64 },
+    #[error("{0}")]
+    Code(crate::mfa::CodeError),
+}
+
+/// After the right password: a token for the second step when the user has
+/// a second factor (the sign-in form carries it; stored hashed, valid
+/// [`SECOND_FACTOR_SECS`]), `None` when the password is all it takes.
+pub fn second_factor_challenge(conn: &Connection, user_id: &str) -> Result<Option<String>> {
+    if crate::mfa::methods(conn, user_id)?.is_empty() {
+        return Ok(None);
+    }
+    let now = now_secs();
+    conn.execute("DELETE FROM mfa_challenges WHERE expires <= ?1", params![now])?;
+    let token = crate::util::random_token();
+    conn.execute(
+        "INSERT INTO mfa_challenges(hash, user_id, expires) VALUES(?1, ?2, ?3)",
+        params![crate::util::sha256(token.as_bytes()), user_id, now + SECOND_FACTOR_SECS],
+    )?;
+    Ok(Some(token))
+}
+
+/// The second step of a sign-in: `code` (an authenticator app's code or a
+/// recovery code) for the sign-in `challenge` stands for. Wrong and reused
+/// codes count toward smart lockout like wrong passwords, on the same key.
+pub async fn second_factor(
+    store: &Arc<Store>,
+    challenge: &str,
+    code: &str,
+    origin: &Origin,
+    policy: LockoutPolicy,
+) -> Result<std::result::Result<SignedIn, SecondFactorError>> {
+    let (store, hash, code, origin) =
+        (store.clone(), crate::util::sha256(challenge.as_bytes()), code.to_string(), origin.clone());
+    // No key derivation here (an HMAC per method): done under the lock.
+    blocking(move || {
+        let guard = store.lock();
+        in_transaction(&guard, |conn| {
+            let now = now_secs();
+            let user_id: Option<String> = conn
+                .query_row(
+                    "SELECT user_id FROM mfa_challenges WHERE hash = ?1 AND expires > ?2",
+                    params![hash, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(user) =
+                user_id.map(|id| objects::load(conn, Some(objects::Kind::User), &id)).transpose()?.flatten()
+            else {
+                return Ok(Err(SecondFactorError::Expired));
+            };
+            let name = user.data.get("userName").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+            let location = location_of(&origin.address);
+            let user_key = if is_familiar(conn, &name, &location)? {
+                format!("user:{name}|{location}")
+            } else {
+                format!("user:{name}|unfamiliar")
+            };
+            if let Some(until) = locked_until(conn, &user_key)?.filter(|until| *until > now) {
+                audit_attempt(conn, &name, &origin, Method::AuthenticatorCode, false, "locked-out", None)?;
+                return Ok(Err(SecondFactorError::LockedOut { retry_after_secs: until - now }));
+            }
+            match crate::mfa::verify(conn, &user.id, &code)? {
+                Ok(proof) => {
+                    conn.execute("DELETE FROM mfa_challenges WHERE hash = ?1", params![hash])?;
+                    conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
+                    let method = match proof {
+                        crate::mfa::Proof::Totp { .. } => Method::AuthenticatorCode,
+                        crate::mfa::Proof::RecoveryCode { .. } => Method::RecoveryCode,
+                    };
+                    audit_attempt(conn, &name, &origin, method, true, "ok", None)?;
+                    Ok(Ok(SignedIn { user }))
+                }
+                Err(e) => {
+                    let reason = match e {
+                        crate::mfa::CodeError::Reused => "code-reused",
+                        crate::mfa::CodeError::Malformed => "code-malformed",
+                        _ => "wrong-code",
+                    };
+                    if e != crate::mfa::CodeError::Malformed {
+                        count_failure(conn, &user_key, policy.user_threshold, policy, now)?;
+                    }
+                    let detail = json!({"userLocked": is_locked(conn, &user_key, now)?});
+                    audit_attempt(conn, &name, &origin, Method::AuthenticatorCode, false, reason, Some(detail))?;
+                    Ok(Err(SecondFactorError::Code(e)))
+                }
+            }
+        })
+    })
+    .await
+}
+
 /// Pass-through authentication: an on-premises agent checks the password
 /// against the directory. Smart lockout was checked before; failures count
 /// toward it here, so the tenant locks before the directory would.

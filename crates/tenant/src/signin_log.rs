@@ -15,6 +15,10 @@ pub enum Method {
     Password,
     PassThrough,
     Federated,
+    /// The second step: an authenticator app's code.
+    AuthenticatorCode,
+    /// The second step: a recovery code.
+    RecoveryCode,
 }
 
 impl Method {
@@ -23,6 +27,8 @@ impl Method {
             Method::Password => "password",
             Method::PassThrough => "pass-through",
             Method::Federated => "federated",
+            Method::AuthenticatorCode => "authenticator-code",
+            Method::RecoveryCode => "recovery-code",
         }
     }
 }

@@ -326,6 +326,12 @@ CREATE TABLE recovery_codes (
     used INTEGER,                    -- epoch seconds, once used
     PRIMARY KEY (user_id, code_hash)
 );
+-- A sign-in whose password was right and that waits for its second factor.
+CREATE TABLE mfa_challenges (
+    hash BLOB PRIMARY KEY,           -- SHA-256 of the token the sign-in form carries
+    user_id TEXT NOT NULL,
+    expires INTEGER NOT NULL         -- epoch seconds
+);
 ";
 
 const MIGRATIONS: &[&str] = &[

@@ -529,17 +529,26 @@ async fn authorize_post_page(
                 Err(e) => internal(e),
             }
         }
+        "code" => {
+            let challenge = p.get("challenge").cloned().unwrap_or_default();
+            let code = p.get("code").cloned().unwrap_or_default();
+            let origin = origin_of(&state, &peer, &headers, &p);
+            match signin::second_factor(&state.store, &challenge, &code, &origin, state.lockout).await {
+                Ok(Ok(signed_in)) => signed_in_response(&state, request, signed_in.user).await,
+                Ok(Err(e @ signin::SecondFactorError::Expired)) => html_response(
+                    StatusCode::OK,
+                    pages::username_page(&branding, &fields, &username, Some(&e.to_string())),
+                ),
+                Ok(Err(e)) => html_response(
+                    StatusCode::OK,
+                    pages::code_page(&branding, &fields, &username, &challenge, Some(&e.to_string())),
+                ),
+                Err(e) => internal(e),
+            }
+        }
         "password" | "change" => {
             let password = p.get("password").cloned().unwrap_or_default();
-            let origin = signin::Origin {
-                address: tenant::net::client_address(
-                    &state.trusted_proxies,
-                    peer.0.ip(),
-                    headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
-                )
-                .to_string(),
-                application: p.get("client_id").cloned(),
-            };
+            let origin = origin_of(&state, &peer, &headers, &p);
             let started = std::time::Instant::now();
             let outcome = signin::sign_in(&state.store, &state.pta, &username, &password, &origin, state.lockout).await;
             count_sign_in(&state, &username, &outcome, started.elapsed().as_secs_f64()).await;
@@ -549,14 +558,7 @@ async fn authorize_post_page(
             };
             match outcome {
                 Ok(signed_in) => {
-                    let mut resp = finish(&state, request, signed_in.user.clone(), now_secs()).await;
-                    if resp.status() == StatusCode::SEE_OTHER {
-                        match new_session(&state, &signed_in.user.id).await {
-                            Ok(token) => set_cookie(&mut resp, &state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
-                            Err(e) => return internal(e),
-                        }
-                    }
-                    resp
+                    second_step_or_signed_in(&state, &branding, &fields, request, &username, signed_in.user).await
                 }
                 Err(SignInError::MustChangePassword { user_id }) if step == "change" => {
                     change_password(&state, &branding, &fields, request, &username, &user_id, &p).await
@@ -579,6 +581,52 @@ async fn authorize_post_page(
             pages::message_page(&branding, "Sign-in request not valid", "Unknown sign-in step."),
         ),
     }
+}
+
+/// Where a sign-in attempt comes from (the client's address, behind trusted
+/// proxies) and for which application.
+fn origin_of(state: &AppState, peer: &crate::serve::PeerAddr, headers: &HeaderMap, p: &Params) -> signin::Origin {
+    signin::Origin {
+        address: tenant::net::client_address(
+            &state.trusted_proxies,
+            peer.0.ip(),
+            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
+        )
+        .to_string(),
+        application: p.get("client_id").cloned(),
+    }
+}
+
+/// The password was right: the second step when the user has a second
+/// factor, else the code for the application and a browser session.
+async fn second_step_or_signed_in(
+    state: &Arc<AppState>,
+    branding: &Branding,
+    fields: &[(&'static str, String)],
+    request: AuthRequest,
+    username: &str,
+    user: Stored,
+) -> Response {
+    let user_id = user.id.clone();
+    match db(state, move |conn| signin::second_factor_challenge(conn, &user_id)).await {
+        Ok(Some(challenge)) => {
+            html_response(StatusCode::OK, pages::code_page(branding, fields, username, &challenge, None))
+        }
+        Ok(None) => signed_in_response(state, request, user).await,
+        Err(e) => internal(e),
+    }
+}
+
+/// Signed in: the code for the application, and a browser session.
+async fn signed_in_response(state: &Arc<AppState>, request: AuthRequest, user: Stored) -> Response {
+    let mut resp = finish(state, request, user.clone(), now_secs()).await;
+    if resp.status() == StatusCode::SEE_OTHER {
+        match new_session(state, &user.id).await {
+            Ok(token) => set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
+            Err(e) => return internal(e),
+        }
+    }
+    resp
 }
 
 /// Counts a sign-in in the metrics: its method (from the user's domain)
@@ -642,13 +690,7 @@ async fn change_password(
     })
     .await;
     match result {
-        Ok(Some(user)) => {
-            let mut resp = finish(state, request, user.clone(), now_secs()).await;
-            if let Ok(token) = new_session(state, &user.id).await {
-                set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS);
-            }
-            resp
-        }
+        Ok(Some(user)) => second_step_or_signed_in(state, branding, fields, request, username, user).await,
         Ok(None) => html_response(StatusCode::OK, pages::username_page(branding, fields, "", Some("Sign in again."))),
         Err(e) => internal(e),
     }

@@ -134,6 +134,39 @@ pub fn password_page(branding: &Branding, fields: Hidden<'_>, username: &str, er
     layout(branding, "Enter your password", body)
 }
 
+/// The second step: a code from the user's authenticator app, or a
+/// recovery code. `challenge` stands for the password step that succeeded.
+pub fn code_page(
+    branding: &Branding,
+    fields: Hidden<'_>,
+    username: &str,
+    challenge: &str,
+    error: Option<&str>,
+) -> String {
+    let body = html! {
+        h1 { "Enter a code" }
+        p.who { (username) }
+        p { "Enter the code your authenticator app shows for this account, or one of your recovery codes." }
+        (error_box(error))
+        form method="post" action="/oauth2/authorize" {
+            (hidden(fields))
+            input type="hidden" name="step" value="code";
+            input type="hidden" name="username" value=(username);
+            input type="hidden" name="challenge" value=(challenge);
+            label for="code" { "Code" }
+            input type="text" id="code" name="code" autocomplete="one-time-code" inputmode="numeric" required autofocus
+                maxlength="16" aria-describedby=[error.map(|_| "error")];
+            button type="submit" { "Verify" }
+        }
+        form method="post" action="/oauth2/authorize" {
+            (hidden(fields))
+            input type="hidden" name="step" value="restart";
+            button type="submit" style="background:#666" { "Use another account" }
+        }
+    };
+    layout(branding, "Enter a code", body)
+}
+
 pub fn change_password_page(branding: &Branding, fields: Hidden<'_>, username: &str, error: Option<&str>) -> String {
     let body = html! {
         h1 { "Choose a new password" }

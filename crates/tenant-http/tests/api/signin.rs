@@ -761,3 +761,98 @@ async fn a_sync_token_sets_passwords_only_in_its_domains() {
     assert_eq!(statuses, ["stored", "forbidden"], "{}", r.body);
     t.stop().await;
 }
+
+/// The code `oathtool` (Debian's; independent of ours) gives for `secret`
+/// `offset` seconds from now.
+fn oathtool(secret: &str, offset: i64) -> String {
+    let at = tenant::util::now_secs() + offset;
+    let out = std::process::Command::new("oathtool")
+        .args(["--totp", "-b", "-N", &format!("@{at}"), secret])
+        .output()
+        .expect("oathtool runs (Debian package oathtool; scripts/test installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A user with an authenticator app is asked for a code after the
+/// password: wrong and reused codes are refused (and count toward smart
+/// lockout like wrong passwords), a current one signs in once, a recovery
+/// code works once; users without one are not asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticator_codes_are_the_second_step() {
+    let t = Tenant::start().await;
+    let rp = register(&t, false);
+    let (verifier, challenge) = pkce();
+    let otto = synced_user(&t, "otto@corp.example.com", "T1RUTw==", json!({})).await;
+    synced_user(&t, "pia@corp.example.com", "UElB", json!({})).await;
+    let offer = tenant::mfa::offer_totp("idbridge", "otto@corp.example.com");
+    let enrolled_with = oathtool(&offer.secret, 0);
+    let enrolled = {
+        let store = t.store();
+        let conn = store.lock();
+        tenant::mfa::confirm_totp(&conn, otto["id"].as_str().unwrap(), &offer.secret, &enrolled_with, "Phone")
+            .unwrap()
+            .unwrap()
+    };
+    let action = format!("{}/oauth2/authorize", issuer(&t));
+
+    // Without a second factor: signed in by the password alone.
+    let pia = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "pia@corp.example.com", PASSWORD).await;
+    assert_eq!(pia.status, StatusCode::SEE_OTHER, "{}", pia.body);
+
+    let mut b = Browser::new().unwrap();
+    let page = sign_in(&mut b, &t, &rp, &challenge, "otto@corp.example.com", PASSWORD).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("Enter a code") && page.body.contains("autocomplete=\"one-time-code\""),
+        "{}",
+        page.body
+    );
+    let wrong_code = format!("{:06}", (oathtool(&offer.secret, 0).parse::<u32>().unwrap() + 500_000) % 1_000_000);
+    let wrong = b.post(&action, &form_fields(&page.body, &[("code", &wrong_code)])).await.unwrap();
+    assert!(wrong.body.contains("That code is not right") && wrong.body.contains("role=\"alert\""), "{}", wrong.body);
+    let reused = b.post(&action, &form_fields(&wrong.body, &[("code", &enrolled_with)])).await.unwrap();
+    assert!(reused.body.contains("already used"), "{}", reused.body);
+    let malformed = b.post(&action, &form_fields(&reused.body, &[("code", "１２３４５６")])).await.unwrap();
+    assert!(malformed.body.contains("Enter the 6-digit code"), "{}", malformed.body);
+    let right =
+        b.post(&action, &form_fields(&malformed.body, &[("code", &oathtool(&offer.secret, 30))])).await.unwrap();
+    assert_eq!(right.status, StatusCode::SEE_OTHER, "{}", right.body);
+    let code = query(right.location.as_deref().unwrap()).get("code").cloned().unwrap();
+    assert_eq!(redeem(&t, &rp, &code, &verifier).await.status(), StatusCode::OK);
+    // The same second step cannot be taken twice.
+    let again =
+        b.post(&action, &form_fields(&malformed.body, &[("code", &oathtool(&offer.secret, 30))])).await.unwrap();
+    assert!(again.body.contains("took too long"), "{}", again.body);
+
+    // A recovery code, once.
+    let recovery = enrolled.recovery_codes.first().unwrap().clone();
+    let mut b = Browser::new().unwrap();
+    let page = sign_in(&mut b, &t, &rp, &challenge, "otto@corp.example.com", PASSWORD).await;
+    let used = b.post(&action, &form_fields(&page.body, &[("code", &recovery)])).await.unwrap();
+    assert_eq!(used.status, StatusCode::SEE_OTHER, "{}", used.body);
+    let mut b = Browser::new().unwrap();
+    let page = sign_in(&mut b, &t, &rp, &challenge, "otto@corp.example.com", PASSWORD).await;
+    let spent = b.post(&action, &form_fields(&page.body, &[("code", &recovery)])).await.unwrap();
+    assert!(spent.body.contains("That code is not right"), "{}", spent.body);
+
+    // Wrong codes lock like wrong passwords (the default threshold, 10 on
+    // one key: the one already counted above, and nine more).
+    let mut last = spent;
+    for _ in 0..9 {
+        last = b.post(&action, &form_fields(&last.body, &[("code", &wrong_code)])).await.unwrap();
+    }
+    let locked = b.post(&action, &form_fields(&last.body, &[("code", &oathtool(&offer.secret, 0))])).await.unwrap();
+    assert!(locked.body.contains("temporarily locked"), "{}", locked.body);
+    let password_too =
+        sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "otto@corp.example.com", PASSWORD).await;
+    assert!(password_too.body.contains("temporarily locked"), "{}", password_too.body);
+
+    // The sign-in log names the second step.
+    let store = t.store();
+    let conn = store.lock();
+    let log = tenant::signin_log::query(&conn, &tenant::signin_log::Filter::default(), 100).unwrap();
+    assert!(log.iter().any(|e| e.method == "authenticator-code" && e.success));
+    assert!(log.iter().any(|e| e.method == "recovery-code" && e.success));
+    assert!(log.iter().any(|e| e.method == "authenticator-code" && e.reason == "code-reused"));
+}
