@@ -98,10 +98,16 @@ pub enum CodeError {
 /// A new key for `account` (the user name), named after `issuer` in the app.
 pub fn offer_totp(issuer: &str, account: &str) -> TotpOffer {
     let key = random_bytes::<20>();
-    let secret = data_encoding::BASE32_NOPAD.encode(&key);
+    totp_offer(issuer, account, &data_encoding::BASE32_NOPAD.encode(&key))
+}
+
+/// The offer of an existing key (the enrolment form shown again after a wrong code).
+pub fn totp_offer(issuer: &str, account: &str, secret: &str) -> TotpOffer {
+    let secret = secret.to_string();
     let label = format!("{}:{}", crate::util::urlencode(issuer), crate::util::urlencode(account));
     let uri = format!(
-        "otpauth://totp/{label}?secret={secret}&issuer={}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECS}",
+        "otpauth://totp/{label}?secret={}&issuer={}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECS}",
+        crate::util::urlencode(&secret),
         crate::util::urlencode(issuer)
     );
     TotpOffer { secret, uri }

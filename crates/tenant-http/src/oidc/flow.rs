@@ -31,13 +31,13 @@ pub const REFRESH_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 pub const SESSION_LIFETIME_SECS: i64 = 8 * 3600;
 pub(crate) const SESSION_COOKIE: &str = "idb_session";
 /// The CSRF cookie; `__Host-` on HTTPS, so no sibling host can plant one.
-fn csrf_cookie_name(state: &AppState) -> &'static str {
+pub(crate) fn csrf_cookie_name(state: &AppState) -> &'static str {
     if state.issuer.starts_with("https://") { "__Host-idb_csrf" } else { "idb_csrf" }
 }
 
 /// A CSRF token only this tenant can make: random, then its HMAC under the
 /// tenant's CSRF key (a planted cookie with a matching form field is refused).
-fn mint_csrf(key: &[u8; 32]) -> String {
+pub(crate) fn mint_csrf(key: &[u8; 32]) -> String {
     let nonce = random_token();
     let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), nonce.as_bytes());
     format!("{nonce}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()))
@@ -45,14 +45,14 @@ fn mint_csrf(key: &[u8; 32]) -> String {
 
 /// The double-submit check of a posted form: the field equals the cookie
 /// and the token is one this tenant made. The token, if it passes.
-fn checked_csrf(state: &AppState, headers: &HeaderMap, p: &Params) -> Option<String> {
+pub(crate) fn checked_csrf(state: &AppState, headers: &HeaderMap, p: &Params) -> Option<String> {
     let cookie = cookie(headers, csrf_cookie_name(state))?;
     let field = p.get("csrf")?;
     let same = !cookie.is_empty() && sha256(cookie.as_bytes()) == sha256(field.as_bytes());
     (same && csrf_is_ours(&state.csrf_key, &cookie)).then_some(cookie)
 }
 
-fn csrf_is_ours(key: &[u8; 32], token: &str) -> bool {
+pub(crate) fn csrf_is_ours(key: &[u8; 32], token: &str) -> bool {
     let Some((nonce, mac)) = token.split_once('.') else { return false };
     let Ok(mac) = URL_SAFE_NO_PAD.decode(mac) else { return false };
     ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), nonce.as_bytes(), &mac).is_ok()
@@ -166,7 +166,7 @@ pub(crate) fn clear_session_cookie(resp: &mut Response, state: &AppState) {
     set_cookie(resp, state, SESSION_COOKIE, "", 0);
 }
 
-fn set_cookie(resp: &mut Response, state: &AppState, name: &str, value: &str, max_age: i64) {
+pub(crate) fn set_cookie(resp: &mut Response, state: &AppState, name: &str, value: &str, max_age: i64) {
     let secure = if state.issuer.starts_with("https://") { "; Secure" } else { "" };
     let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
     if let Ok(v) = HeaderValue::from_str(&text) {
@@ -294,7 +294,7 @@ fn hidden_fields(p: &Params, csrf: &str) -> Vec<(&'static str, String)> {
 
 /// The signed-in user of a browser session, if the cookie is valid, and
 /// when they authenticated.
-fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Option<(Stored, i64)>> {
+pub(crate) fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Option<(Stored, i64)>> {
     let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
     let user: Option<(String, i64)> = conn
         .query_row(

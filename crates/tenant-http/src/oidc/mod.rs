@@ -3,7 +3,9 @@
 //! - [`flow`]: the endpoints (discovery, authorize + sign-in, token, userinfo, logout).
 //! - [`pages`]: the sign-in pages (HTML without JavaScript).
 //! - [`myapps`]: a small relying party of our own, for the demo.
+//! - [`account`]: Security info, the signed-in user's own second factors.
 
+pub mod account;
 pub mod flow;
 pub mod myapps;
 pub mod pages;
@@ -29,6 +31,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/oauth2/logout", get(flow::logout).post(flow::logout_confirmed))
         .route("/federation/oidc/callback", get(crate::federation::oidc_callback))
         .route("/federation/saml/acs", axum::routing::post(crate::federation::saml_acs))
+        .route("/account", get(account::page).post(account::post))
         .route("/myapps", get(myapps::home))
         .route("/myapps/callback", get(myapps::callback))
         .route("/myapps/logout", get(myapps::logout))

@@ -167,6 +167,133 @@ pub fn code_page(
     layout(branding, "Enter a code", body)
 }
 
+/// What the Security info page shows of the signed-in user.
+#[derive(Debug, Clone)]
+pub struct AccountView {
+    pub user_name: String,
+    pub methods: Vec<tenant::mfa::MethodInfo>,
+    pub recovery_codes_left: usize,
+    pub recent: Vec<tenant::signin_log::Entry>,
+}
+
+fn csrf_field(csrf: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(csrf); }
+}
+
+/// Security info: the user's second factors, recovery codes left, recent sign-ins.
+pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice: Option<&str>) -> String {
+    let body = html! {
+        h1 { "Security info" }
+        p.who { (view.user_name) }
+        @if let Some(n) = notice {
+            p role="status" { (n) }
+        }
+        h2 { "Sign-in methods" }
+        @if view.methods.is_empty() {
+            p { "Only your password. Add an authenticator app so a stolen password is not enough to sign in as you." }
+        } @else {
+            ul id="methods" {
+                @for m in &view.methods {
+                    li {
+                        strong { (m.label) } " — authenticator app, added " (tenant::util::display_time(m.created))
+                        @if let Some(used) = m.last_used { ", last used " (tenant::util::display_time(used)) }
+                        form method="post" action="/account" {
+                            (csrf_field(csrf))
+                            input type="hidden" name="action" value="remove";
+                            input type="hidden" name="method" value=(m.id);
+                            button type="submit" style="background:#666" aria-label=(format!("Remove {}", m.label)) { "Remove" }
+                        }
+                    }
+                }
+            }
+            p id="recovery-left" { (view.recovery_codes_left) " unused recovery codes." }
+        }
+        form method="post" action="/account" {
+            (csrf_field(csrf))
+            input type="hidden" name="action" value="offer";
+            button type="submit" id="add-app" { "Add an authenticator app" }
+        }
+        h2 { "Recent sign-ins" }
+        @if view.recent.is_empty() {
+            p { "None yet." }
+        } @else {
+            table {
+                thead { tr { th scope="col" { "When" } th scope="col" { "How" } th scope="col" { "Result" } } }
+                tbody {
+                    @for e in &view.recent {
+                        tr {
+                            td { (tenant::util::display_time(e.at)) }
+                            td { (e.method) }
+                            td { @if e.success { "signed in" } @else { (e.reason) } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(branding, "Security info", body)
+}
+
+/// Security info without a sign-in session.
+pub fn account_signed_out_page(branding: &Branding) -> String {
+    let body = html! {
+        h1 { "Security info" }
+        p { "Sign in first, then open this page again." }
+        p { a href="/myapps" { "Sign in" } }
+    };
+    layout(branding, "Security info", body)
+}
+
+/// Adding an authenticator app: the QR code and the key, then a current code.
+pub fn enrol_page(
+    branding: &Branding,
+    offer: &tenant::mfa::TotpOffer,
+    qr_svg: &str,
+    csrf: &str,
+    label: &str,
+    error: Option<&str>,
+) -> String {
+    let body = html! {
+        h1 { "Add an authenticator app" }
+        p { "Scan this code with your authenticator app, or type the key into it." }
+        div role="img" aria-label="QR code of the key for your authenticator app" { (PreEscaped(qr_svg)) }
+        p { "Key: " code id="secret" { (offer.secret) } }
+        (error_box(error))
+        form method="post" action="/account" {
+            (csrf_field(csrf))
+            input type="hidden" name="action" value="confirm";
+            input type="hidden" name="secret" value=(offer.secret);
+            label for="label" { "Name for this app" }
+            input type="text" id="label" name="label" value=(if label.is_empty() { "Authenticator app" } else { label }) required maxlength="64";
+            label for="code" { "The code the app shows" }
+            input type="text" id="code" name="code" autocomplete="one-time-code" inputmode="numeric" required autofocus
+                maxlength="16" aria-describedby=[error.map(|_| "error")];
+            button type="submit" { "Add" }
+        }
+        p { a href="/account" { "Cancel" } }
+    };
+    layout(branding, "Add an authenticator app", body)
+}
+
+/// The app was added; with the first one, the recovery codes (shown once).
+pub fn enrolled_page(branding: &Branding, enrolled: &tenant::mfa::Enrolled) -> String {
+    let body = html! {
+        h1 { "Authenticator app added" }
+        p role="status" { (enrolled.method.label) " will be asked for a code when you sign in." }
+        @if !enrolled.recovery_codes.is_empty() {
+            h2 { "Your recovery codes" }
+            p { "Each works once instead of a code, if you lose the app. Keep them somewhere safe: they are not shown again." }
+            ul id="recovery-codes" {
+                @for c in &enrolled.recovery_codes {
+                    li { code { (c) } }
+                }
+            }
+        }
+        p { a href="/account" { "Back to Security info" } }
+    };
+    layout(branding, "Authenticator app added", body)
+}
+
 pub fn change_password_page(branding: &Branding, fields: Hidden<'_>, username: &str, error: Option<&str>) -> String {
     let body = html! {
         h1 { "Choose a new password" }

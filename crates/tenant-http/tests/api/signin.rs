@@ -856,3 +856,66 @@ async fn authenticator_codes_are_the_second_step() {
     assert!(log.iter().any(|e| e.method == "recovery-code" && e.success));
     assert!(log.iter().any(|e| e.method == "authenticator-code" && e.reason == "code-reused"));
 }
+
+/// Security info (`/account`): a signed-in user adds an authenticator app
+/// (the key from the page, the code from oathtool), sees ten recovery codes
+/// once, is asked for a code at the next sign-in, and removes the app.
+/// Without a session the page says to sign in; a form without the CSRF
+/// token is refused; a wrong code stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_info_adds_and_removes_an_authenticator_app() {
+    let t = Tenant::start().await;
+    let rp = register(&t, false);
+    let (_, challenge) = pkce();
+    synced_user(&t, "rhea@corp.example.com", "UkhFQQ==", json!({})).await;
+    let account = format!("{}/account", issuer(&t));
+    let action = format!("{}/oauth2/authorize", issuer(&t));
+
+    let anonymous = Browser::new().unwrap().get(&account).await.unwrap();
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(anonymous.body.contains("Sign in first"), "{}", anonymous.body);
+
+    let mut b = Browser::new().unwrap();
+    let signed_in = sign_in(&mut b, &t, &rp, &challenge, "rhea@corp.example.com", PASSWORD).await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "no second factor yet: {}", signed_in.body);
+    let page = b.get(&account).await.unwrap();
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("rhea@corp.example.com") && page.body.contains("Only your password"), "{}", page.body);
+    assert!(page.body.contains("Recent sign-ins") && page.body.contains("password"), "{}", page.body);
+
+    let forged = b.post(&account, &[("action".to_string(), "offer".to_string())]).await.unwrap();
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST, "no CSRF token: {}", forged.body);
+    let offer = b.post(&account, &form_fields(&page.body, &[("action", "offer")])).await.unwrap();
+    assert!(offer.body.contains("<svg") && offer.body.contains("QR code"), "{}", offer.body);
+    let secret = offer.body.split("<code id=\"secret\">").nth(1).and_then(|r| r.split('<').next()).unwrap().to_string();
+    assert!(secret.len() >= 32, "{secret}");
+    let wrong_code = format!("{:06}", (oathtool(&secret, 0).parse::<u32>().unwrap() + 500_000) % 1_000_000);
+    let wrong =
+        b.post(&account, &form_fields(&offer.body, &[("code", &wrong_code), ("label", "Phone")])).await.unwrap();
+    assert!(wrong.body.contains("That code is not right") && wrong.body.contains(&secret), "{}", wrong.body);
+    let still = b.get(&account).await.unwrap();
+    assert!(still.body.contains("Only your password"), "a wrong code stores nothing");
+    let added = b
+        .post(&account, &form_fields(&wrong.body, &[("code", &oathtool(&secret, 0)), ("label", "Rhea’s phone")]))
+        .await
+        .unwrap();
+    assert!(added.body.contains("Authenticator app added"), "{}", added.body);
+    assert_eq!(added.body.matches("<li><code>").count(), 10, "ten recovery codes: {}", added.body);
+    let page = b.get(&account).await.unwrap();
+    assert!(page.body.contains("Rhea’s phone") && page.body.contains("10 unused recovery codes"), "{}", page.body);
+
+    // The next sign-in asks for a code.
+    let mut other = Browser::new().unwrap();
+    let asked = sign_in(&mut other, &t, &rp, &challenge, "rhea@corp.example.com", PASSWORD).await;
+    assert!(asked.body.contains("Enter a code"), "{}", asked.body);
+    let through = other.post(&action, &form_fields(&asked.body, &[("code", &oathtool(&secret, 30))])).await.unwrap();
+    assert_eq!(through.status, StatusCode::SEE_OTHER, "{}", through.body);
+
+    // Removed (the first form on the page is its Remove button): the password alone again.
+    let removed = b.post(&account, &form_fields(&page.body, &[])).await.unwrap();
+    assert_eq!(removed.status, StatusCode::SEE_OTHER, "{}", removed.body);
+    let page = b.get(&account).await.unwrap();
+    assert!(page.body.contains("Only your password"), "{}", page.body);
+    let again = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "rhea@corp.example.com", PASSWORD).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "{}", again.body);
+}

@@ -1,0 +1,153 @@
+//! "Security info" (`/account`): the signed-in user's own second factors —
+//! add an authenticator app (a QR code and the key, confirmed with a
+//! current code; the first one brings ten recovery codes, shown once),
+//! remove one — and their recent sign-ins. The browser's sign-in session
+//! (`idb_session`) is who is signed in; every form carries the sign-in
+//! pages' double-submit CSRF token.
+
+use std::sync::Arc;
+
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde_json::Value;
+
+use super::flow::{
+    Params, checked_csrf, cookie, csrf_cookie_name, csrf_is_ours, db, html_response, internal, mint_csrf, session_user,
+    set_cookie,
+};
+use super::pages::{self, AccountView, Branding};
+use crate::scim::AppState;
+use tenant::mfa;
+
+/// How many of the user's own sign-ins the page lists.
+const RECENT_SIGN_INS: usize = 10;
+
+/// GET /account.
+pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    // The token of this browser, if it has one of ours: a form open in
+    // another tab keeps working.
+    let csrf = cookie(&headers, csrf_cookie_name(&state))
+        .filter(|c| csrf_is_ours(&state.csrf_key, c))
+        .unwrap_or_else(|| mint_csrf(&state.csrf_key));
+    let mut resp = overview(&state, &headers, &csrf, None).await;
+    set_cookie(&mut resp, &state, csrf_cookie_name(&state), &csrf, 3600);
+    resp
+}
+
+/// The page of the signed-in user, or where to sign in.
+async fn overview(state: &Arc<AppState>, headers: &HeaderMap, csrf: &str, notice: Option<&str>) -> Response {
+    let headers = headers.clone();
+    let found = db(state, move |conn| {
+        let branding = Branding::load(conn);
+        let Some((user, _)) = session_user(conn, &headers)? else { return Ok((branding, None)) };
+        let name = user_name(&user.data);
+        let methods = mfa::methods(conn, &user.id)?;
+        let left = mfa::recovery_codes_left(conn, &user.id)?;
+        let filter = tenant::signin_log::Filter { user_name: Some(name.clone()), ..Default::default() };
+        let recent = tenant::signin_log::query(conn, &filter, RECENT_SIGN_INS)?;
+        Ok((branding, Some(AccountView { user_name: name, methods, recovery_codes_left: left, recent })))
+    })
+    .await;
+    match found {
+        Ok((branding, Some(view))) => {
+            html_response(StatusCode::OK, pages::account_page(&branding, &view, csrf, notice))
+        }
+        Ok((branding, None)) => signed_out(&branding),
+        Err(e) => internal(e),
+    }
+}
+
+fn signed_out(branding: &Branding) -> Response {
+    html_response(StatusCode::UNAUTHORIZED, pages::account_signed_out_page(branding))
+}
+
+fn user_name(data: &Value) -> String {
+    data.get("userName").and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+/// POST /account: `action` = `offer` (a new key to add), `confirm` (the
+/// key with a current code and a label), or `remove` (a method by id).
+pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
+    let Some(csrf) = checked_csrf(&state, &headers, &p) else {
+        let branding = db(&state, |conn| Ok(Branding::load(conn))).await.unwrap_or_default();
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            pages::message_page(
+                &branding,
+                "Form expired",
+                "This form expired or did not come from this page (the security token is missing). Open Security info again.",
+            ),
+        );
+    };
+    let action = p.get("action").cloned().unwrap_or_default();
+    let (session_headers, params) = (headers.clone(), p.clone());
+    let issuer_name = state.issuer.clone();
+    let done = db(&state, move |conn| {
+        let branding = Branding::load(conn);
+        let Some((user, _)) = session_user(conn, &session_headers)? else { return Ok((branding, Outcome::SignedOut)) };
+        let name = user_name(&user.data);
+        let issuer = if branding.name.trim().is_empty() { issuer_name } else { branding.name.clone() };
+        let outcome = match action.as_str() {
+            "offer" => Outcome::Enrol { offer: mfa::offer_totp(&issuer, &name), error: None, label: String::new() },
+            "confirm" => {
+                let secret = params.get("secret").cloned().unwrap_or_default();
+                let code = params.get("code").cloned().unwrap_or_default();
+                let label = params.get("label").cloned().unwrap_or_default();
+                match mfa::confirm_totp(conn, &user.id, &secret, &code, &label)? {
+                    Ok(enrolled) => Outcome::Enrolled(enrolled),
+                    Err(e) => Outcome::Enrol {
+                        offer: mfa::totp_offer(&issuer, &name, &secret),
+                        error: Some(e.to_string()),
+                        label,
+                    },
+                }
+            }
+            "remove" => {
+                let method = params.get("method").cloned().unwrap_or_default();
+                if mfa::remove(conn, &name, &user.id, &method)? { Outcome::Removed } else { Outcome::Unknown }
+            }
+            _ => Outcome::Unknown,
+        };
+        Ok((branding, outcome))
+    })
+    .await;
+    let (branding, outcome) = match done {
+        Ok(d) => d,
+        Err(e) => return internal(e),
+    };
+    match outcome {
+        Outcome::SignedOut => signed_out(&branding),
+        Outcome::Enrol { offer, error, label } => html_response(
+            StatusCode::OK,
+            pages::enrol_page(&branding, &offer, &qr_svg(&offer.uri), &csrf, &label, error.as_deref()),
+        ),
+        Outcome::Enrolled(enrolled) => html_response(StatusCode::OK, pages::enrolled_page(&branding, &enrolled)),
+        // Post, redirect, get: Back never re-sends the removal.
+        Outcome::Removed => Redirect::to("/account").into_response(),
+        Outcome::Unknown => overview(&state, &headers, &csrf, Some("That method was already removed.")).await,
+    }
+}
+
+enum Outcome {
+    SignedOut,
+    Enrol { offer: mfa::TotpOffer, error: Option<String>, label: String },
+    Enrolled(mfa::Enrolled),
+    Removed,
+    Unknown,
+}
+
+/// The otpauth URI as an inline SVG QR code (made here: the key never
+/// goes to a third-party service), without the XML prolog HTML does not take.
+fn qr_svg(uri: &str) -> String {
+    match qrcode::QrCode::new(uri.as_bytes()) {
+        Ok(code) => {
+            let svg = code.render::<qrcode::render::svg::Color>().min_dimensions(200, 200).build();
+            match svg.find("<svg") {
+                Some(start) => svg.get(start..).unwrap_or_default().to_string(),
+                None => String::new(),
+            }
+        }
+        Err(_) => String::new(),
+    }
+}
