@@ -326,6 +326,11 @@ CREATE TABLE recovery_codes (
     used INTEGER,                    -- epoch seconds, once used
     PRIMARY KEY (user_id, code_hash)
 );
+-- How each sign-in was made (RFC 8176 values, space-separated: pwd, otp, mfa,
+-- fed), carried from the session to codes and refresh tokens into `amr`/`acr`.
+ALTER TABLE sessions ADD COLUMN amr TEXT;
+ALTER TABLE auth_codes ADD COLUMN amr TEXT;
+ALTER TABLE refresh_tokens ADD COLUMN amr TEXT;
 -- A sign-in whose password was right and that waits for its second factor.
 CREATE TABLE mfa_challenges (
     hash BLOB PRIMARY KEY,           -- SHA-256 of the token the sign-in form carries

@@ -111,7 +111,7 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         "scopes_supported": ["openid", "profile", "email", "groups", "offline_access"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "preferred_username", "email", "groups", "immutable_id"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "amr", "acr", "nonce", "name", "preferred_username", "email", "groups", "immutable_id"],
     });
     json_response(StatusCode::OK, &body)
 }
@@ -294,22 +294,55 @@ fn hidden_fields(p: &Params, csrf: &str) -> Vec<(&'static str, String)> {
 
 /// The signed-in user of a browser session, if the cookie is valid, and
 /// when they authenticated.
-pub(crate) fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Option<(Stored, i64)>> {
+pub(crate) fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Option<(Stored, Authenticated)>> {
     let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
-    let user: Option<(String, i64)> = conn
+    let user: Option<(String, i64, Option<String>)> = conn
         .query_row(
-            "SELECT user_id, created FROM sessions WHERE hash = ?1 AND expires > ?2",
+            "SELECT user_id, created, amr FROM sessions WHERE hash = ?1 AND expires > ?2",
             params![sha256(token.as_bytes()), now_secs()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
     match user {
-        Some((id, created)) => Ok(objects::load(conn, Some(Kind::User), &id)?
+        Some((id, created, amr)) => Ok(objects::load(conn, Some(Kind::User), &id)?
             .filter(|u| u.data.get("active") != Some(&Value::Bool(false)))
-            .map(|u| (u, created))),
+            .map(|u| (u, Authenticated::stored(created, amr)))),
         None => Ok(None),
     }
 }
+
+/// When and how a person authenticated: `auth_time`, and the methods
+/// (RFC 8176 `amr` values) that become `amr` and `acr` in ID tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Authenticated {
+    pub time: i64,
+    /// Space-separated: `pwd`, `pwd otp mfa`, `fed`.
+    pub methods: String,
+}
+
+impl Authenticated {
+    pub const PASSWORD: &str = "pwd";
+    pub const PASSWORD_AND_CODE: &str = "pwd otp mfa";
+    pub const FEDERATED: &str = "fed";
+
+    pub fn now(methods: &str) -> Authenticated {
+        Authenticated { time: now_secs(), methods: methods.to_string() }
+    }
+
+    /// As stored; rows from before methods were recorded were passwords.
+    fn stored(time: i64, methods: Option<String>) -> Authenticated {
+        Authenticated { time, methods: methods.unwrap_or_else(|| Self::PASSWORD.to_string()) }
+    }
+
+    /// `acr`: whether more than one factor was used.
+    pub fn acr(&self) -> &'static str {
+        if self.methods.split(' ').any(|m| m == "mfa") { ACR_MULTI_FACTOR } else { ACR_SINGLE_FACTOR }
+    }
+}
+
+/// The `acr` values of ID tokens.
+pub(crate) const ACR_SINGLE_FACTOR: &str = "urn:idbridge:acr:1fa";
+pub(crate) const ACR_MULTI_FACTOR: &str = "urn:idbridge:acr:mfa";
 
 /// GET /oauth2/authorize: a signed-in session goes straight back with a
 /// code; otherwise the sign-in page.
@@ -389,7 +422,7 @@ async fn authorize_get_page(state: Arc<AppState>, headers: HeaderMap, p: Params)
             None
         } else {
             session_user(conn, &headers)?
-                .filter(|(_, auth_time)| request.max_age.is_none_or(|max| now_secs() - auth_time <= max))
+                .filter(|(_, auth)| request.max_age.is_none_or(|max| now_secs() - auth.time <= max))
         };
         Ok((branding, Ok(request), user, p))
     })
@@ -402,8 +435,8 @@ async fn authorize_get_page(state: Arc<AppState>, headers: HeaderMap, p: Params)
         Ok(r) => r,
         Err(invalid) => return invalid_response(&branding, invalid),
     };
-    if let Some((user, auth_time)) = user {
-        return finish(&state, request, user, auth_time).await;
+    if let Some((user, authenticated)) = user {
+        return finish(&state, request, user, &authenticated).await;
     }
     if request.prompt.as_deref() == Some("none") {
         let mut pairs = vec![("error", "login_required")];
@@ -534,7 +567,9 @@ async fn authorize_post_page(
             let code = p.get("code").cloned().unwrap_or_default();
             let origin = origin_of(&state, &peer, &headers, &p);
             match signin::second_factor(&state.store, &challenge, &code, &origin, state.lockout).await {
-                Ok(Ok(signed_in)) => signed_in_response(&state, request, signed_in.user).await,
+                Ok(Ok(signed_in)) => {
+                    signed_in_response(&state, request, signed_in.user, Authenticated::PASSWORD_AND_CODE).await
+                }
                 Ok(Err(e @ signin::SecondFactorError::Expired)) => html_response(
                     StatusCode::OK,
                     pages::username_page(&branding, &fields, &username, Some(&e.to_string())),
@@ -612,16 +647,17 @@ async fn second_step_or_signed_in(
         Ok(Some(challenge)) => {
             html_response(StatusCode::OK, pages::code_page(branding, fields, username, &challenge, None))
         }
-        Ok(None) => signed_in_response(state, request, user).await,
+        Ok(None) => signed_in_response(state, request, user, Authenticated::PASSWORD).await,
         Err(e) => internal(e),
     }
 }
 
-/// Signed in: the code for the application, and a browser session.
-async fn signed_in_response(state: &Arc<AppState>, request: AuthRequest, user: Stored) -> Response {
-    let mut resp = finish(state, request, user.clone(), now_secs()).await;
+/// Signed in by `methods`: the code for the application, and a browser session.
+async fn signed_in_response(state: &Arc<AppState>, request: AuthRequest, user: Stored, methods: &str) -> Response {
+    let authenticated = Authenticated::now(methods);
+    let mut resp = finish(state, request, user.clone(), &authenticated).await;
     if resp.status() == StatusCode::SEE_OTHER {
-        match new_session(state, &user.id).await {
+        match new_session(state, &user.id, &authenticated).await {
             Ok(token) => set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
             Err(e) => return internal(e),
         }
@@ -696,15 +732,15 @@ async fn change_password(
     }
 }
 
-async fn new_session(state: &Arc<AppState>, user_id: &str) -> Result<String> {
+async fn new_session(state: &Arc<AppState>, user_id: &str, authenticated: &Authenticated) -> Result<String> {
     let token = random_token();
-    let (hash, id) = (sha256(token.as_bytes()), user_id.to_string());
+    let (hash, id, auth) = (sha256(token.as_bytes()), user_id.to_string(), authenticated.clone());
     db(state, move |conn| {
         let now = now_secs();
         conn.execute("DELETE FROM sessions WHERE expires <= ?1", params![now])?;
         conn.execute(
-            "INSERT INTO sessions(hash, user_id, created, expires) VALUES(?1, ?2, ?3, ?4)",
-            params![hash, id, now, now + SESSION_LIFETIME_SECS],
+            "INSERT INTO sessions(hash, user_id, created, expires, amr) VALUES(?1, ?2, ?3, ?4, ?5)",
+            params![hash, id, auth.time, now + SESSION_LIFETIME_SECS, auth.methods],
         )?;
         Ok(())
     })
@@ -725,9 +761,10 @@ pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored) -> 
         Err(invalid) => return invalid_response(&branding, invalid),
     };
     let user_id = user.id.clone();
-    let mut resp = finish(state, request, user, now_secs()).await;
+    let authenticated = Authenticated::now(Authenticated::FEDERATED);
+    let mut resp = finish(state, request, user, &authenticated).await;
     if resp.status() == StatusCode::SEE_OTHER {
-        match new_session(state, &user_id).await {
+        match new_session(state, &user_id, &authenticated).await {
             Ok(token) => set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
             Err(e) => return internal(e),
         }
@@ -736,8 +773,9 @@ pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored) -> 
 }
 
 /// Issues the code and sends the browser back to the application.
-/// A code for `user`, who authenticated at `auth_time` (epoch seconds).
-async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, auth_time: i64) -> Response {
+/// A code for `user`, who authenticated as `authenticated` says.
+async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, authenticated: &Authenticated) -> Response {
+    let (auth_time, amr) = (authenticated.time, authenticated.methods.clone());
     let code = random_token();
     let hash = sha256(code.as_bytes());
     let AuthRequest { client, redirect_uri, scope, state: rp_state, nonce, challenge, .. } = request;
@@ -745,8 +783,8 @@ async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, auth_
     let stored = db(state, move |conn| {
         conn.execute("DELETE FROM auth_codes WHERE expires <= ?1", params![now_secs() - 3600])?;
         conn.execute(
-            "INSERT INTO auth_codes(hash, client_id, user_id, redirect_uri, scope, nonce, challenge, expires, auth_time)
-             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO auth_codes(hash, client_id, user_id, redirect_uri, scope, nonce, challenge, expires, auth_time, amr)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 hash,
                 client.id,
@@ -756,7 +794,8 @@ async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, auth_
                 nonce,
                 challenge,
                 now_secs() + CODE_LIFETIME_SECS,
-                auth_time
+                auth_time,
+                amr
             ],
         )?;
         Ok(())
@@ -849,17 +888,28 @@ fn bad_grant(description: &str) -> TokenResult {
 pub fn exchange_code(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> TokenResult {
     let Some(code) = p.get("code") else { return bad_grant("code is missing") };
     let hash = sha256(code.as_bytes());
-    type Row = (String, String, String, String, Option<String>, Option<String>, i64, bool, Option<i64>);
+    type Row = (String, String, String, String, Option<String>, Option<String>, i64, bool, Option<i64>, Option<String>);
     let row: Option<Row> = conn
         .query_row(
-            "SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, expires, used, auth_time FROM auth_codes WHERE hash = ?1",
+            "SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, expires, used, auth_time, amr FROM auth_codes WHERE hash = ?1",
             params![hash],
             |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                ))
             },
         )
         .optional()?;
-    let Some((code_client, user_id, redirect_uri, scope, nonce, challenge, expires, used, auth_time)) = row else {
+    let Some((code_client, user_id, redirect_uri, scope, nonce, challenge, expires, used, auth_time, amr)) = row else {
         return bad_grant("the code is unknown");
     };
     let family = tenant::util::to_hex(&hash);
@@ -899,23 +949,23 @@ pub fn exchange_code(conn: &mut Connection, issuer: &str, client: &Client, p: &P
         (None, Some(_)) => return bad_grant("code_verifier given but the authorization request had no code_challenge"),
         (None, None) => {}
     }
-    let auth_time = auth_time.unwrap_or_else(now_secs);
-    issue_tokens(conn, issuer, client, &user_id, &scope, nonce.as_deref(), &family, auth_time)
+    let authenticated = Authenticated::stored(auth_time.unwrap_or_else(now_secs), amr);
+    issue_tokens(conn, issuer, client, &user_id, &scope, nonce.as_deref(), &family, &authenticated)
 }
 
 /// Rotates a refresh token: the old one is spent; a reused one revokes its family.
 fn refresh(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> TokenResult {
     let Some(token) = p.get("refresh_token") else { return bad_grant("refresh_token is missing") };
     let hash = sha256(token.as_bytes());
-    type Row = (String, String, String, String, i64, bool, Option<i64>);
+    type Row = (String, String, String, String, i64, bool, Option<i64>, Option<String>);
     let row: Option<Row> = conn
         .query_row(
-            "SELECT family, client_id, user_id, scope, expires, used, auth_time FROM refresh_tokens WHERE hash = ?1",
+            "SELECT family, client_id, user_id, scope, expires, used, auth_time, amr FROM refresh_tokens WHERE hash = ?1",
             params![hash],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
         )
         .optional()?;
-    let Some((family, token_client, user_id, scope, expires, used, auth_time)) = row else {
+    let Some((family, token_client, user_id, scope, expires, used, auth_time, amr)) = row else {
         return bad_grant("the refresh token is unknown or revoked");
     };
     if used {
@@ -930,9 +980,9 @@ fn refresh(conn: &mut Connection, issuer: &str, client: &Client, p: &Params) -> 
         return bad_grant("the refresh token has expired");
     }
     conn.execute("UPDATE refresh_tokens SET used = 1 WHERE hash = ?1", params![hash])?;
-    // A refresh is no new authentication: the original auth_time stays.
-    let auth_time = auth_time.unwrap_or_else(now_secs);
-    issue_tokens(conn, issuer, client, &user_id, &scope, None, &family, auth_time)
+    // A refresh is no new authentication: the original auth_time and methods stay.
+    let authenticated = Authenticated::stored(auth_time.unwrap_or_else(now_secs), amr);
+    issue_tokens(conn, issuer, client, &user_id, &scope, None, &family, &authenticated)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -944,8 +994,9 @@ fn issue_tokens(
     scope: &str,
     nonce: Option<&str>,
     family: &str,
-    auth_time: i64,
+    authenticated: &Authenticated,
 ) -> TokenResult {
+    let auth_time = authenticated.time;
     let Some(user) = objects::load(conn, Some(Kind::User), user_id)? else {
         return bad_grant("the user no longer exists");
     };
@@ -960,6 +1011,8 @@ fn issue_tokens(
         o.insert("iat".into(), json!(now));
         o.insert("exp".into(), json!(now + TOKEN_LIFETIME_SECS));
         o.insert("auth_time".into(), json!(auth_time));
+        o.insert("amr".into(), json!(authenticated.methods.split(' ').collect::<Vec<_>>()));
+        o.insert("acr".into(), json!(authenticated.acr()));
         if let Some(n) = nonce {
             o.insert("nonce".into(), json!(n));
         }
@@ -983,8 +1036,8 @@ fn issue_tokens(
     if scope.split(' ').any(|s| s == "offline_access") {
         let refresh_token = random_token();
         conn.execute(
-            "INSERT INTO refresh_tokens(hash, family, client_id, user_id, scope, expires, auth_time)
-             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO refresh_tokens(hash, family, client_id, user_id, scope, expires, auth_time, amr)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 sha256(refresh_token.as_bytes()),
                 family,
@@ -992,7 +1045,8 @@ fn issue_tokens(
                 user.id,
                 scope,
                 now + REFRESH_LIFETIME_SECS,
-                auth_time
+                auth_time,
+                authenticated.methods
             ],
         )?;
         if let Some(o) = body.as_object_mut() {

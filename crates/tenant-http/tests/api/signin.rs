@@ -512,6 +512,10 @@ async fn a_standard_oidc_client_library_signs_in() {
         let claims = tokens.id_token().unwrap().claims(&verifier, &nonce).unwrap();
         assert_eq!(claims.subject().as_str(), alex["id"].as_str().unwrap());
         assert_eq!(claims.preferred_username().unwrap().as_str(), "alex@corp.example.com");
+        // How the person signed in (RFC 8176), read by the library.
+        let amr: Vec<&str> = claims.auth_method_refs().unwrap().iter().map(|m| m.as_str()).collect();
+        assert_eq!(amr, ["pwd"]);
+        assert_eq!(claims.auth_context_ref().unwrap().as_str(), "urn:idbridge:acr:1fa");
         // A token with a changed payload does not verify.
         let text = tokens.id_token().unwrap().to_string();
         let mut parts: Vec<String> = text.split('.').map(str::to_string).collect();
@@ -819,7 +823,23 @@ async fn authenticator_codes_are_the_second_step() {
         b.post(&action, &form_fields(&malformed.body, &[("code", &oathtool(&offer.secret, 30))])).await.unwrap();
     assert_eq!(right.status, StatusCode::SEE_OTHER, "{}", right.body);
     let code = query(right.location.as_deref().unwrap()).get("code").cloned().unwrap();
-    assert_eq!(redeem(&t, &rp, &code, &verifier).await.status(), StatusCode::OK);
+    let tokens = redeem(&t, &rp, &code, &verifier).await;
+    assert_eq!(tokens.status(), StatusCode::OK);
+    // The ID token says both factors were used (RFC 8176 amr, and acr).
+    let tokens: Value = tokens.json().await.unwrap();
+    let payload = tokens["id_token"].as_str().unwrap().split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["amr"], json!(["pwd", "otp", "mfa"]), "{claims}");
+    assert_eq!(claims["acr"], "urn:idbridge:acr:mfa");
+    // The browser's session remembers it: the next application gets the same.
+    let (verifier2, challenge2) = pkce();
+    let sso = b.get(&authorize_url(&t, &rp, &challenge2)).await.unwrap();
+    assert_eq!(sso.status, StatusCode::SEE_OTHER, "single sign-on: {}", sso.body);
+    let code = query(sso.location.as_deref().unwrap()).get("code").cloned().unwrap();
+    let tokens: Value = redeem(&t, &rp, &code, &verifier2).await.json().await.unwrap();
+    let payload = tokens["id_token"].as_str().unwrap().split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["amr"], json!(["pwd", "otp", "mfa"]), "{claims}");
     // The same second step cannot be taken twice.
     let again =
         b.post(&action, &form_fields(&malformed.body, &[("code", &oathtool(&offer.secret, 30))])).await.unwrap();
