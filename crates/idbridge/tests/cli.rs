@@ -3633,6 +3633,20 @@ mod demo {
         (child, serde_json::from_str(&line).unwrap())
     }
 
+    /// What a script that scans pages needs: the browser tools (puppeteer-core,
+    /// axe-core), a fresh Chromium profile and the screenshot directory.
+    fn browser_with_axe() -> (std::path::PathBuf, TempDir, std::path::PathBuf) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let tools = root.join(".tools/browser");
+        assert!(
+            tools.join("node_modules/axe-core").exists() && Path::new("/usr/bin/chromium").exists(),
+            "headless Chromium, puppeteer-core and axe-core are missing: run scripts/test, which installs them"
+        );
+        let shots = root.join("target/screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        (tools, TempDir::new("chromium").unwrap(), shots)
+    }
+
     /// Signs in through My Apps and the real sign-in page with headless Chromium
     /// (tests/browser/sign_in.mjs, puppeteer-core installed by scripts/test).
     fn chromium_sign_in(url: &str, user: &str, password: &str) -> serde_json::Value {
@@ -3687,15 +3701,7 @@ mod demo {
             .unwrap();
         assert!(!bad_user.status.success() && String::from_utf8_lossy(&bad_user.stderr).contains("not found"));
 
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let tools = root.join(".tools/browser");
-        assert!(
-            tools.join("node_modules/axe-core").exists() && Path::new("/usr/bin/chromium").exists(),
-            "headless Chromium, puppeteer-core and axe-core are missing: run scripts/test, which installs them"
-        );
-        let profile = TempDir::new("chromium").unwrap();
-        let shots = root.join("target/screenshots");
-        std::fs::create_dir_all(&shots).unwrap();
+        let (tools, profile, shots) = browser_with_axe();
         let accounts = serde_json::json!({"admin": admin, "reader": reader, "helpdesk": admin, "locked": reader});
         let lineage_user = std::cell::RefCell::new(String::new());
         let phase = |name: &str| -> serde_json::Value {
@@ -3787,6 +3793,35 @@ mod demo {
         );
         let page = chromium_sign_in(&format!("{}/myapps", nodes.public), "browser0@lab.example.test", "wrong");
         assert!(page["text"].as_str().unwrap().contains("user name or password is incorrect"), "{page}");
+    }
+
+    /// Security info (`/account`) through Chromium (tests/browser/account.mjs): a
+    /// demo user adds an authenticator app with a code from oathtool, is shown ten
+    /// recovery codes, and the next sign-in in a fresh browser asks for a code;
+    /// every page is scanned by axe-core and photographed at desktop width and 375 px.
+    #[test]
+    fn security_info_through_chromium() {
+        let (_child, ready) = start_demo(&[]);
+        let base = ready["url"].as_str().unwrap().trim_end_matches('/').trim_end_matches("/myapps").to_string();
+        let user = ready["users"][0]["username"].as_str().unwrap();
+        let password = ready["users"][0]["password"].as_str().unwrap();
+        let (tools, profile, shots) = browser_with_axe();
+        let out = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/account.mjs"))
+            .args([base.as_str(), user, password])
+            .env("BROWSER_TOOLS", &tools)
+            .env("PROFILE_DIR", profile.path())
+            .env("SCREENSHOT_DIR", &shots)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let result: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        assert_eq!(result["codes"], 10, "ten recovery codes shown once: {result}");
+        assert_eq!(result["asked"], true, "the next sign-in asks for a code: {result}");
+        assert!(result["signedIn"].as_str().unwrap().contains(&format!("Signed in as {user}")), "{result}");
+        assert_eq!(result["violations"], serde_json::json!([]), "axe-core: {result}");
+        assert_eq!(result["tooWide"], serde_json::json!([]), "375 px: {result}");
     }
 
     #[test]

@@ -10,22 +10,11 @@
 // 4. Phase `allow`: the administrator releases the threshold stop of $CONNECTOR with the button.
 // Prints one JSON line with what happened. Chromium: $CHROMIUM (default /usr/bin/chromium),
 // profile in $PROFILE_DIR; puppeteer-core and axe-core from $BROWSER_TOOLS.
-import { createRequire } from 'node:module';
-
-const require = createRequire(`${process.env.BROWSER_TOOLS || '.'}/`);
-const puppeteer = require('puppeteer-core');
-const axePath = require.resolve('axe-core/axe.min.js');
+import { launch, scan as scanPage } from './common.mjs';
 
 const [base, phase, accounts] = process.argv.slice(2);
 const { admin, reader, helpdesk, locked } = JSON.parse(accounts);
-const shots = process.env.SCREENSHOT_DIR;
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  userDataDir: process.env.PROFILE_DIR,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', '--no-first-run'],
-});
+const browser = await launch();
 const out = { pages: [], violations: [], tooWide: [] };
 
 async function newPage() {
@@ -53,24 +42,7 @@ async function consoleSignIn(user) {
 
 const text = (page) => page.evaluate(() => document.body.innerText);
 
-// axe-core in the page (the console's CSP forbids scripts, so it is bypassed for the scan only).
-async function scan(page, name) {
-  await page.addScriptTag({ path: axePath });
-  const result = await page.evaluate(async () => {
-    // eslint-disable-next-line no-undef
-    const r = await axe.run(document, { resultTypes: ['violations'] });
-    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help }));
-  });
-  for (const v of result) {
-    if (v.impact === 'serious' || v.impact === 'critical') out.violations.push({ page: name, ...v });
-  }
-  if (shots) await page.screenshot({ path: `${shots}/console-${name}-desktop.png`, fullPage: true });
-  await page.setViewport({ width: 375, height: 700 });
-  const width = await page.evaluate(() => document.documentElement.scrollWidth);
-  if (width > 375) out.tooWide.push({ page: name, width });
-  if (shots) await page.screenshot({ path: `${shots}/console-${name}-375.png`, fullPage: true });
-  await page.setViewport({ width: 1280, height: 800 });
-}
+const scan = (page, name) => scanPage(page, 'console', name, out);
 
 try {
   // 1. The global administrator: every page, then a role assigned with the form.

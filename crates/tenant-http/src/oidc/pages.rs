@@ -35,7 +35,7 @@ fn layout(branding: &Branding, title: &str, body: Markup) -> String {
         "body{{font-family:system-ui,sans-serif;background-color:{bg};{background}margin:0}}\
          main{{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem;border-radius:8px;box-shadow:0 2px 8px #0002;overflow-wrap:anywhere}}\
          @media (max-width:30rem){{main{{margin:0;border-radius:0;padding:1.2rem}}}}\
-         table{{table-layout:fixed;width:100%;border-collapse:collapse}} th{{width:8rem;vertical-align:top}} td{{overflow-wrap:anywhere}}\
+         table{{table-layout:fixed;width:100%;border-collapse:collapse}} th{{width:8rem;vertical-align:top}} td{{overflow-wrap:anywhere}} .list th{{width:auto;text-align:left}}\
          .hint{{color:#444;font-size:.9rem;margin:.3rem 0 0}}\
          h1{{font-size:1.4rem}} label{{display:block;margin-top:1rem;font-weight:600}}\
          input[type=text],input[type=email],input[type=password]{{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;margin-top:.3rem}}\
@@ -217,7 +217,7 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
         @if view.recent.is_empty() {
             p { "None yet." }
         } @else {
-            table {
+            table.list {
                 thead { tr { th scope="col" { "When" } th scope="col" { "How" } th scope="col" { "Result" } } }
                 tbody {
                     @for e in &view.recent {
@@ -279,7 +279,7 @@ pub fn enrol_page(
 pub fn enrolled_page(branding: &Branding, enrolled: &tenant::mfa::Enrolled) -> String {
     let body = html! {
         h1 { "Authenticator app added" }
-        p role="status" { (enrolled.method.label) " will be asked for a code when you sign in." }
+        p role="status" { "From now on, signing in asks for a code from “" (enrolled.method.label) "”." }
         @if !enrolled.recovery_codes.is_empty() {
             h2 { "Your recovery codes" }
             p { "Each works once instead of a code, if you lose the app. Keep them somewhere safe: they are not shown again." }
