@@ -358,12 +358,7 @@ mod tests {
     /// The code `oathtool` (Debian's, an implementation independent of this
     /// one) computes for `secret` at `secs`.
     fn oathtool(secret: &str, secs: i64) -> String {
-        let out = std::process::Command::new("oathtool")
-            .args(["--totp", "-b", "-N", &format!("@{secs}"), secret])
-            .output()
-            .expect("oathtool runs (Debian package oathtool; scripts/test installs it)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        testkit::oathtool(secret, secs).unwrap()
     }
 
     #[test]

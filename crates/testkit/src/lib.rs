@@ -28,7 +28,7 @@ pub use harness::{
 };
 pub use postgres::Postgres;
 pub use process::{
-    KillOnDrop, Measured, TempDir, TestkitError, free_port, measure, measure_run, peak_rss_kib,
+    KillOnDrop, Measured, TempDir, TestkitError, free_port, measure, measure_run, oathtool, peak_rss_kib,
     public_client_authorize_url, spawn_tenant, spawn_tenant_at, wait_until,
 };
 pub use proxy::RoundRobinProxy;

@@ -397,3 +397,12 @@ mod tests {
         assert!(!listens_on(std::process::id(), port));
     }
 }
+
+/// The authenticator-app code (TOTP, RFC 6238) Debian's `oathtool` — an
+/// implementation independent of idbridge's — gives for the base32 `secret`
+/// at `at_secs` (Unix time).
+pub fn oathtool(secret: &str, at_secs: i64) -> Result<String, TestkitError> {
+    require_tool("oathtool", "oathtool")?;
+    let out = run(Command::new("oathtool").args(["--totp", "-b", "-N", &format!("@{at_secs}"), secret]), None)?;
+    Ok(out.trim().to_string())
+}

@@ -760,16 +760,7 @@ pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored) -> 
         Ok(r) => r,
         Err(invalid) => return invalid_response(&branding, invalid),
     };
-    let user_id = user.id.clone();
-    let authenticated = Authenticated::now(Authenticated::FEDERATED);
-    let mut resp = finish(state, request, user, &authenticated).await;
-    if resp.status() == StatusCode::SEE_OTHER {
-        match new_session(state, &user_id, &authenticated).await {
-            Ok(token) => set_cookie(&mut resp, state, SESSION_COOKIE, &token, SESSION_LIFETIME_SECS),
-            Err(e) => return internal(e),
-        }
-    }
-    resp
+    signed_in_response(state, request, user, Authenticated::FEDERATED).await
 }
 
 /// Issues the code and sends the browser back to the application.

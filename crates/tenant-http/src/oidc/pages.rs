@@ -154,8 +154,7 @@ pub fn code_page(
             input type="hidden" name="username" value=(username);
             input type="hidden" name="challenge" value=(challenge);
             label for="code" { "Code" }
-            input type="text" id="code" name="code" autocomplete="one-time-code" inputmode="numeric" required autofocus
-                maxlength="16" aria-describedby=[error.map(|_| "error")];
+            (code_input(error))
             button type="submit" { "Verify" }
         }
         form method="post" action="/oauth2/authorize" {
@@ -174,6 +173,14 @@ pub struct AccountView {
     pub methods: Vec<tenant::mfa::MethodInfo>,
     pub recovery_codes_left: usize,
     pub recent: Vec<tenant::signin_log::Entry>,
+}
+
+/// The one-time code field of the sign-in code step and of enrolment.
+fn code_input(error: Option<&str>) -> Markup {
+    html! {
+        input type="text" id="code" name="code" autocomplete="one-time-code" inputmode="numeric" required autofocus
+            maxlength="16" aria-describedby=[error.map(|_| "error")];
+    }
 }
 
 fn csrf_field(csrf: &str) -> Markup {
@@ -266,8 +273,7 @@ pub fn enrol_page(
             label for="label" { "Name for this app" }
             input type="text" id="label" name="label" value=(if label.is_empty() { "Authenticator app" } else { label }) required maxlength="64";
             label for="code" { "The code the app shows" }
-            input type="text" id="code" name="code" autocomplete="one-time-code" inputmode="numeric" required autofocus
-                maxlength="16" aria-describedby=[error.map(|_| "error")];
+            (code_input(error))
             button type="submit" { "Add" }
         }
         p { a href="/account" { "Cancel" } }

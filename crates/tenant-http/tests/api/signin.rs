@@ -769,13 +769,7 @@ async fn a_sync_token_sets_passwords_only_in_its_domains() {
 /// The code `oathtool` (Debian's; independent of ours) gives for `secret`
 /// `offset` seconds from now.
 fn oathtool(secret: &str, offset: i64) -> String {
-    let at = tenant::util::now_secs() + offset;
-    let out = std::process::Command::new("oathtool")
-        .args(["--totp", "-b", "-N", &format!("@{at}"), secret])
-        .output()
-        .expect("oathtool runs (Debian package oathtool; scripts/test installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    testkit::oathtool(secret, tenant::util::now_secs() + offset).unwrap()
 }
 
 /// A user with an authenticator app is asked for a code after the
