@@ -382,6 +382,15 @@ pub fn public_client_authorize_url_at(exe: &Path, location: &[&str], issuer: &st
     ))
 }
 
+/// The authenticator-app code (TOTP, RFC 6238) Debian's `oathtool` — an
+/// implementation independent of idbridge's — gives for the base32 `secret`
+/// at `at_secs` (Unix time).
+pub fn oathtool(secret: &str, at_secs: i64) -> Result<String, TestkitError> {
+    require_tool("oathtool", "oathtool")?;
+    let out = run(Command::new("oathtool").args(["--totp", "-b", "-N", &format!("@{at_secs}"), secret]), None)?;
+    Ok(out.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,13 +405,4 @@ mod tests {
         drop(listener);
         assert!(!listens_on(std::process::id(), port));
     }
-}
-
-/// The authenticator-app code (TOTP, RFC 6238) Debian's `oathtool` — an
-/// implementation independent of idbridge's — gives for the base32 `secret`
-/// at `at_secs` (Unix time).
-pub fn oathtool(secret: &str, at_secs: i64) -> Result<String, TestkitError> {
-    require_tool("oathtool", "oathtool")?;
-    let out = run(Command::new("oathtool").args(["--totp", "-b", "-N", &format!("@{at_secs}"), secret]), None)?;
-    Ok(out.trim().to_string())
 }
