@@ -508,7 +508,13 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     data.arguments()
                 );
             }
-            let options = ServeOptions { listen, tls: tls_cert.zip(tls_key), public_url, max_body: DEFAULT_MAX_BODY };
+            let options = ServeOptions {
+                listen,
+                tls: tls_cert.zip(tls_key),
+                public_url,
+                max_body: DEFAULT_MAX_BODY,
+                loopback_as_localhost: false,
+            };
             serve(
                 tenant,
                 options,

@@ -3564,7 +3564,7 @@ mod demo {
         let (mut child, ready) = start_demo(&["--data", p(&tmp.join("d"))]);
         let base = ready["scim"].as_str().unwrap().to_string();
         let token = ready["admin_token"].as_str().unwrap().to_string();
-        assert!(base.starts_with("http://127.0.0.1:") && token.starts_with("idb_"), "{ready}");
+        assert!(base.starts_with("http://localhost:") && token.starts_with("idb_"), "{ready}");
         let count = |path: &str| scim_get(&base, &token, path)["totalResults"].as_u64().unwrap();
         assert_eq!(count("/Users?count=1"), 40);
         assert_eq!(count("/Groups?count=1"), 4);
@@ -3795,19 +3795,17 @@ mod demo {
         assert!(page["text"].as_str().unwrap().contains("user name or password is incorrect"), "{page}");
     }
 
-    /// Security info (`/account`) through Chromium (tests/browser/account.mjs): a
-    /// demo user adds an authenticator app with a code from oathtool, is shown ten
-    /// recovery codes, and the next sign-in in a fresh browser asks for a code;
-    /// every page is scanned by axe-core and photographed at desktop width and 375 px.
-    #[test]
-    fn security_info_through_chromium() {
+    /// Starts the demo and runs the browser script `script` (tests/browser)
+    /// against it as the demo's first user: its last line of output, parsed,
+    /// and the user's name.
+    fn demo_user_in_chromium(script: &str) -> (serde_json::Value, String) {
         let (_child, ready) = start_demo(&[]);
         let base = ready["url"].as_str().unwrap().trim_end_matches('/').trim_end_matches("/myapps").to_string();
         let user = ready["users"][0]["username"].as_str().unwrap();
         let password = ready["users"][0]["password"].as_str().unwrap();
         let (tools, profile, shots) = browser_with_axe();
         let out = Command::new("node")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/account.mjs"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser").join(script))
             .args([base.as_str(), user, password])
             .env("BROWSER_TOOLS", &tools)
             .env("PROFILE_DIR", profile.path())
@@ -3815,11 +3813,43 @@ mod demo {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let result: serde_json::Value =
-            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        let result = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        (result, user.to_string())
+    }
+
+    /// Security info (`/account`) through Chromium (tests/browser/account.mjs): a
+    /// demo user adds an authenticator app with a code from oathtool, is shown ten
+    /// recovery codes, and the next sign-in in a fresh browser asks for a code;
+    /// every page is scanned by axe-core and photographed at desktop width and 375 px.
+    #[test]
+    fn security_info_through_chromium() {
+        let (result, user) = demo_user_in_chromium("account.mjs");
         assert_eq!(result["codes"], 10, "ten recovery codes shown once: {result}");
         assert_eq!(result["asked"], true, "the next sign-in asks for a code: {result}");
         assert!(result["signedIn"].as_str().unwrap().contains(&format!("Signed in as {user}")), "{result}");
+        assert_eq!(result["violations"], serde_json::json!([]), "axe-core: {result}");
+        assert_eq!(result["tooWide"], serde_json::json!([]), "375 px: {result}");
+    }
+
+    /// Passkeys through Chromium's virtual WebAuthn authenticator: added on
+    /// Security info, then signing in alone and after the password; another
+    /// authenticator's credential is refused, and a removed passkey too.
+    #[test]
+    fn passkeys_through_chromium() {
+        // The demo is named (http://localhost:PORT), so browsers allow passkeys.
+        let (result, user) = demo_user_in_chromium("passkeys.mjs");
+        let page = |key: &str| result[key].as_str().unwrap_or_default().to_string();
+        assert_eq!(result["registered"], 1, "{result}");
+        assert_eq!(result["resident"], true, "a discoverable credential: {result}");
+        assert_eq!(result["codes"], 10, "the first method brings recovery codes: {result}");
+        let signed_in = format!("Signed in as {user}");
+        assert!(page("passkeyOnly").contains(&signed_in), "the passkey alone signs in: {result}");
+        assert!(page("recent").contains("passkey"), "the sign-in log names the passkey: {result}");
+        assert_eq!(result["verifyOffered"], true, "{result}");
+        assert!(page("secondFactor").contains(&signed_in), "the passkey after the password: {result}");
+        assert!(page("stranger").contains("not registered here"), "another authenticator is refused: {result}");
+        assert!(!page("stranger").contains(&signed_in), "{result}");
+        assert!(page("removed").contains("not registered here"), "a removed passkey is refused: {result}");
         assert_eq!(result["violations"], serde_json::json!([]), "axe-core: {result}");
         assert_eq!(result["tooWide"], serde_json::json!([]), "375 px: {result}");
     }

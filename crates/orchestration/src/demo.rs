@@ -157,6 +157,7 @@ pub async fn start(
         tls: o.tls.clone(),
         public_url: o.public_url.clone(),
         max_body: DEFAULT_MAX_BODY,
+        loopback_as_localhost: true,
     };
     let server = tokio::spawn(async move {
         serve(

@@ -18,6 +18,8 @@ pub enum SignInMethod {
     PassThrough,
     /// Federated to another identity provider.
     Federated,
+    /// A passkey alone, without a name or password.
+    Passkey,
 }
 
 impl SignInMethod {
@@ -26,6 +28,7 @@ impl SignInMethod {
             SignInMethod::Password => "password",
             SignInMethod::PassThrough => "pass_through",
             SignInMethod::Federated => "federated",
+            SignInMethod::Passkey => "passkey",
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct AppState {
     pub pta: tenant::pta::Broker,
     /// Federated domains: the tenant as a relying party of their IdPs.
     pub federation: tenant::federation::oidc::RelyingParty,
+    /// Passkeys: the tenant as a WebAuthn relying party; `None` when the
+    /// issuer is an IP address (browsers refuse those).
+    pub passkeys: Option<Arc<tenant::passkeys::RelyingParty>>,
     /// Requests per bearer token.
     pub rate_limit: tenant::ratelimit::RateLimiter,
     /// Reverse proxies whose X-Forwarded-For names the client.
@@ -236,7 +239,7 @@ async fn security_headers(State(state): State<Arc<AppState>>, mut resp: Response
         h.entry(header::X_FRAME_OPTIONS).or_insert(HeaderValue::from_static("DENY"));
         h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
         h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'; frame-ancestors 'none'",
         ));
     }
     resp

@@ -27,6 +27,10 @@ pub struct ServeOptions {
     /// The externally visible base URL (default: from `listen`).
     pub public_url: Option<String>,
     pub max_body: usize,
+    /// Without `public_url`, call a loopback address `localhost` (plain
+    /// HTTP only): browsers take passkeys only from a domain name, and
+    /// `http://localhost` is a secure context (the demo does this).
+    pub loopback_as_localhost: bool,
 }
 
 /// Largest request body by default: enough for a Bulk of 1,000 operations
@@ -37,6 +41,9 @@ impl ServeOptions {
     pub fn base_url(&self, bound: SocketAddr) -> String {
         match &self.public_url {
             Some(u) => format!("{}/scim/v2", u.trim_end_matches('/')),
+            None if self.loopback_as_localhost && self.tls.is_none() && bound.ip().is_loopback() => {
+                format!("http://localhost:{}/scim/v2", bound.port())
+            }
             None => format!("{}://{bound}/scim/v2", if self.tls.is_some() { "https" } else { "http" }),
         }
     }
@@ -250,6 +257,15 @@ pub async fn serve(
     // The admin console signs administrators in as a relying party of its own.
     tenant.register_console("idbridge", &issuer)?;
     let pta = tenant::pta::Broker::for_store(pta_timeout, tenant.store())?;
+    // The name authenticators show next to the passkey.
+    let rp_name = tenant.branding().map(|b| b.name).ok().filter(|n| !n.trim().is_empty());
+    let passkeys = match tenant::passkeys::RelyingParty::for_issuer(&issuer, rp_name.as_deref().unwrap_or("idbridge")) {
+        Ok(rp) => Some(Arc::new(rp)),
+        Err(why) => {
+            tracing::info!("no passkeys: {why}");
+            None
+        }
+    };
     let state = Arc::new(AppState {
         store: tenant.store().clone(),
         tenant,
@@ -259,6 +275,7 @@ pub async fn serve(
         lockout: tenant::signin::LockoutPolicy::default(),
         pta,
         federation: tenant::federation::oidc::RelyingParty::new(),
+        passkeys,
         rate_limit: tenant::ratelimit::RateLimiter::new(rate_limit),
         trusted_proxies,
         csrf_key,

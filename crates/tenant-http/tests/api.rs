@@ -97,6 +97,7 @@ impl Tenant {
             tls: None,
             public_url: None,
             max_body: DEFAULT_MAX_BODY,
+            loopback_as_localhost: false,
         };
         let served = service.clone();
         tokio::spawn(async move {
@@ -736,6 +737,7 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
         tls: Some((ca.server_cert.clone(), ca.server_key.clone())),
         public_url: None,
         max_body: DEFAULT_MAX_BODY,
+        loopback_as_localhost: false,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -800,8 +802,13 @@ async fn https_with_a_test_ca_and_no_plain_http_off_loopback() {
     // Plain HTTP anywhere but loopback is refused.
     let (service, _) =
         tenant::Tenant::open_or_create(TempDir::new("tenant-open").unwrap().path(), "example.test").unwrap();
-    let open =
-        ServeOptions { listen: "0.0.0.0:0".parse().unwrap(), tls: None, public_url: None, max_body: DEFAULT_MAX_BODY };
+    let open = ServeOptions {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        tls: None,
+        public_url: None,
+        max_body: DEFAULT_MAX_BODY,
+        loopback_as_localhost: false,
+    };
     let err = serve(service, open, |_, _| {}, async {}).await.unwrap_err();
     assert!(err.to_string().contains("refusing plain HTTP"), "{err}");
 }

@@ -13,6 +13,8 @@
 //!   passwords with smart lockout.
 //! - [`oidc`]: signing keys, tokens and registered relying parties.
 //! - [`federation`]: federated domains (OpenID Connect and SAML identity providers).
+//! - [`mfa`], [`passkeys`]: second factors (authenticator apps, recovery
+//!   codes) and passkeys (WebAuthn), alone or after a password.
 //! - [`pta`]: the broker pass-through agents take sign-ins from.
 
 pub mod audit;
@@ -28,6 +30,7 @@ pub mod mfa;
 pub mod net;
 pub mod objects;
 pub mod oidc;
+pub mod passkeys;
 pub mod pta;
 pub mod ratelimit;
 pub mod secrets;

@@ -19,7 +19,7 @@ const DRIFT_STEPS: i64 = 1;
 /// Recovery codes made at the first enrolment.
 pub const RECOVERY_CODES: usize = 10;
 /// A label longer than this is refused (it is shown on pages and in lists).
-const MAX_LABEL_CHARS: usize = 64;
+pub(crate) const MAX_LABEL_CHARS: usize = 64;
 
 /// A key for an authenticator app, before it is confirmed: shown to the
 /// person (as a QR code of `uri` and as `secret`), not stored yet.
@@ -46,18 +46,22 @@ pub struct MethodInfo {
 #[serde(rename_all = "kebab-case")]
 pub enum MethodKind {
     Totp,
+    /// A WebAuthn credential ([`crate::passkeys`]).
+    Passkey,
 }
 
 impl MethodKind {
     pub fn as_str(self) -> &'static str {
         match self {
             MethodKind::Totp => "totp",
+            MethodKind::Passkey => "passkey",
         }
     }
 
     fn parse(text: &str) -> Option<MethodKind> {
         match text {
             "totp" => Some(MethodKind::Totp),
+            "passkey" => Some(MethodKind::Passkey),
             _ => None,
         }
     }
@@ -122,10 +126,7 @@ pub fn confirm_totp(
     code: &str,
     label: &str,
 ) -> Result<std::result::Result<Enrolled, CodeError>> {
-    let label = label.trim();
-    if label.is_empty() || label.chars().count() > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
-        return Ok(Err(CodeError::BadLabel));
-    }
+    let Some(label) = checked_label(label) else { return Ok(Err(CodeError::BadLabel)) };
     let Some(key) = decode_secret(secret) else { return Ok(Err(CodeError::BadSecret)) };
     let Some(code) = parse_totp(code) else { return Ok(Err(CodeError::Malformed)) };
     let Some(step) = matching_step(&key, code, now_secs(), i64::MIN) else { return Ok(Err(CodeError::Wrong)) };
@@ -234,7 +235,15 @@ pub(crate) fn forget_user(conn: &Connection, user_id: &str) -> Result<()> {
     Ok(())
 }
 
-fn count(conn: &Connection, user_id: &str) -> Result<i64> {
+/// A method's name as the person typed it, trimmed; `None` if empty, too
+/// long or with control characters.
+pub(crate) fn checked_label(label: &str) -> Option<&str> {
+    let label = label.trim();
+    (!label.is_empty() && label.chars().count() <= MAX_LABEL_CHARS && !label.chars().any(char::is_control))
+        .then_some(label)
+}
+
+pub(crate) fn count(conn: &Connection, user_id: &str) -> Result<i64> {
     Ok(conn
         .query_row("SELECT count(*) FROM mfa_methods WHERE user_id = ?1", params![user_id], |r| r.get(0))
         .optional()?

@@ -18,6 +18,7 @@ use crate::credentials::{self, Credential};
 use crate::domains::{self, AuthType};
 use crate::error::Result;
 use crate::objects::{self, Stored};
+use crate::passkeys::{self, PasskeyError, RelyingParty};
 use crate::signin_log::{self, Method};
 use crate::store::{Settings, Store};
 use crate::util::now_secs;
@@ -295,12 +296,35 @@ pub enum SecondFactorError {
     LockedOut { retry_after_secs: i64 },
     #[error("{0}")]
     Code(crate::mfa::CodeError),
+    #[error("{0}")]
+    Passkey(PasskeyError),
 }
 
-/// After the right password: a token for the second step when the user has
-/// a second factor (the sign-in form carries it; stored hashed, valid
-/// [`SECOND_FACTOR_SECS`]), `None` when the password is all it takes.
-pub fn second_factor_challenge(conn: &Connection, user_id: &str) -> Result<Option<String>> {
+/// The second step of a sign-in: the token the sign-in form carries, and
+/// which kinds of second factor the user has (what the page offers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecondStep {
+    pub challenge: String,
+    pub authenticator_app: bool,
+    pub passkey: bool,
+}
+
+impl SecondStep {
+    fn of(conn: &Connection, user_id: &str, challenge: String) -> Result<SecondStep> {
+        let methods = crate::mfa::methods(conn, user_id)?;
+        let has = |kind| methods.iter().any(|m| m.kind == kind);
+        Ok(SecondStep {
+            challenge,
+            authenticator_app: has(crate::mfa::MethodKind::Totp),
+            passkey: has(crate::mfa::MethodKind::Passkey),
+        })
+    }
+}
+
+/// After the right password: the second step when the user has a second
+/// factor (its token is stored hashed, valid [`SECOND_FACTOR_SECS`]),
+/// `None` when the password is all it takes.
+pub fn second_factor_challenge(conn: &Connection, user_id: &str) -> Result<Option<SecondStep>> {
     if crate::mfa::methods(conn, user_id)?.is_empty() {
         return Ok(None);
     }
@@ -311,22 +335,71 @@ pub fn second_factor_challenge(conn: &Connection, user_id: &str) -> Result<Optio
         "INSERT INTO mfa_challenges(hash, user_id, expires) VALUES(?1, ?2, ?3)",
         params![crate::util::sha256(token.as_bytes()), user_id, now + SECOND_FACTOR_SECS],
     )?;
-    Ok(Some(token))
+    Ok(Some(SecondStep::of(conn, user_id, token)?))
 }
 
-/// The second step of a sign-in: `code` (an authenticator app's code or a
-/// recovery code) for the sign-in `challenge` stands for. Wrong and reused
-/// codes count toward smart lockout like wrong passwords, on the same key.
+/// The user a waiting second step `challenge` belongs to.
+fn challenged_user(conn: &Connection, challenge: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT user_id FROM mfa_challenges WHERE hash = ?1 AND expires > ?2",
+            params![crate::util::sha256(challenge.as_bytes()), now_secs()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The second step `challenge` stands for, while it waits (the page shown
+/// again after a refused answer); `None` once it expired or was used.
+pub fn second_step(conn: &Connection, challenge: &str) -> Result<Option<SecondStep>> {
+    match challenged_user(conn, challenge)? {
+        Some(user_id) => Ok(Some(SecondStep::of(conn, &user_id, challenge.to_string())?)),
+        None => Ok(None),
+    }
+}
+
+/// What the person gave at the second step.
+#[derive(Debug, Clone)]
+pub enum SecondFactorAnswer {
+    /// An authenticator app's code, or a recovery code.
+    Code(String),
+    /// The browser's answer to the passkey ceremony `token` names
+    /// (begun by [`passkey_step`]).
+    Passkey { rp: Arc<RelyingParty>, token: String, response: String },
+}
+
+/// Which second factor signed in (for `amr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFactorUsed {
+    AuthenticatorCode,
+    RecoveryCode,
+    /// `backup_eligible`: a passkey that may be synced to other devices.
+    Passkey {
+        backup_eligible: bool,
+    },
+}
+
+/// The passkey ceremony of the second step of the sign-in `challenge`
+/// stands for; `None` when the sign-in expired or the user has no passkey.
+pub fn passkey_step(conn: &Connection, rp: &RelyingParty, challenge: &str) -> Result<Option<passkeys::Ceremony>> {
+    match challenged_user(conn, challenge)? {
+        Some(user_id) => passkeys::begin_second_factor(conn, rp, &user_id),
+        None => Ok(None),
+    }
+}
+
+/// The second step of a sign-in: `answer` (a code, or a passkey) for the
+/// sign-in `challenge` stands for. Wrong and reused codes and refused
+/// passkeys count toward smart lockout like wrong passwords, on the same key.
 pub async fn second_factor(
     store: &Arc<Store>,
     challenge: &str,
-    code: &str,
+    answer: SecondFactorAnswer,
     origin: &Origin,
     policy: LockoutPolicy,
-) -> Result<std::result::Result<SignedIn, SecondFactorError>> {
-    let (store, hash, code, origin) =
-        (store.clone(), crate::util::sha256(challenge.as_bytes()), code.to_string(), origin.clone());
-    // No key derivation here (an HMAC per method): done under the lock.
+) -> Result<std::result::Result<(SignedIn, SecondFactorUsed), SecondFactorError>> {
+    let (store, hash, origin) = (store.clone(), crate::util::sha256(challenge.as_bytes()), origin.clone());
+    // No key derivation here (an HMAC per method, one signature check): done under the lock.
     blocking(move || {
         let guard = store.lock();
         in_transaction(&guard, |conn| {
@@ -350,35 +423,114 @@ pub async fn second_factor(
             } else {
                 format!("user:{name}|unfamiliar")
             };
+            let log_method = match answer {
+                SecondFactorAnswer::Code(_) => Method::AuthenticatorCode,
+                SecondFactorAnswer::Passkey { .. } => Method::Passkey,
+            };
             if let Some(until) = locked_until(conn, &user_key)?.filter(|until| *until > now) {
-                audit_attempt(conn, &name, &origin, Method::AuthenticatorCode, false, "locked-out", None)?;
+                audit_attempt(conn, &name, &origin, log_method, false, "locked-out", None)?;
                 return Ok(Err(SecondFactorError::LockedOut { retry_after_secs: until - now }));
             }
-            match crate::mfa::verify(conn, &user.id, &code)? {
-                Ok(proof) => {
+            // (the failure's reason, whether it counts toward lockout, the error)
+            let verdict = match &answer {
+                SecondFactorAnswer::Code(code) => match crate::mfa::verify(conn, &user.id, code)? {
+                    Ok(crate::mfa::Proof::Totp { .. }) => Ok(SecondFactorUsed::AuthenticatorCode),
+                    Ok(crate::mfa::Proof::RecoveryCode { .. }) => Ok(SecondFactorUsed::RecoveryCode),
+                    Err(e) => {
+                        let reason = match e {
+                            crate::mfa::CodeError::Reused => "code-reused",
+                            crate::mfa::CodeError::Malformed => "code-malformed",
+                            _ => "wrong-code",
+                        };
+                        let counts = e != crate::mfa::CodeError::Malformed;
+                        Err((reason.to_string(), counts, SecondFactorError::Code(e)))
+                    }
+                },
+                SecondFactorAnswer::Passkey { rp, token, response } => {
+                    match passkeys::finish_second_factor(conn, rp, &user.id, token, response)? {
+                        Ok(used) => Ok(SecondFactorUsed::Passkey { backup_eligible: used.backup_eligible }),
+                        Err(e) => {
+                            // A page that waited too long, or a browser's garbled answer, is no guess.
+                            let counts = !matches!(e, PasskeyError::Expired | PasskeyError::Malformed);
+                            Err((e.reason().to_string(), counts, SecondFactorError::Passkey(e)))
+                        }
+                    }
+                }
+            };
+            match verdict {
+                Ok(used) => {
                     conn.execute("DELETE FROM mfa_challenges WHERE hash = ?1", params![hash])?;
                     conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
-                    let method = match proof {
-                        crate::mfa::Proof::Totp { .. } => Method::AuthenticatorCode,
-                        crate::mfa::Proof::RecoveryCode { .. } => Method::RecoveryCode,
+                    let method = match used {
+                        SecondFactorUsed::AuthenticatorCode => Method::AuthenticatorCode,
+                        SecondFactorUsed::RecoveryCode => Method::RecoveryCode,
+                        SecondFactorUsed::Passkey { .. } => Method::Passkey,
                     };
                     audit_attempt(conn, &name, &origin, method, true, "ok", None)?;
-                    Ok(Ok(SignedIn { user }))
+                    Ok(Ok((SignedIn { user }, used)))
                 }
-                Err(e) => {
-                    let reason = match e {
-                        crate::mfa::CodeError::Reused => "code-reused",
-                        crate::mfa::CodeError::Malformed => "code-malformed",
-                        _ => "wrong-code",
-                    };
-                    if e != crate::mfa::CodeError::Malformed {
+                Err((reason, counts, error)) => {
+                    if counts {
                         count_failure(conn, &user_key, policy.user_threshold, policy, now)?;
                     }
                     let detail = json!({"userLocked": is_locked(conn, &user_key, now)?});
-                    audit_attempt(conn, &name, &origin, Method::AuthenticatorCode, false, reason, Some(detail))?;
-                    Ok(Err(SecondFactorError::Code(e)))
+                    audit_attempt(conn, &name, &origin, log_method, false, &reason, Some(detail))?;
+                    Ok(Err(error))
                 }
             }
+        })
+    })
+    .await
+}
+
+/// Why a sign-in with a passkey alone did not succeed. The texts are what
+/// the person sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasskeySignInError {
+    #[error("{0}")]
+    Passkey(PasskeyError),
+    #[error("Your account is disabled. Contact your administrator.")]
+    Disabled,
+}
+
+/// A sign-in with a passkey alone (no name, no password): the passkey's
+/// user, once its signature, user verification and counter are right.
+/// Smart lockout is not consulted: it guards passwords against guessing,
+/// and a passkey cannot be guessed (a lock an attacker caused with wrong
+/// passwords does not keep the owner of a passkey out).
+pub async fn passkey_sign_in(
+    store: &Arc<Store>,
+    rp: Arc<RelyingParty>,
+    token: String,
+    response: String,
+    origin: &Origin,
+) -> Result<std::result::Result<(SignedIn, passkeys::Used), PasskeySignInError>> {
+    let (store, origin) = (store.clone(), origin.clone());
+    blocking(move || {
+        let guard = store.lock();
+        in_transaction(&guard, |conn| {
+            let used = match passkeys::finish_sign_in(conn, &rp, &token, &response)? {
+                Ok(used) => used,
+                Err(e) => {
+                    audit_attempt(conn, "", &origin, Method::Passkey, false, e.reason(), None)?;
+                    return Ok(Err(PasskeySignInError::Passkey(e)));
+                }
+            };
+            let Some(user) = objects::load(conn, Some(objects::Kind::User), &used.user_id)? else {
+                audit_attempt(conn, "", &origin, Method::Passkey, false, "passkey-unknown", None)?;
+                return Ok(Err(PasskeySignInError::Passkey(PasskeyError::Unknown)));
+            };
+            let name = user.data.get("userName").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+            if user.data.get("active") == Some(&Value::Bool(false)) {
+                audit_attempt(conn, &name, &origin, Method::Passkey, false, "disabled", None)?;
+                return Ok(Err(PasskeySignInError::Disabled));
+            }
+            if console::is_blocked(conn, &user.id)? {
+                audit_attempt(conn, &name, &origin, Method::Passkey, false, "blocked", None)?;
+                return Ok(Err(PasskeySignInError::Disabled));
+            }
+            audit_attempt(conn, &name, &origin, Method::Passkey, true, "ok", None)?;
+            Ok(Ok((SignedIn { user }, used)))
         })
     })
     .await

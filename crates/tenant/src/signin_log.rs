@@ -19,6 +19,8 @@ pub enum Method {
     AuthenticatorCode,
     /// The second step: a recovery code.
     RecoveryCode,
+    /// A passkey, alone or as the second step.
+    Passkey,
 }
 
 impl Method {
@@ -29,6 +31,7 @@ impl Method {
             Method::Federated => "federated",
             Method::AuthenticatorCode => "authenticator-code",
             Method::RecoveryCode => "recovery-code",
+            Method::Passkey => "passkey",
         }
     }
 }

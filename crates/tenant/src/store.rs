@@ -339,9 +339,24 @@ CREATE TABLE mfa_challenges (
 );
 ";
 
+/// Passkeys (`passkeys`): a WebAuthn credential is a method of kind
+/// `passkey`; the halves of each ceremony meet in `webauthn_challenges`.
+const SCHEMA_V16: &str = "
+ALTER TABLE mfa_methods ADD COLUMN credential_id TEXT;   -- base64url, passkeys only
+ALTER TABLE mfa_methods ADD COLUMN credential TEXT;      -- the passkey (public key, counter, flags) as JSON
+CREATE UNIQUE INDEX mfa_methods_credential ON mfa_methods(credential_id);
+CREATE TABLE webauthn_challenges (
+    hash BLOB PRIMARY KEY,           -- SHA-256 of the token the page carries
+    purpose TEXT NOT NULL,           -- register, sign-in, second-factor
+    user_id TEXT,                    -- who registers or signs in (none for a nameless sign-in)
+    state TEXT NOT NULL,             -- the relying party's half of the ceremony (JSON)
+    expires INTEGER NOT NULL         -- epoch seconds
+);
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
-    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15,
+    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one

@@ -10,21 +10,13 @@
 // Chromium is $CHROMIUM (default /usr/bin/chromium), its profile in $PROFILE_DIR;
 // puppeteer-core and axe-core come from $BROWSER_TOOLS.
 import { execFileSync } from 'node:child_process';
-import { launch, scan as scanPage } from './common.mjs';
+import { launch, newPage as openPage, scan as scanPage } from './common.mjs';
 
 const [base, username, password] = process.argv.slice(2);
 const browser = await launch();
 const out = { codes: 0, asked: false, signedIn: '', violations: [], tooWide: [] };
 
-async function newPage() {
-  const context = await browser.createBrowserContext();
-  const page = await context.newPage();
-  page.setDefaultTimeout(30000);
-  await page.setViewport({ width: 1280, height: 800 });
-  // axe-core is added to each page for the scan only.
-  await page.setBypassCSP(true);
-  return page;
-}
+const newPage = () => openPage(browser);
 
 // The code `oathtool` gives for the key `offset` seconds from now.
 function oathtool(secret, offset) {

@@ -18,6 +18,17 @@ export function launch() {
   });
 }
 
+// A page in a browser context of its own (no cookies shared with other
+// pages), desktop-sized; CSP is bypassed so scan() can add axe-core.
+export async function newPage(browser) {
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(30000);
+  await page.setViewport({ width: 1280, height: 800 });
+  await page.setBypassCSP(true);
+  return page;
+}
+
 // Scans `page` with axe-core (the page needs setBypassCSP(true): pages that
 // forbid scripts are bypassed for the scan only), records serious and critical
 // findings in out.violations and pages wider than 375 px in out.tooWide, and

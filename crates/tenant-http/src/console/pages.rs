@@ -1250,7 +1250,7 @@ pub(super) async fn preview_branding(
         text: non_empty(u.text),
     };
     // The sign-in page's own headers (its inline style), and never framed.
-    crate::oidc::flow::html_response(StatusCode::OK, crate::oidc::pages::username_page(&b, &[], "", None))
+    crate::oidc::flow::html_response(StatusCode::OK, crate::oidc::pages::username_page(&b, &[], "", None, false))
 }
 
 pub(super) async fn save_branding(

@@ -1,5 +1,6 @@
 //! "Security info" (`/account`): the signed-in user's own second factors —
-//! add an authenticator app (a QR code and the key, confirmed with a
+//! add a passkey (the options come from `/account/passkey`, see
+//! [`super::passkey`]), add an authenticator app (a QR code and the key, confirmed with a
 //! current code; the first one brings ten recovery codes, shown once),
 //! remove one — and their recent sign-ins. The browser's sign-in session
 //! (`idb_session`) is who is signed in; every form carries the sign-in
@@ -38,6 +39,7 @@ pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
 /// The page of the signed-in user, or where to sign in.
 async fn overview(state: &Arc<AppState>, headers: &HeaderMap, csrf: &str, notice: Option<&str>) -> Response {
     let headers = headers.clone();
+    let passkeys = state.passkeys.is_some();
     let found = db(state, move |conn| {
         let branding = Branding::load(conn);
         let Some((user, _)) = session_user(conn, &headers)? else { return Ok((branding, None)) };
@@ -46,7 +48,7 @@ async fn overview(state: &Arc<AppState>, headers: &HeaderMap, csrf: &str, notice
         let left = mfa::recovery_codes_left(conn, &user.id)?;
         let filter = tenant::signin_log::Filter { user_name: Some(name.clone()), ..Default::default() };
         let recent = tenant::signin_log::query(conn, &filter, RECENT_SIGN_INS)?;
-        Ok((branding, Some(AccountView { user_name: name, methods, recovery_codes_left: left, recent })))
+        Ok((branding, Some(AccountView { user_name: name, methods, recovery_codes_left: left, recent, passkeys })))
     })
     .await;
     match found {
@@ -67,7 +69,8 @@ fn user_name(data: &Value) -> String {
 }
 
 /// POST /account: `action` = `offer` (a new key to add), `confirm` (the
-/// key with a current code and a label), or `remove` (a method by id).
+/// key with a current code and a label), `add-passkey` (the browser's
+/// answer to a registration), or `remove` (a method by id).
 pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p): Form<Params>) -> Response {
     let Some(csrf) = checked_csrf(&state, &headers, &p) else {
         let branding = db(&state, |conn| Ok(Branding::load(conn))).await.unwrap_or_default();
@@ -83,6 +86,7 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p
     let action = p.get("action").cloned().unwrap_or_default();
     let (session_headers, params) = (headers.clone(), p.clone());
     let issuer_name = state.issuer.clone();
+    let passkeys = state.passkeys.clone();
     let done = db(&state, move |conn| {
         let branding = Branding::load(conn);
         let Some((user, _)) = session_user(conn, &session_headers)? else { return Ok((branding, Outcome::SignedOut)) };
@@ -101,6 +105,16 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p
                         error: Some(e.to_string()),
                         label,
                     },
+                }
+            }
+            "add-passkey" => {
+                let Some(rp) = passkeys else { return Ok((branding, Outcome::Unknown)) };
+                let token = params.get("passkey_token").cloned().unwrap_or_default();
+                let response = params.get("credential").cloned().unwrap_or_default();
+                let label = params.get("label").cloned().unwrap_or_default();
+                match tenant::passkeys::finish_registration(conn, &rp, &user.id, &token, &response, &label)? {
+                    Ok(enrolled) => Outcome::Enrolled(enrolled),
+                    Err(e) => Outcome::PasskeyRefused(e.to_string()),
                 }
             }
             "remove" => {
@@ -126,6 +140,7 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p
         // Post, redirect, get: Back never re-sends the removal.
         Outcome::Removed => Redirect::to("/account").into_response(),
         Outcome::Unknown => overview(&state, &headers, &csrf, Some("That method was already removed.")).await,
+        Outcome::PasskeyRefused(why) => overview(&state, &headers, &csrf, Some(&why)).await,
     }
 }
 
@@ -135,6 +150,7 @@ enum Outcome {
     Enrolled(mfa::Enrolled),
     Removed,
     Unknown,
+    PasskeyRefused(String),
 }
 
 /// The otpauth URI as an inline SVG QR code (made here: the key never

@@ -145,7 +145,7 @@ pub(crate) fn html_response(status: StatusCode, page: String) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'; frame-ancestors 'none'"),
     );
     resp
 }
@@ -316,13 +316,20 @@ pub(crate) fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Opt
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Authenticated {
     pub time: i64,
-    /// Space-separated: `pwd`, `pwd otp mfa`, `fed`.
+    /// Space-separated: `pwd`, `pwd otp mfa`, `hwk mfa`, `fed`, ….
     pub methods: String,
 }
 
 impl Authenticated {
     pub const PASSWORD: &str = "pwd";
     pub const PASSWORD_AND_CODE: &str = "pwd otp mfa";
+    /// A passkey with user verification is two factors by itself (the
+    /// device, and the PIN or biometric that unlocks it). `hwk`: bound to
+    /// one authenticator; `swk`: may be synced to others (backup eligible).
+    pub const DEVICE_PASSKEY: &str = "hwk mfa";
+    pub const SYNCED_PASSKEY: &str = "swk mfa";
+    pub const PASSWORD_AND_DEVICE_PASSKEY: &str = "pwd hwk mfa";
+    pub const PASSWORD_AND_SYNCED_PASSKEY: &str = "pwd swk mfa";
     pub const FEDERATED: &str = "fed";
 
     pub fn now(methods: &str) -> Authenticated {
@@ -399,7 +406,7 @@ async fn form_targets(state: &Arc<AppState>, p: &Params) -> Vec<String> {
 fn with_form_targets(mut resp: Response, targets: &[String]) -> Response {
     if resp.headers().contains_key(header::CONTENT_SECURITY_POLICY) {
         let csp = format!(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'{}{}; frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src https: 'self'; form-action 'self'{}{}; frame-ancestors 'none'",
             if targets.is_empty() { "" } else { " " },
             targets.join(" ")
         );
@@ -464,7 +471,7 @@ async fn authorize_get_page(state: Arc<AppState>, headers: HeaderMap, p: Params)
     let page = if password_step {
         pages::password_page(&branding, &fields, &hint, None)
     } else {
-        pages::username_page(&branding, &fields, &hint, None)
+        pages::username_page(&branding, &fields, &hint, None, state.passkeys.is_some())
     };
     let mut resp = html_response(StatusCode::OK, page);
     set_cookie(&mut resp, &state, csrf_cookie_name(&state), &csrf, 3600);
@@ -515,8 +522,9 @@ async fn authorize_post_page(
     let fields = hidden_fields(&p, &csrf);
     let username = p.get("username").map(|u| u.trim().to_string()).unwrap_or_default();
     let step = p.get("step").map(String::as_str).unwrap_or("username");
+    let passkeys = state.passkeys.is_some();
     match step {
-        "restart" => html_response(StatusCode::OK, pages::username_page(&branding, &fields, "", None)),
+        "restart" => html_response(StatusCode::OK, pages::username_page(&branding, &fields, "", None, passkeys)),
         "username" => {
             if username.contains('\\') {
                 return html_response(
@@ -526,6 +534,7 @@ async fn authorize_post_page(
                         &fields,
                         &username,
                         Some("Enter your user name as name@domain (for example alex@example.com), not DOMAIN\\name."),
+                        passkeys,
                     ),
                 );
             }
@@ -537,6 +546,7 @@ async fn authorize_post_page(
                         &fields,
                         &username,
                         Some("Enter your user name in the form name@domain, for example alex@example.com."),
+                        passkeys,
                     ),
                 );
             };
@@ -562,22 +572,84 @@ async fn authorize_post_page(
                 Err(e) => internal(e),
             }
         }
+        "passkey" => {
+            let Some(rp) = state.passkeys.clone() else {
+                return html_response(StatusCode::OK, pages::username_page(&branding, &fields, "", None, false));
+            };
+            let token = p.get("passkey_token").cloned().unwrap_or_default();
+            let response = p.get("credential").cloned().unwrap_or_default();
+            let origin = origin_of(&state, &peer, &headers, &p);
+            match signin::passkey_sign_in(&state.store, rp, token, response, &origin).await {
+                Ok(Ok((signed_in, used))) => {
+                    state.metrics.signin(telemetry::SignInMethod::Passkey, telemetry::SignInOutcome::Success, None);
+                    let methods = if used.backup_eligible {
+                        Authenticated::SYNCED_PASSKEY
+                    } else {
+                        Authenticated::DEVICE_PASSKEY
+                    };
+                    signed_in_response(&state, request, signed_in.user, methods).await
+                }
+                Ok(Err(e)) => {
+                    state.metrics.signin(telemetry::SignInMethod::Passkey, telemetry::SignInOutcome::Refused, None);
+                    html_response(
+                        StatusCode::OK,
+                        pages::username_page(&branding, &fields, "", Some(&e.to_string()), passkeys),
+                    )
+                }
+                Err(e) => internal(e),
+            }
+        }
         "code" => {
             let challenge = p.get("challenge").cloned().unwrap_or_default();
-            let code = p.get("code").cloned().unwrap_or_default();
+            let credential = p.get("credential").filter(|c| !c.is_empty()).cloned();
+            let answer = match (credential, state.passkeys.clone()) {
+                (Some(response), Some(rp)) => signin::SecondFactorAnswer::Passkey {
+                    rp,
+                    token: p.get("passkey_token").cloned().unwrap_or_default(),
+                    response,
+                },
+                _ => signin::SecondFactorAnswer::Code(p.get("code").cloned().unwrap_or_default()),
+            };
             let origin = origin_of(&state, &peer, &headers, &p);
-            match signin::second_factor(&state.store, &challenge, &code, &origin, state.lockout).await {
-                Ok(Ok(signed_in)) => {
-                    signed_in_response(&state, request, signed_in.user, Authenticated::PASSWORD_AND_CODE).await
+            match signin::second_factor(&state.store, &challenge, answer, &origin, state.lockout).await {
+                Ok(Ok((signed_in, used))) => {
+                    let methods = match used {
+                        signin::SecondFactorUsed::AuthenticatorCode | signin::SecondFactorUsed::RecoveryCode => {
+                            Authenticated::PASSWORD_AND_CODE
+                        }
+                        signin::SecondFactorUsed::Passkey { backup_eligible: true } => {
+                            Authenticated::PASSWORD_AND_SYNCED_PASSKEY
+                        }
+                        signin::SecondFactorUsed::Passkey { backup_eligible: false } => {
+                            Authenticated::PASSWORD_AND_DEVICE_PASSKEY
+                        }
+                    };
+                    signed_in_response(&state, request, signed_in.user, methods).await
                 }
                 Ok(Err(e @ signin::SecondFactorError::Expired)) => html_response(
                     StatusCode::OK,
-                    pages::username_page(&branding, &fields, &username, Some(&e.to_string())),
+                    pages::username_page(&branding, &fields, &username, Some(&e.to_string()), passkeys),
                 ),
-                Ok(Err(e)) => html_response(
-                    StatusCode::OK,
-                    pages::code_page(&branding, &fields, &username, &challenge, Some(&e.to_string())),
-                ),
+                Ok(Err(e)) => {
+                    let waiting = db(&state, move |conn| signin::second_step(conn, &challenge)).await;
+                    match waiting {
+                        Ok(Some(step)) => html_response(
+                            StatusCode::OK,
+                            pages::code_page(&branding, &fields, &username, &step, Some(&e.to_string())),
+                        ),
+                        Ok(None) => html_response(
+                            StatusCode::OK,
+                            pages::username_page(
+                                &branding,
+                                &fields,
+                                &username,
+                                Some(&signin::SecondFactorError::Expired.to_string()),
+                                passkeys,
+                            ),
+                        ),
+                        Err(e) => internal(e),
+                    }
+                }
                 Err(e) => internal(e),
             }
         }
@@ -644,9 +716,7 @@ async fn second_step_or_signed_in(
 ) -> Response {
     let user_id = user.id.clone();
     match db(state, move |conn| signin::second_factor_challenge(conn, &user_id)).await {
-        Ok(Some(challenge)) => {
-            html_response(StatusCode::OK, pages::code_page(branding, fields, username, &challenge, None))
-        }
+        Ok(Some(step)) => html_response(StatusCode::OK, pages::code_page(branding, fields, username, &step, None)),
         Ok(None) => signed_in_response(state, request, user, Authenticated::PASSWORD).await,
         Err(e) => internal(e),
     }
@@ -727,7 +797,10 @@ async fn change_password(
     .await;
     match result {
         Ok(Some(user)) => second_step_or_signed_in(state, branding, fields, request, username, user).await,
-        Ok(None) => html_response(StatusCode::OK, pages::username_page(branding, fields, "", Some("Sign in again."))),
+        Ok(None) => html_response(
+            StatusCode::OK,
+            pages::username_page(branding, fields, "", Some("Sign in again."), state.passkeys.is_some()),
+        ),
         Err(e) => internal(e),
     }
 }

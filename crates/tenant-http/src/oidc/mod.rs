@@ -1,14 +1,17 @@
 //! The OpenID Connect provider's endpoints and sign-in pages.
 //!
 //! - [`flow`]: the endpoints (discovery, authorize + sign-in, token, userinfo, logout).
-//! - [`pages`]: the sign-in pages (HTML without JavaScript).
+//! - [`pages`]: the sign-in pages (HTML that works without JavaScript; one
+//!   script, `/webauthn.js`, adds the passkey buttons where WebAuthn exists).
 //! - [`myapps`]: a small relying party of our own, for the demo.
 //! - [`account`]: Security info, the signed-in user's own second factors.
+//! - [`passkey`]: the script and the endpoints passkey ceremonies start from.
 
 pub mod account;
 pub mod flow;
 pub mod myapps;
 pub mod pages;
+pub mod passkey;
 
 use std::sync::Arc;
 
@@ -32,6 +35,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/federation/oidc/callback", get(crate::federation::oidc_callback))
         .route("/federation/saml/acs", axum::routing::post(crate::federation::saml_acs))
         .route("/account", get(account::page).post(account::post))
+        .route("/account/passkey", axum::routing::post(passkey::registration_options))
+        .route("/oauth2/passkey", axum::routing::post(passkey::sign_in_options))
+        .route("/webauthn.js", get(passkey::script))
         .route("/myapps", get(myapps::home))
         .route("/myapps/callback", get(myapps::callback))
         .route("/myapps/logout", get(myapps::logout))

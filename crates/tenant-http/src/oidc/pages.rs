@@ -91,7 +91,15 @@ fn hidden(fields: Hidden<'_>) -> Markup {
     }
 }
 
-pub fn username_page(branding: &Branding, fields: Hidden<'_>, username: &str, error: Option<&str>) -> String {
+/// The first page. `passkeys`: the tenant can take passkeys (it is reached
+/// by a domain name), so "Sign in with a passkey" is offered.
+pub fn username_page(
+    branding: &Branding,
+    fields: Hidden<'_>,
+    username: &str,
+    error: Option<&str>,
+    passkeys: bool,
+) -> String {
     let body = html! {
         h1 { "Sign in" }
         (error_box(error))
@@ -106,6 +114,13 @@ pub fn username_page(branding: &Branding, fields: Hidden<'_>, username: &str, er
                 aria-describedby=(if error.is_some() { "username-hint error" } else { "username-hint" });
             p.hint id="username-hint" { "Your sign-in name, like name@example.com" }
             button type="submit" { "Next" }
+        }
+        @if passkeys {
+            form method="post" action="/oauth2/authorize" {
+                (hidden(fields))
+                input type="hidden" name="step" value="passkey";
+                (passkey_button("passkey-sign-in", "sign-in", "/oauth2/passkey", "Sign in with a passkey"))
+            }
         }
     };
     layout(branding, "Sign in", body)
@@ -134,25 +149,55 @@ pub fn password_page(branding: &Branding, fields: Hidden<'_>, username: &str, er
     layout(branding, "Enter your password", body)
 }
 
-/// The second step: a code from the user's authenticator app, or a
-/// recovery code. `challenge` stands for the password step that succeeded.
+/// A passkey button and what its form needs: the script (`/webauthn.js`)
+/// fetches the options from `begin` with the form's fields, asks the
+/// browser's authenticator (`kind`: `register`, `sign-in` or
+/// `second-factor`), and submits the form with the answer in `credential`.
+/// Hidden until the script finds WebAuthn in the browser.
+fn passkey_button(id: &str, kind: &str, begin: &str, text: &str) -> Markup {
+    html! {
+        input type="hidden" name="passkey_token" value="";
+        input type="hidden" name="credential" value="";
+        button type="button" id=(id) data-passkey=(kind) data-begin=(begin) hidden { (text) }
+        p.hint id=(format!("{id}-status")) role="status" {}
+        script src="/webauthn.js" defer {}
+    }
+}
+
+/// The second step after the password: a passkey, a code from the user's
+/// authenticator app, or a recovery code. `step.challenge` stands for the
+/// password step that succeeded.
 pub fn code_page(
     branding: &Branding,
     fields: Hidden<'_>,
     username: &str,
-    challenge: &str,
+    step: &tenant::signin::SecondStep,
     error: Option<&str>,
 ) -> String {
     let body = html! {
-        h1 { "Enter a code" }
+        h1 { "Verify it’s you" }
         p.who { (username) }
-        p { "Enter the code your authenticator app shows for this account, or one of your recovery codes." }
         (error_box(error))
+        @if step.passkey {
+            form method="post" action="/oauth2/authorize" {
+                (hidden(fields))
+                input type="hidden" name="step" value="code";
+                input type="hidden" name="username" value=(username);
+                input type="hidden" name="challenge" value=(step.challenge);
+                p { "Use your passkey." }
+                (passkey_button("passkey-verify", "second-factor", "/oauth2/passkey", "Use a passkey"))
+            }
+        }
         form method="post" action="/oauth2/authorize" {
             (hidden(fields))
             input type="hidden" name="step" value="code";
             input type="hidden" name="username" value=(username);
-            input type="hidden" name="challenge" value=(challenge);
+            input type="hidden" name="challenge" value=(step.challenge);
+            @if step.authenticator_app {
+                p { "Enter the code your authenticator app shows for this account, or one of your recovery codes." }
+            } @else {
+                p { "Or enter one of your recovery codes." }
+            }
             label for="code" { "Code" }
             (code_input(error))
             button type="submit" { "Verify" }
@@ -163,7 +208,7 @@ pub fn code_page(
             button type="submit" style="background:#666" { "Use another account" }
         }
     };
-    layout(branding, "Enter a code", body)
+    layout(branding, "Verify it’s you", body)
 }
 
 /// What the Security info page shows of the signed-in user.
@@ -173,6 +218,15 @@ pub struct AccountView {
     pub methods: Vec<tenant::mfa::MethodInfo>,
     pub recovery_codes_left: usize,
     pub recent: Vec<tenant::signin_log::Entry>,
+    /// Passkeys can be added (the tenant is reached by a domain name).
+    pub passkeys: bool,
+}
+
+fn kind_text(kind: tenant::mfa::MethodKind) -> &'static str {
+    match kind {
+        tenant::mfa::MethodKind::Totp => "authenticator app",
+        tenant::mfa::MethodKind::Passkey => "passkey",
+    }
 }
 
 /// The one-time code field of the sign-in code step and of enrolment.
@@ -197,12 +251,12 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
         }
         h2 { "Sign-in methods" }
         @if view.methods.is_empty() {
-            p { "Only your password. Add an authenticator app so a stolen password is not enough to sign in as you." }
+            p { "Only your password. Add a passkey or an authenticator app so a stolen password is not enough to sign in as you." }
         } @else {
             ul id="methods" {
                 @for m in &view.methods {
                     li {
-                        strong { (m.label) } " — authenticator app, added " (tenant::util::display_time(m.created))
+                        strong { (m.label) } " — " (kind_text(m.kind)) ", added " (tenant::util::display_time(m.created))
                         @if let Some(used) = m.last_used { ", last used " (tenant::util::display_time(used)) }
                         form method="post" action="/account" {
                             (csrf_field(csrf))
@@ -214,6 +268,15 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
                 }
             }
             p id="recovery-left" { (view.recovery_codes_left) " unused recovery codes." }
+        }
+        @if view.passkeys {
+            form method="post" action="/account" {
+                (csrf_field(csrf))
+                input type="hidden" name="action" value="add-passkey";
+                label for="passkey-label" { "Name for a new passkey" }
+                input type="text" id="passkey-label" name="label" value="Passkey" required maxlength="64";
+                (passkey_button("add-passkey", "register", "/account/passkey", "Add a passkey"))
+            }
         }
         form method="post" action="/account" {
             (csrf_field(csrf))
@@ -281,14 +344,20 @@ pub fn enrol_page(
     layout(branding, "Add an authenticator app", body)
 }
 
-/// The app was added; with the first one, the recovery codes (shown once).
+/// The method was added; with the first one, the recovery codes (shown once).
 pub fn enrolled_page(branding: &Branding, enrolled: &tenant::mfa::Enrolled) -> String {
+    let passkey = enrolled.method.kind == tenant::mfa::MethodKind::Passkey;
+    let title = if passkey { "Passkey added" } else { "Authenticator app added" };
     let body = html! {
-        h1 { "Authenticator app added" }
-        p role="status" { "From now on, signing in asks for a code from “" (enrolled.method.label) "”." }
+        h1 { (title) }
+        @if passkey {
+            p role="status" { "You can now sign in with “" (enrolled.method.label) "” alone, and it verifies it’s you after your password." }
+        } @else {
+            p role="status" { "From now on, signing in asks for a code from “" (enrolled.method.label) "”." }
+        }
         @if !enrolled.recovery_codes.is_empty() {
             h2 { "Your recovery codes" }
-            p { "Each works once instead of a code, if you lose the app. Keep them somewhere safe: they are not shown again." }
+            p { "Each works once instead of a code or passkey, if you lose your device. Keep them somewhere safe: they are not shown again." }
             ul id="recovery-codes" {
                 @for c in &enrolled.recovery_codes {
                     li { code { (c) } }
@@ -297,7 +366,7 @@ pub fn enrolled_page(branding: &Branding, enrolled: &tenant::mfa::Enrolled) -> S
         }
         p { a href="/account" { "Back to Security info" } }
     };
-    layout(branding, "Authenticator app added", body)
+    layout(branding, title, body)
 }
 
 pub fn change_password_page(branding: &Branding, fields: Hidden<'_>, username: &str, error: Option<&str>) -> String {

@@ -802,7 +802,7 @@ async fn authenticator_codes_are_the_second_step() {
     let page = sign_in(&mut b, &t, &rp, &challenge, "otto@corp.example.com", PASSWORD).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(
-        page.body.contains("Enter a code") && page.body.contains("autocomplete=\"one-time-code\""),
+        page.body.contains("Verify it’s you") && page.body.contains("autocomplete=\"one-time-code\""),
         "{}",
         page.body
     );
@@ -921,7 +921,7 @@ async fn security_info_adds_and_removes_an_authenticator_app() {
     // The next sign-in asks for a code.
     let mut other = Browser::new().unwrap();
     let asked = sign_in(&mut other, &t, &rp, &challenge, "rhea@corp.example.com", PASSWORD).await;
-    assert!(asked.body.contains("Enter a code"), "{}", asked.body);
+    assert!(asked.body.contains("Verify it’s you"), "{}", asked.body);
     let through = other.post(&action, &form_fields(&asked.body, &[("code", &oathtool(&secret, 30))])).await.unwrap();
     assert_eq!(through.status, StatusCode::SEE_OTHER, "{}", through.body);
 

@@ -1,0 +1,132 @@
+// Passkeys with headless Chromium and its virtual WebAuthn authenticator
+// (DevTools protocol: internal transport, resident keys, user verification).
+// A user signs in with the password, adds a passkey on /account, signs out,
+// signs in with the passkey alone (no name, no password), then with the
+// password and the passkey as the second step. A second authenticator with a
+// credential of its own is refused; once the passkey is removed it stops working.
+// Usage: node passkeys.mjs <tenant URL (http://localhost:PORT)> <user name> <password>
+// Prints one JSON line: {"registered": credentials the authenticator holds after
+// adding one, "resident": whether it is discoverable, "codes": recovery codes shown,
+// "passkeyOnly": the page after the nameless sign-in, "recent": the Security info
+// page after it, "verifyOffered": whether the step after the password offered the
+// passkey, "secondFactor": the page after it, "stranger": the page after the other
+// authenticator's attempt, "removed": the page after the removed passkey's attempt,
+// "violations", "tooWide"}. $SCREENSHOT_DIR: every page at desktop width and 375 px.
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { launch, newPage, scan as scanPage } from './common.mjs';
+
+const [base, username, password] = process.argv.slice(2);
+const browser = await launch();
+const out = { violations: [], tooWide: [] };
+const scan = (page, name) => scanPage(page, 'passkeys', name, out);
+const text = (page) => page.evaluate(() => document.body.innerText);
+
+// A page in a browser context of its own (no cookies shared) with a virtual
+// authenticator that verifies its user and keeps discoverable credentials.
+async function pageWithAuthenticator() {
+  const page = await newPage(browser);
+  const cdp = await page.createCDPSession();
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2',
+      transport: 'internal',
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+      automaticPresenceSimulation: true,
+    },
+  });
+  return { page, cdp, authenticatorId };
+}
+
+async function submit(page, selector) {
+  await Promise.all([page.waitForNavigation(), page.click(selector)]);
+}
+
+async function toSignInPage(page) {
+  await page.goto(`${base}/myapps`, { waitUntil: 'load' });
+  await submit(page, '#sign-in');
+}
+
+async function passwordSignIn(page) {
+  await toSignInPage(page);
+  await page.type('#username', username);
+  await submit(page, 'button[type=submit]');
+  await page.type('#password', password);
+  await submit(page, 'button[type=submit]');
+}
+
+// The passkey button fetches options, the authenticator answers, the form is posted.
+async function passkeySignIn(page) {
+  await toSignInPage(page);
+  await page.waitForSelector('#passkey-sign-in:not([hidden])');
+  await submit(page, '#passkey-sign-in');
+  return text(page);
+}
+
+async function signOut(page) {
+  await page.goto(`${base}/myapps/logout`, { waitUntil: 'load' });
+  const confirm = await page.$('form[action="/oauth2/logout"] button');
+  if (confirm) await submit(page, 'form[action="/oauth2/logout"] button');
+}
+
+try {
+  const { page, cdp, authenticatorId } = await pageWithAuthenticator();
+  await passwordSignIn(page);
+  await page.goto(`${base}/account`, { waitUntil: 'load' });
+  await page.waitForSelector('#add-passkey:not([hidden])');
+  await scan(page, 'overview');
+  await page.$eval('#passkey-label', (e) => { e.value = ''; });
+  await page.type('#passkey-label', 'Laptop');
+  await submit(page, '#add-passkey');
+  out.codes = await page.$$eval('#recovery-codes li', (items) => items.length);
+  out.addedPage = await text(page);
+  await scan(page, 'added');
+  const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
+  out.registered = credentials.length;
+  out.resident = credentials.every((c) => c.isResidentCredential);
+  const userHandle = credentials[0]?.userHandle;
+
+  await signOut(page);
+  await toSignInPage(page);
+  await page.waitForSelector('#passkey-sign-in:not([hidden])');
+  await scan(page, 'sign-in');
+  out.passkeyOnly = await passkeySignIn(page);
+  await page.goto(`${base}/account`, { waitUntil: 'load' });
+  out.recent = await text(page);
+
+  await signOut(page);
+  await passwordSignIn(page);
+  out.verifyOffered = (await page.$('#passkey-verify')) !== null;
+  await page.waitForSelector('#passkey-verify:not([hidden])');
+  await scan(page, 'verify');
+  await submit(page, '#passkey-verify');
+  out.secondFactor = await text(page);
+
+  // Another authenticator, holding a credential of its own for this site and user.
+  const stranger = await pageWithAuthenticator();
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  await stranger.cdp.send('WebAuthn.addCredential', {
+    authenticatorId: stranger.authenticatorId,
+    credential: {
+      credentialId: randomBytes(32).toString('base64'),
+      isResidentCredential: true,
+      rpId: new URL(base).hostname,
+      privateKey: privateKey.export({ format: 'der', type: 'pkcs8' }).toString('base64'),
+      userHandle,
+      signCount: 0,
+    },
+  });
+  out.stranger = await passkeySignIn(stranger.page);
+  await scan(stranger.page, 'refused');
+
+  // Removed on Security info: the passkey no longer signs in.
+  await page.goto(`${base}/account`, { waitUntil: 'load' });
+  await submit(page, 'button[aria-label="Remove Laptop"]');
+  await signOut(page);
+  out.removed = await passkeySignIn(page);
+  console.log(JSON.stringify(out));
+} finally {
+  await browser.close();
+}
