@@ -75,6 +75,31 @@ pub enum TenantCommand {
         #[arg(long)]
         trusted_proxies: Option<String>,
     },
+    /// Who must give a second factor at sign-in, and the registration
+    /// campaign; without options, shows the policy.
+    SignInPolicy {
+        #[command(flatten)]
+        data: TenantData,
+        /// Require a second factor of every user.
+        #[arg(long, value_parser = parse_on_off)]
+        everyone: Option<bool>,
+        /// Require it of the members of these groups (comma-separated names or ids; nested
+        /// groups count; empty for none).
+        #[arg(long)]
+        groups: Option<String>,
+        /// Require it of everyone with an admin console role.
+        #[arg(long, value_parser = parse_on_off)]
+        administrators: Option<bool>,
+        /// Ask users without a method to register one after the password.
+        #[arg(long, value_parser = parse_on_off)]
+        registration_campaign: Option<bool>,
+        /// How many times a person may answer the campaign "not now" (a number, or unlimited).
+        #[arg(long)]
+        campaign_skips: Option<String>,
+        /// Accept a federated identity provider's multi-factor sign-in instead of asking again.
+        #[arg(long, value_parser = parse_on_off)]
+        accept_federated_mfa: Option<bool>,
+    },
     /// OpenID Connect clients (relying parties).
     Client {
         #[command(subcommand)]
@@ -177,6 +202,17 @@ pub enum ClientCommand {
         /// Where the browser may go after logout (exact match; repeat for several).
         #[arg(long = "post-logout-uri")]
         post_logout_uris: Vec<String>,
+        /// Signing in to this application takes a second factor.
+        #[arg(long)]
+        require_mfa: bool,
+    },
+    /// Whether signing in to a client takes a second factor (on|off).
+    RequireMfa {
+        #[command(flatten)]
+        data: TenantData,
+        id: String,
+        #[arg(value_parser = parse_on_off)]
+        required: bool,
     },
     List {
         #[command(flatten)]
@@ -718,6 +754,58 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             eprintln!("settings saved");
             Ok(())
         }
+        TenantCommand::SignInPolicy {
+            data,
+            everyone,
+            groups,
+            administrators,
+            registration_campaign,
+            campaign_skips,
+            accept_federated_mfa,
+        } => {
+            let tenant = open(&data)?;
+            let (mut policy, _) = tenant.sign_in_policy()?;
+            let changing = everyone.is_some()
+                || groups.is_some()
+                || administrators.is_some()
+                || registration_campaign.is_some()
+                || campaign_skips.is_some()
+                || accept_federated_mfa.is_some();
+            let (policy, named) = if changing {
+                policy.everyone = everyone.unwrap_or(policy.everyone);
+                policy.administrators = administrators.unwrap_or(policy.administrators);
+                policy.registration_campaign = registration_campaign.unwrap_or(policy.registration_campaign);
+                policy.accept_federated_mfa = accept_federated_mfa.unwrap_or(policy.accept_federated_mfa);
+                if let Some(text) = groups {
+                    policy.groups =
+                        text.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_string).collect();
+                }
+                if let Some(text) = campaign_skips {
+                    policy.campaign_skips = match text.trim() {
+                        "unlimited" => None,
+                        n => Some(n.parse::<u32>().map_err(|_| {
+                            anyhow::anyhow!("--campaign-skips {n}: give a number of times, or unlimited")
+                        })?),
+                    };
+                }
+                let saved = tenant.set_sign_in_policy(ACTOR, policy)?;
+                eprintln!("sign-in policy saved");
+                saved
+            } else {
+                tenant.sign_in_policy()?
+            };
+            let names: Vec<&str> = named.iter().map(|g| g.name.as_str()).collect();
+            crate::out!(
+                "everyone: {}\ngroups: {}\nadministrators: {}\nregistration-campaign: {}\ncampaign-skips: {}\naccept-federated-mfa: {}",
+                on_off(policy.everyone),
+                if names.is_empty() { "none".to_string() } else { names.join(", ") },
+                on_off(policy.administrators),
+                on_off(policy.registration_campaign),
+                policy.campaign_skips.map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+                on_off(policy.accept_federated_mfa)
+            );
+            Ok(())
+        }
         TenantCommand::Client { command } => client(command),
         TenantCommand::PtaToken { command: PtaTokenCommand::Create { data, expires } } => {
             let secs = tokens::parse_duration(&expires)?;
@@ -818,10 +906,13 @@ pub async fn run(command: TenantCommand) -> Result<()> {
 
 fn client(command: ClientCommand) -> Result<()> {
     match command {
-        ClientCommand::Add { data, name, redirect_uris, public, alg, post_logout_uris } => {
+        ClientCommand::Add { data, name, redirect_uris, public, alg, post_logout_uris, require_mfa } => {
             let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
-            let (client, secret) =
-                open(&data)?.add_client(ACTOR, &name, &redirect_uris, public, alg, &post_logout_uris)?;
+            let tenant = open(&data)?;
+            let (client, secret) = tenant.add_client(ACTOR, &name, &redirect_uris, public, alg, &post_logout_uris)?;
+            if require_mfa {
+                tenant.set_client_require_mfa(ACTOR, &client.id, true)?;
+            }
             crate::out!("client_id: {}", client.id);
             if let Some(secret) = secret {
                 crate::out!("client_secret: {secret}");
@@ -829,15 +920,24 @@ fn client(command: ClientCommand) -> Result<()> {
             }
             Ok(())
         }
+        ClientCommand::RequireMfa { data, id, required } => {
+            open(&data)?.set_client_require_mfa(ACTOR, &id, required)?;
+            eprintln!(
+                "client {id}: {}",
+                if required { "signing in takes a second factor" } else { "the tenant's sign-in policy applies" }
+            );
+            Ok(())
+        }
         ClientCommand::List { data } => {
             let clients = open(&data)?.clients()?;
-            crate::out!("{:<36}  {:<12}  {:<5}  redirect URIs", "id", "type", "alg");
+            crate::out!("{:<36}  {:<12}  {:<5}  {:<3}  redirect URIs", "id", "type", "alg", "mfa");
             for c in clients {
                 crate::out!(
-                    "{:<36}  {:<12}  {:<5}  {}  ({})",
+                    "{:<36}  {:<12}  {:<5}  {:<3}  {}  ({})",
                     c.id,
                     if c.public { "public" } else { "confidential" },
                     c.id_token_alg.as_str(),
+                    if c.require_mfa { "yes" } else { "-" },
                     c.redirect_uris.join(" "),
                     c.name
                 );
@@ -856,10 +956,10 @@ fn methods(command: MethodsCommand) -> Result<()> {
     match command {
         MethodsCommand::List { data, user } => {
             let (user, methods, left) = open(&data)?.user_methods(&user)?;
-            crate::out!("{:<36}  {:<5}  {:<24}  {:<24}  label", "id", "kind", "registered", "last used");
+            crate::out!("{:<36}  {:<7}  {:<24}  {:<24}  label", "id", "kind", "registered", "last used");
             for m in &methods {
                 crate::out!(
-                    "{:<36}  {:<5}  {:<24}  {:<24}  {}",
+                    "{:<36}  {:<7}  {:<24}  {:<24}  {}",
                     m.id,
                     m.kind.as_str(),
                     tenant::util::rfc3339(m.created, 0),

@@ -193,7 +193,7 @@ async fn answer(
     protocol: &'static str,
     key: String,
     browser: Option<String>,
-    verify: impl AsyncFnOnce(&Arc<AppState>, &Pending) -> Result<tenant::objects::Stored, Refusal>,
+    verify: impl AsyncFnOnce(&Arc<AppState>, &Pending) -> Result<Verified, Refusal>,
 ) -> Response {
     // The answer must come back to the browser that asked for it.
     // Compared as SHA-256 digests: equal digests leak nothing of the values.
@@ -211,24 +211,27 @@ async fn answer(
     };
     let domain = pending.domain.clone();
     match verify(state, &pending).await {
-        Ok(user) => {
+        Ok(Verified { user, multi_factor }) => {
             let (domain2, user2) = (domain.clone(), user.clone());
             if let Err(e) = db(state, move |conn| tenant::federation::audit(conn, &domain2, protocol, Ok(&user2))).await
             {
                 return internal(e);
             }
             state.metrics.signin(telemetry::SignInMethod::Federated, telemetry::SignInOutcome::Success, None);
-            crate::oidc::flow::complete(state, pending.params, user).await
+            crate::oidc::flow::complete(state, pending.params, user, multi_factor).await
         }
         Err(refusal) => refuse(state, &domain, protocol, refusal).await,
     }
 }
 
-async fn verify_saml(
-    state: &Arc<AppState>,
-    pending: &Pending,
-    response: &str,
-) -> Result<tenant::objects::Stored, Refusal> {
+/// A federated sign-in the tenant accepts: the user, and whether the
+/// identity provider said it used several factors.
+pub(crate) struct Verified {
+    user: tenant::objects::Stored,
+    multi_factor: bool,
+}
+
+async fn verify_saml(state: &Arc<AppState>, pending: &Pending, response: &str) -> Result<Verified, Refusal> {
     let name = pending.domain.clone();
     let federation = db(state, move |conn| tenant::federation::load(conn, &name))
         .await
@@ -265,14 +268,16 @@ async fn verify_saml(
     if immutable_id.is_none() && upn.is_none() {
         return Err(Refusal::NoImmutableId("a persistent NameID".into()));
     }
-    db(state, move |conn| {
+    let multi_factor = asserted.authn_context.as_deref().is_some_and(tenant::policy::saml_context_is_mfa);
+    let user = db(state, move |conn| {
         if !tenant::federation::first_use(conn, &assertion_id, until)? {
             return Ok(Err(Refusal::Replayed));
         }
         tenant::federation::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref())
     })
     .await
-    .map_err(|e| Refusal::Malformed(e.to_string()))?
+    .map_err(|e| Refusal::Malformed(e.to_string()))??;
+    Ok(Verified { user, multi_factor })
 }
 
 /// GET /federation/oidc/callback: the identity provider's answer.
@@ -286,7 +291,7 @@ pub async fn oidc_callback(
     answer(&state, "oidc", key, browser, async |state, pending| verify_oidc(state, pending, &q).await).await
 }
 
-async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Result<tenant::objects::Stored, Refusal> {
+async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Result<Verified, Refusal> {
     if let Some(error) = q.get("error") {
         return Err(Refusal::IdpError(printable(&format!(
             "{error}: {}",
@@ -317,8 +322,15 @@ async fn verify_oidc(state: &Arc<AppState>, pending: &Pending, q: &Params) -> Re
     if immutable_id.is_none() && upn.is_none() {
         return Err(Refusal::NoImmutableId(idp.immutable_id_claim.clone()));
     }
+    let amr: Vec<String> = claims["amr"]
+        .as_array()
+        .map(|values| values.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let multi_factor = tenant::policy::federated_amr_is_mfa(&amr);
     let domain = pending.domain.clone();
-    db(state, move |conn| tenant::federation::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref()))
-        .await
-        .map_err(|e| Refusal::Malformed(e.to_string()))?
+    let user =
+        db(state, move |conn| tenant::federation::find_user(conn, &domain, immutable_id.as_deref(), upn.as_deref()))
+            .await
+            .map_err(|e| Refusal::Malformed(e.to_string()))??;
+    Ok(Verified { user, multi_factor })
 }

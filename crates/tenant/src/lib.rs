@@ -14,7 +14,8 @@
 //! - [`oidc`]: signing keys, tokens and registered relying parties.
 //! - [`federation`]: federated domains (OpenID Connect and SAML identity providers).
 //! - [`mfa`], [`passkeys`]: second factors (authenticator apps, recovery
-//!   codes) and passkeys (WebAuthn), alone or after a password.
+//!   codes) and passkeys (WebAuthn), alone or after a password; [`policy`]:
+//!   who must give one, and the registration campaign.
 //! - [`pta`]: the broker pass-through agents take sign-ins from.
 
 pub mod audit;
@@ -31,6 +32,7 @@ pub mod net;
 pub mod objects;
 pub mod oidc;
 pub mod passkeys;
+pub mod policy;
 pub mod pta;
 pub mod ratelimit;
 pub mod secrets;

@@ -286,6 +286,19 @@ pub fn finish_registration(
     Ok(Ok(Enrolled { method, recovery_codes }))
 }
 
+/// Whether the registered passkey `method_id` may be synced to other
+/// devices (backup eligible; the crate keeps the flag in the credential).
+pub fn backup_eligible(conn: &Connection, method_id: &str) -> Result<bool> {
+    let credential: Option<String> = conn
+        .query_row("SELECT credential FROM mfa_methods WHERE id = ?1", params![method_id], |r| r.get(0))
+        .optional()?;
+    let value: serde_json::Value = match credential {
+        Some(text) => from_json(&text)?,
+        None => return Ok(false),
+    };
+    Ok(value.pointer("/cred/backup_eligible").and_then(serde_json::Value::as_bool).unwrap_or(false))
+}
+
 /// Starts a sign-in with a passkey alone: the browser offers the passkeys
 /// it holds for this site; the one chosen names its user.
 pub fn begin_sign_in(conn: &Connection, rp: &RelyingParty) -> Result<Ceremony> {

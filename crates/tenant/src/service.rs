@@ -406,6 +406,54 @@ impl Tenant {
         })
     }
 
+    /// The sign-in policy, and its groups as found (a deleted group by id).
+    pub fn sign_in_policy(&self) -> Result<(crate::policy::SignInPolicy, Vec<Principal>)> {
+        self.read(|conn| {
+            let policy = crate::policy::SignInPolicy::load(conn)?;
+            let groups = policy_groups(conn, &policy.groups)?;
+            Ok((policy, groups))
+        })
+    }
+
+    /// Saves the sign-in policy; its `groups` may be given by display name
+    /// or id (each must exist). Audited.
+    pub fn set_sign_in_policy(
+        &self,
+        actor: &str,
+        mut policy: crate::policy::SignInPolicy,
+    ) -> Result<(crate::policy::SignInPolicy, Vec<Principal>)> {
+        self.write(|tx| {
+            let mut ids = Vec::new();
+            for who in &policy.groups {
+                let group = console::find_principal(tx, Kind::Group, who)?;
+                if !ids.contains(&group.id) {
+                    ids.push(group.id);
+                }
+            }
+            policy.groups = ids;
+            policy.save(tx)?;
+            let detail = serde_json::to_value(&policy).unwrap_or_default();
+            audit::record(tx, actor, "sign-in-policy", None, None, Some(&detail))?;
+            let groups = policy_groups(tx, &policy.groups)?;
+            Ok((policy, groups))
+        })
+    }
+
+    /// Whether signing in to the client `id` takes a second factor. Audited.
+    pub fn set_client_require_mfa(&self, actor: &str, id: &str, required: bool) -> Result<()> {
+        self.write(|tx| {
+            crate::oidc::clients::set_require_mfa(tx, id, required)?;
+            audit::record(
+                tx,
+                actor,
+                "client-require-mfa",
+                Some("Client"),
+                Some(id),
+                Some(&json!({"required": required})),
+            )
+        })
+    }
+
     /// Assigns `role` to the user (user name or id) or group (name or id) `who`.
     pub fn assign_role(&self, actor: &str, kind: Kind, who: &str, role: Role) -> Result<(Principal, bool)> {
         self.write(|tx| {
@@ -509,6 +557,17 @@ impl Tenant {
 }
 
 /// Where "My Apps" receives its authorization codes.
+/// The policy's groups, named (a group deleted since keeps its id as name).
+fn policy_groups(conn: &crate::db::Connection, ids: &[String]) -> Result<Vec<Principal>> {
+    ids.iter()
+        .map(|id| match console::find_principal(conn, Kind::Group, id) {
+            Ok(p) => Ok(p),
+            Err(TenantError::NotFound(_)) => Ok(Principal { kind: Kind::Group, id: id.clone(), name: id.clone() }),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
+
 pub fn console_redirect_uri(issuer: &str) -> String {
     format!("{issuer}/admin/callback")
 }

@@ -298,6 +298,10 @@ pub enum SecondFactorError {
     Code(crate::mfa::CodeError),
     #[error("{0}")]
     Passkey(PasskeyError),
+    /// Registering during a sign-in is only for users without a method: one
+    /// who has one proves it instead (else a stolen password could add its own).
+    #[error("This account has a sign-in method already: use it to verify it’s you.")]
+    HasMethod,
 }
 
 /// The second step of a sign-in: the token the sign-in form carries, and
@@ -328,18 +332,143 @@ pub fn second_factor_challenge(conn: &Connection, user_id: &str) -> Result<Optio
     if crate::mfa::methods(conn, user_id)?.is_empty() {
         return Ok(None);
     }
+    open_second_step(conn, user_id, "pwd").map(Some)
+}
+
+/// A second step for `user_id` whatever they have registered: the one
+/// that asks for their method, or the one where they register one.
+/// `first`: how the step before signed them in (`amr`: `pwd`, `fed`).
+pub fn open_second_step(conn: &Connection, user_id: &str, first: &str) -> Result<SecondStep> {
     let now = now_secs();
     conn.execute("DELETE FROM mfa_challenges WHERE expires <= ?1", params![now])?;
     let token = crate::util::random_token();
     conn.execute(
-        "INSERT INTO mfa_challenges(hash, user_id, expires) VALUES(?1, ?2, ?3)",
-        params![crate::util::sha256(token.as_bytes()), user_id, now + SECOND_FACTOR_SECS],
+        "INSERT INTO mfa_challenges(hash, user_id, expires, first_factor) VALUES(?1, ?2, ?3, ?4)",
+        params![crate::util::sha256(token.as_bytes()), user_id, now + SECOND_FACTOR_SECS, first],
     )?;
-    Ok(Some(SecondStep::of(conn, user_id, token)?))
+    SecondStep::of(conn, user_id, token)
+}
+
+/// The user who may register a method in the sign-in `challenge` stands
+/// for: only one without any (one who has a method proves it instead, or a
+/// stolen password could add its own).
+fn enrolling_user(conn: &Connection, challenge: &str) -> Result<std::result::Result<String, SecondFactorError>> {
+    let Some(user_id) = challenged_user(conn, challenge)? else { return Ok(Err(SecondFactorError::Expired)) };
+    if crate::mfa::count(conn, &user_id)? > 0 {
+        return Ok(Err(SecondFactorError::HasMethod));
+    }
+    Ok(Ok(user_id))
+}
+
+/// Registers an authenticator app in the sign-in `challenge` stands for
+/// (the policy asked for a method, and the user has none): a right code
+/// proves the second step too (`otp`), finished by [`proven_step`].
+pub fn enrol_app_at_sign_in(
+    conn: &Connection,
+    challenge: &str,
+    secret: &str,
+    code: &str,
+    label: &str,
+) -> Result<std::result::Result<crate::mfa::Enrolled, SecondFactorError>> {
+    let user_id = match enrolling_user(conn, challenge)? {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(e)),
+    };
+    match crate::mfa::confirm_totp(conn, &user_id, secret, code, label)? {
+        Ok(enrolled) => {
+            mark_proven(conn, challenge, "otp")?;
+            Ok(Ok(enrolled))
+        }
+        Err(e) => Ok(Err(SecondFactorError::Code(e))),
+    }
+}
+
+/// The passkey registration of the sign-in `challenge` stands for.
+pub fn enrolment_passkey_step(
+    conn: &Connection,
+    rp: &RelyingParty,
+    challenge: &str,
+) -> Result<Option<passkeys::Ceremony>> {
+    let Ok(user_id) = enrolling_user(conn, challenge)? else { return Ok(None) };
+    let Some(user) = objects::load(conn, Some(objects::Kind::User), &user_id)? else { return Ok(None) };
+    let text = |key: &str| user.data.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    passkeys::begin_registration(conn, rp, &user_id, &text("userName"), &text("displayName")).map(Some)
+}
+
+/// Registers a passkey in the sign-in `challenge` stands for; the passkey
+/// verified its user as it was made, which proves the second step.
+pub fn enrol_passkey_at_sign_in(
+    conn: &Connection,
+    rp: &RelyingParty,
+    challenge: &str,
+    token: &str,
+    response: &str,
+    label: &str,
+) -> Result<std::result::Result<crate::mfa::Enrolled, SecondFactorError>> {
+    let user_id = match enrolling_user(conn, challenge)? {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(e)),
+    };
+    match passkeys::finish_registration(conn, rp, &user_id, token, response, label)? {
+        Ok(enrolled) => {
+            let synced = passkeys::backup_eligible(conn, &enrolled.method.id)?;
+            mark_proven(conn, challenge, if synced { "swk" } else { "hwk" })?;
+            Ok(Ok(enrolled))
+        }
+        Err(e) => Ok(Err(SecondFactorError::Passkey(e))),
+    }
+}
+
+fn mark_proven(conn: &Connection, challenge: &str, methods: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE mfa_challenges SET proven = ?2 WHERE hash = ?1",
+        params![crate::util::sha256(challenge.as_bytes()), methods],
+    )?;
+    Ok(())
+}
+
+/// The sign-in `challenge` stands for, once a method registered in it
+/// proved the second step. The challenge is used up.
+pub fn proven_step(conn: &Connection, challenge: &str) -> Result<Option<SecondStepPassed>> {
+    let hash = crate::util::sha256(challenge.as_bytes());
+    let found: Option<(String, Option<String>, Option<String>)> = conn
+        .query_row(
+            "SELECT user_id, proven, first_factor FROM mfa_challenges WHERE hash = ?1 AND expires > ?2",
+            params![hash, now_secs()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((user_id, Some(proven), first)) = found else { return Ok(None) };
+    conn.execute("DELETE FROM mfa_challenges WHERE hash = ?1", params![hash])?;
+    Ok(objects::load(conn, Some(objects::Kind::User), &user_id)?
+        .map(|user| SecondStepPassed { user, methods: both_steps(first, &proven) }))
+}
+
+/// "Not now" at the registration campaign of the sign-in `challenge`
+/// stands for (to `client`; `requested`: it asked for a second factor):
+/// the user, when a skip was left (the challenge is used up); `None` when
+/// registering is required, the user has a method to give instead, or the
+/// sign-in expired.
+pub fn skip_registration(
+    conn: &Connection,
+    policy: &crate::policy::SignInPolicy,
+    challenge: &str,
+    client: Option<&crate::oidc::clients::Client>,
+    requested: bool,
+) -> Result<Option<Stored>> {
+    let Some(user_id) = challenged_user(conn, challenge)? else { return Ok(None) };
+    if crate::mfa::count(conn, &user_id)? > 0
+        || crate::policy::required(conn, policy, &user_id, client, requested)?.is_some()
+        || !crate::policy::skip(conn, policy, &user_id)?
+    {
+        return Ok(None);
+    }
+    conn.execute("DELETE FROM mfa_challenges WHERE hash = ?1", params![crate::util::sha256(challenge.as_bytes())])?;
+    objects::load(conn, Some(objects::Kind::User), &user_id)
 }
 
 /// The user a waiting second step `challenge` belongs to.
-fn challenged_user(conn: &Connection, challenge: &str) -> Result<Option<String>> {
+pub fn challenged_user(conn: &Connection, challenge: &str) -> Result<Option<String>> {
     Ok(conn
         .query_row(
             "SELECT user_id FROM mfa_challenges WHERE hash = ?1 AND expires > ?2",
@@ -379,6 +508,30 @@ pub enum SecondFactorUsed {
     },
 }
 
+impl SecondFactorUsed {
+    /// Its RFC 8176 `amr` value: `otp`, or `hwk`/`swk` for a passkey bound
+    /// to one device or synced.
+    pub fn amr(self) -> &'static str {
+        match self {
+            SecondFactorUsed::AuthenticatorCode | SecondFactorUsed::RecoveryCode => "otp",
+            SecondFactorUsed::Passkey { backup_eligible: false } => "hwk",
+            SecondFactorUsed::Passkey { backup_eligible: true } => "swk",
+        }
+    }
+}
+
+/// A second step passed: who, and everything proven.
+#[derive(Debug, Clone)]
+pub struct SecondStepPassed {
+    pub user: Stored,
+    /// `amr`: the first step's, the second's, and `mfa` (`pwd otp mfa`).
+    pub methods: String,
+}
+
+fn both_steps(first: Option<String>, second: &str) -> String {
+    format!("{} {second} mfa", first.as_deref().unwrap_or("pwd"))
+}
+
 /// The passkey ceremony of the second step of the sign-in `challenge`
 /// stands for; `None` when the sign-in expired or the user has no passkey.
 pub fn passkey_step(conn: &Connection, rp: &RelyingParty, challenge: &str) -> Result<Option<passkeys::Ceremony>> {
@@ -397,23 +550,22 @@ pub async fn second_factor(
     answer: SecondFactorAnswer,
     origin: &Origin,
     policy: LockoutPolicy,
-) -> Result<std::result::Result<(SignedIn, SecondFactorUsed), SecondFactorError>> {
+) -> Result<std::result::Result<SecondStepPassed, SecondFactorError>> {
     let (store, hash, origin) = (store.clone(), crate::util::sha256(challenge.as_bytes()), origin.clone());
     // No key derivation here (an HMAC per method, one signature check): done under the lock.
     blocking(move || {
         let guard = store.lock();
         in_transaction(&guard, |conn| {
             let now = now_secs();
-            let user_id: Option<String> = conn
+            let found: Option<(String, Option<String>)> = conn
                 .query_row(
-                    "SELECT user_id FROM mfa_challenges WHERE hash = ?1 AND expires > ?2",
+                    "SELECT user_id, first_factor FROM mfa_challenges WHERE hash = ?1 AND expires > ?2",
                     params![hash, now],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let Some(user) =
-                user_id.map(|id| objects::load(conn, Some(objects::Kind::User), &id)).transpose()?.flatten()
-            else {
+            let Some((user_id, first)) = found else { return Ok(Err(SecondFactorError::Expired)) };
+            let Some(user) = objects::load(conn, Some(objects::Kind::User), &user_id)? else {
                 return Ok(Err(SecondFactorError::Expired));
             };
             let name = user.data.get("userName").and_then(Value::as_str).unwrap_or_default().to_lowercase();
@@ -467,7 +619,7 @@ pub async fn second_factor(
                         SecondFactorUsed::Passkey { .. } => Method::Passkey,
                     };
                     audit_attempt(conn, &name, &origin, method, true, "ok", None)?;
-                    Ok(Ok((SignedIn { user }, used)))
+                    Ok(Ok(SecondStepPassed { user, methods: both_steps(first, used.amr()) }))
                 }
                 Err((reason, counts, error)) => {
                     if counts {
@@ -706,8 +858,9 @@ fn failures(conn: &Connection, key: &str) -> Result<u32> {
 }
 
 /// Runs `work` in one transaction (one commit for a step's lockout and
-/// audit writes instead of one each); rolled back if it fails.
-fn in_transaction<T>(conn: &Connection, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+/// audit writes instead of one each); rolled back if it fails. Serialises
+/// with sign-in state only (PostgreSQL), not with directory writes.
+pub fn in_transaction<T>(conn: &Connection, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
     let tx = conn.transaction_for(crate::db::WriteLock::SignIn)?;
     let out = work(&tx)?;
     tx.commit()?;

@@ -354,9 +354,22 @@ CREATE TABLE webauthn_challenges (
 );
 ";
 
+/// Sign-in policy (`policy`): applications that require a second factor,
+/// the registration campaign's skips, and a second step already proven by
+/// registering a method during the sign-in.
+const SCHEMA_V17: &str = "
+ALTER TABLE clients ADD COLUMN require_mfa INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE mfa_campaign_skips (
+    user_id TEXT PRIMARY KEY,
+    skips INTEGER NOT NULL           -- times the person answered the campaign not now
+);
+ALTER TABLE mfa_challenges ADD COLUMN proven TEXT;        -- amr of a method registered in this sign-in (otp, hwk, swk)
+ALTER TABLE mfa_challenges ADD COLUMN first_factor TEXT;  -- amr of the step before: pwd, fed, or a session's (none: pwd)
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
-    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16,
+    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16, SCHEMA_V17,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one

@@ -155,7 +155,7 @@ enum Outcome {
 
 /// The otpauth URI as an inline SVG QR code (made here: the key never
 /// goes to a third-party service), without the XML prolog HTML does not take.
-fn qr_svg(uri: &str) -> String {
+pub(crate) fn qr_svg(uri: &str) -> String {
     match qrcode::QrCode::new(uri.as_bytes()) {
         Ok(code) => {
             let svg = code.render::<qrcode::render::svg::Color>().min_dimensions(200, 200).build();

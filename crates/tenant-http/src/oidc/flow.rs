@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tenant::db::{Connection, OptionalExtension, params};
 
 use super::pages::{self, Branding};
+use super::second_step;
 use crate::scim::AppState;
 use tenant::credentials;
 use tenant::domains::{self, AuthType};
@@ -72,6 +73,7 @@ pub(crate) const AUTH_PARAMS: &[&str] = &[
     "prompt",
     "max_age",
     "login_hint",
+    "acr_values",
 ];
 
 pub(crate) type Params = HashMap<String, String>;
@@ -111,6 +113,7 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         "scopes_supported": ["openid", "profile", "email", "groups", "offline_access"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "code_challenge_methods_supported": ["S256"],
+        "acr_values_supported": [ACR_SINGLE_FACTOR, ACR_MULTI_FACTOR],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "amr", "acr", "nonce", "name", "preferred_username", "email", "groups", "immutable_id"],
     });
     json_response(StatusCode::OK, &body)
@@ -183,16 +186,18 @@ enum Invalid {
 }
 
 /// A checked authorization request.
-struct AuthRequest {
-    client: Client,
-    redirect_uri: String,
+pub(crate) struct AuthRequest {
+    pub(crate) client: Client,
+    pub(crate) redirect_uri: String,
     scope: String,
-    state: Option<String>,
+    pub(crate) state: Option<String>,
     nonce: Option<String>,
     challenge: Option<String>,
-    prompt: Option<String>,
+    pub(crate) prompt: Option<String>,
     /// Seconds since the user last authenticated beyond which they must again.
     max_age: Option<i64>,
+    /// `acr_values` names multi-factor: a second factor is required.
+    pub(crate) mfa_requested: bool,
 }
 
 fn check_request(conn: &Connection, p: &Params) -> Result<std::result::Result<AuthRequest, Invalid>> {
@@ -241,6 +246,8 @@ fn check_request(conn: &Connection, p: &Params) -> Result<std::result::Result<Au
         Some(Ok(secs)) if secs >= 0 => Some(secs),
         Some(_) => return fail("invalid_request", "max_age must be a number of seconds"),
     };
+    // Voluntary (OIDC Core §3.1.2.1): values we do not know are ignored.
+    let mfa_requested = get("acr_values").is_some_and(|v| v.split(' ').any(|a| a == ACR_MULTI_FACTOR));
     Ok(Ok(AuthRequest {
         client,
         redirect_uri,
@@ -250,10 +257,11 @@ fn check_request(conn: &Connection, p: &Params) -> Result<std::result::Result<Au
         challenge,
         prompt: get("prompt"),
         max_age,
+        mfa_requested,
     }))
 }
 
-fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
+pub(crate) fn redirect_with(uri: &str, pairs: &[(&str, &str)]) -> Response {
     let mut url = uri.to_string();
     for (i, (k, v)) in pairs.iter().enumerate() {
         let sep = if i == 0 && !uri.contains('?') { '?' } else { '&' };
@@ -322,14 +330,11 @@ pub(crate) struct Authenticated {
 
 impl Authenticated {
     pub const PASSWORD: &str = "pwd";
-    pub const PASSWORD_AND_CODE: &str = "pwd otp mfa";
     /// A passkey with user verification is two factors by itself (the
     /// device, and the PIN or biometric that unlocks it). `hwk`: bound to
     /// one authenticator; `swk`: may be synced to others (backup eligible).
     pub const DEVICE_PASSKEY: &str = "hwk mfa";
     pub const SYNCED_PASSKEY: &str = "swk mfa";
-    pub const PASSWORD_AND_DEVICE_PASSKEY: &str = "pwd hwk mfa";
-    pub const PASSWORD_AND_SYNCED_PASSKEY: &str = "pwd swk mfa";
     pub const FEDERATED: &str = "fed";
 
     pub fn now(methods: &str) -> Authenticated {
@@ -442,8 +447,19 @@ async fn authorize_get_page(state: Arc<AppState>, headers: HeaderMap, p: Params)
         Ok(r) => r,
         Err(invalid) => return invalid_response(&branding, invalid),
     };
+    let csrf = mint_csrf(&state.csrf_key);
     if let Some((user, authenticated)) = user {
-        return finish(&state, request, user, &authenticated).await;
+        // Single sign-on, unless this application or its request needs a
+        // second factor the session has not seen.
+        let fields = hidden_fields(&p, &csrf);
+        let first = second_step::FirstStep::Session(authenticated);
+        let mut resp = second_step::continue_sign_in(&state, &branding, &fields, request, user, first).await;
+        // Only a page with forms needs the token (a redirect keeps the one
+        // another tab's form may carry).
+        if resp.status() == StatusCode::OK {
+            set_cookie(&mut resp, &state, csrf_cookie_name(&state), &csrf, 3600);
+        }
+        return resp;
     }
     if request.prompt.as_deref() == Some("none") {
         let mut pairs = vec![("error", "login_required")];
@@ -452,7 +468,6 @@ async fn authorize_get_page(state: Arc<AppState>, headers: HeaderMap, p: Params)
         }
         return redirect_with(&request.redirect_uri, &pairs);
     }
-    let csrf = mint_csrf(&state.csrf_key);
     let hint = p.get("login_hint").cloned().unwrap_or_default();
     // The password step after the user name (reached by a redirect from it):
     // only for a name@domain whose domain is not federated.
@@ -612,20 +627,7 @@ async fn authorize_post_page(
             };
             let origin = origin_of(&state, &peer, &headers, &p);
             match signin::second_factor(&state.store, &challenge, answer, &origin, state.lockout).await {
-                Ok(Ok((signed_in, used))) => {
-                    let methods = match used {
-                        signin::SecondFactorUsed::AuthenticatorCode | signin::SecondFactorUsed::RecoveryCode => {
-                            Authenticated::PASSWORD_AND_CODE
-                        }
-                        signin::SecondFactorUsed::Passkey { backup_eligible: true } => {
-                            Authenticated::PASSWORD_AND_SYNCED_PASSKEY
-                        }
-                        signin::SecondFactorUsed::Passkey { backup_eligible: false } => {
-                            Authenticated::PASSWORD_AND_DEVICE_PASSKEY
-                        }
-                    };
-                    signed_in_response(&state, request, signed_in.user, methods).await
-                }
+                Ok(Ok(passed)) => signed_in_response(&state, request, passed.user, &passed.methods).await,
                 Ok(Err(e @ signin::SecondFactorError::Expired)) => html_response(
                     StatusCode::OK,
                     pages::username_page(&branding, &fields, &username, Some(&e.to_string()), passkeys),
@@ -653,6 +655,9 @@ async fn authorize_post_page(
                 Err(e) => internal(e),
             }
         }
+        "enrol-app" | "enrol-passkey" | "continue" | "skip" => {
+            second_step::registration_step(&state, &branding, &fields, request, step, &p).await
+        }
         "password" | "change" => {
             let password = p.get("password").cloned().unwrap_or_default();
             let origin = origin_of(&state, &peer, &headers, &p);
@@ -665,7 +670,8 @@ async fn authorize_post_page(
             };
             match outcome {
                 Ok(signed_in) => {
-                    second_step_or_signed_in(&state, &branding, &fields, request, &username, signed_in.user).await
+                    let first = second_step::FirstStep::Password;
+                    second_step::continue_sign_in(&state, &branding, &fields, request, signed_in.user, first).await
                 }
                 Err(SignInError::MustChangePassword { user_id }) if step == "change" => {
                     change_password(&state, &branding, &fields, request, &username, &user_id, &p).await
@@ -704,26 +710,13 @@ fn origin_of(state: &AppState, peer: &crate::serve::PeerAddr, headers: &HeaderMa
     }
 }
 
-/// The password was right: the second step when the user has a second
-/// factor, else the code for the application and a browser session.
-async fn second_step_or_signed_in(
-    state: &Arc<AppState>,
-    branding: &Branding,
-    fields: &[(&'static str, String)],
-    request: AuthRequest,
-    username: &str,
-    user: Stored,
-) -> Response {
-    let user_id = user.id.clone();
-    match db(state, move |conn| signin::second_factor_challenge(conn, &user_id)).await {
-        Ok(Some(step)) => html_response(StatusCode::OK, pages::code_page(branding, fields, username, &step, None)),
-        Ok(None) => signed_in_response(state, request, user, Authenticated::PASSWORD).await,
-        Err(e) => internal(e),
-    }
-}
-
 /// Signed in by `methods`: the code for the application, and a browser session.
-async fn signed_in_response(state: &Arc<AppState>, request: AuthRequest, user: Stored, methods: &str) -> Response {
+pub(crate) async fn signed_in_response(
+    state: &Arc<AppState>,
+    request: AuthRequest,
+    user: Stored,
+    methods: &str,
+) -> Response {
     let authenticated = Authenticated::now(methods);
     let mut resp = finish(state, request, user.clone(), &authenticated).await;
     if resp.status() == StatusCode::SEE_OTHER {
@@ -796,7 +789,10 @@ async fn change_password(
     })
     .await;
     match result {
-        Ok(Some(user)) => second_step_or_signed_in(state, branding, fields, request, username, user).await,
+        Ok(Some(user)) => {
+            second_step::continue_sign_in(state, branding, fields, request, user, second_step::FirstStep::Password)
+                .await
+        }
         Ok(None) => html_response(
             StatusCode::OK,
             pages::username_page(branding, fields, "", Some("Sign in again."), state.passkeys.is_some()),
@@ -823,8 +819,9 @@ async fn new_session(state: &Arc<AppState>, user_id: &str, authenticated: &Authe
 
 /// Ends a sign-in done elsewhere (a federated identity provider): the
 /// relying party's request is checked again, then code, session, redirect.
-pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored) -> Response {
-    let checked = db(state, move |conn| Ok((Branding::load(conn), check_request(conn, &p)?))).await;
+pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored, multi_factor: bool) -> Response {
+    let p2 = p.clone();
+    let checked = db(state, move |conn| Ok((Branding::load(conn), check_request(conn, &p2)?))).await;
     let (branding, request) = match checked {
         Ok(r) => r,
         Err(e) => return internal(e),
@@ -833,12 +830,25 @@ pub(crate) async fn complete(state: &Arc<AppState>, p: Params, user: Stored) -> 
         Ok(r) => r,
         Err(invalid) => return invalid_response(&branding, invalid),
     };
-    signed_in_response(state, request, user, Authenticated::FEDERATED).await
+    // The second step, if the policy asks for one, is a form of ours.
+    let csrf = mint_csrf(&state.csrf_key);
+    let fields = hidden_fields(&p, &csrf);
+    let first = second_step::FirstStep::Federated { multi_factor };
+    let mut resp = second_step::continue_sign_in(state, &branding, &fields, request, user, first).await;
+    if resp.status() == StatusCode::OK {
+        set_cookie(&mut resp, state, csrf_cookie_name(state), &csrf, 3600);
+    }
+    resp
 }
 
 /// Issues the code and sends the browser back to the application.
 /// A code for `user`, who authenticated as `authenticated` says.
-async fn finish(state: &Arc<AppState>, request: AuthRequest, user: Stored, authenticated: &Authenticated) -> Response {
+pub(crate) async fn finish(
+    state: &Arc<AppState>,
+    request: AuthRequest,
+    user: Stored,
+    authenticated: &Authenticated,
+) -> Response {
     let (auth_time, amr) = (authenticated.time, authenticated.methods.clone());
     let code = random_token();
     let hash = sha256(code.as_bytes());

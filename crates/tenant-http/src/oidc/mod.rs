@@ -6,12 +6,15 @@
 //! - [`myapps`]: a small relying party of our own, for the demo.
 //! - [`account`]: Security info, the signed-in user's own second factors.
 //! - [`passkey`]: the script and the endpoints passkey ceremonies start from.
+//! - [`second_step`]: after the first step — the second factor, or
+//!   registering one, as the sign-in policy says.
 
 pub mod account;
 pub mod flow;
 pub mod myapps;
 pub mod pages;
 pub mod passkey;
+pub mod second_step;
 
 use std::sync::Arc;
 

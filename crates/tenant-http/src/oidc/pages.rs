@@ -211,6 +211,109 @@ pub fn code_page(
     layout(branding, "Verify it’s you", body)
 }
 
+/// The registration step of a sign-in (the policy requires a second
+/// method, or its campaign asks for one).
+#[derive(Debug)]
+pub struct RegisterStep<'a> {
+    pub username: &'a str,
+    pub challenge: &'a str,
+    /// Why it is required; `None`: the campaign asks.
+    pub why: Option<String>,
+    /// The campaign's "not now": `Some(None)` always, `Some(Some(n))` n more
+    /// times, `None` not at all (required).
+    pub skips_left: Option<Option<u32>>,
+    pub passkeys: bool,
+    pub offer: &'a tenant::mfa::TotpOffer,
+    pub qr_svg: &'a str,
+}
+
+/// Registering a method in the middle of a sign-in: a passkey, or an
+/// authenticator app (QR code, key, a current code).
+pub fn register_page(branding: &Branding, fields: Hidden<'_>, step: &RegisterStep<'_>, error: Option<&str>) -> String {
+    let carry = html! {
+        (hidden(fields))
+        input type="hidden" name="username" value=(step.username);
+        input type="hidden" name="challenge" value=(step.challenge);
+    };
+    let body = html! {
+        h1 { "Add a sign-in method" }
+        p.who { (step.username) }
+        p {
+            @if let Some(why) = &step.why { (why) " " }
+            "Add a passkey or an authenticator app, so a stolen password is not enough to sign in as you."
+        }
+        (error_box(error))
+        @if step.passkeys {
+            form method="post" action="/oauth2/authorize" {
+                (carry)
+                input type="hidden" name="step" value="enrol-passkey";
+                input type="hidden" name="label" value="Passkey";
+                (passkey_button("enrol-passkey", "enrol", "/oauth2/passkey", "Add a passkey"))
+            }
+        }
+        h2 { "Or an authenticator app" }
+        p { "Scan this code with your authenticator app, or type the key into it." }
+        div role="img" aria-label="QR code of the key for your authenticator app" { (PreEscaped(step.qr_svg)) }
+        p { "Key: " code id="secret" { (step.offer.secret) } }
+        form method="post" action="/oauth2/authorize" {
+            (carry)
+            input type="hidden" name="step" value="enrol-app";
+            input type="hidden" name="secret" value=(step.offer.secret);
+            input type="hidden" name="label" value="Authenticator app";
+            label for="code" { "The code the app shows" }
+            (code_input(error))
+            button type="submit" { "Add and continue" }
+        }
+        @if let Some(left) = step.skips_left {
+            form method="post" action="/oauth2/authorize" {
+                (carry)
+                input type="hidden" name="step" value="skip";
+                button type="submit" id="skip" style="background:#666" { "Not now" }
+                @if let Some(n) = left {
+                    p.hint { "You can skip this " (n) (if n == 1 { " more time." } else { " more times." }) }
+                }
+            }
+        }
+    };
+    layout(branding, "Add a sign-in method", body)
+}
+
+/// A method was added during a sign-in: the recovery codes (shown once),
+/// then on to the application.
+pub fn enrolled_at_sign_in_page(
+    branding: &Branding,
+    fields: Hidden<'_>,
+    enrolled: &tenant::mfa::Enrolled,
+    challenge: &str,
+) -> String {
+    let body = html! {
+        h1 { (if enrolled.method.kind == tenant::mfa::MethodKind::Passkey { "Passkey added" } else { "Authenticator app added" }) }
+        p role="status" { "“" (enrolled.method.label) "” is now a way to verify it’s you. Change your methods at any time on Security info (/account)." }
+        (recovery_codes(&enrolled.recovery_codes))
+        form method="post" action="/oauth2/authorize" {
+            (hidden(fields))
+            input type="hidden" name="step" value="continue";
+            input type="hidden" name="challenge" value=(challenge);
+            button type="submit" id="continue" { "Continue" }
+        }
+    };
+    layout(branding, "Sign-in method added", body)
+}
+
+fn recovery_codes(codes: &[String]) -> Markup {
+    html! {
+        @if !codes.is_empty() {
+            h2 { "Your recovery codes" }
+            p { "Each works once instead of a code or passkey, if you lose your device. Keep them somewhere safe: they are not shown again." }
+            ul id="recovery-codes" {
+                @for c in codes {
+                    li { code { (c) } }
+                }
+            }
+        }
+    }
+}
+
 /// What the Security info page shows of the signed-in user.
 #[derive(Debug, Clone)]
 pub struct AccountView {
@@ -355,15 +458,7 @@ pub fn enrolled_page(branding: &Branding, enrolled: &tenant::mfa::Enrolled) -> S
         } @else {
             p role="status" { "From now on, signing in asks for a code from “" (enrolled.method.label) "”." }
         }
-        @if !enrolled.recovery_codes.is_empty() {
-            h2 { "Your recovery codes" }
-            p { "Each works once instead of a code or passkey, if you lose your device. Keep them somewhere safe: they are not shown again." }
-            ul id="recovery-codes" {
-                @for c in &enrolled.recovery_codes {
-                    li { code { (c) } }
-                }
-            }
-        }
+        (recovery_codes(&enrolled.recovery_codes))
         p { a href="/account" { "Back to Security info" } }
     };
     layout(branding, title, body)

@@ -67,8 +67,9 @@ fn relying_party(
 }
 
 /// POST /oauth2/passkey: the options of a sign-in with a passkey alone
-/// (`purpose=sign-in`) or of the passkey step after a password
-/// (`purpose=second-factor` with the sign-in's `challenge`).
+/// (`purpose=sign-in`), of the passkey step after a password
+/// (`purpose=second-factor` with the sign-in's `challenge`), or of
+/// registering one during a sign-in the policy interrupted (`enrol`).
 pub async fn sign_in_options(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -83,6 +84,10 @@ pub async fn sign_in_options(
         Some("sign-in") => {
             ceremony(db(&state, move |conn| tenant::passkeys::begin_sign_in(conn, &rp).map(Some)).await, "")
         }
+        Some("enrol") => ceremony(
+            db(&state, move |conn| tenant::signin::enrolment_passkey_step(conn, &rp, &challenge)).await,
+            "This sign-in took too long, or the account has a sign-in method already. Sign in again.",
+        ),
         Some("second-factor") => ceremony(
             db(&state, move |conn| tenant::signin::passkey_step(conn, &rp, &challenge)).await,
             "This sign-in took too long, or the account has no passkey. Sign in again.",

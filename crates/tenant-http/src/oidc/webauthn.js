@@ -1,5 +1,5 @@
 // Passkey buttons of the sign-in and Security info pages. A button
-// (data-passkey = register | sign-in | second-factor) fetches the options
+// (data-passkey = register | enrol | sign-in | second-factor) fetches the options
 // from data-begin with its form's fields, asks the browser's authenticator,
 // and submits the form with the answer (JSON, binary fields in base64url)
 // in the hidden `credential` field. Without WebAuthn the buttons stay hidden
@@ -60,7 +60,8 @@
     button.hidden = false;
     button.addEventListener('click', async () => {
       const kind = button.dataset.passkey;
-      if (kind === 'register' && !form.reportValidity()) return;
+      const creating = kind === 'register' || kind === 'enrol';
+      if (creating && !form.reportValidity()) return;
       button.disabled = true;
       status.textContent = 'Waiting for your passkey…';
       try {
@@ -69,7 +70,7 @@
         const reply = await fetch(button.dataset.begin, { method: 'POST', body: fields, credentials: 'same-origin' });
         const ceremony = await reply.json();
         if (!reply.ok) throw new Error(ceremony.error || 'The passkey request failed.');
-        const answer = kind === 'register' ? await create(ceremony.options) : await get(ceremony.options);
+        const answer = creating ? await create(ceremony.options) : await get(ceremony.options);
         form.elements.passkey_token.value = ceremony.token;
         form.elements.credential.value = JSON.stringify(answer);
         form.submit();

@@ -933,3 +933,193 @@ async fn security_info_adds_and_removes_an_authenticator_app() {
     let again = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "rhea@corp.example.com", PASSWORD).await;
     assert_eq!(again.status, StatusCode::SEE_OTHER, "{}", again.body);
 }
+
+/// The claims of the ID token a token response carries.
+fn id_claims(tokens: &Value) -> Value {
+    let payload = tokens["id_token"].as_str().unwrap().split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// The redirect back to the application: its code redeemed, the ID token's claims.
+async fn claims_after(t: &Tenant, rp: &Rp, page: &Page, verifier: &str) -> Value {
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let code = query(page.location.as_deref().unwrap()).get("code").cloned().unwrap();
+    let tokens = redeem(t, rp, &code, verifier).await;
+    assert_eq!(tokens.status(), StatusCode::OK);
+    id_claims(&tokens.json().await.unwrap())
+}
+
+/// The key shown on a registration page.
+fn shown_secret(page: &Page) -> String {
+    page.body.split("id=\"secret\">").nth(1).and_then(|r| r.split('<').next()).unwrap().to_string()
+}
+
+/// The sign-in policy: required for everyone, a user without a method
+/// registers an authenticator app in the middle of the sign-in (no way
+/// around it: no "not now", a forged skip is refused, a user with a method
+/// cannot register another there), sees the recovery codes once, and is
+/// signed in with both factors; the next sign-in asks for the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_makes_people_register_a_second_factor() {
+    let t = Tenant::start().await;
+    let rp = register(&t, false);
+    let (verifier, challenge) = pkce();
+    synced_user(&t, "nia@corp.example.com", "TklB", json!({})).await;
+    let service = t.service();
+    let policy = tenant::policy::SignInPolicy { everyone: true, ..Default::default() };
+    service.set_sign_in_policy("test", policy).unwrap();
+    let action = format!("{}/oauth2/authorize", issuer(&t));
+
+    let mut b = Browser::new().unwrap();
+    let page = sign_in(&mut b, &t, &rp, &challenge, "nia@corp.example.com", PASSWORD).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Add a sign-in method"), "{}", page.body);
+    assert!(page.body.contains("requires a second sign-in method"), "{}", page.body);
+    assert!(!page.body.contains("Not now"), "required: no skipping\n{}", page.body);
+    let forged = b.post(&action, &form_fields(&page.body, &[("step", "skip")])).await.unwrap();
+    assert!(forged.body.contains("can no longer be skipped"), "{}", forged.body);
+    let secret = shown_secret(&forged);
+    let wrong = b.post(&action, &form_fields(&forged.body, &[("code", "000000")])).await.unwrap();
+    assert!(wrong.body.contains("Add a sign-in method") && wrong.body.contains("role=\"alert\""), "{}", wrong.body);
+    assert_eq!(shown_secret(&wrong), secret, "the same key is shown again");
+    let added = b.post(&action, &form_fields(&wrong.body, &[("code", &oathtool(&secret, 0))])).await.unwrap();
+    assert!(added.body.contains("Authenticator app added"), "{}", added.body);
+    assert_eq!(added.body.matches("<li><code>").count(), 10, "ten recovery codes: {}", added.body);
+    let done = b.post(&action, &form_fields(&added.body, &[])).await.unwrap();
+    let claims = claims_after(&t, &rp, &done, &verifier).await;
+    assert_eq!(claims["amr"], json!(["pwd", "otp", "mfa"]), "{claims}");
+    assert_eq!(claims["acr"], "urn:idbridge:acr:mfa");
+    // "Continue" works once.
+    let again = b.post(&action, &form_fields(&added.body, &[])).await.unwrap();
+    assert!(again.body.contains("took too long"), "{}", again.body);
+
+    // From now on the sign-in asks for the code; registering another app
+    // with only the password is refused.
+    let mut b = Browser::new().unwrap();
+    let page = sign_in(&mut b, &t, &rp, &challenge, "nia@corp.example.com", PASSWORD).await;
+    assert!(page.body.contains("Verify it’s you"), "{}", page.body);
+    let offer = tenant::mfa::offer_totp("x", "nia@corp.example.com");
+    let sneaky = b
+        .post(
+            &action,
+            &form_fields(
+                &page.body,
+                &[("step", "enrol-app"), ("secret", &offer.secret), ("code", &oathtool(&offer.secret, 0))],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(sneaky.body.contains("has a sign-in method already"), "{}", sneaky.body);
+    let methods = service.user_methods("nia@corp.example.com").unwrap().1;
+    assert_eq!(methods.len(), 1, "nothing was added: {methods:?}");
+    let audit = service.audit(50).unwrap();
+    assert!(audit.iter().any(|e| e.action == "sign-in-policy"), "the policy change is audited");
+}
+
+/// The registration campaign: "not now" as often as the policy allows, then
+/// registering is required; a user who skips is signed in by the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registration_campaign_can_be_skipped_a_set_number_of_times() {
+    let t = Tenant::start().await;
+    let rp = register(&t, false);
+    let (verifier, challenge) = pkce();
+    synced_user(&t, "ole@corp.example.com", "T0xF", json!({})).await;
+    let policy =
+        tenant::policy::SignInPolicy { registration_campaign: true, campaign_skips: Some(1), ..Default::default() };
+    t.service().set_sign_in_policy("test", policy).unwrap();
+    let action = format!("{}/oauth2/authorize", issuer(&t));
+
+    let mut b = Browser::new().unwrap();
+    let page = sign_in(&mut b, &t, &rp, &challenge, "ole@corp.example.com", PASSWORD).await;
+    assert!(page.body.contains("Not now") && page.body.contains("skip this 1 more time"), "{}", page.body);
+    let skipped = b.post(&action, &form_fields(&page.body, &[("step", "skip")])).await.unwrap();
+    let claims = claims_after(&t, &rp, &skipped, &verifier).await;
+    assert_eq!(claims["amr"], json!(["pwd"]), "{claims}");
+
+    let mut b = Browser::new().unwrap();
+    let page = sign_in(&mut b, &t, &rp, &challenge, "ole@corp.example.com", PASSWORD).await;
+    assert!(page.body.contains("Add a sign-in method") && !page.body.contains("Not now"), "{}", page.body);
+    let refused = b.post(&action, &form_fields(&page.body, &[("step", "skip")])).await.unwrap();
+    assert!(refused.body.contains("can no longer be skipped"), "{}", refused.body);
+
+    // Without the campaign nobody is asked.
+    t.service().set_sign_in_policy("test", tenant::policy::SignInPolicy::default()).unwrap();
+    let page = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "ole@corp.example.com", PASSWORD).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+}
+
+/// Who the policy covers: members of a named group (through a nested
+/// group too) and administrators, not others; an application that requires
+/// a second factor, and one that asks with `acr_values`, interrupt single
+/// sign-on of a password-only session; `prompt=none` then hears
+/// `interaction_required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_administrators_and_applications_require_a_second_factor() {
+    let t = Tenant::start().await;
+    let rp = register(&t, false);
+    let (verifier, challenge) = pkce();
+    let ivy = synced_user(&t, "ivy@corp.example.com", "SVZZ", json!({})).await;
+    synced_user(&t, "max@corp.example.com", "TUFY", json!({})).await;
+    synced_user(&t, "uma@corp.example.com", "VU1B", json!({})).await;
+    let group =
+        |name: &str, members: Value| json!({"schemas": [super::GROUP], "displayName": name, "members": members});
+    let inner =
+        t.call(Method::POST, "/Groups", Some(&t.admin), Some(group("Payroll", json!([{"value": ivy["id"]}])))).await;
+    assert_eq!(inner.status, StatusCode::CREATED, "{}", inner.body);
+    let outer = t
+        .call(Method::POST, "/Groups", Some(&t.admin), Some(group("Finance", json!([{"value": inner.body["id"]}]))))
+        .await;
+    assert_eq!(outer.status, StatusCode::CREATED, "{}", outer.body);
+    let service = t.service();
+    service
+        .assign_role("test", tenant::objects::Kind::User, "uma@corp.example.com", tenant::console::Role::Reader)
+        .unwrap();
+    let unknown = tenant::policy::SignInPolicy { groups: vec!["No such group".into()], ..Default::default() };
+    assert!(matches!(service.set_sign_in_policy("test", unknown), Err(tenant::TenantError::NotFound(_))));
+    let policy =
+        tenant::policy::SignInPolicy { groups: vec!["Finance".into()], administrators: true, ..Default::default() };
+    let (saved, named) = service.set_sign_in_policy("test", policy).unwrap();
+    assert_eq!(saved.groups, vec![outer.body["id"].as_str().unwrap().to_string()], "kept by id");
+    assert_eq!(named[0].name, "Finance");
+
+    let page = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "ivy@corp.example.com", PASSWORD).await;
+    assert!(page.body.contains("members of Finance"), "nested membership counts: {}", page.body);
+    let page = sign_in(&mut Browser::new().unwrap(), &t, &rp, &challenge, "uma@corp.example.com", PASSWORD).await;
+    assert!(page.body.contains("of administrators"), "{}", page.body);
+    let mut max = Browser::new().unwrap();
+    let page = sign_in(&mut max, &t, &rp, &challenge, "max@corp.example.com", PASSWORD).await;
+    claims_after(&t, &rp, &page, &verifier).await;
+
+    // Max's password-only session: an application that requires a second
+    // factor interrupts single sign-on; one that does not, does not.
+    let strict = register(&t, false);
+    service.set_client_require_mfa("test", &strict.client_id, true).unwrap();
+    let sso = max.get(&authorize_url(&t, &rp, &challenge)).await.unwrap();
+    assert_eq!(sso.status, StatusCode::SEE_OTHER, "{}", sso.body);
+    let interrupted = max.get(&authorize_url(&t, &strict, &challenge)).await.unwrap();
+    assert_eq!(interrupted.status, StatusCode::OK, "{}", interrupted.body);
+    assert!(interrupted.body.contains("test app requires a second sign-in method"), "{}", interrupted.body);
+    let silent = max.get(&format!("{}&prompt=none", authorize_url(&t, &strict, &challenge))).await.unwrap();
+    assert_eq!(silent.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        query(silent.location.as_deref().unwrap()).get("error").map(String::as_str),
+        Some("interaction_required")
+    );
+    // acr_values asks for it too; registering there signs in with both factors.
+    let asking = format!("{}&acr_values=urn%3Aidbridge%3Aacr%3Amfa", authorize_url(&t, &rp, &challenge));
+    let page = max.get(&asking).await.unwrap();
+    assert!(page.body.contains("The application asked for a second sign-in method"), "{}", page.body);
+    let action = format!("{}/oauth2/authorize", issuer(&t));
+    let secret = shown_secret(&page);
+    let added = max.post(&action, &form_fields(&page.body, &[("code", &oathtool(&secret, 0))])).await.unwrap();
+    let done = max.post(&action, &form_fields(&added.body, &[])).await.unwrap();
+    let claims = claims_after(&t, &rp, &done, &verifier).await;
+    assert_eq!(claims["amr"], json!(["pwd", "otp", "mfa"]), "{claims}");
+    assert_eq!(claims["acr"], "urn:idbridge:acr:mfa");
+    // The session now holds both factors: the strict application signs in at once.
+    let sso = max.get(&authorize_url(&t, &strict, &challenge)).await.unwrap();
+    assert_eq!(sso.status, StatusCode::SEE_OTHER, "{}", sso.body);
+    let discovery: Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", issuer(&t))).await.unwrap().json().await.unwrap();
+    assert_eq!(discovery["acr_values_supported"], json!(["urn:idbridge:acr:1fa", "urn:idbridge:acr:mfa"]));
+}

@@ -47,6 +47,9 @@ pub struct Asserted {
     pub attributes: Vec<(String, String)>,
     /// Until when the assertion id must be remembered against replay.
     pub valid_until: i64,
+    /// How the IdP authenticated the person: its AuthnStatement's
+    /// AuthnContextClassRef, if any.
+    pub authn_context: Option<String>,
 }
 
 /// An AuthnRequest for the HTTP-Redirect binding: the `SAMLRequest` value.
@@ -211,7 +214,20 @@ pub fn check_response(encoded: &str, expected: &Expected<'_>) -> Result<Asserted
         })
         .collect();
     let assertion_id = assertion.attr("ID").ok_or_else(|| Refusal::Malformed("the assertion has no ID".into()))?;
-    Ok(Asserted { assertion_id: assertion_id.to_string(), persistent_id, name_id: name, attributes, valid_until })
+    let authn_context = assertion
+        .elements()
+        .filter(|e| e.is(SAML, "AuthnStatement"))
+        .filter_map(|s| s.child(SAML, "AuthnContext")?.child(SAML, "AuthnContextClassRef"))
+        .map(|c| c.text().trim().to_string())
+        .next();
+    Ok(Asserted {
+        assertion_id: assertion_id.to_string(),
+        persistent_id,
+        name_id: name,
+        attributes,
+        valid_until,
+        authn_context,
+    })
 }
 
 /// Whether `element` carries a valid enveloped signature of itself (a

@@ -16,6 +16,8 @@ pub struct Client {
     pub id_token_alg: Alg,
     /// Where the browser may go after logout (compared exactly).
     pub post_logout_uris: Vec<String>,
+    /// Signing in to this application takes a second factor.
+    pub require_mfa: bool,
 }
 
 /// Registers a client; returns it and, for a confidential client, its secret (shown once).
@@ -59,6 +61,7 @@ pub fn add(
         redirect_uris: redirect_uris.to_vec(),
         id_token_alg: alg,
         post_logout_uris: Vec::new(),
+        require_mfa: false,
     };
     Ok((client, secret))
 }
@@ -79,6 +82,14 @@ pub fn set_post_logout_uris(conn: &Connection, id: &str, uris: &[String]) -> Res
     Ok(())
 }
 
+/// Whether signing in to a client takes a second factor.
+pub fn set_require_mfa(conn: &Connection, id: &str, required: bool) -> Result<()> {
+    if conn.execute("UPDATE clients SET require_mfa = ?2 WHERE id = ?1", params![id, i64::from(required)])? == 0 {
+        return Err(TenantError::NotFound(format!("client {id}")));
+    }
+    Ok(())
+}
+
 /// Absolute http(s) URL without a fragment; plain http only for loopback.
 pub fn check_redirect_uri(uri: &str) -> Result<()> {
     crate::util::check_web_url(uri)
@@ -89,7 +100,7 @@ pub fn check_redirect_uri(uri: &str) -> Result<()> {
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Client>> {
     Ok(conn
         .query_row(
-            "SELECT id, name, secret_hash IS NULL, redirect_uris, id_token_alg, post_logout_uris FROM clients WHERE id = ?1",
+            "SELECT id, name, secret_hash IS NULL, redirect_uris, id_token_alg, post_logout_uris, require_mfa FROM clients WHERE id = ?1",
             params![id],
             |r| {
                 let uris: String = r.get(3)?;
@@ -102,6 +113,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Client>> {
                     redirect_uris: serde_json::from_str(&uris).unwrap_or_default(),
                     id_token_alg: Alg::parse(&alg).unwrap_or(Alg::Rs256),
                     post_logout_uris: serde_json::from_str(&after_logout).unwrap_or_default(),
+                    require_mfa: r.get::<_, i64>(6)? != 0,
                 })
             },
         )
