@@ -211,7 +211,8 @@ pub enum ClientCommand {
         #[command(flatten)]
         data: TenantData,
         id: String,
-        #[arg(value_parser = parse_on_off)]
+        /// on or off.
+        #[arg(value_parser = parse_on_off, action = clap::ArgAction::Set)]
         required: bool,
     },
     List {

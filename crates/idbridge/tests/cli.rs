@@ -902,6 +902,56 @@ mod tenant_cli {
         assert!(String::from_utf8_lossy(&bad.stderr).contains("there is no tenant"));
     }
 
+    /// `tenant sign-in-policy` shows and changes who must give a second
+    /// factor (bad values refused, nothing changed); `tenant client
+    /// require-mfa` and `client add --require-mfa` mark an application.
+    #[test]
+    fn the_sign_in_policy_and_applications_that_require_a_second_factor() {
+        let tmp = TempDir::new("tenant-policy").unwrap();
+        let data = tmp.join("tenant");
+        let (mut server, _) = serve(&data);
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let policy = |args: &[&str]| {
+            let mut all = vec!["tenant", "sign-in-policy", "--data", p(&data)];
+            all.extend(args);
+            idbridge(&all)
+        };
+        let shown = ok(&policy(&[]));
+        assert!(shown.contains("everyone: off") && shown.contains("groups: none"), "{shown}");
+        assert!(shown.contains("campaign-skips: unlimited"), "{shown}");
+        let set = ok(&policy(&["--everyone", "on", "--registration-campaign", "on", "--campaign-skips", "3"]));
+        assert!(set.contains("everyone: on") && set.contains("registration-campaign: on"), "{set}");
+        assert!(set.contains("campaign-skips: 3"), "{set}");
+        // Bad input: one line, exit 1, nothing changed.
+        for bad in [&["--groups", "No such group"][..], &["--campaign-skips", "many"], &["--everyone", "maybe"]] {
+            let out = policy(bad);
+            assert!(!out.status.success(), "{bad:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.trim().lines().count() <= 3 && !err.contains("panicked"), "{err}");
+        }
+        assert!(ok(&policy(&[])).contains("campaign-skips: 3"), "unchanged");
+        assert!(ok(&policy(&["--campaign-skips", "unlimited"])).contains("campaign-skips: unlimited"));
+
+        let client = |args: &[&str]| {
+            let mut all = vec!["tenant", "client"];
+            all.extend(args);
+            all.extend(["--data", p(&data)]);
+            idbridge(&all)
+        };
+        let added =
+            ok(&client(&["add", "--name", "Payroll", "--redirect-uri", "https://payroll.example/cb", "--require-mfa"]));
+        let id = added.lines().find_map(|l| l.strip_prefix("client_id: ")).unwrap().to_string();
+        let listed = ok(&client(&["list"]));
+        let row = listed.lines().find(|l| l.contains(&id)).unwrap();
+        assert!(row.contains(" yes "), "{listed}");
+        ok(&client(&["require-mfa", &id, "off"]));
+        let listed = ok(&client(&["list"]));
+        assert!(!listed.lines().find(|l| l.contains(&id)).unwrap().contains(" yes "), "{listed}");
+        let unknown = client(&["require-mfa", "no-such-client", "on"]);
+        assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("not found"));
+    }
+
     /// An administrator lists a user's second factors and removes a lost one
     /// (`tenant user methods`); the method is registered through the
     /// tenant's library with a code from `oathtool`, as the sign-in pages will.
@@ -921,9 +971,7 @@ mod tenant_cli {
             let conn = store.lock();
             let user = tenant::console::user_by_name(&conn, "zoë@lab.example.test").unwrap().unwrap();
             let offer = tenant::mfa::offer_totp("idbridge", "zoë@lab.example.test");
-            let code = Command::new("oathtool").args(["--totp", "-b", &offer.secret]).output().unwrap();
-            assert!(code.status.success(), "oathtool (Debian package; scripts/test installs it)");
-            let code = String::from_utf8_lossy(&code.stdout).trim().to_string();
+            let code = testkit::oathtool(&offer.secret, tenant::util::now_secs()).unwrap();
             let enrolled =
                 tenant::mfa::confirm_totp(&conn, &user.id, &offer.secret, &code, "Zoë's phone").unwrap().unwrap();
             assert_eq!(enrolled.recovery_codes.len(), 10);
