@@ -4050,6 +4050,7 @@ mod federation {
         ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "managed.example"]));
         scim_post_user(&base, &token, "alice@fed.example", "QUxJQ0UtYW5jaG9y");
         scim_post_user(&base, &token, "carol@fed.example", "Q0FST0wtYW5jaG9y");
+        scim_post_user(&base, &token, "dana@fed.example", "REFOQS1hbmNob3I=");
         scim_post_user(&base, &token, "mallory@managed.example", "TUFMTE9SWS1hbmNob3I=");
         let issuer_url = base.trim_end_matches("/scim/v2").to_string();
         let callback = format!("{issuer_url}/federation/oidc/callback");
@@ -4060,6 +4061,7 @@ mod federation {
                 "accounts": {
                     "alice": {"immutable_id": "QUxJQ0UtYW5jaG9y"},
                     "carol": {"upn": "carol@fed.example"},
+                    "dana": {"immutable_id": "REFOQS1hbmNob3I=", "amr": ["pwd", "mfa"]},
                     "ghost": {"immutable_id": "R0hPU1Q="},
                     "mallory": {"immutable_id": "TUFMTE9SWS1hbmNob3I="},
                 },
@@ -4123,6 +4125,24 @@ mod federation {
         assert_eq!(replay.status, 403);
         assert!(replay.body.contains("already used"), "{}", replay.body);
 
+        // A policy that requires a second factor of everyone: the IdP's own
+        // MFA (amr with mfa) counts only when the policy accepts it; others
+        // register a method at the tenant after the IdP.
+        let policy = |args: &[&str]| {
+            let mut all = vec!["tenant", "sign-in-policy", "--data", p(&data)];
+            all.extend(args);
+            ok(&idbridge(&all))
+        };
+        policy(&["--everyone", "on", "--accept-federated-mfa", "on"]);
+        let (page, url) = federated_sign_in(&authorize, "dana@fed.example", "dana");
+        assert!(url.contains("code="), "the IdP's MFA is accepted: {url}\n{}", page.body);
+        let (page, _) = federated_sign_in(&authorize, "alice@fed.example", "alice");
+        assert!(page.body.contains("Add a sign-in method"), "{}", page.body);
+        policy(&["--accept-federated-mfa", "off"]);
+        let (page, _) = federated_sign_in(&authorize, "dana@fed.example", "dana");
+        assert!(page.body.contains("Add a sign-in method"), "not accepted: {}", page.body);
+        policy(&["--everyone", "off"]);
+
         // A wrong issuer (the discovery document names another one) is refused with the reason.
         ok(&federate("fed.example", &format!("{}/", idp.issuer)));
         let (page, _) = federated_sign_in(&authorize, "alice@fed.example", "alice");
@@ -4172,6 +4192,7 @@ mod federation {
         ok(&idbridge(&["tenant", "domain", "add", "--data", p(&data), "managed.example"]));
         scim_post_user(&base, &token, "alice@fed.example", "QUxJQ0UtYW5jaG9y");
         scim_post_user(&base, &token, "carol@fed.example", "Q0FST0wtYW5jaG9y");
+        scim_post_user(&base, &token, "dana@fed.example", "REFOQS1hbmNob3I=");
         scim_post_user(&base, &token, "mallory@managed.example", "TUFMTE9SWS1hbmNob3I=");
         let issuer_url = base.trim_end_matches("/scim/v2").to_string();
         let keygen = |name: &str| {
@@ -4271,6 +4292,19 @@ mod federation {
                 page.body
             );
         }
+        // The IdP's multi-factor AuthnContextClassRef satisfies a policy that
+        // accepts it; a password-only assertion does not.
+        let policy = |args: &[&str]| {
+            let mut all = vec!["tenant", "sign-in-policy", "--data", p(&data)];
+            all.extend(args);
+            ok(&idbridge(&all))
+        };
+        policy(&["--everyone", "on", "--accept-federated-mfa", "on"]);
+        let (page, _, _) = saml_sign_in(&authorize, "alice@fed.example", "alice", "mfa");
+        assert!(page.location.as_deref().is_some_and(|l| l.contains("code=")), "{} {}", page.status, page.body);
+        let (page, _, _) = saml_sign_in(&authorize, "alice@fed.example", "alice", "");
+        assert!(page.body.contains("Add a sign-in method"), "{} {}", page.status, page.body);
+        policy(&["--everyone", "off"]);
         // Every fault is refused, and the audit log names it.
         let faults = [
             ("ghost", "", "unknown-user"),

@@ -9,7 +9,8 @@
 // GET /sso?SAMLRequest=…&RelayState=…&login=<login>[&variant=…] answers with
 // an auto-posting form. Variants make the faults a real IdP should never
 // send: expired, audience, issuer, unsigned, tamper, sign-response,
-// wrap-before, wrap-inside (signature wrapping).
+// wrap-before, wrap-inside (signature wrapping); and mfa, a multi-factor
+// AuthnContextClassRef.
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -47,6 +48,10 @@ function assertion(id, account, request, acs, variant, now) {
   const shift = variant === 'expired' ? -3600_000 : 0;
   const audience = variant === 'audience' ? 'https://someone-else.example/sp' : config.audience;
   const issuer = variant === 'issuer' ? 'https://impostor.example/idp' : config.entity_id;
+  // variant=mfa: the IdP says it used several factors (as Entra ID and AD FS do).
+  const context = variant === 'mfa'
+    ? 'http://schemas.microsoft.com/claims/multipleauthn'
+    : 'urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport';
   const attributes = Object.entries(account.attributes || {})
     .map(([n, v]) => `<saml:Attribute Name="${esc(n)}"><saml:AttributeValue xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="xs:string">${esc(v)}</saml:AttributeValue></saml:Attribute>`)
     .join('');
@@ -55,7 +60,7 @@ function assertion(id, account, request, acs, variant, now) {
     + `<saml:Subject><saml:NameID Format="urn:oasis:names:tc:SAML:2.0:nameid-format:persistent">${esc(account.name_id)}</saml:NameID>`
     + `<saml:SubjectConfirmation Method="urn:oasis:names:tc:SAML:2.0:cm:bearer"><saml:SubjectConfirmationData NotOnOrAfter="${iso(now + shift + 300_000)}" Recipient="${esc(acs)}" InResponseTo="${esc(request)}"/></saml:SubjectConfirmation></saml:Subject>`
     + `<saml:Conditions NotBefore="${iso(now + shift - 30_000)}" NotOnOrAfter="${iso(now + shift + 300_000)}"><saml:AudienceRestriction><saml:Audience>${esc(audience)}</saml:Audience></saml:AudienceRestriction></saml:Conditions>`
-    + `<saml:AuthnStatement AuthnInstant="${iso(now + shift)}"><saml:AuthnContext><saml:AuthnContextClassRef>urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport</saml:AuthnContextClassRef></saml:AuthnContext></saml:AuthnStatement>`
+    + `<saml:AuthnStatement AuthnInstant="${iso(now + shift)}"><saml:AuthnContext><saml:AuthnContextClassRef>${context}</saml:AuthnContextClassRef></saml:AuthnContext></saml:AuthnStatement>`
     + (attributes ? `<saml:AttributeStatement>${attributes}</saml:AttributeStatement>` : '')
     + `</saml:Assertion>`;
 }
