@@ -3845,9 +3845,9 @@ mod demo {
 
     /// Starts the demo and runs the browser script `script` (tests/browser)
     /// against it as the demo's first user: its last line of output, parsed,
-    /// and the user's name.
-    fn demo_user_in_chromium(script: &str) -> (serde_json::Value, String) {
-        let (_child, ready) = start_demo(&[]);
+    /// the user's name, and the demo still running (with what it printed).
+    fn demo_user_in_chromium(script: &str) -> (serde_json::Value, String, testkit::KillOnDrop, serde_json::Value) {
+        let (demo, ready) = start_demo(&[]);
         let base = ready["url"].as_str().unwrap().trim_end_matches('/').trim_end_matches("/myapps").to_string();
         let user = ready["users"][0]["username"].as_str().unwrap();
         let password = ready["users"][0]["password"].as_str().unwrap();
@@ -3862,7 +3862,8 @@ mod demo {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let result = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
-        (result, user.to_string())
+        let user = user.to_string();
+        (result, user, demo, ready)
     }
 
     /// Security info (`/account`) through Chromium (tests/browser/account.mjs): a
@@ -3871,7 +3872,7 @@ mod demo {
     /// every page is scanned by axe-core and photographed at desktop width and 375 px.
     #[test]
     fn security_info_through_chromium() {
-        let (result, user) = demo_user_in_chromium("account.mjs");
+        let (result, user, _demo, _) = demo_user_in_chromium("account.mjs");
         assert_eq!(result["codes"], 10, "ten recovery codes shown once: {result}");
         assert_eq!(result["asked"], true, "the next sign-in asks for a code: {result}");
         assert!(result["signedIn"].as_str().unwrap().contains(&format!("Signed in as {user}")), "{result}");
@@ -3885,7 +3886,7 @@ mod demo {
     #[test]
     fn passkeys_through_chromium() {
         // The demo is named (http://localhost:PORT), so browsers allow passkeys.
-        let (result, user) = demo_user_in_chromium("passkeys.mjs");
+        let (result, user, _demo, ready) = demo_user_in_chromium("passkeys.mjs");
         let page = |key: &str| result[key].as_str().unwrap_or_default().to_string();
         assert_eq!(result["registered"], 1, "{result}");
         assert_eq!(result["resident"], true, "a discoverable credential: {result}");
@@ -3898,6 +3899,19 @@ mod demo {
         assert!(page("stranger").contains("not registered here"), "another authenticator is refused: {result}");
         assert!(!page("stranger").contains(&signed_in), "{result}");
         assert!(page("removed").contains("not registered here"), "a removed passkey is refused: {result}");
+        let forged = |key: &str| result["forged"][key].as_str().unwrap_or_default().to_string();
+        for fault in ["challenge", "origin", "rpId"] {
+            assert!(forged(fault).contains("was not accepted"), "a wrong {fault} is refused: {result}");
+        }
+        assert!(forged("right").contains(&signed_in), "the hand-made assertion, made right, works: {result}");
+        assert!(forged("replayedCounter").contains("counter went backwards"), "{result}");
+        // Each refusal is in the audit with its reason.
+        let data = Path::new(ready["data"].as_str().unwrap()).join("tenant");
+        let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data), "--limit", "500", "--json"]));
+        assert!(audit.matches("\"passkey-refused\"").count() >= 3, "{audit}");
+        for reason in ["\"passkey-counter-went-back\"", "\"passkey-unknown\""] {
+            assert!(audit.contains(reason), "{reason}: {audit}");
+        }
         assert_eq!(result["violations"], serde_json::json!([]), "axe-core: {result}");
         assert_eq!(result["tooWide"], serde_json::json!([]), "375 px: {result}");
     }

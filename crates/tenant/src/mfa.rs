@@ -126,10 +126,26 @@ pub fn confirm_totp(
     code: &str,
     label: &str,
 ) -> Result<std::result::Result<Enrolled, CodeError>> {
-    let Some(label) = checked_label(label) else { return Ok(Err(CodeError::BadLabel)) };
-    let Some(key) = decode_secret(secret) else { return Ok(Err(CodeError::BadSecret)) };
-    let Some(code) = parse_totp(code) else { return Ok(Err(CodeError::Malformed)) };
-    let Some(step) = matching_step(&key, code, now_secs(), i64::MIN) else { return Ok(Err(CodeError::Wrong)) };
+    let checked = checked_label(label).ok_or(CodeError::BadLabel).and_then(|label| {
+        let key = decode_secret(secret).ok_or(CodeError::BadSecret)?;
+        let code = parse_totp(code).ok_or(CodeError::Malformed)?;
+        let step = matching_step(&key, code, now_secs(), i64::MIN).ok_or(CodeError::Wrong)?;
+        Ok((label, key, step))
+    });
+    let (label, key, step) = match checked {
+        Ok(found) => found,
+        Err(e) => {
+            let reason = match e {
+                CodeError::Wrong => "wrong-code",
+                CodeError::Reused => "code-reused",
+                CodeError::Malformed => "code-malformed",
+                CodeError::BadLabel => "bad-label",
+                CodeError::BadSecret => "bad-key",
+            };
+            registration_refused(conn, user_id, MethodKind::Totp, reason)?;
+            return Ok(Err(e));
+        }
+    };
     let sealed = crate::secrets::seal_text(conn, &data_encoding::BASE32_NOPAD.encode(&key))?;
     let first = count(conn, user_id)? == 0;
     let id = new_id();
@@ -233,6 +249,13 @@ pub(crate) fn forget_user(conn: &Connection, user_id: &str) -> Result<()> {
     conn.execute("DELETE FROM mfa_methods WHERE user_id = ?1", params![user_id])?;
     conn.execute("DELETE FROM recovery_codes WHERE user_id = ?1", params![user_id])?;
     Ok(())
+}
+
+/// Audits a registration that was refused (nothing was stored): `reason`
+/// names why, for the administrator reading the audit.
+pub(crate) fn registration_refused(conn: &Connection, user_id: &str, kind: MethodKind, reason: &str) -> Result<()> {
+    let detail = serde_json::json!({"kind": kind.as_str(), "reason": reason});
+    crate::audit::record(conn, user_id, "mfa-registration-refused", Some("User"), Some(user_id), Some(&detail))
 }
 
 /// A method's name as the person typed it, trimmed; `None` if empty, too
@@ -443,7 +466,11 @@ mod tests {
         assert!(verify(&conn, user, &oathtool(&other.secret, now_secs() + STEP_SECS)).unwrap().is_err());
         let audited: i64 =
             conn.query_row("SELECT count(*) FROM audit WHERE action LIKE 'mfa-%'", params![], |r| r.get(0)).unwrap();
-        assert_eq!(audited, 5, "two registrations, one set of recovery codes, two removals");
+        let refused: i64 = conn
+            .query_row("SELECT count(*) FROM audit WHERE action = 'mfa-registration-refused'", params![], |r| r.get(0))
+            .unwrap();
+        assert_eq!(audited - refused, 5, "two registrations, one set of recovery codes, two removals");
+        assert!(refused > 0, "the refused enrolments are audited too");
         drop(conn);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);

@@ -250,6 +250,25 @@ pub fn finish_registration(
     response: &str,
     label: &str,
 ) -> Result<std::result::Result<Enrolled, PasskeyError>> {
+    let outcome = register(conn, rp, user_id, token, response, label)?;
+    if let Err(e) = &outcome {
+        let reason = match e {
+            PasskeyError::Refused { reason } => format!("{}: {reason}", e.reason()),
+            _ => e.reason().to_string(),
+        };
+        crate::mfa::registration_refused(conn, user_id, MethodKind::Passkey, &reason)?;
+    }
+    Ok(outcome)
+}
+
+fn register(
+    conn: &Connection,
+    rp: &RelyingParty,
+    user_id: &str,
+    token: &str,
+    response: &str,
+    label: &str,
+) -> Result<std::result::Result<Enrolled, PasskeyError>> {
     let Some(label) = crate::mfa::checked_label(label) else { return Ok(Err(PasskeyError::BadLabel)) };
     let Some((owner, state)) = take_challenge(conn, token, Purpose::Register)? else {
         return Ok(Err(PasskeyError::Expired));
@@ -476,6 +495,16 @@ mod tests {
         assert_eq!(begin_second_factor(&conn, &rp, "user-1").unwrap(), None);
         let label = finish_registration(&conn, &rp, "user-1", "token", "{}", " ").unwrap();
         assert_eq!(label, Err(PasskeyError::BadLabel));
+        // A ceremony past its five minutes is expired; each refusal is audited.
+        let late = begin_registration(&conn, &rp, "user-1", "ana@example.com", "Ana").unwrap();
+        conn.execute("UPDATE webauthn_challenges SET expires = ?1", params![now_secs() - 1]).unwrap();
+        let expired = finish_registration(&conn, &rp, "user-1", &late.token, "{}", "Key").unwrap();
+        assert_eq!(expired, Err(PasskeyError::Expired));
+        let audited = crate::audit::recent(&conn, 20).unwrap();
+        let refusals: Vec<_> = audited.iter().filter(|e| e.action == "mfa-registration-refused").collect();
+        assert_eq!(refusals.len(), 3, "{audited:?}");
+        assert!(refusals.iter().any(|e| e.detail.as_ref().is_some_and(|d| d["reason"] == "passkey-expired")));
+        assert!(crate::mfa::methods(&conn, "user-1").unwrap().is_empty(), "nothing stored");
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
     }

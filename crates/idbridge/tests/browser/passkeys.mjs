@@ -12,7 +12,7 @@
 // passkey, "secondFactor": the page after it, "stranger": the page after the other
 // authenticator's attempt, "removed": the page after the removed passkey's attempt,
 // "violations", "tooWide"}. $SCREENSHOT_DIR: every page at desktop width and 375 px.
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { launch, newPage, scan as scanPage } from './common.mjs';
 
 const [base, username, password] = process.argv.slice(2);
@@ -65,6 +65,54 @@ async function passkeySignIn(page) {
   return text(page);
 }
 
+// An assertion made here with the registered passkey's private key (which
+// the virtual authenticator exports), with one thing wrong on purpose: a
+// browser never sends a wrong origin, RP ID or challenge, so only a
+// hand-made assertion can show that the tenant refuses them. Submitted
+// through the sign-in page's own passkey form; returns the page after it.
+async function forgedSignIn(credential, { challenge, origin, rpId, counter }) {
+  const page = await newPage(browser);
+  await toSignInPage(page);
+  const ceremony = await page.evaluate(async () => {
+    const form = document.getElementById('passkey-sign-in').form;
+    const fields = new URLSearchParams(new FormData(form));
+    fields.set('purpose', 'sign-in');
+    return (await fetch('/oauth2/passkey', { method: 'POST', body: fields })).json();
+  });
+  const site = new URL(base);
+  const clientData = Buffer.from(JSON.stringify({
+    type: 'webauthn.get',
+    challenge: challenge ?? ceremony.options.publicKey.challenge,
+    origin: origin ?? site.origin,
+    crossOrigin: false,
+  }));
+  const count = Buffer.alloc(4);
+  count.writeUInt32BE(counter);
+  // rpIdHash, flags (user present and verified), signature counter.
+  const authData = Buffer.concat([createHash('sha256').update(rpId ?? site.hostname).digest(), Buffer.from([0x05]), count]);
+  const signed = Buffer.concat([authData, createHash('sha256').update(clientData).digest()]);
+  const key = createPrivateKey({ key: Buffer.from(credential.privateKey, 'base64'), format: 'der', type: 'pkcs8' });
+  const id = Buffer.from(credential.credentialId, 'base64').toString('base64url');
+  const answer = JSON.stringify({
+    id,
+    rawId: id,
+    type: 'public-key',
+    response: {
+      authenticatorData: authData.toString('base64url'),
+      clientDataJSON: clientData.toString('base64url'),
+      signature: sign('sha256', signed, { key, dsaEncoding: 'der' }).toString('base64url'),
+      userHandle: Buffer.from(credential.userHandle, 'base64').toString('base64url'),
+    },
+  });
+  await Promise.all([page.waitForNavigation(), page.evaluate((token, credentialJson) => {
+    const form = document.getElementById('passkey-sign-in').form;
+    form.elements.passkey_token.value = token;
+    form.elements.credential.value = credentialJson;
+    form.submit();
+  }, ceremony.token, answer)]);
+  return text(page);
+}
+
 async function signOut(page) {
   await page.goto(`${base}/myapps/logout`, { waitUntil: 'load' });
   const confirm = await page.$('form[action="/oauth2/logout"] button');
@@ -103,6 +151,18 @@ try {
   await scan(page, 'verify');
   await submit(page, '#passkey-verify');
   out.secondFactor = await text(page);
+
+  // Hand-made assertions: wrong challenge, origin and RP ID are refused; the
+  // same made right signs in (so the refusals are the faults, not the
+  // making); a counter that does not move on is a copied key.
+  const [registered] = credentials;
+  out.forged = {
+    challenge: await forgedSignIn(registered, { challenge: randomBytes(32).toString('base64url'), counter: 1000 }),
+    origin: await forgedSignIn(registered, { origin: 'http://evil.example', counter: 1000 }),
+    rpId: await forgedSignIn(registered, { rpId: 'evil.example', counter: 1000 }),
+    right: await forgedSignIn(registered, { counter: 1000 }),
+    replayedCounter: await forgedSignIn(registered, { counter: 1000 }),
+  };
 
   // Another authenticator, holding a credential of its own for this site and user.
   const stranger = await pageWithAuthenticator();
