@@ -462,6 +462,50 @@ mod tests {
         assert_ne!(user_handle("user-1"), user_handle("user-2"));
     }
 
+    /// The whole ceremony against a software authenticator (testkit's, the
+    /// benchmarks' load generator): registered, a nameless sign-in, the
+    /// second step, someone else's step and a stranger's key refused (a
+    /// counter that does not move on is refused in the Chromium test). Browsers are tested
+    /// with Chromium's virtual authenticator (the CLI's demo tests).
+    #[test]
+    fn register_sign_in_and_second_step_with_a_software_authenticator() {
+        let dir = std::env::temp_dir().join(format!("idbridge-passkeys-{}", crate::util::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::Store::open(&dir.join("tenant.db")).unwrap();
+        let conn = store.lock();
+        let rp = RelyingParty::for_issuer("http://localhost:8080", "idbridge").unwrap();
+        let user = crate::util::new_id();
+        let mut key = testkit::passkey::SoftPasskey::new("http://localhost:8080").unwrap();
+        let reg = begin_registration(&conn, &rp, &user, "ana@example.com", "Ana").unwrap();
+        let answer = key.register(&reg.options).unwrap();
+        let enrolled = finish_registration(&conn, &rp, &user, &reg.token, &answer, "Soft key").unwrap().unwrap();
+        assert_eq!(enrolled.recovery_codes.len(), crate::mfa::RECOVERY_CODES);
+        assert!(!backup_eligible(&conn, &enrolled.method.id).unwrap());
+        // A key that answers a registration no one finished.
+        let unfinished = begin_registration(&conn, &rp, &user, "ana@example.com", "Ana").unwrap();
+        let mut copy_key = testkit::passkey::SoftPasskey::new("http://localhost:8080").unwrap();
+        let _ = copy_key.register(&unfinished.options).unwrap();
+        let sign_in = begin_sign_in(&conn, &rp).unwrap();
+        let used = finish_sign_in(&conn, &rp, &sign_in.token, &key.assert(&sign_in.options).unwrap()).unwrap().unwrap();
+        assert_eq!((used.user_id.as_str(), used.method_id.as_str()), (user.as_str(), enrolled.method.id.as_str()));
+        let step = begin_second_factor(&conn, &rp, &user).unwrap().unwrap();
+        let used = finish_second_factor(&conn, &rp, &user, &step.token, &key.assert(&step.options).unwrap());
+        assert!(used.unwrap().is_ok());
+        // Another user's sign-in step does not take this user's passkey.
+        let other = begin_sign_in(&conn, &rp).unwrap();
+        let answer = key.assert(&other.options).unwrap();
+        assert_eq!(
+            finish_second_factor(&conn, &rp, "someone-else", &other.token, &answer).unwrap(),
+            Err(PasskeyError::Expired)
+        );
+        // A key that was never registered here.
+        let stranger = begin_sign_in(&conn, &rp).unwrap();
+        let answer = copy_key.assert(&stranger.options).unwrap();
+        assert_eq!(finish_sign_in(&conn, &rp, &stranger.token, &answer).unwrap(), Err(PasskeyError::Unknown));
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn hostile_answers_are_refused_before_any_lookup() {
         let dir = std::env::temp_dir().join(format!("idbridge-passkeys-{}", crate::util::new_id()));

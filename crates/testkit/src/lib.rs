@@ -8,12 +8,14 @@
 //! - [`postgres`]: a PostgreSQL 15 cluster on a free port (as the `postgres` user when root).
 //! - [`process`]: temp dirs, free ports, running tools.
 //! - [`browser`]: an HTTP client that signs in through the sign-in forms.
+//! - [`passkey`]: a software passkey for benchmarks (ES256, attestation "none").
 //! - [`harness`]: the set-up tests and benchmarks share (a tenant with a sync
 //!   token, a configuration for a test directory, the `ldapsearch` baseline).
 
 pub mod bench;
 pub mod browser;
 pub mod harness;
+pub mod passkey;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
