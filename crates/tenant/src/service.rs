@@ -366,18 +366,30 @@ impl Tenant {
     /// Registers the admin console as a relying party for `issuer`, unless
     /// it is registered for that address already; returns its client id.
     pub fn register_console(&self, actor: &str, issuer: &str) -> Result<String> {
-        let redirect = vec![console_redirect_uri(issuer)];
+        self.register_own_client(actor, "console_client_id", "Admin console", &console_redirect_uri(issuer))
+    }
+
+    /// Security info (`/account`) signs people in — and again, before they
+    /// add a method — as a relying party of the tenant itself.
+    pub fn register_security_info(&self, actor: &str, issuer: &str) -> Result<String> {
+        self.register_own_client(actor, ACCOUNT_CLIENT_KEY, "Security info", &account_redirect_uri(issuer))
+    }
+
+    /// A public client of the tenant's own pages, kept while its redirect
+    /// URI stays (nodes restarting keep one id), replaced when it moves.
+    fn register_own_client(&self, actor: &str, meta_key: &str, name: &str, redirect: &str) -> Result<String> {
+        let redirect = vec![redirect.to_string()];
         self.write(|tx| {
-            if let Some(old) = store::get_meta(tx, "console_client_id")? {
+            if let Some(old) = store::get_meta(tx, meta_key)? {
                 match clients::get(tx, &old)? {
                     Some(c) if c.redirect_uris == redirect => return Ok(c.id),
                     Some(_) => clients::remove(tx, &old)?,
                     None => {}
                 }
             }
-            let (client, _) = clients::add(tx, "Admin console", &redirect, true, Alg::Rs256)?;
-            store::set_meta(tx, "console_client_id", &client.id)?;
-            audit::record(tx, actor, "client-add", None, Some(&client.id), Some(&json!({"name": "Admin console"})))?;
+            let (client, _) = clients::add(tx, name, &redirect, true, Alg::Rs256)?;
+            store::set_meta(tx, meta_key, &client.id)?;
+            audit::record(tx, actor, "client-add", None, Some(&client.id), Some(&json!({"name": name})))?;
             Ok(client.id)
         })
     }
@@ -566,6 +578,13 @@ fn policy_groups(conn: &crate::db::Connection, ids: &[String]) -> Result<Vec<Pri
             Err(e) => Err(e),
         })
         .collect()
+}
+
+/// Where Security info's own client id is kept (`meta`).
+pub const ACCOUNT_CLIENT_KEY: &str = "account_client_id";
+
+pub fn account_redirect_uri(issuer: &str) -> String {
+    format!("{issuer}/account/callback")
 }
 
 pub fn console_redirect_uri(issuer: &str) -> String {

@@ -8,14 +8,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Form, State};
+use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use super::flow::{
-    Params, checked_csrf, cookie, csrf_cookie_name, csrf_is_ours, db, html_response, internal, mint_csrf, session_user,
-    set_cookie,
+    Authenticated, Params, checked_csrf, cookie, csrf_cookie_name, csrf_is_ours, db, html_response, internal,
+    mint_csrf, session_user, set_cookie, urlencode,
 };
 use super::pages::{self, AccountView, Branding};
 use crate::scim::AppState;
@@ -23,6 +25,53 @@ use tenant::mfa;
 
 /// How many of the user's own sign-ins the page lists.
 const RECENT_SIGN_INS: usize = 10;
+
+/// Adding a method takes a sign-in this recent (seconds)…
+const FRESH_SECS: i64 = 600;
+
+/// …and, for a user who has a method already, one that used it: a browser
+/// left signed in, or a stolen session, cannot add its own way in.
+pub(crate) fn may_add_method(auth: &Authenticated, has_method: bool) -> bool {
+    tenant::util::now_secs() - auth.time <= FRESH_SECS && (!has_method || auth.methods.split(' ').any(|m| m == "mfa"))
+}
+
+/// GET /account/sign-in (`again=1`: authenticate again even when signed in):
+/// Security info signs people in as a relying party of the tenant itself.
+pub async fn sign_in(State(state): State<Arc<AppState>>, Query(q): Query<Params>) -> Response {
+    let client_id = match db(&state, |conn| tenant::store::get_meta(conn, tenant::service::ACCOUNT_CLIENT_KEY)).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return internal(tenant::TenantError::NotFound("the Security info client".into())),
+        Err(e) => return internal(e),
+    };
+    // PKCE as every public client must; the code itself is not redeemed:
+    // the sign-in's product here is the browser's fresh session.
+    let verifier = tenant::util::random_token();
+    let challenge = URL_SAFE_NO_PAD.encode(tenant::util::sha256(verifier.as_bytes()));
+    let mut url = format!(
+        "/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid&state={}&code_challenge={challenge}&code_challenge_method=S256",
+        urlencode(&client_id),
+        urlencode(&tenant::service::account_redirect_uri(&state.issuer)),
+        urlencode(&tenant::util::random_token()),
+    );
+    if q.get("again").is_some_and(|v| v == "1") {
+        url.push_str("&prompt=login");
+    }
+    Redirect::to(&url).into_response()
+}
+
+/// GET /account/callback: back from signing in (the new session cookie is set).
+pub async fn callback(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<Params>) -> Response {
+    match q.get("error") {
+        Some(error) => {
+            let csrf = mint_csrf(&state.csrf_key);
+            let notice = format!("You were not signed in again ({error}).");
+            let mut resp = overview(&state, &headers, &csrf, Some(&notice)).await;
+            set_cookie(&mut resp, &state, csrf_cookie_name(&state), &csrf, 3600);
+            resp
+        }
+        None => Redirect::to("/account").into_response(),
+    }
+}
 
 /// GET /account.
 pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -42,13 +91,17 @@ async fn overview(state: &Arc<AppState>, headers: &HeaderMap, csrf: &str, notice
     let passkeys = state.passkeys.is_some();
     let found = db(state, move |conn| {
         let branding = Branding::load(conn);
-        let Some((user, _)) = session_user(conn, &headers)? else { return Ok((branding, None)) };
+        let Some((user, auth)) = session_user(conn, &headers)? else { return Ok((branding, None)) };
         let name = user_name(&user.data);
         let methods = mfa::methods(conn, &user.id)?;
+        let may_add = may_add_method(&auth, !methods.is_empty());
         let left = mfa::recovery_codes_left(conn, &user.id)?;
         let filter = tenant::signin_log::Filter { user_name: Some(name.clone()), ..Default::default() };
         let recent = tenant::signin_log::query(conn, &filter, RECENT_SIGN_INS)?;
-        Ok((branding, Some(AccountView { user_name: name, methods, recovery_codes_left: left, recent, passkeys })))
+        Ok((
+            branding,
+            Some(AccountView { user_name: name, methods, recovery_codes_left: left, recent, passkeys, may_add }),
+        ))
     })
     .await;
     match found {
@@ -89,8 +142,14 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p
     let passkeys = state.passkeys.clone();
     let done = db(&state, move |conn| {
         let branding = Branding::load(conn);
-        let Some((user, _)) = session_user(conn, &session_headers)? else { return Ok((branding, Outcome::SignedOut)) };
+        let Some((user, auth)) = session_user(conn, &session_headers)? else {
+            return Ok((branding, Outcome::SignedOut));
+        };
         let name = user_name(&user.data);
+        let adding = matches!(action.as_str(), "offer" | "confirm" | "add-passkey");
+        if adding && !may_add_method(&auth, !mfa::methods(conn, &user.id)?.is_empty()) {
+            return Ok((branding, Outcome::NotFresh));
+        }
         let issuer = if branding.name.trim().is_empty() { issuer_name } else { branding.name.clone() };
         let outcome = match action.as_str() {
             "offer" => Outcome::Enrol { offer: mfa::offer_totp(&issuer, &name), error: None, label: String::new() },
@@ -141,6 +200,7 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p
         Outcome::Removed => Redirect::to("/account").into_response(),
         Outcome::Unknown => overview(&state, &headers, &csrf, Some("That method was already removed.")).await,
         Outcome::PasskeyRefused(why) => overview(&state, &headers, &csrf, Some(&why)).await,
+        Outcome::NotFresh => overview(&state, &headers, &csrf, Some(NOT_FRESH)).await,
     }
 }
 
@@ -151,7 +211,12 @@ enum Outcome {
     Removed,
     Unknown,
     PasskeyRefused(String),
+    NotFresh,
 }
+
+/// Why adding waits for a new sign-in.
+pub(crate) const NOT_FRESH: &str =
+    "To add a sign-in method, verify it’s you first (sign in again, with your current method if you have one).";
 
 /// The otpauth URI as an inline SVG QR code (made here: the key never
 /// goes to a third-party service), without the XML prolog HTML does not take.

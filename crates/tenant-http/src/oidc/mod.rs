@@ -39,6 +39,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/federation/saml/acs", axum::routing::post(crate::federation::saml_acs))
         .route("/account", get(account::page).post(account::post))
         .route("/account/passkey", axum::routing::post(passkey::registration_options))
+        .route("/account/sign-in", get(account::sign_in))
+        .route("/account/callback", get(account::callback))
         .route("/oauth2/passkey", axum::routing::post(passkey::sign_in_options))
         .route("/webauthn.js", get(passkey::script))
         .route("/myapps", get(myapps::home))

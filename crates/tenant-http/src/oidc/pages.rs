@@ -323,6 +323,8 @@ pub struct AccountView {
     pub recent: Vec<tenant::signin_log::Entry>,
     /// Passkeys can be added (the tenant is reached by a domain name).
     pub passkeys: bool,
+    /// The session is recent enough (and strong enough) to add a method.
+    pub may_add: bool,
 }
 
 fn kind_text(kind: tenant::mfa::MethodKind) -> &'static str {
@@ -372,7 +374,11 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
             }
             p id="recovery-left" { (view.recovery_codes_left) " unused recovery codes." }
         }
-        @if view.passkeys {
+        @if !view.may_add {
+            p { "To add a sign-in method, verify it’s you first." }
+            p { a href="/account/sign-in?again=1" id="verify-again" { "Verify it’s you" } }
+        }
+        @if view.passkeys && view.may_add {
             form method="post" action="/account" {
                 (csrf_field(csrf))
                 input type="hidden" name="action" value="add-passkey";
@@ -381,10 +387,12 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
                 (passkey_button("add-passkey", "register", "/account/passkey", "Add a passkey"))
             }
         }
-        form method="post" action="/account" {
-            (csrf_field(csrf))
-            input type="hidden" name="action" value="offer";
-            button type="submit" id="add-app" { "Add an authenticator app" }
+        @if view.may_add {
+            form method="post" action="/account" {
+                (csrf_field(csrf))
+                input type="hidden" name="action" value="offer";
+                button type="submit" id="add-app" { "Add an authenticator app" }
+            }
         }
         h2 { "Recent sign-ins" }
         @if view.recent.is_empty() {
@@ -411,8 +419,8 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
 pub fn account_signed_out_page(branding: &Branding) -> String {
     let body = html! {
         h1 { "Security info" }
-        p { "Sign in first, then open this page again." }
-        p { a href="/myapps" { "Sign in" } }
+        p { "Sign in to see and change how you sign in." }
+        p { a href="/account/sign-in" id="sign-in" { "Sign in" } }
     };
     layout(branding, "Security info", body)
 }

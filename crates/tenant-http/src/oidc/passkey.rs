@@ -108,11 +108,20 @@ pub async fn registration_options(
         Err((status, why)) => return refused(status, why),
     };
     let started = db(&state, move |conn| {
-        let Some((user, _)) = session_user(conn, &headers)? else { return Ok(None) };
+        let Some((user, auth)) = session_user(conn, &headers)? else { return Ok(None) };
+        if !super::account::may_add_method(&auth, !tenant::mfa::methods(conn, &user.id)?.is_empty()) {
+            return Ok(Some(Err(super::account::NOT_FRESH)));
+        }
         let text = |key: &str| user.data.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
         let (name, display) = (text("userName"), text("displayName"));
-        tenant::passkeys::begin_registration(conn, &rp, &user.id, &name, &display).map(Some)
+        tenant::passkeys::begin_registration(conn, &rp, &user.id, &name, &display).map(|c| Some(Ok(c)))
     })
     .await;
-    ceremony(started, "You are signed out. Sign in again, then add the passkey.")
+    match started {
+        Ok(Some(Err(not_fresh))) => refused(StatusCode::FORBIDDEN, not_fresh),
+        other => ceremony(
+            other.map(|found| found.and_then(Result::ok)),
+            "You are signed out. Sign in again, then add the passkey.",
+        ),
+    }
 }

@@ -887,7 +887,7 @@ async fn security_info_adds_and_removes_an_authenticator_app() {
 
     let anonymous = Browser::new().unwrap().get(&account).await.unwrap();
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
-    assert!(anonymous.body.contains("Sign in first"), "{}", anonymous.body);
+    assert!(anonymous.body.contains("href=\"/account/sign-in\""), "{}", anonymous.body);
 
     let mut b = Browser::new().unwrap();
     let signed_in = sign_in(&mut b, &t, &rp, &challenge, "rhea@corp.example.com", PASSWORD).await;
@@ -1122,4 +1122,67 @@ async fn groups_administrators_and_applications_require_a_second_factor() {
     let discovery: Value =
         reqwest::get(format!("{}/.well-known/openid-configuration", issuer(&t))).await.unwrap().json().await.unwrap();
     assert_eq!(discovery["acr_values_supported"], json!(["urn:idbridge:acr:1fa", "urn:idbridge:acr:mfa"]));
+}
+
+/// Adding a method takes a recent sign-in, and one with the second factor
+/// for a user who has one: a browser left signed in cannot add its own way
+/// in. "Verify it’s you" signs in again through Security info's own client
+/// (prompt=login) and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_method_takes_a_fresh_sign_in() {
+    let t = Tenant::start().await;
+    let rp = register(&t, false);
+    let (_, challenge) = pkce();
+    let user = synced_user(&t, "ines@corp.example.com", "SU5FUw==", json!({})).await;
+    let account = format!("{}/account", issuer(&t));
+    let action = format!("{}/oauth2/authorize", issuer(&t));
+    let mut b = Browser::new().unwrap();
+    let signed_in = sign_in(&mut b, &t, &rp, &challenge, "ines@corp.example.com", PASSWORD).await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "{}", signed_in.body);
+    let fresh = b.get(&account).await.unwrap();
+    assert!(fresh.body.contains("id=\"add-app\""), "a new sign-in may add: {}", fresh.body);
+
+    // The session grows old: the page offers "Verify it’s you", adding is refused.
+    {
+        let store = t.store();
+        let conn = store.lock();
+        conn.execute("UPDATE sessions SET created = created - 700", tenant::db::params![]).unwrap();
+    }
+    let stale = b.get(&account).await.unwrap();
+    assert!(stale.body.contains("id=\"verify-again\"") && !stale.body.contains("id=\"add-app\""), "{}", stale.body);
+    let refused = b.post(&account, &form_fields(&fresh.body, &[("action", "offer")])).await.unwrap();
+    assert!(refused.body.contains("verify it’s you first") && !refused.body.contains("<svg"), "{}", refused.body);
+
+    // Verify it's you: Security info's own sign-in, with prompt=login, and back.
+    let again = b.get(&format!("{account}/sign-in?again=1")).await.unwrap();
+    let to = again.location.clone().unwrap();
+    assert!(to.starts_with("/oauth2/authorize?") && to.contains("prompt=login"), "{to}");
+    let page = b.password_sign_in(&format!("{}{to}", issuer(&t)), "ines@corp.example.com", PASSWORD).await.unwrap();
+    let back = page.location.clone().unwrap();
+    assert!(back.starts_with(&format!("{account}/callback?code=")), "{back}");
+    let home = b.get(&back).await.unwrap();
+    assert_eq!(home.location.as_deref(), Some("/account"));
+    let renewed = b.get(&account).await.unwrap();
+    assert!(renewed.body.contains("id=\"add-app\""), "{}", renewed.body);
+
+    // A user with a method: a fresh password-only session is not enough.
+    let offer = tenant::mfa::offer_totp("idbridge", "ines@corp.example.com");
+    {
+        let store = t.store();
+        let conn = store.lock();
+        let id = user["id"].as_str().unwrap();
+        tenant::mfa::confirm_totp(&conn, id, &offer.secret, &oathtool(&offer.secret, 0), "Phone").unwrap().unwrap();
+        conn.execute("UPDATE sessions SET amr = 'pwd'", tenant::db::params![]).unwrap();
+    }
+    let weak = b.get(&account).await.unwrap();
+    assert!(weak.body.contains("id=\"verify-again\""), "{}", weak.body);
+    // Signing in again with the code makes it strong enough.
+    let again = b.get(&format!("{account}/sign-in?again=1")).await.unwrap();
+    let url = format!("{}{}", issuer(&t), again.location.unwrap());
+    let code_page = b.password_sign_in(&url, "ines@corp.example.com", PASSWORD).await.unwrap();
+    assert!(code_page.body.contains("Verify it’s you"), "{}", code_page.body);
+    let done = b.post(&action, &form_fields(&code_page.body, &[("code", &oathtool(&offer.secret, 30))])).await.unwrap();
+    b.get(done.location.as_deref().unwrap()).await.unwrap();
+    let strong = b.get(&account).await.unwrap();
+    assert!(strong.body.contains("id=\"add-app\""), "{}", strong.body);
 }
