@@ -3846,8 +3846,12 @@ mod demo {
     /// Starts the demo and runs the browser script `script` (tests/browser)
     /// against it as the demo's first user: its last line of output, parsed,
     /// the user's name, and the demo still running (with what it printed).
-    fn demo_user_in_chromium(script: &str) -> (serde_json::Value, String, testkit::KillOnDrop, serde_json::Value) {
+    fn demo_user_in_chromium(
+        script: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> (serde_json::Value, String, testkit::KillOnDrop, serde_json::Value) {
         let (demo, ready) = start_demo(&[]);
+        prepare(&Path::new(ready["data"].as_str().unwrap()).join("tenant"));
         let base = ready["url"].as_str().unwrap().trim_end_matches('/').trim_end_matches("/myapps").to_string();
         let user = ready["users"][0]["username"].as_str().unwrap();
         let password = ready["users"][0]["password"].as_str().unwrap();
@@ -3855,6 +3859,8 @@ mod demo {
         let out = Command::new("node")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser").join(script))
             .args([base.as_str(), user, password])
+            // The second user, for scripts that need one.
+            .args([ready["users"][1]["username"].as_str().unwrap(), ready["users"][1]["password"].as_str().unwrap()])
             .env("BROWSER_TOOLS", &tools)
             .env("PROFILE_DIR", profile.path())
             .env("SCREENSHOT_DIR", &shots)
@@ -3872,7 +3878,7 @@ mod demo {
     /// every page is scanned by axe-core and photographed at desktop width and 375 px.
     #[test]
     fn security_info_through_chromium() {
-        let (result, user, _demo, _) = demo_user_in_chromium("account.mjs");
+        let (result, user, _demo, _) = demo_user_in_chromium("account.mjs", |_| {});
         assert_eq!(result["codes"], 10, "ten recovery codes shown once: {result}");
         assert_eq!(result["asked"], true, "the next sign-in asks for a code: {result}");
         assert!(result["signedIn"].as_str().unwrap().contains(&format!("Signed in as {user}")), "{result}");
@@ -3886,7 +3892,10 @@ mod demo {
     #[test]
     fn passkeys_through_chromium() {
         // The demo is named (http://localhost:PORT), so browsers allow passkeys.
-        let (result, user, _demo, ready) = demo_user_in_chromium("passkeys.mjs");
+        // The registration campaign asks the second user for a method.
+        let (result, user, _demo, ready) = demo_user_in_chromium("passkeys.mjs", |data| {
+            ok(&idbridge(&["tenant", "sign-in-policy", "--data", p(data), "--registration-campaign", "on"]));
+        });
         let page = |key: &str| result[key].as_str().unwrap_or_default().to_string();
         assert_eq!(result["registered"], 1, "{result}");
         assert_eq!(result["resident"], true, "a discoverable credential: {result}");
@@ -3905,6 +3914,11 @@ mod demo {
         }
         assert!(forged("right").contains(&signed_in), "the hand-made assertion, made right, works: {result}");
         assert!(forged("replayedCounter").contains("counter went backwards"), "{result}");
+        // The campaign: a passkey registered in the middle of the sign-in.
+        assert!(page("campaign").contains("Add a sign-in method") && page("campaign").contains("Not now"), "{result}");
+        assert_eq!(result["campaignCodes"], 10, "{result}");
+        let second_user = ready["users"][1]["username"].as_str().unwrap();
+        assert!(page("campaignDone").contains(&format!("Signed in as {second_user}")), "{result}");
         // Each refusal is in the audit with its reason.
         let data = Path::new(ready["data"].as_str().unwrap()).join("tenant");
         let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data), "--limit", "500", "--json"]));

@@ -4,7 +4,9 @@
 // signs in with the passkey alone (no name, no password), then with the
 // password and the passkey as the second step. A second authenticator with a
 // credential of its own is refused; once the passkey is removed it stops working.
-// Usage: node passkeys.mjs <tenant URL (http://localhost:PORT)> <user name> <password>
+// Then a second user meets the registration campaign and adds a passkey in
+// the middle of the sign-in.
+// Usage: node passkeys.mjs <tenant URL (http://localhost:PORT)> <user name> <password> <second user> <password>
 // Prints one JSON line: {"registered": credentials the authenticator holds after
 // adding one, "resident": whether it is discoverable, "codes": recovery codes shown,
 // "passkeyOnly": the page after the nameless sign-in, "recent": the Security info
@@ -15,7 +17,7 @@
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { launch, newPage, scan as scanPage } from './common.mjs';
 
-const [base, username, password] = process.argv.slice(2);
+const [base, username, password, secondUser, secondPassword] = process.argv.slice(2);
 const browser = await launch();
 const out = { violations: [], tooWide: [] };
 const scan = (page, name) => scanPage(page, 'passkeys', name, out);
@@ -55,6 +57,8 @@ async function passwordSignIn(page) {
   await submit(page, 'button[type=submit]');
   await page.type('#password', password);
   await submit(page, 'button[type=submit]');
+  // The registration campaign is on (for the second user): "Not now".
+  if (await page.$('#skip')) await submit(page, '#skip');
 }
 
 // The passkey button fetches options, the authenticator answers, the form is posted.
@@ -180,6 +184,23 @@ try {
   });
   out.stranger = await passkeySignIn(stranger.page);
   await scan(stranger.page, 'refused');
+
+  // The registration campaign (the test turned it on): the second user,
+  // after the password, adds a passkey in the middle of the sign-in.
+  const { page: newcomer } = await pageWithAuthenticator();
+  await toSignInPage(newcomer);
+  await newcomer.type('#username', secondUser);
+  await submit(newcomer, 'button[type=submit]');
+  await newcomer.type('#password', secondPassword);
+  await submit(newcomer, 'button[type=submit]');
+  out.campaign = await text(newcomer);
+  await newcomer.waitForSelector('#enrol-passkey:not([hidden])');
+  await scan(newcomer, 'campaign');
+  await submit(newcomer, '#enrol-passkey');
+  out.campaignCodes = await newcomer.$$eval('#recovery-codes li', (items) => items.length);
+  await scan(newcomer, 'campaign-added');
+  await submit(newcomer, '#continue');
+  out.campaignDone = await text(newcomer);
 
   // Removed on Security info: the passkey no longer signs in.
   await page.goto(`${base}/account`, { waitUntil: 'load' });
