@@ -412,12 +412,24 @@ impl LdapSource {
             return Ok(None);
         };
         self.connect().await?;
-        let Some(first) = cookies.first() else { return Ok(None) };
-        let base = Dn::parse(&first.base).map_err(|e| LdapError::Watermark(e.to_string()))?;
-        let cookie = crate::watermark::unb64(&first.cookie)?;
-        // Several bases: the first one is watched; the others are picked up by
-        // the cycle that a change (or the timeout) starts.
-        crate::syncrepl::wait_for_push(self, &base, cookie, timeout).await.map(Some)
+        if cookies.is_empty() {
+            return Ok(None);
+        }
+        // Every base is watched (one persistent search each, on the one
+        // connection): a change under any of them wakes the daemon.
+        let mut bases = Vec::with_capacity(cookies.len());
+        for c in &cookies {
+            let base = Dn::parse(&c.base).map_err(|e| LdapError::Watermark(e.to_string()))?;
+            bases.push((base, crate::watermark::unb64(&c.cookie)?));
+        }
+        let this: &LdapSource = self;
+        let watches: Vec<sync::ChangeWatch<'_, LdapError>> = bases
+            .into_iter()
+            .map(|(base, cookie)| -> sync::ChangeWatch<'_, LdapError> {
+                Box::pin(async move { crate::syncrepl::wait_for_push(this, &base, cookie, timeout).await })
+            })
+            .collect();
+        sync::first_change(watches).await.map(Some)
     }
 
     fn remember(&mut self, summary: &ImportSummary) {

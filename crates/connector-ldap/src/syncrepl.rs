@@ -205,6 +205,9 @@ pub(crate) async fn wait_for_push(
         .await
         .map_err(conn_err)?;
     let msgid = stream.ldap_handle().last_id();
+    // A caller racing several bases drops the losers: their persistent
+    // searches must still end on the server, not pile up one per cycle.
+    let mut abandon_on_drop = AbandonOnDrop { ldap: Some(ldap.clone()), msgid };
     let deadline = tokio::time::Instant::now() + timeout;
     let changed = loop {
         let next = match tokio::time::timeout_at(deadline, stream.next()).await {
@@ -237,7 +240,27 @@ pub(crate) async fn wait_for_push(
         }
     };
     // Stop the server's side of the persistent search.
+    abandon_on_drop.ldap = None;
     let _ = ldap.abandon(msgid).await;
     let _ = stream.finish().await;
     Ok(changed)
+}
+
+/// Abandons a persistent search whose waiting future was dropped before it
+/// could do so itself (the abandon is sent from a spawned task, since `Drop`
+/// cannot await).
+struct AbandonOnDrop {
+    ldap: Option<ldap3::Ldap>,
+    msgid: ldap3::RequestId,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let (Some(mut ldap), Ok(runtime)) = (self.ldap.take(), tokio::runtime::Handle::try_current()) {
+            let msgid = self.msgid;
+            runtime.spawn(async move {
+                let _ = ldap.abandon(msgid).await;
+            });
+        }
+    }
 }

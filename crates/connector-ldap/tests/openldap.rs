@@ -403,3 +403,52 @@ fn password_validation_binds_as_the_user_and_cannot_be_widened() {
     let unreachable = Validator::new(gone, None, PlainBinds::AllowInsecure).unwrap();
     assert_eq!(rt.block_on(unreachable.validate("u001@example.org", "right-one")), Outcome::DirectoryUnreachable);
 }
+
+#[test]
+fn a_change_under_any_base_ends_the_wait_and_no_search_is_left_behind() {
+    let slapd = Slapd::start(SlapdOptions::default()).unwrap();
+    seed(&slapd, 2);
+    let rt = runtime();
+    let mut s = admin_settings(&slapd);
+    s.base_dns = ["ou=people,dc=example,dc=org", "ou=groups,dc=example,dc=org"]
+        .iter()
+        .map(|b| directory::Dn::parse(b).unwrap())
+        .collect();
+    let mut source = LdapSource::new(s).unwrap();
+    rt.block_on(import(&mut source, None)).unwrap();
+    let idle = slapd.operations_executing().unwrap();
+
+    // Nothing changes: the wait times out with both searches running.
+    let quiet = rt.block_on(source.wait_for_change(std::time::Duration::from_millis(300))).unwrap();
+    assert_eq!(quiet, Some(false));
+
+    // A change under the second base only (the first is what the push used
+    // to watch alone) ends the wait well before its generous timeout.
+    let long = std::time::Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    let changed = rt.block_on(async {
+        let wait = source.wait_for_change(long);
+        let change = async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let ldif = "dn: cn=staff,ou=groups,dc=example,dc=org\nchangetype: modify\nreplace: description\ndescription: Ünïcode staff\n-\n\n";
+            slapd.modify(ldif).unwrap();
+        };
+        let (changed, ()) = tokio::join!(wait, change);
+        changed
+    });
+    assert_eq!(changed.unwrap(), Some(true));
+    assert!(started.elapsed() < long, "the push under the second base woke the wait");
+
+    // The losing base's persistent search was abandoned on the server (not
+    // left running, one more per cycle).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let running = slapd.operations_executing().unwrap();
+        if running <= idle {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{running} operations still executing (idle: {idle})");
+        // Drive the runtime: the abandon goes out from a task it spawned.
+        rt.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(100)).await });
+    }
+}

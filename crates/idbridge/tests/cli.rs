@@ -2440,6 +2440,18 @@ mod sync_e2e {
         signs_in(&sign_in_client(&lab), &name, "While-Down-1").unwrap();
     }
 
+    /// `idbridge sync run` (the daemon) on the lab's configuration, killed when dropped.
+    fn sync_daemon(lab: &Lab, stderr: std::process::Stdio) -> testkit::KillOnDrop {
+        testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["sync", "run", "--config", p(&lab.config)])
+                .env("RUST_LOG", "warn")
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     fn wait_for_title(lab: &Lab, user_name: &str, title: &str) -> bool {
         wait_for_title_within(lab, user_name, title, 30)
     }
@@ -2475,14 +2487,7 @@ mod sync_e2e {
         let log = lab.tmp.join("daemon.log");
         let show_log =
             || std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n");
-        let mut daemon = testkit::KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                .args(["sync", "run", "--config", p(&lab.config)])
-                .env("RUST_LOG", "warn")
-                .stderr(std::fs::File::create(lab.tmp.join("daemon.log")).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let mut daemon = sync_daemon(&lab, std::fs::File::create(lab.tmp.join("daemon.log")).unwrap().into());
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
         let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
         let (dn, mail) =
@@ -2826,14 +2831,7 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             return;
         }
         let log_path = lab.tmp.path().join("daemon.log");
-        let mut daemon = testkit::KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                .args(["sync", "run", "--config", p(&lab.config)])
-                .env("RUST_LOG", "warn")
-                .stderr(std::fs::File::create(&log_path).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let mut daemon = sync_daemon(&lab, std::fs::File::create(&log_path).unwrap().into());
         // Readers run from the daemon's first moment on: one that came
         // before the state file existed once took the write lock and
         // refused the daemon's start.
@@ -3414,14 +3412,7 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
     fn daemon_wakes_on_changes_pushed_by_openldap() {
         // A long interval: a change can only arrive quickly if slapd pushes it.
         let lab = lab(5, 1, "interval_secs = 30");
-        let mut daemon = testkit::KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_idbridge"))
-                .args(["sync", "run", "--config", p(&lab.config)])
-                .env("RUST_LOG", "warn")
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let mut daemon = sync_daemon(&lab, std::process::Stdio::null());
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
         let user = json_lines(&dump).into_iter().find(|e| e["kind"] == "user").unwrap();
         let (dn, mail) =
@@ -3445,6 +3436,42 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
         std::thread::sleep(std::time::Duration::from_secs(2));
         let after = cycles();
         assert!(after - before <= 1, "{} cycles in 2 quiet seconds", after - before);
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+    }
+
+    /// Every base DN and every source is watched for pushed changes: a change
+    /// under a configuration's second base, and one in a second directory,
+    /// each wake the daemon. The interval is an hour, so a change that is not
+    /// pushed never arrives within the wait (no timing assert needed).
+    #[test]
+    fn daemon_wakes_for_every_base_and_every_source() {
+        let lab = lab(5, 1, "interval_secs = 3600");
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+        // People are the second base (only the first one used to be watched).
+        let two_bases = "base_dns = [\"ou=groups,dc=example,dc=org\", \"ou=people,dc=example,dc=org\"]";
+        std::fs::write(&lab.config, config.replace("base_dns = [\"dc=example,dc=org\"]", two_bases)).unwrap();
+        let second = Slapd::start(SlapdOptions::default()).unwrap();
+        let anna = "uid=fr-anna,ou=people,dc=example,dc=org";
+        second
+            .modify(&format!(
+                "dn: {anna}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: fr-anna\ncn: Anna\nsn: A\nmail: fr-anna@example.org\ntitle: Partner\n\n"
+            ))
+            .unwrap();
+        add_source(&lab, "second", &second, "");
+        let mut daemon = sync_daemon(&lab, std::process::Stdio::null());
+        assert!(wait_for_title(&lab, "fr-anna@example.org", "Partner"), "first cycle");
+        let (dn, mail) = testkit::sample_user(&lab.slapd, 100_001).unwrap();
+        assert!(dn.ends_with(",ou=people,dc=example,dc=org"), "{dn} is under the second base");
+        let changes = [(&lab.slapd, dn.as_str(), mail.as_str()), (&second, anna, "fr-anna@example.org")];
+        for (round, (directory, dn, mail)) in changes.into_iter().enumerate() {
+            let title = format!("pushed {round}");
+            directory.modify(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {title}\n-\n\n")).unwrap();
+            assert!(
+                wait_for_title_within(&lab, mail, &title, 120),
+                "{mail}: the change was not pushed (the next interval is an hour away)"
+            );
+        }
         daemon.kill().unwrap();
         daemon.wait().unwrap();
     }

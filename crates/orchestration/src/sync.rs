@@ -292,19 +292,28 @@ async fn cycles(
                 wait
             }
         };
-        // OpenLDAP pushes changes (refreshAndPersist): wake up at once
-        // instead of waiting the whole interval. Elsewhere, just wait.
+        // OpenLDAP pushes changes (refreshAndPersist): wake up at once —
+        // for a change in any source, under any of its bases — instead of
+        // waiting the whole interval. Sources that cannot push (AD, files)
+        // are read by the cycle the interval (or another source's push) starts.
         let healthy = failures == 0;
         let wait = async {
             if pause.is_zero() {
                 return;
             }
-            if let ([(_, source, _)], true) = (&mut *sources, healthy)
-                && source.wait_for_change(pause).await
-            {
-                return;
+            let deadline = tokio::time::Instant::now() + pause;
+            if healthy {
+                let watches: Vec<sync::ChangeWatch<'_, std::convert::Infallible>> = sources
+                    .iter_mut()
+                    .map(|(_, source, _)| -> sync::ChangeWatch<'_, std::convert::Infallible> {
+                        Box::pin(async move { Ok(source.wait_for_change(pause).await) })
+                    })
+                    .collect();
+                if sync::first_change(watches).await.unwrap_or(false) {
+                    return;
+                }
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep_until(deadline).await;
         };
         tokio::select! {
             () = wait => {}

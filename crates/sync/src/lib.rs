@@ -13,6 +13,6 @@ pub mod rules;
 pub mod source;
 
 pub use source::{
-    ImportMode, ImportSink, ImportSummary, SinkError, Source, SourceChange, SourceId, SourceObject, Watermark,
-    deleted_by_reconciliation,
+    ChangeWatch, ImportMode, ImportSink, ImportSummary, SinkError, Source, SourceChange, SourceId, SourceObject,
+    Watermark, deleted_by_reconciliation, first_change,
 };

@@ -165,6 +165,39 @@ pub fn deleted_by_reconciliation<'a>(
         .collect()
 }
 
+/// One change watch (a base DN's persistent search, or a whole source's):
+/// `Ok(true)` when it saw a change, `Ok(false)` when it timed out or cannot tell.
+pub type ChangeWatch<'a, E> = std::pin::Pin<Box<dyn Future<Output = Result<bool, E>> + Send + 'a>>;
+
+/// Waits on several change watches at once: `Ok(true)` as soon as one sees
+/// a change (the others are dropped, which ends their searches); once all
+/// have finished without one, `Ok(false)` — or the first error, if any
+/// failed, so the caller can say why it fell back to its interval.
+pub async fn first_change<E>(mut watches: Vec<ChangeWatch<'_, E>>) -> Result<bool, E> {
+    let mut error = None;
+    std::future::poll_fn(move |cx| {
+        let mut i = 0;
+        while let Some(watch) = watches.get_mut(i) {
+            match watch.as_mut().poll(cx) {
+                std::task::Poll::Ready(Ok(true)) => return std::task::Poll::Ready(Ok(true)),
+                std::task::Poll::Ready(outcome) => {
+                    if let Err(e) = outcome {
+                        error.get_or_insert(e);
+                    }
+                    drop(watches.swap_remove(i));
+                }
+                std::task::Poll::Pending => i += 1,
+            }
+        }
+        if watches.is_empty() {
+            std::task::Poll::Ready(error.take().map_or(Ok(false), Err))
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +211,22 @@ mod tests {
         let gone = deleted_by_reconciliation(known.iter().map(|(i, d)| (i, d)), &seen, &[dn("ou=a,dc=org")]);
         assert_eq!(gone, vec![SourceId(vec![2])]);
         assert_eq!(SourceId(vec![0xab, 1]).to_string(), "ab01");
+    }
+
+    #[test]
+    fn the_first_change_wins_and_errors_are_kept_until_every_watch_is_done() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let after = |ms: u64, outcome: Result<bool, &'static str>| -> ChangeWatch<'static, &'static str> {
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                outcome
+            })
+        };
+        let never = || -> ChangeWatch<'static, &'static str> { Box::pin(std::future::pending()) };
+        assert_eq!(rt.block_on(first_change(vec![never(), after(10, Ok(true))])), Ok(true));
+        assert_eq!(rt.block_on(first_change(vec![after(1, Err("down")), after(20, Ok(true))])), Ok(true));
+        assert_eq!(rt.block_on(first_change(vec![after(1, Ok(false)), after(5, Ok(false))])), Ok(false));
+        assert_eq!(rt.block_on(first_change(vec![after(5, Err("down")), after(1, Ok(false))])), Err("down"));
+        assert_eq!(rt.block_on(first_change(Vec::<ChangeWatch<'_, &str>>::new())), Ok(false));
     }
 }

@@ -193,6 +193,13 @@ impl Slapd {
         self.dir.path()
     }
 
+    /// An OpenLDAP command-line tool bound to this server as the admin.
+    fn tool_as_admin(&self, tool: &str) -> Command {
+        let mut command = Command::new(tool);
+        command.args(["-x", "-H", &self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]);
+        command
+    }
+
     /// Applies LDIF change records (or plain entries, added) as the admin.
     pub fn modify(&self, ldif: &str) -> Result<(), TestkitError> {
         ldapmodify(&self.url, ADMIN_DN, ADMIN_PASSWORD, None, ldif)
@@ -201,32 +208,38 @@ impl Slapd {
     /// Sets a user's password the way an administrator would (`ldappasswd`,
     /// the Password Modify extended operation): the server stores it hashed.
     pub fn set_password(&self, dn: &str, password: &str) -> Result<(), TestkitError> {
-        run(
-            Command::new("ldappasswd").args([
-                "-x",
-                "-H",
-                &self.url,
-                "-D",
-                ADMIN_DN,
-                "-w",
-                ADMIN_PASSWORD,
-                "-s",
-                password,
-                dn,
-            ]),
-            None,
-        )
-        .map(|_| ())
+        run(self.tool_as_admin("ldappasswd").args(["-s", password, dn]), None).map(|_| ())
     }
 
     /// Like [`Slapd::modify`] with the ManageDsaIT control, so referral
     /// objects are written as entries instead of being followed.
     pub fn modify_manage_dsa_it(&self, ldif: &str) -> Result<(), TestkitError> {
-        run(
-            Command::new("ldapmodify").args(["-x", "-a", "-M", "-H", &self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]),
-            Some(ldif.as_bytes()),
-        )
-        .map(|_| ())
+        run(self.tool_as_admin("ldapmodify").args(["-a", "-M"]), Some(ldif.as_bytes())).map(|_| ())
+    }
+
+    /// Operations the server is executing on all connections (from its
+    /// monitor database), not counting the search that asks: a persistent
+    /// search that a client stopped waiting for but never abandoned stays here
+    /// (syncprov counts it as a finished search, but not its connection).
+    pub fn operations_executing(&self) -> Result<u64, TestkitError> {
+        let out = run(
+            self.tool_as_admin("ldapsearch").args([
+                "-LLL",
+                "-b",
+                "cn=Connections,cn=Monitor",
+                "(objectClass=monitorConnection)",
+                "monitorConnectionOpsExecuting",
+            ]),
+            None,
+        )?;
+        let mut executing = 0u64;
+        for value in out.lines().filter_map(|l| l.strip_prefix("monitorConnectionOpsExecuting: ")) {
+            executing += value
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| TestkitError::Other(format!("the monitor's answer {value:?}: {e}")))?;
+        }
+        Ok(executing.saturating_sub(1))
     }
 
     /// Stops the server (keeping its data) and starts it again.
@@ -358,6 +371,10 @@ objectClass: olcSyncProvConfig
 olcOverlay: {{0}}syncprov
 olcSpCheckpoint: 100 10
 {session_log}
+dn: olcDatabase={{2}}monitor,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{2}}monitor
+olcAccess: {{0}}to * by dn.exact={ADMIN_DN} read by * none
 "
     )
 }
