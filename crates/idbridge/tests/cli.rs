@@ -2047,6 +2047,17 @@ mod sync_e2e {
         assert!(stderr.contains("revoked"), "{stderr}");
         let page = signs_in(&authorize, &user, "Pass-Through-2").unwrap_err();
         assert!(page.contains("not available"), "{page}");
+
+        // An agent killed (not revoked) drops out at once: the next sign-in
+        // says no agent is online, not "did not answer in time" after the
+        // validator's timeout.
+        let mut c = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent-c"), "agent-c", None);
+        // (An agent listed as seen lately may not have reached its long poll yet.)
+        wait_until("agent c signs people in", || signs_in(&authorize, &user, "Pass-Through-2").is_ok());
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let page = signs_in(&authorize, &user, "Pass-Through-2").unwrap_err();
+        assert!(page.contains("no agent is online"), "{page}");
     }
 
     /// `ldapsearch` of everything under the base, as the server sends it.

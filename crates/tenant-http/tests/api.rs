@@ -64,9 +64,14 @@ fn on_postgres() -> bool {
 
 impl Tenant {
     async fn start() -> Tenant {
+        Tenant::start_configured(|_| {}).await
+    }
+
+    /// A new tenant with `configure` applied to its database first (settings).
+    async fn start_configured(configure: impl FnOnce(&tenant::db::Connection)) -> Tenant {
         let dir = TempDir::new("tenant").unwrap();
         let pg = on_postgres().then(|| testkit::Postgres::start().unwrap());
-        Tenant::start_in(Stopped { dir, pg }).await
+        Tenant::start_with(Stopped { dir, pg }, configure).await
     }
 
     async fn start_in(stopped: Stopped) -> Tenant {

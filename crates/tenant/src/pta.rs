@@ -8,8 +8,11 @@
 //! - A request an agent took but did not answer within [`LEASE`] goes back
 //!   to the queue (the agent may have died), so no sign-in is lost to a
 //!   killed agent while its deadline lasts.
-//! - "Online" = a poll open now, or one that ended moments ago: a killed
-//!   agent drops out at once, so no request waits for it.
+//! - "Online" = a poll open now, or one that ended moments ago (the agent is
+//!   between polls). A poll whose connection was cut (the agent killed or
+//!   gone) drops it out at once, and a sign-in waiting for an answer gives
+//!   up as "no agent" as soon as none of the agents it was sealed for is
+//!   online and none holds it under a live lease — not at its timeout.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,8 @@ pub const LEASE: Duration = Duration::from_secs(4);
 pub const POLL_WAIT: Duration = Duration::from_secs(MAX_POLL_WAIT_SECS);
 /// An agent whose last poll ended longer ago than this is offline.
 const GRACE: Duration = Duration::from_secs(3);
+/// How often a waiting sign-in checks that some agent can still answer it.
+const RECHECK: Duration = Duration::from_millis(500);
 /// Requests handed out per poll.
 const BATCH: usize = 32;
 pub use proto::pta::CREDENTIAL_LIFETIME_SECS;
@@ -202,7 +207,8 @@ impl Broker {
         if sealed.is_empty() {
             return Err(DispatchError::NoAgent);
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sealed_for: Vec<String> = sealed.keys().cloned().collect();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
         {
             let mut state = self.lock();
             state.waiters.insert(request_id.clone(), tx);
@@ -215,13 +221,32 @@ impl Broker {
         }
         // Removes the request however this ends: answered, timed out, or the
         // future dropped because the browser went away.
-        let _forget = ForgetRequest { broker: self, request_id };
+        let _forget = ForgetRequest { broker: self, request_id: request_id.clone() };
         self.work.notify_waiters();
-        let answer = tokio::time::timeout(self.timeout, rx).await;
-        match answer {
-            Ok(Ok(outcome)) => Ok(outcome),
-            _ => Err(DispatchError::Timeout),
+        let until = Instant::now() + self.timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DispatchError::Timeout);
+            }
+            match tokio::time::timeout(left.min(RECHECK), &mut rx).await {
+                Ok(Ok(outcome)) => return Ok(outcome),
+                Ok(Err(_)) => return Err(DispatchError::Timeout),
+                Err(_) if !self.may_still_answer(&request_id, &sealed_for) => return Err(DispatchError::NoAgent),
+                Err(_) => {}
+            }
         }
+    }
+
+    /// Whether an agent may still answer `request_id`: one it was sealed for
+    /// is online, or the agent that took it holds a live lease (it is busy
+    /// with the directory and polls again when done).
+    fn may_still_answer(&self, request_id: &str, sealed_for: &[String]) -> bool {
+        if self.lock().leased.get(request_id).is_some_and(|lease| lease.at.elapsed() <= LEASE) {
+            return true;
+        }
+        let online = self.online();
+        online.iter().any(|(agent, _)| sealed_for.contains(agent))
     }
 
     /// Takes up to a batch of requests sealed for `agent`, waiting up to `wait`.
@@ -236,29 +261,33 @@ impl Broker {
             a.public_key = public_key.to_string();
             a.open_polls += 1;
         }
-        // Counted down however the poll ends (a closed connection drops this future).
-        struct Open<'a>(&'a Broker, String);
+        // Counted down however the poll ends. A poll that returned leaves the
+        // agent online for a grace (it polls again at once); one dropped
+        // before it returned had its connection cut: the agent is gone.
+        struct Open<'a> {
+            broker: &'a Broker,
+            agent: String,
+            returned: bool,
+        }
         impl Drop for Open<'_> {
             fn drop(&mut self) {
-                let mut state = self.0.lock();
-                if let Some(a) = state.agents.get_mut(&self.1) {
+                let mut state = self.broker.lock();
+                if let Some(a) = state.agents.get_mut(&self.agent) {
                     a.open_polls = a.open_polls.saturating_sub(1);
-                    a.last_poll_end = Some(Instant::now());
+                    a.last_poll_end = self.returned.then(Instant::now);
                 }
             }
         }
-        let _open = Open(self, agent.to_string());
+        let mut open = Open { broker: self, agent: agent.to_string(), returned: false };
         loop {
             let notified = self.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let taken = self.take_now(agent);
-            if !taken.is_empty() {
-                return taken;
-            }
             let left = wait.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return Vec::new();
+            if !taken.is_empty() || left.is_zero() {
+                open.returned = true;
+                return taken;
             }
             // Wake for new work, and now and then to return stale leases.
             let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), notified).await;
@@ -357,7 +386,7 @@ mod shared {
 
     const NOW_MS: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)";
     /// How often waiters look without a notification.
-    const RECHECK: Duration = Duration::from_millis(500);
+    use super::RECHECK;
 
     pub(super) struct Shared {
         store: Arc<crate::Store>,
@@ -495,6 +524,28 @@ mod shared {
                         }
                     }
                 }
+                let id = request_id.clone();
+                let answerable = self
+                    .db(move |conn| {
+                        let n: i64 = conn.query_row(
+                            &format!(
+                                "SELECT COUNT(*) FROM pta_requests r WHERE r.id = ?1
+                                   AND (r.leased_until > {NOW_MS}
+                                        OR EXISTS (SELECT 1 FROM pta_agents a
+                                                   WHERE a.revoked IS NULL AND a.polling_until > {NOW_MS} - ?2
+                                                     AND ((r.sealed::jsonb) -> a.id) IS NOT NULL))"
+                            ),
+                            params![id, ms(GRACE)],
+                            |r| r.get(0),
+                        )?;
+                        Ok(n > 0)
+                    })
+                    .await;
+                // Nobody it was sealed for is online and no live lease: no agent.
+                // (A database error leaves the decision to the timeout.)
+                if let Ok(false) = answerable {
+                    return Err(DispatchError::NoAgent);
+                }
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(DispatchError::Timeout);
@@ -508,7 +559,8 @@ mod shared {
         /// as online meanwhile.
         pub(super) async fn take(&self, agent: &str, wait: Duration) -> Vec<Sealed> {
             let started = Instant::now();
-            let _open = OnDrop { store: self.store.clone(), statements: POLL_ENDED, param: agent.to_string() };
+            // A poll dropped before it returned had its connection cut.
+            let mut open = OnDrop { store: self.store.clone(), statements: POLL_CUT, param: agent.to_string() };
             loop {
                 let notified = self.work.notified();
                 tokio::pin!(notified);
@@ -547,6 +599,7 @@ mod shared {
                     }
                 };
                 if !taken.is_empty() || left.is_zero() {
+                    open.statements = POLL_ENDED;
                     return taken;
                 }
                 let _ = tokio::time::timeout(left.min(RECHECK), notified).await;
@@ -640,6 +693,8 @@ mod shared {
     ];
     /// A poll that ended: the agent stays online for the grace period from now.
     const POLL_ENDED: &[&str] = &["UPDATE pta_agents SET polling_until = {NOW_MS} WHERE id = ?1"];
+    /// A poll whose connection was cut: the agent is offline now.
+    const POLL_CUT: &[&str] = &["UPDATE pta_agents SET polling_until = NULL WHERE id = ?1"];
 }
 
 // ---- The agents' records in the database ----

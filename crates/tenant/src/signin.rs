@@ -57,10 +57,11 @@ pub enum SignInError {
     /// The password was right and a new one is due; the caller asks for it.
     #[error("You must choose a new password.")]
     MustChangePassword { user_id: String },
+    /// No pass-through agent is online (or none that could answer is left).
     #[error(
-        "The on-premises authentication service is not available. Try again in a few minutes; if it persists, contact your administrator."
+        "The on-premises authentication service is not available: no agent is online to check your password. Try again in a few minutes; if it persists, contact your administrator."
     )]
-    ServiceUnavailable,
+    NoAgentOnline,
     #[error("The on-premises validator did not answer in time. Try again.")]
     ValidatorTimeout,
     #[error("Your account has expired. Contact your administrator.")]
@@ -721,7 +722,7 @@ async fn pass_through(
                 // Nothing was checked: the reserved attempt is given back.
                 keys.refund(&conn, now)?;
                 let (reason, error) = match e {
-                    crate::pta::DispatchError::NoAgent => ("pta-no-agent", SignInError::ServiceUnavailable),
+                    crate::pta::DispatchError::NoAgent => ("pta-no-agent", SignInError::NoAgentOnline),
                     crate::pta::DispatchError::Timeout => ("pta-timeout", SignInError::ValidatorTimeout),
                 };
                 audit_attempt(&conn, &name, &origin, Method::PassThrough, false, reason, None)?;

@@ -744,7 +744,7 @@ async fn count_sign_in(
         Ok(Ok(_)) => SignInOutcome::Success,
         Ok(Err(SignInError::InvalidCredentials)) => SignInOutcome::WrongPassword,
         Ok(Err(SignInError::LockedOut { .. })) => SignInOutcome::Locked,
-        Ok(Err(SignInError::ServiceUnavailable | SignInError::ValidatorTimeout)) => SignInOutcome::NoAgent,
+        Ok(Err(SignInError::NoAgentOnline | SignInError::ValidatorTimeout)) => SignInOutcome::NoAgent,
         Ok(Err(SignInError::DirectoryUnreachable | SignInError::MethodNotAvailable { .. })) | Err(_) => {
             SignInOutcome::Error
         }

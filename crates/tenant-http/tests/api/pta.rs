@@ -17,7 +17,22 @@ fn issuer(t: &Tenant) -> String {
 /// A tenant whose corp.example.com signs in by pass-through, with the user
 /// pat, a public client, and `registrations` one-time agent tokens.
 async fn pass_through_tenant(registrations: usize) -> (Tenant, Vec<String>, String) {
-    let t = Tenant::start().await;
+    pass_through_tenant_waiting(registrations, None).await
+}
+
+/// Like [`pass_through_tenant`], with the validator timeout set.
+async fn pass_through_tenant_waiting(
+    registrations: usize,
+    pta_timeout_secs: Option<u64>,
+) -> (Tenant, Vec<String>, String) {
+    let t = Tenant::start_configured(|conn| {
+        if let Some(secs) = pta_timeout_secs {
+            let mut settings = tenant::store::Settings::load(conn).unwrap();
+            settings.pta_timeout_secs = secs;
+            settings.save(conn).unwrap();
+        }
+    })
+    .await;
     let (tokens, client_id) = {
         let store = t.store();
         let conn = store.lock();
@@ -37,23 +52,33 @@ async fn pass_through_tenant(registrations: usize) -> (Tenant, Vec<String>, Stri
     (t, tokens, client_id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
-    let (t, tokens, client_id) = pass_through_tenant(1).await;
-    let token = tokens[0].clone();
-    let http = reqwest::Client::new();
-    let key = pta::AgentKey::generate();
+/// Registers an agent with `token` and `key`: its id and credential.
+async fn register(
+    t: &Tenant,
+    http: &reqwest::Client,
+    token: &str,
+    key: &pta::AgentKey,
+    name: &str,
+) -> (String, String) {
     let reg: Value = http
-        .post(format!("{}/pta/v1/register", issuer(&t)))
-        .json(&json!({"token": token, "public_key": key.public(), "name": "scripted"}))
+        .post(format!("{}/pta/v1/register", issuer(t)))
+        .json(&json!({"token": token, "public_key": key.public(), "name": name}))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let (agent_id, credential) =
-        (reg["agent_id"].as_str().unwrap().to_string(), reg["credential"].as_str().unwrap().to_string());
+    (reg["agent_id"].as_str().unwrap().to_string(), reg["credential"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_agent_outcome_reaches_the_page_and_answers_count_once() {
+    let (t, tokens, client_id) = pass_through_tenant(1).await;
+    let token = tokens[0].clone();
+    let http = reqwest::Client::new();
+    let key = pta::AgentKey::generate();
+    let (agent_id, credential) = register(&t, &http, &token, &key, "scripted").await;
     // The token was for one registration only.
     let again = http
         .post(format!("{}/pta/v1/register", issuer(&t)))
@@ -223,21 +248,9 @@ async fn no_agent_answers_alike_for_known_and_unknown_users() {
 async fn an_answer_counts_only_from_the_lease_holder_with_its_mac() {
     let (t, tokens, client_id) = pass_through_tenant(2).await;
     let http = reqwest::Client::new();
-    let register = async |token: &str, key: &pta::AgentKey| -> (String, String) {
-        let reg: Value = http
-            .post(format!("{}/pta/v1/register", issuer(&t)))
-            .json(&json!({"token": token, "public_key": key.public(), "name": "agent"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (reg["agent_id"].as_str().unwrap().to_string(), reg["credential"].as_str().unwrap().to_string())
-    };
     let (key_a, key_b) = (pta::AgentKey::generate(), pta::AgentKey::generate());
-    let (id_a, cred_a) = register(&tokens[0], &key_a).await;
-    let (_, cred_b) = register(&tokens[1], &key_b).await;
+    let (id_a, cred_a) = register(&t, &http, &tokens[0], &key_a, "agent").await;
+    let (_, cred_b) = register(&t, &http, &tokens[1], &key_b, "agent").await;
     // A low-order public key is refused at registration.
     let weak = http
         .post(format!("{}/pta/v1/register", issuer(&t)))
@@ -300,5 +313,64 @@ async fn an_answer_counts_only_from_the_lease_holder_with_its_mac() {
     assert!(respond(&cred_a, "wrong-password", &wrong_mac).await);
     let page = signing_in.await.unwrap();
     assert!(page.body.contains("user name or password is incorrect"), "{}", page.body);
+    t.stop().await;
+}
+
+/// An agent that went away (its process killed in the middle of a poll, the
+/// connection closed) is offline at once: the sign-in says no agent is online
+/// straight away instead of waiting the whole validator timeout (a minute
+/// here) and then saying the validator did not answer. Nothing is lost: a
+/// request an agent has taken still waits for that agent's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_poll_was_cut_is_offline_at_once() {
+    let (t, tokens, client_id) = pass_through_tenant_waiting(1, Some(60)).await;
+    let http = reqwest::Client::new();
+    let key = pta::AgentKey::generate();
+    let (_, credential) = register(&t, &http, &tokens[0], &key, "short-lived").await;
+    let metrics_token =
+        tenant::tokens::create(&t.store().lock(), tenant::tokens::Scope::Metrics, None, None).unwrap().1;
+    let agents_online = async || -> String {
+        let text = http
+            .get(format!("{}/metrics", issuer(&t)))
+            .bearer_auth(&metrics_token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines().find(|l| l.starts_with("idbridge_pta_agents_online ")).unwrap_or_default().to_string()
+    };
+    // The agent's long poll, on a connection of its own, cut while it waits.
+    let poll = {
+        let (issuer, credential) = (issuer(&t), credential.clone());
+        tokio::spawn(async move {
+            let own = reqwest::Client::new();
+            let _ = own.get(format!("{issuer}/pta/v1/poll?wait_secs=25")).bearer_auth(&credential).send().await;
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while agents_online().await != "idbridge_pta_agents_online 1" {
+        assert!(std::time::Instant::now() < deadline, "the agent never showed as online");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    poll.abort();
+    let _ = poll.await;
+
+    let authorize = format!(
+        "{}/oauth2/authorize?client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&response_type=code&scope=openid&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        issuer(&t)
+    );
+    let page = Browser::new().unwrap().password_sign_in(&authorize, "pat@corp.example.com", "whatever").await.unwrap();
+    assert!(page.body.contains("not available"), "{}", page.body);
+    assert!(!page.body.contains("did not answer"), "{}", page.body);
+    assert_eq!(agents_online().await, "idbridge_pta_agents_online 0");
+    let store = t.store();
+    let reasons: Vec<String> = tenant::audit::recent(&store.lock(), 20)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.detail.as_ref().and_then(|d| d["result"].as_str()).map(str::to_string))
+        .collect();
+    assert!(reasons.iter().any(|r| r == "pta-no-agent"), "{reasons:?}");
     t.stop().await;
 }
