@@ -557,7 +557,7 @@ pub fn myapps_page(branding: &Branding, signed_in: Option<&serde_json::Value>, s
                     }
                 }
             }
-            p { a href="/myapps/logout" { "Sign out" } }
+            p { a href="/myapps/logout" id="sign-out" { "Sign out" } }
         } @else {
             p { "A sample application that signs you in with the tenant's OpenID Connect provider." }
             p { a href=(sign_in_url) id="sign-in" { "Sign in" } }
