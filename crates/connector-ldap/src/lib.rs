@@ -5,7 +5,8 @@
 //! - [`connect`]: URL checks, TLS (LDAPS, StartTLS, CA file), failover, bind, rootDSE.
 //! - [`paged`]: paged search streaming.
 //! - [`source`]: the `Source` implementation, anchors, ranged retrieval, scope.
-//! - `dirsync`, `usn`, `syncrepl`: the three delta mechanisms.
+//! - `dirsync`, `usn`, `syncrepl`: the three delta mechanisms; `notify`: AD's
+//!   change notifications, which wake the daemon.
 //! - [`ber`]: non-panicking BER for entries and controls.
 //! - [`survey`]: the OU tree with object counts and the rights check (for `idbridge init`).
 //! - `replication`: AD users' NT hashes by replication (MS-DRSR via `drsr`) for password hash sync.
@@ -15,6 +16,7 @@ pub mod ber;
 pub mod connect;
 mod dirsync;
 pub mod error;
+mod notify;
 mod ous;
 pub mod paged;
 mod replication;

@@ -45,6 +45,12 @@ pub struct LdapSource {
     last_mark: Option<Mark>,
     /// The OU selection resolved for the current import.
     ous: OuScope,
+    /// The server refused AD change notifications (said once; then polled).
+    notifications_refused: bool,
+    /// AD: the DC's highestCommittedUSN just before the last import read
+    /// anything. A change committed after it but before the next
+    /// notification search was armed is found by comparing, not lost.
+    usn_before_import: Option<u64>,
     /// A DRS session kept between cycles (password hash sync from AD).
     reader: Option<drsr::reader::SecretReader>,
     /// Users seen in this import whose ms-DS-ConsistencyGuid is empty:
@@ -100,6 +106,8 @@ impl LdapSource {
             profile: None,
             last_mark: None,
             ous: OuScope::default(),
+            notifications_refused: false,
+            usn_before_import: None,
             reader: None,
             anchor_backfill: std::sync::Mutex::new(Vec::new()),
         })
@@ -130,6 +138,11 @@ impl LdapSource {
 
     fn in_scope(&self, profile: &Profile, dn: &Dn) -> bool {
         self.ous.contains(&profile.bases, dn)
+    }
+
+    /// Whether `dn` is under the bases and OUs the last import read.
+    pub(crate) fn watches(&self, dn: &Dn) -> bool {
+        self.profile.as_ref().is_some_and(|profile| self.in_scope(profile, dn))
     }
 
     /// Resolves the configured OUs (following renames by the ids pinned in
@@ -408,8 +421,12 @@ impl LdapSource {
     /// `Ok(None)` when the server cannot push changes (AD, servers without
     /// syncrepl): the caller then just waits. `Ok(Some(true))` on a change.
     pub async fn wait_for_change(&mut self, timeout: std::time::Duration) -> Result<Option<bool>, LdapError> {
-        let Some(Mark { position: DeltaPosition::Syncrepl { cookies }, .. }) = self.last_mark.clone() else {
-            return Ok(None);
+        let cookies = match self.last_mark.as_ref().map(|m| &m.position) {
+            Some(DeltaPosition::Syncrepl { cookies }) => cookies.clone(),
+            Some(DeltaPosition::DirSync { .. } | DeltaPosition::Usn { .. }) => {
+                return self.wait_for_notification(timeout).await;
+            }
+            _ => return Ok(None),
         };
         self.connect().await?;
         if cookies.is_empty() {
@@ -432,6 +449,48 @@ impl LdapSource {
         sync::first_change(watches).await.map(Some)
     }
 
+    /// AD: notes the DC's highestCommittedUSN before an import reads.
+    async fn note_usn_before_import(&mut self) -> Result<(), LdapError> {
+        let (_, profile) = self.connect().await?;
+        if profile.kind != ServerKind::ActiveDirectory {
+            return Ok(());
+        }
+        self.refresh_root_dse().await?;
+        self.usn_before_import = self.session.as_ref().and_then(|s| s.root_dse.highest_committed_usn);
+        Ok(())
+    }
+
+    /// AD: the DC's highestCommittedUSN before the last import read anything.
+    pub(crate) fn usn_before_import(&self) -> Option<u64> {
+        self.usn_before_import
+    }
+
+    /// Active Directory: waits for a change notification. A server that
+    /// refuses the control is said once in the log and polled from then on.
+    async fn wait_for_notification(&mut self, timeout: std::time::Duration) -> Result<Option<bool>, LdapError> {
+        if self.notifications_refused {
+            return Ok(None);
+        }
+        self.connect().await?;
+        let supported =
+            self.session.as_ref().is_some_and(|s| s.root_dse.supports_control(crate::notify::NOTIFICATION_CONTROL));
+        let outcome = if supported {
+            crate::notify::wait_for_notification(self, timeout).await?
+        } else {
+            crate::notify::Notified::Refused(12, "the control is not in the rootDSE's supportedControl".into())
+        };
+        match outcome {
+            crate::notify::Notified::Change => Ok(Some(true)),
+            crate::notify::Notified::Quiet => Ok(Some(false)),
+            crate::notify::Notified::Refused(rc, text) => {
+                let url = self.session.as_ref().map(|s| s.url.clone()).unwrap_or_default();
+                tracing::warn!(server = %url, result_code = rc, reason = %text, "the directory refuses change notifications; polling every interval instead");
+                self.notifications_refused = true;
+                Ok(None)
+            }
+        }
+    }
+
     fn remember(&mut self, summary: &ImportSummary) {
         self.last_mark = Mark::decode(&summary.watermark).ok();
     }
@@ -448,6 +507,7 @@ impl Source for LdapSource {
         // Only the OU pins of the previous watermark are used: a full import
         // starts its change tracking afresh.
         let pins = previous.and_then(|w| Mark::decode(w).ok()).map(|m| m.ous).unwrap_or_default();
+        self.note_usn_before_import().await?;
         let summary = self.full(sink, ImportMode::Full, &pins).await?;
         self.remember(&summary);
         self.write_back_anchors().await;
@@ -459,6 +519,7 @@ impl Source for LdapSource {
         since: &Watermark,
         sink: &mut (dyn ImportSink + Send),
     ) -> Result<ImportSummary, LdapError> {
+        self.note_usn_before_import().await?;
         let summary = self.delta(since, sink).await?;
         self.remember(&summary);
         self.write_back_anchors().await;

@@ -207,7 +207,7 @@ pub(crate) async fn wait_for_push(
     let msgid = stream.ldap_handle().last_id();
     // A caller racing several bases drops the losers: their persistent
     // searches must still end on the server, not pile up one per cycle.
-    let mut abandon_on_drop = AbandonOnDrop { ldap: Some(ldap.clone()), msgid };
+    let mut abandon_on_drop = AbandonOnDrop::new(ldap.clone(), msgid);
     let deadline = tokio::time::Instant::now() + timeout;
     let changed = loop {
         let next = match tokio::time::timeout_at(deadline, stream.next()).await {
@@ -240,7 +240,7 @@ pub(crate) async fn wait_for_push(
         }
     };
     // Stop the server's side of the persistent search.
-    abandon_on_drop.ldap = None;
+    abandon_on_drop.disarm();
     let _ = ldap.abandon(msgid).await;
     let _ = stream.finish().await;
     Ok(changed)
@@ -249,9 +249,20 @@ pub(crate) async fn wait_for_push(
 /// Abandons a persistent search whose waiting future was dropped before it
 /// could do so itself (the abandon is sent from a spawned task, since `Drop`
 /// cannot await).
-struct AbandonOnDrop {
+pub(crate) struct AbandonOnDrop {
     ldap: Option<ldap3::Ldap>,
     msgid: ldap3::RequestId,
+}
+
+impl AbandonOnDrop {
+    pub(crate) fn new(ldap: ldap3::Ldap, msgid: ldap3::RequestId) -> AbandonOnDrop {
+        AbandonOnDrop { ldap: Some(ldap), msgid }
+    }
+
+    /// The caller abandons (or the search ended) itself.
+    pub(crate) fn disarm(&mut self) {
+        self.ldap = None;
+    }
 }
 
 impl Drop for AbandonOnDrop {

@@ -249,3 +249,58 @@ fn password_validation_reads_every_ad_refusal() {
     }
     assert_eq!(check(pw), Outcome::LockedOut);
 }
+
+/// AD's change notifications wake the daemon for changes in scope — an
+/// attribute, a deletion, a person moved out of scope — and not for objects
+/// elsewhere (an OU outside the configured base).
+#[test]
+fn change_notifications_wake_for_changes_in_scope_only() {
+    let dc = SambaDc::start().unwrap();
+    seed(&dc, 3);
+    let rt = runtime();
+    let mut source = LdapSource::new(admin_settings(&dc)).unwrap();
+    let (_, first) = rt.block_on(import(&mut source, None)).unwrap();
+    // Nothing changed since the import: the wait times out.
+    let quiet = rt.block_on(source.wait_for_change(std::time::Duration::from_millis(500))).unwrap();
+    assert_eq!(quiet, Some(false), "no change since the import began");
+    // The change comes a while after the wait began: by then the search is
+    // armed and the DC's USN compared (a local round trip; two seconds of
+    // headroom), so only the notification itself can wake it.
+    let wait_during = |source: &mut LdapSource, ldif: &str, timeout: std::time::Duration| {
+        rt.block_on(async {
+            let wait = source.wait_for_change(timeout);
+            let change = async {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                dc.modify(ldif).unwrap();
+            };
+            let (woken, ()) = tokio::join!(wait, change);
+            woken.unwrap()
+        })
+    };
+    let elsewhere = "dn: OU=Elsewhere,DC=example,DC=test\nchangetype: modify\nreplace: description\ndescription: not synchronised\n-\n\n";
+    assert_eq!(
+        wait_during(&mut source, elsewhere, std::time::Duration::from_secs(5)),
+        Some(false),
+        "out of scope: no wake-up"
+    );
+    // The DC's USN moved since the import began: the next wait wakes at once
+    // (one cycle more), which the daemon's next import then settles.
+    let missed = rt.block_on(source.wait_for_change(std::time::Duration::from_secs(120))).unwrap();
+    assert_eq!(missed, Some(true), "a change committed before the search was armed is not lost");
+    let long = std::time::Duration::from_secs(120);
+    let title = format!("dn: CN=Jürgen Müller 0,{SYNC_OU}\nchangetype: modify\nreplace: title\ntitle: Größe\n-\n\n");
+    let moved = format!(
+        "dn: CN=Jürgen Müller 1,{SYNC_OU}\nchangetype: modrdn\nnewrdn: CN=Jürgen Müller 1\ndeleteoldrdn: 1\nnewsuperior: OU=Elsewhere,DC=example,DC=test\n\n"
+    );
+    let deleted = format!("dn: CN=Jürgen Müller 2,{SYNC_OU}\nchangetype: delete\n\n");
+    for (ldif, what) in
+        [(&title, "an attribute change"), (&moved, "a person moved out of scope"), (&deleted, "a deletion")]
+    {
+        // As the daemon does: an import, after which a wait is quiet (the
+        // USN has not moved), so only the notification can end the next one.
+        rt.block_on(import(&mut source, Some(&first.watermark))).unwrap();
+        let quiet = rt.block_on(source.wait_for_change(std::time::Duration::from_millis(300))).unwrap();
+        assert_eq!(quiet, Some(false), "before {what}");
+        assert_eq!(wait_during(&mut source, ldif, long), Some(true), "{what}");
+    }
+}

@@ -550,6 +550,34 @@ mod samba {
         assert_eq!(dump_ad(&dc), before, "undo restores the directory exactly");
     }
 
+    /// `idbridge.toml` in `dir` for the DC as one source under `base_dn`,
+    /// exporting to the tenant at `base` (token in `dir/token`); `sync` is
+    /// added to the `[sync]` table. The PostgreSQL state's server, if any,
+    /// lives as long as the returned guard.
+    fn samba_config(
+        dc: &SambaDc,
+        dir: &Path,
+        base: &str,
+        base_dn: &str,
+        sync: &str,
+    ) -> (std::path::PathBuf, Option<testkit::Postgres>) {
+        let pw = dc.password_file().unwrap();
+        let config = dir.join("idbridge.toml");
+        let (state, pg) = test_state("state.db");
+        std::fs::write(
+            &config,
+            format!(
+                "[[source]]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"{base_dn}\"]\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\n{sync}{state}\n",
+                dc.url,
+                dc.admin_upn(),
+                p(&pw),
+                p(&dir.join("token"))
+            ),
+        )
+        .unwrap();
+        (config, pg)
+    }
+
     #[test]
     fn samba_ad_to_tenant() {
         let dc = SambaDc::start().unwrap();
@@ -565,20 +593,7 @@ mod samba {
         .unwrap();
         let tmp = TempDir::new("samba-sync").unwrap();
         let (mut tenant, base, token) = tenant_for_sync(tmp.path(), "example.test");
-        let pw = dc.password_file().unwrap();
-        let config = tmp.join("idbridge.toml");
-        let (state, _pg) = test_state("state.db");
-        std::fs::write(
-            &config,
-            format!(
-                "[[source]]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"DC=example,DC=test\"]\n\n[tenant]\nurl = \"{base}\"\ntoken_file = \"{}\"\n\n[sync]\n{state}\n",
-                dc.url,
-                dc.admin_upn(),
-                p(&pw),
-                p(&tmp.join("token"))
-            ),
-        )
-        .unwrap();
+        let (config, _pg) = samba_config(&dc, tmp.path(), &base, "DC=example,DC=test", "");
         let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
         let report = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{report}");
@@ -658,6 +673,60 @@ mod samba {
             "{john}"
         );
         assert_eq!(get("/Users?count=1".into())["totalResults"], 3, "joined, not a fourth user");
+        tenant.kill().unwrap();
+        tenant.wait().unwrap();
+    }
+
+    /// The daemon on Active Directory (Samba) is woken by AD's change
+    /// notifications: with an hour's interval, a title change and a new
+    /// user still reach the tenant (DirSync reads them).
+    #[test]
+    fn samba_daemon_is_woken_by_change_notifications() {
+        let dc = SambaDc::start().unwrap();
+        let ou = "OU=Staff,DC=example,DC=test";
+        dc.modify(&format!(
+            "dn: {ou}\nobjectClass: organizationalUnit\n\n\
+             dn: CN=Zoë Öberg,{ou}\nobjectClass: user\nsAMAccountName: zoe\nuserPrincipalName: zoe@example.test\ntitle: Analyst\nuserAccountControl: 544\n\n"
+        ))
+        .unwrap();
+        let tmp = TempDir::new("samba-notify").unwrap();
+        let (mut tenant, base, token) = tenant_for_sync(tmp.path(), "example.test");
+        let (config, _pg) = samba_config(&dc, tmp.path(), &base, ou, "interval_secs = 3600\n");
+        let log = tmp.join("daemon.log");
+        let mut daemon = testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["sync", "run", "--config", p(&config)])
+                .env("RUST_LOG", "info")
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let title_of = |user: &str| {
+            let found = scim_get(&base, &token, &format!("/Users?filter=userName%20eq%20%22{user}%22"));
+            found["Resources"][0]["title"].as_str().map(str::to_string)
+        };
+        let wait_for = |what: &str, check: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !check() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what} never reached the tenant (the next interval is an hour away):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        };
+        wait_for("the first cycle", &|| title_of("zoe@example.test").as_deref() == Some("Analyst"));
+        dc.modify(&format!("dn: CN=Zoë Öberg,{ou}\nchangetype: modify\nreplace: title\ntitle: Größte Chefin\n-\n\n"))
+            .unwrap();
+        wait_for("the title change", &|| title_of("zoe@example.test").as_deref() == Some("Größte Chefin"));
+        dc.modify(&format!(
+            "dn: CN=New Person,{ou}\nobjectClass: user\nsAMAccountName: newp\nuserPrincipalName: newp@example.test\ntitle: Newcomer\nuserAccountControl: 544\n\n"
+        ))
+        .unwrap();
+        wait_for("the new user", &|| title_of("newp@example.test").as_deref() == Some("Newcomer"));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
         tenant.kill().unwrap();
         tenant.wait().unwrap();
     }
