@@ -16,6 +16,11 @@ pub const NOTIFICATION_CONTROL: &str = "1.2.840.113556.1.4.528";
 /// `LDAP_SERVER_SHOW_DELETED_OID`: deletions are notified as tombstones.
 const SHOW_DELETED_CONTROL: &str = "1.2.840.113556.1.4.417";
 
+const PROTOCOL_ERROR: u32 = 2;
+const UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
+const INSUFFICIENT_ACCESS: u32 = 50;
+const UNWILLING_TO_PERFORM: u32 = 53;
+
 /// How a notification wait ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Notified {
@@ -77,9 +82,15 @@ pub(crate) async fn wait_for_notification(
             Ok(Ok(None)) => {
                 let result = stream.finish().await;
                 abandon_on_drop.disarm();
+                // Refusals of the control or of the search; anything else
+                // (the server ended it, the connection went) wakes the
+                // daemon, whose cycle reconnects and re-arms.
                 return Ok(match result.rc {
-                    0 => Notified::Change,
-                    rc => Notified::Refused(rc, result.text),
+                    rc @ (PROTOCOL_ERROR
+                    | INSUFFICIENT_ACCESS
+                    | UNAVAILABLE_CRITICAL_EXTENSION
+                    | UNWILLING_TO_PERFORM) => Notified::Refused(rc, result.text),
+                    _ => Notified::Change,
                 });
             }
             Ok(Ok(Some(item))) => item,

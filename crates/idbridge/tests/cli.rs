@@ -3526,7 +3526,7 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
     /// pushed never arrives within the wait (no timing assert needed).
     #[test]
     fn daemon_wakes_for_every_base_and_every_source() {
-        let lab = lab(5, 1, "interval_secs = 3600");
+        let mut lab = lab(5, 1, "interval_secs = 3600");
         let config = std::fs::read_to_string(&lab.config).unwrap();
         // People are the second base (only the first one used to be watched).
         let two_bases = "base_dns = [\"ou=groups,dc=example,dc=org\", \"ou=people,dc=example,dc=org\"]";
@@ -3539,7 +3539,8 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             ))
             .unwrap();
         add_source(&lab, "second", &second, "");
-        let mut daemon = sync_daemon(&lab, std::process::Stdio::null());
+        let log = lab.tmp.join("daemon.log");
+        let mut daemon = sync_daemon(&lab, std::fs::File::create(&log).unwrap().into());
         assert!(wait_for_title(&lab, "fr-anna@example.org", "Partner"), "first cycle");
         let (dn, mail) = testkit::sample_user(&lab.slapd, 100_001).unwrap();
         assert!(dn.ends_with(",ou=people,dc=example,dc=org"), "{dn} is under the second base");
@@ -3552,6 +3553,18 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
                 "{mail}: the change was not pushed (the next interval is an hour away)"
             );
         }
+        // The directory restarts under the daemon: its cut searches start a
+        // cycle that reconnects, and the next change is pushed again.
+        lab.slapd.restart().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        lab.slapd
+            .modify(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: after the restart\n-\n\n"))
+            .unwrap();
+        assert!(
+            wait_for_title_within(&lab, &mail, "after the restart", 120),
+            "not pushed after slapd restarted (the next interval is an hour away):\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         daemon.kill().unwrap();
         daemon.wait().unwrap();
     }

@@ -54,12 +54,20 @@ impl Directory {
     }
 
     /// Waits up to `timeout` for a change the server pushes; `false` when
-    /// this source cannot tell (then the caller waits its interval).
+    /// this source cannot tell (then the caller waits its interval). A lost
+    /// connection ends the wait as a change: the cycle it starts reconnects
+    /// and reads what happened meanwhile (or fails and backs off), and the
+    /// next wait arms a new search — a restarted directory is not left
+    /// unwatched for the rest of the interval.
     pub async fn wait_for_change(&mut self, timeout: Duration) -> bool {
         match self {
             Directory::Ldap(ldap) => match ldap.wait_for_change(timeout).await {
                 Ok(Some(_)) => true,
                 Ok(None) => false,
+                Err(e @ (LdapError::Connection { .. } | LdapError::Unreachable { .. })) => {
+                    tracing::info!(error = %e, "the change notification search was cut; starting a cycle to reconnect");
+                    true
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "no change notification; waiting the interval");
                     false

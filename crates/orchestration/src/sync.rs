@@ -286,16 +286,19 @@ async fn cycles(
             Err(e) if options.once => return Err(e),
             Err(e) => {
                 failures += 1;
-                let wait = Duration::from_secs((1u64 << failures.min(6)).min(60))
-                    .max(Duration::from_secs(config.sync.interval_secs));
+                // 2 s doubling to a minute, whatever the interval: a daemon
+                // woken by pushes may run with an hour's interval, and a
+                // directory that restarts should be read again soon.
+                let wait = Duration::from_secs((1u64 << failures.min(6)).min(60));
                 events.failed(&e, wait);
                 wait
             }
         };
-        // OpenLDAP pushes changes (refreshAndPersist): wake up at once —
-        // for a change in any source, under any of its bases — instead of
-        // waiting the whole interval. Sources that cannot push (AD, files)
-        // are read by the cycle the interval (or another source's push) starts.
+        // OpenLDAP (refreshAndPersist) and AD (change notifications) push
+        // changes: wake up at once — for a change in any source, under any
+        // of its bases — instead of waiting the whole interval. Sources that
+        // cannot push (files, servers refusing) are read by the cycle the
+        // interval (or another source's push) starts.
         let healthy = failures == 0;
         let wait = async {
             if pause.is_zero() {
