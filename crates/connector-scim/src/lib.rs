@@ -262,6 +262,17 @@ impl ScimTarget {
         if status.is_success() { Ok(()) } else { Err(failure(status, &answer)) }
     }
 
+    /// The objects waiting in the tenant for a value another object holds.
+    pub async fn quarantine(&self) -> Result<proto::hybrid::QuarantineList, TargetError> {
+        let url = format!("{}{}", self.root(), proto::hybrid::QUARANTINE_PATH);
+        let (status, answer) = self.send_tries(Method::GET, &url, None, Repeat::Always, 1).await?;
+        if !status.is_success() {
+            return Err(failure(status, &answer));
+        }
+        serde_json::from_value(answer)
+            .map_err(|e| TargetError { message: format!("the quarantine list: {e}"), not_found: false })
+    }
+
     /// The sourceAnchors whose lineage the admin console asked about.
     pub async fn lineage_requests(&self) -> Result<Vec<String>, TargetError> {
         let url = format!("{}{}", self.root(), proto::hybrid::LINEAGE_PATH);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use orchestration::state::ActiveWriter;
 use orchestration::sync::{CycleEvents, Explanation, RunOptions, SyncStatus};
@@ -67,7 +67,8 @@ pub enum SyncCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Objects that failed to export (retried every cycle).
+    /// Objects that failed to export (retried every cycle), and objects waiting in the tenant
+    /// for a value another object holds: who holds it and why.
     Errors {
         #[arg(long, default_value = "idbridge.toml")]
         config: PathBuf,
@@ -208,11 +209,15 @@ pub async fn run(command: SyncCommand) -> Result<()> {
         SyncCommand::Errors { config } => {
             let (_, store) = orchestration::sync::open(&config)?;
             let errors = store.errors()?;
-            if errors.is_empty() {
-                crate::out!("no errors");
-            }
-            for e in errors {
+            for e in &errors {
                 crate::out!("{}\t{}\t{} attempt(s)\t{}", e.object, e.stage, e.attempts, e.message);
+            }
+            let waiting = orchestration::sync::quarantine(&config)
+                .await
+                .context("the engine's errors are above; the tenant's quarantine could not be listed")?;
+            print_quarantine(&waiting);
+            if errors.is_empty() && waiting.total == 0 {
+                crate::out!("no errors");
             }
             Ok(())
         }
@@ -238,6 +243,28 @@ pub async fn run(command: SyncCommand) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The values synchronised objects wait for, who holds each and why.
+fn print_quarantine(list: &proto::hybrid::QuarantineList) {
+    if list.total == 0 {
+        return;
+    }
+    crate::out!("waiting in the tenant for a value another object holds ({} in all):", list.total);
+    for e in &list.entries {
+        crate::out!(
+            "{} wants {} {:?}, held by {}: {}; waiting since {}",
+            e.object,
+            e.attribute,
+            e.value,
+            e.holder,
+            e.reason.explain(),
+            e.since
+        );
+    }
+    if list.total > list.entries.len() as u64 {
+        crate::out!("… and {} more", list.total - list.entries.len() as u64);
     }
 }
 

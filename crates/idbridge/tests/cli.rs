@@ -1521,6 +1521,81 @@ mod sync_e2e {
         eprintln!("20 cycles killed while running, in {attempts} attempts");
     }
 
+    /// People on-premises who want one address: whatever order they are
+    /// exported in and wherever a cycle is killed, the tenant gives it to the
+    /// lowest immutableId, keeps it with its holder, and on release hands it
+    /// to the lowest of those still waiting; `sync errors` says who holds
+    /// what and why.
+    #[test]
+    fn a_contested_address_goes_to_the_lowest_immutable_id_whatever_crashed() {
+        let lab = lab(40, 2, "");
+        let started = std::time::Instant::now();
+        assert!(sync_once(&lab, &["--full"]).status.success());
+        let mut kills = KillPoints { seed: 0x5851_f42d_4c95_7f2d, window: started.elapsed() };
+        // trial → the claimants' uids still on-premises
+        let mut claimants: Vec<Vec<String>> = Vec::new();
+        let by_uid = |uid: &str| {
+            let found = get(&lab, &format!("/Users?filter=displayName%20eq%20%22{uid}%22"));
+            assert_eq!(found["totalResults"], 1, "{uid}: {found}");
+            found["Resources"][0].clone()
+        };
+        for trial in 0..6usize {
+            let mut ldif = String::new();
+            let mut uids = Vec::new();
+            for k in 0..4 {
+                let uid = format!("dup{trial}-{k}");
+                ldif.push_str(&format!(
+                    "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: D\ndisplayName: {uid}\nmail: shared{trial}@example.org\n\n"
+                ));
+                uids.push(uid);
+            }
+            claimants.push(uids);
+            // Every other trial, an earlier address's holder leaves: it is released.
+            if trial % 2 == 1 {
+                let earlier = &mut claimants[trial - 1];
+                let holder = earlier
+                    .iter()
+                    .position(|uid| by_uid(uid)["userName"] == format!("shared{}@example.org", trial - 1))
+                    .unwrap();
+                let gone = earlier.remove(holder);
+                ldif.push_str(&format!("dn: uid={gone},ou=people,dc=example,dc=org\nchangetype: delete\n\n"));
+            }
+            lab.slapd.modify(&ldif).unwrap();
+            kills.kill_a_running_cycle(&lab, &["--full"], |_| {});
+            let out = sync_once(&lab, &[]);
+            assert!(out.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
+            for (value, uids) in claimants.iter().enumerate() {
+                let users: Vec<serde_json::Value> = uids.iter().map(|uid| by_uid(uid)).collect();
+                let lowest = users.iter().min_by_key(|u| u["externalId"].as_str().unwrap().to_string()).unwrap();
+                let address = format!("shared{value}@example.org");
+                assert_eq!(lowest["userName"], address.as_str(), "trial {trial}: {users:?}");
+                for u in users.iter().filter(|u| u["id"] != lowest["id"]) {
+                    let error =
+                        &u["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["provisioningErrors"][0];
+                    assert_eq!(
+                        (&error["value"], &error["holder"]),
+                        (&serde_json::json!(address), &lowest["id"]),
+                        "trial {trial}: {u}"
+                    );
+                }
+            }
+        }
+        let errors = ok(&idbridge(&["sync", "errors", "--config", p(&lab.config)]));
+        assert!(errors.contains("waiting in the tenant for a value another object holds (15 in all)"), "{errors}");
+        let released =
+            by_uid(&claimants[0].iter().find(|uid| by_uid(uid)["userName"] == "shared0@example.org").cloned().unwrap());
+        let line = errors
+            .lines()
+            .find(|l| l.contains("wants userName \"shared0@example.org\""))
+            .unwrap_or_else(|| panic!("{errors}"));
+        assert!(
+            line.contains(&format!("held by shared0@example.org (object {}", released["id"].as_str().unwrap()))
+                && line.contains("lowest immutableId of the objects waiting for it"),
+            "{line}"
+        );
+        assert!(errors.contains("it held the value first, and the holder keeps it"), "{errors}");
+    }
+
     #[test]
     fn joined_sources_killed_at_random_points_then_converge() {
         let lab = lab(40, 2, "");

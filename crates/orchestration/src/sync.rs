@@ -121,18 +121,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let config = Config::load(config_path)?;
-    let Some(tenant) = config.tenant.as_ref() else {
-        return Err(Error::Refused(format!(
-            "{}: a [tenant] section (url, token_file) is needed to sync",
-            config_path.display()
-        )));
-    };
-    let mut target = ScimTarget::new(
-        &tenant.url,
-        tenant.token()?,
-        tenant.ca_file.as_deref(),
-        Duration::from_secs(tenant.timeout_secs),
-    )?;
+    let mut target = tenant_target(&config, config_path)?;
     if let Some(t) = events.telemetry() {
         let metrics = t.metrics.clone();
         metrics.set_interval(config.sync.interval_secs);
@@ -323,6 +312,33 @@ async fn cycles(
             () = shutdown.as_mut() => return Ok(()),
         }
     }
+}
+
+/// The export target: the configured tenant.
+fn tenant_target(config: &Config, config_path: &Path) -> Result<ScimTarget> {
+    let Some(tenant) = config.tenant.as_ref() else {
+        return Err(Error::Refused(format!(
+            "{}: a [tenant] section (url, token_file) is needed to sync",
+            config_path.display()
+        )));
+    };
+    Ok(ScimTarget::new(
+        &tenant.url,
+        tenant.token()?,
+        tenant.ca_file.as_deref(),
+        Duration::from_secs(tenant.timeout_secs),
+    )?)
+}
+
+/// The objects waiting in the tenant for a value another object holds:
+/// who holds it and why (`idbridge sync errors`).
+pub async fn quarantine(config_path: &Path) -> Result<proto::hybrid::QuarantineList> {
+    let config = Config::load(config_path)?;
+    let target = tenant_target(&config, config_path)?;
+    target
+        .quarantine()
+        .await
+        .map_err(|e| Error::Refused(format!("the tenant did not list its quarantine: {}", e.message)))
 }
 
 /// A full password resync: one full cycle of every source, sending every

@@ -341,3 +341,91 @@ impl LineageBatch {
         Ok(())
     }
 }
+
+/// `GET` here: the synchronised objects waiting for a value another object
+/// holds (duplicate attribute resiliency), as [`QuarantineList`], the longest
+/// waiting first, at most [`MAX_QUARANTINE_LISTED`]. Needs a sync or admin token.
+pub const QUARANTINE_PATH: &str = "/hybrid/v1/quarantine";
+
+/// Most entries one quarantine list carries (`total` counts them all).
+pub const MAX_QUARANTINE_LISTED: usize = 1000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantineList {
+    /// Every waiting value, listed or not.
+    pub total: u64,
+    pub entries: Vec<QuarantineEntry>,
+}
+
+/// One value one object waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantineEntry {
+    pub object: ObjectName,
+    /// `userName` or `proxyAddresses`.
+    pub attribute: String,
+    /// The value as the object wants it.
+    pub value: String,
+    pub holder: ObjectName,
+    pub reason: HoldReason,
+    /// When the object started waiting (RFC 3339).
+    pub since: String,
+}
+
+/// A tenant object as people recognise it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectName {
+    pub id: String,
+    /// userName, else displayName, else the id.
+    pub name: String,
+    /// The sourceAnchor of a synchronised object; none for a cloud-only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable_id: Option<String>,
+}
+
+impl std::fmt::Display for ObjectName {
+    /// "ana@example.org (object 1234, immutableId QUJD)", "Sales (cloud-only object 99)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.immutable_id {
+            Some(imm) => write!(f, "{} (object {}, immutableId {imm})", self.name, self.id),
+            None => write!(f, "{} (cloud-only object {})", self.name, self.id),
+        }
+    }
+}
+
+/// Why the holder has a value another object wants (see [`crate::unique`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldReason {
+    /// It had the value before this object asked for it; the holder keeps it.
+    HeldFirst,
+    /// It got the value when it was released, having the lowest immutableId
+    /// of the objects waiting for it.
+    LowestImmutableId,
+}
+
+impl HoldReason {
+    /// The rule, in words.
+    pub fn explain(self) -> &'static str {
+        match self {
+            HoldReason::HeldFirst => "it held the value first, and the holder keeps it",
+            HoldReason::LowestImmutableId => {
+                "it got the value when it was released, having the lowest immutableId of the objects waiting for it"
+            }
+        }
+    }
+
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::HeldFirst => "held-first",
+            HoldReason::LowestImmutableId => "lowest-immutable-id",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HoldReason> {
+        [HoldReason::HeldFirst, HoldReason::LowestImmutableId].into_iter().find(|r| r.as_str() == text)
+    }
+}

@@ -7,6 +7,8 @@
 //! - [`pta`]: `/pta/v1`, pass-through agents registering, polling, answering
 //!   and rotating their credential.
 //! - [`url`]: the one rule for a URL idbridge sends tokens or browsers to.
+//! - [`unique`]: which values the tenant keeps unique and who gets a value
+//!   several objects want (the tenant enforces it, the sync engine orders by it).
 //!
 //! No I/O and no cryptography here: the sealing of pass-through requests is in
 //! the `pta` crate, the servers in `tenant`, the clients in `connector-scim`,
@@ -15,6 +17,7 @@
 pub mod admin;
 pub mod hybrid;
 pub mod pta;
+pub mod unique;
 pub mod url;
 
 /// A JSON error reply: `{"error": "…"}` (the `/pta/v1` endpoints).

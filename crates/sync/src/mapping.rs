@@ -189,6 +189,19 @@ pub fn desired_resource(mv: &MvView<'_>, manager: Option<&str>, members: &[Strin
     desired_resource_noting(mv, manager, members, rules, None)
 }
 
+/// The values of a tenant resource the tenant keeps unique (lower case;
+/// see [`proto::unique`]).
+pub fn unique_keys(kind: ObjectKind, resource: &Json) -> Vec<String> {
+    let user_name = if kind == ObjectKind::User { resource.get("userName").and_then(Json::as_str) } else { None };
+    let proxies = resource
+        .get(HYBRID_SCHEMA)
+        .and_then(|h| h.get("proxyAddresses"))
+        .and_then(Json::as_array)
+        .map(|a| a.iter().filter_map(Json::as_str).collect::<Vec<_>>())
+        .unwrap_or_default();
+    proto::unique::claims(user_name, proxies).into_iter().map(|c| c.key).collect()
+}
+
 /// Outbound sync, with the origin of each tenant attribute: (SCIM path,
 /// metaverse attribute or rule). The outbound rules give the attributes;
 /// the schemas, the sourceAnchor, references and `dirSyncEnabled` are built in.

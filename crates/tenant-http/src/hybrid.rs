@@ -63,6 +63,13 @@ pub async fn deletion_allowance(
     }
 }
 
+/// GET /hybrid/v1/quarantine: who waits for which value, who holds it and why.
+pub async fn quarantine(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authenticate(&state, &headers, false).await?;
+    let list = db(&state, |conn| Ok(tenant::objects::quarantined(conn, proto::hybrid::MAX_QUARANTINE_LISTED)?)).await?;
+    Ok(scim_json(StatusCode::OK, &list))
+}
+
 /// GET /hybrid/v1/lineage: the objects the console asked about.
 pub async fn lineage_requests(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authenticate(&state, &headers, false).await?;

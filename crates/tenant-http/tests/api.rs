@@ -533,6 +533,38 @@ async fn uniqueness_quarantine_and_release() {
     let released = t.call(Method::GET, &format!("/Users/{second}"), Some(&t.read), None).await;
     assert_eq!(released.body["userName"], "x@corp.example.com", "{}", released.body);
     assert!(released.body[HYBRID].get("provisioningErrors").is_none(), "{}", released.body);
+    // Several wait: a released value goes to the lowest immutableId, not to
+    // the one that asked first, and the others now wait for the new holder.
+    let synced_user = |imm: &str| {
+        let mut u = json!({"schemas": [USER], "userName": "y@corp.example.com", "displayName": format!("Ÿ {imm}")});
+        u.as_object_mut().unwrap().extend(synced(imm).as_object().unwrap().clone());
+        u
+    };
+    let mut ids = std::collections::HashMap::new();
+    for imm in ["WFla", "TU5P", "QkJC"] {
+        let r = t.call(Method::POST, "/Users", Some(&t.sync), Some(synced_user(imm))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        ids.insert(imm, id(&r.body));
+    }
+    let quarantine = format!("{}/hybrid/v1/quarantine", t.base.trim_end_matches("/scim/v2"));
+    let listed = t.call(Method::GET, &quarantine, Some(&t.sync), None).await;
+    assert_eq!((listed.status, &listed.body["total"]), (StatusCode::OK, &json!(2)), "{}", listed.body);
+    let first = &listed.body["entries"][0];
+    assert_eq!((&first["object"]["immutableId"], &first["holder"]["immutableId"]), (&json!("TU5P"), &json!("WFla")));
+    assert_eq!((&first["reason"], &first["value"]), (&json!("held-first"), &json!("y@corp.example.com")));
+    assert_eq!(t.call(Method::GET, &quarantine, None, None).await.status, StatusCode::UNAUTHORIZED);
+    t.call(Method::DELETE, &format!("/Users/{}", ids["WFla"]), Some(&t.sync), None).await;
+    let winner = t.call(Method::GET, &format!("/Users/{}", ids["QkJC"]), Some(&t.read), None).await;
+    assert_eq!(winner.body["userName"], "y@corp.example.com", "the lowest immutableId: {}", winner.body);
+    let loser = t.call(Method::GET, &format!("/Users/{}", ids["TU5P"]), Some(&t.read), None).await;
+    let error = &loser.body[HYBRID]["provisioningErrors"][0];
+    assert_eq!(error["holder"], ids["QkJC"].as_str(), "{}", loser.body);
+    let reason = error["reason"].as_str().unwrap();
+    assert!(reason.contains("Ÿ QkJC") || reason.contains("y@corp.example.com (object"), "{reason}");
+    assert!(reason.contains("immutableId QkJC") && reason.contains("lowest immutableId"), "{reason}");
+    let listed = t.call(Method::GET, &quarantine, Some(&t.read), None).await;
+    assert_eq!(listed.body["total"], 1, "{}", listed.body);
+    assert_eq!(listed.body["entries"][0]["reason"], "lowest-immutable-id", "{}", listed.body);
     // userName must be in a verified domain.
     let r = t
         .call(Method::POST, "/Users", Some(&t.sync), Some(json!({"schemas": [USER], "userName": "z@unverified.org"})))

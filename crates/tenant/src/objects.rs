@@ -28,6 +28,7 @@ use crate::domains;
 use crate::error::{Result, TenantError};
 use crate::store::Settings;
 use crate::util::{new_id, now, random_bytes};
+use proto::hybrid::{HoldReason, ObjectName, QuarantineEntry, QuarantineList};
 
 /// `execute` through the connection's statement cache (writes are hot in Bulk).
 fn exec(conn: &Connection, sql: &str, params: impl crate::db::Params) -> crate::db::Result<usize> {
@@ -139,11 +140,7 @@ fn proxy_addresses(data: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `smtp:a@b` / `SMTP:a@b` → `a@b`.
-fn smtp_address(proxy: &str) -> Option<&str> {
-    let (prefix, addr) = proxy.split_once(':')?;
-    prefix.eq_ignore_ascii_case("smtp").then_some(addr).filter(|a| !a.is_empty())
-}
+use proto::unique::smtp_address;
 
 fn primary_smtp(data: &Value) -> Option<String> {
     proxy_addresses(data).into_iter().find_map(|p| p.strip_prefix("SMTP:").map(str::to_lowercase))
@@ -163,23 +160,11 @@ fn dir_sync_enabled(data: &Value) -> bool {
     get_ci(data, HYBRID_SCHEMA).and_then(|h| get_ci(h, "dirSyncEnabled")).and_then(Value::as_bool).unwrap_or(false)
 }
 
-/// The values an object claims: (attribute, lower-case value, value as given).
-fn claims_of(kind: Kind, data: &Value) -> Vec<(&'static str, String, String)> {
-    let mut out = Vec::new();
-    if kind == Kind::User
-        && let Some(u) = user_name(data)
-    {
-        out.push(("userName", u.to_lowercase(), u.to_string()));
-    }
-    for p in proxy_addresses(data) {
-        if let Some(addr) = smtp_address(&p) {
-            let lc = addr.to_lowercase();
-            if !out.iter().any(|(_, v, _)| *v == lc) {
-                out.push(("proxyAddresses", lc, p.clone()));
-            }
-        }
-    }
-    out
+/// The values an object claims (see [`proto::unique`]).
+fn claims_of(kind: Kind, data: &Value) -> Vec<proto::unique::Claim> {
+    let user = if kind == Kind::User { user_name(data) } else { None };
+    let proxies = proxy_addresses(data);
+    proto::unique::claims(user, proxies.iter().map(String::as_str))
 }
 
 fn row_to_stored(r: &crate::db::Row<'_>) -> crate::db::Result<(String, String, String, i64, String, String)> {
@@ -302,19 +287,73 @@ pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Pr
 }
 
 fn provisioning_errors(conn: &Connection, id: &str) -> Result<Vec<Value>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT attr, wanted, holder, since FROM quarantine WHERE resource_id = ?1 ORDER BY since")?;
-    let rows = stmt
-        .query_map(params![id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-        })?
-        .collect::<crate::db::Result<Vec<_>>>()?;
-    Ok(rows
+    let entries = quarantine_entries(
+        conn,
+        "SELECT resource_id, attr, wanted, holder, since, reason FROM quarantine WHERE resource_id = ?1 ORDER BY since",
+        params![id],
+    )?;
+    Ok(entries
         .into_iter()
-        .map(|(attr, wanted, holder, since)| {
-            json!({"attribute": attr, "value": wanted, "reason": format!("the value is already used by object {holder}; it is applied automatically once released"), "since": since})
+        .map(|e| {
+            json!({
+                "attribute": e.attribute,
+                "value": e.value,
+                "holder": e.holder.id,
+                "reason": format!("the value is held by {}: {}; it is applied here automatically once released", e.holder, e.reason.explain()),
+                "since": e.since,
+            })
         })
         .collect())
+}
+
+/// Quarantine rows (resource_id, attr, wanted, holder, since, reason) as entries.
+fn quarantine_entries(conn: &Connection, sql: &str, params: impl crate::db::Params) -> Result<Vec<QuarantineEntry>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?
+        .collect::<crate::db::Result<Vec<_>>>()?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for (object, attribute, value, holder, since, reason) in rows {
+        entries.push(QuarantineEntry {
+            object: object_name(conn, &object)?,
+            attribute,
+            value,
+            holder: object_name(conn, &holder)?,
+            reason: HoldReason::parse(&reason).unwrap_or(HoldReason::HeldFirst),
+            since,
+        });
+    }
+    Ok(entries)
+}
+
+/// An object as people recognise it (a gone object by its id alone).
+fn object_name(conn: &Connection, id: &str) -> Result<ObjectName> {
+    let stored = load(conn, None, id)?;
+    let data = stored.as_ref().map(|s| &s.data);
+    let name = data.and_then(|d| user_name(d).or_else(|| str_at(d, None, "displayName"))).unwrap_or(id).to_string();
+    let immutable_id = data.and_then(immutable_id).map(str::to_string);
+    Ok(ObjectName { id: id.to_string(), name, immutable_id })
+}
+
+/// The synchronised objects waiting for a value another object holds, the
+/// longest waiting first (at most `limit`), and how many there are in all.
+pub fn quarantined(conn: &Connection, limit: usize) -> Result<QuarantineList> {
+    let total: i64 = query_one(conn, "SELECT count(*) FROM quarantine", params![], |r| r.get(0))?;
+    let entries = quarantine_entries(
+        conn,
+        "SELECT resource_id, attr, wanted, holder, since, reason FROM quarantine ORDER BY since, resource_id, value LIMIT ?1",
+        params![i64::try_from(limit).unwrap_or(i64::MAX)],
+    )?;
+    Ok(QuarantineList { total: u64::try_from(total).unwrap_or(0), entries })
 }
 
 fn set_user_name(data: &mut Value, value: &str) {
@@ -417,7 +456,8 @@ fn save(
     if existing.is_some() {
         exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
     }
-    for (attr, lc, given) in claims_of(kind, &data) {
+    for proto::unique::Claim { attribute, key: lc, given } in claims_of(kind, &data) {
+        let attr = attribute.as_str();
         let holder: Option<String> =
             query_one(conn, "SELECT resource_id FROM claims WHERE value = ?1", params![lc], |r| r.get(0)).optional()?;
         let Some(holder) = holder.filter(|h| h != id) else { continue };
@@ -430,9 +470,10 @@ fn save(
         }
         exec(
             conn,
-            "INSERT INTO quarantine(resource_id, attr, value, wanted, holder, since) VALUES(?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(resource_id, attr, value) DO UPDATE SET wanted = excluded.wanted, holder = excluded.holder, since = excluded.since",
-            params![id, attr, lc, given, holder, now()],
+            "INSERT INTO quarantine(resource_id, attr, value, wanted, holder, since, reason) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(resource_id, attr, value) DO UPDATE SET wanted = excluded.wanted, holder = excluded.holder,
+               since = excluded.since, reason = excluded.reason",
+            params![id, attr, lc, given, holder, now(), HoldReason::HeldFirst.as_str()],
         )?;
         tracing::info!(object = id, attribute = attr, value = %given, holder = %holder, "duplicate value quarantined");
         if attr == "userName" {
@@ -454,12 +495,13 @@ fn save(
             .collect::<crate::db::Result<_>>()?,
         None => HashSet::new(),
     };
-    let new_values: HashSet<&String> = final_claims.iter().map(|(_, v, _)| v).collect();
+    let new_values: HashSet<&String> = final_claims.iter().map(|c| &c.key).collect();
     let released: Vec<String> = old_claims.iter().filter(|v| !new_values.contains(v)).cloned().collect();
     for v in &released {
         exec(conn, "DELETE FROM claims WHERE value = ?1", params![v])?;
     }
-    for (attr, lc, _) in &final_claims {
+    for proto::unique::Claim { attribute, key: lc, .. } in &final_claims {
+        let attr = attribute.as_str();
         if !old_claims.contains(lc) {
             exec(conn, "INSERT INTO claims(value, resource_id, attr) VALUES(?1, ?2, ?3)", params![lc, id, attr])
                 .map_err(|e| match e {
@@ -517,32 +559,43 @@ fn save(
     Ok(saved)
 }
 
-/// Gives released values to the objects that wanted them.
+/// Gives each released value to the waiting object with the lowest
+/// immutableId ([`proto::unique::next_holder`]); the others go on waiting,
+/// now for it.
 fn release(conn: &Connection, values: &[String], depth: u32) -> Result<()> {
     for v in values {
-        let mut stmt =
-            conn.prepare_cached("SELECT resource_id, attr, wanted FROM quarantine WHERE value = ?1 ORDER BY since")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT q.resource_id, q.attr, q.wanted, COALESCE(r.immutable_id, '') FROM quarantine q
+             JOIN resources r ON r.id = q.resource_id WHERE q.value = ?1",
+        )?;
         let waiters = stmt
-            .query_map(params![v], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+            .query_map(params![v], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })?
             .collect::<crate::db::Result<Vec<_>>>()?;
-        // The longest-waiting object gets it.
-        if let Some((waiter, attr, wanted)) = waiters.into_iter().next()
-            && let Some(stored) = load(conn, None, &waiter)?
+        let next = proto::unique::next_holder(waiters.iter().map(|w| (w.3.as_str(), w)));
+        if let Some((waiter, attr, wanted, _)) = next
+            && let Some(stored) = load(conn, None, waiter)?
         {
             let mut data = stored.data.clone();
             if attr == "userName" {
-                set_user_name(&mut data, &wanted);
+                set_user_name(&mut data, wanted);
             } else {
                 let mut p = proxy_addresses(&data);
                 p.push(wanted.clone());
                 set_proxies(&mut data, p);
             }
             exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1 AND value = ?2", params![waiter, v])?;
+            exec(
+                conn,
+                "UPDATE quarantine SET holder = ?1, reason = ?2 WHERE value = ?3",
+                params![waiter, HoldReason::LowestImmutableId.as_str(), v],
+            )?;
             tracing::info!(object = %waiter, attribute = %attr, value = %wanted, "quarantined value released");
             // Pass the old state with the placeholder so other quarantined values stay wanted.
             let mut old = stored.clone();
             old.data = data.clone();
-            save(conn, stored.kind, &waiter, data, Some(&old), depth + 1)?;
+            save(conn, stored.kind, waiter, data, Some(&old), depth + 1)?;
         }
     }
     Ok(())

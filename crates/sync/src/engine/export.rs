@@ -75,7 +75,15 @@ where
     // in this same run, so references resolve on the first pass. What still
     // waits (reference cycles) gets a second pass at the end.
     observer.stage("export", Some(nodes.len() as u64));
-    let mut levels = dependency_levels(nodes, &exported_ids);
+    let ordering = std::time::Instant::now();
+    let contests = contest_order(&*store, &nodes, &options.rules)?;
+    tracing::debug!(
+        objects = nodes.len(),
+        constraints = contests.len(),
+        seconds = ordering.elapsed().as_secs_f64(),
+        "exports contesting a unique value ordered"
+    );
+    let mut levels = dependency_levels(nodes, &exported_ids, &contests);
     for pass in 0..2 {
         let mut waiting = Vec::new();
         // Up to IN_FLIGHT batches at the target: while the engine records one
@@ -195,17 +203,89 @@ fn prepare<St: SyncStore + ?Sized>(
     Ok(Batch { level, ids: ids.len(), records, plans })
 }
 
+/// The order the tenant's rule for unique values needs ([`proto::unique`]):
+/// of the objects this run exports, those that newly claim a value go in
+/// ascending anchor (immutableId) order, and all of them before any object
+/// that gives the value up. Then a free value goes to the lowest claimant, a
+/// released one to the lowest waiter, whatever order the changes came in —
+/// and after a crash the rest is sent in the same order, so the tenant ends
+/// the same. Returns (later, earlier) pairs of indices into `nodes`.
+///
+/// Keys are kept as 64-bit hashes, so a million objects cost 16 bytes each;
+/// a collision only adds an ordering constraint.
+pub(super) fn contest_order<St: SyncStore + ?Sized>(
+    store: &St,
+    nodes: &[Node],
+    rules: &crate::rules::RuleSet,
+) -> Result<Vec<(usize, usize)>, StoreError> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let hash = |key: &str| {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
+    };
+    // (key hash, node, claims it newly)
+    let mut touches: Vec<(u64, usize, bool)> = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let Some(record) = store.mv_get(&node.id)? else { continue };
+        let wanted = if record.deleted {
+            Vec::new()
+        } else {
+            let view = MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
+            mapping::unique_keys(record.kind, &mapping::desired_resource(&view, None, &[], rules))
+        };
+        let had = store.exported(&node.id)?.map(|(_, r)| mapping::unique_keys(record.kind, &r)).unwrap_or_default();
+        touches.extend(wanted.iter().filter(|k| !had.contains(k)).map(|k| (hash(k), i, true)));
+        touches.extend(had.iter().filter(|k| !wanted.contains(k)).map(|k| (hash(k), i, false)));
+    }
+    touches.sort_unstable();
+    let mut edges = Vec::new();
+    for group in touches.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        let mut claimants = Vec::new();
+        for &(_, i, _) in group.iter().filter(|t| t.2) {
+            if let Some(node) = nodes.get(i)
+                && let Some(record) = store.mv_get(&node.id)?
+            {
+                claimants.push((record.anchor, i));
+            }
+        }
+        claimants.sort();
+        claimants.dedup_by_key(|c| c.1);
+        for pair in claimants.windows(2) {
+            if let [(_, earlier), (_, later)] = pair {
+                edges.push((*later, *earlier));
+            }
+        }
+        if let Some(&(_, last)) = claimants.last() {
+            edges.extend(group.iter().filter(|t| !t.2 && t.1 != last).map(|t| (t.1, last)));
+        }
+    }
+    Ok(edges)
+}
+
 /// Orders records so that each comes after the not-yet-exported records it
-/// refers to (manager, members); a reference cycle is cut where it closes.
-pub(super) fn dependency_levels(records: Vec<Node>, exported: &HashSet<String>) -> Vec<Vec<String>> {
+/// refers to (manager, members) and after what `after` (later, earlier)
+/// puts before it; a cycle is cut where it closes.
+pub(super) fn dependency_levels(
+    records: Vec<Node>,
+    exported: &HashSet<String>,
+    after: &[(usize, usize)],
+) -> Vec<Vec<String>> {
     use std::collections::HashMap;
     let index: HashMap<&str, usize> = records.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
-    let deps: Vec<Vec<usize>> = records
+    let mut deps: Vec<Vec<usize>> = records
         .iter()
         .map(|r| {
             r.refs.iter().filter(|d| !exported.contains(*d)).filter_map(|d| index.get(d.as_str()).copied()).collect()
         })
         .collect();
+    for &(later, earlier) in after {
+        if let Some(d) = deps.get_mut(later)
+            && earlier < records.len()
+        {
+            d.push(earlier);
+        }
+    }
     // Iterative depth-first levels; 0 = no pending dependency.
     let mut level: Vec<Option<usize>> = vec![None; records.len()];
     let mut on_stack = vec![false; records.len()];

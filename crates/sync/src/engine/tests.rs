@@ -159,13 +159,14 @@ fn dependency_levels_put_references_first_and_cut_cycles() {
             node("bob", &["gone-elsewhere"]),
         ],
         &exported,
+        &[],
     );
     let level_of = |id: &str| levels.iter().position(|l| l.iter().any(|x| x == id)).unwrap();
     assert!(level_of("boss") < level_of("ann"));
     assert!(level_of("ann") < level_of("group") && level_of("bob") < level_of("group"));
     assert_eq!(level_of("bob"), 0, "references outside the batch do not wait");
     // A cycle is cut where it closes: both still get a level.
-    let levels = dependency_levels(vec![node("x", &["y"]), node("y", &["x"])], &Default::default());
+    let levels = dependency_levels(vec![node("x", &["y"]), node("y", &["x"])], &Default::default(), &[]);
     assert_eq!(levels.iter().map(Vec::len).sum::<usize>(), 2);
 }
 
@@ -238,4 +239,43 @@ fn a_transaction_dropped_without_commit_leaves_nothing() {
     tx.set_watermark("s", &Watermark("whole".into())).unwrap();
     tx.commit().unwrap();
     assert_eq!(store.watermark("s").unwrap(), Some(Watermark("whole".into())));
+}
+
+/// The tenant keeps a value with its holder and gives a released one to the
+/// lowest immutableId waiting (`proto::unique`): the engine sends the
+/// objects that newly claim a value in ascending immutableId order and before
+/// the object that gives it up, whatever order the source had them in.
+#[test]
+fn claimants_of_one_value_are_sent_lowest_immutable_id_first_and_before_its_holder_lets_go() {
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        let options = CycleOptions::default();
+        let position = |target: &MemoryTarget, id: u8| {
+            let anchor = Anchor::from_bytes(&[id; 16]).immutable_id();
+            target.batches.iter().flatten().collect::<Vec<_>>().iter().rposition(|op| match op {
+                ExportOp::Create { resource, .. } => resource["externalId"] == anchor.as_str(),
+                ExportOp::Patch { id: tenant_id, .. } => target.by_anchor(&anchor).is_some_and(|(t, _)| t == tenant_id),
+                ExportOp::Delete { .. } => false,
+            })
+        };
+        let person = |id: u8, mail: &str| {
+            (id, format!("uid=p{id}"), [("uid", "p".to_string()), ("cn", "p".into()), ("mail", mail.into())])
+        };
+        let add = |source: &mut MemorySource, (id, rdn, attrs): (u8, String, [(&str, String); 3])| {
+            let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            source.add(id, ObjectKind::User, &rdn, &attrs);
+        };
+        add(&mut source, person(1, "shared@example.org"));
+        cycle("s", &mut source, &mut store, &mut target, &options).await;
+        // Three new people want the same address (listed highest anchor
+        // first), the holder gives it up in the same cycle.
+        for id in [9, 5, 3] {
+            add(&mut source, person(id, "shared@example.org"));
+        }
+        add(&mut source, person(1, "holder@example.org"));
+        cycle("s", &mut source, &mut store, &mut target, &options).await;
+        let [three, five, nine, holder] = [3, 5, 9, 1].map(|id| position(&target, id).unwrap());
+        assert!(three < five && five < nine, "ascending immutableId: {three} {five} {nine}");
+        assert!(nine < holder, "the holder lets go after every claimant asked: {nine} {holder}");
+    });
 }
