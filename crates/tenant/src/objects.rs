@@ -286,13 +286,17 @@ pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Pr
     Ok(projection.apply(rt, Value::Object(out)))
 }
 
-fn provisioning_errors(conn: &Connection, id: &str) -> Result<Vec<Value>> {
-    let entries = quarantine_entries(
+/// The values object `id` waits for, the oldest first.
+pub fn quarantine_of(conn: &Connection, id: &str) -> Result<Vec<QuarantineEntry>> {
+    quarantine_entries(
         conn,
         "SELECT resource_id, attr, wanted, holder, since, reason FROM quarantine WHERE resource_id = ?1 ORDER BY since",
         params![id],
-    )?;
-    Ok(entries
+    )
+}
+
+fn provisioning_errors(conn: &Connection, id: &str) -> Result<Vec<Value>> {
+    Ok(quarantine_of(conn, id)?
         .into_iter()
         .map(|e| {
             json!({

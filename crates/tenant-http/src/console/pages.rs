@@ -307,7 +307,7 @@ async fn list(state: Arc<AppState>, admin: Admin, p: Params, kind: Kind) -> Resp
 struct UserDetail {
     user: Stored,
     groups: Vec<(String, String)>,
-    quarantine: Vec<(String, String, String, String)>,
+    quarantine: Vec<proto::hybrid::QuarantineEntry>,
     sign_ins: Vec<signin_log::Entry>,
     locked_until: Option<i64>,
     blocked: bool,
@@ -332,11 +332,7 @@ pub(super) async fn user(
         let mut stmt = conn.prepare_cached(&sql)?;
         let groups =
             stmt.query_map(params![user.id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<tenant::db::Result<_>>()?;
-        let mut stmt =
-            conn.prepare_cached("SELECT attr, wanted, holder, since FROM quarantine WHERE resource_id = ?1")?;
-        let quarantine = stmt
-            .query_map(params![user.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<tenant::db::Result<_>>()?;
+        let quarantine = tenant::objects::quarantine_of(conn, &user.id)?;
         let filter = signin_log::Filter { user_name: Some(name.clone()), ..Default::default() };
         let has_password: Option<i64> = conn
             .query_row("SELECT 1 FROM credentials WHERE resource_id = ?1", params![user.id], |r| r.get(0))
@@ -397,11 +393,15 @@ pub(super) async fn user(
         }
         @if !d.quarantine.is_empty() {
             h2 { "Quarantined values" }
-            p { "These values are held by another object, so this object does not have them (duplicate attribute resiliency)." }
+            p { "These values are held by another object, so this object does not have them (duplicate attribute resiliency). The holder keeps a value; when it lets go, the value goes to the waiting object with the lowest immutableId." }
             div.scroll { table {
-                thead { tr { th scope="col" { "Attribute" } th scope="col" { "Wanted value" } th scope="col" { "Held by" } th scope="col" { "Since" } } }
-                tbody { @for (attr, wanted, holder, since) in &d.quarantine {
-                    tr { td { (attr) } td { (wanted) } td { a href=(format!("/admin/users/{holder}")) { (holder) } } td { (when_text(since)) } }
+                thead { tr { th scope="col" { "Attribute" } th scope="col" { "Wanted value" } th scope="col" { "Held by" } th scope="col" { "Why" } th scope="col" { "Since" } } }
+                tbody { @for e in &d.quarantine {
+                    tr {
+                        td { (e.attribute) } td { (e.value) }
+                        td { a href=(format!("/admin/users/{}", e.holder.id)) { (e.holder.name) } }
+                        td { (e.reason.explain()) } td { (when_text(&e.since)) }
+                    }
                 } }
             } }
         }

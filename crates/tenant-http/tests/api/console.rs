@@ -118,6 +118,17 @@ async fn console_roles_csrf_helpdesk_and_deletions() {
     assert_eq!(console_sign_in(&mut hal, &t, "hal@corp.example.com", PASSWORD).await.status, StatusCode::SEE_OTHER);
     let sam_page = hal.get(&format!("{root}/admin/users/{}", ids["sam"])).await.unwrap();
     assert!(sam_page.body.contains("locked until"), "{}", sam_page.body);
+    // A synchronised twin wanting sam's userName waits; its page says who holds it and why.
+    let twin = t.user("sam@corp.example.com", super::synced("imm-twin")).await;
+    let twin_page = hal.get(&format!("{root}/admin/users/{}", twin["id"].as_str().unwrap())).await.unwrap();
+    let expected = format!("<a href=\"/admin/users/{}\">sam@corp.example.com</a>", ids["sam"]);
+    assert!(
+        twin_page.body.contains("Quarantined values")
+            && twin_page.body.contains(&expected)
+            && twin_page.body.contains("it held the value first, and the holder keeps it"),
+        "{}",
+        twin_page.body
+    );
     let hal_csrf = csrf(&sam_page.body);
     // A forged form without the session's token is refused and audited.
     let forged = hal.post(&format!("{root}/admin/users/{}/unlock", ids["sam"]), &[]).await.unwrap();
