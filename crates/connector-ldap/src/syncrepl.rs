@@ -18,7 +18,16 @@ const SYNC_REFRESH_REQUIRED: u32 = 4096;
 
 /// Takes the current cookie of `base` without reading any entry.
 pub(crate) async fn cookie_only(source: &LdapSource, base: &Dn) -> Result<Vec<u8>, LdapError> {
-    let outcome = run(source, base, MATCH_NOTHING, None, None).await?;
+    let (_, profile) = source.session_profile()?;
+    // 389-ds ties a cookie to the filter of the search that got it (and
+    // asks for a full refresh when a later search's filter differs): there
+    // the cookie comes from the real filter, entries without attributes.
+    let outcome = if profile.kind == crate::settings::ServerKind::Ds389 {
+        let filter = profile.filter.clone();
+        run(source, base, &filter, vec![NO_ATTRIBUTES.to_string()], None, None).await?
+    } else {
+        run(source, base, MATCH_NOTHING, profile.attributes.clone(), None, None).await?
+    };
     outcome.cookie.ok_or(LdapError::Protocol {
         url: source_url(source),
         what: format!("sync response for {base} without a cookie"),
@@ -47,7 +56,8 @@ pub(crate) async fn delta(
             .find(|c| Dn::parse(&c.base).is_ok_and(|b| b == base))
             .ok_or_else(|| LdapError::Watermark(format!("no sync cookie stored for base {base}")))?;
         let cookie = unb64(&stored.cookie)?;
-        let outcome = run(source, &base, &filter, Some(cookie), Some((&mut counts, &mut *sink))).await?;
+        let attributes = profile_attributes(source)?;
+        let outcome = run(source, &base, &filter, attributes, Some(cookie), Some((&mut counts, &mut *sink))).await?;
         if outcome.present_phase {
             tracing::info!(%base, "the server answered with a present phase: objects it did not list are treated as deleted");
             reconcile_within.push(base.clone());
@@ -69,10 +79,18 @@ struct Outcome {
     present_phase: bool,
 }
 
+/// RFC 4511's "no attributes" selector.
+const NO_ATTRIBUTES: &str = "1.1";
+
+fn profile_attributes(source: &LdapSource) -> Result<Vec<String>, LdapError> {
+    Ok(source.session_profile()?.1.attributes.clone())
+}
+
 async fn run(
     source: &LdapSource,
     base: &Dn,
     filter: &str,
+    attributes: Vec<String>,
     cookie: Option<Vec<u8>>,
     mut out: Option<(&mut Counts, &mut (dyn ImportSink + Send))>,
 ) -> Result<Outcome, LdapError> {
@@ -88,7 +106,7 @@ async fn run(
     let mut stream = ldap
         .with_controls(vec![ber::sync_request_control(cookie)])
         .with_timeout(session.operation_timeout)
-        .streaming_search(&base_text, Scope::Subtree, filter, profile.attributes.clone())
+        .streaming_search(&base_text, Scope::Subtree, filter, attributes)
         .await
         .map_err(conn_err)?;
     let mut latest_cookie = None;
@@ -147,7 +165,25 @@ async fn run(
             }
             SyncStateKind::Add | SyncStateKind::Modify => {
                 let raw = ber::parse_entry(re.0).ok_or_else(|| protocol("sync entry"))?;
-                match source.build_object(session, profile, raw).await? {
+                // 389-ds sends sync entries without operational attributes
+                // (nsUniqueId, entryUUID) even when asked: such an entry is
+                // read again by its DN.
+                let has_id = raw.1.iter().any(|(name, _)| name.eq_ignore_ascii_case(&profile.id_attribute));
+                let dn = raw.0.clone();
+                let object = if has_id {
+                    source.build_object(session, profile, raw).await?
+                } else {
+                    source.read_one(&dn).await?
+                };
+                let object = match object {
+                    None if !has_id => {
+                        // Gone or no longer matching since: what was there is deleted.
+                        counts.emit(*sink, SourceChange::Delete { id, dn: Dn::parse(&dn).ok() })?;
+                        continue;
+                    }
+                    other => other,
+                };
+                match object {
                     Some(obj) if source.object_in_scope(&obj.entry.dn) => {
                         counts.emit(*sink, SourceChange::Upsert(obj))?
                     }
@@ -179,7 +215,12 @@ async fn run(
         .and_then(|c| c.1.val.as_deref())
         .and_then(ber::parse_sync_done)
         .unwrap_or((None, false));
-    Ok(Outcome { cookie: done_cookie.or(latest_cookie), present_phase: !refresh_deletes })
+    // 389-ds answers a cookie with the changes since — deletions as ID sets
+    // or delete states — and never lists the unchanged entries, yet leaves
+    // refreshDeletes unset: that is no present phase, and reconciling on it
+    // would delete every unchanged object.
+    let ds389_changes = had_cookie && profile.kind == crate::settings::ServerKind::Ds389;
+    Ok(Outcome { cookie: done_cookie.or(latest_cookie), present_phase: !refresh_deletes && !ds389_changes })
 }
 
 /// Waits for the server to push a change under `base` (refreshAndPersist

@@ -61,3 +61,28 @@ pub fn deletes(changes: &[SourceChange]) -> Vec<&sync::SourceId> {
         })
         .collect()
 }
+
+/// Waits for a push (a generous two minutes) while `change` is made half a
+/// second in: `Some(true)` when the change ended the wait well before its
+/// timeout. `quiet` first checks that a short wait without change times out.
+pub fn push_ends_the_wait(
+    rt: &tokio::runtime::Runtime,
+    source: &mut LdapSource,
+    change: impl FnOnce(),
+) -> Option<bool> {
+    let quiet = rt.block_on(source.wait_for_change(std::time::Duration::from_millis(300))).unwrap();
+    assert_eq!(quiet, Some(false), "nothing changed yet");
+    let long = std::time::Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    let changed = rt.block_on(async {
+        let wait = source.wait_for_change(long);
+        let change = async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            change();
+        };
+        let (changed, ()) = tokio::join!(wait, change);
+        changed
+    });
+    assert!(started.elapsed() < long, "the push woke the wait");
+    changed.unwrap()
+}

@@ -1521,6 +1521,90 @@ mod sync_e2e {
         eprintln!("20 cycles killed while running, in {attempts} attempts");
     }
 
+    /// 389 Directory Server end to end: a full cycle keyed by nsUniqueId with
+    /// password hash sync (389's own {PBKDF2-SHA512} hashes), sign-in with
+    /// the on-premises password, then delta cycles over content
+    /// synchronization with a change, a rename and a deletion — and nothing
+    /// else deleted.
+    #[test]
+    fn ds389_to_tenant_with_password_hash_sync_and_deltas() {
+        let tmp = TempDir::new("ds389-e2e").unwrap();
+        let ldif = tmp.join("sample.ldif");
+        let file = std::fs::File::create(&ldif).unwrap();
+        testkit::openldap_sample(30, 3, 7).unwrap().write(std::io::BufWriter::new(file), false).unwrap();
+        let ds = testkit::Ds389::start(testkit::Ds389Options { ldif: Some(ldif), ..Default::default() }).unwrap();
+        let (_tenant, base, token) = tenant_for_sync(tmp.path(), "example.org");
+        let config = tmp.join("idbridge.toml");
+        let sync = format!("\n[sync]\nstate = \"{}\"\n", p(&tmp.join("state.db")));
+        let text =
+            testkit::sync_config(&ds, "ds", "password_hash_sync = true\n", Some((&base, &tmp.join("token"))), &sync)
+                .unwrap();
+        std::fs::write(&config, text).unwrap();
+        let cycle = || {
+            let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
+            let report = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "{report}");
+            report
+        };
+        let report = cycle();
+        assert_eq!(scim_get(&base, &token, "/Users?count=1")["totalResults"], 30, "{report}");
+        assert_eq!(scim_get(&base, &token, "/Groups?count=1")["totalResults"], 3, "{report}");
+        let users = scim_get(&base, &token, "/Users?count=3");
+        let person = |i: usize| {
+            let u = &users["Resources"][i];
+            (
+                u["userName"].as_str().unwrap().to_string(),
+                u[HYBRID]["onPremisesDistinguishedName"].as_str().unwrap().to_string(),
+            )
+        };
+        let ((name, dn), (_, renamed_dn), (gone_name, gone_dn)) = (person(0), person(1), person(2));
+        let dump = json_lines(&ok(&idbridge(&["source", "dump", "--config", p(&config), "--format", "json"])));
+        let entry = dump.iter().find(|e| e["dn"] == dn.as_str()).unwrap();
+        let unique = entry["attributes"]["nsUniqueId"][0].as_str().unwrap();
+        assert_eq!(
+            users["Resources"][0]["externalId"].as_str().unwrap(),
+            directory::Anchor::from_ns_unique_id(unique).unwrap().immutable_id(),
+            "the sourceAnchor is the nsUniqueId"
+        );
+
+        ds.set_password(&dn, "Sömmer-389-Pass").unwrap();
+        let report = cycle();
+        assert!(report.contains("Delta import") && report.contains("1 passwords"), "{report}");
+        let authorize = public_sign_in_client(&tmp.join("tenant"), &base);
+        signs_in(&authorize, &name, "Sömmer-389-Pass").unwrap();
+        assert!(signs_in(&authorize, &name, "wrong-password").is_err());
+
+        let new_rdn = "uid=renamed-389";
+        ds.modify(&format!(
+            "dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Directrice générale\n-\n\n\
+             dn: {renamed_dn}\nchangetype: modrdn\nnewrdn: {new_rdn}\ndeleteoldrdn: 0\n\n\
+             dn: {gone_dn}\nchangetype: delete\n\n"
+        ))
+        .unwrap();
+        let report = cycle();
+        assert!(report.contains("Delta import") && report.contains("1 deleted"), "{report}");
+        assert_eq!(
+            scim_get(&base, &token, "/Users?count=1")["totalResults"],
+            29,
+            "only the deleted one went: {report}"
+        );
+        let found = scim_get(&base, &token, &format!("/Users?filter=userName%20eq%20%22{name}%22"));
+        assert_eq!(found["Resources"][0]["title"], "Directrice générale", "{found}");
+        let gone = scim_get(&base, &token, &format!("/Users?filter=userName%20eq%20%22{gone_name}%22"));
+        assert_eq!(gone["totalResults"], 0, "{gone}");
+        let moved = scim_get(&base, &token, "/Users?count=100");
+        assert!(
+            moved["Resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|u| u[HYBRID]["onPremisesDistinguishedName"].as_str().is_some_and(|d| d.starts_with(new_rdn))),
+            "the rename reached the tenant"
+        );
+        let quiet = cycle();
+        assert!(quiet.contains("exported 0 created, 0 updated, 0 deleted"), "{quiet}");
+    }
+
     /// People on-premises who want one address: whatever order they are
     /// exported in and wherever a cycle is killed, the tenant gives it to the
     /// lowest immutableId, keeps it with its holder, and on release hands it

@@ -191,12 +191,36 @@ impl TenantNodes {
     }
 }
 
+/// A test directory server a configuration can point at (slapd, 389-ds).
+pub trait LdapServer {
+    fn url(&self) -> &str;
+    fn admin_dn(&self) -> &str;
+    fn base_dn(&self) -> &str;
+    /// The admin password in a file (for `password_file`).
+    fn password_file(&self) -> Result<PathBuf, TestkitError>;
+}
+
+impl LdapServer for Slapd {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn admin_dn(&self) -> &str {
+        Slapd::admin_dn(self)
+    }
+    fn base_dn(&self) -> &str {
+        Slapd::base_dn(self)
+    }
+    fn password_file(&self) -> Result<PathBuf, TestkitError> {
+        Slapd::password_file(self)
+    }
+}
+
 /// An `idbridge.toml` with one LDAP source named `name` reading all of
 /// `slapd` as its admin (with `source_extra`, more keys of the source), a
 /// `[tenant]` when given (SCIM base, token file), and `extra` appended
 /// (more sections, such as `[sync]`).
 pub fn sync_config(
-    slapd: &Slapd,
+    slapd: &impl LdapServer,
     name: &str,
     source_extra: &str,
     tenant: Option<(&str, &Path)>,
@@ -205,7 +229,7 @@ pub fn sync_config(
     let password = slapd.password_file()?;
     let mut text = format!(
         "[[source]]\nname = \"{name}\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"{}\"]\n{source_extra}",
-        slapd.url,
+        slapd.url(),
         slapd.admin_dn(),
         password.display(),
         slapd.base_dn()

@@ -3,6 +3,7 @@
 //! fails and unwinds).
 //!
 //! - [`slapd`]: OpenLDAP with back-mdb and syncprov on a free port.
+//! - [`ds389`]: 389 Directory Server (content synchronization on) in a temp dir.
 //! - [`samba`]: a Samba AD domain controller (LDAP on 127.0.0.1:389).
 //! - [`tls`]: a throwaway CA and server certificate (openssl CLI).
 //! - [`postgres`]: a PostgreSQL 15 cluster on a free port (as the `postgres` user when root).
@@ -14,6 +15,7 @@
 
 pub mod bench;
 pub mod browser;
+pub mod ds389;
 pub mod harness;
 pub mod passkey;
 pub mod postgres;
@@ -24,8 +26,9 @@ pub mod slapd;
 pub mod tls;
 
 pub use browser::{Browser, Page, form_fields};
+pub use ds389::{Ds389, Ds389Options};
 pub use harness::{
-    SyncTenant, TenantNodes, idbridge, latency_summary, ldapsearch_baseline, openldap_sample, sample_user,
+    LdapServer, SyncTenant, TenantNodes, idbridge, latency_summary, ldapsearch_baseline, openldap_sample, sample_user,
     slapd_with_sample, sync_config,
 };
 pub use postgres::Postgres;
