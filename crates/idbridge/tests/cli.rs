@@ -1535,7 +1535,8 @@ mod sync_e2e {
         let ds = testkit::Ds389::start(testkit::Ds389Options { ldif: Some(ldif), ..Default::default() }).unwrap();
         let (_tenant, base, token) = tenant_for_sync(tmp.path(), "example.org");
         let config = tmp.join("idbridge.toml");
-        let sync = format!("\n[sync]\nstate = \"{}\"\n", p(&tmp.join("state.db")));
+        let (state, _pg) = test_state(p(&tmp.join("state.db")));
+        let sync = format!("\n[sync]\n{state}\n");
         let text =
             testkit::sync_config(&ds, "ds", "password_hash_sync = true\n", Some((&base, &tmp.join("token"))), &sync)
                 .unwrap();
