@@ -197,6 +197,33 @@ fn take_challenge(conn: &Connection, token: &str, purpose: Purpose) -> Result<Op
     Ok(found)
 }
 
+/// A ceremony's second half: takes the challenge `token` names (single
+/// use), checks it was begun by `owner` (when the ceremony has one), and
+/// reads its stored state and the browser's bounded answer.
+fn take_ceremony<S, R>(
+    conn: &Connection,
+    token: &str,
+    purpose: Purpose,
+    owner: Option<&str>,
+    response: &str,
+) -> Result<std::result::Result<(S, R), PasskeyError>>
+where
+    S: serde::de::DeserializeOwned,
+    R: serde::de::DeserializeOwned,
+{
+    let Some((began_by, state)) = take_challenge(conn, token, purpose)? else {
+        return Ok(Err(PasskeyError::Expired));
+    };
+    if owner.is_some() && began_by.as_deref() != owner {
+        return Ok(Err(PasskeyError::Expired));
+    }
+    let state: S = from_json(&state)?;
+    let Some(response) = parse_response::<R>(response) else {
+        return Ok(Err(PasskeyError::Malformed));
+    };
+    Ok(Ok((state, response)))
+}
+
 /// A user's passkeys: (method id, credential).
 fn passkeys_of(conn: &Connection, user_id: &str) -> Result<Vec<(String, Passkey)>> {
     let rows: Vec<(String, String)> = conn
@@ -270,16 +297,11 @@ fn register(
     label: &str,
 ) -> Result<std::result::Result<Enrolled, PasskeyError>> {
     let Some(label) = crate::mfa::checked_label(label) else { return Ok(Err(PasskeyError::BadLabel)) };
-    let Some((owner, state)) = take_challenge(conn, token, Purpose::Register)? else {
-        return Ok(Err(PasskeyError::Expired));
-    };
-    if owner.as_deref() != Some(user_id) {
-        return Ok(Err(PasskeyError::Expired));
-    }
-    let state: PasskeyRegistration = from_json(&state)?;
-    let Some(response) = parse_response::<RegisterPublicKeyCredential>(response) else {
-        return Ok(Err(PasskeyError::Malformed));
-    };
+    let (state, response): (PasskeyRegistration, RegisterPublicKeyCredential) =
+        match take_ceremony(conn, token, Purpose::Register, Some(user_id), response)? {
+            Ok(taken) => taken,
+            Err(e) => return Ok(Err(e)),
+        };
     let passkey = match rp.webauthn.finish_passkey_registration(&response, &state) {
         Ok(p) => p,
         Err(e) => return Ok(Err(PasskeyError::Refused { reason: e.to_string() })),
@@ -355,11 +377,11 @@ pub fn finish_sign_in(
     token: &str,
     response: &str,
 ) -> Result<std::result::Result<Used, PasskeyError>> {
-    let Some((_, state)) = take_challenge(conn, token, Purpose::SignIn)? else { return Ok(Err(PasskeyError::Expired)) };
-    let state: DiscoverableAuthentication = from_json(&state)?;
-    let Some(response) = parse_response::<PublicKeyCredential>(response) else {
-        return Ok(Err(PasskeyError::Malformed));
-    };
+    let (state, response): (DiscoverableAuthentication, PublicKeyCredential) =
+        match take_ceremony(conn, token, Purpose::SignIn, None, response)? {
+            Ok(taken) => taken,
+            Err(e) => return Ok(Err(e)),
+        };
     let Ok((handle, credential_id)) = rp.webauthn.identify_discoverable_authentication(&response) else {
         return Ok(Err(PasskeyError::Unknown));
     };
@@ -388,16 +410,11 @@ pub fn finish_second_factor(
     token: &str,
     response: &str,
 ) -> Result<std::result::Result<Used, PasskeyError>> {
-    let Some((owner, state)) = take_challenge(conn, token, Purpose::SecondFactor)? else {
-        return Ok(Err(PasskeyError::Expired));
-    };
-    if owner.as_deref() != Some(user_id) {
-        return Ok(Err(PasskeyError::Expired));
-    }
-    let state: PasskeyAuthentication = from_json(&state)?;
-    let Some(response) = parse_response::<PublicKeyCredential>(response) else {
-        return Ok(Err(PasskeyError::Malformed));
-    };
+    let (state, response): (PasskeyAuthentication, PublicKeyCredential) =
+        match take_ceremony(conn, token, Purpose::SecondFactor, Some(user_id), response)? {
+            Ok(taken) => taken,
+            Err(e) => return Ok(Err(e)),
+        };
     let used = data_encoding::BASE64URL_NOPAD.encode(response.get_credential_id());
     let Some((method_id, mut passkey)) =
         passkeys_of(conn, user_id)?.into_iter().find(|(_, p)| credential_key(p.cred_id()) == used)
