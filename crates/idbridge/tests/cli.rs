@@ -2876,6 +2876,51 @@ mod sync_e2e {
         assert!(ja[enterprise].get("department").is_none(), "{ja}");
     }
 
+    /// A join on a multi-valued metaverse attribute: any of its values
+    /// matches (without regard to case), also for objects projected after
+    /// the first join on it.
+    #[test]
+    fn a_second_source_joins_on_any_value_of_a_multi_valued_attribute() {
+        let lab = lab(3, 1, "rules = [\"rules.toml\"]");
+        std::fs::write(
+            lab.tmp.join("rules.toml"),
+            "[[rule]]\nname = \"every-mail\"\nobjects = [\"user\"]\nprecedence = 150\n\
+             flows = [{ target = \"proxyAddresses\", source = [\"mail\"], multi = true }]\n",
+        )
+        .unwrap();
+        let person = |uid: &str, extra: &str| {
+            format!(
+                "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n{extra}\n"
+            )
+        };
+        lab.slapd.modify(&person("ja", "mail: ja@example.org\nmail: jane.austen@example.org\ntitle: Clerk\n")).unwrap();
+        let hr = Slapd::start(SlapdOptions::default()).unwrap();
+        hr.modify(&person("h1", "mail: Jane.Austen@EXAMPLE.org\ntitle: Novelist\n")).unwrap();
+        add_source(
+            &lab,
+            "hr",
+            &hr,
+            "\n[source.join]\ngroups = [[{ source = \"mail\", metaverse = \"proxyAddresses\" }]]\nauthoritative = [\"jobTitle\"]\n",
+        );
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(find_user(&lab, "ja@example.org")["title"], "Novelist", "joined by the second address");
+        let users = get(&lab, "/Users?count=1")["totalResults"].clone();
+
+        // A person projected after the keys were built joins by any address too.
+        lab.slapd.modify(&person("kb", "mail: kb@example.org\nmail: k.b@example.org\ntitle: Clerk\n")).unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        hr.modify(&person("h2", "mail: K.B@example.org\ntitle: Poet\n")).unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(find_user(&lab, "kb@example.org")["title"], "Poet");
+        assert_eq!(
+            get(&lab, "/Users?count=1")["totalResults"].as_u64().unwrap(),
+            users.as_u64().unwrap() + 1,
+            "joined, never a second object"
+        );
+    }
+
     #[test]
     fn group_scope_syncs_direct_members_and_follows_membership_changes() {
         let lab = lab(20, 3, "");

@@ -104,7 +104,22 @@ INSERT INTO sync_cs_ref_keys(source, id, ref_key)
     ON CONFLICT DO NOTHING;
 DROP TABLE sync_cs_refs;
 CREATE INDEX sync_cs_ref_keys_target ON sync_cs_ref_keys(ref_key, source);
+", "
+-- Join keys: every value (lower case) of each metaverse attribute some
+-- source joins on, so a join on a multi-valued attribute is a lookup; an
+-- attribute's keys are built the first time a join asks for it.
+CREATE TABLE IF NOT EXISTS sync_mv_join_attrs (attr TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS sync_mv_join_keys (attr TEXT NOT NULL, value TEXT NOT NULL, mv_id TEXT NOT NULL, PRIMARY KEY (attr, value, mv_id));
+CREATE INDEX IF NOT EXISTS sync_mv_join_keys_by_mv ON sync_mv_join_keys(mv_id);
 "];
+
+/// The values of `attrs` (JSON text) at key $1, each as text: every element
+/// of an array, or the one string or number.
+const JOIN_VALUES: &str = "jsonb_array_elements_text(CASE jsonb_typeof(m.attrs::jsonb -> $1)
+    WHEN 'array' THEN m.attrs::jsonb -> $1
+    WHEN 'string' THEN jsonb_build_array(m.attrs::jsonb -> $1)
+    WHEN 'number' THEN jsonb_build_array(m.attrs::jsonb -> $1)
+    ELSE '[]'::jsonb END)";
 
 /// The component name under which the schema version is kept.
 const COMPONENT: &str = "sync";
@@ -152,6 +167,9 @@ pub struct PgStore {
     /// The lease this store writes under; without one it only reads.
     fence: Option<Fence>,
     no_joins: Cell<bool>,
+    /// The metaverse attributes whose join keys are kept; read again after
+    /// a rollback (`None`).
+    join_attrs: RefCell<Option<Vec<String>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -173,6 +191,7 @@ impl PgStore {
             in_transaction: false,
             fence: None,
             no_joins: Cell::new(true),
+            join_attrs: RefCell::new(None),
         };
         let any_join = store.query_one("SELECT EXISTS(SELECT 1 FROM sync_joins)", &[])?;
         store.no_joins.set(!any_join.get::<_, bool>(0));
@@ -262,6 +281,37 @@ impl PgStore {
 
     fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
         self.query_opt(sql, params)?.ok_or_else(|| StoreError(format!("no row from {sql}")))
+    }
+
+    /// The metaverse attributes whose join keys are kept.
+    fn join_attributes(&self) -> Result<Vec<String>, StoreError> {
+        if let Some(known) = self.join_attrs.borrow().as_ref() {
+            return Ok(known.clone());
+        }
+        let rows = self.query("SELECT attr FROM sync_mv_join_attrs ORDER BY attr", &[])?;
+        let known: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        *self.join_attrs.borrow_mut() = Some(known.clone());
+        Ok(known)
+    }
+
+    /// Keeps the join keys of metaverse object `mv` in step with its
+    /// attributes (nothing to do while no source joins).
+    fn keep_join_keys(&mut self, mv: &str) -> Result<(), StoreError> {
+        let attrs = self.join_attributes()?;
+        if attrs.is_empty() {
+            return Ok(());
+        }
+        self.write("DELETE FROM sync_mv_join_keys WHERE mv_id = $1", &[&mv])?;
+        for attr in &attrs {
+            self.write(
+                &format!(
+                    "INSERT INTO sync_mv_join_keys(attr, value, mv_id) SELECT $1, lower(v), m.id FROM sync_mv m, {JOIN_VALUES} AS v
+                     WHERE m.id = $2 ON CONFLICT DO NOTHING"
+                ),
+                &[attr, &mv],
+            )?;
+        }
+        Ok(())
     }
 
     fn simple(&self, sql: &str) -> Result<(), StoreError> {
@@ -369,6 +419,7 @@ impl Transactional for PgStore {
             return Ok(());
         }
         self.in_transaction = false;
+        *self.join_attrs.borrow_mut() = None;
         let rolled_back = self.simple("ROLLBACK");
         if rolled_back.is_err() {
             // A broken connection rolled back by itself; never reuse it.
@@ -596,11 +647,14 @@ impl Metaverse for PgStore {
         match existing {
             Some(row) => {
                 let mv: String = row.get(0);
-                self.write(
+                let changed = self.write(
                     "UPDATE sync_mv SET kind = $2, anchor = $3, attrs = $4, manager = $5, members = $6, dn_norm = $7, deleted = false, dirty = true
                      WHERE id = $1 AND (kind != $2 OR anchor != $3 OR attrs != $4 OR manager IS DISTINCT FROM $5 OR members != $6 OR dn_norm != $7 OR deleted)",
                     &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &dn_norm],
                 )?;
+                if changed > 0 {
+                    self.keep_join_keys(&mv)?;
+                }
                 Ok(mv)
             }
             None => {
@@ -613,7 +667,9 @@ impl Metaverse for PgStore {
                      RETURNING id",
                     &[&kind, &p.anchor, &attrs, &manager, &members, &source, &id.0, &dn_norm],
                 )?;
-                Ok(row.get(0))
+                let mv: String = row.get(0);
+                self.keep_join_keys(&mv)?;
+                Ok(mv)
             }
         }
     }
@@ -655,6 +711,7 @@ impl Metaverse for PgStore {
             self.write("UPDATE sync_mv SET deleted = true, dirty = true WHERE id = $1", &[&mv])?;
         } else {
             self.write("DELETE FROM sync_mv WHERE id = $1", &[&mv])?;
+            self.write("DELETE FROM sync_mv_join_keys WHERE mv_id = $1", &[&mv])?;
             self.write("DELETE FROM sync_errors WHERE mv_id = $1", &[&mv])?;
         }
         Ok(())
@@ -668,9 +725,24 @@ impl Metaverse for PgStore {
         value: &str,
     ) -> Result<Vec<String>, StoreError> {
         crate::check_join_attribute(mv_attr)?;
+        if !self.join_attributes()?.iter().any(|a| a == mv_attr) {
+            // First join on this attribute: its keys from every live object, then kept.
+            self.write("INSERT INTO sync_mv_join_attrs(attr) VALUES($1) ON CONFLICT DO NOTHING", &[&mv_attr])?;
+            self.write(
+                &format!(
+                    "INSERT INTO sync_mv_join_keys(attr, value, mv_id) SELECT $1, lower(v), m.id FROM sync_mv m, {JOIN_VALUES} AS v
+                     WHERE NOT m.deleted ON CONFLICT DO NOTHING"
+                ),
+                &[&mv_attr],
+            )?;
+            if let Some(known) = self.join_attrs.borrow_mut().as_mut() {
+                known.push(mv_attr.to_string());
+            }
+        }
         let rows = self.query(
-            "SELECT id FROM sync_mv WHERE lower(attrs::jsonb ->> $4) = lower($1) AND kind = $2 AND NOT deleted AND source != $3",
-            &[&value, &kind_str(kind), &source, &mv_attr],
+            "SELECT m.id FROM sync_mv_join_keys k JOIN sync_mv m ON m.id = k.mv_id
+             WHERE k.attr = $1 AND k.value = lower($2) AND m.kind = $3 AND NOT m.deleted AND m.source != $4",
+            &[&mv_attr, &value, &kind_str(kind), &source],
         )?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -812,7 +884,8 @@ impl ExportLog for PgStore {
         self.write(
             "WITH forgotten AS (DELETE FROM sync_exported WHERE mv_id = $1),
                   cleared AS (DELETE FROM sync_errors WHERE mv_id = $1),
-                  gone AS (DELETE FROM sync_mv WHERE id = $1 AND deleted)
+                  gone AS (DELETE FROM sync_mv WHERE id = $1 AND deleted RETURNING id),
+                  unkeyed AS (DELETE FROM sync_mv_join_keys WHERE mv_id IN (SELECT id FROM gone))
              UPDATE sync_mv SET dirty = true WHERE id = $1 AND NOT deleted",
             &[&mv],
         )?;

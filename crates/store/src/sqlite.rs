@@ -90,8 +90,8 @@ const STATEMENT_CACHE: usize = 128;
 
 /// Metaverse attributes and members are packed (see [`pack`]) like entries
 /// and exported resources: the join indexes on `json_extract(attrs)` could
-/// not read them and are dropped (see [`legacy_join_indexes`]); each is
-/// built again on `unpack_json(attrs)` when a join rule first uses it.
+/// not read them and are dropped (see [`legacy_join_indexes`]); joins look
+/// values up in `mv_join_keys` since version 7.
 const SCHEMA_V5: &str = "SELECT 1;";
 
 /// References keep a 64-bit key of the DN they point at instead of the DN
@@ -103,18 +103,29 @@ DROP TABLE cs_refs;
 CREATE INDEX cs_ref_keys_target ON cs_ref_keys(ref_key, source);
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6];
+/// Join keys: every value (lower case) of each metaverse attribute some
+/// source joins on, so a join on a multi-valued attribute (proxyAddresses)
+/// is a lookup too. An attribute's keys are built the first time a join
+/// asks for it (`mv_join_attrs` lists those), then kept with the metaverse.
+const SCHEMA_V7: &str = "
+CREATE TABLE IF NOT EXISTS mv_join_attrs (attr TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mv_join_keys (attr TEXT NOT NULL, value TEXT NOT NULL, mv_id TEXT NOT NULL, PRIMARY KEY (attr, value, mv_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mv_join_keys_by_mv ON mv_join_keys(mv_id);
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7];
 
 /// A metaverse row as read: kind, anchor, packed attributes, manager,
 /// packed members, deleted.
 type MvRow = (String, String, Vec<u8>, Option<String>, Vec<u8>, bool);
 
-/// `DROP INDEX` for each join index of schema versions before 5.
-fn legacy_join_indexes(conn: &Connection) -> Result<String, StoreError> {
+/// `DROP INDEX` for each metaverse index of an older schema whose name is
+/// like `pattern` (the join indexes of versions before 5 and before 7).
+fn legacy_join_indexes(conn: &Connection, pattern: &str) -> Result<String, StoreError> {
     let mut stmt = conn
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'mv' AND name LIKE 'mv\\_join\\_%' ESCAPE '\\'")
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'mv' AND name LIKE ?1 ESCAPE '\\'")
         .map_err(err)?;
-    let names = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+    let names = stmt.query_map([pattern], |r| r.get::<_, String>(0)).map_err(err)?;
     let mut sql = String::new();
     for name in names {
         let name = name.map_err(err)?;
@@ -147,6 +158,8 @@ pub struct SqliteStore {
     conn: Connection,
     /// No joins exist: exports skip looking for joined contributions.
     no_joins: bool,
+    /// The metaverse attributes whose join keys are kept (`mv_join_attrs`).
+    join_attrs: Vec<String>,
     /// A writer's checkpoints, on a thread of their own.
     _checkpointer: Option<sqlite_wal::Checkpointer>,
     /// Held while this store may write (see [`SqliteStore::open`]).
@@ -280,13 +293,42 @@ impl SqliteStore {
         }
         register_functions(&conn)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let extra = if i + 1 == 5 { legacy_join_indexes(&conn)? } else { String::new() };
+            // Join indexes of older versions: on JSON text (5), one expression index per attribute (7).
+            let extra = match i + 1 {
+                5 => legacy_join_indexes(&conn, "mv\\_join\\_%")?,
+                7 => legacy_join_indexes(&conn, "mv\\_key\\_%")?,
+                _ => String::new(),
+            };
             conn.execute_batch(&format!("BEGIN; {sql} {extra} PRAGMA user_version = {}; COMMIT;", i + 1))
                 .map_err(err)?;
         }
         let any_join: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM joins)", [], |r| r.get(0)).map_err(err)?;
+        let join_attrs = {
+            let mut stmt = conn.prepare("SELECT attr FROM mv_join_attrs ORDER BY attr").map_err(err)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
+        };
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(SqliteStore { conn, no_joins: !any_join, _checkpointer: None, _lock: None })
+        Ok(SqliteStore { conn, no_joins: !any_join, join_attrs, _checkpointer: None, _lock: None })
+    }
+
+    /// Keeps the join keys of metaverse object `mv` in step with its
+    /// attributes (nothing to do while no source joins).
+    fn keep_join_keys(&self, mv: &str) -> Result<(), StoreError> {
+        if self.join_attrs.is_empty() {
+            return Ok(());
+        }
+        self.exec("DELETE FROM mv_join_keys WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        for attr in &self.join_attrs {
+            self.exec(
+                "INSERT OR IGNORE INTO mv_join_keys(attr, value, mv_id)
+                 SELECT ?1, lower(j.value), mv.id FROM mv, json_each(unpack_json(mv.attrs), '$.' || ?1) j
+                 WHERE mv.id = ?2 AND j.type IN ('text', 'integer', 'real')",
+                params![attr, mv],
+            )
+            .map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Runs a statement from the connection's statement cache: the engine
@@ -461,7 +503,14 @@ impl Transactional for SqliteStore {
         if self.conn.is_autocommit() {
             return Ok(());
         }
-        self.conn.execute_batch("ROLLBACK").map_err(err)
+        self.conn.execute_batch("ROLLBACK").map_err(err)?;
+        // Join keys first built in the undone transaction are gone again.
+        let mut stmt = self.conn.prepare_cached("SELECT attr FROM mv_join_attrs ORDER BY attr").map_err(err)?;
+        let attrs = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+        let attrs = attrs.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?;
+        drop(stmt);
+        self.join_attrs = attrs;
+        Ok(())
     }
 }
 
@@ -738,12 +787,16 @@ impl Metaverse for SqliteStore {
             .map_err(err)?;
         match existing {
             Some(mv) => {
-                self.exec(
+                let changed = self
+                    .exec(
                         "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, deleted = 0, dirty = 1
                          WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR deleted = 1)",
                         params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm],
                     )
                     .map_err(err)?;
+                if changed > 0 {
+                    self.keep_join_keys(&mv)?;
+                }
                 Ok(mv)
             }
             None => {
@@ -763,6 +816,7 @@ impl Metaverse for SqliteStore {
                         params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, source, id.0, dn_norm],
                     )
                     .map_err(err)?;
+                self.keep_join_keys(&mv)?;
                 Ok(mv)
             }
         }
@@ -816,6 +870,7 @@ impl Metaverse for SqliteStore {
             self.exec("UPDATE mv SET deleted = 1, dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
         } else {
             self.exec("DELETE FROM mv WHERE id = ?1", params![mv]).map_err(err)?;
+            self.exec("DELETE FROM mv_join_keys WHERE mv_id = ?1", params![mv]).map_err(err)?;
             self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         }
         Ok(())
@@ -829,19 +884,27 @@ impl Metaverse for SqliteStore {
         value: &str,
     ) -> Result<Vec<String>, StoreError> {
         crate::check_join_attribute(mv_attr)?;
-        // An expression index per join attribute keeps a join a lookup, not a scan.
-        self.conn
-            .execute_batch(&format!(
-                "CREATE INDEX IF NOT EXISTS mv_key_{mv_attr} ON mv(lower(json_extract(unpack_json(attrs), '$.{mv_attr}')))"
-            ))
+        if !self.join_attrs.iter().any(|a| a == mv_attr) {
+            // First join on this attribute: its keys from every live object, then kept.
+            self.exec("INSERT OR IGNORE INTO mv_join_attrs(attr) VALUES(?1)", params![mv_attr]).map_err(err)?;
+            self.exec(
+                "INSERT OR IGNORE INTO mv_join_keys(attr, value, mv_id)
+                 SELECT ?1, lower(j.value), mv.id FROM mv, json_each(unpack_json(mv.attrs), '$.' || ?1) j
+                 WHERE mv.deleted = 0 AND j.type IN ('text', 'integer', 'real')",
+                params![mv_attr],
+            )
             .map_err(err)?;
+            self.join_attrs.push(mv_attr.to_string());
+        }
         let mut stmt = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT id FROM mv WHERE lower(json_extract(unpack_json(attrs), '$.{mv_attr}')) = lower(?1) AND kind = ?2 AND deleted = 0 AND source != ?3"
-            ))
+            .prepare_cached(
+                "SELECT mv.id FROM mv_join_keys k CROSS JOIN mv ON mv.id = k.mv_id
+                 WHERE k.attr = ?1 AND k.value = lower(?2) AND mv.kind = ?3 AND mv.deleted = 0 AND mv.source != ?4",
+            )
             .map_err(err)?;
-        let rows = stmt.query_map(params![value, kind_str(kind), source], |r| r.get::<_, String>(0)).map_err(err)?;
+        let rows =
+            stmt.query_map(params![mv_attr, value, kind_str(kind), source], |r| r.get::<_, String>(0)).map_err(err)?;
         rows.map(|r| r.map_err(err)).collect()
     }
 
@@ -1002,6 +1065,11 @@ impl ExportLog for SqliteStore {
         self.exec("DELETE FROM exported WHERE mv_id = ?1", params![mv]).map_err(err)?;
         self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         self.exec("DELETE FROM mv WHERE id = ?1 AND deleted = 1", params![mv]).map_err(err)?;
+        self.exec(
+            "DELETE FROM mv_join_keys WHERE mv_id = ?1 AND NOT EXISTS(SELECT 1 FROM mv WHERE id = ?1)",
+            params![mv],
+        )
+        .map_err(err)?;
         self.exec("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
         Ok(())
     }

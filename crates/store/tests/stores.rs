@@ -516,3 +516,58 @@ fn records_written_before_compression_are_read_on_postgres() {
         pg.psql("SELECT octet_length(entry) FROM sync_cs WHERE id = '\\x01'").unwrap().trim().parse().unwrap()
     });
 }
+
+/// Joins on a multi-valued metaverse attribute (any value matches, without
+/// regard to case), kept in step as objects change, on both stores; keys
+/// first built in a transaction that is rolled back are built again.
+fn multi_valued_join_keys(store: &mut dyn StateStore) {
+    use directory::ObjectKind::User;
+    let project = |store: &mut dyn StateStore, id: u8, attrs: Json| {
+        let projection = sync::mapping::Projection {
+            kind: User,
+            anchor: format!("anchor-{id}"),
+            attrs: attrs.as_object().unwrap().clone(),
+            manager: None,
+            members: Vec::new(),
+        };
+        store.mv_project("ad", &sync::SourceId(vec![id]), &projection, None, Vec::new()).unwrap()
+    };
+    store.begin().unwrap();
+    let ann =
+        project(store, 1, serde_json::json!({"proxyAddresses": ["SMTP:Ann@example.org", "smtp:Änne.B@example.org"]}));
+    let found = |store: &mut dyn StateStore, from: &str, attr: &str, value: &str| {
+        store.join_candidates(from, User, attr, value).unwrap()
+    };
+    assert_eq!(found(store, "hr", "proxyAddresses", "smtp:ann@EXAMPLE.org"), vec![ann.clone()]);
+    assert_eq!(found(store, "hr", "proxyAddresses", "smtp:Änne.B@example.org"), vec![ann.clone()]);
+    assert!(found(store, "ad", "proxyAddresses", "smtp:ann@example.org").is_empty(), "never its own source");
+    // Kept in step: a value removed no longer joins; a new object joins by its value.
+    project(store, 1, serde_json::json!({"proxyAddresses": ["SMTP:Ann@example.org"]}));
+    assert!(found(store, "hr", "proxyAddresses", "smtp:Änne.B@example.org").is_empty());
+    let bob =
+        project(store, 2, serde_json::json!({"proxyAddresses": ["SMTP:bob@example.org"], "mail": "Bob@example.org"}));
+    assert_eq!(found(store, "hr", "proxyAddresses", "smtp:bob@example.org"), vec![bob.clone()]);
+    store.commit().unwrap();
+    // The keys of "mail" are first built in a transaction that is undone.
+    store.begin().unwrap();
+    assert_eq!(found(store, "hr", "mail", "bob@example.org"), vec![bob.clone()]);
+    store.rollback().unwrap();
+    store.begin().unwrap();
+    let cy = project(store, 3, serde_json::json!({"mail": "cy@example.org"}));
+    assert_eq!(found(store, "hr", "mail", "CY@example.org"), [cy]);
+    assert_eq!(found(store, "hr", "mail", "bob@example.org"), [bob]);
+    store.commit().unwrap();
+}
+
+#[test]
+fn multi_valued_joins_on_sqlite() {
+    let tmp = TempDir::new("join-keys").unwrap();
+    multi_valued_join_keys(&mut SqliteStore::open(&tmp.join("sync.db")).unwrap());
+}
+
+#[test]
+fn multi_valued_joins_on_postgres() {
+    let pg = Postgres::start().unwrap();
+    let (mut store, _lease) = pg_writer(&pg, "test");
+    multi_valued_join_keys(&mut store);
+}

@@ -385,7 +385,13 @@ impl Metaverse for MemoryStore {
             .values()
             .filter(|row| row.source != source && row.record.kind == kind && !row.record.deleted)
             .filter(|row| {
-                row.record.attrs.get(mv_attr).and_then(Json::as_str).is_some_and(|v| v.to_lowercase() == wanted)
+                // A multi-valued attribute joins on any of its values.
+                let values = match row.record.attrs.get(mv_attr) {
+                    Some(Json::Array(items)) => items.iter().collect(),
+                    Some(one) => vec![one],
+                    None => Vec::new(),
+                };
+                values.into_iter().filter_map(Json::as_str).any(|v| v.to_lowercase() == wanted)
             })
             .map(|row| row.record.id.clone())
             .collect())
