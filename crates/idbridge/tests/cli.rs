@@ -2876,6 +2876,59 @@ mod sync_e2e {
         assert!(ja[enterprise].get("department").is_none(), "{ja}");
     }
 
+    /// Precedence across sources per rule: a rule limited to the HR source
+    /// with a lower precedence gives the title over the first directory's
+    /// (no `authoritative` list needed); where the rules tie, the projecting
+    /// directory's value stays; a rule naming an unknown source is refused.
+    #[test]
+    fn a_lower_precedence_rule_of_a_joined_source_wins_per_attribute() {
+        let lab = lab(3, 1, "rules = [\"rules.toml\"]");
+        let rules = |source: &str| {
+            format!(
+                "[[rule]]\nname = \"hr-title\"\nobjects = [\"user\"]\nsources = [\"{source}\"]\nprecedence = 50\n\
+                 flows = [{{ target = \"jobTitle\", source = [\"title\"] }}]\n"
+            )
+        };
+        std::fs::write(lab.tmp.join("rules.toml"), rules("human-resources")).unwrap();
+        let person = |uid: &str, extra: &str| {
+            format!(
+                "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n{extra}\n"
+            )
+        };
+        lab.slapd
+            .modify(&person("ja", "mail: ja@example.org\ntitle: Clerk\ndepartmentNumber: Front office\n"))
+            .unwrap();
+        let hr = Slapd::start(SlapdOptions::default()).unwrap();
+        hr.modify(&person("h1", "mail: ja@example.org\ntitle: Novelist\ndepartmentNumber: Letters\nl: Bath\n"))
+            .unwrap();
+        add_source(&lab, "hr", &hr, "\n[source.join]\ngroups = [[{ source = \"mail\", metaverse = \"mail\" }]]\n");
+        let out = sync_once(&lab, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && stderr.contains("rule \"hr-title\"") && stderr.contains("\"human-resources\""),
+            "an unknown source in a rule is refused by name: {stderr}"
+        );
+        std::fs::write(lab.tmp.join("rules.toml"), rules("hr")).unwrap();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let ja = find_user(&lab, "ja@example.org");
+        let enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+        assert_eq!(ja["title"], "Novelist", "HR's rule (precedence 50) beats the built-in one (200): {ja}");
+        assert_eq!(ja[enterprise]["department"], "Front office", "equal precedence: the projecting value stays");
+        assert_eq!(ja["addresses"][0]["locality"], "Bath", "a gap filled by HR: {ja}");
+        let explained = ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), "ja@example.org"]));
+        assert!(explained.contains("(joined, precedence 50 over 200)"), "{explained}");
+
+        // The HR record changes: its rule still wins; it goes: the directory's own title is back.
+        hr.modify("dn: uid=h1,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: title\ntitle: Poet\n-\n\n")
+            .unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        assert_eq!(find_user(&lab, "ja@example.org")["title"], "Poet");
+        hr.modify("dn: uid=h1,ou=people,dc=example,dc=org\nchangetype: delete\n\n").unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        assert_eq!(find_user(&lab, "ja@example.org")["title"], "Clerk");
+    }
+
     /// A join on a multi-valued metaverse attribute: any of its values
     /// matches (without regard to case), also for objects projected after
     /// the first join on it.

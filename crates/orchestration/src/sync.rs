@@ -40,6 +40,17 @@ pub fn load_rules(config: &Config) -> Result<(RuleSet, String)> {
         files.push((path.display().to_string(), text));
     }
     let set = RuleSet::load(&files)?;
+    let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+    for rule in set.rules() {
+        if let Some(unknown) = rule.sources.iter().find(|s| !names.contains(&s.as_str())) {
+            return Err(Error::Refused(format!(
+                "{}: rule {:?}: sources names {unknown:?}, which is no [[source]] of this configuration (there are: {})",
+                rule.file,
+                rule.name,
+                names.join(", ")
+            )));
+        }
+    }
     let fingerprint = files.iter().map(|(n, t)| format!("{n}\n{t}")).collect::<Vec<_>>().join("\n--\n");
     Ok((set, fingerprint))
 }
@@ -653,16 +664,22 @@ pub fn explain_in(store: &dyn StateStore, rules: &RuleSet, key: &str) -> Result<
         return Err(Error::Refused(format!("the source object of {key:?} is no longer in the connector space")));
     };
     let flavor = store.flavor(&source)?.unwrap_or(Flavor::Ldap);
-    let (projection, mut origins) = sync::mapping::project_explained(flavor, &obj, rules);
+    let (projection, mut origins) = sync::mapping::project_explained(flavor, &source, &obj, rules);
     let mut joined = Vec::new();
+    // The store's merge, replayed to say which joined object gave what and why.
+    let (mut merged, mut precedence) = (projection.attrs.clone(), projection.precedence.clone());
     for join in store.joined(&mv)? {
         let dn = store.cs_get(&join.source, &join.id)?.map(|(o, _)| o.entry.dn.to_string()).unwrap_or_default();
-        for key in join.attrs.keys() {
-            let authoritative = join.authoritative.contains(key);
-            if authoritative || !projection.attrs.contains_key(key) {
-                origins.retain(|o| &o.attribute != key);
-                origins.push(sync::rules::Origin::joined(key, &join.source, &dn, authoritative));
-            }
+        let taken = sync::mapping::merge_joined(
+            &mut merged,
+            &mut precedence,
+            join.attrs,
+            &join.precedence,
+            &join.authoritative,
+        );
+        for (key, win) in taken {
+            origins.retain(|o| o.attribute != key);
+            origins.push(sync::rules::Origin::joined(&key, &join.source, &dn, win));
         }
         joined.push((dn, join.source));
     }

@@ -50,8 +50,11 @@ pub struct JoinedRow {
     pub source: String,
     pub id: SourceId,
     pub attrs: serde_json::Map<String, Json>,
+    pub precedence: Precedences,
     pub authoritative: Vec<String>,
 }
+
+use sync::rules::Precedences;
 
 /// One stored error (per-object error queue).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,21 +197,30 @@ fn dn_key(key: &str) -> String {
     Dn::parse(key).map(|d| d.normalized()).unwrap_or_default()
 }
 
-/// Adds what one joined source object contributes (stored as JSON):
-/// attributes the projecting source lacks, and those it is authoritative for.
+/// Adds what one joined source object contributes (stored as JSON: its
+/// attributes, the precedence behind each, the attributes its source is
+/// authoritative for), by [`sync::mapping::merge_joined`].
 fn merge_contribution(
     attrs: &mut serde_json::Map<String, Json>,
+    precedence: &mut Precedences,
     joined: &str,
+    joined_precedence: &str,
     authoritative: &str,
 ) -> Result<(), StoreError> {
     let Json::Object(joined) = serde_json::from_str(joined).map_err(err)? else { return Ok(()) };
+    let joined_precedence: Precedences = serde_json::from_str(joined_precedence).map_err(err)?;
     let authoritative: Vec<String> = serde_json::from_str(authoritative).map_err(err)?;
-    for (k, v) in joined {
-        if authoritative.contains(&k) || !attrs.contains_key(&k) {
-            attrs.insert(k, v);
-        }
-    }
+    sync::mapping::merge_joined(attrs, precedence, joined, &joined_precedence, &authoritative);
     Ok(())
+}
+
+/// Precedences as stored (JSON text; `{}` for rows written before there were any).
+fn precedence_text(precedence: &Precedences) -> String {
+    serde_json::to_string(precedence).unwrap_or_else(|_| "{}".into())
+}
+
+fn precedence_from(text: &str) -> Result<Precedences, StoreError> {
+    serde_json::from_str(text).map_err(err)
 }
 
 /// A projection as stored: attributes and sorted members as JSON text,

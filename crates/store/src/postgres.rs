@@ -111,6 +111,12 @@ CREATE INDEX sync_cs_ref_keys_target ON sync_cs_ref_keys(ref_key, source);
 CREATE TABLE IF NOT EXISTS sync_mv_join_attrs (attr TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS sync_mv_join_keys (attr TEXT NOT NULL, value TEXT NOT NULL, mv_id TEXT NOT NULL, PRIMARY KEY (attr, value, mv_id));
 CREATE INDEX IF NOT EXISTS sync_mv_join_keys_by_mv ON sync_mv_join_keys(mv_id);
+", "
+-- The precedence of the rule behind each attribute, of the projecting object
+-- and of each joined one; every source's next cycle is a full one.
+ALTER TABLE sync_mv ADD COLUMN IF NOT EXISTS precedence TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE sync_joins ADD COLUMN IF NOT EXISTS precedence TEXT NOT NULL DEFAULT '{}';
+UPDATE sync_sources SET config_hash = NULL;
 "];
 
 /// The values of `attrs` (JSON text) at key $1, each as text: every element
@@ -348,10 +354,18 @@ impl PgStore {
         if self.no_joins.get() {
             return Ok(());
         }
-        for row in
-            self.query("SELECT attrs, authoritative FROM sync_joins WHERE mv_id = $1 ORDER BY source, cs_id", &[&mv])?
-        {
-            crate::merge_contribution(attrs, row.get(0), row.get(1))?;
+        let rows = self.query(
+            "SELECT j.attrs, j.precedence, j.authoritative, m.precedence FROM sync_joins j JOIN sync_mv m ON m.id = j.mv_id
+             WHERE j.mv_id = $1 ORDER BY j.source, j.cs_id",
+            &[&mv],
+        )?;
+        let mut precedence = None;
+        for row in rows {
+            let precedence = match &mut precedence {
+                Some(p) => p,
+                None => precedence.insert(crate::precedence_from(row.get(3))?),
+            };
+            crate::merge_contribution(attrs, precedence, row.get(0), row.get(1), row.get(2))?;
         }
         Ok(())
     }
@@ -642,15 +656,18 @@ impl Metaverse for PgStore {
         mut members: Vec<String>,
     ) -> Result<String, StoreError> {
         let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
+        let precedence = crate::precedence_text(&p.precedence);
         let existing = self.query_opt("SELECT id FROM sync_mv WHERE source = $1 AND cs_id = $2", &[&source, &id.0])?;
         let kind = kind_str(p.kind);
         match existing {
             Some(row) => {
                 let mv: String = row.get(0);
                 let changed = self.write(
-                    "UPDATE sync_mv SET kind = $2, anchor = $3, attrs = $4, manager = $5, members = $6, dn_norm = $7, deleted = false, dirty = true
-                     WHERE id = $1 AND (kind != $2 OR anchor != $3 OR attrs != $4 OR manager IS DISTINCT FROM $5 OR members != $6 OR dn_norm != $7 OR deleted)",
-                    &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &dn_norm],
+                    "UPDATE sync_mv SET kind = $2, anchor = $3, attrs = $4, manager = $5, members = $6, dn_norm = $7, precedence = $8,
+                       deleted = false, dirty = true
+                     WHERE id = $1 AND (kind != $2 OR anchor != $3 OR attrs != $4 OR manager IS DISTINCT FROM $5 OR members != $6
+                       OR dn_norm != $7 OR precedence != $8 OR deleted)",
+                    &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &dn_norm, &precedence],
                 )?;
                 if changed > 0 {
                     self.keep_join_keys(&mv)?;
@@ -662,10 +679,10 @@ impl Metaverse for PgStore {
                     return Err(StoreError("a projection is written inside a transaction".into()));
                 }
                 let row = self.query_one(
-                    "INSERT INTO sync_mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm)
-                     VALUES(replace(gen_random_uuid()::text, '-', ''), $1, $2, $3, $4, $5, false, true, $6, $7, $8)
+                    "INSERT INTO sync_mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm, precedence)
+                     VALUES(replace(gen_random_uuid()::text, '-', ''), $1, $2, $3, $4, $5, false, true, $6, $7, $8, $9)
                      RETURNING id",
-                    &[&kind, &p.anchor, &attrs, &manager, &members, &source, &id.0, &dn_norm],
+                    &[&kind, &p.anchor, &attrs, &manager, &members, &source, &id.0, &dn_norm, &precedence],
                 )?;
                 let mv: String = row.get(0);
                 self.keep_join_keys(&mv)?;
@@ -758,16 +775,20 @@ impl Metaverse for PgStore {
         id: &SourceId,
         mv: &str,
         attrs: &serde_json::Map<String, Json>,
+        precedence: &sync::rules::Precedences,
         authoritative: &[String],
     ) -> Result<(), StoreError> {
         self.no_joins.set(false);
         let attrs = Json::Object(attrs.clone()).to_string();
         let authoritative = json!(authoritative).to_string();
+        let precedence = crate::precedence_text(precedence);
         let changed = self.write(
-            "INSERT INTO sync_joins(source, cs_id, mv_id, attrs, authoritative) VALUES($1, $2, $3, $4, $5)
-             ON CONFLICT (source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs, authoritative = excluded.authoritative
-             WHERE sync_joins.mv_id != excluded.mv_id OR sync_joins.attrs != excluded.attrs OR sync_joins.authoritative != excluded.authoritative",
-            &[&source, &id.0, &mv, &attrs, &authoritative],
+            "INSERT INTO sync_joins(source, cs_id, mv_id, attrs, authoritative, precedence) VALUES($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs,
+               authoritative = excluded.authoritative, precedence = excluded.precedence
+             WHERE sync_joins.mv_id != excluded.mv_id OR sync_joins.attrs != excluded.attrs
+               OR sync_joins.authoritative != excluded.authoritative OR sync_joins.precedence != excluded.precedence",
+            &[&source, &id.0, &mv, &attrs, &authoritative, &precedence],
         )?;
         if changed > 0 {
             self.write("UPDATE sync_mv SET dirty = true WHERE id = $1", &[&mv])?;
@@ -983,7 +1004,7 @@ impl History for PgStore {
 
     fn joined(&self, mv: &str) -> Result<Vec<JoinedRow>, StoreError> {
         let rows = self.query(
-            "SELECT source, cs_id, attrs, authoritative FROM sync_joins WHERE mv_id = $1 ORDER BY source, cs_id",
+            "SELECT source, cs_id, attrs, authoritative, precedence FROM sync_joins WHERE mv_id = $1 ORDER BY source, cs_id",
             &[&mv],
         )?;
         let mut out = Vec::new();
@@ -996,6 +1017,7 @@ impl History for PgStore {
                 source: r.get(0),
                 id: id_of(&r, 1),
                 attrs,
+                precedence: crate::precedence_from(r.get(4))?,
                 authoritative: serde_json::from_str(r.get(3)).map_err(err)?,
             });
         }

@@ -113,7 +113,16 @@ CREATE TABLE IF NOT EXISTS mv_join_keys (attr TEXT NOT NULL, value TEXT NOT NULL
 CREATE INDEX IF NOT EXISTS mv_join_keys_by_mv ON mv_join_keys(mv_id);
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7];
+/// The precedence of the rule behind each attribute, of the projecting
+/// object and of each joined one (precedence across sources). Every source's
+/// next cycle is a full one, so every object gets its precedences.
+const SCHEMA_V8: &str = "
+ALTER TABLE mv ADD COLUMN precedence TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE joins ADD COLUMN precedence TEXT NOT NULL DEFAULT '{}';
+UPDATE sources SET config_hash = NULL;
+";
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8];
 
 /// A metaverse row as read: kind, anchor, packed attributes, manager,
 /// packed members, deleted.
@@ -355,13 +364,24 @@ impl SqliteStore {
         }
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT attrs, authoritative FROM joins WHERE mv_id = ?1 ORDER BY source, cs_id")
+            .prepare_cached(
+                "SELECT j.attrs, j.precedence, j.authoritative, m.precedence FROM joins j JOIN mv m ON m.id = j.mv_id
+                 WHERE j.mv_id = ?1 ORDER BY j.source, j.cs_id",
+            )
             .map_err(err)?;
-        let rows =
-            stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+        let rows = stmt
+            .query_map(params![mv], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })
+            .map_err(err)?;
+        let mut precedence = None;
         for row in rows {
-            let (joined, authoritative) = row.map_err(err)?;
-            crate::merge_contribution(attrs, &joined, &authoritative)?;
+            let (joined, joined_precedence, authoritative, projected) = row.map_err(err)?;
+            let precedence = match &mut precedence {
+                Some(p) => p,
+                None => precedence.insert(crate::precedence_from(&projected)?),
+            };
+            crate::merge_contribution(attrs, precedence, &joined, &joined_precedence, &authoritative)?;
         }
         Ok(())
     }
@@ -372,16 +392,25 @@ impl History for SqliteStore {
     fn joined(&self, mv: &str) -> Result<Vec<JoinedRow>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT source, cs_id, attrs, authoritative FROM joins WHERE mv_id = ?1 ORDER BY source, cs_id")
+            .prepare(
+                "SELECT source, cs_id, attrs, authoritative, precedence FROM joins WHERE mv_id = ?1 ORDER BY source, cs_id",
+            )
             .map_err(err)?;
         let rows = stmt
             .query_map(params![mv], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
             })
             .map_err(err)?;
         let mut out = Vec::new();
         for row in rows {
-            let (source, id, attrs, authoritative) = row.map_err(err)?;
+            let (source, id, attrs, authoritative, precedence) = row.map_err(err)?;
+            let precedence = crate::precedence_from(&precedence)?;
             let attrs = match serde_json::from_str(&attrs).map_err(err)? {
                 Json::Object(m) => m,
                 _ => serde_json::Map::new(),
@@ -390,6 +419,7 @@ impl History for SqliteStore {
                 source,
                 id: SourceId(id),
                 attrs,
+                precedence,
                 authoritative: serde_json::from_str(&authoritative).map_err(err)?,
             });
         }
@@ -781,6 +811,7 @@ impl Metaverse for SqliteStore {
     ) -> Result<String, StoreError> {
         let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
         let (attrs, members) = (pack::pack(&attrs)?, pack::pack(&members)?);
+        let precedence = crate::precedence_text(&p.precedence);
         let existing: Option<String> = self
             .query_one("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
             .optional()
@@ -789,9 +820,9 @@ impl Metaverse for SqliteStore {
             Some(mv) => {
                 let changed = self
                     .exec(
-                        "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, deleted = 0, dirty = 1
-                         WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR deleted = 1)",
-                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm],
+                        "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, precedence = ?8, deleted = 0, dirty = 1
+                         WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR precedence != ?8 OR deleted = 1)",
+                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm, precedence],
                     )
                     .map_err(err)?;
                 if changed > 0 {
@@ -812,8 +843,8 @@ impl Metaverse for SqliteStore {
                     )
                     .map_err(err)?;
                 self.exec(
-                        "INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 1, ?7, ?8, ?9)",
-                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, source, id.0, dn_norm],
+                        "INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm, precedence) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 1, ?7, ?8, ?9, ?10)",
+                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, source, id.0, dn_norm, precedence],
                     )
                     .map_err(err)?;
                 self.keep_join_keys(&mv)?;
@@ -920,16 +951,20 @@ impl Metaverse for SqliteStore {
         id: &SourceId,
         mv: &str,
         attrs: &serde_json::Map<String, Json>,
+        precedence: &sync::rules::Precedences,
         authoritative: &[String],
     ) -> Result<(), StoreError> {
         self.no_joins = false;
         let attrs = Json::Object(attrs.clone()).to_string();
         let authoritative = json!(authoritative).to_string();
+        let precedence = crate::precedence_text(precedence);
         let changed = self.exec(
-                "INSERT INTO joins(source, cs_id, mv_id, attrs, authoritative) VALUES(?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs, authoritative = excluded.authoritative
-                 WHERE joins.mv_id != excluded.mv_id OR joins.attrs != excluded.attrs OR joins.authoritative != excluded.authoritative",
-                params![source, id.0, mv, attrs, authoritative],
+                "INSERT INTO joins(source, cs_id, mv_id, attrs, authoritative, precedence) VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs,
+                   authoritative = excluded.authoritative, precedence = excluded.precedence
+                 WHERE joins.mv_id != excluded.mv_id OR joins.attrs != excluded.attrs OR joins.authoritative != excluded.authoritative
+                   OR joins.precedence != excluded.precedence",
+                params![source, id.0, mv, attrs, authoritative, precedence],
             )
             .map_err(err)?;
         if changed > 0 {

@@ -470,7 +470,9 @@ fn records_written_before_compression_are_read_on_sqlite() {
     raw.execute("INSERT INTO exported(mv_id, tenant_id, resource) VALUES('m1', 't1', ?1)", [OLD_RESOURCE]).unwrap();
     // A metaverse object and a join index as schema version 4 kept them.
     raw.execute_batch(
-        r#"INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm)
+        r#"ALTER TABLE mv DROP COLUMN precedence;
+           ALTER TABLE joins DROP COLUMN precedence;
+           INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm)
              VALUES('m1', 'user', 'AQ==', '{"mail":"Zoë@Example.org","displayName":"Zoë Ångström"}', NULL, '[]', 0, 0, 'lab', x'01', 'uid=zoë,ou=people,dc=example,dc=org');
            CREATE INDEX mv_join_mail ON mv(lower(json_extract(attrs, '$.mail')));
            DROP TABLE cs_ref_keys;
@@ -527,6 +529,7 @@ fn multi_valued_join_keys(store: &mut dyn StateStore) {
             kind: User,
             anchor: format!("anchor-{id}"),
             attrs: attrs.as_object().unwrap().clone(),
+            precedence: Default::default(),
             manager: None,
             members: Vec::new(),
         };

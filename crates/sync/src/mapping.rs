@@ -26,6 +26,10 @@ pub struct Projection {
     /// The immutableId.
     pub anchor: String,
     pub attrs: Map<String, Json>,
+    /// The precedence of the rule behind each attribute (see
+    /// [`crate::rules::Precedences`]): how it fares against another source's
+    /// value for the same metaverse object.
+    pub precedence: crate::rules::Precedences,
     /// DN-valued references, resolved to metaverse objects by the engine.
     pub manager: Option<Dn>,
     pub members: Vec<Dn>,
@@ -81,16 +85,85 @@ fn user_name(flavor: Flavor, e: &Entry, domain: &str) -> Option<String> {
     }
 }
 
-/// Inbound sync of one in-scope object.
-pub fn project(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> Projection {
-    project_noting(flavor, obj, rules, None)
+/// Why a joined object's value for an attribute was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinedWin {
+    /// Its source is authoritative for the attribute (`[source.join] authoritative`).
+    Authoritative,
+    /// The rule that gave it has a lower precedence than what gave the value before.
+    Precedence { joined: i32, before: Option<i32> },
+    /// Nothing gave the attribute a value before.
+    Gap,
+}
+
+/// Merges one joined object's contribution into a metaverse object's
+/// attributes, per attribute: an authoritative source's value is taken; a
+/// value is taken where there was none (unless a rule of lower precedence
+/// settled the attribute empty with `AuthoritativeNull`); over an existing
+/// value, the value whose rule has the lower precedence wins — on a tie,
+/// or against a value the engine computed itself, the value already there
+/// stays. `precedence` follows what was taken, so several joined objects
+/// compete the same way. Returns what was taken and why.
+pub fn merge_joined(
+    attrs: &mut Map<String, Json>,
+    precedence: &mut crate::rules::Precedences,
+    joined: Map<String, Json>,
+    joined_precedence: &crate::rules::Precedences,
+    authoritative: &[String],
+) -> Vec<(String, JoinedWin)> {
+    let mut taken = Vec::new();
+    for (k, v) in joined {
+        let theirs = joined_precedence.get(&k).copied();
+        let ours = precedence.get(&k).copied();
+        let lower = |a: Option<i32>, b: Option<i32>| match (a, b) {
+            (Some(a), Some(b)) => a < b,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let win = if authoritative.contains(&k) {
+            Some(JoinedWin::Authoritative)
+        } else if !attrs.contains_key(&k) {
+            match ours {
+                // Settled empty by AuthoritativeNull: only a lower precedence overrides it.
+                Some(before) if !lower(theirs, Some(before)) => None,
+                Some(before) => theirs.map(|joined| JoinedWin::Precedence { joined, before: Some(before) }),
+                None => Some(JoinedWin::Gap),
+            }
+        } else if lower(theirs, ours) {
+            theirs.map(|joined| JoinedWin::Precedence { joined, before: ours })
+        } else {
+            None
+        };
+        if let Some(win) = win {
+            match win {
+                JoinedWin::Authoritative => precedence.insert(k.clone(), i32::MIN),
+                _ => match theirs {
+                    Some(p) => precedence.insert(k.clone(), p),
+                    None => precedence.remove(&k),
+                },
+            };
+            attrs.insert(k.clone(), v);
+            taken.push((k, win));
+        }
+    }
+    taken
+}
+
+/// Inbound sync of one in-scope object of the source named `source`.
+pub fn project(flavor: Flavor, source: &str, obj: &SourceObject, rules: &RuleSet) -> Projection {
+    project_noting(flavor, source, obj, rules, None)
 }
 
 /// Inbound sync, with the origin of each metaverse attribute:
 /// (metaverse attribute, source attribute or rule).
-pub fn project_explained(flavor: Flavor, obj: &SourceObject, rules: &RuleSet) -> (Projection, Vec<Origin>) {
+pub fn project_explained(
+    flavor: Flavor,
+    source: &str,
+    obj: &SourceObject,
+    rules: &RuleSet,
+) -> (Projection, Vec<Origin>) {
     let mut origin = Vec::new();
-    let projection = project_noting(flavor, obj, rules, Some(&mut origin));
+    let projection = project_noting(flavor, source, obj, rules, Some(&mut origin));
     (projection, origin)
 }
 
@@ -103,16 +176,19 @@ fn note(origin: &mut Option<&mut Vec<Origin>>, make: impl FnOnce() -> Origin) {
 
 fn project_noting(
     flavor: Flavor,
+    source: &str,
     obj: &SourceObject,
     rules: &RuleSet,
     mut origin: Option<&mut Vec<Origin>>,
 ) -> Projection {
     let e = &obj.entry;
     let mut attrs = Map::new();
+    let mut precedence = crate::rules::Precedences::new();
+    let object = crate::rules::InboundObject { kind: obj.kind, flavor, source, entry: e };
     let domain = dns_domain(&e.dn).unwrap_or_default();
     match obj.kind {
         ObjectKind::User => {
-            rules.apply(obj.kind, flavor, e, &mut attrs, origin.as_deref_mut());
+            rules.apply(object, &mut attrs, &mut precedence, origin.as_deref_mut());
             if flavor == Flavor::Ldap
                 && !attrs.contains_key("userPrincipalName")
                 && let Some(u) = user_name(flavor, e, &domain)
@@ -143,7 +219,7 @@ fn project_noting(
                 )
             });
         }
-        _ => rules.apply(obj.kind, flavor, e, &mut attrs, origin.as_deref_mut()),
+        _ => rules.apply(object, &mut attrs, &mut precedence, origin.as_deref_mut()),
     }
     attrs.insert("onPremisesDistinguishedName".into(), json!(e.dn.to_string()));
     note(&mut origin, || Origin::built_in("onPremisesDistinguishedName", "the object's DN"));
@@ -166,7 +242,7 @@ fn project_noting(
     } else {
         Vec::new()
     };
-    Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, manager, members }
+    Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, precedence, manager, members }
 }
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -345,6 +421,53 @@ pub fn patch_operations(exported: &Json, desired: &Json) -> Vec<Json> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_joined_value_wins_by_authority_gap_or_lower_precedence_and_ties_stay() {
+        use crate::rules::Precedences;
+        let projected = json!({"jobTitle": "Clerk", "department": "Sales", "userPrincipalName": "a@x", "mobile": null});
+        let mut attrs: Map<String, Json> = projected.as_object().unwrap().clone();
+        attrs.remove("mobile");
+        let mut precedence: Precedences =
+            [("jobTitle".to_string(), 200), ("department".to_string(), 200), ("mobile".to_string(), 60)].into();
+        let joined: Map<String, Json> = json!({
+            "jobTitle": "Novelist", "department": "Letters", "userPrincipalName": "b@x",
+            "mobile": "+44", "city": "Bath", "mail": "jane@x"
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        let theirs: Precedences = [
+            ("jobTitle".to_string(), 50),
+            ("department".to_string(), 200),
+            ("userPrincipalName".to_string(), 100),
+            ("mobile".to_string(), 70),
+            ("city".to_string(), 200),
+        ]
+        .into();
+        let mut taken = merge_joined(&mut attrs, &mut precedence, joined, &theirs, &["mail".to_string()]);
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            taken,
+            vec![
+                ("city".to_string(), JoinedWin::Gap),
+                ("jobTitle".to_string(), JoinedWin::Precedence { joined: 50, before: Some(200) }),
+                ("mail".to_string(), JoinedWin::Authoritative),
+                ("userPrincipalName".to_string(), JoinedWin::Precedence { joined: 100, before: None }),
+            ]
+        );
+        assert_eq!(
+            (&attrs["department"], attrs.get("mobile")),
+            (&json!("Sales"), None),
+            "a tie stays; AuthoritativeNull at 60 holds"
+        );
+        // A second joined object competes with what the first left.
+        let second: Map<String, Json> = json!({"jobTitle": "Poet"}).as_object().unwrap().clone();
+        let tie: Precedences = [("jobTitle".to_string(), 50)].into();
+        assert!(merge_joined(&mut attrs, &mut precedence, second, &tie, &[]).is_empty());
+        assert_eq!(attrs["jobTitle"], "Novelist");
+    }
+
     use super::*;
     use directory::Anchor;
 
@@ -374,7 +497,7 @@ mod tests {
             ],
         );
         assert_eq!(out_of_scope(Flavor::ActiveDirectory, &u), None);
-        let p = project(Flavor::ActiveDirectory, &u, &RuleSet::default());
+        let p = project(Flavor::ActiveDirectory, "ad", &u, &RuleSet::default());
         assert_eq!(p.attrs["accountEnabled"], false);
         assert_eq!(p.attrs["onPremisesDomainName"], "corp.example.com");
         assert_eq!(p.manager.map(|m| m.to_string()), Some("CN=Boss,DC=corp,DC=example,DC=com".into()));
@@ -413,7 +536,7 @@ mod tests {
                 ("departmentNumber", "R&D"),
             ],
         );
-        let p = project(Flavor::Ldap, &u, &RuleSet::default());
+        let p = project(Flavor::Ldap, "lab", &u, &RuleSet::default());
         let view = MvView { kind: p.kind, anchor: &p.anchor, attrs: &p.attrs };
         let r = desired_resource(&view, None, &[], &RuleSet::default());
         assert_eq!(r["emails"], json!([{"type": "work", "value": "ann@example.org", "primary": true}]));
@@ -466,7 +589,7 @@ flows = [{ target = "title", expression = "[jobTitle] & \" (\" & [department] & 
     #[test]
     fn ldap_user_name_falls_back_to_uid_at_domain() {
         let u = obj(ObjectKind::User, "uid=ann,ou=people,dc=example,dc=org", &[("uid", "ann"), ("cn", "Ann")]);
-        let p = project(Flavor::Ldap, &u, &RuleSet::default());
+        let p = project(Flavor::Ldap, "lab", &u, &RuleSet::default());
         assert_eq!(p.attrs["userPrincipalName"], "ann@example.org");
         assert_eq!(p.attrs["accountEnabled"], true);
     }

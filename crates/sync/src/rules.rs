@@ -51,6 +51,8 @@ struct RuleDef {
     scope: Option<String>,
     #[serde(default = "default_precedence")]
     precedence: i32,
+    /// Inbound: the sources (`[[source]]` names) whose objects it applies to; all when absent.
+    sources: Option<Vec<String>>,
     #[serde(default)]
     flows: Vec<FlowDef>,
 }
@@ -120,7 +122,24 @@ pub struct Rule {
     pub flavor: Option<Flavor>,
     pub scope: Option<Filter>,
     pub precedence: i32,
+    /// The sources whose objects an inbound rule applies to; empty: every source.
+    pub sources: Vec<String>,
     pub flows: Vec<RuleFlow>,
+}
+
+/// Per metaverse attribute, the precedence of the rule that gave it (or
+/// settled it empty with `AuthoritativeNull`). Values the engine computes
+/// itself have none: any rule beats them.
+pub type Precedences = std::collections::BTreeMap<String, i32>;
+
+/// The object inbound rules are applied to.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundObject<'a> {
+    pub kind: ObjectKind,
+    pub flavor: Flavor,
+    /// The `[[source]]` it comes from (rules may be limited to some sources).
+    pub source: &'a str,
+    pub entry: &'a Entry,
 }
 
 /// The effective rules, in precedence order.
@@ -185,6 +204,21 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             Some("active-directory") => Some(Flavor::ActiveDirectory),
             Some("ldap") => Some(Flavor::Ldap),
             Some(other) => return Err(err(format!("flavor {other:?} is not active-directory or ldap"))),
+        };
+        let sources = match &def.sources {
+            None => Vec::new(),
+            Some(_) if direction == Direction::Outbound => {
+                return Err(err("sources applies to inbound rules (an outbound rule sees the metaverse)".into()));
+            }
+            Some(list) if list.is_empty() => {
+                return Err(err("sources is empty (leave it out for every source)".into()));
+            }
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|s| s.is_empty()) {
+                    return Err(err(format!("sources: {bad:?} is not a source name")));
+                }
+                list.clone()
+            }
         };
         let scope = match &def.scope {
             Some(text) => {
@@ -252,6 +286,7 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             flavor,
             scope,
             precedence: def.precedence,
+            sources,
             flows,
         });
     }
@@ -306,13 +341,22 @@ impl RuleSet {
     /// per flow).
     pub fn apply(
         &self,
-        kind: ObjectKind,
-        flavor: Flavor,
-        entry: &Entry,
+        object: InboundObject<'_>,
         out: &mut Map<String, Json>,
+        precedence: &mut Precedences,
         origin: Option<&mut Vec<Origin>>,
     ) {
-        self.apply_direction(Direction::Inbound, kind, Some(flavor), &|| entry, &|f| flow_value(f, entry), out, origin);
+        let entry = object.entry;
+        self.apply_direction(
+            Direction::Inbound,
+            object.kind,
+            Some((object.flavor, object.source)),
+            &|| entry,
+            &|f| flow_value(f, entry),
+            out,
+            Some(precedence),
+            origin,
+        );
     }
 
     /// The outbound rules for a metaverse object: (SCIM target path → value),
@@ -336,6 +380,7 @@ impl RuleSet {
             &entry,
             &|f| outbound_flow_value(f, attrs, entry),
             out,
+            None,
             origin,
         );
     }
@@ -345,17 +390,21 @@ impl RuleSet {
         &self,
         direction: Direction,
         kind: ObjectKind,
-        flavor: Option<Flavor>,
+        inbound: Option<(Flavor, &str)>,
         entry: &dyn Fn() -> &'e Entry,
         value_of: &dyn Fn(&RuleFlow) -> Contribution,
         out: &mut Map<String, Json>,
+        mut precedence: Option<&mut Precedences>,
         mut origin: Option<&mut Vec<Origin>>,
     ) {
         let mut settled: Vec<&str> = Vec::new();
+        let flavor = inbound.map(|(f, _)| f);
         for rule in &self.rules {
             if rule.direction != direction
                 || !rule.objects.contains(&kind)
                 || rule.flavor.is_some_and(|f| Some(f) != flavor)
+                || inbound
+                    .is_some_and(|(_, source)| !rule.sources.is_empty() && !rule.sources.iter().any(|s| s == source))
             {
                 continue;
             }
@@ -384,6 +433,9 @@ impl RuleSet {
                     Contribution::AuthoritativeNull => {
                         if !merged_before {
                             settled.push(target);
+                            if let Some(p) = precedence.as_deref_mut() {
+                                p.entry(target.to_string()).or_insert(rule.precedence);
+                            }
                             if let Some(origin) = origin.as_deref_mut() {
                                 origin.push(Origin::new(target, Provenance::AuthoritativeNull, Some(&rule.name)));
                             }
@@ -393,6 +445,10 @@ impl RuleSet {
                     Contribution::Value(v, from) => (v, from),
                 };
                 let from = || Contributor { provenance: from, rule: Some(rule.name.clone()) };
+                // Rules run lowest precedence first: the first to give a value is the attribute's.
+                if let Some(p) = precedence.as_deref_mut() {
+                    p.entry(target.to_string()).or_insert(rule.precedence);
+                }
                 match flow.merge {
                     MergeType::Update => {
                         settled.push(target);
@@ -439,11 +495,11 @@ pub enum Provenance {
     AuthoritativeNull,
     /// The engine itself, not a rule; the text says how.
     BuiltIn(&'static str),
-    /// A joined object of another source.
+    /// A joined object of another source, and why its value was taken.
     Joined {
         source: String,
         dn: String,
-        authoritative: bool,
+        win: crate::mapping::JoinedWin,
     },
 }
 
@@ -476,8 +532,8 @@ impl Origin {
     }
 
     /// Given by a joined object of another source.
-    pub fn joined(attribute: &str, source: &str, dn: &str, authoritative: bool) -> Origin {
-        let provenance = Provenance::Joined { source: source.to_string(), dn: dn.to_string(), authoritative };
+    pub fn joined(attribute: &str, source: &str, dn: &str, win: crate::mapping::JoinedWin) -> Origin {
+        let provenance = Provenance::Joined { source: source.to_string(), dn: dn.to_string(), win };
         Origin::new(attribute, provenance, None)
     }
 
@@ -499,8 +555,18 @@ impl std::fmt::Display for Contributor {
             Provenance::Constant(v) => write!(f, "constant {v}")?,
             Provenance::AuthoritativeNull => write!(f, "AuthoritativeNull")?,
             Provenance::BuiltIn(how) => write!(f, "{how}")?,
-            Provenance::Joined { source, dn, authoritative } => {
-                let why = if *authoritative { "authoritative" } else { "fills a gap" };
+            Provenance::Joined { source, dn, win } => {
+                use crate::mapping::JoinedWin;
+                let why = match win {
+                    JoinedWin::Authoritative => "authoritative".to_string(),
+                    JoinedWin::Gap => "fills a gap".to_string(),
+                    JoinedWin::Precedence { joined, before: Some(before) } => {
+                        format!("precedence {joined} over {before}")
+                    }
+                    JoinedWin::Precedence { joined, before: None } => {
+                        format!("precedence {joined} over a computed value")
+                    }
+                };
                 write!(f, "source {source:?} object {dn} (joined, {why})")?;
             }
         }
@@ -627,11 +693,16 @@ mod tests {
         e
     }
 
+    /// An LDAP user of source "lab".
+    fn user(entry: &Entry) -> InboundObject<'_> {
+        InboundObject { kind: ObjectKind::User, flavor: Flavor::Ldap, source: "lab", entry }
+    }
+
     /// The rules applied to a user with these attributes: (attributes, origins).
     fn apply_to(set: &RuleSet, pairs: &[(&str, &str)]) -> (Map<String, Json>, Vec<Origin>) {
         let mut out = Map::new();
         let mut origin = Vec::new();
-        set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, Some(&mut origin));
+        set.apply(user(&entry(pairs)), &mut out, &mut Precedences::new(), Some(&mut origin));
         (out, origin)
     }
 
@@ -641,16 +712,53 @@ mod tests {
         assert!(set.rules().len() >= 4);
         let mut out = Map::new();
         let mut origin = Vec::new();
-        set.apply(
-            ObjectKind::User,
-            Flavor::Ldap,
-            &entry(&[("uid", "a"), ("title", "Boss"), ("cn", "A")]),
-            &mut out,
-            Some(&mut origin),
-        );
+        let e = entry(&[("uid", "a"), ("title", "Boss"), ("cn", "A")]);
+        set.apply(user(&e), &mut out, &mut Precedences::new(), Some(&mut origin));
         assert_eq!(out["jobTitle"], "Boss");
         assert_eq!(out["mailNickname"], "a");
         assert!(origin.iter().any(|o| o.attribute == "jobTitle" && o.to_string() == "title (rule person)"));
+    }
+
+    #[test]
+    fn a_rule_for_some_sources_applies_to_theirs_and_each_attribute_keeps_its_precedence() {
+        let text = r#"
+[[rule]]
+name = "hr-title"
+objects = ["user"]
+sources = ["hr"]
+precedence = 50
+flows = [{ target = "jobTitle", expression = "\"HR: \" & [title]" }]
+
+[[rule]]
+name = "no-phones"
+objects = ["user"]
+precedence = 60
+flows = [{ target = "telephoneNumber", expression = "AuthoritativeNull" }]
+"#;
+        let set = RuleSet::load(&[("hr.toml".into(), text.into())]).unwrap();
+        let e = entry(&[("uid", "a"), ("title", "Chef de cuisine"), ("telephoneNumber", "+33 1")]);
+        let applied = |source: &str| {
+            let (mut out, mut precedence) = (Map::new(), Precedences::new());
+            set.apply(InboundObject { source, ..user(&e) }, &mut out, &mut precedence, None);
+            (out, precedence)
+        };
+        let (hr, hr_precedence) = applied("hr");
+        assert_eq!(hr["jobTitle"], "HR: Chef de cuisine");
+        assert_eq!((hr_precedence["jobTitle"], hr_precedence["mailNickname"]), (50, 100));
+        assert!(!hr.contains_key("telephoneNumber"));
+        assert_eq!(hr_precedence["telephoneNumber"], 60, "settled empty by AuthoritativeNull at 60");
+        let (lab, lab_precedence) = applied("lab");
+        assert_eq!((&lab["jobTitle"], lab_precedence["jobTitle"]), (&json!("Chef de cuisine"), 200));
+
+        for (bad, says) in [
+            ("sources = []", "sources is empty"),
+            ("sources = [\"\"]", "is not a source name"),
+            ("direction = \"outbound\"\nsources = [\"hr\"]", "sources applies to inbound rules"),
+        ] {
+            let text = format!("[[rule]]\nname = \"x\"\nobjects = [\"user\"]\n{bad}\nflows = []\n");
+            let e = RuleSet::load(&[("bad.toml".into(), text)]).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -672,7 +780,7 @@ flows = [{ target = "jobTitle", constant = "Sales" }, { target = "companyName", 
         let set = RuleSet::load(&[("custom.toml".into(), custom.into())]).unwrap();
         let apply = |pairs: &[(&str, &str)]| {
             let mut out = Map::new();
-            set.apply(ObjectKind::User, Flavor::Ldap, &entry(pairs), &mut out, None);
+            set.apply(user(&entry(pairs)), &mut out, &mut Precedences::new(), None);
             out
         };
         let sales = apply(&[("departmentNumber", "Sales"), ("title", "Rep")]);

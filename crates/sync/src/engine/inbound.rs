@@ -67,7 +67,7 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                 tx.mv_disconnect(source_name, &id)?;
                 done.out_of_scope += 1;
             } else {
-                let mut projection = mapping::project(flavor, &obj, &options.rules);
+                let mut projection = mapping::project(flavor, source_name, &obj, &options.rules);
                 keep_applied_once(&*tx, source_name, &id, &apply_once, &mut projection)?;
                 if let Some(join) = &options.join {
                     let linked = match tx.join_link(source_name, &id)? {
@@ -75,7 +75,14 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                         None => find_join(&mut *tx, source_name, &obj, join)?,
                     };
                     if let Some(mv) = linked {
-                        tx.join_put(source_name, &id, &mv, &projection.attrs, &join.authoritative)?;
+                        tx.join_put(
+                            source_name,
+                            &id,
+                            &mv,
+                            &projection.attrs,
+                            &projection.precedence,
+                            &join.authoritative,
+                        )?;
                         done.synced += 1;
                         tx.cs_done(source_name, &id)?;
                         observer.advance(1);

@@ -30,6 +30,7 @@ struct CsRow {
 #[derive(Debug, Clone)]
 struct MvRow {
     record: MvRecord,
+    precedence: crate::rules::Precedences,
     source: String,
     cs_id: SourceId,
     dn_norm: String,
@@ -40,6 +41,7 @@ struct MvRow {
 struct JoinRow {
     mv: String,
     attrs: serde_json::Map<String, Json>,
+    precedence: crate::rules::Precedences,
     authoritative: Vec<String>,
 }
 
@@ -297,8 +299,9 @@ impl Metaverse for MemoryStore {
         match existing {
             Some(row) => {
                 let new = record(&row.record.id);
-                if row.record != new || row.dn_norm != dn_norm {
+                if row.record != new || row.dn_norm != dn_norm || row.precedence != p.precedence {
                     row.record = new;
+                    row.precedence = p.precedence.clone();
                     row.dn_norm = dn_norm;
                     row.dirty = true;
                 }
@@ -307,8 +310,14 @@ impl Metaverse for MemoryStore {
             None => {
                 self.state.next_mv += 1;
                 let mv = format!("mv{:08}", self.state.next_mv);
-                let row =
-                    MvRow { record: record(&mv), source: source.to_string(), cs_id: id.clone(), dn_norm, dirty: true };
+                let row = MvRow {
+                    record: record(&mv),
+                    precedence: p.precedence.clone(),
+                    source: source.to_string(),
+                    cs_id: id.clone(),
+                    dn_norm,
+                    dirty: true,
+                };
                 self.state.mv.insert(mv.clone(), row);
                 Ok(mv)
             }
@@ -353,13 +362,15 @@ impl Metaverse for MemoryStore {
     fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError> {
         let Some(row) = self.state.mv.get(id) else { return Ok(None) };
         let mut record = row.record.clone();
-        // Joined contributions: authoritative ones win, the others fill gaps.
+        let mut precedence = row.precedence.clone();
         for join in self.state.joins.values().filter(|j| j.mv == id) {
-            for (k, v) in &join.attrs {
-                if join.authoritative.contains(k) || !record.attrs.contains_key(k) {
-                    record.attrs.insert(k.clone(), v.clone());
-                }
-            }
+            crate::mapping::merge_joined(
+                &mut record.attrs,
+                &mut precedence,
+                join.attrs.clone(),
+                &join.precedence,
+                &join.authoritative,
+            );
         }
         Ok(Some(record))
     }
@@ -407,15 +418,22 @@ impl Metaverse for MemoryStore {
         id: &SourceId,
         mv: &str,
         attrs: &serde_json::Map<String, Json>,
+        precedence: &crate::rules::Precedences,
         authoritative: &[String],
     ) -> Result<(), StoreError> {
-        let row = JoinRow { mv: mv.to_string(), attrs: attrs.clone(), authoritative: authoritative.to_vec() };
+        let row = JoinRow {
+            mv: mv.to_string(),
+            attrs: attrs.clone(),
+            precedence: precedence.clone(),
+            authoritative: authoritative.to_vec(),
+        };
         let key = (source.to_string(), id.clone());
-        let changed = self
-            .state
-            .joins
-            .get(&key)
-            .is_none_or(|old| old.mv != row.mv || old.attrs != row.attrs || old.authoritative != row.authoritative);
+        let changed = self.state.joins.get(&key).is_none_or(|old| {
+            old.mv != row.mv
+                || old.attrs != row.attrs
+                || old.precedence != row.precedence
+                || old.authoritative != row.authoritative
+        });
         if changed {
             self.state.joins.insert(key, row);
             self.mark_dirty(mv);

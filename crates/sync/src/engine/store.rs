@@ -194,13 +194,16 @@ pub trait Metaverse {
     /// The metaverse object this source object is joined to.
     fn join_link(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError>;
     /// Joins (or updates the join of) a source object to `mv` with the
-    /// attributes it contributes; marks `mv` for export if anything changed.
+    /// attributes it contributes and the precedence of the rule behind each
+    /// (merged by [`crate::mapping::merge_joined`]); marks `mv` for export if
+    /// anything changed.
     fn join_put(
         &mut self,
         source: &str,
         id: &SourceId,
         mv: &str,
         attrs: &serde_json::Map<String, Json>,
+        precedence: &crate::rules::Precedences,
         authoritative: &[String],
     ) -> Result<(), StoreError>;
     /// Removes a join; its metaverse object is exported without the contribution.
