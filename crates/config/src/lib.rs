@@ -395,6 +395,10 @@ pub struct JoinConfig {
     /// Metaverse attributes this source's values win for.
     #[serde(default)]
     pub authoritative: Vec<String>,
+    /// References this source's objects give instead of the projecting
+    /// source's: `manager` (users), `members` (groups).
+    #[serde(default)]
+    pub references: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -419,7 +423,20 @@ impl JoinConfig {
                 ));
             }
         }
+        let mut references = sync::engine::JoinedReferences::default();
+        for r in &self.references {
+            match r.as_str() {
+                "manager" => references.manager = true,
+                "members" => references.members = true,
+                other => {
+                    return invalid(format!(
+                        "source {source:?}: join.references: {other:?} is not \"manager\" or \"members\""
+                    ));
+                }
+            }
+        }
         Ok(sync::engine::JoinRules {
+            references,
             groups: self
                 .groups
                 .iter()

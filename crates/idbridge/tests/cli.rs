@@ -2817,14 +2817,17 @@ mod sync_e2e {
         assert!(!find_user(&lab, "fr-anna@example.org").is_null(), "an unreachable source deletes nothing");
     }
 
+    /// An LDIF record adding person `uid` under ou=people with more lines.
+    fn person_ldif(uid: &str, extra: &str) -> String {
+        format!(
+            "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n{extra}\n"
+        )
+    }
+
     #[test]
     fn a_second_source_joins_by_mail_and_contributes_attributes() {
         let lab = lab(6, 1, "");
-        let person = |uid: &str, extra: &str| {
-            format!(
-                "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n{extra}\n"
-            )
-        };
+        let person = person_ldif;
         lab.slapd.modify(&person("ja", "mail: ja@example.org\ntitle: Engineer\n")).unwrap();
         lab.slapd
             .modify(&format!("{}{}", person("d1", "mail: dup@example.org\n"), person("d2", "mail: dup@example.org\n")))
@@ -2890,11 +2893,7 @@ mod sync_e2e {
             )
         };
         std::fs::write(lab.tmp.join("rules.toml"), rules("human-resources")).unwrap();
-        let person = |uid: &str, extra: &str| {
-            format!(
-                "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n{extra}\n"
-            )
-        };
+        let person = person_ldif;
         lab.slapd
             .modify(&person("ja", "mail: ja@example.org\ntitle: Clerk\ndepartmentNumber: Front office\n"))
             .unwrap();
@@ -2929,6 +2928,61 @@ mod sync_e2e {
         assert_eq!(find_user(&lab, "ja@example.org")["title"], "Clerk");
     }
 
+    /// A joined source gives managers where `references` says so, resolved
+    /// in its own directory (the manager's HR record joined in the same
+    /// cycle), and "no manager" too; when its record goes, the first
+    /// directory's manager is back.
+    #[test]
+    fn a_joined_source_gives_managers_when_its_join_says_so() {
+        let lab = lab(3, 1, "");
+        let person = |uid: &str, extra: &str| person_ldif(uid, &format!("mail: {uid}@example.org\n{extra}"));
+        let dn = |uid: &str| format!("uid={uid},ou=people,dc=example,dc=org");
+        lab.slapd
+            .modify(&format!(
+                "{}{}{}",
+                person("old-boss", ""),
+                person("boss", ""),
+                person("ja", &format!("manager: {}\n", dn("old-boss")))
+            ))
+            .unwrap();
+        let hr = Slapd::start(SlapdOptions::default()).unwrap();
+        // The employee's record comes first, before the manager's record is joined.
+        hr.modify(&format!(
+            "{}{}",
+            person("ja", &format!("manager: {}\ntitle: Novelist\n", dn("boss"))),
+            person("boss", "")
+        ))
+        .unwrap();
+        add_source(
+            &lab,
+            "hr",
+            &hr,
+            "\n[source.join]\ngroups = [[{ source = \"mail\", metaverse = \"mail\" }]]\nreferences = [\"manager\"]\n",
+        );
+        let enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+        let manager_of =
+            |uid: &str| find_user(&lab, &format!("{uid}@example.org"))[enterprise]["manager"]["value"].clone();
+        let id_of = |uid: &str| find_user(&lab, &format!("{uid}@example.org"))["id"].clone();
+        let out = sync_once(&lab, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(manager_of("ja"), id_of("boss"), "HR's manager, resolved through HR's own records");
+
+        // HR says: no manager.
+        hr.modify(&format!("dn: {}\nchangetype: modify\ndelete: manager\n-\n\n", dn("ja"))).unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        assert!(manager_of("ja").is_null(), "{}", find_user(&lab, "ja@example.org"));
+        // The HR record goes: the first directory's manager is back.
+        hr.modify(&format!("dn: {}\nchangetype: delete\n\n", dn("ja"))).unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        assert_eq!(manager_of("ja"), id_of("old-boss"));
+
+        let text = std::fs::read_to_string(&lab.config).unwrap();
+        std::fs::write(&lab.config, text.replace("references = [\"manager\"]", "references = [\"boss\"]")).unwrap();
+        let out = sync_once(&lab, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && stderr.contains("\"boss\" is not \"manager\" or \"members\""), "{stderr}");
+    }
+
     /// A join on a multi-valued metaverse attribute: any of its values
     /// matches (without regard to case), also for objects projected after
     /// the first join on it.
@@ -2941,11 +2995,7 @@ mod sync_e2e {
              flows = [{ target = \"proxyAddresses\", source = [\"mail\"], multi = true }]\n",
         )
         .unwrap();
-        let person = |uid: &str, extra: &str| {
-            format!(
-                "dn: uid={uid},ou=people,dc=example,dc=org\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n{extra}\n"
-            )
-        };
+        let person = person_ldif;
         lab.slapd.modify(&person("ja", "mail: ja@example.org\nmail: jane.austen@example.org\ntitle: Clerk\n")).unwrap();
         let hr = Slapd::start(SlapdOptions::default()).unwrap();
         hr.modify(&person("h1", "mail: Jane.Austen@EXAMPLE.org\ntitle: Novelist\n")).unwrap();

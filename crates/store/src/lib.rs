@@ -223,6 +223,11 @@ fn precedence_from(text: &str) -> Result<Precedences, StoreError> {
     serde_json::from_str(text).map_err(err)
 }
 
+/// A joined object's references as stored (`{}` for rows written before there were any).
+fn joined_refs(text: &str) -> Result<sync::engine::JoinedRefs, StoreError> {
+    serde_json::from_str(text).map_err(err)
+}
+
 /// A projection as stored: attributes and sorted members as JSON text,
 /// and the normalized DN it came from.
 fn projection_row(p: &sync::mapping::Projection, members: &mut Vec<String>) -> (String, String, String) {

@@ -117,6 +117,9 @@ CREATE INDEX IF NOT EXISTS sync_mv_join_keys_by_mv ON sync_mv_join_keys(mv_id);
 ALTER TABLE sync_mv ADD COLUMN IF NOT EXISTS precedence TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE sync_joins ADD COLUMN IF NOT EXISTS precedence TEXT NOT NULL DEFAULT '{}';
 UPDATE sync_sources SET config_hash = NULL;
+", "
+-- The manager and members a joined object gives (sync::engine::JoinedRefs as JSON).
+ALTER TABLE sync_joins ADD COLUMN IF NOT EXISTS refs TEXT NOT NULL DEFAULT '{}';
 "];
 
 /// The values of `attrs` (JSON text) at key $1, each as text: every element
@@ -350,14 +353,15 @@ impl PgStore {
         }
     }
 
-    fn merge_joined(&self, mv: &str, attrs: &mut serde_json::Map<String, Json>) -> Result<(), StoreError> {
+    /// Merges the joined objects' contributions into `record`.
+    fn merge_joined(&self, record: &mut MvRecord) -> Result<(), StoreError> {
         if self.no_joins.get() {
             return Ok(());
         }
         let rows = self.query(
-            "SELECT j.attrs, j.precedence, j.authoritative, m.precedence FROM sync_joins j JOIN sync_mv m ON m.id = j.mv_id
+            "SELECT j.attrs, j.precedence, j.authoritative, m.precedence, j.refs FROM sync_joins j JOIN sync_mv m ON m.id = j.mv_id
              WHERE j.mv_id = $1 ORDER BY j.source, j.cs_id",
-            &[&mv],
+            &[&record.id],
         )?;
         let mut precedence = None;
         for row in rows {
@@ -365,7 +369,8 @@ impl PgStore {
                 Some(p) => p,
                 None => precedence.insert(crate::precedence_from(row.get(3))?),
             };
-            crate::merge_contribution(attrs, precedence, row.get(0), row.get(1), row.get(2))?;
+            crate::merge_contribution(&mut record.attrs, precedence, row.get(0), row.get(1), row.get(2))?;
+            crate::joined_refs(row.get(4))?.apply(record);
         }
         Ok(())
     }
@@ -774,26 +779,35 @@ impl Metaverse for PgStore {
         source: &str,
         id: &SourceId,
         mv: &str,
-        attrs: &serde_json::Map<String, Json>,
-        precedence: &sync::rules::Precedences,
-        authoritative: &[String],
+        contribution: &sync::engine::JoinContribution<'_>,
     ) -> Result<(), StoreError> {
         self.no_joins.set(false);
-        let attrs = Json::Object(attrs.clone()).to_string();
-        let authoritative = json!(authoritative).to_string();
-        let precedence = crate::precedence_text(precedence);
+        let attrs = Json::Object(contribution.attrs.clone()).to_string();
+        let authoritative = json!(contribution.authoritative).to_string();
+        let precedence = crate::precedence_text(contribution.precedence);
+        let refs = serde_json::to_string(contribution.references).map_err(err)?;
         let changed = self.write(
-            "INSERT INTO sync_joins(source, cs_id, mv_id, attrs, authoritative, precedence) VALUES($1, $2, $3, $4, $5, $6)
+            "INSERT INTO sync_joins(source, cs_id, mv_id, attrs, authoritative, precedence, refs) VALUES($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs,
-               authoritative = excluded.authoritative, precedence = excluded.precedence
+               authoritative = excluded.authoritative, precedence = excluded.precedence, refs = excluded.refs
              WHERE sync_joins.mv_id != excluded.mv_id OR sync_joins.attrs != excluded.attrs
-               OR sync_joins.authoritative != excluded.authoritative OR sync_joins.precedence != excluded.precedence",
-            &[&source, &id.0, &mv, &attrs, &authoritative, &precedence],
+               OR sync_joins.authoritative != excluded.authoritative OR sync_joins.precedence != excluded.precedence
+               OR sync_joins.refs != excluded.refs",
+            &[&source, &id.0, &mv, &attrs, &authoritative, &precedence, &refs],
         )?;
         if changed > 0 {
             self.write("UPDATE sync_mv SET dirty = true WHERE id = $1", &[&mv])?;
         }
         Ok(())
+    }
+
+    fn joined_mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT j.mv_id FROM sync_cs c JOIN sync_joins j ON j.source = c.source AND j.cs_id = c.id
+             WHERE c.source = $1 AND c.dn_norm = $2 AND NOT c.deleted",
+            &[&source, &dn.normalized()],
+        )?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
@@ -825,13 +839,12 @@ impl Metaverse for PgStore {
         else {
             return Ok(None);
         };
-        let mut attrs = match serde_json::from_str::<Json>(row.get(2)).map_err(err)? {
+        let attrs = match serde_json::from_str::<Json>(row.get(2)).map_err(err)? {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        self.merge_joined(id, &mut attrs)?;
         let members: Vec<String> = serde_json::from_str(row.get(4)).map_err(err)?;
-        Ok(Some(MvRecord {
+        let mut record = MvRecord {
             id: id.to_string(),
             kind: kind_from(row.get(0)),
             anchor: row.get(1),
@@ -839,7 +852,9 @@ impl Metaverse for PgStore {
             manager: row.get(3),
             members,
             deleted: row.get(5),
-        }))
+        };
+        self.merge_joined(&mut record)?;
+        Ok(Some(record))
     }
 }
 

@@ -122,7 +122,14 @@ ALTER TABLE joins ADD COLUMN precedence TEXT NOT NULL DEFAULT '{}';
 UPDATE sources SET config_hash = NULL;
 ";
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8];
+/// The manager and members a joined object gives (`sync::engine::JoinedRefs`
+/// as JSON; `{}`: none).
+const SCHEMA_V9: &str = "
+ALTER TABLE joins ADD COLUMN refs TEXT NOT NULL DEFAULT '{}';
+";
+
+const MIGRATIONS: &[&str] =
+    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9];
 
 /// A metaverse row as read: kind, anchor, packed attributes, manager,
 /// packed members, deleted.
@@ -358,30 +365,38 @@ impl SqliteStore {
 
     /// Adds what joined source objects contribute: attributes the projecting
     /// source lacks, and those a joined source is authoritative for.
-    fn merge_joined(&self, mv: &str, attrs: &mut serde_json::Map<String, Json>) -> Result<(), StoreError> {
+    /// Merges the joined objects' contributions into `record`.
+    fn merge_joined(&self, record: &mut MvRecord) -> Result<(), StoreError> {
         if self.no_joins {
             return Ok(());
         }
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT j.attrs, j.precedence, j.authoritative, m.precedence FROM joins j JOIN mv m ON m.id = j.mv_id
+                "SELECT j.attrs, j.precedence, j.authoritative, m.precedence, j.refs FROM joins j JOIN mv m ON m.id = j.mv_id
                  WHERE j.mv_id = ?1 ORDER BY j.source, j.cs_id",
             )
             .map_err(err)?;
         let rows = stmt
-            .query_map(params![mv], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            .query_map(params![record.id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
             })
             .map_err(err)?;
         let mut precedence = None;
         for row in rows {
-            let (joined, joined_precedence, authoritative, projected) = row.map_err(err)?;
+            let (joined, joined_precedence, authoritative, projected, refs) = row.map_err(err)?;
             let precedence = match &mut precedence {
                 Some(p) => p,
                 None => precedence.insert(crate::precedence_from(&projected)?),
             };
-            crate::merge_contribution(attrs, precedence, &joined, &joined_precedence, &authoritative)?;
+            crate::merge_contribution(&mut record.attrs, precedence, &joined, &joined_precedence, &authoritative)?;
+            crate::joined_refs(&refs)?.apply(record);
         }
         Ok(())
     }
@@ -950,27 +965,37 @@ impl Metaverse for SqliteStore {
         source: &str,
         id: &SourceId,
         mv: &str,
-        attrs: &serde_json::Map<String, Json>,
-        precedence: &sync::rules::Precedences,
-        authoritative: &[String],
+        contribution: &sync::engine::JoinContribution<'_>,
     ) -> Result<(), StoreError> {
         self.no_joins = false;
-        let attrs = Json::Object(attrs.clone()).to_string();
-        let authoritative = json!(authoritative).to_string();
-        let precedence = crate::precedence_text(precedence);
+        let attrs = Json::Object(contribution.attrs.clone()).to_string();
+        let authoritative = json!(contribution.authoritative).to_string();
+        let precedence = crate::precedence_text(contribution.precedence);
+        let refs = serde_json::to_string(contribution.references).map_err(err)?;
         let changed = self.exec(
-                "INSERT INTO joins(source, cs_id, mv_id, attrs, authoritative, precedence) VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO joins(source, cs_id, mv_id, attrs, authoritative, precedence, refs) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(source, cs_id) DO UPDATE SET mv_id = excluded.mv_id, attrs = excluded.attrs,
-                   authoritative = excluded.authoritative, precedence = excluded.precedence
+                   authoritative = excluded.authoritative, precedence = excluded.precedence, refs = excluded.refs
                  WHERE joins.mv_id != excluded.mv_id OR joins.attrs != excluded.attrs OR joins.authoritative != excluded.authoritative
-                   OR joins.precedence != excluded.precedence",
-                params![source, id.0, mv, attrs, authoritative, precedence],
+                   OR joins.precedence != excluded.precedence OR joins.refs != excluded.refs",
+                params![source, id.0, mv, attrs, authoritative, precedence, refs],
             )
             .map_err(err)?;
         if changed > 0 {
             self.exec("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
         }
         Ok(())
+    }
+
+    fn joined_mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
+        self.query_one(
+            "SELECT j.mv_id FROM cs c JOIN joins j ON j.source = c.source AND j.cs_id = c.id
+             WHERE c.source = ?1 AND c.dn_norm = ?2 AND c.deleted = 0",
+            params![source, dn.normalized()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)
     }
 
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
@@ -1012,10 +1037,11 @@ impl Metaverse for SqliteStore {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let mut attrs = attrs;
-        self.merge_joined(id, &mut attrs)?;
         let members: Vec<String> = serde_json::from_str(&pack::unpack(&members)?).map_err(err)?;
-        Ok(Some(MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted }))
+        let mut record =
+            MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted };
+        self.merge_joined(&mut record)?;
+        Ok(Some(record))
     }
 }
 

@@ -472,6 +472,7 @@ fn records_written_before_compression_are_read_on_sqlite() {
     raw.execute_batch(
         r#"ALTER TABLE mv DROP COLUMN precedence;
            ALTER TABLE joins DROP COLUMN precedence;
+           ALTER TABLE joins DROP COLUMN refs;
            INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm)
              VALUES('m1', 'user', 'AQ==', '{"mail":"Zoë@Example.org","displayName":"Zoë Ångström"}', NULL, '[]', 0, 0, 'lab', x'01', 'uid=zoë,ou=people,dc=example,dc=org');
            CREATE INDEX mv_join_mail ON mv(lower(json_extract(attrs, '$.mail')));

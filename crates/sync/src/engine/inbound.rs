@@ -70,19 +70,23 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                 let mut projection = mapping::project(flavor, source_name, &obj, &options.rules);
                 keep_applied_once(&*tx, source_name, &id, &apply_once, &mut projection)?;
                 if let Some(join) = &options.join {
-                    let linked = match tx.join_link(source_name, &id)? {
-                        Some(mv) => Some(mv),
-                        None => find_join(&mut *tx, source_name, &obj, join)?,
+                    let (linked, newly) = match tx.join_link(source_name, &id)? {
+                        Some(mv) => (Some(mv), false),
+                        None => (find_join(&mut *tx, source_name, &obj, join)?, true),
                     };
                     if let Some(mv) = linked {
-                        tx.join_put(
-                            source_name,
-                            &id,
-                            &mv,
-                            &projection.attrs,
-                            &projection.precedence,
-                            &join.authoritative,
-                        )?;
+                        let references = joined_references(&*tx, source_name, &projection, join)?;
+                        let contribution = super::JoinContribution {
+                            attrs: &projection.attrs,
+                            precedence: &projection.precedence,
+                            authoritative: &join.authoritative,
+                            references: &references,
+                        };
+                        tx.join_put(source_name, &id, &mv, &contribution)?;
+                        if newly && (join.references.manager || join.references.members) {
+                            // Objects of this source that point at this one can now resolve it.
+                            tx.cs_mark_referencing_pending(source_name, &obj.entry.dn, &id)?;
+                        }
                         done.synced += 1;
                         tx.cs_done(source_name, &id)?;
                         observer.advance(1);
@@ -117,6 +121,34 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
     tx.set_flavor(source_name, flavor)?;
     tx.commit()?;
     Ok(done)
+}
+
+/// The references a joined object gives (`[source.join] references`),
+/// resolved to the metaverse objects the referenced objects of the same
+/// source projected or are joined to. A manager not synchronised yet gives
+/// nothing for now (the projecting object's stays until it is); members
+/// not synchronised yet are left out, as for a projecting group.
+fn joined_references<St: SyncStore + ?Sized>(
+    store: &St,
+    source: &str,
+    projection: &Projection,
+    join: &JoinRules,
+) -> Result<super::JoinedRefs, StoreError> {
+    let mut refs = super::JoinedRefs::default();
+    if join.references.manager && projection.kind == directory::ObjectKind::User {
+        refs.manager = match &projection.manager {
+            None => Some(None),
+            Some(dn) => store.mv_linked_to_dn(source, dn)?.map(Some),
+        };
+    }
+    if join.references.members && projection.kind == directory::ObjectKind::Group {
+        let mut members = Vec::with_capacity(projection.members.len());
+        for dn in &projection.members {
+            members.extend(store.mv_linked_to_dn(source, dn)?);
+        }
+        refs.members = Some(members);
+    }
+    Ok(refs)
 }
 
 /// Group-based scoping: the normalised DNs of the scope groups' direct

@@ -43,6 +43,7 @@ struct JoinRow {
     attrs: serde_json::Map<String, Json>,
     precedence: crate::rules::Precedences,
     authoritative: Vec<String>,
+    references: super::JoinedRefs,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -371,6 +372,7 @@ impl Metaverse for MemoryStore {
                 &join.precedence,
                 &join.authoritative,
             );
+            join.references.apply(&mut record);
         }
         Ok(Some(record))
     }
@@ -417,15 +419,14 @@ impl Metaverse for MemoryStore {
         source: &str,
         id: &SourceId,
         mv: &str,
-        attrs: &serde_json::Map<String, Json>,
-        precedence: &crate::rules::Precedences,
-        authoritative: &[String],
+        contribution: &super::JoinContribution<'_>,
     ) -> Result<(), StoreError> {
         let row = JoinRow {
             mv: mv.to_string(),
-            attrs: attrs.clone(),
-            precedence: precedence.clone(),
-            authoritative: authoritative.to_vec(),
+            attrs: contribution.attrs.clone(),
+            precedence: contribution.precedence.clone(),
+            authoritative: contribution.authoritative.to_vec(),
+            references: contribution.references.clone(),
         };
         let key = (source.to_string(), id.clone());
         let changed = self.state.joins.get(&key).is_none_or(|old| {
@@ -433,12 +434,23 @@ impl Metaverse for MemoryStore {
                 || old.attrs != row.attrs
                 || old.precedence != row.precedence
                 || old.authoritative != row.authoritative
+                || old.references != row.references
         });
         if changed {
             self.state.joins.insert(key, row);
             self.mark_dirty(mv);
         }
         Ok(())
+    }
+
+    fn joined_mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
+        let wanted = dn.normalized();
+        Ok(self
+            .state
+            .cs
+            .iter()
+            .filter(|(key, row)| key.0 == source && !row.deleted && row.object.entry.dn.normalized() == wanted)
+            .find_map(|(key, _)| self.state.joins.get(key).map(|j| j.mv.clone())))
     }
 
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {

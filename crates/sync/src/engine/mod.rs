@@ -23,7 +23,8 @@ use directory::{Dn, ObjectKind};
 
 pub use export::{PendingExport, pending_exports};
 pub use store::{
-    ConnectorSpace, DirtyObject, ExportLog, Metaverse, MvRecord, StoreError, SyncStore, Transaction, Transactional,
+    ConnectorSpace, DirtyObject, ExportLog, JoinContribution, JoinedRefs, Metaverse, MvRecord, StoreError, SyncStore,
+    Transaction, Transactional,
 };
 pub use target::{Answers, ExportOp, Target, TargetError};
 
@@ -63,6 +64,16 @@ pub struct JoinRules {
     pub project: bool,
     /// Metaverse attributes this source's values win for.
     pub authoritative: Vec<String>,
+    /// References this source's joined objects give instead of the
+    /// projecting object's.
+    pub references: JoinedReferences,
+}
+
+/// Which references a joined source gives (`[source.join] references`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinedReferences {
+    pub manager: bool,
+    pub members: bool,
 }
 
 impl Default for CycleOptions {

@@ -202,14 +202,78 @@ pub trait Metaverse {
         source: &str,
         id: &SourceId,
         mv: &str,
-        attrs: &serde_json::Map<String, Json>,
-        precedence: &crate::rules::Precedences,
-        authoritative: &[String],
+        contribution: &JoinContribution<'_>,
     ) -> Result<(), StoreError>;
+    /// The metaverse object the source object at `dn` is joined to (not
+    /// one it projected: see [`Metaverse::mv_for_dn`]).
+    fn joined_mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError>;
+    /// The metaverse object the source object at `dn` projected or is joined to.
+    fn mv_linked_to_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
+        match self.mv_for_dn(source, dn)? {
+            Some(mv) => Ok(Some(mv)),
+            None => self.joined_mv_for_dn(source, dn),
+        }
+    }
     /// Removes a join; its metaverse object is exported without the contribution.
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
     /// Marks the source's objects without a join for another attempt.
     fn join_retry_unlinked(&mut self, source: &str) -> Result<(), StoreError>;
+}
+
+/// What a joined source object gives its metaverse object.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinContribution<'a> {
+    pub attrs: &'a serde_json::Map<String, Json>,
+    /// The precedence of the rule behind each attribute.
+    pub precedence: &'a crate::rules::Precedences,
+    /// Attributes its source is authoritative for.
+    pub authoritative: &'a [String],
+    /// The references it gives instead of the projecting object's (see
+    /// [`JoinedRefs`]).
+    pub references: &'a JoinedRefs,
+}
+
+/// References a joined object gives: `None` where it gives none (not
+/// configured, or a manager not synchronised yet); `Some(None)` for
+/// "no manager".
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JoinedRefs {
+    /// Stored as absent (none given), `null` (no manager) or the id.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "given_or_not")]
+    pub manager: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<String>>,
+}
+
+/// `Option<Option<T>>` as JSON: a missing key is `None`, `null` is `Some(None)`.
+mod given_or_not {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
+}
+
+impl JoinedRefs {
+    /// Puts the references given into `record` (members sorted, once each).
+    pub fn apply(&self, record: &mut MvRecord) {
+        if let Some(manager) = &self.manager {
+            record.manager.clone_from(manager);
+        }
+        if let Some(members) = &self.members {
+            let mut members = members.clone();
+            members.sort();
+            members.dedup();
+            record.members = members;
+        }
+    }
 }
 
 /// What export ordering needs of a dirty metaverse object.

@@ -201,6 +201,7 @@ fn joins_take_the_one_match_and_record_an_ambiguous_one() {
             groups: vec![vec![("mail".into(), "mail".into())]],
             project: false,
             authoritative: vec!["telephoneNumber".into()],
+            references: Default::default(),
         };
         let options = CycleOptions { join: Some(join), ..CycleOptions::default() };
         it.add(10, ObjectKind::User, "cn=ann", &[("mail", "ANN@example.org"), ("telephoneNumber", "+41 1")]);
@@ -218,6 +219,38 @@ fn joins_take_the_one_match_and_record_an_ambiguous_one() {
                 && message.contains("2 metaverse objects")),
             "{errors:?}"
         );
+    });
+}
+
+/// `references = ["members"]`: a joined group's members replace the
+/// projecting group's, each resolved in the joined source — through the
+/// object it projected or the one it joined.
+#[test]
+fn a_joined_group_gives_its_members_resolved_in_its_own_source() {
+    run(async {
+        let (mut corp, mut hr, mut store, mut target) =
+            (MemorySource::default(), MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        corp.user(1, "ann", &[]);
+        corp.user(2, "bob", &[]);
+        corp.add(3, ObjectKind::Group, "cn=staff", &[("cn", "staff"), ("member", "uid=ann,dc=example,dc=org")]);
+        cycle("corp", &mut corp, &mut store, &mut target, &CycleOptions::default()).await;
+        // HR's group lists bob (its record "hbob" joins corp's bob) and a person only HR has.
+        hr.add(20, ObjectKind::Group, "cn=staff", &[("cn", "staff"), ("member", "uid=hbob,dc=example,dc=org")]);
+        hr.add(21, ObjectKind::User, "uid=hbob", &[("uid", "hbob"), ("cn", "hbob"), ("mail", "bob@example.org")]);
+        let join = JoinRules {
+            groups: vec![vec![("mail".into(), "mail".into())], vec![("cn".into(), "displayName".into())]],
+            project: false,
+            authoritative: Vec::new(),
+            references: super::JoinedReferences { manager: false, members: true },
+        };
+        let options = CycleOptions { join: Some(join), ..CycleOptions::default() };
+        cycle("hr", &mut hr, &mut store, &mut target, &options).await;
+        let group = store.mv_for_dn("corp", &Dn::parse("cn=staff,dc=example,dc=org").unwrap()).unwrap().unwrap();
+        let bob = store.mv_for_dn("corp", &Dn::parse("uid=bob,dc=example,dc=org").unwrap()).unwrap().unwrap();
+        assert_eq!(store.mv_get(&group).unwrap().unwrap().members, vec![bob.clone()], "HR's member, resolved");
+        let (_, confirmed) = store.exported(&group).unwrap().unwrap();
+        let bob_tenant = store.exported_id(&bob).unwrap().unwrap();
+        assert_eq!(confirmed["members"], serde_json::json!([{"value": bob_tenant}]), "{confirmed}");
     });
 }
 
