@@ -13,7 +13,6 @@ use crate::tls::TestCa;
 
 pub const BASE_DN: &str = "dc=example,dc=org";
 pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=org";
-pub const ADMIN_PASSWORD: &str = "secret";
 
 #[derive(Debug, Clone)]
 pub struct SlapdOptions {
@@ -42,6 +41,9 @@ pub struct Slapd {
     pub ldaps_url: Option<String>,
     pub ca: Option<TestCa>,
     options: SlapdOptions,
+    /// Random per server: a test that reaches another test's server (a port
+    /// handed out twice under load) is refused, never silently answered.
+    admin_password: String,
 }
 
 impl Slapd {
@@ -54,7 +56,8 @@ impl Slapd {
         for sub in ["slapd.d", "data"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(io_err("creating slapd dirs"))?;
         }
-        let config = config_ldif(dir.path(), &options, ca.as_ref());
+        let admin_password = random_password();
+        let config = config_ldif(dir.path(), &options, ca.as_ref(), &admin_password);
         let config_path = dir.join("config.ldif");
         std::fs::write(&config_path, config).map_err(io_err("writing config.ldif"))?;
         let slapd_d = dir.join("slapd.d").display().to_string();
@@ -75,6 +78,7 @@ impl Slapd {
             ldaps_url: ldaps_port.map(|p| format!("ldaps://127.0.0.1:{p}")),
             ca,
             options,
+            admin_password,
         };
         // A free port can be taken by another test's server before slapd binds
         // it; slapd then exits or serves without that listener, and a new
@@ -180,13 +184,13 @@ impl Slapd {
         ADMIN_DN
     }
 
-    pub fn admin_password(&self) -> &'static str {
-        ADMIN_PASSWORD
+    pub fn admin_password(&self) -> &str {
+        &self.admin_password
     }
 
     /// Writes the admin password to a file (for `--password-file`).
     pub fn password_file(&self) -> Result<PathBuf, TestkitError> {
-        write_password_file(self.dir.path(), ADMIN_PASSWORD)
+        write_password_file(self.dir.path(), &self.admin_password)
     }
 
     pub fn dir(&self) -> &Path {
@@ -196,13 +200,13 @@ impl Slapd {
     /// An OpenLDAP command-line tool bound to this server as the admin.
     fn tool_as_admin(&self, tool: &str) -> Command {
         let mut command = Command::new(tool);
-        command.args(["-x", "-H", &self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]);
+        command.args(["-x", "-H", &self.url, "-D", ADMIN_DN, "-w", &self.admin_password]);
         command
     }
 
     /// Applies LDIF change records (or plain entries, added) as the admin.
     pub fn modify(&self, ldif: &str) -> Result<(), TestkitError> {
-        ldapmodify(&self.url, ADMIN_DN, ADMIN_PASSWORD, None, ldif)
+        ldapmodify(&self.url, ADMIN_DN, &self.admin_password, None, ldif)
     }
 
     /// Sets a user's password the way an administrator would (`ldappasswd`,
@@ -294,7 +298,16 @@ ou: groups
 
 ";
 
-fn config_ldif(dir: &Path, options: &SlapdOptions, ca: Option<&TestCa>) -> String {
+/// "secret-" and 16 random hex digits.
+fn random_password() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u32(std::process::id());
+    format!("secret-{:016x}", h.finish())
+}
+
+fn config_ldif(dir: &Path, options: &SlapdOptions, ca: Option<&TestCa>, admin_password: &str) -> String {
     let d = dir.display();
     let tls = match ca {
         Some(ca) => format!(
@@ -357,7 +370,7 @@ olcDatabase: {{1}}mdb
 olcSuffix: {BASE_DN}
 olcDbDirectory: {d}/data
 olcRootDN: {ADMIN_DN}
-olcRootPW: {ADMIN_PASSWORD}
+olcRootPW: {admin_password}
 olcDbMaxSize: 8589934592
 olcDbIndex: objectClass eq
 olcDbIndex: uid,cn,mail,member eq
