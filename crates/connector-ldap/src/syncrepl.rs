@@ -23,8 +23,7 @@ pub(crate) async fn cookie_only(source: &LdapSource, base: &Dn) -> Result<Vec<u8
     // asks for a full refresh when a later search's filter differs): there
     // the cookie comes from the real filter, entries without attributes.
     let outcome = if profile.kind == crate::settings::ServerKind::Ds389 {
-        let filter = profile.filter.clone();
-        run(source, base, &filter, vec![NO_ATTRIBUTES.to_string()], None, None).await?
+        run(source, base, &profile.filter, vec![NO_ATTRIBUTES.to_string()], None, None).await?
     } else {
         run(source, base, MATCH_NOTHING, profile.attributes.clone(), None, None).await?
     };
@@ -46,6 +45,7 @@ pub(crate) async fn delta(
     let (_, profile) = source.session_profile()?;
     let bases = profile.bases.clone();
     let filter = profile.filter.clone();
+    let attributes = profile.attributes.clone();
     let scope_fingerprint = profile.scope_fingerprint.clone();
     let mut counts = Counts::new();
     let mut new_cookies = Vec::new();
@@ -56,8 +56,8 @@ pub(crate) async fn delta(
             .find(|c| Dn::parse(&c.base).is_ok_and(|b| b == base))
             .ok_or_else(|| LdapError::Watermark(format!("no sync cookie stored for base {base}")))?;
         let cookie = unb64(&stored.cookie)?;
-        let attributes = profile_attributes(source)?;
-        let outcome = run(source, &base, &filter, attributes, Some(cookie), Some((&mut counts, &mut *sink))).await?;
+        let outcome =
+            run(source, &base, &filter, attributes.clone(), Some(cookie), Some((&mut counts, &mut *sink))).await?;
         if outcome.present_phase {
             tracing::info!(%base, "the server answered with a present phase: objects it did not list are treated as deleted");
             reconcile_within.push(base.clone());
@@ -81,10 +81,6 @@ struct Outcome {
 
 /// RFC 4511's "no attributes" selector.
 const NO_ATTRIBUTES: &str = "1.1";
-
-fn profile_attributes(source: &LdapSource) -> Result<Vec<String>, LdapError> {
-    Ok(source.session_profile()?.1.attributes.clone())
-}
 
 async fn run(
     source: &LdapSource,
