@@ -52,6 +52,36 @@ impl Filter {
         Ok(f)
     }
 
+    /// Whether the filter may look at attribute `name` (case-insensitively;
+    /// an extensible match on no attribute may look at any).
+    pub fn mentions(&self, name: &str) -> bool {
+        let mut todo = vec![self];
+        while let Some(f) = todo.pop() {
+            let attr = match f {
+                Filter::And(fs) | Filter::Or(fs) => {
+                    todo.extend(fs);
+                    continue;
+                }
+                Filter::Not(f) => {
+                    todo.push(f);
+                    continue;
+                }
+                Filter::Extensible { attr: None, .. } => return true,
+                Filter::Extensible { attr: Some(a), .. } => a,
+                Filter::Equality(a, _)
+                | Filter::Substrings { attr: a, .. }
+                | Filter::GreaterOrEqual(a, _)
+                | Filter::LessOrEqual(a, _)
+                | Filter::Present(a)
+                | Filter::Approx(a, _) => a,
+            };
+            if attr.eq_ignore_ascii_case(name) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Evaluates the filter against an entry. Text compares case-insensitively
     /// with insignificant spaces ignored; binary values compare byte for byte;
     /// `>=`/`<=` compare as integers when both sides are integers.

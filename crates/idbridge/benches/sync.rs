@@ -19,9 +19,12 @@
 //! CPU time and peak RSS of the sync process, the tenant's peak RSS, both
 //! stores' size per object; a second `sync run --once` with nothing changed;
 //! then the daemon with no idle wait: 100 single-attribute changes on-premises,
-//! each timed until the tenant shows it; then a group with 50,000 members
-//! (N/2 for smaller N) is added, and 10 single-member additions to it are
-//! timed until the tenant shows the new member.
+//! each timed until the tenant shows it; then groups of 10,000 and 250,000
+//! members (`IDBRIDGE_BENCH_GROUP_SIZES`, each at most N/2) are added, and
+//! 100 single-member additions to each (`IDBRIDGE_BENCH_MEMBER_CHANGES`) are
+//! timed until the tenant shows the new member, with the CPU each addition
+//! cost the sync daemon and the tenant (`IDBRIDGE_BENCH_PERF_MEMBERS=FILE`
+//! profiles the daemon during the largest group's additions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -319,12 +322,8 @@ fn main() {
         testkit::latency_summary(&times)
     );
 
-    // One member added to a very large group.
-    let get = |path: &str| -> serde_json::Value {
-        rt.block_on(async {
-            client.get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap()
-        })
-    };
+    // One member added to large groups: the latency until the tenant shows
+    // it, and the CPU it costs the sync daemon and the tenant per addition.
     let people = Command::new("ldapsearch")
         .args(["-x", "-LLL", "-H", &slapd.url, "-D", slapd.admin_dn(), "-w", slapd.admin_password()])
         .args(["-b", slapd.base_dn(), "-E", "pr=1000/noprompt", "(objectClass=inetOrgPerson)", "mail"])
@@ -340,43 +339,189 @@ fn main() {
             people.push((dn.clone(), m.to_string()));
         }
     }
-    let size = 50_000.min(people.len() / 2);
-    let group_dn = format!("cn=bench-big-group,{}", slapd.base_dn());
-    let mut ldif = format!("dn: {group_dn}\nchangetype: add\nobjectClass: groupOfNames\ncn: bench-big-group\n");
-    for (dn, _) in &people[..size] {
-        ldif.push_str(&format!("member: {dn}\n"));
-    }
-    ldif.push('\n');
-    let started = Instant::now();
-    slapd.modify(&ldif).unwrap();
-    let group_id = loop {
-        let v = get("/Groups?filter=displayName%20eq%20%22bench-big-group%22&attributes=id");
-        if let Some(id) = v["Resources"][0]["id"].as_str() {
-            break id.to_string();
-        }
-        assert!(started.elapsed() < Duration::from_secs(600), "the large group never arrived");
-        std::thread::sleep(Duration::from_millis(100));
+    let additions = testkit::bench::env_usize("IDBRIDGE_BENCH_MEMBER_CHANGES", 100);
+    let sizes = std::env::var("IDBRIDGE_BENCH_GROUP_SIZES").unwrap_or_else(|_| "10000,250000".into());
+    let mut sizes: Vec<usize> = sizes
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .map(|s: usize| s.min(people.len().saturating_sub(additions) / 2))
+        .collect();
+    sizes.dedup();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    // From here on the daemon waits for slapd's pushes instead of running
+    // cycles back to back, so the CPU it uses is what the additions cost.
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let pushed = tmp.join("idbridge-pushed.toml");
+    std::fs::write(
+        &pushed,
+        std::fs::read_to_string(&config).unwrap().replace("interval_secs = 0", "interval_secs = 3600"),
+    )
+    .unwrap();
+    // Its cycle reports (one per addition) give the stages' times.
+    let daemon_log = tmp.join("daemon.log");
+    let mut daemon = Command::new(exe)
+        .env("RUST_LOG", "warn")
+        .args(["sync", "run", "--config", pushed.to_str().unwrap()])
+        .stderr(std::fs::File::create(&daemon_log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon_pid = daemon.id();
+    let tenant_pid = tenant.process.0.id();
+    let ctx = LargeGroups {
+        rt: &rt,
+        client: &client,
+        base: &base,
+        token: &token,
+        slapd: &slapd,
+        people: &people,
+        daemon_log: &daemon_log,
     };
-    let created = started.elapsed().as_secs_f64();
-    let mut member_times = Vec::new();
-    for (dn, mail) in &people[size..size + 10] {
-        let user = get(&format!("/Users?filter=userName%20eq%20%22{mail}%22&attributes=id"));
-        let user_id = user["Resources"][0]["id"].as_str().unwrap().to_string();
-        let started = Instant::now();
-        slapd.modify(&format!("dn: {group_dn}\nchangetype: modify\nadd: member\nmember: {dn}\n-\n\n")).unwrap();
-        let probe = format!(
-            "/Groups?filter=id%20eq%20%22{group_id}%22%20and%20members%5Bvalue%20eq%20%22{user_id}%22%5D&attributes=id"
-        );
-        while get(&probe)["totalResults"] != 1 {
-            assert!(started.elapsed() < Duration::from_secs(120), "a member addition never arrived");
-            std::thread::sleep(Duration::from_millis(20));
+    let mut results = Vec::new();
+    for (n, size) in sizes.iter().copied().enumerate() {
+        // IDBRIDGE_BENCH_PERF_MEMBERS=FILE: the daemon under `perf record` during the largest group's additions.
+        let perf = std::env::var("IDBRIDGE_BENCH_PERF_MEMBERS").ok().filter(|_| size == largest).map(|file| {
+            testkit::KillOnDrop(
+                Command::new("perf")
+                    .args(["record", "-F", "999", "-g", "-o", &file, "-p", &daemon_pid.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        });
+        results.push((size, ctx.measure(n, size, additions, daemon_pid, tenant_pid)));
+        if let Some(mut recorder) = perf {
+            let _ = Command::new("kill").args(["-INT", &recorder.0.id().to_string()]).status();
+            let _ = recorder.0.wait();
         }
-        member_times.push(started.elapsed());
     }
-
-    println!("  {:<28} created in the tenant after {created:.1} s", format!("{size}-member group"));
-    println!("  one member added to it       visible {} (10 additions)", testkit::latency_summary(&member_times));
+    let first_cpu = results.first().map(|(_, r)| r.daemon_cpu_ms + r.tenant_cpu_ms).unwrap_or(0.0);
+    for (size, r) in &results {
+        println!("  {:<28} created in the tenant after {:.1} s", format!("{size}-member group"), r.created_secs);
+        println!(
+            "    one member added           visible {} ({} additions)",
+            testkit::latency_summary(&r.latencies),
+            r.latencies.len()
+        );
+        println!(
+            "    CPU per addition           sync {:.1} ms, tenant {:.1} ms ({:.2}x the {}-member group)",
+            r.daemon_cpu_ms,
+            r.tenant_cpu_ms,
+            (r.daemon_cpu_ms + r.tenant_cpu_ms) / first_cpu.max(0.001),
+            results.first().map_or(0, |(s, _)| *s)
+        );
+        println!(
+            "    stages per addition        import {:.1} ms, sync {:.1} ms, export {:.1} ms",
+            1000.0 * r.stages[0],
+            1000.0 * r.stages[1],
+            1000.0 * r.stages[2]
+        );
+    }
     let _ = daemon.kill();
     let _ = daemon.wait();
     drop(tenant);
+}
+
+/// What the large-group measurements share.
+struct LargeGroups<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    client: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+    slapd: &'a testkit::Slapd,
+    /// Every user's DN and mail, in directory order.
+    people: &'a [(String, String)],
+    /// The daemon's standard error, where it reports each cycle.
+    daemon_log: &'a Path,
+}
+
+/// One large group's figures.
+struct GroupFigures {
+    created_secs: f64,
+    latencies: Vec<Duration>,
+    daemon_cpu_ms: f64,
+    tenant_cpu_ms: f64,
+    /// Seconds per addition in import, sync and export (from the cycle reports).
+    stages: [f64; 3],
+}
+
+impl LargeGroups<'_> {
+    fn get(&self, path: &str) -> serde_json::Value {
+        self.rt.block_on(async {
+            self.client
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+    }
+
+    /// Adds group number `n` with the first `size` people, waits for it in
+    /// the tenant, then adds the next `additions` people one at a time.
+    fn measure(&self, n: usize, size: usize, additions: usize, daemon: u32, tenant: u32) -> GroupFigures {
+        let name = format!("bench-big-group-{n}");
+        let group_dn = format!("cn={name},{}", self.slapd.base_dn());
+        let mut ldif = format!("dn: {group_dn}\nchangetype: add\nobjectClass: groupOfNames\ncn: {name}\n");
+        for (dn, _) in &self.people[..size] {
+            ldif.push_str(&format!("member: {dn}\n"));
+        }
+        ldif.push('\n');
+        let started = Instant::now();
+        self.slapd.modify(&ldif).unwrap();
+        let group_id = loop {
+            let v = self.get(&format!("/Groups?filter=displayName%20eq%20%22{name}%22&attributes=id"));
+            if let Some(id) = v["Resources"][0]["id"].as_str() {
+                break id.to_string();
+            }
+            assert!(started.elapsed() < Duration::from_secs(1800), "the large group never arrived");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let created_secs = started.elapsed().as_secs_f64();
+        // The users to add, looked up before anything is timed.
+        let added: Vec<(String, String)> = self.people[size..size + additions]
+            .iter()
+            .map(|(dn, mail)| {
+                let user = self.get(&format!("/Users?filter=userName%20eq%20%22{mail}%22&attributes=id"));
+                (dn.clone(), user["Resources"][0]["id"].as_str().unwrap().to_string())
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let (mut daemon_cpu, mut tenant_cpu) = (0.0, 0.0);
+        let reports_before = std::fs::read_to_string(self.daemon_log).unwrap_or_default().len();
+        for (dn, user_id) in &added {
+            let (daemon_before, tenant_before) =
+                (testkit::bench::cpu_seconds(&[daemon]), testkit::bench::cpu_seconds(&[tenant]));
+            let started = Instant::now();
+            self.slapd
+                .modify(&format!("dn: {group_dn}\nchangetype: modify\nadd: member\nmember: {dn}\n-\n\n"))
+                .unwrap();
+            // The user's groups: a probe whose cost does not grow with the group.
+            let probe = format!("/Users/{user_id}?attributes=groups");
+            let member = |v: serde_json::Value| {
+                v["groups"].as_array().is_some_and(|g| g.iter().any(|g| g["value"] == group_id.as_str()))
+            };
+            while !member(self.get(&probe)) {
+                assert!(started.elapsed() < Duration::from_secs(300), "a member addition never arrived");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            latencies.push(started.elapsed());
+            // The probes' own cost is in the tenant's figure: they are the same for every size.
+            daemon_cpu += testkit::bench::cpu_seconds(&[daemon]) - daemon_before;
+            tenant_cpu += testkit::bench::cpu_seconds(&[tenant]) - tenant_before;
+        }
+        let per = |cpu: f64| 1000.0 * cpu / additions.max(1) as f64;
+        let log = std::fs::read_to_string(self.daemon_log).unwrap_or_default();
+        let mut stages = [0.0; 3];
+        for line in log.get(reports_before..).unwrap_or("").lines().filter(|l| l.contains("import ")) {
+            for (total, s) in stages.iter_mut().zip(self::stages(line)) {
+                *total += s / additions.max(1) as f64;
+            }
+        }
+        GroupFigures { created_secs, latencies, daemon_cpu_ms: per(daemon_cpu), tenant_cpu_ms: per(tenant_cpu), stages }
+    }
 }

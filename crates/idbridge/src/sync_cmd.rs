@@ -126,7 +126,7 @@ impl CycleEvents for PrintedCycles {
 
 fn print_report(report: &CycleReport, elapsed: Duration) {
     eprintln!(
-        "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted, {} passwords; {} errors ({:.1} s: import {:.1}, sync {:.1}, export {:.1})",
+        "{}: {:?} import, {} imported, {} deleted on-premises, {} synced, {} out of scope; exported {} created, {} updated, {} deleted, {} passwords; {} errors ({:.3} s: import {:.3}, sync {:.3}, export {:.3})",
         report.status.as_str(),
         report.import_mode,
         report.imported,

@@ -192,6 +192,73 @@ fn ref_keys(entry: &directory::Entry) -> std::collections::BTreeSet<i64> {
     keys
 }
 
+/// Whether a group's member changes can be synced alone (see
+/// [`sync::engine::ConnectorSpace::cs_member_changes`]): a group without a
+/// manager, whose references are then all members.
+fn members_by_difference(object: &sync::SourceObject) -> bool {
+    object.kind == directory::ObjectKind::Group && !object.entry.has("manager")
+}
+
+/// The member changes from `old` to `new` when nothing else differs (DN,
+/// other attributes): normalized DNs added and removed. `None` when
+/// something else changed.
+fn member_changes(old: &directory::Entry, new: &directory::Entry) -> Option<(Vec<String>, Vec<String>)> {
+    use std::collections::HashSet;
+    let is_member = |name: &str| sync::mapping::MEMBER_ATTRIBUTES.iter().any(|m| m.eq_ignore_ascii_case(name));
+    if old.dn != new.dn {
+        return None;
+    }
+    let others = |e: &directory::Entry| e.attributes().filter(|a| !is_member(&a.name)).count();
+    if others(old) != others(new) {
+        return None;
+    }
+    for a in new.attributes().filter(|a| !is_member(&a.name)) {
+        if old.values(&a.name) != a.values.as_slice() {
+            return None;
+        }
+    }
+    // Values as the source gave them: compared as text first, so only the
+    // changed ones are parsed as DNs.
+    fn texts(e: &directory::Entry) -> HashSet<&str> {
+        sync::mapping::MEMBER_ATTRIBUTES
+            .iter()
+            .flat_map(|m| e.values(m))
+            .filter_map(directory::Value::as_text)
+            .collect()
+    }
+    let (before, after) = (texts(old), texts(new));
+    let normalized = |t: &&str| Dn::parse(t).ok().map(|d| d.normalized());
+    let added: HashSet<String> = after.difference(&before).filter_map(normalized).collect();
+    let removed: HashSet<String> = before.difference(&after).filter_map(normalized).collect();
+    // A value written differently but naming the same DN is no change.
+    Some((added.difference(&removed).cloned().collect(), removed.difference(&added).cloned().collect()))
+}
+
+/// Puts confirmed member changes (tenant ids) into a group's resource as
+/// last confirmed: members sorted by id, as the outbound mapping gives them,
+/// and no `members` at all when none are left.
+fn apply_member_changes(resource: &mut Json, added: &[(String, String)], removed: &[(String, Option<String>)]) {
+    let Some(object) = resource.as_object_mut() else { return };
+    let gone: std::collections::HashSet<&str> = removed.iter().filter_map(|(_, id)| id.as_deref()).collect();
+    let mut ids: Vec<String> = object
+        .get("members")
+        .and_then(Json::as_array)
+        .map(|a| a.iter().filter_map(|m| m.get("value").and_then(Json::as_str)).map(str::to_string).collect())
+        .unwrap_or_default();
+    ids.retain(|id| !gone.contains(id.as_str()));
+    ids.extend(added.iter().map(|(_, id)| id.clone()));
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        object.remove("members");
+    } else {
+        object.insert(
+            "members".into(),
+            Json::Array(ids.into_iter().map(|id| serde_json::json!({"value": id})).collect()),
+        );
+    }
+}
+
 /// The normalized form of `key` if it is a DN, else empty (for `find`).
 fn dn_key(key: &str) -> String {
     Dn::parse(key).map(|d| d.normalized()).unwrap_or_default()

@@ -5,7 +5,9 @@ use std::path::Path;
 use directory::{Anchor, Dn, ObjectKind};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value as Json, json};
-use sync::engine::{ConnectorSpace, CycleReport, ExportLog, Metaverse, MvRecord, StoreError, Transactional};
+use sync::engine::{
+    ConnectorSpace, CycleReport, ExportLog, MemberChanges, Metaverse, MvRecord, StoreError, Transactional,
+};
 use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
 
@@ -128,8 +130,32 @@ const SCHEMA_V9: &str = "
 ALTER TABLE joins ADD COLUMN refs TEXT NOT NULL DEFAULT '{}';
 ";
 
+/// Groups synced by difference: `cs.delta_ok` — a group whose references
+/// are all members (no manager); `cs.members_only` — its pending changes
+/// are member changes only, listed in `cs_member_changes` (normalized DNs,
+/// added or removed) until it is synced; `mv.members_only` — a dirty
+/// metaverse object's changes are member changes only, listed in
+/// `mv_member_changes` (metaverse ids) until the tenant confirms them.
+const SCHEMA_V10: &str = "
+ALTER TABLE cs ADD COLUMN delta_ok INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE cs ADD COLUMN members_only INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE cs_member_changes (source TEXT NOT NULL, id BLOB NOT NULL, dn_norm TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY (source, id, dn_norm)) WITHOUT ROWID;
+ALTER TABLE mv ADD COLUMN members_only INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE mv_member_changes (mv_id TEXT NOT NULL, member TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY (mv_id, member)) WITHOUT ROWID;
+";
+
 const MIGRATIONS: &[&str] =
-    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9];
+    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10];
+
+/// A connector-space row as `cs_put` compares it with what comes in.
+struct StoredCs {
+    entry: Vec<u8>,
+    anchor: Vec<u8>,
+    kind: String,
+    pending: bool,
+    members_only: bool,
+    deleted: bool,
+}
 
 /// A metaverse row as read: kind, anchor, packed attributes, manager,
 /// packed members, deleted.
@@ -616,49 +642,123 @@ impl ConnectorSpace for SqliteStore {
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
         let entry = pack::pack(&codec::entry_to_json(&object.entry).to_string())?;
         let dn_norm = object.entry.dn.normalized();
-        let changed = self.exec(
-                "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0)
-                 ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
-                   anchor = excluded.anchor, entry = excluded.entry, pending = 1, deleted = 0
-                 WHERE cs.entry != excluded.entry OR cs.deleted = 1 OR cs.anchor != excluded.anchor",
-                params![source, object.id.0, object.entry.dn.to_string(), dn_norm, kind_str(object.kind), object.anchor.0, entry],
+        let kind = kind_str(object.kind);
+        let delta_ok = crate::members_by_difference(object);
+        let old: Option<StoredCs> = self
+            .query_one(
+                "SELECT entry, anchor, kind, pending, members_only, deleted FROM cs WHERE source = ?1 AND id = ?2",
+                params![source, object.id.0],
+                |r| {
+                    Ok(StoredCs {
+                        entry: packed(r, 0)?,
+                        anchor: r.get(1)?,
+                        kind: r.get(2)?,
+                        pending: r.get(3)?,
+                        members_only: r.get(4)?,
+                        deleted: r.get(5)?,
+                    })
+                },
             )
+            .optional()
             .map_err(err)?;
-        if changed > 0 {
-            // Only what changed: one member added to a 50,000-member group is
-            // one row written, not 50,000 deleted and written again.
-            let mut wanted = crate::ref_keys(&object.entry);
-            let stored: Vec<i64> = self
+        let member_changes = match &old {
+            None => None,
+            Some(before) => {
+                let same_object = !before.deleted && before.anchor == object.anchor.0 && before.kind == kind;
+                if same_object && before.entry == entry {
+                    return Ok(());
+                }
+                // Members alone changed (and nothing else waits for sync):
+                // only they are compared, keyed and synced.
+                if same_object && delta_ok && (!before.pending || before.members_only) {
+                    codec::entry_from_json(&pack::unpack(&before.entry)?)
+                        .and_then(|before| crate::member_changes(&before, &object.entry))
+                } else {
+                    None
+                }
+            }
+        };
+        self.exec(
+            "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted, delta_ok, members_only) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0, ?8, ?9)
+             ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
+               anchor = excluded.anchor, entry = excluded.entry, pending = 1, deleted = 0,
+               delta_ok = excluded.delta_ok, members_only = excluded.members_only",
+            params![
+                source,
+                object.id.0,
+                object.entry.dn.to_string(),
+                dn_norm,
+                kind,
+                object.anchor.0,
+                entry,
+                delta_ok,
+                member_changes.is_some()
+            ],
+        )
+        .map_err(err)?;
+        if let Some((added, removed)) = member_changes {
+            let mut change = self
                 .conn
-                .prepare_cached("SELECT ref_key FROM cs_ref_keys WHERE source = ?1 AND id = ?2")
-                .map_err(err)?
-                .query_map(params![source, object.id.0], |r| r.get(0))
-                .map_err(err)?
-                .collect::<Result<_, _>>()
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO cs_member_changes(source, id, dn_norm, added) VALUES(?1, ?2, ?3, ?4)",
+                )
                 .map_err(err)?;
+            for (dn, is_added) in added.iter().map(|d| (d, true)).chain(removed.iter().map(|d| (d, false))) {
+                change.execute(params![source, object.id.0, dn, is_added]).map_err(err)?;
+            }
+            // Every reference of such a group is a member: its keys change by the same difference.
+            let mut add = self
+                .conn
+                .prepare_cached("INSERT OR IGNORE INTO cs_ref_keys(source, id, ref_key) VALUES(?1, ?2, ?3)")
+                .map_err(err)?;
+            for dn in &added {
+                add.execute(params![source, object.id.0, crate::ref_key(dn)]).map_err(err)?;
+            }
             let mut remove = self
                 .conn
                 .prepare_cached("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND ref_key = ?3")
                 .map_err(err)?;
-            for key in stored {
-                if !wanted.remove(&key) {
-                    remove.execute(params![source, object.id.0, key]).map_err(err)?;
-                }
+            for dn in &removed {
+                remove.execute(params![source, object.id.0, crate::ref_key(dn)]).map_err(err)?;
             }
-            let mut add = self
-                .conn
-                .prepare_cached("INSERT INTO cs_ref_keys(source, id, ref_key) VALUES(?1, ?2, ?3)")
-                .map_err(err)?;
-            for key in wanted {
-                add.execute(params![source, object.id.0, key]).map_err(err)?;
+            return Ok(());
+        }
+        self.exec("DELETE FROM cs_member_changes WHERE source = ?1 AND id = ?2", params![source, object.id.0])
+            .map_err(err)?;
+        // Only what changed: one member added to a 50,000-member group is
+        // one row written, not 50,000 deleted and written again.
+        let mut wanted = crate::ref_keys(&object.entry);
+        let stored: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT ref_key FROM cs_ref_keys WHERE source = ?1 AND id = ?2")
+            .map_err(err)?
+            .query_map(params![source, object.id.0], |r| r.get(0))
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        let mut remove = self
+            .conn
+            .prepare_cached("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND ref_key = ?3")
+            .map_err(err)?;
+        for key in stored {
+            if !wanted.remove(&key) {
+                remove.execute(params![source, object.id.0, key]).map_err(err)?;
             }
+        }
+        let mut add =
+            self.conn.prepare_cached("INSERT INTO cs_ref_keys(source, id, ref_key) VALUES(?1, ?2, ?3)").map_err(err)?;
+        for key in wanted {
+            add.execute(params![source, object.id.0, key]).map_err(err)?;
         }
         Ok(())
     }
 
     fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
-        self.exec("UPDATE cs SET deleted = 1, pending = 1 WHERE source = ?1 AND id = ?2", params![source, id.0])
-            .map_err(err)?;
+        self.exec(
+            "UPDATE cs SET deleted = 1, pending = 1, members_only = 0 WHERE source = ?1 AND id = ?2",
+            params![source, id.0],
+        )
+        .map_err(err)?;
         Ok(())
     }
 
@@ -685,7 +785,11 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError> {
-        self.exec("UPDATE cs SET pending = 1 WHERE source = ?1 AND pending = 0", params![source]).map_err(err)?;
+        self.exec(
+            "UPDATE cs SET pending = 1, members_only = 0 WHERE source = ?1 AND (pending = 0 OR members_only = 1)",
+            params![source],
+        )
+        .map_err(err)?;
         Ok(())
     }
 
@@ -735,9 +839,12 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
-        // A row already pending is not rewritten.
-        self.exec("UPDATE cs SET pending = 1 WHERE source = ?1 AND id = ?2 AND pending = 0", params![source, id.0])
-            .map_err(err)?;
+        // A row already pending (as a whole) is not rewritten.
+        self.exec(
+            "UPDATE cs SET pending = 1, members_only = 0 WHERE source = ?1 AND id = ?2 AND (pending = 0 OR members_only = 1)",
+            params![source, id.0],
+        )
+        .map_err(err)?;
         Ok(())
     }
 
@@ -745,10 +852,22 @@ impl ConnectorSpace for SqliteStore {
         // One statement (an index search on the references, then on the
         // primary key for each); during a full cycle most referencing
         // objects are still pending and nothing is written.
+        let (dn_norm, except) = (dn.normalized(), &except.0);
+        let key = crate::ref_key(&dn_norm);
+        // A group synced by difference gets the one member to resolve.
         self.exec(
-            "UPDATE cs SET pending = 1 WHERE source = ?1 AND pending = 0 AND id <> ?3
+            "INSERT OR REPLACE INTO cs_member_changes(source, id, dn_norm, added)
+             SELECT c.source, c.id, ?4, 1 FROM cs c
+             WHERE c.source = ?1 AND c.id <> ?3 AND c.deleted = 0
+               AND c.id IN (SELECT r.id FROM cs_ref_keys r WHERE r.ref_key = ?2 AND r.source = ?1)
+               AND ((c.pending = 0 AND c.delta_ok = 1) OR (c.pending = 1 AND c.members_only = 1))",
+            params![source, key, except, dn_norm],
+        )
+        .map_err(err)?;
+        self.exec(
+            "UPDATE cs SET pending = 1, members_only = delta_ok WHERE source = ?1 AND pending = 0 AND id <> ?3
                AND id IN (SELECT r.id FROM cs_ref_keys r WHERE r.ref_key = ?2 AND r.source = ?1)",
-            params![source, crate::ref_key(&dn.normalized()), except.0],
+            params![source, key, except],
         )
         .map_err(err)?;
         Ok(())
@@ -757,14 +876,47 @@ impl ConnectorSpace for SqliteStore {
     fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
         // The common case in one statement; a deleted object's rows go.
         let live = self
-            .exec("UPDATE cs SET pending = 0 WHERE source = ?1 AND id = ?2 AND deleted = 0", params![source, id.0])
+            .exec(
+                "UPDATE cs SET pending = 0, members_only = 0 WHERE source = ?1 AND id = ?2 AND deleted = 0",
+                params![source, id.0],
+            )
             .map_err(err)?;
+        self.exec("DELETE FROM cs_member_changes WHERE source = ?1 AND id = ?2", params![source, id.0]).map_err(err)?;
         if live == 0 {
             self.exec("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
             self.exec("DELETE FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1", params![source, id.0])
                 .map_err(err)?;
         }
         Ok(())
+    }
+
+    fn cs_member_changes(&self, source: &str, id: &SourceId) -> Result<Option<MemberChanges>, StoreError> {
+        let members_only: bool = self
+            .query_one(
+                "SELECT pending = 1 AND members_only = 1 AND deleted = 0 FROM cs WHERE source = ?1 AND id = ?2",
+                params![source, id.0],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?
+            .unwrap_or(false);
+        if !members_only {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT dn_norm, added FROM cs_member_changes WHERE source = ?1 AND id = ?2")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![source, id.0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))
+            .map_err(err)?;
+        let mut changes = MemberChanges::default();
+        for row in rows {
+            let (dn, added) = row.map_err(err)?;
+            let Ok(dn) = Dn::parse(&dn) else { continue };
+            if added { changes.added.push(dn) } else { changes.removed.push(dn) }
+        }
+        Ok(Some(changes))
     }
 
     fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
@@ -835,7 +987,7 @@ impl Metaverse for SqliteStore {
             Some(mv) => {
                 let changed = self
                     .exec(
-                        "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, precedence = ?8, deleted = 0, dirty = 1
+                        "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, precedence = ?8, deleted = 0, dirty = 1, members_only = 0
                          WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR precedence != ?8 OR deleted = 1)",
                         params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm, precedence],
                     )
@@ -866,6 +1018,66 @@ impl Metaverse for SqliteStore {
                 Ok(mv)
             }
         }
+    }
+
+    fn mv_change_members(&mut self, source: &str, id: &SourceId, changes: &MemberChanges) -> Result<bool, StoreError> {
+        let row: Option<(String, Vec<u8>)> = self
+            .query_one(
+                "SELECT m.id, m.members FROM mv m WHERE m.source = ?1 AND m.cs_id = ?2 AND m.deleted = 0
+                   AND NOT EXISTS(SELECT 1 FROM joins j WHERE j.mv_id = m.id)",
+                params![source, id.0],
+                |r| Ok((r.get(0)?, packed(r, 1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((mv, stored)) = row else { return Ok(false) };
+        let mut members: Vec<String> = serde_json::from_str(&pack::unpack(&stored)?).map_err(err)?;
+        let added = self.mv_for_dns(source, &changes.added)?;
+        // A member removed may be gone already (deleted on-premises): its metaverse object whatever its state.
+        let removed: std::collections::HashSet<String> = if changes.removed.is_empty() {
+            std::collections::HashSet::new()
+        } else {
+            let list = Json::Array(changes.removed.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m ON m.source = ?1 AND m.dn_norm = j.value",
+                )
+                .map_err(err)?;
+            let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
+            rows.collect::<Result<_, _>>().map_err(err)?
+        };
+        let removed: Vec<String> = members.iter().filter(|m| removed.contains(*m)).cloned().collect();
+        members.retain(|m| !removed.contains(m));
+        let added: Vec<String> = added.into_iter().filter(|a| members.binary_search(a).is_err()).collect();
+        if added.is_empty() && removed.is_empty() {
+            return Ok(true);
+        }
+        // Sorted and once each, as a projection stores them (the stable sort
+        // merges the few added onto the sorted run in linear time).
+        members.extend(added.iter().cloned());
+        members.sort();
+        members.dedup();
+        // Clean, or dirty with member changes only: the export sends just these.
+        let (dirty, members_only): (bool, bool) = self
+            .query_one("SELECT dirty, members_only FROM mv WHERE id = ?1", params![mv], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(err)?;
+        let by_difference = !dirty || members_only;
+        if by_difference {
+            let mut change = self
+                .conn
+                .prepare_cached("INSERT OR REPLACE INTO mv_member_changes(mv_id, member, added) VALUES(?1, ?2, ?3)")
+                .map_err(err)?;
+            for (member, is_added) in added.iter().map(|m| (m, true)).chain(removed.iter().map(|m| (m, false))) {
+                change.execute(params![mv, member, is_added]).map_err(err)?;
+            }
+        }
+        self.exec(
+            "UPDATE mv SET members = ?2, dirty = 1, members_only = ?3 WHERE id = ?1",
+            params![mv, pack::pack(&json!(members).to_string())?, by_difference],
+        )
+        .map_err(err)?;
+        Ok(true)
     }
 
     fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
@@ -913,7 +1125,8 @@ impl Metaverse for SqliteStore {
             .query_one("SELECT EXISTS(SELECT 1 FROM exported WHERE mv_id = ?1)", params![mv], |r| r.get(0))
             .map_err(err)?;
         if exported {
-            self.exec("UPDATE mv SET deleted = 1, dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+            self.exec("UPDATE mv SET deleted = 1, dirty = 1, members_only = 0 WHERE id = ?1", params![mv])
+                .map_err(err)?;
         } else {
             self.exec("DELETE FROM mv WHERE id = ?1", params![mv]).map_err(err)?;
             self.exec("DELETE FROM mv_join_keys WHERE mv_id = ?1", params![mv]).map_err(err)?;
@@ -982,7 +1195,7 @@ impl Metaverse for SqliteStore {
             )
             .map_err(err)?;
         if changed > 0 {
-            self.exec("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+            self.exec("UPDATE mv SET dirty = 1, members_only = 0 WHERE id = ?1", params![mv]).map_err(err)?;
         }
         Ok(())
     }
@@ -1000,7 +1213,7 @@ impl Metaverse for SqliteStore {
 
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
         self.exec(
-            "UPDATE mv SET dirty = 1 WHERE id = (SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2)",
+            "UPDATE mv SET dirty = 1, members_only = 0 WHERE id = (SELECT mv_id FROM joins WHERE source = ?1 AND cs_id = ?2)",
             params![source, id.0],
         )
         .map_err(err)?;
@@ -1009,7 +1222,7 @@ impl Metaverse for SqliteStore {
     }
 
     fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError> {
-        self.exec("UPDATE mv SET dirty = 1 WHERE source = ?1", params![source]).map_err(err)?;
+        self.exec("UPDATE mv SET dirty = 1, members_only = 0 WHERE source = ?1", params![source]).map_err(err)?;
         Ok(())
     }
 
@@ -1050,7 +1263,8 @@ impl ExportLog for SqliteStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT m.id, m.deleted, m.manager, m.members, EXISTS(SELECT 1 FROM exported e WHERE e.mv_id = m.id)
+                "SELECT m.id, m.deleted, m.manager, CASE WHEN m.members_only = 1 THEN NULL ELSE m.members END,
+                   EXISTS(SELECT 1 FROM exported e WHERE e.mv_id = m.id)
                  FROM mv m WHERE m.dirty = 1
                  ORDER BY m.deleted, CASE m.kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, m.id",
             )
@@ -1061,15 +1275,27 @@ impl ExportLog for SqliteStore {
                     r.get::<_, String>(0)?,
                     r.get::<_, bool>(1)?,
                     r.get::<_, Option<String>>(2)?,
-                    packed(r, 3)?,
+                    r.get_ref(3)?.as_bytes_or_null().map(|b| b.map(<[u8]>::to_vec)).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Blob, Box::new(e))
+                    })?,
                     r.get::<_, bool>(4)?,
                 ))
             })
             .map_err(err)?;
         let mut out = Vec::new();
+        let mut added = self
+            .conn
+            .prepare_cached("SELECT member FROM mv_member_changes WHERE mv_id = ?1 AND added = 1")
+            .map_err(err)?;
         for row in rows {
             let (id, deleted, manager, members, exported) = row.map_err(err)?;
-            let members: Vec<String> = serde_json::from_str(&pack::unpack(&members)?).map_err(err)?;
+            let members: Vec<String> = match members {
+                Some(members) => serde_json::from_str(&pack::unpack(&members)?).map_err(err)?,
+                // Members alone changed: only those added may need to go first.
+                None => {
+                    added.query_map(params![id], |r| r.get(0)).map_err(err)?.collect::<Result<_, _>>().map_err(err)?
+                }
+            };
             out.push(sync::engine::DirtyObject {
                 id,
                 deleted,
@@ -1111,13 +1337,83 @@ impl ExportLog for SqliteStore {
         stmt.query_row(params![mv], |r| r.get(0)).optional().map_err(err)
     }
 
+    fn member_changes_to_export(&self, mv: &str) -> Result<Option<(MvRecord, MemberChanges<String>)>, StoreError> {
+        let row: Option<(String, String, Vec<u8>)> = self
+            .query_one(
+                "SELECT kind, anchor, attrs FROM mv WHERE id = ?1 AND dirty = 1 AND members_only = 1 AND deleted = 0",
+                params![mv],
+                |r| Ok((r.get(0)?, r.get(1)?, packed(r, 2)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((kind, anchor, attrs)) = row else { return Ok(None) };
+        let attrs = match serde_json::from_str::<Json>(&pack::unpack(&attrs)?).map_err(err)? {
+            Json::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let mut changes = MemberChanges::default();
+        let mut stmt =
+            self.conn.prepare_cached("SELECT member, added FROM mv_member_changes WHERE mv_id = ?1").map_err(err)?;
+        let rows = stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))).map_err(err)?;
+        for row in rows {
+            let (member, added) = row.map_err(err)?;
+            if added { changes.added.push(member) } else { changes.removed.push(member) }
+        }
+        let record = MvRecord {
+            id: mv.to_string(),
+            kind: kind_from(&kind),
+            anchor,
+            attrs,
+            manager: None,
+            members: Vec::new(),
+            deleted: false,
+        };
+        Ok(Some((record, changes)))
+    }
+
+    fn set_member_changes_exported(
+        &mut self,
+        mv: &str,
+        added: &[(String, String)],
+        removed: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let resource: Option<Vec<u8>> = self
+            .query_one("SELECT resource FROM exported WHERE mv_id = ?1", params![mv], |r| packed(r, 0))
+            .optional()
+            .map_err(err)?;
+        let Some(resource) = resource else {
+            return Err(StoreError(format!("member changes of {mv} confirmed, but it was never exported")));
+        };
+        let mut resource: Json = serde_json::from_str(&pack::unpack(&resource)?).map_err(err)?;
+        crate::apply_member_changes(&mut resource, added, removed);
+        self.exec(
+            "UPDATE exported SET resource = ?2 WHERE mv_id = ?1",
+            params![mv, pack::pack(&resource.to_string())?],
+        )
+        .map_err(err)?;
+        let mut done =
+            self.conn.prepare_cached("DELETE FROM mv_member_changes WHERE mv_id = ?1 AND member = ?2").map_err(err)?;
+        for member in added.iter().map(|(m, _)| m).chain(removed.iter().map(|(m, _)| m)) {
+            done.execute(params![mv, member]).map_err(err)?;
+        }
+        let left: bool = self
+            .query_one("SELECT EXISTS(SELECT 1 FROM mv_member_changes WHERE mv_id = ?1)", params![mv], |r| r.get(0))
+            .map_err(err)?;
+        if !left {
+            self.exec("UPDATE mv SET dirty = 0, members_only = 0 WHERE id = ?1", params![mv]).map_err(err)?;
+            self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
         self.exec(
             "INSERT OR REPLACE INTO exported(mv_id, tenant_id, resource) VALUES(?1, ?2, ?3)",
             params![mv, tenant_id, pack::pack(&resource.to_string())?],
         )
         .map_err(err)?;
-        self.exec("UPDATE mv SET dirty = 0 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.exec("UPDATE mv SET dirty = 0, members_only = 0 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM mv_member_changes WHERE mv_id = ?1", params![mv]).map_err(err)?;
         self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         Ok(())
     }
@@ -1131,7 +1427,8 @@ impl ExportLog for SqliteStore {
             params![mv],
         )
         .map_err(err)?;
-        self.exec("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.exec("UPDATE mv SET dirty = 1, members_only = 0 WHERE id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM mv_member_changes WHERE mv_id = ?1", params![mv]).map_err(err)?;
         Ok(())
     }
 

@@ -14,7 +14,9 @@ use directory::Dn;
 use serde_json::Value as Json;
 use store::{DatabaseSettings, History, PgStore, PgTls, SqliteStore, StateStore};
 use sync::engine::memory::MemoryTarget;
-use sync::engine::{ConnectorSpace, CycleOptions, ExportOp, Metaverse, Quiet, Target, Transaction, run_cycle};
+use sync::engine::{
+    ConnectorSpace, CycleOptions, ExportLog, ExportOp, Metaverse, Quiet, Target, Transaction, Transactional, run_cycle,
+};
 use sync::mapping::Flavor;
 use sync::{ImportSink, ImportSummary, SinkError, Source, SourceChange, Watermark};
 use testkit::{Postgres, Slapd, SlapdOptions, TempDir};
@@ -270,6 +272,46 @@ fn sqlite_and_postgres_give_the_same_tenant() {
     cycle(&rt, &slapd, &mut postgres, &mut to_postgres);
     assert_eq!(to_sqlite.objects.len(), 329);
     assert_same((&to_sqlite, &sqlite), (&to_postgres, &postgres));
+
+    // Members alone change (SQLite syncs those groups by difference,
+    // PostgreSQL whole): added, removed, a new user added to a group in the
+    // same change, and a group whose description changes with its members.
+    let mut groups: Vec<String> =
+        to_sqlite.objects.values().filter_map(|(_, r)| dn_of(r)).filter(|dn| dn.starts_with("cn=")).collect();
+    groups.sort();
+    assert!(groups.len() >= 3);
+    let base = slapd.base_dn();
+    slapd
+        .modify(&format!(
+            "dn: {g0}\nchangetype: modify\nadd: member\nmember: {u4}\nmember: {u5}\n-\n\n\
+             dn: uid=newcomer,{base}\nobjectClass: inetOrgPerson\nuid: newcomer\ncn: New Comer\nsn: Comer\nmail: newcomer@example.org\n\n\
+             dn: {g1}\nchangetype: modify\nadd: member\nmember: uid=newcomer,{base}\n-\n\n\
+             dn: {g2}\nchangetype: modify\nreplace: description\ndescription: Ökonomie\n-\nadd: member\nmember: {u6}\n-\n\n",
+            g0 = groups[0],
+            g1 = groups[1],
+            g2 = groups[2],
+            u4 = users[4],
+            u5 = users[5],
+            u6 = users[6],
+        ))
+        .unwrap();
+    cycle(&rt, &slapd, &mut sqlite, &mut to_sqlite);
+    cycle(&rt, &slapd, &mut postgres, &mut to_postgres);
+    assert_same((&to_sqlite, &sqlite), (&to_postgres, &postgres));
+    // Removed again, one of them with another added in the same change.
+    slapd
+        .modify(&format!(
+            "dn: {g0}\nchangetype: modify\ndelete: member\nmember: {u4}\n-\nadd: member\nmember: {u7}\n-\n\n\
+             dn: {g1}\nchangetype: modify\ndelete: member\nmember: uid=newcomer,{base}\n-\n\n",
+            g0 = groups[0],
+            g1 = groups[1],
+            u4 = users[4],
+            u7 = users[7],
+        ))
+        .unwrap();
+    cycle(&rt, &slapd, &mut sqlite, &mut to_sqlite);
+    cycle(&rt, &slapd, &mut postgres, &mut to_postgres);
+    assert_same((&to_sqlite, &sqlite), (&to_postgres, &postgres));
     let (a, b) = (sqlite.counts().unwrap(), postgres.counts().unwrap());
     assert_eq!(a, b);
     assert_eq!(sqlite.runs(5).unwrap().len(), postgres.runs(5).unwrap().len());
@@ -477,6 +519,11 @@ fn records_written_before_compression_are_read_on_sqlite() {
              VALUES('m1', 'user', 'AQ==', '{"mail":"Zoë@Example.org","displayName":"Zoë Ångström"}', NULL, '[]', 0, 0, 'lab', x'01', 'uid=zoë,ou=people,dc=example,dc=org');
            CREATE INDEX mv_join_mail ON mv(lower(json_extract(attrs, '$.mail')));
            DROP TABLE cs_ref_keys;
+           ALTER TABLE cs DROP COLUMN delta_ok;
+           ALTER TABLE cs DROP COLUMN members_only;
+           DROP TABLE cs_member_changes;
+           ALTER TABLE mv DROP COLUMN members_only;
+           DROP TABLE mv_member_changes;
            CREATE TABLE cs_refs (source TEXT NOT NULL, id BLOB NOT NULL, ref_dn_norm TEXT NOT NULL);
            PRAGMA user_version = 4;"#,
     )
@@ -574,4 +621,139 @@ fn multi_valued_joins_on_postgres() {
     let pg = Postgres::start().unwrap();
     let (mut store, _lease) = pg_writer(&pg, "test");
     multi_valued_join_keys(&mut store);
+}
+
+/// A group's members are recorded by difference when nothing else of it
+/// changed, and its metaverse object changes by that difference; anything
+/// else, or a group with a manager, is synced whole.
+#[test]
+fn members_change_by_difference_on_sqlite() {
+    use directory::{Anchor, Entry, ObjectKind};
+    use sync::{SourceId, SourceObject};
+    let tmp = TempDir::new("member-changes").unwrap();
+    let mut store = SqliteStore::open(&tmp.join("sync.db")).unwrap();
+    let dn = |t: &str| Dn::parse(t).unwrap();
+    let object = |id: u8, kind: ObjectKind, name: &str, attrs: &[(&str, &[&str])]| {
+        let mut entry = Entry::new(dn(name));
+        for (attr, values) in attrs {
+            entry.set(attr, values.iter().map(|v| directory::Value::Text((*v).to_string())).collect());
+        }
+        SourceObject { id: SourceId(vec![id]), anchor: Anchor(vec![id]), kind, entry }
+    };
+    let projection = |kind: ObjectKind, anchor: &str, name: &str| sync::mapping::Projection {
+        kind,
+        anchor: anchor.into(),
+        attrs: serde_json::json!({"onPremisesDistinguishedName": name}).as_object().unwrap().clone(),
+        precedence: Default::default(),
+        manager: None,
+        members: Vec::new(),
+    };
+    store.begin().unwrap();
+    // Three users in the metaverse, a group with the first one.
+    let mut mvs = Vec::new();
+    for i in 1..=3u8 {
+        let name = format!("uid=u{i},dc=example,dc=org");
+        store.cs_put("corp", &object(i, ObjectKind::User, &name, &[("uid", &[&format!("u{i}")])])).unwrap();
+        let mv = store
+            .mv_project(
+                "corp",
+                &SourceId(vec![i]),
+                &projection(ObjectKind::User, &format!("a{i}"), &name),
+                None,
+                Vec::new(),
+            )
+            .unwrap();
+        store.cs_done("corp", &SourceId(vec![i])).unwrap();
+        mvs.push(mv);
+    }
+    let group_id = SourceId(vec![9]);
+    let group = |members: &[&str], description: &str| {
+        object(
+            9,
+            ObjectKind::Group,
+            "cn=team,dc=example,dc=org",
+            &[("cn", &["team"]), ("description", &[description]), ("member", members)],
+        )
+    };
+    store.cs_put("corp", &group(&["uid=u1,dc=example,dc=org"], "x")).unwrap();
+    assert_eq!(store.cs_member_changes("corp", &group_id).unwrap(), None, "a new group is synced whole");
+    let group_mv = store
+        .mv_project(
+            "corp",
+            &group_id,
+            &projection(ObjectKind::Group, "g", "cn=team,dc=example,dc=org"),
+            None,
+            vec![mvs[0].clone()],
+        )
+        .unwrap();
+    store.cs_done("corp", &group_id).unwrap();
+    // In the tenant with its one member.
+    for (i, mv) in mvs.iter().enumerate() {
+        store.set_exported(mv, &format!("t{}", i + 1), &serde_json::json!({"userName": i})).unwrap();
+    }
+    store
+        .set_exported(&group_mv, "tg", &serde_json::json!({"displayName": "team", "members": [{"value": "t1"}]}))
+        .unwrap();
+
+    // One member added, written in another case; one removed.
+    store.cs_put("corp", &group(&["UID=U2,DC=example,DC=org"], "x")).unwrap();
+    let changes = store.cs_member_changes("corp", &group_id).unwrap().expect("members alone changed");
+    assert_eq!(changes.added, vec![dn("uid=u2,dc=example,dc=org")]);
+    assert_eq!(changes.removed, vec![dn("uid=u1,dc=example,dc=org")]);
+    // The user a new member names arrives in the same cycle: one more member to resolve.
+    store.cs_mark_referencing_pending("corp", &dn("uid=u3,dc=example,dc=org"), &SourceId(vec![3])).unwrap();
+    assert_eq!(store.cs_member_changes("corp", &group_id).unwrap().unwrap().added.len(), 1, "u3 is not a member");
+    store.cs_put("corp", &group(&["UID=U2,DC=example,DC=org", "uid=u3,dc=example,dc=org"], "x")).unwrap();
+    store.cs_mark_referencing_pending("corp", &dn("uid=u3,dc=example,dc=org"), &SourceId(vec![3])).unwrap();
+    let changes = store.cs_member_changes("corp", &group_id).unwrap().unwrap();
+    assert_eq!(changes.added.len(), 2, "{changes:?}");
+    assert!(store.mv_change_members("corp", &group_id, &changes).unwrap());
+    let record = store.mv_get(&group_mv).unwrap().unwrap();
+    let mut expected = vec![mvs[1].clone(), mvs[2].clone()];
+    expected.sort();
+    assert_eq!(record.members, expected);
+    store.cs_done("corp", &group_id).unwrap();
+    assert_eq!(store.cs_member_changes("corp", &group_id).unwrap(), None, "nothing pending");
+
+    // The export sees just those changes, and records them as the tenant confirms them.
+    let (head, changes) = store.member_changes_to_export(&group_mv).unwrap().expect("members alone changed");
+    assert_eq!((head.kind, head.members.len()), (ObjectKind::Group, 0));
+    let mut added = changes.added.clone();
+    added.sort();
+    assert_eq!((added, changes.removed.clone()), (expected.clone(), vec![mvs[0].clone()]));
+    let dirty = store.dirty_objects().unwrap();
+    let refs = &dirty.iter().find(|d| d.id == group_mv).unwrap().refs;
+    assert_eq!(refs.len(), 2, "only the members added need to go first: {refs:?}");
+    // u3 is not in the tenant yet: u2 added and u1 removed now, u3 waits.
+    store
+        .set_member_changes_exported(
+            &group_mv,
+            &[(mvs[1].clone(), "t2".into())],
+            &[(mvs[0].clone(), Some("t1".into()))],
+        )
+        .unwrap();
+    let members = |store: &SqliteStore| store.exported(&group_mv).unwrap().unwrap().1["members"].clone();
+    assert_eq!(members(&store), serde_json::json!([{"value": "t2"}]));
+    assert_eq!(store.member_changes_to_export(&group_mv).unwrap().unwrap().1.added, vec![mvs[2].clone()]);
+    store.set_member_changes_exported(&group_mv, &[(mvs[2].clone(), "t3".into())], &[]).unwrap();
+    assert_eq!(members(&store), serde_json::json!([{"value": "t2"}, {"value": "t3"}]));
+    assert!(store.member_changes_to_export(&group_mv).unwrap().is_none());
+    assert!(!store.dirty_objects().unwrap().iter().any(|d| d.id == group_mv), "clean once all are confirmed");
+
+    // Another attribute changes with the members: synced whole.
+    store.cs_put("corp", &group(&["uid=u3,dc=example,dc=org"], "y")).unwrap();
+    assert_eq!(store.cs_member_changes("corp", &group_id).unwrap(), None);
+    // Once pending whole, a later member change keeps it whole.
+    store.cs_put("corp", &group(&["uid=u1,dc=example,dc=org"], "y")).unwrap();
+    assert_eq!(store.cs_member_changes("corp", &group_id).unwrap(), None);
+    store.cs_done("corp", &group_id).unwrap();
+    // A group with a manager: its references are not all members.
+    let mut managed = group(&["uid=u2,dc=example,dc=org"], "y");
+    managed.entry.set("manager", vec![directory::Value::Text("uid=u3,dc=example,dc=org".into())]);
+    store.cs_put("corp", &managed).unwrap();
+    store.cs_done("corp", &group_id).unwrap();
+    managed.entry.set("member", vec![directory::Value::Text("uid=u1,dc=example,dc=org".into())]);
+    store.cs_put("corp", &managed).unwrap();
+    assert_eq!(store.cs_member_changes("corp", &group_id).unwrap(), None);
+    store.commit().unwrap();
 }

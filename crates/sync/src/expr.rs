@@ -396,6 +396,22 @@ impl Expr {
         Ok(e)
     }
 
+    /// Whether the expression reads the source attribute `name` (case-insensitively).
+    pub fn reads(&self, name: &str) -> bool {
+        // Iterative: nesting comes from configuration, but a walk never needs the stack.
+        let mut todo = vec![self];
+        while let Some(e) = todo.pop() {
+            match e {
+                Expr::Lit(_) => {}
+                Expr::Attr(a) if a.eq_ignore_ascii_case(name) => return true,
+                Expr::Attr(_) => {}
+                Expr::Call { args, .. } => todo.extend(args),
+                Expr::Binary(_, a, b) => todo.extend([a.as_ref(), b.as_ref()]),
+            }
+        }
+        false
+    }
+
     /// Evaluates against a source object.
     pub fn eval(&self, entry: &Entry) -> Result<Val, EvalError> {
         match self {

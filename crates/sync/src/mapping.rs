@@ -233,9 +233,9 @@ fn project_noting(
     }
     let manager = e.first_text("manager").and_then(|m| Dn::parse(m).ok());
     let members = if obj.kind == ObjectKind::Group {
-        e.values("member")
+        MEMBER_ATTRIBUTES
             .iter()
-            .chain(e.values("uniqueMember"))
+            .flat_map(|a| e.values(a))
             .filter_map(Value::as_text)
             .filter_map(|m| Dn::parse(m).ok())
             .collect()
@@ -244,6 +244,23 @@ fn project_noting(
     };
     Projection { kind: obj.kind, anchor: obj.anchor.immutable_id(), attrs, precedence, manager, members }
 }
+
+/// PATCH operations adding and removing members (tenant ids): one add
+/// with every new member, one remove per member gone.
+pub fn member_operations<S: AsRef<str>>(added: &[S], removed: &[S]) -> Vec<Json> {
+    let mut ops = Vec::with_capacity(removed.len() + 1);
+    if !added.is_empty() {
+        let values: Vec<Json> = added.iter().map(|m| json!({"value": m.as_ref()})).collect();
+        ops.push(json!({"op": "add", "path": "members", "value": values}));
+    }
+    for m in removed {
+        ops.push(json!({"op": "remove", "path": format!("members[value eq \"{}\"]", m.as_ref())}));
+    }
+    ops
+}
+
+/// The source attributes a group's members come from.
+pub const MEMBER_ATTRIBUTES: [&str; 2] = ["member", "uniqueMember"];
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -385,13 +402,9 @@ pub fn patch_operations(exported: &Json, desired: &Json) -> Vec<Json> {
             let (was, now) = (ids(o), ids(n));
             // Sets: a group may have hundreds of thousands of members.
             let (was_set, now_set): (HashSet<&String>, HashSet<&String>) = (was.iter().collect(), now.iter().collect());
-            let added: Vec<Json> = now.iter().filter(|m| !was_set.contains(m)).map(|m| json!({"value": m})).collect();
-            if !added.is_empty() {
-                ops.push(json!({"op": "add", "path": "members", "value": added}));
-            }
-            for m in was.iter().filter(|m| !now_set.contains(m)) {
-                ops.push(json!({"op": "remove", "path": format!("members[value eq \"{m}\"]")}));
-            }
+            let added: Vec<&String> = now.iter().filter(|m| !was_set.contains(m)).collect();
+            let removed: Vec<&String> = was.iter().filter(|m| !now_set.contains(m)).collect();
+            ops.extend(member_operations(&added, &removed));
             continue;
         }
         let is_extension = key.starts_with("urn:");

@@ -316,6 +316,19 @@ impl RuleSet {
         &self.rules
     }
 
+    /// Whether some inbound rule reads the source attribute `name` (in a
+    /// flow or its scope): then a change to it may change the projection.
+    pub fn inbound_reads(&self, name: &str) -> bool {
+        self.rules.iter().filter(|r| r.direction == Direction::Inbound).any(|r| {
+            r.scope.as_ref().is_some_and(|f| f.mentions(name))
+                || r.flows.iter().any(|f| match &f.source {
+                    FlowSource::Attributes(list) => list.iter().any(|a| a.eq_ignore_ascii_case(name)),
+                    FlowSource::Expression(e) => e.reads(name),
+                    FlowSource::Constant(_) => false,
+                })
+        })
+    }
+
     /// Metaverse attributes that some rule sets only once.
     pub fn apply_once_targets(&self) -> Vec<&str> {
         let mut targets: Vec<&str> = self

@@ -191,14 +191,20 @@ fn prepare<St: SyncStore + ?Sized>(
     rules: &crate::rules::RuleSet,
 ) -> Result<Batch, StoreError> {
     let mut records = Vec::with_capacity(ids.len());
+    let mut plans = Vec::with_capacity(ids.len());
     for id in ids {
-        if let Some(r) = store.mv_get(id)? {
-            records.push(r);
+        // A group whose members alone changed: only those are looked up and sent.
+        if let Some((record, changes)) = store.member_changes_to_export(id)?
+            && let Some(plan) = plan_member_changes(store, &record, &changes)?
+        {
+            records.push(record);
+            plans.push(plan);
+            continue;
         }
-    }
-    let mut plans = Vec::with_capacity(records.len());
-    for record in &records {
-        plans.push(plan(store, record, rules)?);
+        if let Some(record) = store.mv_get(id)? {
+            plans.push(plan(store, &record, rules)?);
+            records.push(record);
+        }
     }
     Ok(Batch { level, ids: ids.len(), records, plans })
 }
@@ -227,6 +233,10 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
     // (key hash, node, claims it newly)
     let mut touches: Vec<(u64, usize, bool)> = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
+        // Members alone changed: no unique value is claimed or given up.
+        if store.member_changes_to_export(&node.id)?.is_some() {
+            continue;
+        }
         let Some(record) = store.mv_get(&node.id)? else { continue };
         let wanted = if record.deleted {
             Vec::new()
@@ -357,6 +367,43 @@ struct Plan {
     tenant_id: Option<String>,
     /// A manager or member is not in the tenant yet.
     waiting: bool,
+    /// Only member changes are sent (see [`plan_member_changes`]).
+    members: Option<MemberDelta>,
+}
+
+/// Member changes a plan sends: metaverse ids with their tenant ids.
+#[derive(Debug)]
+struct MemberDelta {
+    added: Vec<(String, String)>,
+    removed: Vec<(String, Option<String>)>,
+}
+
+/// The export of a group whose members alone changed: a PATCH adding and
+/// removing just those (members not in the tenant yet wait). `None` when the
+/// tenant does not have the group (it is then created whole).
+fn plan_member_changes<St: SyncStore + ?Sized>(
+    store: &St,
+    record: &MvRecord,
+    changes: &super::MemberChanges<String>,
+) -> Result<Option<Plan>, StoreError> {
+    let Some(tenant_id) = store.exported_id(&record.id)? else { return Ok(None) };
+    let mut delta = MemberDelta { added: Vec::new(), removed: Vec::new() };
+    let mut waiting = false;
+    for mv in &changes.added {
+        match store.exported_id(mv)? {
+            Some(id) => delta.added.push((mv.clone(), id)),
+            None => waiting = true,
+        }
+    }
+    for mv in &changes.removed {
+        delta.removed.push((mv.clone(), store.exported_id(mv)?));
+    }
+    let added: Vec<&str> = delta.added.iter().map(|(_, id)| id.as_str()).collect();
+    let removed: Vec<&str> = delta.removed.iter().filter_map(|(_, id)| id.as_deref()).collect();
+    let operations = mapping::member_operations(&added, &removed);
+    let op = (!operations.is_empty()).then(|| ExportOp::Patch { kind: record.kind, id: tenant_id.clone(), operations });
+    let action = op.as_ref().map(|_| Action::Patch);
+    Ok(Some(Plan { op, action, desired: None, tenant_id: Some(tenant_id), waiting, members: Some(delta) }))
 }
 
 fn plan<St: SyncStore + ?Sized>(
@@ -368,7 +415,14 @@ fn plan<St: SyncStore + ?Sized>(
     if record.deleted {
         let op = existing.as_ref().map(|(id, _)| ExportOp::Delete { kind: record.kind, id: id.clone() });
         let action = op.as_ref().map(|_| Action::Delete);
-        return Ok(Plan { op, action, desired: None, tenant_id: existing.map(|(id, _)| id), waiting: false });
+        return Ok(Plan {
+            op,
+            action,
+            desired: None,
+            tenant_id: existing.map(|(id, _)| id),
+            waiting: false,
+            members: None,
+        });
     }
     let manager = match &record.manager {
         Some(m) => store.exported_id(m)?,
@@ -389,13 +443,14 @@ fn plan<St: SyncStore + ?Sized>(
             desired: Some(desired),
             tenant_id: None,
             waiting,
+            members: None,
         },
         Some((id, exported)) => {
             let operations = mapping::patch_operations(&exported, &desired);
             let op =
                 (!operations.is_empty()).then(|| ExportOp::Patch { kind: record.kind, id: id.clone(), operations });
             let action = op.as_ref().map(|_| Action::Patch);
-            Plan { op, action, desired: Some(desired), tenant_id: Some(id), waiting }
+            Plan { op, action, desired: Some(desired), tenant_id: Some(id), waiting, members: None }
         }
     })
 }
@@ -421,6 +476,17 @@ fn confirm<St: SyncStore + ?Sized>(
         }
         (Ok(id), _) => id,
     };
+    if let Some(delta) = plan.members {
+        store.set_member_changes_exported(&record.id, &delta.added, &delta.removed)?;
+        if plan.waiting {
+            store.record_error(
+                &record.id,
+                "export",
+                "a referenced object (manager or member) is not in the tenant yet",
+            )?;
+        }
+        return Ok(Ok(if plan.action.is_some() { Exported::Updated } else { Exported::Unchanged }));
+    }
     let done = match (plan.action, plan.desired) {
         (Some(Action::Delete) | None, None) => {
             store.forget_exported(&record.id)?;

@@ -43,6 +43,15 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
         // What joined nothing may join an object another source projected since.
         tx.join_retry_unlinked(source_name)?;
     }
+    // A group whose members alone changed is synced by difference: only the
+    // added and removed members are resolved. Not when the projection may
+    // depend on the members (a rule reads them), or a join or group scope
+    // is configured, or everything is synced again anyway.
+    let by_difference = !full
+        && !config_changed
+        && scope.is_none()
+        && options.join.is_none()
+        && !mapping::MEMBER_ATTRIBUTES.iter().any(|a| options.rules.inbound_reads(a));
     // Bounded: each pass handles what the previous one newly pointed at.
     for pass in 0..4 {
         let pending = tx.cs_pending(source_name)?;
@@ -53,6 +62,15 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
             observer.stage("sync", Some(pending.len() as u64));
         }
         for id in pending {
+            if by_difference
+                && let Some(changes) = tx.cs_member_changes(source_name, &id)?
+                && tx.mv_change_members(source_name, &id, &changes)?
+            {
+                done.synced += 1;
+                tx.cs_done(source_name, &id)?;
+                observer.advance(1);
+                continue;
+            }
             let Some((obj, deleted)) = tx.cs_get(source_name, &id)? else { continue };
             let reason = if deleted {
                 Some("deleted on-premises")

@@ -23,8 +23,8 @@ use directory::{Dn, ObjectKind};
 
 pub use export::{PendingExport, pending_exports};
 pub use store::{
-    ConnectorSpace, DirtyObject, ExportLog, JoinContribution, JoinedRefs, Metaverse, MvRecord, StoreError, SyncStore,
-    Transaction, Transactional,
+    ConnectorSpace, DirtyObject, ExportLog, JoinContribution, JoinedRefs, MemberChanges, Metaverse, MvRecord,
+    StoreError, SyncStore, Transaction, Transactional,
 };
 pub use target::{Answers, ExportOp, Target, TargetError};
 

@@ -83,6 +83,26 @@ pub struct MvRecord {
     pub deleted: bool,
 }
 
+/// What changed in a group's members: DNs since it was last synced, or
+/// metaverse ids since the tenant last confirmed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChanges<T = Dn> {
+    pub added: Vec<T>,
+    pub removed: Vec<T>,
+}
+
+impl<T> Default for MemberChanges<T> {
+    fn default() -> Self {
+        MemberChanges { added: Vec::new(), removed: Vec::new() }
+    }
+}
+
+impl<T> MemberChanges<T> {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// Write transactions. The engine never calls these directly: it goes
 /// through [`Transaction`], which rolls back when dropped.
 pub trait Transactional {
@@ -136,6 +156,13 @@ pub trait ConnectorSpace {
         }
         Ok(())
     }
+    /// A pending group whose members alone changed since it was last
+    /// synced: the changes recorded at import (a large group is then synced
+    /// by difference). `None` when anything else changed, or the store does
+    /// not record member changes: the group is synced whole.
+    fn cs_member_changes(&self, _source: &str, _id: &SourceId) -> Result<Option<MemberChanges>, StoreError> {
+        Ok(None)
+    }
     /// Sync is done with the object: clears the mark, removes deleted ones.
     fn cs_done(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
 
@@ -170,6 +197,20 @@ pub trait Metaverse {
         manager: Option<String>,
         members: Vec<String>,
     ) -> Result<String, StoreError>;
+    /// Applies member changes to the metaverse object of group `id`: added
+    /// DNs resolved to the live metaverse objects they projected, removed
+    /// ones to any; marks it for export if its members changed. `false` when
+    /// the store cannot — no metaverse object yet, a joined object may give
+    /// its members, or the store has no such path: the group is then
+    /// projected whole.
+    fn mv_change_members(
+        &mut self,
+        _source: &str,
+        _id: &SourceId,
+        _changes: &MemberChanges,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
     /// The live metaverse object projected from this source object.
     fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError>;
     /// The attributes of the live metaverse object linked to this source object.
@@ -309,6 +350,25 @@ pub trait ExportLog {
             out.extend(self.exported_id(m)?);
         }
         Ok(out)
+    }
+    /// A dirty group whose members alone changed since the tenant last
+    /// confirmed it: the group (without its members) and the metaverse ids
+    /// added and removed since. `None` when anything else changed, or the
+    /// store does not record member changes: the group is exported whole.
+    fn member_changes_to_export(&self, _mv: &str) -> Result<Option<(MvRecord, MemberChanges<String>)>, StoreError> {
+        Ok(None)
+    }
+    /// The tenant confirmed these member changes of `mv` (metaverse ids with
+    /// their tenant ids; a removed member may have none left): they are
+    /// part of the resource last confirmed now. Changes not given (a member
+    /// not in the tenant yet) stay pending; with none left the group is clean.
+    fn set_member_changes_exported(
+        &mut self,
+        _mv: &str,
+        _added: &[(String, String)],
+        _removed: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        Err(StoreError("this store records no member changes".into()))
     }
     /// The tenant confirmed `resource` for `mv`: remember it, clear dirty and errors.
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError>;
