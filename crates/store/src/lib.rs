@@ -192,6 +192,68 @@ fn ref_keys(entry: &directory::Entry) -> std::collections::BTreeSet<i64> {
     keys
 }
 
+/// A connector-space row as `cs_put` compares it with what comes in.
+struct StoredCs {
+    /// Packed (see [`pack`]).
+    entry: Vec<u8>,
+    anchor: Vec<u8>,
+    kind: String,
+    pending: bool,
+    members_only: bool,
+    deleted: bool,
+}
+
+/// What an imported object is to the connector space.
+enum Put {
+    /// As stored: nothing to write.
+    Unchanged,
+    /// New, or something else than its members changed: synced whole.
+    Whole,
+    /// A group whose members alone changed (normalized DNs added, removed).
+    Members(Vec<String>, Vec<String>),
+}
+
+/// Compares an imported object (`entry` packed) with the stored row.
+fn classify_put(old: Option<&StoredCs>, entry: &[u8], object: &sync::SourceObject) -> Result<Put, StoreError> {
+    let Some(before) = old else { return Ok(Put::Whole) };
+    let same_object = !before.deleted && before.anchor == object.anchor.0 && before.kind == kind_str(object.kind);
+    if same_object && before.entry == entry {
+        return Ok(Put::Unchanged);
+    }
+    // Members alone changed (and nothing else waits for sync): only they
+    // are compared, keyed and synced.
+    if same_object && members_by_difference(object) && (!before.pending || before.members_only) {
+        let changes = codec::entry_from_json(&pack::unpack(&before.entry)?)
+            .and_then(|before| member_changes(&before, &object.entry));
+        if let Some((added, removed)) = changes {
+            return Ok(Put::Members(added, removed));
+        }
+    }
+    Ok(Put::Whole)
+}
+
+/// A group's metaverse members (sorted, once each) with `added` put in and
+/// `removed` taken out: the new list and the ids actually added and
+/// removed, or `None` when nothing changes.
+fn change_members(
+    mut members: Vec<String>,
+    added: Vec<String>,
+    gone: &std::collections::HashSet<String>,
+) -> Option<(Vec<String>, Vec<String>, Vec<String>)> {
+    let removed: Vec<String> = members.iter().filter(|m| gone.contains(*m)).cloned().collect();
+    members.retain(|m| !gone.contains(m));
+    let mut added: Vec<String> = added.into_iter().filter(|a| members.binary_search(a).is_err()).collect();
+    added.sort();
+    added.dedup();
+    if added.is_empty() && removed.is_empty() {
+        return None;
+    }
+    // The stable sort merges the few added onto the sorted run in linear time.
+    members.extend(added.iter().cloned());
+    members.sort();
+    Some((members, added, removed))
+}
+
 /// Whether a group's member changes can be synced alone (see
 /// [`sync::engine::ConnectorSpace::cs_member_changes`]): a group without a
 /// manager, whose references are then all members.

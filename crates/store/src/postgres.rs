@@ -16,7 +16,9 @@ use std::collections::HashMap;
 
 use directory::{Anchor, Dn, ObjectKind};
 use serde_json::{Value as Json, json};
-use sync::engine::{ConnectorSpace, CycleReport, ExportLog, Metaverse, MvRecord, StoreError, Transactional};
+use sync::engine::{
+    ConnectorSpace, CycleReport, ExportLog, MemberChanges, Metaverse, MvRecord, StoreError, Transactional,
+};
 use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
 use tokio_postgres::types::ToSql;
@@ -120,6 +122,16 @@ UPDATE sync_sources SET config_hash = NULL;
 ", "
 -- The manager and members a joined object gives (sync::engine::JoinedRefs as JSON).
 ALTER TABLE sync_joins ADD COLUMN IF NOT EXISTS refs TEXT NOT NULL DEFAULT '{}';
+", "
+-- Groups synced by difference (as SQLite's schema version 10): a group whose
+-- references are all members (delta_ok), its pending changes member changes
+-- only (members_only, listed in sync_cs_member_changes), a dirty metaverse
+-- object's changes member changes only (listed in sync_mv_member_changes).
+ALTER TABLE sync_cs ADD COLUMN IF NOT EXISTS delta_ok BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE sync_cs ADD COLUMN IF NOT EXISTS members_only BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS sync_cs_member_changes (source TEXT NOT NULL, id BYTEA NOT NULL, dn_norm TEXT NOT NULL, added BOOLEAN NOT NULL, PRIMARY KEY (source, id, dn_norm));
+ALTER TABLE sync_mv ADD COLUMN IF NOT EXISTS members_only BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS sync_mv_member_changes (mv_id TEXT NOT NULL, member TEXT NOT NULL, added BOOLEAN NOT NULL, PRIMARY KEY (mv_id, member));
 "];
 
 /// The values of `attrs` (JSON text) at key $1, each as text: every element
@@ -507,34 +519,84 @@ impl ConnectorSpace for PgStore {
         let entry = pack::pack(&codec::entry_to_json(&object.entry).to_string())?;
         let dn_norm = object.entry.dn.normalized();
         let dn = object.entry.dn.to_string();
-        let changed = self.write(
-            "INSERT INTO sync_cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES($1, $2, $3, $4, $5, $6, $7, true, false)
+        let old = self
+            .query_opt(
+                "SELECT entry, anchor, kind, pending, members_only, deleted FROM sync_cs WHERE source = $1 AND id = $2",
+                &[&source, &object.id.0],
+            )?
+            .map(|r| -> Result<crate::StoredCs, StoreError> {
+                Ok(crate::StoredCs {
+                    entry: r.try_get::<_, Vec<u8>>(0).map_err(pg)?,
+                    anchor: r.get(1),
+                    kind: r.get(2),
+                    pending: r.get(3),
+                    members_only: r.get(4),
+                    deleted: r.get(5),
+                })
+            })
+            .transpose()?;
+        let member_changes = match crate::classify_put(old.as_ref(), &entry, object)? {
+            crate::Put::Unchanged => return Ok(()),
+            crate::Put::Whole => None,
+            crate::Put::Members(added, removed) => Some((added, removed)),
+        };
+        let delta_ok = crate::members_by_difference(object);
+        self.write(
+            "INSERT INTO sync_cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted, delta_ok, members_only)
+             VALUES($1, $2, $3, $4, $5, $6, $7, true, false, $8, $9)
              ON CONFLICT (source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
-               anchor = excluded.anchor, entry = excluded.entry, pending = true, deleted = false
-             WHERE sync_cs.entry != excluded.entry OR sync_cs.deleted OR sync_cs.anchor != excluded.anchor",
-            &[&source, &object.id.0, &dn, &dn_norm, &kind_str(object.kind), &object.anchor.0, &entry],
+               anchor = excluded.anchor, entry = excluded.entry, pending = true, deleted = false,
+               delta_ok = excluded.delta_ok, members_only = excluded.members_only",
+            &[
+                &source,
+                &object.id.0,
+                &dn,
+                &dn_norm,
+                &kind_str(object.kind),
+                &object.anchor.0,
+                &entry,
+                &delta_ok,
+                &member_changes.is_some(),
+            ],
         )?;
-        if changed > 0 {
-            // Only what changed, as in SQLite: a member added to a large
-            // group is one row, not the whole list again.
-            let wanted: Vec<i64> = crate::ref_keys(&object.entry).into_iter().collect();
+        if let Some((added, removed)) = member_changes {
+            let keys = |dns: &[String]| -> Vec<i64> { dns.iter().map(|d| crate::ref_key(d)).collect() };
+            // The changes, and the reference keys by the same difference
+            // (every reference of such a group is a member).
             self.write(
-                "DELETE FROM sync_cs_ref_keys WHERE source = $1 AND id = $2 AND NOT (ref_key = ANY($3))",
-                &[&source, &object.id.0, &wanted],
+                "WITH changes AS (
+                   INSERT INTO sync_cs_member_changes(source, id, dn_norm, added)
+                   SELECT $1::text, $2::bytea, d, true FROM unnest($3::text[]) AS d
+                   UNION ALL SELECT $1::text, $2::bytea, d, false FROM unnest($4::text[]) AS d
+                   ON CONFLICT (source, id, dn_norm) DO UPDATE SET added = excluded.added),
+                 keyed AS (
+                   INSERT INTO sync_cs_ref_keys(source, id, ref_key) SELECT $1, $2, k FROM unnest($5::bigint[]) AS k
+                   ON CONFLICT DO NOTHING)
+                 DELETE FROM sync_cs_ref_keys WHERE source = $1 AND id = $2 AND ref_key = ANY($6)",
+                &[&source, &object.id.0, &added, &removed, &keys(&added), &keys(&removed)],
             )?;
-            self.write(
-                "INSERT INTO sync_cs_ref_keys(source, id, ref_key)
-                 SELECT $1, $2, w FROM unnest($3::bigint[]) AS w
-                 ON CONFLICT DO NOTHING",
-                &[&source, &object.id.0, &wanted],
-            )?;
+            return Ok(());
         }
+        self.write("DELETE FROM sync_cs_member_changes WHERE source = $1 AND id = $2", &[&source, &object.id.0])?;
+        // Only what changed, as in SQLite: a member added to a large
+        // group is one row, not the whole list again.
+        let wanted: Vec<i64> = crate::ref_keys(&object.entry).into_iter().collect();
+        self.write(
+            "DELETE FROM sync_cs_ref_keys WHERE source = $1 AND id = $2 AND NOT (ref_key = ANY($3))",
+            &[&source, &object.id.0, &wanted],
+        )?;
+        self.write(
+            "INSERT INTO sync_cs_ref_keys(source, id, ref_key)
+             SELECT $1, $2, w FROM unnest($3::bigint[]) AS w
+             ON CONFLICT DO NOTHING",
+            &[&source, &object.id.0, &wanted],
+        )?;
         Ok(())
     }
 
     fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
         self.write(
-            "UPDATE sync_cs SET deleted = true, pending = true WHERE source = $1 AND id = $2",
+            "UPDATE sync_cs SET deleted = true, pending = true, members_only = false WHERE source = $1 AND id = $2",
             &[&source, &id.0],
         )?;
         Ok(())
@@ -551,7 +613,7 @@ impl ConnectorSpace for PgStore {
     }
 
     fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError> {
-        self.write("UPDATE sync_cs SET pending = true WHERE source = $1", &[&source])?;
+        self.write("UPDATE sync_cs SET pending = true, members_only = false WHERE source = $1", &[&source])?;
         Ok(())
     }
 
@@ -591,15 +653,30 @@ impl ConnectorSpace for PgStore {
     }
 
     fn cs_mark_pending(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
-        self.write("UPDATE sync_cs SET pending = true WHERE source = $1 AND id = $2", &[&source, &id.0])?;
+        self.write(
+            "UPDATE sync_cs SET pending = true, members_only = false WHERE source = $1 AND id = $2",
+            &[&source, &id.0],
+        )?;
         Ok(())
     }
 
     fn cs_mark_referencing_pending(&mut self, source: &str, dn: &Dn, except: &SourceId) -> Result<(), StoreError> {
+        let dn_norm = dn.normalized();
+        let key = crate::ref_key(&dn_norm);
+        // A group synced by difference gets the one member to resolve.
         self.write(
-            "UPDATE sync_cs SET pending = true WHERE source = $1 AND NOT pending AND id <> $3
+            "INSERT INTO sync_cs_member_changes(source, id, dn_norm, added)
+             SELECT c.source, c.id, $4, true FROM sync_cs c
+             WHERE c.source = $1 AND c.id <> $3 AND NOT c.deleted
+               AND c.id IN (SELECT r.id FROM sync_cs_ref_keys r WHERE r.ref_key = $2 AND r.source = $1)
+               AND ((NOT c.pending AND c.delta_ok) OR (c.pending AND c.members_only))
+             ON CONFLICT (source, id, dn_norm) DO UPDATE SET added = true",
+            &[&source, &key, &except.0, &dn_norm],
+        )?;
+        self.write(
+            "UPDATE sync_cs SET pending = true, members_only = delta_ok WHERE source = $1 AND NOT pending AND id <> $3
                AND id IN (SELECT r.id FROM sync_cs_ref_keys r WHERE r.ref_key = $2 AND r.source = $1)",
-            &[&source, &crate::ref_key(&dn.normalized()), &except.0],
+            &[&source, &key, &except.0],
         )?;
         Ok(())
     }
@@ -608,11 +685,34 @@ impl ConnectorSpace for PgStore {
         // One statement: the deleted row and its references go, a live one is unmarked.
         self.write(
             "WITH gone AS (DELETE FROM sync_cs WHERE source = $1 AND id = $2 AND deleted RETURNING source, id),
-                  refs AS (DELETE FROM sync_cs_ref_keys r USING gone g WHERE r.source = g.source AND r.id = g.id)
-             UPDATE sync_cs SET pending = false WHERE source = $1 AND id = $2 AND pending AND NOT deleted",
+                  refs AS (DELETE FROM sync_cs_ref_keys r USING gone g WHERE r.source = g.source AND r.id = g.id),
+                  changes AS (DELETE FROM sync_cs_member_changes WHERE source = $1 AND id = $2)
+             UPDATE sync_cs SET pending = false, members_only = false WHERE source = $1 AND id = $2 AND pending AND NOT deleted",
             &[&source, &id.0],
         )?;
         Ok(())
+    }
+
+    fn cs_member_changes(&self, source: &str, id: &SourceId) -> Result<Option<MemberChanges>, StoreError> {
+        let members_only = self
+            .query_opt(
+                "SELECT pending AND members_only AND NOT deleted FROM sync_cs WHERE source = $1 AND id = $2",
+                &[&source, &id.0],
+            )?
+            .is_some_and(|r| r.get::<_, bool>(0));
+        if !members_only {
+            return Ok(None);
+        }
+        let rows = self.query(
+            "SELECT dn_norm, added FROM sync_cs_member_changes WHERE source = $1 AND id = $2",
+            &[&source, &id.0],
+        )?;
+        let mut changes = MemberChanges::default();
+        for r in rows {
+            let Ok(dn) = Dn::parse(r.get::<_, &str>(0)) else { continue };
+            if r.get::<_, bool>(1) { changes.added.push(dn) } else { changes.removed.push(dn) }
+        }
+        Ok(Some(changes))
     }
 
     fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
@@ -669,7 +769,7 @@ impl Metaverse for PgStore {
                 let mv: String = row.get(0);
                 let changed = self.write(
                     "UPDATE sync_mv SET kind = $2, anchor = $3, attrs = $4, manager = $5, members = $6, dn_norm = $7, precedence = $8,
-                       deleted = false, dirty = true
+                       deleted = false, dirty = true, members_only = false
                      WHERE id = $1 AND (kind != $2 OR anchor != $3 OR attrs != $4 OR manager IS DISTINCT FROM $5 OR members != $6
                        OR dn_norm != $7 OR precedence != $8 OR deleted)",
                     &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &dn_norm, &precedence],
@@ -694,6 +794,50 @@ impl Metaverse for PgStore {
                 Ok(mv)
             }
         }
+    }
+
+    fn mv_change_members(&mut self, source: &str, id: &SourceId, changes: &MemberChanges) -> Result<bool, StoreError> {
+        let Some(row) = self.query_opt(
+            "SELECT m.id, m.members, m.dirty, m.members_only FROM sync_mv m WHERE m.source = $1 AND m.cs_id = $2 AND NOT m.deleted
+               AND NOT EXISTS(SELECT 1 FROM sync_joins j WHERE j.mv_id = m.id)",
+            &[&source, &id.0],
+        )?
+        else {
+            return Ok(false);
+        };
+        let (mv, dirty, members_only): (String, bool, bool) = (row.get(0), row.get(2), row.get(3));
+        let members: Vec<String> = serde_json::from_str(row.get(1)).map_err(err)?;
+        let added = self.mv_for_dns(source, &changes.added)?;
+        // A member removed may be gone already (deleted on-premises): its metaverse object whatever its state.
+        let gone: Vec<String> = changes.removed.iter().map(Dn::normalized).collect();
+        let removed: std::collections::HashSet<String> = if gone.is_empty() {
+            std::collections::HashSet::new()
+        } else {
+            self.query(
+                "SELECT m.id FROM unnest($2::text[]) AS d JOIN sync_mv m ON m.source = $1 AND m.dn_norm = d",
+                &[&source, &gone],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        };
+        let Some((members, added, removed)) = crate::change_members(members, added, &removed) else {
+            return Ok(true);
+        };
+        // Clean, or dirty with member changes only: the export sends just these.
+        let by_difference = !dirty || members_only;
+        let (recorded_added, recorded_removed) =
+            if by_difference { (added, removed) } else { (Vec::new(), Vec::new()) };
+        self.write(
+            "WITH changes AS (
+               INSERT INTO sync_mv_member_changes(mv_id, member, added)
+               SELECT $1::text, m, true FROM unnest($3::text[]) AS m
+               UNION ALL SELECT $1::text, m, false FROM unnest($4::text[]) AS m
+               ON CONFLICT (mv_id, member) DO UPDATE SET added = excluded.added)
+             UPDATE sync_mv SET members = $2, dirty = true, members_only = $5 WHERE id = $1",
+            &[&mv, &json!(members).to_string(), &recorded_added, &recorded_removed, &by_difference],
+        )?;
+        Ok(true)
     }
 
     fn mv_for_object(&self, source: &str, id: &SourceId) -> Result<Option<String>, StoreError> {
@@ -730,7 +874,7 @@ impl Metaverse for PgStore {
         self.write("DELETE FROM sync_joins WHERE mv_id = $1", &[&mv])?;
         let exported = self.query_one("SELECT EXISTS(SELECT 1 FROM sync_exported WHERE mv_id = $1)", &[&mv])?;
         if exported.get::<_, bool>(0) {
-            self.write("UPDATE sync_mv SET deleted = true, dirty = true WHERE id = $1", &[&mv])?;
+            self.write("UPDATE sync_mv SET deleted = true, dirty = true, members_only = false WHERE id = $1", &[&mv])?;
         } else {
             self.write("DELETE FROM sync_mv WHERE id = $1", &[&mv])?;
             self.write("DELETE FROM sync_mv_join_keys WHERE mv_id = $1", &[&mv])?;
@@ -796,7 +940,7 @@ impl Metaverse for PgStore {
             &[&source, &id.0, &mv, &attrs, &authoritative, &precedence, &refs],
         )?;
         if changed > 0 {
-            self.write("UPDATE sync_mv SET dirty = true WHERE id = $1", &[&mv])?;
+            self.write("UPDATE sync_mv SET dirty = true, members_only = false WHERE id = $1", &[&mv])?;
         }
         Ok(())
     }
@@ -812,7 +956,7 @@ impl Metaverse for PgStore {
 
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
         self.write(
-            "UPDATE sync_mv SET dirty = true WHERE id = (SELECT mv_id FROM sync_joins WHERE source = $1 AND cs_id = $2)",
+            "UPDATE sync_mv SET dirty = true, members_only = false WHERE id = (SELECT mv_id FROM sync_joins WHERE source = $1 AND cs_id = $2)",
             &[&source, &id.0],
         )?;
         self.write("DELETE FROM sync_joins WHERE source = $1 AND cs_id = $2", &[&source, &id.0])?;
@@ -820,7 +964,7 @@ impl Metaverse for PgStore {
     }
 
     fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError> {
-        self.write("UPDATE sync_mv SET dirty = true WHERE source = $1", &[&source])?;
+        self.write("UPDATE sync_mv SET dirty = true, members_only = false WHERE source = $1", &[&source])?;
         Ok(())
     }
 
@@ -861,7 +1005,10 @@ impl Metaverse for PgStore {
 impl ExportLog for PgStore {
     fn dirty_objects(&self) -> Result<Vec<sync::engine::DirtyObject>, StoreError> {
         let rows = self.query(
-            "SELECT m.id, m.deleted, m.manager, m.members, EXISTS(SELECT 1 FROM sync_exported e WHERE e.mv_id = m.id)
+            "SELECT m.id, m.deleted, m.manager, CASE WHEN m.members_only THEN NULL ELSE m.members END,
+               EXISTS(SELECT 1 FROM sync_exported e WHERE e.mv_id = m.id),
+               CASE WHEN m.members_only THEN
+                 ARRAY(SELECT c.member FROM sync_mv_member_changes c WHERE c.mv_id = m.id AND c.added) END
              FROM sync_mv m WHERE m.dirty
              ORDER BY m.deleted, CASE m.kind WHEN 'user' THEN 0 WHEN 'contact' THEN 1 ELSE 2 END, m.id",
             &[],
@@ -869,7 +1016,11 @@ impl ExportLog for PgStore {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let manager: Option<String> = r.get(2);
-            let members: Vec<String> = serde_json::from_str(r.get(3)).map_err(err)?;
+            // Members alone changed: only those added may need to go first.
+            let members: Vec<String> = match r.get::<_, Option<&str>>(3) {
+                Some(members) => serde_json::from_str(members).map_err(err)?,
+                None => r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
+            };
             out.push(sync::engine::DirtyObject {
                 id: r.get(0),
                 deleted: r.get(1),
@@ -902,14 +1053,76 @@ impl ExportLog for PgStore {
         Ok(self.query_opt("SELECT tenant_id FROM sync_exported WHERE mv_id = $1", &[&mv])?.map(|r| r.get(0)))
     }
 
+    fn member_changes_to_export(&self, mv: &str) -> Result<Option<(MvRecord, MemberChanges<String>)>, StoreError> {
+        let Some(row) = self.query_opt(
+            "SELECT kind, anchor, attrs FROM sync_mv WHERE id = $1 AND dirty AND members_only AND NOT deleted",
+            &[&mv],
+        )?
+        else {
+            return Ok(None);
+        };
+        let attrs = match serde_json::from_str::<Json>(row.get(2)).map_err(err)? {
+            Json::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let mut changes = MemberChanges::default();
+        for r in self.query("SELECT member, added FROM sync_mv_member_changes WHERE mv_id = $1", &[&mv])? {
+            if r.get::<_, bool>(1) { changes.added.push(r.get(0)) } else { changes.removed.push(r.get(0)) }
+        }
+        let record = MvRecord {
+            id: mv.to_string(),
+            kind: kind_from(row.get(0)),
+            anchor: row.get(1),
+            attrs,
+            manager: None,
+            members: Vec::new(),
+            deleted: false,
+        };
+        Ok(Some((record, changes)))
+    }
+
+    fn set_member_changes_exported(
+        &mut self,
+        mv: &str,
+        added: &[(String, String)],
+        removed: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let Some(row) = self.query_opt("SELECT resource FROM sync_exported WHERE mv_id = $1", &[&mv])? else {
+            return Err(StoreError(format!("member changes of {mv} confirmed, but it was never exported")));
+        };
+        let mut resource: Json = serde_json::from_str(&pack::unpack(row.try_get(0).map_err(pg)?)?).map_err(err)?;
+        crate::apply_member_changes(&mut resource, added, removed);
+        let done: Vec<&str> =
+            added.iter().map(|(m, _)| m.as_str()).chain(removed.iter().map(|(m, _)| m.as_str())).collect();
+        self.write(
+            "WITH stored AS (UPDATE sync_exported SET resource = $2 WHERE mv_id = $1),
+                  confirmed AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1 AND member = ANY($3))
+             SELECT 1",
+            &[&mv, &pack::pack(&resource.to_string())?, &done],
+        )?;
+        // (A WITH's statements see one snapshot: what is left is read after.)
+        let left = self
+            .query_one("SELECT EXISTS(SELECT 1 FROM sync_mv_member_changes WHERE mv_id = $1)", &[&mv])?
+            .get::<_, bool>(0);
+        if !left {
+            self.write(
+                "WITH cleared AS (DELETE FROM sync_errors WHERE mv_id = $1)
+                 UPDATE sync_mv SET dirty = false, members_only = false WHERE id = $1",
+                &[&mv],
+            )?;
+        }
+        Ok(())
+    }
+
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
         let resource = pack::pack(&resource.to_string())?;
         // One statement, one round trip (a WITH's statements see one snapshot; each touches another table).
         self.write(
             "WITH stored AS (INSERT INTO sync_exported(mv_id, tenant_id, resource) VALUES($1, $2, $3)
                  ON CONFLICT (mv_id) DO UPDATE SET tenant_id = excluded.tenant_id, resource = excluded.resource),
-             cleared AS (DELETE FROM sync_errors WHERE mv_id = $1)
-             UPDATE sync_mv SET dirty = false WHERE id = $1",
+             cleared AS (DELETE FROM sync_errors WHERE mv_id = $1),
+             sent AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1)
+             UPDATE sync_mv SET dirty = false, members_only = false WHERE id = $1",
             &[&mv, &tenant_id, &resource],
         )?;
         Ok(())
@@ -921,8 +1134,9 @@ impl ExportLog for PgStore {
             "WITH forgotten AS (DELETE FROM sync_exported WHERE mv_id = $1),
                   cleared AS (DELETE FROM sync_errors WHERE mv_id = $1),
                   gone AS (DELETE FROM sync_mv WHERE id = $1 AND deleted RETURNING id),
-                  unkeyed AS (DELETE FROM sync_mv_join_keys WHERE mv_id IN (SELECT id FROM gone))
-             UPDATE sync_mv SET dirty = true WHERE id = $1 AND NOT deleted",
+                  unkeyed AS (DELETE FROM sync_mv_join_keys WHERE mv_id IN (SELECT id FROM gone)),
+                  unsent AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1)
+             UPDATE sync_mv SET dirty = true, members_only = false WHERE id = $1 AND NOT deleted",
             &[&mv],
         )?;
         Ok(())

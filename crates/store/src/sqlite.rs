@@ -147,16 +147,6 @@ CREATE TABLE mv_member_changes (mv_id TEXT NOT NULL, member TEXT NOT NULL, added
 const MIGRATIONS: &[&str] =
     &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10];
 
-/// A connector-space row as `cs_put` compares it with what comes in.
-struct StoredCs {
-    entry: Vec<u8>,
-    anchor: Vec<u8>,
-    kind: String,
-    pending: bool,
-    members_only: bool,
-    deleted: bool,
-}
-
 /// A metaverse row as read: kind, anchor, packed attributes, manager,
 /// packed members, deleted.
 type MvRow = (String, String, Vec<u8>, Option<String>, Vec<u8>, bool);
@@ -644,12 +634,12 @@ impl ConnectorSpace for SqliteStore {
         let dn_norm = object.entry.dn.normalized();
         let kind = kind_str(object.kind);
         let delta_ok = crate::members_by_difference(object);
-        let old: Option<StoredCs> = self
+        let old: Option<crate::StoredCs> = self
             .query_one(
                 "SELECT entry, anchor, kind, pending, members_only, deleted FROM cs WHERE source = ?1 AND id = ?2",
                 params![source, object.id.0],
                 |r| {
-                    Ok(StoredCs {
+                    Ok(crate::StoredCs {
                         entry: packed(r, 0)?,
                         anchor: r.get(1)?,
                         kind: r.get(2)?,
@@ -661,22 +651,10 @@ impl ConnectorSpace for SqliteStore {
             )
             .optional()
             .map_err(err)?;
-        let member_changes = match &old {
-            None => None,
-            Some(before) => {
-                let same_object = !before.deleted && before.anchor == object.anchor.0 && before.kind == kind;
-                if same_object && before.entry == entry {
-                    return Ok(());
-                }
-                // Members alone changed (and nothing else waits for sync):
-                // only they are compared, keyed and synced.
-                if same_object && delta_ok && (!before.pending || before.members_only) {
-                    codec::entry_from_json(&pack::unpack(&before.entry)?)
-                        .and_then(|before| crate::member_changes(&before, &object.entry))
-                } else {
-                    None
-                }
-            }
+        let member_changes = match crate::classify_put(old.as_ref(), &entry, object)? {
+            crate::Put::Unchanged => return Ok(()),
+            crate::Put::Whole => None,
+            crate::Put::Members(added, removed) => Some((added, removed)),
         };
         self.exec(
             "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted, delta_ok, members_only) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0, ?8, ?9)
@@ -1031,7 +1009,7 @@ impl Metaverse for SqliteStore {
             .optional()
             .map_err(err)?;
         let Some((mv, stored)) = row else { return Ok(false) };
-        let mut members: Vec<String> = serde_json::from_str(&pack::unpack(&stored)?).map_err(err)?;
+        let members: Vec<String> = serde_json::from_str(&pack::unpack(&stored)?).map_err(err)?;
         let added = self.mv_for_dns(source, &changes.added)?;
         // A member removed may be gone already (deleted on-premises): its metaverse object whatever its state.
         let removed: std::collections::HashSet<String> = if changes.removed.is_empty() {
@@ -1047,17 +1025,9 @@ impl Metaverse for SqliteStore {
             let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)?
         };
-        let removed: Vec<String> = members.iter().filter(|m| removed.contains(*m)).cloned().collect();
-        members.retain(|m| !removed.contains(m));
-        let added: Vec<String> = added.into_iter().filter(|a| members.binary_search(a).is_err()).collect();
-        if added.is_empty() && removed.is_empty() {
+        let Some((members, added, removed)) = crate::change_members(members, added, &removed) else {
             return Ok(true);
-        }
-        // Sorted and once each, as a projection stores them (the stable sort
-        // merges the few added onto the sorted run in linear time).
-        members.extend(added.iter().cloned());
-        members.sort();
-        members.dedup();
+        };
         // Clean, or dirty with member changes only: the export sends just these.
         let (dirty, members_only): (bool, bool) = self
             .query_one("SELECT dirty, members_only FROM mv WHERE id = ?1", params![mv], |r| Ok((r.get(0)?, r.get(1)?)))
