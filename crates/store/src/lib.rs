@@ -254,6 +254,25 @@ fn change_members(
     Some((members, added, removed))
 }
 
+/// A group as its member changes are exported: without its members (and
+/// without joined contributions: a group with joins is never exported by
+/// difference).
+fn group_head(mv: &str, kind: &str, anchor: String, attrs: &str) -> Result<sync::engine::MvRecord, StoreError> {
+    let attrs = match serde_json::from_str::<Json>(attrs).map_err(err)? {
+        Json::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    Ok(sync::engine::MvRecord {
+        id: mv.to_string(),
+        kind: kind_from(kind),
+        anchor,
+        attrs,
+        manager: None,
+        members: Vec::new(),
+        deleted: false,
+    })
+}
+
 /// Whether a group's member changes can be synced alone (see
 /// [`sync::engine::ConnectorSpace::cs_member_changes`]): a group without a
 /// manager, whose references are then all members.

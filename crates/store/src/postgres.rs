@@ -1061,23 +1061,11 @@ impl ExportLog for PgStore {
         else {
             return Ok(None);
         };
-        let attrs = match serde_json::from_str::<Json>(row.get(2)).map_err(err)? {
-            Json::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
+        let record = crate::group_head(mv, row.get(0), row.get(1), row.get::<_, &str>(2))?;
         let mut changes = MemberChanges::default();
         for r in self.query("SELECT member, added FROM sync_mv_member_changes WHERE mv_id = $1", &[&mv])? {
             if r.get::<_, bool>(1) { changes.added.push(r.get(0)) } else { changes.removed.push(r.get(0)) }
         }
-        let record = MvRecord {
-            id: mv.to_string(),
-            kind: kind_from(row.get(0)),
-            anchor: row.get(1),
-            attrs,
-            manager: None,
-            members: Vec::new(),
-            deleted: false,
-        };
         Ok(Some((record, changes)))
     }
 

@@ -1317,10 +1317,7 @@ impl ExportLog for SqliteStore {
             .optional()
             .map_err(err)?;
         let Some((kind, anchor, attrs)) = row else { return Ok(None) };
-        let attrs = match serde_json::from_str::<Json>(&pack::unpack(&attrs)?).map_err(err)? {
-            Json::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
+        let record = crate::group_head(mv, &kind, anchor, &pack::unpack(&attrs)?)?;
         let mut changes = MemberChanges::default();
         let mut stmt =
             self.conn.prepare_cached("SELECT member, added FROM mv_member_changes WHERE mv_id = ?1").map_err(err)?;
@@ -1329,15 +1326,6 @@ impl ExportLog for SqliteStore {
             let (member, added) = row.map_err(err)?;
             if added { changes.added.push(member) } else { changes.removed.push(member) }
         }
-        let record = MvRecord {
-            id: mv.to_string(),
-            kind: kind_from(&kind),
-            anchor,
-            attrs,
-            manager: None,
-            members: Vec::new(),
-            deleted: false,
-        };
         Ok(Some((record, changes)))
     }
 
