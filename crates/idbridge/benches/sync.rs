@@ -20,7 +20,7 @@
 //! stores' size per object; a second `sync run --once` with nothing changed;
 //! then the daemon with no idle wait: 100 single-attribute changes on-premises,
 //! each timed until the tenant shows it; then groups of 10,000 and 250,000
-//! members (`IDBRIDGE_BENCH_GROUP_SIZES`, each at most N/2) are added, and
+//! members (`IDBRIDGE_BENCH_GROUP_SIZES`, each at most N - 100) are added, and
 //! 100 single-member additions to each (`IDBRIDGE_BENCH_MEMBER_CHANGES`) are
 //! timed until the tenant shows the new member, with the CPU each addition
 //! cost the sync daemon and the tenant (`IDBRIDGE_BENCH_PERF_MEMBERS=FILE`
@@ -344,7 +344,7 @@ fn main() {
     let mut sizes: Vec<usize> = sizes
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
-        .map(|s: usize| s.min(people.len().saturating_sub(additions) / 2))
+        .map(|s: usize| s.min(people.len().saturating_sub(additions)))
         .collect();
     sizes.dedup();
     let largest = sizes.iter().copied().max().unwrap_or(0);

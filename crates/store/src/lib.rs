@@ -298,9 +298,9 @@ fn member_changes(old: &directory::Entry, new: &directory::Entry) -> Option<(Vec
             return None;
         }
     }
-    // Values as the source gave them: compared as text first, so only the
-    // changed ones are parsed as DNs.
-    fn texts(e: &directory::Entry) -> HashSet<&str> {
+    // Values as the source gave them, compared as text, so only the changed
+    // ones are parsed as DNs.
+    fn texts(e: &directory::Entry) -> Vec<&str> {
         sync::mapping::MEMBER_ATTRIBUTES
             .iter()
             .flat_map(|m| e.values(m))
@@ -308,36 +308,73 @@ fn member_changes(old: &directory::Entry, new: &directory::Entry) -> Option<(Vec
             .collect()
     }
     let (before, after) = (texts(old), texts(new));
+    let (added, removed) = text_changes(&before, &after);
     let normalized = |t: &&str| Dn::parse(t).ok().map(|d| d.normalized());
-    let added: HashSet<String> = after.difference(&before).filter_map(normalized).collect();
-    let removed: HashSet<String> = before.difference(&after).filter_map(normalized).collect();
+    let added: HashSet<String> = added.iter().filter_map(normalized).collect();
+    let removed: HashSet<String> = removed.iter().filter_map(normalized).collect();
     // A value written differently but naming the same DN is no change.
     Some((added.difference(&removed).cloned().collect(), removed.difference(&added).cloned().collect()))
 }
 
-/// Puts confirmed member changes (tenant ids) into a group's resource as
-/// last confirmed: members sorted by id, as the outbound mapping gives them,
-/// and no `members` at all when none are left.
-fn apply_member_changes(resource: &mut Json, added: &[(String, String)], removed: &[(String, Option<String>)]) {
-    let Some(object) = resource.as_object_mut() else { return };
-    let gone: std::collections::HashSet<&str> = removed.iter().filter_map(|(_, id)| id.as_deref()).collect();
-    let mut ids: Vec<String> = object
-        .get("members")
-        .and_then(Json::as_array)
-        .map(|a| a.iter().filter_map(|m| m.get("value").and_then(Json::as_str)).map(str::to_string).collect())
-        .unwrap_or_default();
-    ids.retain(|id| !gone.contains(id.as_str()));
-    ids.extend(added.iter().map(|(_, id)| id.clone()));
-    ids.sort();
-    ids.dedup();
-    if ids.is_empty() {
-        object.remove("members");
-    } else {
-        object.insert(
-            "members".into(),
-            Json::Array(ids.into_iter().map(|id| serde_json::json!({"value": id})).collect()),
-        );
+/// The values of `after` not in `before` and of `before` not in `after`.
+/// A directory sends a group's values in the same order each time, so the
+/// lists usually differ only in a short stretch: past their common start and
+/// end only that stretch is compared — each value found there is checked
+/// against the whole other list, as values may have moved — and a long
+/// stretch (a mass change) is compared by hashing.
+fn text_changes<'a>(before: &[&'a str], after: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    use std::collections::HashSet;
+    /// Longer differing stretches are compared by hashing.
+    const SHORT: usize = 8;
+    let start = before.iter().zip(after).take_while(|(a, b)| a == b).count();
+    let (rest_before, rest_after) = (before.get(start..).unwrap_or_default(), after.get(start..).unwrap_or_default());
+    let end = rest_before.iter().rev().zip(rest_after.iter().rev()).take_while(|(a, b)| a == b).count();
+    let middle_before = rest_before.get(..rest_before.len() - end).unwrap_or_default();
+    let middle_after = rest_after.get(..rest_after.len() - end).unwrap_or_default();
+    if middle_before.len() + middle_after.len() <= SHORT {
+        let added = middle_after.iter().filter(|v| !before.contains(v)).copied().collect();
+        let removed = middle_before.iter().filter(|v| !after.contains(v)).copied().collect();
+        return (added, removed);
     }
+    let (before_set, after_set): (HashSet<&str>, HashSet<&str>) =
+        (before.iter().copied().collect(), after.iter().copied().collect());
+    (
+        after.iter().filter(|v| !before_set.contains(*v)).copied().collect(),
+        before.iter().filter(|v| !after_set.contains(*v)).copied().collect(),
+    )
+}
+
+/// Puts confirmed member changes (tenant ids) into a group's resource as
+/// last confirmed (JSON text): members sorted by id, as the outbound mapping
+/// gives them, and no `members` at all when none are left. Only `members` is
+/// parsed: the rest of the resource is kept as text.
+fn apply_member_changes(
+    resource: &str,
+    added: &[(String, String)],
+    removed: &[(String, Option<String>)],
+) -> Result<String, StoreError> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Member {
+        value: String,
+    }
+    let mut fields: std::collections::BTreeMap<String, Box<RawValue>> = serde_json::from_str(resource).map_err(err)?;
+    let mut members: Vec<Member> = match fields.get("members") {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(err)?,
+        None => Vec::new(),
+    };
+    let gone: std::collections::HashSet<&str> = removed.iter().filter_map(|(_, id)| id.as_deref()).collect();
+    members.retain(|m| !gone.contains(m.value.as_str()));
+    members.extend(added.iter().map(|(_, id)| Member { value: id.clone() }));
+    members.sort_by(|a, b| a.value.cmp(&b.value));
+    members.dedup_by(|a, b| a.value == b.value);
+    if members.is_empty() {
+        fields.remove("members");
+    } else {
+        let text = serde_json::to_string(&members).map_err(err)?;
+        fields.insert("members".into(), RawValue::from_string(text).map_err(err)?);
+    }
+    serde_json::to_string(&fields).map_err(err)
 }
 
 /// The normalized form of `key` if it is a DN, else empty (for `find`).
@@ -395,4 +432,60 @@ fn check_join_attribute(mv_attr: &str) -> Result<(), StoreError> {
 /// A failed run's stored summary.
 fn failed_summary(error: &str) -> Result<String, StoreError> {
     serde_json::to_string(&RunSummary { error: Some(error.to_string()), ..RunSummary::default() }).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{apply_member_changes, text_changes};
+
+    fn sorted(mut v: Vec<&str>) -> Vec<&str> {
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn member_values_compare_by_the_stretch_that_differs() {
+        let many: Vec<String> = (0..1000).map(|i| format!("uid=u{i},dc=example,dc=org")).collect();
+        let base: Vec<&str> = many.iter().map(String::as_str).collect();
+        // Appended at the end, removed in the middle, both.
+        let mut after = base.clone();
+        after.push("uid=new,dc=example,dc=org");
+        assert_eq!(text_changes(&base, &after), (vec!["uid=new,dc=example,dc=org"], vec![]));
+        let mut after = base.clone();
+        let gone = after.remove(500);
+        after.insert(10, "uid=ü,dc=example,dc=org");
+        assert_eq!(text_changes(&base, &after), (vec!["uid=ü,dc=example,dc=org"], vec![gone]));
+        // A value that only moved is no change, even next to a change.
+        let mut after = base.clone();
+        let moved = after.remove(3);
+        after.insert(7, moved);
+        assert_eq!(text_changes(&base, &after), (vec![], vec![]));
+        // A mass change (by hashing): every other value replaced.
+        let after: Vec<&str> = base.iter().enumerate().map(|(i, v)| if i % 2 == 0 { *v } else { "x" }).collect();
+        let (added, removed) = text_changes(&base, &after);
+        assert_eq!(added, vec!["x"; 500]);
+        assert_eq!(removed.len(), 500);
+        assert_eq!(text_changes(&[], &["a", "b"]).0, sorted(vec!["a", "b"]));
+        assert_eq!(text_changes(&["a", "b"], &[]).1, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn confirmed_member_changes_patch_only_the_members() {
+        let resource = r#"{"displayName":"Équipe","members":[{"value":"b"},{"value":"d"}],"schemas":["x"]}"#;
+        let patched =
+            apply_member_changes(resource, &[("m-a".into(), "a".into())], &[("m-d".into(), Some("d".into()))]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&patched).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"displayName": "Équipe", "members": [{"value": "a"}, {"value": "b"}], "schemas": ["x"]})
+        );
+        let emptied = apply_member_changes(
+            &patched,
+            &[],
+            &[("m-a".into(), Some("a".into())), ("m-b".into(), Some("b".into())), ("m-x".into(), None)],
+        )
+        .unwrap();
+        assert_eq!(emptied, r#"{"displayName":"Équipe","schemas":["x"]}"#);
+        assert!(apply_member_changes("not json", &[], &[]).is_err());
+    }
 }

@@ -835,7 +835,7 @@ impl Metaverse for PgStore {
                UNION ALL SELECT $1::text, m, false FROM unnest($4::text[]) AS m
                ON CONFLICT (mv_id, member) DO UPDATE SET added = excluded.added)
              UPDATE sync_mv SET members = $2, dirty = true, members_only = $5 WHERE id = $1",
-            &[&mv, &json!(members).to_string(), &recorded_added, &recorded_removed, &by_difference],
+            &[&mv, &serde_json::to_string(&members).map_err(err)?, &recorded_added, &recorded_removed, &by_difference],
         )?;
         Ok(true)
     }
@@ -1078,15 +1078,14 @@ impl ExportLog for PgStore {
         let Some(row) = self.query_opt("SELECT resource FROM sync_exported WHERE mv_id = $1", &[&mv])? else {
             return Err(StoreError(format!("member changes of {mv} confirmed, but it was never exported")));
         };
-        let mut resource: Json = serde_json::from_str(&pack::unpack(row.try_get(0).map_err(pg)?)?).map_err(err)?;
-        crate::apply_member_changes(&mut resource, added, removed);
+        let resource = crate::apply_member_changes(&pack::unpack(row.try_get(0).map_err(pg)?)?, added, removed)?;
         let done: Vec<&str> =
             added.iter().map(|(m, _)| m.as_str()).chain(removed.iter().map(|(m, _)| m.as_str())).collect();
         self.write(
             "WITH stored AS (UPDATE sync_exported SET resource = $2 WHERE mv_id = $1),
                   confirmed AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1 AND member = ANY($3))
              SELECT 1",
-            &[&mv, &pack::pack(&resource.to_string())?, &done],
+            &[&mv, &pack::pack(&resource)?, &done],
         )?;
         // (A WITH's statements see one snapshot: what is left is read after.)
         let left = self

@@ -1044,7 +1044,7 @@ impl Metaverse for SqliteStore {
         }
         self.exec(
             "UPDATE mv SET members = ?2, dirty = 1, members_only = ?3 WHERE id = ?1",
-            params![mv, pack::pack(&json!(members).to_string())?, by_difference],
+            params![mv, pack::pack(&serde_json::to_string(&members).map_err(err)?)?, by_difference],
         )
         .map_err(err)?;
         Ok(true)
@@ -1342,13 +1342,9 @@ impl ExportLog for SqliteStore {
         let Some(resource) = resource else {
             return Err(StoreError(format!("member changes of {mv} confirmed, but it was never exported")));
         };
-        let mut resource: Json = serde_json::from_str(&pack::unpack(&resource)?).map_err(err)?;
-        crate::apply_member_changes(&mut resource, added, removed);
-        self.exec(
-            "UPDATE exported SET resource = ?2 WHERE mv_id = ?1",
-            params![mv, pack::pack(&resource.to_string())?],
-        )
-        .map_err(err)?;
+        let resource = crate::apply_member_changes(&pack::unpack(&resource)?, added, removed)?;
+        self.exec("UPDATE exported SET resource = ?2 WHERE mv_id = ?1", params![mv, pack::pack(&resource)?])
+            .map_err(err)?;
         let mut done =
             self.conn.prepare_cached("DELETE FROM mv_member_changes WHERE mv_id = ?1 AND member = ?2").map_err(err)?;
         for member in added.iter().map(|(m, _)| m).chain(removed.iter().map(|(m, _)| m)) {
