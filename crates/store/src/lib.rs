@@ -232,26 +232,19 @@ fn classify_put(old: Option<&StoredCs>, entry: &[u8], object: &sync::SourceObjec
     Ok(Put::Whole)
 }
 
-/// A group's metaverse members (sorted, once each) with `added` put in and
-/// `removed` taken out: the new list and the ids actually added and
-/// removed, or `None` when nothing changes.
-fn change_members(
-    mut members: Vec<String>,
-    added: Vec<String>,
-    gone: &std::collections::HashSet<String>,
-) -> Option<(Vec<String>, Vec<String>, Vec<String>)> {
-    let removed: Vec<String> = members.iter().filter(|m| gone.contains(*m)).cloned().collect();
-    members.retain(|m| !gone.contains(m));
-    let mut added: Vec<String> = added.into_iter().filter(|a| members.binary_search(a).is_err()).collect();
-    added.sort();
-    added.dedup();
-    if added.is_empty() && removed.is_empty() {
-        return None;
+/// A group's metaverse members (sorted, once each) with logged changes
+/// (member, added) put in.
+fn members_with_log(mut members: Vec<String>, log: Vec<(String, bool)>) -> Vec<String> {
+    if log.is_empty() {
+        return members;
     }
+    let gone: std::collections::HashSet<&str> = log.iter().filter(|(_, a)| !a).map(|(m, _)| m.as_str()).collect();
+    members.retain(|m| !gone.contains(m.as_str()));
     // The stable sort merges the few added onto the sorted run in linear time.
-    members.extend(added.iter().cloned());
+    members.extend(log.iter().filter(|(_, a)| *a).map(|(m, _)| m.clone()));
     members.sort();
-    Some((members, added, removed))
+    members.dedup();
+    members
 }
 
 /// A group as its member changes are exported: without its members (and
@@ -342,6 +335,24 @@ fn text_changes<'a>(before: &[&'a str], after: &[&'a str]) -> (Vec<&'a str>, Vec
         after.iter().filter(|v| !before_set.contains(*v)).copied().collect(),
         before.iter().filter(|v| !after_set.contains(*v)).copied().collect(),
     )
+}
+
+/// Member changes the tenant confirmed are logged next to a group's
+/// resource and folded into it once this many are logged: a member added
+/// to a group of 250,000 writes one row, and the resource (megabytes) is
+/// rewritten once per this many changes. Readers put the log in.
+const FOLD_MEMBER_LOG: i64 = 1000;
+
+/// `resource` (JSON text) with logged member changes (tenant id, added) put in.
+fn with_member_log(resource: &str, log: Vec<(String, bool)>) -> Result<String, StoreError> {
+    if log.is_empty() {
+        return Ok(resource.to_string());
+    }
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for (id, is_added) in log {
+        if is_added { added.push((String::new(), id)) } else { removed.push((String::new(), Some(id))) }
+    }
+    apply_member_changes(resource, &added, &removed)
 }
 
 /// Puts confirmed member changes (tenant ids) into a group's resource as

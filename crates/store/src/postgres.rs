@@ -132,6 +132,10 @@ ALTER TABLE sync_cs ADD COLUMN IF NOT EXISTS members_only BOOLEAN NOT NULL DEFAU
 CREATE TABLE IF NOT EXISTS sync_cs_member_changes (source TEXT NOT NULL, id BYTEA NOT NULL, dn_norm TEXT NOT NULL, added BOOLEAN NOT NULL, PRIMARY KEY (source, id, dn_norm));
 ALTER TABLE sync_mv ADD COLUMN IF NOT EXISTS members_only BOOLEAN NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS sync_mv_member_changes (mv_id TEXT NOT NULL, member TEXT NOT NULL, added BOOLEAN NOT NULL, PRIMARY KEY (mv_id, member));
+-- Member changes of a metaverse object and those the tenant confirmed, folded
+-- into sync_mv.members and the resource now and then (crate::FOLD_MEMBER_LOG).
+CREATE TABLE IF NOT EXISTS sync_mv_member_log (mv_id TEXT NOT NULL, member TEXT NOT NULL, added BOOLEAN NOT NULL, PRIMARY KEY (mv_id, member));
+CREATE TABLE IF NOT EXISTS sync_exported_member_log (mv_id TEXT NOT NULL, tenant_id TEXT NOT NULL, added BOOLEAN NOT NULL, PRIMARY KEY (mv_id, tenant_id));
 "];
 
 /// The values of `attrs` (JSON text) at key $1, each as text: every element
@@ -200,6 +204,21 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// A metaverse object's members: the stored list (JSON text) with the
+    /// changes logged since put in.
+    fn members_with_log(&self, mv: &str, members: &str) -> Result<Vec<String>, StoreError> {
+        let members: Vec<String> = serde_json::from_str(members).map_err(err)?;
+        let rows = self.query("SELECT member, added FROM sync_mv_member_log WHERE mv_id = $1", &[&mv])?;
+        Ok(crate::members_with_log(members, rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+    }
+
+    /// A group's resource as last confirmed: the stored one (JSON text)
+    /// with the member changes logged since put in.
+    fn with_member_log(&self, mv: &str, resource: &str) -> Result<String, StoreError> {
+        let rows = self.query("SELECT tenant_id, added FROM sync_exported_member_log WHERE mv_id = $1", &[&mv])?;
+        crate::with_member_log(resource, rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Connects, applies missing schema versions, and returns a store that
     /// reads; [`PgStore::write_under`] lets it write.
     pub fn connect(settings: &DatabaseSettings) -> Result<PgStore, StoreError> {
@@ -516,7 +535,7 @@ impl ConnectorSpace for PgStore {
     }
 
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
-        let entry = pack::pack(&codec::entry_to_json(&object.entry).to_string())?;
+        let entry = pack::pack(&codec::entry_to_json(&object.entry))?;
         let dn_norm = object.entry.dn.normalized();
         let dn = object.entry.dn.to_string();
         let old = self
@@ -767,12 +786,14 @@ impl Metaverse for PgStore {
         match existing {
             Some(row) => {
                 let mv: String = row.get(0);
+                // The whole list replaces the stored one and its log (a log left means the stored list is not the list).
+                let had_log = self.write("DELETE FROM sync_mv_member_log WHERE mv_id = $1", &[&mv])? > 0;
                 let changed = self.write(
                     "UPDATE sync_mv SET kind = $2, anchor = $3, attrs = $4, manager = $5, members = $6, dn_norm = $7, precedence = $8,
                        deleted = false, dirty = true, members_only = false
                      WHERE id = $1 AND (kind != $2 OR anchor != $3 OR attrs != $4 OR manager IS DISTINCT FROM $5 OR members != $6
-                       OR dn_norm != $7 OR precedence != $8 OR deleted)",
-                    &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &dn_norm, &precedence],
+                       OR dn_norm != $7 OR precedence != $8 OR deleted OR $9)",
+                    &[&mv, &kind, &p.anchor, &attrs, &manager, &members, &dn_norm, &precedence, &had_log],
                 )?;
                 if changed > 0 {
                     self.keep_join_keys(&mv)?;
@@ -798,20 +819,19 @@ impl Metaverse for PgStore {
 
     fn mv_change_members(&mut self, source: &str, id: &SourceId, changes: &MemberChanges) -> Result<bool, StoreError> {
         let Some(row) = self.query_opt(
-            "SELECT m.id, m.members, m.dirty, m.members_only FROM sync_mv m WHERE m.source = $1 AND m.cs_id = $2 AND NOT m.deleted
+            "SELECT m.id, m.dirty, m.members_only FROM sync_mv m WHERE m.source = $1 AND m.cs_id = $2 AND NOT m.deleted
                AND NOT EXISTS(SELECT 1 FROM sync_joins j WHERE j.mv_id = m.id)",
             &[&source, &id.0],
         )?
         else {
             return Ok(false);
         };
-        let (mv, dirty, members_only): (String, bool, bool) = (row.get(0), row.get(2), row.get(3));
-        let members: Vec<String> = serde_json::from_str(row.get(1)).map_err(err)?;
+        let (mv, dirty, members_only): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
         let added = self.mv_for_dns(source, &changes.added)?;
         // A member removed may be gone already (deleted on-premises): its metaverse object whatever its state.
         let gone: Vec<String> = changes.removed.iter().map(Dn::normalized).collect();
-        let removed: std::collections::HashSet<String> = if gone.is_empty() {
-            std::collections::HashSet::new()
+        let removed: Vec<String> = if gone.is_empty() {
+            Vec::new()
         } else {
             self.query(
                 "SELECT m.id FROM unnest($2::text[]) AS d JOIN sync_mv m ON m.source = $1 AND m.dn_norm = d",
@@ -821,22 +841,39 @@ impl Metaverse for PgStore {
             .map(|r| r.get(0))
             .collect()
         };
-        let Some((members, added, removed)) = crate::change_members(members, added, &removed) else {
+        if added.is_empty() && removed.is_empty() {
             return Ok(true);
-        };
-        // Clean, or dirty with member changes only: the export sends just these.
+        }
+        // Logged next to the members, not written into them: a large
+        // group's list is rewritten once per FOLD_MEMBER_LOG changes. Clean,
+        // or dirty with member changes only: the export sends just these.
         let by_difference = !dirty || members_only;
-        let (recorded_added, recorded_removed) =
-            if by_difference { (added, removed) } else { (Vec::new(), Vec::new()) };
+        let (to_export_added, to_export_removed): (&[String], &[String]) =
+            if by_difference { (&added, &removed) } else { (&[], &[]) };
         self.write(
-            "WITH changes AS (
+            "WITH logged AS (
+               INSERT INTO sync_mv_member_log(mv_id, member, added)
+               SELECT $1::text, m, true FROM unnest($2::text[]) AS m
+               UNION ALL SELECT $1::text, m, false FROM unnest($3::text[]) AS m
+               ON CONFLICT (mv_id, member) DO UPDATE SET added = excluded.added),
+                  changes AS (
                INSERT INTO sync_mv_member_changes(mv_id, member, added)
-               SELECT $1::text, m, true FROM unnest($3::text[]) AS m
-               UNION ALL SELECT $1::text, m, false FROM unnest($4::text[]) AS m
+               SELECT $1::text, m, true FROM unnest($4::text[]) AS m
+               UNION ALL SELECT $1::text, m, false FROM unnest($5::text[]) AS m
                ON CONFLICT (mv_id, member) DO UPDATE SET added = excluded.added)
-             UPDATE sync_mv SET members = $2, dirty = true, members_only = $5 WHERE id = $1",
-            &[&mv, &serde_json::to_string(&members).map_err(err)?, &recorded_added, &recorded_removed, &by_difference],
+             UPDATE sync_mv SET dirty = true, members_only = $6 WHERE id = $1",
+            &[&mv, &added, &removed, &to_export_added, &to_export_removed, &by_difference],
         )?;
+        let logged: i64 = self.query_one("SELECT count(*) FROM sync_mv_member_log WHERE mv_id = $1", &[&mv])?.get(0);
+        if logged >= crate::FOLD_MEMBER_LOG {
+            let stored: String = self.query_one("SELECT members FROM sync_mv WHERE id = $1", &[&mv])?.get(0);
+            let members = self.members_with_log(&mv, &stored)?;
+            self.write(
+                "WITH folded AS (DELETE FROM sync_mv_member_log WHERE mv_id = $1)
+                 UPDATE sync_mv SET members = $2 WHERE id = $1",
+                &[&mv, &serde_json::to_string(&members).map_err(err)?],
+            )?;
+        }
         Ok(true)
     }
 
@@ -877,6 +914,7 @@ impl Metaverse for PgStore {
             self.write("UPDATE sync_mv SET deleted = true, dirty = true, members_only = false WHERE id = $1", &[&mv])?;
         } else {
             self.write("DELETE FROM sync_mv WHERE id = $1", &[&mv])?;
+            self.write("DELETE FROM sync_mv_member_log WHERE mv_id = $1", &[&mv])?;
             self.write("DELETE FROM sync_mv_join_keys WHERE mv_id = $1", &[&mv])?;
             self.write("DELETE FROM sync_errors WHERE mv_id = $1", &[&mv])?;
         }
@@ -987,7 +1025,7 @@ impl Metaverse for PgStore {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let members: Vec<String> = serde_json::from_str(row.get(4)).map_err(err)?;
+        let members = self.members_with_log(id, row.get(4))?;
         let mut record = MvRecord {
             id: id.to_string(),
             kind: kind_from(row.get(0)),
@@ -1018,7 +1056,7 @@ impl ExportLog for PgStore {
             let manager: Option<String> = r.get(2);
             // Members alone changed: only those added may need to go first.
             let members: Vec<String> = match r.get::<_, Option<&str>>(3) {
-                Some(members) => serde_json::from_str(members).map_err(err)?,
+                Some(members) => self.members_with_log(r.get(0), members)?,
                 None => r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
             };
             out.push(sync::engine::DirtyObject {
@@ -1034,7 +1072,8 @@ impl ExportLog for PgStore {
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
         match self.query_opt("SELECT tenant_id, resource FROM sync_exported WHERE mv_id = $1", &[&mv])? {
             Some(r) => {
-                Ok(Some((r.get(0), serde_json::from_str(&pack::unpack(r.try_get(1).map_err(pg)?)?).map_err(err)?)))
+                let resource = self.with_member_log(mv, &pack::unpack(r.try_get(1).map_err(pg)?)?)?;
+                Ok(Some((r.get(0), serde_json::from_str(&resource).map_err(err)?)))
             }
             None => Ok(None),
         }
@@ -1075,22 +1114,41 @@ impl ExportLog for PgStore {
         added: &[(String, String)],
         removed: &[(String, Option<String>)],
     ) -> Result<(), StoreError> {
-        let Some(row) = self.query_opt("SELECT resource FROM sync_exported WHERE mv_id = $1", &[&mv])? else {
+        if self.query_opt("SELECT 1 FROM sync_exported WHERE mv_id = $1", &[&mv])?.is_none() {
             return Err(StoreError(format!("member changes of {mv} confirmed, but it was never exported")));
-        };
-        let resource = crate::apply_member_changes(&pack::unpack(row.try_get(0).map_err(pg)?)?, added, removed)?;
+        }
+        // Logged, not written into the resource: a large group's resource
+        // is rewritten once per FOLD_MEMBER_LOG changes, not once per change.
+        let added_ids: Vec<&str> = added.iter().map(|(_, id)| id.as_str()).collect();
+        let removed_ids: Vec<&str> = removed.iter().filter_map(|(_, id)| id.as_deref()).collect();
         let done: Vec<&str> =
             added.iter().map(|(m, _)| m.as_str()).chain(removed.iter().map(|(m, _)| m.as_str())).collect();
         self.write(
-            "WITH stored AS (UPDATE sync_exported SET resource = $2 WHERE mv_id = $1),
-                  confirmed AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1 AND member = ANY($3))
+            "WITH logged AS (
+               INSERT INTO sync_exported_member_log(mv_id, tenant_id, added)
+               SELECT $1::text, t, true FROM unnest($2::text[]) AS t
+               UNION ALL SELECT $1::text, t, false FROM unnest($3::text[]) AS t
+               ON CONFLICT (mv_id, tenant_id) DO UPDATE SET added = excluded.added),
+                  confirmed AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1 AND member = ANY($4))
              SELECT 1",
-            &[&mv, &pack::pack(&resource)?, &done],
+            &[&mv, &added_ids, &removed_ids, &done],
         )?;
-        // (A WITH's statements see one snapshot: what is left is read after.)
-        let left = self
-            .query_one("SELECT EXISTS(SELECT 1 FROM sync_mv_member_changes WHERE mv_id = $1)", &[&mv])?
-            .get::<_, bool>(0);
+        // (A WITH's statements see one snapshot: what is logged and left is read after.)
+        let row = self.query_one(
+            "SELECT (SELECT count(*) FROM sync_exported_member_log WHERE mv_id = $1),
+                    EXISTS(SELECT 1 FROM sync_mv_member_changes WHERE mv_id = $1)",
+            &[&mv],
+        )?;
+        let (logged, left): (i64, bool) = (row.get(0), row.get(1));
+        if logged >= crate::FOLD_MEMBER_LOG {
+            let row = self.query_one("SELECT resource FROM sync_exported WHERE mv_id = $1", &[&mv])?;
+            let resource = self.with_member_log(mv, &pack::unpack(row.try_get(0).map_err(pg)?)?)?;
+            self.write(
+                "WITH folded AS (DELETE FROM sync_exported_member_log WHERE mv_id = $1)
+                 UPDATE sync_exported SET resource = $2 WHERE mv_id = $1",
+                &[&mv, &pack::pack(&resource)?],
+            )?;
+        }
         if !left {
             self.write(
                 "WITH cleared AS (DELETE FROM sync_errors WHERE mv_id = $1)
@@ -1108,7 +1166,8 @@ impl ExportLog for PgStore {
             "WITH stored AS (INSERT INTO sync_exported(mv_id, tenant_id, resource) VALUES($1, $2, $3)
                  ON CONFLICT (mv_id) DO UPDATE SET tenant_id = excluded.tenant_id, resource = excluded.resource),
              cleared AS (DELETE FROM sync_errors WHERE mv_id = $1),
-             sent AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1)
+             sent AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1),
+             unlogged AS (DELETE FROM sync_exported_member_log WHERE mv_id = $1)
              UPDATE sync_mv SET dirty = false, members_only = false WHERE id = $1",
             &[&mv, &tenant_id, &resource],
         )?;
@@ -1122,7 +1181,9 @@ impl ExportLog for PgStore {
                   cleared AS (DELETE FROM sync_errors WHERE mv_id = $1),
                   gone AS (DELETE FROM sync_mv WHERE id = $1 AND deleted RETURNING id),
                   unkeyed AS (DELETE FROM sync_mv_join_keys WHERE mv_id IN (SELECT id FROM gone)),
-                  unsent AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1)
+                  unlisted AS (DELETE FROM sync_mv_member_log WHERE mv_id IN (SELECT id FROM gone)),
+                  unsent AS (DELETE FROM sync_mv_member_changes WHERE mv_id = $1),
+                  unlogged AS (DELETE FROM sync_exported_member_log WHERE mv_id = $1)
              UPDATE sync_mv SET dirty = true, members_only = false WHERE id = $1 AND NOT deleted",
             &[&mv],
         )?;

@@ -135,13 +135,18 @@ ALTER TABLE joins ADD COLUMN refs TEXT NOT NULL DEFAULT '{}';
 /// are member changes only, listed in `cs_member_changes` (normalized DNs,
 /// added or removed) until it is synced; `mv.members_only` — a dirty
 /// metaverse object's changes are member changes only, listed in
-/// `mv_member_changes` (metaverse ids) until the tenant confirms them.
+/// `mv_member_changes` (metaverse ids) until the tenant confirms them;
+/// `mv_member_log` and `exported_member_log` — member changes of the
+/// metaverse object and those the tenant confirmed, not yet folded into
+/// `mv.members` and the group's resource (see `FOLD_MEMBER_LOG`).
 const SCHEMA_V10: &str = "
 ALTER TABLE cs ADD COLUMN delta_ok INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE cs ADD COLUMN members_only INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE cs_member_changes (source TEXT NOT NULL, id BLOB NOT NULL, dn_norm TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY (source, id, dn_norm)) WITHOUT ROWID;
 ALTER TABLE mv ADD COLUMN members_only INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE mv_member_changes (mv_id TEXT NOT NULL, member TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY (mv_id, member)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mv_member_log (mv_id TEXT NOT NULL, member TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY (mv_id, member)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS exported_member_log (mv_id TEXT NOT NULL, tenant_id TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY (mv_id, tenant_id)) WITHOUT ROWID;
 ";
 
 const MIGRATIONS: &[&str] =
@@ -241,6 +246,29 @@ fn lock_state(path: &Path) -> Result<StateLock, StoreError> {
 }
 
 impl SqliteStore {
+    /// A metaverse object's members: the stored list (JSON text) with the
+    /// changes logged since put in.
+    fn members_with_log(&self, mv: &str, members: &str) -> Result<Vec<String>, StoreError> {
+        let members: Vec<String> = serde_json::from_str(members).map_err(err)?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT member, added FROM mv_member_log WHERE mv_id = ?1").map_err(err)?;
+        let rows = stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))).map_err(err)?;
+        let log: Vec<(String, bool)> = rows.collect::<Result<_, _>>().map_err(err)?;
+        Ok(crate::members_with_log(members, log))
+    }
+
+    /// A group's resource as last confirmed: the stored one (JSON text)
+    /// with the member changes logged since put in.
+    fn with_member_log(&self, mv: &str, resource: &str) -> Result<String, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT tenant_id, added FROM exported_member_log WHERE mv_id = ?1")
+            .map_err(err)?;
+        let rows = stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))).map_err(err)?;
+        let log: Vec<(String, bool)> = rows.collect::<Result<_, _>>().map_err(err)?;
+        crate::with_member_log(resource, log)
+    }
+
     /// The process id holding the state's write lock, if one does.
     pub fn writer(path: &Path) -> Option<String> {
         use std::io::Read;
@@ -630,7 +658,7 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
-        let entry = pack::pack(&codec::entry_to_json(&object.entry).to_string())?;
+        let entry = pack::pack(&codec::entry_to_json(&object.entry))?;
         let dn_norm = object.entry.dn.normalized();
         let kind = kind_str(object.kind);
         let delta_ok = crate::members_by_difference(object);
@@ -956,6 +984,14 @@ impl Metaverse for SqliteStore {
     ) -> Result<String, StoreError> {
         let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
         let (attrs, members) = (pack::pack(&attrs)?, pack::pack(&members)?);
+        // The whole list replaces the stored one and its log (a log left means the stored list is not the list).
+        let had_log = self
+            .exec(
+                "DELETE FROM mv_member_log WHERE mv_id = (SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2)",
+                params![source, id.0],
+            )
+            .map_err(err)?
+            > 0;
         let precedence = crate::precedence_text(&p.precedence);
         let existing: Option<String> = self
             .query_one("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
@@ -966,8 +1002,8 @@ impl Metaverse for SqliteStore {
                 let changed = self
                     .exec(
                         "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, precedence = ?8, deleted = 0, dirty = 1, members_only = 0
-                         WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR precedence != ?8 OR deleted = 1)",
-                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm, precedence],
+                         WHERE id = ?1 AND (kind != ?2 OR anchor != ?3 OR attrs != ?4 OR manager IS NOT ?5 OR members != ?6 OR dn_norm != ?7 OR precedence != ?8 OR deleted = 1 OR ?9)",
+                        params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, dn_norm, precedence, had_log],
                     )
                     .map_err(err)?;
                 if changed > 0 {
@@ -999,21 +1035,20 @@ impl Metaverse for SqliteStore {
     }
 
     fn mv_change_members(&mut self, source: &str, id: &SourceId, changes: &MemberChanges) -> Result<bool, StoreError> {
-        let row: Option<(String, Vec<u8>)> = self
+        let row: Option<(String, bool, bool)> = self
             .query_one(
-                "SELECT m.id, m.members FROM mv m WHERE m.source = ?1 AND m.cs_id = ?2 AND m.deleted = 0
+                "SELECT m.id, m.dirty, m.members_only FROM mv m WHERE m.source = ?1 AND m.cs_id = ?2 AND m.deleted = 0
                    AND NOT EXISTS(SELECT 1 FROM joins j WHERE j.mv_id = m.id)",
                 params![source, id.0],
-                |r| Ok((r.get(0)?, packed(r, 1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(err)?;
-        let Some((mv, stored)) = row else { return Ok(false) };
-        let members: Vec<String> = serde_json::from_str(&pack::unpack(&stored)?).map_err(err)?;
+        let Some((mv, dirty, members_only)) = row else { return Ok(false) };
         let added = self.mv_for_dns(source, &changes.added)?;
         // A member removed may be gone already (deleted on-premises): its metaverse object whatever its state.
-        let removed: std::collections::HashSet<String> = if changes.removed.is_empty() {
-            std::collections::HashSet::new()
+        let removed: Vec<String> = if changes.removed.is_empty() {
+            Vec::new()
         } else {
             let list = Json::Array(changes.removed.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
             let mut stmt = self
@@ -1025,28 +1060,44 @@ impl Metaverse for SqliteStore {
             let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)?
         };
-        let Some((members, added, removed)) = crate::change_members(members, added, &removed) else {
+        if added.is_empty() && removed.is_empty() {
             return Ok(true);
-        };
-        // Clean, or dirty with member changes only: the export sends just these.
-        let (dirty, members_only): (bool, bool) = self
-            .query_one("SELECT dirty, members_only FROM mv WHERE id = ?1", params![mv], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(err)?;
+        }
+        // Logged next to the members, not written into them: a large
+        // group's list is rewritten once per FOLD_MEMBER_LOG changes. Clean,
+        // or dirty with member changes only: the export sends just these.
         let by_difference = !dirty || members_only;
-        if by_difference {
-            let mut change = self
-                .conn
-                .prepare_cached("INSERT OR REPLACE INTO mv_member_changes(mv_id, member, added) VALUES(?1, ?2, ?3)")
+        let changes = added.iter().map(|m| (m, true)).chain(removed.iter().map(|m| (m, false)));
+        for (member, is_added) in changes {
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO mv_member_log(mv_id, member, added) VALUES(?1, ?2, ?3)")
+                .map_err(err)?
+                .execute(params![mv, member, is_added])
                 .map_err(err)?;
-            for (member, is_added) in added.iter().map(|m| (m, true)).chain(removed.iter().map(|m| (m, false))) {
-                change.execute(params![mv, member, is_added]).map_err(err)?;
+            if by_difference {
+                self.conn
+                    .prepare_cached("INSERT OR REPLACE INTO mv_member_changes(mv_id, member, added) VALUES(?1, ?2, ?3)")
+                    .map_err(err)?
+                    .execute(params![mv, member, is_added])
+                    .map_err(err)?;
             }
         }
-        self.exec(
-            "UPDATE mv SET members = ?2, dirty = 1, members_only = ?3 WHERE id = ?1",
-            params![mv, pack::pack(&serde_json::to_string(&members).map_err(err)?)?, by_difference],
-        )
-        .map_err(err)?;
+        self.exec("UPDATE mv SET dirty = 1, members_only = ?2 WHERE id = ?1", params![mv, by_difference])
+            .map_err(err)?;
+        let logged: i64 = self
+            .query_one("SELECT count(*) FROM mv_member_log WHERE mv_id = ?1", params![mv], |r| r.get(0))
+            .map_err(err)?;
+        if logged >= crate::FOLD_MEMBER_LOG {
+            let stored: Vec<u8> =
+                self.query_one("SELECT members FROM mv WHERE id = ?1", params![mv], |r| packed(r, 0)).map_err(err)?;
+            let members = self.members_with_log(&mv, &pack::unpack(&stored)?)?;
+            self.exec(
+                "UPDATE mv SET members = ?2 WHERE id = ?1",
+                params![mv, pack::pack(&serde_json::to_string(&members).map_err(err)?)?],
+            )
+            .map_err(err)?;
+            self.exec("DELETE FROM mv_member_log WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        }
         Ok(true)
     }
 
@@ -1099,6 +1150,7 @@ impl Metaverse for SqliteStore {
                 .map_err(err)?;
         } else {
             self.exec("DELETE FROM mv WHERE id = ?1", params![mv]).map_err(err)?;
+            self.exec("DELETE FROM mv_member_log WHERE mv_id = ?1", params![mv]).map_err(err)?;
             self.exec("DELETE FROM mv_join_keys WHERE mv_id = ?1", params![mv]).map_err(err)?;
             self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         }
@@ -1220,7 +1272,7 @@ impl Metaverse for SqliteStore {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let members: Vec<String> = serde_json::from_str(&pack::unpack(&members)?).map_err(err)?;
+        let members = self.members_with_log(id, &pack::unpack(&members)?)?;
         let mut record =
             MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted };
         self.merge_joined(&mut record)?;
@@ -1260,7 +1312,7 @@ impl ExportLog for SqliteStore {
         for row in rows {
             let (id, deleted, manager, members, exported) = row.map_err(err)?;
             let members: Vec<String> = match members {
-                Some(members) => serde_json::from_str(&pack::unpack(&members)?).map_err(err)?,
+                Some(members) => self.members_with_log(&id, &pack::unpack(&members)?)?,
                 // Members alone changed: only those added may need to go first.
                 None => {
                     added.query_map(params![id], |r| r.get(0)).map_err(err)?.collect::<Result<_, _>>().map_err(err)?
@@ -1284,7 +1336,10 @@ impl ExportLog for SqliteStore {
             .optional()
             .map_err(err)?;
         match row {
-            Some((id, resource)) => Ok(Some((id, serde_json::from_str(&pack::unpack(&resource)?).map_err(err)?))),
+            Some((id, resource)) => {
+                let resource = self.with_member_log(mv, &pack::unpack(&resource)?)?;
+                Ok(Some((id, serde_json::from_str(&resource).map_err(err)?)))
+            }
             None => Ok(None),
         }
     }
@@ -1335,16 +1390,37 @@ impl ExportLog for SqliteStore {
         added: &[(String, String)],
         removed: &[(String, Option<String>)],
     ) -> Result<(), StoreError> {
-        let resource: Option<Vec<u8>> = self
-            .query_one("SELECT resource FROM exported WHERE mv_id = ?1", params![mv], |r| packed(r, 0))
-            .optional()
+        let exported: bool = self
+            .query_one("SELECT EXISTS(SELECT 1 FROM exported WHERE mv_id = ?1)", params![mv], |r| r.get(0))
             .map_err(err)?;
-        let Some(resource) = resource else {
+        if !exported {
             return Err(StoreError(format!("member changes of {mv} confirmed, but it was never exported")));
-        };
-        let resource = crate::apply_member_changes(&pack::unpack(&resource)?, added, removed)?;
-        self.exec("UPDATE exported SET resource = ?2 WHERE mv_id = ?1", params![mv, pack::pack(&resource)?])
+        }
+        // Logged, not written into the resource: a large group's resource
+        // is rewritten once per FOLD_MEMBER_LOG changes, not once per change.
+        let mut log = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO exported_member_log(mv_id, tenant_id, added) VALUES(?1, ?2, ?3)")
             .map_err(err)?;
+        let confirmed = added
+            .iter()
+            .map(|(_, id)| (id, true))
+            .chain(removed.iter().filter_map(|(_, id)| id.as_ref().map(|id| (id, false))));
+        for (tenant_id, is_added) in confirmed {
+            log.execute(params![mv, tenant_id, is_added]).map_err(err)?;
+        }
+        let logged: i64 = self
+            .query_one("SELECT count(*) FROM exported_member_log WHERE mv_id = ?1", params![mv], |r| r.get(0))
+            .map_err(err)?;
+        if logged >= crate::FOLD_MEMBER_LOG {
+            let resource: Vec<u8> = self
+                .query_one("SELECT resource FROM exported WHERE mv_id = ?1", params![mv], |r| packed(r, 0))
+                .map_err(err)?;
+            let resource = self.with_member_log(mv, &pack::unpack(&resource)?)?;
+            self.exec("UPDATE exported SET resource = ?2 WHERE mv_id = ?1", params![mv, pack::pack(&resource)?])
+                .map_err(err)?;
+            self.exec("DELETE FROM exported_member_log WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        }
         let mut done =
             self.conn.prepare_cached("DELETE FROM mv_member_changes WHERE mv_id = ?1 AND member = ?2").map_err(err)?;
         for member in added.iter().map(|(m, _)| m).chain(removed.iter().map(|(m, _)| m)) {
@@ -1368,6 +1444,7 @@ impl ExportLog for SqliteStore {
         .map_err(err)?;
         self.exec("UPDATE mv SET dirty = 0, members_only = 0 WHERE id = ?1", params![mv]).map_err(err)?;
         self.exec("DELETE FROM mv_member_changes WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM exported_member_log WHERE mv_id = ?1", params![mv]).map_err(err)?;
         self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         Ok(())
     }
@@ -1377,12 +1454,18 @@ impl ExportLog for SqliteStore {
         self.exec("DELETE FROM errors WHERE mv_id = ?1", params![mv]).map_err(err)?;
         self.exec("DELETE FROM mv WHERE id = ?1 AND deleted = 1", params![mv]).map_err(err)?;
         self.exec(
+            "DELETE FROM mv_member_log WHERE mv_id = ?1 AND NOT EXISTS(SELECT 1 FROM mv WHERE id = ?1)",
+            params![mv],
+        )
+        .map_err(err)?;
+        self.exec(
             "DELETE FROM mv_join_keys WHERE mv_id = ?1 AND NOT EXISTS(SELECT 1 FROM mv WHERE id = ?1)",
             params![mv],
         )
         .map_err(err)?;
         self.exec("UPDATE mv SET dirty = 1, members_only = 0 WHERE id = ?1", params![mv]).map_err(err)?;
         self.exec("DELETE FROM mv_member_changes WHERE mv_id = ?1", params![mv]).map_err(err)?;
+        self.exec("DELETE FROM exported_member_log WHERE mv_id = ?1", params![mv]).map_err(err)?;
         Ok(())
     }
 

@@ -14,9 +14,7 @@ use directory::Dn;
 use serde_json::Value as Json;
 use store::{DatabaseSettings, History, PgStore, PgTls, SqliteStore, StateStore};
 use sync::engine::memory::MemoryTarget;
-use sync::engine::{
-    ConnectorSpace, CycleOptions, ExportLog, ExportOp, Metaverse, Quiet, Target, Transaction, Transactional, run_cycle,
-};
+use sync::engine::{ConnectorSpace, CycleOptions, ExportOp, Metaverse, Quiet, Target, Transaction, run_cycle};
 use sync::mapping::Flavor;
 use sync::{ImportSink, ImportSummary, SinkError, Source, SourceChange, Watermark};
 use testkit::{Postgres, Slapd, SlapdOptions, TempDir};
@@ -649,14 +647,12 @@ fn multi_valued_joins_on_postgres() {
 }
 
 /// A group's members are recorded by difference when nothing else of it
-/// changed, and its metaverse object changes by that difference; anything
-/// else, or a group with a manager, is synced whole.
-#[test]
-fn members_change_by_difference_on_sqlite() {
+/// changed, its metaverse object changes by that difference and the export
+/// confirms just those (logged, folded into the resource now and then);
+/// anything else, or a group with a manager, is synced whole.
+fn members_change_by_difference(store: &mut dyn StateStore) {
     use directory::{Anchor, Entry, ObjectKind};
     use sync::{SourceId, SourceObject};
-    let tmp = TempDir::new("member-changes").unwrap();
-    let mut store = SqliteStore::open(&tmp.join("sync.db")).unwrap();
     let dn = |t: &str| Dn::parse(t).unwrap();
     let object = |id: u8, kind: ObjectKind, name: &str, attrs: &[(&str, &[&str])]| {
         let mut entry = Entry::new(dn(name));
@@ -757,13 +753,40 @@ fn members_change_by_difference_on_sqlite() {
             &[(mvs[0].clone(), Some("t1".into()))],
         )
         .unwrap();
-    let members = |store: &SqliteStore| store.exported(&group_mv).unwrap().unwrap().1["members"].clone();
-    assert_eq!(members(&store), serde_json::json!([{"value": "t2"}]));
+    let members = |store: &dyn StateStore| store.exported(&group_mv).unwrap().unwrap().1["members"].clone();
+    assert_eq!(members(store), serde_json::json!([{"value": "t2"}]));
     assert_eq!(store.member_changes_to_export(&group_mv).unwrap().unwrap().1.added, vec![mvs[2].clone()]);
     store.set_member_changes_exported(&group_mv, &[(mvs[2].clone(), "t3".into())], &[]).unwrap();
-    assert_eq!(members(&store), serde_json::json!([{"value": "t2"}, {"value": "t3"}]));
+    assert_eq!(members(store), serde_json::json!([{"value": "t2"}, {"value": "t3"}]));
     assert!(store.member_changes_to_export(&group_mv).unwrap().is_none());
     assert!(!store.dirty_objects().unwrap().iter().any(|d| d.id == group_mv), "clean once all are confirmed");
+    // Confirmed changes are logged and folded into the resource now and then: reads see them either way.
+    for i in 0..1500 {
+        store.set_member_changes_exported(&group_mv, &[(format!("m{i}"), format!("x{i:04}"))], &[]).unwrap();
+    }
+    store.set_member_changes_exported(&group_mv, &[], &[("m7".into(), Some("x0007".into()))]).unwrap();
+    let now = members(store);
+    assert_eq!(now.as_array().unwrap().len(), 2 + 1499);
+    assert_eq!(now[0], serde_json::json!({"value": "t2"}));
+    assert!(!now.as_array().unwrap().contains(&serde_json::json!({"value": "x0007"})));
+
+    // Metaverse member changes are logged too and folded into the list now and then.
+    for i in 0..1000u16 {
+        let name = format!("uid=n{i},dc=example,dc=org");
+        let [hi, lo] = i.to_be_bytes();
+        let user = SourceId(vec![100, hi, lo]);
+        store
+            .mv_project("corp", &user, &projection(ObjectKind::User, &format!("n{i}"), &name), None, Vec::new())
+            .unwrap();
+        let changes = sync::engine::MemberChanges { added: vec![dn(&name)], removed: Vec::new() };
+        assert!(store.mv_change_members("corp", &group_id, &changes).unwrap());
+    }
+    let gone = sync::engine::MemberChanges { added: Vec::new(), removed: vec![dn("uid=n7,dc=example,dc=org")] };
+    assert!(store.mv_change_members("corp", &group_id, &gone).unwrap());
+    let members = store.mv_get(&group_mv).unwrap().unwrap().members;
+    assert_eq!(members.len(), 2 + 999);
+    assert!(members.windows(2).all(|w| w[0] < w[1]), "sorted, once each");
+    assert_eq!(store.member_changes_to_export(&group_mv).unwrap().unwrap().1.added.len(), 999);
 
     // Another attribute changes with the members: synced whole.
     store.cs_put("corp", &group(&["uid=u3,dc=example,dc=org"], "y")).unwrap();
@@ -781,4 +804,22 @@ fn members_change_by_difference_on_sqlite() {
     store.cs_put("corp", &managed).unwrap();
     assert_eq!(store.cs_member_changes("corp", &group_id).unwrap(), None);
     store.commit().unwrap();
+}
+
+#[test]
+fn members_change_by_difference_on_sqlite() {
+    let tmp = TempDir::new("member-changes").unwrap();
+    members_change_by_difference(&mut SqliteStore::open(&tmp.join("sync.db")).unwrap());
+    let raw = rusqlite::Connection::open(tmp.join("sync.db")).unwrap();
+    let logged: i64 = raw.query_row("SELECT count(*) FROM exported_member_log", [], |r| r.get(0)).unwrap();
+    assert!(logged < 1000, "folded into the resource: {logged} left in the log");
+    let logged: i64 = raw.query_row("SELECT count(*) FROM mv_member_log", [], |r| r.get(0)).unwrap();
+    assert!(logged < 1000, "folded into the members: {logged} left in the log");
+}
+
+#[test]
+fn members_change_by_difference_on_postgres() {
+    let pg = Postgres::start().unwrap();
+    let (mut store, _lease) = pg_writer(&pg, "test");
+    members_change_by_difference(&mut store);
 }
