@@ -267,7 +267,33 @@ impl Slapd {
     pub fn freeze(&self, frozen: bool) -> Result<(), TestkitError> {
         let Some(child) = &self.child else { return Err(TestkitError::Other("slapd is not running".into())) };
         let signal = if frozen { "-STOP" } else { "-CONT" };
-        run(Command::new("kill").args([signal, &child.id().to_string()]), None).map(|_| ())
+        run(Command::new("kill").args([signal, &child.id().to_string()]), None)?;
+        // The signal is sent, not yet acted on: under load a thread of slapd
+        // may still answer a request (a test then met a server it thought
+        // frozen). Wait until every thread is stopped (or running again).
+        let pid = child.id();
+        let settled = wait_until(Duration::from_secs(20), || {
+            // A process gone (reaped) is not running: nothing to wait for when continuing.
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return !frozen };
+            tasks.flatten().all(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                // The state follows the command name, which ends with ')'.
+                let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+                match state {
+                    Some("T" | "t") => frozen,
+                    Some(_) => !frozen,
+                    None => false,
+                }
+            })
+        });
+        if settled {
+            Ok(())
+        } else {
+            Err(TestkitError::Other(format!(
+                "slapd {pid} did not {} within 20 s",
+                if frozen { "stop" } else { "continue" }
+            )))
+        }
     }
 
     pub fn options(&self) -> &SlapdOptions {
