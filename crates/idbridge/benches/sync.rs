@@ -43,6 +43,19 @@ fn size_of(path: &Path) -> u64 {
     }
 }
 
+/// GET `base` + `path` from the tenant as JSON.
+fn get_json(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+) -> serde_json::Value {
+    rt.block_on(async {
+        client.get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+    })
+}
+
 /// The stage seconds `sync run` prints: "(… s: import a, sync b, export c)".
 fn stages(report: &str) -> [f64; 3] {
     let mut out = [0.0; 3];
@@ -62,11 +75,7 @@ fn kill_trials(exe: &str, config: &str, slapd: &testkit::Slapd, base: &str, toke
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // Connections idle for minutes between trials: never reuse one the tenant may close.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-    let get = |path: &str| -> serde_json::Value {
-        rt.block_on(async {
-            client.get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
-        })
-    };
+    let get = |path: &str| get_json(&rt, &client, base, token, path);
     // The window: a full cycle over the synchronised directory (much
     // shorter than the first one into an empty tenant).
     let started = Instant::now();
@@ -297,17 +306,13 @@ fn main() {
         let started = Instant::now();
         slapd.modify(&format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: {title}\n-\n\n")).unwrap();
         loop {
-            let v: serde_json::Value = rt.block_on(async {
-                client
-                    .get(format!("{base}/Users?filter=userName%20eq%20%22{mail}%22&attributes=title"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap()
-            });
+            let v = get_json(
+                &rt,
+                &client,
+                &base,
+                &token,
+                &format!("/Users?filter=userName%20eq%20%22{mail}%22&attributes=title"),
+            );
             if v["Resources"][0]["title"] == title.as_str() {
                 break;
             }
@@ -448,17 +453,7 @@ struct GroupFigures {
 
 impl LargeGroups<'_> {
     fn get(&self, path: &str) -> serde_json::Value {
-        self.rt.block_on(async {
-            self.client
-                .get(format!("{}{path}", self.base))
-                .bearer_auth(self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        })
+        get_json(self.rt, self.client, self.base, self.token, path)
     }
 
     /// Adds group number `n` with the first `size` people, waits for it in

@@ -15,7 +15,7 @@ use directory::{Dn, ObjectKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sync::SourceId;
-use sync::engine::{CycleReport, StoreError, SyncStore};
+use sync::engine::{CycleReport, MemberChanges, StoreError, SyncStore};
 
 pub use postgres::{DatabaseSettings, PgStore, PgTls};
 pub use sqlite::SqliteStore;
@@ -234,14 +234,14 @@ fn classify_put(old: Option<&StoredCs>, entry: &[u8], object: &sync::SourceObjec
 
 /// A group's metaverse members (sorted, once each) with logged changes
 /// (member, added) put in.
-fn members_with_log(mut members: Vec<String>, log: Vec<(String, bool)>) -> Vec<String> {
+fn members_with_log(mut members: Vec<String>, log: MemberChanges<String>) -> Vec<String> {
     if log.is_empty() {
         return members;
     }
-    let gone: std::collections::HashSet<&str> = log.iter().filter(|(_, a)| !a).map(|(m, _)| m.as_str()).collect();
+    let gone: std::collections::HashSet<&str> = log.removed.iter().map(String::as_str).collect();
     members.retain(|m| !gone.contains(m.as_str()));
     // The stable sort merges the few added onto the sorted run in linear time.
-    members.extend(log.iter().filter(|(_, a)| *a).map(|(m, _)| m.clone()));
+    members.extend(log.added);
     members.sort();
     members.dedup();
     members
@@ -343,27 +343,14 @@ fn text_changes<'a>(before: &[&'a str], after: &[&'a str]) -> (Vec<&'a str>, Vec
 /// rewritten once per this many changes. Readers put the log in.
 const FOLD_MEMBER_LOG: i64 = 1000;
 
-/// `resource` (JSON text) with logged member changes (tenant id, added) put in.
-fn with_member_log(resource: &str, log: Vec<(String, bool)>) -> Result<String, StoreError> {
-    if log.is_empty() {
-        return Ok(resource.to_string());
-    }
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    for (id, is_added) in log {
-        if is_added { added.push((String::new(), id)) } else { removed.push((String::new(), Some(id))) }
-    }
-    apply_member_changes(resource, &added, &removed)
-}
-
 /// Puts confirmed member changes (tenant ids) into a group's resource as
 /// last confirmed (JSON text): members sorted by id, as the outbound mapping
 /// gives them, and no `members` at all when none are left. Only `members` is
 /// parsed: the rest of the resource is kept as text.
-fn apply_member_changes(
-    resource: &str,
-    added: &[(String, String)],
-    removed: &[(String, Option<String>)],
-) -> Result<String, StoreError> {
+fn apply_member_changes(resource: &str, changes: &MemberChanges<String>) -> Result<String, StoreError> {
+    if changes.is_empty() {
+        return Ok(resource.to_string());
+    }
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize, serde::Serialize)]
     struct Member {
@@ -374,9 +361,9 @@ fn apply_member_changes(
         Some(raw) => serde_json::from_str(raw.get()).map_err(err)?,
         None => Vec::new(),
     };
-    let gone: std::collections::HashSet<&str> = removed.iter().filter_map(|(_, id)| id.as_deref()).collect();
+    let gone: std::collections::HashSet<&str> = changes.removed.iter().map(String::as_str).collect();
     members.retain(|m| !gone.contains(m.value.as_str()));
-    members.extend(added.iter().map(|(_, id)| Member { value: id.clone() }));
+    members.extend(changes.added.iter().map(|id| Member { value: id.clone() }));
     members.sort_by(|a, b| a.value.cmp(&b.value));
     members.dedup_by(|a, b| a.value == b.value);
     if members.is_empty() {
@@ -447,7 +434,7 @@ fn failed_summary(error: &str) -> Result<String, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{apply_member_changes, text_changes};
+    use super::{MemberChanges, apply_member_changes, text_changes};
 
     fn sorted(mut v: Vec<&str>) -> Vec<&str> {
         v.sort_unstable();
@@ -483,20 +470,19 @@ mod tests {
     #[test]
     fn confirmed_member_changes_patch_only_the_members() {
         let resource = r#"{"displayName":"Équipe","members":[{"value":"b"},{"value":"d"}],"schemas":["x"]}"#;
-        let patched =
-            apply_member_changes(resource, &[("m-a".into(), "a".into())], &[("m-d".into(), Some("d".into()))]).unwrap();
+        let changes = |added: &[&str], removed: &[&str]| MemberChanges {
+            added: added.iter().map(|s| s.to_string()).collect(),
+            removed: removed.iter().map(|s| s.to_string()).collect(),
+        };
+        let patched = apply_member_changes(resource, &changes(&["a"], &["d"])).unwrap();
         let v: serde_json::Value = serde_json::from_str(&patched).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"displayName": "Équipe", "members": [{"value": "a"}, {"value": "b"}], "schemas": ["x"]})
         );
-        let emptied = apply_member_changes(
-            &patched,
-            &[],
-            &[("m-a".into(), Some("a".into())), ("m-b".into(), Some("b".into())), ("m-x".into(), None)],
-        )
-        .unwrap();
+        // (A removed member no longer in the tenant has no id: nothing to take out.)
+        let emptied = apply_member_changes(&patched, &changes(&[], &["a", "b"])).unwrap();
         assert_eq!(emptied, r#"{"displayName":"Équipe","schemas":["x"]}"#);
-        assert!(apply_member_changes("not json", &[], &[]).is_err());
+        assert!(apply_member_changes("not json", &changes(&["a"], &[])).is_err());
     }
 }

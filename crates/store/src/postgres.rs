@@ -216,7 +216,7 @@ impl PgStore {
     /// with the member changes logged since put in.
     fn with_member_log(&self, mv: &str, resource: &str) -> Result<String, StoreError> {
         let rows = self.query("SELECT tenant_id, added FROM sync_exported_member_log WHERE mv_id = $1", &[&mv])?;
-        crate::with_member_log(resource, rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        crate::apply_member_changes(resource, &rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Connects, applies missing schema versions, and returns a store that
@@ -726,12 +726,7 @@ impl ConnectorSpace for PgStore {
             "SELECT dn_norm, added FROM sync_cs_member_changes WHERE source = $1 AND id = $2",
             &[&source, &id.0],
         )?;
-        let mut changes = MemberChanges::default();
-        for r in rows {
-            let Ok(dn) = Dn::parse(r.get::<_, &str>(0)) else { continue };
-            if r.get::<_, bool>(1) { changes.added.push(dn) } else { changes.removed.push(dn) }
-        }
-        Ok(Some(changes))
+        Ok(Some(rows.iter().filter_map(|r| Dn::parse(r.get::<_, &str>(0)).ok().map(|dn| (dn, r.get(1)))).collect()))
     }
 
     fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
@@ -1055,6 +1050,7 @@ impl ExportLog for PgStore {
         for r in rows {
             let manager: Option<String> = r.get(2);
             // Members alone changed: only those added may need to go first.
+            let members_only = r.get::<_, Option<&str>>(3).is_none();
             let members: Vec<String> = match r.get::<_, Option<&str>>(3) {
                 Some(members) => self.members_with_log(r.get(0), members)?,
                 None => r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
@@ -1064,6 +1060,7 @@ impl ExportLog for PgStore {
                 deleted: r.get(1),
                 refs: manager.into_iter().chain(members).collect(),
                 exported: r.get(4),
+                members_only,
             });
         }
         Ok(out)
@@ -1101,11 +1098,8 @@ impl ExportLog for PgStore {
             return Ok(None);
         };
         let record = crate::group_head(mv, row.get(0), row.get(1), row.get::<_, &str>(2))?;
-        let mut changes = MemberChanges::default();
-        for r in self.query("SELECT member, added FROM sync_mv_member_changes WHERE mv_id = $1", &[&mv])? {
-            if r.get::<_, bool>(1) { changes.added.push(r.get(0)) } else { changes.removed.push(r.get(0)) }
-        }
-        Ok(Some((record, changes)))
+        let rows = self.query("SELECT member, added FROM sync_mv_member_changes WHERE mv_id = $1", &[&mv])?;
+        Ok(Some((record, rows.iter().map(|r| (r.get(0), r.get(1))).collect())))
     }
 
     fn set_member_changes_exported(

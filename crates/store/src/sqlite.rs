@@ -253,8 +253,7 @@ impl SqliteStore {
         let mut stmt =
             self.conn.prepare_cached("SELECT member, added FROM mv_member_log WHERE mv_id = ?1").map_err(err)?;
         let rows = stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))).map_err(err)?;
-        let log: Vec<(String, bool)> = rows.collect::<Result<_, _>>().map_err(err)?;
-        Ok(crate::members_with_log(members, log))
+        Ok(crate::members_with_log(members, rows.collect::<Result<_, _>>().map_err(err)?))
     }
 
     /// A group's resource as last confirmed: the stored one (JSON text)
@@ -265,8 +264,7 @@ impl SqliteStore {
             .prepare_cached("SELECT tenant_id, added FROM exported_member_log WHERE mv_id = ?1")
             .map_err(err)?;
         let rows = stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))).map_err(err)?;
-        let log: Vec<(String, bool)> = rows.collect::<Result<_, _>>().map_err(err)?;
-        crate::with_member_log(resource, log)
+        crate::apply_member_changes(resource, &rows.collect::<Result<_, _>>().map_err(err)?)
     }
 
     /// The process id holding the state's write lock, if one does.
@@ -916,13 +914,8 @@ impl ConnectorSpace for SqliteStore {
         let rows = stmt
             .query_map(params![source, id.0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))
             .map_err(err)?;
-        let mut changes = MemberChanges::default();
-        for row in rows {
-            let (dn, added) = row.map_err(err)?;
-            let Ok(dn) = Dn::parse(&dn) else { continue };
-            if added { changes.added.push(dn) } else { changes.removed.push(dn) }
-        }
-        Ok(Some(changes))
+        let rows: Vec<(String, bool)> = rows.collect::<Result<_, _>>().map_err(err)?;
+        Ok(Some(rows.into_iter().filter_map(|(dn, added)| Dn::parse(&dn).ok().map(|dn| (dn, added))).collect()))
     }
 
     fn passwords_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError> {
@@ -1311,6 +1304,7 @@ impl ExportLog for SqliteStore {
             .map_err(err)?;
         for row in rows {
             let (id, deleted, manager, members, exported) = row.map_err(err)?;
+            let members_only = members.is_none();
             let members: Vec<String> = match members {
                 Some(members) => self.members_with_log(&id, &pack::unpack(&members)?)?,
                 // Members alone changed: only those added may need to go first.
@@ -1323,6 +1317,7 @@ impl ExportLog for SqliteStore {
                 deleted,
                 refs: manager.into_iter().chain(members).collect(),
                 exported,
+                members_only,
             });
         }
         Ok(out)
@@ -1373,15 +1368,10 @@ impl ExportLog for SqliteStore {
             .map_err(err)?;
         let Some((kind, anchor, attrs)) = row else { return Ok(None) };
         let record = crate::group_head(mv, &kind, anchor, &pack::unpack(&attrs)?)?;
-        let mut changes = MemberChanges::default();
         let mut stmt =
             self.conn.prepare_cached("SELECT member, added FROM mv_member_changes WHERE mv_id = ?1").map_err(err)?;
         let rows = stmt.query_map(params![mv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))).map_err(err)?;
-        for row in rows {
-            let (member, added) = row.map_err(err)?;
-            if added { changes.added.push(member) } else { changes.removed.push(member) }
-        }
-        Ok(Some((record, changes)))
+        Ok(Some((record, rows.collect::<Result<_, _>>().map_err(err)?)))
     }
 
     fn set_member_changes_exported(

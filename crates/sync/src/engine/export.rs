@@ -39,7 +39,12 @@ where
     let mut deletions = 0;
     let mut held = Vec::new();
     let mut nodes = Vec::with_capacity(dirty.len());
+    // Groups whose members alone changed: exported by difference.
+    let mut by_difference = HashSet::new();
     for d in dirty {
+        if d.members_only {
+            by_difference.insert(d.id.clone());
+        }
         if d.exported {
             exported_ids.insert(d.id.clone());
             if d.deleted {
@@ -49,7 +54,7 @@ where
                 }
             }
         }
-        nodes.push(Node { id: d.id, refs: d.refs });
+        nodes.push(Node { id: d.id, refs: d.refs, members_only: d.members_only });
     }
     if deletions > deletion_allowance(options) {
         for id in held {
@@ -100,7 +105,7 @@ where
                     record(&mut *store, batch, answers, pass, &mut waiting, report, observer)?;
                 }
             }
-            let mut batch = prepare(&*store, ids, level, &options.rules)?;
+            let mut batch = prepare(&*store, ids, level, &by_difference, &options.rules)?;
             // Moved, not copied: a plan keeps its action and desired state for the record.
             let ops: Vec<ExportOp> = batch.plans.iter_mut().filter_map(|p| p.op.take()).collect();
             let answers = target.apply(ops);
@@ -188,13 +193,15 @@ fn prepare<St: SyncStore + ?Sized>(
     store: &St,
     ids: &[String],
     level: usize,
+    by_difference: &HashSet<String>,
     rules: &crate::rules::RuleSet,
 ) -> Result<Batch, StoreError> {
     let mut records = Vec::with_capacity(ids.len());
     let mut plans = Vec::with_capacity(ids.len());
     for id in ids {
         // A group whose members alone changed: only those are looked up and sent.
-        if let Some((record, changes)) = store.member_changes_to_export(id)?
+        if by_difference.contains(id)
+            && let Some((record, changes)) = store.member_changes_to_export(id)?
             && let Some(plan) = plan_member_changes(store, &record, &changes)?
         {
             records.push(record);
@@ -234,7 +241,7 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
     let mut touches: Vec<(u64, usize, bool)> = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         // Members alone changed: no unique value is claimed or given up.
-        if store.member_changes_to_export(&node.id)?.is_some() {
+        if node.members_only {
             continue;
         }
         let Some(record) = store.mv_get(&node.id)? else { continue };
@@ -335,6 +342,8 @@ pub(super) fn dependency_levels(
 pub(super) struct Node {
     pub id: String,
     pub refs: Vec<String>,
+    /// Its members alone changed (no unique value is claimed or given up).
+    pub members_only: bool,
 }
 
 /// Objects per batch sent to the target (SCIM Bulk allows 1,000 operations).

@@ -495,6 +495,7 @@ impl ExportLog for MemoryStore {
                     deleted: r.deleted,
                     refs: r.manager.iter().chain(&r.members).cloned().collect(),
                     id: r.id.clone(),
+                    members_only: false,
                 }
             })
             .collect())

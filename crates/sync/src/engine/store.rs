@@ -103,6 +103,17 @@ impl<T> MemberChanges<T> {
     }
 }
 
+/// From (member, added) pairs, as stores keep changes.
+impl<T> FromIterator<(T, bool)> for MemberChanges<T> {
+    fn from_iter<I: IntoIterator<Item = (T, bool)>>(rows: I) -> Self {
+        let mut changes = MemberChanges::default();
+        for (member, added) in rows {
+            if added { changes.added.push(member) } else { changes.removed.push(member) }
+        }
+        changes
+    }
+}
+
 /// Write transactions. The engine never calls these directly: it goes
 /// through [`Transaction`], which rolls back when dropped.
 pub trait Transactional {
@@ -326,6 +337,9 @@ pub struct DirtyObject {
     pub refs: Vec<String>,
     /// The tenant has it.
     pub exported: bool,
+    /// Its members alone changed: `refs` are the members it adds, and
+    /// [`ExportLog::member_changes_to_export`] has what to send.
+    pub members_only: bool,
 }
 
 /// What the target confirmed, what is left to export, and what failed.

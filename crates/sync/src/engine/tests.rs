@@ -149,7 +149,11 @@ fn the_deletion_threshold_holds_back_every_change_until_allowed() {
 
 #[test]
 fn dependency_levels_put_references_first_and_cut_cycles() {
-    let node = |id: &str, refs: &[&str]| Node { id: id.into(), refs: refs.iter().map(|r| r.to_string()).collect() };
+    let node = |id: &str, refs: &[&str]| Node {
+        id: id.into(),
+        refs: refs.iter().map(|r| r.to_string()).collect(),
+        members_only: false,
+    };
     let exported: std::collections::HashSet<String> = ["done".to_string()].into_iter().collect();
     let levels = dependency_levels(
         vec![
