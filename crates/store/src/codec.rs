@@ -16,7 +16,13 @@ use serde::{Deserialize, Serialize};
 
 /// An entry's JSON text.
 pub fn entry_to_json(e: &Entry) -> String {
-    serde_json::to_string(&Stored(e)).unwrap_or_default()
+    serde_json::to_string(&Stored(e, None)).unwrap_or_default()
+}
+
+/// The JSON text of an entry without the attributes `leave_out` names (a
+/// large group's head: its members are stored apart, see `member_chunks`).
+pub fn entry_head_to_json(e: &Entry, leave_out: fn(&str) -> bool) -> String {
+    serde_json::to_string(&Stored(e, Some(leave_out))).unwrap_or_default()
 }
 
 /// The entry in `text`; `None` when it is not an entry's JSON.
@@ -29,23 +35,25 @@ pub fn entry_from_json(text: &str) -> Option<Entry> {
     Some(e)
 }
 
-struct Stored<'a>(&'a Entry);
+/// An entry, and the attributes left out of it.
+struct Stored<'a>(&'a Entry, Option<fn(&str) -> bool>);
 
 impl Serialize for Stored<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut out = s.serialize_struct("Entry", 2)?;
-        out.serialize_field("attrs", &Attributes(self.0))?;
+        out.serialize_field("attrs", &Attributes(self.0, self.1))?;
         out.serialize_field("dn", &self.0.dn.to_string())?;
         out.end()
     }
 }
 
-struct Attributes<'a>(&'a Entry);
+struct Attributes<'a>(&'a Entry, Option<fn(&str) -> bool>);
 
 impl Serialize for Attributes<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.attribute_count()))?;
-        for a in self.0.attributes() {
+        let left_out = |name: &str| self.1.is_some_and(|leave_out| leave_out(name));
+        let mut seq = s.serialize_seq(Some(self.0.attributes().filter(|a| !left_out(&a.name)).count()))?;
+        for a in self.0.attributes().filter(|a| !left_out(&a.name)) {
             seq.serialize_element(&(&a.name, Values(&a.values)))?;
         }
         seq.end()

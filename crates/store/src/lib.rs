@@ -7,6 +7,7 @@
 
 mod codec;
 pub mod lease;
+mod member_chunks;
 mod pack;
 mod postgres;
 mod sqlite;
@@ -194,13 +195,89 @@ fn ref_keys(entry: &directory::Entry) -> std::collections::BTreeSet<i64> {
 
 /// A connector-space row as `cs_put` compares it with what comes in.
 struct StoredCs {
-    /// Packed (see [`pack`]).
+    /// Packed (see [`pack`]); without the members when `member_chunks` is not empty.
     entry: Vec<u8>,
+    /// The digests of the member chunks (see [`member_chunks`]); empty: stored whole.
+    member_chunks: Vec<u8>,
     anchor: Vec<u8>,
     kind: String,
     pending: bool,
     members_only: bool,
     deleted: bool,
+}
+
+/// An imported object as `cs_put` stores it.
+struct Incoming<'a> {
+    /// Packed; without the members when `chunks` is set.
+    entry: Vec<u8>,
+    /// A large group's member values (see [`member_chunks`]).
+    chunks: Option<Vec<member_chunks::Chunk<'a>>>,
+    /// The chunks' digests in order; empty when stored whole.
+    digest_list: Vec<u8>,
+}
+
+fn incoming(object: &sync::SourceObject) -> Result<Incoming<'_>, StoreError> {
+    let chunks = member_chunks::split(&object.entry);
+    let json = match chunks {
+        Some(_) => codec::entry_head_to_json(&object.entry, member_chunks::is_member_attribute),
+        None => codec::entry_to_json(&object.entry),
+    };
+    let digest_list = chunks.as_deref().map(member_chunks::digest_list).unwrap_or_default();
+    Ok(Incoming { entry: pack::pack(&json)?, chunks, digest_list })
+}
+
+/// Reads stored member chunks by digest: (digest, attribute, values), in
+/// any order.
+type ChunkLoader<'a> = dyn Fn(&[member_chunks::Digest]) -> Result<Vec<StoredChunk>, StoreError> + 'a;
+
+/// A stored member chunk: digest, attribute, values.
+type StoredChunk = (member_chunks::Digest, String, Vec<String>);
+
+/// A member-chunk row as read: its digest and its packed values.
+fn stored_chunk(digest: &[u8], attr: String, packed: &[u8]) -> Result<StoredChunk, StoreError> {
+    let digest =
+        member_chunks::Digest::try_from(digest).map_err(|_| StoreError("a member chunk's digest is corrupt".into()))?;
+    let values = member_chunks::values_from_json(&pack::unpack(packed)?)
+        .ok_or_else(|| StoreError("a member chunk is corrupt".into()))?;
+    Ok((digest, attr, values))
+}
+
+/// The stored entry: its packed head and, when split, its member chunks put back.
+fn stored_entry(
+    entry: &[u8],
+    chunk_list: &[u8],
+    load: &ChunkLoader<'_>,
+) -> Result<Option<directory::Entry>, StoreError> {
+    let Some(head) = codec::entry_from_json(&pack::unpack(entry)?) else { return Ok(None) };
+    if chunk_list.is_empty() {
+        return Ok(Some(head));
+    }
+    let digests = member_chunks::digests(chunk_list);
+    let mut loaded: std::collections::HashMap<member_chunks::Digest, (String, Vec<String>)> =
+        load(&digests)?.into_iter().map(|(d, attr, values)| (d, (attr, values))).collect();
+    let mut chunks = Vec::with_capacity(digests.len());
+    for digest in &digests {
+        chunks.push(
+            loaded.remove(digest).ok_or_else(|| StoreError("a member chunk of a stored group is missing".into()))?,
+        );
+    }
+    Ok(Some(member_chunks::join(head, chunks)))
+}
+
+/// The member chunks to write (digest, attribute, packed values) and to
+/// delete when an entry stored with `old_list` is replaced by `new`.
+type ChunkWrites<'a> = (Vec<(member_chunks::Digest, &'a str, Vec<u8>)>, Vec<member_chunks::Digest>);
+
+fn chunk_writes<'a>(old_list: &[u8], new: &'a Incoming<'_>) -> Result<ChunkWrites<'a>, StoreError> {
+    use std::collections::HashSet;
+    let old: HashSet<member_chunks::Digest> = member_chunks::digests(old_list).into_iter().collect();
+    let chunks = new.chunks.as_deref().unwrap_or_default();
+    let kept: HashSet<member_chunks::Digest> = chunks.iter().map(|c| c.digest).collect();
+    let mut write = Vec::new();
+    for c in chunks.iter().filter(|c| !old.contains(&c.digest)) {
+        write.push((c.digest, c.attr, pack::pack(&member_chunks::values_to_json(&c.values))?));
+    }
+    Ok((write, old.into_iter().filter(|d| !kept.contains(d)).collect()))
 }
 
 /// What an imported object is to the connector space.
@@ -213,23 +290,69 @@ enum Put {
     Members(Vec<String>, Vec<String>),
 }
 
-/// Compares an imported object (`entry` packed) with the stored row.
-fn classify_put(old: Option<&StoredCs>, entry: &[u8], object: &sync::SourceObject) -> Result<Put, StoreError> {
+/// Compares an imported object with the stored row.
+fn classify_put(
+    old: Option<&StoredCs>,
+    new: &Incoming<'_>,
+    object: &sync::SourceObject,
+    load: &ChunkLoader<'_>,
+) -> Result<Put, StoreError> {
     let Some(before) = old else { return Ok(Put::Whole) };
     let same_object = !before.deleted && before.anchor == object.anchor.0 && before.kind == kind_str(object.kind);
-    if same_object && before.entry == entry {
+    if same_object && before.entry == new.entry && before.member_chunks == new.digest_list {
         return Ok(Put::Unchanged);
     }
     // Members alone changed (and nothing else waits for sync): only they
     // are compared, keyed and synced.
-    if same_object && members_by_difference(object) && (!before.pending || before.members_only) {
-        let changes = codec::entry_from_json(&pack::unpack(&before.entry)?)
-            .and_then(|before| member_changes(&before, &object.entry));
-        if let Some((added, removed)) = changes {
-            return Ok(Put::Members(added, removed));
+    if !(same_object && members_by_difference(object) && (!before.pending || before.members_only)) {
+        return Ok(Put::Whole);
+    }
+    if let Some(chunks) = new.chunks.as_deref().filter(|_| !before.member_chunks.is_empty()) {
+        if before.entry != new.entry {
+            // The head holds everything but the members.
+            return Ok(Put::Whole);
+        }
+        if let Some(changes) = chunk_changes(&before.member_chunks, chunks, load)? {
+            return Ok(changes);
         }
     }
-    Ok(Put::Whole)
+    let Some(stored) = stored_entry(&before.entry, &before.member_chunks, load)? else { return Ok(Put::Whole) };
+    Ok(match member_changes(&stored, &object.entry) {
+        Some((added, removed)) => Put::Members(added, removed),
+        None => Put::Whole,
+    })
+}
+
+/// The member changes of a group stored split and coming split, from the
+/// chunks that differ alone; `None` when the group has values in more than
+/// one member attribute (a value may then be in both: compared whole).
+fn chunk_changes(
+    old_list: &[u8],
+    chunks: &[member_chunks::Chunk<'_>],
+    load: &ChunkLoader<'_>,
+) -> Result<Option<Put>, StoreError> {
+    use std::collections::HashSet;
+    let Some(attr) = chunks.first().map(|c| c.attr) else { return Ok(None) };
+    if chunks.iter().any(|c| !c.attr.eq_ignore_ascii_case(attr)) {
+        return Ok(None);
+    }
+    let old: HashSet<member_chunks::Digest> = member_chunks::digests(old_list).into_iter().collect();
+    let kept: HashSet<member_chunks::Digest> = chunks.iter().map(|c| c.digest).collect();
+    let gone_digests: Vec<member_chunks::Digest> = old.iter().filter(|d| !kept.contains(*d)).copied().collect();
+    let gone = load(&gone_digests)?;
+    if gone.len() != gone_digests.len() {
+        return Err(StoreError("a member chunk of a stored group is missing".into()));
+    }
+    if gone.iter().any(|(_, a, _)| !a.eq_ignore_ascii_case(attr)) {
+        return Ok(None);
+    }
+    let gone_values: HashSet<&str> = gone.iter().flat_map(|(_, _, values)| values.iter().map(String::as_str)).collect();
+    let came_values: HashSet<&str> =
+        chunks.iter().filter(|c| !old.contains(&c.digest)).flat_map(|c| c.values.iter().copied()).collect();
+    let added: Vec<&str> = came_values.difference(&gone_values).copied().collect();
+    let removed: Vec<&str> = gone_values.difference(&came_values).copied().collect();
+    let (added, removed) = normalized_changes(&added, &removed);
+    Ok(Some(Put::Members(added, removed)))
 }
 
 /// A group's metaverse members (sorted, once each) with logged changes
@@ -277,8 +400,7 @@ fn members_by_difference(object: &sync::SourceObject) -> bool {
 /// other attributes): normalized DNs added and removed. `None` when
 /// something else changed.
 fn member_changes(old: &directory::Entry, new: &directory::Entry) -> Option<(Vec<String>, Vec<String>)> {
-    use std::collections::HashSet;
-    let is_member = |name: &str| sync::mapping::MEMBER_ATTRIBUTES.iter().any(|m| m.eq_ignore_ascii_case(name));
+    let is_member = member_chunks::is_member_attribute;
     if old.dn != new.dn {
         return None;
     }
@@ -302,11 +424,18 @@ fn member_changes(old: &directory::Entry, new: &directory::Entry) -> Option<(Vec
     }
     let (before, after) = (texts(old), texts(new));
     let (added, removed) = text_changes(&before, &after);
+    Some(normalized_changes(&added, &removed))
+}
+
+/// Member values added and removed (as the directory wrote them) as
+/// normalized DNs added and removed.
+fn normalized_changes(added: &[&str], removed: &[&str]) -> (Vec<String>, Vec<String>) {
+    use std::collections::HashSet;
     let normalized = |t: &&str| Dn::parse(t).ok().map(|d| d.normalized());
     let added: HashSet<String> = added.iter().filter_map(normalized).collect();
     let removed: HashSet<String> = removed.iter().filter_map(normalized).collect();
     // A value written differently but naming the same DN is no change.
-    Some((added.difference(&removed).cloned().collect(), removed.difference(&added).cloned().collect()))
+    (added.difference(&removed).cloned().collect(), removed.difference(&added).cloned().collect())
 }
 
 /// The values of `after` not in `before` and of `before` not in `after`.

@@ -28,8 +28,8 @@ pub use pgconn::{DatabaseSettings, PgTls, block, describe};
 
 use crate::lease::{Fence, LeaseInfo};
 use crate::{
-    Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, codec, dn_key, err, failed_summary, kind_from, kind_str,
-    now, pack,
+    Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, dn_key, err, failed_summary, kind_from, kind_str, now,
+    pack,
 };
 
 /// The schema, one entry per version. Applied in order at connect, under a
@@ -136,6 +136,12 @@ CREATE TABLE IF NOT EXISTS sync_mv_member_changes (mv_id TEXT NOT NULL, member T
 -- into sync_mv.members and the resource now and then (crate::FOLD_MEMBER_LOG).
 CREATE TABLE IF NOT EXISTS sync_mv_member_log (mv_id TEXT NOT NULL, member TEXT NOT NULL, added BOOLEAN NOT NULL, PRIMARY KEY (mv_id, member));
 CREATE TABLE IF NOT EXISTS sync_exported_member_log (mv_id TEXT NOT NULL, tenant_id TEXT NOT NULL, added BOOLEAN NOT NULL, PRIMARY KEY (mv_id, tenant_id));
+", "
+-- A large group's member values apart from its entry, in chunks cut by
+-- content (crate::member_chunks): member_chunks lists their digests in order
+-- (empty: the entry holds its members).
+ALTER TABLE sync_cs ADD COLUMN IF NOT EXISTS member_chunks BYTEA NOT NULL DEFAULT ''::bytea;
+CREATE TABLE IF NOT EXISTS sync_cs_member_chunks (source TEXT NOT NULL, id BYTEA NOT NULL, digest BYTEA NOT NULL, attr TEXT NOT NULL, members BYTEA NOT NULL, PRIMARY KEY (source, id, digest));
 "];
 
 /// The values of `attrs` (JSON text) at key $1, each as text: every element
@@ -204,6 +210,28 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// A connector-space group's stored member chunks with these digests.
+    fn member_chunks(
+        &self,
+        source: &str,
+        id: &SourceId,
+        digests: &[crate::member_chunks::Digest],
+    ) -> Result<Vec<crate::StoredChunk>, StoreError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<&[u8]> = digests.iter().map(|d| d.as_slice()).collect();
+        let rows = self.query(
+            "SELECT digest, attr, members FROM sync_cs_member_chunks WHERE source = $1 AND id = $2 AND digest = ANY($3)",
+            &[&source, &id.0, &wanted],
+        )?;
+        rows.iter()
+            .map(|r| {
+                crate::stored_chunk(r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?, r.try_get(2).map_err(pg)?)
+            })
+            .collect()
+    }
+
     /// A metaverse object's members: the stored list (JSON text) with the
     /// changes logged since put in.
     fn members_with_log(&self, mv: &str, members: &str) -> Result<Vec<String>, StoreError> {
@@ -535,37 +563,39 @@ impl ConnectorSpace for PgStore {
     }
 
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
-        let entry = pack::pack(&codec::entry_to_json(&object.entry))?;
+        let incoming = crate::incoming(object)?;
         let dn_norm = object.entry.dn.normalized();
         let dn = object.entry.dn.to_string();
         let old = self
             .query_opt(
-                "SELECT entry, anchor, kind, pending, members_only, deleted FROM sync_cs WHERE source = $1 AND id = $2",
+                "SELECT entry, member_chunks, anchor, kind, pending, members_only, deleted FROM sync_cs WHERE source = $1 AND id = $2",
                 &[&source, &object.id.0],
             )?
             .map(|r| -> Result<crate::StoredCs, StoreError> {
                 Ok(crate::StoredCs {
                     entry: r.try_get::<_, Vec<u8>>(0).map_err(pg)?,
-                    anchor: r.get(1),
-                    kind: r.get(2),
-                    pending: r.get(3),
-                    members_only: r.get(4),
-                    deleted: r.get(5),
+                    member_chunks: r.try_get::<_, Vec<u8>>(1).map_err(pg)?,
+                    anchor: r.get(2),
+                    kind: r.get(3),
+                    pending: r.get(4),
+                    members_only: r.get(5),
+                    deleted: r.get(6),
                 })
             })
             .transpose()?;
-        let member_changes = match crate::classify_put(old.as_ref(), &entry, object)? {
+        let load = |digests: &[crate::member_chunks::Digest]| self.member_chunks(source, &object.id, digests);
+        let member_changes = match crate::classify_put(old.as_ref(), &incoming, object, &load)? {
             crate::Put::Unchanged => return Ok(()),
             crate::Put::Whole => None,
             crate::Put::Members(added, removed) => Some((added, removed)),
         };
         let delta_ok = crate::members_by_difference(object);
         self.write(
-            "INSERT INTO sync_cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted, delta_ok, members_only)
-             VALUES($1, $2, $3, $4, $5, $6, $7, true, false, $8, $9)
+            "INSERT INTO sync_cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted, delta_ok, members_only, member_chunks)
+             VALUES($1, $2, $3, $4, $5, $6, $7, true, false, $8, $9, $10)
              ON CONFLICT (source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
                anchor = excluded.anchor, entry = excluded.entry, pending = true, deleted = false,
-               delta_ok = excluded.delta_ok, members_only = excluded.members_only",
+               delta_ok = excluded.delta_ok, members_only = excluded.members_only, member_chunks = excluded.member_chunks",
             &[
                 &source,
                 &object.id.0,
@@ -573,11 +603,32 @@ impl ConnectorSpace for PgStore {
                 &dn_norm,
                 &kind_str(object.kind),
                 &object.anchor.0,
-                &entry,
+                &incoming.entry,
                 &delta_ok,
                 &member_changes.is_some(),
+                &incoming.digest_list,
             ],
         )?;
+        let (write, delete) =
+            crate::chunk_writes(old.as_ref().map(|o| o.member_chunks.as_slice()).unwrap_or_default(), &incoming)?;
+        if !write.is_empty() || !delete.is_empty() {
+            let mut digests: Vec<&[u8]> = Vec::with_capacity(write.len());
+            let mut attrs: Vec<&str> = Vec::with_capacity(write.len());
+            let mut members: Vec<&[u8]> = Vec::with_capacity(write.len());
+            for (digest, attr, packed) in &write {
+                digests.push(digest.as_slice());
+                attrs.push(attr);
+                members.push(packed.as_slice());
+            }
+            let gone: Vec<&[u8]> = delete.iter().map(|d| d.as_slice()).collect();
+            self.write(
+                "WITH gone AS (DELETE FROM sync_cs_member_chunks WHERE source = $1 AND id = $2 AND digest = ANY($6))
+                 INSERT INTO sync_cs_member_chunks(source, id, digest, attr, members)
+                 SELECT $1, $2, d, a, m FROM unnest($3::bytea[], $4::text[], $5::bytea[]) AS t(d, a, m)
+                 ON CONFLICT (source, id, digest) DO UPDATE SET attr = excluded.attr, members = excluded.members",
+                &[&source, &object.id.0, &digests, &attrs, &members, &gone],
+            )?;
+        }
         if let Some((added, removed)) = member_changes {
             let keys = |dns: &[String]| -> Vec<i64> { dns.iter().map(|d| crate::ref_key(d)).collect() };
             // The changes, and the reference keys by the same difference
@@ -643,16 +694,17 @@ impl ConnectorSpace for PgStore {
 
     fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError> {
         let Some(row) = self.query_opt(
-            "SELECT kind, anchor, entry, deleted FROM sync_cs WHERE source = $1 AND id = $2",
+            "SELECT kind, anchor, entry, member_chunks, deleted FROM sync_cs WHERE source = $1 AND id = $2",
             &[&source, &id.0],
         )?
         else {
             return Ok(None);
         };
-        let entry = codec::entry_from_json(&pack::unpack(row.try_get(2).map_err(pg)?)?)
+        let load = |digests: &[crate::member_chunks::Digest]| self.member_chunks(source, id, digests);
+        let entry = crate::stored_entry(row.try_get(2).map_err(pg)?, row.try_get(3).map_err(pg)?, &load)?
             .ok_or_else(|| StoreError(format!("connector-space object {id} is corrupt")))?;
         let object = SourceObject { id: id.clone(), anchor: Anchor(row.get(1)), kind: kind_from(row.get(0)), entry };
-        Ok(Some((object, row.get(3))))
+        Ok(Some((object, row.get(4))))
     }
 
     fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError> {
@@ -705,6 +757,7 @@ impl ConnectorSpace for PgStore {
         self.write(
             "WITH gone AS (DELETE FROM sync_cs WHERE source = $1 AND id = $2 AND deleted RETURNING source, id),
                   refs AS (DELETE FROM sync_cs_ref_keys r USING gone g WHERE r.source = g.source AND r.id = g.id),
+                  chunks AS (DELETE FROM sync_cs_member_chunks c USING gone g WHERE c.source = g.source AND c.id = g.id),
                   changes AS (DELETE FROM sync_cs_member_changes WHERE source = $1 AND id = $2)
              UPDATE sync_cs SET pending = false, members_only = false WHERE source = $1 AND id = $2 AND pending AND NOT deleted",
             &[&source, &id.0],

@@ -11,7 +11,7 @@ use sync::engine::{
 use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
 
-use crate::{Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, codec, err, kind_from, kind_str, now, pack};
+use crate::{Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, err, kind_from, kind_str, now, pack};
 
 /// A packed record column (see [`pack`]): a BLOB, or TEXT when written
 /// before records were compressed.
@@ -149,8 +149,23 @@ CREATE TABLE IF NOT EXISTS mv_member_log (mv_id TEXT NOT NULL, member TEXT NOT N
 CREATE TABLE IF NOT EXISTS exported_member_log (mv_id TEXT NOT NULL, tenant_id TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY (mv_id, tenant_id)) WITHOUT ROWID;
 ";
 
-const MIGRATIONS: &[&str] =
-    &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10];
+/// A large group's member values apart from its entry, in chunks cut by
+/// content (see `member_chunks`): `cs.member_chunks` lists their digests in
+/// order (empty: the entry holds its members). A rowid table: a chunk is
+/// kilobytes.
+const SCHEMA_V11: &str = "
+ALTER TABLE cs ADD COLUMN member_chunks BLOB NOT NULL DEFAULT x'';
+CREATE TABLE cs_member_chunks (source TEXT NOT NULL, id BLOB NOT NULL, digest BLOB NOT NULL, attr TEXT NOT NULL, members BLOB NOT NULL, PRIMARY KEY (source, id, digest));
+";
+
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
+    SCHEMA_V11,
+];
+
+/// A connector-space row as read: kind, anchor, packed entry, member chunk
+/// digests, deleted.
+type CsRow = (String, Vec<u8>, Vec<u8>, Vec<u8>, bool);
 
 /// A metaverse row as read: kind, anchor, packed attributes, manager,
 /// packed members, deleted.
@@ -246,6 +261,30 @@ fn lock_state(path: &Path) -> Result<StateLock, StoreError> {
 }
 
 impl SqliteStore {
+    /// A connector-space group's stored member chunks with these digests.
+    fn member_chunks(
+        &self,
+        source: &str,
+        id: &SourceId,
+        digests: &[crate::member_chunks::Digest],
+    ) -> Result<Vec<crate::StoredChunk>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT attr, members FROM cs_member_chunks WHERE source = ?1 AND id = ?2 AND digest = ?3")
+            .map_err(err)?;
+        let mut chunks = Vec::with_capacity(digests.len());
+        for digest in digests {
+            let row: Option<(String, Vec<u8>)> = stmt
+                .query_row(params![source, id.0, digest.as_slice()], |r| Ok((r.get(0)?, packed(r, 1)?)))
+                .optional()
+                .map_err(err)?;
+            if let Some((attr, members)) = row {
+                chunks.push(crate::stored_chunk(digest, attr, &members)?);
+            }
+        }
+        Ok(chunks)
+    }
+
     /// A metaverse object's members: the stored list (JSON text) with the
     /// changes logged since put in.
     fn members_with_log(&self, mv: &str, members: &str) -> Result<Vec<String>, StoreError> {
@@ -656,37 +695,39 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
-        let entry = pack::pack(&codec::entry_to_json(&object.entry))?;
+        let incoming = crate::incoming(object)?;
         let dn_norm = object.entry.dn.normalized();
         let kind = kind_str(object.kind);
         let delta_ok = crate::members_by_difference(object);
         let old: Option<crate::StoredCs> = self
             .query_one(
-                "SELECT entry, anchor, kind, pending, members_only, deleted FROM cs WHERE source = ?1 AND id = ?2",
+                "SELECT entry, member_chunks, anchor, kind, pending, members_only, deleted FROM cs WHERE source = ?1 AND id = ?2",
                 params![source, object.id.0],
                 |r| {
                     Ok(crate::StoredCs {
                         entry: packed(r, 0)?,
-                        anchor: r.get(1)?,
-                        kind: r.get(2)?,
-                        pending: r.get(3)?,
-                        members_only: r.get(4)?,
-                        deleted: r.get(5)?,
+                        member_chunks: r.get(1)?,
+                        anchor: r.get(2)?,
+                        kind: r.get(3)?,
+                        pending: r.get(4)?,
+                        members_only: r.get(5)?,
+                        deleted: r.get(6)?,
                     })
                 },
             )
             .optional()
             .map_err(err)?;
-        let member_changes = match crate::classify_put(old.as_ref(), &entry, object)? {
+        let load = |digests: &[crate::member_chunks::Digest]| self.member_chunks(source, &object.id, digests);
+        let member_changes = match crate::classify_put(old.as_ref(), &incoming, object, &load)? {
             crate::Put::Unchanged => return Ok(()),
             crate::Put::Whole => None,
             crate::Put::Members(added, removed) => Some((added, removed)),
         };
         self.exec(
-            "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted, delta_ok, members_only) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0, ?8, ?9)
+            "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted, delta_ok, members_only, member_chunks) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 0, ?8, ?9, ?10)
              ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, dn_norm = excluded.dn_norm, kind = excluded.kind,
                anchor = excluded.anchor, entry = excluded.entry, pending = 1, deleted = 0,
-               delta_ok = excluded.delta_ok, members_only = excluded.members_only",
+               delta_ok = excluded.delta_ok, members_only = excluded.members_only, member_chunks = excluded.member_chunks",
             params![
                 source,
                 object.id.0,
@@ -694,12 +735,31 @@ impl ConnectorSpace for SqliteStore {
                 dn_norm,
                 kind,
                 object.anchor.0,
-                entry,
+                incoming.entry,
                 delta_ok,
-                member_changes.is_some()
+                member_changes.is_some(),
+                incoming.digest_list,
             ],
         )
         .map_err(err)?;
+        let (write, delete) =
+            crate::chunk_writes(old.as_ref().map(|o| o.member_chunks.as_slice()).unwrap_or_default(), &incoming)?;
+        let mut insert = self
+            .conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO cs_member_chunks(source, id, digest, attr, members) VALUES(?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(err)?;
+        for (digest, attr, members) in write {
+            insert.execute(params![source, object.id.0, digest.as_slice(), attr, members]).map_err(err)?;
+        }
+        let mut remove = self
+            .conn
+            .prepare_cached("DELETE FROM cs_member_chunks WHERE source = ?1 AND id = ?2 AND digest = ?3")
+            .map_err(err)?;
+        for digest in delete {
+            remove.execute(params![source, object.id.0, digest.as_slice()]).map_err(err)?;
+        }
         if let Some((added, removed)) = member_changes {
             let mut change = self
                 .conn
@@ -804,16 +864,17 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError> {
-        let row: Option<(String, Vec<u8>, Vec<u8>, bool)> = self
+        let row: Option<CsRow> = self
             .query_one(
-                "SELECT kind, anchor, entry, deleted FROM cs WHERE source = ?1 AND id = ?2",
+                "SELECT kind, anchor, entry, member_chunks, deleted FROM cs WHERE source = ?1 AND id = ?2",
                 params![source, id.0],
-                |r| Ok((r.get(0)?, r.get(1)?, packed(r, 2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, packed(r, 2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()
             .map_err(err)?;
-        let Some((kind, anchor, entry, deleted)) = row else { return Ok(None) };
-        let entry = codec::entry_from_json(&pack::unpack(&entry)?)
+        let Some((kind, anchor, entry, chunk_list, deleted)) = row else { return Ok(None) };
+        let load = |digests: &[crate::member_chunks::Digest]| self.member_chunks(source, id, digests);
+        let entry = crate::stored_entry(&entry, &chunk_list, &load)?
             .ok_or_else(|| StoreError(format!("connector-space object {id} is corrupt")))?;
         Ok(Some((SourceObject { id: id.clone(), anchor: Anchor(anchor), kind: kind_from(&kind), entry }, deleted)))
     }
@@ -888,6 +949,7 @@ impl ConnectorSpace for SqliteStore {
         self.exec("DELETE FROM cs_member_changes WHERE source = ?1 AND id = ?2", params![source, id.0]).map_err(err)?;
         if live == 0 {
             self.exec("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
+            self.exec("DELETE FROM cs_member_chunks WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
             self.exec("DELETE FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1", params![source, id.0])
                 .map_err(err)?;
         }

@@ -196,7 +196,17 @@ fn by_anchor(target: &MemoryTarget, store: &dyn StateStore, drop_deleted: bool) 
     if drop_deleted {
         anchors.insert("<drop deleted>".into(), String::new());
     }
-    for anchor in anchors.values().filter(|a| !a.is_empty()) {
+    // The 2,100 users of the large group are alike and unchanged: looked up
+    // one by one they would take most of the test's time.
+    let bulk: std::collections::BTreeSet<&String> = target
+        .objects
+        .iter()
+        .filter(|(_, (_, r))| r.get("userName").and_then(Json::as_str).is_some_and(|u| u.starts_with("bulk")))
+        .map(|(id, _)| id)
+        .collect();
+    let looked_up: Vec<&String> =
+        anchors.iter().filter(|(id, a)| !a.is_empty() && !bulk.contains(id)).map(|(_, a)| a).collect();
+    for anchor in looked_up {
         let (mv, _, _) = store.find(anchor).unwrap().unwrap_or_else(|| panic!("{anchor} is not in the store"));
         let (_, mut resource) = store.exported(&mv).unwrap().unwrap();
         rename(&mut resource, &anchors);
@@ -245,7 +255,24 @@ fn cycle(rt: &tokio::runtime::Runtime, slapd: &Slapd, store: &mut dyn StateStore
 fn sqlite_and_postgres_give_the_same_tenant() {
     let tmp = TempDir::new("both-stores").unwrap();
     let spec = testkit::openldap_sample(300, 30, 7).unwrap();
-    let (slapd, _) = testkit::slapd_with_sample(tmp.path(), &spec).unwrap();
+    // And a group large enough to keep its members in chunks (see the
+    // store's member_chunks): 2,100 more users, all in it (loaded with the
+    // sample: added one by one they take minutes).
+    let base = spec.base_dn.to_string();
+    let mut ldif = Vec::new();
+    spec.write(&mut ldif, false).unwrap();
+    let mut everyone = format!("dn: cn=everyone,{base}\nobjectClass: groupOfNames\ncn: everyone\n");
+    for i in 0..2100 {
+        ldif.extend(
+            format!("dn: uid=bulk{i},{base}\nobjectClass: inetOrgPerson\nuid: bulk{i}\ncn: Bulk {i}\nsn: Bülk\n\n")
+                .bytes(),
+        );
+        everyone.push_str(&format!("member: uid=bulk{i},{base}\n"));
+    }
+    ldif.extend(format!("{everyone}\n").bytes());
+    std::fs::write(tmp.join("sample.ldif"), &ldif).unwrap();
+    let slapd =
+        Slapd::start(SlapdOptions { bulk_ldif: Some(tmp.join("sample.ldif")), ..SlapdOptions::default() }).unwrap();
     let pg = Postgres::start().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut sqlite = SqliteStore::open(&tmp.join("sync.db")).unwrap();
@@ -254,7 +281,7 @@ fn sqlite_and_postgres_give_the_same_tenant() {
 
     cycle(&rt, &slapd, &mut sqlite, &mut to_sqlite);
     cycle(&rt, &slapd, &mut postgres, &mut to_postgres);
-    assert_eq!(to_sqlite.objects.len(), 330);
+    assert_eq!(to_sqlite.objects.len(), 330 + 2101);
     assert_same((&to_sqlite, &sqlite), (&to_postgres, &postgres));
 
     // Changes of every kind: an attribute, a rename, a deletion, a member
@@ -264,8 +291,12 @@ fn sqlite_and_postgres_give_the_same_tenant() {
             .and_then(Json::as_str)
             .map(str::to_string)
     };
-    let mut users: Vec<String> =
-        to_sqlite.objects.values().filter_map(|(_, r)| dn_of(r)).filter(|dn| dn.starts_with("uid=")).collect();
+    let mut users: Vec<String> = to_sqlite
+        .objects
+        .values()
+        .filter_map(|(_, r)| dn_of(r))
+        .filter(|dn| dn.starts_with("uid=") && !dn.starts_with("uid=bulk"))
+        .collect();
     users.sort();
     assert!(users.len() >= 4);
     // (A deleted user leaves the groups it was in: a member removed too.)
@@ -277,20 +308,25 @@ fn sqlite_and_postgres_give_the_same_tenant() {
         .unwrap();
     cycle(&rt, &slapd, &mut sqlite, &mut to_sqlite);
     cycle(&rt, &slapd, &mut postgres, &mut to_postgres);
-    assert_eq!(to_sqlite.objects.len(), 329);
+    assert_eq!(to_sqlite.objects.len(), 329 + 2101);
     assert_same((&to_sqlite, &sqlite), (&to_postgres, &postgres));
 
     // Members alone change (SQLite syncs those groups by difference,
     // PostgreSQL whole): added, removed, a new user added to a group in the
     // same change, and a group whose description changes with its members.
-    let mut groups: Vec<String> =
-        to_sqlite.objects.values().filter_map(|(_, r)| dn_of(r)).filter(|dn| dn.starts_with("cn=")).collect();
+    let mut groups: Vec<String> = to_sqlite
+        .objects
+        .values()
+        .filter_map(|(_, r)| dn_of(r))
+        .filter(|dn| dn.starts_with("cn=") && !dn.starts_with("cn=everyone"))
+        .collect();
     groups.sort();
     assert!(groups.len() >= 3);
-    let base = slapd.base_dn();
+    groups.insert(3, format!("cn=everyone,{base}"));
     slapd
         .modify(&format!(
             "dn: {g0}\nchangetype: modify\nadd: member\nmember: {u4}\nmember: {u5}\n-\n\n\
+             dn: cn=everyone,{base}\nchangetype: modify\nadd: member\nmember: {u4}\n-\ndelete: member\nmember: uid=bulk7,{base}\n-\n\n\
              dn: uid=newcomer,{base}\nobjectClass: inetOrgPerson\nuid: newcomer\ncn: New Comer\nsn: Comer\nmail: newcomer@example.org\n\n\
              dn: {g1}\nchangetype: modify\nadd: member\nmember: uid=newcomer,{base}\n-\n\n\
              dn: {g2}\nchangetype: modify\nreplace: description\ndescription: Ökonomie\n-\nadd: member\nmember: {u6}\n-\n\n",
@@ -309,6 +345,7 @@ fn sqlite_and_postgres_give_the_same_tenant() {
     slapd
         .modify(&format!(
             "dn: {g0}\nchangetype: modify\ndelete: member\nmember: {u4}\n-\nadd: member\nmember: {u7}\n-\n\n\
+             dn: cn=everyone,{base}\nchangetype: modify\ndelete: member\nmember: uid=bulk1000,{base}\nmember: {u4}\n-\nadd: member\nmember: uid=newcomer,{base}\n-\n\n\
              dn: {g1}\nchangetype: modify\ndelete: member\nmember: uid=newcomer,{base}\n-\n\n",
             g0 = groups[0],
             g1 = groups[1],
@@ -329,7 +366,7 @@ fn sqlite_and_postgres_give_the_same_tenant() {
     let anchor_of = |dn: &str| {
         to_fresh.objects.values().find(|(_, r)| dn_of(r).as_deref() == Some(dn)).unwrap().1["externalId"].clone()
     };
-    let changed: Vec<Json> = groups[..3].iter().map(|g| anchor_of(g)).collect();
+    let changed: Vec<Json> = groups[..4].iter().map(|g| anchor_of(g)).collect();
     let (incremental, from_scratch) = (by_anchor(&to_sqlite, &sqlite, true), by_anchor(&to_fresh, &fresh, true));
     for anchor in changed.iter().filter_map(Json::as_str) {
         assert_eq!(incremental.get(anchor), from_scratch.get(anchor), "group {anchor}");
@@ -542,6 +579,8 @@ fn records_written_before_compression_are_read_on_sqlite() {
              VALUES('m1', 'user', 'AQ==', '{"mail":"Zoë@Example.org","displayName":"Zoë Ångström"}', NULL, '[]', 0, 0, 'lab', x'01', 'uid=zoë,ou=people,dc=example,dc=org');
            CREATE INDEX mv_join_mail ON mv(lower(json_extract(attrs, '$.mail')));
            DROP TABLE cs_ref_keys;
+           ALTER TABLE cs DROP COLUMN member_chunks;
+           DROP TABLE cs_member_chunks;
            ALTER TABLE cs DROP COLUMN delta_ok;
            ALTER TABLE cs DROP COLUMN members_only;
            DROP TABLE cs_member_changes;
@@ -822,4 +861,114 @@ fn members_change_by_difference_on_postgres() {
     let pg = Postgres::start().unwrap();
     let (mut store, _lease) = pg_writer(&pg, "test");
     members_change_by_difference(&mut store);
+}
+
+/// A large group's members are kept apart from its entry, in chunks: the
+/// entry reads back the same (order and non-ASCII values kept), a member
+/// change is found by difference whether the group was stored split or
+/// whole before, a value in two member attributes is no change, another
+/// attribute makes the change whole, and the chunks go with the group.
+/// `chunk_rows` counts the stored chunks.
+fn large_groups_are_stored_in_chunks(store: &mut dyn StateStore, chunk_rows: &dyn Fn() -> usize) {
+    use directory::{Anchor, Entry, ObjectKind, Value};
+    use sync::{SourceId, SourceObject};
+    let dn = |t: &str| Dn::parse(t).unwrap();
+    let id = SourceId(vec![7]);
+    let member = |i: usize| format!("uid=Zoë {i},ou=people,dc=example,dc=org");
+    let group = |members: &[String], unique: &[String], description: &str| {
+        let mut entry = Entry::new(dn("cn=all,dc=example,dc=org"));
+        entry.add("cn", "all");
+        entry.add("description", description);
+        entry.set("member", members.iter().map(|m| Value::Text(m.clone())).collect());
+        entry.set("uniqueMember", unique.iter().map(|m| Value::Text(m.clone())).collect());
+        SourceObject { id: id.clone(), anchor: Anchor(vec![7]), kind: ObjectKind::Group, entry }
+    };
+    let normalized = |t: &str| dn(t);
+    // Committed first: `chunk_rows` reads on a connection of its own.
+    let count = |store: &mut dyn StateStore| {
+        store.commit().unwrap();
+        let rows = chunk_rows();
+        store.begin().unwrap();
+        rows
+    };
+    store.begin().unwrap();
+    let mut members: Vec<String> = (0..6000).map(member).collect();
+    let first = group(&members, &[], "x");
+    store.cs_put("corp", &first).unwrap();
+    let rows = count(store);
+    assert!((5..=30).contains(&rows), "about 6000/512 chunks: {rows}");
+    assert_eq!(store.cs_get("corp", &id).unwrap().unwrap().0.entry, first.entry);
+    store.cs_done("corp", &id).unwrap();
+    // The same group again: nothing to do.
+    store.cs_put("corp", &first).unwrap();
+    assert!(store.cs_pending("corp").unwrap().is_empty());
+
+    // One member added in the middle, one removed: those alone, a chunk or two rewritten.
+    members.insert(3000, "uid=new,ou=people,dc=example,dc=org".into());
+    let gone = members.remove(100);
+    let second = group(&members, &[], "x");
+    store.cs_put("corp", &second).unwrap();
+    let changes = store.cs_member_changes("corp", &id).unwrap().expect("members alone changed");
+    assert_eq!(changes.added, vec![normalized("uid=new,ou=people,dc=example,dc=org")]);
+    assert_eq!(changes.removed, vec![normalized(&gone)]);
+    let now = count(store);
+    assert!(now.abs_diff(rows) <= 3, "{rows} chunks before, {now} after");
+    assert_eq!(store.cs_get("corp", &id).unwrap().unwrap().0.entry, second.entry);
+    store.cs_done("corp", &id).unwrap();
+
+    // Another attribute changed too: synced whole.
+    members.push(member(9999));
+    store.cs_put("corp", &group(&members, &[], "y")).unwrap();
+    assert_eq!(store.cs_member_changes("corp", &id).unwrap(), None);
+    store.cs_done("corp", &id).unwrap();
+
+    // A DN in both member attributes, removed from one: no change to the members.
+    let both = member(5);
+    store.cs_put("corp", &group(&members, std::slice::from_ref(&both), "y")).unwrap();
+    store.cs_done("corp", &id).unwrap();
+    members.retain(|m| *m != both);
+    store.cs_put("corp", &group(&members, std::slice::from_ref(&both), "y")).unwrap();
+    let changes = store.cs_member_changes("corp", &id).unwrap().expect("members alone changed");
+    assert!(changes.is_empty(), "{changes:?}");
+    store.cs_done("corp", &id).unwrap();
+
+    // Shrunk to a small group: stored whole again, found by difference all the same.
+    let small: Vec<String> = members.iter().take(10).cloned().collect();
+    let shrunk = group(&small, &[], "y");
+    store.cs_put("corp", &shrunk).unwrap();
+    let changes = store.cs_member_changes("corp", &id).unwrap().expect("members alone changed");
+    assert_eq!((changes.added.len(), changes.removed.len()), (0, members.len() - 10 + 1), "and uniqueMember's DN");
+    assert_eq!(count(store), 0);
+    assert_eq!(store.cs_get("corp", &id).unwrap().unwrap().0.entry, shrunk.entry);
+    store.cs_done("corp", &id).unwrap();
+    // And grown again.
+    store.cs_put("corp", &group(&members, &[], "y")).unwrap();
+    let changes = store.cs_member_changes("corp", &id).unwrap().expect("members alone changed");
+    assert_eq!((changes.added.len(), changes.removed.len()), (members.len() - 10, 0));
+    assert!(count(store) > 5);
+    store.cs_done("corp", &id).unwrap();
+
+    // Deleted: its chunks go with it.
+    store.cs_delete("corp", &id).unwrap();
+    store.cs_done("corp", &id).unwrap();
+    assert!(store.cs_get("corp", &id).unwrap().is_none());
+    assert_eq!(count(store), 0);
+    store.commit().unwrap();
+}
+
+#[test]
+fn large_groups_are_stored_in_chunks_on_sqlite() {
+    let tmp = TempDir::new("member-chunks").unwrap();
+    let mut store = SqliteStore::open(&tmp.join("sync.db")).unwrap();
+    let raw = rusqlite::Connection::open(tmp.join("sync.db")).unwrap();
+    let rows = || raw.query_row("SELECT count(*) FROM cs_member_chunks", [], |r| r.get::<_, i64>(0)).unwrap() as usize;
+    large_groups_are_stored_in_chunks(&mut store, &rows);
+}
+
+#[test]
+fn large_groups_are_stored_in_chunks_on_postgres() {
+    let pg = Postgres::start().unwrap();
+    let (mut store, _lease) = pg_writer(&pg, "test");
+    let rows = || pg.psql("SELECT count(*) FROM sync_cs_member_chunks").unwrap().trim().parse().unwrap();
+    large_groups_are_stored_in_chunks(&mut store, &rows);
 }
