@@ -384,22 +384,10 @@ fn main() {
     };
     let mut results = Vec::new();
     for (n, size) in sizes.iter().copied().enumerate() {
-        // IDBRIDGE_BENCH_PERF_MEMBERS=FILE: the daemon under `perf record` during the largest group's additions.
-        let perf = std::env::var("IDBRIDGE_BENCH_PERF_MEMBERS").ok().filter(|_| size == largest).map(|file| {
-            testkit::KillOnDrop(
-                Command::new("perf")
-                    .args(["record", "-F", "999", "-g", "-o", &file, "-p", &daemon_pid.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
-        });
-        results.push((size, ctx.measure(n, size, additions, daemon_pid, tenant_pid)));
-        if let Some(mut recorder) = perf {
-            let _ = Command::new("kill").args(["-INT", &recorder.0.id().to_string()]).status();
-            let _ = recorder.0.wait();
-        }
+        // IDBRIDGE_BENCH_PERF_MEMBERS=FILE: the daemon under `perf record` during the largest group's
+        // additions (not its creation).
+        let perf = std::env::var("IDBRIDGE_BENCH_PERF_MEMBERS").ok().filter(|_| size == largest);
+        results.push((size, ctx.measure(n, size, additions, daemon_pid, tenant_pid, perf)));
     }
     let first_cpu = results.first().map(|(_, r)| r.daemon_cpu_ms + r.tenant_cpu_ms).unwrap_or(0.0);
     for (size, r) in &results {
@@ -421,6 +409,12 @@ fn main() {
             1000.0 * r.stages[0],
             1000.0 * r.stages[1],
             1000.0 * r.stages[2]
+        );
+        println!(
+            "    ldapsearch of the group    {:.1} ms (import {:.2}x, sync daemon CPU {:.2}x that)",
+            1000.0 * r.read_secs,
+            r.stages[0] / r.read_secs.max(1e-9),
+            r.daemon_cpu_ms / 1000.0 / r.read_secs.max(1e-9)
         );
     }
     let _ = daemon.kill();
@@ -449,6 +443,9 @@ struct GroupFigures {
     tenant_cpu_ms: f64,
     /// Seconds per addition in import, sync and export (from the cycle reports).
     stages: [f64; 3],
+    /// Seconds `ldapsearch` takes to read the group's entry (the best of five):
+    /// what any client pays to receive it.
+    read_secs: f64,
 }
 
 impl LargeGroups<'_> {
@@ -458,7 +455,15 @@ impl LargeGroups<'_> {
 
     /// Adds group number `n` with the first `size` people, waits for it in
     /// the tenant, then adds the next `additions` people one at a time.
-    fn measure(&self, n: usize, size: usize, additions: usize, daemon: u32, tenant: u32) -> GroupFigures {
+    fn measure(
+        &self,
+        n: usize,
+        size: usize,
+        additions: usize,
+        daemon: u32,
+        tenant: u32,
+        perf: Option<String>,
+    ) -> GroupFigures {
         let name = format!("bench-big-group-{n}");
         let group_dn = format!("cn={name},{}", self.slapd.base_dn());
         let mut ldif = format!("dn: {group_dn}\nchangetype: add\nobjectClass: groupOfNames\ncn: {name}\n");
@@ -477,6 +482,19 @@ impl LargeGroups<'_> {
             std::thread::sleep(Duration::from_millis(200));
         };
         let created_secs = started.elapsed().as_secs_f64();
+        let read_secs = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                let out = Command::new("ldapsearch")
+                    .args(["-x", "-LLL", "-H", &self.slapd.url, "-D", self.slapd.admin_dn()])
+                    .args(["-w", self.slapd.admin_password(), "-b", &group_dn, "-s", "base", "(objectClass=*)", "*"])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(out.success());
+                started.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min);
         // The users to add, looked up before anything is timed.
         let added: Vec<(String, String)> = self.people[size..size + additions]
             .iter()
@@ -485,6 +503,16 @@ impl LargeGroups<'_> {
                 (dn.clone(), user["Resources"][0]["id"].as_str().unwrap().to_string())
             })
             .collect();
+        let recorder = perf.map(|file| {
+            testkit::KillOnDrop(
+                Command::new("perf")
+                    .args(["record", "-F", "999", "-g", "-o", &file, "-p", &daemon.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        });
         let mut latencies = Vec::new();
         let (mut daemon_cpu, mut tenant_cpu) = (0.0, 0.0);
         let reports_before = std::fs::read_to_string(self.daemon_log).unwrap_or_default().len();
@@ -509,6 +537,10 @@ impl LargeGroups<'_> {
             daemon_cpu += testkit::bench::cpu_seconds(&[daemon]) - daemon_before;
             tenant_cpu += testkit::bench::cpu_seconds(&[tenant]) - tenant_before;
         }
+        if let Some(mut recorder) = recorder {
+            let _ = Command::new("kill").args(["-INT", &recorder.0.id().to_string()]).status();
+            let _ = recorder.0.wait();
+        }
         let per = |cpu: f64| 1000.0 * cpu / additions.max(1) as f64;
         let log = std::fs::read_to_string(self.daemon_log).unwrap_or_default();
         let mut stages = [0.0; 3];
@@ -517,6 +549,13 @@ impl LargeGroups<'_> {
                 *total += s / additions.max(1) as f64;
             }
         }
-        GroupFigures { created_secs, latencies, daemon_cpu_ms: per(daemon_cpu), tenant_cpu_ms: per(tenant_cpu), stages }
+        GroupFigures {
+            created_secs,
+            latencies,
+            daemon_cpu_ms: per(daemon_cpu),
+            tenant_cpu_ms: per(tenant_cpu),
+            stages,
+            read_secs,
+        }
     }
 }
