@@ -581,6 +581,7 @@ fn records_written_before_compression_are_read_on_sqlite() {
            DROP TABLE cs_ref_keys;
            ALTER TABLE cs DROP COLUMN member_chunks;
            DROP TABLE cs_member_chunks;
+           DROP TABLE precedences;
            ALTER TABLE cs DROP COLUMN delta_ok;
            ALTER TABLE cs DROP COLUMN members_only;
            DROP TABLE cs_member_changes;
@@ -971,4 +972,68 @@ fn large_groups_are_stored_in_chunks_on_postgres() {
     let (mut store, _lease) = pg_writer(&pg, "test");
     let rows = || pg.psql("SELECT count(*) FROM sync_cs_member_chunks").unwrap().trim().parse().unwrap();
     large_groups_are_stored_in_chunks(&mut store, &rows);
+}
+
+/// Precedences are kept once per distinct map (most objects share one),
+/// read back for joins, and an interned map whose insert a rollback undid
+/// is written again.
+#[test]
+fn precedences_are_interned_on_sqlite() {
+    use directory::ObjectKind::User;
+    use sync::engine::{JoinContribution, JoinedRefs, Transactional};
+    let tmp = TempDir::new("precedences").unwrap();
+    let mut store = SqliteStore::open(&tmp.join("sync.db")).unwrap();
+    let raw = rusqlite::Connection::open(tmp.join("sync.db")).unwrap();
+    let precedence = |pairs: &[(&str, i32)]| -> sync::rules::Precedences {
+        pairs.iter().map(|(a, p)| ((*a).to_string(), *p)).collect()
+    };
+    let project = |store: &mut SqliteStore, id: u8, precedence: sync::rules::Precedences| {
+        let projection = sync::mapping::Projection {
+            kind: User,
+            anchor: format!("anchor-{id}"),
+            attrs: serde_json::json!({"mail": format!("u{id}@example.org"), "displayName": "Zoë"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            precedence,
+            manager: None,
+            members: Vec::new(),
+        };
+        store.mv_project("ad", &sync::SourceId(vec![id]), &projection, None, Vec::new()).unwrap()
+    };
+    let join = |store: &mut SqliteStore, id: u8, mv: &str, mail: &str, p: i32| {
+        let attrs = serde_json::json!({"mail": mail}).as_object().unwrap().clone();
+        let contribution = JoinContribution {
+            attrs: &attrs,
+            precedence: &precedence(&[("mail", p)]),
+            authoritative: &[],
+            references: &JoinedRefs::default(),
+        };
+        store.join_put("hr", &sync::SourceId(vec![id]), mv, &contribution).unwrap();
+    };
+    let usual = precedence(&[("mail", 200), ("displayName", 200)]);
+    store.begin().unwrap();
+    let mvs: Vec<String> = (1..=20).map(|i| project(&mut store, i, usual.clone())).collect();
+    // A joined value with a lower precedence wins; with a higher one it does not.
+    join(&mut store, 101, &mvs[0], "hr-1@example.org", 100);
+    join(&mut store, 102, &mvs[1], "hr-2@example.org", 300);
+    store.commit().unwrap();
+    let mail = |store: &SqliteStore, mv: &str| store.mv_get(mv).unwrap().unwrap().attrs["mail"].clone();
+    assert_eq!(mail(&store, &mvs[0]), "hr-1@example.org");
+    assert_eq!(mail(&store, &mvs[1]), "u2@example.org");
+    assert_eq!(store.joined(&mvs[0]).unwrap()[0].precedence, precedence(&[("mail", 100)]));
+    let count = |sql: &str| raw.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(count("SELECT count(*) FROM precedences"), 3, "one row per distinct map");
+    assert!(count("SELECT max(length(precedence)) FROM mv") <= 2, "rows name their map");
+
+    // Interned in a transaction that is undone, then used again.
+    store.begin().unwrap();
+    project(&mut store, 21, precedence(&[("title", 5)]));
+    store.rollback().unwrap();
+    store.begin().unwrap();
+    let again = project(&mut store, 22, precedence(&[("title", 5)]));
+    join(&mut store, 103, &again, "hr-22@example.org", 1);
+    store.commit().unwrap();
+    assert_eq!(count("SELECT count(*) FROM mv WHERE precedence NOT IN (SELECT id FROM precedences)"), 0);
+    assert_eq!(mail(&store, &again), "hr-22@example.org", "mail has no precedence of its own here: a gap");
 }
