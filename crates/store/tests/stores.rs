@@ -564,6 +564,13 @@ fn records_written_before_compression_are_read_on_sqlite() {
     let path = tmp.join("sync.db");
     drop(SqliteStore::open(&path).unwrap());
     let raw = rusqlite::Connection::open(&path).unwrap();
+    // The connector space as it was: the normalized DN a column of its own.
+    raw.execute_batch(
+        "DROP INDEX cs_dn;
+         ALTER TABLE cs ADD COLUMN dn_norm TEXT NOT NULL DEFAULT '';
+         CREATE INDEX cs_dn ON cs(source, dn_norm);",
+    )
+    .unwrap();
     raw.execute(
         "INSERT INTO cs(source, id, dn, dn_norm, kind, anchor, entry, pending, deleted) VALUES('lab', x'01', 'uid=zoë,ou=people,dc=example,dc=org', 'uid=zoë,ou=people,dc=example,dc=org', 'user', x'01', ?1, 0, 0)",
         [OLD_ENTRY],
