@@ -168,8 +168,11 @@ CREATE TABLE cs_member_chunks (source TEXT NOT NULL, id BLOB NOT NULL, digest BL
 ///   `COALESCE((SELECT text FROM precedences WHERE id = precedence), precedence)`,
 ///   so a row still holding the JSON reads the same;
 /// - the connector space's normalized DN is no longer a column: its index
-///   is on `dn_norm(dn)` (a deterministic function registered on every
-///   connection), which is all lookups need.
+///   is on `ref_key(dn_norm(dn))` (deterministic functions registered on
+///   every connection), and the metaverse's on `ref_key(dn_norm)` (see
+///   `CS_BY_DN`);
+/// - `exported` is keyed by metaverse id alone (WITHOUT ROWID), without a
+///   second index beside it.
 const SCHEMA_V12: &str = "
 CREATE TABLE precedences (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE);
 INSERT OR IGNORE INTO precedences(text) SELECT DISTINCT precedence FROM mv WHERE precedence LIKE '{%';
@@ -178,8 +181,33 @@ UPDATE mv SET precedence = (SELECT p.id FROM precedences p WHERE p.text = mv.pre
 UPDATE joins SET precedence = (SELECT p.id FROM precedences p WHERE p.text = joins.precedence) WHERE precedence LIKE '{%';
 DROP INDEX cs_dn;
 ALTER TABLE cs DROP COLUMN dn_norm;
-CREATE INDEX cs_dn ON cs(source, dn_norm(dn));
+CREATE INDEX cs_dn ON cs(source, ref_key(dn_norm(dn)));
+DROP INDEX mv_dn;
+CREATE INDEX mv_dn ON mv(source, ref_key(dn_norm));
+CREATE TABLE exported_by_mv (mv_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, resource TEXT NOT NULL) WITHOUT ROWID;
+INSERT INTO exported_by_mv(mv_id, tenant_id, resource) SELECT mv_id, tenant_id, resource FROM exported;
+DROP TABLE exported;
+ALTER TABLE exported_by_mv RENAME TO exported;
 ";
+
+/// Lookups by DN. The DN indexes hold a 64-bit key of the normalized DN
+/// (`ref_key`, as the reference table does) rather than the DN — 8 bytes
+/// instead of ~50 per row; the DN is then compared, so a key shared by two
+/// DNs only costs a row read. (`+` keeps SQLite from putting the DN it is
+/// compared with into the key expression, which would hide the index.)
+const CS_BY_DN: &str =
+    "SELECT id FROM cs WHERE source = ?1 AND ref_key(dn_norm(dn)) = ref_key(?2) AND dn_norm(dn) = ?2 AND deleted = 0";
+const MV_BY_DN: &str =
+    "SELECT id FROM mv WHERE source = ?1 AND ref_key(dn_norm) = ref_key(?2) AND +dn_norm = ?2 AND deleted = 0";
+/// Live metaverse objects for a JSON list of normalized DNs. CROSS JOIN
+/// fixes the order: without it the planner scans `mv` per list item.
+const MV_BY_DNS: &str = "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m
+    ON m.source = ?1 AND ref_key(m.dn_norm) = ref_key(j.value) AND +m.dn_norm = j.value AND m.deleted = 0";
+/// The same, deleted ones included.
+const MV_BY_DNS_ANY: &str = "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m
+    ON m.source = ?1 AND ref_key(m.dn_norm) = ref_key(j.value) AND +m.dn_norm = j.value";
+const JOINED_BY_DN: &str = "SELECT j.mv_id FROM cs c JOIN joins j ON j.source = c.source AND j.cs_id = c.id
+    WHERE c.source = ?1 AND ref_key(dn_norm(c.dn)) = ref_key(?2) AND dn_norm(c.dn) = ?2 AND c.deleted = 0";
 
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
@@ -940,14 +968,10 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError> {
-        self.query_one(
-            "SELECT id FROM cs WHERE source = ?1 AND dn_norm(dn) = ?2 AND deleted = 0",
-            params![source, dn.normalized()],
-            |r| r.get::<_, Vec<u8>>(0),
-        )
-        .optional()
-        .map(|id| id.map(SourceId))
-        .map_err(err)
+        self.query_one(CS_BY_DN, params![source, dn.normalized()], |r| r.get::<_, Vec<u8>>(0))
+            .optional()
+            .map(|id| id.map(SourceId))
+            .map_err(err)
     }
 
     fn cs_referencing(&self, source: &str, dn: &Dn) -> Result<Vec<SourceId>, StoreError> {
@@ -1063,13 +1087,7 @@ impl ConnectorSpace for SqliteStore {
 
 impl Metaverse for SqliteStore {
     fn mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
-        self.query_one(
-            "SELECT id FROM mv WHERE source = ?1 AND dn_norm = ?2 AND deleted = 0",
-            params![source, dn.normalized()],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(err)
+        self.query_one(MV_BY_DN, params![source, dn.normalized()], |r| r.get(0)).optional().map_err(err)
     }
 
     fn mv_for_dns(&self, source: &str, dns: &[Dn]) -> Result<Vec<String>, StoreError> {
@@ -1077,14 +1095,8 @@ impl Metaverse for SqliteStore {
             return Ok(Vec::new());
         }
         // One statement per group: the lookups run inside SQLite.
-        // CROSS JOIN fixes the order: without it the planner scans `mv` per list item.
         let list = Json::Array(dns.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m ON m.source = ?1 AND m.dn_norm = j.value AND m.deleted = 0",
-            )
-            .map_err(err)?;
+        let mut stmt = self.conn.prepare_cached(MV_BY_DNS).map_err(err)?;
         let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
         rows.map(|r| r.map_err(err)).collect()
     }
@@ -1166,12 +1178,7 @@ impl Metaverse for SqliteStore {
             Vec::new()
         } else {
             let list = Json::Array(changes.removed.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m ON m.source = ?1 AND m.dn_norm = j.value",
-                )
-                .map_err(err)?;
+            let mut stmt = self.conn.prepare_cached(MV_BY_DNS_ANY).map_err(err)?;
             let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)?
         };
@@ -1338,14 +1345,7 @@ impl Metaverse for SqliteStore {
     }
 
     fn joined_mv_for_dn(&self, source: &str, dn: &Dn) -> Result<Option<String>, StoreError> {
-        self.query_one(
-            "SELECT j.mv_id FROM cs c JOIN joins j ON j.source = c.source AND j.cs_id = c.id
-             WHERE c.source = ?1 AND dn_norm(c.dn) = ?2 AND c.deleted = 0",
-            params![source, dn.normalized()],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(err)
+        self.query_one(JOINED_BY_DN, params![source, dn.normalized()], |r| r.get(0)).optional().map_err(err)
     }
 
     fn join_remove(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
@@ -1596,5 +1596,34 @@ impl ExportLog for SqliteStore {
             .map_err(err)?;
         self.exec("UPDATE mv SET dirty = 1 WHERE id = ?1", params![mv]).map_err(err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every lookup by DN searches its index by source and key: a plan that
+    /// scanned a source's objects instead would pass every other test and
+    /// make a million-object cycle crawl.
+    #[test]
+    fn lookups_by_dn_use_the_key_indexes() {
+        let store = SqliteStore::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
+        for (sql, index) in [
+            (CS_BY_DN, "cs_dn"),
+            (MV_BY_DN, "mv_dn"),
+            (MV_BY_DNS, "mv_dn"),
+            (MV_BY_DNS_ANY, "mv_dn"),
+            (JOINED_BY_DN, "cs_dn"),
+        ] {
+            let mut stmt = store.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap_or_else(|e| panic!("{e}"));
+            let plan: Vec<String> = stmt
+                .query_map(params!["corp", r#"["uid=a,dc=x"]"#], |r| r.get::<_, String>(3))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|r| r.unwrap_or_default())
+                .collect();
+            let wanted = format!("USING INDEX {index} (source=? AND <expr>=?)");
+            assert!(plan.iter().any(|step| step.contains(&wanted)), "{sql}: {plan:?}");
+        }
     }
 }

@@ -564,11 +564,13 @@ fn records_written_before_compression_are_read_on_sqlite() {
     let path = tmp.join("sync.db");
     drop(SqliteStore::open(&path).unwrap());
     let raw = rusqlite::Connection::open(&path).unwrap();
-    // The connector space as it was: the normalized DN a column of its own.
+    // The DN indexes as they were: on the normalized DN, a column of its own.
     raw.execute_batch(
         "DROP INDEX cs_dn;
          ALTER TABLE cs ADD COLUMN dn_norm TEXT NOT NULL DEFAULT '';
-         CREATE INDEX cs_dn ON cs(source, dn_norm);",
+         CREATE INDEX cs_dn ON cs(source, dn_norm);
+         DROP INDEX mv_dn;
+         CREATE INDEX mv_dn ON mv(source, dn_norm);",
     )
     .unwrap();
     raw.execute(
