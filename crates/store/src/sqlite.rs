@@ -413,17 +413,23 @@ impl SqliteStore {
     /// that does not exist yet reads as empty (an empty store in memory:
     /// taking the write lock to create it could refuse a daemon starting at
     /// the same moment); one that needs a newer schema is upgraded as by
-    /// [`SqliteStore::open`] first.
+    /// [`SqliteStore::open`] first, and the writer's lock let go before
+    /// reading (held, it would refuse a daemon starting meanwhile, and
+    /// `writer` would name this very process).
     pub fn open_for_reading(path: &Path) -> Result<SqliteStore, StoreError> {
         if !path.exists() {
             return Self::open_in_memory();
         }
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let read_only = || {
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))
+        };
+        let conn = read_only()?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
         if usize::try_from(version).map_err(err)? < MIGRATIONS.len() {
             drop(conn);
-            return Self::open(path);
+            drop(Self::open(path)?);
+            return Self::with(read_only()?);
         }
         Self::with(conn)
     }

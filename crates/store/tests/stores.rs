@@ -1046,3 +1046,33 @@ fn precedences_are_interned_on_sqlite() {
     assert_eq!(count("SELECT count(*) FROM mv WHERE precedence NOT IN (SELECT id FROM precedences)"), 0);
     assert_eq!(mail(&store, &again), "hr-22@example.org", "mail has no precedence of its own here: a gap");
 }
+
+/// A reader that finds an older schema upgrades it under the writer's lock
+/// and lets the lock go before reading: a daemon may start meanwhile, and
+/// the reader is not named as the state's writer.
+#[test]
+fn a_reader_upgrades_an_old_store_and_lets_the_lock_go() {
+    let tmp = TempDir::new("reader-upgrade").unwrap();
+    let path = tmp.join("sync.db");
+    drop(SqliteStore::open(&path).unwrap());
+    // Back to schema version 11.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP INDEX cs_dn;
+             ALTER TABLE cs ADD COLUMN dn_norm TEXT NOT NULL DEFAULT '';
+             CREATE INDEX cs_dn ON cs(source, dn_norm);
+             DROP INDEX mv_dn;
+             CREATE INDEX mv_dn ON mv(source, dn_norm);
+             DROP TABLE precedences;
+             PRAGMA user_version = 11;",
+        )
+        .unwrap();
+    let reader = SqliteStore::open_for_reading(&path).unwrap();
+    assert_eq!(reader.counts().unwrap().connector_space, 0);
+    assert_eq!(SqliteStore::writer(&path), None, "the reader holds no lock");
+    let version: i64 =
+        rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 12);
+    drop(SqliteStore::open(&path).expect("a writer may start while the reader reads"));
+}
