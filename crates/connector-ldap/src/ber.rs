@@ -17,6 +17,9 @@ pub const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
 pub const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 pub const SYNC_DONE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.3";
 pub const SYNC_INFO_OID: &str = "1.3.6.1.4.1.4203.1.9.1.4";
+/// The password policy control (draft-behera-ldap-password-policy), as
+/// OpenLDAP's and 389's ppolicy send it.
+pub const PPOLICY_OID: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
 
 fn encode(tags: Vec<Tag>) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
@@ -75,6 +78,18 @@ fn sync_request(mode: i64, cookie: Option<Vec<u8>>) -> RawControl {
     }
     tags.push(Tag::Boolean(Boolean { inner: false, ..Default::default() }));
     RawControl { ctype: SYNC_REQUEST_OID.into(), crit: true, val: Some(encode(tags)) }
+}
+
+/// Asks the server for its password-policy response (no value).
+pub fn ppolicy_request_control() -> RawControl {
+    RawControl { ctype: PPOLICY_OID.into(), crit: false, val: None }
+}
+
+/// The error of a password-policy response, if it has one:
+/// `SEQUENCE { warning [0] … OPTIONAL, error [1] ENUMERATED OPTIONAL }`.
+pub fn parse_ppolicy_error(val: &[u8]) -> Option<i64> {
+    let items = seq_items(parse_value(val)?)?;
+    items.iter().find(|t| t.class == TagClass::Context && t.id == 1).and_then(as_int)
 }
 
 fn parse_value(bytes: &[u8]) -> Option<StructureTag> {

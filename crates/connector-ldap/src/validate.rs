@@ -13,6 +13,9 @@ use crate::connect::{self, Session};
 use crate::error::LdapError;
 use crate::settings::LdapSettings;
 
+mod password_write;
+pub use password_write::{outcome_of_ad_write_failure, outcome_of_passmod_failure};
+
 /// `{upn}` in the filter template is replaced by the escaped user name.
 pub const DEFAULT_USER_FILTER: &str =
     "(&(|(objectClass=user)(objectClass=person))(|(userPrincipalName={upn})(mail={upn})))";

@@ -260,6 +260,25 @@ pub enum UserCommand {
         #[command(subcommand)]
         command: MethodsCommand,
     },
+    /// Reset a synchronised user's password: set on-premises through a
+    /// pass-through agent of the running tenant (password writeback), then
+    /// in the tenant. The directory's policy decides; a refusal says why.
+    ResetPassword {
+        /// The user's userName (UPN).
+        user: String,
+        /// The running tenant's address, like https://tenant.example.com.
+        #[arg(long)]
+        url: String,
+        /// A file holding an admin-scoped token (`idbridge tenant token create --scope admin`).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// A file holding the new password; without it a random one is made and printed once.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM CA certificate to trust for the tenant's HTTPS.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,13 +382,19 @@ pub enum DomainCommand {
         #[command(flatten)]
         data: TenantData,
     },
-    /// Change how a domain's users sign in.
+    /// Change how a domain's users sign in, and whether passwords chosen in
+    /// the cloud are written back on-premises.
     Set {
         #[command(flatten)]
         data: TenantData,
         name: String,
-        #[arg(long)]
-        auth: String,
+        /// managed-phs, managed-pta (federate with `domain federate`).
+        #[arg(long, required_unless_present = "password_writeback")]
+        auth: Option<String>,
+        /// Synchronised users' password changes and resets are set in the
+        /// on-premises directory through a pass-through agent (on|off).
+        #[arg(long, value_parser = parse_on_off)]
+        password_writeback: Option<bool>,
     },
     Remove {
         #[command(flatten)]
@@ -608,16 +633,34 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             }
             DomainCommand::List { data } => {
                 let domains = open(&data)?.domains()?;
-                crate::out!("{:<40}  {:<12}  initial", "domain", "sign-in");
+                crate::out!("{:<40}  {:<12}  {:<7}  password-writeback", "domain", "sign-in", "initial");
                 for d in domains {
-                    crate::out!("{:<40}  {:<12}  {}", d.name, d.auth.as_str(), if d.initial { "yes" } else { "" });
+                    crate::out!(
+                        "{:<40}  {:<12}  {:<7}  {}",
+                        d.name,
+                        d.auth.as_str(),
+                        if d.initial { "yes" } else { "" },
+                        on_off(d.password_writeback)
+                    );
                 }
                 Ok(())
             }
-            DomainCommand::Set { data, name, auth } => {
-                let auth: AuthType = auth.parse()?;
-                open(&data)?.set_domain_auth(ACTOR, &name, auth)?;
-                eprintln!("domain {name} now signs in with {auth}");
+            DomainCommand::Set { data, name, auth, password_writeback } => {
+                let tenant = open(&data)?;
+                if let Some(auth) = auth {
+                    let auth: AuthType = auth.parse()?;
+                    tenant.set_domain_auth(ACTOR, &name, auth)?;
+                    eprintln!("domain {name} now signs in with {auth}");
+                }
+                if let Some(on) = password_writeback {
+                    let domain = tenant.set_password_writeback(ACTOR, &name, on)?;
+                    eprintln!("domain {}: password writeback {}", domain.name, on_off(on));
+                    if on {
+                        eprintln!(
+                            "passwords are written through the pass-through agents (`idbridge tenant pta-agents`); each agent's service account needs the right to reset passwords for administrators' resets"
+                        );
+                    }
+                }
                 Ok(())
             }
             DomainCommand::Federate {
@@ -870,6 +913,9 @@ pub async fn run(command: TenantCommand) -> Result<()> {
         }
         TenantCommand::Role { command } => role(command),
         TenantCommand::User { command: UserCommand::Methods { command } } => methods(command),
+        TenantCommand::User {
+            command: UserCommand::ResetPassword { user, url, token_file, password_file, ca_file },
+        } => reset_password(&user, &url, &token_file, password_file.as_deref(), ca_file.as_deref()).await,
         TenantCommand::Keys { command: KeysCommand::Rotate { data, alg } } => {
             let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
             let key = open(&data)?.rotate_key(ACTOR, alg)?;
@@ -951,6 +997,72 @@ fn client(command: ClientCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `tenant user reset-password`: the admin API of the running tenant does
+/// it (only the running tenant has the agents' long polls).
+async fn reset_password(
+    user: &str,
+    url: &str,
+    token_file: &std::path::Path,
+    password_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<()> {
+    let root = url.trim_end_matches('/').trim_end_matches("/scim/v2");
+    proto::url::check_web_url(root).map_err(|e| anyhow::anyhow!("--url {root}: {e}"))?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading the token file {}", token_file.display()))?
+        .trim()
+        .to_string();
+    let (new_password, generated) = match password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the password file {}", path.display()))?;
+            (text.trim_end_matches(['\r', '\n']).to_string(), false)
+        }
+        // Letters, digits and symbols: meets AD's complexity rule.
+        None => (format!("Rst-{}-9a", tenant::util::random_token().get(..16).unwrap_or_default()), true),
+    };
+    if new_password.is_empty() {
+        anyhow::bail!("the password file is empty");
+    }
+    let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        client = client.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+        );
+    }
+    let client = client.build().context("the HTTP client")?;
+    let endpoint = format!("{root}{}", proto::admin::password_reset_path(user));
+    let response = client
+        .post(&endpoint)
+        .bearer_auth(&token)
+        .json(&proto::admin::PasswordReset { new_password: new_password.clone() })
+        .send()
+        .await
+        .with_context(|| format!("the tenant at {root} did not answer"))?;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    if status != 200 {
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        anyhow::bail!("the password of {user} was not reset (HTTP {status}): {detail}");
+    }
+    let done: proto::admin::PasswordResetDone =
+        serde_json::from_slice(&body).context("the tenant's answer is not a reset result")?;
+    eprintln!(
+        "the password of {user} was set on-premises{}",
+        if done.record_replaced { " and in the tenant" } else { "" }
+    );
+    if generated {
+        // Only the password on stdout, once: give it to the user.
+        crate::out!("{new_password}");
+    }
+    Ok(())
 }
 
 fn methods(command: MethodsCommand) -> Result<()> {

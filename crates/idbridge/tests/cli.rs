@@ -158,6 +158,79 @@ fn signs_in(authorize: &str, user: &str, password: &str) -> Result<(), String> {
     })
 }
 
+/// Signs `user` in to Security info (`/account`) at `issuer` and submits
+/// its password form: the page that answers (a message, or the page with
+/// the reason it was refused).
+fn change_password_on_account_page(issuer: &str, user: &str, current: &str, new: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut browser = testkit::Browser::new().unwrap();
+        let start = browser.get(&format!("{issuer}/account/sign-in")).await.unwrap();
+        let authorize = format!("{issuer}{}", start.location.unwrap());
+        let signed_in = browser.password_sign_in(&authorize, user, current).await.unwrap();
+        let Some(callback) = signed_in.location.filter(|l| l.contains("code=")) else {
+            return format!("not signed in: {}", signed_in.body);
+        };
+        browser.get(&callback).await.unwrap();
+        let page = browser.get(&format!("{issuer}/account")).await.unwrap();
+        assert!(page.body.contains("id=\"change-password\""), "no password form on Security info: {}", page.body);
+        let form = testkit::form_fields(
+            &page.body,
+            &[("action", "change-password"), ("password", current), ("new_password", new), ("confirm", new)],
+        );
+        browser.post(&format!("{issuer}/account"), &form).await.unwrap().body
+    })
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Creates a cloud-only user over SCIM: the HTTP status.
+fn post_scim_user(base: &str, token: &str, user_name: &str) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let body =
+            serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": user_name});
+        reqwest::Client::new()
+            .post(format!("{base}/Users"))
+            .bearer_auth(token)
+            .header("content-type", "application/scim+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
+/// Whether `dn` binds with `password` (`ldapwhoami`; `ca`: the CA of an ldaps:// URL).
+fn ldap_binds(url: &str, dn: &str, password: &str, ca: Option<&Path>) -> bool {
+    let mut command = Command::new("ldapwhoami");
+    command.args(["-x", "-H", url, "-D", dn, "-w", password]);
+    if let Some(ca) = ca {
+        command.env("LDAPTLS_CACERT", ca);
+    }
+    command.output().unwrap().status.success()
+}
+
+/// `idbridge tenant user reset-password` against the tenant at `issuer`
+/// with an admin token from `data`; `password`: the new one (else generated).
+fn reset_password_cli(data: &Path, issuer: &str, user: &str, password: Option<&str>) -> Output {
+    let token = ok(&idbridge(&["tenant", "token", "create", "--data", p(data), "--scope", "admin"])).trim().to_string();
+    let dir = data.parent().unwrap();
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut args = vec!["tenant", "user", "reset-password", user, "--url", issuer, "--token-file", p(&token_file)];
+    let password_file = dir.join("new.password");
+    if let Some(pw) = password {
+        std::fs::write(&password_file, pw).unwrap();
+        args.extend(["--password-file", p(&password_file)]);
+    }
+    idbridge(&args)
+}
+
 /// A tenant under `tmp/tenant` with `domain` verified and a sync token in
 /// `tmp/token`: the process (stopped when the test ends, pass or fail), its
 /// SCIM base URL and the token.
@@ -1234,9 +1307,20 @@ mod sync_e2e {
         state: String,
         pg: Option<testkit::Postgres>,
     ) -> Lab {
+        lab_with_options(users, groups, sync_section, state, pg, SlapdOptions::default())
+    }
+
+    fn lab_with_options(
+        users: u64,
+        groups: u64,
+        sync_section: &str,
+        state: String,
+        pg: Option<testkit::Postgres>,
+        options: SlapdOptions,
+    ) -> Lab {
         let tmp = TempDir::new("sync-e2e").unwrap();
-        let (slapd, _) =
-            testkit::slapd_with_sample(tmp.path(), &testkit::openldap_sample(users, groups, 5).unwrap()).unwrap();
+        let sample = testkit::openldap_sample(users, groups, 5).unwrap();
+        let (slapd, _) = testkit::slapd_with_sample_and(tmp.path(), &sample, options).unwrap();
         let (tenant, base, token) = tenant_for_sync(tmp.path(), "example.org");
         let config = tmp.join("idbridge.toml");
         let sync = format!("\n[sync]\n{state}\n{sync_section}\n");
@@ -2154,6 +2238,126 @@ mod sync_e2e {
             succeeded.load(Ordering::SeqCst),
             failed.load(Ordering::SeqCst)
         );
+    }
+
+    /// Password writeback to OpenLDAP with its password policy (ppolicy:
+    /// 12 characters, 3 in history): a self-service change on Security
+    /// info and an administrator's reset are set in the directory through
+    /// the agent (the new password binds, the old does not); the policy's
+    /// refusals each read as their rule and change nothing; without an
+    /// agent, or with writeback off, nothing changes anywhere; the audit
+    /// names every attempt and never a password.
+    #[test]
+    fn password_writeback_to_openldap_follows_its_policy() {
+        let (state, pg) = test_state("state.db");
+        let options = SlapdOptions { ppolicy: true, ..SlapdOptions::default() };
+        let lab = lab_with_options(4, 1, "", state, pg, options);
+        lab.slapd
+            .modify(&format!(
+                "dn: {}\nchangetype: modify\nreplace: pwdMinLength\npwdMinLength: 12\n",
+                testkit::slapd::PPOLICY_DN
+            ))
+            .unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        let data = lab.tmp.join("tenant");
+        let issuer = lab.base.trim_end_matches("/scim/v2").to_string();
+        let users = get(&lab, "/Users?count=2");
+        let user = users["Resources"][0]["userName"].as_str().unwrap().to_string();
+        let dn = users["Resources"][0]["urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object"]["onPremisesDistinguishedName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ok(&idbridge(&["tenant", "domain", "set", "--data", p(&data), "example.org", "--auth", "managed-pta"]));
+        lab.slapd.set_password(&dn, "Initial-Pass-1").unwrap();
+        let _agent = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent"), "agent", None);
+        wait_until("the agent online", || online_agents(&lab) == 1);
+
+        // Writeback off: Security info has no password form, and a reset is refused.
+        let out = reset_password_cli(&data, &issuer, &user, Some("Reset-Pass-0001"));
+        assert!(!out.status.success() && stderr_of(&out).contains("password writeback is off"), "{}", stderr_of(&out));
+        assert!(ldap_binds(&lab.slapd.url, &dn, "Initial-Pass-1", None), "unchanged");
+        ok(&idbridge(&["tenant", "domain", "set", "--data", p(&data), "example.org", "--password-writeback", "on"]));
+        let domains = ok(&idbridge(&["tenant", "domain", "list", "--data", p(&data)]));
+        assert!(domains.lines().any(|l| l.starts_with("example.org") && l.trim_end().ends_with("on")), "{domains}");
+
+        // A self-service change: set on-premises; the old password stops working.
+        let page = change_password_on_account_page(&issuer, &user, "Initial-Pass-1", "Changed-Pass-02");
+        assert!(page.contains("Your password was changed"), "{page}");
+        assert!(ldap_binds(&lab.slapd.url, &dn, "Changed-Pass-02", None));
+        assert!(!ldap_binds(&lab.slapd.url, &dn, "Initial-Pass-1", None));
+        let authorize = sign_in_client(&lab);
+        signs_in(&authorize, &user, "Changed-Pass-02").unwrap();
+
+        // The policy's refusals, each in its words; nothing changes.
+        let refused = [("Short-pw-9", "too short"), ("Initial-Pass-1", "was used before")];
+        for (new, says) in refused {
+            let page = change_password_on_account_page(&issuer, &user, "Changed-Pass-02", new);
+            assert!(page.contains(says), "{new}: {page}");
+            assert!(ldap_binds(&lab.slapd.url, &dn, "Changed-Pass-02", None), "{new}: unchanged");
+        }
+        let page = change_password_on_account_page(&issuer, &user, "Changed-Pass-02", "Changed-Pass-02b");
+        assert!(page.contains("Your password was changed"), "{page}");
+        lab.slapd
+            .modify(&format!(
+                "dn: {}\nchangetype: modify\nreplace: pwdMinAge\npwdMinAge: 3600\n",
+                testkit::slapd::PPOLICY_DN
+            ))
+            .unwrap();
+        let page = change_password_on_account_page(&issuer, &user, "Changed-Pass-02b", "Changed-Pass-03");
+        assert!(page.contains("changed too recently"), "{page}");
+        assert!(ldap_binds(&lab.slapd.url, &dn, "Changed-Pass-02b", None), "unchanged");
+
+        // An administrator's reset (the agent's service account; the
+        // policy's minimum age is for users): the given password, then a generated one.
+        let out = reset_password_cli(&data, &issuer, &user, Some("Reset-Pass-0001"));
+        assert!(out.status.success() && stderr_of(&out).contains("was set on-premises"), "{}", stderr_of(&out));
+        assert!(ldap_binds(&lab.slapd.url, &dn, "Reset-Pass-0001", None));
+        assert!(!ldap_binds(&lab.slapd.url, &dn, "Changed-Pass-02b", None));
+        let out = reset_password_cli(&data, &issuer, &user, None);
+        let generated = ok(&out).trim().to_string();
+        assert!(generated.len() >= 12 && ldap_binds(&lab.slapd.url, &dn, &generated, None), "{generated:?}");
+        // Bad input: an unknown user, a cloud-only one.
+        let out = reset_password_cli(&data, &issuer, "nobody@example.org", Some("Reset-Pass-0002"));
+        assert!(!out.status.success() && stderr_of(&out).contains("There is no user"), "{}", stderr_of(&out));
+        assert_eq!(post_scim_user(&lab.base, &lab.token, "cloud.only@example.org"), 201);
+        let out = reset_password_cli(&data, &issuer, "cloud.only@example.org", Some("Reset-Pass-0002"));
+        assert!(!out.status.success() && stderr_of(&out).contains("not a user synchronised"), "{}", stderr_of(&out));
+
+        // No agent: a clear refusal, and the directory keeps the password.
+        // (The tenant notices the agent's poll cut at once; `pta-agents` reads
+        // the database, where a poll counts until its wait would have ended.)
+        drop(_agent);
+        let out = reset_password_cli(&data, &issuer, &user, Some("Reset-Pass-0003"));
+        assert!(
+            !out.status.success() && stderr_of(&out).contains("No on-premises agent is online"),
+            "{}",
+            stderr_of(&out)
+        );
+        assert!(ldap_binds(&lab.slapd.url, &dn, &generated, None), "unchanged without an agent");
+
+        // The audit names each attempt and its outcome, never a password.
+        let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data), "--json", "--limit", "500"]));
+        let outcomes: Vec<String> = json_lines(&audit)
+            .iter()
+            .filter(|e| e["action"].as_str().is_some_and(|a| a.ends_with("-writeback")))
+            .map(|e| format!("{} {}", e["action"].as_str().unwrap(), e["detail"]["outcome"].as_str().unwrap()))
+            .collect();
+        for expected in [
+            "password-reset-writeback writeback-off",
+            "password-change-writeback password-changed",
+            "password-change-writeback too-short",
+            "password-change-writeback in-history",
+            "password-change-writeback too-young",
+            "password-reset-writeback password-changed",
+            "password-reset-writeback no-such-user",
+            "password-reset-writeback not-synchronised",
+            "password-reset-writeback no-agent",
+        ] {
+            assert!(outcomes.iter().any(|o| o == expected), "{expected} missing from {outcomes:?}");
+        }
+        for secret in ["Changed-Pass-02", "Reset-Pass-0001", "Short-pw-9", generated.as_str()] {
+            assert!(!audit.contains(secret), "a password in the audit");
+        }
     }
 
     #[test]

@@ -75,3 +75,30 @@ pub struct DomainList {
 pub struct SetDomainAuth {
     pub auth: AuthType,
 }
+
+/// `POST` with [`PasswordReset`] → [`PasswordResetDone`]: an administrator's
+/// reset of a synchronised user's password, written on-premises through a
+/// pass-through agent first (password writeback). A refusal is an
+/// [`crate::ErrorReply`]-style SCIM error whose detail says why (the
+/// directory's policy, no agent online, writeback off for the domain).
+pub fn password_reset_path(user_name: &str) -> String {
+    format!("/admin/v1/users/{user_name}/password")
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordReset {
+    pub new_password: String,
+}
+
+impl fmt::Debug for PasswordReset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordReset { new_password: (hidden) }")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordResetDone {
+    pub user_id: String,
+    /// The tenant's own password record was replaced too (password hash sync users).
+    pub record_replaced: bool,
+}

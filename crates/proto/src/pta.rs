@@ -1,6 +1,6 @@
 //! `/pta/v1`: pass-through agents. An agent registers once with a one-time
-//! token and its public key, then long-polls for sealed sign-in requests,
-//! answers each with an outcome and a MAC, and rotates its credential at
+//! token and its public key, then long-polls for sealed requests — sign-ins
+//! to check and passwords to write (password writeback) —, answers each with an outcome and a MAC, and rotates its credential at
 //! half-life. Every call but `register` carries the agent's credential as a
 //! bearer token. Errors are [`crate::ErrorReply`].
 
@@ -80,7 +80,10 @@ pub struct Sealed {
     pub ciphertext: String,
 }
 
-/// How a validation ended; the agent's whole answer.
+/// How a validation or a password write ended; the agent's whole answer.
+/// A password write succeeded only on [`Outcome::PasswordChanged`]: an
+/// agent too old to write passwords ignores the request's write and
+/// answers a validation outcome, which the tenant reads as "not written".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -93,6 +96,23 @@ pub enum Outcome {
     LockedOut,
     LogonHours,
     DirectoryUnreachable,
+    /// The directory accepted the new password.
+    PasswordChanged,
+    /// Refused by the directory's password policy: shorter than its minimum.
+    PasswordTooShort,
+    /// Refused: the current password is younger than the policy's minimum age.
+    PasswordTooYoung,
+    /// Refused: the new password is in the account's password history.
+    PasswordInHistory,
+    /// Refused: the new password does not meet the complexity or quality rules.
+    PasswordNotComplex,
+    /// Refused by the policy without saying which rule (Active Directory
+    /// on Windows reports length, complexity, history and age alike).
+    PasswordRefused,
+    /// The directory does not let this account's password be set this way
+    /// (the agent's service account lacks the reset right, or the policy
+    /// forbids users changing their own password).
+    PasswordChangeNotAllowed,
 }
 
 impl Outcome {
@@ -107,6 +127,43 @@ impl Outcome {
             Outcome::LockedOut => "locked-out",
             Outcome::LogonHours => "logon-hours",
             Outcome::DirectoryUnreachable => "directory-unreachable",
+            Outcome::PasswordChanged => "password-changed",
+            Outcome::PasswordTooShort => "password-too-short",
+            Outcome::PasswordTooYoung => "password-too-young",
+            Outcome::PasswordInHistory => "password-in-history",
+            Outcome::PasswordNotComplex => "password-not-complex",
+            Outcome::PasswordRefused => "password-refused",
+            Outcome::PasswordChangeNotAllowed => "password-change-not-allowed",
         }
+    }
+}
+
+/// A new password for the directory. The agent answers
+/// [`Outcome::PasswordChanged`] only when the directory accepted it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PasswordWrite {
+    /// The user changes their own password: done as the user (with the
+    /// current password), so the directory's history and minimum age apply.
+    Change { new_password: String },
+    /// An administrator's reset (or a verified self-service reset): done as
+    /// the agent's service account, which needs the right to reset.
+    Reset { new_password: String },
+}
+
+impl PasswordWrite {
+    pub fn new_password(&self) -> &str {
+        match self {
+            PasswordWrite::Change { new_password } | PasswordWrite::Reset { new_password } => new_password,
+        }
+    }
+}
+
+impl std::fmt::Debug for PasswordWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PasswordWrite::Change { .. } => "Change { new_password: (hidden) }",
+            PasswordWrite::Reset { .. } => "Reset { new_password: (hidden) }",
+        })
     }
 }

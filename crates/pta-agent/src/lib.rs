@@ -1,8 +1,9 @@
 //! The pass-through authentication agent. It makes its key pair where it
 //! runs (the private key never leaves the machine), keeps outbound long polls
-//! to the tenant — no inbound port — opens each sealed sign-in request,
-//! checks the password by binding to the directory, and answers with the
-//! outcome and a MAC only it can make. Wire types: `proto::pta`; sealing:
+//! to the tenant — no inbound port — opens each sealed request, checks the
+//! password by binding to the directory (a sign-in) or sets a new one
+//! (password writeback: a change as the user, a reset as the service
+//! account), and answers with the outcome and a MAC only it can make. Wire types: `proto::pta`; sealing:
 //! the `pta` crate.
 //!
 //! `agent.toml` (relative paths are relative to this file):
@@ -18,7 +19,7 @@
 //! [directory]                  # like a [[source]] of idbridge.toml
 //! name = "corp"
 //! urls = ["ldaps://dc1.corp.example.com"]
-//! bind_dn = "svc-pta@corp.example.com"   # reads users; never binds as them
+//! bind_dn = "svc-pta@corp.example.com"   # reads users (and resets passwords, with writeback)
 //! password_file = "svc-pta.password"
 //! base_dns = ["DC=corp,DC=example,DC=com"]
 //! ```
@@ -356,9 +357,16 @@ async fn answer(agent: Arc<Agent>, sealed: Sealed) {
             return;
         }
     };
-    let outcome = agent.validator.validate(&credentials.username, &credentials.password).await;
+    let outcome = match &credentials.write {
+        None => agent.validator.validate(&credentials.username, &credentials.password).await,
+        Some(write) => {
+            let outcome = agent.validator.write_password(&credentials.username, &credentials.password, write).await;
+            tracing::info!(request = %sealed.request_id, outcome = outcome.as_str(), "password write");
+            outcome
+        }
+    };
     drop(credentials);
-    tracing::debug!(request = %sealed.request_id, outcome = outcome.as_str(), "validated");
+    tracing::debug!(request = %sealed.request_id, outcome = outcome.as_str(), "answered");
     if let Some(t) = &agent.telemetry {
         t.metrics.answered(&outcome.as_str().replace('-', "_"));
     }

@@ -87,20 +87,31 @@ pub fn check_public_key(public: &str) -> Result<(), PtaError> {
     if probe.diffie_hellman(&PublicKey::from(public)).was_contributory() { Ok(()) } else { Err(PtaError::WeakKey) }
 }
 
-/// What the agent learns from a request.
+/// What the agent learns from a request: a password to check, or with
+/// `write`, a password to set (password writeback).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
     pub username: String,
+    /// The current password; empty for an administrator's reset.
     pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<PasswordWrite>,
+}
+
+impl Credentials {
+    /// A sign-in to check.
+    pub fn check(username: &str, password: &str) -> Credentials {
+        Credentials { username: username.to_string(), password: password.to_string(), write: None }
+    }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials {{ username: {:?}, password: (hidden) }}", self.username)
+        write!(f, "Credentials {{ username: {:?}, password: (hidden), write: {:?} }}", self.username, self.write)
     }
 }
 
-pub use proto::pta::{Outcome, Sealed};
+pub use proto::pta::{Outcome, PasswordWrite, Sealed};
 
 /// An agent's key pair. The secret never leaves the agent's machine.
 pub struct AgentKey(StaticSecret);
@@ -267,7 +278,29 @@ mod tests {
     use super::*;
 
     fn creds() -> Credentials {
-        Credentials { username: "ann@x.org".into(), password: "s3cret!".into() }
+        Credentials::check("ann@x.org", "s3cret!")
+    }
+
+    #[test]
+    fn password_writes_travel_sealed_and_print_hidden() {
+        let key = AgentKey::generate();
+        let write = Credentials {
+            write: Some(PasswordWrite::Change { new_password: "Nëw-pässword-ü".into() }),
+            ..Credentials::check("zoë@x.org", "old-sécret")
+        };
+        let (sealed, _) = seal(&key.public(), "agent-1", "req-1", 1000, &write).unwrap();
+        assert!(!sealed.ciphertext.contains("pässword"));
+        let (opened, _) = open(&key, "agent-1", &sealed, 990, &mut Seen::default()).unwrap();
+        assert_eq!(opened, write);
+        assert_eq!(opened.write.as_ref().map(PasswordWrite::new_password), Some("Nëw-pässword-ü"));
+        let shown = format!("{opened:?}");
+        assert!(!shown.contains("pässword") && !shown.contains("sécret") && shown.contains("Change"), "{shown}");
+        // A request without a write (what agents of before writeback read) is a sign-in check.
+        let plain: Credentials = serde_json::from_str(r#"{"username":"a@x.org","password":"p"}"#).unwrap();
+        assert_eq!(plain, Credentials::check("a@x.org", "p"));
+        // A request an older agent reads: the write is ignored, so it can only answer a check's outcome.
+        let json = serde_json::to_string(&write).unwrap();
+        assert!(json.contains(r#""kind":"change""#), "{json}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
-use proto::admin::{DomainInfo, DomainList, SetDomainAuth};
+use proto::admin::{DomainInfo, DomainList, PasswordReset, PasswordResetDone, SetDomainAuth};
 use scim::{ScimError, ScimType};
 
 use crate::scim::{ApiError, AppState, Caller, authenticate, db, json_body, scim_json};
@@ -24,6 +24,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/admin/v1/domains", get(list))
         .route("/admin/v1/domains/{name}", axum::routing::put(set))
         .route("/admin/v1/sync-reports", get(sync_reports))
+        .route("/admin/v1/users/{name}/password", axum::routing::post(reset_password))
 }
 
 #[derive(serde::Deserialize)]
@@ -65,6 +66,19 @@ async fn admin(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Caller, Api
     Ok(caller)
 }
 
+/// An admin's request with its JSON body: (the actor the audit names, the body).
+async fn admin_request<T: serde::de::DeserializeOwned>(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    request: Request,
+    usage: &str,
+) -> Result<(String, T), ApiError> {
+    let caller = admin(state, headers).await?;
+    let body = json_body(state, request).await?;
+    let parsed = serde_json::from_value(body).map_err(|_| ScimError::new(ScimType::InvalidValue, usage))?;
+    Ok((format!("token:{}", caller.id), parsed))
+}
+
 async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     admin(&state, &headers).await?;
     let list = db(&state, |conn| Ok(domains::list(conn)?)).await?;
@@ -78,11 +92,8 @@ async fn set(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let caller = admin(&state, &headers).await?;
-    let body = json_body(&state, request).await?;
-    let Ok(SetDomainAuth { auth }) = serde_json::from_value(body) else {
-        return Err(ScimError::new(ScimType::InvalidValue, "give {\"auth\": \"managed-phs\" | \"managed-pta\"}").into());
-    };
+    let (actor, SetDomainAuth { auth }) =
+        admin_request(&state, &headers, request, "give {\"auth\": \"managed-phs\" | \"managed-pta\"}").await?;
     if auth == AuthType::Federated {
         return Err(ScimError::new(
             ScimType::InvalidValue,
@@ -90,11 +101,48 @@ async fn set(
         )
         .into());
     }
-    let actor = format!("token:{}", caller.id);
     let tenant = state.tenant.clone();
     let (domain, created) = tokio::task::spawn_blocking(move || tenant.ensure_domain(&actor, &name, auth))
         .await
         .map_err(|e| ScimError::status(500, format!("worker failed: {e}")))??;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(scim_json(status, &DomainInfo { name: domain.name, auth: domain.auth, initial: domain.initial }))
+}
+
+/// POST /admin/v1/users/{name}/password: an administrator's password reset,
+/// written on-premises first (password writeback), then here.
+async fn reset_password(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    use tenant::writeback::{Request as Write, WritebackError};
+    let (actor, PasswordReset { new_password }) =
+        admin_request(&state, &headers, request, "give {\"new_password\": \"…\"}").await?;
+    let written =
+        tenant::writeback::write_password(&state.store, &state.pta, &name, &new_password, Write::Reset { actor })
+            .await
+            .map_err(|e| ScimError::status(500, e.to_string()))?;
+    match written {
+        Ok(done) => Ok(scim_json(
+            StatusCode::OK,
+            &PasswordResetDone { user_id: done.user_id, record_replaced: done.record_replaced },
+        )),
+        Err(e) => {
+            let status = match &e {
+                WritebackError::NoSuchUser { .. } => 404,
+                WritebackError::NotEnabled { .. }
+                | WritebackError::NotSynchronised { .. }
+                | WritebackError::BadInput => 400,
+                WritebackError::NotAllowed => 403,
+                WritebackError::NoAgent
+                | WritebackError::Timeout
+                | WritebackError::AgentTooOld
+                | WritebackError::DirectoryUnreachable => 503,
+                _ => 422,
+            };
+            Err(ScimError::status(status, e.to_string()).into())
+        }
+    }
 }

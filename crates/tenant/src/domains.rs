@@ -13,6 +13,8 @@ pub struct Domain {
     pub auth: AuthType,
     pub initial: bool,
     pub added: String,
+    /// Passwords chosen in the cloud are set on-premises (through an agent).
+    pub password_writeback: bool,
 }
 
 /// A DNS name of at least two labels: letters, digits, hyphens.
@@ -49,21 +51,23 @@ pub fn add(conn: &Connection, name: &str, auth: AuthType, initial: bool) -> Resu
         "INSERT INTO domains(name, auth, initial, added) VALUES(?1, ?2, ?3, ?4)",
         params![name, auth.as_str(), initial, added],
     )?;
-    Ok(Domain { name, auth, initial, added })
+    Ok(Domain { name, auth, initial, added, password_writeback: false })
 }
 
-fn row(r: &crate::db::Row<'_>) -> crate::db::Result<(String, String, bool, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+type Row = (String, String, bool, String, bool);
+
+fn row(r: &crate::db::Row<'_>) -> crate::db::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-fn to_domain((name, auth, initial, added): (String, String, bool, String)) -> Result<Domain> {
-    Ok(Domain { name, auth: auth.parse()?, initial, added })
+fn to_domain((name, auth, initial, added, password_writeback): Row) -> Result<Domain> {
+    Ok(Domain { name, auth: auth.parse()?, initial, added, password_writeback })
 }
 
 pub fn get(conn: &Connection, name: &str) -> Result<Option<Domain>> {
     let r = conn
         .query_row(
-            "SELECT name, auth, initial, added FROM domains WHERE name = ?1",
+            "SELECT name, auth, initial, added, password_writeback FROM domains WHERE name = ?1",
             params![name.to_ascii_lowercase()],
             row,
         )
@@ -72,14 +76,19 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<Domain>> {
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<Domain>> {
-    let mut stmt = conn.prepare("SELECT name, auth, initial, added FROM domains ORDER BY initial DESC, name")?;
+    let mut stmt =
+        conn.prepare("SELECT name, auth, initial, added, password_writeback FROM domains ORDER BY initial DESC, name")?;
     let rows = stmt.query_map(params![], row)?.collect::<crate::db::Result<Vec<_>>>()?;
     rows.into_iter().map(to_domain).collect()
 }
 
 pub fn initial(conn: &Connection) -> Result<Domain> {
     let r = conn
-        .query_row("SELECT name, auth, initial, added FROM domains WHERE initial = 1", params![], row)
+        .query_row(
+            "SELECT name, auth, initial, added, password_writeback FROM domains WHERE initial = 1",
+            params![],
+            row,
+        )
         .optional()?;
     r.map(to_domain).transpose()?.ok_or_else(|| TenantError::Invalid("the tenant has no initial domain".into()))
 }
@@ -97,6 +106,20 @@ pub fn set_auth(conn: &Connection, name: &str, auth: AuthType) -> Result<()> {
     }
     conn.execute("UPDATE domains SET auth = ?2 WHERE name = ?1", params![d.name, auth.as_str()])?;
     Ok(())
+}
+
+/// Turns password writeback on or off for a domain's users.
+pub fn set_password_writeback(conn: &Connection, name: &str, on: bool) -> Result<Domain> {
+    let mut d = get(conn, name)?.ok_or_else(|| TenantError::NotFound(format!("domain {name}")))?;
+    if on && d.auth == AuthType::Federated {
+        return Err(TenantError::Invalid(format!(
+            "{} is federated: its users change passwords at their identity provider",
+            d.name
+        )));
+    }
+    conn.execute("UPDATE domains SET password_writeback = ?2 WHERE name = ?1", params![d.name, on])?;
+    d.password_writeback = on;
+    Ok(d)
 }
 
 /// Removes a domain that no user's userName uses.

@@ -43,6 +43,7 @@ pub mod store;
 pub mod sync_reports;
 pub mod tokens;
 pub mod util;
+pub mod writeback;
 
 pub use error::{Result, TenantError};
 pub use service::{BrandingUpdate, Tenant};

@@ -128,6 +128,11 @@ fn user_name(data: &Value) -> Option<&str> {
     str_at(data, None, "userName")
 }
 
+/// Whether an object is synchronised from on-premises (has an immutableId).
+pub fn is_synchronised(data: &Value) -> bool {
+    immutable_id(data).is_some()
+}
+
 fn immutable_id(data: &Value) -> Option<&str> {
     str_at(data, Some(HYBRID_SCHEMA), "immutableId").filter(|s| !s.is_empty())
 }

@@ -817,7 +817,7 @@ mod tests {
             "agent".into(),
             Agent { public_key: pta::AgentKey::generate().public(), open_polls: 1, last_poll_end: None },
         );
-        let credentials = Credentials { username: "zoë@example.org".into(), password: "pässword".into() };
+        let credentials = Credentials::check("zoë@example.org", "pässword");
         let cancelled = tokio::time::timeout(Duration::from_millis(50), broker.validate(&credentials)).await;
         assert!(cancelled.is_err(), "nobody answered, so the wait was cut short");
         let state = broker.lock();

@@ -130,6 +130,15 @@ impl Tenant {
         })
     }
 
+    /// Turns password writeback on or off for a domain's synchronised users.
+    pub fn set_password_writeback(&self, actor: &str, name: &str, on: bool) -> Result<Domain> {
+        self.write(|tx| {
+            let domain = domains::set_password_writeback(tx, name, on)?;
+            audit::record(tx, actor, "domain-set", None, Some(&domain.name), Some(&json!({"passwordWriteback": on})))?;
+            Ok(domain)
+        })
+    }
+
     pub fn remove_domain(&self, actor: &str, name: &str) -> Result<()> {
         self.write(|tx| {
             domains::remove(tx, name)?;

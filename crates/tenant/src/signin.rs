@@ -271,7 +271,7 @@ pub async fn sign_in(
             return Ok(Err(SignInError::Disabled));
         }
         if record.as_ref().is_some_and(|(_, must_change)| *must_change) {
-            if Settings::load(conn)?.allow_cloud_password_change {
+            if Settings::load(conn)?.allow_cloud_password_change || writes_back(conn, &user)? {
                 audit_attempt(conn, &name, &origin, Method::Password, false, "must-change-password", None)?;
                 return Ok(Err(SignInError::MustChangePassword { user_id: user.id }));
             }
@@ -710,7 +710,7 @@ async fn pass_through(
     let outcome = {
         // One validation per user name at a time reaches the directory.
         let _turn = pta.user_turn(name).await;
-        pta.validate(&pta::Credentials { username: username.trim().to_string(), password: password.to_string() }).await
+        pta.validate(&pta::Credentials::check(username.trim(), password)).await
     };
     let (store, name, origin) = (store.clone(), name.to_string(), origin.clone());
     blocking(move || {
@@ -752,15 +752,37 @@ async fn pass_through(
             }
             Outcome::AccountDisabled => Err(SignInError::Disabled),
             Outcome::AccountExpired => Err(SignInError::AccountExpired),
+            // The password was right and a new one is due: chosen here when
+            // it can be written back on-premises.
+            Outcome::PasswordExpired | Outcome::MustChangePassword if writes_back(&conn, &user)? => {
+                Err(SignInError::MustChangePassword { user_id: user.id })
+            }
             Outcome::PasswordExpired => Err(SignInError::PasswordExpired),
             Outcome::MustChangePassword => Err(SignInError::MustChangeOnPremises),
             Outcome::LockedOut => Err(SignInError::LockedOnPremises),
             Outcome::LogonHours => Err(SignInError::LogonHours),
             Outcome::DirectoryUnreachable => Err(SignInError::DirectoryUnreachable),
-            Outcome::WrongPassword => Err(SignInError::InvalidCredentials),
+            // Answers to a password write, never to a check.
+            Outcome::WrongPassword
+            | Outcome::PasswordChanged
+            | Outcome::PasswordTooShort
+            | Outcome::PasswordTooYoung
+            | Outcome::PasswordInHistory
+            | Outcome::PasswordNotComplex
+            | Outcome::PasswordRefused
+            | Outcome::PasswordChangeNotAllowed => Err(SignInError::InvalidCredentials),
         })
     })
     .await
+}
+
+/// Whether a new password `user` chooses here is written back on-premises:
+/// a synchronised user of a domain with password writeback on.
+pub fn writes_back(conn: &Connection, user: &Stored) -> Result<bool> {
+    let synced = objects::is_synchronised(&user.data);
+    let name = user.data.get("userName").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+    let Some((_, domain)) = name.rsplit_once('@') else { return Ok(false) };
+    Ok(synced && domains::get(conn, domain)?.is_some_and(|d| d.password_writeback && d.auth != AuthType::Federated))
 }
 
 /// The default work factor of records derived here (cloud password change)

@@ -313,11 +313,20 @@ pub fn openldap_sample(users: u64, groups: u64, seed: u64) -> Result<sample::Sam
 /// Writes `spec` as LDIF to `dir/sample.ldif` and starts a slapd loaded
 /// with it: (the server, the LDIF file).
 pub fn slapd_with_sample(dir: &Path, spec: &sample::SampleSpec) -> Result<(Slapd, PathBuf), TestkitError> {
+    slapd_with_sample_and(dir, spec, crate::slapd::SlapdOptions::default())
+}
+
+/// [`slapd_with_sample`] with other `options` (the sample replaces `bulk_ldif`).
+pub fn slapd_with_sample_and(
+    dir: &Path,
+    spec: &sample::SampleSpec,
+    options: crate::slapd::SlapdOptions,
+) -> Result<(Slapd, PathBuf), TestkitError> {
     let ldif = dir.join("sample.ldif");
     let file = std::fs::File::create(&ldif).map_err(crate::process::io_err("creating the sample LDIF"))?;
     spec.write(std::io::BufWriter::with_capacity(1 << 16, file), false)
         .map_err(crate::process::io_err("writing the sample LDIF"))?;
-    let options = crate::slapd::SlapdOptions { bulk_ldif: Some(ldif.clone()), ..crate::slapd::SlapdOptions::default() };
+    let options = crate::slapd::SlapdOptions { bulk_ldif: Some(ldif.clone()), ..options };
     Ok((Slapd::start(options)?, ldif))
 }
 

@@ -29,7 +29,7 @@ pub use browser::{Browser, Page, form_fields};
 pub use ds389::{Ds389, Ds389Options};
 pub use harness::{
     LdapServer, SyncTenant, TenantNodes, idbridge, latency_summary, ldapsearch_baseline, openldap_sample, sample_user,
-    slapd_with_sample, sync_config,
+    slapd_with_sample, slapd_with_sample_and, sync_config,
 };
 pub use postgres::Postgres;
 pub use process::{

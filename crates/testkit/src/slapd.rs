@@ -22,13 +22,37 @@ pub struct SlapdOptions {
     pub tls: bool,
     /// LDIF loaded with `slapadd -q` before start (fast bulk loads).
     pub bulk_ldif: Option<PathBuf>,
+    /// The password-policy overlay with a default policy ([`PPOLICY_DN`]):
+    /// at least 8 characters, the last 3 passwords kept in history, no
+    /// minimum age (tests raise it with [`Slapd::modify`]).
+    pub ppolicy: bool,
 }
 
 impl Default for SlapdOptions {
     fn default() -> Self {
-        SlapdOptions { session_log: Some(10_000), tls: false, bulk_ldif: None }
+        SlapdOptions { session_log: Some(10_000), tls: false, bulk_ldif: None, ppolicy: false }
     }
 }
+
+/// The default password policy's entry (with [`SlapdOptions::ppolicy`]).
+pub const PPOLICY_DN: &str = "cn=default,ou=policies,dc=example,dc=org";
+
+const PPOLICY_LDIF: &str = "dn: ou=policies,dc=example,dc=org
+objectClass: organizationalUnit
+ou: policies
+
+dn: cn=default,ou=policies,dc=example,dc=org
+objectClass: device
+objectClass: pwdPolicy
+cn: default
+pwdAttribute: userPassword
+pwdMinLength: 8
+pwdCheckQuality: 2
+pwdInHistory: 3
+pwdMinAge: 0
+pwdAllowUserChange: TRUE
+
+";
 
 /// A running slapd; stopped and removed on drop.
 #[derive(Debug)]
@@ -67,6 +91,14 @@ impl Slapd {
         run(Command::new("slapadd").args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"]).arg(&data_path), None)?;
         if let Some(bulk) = &options.bulk_ldif {
             run(Command::new("slapadd").args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"]).arg(bulk), None)?;
+        }
+        if options.ppolicy {
+            let policy_path = dir.join("policy.ldif");
+            std::fs::write(&policy_path, PPOLICY_LDIF).map_err(io_err("writing policy.ldif"))?;
+            run(
+                Command::new("slapadd").args(["-q", "-w", "-F", &slapd_d, "-b", BASE_DN, "-l"]).arg(&policy_path),
+                None,
+            )?;
         }
         let port = free_port()?;
         let ldaps_port = if options.tls { Some(free_port()?) } else { None };
@@ -348,6 +380,22 @@ fn config_ldif(dir: &Path, options: &SlapdOptions, ca: Option<&TestCa>, admin_pa
         Some(n) => format!("olcSpSessionLog: {n}\n"),
         None => String::new(),
     };
+    let (ppolicy_module, ppolicy_overlay) = if options.ppolicy {
+        (
+            "olcModuleLoad: ppolicy\n",
+            format!(
+                "
+dn: olcOverlay={{1}}ppolicy,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcPPolicyConfig
+olcOverlay: {{1}}ppolicy
+olcPPolicyDefault: {PPOLICY_DN}
+"
+            ),
+        )
+    } else {
+        ("", String::new())
+    };
     format!(
         "dn: cn=config
 objectClass: olcGlobal
@@ -361,7 +409,7 @@ cn: module{{0}}
 olcModulePath: /usr/lib/ldap
 olcModuleLoad: back_mdb
 olcModuleLoad: syncprov
-
+{ppolicy_module}
 dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
 cn: schema
@@ -409,7 +457,7 @@ objectClass: olcOverlayConfig
 objectClass: olcSyncProvConfig
 olcOverlay: {{0}}syncprov
 olcSpCheckpoint: 100 10
-{session_log}
+{session_log}{ppolicy_overlay}
 dn: olcDatabase={{2}}monitor,cn=config
 objectClass: olcDatabaseConfig
 olcDatabase: {{2}}monitor

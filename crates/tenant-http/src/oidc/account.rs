@@ -98,9 +98,18 @@ async fn overview(state: &Arc<AppState>, headers: &HeaderMap, csrf: &str, notice
         let left = mfa::recovery_codes_left(conn, &user.id)?;
         let filter = tenant::signin_log::Filter { user_name: Some(name.clone()), ..Default::default() };
         let recent = tenant::signin_log::query(conn, &filter, RECENT_SIGN_INS)?;
+        let may_change_password = tenant::signin::writes_back(conn, &user)?;
         Ok((
             branding,
-            Some(AccountView { user_name: name, methods, recovery_codes_left: left, recent, passkeys, may_add }),
+            Some(AccountView {
+                user_name: name,
+                methods,
+                recovery_codes_left: left,
+                recent,
+                passkeys,
+                may_add,
+                may_change_password,
+            }),
         ))
     })
     .await;
@@ -137,6 +146,9 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p
         );
     };
     let action = p.get("action").cloned().unwrap_or_default();
+    if action == "change-password" {
+        return change_password(&state, &headers, &csrf, &p).await;
+    }
     let (session_headers, params) = (headers.clone(), p.clone());
     let issuer_name = state.issuer.clone();
     let passkeys = state.passkeys.clone();
@@ -201,6 +213,50 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(p
         Outcome::Unknown => overview(&state, &headers, &csrf, Some("That method was already removed.")).await,
         Outcome::PasskeyRefused(why) => overview(&state, &headers, &csrf, Some(&why)).await,
         Outcome::NotFresh => overview(&state, &headers, &csrf, Some(NOT_FRESH)).await,
+    }
+}
+
+/// The signed-in user changes their password: written on-premises first
+/// (password writeback), then here; every session of the user ends, this
+/// one too, so the page says to sign in again.
+async fn change_password(state: &Arc<AppState>, headers: &HeaderMap, csrf: &str, p: &Params) -> Response {
+    let session_headers = headers.clone();
+    let found = db(state, move |conn| {
+        let branding = Branding::load(conn);
+        let user = session_user(conn, &session_headers)?.map(|(user, _)| user);
+        let allowed = match &user {
+            Some(u) => tenant::signin::writes_back(conn, u)?,
+            None => false,
+        };
+        Ok((branding, user, allowed))
+    })
+    .await;
+    let (branding, user, allowed) = match found {
+        Ok(f) => f,
+        Err(e) => return internal(e),
+    };
+    let Some(user) = user else { return signed_out(&branding) };
+    if !allowed {
+        return overview(state, headers, csrf, Some("Your password cannot be changed here.")).await;
+    }
+    let current = p.get("password").cloned().unwrap_or_default();
+    let new = p.get("new_password").cloned().unwrap_or_default();
+    if let Some(problem) = super::flow::new_password_problem(&current, &new, p.get("confirm").map(String::as_str)) {
+        return overview(state, headers, csrf, Some(problem)).await;
+    }
+    let name = user_name(&user.data);
+    let request = tenant::writeback::Request::Change { current };
+    match tenant::writeback::write_password(&state.store, &state.pta, &name, &new, request).await {
+        Ok(Ok(_)) => html_response(
+            StatusCode::OK,
+            pages::message_page(
+                &branding,
+                "Password changed",
+                "Your password was changed, here and on your organisation's network. Sign in again with the new one.",
+            ),
+        ),
+        Ok(Err(e)) => overview(state, headers, csrf, Some(&e.to_string())).await,
+        Err(e) => internal(e),
     }
 }
 

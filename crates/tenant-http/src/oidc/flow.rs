@@ -756,6 +756,21 @@ async fn count_sign_in(
     }
 }
 
+/// What is wrong with a new password before anyone is asked, if anything.
+pub(crate) fn new_password_problem(current: &str, new: &str, confirm: Option<&str>) -> Option<&'static str> {
+    if Some(new) != confirm {
+        Some("The new passwords do not match.")
+    } else if new.chars().count() < 8 {
+        Some("The new password must have at least 8 characters.")
+    } else if new.chars().count() > tenant::writeback::MAX_PASSWORD_CHARS {
+        Some("The new password is too long.")
+    } else if new == current {
+        Some("The new password must differ from the current one.")
+    } else {
+        None
+    }
+}
+
 async fn change_password(
     state: &Arc<AppState>,
     branding: &Branding,
@@ -766,17 +781,43 @@ async fn change_password(
     p: &Params,
 ) -> Response {
     let new = p.get("new_password").cloned().unwrap_or_default();
-    let problem = if new != p.get("confirm").cloned().unwrap_or_default() {
-        Some("The new passwords do not match.")
-    } else if new.chars().count() < 8 {
-        Some("The new password must have at least 8 characters.")
-    } else if Some(&new) == p.get("password") {
-        Some("The new password must differ from the current one.")
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
+    let current = p.get("password").cloned().unwrap_or_default();
+    if let Some(problem) = new_password_problem(&current, &new, p.get("confirm").map(String::as_str)) {
         return html_response(StatusCode::OK, pages::change_password_page(branding, fields, username, Some(problem)));
+    }
+    let id = user_id.to_string();
+    let writes_back = db(state, move |conn| match objects::load(conn, Some(Kind::User), &id)? {
+        Some(user) => signin::writes_back(conn, &user),
+        None => Ok(false),
+    })
+    .await;
+    match writes_back {
+        Ok(true) => {
+            // On-premises first; the tenant's record only once the directory took it.
+            let change = tenant::writeback::Request::Change { current };
+            let written = tenant::writeback::write_password(&state.store, &state.pta, username, &new, change).await;
+            let id = user_id.to_string();
+            return match written {
+                Ok(Ok(_)) => match db(state, move |conn| objects::load(conn, Some(Kind::User), &id)).await {
+                    Ok(Some(user)) => {
+                        let first = second_step::FirstStep::Password;
+                        second_step::continue_sign_in(state, branding, fields, request, user, first).await
+                    }
+                    Ok(None) => html_response(
+                        StatusCode::OK,
+                        pages::username_page(branding, fields, "", Some("Sign in again."), state.passkeys.is_some()),
+                    ),
+                    Err(e) => internal(e),
+                },
+                Ok(Err(e)) => html_response(
+                    StatusCode::OK,
+                    pages::change_password_page(branding, fields, username, Some(&e.to_string())),
+                ),
+                Err(e) => internal(e),
+            };
+        }
+        Ok(false) => {}
+        Err(e) => return internal(e),
     }
     let id = user_id.to_string();
     let result = db(state, move |conn| {

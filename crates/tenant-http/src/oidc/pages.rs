@@ -325,6 +325,8 @@ pub struct AccountView {
     pub passkeys: bool,
     /// The session is recent enough (and strong enough) to add a method.
     pub may_add: bool,
+    /// The user can change their password here (password writeback).
+    pub may_change_password: bool,
 }
 
 fn kind_text(kind: tenant::mfa::MethodKind) -> &'static str {
@@ -392,6 +394,20 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
                 (csrf_field(csrf))
                 input type="hidden" name="action" value="offer";
                 button type="submit" id="add-app" { "Add an authenticator app" }
+            }
+        }
+        @if view.may_change_password {
+            h2 { "Password" }
+            form method="post" action="/account" id="change-password" {
+                (csrf_field(csrf))
+                input type="hidden" name="action" value="change-password";
+                label for="current-password" { "Current password" }
+                input type="password" id="current-password" name="password" autocomplete="current-password" required;
+                label for="new-password" { "New password" }
+                input type="password" id="new-password" name="new_password" autocomplete="new-password" required;
+                label for="confirm-password" { "Confirm the new password" }
+                input type="password" id="confirm-password" name="confirm" autocomplete="new-password" required;
+                button type="submit" { "Change password" }
             }
         }
         h2 { "Recent sign-ins" }
