@@ -205,10 +205,11 @@ fn post_scim_user(base: &str, token: &str, user_name: &str) -> u16 {
     })
 }
 
-/// Whether `dn` binds with `password` (`ldapwhoami`; `ca`: the CA of an ldaps:// URL).
+/// Whether `dn` binds with `password` (then reads the rootDSE: Samba has
+/// no Who-am-I operation; `ca`: the CA of an ldaps:// URL).
 fn ldap_binds(url: &str, dn: &str, password: &str, ca: Option<&Path>) -> bool {
-    let mut command = Command::new("ldapwhoami");
-    command.args(["-x", "-H", url, "-D", dn, "-w", password]);
+    let mut command = Command::new("ldapsearch");
+    command.args(["-x", "-H", url, "-D", dn, "-w", password, "-b", "", "-s", "base", "(objectClass=*)", "1.1"]);
     if let Some(ca) = ca {
         command.env("LDAPTLS_CACERT", ca);
     }
@@ -828,6 +829,166 @@ mod samba {
         use base64::Engine as _;
         let bytes: Vec<u8> = format!("\"{password}\"").encode_utf16().flat_map(u16::to_le_bytes).collect();
         base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// Password writeback to Samba AD with password hash sync: the
+    /// domain's policy (10 characters, complexity, 3 in history, then a
+    /// minimum age) refuses in its own words; an accepted change or an
+    /// administrator's reset is set over LDAPS by the agent, signs in at
+    /// once (the tenant's record replaced) and still after the next
+    /// replication cycle (no flip-flop); a user who must change their
+    /// password does so at sign-in, on-premises.
+    #[test]
+    fn password_writeback_to_samba_with_password_hash_sync() {
+        let dc = SambaDc::start().unwrap();
+        let ou = "OU=Staff,DC=example,DC=test";
+        let zoe = format!("CN=Zoë Öberg,{ou}");
+        dc.modify_tls(&format!(
+            "dn: {ou}\nobjectClass: organizationalUnit\n\n\
+             dn: {zoe}\nobjectClass: user\nsAMAccountName: zoe\nuserPrincipalName: zoe@example.test\n\
+             unicodePwd:: {}\nuserAccountControl: 512\n\n",
+            unicode_pwd("Initial-Pass-1!")
+        ))
+        .unwrap();
+        dc.samba_tool(&[
+            "domain",
+            "passwordsettings",
+            "set",
+            "--history-length=3",
+            "--min-pwd-length=10",
+            "--min-pwd-age=0",
+            "--complexity=on",
+        ])
+        .unwrap();
+        let tmp = TempDir::new("samba-writeback").unwrap();
+        let (_tenant, base, _token) = tenant_for_sync(tmp.path(), "example.test");
+        let data = tmp.join("tenant");
+        let issuer = base.trim_end_matches("/scim/v2").to_string();
+        let (config, _pg) = samba_config(&dc, tmp.path(), &base, ou, "");
+        let text =
+            std::fs::read_to_string(&config).unwrap().replace("[tenant]", "password_hash_sync = true\n\n[tenant]");
+        std::fs::write(&config, text).unwrap();
+        let sync = || {
+            let out = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
+            assert!(out.status.success(), "{}", stderr_of(&out));
+        };
+        sync();
+        ok(&idbridge(&[
+            "tenant",
+            "domain",
+            "set",
+            "--data",
+            p(&data),
+            "example.test",
+            "--auth",
+            "managed-phs",
+            "--password-writeback",
+            "on",
+        ]));
+        let authorize = public_sign_in_client(&data, &base);
+        let user = "zoe@example.test";
+        signs_in(&authorize, user, "Initial-Pass-1!").unwrap();
+
+        // The agent, over LDAPS as Samba requires for passwords.
+        let agent_dir = tmp.join("agent");
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        let agent_config = agent_dir.join("agent.toml");
+        std::fs::write(
+            &agent_config,
+            format!(
+                "[directory]\nname = \"corp\"\nurls = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dns = [\"DC=example,DC=test\"]\n\n[directory.tls]\nca_file = \"{}\"\n",
+                dc.ldaps_url,
+                dc.admin_upn(),
+                p(&dc.password_file().unwrap()),
+                p(&dc.ca.ca_cert)
+            ),
+        )
+        .unwrap();
+        let pta_token = ok(&idbridge(&["tenant", "pta-token", "create", "--data", p(&data)])).trim().to_string();
+        ok(&idbridge(&[
+            "pta-agent",
+            "register",
+            "--tenant",
+            &issuer,
+            "--token",
+            &pta_token,
+            "--config",
+            p(&agent_config),
+        ]));
+        let _agent = testkit::KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_idbridge"))
+                .args(["pta-agent", "run", "--config", p(&agent_config)])
+                .env("RUST_LOG", "info")
+                .stderr(std::fs::File::create(agent_dir.join("agent.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let agent_log = || std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
+        let ldaps = |password: &str| ldap_binds(&dc.ldaps_url, user, password, Some(&dc.ca.ca_cert));
+
+        assert!(ldaps("Initial-Pass-1!"), "binds before");
+        // A change: on-premises, then here at once, and after the next cycle.
+        let page = change_password_on_account_page(&issuer, user, "Initial-Pass-1!", "Changed-Pass-2!");
+        assert!(page.contains("Your password was changed"), "{page}\nagent:\n{}", agent_log());
+        assert!(ldaps("Changed-Pass-2!"), "the new password binds\n{}", agent_log());
+        assert!(!ldaps("Initial-Pass-1!"), "the old password does not");
+        signs_in(&authorize, user, "Changed-Pass-2!").unwrap();
+        assert!(signs_in(&authorize, user, "Initial-Pass-1!").is_err());
+        sync();
+        signs_in(&authorize, user, "Changed-Pass-2!").unwrap();
+        assert!(signs_in(&authorize, user, "Initial-Pass-1!").is_err(), "no flip-flop to the old hash");
+
+        // The domain's policy refuses, each rule in its words; nothing changes.
+        for (new, says) in
+            [("Short-9a!", "too short"), ("alllowercaseletters", "complexity"), ("Initial-Pass-1!", "was used before")]
+        {
+            let page = change_password_on_account_page(&issuer, user, "Changed-Pass-2!", new);
+            assert!(page.contains(says), "{new}: {page}\nagent:\n{}", agent_log());
+            assert!(ldaps("Changed-Pass-2!"), "{new}: unchanged");
+        }
+        let page = change_password_on_account_page(&issuer, user, "Wrong-Current-1!", "Another-Pass-3!");
+        assert!(page.contains("not signed in") || page.contains("incorrect"), "{page}");
+        dc.samba_tool(&["domain", "passwordsettings", "set", "--min-pwd-age=1"]).unwrap();
+        let page = change_password_on_account_page(&issuer, user, "Changed-Pass-2!", "Another-Pass-3!");
+        assert!(page.contains("changed too recently"), "{page}\nagent:\n{}", agent_log());
+        assert!(ldaps("Changed-Pass-2!"), "unchanged");
+
+        // An administrator's reset (the minimum age is for users) signs in at once.
+        let out = reset_password_cli(&data, &issuer, user, Some("Reset-Pass-4!x"));
+        assert!(out.status.success() && stderr_of(&out).contains("and in the tenant"), "{}", stderr_of(&out));
+        assert!(ldaps("Reset-Pass-4!x"), "the reset password binds");
+        // (After a reset, AD — Samba too — keeps accepting the previous
+        // password for NTLM-style checks such as a simple bind for an hour:
+        // the old password allowed period. The tenant does not.)
+        signs_in(&authorize, user, "Reset-Pass-4!x").unwrap();
+        assert!(signs_in(&authorize, user, "Changed-Pass-2!").is_err());
+        dc.samba_tool(&["domain", "passwordsettings", "set", "--min-pwd-age=0"]).unwrap();
+
+        // "Must change at next sign-in" (pwdLastSet 0, synced): the new password is set on-premises.
+        dc.modify(&format!("dn: {zoe}\nchangetype: modify\nreplace: pwdLastSet\npwdLastSet: 0\n")).unwrap();
+        sync();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let done = rt.block_on(async {
+            let mut browser = testkit::Browser::new().unwrap();
+            let page = browser.password_sign_in(&authorize, user, "Reset-Pass-4!x").await.unwrap();
+            assert!(page.body.contains("Choose a new password"), "{}", page.body);
+            let form = testkit::form_fields(
+                &page.body,
+                &[("password", "Reset-Pass-4!x"), ("new_password", "Chosen-Pass-5!"), ("confirm", "Chosen-Pass-5!")],
+            );
+            let action = authorize.split('?').next().unwrap().to_string();
+            browser.post(&action, &form).await.unwrap()
+        });
+        assert!(
+            done.location.as_deref().is_some_and(|l| l.contains("code=")),
+            "{}\nagent:\n{}",
+            done.body,
+            agent_log()
+        );
+        assert!(ldaps("Chosen-Pass-5!"), "the chosen password binds on-premises");
+        signs_in(&authorize, user, "Chosen-Pass-5!").unwrap();
+        assert!(signs_in(&authorize, user, "Reset-Pass-4!x").is_err());
+        assert!(!agent_log().contains("Chosen-Pass-5!"), "no password in the agent's log");
     }
 
     /// Password hash sync from AD by replication (MS-DRSR), end to end:
