@@ -8,6 +8,13 @@
 //! clients run the whole browser flow (authorize page, user name, password →
 //! code) 2,000 times. Baseline in the same run: the same flow against a
 //! password-hash-sync domain (no agent, {SSHA} verified in the tenant).
+//!
+//! Then password writeback through the one agent, one request at a time
+//! (150 each): an administrator's reset (`POST /admin/v1/users/…/password`
+//! → agent → Password Modify → the tenant's answer) and a user's change on
+//! Security info (the form's submit → the page that says it is done);
+//! baseline in the same run: the pass-through sign-in's password step
+//! (submit → code) of the same users through the same agent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Child, Command, Stdio};
@@ -72,6 +79,67 @@ fn measure(rt: &tokio::runtime::Runtime, what: &str, authorize: &Arc<String>, us
     );
 }
 
+fn summary(name: &str, samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    let p50 = pct(samples, 0.5);
+    println!("  {name:<52} p50 {p50:>6.1} ms   p99 {:>6.1} ms   ({} samples)", pct(samples, 0.99), samples.len());
+    p50
+}
+
+fn writeback(
+    rt: &tokio::runtime::Runtime,
+    exe: &str,
+    data: &str,
+    issuer: &str,
+    authorize: &str,
+    users: &[(String, String)],
+) {
+    const SAMPLES: usize = 150;
+    let token = run(exe, &["tenant", "token", "create", "--data", data, "--scope", "admin"]).trim().to_string();
+    let http = reqwest::Client::new();
+    let (mut resets, mut checks, mut changes) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (user, _)) in users.iter().enumerate().take(SAMPLES) {
+        let reset = format!("Reset-{i}-pw");
+        let started = Instant::now();
+        let status = rt
+            .block_on(
+                http.post(format!("{issuer}/admin/v1/users/{user}/password"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({ "new_password": reset }))
+                    .send(),
+            )
+            .unwrap()
+            .status();
+        resets.push(started.elapsed());
+        assert_eq!(status, 200, "reset of {user}");
+        rt.block_on(async {
+            // The baseline: the password step of a pass-through sign-in.
+            let mut browser = testkit::Browser::new().unwrap();
+            let first = browser.get(authorize).await.unwrap();
+            let second = browser.enter_username(authorize, &first, user).await.unwrap();
+            let action = authorize.split('?').next().unwrap();
+            let started = Instant::now();
+            let done =
+                browser.post(action, &testkit::form_fields(&second.body, &[("password", &reset)])).await.unwrap();
+            checks.push(started.elapsed());
+            assert!(done.location.is_some_and(|l| l.contains("code=")), "{user} signs in: {}", done.body);
+            // The change, from a signed-in Security info page.
+            let mut browser = testkit::Browser::new().unwrap();
+            let page = browser.sign_in_to_account(issuer, user, &reset).await.unwrap();
+            let started = Instant::now();
+            let done =
+                browser.change_password_on_account(issuer, &page, &reset, &format!("Changed-{i}-pw")).await.unwrap();
+            changes.push(started.elapsed());
+            assert!(done.body.contains("Your password was changed"), "{user}: {}", done.body);
+        });
+    }
+    println!("password writeback, one agent, one request at a time:");
+    let baseline = summary("baseline: pass-through sign-in, the password step", &mut checks);
+    let reset = summary("administrator's reset (/admin/v1)", &mut resets);
+    let change = summary("change on Security info (submit → done)", &mut changes);
+    println!("  ratio to the baseline (p50): reset {:.2}x, change {:.2}x", reset / baseline, change / baseline);
+}
+
 fn main() {
     let exe = env!("CARGO_BIN_EXE_idbridge");
     let tmp = TempDir::new("bench-pta").unwrap();
@@ -131,6 +199,8 @@ fn main() {
     );
     std::thread::sleep(Duration::from_secs(2));
     measure(&rt, "pass-through, one agent", &authorize, &users);
+    run(exe, &["tenant", "domain", "set", "--data", &data_s, "example.org", "--password-writeback", "on"]);
+    writeback(&rt, exe, &data_s, &issuer, &authorize, &users);
     let mut b = start_agent(
         exe,
         tmp.path(),

@@ -165,20 +165,11 @@ fn change_password_on_account_page(issuer: &str, user: &str, current: &str, new:
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut browser = testkit::Browser::new().unwrap();
-        let start = browser.get(&format!("{issuer}/account/sign-in")).await.unwrap();
-        let authorize = format!("{issuer}{}", start.location.unwrap());
-        let signed_in = browser.password_sign_in(&authorize, user, current).await.unwrap();
-        let Some(callback) = signed_in.location.filter(|l| l.contains("code=")) else {
-            return format!("not signed in: {}", signed_in.body);
-        };
-        browser.get(&callback).await.unwrap();
-        let page = browser.get(&format!("{issuer}/account")).await.unwrap();
-        assert!(page.body.contains("id=\"change-password\""), "no password form on Security info: {}", page.body);
-        let form = testkit::form_fields(
-            &page.body,
-            &[("action", "change-password"), ("password", current), ("new_password", new), ("confirm", new)],
-        );
-        browser.post(&format!("{issuer}/account"), &form).await.unwrap().body
+        let page = browser.sign_in_to_account(issuer, user, current).await.unwrap();
+        if !page.body.contains("id=\"change-password\"") {
+            return format!("not signed in, or no password form on Security info: {}", page.body);
+        }
+        browser.change_password_on_account(issuer, &page, current, new).await.unwrap().body
     })
 }
 

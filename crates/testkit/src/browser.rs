@@ -121,6 +121,44 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Signs `username` in to Security info at `issuer` (its own sign-in
+    /// flow) and returns the `/account` page — or the page where the
+    /// sign-in stopped.
+    pub async fn sign_in_to_account(
+        &mut self,
+        issuer: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Page, TestkitError> {
+        let start = self.get(&format!("{issuer}/account/sign-in")).await?;
+        let Some(authorize) = start.location else { return Ok(start) };
+        let signed_in = self.password_sign_in(&format!("{issuer}{authorize}"), username, password).await?;
+        match signed_in.location.clone() {
+            Some(callback) if callback.contains("code=") => {
+                self.get(&callback).await?;
+                self.get(&format!("{issuer}/account")).await
+            }
+            _ => Ok(signed_in),
+        }
+    }
+
+    /// Submits the password form of the Security info page `page`.
+    pub async fn change_password_on_account(
+        &mut self,
+        issuer: &str,
+        page: &Page,
+        current: &str,
+        new: &str,
+    ) -> Result<Page, TestkitError> {
+        let form = form_fields(
+            &page.body,
+            &[("action", "change-password"), ("password", current), ("new_password", new), ("confirm", new)],
+        );
+        self.post(&format!("{issuer}/account"), &form).await
+    }
+}
+
 /// The hidden fields of the first form on a page, with `extra` set.
 pub fn form_fields(page: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let form = page.split("<form").nth(1).and_then(|f| f.split("</form>").next()).unwrap_or("");
