@@ -228,6 +228,9 @@ pub struct SourceConfig {
     pub scope_groups: Vec<String>,
     /// Join this source's objects to those of sources listed before it.
     pub join: Option<JoinConfig>,
+    /// Group writeback: the groups the cloud manages, written into this
+    /// directory (`[source.writeback]`).
+    pub writeback: Option<WritebackConfig>,
     /// Password hash sync: send users' password hashes (sambaNTPassword,
     /// ipaNTHash, userPassword) to the tenant. The bind account must be
     /// allowed to read them.
@@ -247,6 +250,16 @@ pub struct SourceConfig {
     pub anchor_write_back: bool,
     #[serde(default)]
     pub tls: TlsConfig,
+}
+
+/// `[source.writeback]`: where the cloud's groups are written.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WritebackConfig {
+    /// The OU (DN) that holds the groups created in the cloud; it must
+    /// exist, and the bind account must be allowed to create, change and
+    /// delete groups in it.
+    pub groups_ou: String,
 }
 
 /// What a `[[source]]` reads from.
@@ -328,6 +341,23 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+            if let Some(w) = &s.writeback {
+                if s.kind == SourceKind::Ldif {
+                    return invalid(format!(
+                        "source {:?}: [source.writeback] needs a directory server, not a file",
+                        s.name
+                    ));
+                }
+                match Dn::parse(&w.groups_ou) {
+                    Ok(dn) if !dn.is_root() => {}
+                    _ => {
+                        return invalid(format!(
+                            "source {:?}: writeback.groups_ou = {:?} is not the DN of an OU",
+                            s.name, w.groups_ou
+                        ));
+                    }
+                }
             }
         }
         Ok(config)

@@ -16,6 +16,7 @@ pub mod ber;
 pub mod connect;
 mod dirsync;
 pub mod error;
+pub mod group_writeback;
 mod notify;
 mod ous;
 pub mod paged;

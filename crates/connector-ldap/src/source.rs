@@ -560,7 +560,7 @@ impl Source for LdapSource {
 }
 
 /// `member;range=0-1499` → ("member", Some(1500)); `member;range=1500-*` → ("member", None).
-fn ranged(name: &str) -> Option<(&str, Option<u64>)> {
+pub(crate) fn ranged(name: &str) -> Option<(&str, Option<u64>)> {
     let (base, options) = name.split_once(';')?;
     let range = options.split(';').find_map(|o| o.strip_prefix("range=").or_else(|| o.strip_prefix("Range=")))?;
     let (_, high) = range.split_once('-')?;

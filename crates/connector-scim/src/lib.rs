@@ -285,6 +285,25 @@ impl ScimTarget {
         Ok(asked.immutable_ids)
     }
 
+    /// One page of the groups the cloud manages (group writeback), after
+    /// the group id `after`; `None` from a tenant without the endpoint.
+    pub async fn cloud_groups(&self, after: &str) -> Result<Option<proto::hybrid::CloudGroupPage>, TargetError> {
+        let root = self.root();
+        let mut url = reqwest::Url::parse(&format!("{root}{}", proto::hybrid::CLOUD_GROUPS_PATH))
+            .map_err(|e| TargetError { message: format!("the tenant URL: {e}"), not_found: false })?;
+        url.query_pairs_mut().append_pair("after", after);
+        let (status, answer) = self.send_tries(Method::GET, url.as_str(), None, Repeat::Always, 3).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(failure(status, &answer));
+        }
+        serde_json::from_value(answer)
+            .map(Some)
+            .map_err(|e| TargetError { message: format!("the cloud groups: {e}"), not_found: false })
+    }
+
     /// Answers them (`POST /hybrid/v1/lineage`).
     pub async fn send_lineage(&self, batch: &proto::hybrid::LineageBatch) -> Result<(), TargetError> {
         let url = format!("{}{}", self.root(), proto::hybrid::LINEAGE_PATH);

@@ -6,6 +6,7 @@
 //! panics on any input.
 
 pub mod anchor;
+pub mod cloud_group;
 pub mod dn;
 pub mod entry;
 pub mod filter;

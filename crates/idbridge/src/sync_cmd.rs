@@ -119,6 +119,33 @@ impl CycleEvents for PrintedCycles {
         self.telemetry.as_ref()
     }
 
+    fn groups_written(&mut self, report: &orchestration::group_writeback::GroupWriteback) {
+        let w = &report.written;
+        eprintln!(
+            "{}: group writeback: {} created, {} updated, {} renamed, {} deleted, {} unchanged",
+            report.source, w.created, w.updated, w.renamed, w.deleted, w.unchanged
+        );
+        if w.deletions_held > 0 {
+            eprintln!(
+                "{}: group writeback: {} groups gone from the cloud were not deleted (more than the deletion threshold)",
+                report.source, w.deletions_held
+            );
+        }
+        for (group, message) in &w.failures {
+            eprintln!("{}: group writeback: {group}: {message}", report.source);
+        }
+        for m in report.skipped_members.iter().take(20) {
+            eprintln!("{}: group writeback: {}: member {} left out ({})", report.source, m.group, m.member, m.why);
+        }
+        if report.skipped_members.len() > 20 {
+            eprintln!(
+                "{}: group writeback: {} more members left out",
+                report.source,
+                report.skipped_members.len() - 20
+            );
+        }
+    }
+
     fn active(&mut self, epoch: i64) {
         eprintln!("active: this daemon holds the sync lease (epoch {epoch}) and runs the cycles");
     }

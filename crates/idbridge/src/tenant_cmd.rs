@@ -47,6 +47,11 @@ pub enum TenantCommand {
         #[command(subcommand)]
         command: DomainCommand,
     },
+    /// Groups: source of authority for group writeback.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
     /// Tenant-wide switches.
     Settings {
         #[command(flatten)]
@@ -365,6 +370,26 @@ pub enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Hand a synchronised group to the cloud: inbound sync stops changing
+    /// it, and group writeback (`[source.writeback]`) maintains it on-premises.
+    TakeOver {
+        #[command(flatten)]
+        data: TenantData,
+        /// The group's display name or id.
+        name: String,
+    },
+    /// Hand a taken-over group back to its directory: the next cycle makes it
+    /// what the directory says again.
+    HandBack {
+        #[command(flatten)]
+        data: TenantData,
+        /// The group's display name or id.
+        name: String,
+    },
+}
+
 // Parsed once per run: the size of the federate variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
@@ -621,6 +646,22 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             TokenCommand::Revoke { data, id } => {
                 open(&data)?.revoke_token(ACTOR, &id)?;
                 eprintln!("token {id} revoked");
+                Ok(())
+            }
+        },
+        TenantCommand::Group { command } => match command {
+            GroupCommand::TakeOver { data, name } => {
+                let id = open(&data)?.take_over_group(ACTOR, &name)?;
+                eprintln!(
+                    "group {name} ({id}) is cloud-managed now: the sync leaves it alone, and sources with [source.writeback] write it on-premises"
+                );
+                Ok(())
+            }
+            GroupCommand::HandBack { data, name } => {
+                let id = open(&data)?.hand_back_group(ACTOR, &name)?;
+                eprintln!(
+                    "group {name} ({id}) is managed on-premises again: the next sync cycle makes it what the directory says"
+                );
                 Ok(())
             }
         },

@@ -177,6 +177,55 @@ fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A SCIM request with a JSON body (or none): the status and the answer's JSON (null when empty).
+fn scim_send(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/scim+json").body(body.to_string());
+        }
+        let answer = request.send().await.unwrap();
+        let status = answer.status().as_u16();
+        let text = answer.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    })
+}
+
+/// The groups under `base` and their members (lower case, sorted), by DN as the server writes it.
+fn ldap_groups_under(url: &str, bind: (&str, &str), base: &str, class: &str) -> Vec<(String, Vec<String>)> {
+    let out = Command::new("ldapsearch")
+        .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-H", url, "-D", bind.0, "-w", bind.1, "-b", base])
+        .arg(format!("(objectClass={class})"))
+        .arg("member")
+        .env("LDAPTLS_REQCERT", "never")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        if let Some(dn) = line.strip_prefix("dn: ") {
+            groups.push((dn.to_string(), Vec::new()));
+        } else if let Some(member) = line.strip_prefix("member: ")
+            && let Some(last) = groups.last_mut()
+        {
+            last.1.push(member.to_lowercase());
+        }
+    }
+    for g in &mut groups {
+        g.1.sort();
+    }
+    groups.sort();
+    groups
+}
+
 /// Creates a cloud-only user over SCIM: the HTTP status.
 fn post_scim_user(base: &str, token: &str, user_name: &str) -> u16 {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -3378,6 +3427,161 @@ mod sync_e2e {
             users.as_u64().unwrap() + 1,
             "joined, never a second object"
         );
+    }
+
+    const HYBRID: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";
+    const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+
+    /// The tenant's members of a group, as their on-premises DNs (lower case, sorted).
+    fn tenant_member_dns(lab: &Lab, group_id: &str) -> Vec<String> {
+        let group = get(lab, &format!("/Groups/{group_id}"));
+        let mut dns: Vec<String> = group["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| {
+                let user = get(lab, &format!("/Users/{}", m["value"].as_str().unwrap()));
+                user[HYBRID]["onPremisesDistinguishedName"].as_str().unwrap_or_default().to_lowercase()
+            })
+            .collect();
+        dns.sort();
+        dns
+    }
+
+    #[test]
+    fn group_writeback_to_openldap_follows_the_cloud_and_authority_moves_both_ways() {
+        let lab = lab(6, 2, "");
+        let ou = "ou=cloud-groups,dc=example,dc=org";
+        lab.slapd
+            .modify(&format!("dn: {ou}\nchangetype: add\nobjectClass: organizationalUnit\nou: cloud-groups\n\n"))
+            .unwrap();
+        let text = std::fs::read_to_string(&lab.config).unwrap();
+        let text =
+            text.replacen("\n[tenant]\n", &format!("\n[source.writeback]\ngroups_ou = \"{ou}\"\n\n[tenant]\n"), 1);
+        std::fs::write(&lab.config, text).unwrap();
+        let cycle = |says: &str| {
+            let out = sync_once(&lab, &[]);
+            let stderr = stderr_of(&out);
+            assert!(out.status.success() && stderr.contains(says), "expected {says:?} in:\n{stderr}");
+            stderr
+        };
+        cycle("group writeback: 0 created");
+        let bind = (lab.slapd.admin_dn(), lab.slapd.admin_password());
+        let written = || ldap_groups_under(&lab.slapd.url, bind, ou, "groupOfNames");
+        let users: Vec<(String, String)> = get(&lab, "/Users?count=100")["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                let dn = u[HYBRID]["onPremisesDistinguishedName"].as_str().unwrap().to_lowercase();
+                (u["id"].as_str().unwrap().to_string(), dn)
+            })
+            .collect();
+        assert!(users.len() >= 6);
+        let dns = |picked: &[usize]| {
+            let mut v: Vec<String> = picked.iter().map(|i| users[*i].1.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(post_scim_user(&lab.base, &lab.token, "cloud.only@example.org"), 201);
+        let cloud_only = find_user(&lab, "cloud.only@example.org")["id"].as_str().unwrap().to_string();
+
+        // A group created in the cloud, three synchronised members and a cloud-only one.
+        let members: Vec<serde_json::Value> = [&users[0].0, &users[1].0, &users[2].0, &cloud_only]
+            .iter()
+            .map(|id| serde_json::json!({"value": id}))
+            .collect();
+        let body = serde_json::json!({"schemas": [GROUP_SCHEMA], "displayName": "Cloud Project", "members": members});
+        let (status, group) = scim_send(&lab.base, &lab.token, "POST", "/Groups", Some(body));
+        assert_eq!(status, 201, "{group}");
+        let group_id = group["id"].as_str().unwrap().to_string();
+        let stderr = cycle("group writeback: 1 created");
+        assert!(stderr.contains("cloud.only@example.org left out (cloud-only"), "{stderr}");
+        let on_premises = written();
+        assert_eq!(on_premises.len(), 1, "{on_premises:?}");
+        assert!(on_premises[0].0.to_lowercase().starts_with("cn=cloud project,ou=cloud-groups"), "{on_premises:?}");
+        assert_eq!(on_premises[0].1, dns(&[0, 1, 2]));
+        // The next cycle imports it and leaves it out: no second copy, nothing to write.
+        cycle("0 created, 0 updated, 0 renamed, 0 deleted, 1 unchanged");
+        let named = get(&lab, "/Groups?filter=displayName%20eq%20%22Cloud%20Project%22");
+        assert_eq!(named["totalResults"], 1, "{named}");
+
+        // Members and the name change in the cloud; the directory follows.
+        let ops = serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+            {"op": "remove", "path": format!("members[value eq \"{}\"]", users[0].0)},
+            {"op": "add", "path": "members", "value": [{"value": users[3].0}]},
+            {"op": "replace", "path": "displayName", "value": "Cloud Programme"}]});
+        let (status, answer) = scim_send(&lab.base, &lab.token, "PATCH", &format!("/Groups/{group_id}"), Some(ops));
+        assert!(status == 200 || status == 204, "{status} {answer}");
+        cycle("1 renamed");
+        let on_premises = written();
+        assert!(on_premises[0].0.to_lowercase().starts_with("cn=cloud programme,"), "{on_premises:?}");
+        assert_eq!(on_premises[0].1, dns(&[1, 2, 3]));
+
+        // Someone edits it on-premises: the cloud manages it, so the edit is undone.
+        lab.slapd
+            .modify(&format!(
+                "dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n\n",
+                on_premises[0].0, users[1].1
+            ))
+            .unwrap();
+        cycle("1 updated");
+        assert_eq!(written()[0].1, dns(&[1, 2, 3]));
+
+        // Deleted in the cloud: deleted on-premises.
+        assert_eq!(scim_send(&lab.base, &lab.token, "DELETE", &format!("/Groups/{group_id}"), None).0, 204);
+        cycle("1 deleted");
+        assert!(written().is_empty());
+
+        // Source of authority: a synchronised group taken over by the cloud.
+        let synced = get(&lab, "/Groups?count=10")["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g[HYBRID]["immutableId"].is_string())
+            .cloned()
+            .expect("a synchronised group");
+        let (synced_id, synced_name) = (synced["id"].as_str().unwrap(), synced["displayName"].as_str().unwrap());
+        let synced_dn = synced[HYBRID]["onPremisesDistinguishedName"].as_str().unwrap().to_string();
+        let data = lab.tmp.join("tenant");
+        ok(&idbridge(&["tenant", "group", "take-over", "--data", p(&data), synced_name]));
+        let replace = |ids: &[&str]| {
+            let value: Vec<serde_json::Value> = ids.iter().map(|id| serde_json::json!({"value": id})).collect();
+            let ops = serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "members", "value": value}]});
+            let (status, answer) =
+                scim_send(&lab.base, &lab.token, "PATCH", &format!("/Groups/{synced_id}"), Some(ops));
+            assert!(status == 200 || status == 204, "{status} {answer}");
+        };
+        replace(&[&users[0].0, &users[1].0]);
+        cycle("1 updated");
+        let in_directory = || {
+            ldap_groups_under(&lab.slapd.url, bind, &synced_dn, "groupOfNames").into_iter().next().map(|g| g.1).unwrap()
+        };
+        assert_eq!(in_directory(), dns(&[0, 1]), "the cloud's members are written where the group is");
+        // An edit on-premises: inbound sync leaves the cloud's group alone, writeback undoes it.
+        lab.slapd
+            .modify(&format!("dn: {synced_dn}\nchangetype: modify\nadd: member\nmember: {}\n\n", users[4].1))
+            .unwrap();
+        cycle("1 updated");
+        assert_eq!(tenant_member_dns(&lab, synced_id), dns(&[0, 1]), "inbound does not change a cloud-managed group");
+        assert_eq!(in_directory(), dns(&[0, 1]));
+        let again = idbridge(&["tenant", "group", "take-over", "--data", p(&data), synced_name]);
+        assert!(
+            !again.status.success() && stderr_of(&again).contains("cloud-managed already"),
+            "{}",
+            stderr_of(&again)
+        );
+
+        // Handed back: the directory's changes win again.
+        ok(&idbridge(&["tenant", "group", "hand-back", "--data", p(&data), synced_name]));
+        lab.slapd
+            .modify(&format!("dn: {synced_dn}\nchangetype: modify\nadd: member\nmember: {}\n\n", users[5].1))
+            .unwrap();
+        cycle("group writeback: 0 created");
+        assert_eq!(tenant_member_dns(&lab, synced_id), dns(&[0, 1, 5]));
+        assert_eq!(in_directory(), dns(&[0, 1, 5]), "writeback no longer touches it");
     }
 
     #[test]

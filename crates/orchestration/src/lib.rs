@@ -8,6 +8,7 @@
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod dump;
+pub mod group_writeback;
 pub mod idfix;
 pub mod idfix_index;
 pub mod init;
@@ -55,6 +56,9 @@ pub enum Error {
     Dn { what: String, error: directory::DnError },
     #[error("{0}")]
     Idfix(String),
+    /// The groups the cloud manages could not be read (group writeback).
+    #[error("reading the cloud-managed groups from the tenant: {0}")]
+    CloudGroups(String),
     /// The command cannot run as asked; the text says why and what to do.
     #[error("{0}")]
     Refused(String),

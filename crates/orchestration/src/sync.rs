@@ -79,6 +79,8 @@ pub trait CycleEvents: Send {
     fn standby(&mut self, _active: &LeaseInfo) {}
     /// PostgreSQL state: this daemon took the lease and runs cycles now.
     fn active(&mut self, _epoch: i64) {}
+    /// A source's groups were written back (after its cycle).
+    fn groups_written(&mut self, _report: &crate::group_writeback::GroupWriteback) {}
     /// The metrics and readiness to keep current (`--metrics-listen`).
     fn telemetry(&self) -> Option<&Telemetry> {
         None
@@ -229,13 +231,29 @@ async fn cycles(
 ) -> Result<()> {
     let mut first = true;
     let mut failures: u32 = 0;
+    let mut taken_over = std::sync::Arc::default();
     loop {
         if !writer.may_write() {
             return Err(Error::LeaseLost);
         }
+        // The groups the cloud manages, once per round: taken-over groups
+        // are left out of every export, and writeback writes them all. When
+        // the tenant cannot say (it is down: the export will fail too), the
+        // last round's taken-over groups stay out and nothing is written back.
+        let cloud = match crate::group_writeback::read(target).await {
+            Ok(c) => {
+                taken_over = std::sync::Arc::new(c.taken_over());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "group writeback waits for the next round");
+                None
+            }
+        };
         let mut outcome = Ok(false);
         for (name, source, cycle) in sources.iter_mut() {
             let mut cycle = cycle.clone();
+            cycle.cloud_managed = std::sync::Arc::clone(&taken_over);
             cycle.full = options.full && first;
             cycle.allow_deletes = if first { options.allow_deletes } else { None };
             if cycle.allow_deletes.is_none() {
@@ -244,7 +262,19 @@ async fn cycles(
             }
             let mut fenced = Fenced { inner: &mut *target, lease: writer.lease.as_ref() };
             let interval = config.sync.interval_secs;
-            let result = one_cycle(name, source, &mut *writer.store, &mut fenced, &cycle, interval, events).await;
+            let mut result = one_cycle(name, source, &mut *writer.store, &mut fenced, &cycle, interval, events).await;
+            if result.is_ok()
+                && !cycle.staging
+                && !fenced.lost()
+                && let Some(cloud) = &cloud
+                && let Some(src) = config.sources.iter().find(|s| s.name == *name)
+            {
+                match crate::group_writeback::write_back(src, &*writer.store, cloud, cycle.deletion_threshold).await {
+                    Ok(Some(written)) => events.groups_written(&written),
+                    Ok(None) => {}
+                    Err(e) => result = Err(e),
+                }
+            }
             if let Err(e) = &result
                 && !fenced.lost()
             {

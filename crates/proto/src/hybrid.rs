@@ -429,3 +429,58 @@ impl HoldReason {
         [HoldReason::HeldFirst, HoldReason::LowestImmutableId].into_iter().find(|r| r.as_str() == text)
     }
 }
+
+/// `GET /hybrid/v1/cloud-groups?after=ID`: the groups the cloud manages —
+/// created in the cloud, or synchronised and taken over — for group
+/// writeback, a [`CloudGroupPage`] at a time in id order.
+pub const CLOUD_GROUPS_PATH: &str = "/hybrid/v1/cloud-groups";
+
+/// Groups per page (a page carries every member of each).
+pub const MAX_CLOUD_GROUPS_PAGE: usize = 200;
+
+/// Pages a reader follows before it gives up (a million groups).
+pub const MAX_CLOUD_GROUP_PAGES: usize = 5_000;
+
+/// One page of cloud-managed groups; `next` is the `after` of the next page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudGroupPage {
+    pub groups: Vec<CloudGroup>,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// A group the cloud manages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudGroup {
+    /// The tenant's id.
+    pub id: String,
+    pub display_name: String,
+    /// A synchronised group an administrator took over (source of
+    /// authority); `None` for a group created in the cloud.
+    #[serde(default)]
+    pub taken_over: Option<TakenOver>,
+    pub members: Vec<CloudMember>,
+}
+
+/// Where a taken-over group came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TakenOver {
+    pub immutable_id: String,
+    #[serde(default)]
+    pub on_premises_dn: Option<String>,
+}
+
+/// A member of a cloud-managed group, as the directory can hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum CloudMember {
+    /// A synchronised object, at its on-premises DN.
+    OnPremises { dn: String },
+    /// Another group the cloud manages, by its tenant id.
+    CloudGroup { id: String },
+    /// A cloud-only object: nothing on-premises to point at.
+    CloudOnly { name: String },
+}

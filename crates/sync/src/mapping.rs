@@ -57,6 +57,10 @@ pub fn out_of_scope(flavor: Flavor, obj: &SourceObject) -> Option<&'static str> 
     if e.first_text("isCriticalSystemObject").is_some_and(|v| v.eq_ignore_ascii_case("TRUE")) {
         return Some("critical system object");
     }
+    // Its original is the cloud's group: importing it would make a second copy.
+    if obj.kind == ObjectKind::Group && directory::cloud_group::written_back_from(e).is_some() {
+        return Some("a group written back from the cloud");
+    }
     if flavor == Flavor::ActiveDirectory
         && e.dn.rdns().iter().any(|r| r.value_of("CN").is_some_and(|v| v.eq_ignore_ascii_case("Builtin")))
     {

@@ -89,6 +89,31 @@ pub async fn lineage_answers(
     Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
 }
 
+/// Where a page of cloud groups starts.
+#[derive(Debug, serde::Deserialize)]
+pub struct PageAfter {
+    #[serde(default)]
+    after: String,
+}
+
+/// GET /hybrid/v1/cloud-groups?after=ID: the groups the cloud manages, a
+/// page at a time (group writeback).
+pub async fn cloud_groups(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(page): axum::extract::Query<PageAfter>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers, false).await?;
+    if page.after.len() > 128 {
+        return Err(ScimError::invalid_value("after: not a group id").into());
+    }
+    let groups = db(&state, move |conn| {
+        Ok(tenant::cloud_groups::page(conn, &page.after, proto::hybrid::MAX_CLOUD_GROUPS_PAGE)?)
+    })
+    .await?;
+    Ok(scim_json(StatusCode::OK, &groups))
+}
+
 /// A sync daemon's write: the caller may write, and the body is a `T` that
 /// passes `check` (a refusal names `what`).
 async fn checked_body<T: serde::de::DeserializeOwned>(

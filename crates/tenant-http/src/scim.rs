@@ -131,6 +131,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(proto::hybrid::SYNC_REPORTS_PATH, post(crate::hybrid::sync_report))
         .route(proto::hybrid::DELETION_ALLOWANCE_PATH, get(crate::hybrid::deletion_allowance))
         .route(proto::hybrid::QUARANTINE_PATH, get(crate::hybrid::quarantine))
+        .route(proto::hybrid::CLOUD_GROUPS_PATH, get(crate::hybrid::cloud_groups))
         .route(proto::hybrid::LINEAGE_PATH, get(crate::hybrid::lineage_requests).post(crate::hybrid::lineage_answers))
         .merge(crate::admin::routes())
         .merge(crate::console::routes())

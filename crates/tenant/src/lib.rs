@@ -20,6 +20,7 @@
 
 pub mod audit;
 pub mod branding;
+pub mod cloud_groups;
 pub mod console;
 pub mod credentials;
 pub mod db;

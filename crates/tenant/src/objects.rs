@@ -133,6 +133,11 @@ pub fn is_synchronised(data: &Value) -> bool {
     immutable_id(data).is_some()
 }
 
+/// A synchronised object's DN in its directory.
+pub fn on_premises_dn(data: &Value) -> Option<&str> {
+    str_at(data, Some(HYBRID_SCHEMA), "onPremisesDistinguishedName").filter(|s| !s.is_empty())
+}
+
 fn immutable_id(data: &Value) -> Option<&str> {
     str_at(data, Some(HYBRID_SCHEMA), "immutableId").filter(|s| !s.is_empty())
 }
@@ -965,6 +970,7 @@ pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: 
     exec(conn, "DELETE FROM console_sessions WHERE user_id = ?1", params![id])?;
     exec(conn, "DELETE FROM blocked_users WHERE user_id = ?1", params![id])?;
     exec(conn, "DELETE FROM lineage WHERE resource_id = ?1", params![id])?;
+    exec(conn, "DELETE FROM group_authority WHERE group_id = ?1", params![id])?;
     exec(conn, "DELETE FROM resources WHERE id = ?1", params![id])?;
     release(conn, &released, 0)?;
     audit::record(conn, ctx.actor, "delete", Some(kind.as_str()), Some(id), None)?;

@@ -139,6 +139,17 @@ impl Tenant {
         })
     }
 
+    /// Source of authority: the synchronised group `name` (display name or
+    /// id) becomes cloud-managed; returns its id.
+    pub fn take_over_group(&self, actor: &str, name: &str) -> Result<String> {
+        self.write(|tx| crate::cloud_groups::take_over(tx, actor, name))
+    }
+
+    /// Hands a taken-over group back to its directory; returns its id.
+    pub fn hand_back_group(&self, actor: &str, name: &str) -> Result<String> {
+        self.write(|tx| crate::cloud_groups::hand_back(tx, actor, name))
+    }
+
     pub fn remove_domain(&self, actor: &str, name: &str) -> Result<()> {
         self.write(|tx| {
             domains::remove(tx, name)?;

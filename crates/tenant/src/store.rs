@@ -376,9 +376,16 @@ const SCHEMA_V19: &str = "
 ALTER TABLE domains ADD COLUMN password_writeback INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Source of authority: synchronised groups the cloud took over
+/// (`cloud_groups`); writeback maintains them on-premises.
+const SCHEMA_V20: &str = "
+CREATE TABLE group_authority (group_id TEXT PRIMARY KEY, since TEXT NOT NULL, actor TEXT NOT NULL);
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
     SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16, SCHEMA_V17, SCHEMA_V18, SCHEMA_V19,
+    SCHEMA_V20,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one

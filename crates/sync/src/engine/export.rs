@@ -105,7 +105,7 @@ where
                     record(&mut *store, batch, answers, pass, &mut waiting, report, observer)?;
                 }
             }
-            let mut batch = prepare(&*store, ids, level, &by_difference, &options.rules)?;
+            let mut batch = prepare(&*store, ids, level, &by_difference, options)?;
             // Moved, not copied: a plan keeps its action and desired state for the record.
             let ops: Vec<ExportOp> = batch.plans.iter_mut().filter_map(|p| p.op.take()).collect();
             let answers = target.apply(ops);
@@ -144,6 +144,16 @@ fn record<St: SyncStore + ?Sized>(
     let mut answers = answers.into_iter();
     let mut tx = Transaction::begin(&mut *store)?;
     let count = batch.ids;
+    // A group the cloud took over: what the tenant holds is the cloud's now,
+    // so the record of what was exported is dropped. After the hand-back the
+    // group is sent whole (a create the tenant matches by immutableId and
+    // replaces), and the directory's values win, not a difference against a
+    // state the tenant no longer has.
+    for id in &batch.cloud_managed {
+        if tx.exported_id(id)?.is_some() {
+            tx.forget_exported(id)?;
+        }
+    }
     for (record, plan) in batch.records.iter().zip(batch.plans) {
         let result = if plan.action.is_some() {
             answers
@@ -186,34 +196,50 @@ struct Batch {
     ids: usize,
     records: Vec<MvRecord>,
     plans: Vec<Plan>,
+    /// Groups left out because the cloud manages them.
+    cloud_managed: Vec<String>,
 }
 
-/// Reads a batch's records and plans each one's export.
+/// Reads a batch's records and plans each one's export. A group the cloud
+/// manages is left out: it stays pending, its changes kept for when it is
+/// handed back.
 fn prepare<St: SyncStore + ?Sized>(
     store: &St,
     ids: &[String],
     level: usize,
     by_difference: &HashSet<String>,
-    rules: &crate::rules::RuleSet,
+    options: &CycleOptions,
 ) -> Result<Batch, StoreError> {
     let mut records = Vec::with_capacity(ids.len());
     let mut plans = Vec::with_capacity(ids.len());
+    let mut held = Vec::new();
+    let cloud_managed =
+        |record: &MvRecord| record.kind == ObjectKind::Group && options.cloud_managed.contains(&record.anchor);
     for id in ids {
         // A group whose members alone changed: only those are looked up and sent.
         if by_difference.contains(id)
             && let Some((record, changes)) = store.member_changes_to_export(id)?
-            && let Some(plan) = plan_member_changes(store, &record, &changes)?
         {
-            records.push(record);
-            plans.push(plan);
-            continue;
+            if cloud_managed(&record) {
+                held.push(record.id);
+                continue;
+            }
+            if let Some(plan) = plan_member_changes(store, &record, &changes)? {
+                records.push(record);
+                plans.push(plan);
+                continue;
+            }
         }
         if let Some(record) = store.mv_get(id)? {
-            plans.push(plan(store, &record, rules)?);
+            if cloud_managed(&record) {
+                held.push(record.id);
+                continue;
+            }
+            plans.push(plan(store, &record, &options.rules)?);
             records.push(record);
         }
     }
-    Ok(Batch { level, ids: ids.len(), records, plans })
+    Ok(Batch { level, ids: ids.len(), records, plans, cloud_managed: held })
 }
 
 /// The order the tenant's rule for unique values needs ([`proto::unique`]):

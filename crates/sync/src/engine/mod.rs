@@ -52,6 +52,9 @@ pub struct CycleOptions {
     pub join: Option<JoinRules>,
     /// Password hash sync for this source's users.
     pub password_sync: bool,
+    /// The immutableIds of synchronised groups the cloud manages (taken
+    /// over): their exports wait, left pending, until handed back.
+    pub cloud_managed: std::sync::Arc<std::collections::HashSet<String>>,
 }
 
 /// How a source's objects join metaverse objects projected by other sources.
@@ -88,6 +91,7 @@ impl Default for CycleOptions {
             scope_groups: Vec::new(),
             join: None,
             password_sync: false,
+            cloud_managed: std::sync::Arc::default(),
         }
     }
 }

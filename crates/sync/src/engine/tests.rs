@@ -316,3 +316,48 @@ fn claimants_of_one_value_are_sent_lowest_immutable_id_first_and_before_its_hold
         assert!(nine < holder, "the holder lets go after every claimant asked: {nine} {holder}");
     });
 }
+
+#[test]
+fn a_group_the_cloud_took_over_waits_and_after_the_hand_back_is_sent_whole() {
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        source.user(1, "ann", &[]);
+        source.user(2, "bob", &[]);
+        let group = |source: &mut MemorySource, members: &[&str]| {
+            let mut attrs = vec![("cn", "staff"), ("objectClass", "groupOfNames")];
+            attrs.extend(members.iter().map(|m| ("member", *m)));
+            source.add(3, ObjectKind::Group, "cn=staff", &attrs);
+        };
+        group(&mut source, &["uid=ann,dc=example,dc=org"]);
+        let report = cycle("s", &mut source, &mut store, &mut target, &CycleOptions::default()).await;
+        assert_eq!(report.created, 3, "{report:?}");
+        let anchor = Anchor::from_bytes(&[3; 16]).immutable_id();
+        let taken = CycleOptions {
+            cloud_managed: std::sync::Arc::new([anchor.clone()].into_iter().collect()),
+            ..CycleOptions::default()
+        };
+
+        // Taken over: the directory's change waits, nothing is sent about the group.
+        group(&mut source, &["uid=ann,dc=example,dc=org", "uid=bob,dc=example,dc=org"]);
+        let sent = target.batches.len();
+        let report = cycle("s", &mut source, &mut store, &mut target, &taken).await;
+        assert_eq!((report.created, report.updated), (0, 0), "{report:?}");
+        assert!(target.batches[sent..].iter().all(Vec::is_empty), "{:?}", &target.batches[sent..]);
+        assert!(!store.dirty_objects().unwrap().is_empty(), "the group stays pending");
+        let again = cycle("s", &mut source, &mut store, &mut target, &taken).await;
+        assert_eq!((again.created, again.updated), (0, 0), "{again:?}");
+
+        // Handed back: sent whole, as a create the tenant matches by immutableId.
+        let report = cycle("s", &mut source, &mut store, &mut target, &CycleOptions::default()).await;
+        assert_eq!(report.created, 1, "{report:?}");
+        let creates: Vec<&ExportOp> = target
+            .batches
+            .iter()
+            .flatten()
+            .filter(|op| matches!(op, ExportOp::Create { kind: ObjectKind::Group, .. }))
+            .collect();
+        let Some(ExportOp::Create { resource, .. }) = creates.last() else { panic!("no create: {creates:?}") };
+        assert_eq!(resource["members"].as_array().map(Vec::len), Some(2), "{resource}");
+        assert!(store.dirty_objects().unwrap().is_empty());
+    });
+}
