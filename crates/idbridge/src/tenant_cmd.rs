@@ -1061,8 +1061,7 @@ async fn reset_password(
                 .with_context(|| format!("reading the password file {}", path.display()))?;
             (text.trim_end_matches(['\r', '\n']).to_string(), false)
         }
-        // Letters, digits and symbols: meets AD's complexity rule.
-        None => (format!("Rst-{}-9a", tenant::util::random_token().get(..16).unwrap_or_default()), true),
+        None => (tenant::writeback::random_password(), true),
     };
     if new_password.is_empty() {
         anyhow::bail!("the password file is empty");

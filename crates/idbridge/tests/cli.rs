@@ -226,6 +226,24 @@ fn ldap_groups_under(url: &str, bind: (&str, &str), base: &str, filter: &str) ->
     groups
 }
 
+/// Signs `admin` in to the admin console at `issuer` and presses "Reset
+/// password" on the user `user_id`'s page: the answer page.
+fn console_reset_password(issuer: &str, admin: &str, password: &str, user_id: &str) -> testkit::browser::Page {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut b = testkit::Browser::new().unwrap();
+        let start = b.get(&format!("{issuer}/admin/sign-in")).await.unwrap();
+        let authorize = format!("{issuer}{}", start.location.unwrap());
+        let back = b.password_sign_in(&authorize, admin, password).await.unwrap();
+        b.get(&back.location.unwrap_or_else(|| panic!("not signed in: {}", back.body))).await.unwrap();
+        let page = b.get(&format!("{issuer}/admin/users/{user_id}")).await.unwrap();
+        assert!(page.body.contains("Reset password"), "{}", page.body);
+        let at = page.body.find("name=\"csrf\" value=\"").expect("a form with a CSRF token");
+        let csrf = page.body.get(at + 19..).unwrap().split('"').next().unwrap().to_string();
+        b.post(&format!("{issuer}/admin/users/{user_id}/reset-password"), &[("csrf".into(), csrf)]).await.unwrap()
+    })
+}
+
 /// Creates a cloud-only user over SCIM: the HTTP status.
 fn post_scim_user(base: &str, token: &str, user_name: &str) -> u16 {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -2608,6 +2626,19 @@ mod sync_e2e {
         let out = reset_password_cli(&data, &issuer, "cloud.only@example.org", Some("Reset-Pass-0002"));
         assert!(!out.status.success() && stderr_of(&out).contains("not a user synchronised"), "{}", stderr_of(&out));
 
+        // A helpdesk reset in the admin console: shown once, set on-premises.
+        let helper = users["Resources"][1]["userName"].as_str().unwrap().to_string();
+        let helper_dn = users["Resources"][1][HYBRID]["onPremisesDistinguishedName"].as_str().unwrap().to_string();
+        lab.slapd.set_password(&helper_dn, "Helper-Pass-1").unwrap();
+        ok(&idbridge(&["tenant", "role", "assign", "--data", p(&data), "--user", &helper, "--role", "helpdesk"]));
+        let user_id = users["Resources"][0]["id"].as_str().unwrap();
+        let answer = console_reset_password(&issuer, &helper, "Helper-Pass-1", user_id);
+        assert!(answer.body.contains("was set on-premises and in the cloud"), "{}", answer.body);
+        let shown = answer.body.split("<code>").nth(1).and_then(|c| c.split("</code>").next()).unwrap().to_string();
+        assert!(ldap_binds(&lab.slapd.url, &dn, &shown, None), "the shown password is the directory's");
+        assert!(!ldap_binds(&lab.slapd.url, &dn, &generated, None));
+        let generated = shown;
+
         // No agent: a clear refusal, and the directory keeps the password.
         // (The tenant notices the agent's poll cut at once; `pta-agents` reads
         // the database, where a poll counts until its wait would have ended.)
@@ -3513,7 +3544,6 @@ mod sync_e2e {
         );
     }
 
-    const HYBRID: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";
     const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 
     /// The tenant's members of a group, as their on-premises DNs (lower case, sorted).

@@ -34,6 +34,12 @@ use crate::{audit, credentials};
 /// The longest password sent on (AD's limit is 256 characters).
 pub const MAX_PASSWORD_CHARS: usize = 256;
 
+/// A random password an administrator's reset sets when none is given:
+/// letters, digits and symbols (AD's complexity rule), 22 characters.
+pub fn random_password() -> String {
+    format!("Rst-{}-9a", crate::util::random_token().get(..16).unwrap_or_default())
+}
+
 /// Why a password was not written. The texts are what the person sees.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WritebackError {

@@ -312,6 +312,8 @@ struct UserDetail {
     locked_until: Option<i64>,
     blocked: bool,
     has_password: bool,
+    /// Its domain writes passwords back on-premises (a reset is possible).
+    writes_back: bool,
     lineage: Option<tenant::lineage::Lineage>,
 }
 
@@ -344,6 +346,7 @@ pub(super) async fn user(
             locked_until: console::locked_until(conn, &name)?,
             blocked: console::is_blocked(conn, &user.id)?,
             has_password: has_password.is_some(),
+            writes_back: tenant::signin::writes_back(conn, &user)?,
             lineage: tenant::lineage::get(conn, &user.id)?,
             user,
         }))
@@ -384,6 +387,9 @@ pub(super) async fn user(
             div.actions {
                 (action(v, helpdesk, &format!("/admin/users/{}/unlock", u.id), "Unlock", false))
                 (action(v, helpdesk, &format!("/admin/users/{}/revoke", u.id), "Revoke sessions and refresh tokens", false))
+                @if d.writes_back {
+                    (action(v, helpdesk, &format!("/admin/users/{}/reset-password", u.id), "Reset password (on-premises too)", true))
+                }
                 @if d.blocked {
                     (action(v, administer, &format!("/admin/users/{}/unblock", u.id), "Allow cloud sign-in", false))
                 } @else {
@@ -460,6 +466,7 @@ pub(super) async fn user_action(
     Form(form): Form<Params>,
 ) -> Response {
     let permission = match what.as_str() {
+        "reset-password" => return reset_password(state, headers, id, form).await,
         "unlock" | "revoke" => Permission::Helpdesk,
         "block" | "unblock" => Permission::Administer,
         _ => return not_found(None, "such action"),
@@ -488,6 +495,48 @@ pub(super) async fn user_action(
     match done {
         Ok(text) => Redirect::to(&format!("/admin/users/{id}?done={}", tenant::util::urlencode(&text))).into_response(),
         Err(tenant::TenantError::NotFound(_)) => not_found(Some(&admin.viewer), "such user"),
+        Err(e) => super::failed(&e.into()),
+    }
+}
+
+/// A helpdesk reset: a random password set on-premises through an agent
+/// (password writeback), then in the tenant; shown once on the answer page,
+/// never in a URL or the audit.
+async fn reset_password(state: Arc<AppState>, headers: HeaderMap, id: String, form: Params) -> Response {
+    let admin = match authorised(&state, &headers, &form, Permission::Helpdesk, "user reset-password").await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let user_id = id.clone();
+    let found = read(&state, move |conn| objects::load(conn, Some(Kind::User), &user_id)).await;
+    let user = match found {
+        Ok(Some(u)) => u,
+        Ok(None) => return not_found(Some(&admin.viewer), "such user"),
+        Err(r) => return r,
+    };
+    let name = console::display_of(&user);
+    let password = tenant::writeback::random_password();
+    let request = tenant::writeback::Request::Reset { actor: admin.actor() };
+    let written = tenant::writeback::write_password(&state.store, &state.pta, &name, &password, request).await;
+    match written {
+        Ok(Ok(done)) => {
+            let body = html! {
+                p.notice role="status" { "The password of " (name) " was set on-premises and in the cloud." }
+                dl {
+                    dt { "New password" } dd { code { (password) } }
+                }
+                p { "It is shown this once. Give it to the user over a channel you trust; their other sessions have ended."
+                    @if !done.record_replaced { " They sign in with it through pass-through authentication." } }
+                p { a href=(format!("/admin/users/{id}")) { "Back to the user" } }
+            };
+            let mut response = page(&admin, "users", &format!("Password reset: {name}"), body);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Ok(Err(refused)) => {
+            let text = format!("The password was not reset: {refused}");
+            Redirect::to(&format!("/admin/users/{id}?done={}", tenant::util::urlencode(&text))).into_response()
+        }
         Err(e) => super::failed(&e.into()),
     }
 }
