@@ -244,6 +244,33 @@ fn console_reset_password(issuer: &str, admin: &str, password: &str, user_id: &s
     })
 }
 
+/// "Forgot your password?" at `issuer` for `user`: the name, then `code`,
+/// then each of `tries` as the new password in turn (the same proven
+/// token) — the page after the code and the page after each try.
+fn forgot_password(issuer: &str, user: &str, code: &str, tries: &[&str]) -> (String, Vec<String>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let url = format!("{issuer}/account/forgot-password");
+        let mut b = testkit::Browser::new().unwrap();
+        let first = b.get(&url).await.unwrap();
+        let code_page = b.post(&url, &testkit::form_fields(&first.body, &[("username", user)])).await.unwrap();
+        assert!(code_page.body.contains("authenticator app shows"), "{}", code_page.body);
+        let after_code = b.post(&url, &testkit::form_fields(&code_page.body, &[("code", code)])).await.unwrap();
+        let mut pages = Vec::new();
+        let mut form = after_code.body.clone();
+        for new in tries {
+            if !form.contains("Choose a new password") {
+                break;
+            }
+            let done =
+                b.post(&url, &testkit::form_fields(&form, &[("new_password", new), ("confirm", new)])).await.unwrap();
+            form = done.body.clone();
+            pages.push(done.body);
+        }
+        (after_code.body, pages)
+    })
+}
+
 /// Creates a cloud-only user over SCIM: the HTTP status.
 fn post_scim_user(base: &str, token: &str, user_name: &str) -> u16 {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -2638,6 +2665,33 @@ mod sync_e2e {
         assert!(ldap_binds(&lab.slapd.url, &dn, &shown, None), "the shown password is the directory's");
         assert!(!ldap_binds(&lab.slapd.url, &dn, &generated, None));
         let generated = shown;
+
+        // Self-service: "Forgot your password?" proven with an authenticator app.
+        let secret = {
+            let store = tenant::Store::open(&data.join("tenant.db")).unwrap();
+            let conn = store.lock();
+            let found = tenant::console::user_by_name(&conn, &user).unwrap().unwrap();
+            let offer = tenant::mfa::offer_totp("idbridge", &user);
+            let code = testkit::oathtool(&offer.secret, tenant::util::now_secs()).unwrap();
+            tenant::mfa::confirm_totp(&conn, &found.id, &offer.secret, &code, "phone").unwrap().unwrap();
+            offer.secret
+        };
+        let next_code = testkit::oathtool(&secret, tenant::util::now_secs() + 30).unwrap();
+        let generic = "That did not work";
+        let (page, _) = forgot_password(&issuer, "nobody@example.org", &next_code, &[]);
+        assert!(page.contains(generic), "an unknown name reads like a wrong code: {page}");
+        let (page, _) = forgot_password(&issuer, &user, "000000", &[]);
+        assert!(page.contains(generic), "{page}");
+        // A reset is the service account's write: slapd's rootdn is not held to
+        // ppolicy, so only the tenant's own floor refuses here (README).
+        let (_, pages) = forgot_password(&issuer, &user, &next_code, &["Short-9", "Forgot-Pass-00042"]);
+        assert!(pages[0].contains("at least 8 characters"), "{}", pages[0]);
+        assert!(pages[1].contains("Your password was reset"), "{}", pages[1]);
+        assert!(!ldap_binds(&lab.slapd.url, &dn, &generated, None));
+        assert!(ldap_binds(&lab.slapd.url, &dn, "Forgot-Pass-00042", None));
+        let (page, _) = forgot_password(&issuer, &user, &next_code, &[]);
+        assert!(page.contains(generic), "a code works once: {page}");
+        let generated = "Forgot-Pass-00042".to_string();
 
         // No agent: a clear refusal, and the directory keeps the password.
         // (The tenant notices the agent's poll cut at once; `pta-agents` reads

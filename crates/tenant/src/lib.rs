@@ -33,6 +33,7 @@ pub mod net;
 pub mod objects;
 pub mod oidc;
 pub mod passkeys;
+pub mod password_reset;
 pub mod policy;
 pub mod pta;
 pub mod ratelimit;

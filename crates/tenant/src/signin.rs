@@ -569,71 +569,91 @@ pub async fn second_factor(
             let Some(user) = objects::load(conn, Some(objects::Kind::User), &user_id)? else {
                 return Ok(Err(SecondFactorError::Expired));
             };
-            let name = user.data.get("userName").and_then(Value::as_str).unwrap_or_default().to_lowercase();
-            let location = location_of(&origin.address);
-            let user_key = if is_familiar(conn, &name, &location)? {
-                format!("user:{name}|{location}")
-            } else {
-                format!("user:{name}|unfamiliar")
-            };
-            let log_method = match answer {
-                SecondFactorAnswer::Code(_) => Method::AuthenticatorCode,
-                SecondFactorAnswer::Passkey { .. } => Method::Passkey,
-            };
-            if let Some(until) = locked_until(conn, &user_key)?.filter(|until| *until > now) {
-                audit_attempt(conn, &name, &origin, log_method, false, "locked-out", None)?;
-                return Ok(Err(SecondFactorError::LockedOut { retry_after_secs: until - now }));
-            }
-            // (the failure's reason, whether it counts toward lockout, the error)
-            let verdict = match &answer {
-                SecondFactorAnswer::Code(code) => match crate::mfa::verify(conn, &user.id, code)? {
-                    Ok(crate::mfa::Proof::Totp { .. }) => Ok(SecondFactorUsed::AuthenticatorCode),
-                    Ok(crate::mfa::Proof::RecoveryCode { .. }) => Ok(SecondFactorUsed::RecoveryCode),
-                    Err(e) => {
-                        let reason = match e {
-                            crate::mfa::CodeError::Reused => "code-reused",
-                            crate::mfa::CodeError::Malformed => "code-malformed",
-                            _ => "wrong-code",
-                        };
-                        let counts = e != crate::mfa::CodeError::Malformed;
-                        Err((reason.to_string(), counts, SecondFactorError::Code(e)))
-                    }
-                },
-                SecondFactorAnswer::Passkey { rp, token, response } => {
-                    match passkeys::finish_second_factor(conn, rp, &user.id, token, response)? {
-                        Ok(used) => Ok(SecondFactorUsed::Passkey { backup_eligible: used.backup_eligible }),
-                        Err(e) => {
-                            // A page that waited too long, or a browser's garbled answer, is no guess.
-                            let counts = !matches!(e, PasskeyError::Expired | PasskeyError::Malformed);
-                            Err((e.reason().to_string(), counts, SecondFactorError::Passkey(e)))
-                        }
-                    }
-                }
-            };
-            match verdict {
+            match check_second_factor(conn, &user, &answer, &origin, policy)? {
                 Ok(used) => {
                     conn.execute("DELETE FROM mfa_challenges WHERE hash = ?1", params![hash])?;
-                    conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
-                    let method = match used {
-                        SecondFactorUsed::AuthenticatorCode => Method::AuthenticatorCode,
-                        SecondFactorUsed::RecoveryCode => Method::RecoveryCode,
-                        SecondFactorUsed::Passkey { .. } => Method::Passkey,
-                    };
-                    audit_attempt(conn, &name, &origin, method, true, "ok", None)?;
                     Ok(Ok(SecondStepPassed { user, methods: both_steps(first, used.amr()) }))
                 }
-                Err((reason, counts, error)) => {
-                    if counts {
-                        count_failure(conn, &user_key, policy.user_threshold, policy, now)?;
-                    }
-                    let detail = json!({"userLocked": is_locked(conn, &user_key, now)?});
-                    audit_attempt(conn, &name, &origin, log_method, false, &reason, Some(detail))?;
-                    Ok(Err(error))
-                }
+                Err(e) => Ok(Err(e)),
             }
         })
     })
     .await
+}
+
+/// `answer` as `user`'s second factor, under the lock: smart lockout first
+/// (wrong and reused codes and refused passkeys count like wrong passwords,
+/// on the same key), every attempt in the sign-in log. Shared by the sign-in
+/// and the self-service password reset.
+pub(crate) fn check_second_factor(
+    conn: &Connection,
+    user: &Stored,
+    answer: &SecondFactorAnswer,
+    origin: &Origin,
+    policy: LockoutPolicy,
+) -> Result<std::result::Result<SecondFactorUsed, SecondFactorError>> {
+    let now = now_secs();
+    let name = user.data.get("userName").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+    let location = location_of(&origin.address);
+    let user_key = if is_familiar(conn, &name, &location)? {
+        format!("user:{name}|{location}")
+    } else {
+        format!("user:{name}|unfamiliar")
+    };
+    let log_method = match answer {
+        SecondFactorAnswer::Code(_) => Method::AuthenticatorCode,
+        SecondFactorAnswer::Passkey { .. } => Method::Passkey,
+    };
+    if let Some(until) = locked_until(conn, &user_key)?.filter(|until| *until > now) {
+        audit_attempt(conn, &name, origin, log_method, false, "locked-out", None)?;
+        return Ok(Err(SecondFactorError::LockedOut { retry_after_secs: until - now }));
+    }
+    // (the failure's reason, whether it counts toward lockout, the error)
+    let verdict = match answer {
+        SecondFactorAnswer::Code(code) => match crate::mfa::verify(conn, &user.id, code)? {
+            Ok(crate::mfa::Proof::Totp { .. }) => Ok(SecondFactorUsed::AuthenticatorCode),
+            Ok(crate::mfa::Proof::RecoveryCode { .. }) => Ok(SecondFactorUsed::RecoveryCode),
+            Err(e) => {
+                let reason = match e {
+                    crate::mfa::CodeError::Reused => "code-reused",
+                    crate::mfa::CodeError::Malformed => "code-malformed",
+                    _ => "wrong-code",
+                };
+                let counts = e != crate::mfa::CodeError::Malformed;
+                Err((reason.to_string(), counts, SecondFactorError::Code(e)))
+            }
+        },
+        SecondFactorAnswer::Passkey { rp, token, response } => {
+            match passkeys::finish_second_factor(conn, rp, &user.id, token, response)? {
+                Ok(used) => Ok(SecondFactorUsed::Passkey { backup_eligible: used.backup_eligible }),
+                Err(e) => {
+                    // A page that waited too long, or a browser's garbled answer, is no guess.
+                    let counts = !matches!(e, PasskeyError::Expired | PasskeyError::Malformed);
+                    Err((e.reason().to_string(), counts, SecondFactorError::Passkey(e)))
+                }
+            }
+        }
+    };
+    match verdict {
+        Ok(used) => {
+            conn.execute("DELETE FROM lockouts WHERE key = ?1", params![user_key])?;
+            let method = match used {
+                SecondFactorUsed::AuthenticatorCode => Method::AuthenticatorCode,
+                SecondFactorUsed::RecoveryCode => Method::RecoveryCode,
+                SecondFactorUsed::Passkey { .. } => Method::Passkey,
+            };
+            audit_attempt(conn, &name, origin, method, true, "ok", None)?;
+            Ok(Ok(used))
+        }
+        Err((reason, counts, error)) => {
+            if counts {
+                count_failure(conn, &user_key, policy.user_threshold, policy, now)?;
+            }
+            let detail = json!({"userLocked": is_locked(conn, &user_key, now)?});
+            audit_attempt(conn, &name, origin, log_method, false, &reason, Some(detail))?;
+            Ok(Err(error))
+        }
+    }
 }
 
 /// Why a sign-in with a passkey alone did not succeed. The texts are what

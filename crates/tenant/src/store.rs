@@ -382,10 +382,16 @@ const SCHEMA_V20: &str = "
 CREATE TABLE group_authority (group_id TEXT PRIMARY KEY, since TEXT NOT NULL, actor TEXT NOT NULL);
 ";
 
+/// Self-service password resets (`password_reset`): hashed tokens, their
+/// stage (0 waiting for the code, 1 proven, 2 being written) and expiry.
+const SCHEMA_V21: &str = "
+CREATE TABLE password_resets (hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, stage INTEGER NOT NULL, expires INTEGER NOT NULL);
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
     SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16, SCHEMA_V17, SCHEMA_V18, SCHEMA_V19,
-    SCHEMA_V20,
+    SCHEMA_V20, SCHEMA_V21,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one

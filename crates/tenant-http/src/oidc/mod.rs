@@ -5,12 +5,15 @@
 //!   script, `/webauthn.js`, adds the passkey buttons where WebAuthn exists).
 //! - [`myapps`]: a small relying party of our own, for the demo.
 //! - [`account`]: Security info, the signed-in user's own second factors.
+//! - [`forgot`]: "Forgot your password?" — a self-service reset proven with
+//!   an authenticator app, written back on-premises.
 //! - [`passkey`]: the script and the endpoints passkey ceremonies start from.
 //! - [`second_step`]: after the first step — the second factor, or
 //!   registering one, as the sign-in policy says.
 
 pub mod account;
 pub mod flow;
+pub mod forgot;
 pub mod myapps;
 pub mod pages;
 pub mod passkey;
@@ -38,6 +41,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/federation/oidc/callback", get(crate::federation::oidc_callback))
         .route("/federation/saml/acs", axum::routing::post(crate::federation::saml_acs))
         .route("/account", get(account::page).post(account::post))
+        .route("/account/forgot-password", get(forgot::page).post(forgot::post))
         .route("/account/passkey", axum::routing::post(passkey::registration_options))
         .route("/account/sign-in", get(account::sign_in))
         .route("/account/callback", get(account::callback))

@@ -145,6 +145,7 @@ pub fn password_page(branding: &Branding, fields: Hidden<'_>, username: &str, er
             input type="hidden" name="step" value="restart";
             button type="submit" style="background:#666" { "Use another account" }
         }
+        p { a href="/account/forgot-password" { "Forgot your password?" } }
     };
     layout(branding, "Enter your password", body)
 }
@@ -505,6 +506,72 @@ pub fn change_password_page(branding: &Branding, fields: Hidden<'_>, username: &
             label for="confirm" { "Confirm the new password" }
             input type="password" id="confirm" name="confirm" autocomplete="new-password" required minlength="8";
             button type="submit" { "Change and sign in" }
+        }
+    };
+    layout(branding, "Choose a new password", body)
+}
+
+/// "Forgot your password?": the user name, first.
+pub fn forgot_name_page(branding: &Branding, csrf: &str, error: Option<&str>) -> String {
+    let body = html! {
+        h1 { "Reset your password" }
+        p { "If your organisation lets you reset your password here, you will be asked for a code from the authenticator app you registered." }
+        (error_box(error))
+        form method="post" action="/account/forgot-password" {
+            (csrf_field(csrf))
+            input type="hidden" name="step" value="name";
+            label for="username" { "User name" }
+            input type="text" id="username" name="username" autocomplete="username" autocapitalize="none"
+                spellcheck="false" required autofocus aria-describedby=[error.map(|_| "error")];
+            button type="submit" { "Next" }
+        }
+    };
+    layout(branding, "Reset your password", body)
+}
+
+/// The reset's code step (the same page whoever the name was).
+pub fn forgot_code_page(branding: &Branding, csrf: &str, username: &str, token: &str, error: Option<&str>) -> String {
+    let body = html! {
+        h1 { "Verify it’s you" }
+        p.who { (username) }
+        p { "Enter the code your authenticator app shows (or one of your recovery codes)." }
+        (error_box(error))
+        form method="post" action="/account/forgot-password" {
+            (csrf_field(csrf))
+            input type="hidden" name="step" value="code";
+            input type="hidden" name="username" value=(username);
+            input type="hidden" name="token" value=(token);
+            label for="code" { "Code" }
+            (code_input(error))
+            button type="submit" { "Verify" }
+        }
+    };
+    layout(branding, "Verify it’s you", body)
+}
+
+/// The reset's last step: the new password.
+pub fn forgot_password_page(
+    branding: &Branding,
+    csrf: &str,
+    username: &str,
+    token: &str,
+    error: Option<&str>,
+) -> String {
+    let body = html! {
+        h1 { "Choose a new password" }
+        p.who { (username) }
+        p { "It is set on your organisation's network too; its password rules apply." }
+        (error_box(error))
+        form method="post" action="/account/forgot-password" {
+            (csrf_field(csrf))
+            input type="hidden" name="step" value="password";
+            input type="hidden" name="token" value=(token);
+            label for="new_password" { "New password" }
+            input type="password" id="new_password" name="new_password" autocomplete="new-password" required minlength="8" autofocus
+                aria-describedby=[error.map(|_| "error")];
+            label for="confirm" { "Confirm the new password" }
+            input type="password" id="confirm" name="confirm" autocomplete="new-password" required minlength="8";
+            button type="submit" { "Reset password" }
         }
     };
     layout(branding, "Choose a new password", body)
