@@ -2730,6 +2730,57 @@ mod sync_e2e {
         }
     }
 
+    /// Password writeback through headless Chromium (tests/browser/writeback.mjs):
+    /// a change on Security info, then "Forgot your password?" with a code
+    /// from oathtool; each is set in slapd by the agent; every page is scanned
+    /// by axe-core and photographed at desktop width and 375 px.
+    #[test]
+    fn password_writeback_through_chromium() {
+        let (state, pg) = test_state("state.db");
+        let lab = lab_with_options(4, 1, "", state, pg, SlapdOptions { ppolicy: true, ..SlapdOptions::default() });
+        assert!(sync_once(&lab, &[]).status.success());
+        let data = lab.tmp.join("tenant");
+        let issuer = lab.base.trim_end_matches("/scim/v2").to_string();
+        let users = get(&lab, "/Users?count=1");
+        let user = users["Resources"][0]["userName"].as_str().unwrap().to_string();
+        let dn = users["Resources"][0][HYBRID]["onPremisesDistinguishedName"].as_str().unwrap().to_string();
+        ok(&idbridge(&[
+            "tenant",
+            "domain",
+            "set",
+            "--data",
+            p(&data),
+            "example.org",
+            "--auth",
+            "managed-pta",
+            "--password-writeback",
+            "on",
+        ]));
+        lab.slapd.set_password(&dn, "Initial-Pass-1").unwrap();
+        let _agent = start_agent(&lab, &lab.slapd, &lab.tmp.join("agent"), "agent", None);
+        wait_until("the agent online", || online_agents(&lab) == 1);
+        let (tools, profile, shots) = super::demo::browser_with_axe();
+        let out = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/writeback.mjs"))
+            .args([issuer.as_str(), &user, "Initial-Pass-1", "Changed-Pass-02", "Reset-Pass-003"])
+            .env("BROWSER_TOOLS", &tools)
+            .env("PROFILE_DIR", profile.path())
+            .env("SCREENSHOT_DIR", &shots)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let result: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        assert!(result["changed"].as_str().unwrap().contains("Your password was changed"), "{result}");
+        assert!(result["reset"].as_str().unwrap().contains("Your password was reset"), "{result}");
+        assert_eq!(result["violations"], serde_json::json!([]), "axe-core: {result}");
+        assert_eq!(result["tooWide"], serde_json::json!([]), "375 px: {result}");
+        assert!(ldap_binds(&lab.slapd.url, &dn, "Reset-Pass-003", None), "the reset is the directory's password");
+        for old in ["Initial-Pass-1", "Changed-Pass-02"] {
+            assert!(!ldap_binds(&lab.slapd.url, &dn, old, None), "{old} no longer binds");
+        }
+    }
+
     #[test]
     fn pass_through_sign_in_with_two_agents_survives_losing_one() {
         let lab = lab(12, 1, "");
@@ -4934,7 +4985,7 @@ mod demo {
 
     /// What a script that scans pages needs: the browser tools (puppeteer-core,
     /// axe-core), a fresh Chromium profile and the screenshot directory.
-    fn browser_with_axe() -> (std::path::PathBuf, TempDir, std::path::PathBuf) {
+    pub(super) fn browser_with_axe() -> (std::path::PathBuf, TempDir, std::path::PathBuf) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let tools = root.join(".tools/browser");
         assert!(
