@@ -80,6 +80,17 @@ fn sync_request(mode: i64, cookie: Option<Vec<u8>>) -> RawControl {
     RawControl { ctype: SYNC_REQUEST_OID.into(), crit: true, val: Some(encode(tags)) }
 }
 
+/// Active Directory's policy-hints control (`LDAP_SERVER_POLICY_HINTS_OID`,
+/// Windows Server 2012 and later): a reset held to the password history
+/// like a change.
+pub const POLICY_HINTS_OID: &str = "1.2.840.113556.1.4.2239";
+
+/// The policy-hints control, `SEQUENCE { Flags INTEGER 1 }`. Not critical:
+/// a directory that does not know it (Samba) resets as it always does.
+pub fn policy_hints_control() -> RawControl {
+    RawControl { ctype: POLICY_HINTS_OID.into(), crit: false, val: Some(vec![0x30, 0x03, 0x02, 0x01, 0x01]) }
+}
+
 /// Asks the server for its password-policy response (no value).
 pub fn ppolicy_request_control() -> RawControl {
     RawControl { ctype: PPOLICY_OID.into(), crit: false, val: None }

@@ -271,6 +271,18 @@ fn forgot_password(issuer: &str, user: &str, code: &str, tries: &[&str]) -> (Str
     })
 }
 
+/// Registers an authenticator app for `user` in the tenant at `data` (the
+/// tenant's library, a code from `oathtool`, as Security info would): its key.
+fn register_authenticator_app(data: &Path, user: &str) -> String {
+    let store = tenant::Store::open(&data.join("tenant.db")).unwrap();
+    let conn = store.lock();
+    let found = tenant::console::user_by_name(&conn, user).unwrap().unwrap();
+    let offer = tenant::mfa::offer_totp("idbridge", user);
+    let code = testkit::oathtool(&offer.secret, tenant::util::now_secs()).unwrap();
+    tenant::mfa::confirm_totp(&conn, &found.id, &offer.secret, &code, "phone").unwrap().unwrap();
+    offer.secret
+}
+
 /// Creates a cloud-only user over SCIM: the HTTP status.
 fn post_scim_user(base: &str, token: &str, user_name: &str) -> u16 {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -1158,6 +1170,20 @@ mod samba {
         signs_in(&authorize, user, "Chosen-Pass-5!").unwrap();
         assert!(signs_in(&authorize, user, "Reset-Pass-4!x").is_err());
         assert!(!agent_log().contains("Chosen-Pass-5!"), "no password in the agent's log");
+
+        // Self-service: "Forgot your password?" with an authenticator app. The
+        // reset carries AD's policy-hints control, which Samba does not know
+        // (not critical: it resets); its complexity rule still applies.
+        let secret = register_authenticator_app(&data, user);
+        let code = testkit::oathtool(&secret, tenant::util::now_secs() + 30).unwrap();
+        let (_, pages) = forgot_password(&issuer, user, &code, &["simplesimple", "Forgotten-Pass-6!"]);
+        assert!(pages[0].contains("complexity"), "{}\nagent:\n{}", pages[0], agent_log());
+        assert!(ldaps("Chosen-Pass-5!"), "refused: unchanged");
+        assert!(pages[1].contains("Your password was reset"), "{}\nagent:\n{}", pages[1], agent_log());
+        assert!(ldaps("Forgotten-Pass-6!"), "the reset password binds on-premises");
+        // The tenant takes it too: the sign-in goes on to the code step.
+        let second = signs_in(&authorize, user, "Forgotten-Pass-6!").unwrap_err();
+        assert!(second.contains("Verify it"), "{second}");
     }
 
     /// Password hash sync from AD by replication (MS-DRSR), end to end:
@@ -2667,15 +2693,7 @@ mod sync_e2e {
         let generated = shown;
 
         // Self-service: "Forgot your password?" proven with an authenticator app.
-        let secret = {
-            let store = tenant::Store::open(&data.join("tenant.db")).unwrap();
-            let conn = store.lock();
-            let found = tenant::console::user_by_name(&conn, &user).unwrap().unwrap();
-            let offer = tenant::mfa::offer_totp("idbridge", &user);
-            let code = testkit::oathtool(&offer.secret, tenant::util::now_secs()).unwrap();
-            tenant::mfa::confirm_totp(&conn, &found.id, &offer.secret, &code, "phone").unwrap().unwrap();
-            offer.secret
-        };
+        let secret = register_authenticator_app(&data, &user);
         let next_code = testkit::oathtool(&secret, tenant::util::now_secs() + 30).unwrap();
         let generic = "That did not work";
         let (page, _) = forgot_password(&issuer, "nobody@example.org", &next_code, &[]);

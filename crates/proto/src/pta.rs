@@ -148,13 +148,20 @@ pub enum PasswordWrite {
     Change { new_password: String },
     /// An administrator's reset (or a verified self-service reset): done as
     /// the agent's service account, which needs the right to reset.
-    Reset { new_password: String },
+    /// `enforce_policy` (a self-service reset): Active Directory is asked to
+    /// hold it to the rules of a change (password history) with the
+    /// policy-hints control; an agent from before it resets plainly.
+    Reset {
+        new_password: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        enforce_policy: bool,
+    },
 }
 
 impl PasswordWrite {
     pub fn new_password(&self) -> &str {
         match self {
-            PasswordWrite::Change { new_password } | PasswordWrite::Reset { new_password } => new_password,
+            PasswordWrite::Change { new_password } | PasswordWrite::Reset { new_password, .. } => new_password,
         }
     }
 }
@@ -165,5 +172,23 @@ impl std::fmt::Debug for PasswordWrite {
             PasswordWrite::Change { .. } => "Change { new_password: (hidden) }",
             PasswordWrite::Reset { .. } => "Reset { new_password: (hidden) }",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_without_the_policy_flag_reads_as_before_and_the_flag_travels() {
+        let old: PasswordWrite = serde_json::from_str(r#"{"kind":"reset","new_password":"Nouveau-mot-de-passe-é"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(old, PasswordWrite::Reset { new_password: "Nouveau-mot-de-passe-é".into(), enforce_policy: false });
+        let plain = serde_json::to_string(&old).unwrap_or_default();
+        assert!(!plain.contains("enforce_policy"), "an administrator's reset is written as before: {plain}");
+        let held = PasswordWrite::Reset { new_password: "x".into(), enforce_policy: true };
+        let text = serde_json::to_string(&held).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<PasswordWrite>(&text).ok(), Some(held));
+        assert!(!format!("{:?}", PasswordWrite::Change { new_password: "secret".into() }).contains("secret"));
     }
 }

@@ -155,7 +155,7 @@ pub async fn finish(
         .await?
     };
     let Some(name) = claimed else { return Ok(Err(ResetError::Expired)) };
-    let request = writeback::Request::Reset { actor: format!("self-service:{name}") };
+    let request = writeback::Request::Reset { actor: format!("self-service:{name}"), enforce_policy: true };
     let written = writeback::write_password(store, broker, &name, new_password, request).await?;
     let (store, done) = (store.clone(), written.is_ok());
     blocking(move || {

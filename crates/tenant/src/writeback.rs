@@ -139,13 +139,15 @@ impl WritebackError {
     }
 }
 
-/// Who asked: the user themself (a change) or an administrator (a reset).
+/// Who asked: the user themself (a change) or a reset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// The user, with their current password.
     Change { current: String },
-    /// An administrator or a tool, named in the audit.
-    Reset { actor: String },
+    /// An administrator or a tool (named in the audit), or the user's own
+    /// verified reset (`enforce_policy`: the directory is asked to apply
+    /// the rules of a change where it can).
+    Reset { actor: String, enforce_policy: bool },
 }
 
 /// What was written.
@@ -205,7 +207,7 @@ pub async fn write_password(
 ) -> Result<std::result::Result<Written, WritebackError>> {
     let (action, actor) = match &request {
         Request::Change { .. } => ("password-change-writeback", "sign-in".to_string()),
-        Request::Reset { actor } => ("password-reset-writeback", actor.clone()),
+        Request::Reset { actor, .. } => ("password-reset-writeback", actor.clone()),
     };
     let found = {
         let (store, name) = (store.clone(), name.to_string());
@@ -225,7 +227,9 @@ pub async fn write_password(
     }
     let (current, write) = match request {
         Request::Change { current } => (current, PasswordWrite::Change { new_password: new_password.to_string() }),
-        Request::Reset { .. } => (String::new(), PasswordWrite::Reset { new_password: new_password.to_string() }),
+        Request::Reset { enforce_policy, .. } => {
+            (String::new(), PasswordWrite::Reset { new_password: new_password.to_string(), enforce_policy })
+        }
     };
     let outcome = {
         let _turn = broker.user_turn(&target.user_name).await;

@@ -216,7 +216,11 @@ async fn write_with(
             ],
             PasswordWrite::Reset { .. } => vec![Mod::Replace(attr, new)],
         };
-        let result = ldap.with_timeout(session.operation_timeout).modify(dn, mods).await.map_err(failed)?;
+        let mut ldap = ldap.with_timeout(session.operation_timeout);
+        if let PasswordWrite::Reset { enforce_policy: true, .. } = write {
+            ldap = ldap.with_controls(ber::policy_hints_control());
+        }
+        let result = ldap.modify(dn, mods).await.map_err(failed)?;
         if result.rc == 0 {
             return Ok(Outcome::PasswordChanged);
         }
@@ -256,6 +260,15 @@ async fn write_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_hints_control_asks_for_the_rules_of_a_change() {
+        let control = ber::policy_hints_control();
+        assert_eq!(control.ctype, "1.2.840.113556.1.4.2239");
+        assert!(!control.crit, "a directory that does not know it still resets");
+        // SEQUENCE { INTEGER 1 }
+        assert_eq!(control.val.as_deref(), Some([0x30, 0x03, 0x02, 0x01, 0x01].as_slice()));
+    }
 
     #[test]
     fn unicode_pwd_is_quoted_utf16le() {
