@@ -1009,11 +1009,16 @@ mod samba {
 
         let ops = serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
             {"op": "remove", "path": format!("members[value eq \"{}\"]", users[0].0)},
-            {"op": "add", "path": "members", "value": [{"value": users[3].0}]}]});
+            {"op": "add", "path": "members", "value": [{"value": users[3].0}]},
+            {"op": "replace", "path": "displayName", "value": "Équipe Renommée"}]});
         let (status, answer) = scim_send(&base, &token, "PATCH", &format!("/Groups/{group_id}"), Some(ops));
         assert!(status == 200 || status == 204, "{status} {answer}");
-        cycle("1 updated");
-        assert_eq!(security_groups()[0].1, dns(&[1, 2, 3]));
+        cycle("1 renamed");
+        let renamed = security_groups();
+        assert!(renamed[0].0.to_lowercase().starts_with("cn=équipe renommée,ou=cloud groups,"), "{renamed:?}");
+        assert_eq!(renamed[0].1, dns(&[1, 2, 3]));
+        let named = ldap_groups_under(&dc.url, bind, &groups_ou, "(displayName=Équipe Renommée)");
+        assert_eq!(named.len(), 1, "displayName follows the name");
         assert_eq!(scim_send(&base, &token, "DELETE", &format!("/Groups/{group_id}"), None).0, 204);
         cycle("1 deleted");
         assert!(security_groups().is_empty());
@@ -3782,9 +3787,24 @@ mod sync_e2e {
         cycle("1 updated");
         assert_eq!(written()[0].1, dns(&[1, 2, 3]));
 
+        // A cloud group inside another: written as the other's member.
+        let body = serde_json::json!({"schemas": [GROUP_SCHEMA], "displayName": "Cloud Steering",
+            "members": [{"value": group_id}, {"value": users[5].0}]});
+        let (status, outer) = scim_send(&lab.base, &lab.token, "POST", "/Groups", Some(body));
+        assert_eq!(status, 201, "{outer}");
+        cycle("1 created");
+        let on_premises = written();
+        let inner_dn = on_premises.iter().find(|g| g.0.to_lowercase().starts_with("cn=cloud programme,")).unwrap();
+        let steering = on_premises.iter().find(|g| g.0.to_lowercase().starts_with("cn=cloud steering,")).unwrap();
+        let mut want = vec![inner_dn.0.to_lowercase(), users[5].1.clone()];
+        want.sort();
+        assert_eq!(steering.1, want, "{on_premises:?}");
+        let outer_id = outer["id"].as_str().unwrap();
+        assert_eq!(scim_send(&lab.base, &lab.token, "DELETE", &format!("/Groups/{outer_id}"), None).0, 204);
+
         // Deleted in the cloud: deleted on-premises.
         assert_eq!(scim_send(&lab.base, &lab.token, "DELETE", &format!("/Groups/{group_id}"), None).0, 204);
-        cycle("1 deleted");
+        cycle("2 deleted");
         assert!(written().is_empty());
 
         // Source of authority: a synchronised group taken over by the cloud.
