@@ -37,6 +37,7 @@ const MAX_CN_CHARS: usize = 64;
 const NO_MEMBER: &str = "";
 
 const ENTRY_ALREADY_EXISTS: u32 = 68;
+const NO_SUCH_OBJECT: u32 = 32;
 
 /// One group as the cloud has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +106,14 @@ pub async fn write_groups(settings: &LdapSettings, round: Round<'_>) -> Result<W
     let kind = settings.server_kind.unwrap_or_else(|| session.root_dse.kind());
     let ad = kind == ServerKind::ActiveDirectory;
     let mut report = WritebackReport::default();
-    let mut written = find_marked(&session, settings, round.groups_ou, ad).await?;
+    let mut written = match find_marked(&session, settings, round.groups_ou, ad).await {
+        Err(LdapError::Search { code: NO_SUCH_OBJECT, url, base, .. }) => {
+            return Err(LdapError::Settings(format!(
+                "the writeback OU {base} does not exist on {url}: create it, or correct [source.writeback] groups_ou"
+            )));
+        }
+        other => other?,
+    };
 
     // Pass 1: each cloud-created group exists under its current name.
     let mut dn_of: HashMap<&str, Dn> = HashMap::new();
@@ -312,7 +320,7 @@ async fn delete(session: &Session, dn: &Dn) -> Refusable {
         .await
         .map_err(failed(session, format!("deleting {text}")))?;
     // Already gone (an earlier round deleted it): done.
-    if result.rc == 32 {
+    if result.rc == NO_SUCH_OBJECT {
         return Ok(Ok(()));
     }
     Ok(refusal(result.rc, &result.text, &format!("deleting {text}")))

@@ -3866,6 +3866,28 @@ mod sync_e2e {
     /// as it was or as it should be, and finishes the job. The kill follows
     /// the cycle's report line (writeback starts after it), a few
     /// milliseconds later each trial, so it lands among the writes.
+    /// Bad writeback settings: a groups_ou that is not a DN is refused when
+    /// the configuration loads; an OU that does not exist fails the round with
+    /// what to do, after the cycle itself ran.
+    #[test]
+    fn group_writeback_settings_that_cannot_work_are_explained() {
+        let lab = lab(3, 0, "");
+        let text = std::fs::read_to_string(&lab.config).unwrap();
+        let with = |ou: &str| {
+            let changed =
+                text.replacen("\n[tenant]\n", &format!("\n[source.writeback]\ngroups_ou = \"{ou}\"\n\n[tenant]\n"), 1);
+            std::fs::write(&lab.config, changed).unwrap();
+            sync_once(&lab, &[])
+        };
+        let out = with("not a DN");
+        assert!(!out.status.success() && stderr_of(&out).contains("is not the DN of an OU"), "{}", stderr_of(&out));
+        let out = with("ou=nowhere,dc=example,dc=org");
+        let stderr = stderr_of(&out);
+        assert!(!out.status.success() && stderr.contains("does not exist") && stderr.contains("create it"), "{stderr}");
+        assert!(stderr.contains("success:"), "the cycle itself ran: {stderr}");
+        assert_eq!(get(&lab, "/Users?count=1")["totalResults"], 3);
+    }
+
     #[test]
     fn group_writeback_killed_while_writing_converges_on_the_next_round() {
         let lab = writeback_lab(8, 1);
