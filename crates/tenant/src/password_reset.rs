@@ -61,15 +61,7 @@ pub fn begin(conn: &Connection, name: &str) -> Result<String> {
     let token = crate::util::random_token();
     let now = now_secs();
     conn.execute("DELETE FROM password_resets WHERE expires <= ?1", params![now])?;
-    let id: Option<String> = conn
-        .query_row(
-            "SELECT id FROM resources WHERE type = 'User' AND user_name_lc = ?1",
-            params![name.trim().to_lowercase()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(id) = id
-        && let Some(user) = objects::load(conn, Some(objects::Kind::User), &id)?
+    if let Some(user) = crate::console::user_by_name(conn, name)?
         && eligible(conn, &user)?
     {
         conn.execute(
@@ -80,12 +72,12 @@ pub fn begin(conn: &Connection, name: &str) -> Result<String> {
     Ok(token)
 }
 
-/// The user a token at `stage` stands for, while it is valid.
-fn user_at(conn: &Connection, token: &str, stage: i64) -> Result<Option<objects::Stored>> {
+/// The user a token (its `hash`) at `stage` stands for, while it is valid.
+fn user_at(conn: &Connection, hash: &[u8], stage: i64) -> Result<Option<objects::Stored>> {
     let id: Option<String> = conn
         .query_row(
             "SELECT user_id FROM password_resets WHERE hash = ?1 AND stage = ?2 AND expires > ?3",
-            params![sha256(token.as_bytes()), stage, now_secs()],
+            params![hash, stage, now_secs()],
             |r| r.get(0),
         )
         .optional()?;
@@ -109,7 +101,9 @@ pub async fn prove(
     blocking(move || {
         let guard = store.lock();
         in_transaction(&guard, |conn| {
-            let Some(user) = user_at(conn, &token, WAITING)? else { return Ok(Err(ResetError::Refused)) };
+            let Some(user) = user_at(conn, &sha256(token.as_bytes()), WAITING)? else {
+                return Ok(Err(ResetError::Refused));
+            };
             match check_second_factor(conn, &user, &SecondFactorAnswer::Code(code), &origin, policy)? {
                 Ok(_) => {
                     conn.execute(
@@ -176,20 +170,10 @@ pub async fn finish(
 }
 
 fn proven_user_by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<String>> {
-    let id: Option<String> = conn
-        .query_row(
-            "SELECT user_id FROM password_resets WHERE hash = ?1 AND stage = ?2 AND expires > ?3",
-            params![hash, PROVEN, now_secs()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(id) = id else { return Ok(None) };
-    Ok(objects::load(conn, Some(objects::Kind::User), &id)?
+    Ok(user_at(conn, hash, PROVEN)?
         .and_then(|u| u.data.get("userName").and_then(serde_json::Value::as_str).map(str::to_string)))
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(crate::error::TenantError::Invalid(format!("password reset worker failed: {e}"))))
+    crate::util::blocking("password reset", work).await
 }

@@ -818,9 +818,7 @@ fn decoy(password: &str) -> bool {
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(crate::TenantError::Invalid(format!("sign-in worker failed: {e}"))))
+    crate::util::blocking("sign-in", work).await
 }
 
 fn find_user(conn: &Connection, name: &str) -> Result<Option<Stored>> {

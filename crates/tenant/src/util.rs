@@ -130,6 +130,17 @@ impl Where {
     }
 }
 
+/// Runs database or CPU-heavy `work` off the async threads; `what` names it
+/// if the worker dies (a panic is reported as an error, never propagated).
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(crate::error::TenantError::Invalid(format!("{what} worker failed: {e}"))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

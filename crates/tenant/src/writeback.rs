@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::db::{OptionalExtension, params};
 use crate::domains::{self, AuthType};
-use crate::error::{Result, TenantError};
+use crate::error::Result;
 use crate::pta::{Broker, DispatchError};
 use crate::store::Store;
 use crate::{audit, credentials};
@@ -190,9 +190,7 @@ fn target(conn: &crate::db::Connection, name: &str) -> Result<std::result::Resul
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(TenantError::Invalid(format!("password writeback worker failed: {e}"))))
+    crate::util::blocking("password writeback", work).await
 }
 
 /// Sets `name`'s password to `new_password` on-premises through an agent,

@@ -23,14 +23,20 @@ function oathtool(secret, offset) {
   return execFileSync('oathtool', ['--totp', '-b', '-N', `@${at}`, secret]).toString().trim();
 }
 
-try {
+// A fresh browser signed in to Security info with `secret`.
+async function signedIn(secret) {
   const page = await openPage(browser);
   await page.goto(`${base}/account/sign-in`, { waitUntil: 'load' });
   await page.type('#username', username);
   await submit(page);
-  await page.type('#password', password);
+  await page.type('#password', secret);
   await submit(page);
   await page.goto(`${base}/account`, { waitUntil: 'load' });
+  return page;
+}
+
+try {
+  const page = await signedIn(password);
   await scan(page, 'security-info');
   await page.type('#current-password', password);
   await page.type('#new-password', changed);
@@ -40,13 +46,7 @@ try {
   await scan(page, 'changed');
 
   // Signed in again with the new password, an authenticator app to prove later.
-  const again = await openPage(browser);
-  await again.goto(`${base}/account/sign-in`, { waitUntil: 'load' });
-  await again.type('#username', username);
-  await submit(again);
-  await again.type('#password', changed);
-  await submit(again);
-  await again.goto(`${base}/account`, { waitUntil: 'load' });
+  const again = await signedIn(changed);
   await submit(again, '#add-app');
   const secret = await again.$eval('#secret', (e) => e.textContent.trim());
   await again.type('#code', oathtool(secret, 0));
