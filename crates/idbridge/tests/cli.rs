@@ -2755,15 +2755,29 @@ mod sync_e2e {
 
     /// Password writeback through headless Chromium (tests/browser/writeback.mjs):
     /// a change on Security info, then "Forgot your password?" with a code
-    /// from oathtool; each is set in slapd by the agent; every page is scanned
+    /// from oathtool, then again with a passkey of Chromium's virtual
+    /// authenticator; each is set in slapd by the agent; every page is scanned
     /// by axe-core and photographed at desktop width and 375 px.
     #[test]
     fn password_writeback_through_chromium() {
         let (state, pg) = test_state("state.db");
-        let lab = lab_with_options(4, 1, "", state, pg, SlapdOptions { ppolicy: true, ..SlapdOptions::default() });
+        let mut lab = lab_with_options(4, 1, "", state, pg, SlapdOptions { ppolicy: true, ..SlapdOptions::default() });
         assert!(sync_once(&lab, &[]).status.success());
         let data = lab.tmp.join("tenant");
-        let issuer = lab.base.trim_end_matches("/scim/v2").to_string();
+        // Passkeys need the tenant reached by a name: the same tenant again, public at localhost.
+        let listen = lab.base.trim_start_matches("http://").trim_end_matches("/scim/v2").to_string();
+        let issuer = format!("http://localhost:{}", listen.rsplit(':').next().unwrap());
+        lab.tenant.kill().unwrap();
+        lab.tenant.wait().unwrap();
+        lab.tenant = testkit::KillOnDrop(
+            testkit::spawn_tenant(
+                Path::new(env!("CARGO_BIN_EXE_idbridge")),
+                &data,
+                &["--listen", &listen, "--public-url", &issuer],
+            )
+            .unwrap()
+            .0,
+        );
         let users = get(&lab, "/Users?count=1");
         let user = users["Resources"][0]["userName"].as_str().unwrap().to_string();
         let dn = users["Resources"][0][HYBRID]["onPremisesDistinguishedName"].as_str().unwrap().to_string();
@@ -2785,7 +2799,7 @@ mod sync_e2e {
         let (tools, profile, shots) = super::demo::browser_with_axe();
         let out = Command::new("node")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/writeback.mjs"))
-            .args([issuer.as_str(), &user, "Initial-Pass-1", "Changed-Pass-02", "Reset-Pass-003"])
+            .args([issuer.as_str(), &user, "Initial-Pass-1", "Changed-Pass-02", "Reset-Pass-003", "Passkey-Reset-04"])
             .env("BROWSER_TOOLS", &tools)
             .env("PROFILE_DIR", profile.path())
             .env("SCREENSHOT_DIR", &shots)
@@ -2796,10 +2810,11 @@ mod sync_e2e {
             serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
         assert!(result["changed"].as_str().unwrap().contains("Your password was changed"), "{result}");
         assert!(result["reset"].as_str().unwrap().contains("Your password was reset"), "{result}");
+        assert!(result["passkeyReset"].as_str().unwrap().contains("Your password was reset"), "{result}");
         assert_eq!(result["violations"], serde_json::json!([]), "axe-core: {result}");
         assert_eq!(result["tooWide"], serde_json::json!([]), "375 px: {result}");
-        assert!(ldap_binds(&lab.slapd.url, &dn, "Reset-Pass-003", None), "the reset is the directory's password");
-        for old in ["Initial-Pass-1", "Changed-Pass-02"] {
+        assert!(ldap_binds(&lab.slapd.url, &dn, "Passkey-Reset-04", None), "the reset is the directory's password");
+        for old in ["Initial-Pass-1", "Changed-Pass-02", "Reset-Pass-003"] {
             assert!(!ldap_binds(&lab.slapd.url, &dn, old, None), "{old} no longer binds");
         }
     }

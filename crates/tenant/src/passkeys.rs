@@ -377,6 +377,30 @@ pub fn finish_sign_in(
     token: &str,
     response: &str,
 ) -> Result<std::result::Result<Used, PasskeyError>> {
+    finish_discoverable(conn, rp, token, response, None)
+}
+
+/// Finishes a ceremony begun by [`begin_sign_in`] that must prove `user_id`
+/// (a self-service password reset: the options name no one, so they tell
+/// nothing about the account; a passkey of someone else is refused before
+/// its counter moves).
+pub fn finish_for_user(
+    conn: &Connection,
+    rp: &RelyingParty,
+    user_id: &str,
+    token: &str,
+    response: &str,
+) -> Result<std::result::Result<Used, PasskeyError>> {
+    finish_discoverable(conn, rp, token, response, Some(user_id))
+}
+
+fn finish_discoverable(
+    conn: &Connection,
+    rp: &RelyingParty,
+    token: &str,
+    response: &str,
+    expected_user: Option<&str>,
+) -> Result<std::result::Result<Used, PasskeyError>> {
     let (state, response): (DiscoverableAuthentication, PublicKeyCredential) =
         match take_ceremony(conn, token, Purpose::SignIn, None, response)? {
             Ok(taken) => taken,
@@ -394,7 +418,9 @@ pub fn finish_sign_in(
         )
         .optional()?;
     // The credential must be registered, and to the user it names.
-    let Some((method_id, user_id, credential)) = row.filter(|(_, user, _)| user_handle(user) == handle) else {
+    let Some((method_id, user_id, credential)) =
+        row.filter(|(_, user, _)| user_handle(user) == handle && expected_user.is_none_or(|expected| expected == user))
+    else {
         return Ok(Err(PasskeyError::Unknown));
     };
     let mut passkey: Passkey = from_json(&credential)?;
@@ -515,6 +541,17 @@ mod tests {
             finish_second_factor(&conn, &rp, "someone-else", &other.token, &answer).unwrap(),
             Err(PasskeyError::Expired)
         );
+        // A nameless ceremony bound to one user (a password reset's proof):
+        // this user's passkey is refused for someone else, then proves its own.
+        let reset = begin_sign_in(&conn, &rp).unwrap();
+        let answer = key.assert(&reset.options).unwrap();
+        assert_eq!(
+            finish_for_user(&conn, &rp, "someone-else", &reset.token, &answer).unwrap(),
+            Err(PasskeyError::Unknown)
+        );
+        let reset = begin_sign_in(&conn, &rp).unwrap();
+        let answer = key.assert(&reset.options).unwrap();
+        assert_eq!(finish_for_user(&conn, &rp, &user, &reset.token, &answer).unwrap().unwrap().user_id, user);
         // A key that was never registered here.
         let stranger = begin_sign_in(&conn, &rp).unwrap();
         let answer = copy_key.assert(&stranger.options).unwrap();

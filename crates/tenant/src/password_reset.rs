@@ -1,12 +1,15 @@
 //! Self-service password reset ("Forgot my password"): a synchronised user
-//! of a domain that writes passwords back proves a registered authenticator
-//! app (its code, or a recovery code), then chooses a new password, which is
+//! of a domain that writes passwords back proves a registered second factor
+//! (a passkey, an authenticator app's code, or a recovery code), then
+//! chooses a new password, which is
 //! set on-premises through an agent ([`crate::writeback`], as a reset) and
 //! only then here.
 //!
 //! - Nothing tells whether a user exists or may reset here: an unknown or
-//!   ineligible name gets a token that matches nothing, and every refusal
-//!   of the code step reads the same ([`ResetError::Refused`]).
+//!   ineligible name gets a token that matches nothing, every refusal of
+//!   the proof step reads the same ([`ResetError::Refused`]), and the
+//!   passkey ceremony names no one (its options are a nameless sign-in's;
+//!   the answer must be one of the token's user's passkeys).
 //! - The token is stored hashed in `password_resets` (tenant schema 21) for
 //!   [`RESET_SECS`]; the code step counts wrong and reused codes on the
 //!   user's smart-lockout key exactly as the sign-in's second step does
@@ -48,10 +51,12 @@ pub enum ResetError {
 }
 
 /// Whether `user` may reset here: synchronised, its domain writes passwords
-/// back, and it has an authenticator app to prove.
+/// back, and it has an authenticator app or a passkey to prove.
 fn eligible(conn: &Connection, user: &objects::Stored) -> Result<bool> {
     Ok(crate::signin::writes_back(conn, user)?
-        && mfa::methods(conn, &user.id)?.iter().any(|m| m.kind == mfa::MethodKind::Totp))
+        && mfa::methods(conn, &user.id)?
+            .iter()
+            .any(|m| matches!(m.kind, mfa::MethodKind::Totp | mfa::MethodKind::Passkey)))
 }
 
 /// Starts a reset for the user named `name`: the token the next form
@@ -87,24 +92,24 @@ fn user_at(conn: &Connection, hash: &[u8], stage: i64) -> Result<Option<objects:
     }
 }
 
-/// The code step: an authenticator app's code (or a recovery code) for the
-/// user `token` stands for. On success the same token may set the password
-/// for [`RESET_SECS`].
+/// The proof step: `answer` (an authenticator app's code, a recovery code,
+/// or a [`SecondFactorAnswer::NamelessPasskey`]) for the user `token` stands
+/// for. On success the same token may set the password for [`RESET_SECS`].
 pub async fn prove(
     store: &Arc<Store>,
     token: &str,
-    code: &str,
+    answer: SecondFactorAnswer,
     origin: &Origin,
     policy: LockoutPolicy,
 ) -> Result<std::result::Result<(), ResetError>> {
-    let (store, token, code, origin) = (store.clone(), token.to_string(), code.to_string(), origin.clone());
+    let (store, token, origin) = (store.clone(), token.to_string(), origin.clone());
     blocking(move || {
         let guard = store.lock();
         in_transaction(&guard, |conn| {
             let Some(user) = user_at(conn, &sha256(token.as_bytes()), WAITING)? else {
                 return Ok(Err(ResetError::Refused));
             };
-            match check_second_factor(conn, &user, &SecondFactorAnswer::Code(code), &origin, policy)? {
+            match check_second_factor(conn, &user, &answer, &origin, policy)? {
                 Ok(_) => {
                     conn.execute(
                         "UPDATE password_resets SET stage = ?2, expires = ?3 WHERE hash = ?1",

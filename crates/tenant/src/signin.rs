@@ -496,6 +496,9 @@ pub enum SecondFactorAnswer {
     /// The browser's answer to the passkey ceremony `token` names
     /// (begun by [`passkey_step`]).
     Passkey { rp: Arc<RelyingParty>, token: String, response: String },
+    /// The browser's answer to a ceremony that named no one (begun by
+    /// [`passkeys::begin_sign_in`]); it must be one of this user's passkeys.
+    NamelessPasskey { rp: Arc<RelyingParty>, token: String, response: String },
 }
 
 /// Which second factor signed in (for `amr`).
@@ -602,7 +605,7 @@ pub(crate) fn check_second_factor(
     };
     let log_method = match answer {
         SecondFactorAnswer::Code(_) => Method::AuthenticatorCode,
-        SecondFactorAnswer::Passkey { .. } => Method::Passkey,
+        SecondFactorAnswer::Passkey { .. } | SecondFactorAnswer::NamelessPasskey { .. } => Method::Passkey,
     };
     if let Some(until) = locked_until(conn, &user_key)?.filter(|until| *until > now) {
         audit_attempt(conn, &name, origin, log_method, false, "locked-out", None)?;
@@ -624,14 +627,10 @@ pub(crate) fn check_second_factor(
             }
         },
         SecondFactorAnswer::Passkey { rp, token, response } => {
-            match passkeys::finish_second_factor(conn, rp, &user.id, token, response)? {
-                Ok(used) => Ok(SecondFactorUsed::Passkey { backup_eligible: used.backup_eligible }),
-                Err(e) => {
-                    // A page that waited too long, or a browser's garbled answer, is no guess.
-                    let counts = !matches!(e, PasskeyError::Expired | PasskeyError::Malformed);
-                    Err((e.reason().to_string(), counts, SecondFactorError::Passkey(e)))
-                }
-            }
+            passkey_verdict(passkeys::finish_second_factor(conn, rp, &user.id, token, response)?)
+        }
+        SecondFactorAnswer::NamelessPasskey { rp, token, response } => {
+            passkey_verdict(passkeys::finish_for_user(conn, rp, &user.id, token, response)?)
         }
     };
     match verdict {
@@ -654,6 +653,18 @@ pub(crate) fn check_second_factor(
             Ok(Err(error))
         }
     }
+}
+
+/// A passkey's verdict as the second factor's: (the failure's reason,
+/// whether it counts toward lockout, the error) when refused.
+fn passkey_verdict(
+    finished: std::result::Result<passkeys::Used, PasskeyError>,
+) -> std::result::Result<SecondFactorUsed, (String, bool, SecondFactorError)> {
+    finished.map(|used| SecondFactorUsed::Passkey { backup_eligible: used.backup_eligible }).map_err(|e| {
+        // A page that waited too long, or a browser's garbled answer, is no guess.
+        let counts = !matches!(e, PasskeyError::Expired | PasskeyError::Malformed);
+        (e.reason().to_string(), counts, SecondFactorError::Passkey(e))
+    })
 }
 
 /// Why a sign-in with a passkey alone did not succeed. The texts are what

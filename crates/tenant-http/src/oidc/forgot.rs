@@ -1,5 +1,5 @@
 //! "Forgot your password?" (`/account/forgot-password`): the user name, a
-//! code from the user's authenticator app, the new password — set
+//! passkey or a code from the user's authenticator app, the new password — set
 //! on-premises through an agent, then here (`tenant::password_reset`).
 //! Every form is CSRF-checked (the sign-in pages' double-submit token); the
 //! pages are the same whoever the name belongs to.
@@ -51,6 +51,7 @@ pub async fn post(
     let field = |name: &str| p.get(name).cloned().unwrap_or_default();
     let (username, token) = (field("username"), field("token"));
     let page = |html: String| html_response(StatusCode::OK, html);
+    let passkeys = state.passkeys.is_some();
     match p.get("step").map(String::as_str) {
         Some("name") => {
             let name = username.trim().to_string();
@@ -63,11 +64,19 @@ pub async fn post(
             }
             let asked = name.clone();
             match db(&state, move |conn| password_reset::begin(conn, &asked)).await {
-                Ok(token) => page(pages::forgot_code_page(&branding, &csrf, &name, &token, None)),
+                Ok(token) => page(pages::forgot_code_page(&branding, &csrf, &name, &token, passkeys, None)),
                 Err(e) => internal(e),
             }
         }
-        Some("code") => {
+        Some(step @ ("code" | "passkey")) => {
+            let answer = match (step, state.passkeys.clone()) {
+                ("passkey", Some(rp)) => tenant::signin::SecondFactorAnswer::NamelessPasskey {
+                    rp,
+                    token: field("passkey_token"),
+                    response: field("credential"),
+                },
+                _ => tenant::signin::SecondFactorAnswer::Code(field("code")),
+            };
             let origin = tenant::signin::Origin {
                 address: tenant::net::client_address(
                     &state.trusted_proxies,
@@ -77,9 +86,11 @@ pub async fn post(
                 .to_string(),
                 application: None,
             };
-            match password_reset::prove(&state.store, &token, &field("code"), &origin, state.lockout).await {
+            match password_reset::prove(&state.store, &token, answer, &origin, state.lockout).await {
                 Ok(Ok(())) => page(pages::forgot_password_page(&branding, &csrf, &username, &token, None)),
-                Ok(Err(e)) => page(pages::forgot_code_page(&branding, &csrf, &username, &token, Some(&e.to_string()))),
+                Ok(Err(e)) => {
+                    page(pages::forgot_code_page(&branding, &csrf, &username, &token, passkeys, Some(&e.to_string())))
+                }
                 Err(e) => internal(e),
             }
         }

@@ -530,12 +530,31 @@ pub fn forgot_name_page(branding: &Branding, csrf: &str, error: Option<&str>) ->
 }
 
 /// The reset's code step (the same page whoever the name was).
-pub fn forgot_code_page(branding: &Branding, csrf: &str, username: &str, token: &str, error: Option<&str>) -> String {
+/// `passkeys`: the tenant can take passkeys, so "Use a passkey" is offered
+/// (to everyone alike: the page does not tell which methods an account has).
+pub fn forgot_code_page(
+    branding: &Branding,
+    csrf: &str,
+    username: &str,
+    token: &str,
+    passkeys: bool,
+    error: Option<&str>,
+) -> String {
     let body = html! {
         h1 { "Verify it’s you" }
         p.who { (username) }
-        p { "Enter the code your authenticator app shows (or one of your recovery codes)." }
         (error_box(error))
+        @if passkeys {
+            form method="post" action="/account/forgot-password" {
+                (csrf_field(csrf))
+                input type="hidden" name="step" value="passkey";
+                input type="hidden" name="username" value=(username);
+                input type="hidden" name="token" value=(token);
+                p { "Use your passkey." }
+                (passkey_button("passkey-reset", "reset", "/oauth2/passkey", "Use a passkey"))
+            }
+        }
+        p { "Enter the code your authenticator app shows (or one of your recovery codes)." }
         form method="post" action="/account/forgot-password" {
             (csrf_field(csrf))
             input type="hidden" name="step" value="code";

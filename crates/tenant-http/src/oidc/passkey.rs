@@ -67,7 +67,7 @@ fn relying_party(
 }
 
 /// POST /oauth2/passkey: the options of a sign-in with a passkey alone
-/// (`purpose=sign-in`), of the passkey step after a password
+/// (`purpose=sign-in`, and `reset` for a forgotten password's proof), of the passkey step after a password
 /// (`purpose=second-factor` with the sign-in's `challenge`), or of
 /// registering one during a sign-in the policy interrupted (`enrol`).
 pub async fn sign_in_options(
@@ -81,7 +81,9 @@ pub async fn sign_in_options(
     };
     let challenge = p.get("challenge").cloned().unwrap_or_default();
     match p.get("purpose").map(String::as_str) {
-        Some("sign-in") => {
+        // A self-service password reset's proof: options that name no one,
+        // so they tell nothing about the account (see tenant::password_reset).
+        Some("sign-in" | "reset") => {
             ceremony(db(&state, move |conn| tenant::passkeys::begin_sign_in(conn, &rp).map(Some)).await, "")
         }
         Some("enrol") => ceremony(

@@ -1,5 +1,5 @@
 // Passkey buttons of the sign-in and Security info pages. A button
-// (data-passkey = register | enrol | sign-in | second-factor) fetches the options
+// (data-passkey = register | enrol | sign-in | second-factor | reset) fetches the options
 // from data-begin with its form's fields, asks the browser's authenticator,
 // and submits the form with the answer (JSON, binary fields in base64url)
 // in the hidden `credential` field. Without WebAuthn the buttons stay hidden
