@@ -51,3 +51,22 @@ export async function scan(page, prefix, name, out) {
   if (shots) await page.screenshot({ path: `${shots}/${prefix}-${name}-375.png`, fullPage: true });
   await page.setViewport({ width: 1280, height: 800 });
 }
+
+// A page in a browser context of its own (no cookies shared) with a virtual
+// authenticator that verifies its user and keeps discoverable credentials.
+export async function pageWithAuthenticator(browser) {
+  const page = await newPage(browser);
+  const cdp = await page.createCDPSession();
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2',
+      transport: 'internal',
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+      automaticPresenceSimulation: true,
+    },
+  });
+  return { page, cdp, authenticatorId };
+}

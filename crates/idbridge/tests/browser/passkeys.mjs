@@ -15,7 +15,7 @@
 // authenticator's attempt, "removed": the page after the removed passkey's attempt,
 // "violations", "tooWide"}. $SCREENSHOT_DIR: every page at desktop width and 375 px.
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
-import { launch, newPage, scan as scanPage } from './common.mjs';
+import { launch, newPage, pageWithAuthenticator as pageWithAuthenticatorIn, scan as scanPage } from './common.mjs';
 
 const [base, username, password, secondUser, secondPassword] = process.argv.slice(2);
 const browser = await launch();
@@ -23,24 +23,7 @@ const out = { violations: [], tooWide: [] };
 const scan = (page, name) => scanPage(page, 'passkeys', name, out);
 const text = (page) => page.evaluate(() => document.body.innerText);
 
-// A page in a browser context of its own (no cookies shared) with a virtual
-// authenticator that verifies its user and keeps discoverable credentials.
-async function pageWithAuthenticator() {
-  const page = await newPage(browser);
-  const cdp = await page.createCDPSession();
-  await cdp.send('WebAuthn.enable');
-  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
-    options: {
-      protocol: 'ctap2',
-      transport: 'internal',
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
-  return { page, cdp, authenticatorId };
-}
+const pageWithAuthenticator = () => pageWithAuthenticatorIn(browser);
 
 async function submit(page, selector) {
   await Promise.all([page.waitForNavigation(), page.click(selector)]);

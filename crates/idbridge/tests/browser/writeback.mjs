@@ -10,7 +10,7 @@
 // "violations": serious or critical axe-core findings, "tooWide": pages wider than 375 px}.
 // With $SCREENSHOT_DIR set, every page is saved at desktop width and 375 px.
 import { execFileSync } from 'node:child_process';
-import { launch, newPage as openPage, scan as scanPage } from './common.mjs';
+import { launch, newPage as openPage, pageWithAuthenticator, scan as scanPage } from './common.mjs';
 
 const [base, username, password, changed, reset, passkeyReset] = process.argv.slice(2);
 const browser = await launch();
@@ -95,19 +95,7 @@ try {
 
   // A browser with a passkey: signed in with a recovery code, the passkey
   // added on Security info, then the password reset again with it.
-  const keyed = await openPage(browser);
-  const cdp = await keyed.createCDPSession();
-  await cdp.send('WebAuthn.enable');
-  await cdp.send('WebAuthn.addVirtualAuthenticator', {
-    options: {
-      protocol: 'ctap2',
-      transport: 'internal',
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
+  const { page: keyed } = await pageWithAuthenticator(browser);
   await signedIn(reset, recovery[0], keyed);
   await keyed.waitForSelector('#add-passkey:not([hidden])');
   await submit(keyed, '#add-passkey');
