@@ -165,6 +165,13 @@ impl LdapSource {
         sid.unwrap_or_else(|| "<the account's SID>".into())
     }
 
+    /// The DN of the bind account (given as a DN, user@domain or DOMAIN\\user).
+    pub(crate) async fn bind_account_dn(&self) -> Option<String> {
+        let nc = self.session_profile().ok()?.1.naming_context.clone()?;
+        let credentials = self.replication_credentials(&self.settings().clone()).await.ok()?;
+        self.account_dn(&nc, &credentials.user).await
+    }
+
     /// The entry of the account `user` (sAMAccountName) under `nc`, with `attributes`.
     async fn account_entry(&self, nc: &Dn, user: &str, attributes: Vec<&str>) -> Option<ldap3::SearchEntry> {
         let (session, _) = self.session_profile().ok()?;

@@ -278,6 +278,99 @@ impl LdapSource {
         Ok(None)
     }
 
+    /// Whether the bind account may reset the passwords of the users in
+    /// scope (password writeback's administrator and self-service resets):
+    /// the extended right "Reset Password" on one user of each included OU
+    /// (or base), decided from the user's DACL (read with the SD flags
+    /// control: the DACL only, which a non-administrator may read) and the
+    /// account's SID and groups (tokenGroups), as Windows decides it. Only AD
+    /// has such a right to read; elsewhere `None`.
+    pub async fn check_reset_password_right(&mut self) -> Result<Option<RightProblem>, LdapError> {
+        self.connect().await?;
+        if self.session_profile()?.1.kind != ServerKind::ActiveDirectory {
+            return Ok(None);
+        }
+        let bind = self.settings().bind_dn.clone().unwrap_or_default();
+        let holder = self.bind_account_sids().await;
+        let sid = self.bind_account_sid().await;
+        let (session, profile) = self.session_profile()?;
+        let places: Vec<Dn> = if self.settings().include_ous.is_empty() {
+            profile.bases.clone()
+        } else {
+            self.settings().include_ous.clone()
+        };
+        // SD flags control (LDAP_SERVER_SD_FLAGS_OID): SEQUENCE { INTEGER 4 } = the DACL.
+        let dacl_only = ldap3::controls::RawControl {
+            ctype: "1.2.840.113556.1.4.801".into(),
+            crit: true,
+            val: Some(vec![0x30, 0x03, 0x02, 0x01, 0x04]),
+        };
+        for place in places {
+            let mut ldap = session.ldap.clone();
+            let found = ldap
+                .with_timeout(session.operation_timeout)
+                .with_controls(dacl_only.clone())
+                .with_search_options(ldap3::SearchOptions::new().sizelimit(1))
+                .search(&place.to_string(), Scope::Subtree, USERS, vec!["nTSecurityDescriptor"])
+                .await;
+            let Ok(ldap3::SearchResult(entries, _)) = found else { continue };
+            let Some(first) = entries.into_iter().next() else { continue };
+            let entry = ldap3::SearchEntry::construct(first);
+            let granted = entry
+                .bin_attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("nTSecurityDescriptor"))
+                .and_then(|(_, v)| v.first())
+                .and_then(|sd| directory::security_descriptor::parse_dacl(sd).ok())
+                .is_some_and(|dacl| {
+                    dacl.grants_control_access(
+                        &directory::security_descriptor::RESET_PASSWORD,
+                        &directory::security_descriptor::USER_CLASS,
+                        &holder,
+                    )
+                });
+            if !granted {
+                return Ok(Some(RightProblem {
+                    blocking: true,
+                    right: format!("Reset Password on users (password writeback resets; checked on {})", entry.dn),
+                    object: place.to_string(),
+                    fix: format!(
+                        "dsacls \"{place}\" /I:S /G \"{bind}:CA;Reset Password;user\" (Windows), or on Samba: samba-tool dsacl set --objectdn=\"{place}\" --sddl=\"(OA;CIIO;CR;{};{USER_CLASS};{sid})\"",
+                        directory::security_descriptor::RESET_PASSWORD
+                    ),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The bind account's SID, its groups' (tokenGroups) and the two every
+    /// bound account holds; empty of its own when they cannot be read.
+    async fn bind_account_sids(&self) -> Vec<directory::Sid> {
+        let mut sids = Vec::new();
+        if let Some(dn) = self.bind_account_dn().await
+            && let Ok((session, _)) = self.session_profile()
+        {
+            let mut ldap = session.ldap.clone();
+            // tokenGroups is constructed: only a base search returns it.
+            let found = ldap
+                .with_timeout(session.operation_timeout)
+                .search(&dn, Scope::Base, "(objectClass=*)", vec!["objectSid", "tokenGroups"])
+                .await;
+            if let Ok(ldap3::SearchResult(entries, _)) = found
+                && let Some(first) = entries.into_iter().next()
+            {
+                let entry = ldap3::SearchEntry::construct(first);
+                for name in ["objectSid", "tokenGroups"] {
+                    let values = entry.bin_attrs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+                    sids.extend(values.flat_map(|(_, v)| v).filter_map(|b| directory::Sid::from_bytes(b).ok()));
+                }
+            }
+        }
+        sids.extend(directory::security_descriptor::implicit_sids());
+        sids
+    }
+
     /// The schemaIDGUID of an attribute, as text.
     async fn schema_guid(&self, attribute: &str) -> Option<String> {
         let (session, _) = self.session_profile().ok()?;

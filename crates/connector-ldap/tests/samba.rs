@@ -304,3 +304,52 @@ fn change_notifications_wake_for_changes_in_scope_only() {
         assert_eq!(wait_during(&mut source, ldif, long), Some(true), "{what}");
     }
 }
+
+/// The Reset Password check agrees with Samba's own enforcement: an account
+/// without the right is told so (with the line that grants it) and its
+/// reset is refused; the printed `samba-tool dsacl` line, run as printed,
+/// grants it, after which the check passes and the reset goes through.
+#[test]
+fn reset_password_right_is_read_from_the_dacl_as_samba_enforces_it() {
+    use connector_ldap::validate::{PlainBinds, Validator};
+    use proto::pta::{Outcome, PasswordWrite};
+    let dc = SambaDc::start().unwrap();
+    seed(&dc, 2);
+    dc.samba_tool(&["user", "create", "svc-reset", "Reset.Passw0rd1"]).unwrap();
+    let rt = runtime();
+    let tls = |mut s: connector_ldap::LdapSettings| {
+        s.tls.starttls = true;
+        s.tls.ca_file = Some(dc.ca.ca_cert.clone());
+        s
+    };
+    let admin = tls(admin_settings(&dc));
+    assert_eq!(rt.block_on(LdapSource::new(admin).unwrap().check_reset_password_right()).unwrap(), None);
+
+    let service = tls(settings(&[&dc.url], "svc-reset@example.test", "Reset.Passw0rd1", SYNC_OU));
+    let problem = rt
+        .block_on(LdapSource::new(service.clone()).unwrap().check_reset_password_right())
+        .unwrap()
+        .expect("svc-reset has no Reset Password right");
+    assert!(problem.blocking && problem.right.contains("Reset Password"), "{problem:?}");
+    let filter = Some("(&(objectClass=user)(sAMAccountName={upn}))".to_string());
+    let validator = Validator::new(service.clone(), filter.clone(), PlainBinds::AllowInsecure).unwrap();
+    let reset = PasswordWrite::Reset { new_password: "Reset.By.Service1".into(), enforce_policy: false };
+    assert_eq!(rt.block_on(validator.write_password("jm0", "", &reset)), Outcome::PasswordChangeNotAllowed);
+
+    // The fix, exactly as printed.
+    let (dn, sddl) = problem
+        .fix
+        .split("samba-tool dsacl set --objectdn=\"")
+        .nth(1)
+        .and_then(|rest| rest.split_once('"'))
+        .and_then(|(dn, rest)| Some((dn, rest.split("--sddl=\"").nth(1)?.split('"').next()?)))
+        .unwrap();
+    assert!(sddl.contains("S-1-5-21-"), "the account's SID is filled in: {sddl}");
+    dc.samba_tool(&["dsacl", "set", &format!("--objectdn={dn}"), &format!("--sddl={sddl}")]).unwrap();
+    assert_eq!(rt.block_on(LdapSource::new(service.clone()).unwrap().check_reset_password_right()).unwrap(), None);
+    let validator = Validator::new(service, filter, PlainBinds::AllowInsecure).unwrap();
+    assert_eq!(rt.block_on(validator.write_password("jm0", "", &reset)), Outcome::PasswordChanged);
+    // The seeded account was made without a password, so disabled: enabled now, it signs in with the new one.
+    dc.samba_tool(&["user", "enable", "jm0"]).unwrap();
+    assert_eq!(rt.block_on(validator.validate("jm0", "Reset.By.Service1")), Outcome::Success);
+}

@@ -12,6 +12,7 @@ pub mod entry;
 pub mod filter;
 pub mod kind;
 pub mod ldif;
+pub mod security_descriptor;
 pub mod value;
 
 pub use anchor::Anchor;
