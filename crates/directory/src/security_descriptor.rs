@@ -35,13 +35,11 @@ pub const CONTROL_ACCESS: u32 = 0x0000_0100;
 const GENERIC_ALL: u32 = 0x1000_0000;
 
 /// The extended right "Reset Password" (User-Force-Change-Password).
-pub const RESET_PASSWORD: Guid = Guid([
-    0x70, 0x95, 0x29, 0x00, 0x6d, 0x24, 0xd0, 0x11, 0xa7, 0x68, 0x00, 0xaa, 0x00, 0x6e, 0x05, 0x29,
-]);
+pub const RESET_PASSWORD: Guid =
+    Guid([0x70, 0x95, 0x29, 0x00, 0x6d, 0x24, 0xd0, 0x11, 0xa7, 0x68, 0x00, 0xaa, 0x00, 0x6e, 0x05, 0x29]);
 /// The schemaIDGUID of the `user` class (inherited object type of ACEs meant for users).
-pub const USER_CLASS: Guid = Guid([
-    0xba, 0x7a, 0x96, 0xbf, 0xe6, 0x0d, 0xd0, 0x11, 0xa2, 0x85, 0x00, 0xaa, 0x00, 0x30, 0x49, 0xe2,
-]);
+pub const USER_CLASS: Guid =
+    Guid([0xba, 0x7a, 0x96, 0xbf, 0xe6, 0x0d, 0xd0, 0x11, 0xa2, 0x85, 0x00, 0xaa, 0x00, 0x30, 0x49, 0xe2]);
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +91,7 @@ impl Dacl {
 
 /// Little-endian readers over checked ranges.
 fn bytes_at(data: &[u8], at: usize, len: usize) -> Result<&[u8], DescriptorError> {
-    data.get(at..at.checked_add(len).ok_or(DescriptorError("offset overflows"))?)
-        .ok_or(DescriptorError("truncated"))
+    data.get(at..at.checked_add(len).ok_or(DescriptorError("offset overflows"))?).ok_or(DescriptorError("truncated"))
 }
 
 fn u16_at(data: &[u8], at: usize) -> Result<u16, DescriptorError> {

@@ -101,6 +101,10 @@ pub struct InitArgs {
     #[arg(long)]
     pub federation_client_secret_file: Option<PathBuf>,
 
+    /// Password writeback (yes/no): passwords changed or reset in the cloud are set
+    /// in this directory by the pass-through agents (the bind account needs Reset Password).
+    #[arg(long)]
+    pub password_writeback: Option<String>,
     /// Staging mode: import and sync, export nothing (yes/no).
     #[arg(long)]
     pub staging: Option<String>,
@@ -141,6 +145,7 @@ impl From<InitArgs> for orchestration::init::InitOptions {
             federation_issuer: a.federation_issuer,
             federation_client_id: a.federation_client_id,
             federation_client_secret_file: a.federation_client_secret_file,
+            password_writeback: a.password_writeback,
             staging: a.staging,
             systemd_unit: a.systemd_unit,
         }

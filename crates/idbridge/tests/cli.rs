@@ -6119,12 +6119,15 @@ mod init_wizard {
             "OU=Groups,DC=example,DC=test",
             "--sign-in",
             "example.test=phs",
+            "--password-writeback",
+            "yes",
             "--accept-defaults",
             "--yes",
         ];
         let out = init(tmp.path(), &args);
         let log = stderr(&out);
         assert_eq!(out.status.code(), Some(3), "{log}");
+        assert!(log.contains("missing right: Reset Password on users"), "{log}");
         assert!(log.contains("Active Directory"), "{log}");
         assert!(
             log.contains("The server holds: DC=example,DC=test\n"),
@@ -6133,7 +6136,7 @@ mod init_wizard {
         assert!(log.contains("Replicating Directory Changes All") && log.contains("ms-DS-ConsistencyGuid"), "{log}");
         assert!(!tmp.join("idbridge.toml").exists(), "nothing written");
         let fixes = grants(&log);
-        assert!(fixes.len() >= 2, "a replication grant and a write-back grant: {log}");
+        assert!(fixes.len() >= 3, "a replication grant, an anchor write-back grant, a Reset Password grant: {log}");
         // The fixes, run exactly as printed, are enough.
         for (dn, sddl) in &fixes {
             assert!(sddl.contains("S-1-5-21-"), "the account's SID is filled in: {sddl}");
@@ -6143,6 +6146,9 @@ mod init_wizard {
         let log = stderr(&out);
         assert_eq!(out.status.code(), Some(0), "{log}");
         assert!(log.contains("30 users have no ms-DS-ConsistencyGuid yet"), "{log}");
+        assert!(log.contains("domain example.test: managed-phs, password writeback on"), "{log}");
+        let domains = ok(&idbridge(&["tenant", "domain", "list", "--data", p(&tenant_data)]));
+        assert!(domains.lines().any(|l| l.starts_with("example.test ") && l.trim_end().ends_with("on")), "{domains}");
         let config = tmp.join("idbridge.toml");
         let written = std::fs::read_to_string(&config).unwrap();
         assert!(written.contains("ldaps://127.0.0.1") && written.contains("ca_file"), "{written}");
@@ -6288,6 +6294,7 @@ mod init_wizard {
         t.answer("sourceAnchor", "");
         t.answer("Sign-in for example.org", "");
         t.answer("Synchronise password hashes", "");
+        t.answer("Password writeback", "");
         t.answer("Staging mode", "");
         t.answer("systemd unit", p(unit));
         t.answer("Write ", write);
@@ -6305,7 +6312,8 @@ mod init_wizard {
         for question in ["Exclude OUs", "Only members of this group", "Only objects matching", "sourceAnchor"] {
             t.answer(question, "");
         }
-        for question in ["Sign-in for example.org", "Synchronise password hashes", "Staging mode"] {
+        for question in ["Sign-in for example.org", "Synchronise password hashes", "Password writeback", "Staging mode"]
+        {
             t.answer(question, "");
         }
         t.answer("systemd unit", "-");

@@ -71,6 +71,11 @@ impl Wizard {
         {
             problems.push(p);
         }
+        if self.password_writeback
+            && let Some(p) = source.check_reset_password_right().await?
+        {
+            problems.push(p);
+        }
         let blocking: Vec<_> = problems.iter().filter(|p| p.blocking).collect();
         for p in &problems {
             let line = format!("missing right: {} on {}\n    fix: {}", p.right, p.object, p.fix);

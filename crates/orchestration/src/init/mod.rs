@@ -240,6 +240,10 @@ pub struct InitOptions {
     /// OIDC: a file holding the client secret.
     pub federation_client_secret_file: Option<PathBuf>,
 
+    /// Password writeback (yes/no): passwords changed or reset in the cloud
+    /// are set in this directory by the pass-through agents; the bind account
+    /// needs the Reset Password right (checked on AD).
+    pub password_writeback: Option<String>,
     /// Staging mode: import and sync, export nothing (yes/no).
     pub staging: Option<String>,
     /// Also write a systemd unit for the sync daemon here ("-" for none).
@@ -273,6 +277,8 @@ struct Wizard {
     /// Sign-in method per domain, in the order shown.
     sign_in: Vec<(String, tenant::domains::AuthType)>,
     federation: Option<tenant::federation::Federation>,
+    /// Passwords changed in the cloud are written back (pass-through and PHS domains).
+    password_writeback: bool,
     staging: bool,
     systemd_unit: Option<PathBuf>,
     /// A bind password typed at the prompt, and the file it goes to (0600)
@@ -315,6 +321,7 @@ pub async fn run(args: InitOptions, ask: Box<dyn Ask>) -> Result<()> {
         survey: None,
         sign_in: Vec::new(),
         federation: None,
+        password_writeback: false,
         staging: false,
         systemd_unit: None,
         typed_password: None,

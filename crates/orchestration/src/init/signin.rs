@@ -238,6 +238,15 @@ impl Wizard {
         Tenant::open_existing(data).ok()?.domain(domain).ok().flatten().map(|d| d.auth)
     }
 
+    /// Whether the local tenant writes a domain's passwords back now.
+    fn current_writeback(&self, domain: &str) -> bool {
+        let Some(TenantChoice::Local { data, .. }) = &self.tenant else { return false };
+        Tenant::open_existing(data)
+            .ok()
+            .and_then(|t| t.domain(domain).ok().flatten())
+            .is_some_and(|d| d.password_writeback)
+    }
+
     pub(super) fn sign_in_step(&mut self) -> Result<Answer<()>> {
         self.ask.heading(8, STEPS, "How people sign in");
         let survey = self.survey.as_ref().context("the survey step did not run")?;
@@ -317,6 +326,28 @@ impl Wizard {
                     .into(),
             ));
         }
+        let writes_back = chosen.iter().any(|(_, a)| *a != AuthType::Federated);
+        let given =
+            self.args.password_writeback.as_deref().map(|t| parse_yes_no("--password-writeback", t)).transpose()?;
+        let mut password_writeback = false;
+        if writes_back {
+            let current = self.password_writeback || chosen.iter().any(|(d, _)| self.current_writeback(d));
+            let Answer::Value(on) = self.ask.confirm(
+                "Password writeback (passwords changed or reset in the cloud are set here, through the pass-through agents)",
+                "--password-writeback",
+                given,
+                current,
+            )?
+            else {
+                return Ok(Answer::Back);
+            };
+            password_writeback = on;
+        } else if given == Some(true) {
+            return Err(self.failed(
+                "password writeback needs a domain that signs in with phs or pta (a federated domain's passwords live at its identity provider)"
+                    .into(),
+            ));
+        }
         let existing_staging = self.existing_config.as_ref().is_some_and(|c| c.sync.staging);
         let given = self.args.staging.as_deref().map(|t| parse_yes_no("--staging", t)).transpose()?;
         let Answer::Value(staging) = self.ask.confirm(
@@ -329,6 +360,7 @@ impl Wizard {
             return Ok(Answer::Back);
         };
         self.source.password_hash_sync = phs;
+        self.password_writeback = password_writeback;
         self.staging = staging;
         self.sign_in = chosen;
         Ok(Answer::Value(()))
@@ -446,7 +478,14 @@ impl Wizard {
             {
                 local.federate("init", name, f).with_context(|| format!("federating {name}"))?;
             }
-            notes.push(format!("domain {name}: {}", auth.as_str()));
+            let writeback = self.password_writeback && *auth != AuthType::Federated;
+            if local.domain(name)?.is_some_and(|d| d.password_writeback != writeback) {
+                local
+                    .set_password_writeback("init", name, writeback)
+                    .with_context(|| format!("setting password writeback of {name}"))?;
+            }
+            let writeback_note = if writeback { ", password writeback on" } else { "" };
+            notes.push(format!("domain {name}: {}{writeback_note}", auth.as_str()));
         }
         let token_file = self.local_token_file();
         let current = std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string());
@@ -498,13 +537,24 @@ impl Wizard {
                     if *auth == AuthType::Federated { "managed-phs" } else { auth.as_str() }
                 ));
             }
+            if remote && self.password_writeback && *auth != AuthType::Federated {
+                out.push(format!(
+                    "on the tenant: idbridge tenant domain set --data {data} {name} --password-writeback on"
+                ));
+            }
             if *auth == AuthType::Federated && (remote || self.federation.is_none()) {
                 out.push(format!(
                     "federate it: idbridge tenant domain federate --data {data} {name} --protocol oidc|saml … (see --help)"
                 ));
             }
         }
-        if self.sign_in.iter().any(|(_, a)| *a == AuthType::ManagedPta) {
+        if self.password_writeback {
+            let bind = self.source.bind_dn.as_deref().unwrap_or("the bind account");
+            out.push(format!(
+                "password writeback goes through the pass-through agents: give them the bind account {bind} (it has the Reset Password right) or another that has it"
+            ));
+        }
+        if self.password_writeback || self.sign_in.iter().any(|(_, a)| *a == AuthType::ManagedPta) {
             let url = match &self.tenant {
                 Some(TenantChoice::Local { listen, .. }) => format!("http://{listen}"),
                 Some(TenantChoice::Remote { url, .. }) => url.trim_end_matches("/scim/v2").to_string(),
