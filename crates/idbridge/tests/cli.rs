@@ -2817,6 +2817,14 @@ mod sync_e2e {
         for old in ["Initial-Pass-1", "Changed-Pass-02", "Reset-Pass-003"] {
             assert!(!ldap_binds(&lab.slapd.url, &dn, old, None), "{old} no longer binds");
         }
+        // Each write is counted: the change, and the two self-service resets.
+        let metrics_token =
+            ok(&idbridge(&["tenant", "token", "create", "--data", p(&data), "--scope", "metrics"])).trim().to_string();
+        let metrics = http_get(&format!("{issuer}/metrics"), Some(&metrics_token)).1;
+        let written = |kind: &str| {
+            value_of(&metrics, &format!("idbridge_password_writeback_total{{kind=\"{kind}\",outcome=\"changed\"}}"))
+        };
+        assert_eq!((written("change"), written("reset")), (Some(1.0), Some(2.0)), "{metrics}");
     }
 
     #[test]
@@ -4662,6 +4670,13 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
             }
         }));
         trouble.push((format!("up{{job=\"{sync_job}\",instance=\"{sync_at}\"}}"), "0+0x40".into()));
+        // Password writeback that cannot reach the directory (no agent online), twice a minute.
+        trouble.push((
+            format!(
+                "idbridge_password_writeback_total{{job=\"{tenant_job}\",instance=\"{tenant_at}\",kind=\"reset\",outcome=\"no-agent\"}}"
+            ),
+            "0+2x40".into(),
+        ));
         trouble.push((
             format!(
                 "idbridge_tls_certificate_expiry_timestamp_seconds{{job=\"{tenant_job}\",instance=\"{tenant_at}\"}}"
@@ -4693,6 +4708,10 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
                 format!("severity: critical\n                {}", at(tenant_job, tenant_at)),
             ),
             ("IdbridgeSignInFailureSpike", format!("severity: warning\n                {}", at(tenant_job, tenant_at))),
+            (
+                "IdbridgePasswordWritebackFailing",
+                format!("severity: warning\n                {}", at(tenant_job, tenant_at)),
+            ),
             (
                 "IdbridgeCertificateExpiresSoon",
                 format!("severity: warning\n                {}", at(tenant_job, tenant_at)),

@@ -72,6 +72,7 @@ pub struct TenantMetrics {
     pta_requests: Family<Labels, Counter>,
     pta_agents_online: Gauge,
     pta_domains: Gauge,
+    password_writeback: Family<Labels, Counter>,
     tls_expiry: Family<Labels, Gauge>,
     federation_expiry: Family<Labels, Gauge>,
     report_success: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -93,6 +94,7 @@ impl TenantMetrics {
             pta_requests: Family::default(),
             pta_agents_online: Gauge::default(),
             pta_domains: Gauge::default(),
+            password_writeback: Family::default(),
             tls_expiry: Family::default(),
             federation_expiry: Family::default(),
             report_success: Family::default(),
@@ -126,6 +128,11 @@ impl TenantMetrics {
             "idbridge_pta_domains",
             "Domains that sign in by pass-through authentication",
             m.pta_domains.clone(),
+        );
+        registry.register(
+            "idbridge_password_writeback",
+            "Passwords written back on-premises, by kind (change, reset) and outcome (changed, or the refusal: no-agent, agent-timeout, directory-unreachable, too-short, …)",
+            m.password_writeback.clone(),
         );
         registry.register_with_unit(
             "idbridge_tls_certificate_expiry_timestamp",
@@ -195,6 +202,12 @@ impl TenantMetrics {
         if outcome == SignInOutcome::Locked {
             self.lockouts.inc();
         }
+    }
+
+    /// A password writeback attempt: `kind` change or reset, `outcome`
+    /// changed or the refusal's audit word.
+    pub fn password_writeback(&self, kind: &str, outcome: &str) {
+        self.password_writeback.get_or_create(&labels([("kind", kind), ("outcome", outcome)])).inc();
     }
 
     pub fn pta_request(&self, outcome: &str) {

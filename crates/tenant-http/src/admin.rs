@@ -120,15 +120,10 @@ async fn reset_password(
     use tenant::writeback::{Request as Write, WritebackError};
     let (actor, PasswordReset { new_password }) =
         admin_request(&state, &headers, request, "give {\"new_password\": \"…\"}").await?;
-    let written = tenant::writeback::write_password(
-        &state.store,
-        &state.pta,
-        &name,
-        &new_password,
-        Write::Reset { actor, enforce_policy: false },
-    )
-    .await
-    .map_err(|e| ScimError::status(500, e.to_string()))?;
+    let written =
+        crate::writeback::write_password(&state, &name, &new_password, Write::Reset { actor, enforce_policy: false })
+            .await
+            .map_err(|e| ScimError::status(500, e.to_string()))?;
     match written {
         Ok(done) => Ok(scim_json(
             StatusCode::OK,

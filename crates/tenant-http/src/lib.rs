@@ -8,6 +8,7 @@
 //! - [`console`]: the admin console's pages under `/admin`.
 //! - [`hybrid`], [`admin`], [`pta`]: `/hybrid/v1`, `/admin/v1`, `/pta/v1` (wire types in `proto`).
 //! - [`serve`]: listening, TLS, connection limits and timeouts, shutdown.
+//! - [`writeback`]: password writeback as the handlers call it (counted).
 
 pub mod admin;
 pub mod console;
@@ -17,6 +18,7 @@ pub mod oidc;
 pub mod pta;
 pub mod scim;
 pub mod serve;
+pub mod writeback;
 
 pub use scim::AppState;
 pub use serve::{DEFAULT_MAX_BODY, ServeOptions, serve};

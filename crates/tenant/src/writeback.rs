@@ -150,6 +150,16 @@ pub enum Request {
     Reset { actor: String, enforce_policy: bool },
 }
 
+impl Request {
+    /// `change` or `reset` (the metric's label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Change { .. } => "change",
+            Request::Reset { .. } => "reset",
+        }
+    }
+}
+
 /// What was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {

@@ -517,7 +517,7 @@ async fn reset_password(state: Arc<AppState>, headers: HeaderMap, id: String, fo
     let name = console::display_of(&user);
     let password = tenant::writeback::random_password();
     let request = tenant::writeback::Request::Reset { actor: admin.actor(), enforce_policy: false };
-    let written = tenant::writeback::write_password(&state.store, &state.pta, &name, &password, request).await;
+    let written = crate::writeback::write_password(&state, &name, &password, request).await;
     match written {
         Ok(Ok(done)) => {
             let body = html! {

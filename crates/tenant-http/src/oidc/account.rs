@@ -246,7 +246,7 @@ async fn change_password(state: &Arc<AppState>, headers: &HeaderMap, csrf: &str,
     }
     let name = user_name(&user.data);
     let request = tenant::writeback::Request::Change { current };
-    match tenant::writeback::write_password(&state.store, &state.pta, &name, &new, request).await {
+    match crate::writeback::write_password(state, &name, &new, request).await {
         Ok(Ok(_)) => html_response(
             StatusCode::OK,
             pages::message_page(

@@ -795,7 +795,7 @@ async fn change_password(
         Ok(true) => {
             // On-premises first; the tenant's record only once the directory took it.
             let change = tenant::writeback::Request::Change { current };
-            let written = tenant::writeback::write_password(&state.store, &state.pta, username, &new, change).await;
+            let written = crate::writeback::write_password(state, username, &new, change).await;
             let id = user_id.to_string();
             return match written {
                 Ok(Ok(_)) => match db(state, move |conn| objects::load(conn, Some(Kind::User), &id)).await {

@@ -107,7 +107,13 @@ pub async fn post(
             if let Some(problem) = super::flow::new_password_problem("", &new, p.get("confirm").map(String::as_str)) {
                 return page(pages::forgot_password_page(&branding, &csrf, &name, &token, Some(problem)));
             }
-            match password_reset::finish(&state.store, &state.pta, &token, &new).await {
+            let finished = password_reset::finish(&state.store, &state.pta, &token, &new).await;
+            match &finished {
+                Ok(Ok(_)) => crate::writeback::count(&state, "reset", None),
+                Ok(Err(ResetError::Writeback(e))) => crate::writeback::count(&state, "reset", Some(e)),
+                _ => {}
+            }
+            match finished {
                 Ok(Ok(_)) => page(pages::message_page(
                     &branding,
                     "Password reset",
