@@ -447,3 +447,30 @@ fn a_change_under_any_base_ends_the_wait_and_no_search_is_left_behind() {
         rt.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(100)).await });
     }
 }
+
+/// A change whose answer was lost (the agent killed after the directory took
+/// the password, the tenant timed out) is sent again when the person
+/// retries: it reads as done, not as a wrong current password, and the
+/// directory keeps the one password. A wrong current password stays wrong.
+#[test]
+fn a_password_change_sent_twice_is_done_once() {
+    use connector_ldap::validate::{PlainBinds, Validator};
+    use proto::pta::{Outcome, PasswordWrite};
+    let slapd = Slapd::start(SlapdOptions::default()).unwrap();
+    seed(&slapd, 2);
+    slapd.set_password("uid=u001,ou=people,dc=example,dc=org", "Before-Pass-1").unwrap();
+    let rt = runtime();
+    let validator = Validator::new(admin_settings(&slapd), None, PlainBinds::AllowInsecure).unwrap();
+    let change = PasswordWrite::Change { new_password: "After-Pass-22".into() };
+    let write = |current: &str| rt.block_on(validator.write_password("u001@example.org", current, &change));
+    assert_eq!(write("Before-Pass-1"), Outcome::PasswordChanged);
+    assert_eq!(write("Before-Pass-1"), Outcome::PasswordChanged, "the retry of the same change");
+    assert_eq!(write("Not-The-Pass-3"), Outcome::PasswordChanged, "the new password is the account's already");
+    let other = PasswordWrite::Change { new_password: "Third-Pass-333".into() };
+    assert_eq!(
+        rt.block_on(validator.write_password("u001@example.org", "Before-Pass-1", &other)),
+        Outcome::WrongPassword
+    );
+    assert_eq!(rt.block_on(validator.validate("u001@example.org", "After-Pass-22")), Outcome::Success);
+    assert_eq!(rt.block_on(validator.validate("u001@example.org", "Before-Pass-1")), Outcome::WrongPassword);
+}
