@@ -2,10 +2,13 @@
 //! administrators know from Connect: `IIF(IsPresent([mail]), LCase([mail]),
 //! [uid] & "@example.org")`.
 //!
-//! Grammar: literals (`"text"` with `\"` and `\\` escapes, integers, `True`,
-//! `False`, `Null`, and the flow markers `AuthoritativeNull` and
-//! `IgnoreThisFlow`), attributes in brackets (`[givenName]`), function calls,
-//! `&` (concatenate), comparisons `= <> < <= > >=`, parentheses. Names of
+//! Grammar: literals (`"text"` with `\"` and `\\` escapes, integers and
+//! `&H` hexadecimal integers, `True`, `False`, `Null`, and the flow markers
+//! `AuthoritativeNull` and `IgnoreThisFlow`), attributes in brackets
+//! (`[givenName]`), the object's domain as Connect names it
+//! (`%Domain.FQDN%`, `%Domain.LDAP%`, from its DN), function calls, `&`
+//! (concatenate), comparisons `= <> < <= > >=`, `&&` and `||` (binding in
+//! that order, both short-circuit), parentheses. Names of
 //! functions are case-insensitive. Unknown functions and wrong argument counts
 //! are found when the rule loads, with the column.
 
@@ -113,12 +116,24 @@ pub enum Op {
     Le,
     Gt,
     Ge,
+    And,
+    Or,
+}
+
+/// What Connect's `%…%` parameters name, as far as an object's DN tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    /// `%Domain.FQDN%`: the DC= components joined with dots (`corp.example.com`).
+    DomainFqdn,
+    /// `%Domain.LDAP%`: the DC= components as a DN (`DC=corp,DC=example,DC=com`).
+    DomainLdap,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     Lit(Val),
     Attr(String),
+    Param(Param),
     Call { name: &'static str, args: Vec<Expr> },
     Binary(Op, Box<Expr>, Box<Expr>),
 }
@@ -217,10 +232,17 @@ pub const FUNCTIONS: &[(&str, usize, usize, &str, &str)] = &[
     ("Word", 3, 3, "the n-th word (1-based) split at any of the given characters", "Word([displayName], 1, \" ,\")"),
 ];
 
+/// The deepest nesting of parentheses and calls an expression may have, and
+/// its longest text: expressions also come from files others wrote (Connect
+/// exports), and parsing and evaluation recurse once per level.
+pub const MAX_DEPTH: usize = 64;
+pub const MAX_CHARS: usize = 64 * 1024;
+
 struct Parser<'a> {
     text: &'a str,
     chars: Vec<(usize, char)>,
     pos: usize,
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -255,6 +277,36 @@ impl Parser<'_> {
         }
     }
 
+    /// Whether the text at the cursor starts with `s` (nothing consumed).
+    fn at(&mut self, s: &str) -> bool {
+        self.skip_ws();
+        let mut ahead = self.chars.iter().skip(self.pos).map(|(_, c)| *c);
+        s.chars().all(|want| ahead.next() == Some(want))
+    }
+
+    fn logical_or(&mut self) -> Result<Expr, ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err(format!("nested more than {MAX_DEPTH} levels deep")));
+        }
+        let mut left = self.logical_and()?;
+        while self.eat("||") {
+            let right = self.logical_and()?;
+            left = Expr::Binary(Op::Or, Box::new(left), Box::new(right));
+        }
+        self.depth -= 1;
+        Ok(left)
+    }
+
+    fn logical_and(&mut self) -> Result<Expr, ExprError> {
+        let mut left = self.comparison()?;
+        while self.eat("&&") {
+            let right = self.comparison()?;
+            left = Expr::Binary(Op::And, Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
     fn comparison(&mut self) -> Result<Expr, ExprError> {
         let left = self.concat()?;
         for (s, op) in [("<>", Op::Ne), ("<=", Op::Le), (">=", Op::Ge), ("=", Op::Eq), ("<", Op::Lt), (">", Op::Gt)] {
@@ -268,7 +320,7 @@ impl Parser<'_> {
 
     fn concat(&mut self) -> Result<Expr, ExprError> {
         let mut left = self.primary()?;
-        while self.eat("&") {
+        while !self.at("&&") && self.eat("&") {
             let right = self.primary()?;
             left = Expr::Binary(Op::Concat, Box::new(left), Box::new(right));
         }
@@ -280,7 +332,7 @@ impl Parser<'_> {
             None => Err(self.err("the expression ends too early")),
             Some('(') => {
                 self.pos += 1;
-                let e = self.comparison()?;
+                let e = self.logical_or()?;
                 if !self.eat(")") {
                     return Err(self.err("expected ')'"));
                 }
@@ -310,6 +362,47 @@ impl Parser<'_> {
                     }
                 }
                 Ok(Expr::Lit(Val::Str(s)))
+            }
+            Some('&') => {
+                // `&H1F`: a hexadecimal integer, as Connect writes bit masks.
+                let start = self.pos;
+                self.pos += 1;
+                if !self.chars.get(self.pos).is_some_and(|(_, c)| c.eq_ignore_ascii_case(&'h')) {
+                    return Err(self.err("expected a value, not '&'"));
+                }
+                self.pos += 1;
+                let digits_start = self.pos;
+                while self.chars.get(self.pos).is_some_and(|(_, c)| c.is_ascii_hexdigit()) {
+                    self.pos += 1;
+                }
+                let digits: String = self.chars[digits_start..self.pos].iter().map(|(_, c)| *c).collect();
+                i64::from_str_radix(&digits, 16).map(|n| Expr::Lit(Val::Int(n))).map_err(|_| ExprError {
+                    column: start + 1,
+                    message: format!("&H{digits} is not a hexadecimal number"),
+                })
+            }
+            Some('%') => {
+                let start = self.pos;
+                self.pos += 1;
+                let name_start = self.pos;
+                while self.chars.get(self.pos).is_some_and(|(_, c)| c.is_ascii_alphanumeric() || *c == '.') {
+                    self.pos += 1;
+                }
+                let name: String = self.chars[name_start..self.pos].iter().map(|(_, c)| *c).collect();
+                if self.chars.get(self.pos).map(|(_, c)| *c) != Some('%') {
+                    return Err(self.err("expected a parameter name and '%'"));
+                }
+                self.pos += 1;
+                match name.to_ascii_lowercase().as_str() {
+                    "domain.fqdn" => Ok(Expr::Param(Param::DomainFqdn)),
+                    "domain.ldap" => Ok(Expr::Param(Param::DomainLdap)),
+                    _ => Err(ExprError {
+                        column: start + 1,
+                        message: format!(
+                            "%{name}% is not known here: idbridge knows %Domain.FQDN% and %Domain.LDAP% (from the object's DN)"
+                        ),
+                    }),
+                }
             }
             Some('[') => {
                 self.pos += 1;
@@ -362,7 +455,7 @@ impl Parser<'_> {
                 let mut args = Vec::new();
                 if !self.eat(")") {
                     loop {
-                        args.push(self.comparison()?);
+                        args.push(self.logical_or()?);
                         if self.eat(")") {
                             break;
                         }
@@ -388,8 +481,11 @@ impl Parser<'_> {
 impl Expr {
     /// Parses and checks an expression.
     pub fn parse(text: &str) -> Result<Expr, ExprError> {
-        let mut p = Parser { text, chars: text.char_indices().collect(), pos: 0 };
-        let e = p.comparison()?;
+        if text.chars().count() > MAX_CHARS {
+            return Err(ExprError { column: 1, message: format!("longer than {MAX_CHARS} characters") });
+        }
+        let mut p = Parser { text, chars: text.char_indices().collect(), pos: 0, depth: 0 };
+        let e = p.logical_or()?;
         if p.peek().is_some() {
             return Err(p.err("unexpected text after the expression"));
         }
@@ -402,7 +498,7 @@ impl Expr {
         let mut todo = vec![self];
         while let Some(e) = todo.pop() {
             match e {
-                Expr::Lit(_) => {}
+                Expr::Lit(_) | Expr::Param(_) => {}
                 Expr::Attr(a) if a.eq_ignore_ascii_case(name) => return true,
                 Expr::Attr(_) => {}
                 Expr::Call { args, .. } => todo.extend(args),
@@ -417,6 +513,13 @@ impl Expr {
         match self {
             Expr::Lit(v) => Ok(v.clone()),
             Expr::Attr(name) => Ok(attribute(entry, name)),
+            Expr::Param(param) => Ok(domain_of(&entry.dn, *param)),
+            Expr::Binary(Op::And, a, b) => {
+                Ok(Val::Bool(a.eval(entry)?.truthy() && b.eval(entry)?.truthy()))
+            }
+            Expr::Binary(Op::Or, a, b) => {
+                Ok(Val::Bool(a.eval(entry)?.truthy() || b.eval(entry)?.truthy()))
+            }
             Expr::Binary(op, a, b) => {
                 let (x, y) = (a.eval(entry)?, b.eval(entry)?);
                 Ok(match op {
@@ -439,6 +542,8 @@ impl fmt::Display for Expr {
             Expr::Lit(Val::IgnoreThisFlow) => f.write_str("IgnoreThisFlow"),
             Expr::Lit(_) => f.write_str("Null"),
             Expr::Attr(a) => write!(f, "[{a}]"),
+            Expr::Param(Param::DomainFqdn) => f.write_str("%Domain.FQDN%"),
+            Expr::Param(Param::DomainLdap) => f.write_str("%Domain.LDAP%"),
             Expr::Binary(op, a, b) => {
                 let o = match op {
                     Op::Concat => "&",
@@ -448,6 +553,8 @@ impl fmt::Display for Expr {
                     Op::Le => "<=",
                     Op::Gt => ">",
                     Op::Ge => ">=",
+                    Op::And => "&&",
+                    Op::Or => "||",
                 };
                 write!(f, "({a} {o} {b})")
             }
@@ -463,6 +570,24 @@ impl fmt::Display for Expr {
             }
         }
     }
+}
+
+/// The object's domain from the DC= components of its DN; Null without any.
+fn domain_of(dn: &Dn, param: Param) -> Val {
+    let labels: Vec<&str> = dn
+        .rdns()
+        .iter()
+        .filter_map(|r| r.avas().first())
+        .filter(|a| a.attr.eq_ignore_ascii_case("dc"))
+        .filter_map(|a| a.text())
+        .collect();
+    if labels.is_empty() {
+        return Val::Null;
+    }
+    Val::Str(match param {
+        Param::DomainFqdn => labels.join("."),
+        Param::DomainLdap => labels.iter().map(|l| format!("DC={}", directory::dn::escape_value(l))).collect::<Vec<_>>().join(","),
+    })
 }
 
 fn attribute(entry: &Entry, name: &str) -> Val {
@@ -495,7 +620,7 @@ fn compare(op: Op, x: &Val, y: &Val) -> bool {
         Op::Le => ord.is_le(),
         Op::Gt => ord.is_gt(),
         Op::Ge => ord.is_ge(),
-        Op::Concat => false,
+        Op::Concat | Op::And | Op::Or => false,
     }
 }
 
@@ -692,6 +817,41 @@ mod tests {
         e.add("proxyAddresses", "SMTP:JANE@example.com");
         e.add("manager", "CN=Boss\\, Big,OU=Sales,DC=corp,DC=example,DC=com");
         e
+    }
+
+    #[test]
+    fn connect_operators_parameters_and_hex() {
+        // && binds tighter than ||, comparisons tighter than both; & still concatenates.
+        assert_eq!(ev("[sn] = \"Doe\" && [givenName] = \"x\" || 1 = 1"), Val::Bool(true));
+        assert_eq!(ev("[sn] = \"Doe\" && ([givenName] = \"x\" || 1 = 2)"), Val::Bool(false));
+        assert_eq!(ev("IIF(IsPresent([mail]) && [sn] & \"!\" = \"Doe!\", \"yes\", \"no\")"), Val::Str("yes".into()));
+        // Short-circuit: the right side is not evaluated.
+        assert_eq!(ev("1 = 1 || Error(\"not evaluated\")"), Val::Bool(true));
+        assert_eq!(ev("1 = 2 && Error(\"not evaluated\")"), Val::Bool(false));
+        assert_eq!(ev("BitAnd([userAccountControl], &H2)"), Val::Int(2));
+        assert_eq!(ev("&H21C07000"), Val::Int(0x21C0_7000));
+        assert_eq!(ev("[sn] & \"@\" & %Domain.FQDN%"), Val::Str("Doe@corp.example.com".into()));
+        assert_eq!(ev("%domain.ldap%"), Val::Str("DC=corp,DC=example,DC=com".into()));
+        let round = Expr::parse("[a] = 1 && [b] = 2 || %Domain.FQDN% = \"x\"").unwrap().to_string();
+        assert_eq!(Expr::parse(&round).unwrap().to_string(), round);
+        for (bad, says) in [
+            ("%Forest.Netbios%", "not known here"),
+            ("%Domain.FQDN", "'%'"),
+            ("&Hzz", "hexadecimal"),
+            ("[a] &", "ends too early"),
+            ("&", "not '&'"),
+        ] {
+            let e = Expr::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // Depth and length come from files others wrote: bounded.
+        let deep = format!("{}1{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
+        assert!(Expr::parse(&deep).unwrap_err().to_string().contains("nested"));
+        let calls = format!("{}[a]{}", "LCase(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
+        assert!(Expr::parse(&calls).is_err());
+        assert!(Expr::parse(&"ü".repeat(MAX_CHARS + 1)).unwrap_err().to_string().contains("longer"));
+        let fine = format!("{}1{}", "(".repeat(MAX_DEPTH - 1), ")".repeat(MAX_DEPTH - 1));
+        assert!(Expr::parse(&fine).is_ok());
     }
 
     fn ev(text: &str) -> Val {

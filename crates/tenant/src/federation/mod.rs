@@ -11,7 +11,6 @@
 
 pub mod oidc;
 pub mod saml;
-pub mod xml;
 
 use std::fmt;
 

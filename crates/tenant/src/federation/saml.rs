@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rustls_pki_types::CertificateDer;
 
-use super::xml::{self, Element};
+use xmldoc::{self as xml, Element};
 use super::{CLOCK_SKEW_SECS, Refusal};
 
 const SAMLP: &str = "urn:oasis:names:tc:SAML:2.0:protocol";

@@ -1,5 +1,5 @@
-//! Just enough XML for SAML: a small tree built with `quick-xml` (DTDs and
-//! entity declarations refused), namespaces resolved, and Exclusive XML
+//! Just enough XML for SAML and for Connect's exported configuration: a
+//! small tree built with `quick-xml` (DTDs and entity declarations refused), namespaces resolved, and Exclusive XML
 //! Canonicalization 1.0 (without comments) of a subtree, with an element
 //! left out (the enveloped signature) and an InclusiveNamespaces prefix list.
 //!
