@@ -18,6 +18,11 @@ pub enum FilterError {
     UnsupportedExtensible(String),
 }
 
+/// AD's matching rules that compare an integer attribute with a bit mask:
+/// every bit of the mask set, or any.
+pub const BIT_AND: &str = "1.2.840.113556.1.4.803";
+pub const BIT_OR: &str = "1.2.840.113556.1.4.804";
+
 /// A parsed filter. Assertion values are kept as bytes (they may be binary).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
@@ -115,6 +120,18 @@ impl Filter {
             Filter::LessOrEqual(attr, v) => entry.values(attr).iter().any(|x| order(x, v) != Ordering::Greater),
             Filter::Substrings { attr, initial, any, last } => {
                 entry.values(attr).iter().any(|x| substrings_match(x, initial.as_deref(), any, last.as_deref()))
+            }
+            // AD's bitwise matching rules (LDAP_MATCHING_RULE_BIT_AND / _OR),
+            // as in (userAccountControl:1.2.840.113556.1.4.803:=2).
+            Filter::Extensible { attr: Some(attr), rule: Some(rule), dn_attrs: false, value }
+                if rule == BIT_AND || rule == BIT_OR =>
+            {
+                let Some(mask) = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<i64>().ok()) else {
+                    return Err(FilterError::UnsupportedExtensible(self.to_string()));
+                };
+                entry.values(attr).iter().filter_map(|v| v.as_text()?.trim().parse::<i64>().ok()).any(|x| {
+                    if rule == BIT_AND { x & mask == mask } else { x & mask != 0 }
+                })
             }
             Filter::Extensible { .. } => {
                 return Err(FilterError::UnsupportedExtensible(self.to_string()));
@@ -500,6 +517,22 @@ mod tests {
     fn extensible_is_a_clear_error_when_evaluated() {
         let f = Filter::parse("(cn:caseExactMatch:=Fred)").unwrap();
         assert!(matches!(f.matches(&entry()), Err(FilterError::UnsupportedExtensible(_))));
+        let not_a_number = Filter::parse("(cn:1.2.840.113556.1.4.803:=x)").unwrap();
+        assert!(matches!(not_a_number.matches(&entry()), Err(FilterError::UnsupportedExtensible(_))));
+    }
+
+    #[test]
+    fn ad_bit_matching_rules_are_evaluated() {
+        let mut e = Entry::new(crate::Dn::parse("cn=x").unwrap());
+        e.add("userAccountControl", "514");
+        let m = |f: &str| Filter::parse(f).unwrap().matches(&e).unwrap();
+        assert!(m("(userAccountControl:1.2.840.113556.1.4.803:=2)"));
+        assert!(m("(userAccountControl:1.2.840.113556.1.4.803:=514)"));
+        assert!(!m("(userAccountControl:1.2.840.113556.1.4.803:=3)"));
+        assert!(m("(userAccountControl:1.2.840.113556.1.4.804:=3)"));
+        assert!(!m("(userAccountControl:1.2.840.113556.1.4.804:=1)"));
+        assert!(m("(!(userAccountControl:1.2.840.113556.1.4.803:=1))"));
+        assert!(!m("(missing:1.2.840.113556.1.4.804:=1)"));
     }
 
     #[test]
