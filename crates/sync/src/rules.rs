@@ -53,6 +53,9 @@ struct RuleDef {
     precedence: i32,
     /// Inbound: the sources (`[[source]]` names) whose objects it applies to; all when absent.
     sources: Option<Vec<String>>,
+    /// Checked, then left out (with a built-in rule's name: that rule is left out too).
+    #[serde(default)]
+    disabled: bool,
     #[serde(default)]
     flows: Vec<FlowDef>,
 }
@@ -125,6 +128,8 @@ pub struct Rule {
     /// The sources whose objects an inbound rule applies to; empty: every source.
     pub sources: Vec<String>,
     pub flows: Vec<RuleFlow>,
+    /// `disabled = true`: checked when it loads, then not applied.
+    pub disabled: bool,
 }
 
 /// Per metaverse attribute, the precedence of the rule that gave it (or
@@ -288,6 +293,7 @@ fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             precedence: def.precedence,
             sources,
             flows,
+            disabled: def.disabled,
         });
     }
     Ok(out)
@@ -307,6 +313,7 @@ impl RuleSet {
                 }
             }
         }
+        rules.retain(|r| !r.disabled);
         // Stable: equal precedence keeps file order.
         rules.sort_by_key(|r| r.precedence);
         Ok(RuleSet { rules })
@@ -772,6 +779,16 @@ flows = [{ target = "telephoneNumber", expression = "AuthoritativeNull" }]
             let e = RuleSet::load(&[("bad.toml".into(), text)]).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn disabled_rules_are_checked_and_left_out() {
+        let off = "[[rule]]\nname = \"person\"\nobjects = [\"user\"]\ndisabled = true\nflows = [{ target = \"jobTitle\", source = [\"title\"] }]\n\n[[rule]]\nname = \"mine\"\nobjects = [\"user\"]\ndisabled = true\nflows = [{ target = \"jobTitle\", constant = \"x\" }]\n";
+        let set = RuleSet::load(&[("off.toml".into(), off.into())]).unwrap();
+        assert!(set.rules().iter().all(|r| r.name != "person" && r.name != "mine"), "both left out");
+        let broken = "[[rule]]\nname = \"x\"\nobjects = [\"user\"]\ndisabled = true\nflows = [{ target = \"jobTitle\", expression = \"Nope([a])\" }]\n";
+        let err = RuleSet::load(&[("broken.toml".into(), broken.into())]).unwrap_err();
+        assert!(err.to_string().contains("unknown function"), "{err}");
     }
 
     #[test]
