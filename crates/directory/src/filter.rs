@@ -129,9 +129,11 @@ impl Filter {
                 let Some(mask) = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<i64>().ok()) else {
                     return Err(FilterError::UnsupportedExtensible(self.to_string()));
                 };
-                entry.values(attr).iter().filter_map(|v| v.as_text()?.trim().parse::<i64>().ok()).any(|x| {
-                    if rule == BIT_AND { x & mask == mask } else { x & mask != 0 }
-                })
+                entry
+                    .values(attr)
+                    .iter()
+                    .filter_map(|v| v.as_text()?.trim().parse::<i64>().ok())
+                    .any(|x| if rule == BIT_AND { x & mask == mask } else { x & mask != 0 })
             }
             Filter::Extensible { .. } => {
                 return Err(FilterError::UnsupportedExtensible(self.to_string()));

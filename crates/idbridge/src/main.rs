@@ -11,6 +11,7 @@ mod demo_cmd;
 mod idfix_cmd;
 mod init_cmd;
 mod metrics_server;
+mod migrate_cmd;
 mod progress;
 mod prompt;
 mod pta_agent;
@@ -121,6 +122,11 @@ enum Command {
     Idfix {
         #[command(subcommand)]
         command: idfix_cmd::IdfixCommand,
+    },
+    /// Move from Entra Connect: its exported configuration becomes idbridge's.
+    Migrate {
+        #[command(subcommand)]
+        command: migrate_cmd::MigrateCommand,
     },
     /// Realistic directory data.
     Sample {
@@ -319,6 +325,9 @@ fn main() -> ExitCode {
         Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.downcast_ref::<migrate_cmd::Partial>().is_some() {
+                return ExitCode::from(2);
+            }
             match e.downcast_ref::<orchestration::init::InitError>() {
                 Some(stop) => ExitCode::from(stop.exit_code()),
                 None => ExitCode::FAILURE,
@@ -338,6 +347,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Init(args) => Ok(init_cmd::run(*args).await?),
         Command::Tenant { command } => tenant_cmd::run(command).await,
         Command::Idfix { command } => idfix_cmd::run(command).await,
+        Command::Migrate { command } => migrate_cmd::run(command).await,
         Command::PtaAgent { command } => pta_agent::run(command).await,
         Command::Sync { command } => sync_cmd::run(command).await,
         Command::Completions { shell } => {

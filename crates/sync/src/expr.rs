@@ -514,12 +514,8 @@ impl Expr {
             Expr::Lit(v) => Ok(v.clone()),
             Expr::Attr(name) => Ok(attribute(entry, name)),
             Expr::Param(param) => Ok(domain_of(&entry.dn, *param)),
-            Expr::Binary(Op::And, a, b) => {
-                Ok(Val::Bool(a.eval(entry)?.truthy() && b.eval(entry)?.truthy()))
-            }
-            Expr::Binary(Op::Or, a, b) => {
-                Ok(Val::Bool(a.eval(entry)?.truthy() || b.eval(entry)?.truthy()))
-            }
+            Expr::Binary(Op::And, a, b) => Ok(Val::Bool(a.eval(entry)?.truthy() && b.eval(entry)?.truthy())),
+            Expr::Binary(Op::Or, a, b) => Ok(Val::Bool(a.eval(entry)?.truthy() || b.eval(entry)?.truthy())),
             Expr::Binary(op, a, b) => {
                 let (x, y) = (a.eval(entry)?, b.eval(entry)?);
                 Ok(match op {
@@ -586,7 +582,9 @@ fn domain_of(dn: &Dn, param: Param) -> Val {
     }
     Val::Str(match param {
         Param::DomainFqdn => labels.join("."),
-        Param::DomainLdap => labels.iter().map(|l| format!("DC={}", directory::dn::escape_value(l))).collect::<Vec<_>>().join(","),
+        Param::DomainLdap => {
+            labels.iter().map(|l| format!("DC={}", directory::dn::escape_value(l))).collect::<Vec<_>>().join(",")
+        }
     })
 }
 
