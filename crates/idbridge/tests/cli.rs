@@ -928,6 +928,87 @@ mod samba {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
+    /// `idbridge migrate connect` end to end: the custom rules of a Connect
+    /// export (crates/migrate/tests/data/custom) run against Samba — the
+    /// tenant shows what the rules compute (an extensionAttribute built from
+    /// the department, copied on by an outbound rule, a usageLocation, a
+    /// contractor's title), the cloudFiltered rule and the OU selection keep
+    /// their objects out.
+    #[test]
+    fn connect_export_rules_run_against_samba() {
+        let dc = SambaDc::start().unwrap();
+        let staff = "OU=Staff,DC=example,DC=test";
+        let service = format!("OU=Service Accounts,{staff}");
+        let user = |cn: &str, ou: &str, sam: &str, extra: &str| {
+            format!(
+                "dn: CN={cn},{ou}\nobjectClass: user\nsAMAccountName: {sam}\nuserPrincipalName: {sam}@example.test\n\
+                 mail: {sam}@example.test\nunicodePwd:: {}\nuserAccountControl: 512\n{extra}\n",
+                unicode_pwd("Migrate-Pass-1!")
+            )
+        };
+        dc.modify_tls(&format!(
+            "dn: {staff}\nobjectClass: organizationalUnit\n\ndn: {service}\nobjectClass: organizationalUnit\n\n{}{}{}{}",
+            user("Anna Müller", staff, "anna", "department: sales \nc: fr\ntitle: Engineer\nemployeeType: Contractor\n"),
+            user("Bo Legacy", staff, "bo", "department: sales\nadminDescription: NoSync-2019\n"),
+            user("Svc Backup", &service, "svcbackup", "department: it\n"),
+            user("Cleo Plain", staff, "cleo", "title: Engineer\n"),
+        ))
+        .unwrap();
+        let tmp = TempDir::new("migrate-connect").unwrap();
+        let (_tenant, base, token) = tenant_for_sync(tmp.path(), "example.test");
+        let export = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrate/tests/data/custom");
+        let out = tmp.join("migrated");
+        let migrated = idbridge(&["migrate", "connect", p(&export), "--out", p(&out)]);
+        assert_eq!(migrated.status.code(), Some(2), "not everything carries over: {}", stderr_of(&migrated));
+        assert!(!out.join("idbridge.toml").exists(), "nothing written without --allow-partial");
+        let migrated = idbridge(&["migrate", "connect", p(&export), "--out", p(&out), "--allow-partial"]);
+        assert_eq!(migrated.status.code(), Some(2), "{}", stderr_of(&migrated));
+        let report = String::from_utf8_lossy(&migrated.stdout).to_string();
+        assert!(report.contains("NOT SUPPORTED In from AD - Computer Owner"), "{report}");
+        assert!(stderr_of(&migrated).contains("Switching over from Entra Connect"));
+        let again = idbridge(&["migrate", "connect", p(&export), "--out", p(&out), "--allow-partial"]);
+        assert!(stderr_of(&again).contains("give --force"), "an earlier run is not overwritten");
+
+        // The REVIEW lines, as an administrator fills them in here; then out of staging.
+        let config = out.join("idbridge.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let filled: String = text
+            .lines()
+            .map(|line| {
+                let key = line.split(" =").next().unwrap_or_default();
+                match key {
+                    "urls" => format!("urls = [\"{}\"]", dc.url),
+                    "bind_dn" => format!("bind_dn = \"{}\"", dc.admin_upn()),
+                    "password_file" => format!("password_file = \"{}\"", p(&dc.password_file().unwrap())),
+                    "password_hash_sync" => "password_hash_sync = false".into(),
+                    "url" => format!("url = \"{base}\""),
+                    "token_file" => format!("token_file = \"{}\"", p(&tmp.join("token"))),
+                    "staging" => "staging = false".into(),
+                    _ => line.to_string(),
+                }
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&config, filled).unwrap();
+        let run = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
+        assert!(run.status.success(), "{}", stderr_of(&run));
+
+        let find = |name: &str| scim_get(&base, &token, &format!("/Users?filter=userName%20eq%20%22{name}%22"));
+        let anna = &find("anna@example.test")["Resources"][0];
+        let hybrid = &anna[HYBRID];
+        assert_eq!(hybrid["extensionAttribute1"], "Dept-SALES", "{anna}");
+        assert_eq!(hybrid["extensionAttribute2"], "Migrated from Connect", "{anna}");
+        assert_eq!(hybrid["extensionAttribute3"], "Dept-SALES", "the outbound rule copies it on: {anna}");
+        assert_eq!(hybrid["usageLocation"], "FR", "{anna}");
+        assert_eq!(anna["title"], "Engineer (contractor)", "{anna}");
+        let cleo = &find("cleo@example.test")["Resources"][0];
+        assert_eq!(cleo["title"], "Engineer", "out of the contractor rule's scope: {cleo}");
+        assert!(cleo[HYBRID]["extensionAttribute1"].is_null(), "no department, out of scope: {cleo}");
+        assert!(cleo[HYBRID]["usageLocation"].is_null(), "{cleo}");
+        assert_eq!(find("bo@example.test")["totalResults"], 0, "the cloudFiltered rule keeps bo out");
+        assert_eq!(find("svcbackup@example.test")["totalResults"], 0, "the excluded OU stays out");
+    }
+
     /// Password writeback to Samba AD with password hash sync: the
     /// domain's policy (10 characters, complexity, 3 in history, then a
     /// minimum age) refuses in its own words; an accepted change or an

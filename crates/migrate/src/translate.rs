@@ -72,18 +72,7 @@ fn unique(base: String, taken: &mut BTreeSet<String>) -> String {
 
 /// RFC 4515 escaping of an assertion value.
 fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '*' => out.push_str("\\2a"),
-            '(' => out.push_str("\\28"),
-            ')' => out.push_str("\\29"),
-            '\\' => out.push_str("\\5c"),
-            '\0' => out.push_str("\\00"),
-            other => out.push(other),
-        }
-    }
-    out
+    directory::filter::escape_value(value.as_bytes())
 }
 
 /// One scoping condition as an RFC 4515 filter.
@@ -196,7 +185,7 @@ fn checked_expression(text: &str) -> Result<String, String> {
 
 /// An inbound mapping: source attributes keep their names, the target is
 /// renamed to idbridge's metaverse name.
-fn inbound_flow(m: &Mapping, plan: &mut SourcePlan<'_>, rule: &SyncRule, notes: &mut Vec<String>) -> FlowPlan {
+fn inbound_flow(m: &Mapping, plan: &mut SourcePlan<'_>, rule: &SyncRule) -> FlowPlan {
     let refuse = |why: String| FlowPlan { line: None, outcome: Outcome::NotSupported(why) };
     let dest = m.dest.as_str();
     if dest.eq_ignore_ascii_case("cloudFiltered") {
@@ -261,17 +250,14 @@ fn inbound_flow(m: &Mapping, plan: &mut SourcePlan<'_>, rule: &SyncRule, notes: 
         Flow::Empty => return refuse("the mapping has no source".into()),
     };
     match flow_line(&target, source, m, multi, m.execute_once) {
-        Ok(line) => {
-            let mut flow_notes = Vec::new();
-            if renamed {
-                flow_notes.push(format!("metaverse {dest} is idbridge's {target}"));
-            }
-            notes.extend(flow_notes.iter().cloned());
-            FlowPlan {
-                line: Some(line),
-                outcome: if flow_notes.is_empty() { Outcome::Imported } else { Outcome::Translated(flow_notes) },
-            }
-        }
+        Ok(line) => FlowPlan {
+            line: Some(line),
+            outcome: if renamed {
+                Outcome::Translated(vec![format!("metaverse {dest} is idbridge's {target}")])
+            } else {
+                Outcome::Imported
+            },
+        },
         Err(why) => refuse(why),
     }
 }
@@ -390,7 +376,7 @@ fn custom_rule(
     let mut plan = plan;
     for m in &rule.mappings {
         let flow = match (direction, plan.as_deref_mut()) {
-            ("inbound", Some(p)) => inbound_flow(m, p, rule, &mut notes),
+            ("inbound", Some(p)) => inbound_flow(m, p, rule),
             ("inbound", None) => {
                 FlowPlan { line: None, outcome: Outcome::NotSupported("no source for its connector".into()) }
             }
@@ -441,6 +427,8 @@ fn custom_rule(
     }
     if report.flows.iter().any(|f| !f.outcome.carried()) {
         notes.push("some of its flows are not carried over (see each flow)".into());
+    } else if report.flows.iter().any(|f| matches!(f.outcome, Outcome::Translated(_))) {
+        notes.push("its flows are translated (see each flow)".into());
     }
     if rule.disabled {
         notes.push("disabled in Connect: written with disabled = true".into());
@@ -539,6 +527,15 @@ pub fn translate(export: &ConnectExport) -> Migration {
         }
         report.connectors.push(entry);
     }
+    // The sourceAnchor chosen in Connect's wizard, where the export says it.
+    if let Some(anchor) = export.parameters.get("Microsoft.SynchronizationOption.AnchorAttribute") {
+        let setting = if anchor.eq_ignore_ascii_case("mS-DS-ConsistencyGuid") { None } else { Some(anchor.clone()) };
+        for p in &mut plans {
+            p.anchor_attribute = setting.clone();
+            p.notes.push(format!("sourceAnchor {anchor} (GlobalSettings)"));
+        }
+    }
+    let anchor_from_settings = export.parameters.contains_key("Microsoft.SynchronizationOption.AnchorAttribute");
     let mut rules: Vec<&SyncRule> = export.rules.iter().collect();
     rules.sort_by(|a, b| a.precedence.cmp(&b.precedence).then(a.name.cmp(&b.name)));
     let mut rule_texts = Vec::new();
@@ -561,7 +558,7 @@ pub fn translate(export: &ConnectExport) -> Migration {
             let edited = known::unedited(rule) == Some(false);
             match (known::counterpart(stem), edited) {
                 (Some(counterpart), false) => {
-                    if let (Some(i), Some(anchor)) = (plan_index, anchor_of(rule))
+                    if let (Some(i), Some(anchor), false) = (plan_index, anchor_of(rule), anchor_from_settings)
                         && let Some(p) = plans.get_mut(i)
                     {
                         p.anchor_attribute = p.anchor_attribute.take().or(anchor);
