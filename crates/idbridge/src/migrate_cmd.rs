@@ -25,6 +25,18 @@ pub enum MigrateCommand {
         #[arg(long)]
         force: bool,
     },
+    /// What Connect is about to export against what idbridge would export, object by object
+    /// (matched by sourceAnchor). Connect's side: `csexport "<Entra ID connector>" export.xml /f:x`
+    /// on its staging server, or the CSV Microsoft's csanalyzer script makes of it. Run it with
+    /// the migrated configuration in staging, before idbridge's first export.
+    /// Exit codes: 0 they agree, 2 they differ, 1 an error.
+    Compare {
+        #[arg(long)]
+        config: PathBuf,
+        /// Connect's file (XML or CSV).
+        #[arg(long)]
+        connect_export: PathBuf,
+    },
 }
 
 /// Not everything was carried over (exit code 2).
@@ -37,7 +49,32 @@ pub const REPORT_FILE: &str = "migration-report.txt";
 pub async fn run(command: MigrateCommand) -> Result<()> {
     match command {
         MigrateCommand::Connect { export, out, allow_partial, force } => connect(&export, &out, allow_partial, force),
+        MigrateCommand::Compare { config, connect_export } => compare(&config, &connect_export).await,
     }
+}
+
+async fn compare(config: &Path, file: &Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let connect = migrate::compare::read_connect_file(&file.display().to_string(), &bytes)?;
+    let mut progress = crate::progress::StageProgress::default();
+    let pending = orchestration::sync::preview(config, &mut progress).await?;
+    progress.done();
+    let ours: Vec<migrate::compare::Ours> = pending
+        .iter()
+        .filter(|p| p.action != "delete")
+        .map(|p| migrate::compare::Ours {
+            kind: p.kind.as_str().to_string(),
+            resource: serde_json::Value::Object(
+                p.changes.iter().map(|(path, _, new)| (path.clone(), new.clone())).collect(),
+            ),
+        })
+        .collect();
+    let comparison = migrate::compare::compare(&connect, &ours);
+    crate::out!("{}", comparison.render());
+    if !comparison.agrees() {
+        return Err(Partial("Connect and idbridge would export different things (see above)".into()).into());
+    }
+    Ok(())
 }
 
 fn connect(export: &Path, out: &Path, allow_partial: bool, force: bool) -> Result<()> {
@@ -85,8 +122,8 @@ pub fn checklist(config: &Path) -> String {
   1. Fill in the lines marked REVIEW in {c}: the directory URL, the bind password file, the tenant URL and its sync token.
   2. Side by side: Connect stays active; here staging = true imports and syncs, exporting nothing.
      Run `idbridge sync run --config {c} --once`, then `idbridge sync preview --config {c}` shows what the first export would do.
-  3. Compare with what Connect exports: for the same objects the preview should show the values Connect sends
-     (the report above lists every rule and flow that was not carried over).
+  3. Compare with what Connect exports: on its server csexport \"<Entra ID connector>\" export.xml /f:x, then
+     `idbridge migrate compare --config {c} --connect-export export.xml` lists every object and attribute that differs.
   4. Swap: put Connect into staging mode (its wizard, \"Configure staging mode\"), set staging = false in {c}, run a cycle.
      The tenant matches each object by its immutableId — the sourceAnchor Connect used, which idbridge sends unchanged —
      so no object is created twice (a hard match, then only the differences are sent).

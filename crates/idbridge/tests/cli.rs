@@ -983,13 +983,47 @@ mod samba {
                     "password_hash_sync" => "password_hash_sync = false".into(),
                     "url" => format!("url = \"{base}\""),
                     "token_file" => format!("token_file = \"{}\"", p(&tmp.join("token"))),
-                    "staging" => "staging = false".into(),
                     _ => line.to_string(),
                 }
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        std::fs::write(&config, filled).unwrap();
+        std::fs::write(&config, &filled).unwrap();
+
+        // Side by side: Connect's pending export (csexport's XML) against idbridge's, in staging.
+        let preview = ok(&idbridge(&["sync", "preview", "--config", p(&config), "--json"]));
+        let anchor = json_lines(&preview)
+            .into_iter()
+            .find(|p| p["object"].as_str().is_some_and(|o| o.starts_with("CN=Anna")))
+            .and_then(|p| {
+                p["changes"].as_array()?.iter().find(|c| c["attribute"] == "externalId").map(|c| c["new"].clone())
+            })
+            .and_then(|v| v.as_str().map(str::to_string))
+            .expect("anna is to be created");
+        let attr = |name: &str, value: &str| {
+            format!("<attr name=\"{name}\" type=\"string\" multivalued=\"false\"><value>{value}</value></attr>")
+        };
+        let csexport = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-16\" ?>\n<cs-objects><cs-object cs-dn=\"CN={{1}}\" id=\"{{1}}\" object-type=\"user\">\
+             <unapplied-export><delta operation=\"add\" dn=\"CN={{1}}\"/></unapplied-export><unapplied-export-hologram><entry dn=\"CN={{1}}\">{}{}{}{}{}{}</entry></unapplied-export-hologram></cs-object></cs-objects>",
+            attr("sourceAnchor", &anchor),
+            attr("userPrincipalName", "anna@example.test"),
+            attr("displayName", "Anna M&#252;ller"),
+            attr("usageLocation", "FR"),
+            attr("extensionAttribute1", "Dept-SALES"),
+            attr("title", "Engineer"),
+        );
+        std::fs::write(tmp.join("export.xml"), csexport).unwrap();
+        let compared =
+            idbridge(&["migrate", "compare", "--config", p(&config), "--connect-export", p(&tmp.join("export.xml"))]);
+        let said = String::from_utf8_lossy(&compared.stdout).to_string();
+        assert_eq!(compared.status.code(), Some(2), "{said}{}", stderr_of(&compared));
+        assert!(said.contains("1 objects in both; 5 attribute values compared, 4 equal, 1 different."), "{said}");
+        assert!(said.contains("anna@example.test  title → title: \"Engineer\" | \"Engineer (contractor)\""), "{said}");
+        assert!(said.contains("1 objects idbridge would export are not in the file"), "cleo: {said}");
+
+        // The swap: out of staging.
+        std::fs::write(&config, filled.replace("staging = true", "staging = false")).unwrap();
         let run = idbridge(&["sync", "run", "--once", "--config", p(&config)]);
         assert!(run.status.success(), "{}", stderr_of(&run));
 

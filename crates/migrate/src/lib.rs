@@ -9,7 +9,9 @@
 //! - [`translate`]: the translation; every generated rule is loaded by
 //!   `sync`'s rule loader before anything is returned.
 //! - [`report`]: what became of every connector, rule and flow.
+//! - [`compare`]: Connect's pending exports (csexport XML, or its CSV) against idbridge's.
 
+pub mod compare;
 pub mod export;
 pub mod known;
 pub mod names;
