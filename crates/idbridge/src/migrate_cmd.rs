@@ -24,6 +24,10 @@ pub enum MigrateCommand {
         /// Replace the files of an earlier run in --out.
         #[arg(long)]
         force: bool,
+        /// A PowerShell rule script (the Synchronization Rules Editor's export) whose rules are
+        /// added to the export's (repeatable; one with an exported rule's identifier replaces it).
+        #[arg(long)]
+        rules_script: Vec<PathBuf>,
     },
     /// What Connect is about to export against what idbridge would export, object by object
     /// (matched by sourceAnchor). Connect's side: `csexport "<Entra ID connector>" export.xml /f:x`
@@ -48,7 +52,9 @@ pub const REPORT_FILE: &str = "migration-report.txt";
 
 pub async fn run(command: MigrateCommand) -> Result<()> {
     match command {
-        MigrateCommand::Connect { export, out, allow_partial, force } => connect(&export, &out, allow_partial, force),
+        MigrateCommand::Connect { export, out, allow_partial, force, rules_script } => {
+            connect(&export, &rules_script, &out, allow_partial, force)
+        }
         MigrateCommand::Compare { config, connect_export } => compare(&config, &connect_export).await,
     }
 }
@@ -77,8 +83,13 @@ async fn compare(config: &Path, file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn connect(export: &Path, out: &Path, allow_partial: bool, force: bool) -> Result<()> {
-    let migration = migrate::migrate(export)?;
+fn connect(export: &Path, scripts: &[PathBuf], out: &Path, allow_partial: bool, force: bool) -> Result<()> {
+    let mut texts = Vec::new();
+    for path in scripts {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        texts.push((path.display().to_string(), text));
+    }
+    let migration = migrate::migrate_with_scripts(export, &texts)?;
     let report = migration.report.render();
     crate::out!("{report}");
     let complete = migration.report.complete();

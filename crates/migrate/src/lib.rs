@@ -9,6 +9,7 @@
 //! - [`translate`]: the translation; every generated rule is loaded by
 //!   `sync`'s rule loader before anything is returned.
 //! - [`report`]: what became of every connector, rule and flow.
+//! - [`script`]: Connect's PowerShell rule scripts, read as data.
 //! - [`compare`]: Connect's pending exports (csexport XML, or its CSV) against idbridge's.
 
 pub mod compare;
@@ -16,6 +17,7 @@ pub mod export;
 pub mod known;
 pub mod names;
 pub mod report;
+pub mod script;
 pub mod translate;
 
 use std::path::Path;
@@ -37,7 +39,22 @@ pub enum MigrateError {
 
 /// Reads the export in `dir` and translates it.
 pub fn migrate(dir: &Path) -> Result<Migration, MigrateError> {
-    let export = export::read(dir)?;
+    migrate_with_scripts(dir, &[])
+}
+
+/// [`migrate`], with the rules of Connect's PowerShell rule scripts
+/// (`(file name, text)`) added to the export's — one with the identifier of
+/// an exported rule replaces it.
+pub fn migrate_with_scripts(dir: &Path, scripts: &[(String, String)]) -> Result<Migration, MigrateError> {
+    let mut export = export::read(dir)?;
+    for (name, text) in scripts {
+        for rule in script::read_rules(name, text)? {
+            match export.rules.iter_mut().find(|r| !rule.id.is_empty() && r.id == rule.id) {
+                Some(slot) => *slot = rule,
+                None => export.rules.push(rule),
+            }
+        }
+    }
     if !export.connectors.iter().any(|c| c.kind == export::ConnectorKind::ActiveDirectory) {
         return Err(MigrateError::NoDirectory(dir.display().to_string()));
     }
@@ -230,6 +247,22 @@ mod tests {
         std::fs::remove_file(scratch.0.join("Connectors/Connector_{5d2c1f0e-7a41-4c55-9d0e-2b7f9c1a0a01}.xml"))
             .unwrap();
         assert!(matches!(migrate(&scratch.0), Err(MigrateError::NoDirectory(_))));
+    }
+
+    #[test]
+    fn a_rules_script_adds_to_the_export() {
+        let script = "New-ADSyncRule `\n-Name 'In from AD - User Office' `\n-Identifier 'f0000000-0000-4000-8000-000000000001' `\n\
+            -Direction 'Inbound' `\n-Precedence 40 `\n-SourceObjectType 'user' `\n-TargetObjectType 'person' `\n\
+            -Connector '5d2c1f0e-7a41-4c55-9d0e-2b7f9c1a0a01' `\n-LinkType 'Join' `\n-ImmutableTag '' `\n-OutVariable syncRule\n\n\
+            Add-ADSyncAttributeFlowMapping `\n-SynchronizationRule $syncRule[0] `\n-Source @('physicalDeliveryOfficeName') `\n\
+            -Destination 'extensionAttribute7' `\n-FlowType 'Direct' `\n-ValueMergeType 'Update' `\n-OutVariable syncRule\n\n\
+            Add-ADSyncRule `\n-SynchronizationRule $syncRule[0]\n";
+        let m = migrate_with_scripts(&fixture(), &[("office.ps1".into(), script.into())]).unwrap();
+        assert_eq!(m.report.rules.len(), 13);
+        let office = rule(&m.report, "In from AD - User Office");
+        assert_eq!(office.file, "office.ps1, line 1");
+        assert_eq!(office.outcome, Outcome::Imported);
+        assert!(m.rules.contains(r#"{ target = "extensionAttribute7", source = ["physicalDeliveryOfficeName"] }"#));
     }
 
     proptest::proptest! {
