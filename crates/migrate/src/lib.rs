@@ -250,6 +250,44 @@ mod tests {
     }
 
     #[test]
+    fn a_second_forest_joins_the_first_by_its_join_rule() {
+        let scratch = Scratch::new();
+        let first = "Connectors/Connector_{5d2c1f0e-7a41-4c55-9d0e-2b7f9c1a0a01}.xml";
+        let connector = std::fs::read_to_string(scratch.0.join(first)).unwrap();
+        scratch.write(
+            "Connectors/Connector_{6e3d2a1f-8b52-4d66-ae1f-3c8a0d2b1b02}.xml",
+            &connector
+                .replace("5D2C1F0E-7A41-4C55-9D0E-2B7F9C1A0A01", "6E3D2A1F-8B52-4D66-AE1F-3C8A0D2B1B02")
+                .replace("<name>example.test</name>", "<name>resource.example.test</name>")
+                .replace("DC=example,DC=test", "DC=resource,DC=example,DC=test"),
+        );
+        scratch.write(
+            "SynchronizationRules/SynchronizationRule_{b0000000-0000-4000-8000-000000000001}.xml",
+            "<synchronizationRule><id>{b0000000-0000-4000-8000-000000000001}</id><name>In from AD - User Join</name>\
+             <immutable-tag>Microsoft.InfromADUserJoin.093</immutable-tag><direction>Inbound</direction><disabled>False</disabled>\
+             <connector>{6E3D2A1F-8B52-4D66-AE1F-3C8A0D2B1B02}</connector><sourceObjectType>user</sourceObjectType>\
+             <targetObjectType>person</targetObjectType><linkType>Provision</linkType><precedence>201</precedence>\
+             <relationshipCriteria><conditions><condition><csAttribute>objectGUID</csAttribute><ilmAttribute>sourceAnchorBinary</ilmAttribute></condition></conditions>\
+             <conditions><condition><csAttribute>mail</csAttribute><ilmAttribute>mail</ilmAttribute></condition></conditions></relationshipCriteria>\
+             </synchronizationRule>",
+        );
+        let m = migrate(&scratch.0).unwrap();
+        let config = config::Config::parse(&m.config).unwrap();
+        assert_eq!(config.sources.len(), 2);
+        let second = &config.sources[1];
+        assert_eq!(second.name, "resource-example-test");
+        let join = second.join.as_ref().expect("the second forest joins the first");
+        assert_eq!(join.groups.len(), 1);
+        assert_eq!((join.groups[0][0].source.as_str(), join.groups[0][0].metaverse.as_str()), ("mail", "mail"));
+        assert!(join.project, "Provision: people only in the second forest are projected");
+        let entry = m.report.connectors.iter().find(|c| c.name == "resource.example.test").unwrap();
+        assert!(
+            matches!(&entry.outcome, Outcome::Translated(n) if n.iter().any(|n| n.contains("sourceAnchorBinary left out")))
+        );
+        assert!(config.sources[0].join.is_none());
+    }
+
+    #[test]
     fn a_rules_script_adds_to_the_export() {
         let script = "New-ADSyncRule `\n-Name 'In from AD - User Office' `\n-Identifier 'f0000000-0000-4000-8000-000000000001' `\n\
             -Direction 'Inbound' `\n-Precedence 40 `\n-SourceObjectType 'user' `\n-TargetObjectType 'person' `\n\

@@ -317,6 +317,31 @@ fn outbound_scope_attribute(c: &ScopeCondition) -> Result<Option<String>, String
     rename_metaverse(&c.attribute).map(Some)
 }
 
+/// A later directory's join rule → `[source.join]` groups of its source
+/// (conditions on Connect's own bookkeeping, such as the sourceAnchor, are
+/// left out: the notes say which).
+fn harvest_join(rule: &SyncRule, p: &mut SourcePlan<'_>) -> Vec<String> {
+    let mut notes = Vec::new();
+    for group in &rule.join {
+        let mut pairs = Vec::new();
+        for c in group {
+            match names::metaverse(&c.mv_attribute) {
+                Metaverse::Attribute(mv) => pairs.push((c.cs_attribute.clone(), mv)),
+                Metaverse::BuiltIn(why) => {
+                    notes.push(format!("join condition {} = {} left out ({why})", c.cs_attribute, c.mv_attribute));
+                }
+            }
+        }
+        if !pairs.is_empty() && !p.join_groups.contains(&pairs) {
+            p.join_groups.push(pairs);
+        }
+    }
+    if rule.link == LinkType::Provision {
+        p.project = true;
+    }
+    notes
+}
+
 /// A custom (or edited out-of-box) rule → its idbridge rule text.
 fn custom_rule(
     rule: &SyncRule,
@@ -392,26 +417,7 @@ fn custom_rule(
         if first_source {
             notes.push("its join criteria are not needed: the first directory's objects are projected and matched in the tenant by immutableId".into());
         } else if let Some(p) = plan.as_deref_mut() {
-            for group in &rule.join {
-                let mut pairs = Vec::new();
-                for c in group {
-                    match names::metaverse(&c.mv_attribute) {
-                        Metaverse::Attribute(mv) => pairs.push((c.cs_attribute.clone(), mv)),
-                        Metaverse::BuiltIn(why) => {
-                            notes.push(format!(
-                                "join condition {} = {} left out ({why})",
-                                c.cs_attribute, c.mv_attribute
-                            ));
-                        }
-                    }
-                }
-                if !pairs.is_empty() && !p.join_groups.contains(&pairs) {
-                    p.join_groups.push(pairs);
-                }
-            }
-            if rule.link == LinkType::Provision {
-                p.project = true;
-            }
+            notes.extend(harvest_join(rule, p));
             notes.push(format!(
                 "its join criteria join source {:?} to the directories before it ([source.join])",
                 p.name
@@ -562,6 +568,15 @@ pub fn translate(export: &ConnectExport) -> Migration {
                         && let Some(p) = plans.get_mut(i)
                     {
                         p.anchor_attribute = p.anchor_attribute.take().or(anchor);
+                    }
+                    // A later forest's out-of-box join rules hold how its people match the earlier ones'.
+                    if let Some(i) = plan_index.filter(|i| *i > 0)
+                        && stem.to_ascii_lowercase().ends_with("join")
+                        && stem.starts_with("InfromAD")
+                        && let Some(p) = plans.get_mut(i)
+                    {
+                        let left_out = harvest_join(rule, p);
+                        p.notes.extend(left_out.into_iter().map(|n| format!("{}: {n}", rule.name)));
                     }
                     let mut outcome = match counterpart {
                         Counterpart::BuiltIn(what) => Outcome::BuiltIn(what.to_string()),
