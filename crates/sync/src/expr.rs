@@ -145,6 +145,7 @@ pub const FUNCTIONS: &[(&str, usize, usize, &str, &str)] = &[
     ("CBool", 1, 1, "a value as a boolean (True, non-zero)", "CBool(\"True\")"),
     ("CGuid", 1, 1, "a GUID's text as its 16 bytes (AD byte order)", "CGuid(\"6b29fc40-ca47-1067-b31d-00dd010662da\")"),
     ("CNum", 1, 1, "a value as an integer", "CNum(\"42\")"),
+    ("CRef", 1, 1, "a DN as a reference (the DN's text here)", "DNComponent(CRef([manager]), 1)"),
     ("CStr", 1, 1, "a value as text", "CStr(42)"),
     ("Coalesce", 1, 16, "the first argument that is not null or empty", "Coalesce([mail], [userPrincipalName])"),
     (
@@ -162,6 +163,8 @@ pub const FUNCTIONS: &[(&str, usize, usize, &str, &str)] = &[
         "ConvertFromBase64(\"SABpAA==\")",
     ),
     ("ConvertToBase64", 1, 1, "text as base64 of its UTF-16LE bytes (as Connect does)", "ConvertToBase64(\"Hi\")"),
+    ("ConvertFromUTF8Hex", 1, 1, "hexadecimal UTF-8 bytes back to text", "ConvertFromUTF8Hex(\"48C3A9\")"),
+    ("ConvertToUTF8Hex", 1, 1, "text as the hexadecimal of its UTF-8 bytes (upper case)", "ConvertToUTF8Hex(\"Hé\")"),
     ("Count", 1, 1, "the number of values", "Count([proxyAddresses])"),
     ("DNComponent", 2, 2, "the value of the n-th RDN of a DN, from the left (1-based)", "DNComponent([manager], 1)"),
     (
@@ -194,10 +197,16 @@ pub const FUNCTIONS: &[(&str, usize, usize, &str, &str)] = &[
         "InStr([mail], \"@\")",
     ),
     ("InStrRev", 2, 2, "1-based position of the last occurrence, else 0", "InStrRev([mail], \".\")"),
+    ("IsBitSet", 2, 2, "true if every bit of the flag is set in the value", "IsBitSet([userAccountControl], 2)"),
+    ("IsEmpty", 1, 1, "true if the value is present but empty, or missing", "IsEmpty([title])"),
+    ("IsGuid", 1, 1, "true if the value is a GUID (16 bytes, or its text)", "IsGuid([objectGUID])"),
     ("IsNull", 1, 1, "true if the value is missing", "IsNull([manager])"),
     ("IsNullOrEmpty", 1, 1, "true if the value is missing or empty", "IsNullOrEmpty([title])"),
+    ("IsNumeric", 1, 1, "true if the value is an integer", "IsNumeric([employeeID])"),
     ("IsPresent", 1, 1, "true if the value is present and not empty", "IsPresent([mail])"),
+    ("IsString", 1, 1, "true if the value is text (not binary, not missing)", "IsString([mail])"),
     ("Item", 2, 2, "the n-th value (1-based) of a multi-valued attribute", "Item([proxyAddresses], 1)"),
+    ("ItemOrNull", 2, 2, "the n-th value (1-based), or null when there are fewer", "ItemOrNull([proxyAddresses], 9)"),
     ("Join", 1, 2, "the values joined with a separator (default none)", "Join([otherTelephone], \", \")"),
     ("LCase", 1, 1, "lower case", "LCase([mail])"),
     ("LTrim", 1, 1, "without leading white space", "LTrim([cn])"),
@@ -206,6 +215,7 @@ pub const FUNCTIONS: &[(&str, usize, usize, &str, &str)] = &[
     ("Mid", 3, 3, "n characters from a 1-based start", "Mid([employeeID], 2, 4)"),
     ("PadLeft", 2, 3, "padded on the left to a length (default pad \" \")", "PadLeft([employeeID], 6, \"0\")"),
     ("PadRight", 2, 3, "padded on the right to a length (default pad \" \")", "PadRight([code], 4, \"_\")"),
+    ("PCase", 1, 1, "each word capitalised (as ProperCase)", "PCase(\"jane DOE\")"),
     ("ProperCase", 1, 1, "each word capitalised", "ProperCase(\"jane DOE\")"),
     ("RTrim", 1, 1, "without trailing white space", "RTrim([cn])"),
     ("RemoveDuplicates", 1, 1, "the values without repeats (case-insensitive)", "RemoveDuplicates([proxyAddresses])"),
@@ -667,7 +677,7 @@ fn call(name: &str, args: &[Expr], entry: &Entry) -> Result<Val, EvalError> {
         "RTrim" => text_fn(&|x| x.trim_end().to_string()),
         "LCase" => text_fn(&|x| x.to_lowercase()),
         "UCase" => text_fn(&|x| x.to_uppercase()),
-        "ProperCase" => text_fn(&|x| {
+        "ProperCase" | "PCase" => text_fn(&|x| {
             x.split(' ')
                 .map(|w| {
                     let mut c = w.chars();
@@ -737,6 +747,44 @@ fn call(name: &str, args: &[Expr], entry: &Entry) -> Result<Val, EvalError> {
         "Item" => {
             let i = n(1)?;
             v[0].list().get((i.max(1) - 1) as usize).map_or(Val::Null, |x| Val::Str(x.clone()))
+        }
+        "ItemOrNull" => {
+            let i = n(1)?;
+            if i < 1 { Val::Null } else { v[0].list().get((i - 1) as usize).map_or(Val::Null, |x| Val::Str(x.clone())) }
+        }
+        "IsBitSet" => Val::Bool({
+            let flag = n(1)?;
+            v[0].int().is_some_and(|x| x & flag == flag)
+        }),
+        "IsEmpty" => Val::Bool(v[0].is_empty()),
+        "IsString" => Val::Bool(matches!(v[0], Val::Str(_) | Val::Multi(_))),
+        "IsNumeric" => Val::Bool(match &v[0] {
+            Val::Int(_) => true,
+            Val::Str(t) => t.trim().parse::<i64>().is_ok(),
+            _ => false,
+        }),
+        "IsGuid" => Val::Bool(match &v[0] {
+            Val::Bin(b) => b.len() == 16,
+            Val::Str(t) => Guid::parse(t).is_ok(),
+            _ => false,
+        }),
+        "CRef" => v[0].text().map_or(Val::Null, Val::Str),
+        "ConvertToUTF8Hex" => text_fn(&|x| x.bytes().map(|b| format!("{b:02X}")).collect()),
+        "ConvertFromUTF8Hex" => {
+            if null_in {
+                Val::Null
+            } else {
+                let text = s(0);
+                let bytes: Option<Vec<u8>> = text
+                    .as_bytes()
+                    .chunks(2)
+                    .map(|pair| std::str::from_utf8(pair).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+                    .collect();
+                match bytes.filter(|_| text.len() % 2 == 0).and_then(|b| String::from_utf8(b).ok()) {
+                    Some(t) => Val::Str(t),
+                    None => return Err(EvalError(format!("ConvertFromUTF8Hex: {text:?} is not hexadecimal UTF-8"))),
+                }
+            }
         }
         "Count" => Val::Int(v[0].list().len() as i64),
         "Contains" => {
@@ -815,6 +863,28 @@ mod tests {
         e.add("proxyAddresses", "SMTP:JANE@example.com");
         e.add("manager", "CN=Boss\\, Big,OU=Sales,DC=corp,DC=example,DC=com");
         e
+    }
+
+    #[test]
+    fn connect_functions_added_for_migrations() {
+        assert_eq!(ev("IsBitSet([userAccountControl], 2)"), Val::Bool(true));
+        assert_eq!(ev("IsBitSet([userAccountControl], 1)"), Val::Bool(false));
+        assert_eq!(ev("IsEmpty([nothing])"), Val::Bool(true));
+        assert_eq!(ev("IsString([sn])"), Val::Bool(true));
+        assert_eq!(ev("IsString([nothing])"), Val::Bool(false));
+        assert_eq!(ev("IsNumeric([userAccountControl])"), Val::Bool(true));
+        assert_eq!(ev("IsNumeric([sn])"), Val::Bool(false));
+        assert_eq!(ev("IsGuid(\"6b29fc40-ca47-1067-b31d-00dd010662da\")"), Val::Bool(true));
+        assert_eq!(ev("IsGuid([sn])"), Val::Bool(false));
+        assert_eq!(ev("ItemOrNull([proxyAddresses], 2)"), Val::Str("smtp:j.doe@example.com".into()));
+        assert_eq!(ev("ItemOrNull([proxyAddresses], 9)"), Val::Null);
+        assert_eq!(ev("ItemOrNull([proxyAddresses], 0)"), Val::Null);
+        assert_eq!(s("PCase(\"jane DOE\")"), s("ProperCase(\"jane DOE\")"));
+        assert_eq!(s("ConvertToUTF8Hex(\"Hé\")"), "48C3A9");
+        assert_eq!(s("ConvertFromUTF8Hex(ConvertToUTF8Hex(\"Müller 東京\"))"), "Müller 東京");
+        assert!(Expr::parse("ConvertFromUTF8Hex(\"ZZ\")").unwrap().eval(&entry()).is_err());
+        assert!(Expr::parse("ConvertFromUTF8Hex(\"ABC\")").unwrap().eval(&entry()).is_err());
+        assert_eq!(s("DNComponent(CRef([manager]), 1)"), "Boss, Big");
     }
 
     #[test]
