@@ -37,6 +37,7 @@ pub mod password_reset;
 pub mod policy;
 pub mod pta;
 pub mod ratelimit;
+pub mod saml_idp;
 pub mod secrets;
 pub mod service;
 pub mod signin;

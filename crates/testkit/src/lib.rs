@@ -34,7 +34,7 @@ pub use harness::{
 pub use postgres::Postgres;
 pub use process::{
     KillOnDrop, Measured, TempDir, TestkitError, free_port, measure, measure_run, oathtool, peak_rss_kib,
-    public_client_authorize_url, spawn_tenant, spawn_tenant_at, wait_until,
+    public_client_authorize_url, require_tool, spawn_tenant, spawn_tenant_at, wait_until,
 };
 pub use proxy::RoundRobinProxy;
 pub use samba::SambaDc;

@@ -51,6 +51,20 @@ fn key_error(what: &str, e: impl std::fmt::Display) -> TenantError {
 }
 
 impl SigningKey {
+    /// The public key as a DER SubjectPublicKeyInfo (RSA keys: for the SAML
+    /// signing certificate).
+    pub fn public_key_der(&self) -> Result<Vec<u8>> {
+        use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+        match self.alg {
+            Alg::Rs256 => {
+                let private = rsa::RsaPrivateKey::from_pkcs8_der(&self.pkcs8).map_err(|e| key_error("RSA key", e))?;
+                let der = private.to_public_key().to_public_key_der().map_err(|e| key_error("public key", e))?;
+                Ok(der.as_bytes().to_vec())
+            }
+            Alg::Es256 => Err(key_error("public key", "only RSA keys sign SAML here")),
+        }
+    }
+
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         let rng = SystemRandom::new();
         match self.alg {
