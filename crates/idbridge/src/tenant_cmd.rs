@@ -52,6 +52,11 @@ pub enum TenantCommand {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// SAML applications: the tenant as their identity provider (/saml/{app}/metadata, /saml/{app}/sso).
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
     /// Tenant-wide switches.
     Settings {
         #[command(flatten)]
@@ -390,6 +395,44 @@ pub enum GroupCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum AppCommand {
+    /// Register a SAML service provider.
+    Add {
+        #[command(flatten)]
+        data: TenantData,
+        /// Short name in its URLs (/saml/NAME/…): letters, digits, '-'.
+        #[arg(long)]
+        name: String,
+        /// The service provider's entity id (the Issuer of its requests).
+        #[arg(long)]
+        entity_id: String,
+        /// An Assertion Consumer Service URL (repeatable; matched exactly; the first is the default).
+        #[arg(long = "acs-url", required = true)]
+        acs_urls: Vec<String>,
+        /// persistent (stable per user and application), email, or unspecified.
+        #[arg(long, default_value = "persistent")]
+        name_id: String,
+        /// NAME=SOURCE: send the user's SOURCE (userName, displayName, name.givenName, emails,
+        /// hybrid:immutableId …) as attribute NAME (repeatable; default email, displayName, givenName, surname).
+        #[arg(long = "attribute")]
+        attributes: Vec<String>,
+        /// Sign the Response as well as the Assertion.
+        #[arg(long)]
+        sign_response: bool,
+    },
+    /// The registered applications.
+    List {
+        #[command(flatten)]
+        data: TenantData,
+    },
+    Remove {
+        #[command(flatten)]
+        data: TenantData,
+        name: String,
+    },
+}
+
 // Parsed once per run: the size of the federate variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
@@ -646,6 +689,49 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             TokenCommand::Revoke { data, id } => {
                 open(&data)?.revoke_token(ACTOR, &id)?;
                 eprintln!("token {id} revoked");
+                Ok(())
+            }
+        },
+        TenantCommand::App { command } => match command {
+            AppCommand::Add { data, name, entity_id, acs_urls, name_id, attributes, sign_response } => {
+                let Some(name_id_format) = tenant::saml_idp::NameIdFormat::parse(&name_id) else {
+                    anyhow::bail!("--name-id {name_id:?}: persistent, email or unspecified");
+                };
+                let mut pairs = Vec::new();
+                for a in &attributes {
+                    let Some((n, s)) = a.split_once('=') else { anyhow::bail!("--attribute {a:?}: write NAME=SOURCE") };
+                    pairs.push((n.trim().to_string(), s.trim().to_string()));
+                }
+                let app = tenant::saml_idp::App {
+                    id: name.clone(),
+                    name: name.clone(),
+                    entity_id,
+                    acs_urls,
+                    name_id_format,
+                    attributes: pairs,
+                    sign_response,
+                };
+                open(&data)?.add_saml_app(ACTOR, &app)?;
+                eprintln!(
+                    "application {name}: metadata at <tenant URL>/saml/{name}/metadata, sign-in at <tenant URL>/saml/{name}/sso"
+                );
+                Ok(())
+            }
+            AppCommand::List { data } => {
+                for app in open(&data)?.saml_apps()? {
+                    crate::out!(
+                        "{}  {}  {}  {}",
+                        app.id,
+                        app.entity_id,
+                        app.name_id_format.word(),
+                        app.acs_urls.join(" ")
+                    );
+                }
+                Ok(())
+            }
+            AppCommand::Remove { data, name } => {
+                open(&data)?.remove_saml_app(ACTOR, &name)?;
+                eprintln!("application {name} removed");
                 Ok(())
             }
         },

@@ -2353,6 +2353,16 @@ mod sync_e2e {
         ok(&idbridge(&["sync", "explain", "--config", p(&lab.config), "uid=twin,ou=staff,dc=example,dc=org"]));
     }
 
+    /// Switches password hash sync on for the lab's source.
+    fn with_password_hash_sync(lab: &Lab) {
+        let config = std::fs::read_to_string(&lab.config).unwrap();
+        let on = config.replace(
+            "base_dns = [\"dc=example,dc=org\"]",
+            "base_dns = [\"dc=example,dc=org\"]\npassword_hash_sync = true",
+        );
+        std::fs::write(&lab.config, on).unwrap();
+    }
+
     fn sign_in_client(lab: &Lab) -> String {
         public_sign_in_client(&lab.tmp.join("tenant"), &lab.base)
     }
@@ -3307,15 +3317,7 @@ mod sync_e2e {
     #[test]
     fn password_changes_survive_killed_cycles() {
         let lab = lab(20, 1, "");
-        let config = std::fs::read_to_string(&lab.config).unwrap();
-        std::fs::write(
-            &lab.config,
-            config.replace(
-                "base_dns = [\"dc=example,dc=org\"]",
-                "base_dns = [\"dc=example,dc=org\"]\npassword_hash_sync = true",
-            ),
-        )
-        .unwrap();
+        with_password_hash_sync(&lab);
         assert!(sync_once(&lab, &[]).status.success());
         let users = get(&lab, "/Users?count=5");
         let people: Vec<(String, String)> = (0..5)
@@ -3354,15 +3356,7 @@ mod sync_e2e {
     #[test]
     fn password_hash_sync_signs_users_in_with_their_on_premises_password() {
         let lab = lab(5, 1, "");
-        let config = std::fs::read_to_string(&lab.config).unwrap();
-        std::fs::write(
-            &lab.config,
-            config.replace(
-                "base_dns = [\"dc=example,dc=org\"]",
-                "base_dns = [\"dc=example,dc=org\"]\npassword_hash_sync = true",
-            ),
-        )
-        .unwrap();
+        with_password_hash_sync(&lab);
         assert!(sync_once(&lab, &[]).status.success());
         let users = get(&lab, "/Users?count=2");
         let user = &users["Resources"][0];
@@ -3430,6 +3424,163 @@ mod sync_e2e {
             !state_text(lab.tmp.path(), lab.pg.as_ref()).contains("{SSHA}"),
             "a password hash is in the sync state"
         );
+    }
+
+    /// The tenant as a SAML identity provider for an application: the
+    /// metadata's certificate verifies (xmlsec1, not our code) the signed
+    /// Assertion and Response that reach the ACS after a password sign-in on
+    /// the usual pages; InResponseTo, Audience, Recipient, a persistent NameID
+    /// that is not the user name, the configured attributes; a second
+    /// request answers from the session; ForceAuthn asks again; unknown
+    /// service providers and unregistered ACS URLs are refused and audited.
+    #[test]
+    fn saml_sign_in_to_an_application() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let lab = lab(3, 0, "");
+        with_password_hash_sync(&lab);
+        assert!(sync_once(&lab, &[]).status.success());
+        let user = get(&lab, "/Users?count=1")["Resources"][0].clone();
+        let (name, dn) = (
+            user["userName"].as_str().unwrap().to_string(),
+            user[HYBRID]["onPremisesDistinguishedName"].as_str().unwrap().to_string(),
+        );
+        lab.slapd.set_password(&dn, "Saml-Pass-1").unwrap();
+        assert!(sync_once(&lab, &[]).status.success());
+        let data = lab.tmp.join("tenant");
+        ok(&idbridge(&[
+            "tenant",
+            "app",
+            "add",
+            "--data",
+            p(&data),
+            "--name",
+            "crm",
+            "--entity-id",
+            "https://crm.example.net/sp",
+            "--acs-url",
+            "https://crm.example.net/acs",
+            "--attribute",
+            "email=userName",
+            "--attribute",
+            "immutableId=hybrid:immutableId",
+            "--sign-response",
+        ]));
+        let issuer = lab.base.trim_end_matches("/scim/v2").to_string();
+        let (status, metadata) = http_get(&format!("{issuer}/saml/crm/metadata"), None);
+        assert_eq!(status, 200, "{metadata}");
+        assert!(metadata.contains(&format!("entityID=\"{issuer}/saml/crm/metadata\"")), "{metadata}");
+        let cert = metadata.split("<ds:X509Certificate>").nth(1).and_then(|r| r.split('<').next()).unwrap().to_string();
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            cert.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).to_string()).collect::<Vec<_>>().join("\n")
+        );
+        std::fs::write(lab.tmp.join("idp.pem"), pem).unwrap();
+
+        let request = |id: &str, issuer_name: &str, acs: &str, extra: &str| {
+            let xml = format!(
+                "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" \
+                 ID=\"{id}\" Version=\"2.0\" IssueInstant=\"2026-12-05T00:00:00Z\" AssertionConsumerServiceURL=\"{acs}\"{extra}>\
+                 <saml:Issuer>{issuer_name}</saml:Issuer></samlp:AuthnRequest>"
+            );
+            let deflated = miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6);
+            format!(
+                "{issuer}/saml/crm/sso?SAMLRequest={}&RelayState=%2Fdeals%2F7",
+                tenant::util::urlencode(&b64.encode(deflated))
+            )
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut browser = testkit::Browser::new().unwrap();
+        let (posted, again, forced, unknown, elsewhere) = rt.block_on(async {
+            let first = browser
+                .get(&request("_req-42", "https://crm.example.net/sp", "https://crm.example.net/acs", ""))
+                .await
+                .unwrap();
+            let to_sign_in = first.location.clone().expect("to the sign-in pages");
+            assert!(to_sign_in.starts_with("/oauth2/authorize?"), "{to_sign_in}");
+            let signed_in =
+                browser.password_sign_in(&format!("{issuer}{to_sign_in}"), &name, "Saml-Pass-1").await.unwrap();
+            let back = signed_in.location.clone().expect("back to the identity provider");
+            assert!(back.contains("/saml/callback?"), "{back}");
+            let posted = browser.get(&back).await.unwrap();
+            // Signed in: the next request is answered from the session.
+            let again = browser
+                .get(&request("_req-43", "https://crm.example.net/sp", "https://crm.example.net/acs", ""))
+                .await
+                .unwrap();
+            let forced = browser
+                .get(&request(
+                    "_req-44",
+                    "https://crm.example.net/sp",
+                    "https://crm.example.net/acs",
+                    " ForceAuthn=\"true\"",
+                ))
+                .await
+                .unwrap();
+            let unknown = browser
+                .get(&request("_req-45", "https://evil.example/sp", "https://crm.example.net/acs", ""))
+                .await
+                .unwrap();
+            let elsewhere = browser
+                .get(&request("_req-46", "https://crm.example.net/sp", "https://evil.example/acs", ""))
+                .await
+                .unwrap();
+            (posted, again, forced, unknown, elsewhere)
+        });
+        let response_of = |page: &testkit::Page| -> String {
+            assert_eq!(page.status, 200, "{}", page.body);
+            assert!(page.body.contains("action=\"https://crm.example.net/acs\""), "{}", page.body);
+            assert!(page.body.contains("name=\"RelayState\" value=\"/deals/7\""), "{}", page.body);
+            let value =
+                page.body.split("name=\"SAMLResponse\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+            String::from_utf8(b64.decode(value).unwrap()).unwrap()
+        };
+        let xml = response_of(&posted);
+        std::fs::write(lab.tmp.join("response.xml"), &xml).unwrap();
+        for (id_attr, node) in [
+            ("urn:oasis:names:tc:SAML:2.0:assertion:Assertion", "Assertion"),
+            ("urn:oasis:names:tc:SAML:2.0:protocol:Response", "Response"),
+        ] {
+            let checked = Command::new("xmlsec1")
+                .args([
+                    "--verify",
+                    "--pubkey-cert-pem",
+                    p(&lab.tmp.join("idp.pem")),
+                    "--id-attr:ID",
+                    id_attr,
+                    "--node-xpath",
+                ])
+                .arg(format!("//*[local-name()='{node}']/*[local-name()='Signature']"))
+                .arg(lab.tmp.join("response.xml"))
+                .output()
+                .unwrap();
+            assert!(checked.status.success(), "{node}: {}\n{xml}", String::from_utf8_lossy(&checked.stderr));
+        }
+        assert!(xml.contains("InResponseTo=\"_req-42\""), "{xml}");
+        assert!(
+            xml.contains("Destination=\"https://crm.example.net/acs\"")
+                && xml.contains("Recipient=\"https://crm.example.net/acs\"")
+        );
+        assert!(xml.contains("<saml:Audience>https://crm.example.net/sp</saml:Audience>"), "{xml}");
+        assert!(xml.contains("Format=\"urn:oasis:names:tc:SAML:2.0:nameid-format:persistent\""), "{xml}");
+        let name_id =
+            xml.split("nameid-format:persistent\">").nth(1).and_then(|r| r.split('<').next()).unwrap().to_string();
+        assert!(!name_id.contains(&name) && name_id.len() >= 32, "persistent, not the user name: {name_id}");
+        assert!(xml.contains(&format!("<saml:Attribute Name=\"email\" NameFormat=\"urn:oasis:names:tc:SAML:2.0:attrname-format:basic\"><saml:AttributeValue>{name}</saml:AttributeValue>")), "{xml}");
+        assert!(xml.contains("<saml:Attribute Name=\"immutableId\""), "{xml}");
+        let second = response_of(&again);
+        assert!(second.contains("InResponseTo=\"_req-43\"") && second.contains(&name_id), "the same persistent NameID");
+        assert!(
+            forced.location.as_deref().is_some_and(|l| l.contains("prompt=login")),
+            "ForceAuthn signs in again: {:?}",
+            forced.location
+        );
+        assert_eq!(unknown.status, 400);
+        assert!(unknown.body.contains("not registered here"), "{}", unknown.body);
+        assert_eq!(elsewhere.status, 400);
+        assert!(elsewhere.body.contains("address that is not registered"), "{}", elsewhere.body);
+        let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data)]));
+        assert!(audit.contains("saml-sign-in") && audit.contains("saml-sign-in-refused"), "{audit}");
     }
 
     /// A password read while the tenant is down stays pending and is read
@@ -4968,15 +5119,7 @@ flows = [{ target = "proxyAddresses", source = ["description"], merge = "merge-c
     #[test]
     fn console_button_releases_a_threshold_stop() {
         let lab = lab(20, 1, "deletion_threshold = 2");
-        let config = std::fs::read_to_string(&lab.config).unwrap();
-        std::fs::write(
-            &lab.config,
-            config.replace(
-                "base_dns = [\"dc=example,dc=org\"]",
-                "base_dns = [\"dc=example,dc=org\"]\npassword_hash_sync = true",
-            ),
-        )
-        .unwrap();
+        with_password_hash_sync(&lab);
         let dump = ok(&idbridge(&["source", "dump", "--config", p(&lab.config), "--format", "json"]));
         let people: Vec<(String, String)> = json_lines(&dump)
             .iter()

@@ -9,6 +9,7 @@
 //! - [`hybrid`], [`admin`], [`pta`]: `/hybrid/v1`, `/admin/v1`, `/pta/v1` (wire types in `proto`).
 //! - [`serve`]: listening, TLS, connection limits and timeouts, shutdown.
 //! - [`writeback`]: password writeback as the handlers call it (counted).
+//! - [`saml_idp`]: the tenant as a SAML identity provider for applications.
 
 pub mod admin;
 pub mod console;
@@ -16,6 +17,7 @@ pub mod federation;
 pub mod hybrid;
 pub mod oidc;
 pub mod pta;
+pub mod saml_idp;
 pub mod scim;
 pub mod serve;
 pub mod writeback;

@@ -137,6 +137,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::console::routes())
         .merge(crate::oidc::routes())
         .merge(crate::pta::routes())
+        .merge(crate::saml_idp::routes())
         .fallback(|| async { ApiError(ScimError::status(404, "no such endpoint"), None) })
         .layer(axum::middleware::map_response_with_state(state.clone(), security_headers))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))

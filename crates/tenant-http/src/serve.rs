@@ -257,6 +257,7 @@ pub async fn serve(
     // The admin console signs administrators in as a relying party of its own.
     tenant.register_console("idbridge", &issuer)?;
     tenant.register_security_info("idbridge", &issuer)?;
+    tenant.register_saml_idp("idbridge", &issuer)?;
     let pta = tenant::pta::Broker::for_store(pta_timeout, tenant.store())?;
     // The name authenticators show next to the passkey.
     let rp_name = tenant.branding().map(|b| b.name).ok().filter(|n| !n.trim().is_empty());

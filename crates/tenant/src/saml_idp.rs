@@ -228,6 +228,466 @@ pub fn response(
     Ok((response_id, assertion_id, response))
 }
 
+// ---- Applications ----
+
+/// How the NameID names the person to an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameIdFormat {
+    /// Stable per user and application, not the user name (a keyed hash).
+    Persistent,
+    /// The user name.
+    Email,
+    /// The user name, format left unspecified.
+    Unspecified,
+}
+
+impl NameIdFormat {
+    pub fn urn(self) -> &'static str {
+        match self {
+            NameIdFormat::Persistent => "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+            NameIdFormat::Email => "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
+            NameIdFormat::Unspecified => "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified",
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            NameIdFormat::Persistent => "persistent",
+            NameIdFormat::Email => "email",
+            NameIdFormat::Unspecified => "unspecified",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<NameIdFormat> {
+        match text.to_ascii_lowercase().as_str() {
+            "persistent" => Some(NameIdFormat::Persistent),
+            "email" | "emailaddress" => Some(NameIdFormat::Email),
+            "unspecified" => Some(NameIdFormat::Unspecified),
+            _ => None,
+        }
+    }
+}
+
+/// A service provider the tenant signs people in to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    /// Short name in its URLs (`/saml/{id}/…`): letters, digits, '-'.
+    pub id: String,
+    pub name: String,
+    /// The SP's entity id (the Issuer of its AuthnRequests, our Audience).
+    pub entity_id: String,
+    /// Where responses may be posted, exactly; the first is the default.
+    pub acs_urls: Vec<String>,
+    pub name_id_format: NameIdFormat,
+    /// (attribute name sent, the user's attribute: userName, displayName,
+    /// name.givenName, name.familyName, emails, hybrid:immutableId, …).
+    pub attributes: Vec<(String, String)>,
+    /// Sign the Response as well as the Assertion.
+    pub sign_response: bool,
+}
+
+/// The attributes an application gets when none are configured.
+pub fn default_attributes() -> Vec<(String, String)> {
+    [
+        ("email", "userName"),
+        ("displayName", "displayName"),
+        ("givenName", "name.givenName"),
+        ("surname", "name.familyName"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect()
+}
+
+/// Adds an application (checked: its id, an entity id, ACS URLs that are
+/// https — or http on this machine —, an entity id no other app has).
+pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
+    if app.id.is_empty() || app.id.len() > 64 || !app.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(TenantError::Invalid(format!("application id {:?}: letters, digits and '-' only", app.id)));
+    }
+    if app.entity_id.trim().is_empty() || app.entity_id.len() > 1024 {
+        return Err(TenantError::Invalid("the service provider's entity id is empty or too long".into()));
+    }
+    if app.acs_urls.is_empty() {
+        return Err(TenantError::Invalid("give at least one Assertion Consumer Service URL".into()));
+    }
+    for url in &app.acs_urls {
+        crate::util::check_web_url(url).map_err(|e| TenantError::Invalid(format!("ACS URL {url:?}: {e}")))?;
+    }
+    let exists: Option<String> = crate::db::OptionalExtension::optional(conn.query_row(
+        "SELECT id FROM saml_apps WHERE id = ?1 OR entity_id = ?2",
+        crate::db::params![app.id, app.entity_id],
+        |r| r.get(0),
+    ))?;
+    if let Some(other) = exists {
+        return Err(TenantError::Invalid(format!("application {other} has that id or entity id already")));
+    }
+    let attributes: Vec<serde_json::Value> =
+        app.attributes.iter().map(|(n, s)| serde_json::json!({"name": n, "source": s})).collect();
+    conn.execute(
+        "INSERT INTO saml_apps(id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, created) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        crate::db::params![
+            app.id,
+            app.name,
+            app.entity_id,
+            serde_json::to_string(&app.acs_urls).unwrap_or_default(),
+            app.name_id_format.word(),
+            serde_json::Value::Array(attributes).to_string(),
+            app.sign_response,
+            crate::util::now_secs()
+        ],
+    )?;
+    Ok(())
+}
+
+type AppRow = (String, String, String, String, String, String, bool);
+
+fn to_app((id, name, entity_id, acs, format, attributes, sign_response): AppRow) -> App {
+    let attributes: Vec<serde_json::Value> = serde_json::from_str(&attributes).unwrap_or_default();
+    App {
+        id,
+        name,
+        entity_id,
+        acs_urls: serde_json::from_str(&acs).unwrap_or_default(),
+        name_id_format: NameIdFormat::parse(&format).unwrap_or(NameIdFormat::Persistent),
+        attributes: attributes
+            .iter()
+            .filter_map(|a| Some((a.get("name")?.as_str()?.to_string(), a.get("source")?.as_str()?.to_string())))
+            .collect(),
+        sign_response,
+    }
+}
+
+const APP_COLUMNS: &str = "id, name, entity_id, acs_urls, name_id_format, attributes, sign_response";
+
+fn app_row(r: &crate::db::Row<'_>) -> crate::db::Result<AppRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+}
+
+pub fn app(conn: &crate::db::Connection, id: &str) -> Result<Option<App>> {
+    let row = crate::db::OptionalExtension::optional(conn.query_row(
+        &format!("SELECT {APP_COLUMNS} FROM saml_apps WHERE id = ?1"),
+        crate::db::params![id],
+        app_row,
+    ))?;
+    Ok(row.map(to_app))
+}
+
+pub fn apps(conn: &crate::db::Connection) -> Result<Vec<App>> {
+    let mut stmt = conn.prepare(&format!("SELECT {APP_COLUMNS} FROM saml_apps ORDER BY id"))?;
+    let rows: Vec<AppRow> = stmt.query_map(crate::db::params![], app_row)?.collect::<crate::db::Result<_>>()?;
+    Ok(rows.into_iter().map(to_app).collect())
+}
+
+pub fn remove_app(conn: &crate::db::Connection, id: &str) -> Result<bool> {
+    conn.execute("DELETE FROM saml_requests WHERE app_id = ?1", crate::db::params![id])?;
+    Ok(conn.execute("DELETE FROM saml_apps WHERE id = ?1", crate::db::params![id])? > 0)
+}
+
+pub fn entity_id(issuer: &str, app: &str) -> String {
+    format!("{issuer}/saml/{app}/metadata")
+}
+
+pub fn sso_url(issuer: &str, app: &str) -> String {
+    format!("{issuer}/saml/{app}/sso")
+}
+
+/// Certificates live as long as their key is published; ten years is the
+/// validity they state (SPs pin the certificate, they do not chain it).
+const CERT_YEARS: i64 = 10;
+
+fn pem_body(der: &[u8]) -> String {
+    STANDARD.encode(der)
+}
+
+/// The IdP metadata of `app`: every published RSA key's certificate (the
+/// active one and those retired within the grace period, so an SP that
+/// refreshes its metadata during a rollover keeps working), the NameID
+/// format, the SSO endpoint for both bindings.
+pub fn metadata(conn: &crate::db::Connection, issuer: &str, app: &App) -> Result<String> {
+    if crate::oidc::keys::published_rsa(conn)?.is_empty() {
+        crate::oidc::keys::active(conn, crate::oidc::keys::Alg::Rs256)?;
+    }
+    let mut keys = String::new();
+    for (key, created) in crate::oidc::keys::published_rsa(conn)? {
+        let cert = certificate(&key, &format!("idbridge {issuer}"), created, created + CERT_YEARS * 365 * 86400)?;
+        let _ = write!(
+            keys,
+            "<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>",
+            pem_body(&cert)
+        );
+    }
+    let sso = escape(&sso_url(issuer, &app.id));
+    Ok(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"{DSIG}\" entityID=\"{}\">\
+         <md:IDPSSODescriptor WantAuthnRequestsSigned=\"false\" protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">{keys}\
+         <md:NameIDFormat>{}</md:NameIDFormat>\
+         <md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"{sso}\"/>\
+         <md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"{sso}\"/>\
+         </md:IDPSSODescriptor></md:EntityDescriptor>",
+        escape(&entity_id(issuer, &app.id)),
+        app.name_id_format.urn()
+    ))
+}
+
+// ---- Sign-in ----
+
+/// Why an AuthnRequest is refused. The texts are what the person sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SsoRefusal {
+    #[error("This sign-in request is not one the sign-in service can read ({0}).")]
+    Malformed(String),
+    #[error("This application is not registered here: it asked as {0:?}.")]
+    UnknownServiceProvider(String),
+    #[error("The application asked for the answer at an address that is not registered for it.")]
+    AcsNotRegistered,
+    #[error("The application asked not to show a sign-in page, and you are not signed in.")]
+    NotSignedIn,
+    #[error("This sign-in took too long. Go back to the application and start again.")]
+    Expired,
+}
+
+impl SsoRefusal {
+    /// The audit's word.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SsoRefusal::Malformed(_) => "malformed-request",
+            SsoRefusal::UnknownServiceProvider(_) => "unknown-sp",
+            SsoRefusal::AcsNotRegistered => "acs-not-registered",
+            SsoRefusal::NotSignedIn => "passive-not-signed-in",
+            SsoRefusal::Expired => "expired",
+        }
+    }
+}
+
+/// An AuthnRequest, as much as the IdP uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthnRequest {
+    pub id: String,
+    pub issuer: String,
+    pub acs_url: Option<String>,
+    pub force_authn: bool,
+    pub is_passive: bool,
+}
+
+/// The largest AuthnRequest accepted, inflated (a real one is under 2 KiB).
+const MAX_REQUEST_BYTES: usize = 64 << 10;
+
+/// Reads the `SAMLRequest` parameter: base64, DEFLATE for the Redirect
+/// binding (`deflated`), then the XML (bounded like every SAML message).
+pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRequest, SsoRefusal> {
+    let bad = |m: &str| SsoRefusal::Malformed(m.to_string());
+    let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.len() > MAX_REQUEST_BYTES * 2 {
+        return Err(bad("too large"));
+    }
+    let raw = STANDARD.decode(compact.as_bytes()).map_err(|_| bad("not base64"))?;
+    let xml_bytes = if deflated {
+        miniz_oxide::inflate::decompress_to_vec_with_limit(&raw, MAX_REQUEST_BYTES)
+            .map_err(|_| bad("not DEFLATE, or too large"))?
+    } else {
+        raw
+    };
+    let text = String::from_utf8(xml_bytes).map_err(|_| bad("not UTF-8"))?;
+    let root = xmldoc::parse(&text).map_err(|e| SsoRefusal::Malformed(e.to_string()))?;
+    if !root.is(PROTOCOL_NS, "AuthnRequest") {
+        return Err(bad("not an AuthnRequest"));
+    }
+    let id = root.attr("ID").filter(|i| !i.is_empty() && i.len() <= 256).ok_or_else(|| bad("no ID"))?.to_string();
+    let issuer =
+        root.child(ASSERTION_NS, "Issuer").map(|i| i.text().trim().to_string()).ok_or_else(|| bad("no Issuer"))?;
+    let flag = |name: &str| root.attr(name).is_some_and(|v| v == "true" || v == "1");
+    Ok(AuthnRequest {
+        id,
+        issuer,
+        acs_url: root.attr("AssertionConsumerServiceURL").map(str::to_string),
+        force_authn: flag("ForceAuthn"),
+        is_passive: flag("IsPassive"),
+    })
+}
+
+/// How long a sign-in may wait for the person.
+pub const REQUEST_SECS: i64 = 600;
+
+/// A sign-in waiting for the person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub app_id: String,
+    /// The AuthnRequest's ID; none when the sign-in started here (IdP-initiated).
+    pub request_id: Option<String>,
+    pub acs_url: String,
+    pub relay_state: Option<String>,
+    pub force_authn: bool,
+}
+
+/// Checks `request` against the application `app_id` names and keeps it
+/// while the person signs in; the token the continuation carries.
+pub fn begin(
+    conn: &crate::db::Connection,
+    app_id: &str,
+    request: &AuthnRequest,
+    relay_state: Option<&str>,
+) -> Result<std::result::Result<(String, Pending), SsoRefusal>> {
+    let Some(app) = app(conn, app_id)?.filter(|a| a.entity_id == request.issuer) else {
+        return Ok(Err(SsoRefusal::UnknownServiceProvider(request.issuer.clone())));
+    };
+    let acs_url = match &request.acs_url {
+        Some(url) if app.acs_urls.iter().any(|u| u == url) => url.clone(),
+        Some(_) => return Ok(Err(SsoRefusal::AcsNotRegistered)),
+        None => match app.acs_urls.first() {
+            Some(first) => first.clone(),
+            None => return Ok(Err(SsoRefusal::AcsNotRegistered)),
+        },
+    };
+    let relay_state = relay_state.filter(|r| r.len() <= 1024).map(str::to_string);
+    let pending = Pending {
+        app_id: app.id,
+        request_id: Some(request.id.clone()),
+        acs_url,
+        relay_state,
+        force_authn: request.force_authn,
+    };
+    let token = crate::util::random_token();
+    let now = crate::util::now_secs();
+    conn.execute("DELETE FROM saml_requests WHERE expires <= ?1", crate::db::params![now])?;
+    conn.execute(
+        "INSERT INTO saml_requests(hash, app_id, request_id, acs_url, relay_state, force_authn, expires) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        crate::db::params![
+            crate::util::sha256(token.as_bytes()),
+            pending.app_id,
+            pending.request_id,
+            pending.acs_url,
+            pending.relay_state,
+            pending.force_authn,
+            now + REQUEST_SECS
+        ],
+    )?;
+    Ok(Ok((token, pending)))
+}
+
+/// The sign-in `token` stands for, used up (single use).
+pub fn take(conn: &crate::db::Connection, token: &str) -> Result<Option<Pending>> {
+    let hash = crate::util::sha256(token.as_bytes());
+    let row = crate::db::OptionalExtension::optional(conn.query_row(
+        "SELECT app_id, request_id, acs_url, relay_state, force_authn FROM saml_requests WHERE hash = ?1 AND expires > ?2",
+        crate::db::params![hash, crate::util::now_secs()],
+        |r| {
+            Ok(Pending {
+                app_id: r.get(0)?,
+                request_id: r.get(1)?,
+                acs_url: r.get(2)?,
+                relay_state: r.get(3)?,
+                force_authn: r.get(4)?,
+            })
+        },
+    ))?;
+    conn.execute("DELETE FROM saml_requests WHERE hash = ?1", crate::db::params![hash])?;
+    Ok(row)
+}
+
+/// The persistent NameID of `user_id` for `app_id`: an HMAC under a key of
+/// this tenant, so it is stable, says nothing of the user name, and two
+/// applications cannot match their users by it.
+fn persistent_name_id(conn: &crate::db::Connection, app_id: &str, user_id: &str) -> Result<String> {
+    let key = match crate::store::get_meta(conn, "saml_name_id_key")? {
+        Some(k) => k,
+        None => {
+            let k = crate::util::random_token();
+            crate::store::set_meta(conn, "saml_name_id_key", &k)?;
+            k
+        }
+    };
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()),
+        format!("{app_id}\n{user_id}").as_bytes(),
+    );
+    Ok(mac.as_ref().iter().take(20).map(|b| format!("{b:02x}")).collect())
+}
+
+/// The signed Response for `user` who signed in at `authn_instant`, posted to
+/// the pending sign-in's ACS URL.
+pub fn respond(
+    conn: &crate::db::Connection,
+    issuer: &str,
+    pending: &Pending,
+    user: &crate::objects::Stored,
+    authn_instant: i64,
+    mfa: bool,
+) -> Result<String> {
+    let app =
+        app(conn, &pending.app_id)?.ok_or_else(|| TenantError::NotFound(format!("application {}", pending.app_id)))?;
+    let user_name = user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+    let name_id = match app.name_id_format {
+        NameIdFormat::Persistent => persistent_name_id(conn, &app.id, &user.id)?,
+        NameIdFormat::Email | NameIdFormat::Unspecified => user_name,
+    };
+    let configured = if app.attributes.is_empty() { default_attributes() } else { app.attributes.clone() };
+    let mut attributes = Vec::new();
+    for (name, source) in configured {
+        let value = sync_path(&user.data, &source);
+        if !value.is_empty() {
+            attributes.push((name, value));
+        }
+    }
+    let key = crate::oidc::keys::active(conn, crate::oidc::keys::Alg::Rs256)?;
+    let created = crate::oidc::keys::published_rsa(conn)?
+        .into_iter()
+        .find(|(k, _)| k.kid == key.kid)
+        .map_or_else(crate::util::now_secs, |(_, c)| c);
+    let cert = certificate(&key, &format!("idbridge {issuer}"), created, created + CERT_YEARS * 365 * 86400)?;
+    let now = crate::util::now_secs();
+    let params = ResponseParams {
+        issuer: entity_id(issuer, &app.id),
+        audience: app.entity_id.clone(),
+        destination: pending.acs_url.clone(),
+        in_response_to: pending.request_id.clone(),
+        name_id,
+        name_id_format: app.name_id_format.urn().to_string(),
+        session_index: new_id(),
+        issued_at: now,
+        authn_instant,
+        lifetime_secs: 300,
+        authn_context_class: if mfa {
+            "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract".into()
+        } else {
+            "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport".into()
+        },
+        attributes,
+    };
+    let (_, _, xml) = response(&params, &key, &cert, app.sign_response)?;
+    Ok(xml)
+}
+
+/// A user attribute by a SCIM-like path: `userName`, `name.givenName`,
+/// `emails` (their values), `hybrid:immutableId`, `enterprise:department`.
+fn sync_path(data: &serde_json::Value, path: &str) -> Vec<String> {
+    const HYBRID: &str = "urn:idbridge:params:scim:schemas:extension:hybrid:2.0:Object";
+    const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let (container, rest) = if let Some(r) = path.strip_prefix("hybrid:") {
+        (data.get(HYBRID), r)
+    } else if let Some(r) = path.strip_prefix("enterprise:") {
+        (data.get(ENTERPRISE), r)
+    } else {
+        (Some(data), path)
+    };
+    let mut value = container;
+    for part in rest.split('.') {
+        value = value.and_then(|v| v.get(part));
+    }
+    match value {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Bool(b)) => vec![b.to_string()],
+        Some(serde_json::Value::Number(n)) => vec![n.to_string()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| {
+                i.as_str().map(str::to_string).or_else(|| i.get("value").and_then(|v| v.as_str()).map(str::to_string))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +710,40 @@ mod tests {
                 ("displayName".into(), vec!["Zoë Öberg & Co".into()]),
                 ("groups".into(), vec!["Équipe".into(), "東京".into()]),
             ],
+        }
+    }
+
+    #[test]
+    fn authn_requests_are_read_within_bounds() {
+        let xml = format!(
+            "<samlp:AuthnRequest xmlns:samlp=\"{PROTOCOL_NS}\" xmlns:saml=\"{ASSERTION_NS}\" ID=\"_r1\" ForceAuthn=\"true\" \
+             AssertionConsumerServiceURL=\"https://sp.example/acs\"><saml:Issuer>https://sp.example</saml:Issuer></samlp:AuthnRequest>"
+        );
+        let deflated = STANDARD.encode(miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6));
+        let r = parse_request(&deflated, true).unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.issuer.as_str(), r.force_authn, r.is_passive),
+            ("_r1", "https://sp.example", true, false)
+        );
+        assert_eq!(parse_request(&STANDARD.encode(&xml), false).unwrap(), r);
+        // A DEFLATE bomb (megabytes of one byte) stops at the limit.
+        let bomb = STANDARD.encode(miniz_oxide::deflate::compress_to_vec(&vec![b'a'; 4 << 20], 9));
+        assert!(matches!(parse_request(&bomb, true), Err(SsoRefusal::Malformed(_))));
+        for bad in ["", "!!!", &STANDARD.encode("<x/>"), &STANDARD.encode("<!DOCTYPE a [<!ENTITY b \"c\">]><a/>")] {
+            assert!(matches!(parse_request(bad, false), Err(SsoRefusal::Malformed(_))), "{bad}");
+        }
+        let no_id = xml.replace(" ID=\"_r1\"", "");
+        assert!(
+            matches!(parse_request(&STANDARD.encode(no_id), false), Err(SsoRefusal::Malformed(m)) if m.contains("ID"))
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn hostile_requests_never_panic(text in "\\PC{0,400}", deflated in proptest::bool::ANY) {
+            let _ = parse_request(&text, deflated);
+            let _ = parse_request(&STANDARD.encode(text.as_bytes()), false);
         }
     }
 

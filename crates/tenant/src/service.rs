@@ -145,6 +145,27 @@ impl Tenant {
         self.write(|tx| crate::cloud_groups::take_over(tx, actor, name))
     }
 
+    /// Registers a SAML application (audited).
+    pub fn add_saml_app(&self, actor: &str, app: &crate::saml_idp::App) -> Result<()> {
+        self.write(|tx| {
+            crate::saml_idp::add_app(tx, app)?;
+            audit::record(tx, actor, "saml-app-add", None, Some(&app.id), Some(&json!({"entityId": app.entity_id})))
+        })
+    }
+
+    pub fn saml_apps(&self) -> Result<Vec<crate::saml_idp::App>> {
+        self.read(crate::saml_idp::apps)
+    }
+
+    pub fn remove_saml_app(&self, actor: &str, id: &str) -> Result<()> {
+        self.write(|tx| {
+            if !crate::saml_idp::remove_app(tx, id)? {
+                return Err(TenantError::NotFound(format!("application {id}")));
+            }
+            audit::record(tx, actor, "saml-app-remove", None, Some(id), None)
+        })
+    }
+
     /// Hands a taken-over group back to its directory; returns its id.
     pub fn hand_back_group(&self, actor: &str, name: &str) -> Result<String> {
         self.write(|tx| crate::cloud_groups::hand_back(tx, actor, name))
@@ -395,6 +416,12 @@ impl Tenant {
         self.register_own_client(actor, ACCOUNT_CLIENT_KEY, "Security info", &account_redirect_uri(issuer))
     }
 
+    /// The SAML identity provider signs people in on the tenant's own pages,
+    /// as a relying party of the tenant itself.
+    pub fn register_saml_idp(&self, actor: &str, issuer: &str) -> Result<String> {
+        self.register_own_client(actor, SAML_CLIENT_KEY, "SAML sign-in", &saml_redirect_uri(issuer))
+    }
+
     /// A public client of the tenant's own pages, kept while its redirect
     /// URI stays (nodes restarting keep one id), replaced when it moves.
     fn register_own_client(&self, actor: &str, meta_key: &str, name: &str, redirect: &str) -> Result<String> {
@@ -602,6 +629,13 @@ fn policy_groups(conn: &crate::db::Connection, ids: &[String]) -> Result<Vec<Pri
 
 /// Where Security info's own client id is kept (`meta`).
 pub const ACCOUNT_CLIENT_KEY: &str = "account_client_id";
+
+/// Where the SAML identity provider's own client id is kept (`meta`).
+pub const SAML_CLIENT_KEY: &str = "saml_client_id";
+
+pub fn saml_redirect_uri(issuer: &str) -> String {
+    format!("{issuer}/saml/callback")
+}
 
 pub fn account_redirect_uri(issuer: &str) -> String {
     format!("{issuer}/account/callback")

@@ -388,10 +388,17 @@ const SCHEMA_V21: &str = "
 CREATE TABLE password_resets (hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, stage INTEGER NOT NULL, expires INTEGER NOT NULL);
 ";
 
+/// SAML applications (the tenant as an identity provider, `saml_idp`) and
+/// their sign-ins waiting for the person (hashed tokens, the request's ID).
+const SCHEMA_V22: &str = "
+CREATE TABLE saml_apps (id TEXT PRIMARY KEY, name TEXT NOT NULL, entity_id TEXT NOT NULL UNIQUE, acs_urls TEXT NOT NULL, name_id_format TEXT NOT NULL, attributes TEXT NOT NULL, sign_response INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE saml_requests (hash BLOB PRIMARY KEY, app_id TEXT NOT NULL, request_id TEXT, acs_url TEXT NOT NULL, relay_state TEXT, force_authn INTEGER NOT NULL, expires INTEGER NOT NULL);
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
     SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16, SCHEMA_V17, SCHEMA_V18, SCHEMA_V19,
-    SCHEMA_V20, SCHEMA_V21,
+    SCHEMA_V20, SCHEMA_V21, SCHEMA_V22,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one

@@ -150,6 +150,23 @@ fn generate_ec() -> Result<(Vec<u8>, Value)> {
     ))
 }
 
+/// The RSA keys a relying party may see signatures of: the active one first,
+/// then those retired within the grace period; each with when it was made.
+pub fn published_rsa(conn: &Connection) -> Result<Vec<(SigningKey, i64)>> {
+    let cutoff = now_secs() - RETIRED_KEY_GRACE_SECS;
+    let mut stmt = conn.prepare(
+        "SELECT kid, pkcs8, created FROM signing_keys WHERE alg = 'RS256' AND (retired IS NULL OR retired > ?1) ORDER BY retired IS NOT NULL, created DESC",
+    )?;
+    let rows: Vec<(String, Vec<u8>, i64)> = stmt
+        .query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<std::result::Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(kid, sealed, created)| {
+            Ok((SigningKey { kid, alg: Alg::Rs256, pkcs8: crate::secrets::open(conn, &sealed)? }, created))
+        })
+        .collect()
+}
+
 /// The published keys: active ones and those retired within the grace period.
 pub fn jwks(conn: &Connection) -> Result<Value> {
     let cutoff = now_secs() - RETIRED_KEY_GRACE_SECS;

@@ -1,0 +1,217 @@
+//! The tenant as a SAML identity provider over HTTP (`tenant::saml_idp`):
+//! `/saml/{app}/metadata`, `/saml/{app}/sso` (HTTP-Redirect and HTTP-POST
+//! AuthnRequests), `/saml/callback` (back from the sign-in pages), and the
+//! page that posts the signed Response to the application.
+//!
+//! The person signs in on the same pages as for OpenID Connect (lockout,
+//! pass-through, federation, second factors): the IdP is a public client of
+//! the tenant itself, like Security info; the sign-in's product is the
+//! browser's session, and the pending SAML request waits under a token
+//! carried as the `state`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use maud::html;
+
+use crate::oidc::flow::{Params, db, html_response, internal, session_user};
+use crate::oidc::pages::{self, Branding};
+use crate::scim::AppState;
+use tenant::saml_idp::{self, Pending, SsoRefusal};
+use tenant::util::urlencode;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/saml/{app}/metadata", get(metadata))
+        .route("/saml/{app}/sso", get(sso_redirect).post(sso_post))
+        .route("/saml/callback", get(callback))
+        .route("/saml/post.js", get(post_script))
+}
+
+/// GET /saml/{app}/metadata.
+async fn metadata(State(state): State<Arc<AppState>>, Path(app): Path<String>) -> Response {
+    let issuer = state.issuer.clone();
+    match db(&state, move |conn| match saml_idp::app(conn, &app)? {
+        Some(found) => saml_idp::metadata(conn, &issuer, &found).map(Some),
+        None => Ok(None),
+    })
+    .await
+    {
+        Ok(Some(xml)) => {
+            let mut resp = (StatusCode::OK, xml).into_response();
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/samlmetadata+xml"));
+            resp
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, "no such application").into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn refused(state: &Arc<AppState>, app: &str, refusal: SsoRefusal) -> Response {
+    let (app_name, reason) = (app.to_string(), refusal.reason());
+    let _ = db(state, move |conn| {
+        tenant::audit::record(
+            conn,
+            "anonymous",
+            "saml-sign-in-refused",
+            None,
+            Some(&app_name),
+            Some(&serde_json::json!({"reason": reason})),
+        )
+    })
+    .await;
+    let branding = db(state, |conn| Ok(Branding::load(conn))).await.unwrap_or_default();
+    html_response(StatusCode::BAD_REQUEST, pages::message_page(&branding, "Sign-in refused", &refusal.to_string()))
+}
+
+/// GET /saml/{app}/sso?SAMLRequest=…&RelayState=… (HTTP-Redirect binding).
+async fn sso_redirect(
+    State(state): State<Arc<AppState>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<Params>,
+) -> Response {
+    sso(state, app, headers, q, true).await
+}
+
+/// POST /saml/{app}/sso (HTTP-POST binding).
+async fn sso_post(
+    State(state): State<Arc<AppState>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Form(p): Form<Params>,
+) -> Response {
+    sso(state, app, headers, p, false).await
+}
+
+async fn sso(state: Arc<AppState>, app: String, headers: HeaderMap, p: Params, deflated: bool) -> Response {
+    let request = match p.get("SAMLRequest") {
+        Some(value) => match saml_idp::parse_request(value, deflated) {
+            Ok(r) => r,
+            Err(refusal) => return refused(&state, &app, refusal).await,
+        },
+        None => return refused(&state, &app, SsoRefusal::Malformed("no SAMLRequest".into())).await,
+    };
+    let relay = p.get("RelayState").cloned();
+    let (app_id, passive) = (app.clone(), request.is_passive);
+    let begun = db(&state, move |conn| saml_idp::begin(conn, &app_id, &request, relay.as_deref())).await;
+    let (token, pending) = match begun {
+        Ok(Ok(found)) => found,
+        Ok(Err(refusal)) => return refused(&state, &app, refusal).await,
+        Err(e) => return internal(e),
+    };
+    // Signed in already, and the application does not insist on a fresh sign-in: answer at once.
+    if !pending.force_authn {
+        let (st, h, p) = (state.clone(), headers.clone(), pending.clone());
+        match answer(&st, &h, &p).await {
+            Ok(Some(resp)) => return resp,
+            Ok(None) if passive => return refused(&state, &app, SsoRefusal::NotSignedIn).await,
+            Ok(None) => {}
+            Err(e) => return internal(e),
+        }
+    }
+    let client_id = match db(&state, |conn| tenant::store::get_meta(conn, tenant::service::SAML_CLIENT_KEY)).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return internal(tenant::TenantError::NotFound("the SAML sign-in client".into())),
+        Err(e) => return internal(e),
+    };
+    // PKCE as every public client must; the code is not redeemed (the session is what counts).
+    let challenge = URL_SAFE_NO_PAD.encode(tenant::util::sha256(tenant::util::random_token().as_bytes()));
+    let mut url = format!(
+        "/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid&state={}&code_challenge={challenge}&code_challenge_method=S256",
+        urlencode(&client_id),
+        urlencode(&tenant::service::saml_redirect_uri(&state.issuer)),
+        urlencode(&token),
+    );
+    if pending.force_authn {
+        url.push_str("&prompt=login");
+    }
+    Redirect::to(&url).into_response()
+}
+
+/// The page that posts the Response for the signed-in user, if there is one.
+async fn answer(state: &Arc<AppState>, headers: &HeaderMap, pending: &Pending) -> tenant::Result<Option<Response>> {
+    let (issuer, headers, waiting) = (state.issuer.clone(), headers.clone(), pending.clone());
+    let made = db(state, move |conn| {
+        let pending = waiting;
+        let Some((user, auth)) = session_user(conn, &headers)? else { return Ok(None) };
+        let mfa = auth.methods.split(' ').any(|m| m == "mfa");
+        let xml = saml_idp::respond(conn, &issuer, &pending, &user, auth.time, mfa)?;
+        let name = user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+        tenant::audit::record(
+            conn,
+            &name,
+            "saml-sign-in",
+            Some(&user.id),
+            Some(&pending.app_id),
+            Some(&serde_json::json!({"acs": pending.acs_url})),
+        )?;
+        Ok(Some(xml))
+    })
+    .await?;
+    Ok(made.map(|xml| post_page(pending, &xml)))
+}
+
+/// The Response, posted to the ACS URL by the browser: a form with a button,
+/// submitted by `/saml/post.js` where scripts run. Its CSP lets the form go
+/// to that one origin.
+fn post_page(pending: &Pending, xml: &str) -> Response {
+    let encoded = STANDARD.encode(xml.as_bytes());
+    let body = html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Signing in" } script src="/saml/post.js" defer {} }
+            body {
+                form id="saml-post" method="post" action=(pending.acs_url) {
+                    input type="hidden" name="SAMLResponse" value=(encoded);
+                    @if let Some(relay) = &pending.relay_state { input type="hidden" name="RelayState" value=(relay); }
+                    p { "Signing you in to the application…" }
+                    button type="submit" { "Continue" }
+                }
+            }
+        }
+    };
+    let mut resp = html_response(StatusCode::OK, body.into_string());
+    let origin =
+        tenant::util::check_web_url(&pending.acs_url).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+    let csp = format!("default-src 'none'; script-src 'self'; form-action {origin}; frame-ancestors 'none'");
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp
+}
+
+/// GET /saml/callback?state=TOKEN&code=…: back from the sign-in pages.
+async fn callback(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<Params>) -> Response {
+    let token = q.get("state").cloned().unwrap_or_default();
+    let pending = match db(&state, move |conn| saml_idp::take(conn, &token)).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return refused(&state, "", SsoRefusal::Expired).await,
+        Err(e) => return internal(e),
+    };
+    if let Some(error) = q.get("error") {
+        let branding = db(&state, |conn| Ok(Branding::load(conn))).await.unwrap_or_default();
+        let text = format!("You were not signed in ({error}). Go back to the application and start again.");
+        return html_response(StatusCode::OK, pages::message_page(&branding, "Not signed in", &text));
+    }
+    match answer(&state, &headers, &pending).await {
+        Ok(Some(resp)) => resp,
+        Ok(None) => refused(&state, &pending.app_id, SsoRefusal::Expired).await,
+        Err(e) => internal(e),
+    }
+}
+
+/// GET /saml/post.js: submits the Response form once the page loads.
+async fn post_script() -> Response {
+    let mut resp = "document.getElementById('saml-post')?.submit();\n".into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    resp
+}
