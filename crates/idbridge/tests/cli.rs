@@ -3581,6 +3581,49 @@ mod sync_e2e {
         assert!(elsewhere.body.contains("address that is not registered"), "{}", elsewhere.body);
         let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data)]));
         assert!(audit.contains("saml-sign-in") && audit.contains("saml-sign-in-refused"), "{audit}");
+
+        // A service provider no one here wrote (node-saml), driven by Chromium through the sign-in page.
+        let port = testkit::free_port().unwrap();
+        let acs = format!("http://127.0.0.1:{port}/acs");
+        ok(&idbridge(&[
+            "tenant",
+            "app",
+            "add",
+            "--data",
+            p(&data),
+            "--name",
+            "node",
+            "--entity-id",
+            "https://sp.example.test/node",
+            "--acs-url",
+            &acs,
+            "--attribute",
+            "email=userName",
+            "--sign-response",
+        ]));
+        let (tools, profile, _shots) = super::demo::browser_with_axe();
+        let out = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/saml_sp.mjs"))
+            .args([
+                format!("{issuer}/saml/node/metadata"),
+                format!("{issuer}/saml/node/sso"),
+                "https://sp.example.test/node".to_string(),
+                port.to_string(),
+                name.clone(),
+                "Saml-Pass-1".to_string(),
+            ])
+            .env("BROWSER_TOOLS", &tools)
+            .env("PROFILE_DIR", profile.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let result: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        assert_eq!(result["error"], serde_json::Value::Null, "node-saml refused: {result}");
+        assert_eq!(result["profile"]["email"], name.as_str(), "{result}");
+        assert_eq!(result["relayState"], "/deals/7", "{result}");
+        let node_name_id = result["profile"]["nameID"].as_str().unwrap();
+        assert!(node_name_id.len() >= 32 && node_name_id != name_id, "persistent per application: {result}");
     }
 
     /// A password read while the tenant is down stays pending and is read
