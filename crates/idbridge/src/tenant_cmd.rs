@@ -414,12 +414,16 @@ pub enum AppCommand {
         #[arg(long, default_value = "persistent")]
         name_id: String,
         /// NAME=SOURCE: send the user's SOURCE (userName, displayName, name.givenName, emails,
-        /// hybrid:immutableId …) as attribute NAME (repeatable; default email, displayName, givenName, surname).
+        /// hybrid:immutableId …; groups for group names, groupIds) as attribute NAME (repeatable;
+        /// default email, displayName, givenName, surname).
         #[arg(long = "attribute")]
         attributes: Vec<String>,
         /// Sign the Response as well as the Assertion.
         #[arg(long)]
         sign_response: bool,
+        /// Only members (directly or nested) of this group may use it — display name or id (repeatable).
+        #[arg(long = "allow-group")]
+        allowed_groups: Vec<String>,
     },
     /// The registered applications.
     List {
@@ -693,7 +697,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             }
         },
         TenantCommand::App { command } => match command {
-            AppCommand::Add { data, name, entity_id, acs_urls, name_id, attributes, sign_response } => {
+            AppCommand::Add { data, name, entity_id, acs_urls, name_id, attributes, sign_response, allowed_groups } => {
                 let Some(name_id_format) = tenant::saml_idp::NameIdFormat::parse(&name_id) else {
                     anyhow::bail!("--name-id {name_id:?}: persistent, email or unspecified");
                 };
@@ -710,6 +714,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     name_id_format,
                     attributes: pairs,
                     sign_response,
+                    allowed_groups,
                 };
                 open(&data)?.add_saml_app(ACTOR, &app)?;
                 eprintln!(

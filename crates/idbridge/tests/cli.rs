@@ -3579,8 +3579,50 @@ mod sync_e2e {
         assert!(unknown.body.contains("not registered here"), "{}", unknown.body);
         assert_eq!(elsewhere.status, 400);
         assert!(elsewhere.body.contains("address that is not registered"), "{}", elsewhere.body);
+        // Access by group, and the groups as an attribute; an IdP-initiated sign-in.
+        let body = serde_json::json!({"schemas": [GROUP_SCHEMA], "displayName": "CRM Users",
+            "members": [{"value": user["id"].as_str().unwrap()}]});
+        assert_eq!(scim_send(&lab.base, &lab.token, "POST", "/Groups", Some(body)).0, 201);
+        for (app, group) in [("sales", "CRM Users"), ("finance", "Finance")] {
+            ok(&idbridge(&[
+                "tenant",
+                "app",
+                "add",
+                "--data",
+                p(&data),
+                "--name",
+                app,
+                "--entity-id",
+                &format!("https://{app}.example.net/sp"),
+                "--acs-url",
+                &format!("https://{app}.example.net/acs"),
+                "--allow-group",
+                group,
+                "--attribute",
+                "groups=groups",
+            ]));
+        }
+        let (sales, finance) = rt.block_on(async {
+            (
+                browser.get(&format!("{issuer}/saml/sales/start")).await.unwrap(),
+                browser.get(&format!("{issuer}/saml/finance/start")).await.unwrap(),
+            )
+        });
+        let unsolicited = String::from_utf8(
+            b64.decode(
+                sales.body.split("name=\"SAMLResponse\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!unsolicited.contains("InResponseTo"), "IdP-initiated: {unsolicited}");
+        assert!(unsolicited.contains("<saml:AttributeValue>CRM Users</saml:AttributeValue>"), "{unsolicited}");
+        assert_eq!(finance.status, 403, "{}", finance.body);
+        assert!(finance.body.contains("may not use this application"), "{}", finance.body);
+
         let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data)]));
         assert!(audit.contains("saml-sign-in") && audit.contains("saml-sign-in-refused"), "{audit}");
+        assert!(audit.contains("not-allowed"), "{audit}");
 
         // A service provider no one here wrote (node-saml), driven by Chromium through the sign-in page.
         let port = testkit::free_port().unwrap();

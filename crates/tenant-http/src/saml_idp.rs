@@ -30,6 +30,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/saml/{app}/metadata", get(metadata))
         .route("/saml/{app}/sso", get(sso_redirect).post(sso_post))
+        .route("/saml/{app}/start", get(start))
         .route("/saml/callback", get(callback))
         .route("/saml/post.js", get(post_script))
 }
@@ -116,7 +117,29 @@ async fn sso(state: Arc<AppState>, app: String, headers: HeaderMap, p: Params, d
             Err(e) => return internal(e),
         }
     }
-    let client_id = match db(&state, |conn| tenant::store::get_meta(conn, tenant::service::SAML_CLIENT_KEY)).await {
+    sign_in_redirect(&state, &token, pending.force_authn).await
+}
+
+/// GET /saml/{app}/start: a sign-in started here (IdP-initiated), for a
+/// link on a portal; the Response goes to the application's first ACS URL.
+async fn start(State(state): State<Arc<AppState>>, Path(app): Path<String>, headers: HeaderMap) -> Response {
+    let app_id = app.clone();
+    let (token, pending) = match db(&state, move |conn| saml_idp::begin_unsolicited(conn, &app_id)).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return refused(&state, &app, SsoRefusal::UnknownServiceProvider(app.clone())).await,
+        Err(e) => return internal(e),
+    };
+    match answer(&state, &headers, &pending).await {
+        Ok(Some(resp)) => resp,
+        Ok(None) => sign_in_redirect(&state, &token, false).await,
+        Err(e) => internal(e),
+    }
+}
+
+/// To the sign-in pages, as the IdP's own client; back at /saml/callback
+/// with `token` as the state (`again`: sign in again even with a session).
+async fn sign_in_redirect(state: &Arc<AppState>, token: &str, again: bool) -> Response {
+    let client_id = match db(state, |conn| tenant::store::get_meta(conn, tenant::service::SAML_CLIENT_KEY)).await {
         Ok(Some(id)) => id,
         Ok(None) => return internal(tenant::TenantError::NotFound("the SAML sign-in client".into())),
         Err(e) => return internal(e),
@@ -127,35 +150,41 @@ async fn sso(state: Arc<AppState>, app: String, headers: HeaderMap, p: Params, d
         "/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid&state={}&code_challenge={challenge}&code_challenge_method=S256",
         urlencode(&client_id),
         urlencode(&tenant::service::saml_redirect_uri(&state.issuer)),
-        urlencode(&token),
+        urlencode(token),
     );
-    if pending.force_authn {
+    if again {
         url.push_str("&prompt=login");
     }
     Redirect::to(&url).into_response()
 }
 
-/// The page that posts the Response for the signed-in user, if there is one.
+/// The page that posts the Response for the signed-in user, if there is
+/// one — or the refusal, when the user may not use the application.
 async fn answer(state: &Arc<AppState>, headers: &HeaderMap, pending: &Pending) -> tenant::Result<Option<Response>> {
     let (issuer, headers, waiting) = (state.issuer.clone(), headers.clone(), pending.clone());
     let made = db(state, move |conn| {
         let pending = waiting;
         let Some((user, auth)) = session_user(conn, &headers)? else { return Ok(None) };
         let mfa = auth.methods.split(' ').any(|m| m == "mfa");
-        let xml = saml_idp::respond(conn, &issuer, &pending, &user, auth.time, mfa)?;
         let name = user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
-        tenant::audit::record(
-            conn,
-            &name,
-            "saml-sign-in",
-            Some(&user.id),
-            Some(&pending.app_id),
-            Some(&serde_json::json!({"acs": pending.acs_url})),
-        )?;
-        Ok(Some(xml))
+        let made = saml_idp::respond(conn, &issuer, &pending, &user, auth.time, mfa)?;
+        let (action, detail) = match &made {
+            Ok(_) => ("saml-sign-in", serde_json::json!({"acs": pending.acs_url})),
+            Err(refusal) => ("saml-sign-in-refused", serde_json::json!({"reason": refusal.reason()})),
+        };
+        tenant::audit::record(conn, &name, action, Some(&user.id), Some(&pending.app_id), Some(&detail))?;
+        Ok(Some(made))
     })
     .await?;
-    Ok(made.map(|xml| post_page(pending, &xml)))
+    Ok(match made {
+        Some(Ok(xml)) => Some(post_page(pending, &xml)),
+        Some(Err(refusal)) => {
+            let branding = db(state, |conn| Ok(Branding::load(conn))).await.unwrap_or_default();
+            let page = pages::message_page(&branding, "Sign-in refused", &refusal.to_string());
+            Some(html_response(StatusCode::FORBIDDEN, page))
+        }
+        None => None,
+    })
 }
 
 /// The Response, posted to the ACS URL by the browser: a form with a button,

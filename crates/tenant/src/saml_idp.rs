@@ -284,6 +284,9 @@ pub struct App {
     pub attributes: Vec<(String, String)>,
     /// Sign the Response as well as the Assertion.
     pub sign_response: bool,
+    /// Who may use it: members (directly or nested) of these groups, by
+    /// display name or id; everyone when empty.
+    pub allowed_groups: Vec<String>,
 }
 
 /// The attributes an application gets when none are configured.
@@ -325,7 +328,7 @@ pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
     let attributes: Vec<serde_json::Value> =
         app.attributes.iter().map(|(n, s)| serde_json::json!({"name": n, "source": s})).collect();
     conn.execute(
-        "INSERT INTO saml_apps(id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, created) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO saml_apps(id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups, created) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         crate::db::params![
             app.id,
             app.name,
@@ -334,15 +337,16 @@ pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
             app.name_id_format.word(),
             serde_json::Value::Array(attributes).to_string(),
             app.sign_response,
+            serde_json::to_string(&app.allowed_groups).unwrap_or_default(),
             crate::util::now_secs()
         ],
     )?;
     Ok(())
 }
 
-type AppRow = (String, String, String, String, String, String, bool);
+type AppRow = (String, String, String, String, String, String, bool, String);
 
-fn to_app((id, name, entity_id, acs, format, attributes, sign_response): AppRow) -> App {
+fn to_app((id, name, entity_id, acs, format, attributes, sign_response, allowed): AppRow) -> App {
     let attributes: Vec<serde_json::Value> = serde_json::from_str(&attributes).unwrap_or_default();
     App {
         id,
@@ -355,13 +359,14 @@ fn to_app((id, name, entity_id, acs, format, attributes, sign_response): AppRow)
             .filter_map(|a| Some((a.get("name")?.as_str()?.to_string(), a.get("source")?.as_str()?.to_string())))
             .collect(),
         sign_response,
+        allowed_groups: serde_json::from_str(&allowed).unwrap_or_default(),
     }
 }
 
-const APP_COLUMNS: &str = "id, name, entity_id, acs_urls, name_id_format, attributes, sign_response";
+const APP_COLUMNS: &str = "id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups";
 
 fn app_row(r: &crate::db::Row<'_>) -> crate::db::Result<AppRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
 }
 
 pub fn app(conn: &crate::db::Connection, id: &str) -> Result<Option<App>> {
@@ -445,6 +450,8 @@ pub enum SsoRefusal {
     NotSignedIn,
     #[error("This sign-in took too long. Go back to the application and start again.")]
     Expired,
+    #[error("Your account may not use this application. Ask your administrator for access.")]
+    NotAllowed,
 }
 
 impl SsoRefusal {
@@ -456,6 +463,7 @@ impl SsoRefusal {
             SsoRefusal::AcsNotRegistered => "acs-not-registered",
             SsoRefusal::NotSignedIn => "passive-not-signed-in",
             SsoRefusal::Expired => "expired",
+            SsoRefusal::NotAllowed => "not-allowed",
         }
     }
 }
@@ -565,6 +573,26 @@ pub fn begin(
     Ok(Ok((token, pending)))
 }
 
+/// A sign-in started here (IdP-initiated: from a link to
+/// `/saml/{app}/start`): the app's first ACS URL, no request ID.
+pub fn begin_unsolicited(conn: &crate::db::Connection, app_id: &str) -> Result<Option<(String, Pending)>> {
+    let Some(app) = app(conn, app_id)? else { return Ok(None) };
+    let Some(acs_url) = app.acs_urls.first().cloned() else { return Ok(None) };
+    let pending = Pending { app_id: app.id, request_id: None, acs_url, relay_state: None, force_authn: false };
+    let token = crate::util::random_token();
+    conn.execute(
+        "INSERT INTO saml_requests(hash, app_id, request_id, acs_url, relay_state, force_authn, expires) VALUES(?1, ?2, NULL, ?3, NULL, ?4, ?5)",
+        crate::db::params![
+            crate::util::sha256(token.as_bytes()),
+            pending.app_id,
+            pending.acs_url,
+            false,
+            crate::util::now_secs() + REQUEST_SECS
+        ],
+    )?;
+    Ok(Some((token, pending)))
+}
+
 /// The sign-in `token` stands for, used up (single use).
 pub fn take(conn: &crate::db::Connection, token: &str) -> Result<Option<Pending>> {
     let hash = crate::util::sha256(token.as_bytes());
@@ -613,9 +641,22 @@ pub fn respond(
     user: &crate::objects::Stored,
     authn_instant: i64,
     mfa: bool,
-) -> Result<String> {
+) -> Result<std::result::Result<String, SsoRefusal>> {
     let app =
         app(conn, &pending.app_id)?.ok_or_else(|| TenantError::NotFound(format!("application {}", pending.app_id)))?;
+    // The user's groups (nested ones included), by id and by name.
+    let group_ids = crate::console::groups_of(conn, &user.id)?;
+    let mut group_names = Vec::new();
+    for id in &group_ids {
+        if let Some(g) = crate::objects::load(conn, Some(crate::objects::Kind::Group), id)? {
+            group_names.push(g.data.get("displayName").and_then(serde_json::Value::as_str).unwrap_or(id).to_string());
+        }
+    }
+    let member =
+        |wanted: &String| group_ids.contains(wanted) || group_names.iter().any(|n| n.eq_ignore_ascii_case(wanted));
+    if !app.allowed_groups.is_empty() && !app.allowed_groups.iter().any(member) {
+        return Ok(Err(SsoRefusal::NotAllowed));
+    }
     let user_name = user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
     let name_id = match app.name_id_format {
         NameIdFormat::Persistent => persistent_name_id(conn, &app.id, &user.id)?,
@@ -624,7 +665,11 @@ pub fn respond(
     let configured = if app.attributes.is_empty() { default_attributes() } else { app.attributes.clone() };
     let mut attributes = Vec::new();
     for (name, source) in configured {
-        let value = sync_path(&user.data, &source);
+        let value = match source.as_str() {
+            "groups" => group_names.clone(),
+            "groupIds" => group_ids.clone(),
+            _ => sync_path(&user.data, &source),
+        };
         if !value.is_empty() {
             attributes.push((name, value));
         }
@@ -655,7 +700,7 @@ pub fn respond(
         attributes,
     };
     let (_, _, xml) = response(&params, &key, &cert, app.sign_response)?;
-    Ok(xml)
+    Ok(Ok(xml))
 }
 
 /// A user attribute by a SCIM-like path: `userName`, `name.givenName`,
