@@ -3448,24 +3448,18 @@ mod sync_e2e {
         lab.slapd.set_password(&dn, "Saml-Pass-1").unwrap();
         assert!(sync_once(&lab, &[]).status.success());
         let data = lab.tmp.join("tenant");
-        ok(&idbridge(&[
-            "tenant",
-            "app",
-            "add",
-            "--data",
-            p(&data),
-            "--name",
+        let add_app = |name: &str, entity: &str, acs: &str, extra: &[&str]| {
+            let mut args = vec!["tenant", "app", "add", "--data", p(&data), "--name", name, "--entity-id", entity];
+            args.extend(["--acs-url", acs]);
+            args.extend(extra);
+            ok(&idbridge(&args));
+        };
+        add_app(
             "crm",
-            "--entity-id",
             "https://crm.example.net/sp",
-            "--acs-url",
             "https://crm.example.net/acs",
-            "--attribute",
-            "email=userName",
-            "--attribute",
-            "immutableId=hybrid:immutableId",
-            "--sign-response",
-        ]));
+            &["--attribute", "email=userName", "--attribute", "immutableId=hybrid:immutableId", "--sign-response"],
+        );
         let issuer = lab.base.trim_end_matches("/scim/v2").to_string();
         let (status, metadata) = http_get(&format!("{issuer}/saml/crm/metadata"), None);
         assert_eq!(status, 200, "{metadata}");
@@ -3584,23 +3578,8 @@ mod sync_e2e {
             "members": [{"value": user["id"].as_str().unwrap()}]});
         assert_eq!(scim_send(&lab.base, &lab.token, "POST", "/Groups", Some(body)).0, 201);
         for (app, group) in [("sales", "CRM Users"), ("finance", "Finance")] {
-            ok(&idbridge(&[
-                "tenant",
-                "app",
-                "add",
-                "--data",
-                p(&data),
-                "--name",
-                app,
-                "--entity-id",
-                &format!("https://{app}.example.net/sp"),
-                "--acs-url",
-                &format!("https://{app}.example.net/acs"),
-                "--allow-group",
-                group,
-                "--attribute",
-                "groups=groups",
-            ]));
+            let (entity, acs) = (format!("https://{app}.example.net/sp"), format!("https://{app}.example.net/acs"));
+            add_app(app, &entity, &acs, &["--allow-group", group, "--attribute", "groups=groups"]);
         }
         let (sales, finance) = rt.block_on(async {
             (
@@ -3627,22 +3606,7 @@ mod sync_e2e {
         // A service provider no one here wrote (node-saml), driven by Chromium through the sign-in page.
         let port = testkit::free_port().unwrap();
         let acs = format!("http://127.0.0.1:{port}/acs");
-        ok(&idbridge(&[
-            "tenant",
-            "app",
-            "add",
-            "--data",
-            p(&data),
-            "--name",
-            "node",
-            "--entity-id",
-            "https://sp.example.test/node",
-            "--acs-url",
-            &acs,
-            "--attribute",
-            "email=userName",
-            "--sign-response",
-        ]));
+        add_app("node", "https://sp.example.test/node", &acs, &["--attribute", "email=userName", "--sign-response"]);
         let (tools, profile, _shots) = super::demo::browser_with_axe();
         let out = Command::new("node")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/saml_sp.mjs"))
