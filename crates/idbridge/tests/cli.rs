@@ -3471,11 +3471,13 @@ mod sync_e2e {
         );
         std::fs::write(lab.tmp.join("idp.pem"), pem).unwrap();
 
-        let request = |id: &str, issuer_name: &str, acs: &str, extra: &str| {
+        // An AuthnRequest issued `age` seconds ago, with `extra` attributes and `inner` elements after the Issuer.
+        let request_with = |id: &str, issuer_name: &str, acs: &str, extra: &str, inner: &str, age: i64| {
+            let issued = tenant::util::rfc3339(tenant::util::now_secs() - age, 0);
             let xml = format!(
                 "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" \
-                 ID=\"{id}\" Version=\"2.0\" IssueInstant=\"2026-12-05T00:00:00Z\" AssertionConsumerServiceURL=\"{acs}\"{extra}>\
-                 <saml:Issuer>{issuer_name}</saml:Issuer></samlp:AuthnRequest>"
+                 ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{issued}\" AssertionConsumerServiceURL=\"{acs}\"{extra}>\
+                 <saml:Issuer>{issuer_name}</saml:Issuer>{inner}</samlp:AuthnRequest>"
             );
             let deflated = miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6);
             format!(
@@ -3483,9 +3485,17 @@ mod sync_e2e {
                 tenant::util::urlencode(&b64.encode(deflated))
             )
         };
+        let request =
+            |id: &str, issuer_name: &str, acs: &str, extra: &str| request_with(id, issuer_name, acs, extra, "", 0);
+        let context = |class: &str| {
+            format!(
+                "<samlp:RequestedAuthnContext><saml:AuthnContextClassRef>{class}</saml:AuthnContextClassRef></samlp:RequestedAuthnContext>"
+            )
+        };
+        let crm = ("https://crm.example.net/sp", "https://crm.example.net/acs");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let mut browser = testkit::Browser::new().unwrap();
-        let (posted, again, forced, unknown, elsewhere) = rt.block_on(async {
+        let (posted, again, forced, unknown, elsewhere, refusals) = rt.block_on(async {
             let first = browser
                 .get(&request("_req-42", "https://crm.example.net/sp", "https://crm.example.net/acs", ""))
                 .await
@@ -3519,8 +3529,49 @@ mod sync_e2e {
                 .get(&request("_req-46", "https://crm.example.net/sp", "https://evil.example/acs", ""))
                 .await
                 .unwrap();
-            (posted, again, forced, unknown, elsewhere)
+            // A replayed request, an old one, a second factor the user has not, a class no one offers.
+            let mut refusals = Vec::new();
+            for url in [
+                request("_req-42", crm.0, crm.1, ""),
+                request_with("_req-47", crm.0, crm.1, "", "", 3600),
+                request_with(
+                    "_req-48",
+                    crm.0,
+                    crm.1,
+                    "",
+                    &context("urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract"),
+                    0,
+                ),
+                request_with(
+                    "_req-49",
+                    crm.0,
+                    crm.1,
+                    "",
+                    &context("urn:oasis:names:tc:SAML:2.0:ac:classes:Smartcard"),
+                    0,
+                ),
+            ] {
+                refusals.push(browser.get(&url).await.unwrap());
+            }
+            // Password classes are what a password sign-in is.
+            let fine = browser
+                .get(&request_with(
+                    "_req-50",
+                    crm.0,
+                    crm.1,
+                    "",
+                    &context("urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"),
+                    0,
+                ))
+                .await
+                .unwrap();
+            assert_eq!(fine.status, 200, "{}", fine.body);
+            (posted, again, forced, unknown, elsewhere, refusals)
         });
+        for (page, says) in refusals.iter().zip(["used already", "took too long", "second factor", "does not offer"]) {
+            assert!(page.status == 400 || page.status == 403, "{says}: {}", page.body);
+            assert!(page.body.contains(says), "{says}: {}", page.body);
+        }
         let response_of = |page: &testkit::Page| -> String {
             assert_eq!(page.status, 200, "{}", page.body);
             assert!(page.body.contains("action=\"https://crm.example.net/acs\""), "{}", page.body);

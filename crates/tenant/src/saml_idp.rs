@@ -452,6 +452,14 @@ pub enum SsoRefusal {
     Expired,
     #[error("Your account may not use this application. Ask your administrator for access.")]
     NotAllowed,
+    #[error("This sign-in request was used already. Go back to the application and start again.")]
+    Replayed,
+    #[error("The application asks for a kind of sign-in this service does not offer ({0}).")]
+    UnsupportedContext(String),
+    #[error(
+        "The application asks for a sign-in with a second factor. Add a passkey or an authenticator app on Security info, then sign in again."
+    )]
+    SecondFactorRequired,
 }
 
 impl SsoRefusal {
@@ -464,6 +472,9 @@ impl SsoRefusal {
             SsoRefusal::NotSignedIn => "passive-not-signed-in",
             SsoRefusal::Expired => "expired",
             SsoRefusal::NotAllowed => "not-allowed",
+            SsoRefusal::Replayed => "replayed",
+            SsoRefusal::UnsupportedContext(_) => "authn-context",
+            SsoRefusal::SecondFactorRequired => "second-factor-required",
         }
     }
 }
@@ -476,7 +487,29 @@ pub struct AuthnRequest {
     pub acs_url: Option<String>,
     pub force_authn: bool,
     pub is_passive: bool,
+    /// IssueInstant (Unix seconds).
+    pub issued: i64,
+    /// RequestedAuthnContext's class references.
+    pub requested_classes: Vec<String>,
 }
+
+/// Authentication context classes a password sign-in satisfies, and those
+/// that need a second factor.
+const PASSWORD_CLASSES: &[&str] = &[
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:Password",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified",
+];
+const MFA_CLASSES: &[&str] = &[
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorUnregistered",
+    "http://schemas.microsoft.com/claims/multipleauthn",
+];
+pub const MFA_CLASS: &str = "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract";
+
+/// How far ahead of our clock an AuthnRequest's IssueInstant may be (the
+/// SP's clock may run fast); it may be at most [`REQUEST_SECS`] old.
+const CLOCK_SKEW_SECS: i64 = 300;
 
 /// The largest AuthnRequest accepted, inflated (a real one is under 2 KiB).
 const MAX_REQUEST_BYTES: usize = 64 << 10;
@@ -505,12 +538,28 @@ pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRe
     let issuer =
         root.child(ASSERTION_NS, "Issuer").map(|i| i.text().trim().to_string()).ok_or_else(|| bad("no Issuer"))?;
     let flag = |name: &str| root.attr(name).is_some_and(|v| v == "true" || v == "1");
+    let issued = root
+        .attr("IssueInstant")
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .map(time::OffsetDateTime::unix_timestamp)
+        .ok_or_else(|| bad("no IssueInstant"))?;
+    let requested_classes = root
+        .child(PROTOCOL_NS, "RequestedAuthnContext")
+        .map(|c| {
+            c.elements()
+                .filter(|e| e.is(ASSERTION_NS, "AuthnContextClassRef"))
+                .map(|e| e.text().trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(AuthnRequest {
         id,
         issuer,
         acs_url: root.attr("AssertionConsumerServiceURL").map(str::to_string),
         force_authn: flag("ForceAuthn"),
         is_passive: flag("IsPassive"),
+        issued,
+        requested_classes,
     })
 }
 
@@ -526,6 +575,8 @@ pub struct Pending {
     pub acs_url: String,
     pub relay_state: Option<String>,
     pub force_authn: bool,
+    /// The application asked for a second factor (RequestedAuthnContext).
+    pub need_mfa: bool,
 }
 
 /// Checks `request` against the application `app_id` names and keeps it
@@ -547,6 +598,33 @@ pub fn begin(
             None => return Ok(Err(SsoRefusal::AcsNotRegistered)),
         },
     };
+    let now = crate::util::now_secs();
+    if request.issued < now - REQUEST_SECS || request.issued > now + CLOCK_SKEW_SECS {
+        return Ok(Err(SsoRefusal::Expired));
+    }
+    let mut need_mfa = false;
+    if !request.requested_classes.is_empty() {
+        let known = |c: &String| PASSWORD_CLASSES.contains(&c.as_str()) || MFA_CLASSES.contains(&c.as_str());
+        // Exact comparison (the default): one class we can satisfy is enough.
+        if !request.requested_classes.iter().any(known) {
+            return Ok(Err(SsoRefusal::UnsupportedContext(request.requested_classes.join(", "))));
+        }
+        need_mfa = !request.requested_classes.iter().any(|c| PASSWORD_CLASSES.contains(&c.as_str()));
+    }
+    // Each request ID once per application, for as long as a request may be used.
+    conn.execute("DELETE FROM saml_seen WHERE expires <= ?1", crate::db::params![now])?;
+    let seen: Option<i64> = crate::db::OptionalExtension::optional(conn.query_row(
+        "SELECT expires FROM saml_seen WHERE app_id = ?1 AND request_id = ?2",
+        crate::db::params![app.id, request.id],
+        |r| r.get(0),
+    ))?;
+    if seen.is_some() {
+        return Ok(Err(SsoRefusal::Replayed));
+    }
+    conn.execute(
+        "INSERT INTO saml_seen(app_id, request_id, expires) VALUES(?1, ?2, ?3)",
+        crate::db::params![app.id, request.id, now + REQUEST_SECS + CLOCK_SKEW_SECS],
+    )?;
     let relay_state = relay_state.filter(|r| r.len() <= 1024).map(str::to_string);
     let pending = Pending {
         app_id: app.id,
@@ -554,12 +632,12 @@ pub fn begin(
         acs_url,
         relay_state,
         force_authn: request.force_authn,
+        need_mfa,
     };
     let token = crate::util::random_token();
-    let now = crate::util::now_secs();
     conn.execute("DELETE FROM saml_requests WHERE expires <= ?1", crate::db::params![now])?;
     conn.execute(
-        "INSERT INTO saml_requests(hash, app_id, request_id, acs_url, relay_state, force_authn, expires) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO saml_requests(hash, app_id, request_id, acs_url, relay_state, force_authn, need_mfa, expires) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         crate::db::params![
             crate::util::sha256(token.as_bytes()),
             pending.app_id,
@@ -567,6 +645,7 @@ pub fn begin(
             pending.acs_url,
             pending.relay_state,
             pending.force_authn,
+            pending.need_mfa,
             now + REQUEST_SECS
         ],
     )?;
@@ -578,10 +657,11 @@ pub fn begin(
 pub fn begin_unsolicited(conn: &crate::db::Connection, app_id: &str) -> Result<Option<(String, Pending)>> {
     let Some(app) = app(conn, app_id)? else { return Ok(None) };
     let Some(acs_url) = app.acs_urls.first().cloned() else { return Ok(None) };
-    let pending = Pending { app_id: app.id, request_id: None, acs_url, relay_state: None, force_authn: false };
+    let pending =
+        Pending { app_id: app.id, request_id: None, acs_url, relay_state: None, force_authn: false, need_mfa: false };
     let token = crate::util::random_token();
     conn.execute(
-        "INSERT INTO saml_requests(hash, app_id, request_id, acs_url, relay_state, force_authn, expires) VALUES(?1, ?2, NULL, ?3, NULL, ?4, ?5)",
+        "INSERT INTO saml_requests(hash, app_id, request_id, acs_url, relay_state, force_authn, need_mfa, expires) VALUES(?1, ?2, NULL, ?3, NULL, ?4, 0, ?5)",
         crate::db::params![
             crate::util::sha256(token.as_bytes()),
             pending.app_id,
@@ -597,7 +677,7 @@ pub fn begin_unsolicited(conn: &crate::db::Connection, app_id: &str) -> Result<O
 pub fn take(conn: &crate::db::Connection, token: &str) -> Result<Option<Pending>> {
     let hash = crate::util::sha256(token.as_bytes());
     let row = crate::db::OptionalExtension::optional(conn.query_row(
-        "SELECT app_id, request_id, acs_url, relay_state, force_authn FROM saml_requests WHERE hash = ?1 AND expires > ?2",
+        "SELECT app_id, request_id, acs_url, relay_state, force_authn, need_mfa FROM saml_requests WHERE hash = ?1 AND expires > ?2",
         crate::db::params![hash, crate::util::now_secs()],
         |r| {
             Ok(Pending {
@@ -606,6 +686,7 @@ pub fn take(conn: &crate::db::Connection, token: &str) -> Result<Option<Pending>
                 acs_url: r.get(2)?,
                 relay_state: r.get(3)?,
                 force_authn: r.get(4)?,
+                need_mfa: r.get(5)?,
             })
         },
     ))?;
@@ -657,6 +738,9 @@ pub fn respond(
     if !app.allowed_groups.is_empty() && !app.allowed_groups.iter().any(member) {
         return Ok(Err(SsoRefusal::NotAllowed));
     }
+    if pending.need_mfa && !mfa {
+        return Ok(Err(SsoRefusal::SecondFactorRequired));
+    }
     let user_name = user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
     let name_id = match app.name_id_format {
         NameIdFormat::Persistent => persistent_name_id(conn, &app.id, &user.id)?,
@@ -693,7 +777,7 @@ pub fn respond(
         authn_instant,
         lifetime_secs: 300,
         authn_context_class: if mfa {
-            "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract".into()
+            MFA_CLASS.into()
         } else {
             "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport".into()
         },
@@ -761,7 +845,7 @@ mod tests {
     #[test]
     fn authn_requests_are_read_within_bounds() {
         let xml = format!(
-            "<samlp:AuthnRequest xmlns:samlp=\"{PROTOCOL_NS}\" xmlns:saml=\"{ASSERTION_NS}\" ID=\"_r1\" ForceAuthn=\"true\" \
+            "<samlp:AuthnRequest xmlns:samlp=\"{PROTOCOL_NS}\" xmlns:saml=\"{ASSERTION_NS}\" ID=\"_r1\" IssueInstant=\"2026-12-05T10:00:00.5Z\" ForceAuthn=\"true\" \
              AssertionConsumerServiceURL=\"https://sp.example/acs\"><saml:Issuer>https://sp.example</saml:Issuer></samlp:AuthnRequest>"
         );
         let deflated = STANDARD.encode(miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6));
@@ -770,6 +854,7 @@ mod tests {
             (r.id.as_str(), r.issuer.as_str(), r.force_authn, r.is_passive),
             ("_r1", "https://sp.example", true, false)
         );
+        assert_eq!(r.issued, 1_796_464_800, "IssueInstant");
         assert_eq!(parse_request(&STANDARD.encode(&xml), false).unwrap(), r);
         // A DEFLATE bomb (megabytes of one byte) stops at the limit.
         let bomb = STANDARD.encode(miniz_oxide::deflate::compress_to_vec(&vec![b'a'; 4 << 20], 9));
