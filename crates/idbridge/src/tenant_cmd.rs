@@ -424,6 +424,12 @@ pub enum AppCommand {
         /// Only members (directly or nested) of this group may use it — display name or id (repeatable).
         #[arg(long = "allow-group")]
         allowed_groups: Vec<String>,
+        /// Refuse AuthnRequests not signed with a --sp-certificate key.
+        #[arg(long, requires = "sp_certificates")]
+        require_signed_requests: bool,
+        /// The service provider's signing certificate, PEM or DER (repeatable: rollover).
+        #[arg(long = "sp-certificate")]
+        sp_certificates: Vec<PathBuf>,
     },
     /// The registered applications.
     List {
@@ -697,7 +703,23 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             }
         },
         TenantCommand::App { command } => match command {
-            AppCommand::Add { data, name, entity_id, acs_urls, name_id, attributes, sign_response, allowed_groups } => {
+            AppCommand::Add {
+                data,
+                name,
+                entity_id,
+                acs_urls,
+                name_id,
+                attributes,
+                sign_response,
+                allowed_groups,
+                require_signed_requests,
+                sp_certificates,
+            } => {
+                let mut certificates = Vec::new();
+                for path in &sp_certificates {
+                    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                    certificates.extend(tenant::federation::saml::certificates_from(&bytes));
+                }
                 let Some(name_id_format) = tenant::saml_idp::NameIdFormat::parse(&name_id) else {
                     anyhow::bail!("--name-id {name_id:?}: persistent, email or unspecified");
                 };
@@ -715,6 +737,8 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     attributes: pairs,
                     sign_response,
                     allowed_groups,
+                    require_signed: require_signed_requests,
+                    sp_certificates: certificates,
                 };
                 open(&data)?.add_saml_app(ACTOR, &app)?;
                 eprintln!(

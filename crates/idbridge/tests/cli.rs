@@ -3650,9 +3650,63 @@ mod sync_e2e {
         assert_eq!(finance.status, 403, "{}", finance.body);
         assert!(finance.body.contains("may not use this application"), "{}", finance.body);
 
+        // An application whose requests must be signed (its key made with openssl).
+        let (sp_key, sp_pem) = (lab.tmp.join("sp.key"), lab.tmp.join("sp.pem"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=signed.example.net", "-days", "2"])
+            .args(["-keyout", p(&sp_key), "-out", p(&sp_pem)])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", stderr_of(&made));
+        add_app(
+            "signed",
+            "https://signed.example.net/sp",
+            "https://signed.example.net/acs",
+            &["--require-signed-requests", "--sp-certificate", p(&sp_pem)],
+        );
+        let signed_request = |id: &str, relay_signed: &str, relay_sent: &str| {
+            let now = tenant::util::rfc3339(tenant::util::now_secs(), 0);
+            let xml = format!(
+                "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" \
+                 ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{now}\"><saml:Issuer>https://signed.example.net/sp</saml:Issuer></samlp:AuthnRequest>"
+            );
+            let request =
+                tenant::util::urlencode(&b64.encode(miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6)));
+            let alg = tenant::util::urlencode("http://www.w3.org/2001/04/xmldsig-more#rsa-sha256");
+            let octets =
+                format!("SAMLRequest={request}&RelayState={}&SigAlg={alg}", tenant::util::urlencode(relay_signed));
+            std::fs::write(lab.tmp.join("octets"), &octets).unwrap();
+            let signature = Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign", p(&sp_key), p(&lab.tmp.join("octets"))])
+                .output()
+                .unwrap();
+            assert!(signature.status.success());
+            format!(
+                "{issuer}/saml/signed/sso?SAMLRequest={request}&RelayState={}&SigAlg={alg}&Signature={}",
+                tenant::util::urlencode(relay_sent),
+                tenant::util::urlencode(&b64.encode(signature.stdout))
+            )
+        };
+        let (unsigned, good, tampered) = rt.block_on(async {
+            let unsigned = browser
+                .get(
+                    &request_with("_s1", "https://signed.example.net/sp", "https://signed.example.net/acs", "", "", 0)
+                        .replace("/saml/crm/", "/saml/signed/"),
+                )
+                .await
+                .unwrap();
+            let good = browser.get(&signed_request("_s2", "/ok", "/ok")).await.unwrap();
+            let tampered = browser.get(&signed_request("_s3", "/ok", "/elsewhere")).await.unwrap();
+            (unsigned, good, tampered)
+        });
+        assert!(unsigned.status == 400 && unsigned.body.contains("must be signed"), "{}", unsigned.body);
+        assert_eq!(good.status, 200, "a signed request is answered: {}", good.body);
+        assert!(good.body.contains("https://signed.example.net/acs"), "{}", good.body);
+        assert!(tampered.status == 400 && tampered.body.contains("not made with the application"), "{}", tampered.body);
+
         let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data)]));
         assert!(audit.contains("saml-sign-in") && audit.contains("saml-sign-in-refused"), "{audit}");
-        assert!(audit.contains("not-allowed"), "{audit}");
+        assert!(audit.contains("not-allowed") && audit.contains("unsigned-request"), "{audit}");
 
         // A service provider no one here wrote (node-saml), driven by Chromium through the sign-in page.
         let port = testkit::free_port().unwrap();

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -77,8 +77,9 @@ async fn sso_redirect(
     Path(app): Path<String>,
     headers: HeaderMap,
     Query(q): Query<Params>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
-    sso(state, app, headers, q, true).await
+    sso(state, app, headers, q, Some(raw.unwrap_or_default())).await
 }
 
 /// POST /saml/{app}/sso (HTTP-POST binding).
@@ -88,12 +89,14 @@ async fn sso_post(
     headers: HeaderMap,
     Form(p): Form<Params>,
 ) -> Response {
-    sso(state, app, headers, p, false).await
+    sso(state, app, headers, p, None).await
 }
 
-async fn sso(state: Arc<AppState>, app: String, headers: HeaderMap, p: Params, deflated: bool) -> Response {
+/// `raw_query`: the Redirect binding's query string as received (its
+/// signature covers the encoded parameters); `None` for the POST binding.
+async fn sso(state: Arc<AppState>, app: String, headers: HeaderMap, p: Params, raw_query: Option<String>) -> Response {
     let request = match p.get("SAMLRequest") {
-        Some(value) => match saml_idp::parse_request(value, deflated) {
+        Some(value) => match saml_idp::parse_request(value, raw_query.is_some()) {
             Ok(r) => r,
             Err(refusal) => return refused(&state, &app, refusal).await,
         },
@@ -101,7 +104,14 @@ async fn sso(state: Arc<AppState>, app: String, headers: HeaderMap, p: Params, d
     };
     let relay = p.get("RelayState").cloned();
     let (app_id, passive) = (app.clone(), request.is_passive);
-    let begun = db(&state, move |conn| saml_idp::begin(conn, &app_id, &request, relay.as_deref())).await;
+    let begun = db(&state, move |conn| {
+        let binding = match &raw_query {
+            Some(raw) => saml_idp::Binding::Redirect { raw_query: raw },
+            None => saml_idp::Binding::Post,
+        };
+        saml_idp::begin(conn, &app_id, &request, binding, relay.as_deref())
+    })
+    .await;
     let (token, pending) = match begun {
         Ok(Ok(found)) => found,
         Ok(Err(refusal)) => return refused(&state, &app, refusal).await,

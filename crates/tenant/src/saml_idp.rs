@@ -287,6 +287,9 @@ pub struct App {
     /// Who may use it: members (directly or nested) of these groups, by
     /// display name or id; everyone when empty.
     pub allowed_groups: Vec<String>,
+    /// AuthnRequests must be signed with one of `sp_certificates` (DER).
+    pub require_signed: bool,
+    pub sp_certificates: Vec<Vec<u8>>,
 }
 
 /// The attributes an application gets when none are configured.
@@ -328,7 +331,7 @@ pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
     let attributes: Vec<serde_json::Value> =
         app.attributes.iter().map(|(n, s)| serde_json::json!({"name": n, "source": s})).collect();
     conn.execute(
-        "INSERT INTO saml_apps(id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups, created) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO saml_apps(id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups, require_signed, sp_certificates, created) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         crate::db::params![
             app.id,
             app.name,
@@ -338,15 +341,21 @@ pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
             serde_json::Value::Array(attributes).to_string(),
             app.sign_response,
             serde_json::to_string(&app.allowed_groups).unwrap_or_default(),
+            app.require_signed,
+            serde_json::to_string(&app.sp_certificates.iter().map(|c| STANDARD.encode(c)).collect::<Vec<_>>())
+                .unwrap_or_default(),
             crate::util::now_secs()
         ],
     )?;
     Ok(())
 }
 
-type AppRow = (String, String, String, String, String, String, bool, String);
+type AppRow = (String, String, String, String, String, String, bool, String, bool, String);
 
-fn to_app((id, name, entity_id, acs, format, attributes, sign_response, allowed): AppRow) -> App {
+fn to_app(
+    (id, name, entity_id, acs, format, attributes, sign_response, allowed, require_signed, certs): AppRow,
+) -> App {
+    let certs: Vec<String> = serde_json::from_str(&certs).unwrap_or_default();
     let attributes: Vec<serde_json::Value> = serde_json::from_str(&attributes).unwrap_or_default();
     App {
         id,
@@ -360,13 +369,15 @@ fn to_app((id, name, entity_id, acs, format, attributes, sign_response, allowed)
             .collect(),
         sign_response,
         allowed_groups: serde_json::from_str(&allowed).unwrap_or_default(),
+        require_signed,
+        sp_certificates: certs.iter().filter_map(|c| STANDARD.decode(c).ok()).collect(),
     }
 }
 
-const APP_COLUMNS: &str = "id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups";
+const APP_COLUMNS: &str = "id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups, require_signed, sp_certificates";
 
 fn app_row(r: &crate::db::Row<'_>) -> crate::db::Result<AppRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
 }
 
 pub fn app(conn: &crate::db::Connection, id: &str) -> Result<Option<App>> {
@@ -460,6 +471,8 @@ pub enum SsoRefusal {
         "The application asks for a sign-in with a second factor. Add a passkey or an authenticator app on Security info, then sign in again."
     )]
     SecondFactorRequired,
+    #[error("This application's sign-in requests must be signed, and this one is not signed by it ({0}).")]
+    Unsigned(String),
 }
 
 impl SsoRefusal {
@@ -475,6 +488,7 @@ impl SsoRefusal {
             SsoRefusal::Replayed => "replayed",
             SsoRefusal::UnsupportedContext(_) => "authn-context",
             SsoRefusal::SecondFactorRequired => "second-factor-required",
+            SsoRefusal::Unsigned(_) => "unsigned-request",
         }
     }
 }
@@ -491,6 +505,69 @@ pub struct AuthnRequest {
     pub issued: i64,
     /// RequestedAuthnContext's class references.
     pub requested_classes: Vec<String>,
+    /// The request's XML as received (an HTTP-POST request's signature is in it).
+    pub xml: String,
+}
+
+/// How a request arrived, for its signature.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// HTTP-Redirect: the signature covers the query string's
+    /// `SAMLRequest`, `RelayState` and `SigAlg`, as they were encoded.
+    Redirect { raw_query: &'a str },
+    /// HTTP-POST: an enveloped signature in the request.
+    Post,
+}
+
+/// Checks the signature of `request` when `app` requires one.
+pub fn check_signature(app: &App, request: &AuthnRequest, binding: Binding<'_>) -> std::result::Result<(), SsoRefusal> {
+    if !app.require_signed {
+        return Ok(());
+    }
+    let unsigned = |why: &str| SsoRefusal::Unsigned(why.to_string());
+    match binding {
+        Binding::Post => {
+            let root = xmldoc::parse(&request.xml).map_err(|e| unsigned(&e.to_string()))?;
+            match crate::federation::saml::verify_enveloped(&root, &app.sp_certificates) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(unsigned("no signature")),
+                Err(e) => Err(unsigned(&e.detail())),
+            }
+        }
+        Binding::Redirect { raw_query } => {
+            let raw = |name: &str| {
+                raw_query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+            };
+            let (Some(request_value), Some(sig_alg), Some(signature)) =
+                (raw("SAMLRequest"), raw("SigAlg"), raw("Signature"))
+            else {
+                return Err(unsigned("no Signature and SigAlg parameters"));
+            };
+            let mut signed = format!("SAMLRequest={request_value}");
+            if let Some(relay) = raw("RelayState") {
+                signed.push_str(&format!("&RelayState={relay}"));
+            }
+            signed.push_str(&format!("&SigAlg={sig_alg}"));
+            let decode =
+                |v: &str| percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().to_string();
+            let algorithm: &dyn rustls_pki_types::SignatureVerificationAlgorithm = match decode(sig_alg).as_str() {
+                RSA_SHA256 => webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+                "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512" => webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+                other => {
+                    return Err(unsigned(&format!("signature algorithm {other} is not accepted (RSA-SHA256/512)")));
+                }
+            };
+            let value = STANDARD
+                .decode(decode(signature).split_whitespace().collect::<String>())
+                .map_err(|_| unsigned("the signature is not base64"))?;
+            let verified = app.sp_certificates.iter().any(|cert| {
+                let der = rustls_pki_types::CertificateDer::from(cert.as_slice());
+                webpki::EndEntityCert::try_from(&der)
+                    .is_ok_and(|c| c.verify_signature(algorithm, signed.as_bytes(), &value).is_ok())
+            });
+            if verified { Ok(()) } else { Err(unsigned("the signature was not made with the application's key")) }
+        }
+    }
 }
 
 /// Authentication context classes a password sign-in satisfies, and those
@@ -560,6 +637,7 @@ pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRe
         is_passive: flag("IsPassive"),
         issued,
         requested_classes,
+        xml: text,
     })
 }
 
@@ -585,11 +663,15 @@ pub fn begin(
     conn: &crate::db::Connection,
     app_id: &str,
     request: &AuthnRequest,
+    binding: Binding<'_>,
     relay_state: Option<&str>,
 ) -> Result<std::result::Result<(String, Pending), SsoRefusal>> {
     let Some(app) = app(conn, app_id)?.filter(|a| a.entity_id == request.issuer) else {
         return Ok(Err(SsoRefusal::UnknownServiceProvider(request.issuer.clone())));
     };
+    if let Err(refusal) = check_signature(&app, request, binding) {
+        return Ok(Err(refusal));
+    }
     let acs_url = match &request.acs_url {
         Some(url) if app.acs_urls.iter().any(|u| u == url) => url.clone(),
         Some(_) => return Ok(Err(SsoRefusal::AcsNotRegistered)),

@@ -391,7 +391,7 @@ CREATE TABLE password_resets (hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, stag
 /// SAML applications (the tenant as an identity provider, `saml_idp`) and
 /// their sign-ins waiting for the person (hashed tokens, the request's ID).
 const SCHEMA_V22: &str = "
-CREATE TABLE saml_apps (id TEXT PRIMARY KEY, name TEXT NOT NULL, entity_id TEXT NOT NULL UNIQUE, acs_urls TEXT NOT NULL, name_id_format TEXT NOT NULL, attributes TEXT NOT NULL, sign_response INTEGER NOT NULL, allowed_groups TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE saml_apps (id TEXT PRIMARY KEY, name TEXT NOT NULL, entity_id TEXT NOT NULL UNIQUE, acs_urls TEXT NOT NULL, name_id_format TEXT NOT NULL, attributes TEXT NOT NULL, sign_response INTEGER NOT NULL, allowed_groups TEXT NOT NULL, require_signed INTEGER NOT NULL, sp_certificates TEXT NOT NULL, created INTEGER NOT NULL);
 CREATE TABLE saml_requests (hash BLOB PRIMARY KEY, app_id TEXT NOT NULL, request_id TEXT, acs_url TEXT NOT NULL, relay_state TEXT, force_authn INTEGER NOT NULL, need_mfa INTEGER NOT NULL, expires INTEGER NOT NULL);
 CREATE TABLE saml_seen (app_id TEXT NOT NULL, request_id TEXT NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (app_id, request_id));
 ";

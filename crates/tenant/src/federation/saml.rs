@@ -233,7 +233,7 @@ pub fn check_response(encoded: &str, expected: &Expected<'_>) -> Result<Asserted
 /// Whether `element` carries a valid enveloped signature of itself (a
 /// `ds:Signature` child whose one reference is `#<its ID>`). A signature
 /// that is there but does not verify is an error, not "unsigned".
-fn verify_enveloped(element: &Element, certificates: &[Vec<u8>]) -> Result<bool, Refusal> {
+pub(crate) fn verify_enveloped(element: &Element, certificates: &[Vec<u8>]) -> Result<bool, Refusal> {
     let signatures: Vec<&Element> = element.elements().filter(|e| e.is(DSIG, "Signature")).collect();
     let signature = match signatures.as_slice() {
         [] => return Ok(false),
