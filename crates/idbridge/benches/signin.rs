@@ -19,7 +19,14 @@
 //!    authenticator: page, options, assertion). Latency of the whole sign-in
 //!    and of the second step, and the tenant's CPU per sign-in.
 //!
+//! 5. SAML single sign-on (the tenant as an identity provider), 50
+//!    concurrent clients: an SP-initiated sign-in — AuthnRequest (HTTP-Redirect)
+//!    in, signed Response out — with a session (one request, answered at once)
+//!    and without (request, user name, password, callback). Baseline in the
+//!    same run: the OpenID Connect password sign-in (the same pages).
+//!
 //!   IDBRIDGE_BENCH_SECTION=second-factors cargo bench -p idbridge --bench signin   (section 4 only)
+//!   IDBRIDGE_BENCH_SECTION=saml cargo bench -p idbridge --bench signin             (section 5 only)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::num::NonZeroU32;
@@ -54,6 +61,10 @@ fn main() {
     let exe = env!("CARGO_BIN_EXE_idbridge");
     if std::env::var("IDBRIDGE_BENCH_SECTION").as_deref() == Ok("second-factors") {
         second_factors(exe);
+        return;
+    }
+    if std::env::var("IDBRIDGE_BENCH_SECTION").as_deref() == Ok("saml") {
+        saml(exe);
         return;
     }
     println!("PPH1 verification cost (one core):");
@@ -152,6 +163,114 @@ fn main() {
     let _ = daemon.wait();
     drop(tenant);
     second_factors(exe);
+    saml(exe);
+}
+
+/// An AuthnRequest for the bench application, as a Redirect-binding URL.
+fn saml_request(issuer: &str, id: &str) -> String {
+    use base64::Engine as _;
+    let now = tenant::util::rfc3339(tenant::util::now_secs(), 0);
+    let xml = format!(
+        "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" \
+         ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{now}\" AssertionConsumerServiceURL=\"https://sp.bench.example/acs\">\
+         <saml:Issuer>https://sp.bench.example/sp</saml:Issuer></samlp:AuthnRequest>"
+    );
+    let deflated = miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(deflated);
+    format!("{issuer}/saml/bench/sso?SAMLRequest={}", tenant::util::urlencode(&encoded))
+}
+
+fn saml(exe: &str) {
+    let tmp = TempDir::new("bench-saml").unwrap();
+    let data = tmp.join("tenant");
+    let data_s = data.to_str().unwrap().to_string();
+    let (mut tenant, base) = testkit::spawn_tenant(std::path::Path::new(exe), &data, &[]).unwrap();
+    let issuer = base.trim_end_matches("/scim/v2").to_string();
+    run(exe, &["tenant", "domain", "add", "--data", &data_s, "example.org"]);
+    let token = run(exe, &["tenant", "token", "create", "--data", &data_s, "--scope", "sync"]).trim().to_string();
+    run(
+        exe,
+        &[
+            "tenant",
+            "app",
+            "add",
+            "--data",
+            &data_s,
+            "--name",
+            "bench",
+            "--entity-id",
+            "https://sp.bench.example/sp",
+            "--acs-url",
+            "https://sp.bench.example/acs",
+        ],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let default = passwords::pph1::DEFAULT_ITERATIONS;
+    let record =
+        Pph1::derive(&NtHash::of_password("Bench-pass-1"), &[7; 10], NonZeroU32::new(default).unwrap()).to_string();
+    rt.block_on(bulk_users(&base, &token, "saml", CLIENTS, &record));
+    // Baseline: the OpenID Connect password sign-in, same pages, same run.
+    let authorize = Arc::new(client_url(exe, &data_s, &issuer));
+    let credentials: testkit::bench::Credentials =
+        Arc::new(move |c, _| (format!("saml{c}@example.org"), "Bench-pass-1".to_string()));
+    let mut oidc = rt.block_on(testkit::bench::sign_ins(authorize, CLIENTS, CLIENTS * 4, credentials, false)).unwrap();
+    oidc.sort();
+    let (with_session, without) = rt.block_on(async {
+        let issuer = Arc::new(issuer.clone());
+        let mut tasks = Vec::new();
+        for c in 0..CLIENTS {
+            let issuer = issuer.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut fresh, mut warm) = (Vec::new(), Vec::new());
+                let user = format!("saml{c}@example.org");
+                // Without a session: a new browser each time, the whole sign-in.
+                let mut browser = Browser::new().unwrap();
+                for n in 0..4 {
+                    browser = Browser::new().unwrap();
+                    let started = Instant::now();
+                    let first = browser.get(&saml_request(&issuer, &format!("_b{c}x{n}"))).await.unwrap();
+                    let to_sign_in = format!("{issuer}{}", first.location.unwrap());
+                    let signed_in = browser.password_sign_in(&to_sign_in, &user, "Bench-pass-1").await.unwrap();
+                    let posted = browser.get(&signed_in.location.unwrap()).await.unwrap();
+                    assert!(posted.body.contains("SAMLResponse"), "{}", posted.body);
+                    fresh.push(started.elapsed());
+                }
+                // With a session: AuthnRequest in, signed Response out.
+                for n in 0..20 {
+                    let started = Instant::now();
+                    let page = browser.get(&saml_request(&issuer, &format!("_b{c}y{n}"))).await.unwrap();
+                    assert!(page.body.contains("SAMLResponse"), "{}", page.body);
+                    warm.push(started.elapsed());
+                }
+                (warm, fresh)
+            }));
+        }
+        let (mut warm, mut fresh) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let (w, f) = t.await.unwrap();
+            warm.extend(w);
+            fresh.extend(f);
+        }
+        warm.sort();
+        fresh.sort();
+        (warm, fresh)
+    });
+    let median = |v: &[Duration]| v.get(v.len() / 2).copied().unwrap_or_default().as_secs_f64() * 1000.0;
+    println!("SAML sign-in, SP-initiated (HTTP-Redirect), {CLIENTS} concurrent clients, PPH1 at {default} iterations:");
+    println!("  with a session ({} requests): {}", with_session.len(), testkit::latency_summary(&with_session));
+    println!("  without a session ({} sign-ins): {}", without.len(), testkit::latency_summary(&without));
+    println!(
+        "  baseline, OpenID Connect password sign-in ({} sign-ins): {}",
+        oidc.len(),
+        testkit::latency_summary(&oidc)
+    );
+    println!(
+        "  p50 ratios to the baseline: with a session {:.2}x, without {:.2}x",
+        median(&with_session) / median(&oidc),
+        median(&without) / median(&oidc)
+    );
+    let _ = tenant.kill();
+    let _ = tenant.wait();
 }
 
 /// Creates `count` users `{prefix}{i}@example.org` by /Bulk with the PPH1
