@@ -236,28 +236,12 @@ impl LdapSource {
     pub async fn check_anchor_write_back(&mut self) -> Result<Option<RightProblem>, LdapError> {
         self.connect().await?;
         let sid = self.bind_account_sid().await;
-        let (session, profile) = self.session_profile()?;
         let bind = self.settings().bind_dn.clone().unwrap_or_default();
-        let places: Vec<Dn> = if self.settings().include_ous.is_empty() {
-            profile.bases.clone()
-        } else {
-            self.settings().include_ous.clone()
-        };
         let attribute_guid = self
             .schema_guid("ms-DS-ConsistencyGuid")
             .await
             .unwrap_or_else(|| "23773dc2-b63a-11d2-90e1-00c04fd91ab1".into());
-        for place in places {
-            let mut ldap = session.ldap.clone();
-            // One user is enough: its effective rights stand for its OU's.
-            let found = ldap
-                .with_timeout(session.operation_timeout)
-                .with_search_options(ldap3::SearchOptions::new().sizelimit(1))
-                .search(&place.to_string(), Scope::Subtree, USERS, vec!["allowedAttributesEffective"])
-                .await;
-            let Ok(ldap3::SearchResult(entries, _)) = found else { continue };
-            let Some(first) = entries.into_iter().next() else { continue };
-            let entry = ldap3::SearchEntry::construct(first);
+        for (place, entry) in self.one_user_per_place("allowedAttributesEffective", Vec::new()).await? {
             let writable = entry
                 .attrs
                 .iter()
@@ -293,29 +277,13 @@ impl LdapSource {
         let bind = self.settings().bind_dn.clone().unwrap_or_default();
         let holder = self.bind_account_sids().await;
         let sid = self.bind_account_sid().await;
-        let (session, profile) = self.session_profile()?;
-        let places: Vec<Dn> = if self.settings().include_ous.is_empty() {
-            profile.bases.clone()
-        } else {
-            self.settings().include_ous.clone()
-        };
         // SD flags control (LDAP_SERVER_SD_FLAGS_OID): SEQUENCE { INTEGER 4 } = the DACL.
         let dacl_only = ldap3::controls::RawControl {
             ctype: "1.2.840.113556.1.4.801".into(),
             crit: true,
             val: Some(vec![0x30, 0x03, 0x02, 0x01, 0x04]),
         };
-        for place in places {
-            let mut ldap = session.ldap.clone();
-            let found = ldap
-                .with_timeout(session.operation_timeout)
-                .with_controls(dacl_only.clone())
-                .with_search_options(ldap3::SearchOptions::new().sizelimit(1))
-                .search(&place.to_string(), Scope::Subtree, USERS, vec!["nTSecurityDescriptor"])
-                .await;
-            let Ok(ldap3::SearchResult(entries, _)) = found else { continue };
-            let Some(first) = entries.into_iter().next() else { continue };
-            let entry = ldap3::SearchEntry::construct(first);
+        for (place, entry) in self.one_user_per_place("nTSecurityDescriptor", vec![dacl_only]).await? {
             let granted = entry
                 .bin_attrs
                 .iter()
@@ -342,6 +310,37 @@ impl LdapSource {
             }
         }
         Ok(None)
+    }
+
+    /// One user (with `attribute`) under each included OU — or each base
+    /// without any: its effective rights stand for its OU's. Places without
+    /// a user, or whose search fails, are left out.
+    async fn one_user_per_place(
+        &self,
+        attribute: &str,
+        controls: Vec<ldap3::controls::RawControl>,
+    ) -> Result<Vec<(Dn, ldap3::SearchEntry)>, LdapError> {
+        let (session, profile) = self.session_profile()?;
+        let places: Vec<Dn> = if self.settings().include_ous.is_empty() {
+            profile.bases.clone()
+        } else {
+            self.settings().include_ous.clone()
+        };
+        let mut found = Vec::new();
+        for place in places {
+            let mut ldap = session.ldap.clone();
+            let searched = ldap
+                .with_timeout(session.operation_timeout)
+                .with_controls(controls.clone())
+                .with_search_options(ldap3::SearchOptions::new().sizelimit(1))
+                .search(&place.to_string(), Scope::Subtree, USERS, vec![attribute])
+                .await;
+            let Ok(ldap3::SearchResult(entries, _)) = searched else { continue };
+            if let Some(first) = entries.into_iter().next() {
+                found.push((place, ldap3::SearchEntry::construct(first)));
+            }
+        }
+        Ok(found)
     }
 
     /// The bind account's SID, its groups' (tokenGroups) and the two every

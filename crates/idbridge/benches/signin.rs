@@ -53,6 +53,17 @@ fn run(exe: &str, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// `idbridge tenant serve` in `tmp/tenant` with the domain example.org and a
+/// sync token: (process, SCIM base, data directory, token).
+fn bench_tenant(exe: &str, tmp: &TempDir) -> (std::process::Child, String, String, String) {
+    let data = tmp.join("tenant");
+    let data_s = data.to_str().unwrap().to_string();
+    let (tenant, base) = testkit::spawn_tenant(std::path::Path::new(exe), &data, &[]).unwrap();
+    run(exe, &["tenant", "domain", "add", "--data", &data_s, "example.org"]);
+    let token = run(exe, &["tenant", "token", "create", "--data", &data_s, "--scope", "sync"]).trim().to_string();
+    (tenant, base, data_s, token)
+}
+
 fn client_url(exe: &str, data: &str, issuer: &str) -> String {
     testkit::public_client_authorize_url(std::path::Path::new(exe), std::path::Path::new(data), issuer).unwrap()
 }
@@ -77,12 +88,8 @@ fn main() {
 
     // 2. Throughput and latency.
     let tmp = TempDir::new("bench-signin").unwrap();
-    let data = tmp.join("tenant");
-    let data_s = data.to_str().unwrap().to_string();
-    let (mut tenant, base) = testkit::spawn_tenant(std::path::Path::new(exe), &data, &[]).unwrap();
+    let (mut tenant, base, data_s, token) = bench_tenant(exe, &tmp);
     let issuer = base.trim_end_matches("/scim/v2").to_string();
-    run(exe, &["tenant", "domain", "add", "--data", &data_s, "example.org"]);
-    let token = run(exe, &["tenant", "token", "create", "--data", &data_s, "--scope", "sync"]).trim().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let users = 200;
     let record =
@@ -182,12 +189,8 @@ fn saml_request(issuer: &str, id: &str) -> String {
 
 fn saml(exe: &str) {
     let tmp = TempDir::new("bench-saml").unwrap();
-    let data = tmp.join("tenant");
-    let data_s = data.to_str().unwrap().to_string();
-    let (mut tenant, base) = testkit::spawn_tenant(std::path::Path::new(exe), &data, &[]).unwrap();
+    let (mut tenant, base, data_s, token) = bench_tenant(exe, &tmp);
     let issuer = base.trim_end_matches("/scim/v2").to_string();
-    run(exe, &["tenant", "domain", "add", "--data", &data_s, "example.org"]);
-    let token = run(exe, &["tenant", "token", "create", "--data", &data_s, "--scope", "sync"]).trim().to_string();
     run(
         exe,
         &[

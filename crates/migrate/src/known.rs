@@ -31,6 +31,12 @@ const DEVICES: Counterpart = Counterpart::Missing(
     "devices (computers, msDS-Device, Hybrid join): idbridge synchronises users, groups and contacts",
 );
 
+const SHAREPOINT: Counterpart =
+    Counterpart::Missing("SharePoint Online attributes: the idbridge tenant hosts no SharePoint");
+const INTUNE: Counterpart = Counterpart::Missing("Intune attributes: the idbridge tenant has no device management");
+const DYNAMICS: Counterpart = Counterpart::Missing("Dynamics CRM attributes: the idbridge tenant hosts no Dynamics");
+const RMS: Counterpart = Counterpart::Missing("Azure RMS attributes: the idbridge tenant has no rights management");
+
 /// The tag's stem (`Microsoft.InfromADUserCommon`) → its counterpart.
 const STEMS: &[(&str, Counterpart)] = &[
     ("InfromADUserJoin", INBOUND_AD),
@@ -78,42 +84,18 @@ const STEMS: &[(&str, Counterpart)] = &[
     ("OuttoAADUserLyncOnline", LYNC),
     ("OuttoAADGroupLyncOnline", LYNC),
     ("OuttoAADContactLyncOnline", LYNC),
-    (
-        "OuttoAADUserSharePointOnline",
-        Counterpart::Missing("SharePoint Online attributes: the idbridge tenant hosts no SharePoint"),
-    ),
-    (
-        "OuttoAADGroupSharePointOnline",
-        Counterpart::Missing("SharePoint Online attributes: the idbridge tenant hosts no SharePoint"),
-    ),
-    (
-        "OuttoAADContactSharePointOnline",
-        Counterpart::Missing("SharePoint Online attributes: the idbridge tenant hosts no SharePoint"),
-    ),
-    ("OuttoAADUserIntune", Counterpart::Missing("Intune attributes: the idbridge tenant has no device management")),
-    ("OuttoAADGroupIntune", Counterpart::Missing("Intune attributes: the idbridge tenant has no device management")),
-    ("OuttoAADContactIntune", Counterpart::Missing("Intune attributes: the idbridge tenant has no device management")),
-    ("OuttoAADUserDynamicsCRM", Counterpart::Missing("Dynamics CRM attributes: the idbridge tenant hosts no Dynamics")),
-    (
-        "OuttoAADGroupDynamicsCRM",
-        Counterpart::Missing("Dynamics CRM attributes: the idbridge tenant hosts no Dynamics"),
-    ),
-    (
-        "OuttoAADContactDynamicsCRM",
-        Counterpart::Missing("Dynamics CRM attributes: the idbridge tenant hosts no Dynamics"),
-    ),
-    (
-        "OuttoAADUserAzureRMS",
-        Counterpart::Missing("Azure RMS attributes: the idbridge tenant has no rights management"),
-    ),
-    (
-        "OuttoAADGroupAzureRMS",
-        Counterpart::Missing("Azure RMS attributes: the idbridge tenant has no rights management"),
-    ),
-    (
-        "OuttoAADContactAzureRMS",
-        Counterpart::Missing("Azure RMS attributes: the idbridge tenant has no rights management"),
-    ),
+    ("OuttoAADUserSharePointOnline", SHAREPOINT),
+    ("OuttoAADGroupSharePointOnline", SHAREPOINT),
+    ("OuttoAADContactSharePointOnline", SHAREPOINT),
+    ("OuttoAADUserIntune", INTUNE),
+    ("OuttoAADGroupIntune", INTUNE),
+    ("OuttoAADContactIntune", INTUNE),
+    ("OuttoAADUserDynamicsCRM", DYNAMICS),
+    ("OuttoAADGroupDynamicsCRM", DYNAMICS),
+    ("OuttoAADContactDynamicsCRM", DYNAMICS),
+    ("OuttoAADUserAzureRMS", RMS),
+    ("OuttoAADGroupAzureRMS", RMS),
+    ("OuttoAADContactAzureRMS", RMS),
     (
         "OuttoAADUserOfficeProPlus",
         Counterpart::Missing("Office ProPlus attributes: the idbridge tenant hosts no Office licensing"),

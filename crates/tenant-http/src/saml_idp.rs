@@ -14,17 +14,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Form, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use maud::html;
 
 use crate::oidc::flow::{Params, db, html_response, internal, session_user};
 use crate::oidc::pages::{self, Branding};
 use crate::scim::AppState;
 use tenant::saml_idp::{self, Pending, SsoRefusal};
-use tenant::util::urlencode;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -149,23 +148,8 @@ async fn start(State(state): State<Arc<AppState>>, Path(app): Path<String>, head
 /// To the sign-in pages, as the IdP's own client; back at /saml/callback
 /// with `token` as the state (`again`: sign in again even with a session).
 async fn sign_in_redirect(state: &Arc<AppState>, token: &str, again: bool) -> Response {
-    let client_id = match db(state, |conn| tenant::store::get_meta(conn, tenant::service::SAML_CLIENT_KEY)).await {
-        Ok(Some(id)) => id,
-        Ok(None) => return internal(tenant::TenantError::NotFound("the SAML sign-in client".into())),
-        Err(e) => return internal(e),
-    };
-    // PKCE as every public client must; the code is not redeemed (the session is what counts).
-    let challenge = URL_SAFE_NO_PAD.encode(tenant::util::sha256(tenant::util::random_token().as_bytes()));
-    let mut url = format!(
-        "/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid&state={}&code_challenge={challenge}&code_challenge_method=S256",
-        urlencode(&client_id),
-        urlencode(&tenant::service::saml_redirect_uri(&state.issuer)),
-        urlencode(token),
-    );
-    if again {
-        url.push_str("&prompt=login");
-    }
-    Redirect::to(&url).into_response()
+    let redirect = tenant::service::saml_redirect_uri(&state.issuer);
+    crate::oidc::account::own_client_sign_in(state, tenant::service::SAML_CLIENT_KEY, &redirect, token, again).await
 }
 
 /// The page that posts the Response for the signed-in user, if there is

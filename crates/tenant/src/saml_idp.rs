@@ -17,6 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::error::{Result, TenantError};
 use crate::oidc::keys::SigningKey;
+use xmldoc::escape;
 
 const DSIG: &str = "http://www.w3.org/2000/09/xmldsig#";
 const EXC_C14N: &str = "http://www.w3.org/2001/10/xml-exc-c14n#";
@@ -28,22 +29,6 @@ pub const PROTOCOL_NS: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
 
 fn invalid(what: impl std::fmt::Display) -> TenantError {
     TenantError::Invalid(format!("SAML signing: {what}"))
-}
-
-/// XML text escaping for element content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// A self-signed certificate (DER) for `key`: subject and issuer `CN=name`,

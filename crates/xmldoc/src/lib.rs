@@ -87,6 +87,11 @@ impl Drop for Element {
     }
 }
 
+/// Text escaped for element content and attribute values (`& < > " '`).
+pub fn escape(text: &str) -> String {
+    quick_xml::escape::escape(text).into_owned()
+}
+
 /// Parses a document within [`LIMITS`]. DOCTYPE (and so any entity
 /// declaration) is refused.
 pub fn parse(text: &str) -> Result<Element, XmlError> {

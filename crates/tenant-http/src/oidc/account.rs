@@ -38,22 +38,37 @@ pub(crate) fn may_add_method(auth: &Authenticated, has_method: bool) -> bool {
 /// GET /account/sign-in (`again=1`: authenticate again even when signed in):
 /// Security info signs people in as a relying party of the tenant itself.
 pub async fn sign_in(State(state): State<Arc<AppState>>, Query(q): Query<Params>) -> Response {
-    let client_id = match db(&state, |conn| tenant::store::get_meta(conn, tenant::service::ACCOUNT_CLIENT_KEY)).await {
+    let again = q.get("again").is_some_and(|v| v == "1");
+    let redirect = tenant::service::account_redirect_uri(&state.issuer);
+    own_client_sign_in(&state, tenant::service::ACCOUNT_CLIENT_KEY, &redirect, &tenant::util::random_token(), again)
+        .await
+}
+
+/// To the sign-in pages as one of the tenant's own public clients (its id
+/// kept in `meta` under `client_key`), back at `redirect_uri` with `state`
+/// (`again`: sign in again even with a session). PKCE as every public
+/// client must; the code is not redeemed: the sign-in's product is the
+/// browser's fresh session.
+pub(crate) async fn own_client_sign_in(
+    state: &Arc<AppState>,
+    client_key: &'static str,
+    redirect_uri: &str,
+    state_token: &str,
+    again: bool,
+) -> Response {
+    let client_id = match db(state, move |conn| tenant::store::get_meta(conn, client_key)).await {
         Ok(Some(id)) => id,
-        Ok(None) => return internal(tenant::TenantError::NotFound("the Security info client".into())),
+        Ok(None) => return internal(tenant::TenantError::NotFound(format!("the tenant's own client {client_key}"))),
         Err(e) => return internal(e),
     };
-    // PKCE as every public client must; the code itself is not redeemed:
-    // the sign-in's product here is the browser's fresh session.
-    let verifier = tenant::util::random_token();
-    let challenge = URL_SAFE_NO_PAD.encode(tenant::util::sha256(verifier.as_bytes()));
+    let challenge = URL_SAFE_NO_PAD.encode(tenant::util::sha256(tenant::util::random_token().as_bytes()));
     let mut url = format!(
         "/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&scope=openid&state={}&code_challenge={challenge}&code_challenge_method=S256",
         urlencode(&client_id),
-        urlencode(&tenant::service::account_redirect_uri(&state.issuer)),
-        urlencode(&tenant::util::random_token()),
+        urlencode(redirect_uri),
+        urlencode(state_token),
     );
-    if q.get("again").is_some_and(|v| v == "1") {
+    if again {
         url.push_str("&prompt=login");
     }
     Redirect::to(&url).into_response()

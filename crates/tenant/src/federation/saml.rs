@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use rustls_pki_types::CertificateDer;
 
 use super::{CLOCK_SKEW_SECS, Refusal};
-use xmldoc::{self as xml, Element};
+use xmldoc::{self as xml, Element, escape};
 
 const SAMLP: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
 const SAML: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
@@ -65,10 +65,6 @@ pub fn authn_request(id: &str, sp_entity_id: &str, acs_url: &str, destination: &
     );
     let deflated = miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6);
     STANDARD.encode(deflated)
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('"', "&quot;")
 }
 
 /// xs:dateTime in UTC.
