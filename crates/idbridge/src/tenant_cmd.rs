@@ -365,13 +365,28 @@ pub enum PtaAgentCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Make a new signing key; the old one keeps verifying until its tokens expire.
+    /// Make the prepared key (or a new one) the signing key; the old one stays
+    /// published and keeps verifying until its tokens expire.
     Rotate {
         #[command(flatten)]
         data: TenantData,
         /// RS256 or ES256.
         #[arg(long, default_value = "RS256")]
         alg: String,
+    },
+    /// Publish the next signing key now (JWKS, SAML metadata) without signing
+    /// with it, so applications that pin keys take it up before `rotate`.
+    Prepare {
+        #[command(flatten)]
+        data: TenantData,
+        /// RS256 or ES256.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+    },
+    /// The published keys: active, prepared, retired (and until when).
+    List {
+        #[command(flatten)]
+        data: TenantData,
     },
 }
 
@@ -404,15 +419,25 @@ pub enum AppCommand {
         /// Short name in its URLs (/saml/NAME/…): letters, digits, '-'.
         #[arg(long)]
         name: String,
-        /// The service provider's entity id (the Issuer of its requests).
+        /// The service provider's SAML metadata (a file): its entity id, HTTP-POST ACS URLs,
+        /// HTTP-Redirect logout URL, signing certificates and AuthnRequestsSigned. Flags given
+        /// as well override it (certificates add to it).
         #[arg(long)]
-        entity_id: String,
+        saml_metadata: Option<PathBuf>,
+        /// The service provider's entity id (the Issuer of its requests).
+        #[arg(long, required_unless_present = "saml_metadata")]
+        entity_id: Option<String>,
         /// An Assertion Consumer Service URL (repeatable; matched exactly; the first is the default).
-        #[arg(long = "acs-url", required = true)]
+        #[arg(long = "acs-url", required_unless_present = "saml_metadata")]
         acs_urls: Vec<String>,
-        /// persistent (stable per user and application), email, or unspecified.
-        #[arg(long, default_value = "persistent")]
-        name_id: String,
+        /// Where LogoutResponses of Single Logout go (HTTP-Redirect); without one, the person
+        /// sees the tenant's "signed out" page.
+        #[arg(long)]
+        slo_url: Option<String>,
+        /// persistent (stable per user and application), email, or unspecified
+        /// (default: the metadata's first NameIDFormat, else persistent).
+        #[arg(long)]
+        name_id: Option<String>,
         /// NAME=SOURCE: send the user's SOURCE (userName, displayName, name.givenName, emails,
         /// hybrid:immutableId …; groups for group names, groupIds) as attribute NAME (repeatable;
         /// default email, displayName, givenName, surname).
@@ -424,8 +449,9 @@ pub enum AppCommand {
         /// Only members (directly or nested) of this group may use it — display name or id (repeatable).
         #[arg(long = "allow-group")]
         allowed_groups: Vec<String>,
-        /// Refuse AuthnRequests not signed with a --sp-certificate key.
-        #[arg(long, requires = "sp_certificates")]
+        /// Refuse AuthnRequests not signed with a --sp-certificate key. (LogoutRequests
+        /// must be signed whenever the application has a certificate.)
+        #[arg(long)]
         require_signed_requests: bool,
         /// The service provider's signing certificate, PEM or DER (repeatable: rollover).
         #[arg(long = "sp-certificate")]
@@ -706,8 +732,10 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             AppCommand::Add {
                 data,
                 name,
+                saml_metadata,
                 entity_id,
                 acs_urls,
+                slo_url,
                 name_id,
                 attributes,
                 sign_response,
@@ -715,14 +743,34 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 require_signed_requests,
                 sp_certificates,
             } => {
-                let mut certificates = Vec::new();
+                let metadata = match &saml_metadata {
+                    Some(path) => {
+                        let text =
+                            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                        tenant::saml_idp::parse_sp_metadata(&text)
+                            .with_context(|| format!("--saml-metadata {}", path.display()))?
+                    }
+                    None => tenant::saml_idp::SpMetadata::default(),
+                };
+                let mut certificates = metadata.certificates;
                 for path in &sp_certificates {
                     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                     certificates.extend(tenant::federation::saml::certificates_from(&bytes));
                 }
-                let Some(name_id_format) = tenant::saml_idp::NameIdFormat::parse(&name_id) else {
-                    anyhow::bail!("--name-id {name_id:?}: persistent, email or unspecified");
+                let require_signed = require_signed_requests || metadata.authn_requests_signed;
+                if require_signed && certificates.is_empty() {
+                    anyhow::bail!(
+                        "signed requests are required, but there is no certificate to check them: give --sp-certificate"
+                    );
+                }
+                let name_id_format = match &name_id {
+                    Some(text) => tenant::saml_idp::NameIdFormat::parse(text)
+                        .with_context(|| format!("--name-id {text:?}: persistent, email or unspecified"))?,
+                    None => metadata.name_id_format.unwrap_or(tenant::saml_idp::NameIdFormat::Persistent),
                 };
+                let entity_id = entity_id.unwrap_or(metadata.entity_id);
+                let acs_urls = if acs_urls.is_empty() { metadata.acs_urls } else { acs_urls };
+                let slo_url = slo_url.or(metadata.slo_url);
                 let mut pairs = Vec::new();
                 for a in &attributes {
                     let Some((n, s)) = a.split_once('=') else { anyhow::bail!("--attribute {a:?}: write NAME=SOURCE") };
@@ -737,23 +785,25 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                     attributes: pairs,
                     sign_response,
                     allowed_groups,
-                    require_signed: require_signed_requests,
+                    require_signed,
                     sp_certificates: certificates,
+                    slo_url,
                 };
                 open(&data)?.add_saml_app(ACTOR, &app)?;
                 eprintln!(
-                    "application {name}: metadata at <tenant URL>/saml/{name}/metadata, sign-in at <tenant URL>/saml/{name}/sso"
+                    "application {name}: metadata at <tenant URL>/saml/{name}/metadata, sign-in at <tenant URL>/saml/{name}/sso, sign-out at <tenant URL>/saml/{name}/slo"
                 );
                 Ok(())
             }
             AppCommand::List { data } => {
                 for app in open(&data)?.saml_apps()? {
                     crate::out!(
-                        "{}  {}  {}  {}",
+                        "{}  {}  {}  {}{}",
                         app.id,
                         app.entity_id,
                         app.name_id_format.word(),
-                        app.acs_urls.join(" ")
+                        app.acs_urls.join(" "),
+                        app.slo_url.map(|u| format!("  logout: {u}")).unwrap_or_default()
                     );
                 }
                 Ok(())
@@ -1076,10 +1126,34 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
             let key = open(&data)?.rotate_key(ACTOR, alg)?;
             eprintln!(
-                "new {} signing key {}; the previous one stays published for verification",
+                "{} signing key {} signs from now on; the previous one stays published for verification",
                 alg.as_str(),
                 key.kid
             );
+            Ok(())
+        }
+        TenantCommand::Keys { command: KeysCommand::Prepare { data, alg } } => {
+            let alg = tenant::oidc::keys::Alg::parse(&alg).context("--alg: use RS256 or ES256")?;
+            let key = open(&data)?.prepare_key(ACTOR, alg)?;
+            eprintln!(
+                "{} key {} is published (JWKS, SAML metadata) and signs after the next `idbridge tenant keys rotate`",
+                alg.as_str(),
+                key.kid
+            );
+            Ok(())
+        }
+        TenantCommand::Keys { command: KeysCommand::List { data } } => {
+            for k in open(&data)?.keys()? {
+                let until = k.published_until.map(|t| format!("  published until {}", tenant::util::rfc3339(t, 0)));
+                crate::out!(
+                    "{}  {}  {:<8}  made {}{}",
+                    k.kid,
+                    k.alg,
+                    k.state,
+                    tenant::util::rfc3339(k.created, 0),
+                    until.unwrap_or_default()
+                );
+            }
             Ok(())
         }
         TenantCommand::Audit { data, limit, json } => {

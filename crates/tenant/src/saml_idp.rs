@@ -275,6 +275,9 @@ pub struct App {
     /// AuthnRequests must be signed with one of `sp_certificates` (DER).
     pub require_signed: bool,
     pub sp_certificates: Vec<Vec<u8>>,
+    /// Where LogoutResponses go (HTTP-Redirect); without one, a Single
+    /// Logout ends on the tenant's "signed out" page.
+    pub slo_url: Option<String>,
 }
 
 /// The attributes an application gets when none are configured.
@@ -305,6 +308,9 @@ pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
     for url in &app.acs_urls {
         crate::util::check_web_url(url).map_err(|e| TenantError::Invalid(format!("ACS URL {url:?}: {e}")))?;
     }
+    if let Some(url) = &app.slo_url {
+        crate::util::check_web_url(url).map_err(|e| TenantError::Invalid(format!("logout URL {url:?}: {e}")))?;
+    }
     let exists: Option<String> = crate::db::OptionalExtension::optional(conn.query_row(
         "SELECT id FROM saml_apps WHERE id = ?1 OR entity_id = ?2",
         crate::db::params![app.id, app.entity_id],
@@ -316,7 +322,7 @@ pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
     let attributes: Vec<serde_json::Value> =
         app.attributes.iter().map(|(n, s)| serde_json::json!({"name": n, "source": s})).collect();
     conn.execute(
-        "INSERT INTO saml_apps(id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups, require_signed, sp_certificates, created) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO saml_apps(id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups, require_signed, sp_certificates, created, slo_url) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         crate::db::params![
             app.id,
             app.name,
@@ -329,16 +335,17 @@ pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
             app.require_signed,
             serde_json::to_string(&app.sp_certificates.iter().map(|c| STANDARD.encode(c)).collect::<Vec<_>>())
                 .unwrap_or_default(),
-            crate::util::now_secs()
+            crate::util::now_secs(),
+            app.slo_url
         ],
     )?;
     Ok(())
 }
 
-type AppRow = (String, String, String, String, String, String, bool, String, bool, String);
+type AppRow = (String, String, String, String, String, String, bool, String, bool, String, Option<String>);
 
 fn to_app(
-    (id, name, entity_id, acs, format, attributes, sign_response, allowed, require_signed, certs): AppRow,
+    (id, name, entity_id, acs, format, attributes, sign_response, allowed, require_signed, certs, slo_url): AppRow,
 ) -> App {
     let certs: Vec<String> = serde_json::from_str(&certs).unwrap_or_default();
     let attributes: Vec<serde_json::Value> = serde_json::from_str(&attributes).unwrap_or_default();
@@ -356,13 +363,26 @@ fn to_app(
         allowed_groups: serde_json::from_str(&allowed).unwrap_or_default(),
         require_signed,
         sp_certificates: certs.iter().filter_map(|c| STANDARD.decode(c).ok()).collect(),
+        slo_url,
     }
 }
 
-const APP_COLUMNS: &str = "id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups, require_signed, sp_certificates";
+const APP_COLUMNS: &str = "id, name, entity_id, acs_urls, name_id_format, attributes, sign_response, allowed_groups, require_signed, sp_certificates, slo_url";
 
 fn app_row(r: &crate::db::Row<'_>) -> crate::db::Result<AppRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
 }
 
 pub fn app(conn: &crate::db::Connection, id: &str) -> Result<Option<App>> {
@@ -393,6 +413,10 @@ pub fn sso_url(issuer: &str, app: &str) -> String {
     format!("{issuer}/saml/{app}/sso")
 }
 
+pub fn slo_url(issuer: &str, app: &str) -> String {
+    format!("{issuer}/saml/{app}/slo")
+}
+
 /// Certificates live as long as their key is published; ten years is the
 /// validity they state (SPs pin the certificate, they do not chain it).
 const CERT_YEARS: i64 = 10;
@@ -418,15 +442,17 @@ pub fn metadata(conn: &crate::db::Connection, issuer: &str, app: &App) -> Result
             pem_body(&cert)
         );
     }
-    let sso = escape(&sso_url(issuer, &app.id));
+    let (sso, slo) = (escape(&sso_url(issuer, &app.id)), escape(&slo_url(issuer, &app.id)));
     Ok(format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"{DSIG}\" entityID=\"{}\">\
-         <md:IDPSSODescriptor WantAuthnRequestsSigned=\"false\" protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">{keys}\
+         <md:IDPSSODescriptor WantAuthnRequestsSigned=\"{}\" protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">{keys}\
+         <md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"{slo}\"/>\
          <md:NameIDFormat>{}</md:NameIDFormat>\
          <md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"{sso}\"/>\
          <md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"{sso}\"/>\
          </md:IDPSSODescriptor></md:EntityDescriptor>",
         escape(&entity_id(issuer, &app.id)),
+        app.require_signed,
         app.name_id_format.urn()
     ))
 }
@@ -436,7 +462,7 @@ pub fn metadata(conn: &crate::db::Connection, issuer: &str, app: &App) -> Result
 /// Why an AuthnRequest is refused. The texts are what the person sees.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SsoRefusal {
-    #[error("This sign-in request is not one the sign-in service can read ({0}).")]
+    #[error("This request is not one the sign-in service can read ({0}).")]
     Malformed(String),
     #[error("This application is not registered here: it asked as {0:?}.")]
     UnknownServiceProvider(String),
@@ -448,7 +474,7 @@ pub enum SsoRefusal {
     Expired,
     #[error("Your account may not use this application. Ask your administrator for access.")]
     NotAllowed,
-    #[error("This sign-in request was used already. Go back to the application and start again.")]
+    #[error("This request was used already. Go back to the application and start again.")]
     Replayed,
     #[error("The application asks for a kind of sign-in this service does not offer ({0}).")]
     UnsupportedContext(String),
@@ -456,7 +482,7 @@ pub enum SsoRefusal {
         "The application asks for a sign-in with a second factor. Add a passkey or an authenticator app on Security info, then sign in again."
     )]
     SecondFactorRequired,
-    #[error("This application's sign-in requests must be signed, and this one is not signed by it ({0}).")]
+    #[error("This application's requests must be signed, and this one is not signed by it ({0}).")]
     Unsigned(String),
 }
 
@@ -504,15 +530,21 @@ pub enum Binding<'a> {
     Post,
 }
 
-/// Checks the signature of `request` when `app` requires one.
-pub fn check_signature(app: &App, request: &AuthnRequest, binding: Binding<'_>) -> std::result::Result<(), SsoRefusal> {
-    if !app.require_signed {
+/// Checks the signature of a request (`xml` as received) when `required`:
+/// made with one of `app`'s certificates.
+pub fn check_signature(
+    app: &App,
+    xml: &str,
+    binding: Binding<'_>,
+    required: bool,
+) -> std::result::Result<(), SsoRefusal> {
+    if !required {
         return Ok(());
     }
     let unsigned = |why: &str| SsoRefusal::Unsigned(why.to_string());
     match binding {
         Binding::Post => {
-            let root = xmldoc::parse(&request.xml).map_err(|e| unsigned(&e.to_string()))?;
+            let root = xmldoc::parse(xml).map_err(|e| unsigned(&e.to_string()))?;
             match crate::federation::saml::verify_enveloped(&root, &app.sp_certificates) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(unsigned("no signature")),
@@ -576,9 +608,9 @@ const CLOCK_SKEW_SECS: i64 = 300;
 /// The largest AuthnRequest accepted, inflated (a real one is under 2 KiB).
 const MAX_REQUEST_BYTES: usize = 64 << 10;
 
-/// Reads the `SAMLRequest` parameter: base64, DEFLATE for the Redirect
-/// binding (`deflated`), then the XML (bounded like every SAML message).
-pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRequest, SsoRefusal> {
+/// A `SAMLRequest` parameter's XML: base64, DEFLATE for the Redirect
+/// binding (`deflated`), bounded in size before and after inflating.
+fn decode_message(value: &str, deflated: bool) -> std::result::Result<String, SsoRefusal> {
     let bad = |m: &str| SsoRefusal::Malformed(m.to_string());
     let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
     if compact.len() > MAX_REQUEST_BYTES * 2 {
@@ -591,7 +623,21 @@ pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRe
     } else {
         raw
     };
-    let text = String::from_utf8(xml_bytes).map_err(|_| bad("not UTF-8"))?;
+    String::from_utf8(xml_bytes).map_err(|_| bad("not UTF-8"))
+}
+
+/// A message's `IssueInstant` (Unix seconds).
+fn issue_instant(root: &xmldoc::Element) -> Option<i64> {
+    root.attr("IssueInstant")
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
+/// Reads the `SAMLRequest` parameter: base64, DEFLATE for the Redirect
+/// binding (`deflated`), then the XML (bounded like every SAML message).
+pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRequest, SsoRefusal> {
+    let bad = |m: &str| SsoRefusal::Malformed(m.to_string());
+    let text = decode_message(value, deflated)?;
     let root = xmldoc::parse(&text).map_err(|e| SsoRefusal::Malformed(e.to_string()))?;
     if !root.is(PROTOCOL_NS, "AuthnRequest") {
         return Err(bad("not an AuthnRequest"));
@@ -600,11 +646,7 @@ pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRe
     let issuer =
         root.child(ASSERTION_NS, "Issuer").map(|i| i.text().trim().to_string()).ok_or_else(|| bad("no Issuer"))?;
     let flag = |name: &str| root.attr(name).is_some_and(|v| v == "true" || v == "1");
-    let issued = root
-        .attr("IssueInstant")
-        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
-        .map(time::OffsetDateTime::unix_timestamp)
-        .ok_or_else(|| bad("no IssueInstant"))?;
+    let issued = issue_instant(&root).ok_or_else(|| bad("no IssueInstant"))?;
     let requested_classes = root
         .child(PROTOCOL_NS, "RequestedAuthnContext")
         .map(|c| {
@@ -654,7 +696,7 @@ pub fn begin(
     let Some(app) = app(conn, app_id)?.filter(|a| a.entity_id == request.issuer) else {
         return Ok(Err(SsoRefusal::UnknownServiceProvider(request.issuer.clone())));
     };
-    if let Err(refusal) = check_signature(&app, request, binding) {
+    if let Err(refusal) = check_signature(&app, &request.xml, binding, app.require_signed) {
         return Ok(Err(refusal));
     }
     let acs_url = match &request.acs_url {
@@ -678,20 +720,9 @@ pub fn begin(
         }
         need_mfa = !request.requested_classes.iter().any(|c| PASSWORD_CLASSES.contains(&c.as_str()));
     }
-    // Each request ID once per application, for as long as a request may be used.
-    conn.execute("DELETE FROM saml_seen WHERE expires <= ?1", crate::db::params![now])?;
-    let seen: Option<i64> = crate::db::OptionalExtension::optional(conn.query_row(
-        "SELECT expires FROM saml_seen WHERE app_id = ?1 AND request_id = ?2",
-        crate::db::params![app.id, request.id],
-        |r| r.get(0),
-    ))?;
-    if seen.is_some() {
+    if !first_use(conn, &app.id, &request.id, now)? {
         return Ok(Err(SsoRefusal::Replayed));
     }
-    conn.execute(
-        "INSERT INTO saml_seen(app_id, request_id, expires) VALUES(?1, ?2, ?3)",
-        crate::db::params![app.id, request.id, now + REQUEST_SECS + CLOCK_SKEW_SECS],
-    )?;
     let relay_state = relay_state.filter(|r| r.len() <= 1024).map(str::to_string);
     let pending = Pending {
         app_id: app.id,
@@ -717,6 +748,35 @@ pub fn begin(
         ],
     )?;
     Ok(Ok((token, pending)))
+}
+
+/// Notes a request ID of `app_id`; false when it was seen already. Each ID
+/// counts once per application for as long as a request may be used.
+fn first_use(conn: &crate::db::Connection, app_id: &str, request_id: &str, now: i64) -> Result<bool> {
+    conn.execute("DELETE FROM saml_seen WHERE expires <= ?1", crate::db::params![now])?;
+    let seen: Option<i64> = crate::db::OptionalExtension::optional(conn.query_row(
+        "SELECT expires FROM saml_seen WHERE app_id = ?1 AND request_id = ?2",
+        crate::db::params![app_id, request_id],
+        |r| r.get(0),
+    ))?;
+    if seen.is_some() {
+        return Ok(false);
+    }
+    conn.execute(
+        "INSERT INTO saml_seen(app_id, request_id, expires) VALUES(?1, ?2, ?3)",
+        crate::db::params![app_id, request_id, now + REQUEST_SECS + CLOCK_SKEW_SECS],
+    )?;
+    Ok(true)
+}
+
+/// The application a waiting sign-in is for (read, not used up): the sign-in
+/// log names it.
+pub fn pending_app(conn: &crate::db::Connection, token: &str) -> Result<Option<String>> {
+    Ok(crate::db::OptionalExtension::optional(conn.query_row(
+        "SELECT app_id FROM saml_requests WHERE hash = ?1 AND expires > ?2",
+        crate::db::params![crate::util::sha256(token.as_bytes()), crate::util::now_secs()],
+        |r| r.get(0),
+    ))?)
 }
 
 /// A sign-in started here (IdP-initiated: from a link to
@@ -765,6 +825,20 @@ pub fn take(conn: &crate::db::Connection, token: &str) -> Result<Option<Pending>
 /// this tenant, so it is stable, says nothing of the user name, and two
 /// applications cannot match their users by it.
 fn persistent_name_id(conn: &crate::db::Connection, app_id: &str, user_id: &str) -> Result<String> {
+    tenant_mac(conn, &format!("{app_id}\n{user_id}"))
+}
+
+/// The SessionIndex of the browser session `session` (its hash) at
+/// `app_id`: the same for every assertion of that session, so a
+/// LogoutRequest can name it, and not guessable without the tenant's key.
+fn session_index(conn: &crate::db::Connection, app_id: &str, session: &[u8]) -> Result<String> {
+    let hex: String = session.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("_{}", tenant_mac(conn, &format!("session\n{app_id}\n{hex}"))?))
+}
+
+/// HMAC-SHA-256 of `message` under this tenant's SAML key (made on first
+/// use), 20 bytes in hex.
+fn tenant_mac(conn: &crate::db::Connection, message: &str) -> Result<String> {
     let key = match crate::store::get_meta(conn, "saml_name_id_key")? {
         Some(k) => k,
         None => {
@@ -773,46 +847,77 @@ fn persistent_name_id(conn: &crate::db::Connection, app_id: &str, user_id: &str)
             k
         }
     };
-    let mac = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()),
-        format!("{app_id}\n{user_id}").as_bytes(),
-    );
+    let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()), message.as_bytes());
     Ok(mac.as_ref().iter().take(20).map(|b| format!("{b:02x}")).collect())
 }
 
-/// The signed Response for `user` who signed in at `authn_instant`, posted to
-/// the pending sign-in's ACS URL.
+/// The NameID `app` knows `user` by.
+fn name_id_for(conn: &crate::db::Connection, app: &App, user: &crate::objects::Stored) -> Result<String> {
+    Ok(match app.name_id_format {
+        NameIdFormat::Persistent => persistent_name_id(conn, &app.id, &user.id)?,
+        NameIdFormat::Email | NameIdFormat::Unspecified => {
+            user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default().to_string()
+        }
+    })
+}
+
+/// The groups of `user_id`, nested ones included: (ids, display names).
+fn groups_of(conn: &crate::db::Connection, user_id: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let ids = crate::console::groups_of(conn, user_id)?;
+    let mut names = Vec::new();
+    for id in &ids {
+        if let Some(g) = crate::objects::load(conn, Some(crate::objects::Kind::Group), id)? {
+            names.push(g.data.get("displayName").and_then(serde_json::Value::as_str).unwrap_or(id).to_string());
+        }
+    }
+    Ok((ids, names))
+}
+
+/// May a member of these groups use `app`?
+fn may_use(app: &App, (ids, names): &(Vec<String>, Vec<String>)) -> bool {
+    app.allowed_groups.is_empty()
+        || app
+            .allowed_groups
+            .iter()
+            .any(|wanted| ids.contains(wanted) || names.iter().any(|n| n.eq_ignore_ascii_case(wanted)))
+}
+
+/// The applications `user` may use ("My Apps").
+pub fn apps_for(conn: &crate::db::Connection, user: &crate::objects::Stored) -> Result<Vec<App>> {
+    let groups = groups_of(conn, &user.id)?;
+    Ok(apps(conn)?.into_iter().filter(|a| may_use(a, &groups)).collect())
+}
+
+/// Who signed in, as the Response tells it: the user, when and how, and
+/// the browser session (its hash) that SessionIndex and Single Logout name.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedIn<'a> {
+    pub user: &'a crate::objects::Stored,
+    pub authn_instant: i64,
+    pub mfa: bool,
+    pub session: &'a [u8],
+}
+
+/// The signed Response for the signed-in person, posted to the pending
+/// sign-in's ACS URL.
 pub fn respond(
     conn: &crate::db::Connection,
     issuer: &str,
     pending: &Pending,
-    user: &crate::objects::Stored,
-    authn_instant: i64,
-    mfa: bool,
+    who: SignedIn<'_>,
 ) -> Result<std::result::Result<String, SsoRefusal>> {
+    let SignedIn { user, authn_instant, mfa, session } = who;
     let app =
         app(conn, &pending.app_id)?.ok_or_else(|| TenantError::NotFound(format!("application {}", pending.app_id)))?;
-    // The user's groups (nested ones included), by id and by name.
-    let group_ids = crate::console::groups_of(conn, &user.id)?;
-    let mut group_names = Vec::new();
-    for id in &group_ids {
-        if let Some(g) = crate::objects::load(conn, Some(crate::objects::Kind::Group), id)? {
-            group_names.push(g.data.get("displayName").and_then(serde_json::Value::as_str).unwrap_or(id).to_string());
-        }
-    }
-    let member =
-        |wanted: &String| group_ids.contains(wanted) || group_names.iter().any(|n| n.eq_ignore_ascii_case(wanted));
-    if !app.allowed_groups.is_empty() && !app.allowed_groups.iter().any(member) {
+    let groups = groups_of(conn, &user.id)?;
+    if !may_use(&app, &groups) {
         return Ok(Err(SsoRefusal::NotAllowed));
     }
     if pending.need_mfa && !mfa {
         return Ok(Err(SsoRefusal::SecondFactorRequired));
     }
-    let user_name = user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
-    let name_id = match app.name_id_format {
-        NameIdFormat::Persistent => persistent_name_id(conn, &app.id, &user.id)?,
-        NameIdFormat::Email | NameIdFormat::Unspecified => user_name,
-    };
+    let (group_ids, group_names) = groups;
+    let name_id = name_id_for(conn, &app, user)?;
     let configured = if app.attributes.is_empty() { default_attributes() } else { app.attributes.clone() };
     let mut attributes = Vec::new();
     for (name, source) in configured {
@@ -839,7 +944,7 @@ pub fn respond(
         in_response_to: pending.request_id.clone(),
         name_id,
         name_id_format: app.name_id_format.urn().to_string(),
-        session_index: new_id(),
+        session_index: session_index(conn, &app.id, session)?,
         issued_at: now,
         authn_instant,
         lifetime_secs: 300,
@@ -852,6 +957,286 @@ pub fn respond(
     };
     let (_, _, xml) = response(&params, &key, &cert, app.sign_response)?;
     Ok(Ok(xml))
+}
+
+// ---- Single Logout ----
+
+/// A LogoutRequest, as much as the IdP uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutRequest {
+    pub id: String,
+    pub issuer: String,
+    /// IssueInstant (Unix seconds).
+    pub issued: i64,
+    /// NotOnOrAfter (Unix seconds), if the SP set one.
+    pub not_on_or_after: Option<i64>,
+    pub name_id: String,
+    /// The sessions to end; none means every session of the NameID.
+    pub session_indexes: Vec<String>,
+    /// The request's XML as received.
+    pub xml: String,
+}
+
+/// How many SessionIndex elements are read (a real request has one).
+const MAX_SESSION_INDEXES: usize = 16;
+
+/// Reads a LogoutRequest from the `SAMLRequest` parameter (bounded like an
+/// AuthnRequest).
+pub fn parse_logout_request(value: &str, deflated: bool) -> std::result::Result<LogoutRequest, SsoRefusal> {
+    let bad = |m: &str| SsoRefusal::Malformed(m.to_string());
+    let text = decode_message(value, deflated)?;
+    let root = xmldoc::parse(&text).map_err(|e| SsoRefusal::Malformed(e.to_string()))?;
+    if !root.is(PROTOCOL_NS, "LogoutRequest") {
+        return Err(bad("not a LogoutRequest"));
+    }
+    let id = root.attr("ID").filter(|i| !i.is_empty() && i.len() <= 256).ok_or_else(|| bad("no ID"))?.to_string();
+    let issuer =
+        root.child(ASSERTION_NS, "Issuer").map(|i| i.text().trim().to_string()).ok_or_else(|| bad("no Issuer"))?;
+    let issued = issue_instant(&root).ok_or_else(|| bad("no IssueInstant"))?;
+    let not_on_or_after = match root.attr("NotOnOrAfter") {
+        Some(t) => Some(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| bad("NotOnOrAfter is not a time"))?
+                .unix_timestamp(),
+        ),
+        None => None,
+    };
+    let name_id =
+        root.child(ASSERTION_NS, "NameID").map(|n| n.text().trim().to_string()).ok_or_else(|| bad("no NameID"))?;
+    let session_indexes = root
+        .elements()
+        .filter(|e| e.is(PROTOCOL_NS, "SessionIndex"))
+        .take(MAX_SESSION_INDEXES)
+        .map(|e| e.text().trim().to_string())
+        .collect();
+    Ok(LogoutRequest { id, issuer, issued, not_on_or_after, name_id, session_indexes, xml: text })
+}
+
+/// What a LogoutResponse says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutStatus {
+    /// Signed out (or not signed in to begin with).
+    Success,
+    /// The NameID is not the person signed in here: nothing ended.
+    UnknownPrincipal,
+    /// An unsigned request that does not name this browser's session:
+    /// nothing ended (anyone can make an unsigned request).
+    RequestDenied,
+}
+
+impl LogoutStatus {
+    fn xml(self) -> String {
+        let code = |v: &str| format!("urn:oasis:names:tc:SAML:2.0:status:{v}");
+        match self {
+            LogoutStatus::Success => format!("<samlp:StatusCode Value=\"{}\"/>", code("Success")),
+            LogoutStatus::UnknownPrincipal | LogoutStatus::RequestDenied => format!(
+                "<samlp:StatusCode Value=\"{}\"><samlp:StatusCode Value=\"{}\"/></samlp:StatusCode>",
+                code("Requester"),
+                code(if self == LogoutStatus::UnknownPrincipal { "UnknownPrincipal" } else { "RequestDenied" })
+            ),
+        }
+    }
+
+    /// The audit's word.
+    pub fn word(self) -> &'static str {
+        match self {
+            LogoutStatus::Success => "success",
+            LogoutStatus::UnknownPrincipal => "unknown-principal",
+            LogoutStatus::RequestDenied => "request-denied",
+        }
+    }
+}
+
+/// A Single Logout's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutAnswer {
+    pub status: LogoutStatus,
+    /// The browser's session was ended.
+    pub ended: bool,
+    /// The person signed out (for the audit).
+    pub user: Option<(String, String)>,
+    /// The signed LogoutResponse as an HTTP-Redirect URL to the
+    /// application's logout URL; `None` when it has none.
+    pub redirect: Option<String>,
+}
+
+/// An SP-initiated Single Logout (HTTP-Redirect binding, `raw_query` as
+/// received): checks the request, ends the browser's session (`session`:
+/// its user and hash) when the request names it, and answers.
+///
+/// A request signed with one of the application's certificates — required
+/// when it has any — ends the session of the NameID it names. An unsigned
+/// one (an application without certificates) must also carry this
+/// session's SessionIndex, which only the application was told: otherwise
+/// any page could sign people out.
+pub fn logout(
+    conn: &crate::db::Connection,
+    issuer: &str,
+    app_id: &str,
+    request: &LogoutRequest,
+    raw_query: &str,
+    session: Option<(&crate::objects::Stored, &[u8])>,
+    relay_state: Option<&str>,
+) -> Result<std::result::Result<LogoutAnswer, SsoRefusal>> {
+    let Some(app) = app(conn, app_id)?.filter(|a| a.entity_id == request.issuer) else {
+        return Ok(Err(SsoRefusal::UnknownServiceProvider(request.issuer.clone())));
+    };
+    let signed = !app.sp_certificates.is_empty();
+    if let Err(refusal) = check_signature(&app, &request.xml, Binding::Redirect { raw_query }, signed) {
+        return Ok(Err(refusal));
+    }
+    let now = crate::util::now_secs();
+    let stale = request.not_on_or_after.is_some_and(|t| t + CLOCK_SKEW_SECS <= now);
+    if stale || request.issued < now - REQUEST_SECS || request.issued > now + CLOCK_SKEW_SECS {
+        return Ok(Err(SsoRefusal::Expired));
+    }
+    if !first_use(conn, &app.id, &request.id, now)? {
+        return Ok(Err(SsoRefusal::Replayed));
+    }
+    let mut answer = LogoutAnswer { status: LogoutStatus::Success, ended: false, user: None, redirect: None };
+    if let Some((user, hash)) = session {
+        let ours = session_index(conn, &app.id, hash)?;
+        let names_this_session = request.session_indexes.contains(&ours);
+        if name_id_for(conn, &app, user)? != request.name_id {
+            answer.status = LogoutStatus::UnknownPrincipal;
+        } else if !signed && !names_this_session {
+            answer.status = LogoutStatus::RequestDenied;
+        } else if request.session_indexes.is_empty() || names_this_session {
+            conn.execute("DELETE FROM sessions WHERE hash = ?1", crate::db::params![hash])?;
+            answer.ended = true;
+        }
+        let name = user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default();
+        answer.user = Some((user.id.clone(), name.to_string()));
+    }
+    if let Some(url) = &app.slo_url {
+        answer.redirect = Some(logout_response_url(conn, issuer, &app, url, &request.id, answer.status, relay_state)?);
+    }
+    Ok(Ok(answer))
+}
+
+/// A signed LogoutResponse for the HTTP-Redirect binding: DEFLATE, base64,
+/// and the signature over `SAMLResponse`, `RelayState` and `SigAlg` as
+/// encoded in the URL (SAML bindings §3.4.4.1).
+fn logout_response_url(
+    conn: &crate::db::Connection,
+    issuer: &str,
+    app: &App,
+    destination: &str,
+    in_response_to: &str,
+    status: LogoutStatus,
+    relay_state: Option<&str>,
+) -> Result<String> {
+    let xml = format!(
+        "<samlp:LogoutResponse xmlns:samlp=\"{PROTOCOL_NS}\" xmlns:saml=\"{ASSERTION_NS}\" ID=\"{}\" Version=\"2.0\" \
+         IssueInstant=\"{}\" Destination=\"{}\" InResponseTo=\"{}\"><saml:Issuer>{}</saml:Issuer>\
+         <samlp:Status>{}</samlp:Status></samlp:LogoutResponse>",
+        new_id(),
+        instant(crate::util::now_secs())?,
+        escape(destination),
+        escape(in_response_to),
+        escape(&entity_id(issuer, &app.id)),
+        status.xml()
+    );
+    let deflated = miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6);
+    let mut signed = format!("SAMLResponse={}", crate::util::urlencode(&STANDARD.encode(deflated)));
+    if let Some(relay) = relay_state.filter(|r| r.len() <= 1024) {
+        let _ = write!(signed, "&RelayState={}", crate::util::urlencode(relay));
+    }
+    let _ = write!(signed, "&SigAlg={}", crate::util::urlencode(RSA_SHA256));
+    let key = crate::oidc::keys::active(conn, crate::oidc::keys::Alg::Rs256)?;
+    let signature = STANDARD.encode(key.sign(signed.as_bytes())?);
+    let separator = if destination.contains('?') { '&' } else { '?' };
+    Ok(format!("{destination}{separator}{signed}&Signature={}", crate::util::urlencode(&signature)))
+}
+
+// ---- Service provider metadata ----
+
+/// What an SP's metadata says about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpMetadata {
+    pub entity_id: String,
+    /// HTTP-POST Assertion Consumer Services, the default one first.
+    pub acs_urls: Vec<String>,
+    /// Its HTTP-Redirect Single Logout service (ResponseLocation if given).
+    pub slo_url: Option<String>,
+    /// Its signing certificates (DER).
+    pub certificates: Vec<Vec<u8>>,
+    /// `AuthnRequestsSigned="true"`.
+    pub authn_requests_signed: bool,
+    /// The first NameIDFormat it lists, if it is one of ours.
+    pub name_id_format: Option<NameIdFormat>,
+}
+
+const METADATA_NS: &str = "urn:oasis:names:tc:SAML:2.0:metadata";
+const POST_BINDING: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
+const REDIRECT_BINDING: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
+
+/// Reads a service provider's metadata (one EntityDescriptor with an
+/// SPSSODescriptor; bounded like every SAML document).
+pub fn parse_sp_metadata(xml: &str) -> Result<SpMetadata> {
+    let bad = |m: String| TenantError::Invalid(format!("SP metadata: {m}"));
+    let root = xmldoc::parse(xml).map_err(|e| bad(e.to_string()))?;
+    let entity = if root.is(METADATA_NS, "EntityDescriptor") {
+        &root
+    } else if root.is(METADATA_NS, "EntitiesDescriptor") {
+        let mut found = root.elements().filter(|e| e.is(METADATA_NS, "EntityDescriptor"));
+        match (found.next(), found.next()) {
+            (Some(one), None) => one,
+            _ => return Err(bad("give the metadata of one service provider (one EntityDescriptor)".into())),
+        }
+    } else {
+        return Err(bad("not SAML metadata (no EntityDescriptor)".into()));
+    };
+    let entity_id =
+        entity.attr("entityID").filter(|e| !e.trim().is_empty()).ok_or_else(|| bad("no entityID".into()))?;
+    let sp = entity
+        .child(METADATA_NS, "SPSSODescriptor")
+        .ok_or_else(|| bad(format!("{entity_id} is not a service provider (no SPSSODescriptor)")))?;
+    let mut acs: Vec<(bool, u64, String)> = sp
+        .elements()
+        .filter(|e| e.is(METADATA_NS, "AssertionConsumerService") && e.attr("Binding") == Some(POST_BINDING))
+        .filter_map(|e| {
+            let default = e.attr("isDefault").is_some_and(|d| d == "true" || d == "1");
+            let index = e.attr("index").and_then(|i| i.parse().ok()).unwrap_or(u64::MAX);
+            Some((!default, index, e.attr("Location")?.to_string()))
+        })
+        .collect();
+    acs.sort();
+    if acs.is_empty() {
+        return Err(bad(format!("{entity_id} has no HTTP-POST AssertionConsumerService")));
+    }
+    let slo_url = sp
+        .elements()
+        .find(|e| e.is(METADATA_NS, "SingleLogoutService") && e.attr("Binding") == Some(REDIRECT_BINDING))
+        .and_then(|e| e.attr("ResponseLocation").or_else(|| e.attr("Location")))
+        .map(str::to_string);
+    let mut certificates = Vec::new();
+    for descriptor in sp.elements().filter(|e| e.is(METADATA_NS, "KeyDescriptor")) {
+        if descriptor.attr("use").is_some_and(|u| u != "signing") {
+            continue;
+        }
+        for cert in descriptor.descendants().into_iter().filter(|e| e.is(DSIG, "X509Certificate")) {
+            let der = STANDARD
+                .decode(cert.text().split_whitespace().collect::<String>())
+                .map_err(|_| bad("an X509Certificate is not base64".into()))?;
+            certificates.push(der);
+        }
+    }
+    let name_id_format =
+        sp.elements().filter(|e| e.is(METADATA_NS, "NameIDFormat")).find_map(|e| match e.text().trim() {
+            "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent" => Some(NameIdFormat::Persistent),
+            "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress" => Some(NameIdFormat::Email),
+            "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified" => Some(NameIdFormat::Unspecified),
+            _ => None,
+        });
+    Ok(SpMetadata {
+        entity_id: entity_id.trim().to_string(),
+        acs_urls: acs.into_iter().map(|(_, _, url)| url).collect(),
+        slo_url,
+        certificates,
+        authn_requests_signed: sp.attr("AuthnRequestsSigned").is_some_and(|v| v == "true" || v == "1"),
+        name_id_format,
+    })
 }
 
 /// A user attribute by a SCIM-like path: `userName`, `name.givenName`,
@@ -941,6 +1326,214 @@ mod tests {
         fn hostile_requests_never_panic(text in "\\PC{0,400}", deflated in proptest::bool::ANY) {
             let _ = parse_request(&text, deflated);
             let _ = parse_request(&STANDARD.encode(text.as_bytes()), false);
+            let _ = parse_logout_request(&text, deflated);
+            let _ = parse_logout_request(&STANDARD.encode(text.as_bytes()), false);
+            let _ = parse_sp_metadata(&text);
+        }
+    }
+
+    fn logout_xml(id: &str, issuer: &str, name_id: &str, index: Option<&str>, age: i64) -> String {
+        let issued = crate::util::rfc3339(crate::util::now_secs() - age, 0);
+        let index = index
+            .map(|i| format!("<saml2p:SessionIndex xmlns:saml2p=\"{PROTOCOL_NS}\">{i}</saml2p:SessionIndex>"))
+            .unwrap_or_default();
+        format!(
+            "<samlp:LogoutRequest xmlns:samlp=\"{PROTOCOL_NS}\" xmlns:saml=\"{ASSERTION_NS}\" ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{issued}\">\
+             <saml:Issuer>{issuer}</saml:Issuer><saml:NameID Format=\"urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress\">{name_id}</saml:NameID>{index}</samlp:LogoutRequest>"
+        )
+    }
+
+    #[test]
+    fn logout_requests_are_read_within_bounds() {
+        let xml = logout_xml("_l1", "https://sp.example/ü", "zoë@example.com", Some("_s1"), 0);
+        let deflated = STANDARD.encode(miniz_oxide::deflate::compress_to_vec(xml.as_bytes(), 6));
+        let r = parse_logout_request(&deflated, true).unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.issuer.as_str(), r.name_id.as_str(), r.session_indexes.clone()),
+            ("_l1", "https://sp.example/ü", "zoë@example.com", vec!["_s1".to_string()])
+        );
+        assert!(r.not_on_or_after.is_none());
+        let no_name = xml.replace("<saml:NameID", "<saml:Other").replace("</saml:NameID>", "</saml:Other>");
+        assert!(
+            matches!(parse_logout_request(&STANDARD.encode(no_name), false), Err(SsoRefusal::Malformed(m)) if m.contains("NameID"))
+        );
+        // An AuthnRequest is not a LogoutRequest, and the other way round.
+        assert!(parse_request(&STANDARD.encode(&xml), false).is_err());
+        let many: String = (0..100).map(|i| format!("<samlp:SessionIndex>_{i}</samlp:SessionIndex>")).collect();
+        let crowded = xml.replace("</samlp:LogoutRequest>", &format!("{many}</samlp:LogoutRequest>"));
+        let read = parse_logout_request(&STANDARD.encode(crowded), false).unwrap();
+        assert_eq!(read.session_indexes.len(), MAX_SESSION_INDEXES, "bounded");
+        let bomb = STANDARD.encode(miniz_oxide::deflate::compress_to_vec(&vec![b'<'; 4 << 20], 9));
+        assert!(matches!(parse_logout_request(&bomb, true), Err(SsoRefusal::Malformed(_))));
+    }
+
+    /// What a Single Logout ends: only the session the request names, and
+    /// only when the request could not have been made by any page — signed,
+    /// or carrying the session's SessionIndex. The LogoutResponse is signed
+    /// with the tenant's key over the encoded parameters.
+    #[test]
+    fn single_logout_ends_only_the_session_it_names() {
+        let dir = std::env::temp_dir().join(format!("idbridge-saml-slo-{}", crate::util::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::Store::open(&dir.join("tenant.db")).unwrap();
+        let conn = store.lock();
+        let issuer = "https://login.example.com";
+        let mut app = App {
+            name_id_format: NameIdFormat::Email,
+            slo_url: Some("https://crm.example.net/slo?tenant=1".into()),
+            ..test_app()
+        };
+        add_app(&conn, &app).unwrap();
+        let user = crate::objects::Stored {
+            id: "u-1".into(),
+            kind: crate::objects::Kind::User,
+            data: serde_json::json!({"userName": "zoë@example.com"}),
+            version: 1,
+            created: String::new(),
+            modified: String::new(),
+        };
+        let hash = crate::util::sha256(b"session-token");
+        let session_alive = |conn: &crate::db::Connection| -> bool {
+            crate::db::OptionalExtension::optional(conn.query_row(
+                "SELECT 1 FROM sessions WHERE hash = ?1",
+                crate::db::params![hash],
+                |r| r.get::<_, i64>(0),
+            ))
+            .unwrap()
+            .is_some()
+        };
+        conn.execute(
+            "INSERT INTO sessions(hash, user_id, created, expires) VALUES(?1, 'u-1', ?2, ?3)",
+            crate::db::params![hash, crate::util::now_secs(), crate::util::now_secs() + 3600],
+        )
+        .unwrap();
+        let ours = session_index(&conn, "crm", &hash).unwrap();
+        assert_eq!(ours, session_index(&conn, "crm", &hash).unwrap(), "one index per session and application");
+        assert_ne!(ours, session_index(&conn, "hr", &hash).unwrap());
+        let run = |conn: &crate::db::Connection, xml: &str, signed_in: bool| {
+            let request = parse_logout_request(&STANDARD.encode(xml), false).unwrap();
+            let session = signed_in.then_some((&user, hash.as_slice()));
+            logout(conn, issuer, "crm", &request, "", session, Some("/bye")).unwrap()
+        };
+        // Unsigned, without the session's index: anyone could have sent it.
+        let denied = run(&conn, &logout_xml("_l1", &app.entity_id, "zoë@example.com", None, 0), true).unwrap();
+        assert_eq!((denied.status, denied.ended), (LogoutStatus::RequestDenied, false));
+        assert!(session_alive(&conn));
+        // Someone else's NameID.
+        let other = run(&conn, &logout_xml("_l2", &app.entity_id, "bob@example.com", Some(&ours), 0), true).unwrap();
+        assert_eq!((other.status, other.ended), (LogoutStatus::UnknownPrincipal, false));
+        assert!(session_alive(&conn));
+        // Replayed, too old, another application's entity id.
+        assert_eq!(
+            run(&conn, &logout_xml("_l2", &app.entity_id, "zoë@example.com", Some(&ours), 0), true),
+            Err(SsoRefusal::Replayed)
+        );
+        assert_eq!(
+            run(&conn, &logout_xml("_l3", &app.entity_id, "zoë@example.com", Some(&ours), 3600), true),
+            Err(SsoRefusal::Expired)
+        );
+        assert!(matches!(
+            run(&conn, &logout_xml("_l4", "https://evil.example", "zoë@example.com", Some(&ours), 0), true),
+            Err(SsoRefusal::UnknownServiceProvider(_))
+        ));
+        assert!(session_alive(&conn));
+        // The session's own index: signed out, and the answer is signed.
+        let done = run(&conn, &logout_xml("_l5", &app.entity_id, "zoë@example.com", Some(&ours), 0), true).unwrap();
+        assert_eq!((done.status, done.ended), (LogoutStatus::Success, true));
+        assert!(!session_alive(&conn));
+        let url = done.redirect.unwrap();
+        let query = url.strip_prefix("https://crm.example.net/slo?tenant=1&").unwrap();
+        let (signed, signature) = query.split_once("&Signature=").unwrap();
+        assert!(signed.starts_with("SAMLResponse=") && signed.contains("&RelayState=%2Fbye&SigAlg="), "{signed}");
+        let signature =
+            STANDARD.decode(percent_encoding::percent_decode_str(signature).decode_utf8().unwrap().as_bytes()).unwrap();
+        let kid = crate::oidc::keys::active(&conn, crate::oidc::keys::Alg::Rs256).unwrap().kid;
+        assert!(crate::oidc::keys::verify(&conn, &kid, signed.as_bytes(), &signature).unwrap());
+        assert!(!crate::oidc::keys::verify(&conn, &kid, signed.replace("bye", "hi").as_bytes(), &signature).unwrap());
+        let encoded = signed.strip_prefix("SAMLResponse=").unwrap().split('&').next().unwrap();
+        let raw =
+            STANDARD.decode(percent_encoding::percent_decode_str(encoded).decode_utf8().unwrap().as_bytes()).unwrap();
+        let xml = String::from_utf8(miniz_oxide::inflate::decompress_to_vec(&raw).unwrap()).unwrap();
+        assert!(xml.contains("InResponseTo=\"_l5\"") && xml.contains("status:Success"), "{xml}");
+        assert!(xml.contains(&format!("<saml:Issuer>{issuer}/saml/crm/metadata</saml:Issuer>")), "{xml}");
+        // Signed out already: nothing to end, and that is a success.
+        let again = run(&conn, &logout_xml("_l6", &app.entity_id, "zoë@example.com", None, 0), false).unwrap();
+        assert_eq!((again.status, again.ended), (LogoutStatus::Success, false));
+        // An application with a certificate must sign its LogoutRequests.
+        remove_app(&conn, "crm").unwrap();
+        let key = keys::rotate(&conn, Alg::Rs256).unwrap();
+        app.sp_certificates = vec![certificate(&key, "sp", 0, 4_000_000_000).unwrap()];
+        add_app(&conn, &app).unwrap();
+        assert!(matches!(
+            run(&conn, &logout_xml("_l7", &app.entity_id, "zoë@example.com", Some(&ours), 0), true),
+            Err(SsoRefusal::Unsigned(_))
+        ));
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A service provider's metadata as SP libraries write it: the default
+    /// HTTP-POST ACS first, the Redirect logout service's ResponseLocation,
+    /// the signing certificate (not the encryption one), AuthnRequestsSigned.
+    #[test]
+    fn service_provider_metadata_is_read() {
+        let dir = std::env::temp_dir().join(format!("idbridge-saml-md-{}", crate::util::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::Store::open(&dir.join("tenant.db")).unwrap();
+        let conn = store.lock();
+        let key = keys::rotate(&conn, Alg::Rs256).unwrap();
+        let signing = STANDARD.encode(certificate(&key, "signing", 0, 4_000_000_000).unwrap());
+        let md = format!(
+            "<?xml version=\"1.0\"?><md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"{DSIG}\" entityID=\"https://sp.example/ünï\">\
+             <md:SPSSODescriptor AuthnRequestsSigned=\"true\" protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">\
+             <md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>\n{signing}\n</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\
+             <md:KeyDescriptor use=\"encryption\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>AAAA</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\
+             <md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"https://sp.example/slo-post\"/>\
+             <md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"https://sp.example/slo\" ResponseLocation=\"https://sp.example/slo/done\"/>\
+             <md:NameIDFormat>urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress</md:NameIDFormat>\
+             <md:AssertionConsumerService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Artifact\" Location=\"https://sp.example/art\" index=\"0\"/>\
+             <md:AssertionConsumerService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"https://sp.example/acs1\" index=\"1\"/>\
+             <md:AssertionConsumerService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"https://sp.example/acs2\" index=\"2\" isDefault=\"true\"/>\
+             </md:SPSSODescriptor></md:EntityDescriptor>"
+        );
+        let sp = parse_sp_metadata(&md).unwrap();
+        assert_eq!(sp.entity_id, "https://sp.example/ünï");
+        assert_eq!(sp.acs_urls, vec!["https://sp.example/acs2".to_string(), "https://sp.example/acs1".to_string()]);
+        assert_eq!(sp.slo_url.as_deref(), Some("https://sp.example/slo/done"));
+        assert_eq!(sp.certificates, vec![STANDARD.decode(&signing).unwrap()]);
+        assert!(sp.authn_requests_signed);
+        assert_eq!(sp.name_id_format, Some(NameIdFormat::Email));
+        let two = format!(
+            "<md:EntitiesDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\">{}{}</md:EntitiesDescriptor>",
+            md.trim_start_matches("<?xml version=\"1.0\"?>"),
+            md.trim_start_matches("<?xml version=\"1.0\"?>")
+        );
+        assert!(parse_sp_metadata(&two).unwrap_err().to_string().contains("one EntityDescriptor"));
+        let idp = metadata(&conn, "https://login.example.com", &App { slo_url: None, ..test_app() }).unwrap();
+        assert!(parse_sp_metadata(&idp).unwrap_err().to_string().contains("not a service provider"));
+        let no_acs = md.replace(
+            "HTTP-POST\" Location=\"https://sp.example/acs",
+            "HTTP-Artifact\" Location=\"https://sp.example/acs",
+        );
+        assert!(parse_sp_metadata(&no_acs).unwrap_err().to_string().contains("no HTTP-POST"));
+        assert!(parse_sp_metadata("<x/>").is_err());
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn test_app() -> App {
+        App {
+            id: "crm".into(),
+            name: "CRM".into(),
+            entity_id: "https://crm.example.net/sp".into(),
+            acs_urls: vec!["https://crm.example.net/acs".into()],
+            name_id_format: NameIdFormat::Persistent,
+            attributes: Vec::new(),
+            sign_response: false,
+            allowed_groups: Vec::new(),
+            require_signed: false,
+            sp_certificates: Vec::new(),
+            slo_url: None,
         }
     }
 

@@ -304,6 +304,19 @@ impl Tenant {
         })
     }
 
+    /// Publishes the key the next rotation of `alg` makes active.
+    pub fn prepare_key(&self, actor: &str, alg: Alg) -> Result<SigningKey> {
+        self.write(|tx| {
+            let key = keys::prepare(tx, alg)?;
+            audit::record(tx, actor, "key-prepare", None, Some(&key.kid), None)?;
+            Ok(key)
+        })
+    }
+
+    pub fn keys(&self) -> Result<Vec<keys::KeyInfo>> {
+        self.read(keys::list)
+    }
+
     // ---- Settings and branding ----
 
     pub fn settings(&self) -> Result<Settings> {

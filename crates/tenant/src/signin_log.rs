@@ -21,6 +21,8 @@ pub enum Method {
     RecoveryCode,
     /// A passkey, alone or as the second step.
     Passkey,
+    /// An application answered from an earlier sign-in's session (SAML).
+    SingleSignOn,
 }
 
 impl Method {
@@ -32,6 +34,7 @@ impl Method {
             Method::AuthenticatorCode => "authenticator-code",
             Method::RecoveryCode => "recovery-code",
             Method::Passkey => "passkey",
+            Method::SingleSignOn => "single-sign-on",
         }
     }
 }
@@ -63,6 +66,17 @@ pub fn record(conn: &Connection, a: &Attempt<'_>) -> Result<()> {
         a.address
     ])?;
     Ok(())
+}
+
+/// The applications sign-ins name, as (value in the log, display name):
+/// OpenID Connect clients by id, SAML applications as `saml:ID`.
+pub fn applications(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> =
+        crate::oidc::clients::list(conn)?.into_iter().map(|c| (c.id, c.name)).collect();
+    out.extend(
+        crate::saml_idp::apps(conn)?.into_iter().map(|a| (format!("saml:{}", a.id), format!("{} (SAML)", a.name))),
+    );
+    Ok(out)
 }
 
 /// One row, as read.

@@ -396,10 +396,18 @@ CREATE TABLE saml_requests (hash BLOB PRIMARY KEY, app_id TEXT NOT NULL, request
 CREATE TABLE saml_seen (app_id TEXT NOT NULL, request_id TEXT NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (app_id, request_id));
 ";
 
+/// SAML Single Logout (where an application's LogoutResponses go), and
+/// signing keys made ahead of their use: published (JWKS, SAML metadata)
+/// but not yet signing, so relying parties learn them before a rotation.
+const SCHEMA_V23: &str = "
+ALTER TABLE saml_apps ADD COLUMN slo_url TEXT;
+ALTER TABLE signing_keys ADD COLUMN prepared INTEGER NOT NULL DEFAULT 0;
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
     SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16, SCHEMA_V17, SCHEMA_V18, SCHEMA_V19,
-    SCHEMA_V20, SCHEMA_V21, SCHEMA_V22,
+    SCHEMA_V20, SCHEMA_V21, SCHEMA_V22, SCHEMA_V23,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one

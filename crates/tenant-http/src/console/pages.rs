@@ -309,6 +309,7 @@ struct UserDetail {
     groups: Vec<(String, String)>,
     quarantine: Vec<proto::hybrid::QuarantineEntry>,
     sign_ins: Vec<signin_log::Entry>,
+    applications: Vec<(String, String)>,
     locked_until: Option<i64>,
     blocked: bool,
     has_password: bool,
@@ -343,6 +344,7 @@ pub(super) async fn user(
             groups,
             quarantine,
             sign_ins: signin_log::query(conn, &filter, 20)?,
+            applications: signin_log::applications(conn)?,
             locked_until: console::locked_until(conn, &name)?,
             blocked: console::is_blocked(conn, &user.id)?,
             has_password: has_password.is_some(),
@@ -418,7 +420,7 @@ pub(super) async fn user(
         @if d.groups.is_empty() { p { "Not a member of any group." } }
         @else { ul { @for (id, name) in &d.groups { li { a href=(format!("/admin/groups/{id}")) { (name) } } } } }
         h2 { "Recent sign-ins" }
-        (sign_in_table(&d.sign_ins))
+        (sign_in_table(&d.sign_ins, &d.applications))
         p { a href=(format!("/admin/sign-ins?user={}", tenant::util::urlencode(&console::display_of(u)))) { "All sign-ins of this user" } }
         p { a href=(format!("/admin/audit?resource={}", u.id)) { "Audit entries of this user" } }
     };
@@ -855,7 +857,12 @@ pub(super) async fn allow_deletions(
 
 // ---- Logs ----
 
-fn sign_in_table(entries: &[signin_log::Entry]) -> Markup {
+/// `applications`: (value in the log, name), see [`signin_log::applications`].
+fn sign_in_table(entries: &[signin_log::Entry], applications: &[(String, String)]) -> Markup {
+    let name_of = |e: &signin_log::Entry| -> String {
+        let value = e.application.as_deref().unwrap_or_default();
+        applications.iter().find(|(v, _)| v == value).map_or_else(|| value.to_string(), |(_, n)| n.clone())
+    };
     html! {
         @if entries.is_empty() { p { "No sign-ins." } } @else {
             div.scroll { table {
@@ -863,7 +870,7 @@ fn sign_in_table(entries: &[signin_log::Entry]) -> Markup {
                 tbody { @for e in entries { tr {
                     td { (when(e.at)) } td { (e.user_name) } td { (e.method) }
                     td { @if e.success { span.ok { "success" } } @else { span.bad { (e.reason) } } }
-                    td { (e.application.as_deref().unwrap_or_default()) } td { (e.address.as_deref().unwrap_or_default()) }
+                    td { (name_of(e)) } td { (e.address.as_deref().unwrap_or_default()) }
                 } } }
             } }
         }
@@ -909,11 +916,8 @@ pub(super) async fn sign_ins(State(state): State<Arc<AppState>>, admin: Admin, Q
         before: if csv { None } else { param(&p, "before").and_then(|b| b.parse().ok()) },
     };
     let limit = if csv { CSV_MAX } else { PAGE + 1 };
-    let found = read(&state, move |conn| {
-        let clients = tenant::oidc::clients::list(conn)?;
-        Ok((signin_log::query(conn, &filter, limit)?, clients))
-    })
-    .await;
+    let found =
+        read(&state, move |conn| Ok((signin_log::query(conn, &filter, limit)?, signin_log::applications(conn)?))).await;
     let (mut entries, clients) = match found {
         Ok(f) => f,
         Err(r) => return r,
@@ -950,14 +954,14 @@ pub(super) async fn sign_ins(State(state): State<Arc<AppState>>, admin: Admin, Q
             div { label for="application" { "Application" }
                 select id="application" name="application" {
                     option value="" { "Any" }
-                    @for c in &clients { option value=(c.id) selected[application == c.id] { (c.name) } }
+                    @for (value, name) in &clients { option value=(value) selected[application == value] { (name) } }
                 }
             }
             (time_filters(&p))
             button type="submit" { "Show" }
         }
         p { a href=(next_link("/admin/sign-ins", &p, "format", "csv")) download { "Download as CSV" } " (at most " (CSV_MAX) " rows)" }
-        (sign_in_table(&entries))
+        (sign_in_table(&entries, &clients))
         @if more && let Some(last) = entries.last() {
             p.pager { a href=(next_link("/admin/sign-ins", &p, "before", &last.seq.to_string())) rel="next" { "Older" } }
         }

@@ -37,12 +37,18 @@ pub(crate) fn may_add_method(auth: &Authenticated, has_method: bool) -> bool {
 
 /// GET /account/sign-in (`again=1`: authenticate again even when signed in):
 /// Security info signs people in as a relying party of the tenant itself.
+/// `next=apps`: back to My Apps afterwards (the state says so; it is not a
+/// secret — the sign-in's product is the session, not the code).
 pub async fn sign_in(State(state): State<Arc<AppState>>, Query(q): Query<Params>) -> Response {
     let again = q.get("again").is_some_and(|v| v == "1");
     let redirect = tenant::service::account_redirect_uri(&state.issuer);
-    own_client_sign_in(&state, tenant::service::ACCOUNT_CLIENT_KEY, &redirect, &tenant::util::random_token(), again)
-        .await
+    let then =
+        if q.get("next").is_some_and(|n| n == "apps") { APPS_STATE.to_string() } else { tenant::util::random_token() };
+    own_client_sign_in(&state, tenant::service::ACCOUNT_CLIENT_KEY, &redirect, &then, again).await
 }
+
+/// The state of a sign-in that returns to My Apps.
+const APPS_STATE: &str = "apps";
 
 /// To the sign-in pages as one of the tenant's own public clients (its id
 /// kept in `meta` under `client_key`), back at `redirect_uri` with `state`
@@ -84,7 +90,28 @@ pub async fn callback(State(state): State<Arc<AppState>>, headers: HeaderMap, Qu
             set_cookie(&mut resp, &state, csrf_cookie_name(&state), &csrf, 3600);
             resp
         }
+        None if q.get("state").is_some_and(|s| s == APPS_STATE) => Redirect::to("/account/apps").into_response(),
         None => Redirect::to("/account").into_response(),
+    }
+}
+
+/// GET /account/apps: "My Apps" — the SAML applications the signed-in user
+/// may use, each a link that signs them in (IdP-initiated).
+pub async fn apps(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let found = db(&state, move |conn| {
+        let branding = Branding::load(conn);
+        let Some((user, _)) = session_user(conn, &headers)? else { return Ok((branding, None)) };
+        let apps: Vec<(String, String)> =
+            tenant::saml_idp::apps_for(conn, &user)?.into_iter().map(|a| (a.id, a.name)).collect();
+        Ok((branding, Some((user_name(&user.data), apps))))
+    })
+    .await;
+    match found {
+        Ok((branding, Some((name, apps)))) => {
+            html_response(StatusCode::OK, pages::my_apps_page(&branding, &name, &apps))
+        }
+        Ok((branding, None)) => html_response(StatusCode::UNAUTHORIZED, pages::my_apps_signed_out_page(&branding)),
+        Err(e) => internal(e),
     }
 }
 

@@ -593,7 +593,7 @@ async fn authorize_post_page(
             };
             let token = p.get("passkey_token").cloned().unwrap_or_default();
             let response = p.get("credential").cloned().unwrap_or_default();
-            let origin = origin_of(&state, &peer, &headers, &p);
+            let origin = origin_of(&state, &peer, &headers, &p).await;
             match signin::passkey_sign_in(&state.store, rp, token, response, &origin).await {
                 Ok(Ok((signed_in, used))) => {
                     state.metrics.signin(telemetry::SignInMethod::Passkey, telemetry::SignInOutcome::Success, None);
@@ -625,7 +625,7 @@ async fn authorize_post_page(
                 },
                 _ => signin::SecondFactorAnswer::Code(p.get("code").cloned().unwrap_or_default()),
             };
-            let origin = origin_of(&state, &peer, &headers, &p);
+            let origin = origin_of(&state, &peer, &headers, &p).await;
             match signin::second_factor(&state.store, &challenge, answer, &origin, state.lockout).await {
                 Ok(Ok(passed)) => signed_in_response(&state, request, passed.user, &passed.methods).await,
                 Ok(Err(e @ signin::SecondFactorError::Expired)) => html_response(
@@ -660,7 +660,7 @@ async fn authorize_post_page(
         }
         "password" | "change" => {
             let password = p.get("password").cloned().unwrap_or_default();
-            let origin = origin_of(&state, &peer, &headers, &p);
+            let origin = origin_of(&state, &peer, &headers, &p).await;
             let started = std::time::Instant::now();
             let outcome = signin::sign_in(&state.store, &state.pta, &username, &password, &origin, state.lockout).await;
             count_sign_in(&state, &username, &outcome, started.elapsed().as_secs_f64()).await;
@@ -696,18 +696,34 @@ async fn authorize_post_page(
     }
 }
 
-/// Where a sign-in attempt comes from (the client's address, behind trusted
-/// proxies) and for which application.
-fn origin_of(state: &AppState, peer: &crate::serve::PeerAddr, headers: &HeaderMap, p: &Params) -> signin::Origin {
-    signin::Origin {
-        address: tenant::net::client_address(
-            &state.trusted_proxies,
-            peer.0.ip(),
-            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
-        )
-        .to_string(),
-        application: p.get("client_id").cloned(),
+/// The client's address, behind trusted proxies.
+pub(crate) fn client_address(state: &AppState, peer: &crate::serve::PeerAddr, headers: &HeaderMap) -> String {
+    tenant::net::client_address(
+        &state.trusted_proxies,
+        peer.0.ip(),
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
+    )
+    .to_string()
+}
+
+/// Where a sign-in attempt comes from and for which application: the
+/// client id, or `saml:APP` for a sign-in to a SAML application (the
+/// tenant's own SAML client, its pending request under `state`).
+async fn origin_of(
+    state: &Arc<AppState>,
+    peer: &crate::serve::PeerAddr,
+    headers: &HeaderMap,
+    p: &Params,
+) -> signin::Origin {
+    let mut application = p.get("client_id").cloned();
+    let saml_callback = tenant::service::saml_redirect_uri(&state.issuer);
+    if p.get("redirect_uri") == Some(&saml_callback)
+        && let Some(token) = p.get("state").cloned()
+        && let Ok(Some(app)) = db(state, move |conn| tenant::saml_idp::pending_app(conn, &token)).await
+    {
+        application = Some(format!("saml:{app}"));
     }
+    signin::Origin { address: client_address(state, peer, headers), application }
 }
 
 /// Signed in by `methods`: the code for the application, and a browser session.

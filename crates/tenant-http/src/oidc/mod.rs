@@ -44,6 +44,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/account/forgot-password", get(forgot::page).post(forgot::post))
         .route("/account/passkey", axum::routing::post(passkey::registration_options))
         .route("/account/sign-in", get(account::sign_in))
+        .route("/account/apps", get(account::apps))
         .route("/account/callback", get(account::callback))
         .route("/oauth2/passkey", axum::routing::post(passkey::sign_in_options))
         .route("/webauthn.js", get(passkey::script))

@@ -354,6 +354,7 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
     let body = html! {
         h1 { "Security info" }
         p.who { (view.user_name) }
+        p { a href="/account/apps" { "My Apps" } " — the applications you may use" }
         @if let Some(n) = notice {
             p role="status" { (n) }
         }
@@ -430,6 +431,35 @@ pub fn account_page(branding: &Branding, view: &AccountView, csrf: &str, notice:
         }
     };
     layout(branding, "Security info", body)
+}
+
+/// "My Apps": the applications the user may use, each signing them in.
+pub fn my_apps_page(branding: &Branding, user_name: &str, apps: &[(String, String)]) -> String {
+    let body = html! {
+        h1 { "My Apps" }
+        p.who { (user_name) }
+        @if apps.is_empty() {
+            p { "No applications are set up for you yet. Ask your administrator for access." }
+        } @else {
+            ul id="apps" {
+                @for (id, name) in apps {
+                    li { a href=(format!("/saml/{}/start", tenant::util::urlencode(id))) { (name) } }
+                }
+            }
+        }
+        p { a href="/account" { "Security info" } }
+    };
+    layout(branding, "My Apps", body)
+}
+
+/// My Apps without a sign-in session.
+pub fn my_apps_signed_out_page(branding: &Branding) -> String {
+    let body = html! {
+        h1 { "My Apps" }
+        p { "Sign in to see the applications you may use." }
+        p { a href="/account/sign-in?next=apps" id="sign-in" { "Sign in" } }
+    };
+    layout(branding, "My Apps", body)
 }
 
 /// Security info without a sign-in session.

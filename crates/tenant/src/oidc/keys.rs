@@ -1,6 +1,10 @@
-//! Signing keys for ID and access tokens: one active key per algorithm
-//! (RS256, ES256), kept in the database; rotation retires the old key but
-//! keeps publishing it until every token it signed has expired.
+//! Signing keys for ID and access tokens and SAML assertions: one active
+//! key per algorithm (RS256, ES256), kept in the database; rotation retires
+//! the old key but keeps publishing it until every token it signed has
+//! expired. A key may be *prepared* ahead of a rotation: published (JWKS,
+//! SAML metadata) but not signing yet, so relying parties that pin keys —
+//! SAML service providers do — can take it from the metadata first; the
+//! next rotation then makes it the active one.
 
 use crate::db::{Connection, OptionalExtension, params};
 use base64::Engine;
@@ -87,27 +91,92 @@ impl SigningKey {
 pub fn active(conn: &Connection, alg: Alg) -> Result<SigningKey> {
     let found: Option<(String, Vec<u8>)> = conn
         .query_row(
-            "SELECT kid, pkcs8 FROM signing_keys WHERE alg = ?1 AND retired IS NULL ORDER BY created DESC LIMIT 1",
+            "SELECT kid, pkcs8 FROM signing_keys WHERE alg = ?1 AND retired IS NULL AND prepared = 0 ORDER BY created DESC LIMIT 1",
             params![alg.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
     match found {
         Some((kid, sealed)) => Ok(SigningKey { kid, alg, pkcs8: crate::secrets::open(conn, &sealed)? }),
-        None => create(conn, alg),
+        None => create(conn, alg, false),
     }
 }
 
-/// Makes a new active key for `alg`; the previous one is retired.
+/// Makes a new active key for `alg` — the prepared one if there is one,
+/// else a fresh key; the previous one is retired.
 pub fn rotate(conn: &Connection, alg: Alg) -> Result<SigningKey> {
+    let prepared = prepared(conn, alg)?;
     conn.execute(
-        "UPDATE signing_keys SET retired = ?1 WHERE alg = ?2 AND retired IS NULL",
+        "UPDATE signing_keys SET retired = ?1 WHERE alg = ?2 AND retired IS NULL AND prepared = 0",
         params![now_secs(), alg.as_str()],
     )?;
-    create(conn, alg)
+    match prepared {
+        Some(key) => {
+            conn.execute("UPDATE signing_keys SET prepared = 0 WHERE kid = ?1", params![key.kid])?;
+            Ok(key)
+        }
+        None => create(conn, alg, false),
+    }
 }
 
-fn create(conn: &Connection, alg: Alg) -> Result<SigningKey> {
+/// The key the next rotation of `alg` activates, made now and published
+/// from now on (the same one when it was made already).
+pub fn prepare(conn: &Connection, alg: Alg) -> Result<SigningKey> {
+    match prepared(conn, alg)? {
+        Some(key) => Ok(key),
+        None => create(conn, alg, true),
+    }
+}
+
+fn prepared(conn: &Connection, alg: Alg) -> Result<Option<SigningKey>> {
+    let found: Option<(String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT kid, pkcs8 FROM signing_keys WHERE alg = ?1 AND retired IS NULL AND prepared = 1 ORDER BY created DESC LIMIT 1",
+            params![alg.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    found.map(|(kid, sealed)| Ok(SigningKey { kid, alg, pkcs8: crate::secrets::open(conn, &sealed)? })).transpose()
+}
+
+/// A published key, as `idbridge tenant keys list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub alg: String,
+    pub created: i64,
+    /// `active`, `prepared` (published, not signing yet) or `retired`.
+    pub state: &'static str,
+    /// Retired keys: when they stop being published.
+    pub published_until: Option<i64>,
+}
+
+/// Every published key, newest first.
+pub fn list(conn: &Connection) -> Result<Vec<KeyInfo>> {
+    let cutoff = now_secs() - RETIRED_KEY_GRACE_SECS;
+    let rows: Vec<(String, String, i64, Option<i64>, bool)> = conn
+        .prepare(
+            "SELECT kid, alg, created, retired, prepared FROM signing_keys WHERE retired IS NULL OR retired > ?1 ORDER BY created DESC",
+        )?
+        .query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(kid, alg, created, retired, prepared)| KeyInfo {
+            kid,
+            alg,
+            created,
+            state: match (retired, prepared) {
+                (Some(_), _) => "retired",
+                (None, true) => "prepared",
+                (None, false) => "active",
+            },
+            published_until: retired.map(|r| r + RETIRED_KEY_GRACE_SECS),
+        })
+        .collect())
+}
+
+fn create(conn: &Connection, alg: Alg, prepared: bool) -> Result<SigningKey> {
     let kid = new_id();
     let (pkcs8, jwk) = match alg {
         Alg::Rs256 => generate_rsa()?,
@@ -120,8 +189,8 @@ fn create(conn: &Connection, alg: Alg) -> Result<SigningKey> {
         o.insert("use".into(), json!("sig"));
     }
     conn.execute(
-        "INSERT INTO signing_keys(kid, alg, pkcs8, public_jwk, created) VALUES(?1, ?2, ?3, ?4, ?5)",
-        params![kid, alg.as_str(), crate::secrets::seal(conn, &pkcs8)?, jwk.to_string(), now_secs()],
+        "INSERT INTO signing_keys(kid, alg, pkcs8, public_jwk, created, prepared) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+        params![kid, alg.as_str(), crate::secrets::seal(conn, &pkcs8)?, jwk.to_string(), now_secs(), prepared],
     )?;
     Ok(SigningKey { kid, alg, pkcs8 })
 }
@@ -151,11 +220,12 @@ fn generate_ec() -> Result<(Vec<u8>, Value)> {
 }
 
 /// The RSA keys a relying party may see signatures of: the active one first,
-/// then those retired within the grace period; each with when it was made.
+/// then a prepared one, then those retired within the grace period; each
+/// with when it was made.
 pub fn published_rsa(conn: &Connection) -> Result<Vec<(SigningKey, i64)>> {
     let cutoff = now_secs() - RETIRED_KEY_GRACE_SECS;
     let mut stmt = conn.prepare(
-        "SELECT kid, pkcs8, created FROM signing_keys WHERE alg = 'RS256' AND (retired IS NULL OR retired > ?1) ORDER BY retired IS NOT NULL, created DESC",
+        "SELECT kid, pkcs8, created FROM signing_keys WHERE alg = 'RS256' AND (retired IS NULL OR retired > ?1) ORDER BY retired IS NOT NULL, prepared, created DESC",
     )?;
     let rows: Vec<(String, Vec<u8>, i64)> = stmt
         .query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -209,4 +279,41 @@ pub fn verify(conn: &Connection, kid: &str, message: &[u8], sig: &[u8]) -> Resul
         None => false,
     };
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prepared key is published before it signs; the rotation that
+    /// follows activates that very key and keeps the old one published.
+    #[test]
+    fn a_prepared_key_is_published_first_and_activated_by_the_next_rotation() {
+        let dir = std::env::temp_dir().join(format!("idbridge-keys-{}", new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::Store::open(&dir.join("tenant.db")).unwrap();
+        let conn = store.lock();
+        let first = active(&conn, Alg::Rs256).unwrap();
+        let next = prepare(&conn, Alg::Rs256).unwrap();
+        assert_eq!(prepare(&conn, Alg::Rs256).unwrap().kid, next.kid, "one prepared key at a time");
+        assert_eq!(active(&conn, Alg::Rs256).unwrap().kid, first.kid, "the prepared key does not sign yet");
+        let published: Vec<String> = published_rsa(&conn).unwrap().into_iter().map(|(k, _)| k.kid).collect();
+        assert_eq!(published, vec![first.kid.clone(), next.kid.clone()], "active first, then the prepared one");
+        assert!(jwks(&conn).unwrap().to_string().contains(&next.kid));
+        let states: Vec<&str> = list(&conn).unwrap().iter().map(|k| k.state).collect();
+        assert!(states.contains(&"prepared") && states.contains(&"active"), "{states:?}");
+
+        assert_eq!(rotate(&conn, Alg::Rs256).unwrap().kid, next.kid, "the rotation activates the prepared key");
+        assert_eq!(active(&conn, Alg::Rs256).unwrap().kid, next.kid);
+        let published: Vec<String> = published_rsa(&conn).unwrap().into_iter().map(|(k, _)| k.kid).collect();
+        assert_eq!(published, vec![next.kid.clone(), first.kid.clone()], "the old key stays published");
+        let retired = list(&conn).unwrap().into_iter().find(|k| k.kid == first.kid).unwrap();
+        assert_eq!(retired.state, "retired");
+        assert!(retired.published_until.is_some());
+        // With nothing prepared, a rotation makes a fresh key.
+        let fresh = rotate(&conn, Alg::Rs256).unwrap();
+        assert!(fresh.kid != next.kid && fresh.kid != first.kid);
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
