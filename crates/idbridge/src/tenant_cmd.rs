@@ -410,6 +410,8 @@ pub enum GroupCommand {
     },
 }
 
+// Parsed once per run: the size of the add variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum AppCommand {
     /// Register a SAML service provider.
@@ -419,6 +421,9 @@ pub enum AppCommand {
         /// Short name in its URLs (/saml/NAME/…): letters, digits, '-'.
         #[arg(long)]
         name: String,
+        /// The name people see on My Apps (default: --name).
+        #[arg(long)]
+        display_name: Option<String>,
         /// The service provider's SAML metadata (a file): its entity id, HTTP-POST ACS URLs,
         /// HTTP-Redirect logout URL, signing certificates and AuthnRequestsSigned. Flags given
         /// as well override it (certificates add to it).
@@ -732,6 +737,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
             AppCommand::Add {
                 data,
                 name,
+                display_name,
                 saml_metadata,
                 entity_id,
                 acs_urls,
@@ -778,7 +784,7 @@ pub async fn run(command: TenantCommand) -> Result<()> {
                 }
                 let app = tenant::saml_idp::App {
                     id: name.clone(),
-                    name: name.clone(),
+                    name: display_name.unwrap_or_else(|| name.clone()),
                     entity_id,
                     acs_urls,
                     name_id_format,

@@ -3708,33 +3708,110 @@ mod sync_e2e {
         assert!(audit.contains("saml-sign-in") && audit.contains("saml-sign-in-refused"), "{audit}");
         assert!(audit.contains("not-allowed") && audit.contains("unsigned-request"), "{audit}");
 
-        // A service provider no one here wrote (node-saml), driven by Chromium through the sign-in page.
+        // A service provider no one here wrote (node-saml), registered from its own metadata (signed
+        // requests, the key made with openssl above), driven by Chromium through the sign-in page,
+        // My Apps, a key rollover and Single Logout.
         let port = testkit::free_port().unwrap();
-        let acs = format!("http://127.0.0.1:{port}/acs");
-        add_app("node", "https://sp.example.test/node", &acs, &["--attribute", "email=userName", "--sign-response"]);
-        let (tools, profile, _shots) = super::demo::browser_with_axe();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/saml_sp.mjs");
+        let (tools, profile, shots) = super::demo::browser_with_axe();
+        let node_entity = "https://sp.example.test/node";
+        let sp_metadata = Command::new("node")
+            .arg(&script)
+            .args(["metadata", node_entity, &port.to_string(), p(&sp_key), p(&sp_pem)])
+            .env("BROWSER_TOOLS", &tools)
+            .output()
+            .unwrap();
+        assert!(sp_metadata.status.success(), "{}", stderr_of(&sp_metadata));
+        let sp_metadata_file = lab.tmp.join("node-sp.xml");
+        std::fs::write(&sp_metadata_file, &sp_metadata.stdout).unwrap();
+        let slo = format!("http://127.0.0.1:{port}/slo");
+        let args = ["--saml-metadata", p(&sp_metadata_file), "--slo-url", &slo];
+        let mut add = vec!["tenant", "app", "add", "--data", p(&data), "--name", "node"];
+        add.extend(args);
+        add.extend(["--attribute", "email=userName", "--sign-response", "--display-name", "Node CRM – Zoë's"]);
+        ok(&idbridge(&add));
+        let listed = ok(&idbridge(&["tenant", "app", "list", "--data", p(&data)]));
+        assert!(
+            listed.contains(&format!("node  {node_entity}  persistent  http://127.0.0.1:{port}/acs  logout: {slo}")),
+            "from the SP's metadata: {listed}"
+        );
+        let keys = |verb: &str| {
+            serde_json::json!([env!("CARGO_BIN_EXE_idbridge"), "tenant", "keys", verb, "--data", p(&data)]).to_string()
+        };
         let out = Command::new("node")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/saml_sp.mjs"))
+            .arg(&script)
+            .arg("browser")
             .args([
                 format!("{issuer}/saml/node/metadata"),
                 format!("{issuer}/saml/node/sso"),
-                "https://sp.example.test/node".to_string(),
+                format!("{issuer}/saml/node/slo"),
+                node_entity.to_string(),
                 port.to_string(),
                 name.clone(),
                 "Saml-Pass-1".to_string(),
+                issuer.clone(),
+                p(&sp_key).to_string(),
+                "Node CRM – Zoë's".to_string(),
             ])
             .env("BROWSER_TOOLS", &tools)
             .env("PROFILE_DIR", profile.path())
+            .env("KEYS_PREPARE", keys("prepare"))
+            .env("KEYS_ROTATE", keys("rotate"))
+            .env("SCREENSHOT_DIR", &shots)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr_of(&out));
         let result: serde_json::Value =
             serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        assert_eq!(result["failure"], serde_json::Value::Null, "{result}\n{}", stderr_of(&out));
         assert_eq!(result["error"], serde_json::Value::Null, "node-saml refused: {result}");
         assert_eq!(result["profile"]["email"], name.as_str(), "{result}");
         assert_eq!(result["relayState"], "/deals/7", "{result}");
         let node_name_id = result["profile"]["nameID"].as_str().unwrap();
         assert!(node_name_id.len() >= 32 && node_name_id != name_id, "persistent per application: {result}");
+        // My Apps lists what the user may use; its link signs in (IdP-initiated).
+        let my_apps: Vec<&str> = result["myApps"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+        assert!(
+            my_apps.contains(&"Node CRM – Zoë's") && my_apps.contains(&"sales") && my_apps.contains(&"crm"),
+            "{result}"
+        );
+        assert!(!my_apps.contains(&"finance"), "not a member of Finance: {result}");
+        assert_eq!(result["unsolicitedError"], serde_json::Value::Null, "{result}");
+        assert_eq!(result["unsolicited"]["nameID"], node_name_id, "{result}");
+        // Key rollover: the prepared key is published beside the signing one; both SPs accept until
+        // the rotation; then only the one that refreshed the metadata does.
+        assert_eq!((result["certsBefore"].as_u64(), result["certsAfterPrepare"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(result["certsAfterRotate"], 2, "the old key stays published: {result}");
+        assert_eq!(result["prepared"]["refreshed"], serde_json::Value::Null, "{result}");
+        assert_eq!(result["prepared"]["stale"], serde_json::Value::Null, "the old key still signs: {result}");
+        assert_eq!(result["rotated"]["refreshed"], serde_json::Value::Null, "{result}");
+        assert!(result["rotated"]["stale"].is_string(), "the new key signs now: {result}");
+        // Single Logout: both messages signed, node-saml accepts the answer, the session is gone.
+        assert_eq!(
+            (result["logoutRequestSigned"].as_bool(), result["logoutResponseSigned"].as_bool()),
+            (Some(true), Some(true))
+        );
+        assert_eq!(result["logoutError"], serde_json::Value::Null, "{result}");
+        assert_eq!(result["loggedOut"], true, "{result}");
+        assert_eq!(result["logoutRelayState"], "/bye", "{result}");
+        assert_eq!(result["myAppsAfterLogout"], 401, "signed out of the tenant: {result}");
+        assert_eq!(result["violations"], serde_json::json!([]), "axe-core on My Apps: {result}");
+        assert_eq!(result["tooWide"], serde_json::json!([]), "My Apps at 375 px: {result}");
+        let audit = ok(&idbridge(&["tenant", "audit", "--data", p(&data)]));
+        assert!(audit.contains("saml-sign-out") && audit.contains("key-prepare"), "{audit}");
+        // The sign-in log names the applications: the password sign-in for node, the answers from the
+        // session (single sign-on), and the refusal for finance.
+        let store = tenant::Store::open(&data.join("tenant.db")).unwrap();
+        let log = tenant::signin_log::query(&store.lock(), &tenant::signin_log::Filter::default(), 500).unwrap();
+        let rows = |app: &str, method: &str, success: bool| {
+            log.iter()
+                .filter(|e| e.application.as_deref() == Some(app) && e.method == method && e.success == success)
+                .count()
+        };
+        assert!(rows("saml:node", "password", true) >= 1, "{log:#?}");
+        assert!(rows("saml:node", "single-sign-on", true) >= 3, "My Apps and the rollover's sign-ins: {log:#?}");
+        assert!(rows("saml:crm", "single-sign-on", true) >= 2, "{log:#?}");
+        assert_eq!(rows("saml:finance", "single-sign-on", false), 1, "{log:#?}");
     }
 
     /// A password read while the tenant is down stays pending and is read

@@ -299,6 +299,11 @@ pub fn add_app(conn: &crate::db::Connection, app: &App) -> Result<()> {
     if app.id.is_empty() || app.id.len() > 64 || !app.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(TenantError::Invalid(format!("application id {:?}: letters, digits and '-' only", app.id)));
     }
+    if app.name.trim().is_empty() || app.name.chars().count() > 128 {
+        return Err(TenantError::Invalid(
+            "the application's display name is empty or longer than 128 characters".into(),
+        ));
+    }
     if app.entity_id.trim().is_empty() || app.entity_id.len() > 1024 {
         return Err(TenantError::Invalid("the service provider's entity id is empty or too long".into()));
     }
