@@ -1070,10 +1070,14 @@ pub(super) async fn applications(State(state): State<Arc<AppState>>, admin: Admi
 
 async fn applications_page(state: &Arc<AppState>, admin: &Admin, shown: Option<(String, String)>) -> Response {
     let found = read(state, |conn| {
-        Ok((tenant::oidc::clients::list(conn)?, tenant::store::get_meta(conn, "console_client_id")?))
+        Ok((
+            tenant::oidc::clients::list(conn)?,
+            tenant::store::get_meta(conn, "console_client_id")?,
+            tenant::saml_idp::apps(conn)?,
+        ))
     })
     .await;
-    let (clients, console_id) = match found {
+    let (clients, console_id, saml_apps) = match found {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -1097,6 +1101,19 @@ async fn applications_page(state: &Arc<AppState>, admin: &Admin, shown: Option<(
                 } } }
             } } }
         } }
+        h2 { "SAML applications" }
+        @if saml_apps.is_empty() {
+            p { "None. " code { "idbridge tenant app add" } " registers one." }
+        } @else {
+            div.scroll { table {
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Entity id" } th scope="col" { "ACS URLs" } th scope="col" { "NameID" } th scope="col" { "Who may use it" } th scope="col" { "Metadata" } } }
+                tbody { @for a in &saml_apps { tr {
+                    td { (a.name) } td { (a.entity_id) } td { @for u in &a.acs_urls { (u) br; } } td { (a.name_id_format.word()) }
+                    td { @if a.allowed_groups.is_empty() { "everyone" } @else { (a.allowed_groups.join(", ")) } }
+                    td { a href=(format!("/saml/{}/metadata", tenant::util::urlencode(&a.id))) { "metadata" } }
+                } } }
+            } }
+        }
         @if administer {
             h2 { "Add an application" }
             form method="post" action="/admin/applications" {

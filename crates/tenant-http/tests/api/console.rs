@@ -231,6 +231,45 @@ async fn console_roles_csrf_helpdesk_and_deletions() {
         Some("\"time\",\"user\",\"method\",\"success\",\"reason\",\"application\",\"address\"")
     );
     assert!(rows.iter().filter(|r| r.contains("\"wrong-password\"")).count() >= 10, "{}", csv.body);
+    // SAML applications: listed with the OIDC ones; the sign-in log shows their names and filters by them.
+    let crm = tenant::saml_idp::App {
+        id: "crm".into(),
+        name: "Zoë CRM".into(),
+        entity_id: "https://crm.example.net/sp".into(),
+        acs_urls: vec!["https://crm.example.net/acs".into()],
+        name_id_format: tenant::saml_idp::NameIdFormat::Persistent,
+        attributes: Vec::new(),
+        sign_response: false,
+        allowed_groups: vec!["CRM Users".into()],
+        require_signed: false,
+        sp_certificates: Vec::new(),
+        slo_url: None,
+    };
+    service.add_saml_app("test", &crm).unwrap();
+    tenant::signin_log::record(
+        &service.store().lock(),
+        &tenant::signin_log::Attempt {
+            user_name: "sam@corp.example.com",
+            method: tenant::signin_log::Method::SingleSignOn,
+            success: true,
+            reason: "ok",
+            application: Some("saml:crm"),
+            address: Some("127.0.0.1"),
+        },
+    )
+    .unwrap();
+    let apps = ada.get(&format!("{root}/admin/applications")).await.unwrap();
+    assert!(
+        apps.body.contains("SAML applications")
+            && apps.body.contains("https://crm.example.net/sp")
+            && apps.body.contains("CRM Users")
+            && apps.body.contains("/saml/crm/metadata"),
+        "{}",
+        apps.body
+    );
+    let by_app = ada.get(&format!("{root}/admin/sign-ins?application=saml%3Acrm")).await.unwrap();
+    assert!(by_app.body.contains("single-sign-on") && by_app.body.contains("Zoë CRM (SAML)"), "{}", by_app.body);
+    assert!(!by_app.body.contains("class=\"bad\">wrong-password<"), "only the application's sign-ins: {}", by_app.body);
     let audit_csv = ada.get(&format!("{root}/admin/audit?action=console-denied&format=csv")).await.unwrap();
     assert!(audit_csv.body.lines().count() >= 3, "{}", audit_csv.body);
 
