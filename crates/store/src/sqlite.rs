@@ -190,6 +190,18 @@ DROP TABLE exported;
 ALTER TABLE exported_by_mv RENAME TO exported;
 ";
 
+/// Schema version 13: the reference keys live in one B-tree, keyed by the
+/// target (`ref_key`, then the owner). An owner's own keys are not looked up
+/// in the table any more — they are those of its stored entry (`ref_keys`),
+/// read when the entry is replaced or its row removed — so the second index
+/// (~125 bytes per object) is gone.
+const SCHEMA_V13: &str = "
+CREATE TABLE cs_refs_by_key (ref_key INTEGER NOT NULL, source TEXT NOT NULL, id BLOB NOT NULL, PRIMARY KEY (ref_key, source, id)) WITHOUT ROWID;
+INSERT OR IGNORE INTO cs_refs_by_key(ref_key, source, id) SELECT ref_key, source, id FROM cs_ref_keys;
+DROP TABLE cs_ref_keys;
+ALTER TABLE cs_refs_by_key RENAME TO cs_ref_keys;
+";
+
 /// Lookups by DN. The DN indexes hold a 64-bit key of the normalized DN
 /// (`ref_key`, as the reference table does) rather than the DN — 8 bytes
 /// instead of ~50 per row; the DN is then compared, so a key shared by two
@@ -211,7 +223,7 @@ const JOINED_BY_DN: &str = "SELECT j.mv_id FROM cs c JOIN joins j ON j.source = 
 
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
-    SCHEMA_V11, SCHEMA_V12,
+    SCHEMA_V11, SCHEMA_V12, SCHEMA_V13,
 ];
 
 /// A connector-space row as read: kind, anchor, packed entry, member chunk
@@ -815,6 +827,14 @@ impl ConnectorSpace for SqliteStore {
             crate::Put::Whole => None,
             crate::Put::Members(added, removed) => Some((added, removed)),
         };
+        // The keys the table holds for this object: those of the stored
+        // entry (read before its member chunks are rewritten below).
+        let stored_keys = match (&old, &member_changes) {
+            (Some(before), None) => crate::stored_entry(&before.entry, &before.member_chunks, &load)?
+                .map(|entry| crate::ref_keys(&entry))
+                .unwrap_or_default(),
+            _ => std::collections::BTreeSet::new(),
+        };
         self.exec(
             "INSERT INTO cs(source, id, dn, kind, anchor, entry, pending, deleted, delta_ok, members_only, member_chunks) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 1, 0, ?7, ?8, ?9)
              ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, kind = excluded.kind,
@@ -883,14 +903,7 @@ impl ConnectorSpace for SqliteStore {
         // Only what changed: one member added to a 50,000-member group is
         // one row written, not 50,000 deleted and written again.
         let mut wanted = crate::ref_keys(&object.entry);
-        let stored: Vec<i64> = self
-            .conn
-            .prepare_cached("SELECT ref_key FROM cs_ref_keys WHERE source = ?1 AND id = ?2")
-            .map_err(err)?
-            .query_map(params![source, object.id.0], |r| r.get(0))
-            .map_err(err)?
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
+        let stored = stored_keys;
         let mut remove = self
             .conn
             .prepare_cached("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND ref_key = ?3")
@@ -1038,7 +1051,27 @@ impl ConnectorSpace for SqliteStore {
             .map_err(err)?;
         self.exec("DELETE FROM cs_member_changes WHERE source = ?1 AND id = ?2", params![source, id.0]).map_err(err)?;
         if live == 0 {
-            self.exec("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
+            // A deleted object's reference keys: those of its stored entry.
+            let gone: Option<(Vec<u8>, Vec<u8>)> = self
+                .query_one(
+                    "SELECT entry, member_chunks FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1",
+                    params![source, id.0],
+                    |r| Ok((packed(r, 0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(err)?;
+            if let Some((entry, chunk_list)) = gone {
+                let load = |digests: &[crate::member_chunks::Digest]| self.member_chunks(source, id, digests);
+                let keys =
+                    crate::stored_entry(&entry, &chunk_list, &load)?.map(|e| crate::ref_keys(&e)).unwrap_or_default();
+                let mut remove = self
+                    .conn
+                    .prepare_cached("DELETE FROM cs_ref_keys WHERE ref_key = ?3 AND source = ?1 AND id = ?2")
+                    .map_err(err)?;
+                for key in keys {
+                    remove.execute(params![source, id.0, key]).map_err(err)?;
+                }
+            }
             self.exec("DELETE FROM cs_member_chunks WHERE source = ?1 AND id = ?2 AND EXISTS (SELECT 1 FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1)", params![source, id.0]).map_err(err)?;
             self.exec("DELETE FROM cs WHERE source = ?1 AND id = ?2 AND deleted = 1", params![source, id.0])
                 .map_err(err)?;

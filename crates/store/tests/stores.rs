@@ -894,6 +894,9 @@ fn large_groups_are_stored_in_chunks(store: &mut dyn StateStore, chunk_rows: &dy
         SourceObject { id: id.clone(), anchor: Anchor(vec![7]), kind: ObjectKind::Group, entry }
     };
     let normalized = |t: &str| dn(t);
+    // Who the table says references `member` (the keys of the stored entries, kept in step).
+    let referencing = |store: &dyn StateStore, member: &str| store.cs_referencing("corp", &dn(member)).unwrap();
+    let only_the_group = std::slice::from_ref(&id);
     // Committed first: `chunk_rows` reads on a connection of its own.
     let count = |store: &mut dyn StateStore| {
         store.commit().unwrap();
@@ -908,6 +911,7 @@ fn large_groups_are_stored_in_chunks(store: &mut dyn StateStore, chunk_rows: &dy
     let rows = count(store);
     assert!((5..=30).contains(&rows), "about 6000/512 chunks: {rows}");
     assert_eq!(store.cs_get("corp", &id).unwrap().unwrap().0.entry, first.entry);
+    assert_eq!(referencing(store, &member(4000)), only_the_group);
     store.cs_done("corp", &id).unwrap();
     // The same group again: nothing to do.
     store.cs_put("corp", &first).unwrap();
@@ -924,12 +928,18 @@ fn large_groups_are_stored_in_chunks(store: &mut dyn StateStore, chunk_rows: &dy
     let now = count(store);
     assert!(now.abs_diff(rows) <= 3, "{rows} chunks before, {now} after");
     assert_eq!(store.cs_get("corp", &id).unwrap().unwrap().0.entry, second.entry);
+    assert!(referencing(store, &gone).is_empty());
+    assert_eq!(referencing(store, "uid=new,ou=people,dc=example,dc=org"), only_the_group);
     store.cs_done("corp", &id).unwrap();
 
-    // Another attribute changed too: synced whole.
+    // Another attribute changed too: synced whole; the references follow the stored entry's.
     members.push(member(9999));
+    let dropped = members.remove(200);
     store.cs_put("corp", &group(&members, &[], "y")).unwrap();
     assert_eq!(store.cs_member_changes("corp", &id).unwrap(), None);
+    assert_eq!(referencing(store, &member(9999)), only_the_group);
+    assert!(referencing(store, &dropped).is_empty());
+    assert_eq!(referencing(store, &member(4000)), only_the_group, "the others stay");
     store.cs_done("corp", &id).unwrap();
 
     // A DN in both member attributes, removed from one: no change to the members.
@@ -950,6 +960,8 @@ fn large_groups_are_stored_in_chunks(store: &mut dyn StateStore, chunk_rows: &dy
     assert_eq!((changes.added.len(), changes.removed.len()), (0, members.len() - 10 + 1), "and uniqueMember's DN");
     assert_eq!(count(store), 0);
     assert_eq!(store.cs_get("corp", &id).unwrap().unwrap().0.entry, shrunk.entry);
+    assert!(referencing(store, &member(4000)).is_empty());
+    assert_eq!(referencing(store, &small[0]), only_the_group);
     store.cs_done("corp", &id).unwrap();
     // And grown again.
     store.cs_put("corp", &group(&members, &[], "y")).unwrap();
@@ -958,10 +970,14 @@ fn large_groups_are_stored_in_chunks(store: &mut dyn StateStore, chunk_rows: &dy
     assert!(count(store) > 5);
     store.cs_done("corp", &id).unwrap();
 
-    // Deleted: its chunks go with it.
+    assert_eq!(referencing(store, &member(4000)), only_the_group);
+    // Deleted: its chunks and references go with it.
     store.cs_delete("corp", &id).unwrap();
     store.cs_done("corp", &id).unwrap();
     assert!(store.cs_get("corp", &id).unwrap().is_none());
+    for m in [&small[0], &member(4000), &member(9999)] {
+        assert!(referencing(store, m).is_empty(), "{m}");
+    }
     assert_eq!(count(store), 0);
     store.commit().unwrap();
 }
@@ -1073,6 +1089,6 @@ fn a_reader_upgrades_an_old_store_and_lets_the_lock_go() {
     assert_eq!(SqliteStore::writer(&path), None, "the reader holds no lock");
     let version: i64 =
         rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 12);
+    assert_eq!(version, 13);
     drop(SqliteStore::open(&path).expect("a writer may start while the reader reads"));
 }
