@@ -15,6 +15,58 @@ use sync::{SourceId, SourceObject, Watermark};
 
 use crate::{Counts, ErrorRow, History, JoinedRow, RunRow, RunSummary, err, kind_from, kind_str, now, pack};
 
+/// A tenant id as the exported table keeps it: a canonical UUID (what the
+/// tenant gives) as its 16 bytes — 20 fewer than the text, on every
+/// exported object — and any other id as text.
+fn tenant_id_value(id: &str) -> rusqlite::types::Value {
+    match uuid_bytes(id) {
+        Some(bytes) => rusqlite::types::Value::Blob(bytes.to_vec()),
+        None => rusqlite::types::Value::Text(id.to_string()),
+    }
+}
+
+/// The 16 bytes of a lowercase, hyphenated UUID; `None` for anything else
+/// (which is then kept as text, so it reads back the same).
+fn uuid_bytes(id: &str) -> Option<[u8; 16]> {
+    let bytes = id.as_bytes();
+    if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes.get(i) != Some(&b'-')) {
+        return None;
+    }
+    let hex: Vec<u8> = bytes.iter().copied().filter(|b| *b != b'-').collect();
+    let mut out = [0u8; 16];
+    for (slot, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let &[high, low] = pair.first_chunk::<2>()?;
+        *slot = (digit(high)? << 4) | digit(low)?;
+    }
+    Some(out)
+}
+
+/// A tenant id column written by [`tenant_id_value`].
+fn tenant_id(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<String> {
+    use std::fmt::Write as _;
+    match row.get_ref(column)? {
+        rusqlite::types::ValueRef::Blob(b) if b.len() == 16 => {
+            let mut text = String::with_capacity(36);
+            for (i, byte) in b.iter().enumerate() {
+                if [4, 6, 8, 10].contains(&i) {
+                    text.push('-');
+                }
+                let _ = write!(text, "{byte:02x}");
+            }
+            Ok(text)
+        }
+        other => other
+            .as_str()
+            .map(str::to_string)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, other.data_type(), Box::new(e))),
+    }
+}
+
 /// A packed record column (see [`pack`]): a BLOB, or TEXT when written
 /// before records were compressed.
 fn packed(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Vec<u8>> {
@@ -1487,7 +1539,7 @@ impl ExportLog for SqliteStore {
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {
         let row: Option<(String, Vec<u8>)> = self
             .query_one("SELECT tenant_id, resource FROM exported WHERE mv_id = ?1", params![mv], |r| {
-                Ok((r.get(0)?, packed(r, 1)?))
+                Ok((tenant_id(r, 0)?, packed(r, 1)?))
             })
             .optional()
             .map_err(err)?;
@@ -1509,13 +1561,13 @@ impl ExportLog for SqliteStore {
             .conn
             .prepare_cached("SELECT e.tenant_id FROM json_each(?1) j CROSS JOIN exported e ON e.mv_id = j.value")
             .map_err(err)?;
-        let rows = stmt.query_map(params![list], |r| r.get::<_, String>(0)).map_err(err)?;
+        let rows = stmt.query_map(params![list], |r| tenant_id(r, 0)).map_err(err)?;
         rows.map(|r| r.map_err(err)).collect()
     }
 
     fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached("SELECT tenant_id FROM exported WHERE mv_id = ?1").map_err(err)?;
-        stmt.query_row(params![mv], |r| r.get(0)).optional().map_err(err)
+        stmt.query_row(params![mv], |r| tenant_id(r, 0)).optional().map_err(err)
     }
 
     fn member_changes_to_export(&self, mv: &str) -> Result<Option<(MvRecord, MemberChanges<String>)>, StoreError> {
@@ -1590,7 +1642,7 @@ impl ExportLog for SqliteStore {
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
         self.exec(
             "INSERT OR REPLACE INTO exported(mv_id, tenant_id, resource) VALUES(?1, ?2, ?3)",
-            params![mv, tenant_id, pack::pack(&resource.to_string())?],
+            params![mv, tenant_id_value(tenant_id), pack::pack(&resource.to_string())?],
         )
         .map_err(err)?;
         self.exec("UPDATE mv SET dirty = 0, members_only = 0 WHERE id = ?1", params![mv]).map_err(err)?;
@@ -1640,6 +1692,35 @@ impl ExportLog for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tenant_ids_are_kept_as_uuid_bytes_or_as_text() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (id TEXT NOT NULL)").unwrap();
+        for id in [
+            "0193a6f2-7c4e-7d1a-9b2e-1f2a3b4c5d6e",
+            "t1",
+            "0193A6F2-7C4E-7D1A-9B2E-1F2A3B4C5D6E",
+            "0193a6f2x7c4e-7d1a-9b2e-1f2a3b4c5d6e",
+            "0193a6f2-7c4e-7d1a-9b2e-1f2a3b4c5d6ü",
+            "",
+        ] {
+            conn.execute("DELETE FROM t", []).unwrap();
+            conn.execute("INSERT INTO t(id) VALUES(?1)", [super::tenant_id_value(id)]).unwrap();
+            let back: String = conn.query_row("SELECT id FROM t", [], |r| super::tenant_id(r, 0)).unwrap();
+            assert_eq!(back, id);
+        }
+        let kind: String = {
+            conn.execute("DELETE FROM t", []).unwrap();
+            conn.execute(
+                "INSERT INTO t(id) VALUES(?1)",
+                [super::tenant_id_value("0193a6f2-7c4e-7d1a-9b2e-1f2a3b4c5d6e")],
+            )
+            .unwrap();
+            conn.query_row("SELECT typeof(id) FROM t", [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(kind, "blob", "16 bytes, not 36 characters");
+    }
+
     use super::*;
 
     /// Every lookup by DN searches its index by source and key: a plan that
