@@ -22,7 +22,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use maud::html;
 
-use crate::oidc::flow::{Params, SESSION_COOKIE, client_address, cookie, db, html_response, internal, session_user};
+use crate::oidc::flow::{
+    Params, SESSION_COOKIE, client_address, db, html_response, internal, session_hash, session_user,
+};
 use crate::oidc::pages::{self, Branding};
 use crate::scim::AppState;
 use crate::serve::PeerAddr;
@@ -83,7 +85,7 @@ async fn sso_redirect(
     Query(q): Query<Params>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let from = Caller { address: client_address(&state, &peer, &headers), headers };
+    let from = Caller::new(&state, &peer, headers);
     sso(state, app, from, q, Some(raw.unwrap_or_default())).await
 }
 
@@ -95,7 +97,7 @@ async fn sso_post(
     headers: HeaderMap,
     Form(p): Form<Params>,
 ) -> Response {
-    let from = Caller { address: client_address(&state, &peer, &headers), headers };
+    let from = Caller::new(&state, &peer, headers);
     sso(state, app, from, p, None).await
 }
 
@@ -104,6 +106,12 @@ async fn sso_post(
 struct Caller {
     headers: HeaderMap,
     address: String,
+}
+
+impl Caller {
+    fn new(state: &AppState, peer: &PeerAddr, headers: HeaderMap) -> Caller {
+        Caller { address: client_address(state, peer, &headers), headers }
+    }
 }
 
 /// `raw_query`: the Redirect binding's query string as received (its
@@ -151,7 +159,7 @@ async fn start(
     Path(app): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let from = Caller { address: client_address(&state, &peer, &headers), headers };
+    let from = Caller::new(&state, &peer, headers);
     let app_id = app.clone();
     let (token, pending) = match db(&state, move |conn| saml_idp::begin_unsolicited(conn, &app_id)).await {
         Ok(Some(found)) => found,
@@ -187,7 +195,7 @@ async fn answer(
     let made = db(state, move |conn| {
         let pending = waiting;
         let Some((user, auth)) = session_user(conn, &from.headers)? else { return Ok(None) };
-        let session = cookie(&from.headers, SESSION_COOKIE).map(|t| tenant::util::sha256(t.as_bytes()));
+        let session = session_hash(&from.headers);
         let mfa = auth.methods.split(' ').any(|m| m == "mfa");
         let name = user.data.get("userName").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
         let who = saml_idp::SignedIn {
@@ -266,7 +274,7 @@ async fn callback(
     headers: HeaderMap,
     Query(q): Query<Params>,
 ) -> Response {
-    let from = Caller { address: client_address(&state, &peer, &headers), headers };
+    let from = Caller::new(&state, &peer, headers);
     let token = q.get("state").cloned().unwrap_or_default();
     let pending = match db(&state, move |conn| saml_idp::take(conn, &token)).await {
         Ok(Some(p)) => p,
@@ -305,7 +313,7 @@ async fn single_logout(
     let raw = raw.unwrap_or_default();
     let done = db(&state, move |conn| {
         let signed_in = session_user(conn, &headers)?;
-        let hash = cookie(&headers, SESSION_COOKIE).map(|t| tenant::util::sha256(t.as_bytes()));
+        let hash = session_hash(&headers);
         let session = signed_in.as_ref().zip(hash.as_deref()).map(|((user, _), h)| (user, h));
         let answer = saml_idp::logout(conn, &issuer, &app_id, &request, &raw, session, relay.as_deref())?;
         if let Ok(a) = &answer {

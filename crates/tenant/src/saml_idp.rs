@@ -638,20 +638,43 @@ fn issue_instant(root: &xmldoc::Element) -> Option<i64> {
         .map(time::OffsetDateTime::unix_timestamp)
 }
 
+/// What every request an SP sends has: its XML as received, the parsed
+/// root, ID, Issuer and IssueInstant (Unix seconds).
+struct RequestHead {
+    text: String,
+    root: xmldoc::Element,
+    id: String,
+    issuer: String,
+    issued: i64,
+}
+
 /// Reads the `SAMLRequest` parameter: base64, DEFLATE for the Redirect
-/// binding (`deflated`), then the XML (bounded like every SAML message).
-pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRequest, SsoRefusal> {
+/// binding (`deflated`), then the XML (bounded like every SAML message),
+/// whose root must be the protocol element `element` (`article`: how the
+/// refusal names it).
+fn read_request(
+    value: &str,
+    deflated: bool,
+    element: &str,
+    article: &str,
+) -> std::result::Result<RequestHead, SsoRefusal> {
     let bad = |m: &str| SsoRefusal::Malformed(m.to_string());
     let text = decode_message(value, deflated)?;
     let root = xmldoc::parse(&text).map_err(|e| SsoRefusal::Malformed(e.to_string()))?;
-    if !root.is(PROTOCOL_NS, "AuthnRequest") {
-        return Err(bad("not an AuthnRequest"));
+    if !root.is(PROTOCOL_NS, element) {
+        return Err(SsoRefusal::Malformed(format!("not {article} {element}")));
     }
     let id = root.attr("ID").filter(|i| !i.is_empty() && i.len() <= 256).ok_or_else(|| bad("no ID"))?.to_string();
     let issuer =
         root.child(ASSERTION_NS, "Issuer").map(|i| i.text().trim().to_string()).ok_or_else(|| bad("no Issuer"))?;
-    let flag = |name: &str| root.attr(name).is_some_and(|v| v == "true" || v == "1");
     let issued = issue_instant(&root).ok_or_else(|| bad("no IssueInstant"))?;
+    Ok(RequestHead { text, root, id, issuer, issued })
+}
+
+/// Reads an AuthnRequest from the `SAMLRequest` parameter.
+pub fn parse_request(value: &str, deflated: bool) -> std::result::Result<AuthnRequest, SsoRefusal> {
+    let RequestHead { text, root, id, issuer, issued } = read_request(value, deflated, "AuthnRequest", "an")?;
+    let flag = |name: &str| root.attr(name).is_some_and(|v| v == "true" || v == "1");
     let requested_classes = root
         .child(PROTOCOL_NS, "RequestedAuthnContext")
         .map(|c| {
@@ -989,15 +1012,7 @@ const MAX_SESSION_INDEXES: usize = 16;
 /// AuthnRequest).
 pub fn parse_logout_request(value: &str, deflated: bool) -> std::result::Result<LogoutRequest, SsoRefusal> {
     let bad = |m: &str| SsoRefusal::Malformed(m.to_string());
-    let text = decode_message(value, deflated)?;
-    let root = xmldoc::parse(&text).map_err(|e| SsoRefusal::Malformed(e.to_string()))?;
-    if !root.is(PROTOCOL_NS, "LogoutRequest") {
-        return Err(bad("not a LogoutRequest"));
-    }
-    let id = root.attr("ID").filter(|i| !i.is_empty() && i.len() <= 256).ok_or_else(|| bad("no ID"))?.to_string();
-    let issuer =
-        root.child(ASSERTION_NS, "Issuer").map(|i| i.text().trim().to_string()).ok_or_else(|| bad("no Issuer"))?;
-    let issued = issue_instant(&root).ok_or_else(|| bad("no IssueInstant"))?;
+    let RequestHead { text, root, id, issuer, issued } = read_request(value, deflated, "LogoutRequest", "a")?;
     let not_on_or_after = match root.attr("NotOnOrAfter") {
         Some(t) => Some(
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)

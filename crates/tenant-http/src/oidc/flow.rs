@@ -300,6 +300,11 @@ fn hidden_fields(p: &Params, csrf: &str) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The key the browser's session is stored under (the hash of its cookie).
+pub(crate) fn session_hash(headers: &HeaderMap) -> Option<Vec<u8>> {
+    cookie(headers, SESSION_COOKIE).map(|token| sha256(token.as_bytes()).to_vec())
+}
+
 /// The signed-in user of a browser session, if the cookie is valid, and
 /// when they authenticated.
 pub(crate) fn session_user(conn: &Connection, headers: &HeaderMap) -> Result<Option<(Stored, Authenticated)>> {
