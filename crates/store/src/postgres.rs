@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use directory::{Anchor, Dn, ObjectKind};
 use serde_json::{Value as Json, json};
 use sync::engine::{
-    ConnectorSpace, CycleReport, ExportLog, MemberChanges, Metaverse, MvRecord, StoreError, Transactional,
+    ConnectorSpace, CycleReport, ExportLog, MemberChanges, Metaverse, MvRecord, Projected, StoreError, Transactional,
 };
 use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
@@ -826,14 +826,19 @@ impl Metaverse for PgStore {
         p: &Projection,
         manager: Option<String>,
         mut members: Vec<String>,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Projected, StoreError> {
         let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
         let precedence = crate::precedence_text(&p.precedence);
-        let existing = self.query_opt("SELECT id FROM sync_mv WHERE source = $1 AND cs_id = $2", &[&source, &id.0])?;
+        let existing = self.query_opt(
+            "SELECT id, dn_norm, deleted FROM sync_mv WHERE source = $1 AND cs_id = $2",
+            &[&source, &id.0],
+        )?;
         let kind = kind_str(p.kind);
         match existing {
             Some(row) => {
                 let mv: String = row.get(0);
+                let newly_resolvable =
+                    row.try_get::<_, bool>(2).map_err(pg)? || row.try_get::<_, String>(1).map_err(pg)? != dn_norm;
                 // The whole list replaces the stored one and its log (a log left means the stored list is not the list).
                 let had_log = self.write("DELETE FROM sync_mv_member_log WHERE mv_id = $1", &[&mv])? > 0;
                 let changed = self.write(
@@ -846,7 +851,7 @@ impl Metaverse for PgStore {
                 if changed > 0 {
                     self.keep_join_keys(&mv)?;
                 }
-                Ok(mv)
+                Ok(Projected { id: mv, newly_resolvable })
             }
             None => {
                 if !self.in_transaction {
@@ -860,7 +865,7 @@ impl Metaverse for PgStore {
                 )?;
                 let mv: String = row.get(0);
                 self.keep_join_keys(&mv)?;
-                Ok(mv)
+                Ok(Projected { id: mv, newly_resolvable: true })
             }
         }
     }

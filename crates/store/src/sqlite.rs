@@ -8,7 +8,8 @@ use directory::{Anchor, Dn, ObjectKind};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value as Json, json};
 use sync::engine::{
-    ConnectorSpace, CycleReport, ExportLog, MemberChanges, Metaverse, MvRecord, StoreError, Transactional,
+    ConnectorSpace, CsRead, CycleReport, ExportLog, MemberChanges, Metaverse, MvRecord, Projected, StoreError,
+    Transactional,
 };
 use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
@@ -253,6 +254,25 @@ INSERT OR IGNORE INTO cs_refs_by_key(ref_key, source, id) SELECT ref_key, source
 DROP TABLE cs_ref_keys;
 ALTER TABLE cs_refs_by_key RENAME TO cs_ref_keys;
 ";
+
+/// A new metaverse id: the time first (milliseconds, 12 hex digits), then
+/// 80 random bits. New ids sort together, so the indexes keyed by metaverse
+/// id (mv, exported, joins) grow at one end during a full cycle instead of
+/// dirtying a page anywhere for every object. Made here, not by a statement.
+fn new_mv_id() -> Result<String, StoreError> {
+    use rand_core::RngCore;
+    use std::fmt::Write;
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() & 0xffff_ffff_ffff);
+    let mut random = [0u8; 10];
+    rand_core::OsRng.try_fill_bytes(&mut random).map_err(|e| StoreError(format!("random metaverse id: {e}")))?;
+    let mut id = format!("{millis:012x}");
+    for b in random {
+        let _ = write!(id, "{b:02x}");
+    }
+    Ok(id)
+}
 
 /// Lookups by DN. The DN indexes hold a 64-bit key of the normalized DN
 /// (`ref_key`, as the reference table does) rather than the DN — 8 bytes
@@ -1023,6 +1043,10 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError> {
+        self.cs_read(source, id)?.map(CsRead::decode).transpose()
+    }
+
+    fn cs_read(&self, source: &str, id: &SourceId) -> Result<Option<CsRead>, StoreError> {
         let row: Option<CsRow> = self
             .query_one(
                 "SELECT kind, anchor, entry, member_chunks, deleted FROM cs WHERE source = ?1 AND id = ?2",
@@ -1032,10 +1056,19 @@ impl ConnectorSpace for SqliteStore {
             .optional()
             .map_err(err)?;
         let Some((kind, anchor, entry, chunk_list, deleted)) = row else { return Ok(None) };
-        let load = |digests: &[crate::member_chunks::Digest]| self.member_chunks(source, id, digests);
-        let entry = crate::stored_entry(&entry, &chunk_list, &load)?
-            .ok_or_else(|| StoreError(format!("connector-space object {id} is corrupt")))?;
-        Ok(Some((SourceObject { id: id.clone(), anchor: Anchor(anchor), kind: kind_from(&kind), entry }, deleted)))
+        // A large group's member chunks are read here (they need the
+        // connection); everything else is decoded by the caller.
+        let chunks = if chunk_list.is_empty() {
+            Vec::new()
+        } else {
+            self.member_chunks(source, id, &crate::member_chunks::digests(&chunk_list))?
+        };
+        let corrupt = format!("connector-space object {id} is corrupt");
+        Ok(Some(CsRead::deferred(id.clone(), Anchor(anchor), kind_from(&kind), deleted, move || {
+            let chunks = std::cell::Cell::new(Some(chunks));
+            let load = |_: &[crate::member_chunks::Digest]| Ok(chunks.take().unwrap_or_default());
+            crate::stored_entry(&entry, &chunk_list, &load)?.ok_or(StoreError(corrupt))
+        })))
     }
 
     fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError> {
@@ -1199,24 +1232,22 @@ impl Metaverse for SqliteStore {
         p: &Projection,
         manager: Option<String>,
         mut members: Vec<String>,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Projected, StoreError> {
         let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
         let (attrs, members) = (pack::pack(&attrs)?, pack::pack(&members)?);
-        // The whole list replaces the stored one and its log (a log left means the stored list is not the list).
-        let had_log = self
-            .exec(
-                "DELETE FROM mv_member_log WHERE mv_id = (SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2)",
-                params![source, id.0],
-            )
-            .map_err(err)?
-            > 0;
         let precedence = self.precedence_id(&p.precedence)?;
-        let existing: Option<String> = self
-            .query_one("SELECT id FROM mv WHERE source = ?1 AND cs_id = ?2", params![source, id.0], |r| r.get(0))
+        let existing: Option<(String, String, bool)> = self
+            .query_one(
+                "SELECT id, dn_norm, deleted FROM mv WHERE source = ?1 AND cs_id = ?2",
+                params![source, id.0],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()
             .map_err(err)?;
         match existing {
-            Some(mv) => {
+            Some((mv, old_dn_norm, was_deleted)) => {
+                // The whole list replaces the stored one and its log (a log left means the stored list is not the list).
+                let had_log = self.exec("DELETE FROM mv_member_log WHERE mv_id = ?1", params![mv]).map_err(err)? > 0;
                 let changed = self
                     .exec(
                         "UPDATE mv SET kind = ?2, anchor = ?3, attrs = ?4, manager = ?5, members = ?6, dn_norm = ?7, precedence = ?8, deleted = 0, dirty = 1, members_only = 0
@@ -1227,27 +1258,17 @@ impl Metaverse for SqliteStore {
                 if changed > 0 {
                     self.keep_join_keys(&mv)?;
                 }
-                Ok(mv)
+                Ok(Projected { newly_resolvable: was_deleted || old_dn_norm != dn_norm, id: mv })
             }
             None => {
-                // Time first (milliseconds), then 80 random bits: new ids
-                // sort together, so the indexes keyed by metaverse id (mv,
-                // exported, joins) grow at one end during a full cycle
-                // instead of dirtying a page anywhere for every object.
-                let mv: String = self
-                    .query_one(
-                        "SELECT printf('%012x', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)) || lower(hex(randomblob(10)))",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(err)?;
+                let mv = new_mv_id()?;
                 self.exec(
                         "INSERT INTO mv(id, kind, anchor, attrs, manager, members, deleted, dirty, source, cs_id, dn_norm, precedence) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 1, ?7, ?8, ?9, ?10)",
                         params![mv, kind_str(p.kind), p.anchor, attrs, manager, members, source, id.0, dn_norm, precedence],
                     )
                     .map_err(err)?;
                 self.keep_join_keys(&mv)?;
-                Ok(mv)
+                Ok(Projected { id: mv, newly_resolvable: true })
             }
         }
     }

@@ -653,7 +653,7 @@ fn multi_valued_join_keys(store: &mut dyn StateStore) {
             manager: None,
             members: Vec::new(),
         };
-        store.mv_project("ad", &sync::SourceId(vec![id]), &projection, None, Vec::new()).unwrap()
+        store.mv_project("ad", &sync::SourceId(vec![id]), &projection, None, Vec::new()).unwrap().id
     };
     store.begin().unwrap();
     let ann =
@@ -733,9 +733,20 @@ fn members_change_by_difference(store: &mut dyn StateStore) {
                 Vec::new(),
             )
             .unwrap();
+        assert!(mv.newly_resolvable, "a new object's DN resolves only now");
         store.cs_done("corp", &SourceId(vec![i])).unwrap();
-        mvs.push(mv);
+        mvs.push(mv.id);
     }
+    // Projected again: its DN resolved before. Renamed, and back: it resolves anew each time.
+    let mut again = |name: &str| {
+        store
+            .mv_project("corp", &SourceId(vec![1]), &projection(ObjectKind::User, "a1", name), None, Vec::new())
+            .unwrap()
+    };
+    let first = "uid=u1,dc=example,dc=org";
+    assert_eq!(again(first), sync::engine::Projected { id: mvs[0].clone(), newly_resolvable: false });
+    assert!(again("uid=renamed,dc=example,dc=org").newly_resolvable);
+    assert!(again(first).newly_resolvable);
     let group_id = SourceId(vec![9]);
     let group = |members: &[&str], description: &str| {
         object(
@@ -755,7 +766,8 @@ fn members_change_by_difference(store: &mut dyn StateStore) {
             None,
             vec![mvs[0].clone()],
         )
-        .unwrap();
+        .unwrap()
+        .id;
     store.cs_done("corp", &group_id).unwrap();
     // In the tenant with its one member.
     for (i, mv) in mvs.iter().enumerate() {
@@ -1024,7 +1036,7 @@ fn precedences_are_interned_on_sqlite() {
             manager: None,
             members: Vec::new(),
         };
-        store.mv_project("ad", &sync::SourceId(vec![id]), &projection, None, Vec::new()).unwrap()
+        store.mv_project("ad", &sync::SourceId(vec![id]), &projection, None, Vec::new()).unwrap().id
     };
     let join = |store: &mut SqliteStore, id: u8, mv: &str, mail: &str, p: i32| {
         let attrs = serde_json::json!({"mail": mail}).as_object().unwrap().clone();

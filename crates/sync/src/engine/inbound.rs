@@ -52,42 +52,172 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
         && scope.is_none()
         && options.join.is_none()
         && !mapping::MEMBER_ATTRIBUTES.iter().any(|a| options.rules.inbound_reads(a));
-    // Bounded: each pass handles what the previous one newly pointed at.
-    for pass in 0..4 {
-        let pending = tx.cs_pending(source_name)?;
-        if pending.is_empty() {
-            break;
-        }
-        if pass == 0 {
-            observer.stage("sync", Some(pending.len() as u64));
-        }
-        for id in pending {
-            if by_difference
-                && let Some(changes) = tx.cs_member_changes(source_name, &id)?
-                && tx.mv_change_members(source_name, &id, &changes)?
-            {
-                done.synced += 1;
-                tx.cs_done(source_name, &id)?;
-                observer.advance(1);
-                continue;
+    let step = Step { source: source_name, flavor, options, scope: scope.as_ref(), apply_once: &apply_once };
+    // Decoding and projecting are pure: a helper thread does them for the
+    // next batches while this one writes the current batch's results in the
+    // order the objects were imported. Small syncs (a daemon's delta) stay
+    // on this thread.
+    std::thread::scope(|threads| -> Result<(), StoreError> {
+        let mut helper: Option<Helper> = None;
+        // Bounded: each pass handles what the previous one newly pointed at.
+        for pass in 0..4 {
+            let pending = tx.cs_pending(source_name)?;
+            if pending.is_empty() {
+                break;
             }
-            let Some((obj, deleted)) = tx.cs_get(source_name, &id)? else { continue };
-            let reason = if deleted {
-                Some("deleted on-premises")
-            } else if scope.as_ref().is_some_and(|members| !members.contains(&obj.entry.dn.normalized())) {
-                Some("not a direct member of a scope group")
-            } else {
-                mapping::out_of_scope(flavor, &obj)
-            };
-            if let Some(reason) = reason {
-                tracing::debug!(dn = %obj.entry.dn, reason, "not synchronised");
-                tx.join_remove(source_name, &id)?;
-                tx.mv_disconnect(source_name, &id)?;
-                done.out_of_scope += 1;
-            } else {
-                let mut projection = mapping::project(flavor, source_name, &obj, &options.rules);
-                keep_applied_once(&*tx, source_name, &id, &apply_once, &mut projection)?;
-                if let Some(join) = &options.join {
+            if pass == 0 {
+                observer.stage("sync", Some(pending.len() as u64));
+            }
+            if helper.is_none() && pending.len() >= PIPELINE_FROM {
+                helper = Some(Helper::start(threads, &step));
+            }
+            let batches: Vec<&[SourceId]> = pending.chunks(SYNC_BATCH).collect();
+            let mut local = std::collections::VecDeque::new();
+            let (mut sent, mut written) = (0, 0);
+            while written < batches.len() {
+                // Up to two batches ahead of the writes.
+                while sent < batches.len() && sent < written + 2 {
+                    let Some(ids) = batches.get(sent) else { break };
+                    let read = read_batch(&*tx, source_name, ids, by_difference)?;
+                    match &helper {
+                        Some(h) => h.send(read)?,
+                        None => local.push_back(step.prepare_batch(read)),
+                    }
+                    sent += 1;
+                }
+                let ready = match &helper {
+                    Some(h) => h.recv()?,
+                    None => local.pop_front().unwrap_or_default(),
+                };
+                written += 1;
+                for item in ready {
+                    step.write(&mut *tx, item, &mut done, observer)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    tx.set_config_hash(source_name, &options.config_hash)?;
+    tx.set_flavor(source_name, flavor)?;
+    tx.commit()?;
+    Ok(done)
+}
+
+/// Objects per batch handed to the helper thread (small in unit tests, so
+/// that their few hundred objects go through several batches).
+const SYNC_BATCH: usize = if cfg!(test) { 16 } else { 256 };
+/// Fewer pending objects than this sync on the store's thread alone.
+const PIPELINE_FROM: usize = 2 * SYNC_BATCH;
+
+/// A pending object as read on the store's thread.
+enum Read {
+    /// A group whose members alone changed: tried by difference, in order.
+    Members(SourceId, crate::engine::MemberChanges),
+    /// The object (`None`: gone from the connector space), not decoded yet.
+    Object(SourceId, Option<super::CsRead>),
+}
+
+/// A pending object ready to be written.
+enum Ready {
+    Members(SourceId, crate::engine::MemberChanges),
+    Object(SourceId, Result<Option<Box<Decoded>>, StoreError>),
+}
+
+/// A decoded object, with what the inbound rules make of it when the
+/// object is live and of a synchronised kind.
+struct Decoded {
+    obj: SourceObject,
+    deleted: bool,
+    /// Why the object is not synchronised, by its kind and flavour.
+    out_of_scope: Option<&'static str>,
+    projection: Option<Projection>,
+}
+
+/// Reads one batch of pending objects (store thread).
+fn read_batch<St: SyncStore + ?Sized>(
+    store: &St,
+    source: &str,
+    ids: &[SourceId],
+    by_difference: bool,
+) -> Result<Vec<Read>, StoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if by_difference && let Some(changes) = store.cs_member_changes(source, id)? {
+            out.push(Read::Members(id.clone(), changes));
+            continue;
+        }
+        out.push(Read::Object(id.clone(), store.cs_read(source, id)?));
+    }
+    Ok(out)
+}
+
+/// What syncing one object needs besides the store.
+struct Step<'a> {
+    source: &'a str,
+    flavor: Flavor,
+    options: &'a CycleOptions,
+    scope: Option<&'a HashSet<String>>,
+    apply_once: &'a [&'a str],
+}
+
+impl Step<'_> {
+    /// Decodes and projects (any thread).
+    fn prepare_batch(&self, batch: Vec<Read>) -> Vec<Ready> {
+        batch
+            .into_iter()
+            .map(|read| match read {
+                Read::Members(id, changes) => Ready::Members(id, changes),
+                Read::Object(id, None) => Ready::Object(id, Ok(None)),
+                Read::Object(id, Some(read)) => {
+                    Ready::Object(id, read.decode().map(|(obj, deleted)| Some(Box::new(self.decoded(obj, deleted)))))
+                }
+            })
+            .collect()
+    }
+
+    fn decoded(&self, obj: SourceObject, deleted: bool) -> Decoded {
+        let out_of_scope = if deleted { None } else { mapping::out_of_scope(self.flavor, &obj) };
+        let projection = (!deleted && out_of_scope.is_none())
+            .then(|| mapping::project(self.flavor, self.source, &obj, &self.options.rules));
+        Decoded { obj, deleted, out_of_scope, projection }
+    }
+
+    /// Writes one object's sync (store thread, in import order).
+    fn write<St: SyncStore + ?Sized>(
+        &self,
+        tx: &mut St,
+        item: Ready,
+        done: &mut Synced,
+        observer: &mut (dyn CycleObserver + Send),
+    ) -> Result<(), StoreError> {
+        let source_name = self.source;
+        let (id, decoded) = match item {
+            Ready::Members(id, changes) => {
+                if tx.mv_change_members(source_name, &id, &changes)? {
+                    done.synced += 1;
+                    tx.cs_done(source_name, &id)?;
+                    observer.advance(1);
+                    return Ok(());
+                }
+                // No metaverse object to change: synced whole.
+                let decoded = tx.cs_get(source_name, &id)?.map(|(obj, deleted)| Box::new(self.decoded(obj, deleted)));
+                (id, decoded)
+            }
+            Ready::Object(id, decoded) => (id, decoded?),
+        };
+        let Some(decoded) = decoded else { return Ok(()) };
+        let Decoded { obj, deleted, out_of_scope, projection } = *decoded;
+        let reason = if deleted {
+            Some("deleted on-premises")
+        } else if self.scope.is_some_and(|members| !members.contains(&obj.entry.dn.normalized())) {
+            Some("not a direct member of a scope group")
+        } else {
+            out_of_scope
+        };
+        match (reason, projection) {
+            (None, Some(mut projection)) => {
+                keep_applied_once(&*tx, source_name, &id, self.apply_once, &mut projection)?;
+                if let Some(join) = &self.options.join {
                     let (linked, newly) = match tx.join_link(source_name, &id)? {
                         Some(mv) => (Some(mv), false),
                         None => (find_join(&mut *tx, source_name, &obj, join)?, true),
@@ -108,14 +238,14 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                         done.synced += 1;
                         tx.cs_done(source_name, &id)?;
                         observer.advance(1);
-                        continue;
+                        return Ok(());
                     }
                     if !join.project {
                         tracing::debug!(dn = %obj.entry.dn, "joins no metaverse object; this source does not project");
                         done.out_of_scope += 1;
                         tx.cs_done(source_name, &id)?;
                         observer.advance(1);
-                        continue;
+                        return Ok(());
                     }
                 }
                 let manager = match &projection.manager {
@@ -123,22 +253,55 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                     None => None,
                 };
                 let members = tx.mv_for_dns(source_name, &projection.members)?;
-                let is_new = tx.mv_for_dn(source_name, &obj.entry.dn)?.is_none();
-                tx.mv_project(source_name, &id, &projection, manager, members)?;
+                let projected = tx.mv_project(source_name, &id, &projection, manager, members)?;
                 done.synced += 1;
-                if is_new {
+                if projected.newly_resolvable {
                     // Objects that pointed at this one before it existed now can resolve it.
                     tx.cs_mark_referencing_pending(source_name, &obj.entry.dn, &id)?;
                 }
             }
-            tx.cs_done(source_name, &id)?;
-            observer.advance(1);
+            (reason, _) => {
+                let reason = reason.unwrap_or("not synchronised");
+                tracing::debug!(dn = %obj.entry.dn, reason, "not synchronised");
+                tx.join_remove(source_name, &id)?;
+                tx.mv_disconnect(source_name, &id)?;
+                done.out_of_scope += 1;
+            }
         }
+        tx.cs_done(source_name, &id)?;
+        observer.advance(1);
+        Ok(())
     }
-    tx.set_config_hash(source_name, &options.config_hash)?;
-    tx.set_flavor(source_name, flavor)?;
-    tx.commit()?;
-    Ok(done)
+}
+
+/// The helper thread: decodes and projects the batches it is sent, in order.
+struct Helper {
+    to: std::sync::mpsc::SyncSender<Vec<Read>>,
+    from: std::sync::mpsc::Receiver<Vec<Ready>>,
+}
+
+impl Helper {
+    fn start<'scope, 'env>(threads: &'scope std::thread::Scope<'scope, 'env>, step: &'env Step<'env>) -> Self {
+        let (to, batches) = std::sync::mpsc::sync_channel::<Vec<Read>>(2);
+        let (results, from) = std::sync::mpsc::sync_channel(2);
+        threads.spawn(move || {
+            for batch in batches {
+                // The store's thread stopped (an error): nothing more to do.
+                if results.send(step.prepare_batch(batch)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { to, from }
+    }
+
+    fn send(&self, batch: Vec<Read>) -> Result<(), StoreError> {
+        self.to.send(batch).map_err(|_| StoreError("the sync stage's helper thread stopped".into()))
+    }
+
+    fn recv(&self) -> Result<Vec<Ready>, StoreError> {
+        self.from.recv().map_err(|_| StoreError("the sync stage's helper thread stopped".into()))
+    }
 }
 
 /// The references a joined object gives (`[source.join] references`),

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use directory::{Dn, ObjectKind};
 use serde_json::Value as Json;
 
-use super::store::{ConnectorSpace, ExportLog, Metaverse, MvRecord, StoreError, Transactional};
+use super::store::{ConnectorSpace, ExportLog, Metaverse, MvRecord, Projected, StoreError, Transactional};
 use super::target::{ExportOp, Target, TargetError};
 use crate::mapping::{Flavor, Projection};
 use crate::source::{SourceId, SourceObject, Watermark};
@@ -283,7 +283,7 @@ impl Metaverse for MemoryStore {
         p: &Projection,
         manager: Option<String>,
         mut members: Vec<String>,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Projected, StoreError> {
         members.sort();
         members.dedup();
         let dn_norm = p.source_dn_normalized();
@@ -300,13 +300,14 @@ impl Metaverse for MemoryStore {
         match existing {
             Some(row) => {
                 let new = record(&row.record.id);
+                let newly_resolvable = row.record.deleted || row.dn_norm != dn_norm;
                 if row.record != new || row.dn_norm != dn_norm || row.precedence != p.precedence {
                     row.record = new;
                     row.precedence = p.precedence.clone();
                     row.dn_norm = dn_norm;
                     row.dirty = true;
                 }
-                Ok(row.record.id.clone())
+                Ok(Projected { id: row.record.id.clone(), newly_resolvable })
             }
             None => {
                 self.state.next_mv += 1;
@@ -320,7 +321,7 @@ impl Metaverse for MemoryStore {
                     dirty: true,
                 };
                 self.state.mv.insert(mv.clone(), row);
-                Ok(mv)
+                Ok(Projected { id: mv, newly_resolvable: true })
             }
         }
     }

@@ -23,8 +23,8 @@ use directory::{Dn, ObjectKind};
 
 pub use export::{PendingExport, pending_exports};
 pub use store::{
-    ConnectorSpace, DirtyObject, ExportLog, JoinContribution, JoinedRefs, MemberChanges, Metaverse, MvRecord,
-    StoreError, SyncStore, Transaction, Transactional,
+    ConnectorSpace, CsRead, DirtyObject, ExportLog, JoinContribution, JoinedRefs, MemberChanges, Metaverse, MvRecord,
+    Projected, StoreError, SyncStore, Transaction, Transactional,
 };
 pub use target::{Answers, ExportOp, Target, TargetError};
 

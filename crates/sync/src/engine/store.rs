@@ -70,6 +70,63 @@ impl<St: Transactional + ?Sized> Drop for Transaction<'_, St> {
     }
 }
 
+/// A connector-space object as read by [`ConnectorSpace::cs_read`]: its
+/// entry is decoded by [`CsRead::decode`], on whichever thread calls it.
+pub struct CsRead {
+    id: SourceId,
+    anchor: directory::Anchor,
+    kind: ObjectKind,
+    deleted: bool,
+    entry: Box<dyn FnOnce() -> Result<directory::Entry, StoreError> + Send>,
+}
+
+impl CsRead {
+    /// An object whose entry is decoded already.
+    pub fn decoded(object: SourceObject, deleted: bool) -> Self {
+        let SourceObject { id, anchor, kind, entry } = object;
+        Self { id, anchor, kind, deleted, entry: Box::new(move || Ok(entry)) }
+    }
+
+    /// An object whose entry `decode` makes from what the store read.
+    pub fn deferred(
+        id: SourceId,
+        anchor: directory::Anchor,
+        kind: ObjectKind,
+        deleted: bool,
+        decode: impl FnOnce() -> Result<directory::Entry, StoreError> + Send + 'static,
+    ) -> Self {
+        Self { id, anchor, kind, deleted, entry: Box::new(decode) }
+    }
+
+    /// The object and whether it is marked deleted.
+    pub fn decode(self) -> Result<(SourceObject, bool), StoreError> {
+        let entry = (self.entry)()?;
+        Ok((SourceObject { id: self.id, anchor: self.anchor, kind: self.kind, entry }, self.deleted))
+    }
+}
+
+impl std::fmt::Debug for CsRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsRead")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("deleted", &self.deleted)
+            .finish()
+    }
+}
+
+/// What [`SyncStore::mv_project`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projected {
+    /// The metaverse object's id.
+    pub id: String,
+    /// Its DN did not lead to a live metaverse object of this source before:
+    /// it is new, back from deletion or renamed. Objects that refer to that DN
+    /// may resolve it now. (May be `true` when another object of the source
+    /// still had the DN: it only costs them a second look.)
+    pub newly_resolvable: bool,
+}
+
 /// A metaverse object as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MvRecord {
@@ -152,6 +209,13 @@ pub trait ConnectorSpace {
     fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError>;
     /// The object and whether it is marked deleted.
     fn cs_get(&self, source: &str, id: &SourceId) -> Result<Option<(SourceObject, bool)>, StoreError>;
+    /// The same, with the decoding of its entry (decompression, parsing)
+    /// left to the caller, so that it can run on another thread than the
+    /// store's: the sync stage decodes and projects a batch on a helper
+    /// thread while the store writes the previous one.
+    fn cs_read(&self, source: &str, id: &SourceId) -> Result<Option<CsRead>, StoreError> {
+        Ok(self.cs_get(source, id)?.map(|(object, deleted)| CsRead::decoded(object, deleted)))
+    }
     /// The object at `dn`, if the connector space has one.
     fn cs_find(&self, source: &str, dn: &Dn) -> Result<Option<SourceId>, StoreError>;
     /// Objects whose manager or member references point at `dn`.
@@ -199,7 +263,7 @@ pub trait Metaverse {
         Ok(out)
     }
     /// Creates or updates the metaverse object of a source object; marks it
-    /// for export if it changed. Returns its id.
+    /// for export if it changed.
     fn mv_project(
         &mut self,
         source: &str,
@@ -207,7 +271,7 @@ pub trait Metaverse {
         projection: &Projection,
         manager: Option<String>,
         members: Vec<String>,
-    ) -> Result<String, StoreError>;
+    ) -> Result<Projected, StoreError>;
     /// Applies member changes to the metaverse object of group `id`: added
     /// DNs resolved to the live metaverse objects they projected, removed
     /// ones to any; marks it for export if its members changed. `false` when

@@ -361,3 +361,62 @@ fn a_group_the_cloud_took_over_waits_and_after_the_hand_back_is_sent_whole() {
         assert!(store.dirty_objects().unwrap().is_empty());
     });
 }
+
+#[test]
+fn a_large_sync_stage_resolves_forward_references_with_its_helper_thread() {
+    // More pending objects than the stage syncs on the store's thread alone,
+    // so batches are decoded and projected on the helper thread. Every
+    // reference points at an object imported later: it resolves in the
+    // second pass, after the object it names was projected.
+    const USERS: u16 = 300;
+    let dn = |i: u16| format!("uid=u{i},dc=example,dc=org");
+    let anchor = |i: u16| {
+        let [hi, lo] = i.to_be_bytes();
+        Anchor::from_bytes(&[hi, lo, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    };
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        let mut group = Entry::new(Dn::parse("cn=everyone,dc=example,dc=org").unwrap());
+        group.add("cn", "everyone");
+        for i in 0..USERS {
+            group.add("member", dn(i).as_str());
+        }
+        source.objects.push(SourceObject {
+            id: SourceId(vec![0xff, 0xff, 0]),
+            anchor: Anchor::from_bytes(&[0xff; 16]),
+            kind: ObjectKind::Group,
+            entry: group,
+        });
+        for i in 0..USERS {
+            let mut entry = Entry::new(Dn::parse(&dn(i)).unwrap());
+            entry.add("uid", format!("u{i}").as_str());
+            entry.add("cn", format!("Ünïcode {i}").as_str());
+            if i + 1 < USERS {
+                entry.add("manager", dn(i + 1).as_str());
+            }
+            let [hi, lo] = i.to_be_bytes();
+            source.objects.push(SourceObject {
+                id: SourceId(vec![hi, lo]),
+                anchor: anchor(i),
+                kind: ObjectKind::User,
+                entry,
+            });
+        }
+        let report = cycle("s", &mut source, &mut store, &mut target, &CycleOptions::default()).await;
+        assert_eq!(report.created, u64::from(USERS) + 1, "{report:?}");
+        for i in 0..USERS - 1 {
+            let (next_id, _) = target.by_anchor(&anchor(i + 1).immutable_id()).unwrap();
+            let next_id = next_id.clone();
+            let (_, user) = target.by_anchor(&anchor(i).immutable_id()).unwrap();
+            assert_eq!(user["displayName"], Json::String(format!("Ünïcode {i}")));
+            let manager = &user["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"];
+            assert_eq!(manager, &Json::String(next_id), "user {i}");
+        }
+        let (_, group) = target.by_anchor(&Anchor::from_bytes(&[0xff; 16]).immutable_id()).unwrap();
+        assert_eq!(group["members"].as_array().map(Vec::len), Some(usize::from(USERS)));
+        // Nothing changed: nothing synced again wrongly, nothing sent.
+        let report = cycle("s", &mut source, &mut store, &mut target, &CycleOptions::default()).await;
+        assert_eq!((report.created, report.updated, report.deleted), (0, 0, 0), "{report:?}");
+        assert!(!store.in_transaction());
+    });
+}
