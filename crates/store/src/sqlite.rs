@@ -8,8 +8,8 @@ use directory::{Anchor, Dn, ObjectKind};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value as Json, json};
 use sync::engine::{
-    ConnectorSpace, CsRead, CycleReport, ExportLog, MemberChanges, Metaverse, MvRecord, Projected, StoreError,
-    Transactional,
+    ConnectorSpace, CsRead, CycleReport, EncodedCs, EncodedMv, ExportLog, MemberChanges, Metaverse, MvRecord,
+    Projected, StoreError, Transactional,
 };
 use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
@@ -601,6 +601,136 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// `cs_put`, with the entry and reference keys made ahead when `encoded`.
+    fn put_cs(&mut self, source: &str, object: &SourceObject, encoded: Option<EncodedCs>) -> Result<(), StoreError> {
+        let (packed_entry, ref_keys) = match encoded {
+            Some(EncodedCs { entry, ref_keys }) => (entry, Some(ref_keys)),
+            None => (None, None),
+        };
+        let incoming = crate::incoming_encoded(object, packed_entry)?;
+        let kind = kind_str(object.kind);
+        let delta_ok = crate::members_by_difference(object);
+        let old: Option<crate::StoredCs> = self
+            .query_one(
+                "SELECT entry, member_chunks, anchor, kind, pending, members_only, deleted FROM cs WHERE source = ?1 AND id = ?2",
+                params![source, object.id.0],
+                |r| {
+                    Ok(crate::StoredCs {
+                        entry: packed(r, 0)?,
+                        member_chunks: r.get(1)?,
+                        anchor: r.get(2)?,
+                        kind: r.get(3)?,
+                        pending: r.get(4)?,
+                        members_only: r.get(5)?,
+                        deleted: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err)?;
+        let load = |digests: &[crate::member_chunks::Digest]| self.member_chunks(source, &object.id, digests);
+        let member_changes = match crate::classify_put(old.as_ref(), &incoming, object, &load)? {
+            crate::Put::Unchanged => return Ok(()),
+            crate::Put::Whole => None,
+            crate::Put::Members(added, removed) => Some((added, removed)),
+        };
+        // The keys the table holds for this object: those of the stored
+        // entry (read before its member chunks are rewritten below).
+        let stored_keys = match (&old, &member_changes) {
+            (Some(before), None) => crate::stored_entry(&before.entry, &before.member_chunks, &load)?
+                .map(|entry| crate::ref_keys(&entry))
+                .unwrap_or_default(),
+            _ => std::collections::BTreeSet::new(),
+        };
+        self.exec(
+            "INSERT INTO cs(source, id, dn, kind, anchor, entry, pending, deleted, delta_ok, members_only, member_chunks) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 1, 0, ?7, ?8, ?9)
+             ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, kind = excluded.kind,
+               anchor = excluded.anchor, entry = excluded.entry, pending = 1, deleted = 0,
+               delta_ok = excluded.delta_ok, members_only = excluded.members_only, member_chunks = excluded.member_chunks",
+            params![
+                source,
+                object.id.0,
+                object.entry.dn.to_string(),
+                kind,
+                object.anchor.0,
+                incoming.entry,
+                delta_ok,
+                member_changes.is_some(),
+                incoming.digest_list,
+            ],
+        )
+        .map_err(err)?;
+        let (write, delete) =
+            crate::chunk_writes(old.as_ref().map(|o| o.member_chunks.as_slice()).unwrap_or_default(), &incoming)?;
+        let mut insert = self
+            .conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO cs_member_chunks(source, id, digest, attr, members) VALUES(?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(err)?;
+        for (digest, attr, members) in write {
+            insert.execute(params![source, object.id.0, digest.as_slice(), attr, members]).map_err(err)?;
+        }
+        let mut remove = self
+            .conn
+            .prepare_cached("DELETE FROM cs_member_chunks WHERE source = ?1 AND id = ?2 AND digest = ?3")
+            .map_err(err)?;
+        for digest in delete {
+            remove.execute(params![source, object.id.0, digest.as_slice()]).map_err(err)?;
+        }
+        if let Some((added, removed)) = member_changes {
+            let mut change = self
+                .conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO cs_member_changes(source, id, dn_norm, added) VALUES(?1, ?2, ?3, ?4)",
+                )
+                .map_err(err)?;
+            for (dn, is_added) in added.iter().map(|d| (d, true)).chain(removed.iter().map(|d| (d, false))) {
+                change.execute(params![source, object.id.0, dn, is_added]).map_err(err)?;
+            }
+            // Every reference of such a group is a member: its keys change by the same difference.
+            let mut add = self
+                .conn
+                .prepare_cached("INSERT OR IGNORE INTO cs_ref_keys(source, id, ref_key) VALUES(?1, ?2, ?3)")
+                .map_err(err)?;
+            for dn in &added {
+                add.execute(params![source, object.id.0, crate::ref_key(dn)]).map_err(err)?;
+            }
+            let mut remove = self
+                .conn
+                .prepare_cached("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND ref_key = ?3")
+                .map_err(err)?;
+            for dn in &removed {
+                remove.execute(params![source, object.id.0, crate::ref_key(dn)]).map_err(err)?;
+            }
+            return Ok(());
+        }
+        self.exec("DELETE FROM cs_member_changes WHERE source = ?1 AND id = ?2", params![source, object.id.0])
+            .map_err(err)?;
+        // Only what changed: one member added to a 50,000-member group is
+        // one row written, not 50,000 deleted and written again.
+        let mut wanted = match ref_keys {
+            Some(keys) => keys,
+            None => crate::ref_keys(&object.entry),
+        };
+        let stored = stored_keys;
+        let mut remove = self
+            .conn
+            .prepare_cached("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND ref_key = ?3")
+            .map_err(err)?;
+        for key in stored {
+            if !wanted.remove(&key) {
+                remove.execute(params![source, object.id.0, key]).map_err(err)?;
+            }
+        }
+        let mut add =
+            self.conn.prepare_cached("INSERT INTO cs_ref_keys(source, id, ref_key) VALUES(?1, ?2, ?3)").map_err(err)?;
+        for key in wanted {
+            add.execute(params![source, object.id.0, key]).map_err(err)?;
+        }
+        Ok(())
+    }
+
     /// Runs a statement from the connection's statement cache: the engine
     /// runs the same few statements for every object.
     fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
@@ -872,127 +1002,16 @@ impl ConnectorSpace for SqliteStore {
     }
 
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError> {
-        let incoming = crate::incoming(object)?;
-        let kind = kind_str(object.kind);
-        let delta_ok = crate::members_by_difference(object);
-        let old: Option<crate::StoredCs> = self
-            .query_one(
-                "SELECT entry, member_chunks, anchor, kind, pending, members_only, deleted FROM cs WHERE source = ?1 AND id = ?2",
-                params![source, object.id.0],
-                |r| {
-                    Ok(crate::StoredCs {
-                        entry: packed(r, 0)?,
-                        member_chunks: r.get(1)?,
-                        anchor: r.get(2)?,
-                        kind: r.get(3)?,
-                        pending: r.get(4)?,
-                        members_only: r.get(5)?,
-                        deleted: r.get(6)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(err)?;
-        let load = |digests: &[crate::member_chunks::Digest]| self.member_chunks(source, &object.id, digests);
-        let member_changes = match crate::classify_put(old.as_ref(), &incoming, object, &load)? {
-            crate::Put::Unchanged => return Ok(()),
-            crate::Put::Whole => None,
-            crate::Put::Members(added, removed) => Some((added, removed)),
-        };
-        // The keys the table holds for this object: those of the stored
-        // entry (read before its member chunks are rewritten below).
-        let stored_keys = match (&old, &member_changes) {
-            (Some(before), None) => crate::stored_entry(&before.entry, &before.member_chunks, &load)?
-                .map(|entry| crate::ref_keys(&entry))
-                .unwrap_or_default(),
-            _ => std::collections::BTreeSet::new(),
-        };
-        self.exec(
-            "INSERT INTO cs(source, id, dn, kind, anchor, entry, pending, deleted, delta_ok, members_only, member_chunks) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 1, 0, ?7, ?8, ?9)
-             ON CONFLICT(source, id) DO UPDATE SET dn = excluded.dn, kind = excluded.kind,
-               anchor = excluded.anchor, entry = excluded.entry, pending = 1, deleted = 0,
-               delta_ok = excluded.delta_ok, members_only = excluded.members_only, member_chunks = excluded.member_chunks",
-            params![
-                source,
-                object.id.0,
-                object.entry.dn.to_string(),
-                kind,
-                object.anchor.0,
-                incoming.entry,
-                delta_ok,
-                member_changes.is_some(),
-                incoming.digest_list,
-            ],
-        )
-        .map_err(err)?;
-        let (write, delete) =
-            crate::chunk_writes(old.as_ref().map(|o| o.member_chunks.as_slice()).unwrap_or_default(), &incoming)?;
-        let mut insert = self
-            .conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO cs_member_chunks(source, id, digest, attr, members) VALUES(?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(err)?;
-        for (digest, attr, members) in write {
-            insert.execute(params![source, object.id.0, digest.as_slice(), attr, members]).map_err(err)?;
-        }
-        let mut remove = self
-            .conn
-            .prepare_cached("DELETE FROM cs_member_chunks WHERE source = ?1 AND id = ?2 AND digest = ?3")
-            .map_err(err)?;
-        for digest in delete {
-            remove.execute(params![source, object.id.0, digest.as_slice()]).map_err(err)?;
-        }
-        if let Some((added, removed)) = member_changes {
-            let mut change = self
-                .conn
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO cs_member_changes(source, id, dn_norm, added) VALUES(?1, ?2, ?3, ?4)",
-                )
-                .map_err(err)?;
-            for (dn, is_added) in added.iter().map(|d| (d, true)).chain(removed.iter().map(|d| (d, false))) {
-                change.execute(params![source, object.id.0, dn, is_added]).map_err(err)?;
-            }
-            // Every reference of such a group is a member: its keys change by the same difference.
-            let mut add = self
-                .conn
-                .prepare_cached("INSERT OR IGNORE INTO cs_ref_keys(source, id, ref_key) VALUES(?1, ?2, ?3)")
-                .map_err(err)?;
-            for dn in &added {
-                add.execute(params![source, object.id.0, crate::ref_key(dn)]).map_err(err)?;
-            }
-            let mut remove = self
-                .conn
-                .prepare_cached("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND ref_key = ?3")
-                .map_err(err)?;
-            for dn in &removed {
-                remove.execute(params![source, object.id.0, crate::ref_key(dn)]).map_err(err)?;
-            }
-            return Ok(());
-        }
-        self.exec("DELETE FROM cs_member_changes WHERE source = ?1 AND id = ?2", params![source, object.id.0])
-            .map_err(err)?;
-        // Only what changed: one member added to a 50,000-member group is
-        // one row written, not 50,000 deleted and written again.
-        let mut wanted = crate::ref_keys(&object.entry);
-        let stored = stored_keys;
-        let mut remove = self
-            .conn
-            .prepare_cached("DELETE FROM cs_ref_keys WHERE source = ?1 AND id = ?2 AND ref_key = ?3")
-            .map_err(err)?;
-        for key in stored {
-            if !wanted.remove(&key) {
-                remove.execute(params![source, object.id.0, key]).map_err(err)?;
-            }
-        }
-        let mut add =
-            self.conn.prepare_cached("INSERT INTO cs_ref_keys(source, id, ref_key) VALUES(?1, ?2, ?3)").map_err(err)?;
-        for key in wanted {
-            add.execute(params![source, object.id.0, key]).map_err(err)?;
-        }
-        Ok(())
+        self.put_cs(source, object, None)
     }
 
+    fn cs_encoder(&self) -> Option<sync::engine::CsEncoder> {
+        Some(crate::encode_cs)
+    }
+
+    fn cs_put_encoded(&mut self, source: &str, object: &SourceObject, encoded: EncodedCs) -> Result<(), StoreError> {
+        self.put_cs(source, object, Some(encoded))
+    }
     fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError> {
         self.exec(
             "UPDATE cs SET deleted = 1, pending = 1, members_only = 0 WHERE source = ?1 AND id = ?2",
@@ -1231,10 +1250,30 @@ impl Metaverse for SqliteStore {
         id: &SourceId,
         p: &Projection,
         manager: Option<String>,
-        mut members: Vec<String>,
+        members: Vec<String>,
     ) -> Result<Projected, StoreError> {
-        let (attrs, members, dn_norm) = crate::projection_row(p, &mut members);
-        let (attrs, members) = (pack::pack(&attrs)?, pack::pack(&members)?);
+        let encoded = crate::encode_mv(p)?;
+        self.mv_project_encoded(source, id, p, manager, members, encoded)
+    }
+
+    fn mv_encoder(&self) -> Option<sync::engine::MvEncoder> {
+        Some(crate::encode_mv)
+    }
+
+    fn mv_project_encoded(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        p: &Projection,
+        manager: Option<String>,
+        mut members: Vec<String>,
+        encoded: EncodedMv,
+    ) -> Result<Projected, StoreError> {
+        members.sort();
+        members.dedup();
+        let attrs = encoded.attrs;
+        let members = pack::pack(&serde_json::json!(members).to_string())?;
+        let dn_norm = p.source_dn_normalized();
         let precedence = self.precedence_id(&p.precedence)?;
         let existing: Option<(String, String, bool)> = self
             .query_one(

@@ -43,6 +43,71 @@ pub(super) struct ImportWriter<'a, St: SyncStore + ?Sized> {
     /// pending and read after the import.
     replicated_passwords: bool,
     all_passwords: bool,
+    /// Encodes objects for the store on a helper thread once the import is
+    /// large enough to be worth it; `None` before that, or when the store
+    /// encodes only as it writes.
+    encoder: Option<Encoder>,
+    /// The store's encoder, for when the helper starts.
+    encode: Option<super::CsEncoder>,
+}
+
+/// A change accepted from the source, on its way to the store in the order
+/// it came.
+struct Queued {
+    change: SourceChange,
+    /// The source gave the user's password with the entry (taken out of it).
+    had_secret: bool,
+    /// That password is kept for this cycle's password stage.
+    captured: bool,
+}
+
+/// An encoded change back from the helper thread.
+type Encoded = (Queued, Option<Result<super::EncodedCs, StoreError>>);
+
+/// Imports with more changes than this encode on a helper thread.
+const ENCODE_AHEAD_FROM: u64 = 32;
+/// Changes accepted but not yet at the helper thread, at most.
+const ENCODE_QUEUE: usize = 256;
+
+/// The helper thread that encodes imported objects while the store's thread
+/// writes the ones before them.
+struct Encoder {
+    to: Option<std::sync::mpsc::SyncSender<Queued>>,
+    /// Unbounded, so the helper never waits for the writer (which may be
+    /// waiting to hand it more); holds at most what was sent.
+    from: std::sync::mpsc::Receiver<Encoded>,
+    in_flight: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Encoder {
+    fn start(encode: super::CsEncoder) -> std::io::Result<Self> {
+        let (to, changes) = std::sync::mpsc::sync_channel::<Queued>(ENCODE_QUEUE);
+        let (encoded, from) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("import-encode".into()).spawn(move || {
+            for queued in changes {
+                let done = match &queued.change {
+                    SourceChange::Upsert(obj) => Some(encode(obj)),
+                    _ => None,
+                };
+                // The writer is gone (the import failed): nothing more to do.
+                if encoded.send((queued, done)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(Self { to: Some(to), from, in_flight: 0, thread: Some(thread) })
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        // Its input closed, the helper ends after what it holds.
+        self.to.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
@@ -56,39 +121,20 @@ impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
         let before = self.store.cs_get(self.source, &obj.id)?;
         Ok(before.as_ref().and_then(|(o, _)| o.entry.first_text("pwdLastSet")) != Some(now))
     }
-}
 
-impl<St: SyncStore + ?Sized> ImportSink for ImportWriter<'_, St> {
-    fn accept(&mut self, change: SourceChange) -> Result<(), SinkError> {
-        self.observer.advance(1);
-        let result = match change {
-            SourceChange::Upsert(mut obj) => {
+    /// Counts the change and takes secrets out of it (capturing passwords
+    /// for this cycle): nothing here touches the store.
+    fn take(&mut self, change: SourceChange) -> Queued {
+        let mut queued = Queued { change, had_secret: false, captured: false };
+        match &mut queued.change {
+            SourceChange::Upsert(obj) => {
                 self.imported += 1;
                 self.seen.insert(obj.id.clone());
                 // Secrets never reach the store, with or without password hash sync.
                 let found = crate::phs::take_secrets(&mut obj.entry);
-                if found.is_none()
-                    && self.replicated_passwords
-                    && self.passwords.is_some()
-                    && obj.kind == directory::ObjectKind::User
-                {
-                    let changed = self.password_changed(&obj).and_then(|changed| {
-                        if changed { self.store.set_password_pending(self.source, &obj.id, true) } else { Ok(()) }
-                    });
-                    if let Err(e) = changed {
-                        let text = e.to_string();
-                        self.error = Some(e);
-                        return Err(SinkError(text));
-                    }
-                }
+                queued.had_secret = found.is_some();
                 if let (Some(found), Some(list), directory::ObjectKind::User) = (found, &mut self.passwords, obj.kind) {
-                    // Committed with the import: if the cycle ends before the
-                    // tenant confirms, the next one reads this user again.
-                    if let Err(e) = self.store.set_password_pending(self.source, &obj.id, true) {
-                        let text = e.to_string();
-                        self.error = Some(e);
-                        return Err(SinkError(text));
-                    }
+                    queued.captured = true;
                     list.insert(
                         obj.id.clone(),
                         (
@@ -101,18 +147,103 @@ impl<St: SyncStore + ?Sized> ImportSink for ImportWriter<'_, St> {
                         ),
                     );
                 }
-                self.store.cs_put(self.source, &obj)
             }
             SourceChange::Present { id } => {
-                self.seen.insert(id);
-                Ok(())
+                self.seen.insert(id.clone());
             }
-            SourceChange::Delete { id, .. } => {
-                self.deleted += 1;
-                self.store.cs_delete(self.source, &id)
+            SourceChange::Delete { .. } => self.deleted += 1,
+        }
+        queued
+    }
+
+    /// Writes one change into the connector space, in the order accepted.
+    fn write(
+        &mut self,
+        queued: Queued,
+        encoded: Option<Result<super::EncodedCs, StoreError>>,
+    ) -> Result<(), StoreError> {
+        match queued.change {
+            SourceChange::Upsert(obj) => {
+                if !queued.had_secret
+                    && self.replicated_passwords
+                    && self.passwords.is_some()
+                    && obj.kind == directory::ObjectKind::User
+                    && self.password_changed(&obj)?
+                {
+                    self.store.set_password_pending(self.source, &obj.id, true)?;
+                }
+                if queued.captured {
+                    // Committed with the import: if the cycle ends before the
+                    // tenant confirms, the next one reads this user again.
+                    self.store.set_password_pending(self.source, &obj.id, true)?;
+                }
+                match encoded {
+                    Some(encoded) => self.store.cs_put_encoded(self.source, &obj, encoded?),
+                    None => self.store.cs_put(self.source, &obj),
+                }
             }
-        };
-        result.map_err(|e| {
+            SourceChange::Present { .. } => Ok(()),
+            SourceChange::Delete { id, .. } => self.store.cs_delete(self.source, &id),
+        }
+    }
+
+    /// Writes what the helper thread has encoded: all of it (`wait`), or
+    /// what is ready now.
+    fn drain(&mut self, wait: bool) -> Result<(), StoreError> {
+        loop {
+            let Some(encoder) = &mut self.encoder else { return Ok(()) };
+            if encoder.in_flight == 0 {
+                return Ok(());
+            }
+            let next = if wait { encoder.from.recv().ok() } else { encoder.from.try_recv().ok() };
+            let Some((queued, encoded)) = next else {
+                return if wait { Err(StoreError("the import's helper thread stopped".into())) } else { Ok(()) };
+            };
+            encoder.in_flight -= 1;
+            self.write(queued, encoded)?;
+        }
+    }
+
+    /// Everything accepted so far is in the store (or the first error is
+    /// kept in `self.error`).
+    fn flush(&mut self) {
+        if self.error.is_none()
+            && let Err(e) = self.drain(true)
+        {
+            self.error = Some(e);
+        }
+    }
+
+    fn accept_queued(&mut self, queued: Queued) -> Result<(), StoreError> {
+        if self.encoder.is_none()
+            && self.imported >= ENCODE_AHEAD_FROM
+            && let Some(encode) = self.encode.take()
+        {
+            // Without a thread the import goes on writing on this one.
+            self.encoder = Encoder::start(encode).ok();
+        }
+        match &mut self.encoder {
+            Some(encoder) => {
+                let sent = encoder.to.as_ref().map(|to| to.send(queued));
+                if !matches!(sent, Some(Ok(()))) {
+                    return Err(StoreError("the import's helper thread stopped".into()));
+                }
+                encoder.in_flight += 1;
+                self.drain(false)
+            }
+            None => self.write(queued, None),
+        }
+    }
+}
+
+impl<St: SyncStore + ?Sized> ImportSink for ImportWriter<'_, St> {
+    fn accept(&mut self, change: SourceChange) -> Result<(), SinkError> {
+        self.observer.advance(1);
+        if let Some(e) = &self.error {
+            return Err(SinkError(e.to_string()));
+        }
+        let queued = self.take(change);
+        self.accept_queued(queued).map_err(|e| {
             let text = e.to_string();
             self.error = Some(e);
             SinkError(text)
@@ -136,6 +267,7 @@ where
     St: SyncStore + Send + ?Sized,
 {
     let mut tx = Transaction::begin(&mut *store)?;
+    let store_encoder = tx.cs_encoder();
     let previous = tx.watermark(source_name)?;
     let watermark = if full { None } else { previous.clone() };
     observer.stage("import", None);
@@ -150,12 +282,15 @@ where
         passwords: (options.password_sync && !options.staging).then(HashMap::new),
         replicated_passwords: source.replicates_secrets(),
         all_passwords: options.full,
+        encoder: None,
+        encode: store_encoder,
     };
     let mut password_failure = None;
     let mut result = match &watermark {
         Some(w) => source.delta_import(w, &mut writer).await,
         None => source.full_import(previous.as_ref(), &mut writer).await,
     };
+    writer.flush();
     // Passwords read earlier but never confirmed by the tenant (a crash, an
     // unreachable tenant): read those users again.
     if result.is_ok() && writer.error.is_none() && writer.passwords.is_some() {
@@ -210,6 +345,7 @@ where
             if let Err(e) = source.reread(&again, &mut writer).await {
                 result = Err(e);
             }
+            writer.flush();
         }
     }
     let (seen, imported, deleted) = (std::mem::take(&mut writer.seen), writer.imported, writer.deleted);

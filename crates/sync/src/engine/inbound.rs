@@ -52,7 +52,10 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
         && scope.is_none()
         && options.join.is_none()
         && !mapping::MEMBER_ATTRIBUTES.iter().any(|a| options.rules.inbound_reads(a));
-    let step = Step { source: source_name, flavor, options, scope: scope.as_ref(), apply_once: &apply_once };
+    // Attributes are encoded ahead unless something may still change the
+    // projection on the store's thread (apply-once flows, joins).
+    let encode_mv = tx.mv_encoder().filter(|_| apply_once.is_empty() && options.join.is_none());
+    let step = Step { source: source_name, flavor, options, scope: scope.as_ref(), apply_once: &apply_once, encode_mv };
     // Decoding and projecting are pure: a helper thread does them for the
     // next batches while this one writes the current batch's results in the
     // order the objects were imported. Small syncs (a daemon's delta) stay
@@ -69,7 +72,7 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                 observer.stage("sync", Some(pending.len() as u64));
             }
             if helper.is_none() && pending.len() >= PIPELINE_FROM {
-                helper = Some(Helper::start(threads, &step));
+                helper = Helper::start(threads, &step);
             }
             let batches: Vec<&[SourceId]> = pending.chunks(SYNC_BATCH).collect();
             let mut local = std::collections::VecDeque::new();
@@ -131,6 +134,8 @@ struct Decoded {
     /// Why the object is not synchronised, by its kind and flavour.
     out_of_scope: Option<&'static str>,
     projection: Option<Projection>,
+    /// The projection's attributes in the store's encoding, when made ahead.
+    encoded: Option<Result<super::EncodedMv, StoreError>>,
 }
 
 /// Reads one batch of pending objects (store thread).
@@ -158,6 +163,7 @@ struct Step<'a> {
     options: &'a CycleOptions,
     scope: Option<&'a HashSet<String>>,
     apply_once: &'a [&'a str],
+    encode_mv: Option<super::MvEncoder>,
 }
 
 impl Step<'_> {
@@ -179,7 +185,8 @@ impl Step<'_> {
         let out_of_scope = if deleted { None } else { mapping::out_of_scope(self.flavor, &obj) };
         let projection = (!deleted && out_of_scope.is_none())
             .then(|| mapping::project(self.flavor, self.source, &obj, &self.options.rules));
-        Decoded { obj, deleted, out_of_scope, projection }
+        let encoded = projection.as_ref().zip(self.encode_mv).map(|(p, encode)| encode(p));
+        Decoded { obj, deleted, out_of_scope, projection, encoded }
     }
 
     /// Writes one object's sync (store thread, in import order).
@@ -206,7 +213,7 @@ impl Step<'_> {
             Ready::Object(id, decoded) => (id, decoded?),
         };
         let Some(decoded) = decoded else { return Ok(()) };
-        let Decoded { obj, deleted, out_of_scope, projection } = *decoded;
+        let Decoded { obj, deleted, out_of_scope, projection, encoded } = *decoded;
         let reason = if deleted {
             Some("deleted on-premises")
         } else if self.scope.is_some_and(|members| !members.contains(&obj.entry.dn.normalized())) {
@@ -253,7 +260,12 @@ impl Step<'_> {
                     None => None,
                 };
                 let members = tx.mv_for_dns(source_name, &projection.members)?;
-                let projected = tx.mv_project(source_name, &id, &projection, manager, members)?;
+                let projected = match encoded {
+                    Some(encoded) => {
+                        tx.mv_project_encoded(source_name, &id, &projection, manager, members, encoded?)?
+                    }
+                    None => tx.mv_project(source_name, &id, &projection, manager, members)?,
+                };
                 done.synced += 1;
                 if projected.newly_resolvable {
                     // Objects that pointed at this one before it existed now can resolve it.
@@ -281,18 +293,22 @@ struct Helper {
 }
 
 impl Helper {
-    fn start<'scope, 'env>(threads: &'scope std::thread::Scope<'scope, 'env>, step: &'env Step<'env>) -> Self {
+    /// `None` when no thread can be made: the stage then runs on one.
+    fn start<'scope, 'env>(threads: &'scope std::thread::Scope<'scope, 'env>, step: &'env Step<'env>) -> Option<Self> {
         let (to, batches) = std::sync::mpsc::sync_channel::<Vec<Read>>(2);
         let (results, from) = std::sync::mpsc::sync_channel(2);
-        threads.spawn(move || {
-            for batch in batches {
-                // The store's thread stopped (an error): nothing more to do.
-                if results.send(step.prepare_batch(batch)).is_err() {
-                    break;
+        std::thread::Builder::new()
+            .name("sync-prepare".into())
+            .spawn_scoped(threads, move || {
+                for batch in batches {
+                    // The store's thread stopped (an error): nothing more to do.
+                    if results.send(step.prepare_batch(batch)).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
-        Self { to, from }
+            })
+            .ok()?;
+        Some(Self { to, from })
     }
 
     fn send(&self, batch: Vec<Read>) -> Result<(), StoreError> {

@@ -23,8 +23,8 @@ use directory::{Dn, ObjectKind};
 
 pub use export::{PendingExport, pending_exports};
 pub use store::{
-    ConnectorSpace, CsRead, DirtyObject, ExportLog, JoinContribution, JoinedRefs, MemberChanges, Metaverse, MvRecord,
-    Projected, StoreError, SyncStore, Transaction, Transactional,
+    ConnectorSpace, CsEncoder, CsRead, DirtyObject, EncodedCs, EncodedMv, ExportLog, JoinContribution, JoinedRefs,
+    MemberChanges, Metaverse, MvEncoder, MvRecord, Projected, StoreError, SyncStore, Transaction, Transactional,
 };
 pub use target::{Answers, ExportOp, Target, TargetError};
 

@@ -115,6 +115,30 @@ impl std::fmt::Debug for CsRead {
     }
 }
 
+/// Encodes an imported object the way its store keeps it (see
+/// [`ConnectorSpace::cs_encoder`]); a plain function, so any thread may run it.
+pub type CsEncoder = fn(&SourceObject) -> Result<EncodedCs, StoreError>;
+
+/// An imported object in its store's own encoding, made ahead of writing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedCs {
+    /// The entry as the store keeps it; `None`: made when written (a large
+    /// group, whose members the store splits as it writes).
+    pub entry: Option<Vec<u8>>,
+    /// The store's keys of the DNs the object refers to.
+    pub ref_keys: std::collections::BTreeSet<i64>,
+}
+
+/// Encodes a projection's attributes the way its store keeps them (see
+/// [`Metaverse::mv_encoder`]); a plain function, so any thread may run it.
+pub type MvEncoder = fn(&Projection) -> Result<EncodedMv, StoreError>;
+
+/// A projection's attributes in its store's own encoding, made ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedMv {
+    pub attrs: Vec<u8>,
+}
+
 /// What [`SyncStore::mv_project`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projected {
@@ -197,6 +221,18 @@ pub trait ConnectorSpace {
 
     /// Stores an imported object; marks it for sync if it changed.
     fn cs_put(&mut self, source: &str, object: &SourceObject) -> Result<(), StoreError>;
+    /// Makes what [`ConnectorSpace::cs_put_encoded`] stores without the
+    /// store, so that it can run on another thread than the store's (the
+    /// import encodes on a helper thread while the store writes). `None`:
+    /// the store encodes when it writes.
+    fn cs_encoder(&self) -> Option<CsEncoder> {
+        None
+    }
+    /// [`ConnectorSpace::cs_put`] with the object encoded ahead by the
+    /// store's own [`ConnectorSpace::cs_encoder`].
+    fn cs_put_encoded(&mut self, source: &str, object: &SourceObject, _encoded: EncodedCs) -> Result<(), StoreError> {
+        self.cs_put(source, object)
+    }
     /// Marks an object as gone (it is removed once synced).
     fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
     /// Every known object's id and DN (for reconciliation).
@@ -272,6 +308,25 @@ pub trait Metaverse {
         manager: Option<String>,
         members: Vec<String>,
     ) -> Result<Projected, StoreError>;
+    /// Makes the stored form of a projection's attributes without the
+    /// store, so that it can run on another thread than the store's (the
+    /// sync stage's helper thread). `None`: the store encodes as it writes.
+    fn mv_encoder(&self) -> Option<MvEncoder> {
+        None
+    }
+    /// [`Metaverse::mv_project`] with the attributes encoded ahead by the
+    /// store's own [`Metaverse::mv_encoder`] from this same projection.
+    fn mv_project_encoded(
+        &mut self,
+        source: &str,
+        id: &SourceId,
+        projection: &Projection,
+        manager: Option<String>,
+        members: Vec<String>,
+        _encoded: EncodedMv,
+    ) -> Result<Projected, StoreError> {
+        self.mv_project(source, id, projection, manager, members)
+    }
     /// Applies member changes to the metaverse object of group `id`: added
     /// DNs resolved to the live metaverse objects they projected, removed
     /// ones to any; marks it for export if its members changed. `false` when
