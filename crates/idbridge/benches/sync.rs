@@ -7,6 +7,9 @@
 //!   IDBRIDGE_BENCH_PERF=/tmp/sync.perf … (profiles the full cycle and the tenant;
 //!   IDBRIDGE_BENCH_PERF_GRAPH=dwarf for call graphs through Rust code)
 //!   IDBRIDGE_BENCH_KILL=5 … (full cycles killed with SIGKILL at random points, then checked)
+//!   IDBRIDGE_BENCH_COMPARE=/path/to/other/idbridge … (then full cycles of this build and that one,
+//!   taking turns from the same slapd into fresh tenants: the ratio of the two in one run;
+//!   IDBRIDGE_BENCH_COMPARE_ROUNDS=3 each)
 //!   IDBRIDGE_BENCH_KEEP_STATE=/tmp/state.db … (copies both stores there after the full cycle, to look
 //!   inside with `sqlite3 /tmp/state.db "SELECT name, sum(pgsize) FROM dbstat GROUP BY 1"`)
 //!
@@ -132,6 +135,73 @@ fn kill_trials(exe: &str, config: &str, slapd: &testkit::Slapd, base: &str, toke
     );
 }
 
+/// `dir/idbridge.toml`: slapd → the tenant, state in `dir/state.db`, with
+/// password hash sync when `phs`.
+fn write_config(slapd: &testkit::Slapd, tenant: &testkit::SyncTenant, dir: &Path, phs: bool) -> std::path::PathBuf {
+    let config = dir.join("idbridge.toml");
+    let phs_line = if phs { "password_hash_sync = true\n" } else { "" };
+    let text = testkit::sync_config(
+        slapd,
+        "lab",
+        "",
+        Some((&tenant.base, &tenant.token_file)),
+        "\n[sync]\nstate = \"state.db\"\ninterval_secs = 0\n",
+    )
+    .unwrap()
+    .replace("base_dns = [", &format!("{phs_line}base_dns = ["));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// One full cycle of `exe` from the same slapd into its own empty tenant
+/// and an empty sync store: wall seconds, and import, sync and export.
+fn fresh_full_cycle(exe: &Path, slapd: &testkit::Slapd, dir: &Path, phs: bool) -> (f64, [f64; 3]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let tenant = testkit::SyncTenant::start(exe, dir, "example.org").unwrap();
+    let config = write_config(slapd, &tenant, dir, phs);
+    let run = testkit::measure_run(Command::new(exe).env("RUST_LOG", "warn").args([
+        "sync",
+        "run",
+        "--once",
+        "--config",
+        config.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let report = run.stderr.lines().rev().find(|l| l.contains("import ")).unwrap_or("").to_string();
+    drop(tenant);
+    let _ = std::fs::remove_dir_all(dir);
+    (run.seconds, stages(&report))
+}
+
+/// IDBRIDGE_BENCH_COMPARE=OTHER: full cycles of this build and of OTHER (an
+/// `idbridge` built from another commit), taking turns from the same slapd,
+/// each into a fresh tenant (`IDBRIDGE_BENCH_COMPARE_ROUNDS` each, default
+/// 3): the machine's speed drifts between runs, not between turns.
+fn compare(this: &Path, other: &Path, slapd: &testkit::Slapd, tmp: &Path, phs: bool, dump_secs: f64) {
+    let rounds: usize = std::env::var("IDBRIDGE_BENCH_COMPARE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        theirs.push(fresh_full_cycle(other, slapd, &tmp.join(format!("compare-other-{round}")), phs));
+        mine.push(fresh_full_cycle(this, slapd, &tmp.join(format!("compare-this-{round}")), phs));
+    }
+    // Medians per part: full cycle, import, sync, export.
+    let median = |runs: &[(f64, [f64; 3])], part: usize| {
+        let mut v: Vec<f64> =
+            runs.iter().map(|(full, stages)| if part == 0 { *full } else { stages[part - 1] }).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!("  same-run comparison ({rounds} full cycles each, taking turns, medians) with {}", other.display());
+    for (part, name) in ["full cycle", "import", "sync", "export"].iter().enumerate() {
+        let (a, b) = (median(&mine, part), median(&theirs, part));
+        println!(
+            "    {name:<26} this {a:.1} s, other {b:.1} s: {:.2}x the other's time ({:.1}x the dump)",
+            a / b,
+            a / dump_secs
+        );
+    }
+}
+
 fn main() {
     let users: u64 = std::env::var("IDBRIDGE_BENCH_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let phs = std::env::var("IDBRIDGE_BENCH_PHS").map_or(true, |v| v != "0");
@@ -146,18 +216,7 @@ fn main() {
     let (dump_secs, _) = testkit::ldapsearch_baseline(&slapd, filter, &["entryUUID"]).unwrap();
     let tenant = testkit::SyncTenant::start(Path::new(exe), tmp.path(), "example.org").unwrap();
     let (base, token) = (tenant.base.clone(), tenant.token.clone());
-    let config = tmp.join("idbridge.toml");
-    let phs_line = if phs { "password_hash_sync = true\n" } else { "" };
-    let text = testkit::sync_config(
-        &slapd,
-        "lab",
-        "",
-        Some((&base, &tenant.token_file)),
-        "\n[sync]\nstate = \"state.db\"\ninterval_secs = 0\n",
-    )
-    .unwrap()
-    .replace("base_dns = [", &format!("{phs_line}base_dns = ["));
-    std::fs::write(&config, text).unwrap();
+    let config = write_config(&slapd, &tenant, tmp.path(), phs);
     let config_arg = config.to_str().unwrap();
     let source_dump = testkit::measure_run(Command::new(exe).env("RUST_LOG", "warn").args([
         "source",
@@ -280,6 +339,10 @@ fn main() {
     );
     println!("    report                     {report}");
     println!("  cycle with nothing changed   {:.2} s ({:.1} CPU s)", unchanged.seconds, unchanged.cpu_seconds);
+
+    if let Ok(other) = std::env::var("IDBRIDGE_BENCH_COMPARE") {
+        compare(Path::new(exe), Path::new(&other), &slapd, tmp.path(), phs, dump_secs);
+    }
 
     let trials: u32 = std::env::var("IDBRIDGE_BENCH_KILL").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     if trials > 0 {

@@ -129,6 +129,9 @@ where
 /// Batches sent before the first one's answers are recorded.
 const IN_FLIGHT: usize = 2;
 
+/// Records per batch when ordering contested unique values.
+const CONTEST_BATCH: usize = if cfg!(test) { 16 } else { 512 };
+
 /// Records the target's answers to one batch, in one transaction: what was
 /// confirmed, what failed (retried next cycle), what still waits for a
 /// reference (tried again in the second pass).
@@ -265,22 +268,67 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
     };
     // (key hash, node, claims it newly)
     let mut touches: Vec<(u64, usize, bool)> = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        // Members alone changed: no unique value is claimed or given up.
-        if node.members_only {
-            continue;
+    // The store's thread reads records; the outbound rules that give their
+    // unique values run on a helper thread, a batch behind.
+    let keys = |batch: Vec<(usize, MvRecord, Option<Json>)>| -> Vec<(u64, usize, bool)> {
+        let mut out = Vec::new();
+        for (i, record, exported) in batch {
+            let wanted = if record.deleted {
+                Vec::new()
+            } else {
+                let view = MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
+                mapping::unique_keys(record.kind, &mapping::desired_resource(&view, None, &[], rules))
+            };
+            let had = exported.map(|r| mapping::unique_keys(record.kind, &r)).unwrap_or_default();
+            out.extend(wanted.iter().filter(|k| !had.contains(k)).map(|k| (hash(k), i, true)));
+            out.extend(had.iter().filter(|k| !wanted.contains(k)).map(|k| (hash(k), i, false)));
         }
-        let Some(record) = store.mv_get(&node.id)? else { continue };
-        let wanted = if record.deleted {
-            Vec::new()
-        } else {
-            let view = MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
-            mapping::unique_keys(record.kind, &mapping::desired_resource(&view, None, &[], rules))
-        };
-        let had = store.exported(&node.id)?.map(|(_, r)| mapping::unique_keys(record.kind, &r)).unwrap_or_default();
-        touches.extend(wanted.iter().filter(|k| !had.contains(k)).map(|k| (hash(k), i, true)));
-        touches.extend(had.iter().filter(|k| !wanted.contains(k)).map(|k| (hash(k), i, false)));
-    }
+        out
+    };
+    // Members alone changed: no unique value is claimed or given up.
+    let considered: Vec<usize> = (0..nodes.len()).filter(|&i| nodes.get(i).is_some_and(|n| !n.members_only)).collect();
+    let read = |indices: &[usize]| -> Result<Vec<(usize, MvRecord, Option<Json>)>, StoreError> {
+        let mut batch = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let Some(node) = nodes.get(i) else { continue };
+            let Some(record) = store.mv_get(&node.id)? else { continue };
+            let exported = store.exported(&node.id)?.map(|(_, r)| r);
+            batch.push((i, record, exported));
+        }
+        Ok(batch)
+    };
+    std::thread::scope(|threads| -> Result<(), StoreError> {
+        let (to, batches) = std::sync::mpsc::sync_channel::<Vec<(usize, MvRecord, Option<Json>)>>(2);
+        let helper = (considered.len() >= 2 * CONTEST_BATCH)
+            .then(|| {
+                std::thread::Builder::new().name("export-order".into()).spawn_scoped(threads, move || {
+                    let mut all = Vec::new();
+                    for batch in batches {
+                        all.extend(keys(batch));
+                    }
+                    all
+                })
+            })
+            .and_then(Result::ok);
+        for chunk in considered.chunks(CONTEST_BATCH) {
+            let batch = read(chunk)?;
+            if helper.is_some() {
+                // The helper ended early only by a panic, reported at the join.
+                if to.send(batch).is_err() {
+                    break;
+                }
+            } else {
+                touches.extend(keys(batch));
+            }
+        }
+        drop(to);
+        if let Some(helper) = helper {
+            touches.extend(
+                helper.join().map_err(|_| StoreError("ordering the exports: the helper thread failed".into()))?,
+            );
+        }
+        Ok(())
+    })?;
     touches.sort_unstable();
     let mut edges = Vec::new();
     for group in touches.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {

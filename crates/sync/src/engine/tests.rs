@@ -420,3 +420,42 @@ fn a_large_sync_stage_resolves_forward_references_with_its_helper_thread() {
         assert!(!store.in_transaction());
     });
 }
+
+#[test]
+fn contested_unique_values_are_ordered_by_anchor_on_one_thread_or_two() {
+    // Two users want the same address (the userName it gives); the one with
+    // the lower anchor must go first, whether the ordering ran on the
+    // store's thread alone (few objects) or with its helper thread (many).
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        for i in 1..=60u8 {
+            let shared = [7, 50].contains(&i);
+            let mail = if shared { "zoë.shared@example.org".to_string() } else { format!("u{i}@example.org") };
+            source.add(
+                i,
+                ObjectKind::User,
+                &format!("uid=u{i}"),
+                &[("uid", &format!("u{i}")), ("cn", "Zoë"), ("mail", &mail)],
+            );
+        }
+        let staging = CycleOptions { staging: true, ..CycleOptions::default() };
+        cycle("s", &mut source, &mut store, &mut target, &staging).await;
+        let nodes: Vec<Node> = store
+            .dirty_objects()
+            .unwrap()
+            .into_iter()
+            .map(|d| Node { id: d.id, refs: d.refs, members_only: d.members_only })
+            .collect();
+        let anchor_of = |node: &Node| store.mv_get(&node.id).unwrap().unwrap().anchor;
+        let copy = |n: &Node| Node { id: n.id.clone(), refs: n.refs.clone(), members_only: n.members_only };
+        let wanted: Vec<String> = [3, 7, 50].iter().map(|b| Anchor::from_bytes(&[*b; 16]).immutable_id()).collect();
+        let few: Vec<Node> = nodes.iter().filter(|n| wanted.contains(&anchor_of(n))).map(copy).collect();
+        assert_eq!(few.len(), 3);
+        for set in [few, nodes] {
+            let edges = super::export::contest_order(&store, &set, &CycleOptions::default().rules).unwrap();
+            assert_eq!(edges.len(), 1, "{} objects: {edges:?}", set.len());
+            let (later, earlier) = edges[0];
+            assert!(anchor_of(&set[earlier]) < anchor_of(&set[later]), "{} objects", set.len());
+        }
+    });
+}
