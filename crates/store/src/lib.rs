@@ -561,9 +561,15 @@ fn joined_refs(text: &str) -> Result<sync::engine::JoinedRefs, StoreError> {
 /// A projection as stored: attributes and sorted members as JSON text,
 /// and the normalized DN it came from.
 fn projection_row(p: &sync::mapping::Projection, members: &mut Vec<String>) -> (String, String, String) {
+    (Json::Object(p.attrs.clone()).to_string(), members_text(members), p.source_dn_normalized())
+}
+
+/// A metaverse object's members as stored: sorted, once each, as a JSON
+/// array (both backends; an unchanged list is then the same text).
+fn members_text(members: &mut Vec<String>) -> String {
     members.sort();
     members.dedup();
-    (Json::Object(p.attrs.clone()).to_string(), serde_json::json!(members).to_string(), p.source_dn_normalized())
+    serde_json::json!(members).to_string()
 }
 
 /// A projection's attributes as the SQLite store keeps them (any thread).
