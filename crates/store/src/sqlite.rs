@@ -1559,6 +1559,18 @@ impl Metaverse for SqliteStore {
 
 impl ExportLog for SqliteStore {
     fn dirty_objects(&self) -> Result<Vec<sync::engine::DirtyObject>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_dirty_object(&mut |d| {
+            out.push(d);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn for_each_dirty_object(
+        &self,
+        each: &mut dyn FnMut(sync::engine::DirtyObject) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -1581,7 +1593,6 @@ impl ExportLog for SqliteStore {
                 ))
             })
             .map_err(err)?;
-        let mut out = Vec::new();
         let mut added = self
             .conn
             .prepare_cached("SELECT member FROM mv_member_changes WHERE mv_id = ?1 AND added = 1")
@@ -1596,15 +1607,15 @@ impl ExportLog for SqliteStore {
                     added.query_map(params![id], |r| r.get(0)).map_err(err)?.collect::<Result<_, _>>().map_err(err)?
                 }
             };
-            out.push(sync::engine::DirtyObject {
+            each(sync::engine::DirtyObject {
                 id,
                 deleted,
                 refs: manager.into_iter().chain(members).collect(),
                 exported,
                 members_only,
-            });
+            })?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError> {

@@ -3,8 +3,6 @@
 //! everything back when deletions exceed the threshold, send in dependency
 //! order (referenced objects first) and record each confirmed result.
 
-use std::collections::HashSet;
-
 use directory::ObjectKind;
 use serde_json::Value as Json;
 
@@ -33,29 +31,20 @@ where
     St: SyncStore + Send + ?Sized,
     T: Target,
 {
-    // Only ids and references stay in memory; records are read per batch.
-    let dirty = store.dirty_objects()?;
-    let mut exported_ids = HashSet::new();
+    // Only ids and references stay in memory, compactly; records are read per batch.
+    let mut graph = Graph::default();
     let mut deletions = 0;
     let mut held = Vec::new();
-    let mut nodes = Vec::with_capacity(dirty.len());
-    // Groups whose members alone changed: exported by difference.
-    let mut by_difference = HashSet::new();
-    for d in dirty {
-        if d.members_only {
-            by_difference.insert(d.id.clone());
-        }
-        if d.exported {
-            exported_ids.insert(d.id.clone());
-            if d.deleted {
-                deletions += 1;
-                if held.len() < super::MAX_HELD_LISTED {
-                    held.push(d.id.clone());
-                }
+    store.for_each_dirty_object(&mut |d| {
+        if d.exported && d.deleted {
+            deletions += 1;
+            if held.len() < super::MAX_HELD_LISTED {
+                held.push(d.id.clone());
             }
         }
-        nodes.push(Node { id: d.id, refs: d.refs, members_only: d.members_only });
-    }
+        graph.push(d);
+        Ok(())
+    })?;
     if deletions > deletion_allowance(options) {
         for id in held {
             let Some(cloud_id) = store.exported_id(&id)? else { continue };
@@ -79,16 +68,16 @@ where
     // Levels: an object goes after the objects it refers to that are created
     // in this same run, so references resolve on the first pass. What still
     // waits (reference cycles) gets a second pass at the end.
-    observer.stage("export", Some(nodes.len() as u64));
+    observer.stage("export", Some(graph.len() as u64));
     let ordering = std::time::Instant::now();
-    let contests = contest_order(&*store, &nodes, &options.rules)?;
+    let contests = contest_order(&*store, &graph, &options.rules)?;
     tracing::debug!(
-        objects = nodes.len(),
+        objects = graph.len(),
         constraints = contests.len(),
         seconds = ordering.elapsed().as_secs_f64(),
         "exports contesting a unique value ordered"
     );
-    let mut levels = dependency_levels(nodes, &exported_ids, &contests);
+    let mut levels = dependency_levels(&graph, &contests);
     for pass in 0..2 {
         let mut waiting = Vec::new();
         // Up to IN_FLIGHT batches at the target: while the engine records one
@@ -97,7 +86,8 @@ where
         // answers still in flight; a new level starts only once everything
         // before it is confirmed.
         let mut in_flight: std::collections::VecDeque<(Batch, _)> = std::collections::VecDeque::new();
-        for (level, ids) in levels.iter().enumerate().flat_map(|(l, ids)| ids.chunks(EXPORT_BATCH).map(move |c| (l, c)))
+        for (level, nodes) in
+            levels.iter().enumerate().flat_map(|(l, nodes)| nodes.chunks(EXPORT_BATCH).map(move |c| (l, c)))
         {
             if in_flight.front().is_some_and(|(b, _): &(Batch, _)| b.level != level) {
                 while let Some((batch, answers)) = in_flight.pop_front() {
@@ -105,7 +95,7 @@ where
                     record(&mut *store, batch, answers, pass, &mut waiting, report, observer)?;
                 }
             }
-            let mut batch = prepare(&*store, ids, level, &by_difference, options)?;
+            let mut batch = prepare(&*store, &graph, nodes, level, options)?;
             // Moved, not copied: a plan keeps its action and desired state for the record.
             let ops: Vec<ExportOp> = batch.plans.iter_mut().filter_map(|p| p.op.take()).collect();
             let answers = target.apply(ops);
@@ -140,7 +130,7 @@ fn record<St: SyncStore + ?Sized>(
     batch: Batch,
     answers: super::Answers,
     pass: usize,
-    waiting: &mut Vec<String>,
+    waiting: &mut Vec<u32>,
     report: &mut CycleReport,
     observer: &mut (dyn CycleObserver + Send),
 ) -> Result<(), StoreError> {
@@ -157,7 +147,7 @@ fn record<St: SyncStore + ?Sized>(
             tx.forget_exported(id)?;
         }
     }
-    for (record, plan) in batch.records.iter().zip(batch.plans) {
+    for ((record, plan), node) in batch.records.iter().zip(batch.plans).zip(batch.nodes) {
         let result = if plan.action.is_some() {
             answers
                 .next()
@@ -166,7 +156,7 @@ fn record<St: SyncStore + ?Sized>(
             Ok(None)
         };
         if plan.waiting && pass == 0 {
-            waiting.push(record.id.clone());
+            waiting.push(node);
         }
         match confirm(&mut *tx, record, plan, result)? {
             Ok(done) => match done {
@@ -199,6 +189,8 @@ struct Batch {
     ids: usize,
     records: Vec<MvRecord>,
     plans: Vec<Plan>,
+    /// The graph's node of each record.
+    nodes: Vec<u32>,
     /// Groups left out because the cloud manages them.
     cloud_managed: Vec<String>,
 }
@@ -208,19 +200,21 @@ struct Batch {
 /// handed back.
 fn prepare<St: SyncStore + ?Sized>(
     store: &St,
-    ids: &[String],
+    graph: &Graph,
+    batch_nodes: &[u32],
     level: usize,
-    by_difference: &HashSet<String>,
     options: &CycleOptions,
 ) -> Result<Batch, StoreError> {
-    let mut records = Vec::with_capacity(ids.len());
-    let mut plans = Vec::with_capacity(ids.len());
+    let mut records = Vec::with_capacity(batch_nodes.len());
+    let mut plans = Vec::with_capacity(batch_nodes.len());
+    let mut nodes = Vec::with_capacity(batch_nodes.len());
     let mut held = Vec::new();
     let cloud_managed =
         |record: &MvRecord| record.kind == ObjectKind::Group && options.cloud_managed.contains(&record.anchor);
-    for id in ids {
+    for &node in batch_nodes {
+        let id = graph.id(node);
         // A group whose members alone changed: only those are looked up and sent.
-        if by_difference.contains(id)
+        if graph.members_only(node)
             && let Some((record, changes)) = store.member_changes_to_export(id)?
         {
             if cloud_managed(&record) {
@@ -230,6 +224,7 @@ fn prepare<St: SyncStore + ?Sized>(
             if let Some(plan) = plan_member_changes(store, &record, &changes)? {
                 records.push(record);
                 plans.push(plan);
+                nodes.push(node);
                 continue;
             }
         }
@@ -240,9 +235,10 @@ fn prepare<St: SyncStore + ?Sized>(
             }
             plans.push(plan(store, &record, &options.rules)?);
             records.push(record);
+            nodes.push(node);
         }
     }
-    Ok(Batch { level, ids: ids.len(), records, plans, cloud_managed: held })
+    Ok(Batch { level, ids: batch_nodes.len(), records, plans, nodes, cloud_managed: held })
 }
 
 /// The order the tenant's rule for unique values needs ([`proto::unique`]):
@@ -251,26 +247,20 @@ fn prepare<St: SyncStore + ?Sized>(
 /// that gives the value up. Then a free value goes to the lowest claimant, a
 /// released one to the lowest waiter, whatever order the changes came in —
 /// and after a crash the rest is sent in the same order, so the tenant ends
-/// the same. Returns (later, earlier) pairs of indices into `nodes`.
+/// the same. Returns (later, earlier) pairs of the graph's nodes.
 ///
 /// Keys are kept as 64-bit hashes, so a million objects cost 16 bytes each;
 /// a collision only adds an ordering constraint.
 pub(super) fn contest_order<St: SyncStore + ?Sized>(
     store: &St,
-    nodes: &[Node],
+    graph: &Graph,
     rules: &crate::rules::RuleSet,
 ) -> Result<Vec<(usize, usize)>, StoreError> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let hash = |key: &str| {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        h.finish()
-    };
-    // (key hash, node, claims it newly)
-    let mut touches: Vec<(u64, usize, bool)> = Vec::new();
+    // (key hash, node, claims it newly): 16 bytes each, two or three per object.
+    let mut touches: Vec<(u64, u32, bool)> = Vec::new();
     // The store's thread reads records; the outbound rules that give their
     // unique values run on a helper thread, a batch behind.
-    let keys = |batch: Vec<(usize, MvRecord, Option<Json>)>| -> Vec<(u64, usize, bool)> {
+    let keys = |batch: Vec<(u32, MvRecord, Option<Json>)>| -> Vec<(u64, u32, bool)> {
         let mut out = Vec::new();
         for (i, record, exported) in batch {
             let wanted = if record.deleted {
@@ -280,25 +270,26 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
                 mapping::unique_keys(record.kind, &mapping::desired_resource(&view, None, &[], rules))
             };
             let had = exported.map(|r| mapping::unique_keys(record.kind, &r)).unwrap_or_default();
-            out.extend(wanted.iter().filter(|k| !had.contains(k)).map(|k| (hash(k), i, true)));
-            out.extend(had.iter().filter(|k| !wanted.contains(k)).map(|k| (hash(k), i, false)));
+            out.extend(wanted.iter().filter(|k| !had.contains(k)).map(|k| (hash64(k), i, true)));
+            out.extend(had.iter().filter(|k| !wanted.contains(k)).map(|k| (hash64(k), i, false)));
         }
         out
     };
     // Members alone changed: no unique value is claimed or given up.
-    let considered: Vec<usize> = (0..nodes.len()).filter(|&i| nodes.get(i).is_some_and(|n| !n.members_only)).collect();
-    let read = |indices: &[usize]| -> Result<Vec<(usize, MvRecord, Option<Json>)>, StoreError> {
+    let considered: Vec<u32> =
+        (0..graph.len()).filter(|&i| !graph.members_only(i)).filter_map(|i| u32::try_from(i).ok()).collect();
+    let read = |indices: &[u32]| -> Result<Vec<(u32, MvRecord, Option<Json>)>, StoreError> {
         let mut batch = Vec::with_capacity(indices.len());
         for &i in indices {
-            let Some(node) = nodes.get(i) else { continue };
-            let Some(record) = store.mv_get(&node.id)? else { continue };
-            let exported = store.exported(&node.id)?.map(|(_, r)| r);
+            let id = graph.id(i);
+            let Some(record) = store.mv_get(id)? else { continue };
+            let exported = store.exported(id)?.map(|(_, r)| r);
             batch.push((i, record, exported));
         }
         Ok(batch)
     };
     std::thread::scope(|threads| -> Result<(), StoreError> {
-        let (to, batches) = std::sync::mpsc::sync_channel::<Vec<(usize, MvRecord, Option<Json>)>>(2);
+        let (to, batches) = std::sync::mpsc::sync_channel::<Vec<(u32, MvRecord, Option<Json>)>>(2);
         let helper = (considered.len() >= 2 * CONTEST_BATCH)
             .then(|| {
                 std::thread::Builder::new().name("export-order".into()).spawn_scoped(threads, move || {
@@ -323,9 +314,8 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
         }
         drop(to);
         if let Some(helper) = helper {
-            touches.extend(
-                helper.join().map_err(|_| StoreError("ordering the exports: the helper thread failed".into()))?,
-            );
+            // Everything went to the helper: its list is the list.
+            touches = helper.join().map_err(|_| StoreError("ordering the exports: the helper thread failed".into()))?;
         }
         Ok(())
     })?;
@@ -334,10 +324,8 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
     for group in touches.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
         let mut claimants = Vec::new();
         for &(_, i, _) in group.iter().filter(|t| t.2) {
-            if let Some(node) = nodes.get(i)
-                && let Some(record) = store.mv_get(&node.id)?
-            {
-                claimants.push((record.anchor, i));
+            if let Some(record) = store.mv_get(graph.id(i))? {
+                claimants.push((record.anchor, i as usize));
             }
         }
         claimants.sort();
@@ -348,76 +336,172 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
             }
         }
         if let Some(&(_, last)) = claimants.last() {
-            edges.extend(group.iter().filter(|t| !t.2 && t.1 != last).map(|t| (t.1, last)));
+            edges.extend(group.iter().filter(|t| !t.2 && t.1 as usize != last).map(|t| (t.1 as usize, last)));
         }
     }
     Ok(edges)
 }
 
-/// Orders records so that each comes after the not-yet-exported records it
-/// refers to (manager, members) and after what `after` (later, earlier)
-/// puts before it; a cycle is cut where it closes.
-pub(super) fn dependency_levels(
-    records: Vec<Node>,
-    exported: &HashSet<String>,
-    after: &[(usize, usize)],
-) -> Vec<Vec<String>> {
-    use std::collections::HashMap;
-    let index: HashMap<&str, usize> = records.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
-    let mut deps: Vec<Vec<usize>> = records
-        .iter()
-        .map(|r| {
-            r.refs.iter().filter(|d| !exported.contains(*d)).filter_map(|d| index.get(d.as_str()).copied()).collect()
-        })
-        .collect();
-    for &(later, earlier) in after {
-        if let Some(d) = deps.get_mut(later)
-            && earlier < records.len()
-        {
-            d.push(earlier);
-        }
-    }
+/// Orders the graph's nodes so that each comes after the not-yet-exported
+/// nodes it refers to (manager, members) and after what `after` (later,
+/// earlier) puts before it; a cycle is cut where it closes. Returns the
+/// nodes of each level.
+pub(super) fn dependency_levels(graph: &Graph, after: &[(usize, usize)]) -> Vec<Vec<u32>> {
+    let deps = graph.dependencies(after);
+    let count = graph.len();
     // Iterative depth-first levels; 0 = no pending dependency.
-    let mut level: Vec<Option<usize>> = vec![None; records.len()];
-    let mut on_stack = vec![false; records.len()];
-    for start in 0..records.len() {
-        if level[start].is_some() {
+    let mut level: Vec<Option<u32>> = vec![None; count];
+    let mut on_stack = vec![false; count];
+    let level_of = |level: &[Option<u32>], node: u32| level.get(node as usize).copied().flatten();
+    for start in 0..count {
+        if level.get(start).copied().flatten().is_some() {
             continue;
         }
+        let Ok(start) = u32::try_from(start) else { break };
         let mut stack = vec![(start, 0usize)];
-        on_stack[start] = true;
+        set(&mut on_stack, start, true);
         while let Some((node, next)) = stack.pop() {
-            if let Some(&dep) = deps[node].get(next) {
+            if let Some(&dep) = deps.of(node).get(next) {
                 stack.push((node, next + 1));
-                if level[dep].is_none() && !on_stack[dep] {
-                    on_stack[dep] = true;
+                if level_of(&level, dep).is_none() && !on_stack.get(dep as usize).copied().unwrap_or(true) {
+                    set(&mut on_stack, dep, true);
                     stack.push((dep, 0));
                 }
                 continue;
             }
             // All dependencies visited (a cycle's back edge counts as level 0).
-            let l = deps[node].iter().map(|d| level[*d].map_or(0, |x| x + 1)).max().unwrap_or(0);
-            level[node] = Some(l);
-            on_stack[node] = false;
+            let l = deps.of(node).iter().map(|&d| level_of(&level, d).map_or(0, |x| x + 1)).max().unwrap_or(0);
+            set(&mut level, node, Some(l));
+            set(&mut on_stack, node, false);
         }
     }
     let depth = level.iter().filter_map(|l| *l).max().unwrap_or(0);
-    let mut out: Vec<Vec<String>> = (0..=depth).map(|_| Vec::new()).collect();
-    for (r, l) in records.into_iter().zip(level) {
-        if let Some(bucket) = out.get_mut(l.unwrap_or(0)) {
-            bucket.push(r.id);
+    let mut out: Vec<Vec<u32>> = (0..=depth).map(|_| Vec::new()).collect();
+    for (node, l) in (0..).zip(level) {
+        if let Some(bucket) = out.get_mut(l.unwrap_or(0) as usize) {
+            bucket.push(node);
         }
     }
     out
 }
 
-/// What export ordering needs of a metaverse object: its id and references.
-#[derive(Debug)]
-pub(super) struct Node {
-    pub id: String,
-    pub refs: Vec<String>,
+fn set<T>(values: &mut [T], index: u32, value: T) {
+    if let Some(slot) = values.get_mut(index as usize) {
+        *slot = value;
+    }
+}
+
+/// The dirty metaverse objects as export ordering needs them: ids, flags and
+/// references, kept compact. As one `String` and `Vec<String>` of references
+/// each they took ~740 bytes per object, most of the sync process's memory
+/// at a million objects; here ids lie end to end and a reference is the
+/// 64-bit hash of the id it names until it is resolved to a node. Two ids
+/// with one hash (about one chance in 10^7 at a million objects) can only
+/// order an object wrongly: a reference not yet in the tenant is then
+/// found missing when planned, and the object is sent again in the
+/// export's second pass, as for a reference cycle.
+#[derive(Debug, Default)]
+pub(super) struct Graph {
+    ids: String,
+    /// Where each node's id ends in `ids`.
+    id_ends: Vec<usize>,
+    flags: Vec<u8>,
+    /// Where each node's references end in `refs`.
+    ref_ends: Vec<usize>,
+    refs: Vec<u64>,
+}
+
+const EXPORTED: u8 = 1;
+const MEMBERS_ONLY: u8 = 2;
+
+impl Graph {
+    pub(super) fn push(&mut self, object: super::DirtyObject) {
+        self.ids.push_str(&object.id);
+        self.id_ends.push(self.ids.len());
+        let flag = |set: bool, flag: u8| if set { flag } else { 0 };
+        self.flags.push(flag(object.exported, EXPORTED) | flag(object.members_only, MEMBERS_ONLY));
+        self.refs.extend(object.refs.iter().map(|r| hash64(r)));
+        self.ref_ends.push(self.refs.len());
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.id_ends.len()
+    }
+
+    /// Node `node`'s metaverse id ("" past the end).
+    pub(super) fn id(&self, node: impl TryInto<usize>) -> &str {
+        let Ok(node) = node.try_into() else { return "" };
+        let start = node.checked_sub(1).and_then(|n| self.id_ends.get(n)).copied().unwrap_or(0);
+        self.id_ends.get(node).and_then(|&end| self.ids.get(start..end)).unwrap_or("")
+    }
+
+    fn has(&self, node: usize, flag: u8) -> bool {
+        self.flags.get(node).is_some_and(|f| f & flag != 0)
+    }
+
     /// Its members alone changed (no unique value is claimed or given up).
-    pub members_only: bool,
+    pub(super) fn members_only(&self, node: impl TryInto<usize>) -> bool {
+        node.try_into().is_ok_and(|n| self.has(n, MEMBERS_ONLY))
+    }
+
+    /// Each node's dependencies: the nodes it refers to that the tenant does
+    /// not have yet, then those `after` (later, earlier) puts before it.
+    fn dependencies(&self, after: &[(usize, usize)]) -> Dependencies {
+        use std::collections::HashMap;
+        let mut by_hash: HashMap<u64, u32> = HashMap::with_capacity(self.len());
+        for node in 0..self.len() {
+            let Ok(index) = u32::try_from(node) else { break };
+            by_hash.entry(hash64(self.id(node))).or_insert(index);
+        }
+        let mut after: Vec<(usize, usize)> = after.iter().copied().filter(|&(_, e)| e < self.len()).collect();
+        after.sort_unstable();
+        let mut after = after.into_iter().peekable();
+        let mut deps = Dependencies { ends: Vec::with_capacity(self.len()), nodes: Vec::new() };
+        let mut start = 0;
+        for (node, &end) in self.ref_ends.iter().enumerate() {
+            let refs = self.refs.get(start..end).unwrap_or_default();
+            start = end;
+            deps.nodes.extend(
+                refs.iter().filter_map(|hash| by_hash.get(hash).copied()).filter(|&d| !self.has(d as usize, EXPORTED)),
+            );
+            while let Some((_, earlier)) = after.next_if(|&(later, _)| later <= node) {
+                deps.nodes.extend(u32::try_from(earlier));
+            }
+            deps.ends.push(deps.nodes.len());
+        }
+        deps
+    }
+}
+
+impl FromIterator<super::DirtyObject> for Graph {
+    fn from_iter<I: IntoIterator<Item = super::DirtyObject>>(objects: I) -> Self {
+        let mut graph = Graph::default();
+        objects.into_iter().for_each(|o| graph.push(o));
+        graph
+    }
+}
+
+/// Dependencies per node, end to end.
+struct Dependencies {
+    ends: Vec<usize>,
+    nodes: Vec<u32>,
+}
+
+impl Dependencies {
+    fn of(&self, node: u32) -> &[u32] {
+        let node = node as usize;
+        let start = node.checked_sub(1).and_then(|n| self.ends.get(n)).copied().unwrap_or(0);
+        self.ends.get(node).and_then(|&end| self.nodes.get(start..end)).unwrap_or_default()
+    }
+}
+
+/// The 64-bit hash references and contested keys are kept as (fixed keys:
+/// the same in every run).
+fn hash64(text: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 /// Objects per batch sent to the target (SCIM Bulk allows 1,000 operations).

@@ -467,6 +467,14 @@ pub trait ExportLog {
     /// then groups, then deletions — with what ordering the export needs of
     /// each (read without the attributes).
     fn dirty_objects(&self) -> Result<Vec<DirtyObject>, StoreError>;
+    /// [`ExportLog::dirty_objects`] one by one, in its order: a store that
+    /// can stream them spares the caller a million of them at once.
+    fn for_each_dirty_object(
+        &self,
+        each: &mut dyn FnMut(DirtyObject) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.dirty_objects()?.into_iter().try_for_each(each)
+    }
     /// Just the ids of [`ExportLog::dirty_objects`], in its order.
     fn dirty(&self) -> Result<Vec<String>, StoreError> {
         Ok(self.dirty_objects()?.into_iter().map(|d| d.id).collect())

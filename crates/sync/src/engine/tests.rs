@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use directory::{Anchor, Dn, Entry, ObjectKind};
 use serde_json::Value as Json;
 
-use super::export::{Node, deletion_allowance, dependency_levels};
+use super::export::{Graph, deletion_allowance, dependency_levels};
 use super::memory::{MemoryStore, MemoryTarget};
 use super::*;
 use crate::source::{ImportMode, ImportSink, ImportSummary, SourceChange, SourceId, SourceObject, Watermark};
@@ -149,28 +149,43 @@ fn the_deletion_threshold_holds_back_every_change_until_allowed() {
 
 #[test]
 fn dependency_levels_put_references_first_and_cut_cycles() {
-    let node = |id: &str, refs: &[&str]| Node {
+    let node = |id: &str, refs: &[&str], exported: bool| super::DirtyObject {
         id: id.into(),
+        deleted: false,
         refs: refs.iter().map(|r| r.to_string()).collect(),
+        exported,
         members_only: false,
     };
-    let exported: std::collections::HashSet<String> = ["done".to_string()].into_iter().collect();
-    let levels = dependency_levels(
-        vec![
-            node("group", &["ann", "bob", "done"]),
-            node("ann", &["boss"]),
-            node("boss", &[]),
-            node("bob", &["gone-elsewhere"]),
-        ],
-        &exported,
-        &[],
+    // Ids of several lengths and non-ASCII ones: the graph keeps them end to end.
+    let graph: Graph = [
+        node("gröup", &["ann", "bob", "done"], false),
+        node("ann", &["böss"], false),
+        node("done", &["ann"], true),
+        node("böss", &[], false),
+        node("bob", &["gone-elsewhere"], false),
+        node("solo", &["done"], false),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        (0..graph.len()).map(|n| graph.id(n)).collect::<Vec<_>>(),
+        ["gröup", "ann", "done", "böss", "bob", "solo"]
     );
-    let level_of = |id: &str| levels.iter().position(|l| l.iter().any(|x| x == id)).unwrap();
-    assert!(level_of("boss") < level_of("ann"));
-    assert!(level_of("ann") < level_of("group") && level_of("bob") < level_of("group"));
+    let levels = dependency_levels(&graph, &[]);
+    let level_of = |id: &str| levels.iter().position(|l| l.iter().any(|&x| graph.id(x) == id)).unwrap();
+    assert!(level_of("böss") < level_of("ann"));
+    assert!(level_of("ann") < level_of("gröup") && level_of("bob") < level_of("gröup"));
     assert_eq!(level_of("bob"), 0, "references outside the batch do not wait");
+    assert!(level_of("done") > 0);
+    assert_eq!(level_of("solo"), 0, "the tenant has \"done\" already: nothing waits for it");
+    assert_eq!(levels.iter().map(Vec::len).sum::<usize>(), 6, "every node once");
+    // `after` orders too: here "bob" after "böss" (node 4 after node 3).
+    let levels = dependency_levels(&graph, &[(4, 3)]);
+    let level_of = |id: &str| levels.iter().position(|l| l.iter().any(|&x| graph.id(x) == id)).unwrap();
+    assert!(level_of("böss") < level_of("bob"));
     // A cycle is cut where it closes: both still get a level.
-    let levels = dependency_levels(vec![node("x", &["y"]), node("y", &["x"])], &Default::default(), &[]);
+    let graph: Graph = [node("x", &["y"], false), node("y", &["x"], false)].into_iter().collect();
+    let levels = dependency_levels(&graph, &[]);
     assert_eq!(levels.iter().map(Vec::len).sum::<usize>(), 2);
 }
 
@@ -440,22 +455,16 @@ fn contested_unique_values_are_ordered_by_anchor_on_one_thread_or_two() {
         }
         let staging = CycleOptions { staging: true, ..CycleOptions::default() };
         cycle("s", &mut source, &mut store, &mut target, &staging).await;
-        let nodes: Vec<Node> = store
-            .dirty_objects()
-            .unwrap()
-            .into_iter()
-            .map(|d| Node { id: d.id, refs: d.refs, members_only: d.members_only })
-            .collect();
-        let anchor_of = |node: &Node| store.mv_get(&node.id).unwrap().unwrap().anchor;
-        let copy = |n: &Node| Node { id: n.id.clone(), refs: n.refs.clone(), members_only: n.members_only };
+        let nodes = store.dirty_objects().unwrap();
+        let anchor_of = |id: &str| store.mv_get(id).unwrap().unwrap().anchor;
         let wanted: Vec<String> = [3, 7, 50].iter().map(|b| Anchor::from_bytes(&[*b; 16]).immutable_id()).collect();
-        let few: Vec<Node> = nodes.iter().filter(|n| wanted.contains(&anchor_of(n))).map(copy).collect();
+        let few: Graph = nodes.iter().filter(|n| wanted.contains(&anchor_of(&n.id))).cloned().collect();
         assert_eq!(few.len(), 3);
-        for set in [few, nodes] {
+        for set in [few, nodes.into_iter().collect::<Graph>()] {
             let edges = super::export::contest_order(&store, &set, &CycleOptions::default().rules).unwrap();
             assert_eq!(edges.len(), 1, "{} objects: {edges:?}", set.len());
             let (later, earlier) = edges[0];
-            assert!(anchor_of(&set[earlier]) < anchor_of(&set[later]), "{} objects", set.len());
+            assert!(anchor_of(set.id(earlier)) < anchor_of(set.id(later)), "{} objects", set.len());
         }
     });
 }
