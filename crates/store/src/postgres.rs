@@ -677,9 +677,18 @@ impl ConnectorSpace for PgStore {
         Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
-    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError> {
+    fn cs_unseen(
+        &self,
+        source: &str,
+        seen: &std::collections::HashSet<SourceId>,
+    ) -> Result<Vec<(SourceId, Dn)>, StoreError> {
         let rows = self.query("SELECT id, dn FROM sync_cs WHERE source = $1 AND NOT deleted", &[&source])?;
-        Ok(rows.iter().filter_map(|r| Dn::parse(r.get::<_, &str>(1)).ok().map(|dn| (id_of(r, 0), dn))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (id_of(r, 0), r))
+            .filter(|(id, _)| !seen.contains(id))
+            .filter_map(|(id, r)| Dn::parse(r.get::<_, &str>(1)).ok().map(|dn| (id, dn)))
+            .collect())
     }
 
     fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError> {

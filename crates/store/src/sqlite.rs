@@ -1042,15 +1042,21 @@ impl ConnectorSpace for SqliteStore {
         .map_err(err)
     }
 
-    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError> {
+    fn cs_unseen(
+        &self,
+        source: &str,
+        seen: &std::collections::HashSet<SourceId>,
+    ) -> Result<Vec<(SourceId, Dn)>, StoreError> {
         let mut stmt = self.conn.prepare("SELECT id, dn FROM cs WHERE source = ?1 AND deleted = 0").map_err(err)?;
-        let rows =
-            stmt.query_map(params![source], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+        let mut rows = stmt.query(params![source]).map_err(err)?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, dn) = row.map_err(err)?;
-            if let Ok(dn) = Dn::parse(&dn) {
-                out.push((SourceId(id), dn));
+        while let Some(row) = rows.next().map_err(err)? {
+            let id = SourceId(row.get::<_, Vec<u8>>(0).map_err(err)?);
+            if seen.contains(&id) {
+                continue;
+            }
+            if let Ok(dn) = Dn::parse(row.get_ref(1).map_err(err)?.as_str().map_err(err)?) {
+                out.push((id, dn));
             }
         }
         Ok(out)

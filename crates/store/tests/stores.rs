@@ -682,6 +682,45 @@ fn multi_valued_join_keys(store: &mut dyn StateStore) {
     store.commit().unwrap();
 }
 
+/// Reconciliation after a full import lists the live objects the import did
+/// not see, with their DNs (non-ASCII kept), and nothing it saw or that is
+/// already marked deleted.
+fn unseen_objects_are_listed(store: &mut dyn StateStore) {
+    let object = |id: u8, dn: &str| sync::SourceObject {
+        id: sync::SourceId(vec![id; 16]),
+        anchor: directory::Anchor(vec![id; 16]),
+        kind: directory::ObjectKind::User,
+        entry: directory::Entry::new(Dn::parse(dn).unwrap()),
+    };
+    store.begin().unwrap();
+    store.cs_put("ad", &object(1, "uid=ann,ou=Leute,dc=example,dc=org")).unwrap();
+    store.cs_put("ad", &object(2, "uid=zoë,ou=Leute,dc=example,dc=org")).unwrap();
+    store.cs_put("ad", &object(3, "uid=gone,ou=Leute,dc=example,dc=org")).unwrap();
+    store.cs_put("hr", &object(4, "uid=other,dc=example,dc=org")).unwrap();
+    store.cs_delete("ad", &sync::SourceId(vec![3; 16])).unwrap();
+    store.commit().unwrap();
+    let seen: std::collections::HashSet<sync::SourceId> = [sync::SourceId(vec![1; 16])].into_iter().collect();
+    let unseen = store.cs_unseen("ad", &seen).unwrap();
+    assert_eq!(unseen.len(), 1, "{unseen:?}");
+    assert_eq!(unseen[0].0, sync::SourceId(vec![2; 16]));
+    assert_eq!(unseen[0].1, Dn::parse("uid=zoë,ou=Leute,dc=example,dc=org").unwrap());
+    assert_eq!(store.cs_count("ad").unwrap(), 2);
+    assert_eq!(store.cs_unseen("ad", &Default::default()).unwrap().len(), 2);
+}
+
+#[test]
+fn unseen_objects_are_listed_on_sqlite() {
+    let tmp = TempDir::new("unseen").unwrap();
+    unseen_objects_are_listed(&mut SqliteStore::open(&tmp.join("sync.db")).unwrap());
+}
+
+#[test]
+fn unseen_objects_are_listed_on_postgres() {
+    let pg = Postgres::start().unwrap();
+    let (mut store, _lease) = pg_writer(&pg, "test");
+    unseen_objects_are_listed(&mut store);
+}
+
 #[test]
 fn multi_valued_joins_on_sqlite() {
     let tmp = TempDir::new("join-keys").unwrap();

@@ -294,11 +294,10 @@ where
     // Passwords read earlier but never confirmed by the tenant (a crash, an
     // unreachable tenant): read those users again.
     if result.is_ok() && writer.error.is_none() && writer.passwords.is_some() {
-        let captured: HashSet<SourceId> = writer.passwords.iter().flat_map(|m| m.keys().cloned()).collect();
         let mut again = Vec::new();
         let mut must_change = HashMap::new();
         for id in writer.store.passwords_pending(source_name)? {
-            if captured.contains(&id) {
+            if writer.passwords.as_ref().is_some_and(|captured| captured.contains_key(&id)) {
                 continue;
             }
             match writer.store.cs_get(source_name, &id)? {
@@ -359,8 +358,8 @@ where
         result.map_err(|e| CycleError::Import { source_name: source_name.to_string(), message: e.to_string() })?;
     let mut reconciled = 0;
     if !summary.reconcile_within.is_empty() {
-        for (id, dn) in tx.cs_index(source_name)? {
-            if !seen.contains(&id) && summary.reconcile_within.iter().any(|b| dn.is_within(b)) {
+        for (id, dn) in tx.cs_unseen(source_name, &seen)? {
+            if summary.reconcile_within.iter().any(|b| dn.is_within(b)) {
                 tx.cs_delete(source_name, &id)?;
                 reconciled += 1;
             }

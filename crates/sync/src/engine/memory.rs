@@ -179,12 +179,12 @@ impl ConnectorSpace for MemoryStore {
         Ok(())
     }
 
-    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError> {
+    fn cs_unseen(&self, source: &str, seen: &HashSet<SourceId>) -> Result<Vec<(SourceId, Dn)>, StoreError> {
         Ok(self
             .state
             .cs
             .iter()
-            .filter(|((s, _), row)| s == source && !row.deleted)
+            .filter(|((s, id), row)| s == source && !row.deleted && !seen.contains(id))
             .map(|((_, id), row)| (id.clone(), row.object.entry.dn.clone()))
             .collect())
     }

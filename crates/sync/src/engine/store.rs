@@ -235,11 +235,18 @@ pub trait ConnectorSpace {
     }
     /// Marks an object as gone (it is removed once synced).
     fn cs_delete(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
-    /// Every known object's id and DN (for reconciliation).
-    fn cs_index(&self, source: &str) -> Result<Vec<(SourceId, Dn)>, StoreError>;
+    /// The live objects whose ids are not in `seen`, with their DNs
+    /// (reconciliation after a full import: what the source no longer
+    /// has). Only those DNs are parsed: after a full import of a million
+    /// objects that is usually none.
+    fn cs_unseen(
+        &self,
+        source: &str,
+        seen: &std::collections::HashSet<SourceId>,
+    ) -> Result<Vec<(SourceId, Dn)>, StoreError>;
     /// How many live objects the connector space of `source` holds.
     fn cs_count(&self, source: &str) -> Result<usize, StoreError> {
-        Ok(self.cs_index(source)?.len())
+        Ok(self.cs_unseen(source, &std::collections::HashSet::new())?.len())
     }
     fn cs_mark_all_pending(&mut self, source: &str) -> Result<(), StoreError>;
     fn cs_pending(&self, source: &str) -> Result<Vec<SourceId>, StoreError>;
