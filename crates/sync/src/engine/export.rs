@@ -392,10 +392,10 @@ fn set<T>(values: &mut [T], index: u32, value: T) {
 }
 
 /// The dirty metaverse objects as export ordering needs them: ids, flags and
-/// references, kept compact. As one `String` and `Vec<String>` of references
-/// each they took ~740 bytes per object, most of the sync process's memory
-/// at a million objects; here ids lie end to end and a reference is the
-/// 64-bit hash of the id it names until it is resolved to a node. Two ids
+/// references, kept compact. A `String` and a `Vec<String>` of references
+/// per object cost about 300 bytes each (headers, one allocation per id);
+/// here ids lie end to end and a reference is the 64-bit hash of the id it
+/// names until it is resolved to a node — about 70 bytes per object. Two ids
 /// with one hash (about one chance in 10^7 at a million objects) can only
 /// order an object wrongly: a reference not yet in the tenant is then
 /// found missing when planned, and the object is sent again in the
