@@ -431,8 +431,7 @@ impl Graph {
     /// Node `node`'s metaverse id ("" past the end).
     pub(super) fn id(&self, node: impl TryInto<usize>) -> &str {
         let Ok(node) = node.try_into() else { return "" };
-        let start = node.checked_sub(1).and_then(|n| self.id_ends.get(n)).copied().unwrap_or(0);
-        self.id_ends.get(node).and_then(|&end| self.ids.get(start..end)).unwrap_or("")
+        span(&self.id_ends, node).and_then(|range| self.ids.get(range)).unwrap_or("")
     }
 
     fn has(&self, node: usize, flag: u8) -> bool {
@@ -457,10 +456,8 @@ impl Graph {
         after.sort_unstable();
         let mut after = after.into_iter().peekable();
         let mut deps = Dependencies { ends: Vec::with_capacity(self.len()), nodes: Vec::new() };
-        let mut start = 0;
-        for (node, &end) in self.ref_ends.iter().enumerate() {
-            let refs = self.refs.get(start..end).unwrap_or_default();
-            start = end;
+        for node in 0..self.ref_ends.len() {
+            let refs = span(&self.ref_ends, node).and_then(|range| self.refs.get(range)).unwrap_or_default();
             deps.nodes.extend(
                 refs.iter().filter_map(|hash| by_hash.get(hash).copied()).filter(|&d| !self.has(d as usize, EXPORTED)),
             );
@@ -489,10 +486,17 @@ struct Dependencies {
 
 impl Dependencies {
     fn of(&self, node: u32) -> &[u32] {
-        let node = node as usize;
-        let start = node.checked_sub(1).and_then(|n| self.ends.get(n)).copied().unwrap_or(0);
-        self.ends.get(node).and_then(|&end| self.nodes.get(start..end)).unwrap_or_default()
+        span(&self.ends, node as usize).and_then(|range| self.nodes.get(range)).unwrap_or_default()
     }
+}
+
+/// Where item `n` lies in a list kept end to end, given where each item ends.
+fn span(ends: &[usize], n: usize) -> Option<std::ops::Range<usize>> {
+    let start = match n.checked_sub(1) {
+        Some(previous) => *ends.get(previous)?,
+        None => 0,
+    };
+    Some(start..*ends.get(n)?)
 }
 
 /// The 64-bit hash references and contested keys are kept as (fixed keys:
