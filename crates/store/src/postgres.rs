@@ -828,6 +828,19 @@ impl Metaverse for PgStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    fn mv_unresolved(&self, source: &str, dns: &[Dn]) -> Result<Vec<usize>, StoreError> {
+        if dns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = dns.iter().map(Dn::normalized).collect();
+        let rows = self.query(
+            "SELECT d.ord - 1 FROM unnest($2::text[]) WITH ORDINALITY AS d(dn, ord)
+             WHERE NOT EXISTS(SELECT 1 FROM sync_mv m WHERE m.source = $1 AND m.dn_norm = d.dn AND NOT m.deleted)",
+            &[&source, &list],
+        )?;
+        rows.iter().map(|r| usize::try_from(r.get::<_, i64>(0)).map_err(crate::err)).collect()
+    }
+
     fn mv_project(
         &mut self,
         source: &str,

@@ -300,6 +300,14 @@ const MV_BY_DN: &str =
 /// fixes the order: without it the planner scans `mv` per list item.
 const MV_BY_DNS: &str = "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m
     ON m.source = ?1 AND ref_key(m.dn_norm) = ref_key(j.value) AND +m.dn_norm = j.value AND m.deleted = 0";
+/// DNs as the JSON array of normalised DNs the statements above take.
+fn dn_list(dns: &[Dn]) -> String {
+    Json::Array(dns.iter().map(|d| Json::String(d.normalized())).collect()).to_string()
+}
+
+/// The positions in the list of the DNs `MV_BY_DNS` does not find.
+const MV_UNRESOLVED: &str = "SELECT j.key FROM json_each(?2) j WHERE NOT EXISTS(SELECT 1 FROM mv m
+    WHERE m.source = ?1 AND ref_key(m.dn_norm) = ref_key(j.value) AND +m.dn_norm = j.value AND m.deleted = 0)";
 /// The same, deleted ones included.
 const MV_BY_DNS_ANY: &str = "SELECT m.id FROM json_each(?2) j CROSS JOIN mv m
     ON m.source = ?1 AND ref_key(m.dn_norm) = ref_key(j.value) AND +m.dn_norm = j.value";
@@ -1257,10 +1265,20 @@ impl Metaverse for SqliteStore {
             return Ok(Vec::new());
         }
         // One statement per group: the lookups run inside SQLite.
-        let list = Json::Array(dns.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
+        let list = dn_list(dns);
         let mut stmt = self.conn.prepare_cached(MV_BY_DNS).map_err(err)?;
         let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
         rows.map(|r| r.map_err(err)).collect()
+    }
+
+    fn mv_unresolved(&self, source: &str, dns: &[Dn]) -> Result<Vec<usize>, StoreError> {
+        if dns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = dn_list(dns);
+        let mut stmt = self.conn.prepare_cached(MV_UNRESOLVED).map_err(err)?;
+        let rows = stmt.query_map(params![source, list], |r| r.get::<_, i64>(0)).map_err(err)?;
+        rows.map(|r| r.map_err(err).and_then(|i| usize::try_from(i).map_err(err))).collect()
     }
 
     fn mv_project(
@@ -1345,7 +1363,7 @@ impl Metaverse for SqliteStore {
         let removed: Vec<String> = if changes.removed.is_empty() {
             Vec::new()
         } else {
-            let list = Json::Array(changes.removed.iter().map(|d| Json::String(d.normalized())).collect()).to_string();
+            let list = dn_list(&changes.removed);
             let mut stmt = self.conn.prepare_cached(MV_BY_DNS_ANY).map_err(err)?;
             let rows = stmt.query_map(params![source, list], |r| r.get::<_, String>(0)).map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)?

@@ -721,6 +721,69 @@ fn unseen_objects_are_listed_on_postgres() {
     unseen_objects_are_listed(&mut store);
 }
 
+/// The DNs of a reference list that have no metaverse object are found by
+/// position: duplicates counted, non-ASCII kept, another source's object and
+/// a disconnected one not taken for this source's.
+fn unresolved_dns_are_found(store: &mut dyn StateStore) {
+    use directory::{Anchor, Entry, ObjectKind};
+    use sync::{SourceId, SourceObject};
+    let dn = |t: &str| Dn::parse(t).unwrap();
+    let project = |store: &mut dyn StateStore, source: &str, id: u8, name: &str| {
+        let object = SourceObject {
+            id: SourceId(vec![id]),
+            anchor: Anchor(vec![id]),
+            kind: ObjectKind::User,
+            entry: Entry::new(dn(name)),
+        };
+        store.cs_put(source, &object).unwrap();
+        let projection = sync::mapping::Projection {
+            kind: ObjectKind::User,
+            anchor: format!("a{id}"),
+            attrs: serde_json::json!({"onPremisesDistinguishedName": name}).as_object().unwrap().clone(),
+            precedence: Default::default(),
+            manager: None,
+            members: Vec::new(),
+        };
+        store.mv_project(source, &SourceId(vec![id]), &projection, None, Vec::new()).unwrap();
+        store.cs_done(source, &SourceId(vec![id])).unwrap();
+    };
+    store.begin().unwrap();
+    project(store, "corp", 1, "uid=zoë,ou=Leute,dc=example,dc=org");
+    project(store, "corp", 2, "uid=bob,dc=example,dc=org");
+    project(store, "corp", 3, "uid=gone,dc=example,dc=org");
+    project(store, "hr", 4, "uid=hr-only,dc=example,dc=org");
+    store.mv_disconnect("corp", &SourceId(vec![3])).unwrap();
+    store.commit().unwrap();
+    let list = [
+        dn("UID=Zoë,OU=Leute,DC=example,DC=org"),
+        dn("uid=nobody,dc=example,dc=org"),
+        dn("uid=bob,dc=example,dc=org"),
+        dn("uid=zoë,ou=Leute,dc=example,dc=org"),
+        dn("uid=hr-only,dc=example,dc=org"),
+        dn("uid=gone,dc=example,dc=org"),
+        dn("uid=ünknown,dc=example,dc=org"),
+    ];
+    let mut unresolved = store.mv_unresolved("corp", &list).unwrap();
+    unresolved.sort_unstable();
+    assert_eq!(unresolved, [1, 4, 5, 6]);
+    assert_eq!(store.mv_for_dns("corp", &list).unwrap().len() + unresolved.len(), list.len());
+    assert_eq!(store.mv_unresolved("corp", &[]).unwrap(), Vec::<usize>::new());
+    assert_eq!(store.mv_unresolved("hr", &list[4..5]).unwrap(), Vec::<usize>::new());
+}
+
+#[test]
+fn unresolved_dns_are_found_on_sqlite() {
+    let tmp = TempDir::new("unresolved").unwrap();
+    unresolved_dns_are_found(&mut SqliteStore::open(&tmp.join("sync.db")).unwrap());
+}
+
+#[test]
+fn unresolved_dns_are_found_on_postgres() {
+    let pg = Postgres::start().unwrap();
+    let (mut store, _lease) = pg_writer(&pg, "test");
+    unresolved_dns_are_found(&mut store);
+}
+
 #[test]
 fn multi_valued_joins_on_sqlite() {
     let tmp = TempDir::new("join-keys").unwrap();

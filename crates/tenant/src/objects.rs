@@ -436,15 +436,19 @@ fn check_user_name_domain(conn: &Connection, data: &Value) -> Result<()> {
 
 /// Writes an object: enforces the rules, claims its values (or quarantines
 /// them), stores it, and gives released values to objects waiting for them.
+/// `verified_domain`: the tenant's setting that a user's userName must be
+/// in a verified domain (the caller has the settings: a Bulk request loads
+/// them once, not once per object).
 fn save(
     conn: &Connection,
+    verified_domain: bool,
     kind: Kind,
     id: &str,
     mut data: Value,
     existing: Option<&Stored>,
     depth: u32,
 ) -> Result<Stored> {
-    if kind == Kind::User && Settings::load(conn)?.require_verified_domain {
+    if kind == Kind::User && verified_domain {
         check_user_name_domain(conn, &data)?;
     }
     let synced = immutable_id(&data).is_some();
@@ -568,7 +572,7 @@ fn save(
     )?;
     let saved = Stored { id: id.to_string(), kind, data, version, created, modified: stamp };
     if depth < 8 {
-        release(conn, &released, depth)?;
+        release(conn, verified_domain, &released, depth)?;
     }
     Ok(saved)
 }
@@ -576,7 +580,7 @@ fn save(
 /// Gives each released value to the waiting object with the lowest
 /// immutableId ([`proto::unique::next_holder`]); the others go on waiting,
 /// now for it.
-fn release(conn: &Connection, values: &[String], depth: u32) -> Result<()> {
+fn release(conn: &Connection, verified_domain: bool, values: &[String], depth: u32) -> Result<()> {
     for v in values {
         let mut stmt = conn.prepare_cached(
             "SELECT q.resource_id, q.attr, q.wanted, COALESCE(r.immutable_id, '') FROM quarantine q
@@ -609,7 +613,7 @@ fn release(conn: &Connection, values: &[String], depth: u32) -> Result<()> {
             // Pass the old state with the placeholder so other quarantined values stay wanted.
             let mut old = stored.clone();
             old.data = data.clone();
-            save(conn, stored.kind, waiter, data, Some(&old), depth + 1)?;
+            save(conn, verified_domain, stored.kind, waiter, data, Some(&old), depth + 1)?;
         }
     }
     Ok(())
@@ -737,7 +741,7 @@ pub fn create(
             if settings.block_hard_match_takeover && !dir_sync_enabled(&existing.data) {
                 return Err(ScimError::new(ScimType::Uniqueness, format!("immutableId {imm:?} matches cloud-managed object {}, and hard-match takeover is blocked for this tenant", existing.id)).into());
             }
-            let stored = replace_data(conn, &existing, data)?;
+            let stored = replace_data(conn, &settings, &existing, data)?;
             audit::record(
                 conn,
                 ctx.actor,
@@ -751,7 +755,7 @@ pub fn create(
         if !settings.block_soft_match
             && let Some(existing) = soft_match(conn, kind, &data)?
         {
-            let stored = replace_data(conn, &existing, data)?;
+            let stored = replace_data(conn, &settings, &existing, data)?;
             audit::record(
                 conn,
                 ctx.actor,
@@ -765,7 +769,7 @@ pub fn create(
     }
     let id = new_id();
     let members = if kind == Kind::Group { take_members(conn, &mut data, &id)? } else { None };
-    let stored = save(conn, kind, &id, data, None, 0)?;
+    let stored = save(conn, settings.require_verified_domain, kind, &id, data, None, 0)?;
     if let Some(ids) = members {
         add_members(conn, &id, &ids)?;
     }
@@ -773,9 +777,9 @@ pub fn create(
     Ok((stored, Outcome::Created))
 }
 
-fn replace_data(conn: &Connection, existing: &Stored, mut data: Value) -> Result<Stored> {
+fn replace_data(conn: &Connection, settings: &Settings, existing: &Stored, mut data: Value) -> Result<Stored> {
     let members = if existing.kind == Kind::Group { take_members(conn, &mut data, &existing.id)? } else { None };
-    let stored = save(conn, existing.kind, &existing.id, data, Some(existing), 0)?;
+    let stored = save(conn, settings.require_verified_domain, existing.kind, &existing.id, data, Some(existing), 0)?;
     if let Some(ids) = members {
         exec(conn, "DELETE FROM members WHERE group_id = ?1", params![existing.id])?;
         add_members(conn, &existing.id, &ids)?;
@@ -801,7 +805,7 @@ pub fn replace(
     {
         return Err(ScimError::mutability(format!("immutableId of {id} is {old:?} and cannot change")).into());
     }
-    let stored = replace_data(conn, &existing, data)?;
+    let stored = replace_data(conn, &Settings::load(conn)?, &existing, data)?;
     audit::record(conn, ctx.actor, "replace", Some(kind.as_str()), Some(id), None)?;
     Ok(stored)
 }
@@ -868,7 +872,7 @@ pub fn patch(
             return Err(ScimError::mutability(format!("immutableId of {id} is {old:?} and cannot change")).into());
         }
         let data = validate(kind.rt(), &data)?;
-        save(conn, kind, id, data, Some(&existing), 0)?
+        save(conn, Settings::load(conn)?.require_verified_domain, kind, id, data, Some(&existing), 0)?
     };
     audit::record(
         conn,
@@ -972,7 +976,7 @@ pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: 
     exec(conn, "DELETE FROM lineage WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM group_authority WHERE group_id = ?1", params![id])?;
     exec(conn, "DELETE FROM resources WHERE id = ?1", params![id])?;
-    release(conn, &released, 0)?;
+    release(conn, Settings::load(conn)?.require_verified_domain, &released, 0)?;
     audit::record(conn, ctx.actor, "delete", Some(kind.as_str()), Some(id), None)?;
     Ok(())
 }

@@ -501,7 +501,7 @@ fn span(ends: &[usize], n: usize) -> Option<std::ops::Range<usize>> {
 
 /// The 64-bit hash references and contested keys are kept as (fixed keys:
 /// the same in every run).
-fn hash64(text: &str) -> u64 {
+pub(super) fn hash64(text: &str) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut h = DefaultHasher::new();
     text.hash(&mut h);

@@ -2,7 +2,7 @@
 //! metaverse — scope, joins to other sources' objects, projection by the
 //! inbound rules, and references resolved to metaverse ids.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use directory::Dn;
 
@@ -56,6 +56,7 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
     // projection on the store's thread (apply-once flows, joins).
     let encode_mv = tx.mv_encoder().filter(|_| apply_once.is_empty() && options.join.is_none());
     let step = Step { source: source_name, flavor, options, scope: scope.as_ref(), apply_once: &apply_once, encode_mv };
+    let mut waiting = if full && options.join.is_none() { Waiting::kept_in_memory() } else { Waiting::Store };
     // Decoding and projecting are pure: a helper thread does them for the
     // next batches while this one writes the current batch's results in the
     // order the objects were imported. Small syncs (a daemon's delta) stay
@@ -94,7 +95,7 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                 };
                 written += 1;
                 for item in ready {
-                    step.write(&mut *tx, item, &mut done, observer)?;
+                    step.write(&mut *tx, item, &mut waiting, &mut done, observer)?;
                 }
             }
         }
@@ -194,6 +195,7 @@ impl Step<'_> {
         &self,
         tx: &mut St,
         item: Ready,
+        waiting: &mut Waiting,
         done: &mut Synced,
         observer: &mut (dyn CycleObserver + Send),
     ) -> Result<(), StoreError> {
@@ -240,7 +242,7 @@ impl Step<'_> {
                         tx.join_put(source_name, &id, &mv, &contribution)?;
                         if newly && (join.references.manager || join.references.members) {
                             // Objects of this source that point at this one can now resolve it.
-                            tx.cs_mark_referencing_pending(source_name, &obj.entry.dn, &id)?;
+                            waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, &id)?;
                         }
                         done.synced += 1;
                         tx.cs_done(source_name, &id)?;
@@ -260,6 +262,18 @@ impl Step<'_> {
                     None => None,
                 };
                 let members = tx.mv_for_dns(source_name, &projection.members)?;
+                if waiting.in_memory() {
+                    let mut unresolved: Vec<&Dn> = Vec::new();
+                    if let (Some(dn), None) = (&projection.manager, &manager) {
+                        unresolved.push(dn);
+                    }
+                    // One resolved id per DN that resolves, duplicates included.
+                    if members.len() < projection.members.len() {
+                        let missing = tx.mv_unresolved(source_name, &projection.members)?;
+                        unresolved.extend(missing.into_iter().filter_map(|i| projection.members.get(i)));
+                    }
+                    waiting.record(&id, &unresolved);
+                }
                 let projected = match encoded {
                     Some(encoded) => {
                         tx.mv_project_encoded(source_name, &id, &projection, manager, members, encoded?)?
@@ -269,7 +283,7 @@ impl Step<'_> {
                 done.synced += 1;
                 if projected.newly_resolvable {
                     // Objects that pointed at this one before it existed now can resolve it.
-                    tx.cs_mark_referencing_pending(source_name, &obj.entry.dn, &id)?;
+                    waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, &id)?;
                 }
             }
             (reason, _) => {
@@ -282,6 +296,82 @@ impl Step<'_> {
         }
         tx.cs_done(source_name, &id)?;
         observer.advance(1);
+        Ok(())
+    }
+}
+
+/// Who must be synced again when a DN becomes resolvable (an object
+/// projected anew, back from deletion or renamed).
+///
+/// In a full sync every object of the source is pending when the stage
+/// starts, so the only objects that hold a reference that did not resolve
+/// are those written earlier in this stage: they are kept here, and a DN
+/// that becomes resolvable marks just them. Asking the store instead means
+/// searching the reference keys of every object projected, to find in a
+/// full sync that nearly every referencing object is still pending. In a
+/// delta (or with joins, whose references resolve through other sources)
+/// objects synced in earlier cycles may wait too: the store is asked.
+enum Waiting {
+    Store,
+    Memory {
+        /// Hash of the normalised DN → indices into `objects`. A hash shared
+        /// by two DNs only marks an object more for sync, which is harmless.
+        by_dn: HashMap<u64, Vec<u32>>,
+        objects: Vec<SourceId>,
+        entries: usize,
+    },
+}
+
+/// References kept in memory at most; past this the stage asks the store
+/// (always correct: it knows every reference) for the rest of the stage.
+/// In unit tests the large stage's test crosses it halfway.
+const WAITING_IN_MEMORY: usize = if cfg!(test) { 400 } else { 4_000_000 };
+
+impl Waiting {
+    fn kept_in_memory() -> Self {
+        Self::Memory { by_dn: HashMap::new(), objects: Vec::new(), entries: 0 }
+    }
+
+    fn in_memory(&self) -> bool {
+        matches!(self, Self::Memory { .. })
+    }
+
+    /// `id` was written with references to `dns` that did not resolve.
+    fn record(&mut self, id: &SourceId, dns: &[&Dn]) {
+        let Self::Memory { by_dn, objects, entries } = self else { return };
+        if dns.is_empty() {
+            return;
+        }
+        *entries += dns.len();
+        let index = u32::try_from(objects.len()).ok().filter(|_| *entries <= WAITING_IN_MEMORY);
+        let Some(index) = index else {
+            tracing::debug!(references = *entries, "too many unresolved references to keep: the store is asked");
+            *self = Self::Store;
+            return;
+        };
+        objects.push(id.clone());
+        for dn in dns {
+            by_dn.entry(super::export::hash64(&dn.normalized())).or_default().push(index);
+        }
+    }
+
+    /// `dn` (the DN of `except`) resolves now: whatever waits for it is
+    /// marked for sync (in this stage's next pass).
+    fn resolvable<St: SyncStore + ?Sized>(
+        &mut self,
+        tx: &mut St,
+        source: &str,
+        dn: &Dn,
+        except: &SourceId,
+    ) -> Result<(), StoreError> {
+        let Self::Memory { by_dn, objects, .. } = self else {
+            return tx.cs_mark_referencing_pending(source, dn, except);
+        };
+        for index in by_dn.remove(&super::export::hash64(&dn.normalized())).unwrap_or_default() {
+            if let Some(id) = objects.get(index as usize).filter(|id| *id != except) {
+                tx.cs_mark_pending(source, id)?;
+            }
+        }
         Ok(())
     }
 }

@@ -305,6 +305,17 @@ pub trait Metaverse {
         }
         Ok(out)
     }
+    /// The positions in `dns` of those that have no metaverse object (what
+    /// `mv_for_dns` leaves out), in any order.
+    fn mv_unresolved(&self, source: &str, dns: &[Dn]) -> Result<Vec<usize>, StoreError> {
+        let mut out = Vec::new();
+        for (i, dn) in dns.iter().enumerate() {
+            if self.mv_for_dn(source, dn)?.is_none() {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
     /// Creates or updates the metaverse object of a source object; marks it
     /// for export if it changed.
     fn mv_project(

@@ -382,7 +382,9 @@ fn a_large_sync_stage_resolves_forward_references_with_its_helper_thread() {
     // More pending objects than the stage syncs on the store's thread alone,
     // so batches are decoded and projected on the helper thread. Every
     // reference points at an object imported later: it resolves in the
-    // second pass, after the object it names was projected.
+    // second pass, after the object it names was projected. The references
+    // waiting are kept in memory until there are more than the stage keeps
+    // (400 in tests), then the store is asked: both ways within one stage.
     const USERS: u16 = 300;
     let dn = |i: u16| format!("uid=u{i},dc=example,dc=org");
     let anchor = |i: u16| {
