@@ -1169,6 +1169,15 @@ impl ExportLog for PgStore {
         Ok(self.query_opt("SELECT tenant_id FROM sync_exported WHERE mv_id = $1", &[&mv])?.map(|r| r.get(0)))
     }
 
+    fn exported_anchor(&self, mv: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT m.anchor FROM sync_exported e JOIN sync_mv m ON m.id = e.mv_id WHERE e.mv_id = $1",
+                &[&mv],
+            )?
+            .map(|r| r.get(0)))
+    }
+
     fn member_changes_to_export(&self, mv: &str) -> Result<Option<(MvRecord, MemberChanges<String>)>, StoreError> {
         let Some(row) = self.query_opt(
             "SELECT kind, anchor, attrs FROM sync_mv WHERE id = $1 AND dirty AND members_only AND NOT deleted",

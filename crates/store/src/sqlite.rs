@@ -1676,6 +1676,16 @@ impl ExportLog for SqliteStore {
         stmt.query_row(params![mv], |r| tenant_id(r, 0)).optional().map_err(err)
     }
 
+    fn exported_anchor(&self, mv: &str) -> Result<Option<String>, StoreError> {
+        self.query_one(
+            "SELECT m.anchor FROM exported e JOIN mv m ON m.id = e.mv_id WHERE e.mv_id = ?1",
+            params![mv],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)
+    }
+
     fn member_changes_to_export(&self, mv: &str) -> Result<Option<(MvRecord, MemberChanges<String>)>, StoreError> {
         let row: Option<(String, String, Vec<u8>)> = self
             .query_one(

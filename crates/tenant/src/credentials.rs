@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::audit;
 use crate::error::Result;
-use crate::objects::{self, Kind};
+use crate::objects::Kind;
 use crate::util::now;
 
 /// A parsed record, ready to verify.
@@ -118,19 +118,21 @@ pub fn apply_batch(
             status,
             detail,
         };
-        let user = objects::find_by_immutable_id(&tx, &item.immutable_id)?.filter(|s| s.kind == Kind::User);
-        let Some(user) = user else {
+        // The id and userName only: the object itself is not read.
+        let user: Option<(String, Option<String>)> = tx
+            .query_row(
+                "SELECT id, user_name_lc FROM resources WHERE immutable_id = ?1 AND type = ?2",
+                params![item.immutable_id, Kind::User.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((user_id, user_name)) = user else {
             results
                 .push(result(CredentialStatus::UnknownUser, Some("no synchronised user has this immutableId".into())));
             continue;
         };
         if let Some(allowed) = allowed_domains {
-            let domain = user
-                .data
-                .get("userName")
-                .and_then(serde_json::Value::as_str)
-                .and_then(|n| n.rsplit_once('@'))
-                .map(|(_, d)| d.to_lowercase());
+            let domain = user_name.as_deref().and_then(|n| n.rsplit_once('@')).map(|(_, d)| d.to_string());
             if !domain.is_some_and(|d| allowed.contains(&d)) {
                 results.push(result(
                     CredentialStatus::Forbidden,
@@ -140,9 +142,9 @@ pub fn apply_batch(
             }
         }
         if item.remove {
-            tx.execute("DELETE FROM credentials WHERE resource_id = ?1", params![user.id])?;
-            end_sign_ins(&tx, &user.id)?;
-            audit::record(&tx, actor, "password-removed", Some("User"), Some(&user.id), None)?;
+            tx.execute("DELETE FROM credentials WHERE resource_id = ?1", params![user_id])?;
+            end_sign_ins(&tx, &user_id)?;
+            audit::record(&tx, actor, "password-removed", Some("User"), Some(&user_id), None)?;
             results.push(result(CredentialStatus::Removed, None));
             continue;
         }
@@ -161,15 +163,15 @@ pub fn apply_batch(
             "INSERT INTO credentials(resource_id, record, must_change, updated) VALUES(?1, ?2, ?3, ?4)
              ON CONFLICT(resource_id) DO UPDATE SET record = excluded.record, must_change = excluded.must_change,
              updated = excluded.updated",
-            params![user.id, record, item.must_change_password, now()],
+            params![user_id, record, item.must_change_password, now()],
         )?;
-        end_sign_ins(&tx, &user.id)?;
+        end_sign_ins(&tx, &user_id)?;
         audit::record(
             &tx,
             actor,
             "password-synchronised",
             Some("User"),
-            Some(&user.id),
+            Some(&user_id),
             Some(&json!({"mustChangePassword": item.must_change_password})),
         )?;
         results.push(result(CredentialStatus::Stored, None));
@@ -204,4 +206,46 @@ pub fn end_sign_ins(conn: &Connection, user_id: &str) -> Result<()> {
     conn.execute("DELETE FROM sessions WHERE user_id = ?1", params![user_id])?;
     conn.execute("DELETE FROM refresh_tokens WHERE user_id = ?1", params![user_id])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::{Ctx, create};
+    use crate::store::{Settings, Store};
+    use proto::hybrid::{CredentialStatus, CredentialUpdate};
+
+    /// A batch finds users by immutableId (not a group that has one), keeps
+    /// to the domains a token may set passwords in (non-ASCII names
+    /// compared without case), and stores what it may.
+    #[test]
+    fn a_batch_finds_users_by_immutable_id_and_keeps_to_the_tokens_domains() {
+        let store = Store::open_in_memory().unwrap();
+        let mut conn = store.lock();
+        let hybrid = scim::schema::HYBRID_SCHEMA;
+        let ctx = Ctx { actor: "test", base_url: "http://x" };
+        let settings = Settings { require_verified_domain: false, ..Settings::load(&conn).unwrap() };
+        let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", hybrid],
+            "userName": "Zoë@Exämple.org", hybrid: {"immutableId": "zoë-anchor"}});
+        let user_id = create(&conn, &ctx, settings, Kind::User, &user).unwrap().0.id;
+        let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", hybrid],
+            "displayName": "Gröup", hybrid: {"immutableId": "group-anchor"}});
+        create(&conn, &ctx, settings, Kind::Group, &group).unwrap();
+        let update = |imm: &str| CredentialUpdate {
+            immutable_id: imm.into(),
+            record: Some("{SSHA}bwrncSghpHXcMHcya6myDUXUhg9zYWx0MTIzNA==".into()),
+            must_change_password: false,
+            remove: false,
+        };
+        let batch = [update("zoë-anchor"), update("group-anchor"), update("nobody")];
+        let statuses = |allowed: Option<&[String]>, conn: &mut Connection| -> Vec<CredentialStatus> {
+            apply_batch(conn, "test", allowed, &batch).unwrap().into_iter().map(|r| r.status).collect()
+        };
+        use CredentialStatus::{Forbidden, Stored, UnknownUser};
+        assert_eq!(statuses(Some(&["other.org".to_string()]), &mut conn), [Forbidden, UnknownUser, UnknownUser]);
+        assert!(load(&conn, &user_id).unwrap().is_none());
+        assert_eq!(statuses(Some(&["exämple.org".to_string()]), &mut conn), [Stored, UnknownUser, UnknownUser]);
+        assert_eq!(statuses(None, &mut conn), [Stored, UnknownUser, UnknownUser]);
+        assert!(load(&conn, &user_id).unwrap().is_some());
+    }
 }

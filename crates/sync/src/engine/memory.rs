@@ -510,6 +510,13 @@ impl ExportLog for MemoryStore {
         Ok(self.state.exported.get(mv).map(|(id, _)| id.clone()))
     }
 
+    fn exported_anchor(&self, mv: &str) -> Result<Option<String>, StoreError> {
+        if !self.state.exported.contains_key(mv) {
+            return Ok(None);
+        }
+        Ok(self.state.mv.get(mv).map(|row| row.record.anchor.clone()))
+    }
+
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
         self.state.exported.insert(mv.to_string(), (tenant_id.to_string(), resource.clone()));
         if let Some(row) = self.state.mv.get_mut(mv) {

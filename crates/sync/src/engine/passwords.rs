@@ -53,22 +53,15 @@ async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
             tx.set_password_pending(source_name, &c.id, false)?;
             continue;
         };
-        if tx.exported_id(&mv)?.is_none() {
-            continue; // its export failed this cycle: stays pending, read again next cycle
-        }
-        let Some(record) = tx.mv_get(&mv)? else { continue };
-        let dn = record
-            .attrs
-            .get("onPremisesDistinguishedName")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(&record.anchor)
-            .to_string();
+        // Its export failed this cycle: stays pending, read again next cycle.
+        let Some(anchor) = tx.exported_anchor(&mv)? else { continue };
         match c.found {
             Found::Secret(secret) => {
-                whose.insert(record.anchor.clone(), (mv, dn, c.id));
-                batch.push(CredentialPush { immutable_id: record.anchor, secret, must_change: c.must_change });
+                whose.insert(anchor.clone(), (mv, c.id));
+                batch.push(CredentialPush { immutable_id: anchor, secret, must_change: c.must_change });
             }
             Found::Unusable(why) => {
+                let dn = object_name(&*tx, &mv, &anchor)?;
                 let message = format!("password hash sync: {why}");
                 tracing::warn!(object = %dn, reason = %why, "password not synchronised");
                 tx.record_error(&mv, "password", &message)?;
@@ -86,13 +79,14 @@ async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
             report.passwords_synced += pushed.stored;
             let mut tx = Transaction::begin(&mut *store)?;
             let failed: HashSet<&String> = pushed.failed.iter().map(|(id, _)| id).collect();
-            for (immutable_id, (_, _, id)) in &whose {
+            for (immutable_id, (_, id)) in &whose {
                 if !failed.contains(immutable_id) {
                     tx.set_password_pending(source_name, id, false)?;
                 }
             }
             for (immutable_id, why) in &pushed.failed {
-                if let Some((mv, dn, _)) = whose.get(immutable_id) {
+                if let Some((mv, _)) = whose.get(immutable_id) {
+                    let dn = object_name(&*tx, mv, immutable_id)?;
                     let message = format!("password hash sync: {why}");
                     tx.record_error(mv, "password", &message)?;
                     report.errors.push((format!("User {dn}"), message));
@@ -113,4 +107,15 @@ async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
         }
     }
     Ok(true)
+}
+
+/// How a user is named in a password failure: its on-premises DN, or its
+/// anchor. Read only on failure: the metaverse object is decoded for it.
+fn object_name<St: SyncStore + ?Sized>(store: &St, mv: &str, anchor: &str) -> Result<String, StoreError> {
+    Ok(store
+        .mv_get(mv)?
+        .and_then(|r| {
+            r.attrs.get("onPremisesDistinguishedName").and_then(serde_json::Value::as_str).map(str::to_string)
+        })
+        .unwrap_or_else(|| anchor.to_string()))
 }

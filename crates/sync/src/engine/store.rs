@@ -501,6 +501,10 @@ pub trait ExportLog {
     fn exported(&self, mv: &str) -> Result<Option<(String, Json)>, StoreError>;
     /// Just the tenant id (cheaper than [`ExportLog::exported`]).
     fn exported_id(&self, mv: &str) -> Result<Option<String>, StoreError>;
+    /// The anchor (the tenant object's immutableId) of an exported
+    /// metaverse object, `None` when it is not exported. Password hash sync
+    /// asks this of every user: a store answers without decoding the object.
+    fn exported_anchor(&self, mv: &str) -> Result<Option<String>, StoreError>;
     /// The tenant ids of those of `mvs` that are exported (any order); a
     /// store may answer a large group's members in one query.
     fn exported_ids(&self, mvs: &[String]) -> Result<Vec<String>, StoreError> {
