@@ -332,8 +332,13 @@ fn desired_resource_noting(
     out.insert("externalId".into(), json!(mv.anchor));
     note(&mut origin, || Origin::built_in("externalId", "the sourceAnchor (built in)"));
     for (target, value) in flows {
-        if let Ok(path) = crate::outbound::ScimPath::parse(&target) {
-            path.set(&mut out, value);
+        match rules.outbound_path(&target) {
+            Some(path) => path.set(&mut out, value),
+            None => {
+                if let Ok(path) = crate::outbound::ScimPath::parse(&target) {
+                    path.set(&mut out, value);
+                }
+            }
         }
     }
     // Elements that got only a type (a constant `primary` without a value) are dropped.

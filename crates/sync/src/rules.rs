@@ -151,12 +151,15 @@ pub struct InboundObject<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    /// Each outbound target's parsed SCIM path, for building resources
+    /// without parsing a path per attribute of every object.
+    paths: std::collections::HashMap<String, crate::outbound::ScimPath>,
 }
 
 impl Default for RuleSet {
     fn default() -> Self {
         // The built-in file is tested; should it ever fail, no rules is safer than a panic.
-        RuleSet::load(&[]).unwrap_or(RuleSet { rules: Vec::new() })
+        RuleSet::load(&[]).unwrap_or(RuleSet { rules: Vec::new(), paths: Default::default() })
     }
 }
 
@@ -316,7 +319,14 @@ impl RuleSet {
         rules.retain(|r| !r.disabled);
         // Stable: equal precedence keeps file order.
         rules.sort_by_key(|r| r.precedence);
-        Ok(RuleSet { rules })
+        let paths =
+            rules.iter().flat_map(|r| &r.flows).filter_map(|f| f.path.clone().map(|p| (f.target.clone(), p))).collect();
+        Ok(RuleSet { rules, paths })
+    }
+
+    /// The parsed SCIM path of an outbound flow's target.
+    pub fn outbound_path(&self, target: &str) -> Option<&crate::outbound::ScimPath> {
+        self.paths.get(target)
     }
 
     pub fn rules(&self) -> &[Rule] {
