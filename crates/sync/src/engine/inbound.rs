@@ -94,8 +94,14 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                     None => local.pop_front().unwrap_or_default(),
                 };
                 written += 1;
+                let mut written_objects = Vec::with_capacity(ready.len());
                 for item in ready {
-                    step.write(&mut *tx, item, &mut waiting, &mut done, observer)?;
+                    written_objects.extend(step.write(&mut *tx, item, &mut waiting, &mut done, observer)?);
+                }
+                // Freeing a batch's entries and projections is a tenth of
+                // the store thread's work: the helper does it when it can.
+                if let Some(h) = &helper {
+                    h.discard(written_objects);
                 }
             }
         }
@@ -198,7 +204,7 @@ impl Step<'_> {
         waiting: &mut Waiting,
         done: &mut Synced,
         observer: &mut (dyn CycleObserver + Send),
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Box<Decoded>>, StoreError> {
         let source_name = self.source;
         let (id, decoded) = match item {
             Ready::Members(id, changes) => {
@@ -206,7 +212,7 @@ impl Step<'_> {
                     done.synced += 1;
                     tx.cs_done(source_name, &id)?;
                     observer.advance(1);
-                    return Ok(());
+                    return Ok(None);
                 }
                 // No metaverse object to change: synced whole.
                 let decoded = tx.cs_get(source_name, &id)?.map(|(obj, deleted)| Box::new(self.decoded(obj, deleted)));
@@ -214,8 +220,25 @@ impl Step<'_> {
             }
             Ready::Object(id, decoded) => (id, decoded?),
         };
-        let Some(decoded) = decoded else { return Ok(()) };
-        let Decoded { obj, deleted, out_of_scope, projection, encoded } = *decoded;
+        let Some(mut decoded) = decoded else { return Ok(None) };
+        self.write_decoded(tx, &id, &mut decoded, waiting, done, observer)?;
+        // Given back, to be freed off the store's thread.
+        Ok(Some(decoded))
+    }
+
+    fn write_decoded<St: SyncStore + ?Sized>(
+        &self,
+        tx: &mut St,
+        id: &SourceId,
+        decoded: &mut Decoded,
+        waiting: &mut Waiting,
+        done: &mut Synced,
+        observer: &mut (dyn CycleObserver + Send),
+    ) -> Result<(), StoreError> {
+        let source_name = self.source;
+        let (deleted, out_of_scope) = (decoded.deleted, decoded.out_of_scope);
+        let (projection, encoded) = (decoded.projection.take(), decoded.encoded.take());
+        let obj = &decoded.obj;
         let reason = if deleted {
             Some("deleted on-premises")
         } else if self.scope.is_some_and(|members| !members.contains(&obj.entry.dn.normalized())) {
@@ -225,11 +248,11 @@ impl Step<'_> {
         };
         match (reason, projection) {
             (None, Some(mut projection)) => {
-                keep_applied_once(&*tx, source_name, &id, self.apply_once, &mut projection)?;
+                keep_applied_once(&*tx, source_name, id, self.apply_once, &mut projection)?;
                 if let Some(join) = &self.options.join {
-                    let (linked, newly) = match tx.join_link(source_name, &id)? {
+                    let (linked, newly) = match tx.join_link(source_name, id)? {
                         Some(mv) => (Some(mv), false),
-                        None => (find_join(&mut *tx, source_name, &obj, join)?, true),
+                        None => (find_join(&mut *tx, source_name, obj, join)?, true),
                     };
                     if let Some(mv) = linked {
                         let references = joined_references(&*tx, source_name, &projection, join)?;
@@ -239,20 +262,20 @@ impl Step<'_> {
                             authoritative: &join.authoritative,
                             references: &references,
                         };
-                        tx.join_put(source_name, &id, &mv, &contribution)?;
+                        tx.join_put(source_name, id, &mv, &contribution)?;
                         if newly && (join.references.manager || join.references.members) {
                             // Objects of this source that point at this one can now resolve it.
-                            waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, &id)?;
+                            waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, id)?;
                         }
                         done.synced += 1;
-                        tx.cs_done(source_name, &id)?;
+                        tx.cs_done(source_name, id)?;
                         observer.advance(1);
                         return Ok(());
                     }
                     if !join.project {
                         tracing::debug!(dn = %obj.entry.dn, "joins no metaverse object; this source does not project");
                         done.out_of_scope += 1;
-                        tx.cs_done(source_name, &id)?;
+                        tx.cs_done(source_name, id)?;
                         observer.advance(1);
                         return Ok(());
                     }
@@ -272,29 +295,28 @@ impl Step<'_> {
                         let missing = tx.mv_unresolved(source_name, &projection.members)?;
                         unresolved.extend(missing.into_iter().filter_map(|i| projection.members.get(i)));
                     }
-                    waiting.record(&id, &unresolved);
+                    waiting.record(id, &unresolved);
                 }
                 let projected = match encoded {
-                    Some(encoded) => {
-                        tx.mv_project_encoded(source_name, &id, &projection, manager, members, encoded?)?
-                    }
-                    None => tx.mv_project(source_name, &id, &projection, manager, members)?,
+                    Some(encoded) => tx.mv_project_encoded(source_name, id, &projection, manager, members, encoded?)?,
+                    None => tx.mv_project(source_name, id, &projection, manager, members)?,
                 };
                 done.synced += 1;
                 if projected.newly_resolvable {
                     // Objects that pointed at this one before it existed now can resolve it.
-                    waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, &id)?;
+                    waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, id)?;
                 }
+                decoded.projection = Some(projection);
             }
             (reason, _) => {
                 let reason = reason.unwrap_or("not synchronised");
                 tracing::debug!(dn = %obj.entry.dn, reason, "not synchronised");
-                tx.join_remove(source_name, &id)?;
-                tx.mv_disconnect(source_name, &id)?;
+                tx.join_remove(source_name, id)?;
+                tx.mv_disconnect(source_name, id)?;
                 done.out_of_scope += 1;
             }
         }
-        tx.cs_done(source_name, &id)?;
+        tx.cs_done(source_name, id)?;
         observer.advance(1);
         Ok(())
     }
@@ -376,24 +398,37 @@ impl Waiting {
     }
 }
 
+/// What the helper thread is given. Written objects stay in the boxes
+/// they came in: unboxing would copy each one.
+#[allow(clippy::vec_box)]
+enum Job {
+    Prepare(Vec<Read>),
+    Discard(Vec<Box<Decoded>>),
+}
+
 /// The helper thread: decodes and projects the batches it is sent, in order.
 struct Helper {
-    to: std::sync::mpsc::SyncSender<Vec<Read>>,
+    to: std::sync::mpsc::SyncSender<Job>,
     from: std::sync::mpsc::Receiver<Vec<Ready>>,
 }
 
 impl Helper {
     /// `None` when no thread can be made: the stage then runs on one.
     fn start<'scope, 'env>(threads: &'scope std::thread::Scope<'scope, 'env>, step: &'env Step<'env>) -> Option<Self> {
-        let (to, batches) = std::sync::mpsc::sync_channel::<Vec<Read>>(2);
+        let (to, jobs) = std::sync::mpsc::sync_channel::<Job>(2);
         let (results, from) = std::sync::mpsc::sync_channel(2);
         std::thread::Builder::new()
             .name("sync-prepare".into())
             .spawn_scoped(threads, move || {
-                for batch in batches {
-                    // The store's thread stopped (an error): nothing more to do.
-                    if results.send(step.prepare_batch(batch)).is_err() {
-                        break;
+                for job in jobs {
+                    match job {
+                        // The store's thread stopped (an error): nothing more to do.
+                        Job::Prepare(batch) => {
+                            if results.send(step.prepare_batch(batch)).is_err() {
+                                break;
+                            }
+                        }
+                        Job::Discard(written) => drop(written),
                     }
                 }
             })
@@ -402,7 +437,16 @@ impl Helper {
     }
 
     fn send(&self, batch: Vec<Read>) -> Result<(), StoreError> {
-        self.to.send(batch).map_err(|_| StoreError("the sync stage's helper thread stopped".into()))
+        self.to.send(Job::Prepare(batch)).map_err(|_| StoreError("the sync stage's helper thread stopped".into()))
+    }
+
+    /// Written objects to free. Never waits: with the helper busy they are
+    /// freed here.
+    #[allow(clippy::vec_box)]
+    fn discard(&self, written: Vec<Box<Decoded>>) {
+        if !written.is_empty() {
+            let _ = self.to.try_send(Job::Discard(written));
+        }
     }
 
     fn recv(&self) -> Result<Vec<Ready>, StoreError> {
