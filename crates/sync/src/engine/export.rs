@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 use super::store::{MvRecord, StoreError};
 use super::{
     CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportOp, SyncStore, Target, TargetError, Transaction,
+    hash64,
 };
 use crate::mapping::{self, MvView};
 
@@ -166,11 +167,7 @@ fn record<St: SyncStore + ?Sized>(
                 Exported::Unchanged => report.unchanged += 1,
             },
             Err(e) => {
-                let what = format!(
-                    "{} {}",
-                    record.kind,
-                    record.attrs.get("onPremisesDistinguishedName").and_then(Json::as_str).unwrap_or(&record.anchor)
-                );
+                let what = format!("{} {}", record.kind, record.name());
                 tracing::warn!(object = %what, error = %e, "export failed; retried next cycle");
                 report.errors.push((what, e.message));
             }
@@ -499,15 +496,6 @@ fn span(ends: &[usize], n: usize) -> Option<std::ops::Range<usize>> {
     Some(start..*ends.get(n)?)
 }
 
-/// The 64-bit hash references and contested keys are kept as (fixed keys:
-/// the same in every run).
-pub(super) fn hash64(text: &str) -> u64 {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
 /// Objects per batch sent to the target (SCIM Bulk allows 1,000 operations).
 const EXPORT_BATCH: usize = 1000;
 
@@ -716,12 +704,7 @@ pub fn pending_exports<St: SyncStore + ?Sized>(
     for id in store.dirty()? {
         let Some(record) = store.mv_get(&id)? else { continue };
         let plan = plan(store, &record, rules)?;
-        let object = record
-            .attrs
-            .get("onPremisesDistinguishedName")
-            .and_then(Json::as_str)
-            .unwrap_or(&record.anchor)
-            .to_string();
+        let object = record.name().to_string();
         let exported = store.exported(&record.id)?.map(|(_, r)| r).unwrap_or(Json::Null);
         let (action, changes) = match &plan.op {
             Some(ExportOp::Create { resource, .. }) => {

@@ -373,7 +373,7 @@ impl Waiting {
         };
         objects.push(id.clone());
         for dn in dns {
-            by_dn.entry(super::export::hash64(&dn.normalized())).or_default().push(index);
+            by_dn.entry(super::hash64(&dn.normalized())).or_default().push(index);
         }
     }
 
@@ -389,7 +389,7 @@ impl Waiting {
         let Self::Memory { by_dn, objects, .. } = self else {
             return tx.cs_mark_referencing_pending(source, dn, except);
         };
-        for index in by_dn.remove(&super::export::hash64(&dn.normalized())).unwrap_or_default() {
+        for index in by_dn.remove(&super::hash64(&dn.normalized())).unwrap_or_default() {
             if let Some(id) = objects.get(index as usize).filter(|id| *id != except) {
                 tx.cs_mark_pending(source, id)?;
             }

@@ -178,6 +178,16 @@ pub trait CycleObserver {
     fn advance(&mut self, n: u64);
 }
 
+/// The 64-bit hash the export's references and contested keys, and the
+/// sync stage's waiting references, are kept as (fixed keys: the same in
+/// every run).
+fn hash64(text: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 /// Observes nothing.
 #[derive(Debug, Default)]
 pub struct Quiet;

@@ -112,10 +112,5 @@ async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
 /// How a user is named in a password failure: its on-premises DN, or its
 /// anchor. Read only on failure: the metaverse object is decoded for it.
 fn object_name<St: SyncStore + ?Sized>(store: &St, mv: &str, anchor: &str) -> Result<String, StoreError> {
-    Ok(store
-        .mv_get(mv)?
-        .and_then(|r| {
-            r.attrs.get("onPremisesDistinguishedName").and_then(serde_json::Value::as_str).map(str::to_string)
-        })
-        .unwrap_or_else(|| anchor.to_string()))
+    Ok(store.mv_get(mv)?.map_or_else(|| anchor.to_string(), |r| r.name().to_string()))
 }

@@ -164,6 +164,13 @@ pub struct MvRecord {
     pub deleted: bool,
 }
 
+impl MvRecord {
+    /// How messages name the object: its on-premises DN, or its anchor.
+    pub fn name(&self) -> &str {
+        self.attrs.get("onPremisesDistinguishedName").and_then(Json::as_str).unwrap_or(&self.anchor)
+    }
+}
+
 /// What changed in a group's members: DNs since it was last synced, or
 /// metaverse ids since the tenant last confirmed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
