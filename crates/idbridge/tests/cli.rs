@@ -5733,11 +5733,14 @@ mod demo {
     /// Starts the demo and runs the browser script `script` (tests/browser)
     /// against it as the demo's first user: its last line of output, parsed,
     /// the user's name, and the demo still running (with what it printed).
+    /// The demo works in a test directory: it is killed, not stopped, at the
+    /// end, so its own temporary directory would stay behind.
     fn demo_user_in_chromium(
         script: &str,
         prepare: impl FnOnce(&Path),
-    ) -> (serde_json::Value, String, testkit::KillOnDrop, serde_json::Value) {
-        let (demo, ready) = start_demo(&[]);
+    ) -> (serde_json::Value, String, (testkit::KillOnDrop, TempDir), serde_json::Value) {
+        let data = TempDir::new("demo-browser").unwrap();
+        let (demo, ready) = start_demo(&["--data", p(&data.join("d"))]);
         prepare(&Path::new(ready["data"].as_str().unwrap()).join("tenant"));
         let base = ready["url"].as_str().unwrap().trim_end_matches('/').trim_end_matches("/myapps").to_string();
         let user = ready["users"][0]["username"].as_str().unwrap();
@@ -5756,7 +5759,8 @@ mod demo {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let result = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
         let user = user.to_string();
-        (result, user, demo, ready)
+        // Killed (first) before its directory is removed.
+        (result, user, (demo, data), ready)
     }
 
     /// Security info (`/account`) through Chromium (tests/browser/account.mjs): a
