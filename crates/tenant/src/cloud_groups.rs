@@ -77,13 +77,16 @@ fn member_of(conn: &Connection, id: &str) -> Result<Option<CloudMember>> {
     Ok(Some(CloudMember::CloudOnly { name }))
 }
 
+/// A group by id or by display name (lower case). Two searches joined, not
+/// one `OR`: SQLite plans an `OR` of the two as a scan of every group.
+pub(crate) const GROUP_BY_ID_OR_NAME: &str = "SELECT id FROM resources WHERE type = 'Group' AND id = ?1
+     UNION SELECT id FROM resources WHERE type = 'Group' AND display_name_lc = ?2 ORDER BY id LIMIT 6";
+
 /// The group named `name` (display name, any case) or with id `name`.
 fn find(conn: &Connection, name: &str) -> Result<objects::Stored> {
     let wanted = name.trim();
     let ids: Vec<String> = {
-        let mut stmt = conn.prepare_cached(
-            "SELECT id FROM resources WHERE type = 'Group' AND (id = ?1 OR display_name_lc = ?2) ORDER BY id LIMIT 6",
-        )?;
+        let mut stmt = conn.prepare_cached(GROUP_BY_ID_OR_NAME)?;
         stmt.query_map(params![wanted, wanted.to_lowercase()], |r| r.get(0))?.collect::<crate::db::Result<_>>()?
     };
     match ids.as_slice() {

@@ -101,6 +101,10 @@ pub fn user_by_name(conn: &Connection, user_name: &str) -> Result<Option<Stored>
     }
 }
 
+/// Groups by display name (lower case), for a role given by name.
+pub(crate) const GROUP_BY_NAME: &str =
+    "SELECT id FROM resources WHERE type = 'Group' AND display_name_lc = ?1 ORDER BY id LIMIT 3";
+
 /// A user by user name or id, or a group by display name or id; an unknown or
 /// ambiguous name is an error that says so.
 pub fn find_principal(conn: &Connection, kind: Kind, name: &str) -> Result<Principal> {
@@ -116,9 +120,7 @@ pub fn find_principal(conn: &Connection, kind: Kind, name: &str) -> Result<Princ
             if let Some(group) = objects::load(conn, Some(Kind::Group), name)? {
                 return Ok(Principal { kind, name: display_of(&group), id: group.id });
             }
-            let mut stmt = conn.prepare(
-                "SELECT id FROM resources WHERE type = 'Group' AND display_name_lc = ?1 ORDER BY id LIMIT 3",
-            )?;
+            let mut stmt = conn.prepare(GROUP_BY_NAME)?;
             let ids = stmt
                 .query_map(params![name.trim().to_lowercase()], |r| r.get::<_, String>(0))?
                 .collect::<crate::db::Result<Vec<_>>>()?;

@@ -1060,29 +1060,36 @@ fn index_hint(filter: &Filter) -> Option<Hint> {
 /// Most objects one list request examines one by one (unindexed filter or sort).
 pub const MAX_RENDERED_PER_LIST: usize = 20_000;
 
+/// The search a list request starts with: the objects of type `?1`,
+/// narrowed by an index where the filter allows (`?2`, `?3`), and its
+/// arguments after the type.
+fn list_sql(conn: &Connection, query: &Query) -> (String, Vec<String>) {
+    let (condition, args) = match query.filter.as_ref().and_then(index_hint) {
+        Some(hint) => {
+            let (c, args) = hint.sql(conn);
+            (format!(" AND {c}"), args)
+        }
+        None => (String::new(), Vec::new()),
+    };
+    // A sort on a kept column is done by SQL (missing values last in
+    // both directions, as SCIM sorts them; ties in creation order).
+    let order = match query.sort_by.as_ref().and_then(column_of).map(|(column, _)| column) {
+        Some(column) => {
+            let direction = if query.descending { "DESC" } else { "ASC" };
+            format!("{column} IS NULL, {column} {direction}, created, id")
+        }
+        None => "created, id".to_string(),
+    };
+    (format!("{SELECT} WHERE type = ?1{condition} ORDER BY {order}"), args)
+}
+
 /// Matching objects (total count, and the requested page in order).
 pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Result<(usize, Vec<Stored>)> {
     let rt = kind.rt();
     let kind_name = kind.as_str();
     let sorted_by_column = query.sort_by.as_ref().and_then(column_of).map(|(column, _)| column);
     let rows: Vec<Stored> = {
-        let (condition, args) = match query.filter.as_ref().and_then(index_hint) {
-            Some(hint) => {
-                let (c, args) = hint.sql(conn);
-                (format!(" AND {c}"), args)
-            }
-            None => (String::new(), Vec::new()),
-        };
-        // A sort on a kept column is done by SQL (missing values last in
-        // both directions, as SCIM sorts them; ties in creation order).
-        let order = match &sorted_by_column {
-            Some(column) => {
-                let direction = if query.descending { "DESC" } else { "ASC" };
-                format!("{column} IS NULL, {column} {direction}, created, id")
-            }
-            None => "created, id".to_string(),
-        };
-        let sql = format!("{SELECT} WHERE type = ?1{condition} ORDER BY {order}");
+        let (sql, args) = list_sql(conn, query);
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut all: Vec<&dyn crate::db::ToSql> = vec![&kind_name];
         all.extend(args.iter().map(|a| a as &dyn crate::db::ToSql));
@@ -1149,6 +1156,54 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every search by display name names the type too and is answered by
+    /// the (type, display name) index: the index on the name alone is gone
+    /// (schema 24), and a plan that scanned every group instead would pass
+    /// every other test and crawl at 100,000 groups.
+    #[test]
+    fn display_name_searches_use_the_type_and_name_index() {
+        let store = crate::store::Store::open_in_memory().unwrap();
+        let conn = store.lock();
+        let plan = |sql: &str, args: &[&str]| -> String {
+            let sqlite = conn.sqlite_connection().unwrap();
+            let mut stmt = sqlite.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let steps: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|step| step.unwrap())
+                .collect();
+            steps.join(" | ")
+        };
+        let query = |filter: &str| Query {
+            filter: Some(Filter::parse(filter).unwrap()),
+            sort_by: None,
+            descending: false,
+            start_index: 1,
+            count: 10,
+        };
+        for filter in ["displayName eq \"Ünits\"", "displayName sw \"Ün\""] {
+            let (sql, args) = list_sql(&conn, &query(filter));
+            let mut all = vec!["Group"];
+            all.extend(args.iter().map(String::as_str));
+            let steps = plan(&sql, &all);
+            assert!(
+                steps.contains("INDEX resources_type_display_name (type=? AND display_name_lc"),
+                "{filter}: {steps}"
+            );
+        }
+        let steps = plan(crate::console::GROUP_BY_NAME, &["ünits"]);
+        assert!(steps.contains("INDEX resources_type_display_name (type=? AND display_name_lc=?)"), "{steps}");
+        let steps = plan(crate::cloud_groups::GROUP_BY_ID_OR_NAME, &["Ünits", "ünits"]);
+        assert!(steps.contains("INDEX resources_type_display_name (type=? AND display_name_lc=?)"), "{steps}");
+        assert!(!steps.contains("USING INDEX resources_type (type=?)"), "no scan of every group: {steps}");
+        let indexes: i64 = conn
+            .sqlite_connection()
+            .unwrap()
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'resources_display_name'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(indexes, 0, "the index on the display name alone is dropped");
+    }
 
     /// An unindexed filter or a sort over more objects than one request may
     /// examine is refused (tooMany) instead of rendering them all.
