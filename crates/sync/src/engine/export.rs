@@ -522,7 +522,7 @@ struct Plan {
     op: Option<ExportOp>,
     /// What `op` was (it stays when `op` is taken).
     action: Option<Action>,
-    desired: Option<Json>,
+    desired: Option<std::sync::Arc<Json>>,
     tenant_id: Option<String>,
     /// A manager or member is not in the tenant yet.
     waiting: bool,
@@ -589,15 +589,15 @@ fn plan<St: SyncStore + ?Sized>(
     };
     let members = store.exported_ids(&record.members)?;
     let waiting = (record.manager.is_some() && manager.is_none()) || members.len() < record.members.len();
-    let desired = mapping::desired_resource(
+    let desired = std::sync::Arc::new(mapping::desired_resource(
         &MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs },
         manager.as_deref(),
         &members,
         rules,
-    );
+    ));
     Ok(match existing {
         None => Plan {
-            op: Some(ExportOp::Create { kind: record.kind, resource: desired.clone() }),
+            op: Some(ExportOp::Create { kind: record.kind, resource: std::sync::Arc::clone(&desired) }),
             action: Some(Action::Create),
             desired: Some(desired),
             tenant_id: None,

@@ -585,7 +585,7 @@ impl MemoryTarget {
                 }
                 self.next_id += 1;
                 let id = format!("t{:06}", self.next_id);
-                self.objects.insert(id.clone(), (*kind, resource.clone()));
+                self.objects.insert(id.clone(), (*kind, Json::clone(resource)));
                 Ok(Some(id))
             }
             ExportOp::Patch { id, .. } => {

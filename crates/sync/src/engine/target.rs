@@ -1,6 +1,7 @@
 //! The cloud side as the engine sees it.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use directory::ObjectKind;
 use serde_json::Value as Json;
@@ -17,9 +18,21 @@ pub struct TargetError {
 /// One change to send to the target.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExportOp {
-    Create { kind: ObjectKind, resource: Json },
-    Patch { kind: ObjectKind, id: String, operations: Vec<Json> },
-    Delete { kind: ObjectKind, id: String },
+    /// Shared with the engine, which records the same resource as exported
+    /// once the target confirms (no copy per object).
+    Create {
+        kind: ObjectKind,
+        resource: Arc<Json>,
+    },
+    Patch {
+        kind: ObjectKind,
+        id: String,
+        operations: Vec<Json>,
+    },
+    Delete {
+        kind: ObjectKind,
+        id: String,
+    },
 }
 
 /// The target's answer to a batch: per operation, in order, the new
