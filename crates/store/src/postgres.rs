@@ -1100,10 +1100,17 @@ impl Metaverse for PgStore {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let members = self.members_with_log(id, row.get(4))?;
+        let kind = kind_from(row.get(0));
+        // Member changes are logged for groups alone (synced by difference):
+        // a user's empty list needs no search of the log.
+        let members = if kind == ObjectKind::Group {
+            self.members_with_log(id, row.get(4))?
+        } else {
+            serde_json::from_str(row.get(4)).map_err(err)?
+        };
         let mut record = MvRecord {
             id: id.to_string(),
-            kind: kind_from(row.get(0)),
+            kind,
             anchor: row.get(1),
             attrs,
             manager: row.get(3),

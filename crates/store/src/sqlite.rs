@@ -1573,9 +1573,15 @@ impl Metaverse for SqliteStore {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let members = self.members_with_log(id, &pack::unpack(&members)?)?;
-        let mut record =
-            MvRecord { id: id.to_string(), kind: kind_from(&kind), anchor, attrs, manager, members, deleted };
+        let kind = kind_from(&kind);
+        // Member changes are logged for groups alone (synced by difference):
+        // a user's empty list needs no search of the log.
+        let members = if kind == ObjectKind::Group {
+            self.members_with_log(id, &pack::unpack(&members)?)?
+        } else {
+            serde_json::from_str(&pack::unpack(&members)?).map_err(err)?
+        };
+        let mut record = MvRecord { id: id.to_string(), kind, anchor, attrs, manager, members, deleted };
         self.merge_joined(&mut record)?;
         Ok(Some(record))
     }
