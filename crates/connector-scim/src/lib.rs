@@ -540,11 +540,19 @@ impl ScimTarget {
 }
 
 impl Target for ScimTarget {
-    async fn push_credentials(
+    fn push_credentials(
         &mut self,
-        items: &[sync::phs::CredentialPush],
-    ) -> Result<sync::phs::PushReport, TargetError> {
-        self.push(items).await
+        items: Vec<sync::phs::CredentialPush>,
+    ) -> impl Future<Output = Result<sync::phs::PushReport, TargetError>> + Send + use<> {
+        // Sent from a task of its own, as batches are: the engine looks up
+        // the next users while the tenant stores these.
+        let sender = self.sender();
+        let task = tokio::spawn(async move { sender.push(&items).await });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(TargetError { message: format!("the password task ended: {e}"), not_found: false })
+            })
+        }
     }
 
     fn apply(&mut self, ops: Vec<ExportOp>) -> impl Future<Output = sync::engine::Answers> + Send + use<> {
@@ -563,8 +571,8 @@ impl Target for ScimTarget {
 }
 
 impl ScimTarget {
-    /// What sending a batch needs, for a task of its own (the password
-    /// bookkeeping stays here: batches never touch it).
+    /// What sending a batch or passwords needs, for a task of its own (the
+    /// password bookkeeping is shared with it).
     fn sender(&self) -> ScimTarget {
         ScimTarget {
             client: self.client.clone(),
@@ -573,7 +581,7 @@ impl ScimTarget {
             attempts: self.attempts,
             bulk: self.bulk,
             pph1_iterations: self.pph1_iterations,
-            pushed: passwords::Pushed::default(),
+            pushed: self.pushed.clone(),
             fence: self.fence.clone(),
             observe: self.observe.clone(),
         }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 
 use proto::hybrid::{CredentialStatus, CredentialUpdate, PasswordBatch, PasswordResults};
 use reqwest::Method;
@@ -18,13 +19,21 @@ use crate::ScimTarget;
 /// Records per request (the tenant's maximum).
 const BATCH: usize = 1000;
 
-/// SHA-256 fingerprints of what the tenant holds, by immutableId.
+/// SHA-256 fingerprints of what the tenant holds, by immutableId; shared
+/// with the task that sends a chunk (a clone is the same record). Locked
+/// only to look up or note a chunk's users, never across a request.
 #[derive(Clone, Default)]
-pub struct Pushed(HashMap<String, [u8; 32]>);
+pub struct Pushed(Arc<Mutex<HashMap<String, [u8; 32]>>>);
+
+impl Pushed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, [u8; 32]>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 impl fmt::Debug for Pushed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Pushed({} users)", self.0.len())
+        write!(f, "Pushed({} users)", self.lock().len())
     }
 }
 
@@ -101,10 +110,12 @@ impl ScimTarget {
         format!("{root}{}", proto::hybrid::PASSWORDS_PATH)
     }
 
-    pub(crate) async fn push(&mut self, items: &[CredentialPush]) -> Result<PushReport, TargetError> {
+    pub(crate) async fn push(&self, items: &[CredentialPush]) -> Result<PushReport, TargetError> {
         let mut report = PushReport::default();
-        let fresh: Vec<CredentialPush> =
-            items.iter().filter(|i| self.pushed.0.get(&i.immutable_id) != Some(&fingerprint(i))).cloned().collect();
+        let fresh: Vec<CredentialPush> = {
+            let pushed = self.pushed.lock();
+            items.iter().filter(|i| pushed.get(&i.immutable_id) != Some(&fingerprint(i))).cloned().collect()
+        };
         report.unchanged = (items.len() - fresh.len()) as u64;
         let iterations = self.pph1_iterations;
         for chunk in fresh.chunks(BATCH) {
@@ -129,11 +140,12 @@ impl ScimTarget {
                 return Err(crate::failure(status, &answer));
             }
             let results = serde_json::from_value::<PasswordResults>(answer).map(|r| r.results).unwrap_or_default();
+            let mut pushed = self.pushed.lock();
             for (i, (item, _)) in with_records.iter().enumerate() {
                 match results.get(i) {
                     Some(r) if matches!(r.status, CredentialStatus::Stored | CredentialStatus::Removed) => {
                         report.stored += 1;
-                        self.pushed.0.insert(item.immutable_id.clone(), fingerprint(item));
+                        pushed.insert(item.immutable_id.clone(), fingerprint(item));
                     }
                     Some(r) => {
                         let status = r.status.as_str();

@@ -433,14 +433,17 @@ impl<'a> sync::engine::Target for Fenced<'a> {
         }
     }
 
-    async fn push_credentials(
+    fn push_credentials(
         &mut self,
-        items: &[sync::phs::CredentialPush],
-    ) -> Result<sync::phs::PushReport, sync::engine::TargetError> {
-        if self.lost() {
-            return Err(sync::engine::TargetError { message: LEASE_LOST.into(), not_found: false });
+        items: Vec<sync::phs::CredentialPush>,
+    ) -> impl Future<Output = Result<sync::phs::PushReport, sync::engine::TargetError>> + Send + use<'a> {
+        let sending = if self.lost() { None } else { Some(self.inner.push_credentials(items)) };
+        async move {
+            match sending {
+                Some(report) => report.await,
+                None => Err(sync::engine::TargetError { message: LEASE_LOST.into(), not_found: false }),
+            }
         }
-        self.inner.push_credentials(items).await
     }
 }
 

@@ -560,6 +560,11 @@ pub struct MemoryTarget {
     /// Creates of resources whose `externalId` is listed here fail.
     pub refuse: HashSet<String>,
     next_id: u64,
+    /// Password hash sync: each user's "must change" flag by immutableId.
+    pub passwords: BTreeMap<String, bool>,
+    /// Password pushes so far, and the one (counted from 0) that fails as a whole.
+    pub password_pushes: usize,
+    pub refuse_password_push: Option<usize>,
 }
 
 impl MemoryTarget {
@@ -603,5 +608,22 @@ impl Target for MemoryTarget {
         let answers = ops.iter().map(|op| self.apply_one(op)).collect();
         self.batches.push(ops);
         std::future::ready(answers)
+    }
+
+    fn push_credentials(
+        &mut self,
+        items: Vec<crate::phs::CredentialPush>,
+    ) -> impl Future<Output = Result<crate::phs::PushReport, TargetError>> + Send + use<> {
+        let push = self.password_pushes;
+        self.password_pushes += 1;
+        let answer = if self.refuse_password_push == Some(push) {
+            Err(TargetError { message: format!("password push {push} refused"), not_found: false })
+        } else {
+            for item in &items {
+                self.passwords.insert(item.immutable_id.clone(), item.must_change);
+            }
+            Ok(crate::phs::PushReport { stored: items.len() as u64, ..Default::default() })
+        };
+        std::future::ready(answer)
     }
 }

@@ -9,6 +9,10 @@ use super::{CycleReport, PasswordFailure, SyncStore, Target, Transaction};
 /// Password hash sync after export: each captured password goes to the
 /// tenant user its object was exported as. Failures are object errors
 /// (retried when the password is next seen), never the cycle's end.
+///
+/// One chunk is at the target while the next one's users are looked up:
+/// the store's work and the target's overlap. A chunk's answers are
+/// recorded before the next chunk is sent.
 pub(super) async fn push_passwords<St: SyncStore + ?Sized, T: Target>(
     store: &mut St,
     target: &mut T,
@@ -19,29 +23,44 @@ pub(super) async fn push_passwords<St: SyncStore + ?Sized, T: Target>(
     // In chunks: what is built to send (and the target's bookkeeping of
     // it) stays small however many users the directory has.
     let mut captured = captured.into_iter().peekable();
+    let mut in_flight = None;
     while captured.peek().is_some() {
         let chunk: Vec<_> = captured.by_ref().take(PASSWORD_CHUNK).collect();
-        if !push_chunk(store, target, source_name, chunk, report).await? {
+        let (batch, whose) = look_up(store, source_name, chunk, report)?;
+        if let Some((answer, sent)) = in_flight.take()
+            && !record(store, source_name, answer.await, &sent, report)?
+        {
             // The target failed as a whole: the rest stay pending too.
-            break;
+            return Ok(());
         }
+        if !batch.is_empty() {
+            in_flight = Some((target.push_credentials(batch), whose));
+        }
+    }
+    if let Some((answer, sent)) = in_flight.take() {
+        record(store, source_name, answer.await, &sent, report)?;
     }
     Ok(())
 }
 
 /// Users whose passwords are looked up and sent together.
-const PASSWORD_CHUNK: usize = 5000;
+const PASSWORD_CHUNK: usize = if cfg!(test) { 4 } else { 5000 };
 
-async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
+/// A chunk's metaverse object and source id of each user sent, by immutableId.
+type Sent = std::collections::HashMap<String, (String, crate::SourceId)>;
+
+/// The users of a chunk that can be sent, with where each came from. Out of
+/// scope and unusable passwords are settled here; a user whose export
+/// failed this cycle stays pending.
+fn look_up<St: SyncStore + ?Sized>(
     store: &mut St,
-    target: &mut T,
     source_name: &str,
     captured: Vec<crate::phs::Captured>,
     report: &mut CycleReport,
-) -> Result<bool, StoreError> {
+) -> Result<(Vec<crate::phs::CredentialPush>, Sent), StoreError> {
     use crate::phs::{CredentialPush, Found};
     let mut batch = Vec::with_capacity(captured.len());
-    let mut whose = std::collections::HashMap::new();
+    let mut whose = Sent::new();
     let mut tx = Transaction::begin(&mut *store)?;
     for c in captured {
         let mv = match tx.join_link(source_name, &c.id)? {
@@ -71,41 +90,49 @@ async fn push_chunk<St: SyncStore + ?Sized, T: Target>(
         }
     }
     tx.commit()?;
-    if batch.is_empty() {
-        return Ok(true);
-    }
-    match target.push_credentials(&batch).await {
-        Ok(pushed) => {
-            report.passwords_synced += pushed.stored;
-            let mut tx = Transaction::begin(&mut *store)?;
-            let failed: HashSet<&String> = pushed.failed.iter().map(|(id, _)| id).collect();
-            for (immutable_id, (_, id)) in &whose {
-                if !failed.contains(immutable_id) {
-                    tx.set_password_pending(source_name, id, false)?;
-                }
-            }
-            for (immutable_id, why) in &pushed.failed {
-                if let Some((mv, _)) = whose.get(immutable_id) {
-                    let dn = object_name(&*tx, mv, immutable_id)?;
-                    let message = format!("password hash sync: {why}");
-                    tx.record_error(mv, "password", &message)?;
-                    report.errors.push((format!("User {dn}"), message));
-                }
-            }
-            tx.commit()?;
-            tracing::debug!(
-                source = source_name,
-                stored = pushed.stored,
-                unchanged = pushed.unchanged,
-                "password hash sync: a chunk done"
-            );
-        }
+    Ok((batch, whose))
+}
+
+/// Records the target's answer for a chunk: `false` when the target failed
+/// as a whole (its users stay pending).
+fn record<St: SyncStore + ?Sized>(
+    store: &mut St,
+    source_name: &str,
+    answer: Result<crate::phs::PushReport, super::TargetError>,
+    whose: &Sent,
+    report: &mut CycleReport,
+) -> Result<bool, StoreError> {
+    let pushed = match answer {
+        Ok(pushed) => pushed,
         Err(e) => {
             tracing::warn!(source = source_name, error = %e.message, "password hash sync failed; the passwords are sent again when next imported");
             report.password_failure = Some(PasswordFailure::Target(e.message));
             return Ok(false);
         }
+    };
+    report.passwords_synced += pushed.stored;
+    let mut tx = Transaction::begin(&mut *store)?;
+    let failed: HashSet<&String> = pushed.failed.iter().map(|(id, _)| id).collect();
+    for (immutable_id, (_, id)) in whose {
+        if !failed.contains(immutable_id) {
+            tx.set_password_pending(source_name, id, false)?;
+        }
     }
+    for (immutable_id, why) in &pushed.failed {
+        if let Some((mv, _)) = whose.get(immutable_id) {
+            let dn = object_name(&*tx, mv, immutable_id)?;
+            let message = format!("password hash sync: {why}");
+            tx.record_error(mv, "password", &message)?;
+            report.errors.push((format!("User {dn}"), message));
+        }
+    }
+    tx.commit()?;
+    tracing::debug!(
+        source = source_name,
+        stored = pushed.stored,
+        unchanged = pushed.unchanged,
+        "password hash sync: a chunk done"
+    );
     Ok(true)
 }
 

@@ -46,12 +46,14 @@ pub trait Target {
     /// in flight while it records this one's answers.
     fn apply(&mut self, ops: Vec<ExportOp>) -> impl Future<Output = Answers> + Send + use<Self>;
 
-    /// Password hash sync: stores these users' passwords in the target. A
-    /// target without passwords refuses them all.
+    /// Password hash sync: starts storing these users' passwords in the
+    /// target. The report comes from the returned future, which borrows
+    /// nothing of the target: the engine looks up the next users meanwhile.
+    /// A target without passwords refuses them all.
     fn push_credentials(
         &mut self,
-        items: &[crate::phs::CredentialPush],
-    ) -> impl Future<Output = Result<crate::phs::PushReport, TargetError>> + Send {
+        items: Vec<crate::phs::CredentialPush>,
+    ) -> impl Future<Output = Result<crate::phs::PushReport, TargetError>> + Send + use<Self> {
         let failed =
             items.iter().map(|i| (i.immutable_id.clone(), "this target does not take passwords".to_string())).collect();
         async move { Ok(crate::phs::PushReport { failed, ..Default::default() }) }

@@ -87,6 +87,39 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 }
 
+/// Password hash sync in chunks, one at the target while the next is
+/// looked up: a chunk the target refuses as a whole stops the stage — the
+/// chunk after it, already looked up, is never sent — and its users and
+/// every later one stay pending until the next cycle sends them.
+#[test]
+fn passwords_go_in_chunks_and_a_refused_chunk_stops_the_rest() {
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        let options = CycleOptions { password_sync: true, ..CycleOptions::default() };
+        // Ten users: chunks of 4, 4 and 2 (the chunk size under test).
+        for id in 1..=10u8 {
+            source.user(id, &format!("zoë{id}"), &[("userPassword", "{SSHA}Ouc4sZrcX2+ujbTggIsu9xBJo9saLNyZ")]);
+        }
+        target.refuse_password_push = Some(1);
+        let report = cycle("s", &mut source, &mut store, &mut target, &options).await;
+        assert_eq!(report.created, 10, "{report:?}");
+        assert_eq!(report.passwords_synced, 4, "{report:?}");
+        assert!(report.password_failure.is_some(), "{report:?}");
+        assert_eq!(target.password_pushes, 2, "the third chunk is not sent after the second failed");
+        assert_eq!(target.passwords.len(), 4);
+        assert_eq!(store.passwords_pending("s").unwrap().len(), 6, "the refused chunk and the one after it");
+
+        target.refuse_password_push = None;
+        let report = cycle("s", &mut source, &mut store, &mut target, &options).await;
+        assert_eq!(report.passwords_synced, 10, "{report:?}");
+        assert!(report.password_failure.is_none(), "{report:?}");
+        assert_eq!(target.password_pushes, 5);
+        assert_eq!(target.passwords.len(), 10);
+        assert!(store.passwords_pending("s").unwrap().is_empty());
+        assert!(!store.in_transaction());
+    });
+}
+
 #[test]
 fn create_update_delete_round_trip() {
     run(async {
