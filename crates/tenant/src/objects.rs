@@ -1006,17 +1006,41 @@ enum Hint {
 }
 
 impl Hint {
-    /// The condition and its parameters (after `?1`, the type).
+    /// The condition, the type (`?1`) included, and its parameters after the type.
     fn sql(&self, conn: &Connection) -> (String, Vec<String>) {
-        match self {
+        let (condition, args) = match self {
+            Hint::Eq(EXTERNAL_ID, v) => return (by_external_id(|c| format!("{c} = ?2")), vec![v.clone()]),
             Hint::Eq(c, v) => (format!("{c} = ?2"), vec![v.clone()]),
             // Every string that starts with v sorts between v and v + U+10FFFF
             // (the largest code point; a noncharacter no name carries).
+            Hint::Prefix(EXTERNAL_ID, v) => {
+                let args = vec![v.clone(), format!("{v}\u{10FFFF}")];
+                return (by_external_id(|c| format!("{c} >= ?2 AND {c} < ?3")), args);
+            }
             Hint::Prefix(c, v) => (format!("{c} >= ?2 AND {c} < ?3"), vec![v.clone(), format!("{v}\u{10FFFF}")]),
             Hint::Contains(c, v) => (conn.contains(c, "?2"), vec![v.clone()]),
             Hint::Present(c) => (format!("{c} IS NOT NULL"), Vec::new()),
-        }
+        };
+        (format!("type = ?1 AND {condition}"), args)
     }
+}
+
+const EXTERNAL_ID: &str = "external_id";
+
+/// A condition on externalId that indexes answer. The column is indexed only
+/// where it differs from immutableId (schema 25): a synchronised object's
+/// externalId is its immutableId, whose unique index finds it, and a second
+/// index of the same random values cost every object created a B-tree page.
+/// `condition` is the test on one column.
+/// The type (`?1`) is compared as `type || ''`, which no index answers:
+/// SQLite, without statistics, rates the type's index above the two the
+/// `OR` needs, and would test every object of the type.
+fn by_external_id(condition: impl Fn(&str) -> String) -> String {
+    format!(
+        "type || '' = ?1 AND (({} AND external_id IS DISTINCT FROM immutable_id) OR ({} AND external_id = immutable_id))",
+        condition(EXTERNAL_ID),
+        condition("immutable_id")
+    )
 }
 
 /// The column a core attribute is kept in, and whether its values are compared case-insensitively.
@@ -1027,7 +1051,7 @@ fn column_of(p: &AttrPath) -> Option<(&'static str, bool)> {
     let core = p.uri.as_deref().is_none_or(|u| !u.eq_ignore_ascii_case(HYBRID_SCHEMA));
     match p.name.to_ascii_lowercase().as_str() {
         "username" if core => Some(("user_name_lc", true)),
-        "externalid" if core => Some(("external_id", false)),
+        "externalid" if core => Some((EXTERNAL_ID, false)),
         "id" if core => Some(("id", false)),
         "displayname" if core => Some(("display_name_lc", true)),
         "immutableid" => Some(("immutable_id", false)),
@@ -1065,11 +1089,8 @@ pub const MAX_RENDERED_PER_LIST: usize = 20_000;
 /// arguments after the type.
 fn list_sql(conn: &Connection, query: &Query) -> (String, Vec<String>) {
     let (condition, args) = match query.filter.as_ref().and_then(index_hint) {
-        Some(hint) => {
-            let (c, args) = hint.sql(conn);
-            (format!(" AND {c}"), args)
-        }
-        None => (String::new(), Vec::new()),
+        Some(hint) => hint.sql(conn),
+        None => ("type = ?1".to_string(), Vec::new()),
     };
     // A sort on a kept column is done by SQL (missing values last in
     // both directions, as SCIM sorts them; ties in creation order).
@@ -1080,7 +1101,7 @@ fn list_sql(conn: &Connection, query: &Query) -> (String, Vec<String>) {
         }
         None => "created, id".to_string(),
     };
-    (format!("{SELECT} WHERE type = ?1{condition} ORDER BY {order}"), args)
+    (format!("{SELECT} WHERE {condition} ORDER BY {order}"), args)
 }
 
 /// Matching objects (total count, and the requested page in order).
@@ -1203,6 +1224,80 @@ mod tests {
             .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'resources_display_name'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(indexes, 0, "the index on the display name alone is dropped");
+    }
+
+    /// externalId is indexed only where it differs from immutableId (schema
+    /// 25): a search by it is still answered by indexes — the partial one and
+    /// immutableId's — and finds every object whatever the two hold.
+    #[test]
+    fn external_id_searches_use_indexes_and_find_every_object() {
+        let store = crate::store::Store::open_in_memory().unwrap();
+        let mut conn = store.lock();
+        let tx = conn.transaction().unwrap();
+        // (id, externalId, immutableId): synchronised, a SCIM client's, both
+        // different, synchronised without an externalId.
+        let objects = [
+            ("u1", Some("ÄAA"), Some("ÄAA")),
+            ("u2", Some("BBB"), None),
+            ("u3", Some("CCC"), Some("DDD")),
+            ("u4", None, Some("EEE")),
+        ];
+        for (id, external, immutable) in objects {
+            let mut data = json!({"userName": format!("{id}@x.test")});
+            if let Some(e) = external {
+                data["externalId"] = json!(e);
+            }
+            if let Some(i) = immutable {
+                data[HYBRID_SCHEMA] = json!({"immutableId": i});
+            }
+            tx.execute(
+                "INSERT INTO resources(id, type, data, version, created, modified, user_name_lc, external_id, immutable_id)
+                 VALUES(?1, 'User', ?2, 1, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', ?3, ?4, ?5)",
+                params![id, data.to_string(), format!("{id}@x.test"), external, immutable],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let ctx = Ctx { actor: "", base_url: "http://x" };
+        let query = |filter: &str| Query {
+            filter: Some(Filter::parse(filter).unwrap()),
+            sort_by: None,
+            descending: false,
+            start_index: 1,
+            count: 10,
+        };
+        let found = |filter: &str| -> Vec<String> {
+            let (_, page) = list(&conn, &ctx, Kind::User, &query(filter)).unwrap();
+            let mut ids: Vec<String> = page.into_iter().map(|s| s.id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(found("externalId eq \"ÄAA\""), ["u1"]);
+        assert_eq!(found("externalId eq \"BBB\""), ["u2"]);
+        assert_eq!(found("externalId eq \"CCC\""), ["u3"]);
+        assert!(found("externalId eq \"DDD\"").is_empty(), "u3's immutableId is not its externalId");
+        assert!(found("externalId eq \"EEE\"").is_empty(), "u4 has no externalId");
+        assert_eq!(found("externalId sw \"Ä\""), ["u1"]);
+        assert_eq!(found("externalId sw \"C\""), ["u3"]);
+        assert!(found("externalId sw \"D\"").is_empty());
+        assert_eq!(found("externalId pr"), ["u1", "u2", "u3"]);
+        assert_eq!(found("externalId co \"B\""), ["u2"]);
+        let sqlite = conn.sqlite_connection().unwrap();
+        for filter in ["externalId eq \"ÄAA\"", "externalId sw \"Ä\""] {
+            let (sql, args) = list_sql(&conn, &query(filter));
+            let mut all = vec!["User".to_string()];
+            all.extend(args);
+            let mut stmt = sqlite.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let steps: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(&all), |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|step| step.unwrap())
+                .collect();
+            let steps = steps.join(" | ");
+            assert!(steps.contains("INDEX resources_external_id_own (external_id"), "{filter}: {steps}");
+            assert!(steps.contains("INDEX resources_immutable_id (immutable_id"), "{filter}: {steps}");
+            assert!(!steps.contains("SCAN"), "{filter}: {steps}");
+        }
     }
 
     /// An unindexed filter or a sort over more objects than one request may

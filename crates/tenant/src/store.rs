@@ -412,10 +412,20 @@ const SCHEMA_V24: &str = "
 DROP INDEX resources_display_name;
 ";
 
+/// externalId is indexed only where it is not the immutableId: for a
+/// synchronised object the two are the same value, which the unique index
+/// on immutableId finds (`objects::by_external_id` searches both), so every
+/// object created cost a random B-tree page of a second index of the same
+/// values.
+const SCHEMA_V25: &str = "
+DROP INDEX resources_external_id;
+CREATE INDEX resources_external_id_own ON resources(external_id) WHERE external_id IS DISTINCT FROM immutable_id;
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
     SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16, SCHEMA_V17, SCHEMA_V18, SCHEMA_V19,
-    SCHEMA_V20, SCHEMA_V21, SCHEMA_V22, SCHEMA_V23, SCHEMA_V24,
+    SCHEMA_V20, SCHEMA_V21, SCHEMA_V22, SCHEMA_V23, SCHEMA_V24, SCHEMA_V25,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one
