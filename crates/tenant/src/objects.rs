@@ -1178,6 +1178,29 @@ pub fn list(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, query: &Query) -> Resu
 mod tests {
     use super::*;
 
+    /// SQLite's plan for `sql`, its steps joined by ` | `.
+    fn query_plan(conn: &Connection, sql: &str, args: &[&str]) -> String {
+        let sqlite = conn.sqlite_connection().unwrap();
+        let mut stmt = sqlite.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|step| step.unwrap())
+            .collect();
+        steps.join(" | ")
+    }
+
+    /// The first page of the objects `filter` matches.
+    fn filtered(filter: &str) -> Query {
+        Query {
+            filter: Some(Filter::parse(filter).unwrap()),
+            sort_by: None,
+            descending: false,
+            start_index: 1,
+            count: 10,
+        }
+    }
+
     /// Every search by display name names the type too and is answered by
     /// the (type, display name) index: the index on the name alone is gone
     /// (schema 24), and a plan that scanned every group instead would pass
@@ -1186,25 +1209,9 @@ mod tests {
     fn display_name_searches_use_the_type_and_name_index() {
         let store = crate::store::Store::open_in_memory().unwrap();
         let conn = store.lock();
-        let plan = |sql: &str, args: &[&str]| -> String {
-            let sqlite = conn.sqlite_connection().unwrap();
-            let mut stmt = sqlite.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let steps: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(|step| step.unwrap())
-                .collect();
-            steps.join(" | ")
-        };
-        let query = |filter: &str| Query {
-            filter: Some(Filter::parse(filter).unwrap()),
-            sort_by: None,
-            descending: false,
-            start_index: 1,
-            count: 10,
-        };
+        let plan = |sql: &str, args: &[&str]| query_plan(&conn, sql, args);
         for filter in ["displayName eq \"Ünits\"", "displayName sw \"Ün\""] {
-            let (sql, args) = list_sql(&conn, &query(filter));
+            let (sql, args) = list_sql(&conn, &filtered(filter));
             let mut all = vec!["Group"];
             all.extend(args.iter().map(String::as_str));
             let steps = plan(&sql, &all);
@@ -1259,15 +1266,8 @@ mod tests {
         }
         tx.commit().unwrap();
         let ctx = Ctx { actor: "", base_url: "http://x" };
-        let query = |filter: &str| Query {
-            filter: Some(Filter::parse(filter).unwrap()),
-            sort_by: None,
-            descending: false,
-            start_index: 1,
-            count: 10,
-        };
         let found = |filter: &str| -> Vec<String> {
-            let (_, page) = list(&conn, &ctx, Kind::User, &query(filter)).unwrap();
+            let (_, page) = list(&conn, &ctx, Kind::User, &filtered(filter)).unwrap();
             let mut ids: Vec<String> = page.into_iter().map(|s| s.id).collect();
             ids.sort();
             ids
@@ -1282,18 +1282,11 @@ mod tests {
         assert!(found("externalId sw \"D\"").is_empty());
         assert_eq!(found("externalId pr"), ["u1", "u2", "u3"]);
         assert_eq!(found("externalId co \"B\""), ["u2"]);
-        let sqlite = conn.sqlite_connection().unwrap();
         for filter in ["externalId eq \"ÄAA\"", "externalId sw \"Ä\""] {
-            let (sql, args) = list_sql(&conn, &query(filter));
-            let mut all = vec!["User".to_string()];
-            all.extend(args);
-            let mut stmt = sqlite.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let steps: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(&all), |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(|step| step.unwrap())
-                .collect();
-            let steps = steps.join(" | ");
+            let (sql, args) = list_sql(&conn, &filtered(filter));
+            let mut all = vec!["User"];
+            all.extend(args.iter().map(String::as_str));
+            let steps = query_plan(&conn, &sql, &all);
             assert!(steps.contains("INDEX resources_external_id_own (external_id"), "{filter}: {steps}");
             assert!(steps.contains("INDEX resources_immutable_id (immutable_id"), "{filter}: {steps}");
             assert!(!steps.contains("SCAN"), "{filter}: {steps}");
