@@ -1032,6 +1032,7 @@ const EXTERNAL_ID: &str = "external_id";
 /// externalId is its immutableId, whose unique index finds it, and a second
 /// index of the same random values cost every object created a B-tree page.
 /// `condition` is the test on one column.
+///
 /// The type (`?1`) is compared as `type || ''`, which no index answers:
 /// SQLite, without statistics, rates the type's index above the two the
 /// `OR` needs, and would test every object of the type.
