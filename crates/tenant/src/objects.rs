@@ -1008,20 +1008,21 @@ enum Hint {
 impl Hint {
     /// The condition, the type (`?1`) included, and its parameters after the type.
     fn sql(&self, conn: &Connection) -> (String, Vec<String>) {
-        let (condition, args) = match self {
-            Hint::Eq(EXTERNAL_ID, v) => return (by_external_id(|c| format!("{c} = ?2")), vec![v.clone()]),
-            Hint::Eq(c, v) => (format!("{c} = ?2"), vec![v.clone()]),
+        // The test on one column; externalId's is made for two (see `by_external_id`).
+        let (column, test, args): (_, fn(&str) -> String, _) = match self {
+            Hint::Eq(c, v) => (*c, |c| format!("{c} = ?2"), vec![v.clone()]),
             // Every string that starts with v sorts between v and v + U+10FFFF
             // (the largest code point; a noncharacter no name carries).
-            Hint::Prefix(EXTERNAL_ID, v) => {
-                let args = vec![v.clone(), format!("{v}\u{10FFFF}")];
-                return (by_external_id(|c| format!("{c} >= ?2 AND {c} < ?3")), args);
+            Hint::Prefix(c, v) => {
+                (*c, |c| format!("{c} >= ?2 AND {c} < ?3"), vec![v.clone(), format!("{v}\u{10FFFF}")])
             }
-            Hint::Prefix(c, v) => (format!("{c} >= ?2 AND {c} < ?3"), vec![v.clone(), format!("{v}\u{10FFFF}")]),
-            Hint::Contains(c, v) => (conn.contains(c, "?2"), vec![v.clone()]),
-            Hint::Present(c) => (format!("{c} IS NOT NULL"), Vec::new()),
+            Hint::Contains(c, v) => return (format!("type = ?1 AND {}", conn.contains(c, "?2")), vec![v.clone()]),
+            Hint::Present(c) => return (format!("type = ?1 AND {c} IS NOT NULL"), Vec::new()),
         };
-        (format!("type = ?1 AND {condition}"), args)
+        match column {
+            EXTERNAL_ID => (by_external_id(test), args),
+            _ => (format!("type = ?1 AND {}", test(column)), args),
+        }
     }
 }
 
