@@ -465,6 +465,30 @@ async fn bulk_with_references_and_failures() {
         .await;
     assert_eq!(teams.body["totalResults"], 1, "{}", teams.body);
 
+    // Bodies of operations that name no bulkId are checked before the store
+    // is locked; the results and the order of the errors are the same: a
+    // PUT to a missing object is 404 whatever its body, and after a failure
+    // the request runs again with every body checked anew.
+    let u1 = user_location.rsplit('/').next().unwrap();
+    let checked_first = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": [
+        {"method": "PUT", "path": format!("/Users/{u1}"), "data": {"schemas": [USER], "userName": "u1@corp.example.com", "title": "Chief"}},
+        {"method": "PATCH", "path": format!("/Users/{u1}"), "data": {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "displayName", "value": "Ünal Ærø"}]}},
+        {"method": "PUT", "path": "/Users/no-such-object", "data": {"schemas": [USER]}},
+        {"method": "POST", "path": "/Users", "bulkId": "v", "data": {"schemas": [USER], "userName": 7}},
+        {"method": "PATCH", "path": format!("/Users/{u1}"), "data": {"schemas": [PATCH], "Operations": "none"}}
+    ]});
+    let r = t.call(Method::POST, "/Bulk", Some(&t.sync), Some(checked_first)).await;
+    let status: Vec<&str> =
+        r.body["Operations"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert_eq!(status, ["200", "200", "404", "400", "400"], "{}", r.body);
+    let user = t.call(Method::GET, user_location, Some(&t.read), None).await;
+    assert_eq!(
+        (&user.body["title"], &user.body["displayName"]),
+        (&json!("Chief"), &json!("Ünal Ærø")),
+        "{}",
+        user.body
+    );
+
     let fail_fast = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "failOnErrors": 1, "Operations": [
         {"method": "POST", "path": "/Users", "bulkId": "x", "data": {"schemas": [USER], "userName": "u1@corp.example.com"}},
         {"method": "POST", "path": "/Users", "bulkId": "y", "data": {"schemas": [USER], "userName": "y@corp.example.com"}}
