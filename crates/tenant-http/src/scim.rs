@@ -629,10 +629,9 @@ async fn create(
     let caller = authenticate(&state, request.headers(), true).await?;
     let kind = kind_of(&resource)?;
     let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
-    // Checked before the store is locked (see `objects::Checked`).
-    let body = objects::Checked::new(kind, &json_body(&state, request).await?);
+    let body = json_body(&state, request).await?;
     write(&state, caller, projection, move |conn, ctx, settings| {
-        let (stored, outcome) = objects::create(conn, ctx, settings, body)?;
+        let (stored, outcome) = objects::create(conn, ctx, settings, kind, &body)?;
         Ok((stored, if outcome == Outcome::Created { StatusCode::CREATED } else { StatusCode::OK }))
     })
     .await
@@ -648,9 +647,9 @@ async fn replace(
     let kind = kind_of(&resource)?;
     let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
     let if_match = header_str(request.headers(), header::IF_MATCH);
-    let body = objects::Checked::new(kind, &json_body(&state, request).await?);
+    let body = json_body(&state, request).await?;
     write(&state, caller, projection, move |conn, ctx, _| {
-        Ok((objects::replace(conn, ctx, &id, body, if_match.as_deref())?, StatusCode::OK))
+        Ok((objects::replace(conn, ctx, kind, &id, &body, if_match.as_deref())?, StatusCode::OK))
     })
     .await
 }
@@ -756,14 +755,6 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         }
         .into());
     }
-    // What needs no store is done first, on a thread of its own: while
-    // another request holds the store, this one's objects are checked.
-    let (ops, mut prepared) = tokio::task::spawn_blocking(move || {
-        let prepared: Vec<Prepared> = ops.iter().map(Prepared::new).collect();
-        (ops, prepared)
-    })
-    .await
-    .map_err(|_| ScimError::status(500, "internal error (see the tenant's log)"))?;
     let state2 = state.clone();
     let results = db(&state, move |conn| {
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
@@ -775,7 +766,7 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         for isolated in [false, true] {
             let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
             let settings = Settings::load(&tx)?;
-            match run_bulk(&tx, &ctx, settings, &ops, &mut prepared, fail_on_errors, isolated) {
+            match run_bulk(&tx, &ctx, settings, &ops, fail_on_errors, isolated) {
                 Some(results) => {
                     tx.commit().map_err(tenant::TenantError::from)?;
                     return Ok(results);
@@ -798,7 +789,6 @@ fn run_bulk(
     ctx: &Ctx<'_>,
     settings: Settings,
     ops: &[Value],
-    prepared: &mut [Prepared],
     fail_on_errors: Option<usize>,
     isolated: bool,
 ) -> Option<Vec<Value>> {
@@ -811,7 +801,7 @@ fn run_bulk(
         let mut progressed = false;
         for &i in &pending {
             let op = ops.get(i)?;
-            match bulk_one(tx, ctx, settings, op, prepared.get_mut(i)?, &mut ids, isolated) {
+            match bulk_one(tx, ctx, settings, op, &mut ids, isolated) {
                 BulkStep::Wait => waiting.push(i),
                 BulkStep::Done(result) => {
                     progressed = true;
@@ -856,43 +846,6 @@ enum BulkStep {
     Done(Value),
 }
 
-/// What a Bulk operation needs that reads nothing from the store, worked
-/// out before the store is locked.
-struct Prepared {
-    /// Whether the operation refers to objects made earlier in the request
-    /// (`bulkId:`), which is resolved under the lock.
-    names_bulk_ids: bool,
-    /// The body of a POST or PUT, checked; of a PATCH, parsed. `None` for an
-    /// operation that names bulkIds (the body changes when they are
-    /// resolved), and once used: a request run again operation by operation
-    /// after a failure checks its bodies again.
-    body: Option<PreparedBody>,
-}
-
-enum PreparedBody {
-    Resource(objects::Checked),
-    Patch(Result<Vec<scim::patch::PatchOperation>, ScimError>),
-}
-
-impl Prepared {
-    fn new(op: &Value) -> Prepared {
-        let names_bulk_ids = names_bulk_ids(op);
-        let body = || {
-            let method = op.get("method")?.as_str()?;
-            let mut segments = op.get("path")?.as_str()?.trim_start_matches('/').split('/');
-            let kind = segments.next().and_then(Kind::from_endpoint)?;
-            let data = op.get("data").unwrap_or(&Value::Null);
-            // As `bulk_one` reads the path: a second segment, even empty, is an id.
-            match (method.to_ascii_uppercase().as_str(), segments.next().is_some()) {
-                ("POST", false) | ("PUT", true) => Some(PreparedBody::Resource(objects::Checked::new(kind, data))),
-                ("PATCH", true) => Some(PreparedBody::Patch(parse_patch(data))),
-                _ => None,
-            }
-        };
-        Prepared { names_bulk_ids, body: if names_bulk_ids { None } else { body() } }
-    }
-}
-
 fn bulk_result(
     op: &Value,
     location: Option<String>,
@@ -923,13 +876,12 @@ fn bulk_one(
     ctx: &Ctx<'_>,
     settings: Settings,
     op: &Value,
-    prepared: &mut Prepared,
     ids: &mut std::collections::HashMap<String, String>,
     isolated: bool,
 ) -> BulkStep {
     // Copied only to put ids in for bulkId references (a sync export's
     // objects have none: copying every operation was a tenth of the work).
-    let op_resolved = if prepared.names_bulk_ids {
+    let op_resolved = if names_bulk_ids(op) {
         let mut resolved = op.clone();
         if resolve_bulk_ids(&mut resolved, ids).is_err() {
             return BulkStep::Wait;
@@ -951,26 +903,17 @@ fn bulk_one(
     if isolated && conn.execute_batch("SAVEPOINT bulk_op").is_err() {
         return fail(ScimError::status(500, "internal error"));
     }
-    let (checked, parsed) = match prepared.body.take() {
-        Some(PreparedBody::Resource(checked)) if checked.kind() == kind => (Some(checked), None),
-        Some(PreparedBody::Patch(parsed)) => (None, Some(parsed)),
-        _ => (None, None),
-    };
-    let checked = || checked.unwrap_or_else(|| objects::Checked::new(kind, data));
     let result: Result<(Option<objects::Stored>, u16), tenant::TenantError> = (|| match (method.as_str(), &id) {
         ("POST", None) => {
             if op.get("bulkId").and_then(Value::as_str).is_none() {
                 return Err(ScimError::invalid_value("POST operations need a bulkId").into());
             }
-            let (s, outcome) = objects::create(conn, ctx, settings, checked())?;
+            let (s, outcome) = objects::create(conn, ctx, settings, kind, data)?;
             Ok((Some(s), if outcome == Outcome::Created { 201 } else { 200 }))
         }
-        ("PUT", Some(id)) => Ok((Some(objects::replace(conn, ctx, id, checked(), version.as_deref())?), 200)),
+        ("PUT", Some(id)) => Ok((Some(objects::replace(conn, ctx, kind, id, data, version.as_deref())?), 200)),
         ("PATCH", Some(id)) => {
-            let ops = match parsed {
-                Some(parsed) => parsed?,
-                None => parse_patch(data)?,
-            };
+            let ops = parse_patch(data)?;
             Ok((Some(objects::patch(conn, ctx, kind, id, &ops, version.as_deref())?), 200))
         }
         ("DELETE", Some(id)) => {

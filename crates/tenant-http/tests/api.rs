@@ -465,10 +465,10 @@ async fn bulk_with_references_and_failures() {
         .await;
     assert_eq!(teams.body["totalResults"], 1, "{}", teams.body);
 
-    // Bodies of operations that name no bulkId are checked before the store
-    // is locked; the results and the order of the errors are the same: a
-    // PUT to a missing object is 404 whatever its body, and after a failure
-    // the request runs again with every body checked anew.
+    // PUT and PATCH by id, and the order of errors: a PUT to a missing object
+    // is 404 whatever its body, a bad body or PATCH is 400, and after a
+    // failure the request runs again, operation by operation, with the same
+    // results for the operations that succeeded (applied once).
     let u1 = user_location.rsplit('/').next().unwrap();
     let checked_first = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": [
         {"method": "PUT", "path": format!("/Users/{u1}"), "data": {"schemas": [USER], "userName": "u1@corp.example.com", "title": "Chief"}},

@@ -143,7 +143,7 @@ pub fn hand_back(conn: &Connection, actor: &str, name: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::{Checked, Ctx, create};
+    use crate::objects::{Ctx, create};
     use crate::store::{Settings, Store};
 
     fn made(conn: &Connection, kind: Kind, mut body: serde_json::Value) -> String {
@@ -156,7 +156,7 @@ mod tests {
         body["schemas"] = schemas;
         let settings = Settings { require_verified_domain: false, ..Settings::load(conn).unwrap() };
         let ctx = Ctx { actor: "test", base_url: "http://x" };
-        create(conn, &ctx, settings, Checked::new(kind, &body)).unwrap().0.id
+        create(conn, &ctx, settings, kind, &body).unwrap().0.id
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub fn end_sign_ins(conn: &Connection, user_id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::{Checked, Ctx, create};
+    use crate::objects::{Ctx, create};
     use crate::store::{Settings, Store};
     use proto::hybrid::{CredentialStatus, CredentialUpdate};
 
@@ -227,10 +227,10 @@ mod tests {
         let settings = Settings { require_verified_domain: false, ..Settings::load(&conn).unwrap() };
         let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", hybrid],
             "userName": "Zoë@Exämple.org", hybrid: {"immutableId": "zoë-anchor"}});
-        let user_id = create(&conn, &ctx, settings, Checked::new(Kind::User, &user)).unwrap().0.id;
+        let user_id = create(&conn, &ctx, settings, Kind::User, &user).unwrap().0.id;
         let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", hybrid],
             "displayName": "Gröup", hybrid: {"immutableId": "group-anchor"}});
-        create(&conn, &ctx, settings, Checked::new(Kind::Group, &group)).unwrap();
+        create(&conn, &ctx, settings, Kind::Group, &group).unwrap();
         let update = |imm: &str| CredentialUpdate {
             immutable_id: imm.into(),
             record: Some("{SSHA}bwrncSghpHXcMHcya6myDUXUhg9zYWx0MTIzNA==".into()),

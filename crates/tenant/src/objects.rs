@@ -712,32 +712,15 @@ fn mark_synced(data: &mut Value) {
     }
 }
 
-/// A client's body for an object of one kind, checked against the kind's
-/// schema and put in canonical form ([`validate`]), or why it is refused.
-/// Checking reads nothing from the store, so the HTTP layer does it before
-/// it takes the store's lock: a write holds the lock only for the store's
-/// own work, and the objects of one Bulk request are checked while another
-/// request writes.
-#[derive(Debug)]
-pub struct Checked {
-    kind: Kind,
-    data: std::result::Result<Value, ScimError>,
-}
-
-impl Checked {
-    pub fn new(kind: Kind, body: &Value) -> Checked {
-        Checked { kind, data: validate(kind.rt(), body) }
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-}
-
 /// POST: create, or join an existing object (hard then soft match).
-pub fn create(conn: &Connection, ctx: &Ctx<'_>, settings: Settings, body: Checked) -> Result<(Stored, Outcome)> {
-    let kind = body.kind;
-    let mut data = body.data?;
+pub fn create(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    settings: Settings,
+    kind: Kind,
+    body: &Value,
+) -> Result<(Stored, Outcome)> {
+    let mut data = validate(kind.rt(), body)?;
     mark_synced(&mut data);
     if let Some(imm) = immutable_id(&data).map(str::to_string) {
         if let Some(existing) = find_by_immutable_id(conn, &imm)? {
@@ -804,13 +787,18 @@ fn replace_data(conn: &Connection, settings: &Settings, existing: &Stored, mut d
     Ok(stored)
 }
 
-/// PUT: replace the object's attributes. A missing object or a stale
-/// version is reported before what is wrong with the body.
-pub fn replace(conn: &Connection, ctx: &Ctx<'_>, id: &str, body: Checked, if_match: Option<&str>) -> Result<Stored> {
-    let kind = body.kind;
+/// PUT: replace the object's attributes.
+pub fn replace(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    kind: Kind,
+    id: &str,
+    body: &Value,
+    if_match: Option<&str>,
+) -> Result<Stored> {
     let existing = must_load(conn, kind, id)?;
     check_version(&existing, if_match)?;
-    let data = body.data?;
+    let data = validate(kind.rt(), body)?;
     // immutableId never changes once set.
     if let (Some(old), new) = (immutable_id(&existing.data), immutable_id(&data))
         && new != Some(old)
