@@ -9,6 +9,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::ber;
 use crate::error::{Attempt, LdapError, bind_hint};
+use crate::reader::{AcceptAnyCertificate, ReaderSettings, Readers, TlsMode};
 use crate::rootdse::RootDse;
 use crate::settings::LdapSettings;
 
@@ -19,6 +20,8 @@ pub struct Session {
     pub url: String,
     pub root_dse: RootDse,
     pub operation_timeout: Duration,
+    /// Connections of our own for paged searches ([`crate::reader`]).
+    pub(crate) readers: Arc<Readers>,
 }
 
 /// The parts of an LDAP URL that we connect to.
@@ -87,6 +90,36 @@ fn tls_config(settings: &LdapSettings) -> Result<Option<Arc<rustls::ClientConfig
     Ok(Some(Arc::new(config)))
 }
 
+/// The TLS configuration of the search connections ([`crate::reader`]):
+/// the configured CA file's roots, else the system's; no verification at
+/// all with `tls.insecure_skip_verify` (warned about at every connect).
+fn reader_tls_config(
+    settings: &LdapSettings,
+    with_ca_file: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Arc<rustls::ClientConfig>, LdapError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LdapError::Settings(format!("TLS: {e}")))?;
+    if settings.tls.insecure_skip_verify {
+        return Ok(Arc::new(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth(),
+        ));
+    }
+    if let Some(config) = with_ca_file {
+        return Ok(config);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    // Certificates the system store cannot parse are skipped, as ldap3 does.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    Ok(Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
+}
+
 /// Connects to the first server that answers, binds, and reads the rootDSE.
 ///
 /// Connection problems (refused, timeout, TLS failure) move on to the next
@@ -144,22 +177,30 @@ async fn connect_one(
     // We open the socket ourselves: ldap3 leaves Nagle's algorithm on, and a
     // receive buffer that starts small lets the server fill it during a page
     // of a paged search, which stalls the transfer for ~200 ms (TCP persist timer).
-    let tcp = match tokio::time::timeout(settings.connect_timeout, open_socket(endpoint)).await {
+    let tcp = match tokio::time::timeout(settings.connect_timeout, open_socket((&endpoint.host, endpoint.port))).await {
         Err(_) => return Err(ConnectFailure::TryNext(format!("no answer within {:?}", settings.connect_timeout))),
         Ok(Err(e)) => return Err(ConnectFailure::TryNext(describe_io_error(&e))),
         Ok(Ok(s)) => s,
     };
     let std_tcp = tcp.into_std().map_err(|e| ConnectFailure::TryNext(format!("socket setup failed: {e}")))?;
+    let starttls = settings.tls.starttls && url.to_ascii_lowercase().starts_with("ldap://");
     let mut conn_settings = LdapConnSettings::new()
         .set_std_stream(ldap3::StdStream::Tcp(std_tcp))
         .set_conn_timeout(settings.connect_timeout)
-        .set_starttls(settings.tls.starttls && url.to_ascii_lowercase().starts_with("ldap://"))
+        .set_starttls(starttls)
         .set_no_tls_verify(settings.tls.insecure_skip_verify);
-    if let Some(config) = tls
+    if let Some(config) = tls.clone()
         && !settings.tls.insecure_skip_verify
     {
         conn_settings = conn_settings.set_config(config);
     }
+    let reader_tls = if url.to_ascii_lowercase().starts_with("ldaps://") {
+        Some(TlsMode::Ldaps(reader_tls_config(settings, tls).map_err(ConnectFailure::Fatal)?))
+    } else if starttls {
+        Some(TlsMode::StartTls(reader_tls_config(settings, tls).map_err(ConnectFailure::Fatal)?))
+    } else {
+        None
+    };
     let attempt =
         tokio::time::timeout(settings.connect_timeout * 2, LdapConnAsync::with_settings(conn_settings, url)).await;
     let (conn, mut ldap) = match attempt {
@@ -215,15 +256,23 @@ async fn connect_one(
         Err(LdapError::Connection { reason, .. }) => return Err(ConnectFailure::TryNext(reason)),
         Err(e) => return Err(ConnectFailure::Fatal(e)),
     };
-    Ok(Session { ldap, url: url.to_string(), root_dse, operation_timeout: op_timeout })
+    let readers = Readers::new(ReaderSettings {
+        url: url.to_string(),
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        tls: reader_tls,
+        bind: settings.bind_dn.clone().map(|dn| (dn, settings.password.clone().unwrap_or_default())),
+        connect_timeout: settings.connect_timeout,
+    });
+    Ok(Session { ldap, url: url.to_string(), root_dse, operation_timeout: op_timeout, readers })
 }
 
 /// Receive buffer for directory connections: one page of entries fits.
 const RECEIVE_BUFFER: u32 = 4 << 20;
 
-async fn open_socket(endpoint: &Endpoint) -> std::io::Result<tokio::net::TcpStream> {
+pub(crate) async fn open_socket((host, port): (&str, u16)) -> std::io::Result<tokio::net::TcpStream> {
     let mut last_error = None;
-    for addr in tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await? {
+    for addr in tokio::net::lookup_host((host, port)).await? {
         let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
         // Best effort: the kernel may cap it (net.core.rmem_max); that is fine.
         let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);

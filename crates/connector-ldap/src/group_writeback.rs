@@ -369,8 +369,7 @@ async fn find_marked(
         format!("(&(objectClass=groupOfNames)({}={}*))", cloud_group::LDAP_ATTRIBUTE, cloud_group::PREFIX)
     };
     let mut search = PagedSearch::new(
-        &session.ldap,
-        &session.url,
+        session,
         &ou.to_string(),
         Scope::Subtree,
         &filter,

@@ -3,7 +3,8 @@
 //! deltas, and hands them to the sync engine through [`sync::Source`].
 //!
 //! - [`connect`]: URL checks, TLS (LDAPS, StartTLS, CA file), failover, bind, rootDSE.
-//! - [`paged`]: paged search streaming.
+//! - [`paged`]: paged search streaming, on connections of our own (`reader`)
+//!   read with our own decoder (`wire`).
 //! - [`source`]: the `Source` implementation, anchors, ranged retrieval, scope.
 //! - `dirsync`, `usn`, `syncrepl`: the three delta mechanisms; `notify`: AD's
 //!   change notifications, which wake the daemon.
@@ -20,6 +21,7 @@ pub mod group_writeback;
 mod notify;
 mod ous;
 pub mod paged;
+mod reader;
 mod replication;
 pub mod rootdse;
 pub mod settings;
@@ -29,6 +31,7 @@ mod syncrepl;
 mod usn;
 pub mod validate;
 pub mod watermark;
+mod wire;
 pub mod write;
 
 pub use error::LdapError;

@@ -1,17 +1,27 @@
 //! A streaming search that follows paged-results cookies (RFC 2696) page by
 //! page, so a directory of any size passes through in constant memory.
 
+use std::sync::Arc;
+
+use ldap3::Scope;
 use ldap3::controls::RawControl;
-use ldap3::{Ldap, Scope, SearchStream};
 
 use crate::ber::{self, RawEntry};
+use crate::connect::Session;
 use crate::error::LdapError;
+use crate::reader::{Readers, SearchConnection, search_request};
+use crate::wire::Response;
 
 #[derive(Debug)]
 pub struct PagedSearch {
-    ldap: Ldap,
-    url: String,
+    readers: Arc<Readers>,
+    connection: Option<SearchConnection>,
+    /// Whether `connection` was an idle one that has not answered yet (a
+    /// server may have closed it meanwhile: then one fresh connection is tried).
+    reused: bool,
     base: String,
+    /// What errors say was being done.
+    operation: String,
     scope: Scope,
     filter: String,
     attrs: Vec<String>,
@@ -19,7 +29,8 @@ pub struct PagedSearch {
     page_size: u32,
     timeout: std::time::Duration,
     cookie: Vec<u8>,
-    stream: Option<SearchStream<'static, String, Vec<String>>>,
+    /// The message id of the page being read.
+    page: Option<i64>,
     done: bool,
     pub pages: u32,
     page_started: std::time::Instant,
@@ -30,8 +41,7 @@ pub struct PagedSearch {
 impl PagedSearch {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        ldap: &Ldap,
-        url: &str,
+        session: &Session,
         base: &str,
         scope: Scope,
         filter: &str,
@@ -41,9 +51,11 @@ impl PagedSearch {
         timeout: std::time::Duration,
     ) -> Self {
         PagedSearch {
-            ldap: ldap.clone(),
-            url: url.to_string(),
+            readers: Arc::clone(&session.readers),
+            connection: None,
+            reused: false,
             base: base.to_string(),
+            operation: format!("searching {base:?}"),
             scope,
             filter: filter.to_string(),
             attrs,
@@ -51,7 +63,7 @@ impl PagedSearch {
             page_size,
             timeout,
             cookie: Vec::new(),
-            stream: None,
+            page: None,
             done: false,
             pages: 0,
             page_started: std::time::Instant::now(),
@@ -60,72 +72,113 @@ impl PagedSearch {
         }
     }
 
-    fn conn_err(&self, e: impl std::fmt::Display) -> LdapError {
-        LdapError::Connection {
-            url: self.url.clone(),
-            operation: format!("searching {:?}", self.base),
-            reason: e.to_string(),
-        }
+    /// Asks for the next page on this search's connection (opened, or taken
+    /// from the session's idle one, on the first page).
+    async fn request_page(&mut self) -> Result<(), LdapError> {
+        let op = search_request(&self.base, self.scope, &self.filter, &self.attrs).ok_or_else(|| {
+            LdapError::Settings(format!("the search filter {:?} is not valid LDAP filter syntax", self.filter))
+        })?;
+        let mut controls = vec![ber::paged_control(self.page_size, self.cookie.clone())];
+        controls.extend(self.extra_controls.iter().cloned());
+        let mut connection = match self.connection.take() {
+            Some(c) => c,
+            None => match self.readers.take_idle() {
+                Some(c) => {
+                    self.reused = true;
+                    c
+                }
+                None => self.readers.open().await?,
+            },
+        };
+        let id = match connection.send(op.clone(), &controls).await {
+            Ok(id) => id,
+            Err(LdapError::Connection { .. }) if self.reused => {
+                // The idle connection had been closed by the server: a new one.
+                self.reused = false;
+                connection = self.readers.open().await?;
+                connection.send(op, &controls).await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.connection = Some(connection);
+        self.page = Some(id);
+        self.pages += 1;
+        self.page_started = std::time::Instant::now();
+        self.page_entries = 0;
+        Ok(())
     }
 
     /// The next entry, or `None` when the last page has been read.
     pub async fn next(&mut self) -> Result<Option<RawEntry>, LdapError> {
         loop {
-            if self.stream.is_none() {
+            let Some(id) = self.page else {
                 if self.done {
                     return Ok(None);
                 }
-                let mut controls = vec![ber::paged_control(self.page_size, std::mem::take(&mut self.cookie))];
-                controls.extend(self.extra_controls.iter().cloned());
-                let stream = self
-                    .ldap
-                    .with_controls(controls)
-                    .with_timeout(self.timeout)
-                    .streaming_search(&self.base, self.scope, &self.filter, self.attrs.clone())
-                    .await
-                    .map_err(|e| self.conn_err(e))?;
-                self.stream = Some(stream);
-                self.pages += 1;
-                self.page_started = std::time::Instant::now();
-                self.page_entries = 0;
-            }
-            let Some(stream) = self.stream.as_mut() else {
+                self.request_page().await?;
                 continue;
             };
-            let item = stream.next().await;
-            match item {
-                Err(e) => return Err(self.conn_err(e)),
-                Ok(Some(re)) if re.is_ref() => {
+            let Some(connection) = self.connection.as_mut() else {
+                self.page = None;
+                continue;
+            };
+            let answer = match connection.receive_for(id, self.timeout, &self.operation).await {
+                Err(LdapError::Connection { .. }) if self.reused => {
+                    // The idle connection had been closed by the server: ask again on a new one.
+                    tracing::debug!(url = %self.readers.url(), "an idle search connection was closed; opening another");
+                    self.reused = false;
+                    self.connection = None;
+                    self.pages -= 1;
+                    self.page = None;
+                    continue;
+                }
+                Err(e) => {
+                    self.connection = None;
+                    return Err(e);
+                }
+                Ok(answer) => answer,
+            };
+            self.reused = false;
+            match answer {
+                Response::Entry(entry) => {
+                    self.page_entries += 1;
+                    return Ok(Some(entry));
+                }
+                Response::Reference => {
                     // Referrals point at other servers; the configured servers are the scope.
                     self.referrals_skipped += 1;
                     tracing::debug!(base = %self.base, "skipped a search continuation reference");
                 }
-                Ok(Some(re)) if re.is_intermediate() => {}
-                Ok(Some(re)) => {
-                    self.page_entries += 1;
-                    return ber::parse_entry(re.0)
-                        .map(Some)
-                        .ok_or(LdapError::Protocol { url: self.url.clone(), what: "search result entry".into() });
-                }
-                Ok(None) => {
-                    let res = stream.finish().await;
-                    self.stream = None;
+                Response::Other(_) => {}
+                Response::SearchDone(result) => {
+                    self.page = None;
                     tracing::debug!(base = %self.base, page = self.pages, entries = self.page_entries, ms = self.page_started.elapsed().as_millis() as u64, "page read");
-                    if res.rc != 0 {
-                        return Err(search_error(&self.url, &self.base, res.rc, &res.text));
+                    if result.code != 0 {
+                        self.connection = None;
+                        return Err(search_error(self.readers.url(), &self.base, result.code, &result.message));
                     }
-                    let cookie = res
-                        .ctrls
+                    let cookie = result
+                        .controls
                         .iter()
-                        .find(|c| c.1.ctype == ber::PAGED_RESULTS_OID)
-                        .and_then(|c| c.1.val.as_deref())
+                        .find(|(oid, _)| oid == ber::PAGED_RESULTS_OID)
+                        .and_then(|(_, value)| value.as_deref())
                         .and_then(ber::parse_paged_response)
                         .unwrap_or_default();
                     if cookie.is_empty() {
                         self.done = true;
+                        if let Some(connection) = self.connection.take() {
+                            self.readers.give_back(connection);
+                        }
                     } else {
                         self.cookie = cookie;
                     }
+                }
+                Response::Bind(_) | Response::Extended(_) => {
+                    self.connection = None;
+                    return Err(LdapError::Protocol {
+                        url: self.readers.url().to_string(),
+                        what: format!("{}: an answer that is not a search result", self.operation),
+                    });
                 }
             }
         }

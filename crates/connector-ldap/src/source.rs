@@ -182,8 +182,7 @@ impl LdapSource {
         let mut counts = Counts::new();
         for base in &profile.bases {
             let mut search = PagedSearch::new(
-                &session.ldap,
-                &session.url,
+                session,
                 &base.to_string(),
                 Scope::Subtree,
                 &profile.filter,

@@ -55,8 +55,7 @@ impl LdapSource {
                 OuCount { dn: base.clone(), depth: 0, users: 0, groups: 0, contacts: 0 },
             );
             let mut ous = PagedSearch::new(
-                &session.ldap,
-                &session.url,
+                session,
                 &base.to_string(),
                 Scope::Subtree,
                 CONTAINERS,
@@ -71,8 +70,7 @@ impl LdapSource {
                 tree.insert(dn.to_lowercase(), OuCount { dn: parsed, depth, users: 0, groups: 0, contacts: 0 });
             }
             let mut objects = PagedSearch::new(
-                &session.ldap,
-                &session.url,
+                session,
                 &base.to_string(),
                 Scope::Subtree,
                 &profile.filter,

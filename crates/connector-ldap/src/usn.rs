@@ -41,8 +41,7 @@ pub(crate) async fn delta(
     let mut attrs = profile.attributes.clone();
     attrs.extend(["isDeleted".to_string(), "uSNChanged".to_string()]);
     let mut search = PagedSearch::new(
-        &session.ldap,
-        &session.url,
+        session,
         &nc.to_string(),
         Scope::Subtree,
         &filter,
@@ -66,8 +65,7 @@ pub(crate) async fn delta(
     }
     for base in &profile.bases {
         let mut listing = PagedSearch::new(
-            &session.ldap,
-            &session.url,
+            session,
             &base.to_string(),
             Scope::Subtree,
             &profile.filter,

@@ -66,6 +66,69 @@ fn full_import_counts_fidelity_and_paging() {
     assert_eq!(staff.entry.values("member").len(), 2);
 }
 
+/// Paged searches run on a connection of their own, kept between searches;
+/// when the server has closed it meanwhile (here: restarted), the next
+/// search opens another and reads everything.
+#[test]
+fn paged_searches_reuse_their_connection_and_survive_a_server_restart() {
+    use connector_ldap::paged::PagedSearch;
+    let mut slapd = Slapd::start(SlapdOptions::default()).unwrap();
+    seed(&slapd, 25);
+    let rt = runtime();
+    let session = rt.block_on(connector_ldap::connect::connect(&admin_settings(&slapd))).unwrap();
+    let base = slapd.base_dn();
+    let read_all = |session: &connector_ldap::connect::Session, filter: &str| {
+        rt.block_on(async {
+            let mut search = PagedSearch::new(
+                session,
+                base,
+                ldap3::Scope::Subtree,
+                filter,
+                vec!["cn".into(), "description".into()],
+                Vec::new(),
+                10,
+                std::time::Duration::from_secs(30),
+            );
+            let mut entries = Vec::new();
+            while let Some(entry) = search.next().await? {
+                entries.push(entry);
+            }
+            Ok::<_, LdapError>((entries, search.pages))
+        })
+    };
+    let (first, pages) = read_all(&session, "(objectClass=person)").unwrap();
+    assert_eq!(first.len(), 26);
+    assert_eq!(pages, 3, "pages of 10");
+    let smith = first.iter().find(|(dn, _)| dn.starts_with("cn=Smith")).unwrap();
+    assert!(smith.1.contains(&("description".to_string(), vec!["東京 office".as_bytes().to_vec()])));
+    // The same connection again (the server sees no new connection).
+    let (again, _) = read_all(&session, "(objectClass=person)").unwrap();
+    assert_eq!(again, first);
+    slapd.restart().unwrap();
+    let (after_restart, _) = read_all(&session, "(objectClass=person)").unwrap();
+    assert_eq!(after_restart, first);
+    // A filter that is not LDAP syntax, and a base that does not exist: clear errors.
+    let err = read_all(&session, "(cn=").unwrap_err();
+    assert!(err.to_string().contains("not valid LDAP filter syntax"), "{err}");
+    let err = rt
+        .block_on(async {
+            PagedSearch::new(
+                &session,
+                "ou=nowhere,dc=example,dc=org",
+                ldap3::Scope::Subtree,
+                "(objectClass=*)",
+                Vec::new(),
+                Vec::new(),
+                10,
+                std::time::Duration::from_secs(30),
+            )
+            .next()
+            .await
+        })
+        .unwrap_err();
+    assert!(matches!(err, LdapError::Search { code: 32, .. }), "{err}");
+}
+
 #[test]
 fn delta_reports_add_modify_rename_move_delete_in_delete_phase() {
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();

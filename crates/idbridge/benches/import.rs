@@ -3,6 +3,8 @@
 //!
 //!   cargo bench -p idbridge --bench import            (20,000 and 100,000 users)
 //!   IDBRIDGE_BENCH_SIZES=5000 cargo bench -p idbridge --bench import
+//!   IDBRIDGE_BENCH_PERF=/tmp/dump.perf … (then one more dump under `perf record -g`)
+//!   IDBRIDGE_BENCH_COMPARE=/path/to/other/idbridge … (that build's dump too, in the same run)
 //!
 //! Prints wall time (best of 3), objects/s, peak RSS (VmHWM, polled) and the
 //! ratio idbridge/ldapsearch. Both write LDIF of all attributes to /dev/null.
@@ -64,14 +66,33 @@ fn main() {
             ]);
             c
         });
-        let ours = best_of(3, || {
+        let dump = |exe: &str| {
             let mut c = Command::new(exe);
             c.env("RUST_LOG", "warn")
                 .args(["source", "dump", "--url", &slapd.url, "--bind-dn", slapd.admin_dn(), "--password-file"])
                 .arg(&pw)
                 .args(["--base-dn", base, "--page-size", "1000", "--out", "/dev/null"]);
             c
-        });
+        };
+        let ours = best_of(3, || dump(exe));
+        if let Ok(other) = std::env::var("IDBRIDGE_BENCH_COMPARE") {
+            let theirs = best_of(3, || dump(&other));
+            println!(
+                "{other}: {:.2} s ({:.2}x ldapsearch); this build / that one: {:.2}x",
+                theirs.seconds,
+                theirs.seconds / ldapsearch.seconds,
+                ours.seconds / theirs.seconds
+            );
+        }
+        if let Ok(file) = std::env::var("IDBRIDGE_BENCH_PERF") {
+            let mut c = Command::new("perf");
+            c.args(["record", "-F", "999", "-g", "-o", &format!("{file}.{users}"), "--", exe])
+                .env("RUST_LOG", "warn")
+                .args(["source", "dump", "--url", &slapd.url, "--bind-dn", slapd.admin_dn(), "--password-file"])
+                .arg(&pw)
+                .args(["--base-dn", base, "--page-size", "1000", "--out", "/dev/null"]);
+            measure(&mut c);
+        }
         let expected = users + groups;
         assert!(ours.stderr.contains(&format!(": {expected} objects")), "idbridge read another count: {}", ours.stderr);
         let rate = |m: &Measure| expected as f64 / m.seconds;
