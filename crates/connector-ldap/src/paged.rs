@@ -128,7 +128,7 @@ impl PagedSearch {
                     tracing::debug!(url = %self.readers.url(), "an idle search connection was closed; opening another");
                     self.reused = false;
                     self.connection = None;
-                    self.pages -= 1;
+                    self.pages = self.pages.saturating_sub(1);
                     self.page = None;
                     continue;
                 }
@@ -154,7 +154,10 @@ impl PagedSearch {
                     self.page = None;
                     tracing::debug!(base = %self.base, page = self.pages, entries = self.page_entries, ms = self.page_started.elapsed().as_millis() as u64, "page read");
                     if result.code != 0 {
-                        self.connection = None;
+                        // The exchange is complete: the connection can serve the next search.
+                        if let Some(connection) = self.connection.take() {
+                            self.readers.give_back(connection);
+                        }
                         return Err(search_error(self.readers.url(), &self.base, result.code, &result.message));
                     }
                     let cookie = result
