@@ -31,11 +31,11 @@ fn encode(tags: Vec<Tag>) -> Vec<u8> {
     buf.to_vec()
 }
 
-fn int(v: i64) -> Tag {
+pub(crate) fn int(v: i64) -> Tag {
     Tag::Integer(Integer { inner: v, ..Default::default() })
 }
 
-fn octets(v: Vec<u8>) -> Tag {
+pub(crate) fn octets(v: Vec<u8>) -> Tag {
     Tag::OctetString(OctetString { inner: v, ..Default::default() })
 }
 

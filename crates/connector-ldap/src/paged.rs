@@ -32,6 +32,7 @@ pub struct PagedSearch {
     /// The message id of the page being read.
     page: Option<i64>,
     done: bool,
+    /// Pages read to their end.
     pub pages: u32,
     page_started: std::time::Instant,
     page_entries: u32,
@@ -90,22 +91,26 @@ impl PagedSearch {
                 None => self.readers.open().await?,
             },
         };
-        let id = match connection.send(op.clone(), &controls).await {
-            Ok(id) => id,
-            Err(LdapError::Connection { .. }) if self.reused => {
-                // The idle connection had been closed by the server: a new one.
-                self.reused = false;
-                connection = self.readers.open().await?;
-                connection.send(op, &controls).await?
-            }
-            Err(e) => return Err(e),
-        };
+        let id = connection.send(op, &controls).await?;
         self.connection = Some(connection);
         self.page = Some(id);
-        self.pages += 1;
         self.page_started = std::time::Instant::now();
         self.page_entries = 0;
         Ok(())
+    }
+
+    /// Whether `result` failed on an idle connection that the server had
+    /// closed meanwhile; then the connection is dropped and the page is
+    /// asked again on a new one (once).
+    fn closed_while_idle<T>(&mut self, result: &Result<T, LdapError>) -> bool {
+        if !(self.reused && matches!(result, Err(LdapError::Connection { .. }))) {
+            return false;
+        }
+        tracing::debug!(url = %self.readers.url(), "an idle search connection was closed; opening another");
+        self.reused = false;
+        self.connection = None;
+        self.page = None;
+        true
     }
 
     /// The next entry, or `None` when the last page has been read.
@@ -115,23 +120,21 @@ impl PagedSearch {
                 if self.done {
                     return Ok(None);
                 }
-                self.request_page().await?;
+                let sent = self.request_page().await;
+                if !self.closed_while_idle(&sent) {
+                    sent?;
+                }
                 continue;
             };
             let Some(connection) = self.connection.as_mut() else {
                 self.page = None;
                 continue;
             };
-            let answer = match connection.receive_for(id, self.timeout, &self.operation).await {
-                Err(LdapError::Connection { .. }) if self.reused => {
-                    // The idle connection had been closed by the server: ask again on a new one.
-                    tracing::debug!(url = %self.readers.url(), "an idle search connection was closed; opening another");
-                    self.reused = false;
-                    self.connection = None;
-                    self.pages = self.pages.saturating_sub(1);
-                    self.page = None;
-                    continue;
-                }
+            let received = connection.receive_for(id, self.timeout, &self.operation).await;
+            if self.closed_while_idle(&received) {
+                continue;
+            }
+            let answer = match received {
                 Err(e) => {
                     self.connection = None;
                     return Err(e);
@@ -152,6 +155,7 @@ impl PagedSearch {
                 Response::Other(_) => {}
                 Response::SearchDone(result) => {
                     self.page = None;
+                    self.pages += 1;
                     tracing::debug!(base = %self.base, page = self.pages, entries = self.page_entries, ms = self.page_started.elapsed().as_millis() as u64, "page read");
                     if result.code != 0 {
                         // The exchange is complete: the connection can serve the next search.

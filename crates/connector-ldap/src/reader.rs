@@ -13,12 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use ldap3::asn1::{
-    ASNTag, Boolean, Enumerated, Integer, OctetString, PL, Sequence, StructureTag, Tag, TagClass, write,
-};
+use ldap3::asn1::{ASNTag, Boolean, Enumerated, OctetString, PL, Sequence, StructureTag, Tag, TagClass, write};
 use ldap3::controls::RawControl;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::ber::{int, octets};
 use crate::error::{LdapError, bind_hint};
 use crate::settings::Secret;
 use crate::wire::{self, Message, Response, WireError};
@@ -145,7 +144,7 @@ async fn read_message<S: AsyncRead + Unpin + ?Sized>(
 
 /// `LDAPMessage { messageID, protocolOp, controls [0] OPTIONAL }` in BER.
 fn encode_message(id: i64, op: Tag, controls: &[RawControl]) -> Vec<u8> {
-    let mut parts = vec![Tag::Integer(Integer { inner: id, ..Default::default() }), op];
+    let mut parts = vec![int(id), op];
     if !controls.is_empty() {
         parts.push(Tag::StructureTag(StructureTag {
             id: 0,
@@ -164,18 +163,14 @@ fn encode_message(id: i64, op: Tag, controls: &[RawControl]) -> Vec<u8> {
 
 /// `Control { controlType, criticality DEFAULT FALSE, controlValue OPTIONAL }`.
 fn control(raw: &RawControl) -> StructureTag {
-    let mut fields = vec![octets(raw.ctype.as_bytes())];
+    let mut fields = vec![octets(raw.ctype.as_bytes().to_vec())];
     if raw.crit {
         fields.push(Tag::Boolean(Boolean { inner: true, ..Default::default() }));
     }
     if let Some(value) = &raw.val {
-        fields.push(octets(value));
+        fields.push(octets(value.clone()));
     }
     Tag::Sequence(Sequence { inner: fields, ..Default::default() }).into_structure()
-}
-
-fn octets(bytes: &[u8]) -> Tag {
-    Tag::OctetString(OctetString { inner: bytes.to_vec(), ..Default::default() })
 }
 
 fn context_octets(id: u64, bytes: &[u8]) -> Tag {
@@ -195,15 +190,15 @@ pub(crate) fn search_request(base: &str, scope: ldap3::Scope, filter: &str, attr
         id: 3,
         class: TagClass::Application,
         inner: vec![
-            octets(base.as_bytes()),
+            octets(base.as_bytes().to_vec()),
             Tag::Enumerated(Enumerated { inner: scope, ..Default::default() }),
             Tag::Enumerated(Enumerated { inner: 0, ..Default::default() }),
-            Tag::Integer(Integer { inner: 0, ..Default::default() }),
-            Tag::Integer(Integer { inner: 0, ..Default::default() }),
+            int(0),
+            int(0),
             Tag::Boolean(Boolean { inner: false, ..Default::default() }),
             filter,
             Tag::Sequence(Sequence {
-                inner: attrs.iter().map(|a| octets(a.as_bytes())).collect(),
+                inner: attrs.iter().map(|a| octets(a.as_bytes().to_vec())).collect(),
                 ..Default::default()
             }),
         ],
@@ -293,11 +288,7 @@ impl SearchConnection {
             let op = Tag::Sequence(Sequence {
                 id: 0,
                 class: TagClass::Application,
-                inner: vec![
-                    Tag::Integer(Integer { inner: 3, ..Default::default() }),
-                    octets(dn.as_bytes()),
-                    context_octets(0, password.expose().as_bytes()),
-                ],
+                inner: vec![int(3), octets(dn.as_bytes().to_vec()), context_octets(0, password.expose().as_bytes())],
             });
             let id = connection.send(op, &[]).await?;
             let answer = connection.receive_for(id, settings.connect_timeout, "binding").await?;
