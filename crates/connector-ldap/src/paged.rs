@@ -192,6 +192,112 @@ impl PagedSearch {
     }
 }
 
+/// Entries handed over from the reading task at a time: one wake-up of the
+/// consumer per batch (a wake-up per entry made a pipelined reader slower
+/// than none).
+const PREFETCH_BATCH: usize = 256;
+/// Batches read ahead, at most: bounds the memory a slow consumer makes the
+/// reader hold (a few megabytes of entries).
+const PREFETCH_AHEAD: usize = 4;
+
+/// What the reading task hands over.
+enum Prefetch {
+    Entries(Vec<RawEntry>),
+    Failed(LdapError),
+    /// The last page was read: without this, a task that stopped early
+    /// (aborted, or a panic) would look like the end of the results.
+    End,
+}
+
+/// A [`PagedSearch`] read on a runtime task of its own: the socket reads and
+/// the decoding run beside the caller's work with the entries before them
+/// (on a multi-threaded runtime, on another core). Entries come in the
+/// search's order; an error comes after the entries read before it. Dropped
+/// before the end, the task is stopped and its connection closed.
+#[derive(Debug)]
+pub struct PrefetchedSearch {
+    batches: tokio::sync::mpsc::Receiver<Prefetch>,
+    current: std::vec::IntoIter<RawEntry>,
+    finished: bool,
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prefetch::Entries(entries) => write!(f, "Entries({})", entries.len()),
+            Prefetch::Failed(e) => write!(f, "Failed({e})"),
+            Prefetch::End => f.write_str("End"),
+        }
+    }
+}
+
+impl PrefetchedSearch {
+    /// Starts reading `search` on a task of the current runtime.
+    pub fn start(mut search: PagedSearch) -> Self {
+        let url = search.readers.url().to_string();
+        let (to, batches) = tokio::sync::mpsc::channel(PREFETCH_AHEAD);
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(PREFETCH_BATCH);
+            let last = loop {
+                match search.next().await {
+                    Ok(Some(entry)) => {
+                        batch.push(entry);
+                        if batch.len() >= PREFETCH_BATCH {
+                            let full = std::mem::replace(&mut batch, Vec::with_capacity(PREFETCH_BATCH));
+                            // The consumer is gone: stop reading.
+                            if to.send(Prefetch::Entries(full)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => break Prefetch::End,
+                    Err(e) => break Prefetch::Failed(e),
+                }
+            };
+            if !batch.is_empty() && to.send(Prefetch::Entries(batch)).await.is_err() {
+                return;
+            }
+            let _ = to.send(last).await;
+        });
+        PrefetchedSearch { batches, current: Vec::new().into_iter(), finished: false, url, task }
+    }
+
+    /// The next entry, or `None` when the last page has been read.
+    pub async fn next(&mut self) -> Result<Option<RawEntry>, LdapError> {
+        loop {
+            if let Some(entry) = self.current.next() {
+                return Ok(Some(entry));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            match self.batches.recv().await {
+                Some(Prefetch::Entries(entries)) => self.current = entries.into_iter(),
+                Some(Prefetch::End) => self.finished = true,
+                Some(Prefetch::Failed(e)) => {
+                    self.finished = true;
+                    return Err(e);
+                }
+                None => {
+                    self.finished = true;
+                    return Err(LdapError::Protocol {
+                        url: self.url.clone(),
+                        what: "the task reading a search stopped before its end".into(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PrefetchedSearch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A search failure with advice for the common result codes.
 pub fn search_error(url: &str, base: &str, code: u32, text: &str) -> LdapError {
     let advice = match code {

@@ -9,7 +9,7 @@ use crate::ber::{self, RawEntry};
 use crate::connect::{self, Session};
 use crate::error::LdapError;
 use crate::ous::{OuScope, PinnedOu};
-use crate::paged::{PagedSearch, search_error};
+use crate::paged::{PagedSearch, PrefetchedSearch, search_error};
 use crate::rootdse::{DIRSYNC_CONTROL, SYNCREPL_CONTROL};
 use crate::settings::{LdapSettings, ServerKind};
 use crate::watermark::{DeltaPosition, Mark, fingerprint};
@@ -181,7 +181,9 @@ impl LdapSource {
         let (session, profile) = self.parts()?;
         let mut counts = Counts::new();
         for base in &profile.bases {
-            let mut search = PagedSearch::new(
+            // Read ahead on a task of its own: the entries are made into
+            // objects and taken by the sink while the next ones arrive.
+            let mut search = PrefetchedSearch::start(PagedSearch::new(
                 session,
                 &base.to_string(),
                 Scope::Subtree,
@@ -190,7 +192,7 @@ impl LdapSource {
                 Vec::new(),
                 self.settings.page_size,
                 session.operation_timeout,
-            );
+            ));
             while let Some(raw) = search.next().await? {
                 if let Some(obj) = self.build_object(session, profile, raw).await?
                     && self.in_scope(profile, &obj.entry.dn)

@@ -129,6 +129,66 @@ fn paged_searches_reuse_their_connection_and_survive_a_server_restart() {
     assert!(matches!(err, LdapError::Search { code: 32, .. }), "{err}");
 }
 
+/// A search read ahead on a task of its own (as full imports read) hands
+/// over every entry in the order a plain paged search gives them, across
+/// its batches; an error comes as an error; dropped half-way, it
+/// stops, and the next search reads everything on a fresh connection.
+#[test]
+fn prefetched_searches_give_every_entry_in_order_and_stop_when_dropped() {
+    use connector_ldap::paged::{PagedSearch, PrefetchedSearch};
+    let slapd = Slapd::start(SlapdOptions::default()).unwrap();
+    // More than the task reads ahead (4 batches of 256), so that dropping
+    // the search stops a task that still holds its connection.
+    seed(&slapd, 2000);
+    // Multi-threaded, as in the binary: the reading task runs on a worker.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let session = rt.block_on(connector_ldap::connect::connect(&admin_settings(&slapd))).unwrap();
+    let base = slapd.base_dn();
+    let search = |base: &str| {
+        PagedSearch::new(
+            &session,
+            base,
+            ldap3::Scope::Subtree,
+            "(objectClass=person)",
+            vec!["cn".into(), "mail".into()],
+            Vec::new(),
+            100,
+            std::time::Duration::from_secs(30),
+        )
+    };
+    let plain = rt.block_on(async {
+        let mut s = search(base);
+        let mut entries = Vec::new();
+        while let Some(entry) = s.next().await.unwrap() {
+            entries.push(entry);
+        }
+        entries
+    });
+    assert_eq!(plain.len(), 2001);
+    let read_ahead = |limit: usize| {
+        rt.block_on(async {
+            let mut s = PrefetchedSearch::start(search(base));
+            let mut entries = Vec::new();
+            while entries.len() < limit
+                && let Some(entry) = s.next().await?
+            {
+                entries.push(entry);
+            }
+            Ok::<_, LdapError>(entries)
+        })
+    };
+    assert_eq!(read_ahead(usize::MAX).unwrap(), plain);
+    let (_, u007) = plain.iter().find(|(dn, _)| dn == "uid=u007,ou=people,dc=example,dc=org").unwrap();
+    assert!(u007.contains(&("cn".to_string(), vec!["Jürgen Müller 7".as_bytes().to_vec()])));
+    // Dropped after 10 entries (its task holds pages read ahead): then a full read again.
+    assert_eq!(read_ahead(10).unwrap(), plain.get(..10).unwrap());
+    assert_eq!(read_ahead(usize::MAX).unwrap(), plain);
+    let err = rt
+        .block_on(async { PrefetchedSearch::start(search("ou=nowhere,dc=example,dc=org")).next().await })
+        .unwrap_err();
+    assert!(matches!(err, LdapError::Search { code: 32, .. }), "{err}");
+}
+
 #[test]
 fn delta_reports_add_modify_rename_move_delete_in_delete_phase() {
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();
