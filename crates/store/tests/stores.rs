@@ -77,12 +77,12 @@ fn settings(slapd: &Slapd) -> LdapSettings {
     }
 }
 
-/// slapd with 40 users, the settings to read it with, and slapd shared so a
-/// source can stop it.
-fn forty_users() -> (Arc<Mutex<Slapd>>, LdapSettings) {
+/// slapd with `count` users, the settings to read it with, and slapd shared
+/// so a source can stop it.
+fn users(count: usize) -> (Arc<Mutex<Slapd>>, LdapSettings) {
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();
     let mut ldif = String::new();
-    for i in 0..40 {
+    for i in 0..count {
         ldif.push_str(&format!(
             "dn: uid=u{i:02},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: u{i:02}\ncn: Zoë {i}\nsn: Ünal\n\n"
         ));
@@ -97,7 +97,10 @@ fn forty_users() -> (Arc<Mutex<Slapd>>, LdapSettings) {
 /// daemon does) without a restart. `no_writer_left` checks, between the
 /// two, that the failed cycle holds no write lock or transaction.
 fn a_failed_import_is_rolled_back(store: &mut dyn StateStore, no_writer_left: impl FnOnce()) {
-    let (slapd, settings) = forty_users();
+    // More users than a full import reads ahead of the store (a few batches
+    // of 256), so the import is still reading when slapd stops.
+    const USERS: usize = 2_000;
+    let (slapd, settings) = users(USERS);
     let options = CycleOptions { staging: true, config_hash: "test".into(), ..CycleOptions::default() };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut failing =
@@ -115,9 +118,9 @@ fn a_failed_import_is_rolled_back(store: &mut dyn StateStore, no_writer_left: im
     let report = rt
         .block_on(run_cycle("lab", Flavor::Ldap, &mut good, &mut *store, &mut NoTarget, &options, &mut Quiet))
         .unwrap();
-    assert_eq!(report.imported, 40, "{report:?}");
+    assert_eq!(report.imported, USERS as u64, "{report:?}");
     let counts = store.counts().unwrap();
-    assert_eq!((counts.connector_space, counts.metaverse), (40, 40));
+    assert_eq!((counts.connector_space, counts.metaverse), (USERS as i64, USERS as i64));
     assert!(store.watermark("lab").unwrap().is_some());
 }
 
