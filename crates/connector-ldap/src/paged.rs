@@ -196,9 +196,20 @@ impl PagedSearch {
 /// consumer per batch (a wake-up per entry made a pipelined reader slower
 /// than none).
 const PREFETCH_BATCH: usize = 256;
-/// Batches read ahead, at most: bounds the memory a slow consumer makes the
-/// reader hold (a few megabytes of entries).
+/// A batch is handed over early once its values reach this size: large
+/// groups (slapd sends every member in one entry) must not make a batch of
+/// 256 entries hold gigabytes.
+const PREFETCH_BATCH_BYTES: usize = 4 << 20;
+/// Batches read ahead, at most. With the batch being filled and the one
+/// being taken, 6 batches are held at most, each under
+/// [`PREFETCH_BATCH_BYTES`] plus its last entry.
 const PREFETCH_AHEAD: usize = 4;
+
+/// About the memory an entry holds (its DN, names and values).
+fn entry_bytes((dn, attributes): &RawEntry) -> usize {
+    dn.len()
+        + attributes.iter().map(|(name, values)| name.len() + values.iter().map(Vec::len).sum::<usize>()).sum::<usize>()
+}
 
 /// What the reading task hands over.
 enum Prefetch {
@@ -240,11 +251,14 @@ impl PrefetchedSearch {
         let (to, batches) = tokio::sync::mpsc::channel(PREFETCH_AHEAD);
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(PREFETCH_BATCH);
+            let mut batch_bytes = 0;
             let last = loop {
                 match search.next().await {
                     Ok(Some(entry)) => {
+                        batch_bytes += entry_bytes(&entry);
                         batch.push(entry);
-                        if batch.len() >= PREFETCH_BATCH {
+                        if batch.len() >= PREFETCH_BATCH || batch_bytes >= PREFETCH_BATCH_BYTES {
+                            batch_bytes = 0;
                             let full = std::mem::replace(&mut batch, Vec::with_capacity(PREFETCH_BATCH));
                             // The consumer is gone: stop reading.
                             if to.send(Prefetch::Entries(full)).await.is_err() {

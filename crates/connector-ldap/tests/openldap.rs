@@ -131,7 +131,7 @@ fn paged_searches_reuse_their_connection_and_survive_a_server_restart() {
 
 /// A search read ahead on a task of its own (as full imports read) hands
 /// over every entry in the order a plain paged search gives them, across
-/// its batches; an error comes as an error; dropped half-way, it
+/// its batches (of 256 entries, or fewer when they are large); an error comes as an error; dropped half-way, it
 /// stops, and the next search reads everything on a fresh connection.
 #[test]
 fn prefetched_searches_give_every_entry_in_order_and_stop_when_dropped() {
@@ -140,6 +140,14 @@ fn prefetched_searches_give_every_entry_in_order_and_stop_when_dropped() {
     // More than the task reads ahead (4 batches of 256), so that dropping
     // the search stops a task that still holds its connection.
     seed(&slapd, 2000);
+    // And 12 users of 800 kB each: batches are also handed over by size.
+    let large: String = (0..12)
+        .map(|i| {
+            let description = "Größe ".repeat(100_000);
+            format!("dn: uid=large{i},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: large{i}\ncn: Large {i}\nsn: L\ndescription: {description}\n\n")
+        })
+        .collect();
+    slapd.modify(&large).unwrap();
     // Multi-threaded, as in the binary: the reading task runs on a worker.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let session = rt.block_on(connector_ldap::connect::connect(&admin_settings(&slapd))).unwrap();
@@ -150,7 +158,7 @@ fn prefetched_searches_give_every_entry_in_order_and_stop_when_dropped() {
             base,
             ldap3::Scope::Subtree,
             "(objectClass=person)",
-            vec!["cn".into(), "mail".into()],
+            vec!["cn".into(), "mail".into(), "description".into()],
             Vec::new(),
             100,
             std::time::Duration::from_secs(30),
@@ -164,7 +172,11 @@ fn prefetched_searches_give_every_entry_in_order_and_stop_when_dropped() {
         }
         entries
     });
-    assert_eq!(plain.len(), 2001);
+    assert_eq!(plain.len(), 2013);
+    let (_, large) = plain.iter().find(|(dn, _)| dn == "uid=large11,ou=people,dc=example,dc=org").unwrap();
+    assert!(
+        large.iter().any(|(name, values)| name == "description" && values.first().is_some_and(|v| v.len() == 800_000))
+    );
     let read_ahead = |limit: usize| {
         rt.block_on(async {
             let mut s = PrefetchedSearch::start(search(base));
