@@ -234,16 +234,6 @@ pub struct PrefetchedSearch {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl std::fmt::Debug for Prefetch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Prefetch::Entries(entries) => write!(f, "Entries({})", entries.len()),
-            Prefetch::Failed(e) => write!(f, "Failed({e})"),
-            Prefetch::End => f.write_str("End"),
-        }
-    }
-}
-
 impl PrefetchedSearch {
     /// Starts reading `search` on a task of the current runtime.
     pub fn start(mut search: PagedSearch) -> Self {

@@ -131,8 +131,9 @@ fn paged_searches_reuse_their_connection_and_survive_a_server_restart() {
 
 /// A search read ahead on a task of its own (as full imports read) hands
 /// over every entry in the order a plain paged search gives them, across
-/// its batches (of 256 entries, or fewer when they are large); an error comes as an error; dropped half-way, it
-/// stops, and the next search reads everything on a fresh connection.
+/// its batches (of 256 entries, or fewer when they are large); an error
+/// comes as an error; dropped half-way, it stops, and the next search reads
+/// everything on a fresh connection.
 #[test]
 fn prefetched_searches_give_every_entry_in_order_and_stop_when_dropped() {
     use connector_ldap::paged::{PagedSearch, PrefetchedSearch};
