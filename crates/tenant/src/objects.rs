@@ -638,16 +638,21 @@ fn take_members(conn: &Connection, data: &mut Value, group_id: &str) -> Result<O
     Ok(Some(ids))
 }
 
+const MEMBER_EXISTS: &str = "SELECT EXISTS(SELECT 1 FROM resources WHERE id = ?1)";
+
+/// Every resource is a user, a group or a contact (`save` writes the type
+/// from [`Kind`]), so a member exists when its id does. Asked of the id's
+/// index alone: reading the row for its type cost a random page of the
+/// resources table per member — from disk once that table outgrows the cache.
 fn check_members_exist(conn: &Connection, ids: &[String], group_id: &str) -> Result<()> {
-    let mut stmt = conn.prepare_cached("SELECT type FROM resources WHERE id = ?1")?;
+    let mut stmt = conn.prepare_cached(MEMBER_EXISTS)?;
     for id in ids {
         if id == group_id {
             return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
         }
-        let t: Option<String> = stmt.query_row(params![id], |r| r.get(0)).optional()?;
-        match t.as_deref() {
-            Some("User" | "Group" | "Contact") => {}
-            _ => return Err(ScimError::invalid_value(format!("member {id:?} does not exist")).into()),
+        let exists: bool = stmt.query_row(params![id], |r| r.get(0))?;
+        if !exists {
+            return Err(ScimError::invalid_value(format!("member {id:?} does not exist")).into());
         }
     }
     Ok(())
@@ -1233,6 +1238,31 @@ mod tests {
             .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'resources_display_name'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(indexes, 0, "the index on the display name alone is dropped");
+    }
+
+    /// A group's members are checked in the id's index alone (a covering
+    /// index: no row of the resources table is read per member), and a
+    /// missing or self member is still refused.
+    #[test]
+    fn member_checks_read_the_id_index_only() {
+        let store = crate::store::Store::open_in_memory().unwrap();
+        let conn = store.lock();
+        let steps = query_plan(&conn, MEMBER_EXISTS, &["u1"]);
+        assert!(steps.contains("USING COVERING INDEX"), "{steps}");
+        for (id, kind) in [("u1", "User"), ("g1", "Group"), ("c1", "Contact")] {
+            exec(
+                &conn,
+                "INSERT INTO resources(id, type, data, version, created, modified) VALUES(?1, ?2, '{}', 1, 'x', 'x')",
+                params![id, kind],
+            )
+            .unwrap();
+        }
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        check_members_exist(&conn, &ids(&["u1", "g1", "c1"]), "g2").unwrap();
+        let missing = check_members_exist(&conn, &ids(&["u1", "ünknown"]), "g2").unwrap_err();
+        assert!(missing.to_string().contains("\"ünknown\" does not exist"), "{missing}");
+        let itself = check_members_exist(&conn, &ids(&["u1", "g1"]), "g1").unwrap_err();
+        assert!(itself.to_string().contains("member of itself"), "{itself}");
     }
 
     /// externalId is indexed only where it differs from immutableId (schema
