@@ -233,10 +233,13 @@ fn main() {
     // IDBRIDGE_BENCH_PERF=FILE: the full cycle runs under `perf record`
     // (FILE), the tenant is recorded too (FILE.tenant); RSS is then perf's.
     let perf = std::env::var("IDBRIDGE_BENCH_PERF").ok();
+    // IDBRIDGE_BENCH_PERF_GRAPH=dwarf: call graphs through Rust code (built
+    // without frame pointers) in both processes; large files, so a smaller N.
+    let graph = std::env::var("IDBRIDGE_BENCH_PERF_GRAPH").unwrap_or_else(|_| "fp".into());
     let tenant_perf = perf.as_ref().map(|file| {
         testkit::KillOnDrop(
             Command::new("perf")
-                .args(["record", "-F", "499", "-g", "-o", &format!("{file}.tenant"), "-p"])
+                .args(["record", "-F", "499", "--call-graph", &graph, "-o", &format!("{file}.tenant"), "-p"])
                 .arg(tenant.process.0.id().to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -247,9 +250,6 @@ fn main() {
     let mut cycle = match &perf {
         Some(file) => {
             let mut c = Command::new("perf");
-            // IDBRIDGE_BENCH_PERF_GRAPH=dwarf: call graphs through Rust code
-            // (built without frame pointers); large files, so a smaller N.
-            let graph = std::env::var("IDBRIDGE_BENCH_PERF_GRAPH").unwrap_or_else(|_| "fp".into());
             c.args(["record", "-F", "499", "--call-graph", &graph, "-o", file, "--", exe]);
             c
         }

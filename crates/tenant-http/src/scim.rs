@@ -755,8 +755,12 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         }
         .into());
     }
+    // What each operation's request says alone is worked out here, on the
+    // connection's task, so the writer, which every write waits for, only
+    // runs what needs the store.
+    let mut prepared: Vec<PreparedOp> = ops.into_iter().map(PreparedOp::new).collect();
     let state2 = state.clone();
-    let results = db(&state, move |conn| {
+    let (prepared, answers) = db(&state, move |conn| {
         let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
         // Most batches (a sync cycle's) succeed whole: they run without a
         // savepoint per operation, which costs a copy of every page an
@@ -766,10 +770,10 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         for isolated in [false, true] {
             let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
             let settings = Settings::load(&tx)?;
-            match run_bulk(&tx, &ctx, settings, &ops, fail_on_errors, isolated) {
-                Some(results) => {
+            match run_bulk(&tx, &ctx, settings, &mut prepared, fail_on_errors, isolated) {
+                Some(answers) => {
                     tx.commit().map_err(tenant::TenantError::from)?;
-                    return Ok(results);
+                    return Ok((prepared, answers));
                 }
                 None => drop(tx),
             }
@@ -777,42 +781,75 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         Err(ScimError::status(500, "internal error").into())
     })
     .await?;
+    let results: Vec<Value> =
+        prepared.iter().zip(answers).filter_map(|(op, answer)| answer.map(|a| bulk_result(&op.raw, a))).collect();
     Ok(scim_json(StatusCode::OK, &json!({"schemas": [BULK_RESPONSE_SCHEMA], "Operations": results})))
+}
+
+/// A bulk operation with what its request says alone: whether it names a
+/// bulkId, and for a create that names none its body checked.
+struct PreparedOp {
+    raw: Value,
+    names_bulk_ids: bool,
+    /// Taken by the first try; a second try (one savepoint per operation)
+    /// checks the body again.
+    checked: Option<Result<objects::Checked, tenant::TenantError>>,
+}
+
+impl PreparedOp {
+    fn new(raw: Value) -> PreparedOp {
+        let names_bulk_ids = names_bulk_ids(&raw);
+        let is_post = raw.get("method").and_then(Value::as_str).is_some_and(|m| m.eq_ignore_ascii_case("POST"));
+        let checked = match (is_post && !names_bulk_ids, bulk_target(&raw)) {
+            (true, Some((kind, None))) => Some(objects::Checked::new(kind, raw.get("data").unwrap_or(&Value::Null))),
+            _ => None,
+        };
+        PreparedOp { raw, names_bulk_ids, checked }
+    }
+}
+
+/// The resource type and id a bulk operation's path names.
+fn bulk_target(op: &Value) -> Option<(Kind, Option<String>)> {
+    let path = op.get("path").and_then(Value::as_str)?;
+    let mut segments = path.trim_start_matches('/').split('/');
+    let kind = segments.next().and_then(Kind::from_endpoint)?;
+    Some((kind, segments.next().map(str::to_string)))
 }
 
 /// Runs a bulk request's operations in order, an operation that names a
 /// bulkId not created yet after the others. `isolated`: each operation in
 /// its own savepoint (a failure is undone and reported); otherwise the
 /// first failure gives `None`, leaving the transaction to be rolled back.
+/// The answers are by operation; `None` for those not run (failOnErrors).
 fn run_bulk(
     tx: &Connection,
     ctx: &Ctx<'_>,
     settings: Settings,
-    ops: &[Value],
+    ops: &mut [PreparedOp],
     fail_on_errors: Option<usize>,
     isolated: bool,
-) -> Option<Vec<Value>> {
+) -> Option<Vec<Option<BulkAnswer>>> {
     let mut ids = std::collections::HashMap::new();
-    let mut results: Vec<Option<Value>> = vec![None; ops.len()];
+    let mut results: Vec<Option<BulkAnswer>> = std::iter::repeat_with(|| None).take(ops.len()).collect();
     let mut errors = 0usize;
     let mut pending: Vec<usize> = (0..ops.len()).collect();
     'passes: while !pending.is_empty() {
         let mut waiting = Vec::new();
         let mut progressed = false;
         for &i in &pending {
-            let op = ops.get(i)?;
+            let op = ops.get_mut(i)?;
             match bulk_one(tx, ctx, settings, op, &mut ids, isolated) {
                 BulkStep::Wait => waiting.push(i),
-                BulkStep::Done(result) => {
+                BulkStep::Done(answer) => {
                     progressed = true;
-                    if result.get("response").is_some() {
+                    if answer.error.is_some() {
                         if !isolated {
                             return None;
                         }
                         errors += 1;
                     }
                     if let Some(slot) = results.get_mut(i) {
-                        *slot = Some(result);
+                        *slot = Some(answer);
                     }
                     if fail_on_errors.is_some_and(|n| errors >= n) {
                         break 'passes;
@@ -825,34 +862,43 @@ fn run_bulk(
                 return None;
             }
             for i in waiting {
-                let op = ops.get(i)?;
                 let err = ScimError::new(
                     ScimType::InvalidValue,
                     "the operation refers to a bulkId that no operation creates",
                 );
                 if let Some(slot) = results.get_mut(i) {
-                    *slot = Some(bulk_result(op, None, None, err.status, Some(err.to_json())));
+                    *slot = Some(BulkAnswer::failed(err));
                 }
             }
             break;
         }
         pending = waiting;
     }
-    Some(results.into_iter().flatten().collect())
+    Some(results)
 }
 
 enum BulkStep {
     Wait,
-    Done(Value),
+    Done(BulkAnswer),
 }
 
-fn bulk_result(
-    op: &Value,
+/// What became of one bulk operation; made into its JSON after the writer
+/// is released.
+struct BulkAnswer {
     location: Option<String>,
     version: Option<String>,
     status: u16,
-    response: Option<Value>,
-) -> Value {
+    error: Option<ScimError>,
+}
+
+impl BulkAnswer {
+    fn failed(error: ScimError) -> BulkAnswer {
+        BulkAnswer { location: None, version: None, status: error.status, error: Some(error) }
+    }
+}
+
+fn bulk_result(op: &Value, answer: BulkAnswer) -> Value {
+    let BulkAnswer { location, version, status, error } = answer;
     let mut r = json!({"method": op.get("method").cloned().unwrap_or(Value::Null), "status": status.to_string()});
     if let Some(obj) = r.as_object_mut() {
         if let Some(b) = op.get("bulkId") {
@@ -864,8 +910,8 @@ fn bulk_result(
         if let Some(v) = version {
             obj.insert("version".into(), json!(v));
         }
-        if let Some(resp) = response {
-            obj.insert("response".into(), resp);
+        if let Some(e) = error {
+            obj.insert("response".into(), e.to_json());
         }
     }
     r
@@ -875,13 +921,14 @@ fn bulk_one(
     conn: &Connection,
     ctx: &Ctx<'_>,
     settings: Settings,
-    op: &Value,
+    prepared: &mut PreparedOp,
     ids: &mut std::collections::HashMap<String, String>,
     isolated: bool,
 ) -> BulkStep {
+    let op = &prepared.raw;
     // Copied only to put ids in for bulkId references (a sync export's
     // objects have none: copying every operation was a tenth of the work).
-    let op_resolved = if names_bulk_ids(op) {
+    let op_resolved = if prepared.names_bulk_ids {
         let mut resolved = op.clone();
         if resolve_bulk_ids(&mut resolved, ids).is_err() {
             return BulkStep::Wait;
@@ -890,25 +937,27 @@ fn bulk_one(
     } else {
         std::borrow::Cow::Borrowed(op)
     };
-    let fail = |e: ScimError| BulkStep::Done(bulk_result(op, None, None, e.status, Some(e.to_json())));
+    let fail = |e: ScimError| BulkStep::Done(BulkAnswer::failed(e));
     let method = op.get("method").and_then(Value::as_str).unwrap_or("").to_ascii_uppercase();
-    let path = op_resolved.get("path").and_then(Value::as_str).unwrap_or("").to_string();
-    let mut segments = path.trim_start_matches('/').split('/');
-    let Some(kind) = segments.next().and_then(Kind::from_endpoint) else {
+    let path = op_resolved.get("path").and_then(Value::as_str).unwrap_or("");
+    let Some((kind, id)) = bulk_target(&op_resolved) else {
         return fail(ScimError::invalid_value(format!("bulk path {path:?} names no resource type")));
     };
-    let id = segments.next().map(str::to_string);
     let data = op_resolved.get("data").unwrap_or(&Value::Null);
     let version = op.get("version").and_then(Value::as_str).map(str::to_string);
     if isolated && conn.execute_batch("SAVEPOINT bulk_op").is_err() {
         return fail(ScimError::status(500, "internal error"));
     }
+    let checked = prepared.checked.take();
     let result: Result<(Option<objects::Stored>, u16), tenant::TenantError> = (|| match (method.as_str(), &id) {
         ("POST", None) => {
             if op.get("bulkId").and_then(Value::as_str).is_none() {
                 return Err(ScimError::invalid_value("POST operations need a bulkId").into());
             }
-            let (s, outcome) = objects::create(conn, ctx, settings, kind, data)?;
+            let (s, outcome) = match checked {
+                Some(checked) => objects::create_checked(conn, ctx, settings, checked?)?,
+                None => objects::create(conn, ctx, settings, kind, data)?,
+            };
             Ok((Some(s), if outcome == Outcome::Created { 201 } else { 200 }))
         }
         ("PUT", Some(id)) => Ok((Some(objects::replace(conn, ctx, kind, id, data, version.as_deref())?), 200)),
@@ -939,7 +988,7 @@ fn bulk_one(
                 }
                 None => (id.map(|i| format!("{}{}/{i}", ctx.base_url, kind.rt().endpoint)), None),
             };
-            BulkStep::Done(bulk_result(op, location, version, status, None))
+            BulkStep::Done(BulkAnswer { location, version, status, error: None })
         }
         Err(e) => {
             if isolated {

@@ -717,6 +717,23 @@ fn mark_synced(data: &mut Value) {
     }
 }
 
+/// A body checked against its resource type's schema and marked synced if
+/// it is: the part of a create that reads no state, so a Bulk request does
+/// it for every operation before it takes the writer.
+#[derive(Debug)]
+pub struct Checked {
+    kind: Kind,
+    data: Value,
+}
+
+impl Checked {
+    pub fn new(kind: Kind, body: &Value) -> Result<Checked> {
+        let mut data = validate(kind.rt(), body)?;
+        mark_synced(&mut data);
+        Ok(Checked { kind, data })
+    }
+}
+
 /// POST: create, or join an existing object (hard then soft match).
 pub fn create(
     conn: &Connection,
@@ -725,8 +742,16 @@ pub fn create(
     kind: Kind,
     body: &Value,
 ) -> Result<(Stored, Outcome)> {
-    let mut data = validate(kind.rt(), body)?;
-    mark_synced(&mut data);
+    create_checked(conn, ctx, settings, Checked::new(kind, body)?)
+}
+
+/// [`create`] of a body already checked.
+pub fn create_checked(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    settings: Settings,
+    Checked { kind, mut data }: Checked,
+) -> Result<(Stored, Outcome)> {
     if let Some(imm) = immutable_id(&data).map(str::to_string) {
         if let Some(existing) = find_by_immutable_id(conn, &imm)? {
             if existing.kind != kind {
