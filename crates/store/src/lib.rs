@@ -578,6 +578,11 @@ fn encode_mv(p: &sync::mapping::Projection) -> Result<sync::engine::EncodedMv, S
     Ok(sync::engine::EncodedMv { attrs: pack::pack(&serde_json::to_string(&p.attrs).map_err(err)?)? })
 }
 
+/// A confirmed resource as the SQLite store keeps it (any thread).
+fn encode_exported(resource: &serde_json::Value) -> Result<sync::engine::EncodedExported, StoreError> {
+    Ok(sync::engine::EncodedExported { resource: pack::pack(&resource.to_string())? })
+}
+
 /// A join attribute goes into SQL text (an index name, a JSON path): letters, digits and '_' only.
 fn check_join_attribute(mv_attr: &str) -> Result<(), StoreError> {
     if mv_attr.is_empty() || !mv_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

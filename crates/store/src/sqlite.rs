@@ -1762,9 +1762,24 @@ impl ExportLog for SqliteStore {
     }
 
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError> {
+        let encoded = crate::encode_exported(resource)?;
+        self.set_exported_encoded(mv, tenant_id, resource, encoded)
+    }
+
+    fn exported_encoder(&self) -> Option<sync::engine::ExportedEncoder> {
+        Some(crate::encode_exported)
+    }
+
+    fn set_exported_encoded(
+        &mut self,
+        mv: &str,
+        tenant_id: &str,
+        _resource: &Json,
+        encoded: sync::engine::EncodedExported,
+    ) -> Result<(), StoreError> {
         self.exec(
             "INSERT OR REPLACE INTO exported(mv_id, tenant_id, resource) VALUES(?1, ?2, ?3)",
-            params![mv, tenant_id_value(tenant_id), pack::pack(&resource.to_string())?],
+            params![mv, tenant_id_value(tenant_id), encoded.resource],
         )
         .map_err(err)?;
         self.exec("UPDATE mv SET dirty = 0, members_only = 0 WHERE id = ?1", params![mv]).map_err(err)?;

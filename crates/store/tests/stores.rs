@@ -559,6 +559,20 @@ fn old_records_are_read_and_new_ones_compressed(store: &mut dyn StateStore, stor
     assert_eq!(store.cs_get("lab", &id).unwrap().map(|(o, _)| o.entry), Some(bigger.entry));
     assert_eq!(store.exported("m1").unwrap().map(|(_, r)| r), Some(serde_json::from_str(OLD_RESOURCE).unwrap()));
     assert!(stored_entry_bytes() < plain / 2, "stored {} bytes for about {plain}", stored_entry_bytes());
+
+    // Encoded ahead on another thread where the store can (SQLite), as the
+    // export does while a batch is at the target: read back the same.
+    let resource = serde_json::json!({"userName": "zoë@example.org", "displayName": "Zoë Ångström"});
+    store.begin().unwrap();
+    match store.exported_encoder() {
+        Some(encode) => {
+            let encoded = std::thread::scope(|s| s.spawn(|| encode(&resource)).join().unwrap()).unwrap();
+            store.set_exported_encoded("m1", "t2", &resource, encoded).unwrap();
+        }
+        None => store.set_exported("m1", "t2", &resource).unwrap(),
+    }
+    store.commit().unwrap();
+    assert_eq!(store.exported("m1").unwrap(), Some(("t2".to_string(), resource)));
 }
 
 #[test]
@@ -611,6 +625,7 @@ fn records_written_before_compression_are_read_on_sqlite() {
     let record = store.mv_get("m1").unwrap().expect("the old metaverse object is there");
     assert_eq!(record.attrs.get("displayName"), Some(&Json::from("Zoë Ångström")));
     assert_eq!(store.join_candidates("other", directory::ObjectKind::User, "mail", "zoë@example.org").unwrap(), ["m1"]);
+    assert!(sync::engine::ExportLog::exported_encoder(&store).is_some(), "SQLite encodes ahead");
     old_records_are_read_and_new_ones_compressed(&mut store, || {
         raw.query_row("SELECT length(entry) FROM cs WHERE id = x'01'", [], |r| r.get(0)).unwrap()
     });

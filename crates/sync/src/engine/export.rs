@@ -79,6 +79,7 @@ where
         "exports contesting a unique value ordered"
     );
     let mut levels = dependency_levels(&graph, &contests);
+    let encoder = store.exported_encoder();
     for pass in 0..2 {
         let mut waiting = Vec::new();
         // Up to IN_FLIGHT batches at the target: while the engine records one
@@ -100,6 +101,7 @@ where
             // Moved, not copied: a plan keeps its action and desired state for the record.
             let ops: Vec<ExportOp> = batch.plans.iter_mut().filter_map(|p| p.op.take()).collect();
             let answers = target.apply(ops);
+            batch.encoding = encoder.and_then(|encode| Encoding::start(encode, &batch.plans));
             in_flight.push_back((batch, answers));
             if in_flight.len() >= IN_FLIGHT
                 && let Some((batch, answers)) = in_flight.pop_front()
@@ -120,6 +122,30 @@ where
 /// Batches sent before the first one's answers are recorded.
 const IN_FLIGHT: usize = 2;
 
+/// A batch's resources in the store's encoding, made on a thread of their
+/// own while the batch is at the target: the store's thread, which plans
+/// the next batch and records this one, then only writes them.
+struct Encoding(std::thread::JoinHandle<Vec<Option<Result<super::EncodedExported, StoreError>>>>);
+
+impl Encoding {
+    /// Encodes the resource of each plan that has one, in the plans' order;
+    /// `None` if no thread could be started (the store then encodes).
+    fn start(encode: super::ExportedEncoder, plans: &[Plan]) -> Option<Encoding> {
+        let resources: Vec<Option<std::sync::Arc<Json>>> = plans.iter().map(|p| p.desired.clone()).collect();
+        std::thread::Builder::new()
+            .name("export-encode".into())
+            .spawn(move || resources.iter().map(|r| r.as_deref().map(encode)).collect())
+            .ok()
+            .map(Encoding)
+    }
+
+    /// One entry per plan, as given to [`Encoding::start`].
+    fn finish(self) -> Result<Vec<Option<super::EncodedExported>>, StoreError> {
+        let encoded = self.0.join().map_err(|_| StoreError("the export's encoding thread stopped".into()))?;
+        encoded.into_iter().map(Option::transpose).collect()
+    }
+}
+
 /// Records per batch when ordering contested unique values.
 const CONTEST_BATCH: usize = if cfg!(test) { 16 } else { 512 };
 
@@ -136,6 +162,11 @@ fn record<St: SyncStore + ?Sized>(
     observer: &mut (dyn CycleObserver + Send),
 ) -> Result<(), StoreError> {
     let mut answers = answers.into_iter();
+    let mut encoded = match batch.encoding {
+        Some(encoding) => encoding.finish()?,
+        None => Vec::new(),
+    }
+    .into_iter();
     let mut tx = Transaction::begin(&mut *store)?;
     let count = batch.ids;
     // A group the cloud took over: what the tenant holds is the cloud's now,
@@ -159,7 +190,7 @@ fn record<St: SyncStore + ?Sized>(
         if plan.waiting && pass == 0 {
             waiting.push(node);
         }
-        match confirm(&mut *tx, record, plan, result)? {
+        match confirm(&mut *tx, record, plan, result, encoded.next().flatten())? {
             Ok(done) => match done {
                 Exported::Created => report.created += 1,
                 Exported::Updated => report.updated += 1,
@@ -190,6 +221,8 @@ struct Batch {
     nodes: Vec<u32>,
     /// Groups left out because the cloud manages them.
     cloud_managed: Vec<String>,
+    /// The plans' resources being encoded for the store (when it can).
+    encoding: Option<Encoding>,
 }
 
 /// Reads a batch's records and plans each one's export. A group the cloud
@@ -235,7 +268,7 @@ fn prepare<St: SyncStore + ?Sized>(
             nodes.push(node);
         }
     }
-    Ok(Batch { level, ids: batch_nodes.len(), records, plans, nodes, cloud_managed: held })
+    Ok(Batch { level, ids: batch_nodes.len(), records, plans, nodes, cloud_managed: held, encoding: None })
 }
 
 /// The order the tenant's rule for unique values needs ([`proto::unique`]):
@@ -614,13 +647,20 @@ fn plan<St: SyncStore + ?Sized>(
     })
 }
 
-/// Records the target's answer for one planned export (inside the caller's transaction).
+/// Records the target's answer for one planned export (inside the caller's
+/// transaction); `encoded`: the plan's resource in the store's encoding, if
+/// made ahead.
 fn confirm<St: SyncStore + ?Sized>(
     store: &mut St,
     record: &MvRecord,
     plan: Plan,
     result: Result<Option<String>, TargetError>,
+    mut encoded: Option<super::EncodedExported>,
 ) -> Result<Result<Exported, TargetError>, StoreError> {
+    let mut set_exported = |store: &mut St, id: &str, desired: &Json| match encoded.take() {
+        Some(encoded) => store.set_exported_encoded(&record.id, id, desired, encoded),
+        None => store.set_exported(&record.id, id, desired),
+    };
     let created_id: Option<String> = match (result, plan.action) {
         (Err(e), Some(Action::Delete)) if e.not_found => None,
         (Err(e), Some(Action::Patch)) if e.not_found => {
@@ -656,12 +696,12 @@ fn confirm<St: SyncStore + ?Sized>(
                 store.record_error(&record.id, "export", "the target created the object but gave no id")?;
                 return Ok(Err(TargetError { message: "no id in the answer".into(), not_found: false }));
             };
-            store.set_exported(&record.id, &id, &desired)?;
+            set_exported(store, &id, &desired)?;
             Exported::Created
         }
         (op, Some(desired)) => {
             let id = plan.tenant_id.unwrap_or_default();
-            store.set_exported(&record.id, &id, &desired)?;
+            set_exported(store, &id, &desired)?;
             if op.is_some() { Exported::Updated } else { Exported::Unchanged }
         }
         (Some(_), None) => Exported::Unchanged,

@@ -139,6 +139,17 @@ pub struct EncodedMv {
     pub attrs: Vec<u8>,
 }
 
+/// Encodes a resource the way its store keeps what the target confirmed
+/// (see [`ExportLog::exported_encoder`]); a plain function, so any thread
+/// may run it.
+pub type ExportedEncoder = fn(&Json) -> Result<EncodedExported, StoreError>;
+
+/// A confirmed resource in its store's own encoding, made ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedExported {
+    pub resource: Vec<u8>,
+}
+
 /// What [`SyncStore::mv_project`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projected {
@@ -542,6 +553,24 @@ pub trait ExportLog {
     }
     /// The tenant confirmed `resource` for `mv`: remember it, clear dirty and errors.
     fn set_exported(&mut self, mv: &str, tenant_id: &str, resource: &Json) -> Result<(), StoreError>;
+    /// Makes what [`ExportLog::set_exported_encoded`] stores without the
+    /// store, so that it can run on another thread than the store's (the
+    /// export encodes a batch while the target works on it). `None`: the
+    /// store encodes when it writes.
+    fn exported_encoder(&self) -> Option<ExportedEncoder> {
+        None
+    }
+    /// [`ExportLog::set_exported`] with the resource encoded ahead by the
+    /// store's own [`ExportLog::exported_encoder`] from this same resource.
+    fn set_exported_encoded(
+        &mut self,
+        mv: &str,
+        tenant_id: &str,
+        resource: &Json,
+        _encoded: EncodedExported,
+    ) -> Result<(), StoreError> {
+        self.set_exported(mv, tenant_id, resource)
+    }
     /// The tenant object is gone: forget it (a deleted object's rows go too).
     fn forget_exported(&mut self, mv: &str) -> Result<(), StoreError>;
     /// Records an error under `mv` (a metaverse id, or another key) and keeps `mv` dirty.
