@@ -4,7 +4,7 @@
 
 use std::cmp::Ordering;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::ScimError;
 use crate::filter::{AttrPath, CompareOp, Filter};
@@ -20,7 +20,11 @@ enum Scope<'a> {
 
 /// Looks up a JSON object key case-insensitively (attribute names are).
 pub fn get_ci<'v>(obj: &'v Value, key: &str) -> Option<&'v Value> {
-    let map = obj.as_object()?;
+    get_ci_in(obj.as_object()?, key)
+}
+
+/// [`get_ci`] in an object's map.
+pub fn get_ci_in<'v>(map: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
     map.get(key).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
 }
 

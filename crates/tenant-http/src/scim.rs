@@ -350,16 +350,24 @@ pub(crate) async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap, wri
 
 /// Reads a JSON body: content type checked, size limited.
 pub(crate) async fn json_body(state: &Arc<AppState>, request: Request) -> Result<Value, ApiError> {
+    parse_json(&json_bytes(state, request).await?)
+}
+
+/// A JSON request's body, unparsed (checked: media type, size).
+async fn json_bytes(state: &Arc<AppState>, request: Request) -> Result<Bytes, ApiError> {
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let media = content_type.split(';').next().unwrap_or("").trim().to_string();
     if media != SCIM_CONTENT_TYPE && media != "application/json" {
         return Err(ScimError::status(415, format!("send the body as {SCIM_CONTENT_TYPE} (got {:?})", media)).into());
     }
-    let bytes: Bytes = axum::body::to_bytes(request.into_body(), state.max_body)
+    axum::body::to_bytes(request.into_body(), state.max_body)
         .await
-        .map_err(|_| ScimError::status(413, format!("the body is larger than {} bytes", state.max_body)))?;
-    serde_json::from_slice(&bytes)
+        .map_err(|_| ScimError::status(413, format!("the body is larger than {} bytes", state.max_body)).into())
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ScimError::new(ScimType::InvalidSyntax, format!("the body is not valid JSON: {e}")).into())
 }
 
@@ -629,9 +637,10 @@ async fn create(
     let caller = authenticate(&state, request.headers(), true).await?;
     let kind = kind_of(&resource)?;
     let projection = Projection::parse(p.attributes.as_deref(), p.excluded_attributes.as_deref())?;
-    let body = json_body(&state, request).await?;
+    // Checked before the writer is taken: it reads no state.
+    let checked = objects::Checked::new(kind, json_body(&state, request).await?)?;
     write(&state, caller, projection, move |conn, ctx, settings| {
-        let (stored, outcome) = objects::create(conn, ctx, settings, kind, &body)?;
+        let (stored, outcome) = objects::create_checked(conn, ctx, settings, checked)?;
         Ok((stored, if outcome == Outcome::Created { StatusCode::CREATED } else { StatusCode::OK }))
     })
     .await
@@ -649,7 +658,7 @@ async fn replace(
     let if_match = header_str(request.headers(), header::IF_MATCH);
     let body = json_body(&state, request).await?;
     write(&state, caller, projection, move |conn, ctx, _| {
-        Ok((objects::replace(conn, ctx, kind, &id, &body, if_match.as_deref())?, StatusCode::OK))
+        Ok((objects::replace(conn, ctx, kind, &id, body, if_match.as_deref())?, StatusCode::OK))
     })
     .await
 }
@@ -734,7 +743,46 @@ fn resolve_bulk_ids(value: &mut Value, ids: &std::collections::HashMap<String, S
 
 async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult {
     let caller = authenticate(&state, request.headers(), true).await?;
-    let mut body = json_body(&state, request).await?;
+    let bytes = json_bytes(&state, request).await?;
+    // What each operation's request says alone is worked out here, on the
+    // connection's task, so the writer, which every write waits for, only
+    // runs what needs the store.
+    let (fail_on_errors, mut prepared) = prepare_bulk(&bytes)?;
+    let state2 = state.clone();
+    let (prepared, answers) = db(&state, move |conn| {
+        let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
+        // Most batches (a sync cycle's) succeed whole: they run without a
+        // savepoint per operation, which costs a copy of every page an
+        // operation touches. The first failure rolls that try back and the
+        // batch runs again with one savepoint per operation, so a failed
+        // operation leaves nothing and the others still apply.
+        for isolated in [false, true] {
+            if isolated {
+                // The first try took the checked bodies: the request is read again.
+                prepared = prepare_bulk(&bytes)?.1;
+            }
+            let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
+            let settings = Settings::load(&tx)?;
+            match run_bulk(&tx, &ctx, settings, &mut prepared, fail_on_errors, isolated) {
+                Some(answers) => {
+                    tx.commit().map_err(tenant::TenantError::from)?;
+                    return Ok((prepared, answers));
+                }
+                None => drop(tx),
+            }
+        }
+        Err(ScimError::status(500, "internal error").into())
+    })
+    .await?;
+    let results: Vec<Value> =
+        prepared.iter().zip(answers).filter_map(|(op, answer)| answer.map(|a| bulk_result(&op.raw, a))).collect();
+    Ok(scim_json(StatusCode::OK, &json!({"schemas": [BULK_RESPONSE_SCHEMA], "Operations": results})))
+}
+
+/// A Bulk request's body read: its failOnErrors, and its operations, each
+/// prepared ([`PreparedOp`]).
+fn prepare_bulk(bytes: &[u8]) -> Result<(Option<usize>, Vec<PreparedOp>), ApiError> {
+    let mut body = parse_json(bytes)?;
     if !body.get("schemas").and_then(Value::as_array).is_some_and(|s| s.iter().any(|x| x == BULK_REQUEST_SCHEMA)) {
         return Err(ScimError::new(
             ScimType::InvalidSyntax,
@@ -755,53 +803,30 @@ async fn bulk(State(state): State<Arc<AppState>>, request: Request) -> ApiResult
         }
         .into());
     }
-    // What each operation's request says alone is worked out here, on the
-    // connection's task, so the writer, which every write waits for, only
-    // runs what needs the store.
-    let mut prepared: Vec<PreparedOp> = ops.into_iter().map(PreparedOp::new).collect();
-    let state2 = state.clone();
-    let (prepared, answers) = db(&state, move |conn| {
-        let ctx = Ctx { actor: &caller.id, base_url: &state2.base_url };
-        // Most batches (a sync cycle's) succeed whole: they run without a
-        // savepoint per operation, which costs a copy of every page an
-        // operation touches. The first failure rolls that try back and the
-        // batch runs again with one savepoint per operation, so a failed
-        // operation leaves nothing and the others still apply.
-        for isolated in [false, true] {
-            let tx = conn.transaction_for(tenant::db::WriteLock::Directory).map_err(tenant::TenantError::from)?;
-            let settings = Settings::load(&tx)?;
-            match run_bulk(&tx, &ctx, settings, &mut prepared, fail_on_errors, isolated) {
-                Some(answers) => {
-                    tx.commit().map_err(tenant::TenantError::from)?;
-                    return Ok((prepared, answers));
-                }
-                None => drop(tx),
-            }
-        }
-        Err(ScimError::status(500, "internal error").into())
-    })
-    .await?;
-    let results: Vec<Value> =
-        prepared.iter().zip(answers).filter_map(|(op, answer)| answer.map(|a| bulk_result(&op.raw, a))).collect();
-    Ok(scim_json(StatusCode::OK, &json!({"schemas": [BULK_RESPONSE_SCHEMA], "Operations": results})))
+    Ok((fail_on_errors, ops.into_iter().map(PreparedOp::new).collect()))
 }
 
 /// A bulk operation with what its request says alone: whether it names a
 /// bulkId, and for a create that names none its body checked.
 struct PreparedOp {
+    /// The operation; without its `data` when that was taken for `checked`.
     raw: Value,
     names_bulk_ids: bool,
     /// Taken by the first try; a second try (one savepoint per operation)
-    /// checks the body again.
+    /// prepares the request again.
     checked: Option<Result<objects::Checked, tenant::TenantError>>,
 }
 
 impl PreparedOp {
-    fn new(raw: Value) -> PreparedOp {
+    fn new(mut raw: Value) -> PreparedOp {
         let names_bulk_ids = names_bulk_ids(&raw);
         let is_post = raw.get("method").and_then(Value::as_str).is_some_and(|m| m.eq_ignore_ascii_case("POST"));
         let checked = match (is_post && !names_bulk_ids, bulk_target(&raw)) {
-            (true, Some((kind, None))) => Some(objects::Checked::new(kind, raw.get("data").unwrap_or(&Value::Null))),
+            (true, Some((kind, None))) => {
+                // Moved, not copied: the check's result is what is stored.
+                let data = raw.as_object_mut().and_then(|op| op.remove("data")).unwrap_or(Value::Null);
+                Some(objects::Checked::new(kind, data))
+            }
             _ => None,
         };
         PreparedOp { raw, names_bulk_ids, checked }
@@ -960,7 +985,7 @@ fn bulk_one(
             };
             Ok((Some(s), if outcome == Outcome::Created { 201 } else { 200 }))
         }
-        ("PUT", Some(id)) => Ok((Some(objects::replace(conn, ctx, kind, id, data, version.as_deref())?), 200)),
+        ("PUT", Some(id)) => Ok((Some(objects::replace(conn, ctx, kind, id, data.clone(), version.as_deref())?), 200)),
         ("PATCH", Some(id)) => {
             let ops = parse_patch(data)?;
             Ok((Some(objects::patch(conn, ctx, kind, id, &ops, version.as_deref())?), 200))

@@ -727,7 +727,7 @@ pub struct Checked {
 }
 
 impl Checked {
-    pub fn new(kind: Kind, body: &Value) -> Result<Checked> {
+    pub fn new(kind: Kind, body: Value) -> Result<Checked> {
         let mut data = validate(kind.rt(), body)?;
         mark_synced(&mut data);
         Ok(Checked { kind, data })
@@ -742,7 +742,7 @@ pub fn create(
     kind: Kind,
     body: &Value,
 ) -> Result<(Stored, Outcome)> {
-    create_checked(conn, ctx, settings, Checked::new(kind, body)?)
+    create_checked(conn, ctx, settings, Checked::new(kind, body.clone())?)
 }
 
 /// [`create`] of a body already checked.
@@ -823,7 +823,7 @@ pub fn replace(
     ctx: &Ctx<'_>,
     kind: Kind,
     id: &str,
-    body: &Value,
+    body: Value,
     if_match: Option<&str>,
 ) -> Result<Stored> {
     let existing = must_load(conn, kind, id)?;
@@ -901,7 +901,7 @@ pub fn patch(
         {
             return Err(ScimError::mutability(format!("immutableId of {id} is {old:?} and cannot change")).into());
         }
-        let data = validate(kind.rt(), &data)?;
+        let data = validate(kind.rt(), data)?;
         save(conn, Settings::load(conn)?.require_verified_domain, kind, id, data, Some(&existing), 0)?
     };
     audit::record(
