@@ -223,7 +223,10 @@ fn check_version(stored: &Stored, if_match: Option<&str>) -> Result<()> {
 
 /// The member ids of a group.
 pub fn member_ids(conn: &Connection, group_id: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT member_id FROM members WHERE group_id = ?1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.id FROM members m JOIN resources r ON r.num = m.member_num
+         WHERE m.group_num = (SELECT num FROM resources WHERE id = ?1)",
+    )?;
     let ids = stmt.query_map(params![group_id], |r| r.get(0))?.collect::<crate::db::Result<Vec<String>>>()?;
     Ok(ids)
 }
@@ -248,14 +251,14 @@ pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Pr
     );
     if stored.kind == Kind::Group && projection.wants(rt, None, "members") {
         let mut stmt = conn.prepare_cached(
-            "SELECT m.member_id, r.type FROM members m LEFT JOIN resources r ON r.id = m.member_id WHERE m.group_id = ?1",
+            "SELECT r.id, r.type FROM members m JOIN resources r ON r.num = m.member_num
+             WHERE m.group_num = (SELECT num FROM resources WHERE id = ?1)",
         )?;
         let members: Vec<Value> = stmt
-            .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?
+            .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<crate::db::Result<Vec<_>>>()?
             .into_iter()
             .map(|(id, t)| {
-                let t = t.unwrap_or_else(|| "User".into());
                 let endpoint = if t == "Group" { "/Groups" } else { "/Users" };
                 json!({"value": id, "$ref": format!("{}{endpoint}/{id}", ctx.base_url), "type": t})
             })
@@ -266,10 +269,11 @@ pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Pr
     }
     if stored.kind == Kind::User && projection.wants(rt, None, "groups") {
         let mut stmt = conn.prepare_cached(
-            "SELECT m.group_id, r.display_name_lc, r.data FROM members m JOIN resources r ON r.id = m.group_id WHERE m.member_id = ?1",
+            "SELECT r.id, r.data FROM members m JOIN resources r ON r.num = m.group_num
+             WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1)",
         )?;
         let groups: Vec<Value> = stmt
-            .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(2)?)))?
+            .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<crate::db::Result<Vec<_>>>()?
             .into_iter()
             .map(|(id, data)| {
@@ -619,8 +623,9 @@ fn release(conn: &Connection, verified_domain: bool, values: &[String], depth: u
     Ok(())
 }
 
-/// Member ids in a body's `members`; each must exist (and not be the group itself).
-fn take_members(conn: &Connection, data: &mut Value, group_id: &str) -> Result<Option<Vec<String>>> {
+/// The members in a body's `members`, as [`member_nums`]; each must exist
+/// (and not be the group itself).
+fn take_members(conn: &Connection, data: &mut Value, group_id: &str) -> Result<Option<Vec<i64>>> {
     let Some(obj) = data.as_object_mut() else { return Ok(None) };
     let Some(members) = obj.remove("members") else { return Ok(None) };
     let list = members.as_array().cloned().unwrap_or_default();
@@ -634,44 +639,63 @@ fn take_members(conn: &Connection, data: &mut Value, group_id: &str) -> Result<O
             ids.push(id.to_string());
         }
     }
-    check_members_exist(conn, &ids, group_id)?;
-    Ok(Some(ids))
+    Ok(Some(member_nums(conn, &ids, group_id)?))
 }
 
-const MEMBER_EXISTS: &str = "SELECT EXISTS(SELECT 1 FROM resources WHERE id = ?1)";
+const NUM_OF: &str = "SELECT num FROM resources WHERE id = ?1";
 
-/// Every resource is a user, a group or a contact (`save` writes the type
-/// from [`Kind`]), so a member exists when its id does. Asked of the id's
-/// index alone: reading the row for its type cost a random page of the
+/// The key (`resources.num`) of an object by its id; members refer to
+/// objects by it.
+fn num_of(conn: &Connection, id: &str) -> Result<Option<i64>> {
+    Ok(query_one(conn, NUM_OF, params![id], |r| r.get(0)).optional()?)
+}
+
+/// The keys of the members `ids`, each of which must exist. Every resource
+/// is a user, a group or a contact (`save` writes the type from [`Kind`]),
+/// so a member exists when its id does. Asked of the id's index alone (it
+/// holds the key): reading the row for its type cost a random page of the
 /// resources table per member — from disk once that table outgrows the cache.
-fn check_members_exist(conn: &Connection, ids: &[String], group_id: &str) -> Result<()> {
-    let mut stmt = conn.prepare_cached(MEMBER_EXISTS)?;
+fn member_nums(conn: &Connection, ids: &[String], group_id: &str) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(NUM_OF)?;
+    let mut nums = Vec::with_capacity(ids.len());
     for id in ids {
         if id == group_id {
             return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
         }
-        let exists: bool = stmt.query_row(params![id], |r| r.get(0))?;
-        if !exists {
-            return Err(ScimError::invalid_value(format!("member {id:?} does not exist")).into());
+        match stmt.query_row(params![id], |r| r.get(0)).optional()? {
+            Some(num) => nums.push(num),
+            None => return Err(ScimError::invalid_value(format!("member {id:?} does not exist")).into()),
         }
     }
-    Ok(())
+    Ok(nums)
 }
 
-fn add_members(conn: &Connection, group_id: &str, ids: &[String]) -> Result<()> {
+/// The key of group `group_id`, which the caller has loaded or just saved.
+fn group_num(conn: &Connection, group_id: &str) -> Result<i64> {
+    num_of(conn, group_id)?.ok_or_else(|| TenantError::Invalid(format!("group {group_id} has no row")))
+}
+
+fn add_members(conn: &Connection, group_num: i64, member_nums: &[i64]) -> Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO members(group_id, member_id) VALUES(?1, ?2) ON CONFLICT(group_id, member_id) DO NOTHING",
+        "INSERT INTO members(group_num, member_num) VALUES(?1, ?2) ON CONFLICT(group_num, member_num) DO NOTHING",
     )?;
-    for id in ids {
-        stmt.execute(params![group_id, id])?;
+    for num in member_nums {
+        stmt.execute(params![group_num, num])?;
     }
     Ok(())
 }
 
-fn remove_members(conn: &Connection, group_id: &str, ids: &[String]) -> Result<()> {
-    let mut stmt = conn.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND member_id = ?2")?;
+fn clear_members(conn: &Connection, group_num: i64) -> Result<usize> {
+    Ok(exec(conn, "DELETE FROM members WHERE group_num = ?1", params![group_num])?)
+}
+
+/// Removes the members `ids`; an id that names no object is no member.
+fn remove_members(conn: &Connection, group_num: i64, ids: &[String]) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM members WHERE group_num = ?1 AND member_num = (SELECT num FROM resources WHERE id = ?2)",
+    )?;
     for id in ids {
-        stmt.execute(params![group_id, id])?;
+        stmt.execute(params![group_num, id])?;
     }
     Ok(())
 }
@@ -800,8 +824,8 @@ pub fn create_checked(
     let id = new_id();
     let members = if kind == Kind::Group { take_members(conn, &mut data, &id)? } else { None };
     let stored = save(conn, settings.require_verified_domain, kind, &id, data, None, 0)?;
-    if let Some(ids) = members {
-        add_members(conn, &id, &ids)?;
+    if let Some(nums) = members {
+        add_members(conn, group_num(conn, &id)?, &nums)?;
     }
     audit::record(conn, ctx.actor, "create", Some(kind.as_str()), Some(&id), None)?;
     Ok((stored, Outcome::Created))
@@ -810,9 +834,10 @@ pub fn create_checked(
 fn replace_data(conn: &Connection, settings: &Settings, existing: &Stored, mut data: Value) -> Result<Stored> {
     let members = if existing.kind == Kind::Group { take_members(conn, &mut data, &existing.id)? } else { None };
     let stored = save(conn, settings.require_verified_domain, existing.kind, &existing.id, data, Some(existing), 0)?;
-    if let Some(ids) = members {
-        exec(conn, "DELETE FROM members WHERE group_id = ?1", params![existing.id])?;
-        add_members(conn, &existing.id, &ids)?;
+    if let Some(nums) = members {
+        let group = group_num(conn, &existing.id)?;
+        clear_members(conn, group)?;
+        add_members(conn, group, &nums)?;
     }
     Ok(stored)
 }
@@ -936,34 +961,34 @@ fn values_of(value: Option<&Value>) -> Result<Vec<String>> {
 
 fn apply_member_op(conn: &Connection, group_id: &str, op: &PatchOperation) -> Result<usize> {
     let filter = op.path.as_ref().and_then(|p| p.filter.as_ref());
+    let group = group_num(conn, group_id)?;
     match (op.op, filter) {
         (PatchOp::Add, None) => {
             let ids = values_of(op.value.as_ref())?;
-            check_members_exist(conn, &ids, group_id)?;
-            add_members(conn, group_id, &ids)?;
+            add_members(conn, group, &member_nums(conn, &ids, group_id)?)?;
             Ok(ids.len())
         }
         (PatchOp::Replace, None) => {
             let ids = values_of(op.value.as_ref())?;
-            check_members_exist(conn, &ids, group_id)?;
-            exec(conn, "DELETE FROM members WHERE group_id = ?1", params![group_id])?;
-            add_members(conn, group_id, &ids)?;
+            let nums = member_nums(conn, &ids, group_id)?;
+            clear_members(conn, group)?;
+            add_members(conn, group, &nums)?;
             Ok(ids.len())
         }
         (PatchOp::Remove, None) => match &op.value {
             Some(v) if !v.is_null() => {
                 let ids = values_of(Some(v))?;
-                remove_members(conn, group_id, &ids)?;
+                remove_members(conn, group, &ids)?;
                 Ok(ids.len())
             }
-            _ => Ok(exec(conn, "DELETE FROM members WHERE group_id = ?1", params![group_id])?),
+            _ => clear_members(conn, group),
         },
         (PatchOp::Remove, Some(filter)) => {
             // The common form, members[value eq "id"], needs no scan.
             if let Filter::Compare(p, CompareOp::Eq, Value::String(v)) = filter
                 && p.name.eq_ignore_ascii_case("value")
             {
-                remove_members(conn, group_id, std::slice::from_ref(v))?;
+                remove_members(conn, group, std::slice::from_ref(v))?;
                 return Ok(1);
             }
             let def = GROUP_TYPE
@@ -978,7 +1003,7 @@ fn apply_member_op(conn: &Connection, group_id: &str, op: &PatchOperation) -> Re
                     doomed.push(m);
                 }
             }
-            remove_members(conn, group_id, &doomed)?;
+            remove_members(conn, group, &doomed)?;
             Ok(doomed.len())
         }
         (_, Some(_)) => {
@@ -994,7 +1019,10 @@ pub fn delete(conn: &Connection, ctx: &Ctx<'_>, kind: Kind, id: &str, if_match: 
     let released: Vec<String> = stmt.query_map(params![id], |r| r.get(0))?.collect::<crate::db::Result<_>>()?;
     exec(conn, "DELETE FROM claims WHERE resource_id = ?1", params![id])?;
     exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
-    exec(conn, "DELETE FROM members WHERE group_id = ?1 OR member_id = ?1", params![id])?;
+    if let Some(num) = num_of(conn, id)? {
+        exec(conn, "DELETE FROM members WHERE group_num = ?1", params![num])?;
+        exec(conn, "DELETE FROM members WHERE member_num = ?1", params![num])?;
+    }
     exec(conn, "DELETE FROM credentials WHERE resource_id = ?1", params![id])?;
     crate::mfa::forget_user(conn, id)?;
     exec(conn, "DELETE FROM sessions WHERE user_id = ?1", params![id])?;
@@ -1265,14 +1293,15 @@ mod tests {
         assert_eq!(indexes, 0, "the index on the display name alone is dropped");
     }
 
-    /// A group's members are checked in the id's index alone (a covering
-    /// index: no row of the resources table is read per member), and a
-    /// missing or self member is still refused.
+    /// A group's members are found by id in the id's index alone (a
+    /// covering index: it holds the key members refer to, so no row of the
+    /// resources table is read per member), and a missing or self member is
+    /// still refused.
     #[test]
     fn member_checks_read_the_id_index_only() {
         let store = crate::store::Store::open_in_memory().unwrap();
         let conn = store.lock();
-        let steps = query_plan(&conn, MEMBER_EXISTS, &["u1"]);
+        let steps = query_plan(&conn, NUM_OF, &["u1"]);
         assert!(steps.contains("USING COVERING INDEX"), "{steps}");
         for (id, kind) in [("u1", "User"), ("g1", "Group"), ("c1", "Contact")] {
             exec(
@@ -1283,11 +1312,37 @@ mod tests {
             .unwrap();
         }
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        check_members_exist(&conn, &ids(&["u1", "g1", "c1"]), "g2").unwrap();
-        let missing = check_members_exist(&conn, &ids(&["u1", "ünknown"]), "g2").unwrap_err();
+        let nums = member_nums(&conn, &ids(&["c1", "u1", "g1"]), "g2").unwrap();
+        let expected: Vec<i64> = ["c1", "u1", "g1"]
+            .iter()
+            .map(|id| query_one(&conn, "SELECT num FROM resources WHERE id = ?1", params![id], |r| r.get(0)).unwrap())
+            .collect();
+        assert_eq!(nums, expected);
+        assert_eq!(nums.iter().collect::<HashSet<_>>().len(), 3, "{nums:?}");
+        let missing = member_nums(&conn, &ids(&["u1", "ünknown"]), "g2").unwrap_err();
         assert!(missing.to_string().contains("\"ünknown\" does not exist"), "{missing}");
-        let itself = check_members_exist(&conn, &ids(&["u1", "g1"]), "g1").unwrap_err();
+        let itself = member_nums(&conn, &ids(&["u1", "g1"]), "g1").unwrap_err();
         assert!(itself.to_string().contains("member of itself"), "{itself}");
+    }
+
+    /// Members refer to objects by key (schema 26): both directions of a
+    /// membership are read through an index of keys, and the ids come from
+    /// the resources table by its own key.
+    #[test]
+    fn memberships_are_read_through_key_indexes() {
+        let store = crate::store::Store::open_in_memory().unwrap();
+        let conn = store.lock();
+        let groups_of = "SELECT r.id FROM members m JOIN resources r ON r.num = m.group_num
+             WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1)";
+        let steps = query_plan(&conn, groups_of, &["u1"]);
+        assert!(steps.contains("SEARCH m USING COVERING INDEX members_by_member"), "{steps}");
+        assert!(steps.contains("USING INTEGER PRIMARY KEY"), "{steps}");
+        let members_of = "SELECT r.id FROM members m JOIN resources r ON r.num = m.member_num
+             WHERE m.group_num = (SELECT num FROM resources WHERE id = ?1)";
+        let steps = query_plan(&conn, members_of, &["g1"]);
+        assert!(steps.contains("SEARCH m USING PRIMARY KEY"), "{steps}");
+        assert!(steps.contains("USING INTEGER PRIMARY KEY"), "{steps}");
+        assert!(!steps.contains("SCAN"), "{steps}");
     }
 
     /// externalId is indexed only where it differs from immutableId (schema

@@ -422,10 +422,56 @@ DROP INDEX resources_external_id;
 CREATE INDEX resources_external_id_own ON resources(external_id) WHERE external_id IS DISTINCT FROM immutable_id;
 ";
 
+/// Members refer to objects by a small integer (`resources.num`) instead of
+/// their 32-character ids. Both member indexes — by group and by member —
+/// take an entry per membership, and the one by member is written in random
+/// order; with text ids it outgrew the writer's cache at a million users
+/// and cost the export a random page per membership. `num` is the
+/// resources table's own key (the rowid in SQLite), so the id's unique index
+/// answers id → num without reading the row, and the table is laid out in
+/// creation order as before. `AUTOINCREMENT`: a num is never used again, so
+/// nothing can come to point at another object.
+const SCHEMA_V26: &str = "
+CREATE TABLE resources_v26 (
+    num INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,              -- User | Group | Contact
+    data TEXT NOT NULL,              -- canonical JSON without id, meta, members
+    version INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    modified TEXT NOT NULL,
+    user_name_lc TEXT,
+    external_id TEXT,
+    immutable_id TEXT,
+    display_name_lc TEXT
+);
+INSERT INTO resources_v26(id, type, data, version, created, modified, user_name_lc, external_id, immutable_id, display_name_lc)
+    SELECT id, type, data, version, created, modified, user_name_lc, external_id, immutable_id, display_name_lc
+    FROM resources ORDER BY created, id;
+CREATE TABLE members_v26 (
+    group_num INTEGER NOT NULL,
+    member_num INTEGER NOT NULL,
+    PRIMARY KEY (group_num, member_num)
+) WITHOUT ROWID;
+INSERT INTO members_v26(group_num, member_num)
+    SELECT g.num, m.num FROM members x
+    JOIN resources_v26 g ON g.id = x.group_id JOIN resources_v26 m ON m.id = x.member_id;
+DROP TABLE members;
+DROP TABLE resources;
+ALTER TABLE resources_v26 RENAME TO resources;
+ALTER TABLE members_v26 RENAME TO members;
+CREATE INDEX resources_type ON resources(type, id);
+CREATE INDEX resources_user_name ON resources(user_name_lc);
+CREATE UNIQUE INDEX resources_immutable_id ON resources(immutable_id);
+CREATE INDEX resources_type_display_name ON resources(type, display_name_lc, id);
+CREATE INDEX resources_external_id_own ON resources(external_id) WHERE external_id IS DISTINCT FROM immutable_id;
+CREATE INDEX members_by_member ON members(member_num, group_num);
+";
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10,
     SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14, SCHEMA_V15, SCHEMA_V16, SCHEMA_V17, SCHEMA_V18, SCHEMA_V19,
-    SCHEMA_V20, SCHEMA_V21, SCHEMA_V22, SCHEMA_V23, SCHEMA_V24, SCHEMA_V25,
+    SCHEMA_V20, SCHEMA_V21, SCHEMA_V22, SCHEMA_V23, SCHEMA_V24, SCHEMA_V25, SCHEMA_V26,
 ];
 
 /// The database. SQLite: one connection that writes (SQLite has one
@@ -753,5 +799,89 @@ impl Settings {
         set_meta(conn, "pta_timeout_secs", &self.pta_timeout_secs.to_string())?;
         set_meta(conn, "rate_limit_per_sec", &self.rate_limit_per_sec.to_string())?;
         set_meta(conn, "require_verified_domain", if self.require_verified_domain { "true" } else { "false" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEMBERSHIPS: [(&str, &str); 4] = [("g1", "u1"), ("g1", "ü2"), ("g2", "g1"), ("g2", "ü2")];
+
+    /// Objects and memberships as schema 25 kept them: members by id.
+    fn fill_schema_25(conn: &Connection) {
+        for (id, kind, imm) in
+            [("u1", "User", "imm-u1"), ("ü2", "User", "imm-ü2"), ("g1", "Group", "imm-g1"), ("g2", "Group", "")]
+        {
+            conn.execute(
+                "INSERT INTO resources(id, type, data, version, created, modified, immutable_id, display_name_lc)
+                 VALUES(?1, ?2, '{}', 1, 'x', 'x', nullif(?3, ''), ?1)",
+                params![id, kind, imm],
+            )
+            .unwrap();
+        }
+        for (group, member) in MEMBERSHIPS {
+            conn.execute("INSERT INTO members(group_id, member_id) VALUES(?1, ?2)", params![group, member]).unwrap();
+        }
+    }
+
+    /// After schema 26: every object and membership is there, by key, and
+    /// the last object's key is not handed out again after it is deleted.
+    fn check_schema_26(conn: &Connection) {
+        let mut stmt = conn
+            .prepare(
+                "SELECT g.id, m.id FROM members x JOIN resources g ON g.num = x.group_num
+                 JOIN resources m ON m.num = x.member_num ORDER BY 1, 2",
+            )
+            .unwrap();
+        let pairs: Vec<(String, String)> =
+            stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|p| p.unwrap()).collect();
+        assert_eq!(pairs, MEMBERSHIPS.map(|(g, m)| (g.to_string(), m.to_string())));
+        let imm: String =
+            conn.query_row("SELECT id FROM resources WHERE immutable_id = 'imm-ü2'", params![], |r| r.get(0)).unwrap();
+        assert_eq!(imm, "ü2");
+        let last: i64 = conn.query_row("SELECT max(num) FROM resources", params![], |r| r.get(0)).unwrap();
+        conn.execute("DELETE FROM resources WHERE num = ?1", params![last]).unwrap();
+        conn.execute(
+            "INSERT INTO resources(id, type, data, version, created, modified) VALUES('n', 'User', '{}', 1, 'x', 'x')",
+            params![],
+        )
+        .unwrap();
+        let fresh: i64 = conn.query_row("SELECT num FROM resources WHERE id = 'n'", params![], |r| r.get(0)).unwrap();
+        assert!(fresh > last, "{fresh} after {last}");
+    }
+
+    /// Schema 26 moves members from ids to keys: a SQLite database written
+    /// by the schema before keeps every object and membership, nested
+    /// groups and non-ASCII ids included.
+    #[test]
+    fn members_survive_the_move_to_keys() {
+        let conn = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap(), None);
+        let sqlite = conn.sqlite_connection().unwrap();
+        for sql in &MIGRATIONS[..25] {
+            sqlite.execute_batch(sql).unwrap();
+        }
+        sqlite.pragma_update(None, "user_version", 25).unwrap();
+        fill_schema_25(&conn);
+        migrate(&conn).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", params![], |r| r.get(0)).unwrap();
+        assert_eq!(usize::try_from(version).unwrap(), MIGRATIONS.len());
+        check_schema_26(&conn);
+    }
+
+    /// The same on PostgreSQL, where the key is an identity column.
+    #[test]
+    fn members_survive_the_move_to_keys_on_postgres() {
+        let pg = testkit::Postgres::start().unwrap();
+        let settings = pg.settings("tenant-schema-26");
+        let dir = testkit::TempDir::new("tenant-schema-26").unwrap();
+        {
+            let mut conn = Connection::postgres(&settings, None).unwrap();
+            let before: Vec<String> = MIGRATIONS[..25].iter().map(|m| crate::db::postgres_schema(m)).collect();
+            pgconn::migrate(conn.postgres_client().unwrap(), "tenant", &before).unwrap();
+            fill_schema_25(&conn);
+        }
+        let store = Store::open_postgres(&settings, &dir.join(crate::secrets::KEY_FILE)).unwrap();
+        check_schema_26(&store.lock());
     }
 }

@@ -328,8 +328,8 @@ pub(super) async fn user(
         let Some(user) = objects::load(conn, Some(Kind::User), &id)? else { return Ok(None) };
         let name = console::display_of(&user);
         let sql = format!(
-            "SELECT m.group_id, coalesce({}, m.group_id) FROM members m
-             JOIN resources r ON r.id = m.group_id WHERE m.member_id = ?1 ORDER BY 2 LIMIT 500",
+            "SELECT r.id, coalesce({}, r.id) FROM members m JOIN resources r ON r.num = m.group_num
+             WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1) ORDER BY 2 LIMIT 500",
             conn.json_text("r.data", "displayName")
         );
         let mut stmt = conn.prepare_cached(&sql)?;
@@ -549,21 +549,28 @@ pub(super) async fn group(
     Path(id): Path<String>,
     Query(p): Query<Params>,
 ) -> Response {
-    let after = param(&p, "after").unwrap_or_default().to_string();
+    // Members are paged in the order of their keys (`resources.num`), which
+    // the members table is kept in: a page reads only its own rows.
+    let after: i64 = param(&p, "after").and_then(|a| a.parse().ok()).unwrap_or(0);
     let found = read(&state, move |conn| {
         let Some(group) = objects::load(conn, Some(Kind::Group), &id)? else { return Ok(None) };
-        let total: i64 =
-            conn.query_row("SELECT count(*) FROM members WHERE group_id = ?1", params![group.id], |r| r.get(0))?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT member_id FROM members WHERE group_id = ?1 AND member_id > ?2 ORDER BY member_id LIMIT ?3",
+        let total: i64 = conn.query_row(
+            "SELECT count(*) FROM members WHERE group_num = (SELECT num FROM resources WHERE id = ?1)",
+            params![group.id],
+            |r| r.get(0),
         )?;
-        let ids: Vec<String> = stmt
-            .query_map(params![group.id, after, i64::try_from(PAGE + 1).unwrap_or(51)], |r| r.get(0))?
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.member_num, r.id FROM members m JOIN resources r ON r.num = m.member_num
+             WHERE m.group_num = (SELECT num FROM resources WHERE id = ?1) AND m.member_num > ?2
+             ORDER BY m.member_num LIMIT ?3",
+        )?;
+        let keys: Vec<(i64, String)> = stmt
+            .query_map(params![group.id, after, i64::try_from(PAGE + 1).unwrap_or(51)], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<tenant::db::Result<_>>()?;
-        let mut members = Vec::with_capacity(ids.len());
-        for id in ids {
+        let mut members = Vec::with_capacity(keys.len());
+        for (num, id) in keys {
             let o = objects::load(conn, None, &id)?;
-            members.push((id, o));
+            members.push((num, id, o));
         }
         let lineage = tenant::lineage::get(conn, &group.id)?;
         Ok(Some((group, total, members, lineage)))
@@ -589,7 +596,7 @@ pub(super) async fn group(
         @if members.is_empty() { p { "No members." } } @else {
             div.scroll { table {
                 thead { tr { th scope="col" { "Member" } th scope="col" { "Type" } } }
-                tbody { @for (id, o) in &members { tr {
+                tbody { @for (_, id, o) in &members { tr {
                     @match o {
                         Some(o) => {
                             td { a href=(format!("/admin/{}/{}", if o.kind == Kind::Group { "groups" } else { "users" }, o.id)) { (console::display_of(o)) } }
@@ -600,8 +607,8 @@ pub(super) async fn group(
                 } } }
             } }
         }
-        @if more && let Some((last, _)) = members.last() {
-            p.pager { a href=(next_link(&base, &p, "after", last)) rel="next" { "Next page" } }
+        @if more && let Some((last, _, _)) = members.last() {
+            p.pager { a href=(next_link(&base, &p, "after", &last.to_string())) rel="next" { "Next page" } }
         }
         h2 { "Attributes" }
         (attributes(&g.data))

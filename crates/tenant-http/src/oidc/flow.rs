@@ -1219,10 +1219,11 @@ fn user_claims(conn: &Connection, user: &Stored, scope: &str) -> Result<Value> {
     }
     if has("groups") {
         let mut stmt = conn.prepare_cached(
-            "SELECT r.display_name_lc, r.data FROM members m JOIN resources r ON r.id = m.group_id WHERE m.member_id = ?1",
+            "SELECT r.data FROM members m JOIN resources r ON r.num = m.group_num
+             WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1)",
         )?;
         let names: Vec<Value> = stmt
-            .query_map(params![user.id], |r| r.get::<_, String>(1))?
+            .query_map(params![user.id], |r| r.get::<_, String>(0))?
             .filter_map(|d| d.ok().and_then(|d| serde_json::from_str::<Value>(&d).ok()))
             .filter_map(|g| g.get("displayName").cloned())
             .collect();

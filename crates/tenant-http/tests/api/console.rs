@@ -100,6 +100,35 @@ async fn console_roles_csrf_helpdesk_and_deletions() {
     let missing = rei.get(&format!("{root}/admin/users/no-such-id")).await.unwrap();
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.body.contains("Not found") && missing.body.contains("<nav"), "{}", missing.body);
+    // A group of more members than a page: the pages, followed by their
+    // "Next page" links, list every member once.
+    let group_id = group.body["id"].as_str().unwrap().to_string();
+    let mut expected = std::collections::BTreeSet::from([ids["rei"].clone()]);
+    for i in 0..55 {
+        let member = t.user(&format!("mëmber{i}@corp.example.com"), json!({})).await;
+        let member_id = member["id"].as_str().unwrap().to_string();
+        let add = json!({"schemas": [super::PATCH], "Operations": [{"op": "add", "path": "members", "value": [{"value": member_id}]}]});
+        let patched = t.call(Method::PATCH, &format!("{}/Groups/{group_id}", t.base), Some(&t.admin), Some(add)).await;
+        assert!(patched.status.is_success(), "{}", patched.body);
+        expected.insert(member_id);
+    }
+    let mut listed = Vec::new();
+    let mut next = Some(format!("/admin/groups/{group_id}"));
+    while let Some(path) = next.take() {
+        let page = rei.get(&format!("{root}{}", path.replace("&amp;", "&"))).await.unwrap();
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert!(page.body.contains("<dd>56</dd>"), "{}", page.body);
+        for row in page.body.split("<a href=\"/admin/users/").skip(1) {
+            listed.push(row.split('"').next().unwrap().to_string());
+        }
+        next =
+            page.body.split(" rel=\"next\"").next().filter(|_| page.body.contains(" rel=\"next\"")).and_then(
+                |before| before.rsplit("href=\"").next().map(|href| href.split('"').next().unwrap().to_string()),
+            );
+        assert!(listed.len() <= expected.len(), "pages repeat members: {listed:?}");
+    }
+    assert_eq!(listed.len(), expected.len(), "{listed:?}");
+    assert_eq!(listed.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
 
     // Sam is locked out by wrong passwords; the helpdesk unlocks; sam signs in.
     let mut attacker = Browser::new().unwrap();
