@@ -235,6 +235,10 @@ pub fn migrate(client: &mut Client, component: &str, migrations: &[String]) -> R
             )));
         }
         let done = usize::try_from(version).map_err(|e| PgError(e.to_string()))?;
+        // An upgrade may rebuild a large table: say why the start waits.
+        if done > 0 && done < migrations.len() {
+            tracing::info!(component, from = done, to = migrations.len(), "upgrading the database schema");
+        }
         for (i, sql) in migrations.iter().enumerate().skip(done) {
             tx.batch_execute(sql)
                 .await

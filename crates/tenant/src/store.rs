@@ -691,11 +691,21 @@ fn migrate(conn: &Connection) -> Result<()> {
             MIGRATIONS.len()
         )));
     }
+    // An upgrade may rebuild a table (schema 26 rebuilds the resources):
+    // about a minute per million objects, so say why the start waits.
+    let upgrading = version > 0 && version < MIGRATIONS.len();
+    if upgrading {
+        tracing::info!(from = version, to = MIGRATIONS.len(), "upgrading the tenant database's schema");
+    }
+    let started = std::time::Instant::now();
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
         sqlite.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
+    }
+    if upgrading {
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "the tenant database's schema is upgraded");
     }
     Ok(())
 }
