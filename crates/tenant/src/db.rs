@@ -584,7 +584,9 @@ impl Connection {
         }
     }
 
-    /// The SQLite connection, for what only SQLite has (pragmas, its file).
+    /// The SQLite connection, for what only SQLite has (query plans, the
+    /// schema version), in tests.
+    #[cfg(test)]
     pub(crate) fn sqlite_connection(&self) -> Option<&rusqlite::Connection> {
         match &self.engine {
             Engine::Sqlite(c) => Some(c),

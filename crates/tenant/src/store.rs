@@ -447,7 +447,7 @@ CREATE TABLE resources_v26 (
 );
 INSERT INTO resources_v26(id, type, data, version, created, modified, user_name_lc, external_id, immutable_id, display_name_lc)
     SELECT id, type, data, version, created, modified, user_name_lc, external_id, immutable_id, display_name_lc
-    FROM resources ORDER BY created, id;
+    FROM resources;
 CREATE TABLE members_v26 (
     group_num INTEGER NOT NULL,
     member_num INTEGER NOT NULL,
@@ -536,14 +536,17 @@ impl Store {
         // The writer touches every index of a large directory: with SQLite's
         // default 2 MiB cache most page reads became system calls.
         raw.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        raw.busy_timeout(std::time::Duration::from_secs(5))?;
+        let checkpointer = sqlite_wal::Checkpointer::start(&raw, path)?;
+        // Schema upgrades build indexes over whole tables (schema 26 rebuilds
+        // the resources), whose sorts spill to temporary files: kept in
+        // memory they took a gigabyte at a million objects.
+        migrate(&raw)?;
         // A Bulk request that failed runs again with a savepoint per
         // operation, whose journal of first-touched pages then stays in
         // memory instead of a temporary file.
         raw.pragma_update(None, "temp_store", "MEMORY")?;
-        raw.busy_timeout(std::time::Duration::from_secs(5))?;
-        let checkpointer = sqlite_wal::Checkpointer::start(&raw, path)?;
         let conn = Connection::sqlite(raw, Some(key));
-        migrate(&conn)?;
         crate::secrets::seal_existing(&conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -558,8 +561,9 @@ impl Store {
     }
 
     pub fn open_in_memory() -> Result<Store> {
-        let conn = Connection::sqlite(rusqlite::Connection::open_in_memory()?, None);
-        migrate(&conn)?;
+        let raw = rusqlite::Connection::open_in_memory()?;
+        migrate(&raw)?;
+        let conn = Connection::sqlite(raw, None);
         Ok(Store { conn: Mutex::new(conn), readers: Vec::new(), postgres: None, _checkpointer: None })
     }
 
@@ -681,8 +685,9 @@ impl Store {
     }
 }
 
-fn migrate(conn: &Connection) -> Result<()> {
-    let Some(sqlite) = conn.sqlite_connection() else { return Ok(()) };
+/// Applies the missing schema versions to a SQLite database, each in a
+/// transaction of its own (rolled back if it fails).
+fn migrate(sqlite: &rusqlite::Connection) -> Result<()> {
     let version: i64 = sqlite.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let version = usize::try_from(version).map_err(|_| TenantError::Invalid("bad schema version".into()))?;
     if version > MIGRATIONS.len() {
@@ -699,9 +704,9 @@ fn migrate(conn: &Connection) -> Result<()> {
     }
     let started = std::time::Instant::now();
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.unchecked_transaction()?;
+        let tx = sqlite.unchecked_transaction()?;
         tx.execute_batch(sql)?;
-        sqlite.pragma_update(None, "user_version", i + 1)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
     }
     if upgrading {
@@ -873,7 +878,7 @@ mod tests {
         }
         sqlite.pragma_update(None, "user_version", 25).unwrap();
         fill_schema_25(&conn);
-        migrate(&conn).unwrap();
+        migrate(conn.sqlite_connection().unwrap()).unwrap();
         let version: i64 = conn.query_row("PRAGMA user_version", params![], |r| r.get(0)).unwrap();
         assert_eq!(usize::try_from(version).unwrap(), MIGRATIONS.len());
         check_schema_26(&conn);
