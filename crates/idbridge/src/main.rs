@@ -495,3 +495,33 @@ fn quick_settings(
         ..LdapSettings::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command says what it does in `--help`, in words of its own: a
+    /// command without a doc comment shows its flattened arguments' doc
+    /// instead, which then repeats elsewhere.
+    #[test]
+    fn every_command_has_its_own_description() {
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashMap::new();
+        let mut stack = vec![(String::from("idbridge"), super::Cli::command())];
+        while let Some((path, command)) = stack.pop() {
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("{path} {}", sub.get_name());
+                match sub.get_about().map(|a| a.to_string()) {
+                    None => missing.push(format!("{name}: no description")),
+                    Some(about) => {
+                        if let Some(other) = seen.insert(about.clone(), name.clone()) {
+                            missing.push(format!("{name}: the same description as {other}: {about}"));
+                        }
+                    }
+                }
+                stack.push((name, sub.clone()));
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+}

@@ -181,10 +181,12 @@ pub enum TokenCommand {
         #[arg(long = "domain")]
         domains: Vec<String>,
     },
+    /// The tokens: id, scope, when made, whether active, expired or revoked (never the token itself).
     List {
         #[command(flatten)]
         data: TenantData,
     },
+    /// Revoke a token by its id: it stops working at once.
     Revoke {
         #[command(flatten)]
         data: TenantData,
@@ -225,10 +227,12 @@ pub enum ClientCommand {
         #[arg(value_parser = parse_on_off, action = clap::ArgAction::Set)]
         required: bool,
     },
+    /// The registered clients: id, type, signature, second factor, redirect URIs.
     List {
         #[command(flatten)]
         data: TenantData,
     },
+    /// Remove a client by its id; its refresh tokens are revoked.
     Remove {
         #[command(flatten)]
         data: TenantData,
@@ -356,6 +360,7 @@ pub enum PtaTokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PtaAgentCommand {
+    /// Revoke an agent by its id: it stops at its next request to the tenant.
     Revoke {
         #[command(flatten)]
         data: TenantData,
@@ -467,6 +472,7 @@ pub enum AppCommand {
         #[command(flatten)]
         data: TenantData,
     },
+    /// Remove an application by its short name.
     Remove {
         #[command(flatten)]
         data: TenantData,
@@ -487,6 +493,7 @@ pub enum DomainCommand {
         #[arg(long, default_value = "managed-phs")]
         auth: String,
     },
+    /// The verified domains and how their users sign in.
     List {
         #[command(flatten)]
         data: TenantData,
@@ -505,6 +512,7 @@ pub enum DomainCommand {
         #[arg(long, value_parser = parse_on_off)]
         password_writeback: Option<bool>,
     },
+    /// Remove a verified domain.
     Remove {
         #[command(flatten)]
         data: TenantData,
