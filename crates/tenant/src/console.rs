@@ -190,10 +190,7 @@ const MAX_GROUP_DEPTH: usize = 32;
 pub fn groups_of(conn: &Connection, user_id: &str) -> Result<Vec<String>> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut frontier = vec![user_id.to_string()];
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.id FROM members m JOIN resources r ON r.num = m.group_num
-         WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1)",
-    )?;
+    let mut stmt = conn.prepare_cached(crate::objects::GROUPS_OF)?;
     for _ in 0..MAX_GROUP_DEPTH {
         let mut next = Vec::new();
         for id in &frontier {

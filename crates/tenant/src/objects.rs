@@ -221,12 +221,18 @@ fn check_version(stored: &Stored, if_match: Option<&str>) -> Result<()> {
     }
 }
 
+/// The direct members of group `?1` (an id): their ids and types. Members
+/// refer to objects by key (`resources.num`, schema 26).
+const MEMBERS_OF: &str = "SELECT r.id, r.type FROM members m JOIN resources r ON r.num = m.member_num
+     WHERE m.group_num = (SELECT num FROM resources WHERE id = ?1)";
+
+/// The groups object `?1` (an id) is a direct member of: their ids and data.
+pub const GROUPS_OF: &str = "SELECT r.id, r.data FROM members m JOIN resources r ON r.num = m.group_num
+     WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1)";
+
 /// The member ids of a group.
 pub fn member_ids(conn: &Connection, group_id: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.id FROM members m JOIN resources r ON r.num = m.member_num
-         WHERE m.group_num = (SELECT num FROM resources WHERE id = ?1)",
-    )?;
+    let mut stmt = conn.prepare_cached(MEMBERS_OF)?;
     let ids = stmt.query_map(params![group_id], |r| r.get(0))?.collect::<crate::db::Result<Vec<String>>>()?;
     Ok(ids)
 }
@@ -250,10 +256,7 @@ pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Pr
         }),
     );
     if stored.kind == Kind::Group && projection.wants(rt, None, "members") {
-        let mut stmt = conn.prepare_cached(
-            "SELECT r.id, r.type FROM members m JOIN resources r ON r.num = m.member_num
-             WHERE m.group_num = (SELECT num FROM resources WHERE id = ?1)",
-        )?;
+        let mut stmt = conn.prepare_cached(MEMBERS_OF)?;
         let members: Vec<Value> = stmt
             .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<crate::db::Result<Vec<_>>>()?
@@ -268,10 +271,7 @@ pub fn render(conn: &Connection, stored: &Stored, ctx: &Ctx<'_>, projection: &Pr
         }
     }
     if stored.kind == Kind::User && projection.wants(rt, None, "groups") {
-        let mut stmt = conn.prepare_cached(
-            "SELECT r.id, r.data FROM members m JOIN resources r ON r.num = m.group_num
-             WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1)",
-        )?;
+        let mut stmt = conn.prepare_cached(GROUPS_OF)?;
         let groups: Vec<Value> = stmt
             .query_map(params![stored.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<crate::db::Result<Vec<_>>>()?
@@ -1332,14 +1332,10 @@ mod tests {
     fn memberships_are_read_through_key_indexes() {
         let store = crate::store::Store::open_in_memory().unwrap();
         let conn = store.lock();
-        let groups_of = "SELECT r.id FROM members m JOIN resources r ON r.num = m.group_num
-             WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1)";
-        let steps = query_plan(&conn, groups_of, &["u1"]);
+        let steps = query_plan(&conn, GROUPS_OF, &["u1"]);
         assert!(steps.contains("SEARCH m USING COVERING INDEX members_by_member"), "{steps}");
         assert!(steps.contains("USING INTEGER PRIMARY KEY"), "{steps}");
-        let members_of = "SELECT r.id FROM members m JOIN resources r ON r.num = m.member_num
-             WHERE m.group_num = (SELECT num FROM resources WHERE id = ?1)";
-        let steps = query_plan(&conn, members_of, &["g1"]);
+        let steps = query_plan(&conn, MEMBERS_OF, &["g1"]);
         assert!(steps.contains("SEARCH m USING PRIMARY KEY"), "{steps}");
         assert!(steps.contains("USING INTEGER PRIMARY KEY"), "{steps}");
         assert!(!steps.contains("SCAN"), "{steps}");

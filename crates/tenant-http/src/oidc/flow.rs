@@ -1218,12 +1218,9 @@ fn user_claims(conn: &Connection, user: &Stored, scope: &str) -> Result<Value> {
         }
     }
     if has("groups") {
-        let mut stmt = conn.prepare_cached(
-            "SELECT r.data FROM members m JOIN resources r ON r.num = m.group_num
-             WHERE m.member_num = (SELECT num FROM resources WHERE id = ?1)",
-        )?;
+        let mut stmt = conn.prepare_cached(tenant::objects::GROUPS_OF)?;
         let names: Vec<Value> = stmt
-            .query_map(params![user.id], |r| r.get::<_, String>(0))?
+            .query_map(params![user.id], |r| r.get::<_, String>(1))?
             .filter_map(|d| d.ok().and_then(|d| serde_json::from_str::<Value>(&d).ok()))
             .filter_map(|g| g.get("displayName").cloned())
             .collect();
