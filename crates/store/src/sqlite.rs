@@ -8,8 +8,8 @@ use directory::{Anchor, Dn, ObjectKind};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value as Json, json};
 use sync::engine::{
-    ConnectorSpace, CsRead, CycleReport, EncodedCs, EncodedMv, ExportLog, MemberChanges, Metaverse, MvRecord,
-    Projected, StoreError, Transactional,
+    ConnectorSpace, CsRead, CycleReport, EncodedCs, EncodedMv, ExportLog, MemberChanges, Metaverse, MvAttrsRead,
+    MvRecord, Projected, StoreError, Transactional,
 };
 use sync::mapping::{Flavor, Projection};
 use sync::{SourceId, SourceObject, Watermark};
@@ -1584,6 +1584,38 @@ impl Metaverse for SqliteStore {
         let mut record = MvRecord { id: id.to_string(), kind, anchor, attrs, manager, members, deleted };
         self.merge_joined(&mut record)?;
         Ok(Some(record))
+    }
+
+    fn mv_attrs_read(&self, id: &str) -> Result<Option<MvAttrsRead>, StoreError> {
+        let row: Option<(String, String, Vec<u8>, bool)> = self
+            .query_one("SELECT kind, anchor, attrs, deleted FROM mv WHERE id = ?1", params![id], |r| {
+                Ok((r.get(0)?, r.get(1)?, packed(r, 2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(err)?;
+        let Some((kind, anchor, attrs, deleted)) = row else { return Ok(None) };
+        let kind = kind_from(&kind);
+        let decode = move || -> Result<serde_json::Map<String, Json>, StoreError> {
+            match serde_json::from_str::<Json>(&pack::unpack(&attrs)?).map_err(err)? {
+                Json::Object(m) => Ok(m),
+                _ => Ok(serde_json::Map::new()),
+            }
+        };
+        if self.no_joins {
+            return Ok(Some(MvAttrsRead::deferred(kind, anchor, deleted, decode)));
+        }
+        // Joined contributions are merged with the store's connection: here.
+        let mut record = MvRecord {
+            id: id.to_string(),
+            kind,
+            anchor,
+            attrs: decode()?,
+            manager: None,
+            members: Vec::new(),
+            deleted,
+        };
+        self.merge_joined(&mut record)?;
+        Ok(Some(MvAttrsRead::decoded(record)))
     }
 }
 

@@ -1168,9 +1168,19 @@ fn precedences_are_interned_on_sqlite() {
         };
         store.join_put("hr", &sync::SourceId(vec![id]), mv, &contribution).unwrap();
     };
+    // What ordering an export's contested values reads: mv_get's attributes, decoded when asked.
+    let attrs_read = |store: &SqliteStore, mv: &str| {
+        let read = store.mv_attrs_read(mv).unwrap().unwrap();
+        let record = store.mv_get(mv).unwrap().unwrap();
+        assert_eq!((read.kind, &read.anchor, read.deleted), (record.kind, &record.anchor, record.deleted));
+        assert_eq!(read.decode().unwrap(), record.attrs);
+    };
     let usual = precedence(&[("mail", 200), ("displayName", 200)]);
     store.begin().unwrap();
     let mvs: Vec<String> = (1..=20).map(|i| project(&mut store, i, usual.clone())).collect();
+    // No join yet: the attributes are decoded by whoever asks.
+    attrs_read(&store, &mvs[0]);
+    assert!(store.mv_attrs_read("no-such-object").unwrap().is_none());
     // A joined value with a lower precedence wins; with a higher one it does not.
     join(&mut store, 101, &mvs[0], "hr-1@example.org", 100);
     join(&mut store, 102, &mvs[1], "hr-2@example.org", 300);
@@ -1178,6 +1188,11 @@ fn precedences_are_interned_on_sqlite() {
     let mail = |store: &SqliteStore, mv: &str| store.mv_get(mv).unwrap().unwrap().attrs["mail"].clone();
     assert_eq!(mail(&store, &mvs[0]), "hr-1@example.org");
     assert_eq!(mail(&store, &mvs[1]), "u2@example.org");
+    // Joined contributions are merged in, as mv_get merges them.
+    for mv in &mvs[..3] {
+        attrs_read(&store, mv);
+    }
+    assert_eq!(store.mv_attrs_read(&mvs[0]).unwrap().unwrap().decode().unwrap()["mail"], "hr-1@example.org");
     assert_eq!(store.joined(&mvs[0]).unwrap()[0].precedence, precedence(&[("mail", 100)]));
     let count = |sql: &str| raw.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
     assert_eq!(count("SELECT count(*) FROM precedences"), 3, "one row per distinct map");

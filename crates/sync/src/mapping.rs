@@ -299,6 +299,59 @@ pub fn unique_keys(kind: ObjectKind, resource: &Json) -> Vec<String> {
     proto::unique::claims(user_name, proxies).into_iter().map(|c| c.key).collect()
 }
 
+/// The outbound flow targets of `rules` that may give a value
+/// [`unique_keys`] reads (a `userName` or a `proxyAddresses`, in whatever
+/// schema or case: taking one too many costs a flow, never a key).
+pub fn unique_key_targets(rules: &RuleSet) -> HashSet<String> {
+    rules
+        .rules()
+        .iter()
+        .filter(|rule| rule.direction == crate::rules::Direction::Outbound)
+        .flat_map(|rule| &rule.flows)
+        .filter(|flow| {
+            let parsed;
+            let path = match rules.outbound_path(&flow.target) {
+                Some(path) => Some(path),
+                None => {
+                    parsed = crate::outbound::ScimPath::parse(&flow.target).ok();
+                    parsed.as_ref()
+                }
+            };
+            path.is_some_and(|p| {
+                p.attribute.eq_ignore_ascii_case("userName") || p.attribute.eq_ignore_ascii_case("proxyAddresses")
+            })
+        })
+        .map(|flow| flow.target.clone())
+        .collect()
+}
+
+/// `unique_keys(kind, &desired_resource(mv, ..))`, from the flows to
+/// `targets` ([`unique_key_targets`]) alone: what ordering an export's
+/// contested values needs of every object, without building the rest of
+/// its resource. References never give a unique value, so none are needed.
+pub fn desired_unique_keys(mv: &MvView<'_>, rules: &RuleSet, targets: &HashSet<String>) -> Vec<String> {
+    let mut flows = Map::new();
+    rules.apply_outbound_to(mv.kind, mv.attrs, &|target| targets.contains(target), &mut flows, None);
+    let mut out = Map::new();
+    set_flows(rules, flows, &mut out);
+    unique_keys(mv.kind, &Json::Object(out))
+}
+
+/// Writes each outbound flow's value at its SCIM path (a target that is no
+/// path was refused when the rules loaded, and is left out here).
+fn set_flows(rules: &RuleSet, flows: Map<String, Json>, out: &mut Map<String, Json>) {
+    for (target, value) in flows {
+        match rules.outbound_path(&target) {
+            Some(path) => path.set(out, value),
+            None => {
+                if let Ok(path) = crate::outbound::ScimPath::parse(&target) {
+                    path.set(out, value);
+                }
+            }
+        }
+    }
+}
+
 /// Outbound sync, with the origin of each tenant attribute: (SCIM path,
 /// metaverse attribute or rule). The outbound rules give the attributes;
 /// the schemas, the sourceAnchor, references and `dirSyncEnabled` are built in.
@@ -331,16 +384,7 @@ fn desired_resource_noting(
     out.insert("schemas".into(), schemas);
     out.insert("externalId".into(), json!(mv.anchor));
     note(&mut origin, || Origin::built_in("externalId", "the sourceAnchor (built in)"));
-    for (target, value) in flows {
-        match rules.outbound_path(&target) {
-            Some(path) => path.set(&mut out, value),
-            None => {
-                if let Ok(path) = crate::outbound::ScimPath::parse(&target) {
-                    path.set(&mut out, value);
-                }
-            }
-        }
-    }
+    set_flows(rules, flows, &mut out);
     // Elements that got only a type (a constant `primary` without a value) are dropped.
     for list in out.values_mut().filter_map(Json::as_array_mut) {
         list.retain(|item| item.as_object().is_none_or(|o| o.keys().any(|k| k != "type" && k != "primary")));
@@ -605,6 +649,93 @@ flows = [{ target = "title", expression = "[jobTitle] & \" (\" & [department] & 
             let text = format!("[[rule]]\nname = \"bad\"\ndirection = \"outbound\"\nobjects = [\"user\"]\n{bad}\n");
             let err = RuleSet::load(&[("bad.toml".into(), text)]).unwrap_err().to_string();
             assert!(err.contains("bad.toml") && err.contains("rule \"bad\"") && err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn unique_keys_from_their_flows_alone_are_those_of_the_whole_resource() {
+        // Rules that give userName and proxyAddresses in every way a rule
+        // can: a scoped rule of higher precedence, an expression, a merge
+        // with the built-in flow, AuthoritativeNull, the schema's full URN.
+        let custom = RuleSet::load(&[(
+            "unique.toml".into(),
+            format!(
+                r#"
+[[rule]]
+name = "sales-user-name"
+direction = "outbound"
+objects = ["user"]
+scope = "(department=Sales)"
+precedence = 10
+flows = [{{ target = "userName", expression = "LCase([mailNickname]) & \"@sales.example.org\"" }}]
+
+[[rule]]
+name = "contractors-keep-no-address"
+direction = "outbound"
+objects = ["user"]
+precedence = 5
+flows = [{{ target = "hybrid:proxyAddresses", expression = "IIF([employeeType] = \"contractor\", AuthoritativeNull, IgnoreThisFlow)" }}]
+
+[[rule]]
+name = "team-address"
+direction = "outbound"
+objects = ["user", "group"]
+precedence = 20
+flows = [
+  {{ target = "{HYBRID_SCHEMA}:proxyAddresses", expression = "IIF([department] = \"Sales\", \"smtp:Team@Example.org\", IgnoreThisFlow)", merge = "merge-case-insensitive" }},
+  {{ target = "title", constant = "Seller" }},
+]
+"#
+            ),
+        )])
+        .unwrap();
+        let targets = unique_key_targets(&custom);
+        for wanted in ["userName", "hybrid:proxyAddresses", &format!("{HYBRID_SCHEMA}:proxyAddresses")] {
+            assert!(targets.contains(wanted), "{wanted} in {targets:?}");
+        }
+        assert!(!targets.contains("title") && !targets.contains("displayName"), "{targets:?}");
+        let objects = [
+            (
+                ObjectKind::User,
+                json!({"userPrincipalName": "Ann@Example.org", "mailNickname": "Ann", "department": "Sales",
+                "proxyAddresses": ["SMTP:Ann@Example.org", "smtp:ä@example.org", "x500:/o=x"]}),
+            ),
+            (
+                ObjectKind::User,
+                json!({"userPrincipalName": "bo@example.org", "mailNickname": "Bo", "department": "Legal",
+                "proxyAddresses": ["SMTP:Bo@example.org"]}),
+            ),
+            (
+                ObjectKind::User,
+                json!({"userPrincipalName": "cy@example.org", "mailNickname": "Cy", "department": "Sales", "employeeType": "contractor",
+                "proxyAddresses": ["SMTP:Cy@example.org"]}),
+            ),
+            (ObjectKind::User, json!({"displayName": "Zoë, no name at all"})),
+            (
+                ObjectKind::Group,
+                json!({"displayName": "Sales", "department": "Sales", "proxyAddresses": ["SMTP:Sales@example.org"]}),
+            ),
+        ];
+        let mut seen = HashSet::new();
+        for rules in [RuleSet::default(), custom] {
+            let targets = unique_key_targets(&rules);
+            for (kind, attrs) in &objects {
+                let attrs = attrs.as_object().unwrap();
+                let view = MvView { kind: *kind, anchor: "AQID", attrs };
+                let whole = unique_keys(*kind, &desired_resource(&view, Some("mgr"), &["m1".into()], &rules));
+                assert_eq!(desired_unique_keys(&view, &rules, &targets), whole, "{attrs:?}");
+                if attrs.contains_key("employeeType") && targets.len() > 2 {
+                    // AuthoritativeNull settled the contractor's own addresses empty.
+                    assert_eq!(whole, ["cy@sales.example.org", "team@example.org"]);
+                }
+                seen.extend(whole);
+            }
+        }
+        // The rules above did give keys of each kind.
+        for key in
+            ["ann@sales.example.org", "ann@example.org", "ä@example.org", "team@example.org", "sales@example.org"]
+        {
+            assert!(seen.contains(key), "{key} in {seen:?}");
         }
     }
 

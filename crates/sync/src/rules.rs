@@ -383,6 +383,7 @@ impl RuleSet {
             Some((object.flavor, object.source)),
             &|| entry,
             &|f| flow_value(f, entry),
+            &|_| true,
             out,
             Some(precedence),
             origin,
@@ -400,6 +401,21 @@ impl RuleSet {
         out: &mut Map<String, Json>,
         origin: Option<&mut Vec<Origin>>,
     ) {
+        self.apply_outbound_to(kind, attrs, &|_| true, out, origin);
+    }
+
+    /// [`RuleSet::apply_outbound`] for the flows whose target `targets`
+    /// accepts alone: each target gets the value it gets from all the rules
+    /// (precedence and merging are per target), and a rule with no such flow
+    /// is not even scoped.
+    pub fn apply_outbound_to(
+        &self,
+        kind: ObjectKind,
+        attrs: &Map<String, Json>,
+        targets: &dyn Fn(&str) -> bool,
+        out: &mut Map<String, Json>,
+        origin: Option<&mut Vec<Origin>>,
+    ) {
         // Built only when a scope filter or an expression needs it.
         let entry = std::cell::OnceCell::new();
         let entry = || entry.get_or_init(|| metaverse_entry(attrs));
@@ -409,6 +425,7 @@ impl RuleSet {
             None,
             &entry,
             &|f| outbound_flow_value(f, attrs, entry),
+            targets,
             out,
             None,
             origin,
@@ -423,6 +440,7 @@ impl RuleSet {
         inbound: Option<(Flavor, &str)>,
         entry: &dyn Fn() -> &'e Entry,
         value_of: &dyn Fn(&RuleFlow) -> Contribution,
+        targets: &dyn Fn(&str) -> bool,
         out: &mut Map<String, Json>,
         mut precedence: Option<&mut Precedences>,
         mut origin: Option<&mut Vec<Origin>>,
@@ -438,6 +456,9 @@ impl RuleSet {
             {
                 continue;
             }
+            if !rule.flows.iter().any(|f| targets(&f.target)) {
+                continue;
+            }
             if let Some(scope) = &rule.scope
                 && !scope.matches(entry()).unwrap_or(false)
             {
@@ -445,6 +466,9 @@ impl RuleSet {
             }
             for flow in &rule.flows {
                 let target = flow.target.as_str();
+                if !targets(target) {
+                    continue;
+                }
                 let merged_before = out.contains_key(target);
                 // `out` answers the common case; `settled` adds AuthoritativeNull and update-over-merge.
                 let blocked = match flow.merge {

@@ -6,7 +6,7 @@
 use directory::ObjectKind;
 use serde_json::Value as Json;
 
-use super::store::{MvRecord, StoreError};
+use super::store::{MvAttrsRead, MvRecord, StoreError};
 use super::{
     CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportOp, SyncStore, Target, TargetError, Transaction,
     hash64,
@@ -149,6 +149,11 @@ impl Encoding {
 /// Records per batch when ordering contested unique values.
 const CONTEST_BATCH: usize = if cfg!(test) { 16 } else { 512 };
 
+/// Threads decoding records and running outbound flows while ordering
+/// contested values: the tenant has nothing to do yet, so the store's
+/// thread and two helpers share the cores.
+const CONTEST_HELPERS: usize = 2;
+
 /// Records the target's answers to one batch, in one transaction: what was
 /// confirmed, what failed (retried next cycle), what still waits for a
 /// reference (tried again in the second pass).
@@ -288,64 +293,78 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
 ) -> Result<Vec<(usize, usize)>, StoreError> {
     // (key hash, node, claims it newly): 16 bytes each, two or three per object.
     let mut touches: Vec<(u64, u32, bool)> = Vec::new();
-    // The store's thread reads records; the outbound rules that give their
-    // unique values run on a helper thread, a batch behind.
-    let keys = |batch: Vec<(u32, MvRecord, Option<Json>)>| -> Vec<(u64, u32, bool)> {
+    let targets = mapping::unique_key_targets(rules);
+    // The store's thread reads records; helper threads decode them and run
+    // the outbound flows that give unique values, a batch behind.
+    let keys = |batch: Vec<(u32, MvAttrsRead, Option<Json>)>| -> Result<Vec<(u64, u32, bool)>, StoreError> {
         let mut out = Vec::new();
-        for (i, record, exported) in batch {
-            let wanted = if record.deleted {
+        for (i, read, exported) in batch {
+            let kind = read.kind;
+            let had = exported.map(|r| mapping::unique_keys(kind, &r)).unwrap_or_default();
+            let wanted = if read.deleted {
                 Vec::new()
             } else {
-                let view = MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs };
-                mapping::unique_keys(record.kind, &mapping::desired_resource(&view, None, &[], rules))
+                let anchor = read.anchor.clone();
+                let attrs = read.decode()?;
+                mapping::desired_unique_keys(&MvView { kind, anchor: &anchor, attrs: &attrs }, rules, &targets)
             };
-            let had = exported.map(|r| mapping::unique_keys(record.kind, &r)).unwrap_or_default();
             out.extend(wanted.iter().filter(|k| !had.contains(k)).map(|k| (hash64(k), i, true)));
             out.extend(had.iter().filter(|k| !wanted.contains(k)).map(|k| (hash64(k), i, false)));
         }
-        out
+        Ok(out)
     };
     // Members alone changed: no unique value is claimed or given up.
     let considered: Vec<u32> =
         (0..graph.len()).filter(|&i| !graph.members_only(i)).filter_map(|i| u32::try_from(i).ok()).collect();
-    let read = |indices: &[u32]| -> Result<Vec<(u32, MvRecord, Option<Json>)>, StoreError> {
+    let read = |indices: &[u32]| -> Result<Vec<(u32, MvAttrsRead, Option<Json>)>, StoreError> {
         let mut batch = Vec::with_capacity(indices.len());
         for &i in indices {
             let id = graph.id(i);
-            let Some(record) = store.mv_get(id)? else { continue };
-            let exported = store.exported(id)?.map(|(_, r)| r);
+            let Some(record) = store.mv_attrs_read(id)? else { continue };
+            // What the tenant holds gives up values: only an exported object has any.
+            let exported = if graph.has(i as usize, EXPORTED) { store.exported(id)?.map(|(_, r)| r) } else { None };
             batch.push((i, record, exported));
         }
         Ok(batch)
     };
     std::thread::scope(|threads| -> Result<(), StoreError> {
-        let (to, batches) = std::sync::mpsc::sync_channel::<Vec<(u32, MvRecord, Option<Json>)>>(2);
-        let helper = (considered.len() >= 2 * CONTEST_BATCH)
-            .then(|| {
-                std::thread::Builder::new().name("export-order".into()).spawn_scoped(threads, move || {
-                    let mut all = Vec::new();
-                    for batch in batches {
-                        all.extend(keys(batch));
-                    }
-                    all
-                })
-            })
-            .and_then(Result::ok);
-        for chunk in considered.chunks(CONTEST_BATCH) {
-            let batch = read(chunk)?;
-            if helper.is_some() {
-                // The helper ended early only by a panic, reported at the join.
-                if to.send(batch).is_err() {
-                    break;
+        // Batches go to the helpers in turn; each returns the keys of its own.
+        let mut helpers = Vec::new();
+        if considered.len() >= 2 * CONTEST_BATCH {
+            for _ in 0..CONTEST_HELPERS {
+                let (to, batches) = std::sync::mpsc::sync_channel::<Vec<(u32, MvAttrsRead, Option<Json>)>>(2);
+                let keys = &keys;
+                let spawned =
+                    std::thread::Builder::new().name("export-order".into()).spawn_scoped(threads, move || {
+                        let mut all = Vec::new();
+                        for batch in batches {
+                            all.extend(keys(batch)?);
+                        }
+                        Ok::<_, StoreError>(all)
+                    });
+                if let Ok(helper) = spawned {
+                    helpers.push((to, helper));
                 }
-            } else {
-                touches.extend(keys(batch));
             }
         }
-        drop(to);
-        if let Some(helper) = helper {
-            // Everything went to the helper: its list is the list.
-            touches = helper.join().map_err(|_| StoreError("ordering the exports: the helper thread failed".into()))?;
+        let mut turn = (0..helpers.len()).cycle();
+        for chunk in considered.chunks(CONTEST_BATCH) {
+            let batch = read(chunk)?;
+            match turn.next().and_then(|n| helpers.get(n)) {
+                Some((to, _)) => {
+                    // A helper ends early only by an error or a panic, reported at its join.
+                    if to.send(batch).is_err() {
+                        break;
+                    }
+                }
+                None => touches.extend(keys(batch)?),
+            }
+        }
+        for (to, helper) in helpers {
+            drop(to);
+            let found =
+                helper.join().map_err(|_| StoreError("ordering the exports: a helper thread failed".into()))??;
+            touches.extend(found);
         }
         Ok(())
     })?;

@@ -115,6 +115,50 @@ impl std::fmt::Debug for CsRead {
     }
 }
 
+/// A metaverse object as [`Metaverse::mv_attrs_read`] reads it: what its
+/// unique values come from, without its references. Its attributes are
+/// decoded by [`MvAttrsRead::decode`], on whichever thread calls it.
+pub struct MvAttrsRead {
+    pub kind: ObjectKind,
+    pub anchor: String,
+    /// Its source object is gone.
+    pub deleted: bool,
+    attrs: Box<dyn FnOnce() -> Result<serde_json::Map<String, Json>, StoreError> + Send>,
+}
+
+impl MvAttrsRead {
+    /// An object whose attributes are decoded already.
+    pub fn decoded(record: MvRecord) -> Self {
+        let MvRecord { kind, anchor, attrs, deleted, .. } = record;
+        Self { kind, anchor, deleted, attrs: Box::new(move || Ok(attrs)) }
+    }
+
+    /// An object whose attributes `decode` makes from what the store read.
+    pub fn deferred(
+        kind: ObjectKind,
+        anchor: String,
+        deleted: bool,
+        decode: impl FnOnce() -> Result<serde_json::Map<String, Json>, StoreError> + Send + 'static,
+    ) -> Self {
+        Self { kind, anchor, deleted, attrs: Box::new(decode) }
+    }
+
+    /// Its attributes, joined contributions merged in.
+    pub fn decode(self) -> Result<serde_json::Map<String, Json>, StoreError> {
+        (self.attrs)()
+    }
+}
+
+impl std::fmt::Debug for MvAttrsRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvAttrsRead")
+            .field("kind", &self.kind)
+            .field("anchor", &self.anchor)
+            .field("deleted", &self.deleted)
+            .finish()
+    }
+}
+
 /// Encodes an imported object the way its store keeps it (see
 /// [`ConnectorSpace::cs_encoder`]); a plain function, so any thread may run it.
 pub type CsEncoder = fn(&SourceObject) -> Result<EncodedCs, StoreError>;
@@ -385,6 +429,13 @@ pub trait Metaverse {
     fn mv_disconnect(&mut self, source: &str, id: &SourceId) -> Result<(), StoreError>;
     /// The metaverse object with its joined contributions merged in.
     fn mv_get(&self, id: &str) -> Result<Option<MvRecord>, StoreError>;
+    /// [`Metaverse::mv_get`] without the references, its attributes
+    /// decoded when the caller asks (a store may then decode on another
+    /// thread): what ordering an export's contested values reads of every
+    /// object.
+    fn mv_attrs_read(&self, id: &str) -> Result<Option<MvAttrsRead>, StoreError> {
+        Ok(self.mv_get(id)?.map(MvAttrsRead::decoded))
+    }
     /// Marks every metaverse object of `source` for export planning (the
     /// outbound rules changed: what the tenant should hold may differ).
     fn mv_mark_dirty(&mut self, source: &str) -> Result<(), StoreError>;

@@ -472,10 +472,10 @@ fn a_large_sync_stage_resolves_forward_references_with_its_helper_thread() {
 }
 
 #[test]
-fn contested_unique_values_are_ordered_by_anchor_on_one_thread_or_two() {
+fn contested_unique_values_are_ordered_by_anchor_with_or_without_helpers() {
     // Two users want the same address (the userName it gives); the one with
     // the lower anchor must go first, whether the ordering ran on the
-    // store's thread alone (few objects) or with its helper thread (many).
+    // store's thread alone (few objects) or with helper threads (many).
     run(async {
         let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
         for i in 1..=60u8 {
