@@ -467,7 +467,8 @@ struct BulkOperation<'a> {
 #[derive(serde::Serialize)]
 #[serde(untagged)]
 enum BulkData<'a> {
-    Resource(&'a Value),
+    /// Written as the resource's text, which the store's encoder shares.
+    Resource(&'a serde_json::value::RawValue),
     Patch {
         schemas: [&'static str; 1],
         #[serde(rename = "Operations")]
@@ -481,7 +482,7 @@ fn bulk_operation(i: usize, op: &ExportOp) -> BulkOperation<'_> {
             method: "POST",
             path: format!("/{}", endpoint(*kind)),
             bulk_id: Some(format!("op{i}")),
-            data: Some(BulkData::Resource(resource)),
+            data: Some(BulkData::Resource(resource.text())),
         },
         ExportOp::Patch { kind, id, operations } => BulkOperation {
             method: "PATCH",

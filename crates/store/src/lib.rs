@@ -580,7 +580,12 @@ fn encode_mv(p: &sync::mapping::Projection) -> Result<sync::engine::EncodedMv, S
 
 /// A confirmed resource as the SQLite store keeps it (any thread).
 fn encode_exported(resource: &serde_json::Value) -> Result<sync::engine::EncodedExported, StoreError> {
-    Ok(sync::engine::EncodedExported { resource: pack::pack(&resource.to_string())? })
+    encode_exported_text(&resource.to_string())
+}
+
+/// [`encode_exported`] of a resource's JSON text (the export's encoder).
+fn encode_exported_text(text: &str) -> Result<sync::engine::EncodedExported, StoreError> {
+    Ok(sync::engine::EncodedExported { resource: pack::pack(text)? })
 }
 
 /// A join attribute goes into SQL text (an index name, a JSON path): letters, digits and '_' only.

@@ -1799,7 +1799,7 @@ impl ExportLog for SqliteStore {
     }
 
     fn exported_encoder(&self) -> Option<sync::engine::ExportedEncoder> {
-        Some(crate::encode_exported)
+        Some(crate::encode_exported_text)
     }
 
     fn set_exported_encoded(

@@ -560,13 +560,15 @@ fn old_records_are_read_and_new_ones_compressed(store: &mut dyn StateStore, stor
     assert_eq!(store.exported("m1").unwrap().map(|(_, r)| r), Some(serde_json::from_str(OLD_RESOURCE).unwrap()));
     assert!(stored_entry_bytes() < plain / 2, "stored {} bytes for about {plain}", stored_entry_bytes());
 
-    // Encoded ahead on another thread where the store can (SQLite), as the
-    // export does while a batch is at the target: read back the same.
+    // Encoded ahead on another thread where the store can (SQLite), from the
+    // text the target's request shares, as the export does while a batch is
+    // at the target: read back the same.
     let resource = serde_json::json!({"userName": "zoë@example.org", "displayName": "Zoë Ångström"});
     store.begin().unwrap();
     match store.exported_encoder() {
         Some(encode) => {
-            let encoded = std::thread::scope(|s| s.spawn(|| encode(&resource)).join().unwrap()).unwrap();
+            let shared = sync::engine::Resource::new(resource.clone());
+            let encoded = std::thread::scope(|s| s.spawn(|| encode(shared.text().get())).join().unwrap()).unwrap();
             store.set_exported_encoded("m1", "t2", &resource, encoded).unwrap();
         }
         None => store.set_exported("m1", "t2", &resource).unwrap(),

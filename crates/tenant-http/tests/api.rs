@@ -908,10 +908,10 @@ async fn a_token_over_its_rate_gets_429_and_the_connector_waits() {
     let ops: Vec<sync::engine::ExportOp> = (0..8)
         .map(|i| sync::engine::ExportOp::Create {
             kind: directory::ObjectKind::User,
-            resource: std::sync::Arc::new(json!({
+            resource: std::sync::Arc::new(sync::engine::Resource::new(json!({
                 "schemas": [USER, HYBRID], "userName": format!("zoë{i}@corp.example.com"),
                 "externalId": format!("YW5jaG9y{i}"), HYBRID: {"immutableId": format!("YW5jaG9y{i}")}
-            })),
+            }))),
         })
         .collect();
     let results = sync::engine::Target::apply(&mut target, ops.clone()).await;
@@ -970,10 +970,10 @@ async fn an_uncertain_create_is_looked_up_not_repeated() {
     target.bulk = false;
     let op = sync::engine::ExportOp::Create {
         kind: directory::ObjectKind::User,
-        resource: std::sync::Arc::new(json!({
+        resource: std::sync::Arc::new(sync::engine::Resource::new(json!({
             "schemas": [USER, HYBRID], "userName": "jürgen@corp.example.com",
             "externalId": "anVlcmdlbg", HYBRID: {"immutableId": "anVlcmdlbg"}
-        })),
+        }))),
     };
     let results = sync::engine::Target::apply(&mut target, vec![op.clone()]).await;
     let Ok(Some(created)) = &results[0] else { panic!("{results:?}") };

@@ -8,8 +8,8 @@ use serde_json::Value as Json;
 
 use super::store::{MvAttrsRead, MvRecord, StoreError};
 use super::{
-    CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportOp, SyncStore, Target, TargetError, Transaction,
-    hash64,
+    CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportOp, Resource, SyncStore, Target, TargetError,
+    Transaction, hash64,
 };
 use crate::mapping::{self, MvView};
 
@@ -131,10 +131,10 @@ impl Encoding {
     /// Encodes the resource of each plan that has one, in the plans' order;
     /// `None` if no thread could be started (the store then encodes).
     fn start(encode: super::ExportedEncoder, plans: &[Plan]) -> Option<Encoding> {
-        let resources: Vec<Option<std::sync::Arc<Json>>> = plans.iter().map(|p| p.desired.clone()).collect();
+        let resources: Vec<Option<std::sync::Arc<Resource>>> = plans.iter().map(|p| p.desired.clone()).collect();
         std::thread::Builder::new()
             .name("export-encode".into())
-            .spawn(move || resources.iter().map(|r| r.as_deref().map(encode)).collect())
+            .spawn(move || resources.iter().map(|r| r.as_deref().map(|r| encode(r.text().get()))).collect())
             .ok()
             .map(Encoding)
     }
@@ -574,7 +574,7 @@ struct Plan {
     op: Option<ExportOp>,
     /// What `op` was (it stays when `op` is taken).
     action: Option<Action>,
-    desired: Option<std::sync::Arc<Json>>,
+    desired: Option<std::sync::Arc<Resource>>,
     tenant_id: Option<String>,
     /// A manager or member is not in the tenant yet.
     waiting: bool,
@@ -641,12 +641,12 @@ fn plan<St: SyncStore + ?Sized>(
     };
     let members = store.exported_ids(&record.members)?;
     let waiting = (record.manager.is_some() && manager.is_none()) || members.len() < record.members.len();
-    let desired = std::sync::Arc::new(mapping::desired_resource(
+    let desired = std::sync::Arc::new(Resource::new(mapping::desired_resource(
         &MvView { kind: record.kind, anchor: &record.anchor, attrs: &record.attrs },
         manager.as_deref(),
         &members,
         rules,
-    ));
+    )));
     Ok(match existing {
         None => Plan {
             op: Some(ExportOp::Create { kind: record.kind, resource: std::sync::Arc::clone(&desired) }),

@@ -27,7 +27,7 @@ pub use store::{
     JoinContribution, JoinedRefs, MemberChanges, Metaverse, MvAttrsRead, MvEncoder, MvRecord, Projected, StoreError,
     SyncStore, Transaction, Transactional,
 };
-pub use target::{Answers, ExportOp, Target, TargetError};
+pub use target::{Answers, ExportOp, Resource, Target, TargetError};
 
 use crate::mapping::Flavor;
 use crate::source::{ImportMode, Source};

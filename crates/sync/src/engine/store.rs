@@ -183,10 +183,11 @@ pub struct EncodedMv {
     pub attrs: Vec<u8>,
 }
 
-/// Encodes a resource the way its store keeps what the target confirmed
-/// (see [`ExportLog::exported_encoder`]); a plain function, so any thread
-/// may run it.
-pub type ExportedEncoder = fn(&Json) -> Result<EncodedExported, StoreError>;
+/// Encodes a resource, given as its JSON text ([`super::Resource::text`]),
+/// the way its store keeps what the target confirmed (see
+/// [`ExportLog::exported_encoder`]); a plain function, so any thread may
+/// run it.
+pub type ExportedEncoder = fn(&str) -> Result<EncodedExported, StoreError>;
 
 /// A confirmed resource in its store's own encoding, made ahead.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,11 @@
 //! The cloud side as the engine sees it.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use directory::ObjectKind;
 use serde_json::Value as Json;
+use serde_json::value::RawValue;
 
 /// A target failure for one object.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -15,6 +16,49 @@ pub struct TargetError {
     pub not_found: bool,
 }
 
+/// A resource to create, shared by the export's plan, the target and the
+/// store's encoder: its JSON text is made once, by whichever of them asks
+/// first (the target for its request body, the store for its record), and
+/// the others wait for it and copy it.
+#[derive(Debug)]
+pub struct Resource {
+    json: Json,
+    text: OnceLock<Box<RawValue>>,
+}
+
+impl Resource {
+    pub fn new(json: Json) -> Self {
+        Self { json, text: OnceLock::new() }
+    }
+
+    /// The resource as JSON text (compact, as `Json::to_string` writes it).
+    pub fn text(&self) -> &RawValue {
+        // A `Json` always serializes (its map keys are strings); `null`
+        // (the default) stands in for the impossible failure, not a panic.
+        self.text.get_or_init(|| serde_json::value::to_raw_value(&self.json).unwrap_or_default())
+    }
+}
+
+impl std::ops::Deref for Resource {
+    type Target = Json;
+
+    fn deref(&self) -> &Json {
+        &self.json
+    }
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.json == other.json
+    }
+}
+
+impl From<Json> for Resource {
+    fn from(json: Json) -> Self {
+        Self::new(json)
+    }
+}
+
 /// One change to send to the target.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExportOp {
@@ -22,7 +66,7 @@ pub enum ExportOp {
     /// once the target confirms (no copy per object).
     Create {
         kind: ObjectKind,
-        resource: Arc<Json>,
+        resource: Arc<Resource>,
     },
     Patch {
         kind: ObjectKind,
@@ -57,5 +101,29 @@ pub trait Target {
         let failed =
             items.iter().map(|i| (i.immutable_id.clone(), "this target does not take passwords".to_string())).collect();
         async move { Ok(crate::phs::PushReport { failed, ..Default::default() }) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_resource_is_written_as_its_json_text_once_whoever_asks() {
+        let json = serde_json::json!({
+            "userName": "zoë@example.org", "displayName": "Zoë \"Z\" Ångström\n\u{1F600}", "n": [1, 2.5, null, true]
+        });
+        let resource = Arc::new(Resource::new(json.clone()));
+        // Threads asking at once (the target's request, the store's encoder) share one text.
+        let texts: Vec<usize> = std::thread::scope(|s| {
+            let asking: Vec<_> = (0..4).map(|_| s.spawn(|| resource.text().get().as_ptr() as usize)).collect();
+            asking.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(texts.iter().all(|&t| t == resource.text().get().as_ptr() as usize), "one text");
+        // The bytes the store keeps whichever way it was written.
+        assert_eq!(resource.text().get(), json.to_string());
+        assert_eq!(serde_json::from_str::<Json>(resource.text().get()).unwrap(), json);
+        assert_eq!(*resource, Resource::new(json), "compared by value");
     }
 }

@@ -405,7 +405,7 @@ fn a_group_the_cloud_took_over_waits_and_after_the_hand_back_is_sent_whole() {
             .filter(|op| matches!(op, ExportOp::Create { kind: ObjectKind::Group, .. }))
             .collect();
         let Some(ExportOp::Create { resource, .. }) = creates.last() else { panic!("no create: {creates:?}") };
-        assert_eq!(resource["members"].as_array().map(Vec::len), Some(2), "{resource}");
+        assert_eq!(resource["members"].as_array().map(Vec::len), Some(2), "{}", ***resource);
         assert!(store.dirty_objects().unwrap().is_empty());
     });
 }
