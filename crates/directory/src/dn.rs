@@ -60,10 +60,48 @@ impl Ava {
     }
 
     fn normalized(&self) -> String {
-        let attr = normalize_attr_type(&self.attr);
+        let mut out = String::new();
+        self.push_normalized(&mut out);
+        out
+    }
+
+    /// Appends `type=value`: [`normalize_attr_type`], then the value as
+    /// [`escape_value`] of [`normalize_value`] writes it, in one pass.
+    fn push_normalized(&self, out: &mut String) {
+        let attr = self.attr.trim();
+        let attr = match (attr.get(..4), attr.get(4..)) {
+            (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("oid.") => rest,
+            _ => attr,
+        };
+        out.extend(attr.chars().map(|c| c.to_ascii_lowercase()));
+        out.push('=');
         match &self.value {
-            RdnValue::Text(s) => format!("{attr}={}", escape_value(&normalize_value(s))),
-            RdnValue::Ber(b) => format!("{attr}=#{}", hex(b)),
+            RdnValue::Text(s) => {
+                // The normalised value has no space at either end, so only
+                // `#` at the start is escaped for its place.
+                let mut first = true;
+                for (n, word) in s.split_whitespace().enumerate() {
+                    if n > 0 {
+                        out.push(' ');
+                    }
+                    for c in word.chars().flat_map(char::to_lowercase) {
+                        match c {
+                            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                                out.push('\\');
+                                out.push(c);
+                            }
+                            '#' if first => out.push_str("\\#"),
+                            '\0' => out.push_str("\\00"),
+                            _ => out.push(c),
+                        }
+                        first = false;
+                    }
+                }
+            }
+            RdnValue::Ber(b) => {
+                out.push('#');
+                push_hex(b, out);
+            }
         }
     }
 }
@@ -90,9 +128,20 @@ impl Rdn {
 
     /// The normalised form: AVAs sorted so that `a=1+b=2` equals `b=2+a=1`.
     pub fn normalized(&self) -> String {
-        let mut parts: Vec<String> = self.avas.iter().map(Ava::normalized).collect();
-        parts.sort();
-        parts.join("+")
+        let mut out = String::new();
+        self.push_normalized(&mut out);
+        out
+    }
+
+    fn push_normalized(&self, out: &mut String) {
+        match self.avas.as_slice() {
+            [one] => one.push_normalized(out),
+            avas => {
+                let mut parts: Vec<String> = avas.iter().map(Ava::normalized).collect();
+                parts.sort();
+                out.push_str(&parts.join("+"));
+            }
+        }
     }
 }
 
@@ -216,8 +265,19 @@ impl Dn {
     }
 
     /// The canonical comparison key (see the type's documentation).
+    ///
+    /// Written into one string: DNs are normalised for every store lookup
+    /// and index key, so the per-part strings this once joined were a
+    /// measurable share of a large sync.
     pub fn normalized(&self) -> String {
-        self.rdns.iter().map(Rdn::normalized).collect::<Vec<_>>().join(",")
+        let mut out = String::with_capacity(self.rdns.len() * 16);
+        for (i, rdn) in self.rdns.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            rdn.push_normalized(&mut out);
+        }
+        out
     }
 }
 
@@ -294,7 +354,16 @@ pub fn escape_value(value: &str) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(bytes, &mut out);
+    out
+}
+
+fn push_hex(bytes: &[u8], out: &mut String) {
+    for b in bytes {
+        out.extend(char::from_digit(u32::from(b >> 4), 16));
+        out.extend(char::from_digit(u32::from(b & 15), 16));
+    }
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
@@ -478,6 +547,86 @@ mod tests {
             Ok(d) => d,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// The normalised form as it was first written (part by part, then
+    /// joined): stored keys depend on it, so the one-pass writer must give
+    /// the same text for every DN.
+    fn normalized_part_by_part(d: &Dn) -> String {
+        let ava = |a: &Ava| {
+            let attr = normalize_attr_type(&a.attr);
+            match &a.value {
+                RdnValue::Text(s) => format!("{attr}={}", escape_value(&normalize_value(s))),
+                RdnValue::Ber(b) => format!("{attr}=#{}", b.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            }
+        };
+        let rdn = |r: &Rdn| {
+            let mut parts: Vec<String> = r.avas().iter().map(ava).collect();
+            parts.sort();
+            parts.join("+")
+        };
+        d.rdns().iter().map(rdn).collect::<Vec<_>>().join(",")
+    }
+
+    #[test]
+    fn normalised_in_one_pass_as_part_by_part() {
+        let types =
+            ["cn", "CN", " uid ", "OID.2.5.4.3", "oid.0.9.2342", "Oid.x", "oid", "oi", "dC", "1.3.6.1.4.1.1466.0"];
+        let values = [
+            "",
+            " ",
+            "Zoë  Ångström ",
+            "#1",
+            "=#x",
+            "a#b",
+            " #lead",
+            "İstanbul",
+            "ẞtraße",
+            "ΣΑΣ ΟΔΟΣ",
+            "x\0y",
+            "a,b+c;d<e>f\\g\"h",
+            "\u{A0}nb\u{2003}sp\u{3000}",
+            "\t tab\n",
+            "日本 語",
+            "#",
+            "##",
+            "\\#",
+            "trailing\\",
+            "ǅemal",
+            "ﬁle",
+            "Ⅻ",
+        ];
+        let bers: [&[u8]; 3] = [&[], &[0x04, 0x02, 0x48, 0x69], &[0xff, 0x00, 0xab]];
+        // A small generator: the same corpus every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        for _ in 0..5_000 {
+            let rdns: Vec<Rdn> = (0..1 + next(4))
+                .map(|_| {
+                    let avas = (0..1 + next(3).saturating_sub(1))
+                        .map(|_| {
+                            let attr = types[next(types.len())].to_string();
+                            let value = if next(8) == 0 {
+                                RdnValue::Ber(bers[next(bers.len())].to_vec())
+                            } else {
+                                RdnValue::Text(values[next(values.len())].to_string())
+                            };
+                            Ava { attr, value }
+                        })
+                        .collect();
+                    Rdn::from_avas(avas).unwrap()
+                })
+                .collect();
+            let d = Dn::from_rdns(rdns);
+            assert_eq!(d.normalized(), normalized_part_by_part(&d), "{d:?}");
+        }
+        assert_eq!(
+            dn("CN=Zoë  Ångström,OID.0.9.2342.19200300.100.1.25=Example").normalized(),
+            "cn=zoë ångström,0.9.2342.19200300.100.1.25=example"
+        );
     }
 
     #[test]

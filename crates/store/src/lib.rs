@@ -575,7 +575,10 @@ fn members_text(members: &mut Vec<String>) -> String {
 /// A projection's attributes as the SQLite store keeps them (any thread).
 fn encode_mv(p: &sync::mapping::Projection) -> Result<sync::engine::EncodedMv, StoreError> {
     // The same text as `projection_row`'s, without copying the map first.
-    Ok(sync::engine::EncodedMv { attrs: pack::pack(&serde_json::to_string(&p.attrs).map_err(err)?)? })
+    Ok(sync::engine::EncodedMv {
+        attrs: pack::pack(&serde_json::to_string(&p.attrs).map_err(err)?)?,
+        dn_norm: p.source_dn_normalized(),
+    })
 }
 
 /// A confirmed resource as the SQLite store keeps it (any thread).
@@ -607,11 +610,12 @@ mod tests {
 
     /// Attributes encoded ahead (on the sync stage's helper thread) are the
     /// bytes a projection written whole stores: an unchanged object stays
-    /// unchanged whichever way it was written.
+    /// unchanged whichever way it was written. Its DN is normalised there too.
     #[test]
     fn attributes_encoded_ahead_are_the_stored_bytes() {
         let attrs = serde_json::json!({
-            "displayName": "Zoë Ångström", "mail": ["zoë@example.org", "z@example.org"], "title": null, "n": 3
+            "displayName": "Zoë Ångström", "mail": ["zoë@example.org", "z@example.org"], "title": null, "n": 3,
+            "onPremisesDistinguishedName": "CN=Zoë  Ångström,OU=People,DC=Example,DC=org"
         });
         let projection = sync::mapping::Projection {
             kind: directory::ObjectKind::User,
@@ -622,7 +626,9 @@ mod tests {
             members: Vec::new(),
         };
         let (text, _, _) = super::projection_row(&projection, &mut Vec::new());
-        assert_eq!(super::encode_mv(&projection).ok().map(|e| e.attrs), super::pack::pack(&text).ok());
+        let encoded = super::encode_mv(&projection).ok();
+        assert_eq!(encoded.as_ref().map(|e| e.attrs.clone()), super::pack::pack(&text).ok());
+        assert_eq!(encoded.map(|e| e.dn_norm).as_deref(), Some("cn=zoë ångström,ou=people,dc=example,dc=org"));
     }
 
     /// An entry encoded ahead (on the import's helper thread) is stored with

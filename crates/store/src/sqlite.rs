@@ -1306,9 +1306,8 @@ impl Metaverse for SqliteStore {
         mut members: Vec<String>,
         encoded: EncodedMv,
     ) -> Result<Projected, StoreError> {
-        let attrs = encoded.attrs;
+        let EncodedMv { attrs, dn_norm } = encoded;
         let members = pack::pack(&crate::members_text(&mut members))?;
-        let dn_norm = p.source_dn_normalized();
         let precedence = self.precedence_id(&p.precedence)?;
         let existing: Option<(String, String, bool)> = self
             .query_one(

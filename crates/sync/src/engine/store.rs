@@ -177,10 +177,13 @@ pub struct EncodedCs {
 /// [`Metaverse::mv_encoder`]); a plain function, so any thread may run it.
 pub type MvEncoder = fn(&Projection) -> Result<EncodedMv, StoreError>;
 
-/// A projection's attributes in its store's own encoding, made ahead.
+/// A projection's attributes in its store's own encoding, made ahead, and
+/// the normalised DN it is indexed by
+/// ([`crate::mapping::Projection::source_dn_normalized`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedMv {
     pub attrs: Vec<u8>,
+    pub dn_norm: String,
 }
 
 /// Encodes a resource, given as its JSON text ([`super::Resource::text`]),
