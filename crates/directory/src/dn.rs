@@ -68,12 +68,7 @@ impl Ava {
     /// Appends `type=value`: [`normalize_attr_type`], then the value as
     /// [`escape_value`] of [`normalize_value`] writes it, in one pass.
     fn push_normalized(&self, out: &mut String) {
-        let attr = self.attr.trim();
-        let attr = match (attr.get(..4), attr.get(4..)) {
-            (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("oid.") => rest,
-            _ => attr,
-        };
-        out.extend(attr.chars().map(|c| c.to_ascii_lowercase()));
+        out.extend(attr_type_unprefixed(&self.attr).chars().map(|c| c.to_ascii_lowercase()));
         out.push('=');
         match &self.value {
             RdnValue::Text(s) => {
@@ -315,10 +310,15 @@ impl std::str::FromStr for Dn {
 
 /// Lower-cases a descriptor and drops an `oid.` prefix on a numeric OID.
 pub fn normalize_attr_type(attr: &str) -> String {
-    let lower = attr.trim().to_ascii_lowercase();
-    match lower.strip_prefix("oid.") {
-        Some(rest) => rest.to_string(),
-        None => lower,
+    attr_type_unprefixed(attr).to_ascii_lowercase()
+}
+
+/// The attribute type trimmed, without an `oid.` prefix (any case).
+fn attr_type_unprefixed(attr: &str) -> &str {
+    let attr = attr.trim();
+    match (attr.get(..4), attr.get(4..)) {
+        (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("oid.") => rest,
+        _ => attr,
     }
 }
 

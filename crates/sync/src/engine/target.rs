@@ -53,12 +53,6 @@ impl PartialEq for Resource {
     }
 }
 
-impl From<Json> for Resource {
-    fn from(json: Json) -> Self {
-        Self::new(json)
-    }
-}
-
 /// One change to send to the target.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExportOp {
