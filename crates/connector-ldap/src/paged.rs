@@ -212,8 +212,8 @@ fn entry_bytes((dn, attributes): &RawEntry) -> usize {
 }
 
 /// What the reading task hands over.
-enum Prefetch {
-    Entries(Vec<RawEntry>),
+enum Prefetch<T> {
+    Entries(Vec<T>),
     Failed(LdapError),
     /// The last page was read: without this, a task that stopped early
     /// (aborted, or a panic) would look like the end of the results.
@@ -224,11 +224,13 @@ enum Prefetch {
 /// the decoding run beside the caller's work with the entries before them
 /// (on a multi-threaded runtime, on another core). Entries come in the
 /// search's order; an error comes after the entries read before it. Dropped
-/// before the end, the task is stopped and its connection closed.
+/// before the end, the task is stopped and its connection closed. With
+/// [`PrefetchedSearch::start_mapped`] the task also makes each entry into
+/// what the caller wants (a full import's objects), off the caller's thread.
 #[derive(Debug)]
-pub struct PrefetchedSearch {
-    batches: tokio::sync::mpsc::Receiver<Prefetch>,
-    current: std::vec::IntoIter<RawEntry>,
+pub struct PrefetchedSearch<T = RawEntry> {
+    batches: tokio::sync::mpsc::Receiver<Prefetch<T>>,
+    current: std::vec::IntoIter<T>,
     finished: bool,
     url: String,
     task: tokio::task::JoinHandle<()>,
@@ -236,7 +238,16 @@ pub struct PrefetchedSearch {
 
 impl PrefetchedSearch {
     /// Starts reading `search` on a task of the current runtime.
-    pub fn start(mut search: PagedSearch) -> Self {
+    pub fn start(search: PagedSearch) -> Self {
+        Self::start_mapped(search, |entry| entry)
+    }
+}
+
+impl<T: Send + 'static> PrefetchedSearch<T> {
+    /// Starts reading `search` on a task of the current runtime, which hands
+    /// over `map` of each entry. `map` is pure work on one entry: it runs
+    /// between socket reads, so it must not wait for anything.
+    pub fn start_mapped(mut search: PagedSearch, mut map: impl FnMut(RawEntry) -> T + Send + 'static) -> Self {
         let url = search.readers.url().to_string();
         let (to, batches) = tokio::sync::mpsc::channel(PREFETCH_AHEAD);
         let task = tokio::spawn(async move {
@@ -246,7 +257,7 @@ impl PrefetchedSearch {
                 match search.next().await {
                     Ok(Some(entry)) => {
                         batch_bytes += entry_bytes(&entry);
-                        batch.push(entry);
+                        batch.push(map(entry));
                         if batch.len() >= PREFETCH_BATCH || batch_bytes >= PREFETCH_BATCH_BYTES {
                             batch_bytes = 0;
                             let full = std::mem::replace(&mut batch, Vec::with_capacity(PREFETCH_BATCH));
@@ -269,7 +280,7 @@ impl PrefetchedSearch {
     }
 
     /// The next entry, or `None` when the last page has been read.
-    pub async fn next(&mut self) -> Result<Option<RawEntry>, LdapError> {
+    pub async fn next(&mut self) -> Result<Option<T>, LdapError> {
         loop {
             if let Some(entry) = self.current.next() {
                 return Ok(Some(entry));
@@ -296,7 +307,7 @@ impl PrefetchedSearch {
     }
 }
 
-impl Drop for PrefetchedSearch {
+impl<T> Drop for PrefetchedSearch<T> {
     fn drop(&mut self) {
         self.task.abort();
     }

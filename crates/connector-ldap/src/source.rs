@@ -181,20 +181,28 @@ impl LdapSource {
         let (session, profile) = self.parts()?;
         let mut counts = Counts::new();
         for base in &profile.bases {
-            // Read ahead on a task of its own: the entries are made into
-            // objects and taken by the sink while the next ones arrive.
-            let mut search = PrefetchedSearch::start(PagedSearch::new(
-                session,
-                &base.to_string(),
-                Scope::Subtree,
-                &profile.filter,
-                profile.attributes.clone(),
-                Vec::new(),
-                self.settings.page_size,
-                session.operation_timeout,
-            ));
-            while let Some(raw) = search.next().await? {
-                if let Some(obj) = self.build_object(session, profile, raw).await?
+            // Read ahead on a task of its own, which also makes the entries
+            // into objects: the sink takes them while the next ones arrive.
+            let on_task = profile.clone();
+            let mut search = PrefetchedSearch::start_mapped(
+                PagedSearch::new(
+                    session,
+                    &base.to_string(),
+                    Scope::Subtree,
+                    &profile.filter,
+                    profile.attributes.clone(),
+                    Vec::new(),
+                    self.settings.page_size,
+                    session.operation_timeout,
+                ),
+                move |raw| assemble(&on_task, raw),
+            );
+            while let Some(assembled) = search.next().await? {
+                let built = match assembled {
+                    Assembled::Object(built) => built,
+                    Assembled::Ranged(raw) => self.assemble_ranged(session, profile, raw).await?,
+                };
+                if let Some(obj) = built.map(|obj| self.noted(obj))
                     && self.in_scope(profile, &obj.entry.dn)
                 {
                     counts.emit(sink, SourceChange::Upsert(obj))?;
@@ -262,44 +270,45 @@ impl LdapSource {
         profile: &Profile,
         raw: RawEntry,
     ) -> Result<Option<SourceObject>, LdapError> {
-        let (dn_text, attrs) = raw;
-        let dn = match Dn::parse(&dn_text) {
-            Ok(dn) => dn,
-            Err(e) => {
-                tracing::warn!(dn = %dn_text, error = %e, "skipping an object whose DN cannot be parsed");
-                return Ok(None);
-            }
+        let built = match assemble(profile, raw) {
+            Assembled::Object(built) => built,
+            Assembled::Ranged(raw) => self.assemble_ranged(session, profile, raw).await?,
         };
-        // Values of one attribute may arrive in ranges (`member;range=0-1499`):
-        // the rest is fetched and all of it filed under the plain name.
-        let mut entry = Entry::new(dn);
+        Ok(built.map(|obj| self.noted(obj)))
+    }
+
+    /// Fetches the rest of the values that came in ranges
+    /// (`member;range=0-1499`) and files all of them under the plain name.
+    async fn assemble_ranged(
+        &self,
+        session: &Session,
+        profile: &Profile,
+        (dn_text, attrs): RawEntry,
+    ) -> Result<Option<SourceObject>, LdapError> {
+        let mut complete = Vec::with_capacity(attrs.len());
         for (name, values) in attrs {
-            let (name, values) = match ranged(&name) {
+            match ranged(&name) {
                 Some((base_name, Some(next_low))) => {
                     let mut all = values;
                     all.extend(fetch_range(session, &dn_text, base_name, next_low, None).await?);
-                    (base_name.to_string(), all)
+                    complete.push((base_name.to_string(), all));
                 }
-                Some((base_name, None)) => (base_name.to_string(), values),
-                None => (name, values),
-            };
-            let binary = directory::is_binary_attribute(&name);
-            let values = values.into_iter().map(|v| Value::from_bytes_as(binary, v)).collect();
-            entry.push_attribute(Attribute { name, values });
-        }
-        let kind = ObjectKind::of(&entry);
-        let id = match object_id(profile, &entry) {
-            Ok(id) => id,
-            Err(reason) => {
-                tracing::warn!(dn = %entry.dn, attribute = %profile.id_attribute, %reason, "skipping an object without a usable id");
-                return Ok(None);
+                _ => complete.push((name, values)),
             }
-        };
-        let anchor = source_anchor(profile, kind, &entry, &id);
-        if self.settings.anchor_write_back && kind == ObjectKind::User && profile.kind == ServerKind::ActiveDirectory {
-            self.note_empty_consistency_guid(&entry);
         }
-        Ok(Some(SourceObject { id, anchor, kind, entry }))
+        Ok(object_from(profile, (dn_text, complete)))
+    }
+
+    /// What the connector remembers of an object it made (for anchor
+    /// write-back); the object is handed on unchanged.
+    fn noted(&self, obj: SourceObject) -> SourceObject {
+        if self.settings.anchor_write_back
+            && obj.kind == ObjectKind::User
+            && self.profile.as_ref().is_some_and(|p| p.kind == ServerKind::ActiveDirectory)
+        {
+            self.note_empty_consistency_guid(&obj.entry);
+        }
+        obj
     }
 
     pub(crate) fn settings(&self) -> &LdapSettings {
@@ -560,6 +569,56 @@ impl Source for LdapSource {
     }
 }
 
+/// An entry made into an object (`None`: skipped, with a warning), or the
+/// entry itself when some attribute's values came in ranges still to fetch.
+pub(crate) enum Assembled {
+    Object(Option<SourceObject>),
+    Ranged(RawEntry),
+}
+
+/// Makes an entry into an object, unless values are still to be fetched:
+/// pure work, so a full import does it on the task that reads ahead.
+pub(crate) fn assemble(profile: &Profile, raw: RawEntry) -> Assembled {
+    if raw.1.iter().any(|(name, _)| matches!(ranged(name), Some((_, Some(_))))) {
+        return Assembled::Ranged(raw);
+    }
+    Assembled::Object(object_from(profile, raw))
+}
+
+/// An entry whose values are all there (a last range, `member;range=1500-*`,
+/// is filed under the plain name) as an object: the id, anchor and kind
+/// derived. `None` (with a warning) for a DN that does not parse or an object
+/// without a usable id — it cannot be tracked, and must not stop the rest.
+fn object_from(profile: &Profile, (dn_text, attrs): RawEntry) -> Option<SourceObject> {
+    let dn = match Dn::parse(&dn_text) {
+        Ok(dn) => dn,
+        Err(e) => {
+            tracing::warn!(dn = %dn_text, error = %e, "skipping an object whose DN cannot be parsed");
+            return None;
+        }
+    };
+    let mut entry = Entry::new(dn);
+    for (name, values) in attrs {
+        let name = match ranged(&name) {
+            Some((base_name, _)) => base_name.to_string(),
+            None => name,
+        };
+        let binary = directory::is_binary_attribute(&name);
+        let values = values.into_iter().map(|v| Value::from_bytes_as(binary, v)).collect();
+        entry.push_attribute(Attribute { name, values });
+    }
+    let kind = ObjectKind::of(&entry);
+    let id = match object_id(profile, &entry) {
+        Ok(id) => id,
+        Err(reason) => {
+            tracing::warn!(dn = %entry.dn, attribute = %profile.id_attribute, %reason, "skipping an object without a usable id");
+            return None;
+        }
+    };
+    let anchor = source_anchor(profile, kind, &entry, &id);
+    Some(SourceObject { id, anchor, kind, entry })
+}
+
 /// `member;range=0-1499` → ("member", Some(1500)); `member;range=1500-*` → ("member", None).
 pub(crate) fn ranged(name: &str) -> Option<(&str, Option<u64>)> {
     let (base, options) = name.split_once(';')?;
@@ -770,7 +829,57 @@ fn resolve_profile(settings: &LdapSettings, session: &Session) -> Result<Profile
 
 #[cfg(test)]
 mod tests {
-    use super::ranged;
+    use super::{Assembled, Profile, assemble, ranged};
+    use crate::ServerKind;
+
+    fn openldap() -> Profile {
+        Profile {
+            kind: ServerKind::OpenLdap,
+            id_attribute: "entryUUID".into(),
+            user_anchor_attributes: Vec::new(),
+            anchor_attribute: "entryUUID".into(),
+            bases: Vec::new(),
+            naming_context: None,
+            filter: "(objectClass=*)".into(),
+            attributes: Vec::new(),
+            scope_fingerprint: String::new(),
+        }
+    }
+
+    /// The read-ahead task makes whole entries into objects (a last range
+    /// filed under the plain name); an entry with ranges still to fetch
+    /// comes back untouched, and one that cannot be tracked is skipped.
+    #[test]
+    fn entries_are_assembled_unless_ranges_are_still_to_fetch() {
+        let uuid = b"0e8f3c1a-5b2d-4e6f-9a7b-1c2d3e4f5a6b".to_vec();
+        let entry = |member: &str| {
+            (
+                "cn=Grüne Gruppe,ou=Gruppen,dc=example,dc=org".to_string(),
+                vec![
+                    ("objectClass".to_string(), vec![b"groupOfNames".to_vec()]),
+                    ("entryUUID".to_string(), vec![uuid.clone()]),
+                    (member.to_string(), vec!["uid=zoë,dc=example,dc=org".as_bytes().to_vec()]),
+                ],
+            )
+        };
+        let Assembled::Object(Some(obj)) = assemble(&openldap(), entry("member;range=1500-*")) else {
+            panic!("a last range is whole")
+        };
+        assert_eq!(obj.entry.first_text("member"), Some("uid=zoë,dc=example,dc=org"));
+        assert_eq!(obj.entry.dn.to_string(), "cn=Grüne Gruppe,ou=Gruppen,dc=example,dc=org");
+        assert_eq!(obj.kind, directory::ObjectKind::Group);
+
+        let raw = entry("member;range=0-1499");
+        let Assembled::Ranged(back) = assemble(&openldap(), raw.clone()) else { panic!("ranges to fetch") };
+        assert_eq!(back, raw);
+
+        let mut no_id = entry("member");
+        no_id.1.retain(|(name, _)| name != "entryUUID");
+        assert!(matches!(assemble(&openldap(), no_id), Assembled::Object(None)));
+        let mut bad_dn = entry("member");
+        bad_dn.0 = "not a DN ✗".into();
+        assert!(matches!(assemble(&openldap(), bad_dn), Assembled::Object(None)));
+    }
 
     #[test]
     fn parses_range_options() {

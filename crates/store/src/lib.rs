@@ -217,13 +217,14 @@ struct Incoming<'a> {
 }
 
 /// What `cs_put` stores, made ahead (any thread): the packed entry unless
-/// the object is a large group (split when written), and its reference keys.
+/// the object is a large group (split when written), its reference keys and
+/// its DN's text.
 fn encode_cs(object: &sync::SourceObject) -> Result<sync::engine::EncodedCs, StoreError> {
     let entry = match member_chunks::split(&object.entry) {
         Some(_) => None,
         None => Some(pack::pack(&codec::entry_to_json(&object.entry))?),
     };
-    Ok(sync::engine::EncodedCs { entry, ref_keys: ref_keys(&object.entry) })
+    Ok(sync::engine::EncodedCs { entry, ref_keys: ref_keys(&object.entry), dn: object.entry.dn.to_string() })
 }
 
 /// [`incoming`], with the entry packed ahead by [`encode_cs`] when it was.

@@ -77,14 +77,15 @@ fn settings(slapd: &Slapd) -> LdapSettings {
     }
 }
 
-/// slapd with `count` users, the settings to read it with, and slapd shared
-/// so a source can stop it.
-fn users(count: usize) -> (Arc<Mutex<Slapd>>, LdapSettings) {
+/// slapd with `count` users (`uid=u00,ou=people,…`, each with the LDIF
+/// lines `extra` too), the settings to read it with, and slapd shared so a
+/// source can stop it.
+fn users(count: usize, extra: &str) -> (Arc<Mutex<Slapd>>, LdapSettings) {
     let slapd = Slapd::start(SlapdOptions::default()).unwrap();
     let mut ldif = String::new();
     for i in 0..count {
         ldif.push_str(&format!(
-            "dn: uid=u{i:02},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: u{i:02}\ncn: Zoë {i}\nsn: Ünal\n\n"
+            "dn: uid=u{i:02},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: u{i:02}\ncn: Zoë {i}\nsn: Ünal\n{extra}\n"
         ));
     }
     slapd.modify(&ldif).unwrap();
@@ -100,7 +101,7 @@ fn a_failed_import_is_rolled_back(store: &mut dyn StateStore, no_writer_left: im
     // More users than a full import reads ahead of the store (a few batches
     // of 256), so the import is still reading when slapd stops.
     const USERS: usize = 2_000;
-    let (slapd, settings) = users(USERS);
+    let (slapd, settings) = users(USERS, "");
     let options = CycleOptions { staging: true, config_hash: "test".into(), ..CycleOptions::default() };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut failing =
@@ -1240,4 +1241,89 @@ fn a_reader_upgrades_an_old_store_and_lets_the_lock_go() {
         rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, 13);
     drop(SqliteStore::open(&path).expect("a writer may start while the reader reads"));
+}
+
+/// Past its first 32 changes an import takes them on a helper thread (the
+/// SQLite store encodes there too), which holds what the import saw and the
+/// passwords it captured until it ends. A second full import, 25 users
+/// fewer, deletes exactly those 25 — none it saw —, and every user's
+/// password reaches the target once each cycle.
+#[test]
+fn an_import_taken_on_a_helper_thread_reconciles_exactly_and_keeps_every_password() {
+    const USERS: usize = 150;
+    const GONE: usize = 25;
+    let (slapd, settings) = users(USERS, "userPassword: {SSHA}ZDUc+whQc9BBDmET23paGvSG29ppZGJy\n");
+    let tmp = TempDir::new("helper-intake").unwrap();
+    let mut store = SqliteStore::open(&tmp.join("sync.db")).unwrap();
+    let mut target = MemoryTarget::new();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let options =
+        CycleOptions { full: true, password_sync: true, config_hash: "test".into(), ..CycleOptions::default() };
+    let run = |store: &mut SqliteStore, target: &mut MemoryTarget| {
+        let mut source = LdapSource::new(settings.clone()).unwrap();
+        let report =
+            rt.block_on(run_cycle("corp", Flavor::Ldap, &mut source, store, target, &options, &mut Quiet)).unwrap();
+        assert_eq!(report.error_count(), 0, "{report:?}");
+        report
+    };
+
+    let first = run(&mut store, &mut target);
+    assert_eq!((first.imported, first.deleted_on_premises, first.created), (USERS as u64, 0, USERS as u64));
+    assert_eq!(first.passwords_synced, USERS as u64, "{first:?}");
+    assert_eq!(target.passwords.len(), USERS);
+
+    let mut deletions = String::new();
+    for i in (0..USERS).step_by(USERS / GONE) {
+        deletions.push_str(&format!("dn: uid=u{i:02},ou=people,dc=example,dc=org\nchangetype: delete\n\n"));
+    }
+    slapd.lock().unwrap().modify(&deletions).unwrap();
+    target.passwords.clear();
+    let second = run(&mut store, &mut target);
+    assert_eq!(second.imported, (USERS - GONE) as u64, "{second:?}");
+    assert_eq!((second.deleted_on_premises, second.deleted), (GONE as u64, GONE as u64), "{second:?}");
+    assert_eq!(second.passwords_synced, (USERS - GONE) as u64, "{second:?}");
+    assert_eq!(target.passwords.len(), USERS - GONE);
+    assert_eq!(target.objects.len(), USERS - GONE);
+    assert_eq!(store.cs_count("corp").unwrap(), USERS - GONE);
+}
+
+/// A read snapshot (the export's reads of a batch) sees one state of the
+/// store however others write meanwhile, and leaves no transaction open:
+/// ended or dropped, a write transaction starts after it. Inside a write
+/// transaction it starts and ends nothing, so the write still commits.
+#[test]
+fn a_read_snapshot_sees_one_state_and_never_ends_a_write_transaction() {
+    use sync::engine::Reads;
+    let tmp = TempDir::new("reads").unwrap();
+    let mut store = SqliteStore::open(&tmp.join("sync.db")).unwrap();
+    // Another writer than the store (which allows one idbridge writer).
+    let other = rusqlite::Connection::open(tmp.join("sync.db")).unwrap();
+    let write = |store: &mut SqliteStore, value: &str| {
+        let mut tx = Transaction::begin(store).unwrap();
+        tx.set_watermark("lab", &Watermark(value.into())).unwrap();
+        tx.commit().unwrap();
+    };
+    let stored =
+        || -> String { other.query_row("SELECT watermark FROM sources WHERE name = 'lab'", [], |r| r.get(0)).unwrap() };
+    write(&mut store, "first");
+
+    let reads = Reads::begin(&store).unwrap();
+    assert_eq!(store.watermark("lab").unwrap(), Some(Watermark("first".into())));
+    other.execute("UPDATE sources SET watermark = 'second' WHERE name = 'lab'", []).unwrap();
+    assert_eq!(store.watermark("lab").unwrap(), Some(Watermark("first".into())), "one snapshot");
+    reads.end().unwrap();
+    assert_eq!(store.watermark("lab").unwrap(), Some(Watermark("second".into())));
+
+    {
+        let _dropped = Reads::begin(&store).unwrap();
+        assert_eq!(store.watermark("lab").unwrap(), Some(Watermark("second".into())));
+    }
+    write(&mut store, "third");
+
+    let mut tx = Transaction::begin(&mut store).unwrap();
+    tx.set_watermark("lab", &Watermark("fourth".into())).unwrap();
+    Reads::begin(&*tx).unwrap().end().unwrap();
+    drop(Reads::begin(&*tx).unwrap());
+    tx.commit().unwrap();
+    assert_eq!(stored(), "fourth");
 }

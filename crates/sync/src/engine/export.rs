@@ -6,7 +6,7 @@
 use directory::ObjectKind;
 use serde_json::Value as Json;
 
-use super::store::{MvAttrsRead, MvRecord, StoreError};
+use super::store::{MvAttrsRead, MvRecord, Reads, StoreError};
 use super::{
     CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportOp, Resource, SyncStore, Target, TargetError,
     Transaction, hash64,
@@ -97,7 +97,9 @@ where
                     record(&mut *store, batch, answers, pass, &mut waiting, report, observer)?;
                 }
             }
+            let reads = Reads::begin(&*store)?;
             let mut batch = prepare(&*store, &graph, nodes, level, options)?;
+            reads.end()?;
             // Moved, not copied: a plan keeps its action and desired state for the record.
             let ops: Vec<ExportOp> = batch.plans.iter_mut().filter_map(|p| p.op.take()).collect();
             let answers = target.apply(ops);
@@ -317,6 +319,7 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
     let considered: Vec<u32> =
         (0..graph.len()).filter(|&i| !graph.members_only(i)).filter_map(|i| u32::try_from(i).ok()).collect();
     let read = |indices: &[u32]| -> Result<Vec<(u32, MvAttrsRead, Option<Json>)>, StoreError> {
+        let reads = Reads::begin(store)?;
         let mut batch = Vec::with_capacity(indices.len());
         for &i in indices {
             let id = graph.id(i);
@@ -325,6 +328,7 @@ pub(super) fn contest_order<St: SyncStore + ?Sized>(
             let exported = if graph.has(i as usize, EXPORTED) { store.exported(id)?.map(|(_, r)| r) } else { None };
             batch.push((i, record, exported));
         }
+        reads.end()?;
         Ok(batch)
     };
     std::thread::scope(|threads| -> Result<(), StoreError> {

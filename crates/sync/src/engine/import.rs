@@ -27,23 +27,19 @@ pub(super) struct ImportWriter<'a, St: SyncStore + ?Sized> {
     observer: &'a mut (dyn CycleObserver + Send),
     store: &'a mut St,
     source: &'a str,
-    seen: HashSet<SourceId>,
     error: Option<StoreError>,
-    imported: u64,
-    deleted: u64,
-    /// Users' passwords, when the source has password hash sync on. In
-    /// memory for this cycle only.
-    /// Keyed by the object: a user seen twice in one import keeps the last.
-    /// With the order it was imported in: the password stage visits the
-    /// metaverse in that order, which is the order its rows were written in
-    /// (neighbours on disk rather than a random page per user).
-    passwords: Option<HashMap<SourceId, (u64, crate::phs::Captured)>>,
+    /// What the changes taken so far gave; on the helper thread while it
+    /// runs, and given back when it ends.
+    intake: Intake,
     /// The source hands passwords out only by replication: users whose
     /// `pwdLastSet` changed (all of them with `all_passwords`) are marked
     /// pending and read after the import.
     replicated_passwords: bool,
     all_passwords: bool,
-    /// Encodes objects for the store on a helper thread once the import is
+    /// Password hash sync is on (`intake.passwords` is kept), for the store's
+    /// thread while the helper holds the intake.
+    capture_passwords: bool,
+    /// Takes and encodes changes on a helper thread once the import is
     /// large enough to be worth it; `None` before that, or when the store
     /// encodes only as it writes.
     encoder: Option<Encoder>,
@@ -51,79 +47,27 @@ pub(super) struct ImportWriter<'a, St: SyncStore + ?Sized> {
     encode: Option<super::CsEncoder>,
 }
 
-/// A change accepted from the source, on its way to the store in the order
-/// it came.
-struct Queued {
-    change: SourceChange,
-    /// The source gave the user's password with the entry (taken out of it).
-    had_secret: bool,
-    /// That password is kept for this cycle's password stage.
-    captured: bool,
+/// What the import counts and keeps of the changes it takes. Nothing here
+/// touches the store, so the helper thread takes the changes while it runs.
+#[derive(Default)]
+struct Intake {
+    imported: u64,
+    /// Deleted on-premises, as the source reported.
+    deleted: u64,
+    /// The objects the source named, for reconciliation after a full import.
+    seen: HashSet<SourceId>,
+    /// Users' passwords, when the source has password hash sync on. In
+    /// memory for this cycle only.
+    /// Keyed by the object: a user seen twice in one import keeps the last.
+    /// With the order it was imported in: the password stage visits the
+    /// metaverse in that order, which is the order its rows were written in
+    /// (neighbours on disk rather than a random page per user).
+    passwords: Option<HashMap<SourceId, (u64, crate::phs::Captured)>>,
 }
 
-/// An encoded change back from the helper thread.
-type Encoded = (Queued, Option<Result<super::EncodedCs, StoreError>>);
-
-/// Imports with more changes than this encode on a helper thread.
-const ENCODE_AHEAD_FROM: u64 = 32;
-/// Changes accepted but not yet at the helper thread, at most.
-const ENCODE_QUEUE: usize = 256;
-
-/// The helper thread that encodes imported objects while the store's thread
-/// writes the ones before them.
-struct Encoder {
-    to: Option<std::sync::mpsc::SyncSender<Queued>>,
-    /// Unbounded, so the helper never waits for the writer (which may be
-    /// waiting to hand it more); holds at most what was sent.
-    from: std::sync::mpsc::Receiver<Encoded>,
-    in_flight: usize,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Encoder {
-    fn start(encode: super::CsEncoder) -> std::io::Result<Self> {
-        let (to, changes) = std::sync::mpsc::sync_channel::<Queued>(ENCODE_QUEUE);
-        let (encoded, from) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("import-encode".into()).spawn(move || {
-            for queued in changes {
-                let done = match &queued.change {
-                    SourceChange::Upsert(obj) => Some(encode(obj)),
-                    _ => None,
-                };
-                // The writer is gone (the import failed): nothing more to do.
-                if encoded.send((queued, done)).is_err() {
-                    break;
-                }
-            }
-        })?;
-        Ok(Self { to: Some(to), from, in_flight: 0, thread: Some(thread) })
-    }
-}
-
-impl Drop for Encoder {
-    fn drop(&mut self) {
-        // Its input closed, the helper ends after what it holds.
-        self.to.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
-    /// A replicated-password user whose password changed since the
-    /// connector space last saw it (or every one, on a full resync).
-    fn password_changed(&self, obj: &SourceObject) -> Result<bool, StoreError> {
-        let Some(now) = obj.entry.first_text("pwdLastSet") else { return Ok(false) };
-        if self.all_passwords {
-            return Ok(true);
-        }
-        let before = self.store.cs_get(self.source, &obj.id)?;
-        Ok(before.as_ref().and_then(|(o, _)| o.entry.first_text("pwdLastSet")) != Some(now))
-    }
-
+impl Intake {
     /// Counts the change and takes secrets out of it (capturing passwords
-    /// for this cycle): nothing here touches the store.
+    /// for this cycle).
     fn take(&mut self, change: SourceChange) -> Queued {
         let mut queued = Queued { change, had_secret: false, captured: false };
         match &mut queued.change {
@@ -155,18 +99,128 @@ impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
         }
         queued
     }
+}
 
-    /// Writes one change into the connector space, in the order accepted.
+/// A change taken from the source, on its way to the store in the order
+/// it came.
+struct Queued {
+    change: SourceChange,
+    /// The source gave the user's password with the entry (taken out of it).
+    had_secret: bool,
+    /// That password is kept for this cycle's password stage.
+    captured: bool,
+}
+
+/// An encoded change back from the helper thread.
+type Encoded = (Queued, Option<Result<super::EncodedCs, StoreError>>);
+
+/// Imports with more changes than this encode on a helper thread.
+const ENCODE_AHEAD_FROM: u64 = 32;
+/// Work sent but not yet at the helper thread, at most.
+const ENCODE_QUEUE: usize = 256;
+
+/// What the store's thread hands the helper.
+enum Work {
+    /// A change from the source, to take and encode.
+    Take(SourceChange),
+    /// An object written: freeing its many small allocations is work the
+    /// store's thread need not do.
+    Free(SourceObject),
+}
+
+/// The helper thread that takes and encodes imported objects while the
+/// store's thread writes the ones before them.
+struct Encoder {
+    to: Option<std::sync::mpsc::SyncSender<Work>>,
+    /// Unbounded, so the helper never waits for the writer (which may be
+    /// waiting to hand it more); holds at most what was sent.
+    from: std::sync::mpsc::Receiver<Encoded>,
+    in_flight: usize,
+    /// Gives the intake back when it ends.
+    thread: Option<std::thread::JoinHandle<Intake>>,
+}
+
+impl Encoder {
+    /// The helper, holding `intake` from now on; without a thread, `intake`
+    /// is given back.
+    fn start(encode: super::CsEncoder, intake: Intake) -> Result<Self, Intake> {
+        let (to, work) = std::sync::mpsc::sync_channel::<Work>(ENCODE_QUEUE);
+        let (encoded, from) = std::sync::mpsc::channel();
+        // Handed over once the thread runs: a thread that cannot start must
+        // not take the intake (the objects seen, the passwords) with it.
+        let (hand_over, handed) = std::sync::mpsc::channel::<Intake>();
+        let thread = std::thread::Builder::new().name("import-encode".into()).spawn(move || {
+            let Ok(mut intake) = handed.recv() else { return Intake::default() };
+            for item in work {
+                match item {
+                    Work::Take(change) => {
+                        let queued = intake.take(change);
+                        let done = match &queued.change {
+                            SourceChange::Upsert(obj) => Some(encode(obj)),
+                            _ => None,
+                        };
+                        // The writer is gone (the import failed): nothing more to do.
+                        if encoded.send((queued, done)).is_err() {
+                            break;
+                        }
+                    }
+                    Work::Free(obj) => drop(obj),
+                }
+            }
+            intake
+        });
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(_) => return Err(intake),
+        };
+        if let Err(std::sync::mpsc::SendError(intake)) = hand_over.send(intake) {
+            return Err(intake);
+        }
+        Ok(Self { to: Some(to), from, in_flight: 0, thread: Some(thread) })
+    }
+
+    /// Ends the helper after what it holds; the intake back, unless the
+    /// thread died.
+    fn finish(mut self) -> Option<Intake> {
+        self.to.take();
+        self.thread.take().and_then(|thread| thread.join().ok())
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        // Its input closed, the helper ends after what it holds.
+        self.to.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
+    /// A replicated-password user whose password changed since the
+    /// connector space last saw it (or every one, on a full resync).
+    fn password_changed(&self, obj: &SourceObject) -> Result<bool, StoreError> {
+        let Some(now) = obj.entry.first_text("pwdLastSet") else { return Ok(false) };
+        if self.all_passwords {
+            return Ok(true);
+        }
+        let before = self.store.cs_get(self.source, &obj.id)?;
+        Ok(before.as_ref().and_then(|(o, _)| o.entry.first_text("pwdLastSet")) != Some(now))
+    }
+
+    /// Writes one change into the connector space, in the order accepted;
+    /// gives back an object written, to be freed.
     fn write(
         &mut self,
         queued: Queued,
         encoded: Option<Result<super::EncodedCs, StoreError>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<SourceObject>, StoreError> {
         match queued.change {
             SourceChange::Upsert(obj) => {
                 if !queued.had_secret
                     && self.replicated_passwords
-                    && self.passwords.is_some()
+                    && self.capture_passwords
                     && obj.kind == directory::ObjectKind::User
                     && self.password_changed(&obj)?
                 {
@@ -178,12 +232,13 @@ impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
                     self.store.set_password_pending(self.source, &obj.id, true)?;
                 }
                 match encoded {
-                    Some(encoded) => self.store.cs_put_encoded(self.source, &obj, encoded?),
-                    None => self.store.cs_put(self.source, &obj),
+                    Some(encoded) => self.store.cs_put_encoded(self.source, &obj, encoded?)?,
+                    None => self.store.cs_put(self.source, &obj)?,
                 }
+                Ok(Some(obj))
             }
-            SourceChange::Present { .. } => Ok(()),
-            SourceChange::Delete { id, .. } => self.store.cs_delete(self.source, &id),
+            SourceChange::Present { .. } => Ok(None),
+            SourceChange::Delete { id, .. } => self.store.cs_delete(self.source, &id).map(|()| None),
         }
     }
 
@@ -200,38 +255,57 @@ impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
                 return if wait { Err(StoreError("the import's helper thread stopped".into())) } else { Ok(()) };
             };
             encoder.in_flight -= 1;
-            self.write(queued, encoded)?;
+            let written = self.write(queued, encoded)?;
+            if let (Some(obj), Some(Encoder { to: Some(to), .. })) = (written, &self.encoder) {
+                // A helper that is gone frees nothing: the object is freed here.
+                let _ = to.send(Work::Free(obj));
+            }
         }
     }
 
     /// Everything accepted so far is in the store (or the first error is
-    /// kept in `self.error`).
+    /// kept in `self.error`), and the helper, if any, has ended and given
+    /// the intake back.
     fn flush(&mut self) {
         if self.error.is_none()
             && let Err(e) = self.drain(true)
         {
             self.error = Some(e);
         }
+        if let Some(encoder) = self.encoder.take() {
+            match encoder.finish() {
+                Some(intake) => self.intake = intake,
+                None => {
+                    self.error.get_or_insert_with(|| StoreError("the import's helper thread stopped".into()));
+                }
+            }
+        }
     }
 
-    fn accept_queued(&mut self, queued: Queued) -> Result<(), StoreError> {
+    fn accept_change(&mut self, change: SourceChange) -> Result<(), StoreError> {
         if self.encoder.is_none()
-            && self.imported >= ENCODE_AHEAD_FROM
+            && self.intake.imported >= ENCODE_AHEAD_FROM
             && let Some(encode) = self.encode.take()
         {
-            // Without a thread the import goes on writing on this one.
-            self.encoder = Encoder::start(encode).ok();
+            match Encoder::start(encode, std::mem::take(&mut self.intake)) {
+                Ok(encoder) => self.encoder = Some(encoder),
+                // Without a thread the import goes on taking and writing on this one.
+                Err(intake) => self.intake = intake,
+            }
         }
         match &mut self.encoder {
             Some(encoder) => {
-                let sent = encoder.to.as_ref().map(|to| to.send(queued));
+                let sent = encoder.to.as_ref().map(|to| to.send(Work::Take(change)));
                 if !matches!(sent, Some(Ok(()))) {
                     return Err(StoreError("the import's helper thread stopped".into()));
                 }
                 encoder.in_flight += 1;
                 self.drain(false)
             }
-            None => self.write(queued, None),
+            None => {
+                let queued = self.intake.take(change);
+                self.write(queued, None).map(drop)
+            }
         }
     }
 }
@@ -242,8 +316,7 @@ impl<St: SyncStore + ?Sized> ImportSink for ImportWriter<'_, St> {
         if let Some(e) = &self.error {
             return Err(SinkError(e.to_string()));
         }
-        let queued = self.take(change);
-        self.accept_queued(queued).map_err(|e| {
+        self.accept_change(change).map_err(|e| {
             let text = e.to_string();
             self.error = Some(e);
             SinkError(text)
@@ -271,17 +344,16 @@ where
     let previous = tx.watermark(source_name)?;
     let watermark = if full { None } else { previous.clone() };
     observer.stage("import", None);
+    let capture_passwords = options.password_sync && !options.staging;
     let mut writer = ImportWriter {
         observer: &mut *observer,
         store: &mut *tx,
         source: source_name,
-        seen: HashSet::new(),
         error: None,
-        imported: 0,
-        deleted: 0,
-        passwords: (options.password_sync && !options.staging).then(HashMap::new),
+        intake: Intake { passwords: capture_passwords.then(HashMap::new), ..Intake::default() },
         replicated_passwords: source.replicates_secrets(),
         all_passwords: options.full,
+        capture_passwords,
         encoder: None,
         encode: store_encoder,
     };
@@ -293,11 +365,11 @@ where
     writer.flush();
     // Passwords read earlier but never confirmed by the tenant (a crash, an
     // unreachable tenant): read those users again.
-    if result.is_ok() && writer.error.is_none() && writer.passwords.is_some() {
+    if result.is_ok() && writer.error.is_none() && writer.intake.passwords.is_some() {
         let mut again = Vec::new();
         let mut must_change = HashMap::new();
         for id in writer.store.passwords_pending(source_name)? {
-            if writer.passwords.as_ref().is_some_and(|captured| captured.contains_key(&id)) {
+            if writer.intake.passwords.as_ref().is_some_and(|captured| captured.contains_key(&id)) {
                 continue;
             }
             match writer.store.cs_get(source_name, &id)? {
@@ -314,8 +386,8 @@ where
             match source.read_secrets(&again, population).await {
                 Ok(found) => {
                     let asked: HashSet<&SourceId> = again.iter().map(|(id, _)| id).collect();
-                    let list = writer.passwords.get_or_insert_with(HashMap::new);
-                    let after = writer.imported;
+                    let list = writer.intake.passwords.get_or_insert_with(HashMap::new);
+                    let after = writer.intake.imported;
                     for (id, found) in found {
                         if !asked.contains(&id) {
                             continue;
@@ -347,8 +419,9 @@ where
             writer.flush();
         }
     }
-    let (seen, imported, deleted) = (std::mem::take(&mut writer.seen), writer.imported, writer.deleted);
-    let mut passwords: Vec<_> = writer.passwords.take().map(|m| m.into_values().collect()).unwrap_or_default();
+    let (seen, imported, deleted) =
+        (std::mem::take(&mut writer.intake.seen), writer.intake.imported, writer.intake.deleted);
+    let mut passwords: Vec<_> = writer.intake.passwords.take().map(|m| m.into_values().collect()).unwrap_or_default();
     passwords.sort_unstable_by_key(|(order, _)| *order);
     let passwords = passwords.into_iter().map(|(_, captured)| captured).collect();
     if let Some(e) = writer.error.take() {

@@ -24,8 +24,8 @@ use directory::{Dn, ObjectKind};
 pub use export::{PendingExport, pending_exports};
 pub use store::{
     ConnectorSpace, CsEncoder, CsRead, DirtyObject, EncodedCs, EncodedExported, EncodedMv, ExportLog, ExportedEncoder,
-    JoinContribution, JoinedRefs, MemberChanges, Metaverse, MvAttrsRead, MvEncoder, MvRecord, Projected, StoreError,
-    SyncStore, Transaction, Transactional,
+    JoinContribution, JoinedRefs, MemberChanges, Metaverse, MvAttrsRead, MvEncoder, MvRecord, Projected, Reads,
+    StoreError, SyncStore, Transaction, Transactional,
 };
 pub use target::{Answers, ExportOp, Resource, Target, TargetError};
 

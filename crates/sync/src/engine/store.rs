@@ -70,6 +70,45 @@ impl<St: Transactional + ?Sized> Drop for Transaction<'_, St> {
     }
 }
 
+/// Reads that see one snapshot of a store and take its read lock once
+/// ([`Transactional::begin_reads`]) rather than once per statement; ended
+/// by [`Reads::end`], or when dropped. Only reads go through it (it holds
+/// the store shared), so ending it loses nothing.
+pub struct Reads<'a, St: Transactional + ?Sized> {
+    store: &'a St,
+    started: bool,
+}
+
+impl<'a, St: Transactional + ?Sized> Reads<'a, St> {
+    pub fn begin(store: &'a St) -> Result<Self, StoreError> {
+        let started = store.begin_reads()?;
+        Ok(Reads { store, started })
+    }
+
+    pub fn end(mut self) -> Result<(), StoreError> {
+        if !std::mem::take(&mut self.started) {
+            return Ok(());
+        }
+        self.store.end_reads()
+    }
+}
+
+impl<St: Transactional + ?Sized> std::fmt::Debug for Reads<'_, St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reads").field("started", &self.started).finish_non_exhaustive()
+    }
+}
+
+impl<St: Transactional + ?Sized> Drop for Reads<'_, St> {
+    fn drop(&mut self) {
+        if self.started
+            && let Err(e) = self.store.end_reads()
+        {
+            tracing::warn!(error = %e, "sync store: ending a read snapshot failed");
+        }
+    }
+}
+
 /// A connector-space object as read by [`ConnectorSpace::cs_read`]: its
 /// entry is decoded by [`CsRead::decode`], on whichever thread calls it.
 pub struct CsRead {
@@ -171,6 +210,8 @@ pub struct EncodedCs {
     pub entry: Option<Vec<u8>>,
     /// The store's keys of the DNs the object refers to.
     pub ref_keys: std::collections::BTreeSet<i64>,
+    /// The object's DN as the text the store keeps.
+    pub dn: String,
 }
 
 /// Encodes a projection's attributes the way its store keeps them (see
@@ -270,6 +311,19 @@ pub trait Transactional {
     /// Undoes everything since `begin`; a no-op when no transaction is open
     /// (the database may have rolled back by itself after an IO error).
     fn rollback(&mut self) -> Result<(), StoreError>;
+    /// Starts a snapshot for the reads that follow, until
+    /// [`Transactional::end_reads`]: a store whose every statement would
+    /// otherwise take and release a read lock takes it once. `false` when
+    /// nothing was started (a transaction is open, or the store has no such
+    /// cost).
+    fn begin_reads(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// Ends what [`Transactional::begin_reads`] started (called only when
+    /// it returned `true`).
+    fn end_reads(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Per source: its import position, what the last full sync ran with, its
