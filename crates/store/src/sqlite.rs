@@ -270,14 +270,34 @@ const MV_ID_LEN: u32 = 22;
 /// about four times per object (the row, its key index, `exported`, a
 /// manager or member), so this is ~40 bytes per object. Ids made before
 /// (32 hex digits) stay valid: an id is only ever compared whole.
+///
+/// The 80 bits need to be unique, not secret (the id stays in the sync
+/// store; the tenant knows objects by their anchor): they come from a
+/// sequence per thread that starts at a random point and adds an odd
+/// constant, which repeats only after 2^80 ids, rather than from a system
+/// call per id (2 % of the sync stage's thread).
 fn new_mv_id() -> Result<String, StoreError> {
-    use rand_core::RngCore;
+    const LOW_80: u128 = (1 << 80) - 1;
+    /// Odd, so the sequence visits all 2^80 values before it repeats.
+    const STEP: u128 = 0x9e37_79b9_7f4a_7c15_f39d;
+    thread_local! {
+        static SEQUENCE: std::cell::Cell<Option<u128>> = const { std::cell::Cell::new(None) };
+    }
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() & 0xffff_ffff_ffff);
-    let mut random = [0u8; 16];
-    rand_core::OsRng.try_fill_bytes(&mut random[6..]).map_err(|e| StoreError(format!("random metaverse id: {e}")))?;
-    let number = (millis << 80) | u128::from_be_bytes(random);
+    let previous = match SEQUENCE.get() {
+        Some(previous) => previous,
+        None => {
+            use rand_core::RngCore;
+            let mut seed = [0u8; 16];
+            rand_core::OsRng.try_fill_bytes(&mut seed).map_err(|e| StoreError(format!("random metaverse id: {e}")))?;
+            u128::from_be_bytes(seed)
+        }
+    };
+    let random = previous.wrapping_add(STEP) & LOW_80;
+    SEQUENCE.set(Some(random));
+    let number = (millis << 80) | random;
     Ok((0..MV_ID_LEN)
         .rev()
         .map(|digit| {
@@ -1898,6 +1918,17 @@ mod tests {
         }
         let unique: std::collections::BTreeSet<&String> = first.iter().collect();
         assert_eq!(unique.len(), first.len());
+        // Each thread has a sequence of its own, from its own random start.
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..1000).filter_map(|_| super::new_mv_id().ok()).collect::<Vec<_>>()))
+            .collect();
+        let mut all: std::collections::BTreeSet<String> = first.iter().cloned().collect();
+        for thread in threads {
+            let ids = thread.join().unwrap_or_default();
+            assert_eq!(ids.len(), 1000);
+            all.extend(ids);
+        }
+        assert_eq!(all.len(), 5000, "ids made on several threads at once are unique");
         assert!(first.iter().all(|id| id < &later), "{later} sorts before an earlier id");
         let mut digits = super::MV_ID_DIGITS.to_vec();
         digits.sort_unstable();

@@ -123,10 +123,14 @@ const ENCODE_QUEUE: usize = 256;
 enum Work {
     /// A change from the source, to take and encode.
     Take(SourceChange),
-    /// An object written: freeing its many small allocations is work the
+    /// Objects written: freeing their many small allocations is work the
     /// store's thread need not do.
-    Free(SourceObject),
+    Free(Vec<SourceObject>),
 }
+
+/// Written objects handed to the helper to free at a time (a message, and
+/// perhaps a wake-up, each).
+const FREE_BATCH: usize = 64;
 
 /// The helper thread that takes and encodes imported objects while the
 /// store's thread writes the ones before them.
@@ -136,6 +140,8 @@ struct Encoder {
     /// waiting to hand it more); holds at most what was sent.
     from: std::sync::mpsc::Receiver<Encoded>,
     in_flight: usize,
+    /// Written objects not yet handed over to be freed.
+    spent: Vec<SourceObject>,
     /// Gives the intake back when it ends.
     thread: Option<std::thread::JoinHandle<Intake>>,
 }
@@ -164,7 +170,7 @@ impl Encoder {
                             break;
                         }
                     }
-                    Work::Free(obj) => drop(obj),
+                    Work::Free(objects) => drop(objects),
                 }
             }
             intake
@@ -176,7 +182,7 @@ impl Encoder {
         if let Err(std::sync::mpsc::SendError(intake)) = hand_over.send(intake) {
             return Err(intake);
         }
-        Ok(Self { to: Some(to), from, in_flight: 0, thread: Some(thread) })
+        Ok(Self { to: Some(to), from, in_flight: 0, spent: Vec::new(), thread: Some(thread) })
     }
 
     /// Ends the helper after what it holds; the intake back, unless the
@@ -256,9 +262,14 @@ impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
             };
             encoder.in_flight -= 1;
             let written = self.write(queued, encoded)?;
-            if let (Some(obj), Some(Encoder { to: Some(to), .. })) = (written, &self.encoder) {
-                // A helper that is gone frees nothing: the object is freed here.
-                let _ = to.send(Work::Free(obj));
+            if let (Some(obj), Some(encoder)) = (written, &mut self.encoder) {
+                encoder.spent.push(obj);
+                if encoder.spent.len() >= FREE_BATCH
+                    && let Some(to) = &encoder.to
+                {
+                    // A helper that is gone frees nothing: the objects are freed here.
+                    let _ = to.send(Work::Free(std::mem::take(&mut encoder.spent)));
+                }
             }
         }
     }
