@@ -198,11 +198,7 @@ impl LdapSource {
                 move |raw| assemble(&on_task, raw),
             );
             while let Some(assembled) = search.next().await? {
-                let built = match assembled {
-                    Assembled::Object(built) => built,
-                    Assembled::Ranged(raw) => self.assemble_ranged(session, profile, raw).await?,
-                };
-                if let Some(obj) = built.map(|obj| self.noted(obj))
+                if let Some(obj) = self.finish_object(session, profile, assembled).await?
                     && self.in_scope(profile, &obj.entry.dn)
                 {
                     counts.emit(sink, SourceChange::Upsert(obj))?;
@@ -270,7 +266,18 @@ impl LdapSource {
         profile: &Profile,
         raw: RawEntry,
     ) -> Result<Option<SourceObject>, LdapError> {
-        let built = match assemble(profile, raw) {
+        self.finish_object(session, profile, assemble(profile, raw)).await
+    }
+
+    /// An assembled entry as the object the import hands on: its ranges
+    /// fetched if it still had some, and noted for anchor write-back.
+    async fn finish_object(
+        &self,
+        session: &Session,
+        profile: &Profile,
+        assembled: Assembled,
+    ) -> Result<Option<SourceObject>, LdapError> {
+        let built = match assembled {
             Assembled::Object(built) => built,
             Assembled::Ranged(raw) => self.assemble_ranged(session, profile, raw).await?,
         };

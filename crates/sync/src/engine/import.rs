@@ -119,6 +119,11 @@ const ENCODE_AHEAD_FROM: u64 = 32;
 /// Work sent but not yet at the helper thread, at most.
 const ENCODE_QUEUE: usize = 256;
 
+/// The error when the helper thread ended before its work did.
+fn helper_stopped() -> StoreError {
+    StoreError("the import's helper thread stopped".into())
+}
+
 /// What the store's thread hands the helper.
 enum Work {
     /// A change from the source, to take and encode.
@@ -258,7 +263,7 @@ impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
             }
             let next = if wait { encoder.from.recv().ok() } else { encoder.from.try_recv().ok() };
             let Some((queued, encoded)) = next else {
-                return if wait { Err(StoreError("the import's helper thread stopped".into())) } else { Ok(()) };
+                return if wait { Err(helper_stopped()) } else { Ok(()) };
             };
             encoder.in_flight -= 1;
             let written = self.write(queued, encoded)?;
@@ -287,7 +292,7 @@ impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
             match encoder.finish() {
                 Some(intake) => self.intake = intake,
                 None => {
-                    self.error.get_or_insert_with(|| StoreError("the import's helper thread stopped".into()));
+                    self.error.get_or_insert_with(helper_stopped);
                 }
             }
         }
@@ -308,7 +313,7 @@ impl<St: SyncStore + ?Sized> ImportWriter<'_, St> {
             Some(encoder) => {
                 let sent = encoder.to.as_ref().map(|to| to.send(Work::Take(change)));
                 if !matches!(sent, Some(Ok(()))) {
-                    return Err(StoreError("the import's helper thread stopped".into()));
+                    return Err(helper_stopped());
                 }
                 encoder.in_flight += 1;
                 self.drain(false)
