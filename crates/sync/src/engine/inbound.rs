@@ -56,7 +56,7 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
     // projection on the store's thread (apply-once flows, joins).
     let encode_mv = tx.mv_encoder().filter(|_| apply_once.is_empty() && options.join.is_none());
     let step = Step { source: source_name, flavor, options, scope: scope.as_ref(), apply_once: &apply_once, encode_mv };
-    let mut waiting = if full && options.join.is_none() { Waiting::kept_in_memory() } else { Waiting::Store };
+    let mut refs = References::for_stage(full && options.join.is_none());
     // Decoding and projecting are pure: a helper thread does them for the
     // next batches while this one writes the current batch's results in the
     // order the objects were imported. Small syncs (a daemon's delta) stay
@@ -96,7 +96,7 @@ pub(super) fn sync_inbound<St: SyncStore + ?Sized>(
                 written += 1;
                 let mut written_objects = Vec::with_capacity(ready.len());
                 for item in ready {
-                    written_objects.extend(step.write(&mut *tx, item, &mut waiting, &mut done, observer)?);
+                    written_objects.extend(step.write(&mut *tx, item, &mut refs, &mut done, observer)?);
                 }
                 // Freeing a batch's entries and projections is a tenth of
                 // the store thread's work: the helper does it when it can.
@@ -201,7 +201,7 @@ impl Step<'_> {
         &self,
         tx: &mut St,
         item: Ready,
-        waiting: &mut Waiting,
+        refs: &mut References,
         done: &mut Synced,
         observer: &mut (dyn CycleObserver + Send),
     ) -> Result<Option<Box<Decoded>>, StoreError> {
@@ -221,7 +221,7 @@ impl Step<'_> {
             Ready::Object(id, decoded) => (id, decoded?),
         };
         let Some(mut decoded) = decoded else { return Ok(None) };
-        self.write_decoded(tx, &id, &mut decoded, waiting, done, observer)?;
+        self.write_decoded(tx, &id, &mut decoded, refs, done, observer)?;
         // Given back, to be freed off the store's thread.
         Ok(Some(decoded))
     }
@@ -231,7 +231,7 @@ impl Step<'_> {
         tx: &mut St,
         id: &SourceId,
         decoded: &mut Decoded,
-        waiting: &mut Waiting,
+        refs: &mut References,
         done: &mut Synced,
         observer: &mut (dyn CycleObserver + Send),
     ) -> Result<(), StoreError> {
@@ -265,7 +265,7 @@ impl Step<'_> {
                         tx.join_put(source_name, id, &mv, &contribution)?;
                         if newly && (join.references.manager || join.references.members) {
                             // Objects of this source that point at this one can now resolve it.
-                            waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, id)?;
+                            refs.waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, id)?;
                         }
                         done.synced += 1;
                         tx.cs_done(source_name, id)?;
@@ -280,31 +280,25 @@ impl Step<'_> {
                         return Ok(());
                     }
                 }
-                let manager = match &projection.manager {
-                    Some(dn) => tx.mv_for_dn(source_name, dn)?,
-                    None => None,
+                let (manager, members) = refs.resolve(&*tx, source_name, id, &projection)?;
+                let (projected, dn_norm) = match encoded {
+                    Some(encoded) => {
+                        let encoded = encoded?;
+                        let dn_norm = refs.projected.is_some().then(|| encoded.dn_norm.clone());
+                        (tx.mv_project_encoded(source_name, id, &projection, manager, members, encoded)?, dn_norm)
+                    }
+                    None => {
+                        let dn_norm = refs.projected.is_some().then(|| projection.source_dn_normalized());
+                        (tx.mv_project(source_name, id, &projection, manager, members)?, dn_norm)
+                    }
                 };
-                let members = tx.mv_for_dns(source_name, &projection.members)?;
-                if waiting.in_memory() {
-                    let mut unresolved: Vec<&Dn> = Vec::new();
-                    if let (Some(dn), None) = (&projection.manager, &manager) {
-                        unresolved.push(dn);
-                    }
-                    // One resolved id per DN that resolves, duplicates included.
-                    if members.len() < projection.members.len() {
-                        let missing = tx.mv_unresolved(source_name, &projection.members)?;
-                        unresolved.extend(missing.into_iter().filter_map(|i| projection.members.get(i)));
-                    }
-                    waiting.record(id, &unresolved);
+                if let (Some(kept), Some(dn_norm)) = (&mut refs.projected, dn_norm) {
+                    kept.record(&dn_norm, &projected.id);
                 }
-                let projected = match encoded {
-                    Some(encoded) => tx.mv_project_encoded(source_name, id, &projection, manager, members, encoded?)?,
-                    None => tx.mv_project(source_name, id, &projection, manager, members)?,
-                };
                 done.synced += 1;
                 if projected.newly_resolvable {
                     // Objects that pointed at this one before it existed now can resolve it.
-                    waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, id)?;
+                    refs.waiting.resolvable(&mut *tx, source_name, &obj.entry.dn, id)?;
                 }
                 decoded.projection = Some(projection);
             }
@@ -313,12 +307,178 @@ impl Step<'_> {
                 tracing::debug!(dn = %obj.entry.dn, reason, "not synchronised");
                 tx.join_remove(source_name, id)?;
                 tx.mv_disconnect(source_name, id)?;
+                if let Some(kept) = &mut refs.projected {
+                    kept.forget(&obj.entry.dn.normalized());
+                }
                 done.out_of_scope += 1;
             }
         }
         tx.cs_done(source_name, id)?;
         observer.advance(1);
         Ok(())
+    }
+}
+
+/// What the stage keeps about references while it writes: who waits for
+/// a DN, and which DNs it projected.
+struct References {
+    waiting: Waiting,
+    /// Kept in a full sync without joins, where every object is projected
+    /// in the stage (`None` otherwise: the store resolves everything).
+    projected: Option<ProjectedDns>,
+}
+
+impl References {
+    fn for_stage(full_without_joins: bool) -> Self {
+        if full_without_joins {
+            Self { waiting: Waiting::kept_in_memory(), projected: Some(ProjectedDns::default()) }
+        } else {
+            Self { waiting: Waiting::Store, projected: None }
+        }
+    }
+
+    /// The metaverse ids of a projection's manager and members: one per
+    /// member DN that resolves (a DN that two objects projected in this stage
+    /// share gives both, as the store does). What does not resolve is
+    /// recorded as waiting.
+    fn resolve<St: SyncStore + ?Sized>(
+        &mut self,
+        tx: &St,
+        source: &str,
+        id: &SourceId,
+        projection: &Projection,
+    ) -> Result<(Option<String>, Vec<String>), StoreError> {
+        let kept = self.projected.as_ref();
+        let manager = match &projection.manager {
+            Some(dn) => match kept.and_then(|k| k.get(&dn.normalized())) {
+                Some(mv) => Some(mv.to_owned()),
+                None => tx.mv_for_dn(source, dn)?,
+            },
+            None => None,
+        };
+        let dns = &projection.members;
+        let mut members = Vec::with_capacity(dns.len());
+        // Positions in `dns` of the members the store is asked about.
+        let mut asked = Vec::new();
+        for (i, dn) in dns.iter().enumerate() {
+            match kept.and_then(|k| k.get(&dn.normalized())) {
+                Some(mv) => members.push(mv.to_owned()),
+                None => asked.push(i),
+            }
+        }
+        let mut unresolved: Vec<&Dn> = Vec::new();
+        if let (Some(dn), None) = (&projection.manager, &manager) {
+            unresolved.push(dn);
+        }
+        if !asked.is_empty() {
+            // Usually all or none: all in a first pass that meets a group
+            // before its members, none once they are projected.
+            let copies: Vec<Dn>;
+            let asked_dns = if asked.len() == dns.len() {
+                dns.as_slice()
+            } else {
+                copies = asked.iter().filter_map(|&i| dns.get(i).cloned()).collect();
+                copies.as_slice()
+            };
+            let found = tx.mv_for_dns(source, asked_dns)?;
+            let short = found.len() < asked_dns.len();
+            members.extend(found);
+            // One resolved id per DN that resolves, duplicates included.
+            if short && self.waiting.in_memory() {
+                let missing = tx.mv_unresolved(source, asked_dns)?;
+                unresolved.extend(missing.into_iter().filter_map(|i| asked.get(i)).filter_map(|&i| dns.get(i)));
+            }
+        }
+        self.waiting.record(id, &unresolved);
+        Ok((manager, members))
+    }
+}
+
+/// The metaverse ids of the DNs projected in this stage (a full sync).
+///
+/// Resolving a DN in the store reads the metaverse row it finds, since the
+/// DN index holds a key of the DN and the DN is then compared: at a million
+/// users that is a random page read per member, most of the stage's time.
+/// References to objects projected earlier in the stage resolve here
+/// instead. Only what is certain is kept: a DN projected by two objects, a
+/// key two DNs share, or a DN past the limit is asked of the store, which is
+/// always right. Within one full sync an object projected is not
+/// disconnected later (its outcome depends only on its stored entry, which
+/// the stage does not change); `forget` covers it anyway.
+#[derive(Default)]
+struct ProjectedDns {
+    keys: std::hash::RandomState,
+    /// Key of a normalised DN → its entry, or `SHARED`.
+    by_key: HashMap<u64, u32>,
+    /// The normalised DNs one after another (entry i's ends at `ends[i].0`)
+    /// and their metaverse ids (entry i's ends at `ends[i].1`): one
+    /// allocation each instead of two per entry.
+    dns: String,
+    ids: String,
+    ends: Vec<(usize, usize)>,
+}
+
+/// A key whose DNs the store resolves.
+const SHARED: u32 = u32::MAX;
+/// DNs kept at most (about 90 bytes each); past this the store resolves
+/// the rest. In unit tests the large stage's test crosses it.
+const PROJECTED_IN_MEMORY: usize = if cfg!(test) { 300 } else { 4_000_000 };
+
+impl ProjectedDns {
+    fn key(&self, dn_norm: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, dn_norm)
+    }
+
+    /// Entry `i`'s DN and metaverse id.
+    fn entry(&self, i: usize) -> Option<(&str, &str)> {
+        let (dn_start, id_start) = match i.checked_sub(1) {
+            Some(before) => *self.ends.get(before)?,
+            None => (0, 0),
+        };
+        let (dn_end, id_end) = *self.ends.get(i)?;
+        Some((self.dns.get(dn_start..dn_end)?, self.ids.get(id_start..id_end)?))
+    }
+
+    /// The metaverse id projected with `dn_norm` in this stage, if certain.
+    fn get(&self, dn_norm: &str) -> Option<&str> {
+        let i = *self.by_key.get(&self.key(dn_norm))?;
+        let (dn, mv) = self.entry(i as usize)?;
+        (dn == dn_norm).then_some(mv)
+    }
+
+    /// `mv` was projected with `dn_norm`.
+    fn record(&mut self, dn_norm: &str, mv: &str) {
+        if dn_norm.is_empty() {
+            return;
+        }
+        let key = self.key(dn_norm);
+        match self.by_key.get(&key).copied() {
+            Some(SHARED) => {}
+            // The same object again (a later pass), or a second DN or object for the key.
+            Some(i) => {
+                if self.entry(i as usize) != Some((dn_norm, mv)) {
+                    self.by_key.insert(key, SHARED);
+                }
+            }
+            None => {
+                let Some(i) = u32::try_from(self.ends.len()).ok().filter(|&i| (i as usize) < PROJECTED_IN_MEMORY)
+                else {
+                    return;
+                };
+                self.dns.push_str(dn_norm);
+                self.ids.push_str(mv);
+                self.ends.push((self.dns.len(), self.ids.len()));
+                self.by_key.insert(key, i);
+            }
+        }
+    }
+
+    /// The object projected with `dn_norm` is no longer: the store resolves it.
+    fn forget(&mut self, dn_norm: &str) {
+        let key = self.key(dn_norm);
+        if let Some(entry) = self.by_key.get_mut(&key) {
+            *entry = SHARED;
+        }
     }
 }
 
@@ -592,4 +752,63 @@ fn keep_applied_once<St: SyncStore + ?Sized>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod projected_dns_tests {
+    use super::{PROJECTED_IN_MEMORY, ProjectedDns};
+
+    #[test]
+    fn only_what_is_certain_is_kept() {
+        let mut kept = ProjectedDns::default();
+        kept.record("uid=änne,dc=example,dc=org", "mv-1");
+        kept.record("uid=bob,dc=example,dc=org", "mv-2");
+        assert_eq!(kept.get("uid=änne,dc=example,dc=org"), Some("mv-1"));
+        assert_eq!(kept.get("uid=bob,dc=example,dc=org"), Some("mv-2"));
+        assert_eq!(kept.get("uid=anne,dc=example,dc=org"), None, "never projected");
+        assert_eq!(kept.get(""), None);
+
+        // The same object again (a later pass) keeps it.
+        kept.record("uid=bob,dc=example,dc=org", "mv-2");
+        assert_eq!(kept.get("uid=bob,dc=example,dc=org"), Some("mv-2"));
+        // A second object with the DN: the store answers (it knows both).
+        kept.record("uid=bob,dc=example,dc=org", "mv-3");
+        assert_eq!(kept.get("uid=bob,dc=example,dc=org"), None);
+        kept.record("uid=bob,dc=example,dc=org", "mv-2");
+        assert_eq!(kept.get("uid=bob,dc=example,dc=org"), None, "a shared DN stays with the store");
+
+        kept.forget("uid=änne,dc=example,dc=org");
+        assert_eq!(kept.get("uid=änne,dc=example,dc=org"), None);
+        kept.record("", "mv-4");
+        assert_eq!(kept.get(""), None, "an object without a DN is not kept");
+    }
+
+    #[test]
+    fn a_key_two_dns_share_is_left_to_the_store() {
+        // Two DNs of one key cannot be looked for (the keys are seeded per
+        // instance): "uid=b"'s key is pointed at "uid=a"'s entry, as a
+        // collision would.
+        let mut kept = ProjectedDns::default();
+        kept.record("uid=a,dc=example,dc=org", "mv-a");
+        let key = kept.key("uid=b,dc=example,dc=org");
+        let a = *kept.by_key.get(&kept.key("uid=a,dc=example,dc=org")).unwrap();
+        // Never "uid=a"'s id for "uid=b": the DN is compared.
+        kept.by_key.insert(key, a);
+        assert_eq!(kept.get("uid=b,dc=example,dc=org"), None);
+        // Recording "uid=b" under that key marks it shared: the store answers both.
+        kept.record("uid=b,dc=example,dc=org", "mv-b");
+        assert_eq!(kept.get("uid=b,dc=example,dc=org"), None);
+    }
+
+    #[test]
+    fn past_the_limit_the_store_answers() {
+        let mut kept = ProjectedDns::default();
+        for i in 0..=PROJECTED_IN_MEMORY {
+            kept.record(&format!("uid=u{i},dc=example,dc=org"), &format!("mv-{i}"));
+        }
+        assert_eq!(kept.get("uid=u0,dc=example,dc=org"), Some("mv-0"));
+        let last = format!("uid=u{PROJECTED_IN_MEMORY},dc=example,dc=org");
+        assert_eq!(kept.get(&last), None);
+        assert_eq!(kept.ends.len(), PROJECTED_IN_MEMORY);
+    }
 }

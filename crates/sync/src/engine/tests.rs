@@ -472,6 +472,81 @@ fn a_large_sync_stage_resolves_forward_references_with_its_helper_thread() {
 }
 
 #[test]
+fn members_projected_earlier_in_a_full_sync_resolve_exactly() {
+    // The group comes after its members: in the full sync they resolve from
+    // what the stage projected (a member written in other case too). A DN
+    // two users share and a DN nobody has are left to the store: the first
+    // gives what the store gives, the second nothing until it exists.
+    let dn = |rdn: &str| Dn::parse(&format!("{rdn},dc=example,dc=org")).unwrap();
+    run(async {
+        let (mut source, mut store, mut target) = (MemorySource::default(), MemoryStore::new(), MemoryTarget::new());
+        for (id, uid) in [(1, "u1"), (2, "ü2"), (3, "u3")] {
+            source.user(id, uid, &[]);
+        }
+        for (id, uid) in [(4, "twin-a"), (5, "twin-b")] {
+            let mail = format!("{uid}@example.org");
+            source.add(id, ObjectKind::User, "uid=twin", &[("uid", uid), ("cn", uid), ("mail", mail.as_str())]);
+        }
+        let members = [
+            "uid=u1,dc=example,dc=org",
+            "UID=ü2,DC=Example,DC=ORG",
+            "uid=u3,dc=example,dc=org",
+            "uid=twin,dc=example,dc=org",
+            "uid=ghost,dc=example,dc=org",
+        ];
+        let mut attrs = vec![("cn", "staff")];
+        attrs.extend(members.iter().map(|m| ("member", *m)));
+        source.add(9, ObjectKind::Group, "cn=staff", &attrs);
+
+        let target_id = |target: &MemoryTarget, id: u8| {
+            target.by_anchor(&Anchor::from_bytes(&[id; 16]).immutable_id()).map(|(t, _)| t.clone())
+        };
+        let group_members = |target: &MemoryTarget| -> Vec<String> {
+            let (_, group) = target.by_anchor(&Anchor::from_bytes(&[9; 16]).immutable_id()).unwrap();
+            let mut ids: Vec<String> = group["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["value"].as_str().map(str::to_owned))
+                .collect();
+            ids.sort();
+            ids
+        };
+        let report = cycle("s", &mut source, &mut store, &mut target, &CycleOptions::default()).await;
+        assert_eq!(report.created, 6, "{report:?}");
+        let twins_in_store = store.mv_for_dns("s", &[dn("uid=twin")]).unwrap().len();
+        assert!(twins_in_store >= 1);
+        let mut expected: Vec<String> = [1, 2, 3].iter().filter_map(|&id| target_id(&target, id)).collect();
+        let got = group_members(&target);
+        let twins: Vec<String> = [4, 5].iter().filter_map(|&id| target_id(&target, id)).collect();
+        assert_eq!(got.iter().filter(|m| twins.contains(m)).count(), twins_in_store, "{got:?}");
+        expected.extend(got.iter().filter(|m| twins.contains(m)).cloned());
+        expected.sort();
+        assert_eq!(got, expected);
+
+        // The missing member appears: a delta sync (the store resolves) adds it.
+        source.user(10, "ghost", &[]);
+        let report = cycle("s", &mut source, &mut store, &mut target, &CycleOptions::default()).await;
+        assert_eq!((report.created, report.updated), (1, 1), "{report:?}");
+        let ghost = target_id(&target, 10).unwrap();
+        let group = target_id(&target, 9).unwrap();
+        let added = serde_json::json!([{ "op": "add", "path": "members", "value": [{ "value": ghost }] }]);
+        assert!(
+            target.batches.iter().flatten().any(|op| matches!(op,
+                ExportOp::Patch { id, operations, .. } if *id == group && Json::Array(operations.clone()) == added)),
+            "{:?}",
+            target.batches.last()
+        );
+
+        // A full sync of the same directory (resolved from what it projects)
+        // finds the members the engine sent: nothing to change.
+        let full = CycleOptions { full: true, ..CycleOptions::default() };
+        let report = cycle("s", &mut source, &mut store, &mut target, &full).await;
+        assert_eq!((report.created, report.updated, report.deleted), (0, 0, 0), "{report:?}");
+    });
+}
+
+#[test]
 fn contested_unique_values_are_ordered_by_anchor_with_or_without_helpers() {
     // Two users want the same address (the userName it gives); the one with
     // the lower anchor must go first, whether the ordering ran on the
