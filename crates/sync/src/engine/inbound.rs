@@ -420,7 +420,7 @@ struct ProjectedDns {
 
 /// A key whose DNs the store resolves.
 const SHARED: u32 = u32::MAX;
-/// DNs kept at most (about 90 bytes each); past this the store resolves
+/// DNs kept at most (about 110 bytes each); past this the store resolves
 /// the rest. In unit tests the large stage's test crosses it.
 const PROJECTED_IN_MEMORY: usize = if cfg!(test) { 300 } else { 4_000_000 };
 
