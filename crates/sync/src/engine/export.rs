@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 use super::store::{MvAttrsRead, MvRecord, Reads, StoreError};
 use super::{
     CycleObserver, CycleOptions, CycleReport, CycleStatus, ExportOp, Resource, SyncStore, Target, TargetError,
-    Transaction, hash64,
+    Transaction, hash64, span,
 };
 use crate::mapping::{self, MvView};
 
@@ -541,15 +541,6 @@ impl Dependencies {
     fn of(&self, node: u32) -> &[u32] {
         span(&self.ends, node as usize).and_then(|range| self.nodes.get(range)).unwrap_or_default()
     }
-}
-
-/// Where item `n` lies in a list kept end to end, given where each item ends.
-fn span(ends: &[usize], n: usize) -> Option<std::ops::Range<usize>> {
-    let start = match n.checked_sub(1) {
-        Some(previous) => *ends.get(previous)?,
-        None => 0,
-    };
-    Some(start..*ends.get(n)?)
 }
 
 /// Objects per batch sent to the target (SCIM Bulk allows 1,000 operations).

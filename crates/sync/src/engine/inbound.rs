@@ -410,12 +410,12 @@ struct ProjectedDns {
     keys: std::hash::RandomState,
     /// Key of a normalised DN → its entry, or `SHARED`.
     by_key: HashMap<u64, u32>,
-    /// The normalised DNs one after another (entry i's ends at `ends[i].0`)
-    /// and their metaverse ids (entry i's ends at `ends[i].1`): one
-    /// allocation each instead of two per entry.
+    /// The normalised DNs one after another, and their metaverse ids, with
+    /// where each ends: one allocation each instead of two per entry.
     dns: String,
+    dn_ends: Vec<usize>,
     ids: String,
-    ends: Vec<(usize, usize)>,
+    id_ends: Vec<usize>,
 }
 
 /// A key whose DNs the store resolves.
@@ -431,12 +431,9 @@ impl ProjectedDns {
 
     /// Entry `i`'s DN and metaverse id.
     fn entry(&self, i: usize) -> Option<(&str, &str)> {
-        let (dn_start, id_start) = match i.checked_sub(1) {
-            Some(before) => *self.ends.get(before)?,
-            None => (0, 0),
-        };
-        let (dn_end, id_end) = *self.ends.get(i)?;
-        Some((self.dns.get(dn_start..dn_end)?, self.ids.get(id_start..id_end)?))
+        let dn = super::span(&self.dn_ends, i).and_then(|range| self.dns.get(range))?;
+        let mv = super::span(&self.id_ends, i).and_then(|range| self.ids.get(range))?;
+        Some((dn, mv))
     }
 
     /// The metaverse id projected with `dn_norm` in this stage, if certain.
@@ -461,13 +458,14 @@ impl ProjectedDns {
                 }
             }
             None => {
-                let Some(i) = u32::try_from(self.ends.len()).ok().filter(|&i| (i as usize) < PROJECTED_IN_MEMORY)
+                let Some(i) = u32::try_from(self.dn_ends.len()).ok().filter(|&i| (i as usize) < PROJECTED_IN_MEMORY)
                 else {
                     return;
                 };
                 self.dns.push_str(dn_norm);
                 self.ids.push_str(mv);
-                self.ends.push((self.dns.len(), self.ids.len()));
+                self.dn_ends.push(self.dns.len());
+                self.id_ends.push(self.ids.len());
                 self.by_key.insert(key, i);
             }
         }
@@ -809,6 +807,6 @@ mod projected_dns_tests {
         assert_eq!(kept.get("uid=u0,dc=example,dc=org"), Some("mv-0"));
         let last = format!("uid=u{PROJECTED_IN_MEMORY},dc=example,dc=org");
         assert_eq!(kept.get(&last), None);
-        assert_eq!(kept.ends.len(), PROJECTED_IN_MEMORY);
+        assert_eq!(kept.dn_ends.len(), PROJECTED_IN_MEMORY);
     }
 }

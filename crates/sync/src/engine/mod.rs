@@ -179,6 +179,15 @@ pub trait CycleObserver {
     fn advance(&mut self, n: u64);
 }
 
+/// Where item `n` lies in a list kept end to end, given where each item ends.
+fn span(ends: &[usize], n: usize) -> Option<std::ops::Range<usize>> {
+    let start = match n.checked_sub(1) {
+        Some(previous) => *ends.get(previous)?,
+        None => 0,
+    };
+    Some(start..*ends.get(n)?)
+}
+
 /// The 64-bit hash the export's references and contested keys, and the
 /// sync stage's waiting references, are kept as (fixed keys: the same in
 /// every run).
