@@ -542,6 +542,9 @@ async fn uniqueness_quarantine_and_release() {
     let second = id(&r.body);
     let placeholder = r.body["userName"].as_str().unwrap();
     assert!(placeholder.starts_with("x+") && placeholder.ends_with("@example.test"), "{placeholder}");
+    // What is stored is the changed body, not the text of the one that was sent.
+    let stored = t.call(Method::GET, &format!("/Users/{second}"), Some(&t.read), None).await;
+    assert_eq!(stored.body["userName"].as_str(), Some(placeholder), "{}", stored.body);
     let errors = &r.body[HYBRID]["provisioningErrors"];
     assert_eq!(errors[0]["attribute"], "userName");
     assert_eq!(errors[0]["value"], "x@corp.example.com");
