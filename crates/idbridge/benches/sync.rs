@@ -176,20 +176,39 @@ fn fresh_full_cycle(exe: &Path, slapd: &testkit::Slapd, dir: &Path, phs: bool) -
 /// IDBRIDGE_BENCH_COMPARE=OTHER: full cycles of this build and of OTHER (an
 /// `idbridge` built from another commit), taking turns from the same slapd,
 /// each into a fresh tenant (`IDBRIDGE_BENCH_COMPARE_ROUNDS` each, default
-/// 3): the machine's speed drifts between runs, not between turns.
+/// 3): the machine's speed drifts between runs, not between turns. Each
+/// build goes first in every other round: with the other build always
+/// first, a stage whose code two builds shared measured 1.12–1.17× slower
+/// in the second run of each pair at a million users.
 fn compare(this: &Path, other: &Path, slapd: &testkit::Slapd, tmp: &Path, phs: bool, dump_secs: f64) {
     let rounds: usize = std::env::var("IDBRIDGE_BENCH_COMPARE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let (mut mine, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        theirs.push(fresh_full_cycle(other, slapd, &tmp.join(format!("compare-other-{round}")), phs));
-        mine.push(fresh_full_cycle(this, slapd, &tmp.join(format!("compare-this-{round}")), phs));
+        let other_run = |theirs: &mut Vec<_>| {
+            theirs.push(fresh_full_cycle(other, slapd, &tmp.join(format!("compare-other-{round}")), phs));
+        };
+        let this_run = |mine: &mut Vec<_>| {
+            mine.push(fresh_full_cycle(this, slapd, &tmp.join(format!("compare-this-{round}")), phs));
+        };
+        if round % 2 == 0 {
+            other_run(&mut theirs);
+            this_run(&mut mine);
+        } else {
+            this_run(&mut mine);
+            other_run(&mut theirs);
+        }
     }
-    // Medians per part: full cycle, import, sync, export.
+    // Medians per part: full cycle, import, sync, export (of an even
+    // number, the mean of the two in the middle).
     let median = |runs: &[(f64, [f64; 3])], part: usize| {
         let mut v: Vec<f64> =
             runs.iter().map(|(full, stages)| if part == 0 { *full } else { stages[part - 1] }).collect();
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
+        let upper = v.get(v.len() / 2).copied().unwrap_or(0.0);
+        match v.len() % 2 {
+            0 => v.get(v.len() / 2 - 1).map_or(upper, |lower| (lower + upper) / 2.0),
+            _ => upper,
+        }
     };
     println!("  same-run comparison ({rounds} full cycles each, taking turns, medians) with {}", other.display());
     for (part, name) in ["full cycle", "import", "sync", "export"].iter().enumerate() {
