@@ -448,15 +448,14 @@ fn save(
     verified_domain: bool,
     kind: Kind,
     id: &str,
-    attributes: Attributes,
+    mut attributes: Attributes,
     existing: Option<&Stored>,
     depth: u32,
 ) -> Result<Stored> {
-    let Attributes { mut data, mut text } = attributes;
     if kind == Kind::User && verified_domain {
-        check_user_name_domain(conn, &data)?;
+        check_user_name_domain(conn, &attributes.data)?;
     }
-    let synced = immutable_id(&data).is_some();
+    let synced = immutable_id(&attributes.data).is_some();
     // Values quarantined earlier stay wanted while the client leaves the attribute as it was.
     if let Some(old) = existing {
         let mut stmt = conn.prepare_cached("SELECT attr, wanted FROM quarantine WHERE resource_id = ?1")?;
@@ -465,15 +464,13 @@ fn save(
             .collect::<crate::db::Result<Vec<_>>>()?;
         for (attr, wanted) in waiting {
             match attr.as_str() {
-                "userName" if user_name(&data) == user_name(&old.data) => {
-                    text = None;
-                    set_user_name(&mut data, &wanted);
+                "userName" if user_name(&attributes.data) == user_name(&old.data) => {
+                    set_user_name(attributes.changed(), &wanted);
                 }
-                "proxyAddresses" if proxy_addresses(&data) == proxy_addresses(&old.data) => {
-                    let mut p = proxy_addresses(&data);
+                "proxyAddresses" if proxy_addresses(&attributes.data) == proxy_addresses(&old.data) => {
+                    let mut p = proxy_addresses(&attributes.data);
                     p.push(wanted);
-                    text = None;
-                    set_proxies(&mut data, p);
+                    set_proxies(attributes.changed(), p);
                 }
                 _ => {}
             }
@@ -483,7 +480,7 @@ fn save(
     if existing.is_some() {
         exec(conn, "DELETE FROM quarantine WHERE resource_id = ?1", params![id])?;
     }
-    for proto::unique::Claim { attribute, key: lc, given } in claims_of(kind, &data) {
+    for proto::unique::Claim { attribute, key: lc, given } in claims_of(kind, &attributes.data) {
         let attr = attribute.as_str();
         let holder: Option<String> =
             query_one(conn, "SELECT resource_id FROM claims WHERE value = ?1", params![lc], |r| r.get(0)).optional()?;
@@ -503,19 +500,18 @@ fn save(
             params![id, attr, lc, given, holder, now(), HoldReason::HeldFirst.as_str()],
         )?;
         tracing::info!(object = id, attribute = attr, value = %given, holder = %holder, "duplicate value quarantined");
-        text = None;
         if attr == "userName" {
             let p = placeholder(conn, &given)?;
-            set_user_name(&mut data, &p);
+            set_user_name(attributes.changed(), &p);
         } else {
-            let kept: Vec<String> = proxy_addresses(&data)
+            let kept: Vec<String> = proxy_addresses(&attributes.data)
                 .into_iter()
                 .filter(|p| smtp_address(p).is_none_or(|a| a.to_lowercase() != lc))
                 .collect();
-            set_proxies(&mut data, kept);
+            set_proxies(attributes.changed(), kept);
         }
     }
-    let final_claims = claims_of(kind, &data);
+    let final_claims = claims_of(kind, &attributes.data);
     let old_claims: HashSet<String> = match existing {
         Some(_) => conn
             .prepare_cached("SELECT value FROM claims WHERE resource_id = ?1")?
@@ -546,7 +542,7 @@ fn save(
         Some(old) => (old.version + 1, old.created.clone()),
         None => (1, stamp.clone()),
     };
-    let text = text.unwrap_or_else(|| data.to_string());
+    let (data, text) = attributes.into_parts();
     let imm = immutable_id(&data).map(str::to_string);
     // `create` looked the immutableId up before it chose a new id.
     if let Some(imm) = imm.as_ref().filter(|_| existing.is_some()) {
@@ -780,8 +776,8 @@ impl Checked {
 }
 
 /// An object's attributes, with their JSON text while it is still theirs:
-/// `save` stores the text and makes it only when it is not there. Whoever
-/// changes the attributes drops the text.
+/// `save` stores the text and makes it only when it is not there. Changing
+/// the attributes ([`Attributes::changed`]) drops the text.
 #[derive(Debug)]
 struct Attributes {
     data: Value,
@@ -798,6 +794,18 @@ impl Attributes {
     /// Attributes whose text `save` makes.
     fn without_text(data: Value) -> Attributes {
         Attributes { data, text: None }
+    }
+
+    /// The attributes, to change: their text is dropped.
+    fn changed(&mut self) -> &mut Value {
+        self.text = None;
+        &mut self.data
+    }
+
+    /// The attributes and their text, made now if it is not there.
+    fn into_parts(self) -> (Value, String) {
+        let text = self.text.unwrap_or_else(|| self.data.to_string());
+        (self.data, text)
     }
 }
 
@@ -906,14 +914,13 @@ pub fn replace(
 ) -> Result<Stored> {
     let existing = must_load(conn, kind, id)?;
     check_version(&existing, if_match)?;
-    let data = validate(kind.rt(), body)?;
+    let mut data = validate(kind.rt(), body)?;
     // immutableId never changes once set.
     if let (Some(old), new) = (immutable_id(&existing.data), immutable_id(&data))
         && new != Some(old)
     {
         return Err(ScimError::mutability(format!("immutableId of {id} is {old:?} and cannot change")).into());
     }
-    let mut data = data;
     let members = split_members(kind, &mut data);
     let stored = replace_data(conn, &Settings::load(conn)?, &existing, Attributes::without_text(data), members)?;
     audit::record(conn, ctx.actor, "replace", Some(kind.as_str()), Some(id), None)?;
