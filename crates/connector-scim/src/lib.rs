@@ -78,12 +78,12 @@ impl ScimTarget {
         timeout: Duration,
     ) -> Result<ScimTarget, ScimTargetError> {
         check_tenant_url(base_url)?;
-        // Idle connections are dropped before the tenant's own idle timeout
-        // (60 s) can close one just as a request goes out on it.
+        // Idle connections are dropped before the tenant closes them (15 s
+        // after an answer), so no create goes out on one it is closing.
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30));
+            .pool_idle_timeout(proto::http::CLIENT_POOL_IDLE);
         if let Some(path) = ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| ScimTargetError::CaFile { path: path.display().to_string(), reason: e.to_string() })?;

@@ -7,6 +7,7 @@
 //! - [`pta`]: `/pta/v1`, pass-through agents registering, polling, answering
 //!   and rotating their credential.
 //! - [`url`]: the one rule for a URL idbridge sends tokens or browsers to.
+//! - [`http`]: how long the tenant and its clients keep an idle connection.
 //! - [`unique`]: which values the tenant keeps unique and who gets a value
 //!   several objects want (the tenant enforces it, the sync engine orders by it).
 //!
@@ -15,6 +16,7 @@
 //! `pta-agent` and the wizard.
 
 pub mod admin;
+pub mod http;
 pub mod hybrid;
 pub mod pta;
 pub mod unique;

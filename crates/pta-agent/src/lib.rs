@@ -105,7 +105,11 @@ fn base_of(config: &Path) -> &Path {
 }
 
 fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+    // Idle connections are dropped before the tenant closes them, so an
+    // answer to a sign-in does not go out on one it is closing (and get lost).
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(proto::http::CLIENT_POOL_IDLE);
     if let Some(path) = ca_file {
         let pem =
             std::fs::read(path).map_err(|error| AgentError::Read { what: "the CA file", path: path.into(), error })?;

@@ -80,10 +80,14 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<(TlsAcceptor, Option<u6
 
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
-/// A connection that moves no byte for this long is closed. Longer than the
-/// pass-through agents' long polls (25 s), which send nothing while they wait.
+/// How long a client may take to send a request's headers, counted from
+/// the connection's start or from the end of the last answer: so also how
+/// long an idle keep-alive connection stays open. idbridge's own clients
+/// drop idle connections sooner ([`proto::http::CLIENT_POOL_IDLE`]).
+pub const HEADER_READ_TIMEOUT: Duration = proto::http::SERVER_IDLE_CLOSE;
+/// A connection that moves no byte for this long while a request is under
+/// way (a slow body, a slow answer) is closed. Longer than the pass-through
+/// agents' long polls (25 s), which send nothing while they wait.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once; more are closed at once (logged).
 pub const MAX_CONNECTIONS: usize = 4096;

@@ -986,23 +986,35 @@ async fn an_uncertain_create_is_looked_up_not_repeated() {
     assert_eq!(list.body["Resources"][0]["id"].as_str(), Some(created.as_str()));
 }
 
-/// A client that starts a request and never finishes its headers is cut off.
+/// A client that starts a request and never finishes its headers is cut
+/// off, and so is a keep-alive connection left idle after an answer — at
+/// the header timeout, which idbridge's own clients stay well inside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unfinished_headers_are_cut_off() {
+async fn unfinished_headers_and_idle_connections_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let t = Tenant::start().await;
     let addr = t.base.trim_start_matches("http://").trim_end_matches("/scim/v2").to_string();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // Both wait at once; the bound is far below IDLE_TIMEOUT (60 s), which
+    // is what an idle keep-alive connection was once thought to get.
+    let bound = tenant_http::serve::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(20);
+    assert!(bound < tenant_http::serve::IDLE_TIMEOUT);
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(
-        tenant_http::serve::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(20),
-        slow.read_to_end(&mut answer),
-    )
-    .await;
+    let mut rest = Vec::new();
+    let (read, idle_read) = tokio::join!(
+        tokio::time::timeout(bound, slow.read_to_end(&mut answer)),
+        tokio::time::timeout(bound, idle.read_to_end(&mut rest)),
+    );
     assert!(read.is_ok(), "the connection was still open after the header timeout");
     let text = String::from_utf8_lossy(&answer);
     assert!(answer.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(idle_read.is_ok(), "an idle keep-alive connection was still open after the header timeout");
     // Meanwhile and after, others are served.
     assert_eq!(t.call(Method::GET, "/ServiceProviderConfig", Some(&t.read), None).await.status, StatusCode::OK);
 }
